@@ -1,0 +1,115 @@
+import { open, type FileHandle } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { IoError, NoSpaceError } from './errors.js';
+
+/**
+ * The block-device seam: every byte cowvol reads or writes — volume file,
+ * snapshot store, journal — goes through this interface. Production uses
+ * {@link FileBlockDevice} over `node:fs`; tests wrap it to drop unsynced
+ * writes, tear a write or fail an I/O (BRIEF §7: fault injection through the
+ * same interface production uses).
+ *
+ * Offsets and lengths are in bytes. Reads past the end of the device return
+ * zeros (a sparse file reads as zeros). Errors: `IO_ERROR`, `NO_SPACE`, each
+ * with `details.offsetBytes` / `details.lengthBytes` naming the failed range.
+ */
+export interface BlockDevice {
+  /** Path or label, for messages. */
+  readonly name: string;
+  /** Reads `lengthBytes` at `offsetBytes` into a new Buffer (zero-filled past EOF). */
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  /** Writes all of `data` at `offsetBytes`. Not durable until `sync()` resolves. */
+  write(offsetBytes: number, data: Uint8Array): Promise<void>;
+  /** Makes every completed write durable (`fdatasync`). */
+  sync(): Promise<void>;
+  /** Current size in bytes. */
+  sizeBytes(): Promise<number>;
+  /** Sets the size (sparse extend or shrink). Not durable until `sync()`. */
+  truncate(sizeBytes: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Opens device files; tests substitute one that injects faults. */
+export interface DeviceOpener {
+  open(path: string, options: { create: boolean }): Promise<BlockDevice>;
+}
+
+function wrapError(err: unknown, name: string, op: string, offsetBytes: number, lengthBytes: number): Error {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  const details = { device: name, op, offsetBytes, lengthBytes, errno: code };
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new NoSpaceError(`no space left writing ${lengthBytes} bytes at offset ${offsetBytes} of ${name}`, { cause: err, details });
+  }
+  return new IoError(`${op} failed on ${name} at offset ${offsetBytes} (+${lengthBytes} bytes): ${(err as Error)?.message ?? String(err)}`, { cause: err, details });
+}
+
+/** Production block device: a file opened with `node:fs/promises`. */
+export class FileBlockDevice implements BlockDevice {
+  private constructor(readonly name: string, private readonly handle: FileHandle) {}
+
+  /** Opens `path` read-write; with `create`, creates it (failing if it exists: `IO_ERROR` with errno EEXIST). */
+  static async open(path: string, options: { create: boolean } = { create: false }): Promise<FileBlockDevice> {
+    const flags = options.create ? constants.O_RDWR | constants.O_CREAT | constants.O_EXCL : constants.O_RDWR;
+    try {
+      return new FileBlockDevice(path, await open(path, flags, 0o644));
+    } catch (err) {
+      throw wrapError(err, path, 'open', 0, 0);
+    }
+  }
+
+  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const buffer = Buffer.alloc(lengthBytes);
+    let done = 0;
+    try {
+      while (done < lengthBytes) {
+        const { bytesRead } = await this.handle.read(buffer, done, lengthBytes - done, offsetBytes + done);
+        if (bytesRead === 0) break; // EOF: the rest stays zero, like a sparse tail.
+        done += bytesRead;
+      }
+    } catch (err) {
+      throw wrapError(err, this.name, 'read', offsetBytes, lengthBytes);
+    }
+    return buffer;
+  }
+
+  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    let done = 0;
+    try {
+      while (done < data.length) {
+        const { bytesWritten } = await this.handle.write(data, done, data.length - done, offsetBytes + done);
+        done += bytesWritten;
+      }
+    } catch (err) {
+      throw wrapError(err, this.name, 'write', offsetBytes, data.length);
+    }
+  }
+
+  async sync(): Promise<void> {
+    try {
+      await this.handle.datasync();
+    } catch (err) {
+      throw wrapError(err, this.name, 'sync', 0, 0);
+    }
+  }
+
+  async sizeBytes(): Promise<number> {
+    return (await this.handle.stat()).size;
+  }
+
+  async truncate(sizeBytes: number): Promise<void> {
+    try {
+      await this.handle.truncate(sizeBytes);
+    } catch (err) {
+      throw wrapError(err, this.name, 'truncate', sizeBytes, 0);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
+  }
+}
+
+/** The production opener: plain files via {@link FileBlockDevice}. */
+export const fileDeviceOpener: DeviceOpener = {
+  open: (path, options) => FileBlockDevice.open(path, options),
+};
