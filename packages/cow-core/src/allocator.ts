@@ -1,0 +1,179 @@
+import { assert } from '@cowvol/journal';
+import { delOp, keys, putOp, SCHEMA_VERSION, type MetaOp } from './metadata.js';
+
+/** A run of store blocks. */
+export interface Extent {
+  startBlock: number;
+  lengthBlocks: number;
+}
+
+/**
+ * Extent allocator for the snapshot store (BRIEF §3).
+ *
+ * State: `highWaterBlocks` (blocks [0, highWater) have been handed out at
+ * some time) and a sorted set of free extents below it. Allocation is
+ * first-fit from the lowest free extent, so freed space is reused before the
+ * store grows; only then does the high-water mark move.
+ *
+ * Every change is recorded twice: as metadata ops (`free:<start>` puts/dels
+ * and the `alloc` record) that the caller logs in the same journal
+ * transaction as the mappings it allocated for, and as an undo step, so a
+ * COW that fails before its commit can `rollback()` and leave no leak
+ * (guarantee 6). Freeing a block that is already free, or above the
+ * high-water mark, is an assertion failure (double use).
+ *
+ * Bound: the free set holds at most one extent per freed run; inserts are
+ * O(free extents) (a sorted array), fine for the extent counts a delete
+ * produces; an interval tree can replace it without changing the format.
+ */
+export class ExtentAllocator {
+  private readonly starts: number[] = [];
+  private readonly lengths = new Map<number, number>();
+  private ops: MetaOp[] = [];
+  private undo: Array<() => void> = [];
+  private highWaterDirty = false;
+
+  constructor(public highWaterBlocks: number, freeExtents: Extent[] = []) {
+    for (const e of freeExtents) this.insert(e.startBlock, e.lengthBlocks);
+    for (let i = 1; i < this.starts.length; i++) {
+      const prev = this.starts[i - 1]!;
+      assert(prev + this.lengths.get(prev)! < this.starts[i]!, 'free extents overlap or touch at load');
+    }
+    const last = this.starts.at(-1);
+    assert(last === undefined || last + this.lengths.get(last)! <= highWaterBlocks, 'free extent above high-water mark');
+  }
+
+  /** Blocks free below the high-water mark. */
+  get freeBlocks(): number {
+    let n = 0;
+    for (const l of this.lengths.values()) n += l;
+    return n;
+  }
+
+  get freeExtentCount(): number {
+    return this.starts.length;
+  }
+
+  /** Free extents, lowest first (copies). */
+  extents(): Extent[] {
+    return this.starts.map((s) => ({ startBlock: s, lengthBlocks: this.lengths.get(s)! }));
+  }
+
+  /** Hands out `countBlocks` store blocks as one or more extents, lowest addresses first. */
+  allocate(countBlocks: number): Extent[] {
+    assert(Number.isSafeInteger(countBlocks) && countBlocks > 0, `allocate(${countBlocks})`);
+    const out: Extent[] = [];
+    let need = countBlocks;
+    while (need > 0 && this.starts.length > 0) {
+      const start = this.starts[0]!;
+      const length = this.lengths.get(start)!;
+      const take = Math.min(length, need);
+      this.remove(start);
+      this.ops.push(delOp(keys.free(start)));
+      this.undo.push(() => this.insert(start, length));
+      if (take < length) {
+        this.insert(start + take, length - take);
+        this.ops.push(putOp(keys.free(start + take), { v: SCHEMA_VERSION, lengthBlocks: length - take }));
+        this.undo.push(() => this.remove(start + take));
+      }
+      out.push({ startBlock: start, lengthBlocks: take });
+      need -= take;
+    }
+    if (need > 0) {
+      const start = this.highWaterBlocks;
+      this.highWaterBlocks += need;
+      this.highWaterDirty = true;
+      this.undo.push(() => {
+        this.highWaterBlocks = start;
+      });
+      out.push({ startBlock: start, lengthBlocks: need });
+    }
+    return out;
+  }
+
+  /** Returns an extent to the free set, merging with neighbours. */
+  free(extent: Extent): void {
+    const { startBlock, lengthBlocks } = extent;
+    assert(lengthBlocks > 0 && startBlock >= 0 && startBlock + lengthBlocks <= this.highWaterBlocks, `free of ${startBlock}+${lengthBlocks} outside [0, ${this.highWaterBlocks})`);
+    const i = this.lowerIndex(startBlock);
+    // i = first free extent with start >= startBlock
+    const next = this.starts[i];
+    const prev = i > 0 ? this.starts[i - 1] : undefined;
+    assert(next === undefined || next >= startBlock + lengthBlocks, `double free: ${startBlock}+${lengthBlocks} overlaps free extent at ${next}`);
+    assert(prev === undefined || prev + this.lengths.get(prev)! <= startBlock, `double free: ${startBlock}+${lengthBlocks} overlaps free extent at ${prev}`);
+    let newStart = startBlock;
+    let newLength = lengthBlocks;
+    if (prev !== undefined && prev + this.lengths.get(prev)! === startBlock) {
+      const prevLength = this.lengths.get(prev)!;
+      this.remove(prev);
+      this.ops.push(delOp(keys.free(prev)));
+      this.undo.push(() => this.insert(prev, prevLength));
+      newStart = prev;
+      newLength += prevLength;
+    }
+    if (next !== undefined && next === startBlock + lengthBlocks) {
+      const nextLength = this.lengths.get(next)!;
+      this.remove(next);
+      this.ops.push(delOp(keys.free(next)));
+      this.undo.push(() => this.insert(next, nextLength));
+      newLength += nextLength;
+    }
+    this.insert(newStart, newLength);
+    this.ops.push(putOp(keys.free(newStart), { v: SCHEMA_VERSION, lengthBlocks: newLength }));
+    this.undo.push(() => this.remove(newStart));
+  }
+
+  /** True when `block` is in a free extent (used by checks). */
+  isFree(block: number): boolean {
+    const i = this.lowerIndex(block + 1) - 1;
+    if (i < 0) return false;
+    const s = this.starts[i]!;
+    return block < s + this.lengths.get(s)!;
+  }
+
+  /**
+   * The metadata ops for every change since the last take, in order, ready to
+   * be logged with the mappings they belong to. Clears the undo log: the
+   * caller is about to commit them.
+   */
+  takeOps(): MetaOp[] {
+    const ops = this.ops;
+    if (this.highWaterDirty) ops.push(putOp(keys.allocator, { v: SCHEMA_VERSION, highWaterBlocks: this.highWaterBlocks }));
+    this.ops = [];
+    this.undo = [];
+    this.highWaterDirty = false;
+    return ops;
+  }
+
+  /** Undoes every change since the last `takeOps()` (a COW that failed before commit). */
+  rollback(): void {
+    for (let i = this.undo.length - 1; i >= 0; i--) this.undo[i]!();
+    this.undo = [];
+    this.ops = [];
+    this.highWaterDirty = false;
+  }
+
+  private lowerIndex(block: number): number {
+    let lo = 0;
+    let hi = this.starts.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.starts[mid]! < block) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  private insert(start: number, length: number): void {
+    assert(!this.lengths.has(start), `free extent ${start} inserted twice`);
+    this.starts.splice(this.lowerIndex(start), 0, start);
+    this.lengths.set(start, length);
+  }
+
+  private remove(start: number): void {
+    const i = this.lowerIndex(start);
+    assert(this.starts[i] === start, `free extent ${start} missing`);
+    this.starts.splice(i, 1);
+    this.lengths.delete(start);
+  }
+}

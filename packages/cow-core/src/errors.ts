@@ -1,0 +1,118 @@
+import { CowvolError } from '@cowvol/journal';
+
+type Options = { cause?: unknown; details?: Record<string, unknown> };
+
+/**
+ * Errors thrown by cow-core. Each has a stable `code` (never renamed between
+ * versions); the CLI maps codes to exit codes in one table
+ * (packages/cli/src/exit-codes.ts, README "Exit codes").
+ */
+
+/** `INVALID_ARGUMENT`: a parameter is malformed (negative length, bad block size, …). Nothing was changed. */
+export class InvalidArgumentError extends CowvolError {
+  constructor(message: string, options?: Options) {
+    super('INVALID_ARGUMENT', message, options);
+  }
+}
+
+/** `INVALID_SNAPSHOT_NAME`: names are 1–128 characters of `[A-Za-z0-9._:-]`. */
+export class InvalidSnapshotNameError extends CowvolError {
+  constructor(name: string) {
+    super('INVALID_SNAPSHOT_NAME', `invalid snapshot name ${JSON.stringify(name)}: use 1-128 characters of A-Z a-z 0-9 . _ : -`, { details: { name } });
+  }
+}
+
+/** `OUT_OF_RANGE`: a byte range runs past the end of the volume. */
+export class OutOfRangeError extends CowvolError {
+  constructor(offsetBytes: number, lengthBytes: number, sizeBytes: number) {
+    super('OUT_OF_RANGE', `range ${offsetBytes}+${lengthBytes} runs past the end of the volume (${sizeBytes} bytes)`, {
+      details: { offsetBytes, lengthBytes, sizeBytes },
+    });
+  }
+}
+
+/** `SNAPSHOT_NOT_FOUND`. */
+export class SnapshotNotFoundError extends CowvolError {
+  constructor(name: string) {
+    super('SNAPSHOT_NOT_FOUND', `no snapshot named ${JSON.stringify(name)}`, { details: { name } });
+  }
+}
+
+/** `SNAPSHOT_EXISTS`: names are unique per volume. */
+export class SnapshotExistsError extends CowvolError {
+  constructor(name: string) {
+    super('SNAPSHOT_EXISTS', `a snapshot named ${JSON.stringify(name)} already exists`, { details: { name } });
+  }
+}
+
+/** `SNAPSHOT_LIMIT`: the volume already holds the maximum number of snapshots. */
+export class SnapshotLimitError extends CowvolError {
+  constructor(limit: number) {
+    super('SNAPSHOT_LIMIT', `the volume already has ${limit} snapshots, the most it can hold; delete some first`, { details: { limit } });
+  }
+}
+
+/** `VOLUME_NOT_FOUND`: the volume file does not exist. */
+export class VolumeNotFoundError extends CowvolError {
+  constructor(path: string, options?: Options) {
+    super('VOLUME_NOT_FOUND', `volume ${path} does not exist`, { ...options, details: { path } });
+  }
+}
+
+/** `VOLUME_EXISTS`: `create` refuses to overwrite a file or an existing sidecar. */
+export class VolumeExistsError extends CowvolError {
+  constructor(message: string, path: string) {
+    super('VOLUME_EXISTS', message, { details: { path } });
+  }
+}
+
+/** `VOLUME_BUSY`: another process owns the volume. `details.pid` names it when known. */
+export class VolumeBusyError extends CowvolError {
+  constructor(path: string, pid: number | undefined) {
+    super('VOLUME_BUSY', `volume ${path} is busy: in use by ${pid === undefined ? 'another process' : `process ${pid}`}`, { details: { path, pid } });
+  }
+}
+
+/** `NOT_A_VOLUME`: the file has no cowvol sidecar, or the sidecar is incomplete or foreign. */
+export class NotAVolumeError extends CowvolError {
+  constructor(message: string, options?: Options) {
+    super('NOT_A_VOLUME', message, options);
+  }
+}
+
+/** `CORRUPT_METADATA`: a metadata value or the store header fails validation. */
+export class CorruptMetadataError extends CowvolError {
+  constructor(message: string, options?: Options) {
+    super('CORRUPT_METADATA', message, options);
+  }
+}
+
+/** `STORE_CORRUPT`: a store block read back does not match the CRC32C recorded when it was copied. `details` name the range. */
+export class StoreCorruptError extends CowvolError {
+  constructor(message: string, options?: Options) {
+    super('STORE_CORRUPT', message, options);
+  }
+}
+
+/** `UNSUPPORTED_VERSION`: written by a newer cowvol (format or schema version unknown here). */
+export class UnsupportedVersionError extends CowvolError {
+  constructor(message: string, options?: Options) {
+    super('UNSUPPORTED_VERSION', message, options);
+  }
+}
+
+/** `VOLUME_SIZE_MISMATCH`: the volume file's size differs from the recorded size (truncated or replaced). */
+export class VolumeSizeMismatchError extends CowvolError {
+  constructor(path: string, expectedBytes: number, actualBytes: number) {
+    super('VOLUME_SIZE_MISMATCH', `volume ${path} is ${actualBytes} bytes but its metadata says ${expectedBytes}: truncated or replaced?`, {
+      details: { path, expectedBytes, actualBytes },
+    });
+  }
+}
+
+/** `VOLUME_CLOSED`: the Volume object was closed. */
+export class VolumeClosedError extends CowvolError {
+  constructor() {
+    super('VOLUME_CLOSED', 'volume is closed');
+  }
+}

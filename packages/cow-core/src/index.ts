@@ -1,0 +1,34 @@
+/**
+ * @cowvol/cow-core — a volume file with Next3-style copy-on-write snapshots
+ * (BRIEF §3), metadata in LevelDB, every metadata change through
+ * @cowvol/journal. Entry point: {@link Volume}.
+ */
+export { Volume, validateSnapshotName, type CreateVolumeOptions, type OpenVolumeOptions, type SnapshotInfo, type VolumeInfo, type DeleteResult } from './volume.js';
+export * from './errors.js';
+export {
+  FORMAT_VERSION,
+  MAX_SNAPSHOTS,
+  SNAPSHOT_NAME_PATTERN,
+  DEFAULT_BLOCK_SIZE_BYTES,
+  MIN_BLOCK_SIZE_BYTES,
+  MAX_BLOCK_SIZE_BYTES,
+  MAX_VOLUME_BYTES,
+  MAX_READ_BYTES,
+  volumeLayout,
+  type VolumeLayout,
+} from './layout.js';
+export { ExtentAllocator, type Extent } from './allocator.js';
+export { STORE_MAGIC, STORE_VERSION } from './store.js';
+export {
+  CowvolError,
+  IoError,
+  NoSpaceError,
+  JournalCorruptError,
+  JournalAbortedError,
+  AssertionFailedError,
+  FileBlockDevice,
+  fileDeviceOpener,
+  type BlockDevice,
+  type DeviceOpener,
+  type RecoveryReport,
+} from '@cowvol/journal';

@@ -1,0 +1,53 @@
+import { join } from 'node:path';
+
+/**
+ * Where a volume's parts live (docs/FORMAT.md, "Sidecar"): for `vol.img`,
+ * the sidecar folder `vol.img.cowvol/` holds
+ *   store     the snapshot store file (COW copies)
+ *   journal   the write-ahead journal
+ *   meta/     the LevelDB metadata database
+ *   lock      the owner lock (proper-lockfile) and `owner` (holder's pid)
+ */
+export interface VolumeLayout {
+  volumePath: string;
+  sidecarPath: string;
+  storePath: string;
+  journalPath: string;
+  metaPath: string;
+  lockPath: string;
+  ownerPath: string;
+}
+
+export function volumeLayout(volumePath: string): VolumeLayout {
+  const sidecarPath = `${volumePath}.cowvol`;
+  return {
+    volumePath,
+    sidecarPath,
+    storePath: join(sidecarPath, 'store'),
+    journalPath: join(sidecarPath, 'journal'),
+    metaPath: join(sidecarPath, 'meta'),
+    lockPath: join(sidecarPath, 'lock'),
+    ownerPath: join(sidecarPath, 'owner'),
+  };
+}
+
+/** Format version of the volume as a whole (sidecar layout + metadata keys). */
+export const FORMAT_VERSION = 1;
+/** Most snapshots one volume holds (bounds catalog scans and read-through chains). */
+export const MAX_SNAPSHOTS = 4096;
+/** Snapshot names: 1–128 characters of this class. */
+export const SNAPSHOT_NAME_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
+/** Block sizes accepted: powers of two in this range. */
+export const MIN_BLOCK_SIZE_BYTES = 512;
+export const MAX_BLOCK_SIZE_BYTES = 65536;
+export const DEFAULT_BLOCK_SIZE_BYTES = 4096;
+/** Largest volume: 2^48 blocks keep block numbers in 12 hex digits of a key, 2^53 bytes keeps offsets exact. */
+export const MAX_VOLUME_BYTES = 2 ** 52;
+/** A single write or read is processed in chunks of at most this many bytes (bounds memory and transaction size). */
+export const IO_CHUNK_BYTES = 4 * 1024 * 1024;
+/** Largest single `read()` result. Callers stream larger ranges in pieces. */
+export const MAX_READ_BYTES = 256 * 1024 * 1024;
+/** Blocks handed over or freed per transaction while deleting a snapshot. */
+export const DELETE_BATCH_BLOCKS = 8192;
+/** Checkpoint once this many journal bytes are not checkpointed. */
+export const CHECKPOINT_THRESHOLD_BYTES = 16 * 1024 * 1024;

@@ -1,0 +1,186 @@
+import { Packr } from 'msgpackr';
+import { Level } from 'level';
+import { CorruptMetadataError, UnsupportedVersionError } from './errors.js';
+
+/**
+ * Metadata in LevelDB (docs/FORMAT.md, "Metadata keys"). Keys are ASCII
+ * strings whose sort order is the order cowvol scans in; numbers inside keys
+ * are fixed-width lowercase hex so that lexical order is numeric order.
+ * Values are msgpackr maps, each with a schema version `v`, validated right
+ * after reading (a value that fails is `CORRUPT_METADATA`, a newer `v` is
+ * `UNSUPPORTED_VERSION`).
+ *
+ * | key                          | value            |
+ * | ---------------------------- | ---------------- |
+ * | `sb`                         | VolumeRecord     |
+ * | `cp`                         | CheckpointRecord |
+ * | `alloc`                      | AllocatorRecord  |
+ * | `free:<start 12hex>`         | FreeExtentRecord |
+ * | `snap:<id 8hex>`             | SnapshotRecord   |
+ * | `map:<id 8hex>:<block 12hex>`| MapRecord        |
+ */
+export const SCHEMA_VERSION = 1;
+
+export interface VolumeRecord {
+  v: number;
+  formatVersion: number;
+  uuid: string;
+  sizeBytes: number;
+  blockSizeBytes: number;
+  createdAt: string;
+  nextSnapshotId: number;
+  dataMode: 'ordered';
+}
+
+export interface CheckpointRecord {
+  v: number;
+  sequence: number;
+}
+
+export interface AllocatorRecord {
+  v: number;
+  /** Store blocks ever handed out: the store file's data area spans [0, highWaterBlocks). */
+  highWaterBlocks: number;
+}
+
+export interface FreeExtentRecord {
+  v: number;
+  lengthBlocks: number;
+}
+
+export interface SnapshotRecord {
+  v: number;
+  id: number;
+  name: string;
+  createdAt: string;
+  /** `deleting` while a delete hands blocks over; finished at the next open if interrupted. */
+  state: 'live' | 'deleting';
+  /** Store blocks this snapshot's map holds. */
+  ownedBlocks: number;
+}
+
+export interface MapRecord {
+  v: number;
+  /** Store block holding this logical block's content as of the snapshot. */
+  storeBlock: number;
+  /** CRC32C of that store block's content, checked after every read of it. */
+  crc: number;
+}
+
+/** A LevelDB write, as logged in the journal and replayed at recovery (idempotent). */
+export type MetaOp = { o: 'p'; k: string; v: Buffer } | { o: 'd'; k: string };
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+export const keys = {
+  volume: 'sb',
+  checkpoint: 'cp',
+  allocator: 'alloc',
+  freePrefix: 'free:',
+  free: (startBlock: number) => `free:${hex(startBlock, 12)}`,
+  snapshotPrefix: 'snap:',
+  snapshot: (id: number) => `snap:${hex(id, 8)}`,
+  mapPrefix: (id: number) => `map:${hex(id, 8)}:`,
+  map: (id: number, block: number) => `map:${hex(id, 8)}:${hex(block, 12)}`,
+};
+
+function hex(n: number, width: number): string {
+  return n.toString(16).padStart(width, '0');
+}
+
+export function parseHexSuffix(key: string, prefix: string): number {
+  return Number.parseInt(key.slice(prefix.length), 16);
+}
+
+export function encodeValue(value: object): Buffer {
+  return packr.pack(value);
+}
+
+function isInt(x: unknown, min = 0): x is number {
+  return typeof x === 'number' && Number.isSafeInteger(x) && x >= min;
+}
+
+/** Decodes and validates a value; `check` names the fields that must hold. */
+function decode<T extends { v: number }>(key: string, buf: Uint8Array, check: (x: Record<string, unknown>) => boolean): T {
+  let value: unknown;
+  try {
+    value = packr.unpack(buf);
+  } catch (err) {
+    throw new CorruptMetadataError(`metadata ${key} does not decode`, { cause: err, details: { key } });
+  }
+  if (typeof value !== 'object' || value === null) throw new CorruptMetadataError(`metadata ${key} is not a record`, { details: { key } });
+  const rec = value as Record<string, unknown>;
+  if (!isInt(rec.v, 1)) throw new CorruptMetadataError(`metadata ${key} has no schema version`, { details: { key } });
+  if (rec.v > SCHEMA_VERSION) throw new UnsupportedVersionError(`metadata ${key} has schema version ${rec.v}; this cowvol reads up to ${SCHEMA_VERSION}`, { details: { key } });
+  if (!check(rec)) throw new CorruptMetadataError(`metadata ${key} fails validation`, { details: { key } });
+  return rec as unknown as T;
+}
+
+export const decodeValue = {
+  volume: (k: string, b: Uint8Array) =>
+    decode<VolumeRecord>(k, b, (r) => isInt(r.formatVersion, 1) && typeof r.uuid === 'string' && isInt(r.sizeBytes, 1) && isInt(r.blockSizeBytes, 512) && isInt(r.nextSnapshotId, 1) && typeof r.createdAt === 'string'),
+  checkpoint: (k: string, b: Uint8Array) => decode<CheckpointRecord>(k, b, (r) => isInt(r.sequence)),
+  allocator: (k: string, b: Uint8Array) => decode<AllocatorRecord>(k, b, (r) => isInt(r.highWaterBlocks)),
+  free: (k: string, b: Uint8Array) => decode<FreeExtentRecord>(k, b, (r) => isInt(r.lengthBlocks, 1)),
+  snapshot: (k: string, b: Uint8Array) =>
+    decode<SnapshotRecord>(k, b, (r) => isInt(r.id, 1) && typeof r.name === 'string' && typeof r.createdAt === 'string' && (r.state === 'live' || r.state === 'deleting') && isInt(r.ownedBlocks)),
+  map: (k: string, b: Uint8Array) => decode<MapRecord>(k, b, (r) => isInt(r.storeBlock) && isInt(r.crc) && (r.crc as number) <= 0xffffffff),
+};
+
+export const putOp = (k: string, value: object): MetaOp => ({ o: 'p', k, v: encodeValue(value) });
+export const delOp = (k: string): MetaOp => ({ o: 'd', k });
+
+/** Validates a journal record as a MetaOp (a record that is not one means corrupt metadata). */
+export function asMetaOp(record: unknown): MetaOp {
+  const r = record as Record<string, unknown>;
+  if (r && typeof r.k === 'string' && ((r.o === 'p' && r.v instanceof Uint8Array) || r.o === 'd')) return r as unknown as MetaOp;
+  throw new CorruptMetadataError('journal record is not a metadata operation');
+}
+
+/** Thin wrapper over the LevelDB database (classic-level, the node backend of `level`). */
+/** In Node, `level` is classic-level, which also has compactRange (not in the universal typings). */
+interface Compactable {
+  compactRange(start: string, end: string): Promise<void>;
+}
+
+export class MetadataDb {
+  private constructor(readonly db: Level<string, Buffer>) {}
+
+  static async open(path: string, createIfMissing: boolean): Promise<MetadataDb> {
+    const db = new Level<string, Buffer>(path, { keyEncoding: 'utf8', valueEncoding: 'buffer', createIfMissing, errorIfExists: createIfMissing });
+    await db.open();
+    return new MetadataDb(db);
+  }
+
+  async get(key: string): Promise<Buffer | undefined> {
+    return (await this.db.get(key)) ?? undefined;
+  }
+
+  /** Applies ops in order as one LevelDB batch (atomic in LevelDB; not synced: the journal carries durability). */
+  async apply(ops: MetaOp[], sync = false): Promise<void> {
+    if (ops.length === 0) return;
+    await this.db.batch(
+      ops.map((op) => (op.o === 'p' ? { type: 'put' as const, key: op.k, value: Buffer.from(op.v) } : { type: 'del' as const, key: op.k })),
+      { sync },
+    );
+  }
+
+  /** All [key, value] with the prefix, in key order; `limit` bounds the scan. */
+  async *scan(prefix: string, limit = -1): AsyncGenerator<[string, Buffer]> {
+    for await (const entry of this.db.iterator({ gte: prefix, lt: `${prefix}\xff`, limit })) yield entry;
+  }
+
+  /**
+   * Makes every write so far durable in LevelDB: flushing the memtable writes
+   * a synced table file and a synced manifest (LevelDB's CompactRange always
+   * compacts the memtable first), so nothing depends on LevelDB's own
+   * unsynced log any more. Used by checkpoint before the journal tail moves.
+   */
+  async makeDurable(): Promise<void> {
+    await (this.db as unknown as Compactable).compactRange(keys.checkpoint, keys.checkpoint);
+  }
+
+  async close(): Promise<void> {
+    await this.db.close();
+  }
+}
