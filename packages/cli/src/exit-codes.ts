@@ -1,0 +1,40 @@
+/**
+ * The one table from error code to process exit code (README, "Exit codes").
+ * Codes and exit codes are stable: scripts rely on them.
+ */
+export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
+  // 2: the command line itself is wrong (usage)
+  USAGE: 2,
+  INVALID_SIZE: 2,
+  INVALID_ARGUMENT: 2,
+  INVALID_SNAPSHOT_NAME: 2,
+  OUT_OF_RANGE: 2,
+  // 3: something named does not exist
+  VOLUME_NOT_FOUND: 3,
+  SNAPSHOT_NOT_FOUND: 3,
+  INPUT_NOT_FOUND: 3,
+  // 4: conflicts with what exists
+  VOLUME_EXISTS: 4,
+  SNAPSHOT_EXISTS: 4,
+  SNAPSHOT_LIMIT: 4,
+  // 5: another process owns the volume
+  VOLUME_BUSY: 5,
+  // 6: not a volume, or its metadata is damaged or too new
+  NOT_A_VOLUME: 6,
+  CORRUPT_METADATA: 6,
+  STORE_CORRUPT: 6,
+  JOURNAL_CORRUPT: 6,
+  UNSUPPORTED_VERSION: 6,
+  VOLUME_SIZE_MISMATCH: 6,
+  // 7: the operating system failed an I/O
+  IO_ERROR: 7,
+  NO_SPACE: 7,
+  JOURNAL_ABORTED: 7,
+  // 1: a bug (assertion) or anything unexpected
+  ASSERTION_FAILED: 1,
+  INTERNAL: 1,
+});
+
+export function exitCodeFor(code: string): number {
+  return EXIT_CODES[code] ?? 1;
+}

@@ -1,0 +1,3 @@
+/** @cowvol/cli — the `cowvol` command line. Commands live in ./commands (oclif). */
+export { EXIT_CODES, exitCodeFor } from './exit-codes.js';
+export { parseSize, InvalidSizeError } from './size.js';

@@ -1,0 +1,105 @@
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, open, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { once } from 'node:events';
+import type { Writable } from 'node:stream';
+import { CowvolError } from '@cowvol/cow-core';
+
+/** `INPUT_NOT_FOUND`: the --input file does not exist. */
+export class InputNotFoundError extends CowvolError {
+  constructor(path: string) {
+    super('INPUT_NOT_FOUND', `input file ${path} does not exist`, { details: { path } });
+  }
+}
+
+/** Bytes moved per read/write step when streaming (bounds memory). */
+export const STREAM_CHUNK_BYTES = 4 * 1024 * 1024;
+
+/**
+ * A readable input of known length. stdin that is not a regular file (a
+ * pipe) is first spooled to a temporary file, so its length is known before
+ * the volume is touched: an input that would run past the end is refused
+ * with nothing written.
+ */
+export interface SizedInput {
+  path: string;
+  lengthBytes: number;
+  /** Reads up to `lengthBytes` at `offsetBytes` of the input. */
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+export async function openInput(path: string | undefined): Promise<SizedInput> {
+  let spool: string | undefined;
+  let source = path;
+  if (source === undefined) {
+    const st = await stat('/dev/stdin').catch(() => undefined);
+    if (st?.isFile()) {
+      source = '/dev/stdin';
+    } else {
+      spool = await mkdtemp(join(tmpdir(), 'cowvol-stdin-'));
+      source = join(spool, 'input');
+      await pipeline(process.stdin, createWriteStream(source));
+    }
+  }
+  const handle = await open(source, 'r').catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') throw new InputNotFoundError(source!);
+    throw err;
+  });
+  const lengthBytes = (await handle.stat()).size;
+  return {
+    path: source,
+    lengthBytes,
+    async read(offsetBytes, length) {
+      const buf = Buffer.alloc(length);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await handle.read(buf, done, length - done, offsetBytes + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return buf.subarray(0, done);
+    },
+    async close() {
+      await handle.close();
+      if (spool) await rm(spool, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A destination for data: a file (created or truncated) or stdout; honours back-pressure. */
+export interface Sink {
+  write(data: Buffer): Promise<void>;
+  close(): Promise<void>;
+}
+
+export function openSink(path: string | undefined): Sink {
+  const stream: Writable = path === undefined ? process.stdout : createWriteStream(path);
+  return {
+    async write(data) {
+      if (!stream.write(data)) await once(stream, 'drain');
+    },
+    async close() {
+      if (path !== undefined) {
+        stream.end();
+        await once(stream, 'finish');
+      }
+    },
+  };
+}
+
+/**
+ * Streams `lengthBytes` from `read(offset, length)` to the sink in bounded
+ * chunks (a whole snapshot is never held in memory).
+ */
+export async function copyOut(read: (offsetBytes: number, lengthBytes: number) => Promise<Buffer>, offsetBytes: number, lengthBytes: number, sink: Sink): Promise<void> {
+  let pos = 0;
+  while (pos < lengthBytes) {
+    const n = Math.min(STREAM_CHUNK_BYTES, lengthBytes - pos);
+    await sink.write(await read(offsetBytes + pos, n));
+    pos += n;
+  }
+}
+

@@ -1,0 +1,27 @@
+import { CowvolError } from '@cowvol/cow-core';
+
+/** `INVALID_SIZE`: a size or offset argument is not a plain byte count or a K/M/G/T size. */
+export class InvalidSizeError extends CowvolError {
+  constructor(flag: string, value: string) {
+    super('INVALID_SIZE', `invalid size for ${flag}: ${JSON.stringify(value)} (use bytes, or a number with K, M, G, T, KiB, MiB, GiB or TiB; powers of 1024)`, {
+      details: { flag, value },
+    });
+  }
+}
+
+const UNITS: Record<string, number> = { '': 1, B: 1, K: 1024, KIB: 1024, M: 1024 ** 2, MIB: 1024 ** 2, G: 1024 ** 3, GIB: 1024 ** 3, T: 1024 ** 4, TIB: 1024 ** 4 };
+
+/**
+ * Parses `123`, `64K`, `1.5M`, `2GiB`, `1T` (powers of 1024) into a byte
+ * count. Anything else — `10X`, `-1`, `1e3`, empty, a fraction of a byte,
+ * beyond 2^53 — throws `INVALID_SIZE`.
+ */
+export function parseSize(value: string, flag: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$/.exec(value);
+  if (!m) throw new InvalidSizeError(flag, value);
+  const unit = UNITS[m[2]!.toUpperCase()];
+  if (unit === undefined) throw new InvalidSizeError(flag, value);
+  const bytes = Number(m[1]) * unit;
+  if (!Number.isSafeInteger(bytes)) throw new InvalidSizeError(flag, value);
+  return bytes;
+}

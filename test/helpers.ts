@@ -1,0 +1,72 @@
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+
+/** Absolute path of the built CLI entry point. */
+export const CLI = resolve(import.meta.dirname, '../packages/cli/bin/run.js');
+
+export interface RunResult {
+  code: number;
+  stdout: Buffer;
+  stderr: string;
+}
+
+/**
+ * Runs `cowvol <args>` as a real child process (the built CLI), optionally
+ * feeding `input` on stdin. Never throws on a non-zero exit: tests assert on
+ * `code`.
+ */
+export function cowvol(args: string[], options: { input?: Buffer; cwd?: string } = {}): Promise<RunResult> {
+  return run(process.execPath, [CLI, ...args], options);
+}
+
+/** Runs any program, collecting stdout (bytes) and stderr (text). */
+export function run(cmd: string, args: string[], options: { input?: Buffer; cwd?: string } = {}): Promise<RunResult> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(cmd, args, { cwd: options.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolvePromise({ code: code ?? -1, stdout: Buffer.concat(out), stderr: err }));
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(options.input ?? Buffer.alloc(0));
+  });
+}
+
+/** Runs and throws with stderr when the exit code is not 0. */
+export async function runOk(cmd: string, args: string[], options: { input?: Buffer; cwd?: string } = {}): Promise<RunResult> {
+  const r = await run(cmd, args, options);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+  return r;
+}
+
+/** A fresh temporary directory and a function removing it. */
+export async function tempDir(prefix = 'cowvol-test-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+export function sha256(data: Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+export async function sha256File(path: string): Promise<string> {
+  return sha256(await readFile(path));
+}
+
+/** Small deterministic PRNG (mulberry32) so a seed replays a run exactly. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
