@@ -3,7 +3,7 @@
  * (BRIEF §3), metadata in LevelDB, every metadata change through
  * @cowvol/journal. Entry point: {@link Volume}.
  */
-export { Volume, validateSnapshotName, type CreateVolumeOptions, type OpenVolumeOptions, type SnapshotInfo, type VolumeInfo, type DeleteResult } from './volume.js';
+export { Volume, validateSnapshotName, type CreateVolumeOptions, type OpenVolumeOptions, type SnapshotInfo, type VolumeInfo, type DeleteResult, type ConsistencyReport } from './volume.js';
 export * from './errors.js';
 export {
   FORMAT_VERSION,
