@@ -19,6 +19,7 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   SNAPSHOT_LIMIT: 4,
   // 5: another process owns the volume
   VOLUME_BUSY: 5,
+  LOCK_LOST: 5,
   // 6: not a volume, or its metadata is damaged or too new
   NOT_A_VOLUME: 6,
   CORRUPT_METADATA: 6,
@@ -32,6 +33,8 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   JOURNAL_ABORTED: 7,
   // 1: a bug (assertion) or anything unexpected
   ASSERTION_FAILED: 1,
+  JOURNAL_CREDITS_EXCEEDED: 1,
+  VOLUME_CLOSED: 1,
   INTERNAL: 1,
 });
 

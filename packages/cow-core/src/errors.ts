@@ -73,6 +73,13 @@ export class VolumeBusyError extends CowvolError {
   }
 }
 
+/** `LOCK_LOST`: this process's owner lock went stale and was taken over; it stops writing. */
+export class LockLostError extends CowvolError {
+  constructor(path: string, cause: unknown) {
+    super('LOCK_LOST', `lost the lock on ${path} (stalled past the stale time?); stopped to avoid two writers`, { cause, details: { path } });
+  }
+}
+
 /** `NOT_A_VOLUME`: the file has no cowvol sidecar, or the sidecar is incomplete or foreign. */
 export class NotAVolumeError extends CowvolError {
   constructor(message: string, options?: Options) {

@@ -1,6 +1,7 @@
 import { readFile, writeFile, rm } from 'node:fs/promises';
 import lockfile from 'proper-lockfile';
-import { VolumeBusyError } from './errors.js';
+import { IoError } from '@cowvol/journal';
+import { LockLostError, VolumeBusyError } from './errors.js';
 import type { VolumeLayout } from './layout.js';
 
 /**
@@ -13,26 +14,43 @@ import type { VolumeLayout } from './layout.js';
  * @throws VolumeBusyError `VOLUME_BUSY` when another live process holds it.
  */
 export class OwnerLock {
-  private constructor(private readonly layout: VolumeLayout, private readonly release: () => Promise<void>) {}
+  private lost: Error | undefined;
+  private release: () => Promise<void> = async () => undefined;
+
+  private constructor(private readonly layout: VolumeLayout) {}
+
+  /**
+   * Throws `LOCK_LOST` when the lock was taken over (this process stalled
+   * past the stale time and another one claimed the volume): nothing more
+   * may be written.
+   */
+  throwIfLost(): void {
+    if (this.lost) throw new LockLostError(this.layout.volumePath, this.lost);
+  }
 
   static async acquire(layout: VolumeLayout, options: { staleMs?: number } = {}): Promise<OwnerLock> {
-    let release: () => Promise<void>;
+    const owner = new OwnerLock(layout);
     try {
-      release = await lockfile.lock(layout.sidecarPath, {
+      owner.release = await lockfile.lock(layout.sidecarPath, {
         lockfilePath: layout.lockPath,
         realpath: false,
         retries: 0,
         stale: options.staleMs ?? 10_000,
+        // proper-lockfile's default throws from a timer; record it instead
+        // and refuse further work (throwIfLost).
+        onCompromised: (err) => {
+          owner.lost = err;
+        },
       });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ELOCKED') {
         const pid = Number.parseInt(await readFile(layout.ownerPath, 'utf8').catch(() => ''), 10);
         throw new VolumeBusyError(layout.volumePath, Number.isSafeInteger(pid) ? pid : undefined);
       }
-      throw err;
+      throw new IoError(`cannot lock ${layout.sidecarPath}: ${(err as Error).message}`, { cause: err, details: { path: layout.lockPath } });
     }
     await writeFile(layout.ownerPath, `${process.pid}\n`);
-    return new OwnerLock(layout, release);
+    return owner;
   }
 
   async unlock(): Promise<void> {

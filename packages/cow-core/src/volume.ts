@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, open as openFile, rm, stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { Mutex } from 'async-mutex';
 import {
   CowvolError,
@@ -272,6 +273,7 @@ export class Volume {
         await db.makeDurable();
         await db.close();
         await syncDirectory(layout.sidecarPath);
+        await syncDirectory(dirname(resolve(layout.sidecarPath)));
       } finally {
         await lock.unlock();
       }
@@ -573,6 +575,7 @@ export class Volume {
   private async exclusive<T>(fn: () => Promise<T>): Promise<T> {
     return this.mutex.runExclusive(async () => {
       if (this.closed) throw new VolumeClosedError();
+      this.lock.throwIfLost();
       if (this.failure !== undefined) {
         throw new CowvolError('JOURNAL_ABORTED', 'an earlier metadata commit failed; close and reopen the volume to recover', { cause: this.failure });
       }
@@ -633,11 +636,14 @@ export class Volume {
       for (const op of ops) handle.log(op);
       await handle.commit();
       await this.db.apply(ops);
+      if (this.journal.uncheckpointedBytes > CHECKPOINT_THRESHOLD_BYTES) await this.checkpoint();
     } catch (err) {
+      // The commit may or may not be durable, or LevelDB may lag it: the
+      // in-memory state can no longer be trusted. Refuse further work until a
+      // reopen recovers from the journal (like jbd2's abort).
       this.failure = err;
       throw err;
     }
-    if (this.journal.uncheckpointedBytes > CHECKPOINT_THRESHOLD_BYTES) await this.checkpoint();
   }
 
   /** Makes LevelDB durable up to the last commit, then moves the journal tail past it. */

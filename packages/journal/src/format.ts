@@ -1,5 +1,5 @@
 import { crc32c } from './checksum.js';
-import { JournalCorruptError } from './errors.js';
+import { CowvolError, JournalCorruptError } from './errors.js';
 
 /**
  * On-disk layout of the journal file (documented byte by byte in
@@ -72,7 +72,7 @@ export function decodeSuperblock(buf: Buffer, name: string): JournalSuperblock {
   const magic = buf.readUInt32BE(0);
   if (magic !== JOURNAL_MAGIC) throw new JournalCorruptError(`${name}: not a cowvol journal (bad magic 0x${magic.toString(16)})`);
   const version = buf.readUInt32BE(4);
-  if (version !== JOURNAL_VERSION) throw new JournalCorruptError(`${name}: unsupported journal version ${version}`, { details: { version } });
+  if (version !== JOURNAL_VERSION) throw new CowvolError('UNSUPPORTED_VERSION', `${name}: journal version ${version}; this cowvol reads version ${JOURNAL_VERSION}`, { details: { version } });
   const stored = buf.readUInt32BE(40);
   if (stored !== crc32c(buf.subarray(0, 40))) throw new JournalCorruptError(`${name}: journal superblock checksum mismatch`);
   const tailSequence = Number(buf.readBigUInt64BE(24));

@@ -1,7 +1,7 @@
 import { unpackMultiple } from 'msgpackr';
 import type { BlockDevice } from './block-device.js';
 import { COMMIT_BYTES, TX_HEADER_BYTES, decodeHeader, verifyCommit, type JournalSuperblock } from './format.js';
-import { assert } from './errors.js';
+import { JournalCorruptError } from './errors.js';
 
 /** One committed transaction found by the recovery scan. */
 export interface RecoveredTransaction {
@@ -71,7 +71,10 @@ export async function scanJournal(device: BlockDevice, sb: JournalSuperblock, se
       stopReason = 'payload does not decode';
       break;
     }
-    assert(records.length === decoded.recordCount, `transaction ${sequence}: ${records.length} records decoded, header says ${decoded.recordCount}`);
+    if (records.length !== decoded.recordCount) {
+      // Checksum-valid but inconsistent: written wrong, not torn. Refuse to guess.
+      throw new JournalCorruptError(`${device.name}: transaction ${sequence} holds ${records.length} records but its header says ${decoded.recordCount}`);
+    }
     transactions.push({ sequence, records, startOffsetBytes: offset, endOffsetBytes: end });
     offset = end;
     sequence += 1;
