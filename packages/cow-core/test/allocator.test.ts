@@ -1,0 +1,77 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { ExtentAllocator } from '../src/index.js';
+
+describe('extent allocator', () => {
+  it('reuses the lowest freed space first, then grows the high-water mark', () => {
+    const a = new ExtentAllocator(0);
+    expect(a.allocate(10)).toEqual([{ startBlock: 0, lengthBlocks: 10 }]);
+    a.free({ startBlock: 2, lengthBlocks: 3 });
+    a.free({ startBlock: 7, lengthBlocks: 1 });
+    expect(a.allocate(5)).toEqual([
+      { startBlock: 2, lengthBlocks: 3 },
+      { startBlock: 7, lengthBlocks: 1 },
+      { startBlock: 10, lengthBlocks: 1 },
+    ]);
+    expect(a.highWaterBlocks).toBe(11);
+    expect(a.freeBlocks).toBe(0);
+  });
+
+  it('merges adjacent free extents', () => {
+    const a = new ExtentAllocator(0);
+    a.allocate(9);
+    a.free({ startBlock: 0, lengthBlocks: 3 });
+    a.free({ startBlock: 6, lengthBlocks: 3 });
+    a.free({ startBlock: 3, lengthBlocks: 3 });
+    expect(a.extents()).toEqual([{ startBlock: 0, lengthBlocks: 9 }]);
+  });
+
+  it('guarantee 6: no double use — freeing a free block or one beyond the store is an assertion failure', () => {
+    const a = new ExtentAllocator(0);
+    a.allocate(4);
+    a.free({ startBlock: 1, lengthBlocks: 2 });
+    expect(() => a.free({ startBlock: 2, lengthBlocks: 1 })).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+    expect(() => a.free({ startBlock: 0, lengthBlocks: 2 })).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+    expect(() => a.free({ startBlock: 4, lengthBlocks: 1 })).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+  });
+
+  it('rollback undoes every change since the last takeOps (a COW that failed leaks nothing)', () => {
+    const a = new ExtentAllocator(0);
+    a.allocate(8);
+    a.free({ startBlock: 2, lengthBlocks: 4 });
+    a.takeOps();
+    const before = { hw: a.highWaterBlocks, extents: a.extents() };
+    a.allocate(6);
+    a.free({ startBlock: 0, lengthBlocks: 1 });
+    a.rollback();
+    expect({ hw: a.highWaterBlocks, extents: a.extents() }).toEqual(before);
+  });
+
+  it('the ops it emits rebuild the same state (property: persisted == in memory)', () => {
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 1, max: 20 })), { maxLength: 60 }), (steps) => {
+        const a = new ExtentAllocator(0);
+        const used: number[] = [];
+        const persisted = new Map<string, number>();
+        for (const [alloc, n] of steps) {
+          if (alloc || used.length === 0) {
+            for (const e of a.allocate(n)) for (let i = 0; i < e.lengthBlocks; i++) used.push(e.startBlock + i);
+          } else {
+            const k = Math.min(n, used.length);
+            const freed = used.splice(0, k).sort((x, y) => x - y);
+            for (const b of freed) a.free({ startBlock: b, lengthBlocks: 1 });
+          }
+          for (const op of a.takeOps()) {
+            if (op.k === 'alloc') continue;
+            if (op.o === 'p') persisted.set(op.k, 1);
+            else persisted.delete(op.k);
+          }
+          // Every used block is outside the free set; free + used = high-water mark.
+          for (const b of used) expect(a.isFree(b)).toBe(false);
+          expect(a.freeBlocks + used.length).toBe(a.highWaterBlocks);
+          expect([...persisted.keys()].sort()).toEqual(a.extents().map((e) => `free:${e.startBlock.toString(16).padStart(12, '0')}`).sort());
+        }
+      }),
+    );
+  });
+});
