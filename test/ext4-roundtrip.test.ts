@@ -29,6 +29,8 @@ function onPath(cmd: string, args: string[]): boolean {
 }
 
 const haveMke2fs = onPath('mke2fs', ['-V']) && onPath('debugfs', ['-V']) && onPath('e2fsck', ['-V']);
+// CI installs e2fsprogs (.ci/run): there, a missing tool is a failure, never a skip.
+if (process.env.CI && !haveMke2fs) throw new Error('CI=true but mke2fs/debugfs/e2fsck are not installed (apt-get install e2fsprogs)');
 const skipReason = haveMke2fs ? '' : ' [SKIPPED: mke2fs/debugfs/e2fsck (e2fsprogs) not found on PATH]';
 
 /** Deterministic pseudo-random bytes from a seeded mulberry32. */
