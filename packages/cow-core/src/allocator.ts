@@ -15,12 +15,16 @@ export interface Extent {
  * first-fit from the lowest free extent, so freed space is reused before the
  * store grows; only then does the high-water mark move.
  *
- * Every change is recorded twice: as metadata ops (`free:<start>` puts/dels
- * and the `alloc` record) that the caller logs in the same journal
- * transaction as the mappings it allocated for, and as an undo step, so a
- * COW that fails before its commit can `rollback()` and leave no leak
- * (guarantee 6). Freeing a block that is already free, or above the
- * high-water mark, is an assertion failure (double use).
+ * Two instances exist per volume. The *live* allocator hands out store
+ * blocks to COWs in flight (in memory only; a cancelled COW frees its
+ * reservation). The *committed* allocator mirrors LevelDB: it is changed
+ * only by applying committed journal records, in commit order
+ * (`allocateExact` for each new mapping, `free` for each unmapping), and
+ * records the `free:<start>` / `alloc` key operations of each change so the
+ * same LevelDB batch carries them. A reservation that never commits is
+ * therefore never persisted: nothing leaks across a crash (guarantee 6).
+ * Freeing a block that is already free, or above the high-water mark, and
+ * allocating one that is not free, are assertion failures (double use).
  *
  * Bound: the free set holds at most one extent per freed run; inserts are
  * O(free extents) (a sorted array), fine for the extent counts a delete
@@ -30,10 +34,10 @@ export class ExtentAllocator {
   private readonly starts: number[] = [];
   private readonly lengths = new Map<number, number>();
   private ops: MetaOp[] = [];
-  private undo: Array<() => void> = [];
   private highWaterDirty = false;
 
-  constructor(public highWaterBlocks: number, freeExtents: Extent[] = []) {
+  /** @param recordOps record LevelDB key operations for every change (the committed allocator). */
+  constructor(public highWaterBlocks: number, freeExtents: Extent[] = [], private readonly recordOps = false) {
     for (const e of freeExtents) this.insert(e.startBlock, e.lengthBlocks);
     for (let i = 1; i < this.starts.length; i++) {
       const prev = this.starts[i - 1]!;
@@ -69,12 +73,10 @@ export class ExtentAllocator {
       const length = this.lengths.get(start)!;
       const take = Math.min(length, need);
       this.remove(start);
-      this.ops.push(delOp(keys.free(start)));
-      this.undo.push(() => this.insert(start, length));
+      this.record(delOp(keys.free(start)));
       if (take < length) {
         this.insert(start + take, length - take);
-        this.ops.push(putOp(keys.free(start + take), { v: SCHEMA_VERSION, lengthBlocks: length - take }));
-        this.undo.push(() => this.remove(start + take));
+        this.record(putOp(keys.free(start + take), { v: SCHEMA_VERSION, lengthBlocks: length - take }));
       }
       out.push({ startBlock: start, lengthBlocks: take });
       need -= take;
@@ -83,9 +85,6 @@ export class ExtentAllocator {
       const start = this.highWaterBlocks;
       this.highWaterBlocks += need;
       this.highWaterDirty = true;
-      this.undo.push(() => {
-        this.highWaterBlocks = start;
-      });
       out.push({ startBlock: start, lengthBlocks: need });
     }
     return out;
@@ -106,21 +105,49 @@ export class ExtentAllocator {
     if (prev !== undefined && prev + this.lengths.get(prev)! === startBlock) {
       const prevLength = this.lengths.get(prev)!;
       this.remove(prev);
-      this.ops.push(delOp(keys.free(prev)));
-      this.undo.push(() => this.insert(prev, prevLength));
+      this.record(delOp(keys.free(prev)));
       newStart = prev;
       newLength += prevLength;
     }
     if (next !== undefined && next === startBlock + lengthBlocks) {
       const nextLength = this.lengths.get(next)!;
       this.remove(next);
-      this.ops.push(delOp(keys.free(next)));
-      this.undo.push(() => this.insert(next, nextLength));
+      this.record(delOp(keys.free(next)));
       newLength += nextLength;
     }
     this.insert(newStart, newLength);
-    this.ops.push(putOp(keys.free(newStart), { v: SCHEMA_VERSION, lengthBlocks: newLength }));
-    this.undo.push(() => this.remove(newStart));
+    this.record(putOp(keys.free(newStart), { v: SCHEMA_VERSION, lengthBlocks: newLength }));
+  }
+
+  /**
+   * Takes one specific block out of the free space (the committed allocator
+   * applying a mapping that the live allocator handed out). A block above
+   * the high-water mark raises it, the gap becoming free (commits may land
+   * in another order than their allocations). Asserts the block is free.
+   */
+  allocateExact(block: number): void {
+    assert(Number.isSafeInteger(block) && block >= 0, `allocateExact(${block})`);
+    if (block >= this.highWaterBlocks) {
+      const gapStart = this.highWaterBlocks;
+      this.highWaterBlocks = block + 1;
+      this.highWaterDirty = true;
+      if (block > gapStart) this.free({ startBlock: gapStart, lengthBlocks: block - gapStart });
+      return;
+    }
+    const i = this.lowerIndex(block + 1) - 1;
+    const start = i >= 0 ? this.starts[i]! : -1;
+    const length = i >= 0 ? this.lengths.get(start)! : 0;
+    assert(i >= 0 && block < start + length, `double use: store block ${block} is already in use`);
+    this.remove(start);
+    this.record(delOp(keys.free(start)));
+    if (block > start) {
+      this.insert(start, block - start);
+      this.record(putOp(keys.free(start), { v: SCHEMA_VERSION, lengthBlocks: block - start }));
+    }
+    if (block + 1 < start + length) {
+      this.insert(block + 1, start + length - block - 1);
+      this.record(putOp(keys.free(block + 1), { v: SCHEMA_VERSION, lengthBlocks: start + length - block - 1 }));
+    }
   }
 
   /** True when `block` is in a free extent (used by checks). */
@@ -132,25 +159,24 @@ export class ExtentAllocator {
   }
 
   /**
-   * The metadata ops for every change since the last take, in order, ready to
-   * be logged with the mappings they belong to. Clears the undo log: the
-   * caller is about to commit them.
+   * The LevelDB key operations for every change since the last take, in
+   * order (empty unless constructed with `recordOps`).
    */
   takeOps(): MetaOp[] {
     const ops = this.ops;
-    if (this.highWaterDirty) ops.push(putOp(keys.allocator, { v: SCHEMA_VERSION, highWaterBlocks: this.highWaterBlocks }));
+    if (this.highWaterDirty && this.recordOps) ops.push(putOp(keys.allocator, { v: SCHEMA_VERSION, highWaterBlocks: this.highWaterBlocks }));
     this.ops = [];
-    this.undo = [];
     this.highWaterDirty = false;
     return ops;
   }
 
-  /** Undoes every change since the last `takeOps()` (a COW that failed before commit). */
-  rollback(): void {
-    for (let i = this.undo.length - 1; i >= 0; i--) this.undo[i]!();
-    this.undo = [];
-    this.ops = [];
-    this.highWaterDirty = false;
+  /** An independent copy with the same state (the live allocator starts as a copy of the committed one). */
+  clone(recordOps = false): ExtentAllocator {
+    return new ExtentAllocator(this.highWaterBlocks, this.extents(), recordOps);
+  }
+
+  private record(op: MetaOp): void {
+    if (this.recordOps) this.ops.push(op);
   }
 
   private lowerIndex(block: number): number {

@@ -3,7 +3,7 @@
  * (BRIEF §3), metadata in LevelDB, every metadata change through
  * @cowvol/journal. Entry point: {@link Volume}.
  */
-export { Volume, validateSnapshotName, type CreateVolumeOptions, type OpenVolumeOptions, type SnapshotInfo, type VolumeInfo, type DeleteResult, type ConsistencyReport } from './volume.js';
+export { Volume, validateSnapshotName, type CreateVolumeOptions, type OpenVolumeOptions, type SnapshotInfo, type VolumeInfo, type DeleteResult, type ConsistencyReport, type VolumeStats } from './volume.js';
 export * from './errors.js';
 export {
   FORMAT_VERSION,
@@ -32,3 +32,6 @@ export {
   type DeviceOpener,
   type RecoveryReport,
 } from '@cowvol/journal';
+export { checkVolume, MAX_FINDINGS, type CheckReport, type CheckFinding } from './check.js';
+export { FreezeGate } from './freeze-gate.js';
+export { type MetaRecord } from './committed-metadata.js';

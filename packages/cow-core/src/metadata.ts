@@ -67,7 +67,7 @@ export interface MapRecord {
   crc: number;
 }
 
-/** A LevelDB write, as logged in the journal and replayed at recovery (idempotent). */
+/** One LevelDB key operation (applied in batches; see committed-metadata.ts). */
 export type MetaOp = { o: 'p'; k: string; v: Buffer } | { o: 'd'; k: string };
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -129,13 +129,6 @@ export const decodeValue = {
 
 export const putOp = (k: string, value: object): MetaOp => ({ o: 'p', k, v: encodeValue(value) });
 export const delOp = (k: string): MetaOp => ({ o: 'd', k });
-
-/** Validates a journal record as a MetaOp (a record that is not one means corrupt metadata). */
-export function asMetaOp(record: unknown): MetaOp {
-  const r = record as Record<string, unknown>;
-  if (r && typeof r.k === 'string' && ((r.o === 'p' && r.v instanceof Uint8Array) || r.o === 'd')) return r as unknown as MetaOp;
-  throw new CorruptMetadataError('journal record is not a metadata operation');
-}
 
 /** Thin wrapper over the LevelDB database (classic-level, the node backend of `level`). */
 /** In Node, `level` is classic-level, which also has compactRange (not in the universal typings). */

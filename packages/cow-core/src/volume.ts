@@ -1,15 +1,18 @@
 import { randomBytes } from 'node:crypto';
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { mkdir, open as openFile, rm, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
-import { Mutex } from 'async-mutex';
+import { performance } from 'node:perf_hooks';
 import {
   CowvolError,
+  IoError,
   Journal,
   assert,
   crc32c,
   fileDeviceOpener,
   type BlockDevice,
   type DeviceOpener,
+  type Handle,
   type RecoveryReport,
 } from '@cowvol/journal';
 import {
@@ -22,7 +25,6 @@ import {
   SnapshotLimitError,
   SnapshotNotFoundError,
   StoreCorruptError,
-  UnsupportedVersionError,
   VolumeClosedError,
   VolumeExistsError,
   VolumeNotFoundError,
@@ -43,23 +45,14 @@ import {
   volumeLayout,
   type VolumeLayout,
 } from './layout.js';
-import {
-  MetadataDb,
-  SCHEMA_VERSION,
-  asMetaOp,
-  decodeValue,
-  delOp,
-  keys,
-  parseHexSuffix,
-  putOp,
-  type MetaOp,
-  type SnapshotRecord,
-  type VolumeRecord,
-} from './metadata.js';
+import { MetadataDb, SCHEMA_VERSION, keys, putOp, type SnapshotRecord, type VolumeRecord } from './metadata.js';
 import { ExtentAllocator, type Extent } from './allocator.js';
 import { SnapshotMap, type MapEntry } from './snapshot-map.js';
 import { SnapshotStore } from './store.js';
 import { OwnerLock } from './owner-lock.js';
+import { CommittedMetadata, type MetaRecord } from './committed-metadata.js';
+import { FreezeGate } from './freeze-gate.js';
+import { checkVolume, type CheckReport } from './check.js';
 
 /** Options for {@link Volume.create}. */
 export interface CreateVolumeOptions {
@@ -141,53 +134,79 @@ type BlockSource = { storeBlock: number; crc: number } | null;
  *
  * The live volume is the file itself (block i at byte i × blockSize); COW
  * copies go to the snapshot store in the sidecar; metadata lives in LevelDB
- * and every metadata change is first committed to the journal.
+ * and every metadata change is first committed to the journal, then applied
+ * to LevelDB in commit order (committed-metadata.ts).
  *
  * Ordering (BRIEF §4): on the first write of block i after the active
  * snapshot was taken, the old content is copied to a newly allocated store
  * block, the store is fsynced, then the mapping (with the copy's CRC32C) is
- * committed to the journal (fsynced), and only then is the live block
- * overwritten. So a mapping is never published before its data (guarantee 2)
- * and the copy is durable before the overwrite can reach the disk
- * (guarantee 3).
+ * committed to the journal (fsynced), published in memory, and only then is
+ * the live block overwritten. So a mapping is never published before its
+ * data (guarantee 2) and the copy is durable before the overwrite can reach
+ * the disk (guarantee 3).
  *
- * Concurrency (first version): one async mutex serializes every operation of
- * one Volume object; one process owns the volume (VOLUME_BUSY otherwise).
+ * Concurrency (BRIEF §5, seed 004; docs/ARCHITECTURE.md "Concurrency"):
+ * - I/O runs concurrently inside a {@link FreezeGate}; snapshot create and
+ *   each delete step freeze it (drain, act alone, thaw).
+ * - Pending COW: concurrent writers of one block elect one COWing task (the
+ *   first to register the block in `pending`); the others await its promise
+ *   and re-check. A failed COW is cancelled: its reservation is freed and
+ *   waiters retry.
+ * - Read-through never sees the future: a block read from the live volume is
+ *   re-checked against the maps after the read; if a COW published it in
+ *   the meantime, the copy is read instead (sound because a mapping is
+ *   published before the overwrite is issued).
+ * - Lock order: journal handle (credits) first, then block locks (pending
+ *   markers). `startHandle` asserts no block lock is held.
  *
  * Errors (codes): INVALID_ARGUMENT, INVALID_SNAPSHOT_NAME, OUT_OF_RANGE,
  * SNAPSHOT_NOT_FOUND, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, VOLUME_NOT_FOUND,
- * VOLUME_EXISTS, VOLUME_BUSY, NOT_A_VOLUME, CORRUPT_METADATA, STORE_CORRUPT,
- * UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, VOLUME_CLOSED, IO_ERROR,
- * NO_SPACE, JOURNAL_CORRUPT, JOURNAL_ABORTED.
+ * VOLUME_EXISTS, VOLUME_BUSY, LOCK_LOST, NOT_A_VOLUME, CORRUPT_METADATA,
+ * STORE_CORRUPT, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, VOLUME_CLOSED,
+ * IO_ERROR, NO_SPACE, JOURNAL_CORRUPT, JOURNAL_ABORTED.
  */
 export class Volume {
-  private readonly mutex = new Mutex();
-  /** Loaded snapshot maps by snapshot id (loaded on first use). */
+  private readonly gate = new FreezeGate();
+  /** Loaded snapshot maps (the live view) by snapshot id. */
   private readonly maps = new Map<number, SnapshotMap>();
+  private readonly mapLoads = new Map<number, Promise<SnapshotMap>>();
+  /** Pending COWs into the active snapshot, by volume block. */
+  private readonly pending = new Map<number, PendingCow>();
+  /**
+   * Which pending-COW markers the current async context holds, for the
+   * lock-order assertion. AsyncLocalStorage costs every promise in the
+   * process (async hooks), so it is on only when COWVOL_LOCK_CHECKS=1 (the
+   * test suite sets it).
+   */
+  private readonly heldBlockLocks = process.env.COWVOL_LOCK_CHECKS === '1' ? new AsyncLocalStorage<{ blocks: number }>() : undefined;
+  private checkpointing: Promise<void> | undefined;
   private closed = false;
   /** Set when a commit failed: the in-memory state may be ahead of disk; reopen to recover. */
   private failure: unknown = undefined;
+  /** Counters for stress runs and `info`. */
+  readonly stats: VolumeStats = { cows: 0, cowBatches: 0, pendingWaits: 0, maxPendingWaitMs: 0, readRechecks: 0, cancelledCows: 0 };
 
   private constructor(
     readonly layout: VolumeLayout,
-    private sb: VolumeRecord,
+    private readonly meta: CommittedMetadata,
     private readonly db: MetadataDb,
     private readonly volume: BlockDevice,
     private readonly store: SnapshotStore,
-    private readonly journal: Journal,
+    private journal: Journal,
+    /** Hands out store blocks to COWs in flight (in memory only). */
     private readonly allocator: ExtentAllocator,
-    /** Every snapshot, oldest first (ids ascending), including one being deleted. */
+    /** Every snapshot, oldest first (ids ascending), including one being deleted: the live view. */
     private readonly catalog: SnapshotRecord[],
     private readonly lock: OwnerLock,
-    private readonly recovery: RecoveryReport,
+    private recovery: RecoveryReport,
   ) {}
 
   get sizeBytes(): number {
-    return this.sb.sizeBytes;
+    return this.meta.sb.sizeBytes;
   }
 
   get blockSizeBytes(): number {
-    return this.sb.blockSizeBytes;
+    return this.meta.sb.blockSizeBytes;
   }
 
   // ---------------------------------------------------------------- create
@@ -289,8 +308,8 @@ export class Volume {
 
   /**
    * Opens a volume: takes the owner lock, validates every part against the
-   * metadata, runs journal recovery (replaying committed metadata changes
-   * into LevelDB), finishes an interrupted snapshot delete.
+   * metadata, runs journal recovery (replaying committed transactions that
+   * LevelDB does not have yet), finishes an interrupted snapshot delete.
    * @throws VOLUME_NOT_FOUND, NOT_A_VOLUME, VOLUME_BUSY, CORRUPT_METADATA, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, JOURNAL_CORRUPT, IO_ERROR
    */
   static async open(path: string, options: OpenVolumeOptions = {}): Promise<Volume> {
@@ -298,7 +317,7 @@ export class Volume {
     const layout = volumeLayout(path);
     const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT' || err.code === 'ENOTDIR') throw new VolumeNotFoundError(path, { cause: err });
-      throw err;
+      throw new IoError(`cannot stat ${path}: ${err.message}`, { cause: err });
     });
     if (!st.isFile()) throw new NotAVolumeError(`${path} is not a regular file`);
     if (!(await exists(layout.sidecarPath))) {
@@ -314,10 +333,8 @@ export class Volume {
         throw new NotAVolumeError(`${layout.metaPath} is not a readable cowvol metadata database`, { cause: err });
       }
       opened.push(db);
-      const sbBytes = await db.get(keys.volume);
-      if (!sbBytes) throw new NotAVolumeError(`${path}: sidecar is incomplete (no volume record); it was never fully created`);
-      const sb = decodeValue.volume(keys.volume, sbBytes);
-      if (sb.formatVersion > FORMAT_VERSION) throw new UnsupportedVersionError(`${path} has format version ${sb.formatVersion}; this cowvol reads up to ${FORMAT_VERSION}`);
+      const meta = await CommittedMetadata.load(db, path);
+      const sb = meta.sb;
       const uuid = Buffer.from(sb.uuid, 'hex');
 
       const volume = await opener.open(path, { create: false });
@@ -331,50 +348,22 @@ export class Volume {
       await store.verifyHeader(uuid);
 
       const journalDev = await opener.open(layout.journalPath, { create: false });
-      const { journal, recovery } = await Journal.open(journalDev, {
-        expectedUuid: uuid,
-        replay: async (tx) => db.apply(tx.records.map(asMetaOp)),
-      }).catch(async (err: unknown) => {
+      const apply = (tx: { sequence: number; records: unknown[] }) => meta.apply(tx);
+      const { journal, recovery } = await Journal.open(journalDev, { expectedUuid: uuid, replay: apply, apply }).catch(async (err: unknown) => {
         await journalDev.close();
         throw err;
       });
       opened.push(journal);
-      if (recovery.replayedTransactions > 0) {
-        await db.apply([putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: recovery.lastSequence })]);
-        await db.makeDurable();
-        await journal.checkpoint(recovery.lastSequence);
-      }
 
-      // Re-read the volume record: replay may have changed it.
-      const sbNow = decodeValue.volume(keys.volume, (await db.get(keys.volume))!);
-      const catalog: SnapshotRecord[] = [];
-      for await (const [key, value] of db.scan(keys.snapshotPrefix, MAX_SNAPSHOTS + 1)) {
-        const rec = decodeValue.snapshot(key, value);
-        if (rec.id !== parseHexSuffix(key, keys.snapshotPrefix)) throw new CorruptMetadataError(`snapshot record ${key} has id ${rec.id}`);
-        catalog.push(rec);
-      }
-      if (catalog.length > MAX_SNAPSHOTS) throw new CorruptMetadataError(`more than ${MAX_SNAPSHOTS} snapshot records`);
+      const catalog = [...meta.snapshots.values()].sort((a, b) => a.id - b.id).map((r) => ({ ...r }));
       const names = new Set<string>();
       for (const rec of catalog) {
         if (rec.state === 'live' && names.has(rec.name)) throw new CorruptMetadataError(`two snapshots named ${rec.name}`);
         names.add(rec.name);
-        if (rec.id >= sbNow.nextSnapshotId) throw new CorruptMetadataError(`snapshot id ${rec.id} not below nextSnapshotId ${sbNow.nextSnapshotId}`);
+        if (rec.id >= meta.sb.nextSnapshotId) throw new CorruptMetadataError(`snapshot id ${rec.id} not below nextSnapshotId ${meta.sb.nextSnapshotId}`);
       }
-      const allocBytes = await db.get(keys.allocator);
-      if (!allocBytes) throw new CorruptMetadataError('allocator record missing');
-      const alloc = decodeValue.allocator(keys.allocator, allocBytes);
-      const free: Extent[] = [];
-      for await (const [key, value] of db.scan(keys.freePrefix)) {
-        free.push({ startBlock: parseHexSuffix(key, keys.freePrefix), lengthBlocks: decodeValue.free(key, value).lengthBlocks });
-      }
-      let allocator: ExtentAllocator;
-      try {
-        allocator = new ExtentAllocator(alloc.highWaterBlocks, free);
-      } catch (err) {
-        throw new CorruptMetadataError(`allocator state is inconsistent: ${(err as Error).message}`, { cause: err });
-      }
-
-      const vol = new Volume(layout, sbNow, db, volume, store, journal, allocator, catalog, lock, recovery);
+      const vol = new Volume(layout, meta, db, volume, store, journal, meta.allocator.clone(), catalog, lock, recovery);
+      if (recovery.replayedTransactions > 0) await vol.checkpoint();
       // Finish a delete that a crash interrupted (each step was its own transaction).
       for (const rec of [...catalog]) if (rec.state === 'deleting') await vol.finishDelete(rec);
       return vol;
@@ -390,22 +379,29 @@ export class Volume {
   /**
    * Writes `data` at `offsetBytes` of the live volume, COWing into the active
    * snapshot first every block touched for the first time since it was
-   * taken (a partial-block write still copies the whole block). Returns when
-   * the data is in the volume file; durable after {@link flush}.
-   * @throws OUT_OF_RANGE, IO_ERROR, NO_SPACE (the write did not happen for the failed chunk; snapshots stay readable)
+   * taken (a partial-block write still copies the whole block). Resolves
+   * when every chunk's I/O has ended (per-block completion, seed 003); the
+   * data is durable after {@link flush}.
+   *
+   * On failure the error keeps its code (IO_ERROR, NO_SPACE, …) and its
+   * `details.failedRanges` lists the byte ranges not written; every other
+   * range was written completely, and every snapshot stays intact.
+   * @throws OUT_OF_RANGE, INVALID_ARGUMENT, IO_ERROR, NO_SPACE, JOURNAL_ABORTED
    */
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
     this.checkRange(offsetBytes, data.length);
     if (data.length === 0) return;
-    await this.exclusive(async () => {
-      let pos = 0;
-      while (pos < data.length) {
+    // Stable buffer: the bytes written are the bytes as of this call.
+    const stable = Buffer.from(data);
+    await this.shared(async () => {
+      const chunks: Array<{ offsetBytes: number; data: Buffer }> = [];
+      for (let pos = 0; pos < stable.length; ) {
         const abs = offsetBytes + pos;
-        const chunkEnd = Math.min(offsetBytes + data.length, (Math.floor(abs / IO_CHUNK_BYTES) + 1) * IO_CHUNK_BYTES);
-        const chunk = data.subarray(pos, chunkEnd - offsetBytes);
-        await this.writeChunk(abs, chunk);
-        pos = chunkEnd - offsetBytes;
+        const end = Math.min(offsetBytes + stable.length, (Math.floor(abs / IO_CHUNK_BYTES) + 1) * IO_CHUNK_BYTES);
+        chunks.push({ offsetBytes: abs, data: stable.subarray(pos, end - offsetBytes) });
+        pos = end - offsetBytes;
       }
+      await this.allChunks(chunks, (c) => this.writeChunk(c.offsetBytes, c.data), 'write');
     });
   }
 
@@ -416,33 +412,37 @@ export class Volume {
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.checkRange(offsetBytes, lengthBytes);
     this.checkReadLength(lengthBytes);
-    return this.exclusive(() => this.volume.read(offsetBytes, lengthBytes));
+    return this.shared(() => this.volume.read(offsetBytes, lengthBytes));
   }
 
-  /** Makes every write so far durable (guarantee 4: acknowledged means durable). */
+  /** Makes every write that completed before the call durable (guarantee 4: acknowledged means durable). */
   async flush(): Promise<void> {
-    await this.exclusive(() => this.volume.sync());
+    await this.shared(() => this.volume.sync());
   }
 
   // ------------------------------------------------------------ snapshots
 
   /**
-   * Takes a snapshot in O(1): syncs the live volume (so the snapshot's
-   * read-through content is durable), commits a catalog entry; the new
-   * snapshot becomes active with an empty COW bitmap.
+   * Takes a snapshot in O(1): freezes (new writes wait, writes in flight
+   * drain, so the snapshot never holds half of one write call), syncs the
+   * live volume (the snapshot's read-through content must be durable),
+   * commits a catalog entry and thaws; the new snapshot is active with an
+   * empty COW bitmap.
    * @throws INVALID_SNAPSHOT_NAME, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, IO_ERROR
    */
   async createSnapshot(name: string): Promise<SnapshotInfo> {
     validateSnapshotName(name);
-    return this.exclusive(async () => {
+    return this.frozen(async () => {
       if (this.findLive(name)) throw new SnapshotExistsError(name);
       if (this.catalog.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
+      assert(this.pending.size === 0, 'pending COWs while frozen');
       await this.volume.sync();
-      const id = this.sb.nextSnapshotId;
+      const id = this.meta.sb.nextSnapshotId;
       const rec: SnapshotRecord = { v: SCHEMA_VERSION, id, name, createdAt: new Date().toISOString(), state: 'live', ownedBlocks: 0 };
-      const sb = { ...this.sb, nextSnapshotId: id + 1 };
-      await this.commitOps([putOp(keys.snapshot(id), rec), putOp(keys.volume, sb)]);
-      this.sb = sb;
+      await this.commitRecords([
+        { o: 'snap', id, name, createdAt: rec.createdAt, state: 'live' },
+        { o: 'sb', v: { ...this.meta.sb, nextSnapshotId: id + 1 } },
+      ]);
       this.catalog.push(rec);
       this.maps.set(id, new SnapshotMap(id));
       return this.describe(rec);
@@ -451,7 +451,7 @@ export class Volume {
 
   /** Snapshots, oldest first. */
   async listSnapshots(): Promise<SnapshotInfo[]> {
-    return this.exclusive(async () => this.liveSnapshots().map((r) => this.describe(r)));
+    return this.shared(async () => this.liveSnapshots().map((r) => this.describe(r)));
   }
 
   /**
@@ -464,7 +464,7 @@ export class Volume {
   async readSnapshot(name: string, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.checkRange(offsetBytes, lengthBytes);
     this.checkReadLength(lengthBytes);
-    return this.exclusive(async () => {
+    return this.shared(async () => {
       const rec = this.findLive(name);
       if (!rec) throw new SnapshotNotFoundError(name);
       return this.readThrough(rec, offsetBytes, lengthBytes);
@@ -474,40 +474,41 @@ export class Volume {
   /**
    * Deletes snapshot `name`: each block it owns is handed over to the next
    * older snapshot when that one has no copy of its own, else freed.
-   * Metadata only, in bounded transactions; a crash in the middle is
-   * finished at the next open. Deleting the active snapshot makes the next
-   * older one active again.
+   * Metadata only, in bounded transactions, each under a short freeze; a
+   * crash in the middle is finished at the next open. Deleting the active
+   * snapshot makes the next older one active again.
    * @throws SNAPSHOT_NOT_FOUND, IO_ERROR
    */
   async deleteSnapshot(name: string): Promise<DeleteResult> {
-    return this.exclusive(async () => {
-      const rec = this.findLive(name);
-      if (!rec) throw new SnapshotNotFoundError(name);
-      const deleting: SnapshotRecord = { ...rec, state: 'deleting' };
-      await this.commitOps([putOp(keys.snapshot(rec.id), deleting)]);
-      rec.state = 'deleting';
-      return this.finishDelete(rec);
+    const rec = await this.frozen(async () => {
+      const found = this.findLive(name);
+      if (!found) throw new SnapshotNotFoundError(name);
+      await this.commitRecords([{ o: 'snap', id: found.id, name: found.name, createdAt: found.createdAt, state: 'deleting' }]);
+      found.state = 'deleting';
+      return found;
     });
+    return this.finishDelete(rec);
   }
 
   /** Size, snapshots, store usage, format version, recovery report. */
   async info(): Promise<VolumeInfo> {
-    return this.exclusive(async () => {
-      const usedBlocks = this.allocator.highWaterBlocks - this.allocator.freeBlocks;
+    return this.shared(async () => {
+      const usedBlocks = this.meta.allocator.highWaterBlocks - this.meta.allocator.freeBlocks;
+      const sb = this.meta.sb;
       return {
         path: this.layout.volumePath,
-        formatVersion: this.sb.formatVersion,
-        uuid: this.sb.uuid,
-        sizeBytes: this.sb.sizeBytes,
-        blockSizeBytes: this.sb.blockSizeBytes,
-        dataMode: this.sb.dataMode,
-        createdAt: this.sb.createdAt,
+        formatVersion: sb.formatVersion,
+        uuid: sb.uuid,
+        sizeBytes: sb.sizeBytes,
+        blockSizeBytes: sb.blockSizeBytes,
+        dataMode: sb.dataMode,
+        createdAt: sb.createdAt,
         snapshots: this.liveSnapshots().map((r) => this.describe(r)),
         store: {
-          highWaterBlocks: this.allocator.highWaterBlocks,
-          freeBlocks: this.allocator.freeBlocks,
+          highWaterBlocks: this.meta.allocator.highWaterBlocks,
+          freeBlocks: this.meta.allocator.freeBlocks,
           usedBlocks,
-          usedBytes: usedBlocks * this.sb.blockSizeBytes,
+          usedBytes: usedBlocks * sb.blockSizeBytes,
           fileBytes: await this.store.device.sizeBytes(),
         },
         journal: { lastSequence: this.journal.lastCommittedSequence, uncheckpointedBytes: this.journal.uncheckpointedBytes },
@@ -517,42 +518,72 @@ export class Volume {
   }
 
   /**
-   * Cross-checks the snapshot maps against the allocator (guarantee 6): no
-   * store block mapped twice, none mapped while free or beyond the store's
-   * high-water mark, owned-block counts equal to map sizes. Blocks neither
-   * mapped nor free are leaks. Loads every snapshot map (O(mapped blocks)).
+   * Checks the persisted metadata (LevelDB, not the in-memory view) the way
+   * `qemu-img check` checks an image: rebuilds from every snapshot map which
+   * store blocks are in use and compares with the allocator and the catalog.
+   * Leaks (allocated, unmapped: harmless) are told apart from corruption
+   * (mapped twice, mapped but free, map beyond the store or the store file,
+   * map of an unknown snapshot, owned-block count wrong, impossible
+   * catalog). With `repair`, leaks are freed in one journal transaction.
+   * Runs frozen; O(mapped blocks + free extents).
+   */
+  async check(options: { repair?: boolean } = {}): Promise<CheckReport> {
+    return this.frozen(async () => {
+      const report = await checkVolume(this.db, this.meta, {
+        storeFileBytes: await this.store.device.sizeBytes(),
+        blockSizeBytes: this.blockSizeBytes,
+        sizeBytes: this.sizeBytes,
+        journal: { lastSequence: this.journal.lastCommittedSequence, appliedSequence: this.meta.appliedSequence },
+      });
+      if (options.repair && report.leaks.length > 0 && report.corruptions.length === 0) {
+        await this.commitRecords(report.leaks.map((e) => ({ o: 'free' as const, p: e.startBlock, n: e.lengthBlocks })));
+        // The live allocator learns the freed space too.
+        for (const e of report.leaks) this.allocator.free(e);
+        report.repairedBlocks = report.leakedBlocks;
+      }
+      return report;
+    });
+  }
+
+  /**
+   * Cross-checks the in-memory view against itself (guarantee 6): no store
+   * block mapped twice, none mapped while free or beyond the high-water
+   * mark, owned-block counts equal to map sizes. Loads every map.
    */
   async checkConsistency(): Promise<ConsistencyReport> {
-    return this.exclusive(async () => {
+    return this.frozen(async () => {
       const problems: string[] = [];
       const owner = new Map<number, string>();
       let mappedBlocks = 0;
+      const committed = this.meta.allocator;
       for (const rec of this.catalog) {
         const map = await this.mapOf(rec.id);
         if (map.size !== rec.ownedBlocks) problems.push(`snapshot ${rec.name} counts ${rec.ownedBlocks} owned blocks but maps ${map.size}`);
+        if (this.meta.snapshots.get(rec.id)?.ownedBlocks !== rec.ownedBlocks) problems.push(`snapshot ${rec.name}: live and committed owned counts differ`);
         for (const [block, storeBlock] of map.entries()) {
           mappedBlocks += 1;
           const where = `${rec.name}:${block}`;
-          if (block * this.sb.blockSizeBytes >= this.sb.sizeBytes) problems.push(`${where} maps a block beyond the volume`);
-          if (storeBlock >= this.allocator.highWaterBlocks) problems.push(`${where} maps store block ${storeBlock} beyond the store (${this.allocator.highWaterBlocks})`);
-          else if (this.allocator.isFree(storeBlock)) problems.push(`${where} maps store block ${storeBlock}, which is free`);
+          if (block * this.blockSizeBytes >= this.sizeBytes) problems.push(`${where} maps a block beyond the volume`);
+          if (storeBlock >= committed.highWaterBlocks) problems.push(`${where} maps store block ${storeBlock} beyond the store (${committed.highWaterBlocks})`);
+          else if (committed.isFree(storeBlock)) problems.push(`${where} maps store block ${storeBlock}, which is free`);
           const prev = owner.get(storeBlock);
           if (prev !== undefined) problems.push(`store block ${storeBlock} mapped twice: ${prev} and ${where}`);
           owner.set(storeBlock, where);
         }
       }
-      const leakedBlocks = this.allocator.highWaterBlocks - this.allocator.freeBlocks - owner.size;
+      const leakedBlocks = committed.highWaterBlocks - committed.freeBlocks - owner.size;
       return { snapshots: this.catalog.length, mappedBlocks, leakedBlocks: Math.max(0, leakedBlocks), problems };
     });
   }
 
   /**
-   * Syncs the volume, checkpoints the journal, closes every file and
-   * releases the owner lock. Idempotent.
+   * Drains I/O, syncs the volume, checkpoints the journal, closes every file
+   * and releases the owner lock. Idempotent.
    */
   async close(): Promise<void> {
     if (this.closed) return;
-    await this.mutex.runExclusive(async () => {
+    const thaw = await this.gate.freeze();
+    try {
       if (this.closed) return;
       this.closed = true;
       try {
@@ -567,32 +598,84 @@ export class Volume {
         await this.db.close().catch(() => undefined);
         await this.lock.unlock().catch(() => undefined);
       }
-    });
+    } finally {
+      thaw();
+    }
   }
 
   // ------------------------------------------------------------- private
 
-  private async exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    return this.mutex.runExclusive(async () => {
-      if (this.closed) throw new VolumeClosedError();
-      this.lock.throwIfLost();
-      if (this.failure !== undefined) {
-        throw new CowvolError('JOURNAL_ABORTED', 'an earlier metadata commit failed; close and reopen the volume to recover', { cause: this.failure });
-      }
-      return fn();
-    });
+  /** Runs `fn` inside the freeze gate (shared with other I/O). */
+  private async shared<T>(fn: () => Promise<T>): Promise<T> {
+    const leave = await this.gate.enter();
+    try {
+      this.checkUsable();
+      return await fn();
+    } finally {
+      leave();
+    }
+  }
+
+  /** Runs `fn` alone: new operations wait, operations in flight drain first. */
+  private async frozen<T>(fn: () => Promise<T>): Promise<T> {
+    const thaw = await this.gate.freeze();
+    try {
+      this.checkUsable();
+      return await fn();
+    } finally {
+      thaw();
+    }
+  }
+
+  private checkUsable(): void {
+    if (this.closed) throw new VolumeClosedError();
+    this.lock.throwIfLost();
+    if (this.failure !== undefined) {
+      throw new CowvolError('JOURNAL_ABORTED', 'an earlier metadata commit failed; close and reopen the volume to recover', { cause: this.failure });
+    }
   }
 
   private checkRange(offsetBytes: number, lengthBytes: number): void {
     if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw new InvalidArgumentError(`offset must be a non-negative integer, got ${offsetBytes}`);
     if (!Number.isSafeInteger(lengthBytes) || lengthBytes < 0) throw new InvalidArgumentError(`length must be a non-negative integer, got ${lengthBytes}`);
-    if (offsetBytes + lengthBytes > this.sb.sizeBytes || (lengthBytes === 0 && offsetBytes > this.sb.sizeBytes)) {
-      throw new OutOfRangeError(offsetBytes, lengthBytes, this.sb.sizeBytes);
+    if (offsetBytes + lengthBytes > this.sizeBytes || (lengthBytes === 0 && offsetBytes > this.sizeBytes)) {
+      throw new OutOfRangeError(offsetBytes, lengthBytes, this.sizeBytes);
     }
   }
 
   private checkReadLength(lengthBytes: number): void {
     if (lengthBytes > MAX_READ_BYTES) throw new InvalidArgumentError(`one read returns at most ${MAX_READ_BYTES} bytes; read in pieces`);
+  }
+
+  /**
+   * Runs `fn` on every chunk with bounded parallelism and waits for all of
+   * them, even after a failure (per-block completion, seed 003). Throws the
+   * first failure's code with every failed byte range in `details`.
+   */
+  private async allChunks<C extends { offsetBytes: number; data?: Buffer; lengthBytes?: number }>(chunks: C[], fn: (c: C) => Promise<void>, what: string): Promise<void> {
+    const failures: Array<{ chunk: C; error: unknown }> = [];
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < chunks.length) {
+        const chunk = chunks[next++]!;
+        try {
+          await fn(chunk);
+        } catch (error) {
+          failures.push({ chunk, error });
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(CHUNKS_IN_FLIGHT, chunks.length) }, worker));
+    if (failures.length === 0) return;
+    failures.sort((a, b) => a.chunk.offsetBytes - b.chunk.offsetBytes);
+    const first = failures[0]!.error;
+    const failedRanges = failures.map((f) => ({ offsetBytes: f.chunk.offsetBytes, lengthBytes: f.chunk.data?.length ?? f.chunk.lengthBytes ?? 0 }));
+    if (chunks.length === 1 || !(first instanceof CowvolError)) throw first;
+    const ranges = failedRanges.map((r) => `${r.offsetBytes}+${r.lengthBytes}`).join(', ');
+    throw new CowvolError(first.code, `${what} failed for byte ranges ${ranges} (the other ranges completed): ${first.message}`, {
+      cause: first,
+      details: { ...first.details, failedRanges },
+    });
   }
 
   private liveSnapshots(): SnapshotRecord[] {
@@ -603,7 +686,7 @@ export class Volume {
     return this.catalog.find((r) => r.state === 'live' && r.name === name);
   }
 
-  /** The active snapshot: the newest one, which receives COW copies. */
+  /** The active snapshot: the newest one, which receives COW copies (a deleting newest one stays active until dropped). */
   private active(): SnapshotRecord | undefined {
     return this.catalog.at(-1);
   }
@@ -614,49 +697,79 @@ export class Volume {
       name: rec.name,
       createdAt: rec.createdAt,
       ownedBlocks: rec.ownedBlocks,
-      ownedBytes: rec.ownedBlocks * this.sb.blockSizeBytes,
+      ownedBytes: rec.ownedBlocks * this.blockSizeBytes,
       active: rec === this.active(),
     };
   }
 
+  /** The live view of a snapshot's map, loaded once (concurrent callers share the load). */
   private async mapOf(id: number): Promise<SnapshotMap> {
-    let map = this.maps.get(id);
-    if (!map) {
-      map = await SnapshotMap.load(this.db, id);
-      this.maps.set(id, map);
+    const map = this.maps.get(id);
+    if (map) return map;
+    let load = this.mapLoads.get(id);
+    if (!load) {
+      load = SnapshotMap.load(this.db, id).then((m) => {
+        this.maps.set(id, m);
+        this.mapLoads.delete(id);
+        return m;
+      });
+      this.mapLoads.set(id, load);
     }
-    return map;
+    return load;
   }
 
-  /** Logs `ops` as one journal transaction (fsynced), then applies them to LevelDB. */
-  private async commitOps(ops: MetaOp[]): Promise<void> {
-    if (ops.length === 0) return;
+  /**
+   * Starts a journal handle. Lock order (seed 001): a handle is started
+   * before any block lock is taken, never while one is held — the
+   * assertion catches a violation.
+   */
+  private startHandle(credits: number): Handle {
+    const held = this.heldBlockLocks?.getStore();
+    assert(held === undefined || held.blocks === 0, `lock order: journal handle started while holding ${held?.blocks} block locks`);
+    return this.journal.start(credits);
+  }
+
+  /** Commits records as one handle; resolves once durable and applied to LevelDB. Fail-stop on error. */
+  private async commitRecords(records: MetaRecord[], handle?: Handle): Promise<void> {
+    if (records.length === 0) {
+      handle?.abandon();
+      return;
+    }
     try {
-      const handle = this.journal.start(ops.length);
-      for (const op of ops) handle.log(op);
-      await handle.commit();
-      await this.db.apply(ops);
-      if (this.journal.uncheckpointedBytes > CHECKPOINT_THRESHOLD_BYTES) await this.checkpoint();
+      const h = handle ?? this.startHandle(records.length);
+      for (const r of records) h.log(r);
+      await h.commit();
     } catch (err) {
-      // The commit may or may not be durable, or LevelDB may lag it: the
-      // in-memory state can no longer be trusted. Refuse further work until a
-      // reopen recovers from the journal (like jbd2's abort).
+      // The commit may or may not be durable: the in-memory view can no
+      // longer be trusted. Refuse further work until a reopen recovers from
+      // the journal (like jbd2's abort).
       this.failure = err;
       throw err;
     }
+    if (this.journal.uncheckpointedBytes > CHECKPOINT_THRESHOLD_BYTES) await this.checkpoint();
   }
 
-  /** Makes LevelDB durable up to the last commit, then moves the journal tail past it. */
+  /** Makes LevelDB durable up to the last applied transaction, then moves the journal tail past it. One at a time. */
   private async checkpoint(): Promise<void> {
+    while (this.checkpointing) await this.checkpointing;
     if (this.journal.uncheckpointedBytes === 0) return;
-    const sequence = this.journal.lastCommittedSequence;
-    await this.db.apply([putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence })]);
-    await this.db.makeDurable();
-    await this.journal.checkpoint(sequence);
+    this.checkpointing = (async () => {
+      try {
+        const sequence = this.meta.appliedSequence;
+        await this.db.makeDurable();
+        await this.journal.checkpoint(sequence);
+      } catch (err) {
+        this.failure = err;
+        throw err;
+      } finally {
+        this.checkpointing = undefined;
+      }
+    })();
+    await this.checkpointing;
   }
 
-  private async writeChunk(offsetBytes: number, data: Uint8Array): Promise<void> {
-    const bs = this.sb.blockSizeBytes;
+  private async writeChunk(offsetBytes: number, data: Buffer): Promise<void> {
+    const bs = this.blockSizeBytes;
     const first = Math.floor(offsetBytes / bs);
     const last = Math.floor((offsetBytes + data.length - 1) / bs);
     await this.cowRange(first, last);
@@ -666,89 +779,160 @@ export class Volume {
   }
 
   /**
-   * COW: copies every block in [first, last] that the active snapshot has
-   * not copied yet into new store blocks, syncs the store, then commits the
-   * mappings. Returns once it is safe to overwrite those live blocks.
+   * Makes sure every block in [first, last] has been copied into the active
+   * snapshot (pending-COW protocol). Blocks nobody is copying are copied by
+   * this task (it is their COWing task); blocks another task is copying are
+   * waited for; then everything is re-checked, because a cancelled COW
+   * leaves its blocks uncopied and someone must retry.
    */
   private async cowRange(first: number, last: number): Promise<void> {
-    const active = this.active();
-    if (!active) return;
-    const map = await this.mapOf(active.id);
-    const blocks: number[] = [];
-    for (let b = first; b <= last; b++) if (!map.has(b)) blocks.push(b);
-    if (blocks.length === 0) return;
-    const bs = this.sb.blockSizeBytes;
-    const extents = this.allocator.allocate(blocks.length);
-    const storeBlocks: number[] = [];
-    for (const e of extents) for (let i = 0; i < e.lengthBlocks; i++) storeBlocks.push(e.startBlock + i);
-    assert(storeBlocks.length === blocks.length, 'allocator returned the wrong number of blocks');
-    const blockCrcs: number[] = new Array(blocks.length);
-    try {
-      // Copy runs that are consecutive both in the volume and in the store with one read and one write.
-      let i = 0;
-      while (i < blocks.length) {
-        let j = i + 1;
-        while (j < blocks.length && blocks[j] === blocks[j - 1]! + 1 && storeBlocks[j] === storeBlocks[j - 1]! + 1) j++;
-        const data = await this.volume.read(blocks[i]! * bs, (j - i) * bs);
-        for (let k = i; k < j; k++) blockCrcs[k] = crc32c(data.subarray((k - i) * bs, (k - i + 1) * bs));
-        assert(data.length === (j - i) * bs, 'COW copy length');
-        await this.store.write(storeBlocks[i]!, data);
-        i = j;
+    for (;;) {
+      const active = this.active();
+      if (!active) return;
+      const map = await this.mapOf(active.id);
+      const mine: number[] = [];
+      const waits: Array<Promise<void>> = [];
+      for (let b = first; b <= last; b++) {
+        if (map.has(b)) continue;
+        const p = this.pending.get(b);
+        if (p) waits.push(p.done);
+        else mine.push(b);
       }
-      await this.store.sync();
-    } catch (err) {
-      this.allocator.rollback();
-      throw err;
+      if (mine.length === 0 && waits.length === 0) return;
+      if (mine.length > 0) await this.cowBlocks(active, map, mine);
+      if (waits.length > 0) {
+        const started = performance.now();
+        this.stats.pendingWaits += waits.length;
+        await Promise.all(waits);
+        this.stats.maxPendingWaitMs = Math.max(this.stats.maxPendingWaitMs, performance.now() - started);
+      }
     }
-    const ops: MetaOp[] = this.allocator.takeOps();
-    for (let k = 0; k < blocks.length; k++) {
-      ops.push(putOp(keys.map(active.id, blocks[k]!), { v: SCHEMA_VERSION, storeBlock: storeBlocks[k]!, crc: blockCrcs[k]! }));
-    }
-    const updated: SnapshotRecord = { ...active, ownedBlocks: active.ownedBlocks + blocks.length };
-    ops.push(putOp(keys.snapshot(active.id), updated));
-    await this.commitOps(ops);
-    // Published only now, after the data is durable and the mapping committed (guarantee 2).
-    for (let k = 0; k < blocks.length; k++) map.set(blocks[k]!, storeBlocks[k]!, blockCrcs[k]!);
-    active.ownedBlocks = updated.ownedBlocks;
   }
 
+  /** This task is the COWing task for `blocks`: reserve, copy, sync, commit, publish — or cancel. */
+  private async cowBlocks(active: SnapshotRecord, map: SnapshotMap, blocks: number[]): Promise<void> {
+    const handle = this.startHandle(blocks.length); // lock order: handle first
+    const markers: PendingCow[] = [];
+    for (const b of blocks) {
+      assert(!this.pending.has(b), `block ${b} is already pending`);
+      const marker = pendingCow();
+      this.pending.set(b, marker);
+      markers.push(marker);
+    }
+    const run = <T>(fn: () => Promise<T>): Promise<T> => (this.heldBlockLocks ? this.heldBlockLocks.run({ blocks: blocks.length }, fn) : fn());
+    await run(async () => {
+      const bs = this.blockSizeBytes;
+      const extents = this.allocator.allocate(blocks.length);
+      let committed = false;
+      try {
+        const storeBlocks: number[] = [];
+        for (const e of extents) for (let i = 0; i < e.lengthBlocks; i++) storeBlocks.push(e.startBlock + i);
+        assert(storeBlocks.length === blocks.length, 'allocator returned the wrong number of blocks');
+        const crcs: number[] = new Array(blocks.length);
+        // Copy runs that are consecutive both in the volume and in the store with one read and one write.
+        for (let i = 0; i < blocks.length; ) {
+          let j = i + 1;
+          while (j < blocks.length && blocks[j] === blocks[j - 1]! + 1 && storeBlocks[j] === storeBlocks[j - 1]! + 1) j++;
+          const data = await this.volume.read(blocks[i]! * bs, (j - i) * bs);
+          assert(data.length === (j - i) * bs, 'COW copy length');
+          for (let k = i; k < j; k++) crcs[k] = crc32c(data.subarray((k - i) * bs, (k - i + 1) * bs));
+          await this.store.write(storeBlocks[i]!, data);
+          i = j;
+        }
+        await this.store.sync();
+        const records: MetaRecord[] = blocks.map((b, k) => ({ o: 'map', id: active.id, b, p: storeBlocks[k]!, crc: crcs[k]! }));
+        await this.commitRecords(records, handle);
+        committed = true;
+        // Published only now, after the data is durable and the mapping committed (guarantee 2).
+        for (let k = 0; k < blocks.length; k++) map.set(blocks[k]!, storeBlocks[k]!, crcs[k]!);
+        active.ownedBlocks += blocks.length;
+        this.stats.cows += blocks.length;
+        this.stats.cowBatches += 1;
+      } catch (err) {
+        if (!committed) {
+          // Cancel: the reservation was never committed; give it back. Waiters retry.
+          handle.abandon();
+          for (const e of extents) this.allocator.free(e);
+          this.stats.cancelledCows += blocks.length;
+        }
+        throw err;
+      } finally {
+        for (let k = 0; k < blocks.length; k++) {
+          this.pending.delete(blocks[k]!);
+          markers[k]!.end();
+        }
+      }
+    });
+  }
+
+  /**
+   * Read-through with the race closed: resolve each block's source in the
+   * chain (waiting for a pending COW of the block first), read, then
+   * re-check every block that came from the live volume — if a COW
+   * published it meanwhile, the live read may show a newer write, so the
+   * copy is read instead.
+   */
   private async readThrough(rec: SnapshotRecord, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     if (lengthBytes === 0) return Buffer.alloc(0);
-    const bs = this.sb.blockSizeBytes;
+    const bs = this.blockSizeBytes;
     const first = Math.floor(offsetBytes / bs);
     const last = Math.floor((offsetBytes + lengthBytes - 1) / bs);
     const chain: SnapshotMap[] = [];
     for (const r of this.catalog) if (r.id >= rec.id) chain.push(await this.mapOf(r.id));
-    const sources: BlockSource[] = [];
-    for (let b = first; b <= last; b++) {
-      let src: BlockSource = null;
+    const resolve = (b: number): BlockSource => {
       for (const map of chain) {
         const p = map.storeBlockOf(b);
-        if (p !== undefined) {
-          src = { storeBlock: p, crc: map.crcOf(b) };
-          break;
-        }
+        if (p !== undefined) return { storeBlock: p, crc: map.crcOf(b) };
       }
-      sources.push(src);
+      return null;
+    };
+    // A snapshot reader that meets a pending copy waits for it, then reads the copy (seed 004).
+    const waits: Array<Promise<void>> = [];
+    for (let b = first; b <= last; b++) {
+      const p = this.pending.get(b);
+      if (p && resolve(b) === null) waits.push(p.done);
     }
+    if (waits.length > 0) {
+      this.stats.pendingWaits += waits.length;
+      await Promise.all(waits);
+    }
+    const sources: BlockSource[] = [];
+    for (let b = first; b <= last; b++) sources.push(resolve(b));
     const out = Buffer.alloc((last - first + 1) * bs);
-    let i = 0;
-    while (i < sources.length) {
+    await this.readSources(rec, first, sources, out);
+    // Re-check: blocks read from live that a COW published in the meantime.
+    for (let i = 0; i < sources.length; i++) {
+      if (sources[i] !== null) continue;
+      const now = resolve(first + i);
+      if (now !== null) {
+        this.stats.readRechecks += 1;
+        const one: BlockSource[] = [now];
+        const buf = Buffer.alloc(bs);
+        await this.readSources(rec, first + i, one, buf);
+        buf.copy(out, i * bs);
+      }
+    }
+    const start = offsetBytes - first * bs;
+    return out.subarray(start, start + lengthBytes);
+  }
+
+  /** Reads blocks first.. from their sources into `out` (runs coalesced), verifying store CRCs. */
+  private async readSources(rec: SnapshotRecord, first: number, sources: BlockSource[], out: Buffer): Promise<void> {
+    const bs = this.blockSizeBytes;
+    for (let i = 0; i < sources.length; ) {
       const s = sources[i]!;
       let j = i + 1;
       if (s === null) {
         while (j < sources.length && sources[j] === null) j++;
-        const data = await this.volume.read((first + i) * bs, (j - i) * bs);
-        data.copy(out, i * bs);
+        (await this.volume.read((first + i) * bs, (j - i) * bs)).copy(out, i * bs);
       } else {
         while (j < sources.length && sources[j] !== null && sources[j]!.storeBlock === sources[j - 1]!.storeBlock + 1) j++;
         const data = await this.store.read(s.storeBlock, j - i);
         for (let k = i; k < j; k++) {
-          const block = data.subarray((k - i) * bs, (k - i + 1) * bs);
-          const expected = sources[k]!.crc;
-          if (crc32c(block) !== expected) {
-            throw new StoreCorruptError(`store block ${sources[k]!.storeBlock} (volume block ${first + k} of snapshot ${rec.name}) fails its checksum`, {
-              details: { snapshot: rec.name, storeBlock: sources[k]!.storeBlock, offsetBytes: (first + k) * bs, lengthBytes: bs },
+          const src = sources[k]!;
+          if (crc32c(data.subarray((k - i) * bs, (k - i + 1) * bs)) !== src.crc) {
+            throw new StoreCorruptError(`store block ${src.storeBlock} (volume block ${first + k} of snapshot ${rec.name}) fails its checksum`, {
+              details: { snapshot: rec.name, storeBlock: src.storeBlock, offsetBytes: (first + k) * bs, lengthBytes: bs },
             });
           }
         }
@@ -756,60 +940,89 @@ export class Volume {
       }
       i = j;
     }
-    const start = offsetBytes - first * bs;
-    return out.subarray(start, start + lengthBytes);
   }
 
-  /** Hands over or frees every block of a snapshot in `deleting` state, then drops its record. */
+  /** Hands over or frees every block of a snapshot in `deleting` state, batch by batch, each under a freeze; then drops it. */
   private async finishDelete(rec: SnapshotRecord): Promise<DeleteResult> {
     assert(rec.state === 'deleting', `finishDelete of snapshot ${rec.name} in state ${rec.state}`);
-    const index = this.catalog.indexOf(rec);
-    assert(index >= 0, 'snapshot being deleted is not in the catalog');
-    const older = index > 0 ? this.catalog[index - 1] : undefined;
-    assert(older === undefined || older.state === 'live', 'two deletes at once');
-    const map = await this.mapOf(rec.id);
-    const olderMap = older ? await this.mapOf(older.id) : undefined;
     let freedBlocks = 0;
     let handedOverBlocks = 0;
-    while (map.size > 0) {
-      const batch = map.take(DELETE_BATCH_BLOCKS);
-      const ops: MetaOp[] = [];
-      const moved: MapEntry[] = [];
-      const toFree: number[] = [];
-      for (const [block, storeBlock, crc] of batch) {
-        ops.push(delOp(keys.map(rec.id, block)));
-        if (older && olderMap && !olderMap.has(block)) {
-          // The older snapshot read through to this copy: it becomes its own.
-          ops.push(putOp(keys.map(older.id, block), { v: SCHEMA_VERSION, storeBlock, crc }));
-          moved.push([block, storeBlock, crc]);
-        } else {
-          toFree.push(storeBlock);
+    for (;;) {
+      const done = await this.frozen(async () => {
+        const index = this.catalog.indexOf(rec);
+        assert(index >= 0, 'snapshot being deleted is not in the catalog');
+        const older = index > 0 ? this.catalog[index - 1] : undefined;
+        assert(older === undefined || older.state === 'live', 'two deletes at once');
+        const map = await this.mapOf(rec.id);
+        if (map.size === 0) {
+          assert(rec.ownedBlocks === 0, `snapshot ${rec.name} still counts ${rec.ownedBlocks} owned blocks after hand-over`);
+          await this.commitRecords([{ o: 'drop', id: rec.id }]);
+          this.catalog.splice(index, 1);
+          this.maps.delete(rec.id);
+          return true;
         }
-      }
-      for (const extent of coalesce(toFree)) this.allocator.free(extent);
-      ops.push(...this.allocator.takeOps());
-      const recNow: SnapshotRecord = { ...rec, ownedBlocks: rec.ownedBlocks - batch.length };
-      ops.push(putOp(keys.snapshot(rec.id), recNow));
-      let olderNow: SnapshotRecord | undefined;
-      if (older && moved.length > 0) {
-        olderNow = { ...older, ownedBlocks: older.ownedBlocks + moved.length };
-        ops.push(putOp(keys.snapshot(older.id), olderNow));
-      }
-      await this.commitOps(ops);
-      for (const [block] of batch) map.delete(block);
-      for (const [block, storeBlock, crc] of moved) olderMap!.set(block, storeBlock, crc);
-      rec.ownedBlocks = recNow.ownedBlocks;
-      if (older && olderNow) older.ownedBlocks = olderNow.ownedBlocks;
-      freedBlocks += toFree.length;
-      handedOverBlocks += moved.length;
+        const olderMap = older ? await this.mapOf(older.id) : undefined;
+        const batch = map.take(DELETE_BATCH_BLOCKS);
+        const records: MetaRecord[] = [];
+        const moved: MapEntry[] = [];
+        const freed: number[] = [];
+        for (const [block, storeBlock, crc] of batch) {
+          if (older && olderMap && !olderMap.has(block)) {
+            // The older snapshot read through to this copy: it becomes its own.
+            records.push({ o: 'move', from: rec.id, to: older.id, b: block, p: storeBlock, crc });
+            moved.push([block, storeBlock, crc]);
+          } else {
+            records.push({ o: 'unmap', id: rec.id, b: block, p: storeBlock });
+            freed.push(storeBlock);
+          }
+        }
+        await this.commitRecords(records);
+        for (const [block] of batch) map.delete(block);
+        for (const [block, storeBlock, crc] of moved) olderMap!.set(block, storeBlock, crc);
+        for (const extent of coalesce(freed)) this.allocator.free(extent);
+        rec.ownedBlocks -= batch.length;
+        if (older) older.ownedBlocks += moved.length;
+        freedBlocks += freed.length;
+        handedOverBlocks += moved.length;
+        return false;
+      });
+      if (done) break;
     }
-    assert(rec.ownedBlocks === 0, `snapshot ${rec.name} still counts ${rec.ownedBlocks} owned blocks after hand-over`);
-    await this.commitOps([delOp(keys.snapshot(rec.id))]);
-    this.catalog.splice(this.catalog.indexOf(rec), 1);
-    this.maps.delete(rec.id);
     return { name: rec.name, freedBlocks, handedOverBlocks };
   }
 }
+
+/** Counters kept by a Volume (stress summaries). */
+export interface VolumeStats {
+  /** Blocks copied into a snapshot. */
+  cows: number;
+  /** COW batches (one journal handle each). */
+  cowBatches: number;
+  /** Times a task waited for another task's pending COW. */
+  pendingWaits: number;
+  maxPendingWaitMs: number;
+  /** Live reads of a snapshot replaced by a copy published during the read. */
+  readRechecks: number;
+  /** Blocks whose COW failed and was cancelled. */
+  cancelledCows: number;
+}
+
+/** A pending COW: its waiters await `done`, which settles (never rejects) when the COW commits or is cancelled. */
+interface PendingCow {
+  done: Promise<void>;
+  end: () => void;
+}
+
+function pendingCow(): PendingCow {
+  let end!: () => void;
+  const done = new Promise<void>((resolve) => {
+    end = resolve;
+  });
+  return { done, end };
+}
+
+/** Chunks of one request processed in parallel. */
+const CHUNKS_IN_FLIGHT = 4;
 
 /** Validates a snapshot name. @throws INVALID_SNAPSHOT_NAME */
 export function validateSnapshotName(name: string): void {

@@ -35,22 +35,34 @@ describe('extent allocator', () => {
     expect(() => a.free({ startBlock: 4, lengthBlocks: 1 })).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
   });
 
-  it('rollback undoes every change since the last takeOps (a COW that failed leaks nothing)', () => {
-    const a = new ExtentAllocator(0);
-    a.allocate(8);
-    a.free({ startBlock: 2, lengthBlocks: 4 });
-    a.takeOps();
-    const before = { hw: a.highWaterBlocks, extents: a.extents() };
-    a.allocate(6);
-    a.free({ startBlock: 0, lengthBlocks: 1 });
-    a.rollback();
-    expect({ hw: a.highWaterBlocks, extents: a.extents() }).toEqual(before);
+  it('allocateExact takes one chosen block out of the free space, raising the high-water mark across a gap', () => {
+    const a = new ExtentAllocator(0, [], true);
+    a.allocateExact(5); // commits may land out of allocation order: 0..4 become free
+    expect(a.highWaterBlocks).toBe(6);
+    expect(a.extents()).toEqual([{ startBlock: 0, lengthBlocks: 5 }]);
+    a.allocateExact(2);
+    expect(a.extents()).toEqual([
+      { startBlock: 0, lengthBlocks: 2 },
+      { startBlock: 3, lengthBlocks: 2 },
+    ]);
+    expect(() => a.allocateExact(2)).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+    expect(() => a.allocateExact(5)).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+  });
+
+  it('the live allocator records no key operations; the committed one does', () => {
+    const live = new ExtentAllocator(0);
+    live.allocate(3);
+    live.free({ startBlock: 0, lengthBlocks: 1 });
+    expect(live.takeOps()).toEqual([]);
+    const committed = new ExtentAllocator(0, [], true);
+    committed.allocate(3);
+    expect(committed.takeOps().map((op) => op.k)).toEqual(['alloc']);
   });
 
   it('the ops it emits rebuild the same state (property: persisted == in memory)', () => {
     fc.assert(
       fc.property(fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 1, max: 20 })), { maxLength: 60 }), (steps) => {
-        const a = new ExtentAllocator(0);
+        const a = new ExtentAllocator(0, [], true);
         const used: number[] = [];
         const persisted = new Map<string, number>();
         for (const [alloc, n] of steps) {

@@ -2,7 +2,7 @@
  * @cowvol/journal — a jbd2-style write-ahead journal on a file.
  * Knows nothing of snapshots. See docs/FORMAT.md ("Journal file").
  */
-export { Journal, Handle, type ReplayFn, type RecoveryReport, type JournalStats } from './journal.js';
+export { Journal, Handle, MAX_HANDLES_PER_COMMIT, type ReplayFn, type ApplyFn, type RecoveryReport, type JournalStats } from './journal.js';
 export { scanJournal, type RecoveredTransaction, type ScanResult } from './recovery.js';
 export { FileBlockDevice, fileDeviceOpener, type BlockDevice, type DeviceOpener } from './block-device.js';
 export { crc32c } from './checksum.js';

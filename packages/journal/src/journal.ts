@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { pack } from 'msgpackr';
+import { pack, unpackMultiple } from 'msgpackr';
 import { Mutex } from 'async-mutex';
 import type { BlockDevice } from './block-device.js';
 import {
@@ -21,6 +21,14 @@ import { JournalAbortedError, JournalCorruptError, JournalCreditsExceededError, 
 /** Called once per committed transaction found at open, oldest first. Must be idempotent: recovery may run twice. */
 export type ReplayFn = (tx: RecoveredTransaction) => Promise<void>;
 
+/**
+ * Called for every transaction this journal commits, in sequence order,
+ * right after it is durable and before any of its handles' `commit()`
+ * resolves — the place to apply the records to their home (jbd2's commit
+ * callback). Commits wait for it, so homes see transactions in order.
+ */
+export type ApplyFn = (tx: { sequence: number; records: unknown[] }) => Promise<void>;
+
 /** What `Journal.open` found and did. */
 export interface RecoveryReport {
   replayedTransactions: number;
@@ -32,10 +40,23 @@ export interface RecoveryReport {
 }
 
 export interface JournalStats {
+  /** Transactions committed. */
   commits: number;
+  /** Handles committed (≥ commits: group commit puts many handles in one transaction). */
+  handles: number;
   syncs: number;
   bytesWritten: number;
   checkpoints: number;
+}
+
+/** Bounds of one group commit: a transaction never carries more than this. */
+export const MAX_HANDLES_PER_COMMIT = 4096;
+
+interface QueuedHandle {
+  encoded: Buffer[];
+  bytes: number;
+  resolve: (sequence: number) => void;
+  reject: (err: unknown) => void;
 }
 
 /**
@@ -106,8 +127,14 @@ export class Handle {
  * their home (the caller made them durable) and moves the tail past them;
  * when nothing is left the file is trimmed back to the superblock.
  *
- * Commits are serialized; a failed commit aborts the journal (like jbd2's
- * `jbd2_journal_abort`): later calls throw `JOURNAL_ABORTED` until reopened.
+ * Group commit: handles that commit while a transaction is being written
+ * queue up and go out together in the next transaction — one write and one
+ * fdatasync for all of them (jbd2 group commit). Transactions are written
+ * one at a time, in sequence order, and each is passed to the `apply`
+ * callback before its handles' `commit()` resolve.
+ *
+ * A failed commit aborts the journal (like jbd2's `jbd2_journal_abort`):
+ * later calls throw `JOURNAL_ABORTED` until reopened.
  */
 export class Journal {
   private readonly seed: number;
@@ -120,7 +147,11 @@ export class Journal {
   private readonly committedEnds = new Map<number, number>();
   private abortedBy: unknown = undefined;
   private closed = false;
-  readonly stats: JournalStats = { commits: 0, syncs: 0, bytesWritten: 0, checkpoints: 0 };
+  private readonly queue: QueuedHandle[] = [];
+  private committing = false;
+  private apply: ApplyFn = async () => undefined;
+  private idleWaiters: Array<() => void> = [];
+  readonly stats: JournalStats = { commits: 0, handles: 0, syncs: 0, bytesWritten: 0, checkpoints: 0 };
 
   private constructor(
     private readonly device: BlockDevice,
@@ -157,7 +188,7 @@ export class Journal {
    */
   static async open(
     device: BlockDevice,
-    options: { expectedUuid?: Buffer; replay: ReplayFn },
+    options: { expectedUuid?: Buffer; replay: ReplayFn; apply?: ApplyFn },
   ): Promise<{ journal: Journal; recovery: RecoveryReport }> {
     const sb = decodeSuperblock(await device.read(0, SUPERBLOCK_BYTES), device.name);
     if (options.expectedUuid && !options.expectedUuid.equals(sb.uuid)) {
@@ -176,6 +207,7 @@ export class Journal {
       await device.sync();
     }
     const journal = new Journal(device, sb.uuid, scan, sb);
+    if (options.apply) journal.apply = options.apply;
     return {
       journal,
       recovery: {
@@ -215,33 +247,77 @@ export class Journal {
     return this.nextOffsetBytes - this.tailOffsetBytes;
   }
 
-  /** @internal */
-  async commitEncoded(encoded: Buffer[], payloadBytes: number): Promise<number> {
-    return this.lock.runExclusive(async () => {
-      this.checkUsable();
-      const sequence = this.nextSequence;
-      const payload = Buffer.concat(encoded, payloadBytes);
-      const header = encodeHeader({ sequence, payloadLengthBytes: payload.length, recordCount: encoded.length }, this.seed);
-      const commit = encodeCommit(sequence, header, payload, this.seed);
-      const frame = Buffer.concat([header, payload, commit]);
-      assert(frame.length === TX_HEADER_BYTES + payloadBytes + COMMIT_BYTES, 'transaction frame length');
-      try {
-        await this.device.write(this.nextOffsetBytes, frame);
-        await this.device.sync();
-      } catch (err) {
-        // The on-disk state of this transaction is unknown; refuse further
-        // commits so nothing is ordered after a commit that may be lost.
-        this.abortedBy = err;
-        throw err;
+  /** @internal Queues a handle for the next group commit; resolves with its transaction's sequence once durable and applied. */
+  commitEncoded(encoded: Buffer[], payloadBytes: number): Promise<number> {
+    this.checkUsable();
+    return new Promise<number>((resolve, reject) => {
+      this.queue.push({ encoded, bytes: payloadBytes, resolve, reject });
+      if (!this.committing) void this.runCommits();
+    });
+  }
+
+  /** Number of handles waiting for the next commit. */
+  get queuedHandles(): number {
+    return this.queue.length;
+  }
+
+  /** The commit loop: while handles are queued, write them as one transaction. */
+  private async runCommits(): Promise<void> {
+    this.committing = true;
+    try {
+      while (this.queue.length > 0) {
+        // Take as many queued handles as one transaction may carry.
+        const batch: QueuedHandle[] = [];
+        let bytes = 0;
+        let records = 0;
+        while (this.queue.length > 0 && batch.length < MAX_HANDLES_PER_COMMIT) {
+          const next = this.queue[0]!;
+          if (batch.length > 0 && (bytes + next.bytes > MAX_PAYLOAD_BYTES || records + next.encoded.length > MAX_RECORDS)) break;
+          batch.push(this.queue.shift()!);
+          bytes += next.bytes;
+          records += next.encoded.length;
+        }
+        try {
+          const sequence = await this.lock.runExclusive(() => this.writeTransaction(batch, bytes, records));
+          for (const h of batch) h.resolve(sequence);
+        } catch (err) {
+          for (const h of batch) h.reject(err);
+        }
       }
+    } finally {
+      this.committing = false;
+      for (const wake of this.idleWaiters.splice(0)) wake();
+    }
+  }
+
+  /** Writes, syncs and applies one transaction. Caller holds the lock. */
+  private async writeTransaction(batch: QueuedHandle[], payloadBytes: number, recordCount: number): Promise<number> {
+    this.checkUsable();
+    const sequence = this.nextSequence;
+    const payload = Buffer.concat(batch.flatMap((h) => h.encoded), payloadBytes);
+    const header = encodeHeader({ sequence, payloadLengthBytes: payload.length, recordCount }, this.seed);
+    const commit = encodeCommit(sequence, header, payload, this.seed);
+    const frame = Buffer.concat([header, payload, commit]);
+    assert(frame.length === TX_HEADER_BYTES + payloadBytes + COMMIT_BYTES, 'transaction frame length');
+    try {
+      await this.device.write(this.nextOffsetBytes, frame);
+      await this.device.sync();
       this.stats.commits += 1;
+      this.stats.handles += batch.length;
       this.stats.syncs += 1;
       this.stats.bytesWritten += frame.length;
       this.nextOffsetBytes += frame.length;
       this.nextSequence = sequence + 1;
       this.committedEnds.set(sequence, this.nextOffsetBytes);
-      return sequence;
-    });
+      // Decode from the committed bytes: the home sees exactly what recovery would replay.
+      await this.apply({ sequence, records: unpackMultiple(payload) as unknown[] });
+    } catch (err) {
+      // The on-disk or applied state of this transaction is unknown; refuse
+      // further commits so nothing is ordered after a commit that may be lost.
+      this.abortedBy = err;
+      throw err;
+    }
+    return sequence;
   }
 
   /**
@@ -276,6 +352,8 @@ export class Journal {
   /** Closes the device. Does not checkpoint: the owner decides (committed transactions replay at next open). */
   async close(): Promise<void> {
     if (this.closed) return;
+    // Let queued handles commit first.
+    while (this.committing) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     await this.lock.runExclusive(async () => {
       this.closed = true;
       await this.device.close();

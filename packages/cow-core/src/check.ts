@@ -1,0 +1,130 @@
+import type { Extent } from './allocator.js';
+import type { CommittedMetadata } from './committed-metadata.js';
+import { decodeValue, keys, parseHexSuffix, type MetadataDb } from './metadata.js';
+
+/** One problem found by {@link checkVolume}. */
+export interface CheckFinding {
+  kind:
+    | 'double-mapping'
+    | 'mapped-free-block'
+    | 'map-beyond-store'
+    | 'map-beyond-store-file'
+    | 'map-beyond-volume'
+    | 'map-of-unknown-snapshot'
+    | 'owned-count-mismatch'
+    | 'catalog'
+    | 'journal-not-recovered'
+    | 'undecodable-record';
+  message: string;
+}
+
+/** Result of `Volume.check()` / `cowvol check`. */
+export interface CheckReport {
+  /** `clean`, `leaks` (only leaks: harmless, `--repair` frees them) or `corrupt`. */
+  status: 'clean' | 'leaks' | 'corrupt';
+  snapshots: number;
+  mappedBlocks: number;
+  storeHighWaterBlocks: number;
+  freeBlocks: number;
+  leakedBlocks: number;
+  /** Leaked store blocks as extents. */
+  leaks: Extent[];
+  /** Every corruption found (bounded: the first MAX_FINDINGS). */
+  corruptions: CheckFinding[];
+  /** Blocks freed by `--repair` (0 without it). */
+  repairedBlocks: number;
+}
+
+/** At most this many findings are listed (the counts stay exact). */
+export const MAX_FINDINGS = 1000;
+
+/**
+ * Scans LevelDB's persisted metadata (not any in-memory view): every
+ * `map:` key of every snapshot, the free extents and the catalog, and
+ * classifies what it finds (docs/ARCHITECTURE.md, "check"). Memory:
+ * one bit per store block below the high-water mark.
+ */
+export async function checkVolume(
+  db: MetadataDb,
+  meta: CommittedMetadata,
+  facts: { storeFileBytes: number; blockSizeBytes: number; sizeBytes: number; journal: { lastSequence: number; appliedSequence: number } },
+): Promise<CheckReport> {
+  const corruptions: CheckFinding[] = [];
+  let corruptionCount = 0;
+  const found = (kind: CheckFinding['kind'], message: string): void => {
+    corruptionCount += 1;
+    if (corruptions.length < MAX_FINDINGS) corruptions.push({ kind, message });
+  };
+  const hw = meta.allocator.highWaterBlocks;
+  const storeFileBlocks = Math.max(0, Math.floor(facts.storeFileBytes / facts.blockSizeBytes) - 1);
+  const volumeBlocks = Math.ceil(facts.sizeBytes / facts.blockSizeBytes);
+  const used = new Uint8Array(Math.ceil(hw / 8));
+  const owners = new Map<number, string>(); // only for store blocks mapped twice: first owner
+  const counts = new Map<number, number>();
+  let mappedBlocks = 0;
+
+  if (facts.journal.appliedSequence !== facts.journal.lastSequence) {
+    found('journal-not-recovered', `journal has committed transaction ${facts.journal.lastSequence} but metadata holds only up to ${facts.journal.appliedSequence}`);
+  }
+  const ids = new Set(meta.snapshots.keys());
+  const names = new Set<string>();
+  for (const rec of meta.snapshots.values()) {
+    if (rec.state === 'live' && names.has(rec.name)) found('catalog', `two snapshots named ${rec.name}`);
+    names.add(rec.name);
+    if (rec.id >= meta.sb.nextSnapshotId) found('catalog', `snapshot id ${rec.id} is not below nextSnapshotId ${meta.sb.nextSnapshotId}`);
+  }
+
+  for await (const [key, value] of db.scan('map:')) {
+    const id = Number.parseInt(key.slice(4, 12), 16);
+    const block = parseHexSuffix(key, keys.mapPrefix(id));
+    let storeBlock: number;
+    try {
+      storeBlock = decodeValue.map(key, value).storeBlock;
+    } catch (err) {
+      found('undecodable-record', `${key}: ${(err as Error).message}`);
+      continue;
+    }
+    mappedBlocks += 1;
+    counts.set(id, (counts.get(id) ?? 0) + 1);
+    const where = `snapshot ${id} block ${block}`;
+    if (!ids.has(id)) found('map-of-unknown-snapshot', `${where} maps store block ${storeBlock}, but there is no snapshot ${id} in the catalog`);
+    if (block >= volumeBlocks) found('map-beyond-volume', `${where} is beyond the end of the volume`);
+    if (storeBlock >= hw) {
+      found('map-beyond-store', `${where} maps store block ${storeBlock}, beyond the allocator's high-water mark ${hw}`);
+      continue;
+    }
+    if (storeBlock >= storeFileBlocks) found('map-beyond-store-file', `${where} maps store block ${storeBlock}, beyond the end of the store file (${storeFileBlocks} blocks)`);
+    if (meta.allocator.isFree(storeBlock)) found('mapped-free-block', `${where} maps store block ${storeBlock}, which the allocator has free`);
+    const byte = storeBlock >> 3;
+    const bit = 1 << (storeBlock & 7);
+    if (used[byte]! & bit) found('double-mapping', `store block ${storeBlock} is mapped twice: ${owners.get(storeBlock) ?? 'another mapping'} and ${where}`);
+    else owners.set(storeBlock, where);
+    used[byte]! |= bit;
+  }
+  for (const rec of meta.snapshots.values()) {
+    const n = counts.get(rec.id) ?? 0;
+    if (n !== rec.ownedBlocks) found('owned-count-mismatch', `snapshot ${rec.name} (${rec.id}) counts ${rec.ownedBlocks} owned blocks but maps ${n}`);
+  }
+  // Leaks: below the high-water mark, neither mapped nor free.
+  const leaks: Extent[] = [];
+  let leakedBlocks = 0;
+  for (let p = 0; p < hw; p++) {
+    if (used[p >> 3]! & (1 << (p & 7))) continue;
+    if (meta.allocator.isFree(p)) continue;
+    leakedBlocks += 1;
+    const last = leaks.at(-1);
+    if (last && last.startBlock + last.lengthBlocks === p) last.lengthBlocks += 1;
+    else leaks.push({ startBlock: p, lengthBlocks: 1 });
+  }
+  return {
+    status: corruptionCount > 0 ? 'corrupt' : leakedBlocks > 0 ? 'leaks' : 'clean',
+    snapshots: meta.snapshots.size,
+    mappedBlocks,
+    storeHighWaterBlocks: hw,
+    freeBlocks: meta.allocator.freeBlocks,
+    leakedBlocks,
+    leaks,
+    corruptions,
+    repairedBlocks: 0,
+  };
+}

@@ -1,0 +1,178 @@
+import { assert } from '@cowvol/journal';
+import { ExtentAllocator, type Extent } from './allocator.js';
+import { CorruptMetadataError, NotAVolumeError, UnsupportedVersionError } from './errors.js';
+import { FORMAT_VERSION, MAX_SNAPSHOTS } from './layout.js';
+import {
+  SCHEMA_VERSION,
+  decodeValue,
+  delOp,
+  keys,
+  parseHexSuffix,
+  putOp,
+  type MetaOp,
+  type MetadataDb,
+  type SnapshotRecord,
+  type VolumeRecord,
+} from './metadata.js';
+
+/**
+ * A journal record: one logical metadata change (docs/FORMAT.md, "Journal
+ * records"). Records say *what* changed; {@link CommittedMetadata.apply}
+ * turns them into LevelDB key operations against the committed state, in
+ * commit order, so changes prepared concurrently can never be applied
+ * against a stale base.
+ */
+export type MetaRecord =
+  /** Replace the volume record. */
+  | { o: 'sb'; v: VolumeRecord }
+  /** Create a snapshot or change its state (owned-block count is kept by apply). */
+  | { o: 'snap'; id: number; name: string; createdAt: string; state: 'live' | 'deleting' }
+  /** Drop a snapshot record; its map must be empty. */
+  | { o: 'drop'; id: number }
+  /** Map block b of snapshot id to store block p (taking p out of the free space). */
+  | { o: 'map'; id: number; b: number; p: number; crc: number }
+  /** Unmap block b of snapshot id and free store block p. */
+  | { o: 'unmap'; id: number; b: number; p: number }
+  /** Hand block b (store block p) over from snapshot `from` to snapshot `to`. */
+  | { o: 'move'; from: number; to: number; b: number; p: number; crc: number }
+  /** Free leaked store blocks (check --repair). */
+  | { o: 'free'; p: number; n: number };
+
+function isInt(x: unknown): x is number {
+  return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+}
+
+/** Validates a record read back from the journal (assert right after reading). Throws `CORRUPT_METADATA`. */
+export function asMetaRecord(record: unknown): MetaRecord {
+  const r = record as Record<string, unknown>;
+  const ok =
+    r !== null &&
+    typeof r === 'object' &&
+    ((r.o === 'sb' && typeof r.v === 'object' && r.v !== null) ||
+      (r.o === 'snap' && isInt(r.id) && typeof r.name === 'string' && typeof r.createdAt === 'string' && (r.state === 'live' || r.state === 'deleting')) ||
+      (r.o === 'drop' && isInt(r.id)) ||
+      (r.o === 'map' && isInt(r.id) && isInt(r.b) && isInt(r.p) && isInt(r.crc)) ||
+      (r.o === 'unmap' && isInt(r.id) && isInt(r.b) && isInt(r.p)) ||
+      (r.o === 'move' && isInt(r.from) && isInt(r.to) && isInt(r.b) && isInt(r.p) && isInt(r.crc)) ||
+      (r.o === 'free' && isInt(r.p) && isInt(r.n) && (r.n as number) > 0));
+  if (!ok) throw new CorruptMetadataError(`journal record is not a metadata record: ${JSON.stringify(r)?.slice(0, 120)}`);
+  return r as unknown as MetaRecord;
+}
+
+/**
+ * The metadata as LevelDB holds it (the *committed* state): the volume
+ * record, the snapshot records with their owned-block counts, the committed
+ * allocator, and `appliedSequence` — the last journal transaction applied.
+ *
+ * `apply` is the journal's apply callback: for each committed transaction,
+ * in sequence order, it computes the key operations and writes them as one
+ * LevelDB batch together with `cp = sequence`. LevelDB batches are atomic,
+ * so a transaction is either fully in LevelDB (and skipped at replay:
+ * sequence ≤ cp) or not at all (and replayed). This makes replay exact even
+ * though records like `map` are not idempotent on their own.
+ */
+export class CommittedMetadata {
+  private constructor(
+    private readonly db: MetadataDb,
+    public sb: VolumeRecord,
+    readonly snapshots: Map<number, SnapshotRecord>,
+    readonly allocator: ExtentAllocator,
+    public appliedSequence: number,
+  ) {}
+
+  /** Loads and validates the committed state. Throws `NOT_A_VOLUME`, `CORRUPT_METADATA`, `UNSUPPORTED_VERSION`. */
+  static async load(db: MetadataDb, volumePath: string): Promise<CommittedMetadata> {
+    const sbBytes = await db.get(keys.volume);
+    if (!sbBytes) throw new NotAVolumeError(`${volumePath}: sidecar is incomplete (no volume record); it was never fully created`);
+    const sb = decodeValue.volume(keys.volume, sbBytes);
+    if (sb.formatVersion > FORMAT_VERSION) throw new UnsupportedVersionError(`${volumePath} has format version ${sb.formatVersion}; this cowvol reads up to ${FORMAT_VERSION}`);
+    const cpBytes = await db.get(keys.checkpoint);
+    const appliedSequence = cpBytes ? decodeValue.checkpoint(keys.checkpoint, cpBytes).sequence : 0;
+    const snapshots = new Map<number, SnapshotRecord>();
+    for await (const [key, value] of db.scan(keys.snapshotPrefix, MAX_SNAPSHOTS + 1)) {
+      const rec = decodeValue.snapshot(key, value);
+      if (rec.id !== parseHexSuffix(key, keys.snapshotPrefix)) throw new CorruptMetadataError(`snapshot record ${key} has id ${rec.id}`);
+      snapshots.set(rec.id, rec);
+    }
+    if (snapshots.size > MAX_SNAPSHOTS) throw new CorruptMetadataError(`more than ${MAX_SNAPSHOTS} snapshot records`);
+    const allocBytes = await db.get(keys.allocator);
+    if (!allocBytes) throw new CorruptMetadataError('allocator record missing');
+    const alloc = decodeValue.allocator(keys.allocator, allocBytes);
+    const free: Extent[] = [];
+    for await (const [key, value] of db.scan(keys.freePrefix)) {
+      free.push({ startBlock: parseHexSuffix(key, keys.freePrefix), lengthBlocks: decodeValue.free(key, value).lengthBlocks });
+    }
+    let allocator: ExtentAllocator;
+    try {
+      allocator = new ExtentAllocator(alloc.highWaterBlocks, free, true);
+    } catch (err) {
+      throw new CorruptMetadataError(`allocator state is inconsistent: ${(err as Error).message}`, { cause: err });
+    }
+    return new CommittedMetadata(db, sb, snapshots, allocator, appliedSequence);
+  }
+
+  /** Applies one committed transaction (skipped when LevelDB already has it). */
+  async apply(tx: { sequence: number; records: unknown[] }): Promise<void> {
+    if (tx.sequence <= this.appliedSequence) return;
+    const ops: MetaOp[] = [];
+    const touched = new Set<number>();
+    const dropped = new Set<number>();
+    const owned = (id: number, delta: number): void => {
+      const rec = this.snapshots.get(id);
+      assert(rec !== undefined, `journal record names snapshot ${id}, which does not exist`);
+      rec.ownedBlocks += delta;
+      assert(rec.ownedBlocks >= 0, `snapshot ${id} owns a negative number of blocks`);
+      touched.add(id);
+    };
+    for (const raw of tx.records) {
+      const r = asMetaRecord(raw);
+      switch (r.o) {
+        case 'sb': {
+          const op = putOp(keys.volume, r.v) as { o: 'p'; k: string; v: Buffer };
+          this.sb = decodeValue.volume(keys.volume, op.v); // validate before it reaches LevelDB
+          ops.push(op);
+          break;
+        }
+        case 'snap': {
+          const prev = this.snapshots.get(r.id);
+          this.snapshots.set(r.id, { v: SCHEMA_VERSION, id: r.id, name: r.name, createdAt: r.createdAt, state: r.state, ownedBlocks: prev?.ownedBlocks ?? 0 });
+          touched.add(r.id);
+          break;
+        }
+        case 'drop': {
+          const rec = this.snapshots.get(r.id);
+          assert(rec !== undefined && rec.ownedBlocks === 0, `drop of snapshot ${r.id} that still owns blocks or does not exist`);
+          this.snapshots.delete(r.id);
+          touched.delete(r.id);
+          dropped.add(r.id);
+          ops.push(delOp(keys.snapshot(r.id)));
+          break;
+        }
+        case 'map':
+          this.allocator.allocateExact(r.p);
+          ops.push(putOp(keys.map(r.id, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
+          owned(r.id, +1);
+          break;
+        case 'unmap':
+          ops.push(delOp(keys.map(r.id, r.b)));
+          this.allocator.free({ startBlock: r.p, lengthBlocks: 1 });
+          owned(r.id, -1);
+          break;
+        case 'move':
+          ops.push(delOp(keys.map(r.from, r.b)));
+          ops.push(putOp(keys.map(r.to, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
+          owned(r.from, -1);
+          owned(r.to, +1);
+          break;
+        case 'free':
+          this.allocator.free({ startBlock: r.p, lengthBlocks: r.n });
+          break;
+      }
+    }
+    ops.push(...this.allocator.takeOps());
+    for (const id of touched) if (!dropped.has(id)) ops.push(putOp(keys.snapshot(id), this.snapshots.get(id)!));
+    ops.push(putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: tx.sequence }));
+    await this.db.apply(ops);
+    this.appliedSequence = tx.sequence;
+  }
+}
