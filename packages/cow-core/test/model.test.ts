@@ -16,7 +16,7 @@ import { Volume } from '../src/index.js';
  */
 const BS = 512;
 const SIZE = 16 * BS;
-const RUNS = Number(process.env.COWVOL_MODEL_RUNS ?? 100);
+const RUNS = Number(process.env.COWVOL_MODEL_RUNS ?? 500);
 const SEED = process.env.COWVOL_SEED === undefined ? undefined : Number(process.env.COWVOL_SEED);
 
 interface Model {

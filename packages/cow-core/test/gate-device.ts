@@ -1,0 +1,78 @@
+import { basename } from 'node:path';
+import { FileBlockDevice, type BlockDevice, type DeviceOpener } from '../src/index.js';
+
+export interface IoEvent {
+  file: string;
+  op: 'read' | 'write' | 'sync';
+  offsetBytes: number;
+  lengthBytes: number;
+}
+
+/** A held I/O: `reached` resolves when a matching I/O arrives and stops; `release()` lets it go on (or fail). */
+export interface Hold {
+  reached: Promise<IoEvent>;
+  release(error?: Error): void;
+}
+
+/**
+ * A controllable scheduler at the block-device seam: `hold(pred)` arms a
+ * gate; the next I/O matching `pred` stops until the test releases it. This
+ * forces exact interleavings of concurrent operations without sleeps.
+ */
+export class GateOpener implements DeviceOpener {
+  private holds: Array<{ pred: (e: IoEvent) => boolean; arrive: (e: IoEvent) => void; gate: Promise<Error | undefined> }> = [];
+  readonly log: IoEvent[] = [];
+
+  hold(pred: (e: IoEvent) => boolean): Hold {
+    let arrive!: (e: IoEvent) => void;
+    let release!: (error?: Error) => void;
+    const reached = new Promise<IoEvent>((r) => (arrive = r));
+    const gate = new Promise<Error | undefined>((r) => (release = r));
+    this.holds.push({ pred, arrive, gate });
+    return { reached, release: (error?: Error) => release(error) };
+  }
+
+  private async pass(e: IoEvent): Promise<void> {
+    this.log.push(e);
+    const i = this.holds.findIndex((h) => h.pred(e));
+    if (i < 0) return;
+    const [h] = this.holds.splice(i, 1);
+    h!.arrive(e);
+    const error = await h!.gate;
+    if (error) throw error;
+  }
+
+  async open(path: string, options: { create: boolean }): Promise<BlockDevice> {
+    const inner = await FileBlockDevice.open(path, options);
+    const file = basename(path);
+    return {
+      name: inner.name,
+      read: async (o, l) => {
+        await this.pass({ file, op: 'read', offsetBytes: o, lengthBytes: l });
+        return inner.read(o, l);
+      },
+      write: async (o, d) => {
+        await this.pass({ file, op: 'write', offsetBytes: o, lengthBytes: d.length });
+        await inner.write(o, d);
+      },
+      sync: async () => {
+        await this.pass({ file, op: 'sync', offsetBytes: 0, lengthBytes: 0 });
+        await inner.sync();
+      },
+      truncate: (s) => inner.truncate(s),
+      sizeBytes: () => inner.sizeBytes(),
+      close: () => inner.close(),
+    };
+  }
+}
+
+/** Resolves true if `p` settles within a few event-loop turns, false if it is still pending (it is blocked). */
+export async function settlesSoon(p: Promise<unknown>): Promise<boolean> {
+  let settled = false;
+  p.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+  for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
+  return settled;
+}
