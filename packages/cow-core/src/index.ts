@@ -35,3 +35,4 @@ export {
 export { checkVolume, MAX_FINDINGS, type CheckReport, type CheckFinding } from './check.js';
 export { FreezeGate } from './freeze-gate.js';
 export { type MetaRecord } from './committed-metadata.js';
+export { runStress, formatStressSummary, type StressOptions, type StressSummary } from './stress.js';

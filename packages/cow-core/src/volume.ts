@@ -3,6 +3,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { mkdir, open as openFile, rm, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { Mutex } from 'async-mutex';
 import {
   CowvolError,
   IoError,
@@ -167,6 +168,7 @@ type BlockSource = { storeBlock: number; crc: number } | null;
  */
 export class Volume {
   private readonly gate = new FreezeGate();
+  private readonly deleteLock = new Mutex();
   /** Loaded snapshot maps (the live view) by snapshot id. */
   private readonly maps = new Map<number, SnapshotMap>();
   private readonly mapLoads = new Map<number, Promise<SnapshotMap>>();
@@ -480,6 +482,11 @@ export class Volume {
    * @throws SNAPSHOT_NOT_FOUND, IO_ERROR
    */
   async deleteSnapshot(name: string): Promise<DeleteResult> {
+    // One delete at a time: hand-over needs a live older neighbour.
+    return this.deleteLock.runExclusive(() => this.deleteOne(name));
+  }
+
+  private async deleteOne(name: string): Promise<DeleteResult> {
     const rec = await this.frozen(async () => {
       const found = this.findLive(name);
       if (!found) throw new SnapshotNotFoundError(name);
@@ -686,9 +693,9 @@ export class Volume {
     return this.catalog.find((r) => r.state === 'live' && r.name === name);
   }
 
-  /** The active snapshot: the newest one, which receives COW copies (a deleting newest one stays active until dropped). */
+  /** The active snapshot: the newest live one, which receives COW copies. */
   private active(): SnapshotRecord | undefined {
-    return this.catalog.at(-1);
+    return this.cowChain()?.[0];
   }
 
   private describe(rec: SnapshotRecord): SnapshotInfo {
@@ -787,13 +794,15 @@ export class Volume {
    */
   private async cowRange(first: number, last: number): Promise<void> {
     for (;;) {
-      const active = this.active();
-      if (!active) return;
-      const map = await this.mapOf(active.id);
+      const chain = this.cowChain();
+      if (!chain) return;
+      const active = chain[0]!;
+      const maps = await Promise.all(chain.map((r) => this.mapOf(r.id)));
+      const map = maps[0]!;
       const mine: number[] = [];
       const waits: Array<Promise<void>> = [];
       for (let b = first; b <= last; b++) {
-        if (map.has(b)) continue;
+        if (maps.some((m) => m.has(b))) continue;
         const p = this.pending.get(b);
         if (p) waits.push(p.done);
         else mine.push(b);
@@ -807,6 +816,20 @@ export class Volume {
         this.stats.maxPendingWaitMs = Math.max(this.stats.maxPendingWaitMs, performance.now() - started);
       }
     }
+  }
+
+  /**
+   * The COW chain: the active snapshot (the newest *live* one, which
+   * receives copies) followed by any newer snapshot being deleted. A block
+   * one of those deleting snapshots holds needs no copy: its copy is the
+   * active snapshot's view of the block and is handed over to it. So a
+   * delete of the newest snapshot terminates under write traffic (nothing
+   * new is copied into it) and stays correct.
+   */
+  private cowChain(): SnapshotRecord[] | undefined {
+    let i = this.catalog.length - 1;
+    while (i >= 0 && this.catalog[i]!.state !== 'live') i--;
+    return i < 0 ? undefined : this.catalog.slice(i);
   }
 
   /** This task is the COWing task for `blocks`: reserve, copy, sync, commit, publish — or cancel. */
