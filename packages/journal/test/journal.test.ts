@@ -214,3 +214,57 @@ describe('stable buffers (seed 000): what a commit writes cannot change after lo
     await j2.close();
   });
 });
+
+describe('group commit', () => {
+  it('handles committed concurrently share transactions (fewer syncs than handles); apply sees every transaction once, in order, before commit() resolves', async () => {
+    const applied: number[] = [];
+    const appliedRecords: unknown[] = [];
+    const { journal } = await Journal.open(await FileBlockDevice.open(path), {
+      replay: async () => undefined,
+      apply: async (tx) => {
+        applied.push(tx.sequence);
+        appliedRecords.push(...tx.records);
+      },
+    });
+    const commits = Array.from({ length: 64 }, (_, i) => {
+      const h = journal.start(2);
+      h.log({ handle: i, part: 0 });
+      h.log({ handle: i, part: 1 });
+      return h.commit().then((sequence) => {
+        // Applied before the handle's commit resolves.
+        expect(applied).toContain(sequence);
+        return sequence;
+      });
+    });
+    const sequences = await Promise.all(commits);
+    expect(journal.stats.handles).toBe(64);
+    expect(journal.stats.commits).toBeLessThan(64);
+    expect(journal.stats.syncs).toBe(journal.stats.commits);
+    expect(applied).toEqual([...applied].sort((a, b) => a - b));
+    expect(new Set(applied).size).toBe(applied.length);
+    // A handle's records stay together and in order inside its transaction.
+    for (let i = 0; i < 64; i++) {
+      const at = appliedRecords.findIndex((r) => (r as { handle: number }).handle === i);
+      expect(appliedRecords[at + 1]).toEqual({ handle: i, part: 1 });
+    }
+    expect(Math.max(...sequences)).toBe(journal.lastCommittedSequence);
+    await journal.close();
+    const { replayed, journal: j2 } = await openCollect();
+    expect(replayed.flatMap((t) => t.records)).toHaveLength(128);
+    await j2.close();
+  });
+
+  it('a failed apply aborts the journal (JOURNAL_ABORTED afterwards)', async () => {
+    let fail = true;
+    const { journal } = await Journal.open(await FileBlockDevice.open(path), {
+      replay: async () => undefined,
+      apply: async () => {
+        if (fail) throw new Error('home unavailable');
+      },
+    });
+    await expect(journal.commit([{ x: 1 }])).rejects.toThrow('home unavailable');
+    fail = false;
+    expect(() => journal.start(1)).toThrowError(expect.objectContaining({ code: 'JOURNAL_ABORTED' }));
+    await journal.close();
+  });
+});
