@@ -17,7 +17,12 @@ export class CrashController implements DeviceOpener {
   crashed = false;
   private readonly pending = new Map<string, Pending[]>();
 
-  constructor(private readonly crashAt: number, private readonly random: () => number, private readonly keepFraction: number) {}
+  /**
+   * @param keepFraction chance that an unsynced write survives the power loss
+   * @param tearFraction chance that a surviving write is torn: only a prefix
+   *   of it, cut at a 512-byte sector boundary, reaches the disk
+   */
+  constructor(private readonly crashAt: number, private readonly random: () => number, private readonly keepFraction: number, private readonly tearFraction = 0) {}
 
   async open(path: string, options: { create: boolean }): Promise<BlockDevice> {
     const inner = await FileBlockDevice.open(path, options);
@@ -52,8 +57,14 @@ export class CrashController implements DeviceOpener {
       for (const p of list) {
         if (this.random() < this.keepFraction) {
           keptWrites += 1;
-          if (p.kind === 'write') await dev.write(p.offsetBytes, p.data);
-          else await dev.truncate(p.sizeBytes);
+          if (p.kind === 'write') {
+            let data = p.data;
+            if (data.length > 512 && this.random() < this.tearFraction) {
+              // Torn: the first k sectors made it, the rest did not.
+              data = data.subarray(0, 512 * Math.floor(this.random() * Math.ceil(data.length / 512)));
+            }
+            await dev.write(p.offsetBytes, data);
+          } else await dev.truncate(p.sizeBytes);
         } else {
           lostWrites += 1;
         }

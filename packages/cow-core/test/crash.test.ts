@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -111,6 +111,13 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
+/** Puts back the volume and its sidecar from a copy. */
+async function restoreFrom(backup: string, path: string): Promise<void> {
+  await rm(`${path}.cowvol`, { recursive: true, force: true });
+  await cp(join(backup, 'vol.img'), path);
+  await cp(join(backup, 'vol.img.cowvol'), `${path}.cowvol`, { recursive: true });
+}
+
 async function freshVolume(path: string): Promise<Model> {
   await rm(path, { force: true });
   await rm(`${path}.cowvol`, { recursive: true, force: true });
@@ -137,11 +144,16 @@ describe('crash points: guarantees 1-4 and 6 hold after a power loss at every I/
       expect(totalIos).toBeGreaterThan(20);
       const step = Math.max(1, Math.ceil(totalIos / MAX_POINTS));
       let points = 0;
-      for (const keepFraction of [0, 0.5, 1]) {
+      let recoveryCrashes = 0;
+      for (const [keepFraction, tearFraction] of [
+        [0, 0],
+        [0.5, 0.5],
+        [1, 0],
+      ] as const) {
         for (let crashAt = 1; crashAt <= totalIos; crashAt += step) {
-          const where = `seed=${seed} crashAt=${crashAt}/${totalIos} keepFraction=${keepFraction}`;
+          const where = `seed=${seed} crashAt=${crashAt}/${totalIos} keepFraction=${keepFraction} tearFraction=${tearFraction}`;
           const model = await freshVolume(path);
-          const ctl = new CrashController(crashAt, mulberry32(seed * 1000 + crashAt), keepFraction);
+          const ctl = new CrashController(crashAt, mulberry32(seed * 1000 + crashAt), keepFraction, tearFraction);
           const volume = await Volume.open(path, { opener: ctl });
           let crashed = false;
           try {
@@ -156,6 +168,28 @@ describe('crash points: guarantees 1-4 and 6 hold after a power loss at every I/
           await ctl.restore();
           points += 1;
 
+          // Every fourth point: a second power loss during recovery itself
+          // (at one of the I/Os that open + close do); recovery must be idempotent.
+          if (crashAt % 4 === 0) {
+            const backup = `${dir}-backup`;
+            await rm(backup, { recursive: true, force: true });
+            await cp(path, join(backup, 'vol.img'));
+            await cp(`${path}.cowvol`, join(backup, 'vol.img.cowvol'), { recursive: true, filter: (src) => !src.endsWith('/lock') });
+            const counter = new CrashController(Number.MAX_SAFE_INTEGER, mulberry32(1), 1);
+            const probe = await Volume.open(path, { opener: counter });
+            await probe.close();
+            const recoveryIos = counter.ios;
+            await restoreFrom(backup, path);
+            if (recoveryIos > 0) {
+              const second = new CrashController(1 + (crashAt % recoveryIos), mulberry32(crashAt), keepFraction, tearFraction);
+              const during = await Volume.open(path, { opener: second }).catch(() => undefined);
+              await during?.close().catch(() => undefined);
+              expect(second.crashed, `${where}: recovery crash point`).toBe(true);
+              await second.restore();
+              recoveryCrashes += 1;
+            }
+            await rm(backup, { recursive: true, force: true });
+          }
           const reopened = await Volume.open(path);
           try {
             const names = (await reopened.listSnapshots()).map((s) => s.name);
@@ -175,12 +209,16 @@ describe('crash points: guarantees 1-4 and 6 hold after a power loss at every I/
             const report = await reopened.checkConsistency();
             expect(report.problems, where).toEqual([]);
             expect(report.leakedBlocks, `${where}: leaked store blocks`).toBe(0);
+            // The persisted metadata, checked like `cowvol check`: clean (a reservation is never persisted, so no leaks either).
+            const check = await reopened.check();
+            expect(check.corruptions, where).toEqual([]);
+            expect(check.status, where).toBe('clean');
           } finally {
             await reopened.close();
           }
         }
       }
-      console.log(`crash test seed ${seed}: ${points} crash points over ${totalIos} I/Os`);
+      console.log(`crash test seed ${seed}: ${points} crash points over ${totalIos} I/Os, ${recoveryCrashes} second crashes during recovery`);
     });
   }
 });
