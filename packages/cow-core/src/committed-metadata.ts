@@ -42,6 +42,14 @@ function isInt(x: unknown): x is number {
   return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 }
 
+function isId(x: unknown): x is number {
+  return isInt(x) && x >= 1;
+}
+
+function isCrc(x: unknown): x is number {
+  return isInt(x) && x <= 0xffffffff;
+}
+
 /** Validates a record read back from the journal (assert right after reading). Throws `CORRUPT_METADATA`. */
 export function asMetaRecord(record: unknown): MetaRecord {
   const r = record as Record<string, unknown>;
@@ -49,11 +57,11 @@ export function asMetaRecord(record: unknown): MetaRecord {
     r !== null &&
     typeof r === 'object' &&
     ((r.o === 'sb' && typeof r.v === 'object' && r.v !== null) ||
-      (r.o === 'snap' && isInt(r.id) && typeof r.name === 'string' && typeof r.createdAt === 'string' && (r.state === 'live' || r.state === 'deleting')) ||
-      (r.o === 'drop' && isInt(r.id)) ||
-      (r.o === 'map' && isInt(r.id) && isInt(r.b) && isInt(r.p) && isInt(r.crc)) ||
-      (r.o === 'unmap' && isInt(r.id) && isInt(r.b) && isInt(r.p)) ||
-      (r.o === 'move' && isInt(r.from) && isInt(r.to) && isInt(r.b) && isInt(r.p) && isInt(r.crc)) ||
+      (r.o === 'snap' && isId(r.id) && typeof r.name === 'string' && typeof r.createdAt === 'string' && (r.state === 'live' || r.state === 'deleting')) ||
+      (r.o === 'drop' && isId(r.id)) ||
+      (r.o === 'map' && isId(r.id) && isInt(r.b) && isInt(r.p) && isCrc(r.crc)) ||
+      (r.o === 'unmap' && isId(r.id) && isInt(r.b) && isInt(r.p)) ||
+      (r.o === 'move' && isId(r.from) && isId(r.to) && isInt(r.b) && isInt(r.p) && isCrc(r.crc)) ||
       (r.o === 'free' && isInt(r.p) && isInt(r.n) && (r.n as number) > 0));
   if (!ok) throw new CorruptMetadataError(`journal record is not a metadata record: ${JSON.stringify(r)?.slice(0, 120)}`);
   return r as unknown as MetaRecord;

@@ -49,5 +49,10 @@ export const IO_CHUNK_BYTES = 4 * 1024 * 1024;
 export const MAX_READ_BYTES = 256 * 1024 * 1024;
 /** Blocks handed over or freed per transaction while deleting a snapshot. */
 export const DELETE_BATCH_BLOCKS = 8192;
-/** Checkpoint once this many journal bytes are not checkpointed. */
-export const CHECKPOINT_THRESHOLD_BYTES = 16 * 1024 * 1024;
+/** Journal file size of a new volume. */
+export const DEFAULT_JOURNAL_BYTES = 64 * 1024 * 1024;
+/** Smallest journal accepted (in journal blocks = volume blocks). */
+export const MIN_JOURNAL_BLOCKS = 256;
+/** Journal target ids of block images (docs/FORMAT.md): the volume file and the store file. */
+export const TARGET_VOLUME = 0;
+export const TARGET_STORE = 1;

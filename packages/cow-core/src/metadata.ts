@@ -29,8 +29,14 @@ export interface VolumeRecord {
   blockSizeBytes: number;
   createdAt: string;
   nextSnapshotId: number;
-  dataMode: 'ordered';
+  /** `ordered`: live data written in place, metadata journaled; `journal`: live data and COW copies journaled too. */
+  dataMode: DataMode;
+  /** Journal file size in bytes (absent in volumes created before it was recorded: 64 MiB). */
+  journalBytes?: number;
 }
+
+/** How live data reaches the volume file (ext4 data=ordered / data=journal). */
+export type DataMode = 'ordered' | 'journal';
 
 export interface CheckpointRecord {
   v: number;
@@ -118,7 +124,7 @@ function decode<T extends { v: number }>(key: string, buf: Uint8Array, check: (x
 
 export const decodeValue = {
   volume: (k: string, b: Uint8Array) =>
-    decode<VolumeRecord>(k, b, (r) => isInt(r.formatVersion, 1) && typeof r.uuid === 'string' && isInt(r.sizeBytes, 1) && isInt(r.blockSizeBytes, 512) && isInt(r.nextSnapshotId, 1) && typeof r.createdAt === 'string'),
+    decode<VolumeRecord>(k, b, (r) => isInt(r.formatVersion, 1) && typeof r.uuid === 'string' && isInt(r.sizeBytes, 1) && isInt(r.blockSizeBytes, 512) && isInt(r.nextSnapshotId, 1) && typeof r.createdAt === 'string' && (r.dataMode === 'ordered' || r.dataMode === 'journal')),
   checkpoint: (k: string, b: Uint8Array) => decode<CheckpointRecord>(k, b, (r) => isInt(r.sequence)),
   allocator: (k: string, b: Uint8Array) => decode<AllocatorRecord>(k, b, (r) => isInt(r.highWaterBlocks)),
   free: (k: string, b: Uint8Array) => decode<FreeExtentRecord>(k, b, (r) => isInt(r.lengthBlocks, 1)),

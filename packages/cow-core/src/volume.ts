@@ -8,6 +8,7 @@ import {
   CowvolError,
   IoError,
   Journal,
+  JournalCorruptError,
   assert,
   crc32c,
   fileDeviceOpener,
@@ -32,8 +33,11 @@ import {
   VolumeSizeMismatchError,
 } from './errors.js';
 import {
-  CHECKPOINT_THRESHOLD_BYTES,
   DEFAULT_BLOCK_SIZE_BYTES,
+  DEFAULT_JOURNAL_BYTES,
+  MIN_JOURNAL_BLOCKS,
+  TARGET_STORE,
+  TARGET_VOLUME,
   DELETE_BATCH_BLOCKS,
   FORMAT_VERSION,
   IO_CHUNK_BYTES,
@@ -46,7 +50,7 @@ import {
   volumeLayout,
   type VolumeLayout,
 } from './layout.js';
-import { MetadataDb, SCHEMA_VERSION, keys, putOp, type SnapshotRecord, type VolumeRecord } from './metadata.js';
+import { MetadataDb, SCHEMA_VERSION, keys, putOp, type DataMode, type SnapshotRecord, type VolumeRecord } from './metadata.js';
 import { ExtentAllocator, type Extent } from './allocator.js';
 import { SnapshotMap, type MapEntry } from './snapshot-map.js';
 import { SnapshotStore } from './store.js';
@@ -65,6 +69,15 @@ export interface CreateVolumeOptions {
   adopt?: boolean;
   /** File opener (fault injection in tests). Default: plain files. */
   opener?: DeviceOpener;
+  /**
+   * `ordered` (default): live data is written in place; metadata is
+   * journaled, COW copies are made durable before their commit (ordered
+   * data). `journal`: live data and COW copies go through the journal too,
+   * so each write call of up to `maxAtomicWriteBytes` is atomic across a crash.
+   */
+  dataMode?: DataMode;
+  /** Journal file size. Default 64 MiB; at least 256 blocks. */
+  journalSizeBytes?: number;
 }
 
 /** Options for {@link Volume.open}. */
@@ -93,7 +106,9 @@ export interface VolumeInfo {
   uuid: string;
   sizeBytes: number;
   blockSizeBytes: number;
-  dataMode: 'ordered';
+  dataMode: DataMode;
+  /** Largest write that is atomic across a crash in `journal` mode (one journal handle). */
+  maxAtomicWriteBytes: number;
   createdAt: string;
   snapshots: SnapshotInfo[];
   store: {
@@ -104,7 +119,7 @@ export interface VolumeInfo {
     usedBytes: number;
     fileBytes: number;
   };
-  journal: { lastSequence: number; uncheckpointedBytes: number };
+  journal: { sizeBytes: number; lastSequence: number; uncheckpointedBytes: number; commits: number; handles: number; syncs: number; checkpoints: number };
   /** What recovery did when this volume was opened. */
   recovery: RecoveryReport;
 }
@@ -168,6 +183,8 @@ type BlockSource = { storeBlock: number; crc: number } | null;
  */
 export class Volume {
   private readonly gate = new FreezeGate();
+  /** Journal-mode block locks for read-modify-write of live blocks. */
+  private readonly blockLocks = new Map<number, Promise<void>>();
   private readonly deleteLock = new Mutex();
   /** Loaded snapshot maps (the live view) by snapshot id. */
   private readonly maps = new Map<number, SnapshotMap>();
@@ -225,6 +242,12 @@ export class Volume {
     if (!Number.isInteger(blockSizeBytes) || blockSizeBytes < MIN_BLOCK_SIZE_BYTES || blockSizeBytes > MAX_BLOCK_SIZE_BYTES || (blockSizeBytes & (blockSizeBytes - 1)) !== 0) {
       throw new InvalidArgumentError(`block size must be a power of two from ${MIN_BLOCK_SIZE_BYTES} to ${MAX_BLOCK_SIZE_BYTES} bytes, got ${blockSizeBytes}`);
     }
+    const dataMode = options.dataMode ?? 'ordered';
+    if (dataMode !== 'ordered' && dataMode !== 'journal') throw new InvalidArgumentError(`data mode must be ordered or journal, got ${String(dataMode)}`);
+    const journalBytes = options.journalSizeBytes ?? DEFAULT_JOURNAL_BYTES;
+    if (!Number.isSafeInteger(journalBytes) || journalBytes < MIN_JOURNAL_BLOCKS * blockSizeBytes || journalBytes % blockSizeBytes !== 0 || journalBytes / blockSizeBytes >= 2 ** 32) {
+      throw new InvalidArgumentError(`journal size must be a multiple of the block size and at least ${MIN_JOURNAL_BLOCKS} blocks, got ${journalBytes}`);
+    }
     const layout = volumeLayout(path);
     if (await exists(layout.sidecarPath)) throw new VolumeExistsError(`${path} already has a cowvol sidecar (${layout.sidecarPath})`, path);
 
@@ -275,7 +298,7 @@ export class Volume {
         await storeDev.sync();
         await storeDev.close();
         const journalDev = await opener.open(layout.journalPath, { create: true });
-        await Journal.format(journalDev, uuid);
+        await Journal.format(journalDev, { uuid, blockSizeBytes, lengthBlocks: journalBytes / blockSizeBytes });
         await journalDev.close();
         const db = await MetadataDb.open(layout.metaPath, true);
         const sb: VolumeRecord = {
@@ -286,7 +309,8 @@ export class Volume {
           blockSizeBytes,
           createdAt: new Date().toISOString(),
           nextSnapshotId: 1,
-          dataMode: 'ordered',
+          dataMode,
+          journalBytes,
         };
         // The volume record goes last: a sidecar without it is an incomplete create.
         await db.apply([putOp(keys.allocator, { v: SCHEMA_VERSION, highWaterBlocks: 0 }), putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: 0 })]);
@@ -351,11 +375,25 @@ export class Volume {
 
       const journalDev = await opener.open(layout.journalPath, { create: false });
       const apply = (tx: { sequence: number; records: unknown[] }) => meta.apply(tx);
-      const { journal, recovery } = await Journal.open(journalDev, { expectedUuid: uuid, replay: apply, apply }).catch(async (err: unknown) => {
+      const { journal, recovery } = await Journal.open(journalDev, {
+        expectedUuid: uuid,
+        targets: new Map([
+          [TARGET_VOLUME, volume],
+          [TARGET_STORE, storeDev],
+        ]),
+        replay: apply,
+        apply,
+        // Checkpoint: LevelDB must hold everything up to the new tail durably.
+        beforeTailMove: () => db.makeDurable(),
+      }).catch(async (err: unknown) => {
         await journalDev.close();
         throw err;
       });
       opened.push(journal);
+      if (journal.lastCommittedSequence < meta.appliedSequence) {
+        // LevelDB holds transactions the journal no longer has: new commits would reuse their sequences.
+        throw new JournalCorruptError(`${layout.journalPath} ends at transaction ${journal.lastCommittedSequence} but the metadata has applied ${meta.appliedSequence}`);
+      }
 
       const catalog = [...meta.snapshots.values()].sort((a, b) => a.id - b.id).map((r) => ({ ...r }));
       const names = new Set<string>();
@@ -414,7 +452,7 @@ export class Volume {
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.checkRange(offsetBytes, lengthBytes);
     this.checkReadLength(lengthBytes);
-    return this.shared(() => this.volume.read(offsetBytes, lengthBytes));
+    return this.shared(() => this.readLive(offsetBytes, lengthBytes));
   }
 
   /** Makes every write that completed before the call durable (guarantee 4: acknowledged means durable). */
@@ -509,6 +547,7 @@ export class Volume {
         sizeBytes: sb.sizeBytes,
         blockSizeBytes: sb.blockSizeBytes,
         dataMode: sb.dataMode,
+        maxAtomicWriteBytes: this.maxAtomicWriteBlocks() * sb.blockSizeBytes,
         createdAt: sb.createdAt,
         snapshots: this.liveSnapshots().map((r) => this.describe(r)),
         store: {
@@ -518,7 +557,15 @@ export class Volume {
           usedBytes: usedBlocks * sb.blockSizeBytes,
           fileBytes: await this.store.device.sizeBytes(),
         },
-        journal: { lastSequence: this.journal.lastCommittedSequence, uncheckpointedBytes: this.journal.uncheckpointedBytes },
+        journal: {
+          sizeBytes: this.journal.lengthBlocks * this.journal.blockSizeBytes,
+          lastSequence: this.journal.lastCommittedSequence,
+          uncheckpointedBytes: this.journal.uncheckpointedBytes,
+          commits: this.journal.stats.commits,
+          handles: this.journal.stats.handles,
+          syncs: this.journal.stats.syncs,
+          checkpoints: this.journal.stats.checkpoints,
+        },
         recovery: this.recovery,
       };
     });
@@ -536,6 +583,7 @@ export class Volume {
    */
   async check(options: { repair?: boolean } = {}): Promise<CheckReport> {
     return this.frozen(async () => {
+      await this.checkpoint(); // everything home: the store file must hold every mapped block
       const report = await checkVolume(this.db, this.meta, {
         storeFileBytes: await this.store.device.sizeBytes(),
         blockSizeBytes: this.blockSizeBytes,
@@ -547,6 +595,7 @@ export class Volume {
         // The live allocator learns the freed space too.
         for (const e of report.leaks) this.allocator.free(e);
         report.repairedBlocks = report.leakedBlocks;
+        report.status = 'clean';
       }
       return report;
     });
@@ -730,7 +779,7 @@ export class Volume {
    * before any block lock is taken, never while one is held — the
    * assertion catches a violation.
    */
-  private startHandle(credits: number): Handle {
+  private startHandle(credits: number): Promise<Handle> {
     const held = this.heldBlockLocks?.getStore();
     assert(held === undefined || held.blocks === 0, `lock order: journal handle started while holding ${held?.blocks} block locks`);
     return this.journal.start(credits);
@@ -743,36 +792,90 @@ export class Volume {
       return;
     }
     try {
-      const h = handle ?? this.startHandle(records.length);
+      const h = handle ?? (await this.startHandle(records.length));
       for (const r of records) h.log(r);
       await h.commit();
     } catch (err) {
-      // The commit may or may not be durable: the in-memory view can no
-      // longer be trusted. Refuse further work until a reopen recovers from
-      // the journal (like jbd2's abort).
+      // If the journal aborted, the commit may or may not be durable: the
+      // in-memory view can no longer be trusted. Refuse further work until a
+      // reopen recovers from the journal (like jbd2's abort). A commit that
+      // failed before touching the log (its ordered data could not be
+      // synced) changed nothing: the caller cancels and the volume goes on.
+      if (this.journal.aborted) this.failure = err;
+      throw err;
+    }
+  }
+
+  /** Checkpoints the journal: images home, LevelDB durable (beforeTailMove), tail moved. Fail-stop on error. */
+  private async checkpoint(): Promise<void> {
+    try {
+      await this.journal.checkpoint();
+    } catch (err) {
       this.failure = err;
       throw err;
     }
-    if (this.journal.uncheckpointedBytes > CHECKPOINT_THRESHOLD_BYTES) await this.checkpoint();
   }
 
-  /** Makes LevelDB durable up to the last applied transaction, then moves the journal tail past it. One at a time. */
-  private async checkpoint(): Promise<void> {
-    while (this.checkpointing) await this.checkpointing;
-    if (this.journal.uncheckpointedBytes === 0) return;
-    this.checkpointing = (async () => {
-      try {
-        const sequence = this.meta.appliedSequence;
-        await this.db.makeDurable();
-        await this.journal.checkpoint(sequence);
-      } catch (err) {
-        this.failure = err;
-        throw err;
-      } finally {
-        this.checkpointing = undefined;
-      }
-    })();
-    await this.checkpointing;
+  /** Live data: the newest journaled image of a block if not yet checkpointed (journal mode), else the volume file. */
+  private async readLive(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    if (this.meta.sb.dataMode !== 'journal' || lengthBytes === 0) return this.volume.read(offsetBytes, lengthBytes);
+    const bs = this.blockSizeBytes;
+    const first = Math.floor(offsetBytes / bs);
+    const last = Math.floor((offsetBytes + lengthBytes - 1) / bs);
+    // Look in the image cache first, then read home: an image checkpointed in
+    // between is home already, so neither order of events reads stale data.
+    const images: Array<[number, Buffer]> = [];
+    for (let b = first; b <= last; b++) {
+      const img = this.journal.readImage(TARGET_VOLUME, b);
+      if (img) images.push([b, img]);
+    }
+    const data = await this.volume.read(offsetBytes, lengthBytes);
+    for (const [b, img] of images) {
+      const from = Math.max(offsetBytes, b * bs);
+      const to = Math.min(offsetBytes + lengthBytes, (b + 1) * bs);
+      img.copy(data, from - offsetBytes, from - b * bs, to - b * bs);
+    }
+    return data;
+  }
+
+  /** Store blocks, with journaled copies not yet checkpointed (journal mode). */
+  private async readStore(storeBlock: number, countBlocks: number): Promise<Buffer> {
+    if (this.meta.sb.dataMode !== 'journal') return this.store.read(storeBlock, countBlocks);
+    const bs = this.blockSizeBytes;
+    const images: Array<[number, Buffer]> = [];
+    for (let i = 0; i < countBlocks; i++) {
+      const img = this.journal.readImage(TARGET_STORE, storeBlock + 1 + i);
+      if (img) images.push([i, img]);
+    }
+    const data = await this.store.read(storeBlock, countBlocks);
+    for (const [i, img] of images) img.copy(data, i * bs);
+    return data;
+  }
+
+  /** Blocks one journal handle may carry as images: bounds an atomic write in journal mode. */
+  private maxAtomicWriteBlocks(): number {
+    const chunkBlocks = Math.floor(IO_CHUNK_BYTES / this.blockSizeBytes);
+    let n = chunkBlocks;
+    const limit = Math.floor((this.journal.lengthBlocks - 1) / 4);
+    while (n > 1 && this.journal.blocksForCredits(2 * n) > limit) n = Math.floor(n / 2);
+    return n;
+  }
+
+  /** Locks blocks [first, last] in ascending order (journal-mode read-modify-write); resolves with the unlock. */
+  private async lockBlocks(first: number, last: number): Promise<() => void> {
+    const mine: Array<() => void> = [];
+    for (let b = first; b <= last; b++) {
+      for (let held = this.blockLocks.get(b); held; held = this.blockLocks.get(b)) await held;
+      let release!: () => void;
+      this.blockLocks.set(b, new Promise<void>((r) => (release = r)));
+      mine.push(() => {
+        this.blockLocks.delete(b);
+        release();
+      });
+    }
+    return () => {
+      for (const unlock of mine) unlock();
+    };
   }
 
   private async writeChunk(offsetBytes: number, data: Buffer): Promise<void> {
@@ -780,9 +883,48 @@ export class Volume {
     const first = Math.floor(offsetBytes / bs);
     const last = Math.floor((offsetBytes + data.length - 1) / bs);
     await this.cowRange(first, last);
+    if (this.meta.sb.dataMode === 'journal') {
+      await this.writeJournaled(offsetBytes, data, first, last);
+      return;
+    }
     // The file system does the read-modify-write of partial blocks; the
     // whole block was COWed above, so the snapshot keeps all of it.
     await this.volume.write(offsetBytes, data);
+  }
+
+  /**
+   * Journal mode: the chunk's blocks become full images (partial edges
+   * read-modify-write, under block locks so two writers of one block cannot
+   * lose each other's bytes) logged in one handle — atomic across a crash —
+   * and committed before returning. The image reaches the volume file at
+   * checkpoint; reads see it through the journal's image cache meanwhile.
+   */
+  private async writeJournaled(offsetBytes: number, data: Buffer, first: number, last: number): Promise<void> {
+    const bs = this.blockSizeBytes;
+    const count = last - first + 1;
+    const handle = await this.startHandle(count); // lock order: handle (log space) before block locks
+    const unlock = await this.lockBlocks(first, last);
+    try {
+      await this.withBlockLocks(count, async () => {
+        const start = first * bs;
+        const full = Buffer.alloc(count * bs);
+        if (offsetBytes % bs !== 0) (await this.readLive(start, bs)).copy(full, 0);
+        if ((offsetBytes + data.length) % bs !== 0 && (last !== first || offsetBytes % bs === 0)) (await this.readLive(last * bs, bs)).copy(full, (count - 1) * bs);
+        data.copy(full, offsetBytes - start);
+        for (let i = 0; i < count; i++) handle.logImage(TARGET_VOLUME, first + i, full.subarray(i * bs, (i + 1) * bs));
+        await handle.commit();
+      });
+    } catch (err) {
+      handle.abandon();
+      throw err;
+    } finally {
+      unlock();
+    }
+  }
+
+  /** Runs `fn` marked as holding `blocks` block locks (for the lock-order assertion). */
+  private withBlockLocks<T>(blocks: number, fn: () => Promise<T>): Promise<T> {
+    return this.heldBlockLocks ? this.heldBlockLocks.run({ blocks }, fn) : fn();
   }
 
   /**
@@ -808,7 +950,7 @@ export class Volume {
         else mine.push(b);
       }
       if (mine.length === 0 && waits.length === 0) return;
-      if (mine.length > 0) await this.cowBlocks(active, map, mine);
+      if (mine.length > 0) await this.cowBlocks(active, map, mine, (b) => maps.some((m) => m.has(b)));
       if (waits.length > 0) {
         const started = performance.now();
         this.stats.pendingWaits += waits.length;
@@ -833,21 +975,28 @@ export class Volume {
   }
 
   /** This task is the COWing task for `blocks`: reserve, copy, sync, commit, publish — or cancel. */
-  private async cowBlocks(active: SnapshotRecord, map: SnapshotMap, blocks: number[]): Promise<void> {
-    const handle = this.startHandle(blocks.length); // lock order: handle first
+  private async cowBlocks(active: SnapshotRecord, map: SnapshotMap, candidates: number[], isCopied: (b: number) => boolean): Promise<void> {
+    const journaled = this.meta.sb.dataMode === 'journal';
+    // Lock order: the handle (log space, may wait for a checkpoint) before any block lock.
+    const handle = await this.startHandle(journaled ? 2 * candidates.length : candidates.length);
+    // Re-check after the wait: another task may have claimed or copied some blocks meanwhile.
+    const blocks = candidates.filter((b) => !isCopied(b) && !this.pending.has(b));
+    if (blocks.length === 0) {
+      handle.abandon();
+      return;
+    }
     const markers: PendingCow[] = [];
     for (const b of blocks) {
-      assert(!this.pending.has(b), `block ${b} is already pending`);
       const marker = pendingCow();
       this.pending.set(b, marker);
       markers.push(marker);
     }
-    const run = <T>(fn: () => Promise<T>): Promise<T> => (this.heldBlockLocks ? this.heldBlockLocks.run({ blocks: blocks.length }, fn) : fn());
-    await run(async () => {
+    await this.withBlockLocks(blocks.length, async () => {
       const bs = this.blockSizeBytes;
-      const extents = this.allocator.allocate(blocks.length);
+      let extents: Extent[] = [];
       let committed = false;
       try {
+        extents = this.allocator.allocate(blocks.length);
         const storeBlocks: number[] = [];
         for (const e of extents) for (let i = 0; i < e.lengthBlocks; i++) storeBlocks.push(e.startBlock + i);
         assert(storeBlocks.length === blocks.length, 'allocator returned the wrong number of blocks');
@@ -856,13 +1005,20 @@ export class Volume {
         for (let i = 0; i < blocks.length; ) {
           let j = i + 1;
           while (j < blocks.length && blocks[j] === blocks[j - 1]! + 1 && storeBlocks[j] === storeBlocks[j - 1]! + 1) j++;
-          const data = await this.volume.read(blocks[i]! * bs, (j - i) * bs);
+          const data = await this.readLive(blocks[i]! * bs, (j - i) * bs);
           assert(data.length === (j - i) * bs, 'COW copy length');
           for (let k = i; k < j; k++) crcs[k] = crc32c(data.subarray((k - i) * bs, (k - i + 1) * bs));
-          await this.store.write(storeBlocks[i]!, data);
+          if (journaled) {
+            // The copy travels in the same transaction as its mapping: atomic, no separate store sync.
+            for (let k = i; k < j; k++) handle.logImage(TARGET_STORE, storeBlocks[k]! + 1, data.subarray((k - i) * bs, (k - i + 1) * bs));
+          } else {
+            await this.store.write(storeBlocks[i]!, data);
+          }
           i = j;
         }
-        await this.store.sync();
+        // Ordered data: the journal syncs the store before it writes the commit
+        // block (one sync for every COW in the same group commit).
+        if (!journaled) handle.orderedData(this.store.device);
         const records: MetaRecord[] = blocks.map((b, k) => ({ o: 'map', id: active.id, b, p: storeBlocks[k]!, crc: crcs[k]! }));
         await this.commitRecords(records, handle);
         committed = true;
@@ -947,10 +1103,10 @@ export class Volume {
       let j = i + 1;
       if (s === null) {
         while (j < sources.length && sources[j] === null) j++;
-        (await this.volume.read((first + i) * bs, (j - i) * bs)).copy(out, i * bs);
+        (await this.readLive((first + i) * bs, (j - i) * bs)).copy(out, i * bs);
       } else {
         while (j < sources.length && sources[j] !== null && sources[j]!.storeBlock === sources[j - 1]!.storeBlock + 1) j++;
-        const data = await this.store.read(s.storeBlock, j - i);
+        const data = await this.readStore(s.storeBlock, j - i);
         for (let k = i; k < j; k++) {
           const src = sources[k]!;
           if (crc32c(data.subarray((k - i) * bs, (k - i + 1) * bs)) !== src.crc) {
@@ -999,7 +1155,14 @@ export class Volume {
             freed.push(storeBlock);
           }
         }
-        await this.commitRecords(records);
+        if (this.meta.sb.dataMode === 'journal' && freed.length > 0) {
+          // A freed store block's journaled copy must never be replayed over a later reuse (jbd2 revoke).
+          const handle = await this.startHandle(records.length + freed.length);
+          for (const p of freed) handle.revoke(TARGET_STORE, p + 1);
+          await this.commitRecords(records, handle);
+        } else {
+          await this.commitRecords(records);
+        }
         for (const [block] of batch) map.delete(block);
         for (const [block, storeBlock, crc] of moved) olderMap!.set(block, storeBlock, crc);
         for (const extent of coalesce(freed)) this.allocator.free(extent);

@@ -197,10 +197,11 @@ describe('lock order (seed 001)', () => {
     const { v } = await setup();
     const internals = v as unknown as {
       heldBlockLocks: { run<T>(store: { blocks: number }, fn: () => T): T };
-      startHandle(credits: number): unknown;
+      startHandle(credits: number): Promise<{ abandon(): void }>;
     };
     expect(() => internals.heldBlockLocks.run({ blocks: 1 }, () => internals.startHandle(1))).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
-    expect(() => internals.heldBlockLocks.run({ blocks: 0 }, () => (internals.startHandle(1) as { abandon(): void }).abandon())).not.toThrow();
+    const handle = await internals.heldBlockLocks.run({ blocks: 0 }, () => internals.startHandle(1));
+    handle.abandon();
     await v.close();
   });
 });

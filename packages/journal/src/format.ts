@@ -2,133 +2,279 @@ import { crc32c } from './checksum.js';
 import { CowvolError, JournalCorruptError } from './errors.js';
 
 /**
- * On-disk layout of the journal file (documented byte by byte in
- * docs/FORMAT.md, "Journal file"). All integers are big-endian, as in jbd2.
+ * On-disk layout of the journal file, version 2 (docs/FORMAT.md, "Journal
+ * file"): a circular log of fixed-size blocks in the style of jbd2. All
+ * integers are big-endian.
  *
  * ```
- * offset 0     superblock (SUPERBLOCK_BYTES)
- * offset 4096  transaction, transaction, ...   (appended; sequence +1 each)
- * transaction = header (TX_HEADER_BYTES) | payload | commit block (COMMIT_BYTES)
+ * block 0                 superblock
+ * blocks 1 .. length-1    the log, used circularly (block length-1 is followed by block 1)
+ * transaction = [descriptor + its images]* [revoke]* [records header + payload blocks]* commit
  * ```
  *
- * A transaction is valid when its header magic, version, sequence and header
- * checksum match, its payload fits in the file, and its commit block has the
- * right magic, the same sequence and a CRC32C that matches header + payload +
- * commit prefix. Every checksum is seeded with `crc32c(uuid)` (jbd2 checksum
- * v3 seeds with the journal UUID), so a transaction copied from another
- * journal never validates.
+ * Every log block starts with a 16-byte header: magic 'CVJB', block type,
+ * sequence (u64). Descriptor, revoke, records and commit blocks end with a
+ * CRC32C of the rest of the block ("tail checksum"). Images are verified by
+ * the checksum in their tag, record payloads by the checksum in their
+ * records block, and the commit block carries the block count of the
+ * transaction and a CRC32C chained over every one of its blocks — so one
+ * write and one flush per commit suffice (jbd2 async commit): a torn
+ * transaction never validates. Every checksum except the superblock's is
+ * seeded with the journal's UUID and the transaction's sequence (jbd2
+ * checksum v3), so a block from another journal or another transaction
+ * never validates.
  */
-export const SUPERBLOCK_BYTES = 4096;
-/** 'CVJL' */
-export const JOURNAL_MAGIC = 0x43564a4c;
-export const JOURNAL_VERSION = 1;
-/** 'CVTX' */
-export const TX_HEADER_MAGIC = 0x43565458;
-export const TX_VERSION = 1;
-export const TX_HEADER_BYTES = 32;
-/** 'CVCM' */
-export const COMMIT_MAGIC = 0x4356434d;
-export const COMMIT_BYTES = 24;
+export const JOURNAL_MAGIC = 0x43564a4c; // 'CVJL' superblock
+export const JOURNAL_VERSION = 2;
+export const BLOCK_MAGIC = 0x43564a42; // 'CVJB' log block header
 export const UUID_BYTES = 16;
-/** Upper bound on one transaction's payload; a header claiming more is corrupt. */
-export const MAX_PAYLOAD_BYTES = 64 * 1024 * 1024;
-/** Upper bound on records in one transaction. */
-export const MAX_RECORDS = 1 << 20;
+export const HEADER_BYTES = 16;
+export const TAIL_CHECKSUM_BYTES = 4;
+
+export const BlockType = { descriptor: 1, commit: 2, revoke: 5, records: 9 } as const;
+export type BlockTypeName = keyof typeof BlockType;
+
+/** Tag flag: the image's first 4 bytes equalled BLOCK_MAGIC and are stored as zero. */
+export const TAG_ESCAPED = 1;
+export const TAG_BYTES = 16;
+export const REVOKE_ENTRY_BYTES = 12;
+/** Offset of the first tag in a descriptor / entry in a revoke block. */
+export const BODY_OFFSET = 24;
+/** Every payload block starts with 4 zero bytes, so it can never look like a log block header. */
+export const PAYLOAD_MARKER_BYTES = 4;
+
+/** Smallest and largest journal block size (equal to the volume block size). */
+export const MIN_JOURNAL_BLOCK_BYTES = 512;
+export const MAX_JOURNAL_BLOCK_BYTES = 65536;
+/** A log shorter than this cannot hold a useful transaction. */
+export const MIN_JOURNAL_BLOCKS = 64;
 
 export interface JournalSuperblock {
   uuid: Buffer;
-  /** Sequence of the oldest transaction that may still need replay. */
+  blockSizeBytes: number;
+  /** Total blocks in the file, superblock included. */
+  lengthBlocks: number;
+  /** Sequence of the oldest transaction that may still need replay (the next one when clean). */
   tailSequence: number;
-  /** Byte offset where that transaction starts. */
-  tailOffsetBytes: number;
+  /** Block where that transaction starts; 0 when the journal is clean (nothing to replay). */
+  tailBlock: number;
 }
 
-export interface TxHeader {
-  sequence: number;
-  payloadLengthBytes: number;
-  recordCount: number;
+/** A block image with its home location. */
+export interface BlockImage {
+  /** Home file id (the owner's numbering, e.g. 0 = volume, 1 = snapshot store). */
+  target: number;
+  /** Home block number in units of the journal block size. */
+  homeBlock: number;
+  data: Buffer;
 }
 
-/** crc32c(uuid): the seed of every checksum in one journal. */
-export function checksumSeed(uuid: Uint8Array): number {
-  return crc32c(uuid);
+export interface Revocation {
+  target: number;
+  homeBlock: number;
 }
+
+/** Seed of every checksum of one transaction: crc32c(u64be(sequence), crc32c(uuid)). */
+export function transactionSeed(uuid: Uint8Array, sequence: number): number {
+  const seq = Buffer.alloc(8);
+  seq.writeBigUInt64BE(BigInt(sequence));
+  return crc32c(seq, crc32c(uuid));
+}
+
+export function tagsPerDescriptor(blockBytes: number): number {
+  return Math.floor((blockBytes - BODY_OFFSET - TAIL_CHECKSUM_BYTES) / TAG_BYTES);
+}
+
+export function entriesPerRevoke(blockBytes: number): number {
+  return Math.floor((blockBytes - BODY_OFFSET - TAIL_CHECKSUM_BYTES) / REVOKE_ENTRY_BYTES);
+}
+
+export function payloadPerBlock(blockBytes: number): number {
+  return blockBytes - PAYLOAD_MARKER_BYTES;
+}
+
+// ------------------------------------------------------------ superblock
 
 export function encodeSuperblock(sb: JournalSuperblock): Buffer {
   if (sb.uuid.length !== UUID_BYTES) throw new JournalCorruptError('journal uuid must be 16 bytes');
-  const buf = Buffer.alloc(SUPERBLOCK_BYTES);
+  const buf = Buffer.alloc(sb.blockSizeBytes);
   buf.writeUInt32BE(JOURNAL_MAGIC, 0);
   buf.writeUInt32BE(JOURNAL_VERSION, 4);
   sb.uuid.copy(buf, 8);
-  buf.writeBigUInt64BE(BigInt(sb.tailSequence), 24);
-  buf.writeBigUInt64BE(BigInt(sb.tailOffsetBytes), 32);
-  buf.writeUInt32BE(crc32c(buf.subarray(0, 40)), 40);
+  buf.writeUInt32BE(sb.blockSizeBytes, 24);
+  buf.writeUInt32BE(sb.lengthBlocks, 28);
+  buf.writeBigUInt64BE(BigInt(sb.tailSequence), 32);
+  buf.writeUInt32BE(sb.tailBlock, 40);
+  buf.writeUInt32BE(0, 44); // flags
+  buf.writeUInt32BE(crc32c(buf.subarray(0, 48)), 48);
   return buf;
 }
 
-/** Decodes and validates a superblock. Throws `JOURNAL_CORRUPT` on bad magic, version or checksum. */
+/** Decodes and validates the superblock (first 52 bytes). Throws `JOURNAL_CORRUPT` or `UNSUPPORTED_VERSION`. */
 export function decodeSuperblock(buf: Buffer, name: string): JournalSuperblock {
-  if (buf.length < SUPERBLOCK_BYTES) throw new JournalCorruptError(`${name}: journal superblock is truncated`);
+  if (buf.length < 52) throw new JournalCorruptError(`${name}: journal superblock is truncated`);
   const magic = buf.readUInt32BE(0);
   if (magic !== JOURNAL_MAGIC) throw new JournalCorruptError(`${name}: not a cowvol journal (bad magic 0x${magic.toString(16)})`);
   const version = buf.readUInt32BE(4);
-  if (version !== JOURNAL_VERSION) throw new CowvolError('UNSUPPORTED_VERSION', `${name}: journal version ${version}; this cowvol reads version ${JOURNAL_VERSION}`, { details: { version } });
-  const stored = buf.readUInt32BE(40);
-  if (stored !== crc32c(buf.subarray(0, 40))) throw new JournalCorruptError(`${name}: journal superblock checksum mismatch`);
-  const tailSequence = Number(buf.readBigUInt64BE(24));
-  const tailOffsetBytes = Number(buf.readBigUInt64BE(32));
-  if (tailOffsetBytes < SUPERBLOCK_BYTES || !Number.isSafeInteger(tailSequence) || tailSequence < 1) {
-    throw new JournalCorruptError(`${name}: journal superblock has an impossible tail (${tailSequence} @ ${tailOffsetBytes})`);
+  if (version !== JOURNAL_VERSION) {
+    throw new CowvolError('UNSUPPORTED_VERSION', `${name}: journal version ${version}; this cowvol reads version ${JOURNAL_VERSION}`, { details: { version } });
   }
-  return { uuid: Buffer.from(buf.subarray(8, 24)), tailSequence, tailOffsetBytes };
+  if (buf.readUInt32BE(48) !== crc32c(buf.subarray(0, 48))) throw new JournalCorruptError(`${name}: journal superblock checksum mismatch`);
+  const blockSizeBytes = buf.readUInt32BE(24);
+  const lengthBlocks = buf.readUInt32BE(28);
+  const tailSequence = Number(buf.readBigUInt64BE(32));
+  const tailBlock = buf.readUInt32BE(40);
+  const okBlock = blockSizeBytes >= MIN_JOURNAL_BLOCK_BYTES && blockSizeBytes <= MAX_JOURNAL_BLOCK_BYTES && (blockSizeBytes & (blockSizeBytes - 1)) === 0;
+  if (!okBlock || lengthBlocks < MIN_JOURNAL_BLOCKS || tailBlock >= lengthBlocks || !Number.isSafeInteger(tailSequence) || tailSequence < 1) {
+    throw new JournalCorruptError(`${name}: journal superblock has impossible values`, { details: { blockSizeBytes, lengthBlocks, tailSequence, tailBlock } });
+  }
+  return { uuid: Buffer.from(buf.subarray(8, 24)), blockSizeBytes, lengthBlocks, tailSequence, tailBlock };
 }
 
-export function encodeHeader(h: TxHeader, seed: number): Buffer {
-  const buf = Buffer.alloc(TX_HEADER_BYTES);
-  buf.writeUInt32BE(TX_HEADER_MAGIC, 0);
-  buf.writeUInt16BE(TX_VERSION, 4);
-  buf.writeUInt16BE(0, 6);
-  buf.writeBigUInt64BE(BigInt(h.sequence), 8);
-  buf.writeUInt32BE(h.payloadLengthBytes, 16);
-  buf.writeUInt32BE(h.recordCount, 20);
-  buf.writeUInt32BE(crc32c(buf.subarray(0, 24), seed), 24);
-  return buf;
-}
+// ------------------------------------------------------------ log blocks
 
-/** Returns the header, or a reason string when these bytes are not a valid header for `expectedSequence`. */
-export function decodeHeader(buf: Buffer, seed: number, expectedSequence: number): TxHeader | string {
-  if (buf.length < TX_HEADER_BYTES) return 'short header';
-  if (buf.readUInt32BE(0) !== TX_HEADER_MAGIC) return 'bad header magic';
-  if (buf.readUInt16BE(4) !== TX_VERSION) return 'bad transaction version';
-  if (buf.readUInt32BE(24) !== crc32c(buf.subarray(0, 24), seed)) return 'header checksum mismatch';
-  const sequence = Number(buf.readBigUInt64BE(8));
-  if (sequence !== expectedSequence) return `sequence ${sequence} where ${expectedSequence} was expected`;
-  const payloadLengthBytes = buf.readUInt32BE(16);
-  const recordCount = buf.readUInt32BE(20);
-  if (payloadLengthBytes > MAX_PAYLOAD_BYTES || recordCount > MAX_RECORDS) return 'header lengths out of bounds';
-  return { sequence, payloadLengthBytes, recordCount };
-}
-
-/** Commit block; its checksum covers header + payload + commit bytes 0..15. */
-export function encodeCommit(sequence: number, header: Buffer, payload: Buffer, seed: number): Buffer {
-  const buf = Buffer.alloc(COMMIT_BYTES);
-  buf.writeUInt32BE(COMMIT_MAGIC, 0);
+function header(buf: Buffer, type: number, sequence: number): void {
+  buf.writeUInt32BE(BLOCK_MAGIC, 0);
+  buf.writeUInt32BE(type, 4);
   buf.writeBigUInt64BE(BigInt(sequence), 8);
-  let crc = crc32c(header, seed);
-  crc = crc32c(payload, crc);
-  crc = crc32c(buf.subarray(0, 16), crc);
-  buf.writeUInt32BE(crc, 16);
+}
+
+function sealTail(buf: Buffer, seed: number): Buffer {
+  buf.writeUInt32BE(crc32c(buf.subarray(0, buf.length - TAIL_CHECKSUM_BYTES), seed), buf.length - TAIL_CHECKSUM_BYTES);
   return buf;
 }
 
-/** Returns null when the commit block is valid for this header and payload, else a reason. */
-export function verifyCommit(commit: Buffer, sequence: number, header: Buffer, payload: Buffer, seed: number): string | null {
-  if (commit.length < COMMIT_BYTES) return 'short commit block';
-  if (commit.readUInt32BE(0) !== COMMIT_MAGIC) return 'bad commit magic';
-  if (Number(commit.readBigUInt64BE(8)) !== sequence) return 'commit sequence mismatch';
-  let crc = crc32c(header, seed);
-  crc = crc32c(payload, crc);
-  crc = crc32c(commit.subarray(0, 16), crc);
-  if (commit.readUInt32BE(16) !== crc) return 'transaction checksum mismatch';
-  return null;
+/** Header fields of a log block, or null when the block has no log header (bad magic). */
+export function readHeader(buf: Buffer): { type: number; sequence: number } | null {
+  if (buf.length < HEADER_BYTES || buf.readUInt32BE(0) !== BLOCK_MAGIC) return null;
+  return { type: buf.readUInt32BE(4), sequence: Number(buf.readBigUInt64BE(8)) };
+}
+
+export function tailChecksumOk(buf: Buffer, seed: number): boolean {
+  return buf.readUInt32BE(buf.length - TAIL_CHECKSUM_BYTES) === crc32c(buf.subarray(0, buf.length - TAIL_CHECKSUM_BYTES), seed);
+}
+
+export interface Tag {
+  target: number;
+  flags: number;
+  checksum: number;
+  homeBlock: number;
+}
+
+/** A descriptor for `images` (≤ tagsPerDescriptor) and the escaped image blocks that follow it. */
+export function encodeDescriptor(images: BlockImage[], blockBytes: number, sequence: number, seed: number): Buffer[] {
+  const desc = Buffer.alloc(blockBytes);
+  header(desc, BlockType.descriptor, sequence);
+  desc.writeUInt32BE(images.length, 16);
+  const out: Buffer[] = [desc];
+  images.forEach((img, i) => {
+    let data = img.data;
+    let flags = 0;
+    if (data.readUInt32BE(0) === BLOCK_MAGIC) {
+      data = Buffer.from(data);
+      data.writeUInt32BE(0, 0);
+      flags |= TAG_ESCAPED;
+    }
+    const at = BODY_OFFSET + i * TAG_BYTES;
+    desc.writeUInt16BE(img.target, at);
+    desc.writeUInt16BE(flags, at + 2);
+    desc.writeUInt32BE(crc32c(img.data, seed), at + 4); // of the unescaped image
+    desc.writeBigUInt64BE(BigInt(img.homeBlock), at + 8);
+    out.push(data);
+  });
+  sealTail(desc, seed);
+  return out;
+}
+
+export function decodeTags(desc: Buffer): Tag[] | null {
+  const count = desc.readUInt32BE(16);
+  if (count > tagsPerDescriptor(desc.length)) return null;
+  const tags: Tag[] = [];
+  for (let i = 0; i < count; i++) {
+    const at = BODY_OFFSET + i * TAG_BYTES;
+    tags.push({ target: desc.readUInt16BE(at), flags: desc.readUInt16BE(at + 2), checksum: desc.readUInt32BE(at + 4), homeBlock: Number(desc.readBigUInt64BE(at + 8)) });
+  }
+  return tags;
+}
+
+/** Restores an escaped image. */
+export function unescapeImage(data: Buffer, tag: Tag): Buffer {
+  if ((tag.flags & TAG_ESCAPED) === 0) return data;
+  const out = Buffer.from(data);
+  out.writeUInt32BE(BLOCK_MAGIC, 0);
+  return out;
+}
+
+export function encodeRevoke(entries: Revocation[], blockBytes: number, sequence: number, seed: number): Buffer {
+  const buf = Buffer.alloc(blockBytes);
+  header(buf, BlockType.revoke, sequence);
+  buf.writeUInt32BE(entries.length, 16);
+  entries.forEach((e, i) => {
+    const at = BODY_OFFSET + i * REVOKE_ENTRY_BYTES;
+    buf.writeUInt16BE(e.target, at);
+    buf.writeBigUInt64BE(BigInt(e.homeBlock), at + 4);
+  });
+  return sealTail(buf, seed);
+}
+
+export function decodeRevoke(buf: Buffer): Revocation[] | null {
+  const count = buf.readUInt32BE(16);
+  if (count > entriesPerRevoke(buf.length)) return null;
+  const out: Revocation[] = [];
+  for (let i = 0; i < count; i++) {
+    const at = BODY_OFFSET + i * REVOKE_ENTRY_BYTES;
+    out.push({ target: buf.readUInt16BE(at), homeBlock: Number(buf.readBigUInt64BE(at + 4)) });
+  }
+  return out;
+}
+
+/** A records block for `payload` (msgpack values, concatenated) and the payload blocks that follow it. */
+export function encodeRecords(payload: Buffer, recordCount: number, blockBytes: number, sequence: number, seed: number): Buffer[] {
+  const per = payloadPerBlock(blockBytes);
+  const blocks = Math.ceil(payload.length / per);
+  const head = Buffer.alloc(blockBytes);
+  header(head, BlockType.records, sequence);
+  head.writeUInt32BE(payload.length, 16);
+  head.writeUInt32BE(blocks, 20);
+  head.writeUInt32BE(crc32c(payload, seed), 24);
+  head.writeUInt32BE(recordCount, 28);
+  sealTail(head, seed);
+  const out = [head];
+  for (let i = 0; i < blocks; i++) {
+    const b = Buffer.alloc(blockBytes); // bytes 0..3 stay zero: the payload marker
+    payload.copy(b, PAYLOAD_MARKER_BYTES, i * per, Math.min(payload.length, (i + 1) * per));
+    out.push(b);
+  }
+  return out;
+}
+
+export function decodeRecordsHead(head: Buffer): { payloadBytes: number; payloadBlocks: number; payloadCrc: number; recordCount: number } {
+  return { payloadBytes: head.readUInt32BE(16), payloadBlocks: head.readUInt32BE(20), payloadCrc: head.readUInt32BE(24), recordCount: head.readUInt32BE(28) };
+}
+
+/** Joins payload blocks back into the payload. */
+export function joinPayload(blocks: Buffer[], payloadBytes: number): Buffer {
+  const per = blocks[0] ? payloadPerBlock(blocks[0].length) : 0;
+  const out = Buffer.alloc(payloadBytes);
+  blocks.forEach((b, i) => b.copy(out, i * per, PAYLOAD_MARKER_BYTES, PAYLOAD_MARKER_BYTES + Math.min(per, payloadBytes - i * per)));
+  return out;
+}
+
+/** Commit block: the transaction's block count (before the commit block) and CRC32C chained over those blocks. */
+export function encodeCommit(blockCount: number, transactionCrc: number, blockBytes: number, sequence: number, seed: number, commitTimeMs = Date.now()): Buffer {
+  const buf = Buffer.alloc(blockBytes);
+  header(buf, BlockType.commit, sequence);
+  buf.writeUInt32BE(blockCount, 16);
+  buf.writeUInt32BE(transactionCrc >>> 0, 20);
+  buf.writeBigUInt64BE(BigInt(commitTimeMs), 24);
+  return sealTail(buf, seed);
+}
+
+export function decodeCommit(buf: Buffer): { blockCount: number; transactionCrc: number } {
+  return { blockCount: buf.readUInt32BE(16), transactionCrc: buf.readUInt32BE(20) };
+}
+
+/** Chains the transaction checksum over one more block. */
+export function chainCrc(crc: number, block: Buffer): number {
+  return crc32c(block, crc);
 }

@@ -1,9 +1,13 @@
 /**
- * @cowvol/journal — a jbd2-style write-ahead journal on a file.
- * Knows nothing of snapshots. See docs/FORMAT.md ("Journal file").
+ * @cowvol/journal — a jbd2-style write-ahead journal on a file: handles
+ * with credits, group commit, block images with home locations and logical
+ * records, frozen copies, ordered data, revoke, CRC32C checksums,
+ * checkpoint, recovery. Knows nothing of snapshots. See docs/FORMAT.md
+ * ("Journal file").
  */
-export { Journal, Handle, MAX_HANDLES_PER_COMMIT, type ReplayFn, type ApplyFn, type RecoveryReport, type JournalStats } from './journal.js';
-export { scanJournal, type RecoveredTransaction, type ScanResult } from './recovery.js';
+export { Journal, MAX_HANDLES_PER_COMMIT, DEFAULT_JOURNAL_BYTES, type ReplayFn, type ApplyFn, type RecoveryReport, type JournalStats, type JournalOpenOptions } from './journal.js';
+export { Handle, Transaction, type TransactionState } from './transaction.js';
+export { scanJournal, classify, revokeTable, DECISION_TABLE, type RecoveredTransaction, type ScanResult, type BlockPattern, type ScanAction } from './recovery.js';
 export { FileBlockDevice, fileDeviceOpener, type BlockDevice, type DeviceOpener } from './block-device.js';
 export { crc32c } from './checksum.js';
 export {
@@ -17,12 +21,24 @@ export {
   assert,
 } from './errors.js';
 export {
-  SUPERBLOCK_BYTES,
   JOURNAL_MAGIC,
   JOURNAL_VERSION,
-  TX_HEADER_MAGIC,
-  TX_HEADER_BYTES,
-  COMMIT_MAGIC,
-  COMMIT_BYTES,
-  MAX_PAYLOAD_BYTES,
+  BLOCK_MAGIC,
+  BlockType,
+  HEADER_BYTES,
+  TAG_BYTES,
+  TAG_ESCAPED,
+  MIN_JOURNAL_BLOCKS,
+  encodeSuperblock,
+  decodeSuperblock,
+  encodeDescriptor,
+  encodeRevoke,
+  encodeRecords,
+  encodeCommit,
+  chainCrc,
+  transactionSeed,
+  tagsPerDescriptor,
+  type BlockImage,
+  type Revocation,
+  type JournalSuperblock,
 } from './format.js';

@@ -1,31 +1,35 @@
 import { randomBytes } from 'node:crypto';
-import { pack, unpackMultiple } from 'msgpackr';
-import { Mutex } from 'async-mutex';
+import { unpackMultiple } from 'msgpackr';
 import type { BlockDevice } from './block-device.js';
 import {
-  COMMIT_BYTES,
-  MAX_PAYLOAD_BYTES,
-  MAX_RECORDS,
-  SUPERBLOCK_BYTES,
-  TX_HEADER_BYTES,
+  MAX_JOURNAL_BLOCK_BYTES,
+  MIN_JOURNAL_BLOCKS,
+  MIN_JOURNAL_BLOCK_BYTES,
   UUID_BYTES,
-  checksumSeed,
+  chainCrc,
   decodeSuperblock,
   encodeCommit,
-  encodeHeader,
+  encodeDescriptor,
+  encodeRecords,
+  encodeRevoke,
   encodeSuperblock,
+  entriesPerRevoke,
+  tagsPerDescriptor,
+  transactionSeed,
+  type BlockImage,
+  type Revocation,
 } from './format.js';
-import { scanJournal, type RecoveredTransaction, type ScanResult } from './recovery.js';
+import { revokeKey, revokeTable, scanJournal, type RecoveredTransaction } from './recovery.js';
+import { Handle, Transaction, type HandleOwner } from './transaction.js';
 import { JournalAbortedError, JournalCorruptError, JournalCreditsExceededError, assert } from './errors.js';
 
-/** Called once per committed transaction found at open, oldest first. Must be idempotent: recovery may run twice. */
-export type ReplayFn = (tx: RecoveredTransaction) => Promise<void>;
+/** Called once per committed transaction found at open, oldest first, after its images are home. May run again after a crash during recovery. */
+export type ReplayFn = (tx: { sequence: number; records: unknown[] }) => Promise<void>;
 
 /**
  * Called for every transaction this journal commits, in sequence order,
- * right after it is durable and before any of its handles' `commit()`
- * resolves — the place to apply the records to their home (jbd2's commit
- * callback). Commits wait for it, so homes see transactions in order.
+ * right after it is durable and before any of its handles' commit resolves
+ * — the place to apply records to their home. Commits wait for it.
  */
 export type ApplyFn = (tx: { sequence: number; records: unknown[] }) => Promise<void>;
 
@@ -33,7 +37,10 @@ export type ApplyFn = (tx: { sequence: number; records: unknown[] }) => Promise<
 export interface RecoveryReport {
   replayedTransactions: number;
   replayedRecords: number;
-  discardedBytes: number;
+  replayedImages: number;
+  /** Images skipped because a later transaction revoked their block. */
+  revokedImages: number;
+  /** The decision-table rule that ended the scan. */
   stopReason: string;
   /** Sequence of the last transaction replayed, or tail-1 when none. */
   lastSequence: number;
@@ -44,244 +51,303 @@ export interface JournalStats {
   commits: number;
   /** Handles committed (≥ commits: group commit puts many handles in one transaction). */
   handles: number;
+  /** fdatasyncs of the journal file. */
   syncs: number;
+  /** fdatasyncs of ordered-data devices before commits. */
+  orderedSyncs: number;
   bytesWritten: number;
   checkpoints: number;
+  /** Times `start` waited for log space. */
+  spaceWaits: number;
 }
 
-/** Bounds of one group commit: a transaction never carries more than this. */
+export interface JournalOpenOptions {
+  /** A journal with another uuid is refused (`JOURNAL_CORRUPT`). */
+  expectedUuid?: Buffer;
+  /** Home devices of block images, by target id. */
+  targets?: ReadonlyMap<number, BlockDevice>;
+  replay: ReplayFn;
+  apply?: ApplyFn;
+  /**
+   * Checkpoint hook: make the owner's own state (e.g. LevelDB) durable up
+   * to `sequence` before the tail moves past it.
+   */
+  beforeTailMove?: (sequence: number) => Promise<void>;
+  /** Start a background checkpoint when the log is this full (0–1). Default 0.5. */
+  checkpointFill?: number;
+}
+
+/** Bounds of one group commit. */
 export const MAX_HANDLES_PER_COMMIT = 4096;
+/** Default journal size when formatting: 64 MiB. */
+export const DEFAULT_JOURNAL_BYTES = 64 * 1024 * 1024;
 
-interface QueuedHandle {
-  encoded: Buffer[];
-  bytes: number;
-  resolve: (sequence: number) => void;
-  reject: (err: unknown) => void;
+interface CommittedExtent {
+  sequence: number;
+  startBlock: number;
+  blocks: number;
 }
 
 /**
- * A handle: one atomic operation's share of the journal (jbd2 `handle_t`).
- * It starts with `credits` — the most records it may log — and every record
- * it logs is committed together or not at all.
+ * A jbd2-style journal on one file: a fixed-size circular log of blocks
+ * (layout: ./format.ts, docs/FORMAT.md "Journal file").
  *
- * Records are encoded with msgpackr at `log()` time, so the journal holds the
- * bytes as they were when logged: a caller that mutates or reuses a Buffer
- * afterwards changes nothing (stable buffers, seed 000).
+ * - Handles with credits join the running transaction; `start` reserves log
+ *   space and waits (for a checkpoint) when there is not enough — so it must
+ *   be called before any lock a checkpoint might need (lock order, seed 001).
+ * - Group commit: handles that stop while a transaction is being written
+ *   queue up and go out together in the next one: ordered-data devices are
+ *   synced, then all blocks (descriptors, images, revokes, records, commit)
+ *   are written in one go and the journal is synced once (async commit).
+ * - After a commit: images enter the in-memory image cache (latest image of
+ *   each home block, read by `readImage`), revokes drop older images, the
+ *   `apply` callback runs, and only then do the handles' commits resolve.
+ * - Frozen copies (seed 002): images are copied at log time and the cache
+ *   replaces entries, never mutates them; a checkpoint writes home the
+ *   buffers it captured, so newer handles never wait for commit or
+ *   checkpoint I/O of the same block.
+ * - Checkpoint (by fill level, on request, at close): write the latest
+ *   images of transactions ≤ n home, sync them, run `beforeTailMove(n)`,
+ *   move the tail in the superblock.
+ * - Recovery at open: scan with the decision table (recovery.ts), revoke
+ *   pass, replay images home and records through `replay` — idempotent.
+ *
+ * A failed commit or checkpoint aborts the journal (jbd2 abort): later calls
+ * throw `JOURNAL_ABORTED` until reopened.
  */
-export class Handle {
-  private readonly encoded: Buffer[] = [];
-  private bytes = 0;
-  private finished = false;
-
-  /** @internal use {@link Journal.start}. */
-  constructor(private readonly journal: Journal, readonly credits: number) {}
-
-  /** Records logged so far. */
-  get recordCount(): number {
-    return this.encoded.length;
-  }
-
-  /**
-   * Logs one record (any msgpackr-encodable value).
-   * @throws JournalCreditsExceededError `JOURNAL_CREDITS_EXCEEDED` past the handle's credits or the transaction size bound.
-   */
-  log(record: unknown): void {
-    assert(!this.finished, 'log() on a finished handle');
-    if (this.encoded.length >= this.credits) {
-      throw new JournalCreditsExceededError(`handle started with ${this.credits} credits; record ${this.encoded.length + 1} exceeds them`);
-    }
-    const bytes = pack(record);
-    if (this.bytes + bytes.length > MAX_PAYLOAD_BYTES) {
-      throw new JournalCreditsExceededError(`transaction payload would exceed ${MAX_PAYLOAD_BYTES} bytes`);
-    }
-    this.encoded.push(bytes);
-    this.bytes += bytes.length;
-  }
-
-  /**
-   * Commits the handle's records as one transaction and resolves, with its
-   * sequence number, only after the journal file is `fdatasync`ed.
-   * @throws IoError / NoSpaceError from the device; after that the journal is aborted (`JOURNAL_ABORTED`).
-   */
-  async commit(): Promise<number> {
-    assert(!this.finished, 'commit() on a finished handle');
-    this.finished = true;
-    return this.journal.commitEncoded(this.encoded, this.bytes);
-  }
-
-  /** Drops the handle without committing anything. */
-  abandon(): void {
-    this.finished = true;
-  }
-}
-
-/**
- * A write-ahead journal on one file, in the style of Linux jbd2.
- *
- * First version: each committed handle is one transaction, appended as
- * header | msgpackr records | commit block, with CRC32C over the whole
- * transaction (layout: ./format.ts, docs/FORMAT.md). `commit` resolves after
- * `fdatasync`. `open` scans from the tail, replays every committed
- * transaction through the caller's idempotent replay function and discards a
- * torn or corrupt tail. `checkpoint(n)` declares transactions ≤ n applied to
- * their home (the caller made them durable) and moves the tail past them;
- * when nothing is left the file is trimmed back to the superblock.
- *
- * Group commit: handles that commit while a transaction is being written
- * queue up and go out together in the next transaction — one write and one
- * fdatasync for all of them (jbd2 group commit). Transactions are written
- * one at a time, in sequence order, and each is passed to the `apply`
- * callback before its handles' `commit()` resolve.
- *
- * A failed commit aborts the journal (like jbd2's `jbd2_journal_abort`):
- * later calls throw `JOURNAL_ABORTED` until reopened.
- */
-export class Journal {
-  private readonly seed: number;
-  private readonly lock = new Mutex();
-  private nextOffsetBytes: number;
+export class Journal implements HandleOwner {
+  readonly blockSizeBytes: number;
+  readonly lengthBlocks: number;
+  private readonly dataBlocks: number;
+  private head: number;
   private nextSequence: number;
+  private tailBlock: number;
   private tailSequence: number;
-  private tailOffsetBytes: number;
-  /** End offset of every committed, not yet checkpointed transaction (bounded by the file's size). */
-  private readonly committedEnds = new Map<number, number>();
+  private lastAppliedSequence: number;
+  private readonly committed: CommittedExtent[] = [];
+  private usedBlocks = 0;
+  private reservedBlocks = 0;
+  private readonly cache = new Map<string, { target: number; homeBlock: number; data: Buffer; sequence: number }>();
+  private queue: Handle[] = [];
+  private readonly waiters = new Map<Handle, { resolve: (s: number) => void; reject: (e: unknown) => void }>();
+  private committing = false;
+  private idleWaiters: Array<() => void> = [];
+  private spaceWaiters: Array<() => void> = [];
+  private checkpointing: Promise<void> | undefined;
   private abortedBy: unknown = undefined;
   private closed = false;
-  private readonly queue: QueuedHandle[] = [];
-  private committing = false;
-  private apply: ApplyFn = async () => undefined;
-  private idleWaiters: Array<() => void> = [];
-  readonly stats: JournalStats = { commits: 0, handles: 0, syncs: 0, bytesWritten: 0, checkpoints: 0 };
+  private readonly apply: ApplyFn;
+  private readonly beforeTailMove: (sequence: number) => Promise<void>;
+  private readonly checkpointFill: number;
+  readonly stats: JournalStats = { commits: 0, handles: 0, syncs: 0, orderedSyncs: 0, bytesWritten: 0, checkpoints: 0, spaceWaits: 0 };
 
   private constructor(
     private readonly device: BlockDevice,
     readonly uuid: Buffer,
-    scan: ScanResult,
-    sb: { tailSequence: number; tailOffsetBytes: number },
+    sb: { blockSizeBytes: number; lengthBlocks: number; tailBlock: number; tailSequence: number },
+    scanned: { head: number; nextSequence: number; transactions: RecoveredTransaction[] },
+    private readonly targets: ReadonlyMap<number, BlockDevice>,
+    options: JournalOpenOptions,
   ) {
-    this.seed = checksumSeed(uuid);
-    this.nextOffsetBytes = scan.endOffsetBytes;
-    this.nextSequence = scan.nextSequence;
+    this.blockSizeBytes = sb.blockSizeBytes;
+    this.lengthBlocks = sb.lengthBlocks;
+    this.dataBlocks = sb.lengthBlocks - 1;
+    this.head = scanned.head;
+    this.nextSequence = scanned.nextSequence;
+    this.tailBlock = sb.tailBlock;
     this.tailSequence = sb.tailSequence;
-    this.tailOffsetBytes = sb.tailOffsetBytes;
-    for (const tx of scan.transactions) this.committedEnds.set(tx.sequence, tx.endOffsetBytes);
+    this.lastAppliedSequence = scanned.nextSequence - 1;
+    for (const tx of scanned.transactions) {
+      this.committed.push({ sequence: tx.sequence, startBlock: tx.startBlock, blocks: tx.blocks });
+      this.usedBlocks += tx.blocks;
+    }
+    this.apply = options.apply ?? (async () => undefined);
+    this.beforeTailMove = options.beforeTailMove ?? (async () => undefined);
+    this.checkpointFill = options.checkpointFill ?? 0.5;
   }
 
   /**
-   * Formats `device` as an empty journal (superblock only) and syncs it.
-   * @param uuid 16 bytes identifying the owner; random when absent.
+   * Formats `device` as an empty journal of `lengthBlocks` blocks of
+   * `blockSizeBytes` (sparse), and syncs it.
+   * @throws INVALID_ARGUMENT-like assertion failures for impossible geometry
    */
-  static async format(device: BlockDevice, uuid: Buffer = randomBytes(UUID_BYTES)): Promise<void> {
+  static async format(device: BlockDevice, options: { uuid?: Buffer; blockSizeBytes?: number; lengthBlocks?: number } = {}): Promise<void> {
+    const uuid = options.uuid ?? randomBytes(UUID_BYTES);
+    const blockSizeBytes = options.blockSizeBytes ?? 4096;
+    const lengthBlocks = options.lengthBlocks ?? Math.floor(DEFAULT_JOURNAL_BYTES / blockSizeBytes);
+    assert(blockSizeBytes >= MIN_JOURNAL_BLOCK_BYTES && blockSizeBytes <= MAX_JOURNAL_BLOCK_BYTES && (blockSizeBytes & (blockSizeBytes - 1)) === 0, `journal block size ${blockSizeBytes}`);
+    assert(Number.isInteger(lengthBlocks) && lengthBlocks >= MIN_JOURNAL_BLOCKS && lengthBlocks < 2 ** 32, `journal length ${lengthBlocks} blocks`);
     await device.truncate(0);
-    await device.write(0, encodeSuperblock({ uuid, tailSequence: 1, tailOffsetBytes: SUPERBLOCK_BYTES }));
+    await device.truncate(lengthBlocks * blockSizeBytes);
+    await device.write(0, encodeSuperblock({ uuid, blockSizeBytes, lengthBlocks, tailSequence: 1, tailBlock: 1 }));
     await device.sync();
   }
 
   /**
-   * Opens a journal and runs recovery: scan, replay every committed
-   * transaction after the tail (oldest first) through `replay`, then cut off
-   * any torn or corrupt tail so new transactions follow the last valid one.
-   * The caller checkpoints once replayed records are durable at home.
-   *
-   * @param expectedUuid when given, a journal with another uuid is refused.
-   * @throws JournalCorruptError `JOURNAL_CORRUPT` for a bad superblock or a foreign journal.
+   * Opens a journal and runs recovery: scan (decision table), revoke pass,
+   * replay — images written home (skipping revoked ones), records passed to
+   * `replay` — then syncs the homes. The tail stays where it was until the
+   * owner checkpoints, so a crash during recovery just recovers again.
+   * @throws JOURNAL_CORRUPT (bad superblock, foreign uuid, image for an unknown target), UNSUPPORTED_VERSION
    */
-  static async open(
-    device: BlockDevice,
-    options: { expectedUuid?: Buffer; replay: ReplayFn; apply?: ApplyFn },
-  ): Promise<{ journal: Journal; recovery: RecoveryReport }> {
-    const sb = decodeSuperblock(await device.read(0, SUPERBLOCK_BYTES), device.name);
+  static async open(device: BlockDevice, options: JournalOpenOptions): Promise<{ journal: Journal; recovery: RecoveryReport }> {
+    const sb = decodeSuperblock(await device.read(0, 64), device.name);
     if (options.expectedUuid && !options.expectedUuid.equals(sb.uuid)) {
       throw new JournalCorruptError(`${device.name}: journal belongs to another volume (uuid mismatch)`);
     }
-    const scan = await scanJournal(device, sb, checksumSeed(sb.uuid));
+    if ((await device.sizeBytes()) < sb.lengthBlocks * sb.blockSizeBytes) {
+      // A short file reads as zeros past its end: those blocks end the scan. Extend it so writes land in place.
+      await device.truncate(sb.lengthBlocks * sb.blockSizeBytes);
+    }
+    const targets = options.targets ?? new Map<number, BlockDevice>();
+    const scan = await scanJournal(device, sb);
+    const revoked = revokeTable(scan.transactions);
     let records = 0;
+    let images = 0;
+    let revokedImages = 0;
+    const touched = new Set<BlockDevice>();
     for (const tx of scan.transactions) {
-      await options.replay(tx);
+      for (const img of tx.images) {
+        const r = revoked.get(revokeKey(img.target, img.homeBlock));
+        if (r !== undefined && r >= tx.sequence) {
+          revokedImages += 1;
+          continue;
+        }
+        const home = targets.get(img.target);
+        if (!home) throw new JournalCorruptError(`${device.name}: transaction ${tx.sequence} holds an image for unknown target ${img.target}`);
+        await home.write(img.homeBlock * sb.blockSizeBytes, img.data);
+        touched.add(home);
+        images += 1;
+      }
+      await options.replay({ sequence: tx.sequence, records: tx.records });
       records += tx.records.length;
     }
-    if (scan.discardedBytes > 0) {
-      // Discard the torn tail so the next transaction is appended right after
-      // the last valid one (a stale tail must never follow a fresh commit).
-      await device.truncate(scan.endOffsetBytes);
-      await device.sync();
-    }
-    const journal = new Journal(device, sb.uuid, scan, sb);
-    if (options.apply) journal.apply = options.apply;
+    for (const home of touched) await home.sync();
+    const journal = new Journal(device, sb.uuid, sb, { head: scan.headBlock, nextSequence: scan.nextSequence, transactions: scan.transactions }, targets, options);
     return {
       journal,
       recovery: {
         replayedTransactions: scan.transactions.length,
         replayedRecords: records,
-        discardedBytes: scan.discardedBytes,
+        replayedImages: images,
+        revokedImages,
         stopReason: scan.stopReason,
         lastSequence: scan.nextSequence - 1,
       },
     };
   }
 
-  /**
-   * Starts a handle that may log up to `credits` records (jbd2 `jbd2_journal_start`).
-   * @throws JournalAbortedError `JOURNAL_ABORTED` after a failed commit.
-   */
-  start(credits: number): Handle {
-    this.checkUsable();
-    assert(Number.isInteger(credits) && credits > 0 && credits <= MAX_RECORDS, `credits must be 1..${MAX_RECORDS}, got ${credits}`);
-    return new Handle(this, credits);
+  // --------------------------------------------------------------- handles
+
+  /** Log blocks one handle of `credits` items may need at most (descriptor/revoke/records overhead included). */
+  blocksForCredits(credits: number): number {
+    const per = Math.min(tagsPerDescriptor(this.blockSizeBytes), entriesPerRevoke(this.blockSizeBytes));
+    return credits + Math.ceil(credits / per) + 2;
   }
 
-  /** Convenience: one handle with exactly these records, committed. Resolves with the sequence after fdatasync. */
+  /**
+   * Starts a handle that may log up to `credits` items (jbd2
+   * `jbd2_journal_start`). Reserves log space, waiting for a checkpoint
+   * when the log is too full — call it before taking any lock.
+   * @throws JOURNAL_CREDITS_EXCEEDED (more than a quarter of the log), JOURNAL_ABORTED
+   */
+  async start(credits: number): Promise<Handle> {
+    this.checkUsable();
+    assert(Number.isInteger(credits) && credits > 0, `credits must be a positive integer, got ${credits}`);
+    const need = this.blocksForCredits(credits);
+    if (need > Math.floor(this.dataBlocks / 4)) {
+      throw new JournalCreditsExceededError(`a handle of ${credits} credits needs ${need} log blocks; the journal allows ${Math.floor(this.dataBlocks / 4)} per handle`);
+    }
+    while (this.usedBlocks + this.reservedBlocks + need + 2 > this.dataBlocks) {
+      this.stats.spaceWaits += 1;
+      if (this.committed.length > 0) await this.checkpoint();
+      else await new Promise<void>((wake) => this.spaceWaiters.push(wake));
+      this.checkUsable();
+    }
+    this.reservedBlocks += need;
+    return new Handle(this, credits, need, this.blockSizeBytes);
+  }
+
+  /** Convenience: one handle with exactly these records, committed. Resolves with the sequence once durable and applied. */
   async commit(records: unknown[]): Promise<number> {
-    const handle = this.start(Math.max(1, records.length));
+    const handle = await this.start(Math.max(1, records.length));
     for (const r of records) handle.log(r);
     return handle.commit();
   }
 
-  /** Sequence of the newest committed transaction (tail-1 when empty). */
-  get lastCommittedSequence(): number {
-    return this.nextSequence - 1;
-  }
-
-  /** Bytes of committed transactions not yet checkpointed. */
-  get uncheckpointedBytes(): number {
-    return this.nextOffsetBytes - this.tailOffsetBytes;
-  }
-
-  /** @internal Queues a handle for the next group commit; resolves with its transaction's sequence once durable and applied. */
-  commitEncoded(encoded: Buffer[], payloadBytes: number): Promise<number> {
-    this.checkUsable();
+  /** @internal HandleOwner */
+  stopHandle(handle: Handle): Promise<number> {
+    if (this.abortedBy !== undefined || this.closed) {
+      this.releaseHandle(handle);
+      return Promise.reject(new JournalAbortedError('journal aborted or closed', { cause: this.abortedBy }));
+    }
     return new Promise<number>((resolve, reject) => {
-      this.queue.push({ encoded, bytes: payloadBytes, resolve, reject });
+      this.waiters.set(handle, { resolve, reject });
+      this.queue.push(handle);
       if (!this.committing) void this.runCommits();
     });
   }
 
-  /** Number of handles waiting for the next commit. */
+  /** @internal HandleOwner */
+  releaseHandle(handle: Handle): void {
+    this.reservedBlocks -= handle.reservedBlocks;
+    assert(this.reservedBlocks >= 0, 'negative log reservation');
+    this.wakeSpaceWaiters();
+  }
+
+  /** The newest committed image of a home block not yet checkpointed, or undefined (read it from home). */
+  readImage(target: number, homeBlock: number): Buffer | undefined {
+    return this.cache.get(revokeKey(target, homeBlock))?.data;
+  }
+
+  /** Sequence of the newest committed transaction. */
+  get lastCommittedSequence(): number {
+    return this.nextSequence - 1;
+  }
+
+  /** Log blocks holding committed, not yet checkpointed transactions. */
+  get uncheckpointedBlocks(): number {
+    return this.usedBlocks;
+  }
+
+  get uncheckpointedBytes(): number {
+    return this.usedBlocks * this.blockSizeBytes;
+  }
+
+  /** Handles waiting for the next commit. */
   get queuedHandles(): number {
     return this.queue.length;
   }
 
-  /** The commit loop: while handles are queued, write them as one transaction. */
+  // ---------------------------------------------------------------- commit
+
   private async runCommits(): Promise<void> {
     this.committing = true;
     try {
       while (this.queue.length > 0) {
-        // Take as many queued handles as one transaction may carry.
-        const batch: QueuedHandle[] = [];
-        let bytes = 0;
-        let records = 0;
-        while (this.queue.length > 0 && batch.length < MAX_HANDLES_PER_COMMIT) {
+        const tx = new Transaction();
+        const limit = Math.floor(this.dataBlocks / 2);
+        let blocks = 1;
+        while (this.queue.length > 0 && tx.handles.length < MAX_HANDLES_PER_COMMIT) {
           const next = this.queue[0]!;
-          if (batch.length > 0 && (bytes + next.bytes > MAX_PAYLOAD_BYTES || records + next.encoded.length > MAX_RECORDS)) break;
-          batch.push(this.queue.shift()!);
-          bytes += next.bytes;
-          records += next.encoded.length;
+          if (tx.handles.length > 0 && blocks + next.reservedBlocks > limit) break;
+          tx.handles.push(this.queue.shift()!);
+          blocks += next.reservedBlocks;
         }
+        tx.advance('locked');
         try {
-          const sequence = await this.lock.runExclusive(() => this.writeTransaction(batch, bytes, records));
-          for (const h of batch) h.resolve(sequence);
+          await this.writeTransaction(tx);
+          for (const h of tx.handles) this.waiters.get(h)!.resolve(tx.sequence);
         } catch (err) {
-          for (const h of batch) h.reject(err);
+          for (const h of tx.handles) this.waiters.get(h)!.reject(err);
+          // Nothing queued after an aborting commit may commit: fail them too.
+          if (this.abortedBy !== undefined) for (const h of this.queue.splice(0)) {
+            this.releaseHandle(h);
+            this.waiters.get(h)!.reject(new JournalAbortedError('journal aborted by an earlier failed commit', { cause: err }));
+            this.waiters.delete(h);
+          }
+        } finally {
+          for (const h of tx.handles) this.waiters.delete(h);
         }
       }
     } finally {
@@ -290,78 +356,178 @@ export class Journal {
     }
   }
 
-  /** Writes, syncs and applies one transaction. Caller holds the lock. */
-  private async writeTransaction(batch: QueuedHandle[], payloadBytes: number, recordCount: number): Promise<number> {
+  /** Builds, writes, syncs and applies one transaction. */
+  private async writeTransaction(tx: Transaction): Promise<void> {
     this.checkUsable();
-    const sequence = this.nextSequence;
-    const payload = Buffer.concat(batch.flatMap((h) => h.encoded), payloadBytes);
-    const header = encodeHeader({ sequence, payloadLengthBytes: payload.length, recordCount }, this.seed);
-    const commit = encodeCommit(sequence, header, payload, this.seed);
-    const frame = Buffer.concat([header, payload, commit]);
-    assert(frame.length === TX_HEADER_BYTES + payloadBytes + COMMIT_BYTES, 'transaction frame length');
+    tx.sequence = this.nextSequence;
+    const bs = this.blockSizeBytes;
+    const seed = transactionSeed(this.uuid, tx.sequence);
+    const images: BlockImage[] = [];
+    const revokes: Revocation[] = [];
+    const recordBuffers: Buffer[] = [];
+    let recordBytes = 0;
+    const ordered = new Set<BlockDevice>();
+    for (const h of tx.handles) {
+      // A block journaled again after being revoked in this transaction is no longer revoked (jbd2 cancel_revoke).
+      for (const r of h.revokes) revokes.push(r);
+      for (const img of h.images) {
+        const k = revokeKey(img.target, img.homeBlock);
+        for (let i = revokes.length - 1; i >= 0; i--) if (revokeKey(revokes[i]!.target, revokes[i]!.homeBlock) === k) revokes.splice(i, 1);
+        images.push(img);
+      }
+      recordBuffers.push(...h.records);
+      recordBytes += h.recordBytes;
+      for (const d of h.orderedDevices) ordered.add(d);
+    }
+    const out: Buffer[] = [];
+    const per = tagsPerDescriptor(bs);
+    for (let i = 0; i < images.length; i += per) out.push(...encodeDescriptor(images.slice(i, i + per), bs, tx.sequence, seed));
+    const perRevoke = entriesPerRevoke(bs);
+    for (let i = 0; i < revokes.length; i += perRevoke) out.push(encodeRevoke(revokes.slice(i, i + perRevoke), bs, tx.sequence, seed));
+    const payload = Buffer.concat(recordBuffers, recordBytes);
+    if (recordBuffers.length > 0) out.push(...encodeRecords(payload, recordBuffers.length, bs, tx.sequence, seed));
+    let crc = seed;
+    for (const b of out) crc = chainCrc(crc, b);
+    out.push(encodeCommit(out.length, crc, bs, tx.sequence, seed));
+    tx.blocks = out.length;
+    assert(tx.blocks <= this.dataBlocks - this.usedBlocks - 1, `transaction of ${tx.blocks} blocks does not fit the free log (${this.dataBlocks - this.usedBlocks - 1})`);
+    tx.advance('committing');
+    tx.startBlock = this.head;
+    // Ordered data first: it must be durable before the commit block can be.
+    // A failure here leaves the journal untouched: the batch fails, the
+    // journal does not abort (a full disk under the data is not fatal).
     try {
-      await this.device.write(this.nextOffsetBytes, frame);
-      await this.device.sync();
-      this.stats.commits += 1;
-      this.stats.handles += batch.length;
-      this.stats.syncs += 1;
-      this.stats.bytesWritten += frame.length;
-      this.nextOffsetBytes += frame.length;
-      this.nextSequence = sequence + 1;
-      this.committedEnds.set(sequence, this.nextOffsetBytes);
-      // Decode from the committed bytes: the home sees exactly what recovery would replay.
-      await this.apply({ sequence, records: unpackMultiple(payload) as unknown[] });
+      for (const d of ordered) {
+        await d.sync();
+        this.stats.orderedSyncs += 1;
+      }
     } catch (err) {
-      // The on-disk or applied state of this transaction is unknown; refuse
-      // further commits so nothing is ordered after a commit that may be lost.
-      this.abortedBy = err;
+      for (const h of tx.handles) this.reservedBlocks -= h.reservedBlocks;
+      this.wakeSpaceWaiters();
       throw err;
     }
-    return sequence;
+    try {
+      // Write the blocks at head, wrapping at the end of the log.
+      let at = this.head;
+      let i = 0;
+      while (i < out.length) {
+        const run = Math.min(out.length - i, this.lengthBlocks - at);
+        const data = run === 1 ? out[i]! : Buffer.concat(out.slice(i, i + run));
+        await this.device.write(at * bs, data);
+        this.stats.bytesWritten += data.length;
+        i += run;
+        at = at + run >= this.lengthBlocks ? 1 : at + run;
+      }
+      await this.device.sync();
+      this.stats.syncs += 1;
+      this.head = at;
+      this.nextSequence = tx.sequence + 1;
+      this.committed.push({ sequence: tx.sequence, startBlock: tx.startBlock, blocks: tx.blocks });
+      this.usedBlocks += tx.blocks;
+      for (const h of tx.handles) this.reservedBlocks -= h.reservedBlocks;
+      // The cache now holds the newest image of each block; revokes drop older ones.
+      for (const r of revokes) {
+        const k = revokeKey(r.target, r.homeBlock);
+        const e = this.cache.get(k);
+        if (e && e.sequence <= tx.sequence) this.cache.delete(k);
+      }
+      for (const img of images) this.cache.set(revokeKey(img.target, img.homeBlock), { ...img, sequence: tx.sequence });
+      this.stats.commits += 1;
+      this.stats.handles += tx.handles.length;
+      // The home sees exactly what recovery would replay: decode the committed bytes.
+      await this.apply({ sequence: tx.sequence, records: payload.length === 0 ? [] : (unpackMultiple(payload) as unknown[]) });
+      this.lastAppliedSequence = tx.sequence;
+      tx.advance('committed');
+    } catch (err) {
+      this.abortedBy ??= err;
+      throw err;
+    }
+    this.wakeSpaceWaiters();
+    if (this.usedBlocks > this.dataBlocks * this.checkpointFill && !this.checkpointing) {
+      // Background checkpoint: writers are not blocked by it unless the log is full.
+      void this.checkpoint().catch(() => undefined);
+    }
   }
+
+  // ------------------------------------------------------------ checkpoint
 
   /**
-   * Declares every transaction with sequence ≤ `sequence` applied and durable
-   * at its home; moves the journal tail past them (superblock write + sync).
-   * When that empties the journal, the file is trimmed back to the superblock.
-   * Safe at any crash point: a stale transaction left behind has a sequence
-   * below the new tail's and stops the scan.
+   * Checkpoints every applied transaction: writes the latest images home,
+   * syncs the homes, runs `beforeTailMove`, then moves the tail (superblock
+   * write + sync). One at a time; concurrent callers share it.
    */
-  async checkpoint(sequence: number): Promise<void> {
-    await this.lock.runExclusive(async () => {
-      this.checkUsable();
-      assert(sequence <= this.lastCommittedSequence, `checkpoint(${sequence}) past last commit ${this.lastCommittedSequence}`);
-      if (sequence < this.tailSequence) return;
-      const emptied = sequence === this.lastCommittedSequence;
-      const tailOffsetBytes = emptied ? SUPERBLOCK_BYTES : this.committedEnds.get(sequence);
-      assert(tailOffsetBytes !== undefined, `no end offset recorded for transaction ${sequence}`);
-      await this.device.write(0, encodeSuperblock({ uuid: this.uuid, tailSequence: sequence + 1, tailOffsetBytes }));
-      await this.device.sync();
-      if (emptied) {
-        await this.device.truncate(SUPERBLOCK_BYTES);
-        await this.device.sync();
-        this.nextOffsetBytes = SUPERBLOCK_BYTES;
-      }
-      for (let s = this.tailSequence; s <= sequence; s++) this.committedEnds.delete(s);
-      this.tailSequence = sequence + 1;
-      this.tailOffsetBytes = tailOffsetBytes;
-      this.stats.checkpoints += 1;
+  checkpoint(): Promise<void> {
+    if (this.checkpointing) return this.checkpointing;
+    this.checkpointing = this.runCheckpoint().finally(() => {
+      this.checkpointing = undefined;
     });
+    return this.checkpointing;
   }
 
-  /** Closes the device. Does not checkpoint: the owner decides (committed transactions replay at next open). */
+  private async runCheckpoint(): Promise<void> {
+    this.checkUsable();
+    const n = this.lastAppliedSequence;
+    if (this.committed.length === 0 || this.committed[0]!.sequence > n) return;
+    try {
+      // Frozen copies: the buffers captured here are written; newer images replace cache entries, never these buffers.
+      const captured = [...this.cache.values()].filter((e) => e.sequence <= n);
+      const homes = new Set<BlockDevice>();
+      captured.sort((a, b) => a.target - b.target || a.homeBlock - b.homeBlock);
+      for (const e of captured) {
+        const home = this.targets.get(e.target);
+        assert(home !== undefined, `no home device for target ${e.target}`);
+        await home.write(e.homeBlock * this.blockSizeBytes, e.data);
+        homes.add(home);
+      }
+      for (const home of homes) await home.sync();
+      await this.beforeTailMove(n);
+      const after = this.committed.find((c) => c.sequence > n);
+      const tailBlock = after ? after.startBlock : this.head;
+      const tailSequence = after ? after.sequence : this.nextSequence;
+      await this.device.write(0, encodeSuperblock({ uuid: this.uuid, blockSizeBytes: this.blockSizeBytes, lengthBlocks: this.lengthBlocks, tailSequence, tailBlock }));
+      await this.device.sync();
+      this.stats.syncs += 1;
+      while (this.committed.length > 0 && this.committed[0]!.sequence <= n) this.usedBlocks -= this.committed.shift()!.blocks;
+      this.tailBlock = tailBlock;
+      this.tailSequence = tailSequence;
+      for (const e of captured) {
+        const k = revokeKey(e.target, e.homeBlock);
+        if (this.cache.get(k) === e) this.cache.delete(k);
+      }
+      this.stats.checkpoints += 1;
+    } catch (err) {
+      this.abortedBy ??= err;
+      throw err;
+    }
+    this.wakeSpaceWaiters();
+  }
+
+  /** Waits for queued handles to commit, then closes the device. Does not checkpoint (the owner decides). */
   async close(): Promise<void> {
     if (this.closed) return;
-    // Let queued handles commit first.
     while (this.committing) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
-    await this.lock.runExclusive(async () => {
-      this.closed = true;
-      await this.device.close();
-    });
+    while (this.checkpointing) await this.checkpointing.catch(() => undefined);
+    this.closed = true;
+    this.wakeSpaceWaiters();
+    await this.device.close();
+  }
+
+  /** True once a commit or checkpoint failed after touching the log (jbd2 abort): reopen to recover. */
+  get aborted(): boolean {
+    return this.abortedBy !== undefined;
+  }
+
+  /** Superblock tail, for tests and `info`. */
+  get tail(): { block: number; sequence: number } {
+    return { block: this.tailBlock, sequence: this.tailSequence };
+  }
+
+  private wakeSpaceWaiters(): void {
+    for (const wake of this.spaceWaiters.splice(0)) wake();
   }
 
   private checkUsable(): void {
     if (this.closed) throw new JournalAbortedError('journal is closed');
-    if (this.abortedBy !== undefined) throw new JournalAbortedError('journal aborted after a failed commit; reopen the volume to recover', { cause: this.abortedBy });
+    if (this.abortedBy !== undefined) throw new JournalAbortedError('journal aborted after a failed commit or checkpoint; reopen to recover', { cause: this.abortedBy });
   }
 }
