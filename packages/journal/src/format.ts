@@ -7,8 +7,9 @@ import { CowvolError, JournalCorruptError } from './errors.js';
  * integers are big-endian.
  *
  * ```
- * block 0                 superblock
- * blocks 1 .. length-1    the log, used circularly (block length-1 is followed by block 1)
+ * bytes 0..1023           superblock area: slot A at byte 0, slot B at byte 512
+ * blocks F .. length-1    the log, used circularly (block length-1 is followed by block F),
+ *                         F = firstLogBlock(blockSize) = ceil(1024 / blockSize)
  * transaction = [descriptor + its images]* [revoke]* [records header + payload blocks]* commit
  * ```
  *
@@ -49,14 +50,30 @@ export const MAX_JOURNAL_BLOCK_BYTES = 65536;
 /** A log shorter than this cannot hold a useful transaction. */
 export const MIN_JOURNAL_BLOCKS = 64;
 
+/**
+ * Two superblock slots, one sector each: checkpoints write them alternately
+ * with a rising generation, and open takes the valid slot with the highest
+ * generation. A write torn or garbled during a power loss can damage only
+ * the slot being written; the other still holds the previous tail.
+ */
+export const SUPERBLOCK_SLOT_BYTES = 512;
+export const SUPERBLOCK_AREA_BYTES = 2 * SUPERBLOCK_SLOT_BYTES;
+
+/** First log block for a block size (the superblock area comes first). */
+export function firstLogBlock(blockBytes: number): number {
+  return Math.ceil(SUPERBLOCK_AREA_BYTES / blockBytes);
+}
+
 export interface JournalSuperblock {
+  /** Bumped by every superblock write; selects the slot (generation % 2) and the newer slot at open. */
+  generation: number;
   uuid: Buffer;
   blockSizeBytes: number;
   /** Total blocks in the file, superblock included. */
   lengthBlocks: number;
   /** Sequence of the oldest transaction that may still need replay (the next one when clean). */
   tailSequence: number;
-  /** Block where that transaction starts; 0 when the journal is clean (nothing to replay). */
+  /** Block where that transaction starts. */
   tailBlock: number;
 }
 
@@ -95,9 +112,10 @@ export function payloadPerBlock(blockBytes: number): number {
 
 // ------------------------------------------------------------ superblock
 
+/** One superblock slot (SUPERBLOCK_SLOT_BYTES); write it at `slotOffset(sb.generation)`. */
 export function encodeSuperblock(sb: JournalSuperblock): Buffer {
   if (sb.uuid.length !== UUID_BYTES) throw new JournalCorruptError('journal uuid must be 16 bytes');
-  const buf = Buffer.alloc(sb.blockSizeBytes);
+  const buf = Buffer.alloc(SUPERBLOCK_SLOT_BYTES);
   buf.writeUInt32BE(JOURNAL_MAGIC, 0);
   buf.writeUInt32BE(JOURNAL_VERSION, 4);
   sb.uuid.copy(buf, 8);
@@ -105,30 +123,50 @@ export function encodeSuperblock(sb: JournalSuperblock): Buffer {
   buf.writeUInt32BE(sb.lengthBlocks, 28);
   buf.writeBigUInt64BE(BigInt(sb.tailSequence), 32);
   buf.writeUInt32BE(sb.tailBlock, 40);
-  buf.writeUInt32BE(0, 44); // flags
+  buf.writeUInt32BE(sb.generation >>> 0, 44);
   buf.writeUInt32BE(crc32c(buf.subarray(0, 48)), 48);
   return buf;
 }
 
-/** Decodes and validates the superblock (first 52 bytes). Throws `JOURNAL_CORRUPT` or `UNSUPPORTED_VERSION`. */
-export function decodeSuperblock(buf: Buffer, name: string): JournalSuperblock {
-  if (buf.length < 52) throw new JournalCorruptError(`${name}: journal superblock is truncated`);
+/** Byte offset of the slot a superblock of this generation is written to. */
+export function slotOffset(generation: number): number {
+  return (generation % 2) * SUPERBLOCK_SLOT_BYTES;
+}
+
+type SlotResult = { sb: JournalSuperblock } | { error: Error };
+
+function decodeSlot(buf: Buffer, name: string): SlotResult {
   const magic = buf.readUInt32BE(0);
-  if (magic !== JOURNAL_MAGIC) throw new JournalCorruptError(`${name}: not a cowvol journal (bad magic 0x${magic.toString(16)})`);
+  if (magic !== JOURNAL_MAGIC) return { error: new JournalCorruptError(`${name}: not a cowvol journal (bad magic 0x${magic.toString(16)})`) };
+  if (buf.readUInt32BE(48) !== crc32c(buf.subarray(0, 48))) return { error: new JournalCorruptError(`${name}: journal superblock checksum mismatch`) };
   const version = buf.readUInt32BE(4);
   if (version !== JOURNAL_VERSION) {
-    throw new CowvolError('UNSUPPORTED_VERSION', `${name}: journal version ${version}; this cowvol reads version ${JOURNAL_VERSION}`, { details: { version } });
+    return { error: new CowvolError('UNSUPPORTED_VERSION', `${name}: journal version ${version}; this cowvol reads version ${JOURNAL_VERSION}`, { details: { version } }) };
   }
-  if (buf.readUInt32BE(48) !== crc32c(buf.subarray(0, 48))) throw new JournalCorruptError(`${name}: journal superblock checksum mismatch`);
   const blockSizeBytes = buf.readUInt32BE(24);
   const lengthBlocks = buf.readUInt32BE(28);
   const tailSequence = Number(buf.readBigUInt64BE(32));
   const tailBlock = buf.readUInt32BE(40);
   const okBlock = blockSizeBytes >= MIN_JOURNAL_BLOCK_BYTES && blockSizeBytes <= MAX_JOURNAL_BLOCK_BYTES && (blockSizeBytes & (blockSizeBytes - 1)) === 0;
-  if (!okBlock || lengthBlocks < MIN_JOURNAL_BLOCKS || tailBlock >= lengthBlocks || !Number.isSafeInteger(tailSequence) || tailSequence < 1) {
-    throw new JournalCorruptError(`${name}: journal superblock has impossible values`, { details: { blockSizeBytes, lengthBlocks, tailSequence, tailBlock } });
+  if (!okBlock || lengthBlocks < MIN_JOURNAL_BLOCKS || tailBlock < firstLogBlock(blockSizeBytes) || tailBlock >= lengthBlocks || !Number.isSafeInteger(tailSequence) || tailSequence < 1) {
+    return { error: new JournalCorruptError(`${name}: journal superblock has impossible values`, { details: { blockSizeBytes, lengthBlocks, tailSequence, tailBlock } }) };
   }
-  return { uuid: Buffer.from(buf.subarray(8, 24)), blockSizeBytes, lengthBlocks, tailSequence, tailBlock };
+  return { sb: { generation: buf.readUInt32BE(44), uuid: Buffer.from(buf.subarray(8, 24)), blockSizeBytes, lengthBlocks, tailSequence, tailBlock } };
+}
+
+/**
+ * Decodes the superblock area (SUPERBLOCK_AREA_BYTES): the valid slot with
+ * the newer generation wins (generations compare modulo 2^32).
+ * @throws JOURNAL_CORRUPT when neither slot is valid, UNSUPPORTED_VERSION for another version
+ */
+export function decodeSuperblock(area: Buffer, name: string): JournalSuperblock {
+  if (area.length < SUPERBLOCK_AREA_BYTES) throw new JournalCorruptError(`${name}: journal superblock is truncated`);
+  const a = decodeSlot(area.subarray(0, SUPERBLOCK_SLOT_BYTES), name);
+  const b = decodeSlot(area.subarray(SUPERBLOCK_SLOT_BYTES, SUPERBLOCK_AREA_BYTES), name);
+  if ('sb' in a && 'sb' in b) return ((b.sb.generation - a.sb.generation) | 0) > 0 ? b.sb : a.sb;
+  if ('sb' in a) return a.sb;
+  if ('sb' in b) return b.sb;
+  throw a.error.message.includes('version') ? a.error : b.error.message.includes('version') ? b.error : a.error;
 }
 
 // ------------------------------------------------------------ log blocks

@@ -14,6 +14,9 @@ import {
   encodeRevoke,
   encodeSuperblock,
   entriesPerRevoke,
+  firstLogBlock,
+  slotOffset,
+  SUPERBLOCK_AREA_BYTES,
   tagsPerDescriptor,
   transactionSeed,
   type BlockImage,
@@ -119,6 +122,8 @@ export class Journal implements HandleOwner {
   readonly blockSizeBytes: number;
   readonly lengthBlocks: number;
   private readonly dataBlocks: number;
+  private readonly firstBlock: number;
+  private generation: number;
   private head: number;
   private nextSequence: number;
   private tailBlock: number;
@@ -144,14 +149,16 @@ export class Journal implements HandleOwner {
   private constructor(
     private readonly device: BlockDevice,
     readonly uuid: Buffer,
-    sb: { blockSizeBytes: number; lengthBlocks: number; tailBlock: number; tailSequence: number },
+    sb: { generation: number; blockSizeBytes: number; lengthBlocks: number; tailBlock: number; tailSequence: number },
     scanned: { head: number; nextSequence: number; transactions: RecoveredTransaction[] },
     private readonly targets: ReadonlyMap<number, BlockDevice>,
     options: JournalOpenOptions,
   ) {
     this.blockSizeBytes = sb.blockSizeBytes;
     this.lengthBlocks = sb.lengthBlocks;
-    this.dataBlocks = sb.lengthBlocks - 1;
+    this.firstBlock = firstLogBlock(sb.blockSizeBytes);
+    this.dataBlocks = sb.lengthBlocks - this.firstBlock;
+    this.generation = sb.generation;
     this.head = scanned.head;
     this.nextSequence = scanned.nextSequence;
     this.tailBlock = sb.tailBlock;
@@ -179,7 +186,9 @@ export class Journal implements HandleOwner {
     assert(Number.isInteger(lengthBlocks) && lengthBlocks >= MIN_JOURNAL_BLOCKS && lengthBlocks < 2 ** 32, `journal length ${lengthBlocks} blocks`);
     await device.truncate(0);
     await device.truncate(lengthBlocks * blockSizeBytes);
-    await device.write(0, encodeSuperblock({ uuid, blockSizeBytes, lengthBlocks, tailSequence: 1, tailBlock: 1 }));
+    const tailBlock = firstLogBlock(blockSizeBytes);
+    // Both slots hold the initial tail (generations 0 and 1).
+    for (const generation of [0, 1]) await device.write(slotOffset(generation), encodeSuperblock({ generation, uuid, blockSizeBytes, lengthBlocks, tailSequence: 1, tailBlock }));
     await device.sync();
   }
 
@@ -191,7 +200,7 @@ export class Journal implements HandleOwner {
    * @throws JOURNAL_CORRUPT (bad superblock, foreign uuid, image for an unknown target), UNSUPPORTED_VERSION
    */
   static async open(device: BlockDevice, options: JournalOpenOptions): Promise<{ journal: Journal; recovery: RecoveryReport }> {
-    const sb = decodeSuperblock(await device.read(0, 64), device.name);
+    const sb = decodeSuperblock(await device.read(0, SUPERBLOCK_AREA_BYTES), device.name);
     if (options.expectedUuid && !options.expectedUuid.equals(sb.uuid)) {
       throw new JournalCorruptError(`${device.name}: journal belongs to another volume (uuid mismatch)`);
     }
@@ -416,7 +425,7 @@ export class Journal implements HandleOwner {
         await this.device.write(at * bs, data);
         this.stats.bytesWritten += data.length;
         i += run;
-        at = at + run >= this.lengthBlocks ? 1 : at + run;
+        at = at + run >= this.lengthBlocks ? this.firstBlock : at + run;
       }
       await this.device.sync();
       this.stats.syncs += 1;
@@ -484,8 +493,10 @@ export class Journal implements HandleOwner {
       const after = this.committed.find((c) => c.sequence > n);
       const tailBlock = after ? after.startBlock : this.head;
       const tailSequence = after ? after.sequence : this.nextSequence;
-      await this.device.write(0, encodeSuperblock({ uuid: this.uuid, blockSizeBytes: this.blockSizeBytes, lengthBlocks: this.lengthBlocks, tailSequence, tailBlock }));
+      const generation = (this.generation + 1) >>> 0;
+      await this.device.write(slotOffset(generation), encodeSuperblock({ generation, uuid: this.uuid, blockSizeBytes: this.blockSizeBytes, lengthBlocks: this.lengthBlocks, tailSequence, tailBlock }));
       await this.device.sync();
+      this.generation = generation;
       this.stats.syncs += 1;
       while (this.committed.length > 0 && this.committed[0]!.sequence <= n) this.usedBlocks -= this.committed.shift()!.blocks;
       this.tailBlock = tailBlock;

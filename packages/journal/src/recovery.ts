@@ -7,6 +7,7 @@ import {
   decodeRecordsHead,
   decodeRevoke,
   decodeTags,
+  firstLogBlock,
   joinPayload,
   readHeader,
   tailChecksumOk,
@@ -101,8 +102,9 @@ const TYPE_NAMES = new Map<number, BlockPattern['type']>([
  */
 export async function scanJournal(device: BlockDevice, sb: JournalSuperblock): Promise<ScanResult> {
   const bs = sb.blockSizeBytes;
-  const dataBlocks = sb.lengthBlocks - 1;
-  const next = (b: number): number => (b + 1 >= sb.lengthBlocks ? 1 : b + 1);
+  const first = firstLogBlock(bs);
+  const dataBlocks = sb.lengthBlocks - first;
+  const next = (b: number): number => (b + 1 >= sb.lengthBlocks ? first : b + 1);
   const readBlock = (b: number): Promise<Buffer> => device.read(b * bs, bs);
   const transactions: RecoveredTransaction[] = [];
   let cursor = sb.tailBlock;

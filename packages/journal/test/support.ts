@@ -1,0 +1,2 @@
+export { FileBlockDevice, Journal, type BlockDevice } from '../src/index.js';
+export { JOURNAL_MAGIC as SUPERBLOCK_SENTINEL } from '../src/index.js';
