@@ -32,24 +32,27 @@ export abstract class CowvolCommand extends Command {
     let details: Record<string, unknown> | undefined;
     if (err instanceof CowvolError) {
       code = err.code;
-      exit = exitCodeFor(code);
       details = err.details;
     } else if (err instanceof Errors.ExitError) {
       throw err;
     } else if (err.oclif?.exit !== undefined) {
       // oclif parse errors: missing or unknown arguments and flags.
       code = 'USAGE';
-      exit = exitCodeFor(code);
     } else {
       code = 'INTERNAL';
-      exit = exitCodeFor(code);
     }
+    exit = this.exitCodeOf(code);
     process.stderr.write(`cowvol: error [${code}]: ${err.message}\n`);
     if (code === 'INTERNAL' && process.env.COWVOL_DEBUG) process.stderr.write(`${err.stack}\n`);
     if (this.argv.includes('--json')) {
       process.stdout.write(`${JSON.stringify({ error: { code, message: err.message, exitCode: exit, ...(details ? { details } : {}) } }, null, 2)}\n`);
     }
     process.exitCode = exit;
+  }
+
+  /** The exit code for an error code (the README table); a command with its own exit-code contract overrides it. */
+  protected exitCodeOf(code: string): number {
+    return exitCodeFor(code);
   }
 
   protected override toSuccessJson(result: unknown): unknown {

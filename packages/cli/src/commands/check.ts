@@ -22,7 +22,7 @@ export default class Check extends CowvolCommand {
   async run(): Promise<CheckReport> {
     const { args, flags } = await this.parse(Check);
     const report = await this.withVolume(args.volume, (v) => v.check({ repair: flags.repair }));
-    const status = report.repairedBlocks > 0 && report.repairedBlocks === report.leakedBlocks && report.corruptions.length === 0 ? 'clean' : report.status;
+    const status = report.status;
     if (!this.jsonEnabled()) {
       const lines = [
         `${args.volume}: ${report.status === 'clean' ? 'no errors found' : report.status === 'leaks' ? `${report.leakedBlocks} leaked store blocks` : `${report.corruptions.length} corruption(s) found`}`,
@@ -39,13 +39,13 @@ export default class Check extends CowvolCommand {
   }
 
   /**
-   * A check that cannot complete exits 1 (qemu-img style), except when the
-   * volume cannot even be opened because its metadata is corrupt: that is
-   * corruption found (2). The error code is still printed as usual.
+   * A check that cannot complete exits 1 (qemu-img style), except a usage
+   * error (2, as everywhere) and a volume that cannot even be opened because
+   * its metadata is corrupt: that is corruption found (2).
    */
-  protected override async catch(err: Error & { code?: string }): Promise<void> {
-    await super.catch(err);
-    process.exitCode = err.code !== undefined && CORRUPTION_CODES.has(err.code) ? CHECK_EXIT.corrupt : 1;
+  protected override exitCodeOf(code: string): number {
+    if (code === 'USAGE' || CORRUPTION_CODES.has(code)) return CHECK_EXIT.corrupt;
+    return 1;
   }
 }
 
