@@ -14,6 +14,7 @@ const { values } = parseArgs({
     seed: { type: 'string' },
     'max-snapshots': { type: 'string', default: '8' },
     json: { type: 'boolean', default: false },
+    'data-mode': { type: 'string', default: 'ordered' },
   },
 });
 const seed = values.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(values.seed);
@@ -24,6 +25,7 @@ const summary = await runStress({
   readers: Number(values.readers),
   maxSnapshots: Number(values['max-snapshots']),
   seed,
+  dataMode: values['data-mode'],
   log: (line) => process.stderr.write(`${line}\n`),
 });
 process.stdout.write(values.json ? `${JSON.stringify(summary)}\n` : `${formatStressSummary(summary)}\n`);

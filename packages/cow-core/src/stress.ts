@@ -21,6 +21,8 @@ export interface StressOptions {
   runBlocks?: number;
   /** Most snapshots kept at once (older ones are deleted at random). Default 8. */
   maxSnapshots?: number;
+  /** Data mode of the volume. Default `ordered`. */
+  dataMode?: 'ordered' | 'journal';
   /** Where to put the volume (a new temporary folder, removed afterwards, when absent). */
   directory?: string;
   /** Progress lines (one per second) go here when given. */
@@ -30,6 +32,7 @@ export interface StressOptions {
 /** What a stress run did and found. */
 export interface StressSummary {
   seed: number;
+  dataMode: string;
   seconds: number;
   writers: number;
   ops: number;
@@ -96,6 +99,7 @@ export async function runStress(options: StressOptions): Promise<StressSummary> 
   const path = join(dir, 'stress.img');
   const summary: StressSummary = {
     seed: options.seed,
+    dataMode: options.dataMode ?? 'ordered',
     seconds: options.seconds,
     writers,
     ops: 0,
@@ -143,7 +147,7 @@ export async function runStress(options: StressOptions): Promise<StressSummary> 
   };
 
   try {
-    let volume = await Volume.create(path, { sizeBytes: totalBlocks * BLOCK_BYTES, blockSizeBytes: BLOCK_BYTES });
+    let volume = await Volume.create(path, { sizeBytes: totalBlocks * BLOCK_BYTES, blockSizeBytes: BLOCK_BYTES, dataMode: options.dataMode ?? 'ordered' });
     const deadline = performance.now() + options.seconds * 1000;
     let seq = 0;
     let snapshotSeq = 0;
@@ -287,5 +291,5 @@ export async function runStress(options: StressOptions): Promise<StressSummary> 
 
 /** One line for logs: `stress seed=… ops=… … mismatches=0`. */
 export function formatStressSummary(s: StressSummary): string {
-  return `stress seed=${s.seed} seconds=${s.seconds} writers=${s.writers} ops=${s.ops} writes=${s.writes} reads=${s.reads} cows=${s.cows} pendingWaits=${s.pendingWaits} maxPendingWaitMs=${s.maxPendingWaitMs} readRechecks=${s.readRechecks} snapshotsCreated=${s.snapshotsCreated} snapshotsDeleted=${s.snapshotsDeleted} finalCheck=${s.finalCheck} mismatches=${s.mismatches}`;
+  return `stress seed=${s.seed} dataMode=${s.dataMode} seconds=${s.seconds} writers=${s.writers} ops=${s.ops} writes=${s.writes} reads=${s.reads} cows=${s.cows} pendingWaits=${s.pendingWaits} maxPendingWaitMs=${s.maxPendingWaitMs} readRechecks=${s.readRechecks} snapshotsCreated=${s.snapshotsCreated} snapshotsDeleted=${s.snapshotsDeleted} finalCheck=${s.finalCheck} mismatches=${s.mismatches}`;
 }

@@ -22,7 +22,12 @@ export class CrashController implements DeviceOpener {
    * @param tearFraction chance that a surviving write is torn: only a prefix
    *   of it, cut at a 512-byte sector boundary, reaches the disk
    */
-  constructor(private readonly crashAt: number, private readonly random: () => number, private readonly keepFraction: number, private readonly tearFraction = 0) {}
+  constructor(private crashAt: number, private readonly random: () => number, private readonly keepFraction: number, private readonly tearFraction = 0) {}
+
+  /** Re-arms the power loss at the n-th I/O from now. */
+  crashAfter(n: number): void {
+    this.crashAt = this.ios + n;
+  }
 
   async open(path: string, options: { create: boolean }): Promise<BlockDevice> {
     const inner = await FileBlockDevice.open(path, options);

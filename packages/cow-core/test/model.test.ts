@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DATA_MODES } from './modes.js';
 import { Volume } from '../src/index.js';
 
 /**
@@ -109,24 +110,27 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-describe('model-based: the volume equals an in-memory model after every command', () => {
-  it(`guarantee 1 and read-through hold over ${RUNS} random command sequences`, async () => {
-    let run = 0;
-    await fc.assert(
-      fc.asyncProperty(fc.commands(commands, { maxCommands: 40 }), async (cmds) => {
-        const path = join(dir, `m${run++}.img`);
-        const volume = await Volume.create(path, { sizeBytes: SIZE, blockSizeBytes: BS });
-        const real: Real = { volume, path };
-        try {
-          await fc.asyncModelRun(() => ({ model: { live: Buffer.alloc(SIZE), snapshots: new Map() }, real }), cmds);
-        } finally {
-          await real.volume.close();
-          await rm(path, { force: true });
-          await rm(`${path}.cowvol`, { recursive: true, force: true });
-        }
-      }),
-      // fast-check prints the seed and the shrunk counterexample on failure.
-      { numRuns: RUNS, ...(SEED === undefined ? {} : { seed: SEED }), verbose: 1 },
-    );
+/** Both data modes run every test of this file. */
+describe.each(DATA_MODES)('data mode %s', (dataMode) => {
+  describe('model-based: the volume equals an in-memory model after every command', () => {
+    it(`guarantee 1 and read-through hold over ${RUNS} random command sequences`, async () => {
+      let run = 0;
+      await fc.assert(
+        fc.asyncProperty(fc.commands(commands, { maxCommands: 40 }), async (cmds) => {
+          const path = join(dir, `m${run++}.img`);
+          const volume = await Volume.create(path, { dataMode, sizeBytes: SIZE, blockSizeBytes: BS });
+          const real: Real = { volume, path };
+          try {
+            await fc.asyncModelRun(() => ({ model: { live: Buffer.alloc(SIZE), snapshots: new Map() }, real }), cmds);
+          } finally {
+            await real.volume.close();
+            await rm(path, { force: true });
+            await rm(`${path}.cowvol`, { recursive: true, force: true });
+          }
+        }),
+        // fast-check prints the seed and the shrunk counterexample on failure.
+        { numRuns: RUNS, ...(SEED === undefined ? {} : { seed: SEED }), verbose: 1 },
+      );
+    });
   });
 });
