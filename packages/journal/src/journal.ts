@@ -78,6 +78,8 @@ export interface JournalOpenOptions {
   beforeTailMove?: (sequence: number) => Promise<void>;
   /** Start a background checkpoint when the log is this full (0–1). Default 0.5. */
   checkpointFill?: number;
+  /** A stopped handle is committed at most this long after it stopped, when nothing else triggers a commit. Default 5000 (jbd2's default commit interval). */
+  commitIntervalMs?: number;
 }
 
 /** Bounds of one group commit. */
@@ -144,6 +146,9 @@ export class Journal implements HandleOwner {
   private readonly apply: ApplyFn;
   private readonly beforeTailMove: (sequence: number) => Promise<void>;
   private readonly checkpointFill: number;
+  private readonly commitIntervalMs: number;
+  private commitTimer: NodeJS.Timeout | undefined;
+  private queuedBlocks = 0;
   readonly stats: JournalStats = { commits: 0, handles: 0, syncs: 0, orderedSyncs: 0, bytesWritten: 0, checkpoints: 0, spaceWaits: 0 };
 
   private constructor(
@@ -171,6 +176,7 @@ export class Journal implements HandleOwner {
     this.apply = options.apply ?? (async () => undefined);
     this.beforeTailMove = options.beforeTailMove ?? (async () => undefined);
     this.checkpointFill = options.checkpointFill ?? 0.5;
+    this.commitIntervalMs = options.commitIntervalMs ?? 5000;
   }
 
   /**
@@ -284,8 +290,12 @@ export class Journal implements HandleOwner {
     return handle.commit();
   }
 
-  /** @internal HandleOwner */
-  stopHandle(handle: Handle): Promise<number> {
+  /**
+   * @internal HandleOwner. Commit triggers (jbd2): a flush request
+   * (`force`, i.e. `Handle.commit()` or `flush()`), the running transaction
+   * reaching its size limit (an eighth of the log), or the commit interval.
+   */
+  stopHandle(handle: Handle, force: boolean): Promise<number> {
     if (this.abortedBy !== undefined || this.closed) {
       this.releaseHandle(handle);
       return Promise.reject(new JournalAbortedError('journal aborted or closed', { cause: this.abortedBy }));
@@ -293,8 +303,28 @@ export class Journal implements HandleOwner {
     return new Promise<number>((resolve, reject) => {
       this.waiters.set(handle, { resolve, reject });
       this.queue.push(handle);
-      if (!this.committing) void this.runCommits();
+      this.queuedBlocks += handle.reservedBlocks;
+      if (force || this.queuedBlocks > this.dataBlocks / 8) this.kickCommit();
+      else if (!this.commitTimer) {
+        this.commitTimer = setTimeout(() => this.kickCommit(), this.commitIntervalMs);
+        this.commitTimer.unref();
+      }
     });
+  }
+
+  /** Commits every stopped handle now (a flush request) and waits until they are durable and applied. */
+  async flush(): Promise<void> {
+    if (this.queue.length === 0 && !this.committing) return;
+    this.kickCommit();
+    while (this.committing) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private kickCommit(): void {
+    if (this.commitTimer) {
+      clearTimeout(this.commitTimer);
+      this.commitTimer = undefined;
+    }
+    if (!this.committing && this.queue.length > 0) void this.runCommits();
   }
 
   /** @internal HandleOwner */
@@ -341,6 +371,7 @@ export class Journal implements HandleOwner {
           const next = this.queue[0]!;
           if (tx.handles.length > 0 && blocks + next.reservedBlocks > limit) break;
           tx.handles.push(this.queue.shift()!);
+          this.queuedBlocks -= next.reservedBlocks;
           blocks += next.reservedBlocks;
         }
         tx.advance('locked');
@@ -351,6 +382,7 @@ export class Journal implements HandleOwner {
           for (const h of tx.handles) this.waiters.get(h)!.reject(err);
           // Nothing queued after an aborting commit may commit: fail them too.
           if (this.abortedBy !== undefined) for (const h of this.queue.splice(0)) {
+            this.queuedBlocks -= h.reservedBlocks;
             this.releaseHandle(h);
             this.waiters.get(h)!.reject(new JournalAbortedError('journal aborted by an earlier failed commit', { cause: err }));
             this.waiters.delete(h);
@@ -516,7 +548,9 @@ export class Journal implements HandleOwner {
   /** Waits for queued handles to commit, then closes the device. Does not checkpoint (the owner decides). */
   async close(): Promise<void> {
     if (this.closed) return;
+    if (this.abortedBy === undefined) this.kickCommit(); // stopped handles commit before close
     while (this.committing) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    if (this.commitTimer) clearTimeout(this.commitTimer);
     while (this.checkpointing) await this.checkpointing.catch(() => undefined);
     this.closed = true;
     this.wakeSpaceWaiters();

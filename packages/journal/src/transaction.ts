@@ -35,7 +35,8 @@ export class Transaction {
 
 /** The journal side a handle talks to. */
 export interface HandleOwner {
-  stopHandle(handle: Handle): Promise<number>;
+  /** `force`: commit now (a flush request) rather than at the next size or interval trigger. */
+  stopHandle(handle: Handle, force: boolean): Promise<number>;
   releaseHandle(handle: Handle): void;
 }
 
@@ -100,16 +101,23 @@ export class Handle {
     return this.items === 0;
   }
 
-  /** Ends the handle: it joins the running transaction and waits for nothing (jbd2 `jbd2_journal_stop`). Resolves with the sequence once committed. */
+  /**
+   * Ends the handle (jbd2 `jbd2_journal_stop`): it joins the running
+   * transaction and waits for nothing; that transaction commits at the next
+   * trigger (a flush request, its size limit, or the commit interval). The
+   * promise resolves with its sequence once committed.
+   */
   stop(): Promise<number> {
     assert(!this.finished, 'stop() on a finished handle');
     this.finished = true;
-    return this.owner.stopHandle(this);
+    return this.owner.stopHandle(this, false);
   }
 
-  /** `stop()`, then wait until the transaction is durable and applied. */
+  /** Ends the handle and requests a commit now; resolves once its transaction is durable and applied. */
   commit(): Promise<number> {
-    return this.stop();
+    assert(!this.finished, 'commit() on a finished handle');
+    this.finished = true;
+    return this.owner.stopHandle(this, true);
   }
 
   /** Drops the handle without committing anything; its credits are released. */

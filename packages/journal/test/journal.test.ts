@@ -335,3 +335,40 @@ describe('journal on a real file', () => {
     await again.journal.close();
   });
 });
+
+describe('commit triggers', () => {
+  it('a stopped handle waits in the running transaction until a flush request, the size limit or the commit interval', async () => {
+    const { journal } = await open(log, { commitIntervalMs: 60_000 });
+    const h = await journal.start(1);
+    h.log({ lazy: 1 });
+    let committed = false;
+    const p = h.stop().then(() => (committed = true));
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    expect(committed, 'stop() alone must not force a commit').toBe(false);
+    expect(journal.queuedHandles).toBe(1);
+    await journal.flush(); // flush request
+    await p;
+    expect(committed).toBe(true);
+  });
+
+  it('the commit interval commits a stopped handle by itself', async () => {
+    const { journal } = await open(log, { commitIntervalMs: 20 });
+    const h = await journal.start(1);
+    h.log({ lazy: 2 });
+    expect(await h.stop()).toBe(1); // resolves only because the interval timer fired
+  });
+
+  it('the size limit commits without a flush request', async () => {
+    const { journal } = await open(log, { commitIntervalMs: 60_000 });
+    const stops: Array<Promise<number>> = [];
+    while (journal.stats.commits === 0 && stops.length < 200) {
+      const h = await journal.start(4);
+      for (let i = 0; i < 4; i++) h.logImage(0, i, image(i));
+      stops.push(h.stop());
+      await new Promise((r) => setImmediate(r));
+    }
+    expect(journal.stats.commits).toBeGreaterThan(0);
+    await journal.flush();
+    await Promise.all(stops);
+  });
+});
