@@ -726,7 +726,7 @@ export class Volume {
     failures.sort((a, b) => a.chunk.offsetBytes - b.chunk.offsetBytes);
     const first = failures[0]!.error;
     const failedRanges = failures.map((f) => ({ offsetBytes: f.chunk.offsetBytes, lengthBytes: f.chunk.data?.length ?? f.chunk.lengthBytes ?? 0 }));
-    if (chunks.length === 1 || !(first instanceof CowvolError)) throw first;
+    if (!(first instanceof CowvolError)) throw first;
     const ranges = failedRanges.map((r) => `${r.offsetBytes}+${r.lengthBytes}`).join(', ');
     throw new CowvolError(first.code, `${what} failed for byte ranges ${ranges} (the other ranges completed): ${first.message}`, {
       cause: first,
