@@ -9,6 +9,7 @@ import {
   VolumeNotFoundError,
 } from './errors.js';
 import { SCHEMA_VERSION, type ImportRecord, type SnapshotIdentity } from './metadata.js';
+import { mergeExtents } from './diff.js';
 import { readExtent, verifyStream, type StreamHeader, type StreamSource, type VerifiedStream } from './stream.js';
 import { Volume } from './volume.js';
 
@@ -103,10 +104,11 @@ function markerMatches(marker: ImportRecord, v: VerifiedStream): boolean {
  *    does not even create it.
  * 2. **Check the target**: a full stream creates a new volume of the
  *    header's size and block size (VOLUME_EXISTS if the path exists). An
- *    incremental stream needs an existing volume of the same size whose
- *    newest snapshot has the stream's base identity and whose live content
- *    is still that snapshot (nothing written since), else BASE_MISMATCH;
- *    the source snapshot's name must be free (SNAPSHOT_EXISTS).
+ *    incremental stream needs an existing volume of the same size with a
+ *    snapshot of the stream's base identity whose content the live volume
+ *    still holds (the blocks written since it — its diff to live — are
+ *    compared: O(blocks written since)), else BASE_MISMATCH; the source
+ *    snapshot's name must be free (SNAPSHOT_EXISTS).
  * 3. **Mark** the import (journaled `import` record: stream identity, next
  *    extent), then **apply** the extents through the normal write path (so
  *    an incremental import COWs the base snapshot's blocks: the base stays
@@ -282,29 +284,50 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
       { details: { path, sizeBytes: volume.sizeBytes, streamSizeBytes: h.sizeBytes } },
     );
   }
-  const newest = snapshots.at(-1);
+  // Applied already (this exact source snapshot is here): say so rather than "base mismatch".
+  for (const s of snapshots) if (s.origin && sameIdentity(s.origin, h.source)) throw new SnapshotExistsError(s.name);
   const base = h.base!;
-  if (!newest) throw new BaseMismatchError(`${path} has no snapshot; an incremental stream applies onto its base ${describeIdentity(base)} (import the full stream first)`, { details: { path, base } });
-  const identity = await volume.snapshotIdentity(newest.name);
-  if (!sameIdentity(identity, base)) {
-    const holder = [];
-    for (const s of snapshots) if (sameIdentity(await volume.snapshotIdentity(s.name), base)) holder.push(s.name);
+  // The base by identity (the newest holder if several), then: is the live content still that snapshot?
+  let holder: string | undefined;
+  for (const s of snapshots) if (sameIdentity(await volume.snapshotIdentity(s.name), base)) holder = s.name;
+  if (holder === undefined) {
+    const newest = snapshots.at(-1);
     throw new BaseMismatchError(
-      `the stream's base is ${describeIdentity(base)}, but the newest snapshot of ${path} is ${describeIdentity(identity)}` +
-        (holder.length > 0 ? ` (the base is the older snapshot ${holder[0]}: restore it and delete the newer ones, or import into a copy)` : ''),
-      { details: { path, base, newest: identity } },
+      `the stream's base is ${describeIdentity(base)}, and ${path} has no snapshot of it` +
+        (newest ? ` (its newest is ${describeIdentity(await volume.snapshotIdentity(newest.name))})` : ' (it has no snapshot: import the full stream first)'),
+      { details: { path, base } },
     );
   }
-  const changed = await volume.diff(newest.name);
-  if (changed.bytes > 0) {
+  const differing = await liveDiffers(volume, holder);
+  if (differing !== undefined) {
     throw new BaseMismatchError(
-      `${path} was written since its snapshot ${newest.name} (${changed.bytes} bytes changed), so its content is not the stream's base; ` +
-        `run \`cowvol snapshot restore ${path} ${newest.name}\` first`,
-      { details: { path, base, changedBytes: changed.bytes } },
+      `${path} was written since its snapshot ${holder} (first difference at byte ${differing}), so its content is not the stream's base; ` +
+        `run \`cowvol snapshot restore ${path} ${holder}\` first`,
+      { details: { path, base, snapshot: holder, offsetBytes: differing } },
     );
   }
   if (snapshots.some((s) => s.name === h.source.name)) throw new SnapshotExistsError(h.source.name);
   return options.dryRun ? 'dry-run' : newMarker(v);
+}
+
+/**
+ * Whether the live volume differs from snapshot `name`: only the blocks
+ * written since it can (its diff to live); they are compared, so a volume
+ * written and then restored to the snapshot counts as holding it. Returns
+ * the first differing byte offset, or undefined. O(blocks written since).
+ */
+async function liveDiffers(volume: Volume, name: string): Promise<number | undefined> {
+  const changed = await volume.diff(name);
+  for (const p of mergeExtents(changed.extents, 4 * 1024 * 1024)) {
+    const want = await volume.readSnapshot(name, p.offsetBytes, p.lengthBytes);
+    const have = await volume.read(p.offsetBytes, p.lengthBytes);
+    if (!want.equals(have)) {
+      let i = 0;
+      while (want[i] === have[i]) i++;
+      return p.offsetBytes + i;
+    }
+  }
+  return undefined;
 }
 
 /** Reads the imported snapshot back and compares it with the stream (a full stream: also that every gap reads as zeros). */

@@ -18,7 +18,9 @@ export interface RestoreResult {
   name: string;
   /** The safety snapshot taken, or null. */
   safetySnapshot: string | null;
-  /** Blocks rewritten: those changed since the snapshot. */
+  /** Bytes of the blocks changed since the snapshot (the union of maps): read and compared. */
+  examinedBytes: number;
+  /** Blocks rewritten: those whose live content differed from the snapshot's. */
   restoredBlocks: number;
   restoredBytes: number;
 }
@@ -28,9 +30,9 @@ export interface RestoreResult {
  * nothing: first (unless `safetySnapshot: false`) a safety snapshot of the
  * current state is taken, then every block changed since `name` (the union
  * of the maps from `name` to the newest — {@link Volume.diff} to live) is
- * rewritten with `name`'s content of it through the normal write path, so
- * the old live content is COWed into the newest snapshot (the safety
- * snapshot) before it is overwritten. Every snapshot, older and newer, stays
+ * compared with `name`'s content and, where it differs, rewritten with it
+ * through the normal write path, so the old live content is COWed into the
+ * newest snapshot (the safety snapshot) before it is overwritten. Every snapshot, older and newer, stays
  * intact; restoring the safety snapshot undoes the restore. Cost O(blocks
  * changed since `name`), not the volume size. Flushed before it resolves.
  *
@@ -50,17 +52,32 @@ export async function restoreSnapshot(volume: Volume, name: string, options: Res
   }
   const diff = await volume.diff(name);
   const pieces = mergeExtents(diff.extents, IO_CHUNK_BYTES);
+  const bs = volume.blockSizeBytes;
   let done = 0;
+  let restoredBytes = 0;
   options.onProgress?.(0, diff.bytes);
   for (const p of pieces) {
-    const data = await volume.readSnapshot(name, p.offsetBytes, p.lengthBytes);
-    await volume.write(p.offsetBytes, data);
+    const want = await volume.readSnapshot(name, p.offsetBytes, p.lengthBytes);
+    const have = await volume.read(p.offsetBytes, p.lengthBytes);
+    // Rewrite only the runs of blocks whose content differs: a block changed and changed back
+    // costs a read, not a write and a copy into the safety snapshot.
+    for (let i = 0; i < p.lengthBytes; ) {
+      if (want.subarray(i, i + bs).equals(have.subarray(i, i + bs))) {
+        i += bs;
+        continue;
+      }
+      let j = i + bs;
+      while (j < p.lengthBytes && !want.subarray(j, j + bs).equals(have.subarray(j, j + bs))) j += bs;
+      await volume.write(p.offsetBytes + i, want.subarray(i, j));
+      restoredBytes += j - i;
+      i = j;
+    }
     done += p.lengthBytes;
     options.onProgress?.(done, diff.bytes);
   }
   await volume.flush();
   if (await volume.importState()) await volume.setImportState(null);
-  return { name, safetySnapshot: safety, restoredBlocks: diff.blocks, restoredBytes: diff.bytes };
+  return { name, safetySnapshot: safety, examinedBytes: diff.bytes, restoredBlocks: restoredBytes / bs, restoredBytes };
 }
 
 function uniqueName(base: string, taken: Set<string>): string {
