@@ -14,7 +14,7 @@ import { readExtent, verifyStream, type StreamHeader, type StreamSource, type Ve
 import { Volume } from './volume.js';
 
 /** Applied bytes between two durable progress markers of an import. */
-export const IMPORT_MARKER_INTERVAL_BYTES = 64 * 1024 * 1024;
+export const IMPORT_MARKER_INTERVAL_BYTES = 16 * 1024 * 1024;
 
 /** Progress of an import: `verify` (pass 1 over the stream), `apply` (pass 2), `readback` (`verify` option). */
 export interface ImportProgress {
