@@ -96,6 +96,9 @@ export abstract class CowvolCommand extends Command {
       exit = exitCodeFor(code);
     }
     process.stderr.write(`cowvol: error [${code}]: ${err.message}\n`);
+    if (code === 'NO_SPACE') {
+      process.stderr.write('cowvol: the disk is full; every snapshot is intact. Free disk space, or delete snapshots (`cowvol snapshot list` shows what deleting each frees), then retry.\n');
+    }
     if (code === 'INTERNAL' && process.env.COWVOL_DEBUG) process.stderr.write(`${err.stack}\n`);
     if (this.argv.includes('--json')) {
       process.stdout.write(`${JSON.stringify({ error: { code, message: err.message, exitCode: exit, ...(details ? { details } : {}) } }, null, 2)}\n`);
