@@ -223,9 +223,9 @@ describe('progress and scripting contract', () => {
     const { vol } = await weekVolume('progress.img');
     const withProgress = await ok(['snapshot', 'read', vol, 'mon', '--progress']);
     expect(withProgress.stdout.length).toBe(1024 * 1024);
-    const events = withProgress.stderr.trim().split('\n').map((l) => JSON.parse(l) as { type: string; operation: string; unit: string; done: number; total: number; etaSeconds: number | null; rate: number });
-    expect(events.at(-1)).toMatchObject({ type: 'done', operation: 'snapshot read', unit: 'bytes', done: 1024 * 1024, total: 1024 * 1024 });
-    for (const e of events) expect(typeof e.rate).toBe('number');
+    const events = withProgress.stderr.trim().split('\n').map((l) => JSON.parse(l) as { type: string; operation: string; doneBytes: number; totalBytes: number; etaSeconds: number | null; rateBytesPerSecond: number });
+    expect(events.at(-1)).toMatchObject({ type: 'done', operation: 'snapshot read', doneBytes: 1024 * 1024, totalBytes: 1024 * 1024 });
+    for (const e of events) expect(typeof e.rateBytesPerSecond).toBe('number');
     const silent = await ok(['snapshot', 'read', vol, 'mon']);
     expect(silent.stderr).toBe('');
     const exp = await ok(['snapshot', 'export', vol, 'tue', '--since', 'mon', '--output', join(dir, 'p.cvs'), '--progress', '--json']);
@@ -236,6 +236,7 @@ describe('progress and scripting contract', () => {
     expect(String(imp)).toContain('exited 3');
     const check = await ok(['check', vol, '--progress']);
     expect(check.stderr).toContain('"operation":"check"');
+    expect(check.stderr).toContain('"doneBlocks":');
     const del = await ok(['snapshot', 'delete', vol, 'mon', '--progress', '--json']);
     expect(del.stderr).toContain('"operation":"delete"');
     expect(json(del)).toMatchObject({ name: 'mon' });

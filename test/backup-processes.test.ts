@@ -73,9 +73,9 @@ describe('several processes: busy volumes and interrupted imports', () => {
     child.stderr.on('data', (d: Buffer) => {
       buffered += d.toString();
       for (const line of buffered.split('\n').slice(0, -1)) {
-        const e = JSON.parse(line) as { phase?: string; done: number };
-        if (killedAt < 0 && e.phase === 'apply' && e.done > 20 * 1024 * 1024) {
-          killedAt = e.done;
+        const e = JSON.parse(line) as { phase?: string; doneBytes: number };
+        if (killedAt < 0 && e.phase === 'apply' && e.doneBytes > 20 * 1024 * 1024) {
+          killedAt = e.doneBytes;
           child.kill('SIGKILL');
         }
       }

@@ -17,20 +17,20 @@ export const progressFlag = {
 
 export type ProgressUnit = 'bytes' | 'blocks';
 
-/** One JSON-lines progress event (README "Progress events"). */
-export interface ProgressEvent {
+/**
+ * One JSON-lines progress event (README "JSON shapes"). Counts are named by
+ * their unit: `doneBytes`/`totalBytes`/`rateBytesPerSecond` for byte
+ * operations, `doneBlocks`/`totalBlocks`/`rateBlocksPerSecond` for delete and
+ * check.
+ */
+export type ProgressEvent = {
   type: 'progress' | 'done';
   operation: string;
   phase?: string;
-  unit: ProgressUnit;
-  done: number;
-  total: number;
-  /** Units per second since the phase started. */
-  rate: number;
-  /** Seconds left at that rate, or null before there is a rate. */
+  /** Seconds left at the current rate, or null before there is a rate. */
   etaSeconds: number | null;
   elapsedSeconds: number;
-}
+} & Record<string, unknown>;
 
 export interface Progress {
   /** Reports `done` of `total` (of the current phase). */
@@ -56,14 +56,14 @@ export function createProgress(flag: boolean | undefined, operation: string, uni
     const emit = (type: ProgressEvent['type']): void => {
       const elapsed = (Date.now() - started) / 1000;
       const rate = elapsed > 0 ? last.done / elapsed : 0;
+      const u = unit === 'bytes' ? 'Bytes' : 'Blocks';
       const event: ProgressEvent = {
         type,
         operation,
         ...(phase ? { phase } : {}),
-        unit,
-        done: last.done,
-        total: last.total,
-        rate: Math.round(rate),
+        [`done${u}`]: last.done,
+        [`total${u}`]: last.total,
+        [`rate${u}PerSecond`]: Math.round(rate),
         etaSeconds: rate > 0 ? Math.max(0, (last.total - last.done) / rate) : null,
         elapsedSeconds: elapsed,
       };

@@ -659,16 +659,16 @@ export class Volume {
   async spaceUsage(): Promise<SpaceReport> {
     return this.shared(async () => {
       const fileBytes = await this.store.device.sizeBytes();
-      const all = await this.namedMaps(this.catalog);
+      const all = new Map((await this.namedMaps(this.catalog)).map((m) => [m.id, m]));
       // From here on synchronous: one consistent view.
       const bs = this.blockSizeBytes;
       const snapshots: SpaceReport['snapshots'] = [];
       let ownedBlocks = 0;
       this.catalog.forEach((rec, i) => {
-        const named = all.find((m) => m.id === rec.id)!;
+        const named = all.get(rec.id)!;
         ownedBlocks += named.map.size;
         if (rec.state !== 'live') return;
-        const freeable = freeableBlocks(named, i > 0 ? all.find((m) => m.id === this.catalog[i - 1]!.id) : undefined);
+        const freeable = freeableBlocks(named, i > 0 ? all.get(this.catalog[i - 1]!.id) : undefined);
         snapshots.push({ id: rec.id, name: rec.name, ownedBlocks: named.map.size, ownedBytes: named.map.size * bs, freeableBlocks: freeable, freeableBytes: freeable * bs });
       });
       const alloc = this.meta.allocator;
