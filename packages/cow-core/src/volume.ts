@@ -659,7 +659,9 @@ export class Volume {
   async spaceUsage(): Promise<SpaceReport> {
     return this.shared(async () => {
       const fileBytes = await this.store.device.sizeBytes();
-      const all = new Map((await this.namedMaps(this.catalog)).map((m) => [m.id, m]));
+      let all = new Map<number, NamedMap>();
+      // Load until every snapshot of the catalog is loaded (a create or delete may run meanwhile).
+      while (!this.catalog.every((r) => all.has(r.id))) all = new Map((await this.namedMaps([...this.catalog])).map((m) => [m.id, m]));
       // From here on synchronous: one consistent view.
       const bs = this.blockSizeBytes;
       const snapshots: SpaceReport['snapshots'] = [];
