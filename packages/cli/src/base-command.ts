@@ -1,5 +1,6 @@
-import { Command, Errors, type Interfaces } from '@oclif/core';
-import { CowvolError, Volume } from '@cowvol/cow-core';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
+import { CowvolError, InvalidArgumentError, Volume } from '@cowvol/cow-core';
 import { exitCodeFor } from './exit-codes.js';
 
 /**
@@ -11,9 +12,59 @@ import { exitCodeFor } from './exit-codes.js';
 export abstract class CowvolCommand extends Command {
   static override enableJsonFlag = true;
 
-  /** Opens `path`, runs `fn`, closes the volume even when `fn` throws. */
+  static override baseFlags = {
+    wait: Flags.string({
+      description: 'when another process holds the volume, wait up to this many seconds for it instead of failing at once with VOLUME_BUSY',
+      helpValue: '<seconds>',
+    }),
+  };
+
+  /**
+   * Opens `path`; with `--wait <seconds>`, retries while the volume is busy
+   * (VOLUME_BUSY) until the deadline, then fails with the last VOLUME_BUSY.
+   * @throws INVALID_ARGUMENT (bad --wait), VOLUME_BUSY, and what Volume.open throws
+   */
+  protected async openVolume(path: string): Promise<Volume> {
+    const raw = (this.argvFlags().wait as string | undefined) ?? undefined;
+    let waitMs = 0;
+    if (raw !== undefined) {
+      const seconds = Number(raw);
+      if (!/^\s*\d+(\.\d+)?\s*$/.test(raw) || !Number.isFinite(seconds)) throw new InvalidArgumentError(`--wait takes a number of seconds, got ${JSON.stringify(raw)}`);
+      waitMs = seconds * 1000;
+    }
+    const deadline = Date.now() + waitMs;
+    let delay = 50;
+    for (;;) {
+      try {
+        return await Volume.open(path);
+      } catch (err) {
+        if (!(err instanceof CowvolError) || err.code !== 'VOLUME_BUSY' || Date.now() >= deadline) throw err;
+        await sleep(Math.min(delay, Math.max(1, deadline - Date.now())));
+        delay = Math.min(delay * 2, 1000);
+      }
+    }
+  }
+
+  /** The parsed base flags (set by `parse`). */
+  private parsedFlags: Record<string, unknown> = {};
+
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  protected override async parse<F extends Record<string, any>, B extends Record<string, any>, A extends Record<string, any>>(
+    options?: Interfaces.Input<F, B, A>,
+    argv?: string[],
+  ): Promise<Interfaces.ParserOutput<F, B, A>> {
+    const out = await super.parse(options, argv);
+    this.parsedFlags = out.flags as Record<string, unknown>;
+    return out;
+  }
+
+  private argvFlags(): Record<string, unknown> {
+    return this.parsedFlags;
+  }
+
+  /** Opens `path` (honouring `--wait`), runs `fn`, closes the volume even when `fn` throws. */
   protected async withVolume<T>(path: string, fn: (volume: Volume) => Promise<T>): Promise<T> {
-    const volume = await Volume.open(path);
+    const volume = await this.openVolume(path);
     try {
       return await fn(volume);
     } finally {
@@ -43,6 +94,9 @@ export abstract class CowvolCommand extends Command {
     }
     exit = this.exitCodeOf(code);
     process.stderr.write(`cowvol: error [${code}]: ${err.message}\n`);
+    if (code === 'NO_SPACE') {
+      process.stderr.write('cowvol: the disk is full; every snapshot is intact. Free disk space, or delete snapshots (`cowvol snapshot list` shows what deleting each frees), then retry.\n');
+    }
     if (code === 'INTERNAL' && process.env.COWVOL_DEBUG) process.stderr.write(`${err.stack}\n`);
     if (this.argv.includes('--json')) {
       process.stdout.write(`${JSON.stringify({ error: { code, message: err.message, exitCode: exit, ...(details ? { details } : {}) } }, null, 2)}\n`);

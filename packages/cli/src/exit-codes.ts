@@ -9,6 +9,8 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   INVALID_ARGUMENT: 2,
   INVALID_SNAPSHOT_NAME: 2,
   OUT_OF_RANGE: 2,
+  INVALID_LABEL: 2,
+  INVALID_DURATION: 2,
   // 3: something named does not exist
   VOLUME_NOT_FOUND: 3,
   SNAPSHOT_NOT_FOUND: 3,
@@ -17,6 +19,10 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   VOLUME_EXISTS: 4,
   SNAPSHOT_EXISTS: 4,
   SNAPSHOT_LIMIT: 4,
+  SNAPSHOT_HELD: 4,
+  BASE_MISMATCH: 4,
+  IMPORT_PENDING: 4,
+  RESUME_MISMATCH: 4,
   // 5: another process owns the volume
   VOLUME_BUSY: 5,
   LOCK_LOST: 5,
@@ -27,10 +33,14 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   JOURNAL_CORRUPT: 6,
   UNSUPPORTED_VERSION: 6,
   VOLUME_SIZE_MISMATCH: 6,
+  VERIFY_FAILED: 6,
   // 7: the operating system failed an I/O
   IO_ERROR: 7,
   NO_SPACE: 7,
   JOURNAL_ABORTED: 7,
+  // 8: the input stream is not a cowvol stream or is damaged (nothing was applied from it)
+  NOT_A_STREAM: 8,
+  STREAM_CORRUPT: 8,
   // 1: a bug (assertion) or anything unexpected
   ASSERTION_FAILED: 1,
   JOURNAL_CREDITS_EXCEEDED: 1,

@@ -1,5 +1,5 @@
 import { filesize } from 'filesize';
-import type { SnapshotInfo } from '@cowvol/cow-core';
+import type { SnapshotInfo, SpaceReport } from '@cowvol/cow-core';
 
 /** Human size, powers of 1024 (`64 MiB`). */
 export function human(bytes: number): string {
@@ -13,10 +13,42 @@ export function table(headers: string[], rows: string[][]): string {
   return [line(headers), ...rows.map(line)].join('\n');
 }
 
-export function snapshotTable(snapshots: SnapshotInfo[]): string {
+/** A snapshot with its space accounting (`snapshot list`, `info`, `snapshot info` JSON). */
+export type SnapshotWithSpace = SnapshotInfo & { freeableBlocks: number; freeableBytes: number };
+
+/** Adds each snapshot's `freeableBlocks` / `freeableBytes` from a space report. */
+export function withSpace(snapshots: SnapshotInfo[], space: SpaceReport): SnapshotWithSpace[] {
+  return snapshots.map((s) => {
+    const sp = space.snapshots.find((x) => x.id === s.id);
+    return { ...s, freeableBlocks: sp?.freeableBlocks ?? 0, freeableBytes: sp?.freeableBytes ?? 0 };
+  });
+}
+
+export function formatLabels(labels: Record<string, string>): string {
+  return Object.entries(labels)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(',');
+}
+
+export function snapshotTable(snapshots: Array<SnapshotInfo & Partial<SnapshotWithSpace>>): string {
   if (snapshots.length === 0) return '(no snapshots)';
   return table(
-    ['NAME', 'CREATED', 'BLOCKS', 'OWNED', 'ACTIVE'],
-    snapshots.map((s) => [s.name, s.createdAt, String(s.ownedBlocks), human(s.ownedBytes), s.active ? 'yes' : '']),
+    ['NAME', 'CREATED', 'BLOCKS', 'OWNED', 'FREES', 'HELD', 'ACTIVE', 'LABELS'],
+    snapshots.map((s) => [
+      s.name,
+      s.createdAt,
+      String(s.ownedBlocks),
+      human(s.ownedBytes),
+      s.freeableBytes === undefined ? '' : human(s.freeableBytes),
+      s.held ? 'held' : '',
+      s.active ? 'yes' : '',
+      formatLabels(s.labels ?? {}),
+    ]),
   );
+}
+
+/** Store totals in one line. */
+export function storeLine(space: SpaceReport): string {
+  const st = space.store;
+  return `store: ${human(st.usedBytes)} used (${st.usedBlocks} blocks), ${human(st.freeBytes)} free for reuse, file ${human(st.fileBytes)}; snapshots own ${human(st.ownedBytes)}`;
 }

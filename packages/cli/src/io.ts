@@ -1,7 +1,7 @@
 import { createWriteStream } from 'node:fs';
-import { mkdtemp, open, rm, stat } from 'node:fs/promises';
+import { mkdtemp, open, rename, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { once } from 'node:events';
 import type { Writable } from 'node:stream';
@@ -94,12 +94,64 @@ export function openSink(path: string | undefined): Sink {
  * Streams `lengthBytes` from `read(offset, length)` to the sink in bounded
  * chunks (a whole snapshot is never held in memory).
  */
-export async function copyOut(read: (offsetBytes: number, lengthBytes: number) => Promise<Buffer>, offsetBytes: number, lengthBytes: number, sink: Sink): Promise<void> {
+export async function copyOut(
+  read: (offsetBytes: number, lengthBytes: number) => Promise<Buffer>,
+  offsetBytes: number,
+  lengthBytes: number,
+  sink: Sink,
+  onProgress?: (doneBytes: number, totalBytes: number) => void,
+): Promise<void> {
   let pos = 0;
   while (pos < lengthBytes) {
     const n = Math.min(STREAM_CHUNK_BYTES, lengthBytes - pos);
     await sink.write(await read(offsetBytes + pos, n));
     pos += n;
+    onProgress?.(pos, lengthBytes);
   }
 }
 
+
+/**
+ * A file written under a temporary name beside `path` and renamed into place
+ * by `commit()` after an fdatasync, so an interrupted writer never leaves a
+ * half file under the final name. `abort()` removes the temporary file.
+ */
+export interface AtomicFileSink extends Sink {
+  commit(): Promise<void>;
+  abort(): Promise<void>;
+}
+
+export async function openAtomicFileSink(path: string): Promise<AtomicFileSink> {
+  const tmp = join(dirname(resolve(path)), `.${basename(path)}.partial-${process.pid}`);
+  const handle = await open(tmp, 'w');
+  let position = 0;
+  let closed = false;
+  const close = async (): Promise<void> => {
+    if (!closed) {
+      closed = true;
+      await handle.close();
+    }
+  };
+  return {
+    async write(data) {
+      let done = 0;
+      while (done < data.length) {
+        const { bytesWritten } = await handle.write(data, done, data.length - done, position);
+        done += bytesWritten;
+        position += bytesWritten;
+      }
+    },
+    async close() {
+      await close();
+    },
+    async commit() {
+      await handle.datasync();
+      await close();
+      await rename(tmp, path);
+    },
+    async abort() {
+      await close().catch(() => undefined);
+      await rm(tmp, { force: true });
+    },
+  };
+}

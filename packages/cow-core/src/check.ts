@@ -47,7 +47,14 @@ export const MAX_FINDINGS = 1000;
 export async function checkVolume(
   db: MetadataDb,
   meta: CommittedMetadata,
-  facts: { storeFileBytes: number; blockSizeBytes: number; sizeBytes: number; journal: { lastSequence: number; appliedSequence: number } },
+  facts: {
+    storeFileBytes: number;
+    blockSizeBytes: number;
+    sizeBytes: number;
+    journal: { lastSequence: number; appliedSequence: number };
+    /** Called every few thousand map records with the records checked and the total the catalog counts. */
+    onProgress?: (doneBlocks: number, totalBlocks: number) => void;
+  },
 ): Promise<CheckReport> {
   const corruptions: CheckFinding[] = [];
   let corruptionCount = 0;
@@ -74,6 +81,8 @@ export async function checkVolume(
     if (rec.id >= meta.sb.nextSnapshotId) found('catalog', `snapshot id ${rec.id} is not below nextSnapshotId ${meta.sb.nextSnapshotId}`);
   }
 
+  let expectedBlocks = 0;
+  for (const rec of meta.snapshots.values()) expectedBlocks += rec.ownedBlocks;
   for await (const [key, value] of db.scan('map:')) {
     const id = Number.parseInt(key.slice(4, 12), 16);
     const block = parseHexSuffix(key, keys.mapPrefix(id));
@@ -85,6 +94,7 @@ export async function checkVolume(
       continue;
     }
     mappedBlocks += 1;
+    if (facts.onProgress && mappedBlocks % 4096 === 0) facts.onProgress(mappedBlocks, expectedBlocks);
     counts.set(id, (counts.get(id) ?? 0) + 1);
     const where = `snapshot ${id} block ${block}`;
     if (!ids.has(id)) found('map-of-unknown-snapshot', `${where} maps store block ${storeBlock}, but there is no snapshot ${id} in the catalog`);
@@ -105,6 +115,7 @@ export async function checkVolume(
     const n = counts.get(rec.id) ?? 0;
     if (n !== rec.ownedBlocks) found('owned-count-mismatch', `snapshot ${rec.name} (${rec.id}) counts ${rec.ownedBlocks} owned blocks but maps ${n}`);
   }
+  facts.onProgress?.(mappedBlocks, Math.max(mappedBlocks, expectedBlocks));
   // Leaks: below the high-water mark, neither mapped nor free.
   const leaks: Extent[] = [];
   let leakedBlocks = 0;

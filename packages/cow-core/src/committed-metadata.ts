@@ -6,11 +6,15 @@ import {
   SCHEMA_VERSION,
   decodeValue,
   delOp,
+  isIdentity,
+  isLabels,
   keys,
   parseHexSuffix,
   putOp,
   type MetaOp,
+  type ImportRecord,
   type MetadataDb,
+  type SnapshotIdentity,
   type SnapshotRecord,
   type VolumeRecord,
 } from './metadata.js';
@@ -36,7 +40,17 @@ export type MetaRecord =
   /** Hand block b (store block p) over from snapshot `from` to snapshot `to`. */
   | { o: 'move'; from: number; to: number; b: number; p: number; crc: number }
   /** Free leaked store blocks (check --repair). */
-  | { o: 'free'; p: number; n: number };
+  | { o: 'free'; p: number; n: number }
+  /** Rename a snapshot. */
+  | { o: 'rename'; id: number; name: string }
+  /** Replace a snapshot's labels (an empty map removes them). */
+  | { o: 'labels'; id: number; labels: Record<string, string> }
+  /** Hold (cannot be deleted) or release a snapshot. */
+  | { o: 'hold'; id: number; held: boolean }
+  /** Record the identity of the source snapshot an imported snapshot holds. */
+  | { o: 'origin'; id: number; origin: SnapshotIdentity }
+  /** Set (or, with null, clear) the marker of an import in progress. */
+  | { o: 'import'; state: ImportRecord | null };
 
 function isInt(x: unknown): x is number {
   return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
@@ -62,7 +76,12 @@ export function asMetaRecord(record: unknown): MetaRecord {
       (r.o === 'map' && isId(r.id) && isInt(r.b) && isInt(r.p) && isCrc(r.crc)) ||
       (r.o === 'unmap' && isId(r.id) && isInt(r.b) && isInt(r.p)) ||
       (r.o === 'move' && isId(r.from) && isId(r.to) && isInt(r.b) && isInt(r.p) && isCrc(r.crc)) ||
-      (r.o === 'free' && isInt(r.p) && isInt(r.n) && (r.n as number) > 0));
+      (r.o === 'free' && isInt(r.p) && isInt(r.n) && (r.n as number) > 0) ||
+      (r.o === 'rename' && isId(r.id) && typeof r.name === 'string') ||
+      (r.o === 'labels' && isId(r.id) && isLabels(r.labels)) ||
+      (r.o === 'hold' && isId(r.id) && typeof r.held === 'boolean') ||
+      (r.o === 'origin' && isId(r.id) && isIdentity(r.origin)) ||
+      (r.o === 'import' && (r.state === null || (typeof r.state === 'object' && r.state !== null))));
   if (!ok) throw new CorruptMetadataError(`journal record is not a metadata record: ${JSON.stringify(r)?.slice(0, 120)}`);
   return r as unknown as MetaRecord;
 }
@@ -143,7 +162,8 @@ export class CommittedMetadata {
         }
         case 'snap': {
           const prev = this.snapshots.get(r.id);
-          this.snapshots.set(r.id, { v: SCHEMA_VERSION, id: r.id, name: r.name, createdAt: r.createdAt, state: r.state, ownedBlocks: prev?.ownedBlocks ?? 0 });
+          // A state change keeps the optional fields (labels, held, origin).
+          this.snapshots.set(r.id, { ...prev, v: SCHEMA_VERSION, id: r.id, name: r.name, createdAt: r.createdAt, state: r.state, ownedBlocks: prev?.ownedBlocks ?? 0 });
           touched.add(r.id);
           break;
         }
@@ -174,6 +194,31 @@ export class CommittedMetadata {
           break;
         case 'free':
           this.allocator.free({ startBlock: r.p, lengthBlocks: r.n });
+          break;
+        case 'rename':
+        case 'labels':
+        case 'hold':
+        case 'origin': {
+          const rec = this.snapshots.get(r.id);
+          assert(rec !== undefined, `journal record ${r.o} names snapshot ${r.id}, which does not exist`);
+          if (r.o === 'rename') rec.name = r.name;
+          else if (r.o === 'labels') {
+            if (Object.keys(r.labels).length > 0) rec.labels = { ...r.labels };
+            else delete rec.labels;
+          } else if (r.o === 'hold') {
+            if (r.held) rec.held = true;
+            else delete rec.held;
+          } else rec.origin = { ...r.origin };
+          touched.add(r.id);
+          break;
+        }
+        case 'import':
+          if (r.state === null) ops.push(delOp(keys.importState));
+          else {
+            const op = putOp(keys.importState, r.state) as { o: 'p'; k: string; v: Buffer };
+            decodeValue.importState(keys.importState, op.v); // validate before it reaches LevelDB
+            ops.push(op);
+          }
           break;
       }
     }

@@ -123,3 +123,64 @@ export class VolumeClosedError extends CowvolError {
     super('VOLUME_CLOSED', 'volume is closed');
   }
 }
+
+/** `SNAPSHOT_HELD`: the snapshot is held (`snapshot hold`) and cannot be deleted until released. */
+export class SnapshotHeldError extends CowvolError {
+  constructor(names: string[]) {
+    super('SNAPSHOT_HELD', `snapshot${names.length > 1 ? 's' : ''} ${names.map((n) => JSON.stringify(n)).join(', ')} ${names.length > 1 ? 'are' : 'is'} held; release ${names.length > 1 ? 'them' : 'it'} first (cowvol snapshot release)`, {
+      details: { names },
+    });
+  }
+}
+
+/** `INVALID_LABEL`: a label is not `key=value` with a key of 1-64 characters of `[A-Za-z0-9._:-]` and a value of at most 256 printable characters. */
+export class InvalidLabelError extends CowvolError {
+  constructor(message: string, label: string) {
+    super('INVALID_LABEL', message, { details: { label } });
+  }
+}
+
+/** `NOT_A_STREAM`: the input does not start with a cowvol stream header (wrong magic). */
+export class NotAStreamError extends CowvolError {
+  constructor(message: string, options?: Options) {
+    super('NOT_A_STREAM', message, options);
+  }
+}
+
+/**
+ * `STREAM_CORRUPT`: a stream fails its checksums or its structure (truncated,
+ * a bit flipped, records out of order, trailing bytes). `details` name the
+ * record that failed (`record`: header | extent | trailer, `extentIndex`,
+ * `streamOffsetBytes`, and for an extent its volume range). Nothing was
+ * applied from it.
+ */
+export class StreamCorruptError extends CowvolError {
+  constructor(message: string, options?: Options) {
+    super('STREAM_CORRUPT', message, options);
+  }
+}
+
+/**
+ * `BASE_MISMATCH`: an incremental stream applies only onto a volume whose
+ * current content is the stream's base snapshot (same identity, nothing
+ * written since) and of the same size; this one is not.
+ */
+export class BaseMismatchError extends CowvolError {
+  constructor(message: string, options?: Options) {
+    super('BASE_MISMATCH', message, options);
+  }
+}
+
+/** `IMPORT_PENDING`: an earlier import into this volume was interrupted; resume it (`--resume`) or abandon it (restore a snapshot). */
+export class ImportPendingError extends CowvolError {
+  constructor(message: string, options?: Options) {
+    super('IMPORT_PENDING', message, options);
+  }
+}
+
+/** `RESUME_MISMATCH`: `--resume` was asked, but the volume has no interrupted import of this stream. */
+export class ResumeMismatchError extends CowvolError {
+  constructor(message: string, options?: Options) {
+    super('RESUME_MISMATCH', message, options);
+  }
+}

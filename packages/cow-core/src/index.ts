@@ -36,3 +36,32 @@ export { checkVolume, MAX_FINDINGS, type CheckReport, type CheckFinding } from '
 export { FreezeGate } from './freeze-gate.js';
 export { type MetaRecord } from './committed-metadata.js';
 export { runStress, formatStressSummary, type StressOptions, type StressSummary } from './stress.js';
+export { type CreateSnapshotOptions, type MultiDeleteResult } from './volume.js';
+export { unionOfMaps, mergeExtents, type DiffExtent, type DiffResult } from './diff.js';
+export { freeableBlocks, planDelete, type SnapshotSpace, type StoreSpace, type SpaceReport, type DeletePlan } from './space.js';
+export { validateLabels, parseLabel, LABEL_KEY_PATTERN, MAX_LABELS, MAX_LABEL_VALUE_CHARS } from './labels.js';
+export { type SnapshotIdentity, type ImportRecord } from './metadata.js';
+export {
+  STREAM_MAGIC,
+  STREAM_VERSION,
+  EXTENT_MAGIC,
+  TRAILER_MAGIC,
+  EXTENT_HEADER_BYTES,
+  TRAILER_BYTES,
+  MAX_EXTENT_BYTES,
+  EXTENT_FLAG_ZERO,
+  StreamWriter,
+  encodeHeader,
+  encodeExtent,
+  encodeTrailer,
+  readHeader,
+  readExtent,
+  verifyStream,
+  type StreamHeader,
+  type StreamExtent,
+  type StreamSource,
+  type VerifiedStream,
+} from './stream.js';
+export { exportSnapshot, type ExportOptions, type ExportResult } from './export.js';
+export { importStream, VerifyFailedError, IMPORT_MARKER_INTERVAL_BYTES, type ImportOptions, type ImportResult, type ImportProgress } from './import.js';
+export { restoreSnapshot, type RestoreOptions, type RestoreResult } from './restore.js';

@@ -18,6 +18,7 @@ import { CorruptMetadataError, UnsupportedVersionError } from './errors.js';
  * | `free:<start 12hex>`         | FreeExtentRecord |
  * | `snap:<id 8hex>`             | SnapshotRecord   |
  * | `map:<id 8hex>:<block 12hex>`| MapRecord        |
+ * | `import`                     | ImportRecord     |
  */
 export const SCHEMA_VERSION = 1;
 
@@ -63,6 +64,51 @@ export interface SnapshotRecord {
   state: 'live' | 'deleting';
   /** Store blocks this snapshot's map holds. */
   ownedBlocks: number;
+  /** User labels (`snapshot create --label k=v`). Optional: absent means none. */
+  labels?: Record<string, string>;
+  /** Held snapshots cannot be deleted (`snapshot hold`). Optional: absent means false. */
+  held?: boolean;
+  /**
+   * For a snapshot created by `import`: the identity of the source snapshot
+   * whose content it holds (so the next incremental stream can verify its
+   * base). Optional: absent for snapshots taken here.
+   */
+  origin?: SnapshotIdentity;
+}
+
+/**
+ * Who a snapshot's content is: the volume uuid it was taken on, its id there
+ * and its creation time. Names can change (rename); identities do not.
+ */
+export interface SnapshotIdentity {
+  /** 32 lowercase hex characters. */
+  volumeUuid: string;
+  snapshotId: number;
+  /** ISO 8601 UTC. */
+  createdAt: string;
+  /** The name it had when exported (informational; not compared). */
+  name: string;
+}
+
+/**
+ * An import in progress (`import`), so `--resume` knows where to continue:
+ * which stream (its source and base identity and header CRC) and how many of
+ * its extents are durably applied to the live volume.
+ */
+export interface ImportRecord {
+  v: number;
+  kind: 'full' | 'incremental';
+  source: SnapshotIdentity;
+  base: SnapshotIdentity | null;
+  /** CRC32C of the stream header: binds the marker to one exact stream. */
+  headerCrc: number;
+  extentCount: number;
+  /** Extents [0, nextExtent) are applied and durable. */
+  nextExtent: number;
+  /** Data bytes of those extents. */
+  appliedBytes: number;
+  /** ISO 8601 UTC: when the import started. */
+  startedAt: string;
 }
 
 export interface MapRecord {
@@ -88,6 +134,7 @@ export const keys = {
   snapshot: (id: number) => `snap:${hex(id, 8)}`,
   mapPrefix: (id: number) => `map:${hex(id, 8)}:`,
   map: (id: number, block: number) => `map:${hex(id, 8)}:${hex(block, 12)}`,
+  importState: 'import',
 };
 
 function hex(n: number, width: number): string {
@@ -104,6 +151,18 @@ export function encodeValue(value: object): Buffer {
 
 function isInt(x: unknown, min = 0): x is number {
   return typeof x === 'number' && Number.isSafeInteger(x) && x >= min;
+}
+
+/** A labels map: string keys to string values. */
+export function isLabels(x: unknown): x is Record<string, string> {
+  return typeof x === 'object' && x !== null && !Array.isArray(x) && Object.values(x).every((v) => typeof v === 'string');
+}
+
+/** A {@link SnapshotIdentity}. */
+export function isIdentity(x: unknown): x is SnapshotIdentity {
+  if (typeof x !== 'object' || x === null) return false;
+  const r = x as Record<string, unknown>;
+  return typeof r.volumeUuid === 'string' && isInt(r.snapshotId, 1) && typeof r.createdAt === 'string' && typeof r.name === 'string';
 }
 
 /** Decodes and validates a value; `check` names the fields that must hold. */
@@ -129,7 +188,34 @@ export const decodeValue = {
   allocator: (k: string, b: Uint8Array) => decode<AllocatorRecord>(k, b, (r) => isInt(r.highWaterBlocks)),
   free: (k: string, b: Uint8Array) => decode<FreeExtentRecord>(k, b, (r) => isInt(r.lengthBlocks, 1)),
   snapshot: (k: string, b: Uint8Array) =>
-    decode<SnapshotRecord>(k, b, (r) => isInt(r.id, 1) && typeof r.name === 'string' && typeof r.createdAt === 'string' && (r.state === 'live' || r.state === 'deleting') && isInt(r.ownedBlocks)),
+    decode<SnapshotRecord>(
+      k,
+      b,
+      (r) =>
+        isInt(r.id, 1) &&
+        typeof r.name === 'string' &&
+        typeof r.createdAt === 'string' &&
+        (r.state === 'live' || r.state === 'deleting') &&
+        isInt(r.ownedBlocks) &&
+        (r.labels === undefined || isLabels(r.labels)) &&
+        (r.held === undefined || typeof r.held === 'boolean') &&
+        (r.origin === undefined || isIdentity(r.origin)),
+    ),
+  importState: (k: string, b: Uint8Array) =>
+    decode<ImportRecord>(
+      k,
+      b,
+      (r) =>
+        (r.kind === 'full' || r.kind === 'incremental') &&
+        isIdentity(r.source) &&
+        (r.base === null || isIdentity(r.base)) &&
+        isInt(r.headerCrc) &&
+        isInt(r.extentCount) &&
+        isInt(r.nextExtent) &&
+        (r.nextExtent as number) <= (r.extentCount as number) &&
+        isInt(r.appliedBytes) &&
+        typeof r.startedAt === 'string',
+    ),
   map: (k: string, b: Uint8Array) => decode<MapRecord>(k, b, (r) => isInt(r.storeBlock) && isInt(r.crc) && (r.crc as number) <= 0xffffffff),
 };
 

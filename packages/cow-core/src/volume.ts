@@ -24,6 +24,7 @@ import {
   NotAVolumeError,
   OutOfRangeError,
   SnapshotExistsError,
+  SnapshotHeldError,
   SnapshotLimitError,
   SnapshotNotFoundError,
   StoreCorruptError,
@@ -58,6 +59,10 @@ import { OwnerLock } from './owner-lock.js';
 import { CommittedMetadata, type MetaRecord } from './committed-metadata.js';
 import { FreezeGate } from './freeze-gate.js';
 import { checkVolume, type CheckReport } from './check.js';
+import { unionOfMaps, type DiffResult, type NamedMap } from './diff.js';
+import { freeableBlocks, planDelete, type DeletePlan, type SpaceReport } from './space.js';
+import { validateLabels } from './labels.js';
+import { decodeValue as decodeMeta, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 
 /** Options for {@link Volume.create}. */
 export interface CreateVolumeOptions {
@@ -98,6 +103,31 @@ export interface SnapshotInfo {
   ownedBytes: number;
   /** The newest snapshot: the one receiving COW copies. */
   active: boolean;
+  /** User labels (empty when none). */
+  labels: Record<string, string>;
+  /** A held snapshot cannot be deleted. */
+  held: boolean;
+  /** For an imported snapshot: the identity of the source snapshot it holds. */
+  origin?: SnapshotIdentity;
+}
+
+/** Options for {@link Volume.createSnapshot}. */
+export interface CreateSnapshotOptions {
+  /** Labels (keys and values: see `validateLabels`). */
+  labels?: Record<string, string>;
+  /** Identity of the source snapshot whose content this one holds (set by import). */
+  origin?: SnapshotIdentity;
+  /** Clear the import-in-progress marker in the same transaction (import's last step). */
+  clearImport?: boolean;
+}
+
+/** Result of {@link Volume.deleteSnapshots}. */
+export interface MultiDeleteResult {
+  /** Oldest first. */
+  deleted: DeleteResult[];
+  freedBlocks: number;
+  freedBytes: number;
+  handedOverBlocks: number;
 }
 
 export interface VolumeInfo {
@@ -470,18 +500,20 @@ export class Volume {
    * empty COW bitmap.
    * @throws INVALID_SNAPSHOT_NAME, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, IO_ERROR
    */
-  async createSnapshot(name: string): Promise<SnapshotInfo> {
+  async createSnapshot(name: string, options: CreateSnapshotOptions = {}): Promise<SnapshotInfo> {
     validateSnapshotName(name);
+    if (options.labels) validateLabels(options.labels);
     return this.frozen(async () => {
       if (this.findLive(name)) throw new SnapshotExistsError(name);
       if (this.catalog.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
       assert(this.pending.size === 0, 'pending COWs while frozen');
       await this.volume.sync();
       const id = this.meta.sb.nextSnapshotId;
-      const rec: SnapshotRecord = { v: SCHEMA_VERSION, id, name, createdAt: new Date().toISOString(), state: 'live', ownedBlocks: 0 };
+      const rec: SnapshotRecord = { v: SCHEMA_VERSION, id, name, createdAt: new Date().toISOString(), state: 'live', ownedBlocks: 0, ...snapshotExtras(options) };
       await this.commitRecords([
         { o: 'snap', id, name, createdAt: rec.createdAt, state: 'live' },
         { o: 'sb', v: { ...this.meta.sb, nextSnapshotId: id + 1 } },
+        ...snapshotExtraRecords(id, options),
       ]);
       this.catalog.push(rec);
       this.maps.set(id, new SnapshotMap(id));
@@ -528,6 +560,7 @@ export class Volume {
     const rec = await this.frozen(async () => {
       const found = this.findLive(name);
       if (!found) throw new SnapshotNotFoundError(name);
+      if (found.held) throw new SnapshotHeldError([name]);
       await this.commitRecords([{ o: 'snap', id: found.id, name: found.name, createdAt: found.createdAt, state: 'deleting' }]);
       found.state = 'deleting';
       return found;
@@ -581,7 +614,7 @@ export class Volume {
    * catalog). With `repair`, leaks are freed in one journal transaction.
    * Runs frozen; O(mapped blocks + free extents).
    */
-  async check(options: { repair?: boolean } = {}): Promise<CheckReport> {
+  async check(options: { repair?: boolean; onProgress?: (doneBlocks: number, totalBlocks: number) => void } = {}): Promise<CheckReport> {
     return this.frozen(async () => {
       await this.checkpoint(); // everything home: the store file must hold every mapped block
       const report = await checkVolume(this.db, this.meta, {
@@ -589,6 +622,7 @@ export class Volume {
         blockSizeBytes: this.blockSizeBytes,
         sizeBytes: this.sizeBytes,
         journal: { lastSequence: this.journal.lastCommittedSequence, appliedSequence: this.meta.appliedSequence },
+        ...(options.onProgress ? { onProgress: options.onProgress } : {}),
       });
       if (options.repair && report.leaks.length > 0 && report.corruptions.length === 0) {
         await this.commitRecords(report.leaks.map((e) => ({ o: 'free' as const, p: e.startBlock, n: e.lengthBlocks })));
@@ -630,6 +664,228 @@ export class Volume {
       const leakedBlocks = committed.highWaterBlocks - committed.freeBlocks - owner.size;
       return { snapshots: this.catalog.length, mappedBlocks, leakedBlocks: Math.max(0, leakedBlocks), problems };
     });
+  }
+
+
+  // ------------------------------------------------------ backup workflows
+  // (docs/ARCHITECTURE.md, "Backup workflows"; logic in diff.ts, space.ts,
+  // stream.ts, export.ts, import.ts, restore.ts)
+
+  /**
+   * The blocks written between snapshot `from` and snapshot `to`, or the
+   * live volume when `to` is undefined: the union of the maps of the
+   * snapshots from the older one up to, not including, the newer one (to
+   * the newest for live), as sorted block-aligned extents, each naming the
+   * map it came from. The order of `from` and `to` does not matter. A block
+   * rewritten with identical bytes counts as written: the result covers
+   * every differing byte and may hold more. Cost O(blocks in those maps); no
+   * data is read.
+   * @throws SNAPSHOT_NOT_FOUND
+   */
+  async diff(from: string, to?: string): Promise<DiffResult> {
+    return this.shared(async () => {
+      const a = this.findLive(from);
+      if (!a) throw new SnapshotNotFoundError(from);
+      const b = to === undefined ? undefined : this.findLive(to);
+      if (to !== undefined && !b) throw new SnapshotNotFoundError(to);
+      const [older, newer] = b !== undefined && b.id < a.id ? [b, a] : [a, b];
+      const range = this.catalog.filter((r) => r.id >= older.id && (newer === undefined || r.id < newer.id));
+      const chain = await this.namedMaps(range);
+      const extents = unionOfMaps(chain, this.blockSizeBytes);
+      const bytes = extents.reduce((n, e) => n + e.lengthBytes, 0);
+      return { from, to: to ?? null, blockSizeBytes: this.blockSizeBytes, extents, bytes, blocks: bytes / this.blockSizeBytes };
+    });
+  }
+
+  /**
+   * Space accounting: for each snapshot the store blocks it owns and the
+   * blocks deleting it alone would free (all of them without an older
+   * neighbour, else only those the older neighbour also maps: the others
+   * are handed over), and the store totals. Loads every snapshot map once
+   * per Volume (O(mapped blocks)), then O(Σ min(|S|, |older(S)|)) per call;
+   * reads no data.
+   */
+  async spaceUsage(): Promise<SpaceReport> {
+    return this.shared(async () => {
+      const fileBytes = await this.store.device.sizeBytes();
+      let all = new Map<number, NamedMap>();
+      // Load until every snapshot of the catalog is loaded (a create or delete may run meanwhile).
+      while (!this.catalog.every((r) => all.has(r.id))) all = new Map((await this.namedMaps([...this.catalog])).map((m) => [m.id, m]));
+      // From here on synchronous: one consistent view.
+      const bs = this.blockSizeBytes;
+      const snapshots: SpaceReport['snapshots'] = [];
+      let ownedBlocks = 0;
+      this.catalog.forEach((rec, i) => {
+        const named = all.get(rec.id)!;
+        ownedBlocks += named.map.size;
+        if (rec.state !== 'live') return;
+        const freeable = freeableBlocks(named, i > 0 ? all.get(this.catalog[i - 1]!.id) : undefined);
+        snapshots.push({ id: rec.id, name: rec.name, ownedBlocks: named.map.size, ownedBytes: named.map.size * bs, freeableBlocks: freeable, freeableBytes: freeable * bs });
+      });
+      const alloc = this.meta.allocator;
+      const usedBlocks = alloc.highWaterBlocks - alloc.freeBlocks;
+      return {
+        blockSizeBytes: bs,
+        snapshots,
+        store: {
+          highWaterBlocks: alloc.highWaterBlocks,
+          usedBlocks,
+          usedBytes: usedBlocks * bs,
+          freeBlocks: alloc.freeBlocks,
+          freeBytes: alloc.freeBlocks * bs,
+          fileBytes,
+          ownedBlocks,
+          ownedBytes: ownedBlocks * bs,
+        },
+      };
+    });
+  }
+
+  /**
+   * What {@link deleteSnapshots} of `names` would free, computed exactly as
+   * the delete proceeds (oldest first, hand-over to the nearest older
+   * survivor); changes nothing. O(blocks owned by them).
+   * @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD (as the delete would)
+   */
+  async planDelete(names: string[]): Promise<DeletePlan> {
+    return this.shared(async () => {
+      const victims = this.findVictims(names);
+      const all = await this.namedMaps(this.catalog);
+      return planDelete(all, new Set(victims.map((r) => r.id)), this.blockSizeBytes);
+    });
+  }
+
+  /**
+   * Deletes several snapshots in one atomic step: all are checked first
+   * (SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD: then nothing is deleted), then all
+   * are marked `deleting` in one journal transaction under one freeze — from
+   * that commit on, the delete of every one of them completes, across a
+   * crash too (open finishes it) — then each hands over or frees its blocks,
+   * oldest first. `onProgress` counts blocks processed.
+   * @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD, IO_ERROR
+   */
+  async deleteSnapshots(names: string[], options: { onProgress?: (doneBlocks: number, totalBlocks: number) => void } = {}): Promise<MultiDeleteResult> {
+    return this.deleteLock.runExclusive(async () => {
+      const victims = await this.frozen(async () => {
+        const found = this.findVictims(names);
+        if (found.length === 0) return [];
+        await this.commitRecords(found.map((r) => ({ o: 'snap' as const, id: r.id, name: r.name, createdAt: r.createdAt, state: 'deleting' as const })));
+        for (const r of found) r.state = 'deleting';
+        return found;
+      });
+      const totalBlocks = victims.reduce((n, r) => n + r.ownedBlocks, 0);
+      let doneBlocks = 0;
+      const deleted: DeleteResult[] = [];
+      for (const rec of victims) {
+        deleted.push(
+          await this.finishDelete(rec, (n) => {
+            doneBlocks += n;
+            options.onProgress?.(doneBlocks, totalBlocks);
+          }),
+        );
+      }
+      const freedBlocks = deleted.reduce((n, d) => n + d.freedBlocks, 0);
+      return { deleted, freedBlocks, freedBytes: freedBlocks * this.blockSizeBytes, handedOverBlocks: deleted.reduce((n, d) => n + d.handedOverBlocks, 0) };
+    });
+  }
+
+  /**
+   * Renames a snapshot (its identity — id, creation time — is unchanged).
+   * @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_EXISTS, INVALID_SNAPSHOT_NAME
+   */
+  async renameSnapshot(name: string, newName: string): Promise<SnapshotInfo> {
+    validateSnapshotName(newName);
+    return this.frozen(async () => {
+      const rec = this.findLive(name);
+      if (!rec) throw new SnapshotNotFoundError(name);
+      if (newName === name) return this.describe(rec);
+      // Any record, even one being deleted, keeps its name until dropped.
+      if (this.catalog.some((r) => r.name === newName)) throw new SnapshotExistsError(newName);
+      await this.commitRecords([{ o: 'rename', id: rec.id, name: newName }]);
+      rec.name = newName;
+      return this.describe(rec);
+    });
+  }
+
+  /**
+   * Replaces a snapshot's labels (an empty map removes them all).
+   * @throws SNAPSHOT_NOT_FOUND, INVALID_LABEL
+   */
+  async setSnapshotLabels(name: string, labels: Record<string, string>): Promise<SnapshotInfo> {
+    validateLabels(labels);
+    return this.frozen(async () => {
+      const rec = this.findLive(name);
+      if (!rec) throw new SnapshotNotFoundError(name);
+      await this.commitRecords([{ o: 'labels', id: rec.id, labels }]);
+      if (Object.keys(labels).length > 0) rec.labels = { ...labels };
+      else delete rec.labels;
+      return this.describe(rec);
+    });
+  }
+
+  /**
+   * Holds (`held` true) or releases a snapshot. A held snapshot cannot be
+   * deleted (SNAPSHOT_HELD) until released. Idempotent.
+   * @throws SNAPSHOT_NOT_FOUND
+   */
+  async holdSnapshot(name: string, held = true): Promise<SnapshotInfo> {
+    return this.frozen(async () => {
+      const rec = this.findLive(name);
+      if (!rec) throw new SnapshotNotFoundError(name);
+      if ((rec.held === true) !== held) {
+        await this.commitRecords([{ o: 'hold', id: rec.id, held }]);
+        if (held) rec.held = true;
+        else delete rec.held;
+      }
+      return this.describe(rec);
+    });
+  }
+
+  /**
+   * The identity of a snapshot's content: for an imported snapshot, the
+   * source snapshot it holds (its `origin`); otherwise this volume's uuid,
+   * the snapshot's id and creation time.
+   * @throws SNAPSHOT_NOT_FOUND
+   */
+  async snapshotIdentity(name: string): Promise<SnapshotIdentity> {
+    return this.shared(async () => {
+      const rec = this.findLive(name);
+      if (!rec) throw new SnapshotNotFoundError(name);
+      return rec.origin ? { ...rec.origin } : { volumeUuid: this.meta.sb.uuid, snapshotId: rec.id, createdAt: rec.createdAt, name: rec.name };
+    });
+  }
+
+  /** The marker of an interrupted import (import.ts), or undefined. */
+  async importState(): Promise<ImportRecord | undefined> {
+    return this.shared(async () => {
+      const bytes = await this.db.get(keys.importState);
+      return bytes ? decodeMeta.importState(keys.importState, bytes) : undefined;
+    });
+  }
+
+  /** Sets (journaled) or, with null, clears the import marker. */
+  async setImportState(state: ImportRecord | null): Promise<void> {
+    await this.shared(() => this.commitRecords([{ o: 'import', state }]));
+  }
+
+  /** The live snapshots named, oldest first; none held. @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD */
+  private findVictims(names: string[]): SnapshotRecord[] {
+    const found: SnapshotRecord[] = [];
+    for (const name of new Set(names)) {
+      const rec = this.findLive(name);
+      if (!rec) throw new SnapshotNotFoundError(name);
+      found.push(rec);
+    }
+    const held = found.filter((r) => r.held);
+    if (held.length > 0) throw new SnapshotHeldError(held.map((r) => r.name));
+    return found.sort((a, b) => a.id - b.id);
+  }
+
+  /** The maps of `records`, loaded, in the same order. */
+  private async namedMaps(records: SnapshotRecord[]): Promise<NamedMap[]> {
+    const out: NamedMap[] = [];
+    for (const r of records) out.push({ id: r.id, name: r.name, map: await this.mapOf(r.id) });
+    return out;
   }
 
   /**
@@ -755,6 +1011,9 @@ export class Volume {
       ownedBlocks: rec.ownedBlocks,
       ownedBytes: rec.ownedBlocks * this.blockSizeBytes,
       active: rec === this.active(),
+      labels: { ...rec.labels },
+      held: rec.held === true,
+      ...(rec.origin ? { origin: { ...rec.origin } } : {}),
     };
   }
 
@@ -1122,7 +1381,7 @@ export class Volume {
   }
 
   /** Hands over or frees every block of a snapshot in `deleting` state, batch by batch, each under a freeze; then drops it. */
-  private async finishDelete(rec: SnapshotRecord): Promise<DeleteResult> {
+  private async finishDelete(rec: SnapshotRecord, onBatch?: (blocks: number) => void): Promise<DeleteResult> {
     assert(rec.state === 'deleting', `finishDelete of snapshot ${rec.name} in state ${rec.state}`);
     let freedBlocks = 0;
     let handedOverBlocks = 0;
@@ -1170,6 +1429,7 @@ export class Volume {
         if (older) older.ownedBlocks += moved.length;
         freedBlocks += freed.length;
         handedOverBlocks += moved.length;
+        onBatch?.(batch.length);
         return false;
       });
       if (done) break;
@@ -1205,6 +1465,23 @@ function pendingCow(): PendingCow {
     end = resolve;
   });
   return { done, end };
+}
+
+/** The optional SnapshotRecord fields a new snapshot starts with. */
+function snapshotExtras(options: CreateSnapshotOptions): Partial<SnapshotRecord> {
+  return {
+    ...(options.labels && Object.keys(options.labels).length > 0 ? { labels: { ...options.labels } } : {}),
+    ...(options.origin ? { origin: { ...options.origin } } : {}),
+  };
+}
+
+/** The journal records that give a new snapshot those fields (same transaction as its creation). */
+function snapshotExtraRecords(id: number, options: CreateSnapshotOptions): MetaRecord[] {
+  const records: MetaRecord[] = [];
+  if (options.labels && Object.keys(options.labels).length > 0) records.push({ o: 'labels', id, labels: { ...options.labels } });
+  if (options.origin) records.push({ o: 'origin', id, origin: { ...options.origin } });
+  if (options.clearImport) records.push({ o: 'import', state: null });
+  return records;
 }
 
 /** Chunks of one request processed in parallel. */

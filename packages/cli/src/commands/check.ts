@@ -2,6 +2,7 @@ import { Args, Flags } from '@oclif/core';
 import type { CheckReport } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
 import { table } from '../format.js';
+import { createProgress, progressFlag } from '../progress.js';
 
 /** Exit codes of `cowvol check`, in the style of `qemu-img check`. */
 export const CHECK_EXIT = { clean: 0, corrupt: 2, leaks: 3 } as const;
@@ -17,11 +18,13 @@ export default class Check extends CowvolCommand {
   static override args = { volume: Args.string({ description: 'path of the volume file', required: true }) };
   static override flags = {
     repair: Flags.boolean({ description: 'free leaked store blocks (only when no corruption was found)' }),
+    ...progressFlag,
   };
 
   async run(): Promise<CheckReport> {
     const { args, flags } = await this.parse(Check);
-    const report = await this.withVolume(args.volume, (v) => v.check({ repair: flags.repair }));
+    const progress = createProgress(flags.progress, 'check', 'blocks');
+    const report = await this.withVolume(args.volume, (v) => v.check({ repair: flags.repair, onProgress: (d, t) => progress.update(d, t) })).finally(() => progress.stop());
     const status = report.status;
     if (!this.jsonEnabled()) {
       const lines = [

@@ -1,16 +1,17 @@
 import { Args } from '@oclif/core';
-import type { VolumeInfo } from '@cowvol/cow-core';
+import type { StoreSpace, VolumeInfo } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
-import { human, snapshotTable } from '../format.js';
+import { human, snapshotTable, withSpace, type SnapshotWithSpace } from '../format.js';
 
 export default class Info extends CowvolCommand {
   static override summary = 'Show size, block size, snapshots, store usage and format version';
   static override examples = ['<%= config.bin %> info vol.img', '<%= config.bin %> info vol.img --json'];
   static override args = { volume: Args.string({ description: 'path of the volume file', required: true }) };
 
-  async run(): Promise<VolumeInfo> {
+  async run(): Promise<Omit<VolumeInfo, 'snapshots' | 'store'> & { snapshots: SnapshotWithSpace[]; store: VolumeInfo['store'] & StoreSpace }> {
     const { args } = await this.parse(Info);
-    const info = await this.withVolume(args.volume, (v) => v.info());
+    const { base, space } = await this.withVolume(args.volume, async (v) => ({ base: await v.info(), space: await v.spaceUsage() }));
+    const info = { ...base, snapshots: withSpace(base.snapshots, space), store: { ...base.store, ...space.store } };
     this.say(
       [
         `volume:         ${info.path}`,
@@ -20,7 +21,7 @@ export default class Info extends CowvolCommand {
         `data mode:      ${info.dataMode}${info.dataMode === 'journal' ? ` (writes up to ${human(info.maxAtomicWriteBytes)} atomic)` : ''}`,
         `journal:        ${human(info.journal.sizeBytes)}, ${human(info.journal.uncheckpointedBytes)} not checkpointed`,
         `uuid:           ${info.uuid}`,
-        `store:          ${human(info.store.usedBytes)} in use, ${info.store.freeBlocks} free blocks, file ${human(info.store.fileBytes)}`,
+        `store:          ${human(info.store.usedBytes)} in use, ${info.store.freeBlocks} free blocks (${human(info.store.freeBytes)}), file ${human(info.store.fileBytes)}; snapshots own ${human(info.store.ownedBytes)}`,
         `snapshots:      ${info.snapshots.length}`,
         '',
         snapshotTable(info.snapshots),

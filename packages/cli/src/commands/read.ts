@@ -2,6 +2,7 @@ import { Args, Flags } from '@oclif/core';
 import { CowvolCommand } from '../base-command.js';
 import { copyOut, openSink } from '../io.js';
 import { rangeFlags, resolveRange } from '../range.js';
+import { createProgress, progressFlag } from '../progress.js';
 
 export default class Read extends CowvolCommand {
   static override summary = 'Read live data to a file or stdout';
@@ -11,6 +12,7 @@ export default class Read extends CowvolCommand {
   static override flags = {
     ...rangeFlags,
     output: Flags.string({ description: 'file to write (default: stdout)', helpValue: '<file>' }),
+    ...progressFlag,
   };
 
   async run(): Promise<void> {
@@ -18,9 +20,11 @@ export default class Read extends CowvolCommand {
     await this.withVolume(args.volume, async (volume) => {
       const { offsetBytes, lengthBytes } = resolveRange(flags, volume.sizeBytes);
       const sink = openSink(flags.output);
+      const progress = createProgress(flags.progress, 'read');
       try {
-        await copyOut((o, l) => volume.read(o, l), offsetBytes, lengthBytes, sink);
+        await copyOut((o, l) => volume.read(o, l), offsetBytes, lengthBytes, sink, (d, t) => progress.update(d, t));
       } finally {
+        progress.stop();
         await sink.close();
       }
     });

@@ -3,6 +3,7 @@ import { OutOfRangeError } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
 import { parseSize } from '../size.js';
 import { STREAM_CHUNK_BYTES, openInput } from '../io.js';
+import { createProgress, progressFlag } from '../progress.js';
 
 export default class Write extends CowvolCommand {
   static override summary = 'Write bytes from a file (or stdin) into the live volume; durable when it exits';
@@ -11,12 +12,14 @@ export default class Write extends CowvolCommand {
   static override flags = {
     offset: Flags.string({ description: 'byte offset to write at (bytes, or K/M/G/T suffix)', helpValue: '<size>' }),
     input: Flags.string({ description: 'file to read from (default: stdin)', helpValue: '<file>' }),
+    ...progressFlag,
   };
 
   async run(): Promise<{ offsetBytes: number; lengthBytes: number }> {
     const { args, flags } = await this.parse(Write);
     const offsetBytes = flags.offset === undefined ? 0 : parseSize(flags.offset, '--offset');
     const input = await openInput(flags.input);
+    const progress = createProgress(flags.progress, 'write');
     try {
       const lengthBytes = input.lengthBytes;
       await this.withVolume(args.volume, async (volume) => {
@@ -28,12 +31,14 @@ export default class Write extends CowvolCommand {
           if (chunk.length === 0) break;
           await volume.write(offsetBytes + pos, chunk);
           pos += chunk.length;
+          progress.update(pos, lengthBytes);
         }
         await volume.flush();
       });
       this.say(`wrote ${lengthBytes} bytes at offset ${offsetBytes}`);
       return { offsetBytes, lengthBytes };
     } finally {
+      progress.stop();
       await input.close();
     }
   }

@@ -1,19 +1,114 @@
-import { Args } from '@oclif/core';
-import type { DeleteResult } from '@cowvol/cow-core';
+import { Args, Flags } from '@oclif/core';
+import { InvalidArgumentError, parseLabel, type DeletePlan, type DeleteResult, type SnapshotInfo } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
+import { parseDuration } from '../../duration.js';
+import { human } from '../../format.js';
+import { createProgress, progressFlag } from '../../progress.js';
+
+/** JSON of a delete of several snapshots, a filter or a dry run (README "JSON shapes"). */
+export interface MultiDeleteJson {
+  dryRun: boolean;
+  /** Oldest first. */
+  deleted: Array<{ name: string; freedBlocks: number; freedBytes: number; handedOverBlocks: number }>;
+  /** Held snapshots a filter matched and left alone. */
+  skippedHeld: string[];
+  freedBlocks: number;
+  freedBytes: number;
+  handedOverBlocks: number;
+}
 
 export default class SnapshotDelete extends CowvolCommand {
-  static override summary = 'Delete a snapshot; its blocks pass to the next older snapshot or are freed';
-  static override examples = ['<%= config.bin %> snapshot delete vol.img nightly-2026-11-01'];
+  static override summary = 'Delete snapshots (several names, or a filter) in one atomic step; their blocks pass to the next older snapshot or are freed';
+  static override description = [
+    'All the snapshots chosen are checked first (a missing or held one refuses the whole delete: nothing is deleted), then marked',
+    'for deletion in one journal transaction: from then on the delete of every one of them completes, across a crash too.',
+    'Choose by names, or by filters: --older-than <duration> (created before now minus it), --label key=value (only snapshots',
+    'with that label), --keep-newest <n> (of the snapshots the label filter matches, never the newest n). Filters skip held',
+    'snapshots (listed as skippedHeld). --dry-run shows what would be deleted and the bytes it would free, changing nothing.',
+    'With exactly one name and no --dry-run, --json prints { name, freedBlocks, handedOverBlocks } as before.',
+  ].join('\n');
+  static override examples = [
+    '<%= config.bin %> snapshot delete vol.img nightly-2026-11-01',
+    '<%= config.bin %> snapshot delete vol.img a b c --dry-run',
+    '<%= config.bin %> snapshot delete vol.img --older-than 14d --label kind=nightly',
+    '<%= config.bin %> snapshot delete vol.img --label kind=nightly --keep-newest 7',
+  ];
+  static override strict = false;
   static override args = {
     volume: Args.string({ description: 'path of the volume file', required: true }),
-    name: Args.string({ description: 'snapshot name', required: true }),
+    name: Args.string({ description: 'snapshot name (several may follow)' }),
+  };
+  static override flags = {
+    'older-than': Flags.string({ description: 'delete the snapshots created longer ago than this (90s, 12h, 7d, 2w)', helpValue: '<duration>' }),
+    label: Flags.string({ description: 'with a filter: only snapshots carrying this label key=value (repeatable: all must match)', helpValue: '<key=value>', multiple: true }),
+    'keep-newest': Flags.integer({ description: 'with a filter: never delete the newest <n> snapshots the label filter matches', helpValue: '<n>', min: 0 }),
+    'dry-run': Flags.boolean({ description: 'show what would be deleted and the bytes it would free; change nothing' }),
+    ...progressFlag,
   };
 
-  async run(): Promise<DeleteResult> {
-    const { args } = await this.parse(SnapshotDelete);
-    const result = await this.withVolume(args.volume, (v) => v.deleteSnapshot(args.name));
-    this.say(`deleted snapshot ${result.name}: ${result.freedBlocks} blocks freed, ${result.handedOverBlocks} handed over to the next older snapshot`);
-    return result;
+  async run(): Promise<DeleteResult | MultiDeleteJson> {
+    const { args, argv, flags } = await this.parse(SnapshotDelete);
+    const names = (argv as string[]).slice(1);
+    const filtered = flags['older-than'] !== undefined || flags['keep-newest'] !== undefined || (flags.label ?? []).length > 0;
+    if (names.length > 0 && filtered) throw new InvalidArgumentError('give snapshot names or filters (--older-than, --label, --keep-newest), not both');
+    if (names.length === 0 && !filtered) throw new InvalidArgumentError('name the snapshots to delete, or choose them with --older-than / --keep-newest');
+    if (filtered && flags['older-than'] === undefined && flags['keep-newest'] === undefined) {
+      throw new InvalidArgumentError('--label only narrows a filter: add --older-than <duration> or --keep-newest <n>');
+    }
+    const olderThanMs = flags['older-than'] === undefined ? undefined : parseDuration(flags['older-than'], '--older-than');
+    const labels = (flags.label ?? []).map(parseLabel);
+    const progress = createProgress(flags.progress, 'delete', 'blocks');
+
+    const single = names.length === 1 && !flags['dry-run'];
+    try {
+      return await this.withVolume(args.volume, async (volume) => {
+        if (single) {
+          // Unchanged single-name contract.
+          const [r] = (await volume.deleteSnapshots(names, { onProgress: (d, t) => progress.update(d, t) })).deleted;
+          this.say(`deleted snapshot ${r!.name}: ${r!.freedBlocks} blocks freed, ${r!.handedOverBlocks} handed over to the next older snapshot`);
+          return { name: r!.name, freedBlocks: r!.freedBlocks, handedOverBlocks: r!.handedOverBlocks };
+        }
+        let chosen = names;
+        let skippedHeld: string[] = [];
+        if (filtered) ({ chosen, skippedHeld } = select(await volume.listSnapshots(), { olderThanMs, labels, keepNewest: flags['keep-newest'] }));
+        let plan: DeletePlan | undefined;
+        let json: MultiDeleteJson;
+        if (flags['dry-run']) {
+          plan = await volume.planDelete(chosen);
+          json = { dryRun: true, deleted: plan.snapshots.map(({ name, freedBlocks, freedBytes, handedOverBlocks }) => ({ name, freedBlocks, freedBytes, handedOverBlocks })), skippedHeld, freedBlocks: plan.freedBlocks, freedBytes: plan.freedBytes, handedOverBlocks: plan.handedOverBlocks };
+        } else {
+          const r = await volume.deleteSnapshots(chosen, { onProgress: (d, t) => progress.update(d, t) });
+          const bs = volume.blockSizeBytes;
+          json = {
+            dryRun: false,
+            deleted: r.deleted.map((d) => ({ name: d.name, freedBlocks: d.freedBlocks, freedBytes: d.freedBlocks * bs, handedOverBlocks: d.handedOverBlocks })),
+            skippedHeld,
+            freedBlocks: r.freedBlocks,
+            freedBytes: r.freedBytes,
+            handedOverBlocks: r.handedOverBlocks,
+          };
+        }
+        const verb = json.dryRun ? 'would delete' : 'deleted';
+        const lines = json.deleted.map((d) => `${verb} ${d.name}: frees ${human(d.freedBytes)} (${d.freedBlocks} blocks), ${d.handedOverBlocks} blocks handed over`);
+        lines.push(`${json.dryRun ? 'would free' : 'freed'} ${json.freedBytes} bytes (${human(json.freedBytes)}) in all${json.deleted.length === 0 ? ' (nothing matched)' : ''}`);
+        if (skippedHeld.length > 0) lines.push(`skipped held: ${skippedHeld.join(', ')}`);
+        this.say(lines.join('\n'));
+        return json;
+      });
+    } finally {
+      progress.stop();
+    }
   }
+}
+
+/** The snapshots a filter chooses (oldest first), and the held ones it leaves alone. */
+export function select(
+  snapshots: SnapshotInfo[],
+  filter: { olderThanMs: number | undefined; labels: Array<[string, string]>; keepNewest: number | undefined },
+  now = Date.now(),
+): { chosen: string[]; skippedHeld: string[] } {
+  let candidates = snapshots.filter((s) => filter.labels.every(([k, v]) => s.labels[k] === v));
+  if (filter.keepNewest !== undefined) candidates = candidates.slice(0, Math.max(0, candidates.length - filter.keepNewest));
+  if (filter.olderThanMs !== undefined) candidates = candidates.filter((s) => Date.parse(s.createdAt) < now - filter.olderThanMs!);
+  return { chosen: candidates.filter((s) => !s.held).map((s) => s.name), skippedHeld: candidates.filter((s) => s.held).map((s) => s.name) };
 }

@@ -1,17 +1,22 @@
 import { Args } from '@oclif/core';
-import type { SnapshotInfo } from '@cowvol/cow-core';
+import type { StoreSpace } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
-import { snapshotTable } from '../../format.js';
+import { snapshotTable, storeLine, withSpace, type SnapshotWithSpace } from '../../format.js';
 
 export default class SnapshotList extends CowvolCommand {
-  static override summary = 'List snapshots, oldest first: name, createdAt, blocks owned';
+  static override summary = 'List snapshots, oldest first: name, createdAt, store space owned, space deleting it would free, hold, labels';
+  static override description = [
+    'OWNED is the store space the snapshot\'s own copies take. FREES is what deleting it alone would free:',
+    'blocks its older neighbour read through to are handed over to that neighbour and free nothing.',
+  ].join('\n');
   static override examples = ['<%= config.bin %> snapshot list vol.img', '<%= config.bin %> snapshot list vol.img --json'];
   static override args = { volume: Args.string({ description: 'path of the volume file', required: true }) };
 
-  async run(): Promise<{ snapshots: SnapshotInfo[] }> {
+  async run(): Promise<{ snapshots: SnapshotWithSpace[]; store: StoreSpace }> {
     const { args } = await this.parse(SnapshotList);
-    const snapshots = await this.withVolume(args.volume, (v) => v.listSnapshots());
-    this.say(snapshotTable(snapshots));
-    return { snapshots };
+    const { snapshots, space } = await this.withVolume(args.volume, async (v) => ({ snapshots: await v.listSnapshots(), space: await v.spaceUsage() }));
+    const rows = withSpace(snapshots, space);
+    this.say(`${snapshotTable(rows)}\n${storeLine(space)}`);
+    return { snapshots: rows, store: space.store };
   }
 }

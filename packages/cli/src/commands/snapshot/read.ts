@@ -3,6 +3,7 @@ import { SnapshotNotFoundError } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 import { copyOut, openSink } from '../../io.js';
 import { rangeFlags, resolveRange } from '../../range.js';
+import { createProgress, progressFlag } from '../../progress.js';
 
 export default class SnapshotRead extends CowvolCommand {
   static override summary = 'Read a snapshot (the whole snapshot when no offset/length) to a file or stdout';
@@ -15,6 +16,7 @@ export default class SnapshotRead extends CowvolCommand {
   static override flags = {
     ...rangeFlags,
     output: Flags.string({ description: 'file to write (default: stdout)', helpValue: '<file>' }),
+    ...progressFlag,
   };
 
   async run(): Promise<void> {
@@ -24,9 +26,11 @@ export default class SnapshotRead extends CowvolCommand {
       if (!(await volume.listSnapshots()).some((s) => s.name === args.name)) throw new SnapshotNotFoundError(args.name);
       const { offsetBytes, lengthBytes } = resolveRange(flags, volume.sizeBytes);
       const sink = openSink(flags.output);
+      const progress = createProgress(flags.progress, 'snapshot read');
       try {
-        await copyOut((o, l) => volume.readSnapshot(args.name, o, l), offsetBytes, lengthBytes, sink);
+        await copyOut((o, l) => volume.readSnapshot(args.name, o, l), offsetBytes, lengthBytes, sink, (d, t) => progress.update(d, t));
       } finally {
+        progress.stop();
         await sink.close();
       }
     });

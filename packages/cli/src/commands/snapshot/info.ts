@@ -1,0 +1,37 @@
+import { Args } from '@oclif/core';
+import { SnapshotNotFoundError, type SnapshotIdentity } from '@cowvol/cow-core';
+import { CowvolCommand } from '../../base-command.js';
+import { formatLabels, human, withSpace, type SnapshotWithSpace } from '../../format.js';
+
+export default class SnapshotInfoCommand extends CowvolCommand {
+  static override summary = 'Show one snapshot: identity, labels, hold, store space owned and what deleting it would free';
+  static override examples = ['<%= config.bin %> snapshot info vol.img nightly --json'];
+  static override args = {
+    volume: Args.string({ description: 'path of the volume file', required: true }),
+    name: Args.string({ description: 'snapshot name', required: true }),
+  };
+
+  async run(): Promise<SnapshotWithSpace & { identity: SnapshotIdentity }> {
+    const { args } = await this.parse(SnapshotInfoCommand);
+    const result = await this.withVolume(args.volume, async (v) => {
+      const snap = (await v.listSnapshots()).find((s) => s.name === args.name);
+      if (!snap) throw new SnapshotNotFoundError(args.name);
+      const [row] = withSpace([snap], await v.spaceUsage());
+      return { ...row!, identity: await v.snapshotIdentity(args.name) };
+    });
+    this.say(
+      [
+        `name:        ${result.name}`,
+        `id:          ${result.id}`,
+        `created:     ${result.createdAt}`,
+        `identity:    volume ${result.identity.volumeUuid}, snapshot ${result.identity.snapshotId}${result.origin ? ` (imported from ${result.origin.name})` : ''}`,
+        `owned:       ${human(result.ownedBytes)} (${result.ownedBlocks} blocks)`,
+        `delete frees: ${human(result.freeableBytes)} (${result.freeableBlocks} blocks)`,
+        `held:        ${result.held ? 'yes' : 'no'}`,
+        `active:      ${result.active ? 'yes' : 'no'}`,
+        `labels:      ${formatLabels(result.labels) || '(none)'}`,
+      ].join('\n'),
+    );
+    return result;
+  }
+}

@@ -1,0 +1,32 @@
+import { Args, Flags } from '@oclif/core';
+import { parseLabel, type SnapshotInfo } from '@cowvol/cow-core';
+import { CowvolCommand } from '../../base-command.js';
+import { formatLabels } from '../../format.js';
+
+export default class SnapshotLabel extends CowvolCommand {
+  static override summary = "Set or remove a snapshot's labels";
+  static override examples = ['<%= config.bin %> snapshot label vol.img nightly kind=nightly keep=yes', '<%= config.bin %> snapshot label vol.img nightly --remove keep'];
+  static override strict = false;
+  static override args = {
+    volume: Args.string({ description: 'path of the volume file', required: true }),
+    name: Args.string({ description: 'snapshot name', required: true }),
+    labels: Args.string({ description: 'labels key=value to set (several may follow)' }),
+  };
+  static override flags = {
+    remove: Flags.string({ description: 'a label key to remove (repeatable)', helpValue: '<key>', multiple: true }),
+  };
+
+  async run(): Promise<SnapshotInfo> {
+    const { args, argv, flags } = await this.parse(SnapshotLabel);
+    const set = (argv as string[]).slice(2).map(parseLabel);
+    const snapshot = await this.withVolume(args.volume, async (v) => {
+      const current = (await v.listSnapshots()).find((s) => s.name === args.name);
+      const labels = { ...(current?.labels ?? {}) };
+      for (const key of flags.remove ?? []) delete labels[key];
+      for (const [k, val] of set) labels[k] = val;
+      return v.setSnapshotLabels(args.name, labels);
+    });
+    this.say(`labels of ${snapshot.name}: ${formatLabels(snapshot.labels) || '(none)'}`);
+    return snapshot;
+  }
+}

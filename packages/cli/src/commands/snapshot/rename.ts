@@ -1,0 +1,20 @@
+import { Args } from '@oclif/core';
+import type { SnapshotInfo } from '@cowvol/cow-core';
+import { CowvolCommand } from '../../base-command.js';
+
+export default class SnapshotRename extends CowvolCommand {
+  static override summary = 'Rename a snapshot (its content, identity, labels and hold are kept)';
+  static override examples = ['<%= config.bin %> snapshot rename vol.img nightly before-upgrade'];
+  static override args = {
+    volume: Args.string({ description: 'path of the volume file', required: true }),
+    name: Args.string({ description: 'current snapshot name', required: true }),
+    newName: Args.string({ name: 'new-name', description: 'new snapshot name', required: true }),
+  };
+
+  async run(): Promise<SnapshotInfo> {
+    const { args } = await this.parse(SnapshotRename);
+    const snapshot = await this.withVolume(args.volume, (v) => v.renameSnapshot(args.name, args.newName));
+    this.say(`renamed snapshot ${args.name} to ${snapshot.name}`);
+    return snapshot;
+  }
+}

@@ -1,0 +1,42 @@
+import { Args, Flags } from '@oclif/core';
+import { restoreSnapshot, type RestoreResult } from '@cowvol/cow-core';
+import { CowvolCommand } from '../../base-command.js';
+import { human } from '../../format.js';
+import { createProgress, progressFlag } from '../../progress.js';
+
+export default class SnapshotRestore extends CowvolCommand {
+  static override summary = "Make the live volume the snapshot's content; newer snapshots are kept, a safety snapshot is taken first";
+  static override description = [
+    'Rewrites only the blocks changed since the snapshot (cost proportional to them, not the volume size), through the normal',
+    'copy-on-write path: every snapshot, older and newer, stays intact. Unless --no-safety-snapshot, a snapshot of the',
+    'pre-restore state (pre-restore-<time>, or --safety-name) is taken first: restoring it undoes the restore.',
+    'An interrupted restore is finished by running it again.',
+  ].join('\n');
+  static override examples = ['<%= config.bin %> snapshot restore vol.img nightly-2026-11-21', '<%= config.bin %> snapshot restore vol.img nightly --no-safety-snapshot'];
+  static override args = {
+    volume: Args.string({ description: 'path of the volume file', required: true }),
+    name: Args.string({ description: 'snapshot to restore', required: true }),
+  };
+  static override flags = {
+    'safety-snapshot': Flags.boolean({ description: 'take a safety snapshot of the pre-restore state first (default; --no-safety-snapshot to skip)', allowNo: true, default: true }),
+    'safety-name': Flags.string({ description: 'name of the safety snapshot (default pre-restore-<ISO time>)', helpValue: '<name>' }),
+    ...progressFlag,
+  };
+
+  async run(): Promise<RestoreResult> {
+    const { args, flags } = await this.parse(SnapshotRestore);
+    const progress = createProgress(flags.progress, 'restore');
+    const result = await this.withVolume(args.volume, (v) =>
+      restoreSnapshot(v, args.name, {
+        safetySnapshot: flags['safety-snapshot'],
+        ...(flags['safety-name'] === undefined ? {} : { safetyName: flags['safety-name'] }),
+        onProgress: (done, total) => progress.update(done, total),
+      }),
+    ).finally(() => progress.stop());
+    this.say(
+      `restored ${result.name}: ${result.restoredBytes} bytes (${human(result.restoredBytes)}) rewritten` +
+        (result.safetySnapshot ? `; the previous state is snapshot ${result.safetySnapshot} (restore it to undo)` : ''),
+    );
+    return result;
+  }
+}

@@ -1,0 +1,126 @@
+import { Flags } from '@oclif/core';
+import cliProgress from 'cli-progress';
+import { human } from './format.js';
+
+/**
+ * `--progress` / `--no-progress` on every long operation. Default: a
+ * progress bar with rate and ETA on stderr when stderr is a TTY, nothing
+ * otherwise. `--progress`: JSON-lines progress events on stderr (for
+ * scripts; also on a TTY). `--no-progress`: nothing. stdout is never used.
+ */
+export const progressFlag = {
+  progress: Flags.boolean({
+    description: 'progress on stderr: --progress prints JSON-lines events; default: a bar when stderr is a terminal; --no-progress: nothing',
+    allowNo: true,
+  }),
+};
+
+export type ProgressUnit = 'bytes' | 'blocks';
+
+/**
+ * One JSON-lines progress event (README "JSON shapes"). Counts are named by
+ * their unit: `doneBytes`/`totalBytes`/`rateBytesPerSecond` for byte
+ * operations, `doneBlocks`/`totalBlocks`/`rateBlocksPerSecond` for delete and
+ * check.
+ */
+export type ProgressEvent = {
+  type: 'progress' | 'done';
+  operation: string;
+  phase?: string;
+  /** Seconds left at the current rate, or null before there is a rate. */
+  etaSeconds: number | null;
+  elapsedSeconds: number;
+} & Record<string, unknown>;
+
+export interface Progress {
+  /** Reports `done` of `total` (of the current phase). */
+  update(done: number, total: number, phase?: string): void;
+  /** Ends the display (the final event in JSON-lines mode). */
+  stop(): void;
+}
+
+const NONE: Progress = { update: () => undefined, stop: () => undefined };
+
+/** Minimum time between two JSON-lines events (the first and last always go out). */
+const EVENT_INTERVAL_MS = 250;
+
+export function createProgress(flag: boolean | undefined, operation: string, unit: ProgressUnit = 'bytes'): Progress {
+  const mode = flag === true ? 'json' : flag === false ? 'off' : process.stderr.isTTY ? 'bar' : 'off';
+  if (mode === 'off') return NONE;
+  let phase: string | undefined;
+  let started = Date.now();
+  let last = { done: 0, total: 0 };
+  const fmt = (n: number): string => (unit === 'bytes' ? human(n) : `${n} blocks`);
+  if (mode === 'json') {
+    let lastEmit = 0;
+    const emit = (type: ProgressEvent['type']): void => {
+      const elapsed = (Date.now() - started) / 1000;
+      const rate = elapsed > 0 ? last.done / elapsed : 0;
+      const u = unit === 'bytes' ? 'Bytes' : 'Blocks';
+      const event: ProgressEvent = {
+        type,
+        operation,
+        ...(phase ? { phase } : {}),
+        [`done${u}`]: last.done,
+        [`total${u}`]: last.total,
+        [`rate${u}PerSecond`]: Math.round(rate),
+        etaSeconds: rate > 0 ? Math.max(0, (last.total - last.done) / rate) : null,
+        elapsedSeconds: elapsed,
+      };
+      process.stderr.write(`${JSON.stringify(event)}\n`);
+      lastEmit = Date.now();
+    };
+    let any = false;
+    return {
+      update(done, total, p) {
+        if (p !== phase) {
+          if (any) emit('progress'); // close the previous phase with its last figures
+          phase = p;
+          started = Date.now();
+          lastEmit = 0;
+        }
+        last = { done, total };
+        any = true;
+        if (Date.now() - lastEmit >= EVENT_INTERVAL_MS || done >= total) emit('progress');
+      },
+      stop() {
+        if (any) emit('done');
+      },
+    };
+  }
+  const bar = new cliProgress.SingleBar(
+    {
+      stream: process.stderr,
+      format: (options, params, payload: { label: string; doneH: string; totalH: string; rateH: string }) => {
+        const width = options.barsize ?? 30;
+        const filled = Math.round(params.progress * width);
+        const eta = Number.isFinite(params.eta) && params.value > 0 ? `${params.eta}s` : '?';
+        return `${payload.label} [${'='.repeat(filled)}${' '.repeat(width - filled)}] ${Math.floor(params.progress * 100)}% ${payload.doneH}/${payload.totalH} ${payload.rateH}/s ETA ${eta}`;
+      },
+      barsize: 30,
+      hideCursor: true,
+      clearOnComplete: false,
+    },
+    cliProgress.Presets.legacy,
+  );
+  let running = false;
+  return {
+    update(done, total, p) {
+      const elapsed = (Date.now() - started) / 1000;
+      if (!running || p !== phase) {
+        if (running) bar.stop();
+        phase = p;
+        started = Date.now();
+        bar.start(Math.max(total, 1), done, { label: phase ? `${operation} (${phase})` : operation, doneH: fmt(done), totalH: fmt(total), rateH: fmt(0) });
+        running = true;
+        return;
+      }
+      bar.setTotal(Math.max(total, 1));
+      bar.update(done, { doneH: fmt(done), totalH: fmt(total), rateH: fmt(elapsed > 0 ? Math.round(done / elapsed) : 0) });
+    },
+    stop() {
+      if (running) bar.stop();
+      running = false;
+    },
+  };
+}
