@@ -76,8 +76,10 @@ export async function checkVolume(
   const ids = new Set(meta.snapshots.keys());
   const names = new Set<string>();
   for (const rec of meta.snapshots.values()) {
-    if (rec.state === 'live' && names.has(rec.name)) found('catalog', `two snapshots named ${rec.name}`);
-    names.add(rec.name);
+    if (rec.state === 'live') {
+      if (names.has(rec.name)) found('catalog', `two snapshots named ${rec.name}`);
+      names.add(rec.name);
+    }
     if (rec.id >= meta.sb.nextSnapshotId) found('catalog', `snapshot id ${rec.id} is not below nextSnapshotId ${meta.sb.nextSnapshotId}`);
   }
 

@@ -228,7 +228,6 @@ export class Volume {
    * test suite sets it).
    */
   private readonly heldBlockLocks = process.env.COWVOL_LOCK_CHECKS === '1' ? new AsyncLocalStorage<{ blocks: number }>() : undefined;
-  private checkpointing: Promise<void> | undefined;
   private closed = false;
   /** Set when a commit failed: the in-memory state may be ahead of disk; reopen to recover. */
   private failure: unknown = undefined;
@@ -428,9 +427,13 @@ export class Volume {
       const catalog = [...meta.snapshots.values()].sort((a, b) => a.id - b.id).map((r) => ({ ...r }));
       const names = new Set<string>();
       for (const rec of catalog) {
-        if (rec.state === 'live' && names.has(rec.name)) throw new CorruptMetadataError(`two snapshots named ${rec.name}`);
+        if (rec.state !== 'live') continue; // a snapshot being deleted may share its name with a newer one
+        if (names.has(rec.name)) throw new CorruptMetadataError(`two snapshots named ${rec.name}`);
         names.add(rec.name);
         if (rec.id >= meta.sb.nextSnapshotId) throw new CorruptMetadataError(`snapshot id ${rec.id} not below nextSnapshotId ${meta.sb.nextSnapshotId}`);
+      }
+      if (journal.blockSizeBytes !== sb.blockSizeBytes) {
+        throw new JournalCorruptError(`${layout.journalPath} has ${journal.blockSizeBytes}-byte blocks; the volume has ${sb.blockSizeBytes}`);
       }
       const vol = new Volume(layout, meta, db, volume, store, journal, meta.allocator.clone(), catalog, lock, recovery);
       if (recovery.replayedTransactions > 0) await vol.checkpoint();
@@ -464,13 +467,12 @@ export class Volume {
     // Stable buffer: the bytes written are the bytes as of this call.
     const stable = Buffer.from(data);
     await this.shared(async () => {
+      // Pieces of at most pieceBytes from the start of the write: in journal
+      // mode each piece is one handle, so a write of up to pieceBytes is atomic
+      // whatever its alignment; in both modes a piece's COW fits one handle.
       const chunks: Array<{ offsetBytes: number; data: Buffer }> = [];
-      for (let pos = 0; pos < stable.length; ) {
-        const abs = offsetBytes + pos;
-        const end = Math.min(offsetBytes + stable.length, (Math.floor(abs / IO_CHUNK_BYTES) + 1) * IO_CHUNK_BYTES);
-        chunks.push({ offsetBytes: abs, data: stable.subarray(pos, end - offsetBytes) });
-        pos = end - offsetBytes;
-      }
+      const piece = this.pieceBytes();
+      for (let pos = 0; pos < stable.length; pos += piece) chunks.push({ offsetBytes: offsetBytes + pos, data: stable.subarray(pos, Math.min(stable.length, pos + piece)) });
       await this.allChunks(chunks, (c) => this.writeChunk(c.offsetBytes, c.data), 'write');
     });
   }
@@ -580,7 +582,7 @@ export class Volume {
         sizeBytes: sb.sizeBytes,
         blockSizeBytes: sb.blockSizeBytes,
         dataMode: sb.dataMode,
-        maxAtomicWriteBytes: this.maxAtomicWriteBlocks() * sb.blockSizeBytes,
+        maxAtomicWriteBytes: sb.dataMode === 'journal' ? this.pieceBytes() : 0,
         createdAt: sb.createdAt,
         snapshots: this.liveSnapshots().map((r) => this.describe(r)),
         store: {
@@ -1050,9 +1052,14 @@ export class Volume {
       handle?.abandon();
       return;
     }
+    const h = handle ?? (await this.startHandle(records.length));
+    for (const r of records) h.log(r);
+    await this.commitHandle(h);
+  }
+
+  /** Commits a handle; fail-stop when the journal aborted. */
+  private async commitHandle(h: Handle): Promise<void> {
     try {
-      const h = handle ?? (await this.startHandle(records.length));
-      for (const r of records) h.log(r);
       await h.commit();
     } catch (err) {
       // If the journal aborted, the commit may or may not be durable: the
@@ -1111,13 +1118,22 @@ export class Volume {
     return data;
   }
 
-  /** Blocks one journal handle may carry as images: bounds an atomic write in journal mode. */
-  private maxAtomicWriteBlocks(): number {
-    const chunkBlocks = Math.floor(IO_CHUNK_BYTES / this.blockSizeBytes);
-    let n = chunkBlocks;
-    const limit = Math.floor((this.journal.lengthBlocks - 1) / 4);
-    while (n > 1 && this.journal.blocksForCredits(2 * n) > limit) n = Math.floor(n / 2);
-    return n;
+  /**
+   * Largest piece one write is cut into: IO_CHUNK_BYTES, or less when the
+   * journal is small — a piece spans at most pieceBytes/blockSize + 1 blocks,
+   * and its COW needs two credits per block in journal mode (copy image +
+   * map record). In journal mode, a write of up to this many bytes is atomic.
+   */
+  private pieceBytes(): number {
+    const bs = this.blockSizeBytes;
+    const blocks = Math.min(Math.floor(IO_CHUNK_BYTES / bs), Math.floor(this.journal.maxHandleCredits / 2) - 1);
+    assert(blocks >= 1, 'journal too small for one block per handle');
+    return blocks * bs;
+  }
+
+  /** Blocks handed over or freed per delete transaction: bounded by DELETE_BATCH_BLOCKS and by what one handle may carry. */
+  private deleteBatchBlocks(): number {
+    return Math.max(1, Math.min(DELETE_BATCH_BLOCKS, Math.floor(this.journal.maxHandleCredits / 2)));
   }
 
   /** Locks blocks [first, last] in ascending order (journal-mode read-modify-write); resolves with the unlock. */
@@ -1171,7 +1187,7 @@ export class Volume {
         if ((offsetBytes + data.length) % bs !== 0 && (last !== first || offsetBytes % bs === 0)) (await this.readLive(last * bs, bs)).copy(full, (count - 1) * bs);
         data.copy(full, offsetBytes - start);
         for (let i = 0; i < count; i++) handle.logImage(TARGET_VOLUME, first + i, full.subarray(i * bs, (i + 1) * bs));
-        await handle.commit();
+        await this.commitHandle(handle);
       });
     } catch (err) {
       handle.abandon();
@@ -1400,7 +1416,7 @@ export class Volume {
           return true;
         }
         const olderMap = older ? await this.mapOf(older.id) : undefined;
-        const batch = map.take(DELETE_BATCH_BLOCKS);
+        const batch = map.take(this.deleteBatchBlocks());
         const records: MetaRecord[] = [];
         const moved: MapEntry[] = [];
         const freed: number[] = [];

@@ -138,11 +138,12 @@ type SlotResult = { sb: JournalSuperblock } | { error: Error };
 function decodeSlot(buf: Buffer, name: string): SlotResult {
   const magic = buf.readUInt32BE(0);
   if (magic !== JOURNAL_MAGIC) return { error: new JournalCorruptError(`${name}: not a cowvol journal (bad magic 0x${magic.toString(16)})`) };
-  if (buf.readUInt32BE(48) !== crc32c(buf.subarray(0, 48))) return { error: new JournalCorruptError(`${name}: journal superblock checksum mismatch`) };
+  // Version before checksum: another version has another layout (its checksum sits elsewhere).
   const version = buf.readUInt32BE(4);
   if (version !== JOURNAL_VERSION) {
     return { error: new CowvolError('UNSUPPORTED_VERSION', `${name}: journal version ${version}; this cowvol reads version ${JOURNAL_VERSION}`, { details: { version } }) };
   }
+  if (buf.readUInt32BE(48) !== crc32c(buf.subarray(0, 48))) return { error: new JournalCorruptError(`${name}: journal superblock checksum mismatch`) };
   const blockSizeBytes = buf.readUInt32BE(24);
   const lengthBlocks = buf.readUInt32BE(28);
   const tailSequence = Number(buf.readBigUInt64BE(32));
@@ -166,7 +167,8 @@ export function decodeSuperblock(area: Buffer, name: string): JournalSuperblock 
   if ('sb' in a && 'sb' in b) return ((b.sb.generation - a.sb.generation) | 0) > 0 ? b.sb : a.sb;
   if ('sb' in a) return a.sb;
   if ('sb' in b) return b.sb;
-  throw a.error.message.includes('version') ? a.error : b.error.message.includes('version') ? b.error : a.error;
+  const isVersion = (e: Error) => e instanceof CowvolError && e.code === 'UNSUPPORTED_VERSION';
+  throw isVersion(a.error) ? a.error : isVersion(b.error) ? b.error : a.error;
 }
 
 // ------------------------------------------------------------ log blocks

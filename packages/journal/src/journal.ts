@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { unpackMultiple } from 'msgpackr';
+import { Mutex } from 'async-mutex';
 import type { BlockDevice } from './block-device.js';
 import {
   MAX_JOURNAL_BLOCK_BYTES,
@@ -87,11 +88,6 @@ export const MAX_HANDLES_PER_COMMIT = 4096;
 /** Default journal size when formatting: 64 MiB. */
 export const DEFAULT_JOURNAL_BYTES = 64 * 1024 * 1024;
 
-interface CommittedExtent {
-  sequence: number;
-  startBlock: number;
-  blocks: number;
-}
 
 /**
  * A jbd2-style journal on one file: a fixed-size circular log of blocks
@@ -131,7 +127,9 @@ export class Journal implements HandleOwner {
   private tailBlock: number;
   private tailSequence: number;
   private lastAppliedSequence: number;
-  private readonly committed: CommittedExtent[] = [];
+  /** Committed transactions not yet checkpointed, oldest first. */
+  private readonly committed: Transaction[] = [];
+  private readonly checkpointLock = new Mutex();
   private usedBlocks = 0;
   private reservedBlocks = 0;
   private readonly cache = new Map<string, { target: number; homeBlock: number; data: Buffer; sequence: number }>();
@@ -140,7 +138,6 @@ export class Journal implements HandleOwner {
   private committing = false;
   private idleWaiters: Array<() => void> = [];
   private spaceWaiters: Array<() => void> = [];
-  private checkpointing: Promise<void> | undefined;
   private abortedBy: unknown = undefined;
   private closed = false;
   private readonly apply: ApplyFn;
@@ -169,9 +166,9 @@ export class Journal implements HandleOwner {
     this.tailBlock = sb.tailBlock;
     this.tailSequence = sb.tailSequence;
     this.lastAppliedSequence = scanned.nextSequence - 1;
-    for (const tx of scanned.transactions) {
-      this.committed.push({ sequence: tx.sequence, startBlock: tx.startBlock, blocks: tx.blocks });
-      this.usedBlocks += tx.blocks;
+    for (const rec of scanned.transactions) {
+      this.committed.push(Transaction.recovered(rec.sequence, rec.startBlock, rec.blocks));
+      this.usedBlocks += rec.blocks;
     }
     this.apply = options.apply ?? (async () => undefined);
     this.beforeTailMove = options.beforeTailMove ?? (async () => undefined);
@@ -260,6 +257,19 @@ export class Journal implements HandleOwner {
     return credits + Math.ceil(credits / per) + 2;
   }
 
+  /** The most credits one handle may start with (its log blocks may take a quarter of the log). */
+  get maxHandleCredits(): number {
+    const limit = Math.floor(this.dataBlocks / 4);
+    let lo = 1;
+    let hi = limit;
+    while (lo < hi) {
+      const mid = Math.ceil((lo + hi) / 2);
+      if (this.blocksForCredits(mid) <= limit) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  }
+
   /**
    * Starts a handle that may log up to `credits` items (jbd2
    * `jbd2_journal_start`). Reserves log space, waiting for a checkpoint
@@ -275,8 +285,12 @@ export class Journal implements HandleOwner {
     }
     while (this.usedBlocks + this.reservedBlocks + need + 2 > this.dataBlocks) {
       this.stats.spaceWaits += 1;
+      const used = this.usedBlocks;
       if (this.committed.length > 0) await this.checkpoint();
-      else await new Promise<void>((wake) => this.spaceWaiters.push(wake));
+      // No progress (the transactions in the way are still being applied, or
+      // the space is reserved by handles in flight): wait for a commit or a
+      // checkpoint to free some, never spin.
+      if (this.usedBlocks >= used) await new Promise<void>((wake) => this.spaceWaiters.push(wake));
       this.checkUsable();
     }
     this.reservedBlocks += need;
@@ -408,17 +422,28 @@ export class Journal implements HandleOwner {
     const recordBuffers: Buffer[] = [];
     let recordBytes = 0;
     const ordered = new Set<BlockDevice>();
+    // The last word on a block within the transaction wins, in handle order
+    // (within one handle, its images come after its revokes): an image after
+    // a revoke cancels the revoke (jbd2 cancel_revoke); a revoke after an
+    // image drops the image. The cache and recovery then agree.
+    const last = new Map<string, 'image' | 'revoke'>();
     for (const h of tx.handles) {
-      // A block journaled again after being revoked in this transaction is no longer revoked (jbd2 cancel_revoke).
-      for (const r of h.revokes) revokes.push(r);
-      for (const img of h.images) {
-        const k = revokeKey(img.target, img.homeBlock);
-        for (let i = revokes.length - 1; i >= 0; i--) if (revokeKey(revokes[i]!.target, revokes[i]!.homeBlock) === k) revokes.splice(i, 1);
-        images.push(img);
-      }
+      for (const r of h.revokes) last.set(revokeKey(r.target, r.homeBlock), 'revoke');
+      for (const img of h.images) last.set(revokeKey(img.target, img.homeBlock), 'image');
       recordBuffers.push(...h.records);
       recordBytes += h.recordBytes;
       for (const d of h.orderedDevices) ordered.add(d);
+    }
+    const revoked = new Set<string>();
+    for (const h of tx.handles) {
+      for (const r of h.revokes) {
+        const k = revokeKey(r.target, r.homeBlock);
+        if (last.get(k) === 'revoke' && !revoked.has(k)) {
+          revoked.add(k);
+          revokes.push(r);
+        }
+      }
+      for (const img of h.images) if (last.get(revokeKey(img.target, img.homeBlock)) === 'image') images.push(img);
     }
     const out: Buffer[] = [];
     const per = tagsPerDescriptor(bs);
@@ -463,7 +488,7 @@ export class Journal implements HandleOwner {
       this.stats.syncs += 1;
       this.head = at;
       this.nextSequence = tx.sequence + 1;
-      this.committed.push({ sequence: tx.sequence, startBlock: tx.startBlock, blocks: tx.blocks });
+      this.committed.push(tx);
       this.usedBlocks += tx.blocks;
       for (const h of tx.handles) this.reservedBlocks -= h.reservedBlocks;
       // The cache now holds the newest image of each block; revokes drop older ones.
@@ -484,7 +509,7 @@ export class Journal implements HandleOwner {
       throw err;
     }
     this.wakeSpaceWaiters();
-    if (this.usedBlocks > this.dataBlocks * this.checkpointFill && !this.checkpointing) {
+    if (this.usedBlocks > this.dataBlocks * this.checkpointFill && !this.checkpointLock.isLocked()) {
       // Background checkpoint: writers are not blocked by it unless the log is full.
       void this.checkpoint().catch(() => undefined);
     }
@@ -498,11 +523,9 @@ export class Journal implements HandleOwner {
    * write + sync). One at a time; concurrent callers share it.
    */
   checkpoint(): Promise<void> {
-    if (this.checkpointing) return this.checkpointing;
-    this.checkpointing = this.runCheckpoint().finally(() => {
-      this.checkpointing = undefined;
-    });
-    return this.checkpointing;
+    // Serialized, and each call covers every transaction applied when it
+    // runs (a call never returns the result of an older, narrower one).
+    return this.checkpointLock.runExclusive(() => this.runCheckpoint());
   }
 
   private async runCheckpoint(): Promise<void> {
@@ -530,7 +553,11 @@ export class Journal implements HandleOwner {
       await this.device.sync();
       this.generation = generation;
       this.stats.syncs += 1;
-      while (this.committed.length > 0 && this.committed[0]!.sequence <= n) this.usedBlocks -= this.committed.shift()!.blocks;
+      while (this.committed.length > 0 && this.committed[0]!.sequence <= n) {
+        const done = this.committed.shift()!;
+        done.advance('checkpointed');
+        this.usedBlocks -= done.blocks;
+      }
       this.tailBlock = tailBlock;
       this.tailSequence = tailSequence;
       for (const e of captured) {
@@ -551,7 +578,7 @@ export class Journal implements HandleOwner {
     if (this.abortedBy === undefined) this.kickCommit(); // stopped handles commit before close
     while (this.committing) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     if (this.commitTimer) clearTimeout(this.commitTimer);
-    while (this.checkpointing) await this.checkpointing.catch(() => undefined);
+    await this.checkpointLock.waitForUnlock();
     this.closed = true;
     this.wakeSpaceWaiters();
     await this.device.close();

@@ -27,6 +27,16 @@ export class Transaction {
   startBlock = 0;
   blocks = 0;
 
+  /** A transaction found committed by recovery (not yet checkpointed). */
+  static recovered(sequence: number, startBlock: number, blocks: number): Transaction {
+    const tx = new Transaction();
+    tx.state = 'committed';
+    tx.sequence = sequence;
+    tx.startBlock = startBlock;
+    tx.blocks = blocks;
+    return tx;
+  }
+
   advance(to: TransactionState): void {
     assert(NEXT[this.state] === to, `transaction ${this.sequence}: ${this.state} → ${to} is not a legal transition`);
     this.state = to;

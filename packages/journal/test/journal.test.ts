@@ -372,3 +372,67 @@ describe('commit triggers', () => {
     await Promise.all(stops);
   });
 });
+
+describe('regressions', () => {
+  it('an image and a later handle\'s revoke of the same block in one transaction: the revoke wins in the cache, at checkpoint and at recovery alike', async () => {
+    const { journal } = await open(log, { commitIntervalMs: 60_000 });
+    const h1 = await journal.start(1);
+    h1.logImage(0, 3, image(0x31));
+    const p1 = h1.stop();
+    const h2 = await journal.start(1);
+    h2.revoke(0, 3);
+    const p2 = h2.stop();
+    await journal.flush();
+    expect(await p1).toBe(await p2); // one transaction
+    expect(journal.readImage(0, 3)).toBeUndefined();
+    const crashed = log.crash(() => 'drop');
+    await journal.checkpoint();
+    expect((await home.read(3 * BS, BS)).equals(image(0))).toBe(true);
+    home = new MemoryDevice('home', Buffer.alloc(16 * BS));
+    await open(crashed);
+    expect((await home.read(3 * BS, BS)).equals(image(0))).toBe(true);
+  });
+
+  it('start() on a full log while the transactions in the way are still being applied waits (no spin) and then proceeds', async () => {
+    await fresh(64);
+    let slowApply = false;
+    const { journal } = await open(log, {
+      checkpointFill: 1,
+      apply: async () => {
+        if (slowApply) await new Promise((r) => setTimeout(r, 20));
+      },
+    });
+    while (journal.uncheckpointedBlocks < 40) await journal.commit([{ fill: 1 }]);
+    slowApply = true;
+    // These commits stay in apply for 20 ms each while the log is nearly full.
+    const committing = Array.from({ length: 3 }, () => journal.commit([{ slow: 1 }]));
+    const h = await journal.start(10); // must wait for space, not spin the event loop
+    h.abandon();
+    await Promise.all(committing);
+    expect(journal.stats.spaceWaits).toBeGreaterThan(0);
+  });
+
+  it('a checkpoint call covers every transaction applied before it, even when another checkpoint is running', async () => {
+    const { journal } = await open();
+    const h = await journal.start(1);
+    h.logImage(0, 1, image(1));
+    await h.commit();
+    let release!: () => void;
+    const stalled = new Promise<void>((r) => (release = r));
+    home.before = async (op) => {
+      if (op === 'write') await stalled;
+    };
+    const first = journal.checkpoint();
+    await new Promise((r) => setImmediate(r));
+    const h2 = await journal.start(1);
+    h2.logImage(0, 2, image(2));
+    await h2.commit();
+    const second = journal.checkpoint();
+    release();
+    home.before = undefined;
+    await first;
+    await second;
+    expect((await home.read(2 * BS, BS)).equals(image(2)), 'the second checkpoint must include transaction 2').toBe(true);
+    expect(journal.uncheckpointedBlocks).toBe(0);
+  });
+});
