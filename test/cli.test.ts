@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Volume } from '@cowvol/cow-core';
-import { cowvol, sha256, sha256File, tempDir } from './helpers.js';
+import { CLI, cowvol, run, sha256, sha256File, tempDir } from './helpers.js';
 
 /**
  * End-to-end tests of the `cowvol` CLI as users and scripts run it: real
@@ -92,6 +92,15 @@ describe('cowvol CLI: the whole path', () => {
     expect(json(info.stdout)).toMatchObject({ snapshots: [{ name: 'one', ownedBlocks: 5 }], store: { usedBlocks: 5 } });
     const human = await cowvol(['info', vol]);
     expect(human.stdout.toString()).toMatch(/block size:\s+4096/);
+  });
+
+  it('a reader that closes the pipe early (`read | head`) ends the command quietly with exit 0', async () => {
+    const vol = join(dir, 'pipe.img');
+    expect((await cowvol(['create', vol, '--size', '64M'])).code).toBe(0);
+    const r = await run('bash', ['-c', `set -o pipefail; "${process.execPath}" "${CLI}" read "${vol}" | head -c 10 | wc -c`]);
+    expect(r.stderr).not.toContain('EPIPE');
+    expect(r.code).toBe(0);
+    expect(r.stdout.toString().trim()).toBe('10');
   });
 
   it('adopts an existing raw image as the live volume', async () => {

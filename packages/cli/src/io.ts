@@ -71,17 +71,34 @@ export async function openInput(path: string | undefined): Promise<SizedInput> {
 
 /** A destination for data: a file (created or truncated) or stdout; honours back-pressure. */
 export interface Sink {
+  /** True once the process reading stdout closed the pipe: further data is dropped. */
+  readonly closedByReader: boolean;
   write(data: Buffer): Promise<void>;
   close(): Promise<void>;
 }
 
 export function openSink(path: string | undefined): Sink {
   const stream: Writable = path === undefined ? process.stdout : createWriteStream(path);
+  // A reader that stops early (`cowvol read vol | head`) closes the pipe:
+  // like cat, stop writing quietly instead of failing with EPIPE.
+  let closedByReader = false;
+  let failure: Error | undefined;
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (path === undefined && err.code === 'EPIPE') closedByReader = true;
+    else failure = err;
+  });
   return {
+    get closedByReader() {
+      return closedByReader;
+    },
     async write(data) {
-      if (!stream.write(data)) await once(stream, 'drain');
+      if (failure) throw failure;
+      if (closedByReader) return;
+      if (!stream.write(data)) await Promise.race([once(stream, 'drain'), once(stream, 'error')]).catch(() => undefined);
+      if (failure) throw failure;
     },
     async close() {
+      if (failure) throw failure;
       if (path !== undefined) {
         stream.end();
         await once(stream, 'finish');
@@ -104,6 +121,7 @@ export async function copyOut(
   let pos = 0;
   while (pos < lengthBytes) {
     const n = Math.min(STREAM_CHUNK_BYTES, lengthBytes - pos);
+    if (sink.closedByReader) return;
     await sink.write(await read(offsetBytes + pos, n));
     pos += n;
     onProgress?.(pos, lengthBytes);
@@ -133,6 +151,7 @@ export async function openAtomicFileSink(path: string): Promise<AtomicFileSink> 
     }
   };
   return {
+    closedByReader: false,
     async write(data) {
       let done = 0;
       while (done < data.length) {
