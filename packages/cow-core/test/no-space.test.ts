@@ -13,9 +13,17 @@ import { exportToBuffer, memorySource, prng, randomBuffer } from './backup-helpe
  * (Writes inside a file's current size are taken as already allocated.)
  */
 class FullDiskOpener implements DeviceOpener {
+  /** Ranges of sparse files written through this opener (already allocated). */
+  private readonly allocated = new Map<string, Set<number>>();
+
+  /**
+   * @param sparseFiles files preallocated only in size (the journal): every
+   *   first write to a 4 KiB block of them needs new disk space too
+   */
   constructor(
     public budgetBytes: number,
     private readonly files: string[],
+    private readonly sparseFiles: string[] = [],
   ) {}
 
   async open(path: string, options: { create: boolean }): Promise<BlockDevice> {
@@ -27,7 +35,14 @@ class FullDiskOpener implements DeviceOpener {
       read: (o, l) => inner.read(o, l),
       write: async (o, d) => {
         if (limited) {
-          const grow = Math.max(0, o + d.length - (await inner.sizeBytes()));
+          let grow = Math.max(0, o + d.length - (await inner.sizeBytes()));
+          if (this.sparseFiles.includes(file)) {
+            const seen = this.allocated.get(file) ?? new Set<number>();
+            this.allocated.set(file, seen);
+            grow = 0;
+            for (let b = Math.floor(o / 4096); b <= Math.floor((o + d.length - 1) / 4096); b++) if (!seen.has(b)) grow += 4096;
+            if (grow <= this.budgetBytes) for (let b = Math.floor(o / 4096); b <= Math.floor((o + d.length - 1) / 4096); b++) seen.add(b);
+          }
           if (grow > this.budgetBytes) throw new NoSpaceError(`no space left writing ${d.length} bytes at offset ${o} of ${inner.name}`, { details: { device: inner.name } });
           this.budgetBytes -= grow;
         }
@@ -109,9 +124,9 @@ describe('NO_SPACE: the store never silently invalidates a snapshot', () => {
     await v.close();
   });
 
-  it('when the journal cannot grow, the write fails with NO_SPACE and the volume stops (JOURNAL_ABORTED) until reopened; then every snapshot reads back', async () => {
+  it('when the journal cannot get disk space (its file is sparse), the write fails with NO_SPACE and the volume stops (JOURNAL_ABORTED) until reopened; then every snapshot reads back', async () => {
     const { live, snaps } = await threeSnapshots();
-    const disk = new FullDiskOpener(0, ['journal']);
+    const disk = new FullDiskOpener(0, ['journal'], ['journal']);
     const v = await Volume.open(path, { opener: disk });
     await expect(v.write(45 * BS, Buffer.alloc(BS, 1))).rejects.toMatchObject({ code: 'NO_SPACE' });
     await expect(v.readSnapshot('a', 0, BS)).rejects.toMatchObject({ code: 'JOURNAL_ABORTED' });
