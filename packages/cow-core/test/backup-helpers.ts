@@ -5,16 +5,7 @@ import { Level } from 'level';
 import { FileBlockDevice, IoError, exportSnapshot, type BlockDevice, type DeviceOpener, type ExportOptions, type StreamSource, type Volume } from '../src/index.js';
 
 /** Small deterministic PRNG (mulberry32): a seed replays a run exactly. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 as prng } from './prng.js';
 
 /** Positive integer from the environment, or the default. */
 export function envInt(name: string, fallback: number): number {

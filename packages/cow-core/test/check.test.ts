@@ -7,6 +7,7 @@ import { Packr } from 'msgpackr';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Volume, volumeLayout, type CheckFinding, type CheckReport } from '../src/index.js';
 import { cowvol } from '../../../test/helpers.js';
+import { mulberry32 } from './prng.js';
 
 /**
  * `check` finds what it should (docs/ARCHITECTURE.md, guarantee 6 and the
@@ -27,16 +28,6 @@ const ROUNDS = Number(process.env.COWVOL_CHECK_ROUNDS ?? 4);
 const WORKLOADS = Number(process.env.COWVOL_CHECK_WORKLOADS ?? 8);
 const REPLAY = `seed ${SEED} (replay: COWVOL_CHECK_SEED=${SEED})`;
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomBuffer(r: () => number, length: number): Buffer {
   const buf = Buffer.alloc(length);

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DATA_MODES } from './modes.js';
 import { Volume } from '../src/index.js';
 import { CrashController } from './crash-device.js';
+import { mulberry32 } from './prng.js';
 
 /**
  * Crash-point tests (guarantees 1, 2, 3, 4 and 6 across a power loss).
@@ -28,16 +29,6 @@ const MAX_POINTS = Number(process.env.COWVOL_CRASH_MAX_POINTS ?? 50);
 
 type Op = { kind: 'write'; offsetBytes: number; data: Buffer } | { kind: 'snapshot'; name: string } | { kind: 'delete'; name: string } | { kind: 'flush' };
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function workload(seed: number): Op[] {
   const r = mulberry32(seed);
