@@ -81,6 +81,7 @@ async function latencies(withSlowCommit) {
       waits.push(h.stop());
       samples.push(performance.now() - t0);
     }
+    await journal.flush(); // a flush request commits the stopped handles now
     await Promise.all(waits);
     await slow;
     await journal.checkpoint();

@@ -83,9 +83,11 @@ export function openSink(path: string | undefined): Sink {
   // like cat, stop writing quietly instead of failing with EPIPE.
   let closedByReader = false;
   let failure: Error | undefined;
+  let wake: (() => void) | undefined;
   stream.on('error', (err: NodeJS.ErrnoException) => {
     if (path === undefined && err.code === 'EPIPE') closedByReader = true;
     else failure = err;
+    wake?.();
   });
   return {
     get closedByReader() {
@@ -94,7 +96,14 @@ export function openSink(path: string | undefined): Sink {
     async write(data) {
       if (failure) throw failure;
       if (closedByReader) return;
-      if (!stream.write(data)) await Promise.race([once(stream, 'drain'), once(stream, 'error')]).catch(() => undefined);
+      if (!stream.write(data)) {
+        // Wait for drain, or for the error handler above (one listener each, no leak).
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          stream.once('drain', () => resolve());
+        });
+        wake = undefined;
+      }
       if (failure) throw failure;
     },
     async close() {

@@ -320,8 +320,8 @@ export class Journal implements HandleOwner {
       this.queuedBlocks += handle.reservedBlocks;
       if (force || this.queuedBlocks > this.dataBlocks / 8) this.kickCommit();
       else if (!this.commitTimer) {
+        // Not unref'd: a process waiting on a stopped handle stays alive until it commits.
         this.commitTimer = setTimeout(() => this.kickCommit(), this.commitIntervalMs);
-        this.commitTimer.unref();
       }
     });
   }
