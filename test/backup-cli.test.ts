@@ -2,7 +2,7 @@ import { cp, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cowvol, sha256File, tempDir, type RunResult } from './helpers.js';
+import { cowvol, sha256File, tempDir, type RunResult, cowvolOk as ok, jsonOf as json } from './helpers.js';
 
 /**
  * The backup commands through the real CLI (child processes, real files):
@@ -19,15 +19,6 @@ afterAll(async () => {
   await cleanup();
 });
 
-function json<T = Record<string, unknown>>(r: RunResult): T {
-  return JSON.parse(r.stdout.toString('utf8')) as T;
-}
-
-async function ok(args: string[], input?: Buffer): Promise<RunResult> {
-  const r = await cowvol(args, input === undefined ? {} : { input });
-  if (r.code !== 0) throw new Error(`cowvol ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
-  return r;
-}
 
 /** A 1 MiB volume with snapshots mon, tue (labelled) and writes after each; built once, copied per test. */
 let week: { vol: string; data: Map<string, Buffer> } | undefined;

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Volume } from '@cowvol/cow-core';
-import { CLI, cowvol, sha256File, tempDir, type RunResult } from './helpers.js';
+import { CLI, cowvol, sha256File, tempDir, type RunResult, cowvolOk as ok, jsonOf as json } from './helpers.js';
 
 /**
  * Several processes and interruptions through the real CLI: a busy volume
@@ -19,15 +19,6 @@ afterAll(async () => {
   await cleanup();
 });
 
-function json<T = Record<string, unknown>>(r: RunResult): T {
-  return JSON.parse(r.stdout.toString('utf8')) as T;
-}
-
-async function ok(args: string[], input?: Buffer): Promise<RunResult> {
-  const r = await cowvol(args, input === undefined ? {} : { input });
-  if (r.code !== 0) throw new Error(`cowvol ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
-  return r;
-}
 
 describe('several processes: busy volumes and interrupted imports', () => {
   it('a busy volume fails fast with VOLUME_BUSY (exit 5), or with --wait waits for the holder to finish', async () => {

@@ -23,6 +23,18 @@ export function cowvol(args: string[], options: { input?: Buffer; cwd?: string }
   return run(process.execPath, [CLI, ...args], options);
 }
 
+/** Runs `cowvol <args>` and throws with its stderr unless it exits 0. */
+export async function cowvolOk(args: string[], input?: Buffer): Promise<RunResult> {
+  const r = await cowvol(args, input === undefined ? {} : { input });
+  if (r.code !== 0) throw new Error(`cowvol ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+  return r;
+}
+
+/** The one JSON document a `--json` command printed on stdout. */
+export function jsonOf<T = Record<string, unknown>>(r: RunResult): T {
+  return JSON.parse(r.stdout.toString('utf8')) as T;
+}
+
 /** Runs any program, collecting stdout (bytes) and stderr (text). */
 export function run(cmd: string, args: string[], options: { input?: Buffer; cwd?: string } = {}): Promise<RunResult> {
   return new Promise((resolvePromise, reject) => {
