@@ -20,7 +20,7 @@ import { Volume } from '@cowvol/cow-core';
 import { MiB, diffObj, inFlight, median, now, payloadBuffer, permBlock, permutationStep, procIo } from './lib/common.mjs';
 import { countingOpener, newCounters } from './lib/counting-opener.mjs';
 import { scaleFor } from './lib/scale.mjs';
-import { qemuBench, qemuCreate, qemuInfo, qemuSnapshotCreate, qemuSnapshotList, qemuSnapshotRead } from './lib/qemu.mjs';
+import { qemuBench, qemuCreate, qemuInfo, qemuSnapshotCreate, qemuSnapshotRead } from './lib/qemu.mjs';
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const REPO_DIR = resolve(BENCH_DIR, '..');
@@ -31,7 +31,7 @@ const SELF = fileURLToPath(import.meta.url);
 
 function makeContext(scale, work, rep, profileFile) {
   const counters = newCounters();
-  return { scale, work, rep, counters, opener: countingOpener(counters), profileFile, notes: [], extra: {}, childRss: [] };
+  return { scale, work, rep, counters, opener: countingOpener(counters), profileFile, extra: {}, childRss: [] };
 }
 
 function snapshotCounters(ctx, vol) {
@@ -73,7 +73,7 @@ function settle() {
 
 /** Times `fn` and the I/O it causes (BlockDevice counters, journal stats, /proc/self/io). */
 async function measure(ctx, fn, vol) {
-  if (!ctx.noSettle) settle();
+  settle();
   const before = snapshotCounters(ctx, vol);
   const prof = await startProfiler(ctx.profileFile);
   const t0 = now();

@@ -403,6 +403,9 @@ export class Journal implements HandleOwner {
           }
         } finally {
           for (const h of tx.handles) this.waiters.delete(h);
+          // Committed: keep only sequence, start and length for the checkpoint,
+          // not the handles' records and images (memory bounded by the log's metadata).
+          tx.handles.length = 0;
         }
       }
     } finally {
