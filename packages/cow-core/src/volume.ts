@@ -1083,38 +1083,37 @@ export class Volume {
   }
 
   /** Live data: the newest journaled image of a block if not yet checkpointed (journal mode), else the volume file. */
-  private async readLive(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    if (this.meta.sb.dataMode !== 'journal' || lengthBytes === 0) return this.volume.read(offsetBytes, lengthBytes);
+  private readLive(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    return this.readHome(TARGET_VOLUME, this.volume, offsetBytes, lengthBytes);
+  }
+
+  /** Store blocks, with journaled copies not yet checkpointed (journal mode). */
+  private readStore(storeBlock: number, countBlocks: number): Promise<Buffer> {
+    return this.readHome(TARGET_STORE, this.store.device, this.store.offsetOf(storeBlock), countBlocks * this.blockSizeBytes);
+  }
+
+  /**
+   * Bytes of a journal target's home file, overlaid in journal mode with the
+   * journal's image cache. The cache is looked at first, then home is read:
+   * an image checkpointed in between is home already, so neither order of
+   * events reads stale data.
+   */
+  private async readHome(target: number, device: BlockDevice, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    if (this.meta.sb.dataMode !== 'journal' || lengthBytes === 0) return device.read(offsetBytes, lengthBytes);
     const bs = this.blockSizeBytes;
     const first = Math.floor(offsetBytes / bs);
     const last = Math.floor((offsetBytes + lengthBytes - 1) / bs);
-    // Look in the image cache first, then read home: an image checkpointed in
-    // between is home already, so neither order of events reads stale data.
     const images: Array<[number, Buffer]> = [];
     for (let b = first; b <= last; b++) {
-      const img = this.journal.readImage(TARGET_VOLUME, b);
+      const img = this.journal.readImage(target, b);
       if (img) images.push([b, img]);
     }
-    const data = await this.volume.read(offsetBytes, lengthBytes);
+    const data = await device.read(offsetBytes, lengthBytes);
     for (const [b, img] of images) {
       const from = Math.max(offsetBytes, b * bs);
       const to = Math.min(offsetBytes + lengthBytes, (b + 1) * bs);
       img.copy(data, from - offsetBytes, from - b * bs, to - b * bs);
     }
-    return data;
-  }
-
-  /** Store blocks, with journaled copies not yet checkpointed (journal mode). */
-  private async readStore(storeBlock: number, countBlocks: number): Promise<Buffer> {
-    if (this.meta.sb.dataMode !== 'journal') return this.store.read(storeBlock, countBlocks);
-    const bs = this.blockSizeBytes;
-    const images: Array<[number, Buffer]> = [];
-    for (let i = 0; i < countBlocks; i++) {
-      const img = this.journal.readImage(TARGET_STORE, storeBlock + 1 + i);
-      if (img) images.push([i, img]);
-    }
-    const data = await this.store.read(storeBlock, countBlocks);
-    for (const [i, img] of images) img.copy(data, i * bs);
     return data;
   }
 
