@@ -71,14 +71,5 @@ export async function sha256File(path: string): Promise<string> {
   return sha256(await readFile(path));
 }
 
-/** Small deterministic PRNG (mulberry32) so a seed replays a run exactly. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Small deterministic PRNG (mulberry32, from cow-core) so a seed replays a run exactly. */
+export { mulberry32 as prng } from '@cowvol/cow-core';

@@ -31,7 +31,7 @@
 // acknowledged, and only then does the next operation begin. So the content
 // of a snapshot is exactly the acknowledged writes before it.
 import { writeSync } from 'node:fs';
-import { Volume } from '@cowvol/cow-core';
+import { Volume, mulberry32 as prng } from '@cowvol/cow-core';
 
 const [volumePath, seedArg, blocksArg, firstSeqArg] = process.argv.slice(2);
 if (!volumePath || seedArg === undefined || blocksArg === undefined) {
@@ -59,17 +59,6 @@ function content(seqNo, offset, length) {
   return buf;
 }
 
-/** mulberry32, as in test/helpers.ts. */
-function prng(s) {
-  let a = s >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function report(obj) {
   const line = Buffer.from(`${JSON.stringify(obj)}\n`);

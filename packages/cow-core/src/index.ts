@@ -35,7 +35,7 @@ export {
 export { checkVolume, MAX_FINDINGS, type CheckReport, type CheckFinding } from './check.js';
 export { FreezeGate } from './freeze-gate.js';
 export { type MetaRecord } from './committed-metadata.js';
-export { runStress, formatStressSummary, type StressOptions, type StressSummary } from './stress.js';
+export { runStress, formatStressSummary, mulberry32, type StressOptions, type StressSummary } from './stress.js';
 export { type CreateSnapshotOptions, type MultiDeleteResult } from './volume.js';
 export { unionOfMaps, mergeExtents, type DiffExtent, type DiffResult } from './diff.js';
 export { freeableBlocks, planDelete, type SnapshotSpace, type StoreSpace, type SpaceReport, type DeletePlan } from './space.js';

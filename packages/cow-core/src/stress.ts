@@ -55,7 +55,12 @@ export interface StressSummary {
 const BLOCK_BYTES = 4096;
 const MAX_WRITERS = 64;
 
-function mulberry32(seed: number): () => number {
+/**
+ * Seeded PRNG (mulberry32): a 32-bit seed → a function returning floats in
+ * [0, 1). Deterministic, so a printed seed replays a stress run (and the test
+ * suites use it for the same reason).
+ */
+export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
