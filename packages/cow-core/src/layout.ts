@@ -45,6 +45,12 @@ export const DEFAULT_BLOCK_SIZE_BYTES = 4096;
 export const MAX_VOLUME_BYTES = 2 ** 52;
 /** A single write or read is processed in chunks of at most this many bytes (bounds memory and transaction size). */
 export const IO_CHUNK_BYTES = 4 * 1024 * 1024;
+/**
+ * Bound on the data=ordered write-back stage: overwrites held in memory
+ * while the COW of their blocks commits. 32 MiB lets several group commits
+ * overlap the next writes and keeps peak memory far below the 256 MiB budget.
+ */
+export const WRITE_BACK_MAX_BYTES = 32 * 1024 * 1024;
 /** Largest single `read()` result. Callers stream larger ranges in pieces. */
 export const MAX_READ_BYTES = 256 * 1024 * 1024;
 /** Blocks handed over or freed per transaction while deleting a snapshot. */

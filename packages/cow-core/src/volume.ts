@@ -44,6 +44,7 @@ import {
   IO_CHUNK_BYTES,
   MAX_BLOCK_SIZE_BYTES,
   MAX_READ_BYTES,
+  WRITE_BACK_MAX_BYTES,
   MAX_SNAPSHOTS,
   MAX_VOLUME_BYTES,
   MIN_BLOCK_SIZE_BYTES,
@@ -63,6 +64,7 @@ import { unionOfMaps, type DiffResult, type NamedMap } from './diff.js';
 import { freeableBlocks, planDelete, type DeletePlan, type SpaceReport } from './space.js';
 import { validateLabels } from './labels.js';
 import { decodeValue as decodeMeta, type ImportRecord, type SnapshotIdentity } from './metadata.js';
+import { WriteBackStage, writeBackError } from './write-back.js';
 
 /** Options for {@link Volume.create}. */
 export interface CreateVolumeOptions {
@@ -83,6 +85,8 @@ export interface CreateVolumeOptions {
   dataMode?: DataMode;
   /** Journal file size. Default 64 MiB; at least 256 blocks. */
   journalSizeBytes?: number;
+  /** Write-back stage bound of the opened volume (see {@link OpenVolumeOptions.writeBackBytes}). */
+  writeBackBytes?: number;
 }
 
 /** Options for {@link Volume.open}. */
@@ -90,6 +94,14 @@ export interface OpenVolumeOptions {
   opener?: DeviceOpener;
   /** Owner lock is stale after this long without refresh (default 10 s). */
   lockStaleMs?: number;
+  /**
+   * data=ordered: bytes of overwrites that may wait in memory for the COW of
+   * their blocks to commit while `write()` has already resolved (a volatile
+   * write cache: errors surface at `flush()`/`close()`). Default
+   * `WRITE_BACK_MAX_BYTES` (32 MiB); 0 = write-through: `write()` resolves
+   * only once its overwrite reached the volume file, and reports its errors.
+   */
+  writeBackBytes?: number;
 }
 
 /** A snapshot as shown to users. */
@@ -221,6 +233,8 @@ export class Volume {
   private readonly mapLoads = new Map<number, Promise<SnapshotMap>>();
   /** Pending COWs into the active snapshot, by volume block. */
   private readonly pending = new Map<number, PendingCow>();
+  /** data=ordered: overwrites held until the COW of their blocks commits (write-back.ts). */
+  private readonly writeBack: WriteBackStage;
   /**
    * Which pending-COW markers the current async context holds, for the
    * lock-order assertion. AsyncLocalStorage costs every promise in the
@@ -247,7 +261,10 @@ export class Volume {
     private readonly catalog: SnapshotRecord[],
     private readonly lock: OwnerLock,
     private recovery: RecoveryReport,
-  ) {}
+    writeBackBytes: number,
+  ) {
+    this.writeBack = new WriteBackStage(meta.sb.blockSizeBytes, writeBackBytes);
+  }
 
   get sizeBytes(): number {
     return this.meta.sb.sizeBytes;
@@ -356,7 +373,7 @@ export class Volume {
       if (createdFile) await rm(path, { force: true });
       throw err;
     }
-    return Volume.open(path, { opener });
+    return Volume.open(path, { opener, ...(options.writeBackBytes !== undefined ? { writeBackBytes: options.writeBackBytes } : {}) });
   }
 
   // ------------------------------------------------------------------ open
@@ -368,6 +385,8 @@ export class Volume {
    * @throws VOLUME_NOT_FOUND, NOT_A_VOLUME, VOLUME_BUSY, CORRUPT_METADATA, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, JOURNAL_CORRUPT, IO_ERROR
    */
   static async open(path: string, options: OpenVolumeOptions = {}): Promise<Volume> {
+    const writeBackBytes = options.writeBackBytes ?? WRITE_BACK_MAX_BYTES;
+    if (!Number.isSafeInteger(writeBackBytes) || writeBackBytes < 0) throw new InvalidArgumentError(`writeBackBytes must be a non-negative integer, got ${writeBackBytes}`);
     const opener = options.opener ?? fileDeviceOpener;
     const layout = volumeLayout(path);
     const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
@@ -435,7 +454,7 @@ export class Volume {
       if (journal.blockSizeBytes !== sb.blockSizeBytes) {
         throw new JournalCorruptError(`${layout.journalPath} has ${journal.blockSizeBytes}-byte blocks; the volume has ${sb.blockSizeBytes}`);
       }
-      const vol = new Volume(layout, meta, db, volume, store, journal, meta.allocator.clone(), catalog, lock, recovery);
+      const vol = new Volume(layout, meta, db, volume, store, journal, meta.allocator.clone(), catalog, lock, recovery, writeBackBytes);
       if (recovery.replayedTransactions > 0) await vol.checkpoint();
       // Finish a delete that a crash interrupted (each step was its own transaction).
       for (const rec of [...catalog]) if (rec.state === 'deleting') await vol.finishDelete(rec);
@@ -464,8 +483,10 @@ export class Volume {
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
     this.checkRange(offsetBytes, data.length);
     if (data.length === 0) return;
-    // Stable buffer: the bytes written are the bytes as of this call.
-    const stable = Buffer.from(data);
+    // Like fs.write: `data` must not change until the promise settles. No
+    // copy is taken on the overwrite path; the write-back stage and the
+    // journal take their own copies of what they keep past this call.
+    const stable = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     await this.shared(async () => {
       // Pieces of at most pieceBytes from the start of the write: in journal
       // mode each piece is one handle, so a write of up to pieceBytes is atomic
@@ -484,12 +505,29 @@ export class Volume {
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.checkRange(offsetBytes, lengthBytes);
     this.checkReadLength(lengthBytes);
-    return this.shared(() => this.readLive(offsetBytes, lengthBytes));
+    return this.shared(() => this.readCurrent(offsetBytes, lengthBytes));
   }
 
-  /** Makes every write that completed before the call durable (guarantee 4: acknowledged means durable). */
+  /**
+   * Makes every write that completed before the call durable (guarantee 4:
+   * acknowledged means durable): drains the write-back stage, then syncs
+   * the volume file. Reports, once, any earlier acknowledged write that
+   * could not reach the volume (like a disk's write-cache error at flush).
+   * @throws IO_ERROR, NO_SPACE, JOURNAL_ABORTED (with `details.failedRanges` for write-back failures)
+   */
   async flush(): Promise<void> {
-    await this.shared(() => this.volume.sync());
+    const leave = await this.gate.enter();
+    try {
+      await this.writeBack.drain();
+      // Reported first, with their ranges (even when the cause also stopped
+      // the volume); a second flush then syncs what did land.
+      const failures = this.writeBack.takeFailures();
+      if (failures.length > 0) throw writeBackError(failures);
+      this.checkUsable();
+      await this.volume.sync();
+    } finally {
+      leave();
+    }
   }
 
   // ------------------------------------------------------------ snapshots
@@ -525,7 +563,7 @@ export class Volume {
 
   /** Snapshots, oldest first. */
   async listSnapshots(): Promise<SnapshotInfo[]> {
-    return this.shared(async () => this.liveSnapshots().map((r) => this.describe(r)));
+    return this.settled(async () => this.liveSnapshots().map((r) => this.describe(r)));
   }
 
   /**
@@ -572,7 +610,7 @@ export class Volume {
 
   /** Size, snapshots, store usage, format version, recovery report. */
   async info(): Promise<VolumeInfo> {
-    return this.shared(async () => {
+    return this.settled(async () => {
       const usedBlocks = this.meta.allocator.highWaterBlocks - this.meta.allocator.freeBlocks;
       const sb = this.meta.sb;
       return {
@@ -685,7 +723,7 @@ export class Volume {
    * @throws SNAPSHOT_NOT_FOUND
    */
   async diff(from: string, to?: string): Promise<DiffResult> {
-    return this.shared(async () => {
+    return this.settled(async () => {
       const a = this.findLive(from);
       if (!a) throw new SnapshotNotFoundError(from);
       const b = to === undefined ? undefined : this.findLive(to);
@@ -708,7 +746,7 @@ export class Volume {
    * reads no data.
    */
   async spaceUsage(): Promise<SpaceReport> {
-    return this.shared(async () => {
+    return this.settled(async () => {
       const fileBytes = await this.store.device.sizeBytes();
       let all = new Map<number, NamedMap>();
       // Load until every snapshot of the catalog is loaded (a create or delete may run meanwhile).
@@ -750,7 +788,7 @@ export class Volume {
    * @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD (as the delete would)
    */
   async planDelete(names: string[]): Promise<DeletePlan> {
-    return this.shared(async () => {
+    return this.settled(async () => {
       const victims = this.findVictims(names);
       const all = await this.namedMaps(this.catalog);
       return planDelete(all, new Set(victims.map((r) => r.id)), this.blockSizeBytes);
@@ -897,10 +935,13 @@ export class Volume {
   async close(): Promise<void> {
     if (this.closed) return;
     const thaw = await this.gate.freeze();
+    let failures: ReturnType<WriteBackStage['takeFailures']> = [];
     try {
       if (this.closed) return;
       this.closed = true;
       try {
+        await this.writeBack.drain();
+        failures = this.writeBack.takeFailures();
         if (this.failure === undefined) {
           await this.volume.sync();
           await this.checkpoint();
@@ -915,6 +956,8 @@ export class Volume {
     } finally {
       thaw();
     }
+    // Closed either way; an acknowledged write that never reached the volume is not silently lost.
+    if (failures.length > 0) throw writeBackError(failures);
   }
 
   // ------------------------------------------------------------- private
@@ -930,10 +973,26 @@ export class Volume {
     }
   }
 
+  /**
+   * Runs `fn` inside the freeze gate once the write-back stage is empty:
+   * metadata views (sizes, maps, diffs) count every COW of the writes
+   * acknowledged before the call.
+   */
+  private async settled<T>(fn: () => Promise<T>): Promise<T> {
+    return this.shared(async () => {
+      await this.writeBack.drain();
+      return fn();
+    });
+  }
+
   /** Runs `fn` alone: new operations wait, operations in flight drain first. */
   private async frozen<T>(fn: () => Promise<T>): Promise<T> {
     const thaw = await this.gate.freeze();
     try {
+      // Overwrites still in the write-back stage belong to writes that
+      // already returned: they land before the freezer runs (a snapshot
+      // holds every write acknowledged before it).
+      await this.writeBack.drain();
       this.checkUsable();
       return await fn();
     } finally {
@@ -1087,6 +1146,21 @@ export class Volume {
     return this.readHome(TARGET_VOLUME, this.volume, offsetBytes, lengthBytes);
   }
 
+  /**
+   * What a reader of the live volume sees: the volume file overlaid with the
+   * write-back stage (acknowledged overwrites still held back). The entries
+   * are picked before the file is read; an entry landing in between holds
+   * the same bytes the file then has.
+   */
+  private async readCurrent(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    if (lengthBytes === 0) return Buffer.alloc(0);
+    const bs = this.blockSizeBytes;
+    const entries = this.writeBack.overlapping(Math.floor(offsetBytes / bs), Math.floor((offsetBytes + lengthBytes - 1) / bs));
+    const data = await this.readLive(offsetBytes, lengthBytes);
+    WriteBackStage.overlay(entries, offsetBytes, data);
+    return data;
+  }
+
   /** Store blocks, with journaled copies not yet checkpointed (journal mode). */
   private readStore(storeBlock: number, countBlocks: number): Promise<Buffer> {
     return this.readHome(TARGET_STORE, this.store.device, this.store.offsetOf(storeBlock), countBlocks * this.blockSizeBytes);
@@ -1156,14 +1230,54 @@ export class Volume {
     const bs = this.blockSizeBytes;
     const first = Math.floor(offsetBytes / bs);
     const last = Math.floor((offsetBytes + data.length - 1) / bs);
-    await this.cowRange(first, last);
     if (this.meta.sb.dataMode === 'journal') {
+      const tickets = await this.cowRange(first, last);
+      await this.awaitCows(tickets);
       await this.writeJournaled(offsetBytes, data, first, last);
       return;
     }
-    // The file system does the read-modify-write of partial blocks; the
-    // whole block was COWed above, so the snapshot keeps all of it.
-    await this.volume.write(offsetBytes, data);
+    // An earlier acknowledged overwrite of these blocks still in the
+    // write-back stage lands first: overwrites reach the volume in call order.
+    await this.writeBack.settled(first, last);
+    const tickets = await this.cowRange(first, last);
+    if (tickets.length > 0 && this.writeBack.maxBytes === 0) {
+      // Write-through: the overwrite waits for the commit, errors come back here.
+      await this.awaitCows(tickets);
+      await this.volume.write(offsetBytes, data);
+      return;
+    }
+    if (tickets.length === 0) {
+      // No COW needed: straight to the volume file. The file system does the
+      // read-modify-write of partial blocks; a COW copies whole blocks.
+      await this.volume.write(offsetBytes, data);
+      return;
+    }
+    // data=ordered with a COW in flight: the overwrite may reach the volume
+    // only once the mapping is committed (guarantee 3). Hold it in the
+    // write-back stage and return; the commit overlaps the next writes.
+    await this.writeBack.reserve(data.length);
+    const committed = Promise.all(tickets.map((t) => t.published)).then(() => undefined);
+    this.writeBack.add(
+      offsetBytes,
+      Buffer.from(data), // the stage keeps the bytes past this call
+      committed,
+      (entry) => this.volume.write(entry.offsetBytes, entry.data),
+      () => {
+        // The pending markers end only after the overwrite landed: a writer
+        // or snapshot reader waiting on them then sees the copy published
+        // and the live block final.
+        for (const t of tickets) t.end();
+      },
+    );
+  }
+
+  /** Waits for COW tickets to commit and publish, then ends their pending markers (journal mode: no write-back). */
+  private async awaitCows(tickets: CowTicket[]): Promise<void> {
+    try {
+      await Promise.all(tickets.map((t) => t.published));
+    } finally {
+      for (const t of tickets) t.end();
+    }
   }
 
   /**
@@ -1202,35 +1316,56 @@ export class Volume {
   }
 
   /**
-   * Makes sure every block in [first, last] has been copied into the active
-   * snapshot (pending-COW protocol). Blocks nobody is copying are copied by
-   * this task (it is their COWing task); blocks another task is copying are
-   * waited for; then everything is re-checked, because a cancelled COW
-   * leaves its blocks uncopied and someone must retry.
+   * Makes sure every block in [first, last] is copied, or being copied by
+   * this task, into the active snapshot (pending-COW protocol). Blocks
+   * nobody is copying are claimed by this task (it is their COWing task:
+   * copied to the store, mapping handed to the journal); blocks another task
+   * is copying are waited for; then everything is re-checked, because a
+   * cancelled COW leaves its blocks uncopied and someone must retry.
+   *
+   * Resolves with one ticket per COW batch this task started: each ticket's
+   * `published` settles when the mapping is committed and published, and
+   * its `end()` must be called afterwards (it ends the pending markers).
+   * On failure, tickets already started end by themselves once settled.
    */
-  private async cowRange(first: number, last: number): Promise<void> {
-    for (;;) {
-      const chain = this.cowChain();
-      if (!chain) return;
-      const active = chain[0]!;
-      const maps = await Promise.all(chain.map((r) => this.mapOf(r.id)));
-      const map = maps[0]!;
-      const mine: number[] = [];
-      const waits: Array<Promise<void>> = [];
-      for (let b = first; b <= last; b++) {
-        if (maps.some((m) => m.has(b))) continue;
-        const p = this.pending.get(b);
-        if (p) waits.push(p.done);
-        else mine.push(b);
+  private async cowRange(first: number, last: number): Promise<CowTicket[]> {
+    const tickets: CowTicket[] = [];
+    const claimed = new Set<number>();
+    try {
+      for (;;) {
+        const chain = this.cowChain();
+        if (!chain) return tickets;
+        const active = chain[0]!;
+        const maps = await Promise.all(chain.map((r) => this.mapOf(r.id)));
+        const map = maps[0]!;
+        const mine: number[] = [];
+        const waits: Array<Promise<void>> = [];
+        for (let b = first; b <= last; b++) {
+          if (claimed.has(b) || maps.some((m) => m.has(b))) continue;
+          const p = this.pending.get(b);
+          if (p) waits.push(p.done);
+          else mine.push(b);
+        }
+        if (mine.length === 0 && waits.length === 0) return tickets;
+        if (mine.length > 0) {
+          const ticket = await this.cowBlocks(active, map, mine, (b) => maps.some((m) => m.has(b)));
+          if (ticket) {
+            tickets.push(ticket);
+            for (const b of ticket.blocks) claimed.add(b);
+          }
+        }
+        if (waits.length > 0) {
+          // Waiting while holding claims cannot deadlock: a claim ends when
+          // its commit settles and its overwrite lands, never on a waiter.
+          const started = performance.now();
+          this.stats.pendingWaits += waits.length;
+          await Promise.all(waits);
+          this.stats.maxPendingWaitMs = Math.max(this.stats.maxPendingWaitMs, performance.now() - started);
+        }
       }
-      if (mine.length === 0 && waits.length === 0) return;
-      if (mine.length > 0) await this.cowBlocks(active, map, mine, (b) => maps.some((m) => m.has(b)));
-      if (waits.length > 0) {
-        const started = performance.now();
-        this.stats.pendingWaits += waits.length;
-        await Promise.all(waits);
-        this.stats.maxPendingWaitMs = Math.max(this.stats.maxPendingWaitMs, performance.now() - started);
-      }
+    } catch (err) {
+      for (const t of tickets) void t.published.catch(() => undefined).finally(() => t.end());
+      throw err;
     }
   }
 
@@ -1248,8 +1383,17 @@ export class Volume {
     return i < 0 ? undefined : this.catalog.slice(i);
   }
 
-  /** This task is the COWing task for `blocks`: reserve, copy, sync, commit, publish — or cancel. */
-  private async cowBlocks(active: SnapshotRecord, map: SnapshotMap, candidates: number[], isCopied: (b: number) => boolean): Promise<void> {
+  /**
+   * This task is the COWing task for `blocks`: claims them (pending
+   * markers), reserves store blocks, copies the old content to the store
+   * and logs the mappings in one handle, whose commit is requested — or
+   * cancels on failure. Returns undefined when another task got there
+   * first. The returned ticket's `published` settles once the commit is
+   * durable (the journal syncs the store first: ordered data) and the
+   * mappings are published in memory (guarantee 2); a failed commit cancels
+   * the reservation. The caller calls `end()` once its overwrite landed.
+   */
+  private async cowBlocks(active: SnapshotRecord, map: SnapshotMap, candidates: number[], isCopied: (b: number) => boolean): Promise<CowTicket | undefined> {
     const journaled = this.meta.sb.dataMode === 'journal';
     // Lock order: the handle (log space, may wait for a checkpoint) before any block lock.
     const handle = await this.startHandle(journaled ? 2 * candidates.length : candidates.length);
@@ -1257,7 +1401,7 @@ export class Volume {
     const blocks = candidates.filter((b) => !isCopied(b) && !this.pending.has(b));
     if (blocks.length === 0) {
       handle.abandon();
-      return;
+      return undefined;
     }
     const markers: PendingCow[] = [];
     for (const b of blocks) {
@@ -1265,16 +1409,30 @@ export class Volume {
       this.pending.set(b, marker);
       markers.push(marker);
     }
-    await this.withBlockLocks(blocks.length, async () => {
-      const bs = this.blockSizeBytes;
-      let extents: Extent[] = [];
-      let committed = false;
-      try {
+    let ended = false;
+    const end = (): void => {
+      assert(!ended, 'COW ticket ended twice');
+      ended = true;
+      for (let k = 0; k < blocks.length; k++) {
+        this.pending.delete(blocks[k]!);
+        markers[k]!.end();
+      }
+    };
+    let extents: Extent[] = [];
+    const cancel = (): void => {
+      // The reservation was never committed; give it back. Waiters retry.
+      for (const e of extents) this.allocator.free(e);
+      extents = [];
+      this.stats.cancelledCows += blocks.length;
+    };
+    const storeBlocks: number[] = [];
+    const crcs: number[] = new Array(blocks.length);
+    try {
+      await this.withBlockLocks(blocks.length, async () => {
+        const bs = this.blockSizeBytes;
         extents = this.allocator.allocate(blocks.length);
-        const storeBlocks: number[] = [];
         for (const e of extents) for (let i = 0; i < e.lengthBlocks; i++) storeBlocks.push(e.startBlock + i);
         assert(storeBlocks.length === blocks.length, 'allocator returned the wrong number of blocks');
-        const crcs: number[] = new Array(blocks.length);
         // Copy runs that are consecutive both in the volume and in the store with one read and one write.
         for (let i = 0; i < blocks.length; ) {
           let j = i + 1;
@@ -1293,29 +1451,30 @@ export class Volume {
         // Ordered data: the journal syncs the store before it writes the commit
         // block (one sync for every COW in the same group commit).
         if (!journaled) handle.orderedData(this.store.device);
-        const records: MetaRecord[] = blocks.map((b, k) => ({ o: 'map', id: active.id, b, p: storeBlocks[k]!, crc: crcs[k]! }));
-        await this.commitRecords(records, handle);
-        committed = true;
+        for (let k = 0; k < blocks.length; k++) handle.log({ o: 'map', id: active.id, b: blocks[k]!, p: storeBlocks[k]!, crc: crcs[k]! } satisfies MetaRecord);
+      });
+    } catch (err) {
+      handle.abandon();
+      cancel();
+      end();
+      throw err;
+    }
+    const published = this.commitHandle(handle).then(
+      () => {
         // Published only now, after the data is durable and the mapping committed (guarantee 2).
         for (let k = 0; k < blocks.length; k++) map.set(blocks[k]!, storeBlocks[k]!, crcs[k]!);
         active.ownedBlocks += blocks.length;
         this.stats.cows += blocks.length;
         this.stats.cowBatches += 1;
-      } catch (err) {
-        if (!committed) {
-          // Cancel: the reservation was never committed; give it back. Waiters retry.
-          handle.abandon();
-          for (const e of extents) this.allocator.free(e);
-          this.stats.cancelledCows += blocks.length;
-        }
+      },
+      (err: unknown) => {
+        cancel();
         throw err;
-      } finally {
-        for (let k = 0; k < blocks.length; k++) {
-          this.pending.delete(blocks[k]!);
-          markers[k]!.end();
-        }
-      }
-    });
+      },
+    );
+    // Nobody may be left with an unobserved rejection; callers await `published` themselves.
+    published.catch(() => undefined);
+    return { blocks, published, end };
   }
 
   /**
@@ -1466,6 +1625,16 @@ export interface VolumeStats {
   readRechecks: number;
   /** Blocks whose COW failed and was cancelled. */
   cancelledCows: number;
+}
+
+/** A COW batch started by one task (see `cowRange`). */
+interface CowTicket {
+  /** The volume blocks it claimed. */
+  blocks: number[];
+  /** Settles once the mappings are committed and published; rejects when the COW was cancelled. */
+  published: Promise<void>;
+  /** Ends the pending markers (call once, after `published` settled and the overwrite landed). */
+  end: () => void;
 }
 
 /** A pending COW: its waiters await `done`, which settles (never rejects) when the COW commits or is cancelled. */

@@ -82,6 +82,7 @@ describe('pending-COW protocol (seed 004)', () => {
     held.release(new IoError('injected: store write fails'));
     await expect(a).rejects.toMatchObject({ code: 'IO_ERROR' });
     await b; // retried and succeeded
+    await v.flush(); // its COW committed, its overwrite landed (write-back stage drained)
     expect(v.stats.cancelledCows).toBe(1);
     expect(v.stats.cows).toBe(1);
     expect((await v.read(7 * BS, BS)).equals(Buffer.alloc(BS, 0x02))).toBe(true);
@@ -102,6 +103,7 @@ describe('read-through cannot see the future', () => {
     await held.reached;
     // Meanwhile a writer COWs block 9 and overwrites it (its own COW read is not held: the hold fired once).
     await v.write(9 * BS, Buffer.alloc(BS, 0xee));
+    await v.flush(); // the overwrite reached the volume file (past the write-back stage)
     held.release(); // the reader's live read now returns the new data …
     expect((await r).equals(Buffer.alloc(BS, ORIGINAL)), 'snapshot read returned data written after the snapshot').toBe(true);
     expect(v.stats.readRechecks).toBe(1); // … and the re-check replaced it with the copy

@@ -154,6 +154,7 @@ describe.each(DATA_MODES)('data mode %s', (dataMode) => {
       await v.write(0, fill(8 * BS, 9));
       await v.createSnapshot('s');
       await v.write(0, fill(8 * BS, 1));
+      await v.flush(); // the COW is committed (flush does not checkpoint)
       // Stop without close(): copy the sidecar as it is now (journal not checkpointed).
       const layout = volumeLayout(path);
       const journalBytes = await readFile(layout.journalPath);

@@ -1,0 +1,171 @@
+import { CowvolError, assert } from '@cowvol/journal';
+
+/** One overwrite of the live volume held back until the COW of its blocks is committed. */
+export interface WriteBackEntry {
+  readonly offsetBytes: number;
+  /** A private copy of the caller's bytes (the caller may reuse its buffer once write() resolves). */
+  readonly data: Buffer;
+  /** First and last volume block the overwrite touches. */
+  readonly firstBlock: number;
+  readonly lastBlock: number;
+  /** Settles (never rejects) once the entry has landed in the live volume or failed. */
+  readonly landed: Promise<void>;
+}
+
+/** A write-back failure not yet reported: the byte range that did not reach the live volume, and why. */
+export interface WriteBackFailure {
+  offsetBytes: number;
+  lengthBytes: number;
+  error: unknown;
+}
+
+/**
+ * The write-back stage of data=ordered mode: a bounded set of live-volume
+ * overwrites whose blocks needed a COW, held in memory from the moment the
+ * copy is in the store (and its mapping handed to the journal) until that
+ * mapping is committed — only then may the overwrite reach the volume file
+ * (guarantee 3, COW before overwrite). `write()` resolves as soon as its
+ * entry is here, so the commit (store fsync, journal write and fsync,
+ * LevelDB apply) of one write overlaps the next writes and many writes
+ * share one group commit — the volume behaves like a disk with a volatile
+ * write cache (guarantee 4); `flush()` drains the stage.
+ *
+ * Rules (docs/ARCHITECTURE.md "Write-back"):
+ * - Bounded: at most `maxBytes` of entries; a writer waits for room.
+ * - At most one entry per block: a later write touching an entry's blocks
+ *   waits for it to land, so overwrites reach the volume in call order.
+ * - Live reads overlay the entries (a read sees every acknowledged write).
+ * - A failure to land is kept until `takeFailures()` (flush, close) reports
+ *   it, like a disk reporting a write-cache error at the next flush.
+ */
+export class WriteBackStage {
+  private readonly byBlock = new Map<number, WriteBackEntry>();
+  private readonly inFlight = new Set<Promise<void>>();
+  private readonly failures: WriteBackFailure[] = [];
+  private heldBytes = 0;
+  private roomWaiters: Array<() => void> = [];
+
+  /**
+   * @param blockSizeBytes the volume's block size
+   * @param maxBytes bound on the bytes held (entries of up to one write piece each); 0 = the stage is not used (write-through)
+   */
+  constructor(
+    private readonly blockSizeBytes: number,
+    readonly maxBytes: number,
+  ) {
+    assert(maxBytes === 0 || maxBytes >= blockSizeBytes, 'write-back bound below one block');
+  }
+
+  /** Bytes held now. */
+  get bytes(): number {
+    return this.heldBytes;
+  }
+
+  /** Entries not yet landed. */
+  get size(): number {
+    return this.inFlight.size;
+  }
+
+  /**
+   * Resolves once no entry touches blocks [first, last] (the entries there
+   * landed). Loops: a concurrent writer may have added one meanwhile.
+   */
+  async settled(first: number, last: number): Promise<void> {
+    for (;;) {
+      const waits = this.overlapping(first, last).map((e) => e.landed);
+      if (waits.length === 0) return;
+      await Promise.all(waits);
+    }
+  }
+
+  /** Waits until `lengthBytes` more fit under the bound (an entry larger than the bound waits for an empty stage). */
+  async reserve(lengthBytes: number): Promise<void> {
+    while (this.heldBytes > 0 && this.heldBytes + lengthBytes > this.maxBytes) {
+      await new Promise<void>((wake) => this.roomWaiters.push(wake));
+    }
+  }
+
+  /**
+   * Holds an overwrite until `gate` settles, then lands it with `land`
+   * (the live-volume write). `gate` rejecting (the COW's commit failed)
+   * drops the overwrite — the live block keeps its old content, consistent
+   * with the snapshot — and records the failure. Either way `after` runs
+   * once the entry is gone (the caller ends its pending-COW markers there).
+   * The caller checked `settled()` first: entries never overlap.
+   */
+  add(offsetBytes: number, data: Buffer, gate: Promise<void>, land: (entry: WriteBackEntry) => Promise<void>, after: () => void): WriteBackEntry {
+    assert(data.length > 0, 'empty write-back entry');
+    const bs = this.blockSizeBytes;
+    const firstBlock = Math.floor(offsetBytes / bs);
+    const lastBlock = Math.floor((offsetBytes + data.length - 1) / bs);
+    let settle!: () => void;
+    const landed = new Promise<void>((resolve) => (settle = resolve));
+    const entry: WriteBackEntry = { offsetBytes, data, firstBlock, lastBlock, landed };
+    for (let b = firstBlock; b <= lastBlock; b++) {
+      assert(!this.byBlock.has(b), `block ${b} already has a write-back entry`);
+      this.byBlock.set(b, entry);
+    }
+    this.heldBytes += data.length;
+    const task: Promise<void> = gate
+      .then(() => land(entry))
+      .catch((error: unknown) => {
+        this.failures.push({ offsetBytes, lengthBytes: data.length, error });
+      })
+      .finally(() => {
+        for (let b = firstBlock; b <= lastBlock; b++) if (this.byBlock.get(b) === entry) this.byBlock.delete(b);
+        this.heldBytes -= data.length;
+        assert(this.heldBytes >= 0, 'negative write-back bytes');
+        this.inFlight.delete(task);
+        settle();
+        after();
+        for (const wake of this.roomWaiters.splice(0)) wake();
+      });
+    this.inFlight.add(task);
+    return entry;
+  }
+
+  /** Entries touching blocks [first, last], each once, in block order. */
+  overlapping(first: number, last: number): WriteBackEntry[] {
+    if (this.byBlock.size === 0) return [];
+    const out: WriteBackEntry[] = [];
+    for (let b = first; b <= last; b++) {
+      const e = this.byBlock.get(b);
+      if (e && out.at(-1) !== e) out.push(e);
+    }
+    return out;
+  }
+
+  /** Copies the entries' bytes over `out`, which holds the volume bytes at `offsetBytes`. */
+  static overlay(entries: WriteBackEntry[], offsetBytes: number, out: Buffer): void {
+    const end = offsetBytes + out.length;
+    for (const e of entries) {
+      const from = Math.max(offsetBytes, e.offsetBytes);
+      const to = Math.min(end, e.offsetBytes + e.data.length);
+      if (from < to) e.data.copy(out, from - offsetBytes, from - e.offsetBytes, to - e.offsetBytes);
+    }
+  }
+
+  /** Resolves once every entry held now, and any added meanwhile, has landed or failed. */
+  async drain(): Promise<void> {
+    while (this.inFlight.size > 0) await Promise.all([...this.inFlight]);
+  }
+
+  /** The failures since the last call, oldest first (each reported once). */
+  takeFailures(): WriteBackFailure[] {
+    return this.failures.splice(0);
+  }
+}
+
+/** The error a flush reports for overwrites that never reached the volume: the first failure's code, every range in `details.failedRanges`. */
+export function writeBackError(failures: WriteBackFailure[]): CowvolError {
+  assert(failures.length > 0, 'no write-back failure to report');
+  const first = failures[0]!.error;
+  const failedRanges = failures.map((f) => ({ offsetBytes: f.offsetBytes, lengthBytes: f.lengthBytes }));
+  const ranges = failedRanges.map((r) => `${r.offsetBytes}+${r.lengthBytes}`).join(', ');
+  const code = first instanceof CowvolError ? first.code : 'IO_ERROR';
+  const message = first instanceof Error ? first.message : String(first);
+  return new CowvolError(code, `earlier writes to byte ranges ${ranges} did not reach the volume (their snapshots are intact): ${message}`, {
+    cause: first,
+    details: { ...(first instanceof CowvolError ? first.details : {}), failedRanges },
+  });
+}
