@@ -1094,6 +1094,13 @@ export class Volume {
     return load;
   }
 
+  /** The maps of `chain`, in its order; no promise on the hot path once every map is loaded. */
+  private async chainMaps(chain: SnapshotRecord[]): Promise<SnapshotMap[]> {
+    const out: SnapshotMap[] = [];
+    for (const r of chain) out.push(this.maps.get(r.id) ?? (await this.mapOf(r.id)));
+    return out;
+  }
+
   /**
    * Starts a journal handle. Lock order (seed 001): a handle is started
    * before any block lock is taken, never while one is held — the
@@ -1336,19 +1343,23 @@ export class Volume {
         const chain = this.cowChain();
         if (!chain) return tickets;
         const active = chain[0]!;
-        const maps = await Promise.all(chain.map((r) => this.mapOf(r.id)));
+        const maps = await this.chainMaps(chain);
         const map = maps[0]!;
+        const isCopied = (b: number): boolean => {
+          for (const m of maps) if (m.has(b)) return true;
+          return false;
+        };
         const mine: number[] = [];
         const waits: Array<Promise<void>> = [];
         for (let b = first; b <= last; b++) {
-          if (claimed.has(b) || maps.some((m) => m.has(b))) continue;
+          if (isCopied(b) || claimed.has(b)) continue;
           const p = this.pending.get(b);
           if (p) waits.push(p.done);
           else mine.push(b);
         }
         if (mine.length === 0 && waits.length === 0) return tickets;
         if (mine.length > 0) {
-          const ticket = await this.cowBlocks(active, map, mine, (b) => maps.some((m) => m.has(b)));
+          const ticket = await this.cowBlocks(active, map, mine, isCopied);
           if (ticket) {
             tickets.push(ticket);
             for (const b of ticket.blocks) claimed.add(b);
