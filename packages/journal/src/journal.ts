@@ -285,12 +285,18 @@ export class Journal implements HandleOwner {
     }
     while (this.usedBlocks + this.reservedBlocks + need + 2 > this.dataBlocks) {
       this.stats.spaceWaits += 1;
-      const used = this.usedBlocks;
-      if (this.committed.length > 0) await this.checkpoint();
-      // No progress (the transactions in the way are still being applied, or
-      // the space is reserved by handles in flight): wait for a commit or a
-      // checkpoint to free some, never spin.
-      if (this.usedBlocks >= used) await new Promise<void>((wake) => this.spaceWaiters.push(wake));
+      if (this.committed.length > 0 && this.committed[0]!.sequence <= this.lastAppliedSequence) {
+        // Applied transactions are in the way: a checkpoint frees them. Test again.
+        await this.checkpoint();
+        this.checkUsable();
+        continue;
+      }
+      // Nothing to checkpoint yet (the transactions in the way are still
+      // being applied, or the space is reserved by handles in flight): wait
+      // for an apply, a release or a checkpoint, never spin. The waiter is
+      // registered in the same tick as the test above, so a wake-up cannot
+      // fall between them (one was lost when the test ran before an await).
+      await new Promise<void>((wake) => this.spaceWaiters.push(wake));
       this.checkUsable();
     }
     this.reservedBlocks += need;
