@@ -244,10 +244,16 @@ export class MetadataDb {
   /** Applies ops in order as one LevelDB batch (atomic in LevelDB; not synced: the journal carries durability). */
   async apply(ops: MetaOp[], sync = false): Promise<void> {
     if (ops.length === 0) return;
-    await this.db.batch(
-      ops.map((op) => (op.o === 'p' ? { type: 'put' as const, key: op.k, value: Buffer.from(op.v) } : { type: 'del' as const, key: op.k })),
-      { sync },
-    );
+    // A chained batch: about 40 % less CPU per operation than the array form
+    // (measured: 262,144 puts in batches of 256, 300 vs 500 ms), and this runs
+    // once per committed transaction.
+    const batch = this.db.batch();
+    for (const op of ops) {
+      // Values are copied: an encoder's output may share its buffer with later encodings.
+      if (op.o === 'p') batch.put(op.k, Buffer.from(op.v));
+      else batch.del(op.k);
+    }
+    await batch.write({ sync });
   }
 
   /** All [key, value] with the prefix, in key order; `limit` bounds the scan. */
