@@ -2,9 +2,9 @@ import type { BlockDevice } from './block-device.js';
 import { JournalCorruptError } from './errors.js';
 
 /**
- * Default read-ahead of one {@link LogReader}: 4 MiB per device read. It is
- * the bound of the reader's own memory — one window, plus the previous one
- * while a caller still holds a block of it.
+ * Default read-ahead of one {@link LogReader}: 4 MiB per device read, the
+ * bound of the reader's own memory (one window buffer, reused when the
+ * device has `readInto`).
  */
 export const LOG_WINDOW_BYTES = 4 * 1024 * 1024;
 
@@ -26,13 +26,16 @@ export interface LogGeometry {
  * is shorter, and the block after `lengthBlocks − 1` is `firstBlock` (the
  * caller's `next()`), which starts a new window.
  *
- * Blocks are views into the window, valid until the caller drops them
- * (a later fill allocates a new window, it never overwrites the old one);
- * copy what must outlive the pass. Reading ahead past the end of the log
- * reads stale or zero blocks, which is harmless: recovery only reads.
+ * Blocks are views into the window, valid until the next `block()` call:
+ * with a device that has `readInto`, the one window buffer is refilled in
+ * place (no garbage per window). Copy what must outlive that. Reading
+ * ahead past the end of the log reads stale or zero blocks, which is
+ * harmless: recovery only reads.
  */
 export class LogReader {
   private window: Buffer = Buffer.alloc(0);
+  /** The reused window buffer (devices with `readInto`); empty until the first fill. */
+  private buffer: Buffer = Buffer.alloc(0);
   /** Block number of the window's first block. */
   private windowStart = 0;
   private windowBlocks = 0;
@@ -70,7 +73,16 @@ export class LogReader {
     }
     if (b < this.windowStart || b >= this.windowStart + this.windowBlocks) {
       const blocks = Math.min(this.maxWindowBlocks, lengthBlocks - b);
-      const data = await this.device.read(b * bs, blocks * bs);
+      let data: Buffer;
+      if (this.device.readInto) {
+        // One buffer for the reader's life, as large as a window can get.
+        if (this.buffer.length === 0) this.buffer = Buffer.allocUnsafe(Math.min(this.maxWindowBlocks, lengthBlocks - firstBlock) * bs);
+        data = this.buffer.subarray(0, blocks * bs);
+        this.windowBlocks = 0; // the old window is gone even if the read fails
+        await this.device.readInto(b * bs, data);
+      } else {
+        data = await this.device.read(b * bs, blocks * bs);
+      }
       if (data.length !== blocks * bs) {
         throw new JournalCorruptError(`${this.device.name}: read of ${blocks * bs} bytes at block ${b} returned ${data.length}`);
       }

@@ -1,6 +1,6 @@
-import { unpackMultiple } from 'msgpackr';
+import { Unpackr, unpackMultiple } from 'msgpackr';
 import type { BlockDevice } from './block-device.js';
-import { JournalCorruptError } from './errors.js';
+import { JournalCorruptError, assert } from './errors.js';
 import {
   BlockType,
   PAYLOAD_MARKER_BYTES,
@@ -132,8 +132,11 @@ export interface ReplayedTransaction {
   sequence: number;
   /**
    * Its records in log order. Decoded on first access, so an owner that
-   * skips the transaction (already applied) never pays for decoding.
-   * @throws JOURNAL_CORRUPT if the payload no longer decodes to the count the scan saw
+   * skips the transaction (already applied) never pays for decoding; that
+   * first access must happen before the replay call resolves (the payload
+   * buffer is then reused).
+   * @throws JOURNAL_CORRUPT if the payload no longer decodes to the count the
+   *   scan saw; ASSERTION_FAILED on a first access after the call resolved
    */
   readonly records: unknown[];
   /**
@@ -172,6 +175,8 @@ interface Walk {
   room: number;
   /** Scan: decode every payload to check its record count. Replay: the scan did (the owner decodes lazily). */
   decodeRecords: boolean;
+  /** Where record payloads are assembled (reset by the pass: per records block in the scan, per transaction in the replay). */
+  payloads: PayloadArena;
 }
 
 /** What a walk hands on, as each part of the transaction is verified. */
@@ -192,6 +197,13 @@ interface TransactionVisitor {
 type WalkResult =
   | { committed: true; blocks: number; nextBlock: number; records: number; images: number }
   | { committed: false; stopReason: string };
+
+/**
+ * Decoder of replayed records: msgpackr's default decoding (as `unpackMultiple`)
+ * except that binary values are copied, not views of the payload — the
+ * payload's buffer is reused once the replay call returns.
+ */
+const recordDecoder = new Unpackr({ useRecords: false, copyBuffers: true });
 
 /** Counts the msgpack values of a payload with msgpackr, building no array. Throws what msgpackr throws. */
 function countRecords(payload: Buffer): number {
@@ -266,7 +278,8 @@ async function walkTransaction(w: Walk, visit: TransactionVisitor): Promise<Walk
         const head = decodeRecordsHead(block);
         if (head.payloadBlocks === Math.ceil(head.payloadBytes / per) && fits(head.payloadBlocks)) {
           // Bounded by the transaction: the commit that wrote it held this payload whole.
-          payload = Buffer.allocUnsafe(head.payloadBytes);
+          if (w.decodeRecords) w.payloads.reset(); // the scan keeps no payload
+          payload = w.payloads.take(head.payloadBytes);
           for (let i = 0; i < head.payloadBlocks; i++) {
             const b = await readOwned();
             b.copy(payload, i * per, PAYLOAD_MARKER_BYTES, PAYLOAD_MARKER_BYTES + Math.min(per, head.payloadBytes - i * per));
@@ -328,10 +341,11 @@ export async function scanJournal(device: BlockDevice, sb: JournalSuperblock, op
   const revoked = new Map<string, number>();
   let cursor = sb.tailBlock;
   let sequence = sb.tailSequence;
+  const payloads = new PayloadArena();
   let scanned = 0;
   for (;;) {
     const revokes: Revocation[] = [];
-    const walk = { reader, sequence, seed: transactionSeed(sb.uuid, sequence), start: cursor, room: dataBlocks - scanned, decodeRecords: true };
+    const walk = { reader, sequence, seed: transactionSeed(sb.uuid, sequence), start: cursor, room: dataBlocks - scanned, decodeRecords: true, payloads };
     const end = await walkTransaction(walk, { revokes: (entries) => void revokes.push(...entries) });
     if (!end.committed) return { transactions, revoked, headBlock: cursor, nextSequence: sequence, stopReason: end.stopReason };
     // Committed: its revokes count (a torn transaction's never do).
@@ -358,10 +372,12 @@ export async function replayJournal(device: BlockDevice, sb: JournalSuperblock, 
   const reader = new LogReader(device, geometry, options.windowBytes);
   const dataBlocks = sb.lengthBlocks - geometry.firstBlock;
   const counts: ReplayCounts = { images: 0, revokedImages: 0 };
+  const arena = new PayloadArena();
   let scanned = 0;
   for (const [i, tx] of scan.transactions.entries()) {
     const payloads: Array<{ payload: Buffer; count: number }> = [];
-    const walk = { reader, sequence: tx.sequence, seed: transactionSeed(sb.uuid, tx.sequence), start: tx.startBlock, room: dataBlocks - scanned, decodeRecords: false };
+    arena.reset(); // the previous transaction's call has returned: its payloads are done with
+    const walk = { reader, sequence: tx.sequence, seed: transactionSeed(sb.uuid, tx.sequence), start: tx.startBlock, room: dataBlocks - scanned, decodeRecords: false, payloads: arena };
     const end = await walkTransaction(walk, {
       image: async (target, homeBlock, data) => {
         const r = scan.revoked.get(revokeKey(target, homeBlock));
@@ -380,23 +396,61 @@ export async function replayJournal(device: BlockDevice, sb: JournalSuperblock, 
       });
     }
     scanned += end.blocks;
-    await sink.transaction(lazyTransaction(device.name, tx.sequence, payloads, i === scan.transactions.length - 1));
+    const replayed = lazyTransaction(device.name, tx.sequence, payloads, i === scan.transactions.length - 1);
+    try {
+      await sink.transaction(replayed.tx);
+    } finally {
+      replayed.close();
+    }
   }
   return counts;
 }
 
-/** A {@link ReplayedTransaction} whose records are decoded from `payloads` on first access. */
-function lazyTransaction(name: string, sequence: number, payloads: Array<{ payload: Buffer; count: number }>, last: boolean): ReplayedTransaction {
+/**
+ * Where the passes assemble record payloads: regions of one buffer, handed
+ * out until `reset()`, so a pass reuses one allocation instead of leaving a
+ * payload's worth of garbage per transaction. Bound: the largest
+ * transaction's payloads (twice that while growing; a region handed out
+ * before growth keeps the old buffer alive until reset).
+ */
+class PayloadArena {
+  private buffer = Buffer.alloc(0);
+  private used = 0;
+
+  /** `bytes` bytes, valid until the next `reset()`. */
+  take(bytes: number): Buffer {
+    if (this.used + bytes > this.buffer.length) {
+      this.buffer = Buffer.allocUnsafe(Math.max(this.used + bytes, 2 * this.buffer.length));
+      this.used = 0;
+    }
+    const region = this.buffer.subarray(this.used, this.used + bytes);
+    this.used += bytes;
+    return region;
+  }
+
+  reset(): void {
+    this.used = 0;
+  }
+}
+
+/**
+ * A {@link ReplayedTransaction} whose records are decoded from `payloads`
+ * (views into the replay's arena) on first access, and `close()`, which
+ * forbids a first access once the arena may be reused.
+ */
+function lazyTransaction(name: string, sequence: number, payloads: Array<{ payload: Buffer; count: number }>, last: boolean): { tx: ReplayedTransaction; close(): void } {
   let records: unknown[] | undefined;
-  return {
+  let closed = false;
+  const tx: ReplayedTransaction = {
     sequence,
     get records(): unknown[] {
       if (records === undefined) {
+        assert(!closed, `records of replayed transaction ${sequence} first read after its replay call returned`);
         const out: unknown[] = [];
         for (const { payload, count } of payloads) {
           let values: unknown[];
           try {
-            values = payload.length === 0 ? [] : (unpackMultiple(payload) as unknown[]);
+            values = payload.length === 0 ? [] : (recordDecoder.unpackMultiple(payload) as unknown[]);
           } catch (err) {
             throw new JournalCorruptError(`${name}: records of transaction ${sequence} no longer decode`, { cause: err });
           }
@@ -409,6 +463,13 @@ function lazyTransaction(name: string, sequence: number, payloads: Array<{ paylo
       return records;
     },
     last,
+  };
+  return {
+    tx,
+    close: () => {
+      closed = true;
+      payloads.length = 0;
+    },
   };
 }
 
