@@ -55,10 +55,10 @@ export type MetaRecord =
 /**
  * Bound of a replay batch (`CommittedMetadata.apply` at open): replayed
  * transactions are grouped into one LevelDB batch until it holds at least
- * this many key operations (about 200 bytes each in memory: ≈ 2 MiB, plus
+ * this many key operations (about 200 bytes each in memory: ≈ 1 MiB, plus
  * the last transaction's own), then written.
  */
-export const REPLAY_BATCH_OPS = 8192;
+export const REPLAY_BATCH_OPS = 4096;
 
 function isInt(x: unknown): x is number {
   return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
