@@ -211,7 +211,7 @@ export class Journal implements HandleOwner {
    * bounded by the read-ahead window and one transaction's records, not by
    * the size of the log. The tail stays where it was until the
    * owner checkpoints, so a crash during recovery just recovers again.
-   * @throws JOURNAL_CORRUPT (bad superblock, foreign uuid, image for an unknown target), UNSUPPORTED_VERSION
+   * @throws JOURNAL_CORRUPT (bad superblock, foreign uuid, image for an unknown target, a transaction that changed between the passes), UNSUPPORTED_VERSION, IO_ERROR, whatever `replay` throws
    */
   static async open(device: BlockDevice, options: JournalOpenOptions): Promise<{ journal: Journal; recovery: RecoveryReport }> {
     const sb = decodeSuperblock(await device.read(0, SUPERBLOCK_AREA_BYTES), device.name);
@@ -225,8 +225,8 @@ export class Journal implements HandleOwner {
     const targets = options.targets ?? new Map<number, BlockDevice>();
     // Two passes, each through one bounded read-ahead window (recovery.ts):
     // the scan keeps positions and the revoke table, the replay reads again.
-    const windowBytes = { windowBytes: options.recoveryWindowBytes };
-    const scan = await scanJournal(device, sb, windowBytes);
+    const passOptions = { windowBytes: options.recoveryWindowBytes };
+    const scan = await scanJournal(device, sb, passOptions);
     const touched = new Set<BlockDevice>();
     const replayed = await replayJournal(
       device,
@@ -241,7 +241,7 @@ export class Journal implements HandleOwner {
         },
         transaction: (tx) => options.replay(tx),
       },
-      windowBytes,
+      passOptions,
     );
     for (const home of touched) await home.sync();
     const journal = new Journal(device, sb.uuid, sb, { head: scan.headBlock, nextSequence: scan.nextSequence, transactions: scan.transactions }, targets, options);

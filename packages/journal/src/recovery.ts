@@ -33,10 +33,11 @@ import { LogReader, type LogGeometry } from './log-reader.js';
  *    read (unless revoked) and then handing the transaction's records on.
  *
  * Memory: both passes read through a {@link LogReader} (one read-ahead
- * window, 4 MiB by default); beyond it, a pass holds the record payload of
- * the one transaction it is in (decoded only if the owner reads it) — never
- * more than the commit that wrote the transaction held — and the scan keeps
- * one small entry per committed transaction plus one per revoked block.
+ * window, 4 MiB by default, reused); beyond it, a pass holds the record
+ * payload of the one transaction it is in, in a reused {@link PayloadArena}
+ * (decoded only if the owner reads it, during its replay call) — never more
+ * than the commit that wrote the transaction held — and the scan keeps one
+ * small entry per committed transaction plus one per revoked block.
  */
 
 /** One committed transaction found by the scan: where it lies and what it holds (counts; the replay pass reads the contents again). */
