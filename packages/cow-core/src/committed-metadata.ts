@@ -11,6 +11,7 @@ import {
   keys,
   parseHexSuffix,
   putOp,
+  type MetaBatch,
   type MetaOp,
   type ImportRecord,
   type MetadataDb,
@@ -118,10 +119,11 @@ export function asMetaRecord(record: unknown): MetaRecord {
 export class CommittedMetadata {
   /**
    * Replay batch being filled: the key operations of replayed transactions
-   * not yet handed to LevelDB, in order (bound: {@link REPLAY_BATCH_OPS} plus
-   * one transaction's), and the sequence of the newest of them.
+   * not yet handed to LevelDB, in order, already copied into LevelDB's
+   * native batch (bound: {@link REPLAY_BATCH_OPS} plus one transaction's),
+   * and the sequence of the newest of them.
    */
-  private replayOps: MetaOp[] = [];
+  private replayBatch: MetaBatch | undefined;
   private replaySequence = 0;
   /** The replay batch LevelDB is writing, if any (at most one in flight). */
   private replayWrite: Promise<void> | undefined;
@@ -175,7 +177,7 @@ export class CommittedMetadata {
    */
   async apply(tx: { sequence: number; records: unknown[]; last?: boolean }): Promise<void> {
     if (tx.last === undefined) {
-      assert(this.replayOps.length === 0 && this.replayWrite === undefined, 'a commit applied while replayed transactions are still unwritten');
+      assert(this.replayBatch === undefined && this.replayWrite === undefined, 'a commit applied while replayed transactions are still unwritten');
       if (tx.sequence <= this.appliedSequence) return;
       const ops = this.keyOperations(tx.records);
       ops.push(putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: tx.sequence }));
@@ -185,10 +187,12 @@ export class CommittedMetadata {
     }
     try {
       if (tx.sequence > this.appliedSequence) {
-        for (const op of this.keyOperations(tx.records)) this.replayOps.push(op);
+        const ops = this.keyOperations(tx.records);
+        this.replayBatch ??= this.db.batch();
+        this.replayBatch.add(ops);
         this.replaySequence = tx.sequence;
         this.appliedSequence = tx.sequence;
-        if (this.replayOps.length >= REPLAY_BATCH_OPS) await this.startReplayWrite();
+        if (this.replayBatch.length >= REPLAY_BATCH_OPS) await this.startReplayWrite();
       }
       if (tx.last) {
         await this.startReplayWrite();
@@ -199,7 +203,8 @@ export class CommittedMetadata {
       // Leave no write running behind a failed open (LevelDB is closed next).
       await this.replayWrite?.catch(() => undefined);
       this.replayWrite = undefined;
-      this.replayOps = [];
+      await this.replayBatch?.close().catch(() => undefined);
+      this.replayBatch = undefined;
       throw err;
     }
   }
@@ -210,12 +215,17 @@ export class CommittedMetadata {
    * for this one (its failure surfaces at the next call or the last one).
    */
   private async startReplayWrite(): Promise<void> {
-    if (this.replayOps.length === 0) return;
-    const ops = this.replayOps;
-    this.replayOps = [];
-    ops.push(putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: this.replaySequence }));
-    await this.replayWrite;
-    const write = this.db.apply(ops);
+    const batch = this.replayBatch;
+    if (batch === undefined) return;
+    this.replayBatch = undefined;
+    batch.add([putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: this.replaySequence })]);
+    try {
+      await this.replayWrite;
+    } catch (err) {
+      await batch.close().catch(() => undefined);
+      throw err;
+    }
+    const write = batch.write();
     write.catch(() => undefined); // observed by the next await of replayWrite, never unhandled
     this.replayWrite = write;
   }

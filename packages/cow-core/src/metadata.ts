@@ -232,6 +232,50 @@ interface Compactable {
   compactRange(start: string, end: string): Promise<void>;
 }
 
+/** The part of a LevelDB chained batch that {@link MetaBatch} uses. */
+interface ChainedBatch {
+  put(key: string, value: Buffer): unknown;
+  del(key: string): unknown;
+  write(options: { sync: boolean }): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * One LevelDB batch being filled: a chained batch, so each key operation
+ * goes straight into the native WriteBatch, which copies it — nothing of it
+ * stays on the JavaScript heap, and none of the per-op object spreading of
+ * an array batch (≈ 5× faster on mixed puts and deletes). Applied
+ * atomically by `write()`; `close()` drops it unwritten.
+ */
+export class MetaBatch {
+  private count = 0;
+
+  constructor(private readonly batch: ChainedBatch) {}
+
+  /** Key operations added so far. */
+  get length(): number {
+    return this.count;
+  }
+
+  /** Appends ops, in order. Throws what LevelDB throws for an invalid key or value. */
+  add(ops: readonly MetaOp[]): void {
+    for (const op of ops) {
+      if (op.o === 'p') this.batch.put(op.k, op.v);
+      else this.batch.del(op.k);
+    }
+    this.count += ops.length;
+  }
+
+  /** Writes every op added, atomically (`sync`: fsync LevelDB's log first). */
+  write(sync = false): Promise<void> {
+    return this.batch.write({ sync });
+  }
+
+  close(): Promise<void> {
+    return this.batch.close();
+  }
+}
+
 export class MetadataDb {
   private constructor(readonly db: Level<string, Buffer>) {}
 
@@ -245,25 +289,22 @@ export class MetadataDb {
     return (await this.db.get(key)) ?? undefined;
   }
 
-  /**
-   * Applies ops in order as one LevelDB batch (atomic in LevelDB; not synced:
-   * the journal carries durability). A chained batch: each op goes straight
-   * into the native WriteBatch, which copies it, with none of the per-op
-   * object spreading of an array batch (≈ 5× faster on mixed puts and deletes).
-   */
+  /** Applies ops in order as one LevelDB batch (atomic in LevelDB; not synced: the journal carries durability). */
   async apply(ops: MetaOp[], sync = false): Promise<void> {
     if (ops.length === 0) return;
-    const batch = this.db.batch();
+    const batch = this.batch();
     try {
-      for (const op of ops) {
-        if (op.o === 'p') batch.put(op.k, op.v);
-        else batch.del(op.k);
-      }
+      batch.add(ops);
     } catch (err) {
       await batch.close(); // an op LevelDB refused: nothing of the batch is written
       throw err;
     }
-    await batch.write({ sync });
+    await batch.write(sync);
+  }
+
+  /** A new, empty batch to fill and write (see {@link MetaBatch}). */
+  batch(): MetaBatch {
+    return new MetaBatch(this.db.batch());
   }
 
   /** All [key, value] with the prefix, in key order; `limit` bounds the scan. */
