@@ -227,6 +227,9 @@ export const putOp = (k: string, value: object): MetaOp => ({ o: 'p', k, v: enco
 export const delOp = (k: string): MetaOp => ({ o: 'd', k });
 
 /** Thin wrapper over the LevelDB database (classic-level, the node backend of `level`). */
+/** A key range below every cowvol key (they are printable ASCII): no LevelDB table overlaps it. */
+const NO_KEYS = '\x00';
+
 /** In Node, `level` is classic-level, which also has compactRange (not in the universal typings). */
 interface Compactable {
   compactRange(start: string, end: string): Promise<void>;
@@ -317,9 +320,14 @@ export class MetadataDb {
    * a synced table file and a synced manifest (LevelDB's CompactRange always
    * compacts the memtable first), so nothing depends on LevelDB's own
    * unsynced log any more. Used by checkpoint before the journal tail moves.
+   * The range, {@link NO_KEYS}, holds no key, so no table overlaps it and
+   * nothing but the memtable is compacted (LevelDB compacts its levels in
+   * the background as usual): a checkpoint costs one memtable's worth of
+   * writing, not a rewrite of every table holding a `cp` (≈ 0.6 s after a
+   * 64 MiB replay).
    */
   async makeDurable(): Promise<void> {
-    await (this.db as unknown as Compactable).compactRange(keys.checkpoint, keys.checkpoint);
+    await (this.db as unknown as Compactable).compactRange(NO_KEYS, NO_KEYS);
   }
 
   async close(): Promise<void> {
