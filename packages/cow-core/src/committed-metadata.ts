@@ -56,8 +56,9 @@ export type MetaRecord =
 /**
  * Bound of a replay batch (`CommittedMetadata.apply` at open): replayed
  * transactions are grouped into one LevelDB batch until it holds at least
- * this many key operations (about 200 bytes each in memory: ≈ 1 MiB, plus
- * the last transaction's own), then written.
+ * this many key operations, then written. The batch lives in LevelDB's
+ * native WriteBatch (key and value bytes, ≈ 60 bytes per operation: about
+ * 256 KiB, plus the last transaction's own); one more may be in flight.
  */
 export const REPLAY_BATCH_OPS = 4096;
 
