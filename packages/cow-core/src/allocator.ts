@@ -20,8 +20,11 @@ export interface Extent {
  * reservation). The *committed* allocator mirrors LevelDB: it is changed
  * only by applying committed journal records, in commit order
  * (`allocateExact` for each new mapping, `free` for each unmapping), and
- * records the `free:<start>` / `alloc` key operations of each change so the
- * same LevelDB batch carries them. A reservation that never commits is
+ * remembers which `free:<start>` keys its changes touched (and whether each
+ * was a free extent before), so that `takeOps()` can hand the same LevelDB
+ * batch one put or delete per touched key — the net change, not every
+ * intermediate split (a run of adjacent mappings takes one extent apart
+ * block by block, yet changes only two keys). A reservation that never commits is
  * therefore never persisted: nothing leaks across a crash (guarantee 6).
  * Freeing a block that is already free, or above the high-water mark, and
  * allocating one that is not free, are assertion failures (double use).
@@ -33,12 +36,18 @@ export interface Extent {
 export class ExtentAllocator {
   private readonly starts: number[] = [];
   private readonly lengths = new Map<number, number>();
-  private ops: MetaOp[] = [];
+  /**
+   * Committed allocator: free-extent starts inserted or removed since the
+   * last `takeOps()`, each with whether it was a free extent (a `free:` key
+   * in LevelDB) before. Bound: the starts one transaction touches.
+   */
+  private readonly touched = new Map<number, boolean>();
   private highWaterDirty = false;
 
   /** @param recordOps record LevelDB key operations for every change (the committed allocator). */
   constructor(public highWaterBlocks: number, freeExtents: Extent[] = [], private readonly recordOps = false) {
     for (const e of freeExtents) this.insert(e.startBlock, e.lengthBlocks);
+    this.touched.clear(); // the loaded extents are what LevelDB holds
     for (let i = 1; i < this.starts.length; i++) {
       const prev = this.starts[i - 1]!;
       assert(prev + this.lengths.get(prev)! < this.starts[i]!, 'free extents overlap or touch at load');
@@ -73,11 +82,7 @@ export class ExtentAllocator {
       const length = this.lengths.get(start)!;
       const take = Math.min(length, need);
       this.remove(start);
-      this.record(delOp(keys.free(start)));
-      if (take < length) {
-        this.insert(start + take, length - take);
-        this.record(putOp(keys.free(start + take), { v: SCHEMA_VERSION, lengthBlocks: length - take }));
-      }
+      if (take < length) this.insert(start + take, length - take);
       out.push({ startBlock: start, lengthBlocks: take });
       need -= take;
     }
@@ -105,18 +110,15 @@ export class ExtentAllocator {
     if (prev !== undefined && prev + this.lengths.get(prev)! === startBlock) {
       const prevLength = this.lengths.get(prev)!;
       this.remove(prev);
-      this.record(delOp(keys.free(prev)));
       newStart = prev;
       newLength += prevLength;
     }
     if (next !== undefined && next === startBlock + lengthBlocks) {
       const nextLength = this.lengths.get(next)!;
       this.remove(next);
-      this.record(delOp(keys.free(next)));
       newLength += nextLength;
     }
     this.insert(newStart, newLength);
-    this.record(putOp(keys.free(newStart), { v: SCHEMA_VERSION, lengthBlocks: newLength }));
   }
 
   /**
@@ -139,15 +141,8 @@ export class ExtentAllocator {
     const length = i >= 0 ? this.lengths.get(start)! : 0;
     assert(i >= 0 && block < start + length, `double use: store block ${block} is already in use`);
     this.remove(start);
-    this.record(delOp(keys.free(start)));
-    if (block > start) {
-      this.insert(start, block - start);
-      this.record(putOp(keys.free(start), { v: SCHEMA_VERSION, lengthBlocks: block - start }));
-    }
-    if (block + 1 < start + length) {
-      this.insert(block + 1, start + length - block - 1);
-      this.record(putOp(keys.free(block + 1), { v: SCHEMA_VERSION, lengthBlocks: start + length - block - 1 }));
-    }
+    if (block > start) this.insert(start, block - start);
+    if (block + 1 < start + length) this.insert(block + 1, start + length - block - 1);
   }
 
   /** True when `block` is in a free extent (used by checks). */
@@ -159,13 +154,22 @@ export class ExtentAllocator {
   }
 
   /**
-   * The LevelDB key operations for every change since the last take, in
-   * order (empty unless constructed with `recordOps`).
+   * The LevelDB key operations that bring LevelDB from the state of the
+   * last take to this one (empty unless constructed with `recordOps`): for
+   * each touched free-extent start, a put of its current length if it is a
+   * free extent now, else a delete if it was one before; then an `alloc`
+   * put if the high-water mark moved. One operation per key, so their order
+   * within a batch does not matter.
    */
   takeOps(): MetaOp[] {
-    const ops = this.ops;
+    const ops: MetaOp[] = [];
+    for (const [start, wasFree] of this.touched) {
+      const length = this.lengths.get(start);
+      if (length !== undefined) ops.push(putOp(keys.free(start), { v: SCHEMA_VERSION, lengthBlocks: length }));
+      else if (wasFree) ops.push(delOp(keys.free(start)));
+    }
+    this.touched.clear();
     if (this.highWaterDirty && this.recordOps) ops.push(putOp(keys.allocator, { v: SCHEMA_VERSION, highWaterBlocks: this.highWaterBlocks }));
-    this.ops = [];
     this.highWaterDirty = false;
     return ops;
   }
@@ -175,8 +179,9 @@ export class ExtentAllocator {
     return new ExtentAllocator(this.highWaterBlocks, this.extents(), recordOps);
   }
 
-  private record(op: MetaOp): void {
-    if (this.recordOps) this.ops.push(op);
+  /** Committed allocator: remember `start`'s key as changed, with whether it was a free extent before the first change. */
+  private touch(start: number): void {
+    if (this.recordOps && !this.touched.has(start)) this.touched.set(start, this.lengths.has(start));
   }
 
   private lowerIndex(block: number): number {
@@ -192,6 +197,7 @@ export class ExtentAllocator {
 
   private insert(start: number, length: number): void {
     assert(!this.lengths.has(start), `free extent ${start} inserted twice`);
+    this.touch(start);
     this.starts.splice(this.lowerIndex(start), 0, start);
     this.lengths.set(start, length);
   }
@@ -199,6 +205,7 @@ export class ExtentAllocator {
   private remove(start: number): void {
     const i = this.lowerIndex(start);
     assert(this.starts[i] === start, `free extent ${start} missing`);
+    this.touch(start);
     this.starts.splice(i, 1);
     this.lengths.delete(start);
   }

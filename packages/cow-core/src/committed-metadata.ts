@@ -11,6 +11,7 @@ import {
   keys,
   parseHexSuffix,
   putOp,
+  type MetaBatch,
   type MetaOp,
   type ImportRecord,
   type MetadataDb,
@@ -51,6 +52,15 @@ export type MetaRecord =
   | { o: 'origin'; id: number; origin: SnapshotIdentity }
   /** Set (or, with null, clear) the marker of an import in progress. */
   | { o: 'import'; state: ImportRecord | null };
+
+/**
+ * Bound of a replay batch (`CommittedMetadata.apply` at open): replayed
+ * transactions are grouped into one LevelDB batch until it holds at least
+ * this many key operations, then written. The batch lives in LevelDB's
+ * native WriteBatch (key and value bytes, ≈ 60 bytes per operation: about
+ * 256 KiB, plus the last transaction's own); one more may be in flight.
+ */
+export const REPLAY_BATCH_OPS = 4096;
 
 function isInt(x: unknown): x is number {
   return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
@@ -97,8 +107,28 @@ export function asMetaRecord(record: unknown): MetaRecord {
  * so a transaction is either fully in LevelDB (and skipped at replay:
  * sequence ≤ cp) or not at all (and replayed). This makes replay exact even
  * though records like `map` are not idempotent on their own.
+ *
+ * `apply` is also the journal's replay callback. Replayed transactions (the
+ * journal marks them with `last`) are grouped: their key operations collect,
+ * in order, in a replay batch that is written with `cp` = the newest
+ * sequence in it once it holds {@link REPLAY_BATCH_OPS} operations, and at
+ * the last replayed transaction. A batch holds whole transactions and their
+ * `cp`, or none of them, so replay stays exact and idempotent. While
+ * LevelDB writes one batch, the next one is computed (one write in flight:
+ * LevelDB must apply them in order).
  */
 export class CommittedMetadata {
+  /**
+   * Replay batch being filled: the key operations of replayed transactions
+   * not yet handed to LevelDB, in order, already copied into LevelDB's
+   * native batch (bound: {@link REPLAY_BATCH_OPS} plus one transaction's),
+   * and the sequence of the newest of them.
+   */
+  private replayBatch: MetaBatch | undefined;
+  private replaySequence = 0;
+  /** The replay batch LevelDB is writing, if any (at most one in flight). */
+  private replayWrite: Promise<void> | undefined;
+
   private constructor(
     private readonly db: MetadataDb,
     public sb: VolumeRecord,
@@ -138,9 +168,75 @@ export class CommittedMetadata {
     return new CommittedMetadata(db, sb, snapshots, allocator, appliedSequence);
   }
 
-  /** Applies one committed transaction (skipped when LevelDB already has it). */
-  async apply(tx: { sequence: number; records: unknown[] }): Promise<void> {
-    if (tx.sequence <= this.appliedSequence) return;
+  /**
+   * Applies one committed transaction (skipped when LevelDB already has it).
+   * With `last` (a transaction the journal replays at open), its key
+   * operations join the replay batch instead, written when the batch is
+   * full and at the last one (class comment); the committed state in memory
+   * advances at once either way.
+   * @throws CORRUPT_METADATA (a record that is not a metadata record), ASSERTION_FAILED (a record the committed state contradicts), LevelDB errors
+   */
+  async apply(tx: { sequence: number; records: unknown[]; last?: boolean }): Promise<void> {
+    if (tx.last === undefined) {
+      assert(this.replayBatch === undefined && this.replayWrite === undefined, 'a commit applied while replayed transactions are still unwritten');
+      if (tx.sequence <= this.appliedSequence) return;
+      const ops = this.keyOperations(tx.records);
+      ops.push(putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: tx.sequence }));
+      await this.db.apply(ops);
+      this.appliedSequence = tx.sequence;
+      return;
+    }
+    try {
+      if (tx.sequence > this.appliedSequence) {
+        const ops = this.keyOperations(tx.records);
+        this.replayBatch ??= this.db.batch();
+        this.replayBatch.add(ops);
+        this.replaySequence = tx.sequence;
+        this.appliedSequence = tx.sequence;
+        if (this.replayBatch.length >= REPLAY_BATCH_OPS) await this.startReplayWrite();
+      }
+      if (tx.last) {
+        await this.startReplayWrite();
+        await this.replayWrite;
+        this.replayWrite = undefined;
+      }
+    } catch (err) {
+      // Leave no write running behind a failed open (LevelDB is closed next).
+      await this.replayWrite?.catch(() => undefined);
+      this.replayWrite = undefined;
+      await this.replayBatch?.close().catch(() => undefined);
+      this.replayBatch = undefined;
+      throw err;
+    }
+  }
+
+  /**
+   * Hands the replay batch, if any, to LevelDB with `cp` = the newest
+   * transaction in it, once the previous batch is written; does not wait
+   * for this one (its failure surfaces at the next call or the last one).
+   */
+  private async startReplayWrite(): Promise<void> {
+    const batch = this.replayBatch;
+    if (batch === undefined) return;
+    this.replayBatch = undefined;
+    batch.add([putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: this.replaySequence })]);
+    try {
+      await this.replayWrite;
+    } catch (err) {
+      await batch.close().catch(() => undefined);
+      throw err;
+    }
+    const write = batch.write();
+    write.catch(() => undefined); // observed by the next await of replayWrite, never unhandled
+    this.replayWrite = write;
+  }
+
+  /**
+   * The key operations of one transaction's records against the committed
+   * state, which they advance (snapshots, owned-block counts, allocator,
+   * volume record); `cp` not included.
+   */
+  private keyOperations(records: unknown[]): MetaOp[] {
     const ops: MetaOp[] = [];
     const touched = new Set<number>();
     const dropped = new Set<number>();
@@ -151,7 +247,7 @@ export class CommittedMetadata {
       assert(rec.ownedBlocks >= 0, `snapshot ${id} owns a negative number of blocks`);
       touched.add(id);
     };
-    for (const raw of tx.records) {
+    for (const raw of records) {
       const r = asMetaRecord(raw);
       switch (r.o) {
         case 'sb': {
@@ -222,10 +318,8 @@ export class CommittedMetadata {
           break;
       }
     }
-    ops.push(...this.allocator.takeOps());
+    for (const op of this.allocator.takeOps()) ops.push(op);
     for (const id of touched) if (!dropped.has(id)) ops.push(putOp(keys.snapshot(id), this.snapshots.get(id)!));
-    ops.push(putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: tx.sequence }));
-    await this.db.apply(ops);
-    this.appliedSequence = tx.sequence;
+    return ops;
   }
 }

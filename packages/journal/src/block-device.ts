@@ -18,6 +18,12 @@ export interface BlockDevice {
   readonly name: string;
   /** Reads `lengthBytes` at `offsetBytes` into a new Buffer (zero-filled past EOF). */
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  /**
+   * Optional: reads `target.length` bytes at `offsetBytes` into `target`
+   * (zero-filled past EOF), so that a reader can reuse one buffer (recovery's
+   * read window). Readers fall back to `read` when a device lacks it.
+   */
+  readInto?(offsetBytes: number, target: Buffer): Promise<void>;
   /** Writes all of `data` at `offsetBytes`. Not durable until `sync()` resolves. */
   write(offsetBytes: number, data: Uint8Array): Promise<void>;
   /** Makes every completed write durable (`fdatasync`). */
@@ -59,17 +65,23 @@ export class FileBlockDevice implements BlockDevice {
 
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     const buffer = Buffer.alloc(lengthBytes);
+    await this.readInto(offsetBytes, buffer);
+    return buffer;
+  }
+
+  async readInto(offsetBytes: number, target: Buffer): Promise<void> {
+    const lengthBytes = target.length;
     let done = 0;
     try {
       while (done < lengthBytes) {
-        const { bytesRead } = await this.handle.read(buffer, done, lengthBytes - done, offsetBytes + done);
-        if (bytesRead === 0) break; // EOF: the rest stays zero, like a sparse tail.
+        const { bytesRead } = await this.handle.read(target, done, lengthBytes - done, offsetBytes + done);
+        if (bytesRead === 0) break;
         done += bytesRead;
       }
     } catch (err) {
       throw wrapError(err, this.name, 'read', offsetBytes, lengthBytes);
     }
-    return buffer;
+    target.fill(0, done); // EOF: the rest reads as zero, like a sparse tail.
   }
 
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {

@@ -7,7 +7,22 @@
  */
 export { Journal, MAX_HANDLES_PER_COMMIT, DEFAULT_JOURNAL_BYTES, type ReplayFn, type ApplyFn, type RecoveryReport, type JournalStats, type JournalOpenOptions } from './journal.js';
 export { Handle, Transaction, type TransactionState } from './transaction.js';
-export { scanJournal, classify, revokeTable, DECISION_TABLE, type RecoveredTransaction, type ScanResult, type BlockPattern, type ScanAction } from './recovery.js';
+export {
+  scanJournal,
+  replayJournal,
+  revokeKey,
+  classify,
+  DECISION_TABLE,
+  type RecoveredTransaction,
+  type ReplayedTransaction,
+  type ReplaySink,
+  type ReplayCounts,
+  type RecoveryOptions,
+  type ScanResult,
+  type BlockPattern,
+  type ScanAction,
+} from './recovery.js';
+export { LogReader, LOG_WINDOW_BYTES, type LogGeometry } from './log-reader.js';
 export { FileBlockDevice, fileDeviceOpener, type BlockDevice, type DeviceOpener } from './block-device.js';
 export { crc32c } from './checksum.js';
 export {

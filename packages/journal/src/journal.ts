@@ -23,12 +23,17 @@ import {
   type BlockImage,
   type Revocation,
 } from './format.js';
-import { revokeKey, revokeTable, scanJournal, type RecoveredTransaction } from './recovery.js';
+import { replayJournal, revokeKey, scanJournal, type RecoveredTransaction, type ReplayedTransaction } from './recovery.js';
 import { Handle, Transaction, type HandleOwner } from './transaction.js';
 import { JournalAbortedError, JournalCorruptError, JournalCreditsExceededError, assert } from './errors.js';
 
-/** Called once per committed transaction found at open, oldest first, after its images are home. May run again after a crash during recovery. */
-export type ReplayFn = (tx: { sequence: number; records: unknown[] }) => Promise<void>;
+/**
+ * Called once per committed transaction found at open, oldest first, after
+ * its images are home. May run again after a crash during recovery.
+ * `tx.records` is decoded on first access; `tx.last` marks the final call,
+ * by which everything deferred must be applied (see {@link ReplayedTransaction}).
+ */
+export type ReplayFn = (tx: ReplayedTransaction) => Promise<void>;
 
 /**
  * Called for every transaction this journal commits, in sequence order,
@@ -81,6 +86,8 @@ export interface JournalOpenOptions {
   checkpointFill?: number;
   /** A stopped handle is committed at most this long after it stopped, when nothing else triggers a commit. Default 5000 (jbd2's default commit interval). */
   commitIntervalMs?: number;
+  /** Read-ahead window of each recovery pass, in bytes. Default `LOG_WINDOW_BYTES` (4 MiB). */
+  recoveryWindowBytes?: number;
 }
 
 /** Bounds of one group commit. */
@@ -110,8 +117,9 @@ export const DEFAULT_JOURNAL_BYTES = 64 * 1024 * 1024;
  * - Checkpoint (by fill level, on request, at close): write the latest
  *   images of transactions ≤ n home, sync them, run `beforeTailMove(n)`,
  *   move the tail in the superblock.
- * - Recovery at open: scan with the decision table (recovery.ts), revoke
- *   pass, replay images home and records through `replay` — idempotent.
+ * - Recovery at open: a scan pass with the decision table (recovery.ts)
+ *   building the revoke table, then a replay pass reading the log again:
+ *   images home, records through `replay` — bounded memory, idempotent.
  *
  * A failed commit or checkpoint aborts the journal (jbd2 abort): later calls
  * throw `JOURNAL_ABORTED` until reopened.
@@ -196,11 +204,14 @@ export class Journal implements HandleOwner {
   }
 
   /**
-   * Opens a journal and runs recovery: scan (decision table), revoke pass,
-   * replay — images written home (skipping revoked ones), records passed to
-   * `replay` — then syncs the homes. The tail stays where it was until the
+   * Opens a journal and runs recovery (recovery.ts): a scan pass
+   * (decision table; positions and the revoke table only), then a replay
+   * pass reading the log again — images written home (skipping revoked
+   * ones), records passed to `replay` — then syncs the homes. Memory is
+   * bounded by the read-ahead window and one transaction's records, not by
+   * the size of the log. The tail stays where it was until the
    * owner checkpoints, so a crash during recovery just recovers again.
-   * @throws JOURNAL_CORRUPT (bad superblock, foreign uuid, image for an unknown target), UNSUPPORTED_VERSION
+   * @throws JOURNAL_CORRUPT (bad superblock, foreign uuid, image for an unknown target, a transaction that changed between the passes), UNSUPPORTED_VERSION, IO_ERROR, whatever `replay` throws
    */
   static async open(device: BlockDevice, options: JournalOpenOptions): Promise<{ journal: Journal; recovery: RecoveryReport }> {
     const sb = decodeSuperblock(await device.read(0, SUPERBLOCK_AREA_BYTES), device.name);
@@ -212,37 +223,35 @@ export class Journal implements HandleOwner {
       await device.truncate(sb.lengthBlocks * sb.blockSizeBytes);
     }
     const targets = options.targets ?? new Map<number, BlockDevice>();
-    const scan = await scanJournal(device, sb);
-    const revoked = revokeTable(scan.transactions);
-    let records = 0;
-    let images = 0;
-    let revokedImages = 0;
+    // Two passes, each through one bounded read-ahead window (recovery.ts):
+    // the scan keeps positions and the revoke table, the replay reads again.
+    const passOptions = { windowBytes: options.recoveryWindowBytes };
+    const scan = await scanJournal(device, sb, passOptions);
     const touched = new Set<BlockDevice>();
-    for (const tx of scan.transactions) {
-      for (const img of tx.images) {
-        const r = revoked.get(revokeKey(img.target, img.homeBlock));
-        if (r !== undefined && r >= tx.sequence) {
-          revokedImages += 1;
-          continue;
-        }
-        const home = targets.get(img.target);
-        if (!home) throw new JournalCorruptError(`${device.name}: transaction ${tx.sequence} holds an image for unknown target ${img.target}`);
-        await home.write(img.homeBlock * sb.blockSizeBytes, img.data);
-        touched.add(home);
-        images += 1;
-      }
-      await options.replay({ sequence: tx.sequence, records: tx.records });
-      records += tx.records.length;
-    }
+    const replayed = await replayJournal(
+      device,
+      sb,
+      scan,
+      {
+        image: async (target, homeBlock, data, sequence) => {
+          const home = targets.get(target);
+          if (!home) throw new JournalCorruptError(`${device.name}: transaction ${sequence} holds an image for unknown target ${target}`);
+          await home.write(homeBlock * sb.blockSizeBytes, data);
+          touched.add(home);
+        },
+        transaction: (tx) => options.replay(tx),
+      },
+      passOptions,
+    );
     for (const home of touched) await home.sync();
     const journal = new Journal(device, sb.uuid, sb, { head: scan.headBlock, nextSequence: scan.nextSequence, transactions: scan.transactions }, targets, options);
     return {
       journal,
       recovery: {
         replayedTransactions: scan.transactions.length,
-        replayedRecords: records,
-        replayedImages: images,
-        revokedImages,
+        replayedRecords: scan.transactions.reduce((n, tx) => n + tx.records, 0),
+        replayedImages: replayed.images,
+        revokedImages: replayed.revokedImages,
         stopReason: scan.stopReason,
         lastSequence: scan.nextSequence - 1,
       },

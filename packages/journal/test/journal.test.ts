@@ -17,18 +17,21 @@ async function fresh(lengthBlocks = 128): Promise<void> {
 
 async function open(device: BlockDevice = log, extra: Partial<Parameters<typeof Journal.open>[1]> = {}) {
   const replayed: Array<{ sequence: number; records: unknown[] }> = [];
+  /** `tx.last` of each replay call, in order. */
+  const lasts: boolean[] = [];
   const applied: Array<{ sequence: number; records: unknown[] }> = [];
   const { journal, recovery } = await Journal.open(device, {
     targets: new Map([[0, home]]),
     replay: async (tx) => {
-      replayed.push(tx);
+      replayed.push({ sequence: tx.sequence, records: tx.records });
+      lasts.push(tx.last);
     },
     apply: async (tx) => {
       applied.push(tx);
     },
     ...extra,
   });
-  return { journal, recovery, replayed, applied };
+  return { journal, recovery, replayed, lasts, applied };
 }
 
 const image = (byte: number) => Buffer.alloc(BS, byte);
@@ -57,6 +60,7 @@ describe('journal: commit and recovery', () => {
       { sequence: 2, records: [] },
     ]);
     expect(recovered.recovery).toMatchObject({ replayedTransactions: 2, replayedImages: 2 });
+    expect(recovered.lasts).toEqual([false, true]); // the owner learns which replay call is the last
     expect((await home.read(2 * BS, BS)).equals(image(8))).toBe(true);
     expect(await (await recovered.journal.start(1)).commit()).toBe(3);
   });

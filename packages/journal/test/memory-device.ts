@@ -31,6 +31,11 @@ export class MemoryDevice implements BlockDevice {
     return out;
   }
 
+  async readInto(offsetBytes: number, target: Buffer): Promise<void> {
+    target.fill(0);
+    if (offsetBytes < this.current.length) this.current.copy(target, 0, offsetBytes, Math.min(this.current.length, offsetBytes + target.length));
+  }
+
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
     await this.before?.('write', offsetBytes, data.length);
     this.current = put(this.current, offsetBytes, Buffer.from(data));
