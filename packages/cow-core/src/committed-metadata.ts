@@ -1,7 +1,7 @@
 import { assert } from '@cowvol/journal';
 import { ExtentAllocator, type Extent } from './allocator.js';
 import { CorruptMetadataError, NotAVolumeError, UnsupportedVersionError } from './errors.js';
-import { FORMAT_VERSION, MAX_SNAPSHOTS } from './layout.js';
+import { FORMAT_VERSION, MAX_BLOCK_SIZE_BYTES, MAX_SNAPSHOTS } from './layout.js';
 import {
   SCHEMA_VERSION,
   decodeValue,
@@ -36,6 +36,13 @@ export type MetaRecord =
   | { o: 'drop'; id: number }
   /** Map block b of snapshot id to store block p (taking p out of the free space). */
   | { o: 'map'; id: number; b: number; p: number; crc: number }
+  /**
+   * Map a run: blocks b + i of snapshot id to store blocks p + i, for i in
+   * [0, n), n = crcs.length / 4, with the CRC32C of copy i as a little-endian
+   * u32 at crcs[4i]. One record for a run of COWs consecutive both in the
+   * volume and in the store (a sequential first write), instead of n.
+   */
+  | { o: 'mapx'; id: number; b: number; p: number; crcs: Uint8Array }
   /** Unmap block b of snapshot id and free store block p. */
   | { o: 'unmap'; id: number; b: number; p: number }
   /** Hand block b (store block p) over from snapshot `from` to snapshot `to`. */
@@ -74,6 +81,20 @@ function isCrc(x: unknown): x is number {
   return isInt(x) && x <= 0xffffffff;
 }
 
+/**
+ * Most blocks one `mapx` record maps with a block size: a journal record
+ * must fit one journal block (the block size), and 128 bytes cover the
+ * block header and every other field of the record.
+ */
+export function maxMapRunBlocks(blockSizeBytes: number): number {
+  return Math.floor((blockSizeBytes - 128) / 4);
+}
+const MAX_MAP_RUN_BLOCKS = maxMapRunBlocks(MAX_BLOCK_SIZE_BYTES);
+
+function isCrcRun(x: unknown): x is Uint8Array {
+  return x instanceof Uint8Array && x.length > 0 && x.length % 4 === 0 && x.length / 4 <= MAX_MAP_RUN_BLOCKS;
+}
+
 /** Validates a record read back from the journal (assert right after reading). Throws `CORRUPT_METADATA`. */
 export function asMetaRecord(record: unknown): MetaRecord {
   const r = record as Record<string, unknown>;
@@ -84,6 +105,7 @@ export function asMetaRecord(record: unknown): MetaRecord {
       (r.o === 'snap' && isId(r.id) && typeof r.name === 'string' && typeof r.createdAt === 'string' && (r.state === 'live' || r.state === 'deleting')) ||
       (r.o === 'drop' && isId(r.id)) ||
       (r.o === 'map' && isId(r.id) && isInt(r.b) && isInt(r.p) && isCrc(r.crc)) ||
+      (r.o === 'mapx' && isId(r.id) && isInt(r.b) && isInt(r.p) && isCrcRun(r.crcs)) ||
       (r.o === 'unmap' && isId(r.id) && isInt(r.b) && isInt(r.p)) ||
       (r.o === 'move' && isId(r.from) && isId(r.to) && isInt(r.b) && isInt(r.p) && isCrc(r.crc)) ||
       (r.o === 'free' && isInt(r.p) && isInt(r.n) && (r.n as number) > 0) ||
@@ -277,6 +299,16 @@ export class CommittedMetadata {
           ops.push(putOp(keys.map(r.id, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
           owned(r.id, +1);
           break;
+        case 'mapx': {
+          const n = r.crcs.length / 4;
+          const crcs = Buffer.from(r.crcs.buffer, r.crcs.byteOffset, r.crcs.length);
+          for (let i = 0; i < n; i++) {
+            this.allocator.allocateExact(r.p + i);
+            ops.push(putOp(keys.map(r.id, r.b + i), { v: SCHEMA_VERSION, storeBlock: r.p + i, crc: crcs.readUInt32LE(4 * i) }));
+          }
+          owned(r.id, +n);
+          break;
+        }
         case 'unmap':
           ops.push(delOp(keys.map(r.id, r.b)));
           this.allocator.free({ startBlock: r.p, lengthBlocks: 1 });

@@ -57,7 +57,7 @@ import { ExtentAllocator, type Extent } from './allocator.js';
 import { SnapshotMap, type MapEntry } from './snapshot-map.js';
 import { SnapshotStore } from './store.js';
 import { OwnerLock } from './owner-lock.js';
-import { CommittedMetadata, type MetaRecord } from './committed-metadata.js';
+import { CommittedMetadata, maxMapRunBlocks, type MetaRecord } from './committed-metadata.js';
 import { FreezeGate } from './freeze-gate.js';
 import { checkVolume, type CheckReport } from './check.js';
 import { unionOfMaps, type DiffResult, type NamedMap } from './diff.js';
@@ -1462,7 +1462,20 @@ export class Volume {
         // Ordered data: the journal syncs the store before it writes the commit
         // block (one sync for every COW in the same group commit).
         if (!journaled) handle.orderedData(this.store.device);
-        for (let k = 0; k < blocks.length; k++) handle.log({ o: 'map', id: active.id, b: blocks[k]!, p: storeBlocks[k]!, crc: crcs[k]! } satisfies MetaRecord);
+        // One record per run consecutive in the volume and in the store (a
+        // sequential first write is one run per piece), one `map` per lone block.
+        const maxRun = maxMapRunBlocks(bs);
+        for (let i = 0; i < blocks.length; ) {
+          let j = i + 1;
+          while (j < blocks.length && j - i < maxRun && blocks[j] === blocks[j - 1]! + 1 && storeBlocks[j] === storeBlocks[j - 1]! + 1) j++;
+          if (j - i === 1) handle.log({ o: 'map', id: active.id, b: blocks[i]!, p: storeBlocks[i]!, crc: crcs[i]! } satisfies MetaRecord);
+          else {
+            const run = Buffer.allocUnsafe(4 * (j - i));
+            for (let k = i; k < j; k++) run.writeUInt32LE(crcs[k]!, 4 * (k - i));
+            handle.log({ o: 'mapx', id: active.id, b: blocks[i]!, p: storeBlocks[i]!, crcs: run } satisfies MetaRecord);
+          }
+          i = j;
+        }
       });
     } catch (err) {
       handle.abandon();
