@@ -28,6 +28,11 @@ export function countingOpener(counters) {
           c.readBytes += lengthBytes;
           return dev.read(offsetBytes, lengthBytes);
         },
+        async readInto(offsetBytes, into) {
+          c.reads += 1;
+          c.readBytes += into.length;
+          return dev.readInto(offsetBytes, into);
+        },
         async write(offsetBytes, data) {
           c.writes += 1;
           c.writeBytes += data.length;

@@ -31,6 +31,10 @@ export class MemoryDevice implements BlockDevice {
     return out;
   }
 
+  async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
+    into.set(await this.read(offsetBytes, into.length));
+  }
+
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
     await this.before?.('write', offsetBytes, data.length);
     this.current = put(this.current, offsetBytes, Buffer.from(data));
