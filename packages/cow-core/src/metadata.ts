@@ -1,5 +1,6 @@
 import { Packr } from 'msgpackr';
 import { Level } from 'level';
+import { assert } from '@cowvol/journal';
 import { CorruptMetadataError, UnsupportedVersionError } from './errors.js';
 
 /**
@@ -222,6 +223,9 @@ export const decodeValue = {
 export const putOp = (k: string, value: object): MetaOp => ({ o: 'p', k, v: encodeValue(value) });
 export const delOp = (k: string): MetaOp => ({ o: 'd', k });
 
+/** Entries per LevelDB round trip of `scanBatches`. */
+export const SCAN_BATCH_ENTRIES = 1024;
+
 /** Thin wrapper over the LevelDB database (classic-level, the node backend of `level`). */
 /** In Node, `level` is classic-level, which also has compactRange (not in the universal typings). */
 interface Compactable {
@@ -253,6 +257,25 @@ export class MetadataDb {
   /** All [key, value] with the prefix, in key order; `limit` bounds the scan. */
   async *scan(prefix: string, limit = -1): AsyncGenerator<[string, Buffer]> {
     for await (const entry of this.db.iterator({ gte: prefix, lt: `${prefix}\xff`, limit })) yield entry;
+  }
+
+  /**
+   * All [key, value] with the prefix, in key order, in batches of at most
+   * `batchEntries` (bounds memory): one LevelDB round trip per batch instead
+   * of one per entry, for long scans such as a snapshot map load.
+   */
+  async *scanBatches(prefix: string, batchEntries = SCAN_BATCH_ENTRIES): AsyncGenerator<Array<[string, Buffer]>> {
+    assert(Number.isSafeInteger(batchEntries) && batchEntries > 0, `scan batch of ${batchEntries} entries`);
+    const it = this.db.iterator({ gte: prefix, lt: `${prefix}\xff` });
+    try {
+      for (;;) {
+        const batch = await it.nextv(batchEntries);
+        if (batch.length === 0) return;
+        yield batch;
+      }
+    } finally {
+      await it.close();
+    }
   }
 
   /**
