@@ -56,6 +56,7 @@ import { ExtentAllocator, type Extent } from './allocator.js';
 import { SnapshotMap, type MapEntry } from './snapshot-map.js';
 import { SnapshotStore } from './store.js';
 import { BlockSources, SnapshotReader } from './read-through.js';
+import { StoreReadCache, type StoreCacheStats } from './store-read-cache.js';
 import { OwnerLock } from './owner-lock.js';
 import { CommittedMetadata, type MetaRecord } from './committed-metadata.js';
 import { FreezeGate } from './freeze-gate.js';
@@ -234,8 +235,9 @@ export class Volume {
   /** Snapshot reads (read-through.ts) over the journal-overlaid home reads. */
   private readonly snapshotReader = new SnapshotReader({
     readLiveInto: (offsetBytes, into) => this.readHomeInto(TARGET_VOLUME, this.volume, offsetBytes, into),
-    readStoreInto: (storeBlock, into) => this.readHomeInto(TARGET_STORE, this.store.device, this.store.offsetOf(storeBlock), into),
-    rereadStoreInto: (storeBlock, into) => this.readHomeInto(TARGET_STORE, this.store.device, this.store.offsetOf(storeBlock), into),
+    readStoreInto: (storeBlock, into) => this.readHomeInto(TARGET_STORE, this.storeCache, this.store.offsetOf(storeBlock), into),
+    rereadStoreInto: (storeBlock, into) =>
+      this.readHomeInto(TARGET_STORE, { readInto: (offsetBytes, fresh) => this.storeCache.readFresh(offsetBytes, fresh) }, this.store.offsetOf(storeBlock), into),
   });
 
   private constructor(
@@ -251,6 +253,8 @@ export class Volume {
     private readonly catalog: SnapshotRecord[],
     private readonly lock: OwnerLock,
     private recovery: RecoveryReport,
+    /** Snapshot reads' cache of store windows; `store.device` is its invalidating device. */
+    private readonly storeCache: StoreReadCache,
   ) {}
 
   get sizeBytes(): number {
@@ -401,7 +405,9 @@ export class Volume {
       const actual = await volume.sizeBytes();
       if (actual !== sb.sizeBytes) throw new VolumeSizeMismatchError(path, sb.sizeBytes, actual);
 
-      const storeDev = await opener.open(layout.storePath, { create: false });
+      // Every store write goes through the cache's device, which drops the cached windows it touches.
+      const storeCache = new StoreReadCache(await opener.open(layout.storePath, { create: false }), sb.blockSizeBytes);
+      const storeDev = storeCache.device;
       opened.push(storeDev);
       const store = new SnapshotStore(storeDev, sb.blockSizeBytes);
       await store.verifyHeader(uuid);
@@ -439,7 +445,7 @@ export class Volume {
       if (journal.blockSizeBytes !== sb.blockSizeBytes) {
         throw new JournalCorruptError(`${layout.journalPath} has ${journal.blockSizeBytes}-byte blocks; the volume has ${sb.blockSizeBytes}`);
       }
-      const vol = new Volume(layout, meta, db, volume, store, journal, meta.allocator.clone(), catalog, lock, recovery);
+      const vol = new Volume(layout, meta, db, volume, store, journal, meta.allocator.clone(), catalog, lock, recovery, storeCache);
       if (recovery.replayedTransactions > 0) await vol.checkpoint();
       // Finish a delete that a crash interrupted (each step was its own transaction).
       for (const rec of [...catalog]) if (rec.state === 'deleting') await vol.finishDelete(rec);
@@ -1385,6 +1391,11 @@ export class Volume {
     }
     const start = offsetBytes - first * bs;
     return out.subarray(start, start + lengthBytes);
+  }
+
+  /** Counters of the snapshot reads' store cache (a copy). */
+  get storeCacheStats(): StoreCacheStats {
+    return { ...this.storeCache.stats };
   }
 
   /**
