@@ -74,7 +74,7 @@ export class SnapshotMap {
   }
 
   set(block: number, storeBlock: number, crc: number): void {
-    assert(!this.storeBlocks.has(block), `snapshot ${this.snapshotId} already maps block ${block}`);
+    if (this.storeBlocks.has(block)) assert(false, `snapshot ${this.snapshotId} already maps block ${block}`); // message built only on failure: a map load calls this per block
     this.storeBlocks.set(block, storeBlock);
     this.crcs.set(block, crc);
     const region = Math.floor(block / MAP_REGION_BLOCKS);

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { crc32c } from '@cowvol/journal';
 import { BlockSources, IoError, LIVE_GAP_BLOCKS, SnapshotReader, type ReadThroughIo } from '../src/index.js';
 import { MAP_REGION_BLOCKS, SnapshotMap } from '../src/snapshot-map.js';
+import { decodeMapFast, decodeValue, encodeValue } from '../src/metadata.js';
 import { mulberry32 } from './prng.js';
 
 /**
@@ -56,6 +57,37 @@ describe('SnapshotMap range index', () => {
     const seen: number[] = [];
     map.forEachInRange(0, 20, (b) => seen.push(b));
     expect(seen).toEqual([10]);
+  });
+});
+
+describe('map record decoding (a map load decodes one per mapped block)', () => {
+  it('the fast path decodes exactly what msgpackr does, and leaves every other encoding to it', () => {
+    const rnd = seeded('map record decoding');
+    const edges = [0, 1, 127, 128, 255, 256, 65535, 65536, 2 ** 31, 2 ** 32 - 1];
+    const values = [...edges, ...Array.from({ length: 40 }, () => int(rnd, 2 ** 32))];
+    let fast = 0;
+    for (const storeBlock of [...values, 2 ** 32, 2 ** 40, 2 ** 48 - 1]) {
+      for (const crc of values) {
+        const bytes = encodeValue({ v: 1, storeBlock, crc });
+        const general = decodeValue.map('map:x', bytes);
+        expect(general).toEqual({ v: 1, storeBlock, crc });
+        const quick = decodeMapFast(bytes);
+        if (storeBlock < 2 ** 32) {
+          expect(quick, `storeBlock ${storeBlock} crc ${crc}`).toEqual(general);
+          fast++;
+        } else expect(quick, 'a storeBlock of 2^32 or more is msgpackr float64: the general path').toBeUndefined();
+      }
+    }
+    expect(fast).toBeGreaterThan(0);
+    // Other shapes, truncations and trailing bytes go to the general path, which checks them.
+    const ok = encodeValue({ v: 1, storeBlock: 7, crc: 9 });
+    for (let n = 0; n < ok.length; n++) expect(decodeMapFast(ok.subarray(0, n)), `truncated to ${n}`).toBeUndefined();
+    expect(decodeMapFast(Buffer.concat([ok, Buffer.from([0])]))).toBeUndefined();
+    expect(decodeMapFast(encodeValue({ v: 2, storeBlock: 7, crc: 9 }))).toBeUndefined();
+    expect(decodeMapFast(encodeValue({ v: 1, crc: 9, storeBlock: 7 }))).toBeUndefined();
+    expect(decodeMapFast(encodeValue({ v: 1, storeBlock: 7, crc: -1 }))).toBeUndefined();
+    expect(decodeMapFast(encodeValue({ v: 1, storeBlock: 7, crc: 9, extra: 1 }))).toBeUndefined();
+    expect(() => decodeValue.map('map:x', encodeValue({ v: 1, storeBlock: -3, crc: 9 }))).toThrowError(expect.objectContaining({ code: 'CORRUPT_METADATA' }));
   });
 });
 
