@@ -235,9 +235,9 @@ export class Volume {
   /** Snapshot reads (read-through.ts) over the journal-overlaid home reads. */
   private readonly snapshotReader = new SnapshotReader({
     readLiveInto: (offsetBytes, into) => this.readHomeInto(TARGET_VOLUME, this.volume, offsetBytes, into),
-    readStoreInto: (storeBlock, into) => this.readHomeInto(TARGET_STORE, this.storeCache, this.store.offsetOf(storeBlock), into),
+    readStoreInto: (storeBlock, into) => this.readHomeInto(TARGET_STORE, this.store.cache, this.store.offsetOf(storeBlock), into),
     rereadStoreInto: (storeBlock, into) =>
-      this.readHomeInto(TARGET_STORE, { readInto: (offsetBytes, fresh) => this.storeCache.readFresh(offsetBytes, fresh) }, this.store.offsetOf(storeBlock), into),
+      this.readHomeInto(TARGET_STORE, { readInto: (offsetBytes, fresh) => this.store.cache.readFresh(offsetBytes, fresh) }, this.store.offsetOf(storeBlock), into),
   });
 
   private constructor(
@@ -253,8 +253,6 @@ export class Volume {
     private readonly catalog: SnapshotRecord[],
     private readonly lock: OwnerLock,
     private recovery: RecoveryReport,
-    /** Snapshot reads' cache of store windows; `store.device` is its invalidating device. */
-    private readonly storeCache: StoreReadCache,
   ) {}
 
   get sizeBytes(): number {
@@ -409,7 +407,7 @@ export class Volume {
       const storeCache = new StoreReadCache(await opener.open(layout.storePath, { create: false }), sb.blockSizeBytes);
       const storeDev = storeCache.device;
       opened.push(storeDev);
-      const store = new SnapshotStore(storeDev, sb.blockSizeBytes);
+      const store = new SnapshotStore(storeDev, sb.blockSizeBytes, storeCache);
       await store.verifyHeader(uuid);
 
       const journalDev = await opener.open(layout.journalPath, { create: false });
@@ -445,7 +443,7 @@ export class Volume {
       if (journal.blockSizeBytes !== sb.blockSizeBytes) {
         throw new JournalCorruptError(`${layout.journalPath} has ${journal.blockSizeBytes}-byte blocks; the volume has ${sb.blockSizeBytes}`);
       }
-      const vol = new Volume(layout, meta, db, volume, store, journal, meta.allocator.clone(), catalog, lock, recovery, storeCache);
+      const vol = new Volume(layout, meta, db, volume, store, journal, meta.allocator.clone(), catalog, lock, recovery);
       if (recovery.replayedTransactions > 0) await vol.checkpoint();
       // Finish a delete that a crash interrupted (each step was its own transaction).
       for (const rec of [...catalog]) if (rec.state === 'deleting') await vol.finishDelete(rec);
@@ -1097,6 +1095,11 @@ export class Volume {
     return this.readHome(TARGET_VOLUME, this.volume, offsetBytes, lengthBytes);
   }
 
+  /** Store blocks, with journaled copies not yet checkpointed (journal mode). */
+  private readStore(storeBlock: number, countBlocks: number): Promise<Buffer> {
+    return this.readHome(TARGET_STORE, this.store.device, this.store.offsetOf(storeBlock), countBlocks * this.blockSizeBytes);
+  }
+
   /**
    * Bytes of a journal target's home file, overlaid in journal mode with the
    * journal's image cache (see `readHomeInto`).
@@ -1390,7 +1393,7 @@ export class Volume {
 
   /** Counters of the snapshot reads' store cache (a copy). */
   get storeCacheStats(): StoreCacheStats {
-    return { ...this.storeCache.stats };
+    return { ...this.store.cache.stats };
   }
 
   /**
