@@ -25,6 +25,7 @@ async function openJournal(name, slowSyncMs = 0) {
   const device = slowSyncMs === 0 ? dev : {
     name: dev.name,
     read: (o, l) => dev.read(o, l),
+    readInto: (o, into) => dev.readInto(o, into),
     write: (o, d) => dev.write(o, d),
     sync: async () => { await new Promise((r) => setTimeout(r, slowSyncMs)); await dev.sync(); },
     sizeBytes: () => dev.sizeBytes(),

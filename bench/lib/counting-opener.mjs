@@ -28,10 +28,10 @@ export function countingOpener(counters) {
           c.readBytes += lengthBytes;
           return dev.read(offsetBytes, lengthBytes);
         },
-        async readInto(offsetBytes, target) {
+        async readInto(offsetBytes, into) {
           c.reads += 1;
-          c.readBytes += target.length;
-          return dev.readInto(offsetBytes, target);
+          c.readBytes += into.length;
+          return dev.readInto(offsetBytes, into);
         },
         async write(offsetBytes, data) {
           c.writes += 1;

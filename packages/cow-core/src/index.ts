@@ -19,6 +19,8 @@ export {
 } from './layout.js';
 export { ExtentAllocator, type Extent } from './allocator.js';
 export { STORE_MAGIC, STORE_VERSION } from './store.js';
+export { StoreReadCache, STORE_CACHE_BYTES, STORE_WINDOW_BYTES, type StoreCacheStats } from './store-read-cache.js';
+export { BlockSources, SnapshotReader, READS_IN_FLIGHT, LIVE_GAP_BLOCKS, type ReadThroughIo } from './read-through.js';
 export {
   CowvolError,
   IoError,

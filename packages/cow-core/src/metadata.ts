@@ -1,5 +1,6 @@
 import { Packr } from 'msgpackr';
 import { Level } from 'level';
+import { assert } from '@cowvol/journal';
 import { CorruptMetadataError, UnsupportedVersionError } from './errors.js';
 
 /**
@@ -220,11 +221,59 @@ export const decodeValue = {
         isInt(r.appliedBytes) &&
         typeof r.startedAt === 'string',
     ),
-  map: (k: string, b: Uint8Array) => decode<MapRecord>(k, b, (r) => isInt(r.storeBlock) && isInt(r.crc) && (r.crc as number) <= 0xffffffff),
+  map: (k: string, b: Uint8Array) => decodeMapFast(b) ?? decode<MapRecord>(k, b, (r) => isInt(r.storeBlock) && isInt(r.crc) && (r.crc as number) <= 0xffffffff),
 };
+
+/** The bytes msgpackr writes for a MapRecord up to the value of `storeBlock`: map16 of 3, `v`: 1, the key `storeBlock`. */
+const MAP_RECORD_HEAD = Buffer.from([0xde, 0x00, 0x03, 0xa1, 0x76, SCHEMA_VERSION, 0xaa, ...Buffer.from('storeBlock')]);
+/** The key `crc` (fixstr 3). */
+const MAP_RECORD_CRC_KEY = [0xa3, 0x63, 0x72, 0x63];
+
+/**
+ * A MapRecord decoded without msgpackr when its bytes are exactly what
+ * msgpackr writes for `{v: 1, storeBlock, crc}` with both values unsigned
+ * integers below 2^32 (positive fixint, uint8, uint16 or uint32); otherwise
+ * undefined and the caller decodes it the general way (same result, same
+ * checks). A snapshot map load decodes one per mapped block.
+ */
+export function decodeMapFast(b: Uint8Array): MapRecord | undefined {
+  const head = MAP_RECORD_HEAD.length;
+  if (b.length < head + 6) return undefined;
+  for (let i = 0; i < head; i++) if (b[i] !== MAP_RECORD_HEAD[i]) return undefined;
+  const storeBlock = readUint(b, head);
+  if (storeBlock === undefined) return undefined;
+  let at = head + uintBytes(b[head]!);
+  for (let i = 0; i < MAP_RECORD_CRC_KEY.length; i++) if (b[at + i] !== MAP_RECORD_CRC_KEY[i]) return undefined;
+  at += MAP_RECORD_CRC_KEY.length;
+  const crc = readUint(b, at);
+  if (crc === undefined || at + uintBytes(b[at]!) !== b.length) return undefined;
+  return { v: SCHEMA_VERSION, storeBlock, crc };
+}
+
+/** Bytes of a msgpack unsigned integer (positive fixint, uint8/16/32) by its first byte; 0 for anything else. */
+function uintBytes(first: number): number {
+  if (first <= 0x7f) return 1;
+  if (first === 0xcc) return 2;
+  if (first === 0xcd) return 3;
+  if (first === 0xce) return 5;
+  return 0;
+}
+
+/** The msgpack unsigned integer (below 2^32) at `at`, or undefined (another type, or past the end). */
+function readUint(b: Uint8Array, at: number): number | undefined {
+  const n = at < b.length ? uintBytes(b[at]!) : 0;
+  if (n === 0 || at + n > b.length) return undefined;
+  if (n === 1) return b[at]!;
+  let value = 0;
+  for (let i = 1; i < n; i++) value = value * 256 + b[at + i]!;
+  return value;
+}
 
 export const putOp = (k: string, value: object): MetaOp => ({ o: 'p', k, v: encodeValue(value) });
 export const delOp = (k: string): MetaOp => ({ o: 'd', k });
+
+/** Entries per LevelDB round trip of `scanBatches`. */
+export const SCAN_BATCH_ENTRIES = 1024;
 
 /** Thin wrapper over the LevelDB database (classic-level, the node backend of `level`). */
 /** A key range below every cowvol key (they are printable ASCII): no LevelDB table overlaps it. */
@@ -313,6 +362,25 @@ export class MetadataDb {
   /** All [key, value] with the prefix, in key order; `limit` bounds the scan. */
   async *scan(prefix: string, limit = -1): AsyncGenerator<[string, Buffer]> {
     for await (const entry of this.db.iterator({ gte: prefix, lt: `${prefix}\xff`, limit })) yield entry;
+  }
+
+  /**
+   * All [key, value] with the prefix, in key order, in batches of at most
+   * `batchEntries` (bounds memory): one LevelDB round trip per batch instead
+   * of one per entry, for long scans such as a snapshot map load.
+   */
+  async *scanBatches(prefix: string, batchEntries = SCAN_BATCH_ENTRIES): AsyncGenerator<Array<[string, Buffer]>> {
+    assert(Number.isSafeInteger(batchEntries) && batchEntries > 0, `scan batch of ${batchEntries} entries`);
+    const it = this.db.iterator({ gte: prefix, lt: `${prefix}\xff` });
+    try {
+      for (;;) {
+        const batch = await it.nextv(batchEntries);
+        if (batch.length === 0) return;
+        yield batch;
+      }
+    } finally {
+      await it.close();
+    }
   }
 
   /**

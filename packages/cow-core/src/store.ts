@@ -1,6 +1,7 @@
 import type { BlockDevice } from '@cowvol/journal';
 import { crc32c } from '@cowvol/journal';
 import { CorruptMetadataError, NotAVolumeError, UnsupportedVersionError } from './errors.js';
+import type { StoreReadCache } from './store-read-cache.js';
 
 /**
  * The snapshot store file (docs/FORMAT.md, "Store file"): a header in its
@@ -17,7 +18,12 @@ export const STORE_MAGIC = 0x43565354;
 export const STORE_VERSION = 1;
 
 export class SnapshotStore {
-  constructor(readonly device: BlockDevice, readonly blockSizeBytes: number) {}
+  /**
+   * @param device the store file; writes must go through `cache.device` (or
+   *   be `cache.device`) so that they invalidate the cache
+   * @param cache the snapshot reads' cache of store windows (store-read-cache.ts)
+   */
+  constructor(readonly device: BlockDevice, readonly blockSizeBytes: number, readonly cache: StoreReadCache) {}
 
   static header(uuid: Buffer, blockSizeBytes: number): Buffer {
     const buf = Buffer.alloc(blockSizeBytes);

@@ -56,6 +56,8 @@ import { MetadataDb, SCHEMA_VERSION, keys, putOp, type DataMode, type SnapshotRe
 import { ExtentAllocator, type Extent } from './allocator.js';
 import { SnapshotMap, type MapEntry } from './snapshot-map.js';
 import { SnapshotStore } from './store.js';
+import { BlockSources, SnapshotReader } from './read-through.js';
+import { StoreReadCache, type StoreCacheStats } from './store-read-cache.js';
 import { OwnerLock } from './owner-lock.js';
 import { CommittedMetadata, maxMapRunBlocks, type MetaRecord } from './committed-metadata.js';
 import { FreezeGate } from './freeze-gate.js';
@@ -184,9 +186,6 @@ export interface DeleteResult {
   handedOverBlocks: number;
 }
 
-/** One block's source when reading a snapshot: a store block (with its CRC32C) or the live volume. */
-type BlockSource = { storeBlock: number; crc: number } | null;
-
 /**
  * A volume file with Next3-style snapshots (BRIEF §3, seed 004).
  *
@@ -247,6 +246,13 @@ export class Volume {
   private failure: unknown = undefined;
   /** Counters for stress runs and `info`. */
   readonly stats: VolumeStats = { cows: 0, cowBatches: 0, pendingWaits: 0, maxPendingWaitMs: 0, readRechecks: 0, cancelledCows: 0 };
+  /** Snapshot reads (read-through.ts) over the journal-overlaid home reads. */
+  private readonly snapshotReader = new SnapshotReader({
+    readLiveInto: (offsetBytes, into) => this.readHomeInto(TARGET_VOLUME, this.volume, offsetBytes, into),
+    readStoreInto: (storeBlock, into) => this.readHomeInto(TARGET_STORE, this.store.cache, this.store.offsetOf(storeBlock), into),
+    rereadStoreInto: (storeBlock, into) =>
+      this.readHomeInto(TARGET_STORE, { readInto: (offsetBytes, fresh) => this.store.cache.readFresh(offsetBytes, fresh) }, this.store.offsetOf(storeBlock), into),
+  });
 
   private constructor(
     readonly layout: VolumeLayout,
@@ -416,9 +422,11 @@ export class Volume {
       const actual = await volume.sizeBytes();
       if (actual !== sb.sizeBytes) throw new VolumeSizeMismatchError(path, sb.sizeBytes, actual);
 
-      const storeDev = await opener.open(layout.storePath, { create: false });
+      // Every store write goes through the cache's device, which drops the cached windows it touches.
+      const storeCache = new StoreReadCache(await opener.open(layout.storePath, { create: false }), sb.blockSizeBytes);
+      const storeDev = storeCache.device;
       opened.push(storeDev);
-      const store = new SnapshotStore(storeDev, sb.blockSizeBytes);
+      const store = new SnapshotStore(storeDev, sb.blockSizeBytes, storeCache);
       await store.verifyHeader(uuid);
 
       const journalDev = await opener.open(layout.journalPath, { create: false });
@@ -1175,12 +1183,24 @@ export class Volume {
 
   /**
    * Bytes of a journal target's home file, overlaid in journal mode with the
-   * journal's image cache. The cache is looked at first, then home is read:
-   * an image checkpointed in between is home already, so neither order of
-   * events reads stale data.
+   * journal's image cache (see `readHomeInto`).
    */
   private async readHome(target: number, device: BlockDevice, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     if (this.meta.sb.dataMode !== 'journal' || lengthBytes === 0) return device.read(offsetBytes, lengthBytes);
+    const data = Buffer.allocUnsafe(lengthBytes);
+    await this.readHomeInto(target, device, offsetBytes, data);
+    return data;
+  }
+
+  /**
+   * `into.length` bytes of a journal target's home file at `offsetBytes`,
+   * overlaid in journal mode with the journal's image cache. The cache is
+   * looked at first, then home is read: an image checkpointed in between is
+   * home already, so neither order of events reads stale data.
+   */
+  private readHomeInto(target: number, device: Pick<BlockDevice, 'readInto'>, offsetBytes: number, into: Buffer): Promise<void> {
+    const lengthBytes = into.length;
+    if (this.meta.sb.dataMode !== 'journal' || lengthBytes === 0) return device.readInto(offsetBytes, into);
     const bs = this.blockSizeBytes;
     const first = Math.floor(offsetBytes / bs);
     const last = Math.floor((offsetBytes + lengthBytes - 1) / bs);
@@ -1189,13 +1209,13 @@ export class Volume {
       const img = this.journal.readImage(target, b);
       if (img) images.push([b, img]);
     }
-    const data = await device.read(offsetBytes, lengthBytes);
-    for (const [b, img] of images) {
-      const from = Math.max(offsetBytes, b * bs);
-      const to = Math.min(offsetBytes + lengthBytes, (b + 1) * bs);
-      img.copy(data, from - offsetBytes, from - b * bs, to - b * bs);
-    }
-    return data;
+    return device.readInto(offsetBytes, into).then(() => {
+      for (const [b, img] of images) {
+        const from = Math.max(offsetBytes, b * bs);
+        const to = Math.min(offsetBytes + lengthBytes, (b + 1) * bs);
+        img.copy(into, from - offsetBytes, from - b * bs, to - b * bs);
+      }
+    });
   }
 
   /**
@@ -1503,79 +1523,84 @@ export class Volume {
 
   /**
    * Read-through with the race closed: resolve each block's source in the
-   * chain (waiting for a pending COW of the block first), read, then
-   * re-check every block that came from the live volume — if a COW
-   * published it meanwhile, the live read may show a newer write, so the
-   * copy is read instead.
+   * chain (read-through.ts: each map walked once over the range), wait for a
+   * pending COW of any block that would come from live and resolve again,
+   * read (one live read per span, store runs concurrently, straight into the
+   * result; every store block CRC-checked), then re-check the blocks that
+   * came from the live volume — if a COW published one meanwhile, the live
+   * read may show a newer write, so the copy is read instead. The re-check
+   * is skipped when no map of the chain changed during the read.
    */
   private async readThrough(rec: SnapshotRecord, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     if (lengthBytes === 0) return Buffer.alloc(0);
     const bs = this.blockSizeBytes;
     const first = Math.floor(offsetBytes / bs);
-    const last = Math.floor((offsetBytes + lengthBytes - 1) / bs);
-    const chain: SnapshotMap[] = [];
-    for (const r of this.catalog) if (r.id >= rec.id) chain.push(await this.mapOf(r.id));
-    const resolve = (b: number): BlockSource => {
-      for (const map of chain) {
-        const p = map.storeBlockOf(b);
-        if (p !== undefined) return { storeBlock: p, crc: map.crcOf(b) };
-      }
-      return null;
-    };
+    const count = Math.floor((offsetBytes + lengthBytes - 1) / bs) - first + 1;
+    const found = this.chainOf(rec);
+    const chain = Array.isArray(found) ? found : await found;
+    const chainVersion = (): number => chain.reduce((n, m) => n + m.version, 0);
+    let version = chainVersion();
+    let sources = BlockSources.resolve(chain, first, count, bs);
     // A snapshot reader that meets a pending copy waits for it, then reads the copy (seed 004).
-    const waits: Array<Promise<void>> = [];
-    for (let b = first; b <= last; b++) {
-      const p = this.pending.get(b);
-      if (p && resolve(b) === null) waits.push(p.done);
+    if (this.pending.size > 0 && sources.liveBlocks > 0) {
+      const waits: Array<Promise<void>> = [];
+      for (let i = 0; i < count; i++) {
+        const p = sources.isLive(i) ? this.pending.get(first + i) : undefined;
+        if (p) waits.push(p.done);
+      }
+      if (waits.length > 0) {
+        this.stats.pendingWaits += waits.length;
+        await Promise.all(waits);
+        version = chainVersion();
+        sources = BlockSources.resolve(chain, first, count, bs);
+      }
     }
-    if (waits.length > 0) {
-      this.stats.pendingWaits += waits.length;
-      await Promise.all(waits);
-    }
-    const sources: BlockSource[] = [];
-    for (let b = first; b <= last; b++) sources.push(resolve(b));
-    const out = Buffer.alloc((last - first + 1) * bs);
-    await this.readSources(rec, first, sources, out);
+    const out = Buffer.allocUnsafe(count * bs); // the read plan covers every byte (asserted there)
+    await this.snapshotReader.read(rec.name, sources, out);
     // Re-check: blocks read from live that a COW published in the meantime.
-    for (let i = 0; i < sources.length; i++) {
-      if (sources[i] !== null) continue;
-      const now = resolve(first + i);
-      if (now !== null) {
+    if (sources.liveBlocks > 0 && chainVersion() !== version) {
+      const now = BlockSources.resolve(chain, first, count, bs);
+      for (let i = 0; i < count; i++) {
+        if (!sources.isLive(i)) {
+          assert(now.storeBlocks[i] === sources.storeBlocks[i], `block ${first + i} of snapshot ${rec.name} changed its copy during a read`);
+          continue;
+        }
+        if (now.isLive(i)) continue;
         this.stats.readRechecks += 1;
-        const one: BlockSource[] = [now];
-        const buf = Buffer.alloc(bs);
-        await this.readSources(rec, first + i, one, buf);
-        buf.copy(out, i * bs);
+        await this.snapshotReader.read(rec.name, BlockSources.ofStoreBlock(first + i, now.storeBlocks[i]!, now.crcs[i]!, bs), out.subarray(i * bs, (i + 1) * bs));
       }
     }
     const start = offsetBytes - first * bs;
     return out.subarray(start, start + lengthBytes);
   }
 
-  /** Reads blocks first.. from their sources into `out` (runs coalesced), verifying store CRCs. */
-  private async readSources(rec: SnapshotRecord, first: number, sources: BlockSource[], out: Buffer): Promise<void> {
-    const bs = this.blockSizeBytes;
-    for (let i = 0; i < sources.length; ) {
-      const s = sources[i]!;
-      let j = i + 1;
-      if (s === null) {
-        while (j < sources.length && sources[j] === null) j++;
-        (await this.readLive((first + i) * bs, (j - i) * bs)).copy(out, i * bs);
-      } else {
-        while (j < sources.length && sources[j] !== null && sources[j]!.storeBlock === sources[j - 1]!.storeBlock + 1) j++;
-        const data = await this.readStore(s.storeBlock, j - i);
-        for (let k = i; k < j; k++) {
-          const src = sources[k]!;
-          if (crc32c(data.subarray((k - i) * bs, (k - i + 1) * bs)) !== src.crc) {
-            throw new StoreCorruptError(`store block ${src.storeBlock} (volume block ${first + k} of snapshot ${rec.name}) fails its checksum`, {
-              details: { snapshot: rec.name, storeBlock: src.storeBlock, offsetBytes: (first + k) * bs, lengthBytes: bs },
-            });
-          }
-        }
-        data.copy(out, i * bs);
-      }
-      i = j;
+  /** Counters of the snapshot reads' store cache (a copy). */
+  get storeCacheStats(): StoreCacheStats {
+    return { ...this.store.cache.stats };
+  }
+
+  /**
+   * The read-through chain of `rec`: its map, then every newer snapshot's
+   * (deleting ones too), oldest first. Synchronous when every map is loaded
+   * (the common case); else loads the missing ones, `MAP_LOADS_IN_FLIGHT` at
+   * a time. Loaded maps stay loaded while the gate is shared (only a frozen
+   * delete drops one).
+   */
+  private chainOf(rec: SnapshotRecord): SnapshotMap[] | Promise<SnapshotMap[]> {
+    const chain: SnapshotMap[] = [];
+    const missing: number[] = [];
+    for (const r of this.catalog) {
+      if (r.id < rec.id) continue;
+      const map = this.maps.get(r.id);
+      if (map) chain.push(map);
+      else missing.push(r.id);
     }
+    if (missing.length === 0) return chain;
+    let next = 0;
+    const loader = async (): Promise<void> => {
+      while (next < missing.length) await this.mapOf(missing[next++]!);
+    };
+    return Promise.all(Array.from({ length: Math.min(MAP_LOADS_IN_FLIGHT, missing.length) }, loader)).then(() => this.chainOf(rec));
   }
 
   /** Hands over or frees every block of a snapshot in `deleting` state, batch by batch, each under a freeze; then drops it. */
@@ -1694,6 +1719,8 @@ function snapshotExtraRecords(id: number, options: CreateSnapshotOptions): MetaR
 
 /** Chunks of one request processed in parallel. */
 const CHUNKS_IN_FLIGHT = 4;
+/** Snapshot maps one snapshot read loads concurrently (each is one LevelDB range scan). */
+const MAP_LOADS_IN_FLIGHT = 4;
 
 /** Validates a snapshot name. @throws INVALID_SNAPSHOT_NAME */
 export function validateSnapshotName(name: string): void {

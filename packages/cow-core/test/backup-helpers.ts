@@ -81,6 +81,10 @@ export class CountingOpener implements DeviceOpener {
         bump(this.reads);
         return inner.read(o, l);
       },
+      readInto: (o, into) => {
+        bump(this.reads);
+        return inner.readInto(o, into);
+      },
       write: async (o, d) => {
         const n = bump(this.writes);
         if (this.failWrite && this.failWrite.file === file && this.failWrite.n === n) throw new IoError(`injected failure of write ${n} of ${file}`);

@@ -94,6 +94,11 @@ class CrashDevice implements BlockDevice {
     return this.inner.read(offsetBytes, lengthBytes);
   }
 
+  async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
+    if (this.ctl.crashed) throw new IoError(`${this.name}: device lost (simulated power loss)`);
+    return this.inner.readInto(offsetBytes, into);
+  }
+
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
     this.ctl.tick(this.name);
     const sizeBefore = await this.inner.sizeBytes();

@@ -51,6 +51,10 @@ export class GateOpener implements DeviceOpener {
         await this.pass({ file, op: 'read', offsetBytes: o, lengthBytes: l });
         return inner.read(o, l);
       },
+      readInto: async (o, into) => {
+        await this.pass({ file, op: 'read', offsetBytes: o, lengthBytes: into.length });
+        await inner.readInto(o, into);
+      },
       write: async (o, d) => {
         await this.pass({ file, op: 'write', offsetBytes: o, lengthBytes: d.length });
         await inner.write(o, d);

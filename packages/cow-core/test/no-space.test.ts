@@ -33,6 +33,7 @@ class FullDiskOpener implements DeviceOpener {
     return {
       name: inner.name,
       read: (o, l) => inner.read(o, l),
+      readInto: (o, into) => inner.readInto(o, into),
       write: async (o, d) => {
         if (limited) {
           let grow = Math.max(0, o + d.length - (await inner.sizeBytes()));

@@ -30,6 +30,7 @@ export class TraceOpener implements DeviceOpener {
     return {
       name: inner.name,
       read: (o, l) => inner.read(o, l),
+      readInto: (o, into) => inner.readInto(o, into),
       write: async (o, d) => {
         seen({ file, op: 'write', offsetBytes: o, lengthBytes: d.length });
         await inner.write(o, d);

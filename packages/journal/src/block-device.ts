@@ -1,5 +1,5 @@
 import { open, type FileHandle } from 'node:fs/promises';
-import { constants } from 'node:fs';
+import { constants, read as readCallback } from 'node:fs';
 import { IoError, NoSpaceError } from './errors.js';
 
 /**
@@ -19,11 +19,11 @@ export interface BlockDevice {
   /** Reads `lengthBytes` at `offsetBytes` into a new Buffer (zero-filled past EOF). */
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
   /**
-   * Optional: reads `target.length` bytes at `offsetBytes` into `target`
-   * (zero-filled past EOF), so that a reader can reuse one buffer (recovery's
-   * read window). Readers fall back to `read` when a device lacks it.
+   * Reads `into.length` bytes at `offsetBytes` into `into` (zero-filled past
+   * EOF): the same bytes as `read`, without a new buffer and a copy. The
+   * caller must not touch `into` until the promise settles.
    */
-  readInto?(offsetBytes: number, target: Buffer): Promise<void>;
+  readInto(offsetBytes: number, into: Uint8Array): Promise<void>;
   /** Writes all of `data` at `offsetBytes`. Not durable until `sync()` resolves. */
   write(offsetBytes: number, data: Uint8Array): Promise<void>;
   /** Makes every completed write durable (`fdatasync`). */
@@ -51,6 +51,11 @@ function wrapError(err: unknown, name: string, op: string, offsetBytes: number, 
 
 /** Production block device: a file opened with `node:fs/promises`. */
 export class FileBlockDevice implements BlockDevice {
+  /** Reads issued through the descriptor and not yet settled (`close()` waits for them). */
+  private readsInFlight = 0;
+  private readsDrained: (() => void) | undefined;
+  private closing = false;
+
   private constructor(readonly name: string, private readonly handle: FileHandle) {}
 
   /** Opens `path` read-write; with `create`, creates it (failing if it exists: `IO_ERROR` with errno EEXIST). */
@@ -64,24 +69,38 @@ export class FileBlockDevice implements BlockDevice {
   }
 
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const buffer = Buffer.alloc(lengthBytes);
+    const buffer = Buffer.allocUnsafe(lengthBytes); // every byte is read or zero-filled below
     await this.readInto(offsetBytes, buffer);
     return buffer;
   }
 
-  async readInto(offsetBytes: number, target: Buffer): Promise<void> {
-    const lengthBytes = target.length;
+  /**
+   * Uses the callback `fs.read` on the handle's descriptor: about half the
+   * per-call cost of `FileHandle.read`, which matters for the many 4 KiB
+   * store reads of a snapshot read. Reads in flight are counted so that
+   * `close()` waits for them: the descriptor is never closed (and its number
+   * reused) under a read.
+   */
+  async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
+    const lengthBytes = into.length;
+    if (this.closing) throw wrapError(new Error('device closed'), this.name, 'read', offsetBytes, lengthBytes);
+    this.readsInFlight += 1;
     let done = 0;
     try {
       while (done < lengthBytes) {
-        const { bytesRead } = await this.handle.read(target, done, lengthBytes - done, offsetBytes + done);
-        if (bytesRead === 0) break;
+        const bytesRead = await preadOnce(this.handle.fd, into, done, lengthBytes - done, offsetBytes + done);
+        if (bytesRead === 0) {
+          into.fill(0, done); // EOF: the rest reads as zeros, like a sparse tail.
+          break;
+        }
         done += bytesRead;
       }
     } catch (err) {
       throw wrapError(err, this.name, 'read', offsetBytes, lengthBytes);
+    } finally {
+      this.readsInFlight -= 1;
+      if (this.readsInFlight === 0) this.readsDrained?.();
     }
-    target.fill(0, done); // EOF: the rest reads as zero, like a sparse tail.
   }
 
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
@@ -117,8 +136,17 @@ export class FileBlockDevice implements BlockDevice {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
+    if (this.readsInFlight > 0) await new Promise<void>((resolve) => (this.readsDrained = resolve));
     await this.handle.close();
   }
+}
+
+/** One `pread` through libuv's thread pool; resolves with the bytes read (0 at EOF). */
+function preadOnce(fd: number, into: Uint8Array, at: number, lengthBytes: number, positionBytes: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    readCallback(fd, into, at, lengthBytes, positionBytes, (err, bytesRead) => (err ? reject(err) : resolve(bytesRead)));
+  });
 }
 
 /** The production opener: plain files via {@link FileBlockDevice}. */

@@ -31,9 +31,8 @@ export class MemoryDevice implements BlockDevice {
     return out;
   }
 
-  async readInto(offsetBytes: number, target: Buffer): Promise<void> {
-    target.fill(0);
-    if (offsetBytes < this.current.length) this.current.copy(target, 0, offsetBytes, Math.min(this.current.length, offsetBytes + target.length));
+  async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
+    into.set(await this.read(offsetBytes, into.length));
   }
 
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
