@@ -1176,11 +1176,6 @@ export class Volume {
     return data;
   }
 
-  /** Store blocks, with journaled copies not yet checkpointed (journal mode). */
-  private readStore(storeBlock: number, countBlocks: number): Promise<Buffer> {
-    return this.readHome(TARGET_STORE, this.store.device, this.store.offsetOf(storeBlock), countBlocks * this.blockSizeBytes);
-  }
-
   /**
    * Bytes of a journal target's home file, overlaid in journal mode with the
    * journal's image cache (see `readHomeInto`).

@@ -1,5 +1,5 @@
 import { open, type FileHandle } from 'node:fs/promises';
-import { constants, read as readCallback } from 'node:fs';
+import { constants, read as readCallback, write as writeCallback } from 'node:fs';
 import { IoError, NoSpaceError } from './errors.js';
 
 /**
@@ -52,8 +52,9 @@ function wrapError(err: unknown, name: string, op: string, offsetBytes: number, 
 /** Production block device: a file opened with `node:fs/promises`. */
 export class FileBlockDevice implements BlockDevice {
   /** Reads issued through the descriptor and not yet settled (`close()` waits for them). */
-  private readsInFlight = 0;
-  private readsDrained: (() => void) | undefined;
+  /** Reads and writes issued through the descriptor and not yet settled (`close()` waits for them). */
+  private opsInFlight = 0;
+  private opsDrained: (() => void) | undefined;
   private closing = false;
 
   private constructor(readonly name: string, private readonly handle: FileHandle) {}
@@ -79,12 +80,12 @@ export class FileBlockDevice implements BlockDevice {
    * per-call cost of `FileHandle.read`, which matters for the many 4 KiB
    * store reads of a snapshot read. Reads in flight are counted so that
    * `close()` waits for them: the descriptor is never closed (and its number
-   * reused) under a read.
+   * reused) under a read (likewise writes).
    */
   async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
     const lengthBytes = into.length;
     if (this.closing) throw wrapError(new Error('device closed'), this.name, 'read', offsetBytes, lengthBytes);
-    this.readsInFlight += 1;
+    this.opsInFlight += 1;
     let done = 0;
     try {
       while (done < lengthBytes) {
@@ -98,21 +99,29 @@ export class FileBlockDevice implements BlockDevice {
     } catch (err) {
       throw wrapError(err, this.name, 'read', offsetBytes, lengthBytes);
     } finally {
-      this.readsInFlight -= 1;
-      if (this.readsInFlight === 0) this.readsDrained?.();
+      this.opEnded();
     }
   }
 
+  /** The callback `fs.write` on the descriptor, like reads: a COW is three 4 KiB I/O calls, their per-call cost counts. */
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    if (this.closing) throw wrapError(new Error('device closed'), this.name, 'write', offsetBytes, data.length);
+    this.opsInFlight += 1;
     let done = 0;
     try {
       while (done < data.length) {
-        const { bytesWritten } = await this.handle.write(data, done, data.length - done, offsetBytes + done);
-        done += bytesWritten;
+        done += await pwriteOnce(this.handle.fd, data, done, data.length - done, offsetBytes + done);
       }
     } catch (err) {
       throw wrapError(err, this.name, 'write', offsetBytes, data.length);
+    } finally {
+      this.opEnded();
     }
+  }
+
+  private opEnded(): void {
+    this.opsInFlight -= 1;
+    if (this.opsInFlight === 0) this.opsDrained?.();
   }
 
   async sync(): Promise<void> {
@@ -137,7 +146,7 @@ export class FileBlockDevice implements BlockDevice {
 
   async close(): Promise<void> {
     this.closing = true;
-    if (this.readsInFlight > 0) await new Promise<void>((resolve) => (this.readsDrained = resolve));
+    if (this.opsInFlight > 0) await new Promise<void>((resolve) => (this.opsDrained = resolve));
     await this.handle.close();
   }
 }
@@ -146,6 +155,13 @@ export class FileBlockDevice implements BlockDevice {
 function preadOnce(fd: number, into: Uint8Array, at: number, lengthBytes: number, positionBytes: number): Promise<number> {
   return new Promise((resolve, reject) => {
     readCallback(fd, into, at, lengthBytes, positionBytes, (err, bytesRead) => (err ? reject(err) : resolve(bytesRead)));
+  });
+}
+
+/** One `pwrite` through libuv's thread pool; resolves with the bytes written. */
+function pwriteOnce(fd: number, data: Uint8Array, at: number, lengthBytes: number, positionBytes: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    writeCallback(fd, data, at, lengthBytes, positionBytes, (err, bytesWritten) => (err ? reject(err) : resolve(bytesWritten)));
   });
 }
 
