@@ -5,11 +5,28 @@ import { decodeValue, keys, parseHexSuffix, type MetadataDb } from './metadata.j
 export type MapEntry = [block: number, storeBlock: number, crc: number];
 
 /**
- * Blocks per region of the range index: a region's mapped blocks are kept
- * sorted in one array of at most this many numbers, so an insert or delete
- * out of order moves at most this many entries.
+ * Blocks per region: a region's mappings are kept sorted in one typed array
+ * of at most this many entries, so an insert or delete out of order moves at
+ * most this many entries, and a block's offset in its region fits 10 bits.
  */
 export const MAP_REGION_BLOCKS = 1024;
+
+/** 2^32: a packed entry key is offset × 2^32 + crc (42 bits, exact in a double). */
+const CRC_SPAN = 0x1_0000_0000;
+/** Entries a region's array starts with; it doubles up to MAP_REGION_BLOCKS. */
+const REGION_INITIAL_ENTRIES = 4;
+
+/**
+ * The mappings of one region, sorted by block: entry i is two doubles,
+ * `data[2i]` = offset in the region × 2^32 + CRC32C and `data[2i + 1]` =
+ * store block. Sixteen bytes per mapping and one array per region — a map
+ * of a million blocks is tens of MiB, not hundreds (the memory target of
+ * the 1M-mapping scenarios).
+ */
+interface Region {
+  count: number;
+  data: Float64Array;
+}
 
 /**
  * One snapshot's block map: logical block → store block holding that
@@ -22,17 +39,17 @@ export const MAP_REGION_BLOCKS = 1024;
  * then kept in step with every committed change — and only after the
  * commit, so what it answers is always durable (guarantee 2).
  *
- * Besides the per-block lookup it keeps a range index (`forEachInRange`):
- * the mapped blocks of each region of `MAP_REGION_BLOCKS` blocks, sorted, so
- * that a read of n blocks visits only the mappings inside its range instead
- * of looking up every block (read-through.ts). `version` counts changes, so
- * a reader can tell that nothing was published while it read.
+ * Layout: region number → {@link Region} (sorted, packed entries), so a
+ * lookup is a binary search in at most MAP_REGION_BLOCKS entries and a range
+ * (`forEachInRange`) visits only the mappings inside it (read-through.ts).
+ * `version` counts changes, so a reader can tell that nothing was published
+ * while it read.
  */
 export class SnapshotMap {
-  private readonly storeBlocks = new Map<number, number>();
-  private readonly crcs = new Map<number, number>();
-  /** Region number → the region's mapped blocks, ascending (never empty). */
-  private readonly regions = new Map<number, number[]>();
+  /** Region number → the region's mappings (never empty). */
+  private readonly regions = new Map<number, Region>();
+  private mapped = 0;
+  /** Incremented by every `set` and `delete`: equal versions mean an unchanged map. */
   private changes = 0;
 
   constructor(readonly snapshotId: number) {}
@@ -50,50 +67,68 @@ export class SnapshotMap {
   }
 
   get size(): number {
-    return this.storeBlocks.size;
+    return this.mapped;
   }
 
-  /** Incremented by every `set` and `delete`: equal versions mean an unchanged map. */
   get version(): number {
     return this.changes;
   }
 
   /** Store block holding `block`, or undefined when this snapshot has no copy of it. */
   storeBlockOf(block: number): number | undefined {
-    return this.storeBlocks.get(block);
+    const region = this.regions.get(Math.floor(block / MAP_REGION_BLOCKS));
+    if (!region) return undefined;
+    const i = indexOf(region, block % MAP_REGION_BLOCKS);
+    return i < 0 ? undefined : region.data[2 * i + 1];
   }
 
   crcOf(block: number): number {
-    const crc = this.crcs.get(block);
-    assert(crc !== undefined, `snapshot ${this.snapshotId} has no checksum for block ${block}`);
-    return crc;
+    const region = this.regions.get(Math.floor(block / MAP_REGION_BLOCKS));
+    const i = region ? indexOf(region, block % MAP_REGION_BLOCKS) : -1;
+    if (i < 0) assert(false, `snapshot ${this.snapshotId} has no checksum for block ${block}`);
+    return region!.data[2 * i]! % CRC_SPAN;
   }
 
   has(block: number): boolean {
-    return this.storeBlocks.has(block);
+    const region = this.regions.get(Math.floor(block / MAP_REGION_BLOCKS));
+    return region !== undefined && indexOf(region, block % MAP_REGION_BLOCKS) >= 0;
   }
 
   set(block: number, storeBlock: number, crc: number): void {
-    if (this.storeBlocks.has(block)) assert(false, `snapshot ${this.snapshotId} already maps block ${block}`); // message built only on failure: a map load calls this per block
-    this.storeBlocks.set(block, storeBlock);
-    this.crcs.set(block, crc);
-    const region = Math.floor(block / MAP_REGION_BLOCKS);
-    const blocks = this.regions.get(region);
-    if (!blocks) this.regions.set(region, [block]);
-    else if (block > blocks[blocks.length - 1]!) blocks.push(block); // the common case: a load scans in block order
-    else blocks.splice(lowerBound(blocks, block), 0, block);
+    const number = Math.floor(block / MAP_REGION_BLOCKS);
+    const offset = block % MAP_REGION_BLOCKS;
+    let region = this.regions.get(number);
+    if (!region) {
+      region = { count: 0, data: new Float64Array(2 * REGION_INITIAL_ENTRIES) };
+      this.regions.set(number, region);
+    }
+    // The common case (a load scans in block order): append.
+    const at = region.count === 0 || keyOffset(region.data[2 * (region.count - 1)]!) < offset ? region.count : lowerBound(region, offset);
+    if (at < region.count && keyOffset(region.data[2 * at]!) === offset) assert(false, `snapshot ${this.snapshotId} already maps block ${block}`); // message built only on failure
+    if (region.count * 2 === region.data.length) {
+      const grown = new Float64Array(Math.min(2 * MAP_REGION_BLOCKS, region.data.length * 2));
+      grown.set(region.data);
+      region.data = grown;
+    }
+    if (at < region.count) region.data.copyWithin(2 * at + 2, 2 * at, 2 * region.count);
+    region.data[2 * at] = offset * CRC_SPAN + (crc >>> 0); // a CRC is a u32 (an int32 view of one is taken as its u32)
+    region.data[2 * at + 1] = storeBlock;
+    region.count += 1;
+    this.mapped += 1;
     this.changes += 1;
   }
 
   delete(block: number): void {
-    assert(this.storeBlocks.delete(block), `snapshot ${this.snapshotId} does not map block ${block}`);
-    this.crcs.delete(block);
-    const region = Math.floor(block / MAP_REGION_BLOCKS);
-    const blocks = this.regions.get(region);
-    const at = blocks ? lowerBound(blocks, block) : -1;
-    assert(blocks !== undefined && blocks[at] === block, `snapshot ${this.snapshotId}: block ${block} missing from its range index`);
-    if (blocks.length === 1) this.regions.delete(region);
-    else blocks.splice(at, 1);
+    const number = Math.floor(block / MAP_REGION_BLOCKS);
+    const region = this.regions.get(number);
+    const at = region ? indexOf(region, block % MAP_REGION_BLOCKS) : -1;
+    assert(at >= 0, `snapshot ${this.snapshotId} does not map block ${block}`);
+    if (region!.count === 1) this.regions.delete(number);
+    else {
+      region!.data.copyWithin(2 * at, 2 * at + 2, 2 * region!.count);
+      region!.count -= 1;
+    }
+    this.mapped -= 1;
     this.changes += 1;
   }
 
@@ -103,15 +138,17 @@ export class SnapshotMap {
    * the range + log of a region's size); `visit` must not change this map.
    */
   forEachInRange(first: number, last: number, visit: (block: number, storeBlock: number, crc: number) => void): void {
-    if (this.storeBlocks.size === 0 || last < first) return;
+    if (this.mapped === 0 || last < first) return;
     const lastRegion = Math.floor(last / MAP_REGION_BLOCKS);
-    for (let region = Math.floor(first / MAP_REGION_BLOCKS); region <= lastRegion; region++) {
-      const blocks = this.regions.get(region);
-      if (!blocks) continue;
-      for (let i = blocks[0]! >= first ? 0 : lowerBound(blocks, first); i < blocks.length; i++) {
-        const block = blocks[i]!;
+    for (let number = Math.floor(first / MAP_REGION_BLOCKS); number <= lastRegion; number++) {
+      const region = this.regions.get(number);
+      if (!region) continue;
+      const base = number * MAP_REGION_BLOCKS;
+      for (let i = first > base ? lowerBound(region, first - base) : 0; i < region.count; i++) {
+        const key = region.data[2 * i]!;
+        const block = base + keyOffset(key);
         if (block > last) break;
-        visit(block, this.storeBlocks.get(block)!, this.crcs.get(block)!);
+        visit(block, region.data[2 * i + 1]!, key % CRC_SPAN);
       }
     }
   }
@@ -119,27 +156,44 @@ export class SnapshotMap {
   /** Up to `limit` entries (bounded batches for delete). */
   take(limit: number): MapEntry[] {
     const out: MapEntry[] = [];
-    for (const [block, storeBlock] of this.storeBlocks) {
+    for (const entry of this.entries()) {
       if (out.length >= limit) break;
-      out.push([block, storeBlock, this.crcs.get(block)!]);
+      out.push(entry);
     }
     return out;
   }
 
-  /** Every mapping, unordered. */
+  /** Every mapping, ascending within a region; regions in the order they were first mapped. */
   *entries(): IterableIterator<MapEntry> {
-    for (const [block, storeBlock] of this.storeBlocks) yield [block, storeBlock, this.crcs.get(block)!];
+    for (const [number, region] of this.regions) {
+      const base = number * MAP_REGION_BLOCKS;
+      for (let i = 0; i < region.count; i++) {
+        const key = region.data[2 * i]!;
+        yield [base + keyOffset(key), region.data[2 * i + 1]!, key % CRC_SPAN];
+      }
+    }
   }
 }
 
-/** Index of the first element of ascending `sorted` that is ≥ `value` (`sorted.length` if none). */
-function lowerBound(sorted: number[], value: number): number {
+function keyOffset(key: number): number {
+  return Math.floor(key / CRC_SPAN);
+}
+
+/** Index of the first entry of `region` whose offset is ≥ `offset` (`region.count` if none). */
+function lowerBound(region: Region, offset: number): number {
+  const target = offset * CRC_SPAN;
   let lo = 0;
-  let hi = sorted.length;
+  let hi = region.count;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    if (sorted[mid]! < value) lo = mid + 1;
+    if (region.data[2 * mid]! < target) lo = mid + 1;
     else hi = mid;
   }
   return lo;
+}
+
+/** Index of the entry for `offset`, or −1. */
+function indexOf(region: Region, offset: number): number {
+  const i = lowerBound(region, offset);
+  return i < region.count && keyOffset(region.data[2 * i]!) === offset ? i : -1;
 }
