@@ -4,6 +4,7 @@ import { basename, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FileBlockDevice, StoreReadCache, Volume, volumeLayout, type BlockDevice, type DeviceOpener } from '../src/index.js';
 import { DATA_MODES } from './modes.js';
+import { MemDevice } from './mem-device.js';
 import { mulberry32 } from './prng.js';
 
 /**
@@ -21,42 +22,6 @@ function seeded(what: string): () => number {
 }
 
 const int = (rnd: () => number, n: number): number => Math.floor(rnd() * n);
-
-/** An in-memory device; `holdNextRead` makes the next read take its bytes at once and deliver them when it resolves. */
-class MemDevice implements BlockDevice {
-  readonly name = 'mem-store';
-  reads = 0;
-  holdNextRead: (() => Promise<void>) | undefined;
-  constructor(public bytes: Buffer) {}
-  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const out = Buffer.alloc(lengthBytes);
-    await this.readInto(offsetBytes, out);
-    return out;
-  }
-  async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
-    this.reads += 1;
-    const taken = Buffer.alloc(into.length);
-    if (offsetBytes < this.bytes.length) this.bytes.copy(taken, 0, offsetBytes, Math.min(this.bytes.length, offsetBytes + into.length));
-    const hold = this.holdNextRead;
-    this.holdNextRead = undefined;
-    await hold?.();
-    into.set(taken);
-  }
-  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    if (offsetBytes + data.length > this.bytes.length) this.bytes = Buffer.concat([this.bytes, Buffer.alloc(offsetBytes + data.length - this.bytes.length)]);
-    this.bytes.set(data, offsetBytes);
-  }
-  async sync(): Promise<void> {}
-  async sizeBytes(): Promise<number> {
-    return this.bytes.length;
-  }
-  async truncate(sizeBytes: number): Promise<void> {
-    const next = Buffer.alloc(sizeBytes);
-    this.bytes.copy(next, 0, 0, Math.min(sizeBytes, this.bytes.length));
-    this.bytes = next;
-  }
-  async close(): Promise<void> {}
-}
 
 const BS = 4096;
 const WINDOW = 4 * BS;

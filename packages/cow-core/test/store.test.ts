@@ -1,60 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { IoError, type BlockDevice } from '@cowvol/journal';
 import { SnapshotStore } from '../src/store.js';
 import { StoreReadCache } from '../src/store-read-cache.js';
+import { MemDevice } from './mem-device.js';
 import { mulberry32 } from './prng.js';
 
 const BS = 4096;
 
-/** An in-memory device that records every write and can hold the next one until released. */
-class RecordingDevice implements BlockDevice {
-  readonly name = 'store';
-  readonly writes: Array<{ offsetBytes: number; lengthBytes: number }> = [];
-  bytes = Buffer.alloc(0);
-  failWhen: ((offsetBytes: number, lengthBytes: number) => boolean) | undefined;
-  private held: { release: () => void; gate: Promise<void> } | undefined;
-
-  holdNextWrite(): () => void {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    this.held = { release, gate };
-    return release;
-  }
-
-  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const out = Buffer.alloc(lengthBytes);
-    this.bytes.copy(out, 0, offsetBytes, Math.min(this.bytes.length, offsetBytes + lengthBytes));
-    return out;
-  }
-  async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
-    into.set(await this.read(offsetBytes, into.length));
-  }
-  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    this.writes.push({ offsetBytes, lengthBytes: data.length });
-    const held = this.held;
-    this.held = undefined;
-    if (held) await held.gate;
-    if (this.failWhen?.(offsetBytes, data.length)) throw new IoError('injected store write failure');
-    if (this.bytes.length < offsetBytes + data.length) {
-      const grown = Buffer.alloc(offsetBytes + data.length);
-      this.bytes.copy(grown);
-      this.bytes = grown;
-    }
-    Buffer.from(data).copy(this.bytes, offsetBytes);
-  }
-  async sync(): Promise<void> {}
-  async sizeBytes(): Promise<number> {
-    return this.bytes.length;
-  }
-  async truncate(sizeBytes: number): Promise<void> {
-    const next = Buffer.alloc(sizeBytes);
-    this.bytes.copy(next, 0, 0, Math.min(sizeBytes, this.bytes.length));
-    this.bytes = next;
-  }
-  async close(): Promise<void> {}
-}
-
-function storeOn(dev: RecordingDevice): SnapshotStore {
+function storeOn(dev: MemDevice): SnapshotStore {
   const cache = new StoreReadCache(dev, BS);
   return new SnapshotStore(cache.device, BS, cache);
 }
@@ -63,7 +15,7 @@ const block = (p: number, size = 1) => Buffer.alloc(size * BS, (p * 7 + 1) & 0xf
 
 describe('SnapshotStore write combining', () => {
   it('writes queued behind a write in flight go out as one write per consecutive run, each byte where it belongs', async () => {
-    const dev = new RecordingDevice();
+    const dev = new MemDevice();
     const store = storeOn(dev);
     const release = dev.holdNextWrite();
     const first = store.write(0, block(0));
@@ -83,13 +35,13 @@ describe('SnapshotStore write combining', () => {
   });
 
   it('a failed combined write fails exactly the requests of its run; the others succeed', async () => {
-    const dev = new RecordingDevice();
+    const dev = new MemDevice();
     const store = storeOn(dev);
     const release = dev.holdNextWrite();
     const first = store.write(0, block(0));
     const runA = [store.write(1, block(1)), store.write(2, block(2))];
     const runB = [store.write(10, block(10)), store.write(11, block(11))];
-    dev.failWhen = (offsetBytes) => offsetBytes === store.offsetOf(10);
+    dev.failWrite = (offsetBytes) => offsetBytes === store.offsetOf(10);
     release();
     await first;
     await Promise.all(runA);
@@ -100,7 +52,7 @@ describe('SnapshotStore write combining', () => {
   it('random concurrent writes of distinct blocks read back exactly (seeded)', async () => {
     const seed = Number(process.env.COWVOL_STORE_SEED ?? 0x5eed);
     const rnd = mulberry32(seed);
-    const dev = new RecordingDevice();
+    const dev = new MemDevice();
     const store = storeOn(dev);
     const blocks = Array.from({ length: 200 }, (_, i) => i).sort(() => rnd() - 0.5);
     const pending: Array<Promise<void>> = [];
