@@ -480,12 +480,16 @@ export class Volume {
    * Writes `data` at `offsetBytes` of the live volume, COWing into the active
    * snapshot first every block touched for the first time since it was
    * taken (a partial-block write still copies the whole block). Resolves
-   * when every chunk's I/O has ended (per-block completion, seed 003); the
-   * data is durable after {@link flush}.
+   * when every chunk has been written or — data=ordered, a chunk whose COW
+   * is still committing — handed to the bounded write-back stage (reads see
+   * it at once; see write-back.ts); the data is durable after {@link flush}.
+   * `data` must not change until the promise settles (like `fs.write`).
    *
    * On failure the error keeps its code (IO_ERROR, NO_SPACE, …) and its
    * `details.failedRanges` lists the byte ranges not written; every other
-   * range was written completely, and every snapshot stays intact.
+   * range was written completely, and every snapshot stays intact. A
+   * failure after a chunk was handed to the write-back stage is reported
+   * by the next `flush()` (or `close()`) instead.
    * @throws OUT_OF_RANGE, INVALID_ARGUMENT, IO_ERROR, NO_SPACE, JOURNAL_ABORTED
    */
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
