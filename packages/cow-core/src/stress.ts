@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { CowvolError } from '@cowvol/journal';
+import { CowvolError, mulberry32 } from '@cowvol/journal';
 import { Volume } from './volume.js';
 
 /** Options of {@link runStress}. All bounded. */
@@ -55,21 +55,8 @@ export interface StressSummary {
 const BLOCK_BYTES = 4096;
 const MAX_WRITERS = 64;
 
-/**
- * Seeded PRNG (mulberry32): a 32-bit seed → a function returning floats in
- * [0, 1). Deterministic, so a printed seed replays a stress run (and the test
- * suites use it for the same reason).
- */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// The seeded PRNG is the journal package's (one implementation for every suite); re-exported here for runStress's users.
+export { mulberry32 };
 
 /**
  * A unit of content the model tracks: the 32-bit tag filling one slot of a

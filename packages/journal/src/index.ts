@@ -57,3 +57,4 @@ export {
   type Revocation,
   type JournalSuperblock,
 } from './format.js';
+export { mulberry32 } from './prng.js';

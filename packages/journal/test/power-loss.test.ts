@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { IoError, Journal } from '../src/index.js';
+import { IoError, Journal, mulberry32 } from '../src/index.js';
 import { MemoryDevice } from './memory-device.js';
 
 /**
@@ -22,17 +22,6 @@ const BS = 512;
 const HOME_BLOCKS = 12;
 const SEEDS = Number(process.env.COWVOL_JOURNAL_CRASH_SEEDS ?? 32);
 const VARIANTS = Number(process.env.COWVOL_JOURNAL_CRASH_VARIANTS ?? 4);
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface TxSpec {
   id: number;
