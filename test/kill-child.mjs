@@ -21,7 +21,7 @@
 // leaves an operation started whose announcement the parent did not get.
 //
 // Write content is a pure function of (seq, absolute byte offset) —
-// contentByte() below, duplicated in kill.test.ts — so the parent can
+// contentByte() in kill-content.mjs, shared with kill.test.ts — so the parent can
 // recompute every byte. Sequence numbers start at the 4th argument (the
 // parent passes one above every number it has seen) and are also used for
 // snapshot names, so names never repeat across runs.
@@ -32,6 +32,7 @@
 // of a snapshot is exactly the acknowledged writes before it.
 import { writeSync } from 'node:fs';
 import { Volume, mulberry32 as prng } from '@cowvol/cow-core';
+import { contentByte } from './kill-content.mjs';
 
 const [volumePath, seedArg, blocksArg, firstSeqArg] = process.argv.slice(2);
 if (!volumePath || seedArg === undefined || blocksArg === undefined) {
@@ -41,17 +42,6 @@ if (!volumePath || seedArg === undefined || blocksArg === undefined) {
 const seed = Number(seedArg) >>> 0;
 const blocks = Number(blocksArg);
 let seq = Number(firstSeqArg ?? 1);
-
-/** Byte `offset` (absolute, in the volume) of write number `seq`. Keep in step with kill.test.ts. */
-function contentByte(seqNo, offset) {
-  let x = Math.imul(seqNo ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul((offset >>> 2) + 0x27d4eb2f, 0xc2b2ae35);
-  x ^= x >>> 15;
-  x = Math.imul(x, 0x2c1b3c6d);
-  x ^= x >>> 12;
-  x = Math.imul(x, 0x297a2d39);
-  x ^= x >>> 15;
-  return (x >>> ((offset & 3) * 8)) & 0xff;
-}
 
 function content(seqNo, offset, length) {
   const buf = Buffer.alloc(length);

@@ -5,6 +5,7 @@ import { randomInt } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Volume, volumeLayout, type CheckReport } from '@cowvol/cow-core';
 import { cowvol, prng, tempDir } from './helpers.js';
+import { contentByte } from './kill-content.mjs';
 
 /**
  * Kill tests with real processes.
@@ -51,17 +52,6 @@ const SEED = process.env.COWVOL_KILL_SEED !== undefined ? Number(process.env.COW
 const CLI_CHECK_EVERY = Math.max(1, Math.floor(KILLS / 25));
 const CHILD = resolve(import.meta.dirname, 'kill-child.mjs');
 const REPO = resolve(import.meta.dirname, '..');
-
-/** Byte `offset` of write number `seq`. Must equal contentByte() in kill-child.mjs. */
-function contentByte(seq: number, offset: number): number {
-  let x = Math.imul(seq ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul((offset >>> 2) + 0x27d4eb2f, 0xc2b2ae35);
-  x ^= x >>> 15;
-  x = Math.imul(x, 0x2c1b3c6d);
-  x ^= x >>> 12;
-  x = Math.imul(x, 0x297a2d39);
-  x ^= x >>> 15;
-  return (x >>> ((offset & 3) * 8)) & 0xff;
-}
 
 type Line =
   | { ready: true; pid: number; snapshots: string[] }
