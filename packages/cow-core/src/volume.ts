@@ -1264,7 +1264,7 @@ export class Volume {
     }
     // An earlier acknowledged overwrite of these blocks still in the
     // write-back stage lands first: overwrites reach the volume in call order.
-    await this.writeBack.settled(first, last);
+    if (this.writeBack.size > 0) await this.writeBack.settled(first, last);
     const tickets = await this.cowRange(first, last);
     if (tickets.length > 0 && this.writeBack.maxBytes === 0) {
       // Write-through: the overwrite waits for the commit, errors come back here.
@@ -1463,10 +1463,15 @@ export class Volume {
         extents = this.allocator.allocate(blocks.length);
         for (const e of extents) for (let i = 0; i < e.lengthBlocks; i++) storeBlocks.push(e.startBlock + i);
         assert(storeBlocks.length === blocks.length, 'allocator returned the wrong number of blocks');
-        // Copy runs that are consecutive both in the volume and in the store with one read and one write.
+        // One pass over the runs consecutive both in the volume and in the
+        // store: each run is copied with one read and one write, and mapped
+        // by one `mapx` record (a lone block: one `map`). A run is bounded so
+        // its record fits one journal block (a sequential first write: about
+        // one run per piece).
+        const maxRun = maxMapRunBlocks(bs);
         for (let i = 0; i < blocks.length; ) {
           let j = i + 1;
-          while (j < blocks.length && blocks[j] === blocks[j - 1]! + 1 && storeBlocks[j] === storeBlocks[j - 1]! + 1) j++;
+          while (j < blocks.length && j - i < maxRun && blocks[j] === blocks[j - 1]! + 1 && storeBlocks[j] === storeBlocks[j - 1]! + 1) j++;
           const data = await this.readLive(blocks[i]! * bs, (j - i) * bs);
           assert(data.length === (j - i) * bs, 'COW copy length');
           for (let k = i; k < j; k++) crcs[k] = crc32c(data.subarray((k - i) * bs, (k - i + 1) * bs));
@@ -1476,17 +1481,6 @@ export class Volume {
           } else {
             await this.store.write(storeBlocks[i]!, data);
           }
-          i = j;
-        }
-        // Ordered data: the journal syncs the store before it writes the commit
-        // block (one sync for every COW in the same group commit).
-        if (!journaled) handle.orderedData(this.store.device);
-        // One record per run consecutive in the volume and in the store (a
-        // sequential first write is one run per piece), one `map` per lone block.
-        const maxRun = maxMapRunBlocks(bs);
-        for (let i = 0; i < blocks.length; ) {
-          let j = i + 1;
-          while (j < blocks.length && j - i < maxRun && blocks[j] === blocks[j - 1]! + 1 && storeBlocks[j] === storeBlocks[j - 1]! + 1) j++;
           if (j - i === 1) handle.log({ o: 'map', id: active.id, b: blocks[i]!, p: storeBlocks[i]!, crc: crcs[i]! } satisfies MetaRecord);
           else {
             const run = Buffer.allocUnsafe(4 * (j - i));
@@ -1495,6 +1489,9 @@ export class Volume {
           }
           i = j;
         }
+        // Ordered data: the journal syncs the store before it writes the commit
+        // block (one sync for every COW in the same group commit).
+        if (!journaled) handle.orderedData(this.store.device);
       });
     } catch (err) {
       handle.abandon();
