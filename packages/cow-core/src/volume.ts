@@ -1262,39 +1262,52 @@ export class Volume {
       await this.writeJournaled(offsetBytes, data, first, last);
       return;
     }
-    // An earlier acknowledged overwrite of these blocks still in the
-    // write-back stage lands first: overwrites reach the volume in call order.
-    if (this.writeBack.size > 0) await this.writeBack.settled(first, last);
     const tickets = await this.cowRange(first, last);
     if (tickets.length > 0 && this.writeBack.maxBytes === 0) {
-      // Write-through: the overwrite waits for the commit, errors come back here.
+      // Write-through: the overwrite waits for the commit, errors come back
+      // here. The stage is never used, so there is nothing to be admitted past.
       await this.awaitCows(tickets);
       await this.volume.write(offsetBytes, data);
       return;
     }
     if (tickets.length === 0) {
-      // No COW needed: straight to the volume file. The file system does the
-      // read-modify-write of partial blocks; a COW copies whole blocks.
-      await this.volume.write(offsetBytes, data);
+      // No COW needed: straight to the volume file (the file system does the
+      // read-modify-write of partial blocks; a COW copies whole blocks) —
+      // once an earlier acknowledged overwrite of these blocks still in the
+      // stage has landed, so overwrites reach the volume in call order.
+      // Admission starts the write in the same step as its overlap check.
+      await this.writeBack.admit(first, last, 0, () => this.volume.write(offsetBytes, data));
       return;
     }
     // data=ordered with a COW in flight: the overwrite may reach the volume
     // only once the mapping is committed (guarantee 3). Hold it in the
     // write-back stage and return; the commit overlaps the next writes.
-    await this.writeBack.reserve(data.length);
-    const committed = Promise.all(tickets.map((t) => t.published)).then(() => undefined);
-    this.writeBack.add(
-      offsetBytes,
-      Buffer.from(data), // the stage keeps the bytes past this call
-      committed,
-      (entry) => this.volume.write(entry.offsetBytes, entry.data),
-      () => {
-        // The pending markers end only after the overwrite landed: a writer
-        // or snapshot reader waiting on them then sees the copy published
-        // and the live block final.
-        for (const t of tickets) t.end();
-      },
-    );
+    // Admission is atomic with the overlap check: two writes in flight that
+    // share a block never both hold an entry for it (ARCHITECTURE
+    // "Write-back", admission).
+    let added = false;
+    try {
+      const committed = Promise.all(tickets.map((t) => t.published)).then(() => undefined);
+      await this.writeBack.admit(first, last, data.length, () => {
+        this.writeBack.add(
+          offsetBytes,
+          Buffer.from(data), // the stage keeps the bytes past this call
+          committed,
+          (entry) => this.volume.write(entry.offsetBytes, entry.data),
+          () => {
+            // The pending markers end only after the overwrite landed: a writer
+            // or snapshot reader waiting on them then sees the copy published
+            // and the live block final.
+            for (const t of tickets) t.end();
+          },
+        );
+        added = true;
+      });
+    } finally {
+      // Not admitted (a violated invariant): the markers still end, once
+      // their commits settle, so no waiter and no freeze hangs on them.
+      if (!added) for (const t of tickets) void t.published.catch(() => undefined).finally(() => t.end());
+    }
   }
 
   /** Waits for COW tickets to commit and publish, then ends their pending markers (journal mode: no write-back). */

@@ -67,21 +67,32 @@ export class WriteBackStage {
   }
 
   /**
-   * Resolves once no entry touches blocks [first, last] (the entries there
-   * landed). Loops: a concurrent writer may have added one meanwhile.
+   * Admission to the live volume for an overwrite of blocks [first, last]
+   * (ARCHITECTURE "Write-back", admission). Waits until no entry touches
+   * those blocks and, when `lengthBytes` > 0 (the overwrite is to be held),
+   * until it fits under the bound; then — in the same synchronous step as
+   * the last check, so no other writer can slip an overlapping entry in
+   * between — calls `admitted` and returns its result. `admitted` must
+   * either `add()` the entry or start the direct volume write before it
+   * returns (it must not await first).
+   *
+   * Waiting is bounded by the entries in the stage: each lands or fails
+   * once its commit settles, which never waits on a writer being admitted.
    */
-  async settled(first: number, last: number): Promise<void> {
+  async admit<T>(first: number, last: number, lengthBytes: number, admitted: () => T): Promise<T> {
+    assert(first <= last, 'admission of an empty block range');
     for (;;) {
-      const waits = this.overlapping(first, last).map((e) => e.landed);
-      if (waits.length === 0) return;
-      await Promise.all(waits);
-    }
-  }
-
-  /** Waits until `lengthBytes` more fit under the bound (an entry larger than the bound waits for an empty stage). */
-  async reserve(lengthBytes: number): Promise<void> {
-    while (this.heldBytes > 0 && this.heldBytes + lengthBytes > this.maxBytes) {
-      await new Promise<void>((wake) => this.roomWaiters.push(wake));
+      const overlapping = this.overlapping(first, last);
+      if (overlapping.length > 0) {
+        await Promise.all(overlapping.map((e) => e.landed));
+        continue;
+      }
+      if (lengthBytes > 0 && this.heldBytes > 0 && this.heldBytes + lengthBytes > this.maxBytes) {
+        // An entry larger than the bound waits for an empty stage.
+        await new Promise<void>((wake) => this.roomWaiters.push(wake));
+        continue;
+      }
+      return admitted();
     }
   }
 
@@ -91,20 +102,22 @@ export class WriteBackStage {
    * drops the overwrite — the live block keeps its old content, consistent
    * with the snapshot — and records the failure. Either way `after` runs
    * once the entry is gone (the caller ends its pending-COW markers there).
-   * The caller checked `settled()` first: entries never overlap.
+   * Call it only from {@link admit}'s callback: entries never overlap.
+   * Validates before it changes anything: a violated invariant leaves the
+   * stage as it was (and `after` is not called; the caller still owns its
+   * markers).
+   * @throws ASSERTION_FAILED when an entry already touches one of the blocks
    */
   add(offsetBytes: number, data: Buffer, gate: Promise<void>, land: (entry: WriteBackEntry) => Promise<void>, after: () => void): WriteBackEntry {
     assert(data.length > 0, 'empty write-back entry');
     const bs = this.blockSizeBytes;
     const firstBlock = Math.floor(offsetBytes / bs);
     const lastBlock = Math.floor((offsetBytes + data.length - 1) / bs);
+    for (let b = firstBlock; b <= lastBlock; b++) assert(!this.byBlock.has(b), `block ${b} already has a write-back entry`);
     let settle!: () => void;
     const landed = new Promise<void>((resolve) => (settle = resolve));
     const entry: WriteBackEntry = { offsetBytes, data, firstBlock, lastBlock, landed };
-    for (let b = firstBlock; b <= lastBlock; b++) {
-      assert(!this.byBlock.has(b), `block ${b} already has a write-back entry`);
-      this.byBlock.set(b, entry);
-    }
+    for (let b = firstBlock; b <= lastBlock; b++) this.byBlock.set(b, entry);
     this.heldBytes += data.length;
     const task: Promise<void> = gate
       .then(() => land(entry))
