@@ -1096,11 +1096,19 @@ export class Volume {
     if (map) return map;
     let load = this.mapLoads.get(id);
     if (!load) {
-      load = SnapshotMap.load(this.db, id).then((m) => {
-        this.maps.set(id, m);
-        this.mapLoads.delete(id);
-        return m;
-      });
+      // Settled either way, the load is forgotten: a failed load (an I/O
+      // error) is retried by the next caller instead of failing it forever.
+      load = SnapshotMap.load(this.db, id).then(
+        (m) => {
+          this.maps.set(id, m);
+          this.mapLoads.delete(id);
+          return m;
+        },
+        (err: unknown) => {
+          this.mapLoads.delete(id);
+          throw err;
+        },
+      );
       this.mapLoads.set(id, load);
     }
     return load;
