@@ -143,6 +143,28 @@ describe('owner lock: held by the kernel for as long as the owner lives', () => 
     await next.end();
   });
 
+  it('an owner that never calls close() still exits (the lock does not keep it alive), and the volume opens at once', async () => {
+    const vol = await newVolume('forgotten.img');
+    const code = `import { Volume } from '@cowvol/cow-core';
+      const v = await Volume.open(process.argv[1]);
+      await v.write(0, Buffer.alloc(${BLOCK}, 9));
+      await v.flush();`;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', code, vol], { cwd: import.meta.dirname, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    // A hang detector, not a timing assertion: a child kept alive by the lock is killed and fails the test.
+    const watchdog = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => child.on('exit', (c, sig) => res({ code: c, signal: sig })));
+    clearTimeout(watchdog);
+    expect(exit, stderr).toEqual({ code: 0, signal: null });
+    const v = await Volume.open(vol);
+    try {
+      expect((await v.read(0, BLOCK)).equals(Buffer.alloc(BLOCK, 9))).toBe(true);
+    } finally {
+      await v.close();
+    }
+  });
+
   it(`exactly one of ${RACERS} racing opens wins; the others get VOLUME_BUSY naming the winner (${ROUNDS} rounds)`, async () => {
     const vol = await newVolume('race.img');
     const workers = Array.from({ length: RACERS }, () => new Worker());
