@@ -284,8 +284,11 @@ export class Volume {
   /**
    * Creates a volume: a new sparse raw file of `sizeBytes` (refuses to
    * overwrite anything), or with `adopt` an existing raw image; then its
-   * sidecar (store, journal, LevelDB). Returns it opened.
-   * @throws VOLUME_EXISTS, VOLUME_NOT_FOUND (adopt), INVALID_ARGUMENT, IO_ERROR, NO_SPACE
+   * sidecar (store, journal, LevelDB). Returns it opened. With `adopt`, a
+   * file reached by another name (symbolic link, several hard links, file
+   * bind mount) is refused (volume-names.ts).
+   * @throws VOLUME_EXISTS (also: a symbolic link to a volume), VOLUME_NOT_FOUND (adopt),
+   *   VOLUME_BUSY (the file is open as a volume, under any name), INVALID_ARGUMENT, IO_ERROR, NO_SPACE
    */
   static async create(path: string, options: CreateVolumeOptions = {}): Promise<Volume> {
     const opener = options.opener ?? fileDeviceOpener;
