@@ -1,9 +1,8 @@
 import { spawn } from 'node:child_process';
-import { rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Volume, volumeLayout, type CheckReport } from '@cowvol/cow-core';
+import { Volume, type CheckReport } from '@cowvol/cow-core';
 import { cowvol, prng, tempDir } from './helpers.js';
 import { contentByte } from './kill-content.mjs';
 
@@ -118,7 +117,6 @@ describe('kill tests: guarantees 1, 4 and 6 across SIGKILL of a real writer proc
     console.log(`kill tests: seed ${SEED} (replay with COWVOL_KILL_SEED=${SEED}), ${KILLS} kills`);
     const r = prng(SEED);
     const vol = join(dir, 'kill.img');
-    const layout = volumeLayout(vol);
 
     // Base content: seeded bytes over the whole volume.
     const live = Buffer.alloc(SIZE);
@@ -155,14 +153,8 @@ describe('kill tests: guarantees 1, 4 and 6 across SIGKILL of a real writer proc
         expect(run.signal, `${where}: the child must die by our SIGKILL, not exit (code ${run.code}): ${run.stderr}`).toBe('SIGKILL');
         expect(run.lines.length, `${where}: the child printed nothing before the kill (${run.stderr})`).toBeGreaterThan(0);
         stats.kills += 1;
-        // The child is dead (its 'close' fired with SIGKILL), so its owner lock
-        // is stale. proper-lockfile would only call it stale after 10 s without
-        // a refresh (at least 2 s even with lockStaleMs), which would make every
-        // iteration wait. Removing the lock directory is safe: the only process
-        // that ever held it here is the child we just saw die, nothing else in
-        // this temporary directory opens the volume, and the next owner
-        // (Volume.open below) takes the lock with an atomic mkdir as usual.
-        await rm(layout.lockPath, { recursive: true, force: true });
+        // The child is dead (its 'close' fired with SIGKILL): the kernel has
+        // released its owner lock, so the Volume.open below takes it at once.
 
         // ---- replay the child's lines into the model
         const inFlight = new Map<number, { offset: number; length: number }>();

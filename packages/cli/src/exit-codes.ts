@@ -25,7 +25,7 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   RESUME_MISMATCH: 4,
   // 5: another process owns the volume
   VOLUME_BUSY: 5,
-  LOCK_LOST: 5,
+  LOCK_LOST: 5, // no longer produced (the owner lock is never taken over); kept: codes are stable
   // 6: not a volume, or its metadata is damaged or too new
   NOT_A_VOLUME: 6,
   CORRUPT_METADATA: 6,

@@ -6,7 +6,7 @@ import { join } from 'node:path';
  *   store     the snapshot store file (COW copies)
  *   journal   the write-ahead journal
  *   meta/     the LevelDB metadata database
- *   lock      the owner lock (proper-lockfile) and `owner` (holder's pid)
+ * The owner lock is no file: an abstract unix socket (owner-lock.ts).
  */
 export interface VolumeLayout {
   volumePath: string;
@@ -14,8 +14,6 @@ export interface VolumeLayout {
   storePath: string;
   journalPath: string;
   metaPath: string;
-  lockPath: string;
-  ownerPath: string;
 }
 
 export function volumeLayout(volumePath: string): VolumeLayout {
@@ -26,8 +24,6 @@ export function volumeLayout(volumePath: string): VolumeLayout {
     storePath: join(sidecarPath, 'store'),
     journalPath: join(sidecarPath, 'journal'),
     metaPath: join(sidecarPath, 'meta'),
-    lockPath: join(sidecarPath, 'lock'),
-    ownerPath: join(sidecarPath, 'owner'),
   };
 }
 

@@ -58,7 +58,8 @@ import { SnapshotMap, type MapEntry } from './snapshot-map.js';
 import { SnapshotStore } from './store.js';
 import { BlockSources, SnapshotReader } from './read-through.js';
 import { StoreReadCache, type StoreCacheStats } from './store-read-cache.js';
-import { OwnerLock } from './owner-lock.js';
+import { OwnerLock, fileIdentity } from './owner-lock.js';
+import { nameExists, refuseOtherNames, volumeBehindLink } from './volume-names.js';
 import { CommittedMetadata, maxMapRunBlocks, type MetaRecord } from './committed-metadata.js';
 import { FreezeGate } from './freeze-gate.js';
 import { checkVolume, type CheckReport } from './check.js';
@@ -94,8 +95,6 @@ export interface CreateVolumeOptions {
 /** Options for {@link Volume.open}. */
 export interface OpenVolumeOptions {
   opener?: DeviceOpener;
-  /** Owner lock is stale after this long without refresh (default 10 s). */
-  lockStaleMs?: number;
   /**
    * data=ordered: bytes of overwrites that may wait in memory for the COW of
    * their blocks to commit while `write()` has already resolved (a volatile
@@ -218,7 +217,7 @@ export interface DeleteResult {
  *
  * Errors (codes): INVALID_ARGUMENT, INVALID_SNAPSHOT_NAME, OUT_OF_RANGE,
  * SNAPSHOT_NOT_FOUND, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, VOLUME_NOT_FOUND,
- * VOLUME_EXISTS, VOLUME_BUSY, LOCK_LOST, NOT_A_VOLUME, CORRUPT_METADATA,
+ * VOLUME_EXISTS, VOLUME_BUSY, NOT_A_VOLUME, CORRUPT_METADATA,
  * STORE_CORRUPT, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, VOLUME_CLOSED,
  * IO_ERROR, NO_SPACE, JOURNAL_CORRUPT, JOURNAL_ABORTED.
  */
@@ -285,8 +284,11 @@ export class Volume {
   /**
    * Creates a volume: a new sparse raw file of `sizeBytes` (refuses to
    * overwrite anything), or with `adopt` an existing raw image; then its
-   * sidecar (store, journal, LevelDB). Returns it opened.
-   * @throws VOLUME_EXISTS, VOLUME_NOT_FOUND (adopt), INVALID_ARGUMENT, IO_ERROR, NO_SPACE
+   * sidecar (store, journal, LevelDB). Returns it opened. With `adopt`, a
+   * file reached by another name (symbolic link, several hard links, file
+   * bind mount) is refused (volume-names.ts).
+   * @throws VOLUME_EXISTS (also: a symbolic link to a volume), VOLUME_NOT_FOUND (adopt),
+   *   VOLUME_BUSY (the file is open as a volume, under any name), INVALID_ARGUMENT, IO_ERROR, NO_SPACE
    */
   static async create(path: string, options: CreateVolumeOptions = {}): Promise<Volume> {
     const opener = options.opener ?? fileDeviceOpener;
@@ -318,10 +320,11 @@ export class Volume {
       sizeBytes = options.sizeBytes ?? 0;
       if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) throw new InvalidArgumentError(`volume size must be a positive number of bytes, got ${sizeBytes}`);
       if (sizeBytes % blockSizeBytes !== 0) throw new InvalidArgumentError(`volume size ${sizeBytes} is not a multiple of the block size ${blockSizeBytes}`);
-      if (await exists(path)) throw new VolumeExistsError(`${path} already exists; refusing to overwrite it (use --adopt to take it as the volume)`, path);
+      if (await nameExists(path)) throw new VolumeExistsError(`${path} already exists; refusing to overwrite it (use --adopt to take it as the volume)`, path);
     }
     if (sizeBytes > MAX_VOLUME_BYTES) throw new InvalidArgumentError(`volume size ${sizeBytes} exceeds the maximum ${MAX_VOLUME_BYTES}`);
 
+    let lock: OwnerLock | undefined;
     try {
       if (!options.adopt) {
         const dev = await opener.open(path, { create: true });
@@ -330,6 +333,9 @@ export class Volume {
         await dev.sync();
         await dev.close();
       }
+      // The file's lock first (an open volume is busy under any name), then its other names (ARCHITECTURE.md §9 "The owner lock").
+      lock = await OwnerLock.acquire(path, await fileIdentity(path));
+      if (options.adopt) await refuseOtherNames(path);
       try {
         await mkdir(layout.sidecarPath);
       } catch (err) {
@@ -337,12 +343,12 @@ export class Volume {
         throw err;
       }
     } catch (err) {
+      await lock?.unlock();
       if (createdFile) await rm(path, { force: true });
       throw err;
     }
 
     try {
-      const lock = await OwnerLock.acquire(layout);
       try {
         const uuid = randomBytes(16);
         const storeDev = await opener.open(layout.storePath, { create: true });
@@ -400,12 +406,15 @@ export class Volume {
       throw new IoError(`cannot stat ${path}: ${err.message}`, { cause: err });
     });
     if (!st.isFile()) throw new NotAVolumeError(`${path} is not a regular file`);
-    if (!(await exists(layout.sidecarPath))) {
-      throw new NotAVolumeError(`${path} is not a cowvol volume (no ${layout.sidecarPath}); run \`cowvol create ${path} --adopt\` to make it one`);
-    }
-    const lock = await OwnerLock.acquire(layout, options.lockStaleMs === undefined ? {} : { staleMs: options.lockStaleMs });
+    // Locked by the file's identity, so another name of an open volume is busy (ARCHITECTURE.md §9 "The owner lock").
+    const lock = await OwnerLock.acquire(path, await fileIdentity(path));
     const opened: Array<{ close(): Promise<void> }> = [];
     try {
+      if (!(await exists(layout.sidecarPath))) {
+        const real = await volumeBehindLink(path);
+        if (real !== undefined) throw new NotAVolumeError(`${path} is a symbolic link to the cowvol volume ${real}; open it by that name`);
+        throw new NotAVolumeError(`${path} is not a cowvol volume (no ${layout.sidecarPath}); run \`cowvol create ${path} --adopt\` to make it one`);
+      }
       let db: MetadataDb;
       try {
         db = await MetadataDb.open(layout.metaPath, false);
@@ -1014,7 +1023,6 @@ export class Volume {
 
   private checkUsable(): void {
     if (this.closed) throw new VolumeClosedError();
-    this.lock.throwIfLost();
     if (this.failure !== undefined) {
       throw new CowvolError('JOURNAL_ABORTED', 'an earlier metadata commit failed; close and reopen the volume to recover', { cause: this.failure });
     }
