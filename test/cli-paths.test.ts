@@ -1,7 +1,7 @@
 import { spawn, type StdioOptions } from 'node:child_process';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { chmod, chown, link, mkdir, open, readdir, stat, symlink, writeFile } from 'node:fs/promises';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Level } from 'level';
@@ -241,6 +241,25 @@ describe('streams as --input are read to their end', () => {
     const tooLong = await run('bash', ['-c', `"${process.execPath}" "${CLI}" write "${wvol}" --offset 7M --input <(head -c 2M /dev/urandom)`]);
     expectRefused(tooLong, 'OUT_OF_RANGE', 'write of 2M at 7M of 8M');
     expect(await sha256File(wvol)).toBe(fullBefore);
+  });
+
+  // A block device reports size 0 to stat(): its length is found by reading. CI runs as root with losetup.
+  const canLoop = process.getuid?.() === 0 && spawnSync('losetup', ['--version']).status === 0;
+  if (process.env.CI && !canLoop) throw new Error('CI=true but this run cannot attach a loop device (needs root and losetup, util-linux)');
+  it.skipIf(!canLoop)(`write --input <block device> writes the whole device${canLoop ? '' : ' [SKIPPED: needs root and losetup (util-linux)]'}`, async () => {
+    const wvol = join(dir, 'b.img');
+    expect((await cowvol(['create', wvol, '--size', '8M'])).code).toBe(0);
+    const data = randomBytes(3 * MiB);
+    await writeFile(join(dir, 'loop.bin'), data);
+    const device = execFileSync('losetup', ['-f', '--show', join(dir, 'loop.bin')]).toString().trim();
+    try {
+      const r = await cowvol(['write', wvol, '--input', device, '--offset', '4M']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.toString()).toContain(`wrote ${data.length} bytes at offset ${4 * MiB}`);
+    } finally {
+      execFileSync('losetup', ['-d', device]);
+    }
+    expect((await cowvol(['read', wvol, '--offset', '4M', '--length', String(data.length)])).stdout.equals(data)).toBe(true);
   });
 
   it('import --input <FIFO> and read --output <FIFO> stream through', async () => {

@@ -58,11 +58,11 @@ describe('a signal removes the spooled stdin', () => {
       });
       child.kill(signal);
       const r = await done;
+      expect(await readdir(tmp)).toEqual([]);
       expect(r.signal, r.stderr).toBe(null);
       expect(r.code, r.stderr).toBe(exitCode);
       expect(r.stderr).toContain(`cowvol: interrupted by ${signal}`);
       expect(r.stderr).not.toMatch(/^\s+at /m);
-      expect(await readdir(tmp)).toEqual([]);
       if (volBefore !== undefined) expect(await sha256File(vol)).toBe(volBefore);
       else await expect(stat(vol)).rejects.toThrow(); // a full import never created its target
     });
@@ -91,14 +91,14 @@ describe('a signal removes the export .partial file', () => {
       child = spawn(process.execPath, [CLI, 'snapshot', 'export', vol, 's', '--output', join(outDir, 'full.cvs')], { stdio: ['ignore', 'pipe', 'pipe'] });
       const done = exited(child);
       await waitFor(outDir, async () => seen !== undefined);
-      expect(seen).toMatch(/^\.full\.cvs\.partial-\d+-[0-9a-f]+$/);
+      expect(seen).toMatch(/^\.full\.cvs\.partial-/);
       child.kill('SIGTERM');
       child.kill('SIGCONT');
       const r = await done;
+      expect(await readdir(outDir)).toEqual([]);
       expect(r.signal, r.stderr).toBe(null);
       expect(r.code, r.stderr).toBe(143);
       expect(r.stderr).toContain('cowvol: interrupted by SIGTERM');
-      expect(await readdir(outDir)).toEqual([]);
     } finally {
       watcher.close();
     }

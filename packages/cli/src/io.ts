@@ -49,6 +49,8 @@ export function watchStdout(): void {
     else stdoutFailure ??= err;
     for (const wake of stdoutWaiters) wake();
   });
+  // stderr that fails (2>/dev/full) has nowhere to report to: ignored, the exit code still tells.
+  process.stderr.on('error', () => undefined);
   process.on('exit', () => {
     // A failure no command reported (its say() line, its --json document).
     if (stdoutFailure === undefined || stdoutFailureReported || (process.exitCode !== undefined && process.exitCode !== 0)) return;
