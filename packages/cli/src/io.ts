@@ -61,7 +61,7 @@ export function watchStdout(): void {
 }
 let stdoutWatched = false;
 
-/** stdout as a sink (see watchStdout). */
+/** stdout as a sink (see watchStdout); `write` and `close` throw NO_SPACE or IO_ERROR once stdout has failed. */
 export function openStdoutSink(): Sink {
   watchStdout();
   const check = (): void => {

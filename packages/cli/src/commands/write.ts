@@ -7,6 +7,14 @@ import { STREAM_CHUNK_BYTES, openInput } from '../io.js';
 import { isErrnoError, osError } from '../os-errors.js';
 import { createProgress, progressFlag } from '../progress.js';
 
+/** `OUT_OF_RANGE` for a stream input found longer than the room after --offset while it was spooled (its full length is unknown). */
+class StreamTooLongError extends OutOfRangeError {
+  constructor(offsetBytes: number, seenBytes: number, sizeBytes: number) {
+    super(offsetBytes, seenBytes, sizeBytes);
+    this.message = `the input is longer than the ${Math.max(0, sizeBytes - offsetBytes)} bytes from offset ${offsetBytes} to the end of the volume (${sizeBytes} bytes; stopped reading it after ${seenBytes} bytes); nothing was written`;
+  }
+}
+
 export default class Write extends CowvolCommand {
   static override summary = 'Write bytes from a file (or stdin) into the live volume; durable when it exits';
   static override description = [
@@ -35,7 +43,7 @@ export default class Write extends CowvolCommand {
     );
     const input = await openInput(flags.input, {
       maxBytes: Math.max(0, volumeBytes - offsetBytes),
-      tooLong: (seenBytes) => new OutOfRangeError(offsetBytes, seenBytes, volumeBytes),
+      tooLong: (seenBytes) => new StreamTooLongError(offsetBytes, seenBytes, volumeBytes),
     });
     const progress = createProgress(flags.progress, 'write');
     try {
