@@ -8,9 +8,10 @@ import { userPathError } from './os-errors.js';
 import { assertNotProtected, checkOutputPath, type ProtectedFiles } from './output-guard.js';
 import { onInterrupt } from './signals.js';
 
+import { STREAM_CHUNK_BYTES } from './input.js';
+
 export { InputNotFoundError } from './os-errors.js';
 export { openInput, STREAM_CHUNK_BYTES, type SizedInput } from './input.js';
-import { STREAM_CHUNK_BYTES } from './input.js';
 
 /** A destination for data: a file or stdout; honours back-pressure. */
 export interface Sink {
@@ -26,6 +27,7 @@ export interface Sink {
 // writing quietly and keeps its exit code. Any other failure (ENOSPC on
 // `> /dev/full`, EIO) is an error: NO_SPACE or IO_ERROR, exit 7 (README
 // "Exit codes"), never an uncaught exception.
+let stdoutWatched = false;
 let stdoutFailure: NodeJS.ErrnoException | undefined;
 let stdoutFailureReported = false;
 let stdoutClosedByReader = false;
@@ -59,7 +61,6 @@ export function watchStdout(): void {
     process.exitCode = exitCodeFor(err.code);
   });
 }
-let stdoutWatched = false;
 
 /** stdout as a sink (see watchStdout); `write` and `close` throw NO_SPACE or IO_ERROR once stdout has failed. */
 export function openStdoutSink(): Sink {
