@@ -2,6 +2,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
 import { CowvolError, InvalidArgumentError, Volume } from '@cowvol/cow-core';
 import { exitCodeFor } from './exit-codes.js';
+import { watchStdout } from './io.js';
+import { isErrnoError, osError } from './os-errors.js';
+import { installSignalHandlers } from './signals.js';
 
 /**
  * Base of every cowvol command: `--json` (oclif's enableJsonFlag: exactly
@@ -45,6 +48,13 @@ export abstract class CowvolCommand extends Command {
     }
   }
 
+  /** Installs the process-wide handling of stdout errors and of SIGINT/SIGTERM/SIGHUP (README "Interrupting a command"). */
+  override async init(): Promise<void> {
+    watchStdout();
+    installSignalHandlers();
+    await super.init();
+  }
+
   /** The parsed base flags (set by `parse`). */
   private parsedFlags: Record<string, unknown> = {};
 
@@ -77,7 +87,9 @@ export abstract class CowvolCommand extends Command {
     if (!this.jsonEnabled()) process.stdout.write(`${line}\n`);
   }
 
-  protected override async catch(err: Error & { code?: string; oclif?: { exit?: number } }): Promise<void> {
+  protected override async catch(raw: Error & { code?: string; oclif?: { exit?: number } }): Promise<void> {
+    // An OS error no path handler claimed is still the operating system's failure: IO_ERROR or NO_SPACE, not a bug.
+    const err: Error & { code?: string; oclif?: { exit?: number } } = isErrnoError(raw) ? osError(raw) : raw;
     let code: string;
     let exit: number;
     let details: Record<string, unknown> | undefined;
@@ -94,7 +106,10 @@ export abstract class CowvolCommand extends Command {
     }
     exit = this.exitCodeOf(code);
     process.stderr.write(`cowvol: error [${code}]: ${err.message}\n`);
-    if (code === 'NO_SPACE') {
+    if (code === 'NO_SPACE' && (details?.role === 'output' || details?.role === 'input')) {
+      const where = details.role === 'output' ? 'the output' : 'the temporary folder ($TMPDIR)';
+      process.stderr.write(`cowvol: the disk holding ${where} is full; the volume and every snapshot are unchanged. Free space there, or use another folder.\n`);
+    } else if (code === 'NO_SPACE') {
       process.stderr.write('cowvol: the disk is full; every snapshot is intact. Free disk space, or delete snapshots (`cowvol snapshot list` shows what deleting each frees), then retry.\n');
     }
     if (code === 'INTERNAL' && process.env.COWVOL_DEBUG) process.stderr.write(`${err.stack}\n`);

@@ -1,119 +1,147 @@
-import { createWriteStream } from 'node:fs';
-import { mkdtemp, open, rename, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { basename, dirname, join, resolve } from 'node:path';
-import { pipeline } from 'node:stream/promises';
-import { once } from 'node:events';
-import type { Writable } from 'node:stream';
-import { CowvolError } from '@cowvol/cow-core';
+import { constants, rmSync } from 'node:fs';
+import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { basename, dirname, join } from 'node:path';
+import { IoError, NoSpaceError, type CowvolError } from '@cowvol/cow-core';
+import { exitCodeFor } from './exit-codes.js';
+import { userPathError } from './os-errors.js';
+import { assertNotProtected, checkOutputPath, type ProtectedFiles } from './output-guard.js';
+import { onInterrupt } from './signals.js';
 
-/** `INPUT_NOT_FOUND`: the --input file does not exist. */
-export class InputNotFoundError extends CowvolError {
-  constructor(path: string) {
-    super('INPUT_NOT_FOUND', `input file ${path} does not exist`, { details: { path } });
-  }
-}
+import { STREAM_CHUNK_BYTES } from './input.js';
 
-/** Bytes moved per read/write step when streaming (bounds memory). */
-export const STREAM_CHUNK_BYTES = 4 * 1024 * 1024;
+export { InputNotFoundError } from './os-errors.js';
+export { openInput, STREAM_CHUNK_BYTES, type SizedInput } from './input.js';
 
-/**
- * A readable input of known length. stdin that is not a regular file (a
- * pipe) is first spooled to a temporary file, so its length is known before
- * the volume is touched: an input that would run past the end is refused
- * with nothing written.
- */
-export interface SizedInput {
-  path: string;
-  lengthBytes: number;
-  /** Reads up to `lengthBytes` at `offsetBytes` of the input. */
-  read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
-  close(): Promise<void>;
-}
-
-export async function openInput(path: string | undefined): Promise<SizedInput> {
-  let spool: string | undefined;
-  let source = path;
-  if (source === undefined) {
-    const st = await stat('/dev/stdin').catch(() => undefined);
-    if (st?.isFile()) {
-      source = '/dev/stdin';
-    } else {
-      spool = await mkdtemp(join(tmpdir(), 'cowvol-stdin-'));
-      source = join(spool, 'input');
-      await pipeline(process.stdin, createWriteStream(source));
-    }
-  }
-  const handle = await open(source, 'r').catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') throw new InputNotFoundError(source!);
-    throw err;
-  });
-  const lengthBytes = (await handle.stat()).size;
-  return {
-    path: source,
-    lengthBytes,
-    async read(offsetBytes, length) {
-      const buf = Buffer.alloc(length);
-      let done = 0;
-      while (done < length) {
-        const { bytesRead } = await handle.read(buf, done, length - done, offsetBytes + done);
-        if (bytesRead === 0) break;
-        done += bytesRead;
-      }
-      return buf.subarray(0, done);
-    },
-    async close() {
-      await handle.close();
-      if (spool) await rm(spool, { recursive: true, force: true });
-    },
-  };
-}
-
-/** A destination for data: a file (created or truncated) or stdout; honours back-pressure. */
+/** A destination for data: a file or stdout; honours back-pressure. */
 export interface Sink {
   /** True once the process reading stdout closed the pipe: further data is dropped. */
   readonly closedByReader: boolean;
+  /** @throws NO_SPACE, IO_ERROR */
   write(data: Buffer): Promise<void>;
   close(): Promise<void>;
 }
 
-export function openSink(path: string | undefined): Sink {
-  const stream: Writable = path === undefined ? process.stdout : createWriteStream(path);
-  // A reader that stops early (`cowvol read vol | head`) closes the pipe:
-  // like cat, stop writing quietly instead of failing with EPIPE.
-  let closedByReader = false;
-  let failure: Error | undefined;
-  let wake: (() => void) | undefined;
-  stream.on('error', (err: NodeJS.ErrnoException) => {
-    if (path === undefined && err.code === 'EPIPE') closedByReader = true;
-    else failure = err;
-    wake?.();
+// stdout is watched for the whole process: a reader that stops early
+// (`cowvol read vol | head`) closes the pipe (EPIPE): like cat, cowvol stops
+// writing quietly and keeps its exit code. Any other failure (ENOSPC on
+// `> /dev/full`, EIO) is an error: NO_SPACE or IO_ERROR, exit 7 (README
+// "Exit codes"), never an uncaught exception.
+let stdoutWatched = false;
+let stdoutFailure: NodeJS.ErrnoException | undefined;
+let stdoutFailureReported = false;
+let stdoutClosedByReader = false;
+const stdoutWaiters = new Set<() => void>();
+
+function stdoutError(err: NodeJS.ErrnoException): CowvolError {
+  const details = { path: '-', role: 'output', errno: err.code };
+  if (err.code === 'ENOSPC' || err.code === 'EDQUOT') return new NoSpaceError(`no space left writing to stdout (${err.code})`, { cause: err, details });
+  return new IoError(`cannot write to stdout: ${err.message}`, { cause: err, details });
+}
+
+/** Installs the process-wide stdout error handling described above (once per process). */
+export function watchStdout(): void {
+  if (stdoutWatched) return;
+  stdoutWatched = true;
+  // oclif's own listener rethrows every error but EPIPE, which ends the
+  // process with a stack trace; this one replaces it.
+  process.stdout.removeAllListeners('error');
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') stdoutClosedByReader = true;
+    else stdoutFailure ??= err;
+    for (const wake of stdoutWaiters) wake();
   });
+  // stderr that fails (2>/dev/full) has nowhere to report to: ignored, the exit code still tells.
+  process.stderr.on('error', () => undefined);
+  process.on('exit', () => {
+    // A failure no command reported (its say() line, its --json document).
+    if (stdoutFailure === undefined || stdoutFailureReported || (process.exitCode !== undefined && process.exitCode !== 0)) return;
+    const err = stdoutError(stdoutFailure);
+    process.stderr.write(`cowvol: error [${err.code}]: ${err.message}\n`);
+    process.exitCode = exitCodeFor(err.code);
+  });
+}
+
+/** stdout as a sink (see watchStdout); `write` and `close` throw NO_SPACE or IO_ERROR once stdout has failed. */
+export function openStdoutSink(): Sink {
+  watchStdout();
+  const check = (): void => {
+    if (stdoutFailure) {
+      stdoutFailureReported = true;
+      throw stdoutError(stdoutFailure);
+    }
+  };
   return {
     get closedByReader() {
-      return closedByReader;
+      return stdoutClosedByReader;
     },
     async write(data) {
-      if (failure) throw failure;
-      if (closedByReader) return;
-      if (!stream.write(data)) {
-        // Wait for drain, or for the error handler above (one listener each, no leak).
+      check();
+      if (stdoutClosedByReader) return;
+      if (!process.stdout.write(data)) {
         await new Promise<void>((resolve) => {
-          wake = resolve;
-          stream.once('drain', () => resolve());
+          const wake = (): void => {
+            stdoutWaiters.delete(wake);
+            process.stdout.off('drain', wake);
+            resolve();
+          };
+          stdoutWaiters.add(wake);
+          process.stdout.once('drain', wake);
         });
-        wake = undefined;
       }
-      if (failure) throw failure;
+      check();
     },
     async close() {
-      if (failure) throw failure;
-      if (path !== undefined) {
-        stream.end();
-        await once(stream, 'finish');
-      }
+      check();
     },
   };
+}
+
+/** Writes all of `data` at the handle's current position (files, FIFOs and devices alike). */
+async function writeAll(handle: FileHandle, data: Buffer, output: string): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await handle.write(data, done, data.length - done, null).catch((err) => {
+      throw userPathError(err, output, 'output');
+    });
+    done += bytesWritten;
+  }
+}
+
+/**
+ * A user-named output file (README "Paths given to --input and --output"),
+ * created if missing. It is opened without truncation, checked by identity
+ * against the volume and its sidecar, and only then truncated (a regular
+ * file; a FIFO or a device such as /dev/null is written as it is).
+ * @throws INVALID_ARGUMENT (the volume or its sidecar, a folder, a missing folder), IO_ERROR, NO_SPACE
+ */
+export async function openFileSink(output: string, guard: ProtectedFiles): Promise<Sink> {
+  const target = await checkOutputPath(output, guard);
+  const handle = await open(target, constants.O_WRONLY | constants.O_CREAT, 0o666).catch((err) => {
+    throw userPathError(err, output, 'output');
+  });
+  try {
+    const st = await handle.stat({ bigint: true });
+    assertNotProtected(output, st, guard);
+    if (st.isFile()) await handle.truncate(0);
+  } catch (err) {
+    await handle.close();
+    throw userPathError(err, output, 'output');
+  }
+  return {
+    closedByReader: false,
+    write: (data) => writeAll(handle, data, output),
+    async close() {
+      await handle.close().catch((err) => {
+        throw userPathError(err, output, 'output');
+      });
+    },
+  };
+}
+
+/** stdout when `output` is undefined, else openFileSink. */
+export async function openSink(output: string | undefined, guard: ProtectedFiles): Promise<Sink> {
+  return output === undefined ? openStdoutSink() : openFileSink(output, guard);
 }
 
 /**
@@ -137,21 +165,31 @@ export async function copyOut(
   }
 }
 
-
 /**
- * A file written under a temporary name beside `path` and renamed into place
- * by `commit()` after an fdatasync, so an interrupted writer never leaves a
- * half file under the final name. `abort()` removes the temporary file.
+ * A file written under a temporary name beside its target and renamed over
+ * it by `commit()` after an fdatasync, so an interrupted writer never leaves
+ * a half file under the final name. The temporary file
+ * `.NAME.partial-<pid>-<random>` is created exclusively (O_EXCL, O_NOFOLLOW:
+ * never through a planted symlink) and removed by `abort()` or when the
+ * process is interrupted by a signal. An output that exists and is not a
+ * regular file (a FIFO, /dev/null) is written in place instead.
  */
 export interface AtomicFileSink extends Sink {
   commit(): Promise<void>;
   abort(): Promise<void>;
 }
 
-export async function openAtomicFileSink(path: string): Promise<AtomicFileSink> {
-  const tmp = join(dirname(resolve(path)), `.${basename(path)}.partial-${process.pid}`);
-  const handle = await open(tmp, 'w');
-  let position = 0;
+/** @throws INVALID_ARGUMENT (the volume or its sidecar, a folder, a missing folder), IO_ERROR, NO_SPACE */
+export async function openAtomicFileSink(output: string, guard: ProtectedFiles): Promise<AtomicFileSink> {
+  const target = await checkOutputPath(output, guard);
+  const existing = await stat(target).catch(() => undefined);
+  if (existing?.isDirectory()) throw userPathError(Object.assign(new Error('is a directory'), { code: 'EISDIR' }), output, 'output');
+  if (existing && !existing.isFile()) {
+    const sink = await openFileSink(output, guard);
+    return { ...sink, commit: () => sink.close(), abort: () => sink.close().catch(() => undefined) };
+  }
+  const { handle, tmp } = await createPartial(target, output);
+  const forget = onInterrupt(() => rmSync(tmp, { force: true }));
   let closed = false;
   const close = async (): Promise<void> => {
     if (!closed) {
@@ -161,25 +199,35 @@ export async function openAtomicFileSink(path: string): Promise<AtomicFileSink> 
   };
   return {
     closedByReader: false,
-    async write(data) {
-      let done = 0;
-      while (done < data.length) {
-        const { bytesWritten } = await handle.write(data, done, data.length - done, position);
-        done += bytesWritten;
-        position += bytesWritten;
-      }
-    },
-    async close() {
-      await close();
-    },
+    write: (data) => writeAll(handle, data, output),
+    close,
     async commit() {
-      await handle.datasync();
-      await close();
-      await rename(tmp, path);
+      try {
+        await handle.datasync();
+        await close();
+        await rename(tmp, target);
+      } catch (err) {
+        throw userPathError(err, output, 'output');
+      }
+      forget();
     },
     async abort() {
       await close().catch(() => undefined);
       await rm(tmp, { force: true });
+      forget();
     },
   };
+}
+
+/** Creates a fresh `.NAME.partial-<pid>-<random>` beside `target`, exclusively and without following symlinks. */
+async function createPartial(target: string, output: string): Promise<{ handle: FileHandle; tmp: string }> {
+  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+  for (let attempt = 0; ; attempt++) {
+    const tmp = join(dirname(target), `.${basename(target)}.partial-${process.pid}-${randomBytes(4).toString('hex')}`);
+    try {
+      return { handle: await open(tmp, flags, 0o666), tmp };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 8) throw userPathError(err, output, 'output');
+    }
+  }
 }

@@ -1,6 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { CowvolCommand } from '../base-command.js';
 import { copyOut, openSink } from '../io.js';
+import { protectedFilesOf } from '../output-guard.js';
 import { rangeFlags, resolveRange } from '../range.js';
 import { createProgress, progressFlag } from '../progress.js';
 
@@ -19,7 +20,7 @@ export default class Read extends CowvolCommand {
     const { args, flags } = await this.parse(Read);
     await this.withVolume(args.volume, async (volume) => {
       const { offsetBytes, lengthBytes } = resolveRange(flags, volume.sizeBytes);
-      const sink = openSink(flags.output);
+      const sink = await openSink(flags.output, await protectedFilesOf(args.volume));
       const progress = createProgress(flags.progress, 'read');
       try {
         await copyOut((o, l) => volume.read(o, l), offsetBytes, lengthBytes, sink, (d, t) => progress.update(d, t));

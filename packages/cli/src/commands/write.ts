@@ -1,24 +1,50 @@
+import { stat } from 'node:fs/promises';
 import { Args, Flags } from '@oclif/core';
-import { OutOfRangeError } from '@cowvol/cow-core';
+import { IoError, OutOfRangeError, VolumeNotFoundError } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
 import { parseSize } from '../size.js';
 import { STREAM_CHUNK_BYTES, openInput } from '../io.js';
+import { isErrnoError, osError } from '../os-errors.js';
 import { createProgress, progressFlag } from '../progress.js';
+
+/** `OUT_OF_RANGE` for a stream input found longer than the room after --offset while it was spooled (its full length is unknown). */
+class StreamTooLongError extends OutOfRangeError {
+  constructor(offsetBytes: number, seenBytes: number, sizeBytes: number) {
+    super(offsetBytes, seenBytes, sizeBytes);
+    this.message = `the input is longer than the ${Math.max(0, sizeBytes - offsetBytes)} bytes from offset ${offsetBytes} to the end of the volume (${sizeBytes} bytes; stopped reading it after ${seenBytes} bytes); nothing was written`;
+  }
+}
 
 export default class Write extends CowvolCommand {
   static override summary = 'Write bytes from a file (or stdin) into the live volume; durable when it exits';
+  static override description = [
+    'A regular file or a block device is read in place. A pipe, FIFO, process substitution <(...), /dev/stdin or a character device',
+    'is read to its end first, into a temporary file under $TMPDIR (removed afterwards), so that an input too long for the volume',
+    'is refused (OUT_OF_RANGE) before anything is written.',
+  ].join('\n');
   static override examples = ['<%= config.bin %> write vol.img --input disk.img', 'echo hello | <%= config.bin %> write vol.img --offset 1M'];
   static override args = { volume: Args.string({ description: 'path of the volume file', required: true }) };
   static override flags = {
     offset: Flags.string({ description: 'byte offset to write at (bytes, or K/M/G/T suffix)', helpValue: '<size>' }),
-    input: Flags.string({ description: 'file to read from (default: stdin)', helpValue: '<file>' }),
+    input: Flags.string({ description: 'file, device or FIFO to read from (default: stdin)', helpValue: '<file>' }),
     ...progressFlag,
   };
 
   async run(): Promise<{ offsetBytes: number; lengthBytes: number }> {
     const { args, flags } = await this.parse(Write);
     const offsetBytes = flags.offset === undefined ? 0 : parseSize(flags.offset, '--offset');
-    const input = await openInput(flags.input);
+    // The volume file's size is the volume's size: it bounds how much of a stream is spooled.
+    const volumeBytes = await stat(args.volume).then(
+      (st) => st.size,
+      (err) => {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new VolumeNotFoundError(args.volume, { cause: err });
+        throw isErrnoError(err) ? osError(err) : err;
+      },
+    );
+    const input = await openInput(flags.input, {
+      maxBytes: Math.max(0, volumeBytes - offsetBytes),
+      tooLong: (seenBytes) => new StreamTooLongError(offsetBytes, seenBytes, volumeBytes),
+    });
     const progress = createProgress(flags.progress, 'write');
     try {
       const lengthBytes = input.lengthBytes;
@@ -34,6 +60,11 @@ export default class Write extends CowvolCommand {
           progress.update(pos, lengthBytes);
         }
         await volume.flush();
+        if (pos < lengthBytes) {
+          throw new IoError(`the input ${input.path} ended after ${pos} of its ${lengthBytes} bytes (it shrank while being read): ${pos} bytes were written at offset ${offsetBytes}, the rest was not`, {
+            details: { path: input.path, role: 'input', writtenBytes: pos, expectedBytes: lengthBytes, offsetBytes },
+          });
+        }
       });
       this.say(`wrote ${lengthBytes} bytes at offset ${offsetBytes}`);
       return { offsetBytes, lengthBytes };

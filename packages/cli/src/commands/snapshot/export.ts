@@ -2,7 +2,8 @@ import { Args, Flags } from '@oclif/core';
 import { InvalidArgumentError, SnapshotNotFoundError, exportSnapshot, type ExportResult } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 import { human } from '../../format.js';
-import { openAtomicFileSink, openSink } from '../../io.js';
+import { openAtomicFileSink, openStdoutSink } from '../../io.js';
+import { protectedFilesOf } from '../../output-guard.js';
 import { createProgress, progressFlag } from '../../progress.js';
 
 export default class SnapshotExport extends CowvolCommand {
@@ -36,14 +37,14 @@ export default class SnapshotExport extends CowvolCommand {
       const names = new Set((await volume.listSnapshots()).map((s) => s.name));
       for (const n of [args.name, flags.since]) if (n !== undefined && !names.has(n)) throw new SnapshotNotFoundError(n);
       if (flags.output === '-') {
-        const sink = openSink(undefined);
+        const sink = openStdoutSink();
         try {
           return await exportSnapshot(volume, args.name, (b) => sink.write(b), { ...(flags.since ? { since: flags.since } : {}), onProgress: (d, t) => progress.update(d, t) });
         } finally {
           await sink.close();
         }
       }
-      const sink = await openAtomicFileSink(flags.output);
+      const sink = await openAtomicFileSink(flags.output, await protectedFilesOf(args.volume));
       try {
         const r = await exportSnapshot(volume, args.name, (b) => sink.write(b), { ...(flags.since ? { since: flags.since } : {}), onProgress: (d, t) => progress.update(d, t) });
         await sink.commit();

@@ -2,6 +2,7 @@ import { Args, Flags } from '@oclif/core';
 import { SnapshotNotFoundError } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 import { copyOut, openSink } from '../../io.js';
+import { protectedFilesOf } from '../../output-guard.js';
 import { rangeFlags, resolveRange } from '../../range.js';
 import { createProgress, progressFlag } from '../../progress.js';
 
@@ -25,7 +26,7 @@ export default class SnapshotRead extends CowvolCommand {
       // Check the name before creating the output file.
       if (!(await volume.listSnapshots()).some((s) => s.name === args.name)) throw new SnapshotNotFoundError(args.name);
       const { offsetBytes, lengthBytes } = resolveRange(flags, volume.sizeBytes);
-      const sink = openSink(flags.output);
+      const sink = await openSink(flags.output, await protectedFilesOf(args.volume));
       const progress = createProgress(flags.progress, 'snapshot read');
       try {
         await copyOut((o, l) => volume.readSnapshot(args.name, o, l), offsetBytes, lengthBytes, sink, (d, t) => progress.update(d, t));

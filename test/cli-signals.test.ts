@@ -1,0 +1,106 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { watch } from 'node:fs';
+import { mkdir, readdir, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLI, cowvol, sha256File, tempDir } from './helpers.js';
+
+/**
+ * README "Interrupting a command": SIGINT/SIGTERM remove cowvol's temporary
+ * files (the spooled stdin, an export's `.partial` file) and exit 130/143.
+ * Real child processes, signalled while the temporary file exists.
+ */
+let dir: string;
+let cleanup: () => Promise<void>;
+const MiB = 1024 * 1024;
+
+beforeAll(async () => {
+  ({ dir, cleanup } = await tempDir('cowvol-signals-'));
+});
+afterAll(async () => {
+  await cleanup();
+});
+
+function exited(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  return new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stderr })));
+}
+
+/** Polls `folder` until `found(names)` holds (a hung run is stopped by the test timeout). */
+async function waitFor(folder: string, found: (names: string[]) => Promise<boolean>): Promise<void> {
+  while (!(await found(await readdir(folder)))) await sleep(5);
+}
+
+describe('a signal removes the spooled stdin', () => {
+  for (const [signal, exitCode, command] of [
+    ['SIGINT', 130, 'write'],
+    ['SIGTERM', 143, 'import'],
+  ] as const) {
+    it(`${command} from a slow stdin producer, ${signal}: exit ${exitCode}, $TMPDIR/cowvol-stdin-* removed, volume untouched`, async () => {
+      const tmp = join(dir, `tmp-${command}`);
+      await mkdir(tmp);
+      const vol = join(dir, `${command}.img`);
+      if (command === 'write') expect((await cowvol(['create', vol, '--size', '4M'])).code).toBe(0);
+      const volBefore = command === 'write' ? await sha256File(vol) : undefined;
+      const args = command === 'write' ? ['write', vol] : ['import', vol, '--input', '-'];
+      const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, TMPDIR: tmp } });
+      const done = exited(child);
+      child.stdin!.on('error', () => undefined);
+      child.stdin!.write(randomBytes(256 * 1024)); // and never end: a producer that is still running
+      await waitFor(tmp, async (names) => {
+        const spool = names.find((n) => n.startsWith('cowvol-stdin-'));
+        if (spool === undefined) return false;
+        const st = await stat(join(tmp, spool, 'input')).catch(() => undefined);
+        return st !== undefined && st.size > 0;
+      });
+      child.kill(signal);
+      const r = await done;
+      expect(await readdir(tmp)).toEqual([]);
+      expect(r.signal, r.stderr).toBe(null);
+      expect(r.code, r.stderr).toBe(exitCode);
+      expect(r.stderr).toContain(`cowvol: interrupted by ${signal}`);
+      expect(r.stderr).not.toMatch(/^\s+at /m);
+      if (volBefore !== undefined) expect(await sha256File(vol)).toBe(volBefore);
+      else await expect(stat(vol)).rejects.toThrow(); // a full import never created its target
+    });
+  }
+});
+
+describe('a signal removes the export .partial file', () => {
+  it('snapshot export --output <file>, SIGTERM while the .partial file is written: exit 143, no .partial, no output', async () => {
+    const vol = join(dir, 'export.img');
+    expect((await cowvol(['create', vol, '--size', '48M'])).code).toBe(0);
+    await writeFile(join(dir, 'data.bin'), randomBytes(40 * MiB)); // random: every block is exported
+    expect((await cowvol(['write', vol, '--input', join(dir, 'data.bin')])).code).toBe(0);
+    expect((await cowvol(['snapshot', 'create', vol, 's'])).code).toBe(0);
+    const outDir = join(dir, 'out');
+    await mkdir(outDir);
+    // Stop the child as soon as its .partial file appears, so the signal lands mid-export.
+    let seen: string | undefined;
+    let child: ChildProcess | undefined;
+    const watcher = watch(outDir, (_event, name) => {
+      if (seen === undefined && name?.includes('.partial-')) {
+        seen = name;
+        child?.kill('SIGSTOP');
+      }
+    });
+    try {
+      child = spawn(process.execPath, [CLI, 'snapshot', 'export', vol, 's', '--output', join(outDir, 'full.cvs')], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const done = exited(child);
+      await waitFor(outDir, async () => seen !== undefined);
+      expect(seen).toMatch(/^\.full\.cvs\.partial-/);
+      child.kill('SIGTERM');
+      child.kill('SIGCONT');
+      const r = await done;
+      expect(await readdir(outDir)).toEqual([]);
+      expect(r.signal, r.stderr).toBe(null);
+      expect(r.code, r.stderr).toBe(143);
+      expect(r.stderr).toContain('cowvol: interrupted by SIGTERM');
+    } finally {
+      watcher.close();
+    }
+  });
+});
