@@ -1,5 +1,6 @@
 import type { Extent } from './allocator.js';
 import type { CommittedMetadata } from './committed-metadata.js';
+import { verifyLevelDb } from './leveldb-verify.js';
 import { decodeValue, keys, parseHexSuffix, type MetadataDb } from './metadata.js';
 
 /** One problem found by {@link checkVolume}. */
@@ -14,7 +15,9 @@ export interface CheckFinding {
     | 'owned-count-mismatch'
     | 'catalog'
     | 'journal-not-recovered'
-    | 'undecodable-record';
+    | 'undecodable-record'
+    | 'metadata-checksum'
+    | 'store-block-checksum';
   message: string;
 }
 
@@ -33,6 +36,12 @@ export interface CheckReport {
   corruptions: CheckFinding[];
   /** Blocks freed by `--repair` (0 without it). */
   repairedBlocks: number;
+  /** Whether every mapped store block was read and checked against its CRC32C (`--read-data`). */
+  dataChecked: boolean;
+  /** Store blocks that failed their CRC32C (0 unless `dataChecked`). */
+  damagedBlocks: number;
+  /** Names of the snapshots that read a damaged store block (empty unless `dataChecked`). */
+  affectedSnapshots: string[];
 }
 
 /** At most this many findings are listed (the counts stay exact). */
@@ -41,7 +50,8 @@ export const MAX_FINDINGS = 1000;
 /**
  * Scans LevelDB's persisted metadata (not any in-memory view): every
  * `map:` key of every snapshot, the free extents and the catalog, and
- * classifies what it finds (docs/ARCHITECTURE.md, "check"). Memory:
+ * classifies what it finds (docs/ARCHITECTURE.md, "check"); with
+ * `metadataPath`, also every checksum LevelDB keeps in its files. Memory:
  * one bit per store block below the high-water mark.
  */
 export async function checkVolume(
@@ -52,6 +62,8 @@ export async function checkVolume(
     blockSizeBytes: number;
     sizeBytes: number;
     journal: { lastSequence: number; appliedSequence: number };
+    /** The LevelDB folder: when given, every checksum in its files is verified too (leveldb-verify.ts). */
+    metadataPath?: string;
     /** Called every few thousand map records with the records checked and the total the catalog counts. */
     onProgress?: (doneBlocks: number, totalBlocks: number) => void;
   },
@@ -72,6 +84,9 @@ export async function checkVolume(
 
   if (facts.journal.appliedSequence !== facts.journal.lastSequence) {
     found('journal-not-recovered', `journal has committed transaction ${facts.journal.lastSequence} but metadata holds only up to ${facts.journal.appliedSequence}`);
+  }
+  if (facts.metadataPath !== undefined) {
+    for (const problem of await verifyLevelDb(facts.metadataPath)) found('metadata-checksum', `metadata file ${problem}`);
   }
   const ids = new Set(meta.snapshots.keys());
   const names = new Set<string>();
@@ -139,5 +154,8 @@ export async function checkVolume(
     leaks,
     corruptions,
     repairedBlocks: 0,
+    dataChecked: false,
+    damagedBlocks: 0,
+    affectedSnapshots: [],
   };
 }

@@ -164,7 +164,7 @@ export class CommittedMetadata {
     const sbBytes = await db.get(keys.volume);
     if (!sbBytes) throw new NotAVolumeError(`${volumePath}: sidecar is incomplete (no volume record); it was never fully created`);
     const sb = decodeValue.volume(keys.volume, sbBytes);
-    if (sb.formatVersion > FORMAT_VERSION) throw new UnsupportedVersionError(`${volumePath} has format version ${sb.formatVersion}; this cowvol reads up to ${FORMAT_VERSION}`);
+    if (sb.formatVersion !== FORMAT_VERSION) throw unsupportedFormat(volumePath, sb.formatVersion);
     const cpBytes = await db.get(keys.checkpoint);
     const appliedSequence = cpBytes ? decodeValue.checkpoint(keys.checkpoint, cpBytes).sequence : 0;
     const snapshots = new Map<number, SnapshotRecord>();
@@ -354,4 +354,18 @@ export class CommittedMetadata {
     for (const id of touched) if (!dropped.has(id)) ops.push(putOp(keys.snapshot(id), this.snapshots.get(id)!));
     return ops;
   }
+}
+
+/**
+ * A volume of another format version (docs/FORMAT.md §1, "Format versions").
+ * Version 1 kept data-only store checksums (not bound to their mapping) and
+ * is not upgraded in place: its snapshots move through export and import.
+ */
+function unsupportedFormat(volumePath: string, found: number): UnsupportedVersionError {
+  const older = found < FORMAT_VERSION;
+  return new UnsupportedVersionError(
+    `${volumePath} has format version ${found}; this cowvol reads only version ${FORMAT_VERSION}` +
+      (older ? ' (older volumes keep store checksums that are not bound to their mapping: export their snapshots with the cowvol that made them, then import them into a new volume)' : ''),
+    { details: { version: found, supported: FORMAT_VERSION } },
+  );
 }

@@ -35,6 +35,8 @@ export {
   type RecoveryReport,
 } from '@cowvol/journal';
 export { checkVolume, MAX_FINDINGS, type CheckReport, type CheckFinding } from './check.js';
+export { checkStoreData, DATA_CHECK_BATCH_BLOCKS, type DamagedStoreBlock, type DataCheckResult } from './check-data.js';
+export { rebindStoreCrc, storeBlockCrc, storeCrcPrefix, STORE_CRC_PREFIX_BYTES, type StoreBlockIdentity } from './store-crc.js';
 export { FreezeGate } from './freeze-gate.js';
 export { type MetaRecord } from './committed-metadata.js';
 export { runStress, formatStressSummary, mulberry32, type StressOptions, type StressSummary } from './stress.js';

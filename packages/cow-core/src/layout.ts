@@ -27,8 +27,8 @@ export function volumeLayout(volumePath: string): VolumeLayout {
   };
 }
 
-/** Format version of the volume as a whole (sidecar layout + metadata keys). */
-export const FORMAT_VERSION = 1;
+/** Format version of the volume as a whole (sidecar layout, metadata keys, what store checksums cover); 2 binds each store block checksum to its mapping (docs/FORMAT.md §4.2). */
+export const FORMAT_VERSION = 2;
 /** Most snapshots one volume holds (bounds catalog scans and read-through chains). */
 export const MAX_SNAPSHOTS = 4096;
 /** Snapshot names: 1–128 characters of this class. */

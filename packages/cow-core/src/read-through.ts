@@ -1,6 +1,7 @@
-import { assert, crc32c } from '@cowvol/journal';
+import { assert } from '@cowvol/journal';
 import { StoreCorruptError } from './errors.js';
 import type { SnapshotMap } from './snapshot-map.js';
+import { storeBlockCrc } from './store-crc.js';
 
 /**
  * Read-through of one snapshot read request (docs/ARCHITECTURE.md §4.3):
@@ -24,8 +25,9 @@ export const LIVE_GAP_BLOCKS = 8;
 /**
  * Where each block of one read request comes from: for block `first + i`,
  * `storeBlocks[i]` is the store block holding the snapshot's copy (with its
- * CRC32C in `crcs[i]`), or -1 when the snapshot reads through to the live
- * volume; `storeIndexes` lists the i of every store-sourced block, ascending.
+ * bound CRC32C in `crcs[i]` and the id of the snapshot whose map holds it in
+ * `owners[i]`), or -1 when the snapshot reads through to the live volume;
+ * `storeIndexes` lists the i of every store-sourced block, ascending.
  * Built by walking each map of the chain once over the range
  * (`SnapshotMap.forEachInRange`), oldest map first, so the first map that
  * holds a block names its copy — O(maps + mappings in the range), not
@@ -34,8 +36,10 @@ export const LIVE_GAP_BLOCKS = 8;
 export class BlockSources {
   /** Store block of each block, -1 for live. Float64: store blocks may exceed 2^32. */
   readonly storeBlocks: Float64Array;
-  /** CRC32C of each block's store copy (unused for live blocks). */
+  /** Bound CRC32C of each block's store copy (docs/FORMAT.md §4.2; unused for live blocks). */
   readonly crcs: Uint32Array;
+  /** Id of the snapshot whose map holds each block's copy: part of what its CRC32C binds (unused for live blocks). */
+  readonly owners: Uint32Array;
   /** Indexes of the store-sourced blocks, ascending: a prefix of `indexes` (set by the factories). */
   storeIndexes: Int32Array;
   private readonly indexes: Int32Array;
@@ -43,11 +47,12 @@ export class BlockSources {
   private constructor(readonly first: number, readonly count: number, readonly blockSizeBytes: number) {
     assert(Number.isSafeInteger(first) && first >= 0 && Number.isSafeInteger(count) && count > 0 && count < 2 ** 31, `bad block range ${first}+${count}`);
     assert(Number.isSafeInteger(blockSizeBytes) && blockSizeBytes > 0, `bad block size ${blockSizeBytes}`);
-    // One backing store for the three arrays (fewer allocations per request): 8 + 4 + 4 bytes per block.
-    const backing = new ArrayBuffer(16 * count);
+    // One backing store for the four arrays (fewer allocations per request): 8 + 4 + 4 + 4 bytes per block.
+    const backing = new ArrayBuffer(20 * count);
     this.storeBlocks = new Float64Array(backing, 0, count).fill(-1);
     this.crcs = new Uint32Array(backing, 8 * count, count);
-    this.indexes = new Int32Array(backing, 12 * count, count);
+    this.owners = new Uint32Array(backing, 12 * count, count);
+    this.indexes = new Int32Array(backing, 16 * count, count);
     this.storeIndexes = this.indexes.subarray(0, 0);
   }
 
@@ -59,7 +64,7 @@ export class BlockSources {
   static resolve(chain: readonly SnapshotMap[], first: number, count: number, blockSizeBytes: number): BlockSources {
     const sources = new BlockSources(first, count, blockSizeBytes);
     const last = first + count - 1;
-    const { storeBlocks, crcs, indexes } = sources;
+    const { storeBlocks, crcs, owners, indexes } = sources;
     let found = 0;
     let ascending = true;
     for (const map of chain) {
@@ -69,6 +74,7 @@ export class BlockSources {
         if (storeBlocks[i]! >= 0) return; // an older map of the chain holds it
         storeBlocks[i] = storeBlock;
         crcs[i] = crc;
+        owners[i] = map.snapshotId;
         if (found > 0 && indexes[found - 1]! > i) ascending = false;
         indexes[found++] = i;
       });
@@ -78,11 +84,13 @@ export class BlockSources {
     return sources;
   }
 
-  /** A one-block source: block `block` from store block `storeBlock` with `crc` (a re-check's re-read). */
-  static ofStoreBlock(block: number, storeBlock: number, crc: number, blockSizeBytes: number): BlockSources {
-    const sources = new BlockSources(block, 1, blockSizeBytes);
-    sources.storeBlocks[0] = storeBlock;
-    sources.crcs[0] = crc;
+  /** A one-block source: block `i` of `from` (a re-check's re-read of a copy published during a read). */
+  static ofStoreBlock(from: BlockSources, i: number): BlockSources {
+    assert(!from.isLive(i), `block ${from.first + i} reads through to live`);
+    const sources = new BlockSources(from.first + i, 1, from.blockSizeBytes);
+    sources.storeBlocks[0] = from.storeBlocks[i]!;
+    sources.crcs[0] = from.crcs[i]!;
+    sources.owners[0] = from.owners[i]!;
     sources.indexes[0] = 0;
     sources.storeIndexes = sources.indexes.subarray(0, 1);
     return sources;
@@ -180,10 +188,14 @@ export class SnapshotReader {
     for (const op of ops) if (op.scratch) op.into.copy(out, op.index * bs);
   }
 
-  /** Index in `op` of the first store block that fails its CRC32C, or -1. */
+  /** Index in `op` of the first store block that fails its bound CRC32C (docs/FORMAT.md §4.2), or -1. */
   private firstBadBlock(sources: BlockSources, op: ReadOp): number {
     const bs = sources.blockSizeBytes;
-    for (let k = 0; k < op.blocks; k++) if (crc32c(op.into.subarray(k * bs, (k + 1) * bs)) !== sources.crcs[op.index + k]) return k;
+    for (let k = 0; k < op.blocks; k++) {
+      const i = op.index + k;
+      const id = { snapshotId: sources.owners[i]!, volumeBlock: sources.first + i, storeBlock: sources.storeBlocks[i]! };
+      if (storeBlockCrc(id, op.into.subarray(k * bs, (k + 1) * bs)) !== sources.crcs[i]) return k;
+    }
     return -1;
   }
 
@@ -195,7 +207,7 @@ export class SnapshotReader {
     const i = op.index + k;
     const storeBlock = sources.storeBlocks[i]!;
     const block = sources.first + i;
-    throw new StoreCorruptError(`store block ${storeBlock} (volume block ${block} of snapshot ${snapshotName}) fails its checksum`, {
+    throw new StoreCorruptError(`store block ${storeBlock} (volume block ${block} of snapshot ${snapshotName}) fails its checksum: the copy is damaged, or its mapping names another block`, {
       details: { snapshot: snapshotName, storeBlock, offsetBytes: block * bs, lengthBytes: bs },
     });
   }

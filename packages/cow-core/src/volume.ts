@@ -10,7 +10,6 @@ import {
   Journal,
   JournalCorruptError,
   assert,
-  crc32c,
   fileDeviceOpener,
   type BlockDevice,
   type DeviceOpener,
@@ -63,6 +62,8 @@ import { nameExists, refuseOtherNames, volumeBehindLink } from './volume-names.j
 import { CommittedMetadata, maxMapRunBlocks, type MetaRecord } from './committed-metadata.js';
 import { FreezeGate } from './freeze-gate.js';
 import { checkVolume, type CheckReport } from './check.js';
+import { checkStoreInto } from './check-data.js';
+import { rebindStoreCrc, storeBlockCrc } from './store-crc.js';
 import { unionOfMaps, type DiffResult, type NamedMap } from './diff.js';
 import { freeableBlocks, planDelete, type DeletePlan, type SpaceReport } from './space.js';
 import { validateLabels } from './labels.js';
@@ -673,9 +674,14 @@ export class Volume {
    * (mapped twice, mapped but free, map beyond the store or the store file,
    * map of an unknown snapshot, owned-block count wrong, impossible
    * catalog). With `repair`, leaks are freed in one journal transaction.
-   * Runs frozen; O(mapped blocks + free extents).
+   * With `readData`, every mapped store block is also read and checked
+   * against its bound CRC32C, and the snapshots reading a damaged one are
+   * named (check-data.ts; progress phase `data`). Runs frozen;
+   * O(mapped blocks + free extents), plus one read of the used store with
+   * `readData`.
+   * @throws IO_ERROR (a store read of `readData` fails)
    */
-  async check(options: { repair?: boolean; onProgress?: (doneBlocks: number, totalBlocks: number) => void } = {}): Promise<CheckReport> {
+  async check(options: { repair?: boolean; readData?: boolean; onProgress?: (doneBlocks: number, totalBlocks: number, phase?: 'data') => void } = {}): Promise<CheckReport> {
     return this.frozen(async () => {
       await this.checkpoint(); // everything home: the store file must hold every mapped block
       const report = await checkVolume(this.db, this.meta, {
@@ -683,8 +689,10 @@ export class Volume {
         blockSizeBytes: this.blockSizeBytes,
         sizeBytes: this.sizeBytes,
         journal: { lastSequence: this.journal.lastCommittedSequence, appliedSequence: this.meta.appliedSequence },
+        metadataPath: this.layout.metaPath,
         ...(options.onProgress ? { onProgress: options.onProgress } : {}),
       });
+      if (options.readData) await checkStoreInto(report, this.db, this.meta, this.store, options.onProgress);
       if (options.repair && report.leaks.length > 0 && report.corruptions.length === 0) {
         await this.commitRecords(report.leaks.map((e) => ({ o: 'free' as const, p: e.startBlock, n: e.lengthBlocks })));
         // The live allocator learns the freed space too.
@@ -1503,7 +1511,7 @@ export class Volume {
           while (j < blocks.length && j - i < maxRun && blocks[j] === blocks[j - 1]! + 1 && storeBlocks[j] === storeBlocks[j - 1]! + 1) j++;
           const data = await this.readLive(blocks[i]! * bs, (j - i) * bs);
           assert(data.length === (j - i) * bs, 'COW copy length');
-          for (let k = i; k < j; k++) crcs[k] = crc32c(data.subarray((k - i) * bs, (k - i + 1) * bs));
+          for (let k = i; k < j; k++) crcs[k] = storeBlockCrc({ snapshotId: active.id, volumeBlock: blocks[k]!, storeBlock: storeBlocks[k]! }, data.subarray((k - i) * bs, (k - i + 1) * bs));
           if (journaled) {
             // The copy travels in the same transaction as its mapping: atomic, no separate store sync.
             for (let k = i; k < j; k++) handle.logImage(TARGET_STORE, storeBlocks[k]! + 1, data.subarray((k - i) * bs, (k - i + 1) * bs));
@@ -1592,7 +1600,7 @@ export class Volume {
         }
         if (now.isLive(i)) continue;
         this.stats.readRechecks += 1;
-        await this.snapshotReader.read(rec.name, BlockSources.ofStoreBlock(first + i, now.storeBlocks[i]!, now.crcs[i]!, bs), out.subarray(i * bs, (i + 1) * bs));
+        await this.snapshotReader.read(rec.name, BlockSources.ofStoreBlock(now, i), out.subarray(i * bs, (i + 1) * bs));
       }
     }
     const start = offsetBytes - first * bs;
@@ -1654,9 +1662,10 @@ export class Volume {
         const freed: number[] = [];
         for (const [block, storeBlock, crc] of batch) {
           if (older && olderMap && !olderMap.has(block)) {
-            // The older snapshot read through to this copy: it becomes its own.
-            records.push({ o: 'move', from: rec.id, to: older.id, b: block, p: storeBlock, crc });
-            moved.push([block, storeBlock, crc]);
+            // The older snapshot read through to this copy: it becomes its own, its CRC rebound without reading it (docs/FORMAT.md §4.2).
+            const handed = rebindStoreCrc(crc, { snapshotId: rec.id, volumeBlock: block, storeBlock }, { snapshotId: older.id, volumeBlock: block, storeBlock }, this.blockSizeBytes);
+            records.push({ o: 'move', from: rec.id, to: older.id, b: block, p: storeBlock, crc: handed });
+            moved.push([block, storeBlock, handed]);
           } else {
             records.push({ o: 'unmap', id: rec.id, b: block, p: storeBlock });
             freed.push(storeBlock);

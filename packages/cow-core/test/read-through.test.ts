@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { crc32c } from '@cowvol/journal';
+import { storeBlockCrc } from '../src/store-crc.js';
 import { BlockSources, IoError, LIVE_GAP_BLOCKS, SnapshotReader, type ReadThroughIo } from '../src/index.js';
 import { MAP_REGION_BLOCKS, SnapshotMap } from '../src/snapshot-map.js';
 import { decodeMapFast, decodeValue, encodeValue } from '../src/metadata.js';
@@ -149,7 +149,8 @@ function fakeIo(bs: number, hooks: { store?: (p: number) => Promise<void> } = {}
   return { io, log, inFlight: () => inFlight };
 }
 
-const storeCrc = (p: number, bs: number): number => crc32c(Buffer.alloc(bs, (p % 253) + 1));
+/** The bound CRC32C (store-crc.ts) of the fake store's block `p`, mapped at `block` of snapshot 1. */
+const storeCrc = (block: number, p: number, bs: number): number => storeBlockCrc({ snapshotId: 1, volumeBlock: block, storeBlock: p }, Buffer.alloc(bs, (p % 253) + 1));
 
 describe('SnapshotReader', () => {
   const BS = 512;
@@ -165,7 +166,7 @@ describe('SnapshotReader', () => {
       for (let i = 0; i < count; i++) {
         if (rnd() >= density) continue;
         if (rnd() < 0.3) p += 1 + int(rnd, 5); // break store contiguity now and then
-        map.set(first + i, p, storeCrc(p, BS));
+        map.set(first + i, p, storeCrc(first + i, p, BS));
         p++;
       }
       const sources = BlockSources.resolve([map], first, count, BS);
@@ -195,8 +196,8 @@ describe('SnapshotReader', () => {
 
   it('a block failing its checksum is read again from the file; still failing, it is STORE_CORRUPT naming the block', async () => {
     const map = new SnapshotMap(1);
-    map.set(3, 7, storeCrc(7, BS));
-    map.set(4, 8, storeCrc(8, BS) ^ 1); // the recorded CRC matches neither read
+    map.set(3, 7, storeCrc(3, 7, BS));
+    map.set(4, 8, storeCrc(4, 8, BS) ^ 1); // the recorded CRC matches neither read
     const sources = BlockSources.resolve([map], 0, 6, BS);
     const { io, log } = fakeIo(BS);
     const err = await new SnapshotReader(io).read('snap', sources, Buffer.alloc(6 * BS)).catch((e: unknown) => e);
@@ -206,7 +207,7 @@ describe('SnapshotReader', () => {
 
   it('a failed read fails the request only after every read it started has ended', async () => {
     const map = new SnapshotMap(1);
-    for (let i = 0; i < 40; i++) map.set(2 * i, 10 * i, storeCrc(10 * i, BS)); // 40 one-block store runs
+    for (let i = 0; i < 40; i++) map.set(2 * i, 10 * i, storeCrc(2 * i, 10 * i, BS)); // 40 one-block store runs
     const sources = BlockSources.resolve([map], 0, 80, BS);
     const { io, inFlight } = fakeIo(BS, {
       store: async (p) => {
