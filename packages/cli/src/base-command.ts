@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
-import { CowvolError, InvalidArgumentError, Volume } from '@cowvol/cow-core';
+import { CowvolError, InvalidArgumentError, Volume, escapeTerminalText } from '@cowvol/cow-core';
 import { exitCodeFor } from './exit-codes.js';
 
 /**
@@ -93,7 +93,8 @@ export abstract class CowvolCommand extends Command {
       code = 'INTERNAL';
     }
     exit = this.exitCodeOf(code);
-    process.stderr.write(`cowvol: error [${code}]: ${err.message}\n`);
+    // Messages quote user text (names, labels, paths): control and bidirectional code points are escaped (README, "Labels").
+    process.stderr.write(`cowvol: error [${code}]: ${err.message.split('\n').map(escapeTerminalText).join('\n')}\n`);
     if (code === 'NO_SPACE') {
       process.stderr.write('cowvol: the disk is full; every snapshot is intact. Free disk space, or delete snapshots (`cowvol snapshot list` shows what deleting each frees), then retry.\n');
     }

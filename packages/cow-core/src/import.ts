@@ -5,11 +5,13 @@ import {
   ImportPendingError,
   ResumeMismatchError,
   SnapshotExistsError,
+  SnapshotLimitError,
   VolumeExistsError,
   VolumeNotFoundError,
 } from './errors.js';
 import { SCHEMA_VERSION, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import { mergeExtents } from './diff.js';
+import { MAX_SNAPSHOTS } from './layout.js';
 import { readExtent, verifyStream, type StreamHeader, type StreamSource, type VerifiedStream } from './stream.js';
 import { Volume } from './volume.js';
 
@@ -99,16 +101,19 @@ function markerMatches(marker: ImportRecord, v: VerifiedStream): boolean {
  * Imports a cowvol stream (stream.ts) into the volume at `path`.
  *
  * 1. **Verify** the whole stream first (every checksum, order, bounds,
- *    trailer): a corrupt or truncated stream is refused (STREAM_CORRUPT,
- *    naming the failed record) before the target is touched — a full stream
- *    does not even create it.
+ *    trailer, and every header field: geometry, snapshot names, labels —
+ *    stream-header.ts): a corrupt, truncated or inapplicable stream is
+ *    refused (STREAM_CORRUPT, naming the failed record or header field)
+ *    before the target is touched — a full stream does not even create it;
+ *    `dryRun` finds the same failures.
  * 2. **Check the target**: a full stream creates a new volume of the
  *    header's size and block size (VOLUME_EXISTS if the path exists). An
  *    incremental stream needs an existing volume of the same size with a
  *    snapshot of the stream's base identity whose content the live volume
  *    still holds (the blocks written since it — its diff to live — are
  *    compared: O(blocks written since)), else BASE_MISMATCH; the source
- *    snapshot's name must be free (SNAPSHOT_EXISTS).
+ *    snapshot's name must be free (SNAPSHOT_EXISTS) and the catalog not
+ *    full (SNAPSHOT_LIMIT).
  * 3. **Mark** the import (journaled `import` record: stream identity, next
  *    extent), then **apply** the extents through the normal write path (so
  *    an incremental import COWs the base snapshot's blocks: the base stays
@@ -121,7 +126,7 @@ function markerMatches(marker: ImportRecord, v: VerifiedStream): boolean {
  *    target, with its labels and `origin` = the source identity (so the next
  *    incremental can check its base), and clears the marker.
  *
- * @throws NOT_A_STREAM, UNSUPPORTED_VERSION, STREAM_CORRUPT, VOLUME_EXISTS, VOLUME_NOT_FOUND, BASE_MISMATCH, SNAPSHOT_EXISTS, IMPORT_PENDING, RESUME_MISMATCH, VERIFY_FAILED, NO_SPACE, IO_ERROR, VOLUME_BUSY
+ * @throws NOT_A_STREAM, UNSUPPORTED_VERSION, STREAM_CORRUPT, VOLUME_EXISTS, VOLUME_NOT_FOUND, BASE_MISMATCH, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, IMPORT_PENDING, RESUME_MISMATCH, VERIFY_FAILED, NO_SPACE, IO_ERROR, VOLUME_BUSY
  */
 export async function importStream(path: string, source: StreamSource, options: ImportOptions = {}): Promise<ImportResult> {
   const progress = options.onProgress;
@@ -307,6 +312,8 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
     );
   }
   if (snapshots.some((s) => s.name === h.source.name)) throw new SnapshotExistsError(h.source.name);
+  // The last step creates a snapshot: a full catalog must refuse now, not after the extents are applied.
+  if (snapshots.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
   return options.dryRun ? 'dry-run' : newMarker(v);
 }
 

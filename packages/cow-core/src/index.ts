@@ -41,7 +41,8 @@ export { runStress, formatStressSummary, mulberry32, type StressOptions, type St
 export { type CreateSnapshotOptions, type MultiDeleteResult } from './volume.js';
 export { unionOfMaps, mergeExtents, type DiffExtent, type DiffResult } from './diff.js';
 export { freeableBlocks, planDelete, type SnapshotSpace, type StoreSpace, type SpaceReport, type DeletePlan } from './space.js';
-export { validateLabels, parseLabel, LABEL_KEY_PATTERN, MAX_LABELS, MAX_LABEL_VALUE_CHARS } from './labels.js';
+export { validateLabels, parseLabel, escapeLabelText, LABEL_KEY_PATTERN, LABEL_VALUE_FORBIDDEN, MAX_LABELS, MAX_LABEL_VALUE_CHARS } from './labels.js';
+export { escapeTerminalText, TERMINAL_UNSAFE } from './terminal-text.js';
 export { type SnapshotIdentity, type ImportRecord } from './metadata.js';
 export {
   STREAM_MAGIC,
