@@ -1,5 +1,5 @@
 import { chmod, readFile, readdir, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StreamWriter, escapeTerminalText, type SnapshotIdentity, type StreamHeader } from '@cowvol/cow-core';
@@ -189,6 +189,24 @@ async function walkModes(root: string): Promise<Array<[string, number]>> {
   return out;
 }
 
+/**
+ * The entries of a walked tree that group or others can read: read bit on
+ * the entry for that class, and search (x) on the root and every folder
+ * between the root and the entry.
+ */
+function readableByOthers(root: string, modes: Array<[string, number]>): string[] {
+  const modeOf = new Map(modes);
+  const out: string[] = [];
+  for (const [path, mode] of modes) {
+    for (const [who, r, x] of [['group', 0o040, 0o010], ['others', 0o004, 0o001]] as const) {
+      let reachable = true;
+      for (let p = dirname(path); reachable && p.length >= root.length; p = dirname(p)) reachable = ((modeOf.get(p) ?? 0) & x) !== 0;
+      if (reachable && mode & r) out.push(`${path} (${who}, mode ${mode.toString(8)})`);
+    }
+  }
+  return out;
+}
+
 /** `cowvol <args>` run under `umask <mask>` (through sh, as a user's shell would). */
 function cowvolUnderUmask(mask: string, args: string[]): ReturnType<typeof run> {
   return run('sh', ['-c', `umask ${mask} && exec "$0" "$@"`, process.execPath, CLI, ...args]);
@@ -209,8 +227,9 @@ describe('sidecar permissions', () => {
     const sidecar = modes[0]!;
     expect(sidecar[1], 'the sidecar folder').toBe(0o700);
     for (const name of ['store', 'journal']) expect(modes.find(([p]) => p === join(`${vol}.cowvol`, name))?.[1], name).toBe(0o600);
+    expect(modes.some(([p]) => p.includes(join('.cowvol', 'meta', '')))).toBe(true);
     // LevelDB creates its files with the umask (0644): the 0700 folder above them is what keeps others out.
-    expect(modes.filter(([, m]) => m & 0o077 && modes[0]![1] & 0o077)).toEqual([]);
+    expect(readableByOthers(`${vol}.cowvol`, modes)).toEqual([]);
   });
 
   it('a new volume under umask 022 keeps its usual modes; a volume made private later gets its sidecar narrowed at the next open, never widened', async () => {

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { mkdir, open as openFile, rm, stat } from 'node:fs/promises';
+import { open as openFile, rm, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Mutex } from 'async-mutex';
@@ -65,6 +65,7 @@ import { checkVolume, type CheckReport } from './check.js';
 import { unionOfMaps, type DiffResult, type NamedMap } from './diff.js';
 import { freeableBlocks, planDelete, type DeletePlan, type SpaceReport } from './space.js';
 import { validateLabels } from './labels.js';
+import { makeSidecarFolder, narrowMode, sidecarModes, tightenSidecarFolder, type SidecarModes } from './sidecar-mode.js';
 import { decodeValue as decodeMeta, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import { WriteBackStage, writeBackError } from './write-back.js';
 
@@ -305,6 +306,7 @@ export class Volume {
 
     let sizeBytes: number;
     let createdFile = false;
+    let sidecar: SidecarModes | undefined;
     if (options.adopt) {
       const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
         if (err.code === 'ENOENT') throw new VolumeNotFoundError(path, { cause: err });
@@ -331,7 +333,9 @@ export class Volume {
         await dev.close();
       }
       try {
-        await mkdir(layout.sidecarPath);
+        // No more accessible than the volume file (docs/ARCHITECTURE.md, "Sidecar permissions").
+        sidecar = sidecarModes((await stat(path)).mode);
+        await makeSidecarFolder(layout.sidecarPath, sidecar);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new VolumeExistsError(`${layout.sidecarPath} appeared while creating`, path);
         throw err;
@@ -349,9 +353,11 @@ export class Volume {
         await storeDev.write(0, SnapshotStore.header(uuid, blockSizeBytes));
         await storeDev.sync();
         await storeDev.close();
+        await narrowMode(layout.storePath, sidecar!.fileMode);
         const journalDev = await opener.open(layout.journalPath, { create: true });
         await Journal.format(journalDev, { uuid, blockSizeBytes, lengthBlocks: journalBytes / blockSizeBytes });
         await journalDev.close();
+        await narrowMode(layout.journalPath, sidecar!.fileMode);
         const db = await MetadataDb.open(layout.metaPath, true);
         const sb: VolumeRecord = {
           v: SCHEMA_VERSION,
@@ -403,6 +409,8 @@ export class Volume {
     if (!(await exists(layout.sidecarPath))) {
       throw new NotAVolumeError(`${path} is not a cowvol volume (no ${layout.sidecarPath}); run \`cowvol create ${path} --adopt\` to make it one`);
     }
+    // A sidecar more open than its volume file is narrowed, never widened (docs/ARCHITECTURE.md, "Sidecar permissions").
+    await tightenSidecarFolder(layout.sidecarPath, st.mode);
     const lock = await OwnerLock.acquire(layout, options.lockStaleMs === undefined ? {} : { staleMs: options.lockStaleMs });
     const opened: Array<{ close(): Promise<void> }> = [];
     try {
