@@ -66,5 +66,6 @@ export {
   type VerifiedStream,
 } from './stream.js';
 export { exportSnapshot, type ExportOptions, type ExportResult } from './export.js';
+export { fileDataRanges, type ByteRange, type HoleDetection } from './live-data.js';
 export { importStream, VerifyFailedError, IMPORT_MARKER_INTERVAL_BYTES, type ImportOptions, type ImportResult, type ImportProgress } from './import.js';
 export { restoreSnapshot, type RestoreOptions, type RestoreResult } from './restore.js';

@@ -758,6 +758,19 @@ export class Volume {
   }
 
   /**
+   * Makes the volume file hold every live block written so far: in
+   * `journal` data mode, checkpoints the journal (images still only in the
+   * journal go home); in `ordered` mode, nothing to do (writes acknowledged
+   * land in place; a snapshot drains the write-back stage). A full export
+   * calls it before looking for the file's holes (docs/ARCHITECTURE.md §9.5).
+   * @throws IO_ERROR, NO_SPACE, JOURNAL_ABORTED
+   */
+  async checkpointLive(): Promise<void> {
+    if (this.meta.sb.dataMode !== 'journal') return;
+    await this.frozen(() => this.checkpoint());
+  }
+
+  /**
    * Space accounting: for each snapshot the store blocks it owns and the
    * blocks deleting it alone would free (all of them without an older
    * neighbour, else only those the older neighbour also maps: the others
