@@ -3,7 +3,7 @@ import { mergeExtents } from './diff.js';
 import { MAX_EXTENT_BYTES, StreamWriter, type StreamHeader } from './stream.js';
 import type { SnapshotIdentity } from './metadata.js';
 import type { Volume } from './volume.js';
-import { fileDataRanges, unionPieces, type ByteRange, type HoleDetection } from './live-data.js';
+import { fileDataRanges, unionPieces, type ByteRange, type DataRangeOptions, type HoleDetection } from './live-data.js';
 
 /** Options for {@link exportSnapshot}. */
 export interface ExportOptions {
@@ -87,11 +87,7 @@ export async function exportSnapshot(volume: Volume, name: string, out: (bytes: 
   let pieces: AsyncIterable<ByteRange> | Iterable<ByteRange>;
   let totalBytes: number;
   if (since === undefined) {
-    // Live images home first (journal mode): the file's holes are then the snapshot's zeros.
-    await volume.checkpointLive();
-    const mapped = (await volume.diff(name)).extents;
-    const live = fileDataRanges((await volume.info()).path, volume.sizeBytes, { detectHoles: options.detectHoles !== false, report });
-    pieces = unionPieces(live, mapped, volume.blockSizeBytes, volume.sizeBytes, MAX_EXTENT_BYTES);
+    pieces = await snapshotDataPieces(volume, name, { detectHoles: options.detectHoles !== false, report });
     totalBytes = volume.sizeBytes;
   } else {
     const changed = mergeExtents((await volume.diff(since, name)).extents, MAX_EXTENT_BYTES);
@@ -103,6 +99,22 @@ export async function exportSnapshot(volume: Volume, name: string, out: (bytes: 
   const readBytes = await writePieces(volume, name, writer, pieces, (done) => options.onProgress?.(done, totalBytes));
   const totals = await writer.finish();
   return { name, since: since ?? null, kind: header.kind, source, base, ...totals, readBytes, holeDetection: since === undefined ? report.holeDetection : null };
+}
+
+/**
+ * The pieces of snapshot `name` that can hold non-zero bytes, in volume
+ * order, block-aligned, at most 4 MiB each (docs/ARCHITECTURE.md §9.5): the
+ * extents its read-through chain maps and the data regions of the volume
+ * file, after the journal's live images are home. Every byte outside them
+ * reads as zero in the snapshot. Lazy: memory is the mapped-extent list.
+ * @throws SNAPSHOT_NOT_FOUND, IO_ERROR
+ */
+export async function snapshotDataPieces(volume: Volume, name: string, options: DataRangeOptions = {}): Promise<AsyncIterable<ByteRange>> {
+  // Live images home first (journal mode): the file's holes are then the snapshot's zeros.
+  await volume.checkpointLive();
+  const mapped = (await volume.diff(name)).extents;
+  const live = fileDataRanges((await volume.info()).path, volume.sizeBytes, options);
+  return unionPieces(live, mapped, volume.blockSizeBytes, volume.sizeBytes, MAX_EXTENT_BYTES);
 }
 
 /** All zeros, the size of the largest piece. */

@@ -109,6 +109,7 @@ async function* seekRegions(path: string, sizeBytes: number, covered: (endBytes:
   });
   let pending = '';
   let bad = false;
+  let ended = false;
   try {
     for await (const chunk of child.stdout as AsyncIterable<Buffer>) {
       pending += chunk.toString('latin1');
@@ -125,8 +126,10 @@ async function* seekRegions(path: string, sizeBytes: number, covered: (endBytes:
       }
       if (bad) break;
     }
+    ended = !bad;
   } finally {
-    if (child.exitCode === null) child.kill();
+    // Stopped early (a bad line, or the consumer gave up): the helper has nothing more to say.
+    if (!ended && child.exitCode === null) child.kill();
   }
   const code = await exited;
   return bad || code !== 0 || pending !== '';
