@@ -50,21 +50,17 @@ async function exists(path: string): Promise<boolean> {
 }
 
 describe('labels', () => {
-  it('a label value with a C1 control (CSI), a bidi override or a line separator is refused (INVALID_LABEL, exit 2); nothing is stored', async () => {
+  it('a label value with a C1 control (CSI) or a bidi override is refused (INVALID_LABEL, exit 2); nothing is stored', async () => {
+    // Every refused code point is covered at the API level (packages/cow-core/test/labels.test.ts); here, both commands that set labels.
     const vol = join(dir, 'labels.img');
     await ok(['create', vol, '--size', '1M']);
     await ok(['snapshot', 'create', vol, 's1', '--label', 'kind=nightly']);
-    const values = ['\u009b31mred', 'a\u0085b', 'x\u202egnp.exe', 'iso\u2066late', 'line\u2028sep', 'del\u007f'];
-    for (const [i, value] of values.entries()) {
-      if (i % 2 === 0) {
-        const created = await cowvol(['snapshot', 'create', vol, 's2', '--label', `k=${value}`, '--json']);
-        expect(created.code, JSON.stringify(value)).toBe(2);
-        expect(json(created)).toMatchObject({ error: { code: 'INVALID_LABEL' } });
-      }
-      const labelled = await cowvol(['snapshot', 'label', vol, 's1', `k=${value}`]);
-      expect(labelled.code, JSON.stringify(value)).toBe(2);
-      expect(labelled.stderr).toContain('[INVALID_LABEL]');
-    }
+    const created = await cowvol(['snapshot', 'create', vol, 's2', '--label', 'k=\u009b31mred', '--json']);
+    expect(created.code).toBe(2);
+    expect(json(created)).toMatchObject({ error: { code: 'INVALID_LABEL' } });
+    const labelled = await cowvol(['snapshot', 'label', vol, 's1', 'k=x\u202egnp.exe']);
+    expect(labelled.code).toBe(2);
+    expect(labelled.stderr).toContain('[INVALID_LABEL]');
     const list = json<Listed>(await ok(['snapshot', 'list', vol, '--json']));
     expect(list.snapshots.map((s) => [s.name, s.labels])).toEqual([['s1', { kind: 'nightly' }]]);
   });
@@ -79,8 +75,6 @@ describe('labels', () => {
     const created = await cowvol(['snapshot', 'create', vol, 's2', '--label', '__proto__=x']);
     expect(created.code).toBe(2);
     expect(created.stderr).toContain('[INVALID_LABEL]');
-    const list = json<Listed>(await ok(['snapshot', 'list', vol, '--json']));
-    expect(list.snapshots.map((s) => [s.name, s.labels])).toEqual([['s1', { kind: 'nightly' }]]);
     // Keys that are ordinary properties in JavaScript round-trip as given, through export and import too.
     await ok(['snapshot', 'label', vol, 's1', 'constructor=c', '__proto_=p', 'toString=t']);
     const stream = join(dir, 'proto.cvs');
@@ -89,7 +83,9 @@ describe('labels', () => {
     await ok(['import', target, '--input', stream]);
     const want = { kind: 'nightly', constructor: 'c', __proto_: 'p', toString: 't' };
     for (const v of [vol, target]) {
-      const labels = json<Listed>(await ok(['snapshot', 'list', v, '--json'])).snapshots[0]!.labels;
+      const listed = json<Listed>(await ok(['snapshot', 'list', v, '--json'])).snapshots;
+      expect(listed.map((s) => s.name)).toEqual(['s1']); // s2 was never created
+      const labels = listed[0]!.labels;
       expect(labels).toEqual(want);
       expect(Object.keys(labels).sort()).toEqual(Object.keys(want).sort());
     }
@@ -117,27 +113,21 @@ describe('labels', () => {
 });
 
 describe('import validates the whole stream header before the first write', () => {
-  it('a full stream with an invalid snapshot name or impossible geometry is refused (exit 8) by --dry-run and by the import; no target appears', async () => {
+  it('a full stream with an invalid snapshot name or an impossible block size is refused (exit 8) by --dry-run and by the import; no target appears', async () => {
+    // Every header rule is covered at the API level (packages/cow-core/test/stream-header.test.ts); here, the exit codes.
     const cases: Array<[string, Partial<StreamHeader>, string]> = [
-      ['bad-name', { source: identity('two words') }, 'source.name'],
-      ['ctl-name', { source: identity('x\u009b') }, 'source.name'],
+      ['bad-name', { source: identity('x\u009b two') }, 'source.name'],
       ['bs-1000', { blockSizeBytes: 1000, sizeBytes: 1000 * 64 }, 'blockSizeBytes'],
-      ['bs-128k', { blockSizeBytes: 131072, sizeBytes: 131072 * 4 }, 'blockSizeBytes'],
-      ['too-big', { sizeBytes: 2 ** 53 - 4096 * 2 }, 'sizeBytes'],
-      ['bad-label', { labels: { k: 'v\u009b' } }, 'labels'],
-      ['bad-producer', { producer: '' }, 'producer'],
     ];
     for (const [name, overrides, field] of cases) {
-      const bs = overrides.blockSizeBytes ?? 4096;
       const path = join(dir, `${name}.cvs`);
-      await writeFile(path, await craftStream(fullHeader(overrides), [{ offset: 0, data: randomBytes(bs) }]));
+      await writeFile(path, await craftStream(fullHeader(overrides), [{ offset: 0, data: randomBytes(overrides.blockSizeBytes ?? 4096) }]));
       const target = join(dir, `${name}.img`);
-      // The real import too where the old code wrote before failing (a name, a block size).
-      for (const args of name === 'bad-name' || name === 'bs-1000' ? [['--dry-run'], []] : [['--dry-run']]) {
+      for (const args of [['--dry-run'], []]) {
         const r = await cowvol(['import', target, '--input', path, '--json', ...args]);
         expect(r.code, `${name} ${args.join(' ')}: ${r.stderr}`).toBe(8);
         expect(json(r), name).toMatchObject({ error: { code: 'STREAM_CORRUPT', details: { record: 'header' } } });
-        expect(String((json(r) as { error: { details: { field: string } } }).error.details.field)).toContain(field.split('.')[0]!);
+        expect((json(r) as { error: { details: { field: string } } }).error.details.field.startsWith(field)).toBe(true);
         expect(r.stderr).not.toContain('\u009b');
         expect(await exists(target), name).toBe(false);
         expect(await exists(`${target}.cowvol`), name).toBe(false);
