@@ -306,7 +306,7 @@ export class Volume {
 
     let sizeBytes: number;
     let createdFile = false;
-    let sidecar: SidecarModes | undefined;
+    let sidecar: SidecarModes;
     if (options.adopt) {
       const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
         if (err.code === 'ENOENT') throw new VolumeNotFoundError(path, { cause: err });
@@ -353,11 +353,11 @@ export class Volume {
         await storeDev.write(0, SnapshotStore.header(uuid, blockSizeBytes));
         await storeDev.sync();
         await storeDev.close();
-        await narrowMode(layout.storePath, sidecar!.fileMode);
+        await narrowMode(layout.storePath, sidecar.fileMode);
         const journalDev = await opener.open(layout.journalPath, { create: true });
         await Journal.format(journalDev, { uuid, blockSizeBytes, lengthBlocks: journalBytes / blockSizeBytes });
         await journalDev.close();
-        await narrowMode(layout.journalPath, sidecar!.fileMode);
+        await narrowMode(layout.journalPath, sidecar.fileMode);
         const db = await MetadataDb.open(layout.metaPath, true);
         const sb: VolumeRecord = {
           v: SCHEMA_VERSION,
