@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { stat } from 'node:fs/promises';
+import { IoError } from '@cowvol/journal';
 
 /**
  * Where the live volume file may hold data (docs/ARCHITECTURE.md §9.5,
@@ -70,6 +71,7 @@ export interface DataRangeOptions {
  * bytes, in increasing order, non-overlapping. Holes are certainly zeros;
  * a region may hold zeros too (allocated but zero, or a file system that
  * reports everything as data).
+ * @throws IO_ERROR (the file cannot be stat'ed)
  */
 export async function* fileDataRanges(path: string, sizeBytes: number, options: DataRangeOptions = {}): AsyncGenerator<ByteRange> {
   const report = options.report ?? { holeDetection: 'none' };
@@ -78,7 +80,10 @@ export async function* fileDataRanges(path: string, sizeBytes: number, options: 
     yield { offsetBytes: 0, lengthBytes: sizeBytes };
     return;
   }
-  if ((await stat(path)).blocks === 0) {
+  const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
+    throw new IoError(`cannot stat ${path}: ${err.message}`, { cause: err, details: { path } });
+  });
+  if (st.blocks === 0) {
     report.holeDetection = 'no-blocks';
     return;
   }
