@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
-import { CowvolError, InvalidArgumentError, Volume } from '@cowvol/cow-core';
+import { CowvolError, InvalidArgumentError, Volume, escapeTerminalText } from '@cowvol/cow-core';
 import { exitCodeFor } from './exit-codes.js';
 import { watchStdout } from './io.js';
 import { isErrnoError, osError } from './os-errors.js';
@@ -105,7 +105,8 @@ export abstract class CowvolCommand extends Command {
       code = 'INTERNAL';
     }
     exit = this.exitCodeOf(code);
-    process.stderr.write(`cowvol: error [${code}]: ${err.message}\n`);
+    // Messages quote user text (names, labels, paths): control and bidirectional code points are escaped (README, "Labels").
+    process.stderr.write(`cowvol: error [${code}]: ${err.message.split('\n').map(escapeTerminalText).join('\n')}\n`);
     if (code === 'NO_SPACE' && (details?.role === 'output' || details?.role === 'input')) {
       const where = details.role === 'output' ? 'the output' : 'the temporary folder ($TMPDIR)';
       process.stderr.write(`cowvol: the disk holding ${where} is full; the volume and every snapshot are unchanged. Free space there, or use another folder.\n`);

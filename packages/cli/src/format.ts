@@ -1,5 +1,5 @@
 import { filesize } from 'filesize';
-import type { SnapshotInfo, SpaceReport } from '@cowvol/cow-core';
+import { escapeLabelText, type SnapshotInfo, type SpaceReport } from '@cowvol/cow-core';
 
 /** Human size, powers of 1024 (`64 MiB`). */
 export function human(bytes: number): string {
@@ -24,9 +24,13 @@ export function withSpace(snapshots: SnapshotInfo[], space: SpaceReport): Snapsh
   });
 }
 
+/**
+ * Labels as `k=v,k=v` for a terminal: control and bidirectional code points
+ * (refused in new labels, README "Labels") are shown escaped as `\u{XXXX}`.
+ */
 export function formatLabels(labels: Record<string, string>): string {
   return Object.entries(labels)
-    .map(([k, v]) => `${k}=${v}`)
+    .map(([k, v]) => `${escapeLabelText(k)}=${escapeLabelText(v)}`)
     .join(',');
 }
 

@@ -5,11 +5,14 @@ import {
   ImportPendingError,
   ResumeMismatchError,
   SnapshotExistsError,
+  SnapshotLimitError,
   VolumeExistsError,
   VolumeNotFoundError,
 } from './errors.js';
 import { SCHEMA_VERSION, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import { mergeExtents } from './diff.js';
+import { snapshotDataPieces } from './export.js';
+import { MAX_SNAPSHOTS } from './layout.js';
 import { readExtent, verifyStream, type StreamHeader, type StreamSource, type VerifiedStream } from './stream.js';
 import { Volume } from './volume.js';
 
@@ -99,16 +102,19 @@ function markerMatches(marker: ImportRecord, v: VerifiedStream): boolean {
  * Imports a cowvol stream (stream.ts) into the volume at `path`.
  *
  * 1. **Verify** the whole stream first (every checksum, order, bounds,
- *    trailer): a corrupt or truncated stream is refused (STREAM_CORRUPT,
- *    naming the failed record) before the target is touched — a full stream
- *    does not even create it.
+ *    trailer, and every header field: geometry, snapshot names, labels —
+ *    stream-header.ts): a corrupt, truncated or inapplicable stream is
+ *    refused (STREAM_CORRUPT, naming the failed record or header field)
+ *    before the target is touched — a full stream does not even create it;
+ *    `dryRun` finds the same failures.
  * 2. **Check the target**: a full stream creates a new volume of the
  *    header's size and block size (VOLUME_EXISTS if the path exists). An
  *    incremental stream needs an existing volume of the same size with a
  *    snapshot of the stream's base identity whose content the live volume
  *    still holds (the blocks written since it — its diff to live — are
  *    compared: O(blocks written since)), else BASE_MISMATCH; the source
- *    snapshot's name must be free (SNAPSHOT_EXISTS).
+ *    snapshot's name must be free (SNAPSHOT_EXISTS) and the catalog not
+ *    full (SNAPSHOT_LIMIT).
  * 3. **Mark** the import (journaled `import` record: stream identity, next
  *    extent), then **apply** the extents through the normal write path (so
  *    an incremental import COWs the base snapshot's blocks: the base stays
@@ -121,7 +127,7 @@ function markerMatches(marker: ImportRecord, v: VerifiedStream): boolean {
  *    target, with its labels and `origin` = the source identity (so the next
  *    incremental can check its base), and clears the marker.
  *
- * @throws NOT_A_STREAM, UNSUPPORTED_VERSION, STREAM_CORRUPT, VOLUME_EXISTS, VOLUME_NOT_FOUND, BASE_MISMATCH, SNAPSHOT_EXISTS, IMPORT_PENDING, RESUME_MISMATCH, VERIFY_FAILED, NO_SPACE, IO_ERROR, VOLUME_BUSY
+ * @throws NOT_A_STREAM, UNSUPPORTED_VERSION, STREAM_CORRUPT, VOLUME_EXISTS, VOLUME_NOT_FOUND, BASE_MISMATCH, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, IMPORT_PENDING, RESUME_MISMATCH, VERIFY_FAILED, NO_SPACE, IO_ERROR, VOLUME_BUSY
  */
 export async function importStream(path: string, source: StreamSource, options: ImportOptions = {}): Promise<ImportResult> {
   const progress = options.onProgress;
@@ -307,6 +313,8 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
     );
   }
   if (snapshots.some((s) => s.name === h.source.name)) throw new SnapshotExistsError(h.source.name);
+  // The last step creates a snapshot: a full catalog must refuse now, not after the extents are applied.
+  if (snapshots.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
   return options.dryRun ? 'dry-run' : newMarker(v);
 }
 
@@ -330,21 +338,33 @@ async function liveDiffers(volume: Volume, name: string): Promise<number | undef
   return undefined;
 }
 
-/** Reads the imported snapshot back and compares it with the stream (a full stream: also that every gap reads as zeros). */
+/**
+ * Reads the imported snapshot back and compares it with the stream (a full
+ * stream: also that every gap reads as zeros — read only where the snapshot
+ * can hold data, so the cost follows the data, not the volume size).
+ */
 async function readBack(volume: Volume, source: StreamSource, v: VerifiedStream, progress: ImportOptions['onProgress']): Promise<void> {
   const h = v.header;
   const name = h.source.name;
   let done = 0;
   const total = h.kind === 'full' ? h.sizeBytes : v.totalBytes;
+  // Gaps of a full stream are checked only where the snapshot can hold data (export.ts, snapshotDataPieces): cost follows the data.
+  const candidates = h.kind === 'full' ? (await snapshotDataPieces(volume, name))[Symbol.asyncIterator]() : undefined;
+  let next = await candidates?.next();
   const checkZero = async (offsetBytes: number, lengthBytes: number): Promise<void> => {
-    for (let pos = 0; pos < lengthBytes; ) {
-      const n = Math.min(4 * 1024 * 1024, lengthBytes - pos);
-      const got = await volume.readSnapshot(name, offsetBytes + pos, n);
-      if (!isZero(got)) throw new VerifyFailedError(`snapshot ${name} reads non-zero bytes at ${offsetBytes + pos}+${n}, where the stream has none`, { offsetBytes: offsetBytes + pos, lengthBytes: n });
-      pos += n;
-      done += n;
-      progress?.({ phase: 'readback', doneBytes: done, totalBytes: total });
+    const end = offsetBytes + lengthBytes;
+    while (candidates && next && !next.done && next.value.offsetBytes < end) {
+      const piece = next.value;
+      const from = Math.max(piece.offsetBytes, offsetBytes);
+      const to = Math.min(piece.offsetBytes + piece.lengthBytes, end);
+      if (to > from && !isZero(await volume.readSnapshot(name, from, to - from))) {
+        throw new VerifyFailedError(`snapshot ${name} reads non-zero bytes at ${from}+${to - from}, where the stream has none`, { offsetBytes: from, lengthBytes: to - from });
+      }
+      if (piece.offsetBytes + piece.lengthBytes > end) break; // the piece goes on into the next extent or gap
+      next = await candidates.next();
     }
+    done += lengthBytes;
+    progress?.({ phase: 'readback', doneBytes: done, totalBytes: total });
   };
   let cursor = 0;
   for (let i = 0; i < v.extentCount; i++) {

@@ -43,7 +43,8 @@ export { runStress, formatStressSummary, mulberry32, type StressOptions, type St
 export { type CreateSnapshotOptions, type MultiDeleteResult } from './volume.js';
 export { unionOfMaps, mergeExtents, type DiffExtent, type DiffResult } from './diff.js';
 export { freeableBlocks, planDelete, type SnapshotSpace, type StoreSpace, type SpaceReport, type DeletePlan } from './space.js';
-export { validateLabels, parseLabel, LABEL_KEY_PATTERN, MAX_LABELS, MAX_LABEL_VALUE_CHARS } from './labels.js';
+export { validateLabels, parseLabel, escapeLabelText, LABEL_KEY_PATTERN, LABEL_VALUE_FORBIDDEN, MAX_LABELS, MAX_LABEL_VALUE_CHARS } from './labels.js';
+export { escapeTerminalText, TERMINAL_UNSAFE } from './terminal-text.js';
 export { type SnapshotIdentity, type ImportRecord } from './metadata.js';
 export {
   STREAM_MAGIC,
@@ -67,5 +68,6 @@ export {
   type VerifiedStream,
 } from './stream.js';
 export { exportSnapshot, type ExportOptions, type ExportResult } from './export.js';
+export { fileDataRanges, type ByteRange, type HoleDetection } from './live-data.js';
 export { importStream, VerifyFailedError, IMPORT_MARKER_INTERVAL_BYTES, type ImportOptions, type ImportResult, type ImportProgress } from './import.js';
 export { restoreSnapshot, type RestoreOptions, type RestoreResult } from './restore.js';

@@ -1,36 +1,62 @@
 import { InvalidLabelError } from './errors.js';
+import { TERMINAL_UNSAFE, escapeTerminalText } from './terminal-text.js';
 
-/** Label keys: 1-64 characters of `A-Z a-z 0-9 . _ : / -`. */
+/** Label keys: 1-64 characters of `A-Z a-z 0-9 . _ : / -`, except `__proto__`. */
 export const LABEL_KEY_PATTERN = /^[A-Za-z0-9._:/-]{1,64}$/;
 /** Longest label value, in characters. */
 export const MAX_LABEL_VALUE_CHARS = 256;
 /** Most labels one snapshot carries. */
 export const MAX_LABELS = 32;
 
+/** Code points a label value may not hold: those of {@link TERMINAL_UNSAFE} (README, "Labels"). */
+export const LABEL_VALUE_FORBIDDEN = TERMINAL_UNSAFE;
+
+/**
+ * A label key that `Object` assignment would not store: `__proto__` sets the
+ * prototype instead of a property, and msgpackr renames it on decode.
+ * Refused rather than stored (docs/FORMAT.md, "Snapshot record").
+ */
+const RESERVED_KEYS = new Set(['__proto__']);
+
 /**
  * Checks a labels map: at most {@link MAX_LABELS} entries, keys matching
- * {@link LABEL_KEY_PATTERN}, values strings of at most
- * {@link MAX_LABEL_VALUE_CHARS} characters without control characters.
- * @throws INVALID_LABEL
+ * {@link LABEL_KEY_PATTERN} and not `__proto__`, values strings of at most
+ * {@link MAX_LABEL_VALUE_CHARS} characters with none of
+ * {@link LABEL_VALUE_FORBIDDEN}. Own keys only (a map parsed from JSON may
+ * carry `__proto__` as an own key: it is refused too).
+ * @throws INVALID_LABEL (details.label: the offending key)
  */
 export function validateLabels(labels: Record<string, string>): void {
-  const entries = Object.entries(labels);
-  if (entries.length > MAX_LABELS) throw new InvalidLabelError(`at most ${MAX_LABELS} labels per snapshot, got ${entries.length}`, entries.map(([k]) => k).join(','));
-  for (const [key, value] of entries) {
-    if (!LABEL_KEY_PATTERN.test(key)) throw new InvalidLabelError(`invalid label key ${JSON.stringify(key)}: use 1-64 characters of A-Z a-z 0-9 . _ : / -`, key);
-    // eslint-disable-next-line no-control-regex
-    if (typeof value !== 'string' || value.length > MAX_LABEL_VALUE_CHARS || /[\u0000-\u001f\u007f]/.test(value)) {
-      throw new InvalidLabelError(`invalid value for label ${key}: at most ${MAX_LABEL_VALUE_CHARS} characters, no control characters`, key);
+  const keys = Object.keys(labels);
+  if (keys.length > MAX_LABELS) throw new InvalidLabelError(`at most ${MAX_LABELS} labels per snapshot, got ${keys.length}`, keys.join(','));
+  for (const key of keys) {
+    if (!LABEL_KEY_PATTERN.test(key)) throw new InvalidLabelError(`invalid label key ${escapeTerminalText(JSON.stringify(key))}: use 1-64 characters of A-Z a-z 0-9 . _ : / -`, key);
+    if (RESERVED_KEYS.has(key)) throw new InvalidLabelError(`label key ${key} is reserved: choose another key`, key);
+    const value: unknown = labels[key];
+    if (typeof value !== 'string' || value.length > MAX_LABEL_VALUE_CHARS || LABEL_VALUE_FORBIDDEN.test(value)) {
+      throw new InvalidLabelError(
+        `invalid value for label ${key}: at most ${MAX_LABEL_VALUE_CHARS} characters, no control characters (C0, DEL, C1), line separators, bidirectional controls or lone surrogates`,
+        key,
+      );
     }
   }
 }
 
-/** Parses `key=value` (the value may be empty or contain `=`). @throws INVALID_LABEL */
+/**
+ * Parses `key=value` (the value may be empty or contain `=`).
+ * @throws INVALID_LABEL
+ */
 export function parseLabel(text: string): [string, string] {
   const i = text.indexOf('=');
-  if (i <= 0) throw new InvalidLabelError(`invalid label ${JSON.stringify(text)}: use key=value`, text);
+  if (i <= 0) throw new InvalidLabelError(`invalid label ${escapeTerminalText(JSON.stringify(text))}: use key=value`, text);
   const key = text.slice(0, i);
   const value = text.slice(i + 1);
-  validateLabels({ [key]: value });
+  // A null-prototype map: a `__proto__` key is an own key here and is refused as such.
+  const one = Object.create(null) as Record<string, string>;
+  one[key] = value;
+  validateLabels(one);
   return [key, value];
 }
+
+/** Label text made safe to print (control and bidirectional code points escaped as `\\u{XXXX}`). */
+export const escapeLabelText = escapeTerminalText;

@@ -1,6 +1,7 @@
 import { crc32c } from '@cowvol/journal';
 import { NotAStreamError, StreamCorruptError, UnsupportedVersionError } from './errors.js';
-import { isIdentity, isLabels, type SnapshotIdentity } from './metadata.js';
+import type { SnapshotIdentity } from './metadata.js';
+import { validateStreamHeader } from './stream-header.js';
 
 /**
  * The cowvol snapshot stream, version 1 (docs/FORMAT.md, "Snapshot stream"):
@@ -218,7 +219,11 @@ async function readExactly(source: StreamSource, offsetBytes: number, lengthByte
   return buf;
 }
 
-/** Reads and checks the header. @throws NOT_A_STREAM, UNSUPPORTED_VERSION, STREAM_CORRUPT */
+/**
+ * Reads and checks the header: magic, CRC, version, then every JSON field
+ * ({@link validateStreamHeader}).
+ * @throws NOT_A_STREAM, UNSUPPORTED_VERSION, STREAM_CORRUPT
+ */
 export async function readHeader(source: StreamSource): Promise<{ header: StreamHeader; crc: number; lengthBytes: number }> {
   const d = { record: 'header' };
   if (source.lengthBytes < 4) throw new NotAStreamError(`input is ${source.lengthBytes} bytes: not a cowvol stream`);
@@ -241,21 +246,8 @@ export async function readHeader(source: StreamSource): Promise<{ header: Stream
   } catch (err) {
     throw new StreamCorruptError('stream header JSON does not parse', { cause: err, details: { ...d, streamOffsetBytes: 0 } });
   }
-  const h = header as unknown as Record<string, unknown>;
-  const ok =
-    typeof h === 'object' &&
-    h !== null &&
-    (h.kind === 'full' || h.kind === 'incremental') &&
-    Number.isSafeInteger(h.sizeBytes) &&
-    (h.sizeBytes as number) > 0 &&
-    Number.isSafeInteger(h.blockSizeBytes) &&
-    (h.blockSizeBytes as number) >= 512 &&
-    (h.sizeBytes as number) % (h.blockSizeBytes as number) === 0 &&
-    isIdentity(h.source) &&
-    (h.kind === 'full' ? h.base === null : isIdentity(h.base)) &&
-    isLabels(h.labels) &&
-    typeof h.createdAt === 'string';
-  if (!ok) throw corrupt('stream header fields are missing or invalid', { ...d, streamOffsetBytes: 0 });
+  // Every field, before anything is written (docs/FORMAT.md §9.1).
+  validateStreamHeader(header);
   return { header, crc, lengthBytes: STREAM_HEADER_FIXED_BYTES + jsonLength + 4 };
 }
 

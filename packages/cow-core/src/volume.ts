@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { mkdir, open as openFile, rm, stat } from 'node:fs/promises';
+import { open as openFile, rm, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Mutex } from 'async-mutex';
@@ -67,6 +67,7 @@ import { rebindStoreCrc, storeBlockCrc } from './store-crc.js';
 import { unionOfMaps, type DiffResult, type NamedMap } from './diff.js';
 import { freeableBlocks, planDelete, type DeletePlan, type SpaceReport } from './space.js';
 import { validateLabels } from './labels.js';
+import { makeSidecarFolder, narrowMode, sidecarModes, tightenSidecarFolder, type SidecarModes } from './sidecar-mode.js';
 import { decodeValue as decodeMeta, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import { WriteBackStage, writeBackError } from './write-back.js';
 
@@ -308,6 +309,7 @@ export class Volume {
 
     let sizeBytes: number;
     let createdFile = false;
+    let sidecar: SidecarModes;
     if (options.adopt) {
       const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
         if (err.code === 'ENOENT') throw new VolumeNotFoundError(path, { cause: err });
@@ -338,7 +340,9 @@ export class Volume {
       lock = await OwnerLock.acquire(path, await fileIdentity(path));
       if (options.adopt) await refuseOtherNames(path);
       try {
-        await mkdir(layout.sidecarPath);
+        // No more accessible than the volume file (docs/ARCHITECTURE.md, "Sidecar permissions").
+        sidecar = sidecarModes((await stat(path)).mode);
+        await makeSidecarFolder(layout.sidecarPath, sidecar);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new VolumeExistsError(`${layout.sidecarPath} appeared while creating`, path);
         throw err;
@@ -356,9 +360,11 @@ export class Volume {
         await storeDev.write(0, SnapshotStore.header(uuid, blockSizeBytes));
         await storeDev.sync();
         await storeDev.close();
+        await narrowMode(layout.storePath, sidecar.fileMode);
         const journalDev = await opener.open(layout.journalPath, { create: true });
         await Journal.format(journalDev, { uuid, blockSizeBytes, lengthBlocks: journalBytes / blockSizeBytes });
         await journalDev.close();
+        await narrowMode(layout.journalPath, sidecar.fileMode);
         const db = await MetadataDb.open(layout.metaPath, true);
         const sb: VolumeRecord = {
           v: SCHEMA_VERSION,
@@ -416,6 +422,8 @@ export class Volume {
         if (real !== undefined) throw new NotAVolumeError(`${path} is a symbolic link to the cowvol volume ${real}; open it by that name`);
         throw new NotAVolumeError(`${path} is not a cowvol volume (no ${layout.sidecarPath}); run \`cowvol create ${path} --adopt\` to make it one`);
       }
+      // A sidecar more open than its volume file is narrowed, never widened (docs/ARCHITECTURE.md, "Sidecar permissions").
+      await tightenSidecarFolder(layout.sidecarPath, st.mode);
       let db: MetadataDb;
       try {
         db = await MetadataDb.open(layout.metaPath, false);
@@ -764,6 +772,19 @@ export class Volume {
       const bytes = extents.reduce((n, e) => n + e.lengthBytes, 0);
       return { from, to: to ?? null, blockSizeBytes: this.blockSizeBytes, extents, bytes, blocks: bytes / this.blockSizeBytes };
     });
+  }
+
+  /**
+   * Makes the volume file hold every live block written so far: in
+   * `journal` data mode, checkpoints the journal (images still only in the
+   * journal go home); in `ordered` mode, nothing to do (writes acknowledged
+   * land in place; a snapshot drains the write-back stage). A full export
+   * calls it before looking for the file's holes (docs/ARCHITECTURE.md §9.5).
+   * @throws IO_ERROR, NO_SPACE, JOURNAL_ABORTED
+   */
+  async checkpointLive(): Promise<void> {
+    if (this.meta.sb.dataMode !== 'journal') return;
+    await this.frozen(() => this.checkpoint());
   }
 
   /**
