@@ -67,6 +67,7 @@ import { freeableBlocks, planDelete, type DeletePlan, type SpaceReport } from '.
 import { validateLabels } from './labels.js';
 import { decodeValue as decodeMeta, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import { WriteBackStage, writeBackError } from './write-back.js';
+import { metadataOpenError, openSidecarFile } from './sidecar-damage.js';
 
 /** Options for {@link Volume.create}. */
 export interface CreateVolumeOptions {
@@ -410,7 +411,7 @@ export class Volume {
       try {
         db = await MetadataDb.open(layout.metaPath, false);
       } catch (err) {
-        throw new NotAVolumeError(`${layout.metaPath} is not a readable cowvol metadata database`, { cause: err });
+        throw await metadataOpenError(layout.metaPath, err);
       }
       opened.push(db);
       const meta = await CommittedMetadata.load(db, path);
@@ -423,13 +424,13 @@ export class Volume {
       if (actual !== sb.sizeBytes) throw new VolumeSizeMismatchError(path, sb.sizeBytes, actual);
 
       // Every store write goes through the cache's device, which drops the cached windows it touches.
-      const storeCache = new StoreReadCache(await opener.open(layout.storePath, { create: false }), sb.blockSizeBytes);
+      const storeCache = new StoreReadCache(await openSidecarFile(opener, layout.storePath, 'store'), sb.blockSizeBytes);
       const storeDev = storeCache.device;
       opened.push(storeDev);
       const store = new SnapshotStore(storeDev, sb.blockSizeBytes, storeCache);
       await store.verifyHeader(uuid);
 
-      const journalDev = await opener.open(layout.journalPath, { create: false });
+      const journalDev = await openSidecarFile(opener, layout.journalPath, 'journal');
       const apply = (tx: { sequence: number; records: unknown[] }) => meta.apply(tx);
       const { journal, recovery } = await Journal.open(journalDev, {
         expectedUuid: uuid,
