@@ -35,6 +35,7 @@ export {
   type RecoveryReport,
 } from '@cowvol/journal';
 export { checkVolume, MAX_FINDINGS, type CheckReport, type CheckFinding } from './check.js';
+export { repairVolumeJournal, type VolumeJournalRepair, type DiscardedJournalTransaction } from './journal-repair.js';
 export { FreezeGate } from './freeze-gate.js';
 export { type MetaRecord } from './committed-metadata.js';
 export { runStress, formatStressSummary, mulberry32, type StressOptions, type StressSummary } from './stress.js';
