@@ -1,4 +1,5 @@
 import { readdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { JournalCorruptError, type BlockDevice, type DeviceOpener } from '@cowvol/journal';
 import { CorruptMetadataError, NotAVolumeError, StoreCorruptError } from './errors.js';
 
@@ -58,12 +59,14 @@ export function metadataError(err: unknown, metaPath: string): unknown {
  * when LevelDB reports damage and the folder holds LevelDB files (a
  * database was written there: `CURRENT` or the manifest deleted, a table
  * cut short), else `NOT_A_VOLUME` as before (no database: not a volume, or
- * a create that never got that far; or LevelDB refused for another reason,
- * named in the cause).
+ * a create that never got that far — the sidecar still holds the create
+ * intent; or LevelDB refused for another reason, named in the cause).
  */
 export async function metadataOpenError(metaPath: string, err: unknown): Promise<Error> {
   const entries = await readdir(metaPath).catch(() => [] as string[]);
-  if (isLevelDbDamage(err) && entries.some((name) => LEVELDB_FILE.test(name))) return metadataError(err, metaPath) as Error;
+  // A create killed while making the database left it half-made: that is no volume yet (create-intent.ts).
+  const creating = (await readdir(dirname(metaPath)).catch(() => [] as string[])).includes('creating');
+  if (!creating && isLevelDbDamage(err) && entries.some((name) => LEVELDB_FILE.test(name))) return metadataError(err, metaPath) as Error;
   return new NotAVolumeError(`${metaPath} is not a readable cowvol metadata database`, { cause: err });
 }
 

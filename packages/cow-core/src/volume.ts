@@ -68,6 +68,8 @@ import { validateLabels } from './labels.js';
 import { decodeValue as decodeMeta, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import { WriteBackStage, writeBackError } from './write-back.js';
 import { metadataOpenError, openSidecarFile } from './sidecar-damage.js';
+import { clearCreateIntent, dropLeftoverCreateIntent, reclaimIncompleteCreate, writeCreateIntent } from './create-intent.js';
+import { killPoint } from './kill-point.js';
 
 /** Options for {@link Volume.create}. */
 export interface CreateVolumeOptions {
@@ -90,6 +92,8 @@ export interface CreateVolumeOptions {
   journalSizeBytes?: number;
   /** Write-back stage bound of the opened volume (see {@link OpenVolumeOptions.writeBackBytes}). */
   writeBackBytes?: number;
+  /** An import marker written with the volume record, so the volume exists only with it (a full-stream import; import.ts). */
+  importState?: ImportRecord;
 }
 
 /** Options for {@link Volume.open}. */
@@ -302,6 +306,7 @@ export class Volume {
       throw new InvalidArgumentError(`journal size must be a multiple of the block size and at least ${MIN_JOURNAL_BLOCKS} blocks, got ${journalBytes}`);
     }
     const layout = volumeLayout(path);
+    await reclaimIncompleteCreate(layout); // what a killed create of this path left (create-intent.ts)
     if (await exists(layout.sidecarPath)) throw new VolumeExistsError(`${path} already has a cowvol sidecar (${layout.sidecarPath})`, path);
 
     let sizeBytes: number;
@@ -323,36 +328,44 @@ export class Volume {
     }
     if (sizeBytes > MAX_VOLUME_BYTES) throw new InvalidArgumentError(`volume size ${sizeBytes} exceeds the maximum ${MAX_VOLUME_BYTES}`);
 
+    // The sidecar first, locked, with the create intent in it; then the file
+    // (FORMAT.md §2 "Create order"): a killed create is always reclaimable.
+    let lock: OwnerLock;
     try {
-      if (!options.adopt) {
-        const dev = await opener.open(path, { create: true });
-        createdFile = true;
-        await dev.truncate(sizeBytes);
-        await dev.sync();
-        await dev.close();
-      }
       try {
         await mkdir(layout.sidecarPath);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new VolumeExistsError(`${layout.sidecarPath} appeared while creating`, path);
         throw err;
       }
+      lock = await OwnerLock.acquire(layout);
     } catch (err) {
-      if (createdFile) await rm(path, { force: true });
+      if (!(err instanceof VolumeExistsError)) await rm(layout.sidecarPath, { recursive: true, force: true });
       throw err;
     }
 
     try {
-      const lock = await OwnerLock.acquire(layout);
       try {
+        await writeCreateIntent(layout, !options.adopt);
+        killPoint('create:intent');
+        if (!options.adopt) {
+          const dev = await opener.open(path, { create: true });
+          createdFile = true;
+          await dev.truncate(sizeBytes);
+          await dev.sync();
+          await dev.close();
+          killPoint('create:file');
+        }
         const uuid = randomBytes(16);
         const storeDev = await opener.open(layout.storePath, { create: true });
         await storeDev.write(0, SnapshotStore.header(uuid, blockSizeBytes));
         await storeDev.sync();
         await storeDev.close();
+        killPoint('create:store');
         const journalDev = await opener.open(layout.journalPath, { create: true });
         await Journal.format(journalDev, { uuid, blockSizeBytes, lengthBlocks: journalBytes / blockSizeBytes });
         await journalDev.close();
+        killPoint('create:journal');
         const db = await MetadataDb.open(layout.metaPath, true);
         const sb: VolumeRecord = {
           v: SCHEMA_VERSION,
@@ -367,9 +380,13 @@ export class Volume {
         };
         // The volume record goes last: a sidecar without it is an incomplete create.
         await db.apply([putOp(keys.allocator, { v: SCHEMA_VERSION, highWaterBlocks: 0 }), putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: 0 })]);
-        await db.apply([putOp(keys.volume, sb)], true);
+        killPoint('create:meta');
+        // An import's marker comes with the volume record: the volume never exists without it.
+        await db.apply([putOp(keys.volume, sb), ...(options.importState ? [putOp(keys.importState, options.importState)] : [])], true);
         await db.makeDurable();
         await db.close();
+        killPoint('create:recorded');
+        await clearCreateIntent(layout);
         await syncDirectory(layout.sidecarPath);
         await syncDirectory(dirname(resolve(layout.sidecarPath)));
       } finally {
@@ -415,6 +432,7 @@ export class Volume {
       }
       opened.push(db);
       const meta = await CommittedMetadata.load(db, path);
+      await dropLeftoverCreateIntent(layout); // the volume record is there: the create finished
       const sb = meta.sb;
       const uuid = Buffer.from(sb.uuid, 'hex');
 
