@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process';
-import { readFile, rm, stat } from 'node:fs/promises';
+import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Volume, importStream, mulberry32, type StreamSource } from '@cowvol/cow-core';
-import { cowvol, cowvolOk, tempDir } from './helpers.js';
+import { CLI, cowvol, cowvolOk, tempDir } from './helpers.js';
 
 /**
  * A full-stream import SIGKILLed at any step — before the target exists,
@@ -71,6 +71,15 @@ function killedImport(target: string, step: string): Promise<{ signal: NodeJS.Si
   });
 }
 
+/** Runs `cowvol <args>` with COWVOL_KILL_AT=step; resolves with the signal that ended it. */
+function cowvolKilled(args: string[], step: string): Promise<NodeJS.Signals | null> {
+  return new Promise((ok, fail) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, COWVOL_KILL_AT: step }, stdio: 'ignore' });
+    child.on('error', fail);
+    child.on('exit', (_code, signal) => ok(signal));
+  });
+}
+
 function steps(): string[] {
   const out = ['import:verified', 'create:intent', 'create:file', 'create:store', 'create:journal', 'create:meta', 'create:recorded', 'import:created'];
   for (let i = 1; i <= EXTENT_KILLS; i++) out.push(`import:extent#${Math.max(1, Math.round((i * extents) / (EXTENT_KILLS + 1)))}`);
@@ -107,6 +116,27 @@ describe('import killed at every step: --resume or a re-run finishes it with the
       expect((await stat(join(`${target}.cowvol`, 'creating')).catch(() => undefined)) === undefined, `create intent gone after ${step}`).toBe(true);
     }
     console.log(`[import-kill] ${extents} extents; outcomes ${outcomes.join(', ')}`);
+  });
+
+  it('cowvol create killed at each step: a re-run creates the volume; an adopted file is never removed', async () => {
+    // Every step is killed at by the import test above; here the first, the file, the database and the commit point.
+    for (const step of ['create:intent', 'create:file', 'create:meta', 'create:recorded']) {
+      const vol = join(dir, `c-${step.replace(/[^a-z0-9]+/gi, '-')}.img`);
+      const killed = await cowvolKilled(['create', vol, '--size', '1M'], step);
+      expect(killed, `create killed at ${step}`).toBe('SIGKILL');
+      await rm(join(`${vol}.cowvol`, 'lock'), { recursive: true, force: true });
+      const again = await cowvol(['create', vol, '--size', '1M']);
+      if (step === 'create:recorded') expect(again.stderr, 'the create had finished').toContain('[VOLUME_EXISTS]');
+      else expect(again.code, `re-run after ${step}: ${again.stderr}`).toBe(0);
+      expect((await stat(join(`${vol}.cowvol`, 'creating')).catch(() => undefined)) === undefined, `create intent gone after ${step}`).toBe(true);
+    }
+    // --adopt: the file is the user's; a reclaimed create must leave it as it was.
+    const adopted = join(dir, 'adopted.img');
+    await writeFile(adopted, expected);
+    expect(await cowvolKilled(['create', adopted, '--adopt'], 'create:journal')).toBe('SIGKILL');
+    await rm(join(`${adopted}.cowvol`, 'lock'), { recursive: true, force: true });
+    await cowvolOk(['create', adopted, '--adopt']);
+    expect((await readFile(adopted)).equals(expected), 'the adopted file is intact').toBe(true);
   });
 
   it('through the CLI: a re-run after a kill while creating the target, --resume after a kill after a marker', async () => {
