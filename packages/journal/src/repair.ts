@@ -20,7 +20,7 @@ export interface DiscardedTransaction {
   sequence: number;
   /** First log block found carrying this sequence with a valid block checksum, if any. */
   firstBlock: number | null;
-  /** Log blocks of it whose block checksum still verifies. */
+  /** Its header blocks (descriptor, revoke, records, commit: not image or payload blocks) whose block checksum still verifies. */
   blocksFound: number;
   /** Whether its commit block was found (it had been committed). */
   commitFound: boolean;
