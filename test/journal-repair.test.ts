@@ -124,6 +124,7 @@ describe('check --repair: a damaged journal is repaired like e2fsck does', () =>
 
     const repaired = await cowvol(['check', vol, '--repair', '--json']);
     expect(repaired.code, repaired.stderr).toBe(4);
+    expect(JSON.parse(repaired.stdout.toString()).journalRepair).toMatchObject({ dataMode: 'ordered', imagesMayBeLost: false });
     const report = JSON.parse(repaired.stdout.toString()) as {
       status: string;
       journalRepair: { replayedTransactions: number; lastReplayedSequence: number; discarded: Array<{ sequence: number; inMetadata: boolean }>; newTailSequence: number };
@@ -147,6 +148,22 @@ describe('check --repair: a damaged journal is repaired like e2fsck does', () =>
     await v.write(0, Buffer.alloc(4 * KiB, 0x66));
     expect((await v.check()).status).toBe('clean');
     await v.close();
+  });
+
+  it('journal data mode: discarded transactions held block images, so the repair reports possible loss (exit 2)', async () => {
+    const vol = join(dir, 'journaled.img');
+    await cowvolOk(['create', vol, '--size', String(SIZE), '--data-mode', 'journal']);
+    await killedWriter(vol);
+    const txs = await journalTransactions(vol);
+    const victim = txs[Math.floor(txs.length / 2)]!;
+    await flipByte(join(`${vol}.cowvol`, 'journal'), victim.startBlock * 4096 + 100);
+    const repaired = await cowvol(['check', vol, '--repair', '--json']);
+    expect(repaired.code, repaired.stderr).toBe(2);
+    const jr = (JSON.parse(repaired.stdout.toString()) as { journalRepair: { dataMode: string; imagesMayBeLost: boolean; discarded: Array<{ sequence: number }> } }).journalRepair;
+    expect(jr).toMatchObject({ dataMode: 'journal', imagesMayBeLost: true });
+    expect(jr.discarded.map((d) => d.sequence)).toEqual(Array.from({ length: txs.at(-1)!.sequence - victim.sequence + 1 }, (_, i) => victim.sequence + i));
+    // The journal itself is repaired: the volume opens again.
+    await (await Volume.open(vol)).close();
   });
 
   it('a journal truncated to 0 or deleted is recreated; nothing else changes', async () => {

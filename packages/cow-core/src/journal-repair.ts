@@ -3,7 +3,7 @@ import { fileDeviceOpener, repairJournal, type BlockDevice, type DeviceOpener, t
 import { CommittedMetadata } from './committed-metadata.js';
 import { NotAVolumeError, VolumeNotFoundError, VolumeSizeMismatchError } from './errors.js';
 import { DEFAULT_JOURNAL_BYTES, TARGET_STORE, TARGET_VOLUME, volumeLayout } from './layout.js';
-import { MetadataDb } from './metadata.js';
+import { MetadataDb, type DataMode } from './metadata.js';
 import { OwnerLock } from './owner-lock.js';
 import { metadataOpenError, openSidecarFile } from './sidecar-damage.js';
 import { SnapshotStore } from './store.js';
@@ -32,6 +32,15 @@ export interface VolumeJournalRepair extends Omit<JournalRepairReport, 'discarde
   appliedSequence: number;
   /** Discarded transactions, oldest first: every one found in the log beyond the stop, and every one the metadata had applied that the log no longer verifies. */
   discarded: DiscardedJournalTransaction[];
+  /** The volume's data mode. */
+  dataMode: DataMode;
+  /**
+   * `journal` data mode and a discarded transaction the metadata had
+   * applied: its block images (live writes, COW copies its mappings point
+   * to) never reached their homes, so snapshot or live data may be lost
+   * (ARCHITECTURE §8.3). Always false in `ordered` mode.
+   */
+  imagesMayBeLost: boolean;
 }
 
 /**
@@ -86,7 +95,9 @@ export async function repairVolumeJournal(path: string, options: { opener?: Devi
       beforeReset: () => db.makeDurable(),
       minNextSequence: appliedSequence + 1,
     });
-    return { ...report, appliedSequence, discarded: withMetadataView(report, appliedSequence) };
+    const discarded = withMetadataView(report, appliedSequence);
+    const imagesMayBeLost = sb.dataMode === 'journal' && discarded.some((d) => d.inMetadata);
+    return { ...report, appliedSequence, discarded, dataMode: sb.dataMode, imagesMayBeLost };
   } finally {
     for (const part of opened.reverse()) await part.close().catch(() => undefined);
     await lock.unlock().catch(() => undefined);

@@ -56,7 +56,9 @@ export default class Check extends CowvolCommand {
       this.say(lines.join('\n'));
     }
     // Repaired journal and nothing left to report: its own code, so a script knows transactions were discarded.
-    process.exitCode = journalRepair && status !== 'corrupt' && (status === 'clean' || report.repairedBlocks > 0) ? CHECK_EXIT.journalRepaired : CHECK_EXIT[status];
+    // Lost block images (journal data mode) are damage the repair cannot undo: corruption.
+    if (journalRepair?.imagesMayBeLost) process.exitCode = CHECK_EXIT.corrupt;
+    else process.exitCode = journalRepair && status !== 'corrupt' && (status === 'clean' || report.repairedBlocks > 0) ? CHECK_EXIT.journalRepaired : CHECK_EXIT[status];
     return report;
   }
 
@@ -84,7 +86,8 @@ function journalRepairLines(r: VolumeJournalRepair): string[] {
   else {
     lines.push(`discarded ${r.discarded.length} transaction(s): ${r.discarded.map((d) => d.sequence).join(', ')}`);
     const kept = r.discarded.filter((d) => d.inMetadata).length;
-    if (kept > 0) lines.push(`  ${kept} of them had been applied to the metadata, which keeps their changes; their block images (journal data mode) are lost`);
+    if (kept > 0) lines.push(`  ${kept} of them had been applied to the metadata, which keeps their changes`);
+    if (r.imagesMayBeLost) lines.push('  journal data mode: their block images (live writes, COW copies) never reached the volume and store files; data they held is lost (snapshot reads of such copies fail with STORE_CORRUPT)');
     const images = r.discarded.flatMap((d) => d.images.map((i) => `${d.sequence}:${i.target === 0 ? 'volume' : 'store'}#${i.homeBlock}`));
     if (images.length > 0) lines.push(`  block images discarded (transaction:file#block): ${images.slice(0, 32).join(', ')}${images.length > 32 ? `, … (${images.length} in all)` : ''}`);
   }
