@@ -335,7 +335,7 @@ export class MetaBatch {
 }
 
 export class MetadataDb {
-  /** LevelDB damage met by any method is `CORRUPT_METADATA` (metadata-errors.ts). */
+  /** LevelDB damage met by any method is `CORRUPT_METADATA` (sidecar-damage.ts). */
   private constructor(
     readonly db: Level<string, Buffer>,
     private readonly path = '',
