@@ -113,6 +113,9 @@ export abstract class CowvolCommand extends Command {
     } else if (code === 'NO_SPACE') {
       process.stderr.write('cowvol: the disk is full; every snapshot is intact. Free disk space, or delete snapshots (`cowvol snapshot list` shows what deleting each frees), then retry.\n');
     }
+    if (code === 'JOURNAL_CORRUPT' && !this.argv.includes('--repair')) {
+      process.stderr.write('cowvol: the journal is damaged; `cowvol check --repair <volume>` replays the transactions that verify, discards the rest and says what it discarded.\n');
+    }
     if (code === 'INTERNAL' && process.env.COWVOL_DEBUG) process.stderr.write(`${err.stack}\n`);
     if (this.argv.includes('--json')) {
       process.stdout.write(`${JSON.stringify({ error: { code, message: err.message, exitCode: exit, ...(details ? { details } : {}) } }, null, 2)}\n`);

@@ -15,6 +15,9 @@ import { snapshotDataPieces } from './export.js';
 import { MAX_SNAPSHOTS } from './layout.js';
 import { readExtent, verifyStream, type StreamHeader, type StreamSource, type VerifiedStream } from './stream.js';
 import { Volume } from './volume.js';
+import { isIncompleteCreate } from './create-intent.js';
+import { killPoint } from './kill-point.js';
+import { volumeLayout } from './layout.js';
 
 /** Applied bytes between two durable progress markers of an import. */
 export const IMPORT_MARKER_INTERVAL_BYTES = 16 * 1024 * 1024;
@@ -132,6 +135,7 @@ function markerMatches(marker: ImportRecord, v: VerifiedStream): boolean {
 export async function importStream(path: string, source: StreamSource, options: ImportOptions = {}): Promise<ImportResult> {
   const progress = options.onProgress;
   const v = await verifyStream(source, (done, total) => progress?.({ phase: 'verify', doneBytes: done, totalBytes: total }));
+  killPoint('import:verified');
   const h: StreamHeader = v.header;
   const result: ImportResult = {
     volume: path,
@@ -156,19 +160,20 @@ export async function importStream(path: string, source: StreamSource, options: 
   let volume: Volume;
   let startExtent = 0;
   let marker: ImportRecord;
-  if (!(await exists(path))) {
+  // A target whose create was killed half-way is started over (Volume.create reclaims it).
+  if (!(await exists(path)) || (await isIncompleteCreate(volumeLayout(path)))) {
     if (h.kind === 'incremental') throw new VolumeNotFoundError(path);
-    if (options.resume) throw new ResumeMismatchError(`--resume: ${path} does not exist, so there is no interrupted import to resume`);
-    if (options.dryRun) return result;
-    volume = await Volume.create(path, { sizeBytes: h.sizeBytes, blockSizeBytes: h.blockSizeBytes, ...(options.opener ? { opener: options.opener } : {}) });
-    result.created = true;
-    marker = newMarker(v);
-    try {
-      await volume.setImportState(marker);
-    } catch (err) {
-      await volume.close().catch(() => undefined);
-      throw err;
+    if (options.resume) {
+      throw new ResumeMismatchError(
+        (await exists(path)) ? `--resume: ${path} was never created completely, so there is no interrupted import to resume; run the import without --resume` : `--resume: ${path} does not exist, so there is no interrupted import to resume`,
+      );
     }
+    if (options.dryRun) return result;
+    marker = newMarker(v);
+    // The marker is written with the volume record: the target never exists without it, so --resume always finds it.
+    volume = await Volume.create(path, { sizeBytes: h.sizeBytes, blockSizeBytes: h.blockSizeBytes, importState: marker, ...(options.opener ? { opener: options.opener } : {}) });
+    result.created = true;
+    killPoint('import:created');
   } else {
     volume = await openVolume(path);
     try {
@@ -210,6 +215,7 @@ export async function importStream(path: string, source: StreamSource, options: 
         if (!data) zeros.set(e.lengthBytes, (data = Buffer.alloc(e.lengthBytes)));
       }
       await volume.write(e.offsetBytes, data);
+      killPoint('import:extent');
       applied += e.lengthBytes;
       sinceMarker += e.lengthBytes;
       result.appliedExtents += 1;
@@ -217,13 +223,16 @@ export async function importStream(path: string, source: StreamSource, options: 
         await volume.flush();
         marker = { ...marker, nextExtent: i + 1, appliedBytes: applied };
         await volume.setImportState(marker);
+        killPoint('import:marker');
         sinceMarker = 0;
       }
       progress?.({ phase: 'apply', doneBytes: applied, totalBytes: v.totalBytes });
     }
     await volume.flush();
+    killPoint('import:applied');
     // One transaction: the snapshot (with origin and labels) appears and the marker goes.
     await volume.createSnapshot(h.source.name, { labels: h.labels, origin: h.source, clearImport: true });
+    killPoint('import:finished');
     if (options.verify) {
       await readBack(volume, source, v, progress);
       result.verified = true;

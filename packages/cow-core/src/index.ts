@@ -37,6 +37,7 @@ export {
 export { checkVolume, MAX_FINDINGS, type CheckReport, type CheckFinding } from './check.js';
 export { checkStoreData, DATA_CHECK_BATCH_BLOCKS, type DamagedStoreBlock, type DataCheckResult } from './check-data.js';
 export { rebindStoreCrc, storeBlockCrc, storeCrcPrefix, STORE_CRC_PREFIX_BYTES, type StoreBlockIdentity } from './store-crc.js';
+export { repairVolumeJournal, type VolumeJournalRepair, type DiscardedJournalTransaction } from './journal-repair.js';
 export { FreezeGate } from './freeze-gate.js';
 export { type MetaRecord } from './committed-metadata.js';
 export { runStress, formatStressSummary, mulberry32, type StressOptions, type StressSummary } from './stress.js';

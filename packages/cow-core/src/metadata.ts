@@ -2,6 +2,7 @@ import { Packr } from 'msgpackr';
 import { Level } from 'level';
 import { assert } from '@cowvol/journal';
 import { CorruptMetadataError, UnsupportedVersionError } from './errors.js';
+import { metadataError } from './sidecar-damage.js';
 
 /**
  * Metadata in LevelDB (docs/FORMAT.md, "Metadata keys"). Keys are ASCII
@@ -302,7 +303,10 @@ interface ChainedBatch {
 export class MetaBatch {
   private count = 0;
 
-  constructor(private readonly batch: ChainedBatch) {}
+  constructor(
+    private readonly batch: ChainedBatch,
+    private readonly path = '',
+  ) {}
 
   /** Key operations added so far. */
   get length(): number {
@@ -320,7 +324,9 @@ export class MetaBatch {
 
   /** Writes every op added, atomically (`sync`: fsync LevelDB's log first). */
   write(sync = false): Promise<void> {
-    return this.batch.write({ sync });
+    return this.batch.write({ sync }).catch((err: unknown) => {
+      throw metadataError(err, this.path);
+    });
   }
 
   close(): Promise<void> {
@@ -329,16 +335,24 @@ export class MetaBatch {
 }
 
 export class MetadataDb {
-  private constructor(readonly db: Level<string, Buffer>) {}
+  /** LevelDB damage met by any method is `CORRUPT_METADATA` (sidecar-damage.ts). */
+  private constructor(
+    readonly db: Level<string, Buffer>,
+    private readonly path = '',
+  ) {}
 
   static async open(path: string, createIfMissing: boolean): Promise<MetadataDb> {
     const db = new Level<string, Buffer>(path, { keyEncoding: 'utf8', valueEncoding: 'buffer', createIfMissing, errorIfExists: createIfMissing });
     await db.open();
-    return new MetadataDb(db);
+    return new MetadataDb(db, path);
   }
 
   async get(key: string): Promise<Buffer | undefined> {
-    return (await this.db.get(key)) ?? undefined;
+    try {
+      return (await this.db.get(key)) ?? undefined;
+    } catch (err) {
+      throw metadataError(err, this.path);
+    }
   }
 
   /** Applies ops in order as one LevelDB batch (atomic in LevelDB; not synced: the journal carries durability). */
@@ -356,12 +370,16 @@ export class MetadataDb {
 
   /** A new, empty batch to fill and write (see {@link MetaBatch}). */
   batch(): MetaBatch {
-    return new MetaBatch(this.db.batch());
+    return new MetaBatch(this.db.batch(), this.path);
   }
 
   /** All [key, value] with the prefix, in key order; `limit` bounds the scan. */
   async *scan(prefix: string, limit = -1): AsyncGenerator<[string, Buffer]> {
-    for await (const entry of this.db.iterator({ gte: prefix, lt: `${prefix}\xff`, limit })) yield entry;
+    try {
+      for await (const entry of this.db.iterator({ gte: prefix, lt: `${prefix}\xff`, limit })) yield entry;
+    } catch (err) {
+      throw metadataError(err, this.path);
+    }
   }
 
   /**
@@ -374,7 +392,9 @@ export class MetadataDb {
     const it = this.db.iterator({ gte: prefix, lt: `${prefix}\xff` });
     try {
       for (;;) {
-        const batch = await it.nextv(batchEntries);
+        const batch = await it.nextv(batchEntries).catch((err: unknown) => {
+          throw metadataError(err, this.path);
+        });
         if (batch.length === 0) return;
         yield batch;
       }
@@ -395,7 +415,9 @@ export class MetadataDb {
    * 64 MiB replay).
    */
   async makeDurable(): Promise<void> {
-    await (this.db as unknown as Compactable).compactRange(NO_KEYS, NO_KEYS);
+    await (this.db as unknown as Compactable).compactRange(NO_KEYS, NO_KEYS).catch((err: unknown) => {
+      throw metadataError(err, this.path);
+    });
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,6 @@
 import type { BlockDevice } from '@cowvol/journal';
 import { assert, crc32c } from '@cowvol/journal';
-import { CorruptMetadataError, NotAVolumeError, UnsupportedVersionError } from './errors.js';
+import { CorruptMetadataError, StoreCorruptError, UnsupportedVersionError } from './errors.js';
 import type { StoreReadCache } from './store-read-cache.js';
 
 /**
@@ -52,13 +52,14 @@ export class SnapshotStore {
     return buf;
   }
 
-  /** Validates the header against the volume's identity. Throws `NOT_A_VOLUME`, `UNSUPPORTED_VERSION` or `CORRUPT_METADATA`. */
+  /** Validates the header against the volume's identity. Throws `STORE_CORRUPT` (no store header, or another volume's), `UNSUPPORTED_VERSION` or `CORRUPT_METADATA` (header checksum, block size). */
   async verifyHeader(uuid: Buffer): Promise<void> {
     const buf = await this.device.read(0, 32);
-    if (buf.readUInt32BE(0) !== STORE_MAGIC) throw new NotAVolumeError(`${this.device.name} is not a cowvol snapshot store`);
+    // The metadata named this file as the volume's store: a wrong header is a damaged store, not "not a volume".
+    if (buf.length < 32 || buf.readUInt32BE(0) !== STORE_MAGIC) throw new StoreCorruptError(`${this.device.name} is not a cowvol snapshot store (header missing or overwritten)`);
     if (buf.readUInt32BE(4) !== STORE_VERSION) throw new UnsupportedVersionError(`${this.device.name}: store version ${buf.readUInt32BE(4)} unknown`);
     if (buf.readUInt32BE(28) !== crc32c(buf.subarray(0, 28))) throw new CorruptMetadataError(`${this.device.name}: store header checksum mismatch`);
-    if (!buf.subarray(8, 24).equals(uuid)) throw new NotAVolumeError(`${this.device.name} belongs to another volume (uuid mismatch)`);
+    if (!buf.subarray(8, 24).equals(uuid)) throw new StoreCorruptError(`${this.device.name} belongs to another volume (uuid mismatch)`);
     if (buf.readUInt32BE(24) !== this.blockSizeBytes) throw new CorruptMetadataError(`${this.device.name}: store block size ${buf.readUInt32BE(24)} differs from the volume's ${this.blockSizeBytes}`);
   }
 

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { open as openFile, rm, stat } from 'node:fs/promises';
+import { mkdir, open as openFile, rm, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Mutex } from 'async-mutex';
@@ -70,6 +70,9 @@ import { validateLabels } from './labels.js';
 import { makeSidecarFolder, narrowMode, sidecarModes, tightenSidecarFolder, type SidecarModes } from './sidecar-mode.js';
 import { decodeValue as decodeMeta, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import { WriteBackStage, writeBackError } from './write-back.js';
+import { metadataOpenError, openSidecarFile } from './sidecar-damage.js';
+import { clearCreateIntent, dropLeftoverCreateIntent, reclaimIncompleteCreate, writeCreateIntent } from './create-intent.js';
+import { killPoint } from './kill-point.js';
 
 /** Options for {@link Volume.create}. */
 export interface CreateVolumeOptions {
@@ -92,6 +95,8 @@ export interface CreateVolumeOptions {
   journalSizeBytes?: number;
   /** Write-back stage bound of the opened volume (see {@link OpenVolumeOptions.writeBackBytes}). */
   writeBackBytes?: number;
+  /** An import marker written with the volume record, so the volume exists only with it (a full-stream import; import.ts). */
+  importState?: ImportRecord;
 }
 
 /** Options for {@link Volume.open}. */
@@ -305,11 +310,12 @@ export class Volume {
       throw new InvalidArgumentError(`journal size must be a multiple of the block size and at least ${MIN_JOURNAL_BLOCKS} blocks, got ${journalBytes}`);
     }
     const layout = volumeLayout(path);
+    await reclaimIncompleteCreate(layout); // what a killed create of this path left (create-intent.ts)
     if (await exists(layout.sidecarPath)) throw new VolumeExistsError(`${path} already has a cowvol sidecar (${layout.sidecarPath})`, path);
 
     let sizeBytes: number;
     let createdFile = false;
-    let sidecar: SidecarModes;
+    let adoptedMode: number | undefined;
     if (options.adopt) {
       const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
         if (err.code === 'ENOENT') throw new VolumeNotFoundError(path, { cause: err });
@@ -317,6 +323,7 @@ export class Volume {
       });
       if (!st.isFile()) throw new InvalidArgumentError(`${path} is not a regular file`);
       sizeBytes = st.size;
+      adoptedMode = st.mode;
       if (sizeBytes === 0) throw new InvalidArgumentError(`${path} is empty: nothing to adopt`);
       if (sizeBytes % blockSizeBytes !== 0) throw new InvalidArgumentError(`${path} is ${sizeBytes} bytes, not a multiple of the block size ${blockSizeBytes}; pass a smaller --block-size`);
     } else {
@@ -327,44 +334,41 @@ export class Volume {
     }
     if (sizeBytes > MAX_VOLUME_BYTES) throw new InvalidArgumentError(`volume size ${sizeBytes} exceeds the maximum ${MAX_VOLUME_BYTES}`);
 
+    // The sidecar first, under the create lock (the lock of the sidecar
+    // folder's own identity), with the create intent in it; then the file
+    // (FORMAT.md §2 "Create order"): a killed create is always reclaimable.
+    const createLock = await makeLockedSidecar(layout, path, adoptedMode);
     let lock: OwnerLock | undefined;
     try {
-      if (!options.adopt) {
-        const dev = await opener.open(path, { create: true });
-        createdFile = true;
-        await dev.truncate(sizeBytes);
-        await dev.sync();
-        await dev.close();
-      }
-      // The file's lock first (an open volume is busy under any name), then its other names (ARCHITECTURE.md §9 "The owner lock").
-      lock = await OwnerLock.acquire(path, await fileIdentity(path));
-      if (options.adopt) await refuseOtherNames(path);
       try {
+        await writeCreateIntent(layout, !options.adopt);
+        killPoint('create:intent');
+        if (!options.adopt) {
+          const dev = await opener.open(path, { create: true });
+          createdFile = true;
+          await dev.truncate(sizeBytes);
+          await dev.sync();
+          await dev.close();
+          killPoint('create:file');
+        }
+        // The file's lock (an open volume is busy under any name), then its other names (ARCHITECTURE.md §9 "The owner lock").
+        lock = await OwnerLock.acquire(path, await fileIdentity(path));
+        if (options.adopt) await refuseOtherNames(path);
         // No more accessible than the volume file (docs/ARCHITECTURE.md, "Sidecar permissions").
-        sidecar = sidecarModes((await stat(path)).mode);
-        await makeSidecarFolder(layout.sidecarPath, sidecar);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new VolumeExistsError(`${layout.sidecarPath} appeared while creating`, path);
-        throw err;
-      }
-    } catch (err) {
-      await lock?.unlock();
-      if (createdFile) await rm(path, { force: true });
-      throw err;
-    }
-
-    try {
-      try {
+        const sidecar = sidecarModes((await stat(path)).mode);
+        await narrowMode(layout.sidecarPath, sidecar.folderMode);
         const uuid = randomBytes(16);
         const storeDev = await opener.open(layout.storePath, { create: true });
         await storeDev.write(0, SnapshotStore.header(uuid, blockSizeBytes));
         await storeDev.sync();
         await storeDev.close();
         await narrowMode(layout.storePath, sidecar.fileMode);
+        killPoint('create:store');
         const journalDev = await opener.open(layout.journalPath, { create: true });
         await Journal.format(journalDev, { uuid, blockSizeBytes, lengthBlocks: journalBytes / blockSizeBytes });
         await journalDev.close();
         await narrowMode(layout.journalPath, sidecar.fileMode);
+        killPoint('create:journal');
         const db = await MetadataDb.open(layout.metaPath, true);
         const sb: VolumeRecord = {
           v: SCHEMA_VERSION,
@@ -379,13 +383,18 @@ export class Volume {
         };
         // The volume record goes last: a sidecar without it is an incomplete create.
         await db.apply([putOp(keys.allocator, { v: SCHEMA_VERSION, highWaterBlocks: 0 }), putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: 0 })]);
-        await db.apply([putOp(keys.volume, sb)], true);
+        killPoint('create:meta');
+        // An import's marker comes with the volume record: the volume never exists without it.
+        await db.apply([putOp(keys.volume, sb), ...(options.importState ? [putOp(keys.importState, options.importState)] : [])], true);
         await db.makeDurable();
         await db.close();
+        killPoint('create:recorded');
+        await clearCreateIntent(layout);
         await syncDirectory(layout.sidecarPath);
         await syncDirectory(dirname(resolve(layout.sidecarPath)));
       } finally {
-        await lock.unlock();
+        await lock?.unlock();
+        await createLock.unlock();
       }
     } catch (err) {
       await rm(layout.sidecarPath, { recursive: true, force: true });
@@ -428,10 +437,11 @@ export class Volume {
       try {
         db = await MetadataDb.open(layout.metaPath, false);
       } catch (err) {
-        throw new NotAVolumeError(`${layout.metaPath} is not a readable cowvol metadata database`, { cause: err });
+        throw await metadataOpenError(layout.metaPath, err);
       }
       opened.push(db);
       const meta = await CommittedMetadata.load(db, path);
+      await dropLeftoverCreateIntent(layout); // the volume record is there: the create finished
       const sb = meta.sb;
       const uuid = Buffer.from(sb.uuid, 'hex');
 
@@ -441,13 +451,13 @@ export class Volume {
       if (actual !== sb.sizeBytes) throw new VolumeSizeMismatchError(path, sb.sizeBytes, actual);
 
       // Every store write goes through the cache's device, which drops the cached windows it touches.
-      const storeCache = new StoreReadCache(await opener.open(layout.storePath, { create: false }), sb.blockSizeBytes);
+      const storeCache = new StoreReadCache(await openSidecarFile(opener, layout.storePath, 'store'), sb.blockSizeBytes);
       const storeDev = storeCache.device;
       opened.push(storeDev);
       const store = new SnapshotStore(storeDev, sb.blockSizeBytes, storeCache);
       await store.verifyHeader(uuid);
 
-      const journalDev = await opener.open(layout.journalPath, { create: false });
+      const journalDev = await openSidecarFile(opener, layout.journalPath, 'journal');
       const apply = (tx: { sequence: number; records: unknown[] }) => meta.apply(tx);
       const { journal, recovery } = await Journal.open(journalDev, {
         expectedUuid: uuid,
@@ -1810,5 +1820,30 @@ async function syncDirectory(path: string): Promise<void> {
     await handle.sync();
   } finally {
     await handle.close();
+  }
+}
+
+/**
+ * Makes the sidecar folder of a new volume and takes the create lock: the
+ * owner lock of the folder's own device and inode, held for the whole
+ * create, so a concurrent create or reclaim of this path never touches a
+ * create in progress (create-intent.ts). An adopted file's sidecar gets the
+ * file's modes at once; a new file's is narrowed once the file exists.
+ * @throws VOLUME_EXISTS when the folder appeared meanwhile; VOLUME_BUSY, IO_ERROR
+ */
+async function makeLockedSidecar(layout: VolumeLayout, path: string, adoptedMode: number | undefined): Promise<OwnerLock> {
+  try {
+    // Never group- or other-writable, even for a moment; narrowed to the new file's modes once it exists.
+    if (adoptedMode === undefined) await mkdir(layout.sidecarPath, { mode: 0o755 });
+    else await makeSidecarFolder(layout.sidecarPath, sidecarModes(adoptedMode));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new VolumeExistsError(`${layout.sidecarPath} appeared while creating`, path);
+    throw err;
+  }
+  try {
+    return await OwnerLock.acquire(layout.sidecarPath, await fileIdentity(layout.sidecarPath));
+  } catch (err) {
+    await rm(layout.sidecarPath, { recursive: true, force: true });
+    throw err;
   }
 }

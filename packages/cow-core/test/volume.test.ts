@@ -253,7 +253,8 @@ describe.each(DATA_MODES)('data mode %s', (dataMode) => {
       await (await Volume.create(other, { dataMode, sizeBytes: 8 * BS })).close();
       const ownStore = await readFile(volumeLayout(path).storePath);
       await writeFile(volumeLayout(path).storePath, await readFile(volumeLayout(other).storePath));
-      await expect(Volume.open(path)).rejects.toMatchObject({ code: 'NOT_A_VOLUME' });
+      // The metadata is this volume's: its store is damaged, it is not "not a volume".
+      await expect(Volume.open(path)).rejects.toMatchObject({ code: 'STORE_CORRUPT' });
       await writeFile(volumeLayout(path).storePath, ownStore);
       // A truncated volume file.
       const volumeBytes = await readFile(path);

@@ -23,6 +23,7 @@ export {
   type ScanAction,
 } from './recovery.js';
 export { LogReader, LOG_WINDOW_BYTES, type LogGeometry } from './log-reader.js';
+export { repairJournal, type JournalRepairReport, type JournalRepairOptions, type DiscardedTransaction } from './repair.js';
 export { FileBlockDevice, fileDeviceOpener, type BlockDevice, type DeviceOpener } from './block-device.js';
 export { crc32c } from './checksum.js';
 export {
@@ -46,6 +47,7 @@ export {
   MIN_JOURNAL_BLOCKS,
   encodeSuperblock,
   decodeSuperblock,
+  SUPERBLOCK_AREA_BYTES,
   encodeDescriptor,
   encodeRevoke,
   encodeRecords,

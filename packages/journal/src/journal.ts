@@ -186,20 +186,24 @@ export class Journal implements HandleOwner {
 
   /**
    * Formats `device` as an empty journal of `lengthBlocks` blocks of
-   * `blockSizeBytes` (sparse), and syncs it.
+   * `blockSizeBytes` (sparse), and syncs it. `tailSequence` (default 1) is
+   * the sequence of its first transaction (a repaired journal starts above
+   * every sequence it held, repair.ts).
    * @throws INVALID_ARGUMENT-like assertion failures for impossible geometry
    */
-  static async format(device: BlockDevice, options: { uuid?: Buffer; blockSizeBytes?: number; lengthBlocks?: number } = {}): Promise<void> {
+  static async format(device: BlockDevice, options: { uuid?: Buffer; blockSizeBytes?: number; lengthBlocks?: number; tailSequence?: number } = {}): Promise<void> {
     const uuid = options.uuid ?? randomBytes(UUID_BYTES);
     const blockSizeBytes = options.blockSizeBytes ?? 4096;
     const lengthBlocks = options.lengthBlocks ?? Math.floor(DEFAULT_JOURNAL_BYTES / blockSizeBytes);
     assert(blockSizeBytes >= MIN_JOURNAL_BLOCK_BYTES && blockSizeBytes <= MAX_JOURNAL_BLOCK_BYTES && (blockSizeBytes & (blockSizeBytes - 1)) === 0, `journal block size ${blockSizeBytes}`);
     assert(Number.isInteger(lengthBlocks) && lengthBlocks >= MIN_JOURNAL_BLOCKS && lengthBlocks < 2 ** 32, `journal length ${lengthBlocks} blocks`);
+    const tailSequence = options.tailSequence ?? 1;
+    assert(Number.isSafeInteger(tailSequence) && tailSequence >= 1, `journal tail sequence ${tailSequence}`);
     await device.truncate(0);
     await device.truncate(lengthBlocks * blockSizeBytes);
     const tailBlock = firstLogBlock(blockSizeBytes);
     // Both slots hold the initial tail (generations 0 and 1).
-    for (const generation of [0, 1]) await device.write(slotOffset(generation), encodeSuperblock({ generation, uuid, blockSizeBytes, lengthBlocks, tailSequence: 1, tailBlock }));
+    for (const generation of [0, 1]) await device.write(slotOffset(generation), encodeSuperblock({ generation, uuid, blockSizeBytes, lengthBlocks, tailSequence, tailBlock }));
     await device.sync();
   }
 

@@ -1,11 +1,18 @@
 import { Args, Flags } from '@oclif/core';
-import type { CheckReport } from '@cowvol/cow-core';
+import { CowvolError, repairVolumeJournal, type CheckReport, type VolumeJournalRepair } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
 import { table } from '../format.js';
 import { createProgress, progressFlag } from '../progress.js';
 
-/** Exit codes of `cowvol check`, in the style of `qemu-img check`. */
-export const CHECK_EXIT = { clean: 0, corrupt: 2, leaks: 3 } as const;
+/**
+ * Exit codes of `cowvol check`, in the style of `qemu-img check`;
+ * `journalRepaired`: `--repair` discarded damaged journal transactions and
+ * the volume is consistent now (README "check").
+ */
+export const CHECK_EXIT = { clean: 0, corrupt: 2, leaks: 3, journalRepaired: 4 } as const;
+
+/** `check --json` output: the check report, plus what a journal repair did. */
+export type CheckOutput = CheckReport & { journalRepair?: VolumeJournalRepair };
 
 export default class Check extends CowvolCommand {
   static override summary = 'Check a volume\'s metadata, and with --read-data its store data: leaks versus corruption (exit 0 clean, 2 corruption, 3 leaks only, 1 could not check)';
@@ -18,18 +25,29 @@ export default class Check extends CowvolCommand {
   static override examples = ['<%= config.bin %> check vol.img', '<%= config.bin %> check vol.img --repair --json', '<%= config.bin %> check vol.img --read-data'];
   static override args = { volume: Args.string({ description: 'path of the volume file', required: true }) };
   static override flags = {
-    repair: Flags.boolean({ description: 'free leaked store blocks (only when no corruption was found)' }),
+    repair: Flags.boolean({ description: 'free leaked store blocks (only when no corruption was found); repair a damaged journal (replay what verifies, discard the rest)' }),
     'read-data': Flags.boolean({ description: 'also read every mapped store block and check it against its checksum (reads the whole used store)' }),
     ...progressFlag,
   };
 
-  async run(): Promise<CheckReport> {
+  async run(): Promise<CheckOutput> {
     const { args, flags } = await this.parse(Check);
     const progress = createProgress(flags.progress, 'check', 'blocks');
-    const report = await this.withVolume(args.volume, (v) => v.check({ repair: flags.repair, readData: flags['read-data'], onProgress: (d, t, phase) => progress.update(d, t, phase) })).finally(() => progress.stop());
+    const check = (): Promise<CheckReport> => this.withVolume(args.volume, (v) => v.check({ repair: flags.repair, readData: flags['read-data'], onProgress: (d, t, phase) => progress.update(d, t, phase) }));
+    let journalRepair: VolumeJournalRepair | undefined;
+    const report: CheckOutput = await check()
+      .catch(async (err: unknown) => {
+        // A journal that no longer verifies: with --repair, replay what verifies, discard the rest, check again.
+        if (!flags.repair || !(err instanceof CowvolError) || err.code !== 'JOURNAL_CORRUPT') throw err;
+        journalRepair = await repairVolumeJournal(args.volume);
+        return check();
+      })
+      .finally(() => progress.stop());
+    if (journalRepair) report.journalRepair = journalRepair;
     const status = report.status;
     if (!this.jsonEnabled()) {
       const lines = [
+        ...(journalRepair ? journalRepairLines(journalRepair) : []),
         `${args.volume}: ${report.status === 'clean' ? 'no errors found' : report.status === 'leaks' ? `${report.leakedBlocks} leaked store blocks` : `${report.corruptions.length} corruption(s) found`}`,
         `snapshots ${report.snapshots}, mapped blocks ${report.mappedBlocks}, store high-water ${report.storeHighWaterBlocks}, free ${report.freeBlocks}`,
       ];
@@ -40,7 +58,10 @@ export default class Check extends CowvolCommand {
       else if (report.status === 'leaks') lines.push('run with --repair to free them');
       this.say(lines.join('\n'));
     }
-    process.exitCode = CHECK_EXIT[status];
+    // Repaired journal and nothing left to report: its own code, so a script knows transactions were discarded.
+    // Lost block images (journal data mode) are damage the repair cannot undo: corruption.
+    if (journalRepair?.imagesMayBeLost) process.exitCode = CHECK_EXIT.corrupt;
+    else process.exitCode = journalRepair && status !== 'corrupt' && (status === 'clean' || report.repairedBlocks > 0) ? CHECK_EXIT.journalRepaired : CHECK_EXIT[status];
     return report;
   }
 
@@ -56,3 +77,23 @@ export default class Check extends CowvolCommand {
 }
 
 const CORRUPTION_CODES = new Set(['CORRUPT_METADATA', 'STORE_CORRUPT', 'JOURNAL_CORRUPT']);
+
+/** What a journal repair did, for people. */
+function journalRepairLines(r: VolumeJournalRepair): string[] {
+  const lines = [
+    r.superblockDamaged
+      ? `journal repaired: its superblock was unreadable (${r.superblockError}); the log was discarded unread`
+      : `journal repaired: replayed ${r.replayedTransactions} transaction(s) up to ${r.lastReplayedSequence}; the log stopped at the next one (${r.stopReason})`,
+  ];
+  if (r.discarded.length === 0) lines.push('discarded: nothing found beyond the damage');
+  else {
+    lines.push(`discarded ${r.discarded.length} transaction(s): ${r.discarded.map((d) => d.sequence).join(', ')}`);
+    const kept = r.discarded.filter((d) => d.inMetadata).length;
+    if (kept > 0) lines.push(`  ${kept} of them had been applied to the metadata, which keeps their changes`);
+    if (r.imagesMayBeLost) lines.push('  journal data mode: their block images (live writes, COW copies) never reached the volume and store files; data they held is lost (snapshot reads of such copies fail with STORE_CORRUPT)');
+    const images = r.discarded.flatMap((d) => d.images.map((i) => `${d.sequence}:${i.target === 0 ? 'volume' : 'store'}#${i.homeBlock}`));
+    if (images.length > 0) lines.push(`  block images discarded (transaction:file#block): ${images.slice(0, 32).join(', ')}${images.length > 32 ? `, … (${images.length} in all)` : ''}`);
+  }
+  lines.push(`the journal was reset (next transaction ${r.newTailSequence})`, '');
+  return lines;
+}

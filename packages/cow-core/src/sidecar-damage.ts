@@ -1,0 +1,87 @@
+import { readdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { JournalCorruptError, type BlockDevice, type DeviceOpener } from '@cowvol/journal';
+import { CorruptMetadataError, NotAVolumeError, StoreCorruptError } from './errors.js';
+
+/**
+ * Damage of a sidecar's parts, told apart from "not a volume" and from
+ * I/O failures (docs/ARCHITECTURE.md §4.8 and §10).
+ *
+ * LevelDB's errors at the metadata boundary (docs/ARCHITECTURE.md §10,
+ * "Damaged metadata"). classic-level reports a damaged database as
+ * `LEVEL_CORRUPTION` ("Corruption: …"), and a table, log or manifest that
+ * is missing or cut short as `LEVEL_IO_ERROR` ("IO error: <file>: No such
+ * file or directory" / "Invalid argument"); a database whose `CURRENT` is
+ * gone does not open ("… does not exist (create_if_missing is false)").
+ * Each of these, in a sidecar that held a database, is `CORRUPT_METADATA`
+ * (exit 6; `check` exits 2) — never `INTERNAL`, never `NOT_A_VOLUME`.
+ */
+
+/** The files a LevelDB database that was ever written holds (docs/FORMAT.md §6). */
+const LEVELDB_FILE = /^(CURRENT|MANIFEST-\d+|\d+\.(ldb|sst|log))$/;
+
+/** Messages of the errors in an error's `cause` chain, outermost first. */
+function chain(err: unknown): Array<{ code: unknown; message: string }> {
+  const out: Array<{ code: unknown; message: string }> = [];
+  for (let e = err as { code?: unknown; message?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 8; e = e.cause as typeof e, depth++) {
+    out.push({ code: e.code, message: typeof e.message === 'string' ? e.message : '' });
+  }
+  return out;
+}
+
+/** True when `err` (or its cause) is LevelDB saying its files are damaged, missing or cut short. */
+export function isLevelDbDamage(err: unknown): boolean {
+  return chain(err).some(
+    ({ code, message }) =>
+      code === 'LEVEL_CORRUPTION' ||
+      message.startsWith('Corruption:') ||
+      (message.startsWith('IO error:') && /No such file or directory|Invalid argument/.test(message)) ||
+      /does not exist \(create_if_missing is false\)/.test(message),
+  );
+}
+
+/**
+ * `err` as the metadata module reports it: LevelDB damage becomes
+ * `CORRUPT_METADATA` (the LevelDB message in the text, the error as
+ * `cause`); anything else is returned as it is.
+ */
+export function metadataError(err: unknown, metaPath: string): unknown {
+  if (err instanceof CorruptMetadataError || !isLevelDbDamage(err)) return err;
+  const inner = chain(err).map((c) => c.message).filter((m) => m !== '' && m !== 'Database failed to open');
+  return new CorruptMetadataError(`metadata database ${metaPath} is damaged: ${inner.at(-1) ?? 'unreadable'}; restore the sidecar from a backup`, {
+    cause: err,
+    details: { path: metaPath },
+  });
+}
+
+/**
+ * Why the metadata database at `metaPath` did not open: `CORRUPT_METADATA`
+ * when LevelDB reports damage and the folder holds LevelDB files (a
+ * database was written there: `CURRENT` or the manifest deleted, a table
+ * cut short), else `NOT_A_VOLUME` as before (no database: not a volume, or
+ * a create that never got that far — the sidecar still holds the create
+ * intent; or LevelDB refused for another reason, named in the cause).
+ */
+export async function metadataOpenError(metaPath: string, err: unknown): Promise<Error> {
+  const entries = await readdir(metaPath).catch(() => [] as string[]);
+  // A create killed while making the database left it half-made: that is no volume yet (create-intent.ts).
+  const creating = (await readdir(dirname(metaPath)).catch(() => [] as string[])).includes('creating');
+  if (!creating && isLevelDbDamage(err) && entries.some((name) => LEVELDB_FILE.test(name))) return metadataError(err, metaPath) as Error;
+  return new NotAVolumeError(`${metaPath} is not a readable cowvol metadata database`, { cause: err });
+}
+
+/**
+ * Opens the store or journal file of a volume whose metadata loaded: a
+ * missing file is damage of that part (`STORE_CORRUPT`, `JOURNAL_CORRUPT`),
+ * not an I/O failure.
+ * @throws STORE_CORRUPT, JOURNAL_CORRUPT (missing file), IO_ERROR (anything else the opener throws)
+ */
+export async function openSidecarFile(opener: DeviceOpener, path: string, part: 'store' | 'journal'): Promise<BlockDevice> {
+  try {
+    return await opener.open(path, { create: false });
+  } catch (err) {
+    if (!chain(err).some(({ code, message }) => code === 'ENOENT' || /ENOENT/.test(message))) throw err;
+    const message = `the ${part} file ${path} of this volume is missing`;
+    throw part === 'store' ? new StoreCorruptError(message, { cause: err, details: { path } }) : new JournalCorruptError(message, { cause: err, details: { path } });
+  }
+}
