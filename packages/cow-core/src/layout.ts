@@ -7,6 +7,7 @@ import { join } from 'node:path';
  *   journal   the write-ahead journal
  *   meta/     the LevelDB metadata database
  *   lock      the owner lock (proper-lockfile) and `owner` (holder's pid)
+ *   reserve   the space reserve (reserve.ts)
  */
 export interface VolumeLayout {
   volumePath: string;
@@ -16,6 +17,7 @@ export interface VolumeLayout {
   metaPath: string;
   lockPath: string;
   ownerPath: string;
+  reservePath: string;
 }
 
 export function volumeLayout(volumePath: string): VolumeLayout {
@@ -28,6 +30,7 @@ export function volumeLayout(volumePath: string): VolumeLayout {
     metaPath: join(sidecarPath, 'meta'),
     lockPath: join(sidecarPath, 'lock'),
     ownerPath: join(sidecarPath, 'owner'),
+    reservePath: join(sidecarPath, 'reserve'),
   };
 }
 

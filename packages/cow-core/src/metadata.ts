@@ -2,6 +2,7 @@ import { Packr } from 'msgpackr';
 import { Level } from 'level';
 import { assert } from '@cowvol/journal';
 import { CorruptMetadataError, UnsupportedVersionError } from './errors.js';
+import { levelError } from './level-errors.js';
 
 /**
  * Metadata in LevelDB (docs/FORMAT.md, "Metadata keys"). Keys are ASCII
@@ -35,6 +36,8 @@ export interface VolumeRecord {
   dataMode: DataMode;
   /** Journal file size in bytes (absent in volumes created before it was recorded: 64 MiB). */
   journalBytes?: number;
+  /** Size of the space reserve file (reserve.ts); absent in volumes created before it: no reserve. */
+  reserveBytes?: number;
 }
 
 /** How live data reaches the volume file (ext4 data=ordered / data=journal). */
@@ -320,7 +323,9 @@ export class MetaBatch {
 
   /** Writes every op added, atomically (`sync`: fsync LevelDB's log first). */
   write(sync = false): Promise<void> {
-    return this.batch.write({ sync });
+    return this.batch.write({ sync }).catch((err: unknown) => {
+      throw levelError(err, 'cannot write the metadata database');
+    });
   }
 
   close(): Promise<void> {
@@ -333,7 +338,9 @@ export class MetadataDb {
 
   static async open(path: string, createIfMissing: boolean): Promise<MetadataDb> {
     const db = new Level<string, Buffer>(path, { keyEncoding: 'utf8', valueEncoding: 'buffer', createIfMissing, errorIfExists: createIfMissing });
-    await db.open();
+    await db.open().catch((err: unknown) => {
+      throw levelError(err, `cannot open the metadata database ${path}`);
+    });
     return new MetadataDb(db);
   }
 
@@ -395,7 +402,9 @@ export class MetadataDb {
    * 64 MiB replay).
    */
   async makeDurable(): Promise<void> {
-    await (this.db as unknown as Compactable).compactRange(NO_KEYS, NO_KEYS);
+    await (this.db as unknown as Compactable).compactRange(NO_KEYS, NO_KEYS).catch((err: unknown) => {
+      throw levelError(err, 'cannot flush the metadata database');
+    });
   }
 
   async close(): Promise<void> {

@@ -28,7 +28,13 @@ export class OwnerLock {
     if (this.lost) throw new LockLostError(this.layout.volumePath, this.lost);
   }
 
-  static async acquire(layout: VolumeLayout, options: { staleMs?: number } = {}): Promise<OwnerLock> {
+  /**
+   * `readOnly` (a read-only open): on a read-only file system, where the
+   * lock folder cannot be made, the volume is used without it (no writer can
+   * change it through that mount). The pid file is best effort: a full or
+   * read-only file system leaves it out.
+   */
+  static async acquire(layout: VolumeLayout, options: { staleMs?: number; readOnly?: boolean } = {}): Promise<OwnerLock> {
     const owner = new OwnerLock(layout);
     try {
       owner.release = await lockfile.lock(layout.sidecarPath, {
@@ -47,9 +53,14 @@ export class OwnerLock {
         const pid = Number.parseInt(await readFile(layout.ownerPath, 'utf8').catch(() => ''), 10);
         throw new VolumeBusyError(layout.volumePath, Number.isSafeInteger(pid) ? pid : undefined);
       }
+      if (options.readOnly && (err as NodeJS.ErrnoException).code === 'EROFS') return owner;
       throw new IoError(`cannot lock ${layout.sidecarPath}: ${(err as Error).message}`, { cause: err, details: { path: layout.lockPath } });
     }
-    await writeFile(layout.ownerPath, `${process.pid}\n`);
+    await writeFile(layout.ownerPath, `${process.pid}\n`).catch(async (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOSPC' || err.code === 'EDQUOT' || err.code === 'EROFS') return;
+      await owner.release().catch(() => undefined);
+      throw new IoError(`cannot write ${layout.ownerPath}: ${err.message}`, { cause: err, details: { path: layout.ownerPath } });
+    });
     return owner;
   }
 

@@ -24,7 +24,7 @@ export default class Check extends CowvolCommand {
   async run(): Promise<CheckReport> {
     const { args, flags } = await this.parse(Check);
     const progress = createProgress(flags.progress, 'check', 'blocks');
-    const report = await this.withVolume(args.volume, (v) => v.check({ repair: flags.repair, onProgress: (d, t) => progress.update(d, t) })).finally(() => progress.stop());
+    const report = await this.withVolume(args.volume, (v) => v.check({ repair: flags.repair, onProgress: (d, t) => progress.update(d, t) }), { readOnly: !flags.repair }).finally(() => progress.stop());
     const status = report.status;
     if (!this.jsonEnabled()) {
       const lines = [

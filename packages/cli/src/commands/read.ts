@@ -27,6 +27,6 @@ export default class Read extends CowvolCommand {
         progress.stop();
         await sink.close();
       }
-    });
+    }, { readOnly: true });
   }
 }

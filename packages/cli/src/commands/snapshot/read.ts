@@ -33,6 +33,6 @@ export default class SnapshotRead extends CowvolCommand {
         progress.stop();
         await sink.close();
       }
-    });
+    }, { readOnly: true });
   }
 }
