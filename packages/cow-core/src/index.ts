@@ -27,6 +27,9 @@ export {
   NoSpaceError,
   JournalCorruptError,
   JournalAbortedError,
+  JournalApplyError,
+  JournalNeedsRecoveryError,
+  OutcomeUnknownError,
   AssertionFailedError,
   FileBlockDevice,
   fileDeviceOpener,
@@ -36,6 +39,7 @@ export {
 } from '@cowvol/journal';
 export { checkVolume, MAX_FINDINGS, type CheckReport, type CheckFinding } from './check.js';
 export { FreezeGate } from './freeze-gate.js';
+export { RESERVE_BYTES } from './reserve.js';
 export { type MetaRecord } from './committed-metadata.js';
 export { runStress, formatStressSummary, mulberry32, type StressOptions, type StressSummary } from './stress.js';
 export { type CreateSnapshotOptions, type MultiDeleteResult } from './volume.js';
