@@ -93,7 +93,7 @@ async function copyOfTemplate(reserve: boolean): Promise<string> {
   const dir = await mkdtemp(join(mnt, 'case-'));
   execFileSync('cp', ['-a', '--sparse=always', `${template}/.`, dir]);
   const reservePath = join(dir, 'v.img.cowvol', 'reserve');
-  await rm(reservePath);
+  await rm(reservePath, { force: true });
   // The reserve is zeros written in full: a sparse copy would hold no space.
   if (reserve) execFileSync('cp', ['-a', '--sparse=never', join(template, 'v.img.cowvol', 'reserve'), reservePath]);
   return join(dir, 'v.img');
@@ -117,9 +117,10 @@ async function outcomeOf(path: string, change: Change): Promise<{ outcome: strin
   }
 }
 
-/** Runs every level on a fresh copy; returns what happened at each, for the log. */
+/** Runs every level on a fresh copy; returns what happened at each, for the log; fails at the end with every level that went wrong. */
 async function sweep(change: Change, reserve: boolean, check: (outcome: string, what: string) => void): Promise<string> {
   const seen: string[] = [];
+  const failures: string[] = [];
   for (const level of LEVELS) {
     const path = await copyOfTemplate(reserve);
     try {
@@ -130,11 +131,15 @@ async function sweep(change: Change, reserve: boolean, check: (outcome: string, 
       check(outcome, what);
       if (process.env.COWVOL_FULLDISK_VERBOSE) console.log(what);
       await verify(path, change, outcome, what);
+    } catch (err) {
+      failures.push((err as Error).message);
     } finally {
       await rm(join(path, '..'), { recursive: true, force: true });
     }
   }
-  return `${change.name}${reserve ? ' (reserve)' : ''}: ${seen.join(' ')}`;
+  const log = `${change.name}${reserve ? ' (reserve)' : ''}: ${seen.join(' ')}`;
+  expect(failures, log).toEqual([]);
+  return log;
 }
 
 /** Frees the space, opens the volume (recovering), checks the outcome against the change and every snapshot's content. */
