@@ -91,6 +91,11 @@ describe.skipIf(!IS_ROOT)(`read-only commands on a full disk and on a read-only 
         c.check?.(r.stdout);
       }
       expect(await filesOf(dir)).toEqual(before);
+      // A new volume on the full disk: NO_SPACE, and nothing left behind.
+      const r = await cowvol(['create', join(dir, 'new.img'), '--size', '1M', '--json']);
+      expect(r.code).toBe(7);
+      expect(jsonOf<{ error: { code: string } }>(r).error.code).toBe('NO_SPACE');
+      expect(await filesOf(dir)).toEqual(before);
     } finally {
       await rm(dir, { recursive: true, force: true });
       await rm(out, { recursive: true, force: true });
@@ -109,13 +114,15 @@ describe.skipIf(!IS_ROOT)(`read-only commands on a full disk and on a read-only 
       execFileSync('mount', ['--bind', '-o', 'ro', dir, ro]);
       mounted = true;
       const roPath = join(ro, 'v.img');
-      for (const c of readOnlyCommands(roPath, out)) {
+      // A sample (each CLI run costs a process start): listing, reading, exporting, checking.
+      const sample = new Set(['snapshot list', 'snapshot read', 'snapshot export', 'check']);
+      for (const c of readOnlyCommands(roPath, out).filter((x) => sample.has(x.args.slice(0, x.args[0] === 'snapshot' ? 2 : 1).join(' ')))) {
         const r = await cowvol(c.args);
         expect(r.stderr, c.args.join(' ')).toBe('');
         expect(r.code, c.args.join(' ')).toBe(0);
         c.check?.(r.stdout);
       }
-      for (const args of [['snapshot', 'create', roPath, 'x'], ['snapshot', 'delete', roPath, 's1'], ['snapshot', 'rename', roPath, 's1', 'y']]) {
+      for (const args of [['snapshot', 'delete', roPath, 's1']]) {
         const r = await cowvol([...args, '--json']);
         expect(r.code, args.join(' ')).toBe(7);
         expect(jsonOf<{ error: { code: string } }>(r).error.code).toBe('IO_ERROR');

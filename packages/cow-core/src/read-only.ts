@@ -91,3 +91,21 @@ function copyError(err: NodeJS.ErrnoException, where: string): CowvolError {
   if (err.code === 'ENOSPC' || err.code === 'EDQUOT') return new NoSpaceError(message, { cause: err, details: { path: where } });
   return new IoError(message, { cause: err, details: { path: where, errno: err.code } });
 }
+
+/**
+ * The metadata database of an open: the sidecar's own, or with `readOnly`
+ * a {@link PrivateMetadata} copy (close that one, not its `db`).
+ * @throws NOT_A_VOLUME (not a LevelDB database), NO_SPACE, IO_ERROR (the file system: level-errors.ts)
+ */
+export async function openMetadata(metaPath: string, readOnly: boolean): Promise<{ db: MetadataDb; privateMeta?: PrivateMetadata }> {
+  if (readOnly) {
+    const privateMeta = await PrivateMetadata.open(metaPath);
+    return { db: privateMeta.db, privateMeta };
+  }
+  try {
+    return { db: await MetadataDb.open(metaPath, false) };
+  } catch (err) {
+    if (err instanceof CowvolError) throw err;
+    throw new NotAVolumeError(`${metaPath} is not a readable cowvol metadata database`, { cause: err });
+  }
+}

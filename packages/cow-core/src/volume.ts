@@ -71,7 +71,7 @@ import { freeableBlocks, planDelete, type DeletePlan, type SpaceReport } from '.
 import { validateLabels } from './labels.js';
 import { decodeValue as decodeMeta, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import { WriteBackStage, writeBackError } from './write-back.js';
-import { PrivateMetadata } from './read-only.js';
+import { PrivateMetadata, openMetadata } from './read-only.js';
 import { RESERVE_BYTES, releaseReserve, writeReserve } from './reserve.js';
 
 /** Options for {@link Volume.create}. */
@@ -444,21 +444,8 @@ export class Volume {
     const opened: Array<{ close(): Promise<void> }> = [];
     try {
       if (options.releaseReserve && !readOnly) await releaseReserve(layout.reservePath);
-      let db: MetadataDb;
-      let privateMeta: PrivateMetadata | undefined;
-      if (readOnly) {
-        privateMeta = await PrivateMetadata.open(layout.metaPath);
-        db = privateMeta.db;
-        opened.push(privateMeta);
-      } else {
-        try {
-          db = await MetadataDb.open(layout.metaPath, false);
-        } catch (err) {
-          if (err instanceof CowvolError) throw err; // NO_SPACE, IO_ERROR: the file system, not the volume (level-errors.ts)
-          throw new NotAVolumeError(`${layout.metaPath} is not a readable cowvol metadata database`, { cause: err });
-        }
-        opened.push(db);
-      }
+      const { db, privateMeta } = await openMetadata(layout.metaPath, readOnly);
+      opened.push(privateMeta ?? db);
       const meta = await CommittedMetadata.load(db, path);
       const sb = meta.sb;
       const uuid = Buffer.from(sb.uuid, 'hex');
