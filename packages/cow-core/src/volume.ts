@@ -248,7 +248,10 @@ export interface DeleteResult {
  * SNAPSHOT_NOT_FOUND, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, VOLUME_NOT_FOUND,
  * VOLUME_EXISTS, VOLUME_BUSY, LOCK_LOST, NOT_A_VOLUME, CORRUPT_METADATA,
  * STORE_CORRUPT, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, VOLUME_CLOSED,
- * IO_ERROR, NO_SPACE, JOURNAL_CORRUPT, JOURNAL_ABORTED.
+ * IO_ERROR, NO_SPACE, JOURNAL_CORRUPT, JOURNAL_ABORTED, OUTCOME_UNKNOWN (a
+ * commit whose flush failed), JOURNAL_NEEDS_RECOVERY and VOLUME_READ_ONLY
+ * (read-only opens). A change durable in the journal is never reported as
+ * an error (see {@link warnings}).
  */
 export class Volume {
   private readonly gate = new FreezeGate();
