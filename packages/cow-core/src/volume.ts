@@ -616,7 +616,9 @@ export class Volume {
       // the volume); a second flush then syncs what did land.
       const failures = this.writeBack.takeFailures();
       if (failures.length > 0) throw writeBackError(failures);
-      this.checkUsable();
+      // After a commit that is durable but not applied, the writes before it
+      // happened (their COWs are in the journal): they are synced like any.
+      this.checkUsable(true);
       await this.volume.sync();
     } finally {
       leave();
@@ -1035,8 +1037,8 @@ export class Volume {
       try {
         await this.writeBack.drain();
         failures = this.writeBack.takeFailures();
+        if (!this.readOnly && (this.failure === undefined || this.failure instanceof JournalApplyError)) await this.volume.sync();
         if (this.failure === undefined && !this.readOnly) {
-          await this.volume.sync();
           await this.checkpoint().catch((err: unknown) => this.notices.push(`the journal was not checkpointed (${(err as Error).message}); the next open replays it`));
         }
       } finally {
@@ -1102,10 +1104,11 @@ export class Volume {
     }
   }
 
-  private checkUsable(): void {
+  /** Throws VOLUME_CLOSED, LOCK_LOST, or JOURNAL_ABORTED after a failed commit (`appliedLater`: not for one durable in the journal, JOURNAL_APPLY_FAILED). */
+  private checkUsable(appliedLater = false): void {
     if (this.closed) throw new VolumeClosedError();
     this.lock.throwIfLost();
-    if (this.failure !== undefined) {
+    if (this.failure !== undefined && !(appliedLater && this.failure instanceof JournalApplyError)) {
       throw new CowvolError('JOURNAL_ABORTED', 'an earlier metadata commit failed; close and reopen the volume to recover', { cause: this.failure });
     }
   }
