@@ -201,8 +201,9 @@ describe.skipIf(!IS_ROOT)(`outcomes of changes on a full disk (levels ${LEVELS.m
     console.log(log);
   });
 
-  it('through the CLI: exit 0, 7 or 9 only, no INTERNAL, no stack trace, and the outcome matches', async () => {
-    for (const change of CHANGES) {
+  it('through the CLI at 16 KiB free: exit 0, 7 or 9 only, no INTERNAL, no stack trace, and the outcome matches', async () => {
+    // A sample (each CLI run costs a process start; the API sweep above covers every change).
+    for (const change of CHANGES.filter((c) => ['snapshot create', 'snapshot delete', 'write'].includes(c.name))) {
       const path = await copyOfTemplate(false);
       try {
         await fillTo(join(path, '..'), 16 * 1024 + (change.baseBytes ?? 0));
