@@ -6,11 +6,20 @@ import { watchStdout } from './io.js';
 import { isErrnoError, osError } from './os-errors.js';
 import { installSignalHandlers } from './signals.js';
 
+/** How a command opens its volume (see {@link CowvolCommand.withVolume}). */
+export interface OpenMode {
+  /** The command only reads: open with `Volume.openForReading` (writes nothing; works on a full disk and a read-only mount). */
+  readOnly?: boolean;
+  /** Release the space reserve first (a delete on a full disk). */
+  releaseReserve?: boolean;
+}
+
 /**
  * Base of every cowvol command: `--json` (oclif's enableJsonFlag: exactly
  * one JSON document on stdout), error reporting with stable codes on stderr
  * and the exit code from ./exit-codes.ts, and a helper that opens a volume
- * and always closes it.
+ * and always closes it, then prints the volume's warnings (`cowvol:
+ * warning: …` on stderr, and `warnings` in the JSON result).
  */
 export abstract class CowvolCommand extends Command {
   static override enableJsonFlag = true;
@@ -27,7 +36,7 @@ export abstract class CowvolCommand extends Command {
    * (VOLUME_BUSY) until the deadline, then fails with the last VOLUME_BUSY.
    * @throws INVALID_ARGUMENT (bad --wait), VOLUME_BUSY, and what Volume.open throws
    */
-  protected async openVolume(path: string): Promise<Volume> {
+  protected async openVolume(path: string, mode: OpenMode = {}): Promise<Volume> {
     const raw = (this.argvFlags().wait as string | undefined) ?? undefined;
     let waitMs = 0;
     if (raw !== undefined) {
@@ -39,7 +48,7 @@ export abstract class CowvolCommand extends Command {
     let delay = 50;
     for (;;) {
       try {
-        return await Volume.open(path);
+        return await (mode.readOnly ? Volume.openForReading(path) : Volume.open(path, mode.releaseReserve ? { releaseReserve: true } : {}));
       } catch (err) {
         if (!(err instanceof CowvolError) || err.code !== 'VOLUME_BUSY' || Date.now() >= deadline) throw err;
         await sleep(Math.min(delay, Math.max(1, deadline - Date.now())));
@@ -72,13 +81,23 @@ export abstract class CowvolCommand extends Command {
     return this.parsedFlags;
   }
 
-  /** Opens `path` (honouring `--wait`), runs `fn`, closes the volume even when `fn` throws. */
-  protected async withVolume<T>(path: string, fn: (volume: Volume) => Promise<T>): Promise<T> {
-    const volume = await this.openVolume(path);
+  /** Warnings of the volumes this command used (printed after close; `warnings` in JSON). */
+  private readonly warnings: string[] = [];
+
+  /** Opens `path` (honouring `--wait`, in `mode`), runs `fn`, closes the volume even when `fn` throws, then reports its warnings. */
+  protected async withVolume<T>(path: string, fn: (volume: Volume) => Promise<T>, mode: OpenMode = {}): Promise<T> {
+    const volume = await this.openVolume(path, mode);
     try {
       return await fn(volume);
     } finally {
-      await volume.close();
+      try {
+        await volume.close();
+      } finally {
+        for (const w of volume.warnings) {
+          this.warnings.push(w);
+          process.stderr.write(`cowvol: warning: ${w}\n`);
+        }
+      }
     }
   }
 
@@ -107,6 +126,9 @@ export abstract class CowvolCommand extends Command {
     exit = this.exitCodeOf(code);
     // Messages quote user text (names, labels, paths): control and bidirectional code points are escaped (README, "Labels").
     process.stderr.write(`cowvol: error [${code}]: ${err.message.split('\n').map(escapeTerminalText).join('\n')}\n`);
+    if (code === 'OUTCOME_UNKNOWN') {
+      process.stderr.write('cowvol: the change may or may not have been made (its commit was written, its flush failed). Run `cowvol snapshot list <volume>` or `cowvol info <volume>` to see which.\n');
+    }
     if (code === 'NO_SPACE' && (details?.role === 'output' || details?.role === 'input')) {
       const where = details.role === 'output' ? 'the output' : 'the temporary folder ($TMPDIR)';
       process.stderr.write(`cowvol: the disk holding ${where} is full; the volume and every snapshot are unchanged. Free space there, or use another folder.\n`);
@@ -129,6 +151,7 @@ export abstract class CowvolCommand extends Command {
   }
 
   protected override toSuccessJson(result: unknown): unknown {
+    if (this.warnings.length > 0 && typeof result === 'object' && result !== null && !Array.isArray(result)) return { ...result, warnings: [...this.warnings] };
     return result;
   }
 }

@@ -20,6 +20,7 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   SNAPSHOT_EXISTS: 4,
   SNAPSHOT_LIMIT: 4,
   SNAPSHOT_HELD: 4,
+  VOLUME_READ_ONLY: 4,
   BASE_MISMATCH: 4,
   IMPORT_PENDING: 4,
   RESUME_MISMATCH: 4,
@@ -38,9 +39,12 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   IO_ERROR: 7,
   NO_SPACE: 7,
   JOURNAL_ABORTED: 7,
+  JOURNAL_NEEDS_RECOVERY: 7,
   // 8: the input stream is not a cowvol stream or is damaged (nothing was applied from it)
   NOT_A_STREAM: 8,
   STREAM_CORRUPT: 8,
+  // 9: the change may or may not have been made (its commit was written, its flush failed): look before retrying
+  OUTCOME_UNKNOWN: 9,
   // 1: a bug (assertion) or anything unexpected
   ASSERTION_FAILED: 1,
   JOURNAL_CREDITS_EXCEEDED: 1,

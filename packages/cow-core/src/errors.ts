@@ -189,3 +189,14 @@ export class ResumeMismatchError extends CowvolError {
     super('RESUME_MISMATCH', message, options);
   }
 }
+
+/**
+ * `VOLUME_READ_ONLY`: a change (write, snapshot create, delete, rename, …)
+ * was asked of a volume opened with `readOnly` (docs/ARCHITECTURE.md,
+ * "Read-only opens"). Nothing was changed.
+ */
+export class VolumeReadOnlyError extends CowvolError {
+  constructor(path: string, what: string) {
+    super('VOLUME_READ_ONLY', `${path} is open read-only: cannot ${what}`, { details: { path } });
+  }
+}

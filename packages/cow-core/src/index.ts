@@ -27,6 +27,9 @@ export {
   NoSpaceError,
   JournalCorruptError,
   JournalAbortedError,
+  JournalApplyError,
+  JournalNeedsRecoveryError,
+  OutcomeUnknownError,
   AssertionFailedError,
   FileBlockDevice,
   fileDeviceOpener,
@@ -39,6 +42,7 @@ export { checkStoreData, DATA_CHECK_BATCH_BLOCKS, type DamagedStoreBlock, type D
 export { rebindStoreCrc, storeBlockCrc, storeCrcPrefix, STORE_CRC_PREFIX_BYTES, type StoreBlockIdentity } from './store-crc.js';
 export { repairVolumeJournal, type VolumeJournalRepair, type DiscardedJournalTransaction } from './journal-repair.js';
 export { FreezeGate } from './freeze-gate.js';
+export { RESERVE_BYTES } from './reserve.js';
 export { type MetaRecord } from './committed-metadata.js';
 export { runStress, formatStressSummary, mulberry32, type StressOptions, type StressSummary } from './stress.js';
 export { type CreateSnapshotOptions, type MultiDeleteResult } from './volume.js';

@@ -7,6 +7,7 @@ import { join } from 'node:path';
  *   journal   the write-ahead journal
  *   meta/     the LevelDB metadata database
  * The owner lock is no file: an abstract unix socket (owner-lock.ts).
+ *   reserve   the space reserve (reserve.ts)
  */
 export interface VolumeLayout {
   volumePath: string;
@@ -14,6 +15,7 @@ export interface VolumeLayout {
   storePath: string;
   journalPath: string;
   metaPath: string;
+  reservePath: string;
 }
 
 export function volumeLayout(volumePath: string): VolumeLayout {
@@ -24,6 +26,7 @@ export function volumeLayout(volumePath: string): VolumeLayout {
     storePath: join(sidecarPath, 'store'),
     journalPath: join(sidecarPath, 'journal'),
     metaPath: join(sidecarPath, 'meta'),
+    reservePath: join(sidecarPath, 'reserve'),
   };
 }
 

@@ -3,6 +3,7 @@ import { Level } from 'level';
 import { assert } from '@cowvol/journal';
 import { CorruptMetadataError, UnsupportedVersionError } from './errors.js';
 import { metadataError } from './sidecar-damage.js';
+import { levelError } from './level-errors.js';
 
 /**
  * Metadata in LevelDB (docs/FORMAT.md, "Metadata keys"). Keys are ASCII
@@ -36,6 +37,8 @@ export interface VolumeRecord {
   dataMode: DataMode;
   /** Journal file size in bytes (absent in volumes created before it was recorded: 64 MiB). */
   journalBytes?: number;
+  /** Size of the space reserve file (reserve.ts); absent in volumes created before it: no reserve. */
+  reserveBytes?: number;
 }
 
 /** How live data reaches the volume file (ext4 data=ordered / data=journal). */
@@ -325,7 +328,7 @@ export class MetaBatch {
   /** Writes every op added, atomically (`sync`: fsync LevelDB's log first). */
   write(sync = false): Promise<void> {
     return this.batch.write({ sync }).catch((err: unknown) => {
-      throw metadataError(err, this.path);
+      throw metadataError(levelError(err, 'cannot write the metadata database'), this.path);
     });
   }
 
@@ -343,7 +346,9 @@ export class MetadataDb {
 
   static async open(path: string, createIfMissing: boolean): Promise<MetadataDb> {
     const db = new Level<string, Buffer>(path, { keyEncoding: 'utf8', valueEncoding: 'buffer', createIfMissing, errorIfExists: createIfMissing });
-    await db.open();
+    await db.open().catch((err: unknown) => {
+      throw levelError(err, `cannot open the metadata database ${path}`);
+    });
     return new MetadataDb(db, path);
   }
 
@@ -416,7 +421,7 @@ export class MetadataDb {
    */
   async makeDurable(): Promise<void> {
     await (this.db as unknown as Compactable).compactRange(NO_KEYS, NO_KEYS).catch((err: unknown) => {
-      throw metadataError(err, this.path);
+      throw metadataError(levelError(err, 'cannot flush the metadata database'), this.path);
     });
   }
 

@@ -1,6 +1,6 @@
 import { readdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { JournalCorruptError, type BlockDevice, type DeviceOpener } from '@cowvol/journal';
+import { CowvolError, JournalCorruptError, type BlockDevice, type DeviceOpener } from '@cowvol/journal';
 import { CorruptMetadataError, NotAVolumeError, StoreCorruptError } from './errors.js';
 
 /**
@@ -63,6 +63,7 @@ export function metadataError(err: unknown, metaPath: string): unknown {
  * intent; or LevelDB refused for another reason, named in the cause).
  */
 export async function metadataOpenError(metaPath: string, err: unknown): Promise<Error> {
+  if (err instanceof CowvolError) return err; // NO_SPACE, IO_ERROR of the file system (level-errors.ts), or already classified
   const entries = await readdir(metaPath).catch(() => [] as string[]);
   // A create killed while making the database left it half-made: that is no volume yet (create-intent.ts).
   const creating = (await readdir(dirname(metaPath)).catch(() => [] as string[])).includes('creating');
@@ -76,9 +77,9 @@ export async function metadataOpenError(metaPath: string, err: unknown): Promise
  * not an I/O failure.
  * @throws STORE_CORRUPT, JOURNAL_CORRUPT (missing file), IO_ERROR (anything else the opener throws)
  */
-export async function openSidecarFile(opener: DeviceOpener, path: string, part: 'store' | 'journal'): Promise<BlockDevice> {
+export async function openSidecarFile(opener: DeviceOpener, path: string, part: 'store' | 'journal', readOnly = false): Promise<BlockDevice> {
   try {
-    return await opener.open(path, { create: false });
+    return await opener.open(path, { create: false, readOnly });
   } catch (err) {
     if (!chain(err).some(({ code, message }) => code === 'ENOENT' || /ENOENT/.test(message))) throw err;
     const message = `the ${part} file ${path} of this volume is missing`;

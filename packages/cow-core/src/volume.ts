@@ -8,7 +8,10 @@ import {
   CowvolError,
   IoError,
   Journal,
+  JournalApplyError,
   JournalCorruptError,
+  JournalNeedsRecoveryError,
+  AssertionFailedError,
   assert,
   fileDeviceOpener,
   type BlockDevice,
@@ -30,6 +33,7 @@ import {
   VolumeClosedError,
   VolumeExistsError,
   VolumeNotFoundError,
+  VolumeReadOnlyError,
   VolumeSizeMismatchError,
 } from './errors.js';
 import {
@@ -73,6 +77,8 @@ import { WriteBackStage, writeBackError } from './write-back.js';
 import { metadataOpenError, openSidecarFile } from './sidecar-damage.js';
 import { clearCreateIntent, dropLeftoverCreateIntent, reclaimIncompleteCreate, writeCreateIntent } from './create-intent.js';
 import { killPoint } from './kill-point.js';
+import { PrivateMetadata, openMetadata } from './read-only.js';
+import { RESERVE_BYTES, releaseReserve, writeReserve } from './reserve.js';
 
 /** Options for {@link Volume.create}. */
 export interface CreateVolumeOptions {
@@ -97,6 +103,8 @@ export interface CreateVolumeOptions {
   writeBackBytes?: number;
   /** An import marker written with the volume record, so the volume exists only with it (a full-stream import; import.ts). */
   importState?: ImportRecord;
+  /** Size of the space reserve file in bytes (reserve.ts); 0 = none. Default `RESERVE_BYTES` (2 MiB). */
+  reserveBytes?: number;
 }
 
 /** Options for {@link Volume.open}. */
@@ -110,6 +118,20 @@ export interface OpenVolumeOptions {
    * only once its overwrite reached the volume file, and reports its errors.
    */
   writeBackBytes?: number;
+  /**
+   * Open without writing a byte of the volume, its sidecar or its lock
+   * (docs/ARCHITECTURE.md, "Read-only opens"): works on a full file system
+   * and a read-only mount. Metadata is read from a private copy under
+   * TMPDIR (read-only.ts); committed transactions still in the journal are
+   * applied to that copy; block images to write home refuse the open with
+   * `JOURNAL_NEEDS_RECOVERY`. Every change is refused with `VOLUME_READ_ONLY`.
+   */
+  readOnly?: boolean;
+  /**
+   * Release the space reserve before opening anything (a delete on a full
+   * disk: reserve.ts). A writable close puts it back when there is room.
+   */
+  releaseReserve?: boolean;
 }
 
 /** A snapshot as shown to users. */
@@ -190,6 +212,12 @@ export interface DeleteResult {
   freedBlocks: number;
   /** Blocks passed to the next older snapshot (it read through to them). */
   handedOverBlocks: number;
+  /**
+   * True when the delete is committed but its hand-over stopped (a full
+   * disk, an I/O error: see `Volume.warnings`); the next writable open
+   * finishes it. The counts are what was done before it stopped.
+   */
+  unfinished?: boolean;
 }
 
 /**
@@ -226,7 +254,10 @@ export interface DeleteResult {
  * SNAPSHOT_NOT_FOUND, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, VOLUME_NOT_FOUND,
  * VOLUME_EXISTS, VOLUME_BUSY, NOT_A_VOLUME, CORRUPT_METADATA,
  * STORE_CORRUPT, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, VOLUME_CLOSED,
- * IO_ERROR, NO_SPACE, JOURNAL_CORRUPT, JOURNAL_ABORTED.
+ * IO_ERROR, NO_SPACE, JOURNAL_CORRUPT, JOURNAL_ABORTED, OUTCOME_UNKNOWN (a
+ * commit whose flush failed), JOURNAL_NEEDS_RECOVERY and VOLUME_READ_ONLY
+ * (read-only opens). A change durable in the journal is never reported as
+ * an error (see {@link warnings}).
  */
 export class Volume {
   private readonly gate = new FreezeGate();
@@ -250,6 +281,9 @@ export class Volume {
   private closed = false;
   /** Set when a commit failed: the in-memory state may be ahead of disk; reopen to recover. */
   private failure: unknown = undefined;
+  /** A read-only open's private metadata copy (read-only.ts); undefined when writable. */
+  private privateMeta: PrivateMetadata | undefined = undefined;
+  private readonly notices: string[] = [];
   /** Counters for stress runs and `info`. */
   readonly stats: VolumeStats = { cows: 0, cowBatches: 0, pendingWaits: 0, maxPendingWaitMs: 0, readRechecks: 0, cancelledCows: 0 };
   /** Snapshot reads (read-through.ts) over the journal-overlaid home reads. */
@@ -309,6 +343,8 @@ export class Volume {
     if (!Number.isSafeInteger(journalBytes) || journalBytes < MIN_JOURNAL_BLOCKS * blockSizeBytes || journalBytes % blockSizeBytes !== 0 || journalBytes / blockSizeBytes >= 2 ** 32) {
       throw new InvalidArgumentError(`journal size must be a multiple of the block size and at least ${MIN_JOURNAL_BLOCKS} blocks, got ${journalBytes}`);
     }
+    const reserveBytes = options.reserveBytes ?? RESERVE_BYTES;
+    if (!Number.isSafeInteger(reserveBytes) || reserveBytes < 0) throw new InvalidArgumentError(`reserve size must be a non-negative number of bytes, got ${reserveBytes}`);
     const layout = volumeLayout(path);
     await reclaimIncompleteCreate(layout); // what a killed create of this path left (create-intent.ts)
     if (await exists(layout.sidecarPath)) throw new VolumeExistsError(`${path} already has a cowvol sidecar (${layout.sidecarPath})`, path);
@@ -369,6 +405,7 @@ export class Volume {
         await journalDev.close();
         await narrowMode(layout.journalPath, sidecar.fileMode);
         killPoint('create:journal');
+        await writeReserve(layout.reservePath, reserveBytes);
         const db = await MetadataDb.open(layout.metaPath, true);
         const sb: VolumeRecord = {
           v: SCHEMA_VERSION,
@@ -380,6 +417,7 @@ export class Volume {
           nextSnapshotId: 1,
           dataMode,
           journalBytes,
+          reserveBytes,
         };
         // The volume record goes last: a sidecar without it is an incomplete create.
         await db.apply([putOp(keys.allocator, { v: SCHEMA_VERSION, highWaterBlocks: 0 }), putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: 0 })]);
@@ -410,7 +448,8 @@ export class Volume {
    * Opens a volume: takes the owner lock, validates every part against the
    * metadata, runs journal recovery (replaying committed transactions that
    * LevelDB does not have yet), finishes an interrupted snapshot delete.
-   * @throws VOLUME_NOT_FOUND, NOT_A_VOLUME, VOLUME_BUSY, CORRUPT_METADATA, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, JOURNAL_CORRUPT, IO_ERROR
+   * With `readOnly`, writes nothing (see {@link OpenVolumeOptions.readOnly}).
+   * @throws VOLUME_NOT_FOUND, NOT_A_VOLUME, VOLUME_BUSY, CORRUPT_METADATA, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, JOURNAL_CORRUPT, JOURNAL_NEEDS_RECOVERY (readOnly), IO_ERROR, NO_SPACE
    */
   static async open(path: string, options: OpenVolumeOptions = {}): Promise<Volume> {
     const writeBackBytes = options.writeBackBytes ?? WRITE_BACK_MAX_BYTES;
@@ -422,6 +461,7 @@ export class Volume {
       throw new IoError(`cannot stat ${path}: ${err.message}`, { cause: err });
     });
     if (!st.isFile()) throw new NotAVolumeError(`${path} is not a regular file`);
+    const readOnly = options.readOnly === true;
     // Locked by the file's identity, so another name of an open volume is busy (ARCHITECTURE.md §9 "The owner lock").
     const lock = await OwnerLock.acquire(path, await fileIdentity(path));
     const opened: Array<{ close(): Promise<void> }> = [];
@@ -432,32 +472,28 @@ export class Volume {
         throw new NotAVolumeError(`${path} is not a cowvol volume (no ${layout.sidecarPath}); run \`cowvol create ${path} --adopt\` to make it one`);
       }
       // A sidecar more open than its volume file is narrowed, never widened (docs/ARCHITECTURE.md, "Sidecar permissions").
-      await tightenSidecarFolder(layout.sidecarPath, st.mode);
-      let db: MetadataDb;
-      try {
-        db = await MetadataDb.open(layout.metaPath, false);
-      } catch (err) {
-        throw await metadataOpenError(layout.metaPath, err);
-      }
-      opened.push(db);
+      if (!readOnly) await tightenSidecarFolder(layout.sidecarPath, st.mode);
+      if (options.releaseReserve && !readOnly) await releaseReserve(layout.reservePath);
+      const { db, privateMeta } = await openMetadata(layout.metaPath, readOnly);
+      opened.push(privateMeta ?? db);
       const meta = await CommittedMetadata.load(db, path);
       await dropLeftoverCreateIntent(layout); // the volume record is there: the create finished
       const sb = meta.sb;
       const uuid = Buffer.from(sb.uuid, 'hex');
 
-      const volume = await opener.open(path, { create: false });
+      const volume = await opener.open(path, { create: false, readOnly });
       opened.push(volume);
       const actual = await volume.sizeBytes();
       if (actual !== sb.sizeBytes) throw new VolumeSizeMismatchError(path, sb.sizeBytes, actual);
 
       // Every store write goes through the cache's device, which drops the cached windows it touches.
-      const storeCache = new StoreReadCache(await openSidecarFile(opener, layout.storePath, 'store'), sb.blockSizeBytes);
+      const storeCache = new StoreReadCache(await openSidecarFile(opener, layout.storePath, 'store', readOnly), sb.blockSizeBytes);
       const storeDev = storeCache.device;
       opened.push(storeDev);
       const store = new SnapshotStore(storeDev, sb.blockSizeBytes, storeCache);
       await store.verifyHeader(uuid);
 
-      const journalDev = await openSidecarFile(opener, layout.journalPath, 'journal');
+      const journalDev = await openSidecarFile(opener, layout.journalPath, 'journal', readOnly);
       const apply = (tx: { sequence: number; records: unknown[] }) => meta.apply(tx);
       const { journal, recovery } = await Journal.open(journalDev, {
         expectedUuid: uuid,
@@ -469,6 +505,7 @@ export class Volume {
         apply,
         // Checkpoint: LevelDB must hold everything up to the new tail durably.
         beforeTailMove: () => db.makeDurable(),
+        readOnly,
       }).catch(async (err: unknown) => {
         await journalDev.close();
         throw err;
@@ -491,6 +528,8 @@ export class Volume {
         throw new JournalCorruptError(`${layout.journalPath} has ${journal.blockSizeBytes}-byte blocks; the volume has ${sb.blockSizeBytes}`);
       }
       const vol = new Volume(layout, meta, db, volume, store, journal, meta.allocator.clone(), catalog, lock, recovery, writeBackBytes);
+      vol.privateMeta = privateMeta;
+      if (readOnly) return vol; // replayed into the private copy; an interrupted delete is finished by the next writable open
       if (recovery.replayedTransactions > 0) await vol.checkpoint();
       // Finish a delete that a crash interrupted (each step was its own transaction).
       for (const rec of [...catalog]) if (rec.state === 'deleting') await vol.finishDelete(rec);
@@ -500,6 +539,47 @@ export class Volume {
       await lock.unlock().catch(() => undefined);
       throw err;
     }
+  }
+
+  /**
+   * Opens for commands that only read: read-only (writes nothing) when it
+   * can; when the journal holds block images that recovery must write home,
+   * a writable open recovers them instead, and if that cannot write (a full
+   * disk, a read-only mount) the open fails with `JOURNAL_NEEDS_RECOVERY`
+   * saying why. docs/ARCHITECTURE.md, "Read-only opens".
+   * @throws what {@link open} throws; JOURNAL_NEEDS_RECOVERY
+   */
+  static async openForReading(path: string, options: Omit<OpenVolumeOptions, 'readOnly' | 'releaseReserve'> = {}): Promise<Volume> {
+    try {
+      return await Volume.open(path, { ...options, readOnly: true });
+    } catch (err) {
+      if (!(err instanceof JournalNeedsRecoveryError)) throw err;
+      try {
+        return await Volume.open(path, options);
+      } catch (writable) {
+        if (!(writable instanceof CowvolError) || (writable.code !== 'NO_SPACE' && writable.code !== 'IO_ERROR')) throw writable;
+        throw new JournalNeedsRecoveryError(`${err.message}; recovery could not write (${writable.message}): free space or mount the file system read-write, then run any cowvol command`, {
+          cause: writable,
+          ...(err.details ? { details: err.details } : {}),
+        });
+      }
+    }
+  }
+
+  /** True when opened with `readOnly`. */
+  get readOnly(): boolean {
+    return this.privateMeta !== undefined;
+  }
+
+  /**
+   * What an operation that succeeded could not finish, in words: a change
+   * durable in the journal that the metadata database could not take yet, a
+   * delete whose hand-over the next open finishes, a checkpoint left to the
+   * next open, a space reserve that could not be put back
+   * (docs/ARCHITECTURE.md, "Outcomes of a failed command").
+   */
+  get warnings(): readonly string[] {
+    return this.notices;
   }
 
   // ------------------------------------------------------------ live data
@@ -521,6 +601,7 @@ export class Volume {
    * @throws OUT_OF_RANGE, INVALID_ARGUMENT, IO_ERROR, NO_SPACE, JOURNAL_ABORTED
    */
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    if (this.readOnly) throw new VolumeReadOnlyError(this.layout.volumePath, 'write');
     this.checkRange(offsetBytes, data.length);
     if (data.length === 0) return;
     // Like fs.write: `data` must not change until the promise settles. No
@@ -563,7 +644,9 @@ export class Volume {
       // the volume); a second flush then syncs what did land.
       const failures = this.writeBack.takeFailures();
       if (failures.length > 0) throw writeBackError(failures);
-      this.checkUsable();
+      // After a commit that is durable but not applied, the writes before it
+      // happened (their COWs are in the journal): they are synced like any.
+      this.checkUsable(true);
       await this.volume.sync();
     } finally {
       leave();
@@ -645,7 +728,7 @@ export class Volume {
       found.state = 'deleting';
       return found;
     });
-    return this.finishDelete(rec);
+    return (await this.finishMarked([rec]))[0]!;
   }
 
   /** Size, snapshots, store usage, format version, recovery report. */
@@ -875,15 +958,10 @@ export class Volume {
       });
       const totalBlocks = victims.reduce((n, r) => n + r.ownedBlocks, 0);
       let doneBlocks = 0;
-      const deleted: DeleteResult[] = [];
-      for (const rec of victims) {
-        deleted.push(
-          await this.finishDelete(rec, (n) => {
-            doneBlocks += n;
-            options.onProgress?.(doneBlocks, totalBlocks);
-          }),
-        );
-      }
+      const deleted = await this.finishMarked(victims, (n) => {
+        doneBlocks += n;
+        options.onProgress?.(doneBlocks, totalBlocks);
+      });
       const freedBlocks = deleted.reduce((n, d) => n + d.freedBlocks, 0);
       return { deleted, freedBlocks, freedBytes: freedBlocks * this.blockSizeBytes, handedOverBlocks: deleted.reduce((n, d) => n + d.handedOverBlocks, 0) };
     });
@@ -989,8 +1067,13 @@ export class Volume {
   }
 
   /**
-   * Drains I/O, syncs the volume, checkpoints the journal, closes every file
-   * and releases the owner lock. Idempotent.
+   * Drains I/O, syncs the volume, checkpoints the journal, closes every file,
+   * puts the space reserve back if it was released and there is room, and
+   * releases the owner lock. Idempotent. A checkpoint that fails loses
+   * nothing (the journal holds every committed transaction; the next open
+   * replays it): it is a warning ({@link warnings}), not an error. A
+   * read-only volume writes nothing and removes its private metadata copy.
+   * @throws IO_ERROR, NO_SPACE (the volume sync; acknowledged writes that never reached the volume, with `details.failedRanges`)
    */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -1002,15 +1085,16 @@ export class Volume {
       try {
         await this.writeBack.drain();
         failures = this.writeBack.takeFailures();
-        if (this.failure === undefined) {
-          await this.volume.sync();
-          await this.checkpoint();
+        if (!this.readOnly && (this.failure === undefined || this.failure instanceof JournalApplyError)) await this.volume.sync();
+        if (this.failure === undefined && !this.readOnly) {
+          await this.checkpoint().catch((err: unknown) => this.notices.push(`the journal was not checkpointed (${(err as Error).message}); the next open replays it`));
         }
       } finally {
         await this.journal.close().catch(() => undefined);
         await this.store.device.close().catch(() => undefined);
         await this.volume.close().catch(() => undefined);
-        await this.db.close().catch(() => undefined);
+        await (this.privateMeta ?? this.db).close().catch(() => undefined);
+        if (!this.readOnly) await this.restoreReserve();
         await this.lock.unlock().catch(() => undefined);
       }
     } finally {
@@ -1021,6 +1105,14 @@ export class Volume {
   }
 
   // ------------------------------------------------------------- private
+
+  /** Puts the space reserve back when it is missing (reserve.ts); a full disk leaves it released, with a warning. */
+  private async restoreReserve(): Promise<void> {
+    const bytes = this.meta.sb.reserveBytes ?? 0;
+    if (bytes === 0) return;
+    const restored = await writeReserve(this.layout.reservePath, bytes, true).catch(() => false);
+    if (!restored) this.notices.push(`the ${bytes}-byte space reserve ${this.layout.reservePath} is released and there is no room to put it back; a later close with room restores it`);
+  }
 
   /** Runs `fn` inside the freeze gate (shared with other I/O). */
   private async shared<T>(fn: () => Promise<T>): Promise<T> {
@@ -1060,9 +1152,10 @@ export class Volume {
     }
   }
 
-  private checkUsable(): void {
+  /** Throws VOLUME_CLOSED, LOCK_LOST, or JOURNAL_ABORTED after a failed commit (`appliedLater`: not for one durable in the journal, JOURNAL_APPLY_FAILED). */
+  private checkUsable(appliedLater = false): void {
     if (this.closed) throw new VolumeClosedError();
-    if (this.failure !== undefined) {
+    if (this.failure !== undefined && !(appliedLater && this.failure instanceof JournalApplyError)) {
       throw new CowvolError('JOURNAL_ABORTED', 'an earlier metadata commit failed; close and reopen the volume to recover', { cause: this.failure });
     }
   }
@@ -1174,6 +1267,7 @@ export class Volume {
    * assertion catches a violation.
    */
   private startHandle(credits: number): Promise<Handle> {
+    if (this.readOnly) return Promise.reject(new VolumeReadOnlyError(this.layout.volumePath, 'change its metadata'));
     const held = this.heldBlockLocks?.getStore();
     assert(held === undefined || held.blocks === 0, `lock order: journal handle started while holding ${held?.blocks} block locks`);
     return this.journal.start(credits);
@@ -1190,11 +1284,21 @@ export class Volume {
     await this.commitHandle(h);
   }
 
-  /** Commits a handle; fail-stop when the journal aborted. */
+  /**
+   * Commits a handle; fail-stop when the journal aborted. A transaction
+   * durable in the journal whose apply to LevelDB failed has happened (the
+   * next open replays it): that resolves, with a warning, and the volume
+   * stops taking work (docs/ARCHITECTURE.md, "Outcomes of a failed command").
+   */
   private async commitHandle(h: Handle): Promise<void> {
     try {
       await h.commit();
     } catch (err) {
+      if (err instanceof JournalApplyError) {
+        this.failure = err;
+        this.notices.push(`${err.message}`);
+        return;
+      }
       // If the journal aborted, the commit may or may not be durable: the
       // in-memory view can no longer be trusted. Refuse further work until a
       // reopen recovers from the journal (like jbd2's abort). A commit that
@@ -1207,6 +1311,7 @@ export class Volume {
 
   /** Checkpoints the journal: images home, LevelDB durable (beforeTailMove), tail moved. Fail-stop on error. */
   private async checkpoint(): Promise<void> {
+    if (this.readOnly) return; // everything committed is in the private copy; nothing to write home
     try {
       await this.journal.checkpoint();
     } catch (err) {
@@ -1667,11 +1772,34 @@ export class Volume {
     return Promise.all(Array.from({ length: Math.min(MAP_LOADS_IN_FLIGHT, missing.length) }, loader)).then(() => this.chainOf(rec));
   }
 
-  /** Hands over or frees every block of a snapshot in `deleting` state, batch by batch, each under a freeze; then drops it. */
-  private async finishDelete(rec: SnapshotRecord, onBatch?: (blocks: number) => void): Promise<DeleteResult> {
+  /**
+   * Finishes the deletes of `victims`, marked `deleting` by a durable
+   * commit: the delete happened at that commit (it completes at the next
+   * open if not now). So a failure after it (a full disk, an I/O error) is
+   * no failure of the delete: the rest is left to the next writable open,
+   * the result says `unfinished` and counts what was done, and a warning
+   * says so (docs/ARCHITECTURE.md, "Outcomes of a failed command").
+   */
+  private async finishMarked(victims: SnapshotRecord[], onBatch?: (blocks: number) => void): Promise<DeleteResult[]> {
+    const results: DeleteResult[] = victims.map((r) => ({ name: r.name, freedBlocks: 0, handedOverBlocks: 0 }));
+    for (const [i, rec] of victims.entries()) {
+      try {
+        await this.finishDelete(rec, onBatch, results[i]);
+      } catch (err) {
+        if (err instanceof AssertionFailedError) throw err;
+        for (const r of results.slice(i)) r.unfinished = true;
+        this.notices.push(
+          `the delete of ${results.slice(i).map((r) => r.name).join(', ')} is committed but its hand-over stopped (${(err as Error).message}); the next writable open of the volume finishes it`,
+        );
+        break;
+      }
+    }
+    return results;
+  }
+
+  /** Hands over or frees every block of a snapshot in `deleting` state, batch by batch, each under a freeze; then drops it. Counts into `result` as it goes. */
+  private async finishDelete(rec: SnapshotRecord, onBatch?: (blocks: number) => void, result: DeleteResult = { name: rec.name, freedBlocks: 0, handedOverBlocks: 0 }): Promise<DeleteResult> {
     assert(rec.state === 'deleting', `finishDelete of snapshot ${rec.name} in state ${rec.state}`);
-    let freedBlocks = 0;
-    let handedOverBlocks = 0;
     for (;;) {
       const done = await this.frozen(async () => {
         const index = this.catalog.indexOf(rec);
@@ -1715,14 +1843,14 @@ export class Volume {
         for (const extent of coalesce(freed)) this.allocator.free(extent);
         rec.ownedBlocks -= batch.length;
         if (older) older.ownedBlocks += moved.length;
-        freedBlocks += freed.length;
-        handedOverBlocks += moved.length;
+        result.freedBlocks += freed.length;
+        result.handedOverBlocks += moved.length;
         onBatch?.(batch.length);
         return false;
       });
       if (done) break;
     }
-    return { name: rec.name, freedBlocks, handedOverBlocks };
+    return result;
   }
 }
 

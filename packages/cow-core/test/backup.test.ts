@@ -299,7 +299,12 @@ describe('an interrupted import, resumed, gives the same result', () => {
         const path = join(dir, `t${point}.img`);
         await copyVolume(base, path);
         const ctl = new CrashController(point, prng(point), 0.5, 0.3);
-        await expect(importStream(path, memorySource(incr), { opener: ctl, markerIntervalBytes: 8192 })).rejects.toBeDefined();
+        // A power loss after the import's last commit was durable (the checkpoint at its close) does not fail it:
+        // it happened, and it says so (docs/ARCHITECTURE.md, "Outcomes of a failed command"); the resume below must then find it done.
+        const completed = await importStream(path, memorySource(incr), { opener: ctl, markerIntervalBytes: 8192 }).then(
+          () => true,
+          () => false,
+        );
         await ctl.restore();
         const resumed = await importStream(path, memorySource(incr), { resume: true }).catch(async (err: { code?: string }) => {
           // The power went before the marker was durable: nothing was applied, a fresh import works.
@@ -307,6 +312,7 @@ describe('an interrupted import, resumed, gives the same result', () => {
           return importStream(path, memorySource(incr));
         });
         expect(resumed.snapshot).toBe('b');
+        if (completed) expect(resumed.alreadyImported, `power loss at I/O ${point}: reported success, so nothing is left to do`).toBe(true);
         outcomes.push(`${point}:${resumed.resumed ? (resumed.alreadyImported ? 'done-before-crash' : `resumed-skipping-${resumed.skippedExtents}`) : 'fresh'}`);
         const t = await Volume.open(path);
         await expectContent(t, 'b', expected.b, `power loss at I/O ${point}, seed ${seed}`);
@@ -533,7 +539,10 @@ describe('space accounting and multi-delete: --dry-run figures equal what the de
     await p.close();
     const ctl = new CrashController(opened + 3, prng(1), 0.5); // open's I/Os, then journal write + sync of the mark, then the next I/O fails
     const v = await Volume.open(path, { opener: ctl });
-    await expect(v.deleteSnapshots(['s2', 's4', 's5'])).rejects.toBeDefined();
+    // The delete happened at its marking commit: it succeeds, unfinished, and says the next open finishes it.
+    const result = await v.deleteSnapshots(['s2', 's4', 's5']);
+    expect(result.deleted.map((d) => [d.name, d.unfinished])).toEqual([['s2', true], ['s4', true], ['s5', true]]);
+    expect(v.warnings.join('\n')).toMatch(/the delete of s2, s4, s5 is committed but its hand-over stopped/);
     await v.close().catch(() => undefined);
     await ctl.restore();
     const r = await Volume.open(path);

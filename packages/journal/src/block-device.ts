@@ -37,7 +37,12 @@ export interface BlockDevice {
 
 /** Opens device files; tests substitute one that injects faults. */
 export interface DeviceOpener {
-  open(path: string, options: { create: boolean }): Promise<BlockDevice>;
+  /**
+   * `readOnly`: open for reading only (O_RDONLY), for a volume opened
+   * read-only: on a read-only mount nothing may be opened for writing;
+   * `write`, `sync` and `truncate` of such a device fail with `IO_ERROR`.
+   */
+  open(path: string, options: { create: boolean; readOnly?: boolean }): Promise<BlockDevice>;
 }
 
 function wrapError(err: unknown, name: string, op: string, offsetBytes: number, lengthBytes: number): Error {
@@ -59,9 +64,12 @@ export class FileBlockDevice implements BlockDevice {
 
   private constructor(readonly name: string, private readonly handle: FileHandle) {}
 
-  /** Opens `path` read-write; with `create`, creates it (failing if it exists: `IO_ERROR` with errno EEXIST). */
-  static async open(path: string, options: { create: boolean } = { create: false }): Promise<FileBlockDevice> {
-    const flags = options.create ? constants.O_RDWR | constants.O_CREAT | constants.O_EXCL : constants.O_RDWR;
+  /**
+   * Opens `path` read-write, or with `readOnly` read-only; with `create`,
+   * creates it (failing if it exists: `IO_ERROR` with errno EEXIST).
+   */
+  static async open(path: string, options: { create: boolean; readOnly?: boolean } = { create: false }): Promise<FileBlockDevice> {
+    const flags = options.readOnly ? constants.O_RDONLY : options.create ? constants.O_RDWR | constants.O_CREAT | constants.O_EXCL : constants.O_RDWR;
     try {
       return new FileBlockDevice(path, await open(path, flags, 0o644));
     } catch (err) {

@@ -41,6 +41,44 @@ export class JournalAbortedError extends CowvolError {
   }
 }
 
+/**
+ * `JOURNAL_APPLY_FAILED`: transaction `details.sequence` is durable in the
+ * journal (its commit block was written and flushed) but applying it to its
+ * home (the owner's `apply` callback) failed; the journal aborted. The
+ * change happened: the next open replays it (docs/ARCHITECTURE.md,
+ * "Outcomes of a failed command").
+ */
+export class JournalApplyError extends CowvolError {
+  constructor(sequence: number, cause: unknown) {
+    super('JOURNAL_APPLY_FAILED', `transaction ${sequence} is durable in the journal but could not be applied (${(cause as Error)?.message ?? String(cause)}); the next open replays it`, {
+      cause,
+      details: { sequence },
+    });
+  }
+}
+
+/**
+ * `OUTCOME_UNKNOWN`: a commit block was written but the flush that makes it
+ * durable failed: the transaction may or may not survive (the next open
+ * finds out). The journal aborted.
+ */
+export class OutcomeUnknownError extends CowvolError {
+  constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+    super('OUTCOME_UNKNOWN', message, options);
+  }
+}
+
+/**
+ * `JOURNAL_NEEDS_RECOVERY`: a read-only open found committed transactions
+ * whose recovery must write (block images to write home); nothing was
+ * written. Open the volume writable (free space, mount read-write) once.
+ */
+export class JournalNeedsRecoveryError extends CowvolError {
+  constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+    super('JOURNAL_NEEDS_RECOVERY', message, options);
+  }
+}
+
 /** `IO_ERROR`: the block device failed a read, write or sync. `details` name the byte range. */
 export class IoError extends CowvolError {
   constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {

@@ -25,7 +25,7 @@ import {
 } from './format.js';
 import { replayJournal, revokeKey, scanJournal, type RecoveredTransaction, type ReplayedTransaction } from './recovery.js';
 import { Handle, Transaction, type HandleOwner } from './transaction.js';
-import { JournalAbortedError, JournalCorruptError, JournalCreditsExceededError, assert } from './errors.js';
+import { JournalAbortedError, JournalApplyError, JournalCorruptError, JournalCreditsExceededError, JournalNeedsRecoveryError, OutcomeUnknownError, assert } from './errors.js';
 
 /**
  * Called once per committed transaction found at open, oldest first, after
@@ -88,6 +88,14 @@ export interface JournalOpenOptions {
   commitIntervalMs?: number;
   /** Read-ahead window of each recovery pass, in bytes. Default `LOG_WINDOW_BYTES` (4 MiB). */
   recoveryWindowBytes?: number;
+  /**
+   * Open without writing anything: recovery passes committed records to
+   * `replay` (the owner applies them somewhere private) but refuses with
+   * `JOURNAL_NEEDS_RECOVERY` at the first block image it would have to
+   * write home; the file is not extended; `start` and `checkpoint` are
+   * refused (assertion). docs/ARCHITECTURE.md, "Read-only opens".
+   */
+  readOnly?: boolean;
 }
 
 /** Bounds of one group commit. */
@@ -154,6 +162,7 @@ export class Journal implements HandleOwner {
   private readonly commitIntervalMs: number;
   private commitTimer: NodeJS.Timeout | undefined;
   private queuedBlocks = 0;
+  private readonly readOnly: boolean;
   readonly stats: JournalStats = { commits: 0, handles: 0, syncs: 0, orderedSyncs: 0, bytesWritten: 0, checkpoints: 0, spaceWaits: 0 };
 
   private constructor(
@@ -182,6 +191,7 @@ export class Journal implements HandleOwner {
     this.beforeTailMove = options.beforeTailMove ?? (async () => undefined);
     this.checkpointFill = options.checkpointFill ?? 0.5;
     this.commitIntervalMs = options.commitIntervalMs ?? 5000;
+    this.readOnly = options.readOnly === true;
   }
 
   /**
@@ -215,14 +225,15 @@ export class Journal implements HandleOwner {
    * bounded by the read-ahead window and one transaction's records, not by
    * the size of the log. The tail stays where it was until the
    * owner checkpoints, so a crash during recovery just recovers again.
-   * @throws JOURNAL_CORRUPT (bad superblock, foreign uuid, image for an unknown target, a transaction that changed between the passes), UNSUPPORTED_VERSION, IO_ERROR, whatever `replay` throws
+   * With `readOnly`, nothing is written (see {@link JournalOpenOptions.readOnly}).
+   * @throws JOURNAL_CORRUPT (bad superblock, foreign uuid, image for an unknown target, a transaction that changed between the passes), JOURNAL_NEEDS_RECOVERY (read-only, an image to write home), UNSUPPORTED_VERSION, IO_ERROR, whatever `replay` throws
    */
   static async open(device: BlockDevice, options: JournalOpenOptions): Promise<{ journal: Journal; recovery: RecoveryReport }> {
     const sb = decodeSuperblock(await device.read(0, SUPERBLOCK_AREA_BYTES), device.name);
     if (options.expectedUuid && !options.expectedUuid.equals(sb.uuid)) {
       throw new JournalCorruptError(`${device.name}: journal belongs to another volume (uuid mismatch)`);
     }
-    if ((await device.sizeBytes()) < sb.lengthBlocks * sb.blockSizeBytes) {
+    if (!options.readOnly && (await device.sizeBytes()) < sb.lengthBlocks * sb.blockSizeBytes) {
       // A short file reads as zeros past its end: those blocks end the scan. Extend it so writes land in place.
       await device.truncate(sb.lengthBlocks * sb.blockSizeBytes);
     }
@@ -240,6 +251,11 @@ export class Journal implements HandleOwner {
         image: async (target, homeBlock, data, sequence) => {
           const home = targets.get(target);
           if (!home) throw new JournalCorruptError(`${device.name}: transaction ${sequence} holds an image for unknown target ${target}`);
+          if (options.readOnly) {
+            throw new JournalNeedsRecoveryError(`${device.name}: committed transaction ${sequence} holds block images that recovery must write home; open the volume writable once`, {
+              details: { sequence },
+            });
+          }
           await home.write(homeBlock * sb.blockSizeBytes, data);
           touched.add(home);
         },
@@ -291,6 +307,7 @@ export class Journal implements HandleOwner {
    */
   async start(credits: number): Promise<Handle> {
     this.checkUsable();
+    assert(!this.readOnly, 'handle started on a read-only journal');
     assert(Number.isInteger(credits) && credits > 0, `credits must be a positive integer, got ${credits}`);
     const need = this.blocksForCredits(credits);
     if (need > Math.floor(this.dataBlocks / 4)) {
@@ -494,6 +511,13 @@ export class Journal implements HandleOwner {
       this.wakeSpaceWaiters();
       throw err;
     }
+    // Outcome of a failure by phase (docs/ARCHITECTURE.md, "Outcomes of a
+    // failed command"): a failed write leaves no valid commit block (it is
+    // written last; a torn one fails its checksum): the transaction did not
+    // happen. A failed flush after it: unknown (OUTCOME_UNKNOWN). A failed
+    // apply after the flush: it happened (JOURNAL_APPLY_FAILED; replayed at
+    // the next open). Each aborts the journal.
+    let phase: 'write' | 'flush' | 'apply' = 'write';
     try {
       // Write the blocks at head, wrapping at the end of the log.
       let at = this.head;
@@ -506,7 +530,9 @@ export class Journal implements HandleOwner {
         i += run;
         at = at + run >= this.lengthBlocks ? this.firstBlock : at + run;
       }
+      phase = 'flush';
       await this.device.sync();
+      phase = 'apply';
       this.stats.syncs += 1;
       this.head = at;
       this.nextSequence = tx.sequence + 1;
@@ -528,6 +554,10 @@ export class Journal implements HandleOwner {
       tx.advance('committed');
     } catch (err) {
       this.abortedBy ??= err;
+      if (phase === 'flush') {
+        throw new OutcomeUnknownError(`transaction ${tx.sequence} was written to ${this.device.name} but its flush failed: it may or may not be durable`, { cause: err, details: { sequence: tx.sequence } });
+      }
+      if (phase === 'apply') throw new JournalApplyError(tx.sequence, err);
       throw err;
     }
     this.wakeSpaceWaiters();
@@ -552,6 +582,7 @@ export class Journal implements HandleOwner {
 
   private async runCheckpoint(): Promise<void> {
     this.checkUsable();
+    assert(!this.readOnly, 'checkpoint of a read-only journal');
     const n = this.lastAppliedSequence;
     if (this.committed.length === 0 || this.committed[0]!.sequence > n) return;
     try {

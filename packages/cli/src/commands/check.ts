@@ -33,7 +33,7 @@ export default class Check extends CowvolCommand {
   async run(): Promise<CheckOutput> {
     const { args, flags } = await this.parse(Check);
     const progress = createProgress(flags.progress, 'check', 'blocks');
-    const check = (): Promise<CheckReport> => this.withVolume(args.volume, (v) => v.check({ repair: flags.repair, readData: flags['read-data'], onProgress: (d, t, phase) => progress.update(d, t, phase) }));
+    const check = (): Promise<CheckReport> => this.withVolume(args.volume, (v) => v.check({ repair: flags.repair, readData: flags['read-data'], onProgress: (d, t, phase) => progress.update(d, t, phase) }), { readOnly: !flags.repair });
     let journalRepair: VolumeJournalRepair | undefined;
     const report: CheckOutput = await check()
       .catch(async (err: unknown) => {

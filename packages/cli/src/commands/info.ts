@@ -10,7 +10,7 @@ export default class Info extends CowvolCommand {
 
   async run(): Promise<Omit<VolumeInfo, 'snapshots' | 'store'> & { snapshots: SnapshotWithSpace[]; store: VolumeInfo['store'] & StoreSpace }> {
     const { args } = await this.parse(Info);
-    const { base, space } = await this.withVolume(args.volume, async (v) => ({ base: await v.info(), space: await v.spaceUsage() }));
+    const { base, space } = await this.withVolume(args.volume, async (v) => ({ base: await v.info(), space: await v.spaceUsage() }), { readOnly: true });
     const info = { ...base, snapshots: withSpace(base.snapshots, space), store: { ...base.store, ...space.store } };
     this.say(
       [

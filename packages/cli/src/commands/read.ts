@@ -28,6 +28,6 @@ export default class Read extends CowvolCommand {
         progress.stop();
         await sink.close();
       }
-    });
+    }, { readOnly: true });
   }
 }

@@ -9,7 +9,8 @@ import { createProgress, progressFlag } from '../../progress.js';
 export interface MultiDeleteJson {
   dryRun: boolean;
   /** Oldest first. */
-  deleted: Array<{ name: string; freedBlocks: number; freedBytes: number; handedOverBlocks: number }>;
+  /** `unfinished`: committed, hand-over left to the next open (see `DeleteResult.unfinished`). */
+  deleted: Array<{ name: string; freedBlocks: number; freedBytes: number; handedOverBlocks: number; unfinished?: boolean }>;
   /** Held snapshots a filter matched and left alone. */
   skippedHeld: string[];
   freedBlocks: number;
@@ -65,8 +66,8 @@ export default class SnapshotDelete extends CowvolCommand {
         if (single) {
           // Unchanged single-name contract.
           const [r] = (await volume.deleteSnapshots(names, { onProgress: (d, t) => progress.update(d, t) })).deleted;
-          this.say(`deleted snapshot ${r!.name}: ${r!.freedBlocks} blocks freed, ${r!.handedOverBlocks} handed over to the next older snapshot`);
-          return { name: r!.name, freedBlocks: r!.freedBlocks, handedOverBlocks: r!.handedOverBlocks };
+          this.say(`deleted snapshot ${r!.name}: ${r!.freedBlocks} blocks freed, ${r!.handedOverBlocks} handed over to the next older snapshot${r!.unfinished ? ' (the rest finishes at the next open)' : ''}`);
+          return { name: r!.name, freedBlocks: r!.freedBlocks, handedOverBlocks: r!.handedOverBlocks, ...(r!.unfinished ? { unfinished: true } : {}) };
         }
         let chosen = names;
         let skippedHeld: string[] = [];
@@ -81,7 +82,7 @@ export default class SnapshotDelete extends CowvolCommand {
           const bs = volume.blockSizeBytes;
           json = {
             dryRun: false,
-            deleted: r.deleted.map((d) => ({ name: d.name, freedBlocks: d.freedBlocks, freedBytes: d.freedBlocks * bs, handedOverBlocks: d.handedOverBlocks })),
+            deleted: r.deleted.map((d) => ({ name: d.name, freedBlocks: d.freedBlocks, freedBytes: d.freedBlocks * bs, handedOverBlocks: d.handedOverBlocks, ...(d.unfinished ? { unfinished: true } : {}) })),
             skippedHeld,
             freedBlocks: r.freedBlocks,
             freedBytes: r.freedBytes,
@@ -94,7 +95,7 @@ export default class SnapshotDelete extends CowvolCommand {
         if (skippedHeld.length > 0) lines.push(`skipped held: ${skippedHeld.join(', ')}`);
         this.say(lines.join('\n'));
         return json;
-      });
+      }, flags['dry-run'] ? { readOnly: true } : { releaseReserve: true });
     } finally {
       progress.stop();
     }

@@ -28,7 +28,7 @@ export default class SnapshotDiff extends CowvolCommand {
 
   async run(): Promise<DiffJson> {
     const { args } = await this.parse(SnapshotDiff);
-    const diff = await this.withVolume(args.volume, (v) => v.diff(args.from, args.to));
+    const diff = await this.withVolume(args.volume, (v) => v.diff(args.from, args.to), { readOnly: true });
     const json: DiffJson = {
       from: diff.from,
       to: diff.to,

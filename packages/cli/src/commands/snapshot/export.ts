@@ -53,7 +53,7 @@ export default class SnapshotExport extends CowvolCommand {
         await sink.abort();
         throw err;
       }
-    }).finally(() => progress.stop());
+    }, { readOnly: true }).finally(() => progress.stop());
     if (flags.output !== '-') {
       this.say(
         `exported ${result.kind} stream of ${result.name}${result.since ? ` since ${result.since}` : ''} to ${flags.output}: ` +

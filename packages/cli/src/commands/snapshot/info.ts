@@ -18,7 +18,7 @@ export default class SnapshotInfoCommand extends CowvolCommand {
       if (!snap) throw new SnapshotNotFoundError(args.name);
       const [row] = withSpace([snap], await v.spaceUsage());
       return { ...row!, identity: await v.snapshotIdentity(args.name) };
-    });
+    }, { readOnly: true });
     this.say(
       [
         `name:        ${result.name}`,

@@ -34,6 +34,6 @@ export default class SnapshotRead extends CowvolCommand {
         progress.stop();
         await sink.close();
       }
-    });
+    }, { readOnly: true });
   }
 }

@@ -1,0 +1,111 @@
+import { copyFile, mkdtemp, readFile, readdir, rm, stat, symlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { CowvolError, IoError, NoSpaceError } from '@cowvol/journal';
+import { NotAVolumeError } from './errors.js';
+import { MetadataDb } from './metadata.js';
+import { metadataOpenError } from './sidecar-damage.js';
+
+/**
+ * The metadata database of a read-only open (docs/ARCHITECTURE.md,
+ * "Read-only opens"). LevelDB (classic-level) has no read-only mode: every
+ * open writes LOCK, LOG, a new MANIFEST and a new log file, and replays the
+ * old log into a table. So a read-only open works on a private copy in a
+ * fresh folder under the temporary directory (`TMPDIR`), which it may
+ * change at will, and the sidecar is never written:
+ *
+ * - table files (`*.ldb`, `*.sst`) are immutable in LevelDB: they are
+ *   symlinked, not copied (LevelDB only reads them, and deleting an obsolete
+ *   one in the copy unlinks the link);
+ * - `CURRENT`, the MANIFEST it names and the log files (`*.log`) are copied:
+ *   LevelDB starts a new MANIFEST at every open and switches to a new log
+ *   once the log reaches its write buffer (4 MiB), so the copy is a few
+ *   MiB at most, whatever the size of the metadata.
+ *
+ * The open then writes into the copy: a table of the copied log, a new
+ * MANIFEST, and whatever compaction LevelDB schedules (at worst new tables
+ * of the size of the levels it merges). `close()` removes the folder.
+ */
+export class PrivateMetadata {
+  private constructor(
+    readonly db: MetadataDb,
+    /** The private folder. */
+    readonly path: string,
+    /** Bytes copied (the symlinked tables not counted). */
+    readonly copiedBytes: number,
+  ) {}
+
+  /**
+   * Copies the metadata of `metaPath` as above and opens the copy.
+   * @throws NOT_A_VOLUME (no LevelDB database there), NO_SPACE (no room under TMPDIR), IO_ERROR
+   */
+  static async open(metaPath: string): Promise<PrivateMetadata> {
+    let names: string[];
+    let manifest: string;
+    try {
+      names = await readdir(metaPath);
+      manifest = (await readFile(join(metaPath, 'CURRENT'), 'utf8')).trim();
+    } catch (err) {
+      // No CURRENT in a folder that held a database is damage; no folder at all is not a volume (sidecar-damage.ts).
+      throw await metadataOpenError(metaPath, Object.assign(new Error(`${metaPath}/CURRENT does not exist (create_if_missing is false)`), { cause: err }));
+    }
+    const dir = await mkdtemp(join(tmpdir(), 'cowvol-meta-')).catch((err: NodeJS.ErrnoException) => {
+      throw copyError(err, tmpdir());
+    });
+    try {
+      let copiedBytes = 0;
+      for (const name of names) {
+        const from = resolve(metaPath, name);
+        if (/^\d+\.(ldb|sst)$/.test(name)) {
+          await symlink(from, join(dir, name)).catch((err: NodeJS.ErrnoException) => {
+            throw copyError(err, dir);
+          });
+        } else if (name === 'CURRENT' || name === manifest || /^\d+\.log$/.test(name)) {
+          await copyFile(from, join(dir, name)).catch((err: NodeJS.ErrnoException) => {
+            throw copyError(err, dir);
+          });
+          copiedBytes += (await stat(from)).size;
+        }
+      }
+      const db = await MetadataDb.open(dir, false).catch(async (err: unknown) => {
+        throw await metadataOpenError(metaPath, err); // NO_SPACE, IO_ERROR (level-errors.ts), CORRUPT_METADATA or NOT_A_VOLUME
+      });
+      return new PrivateMetadata(db, dir, copiedBytes);
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Closes the database and removes the private folder. */
+  async close(): Promise<void> {
+    try {
+      await this.db.close();
+    } finally {
+      await rm(this.path, { recursive: true, force: true });
+    }
+  }
+}
+
+function copyError(err: NodeJS.ErrnoException, where: string): CowvolError {
+  const message = `a read-only open copies the metadata journal (a few MiB) into ${where}: ${err.message}; set TMPDIR to a writable folder with room`;
+  if (err.code === 'ENOSPC' || err.code === 'EDQUOT') return new NoSpaceError(message, { cause: err, details: { path: where } });
+  return new IoError(message, { cause: err, details: { path: where, errno: err.code } });
+}
+
+/**
+ * The metadata database of an open: the sidecar's own, or with `readOnly`
+ * a {@link PrivateMetadata} copy (close that one, not its `db`).
+ * @throws NOT_A_VOLUME (not a LevelDB database), NO_SPACE, IO_ERROR (the file system: level-errors.ts)
+ */
+export async function openMetadata(metaPath: string, readOnly: boolean): Promise<{ db: MetadataDb; privateMeta?: PrivateMetadata }> {
+  if (readOnly) {
+    const privateMeta = await PrivateMetadata.open(metaPath);
+    return { db: privateMeta.db, privateMeta };
+  }
+  try {
+    return { db: await MetadataDb.open(metaPath, false) };
+  } catch (err) {
+    throw await metadataOpenError(metaPath, err);
+  }
+}
