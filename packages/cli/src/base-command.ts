@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
-import { CowvolError, InvalidArgumentError, Volume } from '@cowvol/cow-core';
+import { CowvolError, InvalidArgumentError, Volume, type OpenVolumeOptions } from '@cowvol/cow-core';
 import { exitCodeFor } from './exit-codes.js';
 
 /**
@@ -24,7 +24,7 @@ export abstract class CowvolCommand extends Command {
    * (VOLUME_BUSY) until the deadline, then fails with the last VOLUME_BUSY.
    * @throws INVALID_ARGUMENT (bad --wait), VOLUME_BUSY, and what Volume.open throws
    */
-  protected async openVolume(path: string): Promise<Volume> {
+  protected async openVolume(path: string, options: OpenVolumeOptions = {}): Promise<Volume> {
     const raw = (this.argvFlags().wait as string | undefined) ?? undefined;
     let waitMs = 0;
     if (raw !== undefined) {
@@ -36,7 +36,7 @@ export abstract class CowvolCommand extends Command {
     let delay = 50;
     for (;;) {
       try {
-        return await Volume.open(path);
+        return await Volume.open(path, options);
       } catch (err) {
         if (!(err instanceof CowvolError) || err.code !== 'VOLUME_BUSY' || Date.now() >= deadline) throw err;
         await sleep(Math.min(delay, Math.max(1, deadline - Date.now())));
@@ -62,9 +62,9 @@ export abstract class CowvolCommand extends Command {
     return this.parsedFlags;
   }
 
-  /** Opens `path` (honouring `--wait`), runs `fn`, closes the volume even when `fn` throws. */
-  protected async withVolume<T>(path: string, fn: (volume: Volume) => Promise<T>): Promise<T> {
-    const volume = await this.openVolume(path);
+  /** Opens `path` (honouring `--wait`; `options` as for Volume.open), runs `fn`, closes the volume even when `fn` throws. */
+  protected async withVolume<T>(path: string, fn: (volume: Volume) => Promise<T>, options: OpenVolumeOptions = {}): Promise<T> {
+    const volume = await this.openVolume(path, options);
     try {
       return await fn(volume);
     } finally {

@@ -67,6 +67,7 @@ import { freeableBlocks, planDelete, type DeletePlan, type SpaceReport } from '.
 import { validateLabels } from './labels.js';
 import { decodeValue as decodeMeta, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import { WriteBackStage, writeBackError } from './write-back.js';
+import { ChangeStamps, suspectSnapshots, type AcceptChangesReport, type OutsideChange } from './outside-writes.js';
 
 /** Options for {@link Volume.create}. */
 export interface CreateVolumeOptions {
@@ -104,6 +105,14 @@ export interface OpenVolumeOptions {
    * only once its overwrite reached the volume file, and reports its errors.
    */
   writeBackBytes?: number;
+  /**
+   * A volume file changed outside cowvol since its stamp (outside-writes.ts):
+   * `refuse` (default) fails the open with VOLUME_MODIFIED_OUTSIDE; `hold`
+   * opens it with the change in {@link Volume.outsideChanges}, refuses
+   * writes until {@link Volume.acceptOutsideChanges}, and keeps the stamp
+   * unless accepted.
+   */
+  outsideChanges?: 'refuse' | 'hold';
 }
 
 /** A snapshot as shown to users. */
@@ -123,6 +132,8 @@ export interface SnapshotInfo {
   held: boolean;
   /** For an imported snapshot: the identity of the source snapshot it holds. */
   origin?: SnapshotIdentity;
+  /** Marked by accept-changes: it read through to the live volume when writes made outside cowvol were accepted. */
+  suspect: boolean;
 }
 
 /** Options for {@link Volume.createSnapshot}. */
@@ -219,7 +230,7 @@ export interface DeleteResult {
  * Errors (codes): INVALID_ARGUMENT, INVALID_SNAPSHOT_NAME, OUT_OF_RANGE,
  * SNAPSHOT_NOT_FOUND, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, VOLUME_NOT_FOUND,
  * VOLUME_EXISTS, VOLUME_BUSY, LOCK_LOST, NOT_A_VOLUME, CORRUPT_METADATA,
- * STORE_CORRUPT, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, VOLUME_CLOSED,
+ * STORE_CORRUPT, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, VOLUME_MODIFIED_OUTSIDE, VOLUME_CLOSED,
  * IO_ERROR, NO_SPACE, JOURNAL_CORRUPT, JOURNAL_ABORTED.
  */
 export class Volume {
@@ -242,6 +253,8 @@ export class Volume {
    */
   private readonly heldBlockLocks = process.env.COWVOL_LOCK_CHECKS === '1' ? new AsyncLocalStorage<{ blocks: number }>() : undefined;
   private closed = false;
+  /** The volume file's identity and change stamps (outside-writes.ts); set by `open`. */
+  private outside!: ChangeStamps;
   /** Set when a commit failed: the in-memory state may be ahead of disk; reopen to recover. */
   private failure: unknown = undefined;
   /** Counters for stress runs and `info`. */
@@ -388,7 +401,9 @@ export class Volume {
    * Opens a volume: takes the owner lock, validates every part against the
    * metadata, runs journal recovery (replaying committed transactions that
    * LevelDB does not have yet), finishes an interrupted snapshot delete.
-   * @throws VOLUME_NOT_FOUND, NOT_A_VOLUME, VOLUME_BUSY, CORRUPT_METADATA, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, JOURNAL_CORRUPT, IO_ERROR
+   * Refuses a volume file changed outside cowvol since its stamp
+   * (outside-writes.ts) unless `outsideChanges: 'hold'`.
+   * @throws VOLUME_NOT_FOUND, NOT_A_VOLUME, VOLUME_BUSY, VOLUME_MODIFIED_OUTSIDE, CORRUPT_METADATA, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, JOURNAL_CORRUPT, IO_ERROR
    */
   static async open(path: string, options: OpenVolumeOptions = {}): Promise<Volume> {
     const writeBackBytes = options.writeBackBytes ?? WRITE_BACK_MAX_BYTES;
@@ -415,6 +430,9 @@ export class Volume {
       opened.push(db);
       const meta = await CommittedMetadata.load(db, path);
       const sb = meta.sb;
+      // Before recovery may write the file: one changed outside cowvol is refused (outside-writes.ts).
+      const volumeBlocks = Math.ceil(sb.sizeBytes / sb.blockSizeBytes);
+      const outside = await ChangeStamps.open(db, path, { hold: options.outsideChanges === 'hold', catalog: [...meta.snapshots.values()], volumeBlocks });
       const uuid = Buffer.from(sb.uuid, 'hex');
 
       const volume = await opener.open(path, { create: false });
@@ -463,6 +481,7 @@ export class Volume {
         throw new JournalCorruptError(`${layout.journalPath} has ${journal.blockSizeBytes}-byte blocks; the volume has ${sb.blockSizeBytes}`);
       }
       const vol = new Volume(layout, meta, db, volume, store, journal, meta.allocator.clone(), catalog, lock, recovery, writeBackBytes);
+      vol.outside = outside;
       if (recovery.replayedTransactions > 0) await vol.checkpoint();
       // Finish a delete that a crash interrupted (each step was its own transaction).
       for (const rec of [...catalog]) if (rec.state === 'deleting') await vol.finishDelete(rec);
@@ -490,7 +509,7 @@ export class Volume {
    * range was written completely, and every snapshot stays intact. A
    * failure after a chunk was handed to the write-back stage is reported
    * by the next `flush()` (or `close()`) instead.
-   * @throws OUT_OF_RANGE, INVALID_ARGUMENT, IO_ERROR, NO_SPACE, JOURNAL_ABORTED
+   * @throws OUT_OF_RANGE, INVALID_ARGUMENT, IO_ERROR, NO_SPACE, JOURNAL_ABORTED, VOLUME_MODIFIED_OUTSIDE (opened with `outsideChanges: 'hold'`, not accepted)
    */
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
     this.checkRange(offsetBytes, data.length);
@@ -500,6 +519,7 @@ export class Volume {
     // journal take their own copies of what they keep past this call.
     const stable = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     await this.shared(async () => {
+      await this.outside.beforeLiveWrite(); // the stamp says `open` before the file changes
       // Pieces of at most pieceBytes from the start of the write: in journal
       // mode each piece is one handle, so a write of up to pieceBytes is atomic
       // whatever its alignment; in both modes a piece's COW fits one handle.
@@ -920,6 +940,34 @@ export class Volume {
     await this.shared(() => this.commitRecords([{ o: 'import', state }]));
   }
 
+  /** The change to the volume file found at open and not accepted yet (open with `outsideChanges: 'hold'`), else undefined. */
+  get outsideChanges(): OutsideChange | undefined {
+    return this.outside.pending;
+  }
+
+  /**
+   * Takes the volume file as it is now, after writes made outside cowvol
+   * (docs/ARCHITECTURE.md, "Writes made outside cowvol"): marks suspect, in
+   * one journal transaction, every live snapshot that reads through to the
+   * live volume, then stamps the file anew. Does nothing (`accepted` false)
+   * when no change is pending; only a volume opened with `outsideChanges:
+   * 'hold'` can have one. O(mapped blocks) when the snapshots' maps could
+   * cover the volume, else O(snapshots).
+   * @throws IO_ERROR, NO_SPACE, JOURNAL_ABORTED
+   */
+  async acceptOutsideChanges(): Promise<AcceptChangesReport> {
+    return this.frozen(async () => {
+      const held = this.outside.pending;
+      if (!held) return { accepted: false, changes: [], suspectSnapshots: [] };
+      const names = await suspectSnapshots(this.catalog, Math.ceil(this.sizeBytes / this.blockSizeBytes), (id) => this.mapOf(id));
+      const marked = this.liveSnapshots().filter((r) => names.includes(r.name) && r.suspect !== true);
+      await this.commitRecords(marked.map((r) => ({ o: 'suspect' as const, id: r.id })));
+      for (const r of marked) r.suspect = true;
+      await this.outside.accept();
+      return { accepted: true, changes: held.changes, suspectSnapshots: names };
+    });
+  }
+
   /** The live snapshots named, oldest first; none held. @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD */
   private findVictims(names: string[]): SnapshotRecord[] {
     const found: SnapshotRecord[] = [];
@@ -957,6 +1005,7 @@ export class Volume {
         if (this.failure === undefined) {
           await this.volume.sync();
           await this.checkpoint();
+          await this.outside.atCleanClose(); // after cowvol's last write to the file
         }
       } finally {
         await this.journal.close().catch(() => undefined);
@@ -1086,6 +1135,7 @@ export class Volume {
       active: rec === this.active(),
       labels: { ...rec.labels },
       held: rec.held === true,
+      suspect: rec.suspect === true,
       ...(rec.origin ? { origin: { ...rec.origin } } : {}),
     };
   }

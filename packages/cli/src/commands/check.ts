@@ -13,6 +13,7 @@ export default class Check extends CowvolCommand {
     'Rebuilds from every snapshot map which store blocks are in use and compares them with the allocator and the snapshot catalog.',
     'Leaks (store blocks allocated but mapped by no snapshot) are harmless and freed by --repair.',
     'Corruption (a block mapped twice, mapped but free, a map beyond the store, a map of an unknown snapshot, owned-block counts that disagree, a journal not cleanly recovered) is reported, never guessed at.',
+    'A volume file changed outside cowvol (VOLUME_MODIFIED_OUTSIDE) is corruption too: see `cowvol accept-changes`.',
   ].join('\n');
   static override examples = ['<%= config.bin %> check vol.img', '<%= config.bin %> check vol.img --repair --json'];
   static override args = { volume: Args.string({ description: 'path of the volume file', required: true }) };
@@ -52,4 +53,5 @@ export default class Check extends CowvolCommand {
   }
 }
 
-const CORRUPTION_CODES = new Set(['CORRUPT_METADATA', 'STORE_CORRUPT', 'JOURNAL_CORRUPT']);
+/** Open failures that are corruption found: damaged metadata, and a volume file changed outside cowvol (its snapshots may read changed data). */
+const CORRUPTION_CODES = new Set(['CORRUPT_METADATA', 'STORE_CORRUPT', 'JOURNAL_CORRUPT', 'VOLUME_MODIFIED_OUTSIDE']);
