@@ -24,9 +24,9 @@ import { SnapshotMap } from './snapshot-map.js';
  *   older cowvol): nothing to compare; the next clean close stamps it.
  *
  * Reading the file (cmp, `e2fsck -n`, `qemu-img info`) changes only its
- * atime, which is not kept. The stamp is written straight to LevelDB in a
- * synced batch, not through the journal: it must be durable before the first
- * overwrite, and a journal replay must never move it.
+ * atime, which is not kept. The stamp is written straight to LevelDB, not
+ * through the journal: the `open` mark must be durable (synced) before the
+ * first overwrite, and a journal replay must never move it.
  */
 
 /** The `stamp` record. Numbers that may pass 2^53 (device, inode, nanosecond times) are decimal strings. */
@@ -206,10 +206,10 @@ export async function suspectSnapshots(catalog: readonly SnapshotRecord[], volum
   return suspects.reverse();
 }
 
-/** Writes `stamp` in one synced LevelDB batch. @throws NO_SPACE, IO_ERROR */
-async function writeStamp(db: MetadataDb, path: string, stamp: StampRecord): Promise<void> {
+/** Writes `stamp` in one LevelDB batch (`sync`: fsync LevelDB's log first). @throws NO_SPACE, IO_ERROR */
+async function writeStamp(db: MetadataDb, path: string, stamp: StampRecord, sync: boolean): Promise<void> {
   try {
-    await db.apply([putOp(keys.stamp, stamp)], true);
+    await db.apply([putOp(keys.stamp, stamp)], sync);
   } catch (err) {
     if (err instanceof CowvolError) throw err;
     const message = `cannot record the change stamp of ${path}: ${(err as Error).message}`;
@@ -281,7 +281,7 @@ export class ChangeStamps {
       this.marking =
         this.recorded?.state === 'open'
           ? Promise.resolve()
-          : writeStamp(this.db, this.path, { ...base, state: 'open', at: new Date().toISOString() }).catch((err: unknown) => {
+          : writeStamp(this.db, this.path, { ...base, state: 'open', at: new Date().toISOString() }, true).catch((err: unknown) => {
               this.marking = undefined;
               throw err;
             });
@@ -304,7 +304,8 @@ export class ChangeStamps {
     const now = await statStamp(this.path, 'closed');
     const base = this.recorded ?? this.atOpen;
     if (now.dev !== base.dev || now.ino !== base.ino) return;
-    await this.takeClosed(now);
+    // Not synced: a power loss that loses it leaves the `open` stamp (identity and size still compared).
+    await this.takeClosed(now, false);
   }
 
   /**
@@ -313,12 +314,12 @@ export class ChangeStamps {
    * @throws NO_SPACE, IO_ERROR
    */
   async accept(): Promise<void> {
-    await this.takeClosed(await statStamp(this.path, 'closed'));
+    await this.takeClosed(await statStamp(this.path, 'closed'), true);
     this.held = undefined;
   }
 
-  private async takeClosed(stamp: StampRecord): Promise<void> {
-    await writeStamp(this.db, this.path, stamp);
+  private async takeClosed(stamp: StampRecord, sync: boolean): Promise<void> {
+    await writeStamp(this.db, this.path, stamp, sync);
     this.recorded = stamp;
     this.marking = undefined;
     await settleTimes(stamp);
