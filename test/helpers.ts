@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { Level } from 'level';
 
 /** Absolute path of the built CLI entry point. */
 export const CLI = resolve(import.meta.dirname, '../packages/cli/bin/run.js');
@@ -69,6 +70,23 @@ export function sha256(data: Uint8Array): string {
 
 export async function sha256File(path: string): Promise<string> {
   return sha256(await readFile(path));
+}
+
+/**
+ * After copying a volume file and its sidecar (a test fixture): the copy has
+ * a new inode and new times, which cowvol refuses as a write made outside it
+ * (VOLUME_MODIFIED_OUTSIDE; docs/ARCHITECTURE.md §13). Removes the copy's
+ * change stamp, as in a volume made before stamps were kept, so it opens;
+ * its first clean close stamps it. The volume must be closed.
+ */
+export async function forgetChangeStamp(volumePath: string): Promise<void> {
+  const db = new Level<string, Buffer>(join(`${volumePath}.cowvol`, 'meta'), { valueEncoding: 'buffer', createIfMissing: false });
+  await db.open();
+  try {
+    await db.del('stamp');
+  } finally {
+    await db.close();
+  }
 }
 
 /** Small deterministic PRNG (mulberry32, from cow-core) so a seed replays a run exactly. */

@@ -12,6 +12,8 @@ export interface OpenMode {
   readOnly?: boolean;
   /** Release the space reserve first (a delete on a full disk). */
   releaseReserve?: boolean;
+  /** A volume file changed outside cowvol: `refuse` (default) or `hold` (accept-changes; see Volume.open). */
+  outsideChanges?: 'refuse' | 'hold';
 }
 
 /**
@@ -48,7 +50,7 @@ export abstract class CowvolCommand extends Command {
     let delay = 50;
     for (;;) {
       try {
-        return await (mode.readOnly ? Volume.openForReading(path) : Volume.open(path, mode.releaseReserve ? { releaseReserve: true } : {}));
+        return await (mode.readOnly ? Volume.openForReading(path, mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {}) : Volume.open(path, { ...(mode.releaseReserve ? { releaseReserve: true } : {}), ...(mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {}) }));
       } catch (err) {
         if (!(err instanceof CowvolError) || err.code !== 'VOLUME_BUSY' || Date.now() >= deadline) throw err;
         await sleep(Math.min(delay, Math.max(1, deadline - Date.now())));

@@ -21,6 +21,7 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   SNAPSHOT_LIMIT: 4,
   SNAPSHOT_HELD: 4,
   VOLUME_READ_ONLY: 4,
+  SNAPSHOT_SUSPECT: 4,
   BASE_MISMATCH: 4,
   IMPORT_PENDING: 4,
   RESUME_MISMATCH: 4,
@@ -34,6 +35,7 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   JOURNAL_CORRUPT: 6,
   UNSUPPORTED_VERSION: 6,
   VOLUME_SIZE_MISMATCH: 6,
+  VOLUME_MODIFIED_OUTSIDE: 6,
   VERIFY_FAILED: 6,
   // 7: the operating system failed an I/O
   IO_ERROR: 7,

@@ -34,10 +34,16 @@ export function formatLabels(labels: Record<string, string>): string {
     .join(',');
 }
 
+/**
+ * The snapshot table of `snapshot list` and `info`. A SUSPECT column (a
+ * snapshot that read live blocks when changes made outside cowvol were
+ * accepted) is added, with a note, when any snapshot is suspect.
+ */
 export function snapshotTable(snapshots: Array<SnapshotInfo & Partial<SnapshotWithSpace>>): string {
   if (snapshots.length === 0) return '(no snapshots)';
-  return table(
-    ['NAME', 'CREATED', 'BLOCKS', 'OWNED', 'FREES', 'HELD', 'ACTIVE', 'LABELS'],
+  const suspect = snapshots.some((s) => s.suspect);
+  const out = table(
+    ['NAME', 'CREATED', 'BLOCKS', 'OWNED', 'FREES', 'HELD', 'ACTIVE', ...(suspect ? ['SUSPECT'] : []), 'LABELS'],
     snapshots.map((s) => [
       s.name,
       s.createdAt,
@@ -46,10 +52,15 @@ export function snapshotTable(snapshots: Array<SnapshotInfo & Partial<SnapshotWi
       s.freeableBytes === undefined ? '' : human(s.freeableBytes),
       s.held ? 'held' : '',
       s.active ? 'yes' : '',
+      ...(suspect ? [s.suspect ? 'suspect' : ''] : []),
       formatLabels(s.labels ?? {}),
     ]),
   );
+  return suspect ? `${out}\n${SUSPECT_NOTE}` : out;
 }
+
+/** What `suspect` means, for people. */
+export const SUSPECT_NOTE = 'suspect: read live blocks when changes made outside cowvol were accepted (accept-changes); may hold bytes written outside cowvol';
 
 /** Store totals in one line. */
 export function storeLine(space: SpaceReport): string {

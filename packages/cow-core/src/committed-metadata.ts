@@ -57,6 +57,8 @@ export type MetaRecord =
   | { o: 'hold'; id: number; held: boolean }
   /** Record the identity of the source snapshot an imported snapshot holds. */
   | { o: 'origin'; id: number; origin: SnapshotIdentity }
+  /** Mark a snapshot suspect (`accept-changes`: it read through to live blocks written outside cowvol). */
+  | { o: 'suspect'; id: number }
   /** Set (or, with null, clear) the marker of an import in progress. */
   | { o: 'import'; state: ImportRecord | null };
 
@@ -113,6 +115,7 @@ export function asMetaRecord(record: unknown): MetaRecord {
       (r.o === 'labels' && isId(r.id) && isLabels(r.labels)) ||
       (r.o === 'hold' && isId(r.id) && typeof r.held === 'boolean') ||
       (r.o === 'origin' && isId(r.id) && isIdentity(r.origin)) ||
+      (r.o === 'suspect' && isId(r.id)) ||
       (r.o === 'import' && (r.state === null || (typeof r.state === 'object' && r.state !== null))));
   if (!ok) throw new CorruptMetadataError(`journal record is not a metadata record: ${JSON.stringify(r)?.slice(0, 120)}`);
   return r as unknown as MetaRecord;
@@ -326,7 +329,8 @@ export class CommittedMetadata {
         case 'rename':
         case 'labels':
         case 'hold':
-        case 'origin': {
+        case 'origin':
+        case 'suspect': {
           const rec = this.snapshots.get(r.id);
           assert(rec !== undefined, `journal record ${r.o} names snapshot ${r.id}, which does not exist`);
           if (r.o === 'rename') rec.name = r.name;
@@ -336,7 +340,8 @@ export class CommittedMetadata {
           } else if (r.o === 'hold') {
             if (r.held) rec.held = true;
             else delete rec.held;
-          } else rec.origin = { ...r.origin };
+          } else if (r.o === 'suspect') rec.suspect = true;
+          else rec.origin = { ...r.origin };
           touched.add(r.id);
           break;
         }

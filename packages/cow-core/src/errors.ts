@@ -200,3 +200,31 @@ export class VolumeReadOnlyError extends CowvolError {
     super('VOLUME_READ_ONLY', `${path} is open read-only: cannot ${what}`, { details: { path } });
   }
 }
+
+/**
+ * `VOLUME_MODIFIED_OUTSIDE`: the volume file is not as cowvol left it — it
+ * was written, replaced, resized or had its times or status changed by
+ * another program (docs/ARCHITECTURE.md, "Writes made outside cowvol").
+ * `details`: `path`; `changes` (each `{ field, recorded, found }`, `field`
+ * one of dev, ino, size, mtime, ctime); `cleanClose` (false: the volume was
+ * not closed cleanly, only identity and size were compared);
+ * `suspectSnapshots` (names of the live snapshots that read through to the
+ * live volume and so may read changed bytes). Nothing was changed; `cowvol
+ * accept-changes` takes the file as it is.
+ */
+export class VolumeModifiedOutsideError extends CowvolError {
+  constructor(message: string, details: { path: string; changes: Array<{ field: string; recorded: string; found: string }>; cleanClose: boolean; suspectSnapshots: string[] }) {
+    super('VOLUME_MODIFIED_OUTSIDE', message, { details });
+  }
+}
+
+/**
+ * `SNAPSHOT_SUSPECT`: the operation needs a snapshot's content to be what it
+ * was when taken, and the snapshot is suspect (`accept-changes` took writes
+ * made outside cowvol while it read live blocks). `details.name` names it.
+ */
+export class SnapshotSuspectError extends CowvolError {
+  constructor(name: string, message: string) {
+    super('SNAPSHOT_SUSPECT', message, { details: { name } });
+  }
+}

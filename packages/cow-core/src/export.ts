@@ -1,4 +1,4 @@
-import { InvalidArgumentError, SnapshotNotFoundError } from './errors.js';
+import { InvalidArgumentError, SnapshotNotFoundError, SnapshotSuspectError } from './errors.js';
 import { mergeExtents } from './diff.js';
 import { MAX_EXTENT_BYTES, StreamWriter, type StreamHeader } from './stream.js';
 import type { SnapshotIdentity } from './metadata.js';
@@ -59,7 +59,7 @@ export interface ExportResult {
  * O(changed blocks). Memory: one 4 MiB piece and the list of mapped extents,
  * whatever the volume size. Every block read from the store is checked
  * against its CRC32C (STORE_CORRUPT rather than a stream of wrong data).
- * @throws SNAPSHOT_NOT_FOUND, INVALID_ARGUMENT (`since` not older), STORE_CORRUPT, IO_ERROR
+ * @throws SNAPSHOT_NOT_FOUND, INVALID_ARGUMENT (`since` not older), SNAPSHOT_SUSPECT (`since` is suspect), STORE_CORRUPT, IO_ERROR
  */
 export async function exportSnapshot(volume: Volume, name: string, out: (bytes: Buffer) => Promise<void>, options: ExportOptions = {}): Promise<ExportResult> {
   const snapshots = await volume.listSnapshots();
@@ -70,6 +70,13 @@ export async function exportSnapshot(volume: Volume, name: string, out: (bytes: 
     const base = snapshots.find((s) => s.name === since);
     if (!base) throw new SnapshotNotFoundError(since);
     if (base.id >= snap.id) throw new InvalidArgumentError(`--since ${since} must name a snapshot older than ${name}`);
+    if (base.suspect) {
+      // Changed-block tracking never saw the writes made outside cowvol that its content now holds (docs/ARCHITECTURE.md §13).
+      throw new SnapshotSuspectError(
+        since,
+        `snapshot ${since} is suspect (writes made outside cowvol were accepted while it read live blocks): a stream since it would miss those writes on a copy of ${since} taken before; export a full stream instead`,
+      );
+    }
   }
   const source = await volume.snapshotIdentity(name);
   const base = since === undefined ? null : await volume.snapshotIdentity(since);

@@ -115,7 +115,8 @@ function markerMatches(marker: ImportRecord, v: VerifiedStream): boolean {
  *    incremental stream needs an existing volume of the same size with a
  *    snapshot of the stream's base identity whose content the live volume
  *    still holds (the blocks written since it — its diff to live — are
- *    compared: O(blocks written since)), else BASE_MISMATCH; the source
+ *    compared: O(blocks written since)) and that is not suspect (writes
+ *    made outside cowvol accepted), else BASE_MISMATCH; the source
  *    snapshot's name must be free (SNAPSHOT_EXISTS) and the catalog not
  *    full (SNAPSHOT_LIMIT).
  * 3. **Mark** the import (journaled `import` record: stream identity, next
@@ -311,6 +312,13 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
       `the stream's base is ${describeIdentity(base)}, and ${path} has no snapshot of it` +
         (newest ? ` (its newest is ${describeIdentity(await volume.snapshotIdentity(newest.name))})` : ' (it has no snapshot: import the full stream first)'),
       { details: { path, base } },
+    );
+  }
+  if (snapshots.find((s) => s.name === holder)?.suspect) {
+    // Its content took writes made outside cowvol (docs/ARCHITECTURE.md §13): it may not be the stream's base any more.
+    throw new BaseMismatchError(
+      `${path}'s snapshot ${holder} holds the stream's base but is suspect (writes made outside cowvol were accepted while it read live blocks), so its content may not be the stream's base; import a full stream instead`,
+      { details: { path, base, snapshot: holder, suspect: true } },
     );
   }
   const differing = await liveDiffers(volume, holder);

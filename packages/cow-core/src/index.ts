@@ -75,4 +75,5 @@ export {
 export { exportSnapshot, type ExportOptions, type ExportResult } from './export.js';
 export { fileDataRanges, type ByteRange, type HoleDetection } from './live-data.js';
 export { importStream, VerifyFailedError, IMPORT_MARKER_INTERVAL_BYTES, type ImportOptions, type ImportResult, type ImportProgress } from './import.js';
+export { STAMP_SETTLE_MS, isoNs, type AcceptChangesReport, type OutsideChange, type StampChange, type StampRecord } from './outside-writes.js';
 export { restoreSnapshot, type RestoreOptions, type RestoreResult } from './restore.js';

@@ -4,7 +4,7 @@ import { crc32c } from '@cowvol/journal';
 
 /**
  * Verifies the checksums LevelDB keeps in its own files (docs/ARCHITECTURE.md
- * "Metadata checksums", docs/FORMAT.md §6.11): every block of every live
+ * "Metadata checksums", docs/FORMAT.md §6.12): every block of every live
  * table (`.ldb`/`.sst`: data, filter, metaindex and index blocks, each with
  * a masked CRC32C in its 5-byte trailer) and every record of the MANIFEST
  * and of the write-ahead logs (`.log`, 7-byte record headers with a masked

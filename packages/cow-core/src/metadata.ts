@@ -22,6 +22,7 @@ import { levelError } from './level-errors.js';
  * | `snap:<id 8hex>`             | SnapshotRecord   |
  * | `map:<id 8hex>:<block 12hex>`| MapRecord        |
  * | `import`                     | ImportRecord     |
+ * | `stamp`                      | StampRecord (outside-writes.ts) |
  */
 export const SCHEMA_VERSION = 1;
 
@@ -79,6 +80,12 @@ export interface SnapshotRecord {
    * base). Optional: absent for snapshots taken here.
    */
   origin?: SnapshotIdentity;
+  /**
+   * Set by `accept-changes` on a snapshot that read through to the live
+   * volume when writes made outside cowvol were accepted (it may hold bytes
+   * it never held when taken). Optional: absent means false. Never cleared.
+   */
+  suspect?: boolean;
 }
 
 /**
@@ -140,6 +147,7 @@ export const keys = {
   mapPrefix: (id: number) => `map:${hex(id, 8)}:`,
   map: (id: number, block: number) => `map:${hex(id, 8)}:${hex(block, 12)}`,
   importState: 'import',
+  stamp: 'stamp',
 };
 
 const ZEROS = '0'.repeat(16);
@@ -174,8 +182,8 @@ export function isIdentity(x: unknown): x is SnapshotIdentity {
   return typeof r.volumeUuid === 'string' && isInt(r.snapshotId, 1) && typeof r.createdAt === 'string' && typeof r.name === 'string';
 }
 
-/** Decodes and validates a value; `check` names the fields that must hold. */
-function decode<T extends { v: number }>(key: string, buf: Uint8Array, check: (x: Record<string, unknown>) => boolean): T {
+/** Decodes and validates a value; `check` names the fields that must hold. @throws CORRUPT_METADATA, UNSUPPORTED_VERSION */
+export function decode<T extends { v: number }>(key: string, buf: Uint8Array, check: (x: Record<string, unknown>) => boolean): T {
   let value: unknown;
   try {
     value = packr.unpack(buf);
@@ -208,7 +216,8 @@ export const decodeValue = {
         isInt(r.ownedBlocks) &&
         (r.labels === undefined || isLabels(r.labels)) &&
         (r.held === undefined || typeof r.held === 'boolean') &&
-        (r.origin === undefined || isIdentity(r.origin)),
+        (r.origin === undefined || isIdentity(r.origin)) &&
+        (r.suspect === undefined || typeof r.suspect === 'boolean'),
     ),
   importState: (k: string, b: Uint8Array) =>
     decode<ImportRecord>(

@@ -79,6 +79,7 @@ import { clearCreateIntent, dropLeftoverCreateIntent, reclaimIncompleteCreate, w
 import { killPoint } from './kill-point.js';
 import { PrivateMetadata, openMetadata } from './read-only.js';
 import { RESERVE_BYTES, releaseReserve, writeReserve } from './reserve.js';
+import { ChangeStamps, suspectSnapshots, type AcceptChangesReport, type OutsideChange } from './outside-writes.js';
 
 /** Options for {@link Volume.create}. */
 export interface CreateVolumeOptions {
@@ -132,6 +133,14 @@ export interface OpenVolumeOptions {
    * disk: reserve.ts). A writable close puts it back when there is room.
    */
   releaseReserve?: boolean;
+  /**
+   * A volume file changed outside cowvol since its stamp (outside-writes.ts):
+   * `refuse` (default) fails the open with VOLUME_MODIFIED_OUTSIDE; `hold`
+   * opens it with the change in {@link Volume.outsideChanges}, refuses
+   * writes until {@link Volume.acceptOutsideChanges}, and keeps the stamp
+   * unless accepted.
+   */
+  outsideChanges?: 'refuse' | 'hold';
 }
 
 /** A snapshot as shown to users. */
@@ -151,6 +160,8 @@ export interface SnapshotInfo {
   held: boolean;
   /** For an imported snapshot: the identity of the source snapshot it holds. */
   origin?: SnapshotIdentity;
+  /** Marked by accept-changes: it read through to the live volume when writes made outside cowvol were accepted. */
+  suspect: boolean;
 }
 
 /** Options for {@link Volume.createSnapshot}. */
@@ -253,11 +264,12 @@ export interface DeleteResult {
  * Errors (codes): INVALID_ARGUMENT, INVALID_SNAPSHOT_NAME, OUT_OF_RANGE,
  * SNAPSHOT_NOT_FOUND, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, VOLUME_NOT_FOUND,
  * VOLUME_EXISTS, VOLUME_BUSY, NOT_A_VOLUME, CORRUPT_METADATA,
- * STORE_CORRUPT, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, VOLUME_CLOSED,
- * IO_ERROR, NO_SPACE, JOURNAL_CORRUPT, JOURNAL_ABORTED, OUTCOME_UNKNOWN (a
- * commit whose flush failed), JOURNAL_NEEDS_RECOVERY and VOLUME_READ_ONLY
- * (read-only opens). A change durable in the journal is never reported as
- * an error (see {@link warnings}).
+ * STORE_CORRUPT, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH,
+ * VOLUME_MODIFIED_OUTSIDE, VOLUME_CLOSED, IO_ERROR, NO_SPACE,
+ * JOURNAL_CORRUPT, JOURNAL_ABORTED, OUTCOME_UNKNOWN (a commit whose flush
+ * failed), JOURNAL_NEEDS_RECOVERY and VOLUME_READ_ONLY (read-only opens). A
+ * change durable in the journal is never reported as an error (see
+ * {@link warnings}).
  */
 export class Volume {
   private readonly gate = new FreezeGate();
@@ -279,6 +291,8 @@ export class Volume {
    */
   private readonly heldBlockLocks = process.env.COWVOL_LOCK_CHECKS === '1' ? new AsyncLocalStorage<{ blocks: number }>() : undefined;
   private closed = false;
+  /** The volume file's identity and change stamps (outside-writes.ts); set by `open`. */
+  private outside!: ChangeStamps;
   /** Set when a commit failed: the in-memory state may be ahead of disk; reopen to recover. */
   private failure: unknown = undefined;
   /** A read-only open's private metadata copy (read-only.ts); undefined when writable. */
@@ -449,7 +463,9 @@ export class Volume {
    * metadata, runs journal recovery (replaying committed transactions that
    * LevelDB does not have yet), finishes an interrupted snapshot delete.
    * With `readOnly`, writes nothing (see {@link OpenVolumeOptions.readOnly}).
-   * @throws VOLUME_NOT_FOUND, NOT_A_VOLUME, VOLUME_BUSY, CORRUPT_METADATA, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, JOURNAL_CORRUPT, JOURNAL_NEEDS_RECOVERY (readOnly), IO_ERROR, NO_SPACE
+   * Refuses a volume file changed outside cowvol since its stamp
+   * (outside-writes.ts) unless `outsideChanges: 'hold'`.
+   * @throws VOLUME_NOT_FOUND, NOT_A_VOLUME, VOLUME_BUSY, VOLUME_MODIFIED_OUTSIDE, CORRUPT_METADATA, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH, JOURNAL_CORRUPT, JOURNAL_NEEDS_RECOVERY (readOnly), IO_ERROR, NO_SPACE
    */
   static async open(path: string, options: OpenVolumeOptions = {}): Promise<Volume> {
     const writeBackBytes = options.writeBackBytes ?? WRITE_BACK_MAX_BYTES;
@@ -477,8 +493,11 @@ export class Volume {
       const { db, privateMeta } = await openMetadata(layout.metaPath, readOnly);
       opened.push(privateMeta ?? db);
       const meta = await CommittedMetadata.load(db, path);
-      await dropLeftoverCreateIntent(layout); // the volume record is there: the create finished
+      if (!readOnly) await dropLeftoverCreateIntent(layout); // the volume record is there: the create finished
       const sb = meta.sb;
+      // Before recovery may write the file: one changed outside cowvol is refused (outside-writes.ts).
+      const volumeBlocks = Math.ceil(sb.sizeBytes / sb.blockSizeBytes);
+      const outside = await ChangeStamps.open(db, path, { hold: options.outsideChanges === 'hold', catalog: [...meta.snapshots.values()], volumeBlocks });
       const uuid = Buffer.from(sb.uuid, 'hex');
 
       const volume = await opener.open(path, { create: false, readOnly });
@@ -529,6 +548,7 @@ export class Volume {
       }
       const vol = new Volume(layout, meta, db, volume, store, journal, meta.allocator.clone(), catalog, lock, recovery, writeBackBytes);
       vol.privateMeta = privateMeta;
+      vol.outside = outside;
       if (readOnly) return vol; // replayed into the private copy; an interrupted delete is finished by the next writable open
       if (recovery.replayedTransactions > 0) await vol.checkpoint();
       // Finish a delete that a crash interrupted (each step was its own transaction).
@@ -598,7 +618,7 @@ export class Volume {
    * range was written completely, and every snapshot stays intact. A
    * failure after a chunk was handed to the write-back stage is reported
    * by the next `flush()` (or `close()`) instead.
-   * @throws OUT_OF_RANGE, INVALID_ARGUMENT, IO_ERROR, NO_SPACE, JOURNAL_ABORTED
+   * @throws OUT_OF_RANGE, INVALID_ARGUMENT, IO_ERROR, NO_SPACE, JOURNAL_ABORTED, VOLUME_MODIFIED_OUTSIDE (opened with `outsideChanges: 'hold'`, not accepted)
    */
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
     if (this.readOnly) throw new VolumeReadOnlyError(this.layout.volumePath, 'write');
@@ -609,6 +629,7 @@ export class Volume {
     // journal take their own copies of what they keep past this call.
     const stable = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     await this.shared(async () => {
+      await this.outside.beforeLiveWrite(); // the stamp says `open` before the file changes
       // Pieces of at most pieceBytes from the start of the write: in journal
       // mode each piece is one handle, so a write of up to pieceBytes is atomic
       // whatever its alignment; in both modes a piece's COW fits one handle.
@@ -1046,6 +1067,34 @@ export class Volume {
     await this.shared(() => this.commitRecords([{ o: 'import', state }]));
   }
 
+  /** The change to the volume file found at open and not accepted yet (open with `outsideChanges: 'hold'`), else undefined. */
+  get outsideChanges(): OutsideChange | undefined {
+    return this.outside.pending;
+  }
+
+  /**
+   * Takes the volume file as it is now, after writes made outside cowvol
+   * (docs/ARCHITECTURE.md, "Writes made outside cowvol"): marks suspect, in
+   * one journal transaction, every live snapshot that reads through to the
+   * live volume, then stamps the file anew. Does nothing (`accepted` false)
+   * when no change is pending; only a volume opened with `outsideChanges:
+   * 'hold'` can have one. O(mapped blocks) when the snapshots' maps could
+   * cover the volume, else O(snapshots).
+   * @throws IO_ERROR, NO_SPACE, JOURNAL_ABORTED
+   */
+  async acceptOutsideChanges(): Promise<AcceptChangesReport> {
+    return this.frozen(async () => {
+      const held = this.outside.pending;
+      if (!held) return { accepted: false, changes: [], suspectSnapshots: [] };
+      const names = await suspectSnapshots(this.catalog, Math.ceil(this.sizeBytes / this.blockSizeBytes), (id) => this.mapOf(id));
+      const marked = this.liveSnapshots().filter((r) => names.includes(r.name) && r.suspect !== true);
+      await this.commitRecords(marked.map((r) => ({ o: 'suspect' as const, id: r.id })));
+      for (const r of marked) r.suspect = true;
+      await this.outside.accept();
+      return { accepted: true, changes: held.changes, suspectSnapshots: names };
+    });
+  }
+
   /** The live snapshots named, oldest first; none held. @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD */
   private findVictims(names: string[]): SnapshotRecord[] {
     const found: SnapshotRecord[] = [];
@@ -1087,7 +1136,17 @@ export class Volume {
         failures = this.writeBack.takeFailures();
         if (!this.readOnly && (this.failure === undefined || this.failure instanceof JournalApplyError)) await this.volume.sync();
         if (this.failure === undefined && !this.readOnly) {
-          await this.checkpoint().catch((err: unknown) => this.notices.push(`the journal was not checkpointed (${(err as Error).message}); the next open replays it`));
+          const checkpointed = await this.checkpoint().then(
+            () => true,
+            (err: unknown) => {
+              this.notices.push(`the journal was not checkpointed (${(err as Error).message}); the next open replays it`);
+              return false;
+            },
+          );
+          // After cowvol's last write to the file. Failing leaves the `open` stamp (the safe direction): a warning, not an error.
+          if (checkpointed) {
+            await this.outside.atCleanClose().catch((err: unknown) => this.notices.push(`the volume file's change stamp was not updated (${(err as Error).message}); the next open compares its identity and size only`));
+          }
         }
       } finally {
         await this.journal.close().catch(() => undefined);
@@ -1226,6 +1285,7 @@ export class Volume {
       active: rec === this.active(),
       labels: { ...rec.labels },
       held: rec.held === true,
+      suspect: rec.suspect === true,
       ...(rec.origin ? { origin: { ...rec.origin } } : {}),
     };
   }

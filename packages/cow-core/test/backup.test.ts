@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Volume, importStream, restoreSnapshot, verifyStream, type ImportResult } from '../src/index.js';
 import { CrashController } from './crash-device.js';
+import { forgetChangeStamp } from '../../../test/helpers.js';
 import { CountingOpener, envInt, exportToBuffer, fingerprint, memorySource, prng, randomBuffer } from './backup-helpers.js';
 
 /**
@@ -329,6 +330,7 @@ async function copyVolume(from: string, to: string): Promise<void> {
   const { cp } = await import('node:fs/promises');
   await cp(from, to);
   await cp(`${from}.cowvol`, `${to}.cowvol`, { recursive: true, filter: (p) => !p.endsWith('/lock') && !p.endsWith('/owner') });
+  await forgetChangeStamp(to); // a copy is a new file: not a write made outside cowvol here
 }
 
 describe('restore: the live volume becomes the snapshot, nothing is destroyed', () => {

@@ -6,7 +6,7 @@ import { Level } from 'level';
 import { Packr } from 'msgpackr';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Volume, volumeLayout, type CheckFinding, type CheckReport } from '../src/index.js';
-import { cowvol } from '../../../test/helpers.js';
+import { cowvol, forgetChangeStamp } from '../../../test/helpers.js';
 import { mulberry32 } from './prng.js';
 
 /**
@@ -134,6 +134,7 @@ async function freshCopy(): Promise<string> {
   const vol = join(dir, `copy${++copies}.img`);
   await copyFile(base, vol);
   await cp(`${base}.cowvol`, `${vol}.cowvol`, { recursive: true });
+  await forgetChangeStamp(vol); // a copy is a new file: not a write made outside cowvol here
   return vol;
 }
 

@@ -256,12 +256,14 @@ describe.each(DATA_MODES)('data mode %s', (dataMode) => {
       // The metadata is this volume's: its store is damaged, it is not "not a volume".
       await expect(Volume.open(path)).rejects.toMatchObject({ code: 'STORE_CORRUPT' });
       await writeFile(volumeLayout(path).storePath, ownStore);
-      // A truncated volume file.
+      // A truncated volume file: a change made outside cowvol (outside-writes.test.ts), whose size cannot be accepted.
       const volumeBytes = await readFile(path);
       await truncate(path, 4 * BS);
-      await expect(Volume.open(path)).rejects.toMatchObject({ code: 'VOLUME_SIZE_MISMATCH' });
+      await expect(Volume.open(path)).rejects.toMatchObject({ code: 'VOLUME_MODIFIED_OUTSIDE' });
+      await expect(Volume.open(path, { outsideChanges: 'hold' })).rejects.toMatchObject({ code: 'VOLUME_SIZE_MISMATCH' });
       await writeFile(path, volumeBytes);
-      const ok = await Volume.open(path);
+      const ok = await Volume.open(path, { outsideChanges: 'hold' });
+      await ok.acceptOutsideChanges();
       await expectSnapshot(ok, 's', fill(8 * BS, 1));
       await ok.close();
     });

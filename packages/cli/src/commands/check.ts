@@ -21,6 +21,7 @@ export default class Check extends CowvolCommand {
     'Leaks (store blocks allocated but mapped by no snapshot) are harmless and freed by --repair.',
     'Corruption (a block mapped twice, mapped but free, a map beyond the store, a map of an unknown snapshot, owned-block counts that disagree, a journal not cleanly recovered, a LevelDB table or log block that fails its checksum) is reported, never guessed at.',
     'Without --read-data no store block is read: a damaged copy is found only when a read needs it. --read-data reads every mapped store block (the whole used store: as long as reading that much data) and checks it against its checksum, naming every snapshot that reads a damaged block.',
+    'A volume file changed outside cowvol (VOLUME_MODIFIED_OUTSIDE) is corruption too: see `cowvol accept-changes`.',
   ].join('\n');
   static override examples = ['<%= config.bin %> check vol.img', '<%= config.bin %> check vol.img --repair --json', '<%= config.bin %> check vol.img --read-data'];
   static override args = { volume: Args.string({ description: 'path of the volume file', required: true }) };
@@ -76,7 +77,8 @@ export default class Check extends CowvolCommand {
   }
 }
 
-const CORRUPTION_CODES = new Set(['CORRUPT_METADATA', 'STORE_CORRUPT', 'JOURNAL_CORRUPT']);
+/** Open failures that are corruption found: damaged metadata, and a volume file changed outside cowvol (its snapshots may read changed data). */
+const CORRUPTION_CODES = new Set(['CORRUPT_METADATA', 'STORE_CORRUPT', 'JOURNAL_CORRUPT', 'VOLUME_MODIFIED_OUTSIDE']);
 
 /** What a journal repair did, for people. */
 function journalRepairLines(r: VolumeJournalRepair): string[] {

@@ -1,7 +1,7 @@
 import { Args } from '@oclif/core';
 import { SnapshotNotFoundError, type SnapshotIdentity } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
-import { formatLabels, human, withSpace, type SnapshotWithSpace } from '../../format.js';
+import { SUSPECT_NOTE, formatLabels, human, withSpace, type SnapshotWithSpace } from '../../format.js';
 
 export default class SnapshotInfoCommand extends CowvolCommand {
   static override summary = 'Show one snapshot: identity, labels, hold, store space owned and what deleting it would free';
@@ -29,6 +29,7 @@ export default class SnapshotInfoCommand extends CowvolCommand {
         `delete frees: ${human(result.freeableBytes)} (${result.freeableBlocks} blocks)`,
         `held:        ${result.held ? 'yes' : 'no'}`,
         `active:      ${result.active ? 'yes' : 'no'}`,
+        `suspect:     ${result.suspect ? `yes (${SUSPECT_NOTE.slice('suspect: '.length)})` : 'no'}`,
         `labels:      ${formatLabels(result.labels) || '(none)'}`,
       ].join('\n'),
     );

@@ -1,0 +1,327 @@
+import { stat } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CowvolError, IoError, NoSpaceError } from '@cowvol/journal';
+import { VolumeModifiedOutsideError } from './errors.js';
+import { SCHEMA_VERSION, decode, keys, putOp, type MetadataDb, type SnapshotRecord } from './metadata.js';
+import { SnapshotMap } from './snapshot-map.js';
+
+/**
+ * Writes made outside cowvol (docs/ARCHITECTURE.md, "Writes made outside
+ * cowvol"; the record: docs/FORMAT.md, "The change stamp").
+ *
+ * The volume file is a plain raw image, so any program can write it behind
+ * cowvol's back; a snapshot that reads a block through to the live volume
+ * would then change silently. cowvol keeps the file's identity (device,
+ * inode) and change stamps (size, mtime and ctime in nanoseconds) in the
+ * `stamp` metadata key and compares them at every open:
+ *
+ * - `closed` stamp (taken at a clean close after cowvol's last write, sync
+ *   and checkpoint): every field must match;
+ * - `open` stamp (written, synced, before the first write of a session, so
+ *   a crash leaves it behind): cowvol's own writes changed the times, so
+ *   only device, inode and size must match;
+ * - no stamp (a volume never closed since it was created, or made by an
+ *   older cowvol): nothing to compare; the next clean close stamps it.
+ *
+ * Reading the file (cmp, `e2fsck -n`, `qemu-img info`) changes only its
+ * atime, which is not kept. The stamp is written straight to LevelDB, not
+ * through the journal: the `open` mark must be durable (synced) before the
+ * first overwrite, and a journal replay must never move it.
+ */
+
+/** The `stamp` record. Numbers that may pass 2^53 (device, inode, nanosecond times) are decimal strings. */
+export interface StampRecord {
+  v: number;
+  /** `closed`: every field must still match. `open`: the file is being written by cowvol; `dev`, `ino` and `sizeBytes` must match. */
+  state: 'closed' | 'open';
+  dev: string;
+  ino: string;
+  sizeBytes: number;
+  /** Modification time, nanoseconds since the epoch. */
+  mtimeNs: string;
+  /** Status-change time, nanoseconds since the epoch. */
+  ctimeNs: string;
+  /** ISO 8601 UTC: when the stamp was written. */
+  at: string;
+}
+
+/** One stamp field that differs; `recorded` and `found` are decimal (bytes, or nanoseconds for the times). */
+export interface StampChange {
+  field: 'dev' | 'ino' | 'size' | 'mtime' | 'ctime';
+  recorded: string;
+  found: string;
+}
+
+/** What an open found changed since the stamp. */
+export interface OutsideChange {
+  changes: StampChange[];
+  /** True when the stamp was taken at a clean close (all fields compared); false after a crash (identity and size only). */
+  cleanClose: boolean;
+}
+
+/** Result of `Volume.acceptOutsideChanges`. */
+export interface AcceptChangesReport {
+  /** False when the file was as cowvol left it: nothing was done. */
+  accepted: boolean;
+  changes: StampChange[];
+  /** Live snapshots that read through to the live volume, now marked suspect (oldest first). */
+  suspectSnapshots: string[];
+}
+
+/**
+ * Wall-clock time past a stamp's newest time after which any write gets a
+ * different mtime: two ticks of the coarsest kernel clock that stamps file
+ * times (HZ = 100). A clean close waits until then (at most this long).
+ */
+export const STAMP_SETTLE_MS = 20;
+
+const FIELDS_ALWAYS: ReadonlyArray<StampChange['field']> = ['dev', 'ino', 'size'];
+const FIELDS_CLEAN: ReadonlyArray<StampChange['field']> = [...FIELDS_ALWAYS, 'mtime', 'ctime'];
+
+const isDecimal = (x: unknown): boolean => typeof x === 'string' && /^(0|[1-9][0-9]{0,24})$/.test(x);
+
+/** Decodes and validates a `stamp` value. @throws CORRUPT_METADATA, UNSUPPORTED_VERSION */
+export function decodeStamp(key: string, bytes: Uint8Array): StampRecord {
+  return decode<StampRecord>(
+    key,
+    bytes,
+    (r) =>
+      (r.state === 'closed' || r.state === 'open') &&
+      isDecimal(r.dev) &&
+      isDecimal(r.ino) &&
+      typeof r.sizeBytes === 'number' &&
+      Number.isSafeInteger(r.sizeBytes) &&
+      r.sizeBytes >= 0 &&
+      isDecimal(r.mtimeNs) &&
+      isDecimal(r.ctimeNs) &&
+      typeof r.at === 'string',
+  );
+}
+
+/** The stamp record, or undefined when there is none. @throws CORRUPT_METADATA */
+export async function readStamp(db: MetadataDb): Promise<StampRecord | undefined> {
+  const bytes = await db.get(keys.stamp);
+  return bytes ? decodeStamp(keys.stamp, bytes) : undefined;
+}
+
+/** The file's stamp now (`stat` with nanosecond times; follows symlinks, like every open). @throws IO_ERROR */
+export async function statStamp(path: string, state: StampRecord['state']): Promise<StampRecord> {
+  const st = await stat(path, { bigint: true }).catch((err: Error) => {
+    throw new IoError(`cannot stat ${path}: ${err.message}`, { cause: err });
+  });
+  return {
+    v: SCHEMA_VERSION,
+    state,
+    dev: String(st.dev),
+    ino: String(st.ino),
+    sizeBytes: Number(st.size),
+    mtimeNs: String(st.mtimeNs),
+    ctimeNs: String(st.ctimeNs),
+    at: new Date().toISOString(),
+  };
+}
+
+/** The fields of `found` that differ from `recorded`: all of them after a clean close, identity and size otherwise. */
+export function compareStamps(recorded: StampRecord, found: StampRecord): StampChange[] {
+  const value = (s: StampRecord, f: StampChange['field']): string =>
+    f === 'size' ? String(s.sizeBytes) : f === 'mtime' ? s.mtimeNs : f === 'ctime' ? s.ctimeNs : s[f];
+  const fields = recorded.state === 'closed' ? FIELDS_CLEAN : FIELDS_ALWAYS;
+  return fields.filter((f) => value(recorded, f) !== value(found, f)).map((field) => ({ field, recorded: value(recorded, field), found: value(found, field) }));
+}
+
+/** Nanoseconds since the epoch as ISO 8601 UTC with nine fraction digits. */
+export function isoNs(ns: string): string {
+  const n = BigInt(ns);
+  const seconds = new Date(Number(n / 1_000_000_000n) * 1000).toISOString().slice(0, 19);
+  return `${seconds}.${String(n % 1_000_000_000n).padStart(9, '0')}Z`;
+}
+
+function describeChange(c: StampChange): string {
+  switch (c.field) {
+    case 'dev':
+      return `device ${c.recorded} → ${c.found} (the file was replaced by another one)`;
+    case 'ino':
+      return `inode ${c.recorded} → ${c.found} (the file was replaced by another one)`;
+    case 'size':
+      return `size ${c.recorded} → ${c.found} bytes (truncated or extended; a volume never changes size: restore it to ${c.recorded} bytes before accepting)`;
+    case 'mtime':
+      return `modification time ${isoNs(c.recorded)} → ${isoNs(c.found)} (written, or its times set, e.g. by touch)`;
+    case 'ctime':
+      return `status change time ${isoNs(c.recorded)} → ${isoNs(c.found)} (written, or its mode, owner or links changed)`;
+  }
+}
+
+/** At most this many snapshot names in a message (`details.suspectSnapshots` has them all). */
+const NAMES_IN_MESSAGE = 20;
+
+/** The VOLUME_MODIFIED_OUTSIDE message: what changed, which snapshots may read changed data, what to do. */
+export function describeOutsideChange(path: string, change: OutsideChange, suspects: string[]): string {
+  const since = change.cleanClose
+    ? 'since cowvol last closed it'
+    : 'since cowvol last opened it (it was not closed cleanly, so only its identity and size are compared)';
+  const names = suspects.slice(0, NAMES_IN_MESSAGE).join(', ') + (suspects.length > NAMES_IN_MESSAGE ? ` and ${suspects.length - NAMES_IN_MESSAGE} more` : '');
+  const who =
+    suspects.length === 0
+      ? 'No snapshot reads the live volume, so no snapshot is affected'
+      : `Snapshots that may read changed data (they read blocks through to the live volume): ${names}`;
+  return (
+    `volume ${path} was changed outside cowvol ${since}: ${change.changes.map(describeChange).join('; ')}. ${who}. ` +
+    `Writes must go through cowvol. To take the file as it is now, run \`cowvol accept-changes ${path}\`${suspects.length > 0 ? ' (it marks those snapshots suspect)' : ''}.`
+  );
+}
+
+/**
+ * The live snapshots that read at least one block through to the live
+ * volume: those whose chain (their own map and every newer snapshot's,
+ * deleting ones included) does not map every block. Which blocks changed is
+ * unknown, so any of those reads may return changed bytes. Walks newest to
+ * oldest; maps are loaded (and a one-bit-per-block bitmap kept) only once
+ * the chain's owned-block counts reach the volume's block count — until then
+ * the chain cannot cover it. Returns names oldest first.
+ */
+export async function suspectSnapshots(catalog: readonly SnapshotRecord[], volumeBlocks: number, mapOf: (id: number) => Promise<SnapshotMap>): Promise<string[]> {
+  const records = [...catalog].sort((a, b) => a.id - b.id);
+  const suspects: string[] = [];
+  let chainBlocks = 0;
+  let covered = 0;
+  let bitmap: Uint8Array | undefined;
+  let unmerged: SnapshotRecord[] = [];
+  for (let i = records.length - 1; i >= 0; i--) {
+    const rec = records[i]!;
+    chainBlocks += rec.ownedBlocks;
+    unmerged.push(rec);
+    if (chainBlocks >= volumeBlocks && covered < volumeBlocks) {
+      bitmap ??= new Uint8Array(Math.ceil(volumeBlocks / 8));
+      for (const r of unmerged) {
+        for (const [block] of (await mapOf(r.id)).entries()) {
+          if (block >= volumeBlocks || (bitmap[block >> 3]! & (1 << (block & 7))) !== 0) continue;
+          bitmap[block >> 3]! |= 1 << (block & 7);
+          covered += 1;
+        }
+      }
+      unmerged = [];
+    }
+    if (rec.state === 'live' && covered < volumeBlocks) suspects.push(rec.name);
+  }
+  return suspects.reverse();
+}
+
+/** Writes `stamp` in one LevelDB batch (`sync`: fsync LevelDB's log first). @throws NO_SPACE, IO_ERROR */
+async function writeStamp(db: MetadataDb, path: string, stamp: StampRecord, sync: boolean): Promise<void> {
+  try {
+    await db.apply([putOp(keys.stamp, stamp)], sync);
+  } catch (err) {
+    if (err instanceof CowvolError) throw err;
+    const message = `cannot record the change stamp of ${path}: ${(err as Error).message}`;
+    // LevelDB reports the OS error in its message only.
+    if (/no space left|ENOSPC|quota exceeded|EDQUOT/i.test((err as Error).message)) throw new NoSpaceError(message, { cause: err });
+    throw new IoError(message, { cause: err });
+  }
+}
+
+/** Waits until a write made from now on gets a newer mtime than `stamp`'s (at most STAMP_SETTLE_MS). */
+async function settleTimes(stamp: StampRecord): Promise<void> {
+  const newestMs = Number((BigInt(stamp.mtimeNs) > BigInt(stamp.ctimeNs) ? BigInt(stamp.mtimeNs) : BigInt(stamp.ctimeNs)) / 1_000_000n);
+  const waitMs = Math.min(STAMP_SETTLE_MS, newestMs + STAMP_SETTLE_MS - Date.now());
+  if (waitMs > 0) await sleep(waitMs);
+}
+
+/**
+ * One open volume's stamp (class comment above): checked at open, marked
+ * `open` before the session's first write, taken `closed` at a clean close.
+ * With `hold`, a change found at open is kept for `accept` instead of
+ * refused; until accepted, writes are refused and close leaves the stamp.
+ */
+export class ChangeStamps {
+  private marking: Promise<void> | undefined;
+
+  private constructor(
+    private readonly db: MetadataDb,
+    private readonly path: string,
+    private recorded: StampRecord | undefined,
+    private readonly atOpen: StampRecord,
+    private held: OutsideChange | undefined,
+  ) {}
+
+  /**
+   * Compares the file with its stamp (call before journal recovery writes
+   * anything). `catalog` and `volumeBlocks` name the suspect snapshots in
+   * the refusal (maps loaded from `db`).
+   * @throws VOLUME_MODIFIED_OUTSIDE (unless `hold`), CORRUPT_METADATA, IO_ERROR
+   */
+  static async open(db: MetadataDb, path: string, options: { hold: boolean; catalog: readonly SnapshotRecord[]; volumeBlocks: number }): Promise<ChangeStamps> {
+    const recorded = await readStamp(db);
+    const found = await statStamp(path, 'open');
+    const changes = recorded ? compareStamps(recorded, found) : [];
+    const change = changes.length > 0 ? { changes, cleanClose: recorded!.state === 'closed' } : undefined;
+    if (change && !options.hold) {
+      const suspects = await suspectSnapshots(options.catalog, options.volumeBlocks, (id) => SnapshotMap.load(db, id));
+      throw new VolumeModifiedOutsideError(describeOutsideChange(path, change, suspects), { path, ...change, suspectSnapshots: suspects });
+    }
+    return new ChangeStamps(db, path, recorded, found, change);
+  }
+
+  /** The change found at open and not accepted yet (open with `hold`), else undefined. */
+  get pending(): OutsideChange | undefined {
+    return this.held;
+  }
+
+  /**
+   * Call before anything of a session writes the volume file: once per
+   * session, the stamp becomes `open`, durably. Concurrent callers share it.
+   * @throws VOLUME_MODIFIED_OUTSIDE (a change is held, not accepted), NO_SPACE, IO_ERROR
+   */
+  beforeLiveWrite(): Promise<void> {
+    if (this.held) {
+      const message = `volume ${this.path} was changed outside cowvol and the changes are not accepted yet: accept them (\`cowvol accept-changes\`) before writing`;
+      return Promise.reject(new VolumeModifiedOutsideError(message, { path: this.path, ...this.held, suspectSnapshots: [] }));
+    }
+    if (this.marking === undefined) {
+      const base = this.recorded ?? this.atOpen;
+      this.marking =
+        this.recorded?.state === 'open'
+          ? Promise.resolve()
+          : writeStamp(this.db, this.path, { ...base, state: 'open', at: new Date().toISOString() }, true).catch((err: unknown) => {
+              this.marking = undefined;
+              throw err;
+            });
+    }
+    return this.marking;
+  }
+
+  /**
+   * After cowvol's last write, sync and checkpoint of a clean close: takes a
+   * `closed` stamp of the file as it is now, unless nothing needs it (no
+   * write this session and the stamp is `closed` already), a change is held
+   * unaccepted, or the path now names another file (then the `open` stamp
+   * stays and the next open refuses). Waits until later writes get new times.
+   * @throws NO_SPACE, IO_ERROR
+   */
+  async atCleanClose(): Promise<void> {
+    if (this.held) return;
+    if (this.marking === undefined && this.recorded?.state === 'closed') return;
+    if (this.marking) await this.marking;
+    const now = await statStamp(this.path, 'closed');
+    const base = this.recorded ?? this.atOpen;
+    if (now.dev !== base.dev || now.ino !== base.ino) return;
+    // Not synced: a power loss that loses it leaves the `open` stamp (identity and size still compared).
+    await this.takeClosed(now, false);
+  }
+
+  /**
+   * Takes the file as it is now: a `closed` stamp of it, and the held change
+   * is cleared (the caller has marked the suspect snapshots first).
+   * @throws NO_SPACE, IO_ERROR
+   */
+  async accept(): Promise<void> {
+    await this.takeClosed(await statStamp(this.path, 'closed'), true);
+    this.held = undefined;
+  }
+
+  private async takeClosed(stamp: StampRecord, sync: boolean): Promise<void> {
+    await writeStamp(this.db, this.path, stamp, sync);
+    this.recorded = stamp;
+    this.marking = undefined;
+    await settleTimes(stamp);
+  }
+}

@@ -1,0 +1,303 @@
+import { chmod, copyFile, mkdtemp, open, readFile, rename, rm, truncate, utimes } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Level } from 'level';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { DATA_MODES } from './modes.js';
+import { CrashController } from './crash-device.js';
+import { mulberry32 } from './prng.js';
+import { exportToBuffer, memorySource } from './backup-helpers.js';
+import { Volume, importStream, volumeLayout, type CowvolError } from '../src/index.js';
+
+/**
+ * Writes made outside cowvol (docs/ARCHITECTURE.md, "Writes made outside
+ * cowvol"): the volume file's identity and change stamps are kept at every
+ * clean close; an open finds a file changed behind cowvol's back and refuses
+ * it (VOLUME_MODIFIED_OUTSIDE), naming what changed and the snapshots that
+ * read through to the live volume; acceptOutsideChanges takes the file as it
+ * is and marks those snapshots suspect. Reading the file, and a crash, do not
+ * count as outside writes.
+ */
+const BS = 4096;
+const BLOCKS = 8;
+let dir: string;
+let path: string;
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'cowvol-outside-'));
+  path = join(dir, 'vol.img');
+});
+
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** Writes `data` at `offsetBytes` of the volume file the way another program would (no cowvol). */
+async function writeOutside(offsetBytes: number, data: Buffer): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    await fh.write(data, 0, data.length, offsetBytes);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** The open's refusal (fails the test if the open succeeds). */
+async function refusal(): Promise<CowvolError> {
+  const err = await Volume.open(path).then(
+    async (v) => {
+      await v.close();
+      return undefined;
+    },
+    (e: CowvolError) => e,
+  );
+  if (err === undefined) throw new Error('the open was not refused');
+  return err;
+}
+
+/** The `stamp` metadata value, decoded, read straight from LevelDB (the volume closed). */
+async function storedStamp(): Promise<Record<string, unknown> | undefined> {
+  const db = new Level<string, Buffer>(volumeLayout(path).metaPath, { valueEncoding: 'buffer', createIfMissing: false });
+  await db.open();
+  try {
+    const { unpack } = await import('msgpackr');
+    const bytes = await db.get('stamp');
+    return bytes ? (unpack(bytes) as Record<string, unknown>) : undefined;
+  } finally {
+    await db.close();
+  }
+}
+
+/**
+ * Snapshots: `old` owns every block (it reads nothing from live), `mid`
+ * owns blocks 0–3 (reads 4–7 from live), `new` owns none. Returns the live
+ * content.
+ */
+async function threeSnapshots(dataMode: (typeof DATA_MODES)[number]): Promise<Buffer> {
+  const v = await Volume.create(path, { dataMode, sizeBytes: BLOCKS * BS });
+  await v.write(0, randomBytes(BLOCKS * BS));
+  await v.createSnapshot('old');
+  await v.write(0, randomBytes(BLOCKS * BS));
+  await v.createSnapshot('mid');
+  await v.write(0, randomBytes(4 * BS));
+  await v.createSnapshot('new');
+  const live = await v.read(0, BLOCKS * BS);
+  await v.close();
+  return live;
+}
+
+describe.each(DATA_MODES)('data mode %s', (dataMode) => {
+  it('a write into the volume file after a clean close is refused, naming what changed and the snapshots that read live blocks', async () => {
+    await threeSnapshots(dataMode);
+    const outside = randomBytes(2 * BS);
+    await writeOutside(5 * BS, outside); // right after close: the stamp must still see it
+    const err = await refusal();
+    expect(err.code).toBe('VOLUME_MODIFIED_OUTSIDE');
+    const details = err.details as { changes: Array<{ field: string }>; cleanClose: boolean; suspectSnapshots: string[] };
+    expect(details.cleanClose).toBe(true);
+    expect(details.changes.map((c) => c.field)).toContain('mtime');
+    expect(details.suspectSnapshots).toEqual(['mid', 'new']); // `old` holds its own copy of every block
+    expect(err.message).toMatch(/modification time .* → /);
+    expect(err.message).toContain('mid, new');
+    expect(err.message).toContain(`cowvol accept-changes ${path}`);
+    // Refused every time, not just once: nothing was stamped anew.
+    expect((await refusal()).code).toBe('VOLUME_MODIFIED_OUTSIDE');
+  });
+
+  it('acceptOutsideChanges marks exactly the snapshots that read live blocks suspect, persistently; writes wait for it', async () => {
+    const live = await threeSnapshots(dataMode);
+    const outside = randomBytes(2 * BS);
+    await writeOutside(5 * BS, outside);
+    outside.copy(live, 5 * BS);
+    const v = await Volume.open(path, { outsideChanges: 'hold' });
+    expect(v.outsideChanges?.changes.map((c) => c.field)).toContain('mtime');
+    await expect(v.write(0, Buffer.alloc(BS))).rejects.toMatchObject({ code: 'VOLUME_MODIFIED_OUTSIDE' });
+    const report = await v.acceptOutsideChanges();
+    expect(report).toMatchObject({ accepted: true, suspectSnapshots: ['mid', 'new'] });
+    expect(v.outsideChanges).toBeUndefined();
+    expect((await v.listSnapshots()).map((s) => [s.name, s.suspect])).toEqual([
+      ['old', false],
+      ['mid', true],
+      ['new', true],
+    ]);
+    expect((await v.readSnapshot('new', 0, BLOCKS * BS)).equals(live)).toBe(true); // the file as it is now
+    await v.write(0, Buffer.alloc(BS, 1)); // writes work again
+    expect(await v.acceptOutsideChanges()).toEqual({ accepted: false, changes: [], suspectSnapshots: [] });
+    await v.close();
+    const r = await Volume.open(path);
+    expect((await r.info()).snapshots.filter((s) => s.suspect).map((s) => s.name)).toEqual(['mid', 'new']);
+    await r.close();
+  });
+});
+
+describe('what counts as a change', () => {
+  it('a touch (times only) is refused, and the message says the modification time changed', async () => {
+    await (await Volume.create(path, { sizeBytes: BLOCKS * BS })).close();
+    const later = new Date(Date.now() + 3_600_000);
+    await utimes(path, later, later);
+    const err = await refusal();
+    expect(err.code).toBe('VOLUME_MODIFIED_OUTSIDE');
+    expect((err.details as { changes: Array<{ field: string }> }).changes.map((c) => c.field).sort()).toEqual(['ctime', 'mtime']);
+    expect(err.message).toContain('its times set, e.g. by touch');
+    expect(err.message).toContain('No snapshot reads the live volume');
+  });
+
+  it('a chmod (status change only) is refused, naming the status change time', async () => {
+    await (await Volume.create(path, { sizeBytes: BLOCKS * BS })).close();
+    await chmod(path, 0o600);
+    const err = await refusal();
+    expect((err.details as { changes: Array<{ field: string }> }).changes.map((c) => c.field)).toEqual(['ctime']);
+    expect(err.message).toContain('mode, owner or links changed');
+  });
+
+  it('a truncated file is refused with the size; accepting needs the size back first', async () => {
+    const v = await Volume.create(path, { sizeBytes: BLOCKS * BS });
+    await v.createSnapshot('s');
+    await v.close();
+    const bytes = await readFile(path);
+    await truncate(path, 4 * BS);
+    const err = await refusal();
+    expect(err.code).toBe('VOLUME_MODIFIED_OUTSIDE');
+    expect((err.details as { changes: Array<{ field: string; recorded: string; found: string }> }).changes).toContainEqual({ field: 'size', recorded: String(BLOCKS * BS), found: String(4 * BS) });
+    expect(err.message).toContain(`restore it to ${BLOCKS * BS} bytes`);
+    await expect(Volume.open(path, { outsideChanges: 'hold' })).rejects.toMatchObject({ code: 'VOLUME_SIZE_MISMATCH' });
+    await truncate(path, BLOCKS * BS);
+    await writeOutside(0, bytes);
+    const h = await Volume.open(path, { outsideChanges: 'hold' });
+    expect((await h.acceptOutsideChanges()).suspectSnapshots).toEqual(['s']);
+    await h.close();
+    const r = await Volume.open(path);
+    expect((await r.readSnapshot('s', 0, BLOCKS * BS)).equals(bytes)).toBe(true);
+    await r.close();
+  });
+
+  it('a file replaced by a copy of itself (new inode) is refused as replaced', async () => {
+    await (await Volume.create(path, { sizeBytes: BLOCKS * BS })).close();
+    await copyFile(path, join(dir, 'copy.img'));
+    await rename(join(dir, 'copy.img'), path);
+    const err = await refusal();
+    expect((err.details as { changes: Array<{ field: string }> }).changes.map((c) => c.field)).toContain('ino');
+    expect(err.message).toContain('replaced by another one');
+  });
+
+  it('reading the file from outside changes nothing that counts; a read-only session leaves the stamp as it was', async () => {
+    await threeSnapshots('ordered');
+    const before = await storedStamp();
+    expect(before).toMatchObject({ state: 'closed' });
+    await readFile(path);
+    const v = await Volume.open(path);
+    await v.readSnapshot('mid', 0, BLOCKS * BS);
+    await v.info();
+    await v.close();
+    expect(await storedStamp()).toEqual(before);
+  });
+
+  it('a volume without a stamp (made before stamps were kept) opens, and is stamped at its first clean close', async () => {
+    await (await Volume.create(path, { sizeBytes: BLOCKS * BS })).close();
+    const db = new Level<string, Buffer>(volumeLayout(path).metaPath, { valueEncoding: 'buffer', createIfMissing: false });
+    await db.open();
+    await db.del('stamp');
+    await db.close();
+    await writeOutside(0, Buffer.alloc(BS, 7));
+    const v = await Volume.open(path);
+    expect((await v.read(0, BS)).equals(Buffer.alloc(BS, 7))).toBe(true);
+    await v.close();
+    await writeOutside(0, Buffer.alloc(BS, 8));
+    expect((await refusal()).code).toBe('VOLUME_MODIFIED_OUTSIDE');
+  });
+});
+
+describe.each(DATA_MODES)('a crash is not an outside write (data mode %s)', (dataMode) => {
+  /** Opens through a power-loss simulation, writes, loses power mid-write; the files are left as the disk kept them. */
+  async function crashMidWrite(random: () => number): Promise<void> {
+    const ctl = new CrashController(Number.MAX_SAFE_INTEGER, random, 0.5, 0.3);
+    const v = await Volume.open(path, { opener: ctl });
+    await v.write(0, randomBytes(3 * BS));
+    await v.flush();
+    ctl.crashAfter(2);
+    await v.write(3 * BS, randomBytes(3 * BS)).catch(() => undefined);
+    await v.close().catch(() => undefined); // the "machine" is down: the close fails
+    await ctl.restore(); // rewrites the files as the disk kept them: new mtime and ctime
+  }
+
+  it('after a power loss mid-write the volume reopens (times are not compared); identity and size still are', async () => {
+    const seed = Number(process.env.COWVOL_SEED ?? 1 + Math.floor(Math.random() * 1e9));
+    console.log(`outside-writes crash test (${dataMode}): seed ${seed}`);
+    const random = mulberry32(seed);
+    const pre = await Volume.create(path, { dataMode, sizeBytes: BLOCKS * BS });
+    await pre.write(0, Buffer.alloc(BLOCKS * BS, 1));
+    await pre.createSnapshot('s');
+    await pre.close();
+    await crashMidWrite(random);
+    expect(await storedStamp(), `seed ${seed}`).toMatchObject({ state: 'open' });
+    const r = await Volume.open(path);
+    expect((await r.readSnapshot('s', 0, BLOCKS * BS)).equals(Buffer.alloc(BLOCKS * BS, 1)), `seed ${seed}`).toBe(true);
+    await r.close();
+    expect(await storedStamp(), `seed ${seed}`).toMatchObject({ state: 'closed' }); // a clean close restamps
+    // Crash again, then shrink the file: refused, saying the close was not clean.
+    await crashMidWrite(random);
+    await truncate(path, 4 * BS);
+    const err = await refusal();
+    expect(err.code).toBe('VOLUME_MODIFIED_OUTSIDE');
+    expect(err.details).toMatchObject({ cleanClose: false, changes: [{ field: 'size' }], suspectSnapshots: ['s'] });
+    expect(err.message).toContain('not closed cleanly');
+  });
+});
+
+describe('backup streams and suspect snapshots', () => {
+  it('an incremental export since a suspect snapshot is refused (SNAPSHOT_SUSPECT); a full stream carries the accepted bytes', async () => {
+    const v = await Volume.create(path, { sizeBytes: BLOCKS * BS });
+    await v.write(0, Buffer.alloc(BLOCKS * BS, 1));
+    await v.createSnapshot('base');
+    await v.close();
+    // The copy elsewhere holds `base` as it was.
+    const copy = join(dir, 'copy.img');
+    await importStream(copy, memorySource(await exportFrom(path, 'base')));
+    // Block 2 is changed outside cowvol and accepted: `base` now reads the new bytes.
+    await writeOutside(2 * BS, Buffer.alloc(BS, 9));
+    const h = await Volume.open(path, { outsideChanges: 'hold' });
+    expect((await h.acceptOutsideChanges()).suspectSnapshots).toEqual(['base']);
+    await h.write(5 * BS, Buffer.alloc(BS, 5));
+    await h.createSnapshot('next');
+    // An incremental since `base` would carry block 5 only: the copy would miss block 2.
+    await expect(exportToBuffer(h, 'next', { since: 'base' })).rejects.toMatchObject({ code: 'SNAPSHOT_SUSPECT', details: { name: 'base' } });
+    const full = await exportToBuffer(h, 'next');
+    await h.close();
+    const fresh = join(dir, 'fresh.img');
+    await importStream(fresh, memorySource(full));
+    const f = await Volume.open(fresh);
+    expect((await f.readSnapshot('next', 2 * BS, BS)).equals(Buffer.alloc(BS, 9))).toBe(true);
+    await f.close();
+  });
+
+  it('an incremental import onto a base snapshot that became suspect on the target is refused (BASE_MISMATCH)', async () => {
+    const src = join(dir, 'src.img');
+    const s = await Volume.create(src, { sizeBytes: BLOCKS * BS });
+    await s.createSnapshot('a');
+    await s.write(0, Buffer.alloc(BS, 3));
+    await s.createSnapshot('b');
+    const fullA = await exportToBuffer(s, 'a');
+    const incrB = await exportToBuffer(s, 'b', { since: 'a' });
+    await s.close();
+    const dst = join(dir, 'dst.img');
+    await importStream(dst, memorySource(fullA));
+    const fh = await open(dst, 'r+');
+    await fh.write(Buffer.alloc(BS, 4), 0, BS, 6 * BS);
+    await fh.close();
+    const d = await Volume.open(dst, { outsideChanges: 'hold' });
+    await d.acceptOutsideChanges();
+    await d.close();
+    await expect(importStream(dst, memorySource(incrB))).rejects.toMatchObject({ code: 'BASE_MISMATCH', details: { snapshot: 'a', suspect: true } });
+  });
+});
+
+/** A full stream of snapshot `name` of the closed volume at `volumePath`. */
+async function exportFrom(volumePath: string, name: string): Promise<Buffer> {
+  const v = await Volume.open(volumePath);
+  try {
+    return await exportToBuffer(v, name);
+  } finally {
+    await v.close();
+  }
+}
