@@ -488,7 +488,8 @@ export class Volume {
         throw new NotAVolumeError(`${path} is not a cowvol volume (no ${layout.sidecarPath}); run \`cowvol create ${path} --adopt\` to make it one`);
       }
       // A sidecar more open than its volume file is narrowed, never widened (docs/ARCHITECTURE.md, "Sidecar permissions").
-      if (!readOnly) await tightenSidecarFolder(layout.sidecarPath, st.mode);
+      // Best effort, and only ever narrowing: also in a read-only open (a chmod of the folder, never of data).
+      await tightenSidecarFolder(layout.sidecarPath, st.mode);
       if (options.releaseReserve && !readOnly) await releaseReserve(layout.reservePath);
       const { db, privateMeta } = await openMetadata(layout.metaPath, readOnly);
       opened.push(privateMeta ?? db);
