@@ -70,9 +70,13 @@ export class Connection {
   stop(): Promise<void> {
     this.stopping = true;
     if (this.phase !== 'transmission') {
+      this.phase = 'closing';
       this.queue.clear();
-      this.socket.end();
-    } else void this.finish('server stopping');
+      this.closeSocket();
+    } else {
+      // Requests that arrive meanwhile are still read, and answered ESHUTDOWN.
+      void this.idle().then(() => this.finish('server stopping'));
+    }
     return this.done;
   }
 
@@ -118,7 +122,7 @@ export class Connection {
     this.optionBusy = false;
     if (next === 'close' || this.stopping) {
       this.phase = 'closing';
-      this.socket.end();
+      this.closeSocket();
       return;
     }
     if (next !== 'options') {
@@ -199,12 +203,17 @@ export class Connection {
       await this.idle();
       const target = this.agreement?.export;
       if (target && !target.readOnly) await target.flush().catch((err: unknown) => this.log.error({ conn: this.id, err: String(err) }, 'flush at disconnect failed'));
-      this.socket.end();
-      // A client that never closes its side does not hold a stopping server.
-      setTimeout(() => this.socket.destroy(), CLOSE_GRACE_MS).unref();
+      this.closeSocket();
       this.log.info({ conn: this.id, reason, ...this.counters }, 'connection closed');
     })();
     return this.finishing;
+  }
+
+  /** Ends our side; a client that never closes its side does not hold a stopping server. */
+  private closeSocket(): void {
+    this.setPaused(false); // read (and drop) what still comes, so the client's end is seen
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), CLOSE_GRACE_MS).unref();
   }
 
   private fail(err: unknown, message: string): void {
