@@ -193,6 +193,8 @@ export class MemoryExport implements BlockExport {
   flushes = 0;
   writes = 0;
   readsStarted = 0;
+  /** Every range the server wrote through `write`, in order. */
+  readonly writeLog: Array<{ offsetBytes: number; lengthBytes: number }> = [];
   gate: Promise<void> | undefined;
   constructor(
     readonly name: string,
@@ -213,6 +215,7 @@ export class MemoryExport implements BlockExport {
   async write(offsetBytes: number, data: Buffer): Promise<void> {
     await this.gate;
     this.writes++;
+    this.writeLog.push({ offsetBytes, lengthBytes: data.length });
     data.copy(this.data, offsetBytes);
   }
   async flush(): Promise<void> {
