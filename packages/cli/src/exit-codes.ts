@@ -23,6 +23,7 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   BASE_MISMATCH: 4,
   IMPORT_PENDING: 4,
   RESUME_MISMATCH: 4,
+  ENDPOINT_IN_USE: 4,
   // 5: another process owns the volume
   VOLUME_BUSY: 5,
   LOCK_LOST: 5,
@@ -41,6 +42,8 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   // 8: the input stream is not a cowvol stream or is damaged (nothing was applied from it)
   NOT_A_STREAM: 8,
   STREAM_CORRUPT: 8,
+  // (never an exit: `serve` closes the one client connection that broke the NBD framing, and logs it)
+  NBD_FRAMING: 8,
   // 1: a bug (assertion) or anything unexpected
   ASSERTION_FAILED: 1,
   JOURNAL_CREDITS_EXCEEDED: 1,
