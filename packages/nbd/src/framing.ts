@@ -12,7 +12,7 @@ import {
 import { NbdFramingError } from './errors.js';
 
 /**
- * Incremental parsers of what a client sends (docs/FORMAT.md §10.1, §10.4).
+ * Incremental parsers of what a client sends (docs/FORMAT.md §10.1–§10.3).
  * Each looks at a ByteQueue and returns `undefined` while the message is
  * incomplete (consuming nothing), or consumes and returns one whole message.
  * A message that can never be valid throws NbdFramingError before its
