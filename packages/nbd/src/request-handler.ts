@@ -18,10 +18,11 @@ import {
   NBD_ENOSPC,
   NBD_EPERM,
   NBD_ESHUTDOWN,
+  NBD_REPLY_TYPE_NONE,
 } from './constants.js';
 import type { RequestMessage } from './framing.js';
 import type { Agreement } from './negotiation.js';
-import { blockStatusChunk, errorChunk, offsetDataChunk, simpleReply, type Extent } from './replies.js';
+import { blockStatusChunk, chunkHeader, errorChunk, offsetDataChunk, simpleReply, type Extent } from './replies.js';
 
 /** Command flags this server accepts ("Command flags"); any other bit is EINVAL. */
 const KNOWN_COMMAND_FLAGS = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_DF | NBD_CMD_FLAG_REQ_ONE;
@@ -88,7 +89,9 @@ export async function runRequest(agreement: Agreement, request: RequestMessage):
   const fua = (request.flags & NBD_CMD_FLAG_FUA) !== 0;
   switch (request.type) {
     case NBD_CMD_READ: {
-      const data = lengthBytes === 0 ? Buffer.alloc(0) : await target.read(offsetBytes, lengthBytes);
+      // A zero-length READ has no data chunk to send: a NONE chunk ends it.
+      if (lengthBytes === 0) return [agreement.structured ? chunkHeader(cookie, NBD_REPLY_TYPE_NONE, 0, true) : simpleReply(cookie, 0)];
+      const data = await target.read(offsetBytes, lengthBytes);
       return agreement.structured ? offsetDataChunk(cookie, offsetBytes, data, true) : [simpleReply(cookie, 0), data];
     }
     case NBD_CMD_WRITE:

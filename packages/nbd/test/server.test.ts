@@ -201,6 +201,9 @@ describe('transmission', () => {
     c.sendRequest({ type: NBD_CMD_READ, cookie: 2n, offsetBytes: 1 << 20, lengthBytes: 1 });
     const err = await c.readAnyReply();
     expect([err.type, err.error, err.flags]).toEqual([NBD_REPLY_TYPE_ERROR, NBD_EINVAL, 1]);
+    c.sendRequest({ type: NBD_CMD_READ, cookie: 4n, offsetBytes: 0, lengthBytes: 0 });
+    const none = await c.readAnyReply();
+    expect([none.cookie, none.type, none.flags, none.payload.length]).toEqual([4n, 0, 1, 0]);
     c.sendRequest({ type: NBD_CMD_BLOCK_STATUS, cookie: 3n, offsetBytes: 4096, lengthBytes: 65536, flags: NBD_CMD_FLAG_REQ_ONE });
     const bs = await c.readAnyReply();
     expect([bs.type, bs.flags, bs.payload.length]).toEqual([NBD_REPLY_TYPE_BLOCK_STATUS, 1, 12]);
