@@ -167,12 +167,14 @@ describe.skipIf(missing.length > 0)(`cowvol serve with real NBD clients${skipRea
     expect(job.read.io_bytes).toBe(8 * 1024 * 1024); // every block read back and verified
   });
 
-  it('nbdsh: unknown export refused in option mode, EPERM on the snapshot, EINVAL out of range, the connection stays usable', async () => {
+  it('nbdsh: STARTTLS gets ERR_UNSUP, an unknown export ERR_UNKNOWN, then EPERM on the snapshot, EINVAL out of range, the connection stays usable', async () => {
     const script = `
 import nbd
 h = nbd.NBD()
 h.set_opt_mode(True)
-h.connect_uri(${JSON.stringify(`nbd+unix:///?socket=${socket}`)})
+h.set_tls(nbd.TLS_ALLOW)  # libnbd asks for STARTTLS first, which this server does not support
+h.connect_unix(${JSON.stringify(socket)})
+print("tls", h.get_tls_negotiated())
 h.set_export_name("no-such-export")
 try:
     h.opt_info()
@@ -198,6 +200,9 @@ h.shutdown()
     const r = await runWithEnv('nbdsh', ['-c', script], PYTHON_ENV);
     const out = r.stdout.toString();
     expect(r.code, r.stderr + out).toBe(0);
+    expect(out).toContain('tls False');
+    // STARTTLS (option 5) was answered NBD_REP_ERR_UNSUP and the handshake went on.
+    expect(serverLog).toMatch(/"option":5,"replyType":"0x80000001".*"msg":"option refused"/);
     expect(out).toContain('unknown-export ENOENT'); // libnbd's errno for NBD_REP_ERR_UNKNOWN
     expect(out).toContain('write-snapshot EPERM');
     expect(out).toContain('read-past-end EINVAL');

@@ -96,7 +96,10 @@ export class Connection {
           this.optionBusy = true;
           this.setPaused(true);
           void this.negotiation!.handle(option).then(
-            (step) => this.afterOption(step.replies, step.next === 'transmission' ? step.agreement : step.next),
+            (step) => {
+              if (step.next === 'options') this.logRefusal(option.option, step.replies.at(-1));
+              this.afterOption(step.replies, step.next === 'transmission' ? step.agreement : step.next);
+            },
             (err: unknown) => this.fail(err, `option ${option.option} failed`),
           );
           return;
@@ -132,6 +135,13 @@ export class Connection {
     }
     this.setPaused(false);
     this.pump();
+  }
+
+  /** Logs an option answered with an error reply (bit 31 of the reply type; docs/FORMAT.md §10.2). */
+  private logRefusal(option: number, last: Buffer | undefined): void {
+    const replyType = last && last.length >= 20 ? last.readUInt32BE(12) : 0;
+    if (replyType < 2 ** 31) return;
+    this.log.info({ conn: this.id, option, replyType: `0x${replyType.toString(16)}`, err: last!.subarray(20).toString('utf8') }, 'option refused');
   }
 
   private dispatch(request: RequestMessage): void {

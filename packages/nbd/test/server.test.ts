@@ -275,7 +275,7 @@ describe('transmission', () => {
     const c = await RawClient.connect(socketPath);
     await c.open('live');
     for (let i = 0; i < 100; i++) c.sendRequest({ type: NBD_CMD_READ, cookie: BigInt(i), offsetBytes: i * 512, lengthBytes: 512 });
-    await until(() => live.readsStarted === 8);
+    await until(() => live.readsStarted >= 8);
     await new Promise((r) => setTimeout(r, 100));
     expect(live.readsStarted).toBe(8);
     stall.resolve();
