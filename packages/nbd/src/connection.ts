@@ -121,7 +121,12 @@ export class Connection {
   }
 
   private afterOption(replies: Buffer[], next: Agreement | 'options' | 'close'): void {
-    this.send(replies);
+    // The next option is read only once these replies left the process: a
+    // client that sends options without reading the replies stops being read.
+    this.send(replies, () => this.optionAnswered(next));
+  }
+
+  private optionAnswered(next: Agreement | 'options' | 'close'): void {
     this.optionBusy = false;
     if (next === 'close' || this.stopping) {
       this.phase = 'closing';

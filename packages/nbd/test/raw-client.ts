@@ -229,8 +229,10 @@ export class MemoryExport implements BlockExport {
 
 /** A catalog of memory exports; `""` means the first. */
 export class MemoryCatalog implements ExportCatalog {
+  listCalls = 0;
   constructor(readonly exports: MemoryExport[]) {}
   async list() {
+    this.listCalls++;
     return this.exports.map((e) => ({ name: e.name, description: e.description }));
   }
   async resolve(name: string) {

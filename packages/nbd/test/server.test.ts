@@ -44,11 +44,13 @@ let server: NbdServer;
 let live: MemoryExport;
 let frozen: MemoryExport;
 let socketPath: string;
+let catalog: MemoryCatalog;
 
 async function start(limits?: ConnectionLimits, maxConnections = 16): Promise<void> {
   live = new MemoryExport('live', 1 << 20);
   frozen = new MemoryExport('snapshot/a', 1 << 20, true);
-  server = new NbdServer({ catalog: new MemoryCatalog([live, frozen]), maxConnections, ...(limits ? { limits } : {}) });
+  catalog = new MemoryCatalog([live, frozen]);
+  server = new NbdServer({ catalog, maxConnections, ...(limits ? { limits } : {}) });
   await server.listen({ socketPath });
 }
 
@@ -131,6 +133,25 @@ describe('option phase', () => {
     expect(set.map((r) => r.type)).toEqual([4, NBD_REP_ACK]);
     c.sendOption(NBD_OPT_SET_META_CONTEXT, metaRequest('nope', ['base:allocation']));
     expect((await c.readOptionReply()).type).toBe(NBD_REP_ERR_UNKNOWN);
+  });
+
+  it('a client that sends options without reading the replies stops being read (bounded memory)', async () => {
+    const c = await RawClient.connect(socketPath);
+    await c.handshake();
+    c.socket.pause(); // never read a reply
+    const options = 100_000; // ~100 bytes of reply each: 10 MB, far beyond socket buffers
+    const list = Buffer.alloc(16);
+    list.write('IHAVEOPT', 0, 'latin1');
+    list.writeUInt32BE(NBD_OPT_LIST, 8);
+    c.write(Buffer.concat(Array.from({ length: options }, () => list)));
+    let seen = -1;
+    while (seen !== catalog.listCalls) {
+      seen = catalog.listCalls;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(catalog.listCalls).toBeGreaterThan(0);
+    expect(catalog.listCalls).toBeLessThan(options / 4);
+    c.socket.destroy();
   });
 
   it('EXPORT_NAME enters transmission with the 10-byte reply under NO_ZEROES, 134 bytes without; an unknown name closes', async () => {
