@@ -5,6 +5,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isLoopback, parseListen } from '../packages/cli/src/endpoint.js';
@@ -74,6 +75,23 @@ describe('cowvol serve: arguments', () => {
     const r = await cowvol(['serve', vol, '--socket', path]);
     expect(r.code).toBe(4);
     expect(r.stderr).toContain('[ENDPOINT_IN_USE]');
+    await cowvolOk(['info', vol]);
+  });
+});
+
+describe('cowvol serve: endpoints that cannot be used', () => {
+  it('a TCP port in use is ENDPOINT_IN_USE (exit 4); a socket in a missing folder INVALID_ARGUMENT (exit 2); never INTERNAL', async () => {
+    const blocker = createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    const { port } = blocker.address() as AddressInfo;
+    try {
+      const r = await cowvol(['serve', vol, '--listen', `127.0.0.1:${port}`]);
+      expect([r.code, r.stderr]).toEqual([4, expect.stringContaining('[ENDPOINT_IN_USE]')]);
+    } finally {
+      blocker.close();
+    }
+    const r = await cowvol(['serve', vol, '--socket', join(dir, 'missing', 'nbd.sock')]);
+    expect([r.code, r.stderr]).toEqual([2, expect.stringContaining('[INVALID_ARGUMENT]')]);
     await cowvolOk(['info', vol]);
   });
 });

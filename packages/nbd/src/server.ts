@@ -1,7 +1,7 @@
 import { chmod, lstat, unlink } from 'node:fs/promises';
 import { createConnection, createServer, isIP, type Server, type Socket } from 'node:net';
 import { resolve as resolvePath } from 'node:path';
-import { InvalidArgumentError } from '@cowvol/cow-core';
+import { CowvolError, InvalidArgumentError, IoError } from '@cowvol/cow-core';
 import type { ExportCatalog } from './block-export.js';
 import { Connection, DEFAULT_LIMITS, type ConnectionLimits } from './connection.js';
 import { EndpointInUseError } from './errors.js';
@@ -48,20 +48,17 @@ export class NbdServer {
    * Starts listening on `endpoint` and resolves with its NBD URI
    * (`nbd+unix:///?socket=<absolute path>` or `nbd://<host>:<port>/`).
    * A stale unix socket (nothing accepts on it) is replaced.
-   * @throws ENDPOINT_IN_USE (address taken, a server on the socket, a file that is not a socket), IO_ERROR
+   * @throws ENDPOINT_IN_USE (address taken, a server on the socket, a file that is not a socket), INVALID_ARGUMENT (cannot listen there: no such directory, no permission, unknown host), IO_ERROR (a stale socket cannot be removed, or its mode set)
    */
   async listen(endpoint: Endpoint): Promise<string> {
     const server = createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.accept(socket));
     if ('socketPath' in endpoint) {
       const path = resolvePath(endpoint.socketPath);
-      await clearStaleSocket(path);
-      const umask = process.umask(0o177); // the socket is created 0600 (bind happens inside listen)
-      try {
-        await listenOn(server, path, () => server.listen(path));
-      } finally {
-        process.umask(umask);
-      }
-      await chmod(path, 0o600);
+      await listenUnix(server, path).catch((err: unknown) => {
+        server.close();
+        if (err instanceof CowvolError) throw err;
+        throw new IoError(`cannot listen on ${path}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+      });
       this.listeners.push(server);
       return `nbd+unix:///?socket=${encodeURI(path).replace(/[?#&=]/g, encodeURIComponent)}`;
     }
@@ -100,7 +97,19 @@ export class NbdServer {
   }
 }
 
-/** Runs `start` and resolves once `server` listens. @throws ENDPOINT_IN_USE, IO_ERROR-like system errors as they are */
+/** Listens on a unix socket created with mode 0600, replacing a stale socket file. */
+async function listenUnix(server: Server, path: string): Promise<void> {
+  await clearStaleSocket(path);
+  const umask = process.umask(0o177); // the socket is created 0600 (bind happens inside listen)
+  try {
+    await listenOn(server, path, () => server.listen(path));
+  } finally {
+    process.umask(umask);
+  }
+  await chmod(path, 0o600);
+}
+
+/** Runs `start` and resolves once `server` listens. @throws ENDPOINT_IN_USE (address in use), INVALID_ARGUMENT (any other refusal: no such directory, permission, bad host) */
 function listenOn(server: Server, what: string, start: () => void): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException): void => {
