@@ -28,22 +28,35 @@ export default class Serve extends CowvolCommand {
     const { args, flags } = await this.parse(Serve);
     const tcp = flags.listen === undefined ? undefined : parseListen(flags.listen);
     const log = pino({ base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
-    await this.withVolume(args.volume, async (volume) => {
-      const server = new NbdServer({ catalog: new VolumeExports(volume, { readOnly: flags['read-only'] }), logger: log, maxConnections: flags['max-connections'] });
-      const stopped = new Promise<string>((resolve) => {
-        process.once('SIGINT', () => resolve('SIGINT'));
-        process.once('SIGTERM', () => resolve('SIGTERM'));
-      });
-      try {
-        const uri = await server.listen({ socketPath: flags.socket ?? join(volumeLayout(args.volume).sidecarPath, 'nbd.sock') });
-        const tcpUri = tcp ? await server.listen(tcp) : undefined;
-        log.info({ volume: args.volume, uri, tcpUri, readOnly: flags['read-only'] }, 'serving');
-        process.stdout.write(`${uri}\n`);
-        log.info({ signal: await stopped }, 'stopping: finishing requests in flight');
-      } finally {
-        await server.stop();
-      }
-      log.info({}, 'stopped; closing the volume');
+    // The first signal stops cleanly; later ones are logged and ignored until
+    // the volume is closed, so a stop in progress is never cut short.
+    let signals = 0;
+    let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
+    const stopped = new Promise<NodeJS.Signals>((resolve) => {
+      onSignal = (signal) => {
+        if (signals++ === 0) resolve(signal);
+        else log.warn({ signal }, 'already stopping: finishing requests in flight');
+      };
     });
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    try {
+      await this.withVolume(args.volume, async (volume) => {
+        const server = new NbdServer({ catalog: new VolumeExports(volume, { readOnly: flags['read-only'] }), logger: log, maxConnections: flags['max-connections'] });
+        try {
+          const uri = await server.listen({ socketPath: flags.socket ?? join(volumeLayout(args.volume).sidecarPath, 'nbd.sock') });
+          const tcpUri = tcp ? await server.listen(tcp) : undefined;
+          log.info({ volume: args.volume, uri, tcpUri, readOnly: flags['read-only'] }, 'serving');
+          process.stdout.write(`${uri}\n`);
+          log.info({ signal: await stopped }, 'stopping: finishing requests in flight');
+        } finally {
+          await server.stop();
+        }
+        log.info({}, 'stopped; closing the volume');
+      });
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
   }
 }
