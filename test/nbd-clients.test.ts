@@ -158,8 +158,9 @@ describe.skipIf(missing.length > 0)(`cowvol serve with real NBD clients${skipRea
       '--verify_fatal=1',
       '--do_verify=1',
       '--randseed=12345',
+      '--verify_state_save=0',
       '--output-format=json',
-    ]);
+    ], { cwd: dir });
     expect(r.code, r.stderr).toBe(0);
     const job = (JSON.parse(r.stdout.toString().slice(r.stdout.indexOf('{'))) as { jobs: Array<{ error: number; write: { io_bytes: number }; read: { io_bytes: number } }> }).jobs[0]!;
     expect(job.error).toBe(0);
@@ -210,7 +211,7 @@ h.shutdown()
   });
 
   it('the snapshot export reads back byte-identical while the live export is being written', async () => {
-    const writer = run('fio', ['--name=w', '--ioengine=nbd', `--uri=${liveUri()}`, '--rw=randwrite', '--bs=64k', '--iodepth=16', '--size=32M', '--randseed=7', '--output-format=terse']);
+    const writer = run('fio', ['--name=w', '--ioengine=nbd', `--uri=${liveUri()}`, '--rw=randwrite', '--bs=64k', '--iodepth=16', '--size=32M', '--randseed=7', '--output-format=terse'], { cwd: dir });
     const out = join(dir, 'snap-during.raw');
     await runOk('nbdcopy', ['--connections=2', snapUri(), out]);
     expect((await writer).code).toBe(0);
