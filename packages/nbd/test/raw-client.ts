@@ -193,6 +193,7 @@ export class MemoryExport implements BlockExport {
   flushes = 0;
   writes = 0;
   readsStarted = 0;
+  writesStarted = 0;
   /** Every range the server wrote through `write`, in order. */
   readonly writeLog: Array<{ offsetBytes: number; lengthBytes: number }> = [];
   gate: Promise<void> | undefined;
@@ -213,6 +214,7 @@ export class MemoryExport implements BlockExport {
     return Buffer.from(this.data.subarray(offsetBytes, offsetBytes + lengthBytes));
   }
   async write(offsetBytes: number, data: Buffer): Promise<void> {
+    this.writesStarted++;
     await this.gate;
     this.writes++;
     this.writeLog.push({ offsetBytes, lengthBytes: data.length });

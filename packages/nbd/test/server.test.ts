@@ -144,7 +144,8 @@ describe('option phase', () => {
     list.write('IHAVEOPT', 0, 'latin1');
     list.writeUInt32BE(NBD_OPT_LIST, 8);
     c.write(Buffer.concat(Array.from({ length: options }, () => list)));
-    let seen = -1;
+    await until(() => catalog.listCalls > 0);
+    let seen = -1; // then wait until it stops growing
     while (seen !== catalog.listCalls) {
       seen = catalog.listCalls;
       await new Promise((r) => setTimeout(r, 200));
@@ -263,7 +264,7 @@ describe('transmission', () => {
     live.gate = stall.promise;
     c.sendRequest({ type: NBD_CMD_WRITE, cookie: 4n, offsetBytes: 0, lengthBytes: 1, payload: Buffer.from([42]) });
     c.sendRequest({ type: NBD_CMD_DISC, cookie: 5n, offsetBytes: 0, lengthBytes: 0 });
-    await until(() => live.writes === 1);
+    await until(() => live.writesStarted === 2);
     expect(live.flushes).toBe(0);
     stall.resolve();
     expect((await c.readSimpleReply()).cookie).toBe(4n);
@@ -312,7 +313,8 @@ describe('transmission', () => {
     c.socket.pause(); // never read a reply
     const requests = 512; // 512 × 1 MiB of replies, far beyond socket buffers
     for (let i = 0; i < requests; i++) c.sendRequest({ type: NBD_CMD_READ, cookie: BigInt(i), offsetBytes: 0, lengthBytes: 1 << 20 });
-    let seen = -1;
+    await until(() => live.readsStarted > 0);
+    let seen = -1; // then wait until it stops growing
     while (seen !== live.readsStarted) {
       seen = live.readsStarted;
       await new Promise((r) => setTimeout(r, 200));
@@ -329,8 +331,7 @@ describe('transmission', () => {
     const c = await RawClient.connect(socketPath);
     await c.open('live');
     c.sendRequest({ type: NBD_CMD_WRITE, cookie: 1n, offsetBytes: 0, lengthBytes: 1, payload: Buffer.from([1]) });
-    await until(() => server.connectionCount === 1);
-    await new Promise((r) => setTimeout(r, 20));
+    await until(() => live.writesStarted === 1);
     const stopped = server.stop();
     c.sendRequest({ type: NBD_CMD_READ, cookie: 2n, offsetBytes: 0, lengthBytes: 1 });
     expect(await c.readSimpleReply()).toEqual({ cookie: 2n, error: NBD_ESHUTDOWN });
