@@ -7,7 +7,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isLoopback, parseListen } from '../packages/cli/src/endpoint.js';
 import { CLI, cowvol, cowvolOk, runOk, tempDir } from './helpers.js';
 
@@ -19,12 +19,13 @@ let dir: string;
 let cleanup: () => Promise<void>;
 let vol: string;
 
-beforeEach(async () => {
+// One volume for the file: no test writes to it.
+beforeAll(async () => {
   ({ dir, cleanup } = await tempDir('cowvol-serve-'));
   vol = join(dir, 'vol.img');
   await cowvolOk(['create', vol, '--size', '1M']);
 });
-afterEach(() => cleanup());
+afterAll(() => cleanup());
 
 /** Starts `cowvol serve`, resolves once it printed its URI line. */
 async function serve(args: string[]): Promise<{ uri: string; log: () => string; stop: (signal: NodeJS.Signals) => Promise<number | null> }> {

@@ -1,8 +1,6 @@
 import { join } from 'node:path';
 import { Args, Flags } from '@oclif/core';
 import { volumeLayout } from '@cowvol/cow-core';
-import { NbdServer, VolumeExports } from '@cowvol/nbd';
-import { pino } from 'pino';
 import { CowvolCommand } from '../base-command.js';
 import { parseListen } from '../endpoint.js';
 
@@ -27,6 +25,9 @@ export default class Serve extends CowvolCommand {
   async run(): Promise<void> {
     const { args, flags } = await this.parse(Serve);
     const tcp = flags.listen === undefined ? undefined : parseListen(flags.listen);
+    // Loaded here, not at the top: oclif may load every command module to
+    // find one, and no other command should pay for the server or the logger.
+    const [{ NbdServer, VolumeExports }, { pino }] = await Promise.all([import('@cowvol/nbd'), import('pino')]);
     const log = pino({ base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
     // The first signal stops cleanly; later ones are logged and ignored until
     // the volume is closed, so a stop in progress is never cut short.
