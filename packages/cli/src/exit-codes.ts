@@ -25,6 +25,7 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   BASE_MISMATCH: 4,
   IMPORT_PENDING: 4,
   RESUME_MISMATCH: 4,
+  ENDPOINT_IN_USE: 4,
   // 5: another process owns the volume
   VOLUME_BUSY: 5,
   LOCK_LOST: 5, // no longer produced (the owner lock is never taken over); kept: codes are stable
@@ -47,6 +48,8 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   STREAM_CORRUPT: 8,
   // 9: the change may or may not have been made (its commit was written, its flush failed): look before retrying
   OUTCOME_UNKNOWN: 9,
+  // (never an exit: `serve` closes the one client connection that broke the NBD framing, and logs it)
+  NBD_FRAMING: 8,
   // 1: a bug (assertion) or anything unexpected
   ASSERTION_FAILED: 1,
   JOURNAL_CREDITS_EXCEEDED: 1,

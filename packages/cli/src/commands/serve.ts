@@ -1,0 +1,63 @@
+import { join } from 'node:path';
+import { Args, Flags } from '@oclif/core';
+import { volumeLayout } from '@cowvol/cow-core';
+import { CowvolCommand } from '../base-command.js';
+import { parseListen } from '../endpoint.js';
+
+export default class Serve extends CowvolCommand {
+  static override summary = 'Serve the live volume and its snapshots over NBD until SIGINT or SIGTERM';
+  static override description =
+    'Exports `live` (also the default, empty name) read-write and `snapshot/<name>` read-only. Prints the NBD URI on stdout once ready; logs JSON lines on stderr. The volume stays locked while served: other cowvol commands get VOLUME_BUSY.';
+  static override examples = [
+    '<%= config.bin %> serve vol.img',
+    'qemu-img convert -O raw "nbd+unix:///snapshot/nightly?socket=$PWD/vol.img.cowvol/nbd.sock" copy.img',
+    '<%= config.bin %> serve vol.img --listen 127.0.0.1:10809 --read-only',
+  ];
+  static override enableJsonFlag = false;
+  static override args = { volume: Args.string({ description: 'path of the volume file', required: true }) };
+  static override flags = {
+    socket: Flags.string({ description: 'unix socket to listen on, created with mode 0600 (default: <volume>.cowvol/nbd.sock)', helpValue: '<path>' }),
+    listen: Flags.string({ description: 'also listen on TCP, loopback addresses only (no TLS yet)', helpValue: '<host:port>' }),
+    'read-only': Flags.boolean({ description: 'serve `live` read-only too', default: false }),
+    'max-connections': Flags.integer({ description: 'connections served at once', min: 1, default: 16, helpValue: '<n>' }),
+  };
+
+  async run(): Promise<void> {
+    const { args, flags } = await this.parse(Serve);
+    const tcp = flags.listen === undefined ? undefined : parseListen(flags.listen);
+    // Loaded here, not at the top: oclif may load every command module to
+    // find one, and no other command should pay for the server or the logger.
+    const [{ NbdServer, VolumeExports }, { pino }] = await Promise.all([import('@cowvol/nbd'), import('pino')]);
+    const log = pino({ base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
+    // The first signal stops cleanly; later ones are logged and ignored until
+    // the volume is closed, so a stop in progress is never cut short.
+    let signals = 0;
+    let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
+    const stopped = new Promise<NodeJS.Signals>((resolve) => {
+      onSignal = (signal) => {
+        if (signals++ === 0) resolve(signal);
+        else log.warn({ signal }, 'already stopping: finishing requests in flight');
+      };
+    });
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    try {
+      await this.withVolume(args.volume, async (volume) => {
+        const server = new NbdServer({ catalog: new VolumeExports(volume, { readOnly: flags['read-only'] }), logger: log, maxConnections: flags['max-connections'] });
+        try {
+          const uri = await server.listen({ socketPath: flags.socket ?? join(volumeLayout(args.volume).sidecarPath, 'nbd.sock') });
+          const tcpUri = tcp ? await server.listen(tcp) : undefined;
+          log.info({ volume: args.volume, uri, tcpUri, readOnly: flags['read-only'] }, 'serving');
+          process.stdout.write(`${uri}\n`);
+          log.info({ signal: await stopped }, 'stopping: finishing requests in flight');
+        } finally {
+          await server.stop();
+        }
+        log.info({}, 'stopped; closing the volume');
+      });
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
+  }
+}

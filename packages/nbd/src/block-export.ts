@@ -1,0 +1,42 @@
+import type { Extent } from './replies.js';
+
+/**
+ * What the server serves (docs/ARCHITECTURE.md §14.1): a byte range with
+ * read, write, flush and zeroing. Offsets and lengths are in bytes and are
+ * checked by the server against `sizeBytes` before any call; errors are
+ * CowvolErrors, mapped to NBD errno values per request (§14.4).
+ */
+export interface BlockExport {
+  /** The name clients ask for (`live`, `snapshot/<name>`). */
+  readonly name: string;
+  /** Shown by NBD_OPT_LIST and NBD_INFO_DESCRIPTION. */
+  readonly description: string;
+  readonly sizeBytes: number;
+  /** A read-only export answers every write, trim and zero with EPERM before calling the export. */
+  readonly readOnly: boolean;
+  /** Advertised as the preferred block size (NBD_INFO_BLOCK_SIZE); a power of two. */
+  readonly preferredBlockBytes: number;
+  /** Resolves with exactly `lengthBytes` bytes. */
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  /** Resolves once `data` is in the export (readable by every connection); with `fua`, once it is durable. `data` must not change until then. */
+  write(offsetBytes: number, data: Buffer, options: { fua: boolean }): Promise<void>;
+  /** Makes every write that resolved before the call durable, whichever connection made it. */
+  flush(): Promise<void>;
+  /** Makes the range read as zeros (NBD_CMD_WRITE_ZEROES and NBD_CMD_TRIM); with `fua`, durably. */
+  writeZeroes(offsetBytes: number, lengthBytes: number, options: { fua: boolean }): Promise<void>;
+  /** `base:allocation` extents covering at least the first byte of the range; absent: everything is data. */
+  blockStatus?(offsetBytes: number, lengthBytes: number): Promise<Extent[]>;
+}
+
+/** An export as listed by NBD_OPT_LIST. */
+export interface ExportListing {
+  name: string;
+  description: string;
+}
+
+/** The set of exports a server offers; names are resolved on every option that names one. */
+export interface ExportCatalog {
+  list(): Promise<ExportListing[]>;
+  /** The export called `name`, or undefined when there is none. */
+  resolve(name: string): Promise<BlockExport | undefined>;
+}

@@ -1,0 +1,28 @@
+import { CowvolError } from '@cowvol/cow-core';
+
+/**
+ * Errors thrown by @cowvol/nbd. Each has a stable `code`; the CLI maps codes
+ * to exit codes (packages/cli/src/exit-codes.ts, README "Exit codes").
+ */
+
+/**
+ * `NBD_FRAMING`: a client broke the framing of the protocol (bad magic, an
+ * option payload over 64 KiB, a WRITE payload over 32 MiB, an unknown
+ * client flag). Only that connection is closed; nothing of the bad message
+ * was applied. Never an exit: the server logs it and keeps serving.
+ */
+export class NbdFramingError extends CowvolError {
+  constructor(message: string) {
+    super('NBD_FRAMING', message);
+  }
+}
+
+/**
+ * `ENDPOINT_IN_USE`: the socket path or TCP address to listen on is taken
+ * (another server is running there, or a file is in the way).
+ */
+export class EndpointInUseError extends CowvolError {
+  constructor(endpoint: string, options?: { cause?: unknown }) {
+    super('ENDPOINT_IN_USE', `${endpoint} is already in use (is another server running?)`, { ...options, details: { endpoint } });
+  }
+}

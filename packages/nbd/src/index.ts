@@ -1,0 +1,36 @@
+/**
+ * @cowvol/nbd — a Network Block Device server (docs/ARCHITECTURE.md §14):
+ * the protocol as pure functions (constants, incremental parsers over a
+ * byte queue, reply builders), a server on node:net over the BlockExport
+ * interface, and the exports of a cowvol Volume (`live`, `snapshot/<name>`).
+ */
+export * from './constants.js';
+export { NbdFramingError, EndpointInUseError } from './errors.js';
+export { ByteQueue } from './byte-queue.js';
+export { parseClientFlags, parseOption, parseRequest, type OptionMessage, type RequestMessage } from './framing.js';
+export { decodeInfoRequest, decodeMetaContextRequest, type InfoRequest, type MetaContextRequest, type Decoded } from './option-payloads.js';
+export {
+  greeting,
+  optionReply,
+  optionError,
+  serverReply,
+  infoExportReply,
+  infoTextReply,
+  infoBlockSizeReply,
+  metaContextReply,
+  exportNameReply,
+  simpleReply,
+  chunkHeader,
+  offsetDataChunk,
+  offsetHoleChunk,
+  errorChunk,
+  blockStatusChunk,
+  type Extent,
+} from './replies.js';
+export type { BlockExport, ExportCatalog, ExportListing } from './block-export.js';
+export { Negotiation, type Agreement, type OptionStep } from './negotiation.js';
+export { errnoFor, RequestError } from './request-handler.js';
+export { Connection, DEFAULT_LIMITS, type ConnectionLimits } from './connection.js';
+export { NbdServer, DEFAULT_MAX_CONNECTIONS, type Endpoint, type NbdServerOptions } from './server.js';
+export { SILENT_LOGGER, type NbdLogger } from './logger.js';
+export { VolumeExports, LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX, ZERO_PIECE_BYTES } from './volume-exports.js';

@@ -1,0 +1,145 @@
+import type { BlockExport, ExportCatalog } from './block-export.js';
+import {
+  BASE_ALLOCATION,
+  BASE_ALLOCATION_ID,
+  MAX_PAYLOAD_BYTES,
+  NBD_FLAG_CAN_MULTI_CONN,
+  NBD_FLAG_HAS_FLAGS,
+  NBD_FLAG_READ_ONLY,
+  NBD_FLAG_SEND_CACHE,
+  NBD_FLAG_SEND_DF,
+  NBD_FLAG_SEND_FLUSH,
+  NBD_FLAG_SEND_FUA,
+  NBD_FLAG_SEND_TRIM,
+  NBD_FLAG_SEND_WRITE_ZEROES,
+  NBD_INFO_DESCRIPTION,
+  NBD_INFO_NAME,
+  NBD_OPT_ABORT,
+  NBD_OPT_EXPORT_NAME,
+  NBD_OPT_GO,
+  NBD_OPT_INFO,
+  NBD_OPT_LIST,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STRUCTURED_REPLY,
+  NBD_REP_ACK,
+  NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_UNKNOWN,
+  NBD_REP_ERR_UNSUP,
+} from './constants.js';
+import type { OptionMessage } from './framing.js';
+import { decodeInfoRequest, decodeMetaContextRequest } from './option-payloads.js';
+import { exportNameReply, infoBlockSizeReply, infoExportReply, infoTextReply, metaContextReply, optionError, optionReply, serverReply } from './replies.js';
+
+/** What the transmission phase needs from the option phase. */
+export interface Agreement {
+  export: BlockExport;
+  transmissionFlags: number;
+  /** Structured replies were negotiated (NBD_OPT_STRUCTURED_REPLY). */
+  structured: boolean;
+  /** `base:allocation` was selected for this export (NBD_OPT_SET_META_CONTEXT). */
+  baseAllocation: boolean;
+}
+
+/** The outcome of one option: bytes to send, then go on, close, or enter transmission. */
+export type OptionStep = { replies: Buffer[]; next: 'options' | 'close' } | { replies: Buffer[]; next: 'transmission'; agreement: Agreement };
+
+/**
+ * The option phase of one connection ("Option haggling"; docs/ARCHITECTURE.md
+ * §14.3): the state the options build up, and one reply sequence per option.
+ * Every option this server does not implement is answered NBD_REP_ERR_UNSUP.
+ */
+export class Negotiation {
+  private structured = false;
+  /** The export `base:allocation` was selected for, by its resolved name. */
+  private metaExport: string | undefined;
+
+  constructor(
+    private readonly catalog: ExportCatalog,
+    private readonly noZeroes: boolean,
+  ) {}
+
+  /** Handles one option; errors of the catalog propagate (the connection logs them and closes). */
+  async handle(message: OptionMessage): Promise<OptionStep> {
+    const { option, data } = message;
+    switch (option) {
+      case NBD_OPT_EXPORT_NAME:
+        return this.exportName(data.toString('utf8'));
+      case NBD_OPT_ABORT:
+        return { replies: [optionReply(option, NBD_REP_ACK)], next: 'close' };
+      case NBD_OPT_LIST:
+        return this.list(data);
+      case NBD_OPT_INFO:
+      case NBD_OPT_GO:
+        return this.infoOrGo(option, data);
+      case NBD_OPT_STRUCTURED_REPLY:
+        if (data.length !== 0) return invalid(option, 'NBD_OPT_STRUCTURED_REPLY carries no data');
+        if (this.structured) return invalid(option, 'structured replies were already negotiated');
+        this.structured = true;
+        return { replies: [optionReply(option, NBD_REP_ACK)], next: 'options' };
+      case NBD_OPT_LIST_META_CONTEXT:
+      case NBD_OPT_SET_META_CONTEXT:
+        return this.metaContext(option, data);
+      default:
+        return { replies: [optionError(option, NBD_REP_ERR_UNSUP, `option ${option} is not supported`)], next: 'options' };
+    }
+  }
+
+  private async exportName(name: string): Promise<OptionStep> {
+    const found = await this.catalog.resolve(name);
+    // The spec leaves no way to refuse NBD_OPT_EXPORT_NAME but closing.
+    if (!found) return { replies: [], next: 'close' };
+    const agreement = this.agree(found);
+    return { replies: [exportNameReply(found.sizeBytes, agreement.transmissionFlags, this.noZeroes)], next: 'transmission', agreement };
+  }
+
+  private async list(data: Buffer): Promise<OptionStep> {
+    if (data.length !== 0) return invalid(NBD_OPT_LIST, 'NBD_OPT_LIST carries no data');
+    const exports = await this.catalog.list();
+    return { replies: [...exports.map((e) => serverReply(NBD_OPT_LIST, e.name, e.description)), optionReply(NBD_OPT_LIST, NBD_REP_ACK)], next: 'options' };
+  }
+
+  private async infoOrGo(option: number, data: Buffer): Promise<OptionStep> {
+    const decoded = decodeInfoRequest(data);
+    if ('error' in decoded) return invalid(option, decoded.error);
+    const { exportName, infoTypes } = decoded.value;
+    const found = await this.catalog.resolve(exportName);
+    if (!found) return { replies: [optionError(option, NBD_REP_ERR_UNKNOWN, `no export named ${JSON.stringify(exportName)}`)], next: 'options' };
+    const agreement = this.agree(found);
+    const replies = [infoExportReply(option, found.sizeBytes, agreement.transmissionFlags)];
+    if (infoTypes.includes(NBD_INFO_NAME)) replies.push(infoTextReply(option, NBD_INFO_NAME, found.name));
+    if (infoTypes.includes(NBD_INFO_DESCRIPTION)) replies.push(infoTextReply(option, NBD_INFO_DESCRIPTION, found.description));
+    // Always sent: minimum 1 (partial blocks are read-modify-written by the volume).
+    replies.push(infoBlockSizeReply(option, 1, found.preferredBlockBytes, MAX_PAYLOAD_BYTES));
+    replies.push(optionReply(option, NBD_REP_ACK));
+    return option === NBD_OPT_GO ? { replies, next: 'transmission', agreement } : { replies, next: 'options' };
+  }
+
+  private async metaContext(option: number, data: Buffer): Promise<OptionStep> {
+    if (!this.structured) return invalid(option, 'meta contexts need structured replies first');
+    const decoded = decodeMetaContextRequest(data);
+    if ('error' in decoded) return invalid(option, decoded.error);
+    const { exportName, queries } = decoded.value;
+    const found = await this.catalog.resolve(exportName);
+    if (!found) return { replies: [optionError(option, NBD_REP_ERR_UNKNOWN, `no export named ${JSON.stringify(exportName)}`)], next: 'options' };
+    const listing = option === NBD_OPT_LIST_META_CONTEXT;
+    // LIST: no query lists every context, and `base:` lists its namespace; SET selects exact names only.
+    const selected = queries.some((q) => q === BASE_ALLOCATION || (listing && q === 'base:')) || (listing && queries.length === 0);
+    if (!listing) this.metaExport = selected ? found.name : undefined;
+    const replies = selected ? [metaContextReply(option, BASE_ALLOCATION_ID, BASE_ALLOCATION)] : [];
+    replies.push(optionReply(option, NBD_REP_ACK));
+    return { replies, next: 'options' };
+  }
+
+  /** Transmission flags ("Transmission flags") for `found` under what was negotiated so far. */
+  private agree(found: BlockExport): Agreement {
+    let flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
+    flags |= found.readOnly ? NBD_FLAG_READ_ONLY : NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES;
+    if (this.structured) flags |= NBD_FLAG_SEND_DF;
+    return { export: found, transmissionFlags: flags, structured: this.structured, baseAllocation: this.structured && this.metaExport === found.name };
+  }
+}
+
+function invalid(option: number, message: string): OptionStep {
+  return { replies: [optionError(option, NBD_REP_ERR_INVALID, message)], next: 'options' };
+}

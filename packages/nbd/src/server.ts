@@ -1,0 +1,142 @@
+import { chmod, lstat, unlink } from 'node:fs/promises';
+import { createConnection, createServer, isIP, type Server, type Socket } from 'node:net';
+import { resolve as resolvePath } from 'node:path';
+import { CowvolError, InvalidArgumentError, IoError } from '@cowvol/cow-core';
+import type { ExportCatalog } from './block-export.js';
+import { Connection, DEFAULT_LIMITS, type ConnectionLimits } from './connection.js';
+import { EndpointInUseError } from './errors.js';
+import { SILENT_LOGGER, type NbdLogger } from './logger.js';
+
+/** Where to listen: a unix socket (created with mode 0600) or a TCP address. */
+export type Endpoint = { socketPath: string } | { host: string; port: number };
+
+export interface NbdServerOptions {
+  catalog: ExportCatalog;
+  logger?: NbdLogger;
+  /** Connections served at once; one more is closed at once, before the greeting. Default 16. */
+  maxConnections?: number;
+  limits?: ConnectionLimits;
+}
+
+export const DEFAULT_MAX_CONNECTIONS = 16;
+
+/**
+ * An NBD server (fixed newstyle; docs/ARCHITECTURE.md §14) over the
+ * exports of a catalog, on any number of endpoints.
+ */
+export class NbdServer {
+  private readonly listeners: Server[] = [];
+  private readonly connections = new Set<Connection>();
+  private readonly log: NbdLogger;
+  private readonly maxConnections: number;
+  private nextId = 1;
+  private stopping: Promise<void> | undefined;
+
+  /** @throws INVALID_ARGUMENT when maxConnections is not a positive integer */
+  constructor(private readonly options: NbdServerOptions) {
+    this.log = options.logger ?? SILENT_LOGGER;
+    this.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    if (!Number.isSafeInteger(this.maxConnections) || this.maxConnections < 1) throw new InvalidArgumentError(`maxConnections must be a positive integer, got ${this.maxConnections}`);
+  }
+
+  /** Connections open now. */
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /**
+   * Starts listening on `endpoint` and resolves with its NBD URI
+   * (`nbd+unix:///?socket=<absolute path>` or `nbd://<host>:<port>/`).
+   * A stale unix socket (nothing accepts on it) is replaced.
+   * @throws ENDPOINT_IN_USE (address taken, a server on the socket, a file that is not a socket), INVALID_ARGUMENT (cannot listen there: no such directory, no permission, unknown host), IO_ERROR (a stale socket cannot be removed, or its mode set)
+   */
+  async listen(endpoint: Endpoint): Promise<string> {
+    const server = createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.accept(socket));
+    if ('socketPath' in endpoint) {
+      const path = resolvePath(endpoint.socketPath);
+      await listenUnix(server, path).catch((err: unknown) => {
+        server.close();
+        if (err instanceof CowvolError) throw err;
+        throw new IoError(`cannot listen on ${path}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+      });
+      this.listeners.push(server);
+      return `nbd+unix:///?socket=${encodeURI(path).replace(/[?#&=]/g, encodeURIComponent)}`;
+    }
+    await listenOn(server, `${endpoint.host}:${endpoint.port}`, () => server.listen(endpoint.port, endpoint.host));
+    this.listeners.push(server);
+    const address = server.address();
+    const port = typeof address === 'object' && address ? address.port : endpoint.port;
+    return `nbd://${isIP(endpoint.host) === 6 ? `[${endpoint.host}]` : endpoint.host}:${port}/`;
+  }
+
+  /**
+   * Stops: accepts no new connection, answers new requests ESHUTDOWN,
+   * finishes the requests in flight, flushes each writable export, closes
+   * every connection. Idempotent. The caller closes the volume afterwards.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      const closed = this.listeners.map((l) => new Promise<void>((resolve) => l.close(() => resolve())));
+      await Promise.all([...this.connections].map((c) => c.stop()));
+      await Promise.all(closed);
+    })();
+    return this.stopping;
+  }
+
+  private accept(socket: Socket): void {
+    if (this.stopping || this.connections.size >= this.maxConnections) {
+      this.log.warn({ connections: this.connections.size, maxConnections: this.maxConnections }, this.stopping ? 'refused a connection: stopping' : 'refused a connection: too many');
+      socket.destroy();
+      return;
+    }
+    socket.setNoDelay?.(true);
+    const connection = new Connection(socket, this.options.catalog, this.log, this.nextId++, this.options.limits ?? DEFAULT_LIMITS);
+    this.connections.add(connection);
+    this.log.info({ conn: connection.id, remote: socket.remoteAddress ?? 'unix' }, 'connection opened');
+    void connection.done.finally(() => this.connections.delete(connection));
+  }
+}
+
+/** Listens on a unix socket created with mode 0600, replacing a stale socket file. */
+async function listenUnix(server: Server, path: string): Promise<void> {
+  await clearStaleSocket(path);
+  const umask = process.umask(0o177); // the socket is created 0600 (bind happens inside listen)
+  try {
+    await listenOn(server, path, () => server.listen(path));
+  } finally {
+    process.umask(umask);
+  }
+  await chmod(path, 0o600);
+}
+
+/** Runs `start` and resolves once `server` listens. @throws ENDPOINT_IN_USE (address in use), INVALID_ARGUMENT (any other refusal: no such directory, permission, bad host) */
+function listenOn(server: Server, what: string, start: () => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
+      reject(err.code === 'EADDRINUSE' ? new EndpointInUseError(what, { cause: err }) : new InvalidArgumentError(`cannot listen on ${what}: ${err.message}`, { cause: err }));
+    };
+    server.once('error', onError);
+    server.once('listening', () => {
+      server.off('error', onError);
+      resolve();
+    });
+    start();
+  });
+}
+
+/** Removes a socket file nothing listens on; refuses a live socket or any other kind of file. */
+async function clearStaleSocket(path: string): Promise<void> {
+  const st = await lstat(path).catch(() => undefined);
+  if (!st) return;
+  if (!st.isSocket()) throw new EndpointInUseError(path);
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = createConnection(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (live) throw new EndpointInUseError(path);
+  await unlink(path);
+}

@@ -1,0 +1,130 @@
+import { InvalidArgumentError, type Volume } from '@cowvol/cow-core';
+import type { BlockExport, ExportCatalog, ExportListing } from './block-export.js';
+
+/** The live volume's export name; the empty name (the NBD default export) means it too. */
+export const LIVE_EXPORT = 'live';
+/** Prefix of a snapshot's export name: `snapshot/<snapshot name>`. */
+export const SNAPSHOT_EXPORT_PREFIX = 'snapshot/';
+/** WRITE_ZEROES and TRIM go through Volume.write in pieces of this many bytes (docs/ARCHITECTURE.md §14.1). */
+export const ZERO_PIECE_BYTES = 1024 * 1024;
+
+const ZEROES = Buffer.alloc(ZERO_PIECE_BYTES);
+
+/** The live volume: read-write unless the server was started read-only. */
+class LiveExport implements BlockExport {
+  readonly name = LIVE_EXPORT;
+  readonly description: string;
+  constructor(
+    private readonly volume: Volume,
+    readonly readOnly: boolean,
+  ) {
+    this.description = `live volume, ${readOnly ? 'read-only' : 'read-write'}`;
+  }
+  get sizeBytes(): number {
+    return this.volume.sizeBytes;
+  }
+  get preferredBlockBytes(): number {
+    return this.volume.blockSizeBytes;
+  }
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    return this.volume.read(offsetBytes, lengthBytes);
+  }
+  async write(offsetBytes: number, data: Buffer, options: { fua: boolean }): Promise<void> {
+    await this.volume.write(offsetBytes, data);
+    if (options.fua) await this.volume.flush();
+  }
+  flush(): Promise<void> {
+    return this.volume.flush();
+  }
+  /**
+   * Writes zeros piece by piece through Volume.write, so every block a
+   * snapshot still needs is copied first (a snapshot never changes); a
+   * piece that already reads as zeros is left alone (no copy, no write).
+   */
+  async writeZeroes(offsetBytes: number, lengthBytes: number, options: { fua: boolean }): Promise<void> {
+    for (let at = offsetBytes; at < offsetBytes + lengthBytes; at += ZERO_PIECE_BYTES) {
+      const pieceBytes = Math.min(ZERO_PIECE_BYTES, offsetBytes + lengthBytes - at);
+      const current = await this.volume.read(at, pieceBytes);
+      if (!isZero(current)) await this.volume.write(at, ZEROES.subarray(0, pieceBytes));
+    }
+    if (options.fua) await this.volume.flush();
+  }
+}
+
+/** A snapshot: read-only, read through its chain (Volume.readSnapshot). */
+class SnapshotExport implements BlockExport {
+  readonly readOnly = true;
+  readonly name: string;
+  constructor(
+    private readonly volume: Volume,
+    private readonly snapshotName: string,
+    readonly description: string,
+  ) {
+    this.name = SNAPSHOT_EXPORT_PREFIX + snapshotName;
+  }
+  get sizeBytes(): number {
+    return this.volume.sizeBytes;
+  }
+  get preferredBlockBytes(): number {
+    return this.volume.blockSizeBytes;
+  }
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    return this.volume.readSnapshot(this.snapshotName, offsetBytes, lengthBytes);
+  }
+  write(): Promise<void> {
+    return Promise.reject(new InvalidArgumentError(`${this.name} is read-only`));
+  }
+  writeZeroes(): Promise<void> {
+    return Promise.reject(new InvalidArgumentError(`${this.name} is read-only`));
+  }
+  async flush(): Promise<void> {
+    // Nothing to make durable: a snapshot does not change.
+  }
+}
+
+/**
+ * The exports of one opened volume: `live` (also the empty name) and
+ * `snapshot/<name>` for each snapshot, resolved against the volume's
+ * catalog when a client names one.
+ */
+export class VolumeExports implements ExportCatalog {
+  private readonly live: LiveExport;
+  /**
+   * @param volume an opened volume; the caller closes it after the server stopped
+   * @param options.readOnly serve `live` read-only too
+   */
+  constructor(
+    private readonly volume: Volume,
+    options: { readOnly?: boolean } = {},
+  ) {
+    this.live = new LiveExport(volume, options.readOnly ?? false);
+  }
+
+  async list(): Promise<ExportListing[]> {
+    const snapshots = await this.volume.listSnapshots();
+    return [
+      { name: LIVE_EXPORT, description: this.live.description },
+      ...snapshots.map((s) => ({ name: SNAPSHOT_EXPORT_PREFIX + s.name, description: snapshotDescription(s.name, s.createdAt) })),
+    ];
+  }
+
+  async resolve(name: string): Promise<BlockExport | undefined> {
+    if (name === '' || name === LIVE_EXPORT) return this.live;
+    if (!name.startsWith(SNAPSHOT_EXPORT_PREFIX)) return undefined;
+    const snapshotName = name.slice(SNAPSHOT_EXPORT_PREFIX.length);
+    const found = (await this.volume.listSnapshots()).find((s) => s.name === snapshotName);
+    return found ? new SnapshotExport(this.volume, found.name, snapshotDescription(found.name, found.createdAt)) : undefined;
+  }
+}
+
+function snapshotDescription(name: string, createdAt: string): string {
+  return `snapshot ${name} taken ${createdAt}, read-only`;
+}
+
+function isZero(data: Buffer): boolean {
+  for (let at = 0; at < data.length; at += ZERO_PIECE_BYTES) {
+    const piece = data.subarray(at, at + ZERO_PIECE_BYTES);
+    if (!piece.equals(ZEROES.subarray(0, piece.length))) return false;
+  }
+  return true;
+}

@@ -1,0 +1,86 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Volume } from '@cowvol/cow-core';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { NBD_CMD_FLAG_FUA, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES, NBD_EPERM, NbdServer, VolumeExports, ZERO_PIECE_BYTES } from '../src/index.js';
+import { RawClient } from './raw-client.js';
+
+const SIZE = 8 * 1024 * 1024;
+let dir: string;
+let volume: Volume;
+let original: Buffer;
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'cowvol-nbd-vol-'));
+  volume = await Volume.create(join(dir, 'vol.img'), { sizeBytes: SIZE, journalSizeBytes: 4 * 1024 * 1024 });
+  original = randomBytes(SIZE);
+  original.fill(0, 6 * 1024 * 1024); // the last 2 MiB read as zeros
+  await volume.write(0, original);
+  await volume.createSnapshot('s');
+});
+
+afterEach(async () => {
+  await volume.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('VolumeExports', () => {
+  it('resolves live (and the empty name), snapshot/<name>, nothing else; lists them with descriptions', async () => {
+    const exports = new VolumeExports(volume);
+    expect((await exports.resolve(''))?.name).toBe('live');
+    expect((await exports.resolve('live'))?.readOnly).toBe(false);
+    const snap = await exports.resolve('snapshot/s');
+    expect([snap?.name, snap?.readOnly, snap?.sizeBytes, snap?.preferredBlockBytes]).toEqual(['snapshot/s', true, SIZE, 4096]);
+    expect(await exports.resolve('snapshot/none')).toBeUndefined();
+    expect(await exports.resolve('s')).toBeUndefined();
+    const listed = await exports.list();
+    expect(listed.map((e) => e.name)).toEqual(['live', 'snapshot/s']);
+    expect(listed[1]!.description).toMatch(/^snapshot s taken \d{4}-.*, read-only$/);
+    expect((await new VolumeExports(volume, { readOnly: true }).resolve('live'))?.readOnly).toBe(true);
+  });
+
+  it('zeroing through live COWs first: the snapshot keeps every byte, live reads zeros, a range already zero is not copied', async () => {
+    const live = (await new VolumeExports(volume).resolve('live'))!;
+    const before = (await volume.listSnapshots())[0]!.ownedBlocks;
+    await live.writeZeroes(6 * 1024 * 1024, 2 * 1024 * 1024, { fua: false });
+    expect((await volume.listSnapshots())[0]!.ownedBlocks).toBe(before); // already zero: no copy, no write
+    const from = 1000;
+    const length = 2 * ZERO_PIECE_BYTES + 12345; // pieces, partial blocks at both ends
+    await live.writeZeroes(from, length, { fua: true });
+    const now = await volume.read(0, SIZE);
+    expect(now.subarray(from, from + length).every((b) => b === 0)).toBe(true);
+    expect(now.subarray(0, from).equals(original.subarray(0, from))).toBe(true);
+    expect(now.subarray(from + length).equals(original.subarray(from + length))).toBe(true);
+    expect((await volume.readSnapshot('s', 0, SIZE)).equals(original)).toBe(true);
+  });
+
+  it('over NBD: TRIM and WRITE_ZEROES of the whole volume in one request each leave the snapshot export byte-identical', async () => {
+    const server = new NbdServer({ catalog: new VolumeExports(volume) });
+    const socketPath = join(dir, 'nbd.sock');
+    await server.listen({ socketPath });
+    try {
+      const live = await RawClient.connect(socketPath);
+      await live.open('live');
+      live.sendRequest({ type: NBD_CMD_WRITE, cookie: 1n, offsetBytes: 4096, lengthBytes: 4, payload: Buffer.from([1, 2, 3, 4]), flags: NBD_CMD_FLAG_FUA });
+      expect((await live.readSimpleReply()).error).toBe(0);
+      live.sendRequest({ type: NBD_CMD_TRIM, cookie: 2n, offsetBytes: 0, lengthBytes: SIZE / 2 });
+      live.sendRequest({ type: NBD_CMD_WRITE_ZEROES, cookie: 3n, offsetBytes: SIZE / 2, lengthBytes: SIZE / 2, flags: NBD_CMD_FLAG_FUA });
+      expect([(await live.readSimpleReply()).error, (await live.readSimpleReply()).error]).toEqual([0, 0]);
+      expect((await volume.read(0, SIZE)).every((b) => b === 0)).toBe(true);
+      const snap = await RawClient.connect(socketPath);
+      await snap.open('snapshot/s');
+      snap.sendRequest({ type: NBD_CMD_WRITE, cookie: 1n, offsetBytes: 0, lengthBytes: 1, payload: Buffer.from([9]) });
+      expect((await snap.readSimpleReply()).error).toBe(NBD_EPERM);
+      const parts: Buffer[] = [];
+      for (let at = 0; at < SIZE; at += 1 << 20) {
+        snap.sendRequest({ type: NBD_CMD_READ, cookie: BigInt(at), offsetBytes: at, lengthBytes: 1 << 20 });
+        parts.push((await snap.readSimpleReply()).data!);
+      }
+      expect(Buffer.concat(parts).equals(original)).toBe(true);
+    } finally {
+      await server.stop();
+    }
+  });
+});
