@@ -13,11 +13,11 @@ import { Volume } from '../src/index.js';
  * volume must equal the model. Small block size and volume so blocks are
  * shared by many writes and snapshots.
  *
- * Knobs: COWVOL_MODEL_RUNS (default 100), COWVOL_SEED (replay a printed seed).
+ * Knobs: COWVOL_MODEL_RUNS (default 300; each run is up to 40 commands), COWVOL_SEED (replay a printed seed).
  */
 const BS = 512;
 const SIZE = 16 * BS;
-const RUNS = Number(process.env.COWVOL_MODEL_RUNS ?? 500);
+const RUNS = Number(process.env.COWVOL_MODEL_RUNS ?? 300);
 const SEED = process.env.COWVOL_SEED === undefined ? undefined : Number(process.env.COWVOL_SEED);
 
 interface Model {
