@@ -244,4 +244,17 @@ describe('sidecar permissions', () => {
     expect((await stat(`${vol}.cowvol`)).mode & 0o777).toBe(0o750);
     for (const name of ['store', 'journal']) expect((await stat(join(`${vol}.cowvol`, name))).mode & 0o777, name).toBe(0o640);
   });
+
+  it('files read, snapshot read and snapshot export create are no more open than a private volume (0600 under umask 022)', async () => {
+    const vol = join(dir, 'private-out.img');
+    await writeFile(vol, Buffer.alloc(1024 * 1024, 7), { mode: 0o600 });
+    await chmod(vol, 0o600);
+    expect((await cowvolUnderUmask('022', ['create', vol, '--adopt'])).code).toBe(0);
+    expect((await cowvolUnderUmask('022', ['snapshot', 'create', vol, 's'])).code).toBe(0);
+    const outputs = { read: join(dir, 'out-read.bin'), snap: join(dir, 'out-snap.bin'), export: join(dir, 'out.cvs') };
+    expect((await cowvolUnderUmask('022', ['read', vol, '--output', outputs.read])).code).toBe(0);
+    expect((await cowvolUnderUmask('022', ['snapshot', 'read', vol, 's', '--output', outputs.snap])).code).toBe(0);
+    expect((await cowvolUnderUmask('022', ['snapshot', 'export', vol, 's', '--output', outputs.export])).code).toBe(0);
+    for (const [what, path] of Object.entries(outputs)) expect((await stat(path)).mode & 0o777, what).toBe(0o600);
+  });
 });

@@ -117,7 +117,7 @@ async function writeAll(handle: FileHandle, data: Buffer, output: string): Promi
  */
 export async function openFileSink(output: string, guard: ProtectedFiles): Promise<Sink> {
   const target = await checkOutputPath(output, guard);
-  const handle = await open(target, constants.O_WRONLY | constants.O_CREAT, 0o666).catch((err) => {
+  const handle = await open(target, constants.O_WRONLY | constants.O_CREAT, await outputMode(guard)).catch((err) => {
     throw userPathError(err, output, 'output');
   });
   try {
@@ -188,7 +188,7 @@ export async function openAtomicFileSink(output: string, guard: ProtectedFiles):
     const sink = await openFileSink(output, guard);
     return { ...sink, commit: () => sink.close(), abort: () => sink.close().catch(() => undefined) };
   }
-  const { handle, tmp } = await createPartial(target, output);
+  const { handle, tmp } = await createPartial(target, output, await outputMode(guard));
   const forget = onInterrupt(() => rmSync(tmp, { force: true }));
   let closed = false;
   const close = async (): Promise<void> => {
@@ -219,13 +219,23 @@ export async function openAtomicFileSink(output: string, guard: ProtectedFiles):
   };
 }
 
+/**
+ * The mode a new output file is created with: no more open than the volume
+ * file it copies data from (a private 0600 volume gives 0600 exports and
+ * reads; README "Paths given to --input and --output"), less the umask.
+ */
+async function outputMode(guard: ProtectedFiles): Promise<number> {
+  const volume = await stat(guard.volumePath).catch(() => undefined);
+  return volume ? (volume.mode & 0o066) | 0o600 : 0o600;
+}
+
 /** Creates a fresh `.NAME.partial-<pid>-<random>` beside `target`, exclusively and without following symlinks. */
-async function createPartial(target: string, output: string): Promise<{ handle: FileHandle; tmp: string }> {
+async function createPartial(target: string, output: string, mode: number): Promise<{ handle: FileHandle; tmp: string }> {
   const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
   for (let attempt = 0; ; attempt++) {
     const tmp = join(dirname(target), `.${basename(target)}.partial-${process.pid}-${randomBytes(4).toString('hex')}`);
     try {
-      return { handle: await open(tmp, flags, 0o666), tmp };
+      return { handle: await open(tmp, flags, mode), tmp };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 8) throw userPathError(err, output, 'output');
     }

@@ -252,7 +252,11 @@ export class ChangeStamps {
   static async open(db: MetadataDb, path: string, options: { hold: boolean; catalog: readonly SnapshotRecord[]; volumeBlocks: number }): Promise<ChangeStamps> {
     const recorded = await readStamp(db);
     const found = await statStamp(path, 'open');
-    const changes = recorded ? compareStamps(recorded, found) : [];
+    // A status change alone (chmod, chown: ctime moves, mtime and size do
+    // not) changes no byte: not a change of content (docs/ARCHITECTURE.md
+    // §13, "What readers change"). With a content change it is reported too.
+    const compared = recorded ? compareStamps(recorded, found) : [];
+    const changes = compared.some((c) => c.field !== 'ctime') ? compared : [];
     const change = changes.length > 0 ? { changes, cleanClose: recorded!.state === 'closed' } : undefined;
     if (change && !options.hold) {
       const suspects = await suspectSnapshots(options.catalog, options.volumeBlocks, (id) => SnapshotMap.load(db, id));
