@@ -8,7 +8,7 @@ export interface Extent {
 }
 
 /**
- * Extent allocator for the snapshot store (BRIEF §3).
+ * Extent allocator for the snapshot store (docs/ARCHITECTURE.md §2).
  *
  * State: `highWaterBlocks` (blocks [0, highWater) have been handed out at
  * some time) and a sorted set of free extents below it. Allocation is

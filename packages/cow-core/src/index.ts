@@ -1,6 +1,6 @@
 /**
  * @cowvol/cow-core — a volume file with Next3-style copy-on-write snapshots
- * (BRIEF §3), metadata in LevelDB, every metadata change through
+ * (docs/ARCHITECTURE.md §2), metadata in LevelDB, every metadata change through
  * @cowvol/journal. Entry point: {@link Volume}.
  */
 export { Volume, validateSnapshotName, type CreateVolumeOptions, type OpenVolumeOptions, type SnapshotInfo, type VolumeInfo, type DeleteResult, type ConsistencyReport, type VolumeStats } from './volume.js';

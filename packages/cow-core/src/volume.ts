@@ -232,14 +232,14 @@ export interface DeleteResult {
 }
 
 /**
- * A volume file with Next3-style snapshots (BRIEF §3, seed 004).
+ * A volume file with Next3-style snapshots (docs/ARCHITECTURE.md §2, §7.2).
  *
  * The live volume is the file itself (block i at byte i × blockSize); COW
  * copies go to the snapshot store in the sidecar; metadata lives in LevelDB
  * and every metadata change is first committed to the journal, then applied
  * to LevelDB in commit order (committed-metadata.ts).
  *
- * Ordering (BRIEF §4): on the first write of block i after the active
+ * Ordering (docs/ARCHITECTURE.md §11, guarantee 3): on the first write of block i after the active
  * snapshot was taken, the old content is copied to a newly allocated store
  * block, the store is fsynced, then the mapping (with the copy's CRC32C) is
  * committed to the journal (fsynced), published in memory, and only then is
@@ -247,7 +247,7 @@ export interface DeleteResult {
  * data (guarantee 2) and the copy is durable before the overwrite can reach
  * the disk (guarantee 3).
  *
- * Concurrency (BRIEF §5, seed 004; docs/ARCHITECTURE.md "Concurrency"):
+ * Concurrency (docs/ARCHITECTURE.md §7):
  * - I/O runs concurrently inside a {@link FreezeGate}; snapshot create and
  *   each delete step freeze it (drain, act alone, thaw).
  * - Pending COW: concurrent writers of one block elect one COWing task (the
@@ -1234,7 +1234,7 @@ export class Volume {
 
   /**
    * Runs `fn` on every chunk with bounded parallelism and waits for all of
-   * them, even after a failure (per-block completion, seed 003). Throws the
+   * them, even after a failure (per-block completion, docs/ARCHITECTURE.md §7.5). Throws the
    * first failure's code with every failed byte range in `details`.
    */
   private async allChunks<C extends { offsetBytes: number; data?: Buffer; lengthBytes?: number }>(chunks: C[], fn: (c: C) => Promise<void>, what: string): Promise<void> {
@@ -1323,7 +1323,7 @@ export class Volume {
   }
 
   /**
-   * Starts a journal handle. Lock order (seed 001): a handle is started
+   * Starts a journal handle. Lock order (docs/ARCHITECTURE.md §7.3): a handle is started
    * before any block lock is taken, never while one is held — the
    * assertion catches a violation.
    */
@@ -1771,7 +1771,7 @@ export class Volume {
     const chainVersion = (): number => chain.reduce((n, m) => n + m.version, 0);
     let version = chainVersion();
     let sources = BlockSources.resolve(chain, first, count, bs);
-    // A snapshot reader that meets a pending copy waits for it, then reads the copy (seed 004).
+    // A snapshot reader that meets a pending copy waits for it, then reads the copy (docs/ARCHITECTURE.md §7.4).
     if (this.pending.size > 0 && sources.liveBlocks > 0) {
       const waits: Array<Promise<void>> = [];
       for (let i = 0; i < count; i++) {

@@ -6,7 +6,7 @@ import { IoError, NoSpaceError } from './errors.js';
  * The block-device seam: every byte cowvol reads or writes — volume file,
  * snapshot store, journal — goes through this interface. Production uses
  * {@link FileBlockDevice} over `node:fs`; tests wrap it to drop unsynced
- * writes, tear a write or fail an I/O (BRIEF §7: fault injection through the
+ * writes, tear a write or fail an I/O (docs/ARCHITECTURE.md §5: fault injection through the
  * same interface production uses).
  *
  * Offsets and lengths are in bytes. Reads past the end of the device return

@@ -110,7 +110,7 @@ export const DEFAULT_JOURNAL_BYTES = 64 * 1024 * 1024;
  *
  * - Handles with credits join the running transaction; `start` reserves log
  *   space and waits (for a checkpoint) when there is not enough — so it must
- *   be called before any lock a checkpoint might need (lock order, seed 001).
+ *   be called before any lock a checkpoint might need (lock order, docs/ARCHITECTURE.md §7.3).
  * - Group commit: handles that stop while a transaction is being written
  *   queue up and go out together in the next one: ordered-data devices are
  *   synced, then all blocks (descriptors, images, revokes, records, commit)
@@ -118,7 +118,7 @@ export const DEFAULT_JOURNAL_BYTES = 64 * 1024 * 1024;
  * - After a commit: images enter the in-memory image cache (latest image of
  *   each home block, read by `readImage`), revokes drop older images, the
  *   `apply` callback runs, and only then do the handles' commits resolve.
- * - Frozen copies (seed 002): images are copied at log time and the cache
+ * - Frozen copies (docs/ARCHITECTURE.md §5.2): images are copied at log time and the cache
  *   replaces entries, never mutates them; a checkpoint writes home the
  *   buffers it captured, so newer handles never wait for commit or
  *   checkpoint I/O of the same block.

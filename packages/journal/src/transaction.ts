@@ -56,7 +56,7 @@ export interface HandleOwner {
  * images, revokes) it may log — reserved in the log at start. Everything it
  * logs is committed together, or not at all.
  *
- * Stable buffers (seed 000): records are encoded and images copied at log
+ * Stable buffers (docs/ARCHITECTURE.md §5.1): records are encoded and images copied at log
  * time, so a caller that mutates or reuses its Buffer afterwards changes
  * nothing in the journal.
  */
