@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { cp, open, readdir, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -70,7 +71,7 @@ const DAMAGES: Array<{ name: string; code: string; damage: (sidecar: string) => 
 
 async function damagedCopy(name: string, damage: (sidecar: string) => Promise<void>): Promise<string> {
   const vol = join(dir, `${name.replace(/[^a-z0-9]+/gi, '-')}.img`);
-  await cp(pristine, vol);
+  execFileSync('cp', ['-a', pristine, vol]); // keeps the modification time to the nanosecond: the same content, not a write made outside cowvol
   await cp(`${pristine}.cowvol`, `${vol}.cowvol`, { recursive: true });
   await damage(`${vol}.cowvol`);
   return vol;

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CowvolError, Volume, type CreateVolumeOptions } from '@cowvol/cow-core';
-import { cowvol, jsonOf, prng } from './helpers.js';
+import { cowvol, jsonOf, prng, forgetChangeStamp } from './helpers.js';
 import { IS_ROOT, filesOf, fillTo, mountTmpfs, requireRootUnderCi, unmount } from './tmpfs.js';
 
 /**
@@ -155,6 +155,8 @@ async function crashImage(dir: string, into: string, options: CreateVolumeOption
   for (const f of ['store', 'journal', 'reserve']) execFileSync('cp', ['-a', '--sparse=always', `${path}.cowvol/${f}`, `${join(into, 'v.img')}.cowvol/${f}`]);
   execFileSync('cp', ['-a', path, join(into, 'v.img')]);
   execFileSync('cp', ['-a', join(dir, 'meta-before'), `${join(into, 'v.img')}.cowvol/meta`]);
+  // The copied metadata predates this session's `open` change stamp (a real crash keeps it): drop the stamp.
+  await forgetChangeStamp(join(into, 'v.img'));
   await v.close();
   return join(into, 'v.img');
 }

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { cp, open, rm, truncate } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -115,7 +115,7 @@ describe('check --repair: a damaged journal is repaired like e2fsck does', () =>
 
     // People's output, on a copy: says what was discarded.
     const copy = join(dir, 'copy.img');
-    await cp(vol, copy);
+    execFileSync('cp', ['-a', vol, copy]); // keeps the modification time: the same content
     await cp(`${vol}.cowvol`, `${copy}.cowvol`, { recursive: true });
     const human = await cowvol(['check', copy, '--repair']);
     expect(human.code, human.stderr).toBe(4);
@@ -176,7 +176,7 @@ describe('check --repair: a damaged journal is repaired like e2fsck does', () =>
       ['deleted', (j: string) => rm(j)],
     ] as const) {
       const vol = join(dir, `${name}.img`);
-      await cp(base, vol);
+      execFileSync('cp', ['-a', base, vol]); // keeps the modification time: the same content
       await cp(`${base}.cowvol`, `${vol}.cowvol`, { recursive: true });
       await damage(join(`${vol}.cowvol`, 'journal'));
       await expect(Volume.open(vol), name).rejects.toMatchObject({ code: 'JOURNAL_CORRUPT' });

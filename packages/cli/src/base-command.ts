@@ -59,10 +59,17 @@ export abstract class CowvolCommand extends Command {
     }
   }
 
+  /**
+   * A command that stops cleanly on SIGINT/SIGTERM itself (`serve`: finish
+   * the requests in flight, close the volume, exit 0) sets this, so the
+   * interrupt handlers below are not installed for it.
+   */
+  protected readonly handlesOwnSignals: boolean = false;
+
   /** Installs the process-wide handling of stdout errors and of SIGINT/SIGTERM/SIGHUP (README "Interrupting a command"). */
   override async init(): Promise<void> {
     watchStdout();
-    installSignalHandlers();
+    if (!this.handlesOwnSignals) installSignalHandlers();
     await super.init();
   }
 

@@ -19,7 +19,7 @@ import { SnapshotMap } from './snapshot-map.js';
  *   and checkpoint): every field must match;
  * - `open` stamp (written, synced, before the first write of a session, so
  *   a crash leaves it behind): cowvol's own writes changed the times, so
- *   only device, inode and size must match;
+ *   only the size must match (device and inode are reported beside a change);
  * - no stamp (a volume never closed since it was created, or made by an
  *   older cowvol): nothing to compare; the next clean close stamps it.
  *
@@ -158,7 +158,7 @@ const NAMES_IN_MESSAGE = 20;
 export function describeOutsideChange(path: string, change: OutsideChange, suspects: string[]): string {
   const since = change.cleanClose
     ? 'since cowvol last closed it'
-    : 'since cowvol last opened it (it was not closed cleanly, so only its identity and size are compared)';
+    : 'since cowvol last opened it (it was not closed cleanly, so only its size is compared)';
   const names = suspects.slice(0, NAMES_IN_MESSAGE).join(', ') + (suspects.length > NAMES_IN_MESSAGE ? ` and ${suspects.length - NAMES_IN_MESSAGE} more` : '');
   const who =
     suspects.length === 0
@@ -252,11 +252,14 @@ export class ChangeStamps {
   static async open(db: MetadataDb, path: string, options: { hold: boolean; catalog: readonly SnapshotRecord[]; volumeBlocks: number }): Promise<ChangeStamps> {
     const recorded = await readStamp(db);
     const found = await statStamp(path, 'open');
-    // A status change alone (chmod, chown: ctime moves, mtime and size do
-    // not) changes no byte: not a change of content (docs/ARCHITECTURE.md
-    // §13, "What readers change"). With a content change it is reported too.
+    // Content is what counts: its size and (after a clean close) its
+    // modification time. A status change alone (chmod, chown, a hard link:
+    // ctime moves) or a copy that keeps the modification time (cp -a,
+    // rsync -a, tar: a new inode, maybe another device) changes no byte and
+    // is not refused; with a content change those fields are reported too
+    // (docs/ARCHITECTURE.md §13, "What readers change").
     const compared = recorded ? compareStamps(recorded, found) : [];
-    const changes = compared.some((c) => c.field !== 'ctime') ? compared : [];
+    const changes = compared.some((c) => c.field === 'size' || c.field === 'mtime') ? compared : [];
     const change = changes.length > 0 ? { changes, cleanClose: recorded!.state === 'closed' } : undefined;
     if (change && !options.hold) {
       const suspects = await suspectSnapshots(options.catalog, options.volumeBlocks, (id) => SnapshotMap.load(db, id));

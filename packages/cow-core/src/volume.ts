@@ -494,7 +494,8 @@ export class Volume {
       const { db, privateMeta } = await openMetadata(layout.metaPath, readOnly);
       opened.push(privateMeta ?? db);
       const meta = await CommittedMetadata.load(db, path);
-      if (!readOnly) await dropLeftoverCreateIntent(layout); // the volume record is there: the create finished
+      // The volume record is there: the create finished. Best effort in a read-only open (nothing else is written).
+      await (readOnly ? dropLeftoverCreateIntent(layout).catch(() => undefined) : dropLeftoverCreateIntent(layout));
       const sb = meta.sb;
       // Before recovery may write the file: one changed outside cowvol is refused (outside-writes.ts).
       const volumeBlocks = Math.ceil(sb.sizeBytes / sb.blockSizeBytes);

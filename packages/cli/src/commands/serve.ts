@@ -5,6 +5,9 @@ import { CowvolCommand } from '../base-command.js';
 import { parseListen } from '../endpoint.js';
 
 export default class Serve extends CowvolCommand {
+  /** SIGINT/SIGTERM stop the server cleanly (exit 0), not the generic interrupt (exit 130/143). */
+  protected override readonly handlesOwnSignals = true;
+
   static override summary = 'Serve the live volume and its snapshots over NBD until SIGINT or SIGTERM';
   static override description =
     'Exports `live` (also the default, empty name) read-write and `snapshot/<name>` read-only. Prints the NBD URI on stdout once ready; logs JSON lines on stderr. The volume stays locked while served: other cowvol commands get VOLUME_BUSY.';
