@@ -9,6 +9,7 @@
 // Internal modes (grandchildren of scenario 7):
 //   node bench/scenario.mjs --internal open <volume>            time Volume.open
 //   node bench/scenario.mjs --internal crash-writer <volume> <journalBytes>
+import { Level } from 'level';
 import { parseArgs } from 'node:util';
 import { spawn, spawnSync } from 'node:child_process';
 import { cp, mkdir, mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
@@ -559,9 +560,13 @@ const recovery = {
       return c;
     });
     const a = await internal(ctx, ['open', path]);
-    // Power loss: same journal, LevelDB as of the last checkpoint.
+    // Power loss: same journal, LevelDB as of the last checkpoint — but for
+    // the volume file's `open` change stamp, which the writer wrote with a
+    // sync before its first write, so a power loss keeps it.
+    const stamp = await readMetaKey(join(side, 'meta'), 'stamp');
     await rm(join(side, 'meta'), { recursive: true, force: true });
     await cp(join(ctx.work, 'meta.checkpointed'), join(side, 'meta'), { recursive: true });
+    if (stamp !== undefined) await writeMetaKey(join(side, 'meta'), 'stamp', stamp);
     await cp(join(ctx.work, 'journal.crashed'), join(side, 'journal'));
     ctx.profileFile = profileFile;
     const b = await internal(ctx, ['open', path]);
@@ -589,6 +594,27 @@ const recovery = {
     };
   },
 };
+
+/** One raw value of a volume's LevelDB (a closed database). */
+async function readMetaKey(metaPath, key) {
+  const db = new Level(metaPath, { valueEncoding: 'buffer', createIfMissing: false });
+  await db.open();
+  try {
+    return await db.get(key);
+  } finally {
+    await db.close();
+  }
+}
+
+async function writeMetaKey(metaPath, key, value) {
+  const db = new Level(metaPath, { valueEncoding: 'buffer', createIfMissing: false });
+  await db.open();
+  try {
+    await db.put(key, value, { sync: true });
+  } finally {
+    await db.close();
+  }
+}
 
 /** Scenario 8: CLI wall time, process start included, `samples` calls per run. Setup shared. */
 function cliRoundTrip(which) {
