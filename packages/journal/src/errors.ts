@@ -79,6 +79,17 @@ export class JournalNeedsRecoveryError extends CowvolError {
   }
 }
 
+/**
+ * `UNSUPPORTED_VERSION`: the journal superblock names a format version this
+ * cowvol does not read (docs/FORMAT.md, "Journal file"). `details.version`
+ * is the version found.
+ */
+export class UnsupportedJournalVersionError extends CowvolError {
+  constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+    super('UNSUPPORTED_VERSION', message, options);
+  }
+}
+
 /** `IO_ERROR`: the block device failed a read, write or sync. `details` name the byte range. */
 export class IoError extends CowvolError {
   constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {

@@ -1,5 +1,5 @@
 import { crc32c } from './checksum.js';
-import { CowvolError, JournalCorruptError } from './errors.js';
+import { JournalCorruptError, UnsupportedJournalVersionError } from './errors.js';
 
 /**
  * On-disk layout of the journal file, version 2 (docs/FORMAT.md, "Journal
@@ -141,7 +141,7 @@ function decodeSlot(buf: Buffer, name: string): SlotResult {
   // Version before checksum: another version has another layout (its checksum sits elsewhere).
   const version = buf.readUInt32BE(4);
   if (version !== JOURNAL_VERSION) {
-    return { error: new CowvolError('UNSUPPORTED_VERSION', `${name}: journal version ${version}; this cowvol reads version ${JOURNAL_VERSION}`, { details: { version } }) };
+    return { error: new UnsupportedJournalVersionError(`${name}: journal version ${version}; this cowvol reads version ${JOURNAL_VERSION}`, { details: { version } }) };
   }
   if (buf.readUInt32BE(48) !== crc32c(buf.subarray(0, 48))) return { error: new JournalCorruptError(`${name}: journal superblock checksum mismatch`) };
   const blockSizeBytes = buf.readUInt32BE(24);
@@ -167,7 +167,7 @@ export function decodeSuperblock(area: Buffer, name: string): JournalSuperblock 
   if ('sb' in a && 'sb' in b) return ((b.sb.generation - a.sb.generation) | 0) > 0 ? b.sb : a.sb;
   if ('sb' in a) return a.sb;
   if ('sb' in b) return b.sb;
-  const isVersion = (e: Error) => e instanceof CowvolError && e.code === 'UNSUPPORTED_VERSION';
+  const isVersion = (e: Error): boolean => e instanceof UnsupportedJournalVersionError;
   throw isVersion(a.error) ? a.error : isVersion(b.error) ? b.error : a.error;
 }
 
@@ -292,14 +292,6 @@ export function decodeRecordsHead(head: Buffer): { payloadBytes: number; payload
   return { payloadBytes: head.readUInt32BE(16), payloadBlocks: head.readUInt32BE(20), payloadCrc: head.readUInt32BE(24), recordCount: head.readUInt32BE(28) };
 }
 
-/** Joins payload blocks back into the payload. */
-export function joinPayload(blocks: Buffer[], payloadBytes: number): Buffer {
-  const per = blocks[0] ? payloadPerBlock(blocks[0].length) : 0;
-  const out = Buffer.alloc(payloadBytes);
-  blocks.forEach((b, i) => b.copy(out, i * per, PAYLOAD_MARKER_BYTES, PAYLOAD_MARKER_BYTES + Math.min(per, payloadBytes - i * per)));
-  return out;
-}
-
 /** Commit block: the transaction's block count (before the commit block) and CRC32C chained over those blocks. */
 export function encodeCommit(blockCount: number, transactionCrc: number, blockBytes: number, sequence: number, seed: number, commitTimeMs = Date.now()): Buffer {
   const buf = Buffer.alloc(blockBytes);
@@ -317,4 +309,9 @@ export function decodeCommit(buf: Buffer): { blockCount: number; transactionCrc:
 /** Chains the transaction checksum over one more block. */
 export function chainCrc(crc: number, block: Buffer): number {
   return crc32c(block, crc);
+}
+
+/** Key of one home block (`target:homeBlock`) in the in-memory maps: the revoke table, the image cache. Not on disk. */
+export function revokeKey(target: number, homeBlock: number): string {
+  return `${target}:${homeBlock}`;
 }

@@ -7,21 +7,10 @@
  */
 export { Journal, MAX_HANDLES_PER_COMMIT, DEFAULT_JOURNAL_BYTES, type ReplayFn, type ApplyFn, type RecoveryReport, type JournalStats, type JournalOpenOptions } from './journal.js';
 export { Handle, Transaction, type TransactionState } from './transaction.js';
-export {
-  scanJournal,
-  replayJournal,
-  revokeKey,
-  classify,
-  DECISION_TABLE,
-  type RecoveredTransaction,
-  type ReplayedTransaction,
-  type ReplaySink,
-  type ReplayCounts,
-  type RecoveryOptions,
-  type ScanResult,
-  type BlockPattern,
-  type ScanAction,
-} from './recovery.js';
+export { scanJournal, type RecoveredTransaction, type RecoveryOptions, type ScanResult } from './recovery-scan.js';
+export { replayJournal, type ReplayedTransaction, type ReplaySink, type ReplayCounts } from './recovery-replay.js';
+export { classify, DECISION_TABLE, type BlockPattern, type ScanAction } from './decision-table.js';
+export { UnsupportedJournalVersionError } from './errors.js';
 export { LogReader, LOG_WINDOW_BYTES, type LogGeometry } from './log-reader.js';
 export { repairJournal, type JournalRepairReport, type JournalRepairOptions, type DiscardedTransaction } from './repair.js';
 export { FileBlockDevice, fileDeviceOpener, type BlockDevice, type DeviceOpener } from './block-device.js';
@@ -56,6 +45,7 @@ export {
   encodeRecords,
   encodeCommit,
   chainCrc,
+  revokeKey,
   transactionSeed,
   tagsPerDescriptor,
   type BlockImage,

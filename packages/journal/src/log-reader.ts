@@ -40,9 +40,6 @@ export class LogReader {
   private windowStart = 0;
   private windowBlocks = 0;
   private readonly maxWindowBlocks: number;
-  /** Device reads issued and bytes they returned (for tests and reports). */
-  reads = 0;
-  bytesRead = 0;
 
   /** @param windowBytes read-ahead, in bytes (rounded down to whole blocks, at least one) */
   constructor(
@@ -86,8 +83,6 @@ export class LogReader {
       if (data.length !== blocks * bs) {
         throw new JournalCorruptError(`${this.device.name}: read of ${blocks * bs} bytes at block ${b} returned ${data.length}`);
       }
-      this.reads += 1;
-      this.bytesRead += data.length;
       this.window = data;
       this.windowStart = b;
       this.windowBlocks = blocks;

@@ -1,8 +1,9 @@
 import type { BlockDevice } from './block-device.js';
-import { CowvolError, JournalCorruptError } from './errors.js';
-import { BlockType, SUPERBLOCK_AREA_BYTES, decodeSuperblock, decodeTags, firstLogBlock, readHeader, tailChecksumOk, transactionSeed, type JournalSuperblock } from './format.js';
+import { JournalCorruptError, UnsupportedJournalVersionError } from './errors.js';
+import { BlockType, SUPERBLOCK_AREA_BYTES, decodeSuperblock, decodeTags, readHeader, tailChecksumOk, transactionSeed, type JournalSuperblock } from './format.js';
 import { LogReader } from './log-reader.js';
-import { replayJournal, scanJournal, type ReplayedTransaction, type ScanResult } from './recovery.js';
+import { replayHome, type ReplayedTransaction } from './recovery-replay.js';
+import { geometryOf, scanJournal, type ScanResult } from './recovery-scan.js';
 import { Journal } from './journal.js';
 
 /**
@@ -89,7 +90,7 @@ export async function repairJournal(device: BlockDevice, options: JournalRepairO
     sb = decodeSuperblock(await device.read(0, SUPERBLOCK_AREA_BYTES), device.name);
     if (!options.uuid.equals(sb.uuid)) throw new JournalCorruptError(`${device.name}: journal belongs to another volume (uuid mismatch)`);
   } catch (err) {
-    if (!(err instanceof CowvolError) || (err.code !== 'JOURNAL_CORRUPT' && err.code !== 'UNSUPPORTED_VERSION')) throw err;
+    if (!(err instanceof JournalCorruptError) && !(err instanceof UnsupportedJournalVersionError)) throw err;
     report.superblockDamaged = true;
     report.superblockError = err.message;
     sb = undefined;
@@ -101,7 +102,8 @@ export async function repairJournal(device: BlockDevice, options: JournalRepairO
     ({ lengthBlocks, blockSizeBytes } = sb);
     if ((await device.sizeBytes()) < sb.lengthBlocks * sb.blockSizeBytes) await device.truncate(sb.lengthBlocks * sb.blockSizeBytes);
     const scan = await scanJournal(device, sb);
-    await replayVerified(device, sb, scan, options);
+    // The replay pass of `Journal.open`, over the transactions the scan verified.
+    await replayHome(device, sb, scan, { targets: options.targets, replay: options.replay });
     report.replayedTransactions = scan.transactions.length;
     report.lastReplayedSequence = scan.nextSequence - 1;
     report.stopReason = scan.stopReason;
@@ -115,21 +117,6 @@ export async function repairJournal(device: BlockDevice, options: JournalRepairO
   return report;
 }
 
-/** The replay pass of `Journal.open`, over the transactions the scan verified; then syncs the homes written. */
-async function replayVerified(device: BlockDevice, sb: JournalSuperblock, scan: ScanResult, options: JournalRepairOptions): Promise<void> {
-  const touched = new Set<BlockDevice>();
-  await replayJournal(device, sb, scan, {
-    image: async (target, homeBlock, data, sequence) => {
-      const home = options.targets.get(target);
-      if (!home) throw new JournalCorruptError(`${device.name}: transaction ${sequence} holds an image for unknown target ${target}`);
-      await home.write(homeBlock * sb.blockSizeBytes, data);
-      touched.add(home);
-    },
-    transaction: (tx) => options.replay(tx),
-  });
-  for (const home of touched) await home.sync();
-}
-
 /**
  * Reads every log block from where the scan stopped to the tail (the
  * rest of the circular log) and collects, per sequence above the last
@@ -138,12 +125,12 @@ async function replayVerified(device: BlockDevice, sb: JournalSuperblock, scan: 
  * through one read-ahead window.
  */
 async function surveyBeyond(device: BlockDevice, sb: JournalSuperblock, scan: ScanResult): Promise<DiscardedTransaction[]> {
-  const first = firstLogBlock(sb.blockSizeBytes);
-  const reader = new LogReader(device, { blockSizeBytes: sb.blockSizeBytes, lengthBlocks: sb.lengthBlocks, firstBlock: first });
+  const geometry = geometryOf(sb);
+  const reader = new LogReader(device, geometry);
   const used = scan.transactions.reduce((n, tx) => n + tx.blocks, 0);
   const found = new Map<number, DiscardedTransaction>();
   let at = scan.headBlock;
-  for (let i = 0; i < sb.lengthBlocks - first - used; i++, at = reader.next(at)) {
+  for (let i = 0; i < sb.lengthBlocks - geometry.firstBlock - used; i++, at = reader.next(at)) {
     const block = await reader.block(at);
     const h = readHeader(block);
     if (!h || h.sequence < scan.nextSequence || !Number.isSafeInteger(h.sequence)) continue;

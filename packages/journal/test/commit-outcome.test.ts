@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { IoError, Journal, NoSpaceError, type BlockDevice } from '../src/index.js';
 import { MemoryDevice } from './memory-device.js';
+import { commitRecords } from './commit-records.js';
 
 /**
  * What a failed commit says about its transaction (docs/ARCHITECTURE.md,
@@ -32,11 +33,11 @@ describe('the outcome of a failed commit', () => {
   it('a failed journal write: its own error (NO_SPACE), and the transaction does not exist', async () => {
     const log = await fresh();
     const { journal } = await Journal.open(log, { replay: async () => undefined });
-    await journal.commit([{ first: 1 }]);
+    await commitRecords(journal, [{ first: 1 }]);
     log.before = async (op) => {
       if (op === 'write') throw new NoSpaceError('injected: no space');
     };
-    await expect(journal.commit([{ second: 2 }])).rejects.toMatchObject({ code: 'NO_SPACE' });
+    await expect(commitRecords(journal, [{ second: 2 }])).rejects.toMatchObject({ code: 'NO_SPACE' });
     expect(journal.aborted).toBe(true);
     log.before = undefined;
     expect((await recovered(log.crash(() => 'apply'))).map((t) => t.records)).toEqual([[{ first: 1 }]]);
@@ -46,7 +47,7 @@ describe('the outcome of a failed commit', () => {
     const log = await fresh();
     const { journal } = await Journal.open(log, { replay: async () => undefined });
     log.failSyncs = true;
-    const err = await journal.commit([{ maybe: 1 }]).then(
+    const err = await commitRecords(journal, [{ maybe: 1 }]).then(
       () => undefined,
       (e: unknown) => e,
     );
@@ -60,7 +61,7 @@ describe('the outcome of a failed commit', () => {
   it('a failed apply after the flush: JOURNAL_APPLY_FAILED naming the sequence, and recovery replays it', async () => {
     const log = await fresh();
     const { journal } = await Journal.open(log, { replay: async () => undefined, apply: () => Promise.reject(new Error('home is full')) });
-    await expect(journal.commit([{ durable: 1 }])).rejects.toMatchObject({ code: 'JOURNAL_APPLY_FAILED', details: { sequence: 1 } });
+    await expect(commitRecords(journal, [{ durable: 1 }])).rejects.toMatchObject({ code: 'JOURNAL_APPLY_FAILED', details: { sequence: 1 } });
     await expect(journal.start(1)).rejects.toMatchObject({ code: 'JOURNAL_ABORTED' });
     // Durable: even a crash that drops every unsynced write keeps it.
     expect((await recovered(log.crash(() => 'drop'))).map((t) => t.records)).toEqual([[{ durable: 1 }]]);
@@ -71,7 +72,7 @@ describe('a read-only open', () => {
   it('replays records without writing; block images to write home refuse it with JOURNAL_NEEDS_RECOVERY', async () => {
     const log = await fresh();
     const { journal } = await Journal.open(log, { replay: async () => undefined });
-    await journal.commit([{ only: 'records' }]);
+    await commitRecords(journal, [{ only: 'records' }]);
     const recordsOnly = log.crash(() => 'apply');
     const writes: string[] = [];
     recordsOnly.before = async (op) => void writes.push(op);

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FileBlockDevice, Journal, SUPERBLOCK_SENTINEL, type BlockDevice } from './support.js';
 import { MemoryDevice } from './memory-device.js';
+import { commitRecords } from './commit-records.js';
 
 const BS = 512;
 let home: MemoryDevice;
@@ -67,7 +68,7 @@ describe('journal: commit and recovery', () => {
 
   it('recovery is idempotent: a second recovery replays the same transactions to the same state', async () => {
     const { journal } = await open();
-    await journal.commit([{ k: 1 }]);
+    await commitRecords(journal, [{ k: 1 }]);
     const h = await journal.start(1);
     h.logImage(0, 3, image(3));
     await h.commit();
@@ -170,12 +171,12 @@ describe('group commit', () => {
     h.orderedData(data);
     await expect(h.commit()).rejects.toMatchObject({ code: 'IO_ERROR' });
     expect(journal.aborted).toBe(false);
-    expect(await journal.commit([{ y: 2 }])).toBe(1);
+    expect(await commitRecords(journal, [{ y: 2 }])).toBe(1);
   });
 
   it('a failed apply aborts the journal (JOURNAL_ABORTED afterwards)', async () => {
     const { journal } = await open(log, { apply: async () => Promise.reject(new Error('home unavailable')) });
-    await expect(journal.commit([{ x: 1 }])).rejects.toThrow('home unavailable');
+    await expect(commitRecords(journal, [{ x: 1 }])).rejects.toThrow('home unavailable');
     await expect(journal.start(1)).rejects.toMatchObject({ code: 'JOURNAL_ABORTED' });
   });
 });
@@ -221,13 +222,13 @@ describe('checkpoint', () => {
     const h = await journal.start(1);
     h.logImage(0, 1, image(5));
     await h.commit();
-    await journal.commit([{ after: 1 }]);
+    await commitRecords(journal, [{ after: 1 }]);
     await journal.checkpoint();
     expect(moved).toEqual([2]);
     expect((await home.read(BS, BS)).equals(image(5))).toBe(true);
     expect(journal.readImage(0, 1)).toBeUndefined();
     expect(journal.uncheckpointedBlocks).toBe(0);
-    await journal.commit([{ n: 3 }]);
+    await commitRecords(journal, [{ n: 3 }]);
     const recovered = await open(log.crash(() => 'drop'));
     expect(recovered.replayed).toEqual([{ sequence: 3, records: [{ n: 3 }] }]);
   });
@@ -252,7 +253,7 @@ describe('checkpoint', () => {
     await fresh(64);
     const { journal } = await open(log, { checkpointFill: 1 }); // no background checkpoints
     let n = 0;
-    while (journal.uncheckpointedBlocks < 50) await journal.commit([{ n: n++ }]);
+    while (journal.uncheckpointedBlocks < 50) await commitRecords(journal, [{ n: n++ }]);
     const before = journal.stats.checkpoints;
     const h = await journal.start(10);
     expect(journal.stats.spaceWaits).toBeGreaterThan(0);
@@ -330,7 +331,7 @@ describe('journal on a real file', () => {
     const dev = await FileBlockDevice.open(path, { create: true });
     await Journal.format(dev, { blockSizeBytes: 4096, lengthBlocks: 1024 });
     const { journal } = await Journal.open(dev, { replay: async () => undefined });
-    await journal.commit([{ on: 'disk' }]);
+    await commitRecords(journal, [{ on: 'disk' }]);
     await journal.close();
     const replayed: unknown[] = [];
     const again = await Journal.open(await FileBlockDevice.open(path), { replay: async (tx) => void replayed.push(...tx.records) });
@@ -349,7 +350,7 @@ describe('commit triggers', () => {
     const p = h.stop().then(() => (committed = true));
     for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
     expect(committed, 'stop() alone must not force a commit').toBe(false);
-    expect(journal.queuedHandles).toBe(1);
+    expect(journal.stats.handles, 'no handle committed yet').toBe(0);
     await journal.flush(); // flush request
     await p;
     expect(committed).toBe(true);
@@ -406,10 +407,10 @@ describe('regressions', () => {
         if (slowApply) await new Promise((r) => setTimeout(r, 20));
       },
     });
-    while (journal.uncheckpointedBlocks < 40) await journal.commit([{ fill: 1 }]);
+    while (journal.uncheckpointedBlocks < 40) await commitRecords(journal, [{ fill: 1 }]);
     slowApply = true;
     // These commits stay in apply for 20 ms each while the log is nearly full.
-    const committing = Array.from({ length: 3 }, () => journal.commit([{ slow: 1 }]));
+    const committing = Array.from({ length: 3 }, () => commitRecords(journal, [{ slow: 1 }]));
     const h = await journal.start(10); // must wait for space, not spin the event loop
     h.abandon();
     await Promise.all(committing);

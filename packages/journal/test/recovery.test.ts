@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { Journal, decodeSuperblock, replayJournal, scanJournal, type BlockDevice } from '../src/index.js';
+import { Journal, SUPERBLOCK_AREA_BYTES, decodeSuperblock, replayJournal, scanJournal, type BlockDevice } from '../src/index.js';
 import { MemoryDevice } from './memory-device.js';
+import { commitRecords } from './commit-records.js';
 
 /**
  * Recovery through a bounded read window (recovery.ts, log-reader.ts): a
@@ -91,7 +92,7 @@ async function writeJournal(): Promise<Written> {
   await Journal.format(log, { blockSizeBytes: BS, lengthBlocks: LENGTH });
   const { journal } = await Journal.open(log, { targets: new Map([[0, home]]), replay: async () => undefined, checkpointFill: 1 });
   // Phase 1, checkpointed: moves the tail to the back half of the log.
-  for (let i = 0; i < 30; i++) await journal.commit([{ phase: 1, i, pad: 'x'.repeat(300) }]);
+  for (let i = 0; i < 30; i++) await commitRecords(journal, [{ phase: 1, i, pad: 'x'.repeat(300) }]);
   await journal.checkpoint();
   const records = new Map<number, unknown[]>();
   const revoked = new Set<number>();
@@ -110,7 +111,8 @@ async function writeJournal(): Promise<Written> {
     expect(await h.commit()).toBe(seq);
     records.set(seq, recs);
   }
-  expect(journal.tail.block + journal.uncheckpointedBlocks).toBeGreaterThan(LENGTH); // the live part wraps
+  const tail = decodeSuperblock(await log.read(0, SUPERBLOCK_AREA_BYTES), log.name);
+  expect(tail.tailBlock + journal.uncheckpointedBlocks).toBeGreaterThan(LENGTH); // the live part wraps
   expect(journal.uncheckpointedBlocks).toBeGreaterThan(200);
   return { log: log.crash(() => 'apply'), records, home: home.snapshot(), revoked };
 }

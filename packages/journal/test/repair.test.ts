@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Journal, decodeSuperblock, repairJournal, scanJournal, type ReplayedTransaction } from '../src/index.js';
 import { MemoryDevice } from './memory-device.js';
+import { commitRecords } from './commit-records.js';
 
 /**
  * repairJournal (repair.ts, docs/ARCHITECTURE.md §5.6): replays the
@@ -78,7 +79,7 @@ describe('repairJournal', () => {
     const { journal, recovery } = await Journal.open(log, { expectedUuid: uuid, replay: async () => undefined });
     expect(recovery.replayedTransactions).toBe(0);
     expect(journal.lastCommittedSequence).toBe(TRANSACTIONS);
-    expect(await journal.commit([{ s: TRANSACTIONS + 1 }])).toBe(TRANSACTIONS + 1);
+    expect(await commitRecords(journal, [{ s: TRANSACTIONS + 1 }])).toBe(TRANSACTIONS + 1);
     await journal.close();
     const again = await repair(log.crash(() => 'apply'), uuid);
     expect(again.replayed).toEqual([TRANSACTIONS + 1]);

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { Journal, type Handle } from '../src/index.js';
 import { firstLogBlock } from '../src/format.js';
 import { MemoryDevice } from './memory-device.js';
+import { commitRecords } from './commit-records.js';
 
 const BS = 512;
 const LENGTH_BLOCKS = 256;
@@ -67,7 +68,7 @@ describe('start() waiting for log space', () => {
 
     // Applied transactions in the way (records only: the checkpoint writes nothing home).
     let n = 0;
-    while (journal.uncheckpointedBlocks < 40) await journal.commit([{ fill: n++ }]);
+    while (journal.uncheckpointedBlocks < 40) await commitRecords(journal, [{ fill: n++ }]);
     const usedBefore = journal.uncheckpointedBlocks;
 
     // Three big handles that will commit during the checkpoint, one small one that will be abandoned.
