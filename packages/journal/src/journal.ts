@@ -305,7 +305,8 @@ export class Journal implements HandleOwner {
   /**
    * Checkpoints every applied transaction: writes the latest images home,
    * syncs the homes, runs `beforeTailMove`, then moves the tail (superblock
-   * write + sync). One at a time; concurrent callers share it.
+   * write + sync). One at a time: a call waits for the running one, then
+   * covers every transaction applied by then.
    * @throws JOURNAL_ABORTED, IO_ERROR, NO_SPACE, whatever `beforeTailMove` throws; ASSERTION_FAILED on a read-only journal
    */
   checkpoint(): Promise<void> {
