@@ -110,14 +110,14 @@ export class CommitWriter {
   /** Takes queued handles into a new transaction, up to half the log or MAX_HANDLES_PER_COMMIT handles (at least one), and locks it. */
   private lockNextTransaction(): Transaction {
     const tx = new Transaction();
-    const limit = Math.floor(this.state.dataBlocks / 2);
-    let blocks = 1;
+    const limitBlocks = Math.floor(this.state.dataBlocks / 2);
+    let batchBlocks = 1;
     for (let next = this.queue[0]; next !== undefined && tx.handles.length < MAX_HANDLES_PER_COMMIT; next = this.queue[0]) {
-      if (tx.handles.length > 0 && blocks + next.reservedBlocks > limit) break;
+      if (tx.handles.length > 0 && batchBlocks + next.reservedBlocks > limitBlocks) break;
       this.queue.shift();
       tx.handles.push(next);
       this.queuedBlocks -= next.reservedBlocks;
-      blocks += next.reservedBlocks;
+      batchBlocks += next.reservedBlocks;
     }
     tx.advance('locked');
     return tx;

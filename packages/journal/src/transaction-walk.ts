@@ -123,9 +123,9 @@ interface Progress {
 }
 
 /** A descriptor vouches for its images: each matches the checksum in its tag. Verified images go to `visit.image`. */
-async function verifyDescriptor(w: Walk, block: Buffer, check: BlockCheck, so: Progress, visit: TransactionVisitor): Promise<Verdict> {
+async function verifyDescriptor(w: Walk, block: Buffer, check: BlockCheck, taken: Progress, visit: TransactionVisitor): Promise<Verdict> {
   const tags = decodeTags(block);
-  if (!tags || so.blocks + 1 + tags.length > w.room) return { bodyOk: false, images: 0, records: 0 };
+  if (!tags || taken.blocks + 1 + tags.length > w.room) return { bodyOk: false, images: 0, records: 0 };
   for (const t of tags) {
     const data = unescapeImage(await check.readOwned(), t);
     if (crc32c(data, w.seed) !== t.checksum) return { bodyOk: false, images: tags.length, records: 0 };
@@ -135,10 +135,10 @@ async function verifyDescriptor(w: Walk, block: Buffer, check: BlockCheck, so: P
 }
 
 /** A records block vouches for its payload: its checksum, and (scan) the record count it decodes to. */
-async function verifyRecords(w: Walk, block: Buffer, check: BlockCheck, so: Progress): Promise<Verdict> {
+async function verifyRecords(w: Walk, block: Buffer, check: BlockCheck, taken: Progress): Promise<Verdict> {
   const per = payloadPerBlock(w.reader.blockSizeBytes);
   const head = decodeRecordsHead(block);
-  if (head.payloadBlocks !== Math.ceil(head.payloadBytes / per) || so.blocks + 1 + head.payloadBlocks > w.room) return { bodyOk: false, images: 0, records: 0 };
+  if (head.payloadBlocks !== Math.ceil(head.payloadBytes / per) || taken.blocks + 1 + head.payloadBlocks > w.room) return { bodyOk: false, images: 0, records: 0 };
   // Bounded by the transaction: the commit that wrote it held this payload whole.
   if (w.decodeRecords) w.payloads.reset(); // the scan keeps no payload
   const payload = w.payloads.take(head.payloadBytes);
@@ -159,20 +159,20 @@ async function verifyRecords(w: Walk, block: Buffer, check: BlockCheck, so: Prog
 }
 
 /** Verifies what a block with a valid header, sequence and tail checksum vouches for, reading the blocks it owns. */
-async function verifyBody(w: Walk, pattern: BlockPattern, block: Buffer, check: BlockCheck, so: Progress, visit: TransactionVisitor): Promise<Verdict> {
+async function verifyBody(w: Walk, pattern: BlockPattern, block: Buffer, check: BlockCheck, taken: Progress, visit: TransactionVisitor): Promise<Verdict> {
   if (pattern.type !== 'commit') check.crc = chainCrc(check.crc, block);
   switch (pattern.type) {
     case 'descriptor':
-      return verifyDescriptor(w, block, check, so, visit);
+      return verifyDescriptor(w, block, check, taken, visit);
     case 'records':
-      return verifyRecords(w, block, check, so);
+      return verifyRecords(w, block, check, taken);
     case 'revoke': {
       const entries = decodeRevoke(block);
       return entries ? { bodyOk: true, images: 0, records: 0, revokes: entries } : { bodyOk: false, images: 0, records: 0 };
     }
     case 'commit': {
       const c = decodeCommit(block);
-      return { bodyOk: c.blockCount === so.blocks && c.transactionCrc === so.crc >>> 0, images: 0, records: 0 };
+      return { bodyOk: c.blockCount === taken.blocks && c.transactionCrc === taken.crc >>> 0, images: 0, records: 0 };
     }
     case 'unknown':
       return { bodyOk: false, images: 0, records: 0 };
@@ -187,12 +187,12 @@ async function verifyBody(w: Walk, pattern: BlockPattern, block: Buffer, check: 
  * @throws IO_ERROR, JOURNAL_CORRUPT (short read) from the reader; whatever `visit.image` throws
  */
 export async function walkTransaction(w: Walk, visit: TransactionVisitor): Promise<WalkResult> {
-  const so: Progress = { blocks: 0, crc: w.seed };
+  const taken: Progress = { blocks: 0, crc: w.seed };
   let records = 0;
   let images = 0;
   let at = w.start;
   for (;;) {
-    if (so.blocks >= w.room) return { committed: false, stopReason: 'transaction would run over the tail (log full of garbage)' };
+    if (taken.blocks >= w.room) return { committed: false, stopReason: 'transaction would run over the tail (log full of garbage)' };
     const block = await w.reader.block(at);
     const h = readHeader(block);
     const pattern: BlockPattern = {
@@ -202,16 +202,16 @@ export async function walkTransaction(w: Walk, visit: TransactionVisitor): Promi
       tailChecksumOk: h !== null && tailChecksumOk(block, w.seed),
       bodyOk: false,
     };
-    const check = new BlockCheck(w.reader, at, so.crc);
+    const check = new BlockCheck(w.reader, at, taken.crc);
     let verdict: Verdict = { bodyOk: false, images: 0, records: 0 };
-    if (pattern.hasHeader && pattern.sequenceMatches && pattern.tailChecksumOk) verdict = await verifyBody(w, pattern, block, check, so, visit);
+    if (pattern.hasHeader && pattern.sequenceMatches && pattern.tailChecksumOk) verdict = await verifyBody(w, pattern, block, check, taken, visit);
     pattern.bodyOk = verdict.bodyOk;
     const { rule, action } = classify(pattern);
     if (action === 'end-of-log') return { committed: false, stopReason: rule };
-    if (action === 'commit-transaction') return { committed: true, blocks: so.blocks + 1, nextBlock: w.reader.next(at), records, images };
+    if (action === 'commit-transaction') return { committed: true, blocks: taken.blocks + 1, nextBlock: w.reader.next(at), records, images };
     // Take the block and the blocks it owns into the transaction.
-    so.crc = check.crc;
-    so.blocks += 1 + check.ownedBlocks;
+    taken.crc = check.crc;
+    taken.blocks += 1 + check.ownedBlocks;
     images += verdict.images;
     records += verdict.records;
     if (verdict.revokes) visit.revokes?.(verdict.revokes);
