@@ -1,5 +1,6 @@
 import type { Extent } from './allocator.js';
 import type { CommittedMetadata } from './committed-metadata.js';
+import { appendBlock } from './extent-runs.js';
 import { verifyLevelDb } from './leveldb-verify.js';
 import { decodeValue, keys, parseHexSuffix, type MetadataDb } from './metadata.js';
 
@@ -175,9 +176,7 @@ function findLeaks(meta: CommittedMetadata, used: Uint8Array): { extents: Extent
     if ((used[p >> 3] ?? 0) & (1 << (p & 7))) continue;
     if (meta.allocator.isFree(p)) continue;
     leakedBlocks += 1;
-    const last = extents.at(-1);
-    if (last && last.startBlock + last.lengthBlocks === p) last.lengthBlocks += 1;
-    else extents.push({ startBlock: p, lengthBlocks: 1 });
+    appendBlock(extents, p);
   }
   return { extents, leakedBlocks };
 }

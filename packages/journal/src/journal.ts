@@ -3,9 +3,8 @@ import { unpackMultiple } from 'msgpackr';
 import { Mutex } from 'async-mutex';
 import type { BlockDevice } from './block-device.js';
 import {
-  MAX_JOURNAL_BLOCK_BYTES,
   MIN_JOURNAL_BLOCKS,
-  MIN_JOURNAL_BLOCK_BYTES,
+  isJournalBlockSize,
   UUID_BYTES,
   chainCrc,
   decodeSuperblock,
@@ -205,7 +204,7 @@ export class Journal implements HandleOwner {
     const uuid = options.uuid ?? randomBytes(UUID_BYTES);
     const blockSizeBytes = options.blockSizeBytes ?? 4096;
     const lengthBlocks = options.lengthBlocks ?? Math.floor(DEFAULT_JOURNAL_BYTES / blockSizeBytes);
-    assert(blockSizeBytes >= MIN_JOURNAL_BLOCK_BYTES && blockSizeBytes <= MAX_JOURNAL_BLOCK_BYTES && (blockSizeBytes & (blockSizeBytes - 1)) === 0, `journal block size ${blockSizeBytes}`);
+    assert(isJournalBlockSize(blockSizeBytes), `journal block size ${blockSizeBytes}`);
     assert(Number.isInteger(lengthBlocks) && lengthBlocks >= MIN_JOURNAL_BLOCKS && lengthBlocks < 2 ** 32, `journal length ${lengthBlocks} blocks`);
     const tailSequence = options.tailSequence ?? 1;
     assert(Number.isSafeInteger(tailSequence) && tailSequence >= 1, `journal tail sequence ${tailSequence}`);
