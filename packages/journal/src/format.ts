@@ -33,8 +33,6 @@ export const HEADER_BYTES = 16;
 export const TAIL_CHECKSUM_BYTES = 4;
 
 export const BlockType = { descriptor: 1, commit: 2, revoke: 5, records: 9 } as const;
-export type BlockTypeName = keyof typeof BlockType;
-
 /** Tag flag: the image's first 4 bytes equalled BLOCK_MAGIC and are stored as zero. */
 export const TAG_ESCAPED = 1;
 export const TAG_BYTES = 16;
@@ -295,14 +293,6 @@ export function encodeRecords(payload: Buffer, recordCount: number, blockBytes: 
 
 export function decodeRecordsHead(head: Buffer): { payloadBytes: number; payloadBlocks: number; payloadCrc: number; recordCount: number } {
   return { payloadBytes: head.readUInt32BE(16), payloadBlocks: head.readUInt32BE(20), payloadCrc: head.readUInt32BE(24), recordCount: head.readUInt32BE(28) };
-}
-
-/** Joins payload blocks back into the payload. */
-export function joinPayload(blocks: Buffer[], payloadBytes: number): Buffer {
-  const per = blocks[0] ? payloadPerBlock(blocks[0].length) : 0;
-  const out = Buffer.alloc(payloadBytes);
-  blocks.forEach((b, i) => b.copy(out, i * per, PAYLOAD_MARKER_BYTES, PAYLOAD_MARKER_BYTES + Math.min(per, payloadBytes - i * per)));
-  return out;
 }
 
 /** Commit block: the transaction's block count (before the commit block) and CRC32C chained over those blocks. */

@@ -107,10 +107,6 @@ export class Handle {
     this.orderedDevices.add(device);
   }
 
-  get isEmpty(): boolean {
-    return this.items === 0;
-  }
-
   /**
    * Ends the handle (jbd2 `jbd2_journal_stop`): it joins the running
    * transaction and waits for nothing; that transaction commits at the next
