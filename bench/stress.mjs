@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // `pnpm stress -- --seconds 60 --writers 32 --seed N`: the stress runner of
-// @cowvol/cow-core (runStress) from the command line. Prints progress on
+// @cowvol/test-support (runStress) from the command line. Prints progress on
 // stderr and one summary line on stdout; exits 1 on any mismatch.
 import { parseArgs } from 'node:util';
-import { runStress, formatStressSummary } from '@cowvol/cow-core';
+import { runStress, formatStressSummary } from '@cowvol/test-support';
 
 const { values } = parseArgs({
   args: process.argv.slice(2).filter((a) => a !== '--'),

@@ -89,5 +89,5 @@ export async function forgetChangeStamp(volumePath: string): Promise<void> {
   }
 }
 
-/** Small deterministic PRNG (mulberry32, from cow-core) so a seed replays a run exactly. */
-export { mulberry32 as prng } from '@cowvol/cow-core';
+/** Small deterministic PRNG (mulberry32, from @cowvol/test-support) so a seed replays a run exactly. */
+export { mulberry32 as prng } from '@cowvol/test-support';

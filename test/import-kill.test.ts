@@ -2,7 +2,8 @@ import { spawn } from 'node:child_process';
 import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Volume, importStream, mulberry32, type StreamSource } from '@cowvol/cow-core';
+import { Volume, importStream, type StreamSource } from '@cowvol/cow-core';
+import { mulberry32 } from '@cowvol/test-support';
 import { CLI, cowvol, cowvolOk, tempDir } from './helpers.js';
 
 /**

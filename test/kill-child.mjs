@@ -31,7 +31,8 @@
 // acknowledged, and only then does the next operation begin. So the content
 // of a snapshot is exactly the acknowledged writes before it.
 import { writeSync } from 'node:fs';
-import { Volume, mulberry32 as prng } from '@cowvol/cow-core';
+import { Volume } from '@cowvol/cow-core';
+import { mulberry32 as prng } from '@cowvol/test-support';
 import { contentByte } from './kill-content.mjs';
 
 const [volumePath, seedArg, blocksArg, firstSeqArg] = process.argv.slice(2);

@@ -164,5 +164,3 @@ export abstract class CowvolCommand extends Command {
     return result;
   }
 }
-
-export type Flags<T extends typeof Command> = Interfaces.InferredFlags<T['flags']>;

@@ -25,6 +25,7 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   BASE_MISMATCH: 4,
   IMPORT_PENDING: 4,
   RESUME_MISMATCH: 4,
+  STREAM_HEADER_TOO_LARGE: 4,
   ENDPOINT_IN_USE: 4,
   // 5: another process owns the volume
   VOLUME_BUSY: 5,
@@ -46,6 +47,7 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   // 8: the input stream is not a cowvol stream or is damaged (nothing was applied from it)
   NOT_A_STREAM: 8,
   STREAM_CORRUPT: 8,
+  STREAM_CHANGED: 8,
   // 9: the change may or may not have been made (its commit was written, its flush failed): look before retrying
   OUTCOME_UNKNOWN: 9,
   // (never an exit: `serve` closes the one client connection that broke the NBD framing, and logs it)
@@ -54,6 +56,7 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   ASSERTION_FAILED: 1,
   JOURNAL_CREDITS_EXCEEDED: 1,
   VOLUME_CLOSED: 1,
+  STREAM_EXTENT_INVALID: 1,
   INTERNAL: 1,
 });
 

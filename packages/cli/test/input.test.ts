@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OutOfRangeError, mulberry32 } from '@cowvol/cow-core';
+import { OutOfRangeError } from '@cowvol/cow-core';
+import { mulberry32 } from '@cowvol/test-support';
 import { openInput, probeLengthBytes } from '../src/input.js';
 
 /** `--input` kinds (README "Paths given to --input and --output"): every byte of a stream is read, whatever stat() says. */

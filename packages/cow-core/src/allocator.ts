@@ -63,10 +63,6 @@ export class ExtentAllocator {
     return n;
   }
 
-  get freeExtentCount(): number {
-    return this.starts.length;
-  }
-
   /** Free extents, lowest first (copies). */
   extents(): Extent[] {
     return this.starts.map((s) => ({ startBlock: s, lengthBlocks: this.lengths.get(s)! }));

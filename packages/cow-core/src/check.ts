@@ -1,5 +1,6 @@
 import type { Extent } from './allocator.js';
 import type { CommittedMetadata } from './committed-metadata.js';
+import { appendBlock } from './extent-runs.js';
 import { verifyLevelDb } from './leveldb-verify.js';
 import { decodeValue, keys, parseHexSuffix, type MetadataDb } from './metadata.js';
 
@@ -47,48 +48,63 @@ export interface CheckReport {
 /** At most this many findings are listed (the counts stay exact). */
 export const MAX_FINDINGS = 1000;
 
+/** What {@link checkVolume} is told about the volume besides its metadata. */
+export interface CheckFacts {
+  storeFileBytes: number;
+  blockSizeBytes: number;
+  sizeBytes: number;
+  journal: { lastSequence: number; appliedSequence: number };
+  /** The LevelDB folder: when given, every checksum in its files is verified too (leveldb-verify.ts). */
+  metadataPath?: string;
+  /** Called every few thousand map records with the records checked and the total the catalog counts. */
+  onProgress?: (doneBlocks: number, totalBlocks: number) => void;
+}
+
+/** Records a finding: counted always, listed up to {@link MAX_FINDINGS}. */
+type Found = (kind: CheckFinding['kind'], message: string) => void;
+
 /**
  * Scans LevelDB's persisted metadata (not any in-memory view): every
  * `map:` key of every snapshot, the free extents and the catalog, and
- * classifies what it finds (docs/ARCHITECTURE.md, "check"); with
+ * classifies what it finds (docs/ARCHITECTURE.md §8.1); with
  * `metadataPath`, also every checksum LevelDB keeps in its files. Memory:
  * one bit per store block below the high-water mark.
  */
-export async function checkVolume(
-  db: MetadataDb,
-  meta: CommittedMetadata,
-  facts: {
-    storeFileBytes: number;
-    blockSizeBytes: number;
-    sizeBytes: number;
-    journal: { lastSequence: number; appliedSequence: number };
-    /** The LevelDB folder: when given, every checksum in its files is verified too (leveldb-verify.ts). */
-    metadataPath?: string;
-    /** Called every few thousand map records with the records checked and the total the catalog counts. */
-    onProgress?: (doneBlocks: number, totalBlocks: number) => void;
-  },
-): Promise<CheckReport> {
+export async function checkVolume(db: MetadataDb, meta: CommittedMetadata, facts: CheckFacts): Promise<CheckReport> {
   const corruptions: CheckFinding[] = [];
   let corruptionCount = 0;
-  const found = (kind: CheckFinding['kind'], message: string): void => {
+  const found: Found = (kind, message) => {
     corruptionCount += 1;
     if (corruptions.length < MAX_FINDINGS) corruptions.push({ kind, message });
   };
-  const hw = meta.allocator.highWaterBlocks;
-  const storeFileBlocks = Math.max(0, Math.floor(facts.storeFileBytes / facts.blockSizeBytes) - 1);
-  const volumeBlocks = Math.ceil(facts.sizeBytes / facts.blockSizeBytes);
-  const used = new Uint8Array(Math.ceil(hw / 8));
-  const owners = new Map<number, string>(); // only for store blocks mapped twice: first owner
-  const counts = new Map<number, number>();
-  let mappedBlocks = 0;
-
   if (facts.journal.appliedSequence !== facts.journal.lastSequence) {
     found('journal-not-recovered', `journal has committed transaction ${facts.journal.lastSequence} but metadata holds only up to ${facts.journal.appliedSequence}`);
   }
   if (facts.metadataPath !== undefined) {
     for (const problem of await verifyLevelDb(facts.metadataPath)) found('metadata-checksum', `metadata file ${problem}`);
   }
-  const ids = new Set(meta.snapshots.keys());
+  checkCatalog(meta, found);
+  const maps = await scanMaps(db, meta, facts, found);
+  const hw = meta.allocator.highWaterBlocks;
+  const leaks = findLeaks(meta, maps.used);
+  return {
+    status: corruptionCount > 0 ? 'corrupt' : leaks.leakedBlocks > 0 ? 'leaks' : 'clean',
+    snapshots: meta.snapshots.size,
+    mappedBlocks: maps.mappedBlocks,
+    storeHighWaterBlocks: hw,
+    freeBlocks: meta.allocator.freeBlocks,
+    leakedBlocks: leaks.leakedBlocks,
+    leaks: leaks.extents,
+    corruptions,
+    repairedBlocks: 0,
+    dataChecked: false,
+    damagedBlocks: 0,
+    affectedSnapshots: [],
+  };
+}
+
+/** The catalog: live names unique, every id below `nextSnapshotId`. */
+function checkCatalog(meta: CommittedMetadata, found: Found): void {
   const names = new Set<string>();
   for (const rec of meta.snapshots.values()) {
     if (rec.state === 'live') {
@@ -97,7 +113,23 @@ export async function checkVolume(
     }
     if (rec.id >= meta.sb.nextSnapshotId) found('catalog', `snapshot id ${rec.id} is not below nextSnapshotId ${meta.sb.nextSnapshotId}`);
   }
+}
 
+/**
+ * Every persisted `map:` key: its snapshot, volume block and store block in
+ * bounds, its store block neither free nor mapped twice; then each
+ * snapshot's count of owned blocks. Returns the bitmap of mapped store
+ * blocks (one bit per block below the high-water mark) and their count.
+ */
+async function scanMaps(db: MetadataDb, meta: CommittedMetadata, facts: CheckFacts, found: Found): Promise<{ used: Uint8Array; mappedBlocks: number }> {
+  const hw = meta.allocator.highWaterBlocks;
+  const storeFileBlocks = Math.max(0, Math.floor(facts.storeFileBytes / facts.blockSizeBytes) - 1);
+  const volumeBlocks = Math.ceil(facts.sizeBytes / facts.blockSizeBytes);
+  const used = new Uint8Array(Math.ceil(hw / 8));
+  const owners = new Map<number, string>(); // only for store blocks mapped twice: first owner
+  const counts = new Map<number, number>();
+  const ids = new Set(meta.snapshots.keys());
+  let mappedBlocks = 0;
   let expectedBlocks = 0;
   for (const rec of meta.snapshots.values()) expectedBlocks += rec.ownedBlocks;
   for await (const [key, value] of db.scan('map:')) {
@@ -124,38 +156,27 @@ export async function checkVolume(
     if (meta.allocator.isFree(storeBlock)) found('mapped-free-block', `${where} maps store block ${storeBlock}, which the allocator has free`);
     const byte = storeBlock >> 3;
     const bit = 1 << (storeBlock & 7);
-    if (used[byte]! & bit) found('double-mapping', `store block ${storeBlock} is mapped twice: ${owners.get(storeBlock) ?? 'another mapping'} and ${where}`);
+    if ((used[byte] ?? 0) & bit) found('double-mapping', `store block ${storeBlock} is mapped twice: ${owners.get(storeBlock) ?? 'another mapping'} and ${where}`);
     else owners.set(storeBlock, where);
-    used[byte]! |= bit;
+    used[byte] = (used[byte] ?? 0) | bit;
   }
   for (const rec of meta.snapshots.values()) {
     const n = counts.get(rec.id) ?? 0;
     if (n !== rec.ownedBlocks) found('owned-count-mismatch', `snapshot ${rec.name} (${rec.id}) counts ${rec.ownedBlocks} owned blocks but maps ${n}`);
   }
   facts.onProgress?.(mappedBlocks, Math.max(mappedBlocks, expectedBlocks));
-  // Leaks: below the high-water mark, neither mapped nor free.
-  const leaks: Extent[] = [];
+  return { used, mappedBlocks };
+}
+
+/** Leaks: store blocks below the high-water mark neither mapped (`used`) nor free, as extents. */
+function findLeaks(meta: CommittedMetadata, used: Uint8Array): { extents: Extent[]; leakedBlocks: number } {
+  const extents: Extent[] = [];
   let leakedBlocks = 0;
-  for (let p = 0; p < hw; p++) {
-    if (used[p >> 3]! & (1 << (p & 7))) continue;
+  for (let p = 0; p < meta.allocator.highWaterBlocks; p++) {
+    if ((used[p >> 3] ?? 0) & (1 << (p & 7))) continue;
     if (meta.allocator.isFree(p)) continue;
     leakedBlocks += 1;
-    const last = leaks.at(-1);
-    if (last && last.startBlock + last.lengthBlocks === p) last.lengthBlocks += 1;
-    else leaks.push({ startBlock: p, lengthBlocks: 1 });
+    appendBlock(extents, p);
   }
-  return {
-    status: corruptionCount > 0 ? 'corrupt' : leakedBlocks > 0 ? 'leaks' : 'clean',
-    snapshots: meta.snapshots.size,
-    mappedBlocks,
-    storeHighWaterBlocks: hw,
-    freeBlocks: meta.allocator.freeBlocks,
-    leakedBlocks,
-    leaks,
-    corruptions,
-    repairedBlocks: 0,
-    dataChecked: false,
-    damagedBlocks: 0,
-    affectedSnapshots: [],
-  };
+  return { extents, leakedBlocks };
 }

@@ -121,6 +121,15 @@ export function asMetaRecord(record: unknown): MetaRecord {
   return r as unknown as MetaRecord;
 }
 
+/** What {@link CommittedMetadata.keyOperations} gathers over one transaction's records. */
+interface RecordStep {
+  ops: MetaOp[];
+  /** Snapshots whose record changed: written once at the end. */
+  touched: Set<number>;
+  /** Snapshots dropped: their record is deleted, not written. */
+  dropped: Set<number>;
+}
+
 /**
  * The metadata as LevelDB holds it (the *committed* state): the volume
  * record, the snapshot records with their owned-block counts, the committed
@@ -262,102 +271,119 @@ export class CommittedMetadata {
    * volume record); `cp` not included.
    */
   private keyOperations(records: unknown[]): MetaOp[] {
-    const ops: MetaOp[] = [];
-    const touched = new Set<number>();
-    const dropped = new Set<number>();
-    const owned = (id: number, delta: number): void => {
-      const rec = this.snapshots.get(id);
-      assert(rec !== undefined, `journal record names snapshot ${id}, which does not exist`);
-      rec.ownedBlocks += delta;
-      assert(rec.ownedBlocks >= 0, `snapshot ${id} owns a negative number of blocks`);
-      touched.add(id);
-    };
-    for (const raw of records) {
-      const r = asMetaRecord(raw);
-      switch (r.o) {
-        case 'sb': {
-          const op = putOp(keys.volume, r.v) as { o: 'p'; k: string; v: Buffer };
-          this.sb = decodeValue.volume(keys.volume, op.v); // validate before it reaches LevelDB
-          ops.push(op);
-          break;
-        }
-        case 'snap': {
-          const prev = this.snapshots.get(r.id);
-          // A state change keeps the optional fields (labels, held, origin).
-          this.snapshots.set(r.id, { ...prev, v: SCHEMA_VERSION, id: r.id, name: r.name, createdAt: r.createdAt, state: r.state, ownedBlocks: prev?.ownedBlocks ?? 0 });
-          touched.add(r.id);
-          break;
-        }
-        case 'drop': {
-          const rec = this.snapshots.get(r.id);
-          assert(rec !== undefined && rec.ownedBlocks === 0, `drop of snapshot ${r.id} that still owns blocks or does not exist`);
-          this.snapshots.delete(r.id);
-          touched.delete(r.id);
-          dropped.add(r.id);
-          ops.push(delOp(keys.snapshot(r.id)));
-          break;
-        }
-        case 'map':
-          this.allocator.allocateExact(r.p);
-          ops.push(putOp(keys.map(r.id, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
-          owned(r.id, +1);
-          break;
-        case 'mapx': {
-          const n = r.crcs.length / 4;
-          const crcs = Buffer.from(r.crcs.buffer, r.crcs.byteOffset, r.crcs.length);
-          for (let i = 0; i < n; i++) {
-            this.allocator.allocateExact(r.p + i);
-            ops.push(putOp(keys.map(r.id, r.b + i), { v: SCHEMA_VERSION, storeBlock: r.p + i, crc: crcs.readUInt32LE(4 * i) }));
-          }
-          owned(r.id, +n);
-          break;
-        }
-        case 'unmap':
-          ops.push(delOp(keys.map(r.id, r.b)));
-          this.allocator.free({ startBlock: r.p, lengthBlocks: 1 });
-          owned(r.id, -1);
-          break;
-        case 'move':
-          ops.push(delOp(keys.map(r.from, r.b)));
-          ops.push(putOp(keys.map(r.to, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
-          owned(r.from, -1);
-          owned(r.to, +1);
-          break;
-        case 'free':
-          this.allocator.free({ startBlock: r.p, lengthBlocks: r.n });
-          break;
-        case 'rename':
-        case 'labels':
-        case 'hold':
-        case 'origin':
-        case 'suspect': {
-          const rec = this.snapshots.get(r.id);
-          assert(rec !== undefined, `journal record ${r.o} names snapshot ${r.id}, which does not exist`);
-          if (r.o === 'rename') rec.name = r.name;
-          else if (r.o === 'labels') {
-            if (Object.keys(r.labels).length > 0) rec.labels = { ...r.labels };
-            else delete rec.labels;
-          } else if (r.o === 'hold') {
-            if (r.held) rec.held = true;
-            else delete rec.held;
-          } else if (r.o === 'suspect') rec.suspect = true;
-          else rec.origin = { ...r.origin };
-          touched.add(r.id);
-          break;
-        }
-        case 'import':
-          if (r.state === null) ops.push(delOp(keys.importState));
-          else {
-            const op = putOp(keys.importState, r.state) as { o: 'p'; k: string; v: Buffer };
-            decodeValue.importState(keys.importState, op.v); // validate before it reaches LevelDB
-            ops.push(op);
-          }
-          break;
-      }
-    }
+    const step: RecordStep = { ops: [], touched: new Set(), dropped: new Set() };
+    for (const raw of records) this.recordOperations(asMetaRecord(raw), step);
+    const { ops } = step;
     for (const op of this.allocator.takeOps()) ops.push(op);
-    for (const id of touched) if (!dropped.has(id)) ops.push(putOp(keys.snapshot(id), this.snapshots.get(id)!));
+    for (const id of step.touched) if (!step.dropped.has(id)) ops.push(putOp(keys.snapshot(id), this.snapshots.get(id)!));
     return ops;
+  }
+
+  /** One record of {@link keyOperations}: the catalog and the volume record here, mappings in {@link mapOperations}. */
+  private recordOperations(r: MetaRecord, step: RecordStep): void {
+    const { ops } = step;
+    switch (r.o) {
+      case 'sb': {
+        const op = putOp(keys.volume, r.v) as { o: 'p'; k: string; v: Buffer };
+        this.sb = decodeValue.volume(keys.volume, op.v); // validate before it reaches LevelDB
+        ops.push(op);
+        break;
+      }
+      case 'snap': {
+        const prev = this.snapshots.get(r.id);
+        // A state change keeps the optional fields (labels, held, origin).
+        this.snapshots.set(r.id, { ...prev, v: SCHEMA_VERSION, id: r.id, name: r.name, createdAt: r.createdAt, state: r.state, ownedBlocks: prev?.ownedBlocks ?? 0 });
+        step.touched.add(r.id);
+        break;
+      }
+      case 'drop': {
+        const rec = this.snapshots.get(r.id);
+        assert(rec !== undefined && rec.ownedBlocks === 0, `drop of snapshot ${r.id} that still owns blocks or does not exist`);
+        this.snapshots.delete(r.id);
+        step.touched.delete(r.id);
+        step.dropped.add(r.id);
+        ops.push(delOp(keys.snapshot(r.id)));
+        break;
+      }
+      case 'rename':
+      case 'labels':
+      case 'hold':
+      case 'origin':
+      case 'suspect':
+        this.editSnapshot(r, step);
+        break;
+      case 'import':
+        if (r.state === null) ops.push(delOp(keys.importState));
+        else {
+          const op = putOp(keys.importState, r.state) as { o: 'p'; k: string; v: Buffer };
+          decodeValue.importState(keys.importState, op.v); // validate before it reaches LevelDB
+          ops.push(op);
+        }
+        break;
+      default:
+        this.mapOperations(r, step);
+    }
+  }
+
+  /** The mapping records (`map`, `mapx`, `unmap`, `move`, `free`): map keys, allocator, owned-block counts. */
+  private mapOperations(r: Extract<MetaRecord, { o: 'map' | 'mapx' | 'unmap' | 'move' | 'free' }>, step: RecordStep): void {
+    const { ops } = step;
+    switch (r.o) {
+      case 'map':
+        this.allocator.allocateExact(r.p);
+        ops.push(putOp(keys.map(r.id, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
+        this.addOwned(step, r.id, +1);
+        break;
+      case 'mapx': {
+        const n = r.crcs.length / 4;
+        const crcs = Buffer.from(r.crcs.buffer, r.crcs.byteOffset, r.crcs.length);
+        for (let i = 0; i < n; i++) {
+          this.allocator.allocateExact(r.p + i);
+          ops.push(putOp(keys.map(r.id, r.b + i), { v: SCHEMA_VERSION, storeBlock: r.p + i, crc: crcs.readUInt32LE(4 * i) }));
+        }
+        this.addOwned(step, r.id, +n);
+        break;
+      }
+      case 'unmap':
+        ops.push(delOp(keys.map(r.id, r.b)));
+        this.allocator.free({ startBlock: r.p, lengthBlocks: 1 });
+        this.addOwned(step, r.id, -1);
+        break;
+      case 'move':
+        ops.push(delOp(keys.map(r.from, r.b)));
+        ops.push(putOp(keys.map(r.to, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
+        this.addOwned(step, r.from, -1);
+        this.addOwned(step, r.to, +1);
+        break;
+      case 'free':
+        this.allocator.free({ startBlock: r.p, lengthBlocks: r.n });
+        break;
+    }
+  }
+
+  /** The snapshot edits (`rename`, `labels`, `hold`, `origin`, `suspect`) of an existing snapshot. */
+  private editSnapshot(r: Extract<MetaRecord, { o: 'rename' | 'labels' | 'hold' | 'origin' | 'suspect' }>, step: RecordStep): void {
+    const rec = this.snapshots.get(r.id);
+    assert(rec !== undefined, `journal record ${r.o} names snapshot ${r.id}, which does not exist`);
+    if (r.o === 'rename') rec.name = r.name;
+    else if (r.o === 'labels') {
+      if (Object.keys(r.labels).length > 0) rec.labels = { ...r.labels };
+      else delete rec.labels;
+    } else if (r.o === 'hold') {
+      if (r.held) rec.held = true;
+      else delete rec.held;
+    } else if (r.o === 'suspect') rec.suspect = true;
+    else rec.origin = { ...r.origin };
+    step.touched.add(r.id);
+  }
+
+  /** Adds `delta` to snapshot `id`'s owned-block count (never below 0). */
+  private addOwned(step: RecordStep, id: number, delta: number): void {
+    const rec = this.snapshots.get(id);
+    assert(rec !== undefined, `journal record names snapshot ${id}, which does not exist`);
+    rec.ownedBlocks += delta;
+    assert(rec.ownedBlocks >= 0, `snapshot ${id} owns a negative number of blocks`);
+    step.touched.add(id);
   }
 }
 

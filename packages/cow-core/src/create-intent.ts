@@ -1,4 +1,5 @@
-import { open, readFile, rm, stat } from 'node:fs/promises';
+import { open, readFile, rm } from 'node:fs/promises';
+import { pathExists } from './files.js';
 import { dirname, resolve } from 'node:path';
 import type { VolumeLayout } from './layout.js';
 import { MetadataDb, keys } from './metadata.js';
@@ -48,10 +49,7 @@ export async function clearCreateIntent(layout: VolumeLayout): Promise<void> {
 
 /** Removes an intent a create killed after its commit point left behind (the volume is complete); called by open, under the owner lock. */
 export async function dropLeftoverCreateIntent(layout: VolumeLayout): Promise<void> {
-  const present = await stat(intentPath(layout)).then(
-    () => true,
-    () => false,
-  );
+  const present = await pathExists(intentPath(layout));
   if (present) await clearCreateIntent(layout);
 }
 
@@ -68,11 +66,7 @@ async function readIntent(layout: VolumeLayout): Promise<CreateIntent | undefine
 
 /** True when the metadata database holds a volume record (the create got past its commit point). */
 async function hasVolumeRecord(layout: VolumeLayout): Promise<boolean> {
-  const exists = await stat(layout.metaPath).then(
-    () => true,
-    () => false,
-  );
-  if (!exists) return false;
+  if (!(await pathExists(layout.metaPath))) return false;
   let db: MetadataDb;
   try {
     db = await MetadataDb.open(layout.metaPath, false);
@@ -91,10 +85,7 @@ async function hasVolumeRecord(layout: VolumeLayout): Promise<boolean> {
  * the create intent (or a torn one) and no volume record.
  */
 export async function isIncompleteCreate(layout: VolumeLayout): Promise<boolean> {
-  const present = await stat(intentPath(layout)).then(
-    () => true,
-    () => false,
-  );
+  const present = await pathExists(intentPath(layout));
   return present && !(await hasVolumeRecord(layout));
 }
 

@@ -1,3 +1,4 @@
+import { appendRange } from './extent-runs.js';
 import type { SnapshotMap } from './snapshot-map.js';
 
 /** One run of changed bytes, and the snapshot map it came from. */
@@ -80,11 +81,7 @@ export function unionOfMaps(chain: NamedMap[], blockSizeBytes: number): DiffExte
 /** Extents merged regardless of their source map (for streaming runs), each at most `maxBytes` long. */
 export function mergeExtents(extents: Array<{ offsetBytes: number; lengthBytes: number }>, maxBytes: number): Array<{ offsetBytes: number; lengthBytes: number }> {
   const out: Array<{ offsetBytes: number; lengthBytes: number }> = [];
-  for (const e of extents) {
-    const last = out.at(-1);
-    if (last && last.offsetBytes + last.lengthBytes === e.offsetBytes) last.lengthBytes += e.lengthBytes;
-    else out.push({ offsetBytes: e.offsetBytes, lengthBytes: e.lengthBytes });
-  }
+  for (const e of extents) appendRange(out, e);
   const split: Array<{ offsetBytes: number; lengthBytes: number }> = [];
   for (const e of out) {
     for (let pos = 0; pos < e.lengthBytes; pos += maxBytes) split.push({ offsetBytes: e.offsetBytes + pos, lengthBytes: Math.min(maxBytes, e.lengthBytes - pos) });

@@ -166,6 +166,40 @@ export class StreamCorruptError extends CowvolError {
 }
 
 /**
+ * `STREAM_CHANGED`: during an import's apply pass the stream no longer holds
+ * an extent its verification pass found (the input was rewritten between the
+ * two passes). `details`: `extentIndex`, `streamOffsetBytes`. What was applied
+ * up to the last durable marker stays; the same import `--resume`d continues.
+ */
+export class StreamChangedError extends CowvolError {
+  constructor(extentIndex: number, streamOffsetBytes: number) {
+    super('STREAM_CHANGED', `the stream changed after it was verified: extent ${extentIndex} (stream byte ${streamOffsetBytes}) is gone`, { details: { extentIndex, streamOffsetBytes } });
+  }
+}
+
+/**
+ * `STREAM_HEADER_TOO_LARGE`: a stream header's JSON (geometry, identities,
+ * labels) would be more than `limitBytes`, the most a reader accepts
+ * (docs/FORMAT.md, "Stream header"). Nothing was written.
+ */
+export class StreamHeaderTooLargeError extends CowvolError {
+  constructor(jsonBytes: number, limitBytes: number) {
+    super('STREAM_HEADER_TOO_LARGE', `stream header JSON is ${jsonBytes} bytes, more than ${limitBytes}`, { details: { jsonBytes, limitBytes } });
+  }
+}
+
+/**
+ * `STREAM_EXTENT_INVALID`: a `StreamWriter` caller broke its contract: an
+ * extent of length outside 1..`MAX_EXTENT_BYTES`, or not after the previous
+ * one. A bug of the caller; nothing of that extent was written.
+ */
+export class StreamExtentInvalidError extends CowvolError {
+  constructor(message: string, details: Record<string, unknown>) {
+    super('STREAM_EXTENT_INVALID', message, { details });
+  }
+}
+
+/**
  * `BASE_MISMATCH`: an incremental stream applies only onto a volume whose
  * current content is the stream's base snapshot (same identity, nothing
  * written since) and of the same size; this one is not.

@@ -1,23 +1,11 @@
-import { stat } from 'node:fs/promises';
 import { CowvolError, type DeviceOpener } from '@cowvol/journal';
-import {
-  BaseMismatchError,
-  ImportPendingError,
-  ResumeMismatchError,
-  SnapshotExistsError,
-  SnapshotLimitError,
-  VolumeExistsError,
-  VolumeNotFoundError,
-} from './errors.js';
-import { SCHEMA_VERSION, type ImportRecord, type SnapshotIdentity } from './metadata.js';
-import { mergeExtents } from './diff.js';
+import { StreamChangedError } from './errors.js';
+import type { SnapshotIdentity } from './metadata.js';
 import { snapshotDataPieces } from './export.js';
-import { MAX_SNAPSHOTS } from './layout.js';
 import { readExtent, verifyStream, type StreamHeader, type StreamSource, type VerifiedStream } from './stream.js';
-import { Volume } from './volume.js';
-import { isIncompleteCreate } from './create-intent.js';
+import type { Volume } from './volume.js';
 import { killPoint } from './kill-point.js';
-import { volumeLayout } from './layout.js';
+import { openTarget, type ImportTarget } from './import-target.js';
 
 /** Applied bytes between two durable progress markers of an import. */
 export const IMPORT_MARKER_INTERVAL_BYTES = 16 * 1024 * 1024;
@@ -80,27 +68,6 @@ export class VerifyFailedError extends CowvolError {
   }
 }
 
-function sameIdentity(a: SnapshotIdentity | null | undefined, b: SnapshotIdentity | null | undefined): boolean {
-  if (!a || !b) return a === b;
-  return a.volumeUuid === b.volumeUuid && a.snapshotId === b.snapshotId && a.createdAt === b.createdAt;
-}
-
-function describeIdentity(i: SnapshotIdentity): string {
-  return `${i.name} (volume ${i.volumeUuid}, snapshot id ${i.snapshotId}, taken ${i.createdAt})`;
-}
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
-}
-
-/** Whether an import marker belongs to this exact stream. */
-function markerMatches(marker: ImportRecord, v: VerifiedStream): boolean {
-  return marker.headerCrc === v.headerCrc && marker.kind === v.header.kind && marker.extentCount === v.extentCount && sameIdentity(marker.source, v.header.source) && sameIdentity(marker.base, v.header.base);
-}
-
 /**
  * Imports a cowvol stream (stream.ts) into the volume at `path`.
  *
@@ -131,14 +98,37 @@ function markerMatches(marker: ImportRecord, v: VerifiedStream): boolean {
  *    target, with its labels and `origin` = the source identity (so the next
  *    incremental can check its base), and clears the marker.
  *
- * @throws NOT_A_STREAM, UNSUPPORTED_VERSION, STREAM_CORRUPT, VOLUME_EXISTS, VOLUME_NOT_FOUND, BASE_MISMATCH, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, IMPORT_PENDING, RESUME_MISMATCH, VERIFY_FAILED, NO_SPACE, IO_ERROR, VOLUME_BUSY
+ * @throws NOT_A_STREAM, UNSUPPORTED_VERSION, STREAM_CORRUPT, STREAM_CHANGED, VOLUME_EXISTS, VOLUME_NOT_FOUND, BASE_MISMATCH, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, IMPORT_PENDING, RESUME_MISMATCH, VERIFY_FAILED, NO_SPACE, IO_ERROR, VOLUME_BUSY
  */
 export async function importStream(path: string, source: StreamSource, options: ImportOptions = {}): Promise<ImportResult> {
-  const progress = options.onProgress;
-  const v = await verifyStream(source, (done, total) => progress?.({ phase: 'verify', doneBytes: done, totalBytes: total }));
+  const v = await verifyStream(source, (done, total) => options.onProgress?.({ phase: 'verify', doneBytes: done, totalBytes: total }));
   killPoint('import:verified');
+  const result = newResult(path, v, options);
+  const target = await openTarget(path, v, options, result);
+  if (target === undefined) return result;
+  const { volume } = target;
+  try {
+    await applyExtents(target, source, v, options, result);
+    await volume.flush();
+    killPoint('import:applied');
+    // One transaction: the snapshot (with origin and labels) appears and the marker goes.
+    const h = v.header;
+    await volume.createSnapshot(h.source.name, { labels: h.labels, origin: h.source, clearImport: true });
+    killPoint('import:finished');
+    if (options.verify) {
+      await readBack(volume, source, v, options.onProgress);
+      result.verified = true;
+    }
+  } finally {
+    await volume.close();
+  }
+  return result;
+}
+
+/** The result of an import that has done nothing yet. */
+function newResult(path: string, v: VerifiedStream, options: ImportOptions): ImportResult {
   const h: StreamHeader = v.header;
-  const result: ImportResult = {
+  return {
     volume: path,
     snapshot: h.source.name,
     kind: h.kind,
@@ -156,92 +146,48 @@ export async function importStream(path: string, source: StreamSource, options: 
     dataBytes: v.dataBytes,
     streamBytes: v.streamBytes,
   };
-  const openVolume = options.openVolume ?? ((p: string) => Volume.open(p, options.opener ? { opener: options.opener } : {}));
+}
 
-  let volume: Volume;
-  let startExtent = 0;
-  let marker: ImportRecord;
-  // A target whose create was killed half-way is started over (Volume.create reclaims it).
-  if (!(await exists(path)) || (await isIncompleteCreate(volumeLayout(path)))) {
-    if (h.kind === 'incremental') throw new VolumeNotFoundError(path);
-    if (options.resume) {
-      throw new ResumeMismatchError(
-        (await exists(path)) ? `--resume: ${path} was never created completely, so there is no interrupted import to resume; run the import without --resume` : `--resume: ${path} does not exist, so there is no interrupted import to resume`,
-      );
+/**
+ * Step 3 of {@link importStream}: applies the extents from
+ * `target.startExtent` through the normal write path, each re-checked, and
+ * advances the durable marker every `markerIntervalBytes`.
+ *
+ * @throws STREAM_CORRUPT (the input changed since verification), STREAM_CHANGED (an extent is gone), NO_SPACE, IO_ERROR
+ */
+async function applyExtents(target: ImportTarget, source: StreamSource, v: VerifiedStream, options: ImportOptions, result: ImportResult): Promise<void> {
+  const { volume, startExtent } = target;
+  const progress = options.onProgress;
+  let marker = target.marker;
+  result.skippedExtents = startExtent;
+  let applied = marker.appliedBytes;
+  let sinceMarker = 0;
+  const zeros = new Map<number, Buffer>();
+  progress?.({ phase: 'apply', doneBytes: applied, totalBytes: v.totalBytes });
+  for (let i = startExtent; i < v.extentCount; i++) {
+    // Re-checked: the input may have changed since pass 1.
+    const streamOffsetBytes = v.extentOffsets[i] ?? 0;
+    const e = await readExtent(source, v.header, streamOffsetBytes, i, 0);
+    if (e === null) throw new StreamChangedError(i, streamOffsetBytes);
+    let data = e.data;
+    if (data === undefined) {
+      data = zeros.get(e.lengthBytes);
+      if (!data) zeros.set(e.lengthBytes, (data = Buffer.alloc(e.lengthBytes)));
     }
-    if (options.dryRun) return result;
-    marker = newMarker(v);
-    // The marker is written with the volume record: the target never exists without it, so --resume always finds it.
-    volume = await Volume.create(path, { sizeBytes: h.sizeBytes, blockSizeBytes: h.blockSizeBytes, importState: marker, ...(options.opener ? { opener: options.opener } : {}) });
-    result.created = true;
-    killPoint('import:created');
-  } else {
-    volume = await openVolume(path);
-    try {
-      const prepared = await prepareExisting(volume, path, v, options);
-      if (prepared === 'already-imported') {
-        result.alreadyImported = true;
-        result.resumed = true;
-        result.skippedExtents = v.extentCount;
-        await volume.close();
-        return result;
-      }
-      if (prepared === 'dry-run') {
-        await volume.close();
-        return result;
-      }
-      marker = prepared;
-      startExtent = marker.nextExtent;
-      result.resumed = options.resume === true;
-      if (!options.resume) await volume.setImportState(marker);
-    } catch (err) {
-      await volume.close().catch(() => undefined);
-      throw err;
+    await volume.write(e.offsetBytes, data);
+    killPoint('import:extent');
+    applied += e.lengthBytes;
+    sinceMarker += e.lengthBytes;
+    result.appliedExtents += 1;
+    if (sinceMarker >= (options.markerIntervalBytes ?? IMPORT_MARKER_INTERVAL_BYTES) && i + 1 < v.extentCount) {
+      await volume.flush();
+      marker = { ...marker, nextExtent: i + 1, appliedBytes: applied };
+      await volume.setImportState(marker);
+      killPoint('import:marker');
+      sinceMarker = 0;
     }
-  }
-
-  try {
-    result.skippedExtents = startExtent;
-    let applied = marker.appliedBytes;
-    let sinceMarker = 0;
-    const zeros = new Map<number, Buffer>();
     progress?.({ phase: 'apply', doneBytes: applied, totalBytes: v.totalBytes });
-    for (let i = startExtent; i < v.extentCount; i++) {
-      // Re-checked: the input may have changed since pass 1.
-      const e = await readExtent(source, h, v.extentOffsets[i]!, i, 0);
-      if (e === null) throw new Error('unreachable: extent vanished after verification');
-      let data = e.data;
-      if (data === undefined) {
-        data = zeros.get(e.lengthBytes);
-        if (!data) zeros.set(e.lengthBytes, (data = Buffer.alloc(e.lengthBytes)));
-      }
-      await volume.write(e.offsetBytes, data);
-      killPoint('import:extent');
-      applied += e.lengthBytes;
-      sinceMarker += e.lengthBytes;
-      result.appliedExtents += 1;
-      if (sinceMarker >= (options.markerIntervalBytes ?? IMPORT_MARKER_INTERVAL_BYTES) && i + 1 < v.extentCount) {
-        await volume.flush();
-        marker = { ...marker, nextExtent: i + 1, appliedBytes: applied };
-        await volume.setImportState(marker);
-        killPoint('import:marker');
-        sinceMarker = 0;
-      }
-      progress?.({ phase: 'apply', doneBytes: applied, totalBytes: v.totalBytes });
-    }
-    await volume.flush();
-    killPoint('import:applied');
-    // One transaction: the snapshot (with origin and labels) appears and the marker goes.
-    await volume.createSnapshot(h.source.name, { labels: h.labels, origin: h.source, clearImport: true });
-    killPoint('import:finished');
-    if (options.verify) {
-      await readBack(volume, source, v, progress);
-      result.verified = true;
-    }
-  } finally {
-    await volume.close();
   }
-  return result;
 }
 
 const ZEROS = Buffer.alloc(4 * 1024 * 1024);
@@ -252,107 +198,6 @@ function isZero(buf: Buffer): boolean {
     if (!piece.equals(ZEROS.subarray(0, piece.length))) return false;
   }
   return true;
-}
-
-function newMarker(v: VerifiedStream): ImportRecord {
-  return {
-    v: SCHEMA_VERSION,
-    kind: v.header.kind,
-    source: v.header.source,
-    base: v.header.base,
-    headerCrc: v.headerCrc,
-    extentCount: v.extentCount,
-    nextExtent: 0,
-    appliedBytes: 0,
-    startedAt: new Date().toISOString(),
-  };
-}
-
-/** Checks an existing target; returns the marker to continue from (a new one when not resuming). */
-async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, options: ImportOptions): Promise<ImportRecord | 'already-imported' | 'dry-run'> {
-  const h = v.header;
-  const pending = await volume.importState();
-  const snapshots = await volume.listSnapshots();
-  if (options.resume) {
-    if (pending && markerMatches(pending, v)) return options.dryRun ? 'dry-run' : pending;
-    // The last step (snapshot + marker clear) is one transaction: if it is done, so is the import.
-    for (const s of snapshots) if (s.origin && sameIdentity(s.origin, h.source)) return 'already-imported';
-    throw new ResumeMismatchError(
-      pending
-        ? `--resume: the interrupted import into ${path} is of another stream (${describeIdentity(pending.source)}), not ${describeIdentity(h.source)}`
-        : `--resume: ${path} has no interrupted import to resume`,
-      { details: { path } },
-    );
-  }
-  if (pending) {
-    throw new ImportPendingError(
-      `an import of ${describeIdentity(pending.source)} into ${path} was interrupted after ${pending.nextExtent} of ${pending.extentCount} extents; ` +
-        'run the same import again with --resume, or abandon it by restoring a snapshot (cowvol snapshot restore)',
-      { details: { path, source: pending.source, nextExtent: pending.nextExtent, extentCount: pending.extentCount } },
-    );
-  }
-  if (h.kind === 'full') {
-    throw new VolumeExistsError(`${path} already exists; a full stream creates a new volume (import it under a new path)`, path);
-  }
-  if (volume.sizeBytes !== h.sizeBytes || volume.blockSizeBytes !== h.blockSizeBytes) {
-    throw new BaseMismatchError(
-      `${path} is ${volume.sizeBytes} bytes with ${volume.blockSizeBytes}-byte blocks; the stream is for ${h.sizeBytes} bytes with ${h.blockSizeBytes}-byte blocks`,
-      { details: { path, sizeBytes: volume.sizeBytes, streamSizeBytes: h.sizeBytes } },
-    );
-  }
-  // Applied already (this exact source snapshot is here): say so rather than "base mismatch".
-  for (const s of snapshots) if (s.origin && sameIdentity(s.origin, h.source)) throw new SnapshotExistsError(s.name);
-  const base = h.base!;
-  // The base by identity (the newest holder if several), then: is the live content still that snapshot?
-  let holder: string | undefined;
-  for (const s of snapshots) if (sameIdentity(await volume.snapshotIdentity(s.name), base)) holder = s.name;
-  if (holder === undefined) {
-    const newest = snapshots.at(-1);
-    throw new BaseMismatchError(
-      `the stream's base is ${describeIdentity(base)}, and ${path} has no snapshot of it` +
-        (newest ? ` (its newest is ${describeIdentity(await volume.snapshotIdentity(newest.name))})` : ' (it has no snapshot: import the full stream first)'),
-      { details: { path, base } },
-    );
-  }
-  if (snapshots.find((s) => s.name === holder)?.suspect) {
-    // Its content took writes made outside cowvol (docs/ARCHITECTURE.md §13): it may not be the stream's base any more.
-    throw new BaseMismatchError(
-      `${path}'s snapshot ${holder} holds the stream's base but is suspect (writes made outside cowvol were accepted while it read live blocks), so its content may not be the stream's base; import a full stream instead`,
-      { details: { path, base, snapshot: holder, suspect: true } },
-    );
-  }
-  const differing = await liveDiffers(volume, holder);
-  if (differing !== undefined) {
-    throw new BaseMismatchError(
-      `${path} was written since its snapshot ${holder} (first difference at byte ${differing}), so its content is not the stream's base; ` +
-        `run \`cowvol snapshot restore ${path} ${holder}\` first`,
-      { details: { path, base, snapshot: holder, offsetBytes: differing } },
-    );
-  }
-  if (snapshots.some((s) => s.name === h.source.name)) throw new SnapshotExistsError(h.source.name);
-  // The last step creates a snapshot: a full catalog must refuse now, not after the extents are applied.
-  if (snapshots.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
-  return options.dryRun ? 'dry-run' : newMarker(v);
-}
-
-/**
- * Whether the live volume differs from snapshot `name`: only the blocks
- * written since it can (its diff to live); they are compared, so a volume
- * written and then restored to the snapshot counts as holding it. Returns
- * the first differing byte offset, or undefined. O(blocks written since).
- */
-async function liveDiffers(volume: Volume, name: string): Promise<number | undefined> {
-  const changed = await volume.diff(name);
-  for (const p of mergeExtents(changed.extents, 4 * 1024 * 1024)) {
-    const want = await volume.readSnapshot(name, p.offsetBytes, p.lengthBytes);
-    const have = await volume.read(p.offsetBytes, p.lengthBytes);
-    if (!want.equals(have)) {
-      let i = 0;
-      while (want[i] === have[i]) i++;
-      return p.offsetBytes + i;
-    }
-  }
-  return undefined;
 }
 
 /**
@@ -385,7 +230,9 @@ async function readBack(volume: Volume, source: StreamSource, v: VerifiedStream,
   };
   let cursor = 0;
   for (let i = 0; i < v.extentCount; i++) {
-    const e = (await readExtent(source, h, v.extentOffsets[i]!, i, 0))!;
+    const streamOffsetBytes = v.extentOffsets[i] ?? 0;
+    const e = await readExtent(source, h, streamOffsetBytes, i, 0);
+    if (e === null) throw new StreamChangedError(i, streamOffsetBytes);
     if (h.kind === 'full' && e.offsetBytes > cursor) await checkZero(cursor, e.offsetBytes - cursor);
     const got = await volume.readSnapshot(name, e.offsetBytes, e.lengthBytes);
     const same = e.data ? got.equals(e.data) : isZero(got);

@@ -44,7 +44,6 @@ export { repairVolumeJournal, type VolumeJournalRepair, type DiscardedJournalTra
 export { FreezeGate } from './freeze-gate.js';
 export { RESERVE_BYTES } from './reserve.js';
 export { type MetaRecord } from './committed-metadata.js';
-export { runStress, formatStressSummary, mulberry32, type StressOptions, type StressSummary } from './stress.js';
 export { type CreateSnapshotOptions, type MultiDeleteResult } from './volume.js';
 export { unionOfMaps, mergeExtents, type DiffExtent, type DiffResult } from './diff.js';
 export { freeableBlocks, planDelete, type SnapshotSpace, type StoreSpace, type SpaceReport, type DeletePlan } from './space.js';

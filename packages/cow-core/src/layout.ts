@@ -40,6 +40,11 @@ export const SNAPSHOT_NAME_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 export const MIN_BLOCK_SIZE_BYTES = 512;
 export const MAX_BLOCK_SIZE_BYTES = 65536;
 export const DEFAULT_BLOCK_SIZE_BYTES = 4096;
+
+/** Whether `n` is a volume block size cowvol accepts: a power of two from {@link MIN_BLOCK_SIZE_BYTES} to {@link MAX_BLOCK_SIZE_BYTES} (docs/FORMAT.md §6.3). */
+export function isBlockSize(n: unknown): n is number {
+  return typeof n === 'number' && Number.isSafeInteger(n) && n >= MIN_BLOCK_SIZE_BYTES && n <= MAX_BLOCK_SIZE_BYTES && (n & (n - 1)) === 0;
+}
 /** Largest volume: 2^48 blocks keep block numbers in 12 hex digits of a key, 2^53 bytes keeps offsets exact. */
 export const MAX_VOLUME_BYTES = 2 ** 52;
 /** A single write or read is processed in chunks of at most this many bytes (bounds memory and transaction size). */

@@ -166,7 +166,8 @@ export function encodeValue(value: object): Buffer {
   return packr.pack(value);
 }
 
-function isInt(x: unknown, min = 0): x is number {
+/** Whether `x` is a safe integer of at least `min` (default 0): the integer check of every record validation (docs/FORMAT.md §6.2). */
+export function isInt(x: unknown, min = 0): x is number {
   return typeof x === 'number' && Number.isSafeInteger(x) && x >= min;
 }
 

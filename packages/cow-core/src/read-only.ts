@@ -2,7 +2,6 @@ import { copyFile, mkdtemp, readFile, readdir, rm, stat, symlink } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { CowvolError, IoError, NoSpaceError } from '@cowvol/journal';
-import { NotAVolumeError } from './errors.js';
 import { MetadataDb } from './metadata.js';
 import { metadataOpenError } from './sidecar-damage.js';
 

@@ -1,4 +1,5 @@
-import { open, rm, stat } from 'node:fs/promises';
+import { open, rm } from 'node:fs/promises';
+import { pathExists } from './files.js';
 import { constants } from 'node:fs';
 import { IoError, NoSpaceError } from '@cowvol/journal';
 
@@ -24,7 +25,7 @@ const CHUNK_BYTES = 256 * 1024;
  */
 export async function writeReserve(path: string, sizeBytes: number, bestEffort = false): Promise<boolean> {
   if (sizeBytes === 0) return true;
-  if (await stat(path).then(() => true, () => false)) return true;
+  if (await pathExists(path)) return true;
   let handle;
   try {
     handle = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);

@@ -74,21 +74,6 @@ export class SnapshotMap {
     return this.changes;
   }
 
-  /** Store block holding `block`, or undefined when this snapshot has no copy of it. */
-  storeBlockOf(block: number): number | undefined {
-    const region = this.regions.get(Math.floor(block / MAP_REGION_BLOCKS));
-    if (!region) return undefined;
-    const i = indexOf(region, block % MAP_REGION_BLOCKS);
-    return i < 0 ? undefined : region.data[2 * i + 1];
-  }
-
-  crcOf(block: number): number {
-    const region = this.regions.get(Math.floor(block / MAP_REGION_BLOCKS));
-    const i = region ? indexOf(region, block % MAP_REGION_BLOCKS) : -1;
-    if (i < 0) assert(false, `snapshot ${this.snapshotId} has no checksum for block ${block}`);
-    return region!.data[2 * i]! % CRC_SPAN;
-  }
-
   has(block: number): boolean {
     const region = this.regions.get(Math.floor(block / MAP_REGION_BLOCKS));
     return region !== undefined && indexOf(region, block % MAP_REGION_BLOCKS) >= 0;

@@ -1,7 +1,7 @@
 import { StreamCorruptError } from './errors.js';
 import { validateLabels } from './labels.js';
 import { TERMINAL_UNSAFE, escapeTerminalText } from './terminal-text.js';
-import { MAX_BLOCK_SIZE_BYTES, MAX_VOLUME_BYTES, MIN_BLOCK_SIZE_BYTES, SNAPSHOT_NAME_PATTERN } from './layout.js';
+import { MAX_BLOCK_SIZE_BYTES, MAX_VOLUME_BYTES, MIN_BLOCK_SIZE_BYTES, SNAPSHOT_NAME_PATTERN, isBlockSize } from './layout.js';
 import { isIdentity, isLabels } from './metadata.js';
 import type { StreamHeader } from './stream.js';
 
@@ -26,10 +26,6 @@ function refuse(field: string, reason: string): StreamCorruptError {
   return new StreamCorruptError(`stream header: ${field} ${reason}; nothing was applied`, { details: { record: 'header', streamOffsetBytes: 0, field, reason } });
 }
 
-function isPowerOfTwo(n: number): boolean {
-  return n > 0 && (n & (n - 1)) === 0;
-}
-
 /** A printable string: no more than the bound, nothing a label value may not hold. */
 function checkString(field: string, value: unknown): void {
   if (typeof value !== 'string' || value.length === 0 || value.length > MAX_HEADER_STRING_CHARS || TERMINAL_UNSAFE.test(value)) {
@@ -46,7 +42,7 @@ function checkIdentity(field: string, value: unknown): void {
 
 function checkGeometry(h: Record<string, unknown>): void {
   const bs = h.blockSizeBytes;
-  if (typeof bs !== 'number' || !Number.isSafeInteger(bs) || bs < MIN_BLOCK_SIZE_BYTES || bs > MAX_BLOCK_SIZE_BYTES || !isPowerOfTwo(bs)) {
+  if (!isBlockSize(bs)) {
     throw refuse(`blockSizeBytes ${String(bs)}`, `is not a power of two from ${MIN_BLOCK_SIZE_BYTES} to ${MAX_BLOCK_SIZE_BYTES}`);
   }
   const size = h.sizeBytes;

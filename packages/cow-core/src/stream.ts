@@ -1,5 +1,5 @@
 import { crc32c } from '@cowvol/journal';
-import { NotAStreamError, StreamCorruptError, UnsupportedVersionError } from './errors.js';
+import { NotAStreamError, StreamCorruptError, StreamExtentInvalidError, StreamHeaderTooLargeError, UnsupportedVersionError } from './errors.js';
 import type { SnapshotIdentity } from './metadata.js';
 import { validateStreamHeader } from './stream-header.js';
 
@@ -114,7 +114,7 @@ function crcBytes(crc: number): Buffer {
 /** Encodes the header; returns its bytes and its CRC. */
 export function encodeHeader(header: StreamHeader): { bytes: Buffer; crc: number } {
   const json = Buffer.from(JSON.stringify(header), 'utf8');
-  if (json.length > MAX_HEADER_JSON_BYTES) throw new RangeError(`stream header JSON is ${json.length} bytes, more than ${MAX_HEADER_JSON_BYTES}`);
+  if (json.length > MAX_HEADER_JSON_BYTES) throw new StreamHeaderTooLargeError(json.length, MAX_HEADER_JSON_BYTES);
   const bytes = Buffer.alloc(STREAM_HEADER_FIXED_BYTES + json.length + 4);
   bytes.writeUInt32BE(STREAM_MAGIC, 0);
   bytes.writeUInt32BE(STREAM_VERSION, 4);
@@ -190,8 +190,8 @@ export class StreamWriter {
   }
 
   private async extent(offsetBytes: number, lengthBytes: number, data: Buffer | undefined): Promise<void> {
-    if (lengthBytes <= 0 || lengthBytes > MAX_EXTENT_BYTES) throw new RangeError(`extent length ${lengthBytes} outside 1..${MAX_EXTENT_BYTES}`);
-    if (offsetBytes < this.nextOffset) throw new RangeError(`extent at ${offsetBytes} is not after the previous one (${this.nextOffset})`);
+    if (lengthBytes <= 0 || lengthBytes > MAX_EXTENT_BYTES) throw new StreamExtentInvalidError(`extent length ${lengthBytes} outside 1..${MAX_EXTENT_BYTES}`, { offsetBytes, lengthBytes });
+    if (offsetBytes < this.nextOffset) throw new StreamExtentInvalidError(`extent at ${offsetBytes} is not after the previous one (${this.nextOffset})`, { offsetBytes, lengthBytes, nextOffsetBytes: this.nextOffset });
     const { parts, crc } = encodeExtent(this.index, offsetBytes, lengthBytes, data);
     this.chain = crc32c(crcBytes(crc), this.chain);
     this.index += 1;

@@ -4,7 +4,8 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { Volume, mulberry32, type DataMode } from '../src/index.js';
+import { mulberry32 } from '@cowvol/test-support';
+import { Volume, type DataMode } from '../src/index.js';
 import { GateOpener, settlesSoon } from './gate-device.js';
 
 /**

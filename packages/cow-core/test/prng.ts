@@ -1,2 +1,2 @@
 /** The seeded PRNG the cow-core suites share (the stress runner's). */
-export { mulberry32 } from '../src/index.js';
+export { mulberry32 } from '@cowvol/test-support';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { formatStressSummary, runStress } from '../src/index.js';
+import { formatStressSummary, runStress } from '@cowvol/test-support';
 import { DATA_MODES } from './modes.js';
 
 /**

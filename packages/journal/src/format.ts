@@ -33,8 +33,6 @@ export const HEADER_BYTES = 16;
 export const TAIL_CHECKSUM_BYTES = 4;
 
 export const BlockType = { descriptor: 1, commit: 2, revoke: 5, records: 9 } as const;
-export type BlockTypeName = keyof typeof BlockType;
-
 /** Tag flag: the image's first 4 bytes equalled BLOCK_MAGIC and are stored as zero. */
 export const TAG_ESCAPED = 1;
 export const TAG_BYTES = 16;
@@ -47,6 +45,11 @@ export const PAYLOAD_MARKER_BYTES = 4;
 /** Smallest and largest journal block size (equal to the volume block size). */
 export const MIN_JOURNAL_BLOCK_BYTES = 512;
 export const MAX_JOURNAL_BLOCK_BYTES = 65536;
+
+/** Whether `n` is a journal block size: a power of two from {@link MIN_JOURNAL_BLOCK_BYTES} to {@link MAX_JOURNAL_BLOCK_BYTES} (docs/FORMAT.md §5.1). */
+export function isJournalBlockSize(n: number): boolean {
+  return Number.isSafeInteger(n) && n >= MIN_JOURNAL_BLOCK_BYTES && n <= MAX_JOURNAL_BLOCK_BYTES && (n & (n - 1)) === 0;
+}
 /** A log shorter than this cannot hold a useful transaction. */
 export const MIN_JOURNAL_BLOCKS = 64;
 
@@ -148,7 +151,7 @@ function decodeSlot(buf: Buffer, name: string): SlotResult {
   const lengthBlocks = buf.readUInt32BE(28);
   const tailSequence = Number(buf.readBigUInt64BE(32));
   const tailBlock = buf.readUInt32BE(40);
-  const okBlock = blockSizeBytes >= MIN_JOURNAL_BLOCK_BYTES && blockSizeBytes <= MAX_JOURNAL_BLOCK_BYTES && (blockSizeBytes & (blockSizeBytes - 1)) === 0;
+  const okBlock = isJournalBlockSize(blockSizeBytes);
   if (!okBlock || lengthBlocks < MIN_JOURNAL_BLOCKS || tailBlock < firstLogBlock(blockSizeBytes) || tailBlock >= lengthBlocks || !Number.isSafeInteger(tailSequence) || tailSequence < 1) {
     return { error: new JournalCorruptError(`${name}: journal superblock has impossible values`, { details: { blockSizeBytes, lengthBlocks, tailSequence, tailBlock } }) };
   }

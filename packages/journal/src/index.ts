@@ -52,4 +52,3 @@ export {
   type Revocation,
   type JournalSuperblock,
 } from './format.js';
-export { mulberry32 } from './prng.js';

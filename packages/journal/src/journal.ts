@@ -4,9 +4,8 @@ import { Checkpoint } from './checkpoint.js';
 import { CommitWriter, type ApplyFn } from './commit-writer.js';
 import { JournalAbortedError, JournalCorruptError, JournalCreditsExceededError, assert } from './errors.js';
 import {
-  MAX_JOURNAL_BLOCK_BYTES,
   MIN_JOURNAL_BLOCKS,
-  MIN_JOURNAL_BLOCK_BYTES,
+  isJournalBlockSize,
   SUPERBLOCK_AREA_BYTES,
   UUID_BYTES,
   decodeSuperblock,
@@ -144,7 +143,7 @@ export class Journal implements HandleOwner {
     const uuid = options.uuid ?? randomBytes(UUID_BYTES);
     const blockSizeBytes = options.blockSizeBytes ?? 4096;
     const lengthBlocks = options.lengthBlocks ?? Math.floor(DEFAULT_JOURNAL_BYTES / blockSizeBytes);
-    assert(blockSizeBytes >= MIN_JOURNAL_BLOCK_BYTES && blockSizeBytes <= MAX_JOURNAL_BLOCK_BYTES && (blockSizeBytes & (blockSizeBytes - 1)) === 0, `journal block size ${blockSizeBytes}`);
+    assert(isJournalBlockSize(blockSizeBytes), `journal block size ${blockSizeBytes}`);
     assert(Number.isInteger(lengthBlocks) && lengthBlocks >= MIN_JOURNAL_BLOCKS && lengthBlocks < 2 ** 32, `journal length ${lengthBlocks} blocks`);
     const tailSequence = options.tailSequence ?? 1;
     assert(Number.isSafeInteger(tailSequence) && tailSequence >= 1, `journal tail sequence ${tailSequence}`);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { IoError, Journal, mulberry32 } from '../src/index.js';
+import { mulberry32 } from '@cowvol/test-support';
+import { IoError, Journal } from '../src/index.js';
 import { MemoryDevice } from './memory-device.js';
 
 /**

@@ -39,11 +39,6 @@ export class NbdServer {
     if (!Number.isSafeInteger(this.maxConnections) || this.maxConnections < 1) throw new InvalidArgumentError(`maxConnections must be a positive integer, got ${this.maxConnections}`);
   }
 
-  /** Connections open now. */
-  get connectionCount(): number {
-    return this.connections.size;
-  }
-
   /**
    * Starts listening on `endpoint` and resolves with its NBD URI
    * (`nbd+unix:///?socket=<absolute path>` or `nbd://<host>:<port>/`).

@@ -1,25 +1,7 @@
-import { Args } from '@oclif/core';
-import type { SnapshotInfo } from '@cowvol/cow-core';
-import { CowvolCommand } from '../../base-command.js';
+import { HoldCommand } from '../../hold-command.js';
 
-export default class SnapshotHold extends CowvolCommand {
+export default class SnapshotHold extends HoldCommand {
   static override summary = 'Hold snapshots: a held snapshot cannot be deleted (SNAPSHOT_HELD) until released';
   static override examples = ['<%= config.bin %> snapshot hold vol.img nightly-2026-11-21'];
-  static override strict = false;
-  static override args = {
-    volume: Args.string({ description: 'path of the volume file', required: true }),
-    name: Args.string({ description: 'snapshot name (several may follow)', required: true }),
-  };
-
-  async run(): Promise<{ snapshots: SnapshotInfo[] }> {
-    const { args, argv } = await this.parse(SnapshotHold);
-    const names = (argv as string[]).slice(1);
-    const snapshots = await this.withVolume(args.volume, async (v) => {
-      const out: SnapshotInfo[] = [];
-      for (const name of names) out.push(await v.holdSnapshot(name, true));
-      return out;
-    });
-    this.say(`held ${names.join(', ')}`);
-    return { snapshots };
-  }
+  protected readonly held = true;
 }

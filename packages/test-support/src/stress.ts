@@ -2,8 +2,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { CowvolError, mulberry32 } from '@cowvol/journal';
-import { Volume } from './volume.js';
+import { CowvolError, Volume } from '@cowvol/cow-core';
+import { mulberry32 } from './prng.js';
 import { ContentModel, UNIT_BYTES, checkUnits, fillTag } from './stress-model.js';
 
 /** Options of {@link runStress}. All bounded. */
@@ -63,9 +63,6 @@ const UNITS_PER_BLOCK = BLOCK_BYTES / UNIT_BYTES; // 64: one slot per slot write
 const SECTOR_UNITS = 512 / UNIT_BYTES;
 /** Longest overlapping write, in 512-byte sectors (5 blocks: always multi-block when long). */
 const MAX_OVERLAP_SECTORS = 40;
-
-// The seeded PRNG is the journal package's (one implementation for every suite); re-exported here for runStress's users.
-export { mulberry32 };
 
 /** What every traffic task of one run shares. */
 interface Run {

@@ -1,6 +1,5 @@
 import { describe, expect, it } from 'vitest';
 import { ContentModel, UNIT_BYTES, checkUnits, fillTag } from '../src/stress-model.js';
-import { WriteBackStage } from '../src/write-back.js';
 
 /** The stress runner's content model must reject what a disk would not do, or the stress suite could not fail. */
 describe('stress content model', () => {
@@ -54,30 +53,5 @@ describe('stress content model', () => {
     buf.writeUInt32LE(8, UNIT_BYTES + 8);
     expect(checkUnits(buf, 0, () => [7])).toHaveLength(1);
     expect(checkUnits(buf, 0, () => [5])).toHaveLength(3);
-  });
-});
-
-describe('write-back stage admission', () => {
-  it('add() validates before it changes anything: an overlapping entry is refused and the stage is as it was', async () => {
-    const stage = new WriteBackStage(4096, 1 << 20);
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    const landed: number[] = [];
-    stage.add(4096, Buffer.alloc(4096, 1), gate, async (e) => void landed.push(e.offsetBytes), () => undefined);
-    expect(() => stage.add(0, Buffer.alloc(3 * 4096, 2), gate, async () => undefined, () => undefined)).toThrow(/already has a write-back entry/);
-    expect(stage.overlapping(0, 0), 'block 0 of the refused entry was not registered').toEqual([]);
-    expect(stage.bytes).toBe(4096);
-    // admit() waits for the overlapping entry to land, then runs its callback in the same step as the check.
-    let admitted = false;
-    const a = stage.admit(0, 2, 3 * 4096, () => {
-      admitted = true;
-      expect(stage.overlapping(0, 2)).toEqual([]);
-    });
-    await new Promise((r) => setImmediate(r));
-    expect(admitted).toBe(false);
-    release();
-    await a;
-    expect(admitted).toBe(true);
-    expect(landed).toEqual([4096]);
   });
 });

@@ -1,7 +1,7 @@
 import { assert } from '@cowvol/journal';
 
 /**
- * The content model of the stress runner (ARCHITECTURE "Stress runner").
+ * The content model of the stress runner (docs/ARCHITECTURE.md §7.9).
  *
  * The volume is cut into units of `UNIT_BYTES` (64 bytes: eight to a
  * 512-byte sector, so a unit never straddles a sector). Every write covers

@@ -1,0 +1,32 @@
+import { Args } from '@oclif/core';
+import type { SnapshotInfo } from '@cowvol/cow-core';
+import { CowvolCommand } from './base-command.js';
+
+/**
+ * The one implementation of `snapshot hold` and `snapshot release`
+ * (docs/ARCHITECTURE.md §9.4): sets the hold of each named snapshot, in order, through
+ * `Volume.holdSnapshot`. A subclass says which way (`held`).
+ * @throws SNAPSHOT_NOT_FOUND, INVALID_SNAPSHOT_NAME, and what opening the volume throws
+ */
+export abstract class HoldCommand extends CowvolCommand {
+  static override strict = false;
+  static override args = {
+    volume: Args.string({ description: 'path of the volume file', required: true }),
+    name: Args.string({ description: 'snapshot name (several may follow)', required: true }),
+  };
+
+  /** True: hold the snapshots; false: release them. */
+  protected abstract readonly held: boolean;
+
+  async run(): Promise<{ snapshots: SnapshotInfo[] }> {
+    const { args, argv } = await this.parse(HoldCommand);
+    const names = (argv as string[]).slice(1);
+    const snapshots = await this.withVolume(args.volume, async (v) => {
+      const out: SnapshotInfo[] = [];
+      for (const name of names) out.push(await v.holdSnapshot(name, this.held));
+      return out;
+    });
+    this.say(`${this.held ? 'held' : 'released'} ${names.join(', ')}`);
+    return { snapshots };
+  }
+}

@@ -1,0 +1,13 @@
+import { stat } from 'node:fs/promises';
+
+/**
+ * Whether `stat(path)` succeeds: anything at `path`, following symbolic
+ * links. A failing `stat` (missing, no permission, a dangling link) counts as
+ * absent; nothing is thrown.
+ */
+export async function pathExists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}

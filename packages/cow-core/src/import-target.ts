@@ -1,0 +1,194 @@
+/**
+ * The target of an import (docs/ARCHITECTURE.md §9.6, step 2 "check"):
+ * created for a full stream, checked for an incremental one (its base
+ * snapshot, its live content, a free name, room in the catalog), and the
+ * durable import marker it carries.
+ */
+
+import { MAX_SNAPSHOTS, volumeLayout } from './layout.js';
+import {
+  BaseMismatchError,
+  ImportPendingError,
+  ResumeMismatchError,
+  SnapshotExistsError,
+  SnapshotLimitError,
+  VolumeExistsError,
+  VolumeNotFoundError,
+} from './errors.js';
+import { SCHEMA_VERSION, type ImportRecord, type SnapshotIdentity } from './metadata.js';
+import { mergeExtents } from './diff.js';
+import type { VerifiedStream } from './stream.js';
+import { Volume } from './volume.js';
+import { isIncompleteCreate } from './create-intent.js';
+import { killPoint } from './kill-point.js';
+import { pathExists } from './files.js';
+import type { ImportOptions, ImportResult } from './import.js';
+
+function sameIdentity(a: SnapshotIdentity | null | undefined, b: SnapshotIdentity | null | undefined): boolean {
+  if (!a || !b) return a === b;
+  return a.volumeUuid === b.volumeUuid && a.snapshotId === b.snapshotId && a.createdAt === b.createdAt;
+}
+
+function describeIdentity(i: SnapshotIdentity): string {
+  return `${i.name} (volume ${i.volumeUuid}, snapshot id ${i.snapshotId}, taken ${i.createdAt})`;
+}
+
+/** Whether an import marker belongs to this exact stream. */
+function markerMatches(marker: ImportRecord, v: VerifiedStream): boolean {
+  return marker.headerCrc === v.headerCrc && marker.kind === v.header.kind && marker.extentCount === v.extentCount && sameIdentity(marker.source, v.header.source) && sameIdentity(marker.base, v.header.base);
+}
+
+/** The target an import applies to, with its marker and the first extent to apply. */
+export interface ImportTarget {
+  volume: Volume;
+  marker: ImportRecord;
+  startExtent: number;
+}
+
+/**
+ * Step 2 of {@link importStream}: creates (full stream) or checks (existing
+ * target) the target and marks the import. Returns undefined when there is
+ * nothing to apply (`dryRun`, or the import was already finished); `result`
+ * says which.
+ */
+export async function openTarget(path: string, v: VerifiedStream, options: ImportOptions, result: ImportResult): Promise<ImportTarget | undefined> {
+  const h = v.header;
+  // A target whose create was killed half-way is started over (Volume.create reclaims it).
+  if (!(await pathExists(path)) || (await isIncompleteCreate(volumeLayout(path)))) {
+    if (h.kind === 'incremental') throw new VolumeNotFoundError(path);
+    if (options.resume) {
+      throw new ResumeMismatchError(
+        (await pathExists(path)) ? `--resume: ${path} was never created completely, so there is no interrupted import to resume; run the import without --resume` : `--resume: ${path} does not exist, so there is no interrupted import to resume`,
+      );
+    }
+    if (options.dryRun) return undefined;
+    const marker = newMarker(v);
+    // The marker is written with the volume record: the target never exists without it, so --resume always finds it.
+    const volume = await Volume.create(path, { sizeBytes: h.sizeBytes, blockSizeBytes: h.blockSizeBytes, importState: marker, ...(options.opener ? { opener: options.opener } : {}) });
+    result.created = true;
+    killPoint('import:created');
+    return { volume, marker, startExtent: 0 };
+  }
+  const openVolume = options.openVolume ?? ((p: string) => Volume.open(p, options.opener ? { opener: options.opener } : {}));
+  const volume = await openVolume(path);
+  try {
+    const prepared = await prepareExisting(volume, path, v, options);
+    if (prepared === 'already-imported') {
+      result.alreadyImported = true;
+      result.resumed = true;
+      result.skippedExtents = v.extentCount;
+    }
+    if (prepared === 'already-imported' || prepared === 'dry-run') {
+      await volume.close();
+      return undefined;
+    }
+    result.resumed = options.resume === true;
+    if (!options.resume) await volume.setImportState(prepared);
+    return { volume, marker: prepared, startExtent: prepared.nextExtent };
+  } catch (err) {
+    await volume.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+function newMarker(v: VerifiedStream): ImportRecord {
+  return {
+    v: SCHEMA_VERSION,
+    kind: v.header.kind,
+    source: v.header.source,
+    base: v.header.base,
+    headerCrc: v.headerCrc,
+    extentCount: v.extentCount,
+    nextExtent: 0,
+    appliedBytes: 0,
+    startedAt: new Date().toISOString(),
+  };
+}
+
+/** Checks an existing target; returns the marker to continue from (a new one when not resuming). */
+async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, options: ImportOptions): Promise<ImportRecord | 'already-imported' | 'dry-run'> {
+  const h = v.header;
+  const pending = await volume.importState();
+  const snapshots = await volume.listSnapshots();
+  if (options.resume) {
+    if (pending && markerMatches(pending, v)) return options.dryRun ? 'dry-run' : pending;
+    // The last step (snapshot + marker clear) is one transaction: if it is done, so is the import.
+    for (const s of snapshots) if (s.origin && sameIdentity(s.origin, h.source)) return 'already-imported';
+    throw new ResumeMismatchError(
+      pending
+        ? `--resume: the interrupted import into ${path} is of another stream (${describeIdentity(pending.source)}), not ${describeIdentity(h.source)}`
+        : `--resume: ${path} has no interrupted import to resume`,
+      { details: { path } },
+    );
+  }
+  if (pending) {
+    throw new ImportPendingError(
+      `an import of ${describeIdentity(pending.source)} into ${path} was interrupted after ${pending.nextExtent} of ${pending.extentCount} extents; ` +
+        'run the same import again with --resume, or abandon it by restoring a snapshot (cowvol snapshot restore)',
+      { details: { path, source: pending.source, nextExtent: pending.nextExtent, extentCount: pending.extentCount } },
+    );
+  }
+  if (h.kind === 'full') {
+    throw new VolumeExistsError(`${path} already exists; a full stream creates a new volume (import it under a new path)`, path);
+  }
+  if (volume.sizeBytes !== h.sizeBytes || volume.blockSizeBytes !== h.blockSizeBytes) {
+    throw new BaseMismatchError(
+      `${path} is ${volume.sizeBytes} bytes with ${volume.blockSizeBytes}-byte blocks; the stream is for ${h.sizeBytes} bytes with ${h.blockSizeBytes}-byte blocks`,
+      { details: { path, sizeBytes: volume.sizeBytes, streamSizeBytes: h.sizeBytes } },
+    );
+  }
+  // Applied already (this exact source snapshot is here): say so rather than "base mismatch".
+  for (const s of snapshots) if (s.origin && sameIdentity(s.origin, h.source)) throw new SnapshotExistsError(s.name);
+  const base = h.base!;
+  // The base by identity (the newest holder if several), then: is the live content still that snapshot?
+  let holder: string | undefined;
+  for (const s of snapshots) if (sameIdentity(await volume.snapshotIdentity(s.name), base)) holder = s.name;
+  if (holder === undefined) {
+    const newest = snapshots.at(-1);
+    throw new BaseMismatchError(
+      `the stream's base is ${describeIdentity(base)}, and ${path} has no snapshot of it` +
+        (newest ? ` (its newest is ${describeIdentity(await volume.snapshotIdentity(newest.name))})` : ' (it has no snapshot: import the full stream first)'),
+      { details: { path, base } },
+    );
+  }
+  if (snapshots.find((s) => s.name === holder)?.suspect) {
+    // Its content took writes made outside cowvol (docs/ARCHITECTURE.md §13): it may not be the stream's base any more.
+    throw new BaseMismatchError(
+      `${path}'s snapshot ${holder} holds the stream's base but is suspect (writes made outside cowvol were accepted while it read live blocks), so its content may not be the stream's base; import a full stream instead`,
+      { details: { path, base, snapshot: holder, suspect: true } },
+    );
+  }
+  const differing = await liveDiffers(volume, holder);
+  if (differing !== undefined) {
+    throw new BaseMismatchError(
+      `${path} was written since its snapshot ${holder} (first difference at byte ${differing}), so its content is not the stream's base; ` +
+        `run \`cowvol snapshot restore ${path} ${holder}\` first`,
+      { details: { path, base, snapshot: holder, offsetBytes: differing } },
+    );
+  }
+  if (snapshots.some((s) => s.name === h.source.name)) throw new SnapshotExistsError(h.source.name);
+  // The last step creates a snapshot: a full catalog must refuse now, not after the extents are applied.
+  if (snapshots.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
+  return options.dryRun ? 'dry-run' : newMarker(v);
+}
+
+/**
+ * Whether the live volume differs from snapshot `name`: only the blocks
+ * written since it can (its diff to live); they are compared, so a volume
+ * written and then restored to the snapshot counts as holding it. Returns
+ * the first differing byte offset, or undefined. O(blocks written since).
+ */
+async function liveDiffers(volume: Volume, name: string): Promise<number | undefined> {
+  const changed = await volume.diff(name);
+  for (const p of mergeExtents(changed.extents, 4 * 1024 * 1024)) {
+    const want = await volume.readSnapshot(name, p.offsetBytes, p.lengthBytes);
+    const have = await volume.read(p.offsetBytes, p.lengthBytes);
+    if (!want.equals(have)) {
+      let i = 0;
+      while (want[i] === have[i]) i++;
+      return p.offsetBytes + i;
+    }
+  }
+  return undefined;
+}
+
