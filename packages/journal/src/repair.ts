@@ -6,7 +6,7 @@ import { replayJournal, scanJournal, type ReplayedTransaction, type ScanResult }
 import { Journal } from './journal.js';
 
 /**
- * Repair of a damaged journal (docs/ARCHITECTURE.md §5.6), after e2fsck's
+ * Repair of a damaged journal (docs/ARCHITECTURE.md §5.5), after e2fsck's
  * handling of a journal whose log no longer verifies: replay the
  * transactions that verify, in sequence order up to the first that does
  * not; list what lies beyond (the discarded transactions); make the homes

@@ -3,7 +3,7 @@ import { Journal, decodeSuperblock, repairJournal, scanJournal, type ReplayedTra
 import { MemoryDevice } from './memory-device.js';
 
 /**
- * repairJournal (repair.ts, docs/ARCHITECTURE.md §5.6): replays the
+ * repairJournal (repair.ts, docs/ARCHITECTURE.md §5.5): replays the
  * transactions that verify up to the first that does not, lists every
  * transaction beyond it from its surviving blocks, resets the log above
  * every sequence seen; an unreadable superblock discards the log unread.
