@@ -1,0 +1,171 @@
+/**
+ * The docs say what the code does: cheap checks that fail when README.md,
+ * docs/ARCHITECTURE.md or docs/FORMAT.md drift from the code they describe.
+ *
+ * - the record kinds of FORMAT.md §5.10 and §5.10.1 are `META_RECORD_KINDS`;
+ * - README's exit-code table is `EXIT_CODES`, in both directions;
+ * - README's command table is oclif's list of commands (and the files
+ *   under packages/cli/src/commands), and nothing else;
+ * - every section cited with `§` exists. Convention: a citation names its
+ *   document (`docs/FORMAT.md §5.10`, `ARCHITECTURE.md §4.3`, or `FORMAT.md`
+ *   / `ARCHITECTURE` without the path); the `§`s that follow it in one list
+ *   (`§5.8, §5.9`, `§4.8 and §10`, `§10.1–§10.3`) cite the same document; a
+ *   bare `§` cites FORMAT.md inside FORMAT.md and ARCHITECTURE.md anywhere
+ *   else;
+ * - every module under packages/<pkg>/src is listed, by its path under
+ *   src/, in its package's part of ARCHITECTURE §1.
+ */
+import { readdirSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join, relative, resolve, sep } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { META_RECORD_KINDS } from '@cowvol/cow-core';
+import { EXIT_CODES } from '../packages/cli/src/exit-codes.js';
+
+const ROOT = resolve(import.meta.dirname, '..');
+const read = (path: string): string => readFileSync(join(ROOT, path), 'utf8');
+
+/** Every file under `dir` (relative to ROOT) whose name ends with `ext`, as paths relative to `dir`, `/`-separated. */
+function filesUnder(dir: string, ext: string): string[] {
+  const base = join(ROOT, dir);
+  const found: string[] = [];
+  const walk = (at: string): void => {
+    for (const entry of readdirSync(at, { withFileTypes: true })) {
+      const path = join(at, entry.name);
+      if (entry.isDirectory()) walk(path);
+      else if (entry.name.endsWith(ext)) found.push(relative(base, path).split(sep).join('/'));
+    }
+  };
+  walk(base);
+  return found.sort();
+}
+
+/** The text of the section whose heading line starts with `heading`, up to the next heading of the same or a higher level. */
+function section(markdown: string, heading: string): string {
+  const lines = markdown.split('\n');
+  const start = lines.findIndex((line) => line.startsWith(heading));
+  if (start < 0) throw new Error(`no heading "${heading}"`);
+  const level = /^#+/.exec(heading)?.[0].length ?? 0;
+  let end = start + 1;
+  while (end < lines.length) {
+    const hashes = /^(#+) /.exec(lines[end] ?? '')?.[1];
+    if (hashes !== undefined && hashes.length <= level) break;
+    end++;
+  }
+  return lines.slice(start, end).join('\n');
+}
+
+/** The cells of every table row of `text` (header and separator rows included). */
+function tableRows(text: string): string[][] {
+  return text
+    .split('\n')
+    .filter((line) => line.startsWith('|'))
+    .map((line) => line.split('|').slice(1, -1).map((cell) => cell.trim()));
+}
+
+/** The `code` spans of a piece of markdown. */
+const codeSpans = (text: string): string[] => [...text.matchAll(/`([^`]+)`/g)].map((m) => m[1] ?? '');
+
+/** The section numbers of a document's headings (`## 4.`, `### 4.13`, `#### 5.10.1`). */
+function sectionNumbers(markdown: string): Set<string> {
+  return new Set([...markdown.matchAll(/^#{2,4} (\d+(?:\.\d+)*)\.? /gm)].map((m) => m[1] ?? ''));
+}
+
+interface Citation {
+  file: string;
+  doc: 'ARCHITECTURE' | 'FORMAT';
+  section: string;
+}
+
+/** Every `§` citation of `text` (see the convention above). */
+function citations(file: string, text: string): Citation[] {
+  const fallback = file === 'docs/FORMAT.md' ? 'FORMAT' : 'ARCHITECTURE';
+  const list = /(?:(?:docs\/)?(ARCHITECTURE|FORMAT)(?:\.md)?\s+)?§(\d+(?:\.\d+)*)((?:(?:\s*,\s*|\s+and\s+|\s+or\s+|\s*–\s*)§\d+(?:\.\d+)*)*)/g;
+  const found: Citation[] = [];
+  for (const m of text.matchAll(list)) {
+    const doc = (m[1] ?? fallback) as Citation['doc'];
+    for (const n of [m[2] ?? '', ...[...(m[3] ?? '').matchAll(/§(\d+(?:\.\d+)*)/g)].map((x) => x[1] ?? '')]) {
+      found.push({ file, doc, section: n });
+    }
+  }
+  return found;
+}
+
+describe('docs match the code', () => {
+  it('FORMAT.md §5.10 lists exactly the journal record kinds of MetaRecord', () => {
+    const records = section(read('docs/FORMAT.md'), '### 5.10 ');
+    const tables = records.split(/\n(?=\| record \|)/).slice(1);
+    expect(tables.length).toBeGreaterThan(0);
+    const listed = tables.flatMap((table) =>
+      tableRows(table.split('\n\n')[0] ?? '')
+        .slice(2)
+        .map((cells) => /^`([a-z]+)`$/.exec(cells[0] ?? '')?.[1] ?? `(not a kind: ${cells[0]})`),
+    );
+    expect(new Set(listed).size).toBe(listed.length);
+    expect([...listed].sort()).toEqual([...META_RECORD_KINDS].sort());
+  });
+
+  it("README's exit-code table is EXIT_CODES, both ways", () => {
+    const rows = tableRows(section(read('README.md'), '### Exit codes')).filter((cells) => /^\d+$/.test(cells[0] ?? ''));
+    const documented: Record<string, number> = {};
+    for (const cells of rows) {
+      for (const code of codeSpans(cells[1] ?? '')) {
+        expect(documented[code], `${code} listed twice`).toBeUndefined();
+        documented[code] = Number(cells[0]);
+      }
+    }
+    expect(documented).toEqual({ ...EXIT_CODES });
+  });
+
+  it("README's command table lists every command oclif finds, and nothing else", async () => {
+    const cli = join(ROOT, 'packages/cli');
+    const requireFromCli = createRequire(join(cli, 'package.json'));
+    const oclif = (await import(pathToFileURL(requireFromCli.resolve('@oclif/core')).href)) as typeof import('@oclif/core');
+    const config = await oclif.Config.load({ root: cli });
+    const fromOclif = config.commandIDs.map((id) => id.split(':').join(' ')).sort();
+    const fromFiles = filesUnder('packages/cli/src/commands', '.ts').map((f) => f.slice(0, -'.ts'.length).split('/').join(' '));
+    expect(fromOclif).toEqual(fromFiles);
+    const documented = tableRows(section(read('README.md'), '### Commands'))
+      .slice(2)
+      .map((cells) => /^`cowvol ([a-z -]+)`$/.exec(cells[0] ?? '')?.[1] ?? `(not a command: ${cells[0]})`);
+    expect(new Set(documented).size).toBe(documented.length);
+    expect([...documented].sort()).toEqual(fromOclif);
+  });
+
+  it('every § cited in sources, tests and docs names a section that exists', () => {
+    const sections = {
+      ARCHITECTURE: sectionNumbers(read('docs/ARCHITECTURE.md')),
+      FORMAT: sectionNumbers(read('docs/FORMAT.md')),
+    };
+    const files = [
+      ...['journal', 'cow-core', 'nbd', 'cli'].flatMap((pkg) =>
+        ['src', 'test'].flatMap((dir) => filesUnder(`packages/${pkg}/${dir}`, '.ts').map((f) => `packages/${pkg}/${dir}/${f}`)),
+      ),
+      ...filesUnder('test', '.ts')
+        .filter((f) => f !== 'docs-drift.test.ts') // its own comment shows the convention
+        .map((f) => `test/${f}`),
+      'README.md',
+      'docs/ARCHITECTURE.md',
+      'docs/FORMAT.md',
+      'docs/PERFORMANCE.md',
+    ];
+    const all = files.flatMap((file) => citations(file, read(file)));
+    expect(all.length).toBeGreaterThan(100);
+    const missing = all.filter((c) => !sections[c.doc].has(c.section)).map((c) => `${c.file}: ${c.doc} §${c.section}`);
+    expect(missing).toEqual([]);
+  });
+
+  it('ARCHITECTURE §1 lists every module of every package under its package', () => {
+    const map = section(read('docs/ARCHITECTURE.md'), '## 1. ');
+    const unlisted: string[] = [];
+    for (const pkg of readdirSync(join(ROOT, 'packages')).sort()) {
+      const part = section(map, `### \`packages/${pkg}\``);
+      const listed = new Set(codeSpans(part));
+      for (const file of filesUnder(`packages/${pkg}/src`, '.ts')) {
+        if (!listed.has(file)) unlisted.push(`packages/${pkg}/src/${file}`);
+      }
+    }
+    expect(unlisted).toEqual([]);
+  });
+});
