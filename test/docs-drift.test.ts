@@ -12,6 +12,7 @@
  *   (`§5.8, §5.9`, `§4.8 and §10`, `§10.1–§10.3`) cite the same document; a
  *   bare `§` cites FORMAT.md inside FORMAT.md and ARCHITECTURE.md anywhere
  *   else;
+ * - every bound in ARCHITECTURE §16 has the value its constant has;
  * - every module under packages/<pkg>/src is listed, by its path under
  *   src/, in its package's part of ARCHITECTURE §1.
  */
@@ -70,6 +71,26 @@ const codeSpans = (text: string): string[] => [...text.matchAll(/`([^`]+)`/g)].m
 /** The section numbers of a document's headings (`## 4.`, `### 4.13`, `#### 5.10.1`). */
 function sectionNumbers(markdown: string): Set<string> {
   return new Set([...markdown.matchAll(/^#{2,4} (\d+(?:\.\d+)*)\.? /gm)].map((m) => m[1] ?? ''));
+}
+
+/** A value as the bounds table writes it: `4096`, `4 MiB`, `64 KiB`, `2^52`. */
+function documentedNumber(text: string): number {
+  const power = /^(\d+)\^(\d+)$/.exec(text);
+  if (power) return Number(power[1]) ** Number(power[2]);
+  const sized = /^(\d+) (KiB|MiB|GiB)$/.exec(text);
+  if (sized) return Number(sized[1]) * 1024 ** (['KiB', 'MiB', 'GiB'].indexOf(sized[2] ?? '') + 1);
+  return /^\d+$/.test(text) ? Number(text) : NaN;
+}
+
+/** The numbers a constant's definition holds: `4 * 1024 * 1024`, `2 ** 52`, or each value of an object literal, in order. */
+function definedNumbers(expression: string): number[] {
+  const parts = expression.trim().startsWith('{') ? [...expression.matchAll(/:\s*([^,}]+)/g)].map((m) => m[1] ?? '') : [expression];
+  return parts.map((part) => {
+    const power = /^\s*(\d+) \*\* (\d+)\s*$/.exec(part);
+    if (power) return Number(power[1]) ** Number(power[2]);
+    const factors = part.split('*').map((f) => f.trim().replaceAll('_', ''));
+    return factors.every((f) => /^\d+$/.test(f)) ? factors.reduce((product, f) => product * Number(f), 1) : NaN;
+  });
 }
 
 interface Citation {
@@ -154,6 +175,22 @@ describe('docs match the code', () => {
     expect(all.length).toBeGreaterThan(100);
     const missing = all.filter((c) => !sections[c.doc].has(c.section)).map((c) => `${c.file}: ${c.doc} §${c.section}`);
     expect(missing).toEqual([]);
+  });
+
+  it('ARCHITECTURE §16 gives every bound the value its constant has', () => {
+    const rows = tableRows(section(read('docs/ARCHITECTURE.md'), '## 16. ')).slice(2);
+    expect(rows.length).toBeGreaterThan(30);
+    const wrong: string[] = [];
+    for (const [constant = '', pkg = '', value = ''] of rows) {
+      const name = /^`([A-Z_]+)`$/.exec(constant)?.[1] ?? '';
+      const definitions = filesUnder(`packages/${pkg}/src`, '.ts').flatMap((file) => [
+        ...read(`packages/${pkg}/src/${file}`).matchAll(new RegExp(`^(?:export )?const ${name}\\b[^=]*= ([^;]+);`, 'gm')),
+      ]);
+      const documented = value.split(', ').map(documentedNumber);
+      if (name === '' || definitions.length !== 1) wrong.push(`${constant} (${pkg}): ${definitions.length} definitions`);
+      else if (JSON.stringify(definedNumbers(definitions[0]?.[1] ?? '')) !== JSON.stringify(documented)) wrong.push(`${name} (${pkg}): documented ${value}, defined ${definitions[0]?.[1]}`);
+    }
+    expect(wrong).toEqual([]);
   });
 
   it('ARCHITECTURE §1 lists every module of every package under its package', () => {
