@@ -12,7 +12,8 @@
  *   (`§5.8, §5.9`, `§4.8 and §10`, `§10.1–§10.3`) cite the same document; a
  *   bare `§` cites FORMAT.md inside FORMAT.md and ARCHITECTURE.md anywhere
  *   else;
- * - every bound in ARCHITECTURE §16 has the value its constant has;
+ * - every bound in ARCHITECTURE §16, and every magic number and format
+ *   version in FORMAT.md §1, has the value its constant has;
  * - every module under packages/<pkg>/src is listed, by its path under
  *   src/, in its package's part of ARCHITECTURE §1.
  */
@@ -199,6 +200,21 @@ describe('docs match the code', () => {
       const documented = value.split(', ').map(documentedNumber);
       if (name === '' || definitions.length !== 1) wrong.push(`${constant} (${pkg}): ${definitions.length} definitions`);
       else if (JSON.stringify(definedNumbers(definitions[0]?.[1] ?? '')) !== JSON.stringify(documented)) wrong.push(`${name} (${pkg}): documented ${value}, defined ${definitions[0]?.[1]}`);
+    }
+    expect(wrong).toEqual([]);
+  });
+
+  it("FORMAT.md §1's magic numbers and format versions are the constants' values", () => {
+    const constants = section(read('docs/FORMAT.md'), '## 1. ');
+    const rows = [section(constants, '### Magic numbers'), section(constants, '### Format versions')].flatMap((part) => tableRows(part).slice(2));
+    expect(rows.length).toBeGreaterThan(10);
+    const sources = readdirSync(join(ROOT, 'packages')).flatMap((pkg) => filesUnder(`packages/${pkg}/src`, '.ts').map((f) => read(`packages/${pkg}/src/${f}`)));
+    const wrong: string[] = [];
+    for (const [constant = '', value = ''] of rows) {
+      const name = /^`([A-Z_]+)`$/.exec(constant)?.[1] ?? '';
+      const definitions = sources.flatMap((text) => [...text.matchAll(new RegExp(`^export const ${name} = (0x[0-9a-f]+|\\d+);`, 'gm'))].map((m) => Number(m[1])));
+      const documented = Number(/^`?(0x[0-9A-Fa-f]+|\d+)`?$/.exec(value)?.[1] ?? NaN);
+      if (name === '' || definitions.length !== 1 || definitions[0] !== documented) wrong.push(`${constant} = ${value}: defined ${JSON.stringify(definitions)}`);
     }
     expect(wrong).toEqual([]);
   });
