@@ -11,7 +11,7 @@ import { CLI, cowvol, cowvolOk, tempDir } from './helpers.js';
  * at every step of creating it, between extents, after a marker, before
  * and after the final snapshot — is finished by `import --resume`, or, when
  * there is nothing to resume (`RESUME_MISMATCH`), by a plain re-run, with
- * exactly the source snapshot's content (docs/ARCHITECTURE.md §9.6). The
+ * exactly the source snapshot's content (docs/ARCHITECTURE.md §15.6). The
  * kill comes from the production seam `COWVOL_KILL_AT`
  * (packages/cow-core/src/kill-point.ts); each run asserts the child really
  * died by SIGKILL at that step, so a step that is never reached fails.

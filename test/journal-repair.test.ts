@@ -9,7 +9,7 @@ import { STEPS } from './journal-repair-child.mjs';
 
 /**
  * `check --repair` of a damaged journal (README "check", docs/ARCHITECTURE.md
- * §8.3): a writer is SIGKILLed with its transactions still in the journal,
+ * §8.5): a writer is SIGKILLed with its transactions still in the journal,
  * a byte of one of them is damaged, the volume no longer opens
  * (JOURNAL_CORRUPT); `check --repair` replays the transactions that
  * verify, discards the rest, resets the journal, reports what it discarded

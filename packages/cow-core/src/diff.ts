@@ -38,7 +38,7 @@ export interface NamedMap {
 }
 
 /**
- * Changed-block tracking for free (docs/ARCHITECTURE.md §9.2): the blocks written between
+ * Changed-block tracking for free (docs/ARCHITECTURE.md §15.2): the blocks written between
  * snapshot A and snapshot B are exactly the union of the maps of the
  * snapshots from A up to, not including, B (between A and the live volume:
  * from A to the newest). `chain` is that range, oldest first.

@@ -46,7 +46,7 @@ export interface ExportResult {
  * "Snapshot stream") through `out`, in order, in pieces of at most 4 MiB.
  *
  * Full stream (no `since`): every non-zero block of the snapshot. Only the
- * blocks that can be non-zero are read (docs/ARCHITECTURE.md §9.5): the
+ * blocks that can be non-zero are read (docs/ARCHITECTURE.md §15.5): the
  * blocks the snapshot's read-through chain maps (its map and every newer
  * one) and the data regions of the live volume file (`SEEK_DATA`,
  * live-data.ts) — a hole of the volume file was a hole when the snapshot
@@ -110,7 +110,7 @@ export async function exportSnapshot(volume: Volume, name: string, out: (bytes: 
 
 /**
  * The pieces of snapshot `name` that can hold non-zero bytes, in volume
- * order, block-aligned, at most 4 MiB each (docs/ARCHITECTURE.md §9.5): the
+ * order, block-aligned, at most 4 MiB each (docs/ARCHITECTURE.md §15.5): the
  * extents its read-through chain maps and the data regions of the volume
  * file, after the journal's live images are home. Every byte outside them
  * reads as zero in the snapshot. Lazy: memory is the mapped-extent list.

@@ -43,7 +43,7 @@ export { rebindStoreCrc, storeBlockCrc, storeCrcPrefix, STORE_CRC_PREFIX_BYTES, 
 export { repairVolumeJournal, type VolumeJournalRepair, type DiscardedJournalTransaction } from './journal-repair.js';
 export { FreezeGate } from './freeze-gate.js';
 export { RESERVE_BYTES } from './reserve.js';
-export { type MetaRecord } from './committed-metadata.js';
+export { META_RECORD_KINDS, type MetaRecord } from './committed-metadata.js';
 export { type CreateSnapshotOptions, type MultiDeleteResult } from './volume.js';
 export { unionOfMaps, mergeExtents, type DiffExtent, type DiffResult } from './diff.js';
 export { freeableBlocks, planDelete, type SnapshotSpace, type StoreSpace, type SpaceReport, type DeletePlan } from './space.js';

@@ -11,7 +11,7 @@ import { StoreReadCache } from './store-read-cache.js';
 
 /**
  * `check --repair` of a volume whose journal is damaged
- * (docs/ARCHITECTURE.md §8.3): the volume's side of the journal repair
+ * (docs/ARCHITECTURE.md §8.5): the volume's side of the journal repair
  * (`repairJournal` in @cowvol/journal).
  */
 
@@ -38,7 +38,7 @@ export interface VolumeJournalRepair extends Omit<JournalRepairReport, 'discarde
    * `journal` data mode and a discarded transaction the metadata had
    * applied: its block images (live writes, COW copies its mappings point
    * to) never reached their homes, so snapshot or live data may be lost
-   * (ARCHITECTURE §8.3). Always false in `ordered` mode.
+   * (ARCHITECTURE §8.5). Always false in `ordered` mode.
    */
   imagesMayBeLost: boolean;
 }

@@ -1,7 +1,7 @@
 /**
  * Crash seam of the multi-step operations (create, import), compiled into
  * production so that the steps a test kills at are the ones users run
- * (docs/ARCHITECTURE.md §9.6). With `COWVOL_KILL_AT=<step>` or
+ * (docs/ARCHITECTURE.md §15.6). With `COWVOL_KILL_AT=<step>` or
  * `<step>#<n>` in the environment, the process SIGKILLs itself the first
  * (or n-th) time it reaches `<step>` — a kill at that boundary, with no
  * cleanup, no `finally`, no flush. Without the variable it costs one

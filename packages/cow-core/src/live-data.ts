@@ -3,7 +3,7 @@ import { stat } from 'node:fs/promises';
 import { IoError } from '@cowvol/journal';
 
 /**
- * Where the live volume file may hold data (docs/ARCHITECTURE.md §9.5,
+ * Where the live volume file may hold data (docs/ARCHITECTURE.md §15.5,
  * "Full export: cost follows the data"): a full export reads only these
  * regions (and the blocks the snapshot maps hold) instead of the whole
  * volume.

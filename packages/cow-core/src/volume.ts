@@ -895,7 +895,7 @@ export class Volume {
    * `journal` data mode, checkpoints the journal (images still only in the
    * journal go home); in `ordered` mode, nothing to do (writes acknowledged
    * land in place; a snapshot drains the write-back stage). A full export
-   * calls it before looking for the file's holes (docs/ARCHITECTURE.md §9.5).
+   * calls it before looking for the file's holes (docs/ARCHITECTURE.md §15.5).
    * @throws IO_ERROR, NO_SPACE, JOURNAL_ABORTED
    */
   async checkpointLive(): Promise<void> {

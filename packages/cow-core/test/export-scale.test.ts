@@ -8,7 +8,7 @@ import { CountingOpener, envInt, memorySource, prng, randomBuffer } from './back
 
 /**
  * A full export costs what the data costs, not the volume size
- * (docs/ARCHITECTURE.md §9.5): it reads the blocks the snapshot's chain
+ * (docs/ARCHITECTURE.md §15.5): it reads the blocks the snapshot's chain
  * maps and the live file's data regions (SEEK_DATA), and its memory stays
  * bounded whatever the volume size. Work is measured (bytes and read calls
  * at the device seam), never time. Seeded; knob COWVOL_EXPORT_SEEDS

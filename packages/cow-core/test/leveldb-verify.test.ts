@@ -7,7 +7,7 @@ import { logRecords, maskedCrc, snappyDecompress, verifyLevelDb } from '../src/l
 import { mulberry32 } from './prng.js';
 
 /**
- * `verifyLevelDb` (docs/ARCHITECTURE.md §8.4, docs/FORMAT.md §6.11) on real
+ * `verifyLevelDb` (docs/ARCHITECTURE.md §8.4, docs/FORMAT.md §6.12) on real
  * LevelDB folders written by classic-level: clean ones verify, a flipped
  * byte anywhere in a table or a complete log record is found, a record cut
  * short at the end of a log (an append in progress) is not. Seeded:
