@@ -16,10 +16,12 @@ export type PskKeys = ReadonlyMap<string, Buffer>;
 const MAX_KEY_FILE_BYTES = 1024 * 1024;
 
 /**
- * TLS 1.2 PSK suites GnuTLS clients (libnbd, qemu) offer; TLS 1.3 uses its
- * own suites (a PSK from the callback is used with TLS_AES_128_GCM_SHA256).
+ * TLS 1.2 PSK suites (OpenSSL names) that GnuTLS clients (libnbd, qemu)
+ * can negotiate, forward-secret ones first. TLS 1.3, which they use by
+ * default, has its own suites: a PSK from the callback goes with the
+ * SHA-256 ones.
  */
-const TLS12_PSK_CIPHERS = ['ECDHE-PSK-AES128-GCM-SHA256', 'ECDHE-PSK-AES256-GCM-SHA384', 'ECDHE-PSK-CHACHA20-POLY1305', 'DHE-PSK-AES128-GCM-SHA256', 'DHE-PSK-AES256-GCM-SHA384', 'PSK-AES128-GCM-SHA256', 'PSK-AES256-GCM-SHA384'].join(':');
+const TLS12_PSK_CIPHERS = ['ECDHE-PSK-CHACHA20-POLY1305', 'ECDHE-PSK-AES256-CBC-SHA384', 'ECDHE-PSK-AES128-CBC-SHA256', 'PSK-AES256-GCM-SHA384', 'PSK-AES128-GCM-SHA256', 'PSK-CHACHA20-POLY1305'].join(':');
 
 /**
  * Parses psktool's key-file format (the one nbdkit `--tls-psk` and qemu
