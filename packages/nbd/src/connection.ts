@@ -23,7 +23,7 @@ const CLOSE_GRACE_MS = 2000;
 
 export const DEFAULT_LIMITS: ConnectionLimits = { maxInFlightBytes: 64 * 1024 * 1024, maxInFlightRequests: 128 };
 
-/** How a connection's handshake goes (docs/ARCHITECTURE.md §14.5). */
+/** How a connection's handshake goes (docs/ARCHITECTURE.md §14.6). */
 export interface HandshakeOptions {
   /** TLS-PSK keys: TLS is then required (NBD_OPT_STARTTLS first). `undefined`: no TLS. */
   tlsPsk: PskKeys | undefined;

@@ -62,7 +62,7 @@ export type TlsMode = 'off' | 'required';
  * The option phase of one connection ("Option haggling"; docs/ARCHITECTURE.md
  * §14.3): the state the options build up, and one reply sequence per option.
  * Every option this server does not implement is answered NBD_REP_ERR_UNSUP.
- * With TLS required, nothing is negotiated in clear (§14.5).
+ * With TLS required, nothing is negotiated in clear (§14.6).
  */
 export class Negotiation {
   private structured = false;

@@ -17,7 +17,7 @@ export interface NbdServerOptions {
   /** Connections served at once; one more is closed at once, before the greeting. Default 16. */
   maxConnections?: number;
   limits?: ConnectionLimits;
-  /** TLS-PSK keys (loadPskKeys): every connection must then start TLS before any other option (docs/ARCHITECTURE.md §14.5). */
+  /** TLS-PSK keys (loadPskKeys): every connection must then start TLS before any other option (docs/ARCHITECTURE.md §14.6). */
   tlsPsk?: PskKeys;
   /** Milliseconds a connection may spend before transmission (TLS handshake included); then it is closed. Default 30 000. */
   handshakeTimeoutMs?: number;

@@ -5,7 +5,7 @@ import { TLSSocket, type TLSSocketOptions } from 'node:tls';
 import { InvalidArgumentError } from '@cowvol/cow-core';
 
 /**
- * TLS-PSK for NBD_OPT_STARTTLS (docs/ARCHITECTURE.md §14.5): the key file
+ * TLS-PSK for NBD_OPT_STARTTLS (docs/ARCHITECTURE.md §14.6): the key file
  * and the upgrade of a connection's socket. The TLS itself is node:tls.
  */
 
