@@ -36,10 +36,13 @@ export function parsePskKeys(text: string, source: string): PskKeys {
     const line = raw.replace(/\r$/, '');
     if (line === '') return;
     const match = /^([^:]+):([0-9A-Fa-f]+)$/.exec(line);
-    if (!match || match[2]!.length % 2 !== 0) throw new InvalidArgumentError(`${source}: line ${i + 1} is not <username>:<hex key> (an even number of hex digits)`);
-    const username = match[1]!;
+    const username = match?.[1];
+    const hexKey = match?.[2];
+    if (username === undefined || hexKey === undefined || hexKey.length % 2 !== 0) {
+      throw new InvalidArgumentError(`${source}: line ${i + 1} is not <username>:<hex key> (an even number of hex digits)`);
+    }
     if (keys.has(username)) throw new InvalidArgumentError(`${source}: username ${JSON.stringify(username)} appears twice`);
-    keys.set(username, Buffer.from(match[2]!, 'hex'));
+    keys.set(username, Buffer.from(hexKey, 'hex'));
   });
   if (keys.size === 0) throw new InvalidArgumentError(`${source}: no key (make one with: psktool -u <username> -p ${source})`);
   return keys;
