@@ -165,7 +165,7 @@ export class Connection {
 
   private optionAnswered(next: Agreement | 'options' | 'close'): void {
     this.optionBusy = false;
-    if (next === 'close' || this.stopping) {
+    if (next === 'close' || this.stopping || this.phase === 'closing') {
       this.phase = 'closing';
       this.closeSocket();
       return;
@@ -190,7 +190,9 @@ export class Connection {
   private startTls(replies: Buffer[]): void {
     const keys = this.handshake.tlsPsk;
     const raw = this.socket;
-    if (!keys || this.queue.length > 0 || raw.readableLength > 0) {
+    if (this.phase === 'closing') return; // stopped or timed out while the option was answered
+    if (!keys) return this.fail(new Error('STARTTLS acknowledged without keys'), 'cannot start TLS');
+    if (this.queue.length > 0 || raw.readableLength > 0) {
       this.log.warn({ conn: this.id }, 'bytes after NBD_OPT_STARTTLS before its reply: closing the connection');
       this.phase = 'closing';
       raw.destroy();
@@ -203,7 +205,7 @@ export class Connection {
     this.listen(secure, 'TLS');
     secure.once('secure', () => this.log.info({ conn: this.id, protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'TLS started'));
     this.optionBusy = false;
-    this.paused = false;
+    this.paused = false; // the TLS socket flows; the paused plain one is no longer read
     this.pump();
   }
 
