@@ -174,6 +174,22 @@ describe('handshake timeout', () => {
     await stuck.waitClosed();
   });
 
+  it('serves a slow client that sends its options one by one within the time', async () => {
+    await start({ tlsPsk: KEYS, handshakeTimeoutMs: 10_000 });
+    const pause = () => new Promise((resolve) => setTimeout(resolve, 50));
+    const c = await (await startTls()).startTls('alice', KEY);
+    for (let i = 0; i < 3; i++) {
+      await pause();
+      c.sendOption(NBD_OPT_LIST);
+      expect((await c.readOptionReplies()).at(-1)!.type).toBe(NBD_REP_ACK);
+    }
+    await pause();
+    c.sendOption(NBD_OPT_GO, infoRequest('live', []));
+    expect((await c.readOptionReplies()).at(-1)!.type).toBe(NBD_REP_ACK);
+    c.sendRequest({ type: NBD_CMD_READ, cookie: 2n, offsetBytes: 0, lengthBytes: 6 });
+    expect((await c.readSimpleReply()).data?.toString()).toBe('inside');
+  });
+
   it('does not close a connection that reached transmission', async () => {
     await start({ handshakeTimeoutMs: 50 });
     const c = await RawClient.connect(socketPath);
