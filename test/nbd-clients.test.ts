@@ -168,12 +168,12 @@ describe.skipIf(missing.length > 0)(`cowvol serve with real NBD clients${skipRea
     expect(job.read.io_bytes).toBe(8 * 1024 * 1024); // every block read back and verified
   });
 
-  it('nbdsh: STARTTLS gets ERR_UNSUP, an unknown export ERR_UNKNOWN, then EPERM on the snapshot, EINVAL out of range, the connection stays usable', async () => {
+  it('nbdsh: STARTTLS gets ERR_POLICY (no --tls-psk), an unknown export ERR_UNKNOWN, then EPERM on the snapshot, EINVAL out of range, the connection stays usable', async () => {
     const script = `
 import nbd
 h = nbd.NBD()
 h.set_opt_mode(True)
-h.set_tls(nbd.TLS_ALLOW)  # libnbd asks for STARTTLS first, which this server does not support
+h.set_tls(nbd.TLS_ALLOW)  # libnbd asks for STARTTLS first, which this server (no --tls-psk) refuses
 h.connect_unix(${JSON.stringify(socket)})
 print("tls", h.get_tls_negotiated())
 h.set_export_name("no-such-export")
@@ -202,8 +202,8 @@ h.shutdown()
     const out = r.stdout.toString();
     expect(r.code, r.stderr + out).toBe(0);
     expect(out).toContain('tls False');
-    // STARTTLS (option 5) was answered NBD_REP_ERR_UNSUP and the handshake went on.
-    expect(serverLog).toMatch(/"option":5,"replyType":"0x80000001".*"msg":"option refused"/);
+    // STARTTLS (option 5) was answered NBD_REP_ERR_POLICY and the handshake went on.
+    expect(serverLog).toMatch(/"option":5,"replyType":"0x80000002".*"msg":"option refused"/);
     expect(out).toContain('unknown-export ENOENT'); // libnbd's errno for NBD_REP_ERR_UNKNOWN
     expect(out).toContain('write-snapshot EPERM');
     expect(out).toContain('read-past-end EINVAL');

@@ -52,13 +52,16 @@ async function serve(args: string[]): Promise<{ uri: string; log: () => string; 
 }
 
 describe('cowvol serve: arguments', () => {
-  it('parseListen accepts loopback host:port forms and refuses others naming TLS', () => {
+  it('parseListen accepts loopback host:port forms and refuses others naming --tls-psk, which admits any host', () => {
     expect(parseListen('127.0.0.1:10809')).toEqual({ host: '127.0.0.1', port: 10809 });
     expect(parseListen('[::1]:0')).toEqual({ host: '::1', port: 0 });
     expect(parseListen('localhost:1')).toEqual({ host: 'localhost', port: 1 });
     expect(isLoopback('::ffff:127.0.0.1')).toBe(true);
     expect(isLoopback('0:0:0:0:0:0:0:1')).toBe(true);
-    for (const bad of ['0.0.0.0:10809', '192.168.1.2:1', '[::]:1', 'example.com:1']) expect(() => parseListen(bad)).toThrow(/TLS is not supported yet/);
+    for (const remote of ['0.0.0.0:10809', '192.168.1.2:1', '[::]:1', 'example.com:1']) {
+      expect(() => parseListen(remote)).toThrow(/without --tls-psk only loopback/);
+      expect(parseListen(remote, true).port).toBe(Number(remote.slice(remote.lastIndexOf(':') + 1)));
+    }
     for (const bad of ['127.0.0.1', '127.0.0.1:99999', ':1', '127.0.0.1:x']) expect(() => parseListen(bad)).toThrow(/--listen/);
   });
 
@@ -66,7 +69,7 @@ describe('cowvol serve: arguments', () => {
     const r = await cowvol(['serve', vol, '--listen', '0.0.0.0:10809']);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('[INVALID_ARGUMENT]');
-    expect(r.stderr).toContain('TLS is not supported yet');
+    expect(r.stderr).toContain('without --tls-psk only loopback');
     await cowvolOk(['info', vol]);
   });
 

@@ -2,19 +2,20 @@ import { isIP } from 'node:net';
 import { InvalidArgumentError } from '@cowvol/cow-core';
 
 /**
- * Parses `--listen <host:port>` (`[v6 address]:port` for IPv6). Only
- * loopback addresses are accepted: the server has no TLS yet, so a client
- * on another machine would see every byte in clear (README "Serving a volume").
- * @throws INVALID_ARGUMENT (malformed, bad port, or a non-loopback host)
+ * Parses `--listen <host:port>` (`[v6 address]:port` for IPv6). Without
+ * TLS (`tls` false) only loopback addresses are accepted: a client on
+ * another machine would see every byte in clear and need no key (README
+ * "Serving a volume").
+ * @throws INVALID_ARGUMENT (malformed, bad port, or a non-loopback host without TLS)
  */
-export function parseListen(value: string): { host: string; port: number } {
+export function parseListen(value: string, tls = false): { host: string; port: number } {
   const match = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value.trim());
   if (!match) throw new InvalidArgumentError(`--listen takes <host:port> (or [ipv6]:port), got ${JSON.stringify(value)}`);
   const host = (match[1] ?? match[2])!;
   const port = Number(match[3]);
   if (port > 65535) throw new InvalidArgumentError(`--listen: port ${port} is above 65535`);
-  if (!isLoopback(host)) {
-    throw new InvalidArgumentError(`--listen ${value}: only loopback addresses (127.0.0.0/8, ::1, localhost) are served; TLS is not supported yet, so other hosts cannot be served safely`);
+  if (!tls && !isLoopback(host)) {
+    throw new InvalidArgumentError(`--listen ${value}: without --tls-psk only loopback addresses (127.0.0.0/8, ::1, localhost) are served: other hosts would reach every byte in clear, with no key`);
   }
   return { host, port };
 }

@@ -8,6 +8,7 @@ import type { NbdLogger } from './logger.js';
 import { Negotiation, type Agreement } from './negotiation.js';
 import { greeting } from './replies.js';
 import { errnoFor, errorReply, runRequest, validateRequest } from './request-handler.js';
+import { startTlsPsk, type PskKeys } from './tls-psk.js';
 
 /** Bounds of one connection's requests in flight (docs/ARCHITECTURE.md §14.2). */
 export interface ConnectionLimits {
@@ -22,6 +23,16 @@ const CLOSE_GRACE_MS = 2000;
 
 export const DEFAULT_LIMITS: ConnectionLimits = { maxInFlightBytes: 64 * 1024 * 1024, maxInFlightRequests: 128 };
 
+/** How a connection's handshake goes (docs/ARCHITECTURE.md §14.6). */
+export interface HandshakeOptions {
+  /** TLS-PSK keys: TLS is then required (NBD_OPT_STARTTLS first). `undefined`: no TLS. */
+  tlsPsk: PskKeys | undefined;
+  /** Milliseconds from accept to the end of the option phase (TLS handshake included); past it the connection is closed. Default 30 000. */
+  handshakeTimeoutMs: number;
+}
+
+export const DEFAULT_HANDSHAKE: HandshakeOptions = { tlsPsk: undefined, handshakeTimeoutMs: 30_000 };
+
 type Phase = 'flags' | 'options' | 'transmission' | 'closing';
 
 /**
@@ -29,7 +40,9 @@ type Phase = 'flags' | 'options' | 'transmission' | 'closing';
  * run concurrently and answered out of order. Reading stops while the
  * requests in flight hold too many bytes or while an option is being
  * answered, so memory stays bounded whatever the client sends or fails to
- * read. A framing violation closes this connection only.
+ * read. A framing violation closes this connection only, and so does a
+ * handshake not finished within its time: a client cannot hold a
+ * connection slot without entering transmission.
  */
 export class Connection {
   /** Settles once the socket closed, every request in flight finished and the final flush ran. */
@@ -46,29 +59,52 @@ export class Connection {
   private idleWaiters: Array<() => void> = [];
   private finishing: Promise<void> | undefined;
   private readonly counters = { requests: 0, errors: 0, readBytes: 0, writtenBytes: 0 };
+  /** The socket NBD is spoken on: the accepted one, then its TLS session after NBD_OPT_STARTTLS. */
+  private socket: Socket;
+  private readonly handshakeTimer: NodeJS.Timeout;
+  private markClosed: () => void = () => undefined;
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.phase === 'closing') return;
+    this.queue.push(chunk);
+    this.pump();
+  };
+  private readonly onEnd = (): void => void this.finish('client closed the connection');
+  private readonly onError = (err: Error): void => this.log.debug({ conn: this.id, err: err.message }, 'socket error');
+  /** A TLS error in the option phase is the handshake failing (a wrong key): worth a warning. */
+  private readonly onTlsError = (err: Error): void => {
+    if (this.phase === 'options') this.log.warn({ conn: this.id, err: err.message }, 'TLS handshake failed: closing the connection');
+    else this.onError(err);
+  };
+  private readonly onClose = (): void => this.markClosed();
 
   constructor(
-    private readonly socket: Socket,
+    socket: Socket,
     private readonly catalog: ExportCatalog,
     private readonly log: NbdLogger,
     readonly id: number,
     private readonly limits: ConnectionLimits = DEFAULT_LIMITS,
+    private readonly handshake: HandshakeOptions = DEFAULT_HANDSHAKE,
   ) {
-    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-    socket.on('data', (chunk: Buffer) => {
-      if (this.phase === 'closing') return;
-      this.queue.push(chunk);
-      this.pump();
-    });
-    socket.on('end', () => void this.finish('client closed the connection'));
-    socket.on('error', (err) => this.log.debug({ conn: id, err: err.message }, 'socket error'));
+    this.socket = socket;
+    const closed = new Promise<void>((resolve) => (this.markClosed = resolve));
+    this.listen(socket);
     this.done = closed.then(() => this.finish('connection lost'));
+    this.handshakeTimer = setTimeout(() => this.handshakeExpired(), handshake.handshakeTimeoutMs);
+    this.handshakeTimer.unref();
     socket.write(greeting());
+  }
+
+  private listen(socket: Socket, kind: 'plain' | 'TLS' = 'plain'): void {
+    socket.on('data', this.onData);
+    socket.on('end', this.onEnd);
+    socket.on('error', kind === 'TLS' ? this.onTlsError : this.onError);
+    socket.once('close', this.onClose);
   }
 
   /** Refuses new requests (ESHUTDOWN), finishes those in flight, flushes, closes. */
   stop(): Promise<void> {
     this.stopping = true;
+    clearTimeout(this.handshakeTimer);
     if (this.phase !== 'transmission') {
       this.phase = 'closing';
       this.queue.clear();
@@ -87,7 +123,7 @@ export class Connection {
         if (this.phase === 'flags') {
           const flags = parseClientFlags(this.queue);
           if (flags === undefined) return;
-          this.negotiation = new Negotiation(this.catalog, (flags & NBD_FLAG_C_NO_ZEROES) !== 0);
+          this.negotiation = new Negotiation(this.catalog, (flags & NBD_FLAG_C_NO_ZEROES) !== 0, this.handshake.tlsPsk ? 'required' : 'off');
           this.phase = 'options';
         } else if (this.phase === 'options') {
           if (this.optionBusy) return;
@@ -98,7 +134,8 @@ export class Connection {
           void this.negotiation!.handle(option).then(
             (step) => {
               if (step.next === 'options') this.logRefusal(option.option, step.replies.at(-1));
-              this.afterOption(step.replies, step.next === 'transmission' ? step.agreement : step.next);
+              if (step.next === 'starttls') this.startTls(step.replies);
+              else this.afterOption(step.replies, step.next === 'transmission' ? step.agreement : step.next);
             },
             (err: unknown) => this.fail(err, `option ${option.option} failed`),
           );
@@ -128,18 +165,57 @@ export class Connection {
 
   private optionAnswered(next: Agreement | 'options' | 'close'): void {
     this.optionBusy = false;
-    if (next === 'close' || this.stopping) {
+    if (next === 'close' || this.stopping || this.phase === 'closing') {
       this.phase = 'closing';
       this.closeSocket();
       return;
     }
     if (next !== 'options') {
+      clearTimeout(this.handshakeTimer);
       this.agreement = next;
       this.phase = 'transmission';
       this.log.info({ conn: this.id, export: next.export.name, structured: next.structured, baseAllocation: next.baseAllocation }, 'client attached');
     }
     this.setPaused(false);
     this.pump();
+  }
+
+  /**
+   * Sends the ACK to NBD_OPT_STARTTLS in clear and, in the same tick, puts
+   * a TLS session on the socket: the client's TLS handshake can only come
+   * after the ACK, so no byte of it is read in clear. Bytes the client sent
+   * after STARTTLS and before the ACK break the protocol and close the
+   * connection. The option phase then goes on inside TLS.
+   */
+  private startTls(replies: Buffer[]): void {
+    const keys = this.handshake.tlsPsk;
+    const raw = this.socket;
+    if (this.phase === 'closing') return; // stopped or timed out while the option was answered
+    if (!keys) return this.fail(new Error('STARTTLS acknowledged without keys'), 'cannot start TLS');
+    if (this.queue.length > 0 || raw.readableLength > 0) {
+      this.log.warn({ conn: this.id }, 'bytes after NBD_OPT_STARTTLS before its reply: closing the connection');
+      this.phase = 'closing';
+      raw.destroy();
+      return;
+    }
+    this.send(replies);
+    raw.off('data', this.onData).off('end', this.onEnd).off('error', this.onError).off('close', this.onClose);
+    const secure = startTlsPsk(raw, keys);
+    this.socket = secure;
+    this.listen(secure, 'TLS');
+    secure.once('secure', () => this.log.info({ conn: this.id, protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'TLS started'));
+    this.optionBusy = false;
+    this.paused = false; // the TLS socket flows; the paused plain one is no longer read
+    this.pump();
+  }
+
+  /** The option phase outlived HandshakeOptions.handshakeTimeoutMs: the client loses its slot. */
+  private handshakeExpired(): void {
+    if (this.phase !== 'flags' && this.phase !== 'options') return;
+    this.log.warn({ conn: this.id, handshakeTimeoutMs: this.handshake.handshakeTimeoutMs }, 'handshake not finished in time: closing the connection');
+    this.phase = 'closing';
+    this.queue.clear();
+    this.socket.destroy();
   }
 
   /** Logs an option answered with an error reply (bit 31 of the reply type; docs/FORMAT.md §10.2). */
@@ -212,6 +288,7 @@ export class Connection {
   /** Stops reading, lets requests in flight finish, flushes a writable export, closes (once). */
   private finish(reason: string): Promise<void> {
     this.finishing ??= (async () => {
+      clearTimeout(this.handshakeTimer);
       this.phase = 'closing';
       this.queue.clear();
       this.setPaused(false); // read (and drop) what still comes, so the client's end is seen

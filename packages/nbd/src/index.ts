@@ -28,9 +28,10 @@ export {
   type Extent,
 } from './replies.js';
 export type { BlockExport, ExportCatalog, ExportListing } from './block-export.js';
-export { Negotiation, type Agreement, type OptionStep } from './negotiation.js';
+export { Negotiation, type Agreement, type OptionStep, type TlsMode } from './negotiation.js';
 export { errnoFor, RequestError } from './request-handler.js';
-export { Connection, DEFAULT_LIMITS, type ConnectionLimits } from './connection.js';
+export { Connection, DEFAULT_LIMITS, DEFAULT_HANDSHAKE, type ConnectionLimits, type HandshakeOptions } from './connection.js';
+export { loadPskKeys, parsePskKeys, startTlsPsk, type PskKeys } from './tls-psk.js';
 export { NbdServer, DEFAULT_MAX_CONNECTIONS, type Endpoint, type NbdServerOptions } from './server.js';
 export { SILENT_LOGGER, type NbdLogger } from './logger.js';
 export { VolumeExports, LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX, ZERO_PIECE_BYTES } from './volume-exports.js';

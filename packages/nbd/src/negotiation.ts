@@ -21,9 +21,12 @@ import {
   NBD_OPT_LIST,
   NBD_OPT_LIST_META_CONTEXT,
   NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_POLICY,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
 } from './constants.js';
@@ -41,27 +44,48 @@ export interface Agreement {
   baseAllocation: boolean;
 }
 
-/** The outcome of one option: bytes to send, then go on, close, or enter transmission. */
-export type OptionStep = { replies: Buffer[]; next: 'options' | 'close' } | { replies: Buffer[]; next: 'transmission'; agreement: Agreement };
+/**
+ * The outcome of one option: bytes to send, then go on, close, start TLS
+ * (the replies are the ACK to NBD_OPT_STARTTLS, sent in clear), or enter
+ * transmission.
+ */
+export type OptionStep = { replies: Buffer[]; next: 'options' | 'close' | 'starttls' } | { replies: Buffer[]; next: 'transmission'; agreement: Agreement };
+
+/**
+ * Whether the server does TLS: `off` ("NOTLS" mode: NBD_OPT_STARTTLS is
+ * refused with NBD_REP_ERR_POLICY) or `required` ("FORCEDTLS" mode: every
+ * option but STARTTLS and ABORT is NBD_REP_ERR_TLS_REQD until TLS started).
+ */
+export type TlsMode = 'off' | 'required';
 
 /**
  * The option phase of one connection ("Option haggling"; docs/ARCHITECTURE.md
  * §14.3): the state the options build up, and one reply sequence per option.
  * Every option this server does not implement is answered NBD_REP_ERR_UNSUP.
+ * With TLS required, nothing is negotiated in clear (§14.6).
  */
 export class Negotiation {
   private structured = false;
+  /** NBD_OPT_STARTTLS was acknowledged: everything from here on is inside TLS. */
+  private tlsStarted = false;
   /** The export `base:allocation` was selected for, by its resolved name. */
   private metaExport: string | undefined;
 
   constructor(
     private readonly catalog: ExportCatalog,
     private readonly noZeroes: boolean,
+    private readonly tls: TlsMode = 'off',
   ) {}
 
   /** Handles one option; errors of the catalog propagate (the connection logs them and closes). */
   async handle(message: OptionMessage): Promise<OptionStep> {
     const { option, data } = message;
+    if (option === NBD_OPT_STARTTLS) return this.startTls(data);
+    if (this.tls === 'required' && !this.tlsStarted && option !== NBD_OPT_ABORT) {
+      // "FORCEDTLS": EXPORT_NAME cannot be refused but by closing.
+      if (option === NBD_OPT_EXPORT_NAME) return { replies: [], next: 'close' };
+      return { replies: [optionError(option, NBD_REP_ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first')], next: 'options' };
+    }
     switch (option) {
       case NBD_OPT_EXPORT_NAME:
         return this.exportName(data.toString('utf8'));
@@ -83,6 +107,14 @@ export class Negotiation {
       default:
         return { replies: [optionError(option, NBD_REP_ERR_UNSUP, `option ${option} is not supported`)], next: 'options' };
     }
+  }
+
+  private startTls(data: Buffer): OptionStep {
+    if (this.tls === 'off') return { replies: [optionError(NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY, 'TLS is not enabled on this server')], next: 'options' };
+    if (this.tlsStarted) return invalid(NBD_OPT_STARTTLS, 'TLS was already started');
+    if (data.length !== 0) return invalid(NBD_OPT_STARTTLS, 'NBD_OPT_STARTTLS carries no data');
+    this.tlsStarted = true;
+    return { replies: [optionReply(NBD_OPT_STARTTLS, NBD_REP_ACK)], next: 'starttls' };
   }
 
   private async exportName(name: string): Promise<OptionStep> {

@@ -3,9 +3,10 @@ import { createConnection, createServer, isIP, type Server, type Socket } from '
 import { resolve as resolvePath } from 'node:path';
 import { CowvolError, InvalidArgumentError, IoError } from '@cowvol/cow-core';
 import type { ExportCatalog } from './block-export.js';
-import { Connection, DEFAULT_LIMITS, type ConnectionLimits } from './connection.js';
+import { Connection, DEFAULT_HANDSHAKE, DEFAULT_LIMITS, type ConnectionLimits, type HandshakeOptions } from './connection.js';
 import { EndpointInUseError } from './errors.js';
 import { SILENT_LOGGER, type NbdLogger } from './logger.js';
+import type { PskKeys } from './tls-psk.js';
 
 /** Where to listen: a unix socket (created with mode 0600) or a TCP address. */
 export type Endpoint = { socketPath: string } | { host: string; port: number };
@@ -16,6 +17,10 @@ export interface NbdServerOptions {
   /** Connections served at once; one more is closed at once, before the greeting. Default 16. */
   maxConnections?: number;
   limits?: ConnectionLimits;
+  /** TLS-PSK keys (loadPskKeys): every connection must then start TLS before any other option (docs/ARCHITECTURE.md §14.6). */
+  tlsPsk?: PskKeys;
+  /** Milliseconds a connection may spend before transmission (TLS handshake included); then it is closed. Default 30 000. */
+  handshakeTimeoutMs?: number;
 }
 
 export const DEFAULT_MAX_CONNECTIONS = 16;
@@ -29,19 +34,24 @@ export class NbdServer {
   private readonly connections = new Set<Connection>();
   private readonly log: NbdLogger;
   private readonly maxConnections: number;
+  private readonly handshake: HandshakeOptions;
   private nextId = 1;
   private stopping: Promise<void> | undefined;
 
-  /** @throws INVALID_ARGUMENT when maxConnections is not a positive integer */
+  /** @throws INVALID_ARGUMENT when maxConnections or handshakeTimeoutMs is not a positive integer */
   constructor(private readonly options: NbdServerOptions) {
     this.log = options.logger ?? SILENT_LOGGER;
     this.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     if (!Number.isSafeInteger(this.maxConnections) || this.maxConnections < 1) throw new InvalidArgumentError(`maxConnections must be a positive integer, got ${this.maxConnections}`);
+    this.handshake = { tlsPsk: options.tlsPsk, handshakeTimeoutMs: options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE.handshakeTimeoutMs };
+    const timeoutMs = this.handshake.handshakeTimeoutMs;
+    if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > 2 ** 31 - 1) throw new InvalidArgumentError(`handshakeTimeoutMs must be a positive integer (at most 2^31-1), got ${timeoutMs}`);
   }
 
   /**
    * Starts listening on `endpoint` and resolves with its NBD URI
-   * (`nbd+unix:///?socket=<absolute path>` or `nbd://<host>:<port>/`).
+   * (`nbd+unix:///?socket=<absolute path>` or `nbd://<host>:<port>/`;
+   * `nbds+unix` and `nbds` when TLS is required).
    * A stale unix socket (nothing accepts on it) is replaced.
    * @throws ENDPOINT_IN_USE (address taken, a server on the socket, a file that is not a socket), INVALID_ARGUMENT (cannot listen there: no such directory, no permission, unknown host), IO_ERROR (a stale socket cannot be removed, or its mode set)
    */
@@ -55,13 +65,13 @@ export class NbdServer {
         throw new IoError(`cannot listen on ${path}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
       });
       this.listeners.push(server);
-      return `nbd+unix:///?socket=${encodeURI(path).replace(/[?#&=]/g, encodeURIComponent)}`;
+      return `${this.scheme()}+unix:///?socket=${encodeURI(path).replace(/[?#&=]/g, encodeURIComponent)}`;
     }
     await listenOn(server, `${endpoint.host}:${endpoint.port}`, () => server.listen(endpoint.port, endpoint.host));
     this.listeners.push(server);
     const address = server.address();
     const port = typeof address === 'object' && address ? address.port : endpoint.port;
-    return `nbd://${isIP(endpoint.host) === 6 ? `[${endpoint.host}]` : endpoint.host}:${port}/`;
+    return `${this.scheme()}://${isIP(endpoint.host) === 6 ? `[${endpoint.host}]` : endpoint.host}:${port}/`;
   }
 
   /**
@@ -78,6 +88,10 @@ export class NbdServer {
     return this.stopping;
   }
 
+  private scheme(): 'nbd' | 'nbds' {
+    return this.handshake.tlsPsk ? 'nbds' : 'nbd';
+  }
+
   private accept(socket: Socket): void {
     if (this.stopping || this.connections.size >= this.maxConnections) {
       this.log.warn({ connections: this.connections.size, maxConnections: this.maxConnections }, this.stopping ? 'refused a connection: stopping' : 'refused a connection: too many');
@@ -85,7 +99,7 @@ export class NbdServer {
       return;
     }
     socket.setNoDelay?.(true);
-    const connection = new Connection(socket, this.options.catalog, this.log, this.nextId++, this.options.limits ?? DEFAULT_LIMITS);
+    const connection = new Connection(socket, this.options.catalog, this.log, this.nextId++, this.options.limits ?? DEFAULT_LIMITS, this.handshake);
     this.connections.add(connection);
     this.log.info({ conn: connection.id, remote: socket.remoteAddress ?? 'unix' }, 'connection opened');
     void connection.done.finally(() => this.connections.delete(connection));

@@ -1,4 +1,5 @@
 import { connect, type Socket } from 'node:net';
+import { connect as connectTls, type ConnectionOptions } from 'node:tls';
 import {
   ByteQueue,
   NBD_CMD_READ,
@@ -41,6 +42,20 @@ export class RawClient {
       socket.once('error', reject);
     });
     return new RawClient(socket);
+  }
+
+  /**
+   * After an NBD_REP_ACK to NBD_OPT_STARTTLS: the TLS handshake as a PSK
+   * client; resolves with a client speaking inside TLS, rejects when the
+   * handshake fails.
+   */
+  async startTls(identity: string, key: Buffer, options: ConnectionOptions = {}): Promise<RawClient> {
+    const secure = connectTls({ socket: this.socket, pskCallback: () => ({ identity, psk: key }), checkServerIdentity: () => undefined, ...options });
+    await new Promise<void>((resolve, reject) => {
+      secure.once('secureConnect', resolve);
+      secure.once('error', reject);
+    });
+    return new RawClient(secure);
   }
 
   private wake(): void {

@@ -29,6 +29,7 @@ import {
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_POLICY,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REPLY_TYPE_BLOCK_STATUS,
@@ -77,11 +78,11 @@ async function until(cond: () => boolean): Promise<void> {
 describe('option phase', () => {
   beforeEach(() => start());
 
-  it('LIST names every export with its description; an unknown option is ERR_UNSUP and the connection stays usable', async () => {
+  it('LIST names every export with its description; STARTTLS without TLS is ERR_POLICY, an unknown option ERR_UNSUP, and the connection stays usable', async () => {
     const c = await RawClient.connect(socketPath);
     await c.handshake();
     c.sendOption(NBD_OPT_STARTTLS);
-    expect((await c.readOptionReply()).type).toBe(NBD_REP_ERR_UNSUP);
+    expect((await c.readOptionReply()).type).toBe(NBD_REP_ERR_POLICY);
     c.sendOption(4242, Buffer.from('whatever'));
     expect((await c.readOptionReply()).type).toBe(NBD_REP_ERR_UNSUP);
     c.sendOption(NBD_OPT_LIST);

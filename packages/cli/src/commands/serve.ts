@@ -10,27 +10,32 @@ export default class Serve extends CowvolCommand {
 
   static override summary = 'Serve the live volume and its snapshots over NBD until SIGINT or SIGTERM';
   static override description =
-    'Exports `live` (also the default, empty name) read-write and `snapshot/<name>` read-only. Prints the NBD URI on stdout once ready; logs JSON lines on stderr. The volume stays locked while served: other cowvol commands get VOLUME_BUSY.';
+    'Exports `live` (also the default, empty name) read-write and `snapshot/<name>` read-only. Prints the NBD URI on stdout once ready; logs JSON lines on stderr. The volume stays locked while served: other cowvol commands get VOLUME_BUSY. With --tls-psk every client must start TLS (NBD_OPT_STARTTLS) with a key of the file, on every endpoint.';
   static override examples = [
     '<%= config.bin %> serve vol.img',
     'qemu-img convert -O raw "nbd+unix:///snapshot/nightly?socket=$PWD/vol.img.cowvol/nbd.sock" copy.img',
     '<%= config.bin %> serve vol.img --listen 127.0.0.1:10809 --read-only',
+    'psktool -u alice -p keys.psk && <%= config.bin %> serve vol.img --tls-psk keys.psk --listen 0.0.0.0:10809',
+    'nbdinfo --list "nbds://alice@server:10809/?tls-psk-file=keys.psk"',
   ];
   static override enableJsonFlag = false;
   static override args = { volume: Args.string({ description: 'path of the volume file', required: true }) };
   static override flags = {
     socket: Flags.string({ description: 'unix socket to listen on, created with mode 0600 (default: <volume>.cowvol/nbd.sock)', helpValue: '<path>' }),
-    listen: Flags.string({ description: 'also listen on TCP, loopback addresses only (no TLS yet)', helpValue: '<host:port>' }),
+    listen: Flags.string({ description: 'also listen on TCP; a non-loopback address needs --tls-psk', helpValue: '<host:port>' }),
+    'tls-psk': Flags.string({ description: 'require TLS with the pre-shared keys of this psktool file (username:hexkey lines; a regular file of mode 0600 or stricter)', helpValue: '<file>' }),
+    'handshake-timeout': Flags.integer({ description: 'seconds a client may take from connecting to its first request (TLS handshake included); then it is disconnected', min: 1, max: 86_400, default: 30, helpValue: '<seconds>' }),
     'read-only': Flags.boolean({ description: 'serve `live` read-only too', default: false }),
     'max-connections': Flags.integer({ description: 'connections served at once', min: 1, default: 16, helpValue: '<n>' }),
   };
 
   async run(): Promise<void> {
     const { args, flags } = await this.parse(Serve);
-    const tcp = flags.listen === undefined ? undefined : parseListen(flags.listen);
+    const tcp = flags.listen === undefined ? undefined : parseListen(flags.listen, flags['tls-psk'] !== undefined);
     // Loaded here, not at the top: oclif may load every command module to
     // find one, and no other command should pay for the server or the logger.
-    const [{ NbdServer, VolumeExports }, { pino }] = await Promise.all([import('@cowvol/nbd'), import('pino')]);
+    const [{ NbdServer, VolumeExports, loadPskKeys }, { pino }] = await Promise.all([import('@cowvol/nbd'), import('pino')]);
+    const tlsPsk = flags['tls-psk'] === undefined ? undefined : await loadPskKeys(flags['tls-psk']);
     const log = pino({ base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
     // The first signal stops cleanly; later ones are logged and ignored until
     // the volume is closed, so a stop in progress is never cut short.
@@ -46,11 +51,17 @@ export default class Serve extends CowvolCommand {
     process.on('SIGTERM', onSignal);
     try {
       await this.withVolume(args.volume, async (volume) => {
-        const server = new NbdServer({ catalog: new VolumeExports(volume, { readOnly: flags['read-only'] }), logger: log, maxConnections: flags['max-connections'] });
+        const server = new NbdServer({
+          catalog: new VolumeExports(volume, { readOnly: flags['read-only'] }),
+          logger: log,
+          maxConnections: flags['max-connections'],
+          handshakeTimeoutMs: flags['handshake-timeout'] * 1000,
+          ...(tlsPsk ? { tlsPsk } : {}),
+        });
         try {
           const uri = await server.listen({ socketPath: flags.socket ?? join(volumeLayout(args.volume).sidecarPath, 'nbd.sock') });
           const tcpUri = tcp ? await server.listen(tcp) : undefined;
-          log.info({ volume: args.volume, uri, tcpUri, readOnly: flags['read-only'] }, 'serving');
+          log.info({ volume: args.volume, uri, tcpUri, readOnly: flags['read-only'], tls: tlsPsk ? 'psk' : 'off' }, 'serving');
           process.stdout.write(`${uri}\n`);
           log.info({ signal: await stopped }, 'stopping: finishing requests in flight');
         } finally {
