@@ -134,12 +134,12 @@ async function writeSidecar(plan: CreatePlan): Promise<void> {
   await storeDev.write(0, SnapshotStore.header(uuid, blockSizeBytes));
   await storeDev.sync();
   await storeDev.close();
-  await narrowMode(layout.storePath, sidecar.fileMode);
+  await narrowSidecarFile(layout.storePath, sidecar.fileMode);
   killPoint('create:store');
   const journalDev = await openerFor(options, 'journal', fileDeviceOpener).open(layout.journalPath, { create: true });
   await Journal.format(journalDev, { uuid, blockSizeBytes, lengthBlocks: plan.journalBytes / blockSizeBytes });
   await journalDev.close();
-  await narrowMode(layout.journalPath, sidecar.fileMode);
+  await narrowSidecarFile(layout.journalPath, sidecar.fileMode);
   killPoint('create:journal');
   await writeReserve(layout.reservePath, plan.reserveBytes);
   const db = await MetadataDb.open(layout.metaPath, true);
@@ -165,6 +165,15 @@ async function writeSidecar(plan: CreatePlan): Promise<void> {
   await clearCreateIntent(layout);
   await syncDirectory(layout.sidecarPath);
   await syncDirectory(dirname(resolve(layout.sidecarPath)));
+}
+
+/** Narrows a sidecar file's mode; a store or journal its role's opener keeps elsewhere has no file here to narrow. */
+async function narrowSidecarFile(path: string, allowed: number): Promise<void> {
+  try {
+    await narrowMode(path, allowed);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
 }
 
 /** fsync a directory so the names created in it are durable. */
