@@ -1,8 +1,7 @@
 import { InvalidArgumentError, InvalidSnapshotNameError, OutOfRangeError, SnapshotExistsError, SnapshotNotFoundError, VolumeReadOnlyError } from './errors.js';
-import { MAX_READ_BYTES, SNAPSHOT_NAME_PATTERN, type VolumeLayout } from './layout.js';
+import { MAX_READ_BYTES, SNAPSHOT_NAME_PATTERN } from './layout.js';
 import { decodeValue as decodeMeta, keys, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import type { SnapshotRecord } from './metadata.js';
-import type { MetaRecord } from './committed-metadata.js';
 import type { CheckReport } from './check.js';
 import type { DiffResult } from './diff.js';
 import { planDelete, type DeletePlan, type SpaceReport } from './space.js';
@@ -14,7 +13,7 @@ import type { AcceptChangesReport, OutsideChange } from './outside-writes.js';
 import { VolumeContext } from './volume-context.js';
 import type { FailureListener, VolumeState } from './volume-state.js';
 import { readCurrent, writePieces } from './write-path.js';
-import { acceptOutsideChangesFrozen, createSnapshotFrozen, deleteSnapshotsLocked, describeSnapshot, findVictims, finishInterruptedDeletes } from './snapshot-lifecycle.js';
+import { acceptOutsideChangesFrozen, changeSnapshotFrozen, createSnapshotFrozen, deleteSnapshotsLocked, describeSnapshot, findVictims, finishInterruptedDeletes, type SnapshotChange } from './snapshot-lifecycle.js';
 import { abandonParts, closeVolume, openForReading, openVolumeParts } from './volume-lifecycle.js';
 import { createVolumeFiles } from './volume-create.js';
 import { checkConsistencyFrozen, checkFrozen, diffOf, namedMaps, spaceUsageOf, volumeInfo, type CheckOptions } from './volume-reports.js';
@@ -42,25 +41,14 @@ export type { FailureListener, VolumeState } from './volume-state.js';
  * closing → closed`. A failed volume refuses every call with the same
  * JOURNAL_ABORTED error until closed; {@link onFailure} tells a supervisor.
  *
- * Errors (codes): INVALID_ARGUMENT, INVALID_SNAPSHOT_NAME, OUT_OF_RANGE,
- * SNAPSHOT_NOT_FOUND, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, VOLUME_NOT_FOUND,
- * VOLUME_EXISTS, VOLUME_BUSY, NOT_A_VOLUME, CORRUPT_METADATA,
- * STORE_CORRUPT, UNSUPPORTED_VERSION, VOLUME_SIZE_MISMATCH,
- * VOLUME_MODIFIED_OUTSIDE, VOLUME_CLOSED, IO_ERROR, NO_SPACE,
- * JOURNAL_CORRUPT, JOURNAL_ABORTED, OUTCOME_UNKNOWN (a commit whose flush
- * failed), JOURNAL_NEEDS_RECOVERY and VOLUME_READ_ONLY (read-only opens). A
- * change durable in the journal is never reported as an error (see
- * {@link warnings}).
+ * Errors: each method names its codes (docs/ARCHITECTURE.md §10). A change
+ * durable in the journal is never reported as an error (see {@link warnings}).
  */
 export class Volume {
   private readonly reader: SnapshotReader;
 
   private constructor(private readonly ctx: VolumeContext) {
     this.reader = snapshotReaderOf(ctx);
-  }
-
-  get layout(): VolumeLayout {
-    return this.ctx.parts.layout;
   }
 
   get sizeBytes(): number {
@@ -81,12 +69,7 @@ export class Volume {
     return this.ctx.status.state;
   }
 
-  /**
-   * Subscribes to the failure event: `listener` hears, once, the
-   * JOURNAL_ABORTED error every later call gets (its `cause` is what failed
-   * the volume). Returns the unsubscribe function. A volume already failed
-   * does not call it: read {@link state} first.
-   */
+  /** Subscribes to the failure event (docs/ARCHITECTURE.md §7.10): `listener` hears once the JOURNAL_ABORTED error every later call gets (`cause`: what failed the volume). Returns the unsubscribe function; a volume already failed does not call it. */
   onFailure(listener: FailureListener): () => void {
     return this.ctx.status.onFailure(listener);
   }
@@ -157,7 +140,7 @@ export class Volume {
    * @throws OUT_OF_RANGE, INVALID_ARGUMENT, IO_ERROR, NO_SPACE, JOURNAL_ABORTED, VOLUME_CLOSED, VOLUME_READ_ONLY, VOLUME_MODIFIED_OUTSIDE (held, not accepted)
    */
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    if (this.readOnly) throw new VolumeReadOnlyError(this.layout.volumePath, 'write');
+    if (this.readOnly) throw new VolumeReadOnlyError(this.ctx.parts.layout.volumePath, 'write');
     this.checkRange(offsetBytes, data.length);
     if (data.length === 0) return;
     // No copy on the overwrite path; the write-back stage and the journal copy what they keep.
@@ -176,9 +159,8 @@ export class Volume {
   }
 
   /**
-   * Makes every write that completed before the call durable (guarantee 4):
-   * drains the write-back stage, then syncs the volume file. Reports, once,
-   * any earlier acknowledged write that could not reach the volume.
+   * Makes every write completed before the call durable (guarantee 4, docs/ARCHITECTURE.md §4.6);
+   * reports, once, any earlier acknowledged write that could not reach the volume.
    * @throws IO_ERROR, NO_SPACE, JOURNAL_ABORTED (with `details.failedRanges` for write-back failures), VOLUME_CLOSED
    */
   async flush(): Promise<void> {
@@ -197,8 +179,7 @@ export class Volume {
   }
 
   /**
-   * Takes a snapshot in O(1), frozen (docs/ARCHITECTURE.md §4.4): the new
-   * snapshot is active with an empty COW map.
+   * Takes a snapshot in O(1), frozen (docs/ARCHITECTURE.md §4.4).
    * @throws INVALID_SNAPSHOT_NAME, INVALID_LABEL, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, IO_ERROR
    */
   async createSnapshot(name: string, options: CreateSnapshotOptions = {}): Promise<SnapshotInfo> {
@@ -213,8 +194,7 @@ export class Volume {
   }
 
   /**
-   * Reads snapshot `name` through the read-through chain (read-through.ts,
-   * docs/ARCHITECTURE.md §4.3); every store block is CRC-checked.
+   * Reads snapshot `name` through its read-through chain, every store block CRC-checked (docs/ARCHITECTURE.md §4.3).
    * @throws SNAPSHOT_NOT_FOUND, OUT_OF_RANGE, INVALID_ARGUMENT, STORE_CORRUPT, IO_ERROR
    */
   async readSnapshot(name: string, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
@@ -224,10 +204,8 @@ export class Volume {
   }
 
   /**
-   * Deletes snapshot `name` (snapshot-lifecycle.ts, docs/ARCHITECTURE.md
-   * §4.5): its blocks are handed over to the next older snapshot or freed,
-   * in bounded transactions, each under a short freeze; a crash in the
-   * middle is finished at the next open.
+   * Deletes snapshot `name`: its blocks are handed over to the next older snapshot or freed, in
+   * bounded transactions; a crash in the middle is finished at the next open (docs/ARCHITECTURE.md §4.5).
    * @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD, IO_ERROR
    */
   async deleteSnapshot(name: string): Promise<DeleteResult> {
@@ -395,17 +373,8 @@ export class Volume {
     if (failures.length > 0) throw writeBackError(failures);
   }
 
-  /** Runs a metadata change of snapshot `name`, frozen: `change` gives its records and in-memory update (undefined: nothing to do). */
-  private async changeSnapshot(name: string, change: (rec: SnapshotRecord) => { records: MetaRecord[]; apply: () => unknown } | undefined): Promise<SnapshotInfo> {
-    return this.ctx.frozen(async () => {
-      const rec = this.liveOrThrow(name);
-      const todo = change(rec);
-      if (todo) {
-        await this.ctx.commitRecords(todo.records);
-        todo.apply();
-      }
-      return describeSnapshot(this.ctx, rec);
-    });
+  private async changeSnapshot(name: string, change: SnapshotChange): Promise<SnapshotInfo> {
+    return this.ctx.frozen(() => changeSnapshotFrozen(this.ctx, this.liveOrThrow(name), change));
   }
 
   private liveOrThrow(name: string): SnapshotRecord {
