@@ -263,102 +263,131 @@ export class CommittedMetadata {
    */
   private keyOperations(records: unknown[]): MetaOp[] {
     const ops: MetaOp[] = [];
-    const touched = new Set<number>();
-    const dropped = new Set<number>();
-    const owned = (id: number, delta: number): void => {
-      const rec = this.snapshots.get(id);
-      assert(rec !== undefined, `journal record names snapshot ${id}, which does not exist`);
-      rec.ownedBlocks += delta;
-      assert(rec.ownedBlocks >= 0, `snapshot ${id} owns a negative number of blocks`);
-      touched.add(id);
-    };
+    const tx: TxSnapshots = { touched: new Set<number>(), dropped: new Set<number>() };
     for (const raw of records) {
       const r = asMetaRecord(raw);
-      switch (r.o) {
-        case 'sb': {
-          const op = putOp(keys.volume, r.v) as { o: 'p'; k: string; v: Buffer };
-          this.sb = decodeValue.volume(keys.volume, op.v); // validate before it reaches LevelDB
-          ops.push(op);
-          break;
-        }
-        case 'snap': {
-          const prev = this.snapshots.get(r.id);
-          // A state change keeps the optional fields (labels, held, origin).
-          this.snapshots.set(r.id, { ...prev, v: SCHEMA_VERSION, id: r.id, name: r.name, createdAt: r.createdAt, state: r.state, ownedBlocks: prev?.ownedBlocks ?? 0 });
-          touched.add(r.id);
-          break;
-        }
-        case 'drop': {
-          const rec = this.snapshots.get(r.id);
-          assert(rec !== undefined && rec.ownedBlocks === 0, `drop of snapshot ${r.id} that still owns blocks or does not exist`);
-          this.snapshots.delete(r.id);
-          touched.delete(r.id);
-          dropped.add(r.id);
-          ops.push(delOp(keys.snapshot(r.id)));
-          break;
-        }
-        case 'map':
-          this.allocator.allocateExact(r.p);
-          ops.push(putOp(keys.map(r.id, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
-          owned(r.id, +1);
-          break;
-        case 'mapx': {
-          const n = r.crcs.length / 4;
-          const crcs = Buffer.from(r.crcs.buffer, r.crcs.byteOffset, r.crcs.length);
-          for (let i = 0; i < n; i++) {
-            this.allocator.allocateExact(r.p + i);
-            ops.push(putOp(keys.map(r.id, r.b + i), { v: SCHEMA_VERSION, storeBlock: r.p + i, crc: crcs.readUInt32LE(4 * i) }));
-          }
-          owned(r.id, +n);
-          break;
-        }
-        case 'unmap':
-          ops.push(delOp(keys.map(r.id, r.b)));
-          this.allocator.free({ startBlock: r.p, lengthBlocks: 1 });
-          owned(r.id, -1);
-          break;
-        case 'move':
-          ops.push(delOp(keys.map(r.from, r.b)));
-          ops.push(putOp(keys.map(r.to, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
-          owned(r.from, -1);
-          owned(r.to, +1);
-          break;
-        case 'free':
-          this.allocator.free({ startBlock: r.p, lengthBlocks: r.n });
-          break;
-        case 'rename':
-        case 'labels':
-        case 'hold':
-        case 'origin':
-        case 'suspect': {
-          const rec = this.snapshots.get(r.id);
-          assert(rec !== undefined, `journal record ${r.o} names snapshot ${r.id}, which does not exist`);
-          if (r.o === 'rename') rec.name = r.name;
-          else if (r.o === 'labels') {
-            if (Object.keys(r.labels).length > 0) rec.labels = { ...r.labels };
-            else delete rec.labels;
-          } else if (r.o === 'hold') {
-            if (r.held) rec.held = true;
-            else delete rec.held;
-          } else if (r.o === 'suspect') rec.suspect = true;
-          else rec.origin = { ...r.origin };
-          touched.add(r.id);
-          break;
-        }
-        case 'import':
-          if (r.state === null) ops.push(delOp(keys.importState));
-          else {
-            const op = putOp(keys.importState, r.state) as { o: 'p'; k: string; v: Buffer };
-            decodeValue.importState(keys.importState, op.v); // validate before it reaches LevelDB
-            ops.push(op);
-          }
-          break;
-      }
+      if (!this.mappingOperations(r, ops, tx)) this.catalogOperations(r, ops, tx);
     }
     for (const op of this.allocator.takeOps()) ops.push(op);
-    for (const id of touched) if (!dropped.has(id)) ops.push(putOp(keys.snapshot(id), this.snapshots.get(id)!));
+    for (const id of tx.touched) {
+      const rec = this.snapshots.get(id);
+      if (!tx.dropped.has(id) && rec) ops.push(putOp(keys.snapshot(id), rec));
+    }
     return ops;
   }
+
+  /** The records that map, unmap, move or free store blocks; false for any other record. */
+  private mappingOperations(r: MetaRecord, ops: MetaOp[], tx: TxSnapshots): boolean {
+    switch (r.o) {
+      case 'map':
+        this.allocator.allocateExact(r.p);
+        ops.push(putOp(keys.map(r.id, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
+        this.owned(tx, r.id, +1);
+        return true;
+      case 'mapx': {
+        const n = r.crcs.length / 4;
+        const crcs = Buffer.from(r.crcs.buffer, r.crcs.byteOffset, r.crcs.length);
+        for (let i = 0; i < n; i++) {
+          this.allocator.allocateExact(r.p + i);
+          ops.push(putOp(keys.map(r.id, r.b + i), { v: SCHEMA_VERSION, storeBlock: r.p + i, crc: crcs.readUInt32LE(4 * i) }));
+        }
+        this.owned(tx, r.id, +n);
+        return true;
+      }
+      case 'unmap':
+        ops.push(delOp(keys.map(r.id, r.b)));
+        this.allocator.free({ startBlock: r.p, lengthBlocks: 1 });
+        this.owned(tx, r.id, -1);
+        return true;
+      case 'move':
+        ops.push(delOp(keys.map(r.from, r.b)));
+        ops.push(putOp(keys.map(r.to, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
+        this.owned(tx, r.from, -1);
+        this.owned(tx, r.to, +1);
+        return true;
+      case 'free':
+        this.allocator.free({ startBlock: r.p, lengthBlocks: r.n });
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  /** Counts `delta` owned blocks into snapshot `id`. */
+  private owned(tx: TxSnapshots, id: number, delta: number): void {
+    const rec = this.snapshots.get(id);
+    assert(rec !== undefined, `journal record names snapshot ${id}, which does not exist`);
+    rec.ownedBlocks += delta;
+    assert(rec.ownedBlocks >= 0, `snapshot ${id} owns a negative number of blocks`);
+    tx.touched.add(id);
+  }
+
+  /** The records of the volume record, the catalog and the import marker. */
+  private catalogOperations(r: MetaRecord, ops: MetaOp[], tx: TxSnapshots): void {
+    switch (r.o) {
+      case 'sb': {
+        const op = putOp(keys.volume, r.v) as { o: 'p'; k: string; v: Buffer };
+        this.sb = decodeValue.volume(keys.volume, op.v); // validate before it reaches LevelDB
+        ops.push(op);
+        break;
+      }
+      case 'snap': {
+        const prev = this.snapshots.get(r.id);
+        // A state change keeps the optional fields (labels, held, origin).
+        this.snapshots.set(r.id, { ...prev, v: SCHEMA_VERSION, id: r.id, name: r.name, createdAt: r.createdAt, state: r.state, ownedBlocks: prev?.ownedBlocks ?? 0 });
+        tx.touched.add(r.id);
+        break;
+      }
+      case 'drop': {
+        const rec = this.snapshots.get(r.id);
+        assert(rec !== undefined && rec.ownedBlocks === 0, `drop of snapshot ${r.id} that still owns blocks or does not exist`);
+        this.snapshots.delete(r.id);
+        tx.touched.delete(r.id);
+        tx.dropped.add(r.id);
+        ops.push(delOp(keys.snapshot(r.id)));
+        break;
+      }
+      case 'rename':
+      case 'labels':
+      case 'hold':
+      case 'origin':
+      case 'suspect':
+        this.changeFields(r);
+        tx.touched.add(r.id);
+        break;
+      case 'import':
+        if (r.state === null) ops.push(delOp(keys.importState));
+        else {
+          const op = putOp(keys.importState, r.state) as { o: 'p'; k: string; v: Buffer };
+          decodeValue.importState(keys.importState, op.v); // validate before it reaches LevelDB
+          ops.push(op);
+        }
+        break;
+      default:
+        assert(false, `journal record ${r.o} is no catalog record`);
+    }
+  }
+
+  /** A change of a snapshot's optional fields (name, labels, held, origin, suspect). */
+  private changeFields(r: Extract<MetaRecord, { o: 'rename' | 'labels' | 'hold' | 'origin' | 'suspect' }>): void {
+    const rec = this.snapshots.get(r.id);
+    assert(rec !== undefined, `journal record ${r.o} names snapshot ${r.id}, which does not exist`);
+    if (r.o === 'rename') rec.name = r.name;
+    else if (r.o === 'labels') {
+      if (Object.keys(r.labels).length > 0) rec.labels = { ...r.labels };
+      else delete rec.labels;
+    } else if (r.o === 'hold') {
+      if (r.held) rec.held = true;
+      else delete rec.held;
+    } else if (r.o === 'suspect') rec.suspect = true;
+    else rec.origin = { ...r.origin };
+  }
+}
+
+/** The snapshots one transaction touched (their records are rewritten) and dropped (deleted). */
+interface TxSnapshots {
+  readonly touched: Set<number>;
+  readonly dropped: Set<number>;
 }
 
 /**
