@@ -112,7 +112,7 @@ export class BlockSources {
   }
 }
 
-/** The reads a {@link SnapshotReader} issues: the journal-overlaid home reads of `Volume`. */
+/** The reads a {@link SnapshotReader} issues: the journal-overlaid home reads of the volume (`VolumeContext.readHomeInto`, see `snapshotReaderOf`). */
 export interface ReadThroughIo {
   /** Live bytes at `offsetBytes` into all of `into` (journal mode: the journal's cached images laid over). */
   readLiveInto(offsetBytes: number, into: Buffer): Promise<void>;
