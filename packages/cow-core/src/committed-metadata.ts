@@ -11,6 +11,7 @@ import {
   keys,
   parseHexSuffix,
   putOp,
+  isInt,
   type MetaBatch,
   type MetaOp,
   type ImportRecord,
@@ -74,10 +75,6 @@ export const META_RECORD_KINDS = Object.keys({ sb: 0, snap: 0, drop: 0, map: 0, 
  */
 export const REPLAY_BATCH_OPS = 4096;
 
-function isInt(x: unknown): x is number {
-  return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
-}
-
 function isId(x: unknown): x is number {
   return isInt(x) && x >= 1;
 }
@@ -122,15 +119,6 @@ export function asMetaRecord(record: unknown): MetaRecord {
       (r.o === 'import' && (r.state === null || (typeof r.state === 'object' && r.state !== null))));
   if (!ok) throw new CorruptMetadataError(`journal record is not a metadata record: ${JSON.stringify(r)?.slice(0, 120)}`);
   return r as unknown as MetaRecord;
-}
-
-/** What {@link CommittedMetadata.keyOperations} gathers over one transaction's records. */
-interface RecordStep {
-  ops: MetaOp[];
-  /** Snapshots whose record changed: written once at the end. */
-  touched: Set<number>;
-  /** Snapshots dropped: their record is deleted, not written. */
-  dropped: Set<number>;
 }
 
 /**
@@ -274,17 +262,68 @@ export class CommittedMetadata {
    * volume record); `cp` not included.
    */
   private keyOperations(records: unknown[]): MetaOp[] {
-    const step: RecordStep = { ops: [], touched: new Set(), dropped: new Set() };
-    for (const raw of records) this.recordOperations(asMetaRecord(raw), step);
-    const { ops } = step;
+    const ops: MetaOp[] = [];
+    const tx: TxSnapshots = { touched: new Set<number>(), dropped: new Set<number>() };
+    for (const raw of records) {
+      const r = asMetaRecord(raw);
+      if (!this.mappingOperations(r, ops, tx)) this.catalogOperations(r, ops, tx);
+    }
     for (const op of this.allocator.takeOps()) ops.push(op);
-    for (const id of step.touched) if (!step.dropped.has(id)) ops.push(putOp(keys.snapshot(id), this.snapshots.get(id)!));
+    for (const id of tx.touched) {
+      const rec = this.snapshots.get(id);
+      if (!tx.dropped.has(id) && rec) ops.push(putOp(keys.snapshot(id), rec));
+    }
     return ops;
   }
 
-  /** One record of {@link keyOperations}: the catalog and the volume record here, mappings in {@link mapOperations}. */
-  private recordOperations(r: MetaRecord, step: RecordStep): void {
-    const { ops } = step;
+  /** The records that map, unmap, move or free store blocks; false for any other record. */
+  private mappingOperations(r: MetaRecord, ops: MetaOp[], tx: TxSnapshots): boolean {
+    switch (r.o) {
+      case 'map':
+        this.allocator.allocateExact(r.p);
+        ops.push(putOp(keys.map(r.id, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
+        this.owned(tx, r.id, +1);
+        return true;
+      case 'mapx': {
+        const n = r.crcs.length / 4;
+        const crcs = Buffer.from(r.crcs.buffer, r.crcs.byteOffset, r.crcs.length);
+        for (let i = 0; i < n; i++) {
+          this.allocator.allocateExact(r.p + i);
+          ops.push(putOp(keys.map(r.id, r.b + i), { v: SCHEMA_VERSION, storeBlock: r.p + i, crc: crcs.readUInt32LE(4 * i) }));
+        }
+        this.owned(tx, r.id, +n);
+        return true;
+      }
+      case 'unmap':
+        ops.push(delOp(keys.map(r.id, r.b)));
+        this.allocator.free({ startBlock: r.p, lengthBlocks: 1 });
+        this.owned(tx, r.id, -1);
+        return true;
+      case 'move':
+        ops.push(delOp(keys.map(r.from, r.b)));
+        ops.push(putOp(keys.map(r.to, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
+        this.owned(tx, r.from, -1);
+        this.owned(tx, r.to, +1);
+        return true;
+      case 'free':
+        this.allocator.free({ startBlock: r.p, lengthBlocks: r.n });
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  /** Counts `delta` owned blocks into snapshot `id`. */
+  private owned(tx: TxSnapshots, id: number, delta: number): void {
+    const rec = this.snapshots.get(id);
+    assert(rec !== undefined, `journal record names snapshot ${id}, which does not exist`);
+    rec.ownedBlocks += delta;
+    assert(rec.ownedBlocks >= 0, `snapshot ${id} owns a negative number of blocks`);
+    tx.touched.add(id);
+  }
+
+  /** The records of the volume record, the catalog and the import marker. */
+  private catalogOperations(r: MetaRecord, ops: MetaOp[], tx: TxSnapshots): void {
     switch (r.o) {
       case 'sb': {
         const op = putOp(keys.volume, r.v) as { o: 'p'; k: string; v: Buffer };
@@ -296,15 +335,15 @@ export class CommittedMetadata {
         const prev = this.snapshots.get(r.id);
         // A state change keeps the optional fields (labels, held, origin).
         this.snapshots.set(r.id, { ...prev, v: SCHEMA_VERSION, id: r.id, name: r.name, createdAt: r.createdAt, state: r.state, ownedBlocks: prev?.ownedBlocks ?? 0 });
-        step.touched.add(r.id);
+        tx.touched.add(r.id);
         break;
       }
       case 'drop': {
         const rec = this.snapshots.get(r.id);
         assert(rec !== undefined && rec.ownedBlocks === 0, `drop of snapshot ${r.id} that still owns blocks or does not exist`);
         this.snapshots.delete(r.id);
-        step.touched.delete(r.id);
-        step.dropped.add(r.id);
+        tx.touched.delete(r.id);
+        tx.dropped.add(r.id);
         ops.push(delOp(keys.snapshot(r.id)));
         break;
       }
@@ -313,7 +352,8 @@ export class CommittedMetadata {
       case 'hold':
       case 'origin':
       case 'suspect':
-        this.editSnapshot(r, step);
+        this.changeFields(r);
+        tx.touched.add(r.id);
         break;
       case 'import':
         if (r.state === null) ops.push(delOp(keys.importState));
@@ -324,48 +364,12 @@ export class CommittedMetadata {
         }
         break;
       default:
-        this.mapOperations(r, step);
+        assert(false, `journal record ${r.o} is no catalog record`);
     }
   }
 
-  /** The mapping records (`map`, `mapx`, `unmap`, `move`, `free`): map keys, allocator, owned-block counts. */
-  private mapOperations(r: Extract<MetaRecord, { o: 'map' | 'mapx' | 'unmap' | 'move' | 'free' }>, step: RecordStep): void {
-    const { ops } = step;
-    switch (r.o) {
-      case 'map':
-        this.allocator.allocateExact(r.p);
-        ops.push(putOp(keys.map(r.id, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
-        this.addOwned(step, r.id, +1);
-        break;
-      case 'mapx': {
-        const n = r.crcs.length / 4;
-        const crcs = Buffer.from(r.crcs.buffer, r.crcs.byteOffset, r.crcs.length);
-        for (let i = 0; i < n; i++) {
-          this.allocator.allocateExact(r.p + i);
-          ops.push(putOp(keys.map(r.id, r.b + i), { v: SCHEMA_VERSION, storeBlock: r.p + i, crc: crcs.readUInt32LE(4 * i) }));
-        }
-        this.addOwned(step, r.id, +n);
-        break;
-      }
-      case 'unmap':
-        ops.push(delOp(keys.map(r.id, r.b)));
-        this.allocator.free({ startBlock: r.p, lengthBlocks: 1 });
-        this.addOwned(step, r.id, -1);
-        break;
-      case 'move':
-        ops.push(delOp(keys.map(r.from, r.b)));
-        ops.push(putOp(keys.map(r.to, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
-        this.addOwned(step, r.from, -1);
-        this.addOwned(step, r.to, +1);
-        break;
-      case 'free':
-        this.allocator.free({ startBlock: r.p, lengthBlocks: r.n });
-        break;
-    }
-  }
-
-  /** The snapshot edits (`rename`, `labels`, `hold`, `origin`, `suspect`) of an existing snapshot. */
-  private editSnapshot(r: Extract<MetaRecord, { o: 'rename' | 'labels' | 'hold' | 'origin' | 'suspect' }>, step: RecordStep): void {
+  /** A change of a snapshot's optional fields (name, labels, held, origin, suspect). */
+  private changeFields(r: Extract<MetaRecord, { o: 'rename' | 'labels' | 'hold' | 'origin' | 'suspect' }>): void {
     const rec = this.snapshots.get(r.id);
     assert(rec !== undefined, `journal record ${r.o} names snapshot ${r.id}, which does not exist`);
     if (r.o === 'rename') rec.name = r.name;
@@ -377,17 +381,13 @@ export class CommittedMetadata {
       else delete rec.held;
     } else if (r.o === 'suspect') rec.suspect = true;
     else rec.origin = { ...r.origin };
-    step.touched.add(r.id);
   }
+}
 
-  /** Adds `delta` to snapshot `id`'s owned-block count (never below 0). */
-  private addOwned(step: RecordStep, id: number, delta: number): void {
-    const rec = this.snapshots.get(id);
-    assert(rec !== undefined, `journal record names snapshot ${id}, which does not exist`);
-    rec.ownedBlocks += delta;
-    assert(rec.ownedBlocks >= 0, `snapshot ${id} owns a negative number of blocks`);
-    step.touched.add(id);
-  }
+/** The snapshots one transaction touched (their records are rewritten) and dropped (deleted). */
+interface TxSnapshots {
+  readonly touched: Set<number>;
+  readonly dropped: Set<number>;
 }
 
 /**

@@ -45,6 +45,7 @@ export { FreezeGate } from './freeze-gate.js';
 export { RESERVE_BYTES } from './reserve.js';
 export { META_RECORD_KINDS, type MetaRecord } from './committed-metadata.js';
 export { type CreateSnapshotOptions, type MultiDeleteResult } from './volume.js';
+export { type DeviceRole, type RoleOpeners, type VolumeState, type FailureListener } from './volume.js';
 export { unionOfMaps, mergeExtents, type DiffExtent, type DiffResult } from './diff.js';
 export { freeableBlocks, planDelete, type SnapshotSpace, type StoreSpace, type SpaceReport, type DeletePlan } from './space.js';
 export { validateLabels, parseLabel, escapeLabelText, LABEL_KEY_PATTERN, LABEL_VALUE_FORBIDDEN, MAX_LABELS, MAX_LABEL_VALUE_CHARS } from './labels.js';

@@ -7,7 +7,6 @@ import { MetadataDb, type DataMode } from './metadata.js';
 import { OwnerLock, fileIdentity } from './owner-lock.js';
 import { metadataOpenError, openSidecarFile } from './sidecar-damage.js';
 import { SnapshotStore } from './store.js';
-import { StoreReadCache } from './store-read-cache.js';
 
 /**
  * `check --repair` of a volume whose journal is damaged
@@ -75,10 +74,10 @@ export async function repairVolumeJournal(path: string, options: { opener?: Devi
     const volume = await opener.open(path, { create: false });
     opened.push(volume);
     if ((await volume.sizeBytes()) !== sb.sizeBytes) throw new VolumeSizeMismatchError(path, sb.sizeBytes, await volume.sizeBytes());
-    const storeCache = new StoreReadCache(await openSidecarFile(opener, layout.storePath, 'store'), sb.blockSizeBytes);
-    const store = storeCache.device;
+    const snapshotStore = new SnapshotStore(await openSidecarFile(opener, layout.storePath, 'store'), sb.blockSizeBytes);
+    const store = snapshotStore.device;
     opened.push(store);
-    await new SnapshotStore(store, sb.blockSizeBytes, storeCache).verifyHeader(uuid);
+    await snapshotStore.verifyHeader(uuid);
     // A missing journal is created (exclusively) and formatted by the repair.
     const journal: BlockDevice = await opener.open(layout.journalPath, { create: false }).catch(() => opener.open(layout.journalPath, { create: true }));
     opened.push(journal);

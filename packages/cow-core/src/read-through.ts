@@ -1,15 +1,21 @@
 import { assert } from '@cowvol/journal';
 import { StoreCorruptError } from './errors.js';
+import { TARGET_STORE, TARGET_VOLUME } from './layout.js';
+import type { SnapshotRecord } from './metadata.js';
 import type { SnapshotMap } from './snapshot-map.js';
 import { storeBlockCrc } from './store-crc.js';
+import type { VolumeContext } from './volume-context.js';
 
 /**
  * Read-through of one snapshot read request (docs/ARCHITECTURE.md §4.3):
  * where each block comes from ({@link BlockSources}) and the reads that fetch
- * them ({@link SnapshotReader}). The pending-COW wait and the re-check of
- * live blocks stay with the caller (`Volume.readThrough`), which owns the
- * pending markers.
+ * them ({@link SnapshotReader}), and the read of a snapshot range with the
+ * race against overwrites closed ({@link readThrough}: the pending-COW wait
+ * and the re-check of live blocks, docs/ARCHITECTURE.md §7.4).
  */
+
+/** Snapshot maps one snapshot read loads concurrently (each is one LevelDB range scan). */
+const MAP_LOADS_IN_FLIGHT = 4;
 
 /** Store reads and live reads one request keeps in flight at most. */
 export const READS_IN_FLIGHT = 32;
@@ -106,7 +112,7 @@ export class BlockSources {
   }
 }
 
-/** The reads a {@link SnapshotReader} issues: the journal-overlaid home reads of `Volume`. */
+/** The reads a {@link SnapshotReader} issues: the journal-overlaid home reads of the volume (`VolumeContext.readHomeInto`, see `snapshotReaderOf`). */
 export interface ReadThroughIo {
   /** Live bytes at `offsetBytes` into all of `into` (journal mode: the journal's cached images laid over). */
   readLiveInto(offsetBytes: number, into: Buffer): Promise<void>;
@@ -263,4 +269,98 @@ export class SnapshotReader {
     }
     return ops;
   }
+}
+
+/** The snapshot reader of a volume: its reads go to the journal-overlaid home reads of the live volume and the store. */
+export function snapshotReaderOf(ctx: VolumeContext): SnapshotReader {
+  const { volume, store } = ctx.parts;
+  return new SnapshotReader({
+    readLiveInto: (offsetBytes, into) => ctx.readHomeInto(TARGET_VOLUME, volume, offsetBytes, into),
+    readStoreInto: (storeBlock, into) => ctx.readHomeInto(TARGET_STORE, store.cache, store.offsetOf(storeBlock), into),
+    rereadStoreInto: (storeBlock, into) => ctx.readHomeInto(TARGET_STORE, { readInto: (offsetBytes, fresh) => store.cache.readFresh(offsetBytes, fresh) }, store.offsetOf(storeBlock), into),
+  });
+}
+
+/**
+ * Reads `lengthBytes` at `offsetBytes` of snapshot `rec` with the race
+ * closed (docs/ARCHITECTURE.md §4.3, §7.4): resolve each block's source in
+ * the chain (each map walked once over the range), wait for a pending COW
+ * of any block that would come from live and resolve again, read (one live
+ * read per span, store runs concurrently, straight into the result; every
+ * store block CRC-checked), then re-check the blocks that came from the
+ * live volume — if a COW published one meanwhile, the live read may show a
+ * newer write, so the copy is read instead. The re-check is skipped when
+ * no map of the chain changed during the read.
+ * @throws STORE_CORRUPT, IO_ERROR
+ */
+export async function readThrough(ctx: VolumeContext, reader: SnapshotReader, rec: SnapshotRecord, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  if (lengthBytes === 0) return Buffer.alloc(0);
+  const bs = ctx.blockSizeBytes;
+  const first = Math.floor(offsetBytes / bs);
+  const count = Math.floor((offsetBytes + lengthBytes - 1) / bs) - first + 1;
+  const found = chainOf(ctx, rec);
+  const chain = Array.isArray(found) ? found : await found;
+  const chainVersion = (): number => chain.reduce((n, m) => n + m.version, 0);
+  let version = chainVersion();
+  let sources = BlockSources.resolve(chain, first, count, bs);
+  // A snapshot reader that meets a pending copy waits for it, then reads the copy.
+  if (await waitForPendingCopies(ctx, sources)) {
+    version = chainVersion();
+    sources = BlockSources.resolve(chain, first, count, bs);
+  }
+  const out = Buffer.allocUnsafe(count * bs); // the read plan covers every byte (asserted there)
+  await reader.read(rec.name, sources, out);
+  // Re-check: blocks read from live that a COW published in the meantime.
+  if (sources.liveBlocks > 0 && chainVersion() !== version) {
+    const now = BlockSources.resolve(chain, first, count, bs);
+    for (let i = 0; i < count; i++) {
+      if (!sources.isLive(i)) {
+        assert(now.storeBlocks[i] === sources.storeBlocks[i], `block ${first + i} of snapshot ${rec.name} changed its copy during a read`);
+        continue;
+      }
+      if (now.isLive(i)) continue;
+      ctx.stats.readRechecks += 1;
+      await reader.read(rec.name, BlockSources.ofStoreBlock(now, i), out.subarray(i * bs, (i + 1) * bs));
+    }
+  }
+  const start = offsetBytes - first * bs;
+  return out.subarray(start, start + lengthBytes);
+}
+
+/** Waits for the pending COWs of the blocks `sources` reads from live; true when there were any. */
+async function waitForPendingCopies(ctx: VolumeContext, sources: BlockSources): Promise<boolean> {
+  if (ctx.pending.size === 0 || sources.liveBlocks === 0) return false;
+  const waits: Array<Promise<void>> = [];
+  for (let i = 0; i < sources.count; i++) {
+    const p = sources.isLive(i) ? ctx.pending.get(sources.first + i) : undefined;
+    if (p) waits.push(p.done);
+  }
+  if (waits.length === 0) return false;
+  ctx.stats.pendingWaits += waits.length;
+  await Promise.all(waits);
+  return true;
+}
+
+/**
+ * The read-through chain of `rec`: its map, then every newer snapshot's
+ * (deleting ones too), oldest first. Synchronous when every map is loaded
+ * (the common case); else loads the missing ones, `MAP_LOADS_IN_FLIGHT` at
+ * a time. Loaded maps stay loaded while the gate is shared (only a frozen
+ * delete drops one).
+ */
+function chainOf(ctx: VolumeContext, rec: SnapshotRecord): SnapshotMap[] | Promise<SnapshotMap[]> {
+  const chain: SnapshotMap[] = [];
+  const missing: number[] = [];
+  for (const r of ctx.catalog) {
+    if (r.id < rec.id) continue;
+    const map = ctx.maps.get(r.id);
+    if (map) chain.push(map);
+    else missing.push(r.id);
+  }
+  if (missing.length === 0) return chain;
+  let next = 0;
+  const loader = async (): Promise<void> => {
+    for (let id = missing[next++]; id !== undefined; id = missing[next++]) await ctx.mapOf(id);
+  };
+  return Promise.all(Array.from({ length: Math.min(MAP_LOADS_IN_FLIGHT, missing.length) }, loader)).then(() => chainOf(ctx, rec));
 }

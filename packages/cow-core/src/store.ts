@@ -1,7 +1,7 @@
 import type { BlockDevice } from '@cowvol/journal';
 import { assert, crc32c } from '@cowvol/journal';
 import { CorruptMetadataError, StoreCorruptError, UnsupportedVersionError } from './errors.js';
-import type { StoreReadCache } from './store-read-cache.js';
+import { StoreReadCache } from './store-read-cache.js';
 
 /**
  * The snapshot store file (docs/FORMAT.md, "Store file"): a header in its
@@ -31,16 +31,31 @@ interface StoreWrite {
   reject: (err: unknown) => void;
 }
 
+/**
+ * The snapshot store: its file, and the snapshot reads' cache of store
+ * windows in front of it (store-read-cache.ts), which the store owns so
+ * that every write invalidates what it touches (docs/ARCHITECTURE.md §4.3.1).
+ */
 export class SnapshotStore {
   private readonly queued: StoreWrite[] = [];
   private writing = false;
+  /** The snapshot reads' cache of store windows. */
+  readonly cache: StoreReadCache;
+  /**
+   * The store file as every writer must see it: the cache's device, whose
+   * writes drop the cached windows they touch (the journal's checkpoint
+   * and ordered-data sync go through it too).
+   */
+  readonly device: BlockDevice;
 
   /**
-   * @param device the store file; writes must go through `cache.device` (or
-   *   be `cache.device`) so that they invalidate the cache
-   * @param cache the snapshot reads' cache of store windows (store-read-cache.ts)
+   * @param file the store file, as opened (the store wraps it; close `device`, not `file`)
+   * @param blockSizeBytes the volume's block size
    */
-  constructor(readonly device: BlockDevice, readonly blockSizeBytes: number, readonly cache: StoreReadCache) {}
+  constructor(file: BlockDevice, readonly blockSizeBytes: number) {
+    this.cache = new StoreReadCache(file, blockSizeBytes);
+    this.device = this.cache.device;
+  }
 
   static header(uuid: Buffer, blockSizeBytes: number): Buffer {
     const buf = Buffer.alloc(blockSizeBytes);
@@ -124,9 +139,5 @@ export class SnapshotStore {
     } finally {
       this.writing = false;
     }
-  }
-
-  sync(): Promise<void> {
-    return this.device.sync();
   }
 }

@@ -1,4 +1,5 @@
-import { CowvolError, assert } from '@cowvol/journal';
+import { failedRangesError } from './failed-ranges.js';
+import { CowvolError, assert, type BlockDevice } from '@cowvol/journal';
 
 /** One overwrite of the live volume held back until the COW of its blocks is committed. */
 export interface WriteBackEntry {
@@ -10,6 +11,17 @@ export interface WriteBackEntry {
   readonly lastBlock: number;
   /** Settles (never rejects) once the entry has landed in the live volume or failed. */
   readonly landed: Promise<void>;
+}
+
+/**
+ * The COW an entry waits for: `published` settles once the mapping is
+ * committed and published (rejects when the COW was cancelled); `end()`
+ * ends its pending-COW markers, once the entry has landed (pending-cow.ts
+ * `CowTicket`).
+ */
+export interface HeldCow {
+  readonly published: Promise<void>;
+  readonly end: () => void;
 }
 
 /** A write-back failure not yet reported: the byte range that did not reach the live volume, and why. */
@@ -48,10 +60,12 @@ export class WriteBackStage {
   /**
    * @param blockSizeBytes the volume's block size
    * @param maxBytes bound on the bytes held (entries of up to one write piece each); 0 = the stage is not used (write-through)
+   * @param live the live volume file, where entries land
    */
   constructor(
     private readonly blockSizeBytes: number,
     readonly maxBytes: number,
+    private readonly live: Pick<BlockDevice, 'write'>,
   ) {
     assert(maxBytes === 0 || maxBytes >= blockSizeBytes, 'write-back bound below one block');
   }
@@ -97,30 +111,31 @@ export class WriteBackStage {
   }
 
   /**
-   * Holds an overwrite until `gate` settles, then lands it with `land`
-   * (the live-volume write). `gate` rejecting (the COW's commit failed)
-   * drops the overwrite — the live block keeps its old content, consistent
-   * with the snapshot — and records the failure. Either way `after` runs
-   * once the entry is gone (the caller ends its pending-COW markers there).
-   * Call it only from {@link admit}'s callback: entries never overlap.
-   * Validates before it changes anything: a violated invariant leaves the
-   * stage as it was (and `after` is not called; the caller still owns its
-   * markers).
+   * Holds an overwrite until every COW of `cows` is published, then lands
+   * it in the live volume file. A COW that fails (its commit failed, it was
+   * cancelled) drops the overwrite — the live block keeps its old content,
+   * consistent with the snapshot — and records the failure. Either way the
+   * COWs' pending markers end (`end()`) once the entry is gone, so a writer
+   * or snapshot reader waiting on them sees the copy published and the live
+   * block final. Call it only from {@link admit}'s callback: entries never
+   * overlap. Validates before it changes anything: a violated invariant
+   * leaves the stage as it was (and no `end()` is called; the caller still
+   * owns its markers).
    * @throws ASSERTION_FAILED when an entry already touches one of the blocks
    */
-  add(offsetBytes: number, data: Buffer, gate: Promise<void>, land: (entry: WriteBackEntry) => Promise<void>, after: () => void): WriteBackEntry {
+  add(offsetBytes: number, data: Buffer, cows: readonly HeldCow[]): WriteBackEntry {
     assert(data.length > 0, 'empty write-back entry');
     const bs = this.blockSizeBytes;
     const firstBlock = Math.floor(offsetBytes / bs);
     const lastBlock = Math.floor((offsetBytes + data.length - 1) / bs);
     for (let b = firstBlock; b <= lastBlock; b++) assert(!this.byBlock.has(b), `block ${b} already has a write-back entry`);
-    let settle!: () => void;
+    let settle: () => void = () => undefined;
     const landed = new Promise<void>((resolve) => (settle = resolve));
     const entry: WriteBackEntry = { offsetBytes, data, firstBlock, lastBlock, landed };
     for (let b = firstBlock; b <= lastBlock; b++) this.byBlock.set(b, entry);
     this.heldBytes += data.length;
-    const task: Promise<void> = gate
-      .then(() => land(entry))
+    const task: Promise<void> = Promise.all(cows.map((c) => c.published))
+      .then(() => this.live.write(entry.offsetBytes, entry.data))
       .catch((error: unknown) => {
         this.failures.push({ offsetBytes, lengthBytes: data.length, error });
       })
@@ -130,7 +145,7 @@ export class WriteBackStage {
         assert(this.heldBytes >= 0, 'negative write-back bytes');
         this.inFlight.delete(task);
         settle();
-        after();
+        for (const c of cows) c.end();
         for (const wake of this.roomWaiters.splice(0)) wake();
       });
     this.inFlight.add(task);
@@ -174,11 +189,5 @@ export function writeBackError(failures: WriteBackFailure[]): CowvolError {
   assert(failures.length > 0, 'no write-back failure to report');
   const first = failures[0]!.error;
   const failedRanges = failures.map((f) => ({ offsetBytes: f.offsetBytes, lengthBytes: f.lengthBytes }));
-  const ranges = failedRanges.map((r) => `${r.offsetBytes}+${r.lengthBytes}`).join(', ');
-  const code = first instanceof CowvolError ? first.code : 'IO_ERROR';
-  const message = first instanceof Error ? first.message : String(first);
-  return new CowvolError(code, `earlier writes to byte ranges ${ranges} did not reach the volume (their snapshots are intact): ${message}`, {
-    cause: first,
-    details: { ...(first instanceof CowvolError ? first.details : {}), failedRanges },
-  });
+  return failedRangesError(first, failedRanges, (ranges) => `earlier writes to byte ranges ${ranges} did not reach the volume (their snapshots are intact)`);
 }

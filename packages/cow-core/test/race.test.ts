@@ -197,10 +197,14 @@ describe('per-block completion (seed 003)', () => {
 describe('lock order (seed 001)', () => {
   it('starting a journal handle while holding a block lock is an assertion failure', async () => {
     const { v } = await setup();
-    const internals = v as unknown as {
-      heldBlockLocks: { run<T>(store: { blocks: number }, fn: () => T): T };
-      startHandle(credits: number): Promise<{ abandon(): void }>;
-    };
+    const internals = (
+      v as unknown as {
+        ctx: {
+          heldBlockLocks: { run<T>(store: { blocks: number }, fn: () => T): T };
+          startHandle(credits: number): Promise<{ abandon(): void }>;
+        };
+      }
+    ).ctx;
     expect(() => internals.heldBlockLocks.run({ blocks: 1 }, () => internals.startHandle(1))).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
     const handle = await internals.heldBlockLocks.run({ blocks: 0 }, () => internals.startHandle(1));
     handle.abandon();

@@ -54,7 +54,7 @@ describe('Volume.open with readOnly', () => {
     await expect(v.holdSnapshot('s1')).rejects.toMatchObject({ code: 'VOLUME_READ_ONLY' });
     await expect(v.setSnapshotLabels('s1', { k: 'v' })).rejects.toMatchObject({ code: 'VOLUME_READ_ONLY' });
     await expect(v.deleteSnapshots(['s1'])).rejects.toMatchObject({ code: 'VOLUME_READ_ONLY' });
-    const copy = (v as unknown as { privateMeta: { path: string } }).privateMeta.path;
+    const copy = (v as unknown as { ctx: { parts: { privateMeta: { path: string } } } }).ctx.parts.privateMeta.path;
     expect((await stat(copy)).isDirectory()).toBe(true);
     await v.close();
     await expect(stat(copy)).rejects.toMatchObject({ code: 'ENOENT' });

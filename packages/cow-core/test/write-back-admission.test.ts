@@ -3,12 +3,13 @@ import { WriteBackStage } from '../src/write-back.js';
 
 describe('write-back stage admission', () => {
   it('add() validates before it changes anything: an overlapping entry is refused and the stage is as it was', async () => {
-    const stage = new WriteBackStage(4096, 1 << 20);
+    const landed: number[] = [];
+    const stage = new WriteBackStage(4096, 1 << 20, { write: async (offsetBytes) => void landed.push(offsetBytes) });
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));
-    const landed: number[] = [];
-    stage.add(4096, Buffer.alloc(4096, 1), gate, async (e) => void landed.push(e.offsetBytes), () => undefined);
-    expect(() => stage.add(0, Buffer.alloc(3 * 4096, 2), gate, async () => undefined, () => undefined)).toThrow(/already has a write-back entry/);
+    const cow = { published: gate, end: () => undefined };
+    stage.add(4096, Buffer.alloc(4096, 1), [cow]);
+    expect(() => stage.add(0, Buffer.alloc(3 * 4096, 2), [cow])).toThrow(/already has a write-back entry/);
     expect(stage.overlapping(0, 0), 'block 0 of the refused entry was not registered').toEqual([]);
     expect(stage.bytes).toBe(4096);
     // admit() waits for the overlapping entry to land, then runs its callback in the same step as the check.

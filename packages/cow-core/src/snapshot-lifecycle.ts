@@ -1,0 +1,236 @@
+import { blockExtents } from './extent-runs.js';
+import { AssertionFailedError, assert } from '@cowvol/journal';
+import { SnapshotExistsError, SnapshotHeldError, SnapshotLimitError, SnapshotNotFoundError } from './errors.js';
+import { MAX_SNAPSHOTS, TARGET_STORE } from './layout.js';
+import { SCHEMA_VERSION, type SnapshotRecord } from './metadata.js';
+import type { Extent } from './allocator.js';
+import { SnapshotMap, type MapEntry } from './snapshot-map.js';
+import type { MetaRecord } from './committed-metadata.js';
+import { rebindStoreCrc } from './store-crc.js';
+import { suspectSnapshots, type AcceptChangesReport } from './outside-writes.js';
+import type { VolumeContext } from './volume-context.js';
+import type { CreateSnapshotOptions, DeleteResult, SnapshotInfo } from './volume-types.js';
+
+/**
+ * Snapshot lifecycle (docs/ARCHITECTURE.md §4.4, §4.5): create, delete with
+ * hand-over to the next older snapshot, and the deferred finish of a delete
+ * a crash or a full disk interrupted. Each step runs frozen
+ * (`VolumeContext.frozen`); a delete is one journal transaction to mark it,
+ * then bounded transactions of hand-over.
+ */
+
+/** A snapshot as shown to users. */
+export function describeSnapshot(ctx: VolumeContext, rec: SnapshotRecord): SnapshotInfo {
+  return {
+    id: rec.id,
+    name: rec.name,
+    createdAt: rec.createdAt,
+    ownedBlocks: rec.ownedBlocks,
+    ownedBytes: rec.ownedBlocks * ctx.blockSizeBytes,
+    active: rec === ctx.cowChain()?.[0],
+    labels: { ...rec.labels },
+    held: rec.held === true,
+    suspect: rec.suspect === true,
+    ...(rec.origin ? { origin: { ...rec.origin } } : {}),
+  };
+}
+
+/**
+ * Takes a snapshot, the gate frozen by the caller: syncs the live volume
+ * (the snapshot's read-through content must be durable), commits a catalog
+ * entry, and makes the new snapshot active with an empty map.
+ * @throws SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, IO_ERROR, JOURNAL_ABORTED
+ */
+export async function createSnapshotFrozen(ctx: VolumeContext, name: string, options: CreateSnapshotOptions): Promise<SnapshotInfo> {
+  if (ctx.findLive(name)) throw new SnapshotExistsError(name);
+  if (ctx.catalog.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
+  assert(ctx.pending.size === 0, 'pending COWs while frozen');
+  await ctx.parts.volume.sync();
+  const meta = ctx.parts.meta;
+  const id = meta.sb.nextSnapshotId;
+  const rec: SnapshotRecord = { v: SCHEMA_VERSION, id, name, createdAt: new Date().toISOString(), state: 'live', ownedBlocks: 0, ...snapshotExtras(options) };
+  await ctx.commitRecords([
+    { o: 'snap', id, name, createdAt: rec.createdAt, state: 'live' },
+    { o: 'sb', v: { ...meta.sb, nextSnapshotId: id + 1 } },
+    ...snapshotExtraRecords(id, options),
+  ]);
+  ctx.catalog.push(rec);
+  ctx.maps.set(id, new SnapshotMap(id));
+  return describeSnapshot(ctx, rec);
+}
+
+/** The live snapshots named, oldest first; none held. @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD */
+export function findVictims(ctx: VolumeContext, names: string[]): SnapshotRecord[] {
+  const found: SnapshotRecord[] = [];
+  for (const name of new Set(names)) {
+    const rec = ctx.findLive(name);
+    if (!rec) throw new SnapshotNotFoundError(name);
+    found.push(rec);
+  }
+  const held = found.filter((r) => r.held);
+  if (held.length > 0) throw new SnapshotHeldError(held.map((r) => r.name));
+  return found.sort((a, b) => a.id - b.id);
+}
+
+/**
+ * Deletes `victims` (from {@link findVictims}, under the delete lock): marks
+ * them all `deleting` in one transaction under one freeze — from that
+ * commit on their deletes complete, across a crash too — then hands over or
+ * frees their blocks, oldest first. `pick` runs frozen and names them;
+ * `onProgress` counts blocks processed.
+ * @throws what `pick` throws; IO_ERROR, JOURNAL_ABORTED (before the mark only; see {@link finishMarked})
+ */
+export async function deleteSnapshotsLocked(ctx: VolumeContext, pick: () => SnapshotRecord[], onProgress?: (doneBlocks: number, totalBlocks: number) => void): Promise<DeleteResult[]> {
+  const victims = await ctx.frozen(async () => {
+    const found = pick();
+    if (found.length === 0) return [];
+    await ctx.commitRecords(found.map((r) => ({ o: 'snap' as const, id: r.id, name: r.name, createdAt: r.createdAt, state: 'deleting' as const })));
+    for (const r of found) r.state = 'deleting';
+    return found;
+  });
+  const totalBlocks = victims.reduce((n, r) => n + r.ownedBlocks, 0);
+  let doneBlocks = 0;
+  return finishMarked(ctx, victims, (n) => {
+    doneBlocks += n;
+    onProgress?.(doneBlocks, totalBlocks);
+  });
+}
+
+/**
+ * Finishes the deletes of `victims`, marked `deleting` by a durable
+ * commit: the delete happened at that commit (it completes at the next
+ * open if not now). So a failure after it (a full disk, an I/O error) is
+ * no failure of the delete: the rest is left to the next writable open,
+ * the result says `unfinished` and counts what was done, and a warning
+ * says so (docs/ARCHITECTURE.md §4.12, "Outcomes of a failed command").
+ */
+async function finishMarked(ctx: VolumeContext, victims: SnapshotRecord[], onBatch?: (blocks: number) => void): Promise<DeleteResult[]> {
+  const results: DeleteResult[] = victims.map((r) => ({ name: r.name, freedBlocks: 0, handedOverBlocks: 0 }));
+  for (const [i, rec] of victims.entries()) {
+    try {
+      await finishDelete(ctx, rec, onBatch, results[i]);
+    } catch (err) {
+      if (err instanceof AssertionFailedError) throw err;
+      for (const r of results.slice(i)) r.unfinished = true;
+      const names = results
+        .slice(i)
+        .map((r) => r.name)
+        .join(', ');
+      ctx.notices.push(`the delete of ${names} is committed but its hand-over stopped (${(err as Error).message}); the next writable open of the volume finishes it`);
+      break;
+    }
+  }
+  return results;
+}
+
+/** At a writable open: finishes every delete a crash interrupted (each step was its own transaction). */
+export async function finishInterruptedDeletes(ctx: VolumeContext): Promise<void> {
+  for (const rec of [...ctx.catalog]) if (rec.state === 'deleting') await finishDelete(ctx, rec);
+}
+
+/** Hands over or frees every block of a snapshot in `deleting` state, batch by batch, each under a freeze; then drops it. Counts into `result` as it goes. */
+async function finishDelete(ctx: VolumeContext, rec: SnapshotRecord, onBatch?: (blocks: number) => void, result: DeleteResult = { name: rec.name, freedBlocks: 0, handedOverBlocks: 0 }): Promise<DeleteResult> {
+  assert(rec.state === 'deleting', `finishDelete of snapshot ${rec.name} in state ${rec.state}`);
+  for (;;) {
+    const done = await ctx.frozen(() => deleteStep(ctx, rec, result, onBatch));
+    if (done) return result;
+  }
+}
+
+/** One frozen step of a delete: one batch handed over or freed, or — the map empty — the snapshot dropped (returns true). */
+async function deleteStep(ctx: VolumeContext, rec: SnapshotRecord, result: DeleteResult, onBatch?: (blocks: number) => void): Promise<boolean> {
+  const index = ctx.catalog.indexOf(rec);
+  assert(index >= 0, 'snapshot being deleted is not in the catalog');
+  const older = index > 0 ? ctx.catalog[index - 1] : undefined;
+  assert(older === undefined || older.state === 'live', 'two deletes at once');
+  const map = await ctx.mapOf(rec.id);
+  if (map.size === 0) {
+    assert(rec.ownedBlocks === 0, `snapshot ${rec.name} still counts ${rec.ownedBlocks} owned blocks after hand-over`);
+    await ctx.commitRecords([{ o: 'drop', id: rec.id }]);
+    ctx.catalog.splice(index, 1);
+    ctx.maps.delete(rec.id);
+    return true;
+  }
+  const olderMap = older ? await ctx.mapOf(older.id) : undefined;
+  const batch = map.take(ctx.deleteBatchBlocks());
+  const records: MetaRecord[] = [];
+  const moved: MapEntry[] = [];
+  const freed: number[] = [];
+  for (const [block, storeBlock, crc] of batch) {
+    if (older && olderMap && !olderMap.has(block)) {
+      // The older snapshot read through to this copy: it becomes its own, its CRC rebound without reading it (docs/FORMAT.md §4.2).
+      const handed = rebindStoreCrc(crc, { snapshotId: rec.id, volumeBlock: block, storeBlock }, { snapshotId: older.id, volumeBlock: block, storeBlock }, ctx.blockSizeBytes);
+      records.push({ o: 'move', from: rec.id, to: older.id, b: block, p: storeBlock, crc: handed });
+      moved.push([block, storeBlock, handed]);
+    } else {
+      records.push({ o: 'unmap', id: rec.id, b: block, p: storeBlock });
+      freed.push(storeBlock);
+    }
+  }
+  await commitDeleteBatch(ctx, records, freed);
+  for (const [block] of batch) map.delete(block);
+  for (const [block, storeBlock, crc] of moved) olderMap?.set(block, storeBlock, crc);
+  for (const extent of blockExtents(freed)) ctx.allocator.free(extent);
+  rec.ownedBlocks -= batch.length;
+  if (older) older.ownedBlocks += moved.length;
+  result.freedBlocks += freed.length;
+  result.handedOverBlocks += moved.length;
+  onBatch?.(batch.length);
+  return false;
+}
+
+/** Commits one delete batch; in journal mode a freed store block's journaled copy is revoked, so it is never replayed over a later reuse (jbd2 revoke). */
+async function commitDeleteBatch(ctx: VolumeContext, records: MetaRecord[], freed: number[]): Promise<void> {
+  if (!ctx.journaled || freed.length === 0) return ctx.commitRecords(records);
+  const handle = await ctx.startHandle(records.length + freed.length);
+  for (const p of freed) handle.revoke(TARGET_STORE, p + 1);
+  return ctx.commitRecords(records, handle);
+}
+
+/** A metadata change of one snapshot: its records and its in-memory update; undefined when there is nothing to do. */
+export type SnapshotChange = (rec: SnapshotRecord) => { records: MetaRecord[]; apply: () => unknown } | undefined;
+
+/** Runs `change` on `rec`, frozen by the caller (rename, labels, hold: docs/ARCHITECTURE.md §9.4): commits its records, then updates the live catalog. */
+export async function changeSnapshotFrozen(ctx: VolumeContext, rec: SnapshotRecord, change: SnapshotChange): Promise<SnapshotInfo> {
+  const todo = change(rec);
+  if (todo) {
+    await ctx.commitRecords(todo.records);
+    todo.apply();
+  }
+  return describeSnapshot(ctx, rec);
+}
+
+/**
+ * `Volume.acceptOutsideChanges`, frozen by the caller (docs/ARCHITECTURE.md
+ * §13): marks suspect, in one transaction, every live snapshot that reads
+ * through to the live volume, then stamps the file anew.
+ * @throws IO_ERROR, NO_SPACE, JOURNAL_ABORTED
+ */
+export async function acceptOutsideChangesFrozen(ctx: VolumeContext): Promise<AcceptChangesReport> {
+  const { outside, meta } = ctx.parts;
+  const held = outside.pending;
+  if (!held) return { accepted: false, changes: [], suspectSnapshots: [] };
+  const names = await suspectSnapshots(ctx.catalog, Math.ceil(meta.sb.sizeBytes / ctx.blockSizeBytes), (id) => ctx.mapOf(id));
+  const marked = ctx.liveSnapshots().filter((r) => names.includes(r.name) && r.suspect !== true);
+  await ctx.commitRecords(marked.map((r) => ({ o: 'suspect' as const, id: r.id })));
+  for (const r of marked) r.suspect = true;
+  await outside.accept();
+  return { accepted: true, changes: held.changes, suspectSnapshots: names };
+}
+
+/** The optional SnapshotRecord fields a new snapshot starts with. */
+function snapshotExtras(options: CreateSnapshotOptions): Partial<SnapshotRecord> {
+  return {
+    ...(options.labels && Object.keys(options.labels).length > 0 ? { labels: { ...options.labels } } : {}),
+    ...(options.origin ? { origin: { ...options.origin } } : {}),
+  };
+}
+
+/** The journal records that give a new snapshot those fields (same transaction as its creation). */
+function snapshotExtraRecords(id: number, options: CreateSnapshotOptions): MetaRecord[] {
+  const records: MetaRecord[] = [];
+  if (options.labels && Object.keys(options.labels).length > 0) records.push({ o: 'labels', id, labels: { ...options.labels } });
+  if (options.origin) records.push({ o: 'origin', id, origin: { ...options.origin } });
+  if (options.clearImport) records.push({ o: 'import', state: null });
+  return records;
+}

@@ -1,0 +1,306 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { Mutex } from 'async-mutex';
+import { JournalApplyError, assert, type BlockDevice, type Handle, type Journal, type RecoveryReport } from '@cowvol/journal';
+import { VolumeReadOnlyError } from './errors.js';
+import { DELETE_BATCH_BLOCKS, IO_CHUNK_BYTES, TARGET_VOLUME, type VolumeLayout } from './layout.js';
+import type { MetadataDb, SnapshotRecord } from './metadata.js';
+import type { ExtentAllocator } from './allocator.js';
+import { SnapshotMap } from './snapshot-map.js';
+import type { SnapshotStore } from './store.js';
+import type { CommittedMetadata, MetaRecord } from './committed-metadata.js';
+import { FreezeGate } from './freeze-gate.js';
+import { WriteBackStage } from './write-back.js';
+import type { OwnerLock } from './owner-lock.js';
+import type { PrivateMetadata } from './read-only.js';
+import type { ChangeStamps } from './outside-writes.js';
+import { PendingCows } from './pending-cow.js';
+import { VolumeStatus } from './volume-state.js';
+import type { VolumeStats } from './volume-types.js';
+
+/** What an open hands to a volume (volume-lifecycle.ts `openVolumeParts`). */
+export interface VolumeParts {
+  readonly layout: VolumeLayout;
+  readonly meta: CommittedMetadata;
+  readonly db: MetadataDb;
+  /** The live volume file. */
+  readonly volume: BlockDevice;
+  readonly store: SnapshotStore;
+  readonly journal: Journal;
+  /** Every snapshot, oldest first (ids ascending), including one being deleted: the live view. */
+  readonly catalog: SnapshotRecord[];
+  readonly lock: OwnerLock;
+  readonly recovery: RecoveryReport;
+  /** A read-only open's private metadata copy (read-only.ts); undefined when writable. */
+  readonly privateMeta: PrivateMetadata | undefined;
+  /** The volume file's identity and change stamps (outside-writes.ts). */
+  readonly outside: ChangeStamps;
+  readonly writeBackBytes: number;
+}
+
+/**
+ * The shared state of one open volume, which every room of the engine
+ * receives (docs/ARCHITECTURE.md §7): the opened parts, the live view
+ * (catalog and loaded snapshot maps), the pending-COW markers, the
+ * write-back stage, the freeze gate, the state machine, and the few
+ * operations every room needs — map loads, journal handles and commits
+ * (fail-stop), home reads overlaid with the journal's images.
+ */
+export class VolumeContext {
+  readonly gate = new FreezeGate();
+  /** Journal-mode block locks for read-modify-write of live blocks, by volume block (write-path.ts). */
+  readonly blockLocks = new Map<number, Promise<void>>();
+  /** One snapshot delete at a time: hand-over needs a live older neighbour. */
+  readonly deleteLock = new Mutex();
+  /** Loaded snapshot maps (the live view) by snapshot id. */
+  readonly maps = new Map<number, SnapshotMap>();
+  private readonly mapLoads = new Map<number, Promise<SnapshotMap>>();
+  /** Pending COWs into the active snapshot, by volume block (pending-cow.ts). */
+  readonly pending = new PendingCows();
+  /** data=ordered: overwrites held until the COW of their blocks commits (write-back.ts). */
+  readonly writeBack: WriteBackStage;
+  /** Hands out store blocks to COWs in flight (in memory only). */
+  readonly allocator: ExtentAllocator;
+  readonly status = new VolumeStatus();
+  /** What succeeded but could not finish, in words (Volume.warnings). */
+  readonly notices: string[] = [];
+  readonly stats: VolumeStats = { cows: 0, cowBatches: 0, pendingWaits: 0, maxPendingWaitMs: 0, readRechecks: 0, cancelledCows: 0 };
+  /**
+   * Which block locks the current async context holds, for the lock-order
+   * assertion. AsyncLocalStorage costs every promise in the process (async
+   * hooks), so it is on only when COWVOL_LOCK_CHECKS=1 (the test suite sets it).
+   */
+  private readonly heldBlockLocks = process.env.COWVOL_LOCK_CHECKS === '1' ? new AsyncLocalStorage<{ blocks: number }>() : undefined;
+
+  constructor(readonly parts: VolumeParts) {
+    this.allocator = parts.meta.allocator.clone();
+    this.writeBack = new WriteBackStage(parts.meta.sb.blockSizeBytes, parts.writeBackBytes, parts.volume);
+  }
+
+  get blockSizeBytes(): number {
+    return this.parts.meta.sb.blockSizeBytes;
+  }
+
+  get journaled(): boolean {
+    return this.parts.meta.sb.dataMode === 'journal';
+  }
+
+  get readOnly(): boolean {
+    return this.parts.privateMeta !== undefined;
+  }
+
+  get catalog(): SnapshotRecord[] {
+    return this.parts.catalog;
+  }
+
+  // ------------------------------------------------------------ the gate
+
+  /** Runs `fn` inside the freeze gate (shared with other I/O), once the state allows calls. */
+  async shared<T>(fn: () => Promise<T>): Promise<T> {
+    const leave = await this.gate.enter();
+    try {
+      this.status.checkUsable();
+      return await fn();
+    } finally {
+      leave();
+    }
+  }
+
+  /** Like {@link shared}, once the write-back stage is empty: metadata views count every COW of the writes acknowledged before the call. */
+  async settled<T>(fn: () => Promise<T>): Promise<T> {
+    return this.shared(async () => {
+      await this.writeBack.drain();
+      return fn();
+    });
+  }
+
+  /**
+   * Runs `fn` alone: new operations wait, operations in flight drain first,
+   * and so do overwrites still in the write-back stage (they belong to
+   * writes that already returned: a snapshot holds every write acknowledged
+   * before it).
+   */
+  async frozen<T>(fn: () => Promise<T>): Promise<T> {
+    const thaw = await this.gate.freeze();
+    try {
+      await this.writeBack.drain();
+      this.status.checkUsable();
+      return await fn();
+    } finally {
+      thaw();
+    }
+  }
+
+  // ------------------------------------------------------- the live view
+
+  liveSnapshots(): SnapshotRecord[] {
+    return this.catalog.filter((r) => r.state === 'live');
+  }
+
+  findLive(name: string): SnapshotRecord | undefined {
+    return this.catalog.find((r) => r.state === 'live' && r.name === name);
+  }
+
+  /**
+   * The COW chain: the active snapshot (the newest *live* one, which
+   * receives copies) followed by any newer snapshot being deleted. A block
+   * one of those deleting snapshots holds needs no copy: its copy is the
+   * active snapshot's view of the block and is handed over to it. So a
+   * delete of the newest snapshot terminates under write traffic (nothing
+   * new is copied into it) and stays correct.
+   */
+  cowChain(): SnapshotRecord[] | undefined {
+    let i = this.catalog.length - 1;
+    while (i >= 0 && this.catalog[i]?.state !== 'live') i--;
+    return i < 0 ? undefined : this.catalog.slice(i);
+  }
+
+  /** The live view of a snapshot's map, loaded once (concurrent callers share the load; a failed load is retried by the next caller). */
+  async mapOf(id: number): Promise<SnapshotMap> {
+    const map = this.maps.get(id);
+    if (map) return map;
+    let load = this.mapLoads.get(id);
+    if (!load) {
+      load = SnapshotMap.load(this.parts.db, id).then(
+        (m) => {
+          this.maps.set(id, m);
+          this.mapLoads.delete(id);
+          return m;
+        },
+        (err: unknown) => {
+          this.mapLoads.delete(id);
+          throw err;
+        },
+      );
+      this.mapLoads.set(id, load);
+    }
+    return load;
+  }
+
+  /** The maps of `chain`, in its order; no promise on the hot path once every map is loaded. */
+  async chainMaps(chain: SnapshotRecord[]): Promise<SnapshotMap[]> {
+    const out: SnapshotMap[] = [];
+    for (const r of chain) out.push(this.maps.get(r.id) ?? (await this.mapOf(r.id)));
+    return out;
+  }
+
+  // ----------------------------------------------------------- the journal
+
+  /**
+   * Starts a journal handle. Lock order (docs/ARCHITECTURE.md §7.3): a
+   * handle is started before any block lock is taken, never while one is
+   * held — the assertion catches a violation.
+   * @throws VOLUME_READ_ONLY
+   */
+  startHandle(credits: number): Promise<Handle> {
+    if (this.readOnly) return Promise.reject(new VolumeReadOnlyError(this.parts.layout.volumePath, 'change its metadata'));
+    const held = this.heldBlockLocks?.getStore();
+    assert(held === undefined || held.blocks === 0, `lock order: journal handle started while holding ${held?.blocks ?? 0} block locks`);
+    return this.parts.journal.start(credits);
+  }
+
+  /** Runs `fn` marked as holding `blocks` block locks (for the lock-order assertion). */
+  withBlockLocks<T>(blocks: number, fn: () => Promise<T>): Promise<T> {
+    return this.heldBlockLocks ? this.heldBlockLocks.run({ blocks }, fn) : fn();
+  }
+
+  /** Commits records as one handle; resolves once durable and applied to LevelDB. Fail-stop on error. */
+  async commitRecords(records: MetaRecord[], handle?: Handle): Promise<void> {
+    if (records.length === 0) {
+      handle?.abandon();
+      return;
+    }
+    const h = handle ?? (await this.startHandle(records.length));
+    for (const r of records) h.log(r);
+    await this.commitHandle(h);
+  }
+
+  /**
+   * Commits a handle; fail-stop when the journal aborted (the volume
+   * becomes `failed`, volume-state.ts). A transaction durable in the
+   * journal whose apply to LevelDB failed has happened (the next open
+   * replays it): that resolves, with a warning, and the volume fails
+   * (docs/ARCHITECTURE.md §4.12, "Outcomes of a failed command").
+   */
+  async commitHandle(h: Handle): Promise<void> {
+    try {
+      await h.commit();
+    } catch (err) {
+      if (err instanceof JournalApplyError) {
+        this.status.fail(err);
+        this.notices.push(err.message);
+        return;
+      }
+      // If the journal aborted, the commit may or may not be durable: the
+      // in-memory view can no longer be trusted (like jbd2's abort). A commit
+      // that failed before touching the log (its ordered data could not be
+      // synced) changed nothing: the caller cancels and the volume goes on.
+      if (this.parts.journal.aborted) this.status.fail(err);
+      throw err;
+    }
+  }
+
+  /** Checkpoints the journal: images home, LevelDB durable (beforeTailMove), tail moved. Fail-stop on error. */
+  async checkpoint(): Promise<void> {
+    if (this.readOnly) return; // everything committed is in the private copy; nothing to write home
+    try {
+      await this.parts.journal.checkpoint();
+    } catch (err) {
+      this.status.fail(err);
+      throw err;
+    }
+  }
+
+  /**
+   * Largest piece one write is cut into: IO_CHUNK_BYTES, or less when the
+   * journal is small — a piece spans at most pieceBytes/blockSize + 1 blocks,
+   * and its COW needs two credits per block in journal mode (copy image +
+   * map record). In journal mode, a write of up to this many bytes is atomic.
+   */
+  pieceBytes(): number {
+    const bs = this.blockSizeBytes;
+    const blocks = Math.min(Math.floor(IO_CHUNK_BYTES / bs), Math.floor(this.parts.journal.maxHandleCredits / 2) - 1);
+    assert(blocks >= 1, 'journal too small for one block per handle');
+    return blocks * bs;
+  }
+
+  /** Blocks handed over or freed per delete transaction: bounded by DELETE_BATCH_BLOCKS and by what one handle may carry. */
+  deleteBatchBlocks(): number {
+    return Math.max(1, Math.min(DELETE_BATCH_BLOCKS, Math.floor(this.parts.journal.maxHandleCredits / 2)));
+  }
+
+  // ----------------------------------------------------------- home reads
+
+  /** Live data: the newest journaled image of a block if not yet checkpointed (journal mode), else the volume file. */
+  async readLive(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    if (!this.journaled || lengthBytes === 0) return this.parts.volume.read(offsetBytes, lengthBytes);
+    const data = Buffer.allocUnsafe(lengthBytes);
+    await this.readHomeInto(TARGET_VOLUME, this.parts.volume, offsetBytes, data);
+    return data;
+  }
+
+  /**
+   * `into.length` bytes of a journal target's home file at `offsetBytes`,
+   * overlaid in journal mode with the journal's image cache. The cache is
+   * looked at first, then home is read: an image checkpointed in between is
+   * home already, so neither order of events reads stale data.
+   */
+  readHomeInto(target: number, device: Pick<BlockDevice, 'readInto'>, offsetBytes: number, into: Buffer): Promise<void> {
+    const lengthBytes = into.length;
+    if (!this.journaled || lengthBytes === 0) return device.readInto(offsetBytes, into);
+    const bs = this.blockSizeBytes;
+    const first = Math.floor(offsetBytes / bs);
+    const last = Math.floor((offsetBytes + lengthBytes - 1) / bs);
+    const images: Array<[number, Buffer]> = [];
+    for (let b = first; b <= last; b++) {
+      const img = this.parts.journal.readImage(target, b);
+      if (img) images.push([b, img]);
+    }
+    return device.readInto(offsetBytes, into).then(() => {
+      for (const [b, img] of images) {
+        const from = Math.max(offsetBytes, b * bs);
+        const to = Math.min(offsetBytes + lengthBytes, (b + 1) * bs);
+        img.copy(into, from - offsetBytes, from - b * bs, to - b * bs);
+      }
+    });
+  }
+}

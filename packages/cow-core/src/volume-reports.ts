@@ -1,0 +1,165 @@
+import { SnapshotNotFoundError } from './errors.js';
+import type { SnapshotRecord } from './metadata.js';
+import { checkVolume, type CheckReport } from './check.js';
+import { checkStoreInto } from './check-data.js';
+import { unionOfMaps, type DiffResult, type NamedMap } from './diff.js';
+import { freeableBlocks, type SpaceReport } from './space.js';
+import { describeSnapshot } from './snapshot-lifecycle.js';
+import type { VolumeContext } from './volume-context.js';
+import type { ConsistencyReport, VolumeInfo } from './volume-types.js';
+
+/**
+ * What a volume reports about itself (docs/ARCHITECTURE.md §8, §9): info,
+ * the checks, diffs and space accounting. Each runs inside the gate the
+ * `Volume` method chose (settled or frozen); none changes the live view,
+ * except `check --repair`, which frees leaks.
+ */
+
+/** Size, snapshots, store usage, format version, recovery report. */
+export async function volumeInfo(ctx: VolumeContext): Promise<VolumeInfo> {
+  const { meta, journal, store, layout, recovery } = ctx.parts;
+  const usedBlocks = meta.allocator.highWaterBlocks - meta.allocator.freeBlocks;
+  const sb = meta.sb;
+  return {
+    path: layout.volumePath,
+    formatVersion: sb.formatVersion,
+    uuid: sb.uuid,
+    sizeBytes: sb.sizeBytes,
+    blockSizeBytes: sb.blockSizeBytes,
+    dataMode: sb.dataMode,
+    maxAtomicWriteBytes: sb.dataMode === 'journal' ? ctx.pieceBytes() : 0,
+    createdAt: sb.createdAt,
+    snapshots: ctx.liveSnapshots().map((r) => describeSnapshot(ctx, r)),
+    store: {
+      highWaterBlocks: meta.allocator.highWaterBlocks,
+      freeBlocks: meta.allocator.freeBlocks,
+      usedBlocks,
+      usedBytes: usedBlocks * sb.blockSizeBytes,
+      fileBytes: await store.device.sizeBytes(),
+    },
+    journal: {
+      sizeBytes: journal.lengthBlocks * journal.blockSizeBytes,
+      lastSequence: journal.lastCommittedSequence,
+      uncheckpointedBytes: journal.uncheckpointedBytes,
+      commits: journal.stats.commits,
+      handles: journal.stats.handles,
+      syncs: journal.stats.syncs,
+      checkpoints: journal.stats.checkpoints,
+    },
+    recovery,
+  };
+}
+
+/** Options of `Volume.check`. */
+export interface CheckOptions {
+  repair?: boolean;
+  readData?: boolean;
+  onProgress?: (doneBlocks: number, totalBlocks: number, phase?: 'data') => void;
+}
+
+/** `Volume.check`, frozen by the caller (docs/ARCHITECTURE.md §8.1). @throws IO_ERROR, JOURNAL_ABORTED */
+export async function checkFrozen(ctx: VolumeContext, options: CheckOptions): Promise<CheckReport> {
+  const { db, meta, store, journal, layout } = ctx.parts;
+  await ctx.checkpoint(); // everything home: the store file must hold every mapped block
+  const report = await checkVolume(db, meta, {
+    storeFileBytes: await store.device.sizeBytes(),
+    blockSizeBytes: ctx.blockSizeBytes,
+    sizeBytes: meta.sb.sizeBytes,
+    journal: { lastSequence: journal.lastCommittedSequence, appliedSequence: meta.appliedSequence },
+    metadataPath: layout.metaPath,
+    ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+  });
+  if (options.readData) await checkStoreInto(report, db, meta, store, options.onProgress);
+  if (options.repair && report.leaks.length > 0 && report.corruptions.length === 0) {
+    await ctx.commitRecords(report.leaks.map((e) => ({ o: 'free' as const, p: e.startBlock, n: e.lengthBlocks })));
+    // The live allocator learns the freed space too.
+    for (const e of report.leaks) ctx.allocator.free(e);
+    report.repairedBlocks = report.leakedBlocks;
+    report.status = 'clean';
+  }
+  return report;
+}
+
+/** `Volume.checkConsistency`, frozen by the caller: the live view against itself (guarantee 6). */
+export async function checkConsistencyFrozen(ctx: VolumeContext): Promise<ConsistencyReport> {
+  const problems: string[] = [];
+  const owner = new Map<number, string>();
+  let mappedBlocks = 0;
+  const { meta } = ctx.parts;
+  const committed = meta.allocator;
+  for (const rec of ctx.catalog) {
+    const map = await ctx.mapOf(rec.id);
+    if (map.size !== rec.ownedBlocks) problems.push(`snapshot ${rec.name} counts ${rec.ownedBlocks} owned blocks but maps ${map.size}`);
+    if (meta.snapshots.get(rec.id)?.ownedBlocks !== rec.ownedBlocks) problems.push(`snapshot ${rec.name}: live and committed owned counts differ`);
+    for (const [block, storeBlock] of map.entries()) {
+      mappedBlocks += 1;
+      const where = `${rec.name}:${block}`;
+      if (block * ctx.blockSizeBytes >= meta.sb.sizeBytes) problems.push(`${where} maps a block beyond the volume`);
+      if (storeBlock >= committed.highWaterBlocks) problems.push(`${where} maps store block ${storeBlock} beyond the store (${committed.highWaterBlocks})`);
+      else if (committed.isFree(storeBlock)) problems.push(`${where} maps store block ${storeBlock}, which is free`);
+      const prev = owner.get(storeBlock);
+      if (prev !== undefined) problems.push(`store block ${storeBlock} mapped twice: ${prev} and ${where}`);
+      owner.set(storeBlock, where);
+    }
+  }
+  const leakedBlocks = committed.highWaterBlocks - committed.freeBlocks - owner.size;
+  return { snapshots: ctx.catalog.length, mappedBlocks, leakedBlocks: Math.max(0, leakedBlocks), problems };
+}
+
+/** `Volume.diff`, settled by the caller (docs/ARCHITECTURE.md §9.2). @throws SNAPSHOT_NOT_FOUND */
+export async function diffOf(ctx: VolumeContext, from: string, to: string | undefined): Promise<DiffResult> {
+  const a = ctx.findLive(from);
+  if (!a) throw new SnapshotNotFoundError(from);
+  const b = to === undefined ? undefined : ctx.findLive(to);
+  if (to !== undefined && !b) throw new SnapshotNotFoundError(to);
+  const [older, newer] = b !== undefined && b.id < a.id ? [b, a] : [a, b];
+  const range = ctx.catalog.filter((r) => r.id >= older.id && (newer === undefined || r.id < newer.id));
+  const bs = ctx.blockSizeBytes;
+  const extents = unionOfMaps(await namedMaps(ctx, range), bs);
+  const bytes = extents.reduce((n, e) => n + e.lengthBytes, 0);
+  return { from, to: to ?? null, blockSizeBytes: bs, extents, bytes, blocks: bytes / bs };
+}
+
+/** `Volume.spaceUsage`, settled by the caller (docs/ARCHITECTURE.md §9.3). */
+export async function spaceUsageOf(ctx: VolumeContext): Promise<SpaceReport> {
+  const fileBytes = await ctx.parts.store.device.sizeBytes();
+  let all = new Map<number, NamedMap>();
+  // Load until every snapshot of the catalog is loaded (a create or delete may run meanwhile).
+  while (!ctx.catalog.every((r) => all.has(r.id))) all = new Map((await namedMaps(ctx, [...ctx.catalog])).map((m) => [m.id, m]));
+  // From here on synchronous: one consistent view.
+  const bs = ctx.blockSizeBytes;
+  const snapshots: SpaceReport['snapshots'] = [];
+  let ownedBlocks = 0;
+  ctx.catalog.forEach((rec, i) => {
+    const named = all.get(rec.id);
+    if (!named) return; // loaded above, synchronously since
+    ownedBlocks += named.map.size;
+    if (rec.state !== 'live') return;
+    const olderId = i > 0 ? ctx.catalog[i - 1]?.id : undefined;
+    const freeable = freeableBlocks(named, olderId === undefined ? undefined : all.get(olderId));
+    snapshots.push({ id: rec.id, name: rec.name, ownedBlocks: named.map.size, ownedBytes: named.map.size * bs, freeableBlocks: freeable, freeableBytes: freeable * bs });
+  });
+  const alloc = ctx.parts.meta.allocator;
+  const usedBlocks = alloc.highWaterBlocks - alloc.freeBlocks;
+  return {
+    blockSizeBytes: bs,
+    snapshots,
+    store: {
+      highWaterBlocks: alloc.highWaterBlocks,
+      usedBlocks,
+      usedBytes: usedBlocks * bs,
+      freeBlocks: alloc.freeBlocks,
+      freeBytes: alloc.freeBlocks * bs,
+      fileBytes,
+      ownedBlocks,
+      ownedBytes: ownedBlocks * bs,
+    },
+  };
+}
+
+/** The maps of `records`, loaded, in the same order. */
+export async function namedMaps(ctx: VolumeContext, records: SnapshotRecord[]): Promise<NamedMap[]> {
+  const out: NamedMap[] = [];
+  for (const r of records) out.push({ id: r.id, name: r.name, map: await ctx.mapOf(r.id) });
+  return out;
+}
