@@ -10,7 +10,7 @@ import { defineConfig, globalIgnores } from 'eslint/config';
 import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
-/** Block sizes, offsets and counts are interpolated into messages all over; Number#toString is exact for them. */
+/** Relaxed: numbers are allowed, since block sizes, offsets and counts are interpolated into messages all over and Number#toString is exact for them. */
 const templateExpressions = { allowNumber: true, allowBoolean: false, allowNullish: false, allowAny: false, allowRegExp: false, allowNever: false };
 
 export default defineConfig(
@@ -29,7 +29,7 @@ export default defineConfig(
     rules: {
       '@typescript-eslint/restrict-template-expressions': ['error', templateExpressions],
       // Relaxed: arrays of object, tuple or union types read better as
-      // Array<{ ... }> (the code's style, 121 places); simple ones stay T[].
+      // Array<{ ... }>, the code's style for them; simple ones stay T[].
       '@typescript-eslint/array-type': ['error', { default: 'array-simple' }],
       // Relaxed: `(err) => reject(err)` and `() => resolve()` are the code's
       // idiom for wiring callbacks; a void returned through an arrow
