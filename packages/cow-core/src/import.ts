@@ -1,5 +1,5 @@
 import { stat } from 'node:fs/promises';
-import { CowvolError, type DeviceOpener } from '@cowvol/journal';
+import { CowvolError, type DeviceOpener } from '@cowvol/base';
 import {
   BaseMismatchError,
   ImportPendingError,

@@ -1,4 +1,4 @@
-import { assert } from '@cowvol/journal';
+import { assert } from '@cowvol/base';
 import { StoreCorruptError } from './errors.js';
 import type { SnapshotMap } from './snapshot-map.js';
 import { storeBlockCrc } from './store-crc.js';

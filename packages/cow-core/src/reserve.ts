@@ -1,6 +1,6 @@
 import { open, rm, stat } from 'node:fs/promises';
 import { constants } from 'node:fs';
-import { IoError, NoSpaceError } from '@cowvol/journal';
+import { IoError, NoSpaceError } from '@cowvol/base';
 
 /**
  * The space reserve (docs/FORMAT.md, "Sidecar"; docs/ARCHITECTURE.md, "A

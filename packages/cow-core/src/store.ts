@@ -1,6 +1,7 @@
-import type { BlockDevice } from '@cowvol/journal';
-import { assert, crc32c } from '@cowvol/journal';
-import { CorruptMetadataError, StoreCorruptError, UnsupportedVersionError } from './errors.js';
+import type { BlockDevice } from '@cowvol/base';
+import { assert, crc32c } from '@cowvol/base';
+import { UnsupportedVersionError } from '@cowvol/base';
+import { CorruptMetadataError, StoreCorruptError } from './errors.js';
 import type { StoreReadCache } from './store-read-cache.js';
 
 /**

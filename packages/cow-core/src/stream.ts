@@ -1,5 +1,6 @@
-import { crc32c } from '@cowvol/journal';
-import { NotAStreamError, StreamCorruptError, UnsupportedVersionError } from './errors.js';
+import { crc32c } from '@cowvol/base';
+import { UnsupportedVersionError } from '@cowvol/base';
+import { NotAStreamError, StreamCorruptError } from './errors.js';
 import type { SnapshotIdentity } from './metadata.js';
 import { validateStreamHeader } from './stream-header.js';
 

@@ -1,4 +1,4 @@
-import { assert } from '@cowvol/journal';
+import { assert } from '@cowvol/base';
 
 /**
  * The content model of the stress runner (ARCHITECTURE "Stress runner").

@@ -2,7 +2,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { CowvolError, mulberry32 } from '@cowvol/journal';
+import { CowvolError } from '@cowvol/base';
+import { mulberry32 } from '@cowvol/journal';
 import { Volume } from './volume.js';
 import { ContentModel, UNIT_BYTES, checkUnits, fillTag } from './stress-model.js';
 

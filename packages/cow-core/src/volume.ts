@@ -4,21 +4,8 @@ import { mkdir, open as openFile, rm, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Mutex } from 'async-mutex';
-import {
-  CowvolError,
-  IoError,
-  Journal,
-  JournalApplyError,
-  JournalCorruptError,
-  JournalNeedsRecoveryError,
-  AssertionFailedError,
-  assert,
-  fileDeviceOpener,
-  type BlockDevice,
-  type DeviceOpener,
-  type Handle,
-  type RecoveryReport,
-} from '@cowvol/journal';
+import { CowvolError, IoError, AssertionFailedError, assert, fileDeviceOpener, type BlockDevice, type DeviceOpener } from '@cowvol/base';
+import { Journal, JournalApplyError, JournalCorruptError, JournalNeedsRecoveryError, type Handle, type RecoveryReport } from '@cowvol/journal';
 import {
   CorruptMetadataError,
   InvalidArgumentError,

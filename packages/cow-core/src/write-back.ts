@@ -1,4 +1,4 @@
-import { CowvolError, assert } from '@cowvol/journal';
+import { CowvolError, assert } from '@cowvol/base';
 
 /** One overwrite of the live volume held back until the COW of its blocks is committed. */
 export interface WriteBackEntry {

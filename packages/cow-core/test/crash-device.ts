@@ -1,4 +1,4 @@
-import { FileBlockDevice, IoError, type BlockDevice, type DeviceOpener } from '../src/index.js';
+import { FileBlockDevice, IoError, type BlockDevice, type DeviceOpener } from '@cowvol/base';
 
 /** One write or truncate that has not been synced yet. */
 type Pending = { kind: 'write'; offsetBytes: number; data: Buffer; old: Buffer; sizeBefore: number } | { kind: 'truncate'; sizeBytes: number; sizeBefore: number };

@@ -1,5 +1,5 @@
 import { basename } from 'node:path';
-import { FileBlockDevice, type BlockDevice, type DeviceOpener } from '../src/index.js';
+import { FileBlockDevice, type BlockDevice, type DeviceOpener } from '@cowvol/base';
 
 export interface IoEvent {
   file: string;

@@ -1,4 +1,4 @@
-import { IoError, type BlockDevice } from '../src/index.js';
+import { IoError, type BlockDevice } from '@cowvol/base';
 
 /**
  * An in-memory device for store tests. `holdNextRead` makes the next read

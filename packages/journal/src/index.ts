@@ -24,21 +24,7 @@ export {
 } from './recovery.js';
 export { LogReader, LOG_WINDOW_BYTES, type LogGeometry } from './log-reader.js';
 export { repairJournal, type JournalRepairReport, type JournalRepairOptions, type DiscardedTransaction } from './repair.js';
-export { FileBlockDevice, fileDeviceOpener, type BlockDevice, type DeviceOpener } from './block-device.js';
-export { crc32c } from './checksum.js';
-export {
-  CowvolError,
-  JournalCorruptError,
-  JournalCreditsExceededError,
-  JournalAbortedError,
-  JournalApplyError,
-  JournalNeedsRecoveryError,
-  OutcomeUnknownError,
-  IoError,
-  NoSpaceError,
-  AssertionFailedError,
-  assert,
-} from './errors.js';
+export { JournalCorruptError, JournalCreditsExceededError, JournalAbortedError, JournalApplyError, JournalNeedsRecoveryError, OutcomeUnknownError } from './errors.js';
 export {
   JOURNAL_MAGIC,
   JOURNAL_VERSION,

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { unpackMultiple } from 'msgpackr';
 import { Mutex } from 'async-mutex';
-import type { BlockDevice } from './block-device.js';
+import { assert, type BlockDevice } from '@cowvol/base';
 import {
   MAX_JOURNAL_BLOCK_BYTES,
   MIN_JOURNAL_BLOCKS,
@@ -25,7 +25,7 @@ import {
 } from './format.js';
 import { replayJournal, revokeKey, scanJournal, type RecoveredTransaction, type ReplayedTransaction } from './recovery.js';
 import { Handle, Transaction, type HandleOwner } from './transaction.js';
-import { JournalAbortedError, JournalApplyError, JournalCorruptError, JournalCreditsExceededError, JournalNeedsRecoveryError, OutcomeUnknownError, assert } from './errors.js';
+import { JournalAbortedError, JournalApplyError, JournalCorruptError, JournalCreditsExceededError, JournalNeedsRecoveryError, OutcomeUnknownError } from './errors.js';
 
 /**
  * Called once per committed transaction found at open, oldest first, after

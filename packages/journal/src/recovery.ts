@@ -1,6 +1,6 @@
 import { Unpackr, unpackMultiple } from 'msgpackr';
-import type { BlockDevice } from './block-device.js';
-import { JournalCorruptError, assert } from './errors.js';
+import { assert, crc32c, type BlockDevice } from '@cowvol/base';
+import { JournalCorruptError } from './errors.js';
 import {
   BlockType,
   PAYLOAD_MARKER_BYTES,
@@ -18,7 +18,6 @@ import {
   type JournalSuperblock,
   type Revocation,
 } from './format.js';
-import { crc32c } from './checksum.js';
 import { LogReader, type LogGeometry } from './log-reader.js';
 
 /**

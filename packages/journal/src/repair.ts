@@ -1,5 +1,5 @@
-import type { BlockDevice } from './block-device.js';
-import { CowvolError, JournalCorruptError } from './errors.js';
+import { CowvolError, type BlockDevice } from '@cowvol/base';
+import { JournalCorruptError } from './errors.js';
 import { BlockType, SUPERBLOCK_AREA_BYTES, decodeSuperblock, decodeTags, firstLogBlock, readHeader, tailChecksumOk, transactionSeed, type JournalSuperblock } from './format.js';
 import { LogReader } from './log-reader.js';
 import { replayJournal, scanJournal, type ReplayedTransaction, type ScanResult } from './recovery.js';

@@ -1,4 +1,4 @@
-import { IoError, type BlockDevice } from '../src/index.js';
+import { IoError, type BlockDevice } from '@cowvol/base';
 
 /** A pending (unsynced) write or truncate. */
 type Pending = { kind: 'write'; offsetBytes: number; data: Buffer } | { kind: 'truncate'; sizeBytes: number };

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { IoError, Journal, mulberry32 } from '../src/index.js';
+import { IoError } from '@cowvol/base';
+import { Journal, mulberry32 } from '../src/index.js';
 import { MemoryDevice } from './memory-device.js';
 
 /**
