@@ -1,4 +1,5 @@
 import { FileBlockDevice, IoError, type BlockDevice, type DeviceOpener } from '@cowvol/base';
+import { OpsInFlight } from '@cowvol/base/conformance';
 
 /** One write or truncate that has not been synced yet. */
 type Pending = { kind: 'write'; offsetBytes: number; data: Buffer; old: Buffer; sizeBefore: number } | { kind: 'truncate'; sizeBytes: number; sizeBefore: number };
@@ -82,48 +83,60 @@ export class CrashController implements DeviceOpener {
   }
 }
 
+/** One file under a {@link CrashController}; keeps the BlockDevice contract (a call after `close()` is `IO_ERROR` and counts no I/O). */
 class CrashDevice implements BlockDevice {
+  private readonly ops = new OpsInFlight(() => this.name);
   constructor(private readonly inner: FileBlockDevice, private readonly ctl: CrashController, private readonly pending: Pending[]) {}
 
   get name(): string {
     return this.inner.name;
   }
 
-  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    if (this.ctl.crashed) throw new IoError(`${this.name}: device lost (simulated power loss)`);
-    return this.inner.read(offsetBytes, lengthBytes);
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    return this.ops.run('read', offsetBytes, lengthBytes, () => {
+      if (this.ctl.crashed) throw new IoError(`${this.name}: device lost (simulated power loss)`);
+      return this.inner.read(offsetBytes, lengthBytes);
+    });
   }
 
-  async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
-    if (this.ctl.crashed) throw new IoError(`${this.name}: device lost (simulated power loss)`);
-    return this.inner.readInto(offsetBytes, into);
+  readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
+    return this.ops.run('read', offsetBytes, into.length, () => {
+      if (this.ctl.crashed) throw new IoError(`${this.name}: device lost (simulated power loss)`);
+      return this.inner.readInto(offsetBytes, into);
+    });
   }
 
-  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    this.ctl.tick(this.name);
-    const sizeBefore = await this.inner.sizeBytes();
-    const old = await this.inner.read(offsetBytes, data.length);
-    this.pending.push({ kind: 'write', offsetBytes, data: Buffer.from(data), old, sizeBefore });
-    await this.inner.write(offsetBytes, data);
+  write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    return this.ops.run('write', offsetBytes, data.length, async () => {
+      this.ctl.tick(this.name);
+      const sizeBefore = await this.inner.sizeBytes();
+      const old = await this.inner.read(offsetBytes, data.length);
+      this.pending.push({ kind: 'write', offsetBytes, data: Buffer.from(data), old, sizeBefore });
+      await this.inner.write(offsetBytes, data);
+    });
   }
 
-  async sync(): Promise<void> {
-    this.ctl.tick(this.name);
-    await this.inner.sync();
-    this.pending.length = 0;
+  sync(): Promise<void> {
+    return this.ops.run('sync', 0, 0, async () => {
+      this.ctl.tick(this.name);
+      await this.inner.sync();
+      this.pending.length = 0;
+    });
   }
 
   sizeBytes(): Promise<number> {
-    return this.inner.sizeBytes();
+    return this.ops.run('stat', 0, 0, () => this.inner.sizeBytes());
   }
 
-  async truncate(sizeBytes: number): Promise<void> {
-    this.ctl.tick(this.name);
-    this.pending.push({ kind: 'truncate', sizeBytes, sizeBefore: await this.inner.sizeBytes() });
-    await this.inner.truncate(sizeBytes);
+  truncate(sizeBytes: number): Promise<void> {
+    return this.ops.run('truncate', sizeBytes, 0, async () => {
+      this.ctl.tick(this.name);
+      this.pending.push({ kind: 'truncate', sizeBytes, sizeBefore: await this.inner.sizeBytes() });
+      await this.inner.truncate(sizeBytes);
+    });
   }
 
   close(): Promise<void> {
-    return this.inner.close();
+    return this.ops.close(() => this.inner.close());
   }
 }

@@ -1,5 +1,6 @@
 import { basename } from 'node:path';
 import { FileBlockDevice, type BlockDevice, type DeviceOpener } from '@cowvol/base';
+import { OpsInFlight } from '@cowvol/base/conformance';
 
 export interface IoEvent {
   file: string;
@@ -17,7 +18,9 @@ export interface Hold {
 /**
  * A controllable scheduler at the block-device seam: `hold(pred)` arms a
  * gate; the next I/O matching `pred` stops until the test releases it. This
- * forces exact interleavings of concurrent operations without sleeps.
+ * forces exact interleavings of concurrent operations without sleeps. Its
+ * devices keep the BlockDevice contract (`close()` waits for held I/O; a call
+ * after it is `IO_ERROR`).
  */
 export class GateOpener implements DeviceOpener {
   private holds: Array<{ pred: (e: IoEvent) => boolean; arrive: (e: IoEvent) => void; gate: Promise<Error | undefined> }> = [];
@@ -45,27 +48,32 @@ export class GateOpener implements DeviceOpener {
   async open(path: string, options: { create: boolean }): Promise<BlockDevice> {
     const inner = await FileBlockDevice.open(path, options);
     const file = basename(path);
+    const ops = new OpsInFlight(() => inner.name);
     return {
       name: inner.name,
-      read: async (o, l) => {
-        await this.pass({ file, op: 'read', offsetBytes: o, lengthBytes: l });
-        return inner.read(o, l);
-      },
-      readInto: async (o, into) => {
-        await this.pass({ file, op: 'read', offsetBytes: o, lengthBytes: into.length });
-        await inner.readInto(o, into);
-      },
-      write: async (o, d) => {
-        await this.pass({ file, op: 'write', offsetBytes: o, lengthBytes: d.length });
-        await inner.write(o, d);
-      },
-      sync: async () => {
-        await this.pass({ file, op: 'sync', offsetBytes: 0, lengthBytes: 0 });
-        await inner.sync();
-      },
+      read: (o, l) =>
+        ops.run('read', o, l, async () => {
+          await this.pass({ file, op: 'read', offsetBytes: o, lengthBytes: l });
+          return inner.read(o, l);
+        }),
+      readInto: (o, into) =>
+        ops.run('read', o, into.length, async () => {
+          await this.pass({ file, op: 'read', offsetBytes: o, lengthBytes: into.length });
+          await inner.readInto(o, into);
+        }),
+      write: (o, d) =>
+        ops.run('write', o, d.length, async () => {
+          await this.pass({ file, op: 'write', offsetBytes: o, lengthBytes: d.length });
+          await inner.write(o, d);
+        }),
+      sync: () =>
+        ops.run('sync', 0, 0, async () => {
+          await this.pass({ file, op: 'sync', offsetBytes: 0, lengthBytes: 0 });
+          await inner.sync();
+        }),
       truncate: (s) => inner.truncate(s),
       sizeBytes: () => inner.sizeBytes(),
-      close: () => inner.close(),
+      close: () => ops.close(() => inner.close()),
     };
   }
 }

@@ -1,10 +1,13 @@
 import { IoError, type BlockDevice } from '@cowvol/base';
+import { OpsInFlight } from '@cowvol/base/conformance';
 
 /**
  * An in-memory device for store tests. `holdNextRead` makes the next read
  * take its bytes at once and deliver them when it resolves; `holdNextWrite`
  * stops the next write until released; `failWrite` fails the writes it
- * names (IO_ERROR); `writes` logs every write call.
+ * names (IO_ERROR); `writes` logs every write call. Keeps the BlockDevice
+ * contract (the shared conformance suite): every call after `close()` is
+ * `IO_ERROR`, and `close()` waits for held reads and writes.
  */
 export class MemDevice implements BlockDevice {
   readonly name = 'mem-store';
@@ -13,6 +16,7 @@ export class MemDevice implements BlockDevice {
   holdNextRead: (() => Promise<void>) | undefined;
   failWrite: ((offsetBytes: number, lengthBytes: number) => boolean) | undefined;
   private heldWrite: Promise<void> | undefined;
+  private readonly ops = new OpsInFlight(() => this.name);
   constructor(public bytes: Buffer = Buffer.alloc(0)) {}
 
   /** Holds the next write call until the returned function is called. */
@@ -27,32 +31,42 @@ export class MemDevice implements BlockDevice {
     await this.readInto(offsetBytes, out);
     return out;
   }
-  async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
-    this.reads += 1;
-    const taken = Buffer.alloc(into.length);
-    if (offsetBytes < this.bytes.length) this.bytes.copy(taken, 0, offsetBytes, Math.min(this.bytes.length, offsetBytes + into.length));
-    const hold = this.holdNextRead;
-    this.holdNextRead = undefined;
-    await hold?.();
-    into.set(taken);
+  readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
+    return this.ops.run('read', offsetBytes, into.length, async () => {
+      this.reads += 1;
+      const taken = Buffer.alloc(into.length);
+      if (offsetBytes < this.bytes.length) this.bytes.copy(taken, 0, offsetBytes, Math.min(this.bytes.length, offsetBytes + into.length));
+      const hold = this.holdNextRead;
+      this.holdNextRead = undefined;
+      await hold?.();
+      into.set(taken);
+    });
   }
-  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    this.writes.push({ offsetBytes, lengthBytes: data.length });
-    const held = this.heldWrite;
-    this.heldWrite = undefined;
-    await held;
-    if (this.failWrite?.(offsetBytes, data.length)) throw new IoError(`injected write failure at ${offsetBytes}`);
-    if (offsetBytes + data.length > this.bytes.length) this.bytes = Buffer.concat([this.bytes, Buffer.alloc(offsetBytes + data.length - this.bytes.length)]);
-    this.bytes.set(data, offsetBytes);
+  write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    return this.ops.run('write', offsetBytes, data.length, async () => {
+      this.writes.push({ offsetBytes, lengthBytes: data.length });
+      const held = this.heldWrite;
+      this.heldWrite = undefined;
+      await held;
+      if (this.failWrite?.(offsetBytes, data.length)) throw new IoError(`injected write failure at ${offsetBytes}`);
+      if (offsetBytes + data.length > this.bytes.length) this.bytes = Buffer.concat([this.bytes, Buffer.alloc(offsetBytes + data.length - this.bytes.length)]);
+      this.bytes.set(data, offsetBytes);
+    });
   }
-  async sync(): Promise<void> {}
-  async sizeBytes(): Promise<number> {
-    return this.bytes.length;
+  sync(): Promise<void> {
+    return this.ops.run('sync', 0, 0, () => Promise.resolve());
   }
-  async truncate(sizeBytes: number): Promise<void> {
-    const next = Buffer.alloc(sizeBytes);
-    this.bytes.copy(next, 0, 0, Math.min(sizeBytes, this.bytes.length));
-    this.bytes = next;
+  sizeBytes(): Promise<number> {
+    return this.ops.run('stat', 0, 0, () => Promise.resolve(this.bytes.length));
   }
-  async close(): Promise<void> {}
+  truncate(sizeBytes: number): Promise<void> {
+    return this.ops.run('truncate', sizeBytes, 0, async () => {
+      const next = Buffer.alloc(sizeBytes);
+      this.bytes.copy(next, 0, 0, Math.min(sizeBytes, this.bytes.length));
+      this.bytes = next;
+    });
+  }
+  close(): Promise<void> {
+    return this.ops.close();
+  }
 }

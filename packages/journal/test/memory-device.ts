@@ -1,4 +1,5 @@
 import { IoError, type BlockDevice } from '@cowvol/base';
+import { OpsInFlight } from '@cowvol/base/conformance';
 
 /** A pending (unsynced) write or truncate. */
 type Pending = { kind: 'write'; offsetBytes: number; data: Buffer } | { kind: 'truncate'; sizeBytes: number };
@@ -9,7 +10,9 @@ type Pending = { kind: 'write'; offsetBytes: number; data: Buffer } | { kind: 't
  * uses over node:fs). Reads see every write; `sync()` makes them durable;
  * `crash(decide)` rebuilds the durable image plus, for each pending write,
  * what `decide` says reached the disk: all of it, nothing, a prefix torn at
- * a 512-byte boundary, or a garbled sector.
+ * a 512-byte boundary, or a garbled sector. Keeps the BlockDevice contract
+ * (the shared conformance suite): every call after `close()` is `IO_ERROR`;
+ * `crash`, `clone` and `snapshot` still work on a closed device.
  */
 export class MemoryDevice implements BlockDevice {
   private durable: Buffer;
@@ -19,46 +22,57 @@ export class MemoryDevice implements BlockDevice {
   syncs = 0;
   /** Called before each write/sync (slow or failing devices in tests). */
   before: ((op: 'write' | 'sync', offsetBytes: number, lengthBytes: number) => Promise<void>) | undefined;
+  private readonly ops = new OpsInFlight(() => this.name);
 
   constructor(readonly name: string, initial: Buffer = Buffer.alloc(0)) {
     this.durable = Buffer.from(initial);
     this.current = Buffer.from(initial);
   }
 
-  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const out = Buffer.alloc(lengthBytes);
-    if (offsetBytes < this.current.length) this.current.copy(out, 0, offsetBytes, Math.min(this.current.length, offsetBytes + lengthBytes));
-    return out;
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    return this.ops.run('read', offsetBytes, lengthBytes, async () => {
+      const out = Buffer.alloc(lengthBytes);
+      if (offsetBytes < this.current.length) this.current.copy(out, 0, offsetBytes, Math.min(this.current.length, offsetBytes + lengthBytes));
+      return out;
+    });
   }
 
   async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
     into.set(await this.read(offsetBytes, into.length));
   }
 
-  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    await this.before?.('write', offsetBytes, data.length);
-    this.current = put(this.current, offsetBytes, Buffer.from(data));
-    this.pending.push({ kind: 'write', offsetBytes, data: Buffer.from(data) });
+  write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    return this.ops.run('write', offsetBytes, data.length, async () => {
+      await this.before?.('write', offsetBytes, data.length);
+      this.current = put(this.current, offsetBytes, Buffer.from(data));
+      this.pending.push({ kind: 'write', offsetBytes, data: Buffer.from(data) });
+    });
   }
 
-  async sync(): Promise<void> {
-    await this.before?.('sync', 0, 0);
-    if (this.failSyncs) throw new IoError(`${this.name}: injected sync failure`);
-    this.syncs += 1;
-    this.durable = Buffer.from(this.current);
-    this.pending = [];
+  sync(): Promise<void> {
+    return this.ops.run('sync', 0, 0, async () => {
+      await this.before?.('sync', 0, 0);
+      if (this.failSyncs) throw new IoError(`${this.name}: injected sync failure`);
+      this.syncs += 1;
+      this.durable = Buffer.from(this.current);
+      this.pending = [];
+    });
   }
 
-  async sizeBytes(): Promise<number> {
-    return this.current.length;
+  sizeBytes(): Promise<number> {
+    return this.ops.run('stat', 0, 0, () => Promise.resolve(this.current.length));
   }
 
-  async truncate(sizeBytes: number): Promise<void> {
-    this.current = resize(this.current, sizeBytes);
-    this.pending.push({ kind: 'truncate', sizeBytes });
+  truncate(sizeBytes: number): Promise<void> {
+    return this.ops.run('truncate', sizeBytes, 0, async () => {
+      this.current = resize(this.current, sizeBytes);
+      this.pending.push({ kind: 'truncate', sizeBytes });
+    });
   }
 
-  async close(): Promise<void> {}
+  close(): Promise<void> {
+    return this.ops.close();
+  }
 
   /** Bytes as the disk holds them now (durable + pending). */
   snapshot(): Buffer {
