@@ -8,7 +8,7 @@ import { blockDeviceSuite } from '@cowvol/base/conformance';
 import { countingOpener, newCounters } from '../bench/lib/counting-opener.mjs';
 
 // The benchmarks' counting opener wraps FileBlockDevice at the same seam
-// production uses; it keeps the same contract (docs/ARCHITECTURE.md §5).
+// production uses; it keeps the same contract (docs/ARCHITECTURE.md §1 "packages/base").
 const dir = await mkdtemp(join(tmpdir(), 'cowvol-bench-opener-'));
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });

@@ -6,8 +6,9 @@ import { IoError, NoSpaceError } from './errors.js';
  * The block-device seam: every byte cowvol reads or writes — volume file,
  * snapshot store, journal — goes through this interface. Production uses
  * {@link FileBlockDevice} over `node:fs`; tests wrap it to drop unsynced
- * writes, tear a write or fail an I/O (docs/ARCHITECTURE.md §5: fault injection through the
- * same interface production uses).
+ * writes, tear a write or fail an I/O (docs/ARCHITECTURE.md §1 "packages/base",
+ * the block-device contract: fault injection through the same interface
+ * production uses).
  *
  * Offsets and lengths are in bytes. Reads past the end of the device return
  * zeros (a sparse file reads as zeros). Errors: `IO_ERROR`, `NO_SPACE`, each
@@ -15,7 +16,7 @@ import { IoError, NoSpaceError } from './errors.js';
  * `close()` waits for the reads and writes in flight; a second `close()` is
  * harmless; every other call after `close()` rejects with `IO_ERROR`. Every
  * implementation, test doubles included, runs the shared conformance suite
- * (`@cowvol/base/conformance`, docs/ARCHITECTURE.md §5).
+ * (`@cowvol/base/conformance`, docs/ARCHITECTURE.md §1 "packages/base").
  */
 export interface BlockDevice {
   /** Path or label, for messages. */

@@ -24,8 +24,8 @@ function pattern(n: number, salt = 0): Buffer {
 }
 
 /**
- * The `BlockDevice` contract (docs/ARCHITECTURE.md §5 "The block-device
- * seam"), as tests every implementation runs — production's
+ * The `BlockDevice` contract (docs/ARCHITECTURE.md §1 "packages/base", "The
+ * block-device contract"), as tests every implementation runs — production's
  * `FileBlockDevice` and each test double — in abstract-level's pattern of one
  * shared suite: `blockDeviceSuite('MemoryDevice', (b) => …)` registers a
  * `describe` block with vitest.

@@ -2,7 +2,7 @@ import { IoError } from '../src/index.js';
 
 /**
  * The close half of the `BlockDevice` contract for test doubles
- * (docs/ARCHITECTURE.md §5): `run` counts an operation in flight and refuses
+ * (docs/ARCHITECTURE.md §1 "packages/base"): `run` counts an operation in flight and refuses
  * it with `IO_ERROR` once the device is closed; `close` waits for the
  * operations in flight, then runs `release` once, however often it is called.
  * `FileBlockDevice` does the same over its descriptor.

@@ -11,7 +11,7 @@ afterAll(async () => {
   await rm(suiteDir, { recursive: true, force: true });
 });
 
-/** The production device runs the shared contract (docs/ARCHITECTURE.md §5), with ENOSPC from /dev/full. */
+/** The production device runs the shared contract (docs/ARCHITECTURE.md §1 "packages/base"), with ENOSPC from /dev/full. */
 blockDeviceSuite(
   'FileBlockDevice',
   async (initial) => {

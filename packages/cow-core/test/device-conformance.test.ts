@@ -10,7 +10,7 @@ import { MemDevice } from './mem-device.js';
 import { TraceOpener } from './trace-device.js';
 
 // Every test double cow-core's tests put at the block-device seam keeps the
-// contract production's FileBlockDevice keeps (docs/ARCHITECTURE.md §5).
+// contract production's FileBlockDevice keeps (docs/ARCHITECTURE.md §1 "packages/base").
 
 const dir = await mkdtemp(join(tmpdir(), 'cowvol-doubles-'));
 afterAll(async () => {
