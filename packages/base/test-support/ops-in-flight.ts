@@ -2,9 +2,10 @@ import { IoError } from '../src/index.js';
 
 /**
  * The close half of the `BlockDevice` contract for test doubles
- * (docs/ARCHITECTURE.md §1 "packages/base"): `run` counts an operation in flight and refuses
- * it with `IO_ERROR` once the device is closed; `close` waits for the
- * operations in flight, then runs `release` once, however often it is called.
+ * (docs/ARCHITECTURE.md §1 "packages/base"): `begin`/`end` count an
+ * operation in flight, and `begin` refuses it with `IO_ERROR` once the device
+ * is closed; `close` waits for the operations in flight, then runs `release`
+ * once, however often it is called.
  * `FileBlockDevice` does the same over its descriptor.
  */
 export class OpsInFlight {
@@ -15,27 +16,25 @@ export class OpsInFlight {
   /** `deviceName`: the device's name, for messages and `details.device`. */
   constructor(private readonly deviceName: () => string) {}
 
-  /** True once `close` was called. */
-  get isClosed(): boolean {
-    return this.closed !== undefined;
-  }
-
   /**
-   * Runs `body` as one operation in flight.
-   * @throws IO_ERROR (before `body` runs) when the device is closed
+   * Starts one operation: counts it in flight until {@link end}. Called
+   * first thing in the double's own async method, with `end()` in its
+   * `finally`, it adds no turn of the event loop (a double's timing is part
+   * of what its tests see).
+   * @throws IO_ERROR when the device is closed
    */
-  async run<T>(op: string, offsetBytes: number, lengthBytes: number, body: () => Promise<T>): Promise<T> {
+  begin(op: string, offsetBytes: number, lengthBytes: number): void {
     if (this.closed !== undefined) {
       const device = this.deviceName();
       throw new IoError(`${op} on ${device} after close`, { details: { device, op, offsetBytes, lengthBytes } });
     }
     this.count += 1;
-    try {
-      return await body();
-    } finally {
-      this.count -= 1;
-      if (this.count === 0) this.drained?.();
-    }
+  }
+
+  /** Ends an operation {@link begin} started. */
+  end(): void {
+    this.count -= 1;
+    if (this.count === 0) this.drained?.();
   }
 
   /** Waits for every operation in flight, then `release` (the first call's); later calls wait for the first. */

@@ -92,48 +92,63 @@ class CrashDevice implements BlockDevice {
     return this.inner.name;
   }
 
-  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    return this.ops.run('read', offsetBytes, lengthBytes, () => {
+  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    this.ops.begin('read', offsetBytes, lengthBytes);
+    try {
       if (this.ctl.crashed) throw new IoError(`${this.name}: device lost (simulated power loss)`);
-      return this.inner.read(offsetBytes, lengthBytes);
-    });
+      return await this.inner.read(offsetBytes, lengthBytes);
+    } finally {
+      this.ops.end();
+    }
   }
 
-  readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
-    return this.ops.run('read', offsetBytes, into.length, () => {
+  async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
+    this.ops.begin('read', offsetBytes, into.length);
+    try {
       if (this.ctl.crashed) throw new IoError(`${this.name}: device lost (simulated power loss)`);
-      return this.inner.readInto(offsetBytes, into);
-    });
+      await this.inner.readInto(offsetBytes, into);
+    } finally {
+      this.ops.end();
+    }
   }
 
-  write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    return this.ops.run('write', offsetBytes, data.length, async () => {
+  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    this.ops.begin('write', offsetBytes, data.length);
+    try {
       this.ctl.tick(this.name);
       const sizeBefore = await this.inner.sizeBytes();
       const old = await this.inner.read(offsetBytes, data.length);
       this.pending.push({ kind: 'write', offsetBytes, data: Buffer.from(data), old, sizeBefore });
       await this.inner.write(offsetBytes, data);
-    });
+    } finally {
+      this.ops.end();
+    }
   }
 
-  sync(): Promise<void> {
-    return this.ops.run('sync', 0, 0, async () => {
+  async sync(): Promise<void> {
+    this.ops.begin('sync', 0, 0);
+    try {
       this.ctl.tick(this.name);
       await this.inner.sync();
       this.pending.length = 0;
-    });
+    } finally {
+      this.ops.end();
+    }
   }
 
   sizeBytes(): Promise<number> {
-    return this.ops.run('stat', 0, 0, () => this.inner.sizeBytes());
+    return this.inner.sizeBytes();
   }
 
-  truncate(sizeBytes: number): Promise<void> {
-    return this.ops.run('truncate', sizeBytes, 0, async () => {
+  async truncate(sizeBytes: number): Promise<void> {
+    this.ops.begin('truncate', sizeBytes, 0);
+    try {
       this.ctl.tick(this.name);
       this.pending.push({ kind: 'truncate', sizeBytes, sizeBefore: await this.inner.sizeBytes() });
       await this.inner.truncate(sizeBytes);
-    });
+    } finally {
+      this.ops.end();
+    }
   }
 
   close(): Promise<void> {

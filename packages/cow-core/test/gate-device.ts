@@ -51,26 +51,42 @@ export class GateOpener implements DeviceOpener {
     const ops = new OpsInFlight(() => inner.name);
     return {
       name: inner.name,
-      read: (o, l) =>
-        ops.run('read', o, l, async () => {
+      read: async (o, l) => {
+        ops.begin('read', o, l);
+        try {
           await this.pass({ file, op: 'read', offsetBytes: o, lengthBytes: l });
-          return inner.read(o, l);
-        }),
-      readInto: (o, into) =>
-        ops.run('read', o, into.length, async () => {
+          return await inner.read(o, l);
+        } finally {
+          ops.end();
+        }
+      },
+      readInto: async (o, into) => {
+        ops.begin('read', o, into.length);
+        try {
           await this.pass({ file, op: 'read', offsetBytes: o, lengthBytes: into.length });
           await inner.readInto(o, into);
-        }),
-      write: (o, d) =>
-        ops.run('write', o, d.length, async () => {
+        } finally {
+          ops.end();
+        }
+      },
+      write: async (o, d) => {
+        ops.begin('write', o, d.length);
+        try {
           await this.pass({ file, op: 'write', offsetBytes: o, lengthBytes: d.length });
           await inner.write(o, d);
-        }),
-      sync: () =>
-        ops.run('sync', 0, 0, async () => {
+        } finally {
+          ops.end();
+        }
+      },
+      sync: async () => {
+        ops.begin('sync', 0, 0);
+        try {
           await this.pass({ file, op: 'sync', offsetBytes: 0, lengthBytes: 0 });
           await inner.sync();
-        }),
+        } finally {
+          ops.end();
+        }
+      },
       truncate: (s) => inner.truncate(s),
       sizeBytes: () => inner.sizeBytes(),
       close: () => ops.close(() => inner.close()),

@@ -31,8 +31,9 @@ export class MemDevice implements BlockDevice {
     await this.readInto(offsetBytes, out);
     return out;
   }
-  readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
-    return this.ops.run('read', offsetBytes, into.length, async () => {
+  async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
+    this.ops.begin('read', offsetBytes, into.length);
+    try {
       this.reads += 1;
       const taken = Buffer.alloc(into.length);
       if (offsetBytes < this.bytes.length) this.bytes.copy(taken, 0, offsetBytes, Math.min(this.bytes.length, offsetBytes + into.length));
@@ -40,10 +41,13 @@ export class MemDevice implements BlockDevice {
       this.holdNextRead = undefined;
       await hold?.();
       into.set(taken);
-    });
+    } finally {
+      this.ops.end();
+    }
   }
-  write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    return this.ops.run('write', offsetBytes, data.length, async () => {
+  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    this.ops.begin('write', offsetBytes, data.length);
+    try {
       this.writes.push({ offsetBytes, lengthBytes: data.length });
       const held = this.heldWrite;
       this.heldWrite = undefined;
@@ -51,20 +55,25 @@ export class MemDevice implements BlockDevice {
       if (this.failWrite?.(offsetBytes, data.length)) throw new IoError(`injected write failure at ${offsetBytes}`);
       if (offsetBytes + data.length > this.bytes.length) this.bytes = Buffer.concat([this.bytes, Buffer.alloc(offsetBytes + data.length - this.bytes.length)]);
       this.bytes.set(data, offsetBytes);
-    });
+    } finally {
+      this.ops.end();
+    }
   }
-  sync(): Promise<void> {
-    return this.ops.run('sync', 0, 0, () => Promise.resolve());
+  async sync(): Promise<void> {
+    this.ops.begin('sync', 0, 0);
+    this.ops.end();
   }
-  sizeBytes(): Promise<number> {
-    return this.ops.run('stat', 0, 0, () => Promise.resolve(this.bytes.length));
+  async sizeBytes(): Promise<number> {
+    this.ops.begin('stat', 0, 0);
+    this.ops.end();
+    return this.bytes.length;
   }
-  truncate(sizeBytes: number): Promise<void> {
-    return this.ops.run('truncate', sizeBytes, 0, async () => {
-      const next = Buffer.alloc(sizeBytes);
-      this.bytes.copy(next, 0, 0, Math.min(sizeBytes, this.bytes.length));
-      this.bytes = next;
-    });
+  async truncate(sizeBytes: number): Promise<void> {
+    this.ops.begin('truncate', sizeBytes, 0);
+    const next = Buffer.alloc(sizeBytes);
+    this.bytes.copy(next, 0, 0, Math.min(sizeBytes, this.bytes.length));
+    this.bytes = next;
+    this.ops.end();
   }
   close(): Promise<void> {
     return this.ops.close();

@@ -29,45 +29,56 @@ export class MemoryDevice implements BlockDevice {
     this.current = Buffer.from(initial);
   }
 
-  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    return this.ops.run('read', offsetBytes, lengthBytes, async () => {
+  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    this.ops.begin('read', offsetBytes, lengthBytes);
+    try {
       const out = Buffer.alloc(lengthBytes);
       if (offsetBytes < this.current.length) this.current.copy(out, 0, offsetBytes, Math.min(this.current.length, offsetBytes + lengthBytes));
       return out;
-    });
+    } finally {
+      this.ops.end();
+    }
   }
 
   async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
     into.set(await this.read(offsetBytes, into.length));
   }
 
-  write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    return this.ops.run('write', offsetBytes, data.length, async () => {
+  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    this.ops.begin('write', offsetBytes, data.length);
+    try {
       await this.before?.('write', offsetBytes, data.length);
       this.current = put(this.current, offsetBytes, Buffer.from(data));
       this.pending.push({ kind: 'write', offsetBytes, data: Buffer.from(data) });
-    });
+    } finally {
+      this.ops.end();
+    }
   }
 
-  sync(): Promise<void> {
-    return this.ops.run('sync', 0, 0, async () => {
+  async sync(): Promise<void> {
+    this.ops.begin('sync', 0, 0);
+    try {
       await this.before?.('sync', 0, 0);
       if (this.failSyncs) throw new IoError(`${this.name}: injected sync failure`);
       this.syncs += 1;
       this.durable = Buffer.from(this.current);
       this.pending = [];
-    });
+    } finally {
+      this.ops.end();
+    }
   }
 
-  sizeBytes(): Promise<number> {
-    return this.ops.run('stat', 0, 0, () => Promise.resolve(this.current.length));
+  async sizeBytes(): Promise<number> {
+    this.ops.begin('stat', 0, 0);
+    this.ops.end();
+    return this.current.length;
   }
 
-  truncate(sizeBytes: number): Promise<void> {
-    return this.ops.run('truncate', sizeBytes, 0, async () => {
-      this.current = resize(this.current, sizeBytes);
-      this.pending.push({ kind: 'truncate', sizeBytes });
-    });
+  async truncate(sizeBytes: number): Promise<void> {
+    this.ops.begin('truncate', sizeBytes, 0);
+    this.current = resize(this.current, sizeBytes);
+    this.pending.push({ kind: 'truncate', sizeBytes });
+    this.ops.end();
   }
 
   close(): Promise<void> {
