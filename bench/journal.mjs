@@ -13,7 +13,8 @@ import { tmpdir, cpus } from 'node:os';
 import { join } from 'node:path';
 import { execSync } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
-import { FileBlockDevice, Journal } from '@cowvol/journal';
+import { FileBlockDevice } from '@cowvol/base';
+import { Journal } from '@cowvol/journal';
 
 const quick = process.argv.includes('--quick');
 const BS = 4096;

@@ -3,7 +3,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CowvolError, Volume, type OpenVolumeOptions, type SnapshotInfo } from '@cowvol/cow-core';
+import { CowvolError } from '@cowvol/base';
+import { Volume, type OpenVolumeOptions, type SnapshotInfo } from '@cowvol/cow-core';
 import { cowvol, jsonOf, prng } from './helpers.js';
 import { IS_ROOT, fillTo, mountTmpfs, requireRootUnderCi, unmount } from './tmpfs.js';
 

@@ -2,7 +2,7 @@
 // I/O cowvol issues through its BlockDevice seam: calls, bytes, fdatasyncs.
 // LevelDB's own file I/O does not go through this seam; /proc/self/io
 // (see common.mjs) covers it in aggregate.
-import { FileBlockDevice } from '@cowvol/cow-core';
+import { FileBlockDevice } from '@cowvol/base';
 
 export function roleOf(path) {
   if (/\.cowvol[\\/]store$/.test(path)) return 'store';

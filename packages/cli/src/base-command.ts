@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
-import { CowvolError, InvalidArgumentError, Volume, escapeTerminalText } from '@cowvol/cow-core';
+import { CowvolError, hasCode, type ErrorCode } from '@cowvol/base';
+import { InvalidArgumentError, Volume, escapeTerminalText } from '@cowvol/cow-core';
 import { exitCodeFor } from './exit-codes.js';
 import { watchStdout } from './io.js';
 import { isErrnoError, osError } from './os-errors.js';
@@ -52,7 +53,7 @@ export abstract class CowvolCommand extends Command {
       try {
         return await (mode.readOnly ? Volume.openForReading(path, mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {}) : Volume.open(path, { ...(mode.releaseReserve ? { releaseReserve: true } : {}), ...(mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {}) }));
       } catch (err) {
-        if (!(err instanceof CowvolError) || err.code !== 'VOLUME_BUSY' || Date.now() >= deadline) throw err;
+        if (!hasCode(err, 'VOLUME_BUSY') || Date.now() >= deadline) throw err;
         await sleep(Math.min(delay, Math.max(1, deadline - Date.now())));
         delay = Math.min(delay * 2, 1000);
       }
@@ -118,7 +119,7 @@ export abstract class CowvolCommand extends Command {
   protected override async catch(raw: Error & { code?: string; oclif?: { exit?: number } }): Promise<void> {
     // An OS error no path handler claimed is still the operating system's failure: IO_ERROR or NO_SPACE, not a bug.
     const err: Error & { code?: string; oclif?: { exit?: number } } = isErrnoError(raw) ? osError(raw) : raw;
-    let code: string;
+    let code: ErrorCode;
     let exit: number;
     let details: Record<string, unknown> | undefined;
     if (err instanceof CowvolError) {
@@ -155,7 +156,7 @@ export abstract class CowvolCommand extends Command {
   }
 
   /** The exit code for an error code (the README table); a command with its own exit-code contract overrides it. */
-  protected exitCodeOf(code: string): number {
+  protected exitCodeOf(code: ErrorCode): number {
     return exitCodeFor(code);
   }
 

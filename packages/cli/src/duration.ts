@@ -1,4 +1,4 @@
-import { CowvolError } from '@cowvol/cow-core';
+import { CowvolError } from '@cowvol/base';
 
 /** `INVALID_DURATION`: a duration is not a number with s, m, h, d or w. */
 export class InvalidDurationError extends CowvolError {

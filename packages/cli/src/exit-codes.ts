@@ -1,8 +1,12 @@
+import type { ErrorCode } from '@cowvol/base';
+
 /**
  * The one table from error code to process exit code (README, "Exit codes").
- * Codes and exit codes are stable: scripts rely on them.
+ * Codes and exit codes are stable: scripts rely on them. Typed
+ * `Record<ErrorCode, number>`: a code added to the union in @cowvol/base
+ * without an exit code here does not compile (docs/ARCHITECTURE.md §10).
  */
-export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
+export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = Object.freeze({
   // 2: the command line itself is wrong (usage)
   USAGE: 2,
   INVALID_SIZE: 2,
@@ -55,11 +59,13 @@ export const EXIT_CODES: Readonly<Record<string, number>> = Object.freeze({
   // 1: a bug (assertion) or anything unexpected
   ASSERTION_FAILED: 1,
   JOURNAL_CREDITS_EXCEEDED: 1,
+  JOURNAL_APPLY_FAILED: 1, // never an exit: Volume reports a change durable in the journal as done (docs/ARCHITECTURE.md, "Outcomes of a failed command")
   VOLUME_CLOSED: 1,
   STREAM_EXTENT_INVALID: 1,
   INTERNAL: 1,
 });
 
-export function exitCodeFor(code: string): number {
-  return EXIT_CODES[code] ?? 1;
+/** The process exit code for `code` (README, "Exit codes"). */
+export function exitCodeFor(code: ErrorCode): number {
+  return EXIT_CODES[code];
 }

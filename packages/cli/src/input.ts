@@ -3,7 +3,8 @@ import { mkdtemp, open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { InvalidArgumentError, IoError, NoSpaceError } from '@cowvol/cow-core';
+import { IoError, NoSpaceError } from '@cowvol/base';
+import { InvalidArgumentError } from '@cowvol/cow-core';
 import { InputNotFoundError, userPathError } from './os-errors.js';
 import { onInterrupt } from './signals.js';
 

@@ -2,7 +2,7 @@ import { constants, rmSync } from 'node:fs';
 import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
-import { IoError, NoSpaceError, type CowvolError } from '@cowvol/cow-core';
+import { IoError, NoSpaceError, type CowvolError } from '@cowvol/base';
 import { exitCodeFor } from './exit-codes.js';
 import { userPathError } from './os-errors.js';
 import { assertNotProtected, checkOutputPath, type ProtectedFiles } from './output-guard.js';

@@ -1,5 +1,6 @@
 import { dirname } from 'node:path';
-import { CowvolError, InvalidArgumentError, IoError, NoSpaceError } from '@cowvol/cow-core';
+import { CowvolError, IoError, NoSpaceError } from '@cowvol/base';
+import { InvalidArgumentError } from '@cowvol/cow-core';
 
 /** `INPUT_NOT_FOUND`: the --input file (or a folder on its path) does not exist. */
 export class InputNotFoundError extends CowvolError {

@@ -1,4 +1,4 @@
-import { CowvolError } from '@cowvol/cow-core';
+import { CowvolError } from '@cowvol/base';
 
 /** `INVALID_SIZE`: a size or offset argument is not a plain byte count or a K/M/G/T size. */
 export class InvalidSizeError extends CowvolError {

@@ -1,4 +1,4 @@
-import { assert } from '@cowvol/journal';
+import { assert } from '@cowvol/base';
 import { delOp, keys, putOp, SCHEMA_VERSION, type MetaOp } from './metadata.js';
 
 /** A run of store blocks. */

@@ -1,6 +1,7 @@
-import { assert } from '@cowvol/journal';
+import { assert } from '@cowvol/base';
 import { ExtentAllocator, type Extent } from './allocator.js';
-import { CorruptMetadataError, NotAVolumeError, UnsupportedVersionError } from './errors.js';
+import { UnsupportedVersionError } from '@cowvol/base';
+import { CorruptMetadataError, NotAVolumeError } from './errors.js';
 import { FORMAT_VERSION, MAX_BLOCK_SIZE_BYTES, MAX_SNAPSHOTS } from './layout.js';
 import {
   SCHEMA_VERSION,

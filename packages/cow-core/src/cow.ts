@@ -1,5 +1,6 @@
+import { assert } from '@cowvol/base';
 import { performance } from 'node:perf_hooks';
-import { assert, type Handle } from '@cowvol/journal';
+import { type Handle } from '@cowvol/journal';
 import { TARGET_STORE } from './layout.js';
 import type { SnapshotRecord } from './metadata.js';
 import type { Extent } from './allocator.js';

@@ -1,6 +1,6 @@
-import { CowvolError } from '@cowvol/journal';
+import { CowvolError, type CowvolErrorOptions } from '@cowvol/base';
 
-type Options = { cause?: unknown; details?: Record<string, unknown> };
+type Options = CowvolErrorOptions;
 
 /**
  * Errors thrown by cow-core. Each has a stable `code` (never renamed between
@@ -103,13 +103,6 @@ export class CorruptMetadataError extends CowvolError {
 export class StoreCorruptError extends CowvolError {
   constructor(message: string, options?: Options) {
     super('STORE_CORRUPT', message, options);
-  }
-}
-
-/** `UNSUPPORTED_VERSION`: written by a newer cowvol (format or schema version unknown here). */
-export class UnsupportedVersionError extends CowvolError {
-  constructor(message: string, options?: Options) {
-    super('UNSUPPORTED_VERSION', message, options);
   }
 }
 

@@ -1,10 +1,10 @@
+import { CowvolError } from '@cowvol/base';
 /**
  * The one error of an operation cut into byte ranges of which some failed
  * (docs/ARCHITECTURE.md §7.5): the first failure's code and details, and
  * every failed range in `details.failedRanges`.
  */
 
-import { CowvolError } from '@cowvol/journal';
 
 /** A byte range that failed. */
 export interface FailedRange {

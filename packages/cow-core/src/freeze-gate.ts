@@ -1,4 +1,4 @@
-import { assert } from '@cowvol/journal';
+import { assert } from '@cowvol/base';
 
 /**
  * The freeze gate (like the kernel's `freeze_fs`): I/O operations pass

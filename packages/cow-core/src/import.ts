@@ -1,4 +1,4 @@
-import { CowvolError, type DeviceOpener } from '@cowvol/journal';
+import { CowvolError, type DeviceOpener } from '@cowvol/base';
 import { StreamChangedError } from './errors.js';
 import type { SnapshotIdentity } from './metadata.js';
 import { snapshotDataPieces } from './export.js';

@@ -21,22 +21,7 @@ export { ExtentAllocator, type Extent } from './allocator.js';
 export { STORE_MAGIC, STORE_VERSION } from './store.js';
 export { StoreReadCache, STORE_CACHE_BYTES, STORE_WINDOW_BYTES, type StoreCacheStats } from './store-read-cache.js';
 export { BlockSources, SnapshotReader, READS_IN_FLIGHT, LIVE_GAP_BLOCKS, type ReadThroughIo } from './read-through.js';
-export {
-  CowvolError,
-  IoError,
-  NoSpaceError,
-  JournalCorruptError,
-  JournalAbortedError,
-  JournalApplyError,
-  JournalNeedsRecoveryError,
-  OutcomeUnknownError,
-  AssertionFailedError,
-  FileBlockDevice,
-  fileDeviceOpener,
-  type BlockDevice,
-  type DeviceOpener,
-  type RecoveryReport,
-} from '@cowvol/journal';
+export { JournalCorruptError, JournalAbortedError, JournalApplyError, JournalNeedsRecoveryError, OutcomeUnknownError, type RecoveryReport } from '@cowvol/journal';
 export { checkVolume, MAX_FINDINGS, type CheckReport, type CheckFinding } from './check.js';
 export { checkStoreData, DATA_CHECK_BATCH_BLOCKS, type DamagedStoreBlock, type DataCheckResult } from './check-data.js';
 export { rebindStoreCrc, storeBlockCrc, storeCrcPrefix, STORE_CRC_PREFIX_BYTES, type StoreBlockIdentity } from './store-crc.js';

@@ -1,5 +1,6 @@
 import { stat } from 'node:fs/promises';
-import { fileDeviceOpener, repairJournal, type BlockDevice, type DeviceOpener, type DiscardedTransaction, type JournalRepairReport } from '@cowvol/journal';
+import { fileDeviceOpener, type BlockDevice, type DeviceOpener } from '@cowvol/base';
+import { repairJournal, type DiscardedTransaction, type JournalRepairReport } from '@cowvol/journal';
 import { CommittedMetadata } from './committed-metadata.js';
 import { NotAVolumeError, VolumeNotFoundError, VolumeSizeMismatchError } from './errors.js';
 import { DEFAULT_JOURNAL_BYTES, TARGET_STORE, TARGET_VOLUME, volumeLayout } from './layout.js';

@@ -1,4 +1,4 @@
-import { CowvolError, IoError, NoSpaceError } from '@cowvol/journal';
+import { CowvolError, IoError, NoSpaceError } from '@cowvol/base';
 
 /** The messages of an error and its causes, outermost first. */
 function messagesOf(err: unknown): string {

@@ -1,6 +1,6 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { crc32c } from '@cowvol/journal';
+import { crc32c } from '@cowvol/base';
 
 /**
  * Verifies the checksums LevelDB keeps in its own files (docs/ARCHITECTURE.md

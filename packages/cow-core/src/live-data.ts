@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { stat } from 'node:fs/promises';
-import { IoError } from '@cowvol/journal';
+import { IoError } from '@cowvol/base';
 
 /**
  * Where the live volume file may hold data (docs/ARCHITECTURE.md §15.5,

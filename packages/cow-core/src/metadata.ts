@@ -1,7 +1,8 @@
 import { Packr } from 'msgpackr';
 import { Level } from 'level';
-import { assert } from '@cowvol/journal';
-import { CorruptMetadataError, UnsupportedVersionError } from './errors.js';
+import { assert } from '@cowvol/base';
+import { UnsupportedVersionError } from '@cowvol/base';
+import { CorruptMetadataError } from './errors.js';
 import { metadataError } from './sidecar-damage.js';
 import { levelError } from './level-errors.js';
 

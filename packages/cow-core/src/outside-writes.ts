@@ -1,6 +1,6 @@
 import { stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CowvolError, IoError, NoSpaceError } from '@cowvol/journal';
+import { CowvolError, IoError, NoSpaceError } from '@cowvol/base';
 import { VolumeModifiedOutsideError } from './errors.js';
 import { SCHEMA_VERSION, decode, keys, putOp, type MetadataDb, type SnapshotRecord } from './metadata.js';
 import { SnapshotMap } from './snapshot-map.js';

@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:net';
 import { readFile, stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { IoError } from '@cowvol/journal';
+import { IoError } from '@cowvol/base';
 import { VolumeBusyError, VolumeNotFoundError } from './errors.js';
 
 /** The identity of a volume file: its device and inode numbers (exact, as bigints). */

@@ -1,4 +1,4 @@
-import { assert } from '@cowvol/journal';
+import { assert } from '@cowvol/base';
 
 /**
  * A pending COW (Next3's pending-COW marker; docs/ARCHITECTURE.md §7.2): a

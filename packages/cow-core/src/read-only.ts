@@ -1,7 +1,7 @@
 import { copyFile, mkdtemp, readFile, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { CowvolError, IoError, NoSpaceError } from '@cowvol/journal';
+import { CowvolError, IoError, NoSpaceError } from '@cowvol/base';
 import { MetadataDb } from './metadata.js';
 import { metadataOpenError } from './sidecar-damage.js';
 

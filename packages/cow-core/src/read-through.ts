@@ -1,4 +1,4 @@
-import { assert } from '@cowvol/journal';
+import { assert } from '@cowvol/base';
 import { StoreCorruptError } from './errors.js';
 import { TARGET_STORE, TARGET_VOLUME } from './layout.js';
 import type { SnapshotRecord } from './metadata.js';

@@ -1,7 +1,7 @@
 import { open, rm } from 'node:fs/promises';
 import { pathExists } from './files.js';
 import { constants } from 'node:fs';
-import { IoError, NoSpaceError } from '@cowvol/journal';
+import { IoError, NoSpaceError } from '@cowvol/base';
 
 /**
  * The space reserve (docs/FORMAT.md, "Sidecar"; docs/ARCHITECTURE.md, "A

@@ -1,6 +1,7 @@
 import { readdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { CowvolError, JournalCorruptError, type BlockDevice, type DeviceOpener } from '@cowvol/journal';
+import { CowvolError, type BlockDevice, type DeviceOpener } from '@cowvol/base';
+import { JournalCorruptError } from '@cowvol/journal';
 import { CorruptMetadataError, NotAVolumeError, StoreCorruptError } from './errors.js';
 
 /**

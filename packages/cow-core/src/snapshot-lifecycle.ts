@@ -1,5 +1,5 @@
+import { AssertionFailedError, assert } from '@cowvol/base';
 import { blockExtents } from './extent-runs.js';
-import { AssertionFailedError, assert } from '@cowvol/journal';
 import { SnapshotExistsError, SnapshotHeldError, SnapshotLimitError, SnapshotNotFoundError } from './errors.js';
 import { MAX_SNAPSHOTS, TARGET_STORE } from './layout.js';
 import { SCHEMA_VERSION, type SnapshotRecord } from './metadata.js';

@@ -1,4 +1,4 @@
-import { assert } from '@cowvol/journal';
+import { assert } from '@cowvol/base';
 import { decodeValue, keys, parseHexSuffix, type MetadataDb } from './metadata.js';
 
 /** One mapping: logical block → store block, with the CRC32C of the copy. */

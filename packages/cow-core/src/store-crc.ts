@@ -1,4 +1,4 @@
-import { assert, crc32c } from '@cowvol/journal';
+import { assert, crc32c } from '@cowvol/base';
 
 /**
  * The checksum of a store block, bound to its mapping (docs/FORMAT.md §4.2,

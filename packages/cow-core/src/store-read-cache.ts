@@ -1,4 +1,4 @@
-import { assert, type BlockDevice } from '@cowvol/journal';
+import { assert, type BlockDevice } from '@cowvol/base';
 
 /** Most bytes of store windows the cache holds (the bound; in-flight fills come on top, at most one window per store read in flight). */
 export const STORE_CACHE_BYTES = 16 * 1024 * 1024;

@@ -1,6 +1,5 @@
-import type { BlockDevice } from '@cowvol/journal';
-import { assert, crc32c } from '@cowvol/journal';
-import { CorruptMetadataError, StoreCorruptError, UnsupportedVersionError } from './errors.js';
+import { assert, crc32c, UnsupportedVersionError, type BlockDevice } from '@cowvol/base';
+import { CorruptMetadataError, StoreCorruptError } from './errors.js';
 import { StoreReadCache } from './store-read-cache.js';
 
 /**

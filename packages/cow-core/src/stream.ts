@@ -1,5 +1,5 @@
-import { crc32c } from '@cowvol/journal';
-import { NotAStreamError, StreamCorruptError, StreamExtentInvalidError, StreamHeaderTooLargeError, UnsupportedVersionError } from './errors.js';
+import { crc32c, UnsupportedVersionError } from '@cowvol/base';
+import { NotAStreamError, StreamCorruptError, StreamExtentInvalidError, StreamHeaderTooLargeError } from './errors.js';
 import type { SnapshotIdentity } from './metadata.js';
 import { validateStreamHeader } from './stream-header.js';
 

@@ -1,6 +1,7 @@
+import { assert, type BlockDevice } from '@cowvol/base';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { Mutex } from 'async-mutex';
-import { JournalApplyError, assert, type BlockDevice, type Handle, type Journal, type RecoveryReport } from '@cowvol/journal';
+import { JournalApplyError, type Handle, type Journal, type RecoveryReport } from '@cowvol/journal';
 import { VolumeReadOnlyError } from './errors.js';
 import { DELETE_BATCH_BLOCKS, IO_CHUNK_BYTES, TARGET_VOLUME, type VolumeLayout } from './layout.js';
 import type { MetadataDb, SnapshotRecord } from './metadata.js';

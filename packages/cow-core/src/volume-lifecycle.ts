@@ -1,6 +1,7 @@
+import { CowvolError, IoError, fileDeviceOpener, type BlockDevice } from '@cowvol/base';
 import { pathExists } from './files.js';
 import { stat } from 'node:fs/promises';
-import { CowvolError, IoError, Journal, JournalCorruptError, JournalNeedsRecoveryError, fileDeviceOpener, type BlockDevice, type RecoveryReport } from '@cowvol/journal';
+import { Journal, JournalCorruptError, JournalNeedsRecoveryError, type RecoveryReport } from '@cowvol/journal';
 import { CorruptMetadataError, InvalidArgumentError, NotAVolumeError, VolumeNotFoundError, VolumeSizeMismatchError } from './errors.js';
 import { TARGET_STORE, TARGET_VOLUME, WRITE_BACK_MAX_BYTES, volumeLayout, type VolumeLayout } from './layout.js';
 import type { MetadataDb, SnapshotRecord } from './metadata.js';

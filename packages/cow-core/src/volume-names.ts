@@ -1,6 +1,6 @@
 import { lstat, readFile, realpath, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { IoError } from '@cowvol/journal';
+import { IoError } from '@cowvol/base';
 import { InvalidArgumentError, VolumeExistsError } from './errors.js';
 import { volumeLayout } from './layout.js';
 

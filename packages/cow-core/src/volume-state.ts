@@ -1,4 +1,5 @@
-import { JournalAbortedError, JournalApplyError, assert } from '@cowvol/journal';
+import { assert } from '@cowvol/base';
+import { JournalAbortedError, JournalApplyError } from '@cowvol/journal';
 import { VolumeClosedError } from './errors.js';
 
 /**

@@ -1,4 +1,5 @@
-import type { DeviceOpener, RecoveryReport } from '@cowvol/journal';
+import { type DeviceOpener } from '@cowvol/base';
+import type { RecoveryReport } from '@cowvol/journal';
 import type { DataMode, ImportRecord, SnapshotIdentity } from './metadata.js';
 
 /**

@@ -1,5 +1,5 @@
 import { failedRangesError } from './failed-ranges.js';
-import { CowvolError, assert, type BlockDevice } from '@cowvol/journal';
+import { CowvolError, assert, type BlockDevice } from '@cowvol/base';
 
 /** One overwrite of the live volume held back until the COW of its blocks is committed. */
 export interface WriteBackEntry {

@@ -1,5 +1,6 @@
+import { CowvolError } from '@cowvol/base';
 import { failedRangesError } from './failed-ranges.js';
-import { CowvolError, type Handle } from '@cowvol/journal';
+import { type Handle } from '@cowvol/journal';
 import { TARGET_VOLUME } from './layout.js';
 import { WriteBackStage } from './write-back.js';
 import { awaitCows, cowRange } from './cow.js';

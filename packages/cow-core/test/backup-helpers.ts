@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { Level } from 'level';
-import { FileBlockDevice, IoError, exportSnapshot, type BlockDevice, type DeviceOpener, type ExportOptions, type StreamSource, type Volume } from '../src/index.js';
+import { FileBlockDevice, IoError, type BlockDevice, type DeviceOpener } from '@cowvol/base';
+import { exportSnapshot, type ExportOptions, type StreamSource, type Volume } from '../src/index.js';
 
 /** Small deterministic PRNG (mulberry32): a seed replays a run exactly. */
 export { mulberry32 as prng } from './prng.js';

@@ -1,4 +1,5 @@
-import { FileBlockDevice, IoError, type BlockDevice, type DeviceOpener } from '../src/index.js';
+import { FileBlockDevice, IoError, type BlockDevice, type DeviceOpener } from '@cowvol/base';
+import { OpsInFlight } from '@cowvol/base/conformance';
 
 /** One write or truncate that has not been synced yet. */
 type Pending = { kind: 'write'; offsetBytes: number; data: Buffer; old: Buffer; sizeBefore: number } | { kind: 'truncate'; sizeBytes: number; sizeBefore: number };
@@ -82,7 +83,9 @@ export class CrashController implements DeviceOpener {
   }
 }
 
+/** One file under a {@link CrashController}; keeps the BlockDevice contract (a call after `close()` is `IO_ERROR` and counts no I/O). */
 class CrashDevice implements BlockDevice {
+  private readonly ops = new OpsInFlight(() => this.name);
   constructor(private readonly inner: FileBlockDevice, private readonly ctl: CrashController, private readonly pending: Pending[]) {}
 
   get name(): string {
@@ -90,27 +93,47 @@ class CrashDevice implements BlockDevice {
   }
 
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    if (this.ctl.crashed) throw new IoError(`${this.name}: device lost (simulated power loss)`);
-    return this.inner.read(offsetBytes, lengthBytes);
+    this.ops.begin('read', offsetBytes, lengthBytes);
+    try {
+      if (this.ctl.crashed) throw new IoError(`${this.name}: device lost (simulated power loss)`);
+      return await this.inner.read(offsetBytes, lengthBytes);
+    } finally {
+      this.ops.end();
+    }
   }
 
   async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
-    if (this.ctl.crashed) throw new IoError(`${this.name}: device lost (simulated power loss)`);
-    return this.inner.readInto(offsetBytes, into);
+    this.ops.begin('read', offsetBytes, into.length);
+    try {
+      if (this.ctl.crashed) throw new IoError(`${this.name}: device lost (simulated power loss)`);
+      await this.inner.readInto(offsetBytes, into);
+    } finally {
+      this.ops.end();
+    }
   }
 
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    this.ctl.tick(this.name);
-    const sizeBefore = await this.inner.sizeBytes();
-    const old = await this.inner.read(offsetBytes, data.length);
-    this.pending.push({ kind: 'write', offsetBytes, data: Buffer.from(data), old, sizeBefore });
-    await this.inner.write(offsetBytes, data);
+    this.ops.begin('write', offsetBytes, data.length);
+    try {
+      this.ctl.tick(this.name);
+      const sizeBefore = await this.inner.sizeBytes();
+      const old = await this.inner.read(offsetBytes, data.length);
+      this.pending.push({ kind: 'write', offsetBytes, data: Buffer.from(data), old, sizeBefore });
+      await this.inner.write(offsetBytes, data);
+    } finally {
+      this.ops.end();
+    }
   }
 
   async sync(): Promise<void> {
-    this.ctl.tick(this.name);
-    await this.inner.sync();
-    this.pending.length = 0;
+    this.ops.begin('sync', 0, 0);
+    try {
+      this.ctl.tick(this.name);
+      await this.inner.sync();
+      this.pending.length = 0;
+    } finally {
+      this.ops.end();
+    }
   }
 
   sizeBytes(): Promise<number> {
@@ -118,12 +141,17 @@ class CrashDevice implements BlockDevice {
   }
 
   async truncate(sizeBytes: number): Promise<void> {
-    this.ctl.tick(this.name);
-    this.pending.push({ kind: 'truncate', sizeBytes, sizeBefore: await this.inner.sizeBytes() });
-    await this.inner.truncate(sizeBytes);
+    this.ops.begin('truncate', sizeBytes, 0);
+    try {
+      this.ctl.tick(this.name);
+      this.pending.push({ kind: 'truncate', sizeBytes, sizeBefore: await this.inner.sizeBytes() });
+      await this.inner.truncate(sizeBytes);
+    } finally {
+      this.ops.end();
+    }
   }
 
   close(): Promise<void> {
-    return this.inner.close();
+    return this.ops.close(() => this.inner.close());
   }
 }

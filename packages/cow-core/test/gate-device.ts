@@ -1,5 +1,6 @@
 import { basename } from 'node:path';
-import { FileBlockDevice, type BlockDevice, type DeviceOpener } from '../src/index.js';
+import { FileBlockDevice, type BlockDevice, type DeviceOpener } from '@cowvol/base';
+import { OpsInFlight } from '@cowvol/base/conformance';
 
 export interface IoEvent {
   file: string;
@@ -17,7 +18,9 @@ export interface Hold {
 /**
  * A controllable scheduler at the block-device seam: `hold(pred)` arms a
  * gate; the next I/O matching `pred` stops until the test releases it. This
- * forces exact interleavings of concurrent operations without sleeps.
+ * forces exact interleavings of concurrent operations without sleeps. Its
+ * devices keep the BlockDevice contract (`close()` waits for held I/O; a call
+ * after it is `IO_ERROR`).
  */
 export class GateOpener implements DeviceOpener {
   private holds: Array<{ pred: (e: IoEvent) => boolean; arrive: (e: IoEvent) => void; gate: Promise<Error | undefined> }> = [];
@@ -45,27 +48,48 @@ export class GateOpener implements DeviceOpener {
   async open(path: string, options: { create: boolean }): Promise<BlockDevice> {
     const inner = await FileBlockDevice.open(path, options);
     const file = basename(path);
+    const ops = new OpsInFlight(() => inner.name);
     return {
       name: inner.name,
       read: async (o, l) => {
-        await this.pass({ file, op: 'read', offsetBytes: o, lengthBytes: l });
-        return inner.read(o, l);
+        ops.begin('read', o, l);
+        try {
+          await this.pass({ file, op: 'read', offsetBytes: o, lengthBytes: l });
+          return await inner.read(o, l);
+        } finally {
+          ops.end();
+        }
       },
       readInto: async (o, into) => {
-        await this.pass({ file, op: 'read', offsetBytes: o, lengthBytes: into.length });
-        await inner.readInto(o, into);
+        ops.begin('read', o, into.length);
+        try {
+          await this.pass({ file, op: 'read', offsetBytes: o, lengthBytes: into.length });
+          await inner.readInto(o, into);
+        } finally {
+          ops.end();
+        }
       },
       write: async (o, d) => {
-        await this.pass({ file, op: 'write', offsetBytes: o, lengthBytes: d.length });
-        await inner.write(o, d);
+        ops.begin('write', o, d.length);
+        try {
+          await this.pass({ file, op: 'write', offsetBytes: o, lengthBytes: d.length });
+          await inner.write(o, d);
+        } finally {
+          ops.end();
+        }
       },
       sync: async () => {
-        await this.pass({ file, op: 'sync', offsetBytes: 0, lengthBytes: 0 });
-        await inner.sync();
+        ops.begin('sync', 0, 0);
+        try {
+          await this.pass({ file, op: 'sync', offsetBytes: 0, lengthBytes: 0 });
+          await inner.sync();
+        } finally {
+          ops.end();
+        }
       },
       truncate: (s) => inner.truncate(s),
       sizeBytes: () => inner.sizeBytes(),
-      close: () => inner.close(),
+      close: () => ops.close(() => inner.close()),
     };
   }
 }

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { Level } from 'level';
 import { Packr } from 'msgpackr';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { crc32c } from '@cowvol/journal';
+import { crc32c } from '@cowvol/base';
 import { MAX_FINDINGS, rebindStoreCrc, storeBlockCrc, storeCrcPrefix, Volume, volumeLayout, type CheckReport } from '../src/index.js';
 import { cowvol } from '../../../test/helpers.js';
 import { mulberry32 } from './prng.js';

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { CowvolError, escapeTerminalText, parseLabel, validateLabels } from '../src/index.js';
+import { CowvolError } from '@cowvol/base';
+import { escapeTerminalText, parseLabel, validateLabels } from '../src/index.js';
 
 /**
  * Label rules (README "Labels"): values refuse every code point a terminal

@@ -2,7 +2,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FileBlockDevice, NoSpaceError, Volume, importStream, restoreSnapshot, type BlockDevice, type DeviceOpener } from '../src/index.js';
+import { FileBlockDevice, NoSpaceError, type BlockDevice, type DeviceOpener } from '@cowvol/base';
+import { Volume, importStream, restoreSnapshot } from '../src/index.js';
 import { exportToBuffer, memorySource, prng, randomBuffer } from './backup-helpers.js';
 
 /**

@@ -8,7 +8,8 @@ import { DATA_MODES } from './modes.js';
 import { CrashController } from './crash-device.js';
 import { mulberry32 } from './prng.js';
 import { exportToBuffer, memorySource } from './backup-helpers.js';
-import { Volume, importStream, volumeLayout, type CowvolError } from '../src/index.js';
+import { type CowvolError } from '@cowvol/base';
+import { Volume, importStream, volumeLayout } from '../src/index.js';
 
 /**
  * Writes made outside cowvol (docs/ARCHITECTURE.md, "Writes made outside

@@ -4,7 +4,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { IoError, Volume } from '../src/index.js';
+import { IoError } from '@cowvol/base';
+import { Volume } from '../src/index.js';
 import { GateOpener, settlesSoon } from './gate-device.js';
 
 /**

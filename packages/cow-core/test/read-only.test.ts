@@ -2,7 +2,8 @@ import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FileBlockDevice, Volume, type BlockDevice, type DeviceOpener } from '../src/index.js';
+import { FileBlockDevice, type BlockDevice, type DeviceOpener } from '@cowvol/base';
+import { Volume } from '../src/index.js';
 
 /**
  * Read-only opens (docs/ARCHITECTURE.md, "Read-only opens") and the outcome

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { storeBlockCrc } from '../src/store-crc.js';
-import { BlockSources, IoError, LIVE_GAP_BLOCKS, SnapshotReader, type ReadThroughIo } from '../src/index.js';
+import { IoError } from '@cowvol/base';
+import { BlockSources, LIVE_GAP_BLOCKS, SnapshotReader, type ReadThroughIo } from '../src/index.js';
 import { MAP_REGION_BLOCKS, SnapshotMap } from '../src/snapshot-map.js';
 import { decodeMapFast, decodeValue, encodeValue } from '../src/metadata.js';
 import { mappingOf } from './map-lookup.js';

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { CowvolError, MAX_VOLUME_BYTES, StreamWriter, verifyStream, type StreamHeader } from '../src/index.js';
+import { CowvolError } from '@cowvol/base';
+import { MAX_VOLUME_BYTES, StreamWriter, verifyStream, type StreamHeader } from '../src/index.js';
 import { memorySource } from './backup-helpers.js';
 
 /**

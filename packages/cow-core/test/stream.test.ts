@@ -1,16 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import {
-  CowvolError,
-  EXTENT_HEADER_BYTES,
-  STREAM_MAGIC,
-  StreamWriter,
-  TRAILER_BYTES,
-  encodeHeader,
-  readExtent,
-  verifyStream,
-  type StreamHeader,
-} from '../src/index.js';
-import { crc32c } from '@cowvol/journal';
+import { CowvolError } from '@cowvol/base';
+import { EXTENT_HEADER_BYTES, STREAM_MAGIC, StreamWriter, TRAILER_BYTES, encodeHeader, readExtent, verifyStream, type StreamHeader } from '../src/index.js';
+import { crc32c } from '@cowvol/base';
 import { memorySource, prng, randomBuffer } from './backup-helpers.js';
 
 /**

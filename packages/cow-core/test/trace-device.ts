@@ -1,5 +1,5 @@
 import { basename } from 'node:path';
-import { FileBlockDevice, IoError, NoSpaceError, type BlockDevice, type DeviceOpener } from '../src/index.js';
+import { FileBlockDevice, IoError, NoSpaceError, type BlockDevice, type DeviceOpener } from '@cowvol/base';
 
 /** One I/O as seen at the block-device seam. */
 export interface TraceEntry {

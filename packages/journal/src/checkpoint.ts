@@ -1,6 +1,5 @@
+import { type BlockDevice, assert } from '@cowvol/base';
 import { Mutex } from 'async-mutex';
-import type { BlockDevice } from './block-device.js';
-import { assert } from './errors.js';
 import { encodeSuperblock, slotOffset } from './format.js';
 import type { LogState } from './log-state.js';
 

@@ -1,6 +1,7 @@
+import { assert } from '@cowvol/base';
 import { unpackMultiple } from 'msgpackr';
 import type { Checkpoint } from './checkpoint.js';
-import { JournalAbortedError, JournalApplyError, OutcomeUnknownError, assert } from './errors.js';
+import { JournalAbortedError, JournalApplyError, OutcomeUnknownError } from './errors.js';
 import type { LogState } from './log-state.js';
 import { encodeTransaction, type EncodedTransaction } from './transaction-encoder.js';
 import { Transaction, type Handle } from './transaction.js';

@@ -1,4 +1,4 @@
-import { assert } from './errors.js';
+import { assert } from '@cowvol/base';
 import { BlockType } from './format.js';
 
 /**

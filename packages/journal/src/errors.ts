@@ -1,28 +1,14 @@
-/**
- * Error base shared by every cowvol package.
- *
- * Every error that crosses a package boundary is a `CowvolError` with a
- * stable string `code`. Codes never change between versions: scripts and the
- * CLI's exit-code table (packages/cli/src/exit-codes.ts) key on them.
- * (Shape from abstract-level: errors carry codes, messages are for people.)
- */
-export class CowvolError extends Error {
-  /** Stable machine-readable code, e.g. `JOURNAL_CORRUPT`. */
-  readonly code: string;
-  /** Optional structured details (byte ranges, names) for `--json` output. */
-  readonly details: Record<string, unknown> | undefined;
+import { CowvolError, type CowvolErrorOptions } from '@cowvol/base';
 
-  constructor(code: string, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.name = new.target.name;
-    this.code = code;
-    this.details = options?.details;
-  }
-}
+/**
+ * Errors of the journal itself (docs/ARCHITECTURE.md §10 "Errors"); the
+ * errors every layer shares (`IO_ERROR`, `NO_SPACE`, `UNSUPPORTED_VERSION`,
+ * `ASSERTION_FAILED`) live in @cowvol/base.
+ */
 
 /** `JOURNAL_CORRUPT`: the journal superblock or a committed region is unreadable or foreign. */
 export class JournalCorruptError extends CowvolError {
-  constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+  constructor(message: string, options?: CowvolErrorOptions) {
     super('JOURNAL_CORRUPT', message, options);
   }
 }
@@ -50,7 +36,7 @@ export class JournalAbortedError extends CowvolError {
  */
 export class JournalApplyError extends CowvolError {
   constructor(sequence: number, cause: unknown) {
-    super('JOURNAL_APPLY_FAILED', `transaction ${sequence} is durable in the journal but could not be applied (${(cause as Error)?.message ?? String(cause)}); the next open replays it`, {
+    super('JOURNAL_APPLY_FAILED', `transaction ${sequence} is durable in the journal but could not be applied (${(cause as Error | undefined)?.message ?? String(cause)}); the next open replays it`, {
       cause,
       details: { sequence },
     });
@@ -63,7 +49,7 @@ export class JournalApplyError extends CowvolError {
  * finds out). The journal aborted.
  */
 export class OutcomeUnknownError extends CowvolError {
-  constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+  constructor(message: string, options?: CowvolErrorOptions) {
     super('OUTCOME_UNKNOWN', message, options);
   }
 }
@@ -74,48 +60,7 @@ export class OutcomeUnknownError extends CowvolError {
  * written. Open the volume writable (free space, mount read-write) once.
  */
 export class JournalNeedsRecoveryError extends CowvolError {
-  constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+  constructor(message: string, options?: CowvolErrorOptions) {
     super('JOURNAL_NEEDS_RECOVERY', message, options);
   }
-}
-
-/**
- * `UNSUPPORTED_VERSION`: the journal superblock names a format version this
- * cowvol does not read (docs/FORMAT.md, "Journal file"). `details.version`
- * is the version found.
- */
-export class UnsupportedJournalVersionError extends CowvolError {
-  constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
-    super('UNSUPPORTED_VERSION', message, options);
-  }
-}
-
-/** `IO_ERROR`: the block device failed a read, write or sync. `details` name the byte range. */
-export class IoError extends CowvolError {
-  constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
-    super('IO_ERROR', message, options);
-  }
-}
-
-/** `NO_SPACE`: the file system holding a file is full (ENOSPC/EDQUOT). */
-export class NoSpaceError extends CowvolError {
-  constructor(message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
-    super('NO_SPACE', message, options);
-  }
-}
-
-/**
- * Internal invariant check (TigerBeetle style): a failed assertion is a bug,
- * never bad input, and stops the operation before anything further is written.
- * Code: `ASSERTION_FAILED`.
- */
-export class AssertionFailedError extends CowvolError {
-  constructor(message: string) {
-    super('ASSERTION_FAILED', `invariant violated: ${message}`);
-  }
-}
-
-/** Throws `AssertionFailedError` (`ASSERTION_FAILED`) when `condition` is false. */
-export function assert(condition: unknown, message: string): asserts condition {
-  if (!condition) throw new AssertionFailedError(message);
 }

@@ -1,5 +1,5 @@
-import { crc32c } from './checksum.js';
-import { JournalCorruptError, UnsupportedJournalVersionError } from './errors.js';
+import { crc32c, hasCode, UnsupportedVersionError } from '@cowvol/base';
+import { JournalCorruptError } from './errors.js';
 
 /**
  * On-disk layout of the journal file, version 2 (docs/FORMAT.md, "Journal
@@ -144,7 +144,7 @@ function decodeSlot(buf: Buffer, name: string): SlotResult {
   // Version before checksum: another version has another layout (its checksum sits elsewhere).
   const version = buf.readUInt32BE(4);
   if (version !== JOURNAL_VERSION) {
-    return { error: new UnsupportedJournalVersionError(`${name}: journal version ${version}; this cowvol reads version ${JOURNAL_VERSION}`, { details: { version } }) };
+    return { error: new UnsupportedVersionError(`${name}: journal version ${version}; this cowvol reads version ${JOURNAL_VERSION}`, { details: { version } }) };
   }
   if (buf.readUInt32BE(48) !== crc32c(buf.subarray(0, 48))) return { error: new JournalCorruptError(`${name}: journal superblock checksum mismatch`) };
   const blockSizeBytes = buf.readUInt32BE(24);
@@ -170,7 +170,7 @@ export function decodeSuperblock(area: Buffer, name: string): JournalSuperblock 
   if ('sb' in a && 'sb' in b) return ((b.sb.generation - a.sb.generation) | 0) > 0 ? b.sb : a.sb;
   if ('sb' in a) return a.sb;
   if ('sb' in b) return b.sb;
-  const isVersion = (e: Error): boolean => e instanceof UnsupportedJournalVersionError;
+  const isVersion = (e: Error) => hasCode(e, 'UNSUPPORTED_VERSION');
   throw isVersion(a.error) ? a.error : isVersion(b.error) ? b.error : a.error;
 }
 

@@ -10,24 +10,9 @@ export { Handle, Transaction, type TransactionState } from './transaction.js';
 export { scanJournal, type RecoveredTransaction, type RecoveryOptions, type ScanResult } from './recovery-scan.js';
 export { replayJournal, type ReplayedTransaction, type ReplaySink, type ReplayCounts } from './recovery-replay.js';
 export { classify, DECISION_TABLE, type BlockPattern, type ScanAction } from './decision-table.js';
-export { UnsupportedJournalVersionError } from './errors.js';
 export { LogReader, LOG_WINDOW_BYTES, type LogGeometry } from './log-reader.js';
 export { repairJournal, type JournalRepairReport, type JournalRepairOptions, type DiscardedTransaction } from './repair.js';
-export { FileBlockDevice, fileDeviceOpener, type BlockDevice, type DeviceOpener } from './block-device.js';
-export { crc32c } from './checksum.js';
-export {
-  CowvolError,
-  JournalCorruptError,
-  JournalCreditsExceededError,
-  JournalAbortedError,
-  JournalApplyError,
-  JournalNeedsRecoveryError,
-  OutcomeUnknownError,
-  IoError,
-  NoSpaceError,
-  AssertionFailedError,
-  assert,
-} from './errors.js';
+export { JournalCorruptError, JournalCreditsExceededError, JournalAbortedError, JournalApplyError, JournalNeedsRecoveryError, OutcomeUnknownError } from './errors.js';
 export {
   JOURNAL_MAGIC,
   JOURNAL_VERSION,

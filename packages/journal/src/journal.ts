@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import type { BlockDevice } from './block-device.js';
+import { assert, type BlockDevice } from '@cowvol/base';
 import { Checkpoint } from './checkpoint.js';
 import { CommitWriter, type ApplyFn } from './commit-writer.js';
-import { JournalAbortedError, JournalCorruptError, JournalCreditsExceededError, assert } from './errors.js';
+import { JournalAbortedError, JournalCorruptError, JournalCreditsExceededError } from './errors.js';
 import {
   MIN_JOURNAL_BLOCKS,
   isJournalBlockSize,

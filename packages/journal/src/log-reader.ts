@@ -1,4 +1,4 @@
-import type { BlockDevice } from './block-device.js';
+import type { BlockDevice } from '@cowvol/base';
 import { JournalCorruptError } from './errors.js';
 
 /**

@@ -1,5 +1,5 @@
-import type { BlockDevice } from './block-device.js';
-import { JournalAbortedError, assert } from './errors.js';
+import { type BlockDevice, assert } from '@cowvol/base';
+import { JournalAbortedError } from './errors.js';
 import { firstLogBlock, type JournalSuperblock } from './format.js';
 import { ImageCache } from './image-cache.js';
 import type { RecoveredTransaction } from './recovery-scan.js';

@@ -1,6 +1,6 @@
+import { type BlockDevice, assert } from '@cowvol/base';
 import { Unpackr } from 'msgpackr';
-import type { BlockDevice } from './block-device.js';
-import { JournalCorruptError, JournalNeedsRecoveryError, assert } from './errors.js';
+import { JournalCorruptError, JournalNeedsRecoveryError } from './errors.js';
 import { revokeKey, transactionSeed, type JournalSuperblock } from './format.js';
 import { LogReader } from './log-reader.js';
 import { geometryOf, type RecoveryOptions, type ScanResult } from './recovery-scan.js';

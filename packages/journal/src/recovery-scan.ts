@@ -1,4 +1,4 @@
-import type { BlockDevice } from './block-device.js';
+import { type BlockDevice } from '@cowvol/base';
 import { firstLogBlock, revokeKey, transactionSeed, type JournalSuperblock, type Revocation } from './format.js';
 import { LogReader, type LogGeometry } from './log-reader.js';
 import { PayloadArena, walkTransaction } from './transaction-walk.js';

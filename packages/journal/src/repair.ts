@@ -1,5 +1,5 @@
-import type { BlockDevice } from './block-device.js';
-import { JournalCorruptError, UnsupportedJournalVersionError } from './errors.js';
+import { hasCode, type BlockDevice } from '@cowvol/base';
+import { JournalCorruptError } from './errors.js';
 import { BlockType, SUPERBLOCK_AREA_BYTES, decodeSuperblock, decodeTags, readHeader, tailChecksumOk, transactionSeed, type JournalSuperblock } from './format.js';
 import { LogReader } from './log-reader.js';
 import { replayHome, type ReplayedTransaction } from './recovery-replay.js';
@@ -90,7 +90,7 @@ export async function repairJournal(device: BlockDevice, options: JournalRepairO
     sb = decodeSuperblock(await device.read(0, SUPERBLOCK_AREA_BYTES), device.name);
     if (!options.uuid.equals(sb.uuid)) throw new JournalCorruptError(`${device.name}: journal belongs to another volume (uuid mismatch)`);
   } catch (err) {
-    if (!(err instanceof JournalCorruptError) && !(err instanceof UnsupportedJournalVersionError)) throw err;
+    if (!(err instanceof JournalCorruptError) && !hasCode(err, 'UNSUPPORTED_VERSION')) throw err;
     report.superblockDamaged = true;
     report.superblockError = err.message;
     sb = undefined;

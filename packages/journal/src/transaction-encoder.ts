@@ -1,4 +1,4 @@
-import type { BlockDevice } from './block-device.js';
+import { type BlockDevice } from '@cowvol/base';
 import { chainCrc, encodeCommit, encodeDescriptor, encodeRecords, encodeRevoke, entriesPerRevoke, revokeKey, tagsPerDescriptor, transactionSeed, type BlockImage, type Revocation } from './format.js';
 import type { Handle } from './transaction.js';
 

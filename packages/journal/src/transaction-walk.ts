@@ -1,5 +1,5 @@
+import { crc32c } from '@cowvol/base';
 import { unpackMultiple } from 'msgpackr';
-import { crc32c } from './checksum.js';
 import { classify, typeName, type BlockPattern } from './decision-table.js';
 import { PAYLOAD_MARKER_BYTES, chainCrc, decodeCommit, decodeRecordsHead, decodeRevoke, decodeTags, payloadPerBlock, readHeader, tailChecksumOk, unescapeImage, type Revocation } from './format.js';
 import type { LogReader } from './log-reader.js';

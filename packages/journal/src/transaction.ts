@@ -1,6 +1,6 @@
 import { pack } from 'msgpackr';
-import type { BlockDevice } from './block-device.js';
-import { assert, JournalCreditsExceededError } from './errors.js';
+import { assert, type BlockDevice } from '@cowvol/base';
+import { JournalCreditsExceededError } from './errors.js';
 import type { BlockImage, Revocation } from './format.js';
 
 /** jbd2 transaction states, in order. */

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { IoError, Journal, NoSpaceError, type BlockDevice } from '../src/index.js';
+import { IoError, NoSpaceError, type BlockDevice } from '@cowvol/base';
+import { Journal } from '../src/index.js';
 import { MemoryDevice } from './memory-device.js';
 import { commitRecords } from './commit-records.js';
 

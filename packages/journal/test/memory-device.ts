@@ -1,4 +1,5 @@
-import { IoError, type BlockDevice } from '../src/index.js';
+import { IoError, type BlockDevice } from '@cowvol/base';
+import { OpsInFlight } from '@cowvol/base/conformance';
 
 /** A pending (unsynced) write or truncate. */
 type Pending = { kind: 'write'; offsetBytes: number; data: Buffer } | { kind: 'truncate'; sizeBytes: number };
@@ -9,7 +10,9 @@ type Pending = { kind: 'write'; offsetBytes: number; data: Buffer } | { kind: 't
  * uses over node:fs). Reads see every write; `sync()` makes them durable;
  * `crash(decide)` rebuilds the durable image plus, for each pending write,
  * what `decide` says reached the disk: all of it, nothing, a prefix torn at
- * a 512-byte boundary, or a garbled sector.
+ * a 512-byte boundary, or a garbled sector. Keeps the BlockDevice contract
+ * (the shared conformance suite): every call after `close()` is `IO_ERROR`;
+ * `crash`, `clone` and `snapshot` still work on a closed device.
  */
 export class MemoryDevice implements BlockDevice {
   private durable: Buffer;
@@ -19,6 +22,7 @@ export class MemoryDevice implements BlockDevice {
   syncs = 0;
   /** Called before each write/sync (slow or failing devices in tests). */
   before: ((op: 'write' | 'sync', offsetBytes: number, lengthBytes: number) => Promise<void>) | undefined;
+  private readonly ops = new OpsInFlight(() => this.name);
 
   constructor(readonly name: string, initial: Buffer = Buffer.alloc(0)) {
     this.durable = Buffer.from(initial);
@@ -26,9 +30,14 @@ export class MemoryDevice implements BlockDevice {
   }
 
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const out = Buffer.alloc(lengthBytes);
-    if (offsetBytes < this.current.length) this.current.copy(out, 0, offsetBytes, Math.min(this.current.length, offsetBytes + lengthBytes));
-    return out;
+    this.ops.begin('read', offsetBytes, lengthBytes);
+    try {
+      const out = Buffer.alloc(lengthBytes);
+      if (offsetBytes < this.current.length) this.current.copy(out, 0, offsetBytes, Math.min(this.current.length, offsetBytes + lengthBytes));
+      return out;
+    } finally {
+      this.ops.end();
+    }
   }
 
   async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
@@ -36,29 +45,45 @@ export class MemoryDevice implements BlockDevice {
   }
 
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    await this.before?.('write', offsetBytes, data.length);
-    this.current = put(this.current, offsetBytes, Buffer.from(data));
-    this.pending.push({ kind: 'write', offsetBytes, data: Buffer.from(data) });
+    this.ops.begin('write', offsetBytes, data.length);
+    try {
+      await this.before?.('write', offsetBytes, data.length);
+      this.current = put(this.current, offsetBytes, Buffer.from(data));
+      this.pending.push({ kind: 'write', offsetBytes, data: Buffer.from(data) });
+    } finally {
+      this.ops.end();
+    }
   }
 
   async sync(): Promise<void> {
-    await this.before?.('sync', 0, 0);
-    if (this.failSyncs) throw new IoError(`${this.name}: injected sync failure`);
-    this.syncs += 1;
-    this.durable = Buffer.from(this.current);
-    this.pending = [];
+    this.ops.begin('sync', 0, 0);
+    try {
+      await this.before?.('sync', 0, 0);
+      if (this.failSyncs) throw new IoError(`${this.name}: injected sync failure`);
+      this.syncs += 1;
+      this.durable = Buffer.from(this.current);
+      this.pending = [];
+    } finally {
+      this.ops.end();
+    }
   }
 
   async sizeBytes(): Promise<number> {
+    this.ops.begin('stat', 0, 0);
+    this.ops.end();
     return this.current.length;
   }
 
   async truncate(sizeBytes: number): Promise<void> {
+    this.ops.begin('truncate', sizeBytes, 0);
     this.current = resize(this.current, sizeBytes);
     this.pending.push({ kind: 'truncate', sizeBytes });
+    this.ops.end();
   }
 
-  async close(): Promise<void> {}
+  close(): Promise<void> {
+    return this.ops.close();
+  }
 
   /** Bytes as the disk holds them now (durable + pending). */
   snapshot(): Buffer {

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { IoError } from '@cowvol/base';
 import { mulberry32 } from '@cowvol/test-support';
-import { IoError, Journal } from '../src/index.js';
+import { Journal } from '../src/index.js';
 import { MemoryDevice } from './memory-device.js';
 
 /**

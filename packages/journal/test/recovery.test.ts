@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { Journal, SUPERBLOCK_AREA_BYTES, decodeSuperblock, replayJournal, scanJournal, type BlockDevice } from '../src/index.js';
+import { type BlockDevice } from '@cowvol/base';
+import { Journal, SUPERBLOCK_AREA_BYTES, decodeSuperblock, replayJournal, scanJournal } from '../src/index.js';
 import { MemoryDevice } from './memory-device.js';
 import { commitRecords } from './commit-records.js';
 

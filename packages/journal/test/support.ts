@@ -1,2 +1,3 @@
-export { FileBlockDevice, Journal, type BlockDevice } from '../src/index.js';
+export { FileBlockDevice, type BlockDevice } from '@cowvol/base';
+export { Journal } from '../src/index.js';
 export { JOURNAL_MAGIC as SUPERBLOCK_SENTINEL } from '../src/index.js';

@@ -1,3 +1,5 @@
+import { assert } from '@cowvol/base';
+
 /**
  * A FIFO of received bytes: chunks as they came off the socket, consumed
  * from the front. Only whole messages are taken out, so a parser looks at
@@ -22,9 +24,9 @@ export class ByteQueue {
     this.total += chunk.length;
   }
 
-  /** The first `n` bytes without consuming them; `n` must be ≤ `length`. */
+  /** The first `n` bytes without consuming them; `n` must be ≤ `length` (else `ASSERTION_FAILED`: a framing bug). */
   peek(n: number): Buffer {
-    if (n > this.total) throw new RangeError(`peek(${n}) of ${this.total} bytes`);
+    assert(n <= this.total, `peek(${n}) of ${this.total} bytes`);
     const first = this.chunks[0];
     if (first !== undefined && first.length - this.head >= n) return first.subarray(this.head, this.head + n);
     const out = Buffer.allocUnsafe(n);
@@ -37,7 +39,7 @@ export class ByteQueue {
     return out;
   }
 
-  /** Removes and returns the first `n` bytes; `n` must be ≤ `length`. */
+  /** Removes and returns the first `n` bytes; `n` must be ≤ `length` (else `ASSERTION_FAILED`: a framing bug). */
   take(n: number): Buffer {
     const out = this.peek(n);
     this.skip(n);
@@ -45,9 +47,9 @@ export class ByteQueue {
     return out;
   }
 
-  /** Drops the first `n` bytes; `n` must be ≤ `length`. */
+  /** Drops the first `n` bytes; `n` must be ≤ `length` (else `ASSERTION_FAILED`: a framing bug). */
   skip(n: number): void {
-    if (n > this.total) throw new RangeError(`skip(${n}) of ${this.total} bytes`);
+    assert(n <= this.total, `skip(${n}) of ${this.total} bytes`);
     this.total -= n;
     while (n > 0) {
       const c = this.chunks[0]!;

@@ -1,4 +1,4 @@
-import { CowvolError } from '@cowvol/cow-core';
+import { CowvolError } from '@cowvol/base';
 
 /**
  * Errors thrown by @cowvol/nbd. Each has a stable `code`; the CLI maps codes

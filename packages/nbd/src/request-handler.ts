@@ -1,4 +1,4 @@
-import { CowvolError } from '@cowvol/cow-core';
+import { hasCode } from '@cowvol/base';
 import {
   BASE_ALLOCATION_ID,
   MAX_PAYLOAD_BYTES,
@@ -48,11 +48,9 @@ export class RequestError extends Error {
  */
 export function errnoFor(err: unknown): number {
   if (err instanceof RequestError) return err.errno;
-  if (err instanceof CowvolError) {
-    if (err.code === 'OUT_OF_RANGE' || err.code === 'INVALID_ARGUMENT') return NBD_EINVAL;
-    if (err.code === 'NO_SPACE') return NBD_ENOSPC;
-    if (err.code === 'VOLUME_CLOSED') return NBD_ESHUTDOWN;
-  }
+  if (hasCode(err, 'OUT_OF_RANGE', 'INVALID_ARGUMENT')) return NBD_EINVAL;
+  if (hasCode(err, 'NO_SPACE')) return NBD_ENOSPC;
+  if (hasCode(err, 'VOLUME_CLOSED')) return NBD_ESHUTDOWN;
   return NBD_EIO;
 }
 

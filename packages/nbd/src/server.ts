@@ -1,7 +1,8 @@
 import { chmod, lstat, unlink } from 'node:fs/promises';
 import { createConnection, createServer, isIP, type Server, type Socket } from 'node:net';
 import { resolve as resolvePath } from 'node:path';
-import { CowvolError, InvalidArgumentError, IoError } from '@cowvol/cow-core';
+import { CowvolError, IoError } from '@cowvol/base';
+import { InvalidArgumentError } from '@cowvol/cow-core';
 import type { ExportCatalog } from './block-export.js';
 import { Connection, DEFAULT_HANDSHAKE, DEFAULT_LIMITS, type ConnectionLimits, type HandshakeOptions } from './connection.js';
 import { EndpointInUseError } from './errors.js';

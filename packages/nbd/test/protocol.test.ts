@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { AssertionFailedError } from '@cowvol/base';
 import {
   blockStatusChunk,
   ByteQueue,
@@ -50,7 +51,7 @@ describe('ByteQueue', () => {
     q.skip(1);
     expect([...q.take(2)]).toEqual([5, 6]);
     expect(q.length).toBe(0);
-    expect(() => q.take(1)).toThrow(RangeError);
+    expect(() => q.take(1)).toThrow(AssertionFailedError);
   });
 });
 

@@ -1,4 +1,4 @@
-import { assert } from '@cowvol/journal';
+import { assert } from '@cowvol/base';
 
 /**
  * The content model of the stress runner (docs/ARCHITECTURE.md §7.9).

@@ -2,7 +2,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { CowvolError, Volume } from '@cowvol/cow-core';
+import { CowvolError } from '@cowvol/base';
+import { Volume } from '@cowvol/cow-core';
 import { mulberry32 } from './prng.js';
 import { ContentModel, UNIT_BYTES, checkUnits, fillTag } from './stress-model.js';
 

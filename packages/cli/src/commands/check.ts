@@ -1,5 +1,6 @@
 import { Args, Flags } from '@oclif/core';
-import { CowvolError, repairVolumeJournal, type CheckReport, type VolumeJournalRepair } from '@cowvol/cow-core';
+import { hasCode, type ErrorCode } from '@cowvol/base';
+import { repairVolumeJournal, type CheckReport, type VolumeJournalRepair } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
 import { table } from '../format.js';
 import { createProgress, progressFlag } from '../progress.js';
@@ -39,7 +40,7 @@ export default class Check extends CowvolCommand {
     const report: CheckOutput = await check()
       .catch(async (err: unknown) => {
         // A journal that no longer verifies: with --repair, replay what verifies, discard the rest, check again.
-        if (!flags.repair || !(err instanceof CowvolError) || err.code !== 'JOURNAL_CORRUPT') throw err;
+        if (!flags.repair || !hasCode(err, 'JOURNAL_CORRUPT')) throw err;
         journalRepair = await repairVolumeJournal(args.volume);
         return check();
       })
@@ -71,14 +72,14 @@ export default class Check extends CowvolCommand {
    * error (2, as everywhere) and a volume that cannot even be opened because
    * its metadata is corrupt: that is corruption found (2).
    */
-  protected override exitCodeOf(code: string): number {
+  protected override exitCodeOf(code: ErrorCode): number {
     if (code === 'USAGE' || CORRUPTION_CODES.has(code)) return CHECK_EXIT.corrupt;
     return 1;
   }
 }
 
 /** Open failures that are corruption found: damaged metadata, and a volume file changed outside cowvol (its snapshots may read changed data). */
-const CORRUPTION_CODES = new Set(['CORRUPT_METADATA', 'STORE_CORRUPT', 'JOURNAL_CORRUPT', 'VOLUME_MODIFIED_OUTSIDE']);
+const CORRUPTION_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['CORRUPT_METADATA', 'STORE_CORRUPT', 'JOURNAL_CORRUPT', 'VOLUME_MODIFIED_OUTSIDE']);
 
 /** What a journal repair did, for people. */
 function journalRepairLines(r: VolumeJournalRepair): string[] {

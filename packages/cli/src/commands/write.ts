@@ -1,6 +1,7 @@
 import { stat } from 'node:fs/promises';
 import { Args, Flags } from '@oclif/core';
-import { IoError, OutOfRangeError, VolumeNotFoundError } from '@cowvol/cow-core';
+import { IoError } from '@cowvol/base';
+import { OutOfRangeError, VolumeNotFoundError } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
 import { parseSize } from '../size.js';
 import { STREAM_CHUNK_BYTES, openInput } from '../io.js';

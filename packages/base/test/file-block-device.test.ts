@@ -1,8 +1,45 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FileBlockDevice } from './support.js';
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { blockDeviceSuite } from '../test-support/block-device-suite.js';
+import { FileBlockDevice, fileDeviceOpener } from '../src/index.js';
+
+let fileCount = 0;
+const suiteDir = await mkdtemp(join(tmpdir(), 'cowvol-device-suite-'));
+afterAll(async () => {
+  await rm(suiteDir, { recursive: true, force: true });
+});
+
+/** The production device runs the shared contract (docs/ARCHITECTURE.md §1 "packages/base"), with ENOSPC from /dev/full. */
+blockDeviceSuite(
+  'FileBlockDevice',
+  async (initial) => {
+    const path = join(suiteDir, `file-${(fileCount += 1)}`);
+    await writeFile(path, initial);
+    return fileDeviceOpener.open(path, { create: false });
+  },
+  { makeFullDevice: () => FileBlockDevice.open('/dev/full') },
+);
+
+describe('FileBlockDevice opens', () => {
+  it('create refuses an existing file (IO_ERROR, errno EEXIST); a missing file is IO_ERROR with ENOENT', async () => {
+    const path = join(suiteDir, 'exists');
+    await writeFile(path, 'x');
+    await expect(FileBlockDevice.open(path, { create: true })).rejects.toMatchObject({ code: 'IO_ERROR', details: { errno: 'EEXIST', op: 'open' } });
+    await expect(FileBlockDevice.open(join(suiteDir, 'missing'))).rejects.toMatchObject({ code: 'IO_ERROR', details: { errno: 'ENOENT', op: 'open' } });
+  });
+
+  it('a read-only device reads, and refuses write and truncate with IO_ERROR', async () => {
+    const path = join(suiteDir, 'read-only');
+    await writeFile(path, Buffer.alloc(100, 7));
+    const dev = await FileBlockDevice.open(path, { create: false, readOnly: true });
+    expect((await dev.read(0, 100)).equals(Buffer.alloc(100, 7))).toBe(true);
+    await expect(dev.write(0, Buffer.alloc(1))).rejects.toMatchObject({ code: 'IO_ERROR', details: { op: 'write' } });
+    await expect(dev.truncate(0)).rejects.toMatchObject({ code: 'IO_ERROR', details: { op: 'truncate' } });
+    await dev.close();
+  });
+});
 
 /** FileBlockDevice reads: `read` and `readInto` agree, zeros past the end of the file, and close never pulls the descriptor from under a read. */
 describe('FileBlockDevice reads', () => {

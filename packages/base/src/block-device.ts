@@ -6,12 +6,17 @@ import { IoError, NoSpaceError } from './errors.js';
  * The block-device seam: every byte cowvol reads or writes — volume file,
  * snapshot store, journal — goes through this interface. Production uses
  * {@link FileBlockDevice} over `node:fs`; tests wrap it to drop unsynced
- * writes, tear a write or fail an I/O (docs/ARCHITECTURE.md §5: fault injection through the
- * same interface production uses).
+ * writes, tear a write or fail an I/O (docs/ARCHITECTURE.md §1 "packages/base",
+ * the block-device contract: fault injection through the same interface
+ * production uses).
  *
  * Offsets and lengths are in bytes. Reads past the end of the device return
  * zeros (a sparse file reads as zeros). Errors: `IO_ERROR`, `NO_SPACE`, each
  * with `details.offsetBytes` / `details.lengthBytes` naming the failed range.
+ * `close()` waits for the reads and writes in flight; a second `close()` is
+ * harmless; every other call after `close()` rejects with `IO_ERROR`. Every
+ * implementation, test doubles included, runs the shared conformance suite
+ * (`@cowvol/base/conformance`, docs/ARCHITECTURE.md §1 "packages/base").
  */
 export interface BlockDevice {
   /** Path or label, for messages. */
@@ -32,6 +37,7 @@ export interface BlockDevice {
   sizeBytes(): Promise<number>;
   /** Sets the size (sparse extend or shrink). Not durable until `sync()`. */
   truncate(sizeBytes: number): Promise<void>;
+  /** Resolves once every read and write in flight has settled and the device is released; idempotent. */
   close(): Promise<void>;
 }
 
@@ -45,22 +51,26 @@ export interface DeviceOpener {
   open(path: string, options: { create: boolean; readOnly?: boolean }): Promise<BlockDevice>;
 }
 
-function wrapError(err: unknown, name: string, op: string, offsetBytes: number, lengthBytes: number): Error {
-  const code = (err as NodeJS.ErrnoException)?.code;
+function wrapError(err: unknown, name: string, op: string, offsetBytes: number, lengthBytes: number): IoError | NoSpaceError {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
   const details = { device: name, op, offsetBytes, lengthBytes, errno: code };
   if (code === 'ENOSPC' || code === 'EDQUOT') {
     return new NoSpaceError(`no space left writing ${lengthBytes} bytes at offset ${offsetBytes} of ${name}`, { cause: err, details });
   }
-  return new IoError(`${op} failed on ${name} at offset ${offsetBytes} (+${lengthBytes} bytes): ${(err as Error)?.message ?? String(err)}`, { cause: err, details });
+  return new IoError(`${op} failed on ${name} at offset ${offsetBytes} (+${lengthBytes} bytes): ${(err as Error | undefined)?.message ?? String(err)}`, { cause: err, details });
+}
+
+/** `IO_ERROR` for a call on a device already closed (or closing). */
+function closedError(name: string, op: string, offsetBytes: number, lengthBytes: number): IoError {
+  return new IoError(`${op} on ${name} after close`, { details: { device: name, op, offsetBytes, lengthBytes } });
 }
 
 /** Production block device: a file opened with `node:fs/promises`. */
 export class FileBlockDevice implements BlockDevice {
-  /** Reads issued through the descriptor and not yet settled (`close()` waits for them). */
   /** Reads and writes issued through the descriptor and not yet settled (`close()` waits for them). */
   private opsInFlight = 0;
   private opsDrained: (() => void) | undefined;
-  private closing = false;
+  private closed: Promise<void> | undefined;
 
   private constructor(readonly name: string, private readonly handle: FileHandle) {}
 
@@ -92,7 +102,7 @@ export class FileBlockDevice implements BlockDevice {
    */
   async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
     const lengthBytes = into.length;
-    if (this.closing) throw wrapError(new Error('device closed'), this.name, 'read', offsetBytes, lengthBytes);
+    if (this.closed !== undefined) throw closedError(this.name, 'read', offsetBytes, lengthBytes);
     this.opsInFlight += 1;
     let done = 0;
     try {
@@ -113,7 +123,7 @@ export class FileBlockDevice implements BlockDevice {
 
   /** The callback `fs.write` on the descriptor, like reads: a COW is three 4 KiB I/O calls, their per-call cost counts. */
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    if (this.closing) throw wrapError(new Error('device closed'), this.name, 'write', offsetBytes, data.length);
+    if (this.closed !== undefined) throw closedError(this.name, 'write', offsetBytes, data.length);
     this.opsInFlight += 1;
     let done = 0;
     try {
@@ -133,6 +143,7 @@ export class FileBlockDevice implements BlockDevice {
   }
 
   async sync(): Promise<void> {
+    if (this.closed !== undefined) throw closedError(this.name, 'sync', 0, 0);
     try {
       await this.handle.datasync();
     } catch (err) {
@@ -141,10 +152,16 @@ export class FileBlockDevice implements BlockDevice {
   }
 
   async sizeBytes(): Promise<number> {
-    return (await this.handle.stat()).size;
+    if (this.closed !== undefined) throw closedError(this.name, 'stat', 0, 0);
+    try {
+      return (await this.handle.stat()).size;
+    } catch (err) {
+      throw wrapError(err, this.name, 'stat', 0, 0);
+    }
   }
 
   async truncate(sizeBytes: number): Promise<void> {
+    if (this.closed !== undefined) throw closedError(this.name, 'truncate', sizeBytes, 0);
     try {
       await this.handle.truncate(sizeBytes);
     } catch (err) {
@@ -152,8 +169,13 @@ export class FileBlockDevice implements BlockDevice {
     }
   }
 
-  async close(): Promise<void> {
-    this.closing = true;
+  /** Waits for the reads and writes in flight, then closes the descriptor; a second call waits for the first. */
+  close(): Promise<void> {
+    this.closed ??= this.drainAndClose();
+    return this.closed;
+  }
+
+  private async drainAndClose(): Promise<void> {
     if (this.opsInFlight > 0) await new Promise<void>((resolve) => (this.opsDrained = resolve));
     await this.handle.close();
   }

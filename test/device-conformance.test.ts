@@ -1,0 +1,23 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll } from 'vitest';
+import type { DeviceOpener } from '@cowvol/base';
+import { blockDeviceSuite } from '@cowvol/base/conformance';
+// @ts-expect-error: a plain-JavaScript module of the benchmarks, without types
+import { countingOpener, newCounters } from '../bench/lib/counting-opener.mjs';
+
+// The benchmarks' counting opener wraps FileBlockDevice at the same seam
+// production uses; it keeps the same contract (docs/ARCHITECTURE.md §1 "packages/base").
+const dir = await mkdtemp(join(tmpdir(), 'cowvol-bench-opener-'));
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+let files = 0;
+const opener = (countingOpener as (counters: unknown) => DeviceOpener)((newCounters as () => unknown)());
+
+blockDeviceSuite('bench countingOpener device', async (initial) => {
+  const path = join(dir, `file-${(files += 1)}`);
+  await writeFile(path, initial);
+  return opener.open(path, { create: false });
+});
