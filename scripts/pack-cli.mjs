@@ -15,7 +15,9 @@
  *
  * Steps:
  * 1. `pnpm deploy --prod` of @cowvol/cli into a staging folder, from the
- *    workspace lockfile, with a hoisted node_modules (real folders, no
+ *    workspace lockfile (pnpm 10 deploys from it only with
+ *    inject-workspace-packages, given on the command line so the lockfile
+ *    stays as it is), with a hoisted node_modules (real folders, no
  *    symlinks, which `npm pack` needs to bundle them) whose files are copies,
  *    not hard links into pnpm's store (`npm pack` of a tree in which two
  *    files share an inode never finishes). The workspace packages the CLI
@@ -23,8 +25,8 @@
  *    whatever they are: nothing here names them.
  * 2. Every staged package.json that names another package by a `workspace:`,
  *    `file:` or `link:` spec gets the version of the copy staged beside it,
- *    so that npm reads the bundled tree as complete.
- *    TypeScript build-info files are left out.
+ *    so that npm reads the bundled tree as complete. TypeScript build-info
+ *    files are left out.
  * 3. The root package is renamed `cowvol`, bundles all its dependencies and
  *    drops its devDependencies; `npm pack` writes the tarball.
  *
