@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { readdir } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import { promisify } from 'node:util';
 import { Config, Help, type Command } from '@oclif/core';
@@ -21,13 +21,15 @@ beforeAll(async () => {
   config = await Config.load({ root: CLI_ROOT });
 });
 
-/** Command ids of the files under src/commands: `snapshot/create.ts` is `snapshot:create`. */
+/** Command ids of the files under src/commands that export a command class: `snapshot/create.ts` is `snapshot:create`. */
 async function commandFileIds(): Promise<string[]> {
-  const files = await readdir(join(CLI_ROOT, 'src', 'commands'), { recursive: true });
-  return files
-    .filter((f) => f.endsWith('.ts'))
-    .map((f) => f.slice(0, -'.ts'.length).split(sep).join(':'))
-    .sort();
+  const dir = join(CLI_ROOT, 'src', 'commands');
+  const ids: string[] = [];
+  for (const file of await readdir(dir, { recursive: true })) {
+    if (!file.endsWith('.ts') || !/^export default class /m.test(await readFile(join(dir, file), 'utf8'))) continue;
+    ids.push(file.slice(0, -'.ts'.length).split(sep).join(':'));
+  }
+  return ids.sort();
 }
 
 /** A command's examples as its help prints them (`<%= config.bin %>` filled in). */
