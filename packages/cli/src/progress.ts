@@ -44,54 +44,80 @@ const NONE: Progress = { update: () => undefined, stop: () => undefined };
 /** Minimum time between two JSON-lines events (the first and last always go out). */
 const EVENT_INTERVAL_MS = 250;
 
+/**
+ * The progress display of one operation (README "JSON shapes" for the
+ * events). `flag` is `--progress` (true: JSON lines), `--no-progress`
+ * (false: nothing) or absent (a bar when stderr is a TTY, else nothing);
+ * counts are in `unit`. Writes to stderr only; throws nothing.
+ */
 export function createProgress(flag: boolean | undefined, operation: string, unit: ProgressUnit = 'bytes'): Progress {
   const mode = flag === true ? 'json' : flag === false ? 'off' : process.stderr.isTTY ? 'bar' : 'off';
-  if (mode === 'off') return NONE;
+  if (mode === 'json') return jsonLinesProgress(operation, unit);
+  if (mode === 'bar') return barProgress(operation, unit);
+  return NONE;
+}
+
+/**
+ * `--progress`: one JSON-lines event per update at most every
+ * EVENT_INTERVAL_MS (and always at the end of a phase), a `done` event at
+ * stop. A new phase closes the previous one with its last figures and
+ * restarts the clock.
+ */
+function jsonLinesProgress(operation: string, unit: ProgressUnit): Progress {
   let phase: string | undefined;
   let started = Date.now();
   let last = { done: 0, total: 0 };
-  const fmt = (n: number): string => (unit === 'bytes' ? human(n) : `${n} blocks`);
-  if (mode === 'json') {
-    let lastEmit = 0;
-    const emit = (type: ProgressEvent['type']): void => {
-      const elapsed = (Date.now() - started) / 1000;
-      const rate = elapsed > 0 ? last.done / elapsed : 0;
-      const u = unit === 'bytes' ? 'Bytes' : 'Blocks';
-      const event: ProgressEvent = {
-        type,
-        operation,
-        ...(phase ? { phase } : {}),
-        [`done${u}`]: last.done,
-        [`total${u}`]: last.total,
-        [`rate${u}PerSecond`]: Math.round(rate),
-        etaSeconds: rate > 0 ? Math.max(0, (last.total - last.done) / rate) : null,
-        elapsedSeconds: elapsed,
-      };
-      process.stderr.write(`${JSON.stringify(event)}\n`);
-      lastEmit = Date.now();
+  let lastEmit = 0;
+  const emit = (type: ProgressEvent['type']): void => {
+    const elapsed = (Date.now() - started) / 1000;
+    const rate = elapsed > 0 ? last.done / elapsed : 0;
+    const u = unit === 'bytes' ? 'Bytes' : 'Blocks';
+    const event: ProgressEvent = {
+      type,
+      operation,
+      ...(phase ? { phase } : {}),
+      [`done${u}`]: last.done,
+      [`total${u}`]: last.total,
+      [`rate${u}PerSecond`]: Math.round(rate),
+      etaSeconds: rate > 0 ? Math.max(0, (last.total - last.done) / rate) : null,
+      elapsedSeconds: elapsed,
     };
-    let any = false;
-    return {
-      update(done, total, p) {
-        if (p !== phase) {
-          if (any) emit('progress'); // close the previous phase with its last figures
-          phase = p;
-          started = Date.now();
-          lastEmit = 0;
-        }
-        last = { done, total };
-        any = true;
-        if (Date.now() - lastEmit >= EVENT_INTERVAL_MS || done >= total) emit('progress');
-      },
-      stop() {
-        if (any) emit('done');
-      },
-    };
-  }
-  const bar = new cliProgress.SingleBar(
+    process.stderr.write(`${JSON.stringify(event)}\n`);
+    lastEmit = Date.now();
+  };
+  let any = false;
+  return {
+    update(done, total, p) {
+      if (p !== phase) {
+        if (any) emit('progress'); // close the previous phase with its last figures
+        phase = p;
+        started = Date.now();
+        lastEmit = 0;
+      }
+      last = { done, total };
+      any = true;
+      if (Date.now() - lastEmit >= EVENT_INTERVAL_MS || done >= total) emit('progress');
+    },
+    stop() {
+      if (any) emit('done');
+    },
+  };
+}
+
+/** What the bar's format function reads besides cli-progress's own figures. */
+interface BarPayload {
+  label: string;
+  doneH: string;
+  totalH: string;
+  rateH: string;
+}
+
+/** A cli-progress bar on stderr: `label [=====     ] 42% done/total rate/s ETA 12s`. */
+function newBar(): cliProgress.SingleBar {
+  return new cliProgress.SingleBar(
     {
       stream: process.stderr,
-      format: (options, params, payload: { label: string; doneH: string; totalH: string; rateH: string }) => {
+      format: (options, params, payload: BarPayload) => {
         const width = options.barsize ?? 30;
         const filled = Math.round(params.progress * width);
         const eta = Number.isFinite(params.eta) && params.value > 0 ? `${params.eta}s` : '?';
@@ -103,6 +129,14 @@ export function createProgress(flag: boolean | undefined, operation: string, uni
     },
     cliProgress.Presets.legacy,
   );
+}
+
+/** The default on a TTY: a bar with rate and ETA; a new phase starts a new bar and restarts the clock. */
+function barProgress(operation: string, unit: ProgressUnit): Progress {
+  const bar = newBar();
+  const fmt = (n: number): string => (unit === 'bytes' ? human(n) : `${n} blocks`);
+  let phase: string | undefined;
+  let started = Date.now();
   let running = false;
   return {
     update(done, total, p) {
