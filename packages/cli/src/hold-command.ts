@@ -4,7 +4,7 @@ import { CowvolCommand } from './base-command.js';
 
 /**
  * The one implementation of `snapshot hold` and `snapshot release`
- * (docs/ARCHITECTURE.md §9.4): sets the hold of each named snapshot, in order, through
+ * (docs/ARCHITECTURE.md §15.4): sets the hold of each named snapshot, in order, through
  * `Volume.holdSnapshot`. A subclass says which way (`held`).
  * @throws SNAPSHOT_NOT_FOUND, INVALID_SNAPSHOT_NAME, and what opening the volume throws
  */

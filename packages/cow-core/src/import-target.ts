@@ -1,5 +1,5 @@
 /**
- * The target of an import (docs/ARCHITECTURE.md §9.6, step 2 "check"):
+ * The target of an import (docs/ARCHITECTURE.md §15.6, step 2 "check"):
  * created for a full stream, checked for an incremental one (its base
  * snapshot, its live content, a free name, room in the catalog), and the
  * durable import marker it carries.

@@ -190,7 +190,7 @@ async function commitDeleteBatch(ctx: VolumeContext, records: MetaRecord[], free
 /** A metadata change of one snapshot: its records and its in-memory update; undefined when there is nothing to do. */
 export type SnapshotChange = (rec: SnapshotRecord) => { records: MetaRecord[]; apply: () => unknown } | undefined;
 
-/** Runs `change` on `rec`, frozen by the caller (rename, labels, hold: docs/ARCHITECTURE.md §9.4): commits its records, then updates the live catalog. */
+/** Runs `change` on `rec`, frozen by the caller (rename, labels, hold: docs/ARCHITECTURE.md §15.4): commits its records, then updates the live catalog. */
 export async function changeSnapshotFrozen(ctx: VolumeContext, rec: SnapshotRecord, change: SnapshotChange): Promise<SnapshotInfo> {
   const todo = change(rec);
   if (todo) {

@@ -106,7 +106,7 @@ export async function checkConsistencyFrozen(ctx: VolumeContext): Promise<Consis
   return { snapshots: ctx.catalog.length, mappedBlocks, leakedBlocks: Math.max(0, leakedBlocks), problems };
 }
 
-/** `Volume.diff`, settled by the caller (docs/ARCHITECTURE.md §9.2). @throws SNAPSHOT_NOT_FOUND */
+/** `Volume.diff`, settled by the caller (docs/ARCHITECTURE.md §15.2). @throws SNAPSHOT_NOT_FOUND */
 export async function diffOf(ctx: VolumeContext, from: string, to: string | undefined): Promise<DiffResult> {
   const a = ctx.findLive(from);
   if (!a) throw new SnapshotNotFoundError(from);
@@ -120,7 +120,7 @@ export async function diffOf(ctx: VolumeContext, from: string, to: string | unde
   return { from, to: to ?? null, blockSizeBytes: bs, extents, bytes, blocks: bytes / bs };
 }
 
-/** `Volume.spaceUsage`, settled by the caller (docs/ARCHITECTURE.md §9.3). */
+/** `Volume.spaceUsage`, settled by the caller (docs/ARCHITECTURE.md §15.3). */
 export async function spaceUsageOf(ctx: VolumeContext): Promise<SpaceReport> {
   const fileBytes = await ctx.parts.store.device.sizeBytes();
   let all = new Map<number, NamedMap>();

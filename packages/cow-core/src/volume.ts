@@ -226,7 +226,7 @@ export class Volume {
     return { deleted, freedBlocks, freedBytes: freedBlocks * this.blockSizeBytes, handedOverBlocks: deleted.reduce((n, d) => n + d.handedOverBlocks, 0) };
   }
 
-  /** What {@link deleteSnapshots} of `names` would free (docs/ARCHITECTURE.md §9.3); changes nothing. @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD */
+  /** What {@link deleteSnapshots} of `names` would free (docs/ARCHITECTURE.md §15.3); changes nothing. @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD */
   async planDelete(names: string[]): Promise<DeletePlan> {
     return this.ctx.settled(async () => {
       const victims = findVictims(this.ctx, names);
@@ -257,7 +257,7 @@ export class Volume {
 
   /**
    * The blocks written between snapshot `from` and snapshot `to` (or live)
-   * as sorted extents (docs/ARCHITECTURE.md §9.2); no data is read.
+   * as sorted extents (docs/ARCHITECTURE.md §15.2); no data is read.
    * @throws SNAPSHOT_NOT_FOUND
    */
   async diff(from: string, to?: string): Promise<DiffResult> {
@@ -270,7 +270,7 @@ export class Volume {
     await this.ctx.frozen(() => this.ctx.checkpoint());
   }
 
-  /** Space accounting per snapshot and for the store (docs/ARCHITECTURE.md §9.3); reads no data. */
+  /** Space accounting per snapshot and for the store (docs/ARCHITECTURE.md §15.3); reads no data. */
   async spaceUsage(): Promise<SpaceReport> {
     return this.ctx.settled(() => spaceUsageOf(this.ctx));
   }

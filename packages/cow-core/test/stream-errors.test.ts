@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { CowvolError, StreamWriter, TRAILER_BYTES, Volume, encodeHeader, importStream, verifyStream, type StreamHeader, type StreamSource } from '../src/index.js';
 import { exportToBuffer, memorySource } from './backup-helpers.js';
 
-/** The named errors of the stream writer and of an import whose input changes between its two passes (docs/ARCHITECTURE.md §9.6). */
+/** The named errors of the stream writer and of an import whose input changes between its two passes (docs/ARCHITECTURE.md §15.6). */
 const BS = 512;
 
 function header(labels: Record<string, string> = {}): StreamHeader {
