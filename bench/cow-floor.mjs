@@ -109,6 +109,8 @@ console.log(`COW floor, ${values.mib} MiB volume, ${reps} reps (medians, MiB/s);
 for (const w of ['seq', 'rand']) {
   const plain = median(results[w].plain);
   const cow = median(results[w].cow);
-  console.log(`  ${w === 'seq' ? '1 MiB sequential, 1 in flight ' : '4 KiB random, 16 in flight    '}  plain overwrite ${plain.toFixed(0).padStart(6)}   read+copy+sync+overwrite ${cow.toFixed(0).padStart(6)}   floor/plain ${(cow / plain).toFixed(2)}x`);
+  console.log(
+    `  ${w === 'seq' ? '1 MiB sequential, 1 in flight ' : '4 KiB random, 16 in flight    '}  plain overwrite ${plain.toFixed(0).padStart(6)}   read+copy+sync+overwrite ${cow.toFixed(0).padStart(6)}   floor/plain ${(cow / plain).toFixed(2)}x`,
+  );
 }
 console.log(JSON.stringify({ sizeMiB: Number(values.mib), reps, results }));

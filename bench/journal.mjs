@@ -23,22 +23,37 @@ const dir = await mkdtemp(join(tmpdir(), 'cowvol-jbench-'));
 async function openJournal(name, slowSyncMs = 0) {
   const dev = await FileBlockDevice.open(join(dir, name), { create: true });
   await Journal.format(dev, { blockSizeBytes: BS, lengthBlocks: 16384 });
-  const device = slowSyncMs === 0 ? dev : {
-    name: dev.name,
-    read: (o, l) => dev.read(o, l),
-    readInto: (o, into) => dev.readInto(o, into),
-    write: (o, d) => dev.write(o, d),
-    sync: async () => { await new Promise((r) => setTimeout(r, slowSyncMs)); await dev.sync(); },
-    sizeBytes: () => dev.sizeBytes(),
-    truncate: (s) => dev.truncate(s),
-    close: () => dev.close(),
-  };
+  const device =
+    slowSyncMs === 0
+      ? dev
+      : {
+          name: dev.name,
+          read: (o, l) => dev.read(o, l),
+          readInto: (o, into) => dev.readInto(o, into),
+          write: (o, d) => dev.write(o, d),
+          sync: async () => {
+            await new Promise((r) => setTimeout(r, slowSyncMs));
+            await dev.sync();
+          },
+          sizeBytes: () => dev.sizeBytes(),
+          truncate: (s) => dev.truncate(s),
+          close: () => dev.close(),
+        };
   const home = await FileBlockDevice.open(join(dir, `${name}.home`), { create: true });
   const { journal } = await Journal.open(device, { replay: async () => undefined, targets: new Map([[0, home]]) });
-  return { journal, close: async () => { await journal.close(); await home.close(); } };
+  return {
+    journal,
+    close: async () => {
+      await journal.close();
+      await home.close();
+    },
+  };
 }
 
-const pct = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]; };
+const pct = (xs, p) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+};
 
 const throughput = [];
 for (const concurrency of [1, 8, 64]) {
@@ -47,18 +62,27 @@ for (const concurrency of [1, 8, 64]) {
   const started = performance.now();
   let next = 0;
   const image = Buffer.alloc(BS, 7);
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    while (next < total) {
-      const i = next++;
-      const h = await journal.start(2);
-      h.log({ o: 'map', b: i, p: i, crc: 0 });
-      h.logImage(0, i % 1024, image);
-      await h.commit();
-      if (journal.uncheckpointedBlocks > 8000) await journal.checkpoint();
-    }
-  }));
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < total) {
+        const i = next++;
+        const h = await journal.start(2);
+        h.log({ o: 'map', b: i, p: i, crc: 0 });
+        h.logImage(0, i % 1024, image);
+        await h.commit();
+        if (journal.uncheckpointedBlocks > 8000) await journal.checkpoint();
+      }
+    }),
+  );
   const seconds = (performance.now() - started) / 1000;
-  throughput.push({ concurrency, handles: total, handlesPerSecond: Math.round(total / seconds), commits: journal.stats.commits, syncs: journal.stats.syncs, handlesPerCommit: +(journal.stats.handles / journal.stats.commits).toFixed(2) });
+  throughput.push({
+    concurrency,
+    handles: total,
+    handlesPerSecond: Math.round(total / seconds),
+    commits: journal.stats.commits,
+    syncs: journal.stats.syncs,
+    handlesPerCommit: +(journal.stats.handles / journal.stats.commits).toFixed(2),
+  });
   await close();
 }
 
@@ -102,7 +126,9 @@ console.log(`no commit in flight:          p50 ${latencyIdle.p50Ms} ms   p99 ${l
 console.log(`slow commit in flight (100ms): p50 ${latencySlow.p50Ms} ms   p99 ${latencySlow.p99Ms} ms   (ratio p99 ${(latencySlow.p99Ms / Math.max(latencyIdle.p99Ms, 0.001)).toFixed(2)}×)`);
 
 let commit = 'unknown';
-try { commit = execSync('git rev-parse HEAD', { encoding: 'utf8' }).trim(); } catch {}
+try {
+  commit = execSync('git rev-parse HEAD', { encoding: 'utf8' }).trim();
+} catch {}
 await mkdir(new URL('./results/', import.meta.url), { recursive: true });
 const file = new URL(`./results/journal-${new Date().toISOString().replace(/[:.]/g, '-')}.json`, import.meta.url);
 await writeFile(file, JSON.stringify({ machine: cpus()[0]?.model, cores: cpus().length, node: process.version, commit, quick, throughput, latencyIdle, latencySlow }, null, 2));

@@ -25,7 +25,10 @@ for (let i = 0; i < profile.samples.length; i++) {
 
 const label = (n) => {
   const f = n.callFrame;
-  const url = (f.url || '').replace(/^file:\/\//, '').replace(/^.*?\/(packages|bench|node_modules)\//, '$1/').replace(/^node:/, 'node:');
+  const url = (f.url || '')
+    .replace(/^file:\/\//, '')
+    .replace(/^.*?\/(packages|bench|node_modules)\//, '$1/')
+    .replace(/^node:/, 'node:');
   return `${f.functionName || '(anonymous)'} ${url ? `${url}:${f.lineNumber + 1}` : ''}`.trim();
 };
 

@@ -149,7 +149,9 @@ const medianOf = (id, metric, impl) => median(runsOf(id, impl).map((r) => r.metr
 
 /** The run whose metric is the median one (its I/O counts are shown). */
 function medianRun(id, metric, impl) {
-  const rs = runsOf(id, impl).filter((r) => typeof r.metrics?.[metric] === 'number').sort((a, b) => a.metrics[metric] - b.metrics[metric]);
+  const rs = runsOf(id, impl)
+    .filter((r) => typeof r.metrics?.[metric] === 'number')
+    .sort((a, b) => a.metrics[metric] - b.metrics[metric]);
   return rs[Math.floor((rs.length - 1) / 2)];
 }
 
@@ -201,7 +203,11 @@ for (const sc of scenarios) {
 
 function table(headers, rows, align) {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i] ?? '').length)));
-  const fmt = (cells) => cells.map((c, i) => (align[i] === 'r' ? String(c ?? '').padStart(widths[i]) : String(c ?? '').padEnd(widths[i]))).join('  ').trimEnd();
+  const fmt = (cells) =>
+    cells
+      .map((c, i) => (align[i] === 'r' ? String(c ?? '').padStart(widths[i]) : String(c ?? '').padEnd(widths[i])))
+      .join('  ')
+      .trimEnd();
   return [fmt(headers), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(fmt)].join('\n');
 }
 
@@ -215,9 +221,10 @@ for (const sc of scenarios) {
     const ts = targetResults.filter((t) => t.scenario === sc.id && t.metric === metric);
     const targetText = ts.map((t) => t.label).join('; ');
     const failed = runs.filter((x) => !x.ok && x.scenario === sc.id);
-    const verdictText = failed.length && m.cowvol === undefined
-      ? `ERROR (${failed.length} run${failed.length > 1 ? 's' : ''} failed)`
-      : ts.map((t) => `${verdict(t.pass)}${t.kind !== 'ref' && t.ratio !== undefined ? ` (${fmtRatio(t.ratio)})` : ''}${t.note ? ` [${t.note}]` : ''}`).join('; ');
+    const verdictText =
+      failed.length && m.cowvol === undefined
+        ? `ERROR (${failed.length} run${failed.length > 1 ? 's' : ''} failed)`
+        : ts.map((t) => `${verdict(t.pass)}${t.kind !== 'ref' && t.ratio !== undefined ? ` (${fmtRatio(t.ratio)})` : ''}${t.note ? ` [${t.note}]` : ''}`).join('; ');
     const rss = rssResults[sc.id];
     mainRows.push([
       i === 0 ? sc.id : '',
@@ -236,7 +243,21 @@ for (const sc of scenarios) {
 }
 
 out(`RESULTS (medians of ${reps} runs; every figure a throughput, higher is better; ratio = cowvol / reference)`);
-out(table(['scenario', 'metric', 'unit', 'cowvol', 'raw', 'qcow2', 'cv/raw', 'cv/qcow2', 'target', 'verdict', `RSS MiB (<=${RSS_LIMIT_MIB})`], mainRows, ['l', 'l', 'l', 'r', 'r', 'r', 'r', 'r', 'l', 'l', 'r']));
+out(
+  table(['scenario', 'metric', 'unit', 'cowvol', 'raw', 'qcow2', 'cv/raw', 'cv/qcow2', 'target', 'verdict', `RSS MiB (<=${RSS_LIMIT_MIB})`], mainRows, [
+    'l',
+    'l',
+    'l',
+    'r',
+    'r',
+    'r',
+    'r',
+    'r',
+    'l',
+    'l',
+    'r',
+  ]),
+);
 out();
 
 // cowvol I/O in the timed part of its median run.
@@ -265,9 +286,22 @@ for (const sc of scenarios) {
   }
 }
 out('COWVOL I/O in the timed part (median run; scenario 6 create/delete: one operation; 7: the open)');
-out(table(['scenario', 'metric', 'ms', 'fsyncs vol/store/jrnl', 'commits', 'written vol/store/jrnl', 'read vol/store', 'calls w/r', 'proc wchar', 'COWs'], ioRows, ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r']));
+out(
+  table(['scenario', 'metric', 'ms', 'fsyncs vol/store/jrnl', 'commits', 'written vol/store/jrnl', 'read vol/store', 'calls w/r', 'proc wchar', 'COWs'], ioRows, [
+    'l',
+    'l',
+    'r',
+    'r',
+    'r',
+    'r',
+    'r',
+    'r',
+    'r',
+    'r',
+  ]),
+);
 out('  fsyncs and bytes are counted at cowvol\'s BlockDevice seam (a counting DeviceOpener); "proc wchar" is every byte the');
-out('  process wrote (LevelDB included). LevelDB\'s own fsyncs (at checkpoints) are not counted.');
+out("  process wrote (LevelDB included). LevelDB's own fsyncs (at checkpoints) are not counted.");
 out();
 
 // Details worth reading next to the numbers.
@@ -276,14 +310,23 @@ const ex = (id, impl = 'cowvol') => runsOf(id, impl).map((r) => r.extra ?? {});
 for (const sc of scenarios) {
   if (sc.id.startsWith('6-create')) {
     const e = ex(sc.id);
-    if (e.length) details.push(`${sc.id}: create ${fmtNum(median(e.map((x) => x.createMsMedian)))} ms, delete (empty) ${fmtNum(median(e.map((x) => x.deleteMsMedian)))} ms (medians of ${e[0].createMs?.length} samples/run), ${e[0].existingSnapshots} existing snapshots, volume ${fmtBytes(e[0].volumeBytes)}`);
+    if (e.length)
+      details.push(
+        `${sc.id}: create ${fmtNum(median(e.map((x) => x.createMsMedian)))} ms, delete (empty) ${fmtNum(median(e.map((x) => x.deleteMsMedian)))} ms (medians of ${e[0].createMs?.length} samples/run), ${e[0].existingSnapshots} existing snapshots, volume ${fmtBytes(e[0].volumeBytes)}`,
+      );
   } else if (sc.id === '6-delete-mid') {
     const e = ex(sc.id);
     const rs = runsOf(sc.id, 'cowvol');
-    if (e.length) details.push(`6-delete-mid: ${fmtNum(median(e.map((x) => x.deleteMs)))} ms to delete a snapshot owning ${e[0].ownedBlocks} blocks; handed over ${e[0].handedOverBlocks}, freed ${e[0].freedBlocks}; data bytes moved ${rs.map((r) => fmtBytes(r.io?.dataBytesMoved)).join('/')}, journal ${rs.map((r) => fmtBytes(r.io?.dev?.journal?.writeBytes)).join('/')}`);
+    if (e.length)
+      details.push(
+        `6-delete-mid: ${fmtNum(median(e.map((x) => x.deleteMs)))} ms to delete a snapshot owning ${e[0].ownedBlocks} blocks; handed over ${e[0].handedOverBlocks}, freed ${e[0].freedBlocks}; data bytes moved ${rs.map((r) => fmtBytes(r.io?.dataBytesMoved)).join('/')}, journal ${rs.map((r) => fmtBytes(r.io?.dev?.journal?.writeBytes)).join('/')}`,
+      );
   } else if (sc.id.startsWith('7-open')) {
     const e = ex(sc.id);
-    if (e.length) details.push(`${sc.id}: open ${fmtNum(median(e.map((x) => x.openMs)))} ms with ${e[0].snapshots} snapshots, ${e[0].mappedBlocks?.toLocaleString('en-US')} mapped blocks (setup ${fmtNum(e[0].setupSeconds)} s)`);
+    if (e.length)
+      details.push(
+        `${sc.id}: open ${fmtNum(median(e.map((x) => x.openMs)))} ms with ${e[0].snapshots} snapshots, ${e[0].mappedBlocks?.toLocaleString('en-US')} mapped blocks (setup ${fmtNum(e[0].setupSeconds)} s)`,
+      );
   } else if (sc.id === '7-recover') {
     const e = ex(sc.id);
     if (e.length) {
@@ -297,7 +340,10 @@ for (const sc of scenarios) {
   } else if (sc.id.startsWith('8-')) {
     const e = ex(sc.id);
     const q = ex(sc.id, 'qcow2');
-    if (e.length) details.push(`${sc.id}: cowvol ${fmtNum(1000 / median(runsOf(sc.id, 'cowvol').map((r) => r.metrics[Object.keys(sc.metrics)[0]])))} ms (\`${e[0].command}\`, CLI peak RSS ${fmtBytes((e[0].cliMaxRssKiB ?? 0) * 1024)})${q.length ? `; qcow2 ${fmtNum(1000 / median(runsOf(sc.id, 'qcow2').map((r) => r.metrics[Object.keys(sc.metrics)[0]])))} ms (\`${q[0].command}\`)` : ''}`);
+    if (e.length)
+      details.push(
+        `${sc.id}: cowvol ${fmtNum(1000 / median(runsOf(sc.id, 'cowvol').map((r) => r.metrics[Object.keys(sc.metrics)[0]])))} ms (\`${e[0].command}\`, CLI peak RSS ${fmtBytes((e[0].cliMaxRssKiB ?? 0) * 1024)})${q.length ? `; qcow2 ${fmtNum(1000 / median(runsOf(sc.id, 'qcow2').map((r) => r.metrics[Object.keys(sc.metrics)[0]])))} ms (\`${q[0].command}\`)` : ''}`,
+      );
   } else if (sc.id.startsWith('5-')) {
     const e = ex(sc.id);
     if (e.length) details.push(`${sc.id}: ${e[0].newerSnapshots} newer snapshot(s), each COWed ${e[0].blocksPerNewer} blocks; read via readSnapshot (1 MiB calls, first call loads the chain's maps)`);
@@ -307,7 +353,8 @@ for (const sc of scenarios) {
   const rss = rssResults[sc.id];
   if (rss.pass !== false) continue;
   const rs = runsOf(sc.id, 'cowvol').sort((a, b) => a.rep - b.rep);
-  const one = (r) => `rep ${r.rep}: ${fmtBytes(r.maxRssKiB * 1024)}${r.childMaxRssKiB ? ` (child processes ${fmtBytes(r.childMaxRssKiB * 1024)})` : ''}${r.extra?.setupSeconds !== undefined ? ' incl. setup' : ''}`;
+  const one = (r) =>
+    `rep ${r.rep}: ${fmtBytes(r.maxRssKiB * 1024)}${r.childMaxRssKiB ? ` (child processes ${fmtBytes(r.childMaxRssKiB * 1024)})` : ''}${r.extra?.setupSeconds !== undefined ? ' incl. setup' : ''}`;
   details.push(`${sc.id}: RSS over ${RSS_LIMIT_MIB} MiB — ${rs.map(one).join('; ')}`);
 }
 const failedRuns = runs.filter((r) => !r.ok);

@@ -515,7 +515,12 @@ function cleanOpen(perSnapshot) {
         await vol.close();
       });
       const r = await internal(ctx, ['open', path]);
-      return { metrics: { open: 1 / r.openSeconds }, seconds: r.openSeconds, io: r.io, extra: { openMs: r.openSeconds * 1000, snapshots: r.snapshots, mappedBlocks: r.mapped, openRssKiB: r.maxRssKiB } };
+      return {
+        metrics: { open: 1 / r.openSeconds },
+        seconds: r.openSeconds,
+        io: r.io,
+        extra: { openMs: r.openSeconds * 1000, snapshots: r.snapshots, mappedBlocks: r.mapped, openRssKiB: r.maxRssKiB },
+      };
     },
   };
 }
@@ -656,7 +661,18 @@ function cliRoundTrip(which) {
       });
       const cliRss = Number((await import('node:fs')).readFileSync(rssFile, 'utf8').trim()) || undefined;
       if (cliRss) ctx.childRss.push(cliRss);
-      return { metrics: { [which]: 1000 / median(ms) }, seconds: median(ms) / 1000, extra: { wallMs: ms, cliMaxRssKiB: cliRss, command: `node packages/cli/bin/run.js ${rssArgs.slice(1).map((a) => (a === path ? 'vol.img' : a)).join(' ')}` } };
+      return {
+        metrics: { [which]: 1000 / median(ms) },
+        seconds: median(ms) / 1000,
+        extra: {
+          wallMs: ms,
+          cliMaxRssKiB: cliRss,
+          command: `node packages/cli/bin/run.js ${rssArgs
+            .slice(1)
+            .map((a) => (a === path ? 'vol.img' : a))
+            .join(' ')}`,
+        },
+      };
     },
     async qcow2(ctx) {
       const sc = ctx.scale;

@@ -80,7 +80,11 @@ function stagedPackages(nodeModules) {
   for (const entry of readdirSync(nodeModules, { withFileTypes: true })) {
     if (!entry.isDirectory() || entry.name.startsWith('.')) continue;
     const path = join(nodeModules, entry.name);
-    const folders = entry.name.startsWith('@') ? readdirSync(path, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => join(path, e.name)) : [path];
+    const folders = entry.name.startsWith('@')
+      ? readdirSync(path, { withFileTypes: true })
+          .filter((e) => e.isDirectory())
+          .map((e) => join(path, e.name))
+      : [path];
     for (const folder of folders) {
       if (existsSync(join(folder, 'package.json'))) out.push(folder, ...stagedPackages(join(folder, 'node_modules')));
     }
@@ -138,7 +142,11 @@ function main() {
   try {
     const target = join(staging, 'package');
     process.stderr.write(`staging ${CLI_PACKAGE} in ${target}\n`);
-    run('pnpm', ['--filter', CLI_PACKAGE, 'deploy', '--prod', '--prefer-offline', '--config.inject-workspace-packages=true', '--config.node-linker=hoisted', '--config.package-import-method=copy', target], ROOT);
+    run(
+      'pnpm',
+      ['--filter', CLI_PACKAGE, 'deploy', '--prod', '--prefer-offline', '--config.inject-workspace-packages=true', '--config.node-linker=hoisted', '--config.package-import-method=copy', target],
+      ROOT,
+    );
     pinLocalSpecs(target);
     dropBuildInfo(target);
     const version = finishRootManifest(target);

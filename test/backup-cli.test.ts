@@ -19,7 +19,6 @@ afterAll(async () => {
   await cleanup();
 });
 
-
 /** A 1 MiB volume with snapshots mon, tue (labelled) and writes after each; built once, copied per test. */
 let week: { vol: string; data: Map<string, Buffer> } | undefined;
 async function weekVolume(name: string): Promise<{ vol: string; data: Map<string, Buffer> }> {
@@ -48,7 +47,9 @@ async function weekVolume(name: string): Promise<{ vol: string; data: Map<string
 describe('cowvol snapshot diff', () => {
   it('prints the written extents between two snapshots and to live, as JSON and as a table', async () => {
     const { vol } = await weekVolume('diff.img');
-    const d = json<{ from: string; to: string | null; extents: Array<{ offset: number; length: number; snapshot: string }>; bytes: number; blockSizeBytes: number }>(await ok(['snapshot', 'diff', vol, 'mon', 'tue', '--json']));
+    const d = json<{ from: string; to: string | null; extents: Array<{ offset: number; length: number; snapshot: string }>; bytes: number; blockSizeBytes: number }>(
+      await ok(['snapshot', 'diff', vol, 'mon', 'tue', '--json']),
+    );
     expect(d).toEqual({
       from: 'mon',
       to: 'tue',
@@ -165,7 +166,9 @@ describe('cowvol snapshot rename, hold, release, label, info; delete of several,
     expect(held.snapshots[0]!.held).toBe(true);
     const info = json<{ name: string; held: boolean; ownedBytes: number; freeableBytes: number; identity: { snapshotId: number } }>(await ok(['snapshot', 'info', vol, 'tue', '--json']));
     expect(info).toMatchObject({ name: 'tue', held: true, labels: { kind: 'nightly', host: 'db1' }, identity: { snapshotId: 2 } });
-    const list = json<{ snapshots: Array<{ name: string; ownedBytes: number; freeableBytes: number; held: boolean }>; store: { usedBytes: number; ownedBytes: number } }>(await ok(['snapshot', 'list', vol, '--json']));
+    const list = json<{ snapshots: Array<{ name: string; ownedBytes: number; freeableBytes: number; held: boolean }>; store: { usedBytes: number; ownedBytes: number } }>(
+      await ok(['snapshot', 'list', vol, '--json']),
+    );
     expect(list.snapshots.map((s) => s.name)).toEqual(['mon', 'tue', 'wed', 'before-upgrade']);
     expect(list.store.ownedBytes).toBe(list.store.usedBytes);
     expect(list.snapshots[0]!.freeableBytes).toBe(list.snapshots[0]!.ownedBytes); // the oldest: everything it owns
@@ -215,7 +218,10 @@ describe('progress and scripting contract', () => {
     const { vol } = await weekVolume('progress.img');
     const withProgress = await ok(['snapshot', 'read', vol, 'mon', '--progress']);
     expect(withProgress.stdout.length).toBe(1024 * 1024);
-    const events = withProgress.stderr.trim().split('\n').map((l) => JSON.parse(l) as { type: string; operation: string; doneBytes: number; totalBytes: number; etaSeconds: number | null; rateBytesPerSecond: number });
+    const events = withProgress.stderr
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { type: string; operation: string; doneBytes: number; totalBytes: number; etaSeconds: number | null; rateBytesPerSecond: number });
     expect(events.at(-1)).toMatchObject({ type: 'done', operation: 'snapshot read', doneBytes: 1024 * 1024, totalBytes: 1024 * 1024 });
     for (const e of events) expect(typeof e.rateBytesPerSecond).toBe('number');
     const silent = await ok(['snapshot', 'read', vol, 'mon']);

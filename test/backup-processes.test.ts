@@ -19,7 +19,6 @@ afterAll(async () => {
   await cleanup();
 });
 
-
 describe('several processes: busy volumes and interrupted imports', () => {
   it('a busy volume fails fast with VOLUME_BUSY (exit 5), or with --wait waits for the holder to finish', async () => {
     const vol = join(dir, 'busy.img');

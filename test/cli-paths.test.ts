@@ -161,7 +161,11 @@ describe('OS errors on user paths are documented codes', () => {
   });
 
   it('a reader that closes stdout early (| head -c1) ends every data command quietly, exit 0', async () => {
-    for (const args of [['read', vol], ['snapshot', 'read', vol, 's1'], ['snapshot', 'export', vol, 's1', '--output', '-']]) {
+    for (const args of [
+      ['read', vol],
+      ['snapshot', 'read', vol, 's1'],
+      ['snapshot', 'export', vol, 's1', '--output', '-'],
+    ]) {
       const r = await run('bash', ['-c', `set -o pipefail; "${process.execPath}" "${CLI}" ${args.map((a) => `"${a}"`).join(' ')} | head -c1 | wc -c`]);
       expect(r.stderr, args.join(' ')).toBe('');
       expect(r.code, args.join(' ')).toBe(0);
@@ -251,7 +255,9 @@ describe('streams as --input are read to their end', () => {
     expect((await cowvol(['create', wvol, '--size', '8M'])).code).toBe(0);
     const data = randomBytes(3 * MiB);
     await writeFile(join(dir, 'loop.bin'), data);
-    const device = execFileSync('losetup', ['-f', '--show', join(dir, 'loop.bin')]).toString().trim();
+    const device = execFileSync('losetup', ['-f', '--show', join(dir, 'loop.bin')])
+      .toString()
+      .trim();
     try {
       const r = await cowvol(['write', wvol, '--input', device, '--offset', '4M']);
       expect(r.code, r.stderr).toBe(0);

@@ -79,7 +79,11 @@ async function damagedCopy(name: string, damage: (sidecar: string) => Promise<vo
 
 describe('a damaged sidecar is reported as damage (exit 6, check exit 2)', () => {
   it('the healthy volume the damages start from passes every command', async () => {
-    for (const args of [['info', pristine], ['snapshot', 'list', pristine], ['snapshot', 'read', pristine, 's1', '--output', join(dir, 'ok.out')]]) {
+    for (const args of [
+      ['info', pristine],
+      ['snapshot', 'list', pristine],
+      ['snapshot', 'read', pristine, 's1', '--output', join(dir, 'ok.out')],
+    ]) {
       const r = await cowvol(args);
       expect(r.code, r.stderr).toBe(0);
     }

@@ -63,7 +63,12 @@ function tableRows(text: string): string[][] {
   return text
     .split('\n')
     .filter((line) => line.startsWith('|'))
-    .map((line) => line.split('|').slice(1, -1).map((cell) => cell.trim()));
+    .map((line) =>
+      line
+        .split('|')
+        .slice(1, -1)
+        .map((cell) => cell.trim()),
+    );
 }
 
 /** The `code` spans of a piece of markdown. */
@@ -153,7 +158,10 @@ describe('docs match the code', () => {
     // Commands a user sees: the CLI's own (one file each) and its plugins' (autocomplete); hidden ones are not documented.
     const visible = config.commands.filter((c) => c.hidden !== true);
     const fromOclif = visible.map((c) => c.id.split(':').join(' ')).sort();
-    const own = visible.filter((c) => c.pluginName === '@cowvol/cli').map((c) => c.id.split(':').join(' ')).sort();
+    const own = visible
+      .filter((c) => c.pluginName === '@cowvol/cli')
+      .map((c) => c.id.split(':').join(' '))
+      .sort();
     const fromFiles = filesUnder('packages/cli/src/commands', '.ts').map((f) => f.slice(0, -'.ts'.length).split('/').join(' '));
     expect(own).toEqual(fromFiles);
     const documented = tableRows(section(read('README.md'), '### Commands'))
@@ -170,9 +178,7 @@ describe('docs match the code', () => {
     };
     const files = [
       ...readdirSync(join(ROOT, 'packages')).flatMap((pkg) =>
-        ['src', 'test']
-          .filter((dir) => existsSync(join(ROOT, 'packages', pkg, dir)))
-          .flatMap((dir) => filesUnder(`packages/${pkg}/${dir}`, '.ts').map((f) => `packages/${pkg}/${dir}/${f}`)),
+        ['src', 'test'].filter((dir) => existsSync(join(ROOT, 'packages', pkg, dir))).flatMap((dir) => filesUnder(`packages/${pkg}/${dir}`, '.ts').map((f) => `packages/${pkg}/${dir}/${f}`)),
       ),
       ...filesUnder('test', '.ts')
         .filter((f) => f !== 'docs-drift.test.ts') // its own comment shows the convention

@@ -73,9 +73,7 @@ describe('guarantee 1: snapshot immutability — real ext4 image round trip', ()
         'data/random-300k.bin': randomBytes(102, 300_001), // not a multiple of any block size
         'data/nested/deep/random-12k.bin': randomBytes(103, 12 * 1024),
         'data/nested/random-77k.bin': randomBytes(104, 77_777),
-        'docs/readme.txt': Buffer.from(
-          Array.from({ length: 400 }, (_, i) => `line ${i}: the quick brown fox jumps over the lazy dog\n`).join(''),
-        ),
+        'docs/readme.txt': Buffer.from(Array.from({ length: 400 }, (_, i) => `line ${i}: the quick brown fox jumps over the lazy dog\n`).join('')),
         'docs/notes/todo.txt': Buffer.from('1. write tests\n2. run them\n3. read the failures\n'),
         'config.ini': Buffer.from('[volume]\nname = ext4-roundtrip\nblocks = 8192\n'),
       };

@@ -175,7 +175,13 @@ async function verify(path: string, change: Change, outcome: string, what: strin
     if (outcome === 'ok') expect(present, `${what}: reported success, change absent`).toBe(true);
     else if (NOT_HAPPENED.has(outcome)) expect(present, `${what}: reported ${outcome}, change present`).toBe(false);
     else expect(outcome, `${what}: outcome`).toBe('OUTCOME_UNKNOWN');
-    const expected = new Map<string, Buffer>([['s1', A], ['r1', A], ['s2', B], ['s3', C], ['s4', C]]);
+    const expected = new Map<string, Buffer>([
+      ['s1', A],
+      ['r1', A],
+      ['s2', B],
+      ['s3', C],
+      ['s4', C],
+    ]);
     for (const s of list) expect((await v.readSnapshot(s.name, 0, VOLUME_BYTES)).equals(expected.get(s.name)!), `${what}: snapshot ${s.name}`).toBe(true);
     const written = Buffer.concat([D, C.subarray(WRITE_BYTES)]);
     if (change.name !== 'write') expect(live.equals(C), `${what}: live`).toBe(true);
@@ -198,7 +204,11 @@ describe.skipIf(!IS_ROOT)(`outcomes of changes on a full disk (levels ${LEVELS.m
   }
 
   it('snapshot delete succeeds at every level: it releases the space reserve first', async () => {
-    const log = await sweep(CHANGES.find((c) => c.name === 'snapshot delete')!, true, (outcome, what) => expect(outcome, what).toBe('ok'));
+    const log = await sweep(
+      CHANGES.find((c) => c.name === 'snapshot delete')!,
+      true,
+      (outcome, what) => expect(outcome, what).toBe('ok'),
+    );
     console.log(log);
   });
 

@@ -130,8 +130,7 @@ describe('import killed at every step: --resume or a re-run finishes it with the
       if (step === 'create:recorded') {
         expect(again.stderr, 'the create had finished').toContain('[VOLUME_EXISTS]');
         await cowvolOk(['info', vol]); // an open removes the intent the killed create left after its commit point
-      }
-      else expect(again.code, `re-run after ${step}: ${again.stderr}`).toBe(0);
+      } else expect(again.code, `re-run after ${step}: ${again.stderr}`).toBe(0);
       expect((await stat(join(`${vol}.cowvol`, 'creating')).catch(() => undefined)) === undefined, `create intent gone after ${step}`).toBe(true);
     }
     // --adopt: the file is the user's; a reclaimed create must leave it as it was.

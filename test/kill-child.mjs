@@ -50,10 +50,9 @@ function content(seqNo, offset, length) {
   return buf;
 }
 
-
 function report(obj) {
   const line = Buffer.from(`${JSON.stringify(obj)}\n`);
-  for (let off = 0; off < line.length; ) {
+  for (let off = 0; off < line.length;) {
     try {
       off += writeSync(1, line, off);
     } catch (err) {

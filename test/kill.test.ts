@@ -96,7 +96,13 @@ function runAndKill(volume: string, seed: number, firstSeq: number, delayMs: num
         reject(new Error(`child output ends in a partial line: ${JSON.stringify(out.slice(-200))}`));
         return;
       }
-      const lines = out === '' ? [] : out.trimEnd().split('\n').map((l) => JSON.parse(l) as Line);
+      const lines =
+        out === ''
+          ? []
+          : out
+              .trimEnd()
+              .split('\n')
+              .map((l) => JSON.parse(l) as Line);
       resolvePromise({ lines, stderr, signal, code });
     });
   });

@@ -96,7 +96,7 @@ describe.skipIf(missing.length > 0)(`cowvol serve with real NBD clients${skipRea
 
   it('nbdinfo --list shows live and snapshot/base with descriptions; --map reports base:allocation', async () => {
     const list = (await runOk('nbdinfo', ['--list', '--json', uri])).stdout.toString();
-    const exports = (JSON.parse(list) as { exports: Array<{ 'export-name': string; description: string; 'is_read_only': boolean; 'export-size': number }> }).exports;
+    const exports = (JSON.parse(list) as { exports: Array<{ 'export-name': string; description: string; is_read_only: boolean; 'export-size': number }> }).exports;
     expect(exports.map((e) => [e['export-name'], e.is_read_only, e['export-size']])).toEqual([
       ['live', false, SIZE],
       ['snapshot/base', true, SIZE],
@@ -146,21 +146,25 @@ describe.skipIf(missing.length > 0)(`cowvol serve with real NBD clients${skipRea
   });
 
   it('fio --ioengine=nbd: 4 KiB random writes at iodepth 32 verified with crc32c', async () => {
-    const r = await run('fio', [
-      '--name=cowvol',
-      '--ioengine=nbd',
-      `--uri=${liveUri()}`,
-      '--rw=randwrite',
-      '--bs=4k',
-      '--iodepth=32',
-      '--size=8M',
-      '--verify=crc32c',
-      '--verify_fatal=1',
-      '--do_verify=1',
-      '--randseed=12345',
-      '--verify_state_save=0',
-      '--output-format=json',
-    ], { cwd: dir });
+    const r = await run(
+      'fio',
+      [
+        '--name=cowvol',
+        '--ioengine=nbd',
+        `--uri=${liveUri()}`,
+        '--rw=randwrite',
+        '--bs=4k',
+        '--iodepth=32',
+        '--size=8M',
+        '--verify=crc32c',
+        '--verify_fatal=1',
+        '--do_verify=1',
+        '--randseed=12345',
+        '--verify_state_save=0',
+        '--output-format=json',
+      ],
+      { cwd: dir },
+    );
     expect(r.code, r.stderr).toBe(0);
     const job = (JSON.parse(r.stdout.toString().slice(r.stdout.indexOf('{'))) as { jobs: Array<{ error: number; write: { io_bytes: number }; read: { io_bytes: number } }> }).jobs[0]!;
     expect(job.error).toBe(0);
@@ -223,7 +227,10 @@ h.shutdown()
     server.kill('SIGTERM');
     const code = await new Promise<number | null>((r) => server.once('exit', r));
     expect(code, serverLog).toBe(0);
-    const logLines = serverLog.trim().split('\n').map((l) => JSON.parse(l) as { msg: string });
+    const logLines = serverLog
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { msg: string });
     expect(logLines.map((l) => l.msg)).toContain('stopped; closing the volume');
     expect((await cowvol(['check', vol])).code).toBe(0);
     const head = (await cowvolOk(['read', vol, '--length', '4096'])).stdout;

@@ -190,7 +190,11 @@ h.opt_abort()
   it('a key file readable by others, or a symlink, is INVALID_ARGUMENT (exit 2) and leaves the volume free; without --tls-psk a non-loopback --listen is refused', async () => {
     await writeFile(join(dir, 'open.psk'), pskLine('alice', randomBytes(32)), { mode: 0o644 });
     await symlink(keys, join(dir, 'link.psk'));
-    for (const [file, why] of [['open.psk', 'group or others'], ['link.psk', 'symbolic link'], ['none.psk', 'ENOENT']] as const) {
+    for (const [file, why] of [
+      ['open.psk', 'group or others'],
+      ['link.psk', 'symbolic link'],
+      ['none.psk', 'ENOENT'],
+    ] as const) {
       const r = await cowvol(['serve', vol, '--tls-psk', join(dir, file)]);
       expect([r.code, r.stderr], file).toEqual([2, expect.stringContaining('[INVALID_ARGUMENT]')]);
       expect(r.stderr).toContain(why);

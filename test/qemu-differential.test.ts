@@ -70,10 +70,7 @@ const skipReason = haveQemu ? '' : ' [SKIPPED: qemu-img/qemu-io (qemu-utils) not
 
 // --- operation sequence --------------------------------------------------------
 
-type Op =
-  | { kind: 'write'; offset: number; data: Buffer; shape: string }
-  | { kind: 'snapshot'; name: string }
-  | { kind: 'delete'; name: string; position: 'only' | 'oldest' | 'middle' | 'newest' };
+type Op = { kind: 'write'; offset: number; data: Buffer; shape: string } | { kind: 'snapshot'; name: string } | { kind: 'delete'; name: string; position: 'only' | 'oldest' | 'middle' | 'newest' };
 
 function describeOp(op: Op): string {
   switch (op.kind) {
@@ -214,10 +211,7 @@ describe('differential: cowvol vs qcow2 internal snapshots (qemu-io / qemu-img) 
         deletes: ops.filter((o) => o.kind === 'delete').map((o) => (o as { position: string }).position),
       };
       const replay = `COWVOL_DIFF_SEEDS=${seed} COWVOL_DIFF_OPS=${OPS} npx vitest run test/qemu-differential.test.ts -t "seed ${seed}:"`;
-      console.log(
-        `[qemu-differential] seed=${seed} ops=${OPS} (${counts.writes} writes, ${counts.creates} snapshot creates, ` +
-          `deletes: ${counts.deletes.join(',') || 'none'}); replay: ${replay}`,
-      );
+      console.log(`[qemu-differential] seed=${seed} ops=${OPS} (${counts.writes} writes, ${counts.creates} snapshot creates, ` + `deletes: ${counts.deletes.join(',') || 'none'}); replay: ${replay}`);
 
       const { dir, cleanup } = await tempDir(`cowvol-qemu-diff-${seed}-`);
       try {
@@ -231,8 +225,7 @@ describe('differential: cowvol vs qcow2 internal snapshots (qemu-io / qemu-img) 
         const live = Buffer.alloc(VOLUME_BYTES);
         const modelSnapshots = new Map<string, Buffer>(); // insertion order = creation order
         const applied: string[] = [];
-        const context = (): string =>
-          `seed=${seed} (replay: ${replay}) after ${applied.length} ops:\n${applied.map((d, i) => `  ${i + 1}. ${d}`).join('\n')}`;
+        const context = (): string => `seed=${seed} (replay: ${replay}) after ${applied.length} ops:\n${applied.map((d, i) => `  ${i + 1}. ${d}`).join('\n')}`;
 
         /** Compares one image (snapshot or live) of both sides with the model. */
         const compareImage = (label: string, model: Buffer, qcow: Buffer, cow: Buffer): void => {
@@ -241,17 +234,9 @@ describe('differential: cowvol vs qcow2 internal snapshots (qemu-io / qemu-img) 
           if (qDiff === -1 && cDiff === -1) return;
           const lines = [`${label} mismatch, ${context()}`];
           if (cDiff === -1) lines.push('  cowvol agrees with the model');
-          else
-            lines.push(
-              `  cowvol differs from the model at offset ${cDiff} (length ${cow.length} vs ${model.length}): ` +
-                `cowvol ${hex(cow, cDiff)} model ${hex(model, cDiff)}`,
-            );
+          else lines.push(`  cowvol differs from the model at offset ${cDiff} (length ${cow.length} vs ${model.length}): ` + `cowvol ${hex(cow, cDiff)} model ${hex(model, cDiff)}`);
           if (qDiff === -1) lines.push('  qcow2 agrees with the model');
-          else
-            lines.push(
-              `  qcow2 differs from the model at offset ${qDiff} (length ${qcow.length} vs ${model.length}): ` +
-                `qcow2 ${hex(qcow, qDiff)} model ${hex(model, qDiff)}`,
-            );
+          else lines.push(`  qcow2 differs from the model at offset ${qDiff} (length ${qcow.length} vs ${model.length}): ` + `qcow2 ${hex(qcow, qDiff)} model ${hex(model, qDiff)}`);
           const qcDiff = firstDifference(qcow, cow);
           lines.push(qcDiff === -1 ? '  cowvol and qcow2 agree with each other' : `  cowvol vs qcow2 first differ at ${qcDiff}`);
           expect.fail(lines.join('\n'));
@@ -262,7 +247,10 @@ describe('differential: cowvol vs qcow2 internal snapshots (qemu-io / qemu-img) 
           const info = JSON.parse((await runOk('qemu-img', ['info', '--output=json', peer])).stdout.toString()) as {
             snapshots?: { id: string; name: string }[];
           };
-          const qNames = (info.snapshots ?? []).slice().sort((a, b) => Number(a.id) - Number(b.id)).map((s) => s.name);
+          const qNames = (info.snapshots ?? [])
+            .slice()
+            .sort((a, b) => Number(a.id) - Number(b.id))
+            .map((s) => s.name);
           const list = await cowvolOk(['snapshot', 'list', vol, '--json']);
           const cNames = (JSON.parse(list.stdout.toString()) as { snapshots: { name: string }[] }).snapshots.map((s) => s.name);
           const mNames = [...modelSnapshots.keys()];

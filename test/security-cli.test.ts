@@ -188,7 +188,10 @@ function readableByOthers(root: string, modes: Array<[string, number]>): string[
   const modeOf = new Map(modes);
   const out: string[] = [];
   for (const [path, mode] of modes) {
-    for (const [who, r, x] of [['group', 0o040, 0o010], ['others', 0o004, 0o001]] as const) {
+    for (const [who, r, x] of [
+      ['group', 0o040, 0o010],
+      ['others', 0o004, 0o001],
+    ] as const) {
       let reachable = true;
       for (let p = dirname(path); reachable && p.length >= root.length; p = dirname(p)) reachable = ((modeOf.get(p) ?? 0) & x) !== 0;
       if (reachable && mode & r) out.push(`${path} (${who}, mode ${mode.toString(8)})`);

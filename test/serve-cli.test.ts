@@ -105,10 +105,15 @@ describe.skipIf(!haveNbdinfo)(`cowvol serve: endpoints${skipReason}`, () => {
     const socket = join(dir, 'custom.sock');
     const s = await serve(['--socket', socket, '--listen', '127.0.0.1:0', '--read-only']);
     expect(s.uri).toBe(`nbd+unix:///?socket=${socket}`);
-    const serving = JSON.parse(s.log().split('\n').find((l) => l.includes('"serving"'))!) as { tcpUri: string };
+    const serving = JSON.parse(
+      s
+        .log()
+        .split('\n')
+        .find((l) => l.includes('"serving"'))!,
+    ) as { tcpUri: string };
     expect(serving.tcpUri).toMatch(/^nbd:\/\/127\.0\.0\.1:\d+\/$/);
     for (const uri of [s.uri, serving.tcpUri]) {
-      const info = JSON.parse((await runOk('nbdinfo', ['--json', uri])).stdout.toString()) as { exports: Array<{ 'is_read_only': boolean; 'export-size': number }> };
+      const info = JSON.parse((await runOk('nbdinfo', ['--json', uri])).stdout.toString()) as { exports: Array<{ is_read_only: boolean; 'export-size': number }> };
       expect([info.exports[0]!.is_read_only, info.exports[0]!['export-size']]).toEqual([true, 1024 * 1024]);
     }
     expect(await s.stop('SIGINT')).toBe(0);

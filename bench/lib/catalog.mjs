@@ -182,7 +182,10 @@ export function targetLabel(t) {
 /** Scenarios selected by --only: exact ids, or prefixes ("2", "6-create", "5-read"). */
 export function selectScenarios(only) {
   if (!only) return CATALOG;
-  const wanted = only.split(',').map((s) => s.trim()).filter(Boolean);
+  const wanted = only
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   const hit = CATALOG.filter((s) => wanted.some((w) => s.id === w || s.id.startsWith(w.endsWith('-') ? w : `${w}-`) || s.id.startsWith(w)));
   return hit;
 }

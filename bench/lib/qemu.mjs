@@ -51,7 +51,7 @@ export function runTimed(cmd, args, { startMarker } = {}) {
         return;
       }
       const timedFromMarker = useStdbuf && tStart !== undefined;
-      resolve({ seconds: ((timedFromMarker ? t1 - tStart : t1 - t0) / 1000), wallSeconds: (t1 - t0) / 1000, timedFromMarker, stdout, stderr });
+      resolve({ seconds: (timedFromMarker ? t1 - tStart : t1 - t0) / 1000, wallSeconds: (t1 - t0) / 1000, timedFromMarker, stdout, stderr });
     });
   });
 }

@@ -72,7 +72,10 @@ export class FileBlockDevice implements BlockDevice {
   private opsDrained: (() => void) | undefined;
   private closed: Promise<void> | undefined;
 
-  private constructor(readonly name: string, private readonly handle: FileHandle) {}
+  private constructor(
+    readonly name: string,
+    private readonly handle: FileHandle,
+  ) {}
 
   /**
    * Opens `path` read-write, or with `readOnly` read-only; with `create`,

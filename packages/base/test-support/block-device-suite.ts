@@ -52,7 +52,13 @@ function readWriteTests(makeDevice: MakeDevice): void {
     const content = pattern(10_000);
     const dev = await makeDevice(content);
     expect(await dev.sizeBytes()).toBe(content.length);
-    for (const [offsetBytes, lengthBytes] of [[0, 4096], [4096, 8192], [12_000, 100], [9_999, 1], [0, 0]] as const) {
+    for (const [offsetBytes, lengthBytes] of [
+      [0, 4096],
+      [4096, 8192],
+      [12_000, 100],
+      [9_999, 1],
+      [0, 0],
+    ] as const) {
       const want = Buffer.alloc(lengthBytes);
       content.copy(want, 0, Math.min(offsetBytes, content.length), Math.min(offsetBytes + lengthBytes, content.length));
       const into = Buffer.alloc(lengthBytes + 20, 0xff);
@@ -100,7 +106,6 @@ function readWriteTests(makeDevice: MakeDevice): void {
     await dev.sync();
     await dev.close();
   });
-
 }
 
 /** `close`: waits for I/O in flight, is idempotent, and refuses every later call. */
@@ -123,7 +128,11 @@ function closeTests(makeDevice: MakeDevice): void {
     const dev = await makeDevice(Buffer.alloc(0));
     const writes = Array.from({ length: 16 }, (_, i) => dev.write(i << 12, pattern(4096, i)));
     const settled: boolean[] = [];
-    for (const w of writes) void w.then(() => settled.push(true), () => settled.push(false));
+    for (const w of writes)
+      void w.then(
+        () => settled.push(true),
+        () => settled.push(false),
+      );
     await dev.close();
     expect(settled.length, 'every write settled before close resolved').toBe(writes.length);
     await Promise.all(writes);

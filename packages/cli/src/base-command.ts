@@ -51,7 +51,9 @@ export abstract class CowvolCommand extends Command {
     let delay = 50;
     for (;;) {
       try {
-        return await (mode.readOnly ? Volume.openForReading(path, mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {}) : Volume.open(path, { ...(mode.releaseReserve ? { releaseReserve: true } : {}), ...(mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {}) }));
+        return await (mode.readOnly
+          ? Volume.openForReading(path, mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {})
+          : Volume.open(path, { ...(mode.releaseReserve ? { releaseReserve: true } : {}), ...(mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {}) }));
       } catch (err) {
         if (!hasCode(err, 'VOLUME_BUSY') || Date.now() >= deadline) throw err;
         await sleep(Math.min(delay, Math.max(1, deadline - Date.now())));
@@ -137,7 +139,9 @@ export abstract class CowvolCommand extends Command {
     // Messages quote user text (names, labels, paths): control and bidirectional code points are escaped (README, "Labels").
     process.stderr.write(`cowvol: error [${code}]: ${err.message.split('\n').map(escapeTerminalText).join('\n')}\n`);
     if (code === 'OUTCOME_UNKNOWN') {
-      process.stderr.write('cowvol: the change may or may not have been made (its commit was written, its flush failed). Run `cowvol snapshot list <volume>` or `cowvol info <volume>` to see which.\n');
+      process.stderr.write(
+        'cowvol: the change may or may not have been made (its commit was written, its flush failed). Run `cowvol snapshot list <volume>` or `cowvol info <volume>` to see which.\n',
+      );
     }
     if (code === 'NO_SPACE' && (details?.role === 'output' || details?.role === 'input')) {
       const where = details.role === 'output' ? 'the output' : 'the temporary folder ($TMPDIR)';

@@ -75,9 +75,10 @@ export async function resolveOutputPath(output: string): Promise<string> {
       });
       return join(folder, basename(path));
     }
-    if (!st.isSymbolicLink()) return realpath(path).catch((err) => {
-      throw userPathError(err, output, 'output');
-    });
+    if (!st.isSymbolicLink())
+      return realpath(path).catch((err) => {
+        throw userPathError(err, output, 'output');
+      });
     path = resolve(dirname(path), await readlink(path));
   }
   throw userPathError(Object.assign(new Error('too many symbolic links'), { code: 'ELOOP' }), output, 'output');

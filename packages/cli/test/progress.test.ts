@@ -25,7 +25,12 @@ afterEach(() => {
 });
 
 function events(): Array<Record<string, unknown>> {
-  return written.join('').trim().split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>);
+  return written
+    .join('')
+    .trim()
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
 }
 
 describe('createProgress', () => {

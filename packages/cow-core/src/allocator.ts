@@ -45,7 +45,11 @@ export class ExtentAllocator {
   private highWaterDirty = false;
 
   /** @param recordOps record LevelDB key operations for every change (the committed allocator). */
-  constructor(public highWaterBlocks: number, freeExtents: Extent[] = [], private readonly recordOps = false) {
+  constructor(
+    public highWaterBlocks: number,
+    freeExtents: Extent[] = [],
+    private readonly recordOps = false,
+  ) {
     for (const e of freeExtents) this.insert(e.startBlock, e.lengthBlocks);
     this.touched.clear(); // the loaded extents are what LevelDB holds
     for (let i = 1; i < this.starts.length; i++) {

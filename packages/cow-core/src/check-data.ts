@@ -101,7 +101,7 @@ async function damagedOf(batch: Mapping[], facts: { blockSizeBytes: number; read
   const bs = facts.blockSizeBytes;
   const sorted = [...batch].sort((a, b) => a.storeBlock - b.storeBlock);
   const bad: Mapping[] = [];
-  for (let i = 0; i < sorted.length; ) {
+  for (let i = 0; i < sorted.length;) {
     let j = i + 1;
     while (j < sorted.length && j - i < MAX_RUN_BLOCKS && sorted[j]!.storeBlock === sorted[j - 1]!.storeBlock + 1) j++;
     const data = await facts.readStore(sorted[i]!.storeBlock, j - i);

@@ -161,7 +161,7 @@ async function copyRuns(ctx: VolumeContext, batch: CowBatch, handle: Handle): Pr
   const { active, blocks, storeBlocks, crcs } = batch;
   const maxRun = maxMapRunBlocks(bs);
   const at = (list: number[], k: number): number => list[k] as number;
-  for (let i = 0; i < blocks.length; ) {
+  for (let i = 0; i < blocks.length;) {
     let j = i + 1;
     while (j < blocks.length && j - i < maxRun && at(blocks, j) === at(blocks, j - 1) + 1 && at(storeBlocks, j) === at(storeBlocks, j - 1) + 1) j++;
     const data = await ctx.readLive(at(blocks, i) * bs, (j - i) * bs);

@@ -125,9 +125,13 @@ export class VolumeClosedError extends CowvolError {
 /** `SNAPSHOT_HELD`: the snapshot is held (`snapshot hold`) and cannot be deleted until released. */
 export class SnapshotHeldError extends CowvolError {
   constructor(names: string[]) {
-    super('SNAPSHOT_HELD', `snapshot${names.length > 1 ? 's' : ''} ${names.map((n) => JSON.stringify(n)).join(', ')} ${names.length > 1 ? 'are' : 'is'} held; release ${names.length > 1 ? 'them' : 'it'} first (cowvol snapshot release)`, {
-      details: { names },
-    });
+    super(
+      'SNAPSHOT_HELD',
+      `snapshot${names.length > 1 ? 's' : ''} ${names.map((n) => JSON.stringify(n)).join(', ')} ${names.length > 1 ? 'are' : 'is'} held; release ${names.length > 1 ? 'them' : 'it'} first (cowvol snapshot release)`,
+      {
+        details: { names },
+      },
+    );
   }
 }
 

@@ -133,13 +133,7 @@ const ZERO_PIECE = Buffer.alloc(MAX_EXTENT_BYTES);
  * blocks as zero extents (a full stream omits them: the target starts as
  * zeros). Returns the bytes read.
  */
-async function writePieces(
-  volume: Volume,
-  name: string,
-  writer: StreamWriter,
-  pieces: AsyncIterable<ByteRange> | Iterable<ByteRange>,
-  progress: (doneBytes: number) => void,
-): Promise<number> {
+async function writePieces(volume: Volume, name: string, writer: StreamWriter, pieces: AsyncIterable<ByteRange> | Iterable<ByteRange>, progress: (doneBytes: number) => void): Promise<number> {
   const bs = volume.blockSizeBytes;
   const incremental = writer.header.kind === 'incremental';
   const zeroBlock = Buffer.alloc(bs);

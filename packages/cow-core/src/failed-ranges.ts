@@ -5,7 +5,6 @@ import { CowvolError } from '@cowvol/base';
  * every failed range in `details.failedRanges`.
  */
 
-
 /** A byte range that failed. */
 export interface FailedRange {
   offsetBytes: number;

@@ -6,15 +6,7 @@
  */
 
 import { MAX_SNAPSHOTS, volumeLayout } from './layout.js';
-import {
-  BaseMismatchError,
-  ImportPendingError,
-  ResumeMismatchError,
-  SnapshotExistsError,
-  SnapshotLimitError,
-  VolumeExistsError,
-  VolumeNotFoundError,
-} from './errors.js';
+import { BaseMismatchError, ImportPendingError, ResumeMismatchError, SnapshotExistsError, SnapshotLimitError, VolumeExistsError, VolumeNotFoundError } from './errors.js';
 import { SCHEMA_VERSION, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import { mergeExtents } from './diff.js';
 import type { VerifiedStream } from './stream.js';
@@ -35,7 +27,13 @@ function describeIdentity(i: SnapshotIdentity): string {
 
 /** Whether an import marker belongs to this exact stream. */
 function markerMatches(marker: ImportRecord, v: VerifiedStream): boolean {
-  return marker.headerCrc === v.headerCrc && marker.kind === v.header.kind && marker.extentCount === v.extentCount && sameIdentity(marker.source, v.header.source) && sameIdentity(marker.base, v.header.base);
+  return (
+    marker.headerCrc === v.headerCrc &&
+    marker.kind === v.header.kind &&
+    marker.extentCount === v.extentCount &&
+    sameIdentity(marker.source, v.header.source) &&
+    sameIdentity(marker.base, v.header.base)
+  );
 }
 
 /** The target an import applies to, with its marker and the first extent to apply. */
@@ -58,7 +56,9 @@ export async function openTarget(path: string, v: VerifiedStream, options: Impor
     if (h.kind === 'incremental') throw new VolumeNotFoundError(path);
     if (options.resume) {
       throw new ResumeMismatchError(
-        (await pathExists(path)) ? `--resume: ${path} was never created completely, so there is no interrupted import to resume; run the import without --resume` : `--resume: ${path} does not exist, so there is no interrupted import to resume`,
+        (await pathExists(path))
+          ? `--resume: ${path} was never created completely, so there is no interrupted import to resume; run the import without --resume`
+          : `--resume: ${path} does not exist, so there is no interrupted import to resume`,
       );
     }
     if (options.dryRun) return undefined;
@@ -132,10 +132,9 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
     throw new VolumeExistsError(`${path} already exists; a full stream creates a new volume (import it under a new path)`, path);
   }
   if (volume.sizeBytes !== h.sizeBytes || volume.blockSizeBytes !== h.blockSizeBytes) {
-    throw new BaseMismatchError(
-      `${path} is ${volume.sizeBytes} bytes with ${volume.blockSizeBytes}-byte blocks; the stream is for ${h.sizeBytes} bytes with ${h.blockSizeBytes}-byte blocks`,
-      { details: { path, sizeBytes: volume.sizeBytes, streamSizeBytes: h.sizeBytes } },
-    );
+    throw new BaseMismatchError(`${path} is ${volume.sizeBytes} bytes with ${volume.blockSizeBytes}-byte blocks; the stream is for ${h.sizeBytes} bytes with ${h.blockSizeBytes}-byte blocks`, {
+      details: { path, sizeBytes: volume.sizeBytes, streamSizeBytes: h.sizeBytes },
+    });
   }
   // Applied already (this exact source snapshot is here): say so rather than "base mismatch".
   for (const s of snapshots) if (s.origin && sameIdentity(s.origin, h.source)) throw new SnapshotExistsError(s.name);
@@ -161,8 +160,7 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
   const differing = await liveDiffers(volume, holder);
   if (differing !== undefined) {
     throw new BaseMismatchError(
-      `${path} was written since its snapshot ${holder} (first difference at byte ${differing}), so its content is not the stream's base; ` +
-        `run \`cowvol snapshot restore ${path} ${holder}\` first`,
+      `${path} was written since its snapshot ${holder} (first difference at byte ${differing}), so its content is not the stream's base; ` + `run \`cowvol snapshot restore ${path} ${holder}\` first`,
       { details: { path, base, snapshot: holder, offsetBytes: differing } },
     );
   }
@@ -191,4 +189,3 @@ async function liveDiffers(volume: Volume, name: string): Promise<number | undef
   }
   return undefined;
 }
-

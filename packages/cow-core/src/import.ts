@@ -236,7 +236,12 @@ async function readBack(volume: Volume, source: StreamSource, v: VerifiedStream,
     if (h.kind === 'full' && e.offsetBytes > cursor) await checkZero(cursor, e.offsetBytes - cursor);
     const got = await volume.readSnapshot(name, e.offsetBytes, e.lengthBytes);
     const same = e.data ? got.equals(e.data) : isZero(got);
-    if (!same) throw new VerifyFailedError(`snapshot ${name} differs from extent ${i} of the stream (volume bytes ${e.offsetBytes}+${e.lengthBytes})`, { extentIndex: i, offsetBytes: e.offsetBytes, lengthBytes: e.lengthBytes });
+    if (!same)
+      throw new VerifyFailedError(`snapshot ${name} differs from extent ${i} of the stream (volume bytes ${e.offsetBytes}+${e.lengthBytes})`, {
+        extentIndex: i,
+        offsetBytes: e.offsetBytes,
+        lengthBytes: e.lengthBytes,
+      });
     cursor = e.offsetBytes + e.lengthBytes;
     done += e.lengthBytes;
     progress?.({ phase: 'readback', doneBytes: done, totalBytes: total });

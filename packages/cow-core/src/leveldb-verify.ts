@@ -204,10 +204,14 @@ export function liveTables(manifest: Buffer): Map<number, number> {
     const r = new Reader(edit);
     while (!r.done) {
       const tag = r.varint();
-      if (tag === 1) r.slice(); // comparator
-      else if (tag === 2 || tag === 3 || tag === 4 || tag === 9) r.varint(); // log number, next file, last sequence, prev log
-      else if (tag === 5) (r.varint(), r.slice()); // compact pointer: level, key
-      else if (tag === 6) (r.varint(), live.delete(r.varint())); // deleted file: level, number
+      if (tag === 1)
+        r.slice(); // comparator
+      else if (tag === 2 || tag === 3 || tag === 4 || tag === 9)
+        r.varint(); // log number, next file, last sequence, prev log
+      else if (tag === 5)
+        (r.varint(), r.slice()); // compact pointer: level, key
+      else if (tag === 6)
+        (r.varint(), live.delete(r.varint())); // deleted file: level, number
       else if (tag === 7) {
         r.varint(); // level
         const number = r.varint();

@@ -146,13 +146,7 @@ async function* seekRegions(path: string, sizeBytes: number, covered: (endBytes:
  * clipped to `sizeBytes`), cut into pieces of at most `maxBytes`. Lazy:
  * memory is one range of each source.
  */
-export async function* unionPieces(
-  a: AsyncIterable<ByteRange>,
-  b: Iterable<ByteRange>,
-  blockBytes: number,
-  sizeBytes: number,
-  maxBytes: number,
-): AsyncGenerator<ByteRange> {
+export async function* unionPieces(a: AsyncIterable<ByteRange>, b: Iterable<ByteRange>, blockBytes: number, sizeBytes: number, maxBytes: number): AsyncGenerator<ByteRange> {
   const ia = a[Symbol.asyncIterator]();
   const ib = b[Symbol.iterator]();
   let na = await ia.next();

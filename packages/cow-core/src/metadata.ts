@@ -202,7 +202,18 @@ export function decode<T extends { v: number }>(key: string, buf: Uint8Array, ch
 
 export const decodeValue = {
   volume: (k: string, b: Uint8Array) =>
-    decode<VolumeRecord>(k, b, (r) => isInt(r.formatVersion, 1) && typeof r.uuid === 'string' && isInt(r.sizeBytes, 1) && isInt(r.blockSizeBytes, 512) && isInt(r.nextSnapshotId, 1) && typeof r.createdAt === 'string' && (r.dataMode === 'ordered' || r.dataMode === 'journal')),
+    decode<VolumeRecord>(
+      k,
+      b,
+      (r) =>
+        isInt(r.formatVersion, 1) &&
+        typeof r.uuid === 'string' &&
+        isInt(r.sizeBytes, 1) &&
+        isInt(r.blockSizeBytes, 512) &&
+        isInt(r.nextSnapshotId, 1) &&
+        typeof r.createdAt === 'string' &&
+        (r.dataMode === 'ordered' || r.dataMode === 'journal'),
+    ),
   checkpoint: (k: string, b: Uint8Array) => decode<CheckpointRecord>(k, b, (r) => isInt(r.sequence)),
   allocator: (k: string, b: Uint8Array) => decode<AllocatorRecord>(k, b, (r) => isInt(r.highWaterBlocks)),
   free: (k: string, b: Uint8Array) => decode<FreeExtentRecord>(k, b, (r) => isInt(r.lengthBlocks, 1)),

@@ -123,8 +123,7 @@ export async function statStamp(path: string, state: StampRecord['state']): Prom
 
 /** The fields of `found` that differ from `recorded`: all of them after a clean close, identity and size otherwise. */
 export function compareStamps(recorded: StampRecord, found: StampRecord): StampChange[] {
-  const value = (s: StampRecord, f: StampChange['field']): string =>
-    f === 'size' ? String(s.sizeBytes) : f === 'mtime' ? s.mtimeNs : f === 'ctime' ? s.ctimeNs : s[f];
+  const value = (s: StampRecord, f: StampChange['field']): string => (f === 'size' ? String(s.sizeBytes) : f === 'mtime' ? s.mtimeNs : f === 'ctime' ? s.ctimeNs : s[f]);
   const fields = recorded.state === 'closed' ? FIELDS_CLEAN : FIELDS_ALWAYS;
   return fields.filter((f) => value(recorded, f) !== value(found, f)).map((field) => ({ field, recorded: value(recorded, field), found: value(found, field) }));
 }
@@ -156,14 +155,9 @@ const NAMES_IN_MESSAGE = 20;
 
 /** The VOLUME_MODIFIED_OUTSIDE message: what changed, which snapshots may read changed data, what to do. */
 export function describeOutsideChange(path: string, change: OutsideChange, suspects: string[]): string {
-  const since = change.cleanClose
-    ? 'since cowvol last closed it'
-    : 'since cowvol last opened it (it was not closed cleanly, so only its size is compared)';
+  const since = change.cleanClose ? 'since cowvol last closed it' : 'since cowvol last opened it (it was not closed cleanly, so only its size is compared)';
   const names = suspects.slice(0, NAMES_IN_MESSAGE).join(', ') + (suspects.length > NAMES_IN_MESSAGE ? ` and ${suspects.length - NAMES_IN_MESSAGE} more` : '');
-  const who =
-    suspects.length === 0
-      ? 'No snapshot reads the live volume, so no snapshot is affected'
-      : `Snapshots that may read changed data (they read blocks through to the live volume): ${names}`;
+  const who = suspects.length === 0 ? 'No snapshot reads the live volume, so no snapshot is affected' : `Snapshots that may read changed data (they read blocks through to the live volume): ${names}`;
   return (
     `volume ${path} was changed outside cowvol ${since}: ${change.changes.map(describeChange).join('; ')}. ${who}. ` +
     `Writes must go through cowvol. To take the file as it is now, run \`cowvol accept-changes ${path}\`${suspects.length > 0 ? ' (it marks those snapshots suspect)' : ''}.`

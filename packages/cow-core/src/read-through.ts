@@ -50,7 +50,11 @@ export class BlockSources {
   storeIndexes: Int32Array;
   private readonly indexes: Int32Array;
 
-  private constructor(readonly first: number, readonly count: number, readonly blockSizeBytes: number) {
+  private constructor(
+    readonly first: number,
+    readonly count: number,
+    readonly blockSizeBytes: number,
+  ) {
     assert(Number.isSafeInteger(first) && first >= 0 && Number.isSafeInteger(count) && count > 0 && count < 2 ** 31, `bad block range ${first}+${count}`);
     assert(Number.isSafeInteger(blockSizeBytes) && blockSizeBytes > 0, `bad block size ${blockSizeBytes}`);
     // One backing store for the four arrays (fewer allocations per request): 8 + 4 + 4 + 4 bytes per block.
@@ -248,7 +252,7 @@ export class SnapshotReader {
     const runs: Array<{ index: number; blocks: number; inside: boolean }> = [];
     let scratchBlocks = 0;
     let span = 0;
-    for (let k = 0; k < m; ) {
+    for (let k = 0; k < m;) {
       const i = storeIndexes[k]!;
       let n = 1;
       while (k + n < m && storeIndexes[k + n] === i + n && storeBlocks[i + n] === storeBlocks[i]! + n) n++;

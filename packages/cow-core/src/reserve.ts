@@ -30,7 +30,7 @@ export async function writeReserve(path: string, sizeBytes: number, bestEffort =
   try {
     handle = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     const zeros = Buffer.alloc(Math.min(CHUNK_BYTES, sizeBytes));
-    for (let at = 0; at < sizeBytes; ) {
+    for (let at = 0; at < sizeBytes;) {
       const { bytesWritten } = await handle.write(zeros, 0, Math.min(zeros.length, sizeBytes - at), at);
       if (bytesWritten === 0) throw Object.assign(new Error('no space left on device (short write)'), { code: 'ENOSPC' });
       at += bytesWritten; // a short write is followed by ENOSPC on the next one

@@ -61,7 +61,7 @@ export async function restoreSnapshot(volume: Volume, name: string, options: Res
     const have = await volume.read(p.offsetBytes, p.lengthBytes);
     // Rewrite only the runs of blocks whose content differs: a block changed and changed back
     // costs a read, not a write and a copy into the safety snapshot.
-    for (let i = 0; i < p.lengthBytes; ) {
+    for (let i = 0; i < p.lengthBytes;) {
       if (want.subarray(i, i + bs).equals(have.subarray(i, i + bs))) {
         i += bs;
         continue;

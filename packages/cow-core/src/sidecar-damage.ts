@@ -48,7 +48,9 @@ export function isLevelDbDamage(err: unknown): boolean {
  */
 export function metadataError(err: unknown, metaPath: string): unknown {
   if (err instanceof CorruptMetadataError || !isLevelDbDamage(err)) return err;
-  const inner = chain(err).map((c) => c.message).filter((m) => m !== '' && m !== 'Database failed to open');
+  const inner = chain(err)
+    .map((c) => c.message)
+    .filter((m) => m !== '' && m !== 'Database failed to open');
   return new CorruptMetadataError(`metadata database ${metaPath} is damaged: ${inner.at(-1) ?? 'unreadable'}; restore the sidecar from a backup`, {
     cause: err,
     details: { path: metaPath },

@@ -49,11 +49,7 @@ export async function createSnapshotFrozen(ctx: VolumeContext, name: string, opt
   const meta = ctx.parts.meta;
   const id = meta.sb.nextSnapshotId;
   const rec: SnapshotRecord = { v: SCHEMA_VERSION, id, name, createdAt: new Date().toISOString(), state: 'live', ownedBlocks: 0, ...snapshotExtras(options) };
-  await ctx.commitRecords([
-    { o: 'snap', id, name, createdAt: rec.createdAt, state: 'live' },
-    { o: 'sb', v: { ...meta.sb, nextSnapshotId: id + 1 } },
-    ...snapshotExtraRecords(id, options),
-  ]);
+  await ctx.commitRecords([{ o: 'snap', id, name, createdAt: rec.createdAt, state: 'live' }, { o: 'sb', v: { ...meta.sb, nextSnapshotId: id + 1 } }, ...snapshotExtraRecords(id, options)]);
   ctx.catalog.push(rec);
   ctx.maps.set(id, new SnapshotMap(id));
   return describeSnapshot(ctx, rec);
@@ -129,7 +125,12 @@ export async function finishInterruptedDeletes(ctx: VolumeContext): Promise<void
 }
 
 /** Hands over or frees every block of a snapshot in `deleting` state, batch by batch, each under a freeze; then drops it. Counts into `result` as it goes. */
-async function finishDelete(ctx: VolumeContext, rec: SnapshotRecord, onBatch?: (blocks: number) => void, result: DeleteResult = { name: rec.name, freedBlocks: 0, handedOverBlocks: 0 }): Promise<DeleteResult> {
+async function finishDelete(
+  ctx: VolumeContext,
+  rec: SnapshotRecord,
+  onBatch?: (blocks: number) => void,
+  result: DeleteResult = { name: rec.name, freedBlocks: 0, handedOverBlocks: 0 },
+): Promise<DeleteResult> {
   assert(rec.state === 'deleting', `finishDelete of snapshot ${rec.name} in state ${rec.state}`);
   for (;;) {
     const done = await ctx.frozen(() => deleteStep(ctx, rec, result, onBatch));

@@ -144,7 +144,7 @@ export class StoreReadCache {
   /** A read across window boundaries, window by window. */
   private async readPieces(offsetBytes: number, into: Uint8Array): Promise<void> {
     const W = this.windowBytes;
-    for (let at = 0; at < into.length; ) {
+    for (let at = 0; at < into.length;) {
       const offset = offsetBytes + at;
       const window = Math.floor(offset / W);
       const n = Math.min(into.length - at, (window + 1) * W - offset);

@@ -51,7 +51,10 @@ export class SnapshotStore {
    * @param file the store file, as opened (the store wraps it; close `device`, not `file`)
    * @param blockSizeBytes the volume's block size
    */
-  constructor(file: BlockDevice, readonly blockSizeBytes: number) {
+  constructor(
+    file: BlockDevice,
+    readonly blockSizeBytes: number,
+  ) {
     this.cache = new StoreReadCache(file, blockSizeBytes);
     this.device = this.cache.device;
   }
@@ -115,7 +118,13 @@ export class SnapshotStore {
           const run = runs.at(-1);
           const prev = run?.at(-1);
           // Only small writes are combined (a large one gains nothing from a copy into a bigger buffer).
-          const joins = run && prev && prev.storeBlock + prev.data.length / this.blockSizeBytes === w.storeBlock && w.data.length <= COMBINE_MAX_BYTES && prev.data.length <= COMBINE_MAX_BYTES && runBytes + w.data.length <= COMBINED_RUN_MAX_BYTES;
+          const joins =
+            run &&
+            prev &&
+            prev.storeBlock + prev.data.length / this.blockSizeBytes === w.storeBlock &&
+            w.data.length <= COMBINE_MAX_BYTES &&
+            prev.data.length <= COMBINE_MAX_BYTES &&
+            runBytes + w.data.length <= COMBINED_RUN_MAX_BYTES;
           if (joins) {
             run.push(w);
             runBytes += w.data.length;

@@ -35,7 +35,8 @@ function checkString(field: string, value: unknown): void {
 
 function checkIdentity(field: string, value: unknown): void {
   if (!isIdentity(value)) throw refuse(field, 'is not a snapshot identity { volumeUuid, snapshotId, createdAt, name }');
-  if (!SNAPSHOT_NAME_PATTERN.test(value.name)) throw refuse(`${field}.name ${escapeTerminalText(JSON.stringify(value.name))}`, 'is not a valid snapshot name (1-128 characters of A-Z a-z 0-9 . _ : -)');
+  if (!SNAPSHOT_NAME_PATTERN.test(value.name))
+    throw refuse(`${field}.name ${escapeTerminalText(JSON.stringify(value.name))}`, 'is not a valid snapshot name (1-128 characters of A-Z a-z 0-9 . _ : -)');
   checkString(`${field}.volumeUuid`, value.volumeUuid);
   checkString(`${field}.createdAt`, value.createdAt);
 }

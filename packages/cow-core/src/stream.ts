@@ -191,7 +191,8 @@ export class StreamWriter {
 
   private async extent(offsetBytes: number, lengthBytes: number, data: Buffer | undefined): Promise<void> {
     if (lengthBytes <= 0 || lengthBytes > MAX_EXTENT_BYTES) throw new StreamExtentInvalidError(`extent length ${lengthBytes} outside 1..${MAX_EXTENT_BYTES}`, { offsetBytes, lengthBytes });
-    if (offsetBytes < this.nextOffset) throw new StreamExtentInvalidError(`extent at ${offsetBytes} is not after the previous one (${this.nextOffset})`, { offsetBytes, lengthBytes, nextOffsetBytes: this.nextOffset });
+    if (offsetBytes < this.nextOffset)
+      throw new StreamExtentInvalidError(`extent at ${offsetBytes} is not after the previous one (${this.nextOffset})`, { offsetBytes, lengthBytes, nextOffsetBytes: this.nextOffset });
     const { parts, crc } = encodeExtent(this.index, offsetBytes, lengthBytes, data);
     this.chain = crc32c(crcBytes(crc), this.chain);
     this.index += 1;
@@ -256,19 +257,15 @@ export async function readHeader(source: StreamSource): Promise<{ header: Stream
  * bounds, CRC) or, when it carries the trailer magic, null.
  * @throws STREAM_CORRUPT naming the extent
  */
-export async function readExtent(
-  source: StreamSource,
-  header: StreamHeader,
-  offsetBytes: number,
-  expectedIndex: number,
-  minVolumeOffset: number,
-): Promise<StreamExtent | null> {
+export async function readExtent(source: StreamSource, header: StreamHeader, offsetBytes: number, expectedIndex: number, minVolumeOffset: number): Promise<StreamExtent | null> {
   const d = { record: 'extent', extentIndex: expectedIndex };
   const head = await readExactly(source, offsetBytes, Math.min(EXTENT_HEADER_BYTES, source.lengthBytes - offsetBytes), `extent ${expectedIndex}`, d);
   if (head.length >= 4 && head.readUInt32BE(0) === TRAILER_MAGIC) return null;
-  if (head.length < EXTENT_HEADER_BYTES) throw corrupt(`stream is truncated: it ends inside record ${expectedIndex} at stream offset ${offsetBytes}, without a trailer`, { ...d, streamOffsetBytes: offsetBytes });
+  if (head.length < EXTENT_HEADER_BYTES)
+    throw corrupt(`stream is truncated: it ends inside record ${expectedIndex} at stream offset ${offsetBytes}, without a trailer`, { ...d, streamOffsetBytes: offsetBytes });
   if (head.readUInt32BE(0) !== EXTENT_MAGIC) {
-    if (source.lengthBytes - offsetBytes === TRAILER_BYTES) throw corrupt(`the trailer at stream offset ${offsetBytes} has no trailer magic: corrupt`, { record: 'trailer', extentIndex: expectedIndex, streamOffsetBytes: offsetBytes });
+    if (source.lengthBytes - offsetBytes === TRAILER_BYTES)
+      throw corrupt(`the trailer at stream offset ${offsetBytes} has no trailer magic: corrupt`, { record: 'trailer', extentIndex: expectedIndex, streamOffsetBytes: offsetBytes });
     throw corrupt(`extent ${expectedIndex} at stream offset ${offsetBytes} has no extent magic: corrupt`, { ...d, streamOffsetBytes: offsetBytes });
   }
   const index = head.readUInt32BE(4);

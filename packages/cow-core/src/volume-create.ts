@@ -4,7 +4,18 @@ import { mkdir, open as openFile, rm, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { Journal } from '@cowvol/journal';
 import { InvalidArgumentError, VolumeExistsError, VolumeNotFoundError } from './errors.js';
-import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_JOURNAL_BYTES, FORMAT_VERSION, MAX_BLOCK_SIZE_BYTES, isBlockSize, MAX_VOLUME_BYTES, MIN_BLOCK_SIZE_BYTES, MIN_JOURNAL_BLOCKS, volumeLayout, type VolumeLayout } from './layout.js';
+import {
+  DEFAULT_BLOCK_SIZE_BYTES,
+  DEFAULT_JOURNAL_BYTES,
+  FORMAT_VERSION,
+  MAX_BLOCK_SIZE_BYTES,
+  isBlockSize,
+  MAX_VOLUME_BYTES,
+  MIN_BLOCK_SIZE_BYTES,
+  MIN_JOURNAL_BLOCKS,
+  volumeLayout,
+  type VolumeLayout,
+} from './layout.js';
 import { MetadataDb, SCHEMA_VERSION, keys, putOp, type DataMode, type VolumeRecord } from './metadata.js';
 import { SnapshotStore } from './store.js';
 import { OwnerLock, fileIdentity } from './owner-lock.js';

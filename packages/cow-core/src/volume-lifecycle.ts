@@ -180,7 +180,9 @@ export async function closeVolume(ctx: VolumeContext): Promise<WriteBackFailure[
       );
       // After cowvol's last write to the file. Failing leaves the `open` stamp (the safe direction): a warning, not an error.
       if (checkpointed) {
-        await parts.outside.atCleanClose().catch((err: unknown) => ctx.notices.push(`the volume file's change stamp was not updated (${(err as Error).message}); the next open compares its identity and size only`));
+        await parts.outside
+          .atCleanClose()
+          .catch((err: unknown) => ctx.notices.push(`the volume file's change stamp was not updated (${(err as Error).message}); the next open compares its identity and size only`));
       }
     }
   } finally {

@@ -174,7 +174,6 @@ export interface DeleteResult {
   unfinished?: boolean;
 }
 
-
 /** Counters kept by a Volume (stress summaries; docs/ARCHITECTURE.md §7.8). */
 export interface VolumeStats {
   /** Blocks copied into a snapshot. */

@@ -13,13 +13,34 @@ import type { AcceptChangesReport, OutsideChange } from './outside-writes.js';
 import { VolumeContext } from './volume-context.js';
 import type { FailureListener, VolumeState } from './volume-state.js';
 import { readCurrent, writePieces } from './write-path.js';
-import { acceptOutsideChangesFrozen, changeSnapshotFrozen, createSnapshotFrozen, deleteSnapshotsLocked, describeSnapshot, findVictims, finishInterruptedDeletes, type SnapshotChange } from './snapshot-lifecycle.js';
+import {
+  acceptOutsideChangesFrozen,
+  changeSnapshotFrozen,
+  createSnapshotFrozen,
+  deleteSnapshotsLocked,
+  describeSnapshot,
+  findVictims,
+  finishInterruptedDeletes,
+  type SnapshotChange,
+} from './snapshot-lifecycle.js';
 import { abandonParts, closeVolume, openForReading, openVolumeParts } from './volume-lifecycle.js';
 import { createVolumeFiles } from './volume-create.js';
 import { checkConsistencyFrozen, checkFrozen, diffOf, namedMaps, spaceUsageOf, volumeInfo, type CheckOptions } from './volume-reports.js';
 import type { ConsistencyReport, CreateSnapshotOptions, CreateVolumeOptions, DeleteResult, MultiDeleteResult, OpenVolumeOptions, SnapshotInfo, VolumeInfo, VolumeStats } from './volume-types.js';
 
-export type { ConsistencyReport, CreateSnapshotOptions, CreateVolumeOptions, DeleteResult, DeviceRole, MultiDeleteResult, OpenVolumeOptions, RoleOpeners, SnapshotInfo, VolumeInfo, VolumeStats } from './volume-types.js';
+export type {
+  ConsistencyReport,
+  CreateSnapshotOptions,
+  CreateVolumeOptions,
+  DeleteResult,
+  DeviceRole,
+  MultiDeleteResult,
+  OpenVolumeOptions,
+  RoleOpeners,
+  SnapshotInfo,
+  VolumeInfo,
+  VolumeStats,
+} from './volume-types.js';
 export type { FailureListener, VolumeState } from './volume-state.js';
 
 /**

@@ -93,7 +93,12 @@ describe('extent allocator', () => {
           // Every used block is outside the free set; free + used = high-water mark.
           for (const b of used) expect(a.isFree(b)).toBe(false);
           expect(a.freeBlocks + used.length).toBe(a.highWaterBlocks);
-          expect([...persisted.entries()].map(([k, v]) => `${k}+${v.lengthBlocks}`).sort()).toEqual(a.extents().map((e) => `free:${e.startBlock.toString(16).padStart(12, '0')}+${e.lengthBlocks}`).sort());
+          expect([...persisted.entries()].map(([k, v]) => `${k}+${v.lengthBlocks}`).sort()).toEqual(
+            a
+              .extents()
+              .map((e) => `free:${e.startBlock.toString(16).padStart(12, '0')}+${e.lengthBlocks}`)
+              .sort(),
+          );
         }
       }),
     );

@@ -245,7 +245,9 @@ describe('an interrupted import, resumed, gives the same result', () => {
         const count = (await verifyStream(memorySource(stream))).extentCount;
         expect(count, 'enough extents to interrupt in the middle').toBeGreaterThan(3);
         const k = 1 + Math.floor(rnd() * count);
-        console.log(`[backup-resume] seed=${seed} ${kind}: ${count} extents, failing at volume write ${k}; replay: COWVOL_BACKUP_SEEDS=${seed} npx vitest run packages/cow-core/test/backup.test.ts -t "seed ${seed}: an I/O"`);
+        console.log(
+          `[backup-resume] seed=${seed} ${kind}: ${count} extents, failing at volume write ${k}; replay: COWVOL_BACKUP_SEEDS=${seed} npx vitest run packages/cow-core/test/backup.test.ts -t "seed ${seed}: an I/O"`,
+        );
         const opener = new CountingOpener();
         // Volume writes before the import's own (none for a new volume; none for the incremental target either).
         opener.failWrite = { file: 'dst.img', n: k };
@@ -543,7 +545,11 @@ describe('space accounting and multi-delete: --dry-run figures equal what the de
     const v = await Volume.open(path, { opener: ctl });
     // The delete happened at its marking commit: it succeeds, unfinished, and says the next open finishes it.
     const result = await v.deleteSnapshots(['s2', 's4', 's5']);
-    expect(result.deleted.map((d) => [d.name, d.unfinished])).toEqual([['s2', true], ['s4', true], ['s5', true]]);
+    expect(result.deleted.map((d) => [d.name, d.unfinished])).toEqual([
+      ['s2', true],
+      ['s4', true],
+      ['s5', true],
+    ]);
     expect(v.warnings.join('\n')).toMatch(/the delete of s2, s4, s5 is committed but its hand-over stopped/);
     await v.close().catch(() => undefined);
     await ctl.restore();

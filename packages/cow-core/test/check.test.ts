@@ -28,7 +28,6 @@ const ROUNDS = Number(process.env.COWVOL_CHECK_ROUNDS ?? 4);
 const WORKLOADS = Number(process.env.COWVOL_CHECK_WORKLOADS ?? 8);
 const REPLAY = `seed ${SEED} (replay: COWVOL_CHECK_SEED=${SEED})`;
 
-
 function randomBuffer(r: () => number, length: number): Buffer {
   const buf = Buffer.alloc(length);
   for (let i = 0; i < length; i++) buf[i] = Math.floor(r() * 256);
@@ -262,7 +261,10 @@ describe('check finds what it should: each kind of damage is detected as that ki
         const others = [...meta.snaps.keys()].filter((id) => id !== victim.id);
         const id = round % 2 === 1 || others.length === 0 ? victim.id : pick(r, others);
         const taken = new Set(meta.maps.filter((m) => m.id === id).map((m) => m.block));
-        const block = pick(r, Array.from({ length: BLOCKS }, (_, b) => b).filter((b) => !taken.has(b)));
+        const block = pick(
+          r,
+          Array.from({ length: BLOCKS }, (_, b) => b).filter((b) => !taken.has(b)),
+        );
         await put(db, mapKey(id, block), { v: 1, storeBlock: victim.storeBlock, crc: victim.crc });
         // Keep the owned count in step so that only the double mapping is wrong.
         const snap = meta.snaps.get(id)!;
@@ -453,7 +455,10 @@ describe('check finds what it should: each kind of damage is detected as that ki
       await put(db, snapKey(a.id), { ...snapA, ownedBlocks: snapA.ownedBlocks - 1 });
       if (b.key !== a.key) {
         const taken = new Set(meta.maps.filter((m) => m.id === b.id).map((m) => m.block));
-        const block = pick(r, Array.from({ length: BLOCKS }, (_, x) => x).filter((x) => !taken.has(x)));
+        const block = pick(
+          r,
+          Array.from({ length: BLOCKS }, (_, x) => x).filter((x) => !taken.has(x)),
+        );
         await put(db, mapKey(b.id, block), { v: 1, storeBlock: b.storeBlock, crc: b.crc });
         const snapB = (await readMeta(db)).snaps.get(b.id)!;
         await put(db, snapKey(b.id), { ...snapB, ownedBlocks: snapB.ownedBlocks + 1 });
@@ -479,7 +484,10 @@ describe('cowvol check: exit codes 0 clean, 2 corruption, 3 leaks only', () => {
       const meta = await readMeta(db);
       const victim = pick(r, meta.maps);
       const taken = new Set(meta.maps.filter((m) => m.id === victim.id).map((m) => m.block));
-      const block = pick(r, Array.from({ length: BLOCKS }, (_, b) => b).filter((b) => !taken.has(b)));
+      const block = pick(
+        r,
+        Array.from({ length: BLOCKS }, (_, b) => b).filter((b) => !taken.has(b)),
+      );
       await put(db, mapKey(victim.id, block), { v: 1, storeBlock: victim.storeBlock, crc: victim.crc });
       const snap = meta.snaps.get(victim.id)!;
       await put(db, snapKey(victim.id), { ...snap, ownedBlocks: snap.ownedBlocks + 1 });

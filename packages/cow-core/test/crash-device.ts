@@ -23,7 +23,12 @@ export class CrashController implements DeviceOpener {
    * @param tearFraction chance that a surviving write is torn: only a prefix
    *   of it, cut at a 512-byte sector boundary, reaches the disk
    */
-  constructor(private crashAt: number, private readonly random: () => number, private readonly keepFraction: number, private readonly tearFraction = 0) {}
+  constructor(
+    private crashAt: number,
+    private readonly random: () => number,
+    private readonly keepFraction: number,
+    private readonly tearFraction = 0,
+  ) {}
 
   /** Re-arms the power loss at the n-th I/O from now. */
   crashAfter(n: number): void {
@@ -86,7 +91,11 @@ export class CrashController implements DeviceOpener {
 /** One file under a {@link CrashController}; keeps the BlockDevice contract (a call after `close()` is `IO_ERROR` and counts no I/O). */
 class CrashDevice implements BlockDevice {
   private readonly ops = new OpsInFlight(() => this.name);
-  constructor(private readonly inner: FileBlockDevice, private readonly ctl: CrashController, private readonly pending: Pending[]) {}
+  constructor(
+    private readonly inner: FileBlockDevice,
+    private readonly ctl: CrashController,
+    private readonly pending: Pending[],
+  ) {}
 
   get name(): string {
     return this.inner.name;

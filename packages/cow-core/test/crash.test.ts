@@ -30,7 +30,6 @@ const MAX_POINTS = Number(process.env.COWVOL_CRASH_MAX_POINTS ?? 50);
 
 type Op = { kind: 'write'; offsetBytes: number; data: Buffer } | { kind: 'snapshot'; name: string } | { kind: 'delete'; name: string } | { kind: 'flush' };
 
-
 function workload(seed: number): Op[] {
   const r = mulberry32(seed);
   const ops: Op[] = [];
@@ -148,7 +147,7 @@ describe.each(DATA_MODES)('data mode %s', (dataMode) => {
         const step = Math.max(1, Math.ceil(totalIos / MAX_POINTS));
         let points = 0;
         let recoveryCrashes = 0;
-      let missed = 0;
+        let missed = 0;
         for (const [keepFraction, tearFraction] of [
           [0, 0],
           [0.5, 0.5],
@@ -227,7 +226,9 @@ describe.each(DATA_MODES)('data mode %s', (dataMode) => {
             }
           }
         }
-        console.log(`crash test mode ${dataMode} seed ${seed}: ${points} crash points over ${totalIos} I/Os, ${recoveryCrashes} second crashes during recovery, ${missed} points past the end of the run`);
+        console.log(
+          `crash test mode ${dataMode} seed ${seed}: ${points} crash points over ${totalIos} I/Os, ${recoveryCrashes} second crashes during recovery, ${missed} points past the end of the run`,
+        );
         expect(missed, 'most crash points must land inside the run').toBeLessThan(points / 4 + 1);
       }, 600_000);
     }

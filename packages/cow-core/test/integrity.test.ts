@@ -178,7 +178,11 @@ describe('store block checksums are bound to their mapping', () => {
 
   it('a hand-over rebinds the CRC without reading the data: the older snapshot reads its copy, check --read-data is clean', async () => {
     // s1 writes nothing, so s1 reads block 6 through to s2's copy; deleting s2 hands that copy to s1.
-    const vol = await volumeWith([['s1', []], ['s2', [6]], ['s3', [6, 1]]]);
+    const vol = await volumeWith([
+      ['s1', []],
+      ['s2', [6]],
+      ['s3', [6, 1]],
+    ]);
     await withVolume(vol, async (v) => {
       const del = await v.deleteSnapshot('s2');
       expect(del.handedOverBlocks).toBe(1);
@@ -200,7 +204,11 @@ describe('store block checksums are bound to their mapping', () => {
 describe('check --read-data', () => {
   it('a damaged store block: plain check exits 0 (it reads no data), --read-data exits 2 naming every snapshot that reads it', async () => {
     // s1 reads block 4 through to s2's copy; s3 has its own copy; s2's copy is damaged.
-    const vol = await volumeWith([['s1', []], ['s2', [4]], ['s3', [4]]]);
+    const vol = await volumeWith([
+      ['s1', []],
+      ['s2', [4]],
+      ['s3', [4]],
+    ]);
     const storeBlock = await withDb(vol, async (db) => (packr.unpack((await db.get(mapKey(2, 4)))!) as { storeBlock: number }).storeBlock);
     await flipByte(volumeLayout(vol).storePath, (storeBlock + 1) * BS + 100);
 
@@ -213,8 +221,14 @@ describe('check --read-data', () => {
     const report = JSON.parse(full.stdout.toString('utf8')) as CheckReport;
     expect(report).toMatchObject({ status: 'corrupt', dataChecked: true, damagedBlocks: 1, affectedSnapshots: ['s2', 's1'] });
     expect(report.corruptions).toEqual([{ kind: 'store-block-checksum', message: expect.stringContaining(`store block ${storeBlock} (block 4 of snapshot 2)`) as string }]);
-    const events = full.stderr.trim().split('\n').map((l) => JSON.parse(l) as { phase?: string; doneBlocks: number; totalBlocks: number });
-    expect(events.some((e) => e.phase === 'data' && e.doneBlocks === 2 && e.totalBlocks === 2), full.stderr).toBe(true);
+    const events = full.stderr
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { phase?: string; doneBlocks: number; totalBlocks: number });
+    expect(
+      events.some((e) => e.phase === 'data' && e.doneBlocks === 2 && e.totalBlocks === 2),
+      full.stderr,
+    ).toBe(true);
 
     const human = await cowvol(['check', vol, '--read-data']);
     expect(human.code).toBe(2);
@@ -272,5 +286,3 @@ describe('check --read-data', () => {
     }
   });
 });
-
-

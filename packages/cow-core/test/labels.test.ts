@@ -25,14 +25,23 @@ describe('label values', () => {
     refused.push(0x061c, 0x200e, 0x200f, 0x2028, 0x2029, 0x202a, 0x202b, 0x202c, 0x202d, 0x202e, 0x2066, 0x2067, 0x2068, 0x2069, 0xd800, 0xdfff);
     for (const c of refused) {
       const value = `a${String.fromCharCode(c)}b`;
-      expect(codeOf(() => validateLabels({ k: value })), `U+${c.toString(16)}`).toBe('INVALID_LABEL');
-      expect(codeOf(() => parseLabel(`k=${value}`)), `U+${c.toString(16)}`).toBe('INVALID_LABEL');
+      expect(
+        codeOf(() => validateLabels({ k: value })),
+        `U+${c.toString(16)}`,
+      ).toBe('INVALID_LABEL');
+      expect(
+        codeOf(() => parseLabel(`k=${value}`)),
+        `U+${c.toString(16)}`,
+      ).toBe('INVALID_LABEL');
     }
   });
 
   it('accepts printable text, other scripts, emoji (a surrogate pair) and the characters next to the refused ranges', () => {
     for (const value of ['', 'nightly', 'höst', '日本語', 'a 🚀 b', '\u00a0nbsp', '\u00a1', '\u2027', '\u202f', '\u2065', '\u206a', 'x=y=z']) {
-      expect(codeOf(() => validateLabels({ k: value })), JSON.stringify(value)).toBe('ACCEPTED');
+      expect(
+        codeOf(() => validateLabels({ k: value })),
+        JSON.stringify(value),
+      ).toBe('ACCEPTED');
       expect(parseLabel(`k=${value}`)).toEqual(['k', value]);
     }
   });

@@ -32,7 +32,13 @@ async function database(n: number, compact = true): Promise<string> {
   await db.open();
   const r = mulberry32(dbs);
   for (let i = 0; i < n; i += 500) {
-    await db.batch(Array.from({ length: Math.min(500, n - i) }, (_, k) => ({ type: 'put' as const, key: `map:00000001:${(i + k).toString(16).padStart(12, '0')}`, value: Buffer.from([0xde, 0, 3, Math.floor(r() * 256), i & 0xff]) })));
+    await db.batch(
+      Array.from({ length: Math.min(500, n - i) }, (_, k) => ({
+        type: 'put' as const,
+        key: `map:00000001:${(i + k).toString(16).padStart(12, '0')}`,
+        value: Buffer.from([0xde, 0, 3, Math.floor(r() * 256), i & 0xff]),
+      })),
+    );
   }
   if (compact) await (db as unknown as { compactRange(a: string, b: string): Promise<void> }).compactRange('\x00', '\xff');
   await db.close();

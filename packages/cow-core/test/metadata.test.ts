@@ -27,7 +27,7 @@ async function bytesOf(path: string, suffix: string): Promise<number> {
 }
 
 describe('MetadataDb', () => {
-  it('makeDurable leaves nothing in LevelDB\'s unsynced log: every write is in a table file', async () => {
+  it("makeDurable leaves nothing in LevelDB's unsynced log: every write is in a table file", async () => {
     const db = await MetadataDb.open(dir, true);
     const ops = Array.from({ length: 5000 }, (_, i) => putOp(keys.map(1, i), { v: 1, storeBlock: i, crc: i }));
     await db.apply(ops);

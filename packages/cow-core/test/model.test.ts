@@ -30,7 +30,10 @@ interface Real {
 }
 
 class WriteCmd implements fc.AsyncCommand<Model, Real> {
-  constructor(readonly offsetBytes: number, readonly data: Buffer) {}
+  constructor(
+    readonly offsetBytes: number,
+    readonly data: Buffer,
+  ) {}
   check = () => true;
   async run(m: Model, r: Real) {
     await r.volume.write(this.offsetBytes, this.data);
@@ -90,7 +93,11 @@ class SnapshotDeleteCmd implements fc.AsyncCommand<Model, Real> {
 }
 
 class SnapshotReadCmd implements fc.AsyncCommand<Model, Real> {
-  constructor(readonly name: string, readonly offsetBytes: number, readonly lengthBytes: number) {}
+  constructor(
+    readonly name: string,
+    readonly offsetBytes: number,
+    readonly lengthBytes: number,
+  ) {}
   check = (m: Readonly<Model>) => m.snapshots.has(this.name);
   async run(m: Model, r: Real) {
     const length = Math.min(this.lengthBytes, SIZE - this.offsetBytes);

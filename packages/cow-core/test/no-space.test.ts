@@ -168,4 +168,3 @@ describe('NO_SPACE: the store never silently invalidates a snapshot', () => {
     expect(r.resumed).toBe(true);
   });
 });
-

@@ -44,11 +44,17 @@ async function volumeWithSnapshot(opener: TraceOpener | CrashController): Promis
 async function expectWriteFails(v: Volume, offsetBytes: number, data: Buffer, codes: string[], label = ''): Promise<void> {
   const err: unknown =
     writeBackBytes === 0
-      ? await v.write(offsetBytes, data).then(() => undefined, (e: unknown) => e)
+      ? await v.write(offsetBytes, data).then(
+          () => undefined,
+          (e: unknown) => e,
+        )
       : await v
           .write(offsetBytes, data)
           .then(() => v.flush())
-          .then(() => undefined, (e: unknown) => e);
+          .then(
+            () => undefined,
+            (e: unknown) => e,
+          );
   expect(err, `${label} should fail`).toBeDefined();
   expect(codes, label).toContain((err as { code?: string }).code);
 }
@@ -207,7 +213,6 @@ describe.each(CACHES)('$cache', (c) => {
       }
     });
   });
-
 });
 
 describe('data=journal mode', () => {
@@ -229,7 +234,10 @@ describe('data=journal mode', () => {
     opener.trace.length = 0;
     await v.write(3 * BS + 7, Buffer.alloc(2 * BS, 2));
     const t = [...opener.trace];
-    expect(t.some((e) => e.file === 'vol.img' && e.op === 'write'), JSON.stringify(t)).toBe(false); // not home yet
+    expect(
+      t.some((e) => e.file === 'vol.img' && e.op === 'write'),
+      JSON.stringify(t),
+    ).toBe(false); // not home yet
     expect(t.some((e) => e.file === 'store' && e.op === 'write')).toBe(false); // the copy is journaled too
     expect(t.filter((e) => e.file === 'journal' && e.op === 'sync').length).toBeGreaterThan(0);
     // Reads see the journaled image before any checkpoint.

@@ -114,7 +114,7 @@ describe('overlapping writes in flight', () => {
         for (let i = 0; i < 64; i++) {
           const offsetBytes = Math.floor(rand() * (sizeBlocks * BS - 3 * BS));
           const lengthBytes = 1 + Math.floor(rand() * 3 * BS);
-          writes.push({ offsetBytes, data: Buffer.alloc(lengthBytes, (round * 64 + i) % 250 + 1) });
+          writes.push({ offsetBytes, data: Buffer.alloc(lengthBytes, ((round * 64 + i) % 250) + 1) });
         }
         const before = await v.read(0, sizeBlocks * BS);
         await Promise.all(writes.map((w) => v.write(w.offsetBytes, w.data)));

@@ -46,7 +46,7 @@ describe('pending-COW protocol (seed 004)', () => {
     const a = v.write(3 * BS, Buffer.alloc(BS, 0xaa));
     await held.reached;
     const b = v.write(3 * BS + 100, Buffer.alloc(10, 0xbb));
-    expect(await settlesSoon(b), 'writer B must wait for A\'s pending COW').toBe(false);
+    expect(await settlesSoon(b), "writer B must wait for A's pending COW").toBe(false);
     held.release();
     await Promise.all([a, b]);
     expect(v.stats.cows).toBe(1);

@@ -46,7 +46,10 @@ describe('SnapshotMap range index', () => {
       const last = Math.min(span - 1, first + int(rnd, 3 * MAP_REGION_BLOCKS));
       const seen: Array<[number, number, number]> = [];
       map.forEachInRange(first, last, (b, p, crc) => seen.push([b, p, crc]));
-      const want = [...model].filter(([b]) => b >= first && b <= last).sort((a, b) => a[0] - b[0]).map(([b, [p, crc]]) => [b, p, crc]);
+      const want = [...model]
+        .filter(([b]) => b >= first && b <= last)
+        .sort((a, b) => a[0] - b[0])
+        .map(([b, [p, crc]]) => [b, p, crc]);
       expect(seen, `range ${first}..${last} at step ${step}`).toEqual(want);
     }
     expect(map.size).toBe(model.size);

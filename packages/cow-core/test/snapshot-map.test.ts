@@ -39,7 +39,10 @@ describe('SnapshotMap (packed regions) against a Map model', () => {
         expect(map.size).toBe(model.size);
       }
       const sorted = [...model.entries()].sort((x, y) => x[0] - y[0]).map(([b, [p, c]]) => [b, p, c]);
-      expect([...map.entries()].sort((x, y) => x[0] - y[0]), `seed ${seed}: entries`).toEqual(sorted);
+      expect(
+        [...map.entries()].sort((x, y) => x[0] - y[0]),
+        `seed ${seed}: entries`,
+      ).toEqual(sorted);
       for (let k = 0; k < 50; k++) {
         const first = pick();
         const last = first + Math.floor(rnd() * 4 * MAP_REGION_BLOCKS);

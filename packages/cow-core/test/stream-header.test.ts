@@ -12,7 +12,17 @@ import { memorySource } from './backup-helpers.js';
 const id = (name: string, snapshotId = 2) => ({ volumeUuid: '0123456789abcdef0123456789abcdef', snapshotId, createdAt: '2026-11-22T00:00:00.000Z', name });
 
 function header(overrides: Partial<StreamHeader> | Record<string, unknown>): StreamHeader {
-  return { kind: 'full', sizeBytes: 64 * 4096, blockSizeBytes: 4096, source: id('good'), base: null, labels: { kind: 'nightly' }, createdAt: '2026-11-22T00:00:01.000Z', producer: 'test', ...overrides } as StreamHeader;
+  return {
+    kind: 'full',
+    sizeBytes: 64 * 4096,
+    blockSizeBytes: 4096,
+    source: id('good'),
+    base: null,
+    labels: { kind: 'nightly' },
+    createdAt: '2026-11-22T00:00:01.000Z',
+    producer: 'test',
+    ...overrides,
+  } as StreamHeader;
 }
 
 async function streamOf(h: StreamHeader): Promise<Buffer> {

@@ -45,7 +45,11 @@ describe('stream format v1', () => {
     const rnd = prng(7);
     const a = randomBuffer(rnd, 3 * BS);
     const b = randomBuffer(rnd, BS);
-    const buf = await build(header(), [{ offset: 0, data: a }, { offset: 4 * BS, zeroBytes: 8 * BS }, { offset: 63 * BS, data: b }]);
+    const buf = await build(header(), [
+      { offset: 0, data: a },
+      { offset: 4 * BS, zeroBytes: 8 * BS },
+      { offset: 63 * BS, data: b },
+    ]);
     const v = await verifyStream(memorySource(buf));
     expect(v).toMatchObject({ extentCount: 3, totalBytes: 12 * BS, dataBytes: 4 * BS, streamBytes: buf.length });
     expect(v.header).toEqual(header());
@@ -63,7 +67,11 @@ describe('stream format v1', () => {
 
   it('every single-bit flip anywhere in the stream is refused (every byte is covered by a checksum)', async () => {
     const rnd = prng(11);
-    const buf = await build(header(), [{ offset: BS, data: randomBuffer(rnd, 2 * BS) }, { offset: 8 * BS, zeroBytes: BS }, { offset: 10 * BS, data: randomBuffer(rnd, BS) }]);
+    const buf = await build(header(), [
+      { offset: BS, data: randomBuffer(rnd, 2 * BS) },
+      { offset: 8 * BS, zeroBytes: BS },
+      { offset: 10 * BS, data: randomBuffer(rnd, BS) },
+    ]);
     expect(await refusal(buf)).toBe('ACCEPTED');
     const accepted: string[] = [];
     const codes = new Set<string>();
@@ -83,7 +91,10 @@ describe('stream format v1', () => {
 
   it('every truncation and any trailing byte is refused', async () => {
     const rnd = prng(12);
-    const buf = await build(header('full'), [{ offset: 0, data: randomBuffer(rnd, BS) }, { offset: 2 * BS, data: randomBuffer(rnd, 2 * BS) }]);
+    const buf = await build(header('full'), [
+      { offset: 0, data: randomBuffer(rnd, BS) },
+      { offset: 2 * BS, data: randomBuffer(rnd, 2 * BS) },
+    ]);
     for (let cut = 0; cut < buf.length; cut++) {
       const code = await refusal(buf.subarray(0, cut));
       expect(['STREAM_CORRUPT', 'NOT_A_STREAM'], `cut at ${cut}`).toContain(code);
@@ -95,7 +106,10 @@ describe('stream format v1', () => {
     const rnd = prng(13);
     const d1 = randomBuffer(rnd, BS);
     const d2 = randomBuffer(rnd, BS);
-    const s1 = await build(header(), [{ offset: 0, data: d1 }, { offset: 2 * BS, data: d2 }]);
+    const s1 = await build(header(), [
+      { offset: 0, data: d1 },
+      { offset: 2 * BS, data: d2 },
+    ]);
     const v1 = await verifyStream(memorySource(s1));
     const [h, r0, r1, trailer] = [
       s1.subarray(0, v1.extentOffsets[0]),
@@ -107,7 +121,10 @@ describe('stream format v1', () => {
     expect(await refusal(Buffer.concat([h!, r0!, trailer!]))).toBe('STREAM_CORRUPT'); // one dropped
     // Same extents under another header (another source): its trailer does not chain to this header.
     const other = { ...header(), source: { ...header().source, snapshotId: 9 } };
-    const s2 = await build(other, [{ offset: 0, data: d1 }, { offset: 2 * BS, data: d2 }]);
+    const s2 = await build(other, [
+      { offset: 0, data: d1 },
+      { offset: 2 * BS, data: d2 },
+    ]);
     const h2 = s2.subarray(0, (await verifyStream(memorySource(s2))).extentOffsets[0]);
     expect(await refusal(Buffer.concat([h2, r0!, r1!, trailer!]))).toBe('STREAM_CORRUPT');
   });

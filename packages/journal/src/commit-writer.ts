@@ -163,7 +163,10 @@ export class CommitWriter {
     } catch (err) {
       s.abort(err);
       if (phase === 'flush') {
-        throw new OutcomeUnknownError(`transaction ${tx.sequence} was written to ${s.device.name} but its flush failed: it may or may not be durable`, { cause: err, details: { sequence: tx.sequence } });
+        throw new OutcomeUnknownError(`transaction ${tx.sequence} was written to ${s.device.name} but its flush failed: it may or may not be durable`, {
+          cause: err,
+          details: { sequence: tx.sequence },
+        });
       }
       if (phase === 'apply') throw new JournalApplyError(tx.sequence, err);
       throw err;

@@ -36,7 +36,11 @@ export const DECISION_TABLE: ReadonlyArray<{ rule: string; when: (p: BlockPatter
   { rule: 'sequence differs from the expected one (stale block of an older pass)', when: (p) => p.hasHeader && !p.sequenceMatches, action: 'end-of-log' },
   { rule: 'unknown block type', when: (p) => p.hasHeader && p.sequenceMatches && p.type === 'unknown', action: 'end-of-log' },
   { rule: 'tail checksum mismatch (torn or corrupt block)', when: (p) => p.hasHeader && p.sequenceMatches && p.type !== 'unknown' && !p.tailChecksumOk, action: 'end-of-log' },
-  { rule: 'block vouches for data that does not match (torn image, payload or commit)', when: (p) => p.hasHeader && p.sequenceMatches && p.type !== 'unknown' && p.tailChecksumOk && !p.bodyOk, action: 'end-of-log' },
+  {
+    rule: 'block vouches for data that does not match (torn image, payload or commit)',
+    when: (p) => p.hasHeader && p.sequenceMatches && p.type !== 'unknown' && p.tailChecksumOk && !p.bodyOk,
+    action: 'end-of-log',
+  },
   { rule: 'valid descriptor', when: (p) => p.hasHeader && p.sequenceMatches && p.type === 'descriptor' && p.tailChecksumOk && p.bodyOk, action: 'take-descriptor' },
   { rule: 'valid revoke block', when: (p) => p.hasHeader && p.sequenceMatches && p.type === 'revoke' && p.tailChecksumOk && p.bodyOk, action: 'take-revoke' },
   { rule: 'valid records block', when: (p) => p.hasHeader && p.sequenceMatches && p.type === 'records' && p.tailChecksumOk && p.bodyOk, action: 'take-records' },

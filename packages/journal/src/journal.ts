@@ -114,7 +114,10 @@ export class Journal implements HandleOwner {
   private readonly checkpointer: Checkpoint;
   private readonly writer: CommitWriter;
 
-  private constructor(private readonly state: LogState, options: JournalOpenOptions) {
+  private constructor(
+    private readonly state: LogState,
+    options: JournalOpenOptions,
+  ) {
     this.blockSizeBytes = state.blockSizeBytes;
     this.lengthBlocks = state.lengthBlocks;
     this.stats = state.stats;

@@ -40,9 +40,7 @@ export interface TransactionVisitor {
   records?(payload: Buffer, count: number): void;
 }
 
-export type WalkResult =
-  | { committed: true; blocks: number; nextBlock: number; records: number; images: number }
-  | { committed: false; stopReason: string };
+export type WalkResult = { committed: true; blocks: number; nextBlock: number; records: number; images: number } | { committed: false; stopReason: string };
 
 /**
  * Where the passes assemble record payloads: regions of one buffer, handed

@@ -70,7 +70,12 @@ export class Handle {
   private finished = false;
 
   /** @internal use `Journal.start`. */
-  constructor(private readonly owner: HandleOwner, readonly credits: number, readonly reservedBlocks: number, private readonly blockBytes: number) {}
+  constructor(
+    private readonly owner: HandleOwner,
+    readonly credits: number,
+    readonly reservedBlocks: number,
+    private readonly blockBytes: number,
+  ) {}
 
   private take(): void {
     assert(!this.finished, 'log on a finished handle');

@@ -130,7 +130,13 @@ describe('golden journals recover to the exact expected state', () => {
   it('revoke across transactions: an image in a transaction ≤ the revoke is not replayed; a later one is', async () => {
     const blocks = [
       ...txBlocks({ sequence: 7, images: [img(5, 0x51), img(6, 0x61)] }),
-      ...txBlocks({ sequence: 8, revokes: [{ target: 0, homeBlock: 5 }, { target: 0, homeBlock: 6 }] }),
+      ...txBlocks({
+        sequence: 8,
+        revokes: [
+          { target: 0, homeBlock: 5 },
+          { target: 0, homeBlock: 6 },
+        ],
+      }),
       ...txBlocks({ sequence: 9, images: [img(6, 0x62)] }),
     ];
     const r = await recover(journalFile({ block: FIRST, sequence: 7 }, blocks));

@@ -100,12 +100,17 @@ describe('journal: commit and recovery', () => {
     const h = await journal.start(1);
     h.logImage(5, 1, image(1));
     await h.commit();
-    await expect(Journal.open(log.crash(() => 'drop'), { targets: new Map([[0, home]]), replay: async () => undefined })).rejects.toMatchObject({ code: 'JOURNAL_CORRUPT' });
+    await expect(
+      Journal.open(
+        log.crash(() => 'drop'),
+        { targets: new Map([[0, home]]), replay: async () => undefined },
+      ),
+    ).rejects.toMatchObject({ code: 'JOURNAL_CORRUPT' });
   });
 });
 
 describe('stable buffers (seed 000): what a commit writes cannot change after the log call', () => {
-  it('mutating the caller\'s record and image buffers after logging changes nothing in the journal', async () => {
+  it("mutating the caller's record and image buffers after logging changes nothing in the journal", async () => {
     const { journal } = await open();
     const data = Buffer.alloc(64, 0xaa);
     const img = image(0x11);
@@ -379,7 +384,7 @@ describe('commit triggers', () => {
 });
 
 describe('regressions', () => {
-  it('an image and a later handle\'s revoke of the same block in one transaction: the revoke wins in the cache, at checkpoint and at recovery alike', async () => {
+  it("an image and a later handle's revoke of the same block in one transaction: the revoke wins in the cache, at checkpoint and at recovery alike", async () => {
     const { journal } = await open(log, { commitIntervalMs: 60_000 });
     const h1 = await journal.start(1);
     h1.logImage(0, 3, image(0x31));

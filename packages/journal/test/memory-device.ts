@@ -24,7 +24,10 @@ export class MemoryDevice implements BlockDevice {
   before: ((op: 'write' | 'sync', offsetBytes: number, lengthBytes: number) => Promise<void>) | undefined;
   private readonly ops = new OpsInFlight(() => this.name);
 
-  constructor(readonly name: string, initial: Buffer = Buffer.alloc(0)) {
+  constructor(
+    readonly name: string,
+    initial: Buffer = Buffer.alloc(0),
+  ) {
     this.durable = Buffer.from(initial);
     this.current = Buffer.from(initial);
   }

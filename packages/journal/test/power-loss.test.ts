@@ -221,7 +221,10 @@ describe('journal power loss: every crash point, torn and garbled writes', () =>
           // A second recovery over the recovered state (no checkpoint happened) gives the same state.
           const homeAfter = crashedHome.snapshot();
           const again = await recover(crashedLog.clone(), crashedHome.clone());
-          expect(again.map((t) => t.sequence), `${where}: second recovery`).toEqual(replayed.map((t) => t.sequence));
+          expect(
+            again.map((t) => t.sequence),
+            `${where}: second recovery`,
+          ).toEqual(replayed.map((t) => t.sequence));
           const home2 = crashedHome.clone();
           await recover(crashedLog.clone(), home2);
           expect(home2.snapshot().equals(homeAfter), `${where}: second recovery changed home`).toBe(true);

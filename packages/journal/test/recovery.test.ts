@@ -23,7 +23,10 @@ class CountingDevice implements BlockDevice {
   readonly reads: Array<{ offsetBytes: number; lengthBytes: number; into?: ArrayBufferLike }> = [];
   readInto?: (offsetBytes: number, target: Buffer) => Promise<void>;
 
-  constructor(private readonly inner: MemoryDevice, options: { readInto: boolean }) {
+  constructor(
+    private readonly inner: MemoryDevice,
+    options: { readInto: boolean },
+  ) {
     if (options.readInto) {
       this.readInto = async (offsetBytes, target) => {
         this.reads.push({ offsetBytes, lengthBytes: target.length, into: target.buffer });
@@ -98,7 +101,10 @@ async function writeJournal(): Promise<Written> {
   const records = new Map<number, unknown[]>();
   const revoked = new Set<number>();
   for (let i = 0; i < 60; i++) {
-    const recs = [{ i, bin: Buffer.from([i, i + 1, i + 2]) }, { i, text: `transaction ${i} `.repeat(1 + (i % 25)) }];
+    const recs = [
+      { i, bin: Buffer.from([i, i + 1, i + 2]) },
+      { i, text: `transaction ${i} `.repeat(1 + (i % 25)) },
+    ];
     const blocks = [i % HOME_BLOCKS, (i * 5 + 3) % HOME_BLOCKS];
     const h = await journal.start(recs.length + blocks.length + 1);
     for (const r of recs) h.log(r);
@@ -217,7 +223,8 @@ describe('recovery through a bounded read window', () => {
     await Journal.open(w.log.clone(), {
       targets: new Map([[0, new MemoryDevice('home', Buffer.alloc(HOME_BLOCKS * BS))]]),
       replay: async (tx) => {
-        if (late === undefined) late = tx; // never read during its call
+        if (late === undefined)
+          late = tx; // never read during its call
         else kept.push({ sequence: tx.sequence, records: tx.records });
       },
     });
@@ -236,9 +243,9 @@ describe('recovery through a bounded read window', () => {
     block[100]! ^= 0xff;
     await dev.write(victim.startBlock * BS, block);
     const seen: number[] = [];
-    await expect(
-      replayJournal(dev, sb, scan, { image: async () => undefined, transaction: async (tx) => void seen.push(tx.sequence) }, { windowBytes: 2 * BS }),
-    ).rejects.toMatchObject({ code: 'JOURNAL_CORRUPT' });
+    await expect(replayJournal(dev, sb, scan, { image: async () => undefined, transaction: async (tx) => void seen.push(tx.sequence) }, { windowBytes: 2 * BS })).rejects.toMatchObject({
+      code: 'JOURNAL_CORRUPT',
+    });
     expect(seen).toEqual(scan.transactions.slice(0, 3).map((t) => t.sequence));
   });
 });

@@ -81,7 +81,10 @@ describe('repairJournal', () => {
     expect(journal.lastCommittedSequence).toBe(TRANSACTIONS);
     expect(await commitRecords(journal, [{ s: TRANSACTIONS + 1 }])).toBe(TRANSACTIONS + 1);
     await journal.close();
-    const again = await repair(log.crash(() => 'apply'), uuid);
+    const again = await repair(
+      log.crash(() => 'apply'),
+      uuid,
+    );
     expect(again.replayed).toEqual([TRANSACTIONS + 1]);
     expect(again.report.discarded).toEqual([]);
     expect(again.report.newTailSequence).toBe(TRANSACTIONS + 2);

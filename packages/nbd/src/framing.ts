@@ -1,14 +1,5 @@
 import type { ByteQueue } from './byte-queue.js';
-import {
-  KNOWN_CLIENT_FLAGS,
-  MAX_OPTION_BYTES,
-  MAX_PAYLOAD_BYTES,
-  NBD_CMD_WRITE,
-  NBD_OPTS_MAGIC,
-  NBD_REQUEST_MAGIC,
-  OPTION_HEADER_BYTES,
-  REQUEST_HEADER_BYTES,
-} from './constants.js';
+import { KNOWN_CLIENT_FLAGS, MAX_OPTION_BYTES, MAX_PAYLOAD_BYTES, NBD_CMD_WRITE, NBD_OPTS_MAGIC, NBD_REQUEST_MAGIC, OPTION_HEADER_BYTES, REQUEST_HEADER_BYTES } from './constants.js';
 import { NbdFramingError } from './errors.js';
 
 /**

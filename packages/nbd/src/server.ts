@@ -46,7 +46,8 @@ export class NbdServer {
     if (!Number.isSafeInteger(this.maxConnections) || this.maxConnections < 1) throw new InvalidArgumentError(`maxConnections must be a positive integer, got ${this.maxConnections}`);
     this.handshake = { tlsPsk: options.tlsPsk, handshakeTimeoutMs: options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE.handshakeTimeoutMs };
     const timeoutMs = this.handshake.handshakeTimeoutMs;
-    if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > 2 ** 31 - 1) throw new InvalidArgumentError(`handshakeTimeoutMs must be a positive integer (at most 2^31-1), got ${timeoutMs}`);
+    if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > 2 ** 31 - 1)
+      throw new InvalidArgumentError(`handshakeTimeoutMs must be a positive integer (at most 2^31-1), got ${timeoutMs}`);
   }
 
   /**

@@ -21,7 +21,9 @@ const MAX_KEY_FILE_BYTES = 1024 * 1024;
  * default, has its own suites: a PSK from the callback goes with the
  * SHA-256 ones.
  */
-const TLS12_PSK_CIPHERS = ['ECDHE-PSK-CHACHA20-POLY1305', 'ECDHE-PSK-AES256-CBC-SHA384', 'ECDHE-PSK-AES128-CBC-SHA256', 'PSK-AES256-GCM-SHA384', 'PSK-AES128-GCM-SHA256', 'PSK-CHACHA20-POLY1305'].join(':');
+const TLS12_PSK_CIPHERS = ['ECDHE-PSK-CHACHA20-POLY1305', 'ECDHE-PSK-AES256-CBC-SHA384', 'ECDHE-PSK-AES128-CBC-SHA256', 'PSK-AES256-GCM-SHA384', 'PSK-AES128-GCM-SHA256', 'PSK-CHACHA20-POLY1305'].join(
+  ':',
+);
 
 /**
  * Parses psktool's key-file format (the one nbdkit `--tls-psk` and qemu

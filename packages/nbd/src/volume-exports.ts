@@ -102,10 +102,7 @@ export class VolumeExports implements ExportCatalog {
 
   async list(): Promise<ExportListing[]> {
     const snapshots = await this.volume.listSnapshots();
-    return [
-      { name: LIVE_EXPORT, description: this.live.description },
-      ...snapshots.map((s) => ({ name: SNAPSHOT_EXPORT_PREFIX + s.name, description: snapshotDescription(s.name, s.createdAt) })),
-    ];
+    return [{ name: LIVE_EXPORT, description: this.live.description }, ...snapshots.map((s) => ({ name: SNAPSHOT_EXPORT_PREFIX + s.name, description: snapshotDescription(s.name, s.createdAt) }))];
   }
 
   async resolve(name: string): Promise<BlockExport | undefined> {

@@ -68,19 +68,17 @@ function validHandshake(): Buffer {
 /** Random bytes, or a valid handshake with bytes overwritten, cut, or spliced in. */
 const input = fc.oneof(
   fc.uint8Array({ maxLength: 600 }).map((a) => Buffer.from(a)),
-  fc
-    .array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }), fc.integer({ min: 0, max: 2 })), { minLength: 1, maxLength: 8 })
-    .map((mutations) => {
-      let b = validHandshake();
-      for (const [at, value, kind] of mutations) {
-        const i = at % b.length;
-        if (kind === 0) b[i] = value;
-        else if (kind === 1) b = b.subarray(0, i);
-        else b = Buffer.concat([b.subarray(0, i), Buffer.from([value, value, value, value]), b.subarray(i)]);
-        if (b.length === 0) b = validHandshake();
-      }
-      return b;
-    }),
+  fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }), fc.integer({ min: 0, max: 2 })), { minLength: 1, maxLength: 8 }).map((mutations) => {
+    let b = validHandshake();
+    for (const [at, value, kind] of mutations) {
+      const i = at % b.length;
+      if (kind === 0) b[i] = value;
+      else if (kind === 1) b = b.subarray(0, i);
+      else b = Buffer.concat([b.subarray(0, i), Buffer.from([value, value, value, value]), b.subarray(i)]);
+      if (b.length === 0) b = validHandshake();
+    }
+    return b;
+  }),
 );
 
 /** Cuts `bytes` into chunks at the given points. */

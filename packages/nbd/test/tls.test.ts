@@ -100,7 +100,13 @@ describe('STARTTLS with TLS required', () => {
   it('before STARTTLS every option but ABORT is ERR_TLS_REQD, and the connection stays usable; ABORT is acknowledged', async () => {
     const c = await RawClient.connect(socketPath);
     await c.handshake();
-    for (const [option, data] of [[NBD_OPT_LIST, Buffer.alloc(0)], [NBD_OPT_INFO, infoRequest('live', [])], [NBD_OPT_GO, infoRequest('live', [])], [NBD_OPT_STRUCTURED_REPLY, Buffer.alloc(0)], [4242, Buffer.from('x')]] as const) {
+    for (const [option, data] of [
+      [NBD_OPT_LIST, Buffer.alloc(0)],
+      [NBD_OPT_INFO, infoRequest('live', [])],
+      [NBD_OPT_GO, infoRequest('live', [])],
+      [NBD_OPT_STRUCTURED_REPLY, Buffer.alloc(0)],
+      [4242, Buffer.from('x')],
+    ] as const) {
       c.sendOption(option, data);
       const reply = await c.readOptionReply();
       expect([reply.option, reply.type], `option ${option}`).toEqual([option, NBD_REP_ERR_TLS_REQD]);
@@ -120,7 +126,11 @@ describe('STARTTLS with TLS required', () => {
     expect(c.queue.length).toBe(0);
   });
 
-  for (const [version, ciphers] of [['TLSv1.3', undefined], ['TLSv1.2', 'ECDHE-PSK-CHACHA20-POLY1305'], ['TLSv1.2', 'PSK-AES128-GCM-SHA256']] as const) {
+  for (const [version, ciphers] of [
+    ['TLSv1.3', undefined],
+    ['TLSv1.2', 'ECDHE-PSK-CHACHA20-POLY1305'],
+    ['TLSv1.2', 'PSK-AES128-GCM-SHA256'],
+  ] as const) {
     it(`${version} ${ciphers ?? ''}: the option phase goes on inside TLS (a second STARTTLS is ERR_INVALID), then transmission`, async () => {
       const plain = await startTls();
       const c = await plain.startTls('alice', KEY, { minVersion: version, maxVersion: version, ...(ciphers ? { ciphers } : {}) });
@@ -138,7 +148,10 @@ describe('STARTTLS with TLS required', () => {
   }
 
   it('a wrong key or an unknown username fails the TLS handshake and closes; other clients are served', async () => {
-    for (const [identity, key] of [['alice', randomBytes(32)], ['mallory', KEY]] as const) {
+    for (const [identity, key] of [
+      ['alice', randomBytes(32)],
+      ['mallory', KEY],
+    ] as const) {
       const plain = await startTls();
       await expect(plain.startTls(identity, key)).rejects.toThrow();
       await plain.waitClosed();

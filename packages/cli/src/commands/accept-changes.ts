@@ -6,7 +6,7 @@ export default class AcceptChanges extends CowvolCommand {
   static override summary = 'Take a volume file changed outside cowvol as it is now; mark the snapshots that read live blocks suspect';
   static override description = [
     'Writes must go through cowvol. A volume file written, resized, replaced, touched or chmod-ed by another program is refused',
-    'by every command with VOLUME_MODIFIED_OUTSIDE. This command takes the live content as it is now, records the file\'s new',
+    "by every command with VOLUME_MODIFIED_OUTSIDE. This command takes the live content as it is now, records the file's new",
     'identity and change stamps, and marks every snapshot that reads blocks through to the live volume `suspect` (shown by',
     '`snapshot list`, `snapshot info` and `info`): it may read bytes written outside cowvol. A file whose size changed must be',
     'restored to the volume size first (VOLUME_SIZE_MISMATCH). Without a change it does nothing.',

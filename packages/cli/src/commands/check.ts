@@ -16,7 +16,7 @@ export const CHECK_EXIT = { clean: 0, corrupt: 2, leaks: 3, journalRepaired: 4 }
 export type CheckOutput = CheckReport & { journalRepair?: VolumeJournalRepair };
 
 export default class Check extends CowvolCommand {
-  static override summary = 'Check a volume\'s metadata, and with --read-data its store data: leaks versus corruption (exit 0 clean, 2 corruption, 3 leaks only, 1 could not check)';
+  static override summary = "Check a volume's metadata, and with --read-data its store data: leaks versus corruption (exit 0 clean, 2 corruption, 3 leaks only, 1 could not check)";
   static override description = [
     'Rebuilds from every snapshot map which store blocks are in use and compares them with the allocator and the snapshot catalog.',
     'Leaks (store blocks allocated but mapped by no snapshot) are harmless and freed by --repair.',
@@ -35,7 +35,8 @@ export default class Check extends CowvolCommand {
   async run(): Promise<CheckOutput> {
     const { args, flags } = await this.parse(Check);
     const progress = createProgress(flags.progress, 'check', 'blocks');
-    const check = (): Promise<CheckReport> => this.withVolume(args.volume, (v) => v.check({ repair: flags.repair, readData: flags['read-data'], onProgress: (d, t, phase) => progress.update(d, t, phase) }), { readOnly: !flags.repair });
+    const check = (): Promise<CheckReport> =>
+      this.withVolume(args.volume, (v) => v.check({ repair: flags.repair, readData: flags['read-data'], onProgress: (d, t, phase) => progress.update(d, t, phase) }), { readOnly: !flags.repair });
     let journalRepair: VolumeJournalRepair | undefined;
     const report: CheckOutput = await check()
       .catch(async (err: unknown) => {
@@ -53,8 +54,18 @@ export default class Check extends CowvolCommand {
         `${args.volume}: ${report.status === 'clean' ? 'no errors found' : report.status === 'leaks' ? `${report.leakedBlocks} leaked store blocks` : `${report.corruptions.length} corruption(s) found`}`,
         `snapshots ${report.snapshots}, mapped blocks ${report.mappedBlocks}, store high-water ${report.storeHighWaterBlocks}, free ${report.freeBlocks}`,
       ];
-      if (report.dataChecked) lines.push(`store data: ${report.damagedBlocks === 0 ? 'every mapped block verified' : `${report.damagedBlocks} damaged block(s); snapshots affected: ${report.affectedSnapshots.join(', ') || '(none listed)'}`}`);
-      if (report.corruptions.length > 0) lines.push('', table(['KIND', 'PROBLEM'], report.corruptions.map((c) => [c.kind, c.message])));
+      if (report.dataChecked)
+        lines.push(
+          `store data: ${report.damagedBlocks === 0 ? 'every mapped block verified' : `${report.damagedBlocks} damaged block(s); snapshots affected: ${report.affectedSnapshots.join(', ') || '(none listed)'}`}`,
+        );
+      if (report.corruptions.length > 0)
+        lines.push(
+          '',
+          table(
+            ['KIND', 'PROBLEM'],
+            report.corruptions.map((c) => [c.kind, c.message]),
+          ),
+        );
       if (report.leaks.length > 0) lines.push('', `leaked extents: ${report.leaks.map((e) => `${e.startBlock}+${e.lengthBlocks}`).join(', ')}`);
       if (report.repairedBlocks > 0) lines.push(`repaired: freed ${report.repairedBlocks} leaked store blocks`);
       else if (report.status === 'leaks') lines.push('run with --repair to free them');
@@ -93,7 +104,10 @@ function journalRepairLines(r: VolumeJournalRepair): string[] {
     lines.push(`discarded ${r.discarded.length} transaction(s): ${r.discarded.map((d) => d.sequence).join(', ')}`);
     const kept = r.discarded.filter((d) => d.inMetadata).length;
     if (kept > 0) lines.push(`  ${kept} of them had been applied to the metadata, which keeps their changes`);
-    if (r.imagesMayBeLost) lines.push('  journal data mode: their block images (live writes, COW copies) never reached the volume and store files; data they held is lost (snapshot reads of such copies fail with STORE_CORRUPT)');
+    if (r.imagesMayBeLost)
+      lines.push(
+        '  journal data mode: their block images (live writes, COW copies) never reached the volume and store files; data they held is lost (snapshot reads of such copies fail with STORE_CORRUPT)',
+      );
     const images = r.discarded.flatMap((d) => d.images.map((i) => `${d.sequence}:${i.target === 0 ? 'volume' : 'store'}#${i.homeBlock}`));
     if (images.length > 0) lines.push(`  block images discarded (transaction:file#block): ${images.slice(0, 32).join(', ')}${images.length > 32 ? `, … (${images.length} in all)` : ''}`);
   }

@@ -11,8 +11,8 @@ export default class Import extends CowvolCommand {
     'The whole stream is verified first (every checksum, order, trailer): a corrupt stream is refused (STREAM_CORRUPT, naming the',
     'record that failed) and the target is left exactly as it was (a full stream does not even create it). A full stream creates',
     '<volume> with the size and block size of its header. An incremental stream applies only onto a volume whose newest snapshot',
-    'is the stream\'s base (by identity) with nothing written since (else BASE_MISMATCH). The import ends by creating the source',
-    'snapshot\'s name on the target. An interrupted import is continued with --resume (the same stream); stdin is spooled to a',
+    "is the stream's base (by identity) with nothing written since (else BASE_MISMATCH). The import ends by creating the source",
+    "snapshot's name on the target. An interrupted import is continued with --resume (the same stream); stdin is spooled to a",
     'temporary file first.',
   ].join('\n');
   static override examples = [
@@ -25,7 +25,7 @@ export default class Import extends CowvolCommand {
     input: Flags.string({ description: 'stream file, or - for stdin (default: stdin)', helpValue: '<file|->' }),
     resume: Flags.boolean({ description: 'continue an interrupted import of the same stream from what the target already holds' }),
     verify: Flags.boolean({ description: 'after applying, read the new snapshot back and compare it with the stream (VERIFY_FAILED on a difference)' }),
-    'dry-run': Flags.boolean({ description: 'verify the stream and the target\'s preconditions only; change nothing' }),
+    'dry-run': Flags.boolean({ description: "verify the stream and the target's preconditions only; change nothing" }),
     ...progressFlag,
   };
 

@@ -18,16 +18,26 @@ export default class Read extends CowvolCommand {
 
   async run(): Promise<void> {
     const { args, flags } = await this.parse(Read);
-    await this.withVolume(args.volume, async (volume) => {
-      const { offsetBytes, lengthBytes } = resolveRange(flags, volume.sizeBytes);
-      const sink = await openSink(flags.output, await protectedFilesOf(args.volume));
-      const progress = createProgress(flags.progress, 'read');
-      try {
-        await copyOut((o, l) => volume.read(o, l), offsetBytes, lengthBytes, sink, (d, t) => progress.update(d, t));
-      } finally {
-        progress.stop();
-        await sink.close();
-      }
-    }, { readOnly: true });
+    await this.withVolume(
+      args.volume,
+      async (volume) => {
+        const { offsetBytes, lengthBytes } = resolveRange(flags, volume.sizeBytes);
+        const sink = await openSink(flags.output, await protectedFilesOf(args.volume));
+        const progress = createProgress(flags.progress, 'read');
+        try {
+          await copyOut(
+            (o, l) => volume.read(o, l),
+            offsetBytes,
+            lengthBytes,
+            sink,
+            (d, t) => progress.update(d, t),
+          );
+        } finally {
+          progress.stop();
+          await sink.close();
+        }
+      },
+      { readOnly: true },
+    );
   }
 }

@@ -24,7 +24,13 @@ export default class Serve extends CowvolCommand {
     socket: Flags.string({ description: 'unix socket to listen on, created with mode 0600 (default: <volume>.cowvol/nbd.sock)', helpValue: '<path>' }),
     listen: Flags.string({ description: 'also listen on TCP; a non-loopback address needs --tls-psk', helpValue: '<host:port>' }),
     'tls-psk': Flags.string({ description: 'require TLS with the pre-shared keys of this psktool file (username:hexkey lines; a regular file of mode 0600 or stricter)', helpValue: '<file>' }),
-    'handshake-timeout': Flags.integer({ description: 'seconds a client may take from connecting to its first request (TLS handshake included); then it is disconnected', min: 1, max: 86_400, default: 30, helpValue: '<seconds>' }),
+    'handshake-timeout': Flags.integer({
+      description: 'seconds a client may take from connecting to its first request (TLS handshake included); then it is disconnected',
+      min: 1,
+      max: 86_400,
+      default: 30,
+      helpValue: '<seconds>',
+    }),
     'read-only': Flags.boolean({ description: 'serve `live` read-only too', default: false }),
     'max-connections': Flags.integer({ description: 'connections served at once', min: 1, default: 16, helpValue: '<n>' }),
   };

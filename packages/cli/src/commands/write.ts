@@ -62,9 +62,12 @@ export default class Write extends CowvolCommand {
         }
         await volume.flush();
         if (pos < lengthBytes) {
-          throw new IoError(`the input ${input.path} ended after ${pos} of its ${lengthBytes} bytes (it shrank while being read): ${pos} bytes were written at offset ${offsetBytes}, the rest was not`, {
-            details: { path: input.path, role: 'input', writtenBytes: pos, expectedBytes: lengthBytes, offsetBytes },
-          });
+          throw new IoError(
+            `the input ${input.path} ended after ${pos} of its ${lengthBytes} bytes (it shrank while being read): ${pos} bytes were written at offset ${offsetBytes}, the rest was not`,
+            {
+              details: { path: input.path, role: 'input', writtenBytes: pos, expectedBytes: lengthBytes, offsetBytes },
+            },
+          );
         }
       });
       this.say(`wrote ${lengthBytes} bytes at offset ${offsetBytes}`);

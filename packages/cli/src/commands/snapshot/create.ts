@@ -4,7 +4,8 @@ import { CowvolCommand } from '../../base-command.js';
 
 export default class SnapshotCreate extends CowvolCommand {
   static override summary = 'Take a named snapshot of the volume (O(1))';
-  static override description = 'Names are 1-128 characters of A-Z a-z 0-9 . _ : - and unique per volume. Labels are key=value (keys: 1-64 characters of A-Z a-z 0-9 . _ : / -; values: up to 256 characters).';
+  static override description =
+    'Names are 1-128 characters of A-Z a-z 0-9 . _ : - and unique per volume. Labels are key=value (keys: 1-64 characters of A-Z a-z 0-9 . _ : / -; values: up to 256 characters).';
   static override examples = ['<%= config.bin %> snapshot create vol.img nightly-2026-11-21', '<%= config.bin %> snapshot create vol.img nightly-2026-11-21 --label kind=nightly --label host=db1'];
   static override args = {
     volume: Args.string({ description: 'path of the volume file', required: true }),

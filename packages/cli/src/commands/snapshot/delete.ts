@@ -62,40 +62,59 @@ export default class SnapshotDelete extends CowvolCommand {
 
     const single = names.length === 1 && !flags['dry-run'];
     try {
-      return await this.withVolume(args.volume, async (volume) => {
-        if (single) {
-          // Unchanged single-name contract.
-          const [r] = (await volume.deleteSnapshots(names, { onProgress: (d, t) => progress.update(d, t) })).deleted;
-          this.say(`deleted snapshot ${r!.name}: ${r!.freedBlocks} blocks freed, ${r!.handedOverBlocks} handed over to the next older snapshot${r!.unfinished ? ' (the rest finishes at the next open)' : ''}`);
-          return { name: r!.name, freedBlocks: r!.freedBlocks, handedOverBlocks: r!.handedOverBlocks, ...(r!.unfinished ? { unfinished: true } : {}) };
-        }
-        let chosen = names;
-        let skippedHeld: string[] = [];
-        if (filtered) ({ chosen, skippedHeld } = select(await volume.listSnapshots(), { olderThanMs, labels, keepNewest: flags['keep-newest'] }));
-        let plan: DeletePlan | undefined;
-        let json: MultiDeleteJson;
-        if (flags['dry-run']) {
-          plan = await volume.planDelete(chosen);
-          json = { dryRun: true, deleted: plan.snapshots.map(({ name, freedBlocks, freedBytes, handedOverBlocks }) => ({ name, freedBlocks, freedBytes, handedOverBlocks })), skippedHeld, freedBlocks: plan.freedBlocks, freedBytes: plan.freedBytes, handedOverBlocks: plan.handedOverBlocks };
-        } else {
-          const r = await volume.deleteSnapshots(chosen, { onProgress: (d, t) => progress.update(d, t) });
-          const bs = volume.blockSizeBytes;
-          json = {
-            dryRun: false,
-            deleted: r.deleted.map((d) => ({ name: d.name, freedBlocks: d.freedBlocks, freedBytes: d.freedBlocks * bs, handedOverBlocks: d.handedOverBlocks, ...(d.unfinished ? { unfinished: true } : {}) })),
-            skippedHeld,
-            freedBlocks: r.freedBlocks,
-            freedBytes: r.freedBytes,
-            handedOverBlocks: r.handedOverBlocks,
-          };
-        }
-        const verb = json.dryRun ? 'would delete' : 'deleted';
-        const lines = json.deleted.map((d) => `${verb} ${d.name}: frees ${human(d.freedBytes)} (${d.freedBlocks} blocks), ${d.handedOverBlocks} blocks handed over`);
-        lines.push(`${json.dryRun ? 'would free' : 'freed'} ${json.freedBytes} bytes (${human(json.freedBytes)}) in all${json.deleted.length === 0 ? ' (nothing matched)' : ''}`);
-        if (skippedHeld.length > 0) lines.push(`skipped held: ${skippedHeld.join(', ')}`);
-        this.say(lines.join('\n'));
-        return json;
-      }, flags['dry-run'] ? { readOnly: true } : { releaseReserve: true });
+      return await this.withVolume(
+        args.volume,
+        async (volume) => {
+          if (single) {
+            // Unchanged single-name contract.
+            const [r] = (await volume.deleteSnapshots(names, { onProgress: (d, t) => progress.update(d, t) })).deleted;
+            this.say(
+              `deleted snapshot ${r!.name}: ${r!.freedBlocks} blocks freed, ${r!.handedOverBlocks} handed over to the next older snapshot${r!.unfinished ? ' (the rest finishes at the next open)' : ''}`,
+            );
+            return { name: r!.name, freedBlocks: r!.freedBlocks, handedOverBlocks: r!.handedOverBlocks, ...(r!.unfinished ? { unfinished: true } : {}) };
+          }
+          let chosen = names;
+          let skippedHeld: string[] = [];
+          if (filtered) ({ chosen, skippedHeld } = select(await volume.listSnapshots(), { olderThanMs, labels, keepNewest: flags['keep-newest'] }));
+          let plan: DeletePlan | undefined;
+          let json: MultiDeleteJson;
+          if (flags['dry-run']) {
+            plan = await volume.planDelete(chosen);
+            json = {
+              dryRun: true,
+              deleted: plan.snapshots.map(({ name, freedBlocks, freedBytes, handedOverBlocks }) => ({ name, freedBlocks, freedBytes, handedOverBlocks })),
+              skippedHeld,
+              freedBlocks: plan.freedBlocks,
+              freedBytes: plan.freedBytes,
+              handedOverBlocks: plan.handedOverBlocks,
+            };
+          } else {
+            const r = await volume.deleteSnapshots(chosen, { onProgress: (d, t) => progress.update(d, t) });
+            const bs = volume.blockSizeBytes;
+            json = {
+              dryRun: false,
+              deleted: r.deleted.map((d) => ({
+                name: d.name,
+                freedBlocks: d.freedBlocks,
+                freedBytes: d.freedBlocks * bs,
+                handedOverBlocks: d.handedOverBlocks,
+                ...(d.unfinished ? { unfinished: true } : {}),
+              })),
+              skippedHeld,
+              freedBlocks: r.freedBlocks,
+              freedBytes: r.freedBytes,
+              handedOverBlocks: r.handedOverBlocks,
+            };
+          }
+          const verb = json.dryRun ? 'would delete' : 'deleted';
+          const lines = json.deleted.map((d) => `${verb} ${d.name}: frees ${human(d.freedBytes)} (${d.freedBlocks} blocks), ${d.handedOverBlocks} blocks handed over`);
+          lines.push(`${json.dryRun ? 'would free' : 'freed'} ${json.freedBytes} bytes (${human(json.freedBytes)}) in all${json.deleted.length === 0 ? ' (nothing matched)' : ''}`);
+          if (skippedHeld.length > 0) lines.push(`skipped held: ${skippedHeld.join(', ')}`);
+          this.say(lines.join('\n'));
+          return json;
+        },
+        flags['dry-run'] ? { readOnly: true } : { releaseReserve: true },
+      );
     } finally {
       progress.stop();
     }

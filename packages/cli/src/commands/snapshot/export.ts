@@ -32,28 +32,32 @@ export default class SnapshotExport extends CowvolCommand {
     const { args, flags } = await this.parse(SnapshotExport);
     if (flags.output === '-' && this.jsonEnabled()) throw new InvalidArgumentError('--json needs --output <file>: with --output - stdout carries the stream');
     const progress = createProgress(flags.progress, 'export');
-    const result = await this.withVolume(args.volume, async (volume) => {
-      // Check the names before creating the output.
-      const names = new Set((await volume.listSnapshots()).map((s) => s.name));
-      for (const n of [args.name, flags.since]) if (n !== undefined && !names.has(n)) throw new SnapshotNotFoundError(n);
-      if (flags.output === '-') {
-        const sink = openStdoutSink();
-        try {
-          return await exportSnapshot(volume, args.name, (b) => sink.write(b), { ...(flags.since ? { since: flags.since } : {}), onProgress: (d, t) => progress.update(d, t) });
-        } finally {
-          await sink.close();
+    const result = await this.withVolume(
+      args.volume,
+      async (volume) => {
+        // Check the names before creating the output.
+        const names = new Set((await volume.listSnapshots()).map((s) => s.name));
+        for (const n of [args.name, flags.since]) if (n !== undefined && !names.has(n)) throw new SnapshotNotFoundError(n);
+        if (flags.output === '-') {
+          const sink = openStdoutSink();
+          try {
+            return await exportSnapshot(volume, args.name, (b) => sink.write(b), { ...(flags.since ? { since: flags.since } : {}), onProgress: (d, t) => progress.update(d, t) });
+          } finally {
+            await sink.close();
+          }
         }
-      }
-      const sink = await openAtomicFileSink(flags.output, await protectedFilesOf(args.volume));
-      try {
-        const r = await exportSnapshot(volume, args.name, (b) => sink.write(b), { ...(flags.since ? { since: flags.since } : {}), onProgress: (d, t) => progress.update(d, t) });
-        await sink.commit();
-        return r;
-      } catch (err) {
-        await sink.abort();
-        throw err;
-      }
-    }, { readOnly: true }).finally(() => progress.stop());
+        const sink = await openAtomicFileSink(flags.output, await protectedFilesOf(args.volume));
+        try {
+          const r = await exportSnapshot(volume, args.name, (b) => sink.write(b), { ...(flags.since ? { since: flags.since } : {}), onProgress: (d, t) => progress.update(d, t) });
+          await sink.commit();
+          return r;
+        } catch (err) {
+          await sink.abort();
+          throw err;
+        }
+      },
+      { readOnly: true },
+    ).finally(() => progress.stop());
     if (flags.output !== '-') {
       this.say(
         `exported ${result.kind} stream of ${result.name}${result.since ? ` since ${result.since}` : ''} to ${flags.output}: ` +

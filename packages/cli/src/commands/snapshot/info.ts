@@ -13,12 +13,16 @@ export default class SnapshotInfoCommand extends CowvolCommand {
 
   async run(): Promise<SnapshotWithSpace & { identity: SnapshotIdentity }> {
     const { args } = await this.parse(SnapshotInfoCommand);
-    const result = await this.withVolume(args.volume, async (v) => {
-      const snap = (await v.listSnapshots()).find((s) => s.name === args.name);
-      if (!snap) throw new SnapshotNotFoundError(args.name);
-      const [row] = withSpace([snap], await v.spaceUsage());
-      return { ...row!, identity: await v.snapshotIdentity(args.name) };
-    }, { readOnly: true });
+    const result = await this.withVolume(
+      args.volume,
+      async (v) => {
+        const snap = (await v.listSnapshots()).find((s) => s.name === args.name);
+        if (!snap) throw new SnapshotNotFoundError(args.name);
+        const [row] = withSpace([snap], await v.spaceUsage());
+        return { ...row!, identity: await v.snapshotIdentity(args.name) };
+      },
+      { readOnly: true },
+    );
     this.say(
       [
         `name:        ${result.name}`,

@@ -6,7 +6,7 @@ import { snapshotTable, storeLine, withSpace, type SnapshotWithSpace } from '../
 export default class SnapshotList extends CowvolCommand {
   static override summary = 'List snapshots, oldest first: name, createdAt, store space owned, space deleting it would free, hold, labels';
   static override description = [
-    'OWNED is the store space the snapshot\'s own copies take. FREES is what deleting it alone would free:',
+    "OWNED is the store space the snapshot's own copies take. FREES is what deleting it alone would free:",
     'blocks its older neighbour read through to are handed over to that neighbour and free nothing.',
   ].join('\n');
   static override examples = ['<%= config.bin %> snapshot list vol.img', '<%= config.bin %> snapshot list vol.img --json'];

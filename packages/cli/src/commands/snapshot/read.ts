@@ -22,18 +22,28 @@ export default class SnapshotRead extends CowvolCommand {
 
   async run(): Promise<void> {
     const { args, flags } = await this.parse(SnapshotRead);
-    await this.withVolume(args.volume, async (volume) => {
-      // Check the name before creating the output file.
-      if (!(await volume.listSnapshots()).some((s) => s.name === args.name)) throw new SnapshotNotFoundError(args.name);
-      const { offsetBytes, lengthBytes } = resolveRange(flags, volume.sizeBytes);
-      const sink = await openSink(flags.output, await protectedFilesOf(args.volume));
-      const progress = createProgress(flags.progress, 'snapshot read');
-      try {
-        await copyOut((o, l) => volume.readSnapshot(args.name, o, l), offsetBytes, lengthBytes, sink, (d, t) => progress.update(d, t));
-      } finally {
-        progress.stop();
-        await sink.close();
-      }
-    }, { readOnly: true });
+    await this.withVolume(
+      args.volume,
+      async (volume) => {
+        // Check the name before creating the output file.
+        if (!(await volume.listSnapshots()).some((s) => s.name === args.name)) throw new SnapshotNotFoundError(args.name);
+        const { offsetBytes, lengthBytes } = resolveRange(flags, volume.sizeBytes);
+        const sink = await openSink(flags.output, await protectedFilesOf(args.volume));
+        const progress = createProgress(flags.progress, 'snapshot read');
+        try {
+          await copyOut(
+            (o, l) => volume.readSnapshot(args.name, o, l),
+            offsetBytes,
+            lengthBytes,
+            sink,
+            (d, t) => progress.update(d, t),
+          );
+        } finally {
+          progress.stop();
+          await sink.close();
+        }
+      },
+      { readOnly: true },
+    );
   }
 }
