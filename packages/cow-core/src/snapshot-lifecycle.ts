@@ -3,7 +3,6 @@ import { blockExtents } from './extent-runs.js';
 import { SnapshotExistsError, SnapshotHeldError, SnapshotLimitError, SnapshotNotFoundError } from './errors.js';
 import { MAX_SNAPSHOTS, TARGET_STORE } from './layout.js';
 import { SCHEMA_VERSION, type SnapshotRecord } from './metadata.js';
-import type { Extent } from './allocator.js';
 import { SnapshotMap, type MapEntry } from './snapshot-map.js';
 import type { MetaRecord } from './committed-metadata.js';
 import { rebindStoreCrc } from './store-crc.js';
