@@ -1,6 +1,7 @@
 import { type BlockDevice, assert } from '@cowvol/base';
 import { Mutex } from 'async-mutex';
-import { encodeSuperblock, slotOffset } from './format.js';
+import { encodeSuperblock, revokeKey, slotOffset, type Revocation } from './format.js';
+import type { CachedImage } from './image-cache.js';
 import type { LogState } from './log-state.js';
 
 /** What the checkpoint needs besides the journal's state. */
@@ -14,15 +15,31 @@ export interface CheckpointOptions {
   readOnly: boolean;
 }
 
+/** The one home write a checkpoint has in flight. */
+interface HomeWrite {
+  key: string;
+  /** Settles (never rejects) when the write has reached the device. */
+  settled: Promise<void>;
+}
+
 /**
  * The checkpoint (jbd2 `jbd2_log_do_checkpoint`; docs/ARCHITECTURE.md §5.3):
  * writes the newest images of every applied transaction home, syncs the
  * homes, runs the owner's `beforeTailMove`, then moves the tail (superblock
  * write and sync), freeing their log space. One at a time; a failure aborts
  * the journal.
+ *
+ * A block revoked (or imaged anew) while the checkpoint runs leaves it, as
+ * a revoked buffer leaves jbd2's checkpoint list: each home write is issued
+ * only if the image cache still holds the captured entry, in the same
+ * synchronous step as that test, and a commit that revokes the block of the
+ * one write in flight waits for it before it resolves
+ * ({@link Checkpoint.homeWriteSettled}). So no captured image lands over a
+ * write the owner makes to a revoked block after the revoke committed.
  */
 export class Checkpoint {
   private readonly lock = new Mutex();
+  private inFlight: HomeWrite | undefined;
 
   constructor(
     private readonly state: LogState,
@@ -46,6 +63,24 @@ export class Checkpoint {
     }
   }
 
+  /**
+   * The home write in flight, if its block is among `revokes`: a commit that
+   * publishes those revokes waits for it before its handles' commits
+   * resolve, so the owner's writes to the revoked blocks land after it
+   * (docs/ARCHITECTURE.md §5.3). Undefined when there is nothing to wait for.
+   * The promise never rejects: a failed write aborts the journal through the checkpoint.
+   */
+  homeWriteSettled(revokes: readonly Revocation[]): Promise<void> | undefined {
+    const w = this.inFlight;
+    if (w === undefined || !revokes.some((r) => revokeKey(r.target, r.homeBlock) === w.key)) return undefined;
+    return w.settled;
+  }
+
+  /** True while a home write of one of `revokes`' blocks is in flight (must never be, once a revoking commit waited: §5.3). */
+  isWritingHome(revokes: readonly Revocation[]): boolean {
+    return this.homeWriteSettled(revokes) !== undefined;
+  }
+
   /** Resolves once no checkpoint runs. */
   waitIdle(): Promise<void> {
     return this.lock.waitForUnlock();
@@ -63,10 +98,8 @@ export class Checkpoint {
       const captured = s.images.capture(n);
       const homes = new Set<BlockDevice>();
       for (const e of captured) {
-        const home = this.options.targets.get(e.target);
-        assert(home !== undefined, `no home device for target ${e.target}`);
-        await home.write(e.homeBlock * s.blockSizeBytes, e.data);
-        homes.add(home);
+        const home = await this.writeHome(e);
+        if (home) homes.add(home);
       }
       for (const home of homes) await home.sync();
       await this.options.beforeTailMove(n);
@@ -78,6 +111,30 @@ export class Checkpoint {
       throw err;
     }
     s.wakeSpaceWaiters();
+  }
+
+  /**
+   * Writes one captured image home, unless the cache no longer holds it
+   * (revoked or replaced since the capture: the newer state is in the log
+   * after `n`, or the block is the owner's again). The test and the issue
+   * of the write are one synchronous step, and the write is published as
+   * in flight in that step too (docs/ARCHITECTURE.md §5.3).
+   * @returns the home device written, or undefined when skipped
+   */
+  private async writeHome(e: CachedImage): Promise<BlockDevice | undefined> {
+    const s = this.state;
+    if (!s.images.holds(e)) return undefined;
+    const home = this.options.targets.get(e.target);
+    assert(home !== undefined, `no home device for target ${e.target}`);
+    assert(this.inFlight === undefined, 'two checkpoint home writes in flight');
+    const write = home.write(e.homeBlock * s.blockSizeBytes, e.data);
+    this.inFlight = { key: revokeKey(e.target, e.homeBlock), settled: write.then(noop, noop) };
+    try {
+      await write;
+    } finally {
+      this.inFlight = undefined;
+    }
+    return home;
   }
 
   /** Writes and syncs the superblock whose tail is the first transaction after `n`, then frees the log space of those ≤ `n`. */
@@ -100,4 +157,8 @@ export class Checkpoint {
     s.tailBlock = tailBlock;
     s.tailSequence = tailSequence;
   }
+}
+
+function noop(): void {
+  // A settled promise's value is not needed.
 }

@@ -51,9 +51,9 @@ export class CommitWriter {
       this.queue.push(handle);
       this.queuedBlocks += handle.reservedBlocks;
       if (force || this.queuedBlocks > this.state.dataBlocks / 8) this.kick();
-      else if (!this.commitTimer) {
+      else {
         // Not unref'd: a process waiting on a stopped handle stays alive until it commits.
-        this.commitTimer = setTimeout(() => this.kick(), this.commitIntervalMs);
+        this.commitTimer ??= setTimeout(() => this.kick(), this.commitIntervalMs);
       }
     });
   }
@@ -220,6 +220,11 @@ export class CommitWriter {
     for (const h of tx.handles) s.releaseReserved(h.reservedBlocks);
     // The cache now holds the newest image of each block; revokes drop older ones.
     s.images.publish(tx.sequence, encoded.images, encoded.revokes);
+    // A checkpoint home write of a block revoked here lands before this commit
+    // resolves, so never over the owner's own later write of it (§5.3).
+    const inFlight = this.checkpoint.homeWriteSettled(encoded.revokes);
+    if (inFlight) await inFlight;
+    assert(!this.checkpoint.isWritingHome(encoded.revokes), `transaction ${tx.sequence}: a checkpoint still writes a block it revoked`);
     s.stats.commits += 1;
     s.stats.handles += tx.handles.length;
     // The home sees exactly what recovery would replay: decode the committed bytes.

@@ -35,6 +35,15 @@ export class ImageCache {
     return captured.sort((a, b) => a.target - b.target || a.homeBlock - b.homeBlock);
   }
 
+  /**
+   * True while `captured` is still the newest image of its home block: not
+   * revoked and not replaced since it was captured (jbd2: the buffer is
+   * still on the checkpoint list). docs/ARCHITECTURE.md §5.3.
+   */
+  holds(captured: CachedImage): boolean {
+    return this.entries.get(revokeKey(captured.target, captured.homeBlock)) === captured;
+  }
+
   /** Drops captured entries that are home now, unless a newer image replaced them meanwhile. */
   forget(captured: readonly CachedImage[]): void {
     for (const e of captured) {

@@ -4,6 +4,17 @@ import { OpsInFlight } from '@cowvol/base/conformance';
 /** A pending (unsynced) write or truncate. */
 type Pending = { kind: 'write'; offsetBytes: number; data: Buffer } | { kind: 'truncate'; sizeBytes: number };
 
+/** How a MemoryDevice schedules its I/O. */
+export interface MemoryDeviceOptions {
+  /**
+   * Each read, write, sync and truncate first yields to the event loop (one
+   * `setImmediate`), as a real device does, so concurrent callers interleave
+   * between I/Os. Default false: an I/O completes in the microtask that
+   * issued it (after `before`).
+   */
+  yieldEachIo?: boolean;
+}
+
 /**
  * An in-memory block device with a volatile write cache, for power-loss
  * tests at the journal level (the same BlockDevice interface production
@@ -24,17 +35,26 @@ export class MemoryDevice implements BlockDevice {
   before: ((op: 'write' | 'sync', offsetBytes: number, lengthBytes: number) => Promise<void>) | undefined;
   private readonly ops = new OpsInFlight(() => this.name);
 
+  private readonly yieldEachIo: boolean;
+
   constructor(
     readonly name: string,
     initial: Buffer = Buffer.alloc(0),
+    options: MemoryDeviceOptions = {},
   ) {
     this.durable = Buffer.from(initial);
     this.current = Buffer.from(initial);
+    this.yieldEachIo = options.yieldEachIo === true;
+  }
+
+  private async yieldIo(): Promise<void> {
+    if (this.yieldEachIo) await new Promise<void>((resolve) => setImmediate(resolve));
   }
 
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.ops.begin('read', offsetBytes, lengthBytes);
     try {
+      await this.yieldIo();
       const out = Buffer.alloc(lengthBytes);
       if (offsetBytes < this.current.length) this.current.copy(out, 0, offsetBytes, Math.min(this.current.length, offsetBytes + lengthBytes));
       return out;
@@ -50,6 +70,7 @@ export class MemoryDevice implements BlockDevice {
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
     this.ops.begin('write', offsetBytes, data.length);
     try {
+      await this.yieldIo();
       await this.before?.('write', offsetBytes, data.length);
       this.current = put(this.current, offsetBytes, Buffer.from(data));
       this.pending.push({ kind: 'write', offsetBytes, data: Buffer.from(data) });
@@ -61,6 +82,7 @@ export class MemoryDevice implements BlockDevice {
   async sync(): Promise<void> {
     this.ops.begin('sync', 0, 0);
     try {
+      await this.yieldIo();
       await this.before?.('sync', 0, 0);
       if (this.failSyncs) throw new IoError(`${this.name}: injected sync failure`);
       this.syncs += 1;
@@ -79,9 +101,13 @@ export class MemoryDevice implements BlockDevice {
 
   async truncate(sizeBytes: number): Promise<void> {
     this.ops.begin('truncate', sizeBytes, 0);
-    this.current = resize(this.current, sizeBytes);
-    this.pending.push({ kind: 'truncate', sizeBytes });
-    this.ops.end();
+    try {
+      await this.yieldIo();
+      this.current = resize(this.current, sizeBytes);
+      this.pending.push({ kind: 'truncate', sizeBytes });
+    } finally {
+      this.ops.end();
+    }
   }
 
   close(): Promise<void> {
@@ -120,12 +146,12 @@ export class MemoryDevice implements BlockDevice {
         img = put(img, p.offsetBytes, data);
       }
     });
-    return new MemoryDevice(this.name, img);
+    return new MemoryDevice(this.name, img, { yieldEachIo: this.yieldEachIo });
   }
 
   /** A copy of this device's current image as a fresh durable device. */
   clone(): MemoryDevice {
-    return new MemoryDevice(this.name, this.current);
+    return new MemoryDevice(this.name, this.current, { yieldEachIo: this.yieldEachIo });
   }
 }
 
