@@ -206,7 +206,7 @@ describe('lock order (seed 001)', () => {
         };
       }
     ).ctx;
-    expect(() => internals.heldBlockLocks.run({ blocks: 1 }, () => internals.startHandle(1))).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+    expect(() => internals.heldBlockLocks.run({ blocks: 1 }, () => internals.startHandle(1))).toThrow(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
     const handle = await internals.heldBlockLocks.run({ blocks: 0 }, () => internals.startHandle(1));
     handle.abandon();
     await v.close();
