@@ -109,7 +109,7 @@ describe('journal: commit and recovery', () => {
   });
 });
 
-describe('stable buffers (seed 000): what a commit writes cannot change after the log call', () => {
+describe('stable buffers: what a commit writes cannot change after the log call', () => {
   it("mutating the caller's record and image buffers after logging changes nothing in the journal", async () => {
     const { journal } = await open();
     const data = Buffer.alloc(64, 0xaa);
@@ -269,7 +269,7 @@ describe('checkpoint', () => {
   });
 });
 
-describe('frozen copies (seed 002): no waiting on blocks under commit or checkpoint I/O', () => {
+describe('frozen copies: no waiting on blocks under commit or checkpoint I/O', () => {
   it('while a commit writing block 3 is stalled, a new handle modifying block 3 logs and stops without waiting for that I/O', async () => {
     const { journal } = await open();
     let release!: () => void;
