@@ -2,8 +2,9 @@
 // Lint for the whole repository (README.md "Development"; what it enforces
 // and why: docs/ARCHITECTURE.md "Lint and format"). TypeScript files are
 // linted with type information: each file's nearest tsconfig.json
-// (packages/*/tsconfig.json for src, packages/*/test/tsconfig.json and
-// test/tsconfig.json for tests) gives its types. Formatting is Prettier's
+// (packages/*/tsconfig.json for src; for tests, packages/*/test,
+// packages/base/test-support and test/ each have one extending
+// tsconfig.tests.json) gives its types. Formatting is Prettier's
 // job (prettier.config.js), so no rule here is about layout.
 import js from '@eslint/js';
 import { defineConfig, globalIgnores } from 'eslint/config';
@@ -50,7 +51,12 @@ export default defineConfig(
         'error',
         {
           patterns: [
-            { group: ['@cowvol/*/*'], message: 'Import a workspace package by its name only (@cowvol/<package>); export what you need from its index.' },
+            // The one subpath a package exports on purpose: @cowvol/base's
+            // BlockDevice conformance suite, which tests of every device run.
+            {
+              group: ['@cowvol/*/*', '!@cowvol/base/conformance', '@cowvol/base/conformance/*'],
+              message: 'Import a workspace package by its name only (@cowvol/<package>) or a subpath its package.json exports (@cowvol/base/conformance); export what you need from its index.',
+            },
             { regex: '^(\\.\\./)+(packages/)?[\\w-]+/(src|dist)(/|$)', message: "Do not reach into another package's src/ or dist/: import @cowvol/<package>." },
           ],
         },
@@ -88,7 +94,7 @@ export default defineConfig(
   // Tests: a wrong `!` fails the test with a TypeError, which is what a test
   // should do, so tests may use it freely (relaxed from strictTypeChecked).
   {
-    files: ['packages/*/test/**/*.ts', 'test/**/*.ts'],
+    files: ['packages/*/test/**/*.ts', 'packages/*/test-support/**/*.ts', 'test/**/*.ts'],
     rules: { '@typescript-eslint/no-non-null-assertion': 'off' },
   },
 

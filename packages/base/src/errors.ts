@@ -1,7 +1,10 @@
 import type { ErrorCode } from './error-codes.js';
 
 /** Options every `CowvolError` takes: the error it wraps and details for `--json` output. */
-export type CowvolErrorOptions = { cause?: unknown; details?: Record<string, unknown> };
+export interface CowvolErrorOptions {
+  cause?: unknown;
+  details?: Record<string, unknown>;
+}
 
 /**
  * Error base shared by every cowvol package (docs/ARCHITECTURE.md §10

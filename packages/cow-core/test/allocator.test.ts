@@ -31,9 +31,9 @@ describe('extent allocator', () => {
     const a = new ExtentAllocator(0);
     a.allocate(4);
     a.free({ startBlock: 1, lengthBlocks: 2 });
-    expect(() => a.free({ startBlock: 2, lengthBlocks: 1 })).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
-    expect(() => a.free({ startBlock: 0, lengthBlocks: 2 })).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
-    expect(() => a.free({ startBlock: 4, lengthBlocks: 1 })).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+    expect(() => a.free({ startBlock: 2, lengthBlocks: 1 })).toThrow(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+    expect(() => a.free({ startBlock: 0, lengthBlocks: 2 })).toThrow(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+    expect(() => a.free({ startBlock: 4, lengthBlocks: 1 })).toThrow(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
   });
 
   it('allocateExact takes one chosen block out of the free space, raising the high-water mark across a gap', () => {
@@ -46,8 +46,8 @@ describe('extent allocator', () => {
       { startBlock: 0, lengthBlocks: 2 },
       { startBlock: 3, lengthBlocks: 2 },
     ]);
-    expect(() => a.allocateExact(2)).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
-    expect(() => a.allocateExact(5)).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+    expect(() => a.allocateExact(2)).toThrow(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+    expect(() => a.allocateExact(5)).toThrow(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
   });
 
   it('the live allocator records no key operations; the committed one does', () => {

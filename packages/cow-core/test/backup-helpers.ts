@@ -88,7 +88,7 @@ export class CountingOpener implements DeviceOpener {
       },
       write: async (o, d) => {
         const n = bump(this.writes);
-        if (this.failWrite && this.failWrite.file === file && this.failWrite.n === n) throw new IoError(`injected failure of write ${n} of ${file}`);
+        if (this.failWrite?.file === file && this.failWrite.n === n) throw new IoError(`injected failure of write ${n} of ${file}`);
         bump(this.writtenBytes, d.length);
         await inner.write(o, d);
       },

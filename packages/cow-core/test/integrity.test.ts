@@ -156,8 +156,8 @@ describe('store block checksums are bound to their mapping', () => {
   it('two mappings whose store blocks were exchanged (a misdirected write) fail the read of either block', async () => {
     const vol = await volumeWith([['s1', [3, 9]]]);
     await withDb(vol, async (db) => {
-      const a = (await db.get(mapKey(1, 3)))!;
-      const b = (await db.get(mapKey(1, 9)))!;
+      const a = await db.get(mapKey(1, 3));
+      const b = await db.get(mapKey(1, 9));
       expect((packr.unpack(a) as { storeBlock: number }).storeBlock).not.toBe((packr.unpack(b) as { storeBlock: number }).storeBlock);
       await db.batch([
         { type: 'put', key: mapKey(1, 3), value: b },
@@ -194,7 +194,7 @@ describe('store block checksums are bound to their mapping', () => {
   it('a volume of format version 1 (unbound checksums) is refused with UNSUPPORTED_VERSION', async () => {
     const vol = await volumeWith([['s1', [0]]]);
     await withDb(vol, async (db) => {
-      const sb = packr.unpack((await db.get('sb'))!) as Record<string, unknown>;
+      const sb = packr.unpack(await db.get('sb')) as Record<string, unknown>;
       await db.put('sb', packr.pack({ ...sb, formatVersion: 1 }));
     });
     await expect(Volume.open(vol)).rejects.toMatchObject({ code: 'UNSUPPORTED_VERSION', details: { version: 1 } });
@@ -209,7 +209,7 @@ describe('check --read-data', () => {
       ['s2', [4]],
       ['s3', [4]],
     ]);
-    const storeBlock = await withDb(vol, async (db) => (packr.unpack((await db.get(mapKey(2, 4)))!) as { storeBlock: number }).storeBlock);
+    const storeBlock = await withDb(vol, async (db) => (packr.unpack(await db.get(mapKey(2, 4))) as { storeBlock: number }).storeBlock);
     await flipByte(volumeLayout(vol).storePath, (storeBlock + 1) * BS + 100);
 
     const plain = await cowvol(['check', vol, '--json']);

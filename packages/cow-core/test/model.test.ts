@@ -40,7 +40,7 @@ class WriteCmd implements fc.AsyncCommand<Model, Real> {
     this.data.copy(m.live, this.offsetBytes);
     expect((await r.volume.read(0, SIZE)).equals(m.live)).toBe(true);
   }
-  toString = () => `write(${this.offsetBytes}, ${this.data.length} bytes of ${this.data[0]})`;
+  toString = () => `write(${this.offsetBytes}, ${this.data.length} bytes of ${String(this.data[0])})`;
 }
 
 /**
@@ -58,11 +58,11 @@ class ConcurrentWritesCmd implements fc.AsyncCommand<Model, Real> {
     for (let pos = 0; pos < SIZE; pos++) {
       const covering = this.writes.filter((w) => w.offsetBytes <= pos && pos < w.offsetBytes + w.data.length);
       const ok = covering.length === 0 ? got[pos] === m.live[pos] : covering.some((w) => w.data[pos - w.offsetBytes] === got[pos]);
-      expect(ok, `byte ${pos} holds ${got[pos]}: not the old value nor one of the writes covering it`).toBe(true);
+      expect(ok, `byte ${pos} holds ${String(got[pos])}: not the old value nor one of the writes covering it`).toBe(true);
     }
     got.copy(m.live);
   }
-  toString = () => `concurrent(${this.writes.map((w) => `write(${w.offsetBytes}, ${w.data.length} bytes of ${w.data[0]})`).join(', ')})`;
+  toString = () => `concurrent(${this.writes.map((w) => `write(${w.offsetBytes}, ${w.data.length} bytes of ${String(w.data[0])})`).join(', ')})`;
 }
 
 class SnapshotCreateCmd implements fc.AsyncCommand<Model, Real> {
@@ -161,7 +161,7 @@ describe.each(DATA_MODES)('data mode %s', (dataMode) => {
           }
         }),
         // fast-check prints the seed and the shrunk counterexample on failure.
-        { numRuns: RUNS, ...(SEED === undefined ? {} : { seed: SEED }), verbose: 1 },
+        { numRuns: RUNS, ...(SEED === undefined ? {} : { seed: SEED }), verbose: fc.VerbosityLevel.Verbose },
       );
     });
   });

@@ -8,7 +8,7 @@ import { DATA_MODES } from './modes.js';
 import { CrashController } from './crash-device.js';
 import { mulberry32 } from './prng.js';
 import { exportToBuffer, memorySource } from './backup-helpers.js';
-import { type CowvolError } from '@cowvol/base';
+import { CowvolError } from '@cowvol/base';
 import { Volume, importStream, volumeLayout } from '../src/index.js';
 
 /**
@@ -51,10 +51,11 @@ async function refusal(): Promise<CowvolError> {
       await v.close();
       return undefined;
     },
-    (e: CowvolError) => e,
+    (e: unknown) => e,
   );
   if (err === undefined) throw new Error('the open was not refused');
-  return err;
+  if (err instanceof CowvolError) return err;
+  throw new Error('the open was refused with an error that is not a CowvolError', { cause: err });
 }
 
 /** The `stamp` metadata value, decoded, read straight from LevelDB (the volume closed). */
@@ -64,6 +65,7 @@ async function storedStamp(): Promise<Record<string, unknown> | undefined> {
   try {
     const { unpack } = await import('msgpackr');
     const bytes = await db.get('stamp');
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- level's typings say get() resolves a value, but it resolves undefined for a missing key
     return bytes ? (unpack(bytes) as Record<string, unknown>) : undefined;
   } finally {
     await db.close();

@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mulberry32 } from '@cowvol/test-support';
-import { Volume, type DataMode } from '../src/index.js';
+import { Volume } from '../src/index.js';
+import type { DataMode } from '../src/metadata.js';
 import { GateOpener, settlesSoon } from './gate-device.js';
 
 /**
@@ -123,7 +124,10 @@ describe('overlapping writes in flight', () => {
         for (let pos = 0; pos < after.length; pos++) {
           const covering = writes.filter((w) => w.offsetBytes <= pos && pos < w.offsetBytes + w.data.length).map((w) => w.data[0]!);
           const ok = covering.length === 0 ? after[pos] === before[pos] : covering.includes(after[pos]!);
-          if (!ok) throw new Error(`seed ${seed} (COWVOL_SEED=${seed} to replay): round ${round} byte ${pos} holds ${after[pos]}, allowed ${covering.length ? covering.join(',') : before[pos]}`);
+          if (!ok)
+            throw new Error(
+              `seed ${seed} (COWVOL_SEED=${seed} to replay): round ${round} byte ${pos} holds ${String(after[pos])}, allowed ${covering.length ? covering.join(',') : String(before[pos])}`,
+            );
         }
         await v.createSnapshot(`r${round}`);
         expect((await v.readSnapshot(`r${round}`, 0, sizeBlocks * BS)).equals(after), `seed ${seed}`).toBe(true);

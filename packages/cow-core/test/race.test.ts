@@ -39,7 +39,7 @@ async function setup(sizeBlocks = 16): Promise<{ v: Volume; gates: GateOpener }>
 const at = (file: string, op: 'read' | 'write' | 'sync', offsetBytes?: number) => (e: { file: string; op: string; offsetBytes: number }) =>
   e.file === file && e.op === op && (offsetBytes === undefined || e.offsetBytes === offsetBytes);
 
-describe('pending-COW protocol (seed 004)', () => {
+describe('pending-COW protocol: one copy per block, which every other writer and reader of the block waits for', () => {
   it('two writers COWing the same block: one COWs, the other waits for it (naive: two copies, "already maps block" assertion or cows=2)', async () => {
     const { v, gates } = await setup();
     const held = gates.hold(at('store', 'write')); // writer A's COW copy stops here
@@ -171,7 +171,7 @@ describe('freeze: snapshot create and delete during traffic', () => {
   });
 });
 
-describe('per-block completion (seed 003)', () => {
+describe('per-block completion: a multi-chunk write settles after all its chunks and names the failed ranges', () => {
   it('a multi-chunk write with one failing chunk waits for all chunks and reports the exact failed range', async () => {
     const size = 3 * 4 * 1024 * 1024;
     const v0 = await Volume.create(path, { sizeBytes: size });
@@ -195,7 +195,7 @@ describe('per-block completion (seed 003)', () => {
   });
 });
 
-describe('lock order (seed 001)', () => {
+describe('lock order: the journal handle before any block lock', () => {
   it('starting a journal handle while holding a block lock is an assertion failure', async () => {
     const { v } = await setup();
     const internals = (
@@ -206,7 +206,7 @@ describe('lock order (seed 001)', () => {
         };
       }
     ).ctx;
-    expect(() => internals.heldBlockLocks.run({ blocks: 1 }, () => internals.startHandle(1))).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+    expect(() => internals.heldBlockLocks.run({ blocks: 1 }, () => internals.startHandle(1))).toThrow(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
     const handle = await internals.heldBlockLocks.run({ blocks: 0 }, () => internals.startHandle(1));
     handle.abandon();
     await v.close();

@@ -58,7 +58,7 @@ describe('SnapshotMap range index', () => {
   it('a delete of an unmapped block is an assertion failure, and the index stays intact', () => {
     const map = new SnapshotMap(1);
     map.set(10, 100, 1);
-    expect(() => map.delete(11)).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+    expect(() => map.delete(11)).toThrow(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
     const seen: number[] = [];
     map.forEachInRange(0, 20, (b) => seen.push(b));
     expect(seen).toEqual([10]);
@@ -92,7 +92,7 @@ describe('map record decoding (a map load decodes one per mapped block)', () => 
     expect(decodeMapFast(encodeValue({ v: 1, crc: 9, storeBlock: 7 }))).toBeUndefined();
     expect(decodeMapFast(encodeValue({ v: 1, storeBlock: 7, crc: -1 }))).toBeUndefined();
     expect(decodeMapFast(encodeValue({ v: 1, storeBlock: 7, crc: 9, extra: 1 }))).toBeUndefined();
-    expect(() => decodeValue.map('map:x', encodeValue({ v: 1, storeBlock: -3, crc: 9 }))).toThrowError(expect.objectContaining({ code: 'CORRUPT_METADATA' }));
+    expect(() => decodeValue.map('map:x', encodeValue({ v: 1, storeBlock: -3, crc: 9 }))).toThrow(expect.objectContaining({ code: 'CORRUPT_METADATA' }));
   });
 });
 

@@ -1,14 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { SnapshotStore } from '../src/store.js';
-import { StoreReadCache } from '../src/store-read-cache.js';
 import { MemDevice } from './mem-device.js';
 import { mulberry32 } from './prng.js';
 
 const BS = 4096;
 
 function storeOn(dev: MemDevice): SnapshotStore {
-  const cache = new StoreReadCache(dev, BS);
-  return new SnapshotStore(cache.device, BS, cache);
+  return new SnapshotStore(dev, BS);
 }
 
 const block = (p: number, size = 1) => Buffer.alloc(size * BS, (p * 7 + 1) & 0xff);

@@ -2,7 +2,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { CowvolError, StreamWriter, TRAILER_BYTES, Volume, encodeHeader, importStream, verifyStream, type StreamHeader, type StreamSource } from '../src/index.js';
+import { CowvolError } from '@cowvol/base';
+import { StreamWriter, TRAILER_BYTES, Volume, encodeHeader, importStream, verifyStream, type StreamHeader, type StreamSource } from '../src/index.js';
 import { exportToBuffer, memorySource } from './backup-helpers.js';
 
 /** The named errors of the stream writer and of an import whose input changes between its two passes (docs/ARCHITECTURE.md §15.6). */

@@ -22,7 +22,7 @@ function header(overrides: Partial<StreamHeader> | Record<string, unknown>): Str
     createdAt: '2026-11-22T00:00:01.000Z',
     producer: 'test',
     ...overrides,
-  } as StreamHeader;
+  };
 }
 
 async function streamOf(h: StreamHeader): Promise<Buffer> {

@@ -2,7 +2,8 @@ import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FileBlockDevice, Volume, volumeLayout, type BlockDevice, type DeviceOpener } from '../src/index.js';
+import { FileBlockDevice, type BlockDevice, type DeviceOpener } from '@cowvol/base';
+import { Volume, volumeLayout } from '../src/index.js';
 import { VolumeStatus } from '../src/volume-state.js';
 import { TraceOpener, ioError } from './trace-device.js';
 
@@ -105,14 +106,14 @@ describe('volume state: open → failed → closing → closed', () => {
 
   it('illegal transitions are assertion failures', () => {
     const status = new VolumeStatus();
-    expect(() => status.finishClose()).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+    expect(() => status.finishClose()).toThrow(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
     expect(status.beginClose()).toBe(true);
     expect(status.beginClose(), 'a second close is no transition').toBe(false);
     status.fail(new Error('late'));
     expect(status.state, 'a failure while closing changes no state').toBe('closing');
     status.finishClose();
     expect(status.state).toBe('closed');
-    expect(() => status.finishClose()).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+    expect(() => status.finishClose()).toThrow(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
   });
 });
 

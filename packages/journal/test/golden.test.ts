@@ -113,7 +113,7 @@ describe('golden journals recover to the exact expected state', () => {
       const blocks = txBlocks(TX2);
       expect(blocks).toHaveLength(6);
       blocks[index] = Buffer.from(blocks[index]!);
-      blocks[index]![byte]! ^= 0x04;
+      blocks[index][byte]! ^= 0x04;
       const r = await recover(journalFile({ block: FIRST, sequence: 7 }, [...txBlocks(TX1), ...blocks]));
       expect(r.records).toEqual([[7, [{ op: 'one' }]]]);
       expect(await homeBlock(r.home, 2)).toBe(0xee);
@@ -187,7 +187,7 @@ describe('golden journals recover to the exact expected state', () => {
 
 describe('recovery decision table', () => {
   it('every on-disk pattern matches exactly one rule', () => {
-    const types: BlockPattern['type'][] = ['descriptor', 'revoke', 'records', 'commit', 'unknown'];
+    const types: Array<BlockPattern['type']> = ['descriptor', 'revoke', 'records', 'commit', 'unknown'];
     let patterns = 0;
     const used = new Set<string>();
     for (const hasHeader of [false, true])

@@ -129,7 +129,7 @@ export class MemoryDevice implements BlockDevice {
    * exactly that image (durable, nothing pending).
    */
   crash(decide: (i: number, p: Pending) => 'apply' | 'drop' | { torn: number } | { garble: number; byte: number }): MemoryDevice {
-    let img = Buffer.from(this.durable);
+    let img: Buffer = Buffer.from(this.durable);
     this.pending.forEach((p, i) => {
       const d = decide(i, p);
       if (p.kind === 'truncate') {

@@ -17,22 +17,16 @@ const BS = 512;
 const LENGTH = 400;
 const HOME_BLOCKS = 24;
 
-/** Counts every read of an inner device; with `readInto: false` it lacks `readInto` (the fallback path). */
+/** Counts every read of an inner device. */
 class CountingDevice implements BlockDevice {
   /** Reads in order: bytes, and for `readInto` the buffer read into. */
   readonly reads: Array<{ offsetBytes: number; lengthBytes: number; into?: ArrayBufferLike }> = [];
-  readInto?: (offsetBytes: number, target: Buffer) => Promise<void>;
 
-  constructor(
-    private readonly inner: MemoryDevice,
-    options: { readInto: boolean },
-  ) {
-    if (options.readInto) {
-      this.readInto = async (offsetBytes, target) => {
-        this.reads.push({ offsetBytes, lengthBytes: target.length, into: target.buffer });
-        await inner.readInto(offsetBytes, target);
-      };
-    }
+  constructor(private readonly inner: MemoryDevice) {}
+
+  async readInto(offsetBytes: number, into: Uint8Array): Promise<void> {
+    this.reads.push({ offsetBytes, lengthBytes: into.length, into: into.buffer });
+    await this.inner.readInto(offsetBytes, into);
   }
 
   get name(): string {
@@ -144,12 +138,10 @@ describe('recovery through a bounded read window', () => {
     expect(reference.replayed.map((t) => t.last)).toEqual([...w.records.keys()].map((_, i, a) => i === a.length - 1));
     expect(reference.recovery.revokedImages).toBeGreaterThan(0);
     for (const windowBytes of [BS, 2 * BS, 3 * BS, 64 * BS]) {
-      for (const readInto of [true, false]) {
-        const got = await recover(new CountingDevice(w.log.clone(), { readInto }), new MemoryDevice('home', Buffer.alloc(HOME_BLOCKS * BS)), windowBytes);
-        expect(got.replayed, `window ${windowBytes}, readInto ${readInto}`).toEqual(reference.replayed);
-        expect(got.recovery).toEqual(reference.recovery);
-        expect(got.home.equals(reference.home), `window ${windowBytes}: home content`).toBe(true);
-      }
+      const got = await recover(new CountingDevice(w.log.clone()), new MemoryDevice('home', Buffer.alloc(HOME_BLOCKS * BS)), windowBytes);
+      expect(got.replayed, `window ${windowBytes}`).toEqual(reference.replayed);
+      expect(got.recovery).toEqual(reference.recovery);
+      expect(got.home.equals(reference.home), `window ${windowBytes}: home content`).toBe(true);
     }
     // And the home holds what was committed: each block's latest image (never a revoked one).
     for (let b = 0; b < HOME_BLOCKS; b++) {
@@ -169,7 +161,7 @@ describe('recovery through a bounded read window', () => {
   it('never reads more than one window at a time, refills one buffer, and keeps no record or image after the scan', async () => {
     const w = await writeJournal();
     const window = 4 * BS;
-    const dev = new CountingDevice(w.log.clone(), { readInto: true });
+    const dev = new CountingDevice(w.log.clone());
     const sb = decodeSuperblock(await dev.read(0, 1024), dev.name);
     const scan = await scanJournal(dev, sb, { windowBytes: window });
     // The scan keeps positions and counts only: numbers, no payload, no image.
@@ -188,7 +180,7 @@ describe('recovery through a bounded read window', () => {
   it('the replay pass streams: each transaction is handed on after at most one window more of the log is read', async () => {
     const w = await writeJournal();
     const window = 4 * BS;
-    const dev = new CountingDevice(w.log.clone(), { readInto: true });
+    const dev = new CountingDevice(w.log.clone());
     const sb = decodeSuperblock(await dev.read(0, 1024), dev.name);
     const scan = await scanJournal(dev, sb, { windowBytes: window });
     const readBeforeReplay = dev.bytesRead;
@@ -230,7 +222,7 @@ describe('recovery through a bounded read window', () => {
     });
     // Every later transaction's records, read during their calls, still hold their own bytes.
     for (const { sequence, records } of kept) expect(records).toEqual(w.records.get(sequence));
-    expect(() => late!.records).toThrowError(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
+    expect(() => late!.records).toThrow(expect.objectContaining({ code: 'ASSERTION_FAILED' }));
   });
 
   it('a transaction that no longer validates in the replay pass (log changed after the scan) is JOURNAL_CORRUPT', async () => {

@@ -19,6 +19,7 @@ async function settles(p: Promise<unknown>, turns = 200): Promise<boolean> {
     () => (settled = true),
     () => (settled = true),
   );
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- settled is set by p's callbacks, which TypeScript's narrowing does not see
   for (let i = 0; i < turns && !settled; i++) await new Promise((r) => setImmediate(r));
   return settled;
 }

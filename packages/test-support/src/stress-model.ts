@@ -87,7 +87,8 @@ export class ContentModel {
     const out: number[] = [];
     for (const w of h) {
       if (w.start >= now) continue;
-      if (w.end !== undefined && h.some((x) => x.start > w.end! && x.end !== undefined && x.end < readStart)) continue;
+      const end = w.end;
+      if (end !== undefined && h.some((x) => x.start > end && x.end !== undefined && x.end < readStart)) continue;
       out.push(w.tag);
     }
     return out;
@@ -103,8 +104,8 @@ export class ContentModel {
     let horizon = this.clock;
     for (const s of this.activeReads.values()) horizon = Math.min(horizon, s);
     for (let i = h.length - 1; i >= 0; i--) {
-      const w = h[i]!;
-      if (w.end !== undefined && h.some((x) => x.start > w.end! && x.end !== undefined && x.end < horizon)) h.splice(i, 1);
+      const end = h[i]!.end;
+      if (end !== undefined && h.some((x) => x.start > end && x.end !== undefined && x.end < horizon)) h.splice(i, 1);
     }
     assert(h.length <= MAX_HISTORY, 'stress model history unbounded');
   }

@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { CowvolError } from '@cowvol/base';
+import { CowvolError, assert } from '@cowvol/base';
 import { Volume } from '@cowvol/cow-core';
 import { mulberry32 } from './prng.js';
 import { ContentModel, UNIT_BYTES, checkUnits, fillTag } from './stress-model.js';
@@ -224,11 +224,19 @@ async function churn(run: Run): Promise<void> {
       run.summary.snapshotsCreated += 1;
     } else if (run.liveNames.length > 0) {
       const [name] = run.liveNames.splice(Math.floor(random() * run.liveNames.length), 1);
-      await run.volume.deleteSnapshot(name!);
-      run.snapshotModels.delete(name!);
+      assert(name !== undefined, 'stress: a name is removed from a non-empty list');
+      await run.volume.deleteSnapshot(name);
+      run.snapshotModels.delete(name);
       run.summary.snapshotsDeleted += 1;
     }
   }
+}
+
+/** What each unit of live snapshot `name` may hold (fixed when it was created). */
+function snapshotModel(run: Run, name: string): number[][] {
+  const allowed = run.snapshotModels.get(name);
+  assert(allowed !== undefined, `stress: live snapshot ${name} has a model`);
+  return allowed;
 }
 
 async function reader(run: Run, k: number): Promise<void> {
@@ -239,7 +247,7 @@ async function reader(run: Run, k: number): Promise<void> {
     const firstUnit = first * UNITS_PER_BLOCK;
     if (run.liveNames.length > 0 && r() < 0.75) {
       const name = run.liveNames[Math.floor(r() * run.liveNames.length)]!;
-      const allowed = run.snapshotModels.get(name)!;
+      const allowed = snapshotModel(run, name);
       try {
         const data = await run.volume.readSnapshot(name, first * BLOCK_BYTES, n * BLOCK_BYTES);
         for (const bad of checkUnits(data, firstUnit, (u) => allowed[u]!)) run.mismatch(`snapshot ${name}: ${bad}`);
@@ -265,7 +273,7 @@ async function verifyAfterReopen(run: Run, path: string): Promise<void> {
     for (const bad of checkUnits(all, 0, (u) => run.model.allowed(u, read.start))) run.mismatch(`live after reopen: ${bad}`);
     run.model.finishRead(read);
     for (const name of run.liveNames) {
-      const allowed = run.snapshotModels.get(name)!;
+      const allowed = snapshotModel(run, name);
       const data = await volume.readSnapshot(name, 0, run.totalBlocks * BLOCK_BYTES);
       for (const bad of checkUnits(data, 0, (u) => allowed[u]!)) run.mismatch(`snapshot ${name} after reopen: ${bad}`);
     }
