@@ -3,8 +3,8 @@ import { JournalCorruptError } from './errors.js';
 
 /**
  * Default read-ahead of one {@link LogReader}: 4 MiB per device read, the
- * bound of the reader's own memory (one window buffer, reused when the
- * device has `readInto`).
+ * bound of the reader's own memory (one window buffer, refilled in place
+ * with `readInto`).
  */
 export const LOG_WINDOW_BYTES = 4 * 1024 * 1024;
 
@@ -27,14 +27,14 @@ export interface LogGeometry {
  * caller's `next()`), which starts a new window.
  *
  * Blocks are views into the window, valid until the next `block()` call:
- * with a device that has `readInto`, the one window buffer is refilled in
- * place (no garbage per window). Copy what must outlive that. Reading
+ * the one window buffer is refilled in place with `readInto` (no garbage
+ * per window). Copy what must outlive that. Reading
  * ahead past the end of the log reads stale or zero blocks, which is
  * harmless: recovery only reads.
  */
 export class LogReader {
   private window: Buffer = Buffer.alloc(0);
-  /** The reused window buffer (devices with `readInto`); empty until the first fill. */
+  /** The reused window buffer; empty until the first fill. */
   private buffer: Buffer = Buffer.alloc(0);
   /** Block number of the window's first block. */
   private windowStart = 0;
@@ -70,16 +70,11 @@ export class LogReader {
     }
     if (b < this.windowStart || b >= this.windowStart + this.windowBlocks) {
       const blocks = Math.min(this.maxWindowBlocks, lengthBlocks - b);
-      let data: Buffer;
-      if (this.device.readInto) {
-        // One buffer for the reader's life, as large as a window can get.
-        if (this.buffer.length === 0) this.buffer = Buffer.allocUnsafe(Math.min(this.maxWindowBlocks, lengthBlocks - firstBlock) * bs);
-        data = this.buffer.subarray(0, blocks * bs);
-        this.windowBlocks = 0; // the old window is gone even if the read fails
-        await this.device.readInto(b * bs, data);
-      } else {
-        data = await this.device.read(b * bs, blocks * bs);
-      }
+      // One buffer for the reader's life, as large as a window can get.
+      if (this.buffer.length === 0) this.buffer = Buffer.allocUnsafe(Math.min(this.maxWindowBlocks, lengthBlocks - firstBlock) * bs);
+      const data = this.buffer.subarray(0, blocks * bs);
+      this.windowBlocks = 0; // the old window is gone even if the read fails
+      await this.device.readInto(b * bs, data);
       if (data.length !== blocks * bs) {
         throw new JournalCorruptError(`${this.device.name}: read of ${blocks * bs} bytes at block ${b} returned ${data.length}`);
       }
