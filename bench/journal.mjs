@@ -128,7 +128,9 @@ console.log(`slow commit in flight (100ms): p50 ${latencySlow.p50Ms} ms   p99 ${
 let commit = 'unknown';
 try {
   commit = execSync('git rev-parse HEAD', { encoding: 'utf8' }).trim();
-} catch {}
+} catch {
+  // Not a git checkout (or no git): the results say the commit is unknown.
+}
 await mkdir(new URL('./results/', import.meta.url), { recursive: true });
 const file = new URL(`./results/journal-${new Date().toISOString().replace(/[:.]/g, '-')}.json`, import.meta.url);
 await writeFile(file, JSON.stringify({ machine: cpus()[0]?.model, cores: cpus().length, node: process.version, commit, quick, throughput, latencyIdle, latencySlow }, null, 2));

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Volume } from '@cowvol/cow-core';
-import { CLI, cowvol, sha256File, tempDir, type RunResult, cowvolOk as ok, jsonOf as json } from './helpers.js';
+import { CLI, cowvol, sha256File, tempDir, cowvolOk as ok, jsonOf as json } from './helpers.js';
 
 /**
  * Several processes and interruptions through the real CLI: a busy volume

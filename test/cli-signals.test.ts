@@ -48,8 +48,8 @@ describe('a signal removes the spooled stdin', () => {
       const args = command === 'write' ? ['write', vol] : ['import', vol, '--input', '-'];
       const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, TMPDIR: tmp } });
       const done = exited(child);
-      child.stdin!.on('error', () => undefined);
-      child.stdin!.write(randomBytes(256 * 1024)); // and never end: a producer that is still running
+      child.stdin.on('error', () => undefined);
+      child.stdin.write(randomBytes(256 * 1024)); // and never end: a producer that is still running
       await waitFor(tmp, async (names) => {
         const spool = names.find((n) => n.startsWith('cowvol-stdin-'));
         if (spool === undefined) return false;

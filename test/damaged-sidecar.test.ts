@@ -113,6 +113,6 @@ describe('a damaged sidecar is reported as damage (exit 6, check exit 2)', () =>
     const vol = await damagedCopy('no meta', (s) => rm(join(s, 'meta'), { recursive: true }));
     const r = await cowvol(['info', vol, '--json']);
     expect(r.code).toBe(6);
-    expect(JSON.parse(r.stdout.toString()).error.code).toBe('NOT_A_VOLUME');
+    expect(JSON.parse(r.stdout.toString())).toMatchObject({ error: { code: 'NOT_A_VOLUME' } });
   });
 });

@@ -3,8 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll } from 'vitest';
 import type { DeviceOpener } from '@cowvol/base';
+// eslint-disable-next-line no-restricted-imports -- the conformance suite is @cowvol/base's declared test-only entry point (docs/ARCHITECTURE.md §1 "packages/base"), not a path into its insides
 import { blockDeviceSuite } from '@cowvol/base/conformance';
-// @ts-expect-error: a plain-JavaScript module of the benchmarks, without types
+// A plain-JavaScript module of the benchmarks: its types are inferred (allowJs).
 import { countingOpener, newCounters } from '../bench/lib/counting-opener.mjs';
 
 // The benchmarks' counting opener wraps FileBlockDevice at the same seam
@@ -14,7 +15,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 let files = 0;
-const opener = (countingOpener as (counters: unknown) => DeviceOpener)((newCounters as () => unknown)());
+const opener: DeviceOpener = countingOpener(newCounters());
 
 blockDeviceSuite('bench countingOpener device', async (initial) => {
   const path = join(dir, `file-${(files += 1)}`);

@@ -23,7 +23,7 @@ import { join, relative, resolve, sep } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { META_RECORD_KINDS } from '@cowvol/cow-core';
-import { EXIT_CODES } from '../packages/cli/src/exit-codes.js';
+import { EXIT_CODES } from '@cowvol/cli';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const read = (path: string): string => readFileSync(join(ROOT, path), 'utf8');
@@ -132,7 +132,7 @@ describe('docs match the code', () => {
     const listed = tables.flatMap((table) =>
       tableRows(table.split('\n\n')[0] ?? '')
         .slice(2)
-        .map((cells) => /^`([a-z]+)`$/.exec(cells[0] ?? '')?.[1] ?? `(not a kind: ${cells[0]})`),
+        .map((cells) => /^`([a-z]+)`$/.exec(cells[0] ?? '')?.[1] ?? `(not a kind: ${String(cells[0])})`),
     );
     expect(new Set(listed).size).toBe(listed.length);
     expect([...listed].sort()).toEqual([...META_RECORD_KINDS].sort());
@@ -166,7 +166,7 @@ describe('docs match the code', () => {
     expect(own).toEqual(fromFiles);
     const documented = tableRows(section(read('README.md'), '### Commands'))
       .slice(2)
-      .map((cells) => /^`cowvol ([a-z -]+)`$/.exec(cells[0] ?? '')?.[1] ?? `(not a command: ${cells[0]})`);
+      .map((cells) => /^`cowvol ([a-z -]+)`$/.exec(cells[0] ?? '')?.[1] ?? `(not a command: ${String(cells[0])})`);
     expect(new Set(documented).size).toBe(documented.length);
     expect([...documented].sort()).toEqual(fromOclif);
   });
@@ -208,7 +208,7 @@ describe('docs match the code', () => {
       ]);
       const documented = value.split(', ').map(documentedNumber);
       if (name === '' || definitions.length !== 1) wrong.push(`${constant} (${pkg}): ${definitions.length} definitions`);
-      else if (JSON.stringify(definedNumbers(definitions[0]?.[1] ?? '')) !== JSON.stringify(documented)) wrong.push(`${name} (${pkg}): documented ${value}, defined ${definitions[0]?.[1]}`);
+      else if (JSON.stringify(definedNumbers(definitions[0]?.[1] ?? '')) !== JSON.stringify(documented)) wrong.push(`${name} (${pkg}): documented ${value}, defined ${String(definitions[0]?.[1])}`);
     }
     expect(wrong).toEqual([]);
   });

@@ -134,7 +134,7 @@ async function outcomeOf(path: string, change: Change): Promise<{ outcome: strin
     return { outcome: 'ok', warnings: v.warnings };
   } catch (err) {
     const warnings = v?.warnings ?? [];
-    if (!(err instanceof CowvolError)) return { outcome: `not a CowvolError: ${(err as Error).stack}`, warnings };
+    if (!(err instanceof CowvolError)) return { outcome: `not a CowvolError: ${err instanceof Error ? String(err.stack) : String(err)}`, warnings };
     return { outcome: err.code, warnings, message: err.message };
   }
 }

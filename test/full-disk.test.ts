@@ -61,11 +61,15 @@ afterAll(async () => {
   }
 });
 
+interface SnapshotsDoc {
+  snapshots: Array<{ name: string }>;
+}
+
 /** Read-only commands and what each must print or produce. */
 function readOnlyCommands(path: string, out: string): Array<{ args: string[]; check?: (stdout: Buffer) => void }> {
   return [
-    { args: ['info', path, '--json'], check: (o) => expect(JSON.parse(o.toString()).snapshots.map((s: { name: string }) => s.name)).toEqual(['s1', 's2']) },
-    { args: ['snapshot', 'list', path, '--json'], check: (o) => expect(JSON.parse(o.toString()).snapshots).toHaveLength(2) },
+    { args: ['info', path, '--json'], check: (o) => expect((JSON.parse(o.toString()) as SnapshotsDoc).snapshots.map((s) => s.name)).toEqual(['s1', 's2']) },
+    { args: ['snapshot', 'list', path, '--json'], check: (o) => expect((JSON.parse(o.toString()) as SnapshotsDoc).snapshots).toHaveLength(2) },
     { args: ['snapshot', 'info', path, 's1', '--json'] },
     { args: ['snapshot', 'read', path, 's1'], check: (o) => expect(o.equals(A)).toBe(true) },
     { args: ['snapshot', 'read', path, 's2'], check: (o) => expect(o.equals(B)).toBe(true) },
@@ -110,7 +114,7 @@ describe.skipIf(!IS_ROOT)(`read-only commands on a full disk and on a read-only 
     execFileSync('mkdir', [ro]);
     let mounted = false;
     try {
-      const path = await makeTemplate(dir);
+      await makeTemplate(dir);
       // A read-only bind mount of the folder: a backup disk mounted ro.
       execFileSync('mount', ['--bind', '-o', 'ro', dir, ro]);
       mounted = true;

@@ -32,6 +32,7 @@ export async function cowvolOk(args: string[], input?: Buffer): Promise<RunResul
 }
 
 /** The one JSON document a `--json` command printed on stdout. */
+// eslint-disable-next-line @typescript-eslint/no-unnecessary-type-parameters -- T names the shape the caller expects; JSON.parse cannot check it, and a wrong shape fails the caller's expectations
 export function jsonOf<T = Record<string, unknown>>(r: RunResult): T {
   return JSON.parse(r.stdout.toString('utf8')) as T;
 }

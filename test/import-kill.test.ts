@@ -95,12 +95,12 @@ describe('import killed at every step: --resume or a re-run finishes it with the
     for (const step of steps()) {
       const target = join(dir, `t-${step.replace(/[^a-z0-9]+/gi, '-')}.img`);
       const killed = await killedImport(target, step);
-      expect(killed.signal, `import killed at ${step} (exit ${killed.code}): ${killed.stderr}`).toBe('SIGKILL');
+      expect(killed.signal, `import killed at ${step} (exit ${String(killed.code)}): ${killed.stderr}`).toBe('SIGKILL');
       // The dead importer's owner lock would go stale only after its stale time; nobody else uses the target.
       await rm(join(`${target}.cowvol`, 'lock'), { recursive: true, force: true });
       let how = 'resumed';
-      const result = await importStream(target, source(), { resume: true }).catch(async (err: { code?: string; message?: string }) => {
-        expect(err.code, `--resume after a kill at ${step}: ${err.message}`).toBe('RESUME_MISMATCH');
+      const result = await importStream(target, source(), { resume: true }).catch(async (err: unknown) => {
+        expect(err, `--resume after a kill at ${step}: ${String(err)}`).toMatchObject({ code: 'RESUME_MISMATCH' });
         how = 're-run';
         return importStream(target, source());
       });

@@ -52,7 +52,7 @@ async function killedWriter(vol: string): Promise<void> {
     child.stdout.on('data', (d: Buffer) => {
       if (d.toString().includes('"done"')) ok();
     });
-    child.on('exit', (code) => fail(new Error(`writer exited ${code} before its workload ended: ${err}`)));
+    child.on('exit', (code) => fail(new Error(`writer exited ${String(code)} before its workload ended: ${err}`)));
   });
   const exited = new Promise((ok) => child.on('exit', ok));
   child.kill('SIGKILL');
@@ -125,7 +125,7 @@ describe('check --repair: a damaged journal is repaired like e2fsck does', () =>
 
     const repaired = await cowvol(['check', vol, '--repair', '--json']);
     expect(repaired.code, repaired.stderr).toBe(4);
-    expect(JSON.parse(repaired.stdout.toString()).journalRepair).toMatchObject({ dataMode: 'ordered', imagesMayBeLost: false });
+    expect(JSON.parse(repaired.stdout.toString())).toMatchObject({ journalRepair: { dataMode: 'ordered', imagesMayBeLost: false } });
     const report = JSON.parse(repaired.stdout.toString()) as {
       status: string;
       journalRepair: { replayedTransactions: number; lastReplayedSequence: number; discarded: Array<{ sequence: number; inMetadata: boolean }>; newTailSequence: number };
@@ -183,7 +183,7 @@ describe('check --repair: a damaged journal is repaired like e2fsck does', () =>
       await expect(Volume.open(vol), name).rejects.toMatchObject({ code: 'JOURNAL_CORRUPT' });
       const repaired = await cowvol(['check', vol, '--repair', '--json']);
       expect(repaired.code, `${name}: ${repaired.stderr}`).toBe(4);
-      expect(JSON.parse(repaired.stdout.toString()).journalRepair).toMatchObject({ superblockDamaged: true, discarded: [] });
+      expect(JSON.parse(repaired.stdout.toString())).toMatchObject({ journalRepair: { superblockDamaged: true, discarded: [] } });
       await expectSnapshotsIntact(vol);
     }
   });

@@ -156,7 +156,7 @@ describe('kill tests: guarantees 1, 4 and 6 across SIGKILL of a real writer proc
       const delayMs = 30 + Math.floor(r() * 371);
       try {
         const run = await runAndKill(vol, childSeed, nextSeq, delayMs);
-        expect(run.signal, `${where}: the child must die by our SIGKILL, not exit (code ${run.code}): ${run.stderr}`).toBe('SIGKILL');
+        expect(run.signal, `${where}: the child must die by our SIGKILL, not exit (code ${String(run.code)}): ${run.stderr}`).toBe('SIGKILL');
         expect(run.lines.length, `${where}: the child printed nothing before the kill (${run.stderr})`).toBeGreaterThan(0);
         stats.kills += 1;
         // The child is dead (its 'close' fired with SIGKILL): the kernel has
@@ -221,7 +221,7 @@ describe('kill tests: guarantees 1, 4 and 6 across SIGKILL of a real writer proc
             const ok = candidates.some(([seq]) => contentByte(seq, i) === actual[i]);
             if (!ok) {
               expect.fail(
-                `${where}: live byte ${i} (block ${Math.floor(i / BS)}) is ${actual[i]}, expected ${live[i]} from the last acknowledged write` +
+                `${where}: live byte ${i} (block ${Math.floor(i / BS)}) is ${String(actual[i])}, expected ${String(live[i])} from the last acknowledged write` +
                   (candidates.length > 0 ? ` or ${candidates.map(([seq]) => `${contentByte(seq, i)} (write ${seq} in flight)`).join(', ')}` : ' (no write was in flight there)'),
               );
             }
@@ -244,14 +244,14 @@ describe('kill tests: guarantees 1, 4 and 6 across SIGKILL of a real writer proc
               stats.deleteCutOff.gone += 1;
             }
           }
-          expect(names, `${where}: snapshots after the kill (creating ${creating?.name}, deleting ${deleting})`).toEqual([...snaps.keys()]);
+          expect(names, `${where}: snapshots after the kill (creating ${creating?.name ?? 'none'}, deleting ${deleting ?? 'none'})`).toEqual([...snaps.keys()]);
           stats.maxSnapshots = Math.max(stats.maxSnapshots, names.length);
           for (const [name, content] of snaps) {
             const got = await v.readSnapshot(name, 0, SIZE);
             if (!got.equals(content)) {
               let i = 0;
               while (got[i] === content[i]) i++;
-              expect.fail(`${where}: snapshot ${name} changed: first difference at byte ${i} (block ${Math.floor(i / BS)}): ${got[i]} instead of ${content[i]}`);
+              expect.fail(`${where}: snapshot ${name} changed: first difference at byte ${i} (block ${Math.floor(i / BS)}): ${String(got[i])} instead of ${String(content[i])}`);
             }
           }
 

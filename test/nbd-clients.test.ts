@@ -46,9 +46,9 @@ function runWithEnv(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promis
 
 describe.skipIf(missing.length > 0)(`cowvol serve with real NBD clients${skipReason}`, () => {
   let dir: string;
-  let cleanup: () => Promise<void>;
+  let cleanup: (() => Promise<void>) | undefined; // undefined until beforeAll gets that far
   let vol: string;
-  let server: ChildProcess;
+  let server: ChildProcess | undefined; // likewise
   let uri: string;
   let socket: string;
   let serverLog = '';
@@ -64,23 +64,25 @@ describe.skipIf(missing.length > 0)(`cowvol serve with real NBD clients${skipRea
     await cowvolOk(['create', vol, '--size', String(SIZE)]);
     await cowvolOk(['write', vol, '--input', join(dir, 'base.raw')]);
     await cowvolOk(['snapshot', 'create', vol, 'base']);
-    server = spawn(process.execPath, [CLI, 'serve', vol], { stdio: ['ignore', 'pipe', 'pipe'] });
-    server.stderr!.on('data', (d: Buffer) => (serverLog += d.toString()));
+    const child = spawn(process.execPath, [CLI, 'serve', vol], { stdio: ['ignore', 'pipe', 'pipe'] });
+    server = child;
+    child.stderr.on('data', (d: Buffer) => (serverLog += d.toString()));
     uri = await new Promise<string>((resolve, reject) => {
       let out = '';
-      server.stdout!.on('data', (d: Buffer) => {
+      child.stdout.on('data', (d: Buffer) => {
         out += d.toString();
         if (out.includes('\n')) resolve(out.split('\n')[0]!);
       });
-      server.once('exit', (code) => reject(new Error(`serve exited ${code}: ${serverLog}`)));
+      child.once('exit', (code) => reject(new Error(`serve exited ${String(code)}: ${serverLog}`)));
     });
     socket = decodeURIComponent(uri.slice(uri.indexOf('socket=') + 'socket='.length));
   });
 
   afterAll(async () => {
-    if (server && server.exitCode === null) {
-      server.kill('SIGKILL');
-      await new Promise((r) => server.once('exit', r));
+    const child = server;
+    if (child?.exitCode === null) {
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
     }
     await cleanup?.();
   });
@@ -224,8 +226,9 @@ h.shutdown()
 
   it('SIGTERM: finishes, flushes, closes the volume and exits 0; the volume is consistent and holds the last writes', async () => {
     await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 4096', liveUri()]);
-    server.kill('SIGTERM');
-    const code = await new Promise<number | null>((r) => server.once('exit', r));
+    const child = server!;
+    child.kill('SIGTERM');
+    const code = await new Promise<number | null>((r) => child.once('exit', r));
     expect(code, serverLog).toBe(0);
     const logLines = serverLog
       .trim()

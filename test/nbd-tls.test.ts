@@ -52,7 +52,7 @@ async function serve(vol: string, args: string[]): Promise<Served> {
       out += d.toString();
       if (out.includes('\n')) resolve(out.split('\n')[0]!);
     });
-    void exited.then((code) => reject(new Error(`serve exited ${code}: ${log}`)));
+    void exited.then((code) => reject(new Error(`serve exited ${String(code)}: ${log}`)));
   });
   const serving = JSON.parse(log.split('\n').find((l) => l.includes('"msg":"serving"'))!) as { tcpUri?: string };
   return {
@@ -86,12 +86,13 @@ function pskLine(username: string, key: Buffer): string {
 
 describe.skipIf(missing.length > 0)(`cowvol serve --tls-psk with real NBD clients${skipReason}`, () => {
   let dir: string;
-  let cleanup: () => Promise<void>;
+  let cleanup: (() => Promise<void>) | undefined; // undefined until beforeAll gets that far
   let vol: string;
   let keys: string;
   let qemuDir: string;
   let base: Buffer;
   let server: Served;
+  let started: ChildProcess | undefined; // the server's process, once beforeAll got that far
   let socket: string;
   const tlsUnix = (exportName: string, keyFile = keys, user = 'alice') => `nbds+unix://${user}@/${exportName}?socket=${socket}&tls-psk-file=${keyFile}`;
   const qemuObject = () => `tls-creds-psk,id=tls0,endpoint=client,dir=${qemuDir},username=alice`;
@@ -113,13 +114,15 @@ describe.skipIf(missing.length > 0)(`cowvol serve --tls-psk with real NBD client
     await mkdir(qemuDir, { mode: 0o700 });
     await writeFile(join(qemuDir, 'keys.psk'), pskLine('alice', key), { mode: 0o600 });
     server = await serve(vol, ['--tls-psk', keys, '--listen', '127.0.0.1:0']);
+    started = server.child;
     socket = decodeURIComponent(server.uri.slice(server.uri.indexOf('socket=') + 'socket='.length));
   });
 
   afterAll(async () => {
-    if (server && server.child.exitCode === null) {
-      server.child.kill('SIGKILL');
-      await new Promise((r) => server.child.once('exit', r));
+    const child = started;
+    if (child?.exitCode === null) {
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
     }
     await cleanup?.();
   });

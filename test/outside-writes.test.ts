@@ -51,8 +51,13 @@ afterAll(async () => {
   await cleanup();
 });
 
-type ErrorDoc = { error: { code: string; message: string; exitCode: number; details: { changes: Array<{ field: string }>; suspectSnapshots: string[] } } };
-type SnapshotDoc = { name: string; suspect: boolean };
+interface ErrorDoc {
+  error: { code: string; message: string; exitCode: number; details: { changes: Array<{ field: string }>; suspectSnapshots: string[] } };
+}
+interface SnapshotDoc {
+  name: string;
+  suspect: boolean;
+}
 
 /** A new 8 MiB volume holding `content`, with snapshot s1 taken of it. */
 async function volumeWithSnapshot(name: string, content: Buffer): Promise<string> {

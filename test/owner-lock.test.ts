@@ -82,7 +82,7 @@ class Worker {
     if (queued) return Promise.resolve(queued);
     return new Promise((res, rej) => {
       this.waiting = res;
-      void this.exited.then(({ code, signal }) => rej(new Error(`worker ${this.pid} exited (${code ?? signal}) without a reply: ${this.stderr}`)));
+      void this.exited.then(({ code, signal }) => rej(new Error(`worker ${this.pid} exited (${String(code ?? signal)}) without a reply: ${this.stderr}`)));
     });
   }
 

@@ -245,14 +245,14 @@ describe('differential: cowvol vs qcow2 internal snapshots (qemu-io / qemu-img) 
         const checkpoint = async (when: string): Promise<void> => {
           // Snapshot names, in creation order, on all three sides.
           const info = JSON.parse((await runOk('qemu-img', ['info', '--output=json', peer])).stdout.toString()) as {
-            snapshots?: { id: string; name: string }[];
+            snapshots?: Array<{ id: string; name: string }>;
           };
           const qNames = (info.snapshots ?? [])
             .slice()
             .sort((a, b) => Number(a.id) - Number(b.id))
             .map((s) => s.name);
           const list = await cowvolOk(['snapshot', 'list', vol, '--json']);
-          const cNames = (JSON.parse(list.stdout.toString()) as { snapshots: { name: string }[] }).snapshots.map((s) => s.name);
+          const cNames = (JSON.parse(list.stdout.toString()) as { snapshots: Array<{ name: string }> }).snapshots.map((s) => s.name);
           const mNames = [...modelSnapshots.keys()];
           expect(cNames, `cowvol snapshot names (${when}), ${context()}`).toEqual(mNames);
           expect(qNames, `qcow2 snapshot names (${when}), ${context()}`).toEqual(mNames);

@@ -22,7 +22,9 @@ afterAll(async () => {
   await cleanup();
 });
 
-type Listed = { snapshots: Array<{ name: string; labels: Record<string, string> }> };
+interface Listed {
+  snapshots: Array<{ name: string; labels: Record<string, string> }>;
+}
 
 /** A stream built by hand: `header` as given (checksums right), one data extent per entry. */
 async function craftStream(header: StreamHeader, extents: Array<{ offset: number; data: Buffer }>): Promise<Buffer> {
@@ -127,7 +129,7 @@ describe('import validates the whole stream header before the first write', () =
         const r = await cowvol(['import', target, '--input', path, '--json', ...args]);
         expect(r.code, `${name} ${args.join(' ')}: ${r.stderr}`).toBe(8);
         expect(json(r), name).toMatchObject({ error: { code: 'STREAM_CORRUPT', details: { record: 'header' } } });
-        expect((json(r) as { error: { details: { field: string } } }).error.details.field.startsWith(field)).toBe(true);
+        expect(json<{ error: { details: { field: string } } }>(r).error.details.field.startsWith(field)).toBe(true);
         expect(r.stderr).not.toContain('\u009b');
         expect(await exists(target), name).toBe(false);
         expect(await exists(`${target}.cowvol`), name).toBe(false);
@@ -173,7 +175,7 @@ describe('import validates the whole stream header before the first write', () =
 async function walkModes(root: string): Promise<Array<[string, number]>> {
   const out: Array<[string, number]> = [[root, (await stat(root)).mode & 0o777]];
   for (const entry of await readdir(root, { withFileTypes: true, recursive: true })) {
-    const p = join(entry.parentPath ?? (entry as unknown as { path: string }).path, entry.name);
+    const p = join(entry.parentPath, entry.name);
     out.push([p, (await stat(p)).mode & 0o777]);
   }
   return out;

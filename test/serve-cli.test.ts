@@ -8,7 +8,7 @@ import { writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isLoopback, parseListen } from '../packages/cli/src/endpoint.js';
+import { isLoopback, parseListen } from '@cowvol/cli';
 import { CLI, cowvol, cowvolOk, runOk, tempDir } from './helpers.js';
 
 const haveNbdinfo = spawnSync('nbdinfo', ['--version'], { stdio: 'ignore' }).error === undefined;
@@ -39,7 +39,7 @@ async function serve(args: string[]): Promise<{ uri: string; log: () => string; 
       out += d.toString();
       if (out.includes('\n')) resolve(out.split('\n')[0]!);
     });
-    void exited.then((code) => reject(new Error(`serve exited ${code}: ${log}`)));
+    void exited.then((code) => reject(new Error(`serve exited ${String(code)}: ${log}`)));
   });
   return {
     uri,

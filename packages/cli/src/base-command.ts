@@ -85,7 +85,7 @@ export abstract class CowvolCommand extends Command {
     argv?: string[],
   ): Promise<Interfaces.ParserOutput<F, B, A>> {
     const out = await super.parse(options, argv);
-    this.parsedFlags = out.flags as Record<string, unknown>;
+    this.parsedFlags = out.flags;
     return out;
   }
 
@@ -122,7 +122,6 @@ export abstract class CowvolCommand extends Command {
     // An OS error no path handler claimed is still the operating system's failure: IO_ERROR or NO_SPACE, not a bug.
     const err: Error & { code?: string; oclif?: { exit?: number } } = isErrnoError(raw) ? osError(raw) : raw;
     let code: ErrorCode;
-    let exit: number;
     let details: Record<string, unknown> | undefined;
     if (err instanceof CowvolError) {
       code = err.code;
@@ -135,7 +134,7 @@ export abstract class CowvolCommand extends Command {
     } else {
       code = 'INTERNAL';
     }
-    exit = this.exitCodeOf(code);
+    const exit = this.exitCodeOf(code);
     // Messages quote user text (names, labels, paths): control and bidirectional code points are escaped (README, "Labels").
     process.stderr.write(`cowvol: error [${code}]: ${err.message.split('\n').map(escapeTerminalText).join('\n')}\n`);
     if (code === 'OUTCOME_UNKNOWN') {
@@ -152,7 +151,7 @@ export abstract class CowvolCommand extends Command {
     if (code === 'JOURNAL_CORRUPT' && !this.argv.includes('--repair')) {
       process.stderr.write('cowvol: the journal is damaged; `cowvol check --repair <volume>` replays the transactions that verify, discards the rest and says what it discarded.\n');
     }
-    if (code === 'INTERNAL' && process.env.COWVOL_DEBUG) process.stderr.write(`${err.stack}\n`);
+    if (code === 'INTERNAL' && process.env.COWVOL_DEBUG) process.stderr.write(`${err.stack ?? err.message}\n`);
     if (this.argv.includes('--json')) {
       process.stdout.write(`${JSON.stringify({ error: { code, message: err.message, exitCode: exit, ...(details ? { details } : {}) } }, null, 2)}\n`);
     }

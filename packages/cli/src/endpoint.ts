@@ -1,4 +1,5 @@
 import { isIP } from 'node:net';
+import { assert } from '@cowvol/base';
 import { InvalidArgumentError } from '@cowvol/cow-core';
 
 /**
@@ -11,7 +12,8 @@ import { InvalidArgumentError } from '@cowvol/cow-core';
 export function parseListen(value: string, tls = false): { host: string; port: number } {
   const match = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value.trim());
   if (!match) throw new InvalidArgumentError(`--listen takes <host:port> (or [ipv6]:port), got ${JSON.stringify(value)}`);
-  const host = (match[1] ?? match[2])!;
+  const host = match[1] ?? match[2];
+  assert(host !== undefined, 'the pattern captures either a bracketed or a plain host');
   const port = Number(match[3]);
   if (port > 65535) throw new InvalidArgumentError(`--listen: port ${port} is above 65535`);
   if (!tls && !isLoopback(host)) {

@@ -3,7 +3,7 @@ import { escapeLabelText, type SnapshotInfo, type SpaceReport } from '@cowvol/co
 
 /** Human size, powers of 1024 (`64 MiB`). */
 export function human(bytes: number): string {
-  return String(filesize(bytes, { base: 2, standard: 'iec' }));
+  return filesize(bytes, { base: 2, standard: 'iec' });
 }
 
 /** A plain left-aligned text table. */
@@ -57,7 +57,7 @@ export function snapshotTable(snapshots: Array<SnapshotInfo & Partial<SnapshotWi
       s.held ? 'held' : '',
       s.active ? 'yes' : '',
       ...(suspect ? [s.suspect ? 'suspect' : ''] : []),
-      formatLabels(s.labels ?? {}),
+      formatLabels(s.labels),
     ]),
   );
   return suspect ? `${out}\n${SUSPECT_NOTE}` : out;

@@ -47,12 +47,12 @@ export interface OpenInputOptions {
  */
 export async function openInput(path: string | undefined, options: OpenInputOptions = {}): Promise<SizedInput> {
   const source = path ?? '/dev/stdin';
-  const st = await stat(source).catch((err) => {
+  const st = await stat(source).catch((err: unknown) => {
     throw userPathError(err, source, 'input');
   });
   if (st.isDirectory()) throw userPathError(Object.assign(new Error('is a directory'), { code: 'EISDIR' }), source, 'input');
   if ((st.isFile() && st.size > 0) || st.isBlockDevice()) {
-    const handle = await open(source, constants.O_RDONLY).catch((err) => {
+    const handle = await open(source, constants.O_RDONLY).catch((err: unknown) => {
       throw userPathError(err, source, 'input');
     });
     try {
@@ -75,7 +75,7 @@ function positionalInput(handle: FileHandle, path: string, lengthBytes: number, 
       const buf = Buffer.alloc(length);
       let done = 0;
       while (done < length) {
-        const { bytesRead } = await handle.read(buf, done, length - done, offsetBytes + done).catch((err) => {
+        const { bytesRead } = await handle.read(buf, done, length - done, offsetBytes + done).catch((err: unknown) => {
           throw userPathError(err, path, 'input');
         });
         if (bytesRead === 0) break;
@@ -116,7 +116,7 @@ export async function probeLengthBytes(handle: FileHandle): Promise<number> {
 
 /** Reads `stream` to its end into a fresh private spool file; at most `maxBytes`. */
 async function spoolStream(stream: Readable, source: string, options: OpenInputOptions): Promise<SizedInput> {
-  const folder = await mkdtemp(join(tmpdir(), 'cowvol-stdin-')).catch((err) => {
+  const folder = await mkdtemp(join(tmpdir(), 'cowvol-stdin-')).catch((err: unknown) => {
     throw spoolError(err);
   });
   const forget = onInterrupt(() => rmSync(folder, { recursive: true, force: true }));
@@ -152,7 +152,7 @@ async function spoolStream(stream: Readable, source: string, options: OpenInputO
 async function writeSpool(handle: FileHandle, chunk: Buffer): Promise<void> {
   let done = 0;
   while (done < chunk.length) {
-    const { bytesWritten } = await handle.write(chunk, done, chunk.length - done, null).catch((err) => {
+    const { bytesWritten } = await handle.write(chunk, done, chunk.length - done, null).catch((err: unknown) => {
       throw spoolError(err);
     });
     done += bytesWritten;

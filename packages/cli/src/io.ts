@@ -101,7 +101,7 @@ export function openStdoutSink(): Sink {
 async function writeAll(handle: FileHandle, data: Buffer, output: string): Promise<void> {
   let done = 0;
   while (done < data.length) {
-    const { bytesWritten } = await handle.write(data, done, data.length - done, null).catch((err) => {
+    const { bytesWritten } = await handle.write(data, done, data.length - done, null).catch((err: unknown) => {
       throw userPathError(err, output, 'output');
     });
     done += bytesWritten;
@@ -117,7 +117,7 @@ async function writeAll(handle: FileHandle, data: Buffer, output: string): Promi
  */
 export async function openFileSink(output: string, guard: ProtectedFiles): Promise<Sink> {
   const target = await checkOutputPath(output, guard);
-  const handle = await open(target, constants.O_WRONLY | constants.O_CREAT, await outputMode(guard)).catch((err) => {
+  const handle = await open(target, constants.O_WRONLY | constants.O_CREAT, await outputMode(guard)).catch((err: unknown) => {
     throw userPathError(err, output, 'output');
   });
   try {
@@ -132,7 +132,7 @@ export async function openFileSink(output: string, guard: ProtectedFiles): Promi
     closedByReader: false,
     write: (data) => writeAll(handle, data, output),
     async close() {
-      await handle.close().catch((err) => {
+      await handle.close().catch((err: unknown) => {
         throw userPathError(err, output, 'output');
       });
     },

@@ -14,7 +14,9 @@ export type PathRole = 'input' | 'output';
 
 /** True for an error the operating system raised (it carries an errno code such as `ENOENT`). */
 export function isErrnoError(err: unknown): err is NodeJS.ErrnoException & { code: string } {
-  return err instanceof Error && !(err instanceof CowvolError) && typeof (err as NodeJS.ErrnoException).code === 'string' && /^E[A-Z0-9]+$/.test((err as NodeJS.ErrnoException).code!);
+  if (!(err instanceof Error) || err instanceof CowvolError) return false;
+  const { code } = err as NodeJS.ErrnoException;
+  return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code);
 }
 
 /**

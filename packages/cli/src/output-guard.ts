@@ -2,7 +2,7 @@ import type { BigIntStats } from 'node:fs';
 import { lstat, readdir, readlink, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { InvalidArgumentError, volumeLayout } from '@cowvol/cow-core';
-import { userPathError } from './os-errors.js';
+import { isErrnoError, userPathError } from './os-errors.js';
 
 /** A file's identity: device and inode (the same file under any name, symlink or hard link). */
 export function identityOf(st: BigIntStats): string {
@@ -65,18 +65,18 @@ export function assertNotProtected(output: string, st: BigIntStats, guard: Prote
 export async function resolveOutputPath(output: string): Promise<string> {
   let path = resolve(output);
   for (let hops = 0; hops < 40; hops++) {
-    const st = await lstat(path).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') return undefined;
+    const st = await lstat(path).catch((err: unknown) => {
+      if (isErrnoError(err) && err.code === 'ENOENT') return undefined;
       throw userPathError(err, output, 'output');
     });
     if (st === undefined) {
-      const folder = await realpath(dirname(path)).catch((err) => {
+      const folder = await realpath(dirname(path)).catch((err: unknown) => {
         throw userPathError(err, output, 'output');
       });
       return join(folder, basename(path));
     }
     if (!st.isSymbolicLink())
-      return realpath(path).catch((err) => {
+      return realpath(path).catch((err: unknown) => {
         throw userPathError(err, output, 'output');
       });
     path = resolve(dirname(path), await readlink(path));
@@ -95,7 +95,7 @@ export async function checkOutputPath(output: string, guard: ProtectedFiles): Pr
   const target = await resolveOutputPath(output);
   const existing = await stat(target, { bigint: true }).catch(() => undefined);
   if (existing) assertNotProtected(output, existing, guard);
-  const folder = await stat(dirname(target), { bigint: true }).catch((err) => {
+  const folder = await stat(dirname(target), { bigint: true }).catch((err: unknown) => {
     throw userPathError(err, output, 'output');
   });
   if (guard.folders.has(identityOf(folder))) throw refuse(output, guard, `is inside the sidecar ${volumeLayout(guard.volumePath).sidecarPath} of the volume`);

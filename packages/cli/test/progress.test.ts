@@ -21,7 +21,8 @@ beforeEach(() => {
 afterEach(() => {
   vi.restoreAllMocks();
   vi.useRealTimers();
-  process.stderr.isTTY = ttyBefore as boolean;
+  // Typed boolean, but undefined when stderr is not a terminal: put back whatever was there.
+  process.stderr.isTTY = ttyBefore!;
 });
 
 function events(): Array<Record<string, unknown>> {

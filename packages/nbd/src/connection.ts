@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import { assert } from '@cowvol/base';
 import type { ExportCatalog } from './block-export.js';
 import { ByteQueue } from './byte-queue.js';
 import { MAX_PAYLOAD_BYTES, NBD_CMD_DISC, NBD_CMD_READ, NBD_EINVAL, NBD_EPERM, NBD_FLAG_C_NO_ZEROES, REQUEST_HEADER_BYTES } from './constants.js';
@@ -131,7 +132,8 @@ export class Connection {
           if (!option) return;
           this.optionBusy = true;
           this.setPaused(true);
-          void this.negotiation!.handle(option).then(
+          assert(this.negotiation !== undefined, 'the flags phase made the negotiation');
+          void this.negotiation.handle(option).then(
             (step) => {
               if (step.next === 'options') this.logRefusal(option.option, step.replies.at(-1));
               if (step.next === 'starttls') this.startTls(step.replies);
@@ -141,7 +143,10 @@ export class Connection {
           );
           return;
         } else if (this.phase === 'transmission') {
-          if (this.full()) return this.setPaused(true);
+          if (this.full()) {
+            this.setPaused(true);
+            return;
+          }
           const request = parseRequest(this.queue);
           if (!request) return;
           if (request.type === NBD_CMD_DISC) return void this.finish('client disconnected (NBD_CMD_DISC)');
@@ -191,7 +196,10 @@ export class Connection {
     const keys = this.handshake.tlsPsk;
     const raw = this.socket;
     if (this.phase === 'closing') return; // stopped or timed out while the option was answered
-    if (!keys) return this.fail(new Error('STARTTLS acknowledged without keys'), 'cannot start TLS');
+    if (!keys) {
+      this.fail(new Error('STARTTLS acknowledged without keys'), 'cannot start TLS');
+      return;
+    }
     if (this.queue.length > 0 || raw.readableLength > 0) {
       this.log.warn({ conn: this.id }, 'bytes after NBD_OPT_STARTTLS before its reply: closing the connection');
       this.phase = 'closing';
@@ -220,13 +228,15 @@ export class Connection {
 
   /** Logs an option answered with an error reply (bit 31 of the reply type; docs/FORMAT.md §10.2). */
   private logRefusal(option: number, last: Buffer | undefined): void {
-    const replyType = last && last.length >= 20 ? last.readUInt32BE(12) : 0;
+    if (!last || last.length < 20) return;
+    const replyType = last.readUInt32BE(12);
     if (replyType < 2 ** 31) return;
-    this.log.info({ conn: this.id, option, replyType: `0x${replyType.toString(16)}`, err: last!.subarray(20).toString('utf8') }, 'option refused');
+    this.log.info({ conn: this.id, option, replyType: `0x${replyType.toString(16)}`, err: last.subarray(20).toString('utf8') }, 'option refused');
   }
 
   private dispatch(request: RequestMessage): void {
-    const agreement = this.agreement!;
+    const agreement = this.agreement;
+    assert(agreement !== undefined, 'requests are parsed only in the transmission phase, after the agreement');
     const heldBytes = REQUEST_HEADER_BYTES + (request.payload?.length ?? 0) + (request.type === NBD_CMD_READ ? Math.min(request.lengthBytes, MAX_PAYLOAD_BYTES) : 0);
     this.inFlightRequests++;
     this.inFlightBytes += heldBytes;

@@ -1,4 +1,4 @@
-import { hasCode } from '@cowvol/base';
+import { assert, hasCode } from '@cowvol/base';
 import {
   BASE_ALLOCATION_ID,
   MAX_PAYLOAD_BYTES,
@@ -93,8 +93,10 @@ export async function runRequest(agreement: Agreement, request: RequestMessage):
       return agreement.structured ? offsetDataChunk(cookie, offsetBytes, data, true) : [simpleReply(cookie, 0), data];
     }
     case NBD_CMD_WRITE:
-      if (lengthBytes > 0) await target.write(offsetBytes, request.payload!, { fua });
-      else if (fua) await target.flush();
+      if (lengthBytes > 0) {
+        assert(request.payload !== undefined, 'parseRequest reads the payload of every WRITE');
+        await target.write(offsetBytes, request.payload, { fua });
+      } else if (fua) await target.flush();
       break;
     case NBD_CMD_TRIM:
     case NBD_CMD_WRITE_ZEROES:

@@ -100,7 +100,7 @@ export class NbdServer {
       socket.destroy();
       return;
     }
-    socket.setNoDelay?.(true);
+    socket.setNoDelay(true);
     const connection = new Connection(socket, this.options.catalog, this.log, this.nextId++, this.options.limits ?? DEFAULT_LIMITS, this.handshake);
     this.connections.add(connection);
     this.log.info({ conn: connection.id, remote: socket.remoteAddress ?? 'unix' }, 'connection opened');

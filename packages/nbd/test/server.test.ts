@@ -41,7 +41,7 @@ import {
 import { infoRequest, MemoryCatalog, MemoryExport, metaRequest, RawClient } from './raw-client.js';
 
 let dir: string;
-let server: NbdServer;
+let server: NbdServer | undefined;
 let live: MemoryExport;
 let frozen: MemoryExport;
 let socketPath: string;
@@ -333,7 +333,7 @@ describe('transmission', () => {
     await c.open('live');
     c.sendRequest({ type: NBD_CMD_WRITE, cookie: 1n, offsetBytes: 0, lengthBytes: 1, payload: Buffer.from([1]) });
     await until(() => live.writesStarted === 1);
-    const stopped = server.stop();
+    const stopped = server!.stop();
     c.sendRequest({ type: NBD_CMD_READ, cookie: 2n, offsetBytes: 0, lengthBytes: 1 });
     expect(await c.readSimpleReply()).toEqual({ cookie: 2n, error: NBD_ESHUTDOWN });
     stall.resolve();

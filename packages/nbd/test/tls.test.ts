@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { TLSSocket } from 'node:tls';
+import { TLSSocket } from 'node:tls';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   NBD_CMD_READ,
@@ -35,6 +35,9 @@ let dir: string;
 let socketPath: string;
 let server: NbdServer | undefined;
 let live: MemoryExport;
+
+/** vitest's asymmetric matcher, typed as what it is to the matching object: an opaque value. */
+const stringMatching = (pattern: RegExp): unknown => expect.stringMatching(pattern);
 
 async function start(options: { tlsPsk?: PskKeys; handshakeTimeoutMs?: number; maxConnections?: number }): Promise<void> {
   live = new MemoryExport('live', 1 << 20);
@@ -83,13 +86,13 @@ describe('psktool key files', () => {
     expect((await loadPskKeys(file)).size).toBe(1);
     for (const mode of [0o640, 0o604, 0o620]) {
       await chmod(file, mode);
-      await expect(loadPskKeys(file)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/group or others/) });
+      await expect(loadPskKeys(file)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: stringMatching(/group or others/) });
     }
     await chmod(file, 0o600);
     await symlink(file, join(dir, 'link.psk'));
-    await expect(loadPskKeys(join(dir, 'link.psk'))).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/symbolic link/) });
+    await expect(loadPskKeys(join(dir, 'link.psk'))).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: stringMatching(/symbolic link/) });
     await mkdir(join(dir, 'd'), { mode: 0o700 });
-    await expect(loadPskKeys(join(dir, 'd'))).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/not a regular file/) });
+    await expect(loadPskKeys(join(dir, 'd'))).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: stringMatching(/not a regular file/) });
     await expect(loadPskKeys(join(dir, 'none.psk'))).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
   });
 });
@@ -134,7 +137,8 @@ describe('STARTTLS with TLS required', () => {
     it(`${version} ${ciphers ?? ''}: the option phase goes on inside TLS (a second STARTTLS is ERR_INVALID), then transmission`, async () => {
       const plain = await startTls();
       const c = await plain.startTls('alice', KEY, { minVersion: version, maxVersion: version, ...(ciphers ? { ciphers } : {}) });
-      expect((c.socket as TLSSocket).getProtocol()).toBe(version);
+      expect(c.socket).toBeInstanceOf(TLSSocket);
+      expect(c.socket instanceof TLSSocket && c.socket.getProtocol()).toBe(version);
       c.sendOption(NBD_OPT_STARTTLS);
       expect((await c.readOptionReply()).type).toBe(NBD_REP_ERR_INVALID);
       c.sendOption(NBD_OPT_LIST);

@@ -96,7 +96,7 @@ const CORRUPTION_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['CORRUPT_ME
 function journalRepairLines(r: VolumeJournalRepair): string[] {
   const lines = [
     r.superblockDamaged
-      ? `journal repaired: its superblock was unreadable (${r.superblockError}); the log was discarded unread`
+      ? `journal repaired: its superblock was unreadable (${r.superblockError ?? 'no reason recorded'}); the log was discarded unread`
       : `journal repaired: replayed ${r.replayedTransactions} transaction(s) up to ${r.lastReplayedSequence}; the log stopped at the next one (${r.stopReason})`,
   ];
   if (r.discarded.length === 0) lines.push('discarded: nothing found beyond the damage');

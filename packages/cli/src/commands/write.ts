@@ -37,8 +37,8 @@ export default class Write extends CowvolCommand {
     // The volume file's size is the volume's size: it bounds how much of a stream is spooled.
     const volumeBytes = await stat(args.volume).then(
       (st) => st.size,
-      (err) => {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new VolumeNotFoundError(args.volume, { cause: err });
+      (err: unknown) => {
+        if (isErrnoError(err) && err.code === 'ENOENT') throw new VolumeNotFoundError(args.volume, { cause: err });
         throw isErrnoError(err) ? osError(err) : err;
       },
     );

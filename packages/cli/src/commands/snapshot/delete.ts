@@ -1,9 +1,10 @@
 import { Args, Flags } from '@oclif/core';
-import { InvalidArgumentError, parseLabel, type DeletePlan, type DeleteResult, type SnapshotInfo } from '@cowvol/cow-core';
+import { assert } from '@cowvol/base';
+import { InvalidArgumentError, parseLabel, type DeletePlan, type DeleteResult, type SnapshotInfo, type Volume } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 import { parseDuration } from '../../duration.js';
 import { human } from '../../format.js';
-import { createProgress, progressFlag } from '../../progress.js';
+import { createProgress, progressFlag, type Progress } from '../../progress.js';
 
 /** JSON of a delete of several snapshots, a filter or a dry run (README "JSON shapes"). */
 export interface MultiDeleteJson {
@@ -65,14 +66,7 @@ export default class SnapshotDelete extends CowvolCommand {
       return await this.withVolume(
         args.volume,
         async (volume) => {
-          if (single) {
-            // Unchanged single-name contract.
-            const [r] = (await volume.deleteSnapshots(names, { onProgress: (d, t) => progress.update(d, t) })).deleted;
-            this.say(
-              `deleted snapshot ${r!.name}: ${r!.freedBlocks} blocks freed, ${r!.handedOverBlocks} handed over to the next older snapshot${r!.unfinished ? ' (the rest finishes at the next open)' : ''}`,
-            );
-            return { name: r!.name, freedBlocks: r!.freedBlocks, handedOverBlocks: r!.handedOverBlocks, ...(r!.unfinished ? { unfinished: true } : {}) };
-          }
+          if (single) return this.deleteOne(volume, names, progress);
           let chosen = names;
           let skippedHeld: string[] = [];
           if (filtered) ({ chosen, skippedHeld } = select(await volume.listSnapshots(), { olderThanMs, labels, keepNewest: flags['keep-newest'] }));
@@ -119,6 +113,14 @@ export default class SnapshotDelete extends CowvolCommand {
       progress.stop();
     }
   }
+
+  /** Deletes the one snapshot named (the single-name contract, unchanged: one line, one result). */
+  private async deleteOne(volume: Volume, names: string[], progress: Progress): Promise<DeleteResult> {
+    const [r] = (await volume.deleteSnapshots(names, { onProgress: (d, t) => progress.update(d, t) })).deleted;
+    assert(r !== undefined, 'deleting one named snapshot reports it deleted');
+    this.say(`deleted snapshot ${r.name}: ${r.freedBlocks} blocks freed, ${r.handedOverBlocks} handed over to the next older snapshot${r.unfinished ? ' (the rest finishes at the next open)' : ''}`);
+    return { name: r.name, freedBlocks: r.freedBlocks, handedOverBlocks: r.handedOverBlocks, ...(r.unfinished ? { unfinished: true } : {}) };
+  }
 }
 
 /** The snapshots a filter chooses (oldest first), and the held ones it leaves alone. */
@@ -129,6 +131,7 @@ export function select(
 ): { chosen: string[]; skippedHeld: string[] } {
   let candidates = snapshots.filter((s) => filter.labels.every(([k, v]) => s.labels[k] === v));
   if (filter.keepNewest !== undefined) candidates = candidates.slice(0, Math.max(0, candidates.length - filter.keepNewest));
-  if (filter.olderThanMs !== undefined) candidates = candidates.filter((s) => Date.parse(s.createdAt) < now - filter.olderThanMs!);
+  const { olderThanMs } = filter;
+  if (olderThanMs !== undefined) candidates = candidates.filter((s) => Date.parse(s.createdAt) < now - olderThanMs);
   return { chosen: candidates.filter((s) => !s.held).map((s) => s.name), skippedHeld: candidates.filter((s) => s.held).map((s) => s.name) };
 }

@@ -1,4 +1,5 @@
 import { Args } from '@oclif/core';
+import { assert } from '@cowvol/base';
 import { SnapshotNotFoundError, type SnapshotIdentity } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 import { SUSPECT_NOTE, formatLabels, human, withSpace, type SnapshotWithSpace } from '../../format.js';
@@ -19,7 +20,8 @@ export default class SnapshotInfoCommand extends CowvolCommand {
         const snap = (await v.listSnapshots()).find((s) => s.name === args.name);
         if (!snap) throw new SnapshotNotFoundError(args.name);
         const [row] = withSpace([snap], await v.spaceUsage());
-        return { ...row!, identity: await v.snapshotIdentity(args.name) };
+        assert(row !== undefined, 'withSpace gives one row per snapshot');
+        return { ...row, identity: await v.snapshotIdentity(args.name) };
       },
       { readOnly: true },
     );

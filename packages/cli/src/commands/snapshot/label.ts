@@ -21,8 +21,8 @@ export default class SnapshotLabel extends CowvolCommand {
     const set = (argv as string[]).slice(2).map(parseLabel);
     const snapshot = await this.withVolume(args.volume, async (v) => {
       const current = (await v.listSnapshots()).find((s) => s.name === args.name);
-      const labels = { ...(current?.labels ?? {}) };
-      for (const key of flags.remove ?? []) delete labels[key];
+      const removed = new Set(flags.remove ?? []);
+      const labels = Object.fromEntries(Object.entries(current?.labels ?? {}).filter(([key]) => !removed.has(key)));
       for (const [k, val] of set) labels[k] = val;
       return v.setSnapshotLabels(args.name, labels);
     });
