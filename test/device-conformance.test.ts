@@ -3,7 +3,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll } from 'vitest';
 import type { DeviceOpener } from '@cowvol/base';
-// eslint-disable-next-line no-restricted-imports -- the conformance suite is @cowvol/base's declared test-only entry point (docs/ARCHITECTURE.md §1 "packages/base"), not a path into its insides
 import { blockDeviceSuite } from '@cowvol/base/conformance';
 // A plain-JavaScript module of the benchmarks: its types are inferred (allowJs).
 import { countingOpener, newCounters } from '../bench/lib/counting-opener.mjs';
