@@ -219,8 +219,9 @@ export class StoreReadCache {
 
   private insert(window: number, entry: Window): void {
     this.windows.set(window, entry);
-    while (this.windows.size > this.capacityWindows) {
-      const [oldest, evicted] = this.windows.entries().next().value as [number, Window];
+    // Oldest first: a Map iterates in insertion order, and deleting the entry being visited is safe.
+    for (const [oldest, evicted] of this.windows) {
+      if (this.windows.size <= this.capacityWindows) break;
       this.windows.delete(oldest);
       this.count(evicted.hits);
     }
@@ -237,7 +238,10 @@ export class StoreReadCache {
     else this.decisionWindows += 1;
     this.decisionEvents += 1;
     this.ghosts.set(window, true);
-    if (this.ghosts.size > this.capacityWindows) this.ghosts.delete(this.ghosts.keys().next().value as number);
+    if (this.ghosts.size > this.capacityWindows) {
+      const oldest = this.ghosts.keys().next();
+      if (oldest.done !== true) this.ghosts.delete(oldest.value);
+    }
     this.decide();
     return false;
   }
