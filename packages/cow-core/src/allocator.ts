@@ -54,10 +54,10 @@ export class ExtentAllocator {
     this.touched.clear(); // the loaded extents are what LevelDB holds
     for (let i = 1; i < this.starts.length; i++) {
       const prev = this.starts[i - 1]!;
-      assert(prev + this.lengths.get(prev)! < this.starts[i]!, 'free extents overlap or touch at load');
+      assert(prev + this.lengthOf(prev) < this.starts[i]!, 'free extents overlap or touch at load');
     }
     const last = this.starts.at(-1);
-    assert(last === undefined || last + this.lengths.get(last)! <= highWaterBlocks, 'free extent above high-water mark');
+    assert(last === undefined || last + this.lengthOf(last) <= highWaterBlocks, 'free extent above high-water mark');
   }
 
   /** Blocks free below the high-water mark. */
@@ -69,7 +69,7 @@ export class ExtentAllocator {
 
   /** Free extents, lowest first (copies). */
   extents(): Extent[] {
-    return this.starts.map((s) => ({ startBlock: s, lengthBlocks: this.lengths.get(s)! }));
+    return this.starts.map((s) => ({ startBlock: s, lengthBlocks: this.lengthOf(s) }));
   }
 
   /** Hands out `countBlocks` store blocks as one or more extents, lowest addresses first. */
@@ -79,7 +79,7 @@ export class ExtentAllocator {
     let need = countBlocks;
     while (need > 0 && this.starts.length > 0) {
       const start = this.starts[0]!;
-      const length = this.lengths.get(start)!;
+      const length = this.lengthOf(start);
       const take = Math.min(length, need);
       this.remove(start);
       if (take < length) this.insert(start + take, length - take);
@@ -103,18 +103,18 @@ export class ExtentAllocator {
     // i = first free extent with start >= startBlock
     const next = this.starts[i];
     const prev = i > 0 ? this.starts[i - 1] : undefined;
-    assert(next === undefined || next >= startBlock + lengthBlocks, `double free: ${startBlock}+${lengthBlocks} overlaps free extent at ${next}`);
-    assert(prev === undefined || prev + this.lengths.get(prev)! <= startBlock, `double free: ${startBlock}+${lengthBlocks} overlaps free extent at ${prev}`);
+    if (next !== undefined) assert(next >= startBlock + lengthBlocks, `double free: ${startBlock}+${lengthBlocks} overlaps free extent at ${next}`);
+    const prevLength = prev === undefined ? 0 : this.lengthOf(prev);
+    if (prev !== undefined) assert(prev + prevLength <= startBlock, `double free: ${startBlock}+${lengthBlocks} overlaps free extent at ${prev}`);
     let newStart = startBlock;
     let newLength = lengthBlocks;
-    if (prev !== undefined && prev + this.lengths.get(prev)! === startBlock) {
-      const prevLength = this.lengths.get(prev)!;
+    if (prev !== undefined && prev + prevLength === startBlock) {
       this.remove(prev);
       newStart = prev;
       newLength += prevLength;
     }
     if (next !== undefined && next === startBlock + lengthBlocks) {
-      const nextLength = this.lengths.get(next)!;
+      const nextLength = this.lengthOf(next);
       this.remove(next);
       newLength += nextLength;
     }
@@ -138,7 +138,7 @@ export class ExtentAllocator {
     }
     const i = this.lowerIndex(block + 1) - 1;
     const start = i >= 0 ? this.starts[i]! : -1;
-    const length = i >= 0 ? this.lengths.get(start)! : 0;
+    const length = i >= 0 ? this.lengthOf(start) : 0;
     assert(i >= 0 && block < start + length, `double use: store block ${block} is already in use`);
     this.remove(start);
     if (block > start) this.insert(start, block - start);
@@ -150,7 +150,7 @@ export class ExtentAllocator {
     const i = this.lowerIndex(block + 1) - 1;
     if (i < 0) return false;
     const s = this.starts[i]!;
-    return block < s + this.lengths.get(s)!;
+    return block < s + this.lengthOf(s);
   }
 
   /**
@@ -182,6 +182,13 @@ export class ExtentAllocator {
   /** Committed allocator: remember `start`'s key as changed, with whether it was a free extent before the first change. */
   private touch(start: number): void {
     if (this.recordOps && !this.touched.has(start)) this.touched.set(start, this.lengths.has(start));
+  }
+
+  /** The length of the free extent starting at `start`, which must be one (`starts` and `lengths` hold the same starts). */
+  private lengthOf(start: number): number {
+    const length = this.lengths.get(start);
+    assert(length !== undefined, `free extent ${start} has no length`);
+    return length;
   }
 
   private lowerIndex(block: number): number {

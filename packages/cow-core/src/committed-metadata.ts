@@ -103,26 +103,33 @@ function isCrcRun(x: unknown): x is Uint8Array {
 
 /** Validates a record read back from the journal (assert right after reading). Throws `CORRUPT_METADATA`. */
 export function asMetaRecord(record: unknown): MetaRecord {
-  const r = record as Record<string, unknown>;
-  const ok =
-    r !== null &&
-    typeof r === 'object' &&
-    ((r.o === 'sb' && typeof r.v === 'object' && r.v !== null) ||
-      (r.o === 'snap' && isId(r.id) && typeof r.name === 'string' && typeof r.createdAt === 'string' && (r.state === 'live' || r.state === 'deleting')) ||
-      (r.o === 'drop' && isId(r.id)) ||
-      (r.o === 'map' && isId(r.id) && isInt(r.b) && isInt(r.p) && isCrc(r.crc)) ||
-      (r.o === 'mapx' && isId(r.id) && isInt(r.b) && isInt(r.p) && isCrcRun(r.crcs)) ||
-      (r.o === 'unmap' && isId(r.id) && isInt(r.b) && isInt(r.p)) ||
-      (r.o === 'move' && isId(r.from) && isId(r.to) && isInt(r.b) && isInt(r.p) && isCrc(r.crc)) ||
-      (r.o === 'free' && isInt(r.p) && isInt(r.n) && (r.n as number) > 0) ||
-      (r.o === 'rename' && isId(r.id) && typeof r.name === 'string') ||
-      (r.o === 'labels' && isId(r.id) && isLabels(r.labels)) ||
-      (r.o === 'hold' && isId(r.id) && typeof r.held === 'boolean') ||
-      (r.o === 'origin' && isId(r.id) && isIdentity(r.origin)) ||
-      (r.o === 'suspect' && isId(r.id)) ||
-      (r.o === 'import' && (r.state === null || (typeof r.state === 'object' && r.state !== null))));
-  if (!ok) throw new CorruptMetadataError(`journal record is not a metadata record: ${JSON.stringify(r)?.slice(0, 120)}`);
-  return r as unknown as MetaRecord;
+  if (typeof record !== 'object' || record === null || !isMetaRecordShape(record as Record<string, unknown>)) {
+    throw new CorruptMetadataError(`journal record is not a metadata record: ${String(jsonText(record)).slice(0, 120)}`);
+  }
+  return record as MetaRecord;
+}
+
+/** `JSON.stringify` as it behaves: undefined for undefined (and functions, symbols). */
+const jsonText: (value: unknown) => string | undefined = JSON.stringify;
+
+/** Whether an object has the fields of one {@link MetaRecord} kind (docs/FORMAT.md §5.10). */
+function isMetaRecordShape(r: Record<string, unknown>): boolean {
+  return (
+    (r.o === 'sb' && typeof r.v === 'object' && r.v !== null) ||
+    (r.o === 'snap' && isId(r.id) && typeof r.name === 'string' && typeof r.createdAt === 'string' && (r.state === 'live' || r.state === 'deleting')) ||
+    (r.o === 'drop' && isId(r.id)) ||
+    (r.o === 'map' && isId(r.id) && isInt(r.b) && isInt(r.p) && isCrc(r.crc)) ||
+    (r.o === 'mapx' && isId(r.id) && isInt(r.b) && isInt(r.p) && isCrcRun(r.crcs)) ||
+    (r.o === 'unmap' && isId(r.id) && isInt(r.b) && isInt(r.p)) ||
+    (r.o === 'move' && isId(r.from) && isId(r.to) && isInt(r.b) && isInt(r.p) && isCrc(r.crc)) ||
+    (r.o === 'free' && isInt(r.p) && isInt(r.n) && r.n > 0) ||
+    (r.o === 'rename' && isId(r.id) && typeof r.name === 'string') ||
+    (r.o === 'labels' && isId(r.id) && isLabels(r.labels)) ||
+    (r.o === 'hold' && isId(r.id) && typeof r.held === 'boolean') ||
+    (r.o === 'origin' && isId(r.id) && isIdentity(r.origin)) ||
+    (r.o === 'suspect' && isId(r.id)) ||
+    (r.o === 'import' && typeof r.state === 'object') // an import marker, or null (typeof null is 'object')
+  );
 }
 
 /**
@@ -286,7 +293,7 @@ export class CommittedMetadata {
       case 'map':
         this.allocator.allocateExact(r.p);
         ops.push(putOp(keys.map(r.id, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
-        this.owned(tx, r.id, +1);
+        this.owned(tx, r.id, 1);
         return true;
       case 'mapx': {
         const n = r.crcs.length / 4;
@@ -295,7 +302,7 @@ export class CommittedMetadata {
           this.allocator.allocateExact(r.p + i);
           ops.push(putOp(keys.map(r.id, r.b + i), { v: SCHEMA_VERSION, storeBlock: r.p + i, crc: crcs.readUInt32LE(4 * i) }));
         }
-        this.owned(tx, r.id, +n);
+        this.owned(tx, r.id, n);
         return true;
       }
       case 'unmap':
@@ -307,7 +314,7 @@ export class CommittedMetadata {
         ops.push(delOp(keys.map(r.from, r.b)));
         ops.push(putOp(keys.map(r.to, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
         this.owned(tx, r.from, -1);
-        this.owned(tx, r.to, +1);
+        this.owned(tx, r.to, 1);
         return true;
       case 'free':
         this.allocator.free({ startBlock: r.p, lengthBlocks: r.n });
@@ -344,7 +351,7 @@ export class CommittedMetadata {
       }
       case 'drop': {
         const rec = this.snapshots.get(r.id);
-        assert(rec !== undefined && rec.ownedBlocks === 0, `drop of snapshot ${r.id} that still owns blocks or does not exist`);
+        assert(rec?.ownedBlocks === 0, `drop of snapshot ${r.id} that still owns blocks or does not exist`);
         this.snapshots.delete(r.id);
         tx.touched.delete(r.id);
         tx.dropped.add(r.id);

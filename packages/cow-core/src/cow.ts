@@ -60,7 +60,10 @@ export async function cowRange(ctx: VolumeContext, first: number, last: number):
       }
       if (mine.length === 0 && waits.length === 0) return tickets;
       if (mine.length > 0) {
-        const ticket = await cowBlocks(ctx, chain[0] as SnapshotRecord, maps[0] as SnapshotMap, mine, isCopied);
+        const [active] = chain;
+        const [activeMap] = maps;
+        assert(active !== undefined && activeMap !== undefined, 'a COW chain starts with the active snapshot');
+        const ticket = await cowBlocks(ctx, active, activeMap, mine, isCopied);
         if (ticket) {
           tickets.push(ticket);
           for (const b of ticket.blocks) claimed.add(b);
@@ -160,7 +163,7 @@ async function copyRuns(ctx: VolumeContext, batch: CowBatch, handle: Handle): Pr
   const bs = ctx.blockSizeBytes;
   const { active, blocks, storeBlocks, crcs } = batch;
   const maxRun = maxMapRunBlocks(bs);
-  const at = (list: number[], k: number): number => list[k] as number;
+  const at = (list: number[], k: number): number => list[k]!;
   for (let i = 0; i < blocks.length;) {
     let j = i + 1;
     while (j < blocks.length && j - i < maxRun && at(blocks, j) === at(blocks, j - 1) + 1 && at(storeBlocks, j) === at(storeBlocks, j - 1) + 1) j++;
@@ -193,7 +196,7 @@ async function copyRuns(ctx: VolumeContext, batch: CowBatch, handle: Handle): Pr
  */
 function publishCow(ctx: VolumeContext, batch: CowBatch): void {
   const { blocks, storeBlocks, crcs } = batch;
-  for (let k = 0; k < blocks.length; k++) batch.map.set(blocks[k] as number, storeBlocks[k] as number, crcs[k] as number);
+  for (let k = 0; k < blocks.length; k++) batch.map.set(blocks[k]!, storeBlocks[k]!, crcs[k]!);
   batch.active.ownedBlocks += blocks.length;
   ctx.stats.cows += blocks.length;
   ctx.stats.cowBatches += 1;

@@ -57,11 +57,16 @@ async function readIntent(layout: VolumeLayout): Promise<CreateIntent | undefine
   const text = await readFile(intentPath(layout), 'utf8').catch(() => undefined);
   if (text === undefined) return undefined;
   try {
-    const v = JSON.parse(text) as CreateIntent;
-    return v && v.v === 1 && typeof v.createdFile === 'boolean' ? v : undefined;
+    const v: unknown = JSON.parse(text);
+    return isCreateIntent(v) ? v : undefined;
   } catch {
     return undefined; // torn while being written: the create had made nothing else yet
   }
+}
+
+/** Whether a parsed intent file is a {@link CreateIntent} of this version. */
+function isCreateIntent(v: unknown): v is CreateIntent {
+  return typeof v === 'object' && v !== null && 'v' in v && v.v === 1 && 'createdFile' in v && typeof v.createdFile === 'boolean';
 }
 
 /** True when the metadata database holds a volume record (the create got past its commit point). */

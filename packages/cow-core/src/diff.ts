@@ -53,7 +53,7 @@ export function unionOfMaps(chain: NamedMap[], blockSizeBytes: number): DiffExte
   chain.forEach((m, i) => {
     for (const [block] of m.map.entries()) if (!source.has(block)) source.set(block, i);
   });
-  const blocks = [...source.keys()].sort((a, b) => a - b);
+  const sources = [...source].sort(([a], [b]) => a - b);
   const extents: DiffExtent[] = [];
   let runStart = -1;
   let runLength = 0;
@@ -63,8 +63,7 @@ export function unionOfMaps(chain: NamedMap[], blockSizeBytes: number): DiffExte
     const m = chain[runSource]!;
     extents.push({ offsetBytes: runStart * blockSizeBytes, lengthBytes: runLength * blockSizeBytes, snapshot: m.name, snapshotId: m.id });
   };
-  for (const b of blocks) {
-    const s = source.get(b)!;
+  for (const [b, s] of sources) {
     if (runLength > 0 && b === runStart + runLength && s === runSource) {
       runLength += 1;
       continue;

@@ -73,18 +73,6 @@ export class VolumeBusyError extends CowvolError {
   }
 }
 
-/**
- * `LOCK_LOST`: this process's owner lock was taken over. No longer produced:
- * the owner lock is held by the kernel for as long as its holder lives and is
- * never handed over (docs/ARCHITECTURE.md §9 "The owner lock"). Kept because codes
- * are stable.
- */
-export class LockLostError extends CowvolError {
-  constructor(path: string, cause: unknown) {
-    super('LOCK_LOST', `lost the lock on ${path} (stalled past the stale time?); stopped to avoid two writers`, { cause, details: { path } });
-  }
-}
-
 /** `NOT_A_VOLUME`: the file has no cowvol sidecar, or the sidecar is incomplete or foreign. */
 export class NotAVolumeError extends CowvolError {
   constructor(message: string, options?: Options) {

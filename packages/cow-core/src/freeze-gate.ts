@@ -49,11 +49,6 @@ export class FreezeGate {
     };
   }
 
-  /** Operations inside the gate now. */
-  get inFlight(): number {
-    return this.shared;
-  }
-
   private pump(): void {
     while (this.waiters.length > 0 && !this.frozen) {
       const next = this.waiters[0]!;

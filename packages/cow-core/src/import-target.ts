@@ -5,6 +5,7 @@
  * durable import marker it carries.
  */
 
+import { assert } from '@cowvol/base';
 import { MAX_SNAPSHOTS, volumeLayout } from './layout.js';
 import { BaseMismatchError, ImportPendingError, ResumeMismatchError, SnapshotExistsError, SnapshotLimitError, VolumeExistsError, VolumeNotFoundError } from './errors.js';
 import { SCHEMA_VERSION, type ImportRecord, type SnapshotIdentity } from './metadata.js';
@@ -138,7 +139,8 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
   }
   // Applied already (this exact source snapshot is here): say so rather than "base mismatch".
   for (const s of snapshots) if (s.origin && sameIdentity(s.origin, h.source)) throw new SnapshotExistsError(s.name);
-  const base = h.base!;
+  const base = h.base;
+  assert(base !== null, 'an incremental stream names its base (stream-header.ts checks it when the header is read)');
   // The base by identity (the newest holder if several), then: is the live content still that snapshot?
   let holder: string | undefined;
   for (const s of snapshots) if (sameIdentity(await volume.snapshotIdentity(s.name), base)) holder = s.name;

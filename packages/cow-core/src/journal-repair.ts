@@ -8,6 +8,7 @@ import { MetadataDb, type DataMode } from './metadata.js';
 import { OwnerLock, fileIdentity } from './owner-lock.js';
 import { metadataOpenError, openSidecarFile } from './sidecar-damage.js';
 import { SnapshotStore } from './store.js';
+import { errnoCode } from './files.js';
 
 /**
  * `check --repair` of a volume whose journal is damaged
@@ -56,8 +57,8 @@ export interface VolumeJournalRepair extends Omit<JournalRepairReport, 'discarde
 export async function repairVolumeJournal(path: string, options: { opener?: DeviceOpener } = {}): Promise<VolumeJournalRepair> {
   const opener = options.opener ?? fileDeviceOpener;
   const layout = volumeLayout(path);
-  await stat(path).catch((err: NodeJS.ErrnoException) => {
-    throw err.code === 'ENOENT' ? new VolumeNotFoundError(path, { cause: err }) : err;
+  await stat(path).catch((err: unknown) => {
+    throw errnoCode(err) === 'ENOENT' ? new VolumeNotFoundError(path, { cause: err }) : err;
   });
   await stat(layout.sidecarPath).catch(() => {
     throw new NotAVolumeError(`${path} is not a cowvol volume (no ${layout.sidecarPath})`);

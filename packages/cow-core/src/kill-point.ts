@@ -19,7 +19,7 @@ function parseTarget(spec: string | undefined): { step: string; nth: number } | 
 
 /** Marks the boundary named `step` (e.g. `import:extent`); see the module comment. */
 export function killPoint(step: string): void {
-  if (target === undefined || target.step !== step) return;
+  if (target?.step !== step) return;
   const n = (arrivals.get(step) ?? 0) + 1;
   arrivals.set(step, n);
   if (n === target.nth) process.kill(process.pid, 'SIGKILL');

@@ -81,7 +81,7 @@ export function snappyDecompress(input: Buffer): Buffer {
   while (!r.done) {
     const tag = r.bytes(1)[0]!;
     let len: number;
-    let offset = 0;
+    let offset: number;
     if ((tag & 3) === 0) {
       len = tag >> 2;
       if (len >= 60) len = r.bytes(len - 59).readUIntLE(0, len - 59);
@@ -208,11 +208,13 @@ export function liveTables(manifest: Buffer): Map<number, number> {
         r.slice(); // comparator
       else if (tag === 2 || tag === 3 || tag === 4 || tag === 9)
         r.varint(); // log number, next file, last sequence, prev log
-      else if (tag === 5)
-        (r.varint(), r.slice()); // compact pointer: level, key
-      else if (tag === 6)
-        (r.varint(), live.delete(r.varint())); // deleted file: level, number
-      else if (tag === 7) {
+      else if (tag === 5) {
+        r.varint(); // compact pointer: level
+        r.slice(); // key
+      } else if (tag === 6) {
+        r.varint(); // deleted file: level
+        live.delete(r.varint()); // number
+      } else if (tag === 7) {
         r.varint(); // level
         const number = r.varint();
         live.set(number, r.varint());

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { stat } from 'node:fs/promises';
 import { IoError } from '@cowvol/base';
+import { errorMessage } from './files.js';
 
 /**
  * Where the live volume file may hold data (docs/ARCHITECTURE.md §15.5,
@@ -80,8 +81,8 @@ export async function* fileDataRanges(path: string, sizeBytes: number, options: 
     yield { offsetBytes: 0, lengthBytes: sizeBytes };
     return;
   }
-  const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
-    throw new IoError(`cannot stat ${path}: ${err.message}`, { cause: err, details: { path } });
+  const st = await stat(path).catch((err: unknown) => {
+    throw new IoError(`cannot stat ${path}: ${errorMessage(err)}`, { cause: err, details: { path } });
   });
   if (st.blocks === 0) {
     report.holeDetection = 'no-blocks';
@@ -101,6 +102,13 @@ export async function* fileDataRanges(path: string, sizeBytes: number, options: 
   }
 }
 
+/** One line of the helper, `<start> <end>` in bytes, as a region within [0, sizeBytes); undefined when it is not one. */
+function parseRegion(line: string, sizeBytes: number): ByteRange | undefined {
+  const [start, end] = line.split(' ').map(Number);
+  if (start === undefined || end === undefined || !Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end <= start || end > sizeBytes) return undefined;
+  return { offsetBytes: start, lengthBytes: end - start };
+}
+
 /**
  * Runs the helper and yields its regions; `covered(end)` is told how far
  * the yielded regions reach. Returns true when the helper failed (its
@@ -118,16 +126,18 @@ async function* seekRegions(path: string, sizeBytes: number, covered: (endBytes:
   try {
     for await (const chunk of child.stdout as AsyncIterable<Buffer>) {
       pending += chunk.toString('latin1');
-      const lines = pending.split('\n');
-      pending = lines.pop()!;
+      const cut = pending.lastIndexOf('\n');
+      if (cut < 0) continue; // no complete line yet
+      const lines = pending.slice(0, cut).split('\n');
+      pending = pending.slice(cut + 1);
       for (const line of lines) {
-        const [start, end] = line.split(' ').map(Number);
-        if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start! < 0 || end! <= start! || end! > sizeBytes) {
+        const region = parseRegion(line, sizeBytes);
+        if (!region) {
           bad = true;
           break;
         }
-        covered(end!);
-        yield { offsetBytes: start!, lengthBytes: end! - start! };
+        covered(region.offsetBytes + region.lengthBytes);
+        yield region;
       }
       if (bad) break;
     }

@@ -184,8 +184,12 @@ export function isIdentity(x: unknown): x is SnapshotIdentity {
   return typeof r.volumeUuid === 'string' && isInt(r.snapshotId, 1) && typeof r.createdAt === 'string' && typeof r.name === 'string';
 }
 
-/** Decodes and validates a value; `check` names the fields that must hold. @throws CORRUPT_METADATA, UNSUPPORTED_VERSION */
-export function decode<T extends { v: number }>(key: string, buf: Uint8Array, check: (x: Record<string, unknown>) => boolean): T {
+/**
+ * Decodes and validates a value as a `T`; `check` is given the decoded
+ * fields under `T`'s names (still unchecked) and says whether they hold.
+ * @throws CORRUPT_METADATA, UNSUPPORTED_VERSION
+ */
+export function decode<T extends { v: number }>(key: string, buf: Uint8Array, check: (x: Record<keyof T, unknown>) => boolean): T {
   let value: unknown;
   try {
     value = packr.unpack(buf);
@@ -193,7 +197,7 @@ export function decode<T extends { v: number }>(key: string, buf: Uint8Array, ch
     throw new CorruptMetadataError(`metadata ${key} does not decode`, { cause: err, details: { key } });
   }
   if (typeof value !== 'object' || value === null) throw new CorruptMetadataError(`metadata ${key} is not a record`, { details: { key } });
-  const rec = value as Record<string, unknown>;
+  const rec = value as Record<keyof T, unknown>;
   if (!isInt(rec.v, 1)) throw new CorruptMetadataError(`metadata ${key} has no schema version`, { details: { key } });
   if (rec.v > SCHEMA_VERSION) throw new UnsupportedVersionError(`metadata ${key} has schema version ${rec.v}; this cowvol reads up to ${SCHEMA_VERSION}`, { details: { key } });
   if (!check(rec)) throw new CorruptMetadataError(`metadata ${key} fails validation`, { details: { key } });
@@ -243,11 +247,11 @@ export const decodeValue = {
         isInt(r.headerCrc) &&
         isInt(r.extentCount) &&
         isInt(r.nextExtent) &&
-        (r.nextExtent as number) <= (r.extentCount as number) &&
+        r.nextExtent <= r.extentCount &&
         isInt(r.appliedBytes) &&
         typeof r.startedAt === 'string',
     ),
-  map: (k: string, b: Uint8Array) => decodeMapFast(b) ?? decode<MapRecord>(k, b, (r) => isInt(r.storeBlock) && isInt(r.crc) && (r.crc as number) <= 0xffffffff),
+  map: (k: string, b: Uint8Array) => decodeMapFast(b) ?? decode<MapRecord>(k, b, (r) => isInt(r.storeBlock) && isInt(r.crc) && r.crc <= 0xffffffff),
 };
 
 /** The bytes msgpackr writes for a MapRecord up to the value of `storeBlock`: map16 of 3, `v`: 1, the key `storeBlock`. */
@@ -376,7 +380,7 @@ export class MetadataDb {
 
   async get(key: string): Promise<Buffer | undefined> {
     try {
-      return (await this.db.get(key)) ?? undefined;
+      return await this.db.get(key);
     } catch (err) {
       throw metadataError(err, this.path);
     }

@@ -4,6 +4,7 @@ import { CowvolError, IoError, NoSpaceError } from '@cowvol/base';
 import { VolumeModifiedOutsideError } from './errors.js';
 import { SCHEMA_VERSION, decode, keys, putOp, type MetadataDb, type SnapshotRecord } from './metadata.js';
 import { SnapshotMap } from './snapshot-map.js';
+import { errorMessage } from './files.js';
 
 /**
  * Writes made outside cowvol (docs/ARCHITECTURE.md, "Writes made outside
@@ -106,8 +107,8 @@ export async function readStamp(db: MetadataDb): Promise<StampRecord | undefined
 
 /** The file's stamp now (`stat` with nanosecond times; follows symlinks, like every open). @throws IO_ERROR */
 export async function statStamp(path: string, state: StampRecord['state']): Promise<StampRecord> {
-  const st = await stat(path, { bigint: true }).catch((err: Error) => {
-    throw new IoError(`cannot stat ${path}: ${err.message}`, { cause: err });
+  const st = await stat(path, { bigint: true }).catch((err: unknown) => {
+    throw new IoError(`cannot stat ${path}: ${errorMessage(err)}`, { cause: err });
   });
   return {
     v: SCHEMA_VERSION,
@@ -254,7 +255,7 @@ export class ChangeStamps {
     // (docs/ARCHITECTURE.md §13, "What readers change").
     const compared = recorded ? compareStamps(recorded, found) : [];
     const changes = compared.some((c) => c.field === 'size' || c.field === 'mtime') ? compared : [];
-    const change = changes.length > 0 ? { changes, cleanClose: recorded!.state === 'closed' } : undefined;
+    const change = recorded && changes.length > 0 ? { changes, cleanClose: recorded.state === 'closed' } : undefined;
     if (change && !options.hold) {
       const suspects = await suspectSnapshots(options.catalog, options.volumeBlocks, (id) => SnapshotMap.load(db, id));
       throw new VolumeModifiedOutsideError(describeOutsideChange(path, change, suspects), { path, ...change, suspectSnapshots: suspects });

@@ -3,6 +3,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { IoError } from '@cowvol/base';
 import { VolumeBusyError, VolumeNotFoundError } from './errors.js';
+import { errnoCode, errorMessage } from './files.js';
 
 /** The identity of a volume file: its device and inode numbers (exact, as bigints). */
 export interface FileIdentity {
@@ -41,9 +42,10 @@ function holderSocketName(id: FileIdentity, pid: number): string {
  * @throws VolumeNotFoundError `VOLUME_NOT_FOUND` when there is no such file; IoError `IO_ERROR` otherwise.
  */
 export async function fileIdentity(path: string): Promise<FileIdentity> {
-  const st = await stat(path, { bigint: true }).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') throw new VolumeNotFoundError(path, { cause: err });
-    throw new IoError(`cannot stat ${path}: ${err.message}`, { cause: err, details: { path } });
+  const st = await stat(path, { bigint: true }).catch((err: unknown) => {
+    const code = errnoCode(err);
+    if (code === 'ENOENT' || code === 'ENOTDIR') throw new VolumeNotFoundError(path, { cause: err });
+    throw new IoError(`cannot stat ${path}: ${errorMessage(err)}`, { cause: err, details: { path } });
   });
   return { dev: st.dev, ino: st.ino };
 }

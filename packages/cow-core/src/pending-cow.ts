@@ -59,7 +59,7 @@ export class PendingCows {
       assert(!ended, 'COW ticket ended twice');
       ended = true;
       for (let k = 0; k < blocks.length; k++) {
-        this.byBlock.delete(blocks[k] as number);
+        this.byBlock.delete(blocks[k]!);
         markers[k]?.end();
       }
     };

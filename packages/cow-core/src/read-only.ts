@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { CowvolError, IoError, NoSpaceError } from '@cowvol/base';
 import { MetadataDb } from './metadata.js';
 import { metadataOpenError } from './sidecar-damage.js';
+import { errnoCode, errorMessage } from './files.js';
 
 /**
  * The metadata database of a read-only open (docs/ARCHITECTURE.md,
@@ -48,7 +49,7 @@ export class PrivateMetadata {
       // No CURRENT in a folder that held a database is damage; no folder at all is not a volume (sidecar-damage.ts).
       throw await metadataOpenError(metaPath, Object.assign(new Error(`${metaPath}/CURRENT does not exist (create_if_missing is false)`), { cause: err }));
     }
-    const dir = await mkdtemp(join(tmpdir(), 'cowvol-meta-')).catch((err: NodeJS.ErrnoException) => {
+    const dir = await mkdtemp(join(tmpdir(), 'cowvol-meta-')).catch((err: unknown) => {
       throw copyError(err, tmpdir());
     });
     try {
@@ -56,11 +57,11 @@ export class PrivateMetadata {
       for (const name of names) {
         const from = resolve(metaPath, name);
         if (/^\d+\.(ldb|sst)$/.test(name)) {
-          await symlink(from, join(dir, name)).catch((err: NodeJS.ErrnoException) => {
+          await symlink(from, join(dir, name)).catch((err: unknown) => {
             throw copyError(err, dir);
           });
         } else if (name === 'CURRENT' || name === manifest || /^\d+\.log$/.test(name)) {
-          await copyFile(from, join(dir, name)).catch((err: NodeJS.ErrnoException) => {
+          await copyFile(from, join(dir, name)).catch((err: unknown) => {
             throw copyError(err, dir);
           });
           copiedBytes += (await stat(from)).size;
@@ -86,10 +87,11 @@ export class PrivateMetadata {
   }
 }
 
-function copyError(err: NodeJS.ErrnoException, where: string): CowvolError {
-  const message = `a read-only open copies the metadata journal (a few MiB) into ${where}: ${err.message}; set TMPDIR to a writable folder with room`;
-  if (err.code === 'ENOSPC' || err.code === 'EDQUOT') return new NoSpaceError(message, { cause: err, details: { path: where } });
-  return new IoError(message, { cause: err, details: { path: where, errno: err.code } });
+function copyError(err: unknown, where: string): CowvolError {
+  const message = `a read-only open copies the metadata journal (a few MiB) into ${where}: ${errorMessage(err)}; set TMPDIR to a writable folder with room`;
+  const code = errnoCode(err);
+  if (code === 'ENOSPC' || code === 'EDQUOT') return new NoSpaceError(message, { cause: err, details: { path: where } });
+  return new IoError(message, { cause: err, details: { path: where, errno: code } });
 }
 
 /**

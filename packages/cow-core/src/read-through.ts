@@ -76,7 +76,7 @@ export class BlockSources {
     const last = first + count - 1;
     const { storeBlocks, crcs, owners, indexes } = sources;
     let found = 0;
-    let ascending = true;
+    let descents = 0; // found blocks whose index is below the one found before (a later map of the chain)
     for (const map of chain) {
       if (found === count) break;
       map.forEachInRange(first, last, (block, storeBlock, crc) => {
@@ -85,12 +85,12 @@ export class BlockSources {
         storeBlocks[i] = storeBlock;
         crcs[i] = crc;
         owners[i] = map.snapshotId;
-        if (found > 0 && indexes[found - 1]! > i) ascending = false;
+        if (found > 0 && indexes[found - 1]! > i) descents += 1;
         indexes[found++] = i;
       });
     }
     sources.storeIndexes = indexes.subarray(0, found);
-    if (!ascending) sources.storeIndexes.sort();
+    if (descents > 0) sources.storeIndexes.sort();
     return sources;
   }
 
@@ -265,10 +265,10 @@ export class SnapshotReader {
       k += n;
     }
     assert(covered === count, `read plan covers ${covered} of ${count} blocks`);
-    const scratch = scratchBlocks > 0 ? Buffer.allocUnsafe(scratchBlocks * bs) : undefined;
+    const scratch = Buffer.allocUnsafe(scratchBlocks * bs); // empty when no run is inside a span
     let at = 0;
     for (const run of runs) {
-      const into = run.inside ? scratch!.subarray(at * bs, (at += run.blocks) * bs) : out.subarray(run.index * bs, (run.index + run.blocks) * bs);
+      const into = run.inside ? scratch.subarray(at * bs, (at += run.blocks) * bs) : out.subarray(run.index * bs, (run.index + run.blocks) * bs);
       ops.push({ index: run.index, blocks: run.blocks, storeBlock: storeBlocks[run.index]!, into, scratch: run.inside });
     }
     return ops;

@@ -1,5 +1,5 @@
 import { open, rm } from 'node:fs/promises';
-import { pathExists } from './files.js';
+import { errnoCode, errorMessage, pathExists } from './files.js';
 import { constants } from 'node:fs';
 import { IoError, NoSpaceError } from '@cowvol/base';
 
@@ -54,7 +54,7 @@ export async function writeReserve(path: string, sizeBytes: number, bestEffort =
 
 /** Removes the reserve file (its space is free again); nothing when absent. @throws IO_ERROR */
 export async function releaseReserve(path: string): Promise<void> {
-  await rm(path, { force: true }).catch((err: NodeJS.ErrnoException) => {
-    throw new IoError(`cannot release the space reserve ${path}: ${err.message}`, { cause: err, details: { path, errno: err.code } });
+  await rm(path, { force: true }).catch((err: unknown) => {
+    throw new IoError(`cannot release the space reserve ${path}: ${errorMessage(err)}`, { cause: err, details: { path, errno: errnoCode(err) } });
   });
 }

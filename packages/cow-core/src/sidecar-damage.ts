@@ -37,7 +37,7 @@ export function isLevelDbDamage(err: unknown): boolean {
       code === 'LEVEL_CORRUPTION' ||
       message.startsWith('Corruption:') ||
       (message.startsWith('IO error:') && /No such file or directory|Invalid argument/.test(message)) ||
-      /does not exist \(create_if_missing is false\)/.test(message),
+      message.includes('does not exist (create_if_missing is false)'),
   );
 }
 
@@ -84,7 +84,7 @@ export async function openSidecarFile(opener: DeviceOpener, path: string, part: 
   try {
     return await opener.open(path, { create: false, readOnly });
   } catch (err) {
-    if (!chain(err).some(({ code, message }) => code === 'ENOENT' || /ENOENT/.test(message))) throw err;
+    if (!chain(err).some(({ code, message }) => code === 'ENOENT' || message.includes('ENOENT'))) throw err;
     const message = `the ${part} file ${path} of this volume is missing`;
     throw part === 'store' ? new StoreCorruptError(message, { cause: err, details: { path } }) : new JournalCorruptError(message, { cause: err, details: { path } });
   }

@@ -107,11 +107,11 @@ export class SnapshotMap {
     const number = Math.floor(block / MAP_REGION_BLOCKS);
     const region = this.regions.get(number);
     const at = region ? indexOf(region, block % MAP_REGION_BLOCKS) : -1;
-    assert(at >= 0, `snapshot ${this.snapshotId} does not map block ${block}`);
-    if (region!.count === 1) this.regions.delete(number);
+    assert(region !== undefined && at >= 0, `snapshot ${this.snapshotId} does not map block ${block}`);
+    if (region.count === 1) this.regions.delete(number);
     else {
-      region!.data.copyWithin(2 * at, 2 * at + 2, 2 * region!.count);
-      region!.count -= 1;
+      region.data.copyWithin(2 * at, 2 * at + 2, 2 * region.count);
+      region.count -= 1;
     }
     this.mapped -= 1;
     this.changes += 1;

@@ -23,6 +23,8 @@ export interface StoreCacheStats {
   rereads: number;
   /** Readahead on now (it turns off while windows are evicted unused, and back on when missed windows come back). */
   readahead: boolean;
+  /** Windows cached now (a gauge, not a counter): at most `STORE_CACHE_BYTES / STORE_WINDOW_BYTES`. */
+  cachedWindows: number;
 }
 
 /** A cached window: its bytes and how many blocks it served since it was filled. */
@@ -72,7 +74,7 @@ export class StoreReadCache {
   /** The store device to use for everything else: reads pass through, writes and truncates invalidate. */
   readonly device: BlockDevice;
   /** Readahead starts off: it turns on once missed windows come back (the ghost list), so a random read over a big store never pays for it. */
-  readonly stats: StoreCacheStats = { hits: 0, fills: 0, directReads: 0, invalidations: 0, rereads: 0, readahead: false };
+  readonly stats: StoreCacheStats = { hits: 0, fills: 0, directReads: 0, invalidations: 0, rereads: 0, readahead: false, cachedWindows: 0 };
   private readonly windowBytes: number;
   private readonly capacityWindows: number;
   /** Window index → window, least recently used first (Map order). */
@@ -114,11 +116,6 @@ export class StoreReadCache {
       truncate: (sizeBytes) => invalidating(0, Number.MAX_SAFE_INTEGER, () => inner.truncate(sizeBytes)),
       close: () => inner.close(),
     };
-  }
-
-  /** Cached windows now (at most `STORE_CACHE_BYTES / STORE_WINDOW_BYTES`). */
-  get cachedWindows(): number {
-    return this.windows.size;
   }
 
   /**
@@ -219,11 +216,13 @@ export class StoreReadCache {
 
   private insert(window: number, entry: Window): void {
     this.windows.set(window, entry);
-    while (this.windows.size > this.capacityWindows) {
-      const [oldest, evicted] = this.windows.entries().next().value as [number, Window];
+    // Oldest first: a Map iterates in insertion order, and deleting the entry being visited is safe.
+    for (const [oldest, evicted] of this.windows) {
+      if (this.windows.size <= this.capacityWindows) break;
       this.windows.delete(oldest);
       this.count(evicted.hits);
     }
+    this.stats.cachedWindows = this.windows.size;
   }
 
   /**
@@ -237,7 +236,10 @@ export class StoreReadCache {
     else this.decisionWindows += 1;
     this.decisionEvents += 1;
     this.ghosts.set(window, true);
-    if (this.ghosts.size > this.capacityWindows) this.ghosts.delete(this.ghosts.keys().next().value as number);
+    if (this.ghosts.size > this.capacityWindows) {
+      const oldest = this.ghosts.keys().next();
+      if (oldest.done !== true) this.ghosts.delete(oldest.value);
+    }
     this.decide();
     return false;
   }
@@ -281,6 +283,8 @@ export class StoreReadCache {
   }
 
   private drop(window: number): void {
-    if (this.windows.delete(window)) this.stats.invalidations += 1;
+    if (!this.windows.delete(window)) return;
+    this.stats.invalidations += 1;
+    this.stats.cachedWindows = this.windows.size;
   }
 }

@@ -18,5 +18,6 @@ const TERMINAL_UNSAFE_GLOBAL = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2
  * `\u{XXXX}` (hex, at least 4 digits): safe to print on a terminal.
  */
 export function escapeTerminalText(text: string): string {
-  return text.replace(TERMINAL_UNSAFE_GLOBAL, (c) => `\\u{${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}}`);
+  // Every match is one UTF-16 code unit (a BMP character or a lone surrogate), so its code unit is its code point.
+  return text.replace(TERMINAL_UNSAFE_GLOBAL, (c) => `\\u{${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}}`);
 }

@@ -25,7 +25,7 @@ import { clearCreateIntent, reclaimIncompleteCreate, writeCreateIntent } from '.
 import { killPoint } from './kill-point.js';
 import { RESERVE_BYTES, writeReserve } from './reserve.js';
 import { openerFor, type CreateVolumeOptions } from './volume-types.js';
-import { pathExists } from './files.js';
+import { errnoCode, pathExists } from './files.js';
 
 /**
  * Volume creation (docs/ARCHITECTURE.md §4.8, docs/FORMAT.md §2 "Create
@@ -90,11 +90,12 @@ export async function createVolumeFiles(path: string, options: CreateVolumeOptio
 
 /** @throws INVALID_ARGUMENT */
 function checkCreateOptions(options: CreateVolumeOptions): Pick<CreatePlan, 'blockSizeBytes' | 'dataMode' | 'journalBytes' | 'reserveBytes'> {
-  const blockSizeBytes = options.blockSizeBytes ?? DEFAULT_BLOCK_SIZE_BYTES;
+  // Checked as unknown: a JavaScript caller (or a parsed flag) can pass anything.
+  const blockSizeBytes: unknown = options.blockSizeBytes ?? DEFAULT_BLOCK_SIZE_BYTES;
   if (!isBlockSize(blockSizeBytes)) {
-    throw new InvalidArgumentError(`block size must be a power of two from ${MIN_BLOCK_SIZE_BYTES} to ${MAX_BLOCK_SIZE_BYTES} bytes, got ${blockSizeBytes}`);
+    throw new InvalidArgumentError(`block size must be a power of two from ${MIN_BLOCK_SIZE_BYTES} to ${MAX_BLOCK_SIZE_BYTES} bytes, got ${String(blockSizeBytes)}`);
   }
-  const dataMode = options.dataMode ?? 'ordered';
+  const dataMode: unknown = options.dataMode ?? 'ordered';
   if (dataMode !== 'ordered' && dataMode !== 'journal') throw new InvalidArgumentError(`data mode must be ordered or journal, got ${String(dataMode)}`);
   const journalBytes = options.journalSizeBytes ?? DEFAULT_JOURNAL_BYTES;
   if (!Number.isSafeInteger(journalBytes) || journalBytes < MIN_JOURNAL_BLOCKS * blockSizeBytes || journalBytes % blockSizeBytes !== 0 || journalBytes / blockSizeBytes >= 2 ** 32) {
@@ -107,8 +108,8 @@ function checkCreateOptions(options: CreateVolumeOptions): Pick<CreatePlan, 'blo
 
 /** @throws VOLUME_NOT_FOUND, INVALID_ARGUMENT */
 async function adoptedFile(path: string, blockSizeBytes: number): Promise<{ sizeBytes: number; adoptedMode: number }> {
-  const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') throw new VolumeNotFoundError(path, { cause: err });
+  const st = await stat(path).catch((err: unknown) => {
+    if (errnoCode(err) === 'ENOENT') throw new VolumeNotFoundError(path, { cause: err });
     throw err;
   });
   if (!st.isFile()) throw new InvalidArgumentError(`${path} is not a regular file`);

@@ -1,5 +1,5 @@
 import { CowvolError, IoError, fileDeviceOpener, type BlockDevice } from '@cowvol/base';
-import { pathExists } from './files.js';
+import { errnoCode, errorMessage, pathExists } from './files.js';
 import { stat } from 'node:fs/promises';
 import { Journal, JournalCorruptError, JournalNeedsRecoveryError, type RecoveryReport } from '@cowvol/journal';
 import { CorruptMetadataError, InvalidArgumentError, NotAVolumeError, VolumeNotFoundError, VolumeSizeMismatchError } from './errors.js';
@@ -43,9 +43,10 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
   const writeBackBytes = options.writeBackBytes ?? WRITE_BACK_MAX_BYTES;
   if (!Number.isSafeInteger(writeBackBytes) || writeBackBytes < 0) throw new InvalidArgumentError(`writeBackBytes must be a non-negative integer, got ${writeBackBytes}`);
   const layout = volumeLayout(path);
-  const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') throw new VolumeNotFoundError(path, { cause: err });
-    throw new IoError(`cannot stat ${path}: ${err.message}`, { cause: err });
+  const st = await stat(path).catch((err: unknown) => {
+    const code = errnoCode(err);
+    if (code === 'ENOENT' || code === 'ENOTDIR') throw new VolumeNotFoundError(path, { cause: err });
+    throw new IoError(`cannot stat ${path}: ${errorMessage(err)}`, { cause: err });
   });
   if (!st.isFile()) throw new NotAVolumeError(`${path} is not a regular file`);
   const readOnly = options.readOnly === true;
@@ -164,7 +165,7 @@ function checkedCatalog(meta: CommittedMetadata): SnapshotRecord[] {
  */
 export async function closeVolume(ctx: VolumeContext): Promise<WriteBackFailure[]> {
   const { parts, status } = ctx;
-  let failures: WriteBackFailure[] = [];
+  let failures: WriteBackFailure[];
   try {
     await ctx.writeBack.drain();
     failures = ctx.writeBack.takeFailures();

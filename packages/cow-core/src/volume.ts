@@ -379,7 +379,7 @@ export class Volume {
     const { gate, status } = this.ctx;
     if (status.state === 'closing' || status.state === 'closed') return;
     const thaw = await gate.freeze();
-    let failures: Awaited<ReturnType<typeof closeVolume>> = [];
+    let failures: Awaited<ReturnType<typeof closeVolume>>;
     try {
       if (!status.beginClose()) return;
       try {
@@ -416,6 +416,6 @@ export class Volume {
 }
 
 /** Validates a snapshot name. @throws INVALID_SNAPSHOT_NAME */
-export function validateSnapshotName(name: string): void {
+export function validateSnapshotName(name: unknown): void {
   if (typeof name !== 'string' || !SNAPSHOT_NAME_PATTERN.test(name)) throw new InvalidSnapshotNameError(String(name));
 }

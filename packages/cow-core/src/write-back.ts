@@ -70,16 +70,6 @@ export class WriteBackStage {
     assert(maxBytes === 0 || maxBytes >= blockSizeBytes, 'write-back bound below one block');
   }
 
-  /** Bytes held now. */
-  get bytes(): number {
-    return this.heldBytes;
-  }
-
-  /** Entries not yet landed. */
-  get size(): number {
-    return this.inFlight.size;
-  }
-
   /**
    * Admission to the live volume for an overwrite of blocks [first, last]
    * (ARCHITECTURE "Write-back", admission). Waits until no entry touches

@@ -92,17 +92,14 @@ async function writeChunk(ctx: VolumeContext, offsetBytes: number, data: Buffer)
   // write-back stage and return; the commit overlaps the next writes.
   // Admission is atomic with the overlap check: two writes in flight that
   // share a block never both hold an entry for it (§3.3, admission).
-  let added = false;
   try {
-    await ctx.writeBack.admit(first, last, data.length, () => {
-      // The stage keeps the bytes past this call; it ends the tickets' markers once the overwrite landed.
-      ctx.writeBack.add(offsetBytes, Buffer.from(data), tickets);
-      added = true;
-    });
-  } finally {
+    // The stage keeps the bytes past this call; it ends the tickets' markers once the overwrite landed.
+    await ctx.writeBack.admit(first, last, data.length, () => ctx.writeBack.add(offsetBytes, Buffer.from(data), tickets));
+  } catch (err) {
     // Not admitted (a violated invariant): the markers still end, once
     // their commits settle, so no waiter and no freeze hangs on them.
-    if (!added) endWhenSettled(tickets);
+    endWhenSettled(tickets);
+    throw err;
   }
 }
 

@@ -59,7 +59,7 @@ describe('StoreReadCache', () => {
         const blocks = 1 + int(rnd, Math.min(6, 256 - block));
         const got = await cachedRead(cache, block * BS, blocks * BS);
         expect(got.equals(dev.bytes.subarray(block * BS, (block + blocks) * BS)), `phase ${phase} read ${block}+${blocks} (step ${i})`).toBe(true);
-        expect(cache.cachedWindows).toBeLessThanOrEqual(CAPACITY / WINDOW);
+        expect(cache.stats.cachedWindows).toBeLessThanOrEqual(CAPACITY / WINDOW);
       }
     }
   });
@@ -80,13 +80,13 @@ describe('StoreReadCache', () => {
     const dev = new MemDevice(patterned(16, rnd));
     const cache = new StoreReadCache(dev, BS, CAPACITY, WINDOW);
     await warm(cache, 5); // window 1 (blocks 4-7) cached
-    expect(cache.cachedWindows).toBe(1);
+    expect(cache.stats.cachedWindows).toBe(1);
     const fresh = patterned(1, rnd);
     await cache.device.write(6 * BS, fresh);
     expect((await cachedRead(cache, 6 * BS, BS)).equals(fresh)).toBe(true);
     expect(cache.stats.invalidations).toBeGreaterThanOrEqual(1);
     await cache.device.truncate(4 * BS);
-    expect(cache.cachedWindows).toBe(0);
+    expect(cache.stats.cachedWindows).toBe(0);
     expect((await cachedRead(cache, 6 * BS, BS)).equals(Buffer.alloc(BS))).toBe(true);
   });
 
