@@ -2,7 +2,7 @@ import { assert, type BlockDevice } from '@cowvol/base';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { Mutex } from 'async-mutex';
 import { JournalApplyError, type Handle, type Journal, type RecoveryReport } from '@cowvol/journal';
-import { VolumeReadOnlyError } from './errors.js';
+import { InvalidArgumentError, VolumeReadOnlyError } from './errors.js';
 import { DELETE_BATCH_BLOCKS, IO_CHUNK_BYTES, TARGET_VOLUME, type VolumeLayout } from './layout.js';
 import type { MetadataDb, SnapshotRecord } from './metadata.js';
 import type { ExtentAllocator } from './allocator.js';
@@ -204,15 +204,33 @@ export class VolumeContext {
     return this.heldBlockLocks ? this.heldBlockLocks.run({ blocks }, fn) : fn();
   }
 
-  /** Commits records as one handle; resolves once durable and applied to LevelDB. Fail-stop on error. */
+  /**
+   * Commits records as one handle; resolves once durable and applied to
+   * LevelDB. Fail-stop on error. Without `handle`, one of the credits the
+   * records need is started (`Journal.creditsForRecords`: the payload blocks
+   * they fill, docs/ARCHITECTURE.md §5.1).
+   * @throws INVALID_ARGUMENT, before anything is written, when they need more than one handle may take (a small journal and thousands of snapshots); VOLUME_READ_ONLY; what `commitHandle` throws
+   */
   async commitRecords(records: MetaRecord[], handle?: Handle): Promise<void> {
     if (records.length === 0) {
       handle?.abandon();
       return;
     }
-    const h = handle ?? (await this.startHandle(records.length));
+    const h = handle ?? (await this.startHandle(this.recordCredits(records)));
     for (const r of records) h.log(r);
     await this.commitHandle(h);
+  }
+
+  /** Credits `records` need in one handle. @throws INVALID_ARGUMENT when the journal cannot hold them in one (docs/ARCHITECTURE.md §5.1) */
+  private recordCredits(records: readonly MetaRecord[]): number {
+    const { journal } = this.parts;
+    const credits = journal.creditsForRecords(records);
+    if (credits <= journal.maxHandleCredits) return credits;
+    const journalMiB = (journal.lengthBlocks * journal.blockSizeBytes) / (1024 * 1024);
+    throw new InvalidArgumentError(
+      `this journal (${journalMiB} MiB) cannot hold one atomic step of ${records.length} metadata records (${credits} log blocks; at most ${journal.maxHandleCredits}): act on fewer snapshots at once (delete them in smaller groups) or use a larger --journal-size`,
+      { details: { records: records.length, credits, maxHandleCredits: journal.maxHandleCredits, journalMiB } },
+    );
   }
 
   /**

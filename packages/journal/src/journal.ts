@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { pack } from 'msgpackr';
 import { assert, type BlockDevice } from '@cowvol/base';
 import { Checkpoint } from './checkpoint.js';
 import { CommitWriter, type ApplyFn } from './commit-writer.js';
@@ -18,7 +19,7 @@ import {
 import { LogState, type JournalStats } from './log-state.js';
 import { replayHome, type ReplayedTransaction } from './recovery-replay.js';
 import { scanJournal } from './recovery-scan.js';
-import { Handle, type HandleOwner } from './transaction.js';
+import { creditsForRecordBytes, Handle, type HandleOwner } from './transaction.js';
 
 export { MAX_HANDLES_PER_COMMIT, type ApplyFn } from './commit-writer.js';
 export type { JournalStats } from './log-state.js';
@@ -203,13 +204,30 @@ export class Journal implements HandleOwner {
 
   // --------------------------------------------------------------- handles
 
-  /** Log blocks one handle of `credits` items may need at most (descriptor/revoke/records overhead included). */
+  /**
+   * Log blocks one handle of `credits` may need at most: its credits (images,
+   * revokes, payload blocks) plus their descriptor and revoke blocks, the
+   * records block and the commit block (docs/ARCHITECTURE.md §5.1).
+   */
   blocksForCredits(credits: number): number {
     const per = Math.min(tagsPerDescriptor(this.blockSizeBytes), entriesPerRevoke(this.blockSizeBytes));
     return credits + Math.ceil(credits / per) + 2;
   }
 
-  /** The most credits one handle may start with (its log blocks may take a quarter of the log). */
+  /**
+   * Credits a handle needs to log `records` (msgpackr-encodable values) and
+   * nothing else: the payload blocks their encoded bytes fill,
+   * `ceil(bytes / (blockSize − 4))` (docs/FORMAT.md §5.5); 0 for none. Add
+   * one per image and revoke the handle also logs. Compare with
+   * {@link maxHandleCredits} to know whether they fit one handle.
+   */
+  creditsForRecords(records: readonly unknown[]): number {
+    let bytes = 0;
+    for (const r of records) bytes += pack(r).length;
+    return creditsForRecordBytes(bytes, this.blockSizeBytes);
+  }
+
+  /** The most credits (log blocks, see {@link start}) one handle may start with: its log blocks may take a quarter of the log. */
   get maxHandleCredits(): number {
     const limit = Math.floor(this.state.dataBlocks / 4);
     let lo = 1;
@@ -223,9 +241,11 @@ export class Journal implements HandleOwner {
   }
 
   /**
-   * Starts a handle that may log up to `credits` items (jbd2
-   * `jbd2_journal_start`). Reserves log space, waiting for a checkpoint
-   * when the log is too full — call it before taking any lock.
+   * Starts a handle of `credits` (jbd2 `jbd2_journal_start`; credits are log
+   * blocks: one per image or revoke, and the payload blocks its records
+   * fill, {@link creditsForRecords}). Reserves `blocksForCredits(credits)`
+   * log blocks, waiting for a checkpoint when the log is too full — call it
+   * before taking any lock.
    * @throws JOURNAL_CREDITS_EXCEEDED (more than a quarter of the log), JOURNAL_ABORTED; ASSERTION_FAILED (read-only journal, credits not a positive integer)
    */
   async start(credits: number): Promise<Handle> {

@@ -1,4 +1,4 @@
-import { type BlockDevice } from '@cowvol/base';
+import { assert, type BlockDevice } from '@cowvol/base';
 import { chainCrc, encodeCommit, encodeDescriptor, encodeRecords, encodeRevoke, entriesPerRevoke, revokeKey, tagsPerDescriptor, transactionSeed, type BlockImage, type Revocation } from './format.js';
 import type { Handle } from './transaction.js';
 
@@ -50,16 +50,20 @@ function lastWords(handles: readonly Handle[]): { images: BlockImage[]; revokes:
  * docs/FORMAT.md, "Journal file"): descriptors with their images, revoke
  * blocks, records blocks, and the commit block carrying the block count and
  * the CRC32C chained over every block before it. Pure: writes nothing.
+ * Asserts that the blocks fit what the handles reserved at start
+ * (docs/ARCHITECTURE.md §5.1, credits).
  */
 export function encodeTransaction(handles: readonly Handle[], uuid: Buffer, sequence: number, blockSizeBytes: number): EncodedTransaction {
   const bs = blockSizeBytes;
   const seed = transactionSeed(uuid, sequence);
   const recordBuffers: Buffer[] = [];
   let recordBytes = 0;
+  let reservedBlocks = 0;
   const orderedDevices = new Set<BlockDevice>();
   for (const h of handles) {
     recordBuffers.push(...h.records);
     recordBytes += h.recordBytes;
+    reservedBlocks += h.reservedBlocks;
     for (const d of h.orderedDevices) orderedDevices.add(d);
   }
   const { images, revokes } = lastWords(handles);
@@ -73,5 +77,6 @@ export function encodeTransaction(handles: readonly Handle[], uuid: Buffer, sequ
   let crc = seed;
   for (const b of blocks) crc = chainCrc(crc, b);
   blocks.push(encodeCommit(blocks.length, crc, bs, sequence, seed));
+  assert(blocks.length <= reservedBlocks, `transaction ${sequence} needs ${blocks.length} log blocks; its handles reserved ${reservedBlocks}`);
   return { blocks, images, revokes, payload, orderedDevices };
 }

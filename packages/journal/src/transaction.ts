@@ -1,7 +1,7 @@
 import { pack } from 'msgpackr';
 import { assert, type BlockDevice } from '@cowvol/base';
 import { JournalCreditsExceededError } from './errors.js';
-import type { BlockImage, Revocation } from './format.js';
+import { payloadPerBlock, type BlockImage, type Revocation } from './format.js';
 
 /** jbd2 transaction states, in order. */
 export type TransactionState = 'running' | 'locked' | 'committing' | 'committed' | 'checkpointed';
@@ -43,6 +43,16 @@ export class Transaction {
   }
 }
 
+/**
+ * Credits (log blocks) that `recordBytes` bytes of encoded records take:
+ * records are concatenated into payload blocks of `payloadPerBlock` bytes
+ * each, a record may straddle two of them (docs/FORMAT.md §5.5), so it is
+ * `ceil(recordBytes / payloadPerBlock)`.
+ */
+export function creditsForRecordBytes(recordBytes: number, blockBytes: number): number {
+  return Math.ceil(recordBytes / payloadPerBlock(blockBytes));
+}
+
 /** The journal side a handle talks to. */
 export interface HandleOwner {
   /** `force`: commit now (a flush request) rather than at the next size or interval trigger. */
@@ -52,9 +62,13 @@ export interface HandleOwner {
 
 /**
  * A handle (jbd2 `handle_t`): one atomic operation's share of the running
- * transaction. It starts with `credits` — the most items (records, block
- * images, revokes) it may log — reserved in the log at start. Everything it
- * logs is committed together, or not at all.
+ * transaction. It starts with `credits`, counted in log blocks as in jbd2
+ * (docs/ARCHITECTURE.md §5.1): each block image and each revoke takes one,
+ * and its records together take the payload blocks their encoded bytes fill
+ * (`ceil(recordBytes / payloadPerBlock)`, {@link creditsForRecordBytes}) —
+ * so thousands of small records fit a few dozen credits. The log blocks
+ * those credits can need are reserved at start. Everything it logs is
+ * committed together, or not at all.
  *
  * Stable buffers (docs/ARCHITECTURE.md §5.1): records are encoded and images copied at log
  * time, so a caller that mutates or reuses its Buffer afterwards changes
@@ -77,24 +91,31 @@ export class Handle {
     private readonly blockBytes: number,
   ) {}
 
-  private take(): void {
+  /** Charges `items` images or revokes and `recordBytes` bytes of records against the credits. */
+  private take(items: number, recordBytes: number): void {
     assert(!this.finished, 'log on a finished handle');
-    if (this.items >= this.credits) throw new JournalCreditsExceededError(`handle started with ${this.credits} credits; item ${this.items + 1} exceeds them`);
-    this.items += 1;
+    const used = this.items + items + creditsForRecordBytes(this.recordBytes + recordBytes, this.blockBytes);
+    if (used > this.credits) throw new JournalCreditsExceededError(`handle started with ${this.credits} credits; this item would make it use ${used}`);
+    this.items += items;
+    this.recordBytes += recordBytes;
   }
 
-  /** Logs a logical record (any msgpackr-encodable value). @throws JOURNAL_CREDITS_EXCEEDED */
+  /**
+   * Logs a logical record (any msgpackr-encodable value); it takes the
+   * payload bytes it adds (see {@link creditsForRecordBytes}).
+   * @throws JOURNAL_CREDITS_EXCEEDED
+   */
   log(record: unknown): void {
-    this.take();
+    assert(!this.finished, 'log on a finished handle');
     const bytes = pack(record);
-    assert(bytes.length <= this.blockBytes - 4, `a record must fit one journal block (${bytes.length} bytes)`);
+    assert(bytes.length <= payloadPerBlock(this.blockBytes), `a record must fit one journal block (${bytes.length} bytes)`);
+    this.take(0, bytes.length);
     this.records.push(bytes);
-    this.recordBytes += bytes.length;
   }
 
   /** Logs a full block image for `homeBlock` of `target` (a copy is taken now). @throws JOURNAL_CREDITS_EXCEEDED */
   logImage(target: number, homeBlock: number, data: Uint8Array): void {
-    this.take();
+    this.take(1, 0);
     assert(data.length === this.blockBytes, `image of ${data.length} bytes; the journal block is ${this.blockBytes}`);
     assert(Number.isSafeInteger(homeBlock) && homeBlock >= 0 && target >= 0 && target < 0x10000, 'bad image home');
     this.images.push({ target, homeBlock, data: Buffer.from(data) });
@@ -102,7 +123,7 @@ export class Handle {
 
   /** Revokes `homeBlock` of `target`: older images of it are never replayed (jbd2 revoke). @throws JOURNAL_CREDITS_EXCEEDED */
   revoke(target: number, homeBlock: number): void {
-    this.take();
+    this.take(1, 0);
     this.revokes.push({ target, homeBlock });
   }
 
