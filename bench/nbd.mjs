@@ -153,6 +153,8 @@ function summarize(runs) {
     const cv = median(runs[cell.id].cowvol.map((r) => r.mibps));
     const q = median(runs[cell.id].qemu.map((r) => r.mibps));
     const ratio = cv !== undefined && q !== undefined ? cv / q : undefined;
+    // Per repetition, cowvol ÷ the qemu-nbd run of the same repetition: the spread the median hides.
+    const paired = runs[cell.id].cowvol.map((r, i) => r.mibps / runs[cell.id].qemu[i].mibps).sort((a, b) => a - b);
     const verdict = cell.target === undefined || ratio === undefined ? '-' : ratio >= cell.target ? 'PASS' : 'MISS';
     const iops = cell.job.bsBytes === 4 * KiB ? (x) => (x === undefined ? undefined : (x * MiB) / cell.job.bsBytes) : () => undefined;
     const rssOf = (impl) => median(runs[cell.id][impl].map((r) => r.peakRssBytes));
@@ -165,6 +167,7 @@ function summarize(runs) {
       cowvolIops: iops(cv),
       qemuIops: iops(q),
       ratio,
+      pairedRatioRange: paired.length ? [paired[0], paired[paired.length - 1]] : undefined,
       target: cell.target,
       verdict,
       cowvolPeakRssBytes: rssOf('cowvol'),
@@ -174,7 +177,7 @@ function summarize(runs) {
 }
 
 function printTable(rows) {
-  const head = ['cell', 'workload', 'peer', 'cowvol MiB/s', 'qemu MiB/s', 'cv/qemu', 'target', 'verdict', 'RSS cowvol', 'RSS qemu'];
+  const head = ['cell', 'workload', 'peer', 'cowvol MiB/s', 'qemu MiB/s', 'cv/qemu', 'per rep', 'target', 'verdict', 'RSS cowvol', 'RSS qemu'];
   const body = rows.map((r) => [
     r.id,
     r.workload,
@@ -182,6 +185,7 @@ function printTable(rows) {
     fmtNum(r.cowvolMiBps) + (r.cowvolIops ? ` (${fmtNum(r.cowvolIops)} IOPS)` : ''),
     fmtNum(r.qemuMiBps) + (r.qemuIops ? ` (${fmtNum(r.qemuIops)} IOPS)` : ''),
     fmtRatio(r.ratio),
+    r.pairedRatioRange ? `${fmtRatio(r.pairedRatioRange[0])}-${fmtRatio(r.pairedRatioRange[1])}` : '-',
     r.target === undefined ? '-' : `>=${r.target}x`,
     r.verdict,
     fmtBytes(r.cowvolPeakRssBytes),
@@ -214,11 +218,12 @@ async function main() {
     const loadBefore = loadavg();
     log(`NBD benchmark: ${fmtBytes(sizeBytes)} images, ${reps} rep(s), load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')}`);
     const base = await makeBase(work);
-    const rows = summarize(await measure(work, base));
+    const runs = await measure(work, base);
+    const rows = summarize(runs);
     const loadAfter = loadavg();
     log(`\nfio through NBD, MiB/s from fio start to exit (connect, I/O, final FLUSH, disconnect); medians of ${reps}; load average after ${loadAfter.map((x) => x.toFixed(2)).join(' ')}`);
     printTable(rows);
-    const doc = { kind: 'nbd', date: new Date().toISOString(), sizeBytes, reps, machine: machine(), loadAverage: { before: loadBefore, after: loadAfter }, rows };
+    const doc = { kind: 'nbd', date: new Date().toISOString(), sizeBytes, reps, machine: machine(), loadAverage: { before: loadBefore, after: loadAfter }, rows, runs };
     const resultsDir = fileURLToPath(new URL('results/', import.meta.url));
     await mkdir(resultsDir, { recursive: true });
     await writeFile(join(resultsDir, `nbd-${doc.date.replace(/[:.]/g, '-')}.json`), `${JSON.stringify(doc, null, 2)}\n`);
