@@ -87,7 +87,9 @@ async function makeBase(work) {
 async function runCells(server, group, exportOf, rss) {
   const out = {};
   for (const cell of CELLS.filter((c) => c.group === group && (c.snapshot ?? false) === (exportOf === 'snapshot'))) {
-    out[cell.id] = await runFio(server.uri(exportOf === 'snapshot' ? 'snapshot/s1' : 'live'), cell.job);
+    const cpuBefore = server.cpuSeconds();
+    const r = await runFio(server.uri(exportOf === 'snapshot' ? 'snapshot/s1' : 'live'), cell.job);
+    out[cell.id] = { ...r, serverCpuSeconds: server.cpuSeconds() - cpuBefore };
   }
   const stopped = await server.stop();
   rss.push(stopped.peakRssBytes);
@@ -140,7 +142,8 @@ async function measure(work, base) {
         for (const [id, r] of Object.entries(results)) {
           const mibps = r.ioBytes / MiB / r.seconds;
           runs[id][impl].push({ ...r, mibps, peakRssBytes: peak });
-          log(`  rep ${rep + 1}/${reps} ${id.padEnd(15)} ${impl.padEnd(6)} ${fmtNum(mibps)} MiB/s (${r.seconds.toFixed(2)} s, fio's own ${fmtNum(r.fioMiBps)} MiB/s)`);
+          const cpu = `server CPU ${r.serverCpuSeconds.toFixed(2)} s`;
+          log(`  rep ${rep + 1}/${reps} ${id.padEnd(15)} ${impl.padEnd(6)} ${fmtNum(mibps)} MiB/s (${r.seconds.toFixed(2)} s, fio's own ${fmtNum(r.fioMiBps)} MiB/s, ${cpu})`);
         }
       }
     }
@@ -158,6 +161,8 @@ function summarize(runs) {
     const verdict = cell.target === undefined || ratio === undefined ? '-' : ratio >= cell.target ? 'PASS' : 'MISS';
     const iops = cell.job.bsBytes === 4 * KiB ? (x) => (x === undefined ? undefined : (x * MiB) / cell.job.bsBytes) : () => undefined;
     const rssOf = (impl) => median(runs[cell.id][impl].map((r) => r.peakRssBytes));
+    // Server CPU seconds per GiB moved: how much of a core each server needs for the same work.
+    const cpuPerGiB = (impl) => median(runs[cell.id][impl].map((r) => r.serverCpuSeconds / (r.ioBytes / (1024 * MiB))));
     return {
       id: cell.id,
       workload: describe(cell.job),
@@ -170,6 +175,8 @@ function summarize(runs) {
       pairedRatioRange: paired.length ? [paired[0], paired[paired.length - 1]] : undefined,
       target: cell.target,
       verdict,
+      cowvolCpuSecondsPerGiB: cpuPerGiB('cowvol'),
+      qemuCpuSecondsPerGiB: cpuPerGiB('qemu'),
       cowvolPeakRssBytes: rssOf('cowvol'),
       qemuPeakRssBytes: rssOf('qemu'),
     };
@@ -177,7 +184,7 @@ function summarize(runs) {
 }
 
 function printTable(rows) {
-  const head = ['cell', 'workload', 'peer', 'cowvol MiB/s', 'qemu MiB/s', 'cv/qemu', 'per rep', 'target', 'verdict', 'RSS cowvol', 'RSS qemu'];
+  const head = ['cell', 'workload', 'peer', 'cowvol MiB/s', 'qemu MiB/s', 'cv/qemu', 'per rep', 'target', 'verdict', 'CPU s/GiB cowvol', 'CPU s/GiB qemu', 'RSS cowvol', 'RSS qemu'];
   const body = rows.map((r) => [
     r.id,
     r.workload,
@@ -188,6 +195,8 @@ function printTable(rows) {
     r.pairedRatioRange ? `${fmtRatio(r.pairedRatioRange[0])}-${fmtRatio(r.pairedRatioRange[1])}` : '-',
     r.target === undefined ? '-' : `>=${r.target}x`,
     r.verdict,
+    fmtNum(r.cowvolCpuSecondsPerGiB),
+    fmtNum(r.qemuCpuSecondsPerGiB),
     fmtBytes(r.cowvolPeakRssBytes),
     fmtBytes(r.qemuPeakRssBytes),
   ]);

@@ -61,10 +61,24 @@ function peakRssBytes(pid) {
   }
 }
 
+const CLOCK_TICKS_PER_SECOND = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
+/** CPU seconds (user + system, all threads) the process used so far, from /proc/<pid>/stat. */
+function cpuSeconds(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND; // utime, stime: fields 14 and 15 of proc(5)
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Wraps a started server: `uri(exportName)` builds its NBD URI, `stop()`
  * (qemu-nbd: its one unnamed export) reads the peak RSS (VmHWM), sends SIGTERM and resolves { peakRssBytes,
- * code } once the process exited (a clean stop flushes first).
+ * code } once the process exited (a clean stop flushes first);
+ * `cpuSeconds()` is its CPU time so far.
  */
 function serverHandle(child, socket, stderrOf, { exportNames }) {
   let exited;
@@ -74,6 +88,7 @@ function serverHandle(child, socket, stderrOf, { exportNames }) {
     pid: child.pid,
     uri: (exportName) => `nbd+unix:///${exportNames ? exportName : ''}?socket=${socket}`,
     exited: () => exited,
+    cpuSeconds: () => cpuSeconds(child.pid),
     async stop() {
       const rss = peakRssBytes(child.pid);
       if (!exited) child.kill('SIGTERM');
