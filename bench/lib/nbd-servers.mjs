@@ -3,7 +3,8 @@
 // read from /proc; fio's nbd engine run against an NBD URI and timed from
 // process start to exit.
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, existsSync, mkdtempSync } from 'node:fs';
+import { readFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -127,13 +128,22 @@ export async function startCowvol(volume, { cpuProfDir } = {}) {
  * thread-pool AIO, its defaults; -t so fio's connection is not the last.
  */
 export async function startQemuNbd(image, { format, snapshot } = {}) {
-  const socket = join(mkdtempSync('/tmp/cowvol-nbd-'), 'q.sock');
+  const socketDir = mkdtempSync(join(tmpdir(), 'cowvol-nbd-'));
+  const socket = join(socketDir, 'q.sock');
   const args = ['-k', socket, '-f', format, '-t', '--cache=writeback', '--aio=threads'];
   if (snapshot) args.push('-l', snapshot);
   const child = spawn(which('qemu-nbd'), [...args, image], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr.on('data', (d) => (err = (err + d).slice(-20000)));
   const handle = serverHandle(child, socket, () => err, { exportNames: false });
+  const stop = handle.stop;
+  handle.stop = async () => {
+    try {
+      return await stop();
+    } finally {
+      rmSync(socketDir, { recursive: true, force: true });
+    }
+  };
   for (let i = 0; i < 200; i++) {
     if (handle.exited()) throw new Error(`qemu-nbd exited before it was ready: ${err}`);
     if (existsSync(socket) && (await canConnect(socket))) return handle;
