@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // `pnpm bench [--quick] [...]`: the engine benchmark (bench/run.mjs), the
-// journal benchmark (bench/journal.mjs) and the copy-on-write floor
-// (bench/cow-floor.mjs), one after the other (run.mjs gets every argument,
-// the others only --quick). Exits non-zero if a run crashed (a missed target
-// never does).
+// journal benchmark (bench/journal.mjs), the copy-on-write floor
+// (bench/cow-floor.mjs) and the NBD benchmark (bench/nbd.mjs), one after the
+// other (run.mjs gets every argument, the others only --quick). Exits
+// non-zero if a run crashed (a missed target never does).
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
@@ -14,6 +14,7 @@ const argsOf = {
   'run.mjs': args,
   'journal.mjs': quick ? ['--quick'] : [],
   'cow-floor.mjs': quick ? ['--mib', '64', '--reps', '1'] : [],
+  'nbd.mjs': quick ? ['--quick'] : [],
 };
 for (const script of Object.keys(argsOf)) {
   const r = spawnSync(process.execPath, [fileURLToPath(new URL(script, import.meta.url)), ...argsOf[script]], { stdio: 'inherit' });
