@@ -9,12 +9,13 @@
  * export. The create pause the writers saw is printed, not asserted.
  * Needs nbdsh with Debian's python3-libnbd (under CI=true a missing one fails).
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createConnection } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cowvol, cowvolOk, jsonOf, tempDir } from './helpers.js';
-import { nbdsh, requireTools, serveCowvol, type PeerServer } from './nbd-peers.js';
+import { CLI, cowvol, cowvolOk, jsonOf, tempDir } from './helpers.js';
+import { nbdsh, requireTools } from './nbd-peers.js';
 
 const { missing, skipReason } = requireTools([
   ['nbdsh', 'python3-libnbd'],
@@ -23,13 +24,13 @@ const { missing, skipReason } = requireTools([
 
 let dir: string;
 let cleanup: () => Promise<void>;
-const running = new Set<PeerServer>();
+const running = new Set<ChildProcess>();
 
 beforeAll(async () => {
   ({ dir, cleanup } = await tempDir('cowvol-serve-control-'));
 });
 afterAll(async () => {
-  await Promise.all([...running].map((s) => s.stop()));
+  for (const child of running) child.kill('SIGKILL');
   await cleanup();
 });
 
@@ -39,10 +40,32 @@ async function newVolume(name: string, size = '1M'): Promise<string> {
   return vol;
 }
 
-async function served(vol: string): Promise<PeerServer & { socket: string }> {
-  const server = await serveCowvol(vol);
-  running.add(server);
-  return server;
+interface Served {
+  uri: string;
+  socket: string;
+  log: () => string;
+  /** The exit code, once the process exited (after `cowvol stop`: on its own, no signal). */
+  exited: Promise<number | null>;
+}
+
+/** `cowvol serve <vol>`; resolves once it printed its URI line (`uri` names the `live` export). */
+async function served(vol: string): Promise<Served> {
+  const child = spawn(process.execPath, [CLI, 'serve', vol], { stdio: ['ignore', 'pipe', 'pipe'] });
+  running.add(child);
+  let log = '';
+  child.stderr.on('data', (d: Buffer) => (log += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  void exited.then(() => running.delete(child));
+  const line = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) resolve(out.split('\n')[0]!);
+    });
+    void exited.then((code) => reject(new Error(`cowvol serve exited ${String(code)}: ${log}`)));
+  });
+  const socket = decodeURIComponent(line.slice(line.indexOf('socket=') + 'socket='.length));
+  return { uri: `nbd+unix:///live?socket=${socket}`, socket, log: () => log, exited };
 }
 
 /** Sends raw bytes to the control socket and resolves with everything it answers until it closes or `waitMs` passed. */
@@ -96,8 +119,7 @@ describe.skipIf(missing)(`cowvol status, stop, snapshot create and list on a ser
 
     const stopped = await cowvolOk(['stop', vol]);
     expect(stopped.stdout.toString()).toContain(`(process ${status.pid}); the volume is released`);
-    expect(await server.stop()).toBe(0);
-    running.delete(server);
+    expect(await server.exited).toBe(0);
     // Offline, right after stop returned: the lock is free and the output is the same.
     expect((await cowvolOk(['snapshot', 'list', vol])).stdout.toString()).toBe(listServed.stdout.toString());
     expect((await cowvolOk(['snapshot', 'list', vol, '--json'])).stdout.toString()).toBe(listServedJson.stdout.toString());
@@ -136,7 +158,123 @@ describe.skipIf(missing)(`cowvol status, stop, snapshot create and list on a ser
     expect(status.served).toBe(true);
     expect(status.exports.map((e) => e.name)).toEqual(['live', 'snapshot/gone']);
     await cowvolOk(['stop', vol]);
-    expect(await server.stop()).toBe(0);
-    running.delete(server);
+    expect(await server.exited).toBe(0);
+  });
+});
+
+/** Writes sequence-numbered 4 KiB blocks (block = seq mod BLOCKS, every 8-byte word = seq) at queue depth 32 for DURATION_S; prints `seq block issued_ns acked_ns` per write (CLOCK_MONOTONIC). */
+const WRITER = `
+import time, struct
+h.connect_uri(URI)
+BS, QD = 4096, 32
+end = time.monotonic_ns() + int(DURATION_S * 1e9)
+inflight, log, seq = {}, [], 0
+while True:
+    while len(inflight) < QD and time.monotonic_ns() < end:
+        seq += 1
+        block = seq % BLOCKS
+        buf = nbd.Buffer.from_bytearray(bytearray(struct.pack('<Q', seq) * (BS // 8)))
+        issued = time.monotonic_ns()
+        cookie = h.aio_pwrite(buf, block * BS)
+        inflight[cookie] = (seq, block, issued, buf)
+    if not inflight:
+        break
+    h.poll(-1)
+    for cookie in [c for c in inflight if h.aio_command_completed(c)]:
+        s, b, issued, _ = inflight.pop(cookie)
+        log.append('%d %d %d %d' % (s, b, issued, time.monotonic_ns()))
+h.shutdown()
+print('\\n'.join(log))
+`;
+
+/** Reads each named export in full and prints, per export and block, `name block seq uniform`. */
+const READER = `
+import struct
+for name in NAMES:
+    g = nbd.NBD()
+    g.set_export_name(name)
+    g.connect_unix(SOCKET)
+    for b in range(BLOCKS):
+        data = g.pread(4096, b * 4096)
+        seq = struct.unpack_from('<Q', data)[0]
+        print(name, b, seq, 1 if data == data[:8] * 512 else 0)
+    g.shutdown()
+`;
+
+interface WriteRecord {
+  seq: number;
+  block: number;
+  issuedNs: bigint;
+  ackedNs: bigint;
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+describe.skipIf(missing)(`snapshots of a volume written at queue depth 32${skipReason}`, () => {
+  it('each snapshot holds every write acknowledged before its create started and none issued after it returned', { timeout: 120_000 }, async () => {
+    const BLOCKS = 256;
+    const vol = await newVolume('load.img', '1M');
+    const server = await served(vol);
+    const writer = nbdsh(`URI = ${JSON.stringify(server.uri)}\nBLOCKS = ${BLOCKS}\nDURATION_S = 5\n${WRITER}`);
+    const creates: Array<{ name: string; startNs: bigint; endNs: bigint }> = [];
+    await sleep(300);
+    for (let i = 0; i < 8; i++) {
+      const name = `s${i}`;
+      const startNs = process.hrtime.bigint();
+      await cowvolOk(['snapshot', 'create', vol, name]);
+      creates.push({ name, startNs, endNs: process.hrtime.bigint() });
+      await sleep(Math.max(0, 500 - Number((process.hrtime.bigint() - startNs) / 1_000_000n)));
+    }
+    const writes: WriteRecord[] = (await writer)
+      .trim()
+      .split('\n')
+      .map((line) => {
+        const [seq, block, issued, acked] = line.split(' ');
+        return { seq: Number(seq), block: Number(block), issuedNs: BigInt(issued!), ackedNs: BigInt(acked!) };
+      });
+    const bySeq = new Map(writes.map((w) => [w.seq, w]));
+    const byBlock = new Map<number, WriteRecord[]>();
+    for (const w of writes) {
+      const list = byBlock.get(w.block) ?? [];
+      list.push(w);
+      byBlock.set(w.block, list);
+    }
+    // Every snapshot export appeared while the server ran: read them now, without a restart.
+    const dump = await nbdsh(`NAMES = ${JSON.stringify(creates.map((c) => `snapshot/${c.name}`))}\nSOCKET = ${JSON.stringify(server.socket)}\nBLOCKS = ${BLOCKS}\n${READER}`);
+    const seen = new Map<string, Array<{ seq: number; uniform: boolean }>>();
+    for (const line of dump.trim().split('\n')) {
+      const [name, block, seq, uniform] = line.split(' ');
+      const rows = seen.get(name!) ?? [];
+      rows[Number(block)] = { seq: Number(seq), uniform: uniform === '1' };
+      seen.set(name!, rows);
+    }
+    for (const create of creates) {
+      const rows = seen.get(`snapshot/${create.name}`)!;
+      for (let block = 0; block < BLOCKS; block++) {
+        const { seq, uniform } = rows[block]!;
+        const where = `${create.name} block ${block} holds write ${seq}`;
+        expect(uniform, `${where}: torn`).toBe(true);
+        // The newest write to this block acknowledged before the create started must be there (or a newer one).
+        const required = (byBlock.get(block) ?? []).filter((w) => w.ackedNs < create.startNs).reduce((max, w) => Math.max(max, w.seq), 0);
+        expect(seq, `${where}, write ${required} was acknowledged before the create`).toBeGreaterThanOrEqual(required);
+        if (seq === 0) continue;
+        const w = bySeq.get(seq);
+        expect(w?.block, `${where}: not a write of this block`).toBe(block);
+        expect(w!.issuedNs < create.endNs, `${where}, issued after the create returned`).toBe(true);
+      }
+    }
+    // The pause: per create, the longest a write in flight during it waited; and every write's latency.
+    const ms = (w: WriteRecord): number => Number(w.ackedNs - w.issuedNs) / 1e6;
+    const pauses = creates.map((c) => Math.max(0, ...writes.filter((w) => w.issuedNs < c.endNs && w.ackedNs > c.startNs).map(ms))).sort((a, b) => a - b);
+    const all = writes.map(ms).sort((a, b) => a - b);
+    const line = (xs: number[]): string => `p50 ${percentile(xs, 50).toFixed(2)} ms, p99 ${percentile(xs, 99).toFixed(2)} ms, max ${(xs.at(-1) ?? 0).toFixed(2)} ms`;
+    console.log(
+      `snapshot create under queue depth 32 (${creates.length} creates, ${writes.length} writes):\n  longest write wait per create: ${line(pauses)}\n  every write's latency:         ${line(all)}`,
+    );
+    expect(writes.length).toBeGreaterThan(1000);
+    await cowvolOk(['stop', vol]);
+    expect(await server.exited).toBe(0);
   });
 });
