@@ -143,11 +143,16 @@ describe.skipIf(missing)(`cowvol status, stop, snapshot create and list on a ser
     const garbage = await rawControl(vol, Buffer.from('\x00\xffnot json\n'));
     expect(JSON.parse(garbage)).toMatchObject({ v: 1, id: null, error: { code: 'INVALID_ARGUMENT' } });
     const huge = await rawControl(vol, Buffer.alloc(70 * 1024, 0x61), 1000, false);
-    expect(JSON.parse(huge)).toMatchObject({ id: null, error: { code: 'INVALID_ARGUMENT', message: expect.stringContaining('longer than 65536 bytes') } });
+    expect(JSON.parse(huge)).toMatchObject({ id: null, error: { code: 'INVALID_ARGUMENT', message: expect.stringContaining('longer than 65536 bytes') as unknown } });
     const version = await rawControl(vol, Buffer.from('{"v":9,"id":4,"method":"status"}\n'));
     expect(JSON.parse(version)).toMatchObject({ id: 4, error: { code: 'INVALID_ARGUMENT' } });
     const unknown = await rawControl(vol, Buffer.from('{"v":1,"id":"x","method":"format"}\n{"v":1,"id":5,"method":"snapshot.create","params":{"name":7}}\n'));
-    expect(unknown.trim().split('\n').map((l) => JSON.parse(l) as unknown)).toEqual([
+    expect(
+      unknown
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as unknown),
+    ).toEqual([
       { v: 1, id: 'x', error: { code: 'INVALID_ARGUMENT', message: 'unknown control method "format"' } },
       { v: 1, id: 5, error: { code: 'INVALID_ARGUMENT', message: 'params.name must be a string' } },
     ]);

@@ -14,10 +14,14 @@ export const SERVED_COMMANDS = ['status', 'stop', 'snapshot create', 'snapshot l
  */
 export class VolumeServedError extends CowvolError {
   constructor(path: string, pid: number, options?: { cause?: unknown }) {
-    super('VOLUME_BUSY', `volume ${path} is busy: served by cowvol serve (process ${pid}); while it is served only ${SERVED_COMMANDS.map((c) => `cowvol ${c}`).join(', ')} work on it (stop it first: cowvol stop ${path})`, {
-      ...options,
-      details: { path, pid, served: true, servedCommands: [...SERVED_COMMANDS] },
-    });
+    super(
+      'VOLUME_BUSY',
+      `volume ${path} is busy: served by cowvol serve (process ${pid}); while it is served only ${SERVED_COMMANDS.map((c) => `cowvol ${c}`).join(', ')} work on it (stop it first: cowvol stop ${path})`,
+      {
+        ...options,
+        details: { path, pid, served: true, servedCommands: [...SERVED_COMMANDS] },
+      },
+    );
   }
 }
 

@@ -7,14 +7,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import {
-  CONTROL_PROTOCOL_VERSION,
-  encodeControlRequest,
-  encodeControlResponse,
-  parseControlRequest,
-  parseControlResponse,
-  takeLines,
-} from '@cowvol/nbd';
+import { CONTROL_PROTOCOL_VERSION, encodeControlRequest, encodeControlResponse, parseControlRequest, parseControlResponse, takeLines } from '@cowvol/nbd';
 
 const seed = process.env.COWVOL_SEED === undefined ? undefined : Number(process.env.COWVOL_SEED);
 

@@ -15,9 +15,7 @@ export interface ServedExport {
 }
 
 /** `cowvol status --json`: `served: false` alone when no server answers. */
-export type ServeStatus =
-  | { served: false }
-  | { served: true; pid: number; volume: string; readOnly: boolean; endpoints: string[]; connections: number; exports: ServedExport[] };
+export type ServeStatus = { served: false } | { served: true; pid: number; volume: string; readOnly: boolean; endpoints: string[]; connections: number; exports: ServedExport[] };
 
 export default class Status extends CowvolCommand {
   static override summary = 'Say whether the volume is served (cowvol serve): pid, endpoints, exports, connections, requests and bytes per export';
@@ -46,8 +44,6 @@ function servedLines(status: Extract<ServeStatus, { served: true }>): string[] {
     `served:      yes, by process ${status.pid}${status.readOnly ? ' (read-only)' : ''}`,
     ...status.endpoints.map((uri) => `endpoint:    ${uri}`),
     `connections: ${status.connections}`,
-    ...status.exports.map(
-      (e) => `export ${e.name}: ${e.connections} connected, ${e.requests} requests, ${human(e.readBytes)} read, ${human(e.writtenBytes)} written, ${e.errors} errors`,
-    ),
+    ...status.exports.map((e) => `export ${e.name}: ${e.connections} connected, ${e.requests} requests, ${human(e.readBytes)} read, ${human(e.writtenBytes)} written, ${e.errors} errors`),
   ];
 }

@@ -46,9 +46,9 @@ export class ControlServer {
    * @throws ENDPOINT_IN_USE, INVALID_ARGUMENT, IO_ERROR as NbdServer.listen
    */
   static async listen(socketPath: string, methods: Readonly<Record<string, ControlMethod>>, volumePath: string, logger: NbdLogger = SILENT_LOGGER): Promise<ControlServer> {
-    let control: ControlServer | undefined;
-    const server = createServer((socket) => control?.accept(socket));
-    control = new ControlServer(server, methods, volumePath, logger);
+    const server = createServer();
+    const control = new ControlServer(server, methods, volumePath, logger);
+    server.on('connection', (socket: Socket) => control.accept(socket));
     await listenUnix(server, socketPath).catch((err: unknown) => {
       server.close();
       if (err instanceof CowvolError) throw err;

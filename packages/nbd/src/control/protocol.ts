@@ -86,7 +86,8 @@ export function parseControlRequest(line: Buffer): ParsedRequest {
   if (!isRecord(value)) return refuse(null, 'the request is not a JSON object');
   const id = validId(value.id) ? value.id : null;
   if (id === null) return refuse(null, 'the request has no id (a safe integer or a string of at most 64 characters)');
-  if (value.v !== CONTROL_PROTOCOL_VERSION) return refuse(id, `unsupported control protocol version ${JSON.stringify(value.v) ?? 'undefined'} (this server speaks ${CONTROL_PROTOCOL_VERSION})`);
+  if (value.v !== CONTROL_PROTOCOL_VERSION)
+    return refuse(id, `unsupported control protocol version ${value.v === undefined ? 'undefined' : JSON.stringify(value.v)} (this server speaks ${CONTROL_PROTOCOL_VERSION})`);
   if (typeof value.method !== 'string' || value.method === '') return refuse(id, 'the request has no method');
   if (value.params !== undefined && !isRecord(value.params)) return refuse(id, 'params must be a JSON object');
   return { ok: true, request: { id, method: value.method, params: value.params ?? {} } };

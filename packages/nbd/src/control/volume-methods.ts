@@ -51,7 +51,7 @@ function stringParam(params: Record<string, unknown>, key: string): string {
 /** @throws INVALID_ARGUMENT when params.labels is present and not an object of strings (the core then checks keys and values: INVALID_LABEL) */
 function labelsParam(params: Record<string, unknown>): Record<string, string> {
   const labels = params.labels ?? {};
-  if (typeof labels !== 'object' || labels === null || Array.isArray(labels) || Object.values(labels).some((v) => typeof v !== 'string')) {
+  if (typeof labels !== 'object' || Array.isArray(labels) || Object.values(labels).some((v) => typeof v !== 'string')) {
     throw new InvalidArgumentError('params.labels must be an object of string values');
   }
   return labels as Record<string, string>;
