@@ -213,17 +213,76 @@ interface WriteRecord {
   ackedNs: bigint;
 }
 
+interface CreateRecord {
+  name: string;
+  startNs: bigint;
+  endNs: bigint;
+}
+
+const BLOCKS = 256;
+
+function parseWrites(out: string): WriteRecord[] {
+  return out
+    .trim()
+    .split('\n')
+    .map((line) => {
+      const [seq, block, issued, acked] = line.split(' ');
+      return { seq: Number(seq), block: Number(block), issuedNs: BigInt(issued!), ackedNs: BigInt(acked!) };
+    });
+}
+
+/** Per export name, per block: the sequence number it holds and whether every word of the block holds it. */
+async function readSnapshots(socket: string, names: string[]): Promise<Map<string, Array<{ seq: number; uniform: boolean }>>> {
+  const dump = await nbdsh(`NAMES = ${JSON.stringify(names)}\nSOCKET = ${JSON.stringify(socket)}\nBLOCKS = ${BLOCKS}\n${READER}`);
+  const seen = new Map<string, Array<{ seq: number; uniform: boolean }>>();
+  for (const line of dump.trim().split('\n')) {
+    const [name, block, seq, uniform] = line.split(' ');
+    const rows = seen.get(name!) ?? [];
+    rows[Number(block)] = { seq: Number(seq), uniform: uniform === '1' };
+    seen.set(name!, rows);
+  }
+  return seen;
+}
+
+/** Each block of the snapshot holds the newest write acknowledged before the create started, or a later one issued before it returned. */
+function checkSnapshot(create: CreateRecord, rows: Array<{ seq: number; uniform: boolean }>, writes: WriteRecord[]): void {
+  const bySeq = new Map(writes.map((w) => [w.seq, w]));
+  const requiredByBlock = new Array<number>(BLOCKS).fill(0);
+  for (const w of writes) if (w.ackedNs < create.startNs) requiredByBlock[w.block] = Math.max(requiredByBlock[w.block]!, w.seq);
+  for (let block = 0; block < BLOCKS; block++) {
+    const { seq, uniform } = rows[block]!;
+    const where = `${create.name} block ${block} holds write ${seq}`;
+    expect(uniform, `${where}: torn`).toBe(true);
+    const required = requiredByBlock[block]!;
+    expect(seq, `${where}, write ${required} was acknowledged before the create`).toBeGreaterThanOrEqual(required);
+    if (seq === 0) continue;
+    const w = bySeq.get(seq);
+    expect(w?.block, `${where}: not a write of this block`).toBe(block);
+    expect(w!.issuedNs < create.endNs, `${where}, issued after the create returned`).toBe(true);
+  }
+}
+
 function percentile(sorted: number[], p: number): number {
   return sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
+/** Prints the pause: per create, the longest a write in flight during it waited; and every write's latency. */
+function reportPause(creates: CreateRecord[], writes: WriteRecord[]): void {
+  const ms = (w: WriteRecord): number => Number(w.ackedNs - w.issuedNs) / 1e6;
+  const pauses = creates.map((c) => Math.max(0, ...writes.filter((w) => w.issuedNs < c.endNs && w.ackedNs > c.startNs).map(ms))).sort((a, b) => a - b);
+  const all = writes.map(ms).sort((a, b) => a - b);
+  const line = (xs: number[]): string => `p50 ${percentile(xs, 50).toFixed(2)} ms, p99 ${percentile(xs, 99).toFixed(2)} ms, max ${(xs.at(-1) ?? 0).toFixed(2)} ms`;
+  console.log(
+    `snapshot create under queue depth 32 (${creates.length} creates, ${writes.length} writes):\n  longest write wait per create: ${line(pauses)}\n  every write's latency:         ${line(all)}`,
+  );
+}
+
 describe.skipIf(missing)(`snapshots of a volume written at queue depth 32${skipReason}`, () => {
   it('each snapshot holds every write acknowledged before its create started and none issued after it returned', { timeout: 120_000 }, async () => {
-    const BLOCKS = 256;
     const vol = await newVolume('load.img', '1M');
     const server = await served(vol);
     const writer = nbdsh(`URI = ${JSON.stringify(server.uri)}\nBLOCKS = ${BLOCKS}\nDURATION_S = 5\n${WRITER}`);
-    const creates: Array<{ name: string; startNs: bigint; endNs: bigint }> = [];
+    const creates: CreateRecord[] = [];
     await sleep(300);
     for (let i = 0; i < 8; i++) {
       const name = `s${i}`;
@@ -232,53 +291,15 @@ describe.skipIf(missing)(`snapshots of a volume written at queue depth 32${skipR
       creates.push({ name, startNs, endNs: process.hrtime.bigint() });
       await sleep(Math.max(0, 500 - Number((process.hrtime.bigint() - startNs) / 1_000_000n)));
     }
-    const writes: WriteRecord[] = (await writer)
-      .trim()
-      .split('\n')
-      .map((line) => {
-        const [seq, block, issued, acked] = line.split(' ');
-        return { seq: Number(seq), block: Number(block), issuedNs: BigInt(issued!), ackedNs: BigInt(acked!) };
-      });
-    const bySeq = new Map(writes.map((w) => [w.seq, w]));
-    const byBlock = new Map<number, WriteRecord[]>();
-    for (const w of writes) {
-      const list = byBlock.get(w.block) ?? [];
-      list.push(w);
-      byBlock.set(w.block, list);
-    }
-    // Every snapshot export appeared while the server ran: read them now, without a restart.
-    const dump = await nbdsh(`NAMES = ${JSON.stringify(creates.map((c) => `snapshot/${c.name}`))}\nSOCKET = ${JSON.stringify(server.socket)}\nBLOCKS = ${BLOCKS}\n${READER}`);
-    const seen = new Map<string, Array<{ seq: number; uniform: boolean }>>();
-    for (const line of dump.trim().split('\n')) {
-      const [name, block, seq, uniform] = line.split(' ');
-      const rows = seen.get(name!) ?? [];
-      rows[Number(block)] = { seq: Number(seq), uniform: uniform === '1' };
-      seen.set(name!, rows);
-    }
-    for (const create of creates) {
-      const rows = seen.get(`snapshot/${create.name}`)!;
-      for (let block = 0; block < BLOCKS; block++) {
-        const { seq, uniform } = rows[block]!;
-        const where = `${create.name} block ${block} holds write ${seq}`;
-        expect(uniform, `${where}: torn`).toBe(true);
-        // The newest write to this block acknowledged before the create started must be there (or a newer one).
-        const required = (byBlock.get(block) ?? []).filter((w) => w.ackedNs < create.startNs).reduce((max, w) => Math.max(max, w.seq), 0);
-        expect(seq, `${where}, write ${required} was acknowledged before the create`).toBeGreaterThanOrEqual(required);
-        if (seq === 0) continue;
-        const w = bySeq.get(seq);
-        expect(w?.block, `${where}: not a write of this block`).toBe(block);
-        expect(w!.issuedNs < create.endNs, `${where}, issued after the create returned`).toBe(true);
-      }
-    }
-    // The pause: per create, the longest a write in flight during it waited; and every write's latency.
-    const ms = (w: WriteRecord): number => Number(w.ackedNs - w.issuedNs) / 1e6;
-    const pauses = creates.map((c) => Math.max(0, ...writes.filter((w) => w.issuedNs < c.endNs && w.ackedNs > c.startNs).map(ms))).sort((a, b) => a - b);
-    const all = writes.map(ms).sort((a, b) => a - b);
-    const line = (xs: number[]): string => `p50 ${percentile(xs, 50).toFixed(2)} ms, p99 ${percentile(xs, 99).toFixed(2)} ms, max ${(xs.at(-1) ?? 0).toFixed(2)} ms`;
-    console.log(
-      `snapshot create under queue depth 32 (${creates.length} creates, ${writes.length} writes):\n  longest write wait per create: ${line(pauses)}\n  every write's latency:         ${line(all)}`,
-    );
+    const writes = parseWrites(await writer);
     expect(writes.length).toBeGreaterThan(1000);
+    // Every snapshot export appeared while the server ran: read them now, without a restart.
+    const seen = await readSnapshots(
+      server.socket,
+      creates.map((c) => `snapshot/${c.name}`),
+    );
+    for (const create of creates) checkSnapshot(create, seen.get(`snapshot/${create.name}`)!, writes);
+    reportPause(creates, writes);
     await cowvolOk(['stop', vol]);
     expect(await server.exited).toBe(0);
   });
