@@ -95,10 +95,14 @@ describe.skipIf(missing)(`cowvol status, stop, snapshot create and list on a ser
     expect(jsonOf(offlineStatus)).toEqual({ served: false });
     const server = await served(vol);
 
+    await nbdsh(
+      `h.set_strict_mode(0)\nh.connect_uri(${JSON.stringify(server.uri)})\nh.pwrite(b'x' * 4096, 0)\nh.pread(512, 0)\ntry:\n    h.pread(512, 1 << 30)\nexcept nbd.Error:\n    pass\nh.shutdown()`,
+    );
     const status = jsonOf<{ served: boolean; pid: number; endpoints: string[]; exports: Array<{ name: string }> }>(await cowvolOk(['status', vol, '--json']));
     expect(status.served).toBe(true);
     expect(status.endpoints).toEqual([server.uri.replace('/live?', '/?')]);
-    expect(status.exports.map((e) => e.name)).toEqual(['live']);
+    // The client's write, read and out-of-range read (sent: strict mode off; its error), counted on `live` after it disconnected.
+    expect(status.exports).toEqual([{ name: 'live', connections: 0, requests: 3, readBytes: 512, writtenBytes: 4096, errors: 1 }]);
     expect((await cowvolOk(['status', vol])).stdout.toString()).toContain(`served:      yes, by process ${status.pid}`);
 
     const created = await cowvolOk(['snapshot', 'create', vol, 'one', '--label', 'k=v']);
