@@ -79,7 +79,8 @@ export default class Serve extends CowvolCommand {
           control = await ControlServer.listen(controlSocketPath(args.volume), volumeMethods(volume, server, serveControl), args.volume, log);
           log.info({ volume: args.volume, uri, tcpUri, control: controlSocketPath(args.volume), readOnly: flags['read-only'], tls: tlsPsk ? 'psk' : 'off' }, 'serving');
           process.stdout.write(`${uri}\n`);
-          log.info({ by: await stopped }, 'stopping: finishing requests in flight');
+          const by = await stopped;
+          log.info(by === 'cowvol stop' ? { by } : { signal: by }, 'stopping: finishing requests in flight');
         } finally {
           await control?.drain(['stop']);
           await server.stop();
