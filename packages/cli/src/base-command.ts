@@ -127,7 +127,9 @@ export abstract class CowvolCommand extends Command {
    * its control channel and resolves with the server's result, which is
    * what `offline` resolves with, as JSON (docs/ARCHITECTURE.md §14.8).
    * The one place a command is routed to a server: a command works while
-   * served once it calls this and the server has the method.
+   * served once it calls this and the server has the method. A server
+   * that is stopping (VOLUME_BUSY) or gone (NOT_SERVED) ran nothing: the
+   * volume is then opened as offline, `--wait` included.
    * @throws what withVolume throws; the server's error (the same code as offline)
    */
   protected async withServedVolume<T>(path: string, method: string, params: Record<string, unknown>, offline: (volume: Volume) => Promise<T>, mode: OpenMode = {}): Promise<T> {
@@ -136,7 +138,13 @@ export abstract class CowvolCommand extends Command {
     } catch (err) {
       if (!(err instanceof VolumeServedError)) throw err;
     }
-    return (await askServer(path, method, params)) as T;
+    try {
+      return (await askServer(path, method, params)) as T;
+    } catch (err) {
+      // The server is stopping (it refused the request) or gone: nothing was done; open the volume as offline (honouring --wait).
+      if (!hasCode(err, 'VOLUME_BUSY', 'NOT_SERVED')) throw err;
+      return this.withVolume(path, offline, mode);
+    }
   }
 
   /** Writes a line for people to stdout, unless `--json` is on. */
