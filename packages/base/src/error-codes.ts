@@ -20,6 +20,7 @@ export const ERROR_CODES = [
   'VOLUME_NOT_FOUND',
   'SNAPSHOT_NOT_FOUND',
   'INPUT_NOT_FOUND',
+  'NOT_SERVED',
   // conflicts with what exists
   'VOLUME_EXISTS',
   'SNAPSHOT_EXISTS',

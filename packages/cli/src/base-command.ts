@@ -5,6 +5,7 @@ import { InvalidArgumentError, Volume, escapeTerminalText } from '@cowvol/cow-co
 import { exitCodeFor } from './exit-codes.js';
 import { watchStdout } from './io.js';
 import { isErrnoError, osError } from './os-errors.js';
+import { askServer, servedPid, VolumeServedError } from './served.js';
 import { installSignalHandlers } from './signals.js';
 
 /** How a command opens its volume (see {@link CowvolCommand.withVolume}). */
@@ -15,6 +16,8 @@ export interface OpenMode {
   releaseReserve?: boolean;
   /** A volume file changed outside cowvol: `refuse` (default) or `hold` (accept-changes; see Volume.open). */
   outsideChanges?: 'refuse' | 'hold';
+  /** A volume served by `cowvol serve` fails at once with VolumeServedError (withServedVolume routes the command), not after `--wait`. */
+  routeServed?: boolean;
 }
 
 /**
@@ -36,7 +39,9 @@ export abstract class CowvolCommand extends Command {
 
   /**
    * Opens `path`; with `--wait <seconds>`, retries while the volume is busy
-   * (VOLUME_BUSY) until the deadline, then fails with the last VOLUME_BUSY.
+   * (VOLUME_BUSY) until the deadline, then fails with the last VOLUME_BUSY
+   * (naming the server and the commands that work, when `cowvol serve`
+   * holds it: VolumeServedError).
    * @throws INVALID_ARGUMENT (bad --wait), VOLUME_BUSY, and what Volume.open throws
    */
   protected async openVolume(path: string, mode: OpenMode = {}): Promise<Volume> {
@@ -55,7 +60,10 @@ export abstract class CowvolCommand extends Command {
           ? Volume.openForReading(path, mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {})
           : Volume.open(path, { ...(mode.releaseReserve ? { releaseReserve: true } : {}), ...(mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {}) }));
       } catch (err) {
-        if (!hasCode(err, 'VOLUME_BUSY') || Date.now() >= deadline) throw err;
+        if (!hasCode(err, 'VOLUME_BUSY')) throw err;
+        const served = mode.routeServed || Date.now() >= deadline ? await servedPid(path) : undefined;
+        if (served !== undefined) throw new VolumeServedError(path, served, { cause: err });
+        if (Date.now() >= deadline) throw err;
         await sleep(Math.min(delay, Math.max(1, deadline - Date.now())));
         delay = Math.min(delay * 2, 1000);
       }
@@ -110,6 +118,32 @@ export abstract class CowvolCommand extends Command {
           process.stderr.write(`cowvol: warning: ${w}\n`);
         }
       }
+    }
+  }
+
+  /**
+   * Runs `offline` on the opened volume as withVolume does, or, when the
+   * volume is served by `cowvol serve`, sends `method` with `params` over
+   * its control channel and resolves with the server's result, which is
+   * what `offline` resolves with, as JSON (docs/ARCHITECTURE.md §14.8).
+   * The one place a command is routed to a server: a command works while
+   * served once it calls this and the server has the method. A server
+   * that is stopping (VOLUME_BUSY) or gone (NOT_SERVED) ran nothing: the
+   * volume is then opened as offline, `--wait` included.
+   * @throws what withVolume throws; the server's error (the same code as offline)
+   */
+  protected async withServedVolume<T>(path: string, method: string, params: Record<string, unknown>, offline: (volume: Volume) => Promise<T>, mode: OpenMode = {}): Promise<T> {
+    try {
+      return await this.withVolume(path, offline, { ...mode, routeServed: true });
+    } catch (err) {
+      if (!(err instanceof VolumeServedError)) throw err;
+    }
+    try {
+      return (await askServer(path, method, params)) as T;
+    } catch (err) {
+      // The server is stopping (it refused the request) or gone: nothing was done; open the volume as offline (honouring --wait).
+      if (!hasCode(err, 'VOLUME_BUSY', 'NOT_SERVED')) throw err;
+      return this.withVolume(path, offline, mode);
     }
   }
 

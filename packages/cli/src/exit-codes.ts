@@ -19,6 +19,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = Object.freeze({
   VOLUME_NOT_FOUND: 3,
   SNAPSHOT_NOT_FOUND: 3,
   INPUT_NOT_FOUND: 3,
+  NOT_SERVED: 3,
   // 4: conflicts with what exists
   VOLUME_EXISTS: 4,
   SNAPSHOT_EXISTS: 4,

@@ -34,6 +34,14 @@ export interface HandshakeOptions {
 
 export const DEFAULT_HANDSHAKE: HandshakeOptions = { tlsPsk: undefined, handshakeTimeoutMs: 30_000 };
 
+/** What one connection did: requests read, requests answered with an error, bytes read and written. */
+export interface ConnectionCounters {
+  requests: number;
+  errors: number;
+  readBytes: number;
+  writtenBytes: number;
+}
+
 type Phase = 'flags' | 'options' | 'transmission' | 'closing';
 
 /**
@@ -59,7 +67,7 @@ export class Connection {
   private inFlightBytes = 0;
   private idleWaiters: Array<() => void> = [];
   private finishing: Promise<void> | undefined;
-  private readonly counters = { requests: 0, errors: 0, readBytes: 0, writtenBytes: 0 };
+  private readonly counters: ConnectionCounters = { requests: 0, errors: 0, readBytes: 0, writtenBytes: 0 };
   /** The socket NBD is spoken on: the accepted one, then its TLS session after NBD_OPT_STARTTLS. */
   private socket: Socket;
   private readonly handshakeTimer: NodeJS.Timeout;
@@ -100,6 +108,11 @@ export class Connection {
     socket.on('end', this.onEnd);
     socket.on('error', kind === 'TLS' ? this.onTlsError : this.onError);
     socket.once('close', this.onClose);
+  }
+
+  /** The export this connection attached to (undefined before transmission) and what it did (`cowvol status`). */
+  stats(): { exportName: string | undefined; counters: Readonly<ConnectionCounters> } {
+    return { exportName: this.agreement?.export.name, counters: this.counters };
   }
 
   /** Refuses new requests (ESHUTDOWN), finishes those in flight, flushes, closes. */

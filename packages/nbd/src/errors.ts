@@ -26,3 +26,14 @@ export class EndpointInUseError extends CowvolError {
     super('ENDPOINT_IN_USE', `${endpoint} is already in use (is another server running?)`, { ...options, details: { endpoint } });
   }
 }
+
+/**
+ * `NOT_SERVED`: `cowvol stop` (or another request for the server) on a
+ * volume no `cowvol serve` serves: nothing answers on its control socket
+ * (docs/ARCHITECTURE.md §14.8).
+ */
+export class NotServedError extends CowvolError {
+  constructor(volumePath: string, options?: { cause?: unknown }) {
+    super('NOT_SERVED', `volume ${volumePath} is not served (no cowvol serve answers on its control socket)`, { ...options, details: { path: volumePath } });
+  }
+}

@@ -2,10 +2,11 @@
  * @cowvol/nbd — a Network Block Device server (docs/ARCHITECTURE.md §14):
  * the protocol as pure functions (constants, incremental parsers over a
  * byte queue, reply builders), a server on node:net over the BlockExport
- * interface, and the exports of a cowvol Volume (`live`, `snapshot/<name>`).
+ * interface, the exports of a cowvol Volume (`live`, `snapshot/<name>`),
+ * and the control channel of `cowvol serve` (./control/).
  */
 export * from './constants.js';
-export { NbdFramingError, EndpointInUseError } from './errors.js';
+export { NbdFramingError, EndpointInUseError, NotServedError } from './errors.js';
 export { ByteQueue } from './byte-queue.js';
 export { parseClientFlags, parseOption, parseRequest, type OptionMessage, type RequestMessage } from './framing.js';
 export { decodeInfoRequest, decodeMetaContextRequest, type InfoRequest, type MetaContextRequest, type Decoded } from './option-payloads.js';
@@ -32,6 +33,10 @@ export { Negotiation, type Agreement, type OptionStep, type TlsMode } from './ne
 export { errnoFor, RequestError } from './request-handler.js';
 export { Connection, DEFAULT_LIMITS, DEFAULT_HANDSHAKE, type ConnectionLimits, type HandshakeOptions } from './connection.js';
 export { loadPskKeys, parsePskKeys, startTlsPsk, type PskKeys } from './tls-psk.js';
-export { NbdServer, DEFAULT_MAX_CONNECTIONS, type Endpoint, type NbdServerOptions } from './server.js';
+export { NbdServer, DEFAULT_MAX_CONNECTIONS, type Endpoint, type NbdServerOptions, type NbdServerStatus, type ExportTotals } from './server.js';
 export { SILENT_LOGGER, type NbdLogger } from './logger.js';
 export { VolumeExports, LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX, ZERO_PIECE_BYTES } from './volume-exports.js';
+export * from './control/protocol.js';
+export { ControlServer, type ControlMethod } from './control/control-server.js';
+export { controlRequest, controlSocketPath, ServedVolumeError } from './control/control-client.js';
+export { volumeMethods, type ServeControl } from './control/volume-methods.js';

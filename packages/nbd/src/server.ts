@@ -4,7 +4,7 @@ import { resolve as resolvePath } from 'node:path';
 import { CowvolError, IoError } from '@cowvol/base';
 import { InvalidArgumentError } from '@cowvol/cow-core';
 import type { ExportCatalog } from './block-export.js';
-import { Connection, DEFAULT_HANDSHAKE, DEFAULT_LIMITS, type ConnectionLimits, type HandshakeOptions } from './connection.js';
+import { Connection, DEFAULT_HANDSHAKE, DEFAULT_LIMITS, type ConnectionCounters, type ConnectionLimits, type HandshakeOptions } from './connection.js';
 import { EndpointInUseError } from './errors.js';
 import { SILENT_LOGGER, type NbdLogger } from './logger.js';
 import type { PskKeys } from './tls-psk.js';
@@ -38,6 +38,10 @@ export class NbdServer {
   private readonly handshake: HandshakeOptions;
   private nextId = 1;
   private stopping: Promise<void> | undefined;
+  /** The URIs listen() resolved with, in order. */
+  private readonly uris: string[] = [];
+  /** Counters of the connections that closed, per export name. */
+  private readonly closedTotals = new Map<string, ExportTotals>();
 
   /** @throws INVALID_ARGUMENT when maxConnections or handshakeTimeoutMs is not a positive integer */
   constructor(private readonly options: NbdServerOptions) {
@@ -67,13 +71,38 @@ export class NbdServer {
         throw new IoError(`cannot listen on ${path}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
       });
       this.listeners.push(server);
-      return `${this.scheme()}+unix:///?socket=${encodeURI(path).replace(/[?#&=]/g, encodeURIComponent)}`;
+      return this.endpoint(`${this.scheme()}+unix:///?socket=${encodeURI(path).replace(/[?#&=]/g, encodeURIComponent)}`);
     }
     await listenOn(server, `${endpoint.host}:${endpoint.port}`, () => server.listen(endpoint.port, endpoint.host));
     this.listeners.push(server);
     const address = server.address();
     const port = typeof address === 'object' && address ? address.port : endpoint.port;
-    return `${this.scheme()}://${isIP(endpoint.host) === 6 ? `[${endpoint.host}]` : endpoint.host}:${port}/`;
+    return this.endpoint(`${this.scheme()}://${isIP(endpoint.host) === 6 ? `[${endpoint.host}]` : endpoint.host}:${port}/`);
+  }
+
+  /**
+   * What the server serves now (`cowvol status`; docs/ARCHITECTURE.md
+   * §14.8): its endpoints, the connections open, and per export name the
+   * connections attached, requests, bytes read and written and requests
+   * answered with an error, since the server started.
+   */
+  status(): NbdServerStatus {
+    const exports = new Map<string, ExportTotals>();
+    for (const [name, totals] of this.closedTotals) exports.set(name, { ...totals });
+    for (const connection of this.connections) {
+      const { exportName, counters } = connection.stats();
+      if (exportName === undefined) continue;
+      const totals = exports.get(exportName) ?? emptyTotals();
+      totals.connections++;
+      addCounters(totals, counters);
+      exports.set(exportName, totals);
+    }
+    return { endpoints: [...this.uris], connections: this.connections.size, exports: [...exports].map(([name, totals]) => ({ name, ...totals })) };
+  }
+
+  private endpoint(uri: string): string {
+    this.uris.push(uri);
+    return uri;
   }
 
   /**
@@ -104,12 +133,47 @@ export class NbdServer {
     const connection = new Connection(socket, this.options.catalog, this.log, this.nextId++, this.options.limits ?? DEFAULT_LIMITS, this.handshake);
     this.connections.add(connection);
     this.log.info({ conn: connection.id, remote: socket.remoteAddress ?? 'unix' }, 'connection opened');
-    void connection.done.finally(() => this.connections.delete(connection));
+    void connection.done.finally(() => {
+      this.connections.delete(connection);
+      const { exportName, counters } = connection.stats();
+      if (exportName === undefined) return;
+      const totals = this.closedTotals.get(exportName) ?? emptyTotals();
+      addCounters(totals, counters);
+      this.closedTotals.set(exportName, totals);
+    });
   }
 }
 
-/** Listens on a unix socket created with mode 0600, replacing a stale socket file. */
-async function listenUnix(server: Server, path: string): Promise<void> {
+/** Per export: connections attached now, and what every connection to it did since the server started. */
+export interface ExportTotals {
+  connections: number;
+  requests: number;
+  readBytes: number;
+  writtenBytes: number;
+  /** Requests answered with an NBD error. */
+  errors: number;
+}
+
+/** NbdServer.status(): `endpoints` are NBD URIs; `connections` counts every open connection, attached to an export or not. */
+export interface NbdServerStatus {
+  endpoints: string[];
+  connections: number;
+  exports: Array<{ name: string } & ExportTotals>;
+}
+
+function emptyTotals(): ExportTotals {
+  return { connections: 0, requests: 0, readBytes: 0, writtenBytes: 0, errors: 0 };
+}
+
+function addCounters(totals: ExportTotals, counters: ConnectionCounters): void {
+  totals.requests += counters.requests;
+  totals.readBytes += counters.readBytes;
+  totals.writtenBytes += counters.writtenBytes;
+  totals.errors += counters.errors;
+}
+
+/** Listens on a unix socket created with mode 0600, replacing a stale socket file (also the control channel's, ./control/control-server.ts). */
+export async function listenUnix(server: Server, path: string): Promise<void> {
   await clearStaleSocket(path);
   const umask = process.umask(0o177); // the socket is created 0600 (bind happens inside listen)
   try {

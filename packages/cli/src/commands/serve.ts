@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { Args, Flags } from '@oclif/core';
 import { volumeLayout } from '@cowvol/cow-core';
+import type { ControlServer } from '@cowvol/nbd';
 import { CowvolCommand } from '../base-command.js';
 import { parseListen } from '../endpoint.js';
 
@@ -10,7 +11,7 @@ export default class Serve extends CowvolCommand {
 
   static override summary = 'Serve the live volume and its snapshots over NBD until SIGINT or SIGTERM';
   static override description =
-    'Exports `live` (also the default, empty name) read-write and `snapshot/<name>` read-only. Prints the NBD URI on stdout once ready; logs JSON lines on stderr. The volume stays locked while served: other cowvol commands get VOLUME_BUSY. With --tls-psk every client must start TLS (NBD_OPT_STARTTLS) with a key of the file, on every endpoint.';
+    'Exports `live` (also the default, empty name) read-write and `snapshot/<name>` read-only. Prints the NBD URI on stdout once ready; logs JSON lines on stderr. The volume stays locked while served: `status`, `stop`, `snapshot create` and `snapshot list` go through its control socket (<volume>.cowvol/control.sock); other commands get VOLUME_BUSY. With --tls-psk every client must start TLS (NBD_OPT_STARTTLS) with a key of the file, on every endpoint.';
   static override examples = [
     '<%= config.bin %> serve vol.img',
     'qemu-img convert -O raw "nbd+unix:///snapshot/nightly?socket=$PWD/vol.img.cowvol/nbd.sock" copy.img',
@@ -40,19 +41,22 @@ export default class Serve extends CowvolCommand {
     const tcp = flags.listen === undefined ? undefined : parseListen(flags.listen, flags['tls-psk'] !== undefined);
     // Loaded here, not at the top: oclif may load every command module to
     // find one, and no other command should pay for the server or the logger.
-    const [{ NbdServer, VolumeExports, loadPskKeys }, { pino }] = await Promise.all([import('@cowvol/nbd'), import('pino')]);
+    const [{ NbdServer, VolumeExports, ControlServer, controlSocketPath, volumeMethods, loadPskKeys }, { pino }] = await Promise.all([import('@cowvol/nbd'), import('pino')]);
     const tlsPsk = flags['tls-psk'] === undefined ? undefined : await loadPskKeys(flags['tls-psk']);
     const log = pino({ base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
-    // The first signal stops cleanly; later ones are logged and ignored until
-    // the volume is closed, so a stop in progress is never cut short.
+    // The first signal (or `cowvol stop`) stops cleanly; later signals are
+    // logged and ignored until the volume is closed, so a stop in progress
+    // is never cut short.
     let signals = 0;
-    let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
-    const stopped = new Promise<NodeJS.Signals>((resolve) => {
-      onSignal = (signal) => {
-        if (signals++ === 0) resolve(signal);
-        else log.warn({ signal }, 'already stopping: finishing requests in flight');
-      };
-    });
+    let requestStop: (why: string) => void = () => undefined;
+    const stopped = new Promise<string>((resolve) => (requestStop = resolve));
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (signals++ === 0) requestStop(signal);
+      else log.warn({ signal }, 'already stopping: finishing requests in flight');
+    };
+    let markReleased: () => void = () => undefined;
+    const released = new Promise<void>((resolve) => (markReleased = resolve));
+    let control: ControlServer | undefined;
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
     try {
@@ -67,15 +71,26 @@ export default class Serve extends CowvolCommand {
         try {
           const uri = await server.listen({ socketPath: flags.socket ?? join(volumeLayout(args.volume).sidecarPath, 'nbd.sock') });
           const tcpUri = tcp ? await server.listen(tcp) : undefined;
-          log.info({ volume: args.volume, uri, tcpUri, readOnly: flags['read-only'], tls: tlsPsk ? 'psk' : 'off' }, 'serving');
+          const stop = (): Promise<void> => {
+            requestStop('cowvol stop');
+            return released;
+          };
+          const serveControl = { volumePath: args.volume, readOnly: flags['read-only'], stop };
+          control = await ControlServer.listen(controlSocketPath(args.volume), volumeMethods(volume, server, serveControl), args.volume, log);
+          log.info({ volume: args.volume, uri, tcpUri, control: controlSocketPath(args.volume), readOnly: flags['read-only'], tls: tlsPsk ? 'psk' : 'off' }, 'serving');
           process.stdout.write(`${uri}\n`);
-          log.info({ signal: await stopped }, 'stopping: finishing requests in flight');
+          const by = await stopped;
+          log.info(by === 'cowvol stop' ? { by } : { signal: by }, 'stopping: finishing requests in flight');
         } finally {
+          await control?.drain(['stop']);
           await server.stop();
         }
         log.info({}, 'stopped; closing the volume');
       });
     } finally {
+      markReleased(); // the owner lock is released: `stop` requests are answered
+      await control?.drain();
+      await control?.close();
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
     }

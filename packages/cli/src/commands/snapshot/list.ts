@@ -14,7 +14,9 @@ export default class SnapshotList extends CowvolCommand {
 
   async run(): Promise<{ snapshots: SnapshotWithSpace[]; store: StoreSpace }> {
     const { args } = await this.parse(SnapshotList);
-    const { snapshots, space } = await this.withVolume(args.volume, async (v) => ({ snapshots: await v.listSnapshots(), space: await v.spaceUsage() }), { readOnly: true });
+    const { snapshots, space } = await this.withServedVolume(args.volume, 'snapshot.list', {}, async (v) => ({ snapshots: await v.listSnapshots(), space: await v.spaceUsage() }), {
+      readOnly: true,
+    });
     const rows = withSpace(snapshots, space);
     this.say(`${snapshotTable(rows)}\n${storeLine(space)}`);
     return { snapshots: rows, store: space.store };

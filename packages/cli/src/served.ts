@@ -1,0 +1,62 @@
+import { stat } from 'node:fs/promises';
+import { CowvolError, hasCode } from '@cowvol/base';
+
+/**
+ * Commands that work on a volume served by `cowvol serve`, through its
+ * control channel (README "Serving a volume", docs/ARCHITECTURE.md §14.8);
+ * every other command gets VOLUME_BUSY naming the server.
+ */
+export const SERVED_COMMANDS = ['status', 'stop', 'snapshot create', 'snapshot list'] as const;
+
+/**
+ * `VOLUME_BUSY` for a command that does not work on a served volume: the
+ * message names the server's pid and the commands that do work.
+ */
+export class VolumeServedError extends CowvolError {
+  constructor(path: string, pid: number, options?: { cause?: unknown }) {
+    super(
+      'VOLUME_BUSY',
+      `volume ${path} is busy: served by cowvol serve (process ${pid}); while it is served only ${SERVED_COMMANDS.map((c) => `cowvol ${c}`).join(', ')} work on it (stop it first: cowvol stop ${path})`,
+      {
+        ...options,
+        details: { path, pid, served: true, servedCommands: [...SERVED_COMMANDS] },
+      },
+    );
+  }
+}
+
+/**
+ * Sends one control request to the server of `volumePath` (loaded on
+ * first use: commands that never meet a served volume do not load the
+ * NBD package).
+ * @throws NOT_SERVED when no server answers; the server's error otherwise (same code as offline)
+ */
+export async function askServer(volumePath: string, method: string, params: Record<string, unknown> = {}): Promise<unknown> {
+  const { controlRequest } = await import('@cowvol/nbd');
+  return controlRequest(volumePath, method, params);
+}
+
+/** The pid of the `cowvol serve` serving `volumePath`, or undefined when none answers (or its answer has no pid). */
+export async function servedPid(volumePath: string): Promise<number | undefined> {
+  try {
+    const status = await askServer(volumePath, 'status');
+    const pid = typeof status === 'object' && status !== null && 'pid' in status ? status.pid : undefined;
+    return typeof pid === 'number' ? pid : undefined;
+  } catch (err) {
+    if (err instanceof CowvolError) return undefined;
+    throw err;
+  }
+}
+
+/** VOLUME_NOT_FOUND unless `volumePath` exists (what opening it offline would report first). */
+export async function assertVolumeExists(volumePath: string): Promise<void> {
+  const { VolumeNotFoundError } = await import('@cowvol/cow-core');
+  await stat(volumePath).catch((err: unknown) => {
+    throw new VolumeNotFoundError(volumePath, { cause: err });
+  });
+}
+
+/** True for the VOLUME_BUSY a served volume gives: route the command to its server. */
+export function isBusy(err: unknown): err is CowvolError {
+  return hasCode(err, 'VOLUME_BUSY');
+}

@@ -1,0 +1,58 @@
+import { InvalidArgumentError, type Volume } from '@cowvol/cow-core';
+import type { NbdServer } from '../server.js';
+import { LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX } from '../volume-exports.js';
+import type { ControlMethod } from './control-server.js';
+
+/** What `serve` gives the control methods besides the volume and the NBD server. */
+export interface ServeControl {
+  /** The volume file as given to `serve`. */
+  volumePath: string;
+  readOnly: boolean;
+  /** Starts the clean stop (as SIGTERM) and resolves once the volume is closed and its owner lock released. */
+  stop: () => Promise<void>;
+}
+
+/**
+ * The control methods of a served volume (docs/FORMAT.md §11.2):
+ * `status`, `stop`, `snapshot.create` and `snapshot.list`. Each runs on
+ * the opened volume as the offline command would, so results (and error
+ * codes) are the same; `snapshot.create` freezes the volume under its
+ * NBD clients (docs/ARCHITECTURE.md §4.4) and its `snapshot/<name>`
+ * export can be attached as soon as it returned (exports are resolved
+ * per option, §14.1).
+ */
+export function volumeMethods(volume: Volume, server: NbdServer, serve: ServeControl): Record<string, ControlMethod> {
+  return {
+    status: async () => {
+      const served = server.status();
+      const names = [LIVE_EXPORT, ...(await volume.listSnapshots()).map((s) => SNAPSHOT_EXPORT_PREFIX + s.name)];
+      const unused = { connections: 0, requests: 0, readBytes: 0, writtenBytes: 0, errors: 0 };
+      const exports = names.map((name) => served.exports.find((e) => e.name === name) ?? { name, ...unused });
+      // Exports no longer listed (a deleted snapshot) keep their counters.
+      exports.push(...served.exports.filter((e) => !names.includes(e.name)));
+      return { served: true, pid: process.pid, volume: serve.volumePath, readOnly: serve.readOnly, endpoints: served.endpoints, connections: served.connections, exports };
+    },
+    stop: async () => {
+      await serve.stop();
+      return { stopped: true, pid: process.pid };
+    },
+    'snapshot.create': (params) => volume.createSnapshot(stringParam(params, 'name'), { labels: labelsParam(params) }),
+    'snapshot.list': async () => ({ snapshots: await volume.listSnapshots(), space: await volume.spaceUsage() }),
+  };
+}
+
+/** @throws INVALID_ARGUMENT when params[key] is not a string */
+function stringParam(params: Record<string, unknown>, key: string): string {
+  const value = params[key];
+  if (typeof value !== 'string') throw new InvalidArgumentError(`params.${key} must be a string`);
+  return value;
+}
+
+/** @throws INVALID_ARGUMENT when params.labels is present and not an object of strings (the core then checks keys and values: INVALID_LABEL) */
+function labelsParam(params: Record<string, unknown>): Record<string, string> {
+  const labels = params.labels ?? {};
+  if (typeof labels !== 'object' || Array.isArray(labels) || Object.values(labels).some((v) => typeof v !== 'string')) {
+    throw new InvalidArgumentError('params.labels must be an object of string values');
+  }
+  return labels as Record<string, string>;
+}
