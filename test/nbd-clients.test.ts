@@ -12,7 +12,8 @@ import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, cowvol, cowvolOk, run, runOk, tempDir } from './helpers.js';
+import { cowvol, cowvolOk, run, runOk, tempDir } from './helpers.js';
+import { requireTools, startServe } from './nbd-peers.js';
 
 const TOOLS: Array<[string, string]> = [
   ['nbdinfo', 'libnbd-bin'],
@@ -22,10 +23,7 @@ const TOOLS: Array<[string, string]> = [
   ['qemu-io', 'qemu-utils'],
   ['fio', 'fio'],
 ];
-const missing = TOOLS.filter(([tool]) => spawnSync(tool, ['--version'], { stdio: 'ignore' }).error !== undefined);
-const missingPackages = [...new Set(missing.map(([, pkg]) => pkg))].join(' ');
-if (process.env.CI && missing.length > 0) throw new Error(`CI=true but ${missing.map(([t]) => t).join(', ')} not installed (apt-get install ${missingPackages})`);
-const skipReason = missing.length === 0 ? '' : ` [SKIPPED: apt-get install ${missingPackages}]`;
+const { missing, skipReason } = requireTools(TOOLS);
 
 const SIZE = 32 * 1024 * 1024;
 /** nbdsh runs `python3` from PATH: Debian's, which has the libnbd module. */
@@ -44,14 +42,14 @@ function runWithEnv(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promis
   });
 }
 
-describe.skipIf(missing.length > 0)(`cowvol serve with real NBD clients${skipReason}`, () => {
+describe.skipIf(missing)(`cowvol serve with real NBD clients${skipReason}`, () => {
   let dir: string;
   let cleanup: (() => Promise<void>) | undefined; // undefined until beforeAll gets that far
   let vol: string;
   let server: ChildProcess | undefined; // likewise
   let uri: string;
   let socket: string;
-  let serverLog = '';
+  let serverLog: () => string = () => '';
   let base: Buffer;
   const liveUri = () => `nbd+unix:///live?socket=${socket}`;
   const snapUri = () => `nbd+unix:///snapshot/base?socket=${socket}`;
@@ -64,18 +62,11 @@ describe.skipIf(missing.length > 0)(`cowvol serve with real NBD clients${skipRea
     await cowvolOk(['create', vol, '--size', String(SIZE)]);
     await cowvolOk(['write', vol, '--input', join(dir, 'base.raw')]);
     await cowvolOk(['snapshot', 'create', vol, 'base']);
-    const child = spawn(process.execPath, [CLI, 'serve', vol], { stdio: ['ignore', 'pipe', 'pipe'] });
-    server = child;
-    child.stderr.on('data', (d: Buffer) => (serverLog += d.toString()));
-    uri = await new Promise<string>((resolve, reject) => {
-      let out = '';
-      child.stdout.on('data', (d: Buffer) => {
-        out += d.toString();
-        if (out.includes('\n')) resolve(out.split('\n')[0]!);
-      });
-      child.once('exit', (code) => reject(new Error(`serve exited ${String(code)}: ${serverLog}`)));
-    });
-    socket = decodeURIComponent(uri.slice(uri.indexOf('socket=') + 'socket='.length));
+    const started = await startServe(vol);
+    server = started.child;
+    serverLog = started.log;
+    uri = started.uriLine;
+    socket = started.socket;
   });
 
   afterAll(async () => {
@@ -209,7 +200,7 @@ h.shutdown()
     expect(r.code, r.stderr + out).toBe(0);
     expect(out).toContain('tls False');
     // STARTTLS (option 5) was answered NBD_REP_ERR_POLICY and the handshake went on.
-    expect(serverLog).toMatch(/"option":5,"replyType":"0x80000002".*"msg":"option refused"/);
+    expect(serverLog()).toMatch(/"option":5,"replyType":"0x80000002".*"msg":"option refused"/);
     expect(out).toContain('unknown-export ENOENT'); // libnbd's errno for NBD_REP_ERR_UNKNOWN
     expect(out).toContain('write-snapshot EPERM');
     expect(out).toContain('read-past-end EINVAL');
@@ -229,8 +220,8 @@ h.shutdown()
     const child = server!;
     child.kill('SIGTERM');
     const code = await new Promise<number | null>((r) => child.once('exit', r));
-    expect(code, serverLog).toBe(0);
-    const logLines = serverLog
+    expect(code, serverLog()).toBe(0);
+    const logLines = serverLog()
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l) as { msg: string });

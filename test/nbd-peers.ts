@@ -1,6 +1,7 @@
 /**
  * NBD servers and clients for the suites that compare `cowvol serve` with
- * its peers (nbd-differential.test.ts, nbd-ext4.test.ts): start and stop
+ * its peers (nbd-differential.test.ts, nbd-ext4.test.ts) and every suite that
+ * starts a server (`startServe`, `requireTools`): start and stop
  * `cowvol serve`, `qemu-nbd` and nbdkit's file plugin on unix sockets, and
  * run libnbd Python programs with nbdsh under Debian's `/usr/bin/python3`
  * (the interpreter that has the `nbd` module).
@@ -56,20 +57,36 @@ async function waitForSocket(path: string, exited: Promise<number | null>, log: 
   throw new Error(`nothing listens on ${path}: ${log()}`);
 }
 
-/** `cowvol serve <volume> [args]`; resolves once it printed its URI line. The URI names the `live` export. */
-export async function serveCowvol(volume: string, args: string[] = []): Promise<PeerServer & { socket: string }> {
+/** A started `cowvol serve`: the process, its first stdout line (the URI it prints when ready), the socket that URI names, its stderr so far, its exit code. */
+export interface ServeProcess {
+  child: ChildProcess;
+  uriLine: string;
+  socket: string;
+  log: () => string;
+  exited: Promise<number | null>;
+}
+
+/** `cowvol serve <volume> [args]`; resolves once it printed its URI line, rejects with its log if it exits first. The one way every suite starts a server. */
+export async function startServe(volume: string, args: string[] = []): Promise<ServeProcess> {
   const child = spawn(process.execPath, [CLI, 'serve', volume, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const stdout = child.stdout;
-  const { log, exited } = watch('cowvol serve', child);
-  const line = await new Promise<string>((resolve, reject) => {
+  let log = '';
+  child.stderr.on('data', (d: Buffer) => (log += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const uriLine = await new Promise<string>((resolve, reject) => {
     let out = '';
-    stdout.on('data', (d: Buffer) => {
+    child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
       if (out.includes('\n')) resolve(out.split('\n')[0]!);
     });
-    void exited.then((code) => reject(new Error(`cowvol serve exited ${String(code)}: ${log()}`)));
+    void exited.then((code) => reject(new Error(`cowvol serve exited ${String(code)}: ${log}`)));
   });
-  const socket = decodeURIComponent(line.slice(line.indexOf('socket=') + 'socket='.length));
+  const socket = decodeURIComponent(uriLine.slice(uriLine.indexOf('socket=') + 'socket='.length).split('&')[0]!);
+  return { child, uriLine, socket, log: () => log, exited };
+}
+
+/** `cowvol serve <volume> [args]` as a peer; the URI names the `live` export. */
+export async function serveCowvol(volume: string, args: string[] = []): Promise<PeerServer & { socket: string }> {
+  const { child, socket, log, exited } = await startServe(volume, args);
   return { name: 'cowvol', uri: `nbd+unix:///live?socket=${socket}`, socket, log, stop: () => stopChild(child, exited) };
 }
 

@@ -9,13 +9,14 @@
  * Under CI=true a missing tool is a failure; elsewhere the suite is skipped
  * with the packages to install in its name.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, cowvol, cowvolOk, run, runOk, tempDir } from './helpers.js';
+import { cowvol, cowvolOk, run, runOk, tempDir } from './helpers.js';
+import { requireTools, startServe } from './nbd-peers.js';
 
 const TOOLS: Array<[string, string]> = [
   ['nbdinfo', 'libnbd-bin'],
@@ -23,10 +24,7 @@ const TOOLS: Array<[string, string]> = [
   ['nbdsh', 'python3-libnbd'],
   ['qemu-img', 'qemu-utils'],
 ];
-const missing = TOOLS.filter(([tool]) => spawnSync(tool, ['--version'], { stdio: 'ignore' }).error !== undefined);
-const missingPackages = [...new Set(missing.map(([, pkg]) => pkg))].join(' ');
-if (process.env.CI && missing.length > 0) throw new Error(`CI=true but ${missing.map(([t]) => t).join(', ')} not installed (apt-get install ${missingPackages})`);
-const skipReason = missing.length === 0 ? '' : ` [SKIPPED: apt-get install ${missingPackages}]`;
+const { missing, skipReason } = requireTools(TOOLS);
 
 const SIZE = 8 * 1024 * 1024;
 /** nbdsh runs `python3` from PATH: Debian's, which has the libnbd module. */
@@ -42,24 +40,17 @@ interface Served {
 }
 
 async function serve(vol: string, args: string[]): Promise<Served> {
-  const child = spawn(process.execPath, [CLI, 'serve', vol, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  child.stderr.on('data', (d: Buffer) => (log += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-  const uri = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('\n')) resolve(out.split('\n')[0]!);
-    });
-    void exited.then((code) => reject(new Error(`serve exited ${String(code)}: ${log}`)));
-  });
-  const serving = JSON.parse(log.split('\n').find((l) => l.includes('"msg":"serving"'))!) as { tcpUri?: string };
+  const { child, uriLine, log, exited } = await startServe(vol, args);
+  const serving = JSON.parse(
+    log()
+      .split('\n')
+      .find((l) => l.includes('"msg":"serving"'))!,
+  ) as { tcpUri?: string };
   return {
     child,
-    uri,
+    uri: uriLine,
     tcpUri: serving.tcpUri,
-    log: () => log,
+    log,
     stop: () => {
       if (child.exitCode === null) child.kill('SIGTERM');
       return exited;
@@ -84,7 +75,7 @@ function pskLine(username: string, key: Buffer): string {
   return `${username}:${key.toString('hex')}\n`;
 }
 
-describe.skipIf(missing.length > 0)(`cowvol serve --tls-psk with real NBD clients${skipReason}`, () => {
+describe.skipIf(missing)(`cowvol serve --tls-psk with real NBD clients${skipReason}`, () => {
   let dir: string;
   let cleanup: (() => Promise<void>) | undefined; // undefined until beforeAll gets that far
   let vol: string;

@@ -3,13 +3,14 @@
  * NBD clients it serves are tested in nbd-clients.test.ts; here only
  * nbdinfo is needed (libnbd-bin: under CI=true a missing nbdinfo fails).
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isLoopback, parseListen } from '@cowvol/cli';
-import { CLI, cowvol, cowvolOk, runOk, tempDir } from './helpers.js';
+import { cowvol, cowvolOk, runOk, tempDir } from './helpers.js';
+import { startServe } from './nbd-peers.js';
 
 const haveNbdinfo = spawnSync('nbdinfo', ['--version'], { stdio: 'ignore' }).error === undefined;
 if (process.env.CI && !haveNbdinfo) throw new Error('CI=true but nbdinfo is not installed (apt-get install libnbd-bin)');
@@ -29,21 +30,10 @@ afterAll(() => cleanup());
 
 /** Starts `cowvol serve`, resolves once it printed its URI line. */
 async function serve(args: string[]): Promise<{ uri: string; log: () => string; stop: (signal: NodeJS.Signals) => Promise<number | null> }> {
-  const child = spawn(process.execPath, [CLI, 'serve', vol, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  child.stderr.on('data', (d: Buffer) => (log += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-  const uri = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('\n')) resolve(out.split('\n')[0]!);
-    });
-    void exited.then((code) => reject(new Error(`serve exited ${String(code)}: ${log}`)));
-  });
+  const { child, uriLine, log, exited } = await startServe(vol, args);
   return {
-    uri,
-    log: () => log,
+    uri: uriLine,
+    log,
     stop: (signal) => {
       child.kill(signal);
       return exited;

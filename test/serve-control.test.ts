@@ -9,13 +9,13 @@
  * export. The create pause the writers saw is printed, not asserted.
  * Needs nbdsh with Debian's python3-libnbd (under CI=true a missing one fails).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createConnection } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, cowvol, cowvolOk, jsonOf, tempDir } from './helpers.js';
-import { nbdsh, requireTools } from './nbd-peers.js';
+import { cowvol, cowvolOk, jsonOf, tempDir } from './helpers.js';
+import { nbdsh, requireTools, startServe } from './nbd-peers.js';
 
 const { missing, skipReason } = requireTools([
   ['nbdsh', 'python3-libnbd'],
@@ -50,22 +50,10 @@ interface Served {
 
 /** `cowvol serve <vol>`; resolves once it printed its URI line (`uri` names the `live` export). */
 async function served(vol: string): Promise<Served> {
-  const child = spawn(process.execPath, [CLI, 'serve', vol], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const { child, socket, log, exited } = await startServe(vol);
   running.add(child);
-  let log = '';
-  child.stderr.on('data', (d: Buffer) => (log += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   void exited.then(() => running.delete(child));
-  const line = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('\n')) resolve(out.split('\n')[0]!);
-    });
-    void exited.then((code) => reject(new Error(`cowvol serve exited ${String(code)}: ${log}`)));
-  });
-  const socket = decodeURIComponent(line.slice(line.indexOf('socket=') + 'socket='.length));
-  return { uri: `nbd+unix:///live?socket=${socket}`, socket, log: () => log, exited };
+  return { uri: `nbd+unix:///live?socket=${socket}`, socket, log, exited };
 }
 
 /** Sends raw bytes to the control socket and resolves with everything it answers until it closes or `waitMs` passed. */
