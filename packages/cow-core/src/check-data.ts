@@ -1,7 +1,8 @@
 import { MAX_FINDINGS, type CheckReport } from './check.js';
 import type { CommittedMetadata } from './committed-metadata.js';
 import type { SnapshotRecord } from './metadata.js';
-import { decodeValue, keys, parseHexSuffix, type MetadataDb } from './metadata.js';
+import { decodeValue, keys, parseHexSuffix } from './metadata.js';
+import { type MetadataDb } from './metadata-db.js';
 import { storeBlockCrc } from './store-crc.js';
 import type { SnapshotStore } from './store.js';
 

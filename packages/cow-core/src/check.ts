@@ -2,7 +2,8 @@ import type { Extent } from './allocator.js';
 import type { CommittedMetadata } from './committed-metadata.js';
 import { appendBlock } from './extent-runs.js';
 import { verifyLevelDb } from './leveldb-verify.js';
-import { decodeValue, keys, parseHexSuffix, type MetadataDb } from './metadata.js';
+import { decodeValue, keys, parseHexSuffix } from './metadata.js';
+import { type MetadataDb } from './metadata-db.js';
 
 /** One problem found by {@link checkVolume}. */
 export interface CheckFinding {

@@ -5,7 +5,7 @@ import { TARGET_STORE } from './layout.js';
 import type { SnapshotRecord } from './metadata.js';
 import type { Extent } from './allocator.js';
 import type { SnapshotMap } from './snapshot-map.js';
-import { maxMapRunBlocks, type MetaRecord } from './committed-metadata.js';
+import { maxMapRunBlocks, type MetaRecord } from './meta-record.js';
 import { storeBlockCrc } from './store-crc.js';
 import { endWhenSettled, type CowTicket } from './pending-cow.js';
 import type { VolumeContext } from './volume-context.js';

@@ -2,7 +2,8 @@ import { open, readFile, rm } from 'node:fs/promises';
 import { pathExists } from './files.js';
 import { dirname, resolve } from 'node:path';
 import type { VolumeLayout } from './layout.js';
-import { MetadataDb, keys } from './metadata.js';
+import { keys } from './metadata.js';
+import { MetadataDb } from './metadata-db.js';
 import { OwnerLock, fileIdentity } from './owner-lock.js';
 
 /**

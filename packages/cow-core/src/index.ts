@@ -38,7 +38,7 @@ export { rebindStoreCrc, storeBlockCrc, storeCrcPrefix, STORE_CRC_PREFIX_BYTES, 
 export { repairVolumeJournal, type VolumeJournalRepair, type DiscardedJournalTransaction } from './journal-repair.js';
 export { FreezeGate } from './freeze-gate.js';
 export { RESERVE_BYTES } from './reserve.js';
-export { META_RECORD_KINDS, type MetaRecord } from './committed-metadata.js';
+export { META_RECORD_KINDS, type MetaRecord } from './meta-record.js';
 export { type CreateSnapshotOptions, type MultiDeleteResult } from './volume.js';
 export { type DeviceRole, type RoleOpeners, type VolumeState, type FailureListener } from './volume.js';
 export { unionOfMaps, mergeExtents, type DiffExtent, type DiffResult } from './diff.js';

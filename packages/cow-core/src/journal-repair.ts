@@ -4,7 +4,8 @@ import { repairJournal, type DiscardedTransaction, type JournalRepairReport } fr
 import { CommittedMetadata } from './committed-metadata.js';
 import { NotAVolumeError, VolumeNotFoundError, VolumeSizeMismatchError } from './errors.js';
 import { DEFAULT_JOURNAL_BYTES, TARGET_STORE, TARGET_VOLUME, volumeLayout } from './layout.js';
-import { MetadataDb, type DataMode } from './metadata.js';
+import { type DataMode } from './metadata.js';
+import { MetadataDb } from './metadata-db.js';
 import { OwnerLock, fileIdentity } from './owner-lock.js';
 import { metadataOpenError, openSidecarFile } from './sidecar-damage.js';
 import { SnapshotStore } from './store.js';

@@ -2,7 +2,8 @@ import { stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CowvolError, IoError, NoSpaceError } from '@cowvol/base';
 import { VolumeModifiedOutsideError } from './errors.js';
-import { SCHEMA_VERSION, decode, keys, putOp, type MetadataDb, type SnapshotRecord } from './metadata.js';
+import { SCHEMA_VERSION, decode, keys, putOp, type SnapshotRecord } from './metadata.js';
+import { type MetadataDb } from './metadata-db.js';
 import { SnapshotMap } from './snapshot-map.js';
 import { errorMessage } from './files.js';
 

@@ -2,7 +2,7 @@ import { copyFile, mkdtemp, readFile, readdir, rm, stat, symlink } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { CowvolError, IoError, NoSpaceError } from '@cowvol/base';
-import { MetadataDb } from './metadata.js';
+import { MetadataDb } from './metadata-db.js';
 import { metadataOpenError } from './sidecar-damage.js';
 import { errnoCode, errorMessage } from './files.js';
 

@@ -4,7 +4,7 @@ import { SnapshotExistsError, SnapshotHeldError, SnapshotLimitError, SnapshotNot
 import { MAX_SNAPSHOTS, TARGET_STORE } from './layout.js';
 import { SCHEMA_VERSION, type SnapshotRecord } from './metadata.js';
 import { SnapshotMap, type MapEntry } from './snapshot-map.js';
-import type { MetaRecord } from './committed-metadata.js';
+import type { MetaRecord } from './meta-record.js';
 import { rebindStoreCrc } from './store-crc.js';
 import { suspectSnapshots, type AcceptChangesReport } from './outside-writes.js';
 import type { VolumeContext } from './volume-context.js';

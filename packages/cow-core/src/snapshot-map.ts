@@ -1,5 +1,6 @@
 import { assert } from '@cowvol/base';
-import { decodeValue, keys, parseHexSuffix, type MetadataDb } from './metadata.js';
+import { decodeValue, keys, parseHexSuffix } from './metadata.js';
+import { type MetadataDb } from './metadata-db.js';
 
 /** One mapping: logical block → store block, with the CRC32C of the copy. */
 export type MapEntry = [block: number, storeBlock: number, crc: number];

@@ -16,7 +16,8 @@ import {
   volumeLayout,
   type VolumeLayout,
 } from './layout.js';
-import { MetadataDb, SCHEMA_VERSION, keys, putOp, type DataMode, type VolumeRecord } from './metadata.js';
+import { SCHEMA_VERSION, keys, putOp, type DataMode, type VolumeRecord } from './metadata.js';
+import { MetadataDb } from './metadata-db.js';
 import { SnapshotStore } from './store.js';
 import { OwnerLock, fileIdentity } from './owner-lock.js';
 import { nameExists, refuseOtherNames } from './volume-names.js';

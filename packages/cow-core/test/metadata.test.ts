@@ -2,7 +2,8 @@ import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { MetadataDb, delOp, keys, putOp } from '../src/metadata.js';
+import { delOp, keys, putOp } from '../src/metadata.js';
+import { MetadataDb } from '../src/metadata-db.js';
 
 /**
  * `MetadataDb.makeDurable()` (checkpoint's `beforeTailMove`): after it,

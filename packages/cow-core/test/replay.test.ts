@@ -6,7 +6,7 @@ import { FileBlockDevice } from '@cowvol/base';
 import { decodeSuperblock, replayJournal, scanJournal } from '@cowvol/journal';
 import { Volume, volumeLayout } from '../src/index.js';
 import { CommittedMetadata, REPLAY_BATCH_OPS } from '../src/committed-metadata.js';
-import { MetadataDb } from '../src/metadata.js';
+import { MetadataDb } from '../src/metadata-db.js';
 import { mulberry32 } from './prng.js';
 import { forgetChangeStamp } from '../../../test/helpers.js';
 
