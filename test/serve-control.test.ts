@@ -10,6 +10,7 @@
  * Needs nbdsh with Debian's python3-libnbd (under CI=true a missing one fails).
  */
 import type { ChildProcess } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
@@ -119,7 +120,7 @@ describe.skipIf(missing)(`cowvol status, stop, snapshot create and list on a ser
     expect(offline.snapshots[1]).toMatchObject(createdJson);
   });
 
-  it('stop and status on a volume nobody serves: NOT_SERVED (exit 3) and served: false (exit 0); a missing volume is VOLUME_NOT_FOUND', async () => {
+  it('stop and status on a volume nobody serves: NOT_SERVED (exit 3) and served: false (exit 0); a missing volume is VOLUME_NOT_FOUND, a directory or a file with no sidecar NOT_A_VOLUME', async () => {
     const vol = await newVolume('b.img');
     const stop = await cowvol(['stop', vol, '--json']);
     expect(stop.code).toBe(3);
@@ -127,6 +128,15 @@ describe.skipIf(missing)(`cowvol status, stop, snapshot create and list on a ser
     expect((await cowvolOk(['status', vol])).stdout.toString()).toBe(`served: no (no cowvol serve answers for ${vol})\n`);
     const missingVol = await cowvol(['status', join(dir, 'nope.img')]);
     expect([missingVol.code, missingVol.stderr]).toEqual([3, expect.stringContaining('[VOLUME_NOT_FOUND]')]);
+    // Not volumes at all: a directory, and a plain file with no sidecar, are NOT_A_VOLUME (exit 6), never "not served".
+    const plain = join(dir, 'plain.raw');
+    await writeFile(plain, Buffer.alloc(4096));
+    for (const notVolume of [dir, plain]) {
+      for (const command of ['status', 'stop']) {
+        const r = await cowvol([command, notVolume]);
+        expect([r.code, r.stderr], `${command} ${notVolume}`).toEqual([6, expect.stringContaining('[NOT_A_VOLUME]')]);
+      }
+    }
   });
 
   it('garbage, a line over 64 KiB, a bad version, an unknown method and a client gone mid-request get errors and leave the server up', async () => {

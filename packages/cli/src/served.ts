@@ -48,12 +48,21 @@ export async function servedPid(volumePath: string): Promise<number | undefined>
   }
 }
 
-/** VOLUME_NOT_FOUND unless `volumePath` exists (what opening it offline would report first). */
+/**
+ * What opening `volumePath` offline would refuse first, checked without
+ * opening it: VOLUME_NOT_FOUND when nothing is there, NOT_A_VOLUME for a
+ * directory, pipe or device, or a file with no sidecar — so `status` and
+ * `stop` never call a non-volume "not served".
+ */
 export async function assertVolumeExists(volumePath: string): Promise<void> {
-  const { VolumeNotFoundError } = await import('@cowvol/cow-core');
-  await stat(volumePath).catch((err: unknown) => {
+  const { NotAVolumeError, VolumeNotFoundError, volumeLayout } = await import('@cowvol/cow-core');
+  const st = await stat(volumePath).catch((err: unknown) => {
     throw new VolumeNotFoundError(volumePath, { cause: err });
   });
+  if (!st.isFile()) throw new NotAVolumeError(`${volumePath} is not a regular file`);
+  const { sidecarPath } = volumeLayout(volumePath);
+  const sidecar = await stat(sidecarPath).catch(() => undefined);
+  if (sidecar?.isDirectory() !== true) throw new NotAVolumeError(`${volumePath} is not a cowvol volume (no ${sidecarPath})`);
 }
 
 /** True for the VOLUME_BUSY a served volume gives: route the command to its server. */
