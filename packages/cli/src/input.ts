@@ -1,5 +1,5 @@
-import { constants, createReadStream, rmSync } from 'node:fs';
-import { mkdtemp, open, rm, stat, type FileHandle } from 'node:fs/promises';
+import { constants, createReadStream, mkdtempSync, rmSync } from 'node:fs';
+import { open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -116,9 +116,14 @@ export async function probeLengthBytes(handle: FileHandle): Promise<number> {
 
 /** Reads `stream` to its end into a fresh private spool file; at most `maxBytes`. */
 async function spoolStream(stream: Readable, source: string, options: OpenInputOptions): Promise<SizedInput> {
-  const folder = await mkdtemp(join(tmpdir(), 'cowvol-stdin-')).catch((err: unknown) => {
+  // Synchronous, so no signal handler runs between the folder's creation
+  // and the registration of its removal.
+  let folder: string;
+  try {
+    folder = mkdtempSync(join(tmpdir(), 'cowvol-stdin-'));
+  } catch (err) {
     throw spoolError(err);
-  });
+  }
   const forget = onInterrupt(() => rmSync(folder, { recursive: true, force: true }));
   const remove = async (): Promise<void> => {
     await rm(folder, { recursive: true, force: true });

@@ -188,8 +188,7 @@ export async function openAtomicFileSink(output: string, guard: ProtectedFiles):
     const sink = await openFileSink(output, guard);
     return { ...sink, commit: () => sink.close(), abort: () => sink.close().catch(() => undefined) };
   }
-  const { handle, tmp } = await createPartial(target, output, await outputMode(guard));
-  const forget = onInterrupt(() => rmSync(tmp, { force: true }));
+  const { handle, tmp, forget } = await createPartial(target, output, await outputMode(guard));
   let closed = false;
   const close = async (): Promise<void> => {
     if (!closed) {
@@ -229,14 +228,23 @@ async function outputMode(guard: ProtectedFiles): Promise<number> {
   return volume ? (volume.mode & 0o066) | 0o600 : 0o600;
 }
 
-/** Creates a fresh `.NAME.partial-<pid>-<random>` beside `target`, exclusively and without following symlinks. */
-async function createPartial(target: string, output: string, mode: number): Promise<{ handle: FileHandle; tmp: string }> {
+/**
+ * Creates a fresh `.NAME.partial-<pid>-<random>` beside `target`, exclusively
+ * and without following symlinks. Its removal on a signal is registered
+ * before the open starts: the file exists as soon as the kernel creates it,
+ * while the open's completion reaches JavaScript later, and a signal handled
+ * in between must still remove it. A name that already exists is not ours,
+ * so its registration is withdrawn before the next name is tried.
+ */
+async function createPartial(target: string, output: string, mode: number): Promise<{ handle: FileHandle; tmp: string; forget: () => void }> {
   const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
   for (let attempt = 0; ; attempt++) {
     const tmp = join(dirname(target), `.${basename(target)}.partial-${process.pid}-${randomBytes(4).toString('hex')}`);
+    const forget = onInterrupt(() => rmSync(tmp, { force: true }));
     try {
-      return { handle: await open(tmp, flags, mode), tmp };
+      return { handle: await open(tmp, flags, mode), tmp, forget };
     } catch (err) {
+      forget();
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 8) throw userPathError(err, output, 'output');
     }
   }
