@@ -1,0 +1,34 @@
+/**
+ * The object store a backup repository lives in (docs/ARCHITECTURE.md §17):
+ * flat keys of at most 1,024 bytes of UTF-8 under one bucket and prefix,
+ * whole-object puts and gets, a conditional put (S3's `If-None-Match: *`)
+ * and listing by prefix. Implemented over S3 with the AWS SDK v3.
+ *
+ * Errors are CowvolErrors with stable codes; an implementation never lets
+ * a transport error through uncoded.
+ */
+export interface ObjectStore {
+  /** Where the repository is, for messages (`s3://bucket/prefix`). */
+  readonly url: string;
+  /**
+   * Stores `body` under `key`. With `ifNoneMatch`, the put is conditional:
+   * it fails with OBJECT_EXISTS when `key` already exists, and never
+   * replaces it.
+   */
+  put(key: string, body: Buffer, options?: { ifNoneMatch?: boolean }): Promise<void>;
+  /** The whole object. @throws OBJECT_NOT_FOUND when `key` does not exist */
+  get(key: string): Promise<Buffer>;
+  /** Size and time of `key`, or undefined when it does not exist. */
+  head(key: string): Promise<ObjectInfo | undefined>;
+  /** Every key starting with `prefix`, in ascending byte order of keys. */
+  list(prefix: string): AsyncIterable<ObjectInfo>;
+  /** Removes `key`; removing a missing key is not an error. */
+  delete(key: string): Promise<void>;
+}
+
+/** One listed or headed object. */
+export interface ObjectInfo {
+  key: string;
+  sizeBytes: number;
+  lastModified: Date;
+}
