@@ -3,8 +3,8 @@ import { assert, UnsupportedVersionError } from '@cowvol/base';
 import { BackupArgumentError, BackupCorruptError } from './errors.js';
 import type { RepositoryKeys } from './repository-keys.js';
 
-/** `CVCH`: the first bytes of a sealed chunk (docs/FORMAT.md §12.3). */
-export const CHUNK_MAGIC = Buffer.from('CVCH', 'latin1');
+/** `CVCH` (u32 big-endian): the first bytes of a sealed chunk (docs/FORMAT.md §12.3). */
+export const CHUNK_MAGIC = 0x43564348;
 /** The sealed-chunk version this code writes and reads. */
 export const CHUNK_VERSION = 1;
 /** Bytes of the header: magic (4), version (1), nonce (12). */
@@ -43,14 +43,14 @@ export function sealChunk(keys: RepositoryKeys, plaintext: Buffer): SealedChunk 
   if (plaintext.length > CHUNK_MAX_PLAINTEXT_BYTES) throw new BackupArgumentError(`a chunk holds at most 64 MiB, not ${String(plaintext.length)} bytes`);
   const id = chunkId(keys, plaintext);
   const header = Buffer.alloc(CHUNK_HEADER_BYTES);
-  CHUNK_MAGIC.copy(header, 0);
+  header.writeUInt32BE(CHUNK_MAGIC, 0);
   header.writeUInt8(CHUNK_VERSION, 4);
   randomBytes(NONCE_BYTES).copy(header, NONCE_OFFSET);
   const cipher = createCipheriv('aes-256-gcm', keys.encryptionKey, header.subarray(NONCE_OFFSET), { authTagLength: CHUNK_TAG_BYTES });
   cipher.setAAD(associatedData(header, id));
   const body = Buffer.concat([header, cipher.update(plaintext), cipher.final(), cipher.getAuthTag()]);
   assert(body.length === plaintext.length + CHUNK_OVERHEAD_BYTES, 'a sealed chunk is its plaintext and 33 bytes');
-  assert(body.subarray(0, 4).equals(CHUNK_MAGIC), 'a sealed chunk starts with its magic');
+  assert(body.readUInt32BE(0) === CHUNK_MAGIC, 'a sealed chunk starts with its magic');
   return { id, body };
 }
 
@@ -70,9 +70,10 @@ export function openChunk(keys: RepositoryKeys, id: string, body: Buffer): Buffe
     new BackupCorruptError(`chunk ${id} is damaged: ${why}`, { details: { chunkId: id }, ...(cause === undefined ? {} : { cause }) });
   if (body.length < CHUNK_OVERHEAD_BYTES) throw corrupt(`${String(body.length)} bytes, shorter than a sealed chunk's 33`);
   if (body.length > CHUNK_MAX_PLAINTEXT_BYTES + CHUNK_OVERHEAD_BYTES) throw corrupt(`${String(body.length)} bytes, longer than any sealed chunk`);
-  if (!body.subarray(0, 4).equals(CHUNK_MAGIC)) throw corrupt('bad magic');
+  if (body.readUInt32BE(0) !== CHUNK_MAGIC) throw corrupt('bad magic');
   const version = body.readUInt8(4);
-  if (version > CHUNK_VERSION) throw new UnsupportedVersionError(`chunk ${id} has version ${String(version)}; this cowvol reads version ${String(CHUNK_VERSION)}`, { details: { chunkId: id, version } });
+  if (version > CHUNK_VERSION)
+    throw new UnsupportedVersionError(`chunk ${id} has version ${String(version)}; this cowvol reads version ${String(CHUNK_VERSION)}`, { details: { chunkId: id, version } });
   if (version !== CHUNK_VERSION) throw corrupt(`version ${String(version)}`);
   const header = body.subarray(0, CHUNK_HEADER_BYTES);
   const tagOffset = body.length - CHUNK_TAG_BYTES;

@@ -3,12 +3,12 @@ import { assert, crc32c, UnsupportedVersionError } from '@cowvol/base';
 import { BackupArgumentError, BackupCorruptError } from './errors.js';
 import { DERIVED_KEY_BYTES, deriveRepositoryKeys, REPOSITORY_ID_BYTES, verifyKeyCheck, type RepositoryKeys } from './repository-keys.js';
 
-/** `CVBKCONF`: the first bytes of the `config` object (docs/FORMAT.md §12.2). */
-export const CONFIG_MAGIC = Buffer.from('CVBKCONF', 'latin1');
+/** `CVBC` (u32 big-endian): the first bytes of the `config` object (docs/FORMAT.md §12.2). */
+export const CONFIG_MAGIC = 0x43564243;
 /** The repository format version this code writes and reads. */
 export const CONFIG_FORMAT_VERSION = 1;
 /** Bytes of an encoded version-1 `config` object. */
-export const CONFIG_BYTES = 100;
+export const CONFIG_BYTES = 96;
 /** The chunk size a new repository gets unless told otherwise: 4 MiB. */
 export const DEFAULT_CHUNK_SIZE_BYTES = 4 * 1024 * 1024;
 /** Bounds of the chunk size: a power of two from 64 KiB to 64 MiB. */
@@ -16,12 +16,12 @@ export const MIN_CHUNK_SIZE_BYTES = 64 * 1024;
 export const MAX_CHUNK_SIZE_BYTES = 64 * 1024 * 1024;
 
 // Offsets of the version-1 layout (docs/FORMAT.md §12.2).
-const VERSION_OFFSET = 8;
-const CHUNK_SIZE_OFFSET = 12;
-const ID_OFFSET = 16;
-const KEY_CHECK_OFFSET = 32;
-const MAC_OFFSET = 64;
-const CRC_OFFSET = 96;
+const VERSION_OFFSET = 4;
+const CHUNK_SIZE_OFFSET = 8;
+const ID_OFFSET = 12;
+const KEY_CHECK_OFFSET = 28;
+const MAC_OFFSET = 60;
+const CRC_OFFSET = 92;
 
 /** The decoded `config` object of a repository. */
 export interface RepositoryConfig {
@@ -48,7 +48,7 @@ export function newRepositoryConfig(keyBytes: Buffer, chunkSizeBytes = DEFAULT_C
 }
 
 /**
- * Encodes `config` (docs/FORMAT.md §12.2): 100 bytes, its MAC made with
+ * Encodes `config` (docs/FORMAT.md §12.2): 96 bytes, its MAC made with
  * `keys.configMacKey`, then a CRC32C over everything before it.
  */
 export function encodeRepositoryConfig(config: RepositoryConfig, keys: RepositoryKeys): Buffer {
@@ -57,7 +57,7 @@ export function encodeRepositoryConfig(config: RepositoryConfig, keys: Repositor
   assert(config.repositoryId.length === REPOSITORY_ID_BYTES && config.keyCheck.length === DERIVED_KEY_BYTES, 'config id and key check lengths');
   assert(config.keyCheck.equals(keys.keyCheck), 'a config is encoded with its own keys');
   const out = Buffer.alloc(CONFIG_BYTES);
-  CONFIG_MAGIC.copy(out, 0);
+  out.writeUInt32BE(CONFIG_MAGIC, 0);
   out.writeUInt32LE(config.formatVersion, VERSION_OFFSET);
   out.writeUInt32LE(config.chunkSizeBytes, CHUNK_SIZE_OFFSET);
   config.repositoryId.copy(out, ID_OFFSET);
@@ -68,8 +68,8 @@ export function encodeRepositoryConfig(config: RepositoryConfig, keys: Repositor
 }
 
 /**
- * Decodes and checks a `config` object, in this order (docs/FORMAT.md
- * §12.2 "When a config is valid"): magic, version, length, CRC32C, chunk
+ * Decodes and checks a `config` object, in this order
+ * (docs/FORMAT.md §12.2, "When a config is valid"): magic, version, length, CRC32C, chunk
  * size; then derives the keys from `keyBytes` and the stored repository id,
  * compares the key check value, and checks the MAC. A wrong key is thus
  * BAD_KEY, a damaged object BACKUP_CORRUPT, and nothing has been written.
@@ -81,7 +81,7 @@ export function encodeRepositoryConfig(config: RepositoryConfig, keys: Repositor
  */
 export function decodeRepositoryConfig(bytes: Buffer, keyBytes: Buffer, where: string): { config: RepositoryConfig; keys: RepositoryKeys } {
   const corrupt = (why: string): BackupCorruptError => new BackupCorruptError(`the config of backup repository ${where} is damaged: ${why}`, { details: { object: 'config', repository: where } });
-  if (bytes.length < VERSION_OFFSET + 4 || !bytes.subarray(0, CONFIG_MAGIC.length).equals(CONFIG_MAGIC)) throw corrupt('not a cowvol backup config (bad magic)');
+  if (bytes.length < VERSION_OFFSET + 4 || bytes.readUInt32BE(0) !== CONFIG_MAGIC) throw corrupt('not a cowvol backup config (bad magic)');
   const formatVersion = bytes.readUInt32LE(VERSION_OFFSET);
   if (formatVersion > CONFIG_FORMAT_VERSION) {
     throw new UnsupportedVersionError(`backup repository ${where} has format version ${String(formatVersion)}; this cowvol reads version ${String(CONFIG_FORMAT_VERSION)}`, {
@@ -107,7 +107,7 @@ export function isValidChunkSize(chunkSizeBytes: number): boolean {
   return Number.isInteger(chunkSizeBytes) && chunkSizeBytes >= MIN_CHUNK_SIZE_BYTES && chunkSizeBytes <= MAX_CHUNK_SIZE_BYTES && (chunkSizeBytes & (chunkSizeBytes - 1)) === 0;
 }
 
-/** HMAC-SHA-256(configMacKey, bytes 0..63). */
+/** HMAC-SHA-256(configMacKey, bytes 0..59). */
 function configMac(keys: RepositoryKeys, encoded: Buffer): Buffer {
   return createHmac('sha256', keys.configMacKey).update(encoded.subarray(0, MAC_OFFSET)).digest();
 }

@@ -88,7 +88,10 @@ describe('sealed chunks', () => {
       const bit = Math.floor(next() * sealed.body.length * 8);
       const body = Buffer.from(sealed.body);
       body[bit >> 3] = body[bit >> 3]! ^ (1 << (bit & 7));
-      expect(codeOf(() => openChunk(keys, sealed.id, body)), `seed ${String(seed)} bit ${String(bit)}`).not.toBe('returned');
+      expect(
+        codeOf(() => openChunk(keys, sealed.id, body)),
+        `seed ${String(seed)} bit ${String(bit)}`,
+      ).not.toBe('returned');
     }
   });
 
@@ -138,7 +141,10 @@ describe('the config object', () => {
 
   it('refuses a chunk size that is not a power of two in 64 KiB..64 MiB', () => {
     for (const size of [0, 1000, 32 * 1024, 3 * 1024 * 1024, 128 * 1024 * 1024, 1.5]) {
-      expect(codeOf(() => newRepositoryConfig(keyBytes, size)), String(size)).toBe('INVALID_ARGUMENT');
+      expect(
+        codeOf(() => newRepositoryConfig(keyBytes, size)),
+        String(size),
+      ).toBe('INVALID_ARGUMENT');
     }
   });
 
@@ -146,22 +152,25 @@ describe('the config object', () => {
     const { config, keys: k } = newRepositoryConfig(keyBytes);
     const bytes = encodeRepositoryConfig(config, k);
     const badMac = Buffer.from(bytes);
-    badMac[70] = badMac[70]! ^ 1;
-    badMac.writeUInt32LE(crc32c(badMac.subarray(0, 96)), 96);
+    badMac[70] = badMac[70]! ^ 1; // inside the MAC (bytes 60..91)
+    badMac.writeUInt32LE(crc32c(badMac.subarray(0, 92)), 92);
     expect(() => decodeRepositoryConfig(badMac, keyBytes, 'file:///r')).toThrow(expect.objectContaining({ code: 'BACKUP_CORRUPT' }));
     for (let bit = 0; bit < bytes.length * 8; bit++) {
-      if (bit >> 3 >= 8 && bit >> 3 < 12) continue; // the version field: below
+      if (bit >> 3 >= 4 && bit >> 3 < 8) continue; // the version field: below
       const flipped = Buffer.from(bytes);
       flipped[bit >> 3] = flipped[bit >> 3]! ^ (1 << (bit & 7));
-      expect(codeOf(() => decodeRepositoryConfig(flipped, keyBytes, 'file:///r')), `bit ${String(bit)}`).toBe('BACKUP_CORRUPT');
+      expect(
+        codeOf(() => decodeRepositoryConfig(flipped, keyBytes, 'file:///r')),
+        `bit ${String(bit)}`,
+      ).toBe('BACKUP_CORRUPT');
     }
     const newer = Buffer.concat([bytes, Buffer.alloc(50)]);
-    newer.writeUInt32LE(2, 8);
+    newer.writeUInt32LE(2, 4);
     expect(() => decodeRepositoryConfig(newer, keyBytes, 'file:///r')).toThrow(expect.objectContaining({ code: 'UNSUPPORTED_VERSION', details: expect.objectContaining({ version: 2 }) as unknown }));
     const zero = Buffer.from(bytes);
-    zero.writeUInt32LE(0, 8);
+    zero.writeUInt32LE(0, 4);
     expect(codeOf(() => decodeRepositoryConfig(zero, keyBytes, 'file:///r'))).toBe('BACKUP_CORRUPT');
-    expect(codeOf(() => decodeRepositoryConfig(bytes.subarray(0, 99), keyBytes, 'file:///r'))).toBe('BACKUP_CORRUPT');
+    expect(codeOf(() => decodeRepositoryConfig(bytes.subarray(0, 95), keyBytes, 'file:///r'))).toBe('BACKUP_CORRUPT');
   });
 
   it('is BAD_KEY, not BACKUP_CORRUPT, for an intact config opened with another key', () => {
