@@ -53,8 +53,10 @@ export class FileObjectStore implements ObjectStore {
         try {
           await fsp.link(temp, path);
         } catch (err) {
-          if (errnoOf(err) === 'EEXIST') throw new ObjectExistsError(`${this.url} ${key} already exists`, { details: { key } });
-          throw err;
+          if (errnoOf(err) !== 'EEXIST') throw err;
+          // A directory there is a prefix of other keys, not an object: refused as every other collision of the two (§17).
+          if ((await fsp.lstat(path)).isDirectory()) throw new BackupArgumentError(`${this.url} ${key} is a prefix of other keys followed by /`, { details: { key } });
+          throw new ObjectExistsError(`${this.url} ${key} already exists`, { details: { key } });
         }
         await fsp.unlink(temp);
       } else {

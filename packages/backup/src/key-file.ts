@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants, promises as fsp } from 'node:fs';
 import { dirname } from 'node:path';
-import { assert, IoError } from '@cowvol/base';
+import { assert, IoError, NoSpaceError } from '@cowvol/base';
 import { BackupArgumentError, BadKeyError } from './errors.js';
 
 /** Bytes of key material a key file holds (docs/FORMAT.md §12.1). */
@@ -60,7 +60,7 @@ export async function loadKeyFile(path: string): Promise<Buffer> {
  *
  * @returns the 32 key bytes written
  * @throws INVALID_ARGUMENT when `path` already exists
- * @throws IO_ERROR when creating or syncing fails
+ * @throws IO_ERROR, NO_SPACE when creating, writing or syncing fails
  */
 export async function generateKeyFile(path: string): Promise<Buffer> {
   const key = randomBytes(KEY_FILE_KEY_BYTES);
@@ -78,7 +78,9 @@ export async function generateKeyFile(path: string): Promise<Buffer> {
   } catch (err) {
     await handle.close().catch(() => undefined);
     await fsp.unlink(path).catch(() => undefined);
-    throw new IoError(`write key file ${path}: ${errnoText(err)}`, { cause: err, details: { path } });
+    const message = `write key file ${path}: ${errnoText(err)}`;
+    const errno = errnoOf(err);
+    throw errno === 'ENOSPC' || errno === 'EDQUOT' ? new NoSpaceError(message, { cause: err, details: { path } }) : new IoError(message, { cause: err, details: { path } });
   }
   await handle.close();
   await syncDirectory(dirname(path));

@@ -111,5 +111,10 @@ describe('FileObjectStore', () => {
     await store.put('a', Buffer.from('file'));
     expect(await codeOf(store.put('a/b', Buffer.from('under a file')))).toBe('INVALID_ARGUMENT');
     expect(await codeOf(store.get('a/b'))).toBe('OBJECT_NOT_FOUND');
+    await store.put('d/e', Buffer.from('under d'));
+    expect(await codeOf(store.put('d', Buffer.from('over a prefix'), { ifNoneMatch: true }))).toBe('INVALID_ARGUMENT');
+    expect(await codeOf(store.put('d', Buffer.from('over a prefix')))).toBe('INVALID_ARGUMENT');
+    expect(await codeOf(store.get('d'))).toBe('OBJECT_NOT_FOUND');
+    expect(await keysOf('')).toEqual(['a', 'd/e']);
   });
 });
