@@ -5,3 +5,18 @@
  * S3-compatible object store.
  */
 export type { ObjectStore, ObjectInfo } from './object-store.js';
+export { BadKeyError, BackupCorruptError, ObjectExistsError, ObjectNotFoundError, BackupArgumentError } from './errors.js';
+export { loadKeyFile, generateKeyFile, KEY_FILE_KEY_BYTES } from './key-file.js';
+export { deriveRepositoryKeys, verifyKeyCheck, REPOSITORY_ID_BYTES, type RepositoryKeys } from './repository-keys.js';
+export { sealChunk, openChunk, chunkId, CHUNK_OVERHEAD_BYTES, CHUNK_MAX_PLAINTEXT_BYTES, type SealedChunk } from './chunk-seal.js';
+export {
+  newRepositoryConfig,
+  encodeRepositoryConfig,
+  decodeRepositoryConfig,
+  isValidChunkSize,
+  CONFIG_BYTES,
+  CONFIG_FORMAT_VERSION,
+  DEFAULT_CHUNK_SIZE_BYTES,
+  type RepositoryConfig,
+} from './repository-config.js';
+export { FileObjectStore, validateObjectKey, OBJECT_KEY_MAX_BYTES } from './file-object-store.js';

@@ -20,6 +20,7 @@ export const ERROR_CODES = [
   'VOLUME_NOT_FOUND',
   'SNAPSHOT_NOT_FOUND',
   'INPUT_NOT_FOUND',
+  'OBJECT_NOT_FOUND',
   'NOT_SERVED',
   // conflicts with what exists
   'VOLUME_EXISTS',
@@ -33,6 +34,7 @@ export const ERROR_CODES = [
   'IMPORT_PENDING',
   'RESUME_MISMATCH',
   'ENDPOINT_IN_USE',
+  'OBJECT_EXISTS',
   // another process owns the volume
   'VOLUME_BUSY',
   'LOCK_LOST',
@@ -45,6 +47,8 @@ export const ERROR_CODES = [
   'VOLUME_SIZE_MISMATCH',
   'VOLUME_MODIFIED_OUTSIDE',
   'VERIFY_FAILED',
+  'BACKUP_CORRUPT',
+  'BAD_KEY',
   // the operating system failed an I/O
   'IO_ERROR',
   'NO_SPACE',

@@ -1,0 +1,205 @@
+import { randomBytes } from 'node:crypto';
+import { constants, promises as fsp, type Stats } from 'node:fs';
+import { dirname, isAbsolute, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { IoError, NoSpaceError, isCowvolError } from '@cowvol/base';
+import { BackupArgumentError, ObjectExistsError, ObjectNotFoundError } from './errors.js';
+import type { ObjectInfo, ObjectStore } from './object-store.js';
+
+/** The longest key, in bytes of UTF-8 (S3's limit; docs/ARCHITECTURE.md §17). */
+export const OBJECT_KEY_MAX_BYTES = 1024;
+/** Names of in-flight temporary files start with this; no key segment may. */
+const TEMP_PREFIX = '.cowvol-tmp-';
+
+/**
+ * An {@link ObjectStore} in a directory of the local file system, for
+ * `file:///abs/path` (docs/ARCHITECTURE.md §17): one file per object, `/` in
+ * a key a subdirectory. Every put writes a private temporary file in the
+ * object's directory and fsyncs it; a conditional put then link()s it to the
+ * key's name — link fails with EEXIST and never replaces, the POSIX
+ * counterpart of `If-None-Match: *` — an unconditional put rename()s it;
+ * either way the directory is fsynced before the put resolves.
+ *
+ * A key cannot be both an object and a prefix of others followed by `/`
+ * (`a` and `a/b`): that put is refused with INVALID_ARGUMENT.
+ */
+export class FileObjectStore implements ObjectStore {
+  readonly url: string;
+  /** The directory holding the objects. */
+  readonly rootPath: string;
+
+  /** @throws INVALID_ARGUMENT for a URL that is not file:// with an absolute path */
+  constructor(url: string) {
+    let rootPath: string;
+    try {
+      rootPath = fileURLToPath(url);
+    } catch (err) {
+      throw new BackupArgumentError(`not a file:///absolute/path URL: ${url}`, { cause: err });
+    }
+    if (!isAbsolute(rootPath)) throw new BackupArgumentError(`not a file:///absolute/path URL: ${url}`);
+    this.rootPath = rootPath.replace(/\/+$/, '') || '/';
+    this.url = pathToFileURL(this.rootPath).href;
+  }
+
+  /** @throws OBJECT_EXISTS (with ifNoneMatch) · INVALID_ARGUMENT · IO_ERROR · NO_SPACE */
+  async put(key: string, body: Buffer, options?: { ifNoneMatch?: boolean }): Promise<void> {
+    const path = this.pathOf(key);
+    const dir = dirname(path);
+    const temp = join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    try {
+      await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+      await writeSynced(temp, body);
+      if (options?.ifNoneMatch === true) {
+        try {
+          await fsp.link(temp, path);
+        } catch (err) {
+          if (errnoOf(err) !== 'EEXIST') throw err;
+          // A directory there is a prefix of other keys, not an object: refused as every other collision of the two (§17).
+          if ((await fsp.lstat(path)).isDirectory()) throw new BackupArgumentError(`${this.url} ${key} is a prefix of other keys followed by /`, { details: { key } });
+          throw new ObjectExistsError(`${this.url} ${key} already exists`, { details: { key } });
+        }
+        await fsp.unlink(temp);
+      } else {
+        await fsp.rename(temp, path);
+      }
+      await syncDirectory(dir);
+    } catch (err) {
+      await fsp.unlink(temp).catch(() => undefined);
+      throw this.coded(err, 'put', key);
+    }
+  }
+
+  /** @throws OBJECT_NOT_FOUND · INVALID_ARGUMENT · IO_ERROR */
+  async get(key: string): Promise<Buffer> {
+    const path = this.pathOf(key);
+    try {
+      return await fsp.readFile(path);
+    } catch (err) {
+      const errno = errnoOf(err);
+      if (errno === 'ENOENT' || errno === 'ENOTDIR' || errno === 'EISDIR') throw new ObjectNotFoundError(`${this.url} ${key} does not exist`, { details: { key } });
+      throw this.coded(err, 'get', key);
+    }
+  }
+
+  /** @throws INVALID_ARGUMENT · IO_ERROR */
+  async head(key: string): Promise<ObjectInfo | undefined> {
+    const path = this.pathOf(key);
+    let stat: Stats;
+    try {
+      stat = await fsp.lstat(path);
+    } catch (err) {
+      const errno = errnoOf(err);
+      if (errno === 'ENOENT' || errno === 'ENOTDIR') return undefined;
+      throw this.coded(err, 'head', key);
+    }
+    return stat.isFile() ? { key, sizeBytes: stat.size, lastModified: stat.mtime } : undefined;
+  }
+
+  /**
+   * Every object whose key starts with `prefix`, in ascending byte order of
+   * keys: a depth-first walk that sorts each directory's names (a
+   * subdirectory's name with its `/`), so memory is bounded by one
+   * directory's listing per level, not by the number of objects.
+   *
+   * @throws INVALID_ARGUMENT for a prefix over 1,024 bytes or with a NUL · IO_ERROR
+   */
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    if (Buffer.byteLength(prefix, 'utf8') > OBJECT_KEY_MAX_BYTES || prefix.includes('\0')) throw new BackupArgumentError(`bad object key prefix: ${JSON.stringify(prefix.slice(0, 80))}`);
+    yield* this.walk('', prefix);
+  }
+
+  /** @throws INVALID_ARGUMENT · IO_ERROR */
+  async delete(key: string): Promise<void> {
+    const path = this.pathOf(key);
+    try {
+      await fsp.unlink(path);
+      await syncDirectory(dirname(path));
+    } catch (err) {
+      const errno = errnoOf(err);
+      if (errno === 'ENOENT' || errno === 'ENOTDIR') return;
+      throw this.coded(err, 'delete', key);
+    }
+  }
+
+  private async *walk(dirKey: string, prefix: string): AsyncGenerator<ObjectInfo> {
+    let entries;
+    try {
+      entries = await fsp.readdir(join(this.rootPath, dirKey), { withFileTypes: true });
+    } catch (err) {
+      if (errnoOf(err) === 'ENOENT' && dirKey === '') return;
+      throw this.coded(err, 'list', dirKey);
+    }
+    const names = entries
+      .filter((e) => !e.name.startsWith(TEMP_PREFIX) && (e.isFile() || e.isDirectory()))
+      .map((e) => ({ name: `${dirKey}${e.name}${e.isDirectory() ? '/' : ''}`, isDirectory: e.isDirectory() }))
+      .sort((a, b) => Buffer.compare(Buffer.from(a.name, 'utf8'), Buffer.from(b.name, 'utf8')));
+    for (const entry of names) {
+      if (entry.isDirectory) {
+        if (entry.name.startsWith(prefix) || prefix.startsWith(entry.name)) yield* this.walk(entry.name, prefix);
+      } else if (entry.name.startsWith(prefix)) {
+        const info = await this.head(entry.name);
+        if (info !== undefined) yield info;
+      }
+    }
+  }
+
+  /** The file of `key`, after validating it. @throws INVALID_ARGUMENT */
+  private pathOf(key: string): string {
+    validateObjectKey(key);
+    return join(this.rootPath, key);
+  }
+
+  private coded(err: unknown, what: string, key: string): Error {
+    if (isCowvolError(err)) return err;
+    const errno = errnoOf(err);
+    const message = `${what} ${this.url} ${key}: ${err instanceof Error ? err.message : String(err)}`;
+    if (errno === 'ENOSPC' || errno === 'EDQUOT') return new NoSpaceError(message, { cause: err, details: { key } });
+    if (errno === 'ENOTDIR' || errno === 'EISDIR' || errno === 'EEXIST') {
+      return new BackupArgumentError(`${message} (a key cannot be both an object and a prefix followed by /)`, { cause: err, details: { key } });
+    }
+    return new IoError(message, { cause: err, details: { key } });
+  }
+}
+
+/**
+ * Refuses a key that is empty, over 1,024 bytes of UTF-8, holds a NUL,
+ * starts or ends with `/`, has an empty, `.` or `..` segment, or a segment
+ * starting with `.cowvol-tmp-` (the store's temporary files).
+ *
+ * @throws INVALID_ARGUMENT
+ */
+export function validateObjectKey(key: string): void {
+  const bad = (why: string): BackupArgumentError => new BackupArgumentError(`bad object key ${JSON.stringify(key.slice(0, 80))}: ${why}`, { details: { key: key.slice(0, 80) } });
+  if (key.length === 0) throw bad('empty');
+  if (Buffer.byteLength(key, 'utf8') > OBJECT_KEY_MAX_BYTES) throw bad('over 1,024 bytes');
+  if (key.includes('\0')) throw bad('holds a NUL');
+  if (key.startsWith('/') || key.endsWith('/')) throw bad('starts or ends with /');
+  for (const segment of key.split('/')) {
+    if (segment === '' || segment === '.' || segment === '..') throw bad('has an empty, . or .. segment');
+    if (segment.startsWith(TEMP_PREFIX)) throw bad(`a segment starts with ${TEMP_PREFIX}`);
+  }
+}
+
+async function writeSynced(path: string, body: Buffer): Promise<void> {
+  const handle = await fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  try {
+    let offset = 0;
+    while (offset < body.length) offset += (await handle.write(body, offset, body.length - offset, offset)).bytesWritten;
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function syncDirectory(dir: string): Promise<void> {
+  const handle = await fsp.open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+function errnoOf(err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
+}
