@@ -117,3 +117,17 @@ describe.skipIf(!haveNbdinfo)(`cowvol serve: endpoints${skipReason}`, () => {
     expect(await s.stop('SIGTERM')).toBe(0);
   });
 });
+
+describe.skipIf(!haveNbdinfo)(`cowvol serve: signals after cowvol stop${skipReason}`, () => {
+  it('SIGTERM delivered again and again after `cowvol stop` returned, through the exit window: the server still exits 0, not by signal', async () => {
+    const { child, exited } = await startServe(vol, []);
+    await cowvolOk(['stop', vol]);
+    const state = { done: false };
+    void exited.then(() => (state.done = true));
+    while (!state.done && child.exitCode === null) {
+      child.kill('SIGTERM');
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    expect([await exited, child.signalCode]).toEqual([0, null]);
+  });
+});

@@ -91,8 +91,10 @@ export default class Serve extends CowvolCommand {
       markReleased(); // the owner lock is released: `stop` requests are answered
       await control?.drain();
       await control?.close();
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      // The handlers stay until the process exits: removed, a SIGTERM in the
+      // exit window after `cowvol stop` returned would kill the process by
+      // signal instead of exit 0 (docs/ARCHITECTURE.md §14.8). Signal
+      // handlers do not keep the event loop alive.
     }
   }
 }
