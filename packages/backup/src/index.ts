@@ -5,3 +5,4 @@
  * S3-compatible object store.
  */
 export type { ObjectStore, ObjectInfo } from './object-store.js';
+export { S3ObjectStore, parseS3Url, storeErrorCode, type S3ObjectStoreOptions } from './s3-object-store.js';

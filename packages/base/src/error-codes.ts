@@ -20,6 +20,7 @@ export const ERROR_CODES = [
   'VOLUME_NOT_FOUND',
   'SNAPSHOT_NOT_FOUND',
   'INPUT_NOT_FOUND',
+  'OBJECT_NOT_FOUND',
   'NOT_SERVED',
   // conflicts with what exists
   'VOLUME_EXISTS',
@@ -33,6 +34,7 @@ export const ERROR_CODES = [
   'IMPORT_PENDING',
   'RESUME_MISMATCH',
   'ENDPOINT_IN_USE',
+  'OBJECT_EXISTS',
   // another process owns the volume
   'VOLUME_BUSY',
   'LOCK_LOST',
@@ -47,6 +49,9 @@ export const ERROR_CODES = [
   'VERIFY_FAILED',
   // the operating system failed an I/O
   'IO_ERROR',
+  // the object store cannot be reached, or refuses the credentials
+  'STORE_UNAVAILABLE',
+  'STORE_ACCESS_DENIED',
   'NO_SPACE',
   'JOURNAL_ABORTED',
   'JOURNAL_NEEDS_RECOVERY',

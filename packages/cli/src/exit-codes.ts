@@ -19,6 +19,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = Object.freeze({
   VOLUME_NOT_FOUND: 3,
   SNAPSHOT_NOT_FOUND: 3,
   INPUT_NOT_FOUND: 3,
+  OBJECT_NOT_FOUND: 3,
   NOT_SERVED: 3,
   // 4: conflicts with what exists
   VOLUME_EXISTS: 4,
@@ -32,6 +33,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = Object.freeze({
   RESUME_MISMATCH: 4,
   STREAM_HEADER_TOO_LARGE: 4,
   ENDPOINT_IN_USE: 4,
+  OBJECT_EXISTS: 4,
   // 5: another process owns the volume
   VOLUME_BUSY: 5,
   LOCK_LOST: 5, // no longer produced (the owner lock is never taken over); kept: codes are stable
@@ -46,6 +48,8 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = Object.freeze({
   VERIFY_FAILED: 6,
   // 7: the operating system failed an I/O
   IO_ERROR: 7,
+  STORE_UNAVAILABLE: 7,
+  STORE_ACCESS_DENIED: 7,
   NO_SPACE: 7,
   JOURNAL_ABORTED: 7,
   JOURNAL_NEEDS_RECOVERY: 7,
