@@ -4,15 +4,7 @@
  * retries with backoff, request timeouts so a stalled connection fails,
  * and a bound on requests in flight (a small FIFO semaphore).
  */
-import {
-  DeleteObjectCommand,
-  GetObjectCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-  S3ServiceException,
-} from '@aws-sdk/client-s3';
+import { CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
 import { CowvolError, isCowvolError, type ErrorCode } from '@cowvol/base';
 import type { ObjectInfo, ObjectStore } from './object-store.js';
 
@@ -48,7 +40,7 @@ export function parseS3Url(url: string): { bucket: string; prefix: string } {
 /** A FIFO counting semaphore bounding requests in flight. */
 class Semaphore {
   private free: number;
-  private readonly waiters: (() => void)[] = [];
+  private readonly waiters: Array<() => void> = [];
   constructor(n: number) {
     this.free = n;
   }
@@ -172,6 +164,16 @@ export class S3ObjectStore implements ObjectStore {
 
   async delete(key: string): Promise<void> {
     await this.call('delete', key, () => this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.prefix + key })));
+  }
+
+  /** Creates the bucket (tests, first use); an existing bucket of the same owner is not an error. */
+  async createBucket(): Promise<void> {
+    try {
+      await this.client.send(new CreateBucketCommand({ Bucket: this.bucket }));
+    } catch (err) {
+      if (err instanceof S3ServiceException && err.name === 'BucketAlreadyOwnedByYou') return;
+      throw new CowvolError(storeErrorCode(err), `create bucket ${this.bucket}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    }
   }
 
   /** Closes the client's sockets. */
