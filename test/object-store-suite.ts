@@ -35,7 +35,7 @@ export function objectStoreSuite(makeStore: () => Promise<ObjectStore>): void {
       expect(won).toHaveLength(1);
       const lost = results.find((r) => r.status === 'rejected');
       expect(lost?.reason).toMatchObject({ code: 'OBJECT_EXISTS' });
-      const winner = results[0]?.status === 'fulfilled' ? 'a' : 'b';
+      const winner = results[0].status === 'fulfilled' ? 'a' : 'b';
       expect((await store.get(`race-${String(round)}`)).toString()).toBe(winner);
     }
   });
