@@ -8,14 +8,17 @@ dir=${1:?usage: start.sh <dir>}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 t0=$(date +%s)
+fail() { # <what> <log>: says which daemon failed and shows the end of its log
+  echo "start.sh: $1 failed; see $2" >&2
+  tail -n 20 "$2" >&2 || true
+  exit 1
+}
 wait_for() { # <seconds> <what> <log> <command...>
   local secs=$1 what=$2 log=$3; shift 3
   local end=$(($(date +%s) + secs))
   until "$@" >/dev/null 2>&1; do
     if (($(date +%s) >= end)); then
-      echo "start.sh: $what not ready after ${secs}s; see $log" >&2
-      tail -n 20 "$log" >&2 || true
-      exit 1
+      fail "$what (not ready after ${secs}s)" "$log"
     fi
     sleep 1
   done
@@ -49,7 +52,9 @@ osd data = $dir/osd/\$id
 osd objectstore = bluestore
 bluestore block create = true
 bluestore block size = 4294967296
-bluestore block path = $dir/osd/\$id/block
+# Outside "osd data": bluestore links <osd data>/block to this path, and a
+# path inside the data folder would be a link to itself (ELOOP at mkfs).
+bluestore block path = $dir/osd/\$id.block
 osd memory target = 1073741824
 bluestore cache size = 268435456
 [client.rgw.t]
@@ -57,13 +62,14 @@ rgw frontends = beast endpoint=127.0.0.1:$port
 rgw data = $dir/rgw
 CONF
 export CEPH_CONF=$conf
-ceph-authtool --create-keyring "$dir/mon.keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
+ceph-authtool --create-keyring "$dir/mon.a.keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
 ceph-authtool --create-keyring "$dir/client.admin.keyring" --gen-key -n client.admin \
   --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' --cap mds 'allow *' >/dev/null
-ceph-authtool "$dir/mon.keyring" --import-keyring "$dir/client.admin.keyring" >/dev/null
+ceph-authtool "$dir/mon.a.keyring" --import-keyring "$dir/client.admin.keyring" >/dev/null
 monmaptool --create --addv a '[v2:127.0.0.1:3300,v1:127.0.0.1:6789]' --fsid "$fsid" "$dir/monmap" >/dev/null
-ceph-mon --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/mon.keyring"
-ceph-mon -i a
+ceph-mon --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/mon.a.keyring" ||
+  fail "ceph-mon --mkfs" "$dir/log/mon.a.log"
+ceph-mon -i a || fail "ceph-mon" "$dir/log/mon.a.log"
 wait_for 30 "ceph-mon" "$dir/log/mon.a.log" timeout 5 ceph -s
 ceph config set global osd_pool_default_pg_num 8
 ceph config set global osd_pool_default_pgp_num 8
@@ -71,18 +77,19 @@ ceph config set global mon_max_pg_per_osd 1000
 mkdir -p "$dir/mgr/x"
 ceph auth get-or-create mgr.x mon 'allow profile mgr' osd 'allow *' mds 'allow *' -o "$dir/mgr/x/keyring"
 cp "$dir/mgr/x/keyring" "$dir/mgr.x.keyring"
-ceph-mgr -i x
+ceph-mgr -i x || fail "ceph-mgr" "$dir/log/mgr.x.log"
 osd_id=$(ceph osd new "$osd_uuid")
 mkdir -p "$dir/osd/$osd_id"
 ceph-authtool --create-keyring "$dir/osd.$osd_id.keyring" --gen-key -n "osd.$osd_id" >/dev/null
 ceph auth add "osd.$osd_id" osd 'allow *' mon 'allow profile osd' mgr 'allow profile osd' -i "$dir/osd.$osd_id.keyring"
-ceph-osd -i "$osd_id" --mkfs --osd-uuid "$osd_uuid" 2>>"$dir/log/osd.$osd_id.log"
-ceph-osd -i "$osd_id"
+ceph-osd -i "$osd_id" --mkfs --osd-uuid "$osd_uuid" 2>>"$dir/log/osd.$osd_id.log" ||
+  fail "ceph-osd --mkfs" "$dir/log/osd.$osd_id.log"
+ceph-osd -i "$osd_id" || fail "ceph-osd" "$dir/log/osd.$osd_id.log"
 osd_up() { ceph osd stat | grep -q '1 up'; }
 wait_for 90 "ceph-osd" "$dir/log/osd.$osd_id.log" osd_up
 echo "start.sh: mon, mgr, osd up in $(($(date +%s) - t0))s" >&2
 ceph auth get-or-create client.rgw.t mon 'allow rw' osd 'allow rwx' mgr 'allow rw' -o "$dir/client.rgw.t.keyring"
-radosgw -n client.rgw.t
+radosgw -n client.rgw.t || fail "radosgw" "$dir/log/client.rgw.t.log"
 wait_for 120 "radosgw" "$dir/log/client.rgw.t.log" curl -fsS "http://127.0.0.1:$port/"
 access=cowvoltest$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
 secret=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
