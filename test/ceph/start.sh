@@ -23,7 +23,14 @@ wait_for() { # <seconds> <what> <log> <command...>
     sleep 1
   done
 }
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# Free loopback ports for RGW and the monitor's v2 and v1 addresses, so that
+# clusters under different folders can run side by side.
+read -r port mon_v2 mon_v1 < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(3)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])')
+mon_addrs="[v2:127.0.0.1:$mon_v2,v1:127.0.0.1:$mon_v1]"
 fsid=$(uuidgen)
 osd_uuid=$(uuidgen)
 conf=$dir/ceph.conf
@@ -31,7 +38,7 @@ mkdir -p "$dir"/{mon,mgr,osd,rgw,run,log}
 cat >"$conf" <<CONF
 [global]
 fsid = $fsid
-mon host = v2:127.0.0.1:3300,v1:127.0.0.1:6789
+mon host = v2:127.0.0.1:$mon_v2,v1:127.0.0.1:$mon_v1
 public network = 127.0.0.0/8
 auth cluster required = cephx
 auth service required = cephx
@@ -66,7 +73,7 @@ ceph-authtool --create-keyring "$dir/mon.a.keyring" --gen-key -n mon. --cap mon 
 ceph-authtool --create-keyring "$dir/client.admin.keyring" --gen-key -n client.admin \
   --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' --cap mds 'allow *' >/dev/null
 ceph-authtool "$dir/mon.a.keyring" --import-keyring "$dir/client.admin.keyring" >/dev/null
-monmaptool --create --addv a '[v2:127.0.0.1:3300,v1:127.0.0.1:6789]' --fsid "$fsid" "$dir/monmap" >/dev/null
+monmaptool --create --addv a "$mon_addrs" --fsid "$fsid" "$dir/monmap" >/dev/null
 ceph-mon --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/mon.a.keyring" ||
   fail "ceph-mon --mkfs" "$dir/log/mon.a.log"
 ceph-mon -i a || fail "ceph-mon" "$dir/log/mon.a.log"
