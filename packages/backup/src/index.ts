@@ -20,3 +20,4 @@ export {
   type RepositoryConfig,
 } from './repository-config.js';
 export { FileObjectStore, validateObjectKey, OBJECT_KEY_MAX_BYTES } from './file-object-store.js';
+export { S3ObjectStore, parseS3Url, storeErrorCode, type S3ObjectStoreOptions } from './s3-object-store.js';

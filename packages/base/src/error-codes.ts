@@ -51,6 +51,9 @@ export const ERROR_CODES = [
   'BAD_KEY',
   // the operating system failed an I/O
   'IO_ERROR',
+  // the object store cannot be reached, or refuses the credentials
+  'STORE_UNAVAILABLE',
+  'STORE_ACCESS_DENIED',
   'NO_SPACE',
   'JOURNAL_ABORTED',
   'JOURNAL_NEEDS_RECOVERY',

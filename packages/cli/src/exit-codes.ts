@@ -50,6 +50,8 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = Object.freeze({
   BAD_KEY: 6,
   // 7: the operating system failed an I/O
   IO_ERROR: 7,
+  STORE_UNAVAILABLE: 7,
+  STORE_ACCESS_DENIED: 7,
   NO_SPACE: 7,
   JOURNAL_ABORTED: 7,
   JOURNAL_NEEDS_RECOVERY: 7,

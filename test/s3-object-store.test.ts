@@ -1,0 +1,57 @@
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import { S3ObjectStore } from '@cowvol/backup';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { objectStoreSuite } from './object-store-suite.js';
+import { requireCeph, type S3Env } from './ceph.js';
+
+const ceph = requireCeph();
+const bucket = `cowvol-test-${randomBytes(4).toString('hex')}`;
+const env = typeof ceph === 'string' ? undefined : ceph;
+if (typeof ceph === 'string') console.warn(`skipping the S3 tests: ${ceph}`);
+
+function store(e: S3Env, prefix: string, extra: Partial<ConstructorParameters<typeof S3ObjectStore>[0]> = {}): S3ObjectStore {
+  return new S3ObjectStore({
+    url: `s3://${bucket}/${prefix}`,
+    endpoint: e.endpoint,
+    forcePathStyle: true,
+    region: e.region,
+    credentials: { accessKeyId: e.accessKeyId, secretAccessKey: e.secretAccessKey },
+    ...extra,
+  });
+}
+
+describe.skipIf(env === undefined)('S3ObjectStore on Ceph RGW', () => {
+  if (env === undefined) return;
+  const e = env;
+  beforeAll(async () => {
+    const s = store(e, '');
+    await s.createBucket();
+    s.close();
+  }, 60_000);
+  afterAll(() => {
+    e.stop();
+  });
+
+  let n = 0;
+  objectStoreSuite(() => Promise.resolve(store(e, `suite-${String(n++)}-${randomBytes(3).toString('hex')}`)));
+
+  it('wrong credentials are STORE_ACCESS_DENIED', async () => {
+    const s = store(e, 'denied', { credentials: { accessKeyId: 'nobody', secretAccessKey: 'wrong' }, maxAttempts: 1 });
+    await expect(s.put('k', Buffer.from('x'))).rejects.toMatchObject({ code: 'STORE_ACCESS_DENIED' });
+  });
+
+  it('an unreachable endpoint is STORE_UNAVAILABLE', async () => {
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const address = server.address();
+    const port = typeof address === 'object' && address !== null ? address.port : 0;
+    await new Promise<void>((resolve) =>
+      server.close(() => {
+        resolve();
+      }),
+    );
+    const s = store(e, 'down', { endpoint: `http://127.0.0.1:${String(port)}`, maxAttempts: 2 });
+    await expect(s.get('k')).rejects.toMatchObject({ code: 'STORE_UNAVAILABLE' });
+  });
+});
