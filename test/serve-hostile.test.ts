@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE } from '../packages/nbd/src/index.js';
+import { NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE } from '@cowvol/nbd';
 import { RawClient } from '../packages/nbd/test/raw-client.js';
 import { cowvolOk, tempDir } from './helpers.js';
 import { requireTools, startServe, type ServeProcess } from './nbd-peers.js';

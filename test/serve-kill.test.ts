@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { crc32c } from '@cowvol/base';
-import { NBD_CMD_FLAG_FUA, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_WRITE } from '../packages/nbd/src/index.js';
+import { NBD_CMD_FLAG_FUA, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_WRITE } from '@cowvol/nbd';
 import { RawClient } from '../packages/nbd/test/raw-client.js';
 import { cowvol, cowvolOk, tempDir } from './helpers.js';
 import { requireTools, startServe, type ServeProcess } from './nbd-peers.js';
@@ -200,7 +200,11 @@ async function snapshotter(vol: string, round: number, model: Model, stop: { don
 
 async function killRound(vol: string, round: number, random: () => number, model: Model, snapshots: SnapshotExpectation[]): Promise<void> {
   const server: ServeProcess = await startServe(vol);
-  const fio = spawn('fio', ['--name=load', '--ioengine=nbd', `--uri=nbd+unix:///?socket=${server.socket}`, '--rw=randrw', '--bs=4k', '--iodepth=32', '--offset=4m', '--size=12m', '--time_based', '--runtime=60'], { stdio: 'ignore' });
+  const fio = spawn(
+    'fio',
+    ['--name=load', '--ioengine=nbd', `--uri=nbd+unix:///?socket=${server.socket}`, '--rw=randrw', '--bs=4k', '--iodepth=32', '--offset=4m', '--size=12m', '--time_based', '--runtime=60'],
+    { stdio: 'ignore' },
+  );
   const stop = { done: false };
   const pending: SnapshotExpectation[] = [];
   const writing = acknowledgingClient(server.socket, model, random);
