@@ -38,6 +38,9 @@ import { NotServedError } from './errors.js';
 /** Requests in flight at once on one connection (the bound of {@link NbdClient}). */
 export const CLIENT_MAX_IN_FLIGHT = 8;
 
+/** How long close() waits for the server to close the connection after NBD_CMD_DISC before closing it itself. */
+const CLOSE_WAIT_MS = 2000;
+
 /** What NBD_OPT_GO told about the export ("NBD_INFO_EXPORT", "NBD_INFO_BLOCK_SIZE"). */
 export interface NbdExportInfo {
   exportName: string;
@@ -302,7 +305,7 @@ export class NbdClient {
     await this.request(NBD_CMD_FLUSH, 0, 0, 0, undefined, 'FLUSH');
   }
 
-  /** Sends NBD_CMD_DISC (no reply) and closes the connection once the server closes it. */
+  /** Sends NBD_CMD_DISC (no reply) and resolves once the server closed the connection (or after {@link CLOSE_WAIT_MS}, closing it). */
   async close(): Promise<void> {
     if (this.closed) return;
     const header = Buffer.alloc(REQUEST_HEADER_BYTES);
@@ -311,7 +314,11 @@ export class NbdClient {
     header.writeBigUInt64BE(this.nextCookie++, 8);
     this.closed = true;
     await new Promise<void>((resolve) => {
-      this.socket.once('close', () => resolve());
+      const timer = setTimeout(() => this.socket.destroy(), CLOSE_WAIT_MS);
+      this.socket.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
       this.socket.end(header);
     });
   }
