@@ -3,10 +3,11 @@ import { CowvolError, hasCode } from '@cowvol/base';
 
 /**
  * Commands that work on a volume served by `cowvol serve`, through its
- * control channel (README "Serving a volume", docs/ARCHITECTURE.md §14.8);
+ * control channel (README "Serving a volume", docs/ARCHITECTURE.md §14.8)
+ * or, for the data commands, its NBD socket (§14.9);
  * every other command gets VOLUME_BUSY naming the server.
  */
-export const SERVED_COMMANDS = ['status', 'stop', 'snapshot create', 'snapshot list'] as const;
+export const SERVED_COMMANDS = ['status', 'stop', 'snapshot create', 'snapshot list', 'read', 'write', 'snapshot read'] as const;
 
 /**
  * `VOLUME_BUSY` for a command that does not work on a served volume: the

@@ -4,9 +4,11 @@ import { copyOut, openSink } from '../io.js';
 import { protectedFilesOf } from '../output-guard.js';
 import { rangeFlags, resolveRange } from '../range.js';
 import { createProgress, progressFlag } from '../progress.js';
+import { LIVE_EXPORT_NAME, withVolumeData, type VolumeData } from '../served-nbd.js';
 
 export default class Read extends CowvolCommand {
   static override summary = 'Read live data to a file or stdout';
+  static override description = 'Works on a served volume too: the data is then read through the NBD socket of its server (README "Serving a volume").';
   static override examples = ['<%= config.bin %> read vol.img --output copy.img', '<%= config.bin %> read vol.img --offset 4K --length 512 | xxd'];
   static override enableJsonFlag = false;
   static override args = { volume: Args.string({ description: 'path of the volume file', required: true }) };
@@ -18,26 +20,28 @@ export default class Read extends CowvolCommand {
 
   async run(): Promise<void> {
     const { args, flags } = await this.parse(Read);
-    await this.withVolume(
-      args.volume,
-      async (volume) => {
-        const { offsetBytes, lengthBytes } = resolveRange(flags, volume.sizeBytes);
-        const sink = await openSink(flags.output, await protectedFilesOf(args.volume));
-        const progress = createProgress(flags.progress, 'read');
-        try {
-          await copyOut(
-            (o, l) => volume.read(o, l),
-            offsetBytes,
-            lengthBytes,
-            sink,
-            (d, t) => progress.update(d, t),
-          );
-        } finally {
-          progress.stop();
-          await sink.close();
-        }
-      },
-      { readOnly: true },
-    );
+    const copy = async (data: Pick<VolumeData, 'sizeBytes' | 'read'>): Promise<void> => {
+      const { offsetBytes, lengthBytes } = resolveRange(flags, data.sizeBytes);
+      const sink = await openSink(flags.output, await protectedFilesOf(args.volume));
+      const progress = createProgress(flags.progress, 'read');
+      try {
+        await copyOut(
+          (o, l) => data.read(o, l),
+          offsetBytes,
+          lengthBytes,
+          sink,
+          (d, t) => progress.update(d, t),
+        );
+      } finally {
+        progress.stop();
+        await sink.close();
+      }
+    };
+    await withVolumeData({
+      volumePath: args.volume,
+      exportName: LIVE_EXPORT_NAME,
+      offline: (mode) => this.withVolume(args.volume, copy, { ...mode, readOnly: true }),
+      served: copy,
+    });
   }
 }

@@ -7,6 +7,7 @@ import { parseSize } from '../size.js';
 import { STREAM_CHUNK_BYTES, openInput } from '../io.js';
 import { isErrnoError, osError } from '../os-errors.js';
 import { createProgress, progressFlag } from '../progress.js';
+import { LIVE_EXPORT_NAME, withVolumeData, type VolumeData } from '../served-nbd.js';
 
 /** `OUT_OF_RANGE` for a stream input found longer than the room after --offset while it was spooled (its full length is unknown). */
 class StreamTooLongError extends OutOfRangeError {
@@ -22,6 +23,7 @@ export default class Write extends CowvolCommand {
     'A regular file or a block device is read in place. A pipe, FIFO, process substitution <(...), /dev/stdin or a character device',
     'is read to its end first, into a temporary file under $TMPDIR (removed afterwards), so that an input too long for the volume',
     'is refused (OUT_OF_RANGE) before anything is written.',
+    'Works on a served volume too: the bytes are then written through the NBD socket of its server, followed by a flush.',
   ].join('\n');
   static override examples = ['<%= config.bin %> write vol.img --input disk.img', 'echo hello | <%= config.bin %> write vol.img --offset 1M'];
   static override args = { volume: Args.string({ description: 'path of the volume file', required: true }) };
@@ -49,7 +51,7 @@ export default class Write extends CowvolCommand {
     const progress = createProgress(flags.progress, 'write');
     try {
       const lengthBytes = input.lengthBytes;
-      await this.withVolume(args.volume, async (volume) => {
+      const copy = async (volume: VolumeData): Promise<void> => {
         // Refuse before touching anything: the whole input must fit.
         if (offsetBytes + lengthBytes > volume.sizeBytes) throw new OutOfRangeError(offsetBytes, lengthBytes, volume.sizeBytes);
         let pos = 0;
@@ -60,6 +62,7 @@ export default class Write extends CowvolCommand {
           pos += chunk.length;
           progress.update(pos, lengthBytes);
         }
+        // Durable when the command returns, served or not (NBD_CMD_FLUSH on a served volume).
         await volume.flush();
         if (pos < lengthBytes) {
           throw new IoError(
@@ -69,6 +72,12 @@ export default class Write extends CowvolCommand {
             },
           );
         }
+      };
+      await withVolumeData({
+        volumePath: args.volume,
+        exportName: LIVE_EXPORT_NAME,
+        offline: (mode) => this.withVolume(args.volume, copy, mode),
+        served: copy,
       });
       this.say(`wrote ${lengthBytes} bytes at offset ${offsetBytes}`);
       return { offsetBytes, lengthBytes };

@@ -5,9 +5,12 @@ import { copyOut, openSink } from '../../io.js';
 import { protectedFilesOf } from '../../output-guard.js';
 import { rangeFlags, resolveRange } from '../../range.js';
 import { createProgress, progressFlag } from '../../progress.js';
+import { askServer } from '../../served.js';
+import { snapshotExportName, withVolumeData, type VolumeData } from '../../served-nbd.js';
 
 export default class SnapshotRead extends CowvolCommand {
   static override summary = 'Read a snapshot (the whole snapshot when no offset/length) to a file or stdout';
+  static override description = 'Works on a served volume too: the snapshot is then read through the NBD socket of its server (export snapshot/<name>).';
   static override examples = ['<%= config.bin %> snapshot read vol.img nightly --output nightly.img'];
   static override enableJsonFlag = false;
   static override args = {
@@ -22,28 +25,43 @@ export default class SnapshotRead extends CowvolCommand {
 
   async run(): Promise<void> {
     const { args, flags } = await this.parse(SnapshotRead);
-    await this.withVolume(
-      args.volume,
-      async (volume) => {
-        // Check the name before creating the output file.
-        if (!(await volume.listSnapshots()).some((s) => s.name === args.name)) throw new SnapshotNotFoundError(args.name);
-        const { offsetBytes, lengthBytes } = resolveRange(flags, volume.sizeBytes);
-        const sink = await openSink(flags.output, await protectedFilesOf(args.volume));
-        const progress = createProgress(flags.progress, 'snapshot read');
-        try {
-          await copyOut(
-            (o, l) => volume.readSnapshot(args.name, o, l),
-            offsetBytes,
-            lengthBytes,
-            sink,
-            (d, t) => progress.update(d, t),
-          );
-        } finally {
-          progress.stop();
-          await sink.close();
-        }
+    const copy = async (data: Pick<VolumeData, 'sizeBytes' | 'read'>): Promise<void> => {
+      const { offsetBytes, lengthBytes } = resolveRange(flags, data.sizeBytes);
+      const sink = await openSink(flags.output, await protectedFilesOf(args.volume));
+      const progress = createProgress(flags.progress, 'snapshot read');
+      try {
+        await copyOut(
+          (o, l) => data.read(o, l),
+          offsetBytes,
+          lengthBytes,
+          sink,
+          (d, t) => progress.update(d, t),
+        );
+      } finally {
+        progress.stop();
+        await sink.close();
+      }
+    };
+    await withVolumeData({
+      volumePath: args.volume,
+      exportName: snapshotExportName(args.name),
+      offline: (mode) =>
+        this.withVolume(
+          args.volume,
+          async (volume) => {
+            // Check the name before creating the output file.
+            if (!(await volume.listSnapshots()).some((s) => s.name === args.name)) throw new SnapshotNotFoundError(args.name);
+            await copy({ sizeBytes: volume.sizeBytes, read: (o, l) => volume.readSnapshot(args.name, o, l) });
+          },
+          { ...mode, readOnly: true },
+        ),
+      // Served: the same check, asked of the server, before the output file is created.
+      before: async () => {
+        const listed = (await askServer(args.volume, 'snapshot.list')) as { snapshots?: Array<{ name?: unknown }> };
+        if (!(listed.snapshots ?? []).some((s) => s.name === args.name)) throw new SnapshotNotFoundError(args.name);
       },
-      { readOnly: true },
-    );
+      unknownExport: () => new SnapshotNotFoundError(args.name),
+      served: copy,
+    });
   }
 }
