@@ -26,6 +26,19 @@ export interface BlockExport {
   writeZeroes(offsetBytes: number, lengthBytes: number, options: { fua: boolean }): Promise<void>;
   /** `base:allocation` extents covering at least the first byte of the range; absent: everything is data. */
   blockStatus?(offsetBytes: number, lengthBytes: number): Promise<Extent[]>;
+  /** The snapshots with a `qemu:dirty-bitmap:<name>` context on this export (docs/ARCHITECTURE.md §14.9); absent: none. */
+  dirtyBitmaps?(): Promise<string[]>;
+  /**
+   * The byte ranges written since snapshot `snapshot` was taken, sorted and
+   * non-overlapping (a superset of the bytes that differ, never missing one).
+   * @throws SNAPSHOT_NOT_FOUND when it was deleted meanwhile
+   */
+  changedSince?(snapshot: string): Promise<Array<{ offsetBytes: number; lengthBytes: number }>>;
+  /**
+   * Whether zeroing the range would be fast (NBD_CMD_FLAG_FAST_ZERO: faster
+   * than writing zeros); absent or false: a FAST_ZERO request is ENOTSUP.
+   */
+  zeroIsFast?(offsetBytes: number, lengthBytes: number): Promise<boolean>;
 }
 
 /** An export as listed by NBD_OPT_LIST. */

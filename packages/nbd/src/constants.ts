@@ -30,6 +30,7 @@ export const NBD_FLAG_SEND_WRITE_ZEROES = 1 << 6;
 export const NBD_FLAG_SEND_DF = 1 << 7;
 export const NBD_FLAG_CAN_MULTI_CONN = 1 << 8;
 export const NBD_FLAG_SEND_CACHE = 1 << 10;
+export const NBD_FLAG_SEND_FAST_ZERO = 1 << 11;
 
 // "Option types"
 export const NBD_OPT_EXPORT_NAME = 1;
@@ -76,6 +77,7 @@ export const NBD_CMD_FLAG_FUA = 1 << 0;
 export const NBD_CMD_FLAG_NO_HOLE = 1 << 1;
 export const NBD_CMD_FLAG_DF = 1 << 2;
 export const NBD_CMD_FLAG_REQ_ONE = 1 << 3;
+export const NBD_CMD_FLAG_FAST_ZERO = 1 << 4;
 
 // "Request types"
 export const NBD_CMD_READ = 0;
@@ -111,6 +113,8 @@ export const BASE_ALLOCATION = 'base:allocation';
 export const BASE_ALLOCATION_ID = 1;
 export const NBD_STATE_HOLE = 1 << 0;
 export const NBD_STATE_ZERO = 1 << 1;
+/** `qemu:dirty-bitmap:<name>` (qemu docs/interop/nbd.rst): bit 0 set = dirty. */
+export const NBD_STATE_DIRTY = 1 << 0;
 
 // Bounds of this server ("Block size constraints"; docs/FORMAT.md §10)
 /** Largest option payload accepted; a longer one is a framing violation. */

@@ -1,13 +1,12 @@
 import type { BlockExport, ExportCatalog } from './block-export.js';
 import {
-  BASE_ALLOCATION,
-  BASE_ALLOCATION_ID,
   MAX_PAYLOAD_BYTES,
   NBD_FLAG_CAN_MULTI_CONN,
   NBD_FLAG_HAS_FLAGS,
   NBD_FLAG_READ_ONLY,
   NBD_FLAG_SEND_CACHE,
   NBD_FLAG_SEND_DF,
+  NBD_FLAG_SEND_FAST_ZERO,
   NBD_FLAG_SEND_FLUSH,
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
@@ -31,6 +30,7 @@ import {
   NBD_REP_ERR_UNSUP,
 } from './constants.js';
 import type { OptionMessage } from './framing.js';
+import { matchContexts, type MetaContext } from './meta-context.js';
 import { decodeInfoRequest, decodeMetaContextRequest } from './option-payloads.js';
 import { exportNameReply, infoBlockSizeReply, infoExportReply, infoTextReply, metaContextReply, optionError, optionReply, serverReply } from './replies.js';
 
@@ -42,6 +42,8 @@ export interface Agreement {
   structured: boolean;
   /** `base:allocation` was selected for this export (NBD_OPT_SET_META_CONTEXT). */
   baseAllocation: boolean;
+  /** Every context selected for this export, in the order BLOCK_STATUS answers them (docs/ARCHITECTURE.md §14.9). */
+  contexts: MetaContext[];
 }
 
 /**
@@ -70,6 +72,7 @@ export class Negotiation {
   private tlsStarted = false;
   /** The export `base:allocation` was selected for, by its resolved name. */
   private metaExport: string | undefined;
+  private metaContexts: MetaContext[] = [];
 
   constructor(
     private readonly catalog: ExportCatalog,
@@ -155,10 +158,12 @@ export class Negotiation {
     const found = await this.catalog.resolve(exportName);
     if (!found) return { replies: [optionError(option, NBD_REP_ERR_UNKNOWN, `no export named ${JSON.stringify(exportName)}`)], next: 'options' };
     const listing = option === NBD_OPT_LIST_META_CONTEXT;
-    // LIST: no query lists every context, and `base:` lists its namespace; SET selects exact names only.
-    const selected = queries.some((q) => q === BASE_ALLOCATION || (listing && q === 'base:')) || (listing && queries.length === 0);
-    if (!listing) this.metaExport = selected ? found.name : undefined;
-    const replies = selected ? [metaContextReply(option, BASE_ALLOCATION_ID, BASE_ALLOCATION)] : [];
+    const contexts = await matchContexts(found, queries, listing);
+    if (!listing) {
+      this.metaExport = contexts.length > 0 ? found.name : undefined;
+      this.metaContexts = contexts;
+    }
+    const replies = contexts.map((c) => metaContextReply(option, c.id, c.name));
     replies.push(optionReply(option, NBD_REP_ACK));
     return { replies, next: 'options' };
   }
@@ -166,9 +171,10 @@ export class Negotiation {
   /** Transmission flags ("Transmission flags") for `found` under what was negotiated so far. */
   private agree(found: BlockExport): Agreement {
     let flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
-    flags |= found.readOnly ? NBD_FLAG_READ_ONLY : NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES;
+    flags |= found.readOnly ? NBD_FLAG_READ_ONLY : NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
     if (this.structured) flags |= NBD_FLAG_SEND_DF;
-    return { export: found, transmissionFlags: flags, structured: this.structured, baseAllocation: this.structured && this.metaExport === found.name };
+    const contexts = this.structured && this.metaExport === found.name ? this.metaContexts : [];
+    return { export: found, transmissionFlags: flags, structured: this.structured, baseAllocation: contexts.some((c) => c.kind === 'allocation'), contexts };
   }
 }
 

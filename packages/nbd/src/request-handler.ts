@@ -1,10 +1,10 @@
 import { assert, hasCode } from '@cowvol/base';
 import {
-  BASE_ALLOCATION_ID,
   MAX_PAYLOAD_BYTES,
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_CACHE,
   NBD_CMD_FLAG_DF,
+  NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE,
   NBD_CMD_FLAG_REQ_ONE,
@@ -16,16 +16,19 @@ import {
   NBD_EINVAL,
   NBD_EIO,
   NBD_ENOSPC,
+  NBD_ENOTSUP,
   NBD_EPERM,
   NBD_ESHUTDOWN,
   NBD_REPLY_TYPE_NONE,
 } from './constants.js';
+import type { BlockExport } from './block-export.js';
 import type { RequestMessage } from './framing.js';
+import { dirtyExtents, type MetaContext } from './meta-context.js';
 import type { Agreement } from './negotiation.js';
 import { blockStatusChunk, chunkHeader, errorChunk, offsetDataChunk, simpleReply, type Extent } from './replies.js';
 
 /** Command flags this server accepts ("Command flags"); any other bit is EINVAL. */
-const KNOWN_COMMAND_FLAGS = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_DF | NBD_CMD_FLAG_REQ_ONE;
+const KNOWN_COMMAND_FLAGS = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_DF | NBD_CMD_FLAG_REQ_ONE | NBD_CMD_FLAG_FAST_ZERO;
 /** Commands that change the export. */
 const WRITING = new Set([NBD_CMD_WRITE, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES]);
 /** Commands whose offset and length name a range of the export. */
@@ -64,6 +67,7 @@ export function validateRequest(agreement: Agreement, request: RequestMessage, s
   if ((flags & ~KNOWN_COMMAND_FLAGS) !== 0) throw new RequestError(NBD_EINVAL, `unknown command flags 0x${flags.toString(16)}`);
   if (flags & NBD_CMD_FLAG_DF && (type !== NBD_CMD_READ || !agreement.structured)) throw new RequestError(NBD_EINVAL, 'DF is only valid on READ with structured replies');
   if (flags & NBD_CMD_FLAG_REQ_ONE && type !== NBD_CMD_BLOCK_STATUS) throw new RequestError(NBD_EINVAL, 'REQ_ONE is only valid on BLOCK_STATUS');
+  if (flags & NBD_CMD_FLAG_FAST_ZERO && type !== NBD_CMD_WRITE_ZEROES) throw new RequestError(NBD_EINVAL, 'FAST_ZERO is only valid on WRITE_ZEROES');
   if (!RANGED.has(type) && type !== NBD_CMD_FLUSH) throw new RequestError(NBD_EINVAL, `unknown command ${type}`);
   if (WRITING.has(type) && agreement.export.readOnly) throw new RequestError(NBD_EPERM, `${agreement.export.name} is read-only`);
   if (RANGED.has(type) && offsetBytes + lengthBytes > agreement.export.sizeBytes) {
@@ -71,7 +75,7 @@ export function validateRequest(agreement: Agreement, request: RequestMessage, s
   }
   if (type === NBD_CMD_READ && lengthBytes > MAX_PAYLOAD_BYTES) throw new RequestError(NBD_EINVAL, `READ of ${lengthBytes} bytes, more than ${MAX_PAYLOAD_BYTES}`);
   if (type === NBD_CMD_BLOCK_STATUS) {
-    if (!agreement.baseAllocation) throw new RequestError(NBD_EINVAL, 'BLOCK_STATUS without a negotiated meta context');
+    if (agreement.contexts.length === 0) throw new RequestError(NBD_EINVAL, 'BLOCK_STATUS without a negotiated meta context');
     if (lengthBytes === 0) throw new RequestError(NBD_EINVAL, 'BLOCK_STATUS of 0 bytes');
   }
 }
@@ -98,8 +102,14 @@ export async function runRequest(agreement: Agreement, request: RequestMessage):
         await target.write(offsetBytes, request.payload, { fua });
       } else if (fua) await target.flush();
       break;
-    case NBD_CMD_TRIM:
     case NBD_CMD_WRITE_ZEROES:
+      // FAST_ZERO: refuse without touching anything unless zeroing is fast (docs/ARCHITECTURE.md §14.9).
+      if (request.flags & NBD_CMD_FLAG_FAST_ZERO && !(target.zeroIsFast && (await target.zeroIsFast(offsetBytes, lengthBytes)))) {
+        throw new RequestError(NBD_ENOTSUP, 'zeroing this range would not be fast');
+      }
+      await target.writeZeroes(offsetBytes, lengthBytes, { fua });
+      break;
+    case NBD_CMD_TRIM:
       await target.writeZeroes(offsetBytes, lengthBytes, { fua });
       break;
     case NBD_CMD_FLUSH:
@@ -108,7 +118,7 @@ export async function runRequest(agreement: Agreement, request: RequestMessage):
     case NBD_CMD_CACHE:
       break; // advisory: nothing to prefetch
     case NBD_CMD_BLOCK_STATUS:
-      return [blockStatusChunk(cookie, BASE_ALLOCATION_ID, await extentsOf(agreement, request), true)];
+      return blockStatusReply(agreement, request);
   }
   return [simpleReply(cookie, 0)];
 }
@@ -119,11 +129,25 @@ export function errorReply(agreement: Agreement | undefined, request: RequestMes
   return [chunked ? errorChunk(request.cookie, errno, message) : simpleReply(request.cookie, errno)];
 }
 
-/** `base:allocation` extents: the export's own, else the whole range as data; with REQ_ONE only the first. */
-async function extentsOf(agreement: Agreement, request: RequestMessage): Promise<Extent[]> {
-  const target = agreement.export;
-  let extents = target.blockStatus ? await target.blockStatus(request.offsetBytes, request.lengthBytes) : [{ lengthBytes: request.lengthBytes, flags: 0 }];
-  extents = extents.filter((e) => e.lengthBytes > 0);
-  if (extents.length === 0) throw new RequestError(NBD_EIO, 'the export reported no extent');
-  return request.flags & NBD_CMD_FLAG_REQ_ONE ? extents.slice(0, 1) : extents;
+/**
+ * One BLOCK_STATUS chunk per selected context, in selection order, the last
+ * carrying DONE ("NBD_CMD_BLOCK_STATUS"; docs/FORMAT.md §10).
+ */
+async function blockStatusReply(agreement: Agreement, request: RequestMessage): Promise<Buffer[]> {
+  const chunks: Buffer[] = [];
+  for (const [i, context] of agreement.contexts.entries()) {
+    let extents = (await extentsOf(agreement.export, context, request)).filter((e) => e.lengthBytes > 0);
+    if (extents.length === 0) throw new RequestError(NBD_EIO, `the export reported no extent for ${context.name}`);
+    if (request.flags & NBD_CMD_FLAG_REQ_ONE) extents = extents.slice(0, 1);
+    chunks.push(blockStatusChunk(request.cookie, context.id, extents, i === agreement.contexts.length - 1));
+  }
+  return chunks;
+}
+
+/** The extents of one context: `base:allocation` from the export (else all data), a dirty bitmap from what changed since its snapshot. */
+async function extentsOf(target: BlockExport, context: MetaContext, request: RequestMessage): Promise<Extent[]> {
+  const { offsetBytes, lengthBytes } = request;
+  if (context.kind === 'allocation') return target.blockStatus ? target.blockStatus(offsetBytes, lengthBytes) : [{ lengthBytes, flags: 0 }];
+  if (!target.changedSince) throw new RequestError(NBD_EINVAL, `${target.name} has no dirty bitmaps`);
+  return dirtyExtents(await target.changedSince(context.snapshot), offsetBytes, lengthBytes);
 }

@@ -49,6 +49,23 @@ class LiveExport implements BlockExport {
     }
     if (options.fua) await this.volume.flush();
   }
+  /**
+   * Never fast (NBD_CMD_FLAG_FAST_ZERO is answered ENOTSUP): the volume
+   * has no hole to punch — zeroing reads each piece and writes zeros as
+   * data, copying first every block a snapshot still needs — so it is no
+   * faster than the client writing zeros itself (docs/ARCHITECTURE.md §14.9).
+   */
+  zeroIsFast(): Promise<boolean> {
+    return Promise.resolve(false);
+  }
+  /** A `qemu:dirty-bitmap:<name>` per snapshot (docs/ARCHITECTURE.md §14.9). */
+  async dirtyBitmaps(): Promise<string[]> {
+    return (await this.volume.listSnapshots()).map((s) => s.name);
+  }
+  /** Volume.diff(snapshot) to live: the blocks written since it, from the snapshot maps; no data read. @throws SNAPSHOT_NOT_FOUND */
+  async changedSince(snapshot: string): Promise<Array<{ offsetBytes: number; lengthBytes: number }>> {
+    return (await this.volume.diff(snapshot)).extents;
+  }
 }
 
 /** A snapshot: read-only, read through its chain (Volume.readSnapshot). */
