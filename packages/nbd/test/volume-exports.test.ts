@@ -45,10 +45,14 @@ describe('VolumeExports', () => {
     const exports = new VolumeExports(volume);
     let finish: () => void = () => undefined;
     const gate = new Promise<void>((resolve) => (finish = resolve));
-    const change = exports.whileUnexported(['s'], () => 0, async () => {
-      await gate;
-      return 'done';
-    });
+    const change = exports.whileUnexported(
+      ['s'],
+      () => 0,
+      async () => {
+        await gate;
+        return 'done';
+      },
+    );
     expect(await exports.resolve('snapshot/s')).toBeUndefined();
     expect((await exports.resolve('live'))?.name).toBe('live');
     finish();
@@ -56,10 +60,14 @@ describe('VolumeExports', () => {
     expect((await exports.resolve('snapshot/s'))?.name).toBe('snapshot/s');
     let ran = false;
     const seen: string[] = [];
-    const refused = exports.whileUnexported(['s'], (name) => (seen.push(name), 2), async () => {
-      ran = true;
-      await volume.deleteSnapshots(['s']);
-    });
+    const refused = exports.whileUnexported(
+      ['s'],
+      (name) => (seen.push(name), 2),
+      async () => {
+        ran = true;
+        await volume.deleteSnapshots(['s']);
+      },
+    );
     await expect(refused).rejects.toMatchObject({ code: 'SNAPSHOT_IN_USE', details: { name: 's', connections: 2 } });
     expect([ran, seen, (await volume.listSnapshots()).map((x) => x.name)]).toEqual([false, ['snapshot/s'], ['s']]);
     expect((await exports.resolve('snapshot/s'))?.name).toBe('snapshot/s');
