@@ -105,10 +105,10 @@ describe.skipIf(missing)(`cowvol status, stop, snapshot create and list on a ser
     const listServedJson = await cowvolOk(['snapshot', 'list', vol, '--json']);
     expect(listServed.stdout.toString()).toContain('k=v');
 
-    const info = await cowvol(['info', vol]);
-    expect(info.code).toBe(5);
-    expect(info.stderr).toContain(`[VOLUME_BUSY]: volume ${vol} is busy: served by cowvol serve (process ${status.pid})`);
-    expect(info.stderr).toContain('cowvol snapshot create');
+    const check = await cowvol(['check', vol]);
+    expect(check.code).toBe(5);
+    expect(check.stderr).toContain(`[VOLUME_BUSY]: volume ${vol} is busy: served by cowvol serve (process ${status.pid})`);
+    expect(check.stderr).toContain('cowvol snapshot create');
 
     const stopped = await cowvolOk(['stop', vol]);
     expect(stopped.stdout.toString()).toContain(`(process ${status.pid}); the volume is released`);

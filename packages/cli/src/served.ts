@@ -7,19 +7,39 @@ import { CowvolError, hasCode } from '@cowvol/base';
  * or, for the data commands, its NBD socket (§14.9);
  * every other command gets VOLUME_BUSY naming the server.
  */
-export const SERVED_COMMANDS = ['status', 'stop', 'snapshot create', 'snapshot list', 'read', 'write', 'snapshot read'] as const;
+export const SERVED_COMMANDS = [
+  'status',
+  'stop',
+  'info',
+  'snapshot create',
+  'snapshot list',
+  'snapshot info',
+  'snapshot delete',
+  'snapshot rename',
+  'snapshot label',
+  'snapshot hold',
+  'snapshot release',
+  'read',
+  'write',
+  'snapshot read',
+] as const;
 
 /**
  * `VOLUME_BUSY` for a command that does not work on a served volume: the
  * message names the server's pid and the commands that do work.
  */
 export class VolumeServedError extends CowvolError {
-  constructor(path: string, pid: number, options?: { cause?: unknown }) {
+  /** @param options.note what of a served command does not work served (it is put first in the message) */
+  constructor(
+    readonly path: string,
+    readonly pid: number,
+    options?: { cause?: unknown; note?: string },
+  ) {
     super(
       'VOLUME_BUSY',
-      `volume ${path} is busy: served by cowvol serve (process ${pid}); while it is served only ${SERVED_COMMANDS.map((c) => `cowvol ${c}`).join(', ')} work on it (stop it first: cowvol stop ${path})`,
+      `volume ${path} is busy: served by cowvol serve (process ${pid}); ${options?.note ? `${options.note}; ` : ''}while it is served only ${SERVED_COMMANDS.map((c) => `cowvol ${c}`).join(', ')} work on it (stop it first: cowvol stop ${path})`,
       {
-        ...options,
+        ...(options?.cause !== undefined ? { cause: options.cause } : {}),
         details: { path, pid, served: true, servedCommands: [...SERVED_COMMANDS] },
       },
     );

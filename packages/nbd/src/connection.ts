@@ -115,6 +115,14 @@ export class Connection {
     return { exportName: this.agreement?.export.name, counters: this.counters };
   }
 
+  /**
+   * True when this connection is attached to `exportName`, or its option in
+   * progress names it (the reply may still be on its way; §14.8).
+   */
+  claims(exportName: string): boolean {
+    return this.agreement ? this.agreement.export.name === exportName : this.negotiation?.claimedExport === exportName;
+  }
+
   /** Refuses new requests (ESHUTDOWN), finishes those in flight, flushes, closes. */
   stop(): Promise<void> {
     this.stopping = true;

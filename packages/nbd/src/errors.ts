@@ -37,3 +37,17 @@ export class NotServedError extends CowvolError {
     super('NOT_SERVED', `volume ${volumePath} is not served (no cowvol serve answers on its control socket)`, { ...options, details: { path: volumePath } });
   }
 }
+
+/**
+ * `SNAPSHOT_IN_USE`: `snapshot delete` or `snapshot rename` of a snapshot a
+ * connected NBD client attached to (or is attaching to) as
+ * `snapshot/<name>` on a served volume (docs/ARCHITECTURE.md §14.8).
+ * Nothing was changed; retry once the clients disconnected.
+ */
+export class SnapshotInUseError extends CowvolError {
+  constructor(snapshotName: string, connections: number) {
+    super('SNAPSHOT_IN_USE', `snapshot ${snapshotName} is in use: ${connections} NBD connection(s) attached to snapshot/${snapshotName}; disconnect them first (cowvol status shows them)`, {
+      details: { name: snapshotName, connections },
+    });
+  }
+}

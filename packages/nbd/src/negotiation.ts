@@ -73,6 +73,13 @@ export class Negotiation {
   /** The export `base:allocation` was selected for, by its resolved name. */
   private metaExport: string | undefined;
   private metaContexts: MetaContext[] = [];
+  /**
+   * The export name the option in progress (EXPORT_NAME, INFO, GO) names,
+   * set before the catalog resolves it and kept until the next option: a
+   * delete or rename of that snapshot counts this connection as attached
+   * while its reply is on the way (docs/ARCHITECTURE.md §14.8).
+   */
+  claimedExport: string | undefined;
 
   constructor(
     private readonly catalog: ExportCatalog,
@@ -83,6 +90,7 @@ export class Negotiation {
   /** Handles one option; errors of the catalog propagate (the connection logs them and closes). */
   async handle(message: OptionMessage): Promise<OptionStep> {
     const { option, data } = message;
+    this.claimedExport = undefined;
     if (option === NBD_OPT_STARTTLS) return this.startTls(data);
     if (this.tls === 'required' && !this.tlsStarted && option !== NBD_OPT_ABORT) {
       // "FORCEDTLS": EXPORT_NAME cannot be refused but by closing.
@@ -121,6 +129,7 @@ export class Negotiation {
   }
 
   private async exportName(name: string): Promise<OptionStep> {
+    this.claimedExport = name;
     const found = await this.catalog.resolve(name);
     // The spec leaves no way to refuse NBD_OPT_EXPORT_NAME but closing.
     if (!found) return { replies: [], next: 'close' };
@@ -138,6 +147,7 @@ export class Negotiation {
     const decoded = decodeInfoRequest(data);
     if ('error' in decoded) return invalid(option, decoded.error);
     const { exportName, infoTypes } = decoded.value;
+    this.claimedExport = exportName;
     const found = await this.catalog.resolve(exportName);
     if (!found) return { replies: [optionError(option, NBD_REP_ERR_UNKNOWN, `no export named ${JSON.stringify(exportName)}`)], next: 'options' };
     const agreement = this.agree(found);

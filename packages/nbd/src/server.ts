@@ -100,6 +100,13 @@ export class NbdServer {
     return { endpoints: [...this.uris], connections: this.connections.size, exports: [...exports].map(([name, totals]) => ({ name, ...totals })) };
   }
 
+  /** How many open connections are attached to `exportName` or are attaching to it (Connection.claims; docs/ARCHITECTURE.md §14.8). */
+  connectionsTo(exportName: string): number {
+    let count = 0;
+    for (const connection of this.connections) if (connection.claims(exportName)) count++;
+    return count;
+  }
+
   private endpoint(uri: string): string {
     this.uris.push(uri);
     return uri;

@@ -1,5 +1,6 @@
 import { InvalidArgumentError, type Volume } from '@cowvol/cow-core';
 import type { BlockExport, ExportCatalog, ExportListing } from './block-export.js';
+import { SnapshotInUseError } from './errors.js';
 
 /** The live volume's export name; the empty name (the NBD default export) means it too. */
 export const LIVE_EXPORT = 'live';
@@ -106,6 +107,8 @@ class SnapshotExport implements BlockExport {
  */
 export class VolumeExports implements ExportCatalog {
   private readonly live: LiveExport;
+  /** Snapshots being deleted or renamed: their exports do not resolve meanwhile (docs/ARCHITECTURE.md §14.8). */
+  private readonly changing = new Set<string>();
   /**
    * @param volume an opened volume; the caller closes it after the server stopped
    * @param options.readOnly serve `live` read-only too
@@ -127,7 +130,30 @@ export class VolumeExports implements ExportCatalog {
     if (!name.startsWith(SNAPSHOT_EXPORT_PREFIX)) return undefined;
     const snapshotName = name.slice(SNAPSHOT_EXPORT_PREFIX.length);
     const found = (await this.volume.listSnapshots()).find((s) => s.name === snapshotName);
-    return found ? new SnapshotExport(this.volume, found.name, snapshotDescription(found.name, found.createdAt)) : undefined;
+    // Checked after the await, right before answering: a delete that began meanwhile wins.
+    return found && !this.changing.has(found.name) ? new SnapshotExport(this.volume, found.name, snapshotDescription(found.name, found.createdAt)) : undefined;
+  }
+
+  /**
+   * Runs `change` (a delete or rename of the snapshots `names`) while their
+   * `snapshot/<name>` exports refuse to resolve, after `inUse` found no
+   * connection attached or attaching to any of them; the refusal starts
+   * before that check, so no client attaches between the check and the
+   * change (docs/ARCHITECTURE.md §14.8).
+   * @throws SNAPSHOT_IN_USE (from `inUse`), and what `change` throws
+   */
+  async whileUnexported<T>(names: readonly string[], inUse: (exportName: string) => number, change: () => Promise<T>): Promise<T> {
+    const added = [...new Set(names)].filter((n) => !this.changing.has(n));
+    for (const name of added) this.changing.add(name);
+    try {
+      for (const name of names) {
+        const connections = inUse(SNAPSHOT_EXPORT_PREFIX + name);
+        if (connections > 0) throw new SnapshotInUseError(name, connections);
+      }
+      return await change();
+    } finally {
+      for (const name of added) this.changing.delete(name);
+    }
   }
 }
 

@@ -41,6 +41,38 @@ describe('VolumeExports', () => {
     expect((await new VolumeExports(volume, { readOnly: true }).resolve('live'))?.readOnly).toBe(true);
   });
 
+  it('whileUnexported: snapshot/<name> does not resolve while the change runs, a claimed export refuses it (SNAPSHOT_IN_USE) and changes nothing', async () => {
+    const exports = new VolumeExports(volume);
+    let finish: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (finish = resolve));
+    const change = exports.whileUnexported(
+      ['s'],
+      () => 0,
+      async () => {
+        await gate;
+        return 'done';
+      },
+    );
+    expect(await exports.resolve('snapshot/s')).toBeUndefined();
+    expect((await exports.resolve('live'))?.name).toBe('live');
+    finish();
+    expect(await change).toBe('done');
+    expect((await exports.resolve('snapshot/s'))?.name).toBe('snapshot/s');
+    let ran = false;
+    const seen: string[] = [];
+    const refused = exports.whileUnexported(
+      ['s'],
+      (name) => (seen.push(name), 2),
+      async () => {
+        ran = true;
+        await volume.deleteSnapshots(['s']);
+      },
+    );
+    await expect(refused).rejects.toMatchObject({ code: 'SNAPSHOT_IN_USE', details: { name: 's', connections: 2 } });
+    expect([ran, seen, (await volume.listSnapshots()).map((x) => x.name)]).toEqual([false, ['snapshot/s'], ['s']]);
+    expect((await exports.resolve('snapshot/s'))?.name).toBe('snapshot/s');
+  });
+
   it('zeroing through live COWs first: the snapshot keeps every byte, live reads zeros, a range already zero is not copied', async () => {
     const live = (await new VolumeExports(volume).resolve('live'))!;
     const before = (await volume.listSnapshots())[0]!.ownedBlocks;

@@ -61,8 +61,9 @@ export default class Serve extends CowvolCommand {
     process.on('SIGTERM', onSignal);
     try {
       await this.withVolume(args.volume, async (volume) => {
+        const exports = new VolumeExports(volume, { readOnly: flags['read-only'] });
         const server = new NbdServer({
-          catalog: new VolumeExports(volume, { readOnly: flags['read-only'] }),
+          catalog: exports,
           logger: log,
           maxConnections: flags['max-connections'],
           handshakeTimeoutMs: flags['handshake-timeout'] * 1000,
@@ -75,7 +76,7 @@ export default class Serve extends CowvolCommand {
             requestStop('cowvol stop');
             return released;
           };
-          const serveControl = { volumePath: args.volume, readOnly: flags['read-only'], stop };
+          const serveControl = { volumePath: args.volume, readOnly: flags['read-only'], exports, stop };
           control = await ControlServer.listen(controlSocketPath(args.volume), volumeMethods(volume, server, serveControl), args.volume, log);
           log.info({ volume: args.volume, uri, tcpUri, control: controlSocketPath(args.volume), readOnly: flags['read-only'], tls: tlsPsk ? 'psk' : 'off' }, 'serving');
           process.stdout.write(`${uri}\n`);

@@ -1,20 +1,25 @@
-import { InvalidArgumentError, type Volume } from '@cowvol/cow-core';
+import type { Volume } from '@cowvol/cow-core';
 import type { NbdServer } from '../server.js';
-import { LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX } from '../volume-exports.js';
+import { LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX, type VolumeExports } from '../volume-exports.js';
 import type { ControlMethod } from './control-server.js';
+import { labelsParam, snapshotMethods, stringParam } from './snapshot-methods.js';
 
 /** What `serve` gives the control methods besides the volume and the NBD server. */
 export interface ServeControl {
   /** The volume file as given to `serve`. */
   volumePath: string;
   readOnly: boolean;
+  /** The server's catalog: deletes and renames hold a snapshot's export unresolvable meanwhile (§14.8). */
+  exports: VolumeExports;
   /** Starts the clean stop (as SIGTERM) and resolves once the volume is closed and its owner lock released. */
   stop: () => Promise<void>;
 }
 
 /**
  * The control methods of a served volume (docs/FORMAT.md §11.2):
- * `status`, `stop`, `snapshot.create` and `snapshot.list`. Each runs on
+ * `status`, `stop`, `snapshot.create` and `snapshot.list`, and those of
+ * ./snapshot-methods.ts (`info`, `snapshot.info`, delete, rename, label,
+ * hold). Each runs on
  * the opened volume as the offline command would, so results (and error
  * codes) are the same; `snapshot.create` freezes the volume under its
  * NBD clients (docs/ARCHITECTURE.md §4.4) and its `snapshot/<name>`
@@ -38,21 +43,6 @@ export function volumeMethods(volume: Volume, server: NbdServer, serve: ServeCon
     },
     'snapshot.create': (params) => volume.createSnapshot(stringParam(params, 'name'), { labels: labelsParam(params) }),
     'snapshot.list': async () => ({ snapshots: await volume.listSnapshots(), space: await volume.spaceUsage() }),
+    ...snapshotMethods(volume, server, serve.exports),
   };
-}
-
-/** @throws INVALID_ARGUMENT when params[key] is not a string */
-function stringParam(params: Record<string, unknown>, key: string): string {
-  const value = params[key];
-  if (typeof value !== 'string') throw new InvalidArgumentError(`params.${key} must be a string`);
-  return value;
-}
-
-/** @throws INVALID_ARGUMENT when params.labels is present and not an object of strings (the core then checks keys and values: INVALID_LABEL) */
-function labelsParam(params: Record<string, unknown>): Record<string, string> {
-  const labels = params.labels ?? {};
-  if (typeof labels !== 'object' || Array.isArray(labels) || Object.values(labels).some((v) => typeof v !== 'string')) {
-    throw new InvalidArgumentError('params.labels must be an object of string values');
-  }
-  return labels as Record<string, string>;
 }

@@ -1,9 +1,10 @@
 import { Args, Flags } from '@oclif/core';
 import { assert } from '@cowvol/base';
-import { InvalidArgumentError, parseLabel, type DeletePlan, type DeleteResult, type SnapshotInfo, type Volume } from '@cowvol/cow-core';
-import { CowvolCommand } from '../../base-command.js';
+import { InvalidArgumentError, parseLabel, type DeletePlan, type DeleteResult, type MultiDeleteResult, type SnapshotInfo, type Volume } from '@cowvol/cow-core';
+import { CowvolCommand, type OpenMode } from '../../base-command.js';
 import { parseDuration } from '../../duration.js';
 import { human } from '../../format.js';
+import { VolumeServedError } from '../../served.js';
 import { createProgress, progressFlag, type Progress } from '../../progress.js';
 
 /** JSON of a delete of several snapshots, a filter or a dry run (README "JSON shapes"). */
@@ -63,72 +64,96 @@ export default class SnapshotDelete extends CowvolCommand {
 
     const single = names.length === 1 && !flags['dry-run'];
     try {
-      return await this.withVolume(
-        args.volume,
-        async (volume) => {
-          if (single) return this.deleteOne(volume, names, progress);
-          let chosen = names;
-          let skippedHeld: string[] = [];
-          if (filtered) ({ chosen, skippedHeld } = select(await volume.listSnapshots(), { olderThanMs, labels, keepNewest: flags['keep-newest'] }));
-          let plan: DeletePlan | undefined;
-          let json: MultiDeleteJson;
-          if (flags['dry-run']) {
-            plan = await volume.planDelete(chosen);
-            json = {
-              dryRun: true,
-              deleted: plan.snapshots.map(({ name, freedBlocks, freedBytes, handedOverBlocks }) => ({ name, freedBlocks, freedBytes, handedOverBlocks })),
-              skippedHeld,
-              freedBlocks: plan.freedBlocks,
-              freedBytes: plan.freedBytes,
-              handedOverBlocks: plan.handedOverBlocks,
-            };
-          } else {
-            const r = await volume.deleteSnapshots(chosen, { onProgress: (d, t) => progress.update(d, t) });
-            const bs = volume.blockSizeBytes;
-            json = {
-              dryRun: false,
-              deleted: r.deleted.map((d) => ({
-                name: d.name,
-                freedBlocks: d.freedBlocks,
-                freedBytes: d.freedBlocks * bs,
-                handedOverBlocks: d.handedOverBlocks,
-                ...(d.unfinished ? { unfinished: true } : {}),
-              })),
-              skippedHeld,
-              freedBlocks: r.freedBlocks,
-              freedBytes: r.freedBytes,
-              handedOverBlocks: r.handedOverBlocks,
-            };
-          }
-          const verb = json.dryRun ? 'would delete' : 'deleted';
-          const lines = json.deleted.map((d) => `${verb} ${d.name}: frees ${human(d.freedBytes)} (${d.freedBlocks} blocks), ${d.handedOverBlocks} blocks handed over`);
-          lines.push(`${json.dryRun ? 'would free' : 'freed'} ${json.freedBytes} bytes (${human(json.freedBytes)}) in all${json.deleted.length === 0 ? ' (nothing matched)' : ''}`);
-          if (skippedHeld.length > 0) lines.push(`skipped held: ${skippedHeld.join(', ')}`);
-          this.say(lines.join('\n'));
-          return json;
-        },
-        flags['dry-run'] ? { readOnly: true } : { releaseReserve: true },
-      );
+      // Named snapshots go to the server of a served volume (docs/FORMAT.md §11.2); filters choose offline only (README "Serving a volume").
+      const json = filtered
+        ? await this.withVolume(args.volume, (v) => this.deleteFiltered(v, flags['dry-run'], { olderThanMs, labels, keepNewest: flags['keep-newest'] }, progress), modeOf(flags['dry-run'])).catch(
+            (err: unknown) => {
+              if (!(err instanceof VolumeServedError)) throw err;
+              throw new VolumeServedError(err.path, err.pid, { cause: err, note: 'snapshot delete chooses by --older-than, --keep-newest and --label offline only (name the snapshots instead)' });
+            },
+          )
+        : await this.deleteNamed(args.volume, names, flags['dry-run'], progress);
+      if (single) {
+        const [r] = json.deleted;
+        assert(r !== undefined, 'deleting one named snapshot reports it deleted');
+        this.say(
+          `deleted snapshot ${r.name}: ${r.freedBlocks} blocks freed, ${r.handedOverBlocks} handed over to the next older snapshot${r.unfinished ? ' (the rest finishes at the next open)' : ''}`,
+        );
+        return { name: r.name, freedBlocks: r.freedBlocks, handedOverBlocks: r.handedOverBlocks, ...(r.unfinished ? { unfinished: true } : {}) };
+      }
+      const verb = json.dryRun ? 'would delete' : 'deleted';
+      const lines = json.deleted.map((d) => `${verb} ${d.name}: frees ${human(d.freedBytes)} (${d.freedBlocks} blocks), ${d.handedOverBlocks} blocks handed over`);
+      lines.push(`${json.dryRun ? 'would free' : 'freed'} ${json.freedBytes} bytes (${human(json.freedBytes)}) in all${json.deleted.length === 0 ? ' (nothing matched)' : ''}`);
+      if (json.skippedHeld.length > 0) lines.push(`skipped held: ${json.skippedHeld.join(', ')}`);
+      this.say(lines.join('\n'));
+      return json;
     } finally {
       progress.stop();
     }
   }
 
-  /** Deletes the one snapshot named (the single-name contract, unchanged: one line, one result). */
-  private async deleteOne(volume: Volume, names: string[], progress: Progress): Promise<DeleteResult> {
-    const [r] = (await volume.deleteSnapshots(names, { onProgress: (d, t) => progress.update(d, t) })).deleted;
-    assert(r !== undefined, 'deleting one named snapshot reports it deleted');
-    this.say(`deleted snapshot ${r.name}: ${r.freedBlocks} blocks freed, ${r.handedOverBlocks} handed over to the next older snapshot${r.unfinished ? ' (the rest finishes at the next open)' : ''}`);
-    return { name: r.name, freedBlocks: r.freedBlocks, handedOverBlocks: r.handedOverBlocks, ...(r.unfinished ? { unfinished: true } : {}) };
+  /** Deletes (or plans the delete of) the snapshots named, through the server of a served volume (`snapshot.delete`, `snapshot.planDelete`). */
+  private async deleteNamed(path: string, names: string[], dryRun: boolean | undefined, progress: Progress): Promise<MultiDeleteJson> {
+    if (dryRun) return planJson(await this.withServedVolume(path, 'snapshot.planDelete', { names }, (v) => v.planDelete(names), modeOf(true)), []);
+    const r = await this.withServedVolume(
+      path,
+      'snapshot.delete',
+      { names },
+      async (v) => ({ ...(await v.deleteSnapshots(names, { onProgress: (d, t) => progress.update(d, t) })), blockSizeBytes: v.blockSizeBytes }),
+      modeOf(false),
+    );
+    return deleteJson(r, []);
+  }
+
+  /** Deletes (or plans the delete of) the snapshots a filter chooses, on the opened volume. */
+  private async deleteFiltered(volume: Volume, dryRun: boolean | undefined, filter: Filter, progress: Progress): Promise<MultiDeleteJson> {
+    const { chosen, skippedHeld } = select(await volume.listSnapshots(), filter);
+    if (dryRun) return planJson(await volume.planDelete(chosen), skippedHeld);
+    const r = await volume.deleteSnapshots(chosen, { onProgress: (d, t) => progress.update(d, t) });
+    return deleteJson({ ...r, blockSizeBytes: volume.blockSizeBytes }, skippedHeld);
   }
 }
 
+interface Filter {
+  olderThanMs: number | undefined;
+  labels: Array<[string, string]>;
+  keepNewest: number | undefined;
+}
+
+function modeOf(dryRun: boolean | undefined): OpenMode {
+  return dryRun ? { readOnly: true } : { releaseReserve: true };
+}
+
+function planJson(plan: DeletePlan, skippedHeld: string[]): MultiDeleteJson {
+  return {
+    dryRun: true,
+    deleted: plan.snapshots.map(({ name, freedBlocks, freedBytes, handedOverBlocks }) => ({ name, freedBlocks, freedBytes, handedOverBlocks })),
+    skippedHeld,
+    freedBlocks: plan.freedBlocks,
+    freedBytes: plan.freedBytes,
+    handedOverBlocks: plan.handedOverBlocks,
+  };
+}
+
+function deleteJson(r: MultiDeleteResult & { blockSizeBytes: number }, skippedHeld: string[]): MultiDeleteJson {
+  return {
+    dryRun: false,
+    deleted: r.deleted.map((d) => ({
+      name: d.name,
+      freedBlocks: d.freedBlocks,
+      freedBytes: d.freedBlocks * r.blockSizeBytes,
+      handedOverBlocks: d.handedOverBlocks,
+      ...(d.unfinished ? { unfinished: true } : {}),
+    })),
+    skippedHeld,
+    freedBlocks: r.freedBlocks,
+    freedBytes: r.freedBytes,
+    handedOverBlocks: r.handedOverBlocks,
+  };
+}
+
 /** The snapshots a filter chooses (oldest first), and the held ones it leaves alone. */
-export function select(
-  snapshots: SnapshotInfo[],
-  filter: { olderThanMs: number | undefined; labels: Array<[string, string]>; keepNewest: number | undefined },
-  now = Date.now(),
-): { chosen: string[]; skippedHeld: string[] } {
+export function select(snapshots: SnapshotInfo[], filter: Filter, now = Date.now()): { chosen: string[]; skippedHeld: string[] } {
   let candidates = snapshots.filter((s) => filter.labels.every(([k, v]) => s.labels[k] === v));
   if (filter.keepNewest !== undefined) candidates = candidates.slice(0, Math.max(0, candidates.length - filter.keepNewest));
   const { olderThanMs } = filter;

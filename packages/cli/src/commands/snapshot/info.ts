@@ -1,6 +1,6 @@
 import { Args } from '@oclif/core';
 import { assert } from '@cowvol/base';
-import { SnapshotNotFoundError, type SnapshotIdentity } from '@cowvol/cow-core';
+import { SnapshotNotFoundError, type SnapshotIdentity, type SnapshotInfo, type SpaceReport } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 import { SUSPECT_NOTE, formatLabels, human, withSpace, type SnapshotWithSpace } from '../../format.js';
 
@@ -14,17 +14,20 @@ export default class SnapshotInfoCommand extends CowvolCommand {
 
   async run(): Promise<SnapshotWithSpace & { identity: SnapshotIdentity }> {
     const { args } = await this.parse(SnapshotInfoCommand);
-    const result = await this.withVolume(
+    const { snapshot, space, identity } = await this.withServedVolume<{ snapshot: SnapshotInfo; space: SpaceReport; identity: SnapshotIdentity }>(
       args.volume,
+      'snapshot.info',
+      { name: args.name },
       async (v) => {
         const snap = (await v.listSnapshots()).find((s) => s.name === args.name);
         if (!snap) throw new SnapshotNotFoundError(args.name);
-        const [row] = withSpace([snap], await v.spaceUsage());
-        assert(row !== undefined, 'withSpace gives one row per snapshot');
-        return { ...row, identity: await v.snapshotIdentity(args.name) };
+        return { snapshot: snap, space: await v.spaceUsage(), identity: await v.snapshotIdentity(args.name) };
       },
       { readOnly: true },
     );
+    const [row] = withSpace([snapshot], space);
+    assert(row !== undefined, 'withSpace gives one row per snapshot');
+    const result = { ...row, identity };
     this.say(
       [
         `name:        ${result.name}`,

@@ -19,12 +19,14 @@ export default class SnapshotLabel extends CowvolCommand {
   async run(): Promise<SnapshotInfo> {
     const { args, argv, flags } = await this.parse(SnapshotLabel);
     const set = (argv as string[]).slice(2).map(parseLabel);
-    const snapshot = await this.withVolume(args.volume, async (v) => {
+    const labels = Object.fromEntries(set);
+    const remove = flags.remove ?? [];
+    // The server merges the same way (docs/FORMAT.md §11.2, `snapshot.label`).
+    const snapshot = await this.withServedVolume(args.volume, 'snapshot.label', { name: args.name, set: labels, remove }, async (v) => {
       const current = (await v.listSnapshots()).find((s) => s.name === args.name);
-      const removed = new Set(flags.remove ?? []);
-      const labels = Object.fromEntries(Object.entries(current?.labels ?? {}).filter(([key]) => !removed.has(key)));
-      for (const [k, val] of set) labels[k] = val;
-      return v.setSnapshotLabels(args.name, labels);
+      const removed = new Set(remove);
+      const kept = Object.fromEntries(Object.entries(current?.labels ?? {}).filter(([key]) => !removed.has(key)));
+      return v.setSnapshotLabels(args.name, { ...kept, ...labels });
     });
     this.say(`labels of ${snapshot.name}: ${formatLabels(snapshot.labels) || '(none)'}`);
     return snapshot;

@@ -1,0 +1,84 @@
+import { InvalidArgumentError, SnapshotNotFoundError, type Volume } from '@cowvol/cow-core';
+import type { NbdServer } from '../server.js';
+import type { VolumeExports } from '../volume-exports.js';
+import type { ControlMethod } from './control-server.js';
+
+/**
+ * The control methods of `info` and of the snapshot commands that read or
+ * change one snapshot's metadata (docs/FORMAT.md §11.2): `info`,
+ * `snapshot.info`, `snapshot.delete`, `snapshot.planDelete`,
+ * `snapshot.rename`, `snapshot.label` and `snapshot.hold`. Each calls the
+ * Volume method the offline command calls, with the same arguments, and
+ * returns what the offline command's volume step returns, so the CLI
+ * formats both alike. `snapshot.delete` and `snapshot.rename` refuse a
+ * snapshot a client is attached to as `snapshot/<name>` (SNAPSHOT_IN_USE),
+ * atomically with new attaches (VolumeExports.whileUnexported, §14.8).
+ */
+export function snapshotMethods(volume: Volume, server: NbdServer, exports: VolumeExports): Record<string, ControlMethod> {
+  const inUse = (exportName: string): number => server.connectionsTo(exportName);
+  return {
+    info: async () => ({ info: await volume.info(), space: await volume.spaceUsage() }),
+    'snapshot.info': async (params) => {
+      const name = stringParam(params, 'name');
+      const snapshot = (await volume.listSnapshots()).find((s) => s.name === name);
+      if (!snapshot) throw new SnapshotNotFoundError(name);
+      return { snapshot, space: await volume.spaceUsage(), identity: await volume.snapshotIdentity(name) };
+    },
+    'snapshot.delete': (params) => {
+      const names = namesParam(params);
+      return exports.whileUnexported(names, inUse, async () => ({ ...(await volume.deleteSnapshots(names)), blockSizeBytes: volume.blockSizeBytes }));
+    },
+    'snapshot.planDelete': (params) => volume.planDelete(namesParam(params)),
+    'snapshot.rename': (params) => {
+      const name = stringParam(params, 'name');
+      const newName = stringParam(params, 'newName');
+      return exports.whileUnexported([name], inUse, () => volume.renameSnapshot(name, newName));
+    },
+    'snapshot.label': async (params) => {
+      const name = stringParam(params, 'name');
+      const set = labelsParam(params, 'set');
+      const remove = new Set(stringsParam(params, 'remove'));
+      const current = (await volume.listSnapshots()).find((s) => s.name === name);
+      const labels = Object.fromEntries(Object.entries(current?.labels ?? {}).filter(([key]) => !remove.has(key)));
+      return volume.setSnapshotLabels(name, { ...labels, ...set });
+    },
+    'snapshot.hold': async (params) => {
+      const names = namesParam(params);
+      const held = params.held;
+      if (typeof held !== 'boolean') throw new InvalidArgumentError('params.held must be a boolean');
+      const snapshots = [];
+      for (const name of names) snapshots.push(await volume.holdSnapshot(name, held));
+      return { snapshots };
+    },
+  };
+}
+
+/** @throws INVALID_ARGUMENT when params[key] is not a string */
+export function stringParam(params: Record<string, unknown>, key: string): string {
+  const value = params[key];
+  if (typeof value !== 'string') throw new InvalidArgumentError(`params.${key} must be a string`);
+  return value;
+}
+
+/** @throws INVALID_ARGUMENT when params[key] is present and not an array of strings (absent: []) */
+function stringsParam(params: Record<string, unknown>, key: string): string[] {
+  const value = params[key] ?? [];
+  if (!Array.isArray(value) || value.some((v) => typeof v !== 'string')) throw new InvalidArgumentError(`params.${key} must be an array of strings`);
+  return value as string[];
+}
+
+/** params.names: 1 to 1024 snapshot names (the core checks each: INVALID_SNAPSHOT_NAME, SNAPSHOT_NOT_FOUND). @throws INVALID_ARGUMENT */
+function namesParam(params: Record<string, unknown>): string[] {
+  const names = stringsParam(params, 'names');
+  if (names.length === 0 || names.length > 1024) throw new InvalidArgumentError('params.names must name 1 to 1024 snapshots');
+  return names;
+}
+
+/** @throws INVALID_ARGUMENT when params[key] is present and not an object of strings (the core then checks keys and values: INVALID_LABEL) */
+export function labelsParam(params: Record<string, unknown>, key = 'labels'): Record<string, string> {
+  const labels = params[key] ?? {};
+  if (typeof labels !== 'object' || Array.isArray(labels) || Object.values(labels).some((v) => typeof v !== 'string')) {
+    throw new InvalidArgumentError(`params.${key} must be an object of string values`);
+  }
+  return labels as Record<string, string>;
+}

@@ -1,0 +1,200 @@
+/**
+ * `info`, `snapshot info`, `snapshot delete`, `rename`, `label`, `hold` and
+ * `release` on a served volume (README "Serving a volume", docs/FORMAT.md
+ * §11.2): the same steps run on two volumes built alike, one offline and one
+ * served by `cowvol serve`, give the same stdout (text and --json), stderr
+ * and exit code, once the volume path, its uuid and creation times (which
+ * legitimately differ) are replaced by placeholders, and so are the journal
+ * counters of the process holding the volume open. Then SNAPSHOT_IN_USE
+ * (exit 4): delete and rename of a snapshot an nbdsh (libnbd) client holds
+ * open as `snapshot/<name>` are refused and change nothing, and succeed once
+ * it disconnected. Needs nbdsh with Debian's python3-libnbd (under CI=true a
+ * missing one fails).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cowvol, cowvolOk, jsonOf, tempDir, type RunResult } from './helpers.js';
+import { requireTools, startServe } from './nbd-peers.js';
+
+const { missing, skipReason } = requireTools([['nbdsh', 'python3-libnbd']]);
+
+let dir: string;
+let cleanup: () => Promise<void>;
+const running = new Set<ChildProcess>();
+
+beforeAll(async () => {
+  ({ dir, cleanup } = await tempDir('cowvol-served-commands-'));
+});
+afterAll(async () => {
+  for (const child of running) child.kill('SIGKILL');
+  await cleanup();
+});
+
+/** Creates a volume with data and snapshots s1 (labelled), s2 and s3 (held), each over different writes. */
+async function buildVolume(name: string): Promise<string> {
+  const vol = join(dir, name);
+  await cowvolOk(['create', vol, '--size', '1M']);
+  await cowvolOk(['write', vol, '--offset', '0'], Buffer.alloc(64 * 1024, 1));
+  await cowvolOk(['snapshot', 'create', vol, 's1', '--label', 'kind=nightly', '--label', 'host=db1']);
+  await cowvolOk(['write', vol, '--offset', '0'], Buffer.alloc(16 * 1024, 2));
+  await cowvolOk(['snapshot', 'create', vol, 's2']);
+  await cowvolOk(['write', vol, '--offset', '8192'], Buffer.alloc(32 * 1024, 3));
+  await cowvolOk(['snapshot', 'create', vol, 's3']);
+  await cowvolOk(['snapshot', 'hold', vol, 's3']);
+  return vol;
+}
+
+/** `cowvol serve <vol>`, killed at the end if a test failed before stopping it. */
+async function serve(vol: string): Promise<{ socket: string; exited: Promise<number | null>; log: () => string }> {
+  const s = await startServe(vol);
+  running.add(s.child);
+  void s.exited.then(() => running.delete(s.child));
+  return s;
+}
+
+/** Replaces what differs between two volumes built alike: the path, the uuid, ISO times. */
+function normalise(text: string, vol: string, uuid: string): string {
+  return text
+    .replaceAll(vol, '<vol>')
+    .replaceAll(uuid, '<uuid>')
+    .replace(/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z/g, '<time>');
+}
+
+interface Outcome {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * The journal's counters and the last open's recovery describe the process
+ * that has the volume open (the server's since it started, the offline
+ * command's own): they legitimately differ and are replaced too.
+ */
+function withoutSession(stdout: string): string {
+  if (!stdout.startsWith('{')) return stdout.replace(/^journal: .*$/m, 'journal: <session>');
+  const doc = JSON.parse(stdout) as { journal?: unknown; recovery?: unknown };
+  if (doc.journal !== undefined) doc.journal = '<session>';
+  if (doc.recovery !== undefined) doc.recovery = '<session>';
+  return JSON.stringify(doc, null, 2);
+}
+
+function outcome(r: RunResult, vol: string, uuid: string): Outcome {
+  return { code: r.code, stdout: withoutSession(normalise(r.stdout.toString(), vol, uuid)), stderr: normalise(r.stderr, vol, uuid) };
+}
+
+/** The steps, in order (each changes what the next sees), and the exit code each must give. */
+const STEPS: Array<{ args: string[]; exit: number }> = [
+  { args: ['info'], exit: 0 },
+  { args: ['info', '--json'], exit: 0 },
+  { args: ['snapshot', 'info', '<vol>', 's1'], exit: 0 },
+  { args: ['snapshot', 'info', '<vol>', 's3', '--json'], exit: 0 },
+  { args: ['snapshot', 'info', '<vol>', 'nope'], exit: 3 },
+  { args: ['snapshot', 'info', '<vol>', 'nope', '--json'], exit: 3 },
+  { args: ['snapshot', 'label', '<vol>', 's1', 'env=prod', '--remove', 'kind'], exit: 0 },
+  { args: ['snapshot', 'label', '<vol>', 's2', 'k=v', '--json'], exit: 0 },
+  { args: ['snapshot', 'label', '<vol>', 'nope', 'k=v', '--json'], exit: 3 },
+  { args: ['snapshot', 'label', '<vol>', 's2', 'bad key=v', '--json'], exit: 2 },
+  { args: ['snapshot', 'hold', '<vol>', 's1', 's2'], exit: 0 },
+  { args: ['snapshot', 'delete', '<vol>', 's2', '--json'], exit: 4 },
+  { args: ['snapshot', 'delete', '<vol>', 's1', 's2', '--dry-run', '--json'], exit: 4 },
+  { args: ['snapshot', 'release', '<vol>', 's2', '--json'], exit: 0 },
+  { args: ['snapshot', 'hold', '<vol>', 'nope', '--json'], exit: 3 },
+  { args: ['snapshot', 'release', '<vol>', 's1'], exit: 0 },
+  { args: ['snapshot', 'rename', '<vol>', 's2', 's2b'], exit: 0 },
+  { args: ['snapshot', 'rename', '<vol>', 's1', 's3', '--json'], exit: 4 },
+  { args: ['snapshot', 'rename', '<vol>', 'nope', 'x', '--json'], exit: 3 },
+  { args: ['snapshot', 'delete', '<vol>', 'nope'], exit: 3 },
+  { args: ['snapshot', 'delete', '<vol>', 's1', 'nope', '--json'], exit: 3 },
+  { args: ['snapshot', 'delete', '<vol>', 's2b', '--dry-run'], exit: 0 },
+  { args: ['snapshot', 'delete', '<vol>', 's2b'], exit: 0 },
+  { args: ['snapshot', 'delete', '<vol>', 's1', '--json'], exit: 0 },
+  { args: ['snapshot', 'info', '<vol>', 's3'], exit: 0 },
+  { args: ['info', '--json'], exit: 0 },
+  { args: ['info'], exit: 0 },
+];
+
+/** The step's argv for `vol`: `<vol>` is replaced, or the volume follows the command's first word (`info <vol>`). */
+function argvOf(args: string[], vol: string): string[] {
+  return args.includes('<vol>') ? args.map((a) => (a === '<vol>' ? vol : a)) : [args[0]!, vol, ...args.slice(1)];
+}
+
+describe.skipIf(missing)(`info and snapshot info, delete, rename, label, hold, release on a served volume${skipReason}`, () => {
+  it(`each of ${STEPS.length} steps gives on a served volume the stdout, stderr and exit code it gives offline`, async () => {
+    const [offline, servedVol] = await Promise.all([buildVolume('offline.img'), buildVolume('served.img')]);
+    const uuidOf = async (vol: string): Promise<string> => jsonOf<{ uuid: string }>(await cowvolOk(['info', vol, '--json'])).uuid;
+    const [offlineUuid, servedUuid] = [await uuidOf(offline), await uuidOf(servedVol)];
+    const server = await serve(servedVol);
+    for (const step of STEPS) {
+      const [ra, rb] = await Promise.all([cowvol(argvOf(step.args, offline)), cowvol(argvOf(step.args, servedVol))]);
+      const [a, b] = [outcome(ra, offline, offlineUuid), outcome(rb, servedVol, servedUuid)];
+      expect(b, `cowvol ${step.args.join(' ')} served vs offline`).toEqual(a);
+      expect(a.code, `cowvol ${step.args.join(' ')}: ${a.stderr}`).toBe(step.exit);
+    }
+    // Every step went to the server: it still holds the volume, so offline opens refuse.
+    const busy = await cowvol(['check', servedVol]);
+    expect([busy.code, busy.stderr]).toEqual([5, expect.stringContaining('[VOLUME_BUSY]')]);
+    // A filter chooses offline only: refused, naming what works.
+    const filtered = await cowvol(['snapshot', 'delete', servedVol, '--keep-newest', '0']);
+    expect([filtered.code, filtered.stderr]).toEqual([5, expect.stringContaining('chooses by --older-than, --keep-newest and --label offline only')]);
+    await cowvolOk(['stop', servedVol]);
+    expect(await server.exited).toBe(0);
+    // Stopped: both volumes hold the same snapshots.
+    const names = async (vol: string): Promise<string[]> => jsonOf<{ snapshots: Array<{ name: string }> }>(await cowvolOk(['snapshot', 'list', vol, '--json'])).snapshots.map((s) => s.name);
+    expect(await names(servedVol)).toEqual(await names(offline));
+    expect(await names(offline)).toEqual(['s3']);
+  }, 600_000);
+
+  it('delete and rename of a snapshot an NBD client holds open: SNAPSHOT_IN_USE (exit 4), nothing changed; after it disconnects both succeed', async () => {
+    const vol = await buildVolume('in-use.img');
+    const server = await serve(vol);
+    await cowvolOk(['snapshot', 'release', vol, 's3']);
+    const uri = `nbd+unix:///snapshot/s2?socket=${server.socket}`;
+    // A libnbd client attached to snapshot/s2 that reads, says so, and stays until its stdin closes.
+    const script = `h.connect_uri(${JSON.stringify(uri)})\nprint(h.pread(4096, 0)[0], flush=True)\nimport sys\nsys.stdin.read()\nprint(h.pread(4096, 0)[0], flush=True)\nh.shutdown()`;
+    const client = spawn('nbdsh', ['-c', script], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` }, stdio: ['pipe', 'pipe', 'pipe'] });
+    running.add(client);
+    let out = '';
+    let err = '';
+    client.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    client.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const clientExit = new Promise<number | null>((resolve) => client.once('close', (code) => resolve(code)));
+    while (!out.includes('\n')) {
+      if (client.exitCode !== null) throw new Error(`nbdsh exited ${client.exitCode}: ${err}`);
+      await sleep(20);
+    }
+    expect(out).toBe('2\n'); // s2 was taken after the second write: its first block reads 2s
+
+    for (const args of [
+      ['snapshot', 'delete', vol, 's2', '--json'],
+      ['snapshot', 'delete', vol, 's1', 's2', '--json'],
+      ['snapshot', 'rename', vol, 's2', 'moved', '--json'],
+    ]) {
+      const refused = await cowvol(args);
+      expect(refused.code, refused.stderr).toBe(4);
+      expect(jsonOf<{ error: { code: string; details: unknown } }>(refused).error).toMatchObject({ code: 'SNAPSHOT_IN_USE', details: { name: 's2', connections: 1 } });
+    }
+    // The dry run changes nothing: it works; other snapshots can go.
+    expect(jsonOf<{ dryRun: boolean }>(await cowvolOk(['snapshot', 'delete', vol, 's2', '--dry-run', '--json'])).dryRun).toBe(true);
+    await cowvolOk(['snapshot', 'delete', vol, 's3']);
+    const listed = jsonOf<{ snapshots: Array<{ name: string }> }>(await cowvolOk(['snapshot', 'list', vol, '--json']));
+    expect(listed.snapshots.map((s) => s.name)).toEqual(['s1', 's2']);
+
+    client.stdin.end();
+    expect(await clientExit, err).toBe(0);
+    expect(out).toBe('2\n2\n'); // the client read its snapshot unchanged to the end
+    // The server sees the disconnect on its own schedule: wait until no connection is attached to snapshot/s2.
+    for (let i = 0; ; i++) {
+      const status = jsonOf<{ exports: Array<{ name: string; connections: number }> }>(await cowvolOk(['status', vol, '--json']));
+      if (status.exports.find((e) => e.name === 'snapshot/s2')?.connections === 0) break;
+      expect(i, 'snapshot/s2 still has a connection 10 s after its client exited').toBeLessThan(200);
+      await sleep(50);
+    }
+    expect(jsonOf(await cowvolOk(['snapshot', 'rename', vol, 's2', 'moved', '--json']))).toMatchObject({ name: 'moved' });
+    expect(jsonOf(await cowvolOk(['snapshot', 'delete', vol, 'moved', '--json']))).toMatchObject({ name: 'moved' });
+    await cowvolOk(['stop', vol]);
+    expect(await server.exited).toBe(0);
+  }, 300_000);
+});
