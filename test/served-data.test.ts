@@ -1,6 +1,6 @@
 /**
  * `cowvol read`, `write` and `snapshot read` on a served volume (through
- * the server's own NBD socket, docs/ARCHITECTURE.md §14.9) give the same
+ * the server's own NBD socket, docs/ARCHITECTURE.md §14.10) give the same
  * stdout bytes, --json and exit code as offline on an identical volume.
  * Table-driven: each case runs on `off.img` (offline) and `on.img` (served).
  */
@@ -92,17 +92,17 @@ describe.skipIf(tools.missing)(`served reads while another NBD client writes${to
     const big = await serveCowvol(vol);
     try {
       // The other client: qemu-io writing 4 MiB pieces of the first 32 MiB, over and over, until the read is done.
-      let stop = false;
+      const state = { stop: false };
       let writes = 0;
       const writing = (async () => {
-        while (!stop) {
+        while (!state.stop) {
           const w = await run('qemu-io', ['-f', 'raw', big.uri, '-c', `write -P 0x5a ${(writes % 8) * 4}M 4M`, '-c', 'flush']);
           expect(w.code, w.stderr).toBe(0);
           writes++;
         }
       })();
       const r = await cowvol(['read', vol]);
-      stop = true;
+      state.stop = true;
       await writing;
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout.length).toBe(64 << 20);

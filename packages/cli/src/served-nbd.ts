@@ -13,7 +13,7 @@ export function snapshotExportName(name: string): string {
 /**
  * The data of a volume as the data commands (`read`, `write`, `snapshot
  * read`) use it: the opened Volume offline, or an NBD export of the server
- * of a served volume (docs/ARCHITECTURE.md §14.9). Offsets and lengths in
+ * of a served volume (docs/ARCHITECTURE.md §14.10). Offsets and lengths in
  * bytes; a range past `sizeBytes` is OUT_OF_RANGE either way.
  */
 export interface VolumeData {
@@ -78,7 +78,7 @@ export interface DataRoute<T> {
 /**
  * Runs a data command offline, or, when the volume is served by `cowvol
  * serve`, as an NBD client of the server's own socket (docs/ARCHITECTURE.md
- * §14.9). A server that is gone by then (NOT_SERVED) ran nothing: the
+ * §14.10). A server that is gone by then (NOT_SERVED) ran nothing: the
  * volume is opened as offline, `--wait` included. The connection is closed
  * (NBD_CMD_DISC) even when the command fails.
  * @throws what `offline` and `served` throw; VOLUME_BUSY when the server serves no plain unix socket

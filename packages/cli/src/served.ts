@@ -4,7 +4,7 @@ import { CowvolError, hasCode } from '@cowvol/base';
 /**
  * Commands that work on a volume served by `cowvol serve`, through its
  * control channel (README "Serving a volume", docs/ARCHITECTURE.md §14.8)
- * or, for the data commands, its NBD socket (§14.9);
+ * or, for the data commands, its NBD socket (§14.10);
  * every other command gets VOLUME_BUSY naming the server.
  */
 export const SERVED_COMMANDS = [

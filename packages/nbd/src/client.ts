@@ -83,7 +83,7 @@ interface Pending {
 /**
  * A minimal NBD client (NBD spec doc/proto.md: fixed newstyle handshake
  * with NO_ZEROES, NBD_OPT_GO, simple replies only; READ, WRITE, FLUSH,
- * DISC), used by the CLI on a served volume (docs/ARCHITECTURE.md §14.9).
+ * DISC), used by the CLI on a served volume (docs/ARCHITECTURE.md §14.10).
  * Up to {@link CLIENT_MAX_IN_FLIGHT} requests are in flight, matched to
  * replies by cookie; a read or write larger than `maxRequestBytes` is split.
  * Ranges are checked against the export size before sending (OUT_OF_RANGE,
