@@ -75,10 +75,11 @@ interface Outcome {
  */
 function withoutSession(stdout: string): string {
   if (!stdout.startsWith('{')) return stdout.replace(/^journal: .*$/m, 'journal: <session>');
-  const doc = JSON.parse(stdout) as { journal?: unknown; recovery?: unknown };
-  if (doc.journal !== undefined) doc.journal = '<session>';
-  if (doc.recovery !== undefined) doc.recovery = '<session>';
-  return JSON.stringify(doc, null, 2);
+  return JSON.stringify(
+    JSON.parse(stdout, (key, value: unknown) => (key === 'journal' || key === 'recovery' ? '<session>' : value)),
+    null,
+    2,
+  );
 }
 
 function outcome(r: RunResult, vol: string, uuid: string): Outcome {
