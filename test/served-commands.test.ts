@@ -75,10 +75,11 @@ interface Outcome {
  */
 function withoutSession(stdout: string): string {
   if (!stdout.startsWith('{')) return stdout.replace(/^journal: .*$/m, 'journal: <session>');
-  const doc = JSON.parse(stdout) as { journal?: unknown; recovery?: unknown };
-  if (doc.journal !== undefined) doc.journal = '<session>';
-  if (doc.recovery !== undefined) doc.recovery = '<session>';
-  return JSON.stringify(doc, null, 2);
+  return JSON.stringify(
+    JSON.parse(stdout, (key, value: unknown) => (key === 'journal' || key === 'recovery' ? '<session>' : value)),
+    null,
+    2,
+  );
 }
 
 function outcome(r: RunResult, vol: string, uuid: string): Outcome {
@@ -134,7 +135,7 @@ describe.skipIf(missing)(`info and snapshot info, delete, rename, label, hold, r
       expect(a.code, `cowvol ${step.args.join(' ')}: ${a.stderr}`).toBe(step.exit);
     }
     // Every step went to the server: it still holds the volume, so offline opens refuse.
-    const busy = await cowvol(['check', servedVol]);
+    const busy = await cowvol(['read', servedVol, '--output', join(dir, 'read.out')]);
     expect([busy.code, busy.stderr]).toEqual([5, expect.stringContaining('[VOLUME_BUSY]')]);
     // A filter chooses offline only: refused, naming what works.
     const filtered = await cowvol(['snapshot', 'delete', servedVol, '--keep-newest', '0']);
