@@ -105,7 +105,7 @@ describe.skipIf(missing)(`cowvol status, stop, snapshot create and list on a ser
     const listServedJson = await cowvolOk(['snapshot', 'list', vol, '--json']);
     expect(listServed.stdout.toString()).toContain('k=v');
 
-    const check = await cowvol(['read', vol, '--output', join(dir, 'read.out')]);
+    const check = await cowvol(['snapshot', 'diff', vol, 'no-such-snapshot']);
     expect(check.code).toBe(5);
     expect(check.stderr).toContain(`[VOLUME_BUSY]: volume ${vol} is busy: served by cowvol serve (process ${status.pid})`);
     expect(check.stderr).toContain('cowvol snapshot create');

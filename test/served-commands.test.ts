@@ -135,7 +135,7 @@ describe.skipIf(missing)(`info and snapshot info, delete, rename, label, hold, r
       expect(a.code, `cowvol ${step.args.join(' ')}: ${a.stderr}`).toBe(step.exit);
     }
     // Every step went to the server: it still holds the volume, so offline opens refuse.
-    const busy = await cowvol(['read', servedVol, '--output', join(dir, 'read.out')]);
+    const busy = await cowvol(['snapshot', 'diff', servedVol, 'no-such-snapshot']);
     expect([busy.code, busy.stderr]).toEqual([5, expect.stringContaining('[VOLUME_BUSY]')]);
     // A filter chooses offline only: refused, naming what works.
     const filtered = await cowvol(['snapshot', 'delete', servedVol, '--keep-newest', '0']);
