@@ -1,7 +1,7 @@
 /**
  * `info`, `snapshot info`, `snapshot delete`, `rename`, `label`, `hold` and
- * `release` on a served volume (README "Serving a volume", docs/FORMAT.md
- * §11.2): the same steps run on two volumes built alike, one offline and one
+ * `release` on a served volume (README "Serving a volume",
+ * docs/FORMAT.md §11.2): the same steps run on two volumes built alike, one offline and one
  * served by `cowvol serve`, give the same stdout (text and --json), stderr
  * and exit code, once the volume path, its uuid and creation times (which
  * legitimately differ) are replaced by placeholders, and so are the journal
