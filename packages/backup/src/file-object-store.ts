@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { constants, promises as fsp, type Stats } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { IoError, NoSpaceError, isCowvolError } from '@cowvol/base';
+import { IoError, NoSpaceError, errnoCode, isCowvolError, syncDirectory } from '@cowvol/base';
 import { BackupArgumentError, ObjectExistsError, ObjectNotFoundError } from './errors.js';
 import type { ObjectInfo, ObjectStore } from './object-store.js';
 
@@ -53,7 +53,7 @@ export class FileObjectStore implements ObjectStore {
         try {
           await fsp.link(temp, path);
         } catch (err) {
-          if (errnoOf(err) !== 'EEXIST') throw err;
+          if (errnoCode(err) !== 'EEXIST') throw err;
           // A directory there is a prefix of other keys, not an object: refused as every other collision of the two (§17).
           if ((await fsp.lstat(path)).isDirectory()) throw new BackupArgumentError(`${this.url} ${key} is a prefix of other keys followed by /`, { details: { key } });
           throw new ObjectExistsError(`${this.url} ${key} already exists`, { details: { key } });
@@ -75,7 +75,7 @@ export class FileObjectStore implements ObjectStore {
     try {
       return await fsp.readFile(path);
     } catch (err) {
-      const errno = errnoOf(err);
+      const errno = errnoCode(err);
       if (errno === 'ENOENT' || errno === 'ENOTDIR' || errno === 'EISDIR') throw new ObjectNotFoundError(`${this.url} ${key} does not exist`, { details: { key } });
       throw this.coded(err, 'get', key);
     }
@@ -88,7 +88,7 @@ export class FileObjectStore implements ObjectStore {
     try {
       stat = await fsp.lstat(path);
     } catch (err) {
-      const errno = errnoOf(err);
+      const errno = errnoCode(err);
       if (errno === 'ENOENT' || errno === 'ENOTDIR') return undefined;
       throw this.coded(err, 'head', key);
     }
@@ -115,7 +115,7 @@ export class FileObjectStore implements ObjectStore {
       await fsp.unlink(path);
       await syncDirectory(dirname(path));
     } catch (err) {
-      const errno = errnoOf(err);
+      const errno = errnoCode(err);
       if (errno === 'ENOENT' || errno === 'ENOTDIR') return;
       throw this.coded(err, 'delete', key);
     }
@@ -126,7 +126,7 @@ export class FileObjectStore implements ObjectStore {
     try {
       entries = await fsp.readdir(join(this.rootPath, dirKey), { withFileTypes: true });
     } catch (err) {
-      if (errnoOf(err) === 'ENOENT' && dirKey === '') return;
+      if (errnoCode(err) === 'ENOENT' && dirKey === '') return;
       throw this.coded(err, 'list', dirKey);
     }
     const names = entries
@@ -151,7 +151,7 @@ export class FileObjectStore implements ObjectStore {
 
   private coded(err: unknown, what: string, key: string): Error {
     if (isCowvolError(err)) return err;
-    const errno = errnoOf(err);
+    const errno = errnoCode(err);
     const message = `${what} ${this.url} ${key}: ${err instanceof Error ? err.message : String(err)}`;
     if (errno === 'ENOSPC' || errno === 'EDQUOT') return new NoSpaceError(message, { cause: err, details: { key } });
     if (errno === 'ENOTDIR' || errno === 'EISDIR' || errno === 'EEXIST') {
@@ -189,17 +189,4 @@ async function writeSynced(path: string, body: Buffer): Promise<void> {
   } finally {
     await handle.close();
   }
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  const handle = await fsp.open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-function errnoOf(err: unknown): string | undefined {
-  return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
 }

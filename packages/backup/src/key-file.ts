@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants, promises as fsp } from 'node:fs';
 import { dirname } from 'node:path';
-import { assert, IoError, NoSpaceError } from '@cowvol/base';
+import { assert, errnoCode, errorMessage, IoError, NoSpaceError, syncDirectory } from '@cowvol/base';
 import { BackupArgumentError, BadKeyError } from './errors.js';
 
 /** Bytes of key material a key file holds (docs/FORMAT.md §12.1). */
@@ -24,12 +24,12 @@ const HEX_KEY = /^[0-9a-fA-F]{64}\n?$/;
  */
 export async function loadKeyFile(path: string): Promise<Buffer> {
   const linkStat = await fsp.lstat(path).catch((err: unknown) => {
-    throw new BadKeyError(`key file ${path}: ${errnoText(err)}`, { cause: err, details: { path } });
+    throw new BadKeyError(`key file ${path}: ${errorMessage(err)}`, { cause: err, details: { path } });
   });
   if (linkStat.isSymbolicLink()) throw new BadKeyError(`key file ${path} is a symlink: name the file itself`, { details: { path } });
   if (!linkStat.isFile()) throw new BadKeyError(`key file ${path} is not a regular file`, { details: { path } });
   const handle = await fsp.open(path, constants.O_RDONLY | constants.O_NOFOLLOW).catch((err: unknown) => {
-    throw new BadKeyError(`key file ${path}: ${errnoText(err)}`, { cause: err, details: { path } });
+    throw new BadKeyError(`key file ${path}: ${errorMessage(err)}`, { cause: err, details: { path } });
   });
   try {
     const stat = await handle.stat();
@@ -66,8 +66,8 @@ export async function generateKeyFile(path: string): Promise<Buffer> {
   const key = randomBytes(KEY_FILE_KEY_BYTES);
   const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
   const handle = await fsp.open(path, flags, 0o600).catch((err: unknown) => {
-    if (errnoOf(err) === 'EEXIST') throw new BackupArgumentError(`key file ${path} already exists: it is never overwritten`, { cause: err, details: { path } });
-    throw new IoError(`create key file ${path}: ${errnoText(err)}`, { cause: err, details: { path } });
+    if (errnoCode(err) === 'EEXIST') throw new BackupArgumentError(`key file ${path} already exists: it is never overwritten`, { cause: err, details: { path } });
+    throw new IoError(`create key file ${path}: ${errorMessage(err)}`, { cause: err, details: { path } });
   });
   try {
     const text = Buffer.from(`${key.toString('hex')}\n`, 'latin1');
@@ -78,28 +78,11 @@ export async function generateKeyFile(path: string): Promise<Buffer> {
   } catch (err) {
     await handle.close().catch(() => undefined);
     await fsp.unlink(path).catch(() => undefined);
-    const message = `write key file ${path}: ${errnoText(err)}`;
-    const errno = errnoOf(err);
+    const message = `write key file ${path}: ${errorMessage(err)}`;
+    const errno = errnoCode(err);
     throw errno === 'ENOSPC' || errno === 'EDQUOT' ? new NoSpaceError(message, { cause: err, details: { path } }) : new IoError(message, { cause: err, details: { path } });
   }
   await handle.close();
   await syncDirectory(dirname(path));
   return key;
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  const handle = await fsp.open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-function errnoOf(err: unknown): string | undefined {
-  return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
-}
-
-function errnoText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

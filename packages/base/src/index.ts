@@ -9,3 +9,4 @@ export { ERROR_CODES, type ErrorCode } from './error-codes.js';
 export { CowvolError, isCowvolError, hasCode, IoError, NoSpaceError, UnsupportedVersionError, AssertionFailedError, assert, type CowvolErrorOptions } from './errors.js';
 export { FileBlockDevice, fileDeviceOpener, type BlockDevice, type DeviceOpener } from './block-device.js';
 export { crc32c } from './checksum.js';
+export { syncDirectory, errnoCode, errorMessage } from './file-system.js';

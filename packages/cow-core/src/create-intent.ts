@@ -1,4 +1,5 @@
 import { open, readFile, rm } from 'node:fs/promises';
+import { syncDirectory } from '@cowvol/base';
 import { pathExists } from './files.js';
 import { dirname, resolve } from 'node:path';
 import type { VolumeLayout } from './layout.js';
@@ -39,13 +40,13 @@ export async function writeCreateIntent(layout: VolumeLayout, createdFile: boole
   } finally {
     await fh.close();
   }
-  await syncDir(layout.sidecarPath);
+  await syncDirectory(layout.sidecarPath);
 }
 
 /** Removes the intent once the volume record is durable (the create's commit point). */
 export async function clearCreateIntent(layout: VolumeLayout): Promise<void> {
   await rm(intentPath(layout), { force: true });
-  await syncDir(layout.sidecarPath);
+  await syncDirectory(layout.sidecarPath);
 }
 
 /** Removes an intent a create killed after its commit point left behind (the volume is complete); called by open, under the owner lock. */
@@ -115,14 +116,5 @@ export async function reclaimIncompleteCreate(layout: VolumeLayout): Promise<voi
     await lock.unlock().catch(() => undefined);
   }
   await rm(layout.sidecarPath, { recursive: true, force: true });
-  await syncDir(dirname(resolve(layout.sidecarPath)));
-}
-
-async function syncDir(path: string): Promise<void> {
-  const fh = await open(path, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+  await syncDirectory(dirname(resolve(layout.sidecarPath)));
 }

@@ -1,6 +1,6 @@
-import { fileDeviceOpener } from '@cowvol/base';
+import { fileDeviceOpener, syncDirectory } from '@cowvol/base';
 import { randomBytes } from 'node:crypto';
-import { mkdir, open as openFile, rm, stat } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { Journal } from '@cowvol/journal';
 import { InvalidArgumentError, VolumeExistsError, VolumeNotFoundError } from './errors.js';
@@ -187,16 +187,6 @@ async function narrowSidecarFile(path: string, allowed: number): Promise<void> {
     await narrowMode(path, allowed);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-}
-
-/** fsync a directory so the names created in it are durable. */
-async function syncDirectory(path: string): Promise<void> {
-  const handle = await openFile(path, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 

@@ -1,9 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { CowvolCommand } from '../base-command.js';
-import { copyOut, openSink } from '../io.js';
-import { protectedFilesOf } from '../output-guard.js';
-import { rangeFlags, resolveRange } from '../range.js';
-import { createProgress, progressFlag } from '../progress.js';
+import { copyRangeOut, rangeFlags } from '../range.js';
+import { progressFlag } from '../progress.js';
 import { LIVE_EXPORT_NAME, withVolumeData, type VolumeData } from '../served-nbd.js';
 
 export default class Read extends CowvolCommand {
@@ -20,23 +18,7 @@ export default class Read extends CowvolCommand {
 
   async run(): Promise<void> {
     const { args, flags } = await this.parse(Read);
-    const copy = async (data: Pick<VolumeData, 'sizeBytes' | 'read'>): Promise<void> => {
-      const { offsetBytes, lengthBytes } = resolveRange(flags, data.sizeBytes);
-      const sink = await openSink(flags.output, await protectedFilesOf(args.volume));
-      const progress = createProgress(flags.progress, 'read');
-      try {
-        await copyOut(
-          (o, l) => data.read(o, l),
-          offsetBytes,
-          lengthBytes,
-          sink,
-          (d, t) => progress.update(d, t),
-        );
-      } finally {
-        progress.stop();
-        await sink.close();
-      }
-    };
+    const copy = (data: Pick<VolumeData, 'sizeBytes' | 'read'>): Promise<void> => copyRangeOut(data, flags, args.volume, 'read');
     await withVolumeData({
       volumePath: args.volume,
       exportName: LIVE_EXPORT_NAME,

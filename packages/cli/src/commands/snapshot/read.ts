@@ -1,10 +1,8 @@
 import { Args, Flags } from '@oclif/core';
 import { SnapshotNotFoundError } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
-import { copyOut, openSink } from '../../io.js';
-import { protectedFilesOf } from '../../output-guard.js';
-import { rangeFlags, resolveRange } from '../../range.js';
-import { createProgress, progressFlag } from '../../progress.js';
+import { copyRangeOut, rangeFlags } from '../../range.js';
+import { progressFlag } from '../../progress.js';
 import { askServer } from '../../served.js';
 import { snapshotExportName, withVolumeData, type VolumeData } from '../../served-nbd.js';
 
@@ -25,23 +23,7 @@ export default class SnapshotRead extends CowvolCommand {
 
   async run(): Promise<void> {
     const { args, flags } = await this.parse(SnapshotRead);
-    const copy = async (data: Pick<VolumeData, 'sizeBytes' | 'read'>): Promise<void> => {
-      const { offsetBytes, lengthBytes } = resolveRange(flags, data.sizeBytes);
-      const sink = await openSink(flags.output, await protectedFilesOf(args.volume));
-      const progress = createProgress(flags.progress, 'snapshot read');
-      try {
-        await copyOut(
-          (o, l) => data.read(o, l),
-          offsetBytes,
-          lengthBytes,
-          sink,
-          (d, t) => progress.update(d, t),
-        );
-      } finally {
-        progress.stop();
-        await sink.close();
-      }
-    };
+    const copy = (data: Pick<VolumeData, 'sizeBytes' | 'read'>): Promise<void> => copyRangeOut(data, flags, args.volume, 'snapshot read');
     await withVolumeData({
       volumePath: args.volume,
       exportName: snapshotExportName(args.name),
