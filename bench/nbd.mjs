@@ -6,6 +6,7 @@
 // and their reading: docs/PERFORMANCE.md "Serving over NBD").
 //
 //   node bench/nbd.mjs [--quick] [--mib 256] [--reps 3] [--dir DIR] [--json] [--cpu-prof DIR]
+//                      [--groups raw,cow-rand,cow-seq] [--impl cowvol|qemu]
 //
 // Groups, each on a fresh copy of one filled image, per implementation:
 //   raw       cowvol (adopted, no snapshot) vs qemu-nbd -f raw: overwrite
@@ -32,6 +33,8 @@ const { values } = parseArgs({
     dir: { type: 'string' },
     json: { type: 'boolean', default: false },
     'cpu-prof': { type: 'string' },
+    groups: { type: 'string' },
+    impl: { type: 'string' },
   },
 });
 const sizeBytes = Number(values.mib ?? (values.quick ? '16' : '256')) * MiB;
@@ -53,7 +56,12 @@ const CELLS = [
   { id: 'snap-rand-read', group: 'cow-seq', job: RAND_READ, peer: 'qcow2 -l', target: 0.8, snapshot: true },
   { id: 'snap-seq-read', group: 'cow-seq', job: SEQ_READ, peer: 'qcow2 -l', target: 0.8, snapshot: true },
 ];
-const GROUPS = ['raw', 'cow-rand', 'cow-seq'];
+const ALL_GROUPS = ['raw', 'cow-rand', 'cow-seq'];
+/** `--groups`: run only these groups (one profile per workload); `--impl`: one implementation only (no ratio). */
+const GROUPS = values.groups ? values.groups.split(',') : ALL_GROUPS;
+for (const g of GROUPS) if (!ALL_GROUPS.includes(g)) throw new Error(`unknown group ${g}: one of ${ALL_GROUPS.join(', ')}`);
+const IMPLS = values.impl ? [values.impl] : ['cowvol', 'qemu'];
+for (const i of IMPLS) if (i !== 'cowvol' && i !== 'qemu') throw new Error(`unknown implementation ${i}: cowvol or qemu`);
 
 function describe(job) {
   const kind = { randwrite: 'random write', write: 'sequential write', randread: 'random read', read: 'sequential read' }[job.rw];
@@ -135,7 +143,7 @@ async function measure(work, base) {
   const runs = Object.fromEntries(CELLS.map((c) => [c.id, { cowvol: [], qemu: [] }]));
   for (let rep = 0; rep < reps; rep++) {
     for (const group of GROUPS) {
-      const order = rep % 2 === 0 ? ['cowvol', 'qemu'] : ['qemu', 'cowvol'];
+      const order = (rep % 2 === 0 ? ['cowvol', 'qemu'] : ['qemu', 'cowvol']).filter((i) => IMPLS.includes(i));
       for (const impl of order) {
         const { results, rss } = impl === 'cowvol' ? await groupCowvol(work, base, group) : await groupQemu(work, base, group);
         const peak = Math.max(...rss.filter((x) => x !== undefined));
@@ -152,12 +160,12 @@ async function measure(work, base) {
 }
 
 function summarize(runs) {
-  return CELLS.map((cell) => {
+  return CELLS.filter((cell) => GROUPS.includes(cell.group)).map((cell) => {
     const cv = median(runs[cell.id].cowvol.map((r) => r.mibps));
     const q = median(runs[cell.id].qemu.map((r) => r.mibps));
     const ratio = cv !== undefined && q !== undefined ? cv / q : undefined;
     // Per repetition, cowvol ÷ the qemu-nbd run of the same repetition: the spread the median hides.
-    const paired = runs[cell.id].cowvol.map((r, i) => r.mibps / runs[cell.id].qemu[i].mibps).sort((a, b) => a - b);
+    const paired = runs[cell.id].qemu.length === 0 ? [] : runs[cell.id].cowvol.map((r, i) => r.mibps / runs[cell.id].qemu[i].mibps).sort((a, b) => a - b);
     const verdict = cell.target === undefined || ratio === undefined ? '-' : ratio >= cell.target ? 'PASS' : 'MISS';
     const iops = cell.job.bsBytes === 4 * KiB ? (x) => (x === undefined ? undefined : (x * MiB) / cell.job.bsBytes) : () => undefined;
     const rssOf = (impl) => median(runs[cell.id][impl].map((r) => r.peakRssBytes));

@@ -8,6 +8,7 @@ import { parseClientFlags, parseOption, parseRequest, type RequestMessage } from
 import type { NbdLogger } from './logger.js';
 import { Negotiation, type Agreement } from './negotiation.js';
 import { greeting } from './replies.js';
+import { ReplyWriter } from './reply-writer.js';
 import { errnoFor, errorReply, runRequest, validateRequest } from './request-handler.js';
 import { startTlsPsk, type PskKeys } from './tls-psk.js';
 
@@ -70,6 +71,8 @@ export class Connection {
   private readonly counters: ConnectionCounters = { requests: 0, errors: 0, readBytes: 0, writtenBytes: 0 };
   /** The socket NBD is spoken on: the accepted one, then its TLS session after NBD_OPT_STARTTLS. */
   private socket: Socket;
+  /** Transmission replies, gathered per event-loop turn into one socket write. */
+  private readonly replies = new ReplyWriter(() => this.socket);
   private readonly handshakeTimer: NodeJS.Timeout;
   private markClosed: () => void = () => undefined;
   private readonly onData = (chunk: Buffer): void => {
@@ -262,24 +265,26 @@ export class Connection {
     this.inFlightRequests++;
     this.inFlightBytes += heldBytes;
     this.counters.requests++;
-    const run = async (): Promise<Buffer[]> => {
-      try {
-        validateRequest(agreement, request, this.stopping);
-        const replies = await runRequest(agreement, request);
-        if (request.type === NBD_CMD_READ) this.counters.readBytes += request.lengthBytes;
-        this.counters.writtenBytes += request.payload?.length ?? 0;
-        return replies;
-      } catch (err) {
-        const errno = errnoFor(err);
-        const message = err instanceof Error ? err.message : String(err);
-        this.counters.errors++;
-        const fields = { conn: this.id, type: request.type, offsetBytes: request.offsetBytes, lengthBytes: request.lengthBytes, errno, err: message };
-        if (errno === NBD_EINVAL || errno === NBD_EPERM) this.log.debug(fields, 'request refused');
-        else this.log.warn(fields, 'request failed');
-        return errorReply(agreement, request, errno, message);
-      }
-    };
-    void run().then((replies) => this.send(replies, () => this.release(heldBytes)));
+    void this.answer(agreement, request).then((replies) => this.replies.queue(replies, () => this.release(heldBytes)));
+  }
+
+  /** Runs one request; its reply, or its error reply (never rejects). */
+  private async answer(agreement: Agreement, request: RequestMessage): Promise<Buffer[]> {
+    try {
+      validateRequest(agreement, request, this.stopping);
+      const replies = await runRequest(agreement, request);
+      if (request.type === NBD_CMD_READ) this.counters.readBytes += request.lengthBytes;
+      else if (request.payload !== undefined) this.counters.writtenBytes += request.payload.length;
+      return replies;
+    } catch (err) {
+      const errno = errnoFor(err);
+      const message = err instanceof Error ? err.message : String(err);
+      this.counters.errors++;
+      const fields = { conn: this.id, type: request.type, offsetBytes: request.offsetBytes, lengthBytes: request.lengthBytes, errno, err: message };
+      if (errno === NBD_EINVAL || errno === NBD_EPERM) this.log.debug(fields, 'request refused');
+      else this.log.warn(fields, 'request failed');
+      return errorReply(agreement, request, errno, message);
+    }
   }
 
   private full(): boolean {
@@ -296,7 +301,7 @@ export class Connection {
     }
   }
 
-  /** Writes `buffers` as one message; `written` runs once they left (or can no longer leave) the process. */
+  /** Writes `buffers` (option-phase replies) as one message; `written` runs once they left (or can no longer leave) the process. */
   private send(buffers: Buffer[], written?: () => void): void {
     if (this.socket.destroyed || !this.socket.writable) return written?.();
     this.socket.cork();

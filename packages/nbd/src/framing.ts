@@ -70,7 +70,8 @@ export function parseRequest(queue: ByteQueue): RequestMessage | undefined {
     flags: header.readUInt16BE(4),
     type: header.readUInt16BE(6),
     cookie: header.readBigUInt64BE(8),
-    offsetBytes: Number(header.readBigUInt64BE(16)),
+    // Two u32 reads, no BigInt per request: exact below 2^53, approximate above (out of range of any export either way).
+    offsetBytes: header.readUInt32BE(16) * 0x1_0000_0000 + header.readUInt32BE(20),
     lengthBytes: header.readUInt32BE(24),
   };
   if (request.type === NBD_CMD_WRITE) {

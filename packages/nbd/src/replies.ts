@@ -110,7 +110,8 @@ export function exportNameReply(sizeBytes: number, transmissionFlags: number, no
 
 /** A simple reply ("Simple reply message"): magic, u32 error, u64 cookie. Read data, if any, follows it. */
 export function simpleReply(cookie: bigint, error: number): Buffer {
-  const b = Buffer.alloc(SIMPLE_REPLY_BYTES);
+  // allocUnsafe: every byte is written below; small buffers come from Node's shared pool (one slab, no allocation per reply).
+  const b = Buffer.allocUnsafe(SIMPLE_REPLY_BYTES);
   b.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, 0);
   b.writeUInt32BE(error, 4);
   b.writeBigUInt64BE(cookie, 8);
@@ -119,7 +120,11 @@ export function simpleReply(cookie: bigint, error: number): Buffer {
 
 /** A structured reply chunk header ("Structured reply message"): magic, u16 flags, u16 type, u64 cookie, u32 length. */
 export function chunkHeader(cookie: bigint, type: number, lengthBytes: number, done: boolean): Buffer {
-  const b = Buffer.alloc(CHUNK_HEADER_BYTES);
+  return writeChunkHeader(Buffer.allocUnsafe(CHUNK_HEADER_BYTES), cookie, type, lengthBytes, done);
+}
+
+/** Writes a chunk header at the start of `b` (which holds the chunk's fixed fields after it) and returns `b`. */
+function writeChunkHeader(b: Buffer, cookie: bigint, type: number, lengthBytes: number, done: boolean): Buffer {
   b.writeUInt32BE(NBD_STRUCTURED_REPLY_MAGIC, 0);
   b.writeUInt16BE(done ? NBD_REPLY_FLAG_DONE : 0, 4);
   b.writeUInt16BE(type, 6);
@@ -128,19 +133,23 @@ export function chunkHeader(cookie: bigint, type: number, lengthBytes: number, d
   return b;
 }
 
+/** Writes `value` (a byte offset, < 2^53) as a u64 BE at `at` without a BigInt. */
+function writeU64(b: Buffer, value: number, at: number): void {
+  b.writeUInt32BE(Math.floor(value / 0x1_0000_0000), at);
+  b.writeUInt32BE(value % 0x1_0000_0000, at + 4);
+}
+
 /** NBD_REPLY_TYPE_OFFSET_DATA: header, u64 offset, then `data` (returned separately, not copied). */
 export function offsetDataChunk(cookie: bigint, offsetBytes: number, data: Buffer, done: boolean): Buffer[] {
-  const head = Buffer.alloc(CHUNK_HEADER_BYTES + 8);
-  chunkHeader(cookie, NBD_REPLY_TYPE_OFFSET_DATA, 8 + data.length, done).copy(head, 0);
-  head.writeBigUInt64BE(BigInt(offsetBytes), CHUNK_HEADER_BYTES);
+  const head = writeChunkHeader(Buffer.allocUnsafe(CHUNK_HEADER_BYTES + 8), cookie, NBD_REPLY_TYPE_OFFSET_DATA, 8 + data.length, done);
+  writeU64(head, offsetBytes, CHUNK_HEADER_BYTES);
   return [head, data];
 }
 
 /** NBD_REPLY_TYPE_OFFSET_HOLE: header, u64 offset, u32 hole length. */
 export function offsetHoleChunk(cookie: bigint, offsetBytes: number, lengthBytes: number, done: boolean): Buffer {
-  const b = Buffer.alloc(CHUNK_HEADER_BYTES + 12);
-  chunkHeader(cookie, NBD_REPLY_TYPE_OFFSET_HOLE, 12, done).copy(b, 0);
-  b.writeBigUInt64BE(BigInt(offsetBytes), CHUNK_HEADER_BYTES);
+  const b = writeChunkHeader(Buffer.allocUnsafe(CHUNK_HEADER_BYTES + 12), cookie, NBD_REPLY_TYPE_OFFSET_HOLE, 12, done);
+  writeU64(b, offsetBytes, CHUNK_HEADER_BYTES);
   b.writeUInt32BE(lengthBytes, CHUNK_HEADER_BYTES + 8);
   return b;
 }
@@ -149,8 +158,7 @@ export function offsetHoleChunk(cookie: bigint, offsetBytes: number, lengthBytes
 export function errorChunk(cookie: bigint, error: number, message: string): Buffer {
   let text = Buffer.from(message, 'utf8');
   if (text.length > 4096) text = text.subarray(0, 4096);
-  const b = Buffer.alloc(CHUNK_HEADER_BYTES + 6 + text.length);
-  chunkHeader(cookie, NBD_REPLY_TYPE_ERROR, 6 + text.length, true).copy(b, 0);
+  const b = writeChunkHeader(Buffer.alloc(CHUNK_HEADER_BYTES + 6 + text.length), cookie, NBD_REPLY_TYPE_ERROR, 6 + text.length, true);
   b.writeUInt32BE(error, CHUNK_HEADER_BYTES);
   b.writeUInt16BE(text.length, CHUNK_HEADER_BYTES + 4);
   text.copy(b, CHUNK_HEADER_BYTES + 6);
@@ -165,8 +173,7 @@ export interface Extent {
 
 /** NBD_REPLY_TYPE_BLOCK_STATUS: header, u32 context id, then per extent u32 length, u32 status flags. */
 export function blockStatusChunk(cookie: bigint, contextId: number, extents: readonly Extent[], done: boolean): Buffer {
-  const b = Buffer.alloc(CHUNK_HEADER_BYTES + 4 + 8 * extents.length);
-  chunkHeader(cookie, NBD_REPLY_TYPE_BLOCK_STATUS, 4 + 8 * extents.length, done).copy(b, 0);
+  const b = writeChunkHeader(Buffer.alloc(CHUNK_HEADER_BYTES + 4 + 8 * extents.length), cookie, NBD_REPLY_TYPE_BLOCK_STATUS, 4 + 8 * extents.length, done);
   b.writeUInt32BE(contextId, CHUNK_HEADER_BYTES);
   extents.forEach((e, i) => {
     b.writeUInt32BE(e.lengthBytes, CHUNK_HEADER_BYTES + 4 + 8 * i);
