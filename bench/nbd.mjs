@@ -6,7 +6,9 @@
 // and their reading: docs/PERFORMANCE.md "Serving over NBD").
 //
 //   node bench/nbd.mjs [--quick] [--mib 256] [--reps 3] [--dir DIR] [--json] [--cpu-prof DIR]
-//                      [--groups raw,cow-rand,cow-seq] [--impl cowvol|qemu]
+//                      [--groups raw,cow-rand,cow-seq] [--impl cowvol|qemu] [--memory DIR]
+//   --memory DIR: each cowvol server writes where its memory went (V8 heap,
+//   Buffers, the rest of RSS) to DIR at exit; printed after the table.
 //
 // Groups, each on a fresh copy of one filled image, per implementation:
 //   raw       cowvol (adopted, no snapshot) vs qemu-nbd -f raw: overwrite
@@ -16,7 +18,7 @@
 //             snapshot (every block of it now differs from live): `snapshot/s1`
 //             vs `qemu-nbd -l s1`
 import { parseArgs } from 'node:util';
-import { copyFile, mkdtemp, open, rm, mkdir, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, open, rm, mkdir, writeFile, readdir, readFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { loadavg, tmpdir, cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
@@ -34,6 +36,7 @@ const { values } = parseArgs({
     json: { type: 'boolean', default: false },
     'cpu-prof': { type: 'string' },
     groups: { type: 'string' },
+    memory: { type: 'string' },
     impl: { type: 'string' },
   },
 });
@@ -111,10 +114,13 @@ async function groupCowvol(work, base, group) {
   await cowvol(['create', vol, '--adopt']);
   if (group !== 'raw') await cowvol(['snapshot', 'create', vol, 's1']);
   const rss = [];
-  const cpuProfDir = values['cpu-prof'];
-  const server = await startCowvol(vol, cpuProfDir ? { cpuProfDir } : {});
+  const options = (exportOf) => ({
+    ...(values['cpu-prof'] ? { cpuProfDir: values['cpu-prof'] } : {}),
+    ...(values.memory ? { memoryOut: join(values.memory, `${group}-${exportOf}-${Date.now()}.json`) } : {}),
+  });
+  const server = await startCowvol(vol, options('live'));
   const results = await runCells(server, group, 'live', rss);
-  if (group === 'cow-seq') Object.assign(results, await runCells(await startCowvol(vol, cpuProfDir ? { cpuProfDir } : {}), group, 'snapshot', rss));
+  if (group === 'cow-seq') Object.assign(results, await runCells(await startCowvol(vol, options('snapshot')), group, 'snapshot', rss));
   await rm(vol, { force: true });
   await rm(`${vol}.cowvol`, { recursive: true, force: true });
   return { results, rss };
@@ -215,6 +221,19 @@ function printTable(rows) {
   for (const row of body) log(line(row));
 }
 
+/** Where each cowvol server's memory was at its highest RSS (--memory): V8 heap, Buffers, the rest. */
+async function printMemory(dir) {
+  const mib = (n) => `${(n / MiB).toFixed(1)}M`;
+  log('\ncowvol serve memory at its highest RSS (process.memoryUsage, sampled every 100 ms):');
+  for (const name of (await readdir(dir)).filter((n) => n.endsWith('.json')).sort()) {
+    const { atPeakRss: m, maxRssBytes } = JSON.parse(await readFile(join(dir, name), 'utf8'));
+    const other = m.rss - m.heapTotal - m.arrayBuffers;
+    log(
+      `  ${name.replace(/-\d+\.json$/, '').padEnd(18)} peak RSS ${mib(maxRssBytes)}; sampled RSS ${mib(m.rss)} = V8 heap ${mib(m.heapTotal)} (used ${mib(m.heapUsed)}) + Buffers ${mib(m.arrayBuffers)} + other native ${mib(other)}`,
+    );
+  }
+}
+
 function machine() {
   const git = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim();
   return {
@@ -231,6 +250,7 @@ async function main() {
   if (!checkTools()) return;
   const work = await mkdtemp(join(values.dir ?? tmpdir(), 'cowvol-nbdbench-'));
   if (values['cpu-prof']) await mkdir(values['cpu-prof'], { recursive: true });
+  if (values.memory) await mkdir(values.memory, { recursive: true });
   try {
     const loadBefore = loadavg();
     log(`NBD benchmark: ${fmtBytes(sizeBytes)} images, ${reps} rep(s), load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')}`);
@@ -240,6 +260,7 @@ async function main() {
     const loadAfter = loadavg();
     log(`\nfio through NBD, MiB/s from fio start to exit (connect, I/O, final FLUSH, disconnect); medians of ${reps}; load average after ${loadAfter.map((x) => x.toFixed(2)).join(' ')}`);
     printTable(rows);
+    if (values.memory) await printMemory(values.memory);
     const doc = { kind: 'nbd', date: new Date().toISOString(), sizeBytes, reps, machine: machine(), loadAverage: { before: loadBefore, after: loadAfter }, rows, runs };
     const resultsDir = fileURLToPath(new URL('results/', import.meta.url));
     await mkdir(resultsDir, { recursive: true });

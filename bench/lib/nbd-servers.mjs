@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { now } from './common.mjs';
 
 const CLI = fileURLToPath(new URL('../../packages/cli/bin/run.js', import.meta.url));
+const MEMORY_PRELOAD = new URL('./memory-preload.mjs', import.meta.url).href;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Absolute path of `cmd` on PATH, or undefined. */
@@ -103,11 +104,14 @@ function serverHandle(child, socket, stderrOf, { exportNames }) {
 /**
  * `cowvol serve <volume>` on its default socket; resolves when it printed
  * its URI. `cpuProfDir`: run the server under `node --cpu-prof` (the
- * profile is written there when it stops).
+ * profile is written there when it stops). `memoryOut`: a file the server
+ * writes its memory breakdown to when it exits (memory-preload.mjs).
  */
-export async function startCowvol(volume, { cpuProfDir } = {}) {
+export async function startCowvol(volume, { cpuProfDir, memoryOut } = {}) {
   const nodeArgs = cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`] : [];
-  const child = spawn(process.execPath, [...nodeArgs, CLI, 'serve', volume], { stdio: ['ignore', 'pipe', 'pipe'] });
+  if (memoryOut) nodeArgs.push('--import', MEMORY_PRELOAD);
+  const env = memoryOut ? { ...process.env, BENCH_MEMORY_OUT: memoryOut } : process.env;
+  const child = spawn(process.execPath, [...nodeArgs, CLI, 'serve', volume], { stdio: ['ignore', 'pipe', 'pipe'], env });
   let out = '';
   let err = '';
   child.stderr.on('data', (d) => (err = (err + d).slice(-20000)));

@@ -26,8 +26,12 @@ export {
   offsetHoleChunk,
   errorChunk,
   blockStatusChunk,
+  readReply,
+  MAX_READ_CHUNKS,
   type Extent,
 } from './replies.js';
+export { isAllZero, zeroRuns, type ZeroRun } from './zero-runs.js';
+export { ReplyWriter, MAX_BATCH_BUFFERS } from './reply-writer.js';
 export type { BlockExport, ExportCatalog, ExportListing } from './block-export.js';
 export { Negotiation, type Agreement, type OptionStep, type TlsMode } from './negotiation.js';
 export { errnoFor, RequestError } from './request-handler.js';
@@ -35,7 +39,7 @@ export { Connection, DEFAULT_LIMITS, DEFAULT_HANDSHAKE, type ConnectionLimits, t
 export { loadPskKeys, parsePskKeys, startTlsPsk, type PskKeys } from './tls-psk.js';
 export { NbdServer, DEFAULT_MAX_CONNECTIONS, type Endpoint, type NbdServerOptions, type NbdServerStatus, type ExportTotals } from './server.js';
 export { SILENT_LOGGER, type NbdLogger } from './logger.js';
-export { VolumeExports, LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX, ZERO_PIECE_BYTES } from './volume-exports.js';
+export { VolumeExports, LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX, ZERO_PIECE_BYTES, STATUS_SCAN_BYTES } from './volume-exports.js';
 export * from './control/protocol.js';
 export { ControlServer, type ControlMethod } from './control/control-server.js';
 export { controlRequest, controlSocketPath, ServedVolumeError } from './control/control-client.js';

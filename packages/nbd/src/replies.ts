@@ -22,6 +22,7 @@ import {
   OPTION_REPLY_HEADER_BYTES,
   SIMPLE_REPLY_BYTES,
 } from './constants.js';
+import { isAllZero, zeroRuns } from './zero-runs.js';
 
 /**
  * Builders of everything the server sends (docs/FORMAT.md §10). Pure: each
@@ -180,4 +181,35 @@ export function blockStatusChunk(cookie: bigint, contextId: number, extents: rea
     b.writeUInt32BE(e.flags, CHUNK_HEADER_BYTES + 8 + 8 * i);
   });
   return b;
+}
+
+/** Most chunks a READ reply is cut into: larger reads are cut into coarser pieces. */
+export const MAX_READ_CHUNKS = 256;
+
+/**
+ * The structured reply to a READ of `data` at `offsetBytes` (docs/ARCHITECTURE.md
+ * §14.11; NBD spec "NBD_CMD_READ", "NBD_CMD_FLAG_DF"): one OFFSET_HOLE chunk when
+ * every byte is zero; otherwise, with `dontFragment` or for a read shorter
+ * than two `pieceBytes`, one OFFSET_DATA chunk; otherwise the read cut at
+ * the export's multiples of `pieceBytes` (doubled until there are at most
+ * MAX_READ_CHUNKS pieces) into OFFSET_HOLE chunks for the zero runs and
+ * OFFSET_DATA chunks (views of `data`, not copies) for the rest, in order,
+ * the last with DONE.
+ */
+export function readReply(cookie: bigint, offsetBytes: number, data: Buffer, dontFragment: boolean, pieceBytes: number): Buffer[] {
+  if (isAllZero(data)) return [offsetHoleChunk(cookie, offsetBytes, data.length, true)];
+  if (dontFragment || data.length < 2 * pieceBytes) return offsetDataChunk(cookie, offsetBytes, data, true);
+  let piece = pieceBytes;
+  while (data.length / piece > MAX_READ_CHUNKS) piece *= 2;
+  const runs = zeroRuns(data, offsetBytes, piece);
+  if (runs.length === 1) return offsetDataChunk(cookie, offsetBytes, data, true);
+  const out: Buffer[] = [];
+  let at = 0;
+  runs.forEach((run, i) => {
+    const done = i === runs.length - 1;
+    if (run.zero) out.push(offsetHoleChunk(cookie, offsetBytes + at, run.lengthBytes, done));
+    else out.push(...offsetDataChunk(cookie, offsetBytes + at, data.subarray(at, at + run.lengthBytes), done));
+    at += run.lengthBytes;
+  });
+  return out;
 }

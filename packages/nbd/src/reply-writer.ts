@@ -61,7 +61,10 @@ export class ReplyWriter {
     const done = (): void => {
       for (const written of callbacks) written();
     };
-    if (socket.destroyed || !socket.writable || buffers.length === 0) return done();
+    if (socket.destroyed || !socket.writable || buffers.length === 0) {
+      done();
+      return;
+    }
     socket.cork();
     const last = buffers.length - 1;
     for (let i = 0; i < last; i++) socket.write(buffers[i]!);

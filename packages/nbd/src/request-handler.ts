@@ -25,7 +25,7 @@ import type { BlockExport } from './block-export.js';
 import type { RequestMessage } from './framing.js';
 import { dirtyExtents, type MetaContext } from './meta-context.js';
 import type { Agreement } from './negotiation.js';
-import { blockStatusChunk, chunkHeader, errorChunk, offsetDataChunk, simpleReply, type Extent } from './replies.js';
+import { blockStatusChunk, chunkHeader, errorChunk, readReply, simpleReply, type Extent } from './replies.js';
 
 /** Command flags this server accepts ("Command flags"); any other bit is EINVAL. */
 const KNOWN_COMMAND_FLAGS = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_DF | NBD_CMD_FLAG_REQ_ONE | NBD_CMD_FLAG_FAST_ZERO;
@@ -94,7 +94,7 @@ export async function runRequest(agreement: Agreement, request: RequestMessage):
       // A zero-length READ has no data chunk to send: a NONE chunk ends it.
       if (lengthBytes === 0) return [agreement.structured ? chunkHeader(cookie, NBD_REPLY_TYPE_NONE, 0, true) : simpleReply(cookie, 0)];
       const data = await target.read(offsetBytes, lengthBytes);
-      return agreement.structured ? offsetDataChunk(cookie, offsetBytes, data, true) : [simpleReply(cookie, 0), data];
+      return agreement.structured ? readReply(cookie, offsetBytes, data, (request.flags & NBD_CMD_FLAG_DF) !== 0, target.preferredBlockBytes) : [simpleReply(cookie, 0), data];
     }
     case NBD_CMD_WRITE:
       if (lengthBytes > 0) {

@@ -1,6 +1,9 @@
 import { InvalidArgumentError, type Volume } from '@cowvol/cow-core';
 import type { BlockExport, ExportCatalog, ExportListing } from './block-export.js';
 import { SnapshotInUseError } from './errors.js';
+import { NBD_STATE_ZERO } from './constants.js';
+import type { Extent } from './replies.js';
+import { zeroRuns } from './zero-runs.js';
 
 /** The live volume's export name; the empty name (the NBD default export) means it too. */
 export const LIVE_EXPORT = 'live';
@@ -10,6 +13,26 @@ export const SNAPSHOT_EXPORT_PREFIX = 'snapshot/';
 export const ZERO_PIECE_BYTES = 1024 * 1024;
 
 const ZEROES = Buffer.alloc(ZERO_PIECE_BYTES);
+
+/**
+ * Most bytes one `base:allocation` BLOCK_STATUS reads to find the zero
+ * blocks (docs/ARCHITECTURE.md §14.11): a longer request is answered for its
+ * first STATUS_SCAN_BYTES, and the client asks again from there (the spec
+ * lets a reply cover less than the range).
+ */
+export const STATUS_SCAN_BYTES = 4 * 1024 * 1024;
+
+/**
+ * `base:allocation` extents of [offsetBytes, offsetBytes + min(lengthBytes,
+ * STATUS_SCAN_BYTES)) from the bytes `read` returns: NBD_STATE_ZERO for runs
+ * of whole blocks (the export's `blockBytes`, aligned in the export) that
+ * read as zeros, data (0) for the rest. NBD_STATE_HOLE is never set: the
+ * volume tracks no unallocated blocks (§14.11).
+ */
+async function zeroStatus(read: (offsetBytes: number, lengthBytes: number) => Promise<Buffer>, offsetBytes: number, lengthBytes: number, blockBytes: number): Promise<Extent[]> {
+  const data = await read(offsetBytes, Math.min(lengthBytes, STATUS_SCAN_BYTES));
+  return zeroRuns(data, offsetBytes, blockBytes).map((run) => ({ lengthBytes: run.lengthBytes, flags: run.zero ? NBD_STATE_ZERO : 0 }));
+}
 
 /** The live volume: read-write unless the server was started read-only. */
 class LiveExport implements BlockExport {
@@ -59,6 +82,10 @@ class LiveExport implements BlockExport {
   zeroIsFast(): Promise<boolean> {
     return Promise.resolve(false);
   }
+  /** `base:allocation`: zero blocks as NBD_STATE_ZERO, from a read of at most STATUS_SCAN_BYTES (§14.11). @throws OUT_OF_RANGE, IO_ERROR */
+  blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
+    return zeroStatus((o, l) => this.volume.read(o, l), offsetBytes, lengthBytes, this.volume.blockSizeBytes);
+  }
   /** A `qemu:dirty-bitmap:<name>` per snapshot (docs/ARCHITECTURE.md §14.9). */
   async dirtyBitmaps(): Promise<string[]> {
     return (await this.volume.listSnapshots()).map((s) => s.name);
@@ -97,6 +124,10 @@ class SnapshotExport implements BlockExport {
   }
   async flush(): Promise<void> {
     // Nothing to make durable: a snapshot does not change.
+  }
+  /** `base:allocation`: zero blocks as NBD_STATE_ZERO, from a read of at most STATUS_SCAN_BYTES (§14.11). @throws SNAPSHOT_NOT_FOUND, STORE_CORRUPT, IO_ERROR */
+  blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
+    return zeroStatus((o, l) => this.volume.readSnapshot(this.snapshotName, o, l), offsetBytes, lengthBytes, this.volume.blockSizeBytes);
   }
 }
 

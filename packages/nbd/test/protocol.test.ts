@@ -19,8 +19,12 @@ import {
   parseClientFlags,
   parseOption,
   parseRequest,
+  readReply,
+  MAX_READ_CHUNKS,
   serverReply,
   simpleReply,
+  zeroRuns,
+  isAllZero,
 } from '../src/index.js';
 import { infoRequest, metaRequest } from './raw-client.js';
 
@@ -161,5 +165,63 @@ describe('builders (docs/FORMAT.md §10)', () => {
     expect(hex(offsetHoleChunk(5n, 0, 512, false))).toBe('668e33ef' + '0000' + '0002' + '0000000000000005' + '0000000c' + '0000000000000000' + '00000200');
     expect(hex(errorChunk(5n, 5, 'x'))).toBe('668e33ef' + '0001' + '8001' + '0000000000000005' + '00000007' + '00000005' + '0001' + '78');
     expect(hex(blockStatusChunk(5n, 1, [{ lengthBytes: 4096, flags: 3 }], true))).toBe('668e33ef' + '0001' + '0005' + '0000000000000005' + '0000000c' + '00000001' + '00001000' + '00000003');
+  });
+});
+
+describe('zeros as holes (docs/ARCHITECTURE.md §14.11)', () => {
+  /** Decodes a READ reply's chunks: [offset, length, 'hole' | 'data', done]. */
+  function chunksOf(reply: Buffer[]): Array<[number, number, string, boolean]> {
+    const all = Buffer.concat(reply);
+    const out: Array<[number, number, string, boolean]> = [];
+    for (let at = 0; at < all.length;) {
+      const type = all.readUInt16BE(at + 6);
+      const length = all.readUInt32BE(at + 16);
+      const offset = Number(all.readBigUInt64BE(at + 20));
+      const done = (all.readUInt16BE(at + 4) & 1) === 1;
+      out.push(type === 2 ? [offset, all.readUInt32BE(at + 28), 'hole', done] : [offset, length - 8, 'data', done]);
+      at += 20 + length;
+    }
+    return out;
+  }
+
+  it("zeroRuns cuts at the export's piece boundaries, merges equal neighbours and covers the data exactly", () => {
+    const data = Buffer.alloc(5 * 4096);
+    data[4096 + 17] = 1; // export byte 1000 + 4113: in the export's piece [4096, 8192), data bytes [3096, 7192)
+    expect(isAllZero(Buffer.alloc(200_000))).toBe(true);
+    expect(isAllZero(data)).toBe(false);
+    // Read at export offset 1000: pieces end at 4096, 8192, … of the export; the first is partial.
+    const runs = zeroRuns(data, 1000, 4096);
+    expect(runs).toEqual([
+      { lengthBytes: 3096, zero: true },
+      { lengthBytes: 4096, zero: false },
+      { lengthBytes: 5 * 4096 - 7192, zero: true },
+    ]);
+    expect(runs.reduce((n, r) => n + r.lengthBytes, 0)).toBe(data.length);
+  });
+
+  it('readReply: all zeros is one OFFSET_HOLE even under DF; mixed data is hole and data chunks, DONE on the last; DF or a short read one data chunk', () => {
+    expect(chunksOf(readReply(1n, 8192, Buffer.alloc(4096), true, 4096))).toEqual([[8192, 4096, 'hole', true]]);
+    const mixed = Buffer.alloc(16 * 4096);
+    mixed.fill(7, 4 * 4096, 6 * 4096);
+    expect(chunksOf(readReply(1n, 0, mixed, false, 4096))).toEqual([
+      [0, 4 * 4096, 'hole', false],
+      [4 * 4096, 2 * 4096, 'data', false],
+      [6 * 4096, 10 * 4096, 'hole', true],
+    ]);
+    expect(chunksOf(readReply(1n, 0, mixed, true, 4096))).toEqual([[0, 16 * 4096, 'data', true]]);
+    const short = Buffer.alloc(6000);
+    short[0] = 1;
+    expect(chunksOf(readReply(1n, 0, short, false, 4096))).toEqual([[0, 6000, 'data', true]]);
+    // A data chunk carries a view of the bytes read, not a copy.
+    const reply = readReply(1n, 0, mixed, false, 4096);
+    expect(reply.some((b) => b.buffer === mixed.buffer && b.length === 2 * 4096)).toBe(true);
+  });
+
+  it(`readReply: a large read with alternating zero and data blocks is cut into at most ${MAX_READ_CHUNKS} chunks`, () => {
+    const data = Buffer.alloc(8 * 1024 * 1024);
+    for (let at = 0; at < data.length; at += 2 * 4096) data[at] = 1; // every other block holds data
+    const chunks = chunksOf(readReply(1n, 0, data, false, 4096));
+    expect(chunks.length).toBeLessThanOrEqual(MAX_READ_CHUNKS);
+    expect(chunks.reduce((n, c) => n + c[1], 0)).toBe(data.length);
   });
 });

@@ -35,6 +35,7 @@ import {
   NBD_REPLY_TYPE_BLOCK_STATUS,
   NBD_REPLY_TYPE_ERROR,
   NBD_REPLY_TYPE_OFFSET_DATA,
+  NBD_REPLY_TYPE_OFFSET_HOLE,
   NbdServer,
   type ConnectionLimits,
 } from '../src/index.js';
@@ -231,6 +232,29 @@ describe('transmission', () => {
     const bs = await c.readAnyReply();
     expect([bs.type, bs.flags, bs.payload.length]).toEqual([NBD_REPLY_TYPE_BLOCK_STATUS, 1, 12]);
     expect([bs.payload.readUInt32BE(0), bs.payload.readUInt32BE(4), bs.payload.readUInt32BE(8)]).toEqual([1, 65536, 0]);
+  });
+
+  it('64 READs in flight answered in one turn: each reply whole and with its own bytes; zero ranges as OFFSET_HOLE', async () => {
+    await start();
+    for (let i = 0; i < 64; i++) if (i % 4 !== 0) live.data.fill(i, i * 4096, (i + 1) * 4096); // every fourth block stays zero
+    const stall = deferred();
+    live.gate = stall.promise;
+    const c = await RawClient.connect(socketPath);
+    await c.open('live', { structured: true });
+    for (let i = 0; i < 64; i++) c.sendRequest({ type: NBD_CMD_READ, cookie: BigInt(i), offsetBytes: i * 4096, lengthBytes: 4096 });
+    await until(() => live.readsStarted >= 64);
+    stall.resolve(); // all 64 complete together: their replies leave in one batch
+    const seen = new Set<bigint>();
+    for (let n = 0; n < 64; n++) {
+      const r = await c.readAnyReply();
+      const i = Number(r.cookie);
+      expect(r.flags & 1).toBe(1);
+      expect(Number(r.payload.readBigUInt64BE(0))).toBe(i * 4096);
+      if (i % 4 === 0) expect([r.type, r.payload.readUInt32BE(8)]).toEqual([NBD_REPLY_TYPE_OFFSET_HOLE, 4096]);
+      else expect([r.type, r.payload.subarray(8).equals(Buffer.alloc(4096, i))]).toEqual([NBD_REPLY_TYPE_OFFSET_DATA, true]);
+      seen.add(r.cookie);
+    }
+    expect(seen.size).toBe(64);
   });
 
   it('replies come out of order: a FLUSH behind a stalled READ is answered first', async () => {
