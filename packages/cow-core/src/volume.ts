@@ -25,6 +25,17 @@ import {
 } from './snapshot-lifecycle.js';
 import { abandonParts, closeVolume, openForReading, openVolumeParts } from './volume-lifecycle.js';
 import { createVolumeFiles } from './volume-create.js';
+import {
+  deleteSelectedLocked,
+  labelChange,
+  planSelected,
+  validateDeleteSelection,
+  type DeleteSelection,
+  type LabelChange,
+  type SelectedDeleteOptions,
+  type SelectedDeletePlan,
+  type SelectedDeleteResult,
+} from './snapshot-policy.js';
 import { checkConsistencyFrozen, checkFrozen, diffOf, namedMaps, spaceUsageOf, volumeInfo, type CheckOptions } from './volume-reports.js';
 import type { ConsistencyReport, CreateSnapshotOptions, CreateVolumeOptions, DeleteResult, MultiDeleteResult, OpenVolumeOptions, SnapshotInfo, VolumeInfo, VolumeStats } from './volume-types.js';
 
@@ -255,6 +266,24 @@ export class Volume {
     });
   }
 
+  /**
+   * Deletes the snapshots `selection` chooses (snapshot-policy.ts), the
+   * choice made frozen with the delete's mark: a concurrent create, hold or
+   * label change cannot race it (docs/ARCHITECTURE.md §15.4). Held ones
+   * are left alone (`skippedHeld`).
+   * @throws INVALID_ARGUMENT, INVALID_LABEL (a bad selection), what `options.guard` throws, IO_ERROR
+   */
+  async deleteSelected(selection: DeleteSelection, options: SelectedDeleteOptions = {}): Promise<SelectedDeleteResult> {
+    validateDeleteSelection(selection);
+    return this.ctx.deleteLock.runExclusive(() => deleteSelectedLocked(this.ctx, selection, options));
+  }
+
+  /** What {@link deleteSelected} of `selection` would delete and free now; changes nothing. @throws INVALID_ARGUMENT, INVALID_LABEL */
+  async planDeleteSelected(selection: DeleteSelection): Promise<SelectedDeletePlan> {
+    validateDeleteSelection(selection);
+    return this.ctx.settled(() => planSelected(this.ctx, selection));
+  }
+
   /** Size, snapshots, store usage, format version, recovery report. */
   async info(): Promise<VolumeInfo> {
     return this.ctx.settled(() => volumeInfo(this.ctx));
@@ -317,6 +346,16 @@ export class Volume {
         else delete rec.labels;
       },
     }));
+  }
+
+  /**
+   * Sets and removes labels of a snapshot in one step, frozen: the labels
+   * it carries are read and replaced with nothing between (no lost update
+   * when two changes race; docs/ARCHITECTURE.md §15.4). A key in both `set` and `remove` is set.
+   * @throws SNAPSHOT_NOT_FOUND, INVALID_LABEL
+   */
+  async changeSnapshotLabels(name: string, change: LabelChange): Promise<SnapshotInfo> {
+    return this.changeSnapshot(name, labelChange(change));
   }
 
   /** Holds (`held` true; then SNAPSHOT_HELD refuses its delete) or releases a snapshot. Idempotent. @throws SNAPSHOT_NOT_FOUND */
