@@ -59,7 +59,8 @@ export function validateDeleteSelection(selection: DeleteSelection): void {
     throw new InvalidArgumentError(`olderThanMs must be a non-negative number of milliseconds, got ${String(olderThanMs)}`);
   if (keepNewest !== undefined && (!Number.isSafeInteger(keepNewest) || keepNewest < 0)) throw new InvalidArgumentError(`keepNewest must be a non-negative integer, got ${String(keepNewest)}`);
   if (!Array.isArray(labels)) throw new InvalidArgumentError('the labels of a filter are [key, value] pairs');
-  for (const pair of labels) {
+  // The shape is checked as unknown: a selection may come from a control request's JSON.
+  for (const pair of labels as unknown[]) {
     if (!Array.isArray(pair) || pair.length !== 2 || typeof pair[0] !== 'string' || typeof pair[1] !== 'string') throw new InvalidArgumentError('each label of a filter is a [key, value] pair');
     const one = Object.create(null) as Record<string, string>;
     one[pair[0]] = pair[1];
