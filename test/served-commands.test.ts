@@ -131,6 +131,8 @@ const STEPS: Array<{ args: string[]; exit: number }> = [
   { args: ['snapshot', 'label', '<vol>', 's2', 'k=v', '--json'], exit: 0 },
   { args: ['snapshot', 'label', '<vol>', 'nope', 'k=v', '--json'], exit: 3 },
   { args: ['snapshot', 'label', '<vol>', 's2', 'bad key=v', '--json'], exit: 2 },
+  { args: ['snapshot', 'hold', '<vol>', 's1', 'nope', 's2', '--json'], exit: 3 },
+  { args: ['snapshot', 'list', '<vol>', '--json'], exit: 0 },
   { args: ['snapshot', 'hold', '<vol>', 's1', 's2'], exit: 0 },
   { args: ['snapshot', 'delete', '<vol>', 's2', '--json'], exit: 4 },
   { args: ['snapshot', 'delete', '<vol>', 's1', 's2', '--dry-run', '--json'], exit: 4 },

@@ -1,8 +1,9 @@
-import { InvalidArgumentError } from './errors.js';
+import { InvalidArgumentError, SnapshotNotFoundError } from './errors.js';
 import { validateLabels } from './labels.js';
 import type { SnapshotRecord } from './metadata.js';
 import { planDelete, type DeletePlan } from './space.js';
-import { deleteSnapshotsLocked, type SnapshotChange } from './snapshot-lifecycle.js';
+import { deleteSnapshotsLocked, describeSnapshot, type SnapshotChange } from './snapshot-lifecycle.js';
+import type { SnapshotInfo } from './volume-types.js';
 import { namedMaps } from './volume-reports.js';
 import type { VolumeContext } from './volume-context.js';
 import type { MultiDeleteResult } from './volume-types.js';
@@ -161,4 +162,28 @@ export function labelChange(change: LabelChange): SnapshotChange {
       },
     };
   };
+}
+
+/**
+ * Holds (`held` true) or releases the snapshots `names`, frozen by the
+ * caller, all or none: every name is found first (else SNAPSHOT_NOT_FOUND,
+ * nothing changed), then the holds that change are committed in one
+ * transaction (docs/ARCHITECTURE.md §15.4). Returns the snapshots in the order named.
+ * @throws SNAPSHOT_NOT_FOUND, IO_ERROR, JOURNAL_ABORTED
+ */
+export async function holdSnapshotsFrozen(ctx: VolumeContext, names: readonly string[], held: boolean): Promise<SnapshotInfo[]> {
+  const found = names.map((name) => {
+    const rec = ctx.findLive(name);
+    if (!rec) throw new SnapshotNotFoundError(name);
+    return rec;
+  });
+  const changing = [...new Set(found)].filter((rec) => (rec.held === true) !== held);
+  if (changing.length > 0) {
+    await ctx.commitRecords(changing.map((rec) => ({ o: 'hold' as const, id: rec.id, held })));
+    for (const rec of changing) {
+      if (held) rec.held = true;
+      else delete rec.held;
+    }
+  }
+  return found.map((rec) => describeSnapshot(ctx, rec));
 }

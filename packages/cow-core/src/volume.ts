@@ -27,6 +27,7 @@ import { abandonParts, closeVolume, openForReading, openVolumeParts } from './vo
 import { createVolumeFiles } from './volume-create.js';
 import {
   deleteSelectedLocked,
+  holdSnapshotsFrozen,
   labelChange,
   planSelected,
   validateDeleteSelection,
@@ -364,6 +365,15 @@ export class Volume {
       if ((rec.held === true) === held) return undefined;
       return { records: [{ o: 'hold', id: rec.id, held }], apply: () => (held ? (rec.held = true) : delete rec.held) };
     });
+  }
+
+  /**
+   * Holds or releases several snapshots in one step: all found first (else
+   * nothing changes), one transaction, frozen (snapshot-policy.ts, docs/ARCHITECTURE.md §15.4). Idempotent.
+   * @throws SNAPSHOT_NOT_FOUND
+   */
+  async holdSnapshots(names: readonly string[], held = true): Promise<SnapshotInfo[]> {
+    return this.ctx.frozen(() => holdSnapshotsFrozen(this.ctx, names, held));
   }
 
   /** The identity of a snapshot's content: its `origin` when imported, else this volume's uuid, its id and creation time. @throws SNAPSHOT_NOT_FOUND */

@@ -209,3 +209,28 @@ describe('Volume.changeSnapshotLabels', () => {
     }
   });
 });
+
+describe('Volume.holdSnapshots', () => {
+  it('all or none: a missing name changes nothing; the holds that change go in one transaction; idempotent', async () => {
+    const v = await Volume.create(path, { sizeBytes: 16 * BS });
+    try {
+      await v.createSnapshot('a');
+      await v.createSnapshot('b');
+      await expect(v.holdSnapshots(['a', 'nope', 'b'])).rejects.toMatchObject({ code: 'SNAPSHOT_NOT_FOUND' });
+      expect((await v.listSnapshots()).map((s) => s.held)).toEqual([false, false]);
+      const commits = (await v.info()).journal.commits;
+      expect((await v.holdSnapshots(['b', 'a', 'b'])).map((s) => [s.name, s.held])).toEqual([
+        ['b', true],
+        ['a', true],
+        ['b', true],
+      ]);
+      expect((await v.info()).journal.commits).toBe(commits + 1);
+      await v.holdSnapshots(['a', 'b']);
+      expect((await v.info()).journal.commits).toBe(commits + 1);
+      await v.holdSnapshots(['a'], false);
+      expect((await v.listSnapshots()).map((s) => s.held)).toEqual([false, true]);
+    } finally {
+      await v.close();
+    }
+  });
+});

@@ -49,9 +49,7 @@ export function snapshotMethods(volume: Volume, server: NbdServer, exports: Volu
       const names = namesParam(params);
       const held = params.held;
       if (typeof held !== 'boolean') throw new InvalidArgumentError('params.held must be a boolean');
-      const snapshots = [];
-      for (const name of names) snapshots.push(await volume.holdSnapshot(name, held));
-      return { snapshots };
+      return { snapshots: await volume.holdSnapshots(names, held) };
     },
   };
 }
