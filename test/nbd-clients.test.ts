@@ -82,7 +82,7 @@ describe.skipIf(missing)(`cowvol serve with real NBD clients${skipReason}`, () =
     expect(uri).toBe(`nbd+unix:///?socket=${vol}.cowvol/nbd.sock`);
     const mode = spawnSync('stat', ['-c', '%a', socket]).stdout.toString().trim();
     expect(mode).toBe('600');
-    const busy = await cowvol(['snapshot', 'diff', vol, 'no-such-snapshot']);
+    const busy = await cowvol(['accept-changes', vol]);
     expect(busy.code).toBe(5);
     expect(busy.stderr).toContain('VOLUME_BUSY');
   });

@@ -1,20 +1,25 @@
 /**
- * `info`, `snapshot info`, `snapshot delete`, `rename`, `label`, `hold` and
- * `release` on a served volume (README "Serving a volume",
+ * `info`, `snapshot info`, `snapshot delete` (names and every filter),
+ * `rename`, `label`, `hold`, `release`, `snapshot diff`, `snapshot export`
+ * and `check` (with --read-data) on a served volume (README "Serving a volume",
  * docs/FORMAT.md §11.2): the same steps run on two volumes built alike, one offline and one
  * served by `cowvol serve`, give the same stdout (text and --json), stderr
  * and exit code, once the volume path, its uuid and creation times (which
  * legitimately differ) are replaced by placeholders, and so are the journal
- * counters of the process holding the volume open. Then SNAPSHOT_IN_USE
+ * counters of the process holding the volume open; the streams exported
+ * both ways hold the same header (but its creation time) and the same
+ * extents. `snapshot restore`, `import`, `accept-changes` and `check
+ * --repair` are refused (VOLUME_BUSY, with a note saying why). Then SNAPSHOT_IN_USE
  * (exit 4): delete and rename of a snapshot an nbdsh (libnbd) client holds
  * open as `snapshot/<name>` are refused and change nothing, and succeed once
- * it disconnected. Needs nbdsh with Debian's python3-libnbd (under CI=true a
- * missing one fails).
- */
+ * it disconnected; so is a delete by filter that chooses it. Needs nbdsh with Debian's python3-libnbd (under CI=true a
+ * missing one fails). */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TRAILER_BYTES, readHeader } from '@cowvol/cow-core';
 import { cowvol, cowvolOk, jsonOf, tempDir, type RunResult } from './helpers.js';
 import { requireTools, startServe } from './nbd-peers.js';
 
@@ -62,6 +67,19 @@ function normalise(text: string, vol: string, uuid: string): string {
     .replace(/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z/g, '<time>');
 }
 
+/**
+ * A stream file's header (its creation time, which differs from run to
+ * run, left out) and the bytes of its extents (between the header and the
+ * trailer, whose checksum chains the header's: docs/FORMAT.md, "Snapshot stream").
+ */
+async function streamParts(path: string): Promise<{ header: Record<string, unknown>; body: Buffer }> {
+  const bytes = await readFile(path);
+  const { header, lengthBytes } = await readHeader({ lengthBytes: bytes.length, read: (offset, length) => Promise.resolve(bytes.subarray(offset, offset + length)) });
+  const rest: Record<string, unknown> = { ...header };
+  delete rest.createdAt;
+  return { header: rest, body: bytes.subarray(lengthBytes, bytes.length - TRAILER_BYTES) };
+}
+
 interface Outcome {
   code: number;
   stdout: string;
@@ -94,16 +112,43 @@ const STEPS: Array<{ args: string[]; exit: number }> = [
   { args: ['snapshot', 'info', '<vol>', 's3', '--json'], exit: 0 },
   { args: ['snapshot', 'info', '<vol>', 'nope'], exit: 3 },
   { args: ['snapshot', 'info', '<vol>', 'nope', '--json'], exit: 3 },
+  { args: ['snapshot', 'diff', '<vol>', 's1'], exit: 0 },
+  { args: ['snapshot', 'diff', '<vol>', 's1', 's3', '--json'], exit: 0 },
+  { args: ['snapshot', 'diff', '<vol>', 's2', '--json'], exit: 0 },
+  { args: ['snapshot', 'diff', '<vol>', 'nope'], exit: 3 },
+  { args: ['snapshot', 'diff', '<vol>', 's1', 'nope', '--json'], exit: 3 },
+  { args: ['snapshot', 'export', '<vol>', 's2', '--output', '<out>'], exit: 0 },
+  { args: ['snapshot', 'export', '<vol>', 's3', '--since', 's1', '--output', '<out>.inc', '--json'], exit: 0 },
+  { args: ['snapshot', 'export', '<vol>', 'nope', '--output', '<out>.nope'], exit: 3 },
+  { args: ['snapshot', 'export', '<vol>', 's3', '--since', 'nope', '--output', '<out>.nope', '--json'], exit: 3 },
+  { args: ['snapshot', 'export', '<vol>', 's1', '--since', 's3', '--output', '<out>.nope', '--json'], exit: 2 },
+  { args: ['snapshot', 'export', '<vol>', 's1', '--output', '-', '--json'], exit: 2 },
+  { args: ['check'], exit: 0 },
+  { args: ['check', '--json'], exit: 0 },
+  { args: ['check', '--read-data'], exit: 0 },
+  { args: ['check', '--read-data', '--json'], exit: 0 },
   { args: ['snapshot', 'label', '<vol>', 's1', 'env=prod', '--remove', 'kind'], exit: 0 },
   { args: ['snapshot', 'label', '<vol>', 's2', 'k=v', '--json'], exit: 0 },
   { args: ['snapshot', 'label', '<vol>', 'nope', 'k=v', '--json'], exit: 3 },
   { args: ['snapshot', 'label', '<vol>', 's2', 'bad key=v', '--json'], exit: 2 },
+  { args: ['snapshot', 'hold', '<vol>', 's1', 'nope', 's2', '--json'], exit: 3 },
+  { args: ['snapshot', 'list', '<vol>', '--json'], exit: 0 },
   { args: ['snapshot', 'hold', '<vol>', 's1', 's2'], exit: 0 },
   { args: ['snapshot', 'delete', '<vol>', 's2', '--json'], exit: 4 },
   { args: ['snapshot', 'delete', '<vol>', 's1', 's2', '--dry-run', '--json'], exit: 4 },
   { args: ['snapshot', 'release', '<vol>', 's2', '--json'], exit: 0 },
   { args: ['snapshot', 'hold', '<vol>', 'nope', '--json'], exit: 3 },
   { args: ['snapshot', 'release', '<vol>', 's1'], exit: 0 },
+  { args: ['snapshot', 'delete', '<vol>', '--label', 'host=db1'], exit: 2 },
+  { args: ['snapshot', 'delete', '<vol>', 's1', '--keep-newest', '1', '--json'], exit: 2 },
+  { args: ['snapshot', 'delete', '<vol>', '--older-than', '3x', '--json'], exit: 2 },
+  { args: ['snapshot', 'delete', '<vol>', '--label', 'bad key=v', '--keep-newest', '0', '--json'], exit: 2 },
+  { args: ['snapshot', 'delete', '<vol>', '--keep-newest', '0', '--dry-run'], exit: 0 },
+  { args: ['snapshot', 'delete', '<vol>', '--keep-newest', '0', '--dry-run', '--json'], exit: 0 },
+  { args: ['snapshot', 'delete', '<vol>', '--keep-newest', '1', '--label', 'host=db1', '--dry-run', '--json'], exit: 0 },
+  { args: ['snapshot', 'delete', '<vol>', '--older-than', '1d'], exit: 0 },
+  { args: ['snapshot', 'delete', '<vol>', '--older-than', '1d', '--label', 'env=prod', '--json'], exit: 0 },
+  { args: ['snapshot', 'delete', '<vol>', '--older-than', '0s', '--label', 'k=v', '--dry-run'], exit: 0 },
   { args: ['snapshot', 'rename', '<vol>', 's2', 's2b'], exit: 0 },
   { args: ['snapshot', 'rename', '<vol>', 's1', 's3', '--json'], exit: 4 },
   { args: ['snapshot', 'rename', '<vol>', 'nope', 'x', '--json'], exit: 3 },
@@ -112,14 +157,29 @@ const STEPS: Array<{ args: string[]; exit: number }> = [
   { args: ['snapshot', 'delete', '<vol>', 's2b', '--dry-run'], exit: 0 },
   { args: ['snapshot', 'delete', '<vol>', 's2b'], exit: 0 },
   { args: ['snapshot', 'delete', '<vol>', 's1', '--json'], exit: 0 },
+  { args: ['snapshot', 'create', '<vol>', 'n1', '--label', 'kind=nightly'], exit: 0 },
+  { args: ['snapshot', 'create', '<vol>', 'n2', '--label', 'kind=nightly', '--json'], exit: 0 },
+  { args: ['snapshot', 'create', '<vol>', 'n3', '--label', 'kind=nightly'], exit: 0 },
+  { args: ['snapshot', 'create', '<vol>', 'n4', '--label', 'kind=nightly'], exit: 0 },
+  { args: ['snapshot', 'hold', '<vol>', 'n2'], exit: 0 },
+  { args: ['snapshot', 'delete', '<vol>', '--label', 'kind=nightly', '--keep-newest', '2', '--json'], exit: 0 },
+  { args: ['snapshot', 'label', '<vol>', 'n3', 'keep=yes', '--remove', 'kind', '--json'], exit: 0 },
+  { args: ['snapshot', 'delete', '<vol>', '--older-than', '0s', '--label', 'kind=nightly'], exit: 0 },
+  { args: ['snapshot', 'delete', '<vol>', '--keep-newest', '0', '--label', 'kind=nightly', '--json'], exit: 0 },
+  { args: ['snapshot', 'release', '<vol>', 'n2'], exit: 0 },
+  { args: ['snapshot', 'delete', '<vol>', '--keep-newest', '1', '--label', 'kind=nightly', '--dry-run', '--json'], exit: 0 },
+  { args: ['snapshot', 'delete', '<vol>', '--keep-newest', '0', '--label', 'kind=nightly'], exit: 0 },
+  { args: ['snapshot', 'diff', '<vol>', 's3', 'n3'], exit: 0 },
+  { args: ['check', '--read-data', '--json'], exit: 0 },
   { args: ['snapshot', 'info', '<vol>', 's3'], exit: 0 },
   { args: ['info', '--json'], exit: 0 },
   { args: ['info'], exit: 0 },
 ];
 
-/** The step's argv for `vol`: `<vol>` is replaced, or the volume follows the command's first word (`info <vol>`). */
+/** The step's argv for `vol`: `<vol>` is replaced, or the volume follows the command's first word (`info <vol>`); `<out>` is a file beside the volume. */
 function argvOf(args: string[], vol: string): string[] {
-  return args.includes('<vol>') ? args.map((a) => (a === '<vol>' ? vol : a)) : [args[0]!, vol, ...args.slice(1)];
+  const out = args.map((a) => a.replace('<out>', `${vol}.out`));
+  return out.includes('<vol>') ? out.map((a) => (a === '<vol>' ? vol : a)) : [out[0]!, vol, ...out.slice(1)];
 }
 
 describe.skipIf(missing)(`info and snapshot info, delete, rename, label, hold, release on a served volume${skipReason}`, () => {
@@ -134,21 +194,33 @@ describe.skipIf(missing)(`info and snapshot info, delete, rename, label, hold, r
       expect(b, `cowvol ${step.args.join(' ')} served vs offline`).toEqual(a);
       expect(a.code, `cowvol ${step.args.join(' ')}: ${a.stderr}`).toBe(step.exit);
     }
-    // Every step went to the server: it still holds the volume, so offline opens refuse.
-    const busy = await cowvol(['snapshot', 'diff', servedVol, 'no-such-snapshot']);
-    expect([busy.code, busy.stderr]).toEqual([5, expect.stringContaining('[VOLUME_BUSY]')]);
-    // A filter chooses offline only: refused, naming what works.
-    const filtered = await cowvol(['snapshot', 'delete', servedVol, '--keep-newest', '0']);
-    expect([filtered.code, filtered.stderr]).toEqual([5, expect.stringContaining('chooses by --older-than, --keep-newest and --label offline only')]);
+    // Every step went to the server: it still holds the volume, so the commands that change it whole refuse, saying why.
+    const exported = join(dir, 'served.img.out');
+    for (const [args, note] of [
+      [['snapshot', 'restore', servedVol, 's3'], 'snapshot restore rewrites the live volume under its NBD clients'],
+      [['import', servedVol, '--input', exported], 'import applies a stream onto the volume the server holds open'],
+      [['accept-changes', servedVol], 'accept-changes takes the volume file as it is'],
+      [['check', servedVol, '--repair'], 'check --repair changes the volume the server holds open'],
+    ] as const) {
+      const refused = await cowvol([...args]);
+      expect([refused.code, refused.stderr], args.join(' ')).toEqual([args[0] === 'check' ? 1 : 5, expect.stringContaining('[VOLUME_BUSY]')]);
+      expect(refused.stderr).toContain(note);
+    }
+    // The streams written offline and through the server: the same header (but its creation time) and the same bytes after it.
+    for (const suffix of ['.out', '.out.inc']) {
+      const [a, b] = await Promise.all([streamParts(join(dir, `offline.img${suffix}`)), streamParts(join(dir, `served.img${suffix}`))]);
+      expect(normalise(JSON.stringify(b.header), servedVol, servedUuid), suffix).toBe(normalise(JSON.stringify(a.header), offline, offlineUuid));
+      expect(b.body.equals(a.body), `stream ${suffix}: extents served vs offline`).toBe(true);
+    }
     await cowvolOk(['stop', servedVol]);
     expect(await server.exited).toBe(0);
     // Stopped: both volumes hold the same snapshots.
     const names = async (vol: string): Promise<string[]> => jsonOf<{ snapshots: Array<{ name: string }> }>(await cowvolOk(['snapshot', 'list', vol, '--json'])).snapshots.map((s) => s.name);
     expect(await names(servedVol)).toEqual(await names(offline));
-    expect(await names(offline)).toEqual(['s3']);
-  }, 600_000);
+    expect(await names(offline)).toEqual(['s3', 'n3']);
+  }, 900_000);
 
-  it('delete and rename of a snapshot an NBD client holds open: SNAPSHOT_IN_USE (exit 4), nothing changed; after it disconnects both succeed', async () => {
+  it('delete (by name or filter) and rename of a snapshot an NBD client holds open: SNAPSHOT_IN_USE (exit 4), nothing changed; after it disconnects both succeed', async () => {
     const vol = await buildVolume('in-use.img');
     const server = await serve(vol);
     await cowvolOk(['snapshot', 'release', vol, 's3']);
@@ -172,6 +244,8 @@ describe.skipIf(missing)(`info and snapshot info, delete, rename, label, hold, r
       ['snapshot', 'delete', vol, 's2', '--json'],
       ['snapshot', 'delete', vol, 's1', 's2', '--json'],
       ['snapshot', 'rename', vol, 's2', 'moved', '--json'],
+      // A filter that chooses it (with s1 and s3): the whole delete is refused.
+      ['snapshot', 'delete', vol, '--keep-newest', '0', '--json'],
     ]) {
       const refused = await cowvol(args);
       expect(refused.code, refused.stderr).toBe(4);

@@ -133,13 +133,22 @@ export abstract class CowvolCommand extends Command {
    * @throws what withVolume throws; the server's error (the same code as offline)
    */
   protected async withServedVolume<T>(path: string, method: string, params: Record<string, unknown>, offline: (volume: Volume) => Promise<T>, mode: OpenMode = {}): Promise<T> {
+    return this.withServedVolumeVia(path, async () => (await askServer(path, method, params)) as T, offline, mode);
+  }
+
+  /**
+   * {@link withServedVolume} for a command that asks its server more than
+   * one request (a paged `snapshot diff`): `served` runs them.
+   * @throws what withVolume throws; what `served` throws
+   */
+  protected async withServedVolumeVia<T>(path: string, served: () => Promise<T>, offline: (volume: Volume) => Promise<T>, mode: OpenMode = {}): Promise<T> {
     try {
       return await this.withVolume(path, offline, { ...mode, routeServed: true });
     } catch (err) {
       if (!(err instanceof VolumeServedError)) throw err;
     }
     try {
-      return (await askServer(path, method, params)) as T;
+      return await served();
     } catch (err) {
       // The server is stopping (it refused the request) or gone: nothing was done; open the volume as offline (honouring --wait).
       if (!hasCode(err, 'VOLUME_BUSY', 'NOT_SERVED')) throw err;

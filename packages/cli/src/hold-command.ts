@@ -4,8 +4,8 @@ import { CowvolCommand } from './base-command.js';
 
 /**
  * The one implementation of `snapshot hold` and `snapshot release`
- * (docs/ARCHITECTURE.md §15.4): sets the hold of each named snapshot, in order, through
- * `Volume.holdSnapshot`, on a served volume through its `snapshot.hold` control method. A subclass says which way (`held`).
+ * (docs/ARCHITECTURE.md §15.4): sets the hold of the named snapshots in one step (all or none) through
+ * `Volume.holdSnapshots`, on a served volume through its `snapshot.hold` control method. A subclass says which way (`held`).
  * @throws SNAPSHOT_NOT_FOUND, INVALID_SNAPSHOT_NAME, and what opening the volume throws
  */
 export abstract class HoldCommand extends CowvolCommand {
@@ -21,11 +21,7 @@ export abstract class HoldCommand extends CowvolCommand {
   async run(): Promise<{ snapshots: SnapshotInfo[] }> {
     const { args, argv } = await this.parse(HoldCommand);
     const names = (argv as string[]).slice(1);
-    const { snapshots } = await this.withServedVolume(args.volume, 'snapshot.hold', { names, held: this.held }, async (v) => {
-      const out: SnapshotInfo[] = [];
-      for (const name of names) out.push(await v.holdSnapshot(name, this.held));
-      return { snapshots: out };
-    });
+    const { snapshots } = await this.withServedVolume(args.volume, 'snapshot.hold', { names, held: this.held }, async (v) => ({ snapshots: await v.holdSnapshots(names, this.held) }));
     this.say(`${this.held ? 'held' : 'released'} ${names.join(', ')}`);
     return { snapshots };
   }

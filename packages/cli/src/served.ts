@@ -22,6 +22,9 @@ export const SERVED_COMMANDS = [
   'read',
   'write',
   'snapshot read',
+  'snapshot diff',
+  'snapshot export',
+  'check',
 ] as const;
 
 /**

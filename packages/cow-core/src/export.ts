@@ -3,6 +3,16 @@ import { mergeExtents } from './diff.js';
 import { MAX_EXTENT_BYTES, StreamWriter, type StreamHeader } from './stream.js';
 import type { SnapshotIdentity } from './metadata.js';
 import type { Volume } from './volume.js';
+
+/**
+ * What {@link exportSnapshot} reads of a volume: an opened Volume, or the
+ * same calls answered by the server of a served volume (its control
+ * methods and the NBD export `snapshot/<name>`; docs/ARCHITECTURE.md §14.10),
+ * so both write the same stream. `info().path` is the volume file (its holes are read there).
+ */
+export type ExportSource = Pick<Volume, 'sizeBytes' | 'blockSizeBytes' | 'listSnapshots' | 'snapshotIdentity' | 'diff' | 'readSnapshot' | 'checkpointLive'> & {
+  info(): Promise<{ path: string }>;
+};
 import { fileDataRanges, unionPieces, type ByteRange, type DataRangeOptions, type HoleDetection } from './live-data.js';
 
 /** Options for {@link exportSnapshot}. */
@@ -61,7 +71,7 @@ export interface ExportResult {
  * against its CRC32C (STORE_CORRUPT rather than a stream of wrong data).
  * @throws SNAPSHOT_NOT_FOUND, INVALID_ARGUMENT (`since` not older), SNAPSHOT_SUSPECT (`since` is suspect), STORE_CORRUPT, IO_ERROR
  */
-export async function exportSnapshot(volume: Volume, name: string, out: (bytes: Buffer) => Promise<void>, options: ExportOptions = {}): Promise<ExportResult> {
+export async function exportSnapshot(volume: ExportSource, name: string, out: (bytes: Buffer) => Promise<void>, options: ExportOptions = {}): Promise<ExportResult> {
   const snapshots = await volume.listSnapshots();
   const snap = snapshots.find((s) => s.name === name);
   if (!snap) throw new SnapshotNotFoundError(name);
@@ -116,7 +126,7 @@ export async function exportSnapshot(volume: Volume, name: string, out: (bytes: 
  * reads as zero in the snapshot. Lazy: memory is the mapped-extent list.
  * @throws SNAPSHOT_NOT_FOUND, IO_ERROR
  */
-export async function snapshotDataPieces(volume: Volume, name: string, options: DataRangeOptions = {}): Promise<AsyncIterable<ByteRange>> {
+export async function snapshotDataPieces(volume: ExportSource, name: string, options: DataRangeOptions = {}): Promise<AsyncIterable<ByteRange>> {
   // Live images home first (journal mode): the file's holes are then the snapshot's zeros.
   await volume.checkpointLive();
   const mapped = (await volume.diff(name)).extents;
@@ -133,7 +143,7 @@ const ZERO_PIECE = Buffer.alloc(MAX_EXTENT_BYTES);
  * blocks as zero extents (a full stream omits them: the target starts as
  * zeros). Returns the bytes read.
  */
-async function writePieces(volume: Volume, name: string, writer: StreamWriter, pieces: AsyncIterable<ByteRange> | Iterable<ByteRange>, progress: (doneBytes: number) => void): Promise<number> {
+async function writePieces(volume: ExportSource, name: string, writer: StreamWriter, pieces: AsyncIterable<ByteRange> | Iterable<ByteRange>, progress: (doneBytes: number) => void): Promise<number> {
   const bs = volume.blockSizeBytes;
   const incremental = writer.header.kind === 'incremental';
   const zeroBlock = Buffer.alloc(bs);

@@ -67,8 +67,20 @@ export {
   type StreamSource,
   type VerifiedStream,
 } from './stream.js';
-export { exportSnapshot, type ExportOptions, type ExportResult } from './export.js';
+export { exportSnapshot, type ExportOptions, type ExportResult, type ExportSource } from './export.js';
 export { fileDataRanges, type ByteRange, type HoleDetection } from './live-data.js';
 export { importStream, VerifyFailedError, IMPORT_MARKER_INTERVAL_BYTES, type ImportOptions, type ImportResult, type ImportProgress } from './import.js';
 export { STAMP_SETTLE_MS, isoNs, type AcceptChangesReport, type OutsideChange, type StampChange, type StampRecord } from './outside-writes.js';
+export {
+  selectSnapshots,
+  changedLabels,
+  validateDeleteSelection,
+  type DeleteSelection,
+  type LabelChange,
+  type SelectableSnapshot,
+  type SelectedSnapshots,
+  type SelectedDeleteOptions,
+  type SelectedDeletePlan,
+  type SelectedDeleteResult,
+} from './snapshot-policy.js';
 export { restoreSnapshot, type RestoreOptions, type RestoreResult } from './restore.js';

@@ -25,6 +25,18 @@ import {
 } from './snapshot-lifecycle.js';
 import { abandonParts, closeVolume, openForReading, openVolumeParts } from './volume-lifecycle.js';
 import { createVolumeFiles } from './volume-create.js';
+import {
+  deleteSelectedLocked,
+  holdSnapshotsFrozen,
+  labelChange,
+  planSelected,
+  validateDeleteSelection,
+  type DeleteSelection,
+  type LabelChange,
+  type SelectedDeleteOptions,
+  type SelectedDeletePlan,
+  type SelectedDeleteResult,
+} from './snapshot-policy.js';
 import { checkConsistencyFrozen, checkFrozen, diffOf, namedMaps, spaceUsageOf, volumeInfo, type CheckOptions } from './volume-reports.js';
 import type { ConsistencyReport, CreateSnapshotOptions, CreateVolumeOptions, DeleteResult, MultiDeleteResult, OpenVolumeOptions, SnapshotInfo, VolumeInfo, VolumeStats } from './volume-types.js';
 
@@ -255,6 +267,24 @@ export class Volume {
     });
   }
 
+  /**
+   * Deletes the snapshots `selection` chooses (snapshot-policy.ts), the
+   * choice made frozen with the delete's mark: a concurrent create, hold or
+   * label change cannot race it (docs/ARCHITECTURE.md §15.4). Held ones
+   * are left alone (`skippedHeld`).
+   * @throws INVALID_ARGUMENT, INVALID_LABEL (a bad selection), what `options.guard` throws, IO_ERROR
+   */
+  async deleteSelected(selection: DeleteSelection, options: SelectedDeleteOptions = {}): Promise<SelectedDeleteResult> {
+    validateDeleteSelection(selection);
+    return this.ctx.deleteLock.runExclusive(() => deleteSelectedLocked(this.ctx, selection, options));
+  }
+
+  /** What {@link deleteSelected} of `selection` would delete and free now; changes nothing. @throws INVALID_ARGUMENT, INVALID_LABEL */
+  async planDeleteSelected(selection: DeleteSelection): Promise<SelectedDeletePlan> {
+    validateDeleteSelection(selection);
+    return this.ctx.settled(() => planSelected(this.ctx, selection));
+  }
+
   /** Size, snapshots, store usage, format version, recovery report. */
   async info(): Promise<VolumeInfo> {
     return this.ctx.settled(() => volumeInfo(this.ctx));
@@ -319,12 +349,31 @@ export class Volume {
     }));
   }
 
+  /**
+   * Sets and removes labels of a snapshot in one step, frozen: the labels
+   * it carries are read and replaced with nothing between (no lost update
+   * when two changes race; docs/ARCHITECTURE.md §15.4). A key in both `set` and `remove` is set.
+   * @throws SNAPSHOT_NOT_FOUND, INVALID_LABEL
+   */
+  async changeSnapshotLabels(name: string, change: LabelChange): Promise<SnapshotInfo> {
+    return this.changeSnapshot(name, labelChange(change));
+  }
+
   /** Holds (`held` true; then SNAPSHOT_HELD refuses its delete) or releases a snapshot. Idempotent. @throws SNAPSHOT_NOT_FOUND */
   async holdSnapshot(name: string, held = true): Promise<SnapshotInfo> {
     return this.changeSnapshot(name, (rec) => {
       if ((rec.held === true) === held) return undefined;
       return { records: [{ o: 'hold', id: rec.id, held }], apply: () => (held ? (rec.held = true) : delete rec.held) };
     });
+  }
+
+  /**
+   * Holds or releases several snapshots in one step: all found first (else
+   * nothing changes), one transaction, frozen (snapshot-policy.ts, docs/ARCHITECTURE.md §15.4). Idempotent.
+   * @throws SNAPSHOT_NOT_FOUND
+   */
+  async holdSnapshots(names: readonly string[], held = true): Promise<SnapshotInfo[]> {
+    return this.ctx.frozen(() => holdSnapshotsFrozen(this.ctx, names, held));
   }
 
   /** The identity of a snapshot's content: its `origin` when imported, else this volume's uuid, its id and creation time. @throws SNAPSHOT_NOT_FOUND */

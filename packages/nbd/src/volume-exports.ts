@@ -186,6 +186,33 @@ export class VolumeExports implements ExportCatalog {
       for (const name of added) this.changing.delete(name);
     }
   }
+  /**
+   * {@link whileUnexported} for a change that chooses its snapshots itself
+   * (a delete by filter, Volume.deleteSelected): `change` gets the guard to
+   * call, frozen, with the names it chose; the guard makes their exports
+   * refuse to resolve, then refuses the whole change (SNAPSHOT_IN_USE) when
+   * a connection is attached to one of them (docs/ARCHITECTURE.md §14.8).
+   * @throws SNAPSHOT_IN_USE (from the guard), and what `change` throws
+   */
+  async whileChosenUnexported<T>(inUse: (exportName: string) => number, change: (guard: (names: readonly string[]) => void) => Promise<T>): Promise<T> {
+    const added: string[] = [];
+    const guard = (names: readonly string[]): void => {
+      for (const name of new Set(names)) {
+        if (this.changing.has(name)) continue;
+        this.changing.add(name);
+        added.push(name);
+      }
+      for (const name of names) {
+        const connections = inUse(SNAPSHOT_EXPORT_PREFIX + name);
+        if (connections > 0) throw new SnapshotInUseError(name, connections);
+      }
+    };
+    try {
+      return await change(guard);
+    } finally {
+      for (const name of added) this.changing.delete(name);
+    }
+  }
 }
 
 function snapshotDescription(name: string, createdAt: string): string {

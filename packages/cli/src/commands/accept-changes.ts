@@ -1,6 +1,7 @@
 import { Args } from '@oclif/core';
 import { isoNs, type AcceptChangesReport, type StampChange } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
+import { VolumeServedError } from '../served.js';
 
 export default class AcceptChanges extends CowvolCommand {
   static override summary = 'Take a volume file changed outside cowvol as it is now; mark the snapshots that read live blocks suspect';
@@ -16,7 +17,11 @@ export default class AcceptChanges extends CowvolCommand {
 
   async run(): Promise<AcceptChangesReport & { volume: string }> {
     const { args } = await this.parse(AcceptChanges);
-    const report = await this.withVolume(args.volume, (v) => v.acceptOutsideChanges(), { outsideChanges: 'hold' });
+    const report = await this.withVolume(args.volume, (v) => v.acceptOutsideChanges(), { outsideChanges: 'hold' }).catch((err: unknown) => {
+      // The server holds the volume file open: a change made outside cowvol while it runs is not a state to accept under it (README "Serving a volume").
+      if (!(err instanceof VolumeServedError)) throw err;
+      throw new VolumeServedError(err.path, err.pid, { cause: err, note: 'accept-changes takes the volume file as it is: the server owns the file while it runs, so stop the server first' });
+    });
     if (!report.accepted) this.say(`${args.volume}: nothing to accept: the file is as cowvol left it`);
     else {
       this.say(

@@ -4,6 +4,7 @@ import { CowvolCommand } from '../base-command.js';
 import { human } from '../format.js';
 import { openInput } from '../io.js';
 import { createProgress, progressFlag } from '../progress.js';
+import { VolumeServedError } from '../served.js';
 
 export default class Import extends CowvolCommand {
   static override summary = 'Apply a cowvol stream (from snapshot export): a full stream creates a new volume, an incremental one applies onto its base';
@@ -39,7 +40,15 @@ export default class Import extends CowvolCommand {
         resume: flags.resume,
         verify: flags.verify,
         dryRun: flags['dry-run'],
-        openVolume: (p) => this.openVolume(p),
+        // README "Serving a volume": an import onto a served volume is refused, the stream cannot go over the control channel.
+        openVolume: (p) =>
+          this.openVolume(p).catch((err: unknown) => {
+            if (!(err instanceof VolumeServedError)) throw err;
+            throw new VolumeServedError(err.path, err.pid, {
+              cause: err,
+              note: 'import applies a stream onto the volume the server holds open (it checks that nothing was written since the base, then writes it): stop the server first, then import',
+            });
+          }),
         onProgress: (p) => progress.update(p.doneBytes, p.totalBytes, p.phase),
       });
     } finally {

@@ -1,4 +1,4 @@
-import { InvalidArgumentError, SnapshotNotFoundError, type Volume } from '@cowvol/cow-core';
+import { InvalidArgumentError, SnapshotNotFoundError, type DeleteSelection, type Volume } from '@cowvol/cow-core';
 import type { NbdServer } from '../server.js';
 import type { VolumeExports } from '../volume-exports.js';
 import type { ControlMethod } from './control-server.js';
@@ -7,10 +7,12 @@ import type { ControlMethod } from './control-server.js';
  * The control methods of `info` and of the snapshot commands that read or
  * change one snapshot's metadata (docs/FORMAT.md §11.2): `info`,
  * `snapshot.info`, `snapshot.delete`, `snapshot.planDelete`,
- * `snapshot.rename`, `snapshot.label` and `snapshot.hold`. Each calls the
+ * `snapshot.deleteSelected`, `snapshot.planDeleteSelected` (a delete by
+ * filter, chosen in the core: Volume.deleteSelected), `snapshot.rename`,
+ * `snapshot.label` (Volume.changeSnapshotLabels: one atomic step) and `snapshot.hold`. Each calls the
  * Volume method the offline command calls, with the same arguments, and
  * returns what the offline command's volume step returns, so the CLI
- * formats both alike. `snapshot.delete` and `snapshot.rename` refuse a
+ * formats both alike. `snapshot.delete`, `snapshot.deleteSelected` and `snapshot.rename` refuse a
  * snapshot a client is attached to as `snapshot/<name>` (SNAPSHOT_IN_USE),
  * atomically with new attaches (VolumeExports.whileUnexported, §14.8).
  */
@@ -29,26 +31,25 @@ export function snapshotMethods(volume: Volume, server: NbdServer, exports: Volu
       return exports.whileUnexported(names, inUse, async () => ({ ...(await volume.deleteSnapshots(names)), blockSizeBytes: volume.blockSizeBytes }));
     },
     'snapshot.planDelete': (params) => volume.planDelete(namesParam(params)),
+    'snapshot.deleteSelected': (params) => {
+      const selection = selectionParam(params);
+      return exports.whileChosenUnexported(inUse, async (guard) => ({ ...(await volume.deleteSelected(selection, { guard })), blockSizeBytes: volume.blockSizeBytes }));
+    },
+    'snapshot.planDeleteSelected': (params) => volume.planDeleteSelected(selectionParam(params)),
     'snapshot.rename': (params) => {
       const name = stringParam(params, 'name');
       const newName = stringParam(params, 'newName');
       return exports.whileUnexported([name], inUse, () => volume.renameSnapshot(name, newName));
     },
-    'snapshot.label': async (params) => {
+    'snapshot.label': (params) => {
       const name = stringParam(params, 'name');
-      const set = labelsParam(params, 'set');
-      const remove = new Set(stringsParam(params, 'remove'));
-      const current = (await volume.listSnapshots()).find((s) => s.name === name);
-      const labels = Object.fromEntries(Object.entries(current?.labels ?? {}).filter(([key]) => !remove.has(key)));
-      return volume.setSnapshotLabels(name, { ...labels, ...set });
+      return volume.changeSnapshotLabels(name, { set: labelsParam(params, 'set'), remove: stringsParam(params, 'remove') });
     },
     'snapshot.hold': async (params) => {
       const names = namesParam(params);
       const held = params.held;
       if (typeof held !== 'boolean') throw new InvalidArgumentError('params.held must be a boolean');
-      const snapshots = [];
-      for (const name of names) snapshots.push(await volume.holdSnapshot(name, held));
-      return { snapshots };
+      return { snapshots: await volume.holdSnapshots(names, held) };
     },
   };
 }
@@ -81,4 +82,21 @@ export function labelsParam(params: Record<string, unknown>, key = 'labels'): Re
     throw new InvalidArgumentError(`params.${key} must be an object of string values`);
   }
   return labels as Record<string, string>;
+}
+
+/**
+ * params of a delete by filter: `olderThanMs` (number), `labels` ([key, value] pairs), `keepNewest` (integer);
+ * the core checks the rest (Volume.deleteSelected: INVALID_ARGUMENT, INVALID_LABEL).
+ * @throws INVALID_ARGUMENT
+ */
+function selectionParam(params: Record<string, unknown>): DeleteSelection {
+  const { olderThanMs, keepNewest, labels } = params;
+  if (olderThanMs !== undefined && typeof olderThanMs !== 'number') throw new InvalidArgumentError('params.olderThanMs must be a number');
+  if (keepNewest !== undefined && typeof keepNewest !== 'number') throw new InvalidArgumentError('params.keepNewest must be a number');
+  if (labels !== undefined && !Array.isArray(labels)) throw new InvalidArgumentError('params.labels must be an array of [key, value] pairs');
+  return {
+    ...(olderThanMs !== undefined ? { olderThanMs } : {}),
+    ...(keepNewest !== undefined ? { keepNewest } : {}),
+    ...(labels !== undefined ? { labels: labels as Array<[string, string]> } : {}),
+  };
 }

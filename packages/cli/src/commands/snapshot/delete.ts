@@ -1,10 +1,9 @@
 import { Args, Flags } from '@oclif/core';
 import { assert } from '@cowvol/base';
-import { InvalidArgumentError, parseLabel, type DeletePlan, type DeleteResult, type MultiDeleteResult, type SnapshotInfo, type Volume } from '@cowvol/cow-core';
+import { InvalidArgumentError, parseLabel, type DeletePlan, type DeleteResult, type DeleteSelection, type MultiDeleteResult } from '@cowvol/cow-core';
 import { CowvolCommand, type OpenMode } from '../../base-command.js';
 import { parseDuration } from '../../duration.js';
 import { human } from '../../format.js';
-import { VolumeServedError } from '../../served.js';
 import { createProgress, progressFlag, type Progress } from '../../progress.js';
 
 /** JSON of a delete of several snapshots, a filter or a dry run (README "JSON shapes"). */
@@ -64,13 +63,13 @@ export default class SnapshotDelete extends CowvolCommand {
 
     const single = names.length === 1 && !flags['dry-run'];
     try {
-      // Named snapshots go to the server of a served volume (docs/FORMAT.md §11.2); filters choose offline only (README "Serving a volume").
+      // Both go to the server of a served volume (docs/FORMAT.md §11.2); a filter chooses in the core, frozen with the delete (Volume.deleteSelected).
       const json = filtered
-        ? await this.withVolume(args.volume, (v) => this.deleteFiltered(v, flags['dry-run'], { olderThanMs, labels, keepNewest: flags['keep-newest'] }, progress), modeOf(flags['dry-run'])).catch(
-            (err: unknown) => {
-              if (!(err instanceof VolumeServedError)) throw err;
-              throw new VolumeServedError(err.path, err.pid, { cause: err, note: 'snapshot delete chooses by --older-than, --keep-newest and --label offline only (name the snapshots instead)' });
-            },
+        ? await this.deleteFiltered(
+            args.volume,
+            flags['dry-run'],
+            { ...(olderThanMs === undefined ? {} : { olderThanMs }), labels, ...(flags['keep-newest'] === undefined ? {} : { keepNewest: flags['keep-newest'] }) },
+            progress,
           )
         : await this.deleteNamed(args.volume, names, flags['dry-run'], progress);
       if (single) {
@@ -105,19 +104,21 @@ export default class SnapshotDelete extends CowvolCommand {
     return deleteJson(r, []);
   }
 
-  /** Deletes (or plans the delete of) the snapshots a filter chooses, on the opened volume. */
-  private async deleteFiltered(volume: Volume, dryRun: boolean | undefined, filter: Filter, progress: Progress): Promise<MultiDeleteJson> {
-    const { chosen, skippedHeld } = select(await volume.listSnapshots(), filter);
-    if (dryRun) return planJson(await volume.planDelete(chosen), skippedHeld);
-    const r = await volume.deleteSnapshots(chosen, { onProgress: (d, t) => progress.update(d, t) });
-    return deleteJson({ ...r, blockSizeBytes: volume.blockSizeBytes }, skippedHeld);
+  /** Deletes (or plans the delete of) the snapshots a filter chooses, in the core (Volume.deleteSelected), through the server of a served volume (`snapshot.deleteSelected`, `snapshot.planDeleteSelected`). */
+  private async deleteFiltered(path: string, dryRun: boolean | undefined, selection: DeleteSelection, progress: Progress): Promise<MultiDeleteJson> {
+    if (dryRun) {
+      const plan = await this.withServedVolume(path, 'snapshot.planDeleteSelected', { ...selection }, (v) => v.planDeleteSelected(selection), modeOf(true));
+      return planJson(plan, plan.skippedHeld);
+    }
+    const r = await this.withServedVolume(
+      path,
+      'snapshot.deleteSelected',
+      { ...selection },
+      async (v) => ({ ...(await v.deleteSelected(selection, { onProgress: (d, t) => progress.update(d, t) })), blockSizeBytes: v.blockSizeBytes }),
+      modeOf(false),
+    );
+    return deleteJson(r, r.skippedHeld);
   }
-}
-
-interface Filter {
-  olderThanMs: number | undefined;
-  labels: Array<[string, string]>;
-  keepNewest: number | undefined;
 }
 
 function modeOf(dryRun: boolean | undefined): OpenMode {
@@ -150,13 +151,4 @@ function deleteJson(r: MultiDeleteResult & { blockSizeBytes: number }, skippedHe
     freedBytes: r.freedBytes,
     handedOverBlocks: r.handedOverBlocks,
   };
-}
-
-/** The snapshots a filter chooses (oldest first), and the held ones it leaves alone. */
-export function select(snapshots: SnapshotInfo[], filter: Filter, now = Date.now()): { chosen: string[]; skippedHeld: string[] } {
-  let candidates = snapshots.filter((s) => filter.labels.every(([k, v]) => s.labels[k] === v));
-  if (filter.keepNewest !== undefined) candidates = candidates.slice(0, Math.max(0, candidates.length - filter.keepNewest));
-  const { olderThanMs } = filter;
-  if (olderThanMs !== undefined) candidates = candidates.filter((s) => Date.parse(s.createdAt) < now - olderThanMs);
-  return { chosen: candidates.filter((s) => !s.held).map((s) => s.name), skippedHeld: candidates.filter((s) => s.held).map((s) => s.name) };
 }

@@ -1,6 +1,7 @@
 import { Args } from '@oclif/core';
 import { CowvolCommand } from '../../base-command.js';
 import { human, table } from '../../format.js';
+import { servedDiff } from '../../served-reports.js';
 
 /** `snapshot diff --json` (README "JSON shapes"). Offsets and lengths are bytes. */
 export interface DiffJson {
@@ -28,7 +29,13 @@ export default class SnapshotDiff extends CowvolCommand {
 
   async run(): Promise<DiffJson> {
     const { args } = await this.parse(SnapshotDiff);
-    const diff = await this.withVolume(args.volume, (v) => v.diff(args.from, args.to), { readOnly: true });
+    // Served: asked of the server page by page (docs/FORMAT.md §11.2, `snapshot.diff`).
+    const diff = await this.withServedVolumeVia(
+      args.volume,
+      () => servedDiff(args.volume, args.from, args.to),
+      (v) => v.diff(args.from, args.to),
+      { readOnly: true },
+    );
     const json: DiffJson = {
       from: diff.from,
       to: diff.to,

@@ -1,10 +1,12 @@
 import { Args, Flags } from '@oclif/core';
-import { InvalidArgumentError, SnapshotNotFoundError, exportSnapshot, type ExportResult } from '@cowvol/cow-core';
+import { InvalidArgumentError, SnapshotNotFoundError, exportSnapshot, type ExportResult, type ExportSource } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 import { human } from '../../format.js';
 import { openAtomicFileSink, openStdoutSink } from '../../io.js';
 import { protectedFilesOf } from '../../output-guard.js';
 import { createProgress, progressFlag } from '../../progress.js';
+import { snapshotExportName, withVolumeData } from '../../served-nbd.js';
+import { servedExportSource } from '../../served-reports.js';
 
 export default class SnapshotExport extends CowvolCommand {
   static override summary = 'Write a snapshot as a self-checking cowvol stream: full, or incremental since an older snapshot';
@@ -32,32 +34,37 @@ export default class SnapshotExport extends CowvolCommand {
     const { args, flags } = await this.parse(SnapshotExport);
     if (flags.output === '-' && this.jsonEnabled()) throw new InvalidArgumentError('--json needs --output <file>: with --output - stdout carries the stream');
     const progress = createProgress(flags.progress, 'export');
-    const result = await this.withVolume(
-      args.volume,
-      async (volume) => {
-        // Check the names before creating the output.
-        const names = new Set((await volume.listSnapshots()).map((s) => s.name));
-        for (const n of [args.name, flags.since]) if (n !== undefined && !names.has(n)) throw new SnapshotNotFoundError(n);
-        if (flags.output === '-') {
-          const sink = openStdoutSink();
-          try {
-            return await exportSnapshot(volume, args.name, (b) => sink.write(b), { ...(flags.since ? { since: flags.since } : {}), onProgress: (d, t) => progress.update(d, t) });
-          } finally {
-            await sink.close();
-          }
-        }
-        const sink = await openAtomicFileSink(flags.output, await protectedFilesOf(args.volume));
+    const write = async (volume: ExportSource): Promise<ExportResult> => {
+      // Check the names before creating the output.
+      const names = new Set((await volume.listSnapshots()).map((s) => s.name));
+      for (const n of [args.name, flags.since]) if (n !== undefined && !names.has(n)) throw new SnapshotNotFoundError(n);
+      const options = { ...(flags.since ? { since: flags.since } : {}), onProgress: (d: number, t: number) => progress.update(d, t) };
+      if (flags.output === '-') {
+        const sink = openStdoutSink();
         try {
-          const r = await exportSnapshot(volume, args.name, (b) => sink.write(b), { ...(flags.since ? { since: flags.since } : {}), onProgress: (d, t) => progress.update(d, t) });
-          await sink.commit();
-          return r;
-        } catch (err) {
-          await sink.abort();
-          throw err;
+          return await exportSnapshot(volume, args.name, (b) => sink.write(b), options);
+        } finally {
+          await sink.close();
         }
-      },
-      { readOnly: true },
-    ).finally(() => progress.stop());
+      }
+      const sink = await openAtomicFileSink(flags.output, await protectedFilesOf(args.volume));
+      try {
+        const r = await exportSnapshot(volume, args.name, (b) => sink.write(b), options);
+        await sink.commit();
+        return r;
+      } catch (err) {
+        await sink.abort();
+        throw err;
+      }
+    };
+    // Served: the same encoder, fed by the server (snapshot data through the NBD export snapshot/<name>, docs/ARCHITECTURE.md §14.10).
+    const result = await withVolumeData({
+      volumePath: args.volume,
+      exportName: snapshotExportName(args.name),
+      offline: (mode) => this.withVolume(args.volume, write, { ...mode, readOnly: true }),
+      unknownExport: () => new SnapshotNotFoundError(args.name),
+      served: async (data) => write(await servedExportSource(args.volume, args.name, data)),
+    }).finally(() => progress.stop());
     if (flags.output !== '-') {
       this.say(
         `exported ${result.kind} stream of ${result.name}${result.since ? ` since ${result.since}` : ''} to ${flags.output}: ` +

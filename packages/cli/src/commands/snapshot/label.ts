@@ -21,13 +21,8 @@ export default class SnapshotLabel extends CowvolCommand {
     const set = (argv as string[]).slice(2).map(parseLabel);
     const labels = Object.fromEntries(set);
     const remove = flags.remove ?? [];
-    // The server merges the same way (docs/FORMAT.md §11.2, `snapshot.label`).
-    const snapshot = await this.withServedVolume(args.volume, 'snapshot.label', { name: args.name, set: labels, remove }, async (v) => {
-      const current = (await v.listSnapshots()).find((s) => s.name === args.name);
-      const removed = new Set(remove);
-      const kept = Object.fromEntries(Object.entries(current?.labels ?? {}).filter(([key]) => !removed.has(key)));
-      return v.setSnapshotLabels(args.name, { ...kept, ...labels });
-    });
+    // One core call, atomic on the volume (Volume.changeSnapshotLabels); the server runs the same (docs/FORMAT.md §11.2, `snapshot.label`).
+    const snapshot = await this.withServedVolume(args.volume, 'snapshot.label', { name: args.name, set: labels, remove }, (v) => v.changeSnapshotLabels(args.name, { set: labels, remove }));
     this.say(`labels of ${snapshot.name}: ${formatLabels(snapshot.labels) || '(none)'}`);
     return snapshot;
   }

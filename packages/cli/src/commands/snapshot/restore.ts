@@ -3,6 +3,7 @@ import { restoreSnapshot, type RestoreResult } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 import { human } from '../../format.js';
 import { createProgress, progressFlag } from '../../progress.js';
+import { VolumeServedError } from '../../served.js';
 
 export default class SnapshotRestore extends CowvolCommand {
   static override summary = "Make the live volume the snapshot's content; newer snapshots are kept, a safety snapshot is taken first";
@@ -32,7 +33,13 @@ export default class SnapshotRestore extends CowvolCommand {
         ...(flags['safety-name'] === undefined ? {} : { safetyName: flags['safety-name'] }),
         onProgress: (done, total) => progress.update(done, total),
       }),
-    ).finally(() => progress.stop());
+    )
+      .catch((err: unknown) => {
+        // README "Serving a volume": a restore rewrites the live volume in many writes under its clients.
+        if (!(err instanceof VolumeServedError)) throw err;
+        throw new VolumeServedError(err.path, err.pid, { cause: err, note: RESTORE_SERVED_NOTE });
+      })
+      .finally(() => progress.stop());
     this.say(
       `restored ${result.name}: ${result.restoredBytes} bytes (${human(result.restoredBytes)}) rewritten` +
         (result.safetySnapshot ? `; the previous state is snapshot ${result.safetySnapshot} (restore it to undo)` : ''),
@@ -40,3 +47,13 @@ export default class SnapshotRestore extends CowvolCommand {
     return result;
   }
 }
+
+/**
+ * Why `snapshot restore` refuses a served volume (README "Serving a
+ * volume", docs/ARCHITECTURE.md §14.10): it rewrites the blocks changed
+ * since the snapshot in many writes, and a client of `live` (a mounted
+ * filesystem, a VM) would see its disk change under it, blocks it cached
+ * no longer matching the disk.
+ */
+export const RESTORE_SERVED_NOTE =
+  'snapshot restore rewrites the live volume under its NBD clients (a filesystem or VM on it would see its disk change beneath it): stop the server (and its clients) first, then restore';

@@ -1,0 +1,70 @@
+import { assert } from '@cowvol/base';
+import type { DiffExtent, DiffResult, ExportSource, SnapshotIdentity, SnapshotInfo } from '@cowvol/cow-core';
+import { askServer } from './served.js';
+import type { VolumeData } from './served-nbd.js';
+
+/** Most `snapshot.diff` pages one diff asks for (with MAX_DIFF_PAGE_EXTENTS of @cowvol/nbd: 2^31 extents, more than a volume of 2^32 blocks holds apart). */
+const MAX_DIFF_PAGES = 65536;
+
+interface DiffPageJson {
+  from: string;
+  to: string | null;
+  blockSizeBytes: number;
+  extents: DiffExtent[];
+  nextOffsetBytes: number | null;
+}
+
+/**
+ * Volume.diff asked of the server of `volumePath`, page after page
+ * (`snapshot.diff`, docs/FORMAT.md §11.2), as one DiffResult. Each page is
+ * computed afresh: on a live volume written meanwhile, the whole holds every
+ * block written before the first page (like one diff at that moment) and
+ * may hold blocks written during the paging.
+ * @throws SNAPSHOT_NOT_FOUND; NOT_SERVED, VOLUME_BUSY (the server is gone or stopping)
+ */
+export async function servedDiff(volumePath: string, from: string, to?: string): Promise<DiffResult> {
+  const extents: DiffExtent[] = [];
+  let first: DiffPageJson | undefined;
+  let after = 0;
+  for (let page = 0; page < MAX_DIFF_PAGES; page++) {
+    const got = (await askServer(volumePath, 'snapshot.diff', { from, ...(to === undefined ? {} : { to }), afterOffsetBytes: after })) as DiffPageJson;
+    first ??= got;
+    extents.push(...got.extents);
+    if (got.nextOffsetBytes === null) break;
+    assert(got.nextOffsetBytes > after, 'a diff page moves forward');
+    after = got.nextOffsetBytes;
+  }
+  assert(first !== undefined, 'a diff has a first page');
+  const bytes = extents.reduce((n, e) => n + e.lengthBytes, 0);
+  return { from: first.from, to: first.to, blockSizeBytes: first.blockSizeBytes, extents, bytes, blocks: bytes / first.blockSizeBytes };
+}
+
+/**
+ * The ExportSource of snapshot `name` of a served volume
+ * (docs/ARCHITECTURE.md §14.10): its data read through the NBD export
+ * `snapshot/<name>` (`data`), the rest asked of the server's control
+ * channel (`snapshot.list`, `snapshot.info`, `snapshot.diff`,
+ * `volume.checkpointLive`, `info`); the volume file's holes are found in
+ * `volumePath` itself, as offline. exportSnapshot of @cowvol/cow-core
+ * then writes the stream it writes offline.
+ * @throws what the control requests throw (SNAPSHOT_NOT_FOUND, …)
+ */
+export async function servedExportSource(volumePath: string, name: string, data: Pick<VolumeData, 'sizeBytes' | 'read'>): Promise<ExportSource> {
+  const { info } = (await askServer(volumePath, 'info')) as { info: { blockSizeBytes: number } };
+  return {
+    sizeBytes: data.sizeBytes,
+    blockSizeBytes: info.blockSizeBytes,
+    listSnapshots: async () => ((await askServer(volumePath, 'snapshot.list')) as { snapshots: SnapshotInfo[] }).snapshots,
+    snapshotIdentity: async (snapshot) => ((await askServer(volumePath, 'snapshot.info', { name: snapshot })) as { identity: SnapshotIdentity }).identity,
+    diff: (from, to) => servedDiff(volumePath, from, to),
+    readSnapshot: (snapshot, offsetBytes, lengthBytes) => {
+      // exportSnapshot reads only the snapshot it exports: the one `data` is attached to.
+      assert(snapshot === name, `a served export of ${name} reads only it, not ${snapshot}`);
+      return data.read(offsetBytes, lengthBytes);
+    },
+    checkpointLive: async () => {
+      await askServer(volumePath, 'volume.checkpointLive');
+    },
+    info: () => Promise.resolve({ path: volumePath }),
+  };
+}
