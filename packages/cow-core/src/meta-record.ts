@@ -53,10 +53,23 @@ export type MetaRecord =
   | { o: 'import'; state: ImportRecord | null };
 
 /** Every kind of {@link MetaRecord} (its `o`), in the order of docs/FORMAT.md §5.10 and §5.10.1; the `Record` type makes the list complete. */
-export const META_RECORD_KINDS = Object.keys({ sb: 0, snap: 0, drop: 0, map: 0, mapx: 0, unmap: 0, move: 0, shared: 0, free: 0, rename: 0, labels: 0, hold: 0, origin: 0, suspect: 0, import: 0 } satisfies Record<
-  MetaRecord['o'],
-  0
->) as ReadonlyArray<MetaRecord['o']>;
+export const META_RECORD_KINDS = Object.keys({
+  sb: 0,
+  snap: 0,
+  drop: 0,
+  map: 0,
+  mapx: 0,
+  unmap: 0,
+  move: 0,
+  shared: 0,
+  free: 0,
+  rename: 0,
+  labels: 0,
+  hold: 0,
+  origin: 0,
+  suspect: 0,
+  import: 0,
+} satisfies Record<MetaRecord['o'], 0>) as ReadonlyArray<MetaRecord['o']>;
 
 function isId(x: unknown): x is number {
   return isInt(x) && x >= 1;

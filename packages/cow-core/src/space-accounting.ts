@@ -201,7 +201,10 @@ export class SharedRecount {
  */
 export async function recountShared(ctx: VolumeContext, formatVersion?: number): Promise<number> {
   const { meta, db } = ctx.parts;
-  const recount = await SharedRecount.of(db, ctx.catalog.map((r) => r.id));
+  const recount = await SharedRecount.of(
+    db,
+    ctx.catalog.map((r) => r.id),
+  );
   const records: MetaRecord[] = [];
   for (const rec of ctx.catalog) {
     const committed = meta.snapshots.get(rec.id)?.sharedBlocks ?? 0;

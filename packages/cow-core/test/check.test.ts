@@ -327,7 +327,10 @@ describe('check finds what it should: each kind of damage is detected as that ki
       const where = `round ${round}, snapshot ${expected.id}, ${REPLAY}: ${show(report)}`;
       expect(report.status, where).toBe('corrupt');
       // The newer neighbour's shared count now names another neighbour: at most one shared-count-mismatch more.
-      expect(kinds(report).filter((k) => k !== 'shared-count-mismatch'), where).toEqual(['map-of-unknown-snapshot']);
+      expect(
+        kinds(report).filter((k) => k !== 'shared-count-mismatch'),
+        where,
+      ).toEqual(['map-of-unknown-snapshot']);
       const unknown = report.corruptions.filter((c) => c.kind === 'map-of-unknown-snapshot').length;
       expect(unknown, where).toBe(expected.maps);
       expect(report.corruptions.length - unknown, where).toBeLessThanOrEqual(1);
