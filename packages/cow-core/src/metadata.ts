@@ -233,7 +233,7 @@ export const decodeValue = {
         typeof r.createdAt === 'string' &&
         (r.state === 'live' || r.state === 'deleting') &&
         isInt(r.ownedBlocks) &&
-        (r.sharedBlocks === undefined || (isInt(r.sharedBlocks, 1) && r.sharedBlocks <= r.ownedBlocks)) &&
+        (r.sharedBlocks === undefined || isInt(r.sharedBlocks, 1)) &&
         (r.labels === undefined || isLabels(r.labels)) &&
         (r.held === undefined || typeof r.held === 'boolean') &&
         (r.origin === undefined || isIdentity(r.origin)) &&

@@ -140,7 +140,7 @@ describe.each(DATA_MODES)('space accounting kept by the transactions, data mode 
 /** Turns a closed volume into what format version 2 wrote: no shared counts, version 2 in the volume record. */
 async function makeVersion2(vol: string): Promise<void> {
   await withDb(vol, async (db) => {
-    const sb = packr.unpack((await db.get('sb'))) as Record<string, unknown>;
+    const sb = packr.unpack(await db.get('sb')) as Record<string, unknown>;
     await db.put('sb', packr.pack({ ...sb, formatVersion: 2 }));
     for await (const [key, value] of db.iterator({ gte: 'snap:', lt: 'snap;' })) {
       const rec = packr.unpack(value) as Record<string, unknown>;
@@ -207,7 +207,7 @@ describe('format version 2 volumes', () => {
     // s2 marked deleting, nothing handed over yet: what a crash right after the mark leaves.
     await withDb(vol, async (db) => {
       const key = 'snap:00000002';
-      const rec = packr.unpack((await db.get(key))) as Record<string, unknown>;
+      const rec = packr.unpack(await db.get(key)) as Record<string, unknown>;
       await db.put(key, packr.pack({ ...rec, state: 'deleting' }));
     });
     const v = await Volume.open(vol);
@@ -240,7 +240,7 @@ describe('check and the kept counts', () => {
     const expected = await recount(vol);
     await withDb(vol, async (db) => {
       const key = 'snap:00000003';
-      const rec = packr.unpack((await db.get(key))) as Record<string, unknown>;
+      const rec = packr.unpack(await db.get(key)) as Record<string, unknown>;
       await db.put(key, packr.pack({ ...rec, sharedBlocks: 7 }));
     });
     const v = await Volume.open(vol);
