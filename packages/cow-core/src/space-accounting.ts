@@ -19,7 +19,7 @@ import type { VolumeContext } from './volume-context.js';
  */
 
 /** Above this many runs a count loads the whole map (one scan) instead of one LevelDB range per run. */
-const RANGE_COUNT_MAX_RUNS = 64;
+export const RANGE_COUNT_MAX_RUNS = 64;
 
 /** The snapshot before `rec` in the catalog (the one it shares blocks with), or undefined for the oldest. */
 export function olderNeighbour(ctx: VolumeContext, rec: SnapshotRecord): SnapshotRecord | undefined {
