@@ -218,6 +218,9 @@ export async function recountShared(ctx: VolumeContext, formatVersion?: number):
   for (const rec of ctx.catalog) {
     const n = recount.get(rec.id) ?? 0;
     addShared(rec, n - (rec.sharedBlocks ?? 0));
+    // Read-only: nothing committed, so the committed view in memory takes the counts too (they agree, as after a commit).
+    const committed = meta.snapshots.get(rec.id);
+    if (ctx.readOnly && committed) addShared(committed, n - (committed.sharedBlocks ?? 0));
   }
   return changed;
 }

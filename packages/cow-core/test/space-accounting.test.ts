@@ -186,6 +186,7 @@ describe('format version 2 volumes', () => {
     try {
       expect((await ro.info()).formatVersion).toBe(2);
       expect(reported(await ro.spaceUsage())).toEqual(expected);
+      expect((await ro.checkConsistency()).problems).toEqual([]);
     } finally {
       await ro.close();
     }
