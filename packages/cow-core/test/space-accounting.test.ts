@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FORMAT_VERSION, Volume, volumeLayout, type SpaceReport } from '../src/index.js';
 import { DATA_MODES } from './modes.js';
 import { mulberry32 } from './prng.js';
+import { cowvol } from '../../../test/helpers.js';
 
 /**
  * Space accounting kept by the transactions (docs/ARCHITECTURE.md §15.3):
@@ -264,5 +265,30 @@ describe('check and the kept counts', () => {
     } finally {
       await reopened.close();
     }
+  });
+});
+
+describe('cowvol check and the kept counts', () => {
+  it('exits 2 naming shared-count-mismatch; --repair recounts, says so, and exits 0', async () => {
+    const vol = join(dir, 'damaged-cli.img');
+    await overlapping(vol);
+    await withDb(vol, async (db) => {
+      const key = 'snap:00000002';
+      const rec = packr.unpack(await db.get(key)) as Record<string, unknown>;
+      await db.put(key, packr.pack({ ...rec, sharedBlocks: 1 }));
+    });
+    const damaged = await cowvol(['check', vol, '--json']);
+    expect(damaged.code, damaged.stderr).toBe(2);
+    expect(JSON.parse(damaged.stdout.toString('utf8'))).toMatchObject({ status: 'corrupt', corruptions: [{ kind: 'shared-count-mismatch' }], repairedCounts: 0 });
+    const repaired = await cowvol(['check', vol, '--repair']);
+    expect(repaired.code, repaired.stderr).toBe(0);
+    expect(repaired.stdout.toString('utf8')).toContain('recounted the shared blocks of 1 snapshots');
+    const list = await cowvol(['snapshot', 'list', vol, '--json']);
+    const rows = (JSON.parse(list.stdout.toString('utf8')) as { snapshots: Array<{ name: string; freeableBlocks: number }> }).snapshots;
+    expect(rows.map((r) => [r.name, r.freeableBlocks])).toEqual([
+      ['s1', 16],
+      ['s2', 8],
+      ['s3', 4],
+    ]);
   });
 });
