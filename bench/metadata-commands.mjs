@@ -37,7 +37,7 @@ const reps = Math.max(1, Number(values.reps));
 const repo = resolve(values.repo ?? join(dirname(fileURLToPath(import.meta.url)), '..'));
 const cli = join(repo, 'packages/cli/bin/run.js');
 const { Volume } = await import(pathToFileURL(join(repo, 'packages/cow-core/dist/index.js')).href);
-const work = await mkdtemp(join(values.dir ?? tmpdir(), 'cowvol-meta-'));
+const work = await mkdtemp(join(values.dir ?? tmpdir(), 'cowvol-metacmd-'));
 const log = (line) => process.stderr.write(`${line}\n`);
 
 /** A volume of `blocks` blocks with snapshot `s0`; with `mapped`, every block then overwritten once (each COWed into s0). */
