@@ -4,6 +4,7 @@ import { appendBlock } from './extent-runs.js';
 import { verifyLevelDb } from './leveldb-verify.js';
 import { decodeValue, keys, parseHexSuffix } from './metadata.js';
 import { type MetadataDb } from './metadata-db.js';
+import { SharedRecount } from './space-accounting.js';
 
 /** One problem found by {@link checkVolume}. */
 export interface CheckFinding {
@@ -15,6 +16,7 @@ export interface CheckFinding {
     | 'map-beyond-volume'
     | 'map-of-unknown-snapshot'
     | 'owned-count-mismatch'
+    | 'shared-count-mismatch'
     | 'catalog'
     | 'journal-not-recovered'
     | 'undecodable-record'
@@ -38,6 +40,8 @@ export interface CheckReport {
   corruptions: CheckFinding[];
   /** Blocks freed by `--repair` (0 without it). */
   repairedBlocks: number;
+  /** Snapshots whose shared-block count `--repair` set to the recount (0 without it; space-accounting.ts). */
+  repairedCounts: number;
   /** Whether every mapped store block was read and checked against its CRC32C (`--read-data`). */
   dataChecked: boolean;
   /** Store blocks that failed their CRC32C (0 unless `dataChecked`). */
@@ -98,6 +102,7 @@ export async function checkVolume(db: MetadataDb, meta: CommittedMetadata, facts
     leaks: leaks.extents,
     corruptions,
     repairedBlocks: 0,
+    repairedCounts: 0,
     dataChecked: false,
     damagedBlocks: 0,
     affectedSnapshots: [],
@@ -130,12 +135,14 @@ async function scanMaps(db: MetadataDb, meta: CommittedMetadata, facts: CheckFac
   const owners = new Map<number, string>(); // only for store blocks mapped twice: first owner
   const counts = new Map<number, number>();
   const ids = new Set(meta.snapshots.keys());
+  const shared = new SharedRecount([...ids].sort((a, b) => a - b));
   let mappedBlocks = 0;
   let expectedBlocks = 0;
   for (const rec of meta.snapshots.values()) expectedBlocks += rec.ownedBlocks;
   for await (const [key, value] of db.scan('map:')) {
     const id = Number.parseInt(key.slice(4, 12), 16);
     const block = parseHexSuffix(key, keys.mapPrefix(id));
+    shared.visit(id, block);
     let storeBlock: number;
     try {
       storeBlock = decodeValue.map(key, value).storeBlock;
@@ -161,12 +168,19 @@ async function scanMaps(db: MetadataDb, meta: CommittedMetadata, facts: CheckFac
     else owners.set(storeBlock, where);
     used[byte] = (used[byte] ?? 0) | bit;
   }
-  for (const rec of meta.snapshots.values()) {
-    const n = counts.get(rec.id) ?? 0;
-    if (n !== rec.ownedBlocks) found('owned-count-mismatch', `snapshot ${rec.name} (${rec.id}) counts ${rec.ownedBlocks} owned blocks but maps ${n}`);
-  }
+  checkCounts(meta, counts, shared.result(), found);
   facts.onProgress?.(mappedBlocks, Math.max(mappedBlocks, expectedBlocks));
   return { used, mappedBlocks };
+}
+
+/** Each snapshot's kept owned and shared counts against the scan's recount (space-accounting.ts). */
+function checkCounts(meta: CommittedMetadata, owned: Map<number, number>, shared: Map<number, number>, found: Found): void {
+  for (const rec of meta.snapshots.values()) {
+    const n = owned.get(rec.id) ?? 0;
+    if (n !== rec.ownedBlocks) found('owned-count-mismatch', `snapshot ${rec.name} (${rec.id}) counts ${rec.ownedBlocks} owned blocks but maps ${n}`);
+    const s = shared.get(rec.id) ?? 0;
+    if (s !== (rec.sharedBlocks ?? 0)) found('shared-count-mismatch', `snapshot ${rec.name} (${rec.id}) counts ${rec.sharedBlocks ?? 0} blocks shared with its older neighbour but shares ${s}`);
+  }
 }
 
 /** Leaks: store blocks below the high-water mark neither mapped (`used`) nor free, as extents. */

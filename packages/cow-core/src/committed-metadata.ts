@@ -3,7 +3,7 @@ import { asMetaRecord, type MetaRecord } from './meta-record.js';
 import { ExtentAllocator, type Extent } from './allocator.js';
 import { UnsupportedVersionError } from '@cowvol/base';
 import { CorruptMetadataError, NotAVolumeError } from './errors.js';
-import { FORMAT_VERSION, MAX_SNAPSHOTS } from './layout.js';
+import { FORMAT_VERSION, MAX_SNAPSHOTS, UPGRADABLE_FORMAT_VERSION } from './layout.js';
 import { SCHEMA_VERSION, decodeValue, delOp, keys, parseHexSuffix, putOp, type MetaOp, type SnapshotRecord, type VolumeRecord } from './metadata.js';
 import { type MetaBatch, type MetadataDb } from './metadata-db.js';
 
@@ -62,7 +62,8 @@ export class CommittedMetadata {
     const sbBytes = await db.get(keys.volume);
     if (!sbBytes) throw new NotAVolumeError(`${volumePath}: sidecar is incomplete (no volume record); it was never fully created`);
     const sb = decodeValue.volume(keys.volume, sbBytes);
-    if (sb.formatVersion !== FORMAT_VERSION) throw unsupportedFormat(volumePath, sb.formatVersion);
+    // Version 2 opens and is upgraded once recovered (space-accounting.ts `upgradeSpaceCounters`).
+    if (sb.formatVersion !== FORMAT_VERSION && sb.formatVersion !== UPGRADABLE_FORMAT_VERSION) throw unsupportedFormat(volumePath, sb.formatVersion);
     const cpBytes = await db.get(keys.checkpoint);
     const appliedSequence = cpBytes ? decodeValue.checkpoint(keys.checkpoint, cpBytes).sequence : 0;
     const snapshots = new Map<number, SnapshotRecord>();
@@ -166,7 +167,11 @@ export class CommittedMetadata {
     for (const op of this.allocator.takeOps()) ops.push(op);
     for (const id of tx.touched) {
       const rec = this.snapshots.get(id);
-      if (!tx.dropped.has(id) && rec) ops.push(putOp(keys.snapshot(id), rec));
+      if (tx.dropped.has(id) || !rec) continue;
+      // A transaction moves both counts together: checked at its end (space-accounting.ts).
+      const shared = rec.sharedBlocks ?? 0;
+      assert(shared >= 0 && shared <= rec.ownedBlocks, `snapshot ${id} shares ${shared} of its ${rec.ownedBlocks} owned blocks`);
+      ops.push(putOp(keys.snapshot(id), rec));
     }
     return ops;
   }
@@ -200,6 +205,15 @@ export class CommittedMetadata {
         this.owned(tx, r.from, -1);
         this.owned(tx, r.to, 1);
         return true;
+      case 'shared': {
+        const rec = this.snapshots.get(r.id);
+        assert(rec !== undefined, `journal record names snapshot ${r.id}, which does not exist`);
+        const next = (rec.sharedBlocks ?? 0) + r.n;
+        if (next === 0) delete rec.sharedBlocks;
+        else rec.sharedBlocks = next;
+        tx.touched.add(r.id);
+        return true;
+      }
       case 'free':
         this.allocator.free({ startBlock: r.p, lengthBlocks: r.n });
         return true;
@@ -293,8 +307,8 @@ interface TxSnapshots {
 function unsupportedFormat(volumePath: string, found: number): UnsupportedVersionError {
   const older = found < FORMAT_VERSION;
   return new UnsupportedVersionError(
-    `${volumePath} has format version ${found}; this cowvol reads only version ${FORMAT_VERSION}` +
-      (older ? ' (older volumes keep store checksums that are not bound to their mapping: export their snapshots with the cowvol that made them, then import them into a new volume)' : ''),
+    `${volumePath} has format version ${found}; this cowvol reads versions ${UPGRADABLE_FORMAT_VERSION} (upgraded at the first open) and ${FORMAT_VERSION}` +
+      (older ? ' (version 1 volumes keep store checksums that are not bound to their mapping: export their snapshots with the cowvol that made them, then import them into a new volume)' : ''),
     { details: { version: found, supported: FORMAT_VERSION } },
   );
 }

@@ -9,6 +9,7 @@ import { maxMapRunBlocks, type MetaRecord } from './meta-record.js';
 import { storeBlockCrc } from './store-crc.js';
 import { endWhenSettled, type CowTicket } from './pending-cow.js';
 import type { VolumeContext } from './volume-context.js';
+import { addShared, countMapped, olderNeighbour, sharedRecord } from './space-accounting.js';
 
 /**
  * The COW (Next3's copy-on-write into the active snapshot, with pending-COW
@@ -25,6 +26,8 @@ interface CowBatch {
   readonly blocks: number[];
   readonly storeBlocks: number[];
   readonly crcs: number[];
+  /** How many of `blocks` the active snapshot's older neighbour maps (its shared count grows by that, space-accounting.ts). */
+  sharedBlocks: number;
 }
 
 /**
@@ -115,7 +118,7 @@ async function cowBlocks(ctx: VolumeContext, active: SnapshotRecord, map: Snapsh
     return undefined;
   }
   const end = ctx.pending.claim(blocks);
-  const batch: CowBatch = { active, map, blocks, storeBlocks: [], crcs: new Array<number>(blocks.length) };
+  const batch: CowBatch = { active, map, blocks, storeBlocks: [], crcs: new Array<number>(blocks.length), sharedBlocks: 0 };
   let extents: Extent[] = [];
   const cancel = (): void => {
     // The reservation was never committed; give it back. Waiters retry.
@@ -129,6 +132,10 @@ async function cowBlocks(ctx: VolumeContext, active: SnapshotRecord, map: Snapsh
       for (const e of extents) for (let i = 0; i < e.lengthBlocks; i++) batch.storeBlocks.push(e.startBlock + i);
       assert(batch.storeBlocks.length === blocks.length, 'allocator returned the wrong number of blocks');
       await copyRuns(ctx, batch, handle);
+      // The older neighbour changes only in a frozen delete step: stable until this commit (docs/ARCHITECTURE.md §15.3).
+      const older = olderNeighbour(ctx, active);
+      batch.sharedBlocks = older && older.ownedBlocks > 0 ? await countMapped(ctx, older.id, blocks) : 0;
+      for (const r of sharedRecord(active.id, batch.sharedBlocks)) handle.log(r);
       // Ordered data: the journal syncs the store before it writes the commit
       // block (one sync for every COW in the same group commit).
       if (!ctx.journaled) handle.orderedData(ctx.parts.store.device);
@@ -198,6 +205,7 @@ function publishCow(ctx: VolumeContext, batch: CowBatch): void {
   const { blocks, storeBlocks, crcs } = batch;
   for (let k = 0; k < blocks.length; k++) batch.map.set(blocks[k]!, storeBlocks[k]!, crcs[k]!);
   batch.active.ownedBlocks += blocks.length;
+  addShared(batch.active, batch.sharedBlocks);
   ctx.stats.cows += blocks.length;
   ctx.stats.cowBatches += 1;
 }

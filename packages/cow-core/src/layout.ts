@@ -30,8 +30,13 @@ export function volumeLayout(volumePath: string): VolumeLayout {
   };
 }
 
-/** Format version of the volume as a whole (sidecar layout, metadata keys, what store checksums cover); 2 binds each store block checksum to its mapping (docs/FORMAT.md §4.2). */
-export const FORMAT_VERSION = 2;
+/**
+ * Format version of the volume as a whole (sidecar layout, metadata keys, what store checksums cover); 2 binds each store block checksum to its mapping (docs/FORMAT.md §4.2);
+ * 3 keeps each snapshot's shared-block count and the `shared` journal record (docs/FORMAT.md §1, space-accounting.ts).
+ */
+export const FORMAT_VERSION = 3;
+/** The older format version an open upgrades in place (its shared-block counts recounted once, space-accounting.ts). */
+export const UPGRADABLE_FORMAT_VERSION = 2;
 /** Most snapshots one volume holds (bounds catalog scans and read-through chains). */
 export const MAX_SNAPSHOTS = 4096;
 /** Snapshot names: 1–128 characters of this class. */

@@ -35,6 +35,8 @@ export type MetaRecord =
   | { o: 'unmap'; id: number; b: number; p: number }
   /** Hand block b (store block p) over from snapshot `from` to snapshot `to`. */
   | { o: 'move'; from: number; to: number; b: number; p: number; crc: number }
+  /** Add n (negative: subtract) to snapshot id's shared-block count (space-accounting.ts; format version 3). */
+  | { o: 'shared'; id: number; n: number }
   /** Free leaked store blocks (check --repair). */
   | { o: 'free'; p: number; n: number }
   /** Rename a snapshot. */
@@ -51,10 +53,23 @@ export type MetaRecord =
   | { o: 'import'; state: ImportRecord | null };
 
 /** Every kind of {@link MetaRecord} (its `o`), in the order of docs/FORMAT.md §5.10 and §5.10.1; the `Record` type makes the list complete. */
-export const META_RECORD_KINDS = Object.keys({ sb: 0, snap: 0, drop: 0, map: 0, mapx: 0, unmap: 0, move: 0, free: 0, rename: 0, labels: 0, hold: 0, origin: 0, suspect: 0, import: 0 } satisfies Record<
-  MetaRecord['o'],
-  0
->) as ReadonlyArray<MetaRecord['o']>;
+export const META_RECORD_KINDS = Object.keys({
+  sb: 0,
+  snap: 0,
+  drop: 0,
+  map: 0,
+  mapx: 0,
+  unmap: 0,
+  move: 0,
+  shared: 0,
+  free: 0,
+  rename: 0,
+  labels: 0,
+  hold: 0,
+  origin: 0,
+  suspect: 0,
+  import: 0,
+} satisfies Record<MetaRecord['o'], 0>) as ReadonlyArray<MetaRecord['o']>;
 
 function isId(x: unknown): x is number {
   return isInt(x) && x >= 1;
@@ -99,6 +114,7 @@ function isMetaRecordShape(r: Record<string, unknown>): boolean {
     (r.o === 'mapx' && isId(r.id) && isInt(r.b) && isInt(r.p) && isCrcRun(r.crcs)) ||
     (r.o === 'unmap' && isId(r.id) && isInt(r.b) && isInt(r.p)) ||
     (r.o === 'move' && isId(r.from) && isId(r.to) && isInt(r.b) && isInt(r.p) && isCrc(r.crc)) ||
+    (r.o === 'shared' && isId(r.id) && Number.isSafeInteger(r.n) && r.n !== 0) ||
     (r.o === 'free' && isInt(r.p) && isInt(r.n) && r.n > 0) ||
     (r.o === 'rename' && isId(r.id) && typeof r.name === 'string') ||
     (r.o === 'labels' && isId(r.id) && isLabels(r.labels)) ||

@@ -122,11 +122,12 @@ export class MetadataDb {
   /**
    * All [key, value] with the prefix, in key order, in batches of at most
    * `batchEntries` (bounds memory): one LevelDB round trip per batch instead
-   * of one per entry, for long scans such as a snapshot map load.
+   * of one per entry, for long scans such as a snapshot map load. With
+   * `lte`, the keys in [prefix, lte] instead.
    */
-  async *scanBatches(prefix: string, batchEntries = SCAN_BATCH_ENTRIES): AsyncGenerator<Array<[string, Buffer]>> {
+  async *scanBatches(prefix: string, batchEntries = SCAN_BATCH_ENTRIES, lte?: string): AsyncGenerator<Array<[string, Buffer]>> {
     assert(Number.isSafeInteger(batchEntries) && batchEntries > 0, `scan batch of ${batchEntries} entries`);
-    const it = this.db.iterator({ gte: prefix, lt: `${prefix}\xff` });
+    const it = this.db.iterator(lte === undefined ? { gte: prefix, lt: `${prefix}\xff` } : { gte: prefix, lte });
     try {
       for (;;) {
         const batch = await it.nextv(batchEntries).catch((err: unknown) => {

@@ -67,6 +67,12 @@ export interface SnapshotRecord {
   state: 'live' | 'deleting';
   /** Store blocks this snapshot's map holds. */
   ownedBlocks: number;
+  /**
+   * Volume blocks both this snapshot's map and its older catalog neighbour's
+   * map hold: what deleting it alone frees (space-accounting.ts). Optional:
+   * absent means 0 (and, in format version 2, not kept).
+   */
+  sharedBlocks?: number;
   /** User labels (`snapshot create --label k=v`). Optional: absent means none. */
   labels?: Record<string, string>;
   /** Held snapshots cannot be deleted (`snapshot hold`). Optional: absent means false. */
@@ -227,6 +233,7 @@ export const decodeValue = {
         typeof r.createdAt === 'string' &&
         (r.state === 'live' || r.state === 'deleting') &&
         isInt(r.ownedBlocks) &&
+        (r.sharedBlocks === undefined || isInt(r.sharedBlocks, 1)) &&
         (r.labels === undefined || isLabels(r.labels)) &&
         (r.held === undefined || typeof r.held === 'boolean') &&
         (r.origin === undefined || isIdentity(r.origin)) &&

@@ -8,6 +8,7 @@ import type { MetaRecord } from './meta-record.js';
 import { rebindStoreCrc } from './store-crc.js';
 import { suspectSnapshots, type AcceptChangesReport } from './outside-writes.js';
 import type { VolumeContext } from './volume-context.js';
+import { deleteStepShared, dropShared } from './space-accounting.js';
 import type { CreateSnapshotOptions, DeleteResult, SnapshotInfo } from './volume-types.js';
 
 /**
@@ -146,7 +147,9 @@ async function deleteStep(ctx: VolumeContext, rec: SnapshotRecord, result: Delet
   const map = await ctx.mapOf(rec.id);
   if (map.size === 0) {
     assert(rec.ownedBlocks === 0, `snapshot ${rec.name} still counts ${rec.ownedBlocks} owned blocks after hand-over`);
-    await ctx.commitRecords([{ o: 'drop', id: rec.id }]);
+    const shared = await dropShared(ctx, index);
+    await ctx.commitRecords([{ o: 'drop', id: rec.id }, ...shared.records]);
+    shared.apply();
     ctx.catalog.splice(index, 1);
     ctx.maps.delete(rec.id);
     return true;
@@ -167,7 +170,15 @@ async function deleteStep(ctx: VolumeContext, rec: SnapshotRecord, result: Delet
       freed.push(storeBlock);
     }
   }
-  await commitDeleteBatch(ctx, records, freed);
+  const shared = await deleteStepShared(
+    ctx,
+    index,
+    batch.map(([block]) => block),
+    moved.map(([block]) => block),
+    freed.length,
+  );
+  await commitDeleteBatch(ctx, [...records, ...shared.records], freed);
+  shared.apply();
   for (const [block] of batch) map.delete(block);
   for (const [block, storeBlock, crc] of moved) olderMap?.set(block, storeBlock, crc);
   for (const extent of blockExtents(freed)) ctx.allocator.free(extent);

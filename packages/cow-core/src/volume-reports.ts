@@ -4,6 +4,7 @@ import { checkVolume, type CheckReport } from './check.js';
 import { checkStoreInto } from './check-data.js';
 import { unionOfMaps, type DiffResult, type NamedMap } from './diff.js';
 import { freeableBlocks, type SpaceReport } from './space.js';
+import { recountShared, spaceFromCounters } from './space-accounting.js';
 import { describeSnapshot } from './snapshot-lifecycle.js';
 import type { VolumeContext } from './volume-context.js';
 import type { ConsistencyReport, VolumeInfo } from './volume-types.js';
@@ -70,6 +71,7 @@ export async function checkFrozen(ctx: VolumeContext, options: CheckOptions): Pr
     ...(options.onProgress ? { onProgress: options.onProgress } : {}),
   });
   if (options.readData) await checkStoreInto(report, db, meta, store, options.onProgress);
+  if (options.repair) await repairCounts(ctx, report);
   if (options.repair && report.leaks.length > 0 && report.corruptions.length === 0) {
     await ctx.commitRecords(report.leaks.map((e) => ({ o: 'free' as const, p: e.startBlock, n: e.lengthBlocks })));
     // The live allocator learns the freed space too.
@@ -78,6 +80,18 @@ export async function checkFrozen(ctx: VolumeContext, options: CheckOptions): Pr
     report.status = 'clean';
   }
   return report;
+}
+
+/**
+ * `check --repair` of shared counts: when they are the only corruption
+ * found, every count is set to the recount (space-accounting.ts) and the
+ * report says how many changed.
+ */
+async function repairCounts(ctx: VolumeContext, report: CheckReport): Promise<void> {
+  if (report.corruptions.length === 0 || !report.corruptions.every((f) => f.kind === 'shared-count-mismatch')) return;
+  report.repairedCounts = await recountShared(ctx);
+  report.corruptions = [];
+  report.status = report.leaks.length > 0 ? 'leaks' : 'clean';
 }
 
 /** `Volume.checkConsistency`, frozen by the caller: the live view against itself (guarantee 6). */
@@ -102,8 +116,22 @@ export async function checkConsistencyFrozen(ctx: VolumeContext): Promise<Consis
       owner.set(storeBlock, where);
     }
   }
+  await checkSharedCounts(ctx, problems);
   const leakedBlocks = committed.highWaterBlocks - committed.freeBlocks - owner.size;
   return { snapshots: ctx.catalog.length, mappedBlocks, leakedBlocks: Math.max(0, leakedBlocks), problems };
+}
+
+/** The kept shared counts (space-accounting.ts) against a recount of the live maps, and live against committed. */
+async function checkSharedCounts(ctx: VolumeContext, problems: string[]): Promise<void> {
+  let older: NamedMap | undefined;
+  for (const rec of ctx.catalog) {
+    const named: NamedMap = { id: rec.id, name: rec.name, map: await ctx.mapOf(rec.id) };
+    const recount = older ? freeableBlocks(named, older) : 0;
+    const kept = rec.sharedBlocks ?? 0;
+    if (kept !== recount) problems.push(`snapshot ${rec.name} counts ${kept} blocks shared with its older neighbour but shares ${recount}`);
+    if ((ctx.parts.meta.snapshots.get(rec.id)?.sharedBlocks ?? 0) !== kept) problems.push(`snapshot ${rec.name}: live and committed shared counts differ`);
+    older = named;
+  }
 }
 
 /** `Volume.diff`, settled by the caller (docs/ARCHITECTURE.md §15.2). @throws SNAPSHOT_NOT_FOUND */
@@ -120,41 +148,9 @@ export async function diffOf(ctx: VolumeContext, from: string, to: string | unde
   return { from, to: to ?? null, blockSizeBytes: bs, extents, bytes, blocks: bytes / bs };
 }
 
-/** `Volume.spaceUsage`, settled by the caller (docs/ARCHITECTURE.md §15.3). */
+/** `Volume.spaceUsage`, settled by the caller (docs/ARCHITECTURE.md §15.3): from the kept counters, O(snapshots). */
 export async function spaceUsageOf(ctx: VolumeContext): Promise<SpaceReport> {
-  const fileBytes = await ctx.parts.store.device.sizeBytes();
-  let all = new Map<number, NamedMap>();
-  // Load until every snapshot of the catalog is loaded (a create or delete may run meanwhile).
-  while (!ctx.catalog.every((r) => all.has(r.id))) all = new Map((await namedMaps(ctx, [...ctx.catalog])).map((m) => [m.id, m]));
-  // From here on synchronous: one consistent view.
-  const bs = ctx.blockSizeBytes;
-  const snapshots: SpaceReport['snapshots'] = [];
-  let ownedBlocks = 0;
-  ctx.catalog.forEach((rec, i) => {
-    const named = all.get(rec.id);
-    if (!named) return; // loaded above, synchronously since
-    ownedBlocks += named.map.size;
-    if (rec.state !== 'live') return;
-    const olderId = i > 0 ? ctx.catalog[i - 1]?.id : undefined;
-    const freeable = freeableBlocks(named, olderId === undefined ? undefined : all.get(olderId));
-    snapshots.push({ id: rec.id, name: rec.name, ownedBlocks: named.map.size, ownedBytes: named.map.size * bs, freeableBlocks: freeable, freeableBytes: freeable * bs });
-  });
-  const alloc = ctx.parts.meta.allocator;
-  const usedBlocks = alloc.highWaterBlocks - alloc.freeBlocks;
-  return {
-    blockSizeBytes: bs,
-    snapshots,
-    store: {
-      highWaterBlocks: alloc.highWaterBlocks,
-      usedBlocks,
-      usedBytes: usedBlocks * bs,
-      freeBlocks: alloc.freeBlocks,
-      freeBytes: alloc.freeBlocks * bs,
-      fileBytes,
-      ownedBlocks,
-      ownedBytes: ownedBlocks * bs,
-    },
-  };
+  return spaceFromCounters(ctx, await ctx.parts.store.device.sizeBytes());
 }
 
 /** The maps of `records`, loaded, in the same order. */

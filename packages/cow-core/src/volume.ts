@@ -37,6 +37,7 @@ import {
   type SelectedDeletePlan,
   type SelectedDeleteResult,
 } from './snapshot-policy.js';
+import { upgradeSpaceCounters } from './space-accounting.js';
 import { checkConsistencyFrozen, checkFrozen, diffOf, namedMaps, spaceUsageOf, volumeInfo, type CheckOptions } from './volume-reports.js';
 import type { ConsistencyReport, CreateSnapshotOptions, CreateVolumeOptions, DeleteResult, MultiDeleteResult, OpenVolumeOptions, SnapshotInfo, VolumeInfo, VolumeStats } from './volume-types.js';
 
@@ -130,9 +131,10 @@ export class Volume {
     const parts = await openVolumeParts(path, options);
     const ctx = new VolumeContext(parts);
     const vol = new Volume(ctx);
-    if (ctx.readOnly) return vol; // replayed into the private copy; an interrupted delete is finished by the next writable open
     try {
-      if (parts.recovery.replayedTransactions > 0) await ctx.checkpoint();
+      if (!ctx.readOnly && parts.recovery.replayedTransactions > 0) await ctx.checkpoint();
+      await upgradeSpaceCounters(ctx); // a read-only open counts in memory only
+      if (ctx.readOnly) return vol; // replayed into the private copy; an interrupted delete is finished by the next writable open
       await finishInterruptedDeletes(ctx);
     } catch (err) {
       await abandonParts(parts);

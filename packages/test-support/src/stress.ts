@@ -277,6 +277,8 @@ async function verifyAfterReopen(run: Run, path: string): Promise<void> {
       const data = await volume.readSnapshot(name, 0, run.totalBlocks * BLOCK_BYTES);
       for (const bad of checkUnits(data, 0, (u) => allowed[u]!)) run.mismatch(`snapshot ${name} after reopen: ${bad}`);
     }
+    // The kept space counters (owned, shared) equal a recount of the maps, live and committed.
+    for (const problem of (await volume.checkConsistency()).problems) run.mismatch(`consistency after reopen: ${problem}`);
     const report = await volume.check();
     run.summary.finalCheck = report.status;
     if (report.status !== 'clean') run.mismatch(`check after reopen: ${report.status} ${JSON.stringify(report.corruptions.slice(0, 3))}`);
