@@ -21,3 +21,22 @@ export {
 } from './repository-config.js';
 export { FileObjectStore, validateObjectKey, OBJECT_KEY_MAX_BYTES } from './file-object-store.js';
 export { S3ObjectStore, parseS3Url, storeErrorCode, type S3ObjectStoreOptions } from './s3-object-store.js';
+export {
+  acquireLock,
+  listLocks,
+  describeLock,
+  encodeLock,
+  decodeLock,
+  RepositoryLock,
+  RepositoryLockedError,
+  LOCK_PREFIX,
+  LOCK_LEASE_MS,
+  LOCK_CLOCK_SKEW_MS,
+  type LockKind,
+  type LockLease,
+  type LockInfo,
+  type LockOptions,
+  type LockableRepository,
+} from './repository-lock.js';
+export { applyRetention, validatePolicy, isoWeek, type RetentionPolicy, type RetentionItem, type RetentionDecision } from './retention.js';
+export { forEachBounded, MAX_JOBS } from './bounded-jobs.js';
