@@ -44,3 +44,17 @@ export class BackupArgumentError extends CowvolError {
     super('INVALID_ARGUMENT', message, options);
   }
 }
+
+/** `REPOSITORY_EXISTS`: `backup init` found a `config` object at the URL; nothing was written. `details.repository` names it. */
+export class RepositoryExistsError extends CowvolError {
+  constructor(message: string, options?: CowvolErrorOptions) {
+    super('REPOSITORY_EXISTS', message, options);
+  }
+}
+
+/** `REPOSITORY_NOT_FOUND`: no `config` object at the URL: not a backup repository (run `cowvol backup init`). */
+export class RepositoryNotFoundError extends CowvolError {
+  constructor(message: string, options?: CowvolErrorOptions) {
+    super('REPOSITORY_NOT_FOUND', message, options);
+  }
+}

@@ -5,7 +5,7 @@
  * S3-compatible object store.
  */
 export type { ObjectStore, ObjectInfo } from './object-store.js';
-export { BadKeyError, BackupCorruptError, ObjectExistsError, ObjectNotFoundError, BackupArgumentError } from './errors.js';
+export { BadKeyError, BackupCorruptError, ObjectExistsError, ObjectNotFoundError, BackupArgumentError, RepositoryExistsError, RepositoryNotFoundError } from './errors.js';
 export { loadKeyFile, generateKeyFile, KEY_FILE_KEY_BYTES } from './key-file.js';
 export { deriveRepositoryKeys, verifyKeyCheck, REPOSITORY_ID_BYTES, type RepositoryKeys } from './repository-keys.js';
 export { sealChunk, openChunk, chunkId, CHUNK_OVERHEAD_BYTES, CHUNK_MAX_PLAINTEXT_BYTES, type SealedChunk } from './chunk-seal.js';
@@ -21,6 +21,9 @@ export {
 } from './repository-config.js';
 export { FileObjectStore, validateObjectKey, OBJECT_KEY_MAX_BYTES } from './file-object-store.js';
 export { S3ObjectStore, parseS3Url, storeErrorCode, type S3ObjectStoreOptions } from './s3-object-store.js';
+export { encodeManifest, decodeManifest, manifestProblem, chunkCount, MANIFEST_MAGIC, MANIFEST_VERSION, MAX_MANIFEST_CHUNKS, MAX_MANIFEST_BYTES, type Manifest } from './manifest.js';
+export { chunkObjectKey, manifestObjectKey, parseManifestObjectKey, isChunkId, isVolumeUuid, CONFIG_KEY, CHUNKS_PREFIX, MANIFESTS_PREFIX, LOCKS_PREFIX } from './object-keys.js';
+export { Repository, type PutChunkResult, type ManifestRef } from './repository.js';
 export {
   acquireLock,
   listLocks,

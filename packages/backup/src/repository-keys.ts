@@ -15,6 +15,7 @@ const INFO_ENCRYPTION = 'cowvol backup v1 encryption key';
 const INFO_MAC = 'cowvol backup v1 chunk id key';
 const INFO_CONFIG_MAC = 'cowvol backup v1 config mac key';
 const INFO_KEY_CHECK = 'cowvol backup v1 key check key';
+const INFO_MANIFEST = 'cowvol backup v1 manifest key';
 /** What the key check value is the HMAC of. */
 const KEY_CHECK_MESSAGE = Buffer.from('cowvol backup key check', 'latin1');
 
@@ -31,6 +32,8 @@ export interface RepositoryKeys {
   readonly configMacKey: Buffer;
   /** HMAC-SHA-256(key check key, "cowvol backup key check"), stored in `config` (32 bytes). */
   readonly keyCheck: Buffer;
+  /** AES-256-GCM key of manifests (32 bytes; docs/FORMAT.md §12.4). */
+  readonly manifestKey: Buffer;
 }
 
 /**
@@ -47,7 +50,7 @@ export function deriveRepositoryKeys(keyBytes: Buffer, repositoryId: Buffer): Re
   if (repositoryId.length !== REPOSITORY_ID_BYTES) throw new BackupArgumentError(`a repository id is 16 bytes, not ${String(repositoryId.length)}`);
   const derive = (info: string): Buffer => Buffer.from(hkdfSync('sha256', keyBytes, repositoryId, info, DERIVED_KEY_BYTES));
   const keyCheck = createHmac('sha256', derive(INFO_KEY_CHECK)).update(KEY_CHECK_MESSAGE).digest();
-  const keys = { encryptionKey: derive(INFO_ENCRYPTION), macKey: derive(INFO_MAC), configMacKey: derive(INFO_CONFIG_MAC), keyCheck };
+  const keys = { encryptionKey: derive(INFO_ENCRYPTION), macKey: derive(INFO_MAC), configMacKey: derive(INFO_CONFIG_MAC), keyCheck, manifestKey: derive(INFO_MANIFEST) };
   for (const value of Object.values(keys)) assert(value.length === DERIVED_KEY_BYTES, 'derived keys are 32 bytes');
   return keys;
 }

@@ -49,9 +49,9 @@ const keyBytes = randomBytes(32);
 const keys: RepositoryKeys = deriveRepositoryKeys(keyBytes, randomBytes(16));
 
 describe('repository keys', () => {
-  it('are four distinct 32-byte values, and differ between repositories with the same key file', () => {
-    const values = [keys.encryptionKey, keys.macKey, keys.configMacKey, keys.keyCheck].map((b) => b.toString('hex'));
-    expect(new Set(values).size).toBe(4);
+  it('are five distinct 32-byte values, and differ between repositories with the same key file', () => {
+    const values = [keys.encryptionKey, keys.macKey, keys.configMacKey, keys.keyCheck, keys.manifestKey].map((b) => b.toString('hex'));
+    expect(new Set(values).size).toBe(5);
     const other = deriveRepositoryKeys(keyBytes, randomBytes(16));
     expect(other.encryptionKey.equals(keys.encryptionKey)).toBe(false);
     expect(other.macKey.equals(keys.macKey)).toBe(false);

@@ -21,6 +21,7 @@ export const ERROR_CODES = [
   'SNAPSHOT_NOT_FOUND',
   'INPUT_NOT_FOUND',
   'OBJECT_NOT_FOUND',
+  'REPOSITORY_NOT_FOUND',
   'NOT_SERVED',
   // conflicts with what exists
   'VOLUME_EXISTS',
@@ -36,6 +37,7 @@ export const ERROR_CODES = [
   'RESUME_MISMATCH',
   'ENDPOINT_IN_USE',
   'OBJECT_EXISTS',
+  'REPOSITORY_EXISTS',
   // another process owns the volume
   'VOLUME_BUSY',
   'LOCK_LOST',

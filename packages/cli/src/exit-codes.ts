@@ -20,6 +20,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = Object.freeze({
   SNAPSHOT_NOT_FOUND: 3,
   INPUT_NOT_FOUND: 3,
   OBJECT_NOT_FOUND: 3,
+  REPOSITORY_NOT_FOUND: 3,
   NOT_SERVED: 3,
   // 4: conflicts with what exists
   VOLUME_EXISTS: 4,
@@ -35,6 +36,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = Object.freeze({
   STREAM_HEADER_TOO_LARGE: 4,
   ENDPOINT_IN_USE: 4,
   OBJECT_EXISTS: 4,
+  REPOSITORY_EXISTS: 4,
   // 5: another process owns the volume
   VOLUME_BUSY: 5,
   LOCK_LOST: 5, // a volume's owner lock is never taken over; a backup repository lock whose lease ran out (docs/ARCHITECTURE.md §17)

@@ -1,0 +1,128 @@
+/**
+ * Repository on a FileObjectStore (docs/ARCHITECTURE.md §17): init refuses
+ * an existing repository, open refuses a missing one and a wrong key before
+ * anything is written, putChunk deduplicates by content (head, then
+ * conditional put) also under concurrent puts, getChunk authenticates and
+ * calls a missing chunk damage, manifests are put once and listed by volume.
+ */
+import { randomBytes } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { chunkObjectKey, FileObjectStore, manifestObjectKey, Repository, type Manifest } from '@cowvol/backup';
+import { hasCode } from '@cowvol/base';
+
+let dir: string;
+let store: FileObjectStore;
+beforeEach(async () => {
+  dir = await fsp.mkdtemp(join(tmpdir(), 'cowvol-repo-'));
+  store = new FileObjectStore(pathToFileURL(join(dir, 'repo')).href);
+});
+afterEach(async () => {
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+async function codeOf(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (err) {
+    return hasCode(err, 'REPOSITORY_EXISTS', 'REPOSITORY_NOT_FOUND', 'BAD_KEY', 'BACKUP_CORRUPT', 'OBJECT_EXISTS', 'OBJECT_NOT_FOUND', 'INVALID_ARGUMENT') ? err.code : `uncoded: ${String(err)}`;
+  }
+  return 'resolved';
+}
+
+async function objectKeys(): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const info of store.list('')) keys.push(info.key);
+  return keys;
+}
+
+function manifestOf(volumeUuid: string, snapshotName: string, chunks: Map<number, string>): Manifest {
+  const now = new Date().toISOString();
+  return {
+    volumeUuid,
+    sizeBytes: 4 * 65536,
+    blockSizeBytes: 4096,
+    chunkSizeBytes: 65536,
+    snapshotName,
+    identity: { volumeUuid, snapshotId: 1, createdAt: now, name: snapshotName },
+    labels: {},
+    createdAt: now,
+    pushedAt: now,
+    parent: null,
+    chunks,
+    bytesNew: 0,
+    logicalBytes: chunks.size * 65536,
+  };
+}
+
+describe('Repository', () => {
+  it('init writes one config and refuses a second init; open refuses a missing repository and a wrong key', async () => {
+    const key = randomBytes(32);
+    expect(await codeOf(Repository.open(store, key))).toBe('REPOSITORY_NOT_FOUND');
+    const repo = await Repository.init(store, key, 65536);
+    expect(repo.chunkSizeBytes).toBe(65536);
+    expect(await objectKeys()).toEqual(['config']);
+    expect(await codeOf(Repository.init(store, key))).toBe('REPOSITORY_EXISTS');
+    expect(await codeOf(Repository.init(store, randomBytes(32)))).toBe('REPOSITORY_EXISTS');
+    const config = await store.get('config');
+    expect(await codeOf(Repository.open(store, randomBytes(32)))).toBe('BAD_KEY');
+    expect((await store.get('config')).equals(config)).toBe(true);
+    expect(await objectKeys()).toEqual(['config']);
+    const again = await Repository.open(store, key);
+    expect(again.config.repositoryId.equals(repo.config.repositoryId)).toBe(true);
+  });
+
+  it('stores a chunk once (also under 8 concurrent puts of it), gets it back authenticated, and calls a damaged or missing chunk BACKUP_CORRUPT', async () => {
+    const repo = await Repository.init(store, randomBytes(32), 65536);
+    const data = randomBytes(65536);
+    const results = await Promise.all(Array.from({ length: 8 }, () => repo.putChunk(data)));
+    expect(results.filter((r) => r.uploaded)).toHaveLength(1);
+    expect(new Set(results.map((r) => r.id)).size).toBe(1);
+    const id = results[0]?.id ?? '';
+    expect(await repo.hasChunk(id)).toBe(true);
+    expect((await repo.putChunk(data)).uploaded).toBe(false);
+    expect((await repo.getChunk(id, 65536)).equals(data)).toBe(true);
+    expect(await codeOf(repo.getChunk(id, 4096))).toBe('BACKUP_CORRUPT');
+    const path = join(dir, 'repo', chunkObjectKey(id));
+    const body = await fsp.readFile(path);
+    expect(body.includes(data.subarray(0, 64))).toBe(false);
+    body[100] = (body[100] ?? 0) ^ 1;
+    await fsp.writeFile(path, body);
+    expect(await codeOf(repo.getChunk(id))).toBe('BACKUP_CORRUPT');
+    await fsp.unlink(path);
+    expect(await codeOf(repo.getChunk(id))).toBe('BACKUP_CORRUPT');
+    expect(await repo.hasChunk(id)).toBe(false);
+  });
+
+  it('puts a manifest once, reads it back, lists manifests by volume in key order', async () => {
+    const repo = await Repository.init(store, randomBytes(32), 65536);
+    const a = 'aa'.repeat(16);
+    const b = 'bb'.repeat(16);
+    const { id } = await repo.putChunk(randomBytes(65536));
+    const m = manifestOf(a, 's2', new Map([[1, id]]));
+    expect(await repo.putManifest(m)).toBe(manifestObjectKey(a, 's2'));
+    expect(await codeOf(repo.putManifest(m))).toBe('OBJECT_EXISTS');
+    await repo.putManifest(manifestOf(a, '.hidden', new Map()));
+    await repo.putManifest(manifestOf(b, 's1', new Map()));
+    expect(await repo.getManifest(a, 's2')).toEqual(m);
+    expect(await repo.getManifest(manifestObjectKey(a, 's2'))).toEqual(m);
+    expect(await repo.hasManifest(a, 's2')).toBe(true);
+    expect(await repo.hasManifest(a, 's3')).toBe(false);
+    expect(await codeOf(repo.getManifest(a, 's3'))).toBe('OBJECT_NOT_FOUND');
+    const names = async (uuid?: string): Promise<string[]> => {
+      const out: string[] = [];
+      for await (const ref of repo.listManifests(uuid)) out.push(`${ref.volumeUuid.slice(0, 2)}/${ref.snapshotName}`);
+      return out;
+    };
+    expect(await names()).toEqual(['aa/.hidden', 'aa/s2', 'bb/s1']);
+    expect(await names(b)).toEqual(['bb/s1']);
+    expect(await codeOf(names('nope'))).toBe('INVALID_ARGUMENT');
+    // A manifest body copied under another key does not open.
+    const body = await store.get(manifestObjectKey(a, 's2'));
+    await store.put(manifestObjectKey(b, 's2'), body);
+    expect(await codeOf(repo.getManifest(b, 's2'))).toBe('BACKUP_CORRUPT');
+  });
+});
