@@ -32,7 +32,6 @@ export {
   decodeLock,
   RepositoryLock,
   RepositoryLockedError,
-  LOCK_PREFIX,
   LOCK_LEASE_MS,
   LOCK_CLOCK_SKEW_MS,
   type LockKind,
@@ -43,3 +42,5 @@ export {
 } from './repository-lock.js';
 export { applyRetention, validatePolicy, isoWeek, type RetentionPolicy, type RetentionItem, type RetentionDecision } from './retention.js';
 export { forEachBounded, MAX_JOBS } from './bounded-jobs.js';
+export { verifyRepository, forEachManifest, type VerifyReport, type VerifyOptions, type DamagedChunk, type DamagedManifest, type SnapshotRef } from './repository-verify.js';
+export { forgetSnapshots, pruneRepository, type ForgetReport, type ForgetOptions, type ForgetEntry, type PruneReport, type PruneOptions } from './repository-prune.js';

@@ -1,12 +1,11 @@
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { assert, CowvolError, errorMessage, hasCode, isCowvolError, type CowvolErrorOptions } from '@cowvol/base';
+import { LOCKS_PREFIX } from './object-keys.js';
 import type { ObjectStore } from './object-store.js';
 import type { RepositoryConfig } from './repository-config.js';
 import type { RepositoryKeys } from './repository-keys.js';
 
-/** Where lock objects live (docs/FORMAT.md §12.5). */
-export const LOCK_PREFIX = 'locks/';
 /** `CVLK` (u32 big-endian): the first bytes of a lock object. */
 export const LOCK_MAGIC = 0x43564c4b;
 export const LOCK_VERSION = 1;
@@ -159,7 +158,7 @@ export async function acquireLock(repo: LockableRepository, kind: LockKind, opti
   const now = options.now ?? Date.now;
   const leaseMs = options.leaseMs ?? LOCK_LEASE_MS;
   assert(leaseMs >= 1000, 'a lease is at least a second');
-  const key = `${LOCK_PREFIX}${randomBytes(16).toString('hex')}`;
+  const key = `${LOCKS_PREFIX}${randomBytes(16).toString('hex')}`;
   const t = now();
   const lease: LockLease = {
     kind,
@@ -194,8 +193,8 @@ export async function listLocks(repo: LockableRepository, options: { now?: () =>
   const now = (options.now ?? Date.now)();
   const leaseMs = options.leaseMs ?? LOCK_LEASE_MS;
   const out: LockInfo[] = [];
-  for await (const info of repo.store.list(LOCK_PREFIX)) {
-    if (!LOCK_ID.test(info.key.slice(LOCK_PREFIX.length))) continue;
+  for await (const info of repo.store.list(LOCKS_PREFIX)) {
+    if (!LOCK_ID.test(info.key.slice(LOCKS_PREFIX.length))) continue;
     let body: Buffer;
     try {
       body = await repo.store.get(info.key);
