@@ -1,5 +1,5 @@
 import { assert, CowvolError } from '@cowvol/base';
-import { forEachBounded } from './bounded-jobs.js';
+import { forEachBounded } from './pool.js';
 import { BackupArgumentError, BackupCorruptError } from './errors.js';
 import { chunkObjectKey, CHUNKS_PREFIX, isChunkId, isVolumeUuid } from './object-keys.js';
 import type { Repository } from './repository.js';

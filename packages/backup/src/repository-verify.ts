@@ -1,5 +1,5 @@
 import { hasCode, isCowvolError } from '@cowvol/base';
-import { forEachBounded } from './bounded-jobs.js';
+import { forEachBounded } from './pool.js';
 import { CHUNK_OVERHEAD_BYTES } from './chunk-seal.js';
 import type { Manifest } from './manifest.js';
 import { CHUNKS_PREFIX, isChunkId } from './object-keys.js';

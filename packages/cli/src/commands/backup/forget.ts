@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { forgetSnapshots, type ForgetReport } from '@cowvol/backup';
-import { repositoryFlags, withRepository } from '../../backup-repository.js';
+import { repositoryFlags, withRepository } from '../../backup-repo.js';
 import { CowvolCommand } from '../../base-command.js';
 import { table } from '../../format.js';
 

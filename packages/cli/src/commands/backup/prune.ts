@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { pruneRepository, type PruneReport } from '@cowvol/backup';
-import { repositoryFlags, withRepository } from '../../backup-repository.js';
+import { repositoryFlags, withRepository } from '../../backup-repo.js';
 import { CowvolCommand } from '../../base-command.js';
 import { parseDuration } from '../../duration.js';
 import { human } from '../../format.js';

@@ -1,7 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { verifyRepository, type VerifyReport } from '@cowvol/backup';
 import type { ErrorCode } from '@cowvol/base';
-import { repositoryFlags, withRepository } from '../../backup-repository.js';
+import { repositoryFlags, withRepository } from '../../backup-repo.js';
 import { CowvolCommand } from '../../base-command.js';
 import { createProgress, progressFlag } from '../../progress.js';
 

@@ -1,0 +1,63 @@
+import { Flags } from '@oclif/core';
+import { BackupArgumentError, DEFAULT_JOBS, FileObjectStore, loadKeyFile, MAX_JOBS, Repository, S3ObjectStore, type ObjectStore } from '@cowvol/backup';
+
+/**
+ * Flags every `cowvol backup` command that reaches a repository takes
+ * (README "Backups off the machine", docs/ARCHITECTURE.md §17).
+ */
+export const repositoryFlags = {
+  'key-file': Flags.string({ description: 'the repository key: a private (0600) file of 64 hex digits (cowvol backup key-gen makes one)', helpValue: '<file>', required: true }),
+  endpoint: Flags.string({ description: 'S3 endpoint URL, e.g. http://127.0.0.1:7480 for RGW or MinIO (default: AWS_ENDPOINT_URL, else AWS)', helpValue: '<url>' }),
+  'path-style': Flags.boolean({ description: 'path-style S3 addressing (endpoint/bucket/key), as RGW and MinIO want' }),
+  jobs: Flags.integer({ description: `requests (and chunks) in flight at most, 1..${String(MAX_JOBS)}`, default: DEFAULT_JOBS, min: 1, max: MAX_JOBS }),
+};
+
+export interface RepositoryFlags {
+  'key-file': string;
+  endpoint?: string | undefined;
+  'path-style': boolean;
+  jobs: number;
+}
+
+/** A store for `s3://bucket/prefix` or `file:///abs/path`. @throws INVALID_ARGUMENT for any other URL */
+export function openStore(url: string, flags: Omit<RepositoryFlags, 'key-file'>): ObjectStore & { close?: () => void } {
+  if (url.startsWith('file:')) return new FileObjectStore(url);
+  if (url.startsWith('s3:')) {
+    const endpoint = flags.endpoint ?? process.env.AWS_ENDPOINT_URL;
+    // RGW and MinIO ignore the region, but the SDK's signer needs one.
+    const region = process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? (endpoint === undefined ? undefined : 'us-east-1');
+    return new S3ObjectStore({
+      url,
+      ...(endpoint === undefined ? {} : { endpoint }),
+      ...(region === undefined ? {} : { region }),
+      forcePathStyle: flags['path-style'],
+      jobs: flags.jobs,
+    });
+  }
+  throw new BackupArgumentError(`a repository URL is s3://bucket/prefix or file:///absolute/path, not ${url}`);
+}
+
+/**
+ * Loads the key file (BAD_KEY first: nothing is contacted with a refused
+ * key), opens the store and the repository, runs `fn`, closes the store.
+ */
+export async function withRepository<T>(url: string, flags: RepositoryFlags, fn: (repo: Repository) => Promise<T>): Promise<T> {
+  const key = await loadKeyFile(flags['key-file']);
+  const store = openStore(url, flags);
+  try {
+    return await fn(await Repository.open(store, key));
+  } finally {
+    store.close?.();
+  }
+}
+
+/**
+ * Splits `<repository-url>/<volume-uuid>/<snapshot-name>` (the argument of
+ * `backup restore`). A leading-dot name may be given as is.
+ * @throws INVALID_ARGUMENT
+ */
+export function splitSnapshotUrl(url: string): { repositoryUrl: string; volumeUuid: string; snapshotName: string } {
+  const m = /^(.+?)\/+([0-9a-f]{32})\/([^/]+)$/.exec(url);
+  if (m === null) throw new BackupArgumentError(`expected <repository-url>/<volume-uuid>/<snapshot-name>, not ${url}`);
+  return { repositoryUrl: m[1] ?? '', volumeUuid: m[2] ?? '', snapshotName: m[3] ?? '' };
+}

@@ -1,0 +1,37 @@
+import { Args, Flags } from '@oclif/core';
+import { escapeTerminalText } from '@cowvol/cow-core';
+import { listBackups, type CatalogEntry } from '@cowvol/backup';
+import { CowvolCommand } from '../../base-command.js';
+import { repositoryFlags, withRepository } from '../../backup-repo.js';
+import { human, table } from '../../format.js';
+
+export default class BackupList extends CowvolCommand {
+  static override summary = 'List the snapshots in a backup repository: volume, name, labels, created, logical size, new bytes stored by its push';
+  static override examples = ['<%= config.bin %> backup list s3://backups/cowvol --key-file backup.key', '<%= config.bin %> backup list file:///mnt/usb/cowvol --key-file backup.key --json'];
+  static override args = { url: Args.string({ description: 's3://bucket/prefix or file:///absolute/path', required: true }) };
+  static override flags = {
+    ...repositoryFlags,
+    volume: Flags.string({ description: 'only the snapshots of this volume uuid', helpValue: '<uuid>' }),
+  };
+
+  async run(): Promise<{ snapshots: CatalogEntry[] }> {
+    const { args, flags } = await this.parse(BackupList);
+    const snapshots = await withRepository(args.url, flags, async (repo) => {
+      const out: CatalogEntry[] = [];
+      for await (const entry of listBackups(repo, flags.volume)) out.push(entry);
+      return out;
+    });
+    const rows = snapshots.map((s) => [
+      s.volumeUuid,
+      escapeTerminalText(s.snapshot),
+      s.createdAt,
+      human(s.logicalBytes),
+      human(s.bytesNew),
+      Object.entries(s.labels)
+        .map(([k, v]) => escapeTerminalText(`${k}=${v}`))
+        .join(','),
+    ]);
+    this.say(table(['VOLUME', 'SNAPSHOT', 'CREATED', 'LOGICAL', 'NEW', 'LABELS'], rows));
+    return { snapshots };
+  }
+}

@@ -1,0 +1,51 @@
+import { Args, Flags } from '@oclif/core';
+import { hasCode } from '@cowvol/base';
+import { pushSnapshot, type PushResult } from '@cowvol/backup';
+import { CowvolCommand } from '../../base-command.js';
+import { repositoryFlags, withRepository } from '../../backup-repo.js';
+import { human } from '../../format.js';
+import { createProgress, progressFlag } from '../../progress.js';
+import { servedPid, VolumeServedError } from '../../served.js';
+
+export default class BackupPush extends CowvolCommand {
+  static override summary = 'Store a snapshot in a backup repository: only the chunks changed since the last snapshot pushed, only those the repository lacks';
+  static override description = [
+    'The first push of a volume reads every chunk that can hold data; later pushes read only the chunks changed since the newest',
+    'snapshot of the volume already in the repository that the volume still has (changed-block tracking, as snapshot diff).',
+    'Chunks are deduplicated by content across volumes; the manifest is written last. Re-running an interrupted push uploads only',
+    'what is missing; pushing a snapshot already there does nothing. A served volume is refused (VOLUME_BUSY): stop it first.',
+  ].join('\n');
+  static override examples = ['<%= config.bin %> backup push vol.img nightly --to s3://backups/cowvol --key-file backup.key --endpoint http://127.0.0.1:7480 --path-style'];
+  static override args = {
+    volume: Args.string({ description: 'path of the volume file', required: true }),
+    name: Args.string({ description: 'snapshot to push', required: true }),
+  };
+  static override flags = {
+    to: Flags.string({ description: 'the repository: s3://bucket/prefix or file:///absolute/path', helpValue: '<url>', required: true }),
+    ...repositoryFlags,
+    ...progressFlag,
+  };
+
+  async run(): Promise<PushResult> {
+    const { args, flags } = await this.parse(BackupPush);
+    const progress = createProgress(flags.progress, 'backup push');
+    const result = await withRepository(flags.to, flags, (repo) =>
+      this.withVolume(args.volume, (volume) => pushSnapshot(repo, volume, args.name, { jobs: flags.jobs, onProgress: (p) => progress.update(p.doneChunks, p.plannedChunks, 'chunks') }), {
+        readOnly: true,
+        routeServed: true,
+      }).catch(async (err: unknown) => {
+        const pid = hasCode(err, 'VOLUME_BUSY') && !(err instanceof VolumeServedError) ? await servedPid(args.volume) : undefined;
+        if (pid === undefined) throw err;
+        throw new VolumeServedError(args.volume, pid, { cause: err, note: 'backup push reads the changed blocks from the metadata the server holds' });
+      }),
+    ).finally(() => progress.stop());
+    if (result.alreadyPushed) this.say(`${result.snapshot} is in ${flags.to} already (${result.manifest}); nothing to do`);
+    else
+      this.say(
+        `pushed ${result.snapshot} to ${flags.to}${result.parent ? ` (changes since ${result.parent.split('/').at(-1) ?? ''})` : ' (full)'}: ` +
+          `${String(result.chunksRead)} of ${String(result.chunksTotal)} chunks read (${human(result.bytesRead)}), ${String(result.chunksUploaded)} uploaded (${human(result.bytesUploaded)}), ` +
+          `${String(result.chunksDeduplicated)} already stored, in ${result.seconds.toFixed(1)} s`,
+      );
+    return result;
+  }
+}

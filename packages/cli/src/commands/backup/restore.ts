@@ -1,0 +1,50 @@
+import { Args, Flags } from '@oclif/core';
+import { restoreFromRepository, type RestoreResult } from '@cowvol/backup';
+import { CowvolCommand } from '../../base-command.js';
+import { repositoryFlags, splitSnapshotUrl, withRepository } from '../../backup-repo.js';
+import { human } from '../../format.js';
+import { createProgress, progressFlag } from '../../progress.js';
+
+export default class BackupRestore extends CowvolCommand {
+  static override summary = 'Restore a snapshot from a backup repository into a new volume, or --into an existing one as a new snapshot';
+  static override description = [
+    'Every chunk is downloaded and authenticated before the target is touched (spooled into a temporary file next to it), so a',
+    'damaged repository (BACKUP_CORRUPT) leaves nothing behind. A new volume gets the snapshot and live data equal to it;',
+    '--into adds the snapshot to a volume holding one of its bases, by identity, as `import` of an incremental stream (BASE_MISMATCH otherwise).',
+  ].join('\n');
+  static override examples = [
+    '<%= config.bin %> backup restore s3://backups/cowvol/0123456789abcdef0123456789abcdef/nightly restored.img --key-file backup.key --verify',
+    '<%= config.bin %> backup restore file:///mnt/usb/cowvol/0123456789abcdef0123456789abcdef/tuesday copy.img --into --key-file backup.key',
+  ];
+  static override args = {
+    snapshot: Args.string({ description: '<repository-url>/<volume-uuid>/<snapshot-name>', required: true }),
+    volume: Args.string({ description: 'path of the volume to create (or, with --into, to add the snapshot to)', required: true }),
+  };
+  static override flags = {
+    ...repositoryFlags,
+    into: Flags.boolean({ description: 'add the snapshot to the existing volume <volume>, which must hold one of its bases with nothing written since' }),
+    verify: Flags.boolean({ description: "read the restored snapshot back and compare every chunk with the manifest's chunk ids (VERIFY_FAILED)" }),
+    ...progressFlag,
+  };
+
+  async run(): Promise<Omit<RestoreResult, 'import'> & { extents: number }> {
+    const { args, flags } = await this.parse(BackupRestore);
+    const { repositoryUrl, volumeUuid, snapshotName } = splitSnapshotUrl(args.snapshot);
+    const progress = createProgress(flags.progress, 'backup restore');
+    const result = await withRepository(repositoryUrl, flags, (repo) =>
+      restoreFromRepository(repo, volumeUuid, snapshotName, args.volume, {
+        into: flags.into,
+        verify: flags.verify,
+        jobs: flags.jobs,
+        openVolume: (p) => this.openVolume(p),
+        onProgress: (phase, done, total) => progress.update(done, total, phase),
+      }),
+    ).finally(() => progress.stop());
+    this.say(
+      `restored ${snapshotName} into ${args.volume}${result.created ? ' (new volume)' : ''}: ${String(result.chunksDownloaded)} chunks downloaded (${human(result.bytesDownloaded)})` +
+        (result.verified ? '; read back and verified' : ''),
+    );
+    const { import: imported, ...rest } = result;
+    return { ...rest, extents: imported.extentCount };
+  }
+}
