@@ -177,10 +177,22 @@ function resticTool(work, s3, bucket) {
 }
 
 /** `cowvol backup push` of the volume's snapshots, when this build has the command. */
-function cowvolTool() {
+function cowvolTool(work, s3, bucket) {
   const help = spawnSync(process.execPath, [CLI, 'backup', 'push', '--help'], { encoding: 'utf8' });
   if (help.status !== 0) return undefined;
-  return undefined;
+  const keyFile = join(work, 'cowvol.key');
+  const url = `s3://${bucket}/repo`;
+  const env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: 'us-east-1' };
+  const store = ['--key-file', keyFile, '--endpoint', s3.endpoint, '--path-style'];
+  return {
+    name: 'cowvol',
+    bucket,
+    init: async () => {
+      await timed(process.execPath, [CLI, 'backup', 'key-gen', keyFile], env);
+      await timed(process.execPath, [CLI, 'backup', 'init', url, ...store], env);
+    },
+    backup: (vol, snapshot) => measure(s3, bucket, process.execPath, [CLI, 'backup', 'push', vol, snapshot, '--to', url, ...store, '--no-progress'], env),
+  };
 }
 
 async function main() {
