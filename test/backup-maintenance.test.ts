@@ -5,7 +5,8 @@
  * damaged naming each chunk and every snapshot needing it, 1 could not
  * check), restic's retention rules on snapshots with controlled creation
  * times, prune deleting exactly the unreferenced chunks and refusing while a
- * live lock exists. Snapshots are written through the Repository API (chunks,
+ * live lock exists, and a push racing a prune (COWVOL_BACKUP_RACE_ROUNDS
+ * rounds) never losing a chunk its manifest names. Snapshots are written through the Repository API (chunks,
  * then a manifest, as push writes them) so their times can be chosen.
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -14,10 +15,12 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acquireLock, chunkObjectKey, FileObjectStore, generateKeyFile, manifestObjectKey, Repository, S3ObjectStore, type Manifest, type ObjectStore } from '@cowvol/backup';
-import { cowvol, jsonOf, tempDir } from './helpers.js';
+import { cowvol, cowvolOk, jsonOf, tempDir } from './helpers.js';
 import { requireCeph, type S3Env } from './ceph.js';
 
 const CHUNK = 64 * 1024;
+/** Rounds of the push-and-prune race (COWVOL_BACKUP_RACE_ROUNDS; each is about ten CLI runs). */
+const RACE_ROUNDS = Number(process.env.COWVOL_BACKUP_RACE_ROUNDS ?? 2);
 const ceph = requireCeph();
 if (typeof ceph === 'string') console.warn(`skipping the S3 half of the backup maintenance tests: ${ceph}`);
 const s3 = typeof ceph === 'string' ? undefined : ceph;
@@ -281,7 +284,36 @@ for (const backend of backends) {
       for await (const o of store.list('locks/')) locks.push(o.key);
       expect(locks, 'prune releases its lock').toEqual([]);
     });
+
+    it('a push and a prune at the same time: each finishes or is refused with REPOSITORY_LOCKED, and no chunk a manifest names is deleted', async () => {
+      const { url, flags } = await backend.fresh();
+      const repoFlags = ['--key-file', keyFile, ...flags];
+      await cowvolOk(['backup', 'init', url, ...repoFlags, '--chunk-size', '64K']);
+      const vol = join(dir, `race-${String(n++)}.img`);
+      await cowvolOk(['create', vol, '--size', '2M']);
+      const uuid = jsonOf<{ uuid: string }>(await cowvolOk(['info', vol, '--json'])).uuid;
+      const outcomes: string[] = [];
+      for (let round = 0; round < RACE_ROUNDS; round++) {
+        await cowvolOk(['write', vol, '--offset', String(round * 300 * 1024)], randomBytes(400 * 1024));
+        const name = `r${String(round)}`;
+        await cowvolOk(['snapshot', 'create', vol, name]);
+        // The previous snapshot forgotten: its own chunks are garbage for this prune, while this push may find (deduplicate) some of them.
+        if (round > 0) await cowvolOk(['backup', 'forget', url, ...repoFlags, '--keep-last', '1']);
+        const [push, prune] = await Promise.all([cowvol(['backup', 'push', vol, name, '--to', url, ...repoFlags, '--json']), cowvol(['backup', 'prune', url, ...repoFlags, '--json'])]);
+        for (const r of [push, prune]) expect([0, 5], r.stderr).toContain(r.code);
+        outcomes.push(`push ${String(push.code)} prune ${String(prune.code)}`);
+        if (push.code !== 0) await cowvolOk(['backup', 'push', vol, name, '--to', url, ...repoFlags]);
+        const copy = join(dir, `race-copy-${String(n++)}.img`);
+        await cowvolOk(['backup', 'restore', `${url}/${uuid}/${name}`, copy, ...repoFlags]);
+        const restored = await cowvolOk(['snapshot', 'read', copy, name]);
+        const original = await cowvolOk(['snapshot', 'read', vol, name]);
+        expect(sha(restored.stdout), `round ${String(round)}`).toBe(sha(original.stdout));
+        const v = await verify(url, flags, '--read-data');
+        expect(v.code, v.stderr).toBe(0);
+      }
+      console.log(`push and prune at once on ${backend.name}: ${outcomes.join('; ')}`);
+    }, 600_000);
   });
 }
 
-export const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
