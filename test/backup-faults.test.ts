@@ -11,8 +11,10 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isCowvolError } from '@cowvol/base';
-import { Repository, S3ObjectStore, verifyRepository, type Manifest } from '@cowvol/backup';
+import { generateKeyFile, Repository, S3ObjectStore, verifyRepository, type Manifest } from '@cowvol/backup';
+import { join } from 'node:path';
 import { requireCeph, type S3Env } from './ceph.js';
+import { cowvol, cowvolOk, jsonOf, tempDir } from './helpers.js';
 import { startFaultProxy, type FaultProxy } from './tcp-fault-proxy.js';
 
 const SEED = Number(process.env.COWVOL_BACKUP_FAULT_SEED ?? Math.floor(Math.random() * 2 ** 31));
@@ -149,4 +151,49 @@ describe.skipIf(env === undefined)(`backup repository through a faulty network (
       faulty.close();
     }, 300_000);
   }
+  it('cowvol backup push and restore through cuts and delays: each finishes or fails with a stable code, and a restore is never a wrong byte', async () => {
+    const { dir, cleanup } = await tempDir('cowvol-backup-faults-');
+    try {
+      process.env.AWS_ACCESS_KEY_ID = e.accessKeyId;
+      process.env.AWS_SECRET_ACCESS_KEY = e.secretAccessKey;
+      process.env.AWS_REGION = e.region;
+      const keyFile = join(dir, 'key');
+      await generateKeyFile(keyFile);
+      const url = `s3://${bucket}/cli-${randomBytes(3).toString('hex')}`;
+      const via = (endpoint: string): string[] => ['--key-file', keyFile, '--endpoint', endpoint, '--path-style', '--json'];
+      await cowvolOk(['backup', 'init', url, ...via(e.endpoint), '--chunk-size', '64K']);
+      const vol = join(dir, 'vol.img');
+      await cowvolOk(['create', vol, '--size', '3M']);
+      await cowvolOk(['write', vol, '--offset', '0'], randomBytes(2_500_000));
+      await cowvolOk(['snapshot', 'create', vol, 's1']);
+      const uuid = jsonOf<{ uuid: string }>(await cowvolOk(['info', vol, '--json'])).uuid;
+      const original = sha((await cowvolOk(['snapshot', 'read', vol, 's1'])).stdout);
+      const codeOf = (r: { code: number; stdout: Buffer; stderr: string }): string =>
+        r.code === 0 ? 'ok' : (jsonOf<{ error?: { code: string } }>(r).error?.code ?? `exit ${String(r.code)}: ${r.stderr}`);
+      const outcomes: string[] = [];
+      proxy.setFaulting(true);
+      const push = await cowvol(['backup', 'push', vol, 's1', '--to', url, ...via(proxy.endpoint), '--no-progress']);
+      outcomes.push(`push ${codeOf(push)}`);
+      expect(['ok', 'STORE_UNAVAILABLE'], `seed ${String(SEED)}: ${push.stderr}`).toContain(codeOf(push));
+      if (push.code !== 0) {
+        proxy.setFaulting(false);
+        await cowvolOk(['backup', 'push', vol, 's1', '--to', url, ...via(proxy.endpoint), '--no-progress']);
+        proxy.setFaulting(true);
+      }
+      for (let i = 0; i < 3; i++) {
+        const copy = join(dir, `copy-${String(i)}.img`);
+        const r = await cowvol(['backup', 'restore', `${url}/${uuid}/s1`, copy, ...via(proxy.endpoint), '--no-progress']);
+        outcomes.push(`restore ${codeOf(r)}`);
+        expect(['ok', 'STORE_UNAVAILABLE'], `seed ${String(SEED)}: ${r.stderr}`).toContain(codeOf(r));
+        if (r.code === 0) expect(sha((await cowvolOk(['snapshot', 'read', copy, 's1'])).stdout), `seed ${String(SEED)}: restore ${String(i)}`).toBe(original);
+      }
+      proxy.setFaulting(false);
+      const last = join(dir, 'copy-clean.img');
+      await cowvolOk(['backup', 'restore', `${url}/${uuid}/s1`, last, ...via(proxy.endpoint), '--no-progress']);
+      expect(sha((await cowvolOk(['snapshot', 'read', last, 's1'])).stdout)).toBe(original);
+      console.log(`cli through the fault proxy (seed ${String(SEED)}): ${outcomes.join(', ')}; proxy ${JSON.stringify(proxy.stats)}`);
+    } finally {
+      await cleanup();
+    }
+  }, 600_000);
 });
