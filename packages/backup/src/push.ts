@@ -18,6 +18,8 @@ export interface PushOptions {
 export interface PushProgress {
   doneChunks: number;
   plannedChunks: number;
+  /** Bytes of the planned chunks (what `readBytes` grows to). */
+  plannedBytes: number;
   readBytes: number;
   uploadedBytes: number;
   deduplicatedBytes: number;
@@ -166,7 +168,8 @@ async function readAndStore(
   const chunkSizeBytes = repo.chunkSizeBytes;
   let done = 0;
   let deduplicatedBytes = 0;
-  const report = (): void => onProgress?.({ doneChunks: done, plannedChunks: plan.length, readBytes: result.bytesRead, uploadedBytes: result.bytesUploaded, deduplicatedBytes });
+  const plannedBytes = plan.reduce((n, i) => n + Math.min(chunkSizeBytes, work.sizeBytes - i * chunkSizeBytes), 0);
+  const report = (): void => onProgress?.({ doneChunks: done, plannedChunks: plan.length, plannedBytes, readBytes: result.bytesRead, uploadedBytes: result.bytesUploaded, deduplicatedBytes });
   report();
   await forEachBounded(plan, work.jobs, async (i) => {
     const offsetBytes = i * chunkSizeBytes;
