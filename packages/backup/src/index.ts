@@ -28,3 +28,22 @@ export { pushSnapshot, isZero, type PushOptions, type PushProgress, type PushRes
 export { restoreFromRepository, MAX_PARENT_HOPS, type RestoreOptions, type RestoreResult } from './restore.js';
 export { listBackups, type CatalogEntry } from './catalog.js';
 export { forEachBounded, mapOrdered, checkJobs, DEFAULT_JOBS, MAX_JOBS } from './pool.js';
+export {
+  acquireLock,
+  listLocks,
+  describeLock,
+  encodeLock,
+  decodeLock,
+  RepositoryLock,
+  RepositoryLockedError,
+  LOCK_LEASE_MS,
+  LOCK_CLOCK_SKEW_MS,
+  type LockKind,
+  type LockLease,
+  type LockInfo,
+  type LockOptions,
+  type LockableRepository,
+} from './repository-lock.js';
+export { applyRetention, validatePolicy, isoWeek, type RetentionPolicy, type RetentionItem, type RetentionDecision } from './retention.js';
+export { verifyRepository, forEachManifest, type VerifyReport, type VerifyOptions, type DamagedChunk, type DamagedManifest, type SnapshotRef } from './repository-verify.js';
+export { forgetSnapshots, pruneRepository, type ForgetReport, type ForgetOptions, type ForgetEntry, type PruneReport, type PruneOptions } from './repository-prune.js';

@@ -5,6 +5,7 @@ import { chunkCount, MAX_MANIFEST_CHUNKS, type Manifest } from './manifest.js';
 import { manifestObjectKey } from './object-keys.js';
 import { checkJobs, DEFAULT_JOBS, forEachBounded } from './pool.js';
 import type { Repository } from './repository.js';
+import { acquireLock, type RepositoryLock } from './repository-lock.js';
 
 /** Options of {@link pushSnapshot}. */
 export interface PushOptions {
@@ -70,9 +71,22 @@ export interface PushResult {
  *    manifest; running it again heads each chunk and uploads only those
  *    missing.
  *
- * @throws SNAPSHOT_NOT_FOUND · INVALID_ARGUMENT (too many chunks, bad jobs) · OBJECT_EXISTS · BACKUP_CORRUPT (a damaged parent manifest) · STORE_UNAVAILABLE · STORE_ACCESS_DENIED · IO_ERROR
+ * Holds a shared repository lock throughout (docs/ARCHITECTURE.md §17 "The
+ * repository lock"), so no prune runs meanwhile, and checks it is still held
+ * right before the manifest is written.
+ *
+ * @throws SNAPSHOT_NOT_FOUND · INVALID_ARGUMENT (too many chunks, bad jobs) · OBJECT_EXISTS · BACKUP_CORRUPT (a damaged parent manifest) · REPOSITORY_LOCKED · LOCK_LOST · STORE_UNAVAILABLE · STORE_ACCESS_DENIED · IO_ERROR
  */
 export async function pushSnapshot(repo: Repository, volume: Volume, name: string, options: PushOptions = {}): Promise<PushResult> {
+  const lock = await acquireLock(repo, 'shared', { command: 'push' });
+  try {
+    return await pushLocked(repo, volume, name, options, lock);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function pushLocked(repo: Repository, volume: Volume, name: string, options: PushOptions, lock: RepositoryLock): Promise<PushResult> {
   const started = Date.now();
   const jobs = checkJobs(options.jobs ?? DEFAULT_JOBS);
   const info = await volume.info();
@@ -126,6 +140,7 @@ export async function pushSnapshot(repo: Repository, volume: Volume, name: strin
   };
   result.chunksMapped = chunks.size;
   killPoint('push:chunks');
+  lock.assertHeld();
   try {
     await repo.putManifest(manifest);
   } catch (err) {

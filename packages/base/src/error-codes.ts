@@ -41,6 +41,8 @@ export const ERROR_CODES = [
   // another process owns the volume
   'VOLUME_BUSY',
   'LOCK_LOST',
+  // another process holds a conflicting lock of a backup repository
+  'REPOSITORY_LOCKED',
   // not a volume, or damaged or too new
   'NOT_A_VOLUME',
   'CORRUPT_METADATA',

@@ -39,7 +39,8 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = Object.freeze({
   REPOSITORY_EXISTS: 4,
   // 5: another process owns the volume
   VOLUME_BUSY: 5,
-  LOCK_LOST: 5, // no longer produced (the owner lock is never taken over); kept: codes are stable
+  LOCK_LOST: 5, // a volume's owner lock is never taken over; a backup repository lock whose lease ran out (docs/ARCHITECTURE.md §17)
+  REPOSITORY_LOCKED: 5,
   // 6: not a volume, or its metadata is damaged or too new
   NOT_A_VOLUME: 6,
   CORRUPT_METADATA: 6,

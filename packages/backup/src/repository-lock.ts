@@ -1,0 +1,270 @@
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { assert, CowvolError, errorMessage, hasCode, isCowvolError, type CowvolErrorOptions } from '@cowvol/base';
+import { LOCKS_PREFIX } from './object-keys.js';
+import type { ObjectStore } from './object-store.js';
+import type { RepositoryConfig } from './repository-config.js';
+import type { RepositoryKeys } from './repository-keys.js';
+
+/** `CVLK` (u32 big-endian): the first bytes of a lock object. */
+export const LOCK_MAGIC = 0x43564c4b;
+export const LOCK_VERSION = 1;
+const HEADER_BYTES = 17;
+const NONCE_OFFSET = 5;
+const TAG_BYTES = 16;
+/** The longest lock object read: its payload is a few hundred bytes of JSON. */
+const LOCK_MAX_BYTES = 4096;
+/** How long a lock lives without a renewal: 5 minutes; renewed every quarter of it. */
+export const LOCK_LEASE_MS = 5 * 60_000;
+/** How far apart two machines' clocks may be: a lock is stale only this long after it expired. */
+export const LOCK_CLOCK_SKEW_MS = 60_000;
+const INFO_LOCK = 'cowvol backup v1 lock key';
+const LOCK_ID = /^[0-9a-f]{32}$/;
+
+export type LockKind = 'shared' | 'exclusive';
+
+/** The decoded lease of a lock object (docs/FORMAT.md §12.5). */
+export interface LockLease {
+  kind: LockKind;
+  /** When the lock was taken (ISO 8601 UTC, the holder's clock); never changes on renewal. */
+  createdAt: string;
+  /** When it lapses unless renewed (ISO 8601 UTC, the holder's clock). */
+  expiresAt: string;
+  host: string;
+  pid: number;
+  /** What took it: `push`, `forget`, `prune`, `verify`. */
+  command: string;
+}
+
+/** One lock found in a repository. `lease` is undefined for a lock object that does not open (damaged, or another key). */
+export interface LockInfo {
+  key: string;
+  lease: LockLease | undefined;
+  /** The store's time of its last write. */
+  lastModified: Date;
+  stale: boolean;
+}
+
+/** What a lock needs of a repository: its store, config and keys (a Repository has them). */
+export interface LockableRepository {
+  readonly store: ObjectStore;
+  readonly config: RepositoryConfig;
+  readonly keys: RepositoryKeys;
+}
+
+/** Options of acquireLock; `now` and `leaseMs` are for tests. */
+export interface LockOptions {
+  command?: string;
+  leaseMs?: number;
+  now?: () => number;
+}
+
+/**
+ * `REPOSITORY_LOCKED`: another live lock of the repository conflicts with
+ * the one asked for (an exclusive one with anything, a shared one with an
+ * exclusive one). Nothing was changed. `details.locks` lists the holders.
+ */
+export class RepositoryLockedError extends CowvolError {
+  constructor(message: string, options?: CowvolErrorOptions) {
+    super('REPOSITORY_LOCKED', message, options);
+  }
+}
+
+/**
+ * A lock held on a repository (docs/ARCHITECTURE.md §17 "The repository
+ * lock"). Renewed in the background every quarter of the lease; `assertHeld`
+ * fails once the lease may have run out, so a holder never writes what a
+ * pruner may no longer expect.
+ */
+export class RepositoryLock {
+  private renewal: NodeJS.Timeout | undefined;
+  private renewing: Promise<void> = Promise.resolve();
+  private failure: unknown;
+  private released = false;
+
+  constructor(
+    private readonly repo: LockableRepository,
+    readonly key: string,
+    private lease: LockLease,
+    private readonly leaseMs: number,
+    private readonly now: () => number,
+  ) {
+    this.renewal = setInterval(() => {
+      this.renewing = this.renew();
+    }, leaseMs / 4);
+    this.renewal.unref();
+  }
+
+  get kind(): LockKind {
+    return this.lease.kind;
+  }
+
+  /** The lease as last written. */
+  get current(): LockLease {
+    return { ...this.lease };
+  }
+
+  /** Writes a new expiry (a plain put of the holder's own object: the one object of a repository that is replaced). */
+  async renew(): Promise<void> {
+    if (this.released) return;
+    try {
+      this.assertHeld();
+      const next = { ...this.lease, expiresAt: new Date(this.now() + this.leaseMs).toISOString() };
+      await this.repo.store.put(this.key, encodeLock(this.repo, this.key, next));
+      this.lease = next;
+    } catch (err) {
+      this.failure ??= err;
+    }
+  }
+
+  /**
+   * @throws LOCK_LOST when the lease has less than a quarter of its time
+   *   left (renewals failed), or after release
+   */
+  assertHeld(): void {
+    const left = Date.parse(this.lease.expiresAt) - this.now();
+    if (this.released || left < this.leaseMs / 4) {
+      const why = this.released ? 'it was released' : `its lease ${left < 0 ? 'ran out' : 'is about to run out'} (renewals failed: ${errorText(this.failure)})`;
+      throw new CowvolError('LOCK_LOST', `the ${this.lease.kind} lock ${this.key} of ${this.repo.store.url} is no longer held: ${why}`, {
+        details: { lock: this.key, repository: this.repo.store.url },
+      });
+    }
+  }
+
+  /** Stops renewing and deletes the lock object. Idempotent. */
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    clearInterval(this.renewal);
+    this.renewal = undefined;
+    await this.renewing;
+    await this.repo.store.delete(this.key);
+  }
+}
+
+/**
+ * Takes a lock on `repo` (docs/ARCHITECTURE.md §17 "The repository lock"):
+ * writes `locks/<random id>` with a conditional put, then lists `locks/`;
+ * when another live lock conflicts — any other for `exclusive`, an exclusive
+ * one for `shared` — deletes its own and refuses. Both sides write before
+ * they look, so of two conflicting takers at least one sees the other.
+ * Stale locks (expired over LOCK_CLOCK_SKEW_MS ago, or not opening and not
+ * written for a lease and that margin) are ignored, and an exclusive taker
+ * deletes them.
+ *
+ * @throws REPOSITORY_LOCKED (details.locks) · STORE_UNAVAILABLE · STORE_ACCESS_DENIED
+ */
+export async function acquireLock(repo: LockableRepository, kind: LockKind, options: LockOptions = {}): Promise<RepositoryLock> {
+  const now = options.now ?? Date.now;
+  const leaseMs = options.leaseMs ?? LOCK_LEASE_MS;
+  assert(leaseMs >= 1000, 'a lease is at least a second');
+  const key = `${LOCKS_PREFIX}${randomBytes(16).toString('hex')}`;
+  const t = now();
+  const lease: LockLease = {
+    kind,
+    createdAt: new Date(t).toISOString(),
+    expiresAt: new Date(t + leaseMs).toISOString(),
+    host: hostname(),
+    pid: process.pid,
+    command: options.command ?? 'cowvol',
+  };
+  await repo.store.put(key, encodeLock(repo, key, lease), { ifNoneMatch: true });
+  try {
+    const others = (await listLocks(repo, { now, leaseMs })).filter((l) => l.key !== key);
+    const conflicts = others.filter((l) => !l.stale && (kind === 'exclusive' || l.lease?.kind !== 'shared'));
+    if (conflicts.length > 0) {
+      const who = conflicts.map(describeLock).join('; ');
+      throw new RepositoryLockedError(`${repo.store.url} is locked: ${who}`, { details: { repository: repo.store.url, locks: conflicts.map((l) => ({ key: l.key, ...l.lease })) } });
+    }
+    if (kind === 'exclusive') for (const l of others.filter((o) => o.stale)) await repo.store.delete(l.key);
+  } catch (err) {
+    await repo.store.delete(key).catch(() => undefined);
+    throw err;
+  }
+  return new RepositoryLock(repo, key, lease, leaseMs, now);
+}
+
+/**
+ * Every lock object of `repo`, decoded, with whether it is stale.
+ *
+ * @throws STORE_UNAVAILABLE · STORE_ACCESS_DENIED
+ */
+export async function listLocks(repo: LockableRepository, options: { now?: () => number; leaseMs?: number } = {}): Promise<LockInfo[]> {
+  const now = (options.now ?? Date.now)();
+  const leaseMs = options.leaseMs ?? LOCK_LEASE_MS;
+  const out: LockInfo[] = [];
+  for await (const info of repo.store.list(LOCKS_PREFIX)) {
+    if (!LOCK_ID.test(info.key.slice(LOCKS_PREFIX.length))) continue;
+    let body: Buffer;
+    try {
+      body = await repo.store.get(info.key);
+    } catch (err) {
+      if (hasCode(err, 'OBJECT_NOT_FOUND')) continue; // released meanwhile
+      throw err;
+    }
+    const lease = decodeLock(repo, info.key, body);
+    const stale = lease === undefined ? info.lastModified.getTime() + leaseMs + LOCK_CLOCK_SKEW_MS < now : Date.parse(lease.expiresAt) + LOCK_CLOCK_SKEW_MS < now;
+    out.push({ key: info.key, lease, lastModified: info.lastModified, stale });
+  }
+  return out;
+}
+
+/** "shared lock of push, pid 12 on host h, taken 2026-…, expires …", for messages. */
+export function describeLock(l: LockInfo): string {
+  if (l.lease === undefined) return `${l.key}: a lock object that does not open (written ${l.lastModified.toISOString()})`;
+  const s = l.lease;
+  return `${s.kind} lock of ${s.command} (pid ${String(s.pid)} on ${s.host}, taken ${s.createdAt}, expires ${s.expiresAt}${l.stale ? ', stale' : ''})`;
+}
+
+/**
+ * A lock object (docs/FORMAT.md §12.5): `CVLK` | version | random nonce |
+ * AES-256-GCM (lock key) of the JSON lease | tag; associated data the
+ * header's magic and version and the object key.
+ */
+export function encodeLock(repo: LockableRepository, key: string, lease: LockLease): Buffer {
+  const header = Buffer.alloc(HEADER_BYTES);
+  header.writeUInt32BE(LOCK_MAGIC, 0);
+  header.writeUInt8(LOCK_VERSION, 4);
+  randomBytes(12).copy(header, NONCE_OFFSET);
+  const cipher = createCipheriv('aes-256-gcm', lockKey(repo), header.subarray(NONCE_OFFSET), { authTagLength: TAG_BYTES });
+  cipher.setAAD(Buffer.concat([header.subarray(0, NONCE_OFFSET), Buffer.from(key, 'utf8')]));
+  const body = Buffer.concat([header, cipher.update(JSON.stringify({ v: LOCK_VERSION, ...lease }), 'utf8'), cipher.final(), cipher.getAuthTag()]);
+  assert(body.length <= LOCK_MAX_BYTES, 'a lock object is at most 4 KiB');
+  return body;
+}
+
+/** The lease of a lock object, or undefined when it does not open or does not parse. */
+export function decodeLock(repo: LockableRepository, key: string, body: Buffer): LockLease | undefined {
+  if (body.length < HEADER_BYTES + TAG_BYTES || body.length > LOCK_MAX_BYTES || body.readUInt32BE(0) !== LOCK_MAGIC || body.readUInt8(4) !== LOCK_VERSION) return undefined;
+  try {
+    const decipher = createDecipheriv('aes-256-gcm', lockKey(repo), body.subarray(NONCE_OFFSET, HEADER_BYTES), { authTagLength: TAG_BYTES });
+    decipher.setAAD(Buffer.concat([body.subarray(0, NONCE_OFFSET), Buffer.from(key, 'utf8')]));
+    decipher.setAuthTag(body.subarray(body.length - TAG_BYTES));
+    const text = Buffer.concat([decipher.update(body.subarray(HEADER_BYTES, body.length - TAG_BYTES)), decipher.final()]).toString('utf8');
+    const p = JSON.parse(text) as Record<string, unknown>;
+    const ok =
+      p.v === LOCK_VERSION &&
+      (p.kind === 'shared' || p.kind === 'exclusive') &&
+      typeof p.createdAt === 'string' &&
+      typeof p.expiresAt === 'string' &&
+      Number.isFinite(Date.parse(p.createdAt)) &&
+      Number.isFinite(Date.parse(p.expiresAt)) &&
+      typeof p.host === 'string' &&
+      typeof p.pid === 'number' &&
+      typeof p.command === 'string';
+    if (!ok) return undefined;
+    return { kind: p.kind as LockKind, createdAt: p.createdAt as string, expiresAt: p.expiresAt as string, host: p.host as string, pid: p.pid as number, command: p.command as string };
+  } catch {
+    return undefined;
+  }
+}
+
+/** HKDF-SHA-256 of the encryption key, salted with the repository id: the lock key (docs/FORMAT.md §12.1). */
+function lockKey(repo: LockableRepository): Buffer {
+  return Buffer.from(hkdfSync('sha256', repo.keys.encryptionKey, repo.config.repositoryId, INFO_LOCK, 32));
+}
+
+function errorText(err: unknown): string {
+  if (err === undefined) return 'none recorded';
+  return isCowvolError(err) ? `${err.code}: ${err.message}` : errorMessage(err);
+}

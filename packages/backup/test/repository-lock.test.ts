@@ -1,0 +1,125 @@
+/**
+ * The repository lock (docs/ARCHITECTURE.md §17 "The repository lock",
+ * docs/FORMAT.md §12.5) on a FileObjectStore: shared locks coexist, an
+ * exclusive one excludes everything (REPOSITORY_LOCKED, its own object
+ * removed), stale leases are ignored and removed by an exclusive taker, a
+ * lock object is sealed (no plaintext host name, another key or key does not
+ * open it), and a lease that ran out is LOCK_LOST.
+ */
+import { promises as fsp } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { acquireLock, decodeLock, encodeLock, FileObjectStore, listLocks, LOCK_CLOCK_SKEW_MS, LOCK_LEASE_MS, newRepositoryConfig, type LockableRepository } from '@cowvol/backup';
+import { randomBytes } from 'node:crypto';
+
+let dir: string;
+let repo: LockableRepository;
+beforeEach(async () => {
+  dir = await fsp.mkdtemp(join(tmpdir(), 'cowvol-lock-'));
+  const { config, keys } = newRepositoryConfig(randomBytes(32));
+  repo = { store: new FileObjectStore(pathToFileURL(join(dir, 'repo')).href), config, keys };
+});
+afterEach(async () => {
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+async function lockKeys(): Promise<string[]> {
+  const out: string[] = [];
+  for await (const o of repo.store.list('locks/')) out.push(o.key);
+  return out;
+}
+
+describe('repository lock', () => {
+  it('shared locks coexist; an exclusive one is refused while they live, and taken once they are released', async () => {
+    const a = await acquireLock(repo, 'shared', { command: 'push' });
+    const b = await acquireLock(repo, 'shared', { command: 'push' });
+    await expect(acquireLock(repo, 'exclusive', { command: 'prune' })).rejects.toMatchObject({ code: 'REPOSITORY_LOCKED' });
+    expect((await lockKeys()).sort()).toEqual([a.key, b.key].sort());
+    await a.release();
+    await expect(acquireLock(repo, 'exclusive')).rejects.toMatchObject({ code: 'REPOSITORY_LOCKED' });
+    await b.release();
+    const x = await acquireLock(repo, 'exclusive', { command: 'prune' });
+    await expect(acquireLock(repo, 'shared', { command: 'push' })).rejects.toMatchObject({ code: 'REPOSITORY_LOCKED', details: { locks: [{ kind: 'exclusive', command: 'prune' }] } });
+    await expect(acquireLock(repo, 'exclusive')).rejects.toMatchObject({ code: 'REPOSITORY_LOCKED' });
+    expect(await lockKeys()).toEqual([x.key]);
+    await x.release();
+    expect(await lockKeys()).toEqual([]);
+  });
+
+  it('of two exclusive takers racing, at most one wins', async () => {
+    for (let round = 0; round < 10; round++) {
+      const results = await Promise.allSettled([acquireLock(repo, 'exclusive'), acquireLock(repo, 'exclusive'), acquireLock(repo, 'shared')]);
+      const won = results.filter((r) => r.status === 'fulfilled');
+      const exclusiveWon = results.slice(0, 2).filter((r) => r.status === 'fulfilled').length;
+      expect(exclusiveWon).toBeLessThanOrEqual(1);
+      if (exclusiveWon === 1) expect(won.length).toBe(1);
+      for (const r of won) await r.value.release();
+      for (const r of results) if (r.status === 'rejected') expect(r.reason).toMatchObject({ code: 'REPOSITORY_LOCKED' });
+      expect(await lockKeys()).toEqual([]);
+    }
+  });
+
+  it('a lease that expired over the skew margin ago is stale: ignored, and removed by an exclusive taker', async () => {
+    let clock = Date.now();
+    const now = (): number => clock;
+    const old = await acquireLock(repo, 'shared', { now, command: 'push' });
+    clock += LOCK_LEASE_MS + LOCK_CLOCK_SKEW_MS - 1000;
+    expect((await listLocks(repo, { now })).map((l) => l.stale)).toEqual([false]);
+    await expect(acquireLock(repo, 'exclusive', { now })).rejects.toMatchObject({ code: 'REPOSITORY_LOCKED' });
+    clock += 2000;
+    expect((await listLocks(repo, { now })).map((l) => l.stale)).toEqual([true]);
+    const x = await acquireLock(repo, 'exclusive', { now });
+    expect(await lockKeys()).toEqual([x.key]);
+    expect(() => {
+      old.assertHeld();
+    }).toThrow(expect.objectContaining({ code: 'LOCK_LOST' }) as Error);
+    await x.release();
+    await old.release(); // its object is gone already: not an error
+  });
+
+  it('a renewal moves the expiry; assertHeld fails once less than a quarter of the lease is left', async () => {
+    let clock = Date.now();
+    const now = (): number => clock;
+    const l = await acquireLock(repo, 'shared', { now, leaseMs: 60_000 });
+    const first = l.current.expiresAt;
+    clock += 40_000;
+    l.assertHeld();
+    await l.renew();
+    expect(Date.parse(l.current.expiresAt) - Date.parse(first)).toBe(40_000);
+    expect((await listLocks(repo, { now }))[0]?.lease?.expiresAt).toBe(l.current.expiresAt);
+    clock += 46_000;
+    expect(() => {
+      l.assertHeld();
+    }).toThrow(expect.objectContaining({ code: 'LOCK_LOST' }) as Error);
+    await l.release();
+  });
+
+  it('a lock object is sealed: no plaintext, bound to its key and to the repository key', async () => {
+    const l = await acquireLock(repo, 'exclusive', { command: 'prune' });
+    const body = await repo.store.get(l.key);
+    expect(body.includes(Buffer.from(hostname()))).toBe(false);
+    expect(body.includes(Buffer.from('prune'))).toBe(false);
+    expect(decodeLock(repo, l.key, body)).toMatchObject({ kind: 'exclusive', command: 'prune', pid: process.pid });
+    expect(decodeLock(repo, 'locks/00000000000000000000000000000000', body)).toBeUndefined();
+    const other = { ...repo, ...newRepositoryConfig(randomBytes(32)) };
+    expect(decodeLock(other, l.key, body)).toBeUndefined();
+    const flipped = Buffer.from(body);
+    flipped[20] = (flipped[20] ?? 0) ^ 1;
+    expect(decodeLock(repo, l.key, flipped)).toBeUndefined();
+    expect(decodeLock(repo, l.key, encodeLock(repo, l.key, l.current))).toEqual(l.current);
+    await l.release();
+  });
+
+  it('a lock object that does not open counts as live until it is a lease and the skew margin old', async () => {
+    await repo.store.put('locks/0123456789abcdef0123456789abcdef', Buffer.from('not a lock'));
+    const found = await listLocks(repo);
+    expect(found).toMatchObject([{ lease: undefined, stale: false }]);
+    await expect(acquireLock(repo, 'exclusive')).rejects.toMatchObject({ code: 'REPOSITORY_LOCKED' });
+    const later = Date.now() + LOCK_LEASE_MS + LOCK_CLOCK_SKEW_MS + 1000;
+    const x = await acquireLock(repo, 'exclusive', { now: () => later });
+    expect(await lockKeys()).toEqual([x.key]);
+    await x.release();
+  });
+});
