@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // `pnpm bench [--quick] [...]`: the engine benchmark (bench/run.mjs), the
 // journal benchmark (bench/journal.mjs), the copy-on-write floor
-// (bench/cow-floor.mjs), the NBD benchmark (bench/nbd.mjs) and the metadata
-// commands against mapped blocks (bench/metadata-commands.mjs), one after the
+// (bench/cow-floor.mjs), the NBD benchmark (bench/nbd.mjs), the metadata
+// commands against mapped blocks (bench/metadata-commands.mjs) and the
+// snapshot-create pause under load (bench/serve-pause.mjs), one after the
 // other (run.mjs gets every argument, the others only --quick). Exits
 // non-zero if a run crashed (a missed target never does).
 import { spawnSync } from 'node:child_process';
@@ -17,6 +18,7 @@ const argsOf = {
   'cow-floor.mjs': quick ? ['--mib', '64', '--reps', '1'] : [],
   'nbd.mjs': quick ? ['--quick'] : [],
   'metadata-commands.mjs': quick ? ['--blocks', '4096', '--reps', '3'] : [],
+  'serve-pause.mjs': quick ? ['--quick'] : [],
 };
 for (const script of Object.keys(argsOf)) {
   const r = spawnSync(process.execPath, [fileURLToPath(new URL(script, import.meta.url)), ...argsOf[script]], { stdio: 'inherit' });
