@@ -2,8 +2,9 @@
 // `pnpm bench [--quick] [...]`: the engine benchmark (bench/run.mjs), the
 // journal benchmark (bench/journal.mjs), the copy-on-write floor
 // (bench/cow-floor.mjs), the NBD benchmark (bench/nbd.mjs), the metadata
-// commands against mapped blocks (bench/metadata-commands.mjs) and the backup
-// benchmark against restic (bench/backup.mjs), one after the
+// commands against mapped blocks (bench/metadata-commands.mjs), the backup
+// benchmark against restic (bench/backup.mjs) and the snapshot-create pause
+// under load (bench/serve-pause.mjs), one after the
 // other (run.mjs gets every argument, the others only --quick). Exits
 // non-zero if a run crashed (a missed target never does).
 import { spawnSync } from 'node:child_process';
@@ -19,6 +20,7 @@ const argsOf = {
   'nbd.mjs': quick ? ['--quick'] : [],
   'metadata-commands.mjs': quick ? ['--blocks', '4096', '--reps', '3'] : [],
   'backup.mjs': quick ? ['--quick'] : [],
+  'serve-pause.mjs': quick ? ['--quick'] : [],
 };
 for (const script of Object.keys(argsOf)) {
   const r = spawnSync(process.execPath, [fileURLToPath(new URL(script, import.meta.url)), ...argsOf[script]], { stdio: 'inherit' });

@@ -36,6 +36,25 @@ export function describeSnapshot(ctx: VolumeContext, rec: SnapshotRecord): Snaps
 }
 
 /**
+ * Takes a snapshot under the freeze (docs/ARCHITECTURE.md §4.4). Before
+ * freezing, while writes go on, it waits for the overwrites the write-back
+ * stage holds now to land and syncs the live volume file, so the drain and
+ * the sync inside the freeze ({@link createSnapshotFrozen}) have only what
+ * came since: the pause writers see is shorter. The guarantee is the same:
+ * the drain and sync inside the freeze still cover every write acknowledged
+ * before it.
+ * @throws what {@link createSnapshotFrozen} throws
+ */
+export async function createSnapshot(ctx: VolumeContext, name: string, options: CreateSnapshotOptions): Promise<SnapshotInfo> {
+  if (!ctx.readOnly)
+    await ctx.shared(async () => {
+      await ctx.writeBack.settleHeld();
+      await ctx.parts.volume.sync();
+    });
+  return ctx.frozen(() => createSnapshotFrozen(ctx, name, options));
+}
+
+/**
  * Takes a snapshot, the gate frozen by the caller: syncs the live volume
  * (the snapshot's read-through content must be durable), commits a catalog
  * entry, and makes the new snapshot active with an empty map.

@@ -16,7 +16,7 @@ import { readCurrent, writePieces } from './write-path.js';
 import {
   acceptOutsideChangesFrozen,
   changeSnapshotFrozen,
-  createSnapshotFrozen,
+  createSnapshot,
   deleteSnapshotsLocked,
   describeSnapshot,
   findVictims,
@@ -220,7 +220,7 @@ export class Volume {
   async createSnapshot(name: string, options: CreateSnapshotOptions = {}): Promise<SnapshotInfo> {
     validateSnapshotName(name);
     if (options.labels) validateLabels(options.labels);
-    return this.ctx.frozen(() => createSnapshotFrozen(this.ctx, name, options));
+    return createSnapshot(this.ctx, name, options);
   }
 
   /** Snapshots, oldest first. */

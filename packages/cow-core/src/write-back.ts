@@ -163,6 +163,11 @@ export class WriteBackStage {
     }
   }
 
+  /** Waits for the entries held now to land (or fail); later ones are not waited for, so it ends under a steady stream of writes. */
+  async settleHeld(): Promise<void> {
+    await Promise.all([...this.inFlight]);
+  }
+
   /** Resolves once every entry held now, and any added meanwhile, has landed or failed. */
   async drain(): Promise<void> {
     while (this.inFlight.size > 0) await Promise.all([...this.inFlight]);

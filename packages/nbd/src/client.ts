@@ -24,6 +24,7 @@ import {
   NBD_OPT_GO,
   NBD_OPTS_MAGIC,
   NBD_REP_ACK,
+  NBD_REP_ERR_SHUTDOWN,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_INFO,
   NBD_REP_MAGIC,
@@ -37,6 +38,13 @@ import { NotServedError } from './errors.js';
 
 /** Requests in flight at once on one connection (the bound of {@link NbdClient}). */
 export const CLIENT_MAX_IN_FLIGHT = 8;
+
+/**
+ * How long connect() waits for the connection and the whole handshake (greeting
+ * to NBD_OPT_GO's ACK) before giving up with IO_ERROR; the server's own bound
+ * on the option phase is 30 s as well (docs/ARCHITECTURE.md §16).
+ */
+export const CLIENT_HANDSHAKE_TIMEOUT_MS = 30_000;
 
 /** How long close() waits for the server to close the connection after NBD_CMD_DISC before closing it itself. */
 const CLOSE_WAIT_MS = 2000;
@@ -55,7 +63,8 @@ export interface NbdExportInfo {
  * An error reply of an NBD server, or a refused option, with the code the
  * same failure has offline (docs/ARCHITECTURE.md §14.4 maps codes to errnos;
  * this maps them back): EINVAL → INVALID_ARGUMENT, ENOSPC → NO_SPACE,
- * EPERM → VOLUME_READ_ONLY, ESHUTDOWN → NOT_SERVED, anything else → IO_ERROR.
+ * EPERM → VOLUME_READ_ONLY, ESHUTDOWN → NOT_SERVED, anything else → IO_ERROR;
+ * of refused options, NBD_REP_ERR_SHUTDOWN (the server is stopping) → NOT_SERVED.
  */
 export class NbdReplyError extends CowvolError {
   constructor(code: ErrorCode, message: string, details: Record<string, unknown>) {
@@ -115,11 +124,34 @@ export class NbdClient {
   info!: NbdExportInfo;
 
   /**
-   * Connects to the unix socket `socketPath`, negotiates and attaches `exportName`.
-   * @throws NOT_SERVED when nothing listens; `options.unknownExport()` for NBD_REP_ERR_UNKNOWN (else IO_ERROR); IO_ERROR for a server that breaks the protocol or refuses the export
+   * Connects to the unix socket `socketPath`, negotiates and attaches `exportName`,
+   * within `options.handshakeTimeoutMs` (default {@link CLIENT_HANDSHAKE_TIMEOUT_MS}).
+   * @throws NOT_SERVED when nothing listens, or when the server answers NBD_REP_ERR_SHUTDOWN (it is stopping);
+   *   `options.unknownExport()` for NBD_REP_ERR_UNKNOWN (else IO_ERROR); IO_ERROR for a server that breaks the
+   *   protocol, refuses the export, or does not finish the handshake in time (details.handshakeTimeoutMs)
    */
-  static async connect(socketPath: string, exportName: string, options: { unknownExport?: () => CowvolError } = {}): Promise<NbdClient> {
+  static async connect(socketPath: string, exportName: string, options: { unknownExport?: () => CowvolError; handshakeTimeoutMs?: number } = {}): Promise<NbdClient> {
+    const timeoutMs = options.handshakeTimeoutMs ?? CLIENT_HANDSHAKE_TIMEOUT_MS;
+    assert(Number.isSafeInteger(timeoutMs) && timeoutMs > 0 && timeoutMs < 2 ** 31, 'handshakeTimeoutMs is a positive integer');
     const socket = createConnection(socketPath);
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => {
+        reject(new IoError(`${socketPath} did not finish the NBD handshake within ${timeoutMs} ms`, { details: { endpoint: socketPath, handshakeTimeoutMs: timeoutMs } }));
+      }, timeoutMs);
+    });
+    try {
+      return await Promise.race([NbdClient.attach(socket, socketPath, exportName, options.unknownExport), expired]);
+    } catch (err) {
+      socket.destroy();
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** connect() without its time bound: waits for the connection, then negotiates. */
+  private static async attach(socket: Socket, socketPath: string, exportName: string, unknownExport: (() => CowvolError) | undefined): Promise<NbdClient> {
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', (err) => {
@@ -127,12 +159,7 @@ export class NbdClient {
       });
     });
     const client = new NbdClient(socket, socketPath);
-    try {
-      await client.handshake(exportName, options.unknownExport);
-    } catch (err) {
-      socket.destroy();
-      throw err;
-    }
+    await client.handshake(exportName, unknownExport);
     void client.replyLoop();
     return client;
   }
@@ -197,6 +224,9 @@ export class NbdClient {
         continue;
       }
       if (type === NBD_REP_ERR_UNKNOWN && unknownExport) throw unknownExport();
+      if (type === NBD_REP_ERR_SHUTDOWN) {
+        throw new NbdReplyError('NOT_SERVED', `${this.where} is stopping: it refused export ${JSON.stringify(exportName)} (NBD_REP_ERR_SHUTDOWN)`, { exportName, replyType: type });
+      }
       if (type >= 2 ** 31) {
         const text = payload.toString('utf8');
         throw new NbdReplyError('IO_ERROR', `${this.where} refused export ${JSON.stringify(exportName)} (reply type ${type - 2 ** 31}${text ? `: ${text}` : ''})`, { exportName, replyType: type });

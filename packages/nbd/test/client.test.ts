@@ -6,14 +6,25 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer, connect, type Server } from 'node:net';
+import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { IoError, NoSpaceError } from '@cowvol/base';
 import { mulberry32 } from '@cowvol/test-support';
-import { CLIENT_MAX_IN_FLIGHT, MAX_PAYLOAD_BYTES, NbdClient, NbdServer } from '../src/index.js';
+import {
+  CLIENT_MAX_IN_FLIGHT,
+  MAX_PAYLOAD_BYTES,
+  NBD_FLAG_FIXED_NEWSTYLE,
+  NBD_FLAG_NO_ZEROES,
+  NBD_INIT_MAGIC,
+  NBD_OPTS_MAGIC,
+  NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_MAGIC,
+  NbdClient,
+  NbdServer,
+} from '../src/index.js';
 import { MemoryCatalog, MemoryExport } from './raw-client.js';
 
 const SEED = Number(process.env.NBD_CLIENT_SEED ?? Date.now() % 2 ** 31);
@@ -173,6 +184,88 @@ describe('NbdClient when the connection is lost', () => {
       await expect(client.read(0, 4096)).rejects.toMatchObject({ code: 'IO_ERROR' });
       await expect(client.read(0, 4096)).rejects.toMatchObject({ code: 'IO_ERROR' });
       await client.close();
+    } finally {
+      peer.close();
+    }
+  });
+});
+
+/** A raw peer on `path`: `onConnection` scripts what it says (never speaking is one script). */
+async function rawPeer(path: string, onConnection: (s: Socket) => void): Promise<Server> {
+  const peer = createServer(onConnection);
+  await new Promise<void>((resolve) => peer.listen(path, resolve));
+  return peer;
+}
+
+describe('NbdClient during the handshake', () => {
+  it('a server that accepts and never speaks fails connect() with IO_ERROR once handshakeTimeoutMs passed', async () => {
+    const path = join(dir, 'mute.sock');
+    const held: Socket[] = [];
+    const peer = await rawPeer(path, (s) => held.push(s));
+    try {
+      const err: unknown = await NbdClient.connect(path, 'live', { handshakeTimeoutMs: 200 }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'IO_ERROR', details: { endpoint: path, handshakeTimeoutMs: 200 } });
+      expect(held).toHaveLength(1);
+      // the client closed its end: the peer sees the connection end
+      await new Promise<void>((resolve) => {
+        if (held[0]!.readableEnded || held[0]!.destroyed) resolve();
+        else held[0]!.once('close', () => resolve());
+      });
+    } finally {
+      for (const s of held) s.destroy();
+      peer.close();
+    }
+  });
+
+  it('a server that greets, then never answers NBD_OPT_GO, fails the same way', async () => {
+    const path = join(dir, 'greets.sock');
+    const held: Socket[] = [];
+    const peer = await rawPeer(path, (s) => {
+      held.push(s);
+      const greeting = Buffer.alloc(18);
+      greeting.writeBigUInt64BE(NBD_INIT_MAGIC, 0);
+      greeting.writeBigUInt64BE(NBD_OPTS_MAGIC, 8);
+      greeting.writeUInt16BE(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES, 16);
+      s.write(greeting);
+      s.on('data', () => undefined);
+    });
+    try {
+      await expect(NbdClient.connect(path, 'live', { handshakeTimeoutMs: 200 })).rejects.toMatchObject({ code: 'IO_ERROR', details: { handshakeTimeoutMs: 200 } });
+    } finally {
+      for (const s of held) s.destroy();
+      peer.close();
+    }
+  });
+
+  it('a server answering NBD_OPT_GO with NBD_REP_ERR_SHUTDOWN (it is stopping) is NOT_SERVED, not IO_ERROR', async () => {
+    const path = join(dir, 'stopping.sock');
+    const peer = await rawPeer(path, (s) => {
+      const greeting = Buffer.alloc(18);
+      greeting.writeBigUInt64BE(NBD_INIT_MAGIC, 0);
+      greeting.writeBigUInt64BE(NBD_OPTS_MAGIC, 8);
+      greeting.writeUInt16BE(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES, 16);
+      s.write(greeting);
+      let got = Buffer.alloc(0);
+      s.on('data', (d: Buffer) => {
+        got = Buffer.concat([got, d]);
+        if (got.length < 4 + 16) return;
+        // the client sent its flags and the option header: answer the option it sent with the error reply
+        const text = Buffer.from('server is shutting down');
+        const reply = Buffer.alloc(20);
+        reply.writeBigUInt64BE(NBD_REP_MAGIC, 0);
+        reply.writeUInt32BE(got.readUInt32BE(4 + 8), 8);
+        reply.writeUInt32BE(NBD_REP_ERR_SHUTDOWN, 12);
+        reply.writeUInt32BE(text.length, 16);
+        s.end(Buffer.concat([reply, text]));
+        got = Buffer.alloc(0);
+        s.removeAllListeners('data');
+        s.on('data', () => undefined);
+      });
+    });
+    try {
+      const err: unknown = await NbdClient.connect(path, 'live', { handshakeTimeoutMs: 5000 }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'NOT_SERVED', details: { exportName: 'live', replyType: NBD_REP_ERR_SHUTDOWN } });
+      expect((err as Error).message).toContain('NBD_REP_ERR_SHUTDOWN');
     } finally {
       peer.close();
     }
