@@ -32,9 +32,15 @@ export type ProgressEvent = {
   elapsedSeconds: number;
 } & Record<string, unknown>;
 
+/**
+ * Further byte counts an operation reports beside `done` (e.g. `backup
+ * push`: `uploadedBytes`, `deduplicatedBytes`); names end in their unit.
+ */
+export type ProgressCounts = Readonly<Record<string, number>>;
+
 export interface Progress {
-  /** Reports `done` of `total` (of the current phase). */
-  update(done: number, total: number, phase?: string): void;
+  /** Reports `done` of `total` (of the current phase), with `counts` carried into the event or the bar. */
+  update(done: number, total: number, phase?: string, counts?: ProgressCounts): void;
   /** Ends the display (the final event in JSON-lines mode). */
   stop(): void;
 }
@@ -67,6 +73,7 @@ function jsonLinesProgress(operation: string, unit: ProgressUnit): Progress {
   let phase: string | undefined;
   let started = Date.now();
   let last = { done: 0, total: 0 };
+  let lastCounts: ProgressCounts = {};
   let lastEmit = 0;
   const emit = (type: ProgressEvent['type']): void => {
     const elapsed = (Date.now() - started) / 1000;
@@ -76,6 +83,7 @@ function jsonLinesProgress(operation: string, unit: ProgressUnit): Progress {
       type,
       operation,
       ...(phase ? { phase } : {}),
+      ...lastCounts,
       [`done${u}`]: last.done,
       [`total${u}`]: last.total,
       [`rate${u}PerSecond`]: Math.round(rate),
@@ -87,7 +95,7 @@ function jsonLinesProgress(operation: string, unit: ProgressUnit): Progress {
   };
   let any = false;
   return {
-    update(done, total, p) {
+    update(done, total, p, counts) {
       if (p !== phase) {
         if (any) emit('progress'); // close the previous phase with its last figures
         phase = p;
@@ -95,6 +103,7 @@ function jsonLinesProgress(operation: string, unit: ProgressUnit): Progress {
         lastEmit = 0;
       }
       last = { done, total };
+      lastCounts = counts ?? {};
       any = true;
       if (Date.now() - lastEmit >= EVENT_INTERVAL_MS || done >= total) emit('progress');
     },
@@ -110,6 +119,8 @@ interface BarPayload {
   doneH: string;
   totalH: string;
   rateH: string;
+  /** `counts` in words (`, uploaded 12 MiB, deduplicated 4 MiB`), or empty. */
+  countsH: string;
 }
 
 /** A cli-progress bar on stderr: `label [=====     ] 42% done/total rate/s ETA 12s`. */
@@ -121,7 +132,7 @@ function newBar(): cliProgress.SingleBar {
         const width = options.barsize ?? 30;
         const filled = Math.round(params.progress * width);
         const eta = Number.isFinite(params.eta) && params.value > 0 ? `${params.eta}s` : '?';
-        return `${payload.label} [${'='.repeat(filled)}${' '.repeat(width - filled)}] ${Math.floor(params.progress * 100)}% ${payload.doneH}/${payload.totalH} ${payload.rateH}/s ETA ${eta}`;
+        return `${payload.label} [${'='.repeat(filled)}${' '.repeat(width - filled)}] ${Math.floor(params.progress * 100)}% ${payload.doneH}/${payload.totalH} ${payload.rateH}/s ETA ${eta}${payload.countsH}`;
       },
       barsize: 30,
       hideCursor: true,
@@ -135,22 +146,27 @@ function newBar(): cliProgress.SingleBar {
 function barProgress(operation: string, unit: ProgressUnit): Progress {
   const bar = newBar();
   const fmt = (n: number): string => (unit === 'bytes' ? human(n) : `${n} blocks`);
+  // `uploadedBytes: 5` → `, uploaded 5 B`: the name without its unit, the value in the bar's unit words.
+  const countsH = (counts: ProgressCounts | undefined): string =>
+    Object.entries(counts ?? {})
+      .map(([name, n]) => `, ${name.replace(/Bytes$/, '')} ${name.endsWith('Bytes') ? human(n) : String(n)}`)
+      .join('');
   let phase: string | undefined;
   let started = Date.now();
   let running = false;
   return {
-    update(done, total, p) {
+    update(done, total, p, counts) {
       const elapsed = (Date.now() - started) / 1000;
       if (!running || p !== phase) {
         if (running) bar.stop();
         phase = p;
         started = Date.now();
-        bar.start(Math.max(total, 1), done, { label: phase ? `${operation} (${phase})` : operation, doneH: fmt(done), totalH: fmt(total), rateH: fmt(0) });
+        bar.start(Math.max(total, 1), done, { label: phase ? `${operation} (${phase})` : operation, doneH: fmt(done), totalH: fmt(total), rateH: fmt(0), countsH: countsH(counts) });
         running = true;
         return;
       }
       bar.setTotal(Math.max(total, 1));
-      bar.update(done, { doneH: fmt(done), totalH: fmt(total), rateH: fmt(elapsed > 0 ? Math.round(done / elapsed) : 0) });
+      bar.update(done, { doneH: fmt(done), totalH: fmt(total), rateH: fmt(elapsed > 0 ? Math.round(done / elapsed) : 0), countsH: countsH(counts) });
     },
     stop() {
       if (running) bar.stop();

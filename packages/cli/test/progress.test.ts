@@ -69,6 +69,26 @@ describe('createProgress', () => {
     expect(events()).toHaveLength(2);
   });
 
+  it('counts beside done (backup push): carried into each event and shown in words on the bar', () => {
+    const p = createProgress(true, 'backup push');
+    p.update(0, 8192, 'read', { uploadedBytes: 0, deduplicatedBytes: 0 });
+    p.update(8192, 8192, 'read', { uploadedBytes: 4096, deduplicatedBytes: 4096 });
+    p.stop();
+    expect(events().map((e) => [e.type, e.doneBytes, e.uploadedBytes, e.deduplicatedBytes])).toEqual([
+      ['progress', 0, 0, 0],
+      ['progress', 8192, 4096, 4096],
+      ['done', 8192, 4096, 4096],
+    ]);
+    written = [];
+    process.stderr.isTTY = true;
+    const bar = createProgress(undefined, 'backup push');
+    bar.update(0, 8192, 'read', { uploadedBytes: 0, deduplicatedBytes: 0 });
+    vi.advanceTimersByTime(1000);
+    bar.update(8192, 8192, 'read', { uploadedBytes: 4096, deduplicatedBytes: 4096 });
+    bar.stop();
+    expect(written.join('')).toMatch(/backup push \(read\) \[=+\] 100% 8(\.0)? KiB\/8(\.0)? KiB .*ETA \S+, uploaded 4(\.0)? KiB, deduplicated 4(\.0)? KiB/);
+  });
+
   it('--no-progress, and no flag on a non-terminal stderr: nothing at all', () => {
     process.stderr.isTTY = false;
     for (const flag of [false, undefined]) {

@@ -30,7 +30,7 @@ export default class BackupPush extends CowvolCommand {
     const { args, flags } = await this.parse(BackupPush);
     const progress = createProgress(flags.progress, 'backup push');
     const result = await withRepository(flags.to, flags, (repo) =>
-      this.withVolume(args.volume, (volume) => pushSnapshot(repo, volume, args.name, { jobs: flags.jobs, onProgress: (p) => progress.update(p.readBytes, p.plannedBytes, 'read') }), {
+      this.withVolume(args.volume, (volume) => pushSnapshot(repo, volume, args.name, { jobs: flags.jobs, onProgress: (p) => progress.update(p.readBytes, p.plannedBytes, 'read', { uploadedBytes: p.uploadedBytes, deduplicatedBytes: p.deduplicatedBytes }) }), {
         readOnly: true,
         routeServed: true,
       }).catch(async (err: unknown) => {
