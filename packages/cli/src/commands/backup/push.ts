@@ -30,10 +30,18 @@ export default class BackupPush extends CowvolCommand {
     const { args, flags } = await this.parse(BackupPush);
     const progress = createProgress(flags.progress, 'backup push');
     const result = await withRepository(flags.to, flags, (repo) =>
-      this.withVolume(args.volume, (volume) => pushSnapshot(repo, volume, args.name, { jobs: flags.jobs, onProgress: (p) => progress.update(p.readBytes, p.plannedBytes, 'read', { uploadedBytes: p.uploadedBytes, deduplicatedBytes: p.deduplicatedBytes }) }), {
-        readOnly: true,
-        routeServed: true,
-      }).catch(async (err: unknown) => {
+      this.withVolume(
+        args.volume,
+        (volume) =>
+          pushSnapshot(repo, volume, args.name, {
+            jobs: flags.jobs,
+            onProgress: (p) => progress.update(p.readBytes, p.plannedBytes, 'read', { uploadedBytes: p.uploadedBytes, deduplicatedBytes: p.deduplicatedBytes }),
+          }),
+        {
+          readOnly: true,
+          routeServed: true,
+        },
+      ).catch(async (err: unknown) => {
         const pid = hasCode(err, 'VOLUME_BUSY') && !(err instanceof VolumeServedError) ? await servedPid(args.volume) : undefined;
         if (pid === undefined) throw err;
         throw new VolumeServedError(args.volume, pid, { cause: err, note: 'backup push reads the changed blocks from the metadata the server holds' });
