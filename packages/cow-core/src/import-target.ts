@@ -137,8 +137,11 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
       details: { path, sizeBytes: volume.sizeBytes, streamSizeBytes: h.sizeBytes },
     });
   }
-  // Applied already (this exact source snapshot is here): say so rather than "base mismatch".
-  for (const s of snapshots) if (s.origin && sameIdentity(s.origin, h.source)) throw new SnapshotExistsError(s.name);
+  // Applied already (this exact source snapshot is here, imported or taken on
+  // this very volume): say so rather than "base mismatch".
+  for (const s of snapshots) {
+    if ((s.origin && sameIdentity(s.origin, h.source)) || sameIdentity(await volume.snapshotIdentity(s.name), h.source)) throw new SnapshotExistsError(s.name);
+  }
   const base = h.base;
   assert(base !== null, 'an incremental stream names its base (stream-header.ts checks it when the header is read)');
   // The base by identity (the newest holder if several), then: is the live content still that snapshot?

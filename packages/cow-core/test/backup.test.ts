@@ -178,6 +178,10 @@ describe('incremental import refuses a target that is not the base, and says why
     await expect(importStream(join(dir, 'empty.img'), memorySource(bc))).rejects.toMatchObject({ code: 'BASE_MISMATCH' });
     await expect(importStream(join(dir, 'missing.img'), memorySource(bc))).rejects.toMatchObject({ code: 'VOLUME_NOT_FOUND' });
     await src.close();
+    // Onto the volume the stream came from: c is already there (taken, not imported), so SNAPSHOT_EXISTS, not a base mismatch.
+    const srcBefore = await fingerprint(join(dir, 'src.img'));
+    await expect(importStream(join(dir, 'src.img'), memorySource(bc))).rejects.toMatchObject({ code: 'SNAPSHOT_EXISTS' });
+    expect(await fingerprint(join(dir, 'src.img'))).toBe(srcBefore);
   });
 });
 
