@@ -8,11 +8,13 @@
  * legitimately differ) are replaced by placeholders, and so are the journal
  * counters of the process holding the volume open; the streams exported
  * both ways hold the same header (but its creation time) and the same
- * extents. `snapshot restore`, `import`, `accept-changes` and `check
+ * extents; `snapshot restore` (no client on `live`) restores alike. `import`, `accept-changes` and `check
  * --repair` are refused (VOLUME_BUSY, with a note saying why). Then SNAPSHOT_IN_USE
  * (exit 4): delete and rename of a snapshot an nbdsh (libnbd) client holds
  * open as `snapshot/<name>` are refused and change nothing, and succeed once
- * it disconnected; so is a delete by filter that chooses it. Needs nbdsh with Debian's python3-libnbd (under CI=true a
+ * it disconnected; so is a delete by filter that chooses it. A restore
+ * while a client holds `live` open is EXPORT_IN_USE (exit 4), changes
+ * nothing, and succeeds once it disconnected. Needs nbdsh with Debian's python3-libnbd (under CI=true a
  * missing one fails). */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -170,6 +172,11 @@ const STEPS: Array<{ args: string[]; exit: number }> = [
   { args: ['snapshot', 'delete', '<vol>', '--keep-newest', '1', '--label', 'kind=nightly', '--dry-run', '--json'], exit: 0 },
   { args: ['snapshot', 'delete', '<vol>', '--keep-newest', '0', '--label', 'kind=nightly'], exit: 0 },
   { args: ['snapshot', 'diff', '<vol>', 's3', 'n3'], exit: 0 },
+  { args: ['snapshot', 'restore', '<vol>', 'nope', '--json'], exit: 3 },
+  { args: ['snapshot', 'restore', '<vol>', 's3', '--safety-name', 'n3', '--json'], exit: 4 },
+  { args: ['snapshot', 'restore', '<vol>', 's3', '--safety-name', 'pre'], exit: 0 },
+  { args: ['snapshot', 'restore', '<vol>', 'pre', '--no-safety-snapshot', '--json'], exit: 0 },
+  { args: ['snapshot', 'diff', '<vol>', 'pre'], exit: 0 },
   { args: ['check', '--read-data', '--json'], exit: 0 },
   { args: ['snapshot', 'info', '<vol>', 's3'], exit: 0 },
   { args: ['info', '--json'], exit: 0 },
@@ -197,7 +204,6 @@ describe.skipIf(missing)(`info and snapshot info, delete, rename, label, hold, r
     // Every step went to the server: it still holds the volume, so the commands that change it whole refuse, saying why.
     const exported = join(dir, 'served.img.out');
     for (const [args, note] of [
-      [['snapshot', 'restore', servedVol, 's3'], 'snapshot restore rewrites the live volume under its NBD clients'],
       [['import', servedVol, '--input', exported], 'import applies a stream onto the volume the server holds open'],
       [['accept-changes', servedVol], 'accept-changes takes the volume file as it is'],
       [['check', servedVol, '--repair'], 'check --repair changes the volume the server holds open'],
@@ -217,28 +223,15 @@ describe.skipIf(missing)(`info and snapshot info, delete, rename, label, hold, r
     // Stopped: both volumes hold the same snapshots.
     const names = async (vol: string): Promise<string[]> => jsonOf<{ snapshots: Array<{ name: string }> }>(await cowvolOk(['snapshot', 'list', vol, '--json'])).snapshots.map((s) => s.name);
     expect(await names(servedVol)).toEqual(await names(offline));
-    expect(await names(offline)).toEqual(['s3', 'n3']);
+    expect(await names(offline)).toEqual(['s3', 'n3', 'pre']);
   }, 900_000);
 
   it('delete (by name or filter) and rename of a snapshot an NBD client holds open: SNAPSHOT_IN_USE (exit 4), nothing changed; after it disconnects both succeed', async () => {
     const vol = await buildVolume('in-use.img');
     const server = await serve(vol);
     await cowvolOk(['snapshot', 'release', vol, 's3']);
-    const uri = `nbd+unix:///snapshot/s2?socket=${server.socket}`;
-    // A libnbd client attached to snapshot/s2 that reads, says so, and stays until its stdin closes.
-    const script = `h.connect_uri(${JSON.stringify(uri)})\nprint(h.pread(4096, 0)[0], flush=True)\nimport sys\nsys.stdin.read()\nprint(h.pread(4096, 0)[0], flush=True)\nh.shutdown()`;
-    const client = spawn('nbdsh', ['-c', script], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` }, stdio: ['pipe', 'pipe', 'pipe'] });
-    running.add(client);
-    let out = '';
-    let err = '';
-    client.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    client.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    const clientExit = new Promise<number | null>((resolve) => client.once('close', (code) => resolve(code)));
-    while (!out.includes('\n')) {
-      if (client.exitCode !== null) throw new Error(`nbdsh exited ${client.exitCode}: ${err}`);
-      await sleep(20);
-    }
-    expect(out).toBe('2\n'); // s2 was taken after the second write: its first block reads 2s
+    const client = await attachNbdsh(`nbd+unix:///snapshot/s2?socket=${server.socket}`);
+    expect(client.out()).toBe('2\n'); // s2 was taken after the second write: its first block reads 2s
 
     for (const args of [
       ['snapshot', 'delete', vol, 's2', '--json'],
@@ -257,19 +250,71 @@ describe.skipIf(missing)(`info and snapshot info, delete, rename, label, hold, r
     const listed = jsonOf<{ snapshots: Array<{ name: string }> }>(await cowvolOk(['snapshot', 'list', vol, '--json']));
     expect(listed.snapshots.map((s) => s.name)).toEqual(['s1', 's2']);
 
-    client.stdin.end();
-    expect(await clientExit, err).toBe(0);
-    expect(out).toBe('2\n2\n'); // the client read its snapshot unchanged to the end
-    // The server sees the disconnect on its own schedule: wait until no connection is attached to snapshot/s2.
-    for (let i = 0; ; i++) {
-      const status = jsonOf<{ exports: Array<{ name: string; connections: number }> }>(await cowvolOk(['status', vol, '--json']));
-      if (status.exports.find((e) => e.name === 'snapshot/s2')?.connections === 0) break;
-      expect(i, 'snapshot/s2 still has a connection 10 s after its client exited').toBeLessThan(200);
-      await sleep(50);
-    }
+    expect(await client.release()).toBe('2\n2\n'); // the client read its snapshot unchanged to the end
+    await untilDetached(vol, 'snapshot/s2');
     expect(jsonOf(await cowvolOk(['snapshot', 'rename', vol, 's2', 'moved', '--json']))).toMatchObject({ name: 'moved' });
     expect(jsonOf(await cowvolOk(['snapshot', 'delete', vol, 'moved', '--json']))).toMatchObject({ name: 'moved' });
     await cowvolOk(['stop', vol]);
     expect(await server.exited).toBe(0);
   }, 300_000);
+
+  it('restore while an NBD client holds live open: EXPORT_IN_USE (exit 4), nothing changed; after it disconnects the restore runs on the server', async () => {
+    const vol = await buildVolume('restore-in-use.img');
+    const server = await serve(vol);
+    const client = await attachNbdsh(`nbd+unix:///live?socket=${server.socket}`);
+    expect(client.out()).toBe('2\n'); // live's first block was last written with 2s
+    const before = await cowvolOk(['snapshot', 'list', vol, '--json']);
+    const refused = await cowvol(['snapshot', 'restore', vol, 's1', '--json']);
+    expect(refused.code, refused.stderr).toBe(4);
+    expect(jsonOf<{ error: { code: string; details: unknown } }>(refused).error).toMatchObject({ code: 'EXPORT_IN_USE', details: { export: 'live', connections: 1 } });
+    expect((await cowvolOk(['snapshot', 'list', vol, '--json'])).stdout.toString(), 'no safety snapshot, nothing changed').toBe(before.stdout.toString());
+    expect(await client.release()).toBe('2\n2\n'); // live did not change under the client
+    await untilDetached(vol, 'live');
+    const restored = jsonOf<{ name: string; safetySnapshot: string }>(await cowvolOk(['snapshot', 'restore', vol, 's1', '--safety-name', 'before', '--json']));
+    expect(restored).toMatchObject({ name: 's1', safetySnapshot: 'before' });
+    // Read back through the server: live is s1 again (64 KiB of 1s, then zeros).
+    const live = (await cowvolOk(['read', vol, '--offset', '0', '--length', '128K'])).stdout;
+    expect(live.equals(Buffer.concat([Buffer.alloc(64 * 1024, 1), Buffer.alloc(64 * 1024)]))).toBe(true);
+    await cowvolOk(['stop', vol]);
+    expect(await server.exited).toBe(0);
+  }, 300_000);
 });
+
+/**
+ * A libnbd client (nbdsh) attached to `uri` that reads the first byte of
+ * block 0, prints it, and stays attached until `release()` closes its stdin;
+ * then reads and prints again and disconnects. `release()` resolves with
+ * everything it printed once it exited 0.
+ */
+async function attachNbdsh(uri: string): Promise<{ out: () => string; release: () => Promise<string> }> {
+  const script = `h.connect_uri(${JSON.stringify(uri)})\nprint(h.pread(4096, 0)[0], flush=True)\nimport sys\nsys.stdin.read()\nprint(h.pread(4096, 0)[0], flush=True)\nh.shutdown()`;
+  const client = spawn('nbdsh', ['-c', script], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` }, stdio: ['pipe', 'pipe', 'pipe'] });
+  running.add(client);
+  let out = '';
+  let err = '';
+  client.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  client.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((resolve) => client.once('close', (code) => resolve(code)));
+  while (!out.includes('\n')) {
+    if (client.exitCode !== null) throw new Error(`nbdsh exited ${client.exitCode}: ${err}`);
+    await sleep(20);
+  }
+  return {
+    out: () => out,
+    release: async () => {
+      client.stdin.end();
+      expect(await exited, err).toBe(0);
+      return out;
+    },
+  };
+}
+
+/** Waits until the server of `vol` counts no connection on `exportName` (it sees a disconnect on its own schedule). */
+async function untilDetached(vol: string, exportName: string): Promise<void> {
+  for (let i = 0; ; i++) {
+    const status = jsonOf<{ exports: Array<{ name: string; connections: number }> }>(await cowvolOk(['status', vol, '--json']));
+    if (status.exports.find((e) => e.name === exportName)?.connections === 0) return;
+    expect(i, `${exportName} still has a connection 10 s after its client exited`).toBeLessThan(200);
+    await sleep(50);
+  }
+}

@@ -28,6 +28,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = Object.freeze({
   SNAPSHOT_LIMIT: 4,
   SNAPSHOT_HELD: 4,
   SNAPSHOT_IN_USE: 4,
+  EXPORT_IN_USE: 4,
   VOLUME_READ_ONLY: 4,
   SNAPSHOT_SUSPECT: 4,
   BASE_MISMATCH: 4,

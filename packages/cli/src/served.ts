@@ -22,6 +22,7 @@ export const SERVED_COMMANDS = [
   'read',
   'write',
   'snapshot read',
+  'snapshot restore',
   'snapshot diff',
   'snapshot export',
   'check',

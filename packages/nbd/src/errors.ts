@@ -39,6 +39,22 @@ export class NotServedError extends CowvolError {
 }
 
 /**
+ * `EXPORT_IN_USE`: `snapshot restore` on a served volume while NBD clients
+ * are attached (or attaching) to `live`: the restore would rewrite the disk
+ * under them (docs/ARCHITECTURE.md §14.8). Nothing was changed; retry once
+ * they disconnected.
+ */
+export class ExportInUseError extends CowvolError {
+  constructor(exportName: string, connections: number) {
+    super(
+      'EXPORT_IN_USE',
+      `export ${exportName} is in use: ${connections} NBD connection(s) attached; snapshot restore would rewrite the disk under them — disconnect them first (cowvol status shows them)`,
+      { details: { export: exportName, connections } },
+    );
+  }
+}
+
+/**
  * `SNAPSHOT_IN_USE`: `snapshot delete` or `snapshot rename` of a snapshot a
  * connected NBD client attached to (or is attaching to) as
  * `snapshot/<name>` on a served volume (docs/ARCHITECTURE.md §14.8).

@@ -6,7 +6,7 @@
  * and the control channel of `cowvol serve` (./control/).
  */
 export * from './constants.js';
-export { NbdFramingError, EndpointInUseError, NotServedError, SnapshotInUseError } from './errors.js';
+export { NbdFramingError, EndpointInUseError, NotServedError, ExportInUseError, SnapshotInUseError } from './errors.js';
 export { ByteQueue } from './byte-queue.js';
 export { parseClientFlags, parseOption, parseRequest, type OptionMessage, type RequestMessage } from './framing.js';
 export { decodeInfoRequest, decodeMetaContextRequest, type InfoRequest, type MetaContextRequest, type Decoded } from './option-payloads.js';

@@ -1,6 +1,6 @@
 import { InvalidArgumentError, type Volume } from '@cowvol/cow-core';
 import type { BlockExport, ExportCatalog, ExportListing } from './block-export.js';
-import { SnapshotInUseError } from './errors.js';
+import { ExportInUseError, SnapshotInUseError } from './errors.js';
 import { NBD_STATE_ZERO } from './constants.js';
 import type { Extent } from './replies.js';
 import { zeroRuns } from './zero-runs.js';
@@ -140,6 +140,8 @@ export class VolumeExports implements ExportCatalog {
   private readonly live: LiveExport;
   /** Snapshots being deleted or renamed: their exports do not resolve meanwhile (docs/ARCHITECTURE.md §14.8). */
   private readonly changing = new Set<string>();
+  /** A restore of `live` runs: `live` does not resolve meanwhile (docs/ARCHITECTURE.md §14.8). */
+  private liveRestoring = false;
   /**
    * @param volume an opened volume; the caller closes it after the server stopped
    * @param options.readOnly serve `live` read-only too
@@ -157,7 +159,7 @@ export class VolumeExports implements ExportCatalog {
   }
 
   async resolve(name: string): Promise<BlockExport | undefined> {
-    if (name === '' || name === LIVE_EXPORT) return this.live;
+    if (name === '' || name === LIVE_EXPORT) return this.liveRestoring ? undefined : this.live;
     if (!name.startsWith(SNAPSHOT_EXPORT_PREFIX)) return undefined;
     const snapshotName = name.slice(SNAPSHOT_EXPORT_PREFIX.length);
     const found = (await this.volume.listSnapshots()).find((s) => s.name === snapshotName);
@@ -186,6 +188,26 @@ export class VolumeExports implements ExportCatalog {
       for (const name of added) this.changing.delete(name);
     }
   }
+  /**
+   * Runs `change` (a restore: it rewrites `live`) while `live` refuses to
+   * resolve, after `inUse` found no connection attached or attaching to it;
+   * the refusal starts before that check, so no client attaches between the
+   * check and the restore (docs/ARCHITECTURE.md §14.8). One at a time.
+   * @throws EXPORT_IN_USE (a client on `live`, or another restore running), and what `change` throws
+   */
+  async whileLiveUnexported<T>(inUse: (exportName: string) => number, change: () => Promise<T>): Promise<T> {
+    if (this.liveRestoring) throw new ExportInUseError(LIVE_EXPORT, 0);
+    this.liveRestoring = true;
+    try {
+      // A client may claim `live` by its default name "" while it negotiates.
+      const connections = inUse(LIVE_EXPORT) + inUse('');
+      if (connections > 0) throw new ExportInUseError(LIVE_EXPORT, connections);
+      return await change();
+    } finally {
+      this.liveRestoring = false;
+    }
+  }
+
   /**
    * {@link whileUnexported} for a change that chooses its snapshots itself
    * (a delete by filter, Volume.deleteSelected): `change` gets the guard to

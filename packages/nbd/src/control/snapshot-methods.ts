@@ -1,4 +1,4 @@
-import { InvalidArgumentError, SnapshotNotFoundError, type DeleteSelection, type Volume } from '@cowvol/cow-core';
+import { InvalidArgumentError, SnapshotNotFoundError, restoreSnapshot, type DeleteSelection, type RestoreOptions, type Volume } from '@cowvol/cow-core';
 import type { NbdServer } from '../server.js';
 import type { VolumeExports } from '../volume-exports.js';
 import type { ControlMethod } from './control-server.js';
@@ -15,6 +15,9 @@ import type { ControlMethod } from './control-server.js';
  * formats both alike. `snapshot.delete`, `snapshot.deleteSelected` and `snapshot.rename` refuse a
  * snapshot a client is attached to as `snapshot/<name>` (SNAPSHOT_IN_USE),
  * atomically with new attaches (VolumeExports.whileUnexported, §14.8).
+ * `snapshot.restore` (restoreSnapshot, as offline) refuses while a client is
+ * attached to `live` (EXPORT_IN_USE), and `live` does not resolve while it
+ * runs (VolumeExports.whileLiveUnexported, §14.8).
  */
 export function snapshotMethods(volume: Volume, server: NbdServer, exports: VolumeExports): Record<string, ControlMethod> {
   const inUse = (exportName: string): number => server.connectionsTo(exportName);
@@ -45,6 +48,10 @@ export function snapshotMethods(volume: Volume, server: NbdServer, exports: Volu
       const name = stringParam(params, 'name');
       return volume.changeSnapshotLabels(name, { set: labelsParam(params, 'set'), remove: stringsParam(params, 'remove') });
     },
+    'snapshot.restore': (params) => {
+      const name = stringParam(params, 'name');
+      return exports.whileLiveUnexported(inUse, () => restoreSnapshot(volume, name, restoreParams(params)));
+    },
     'snapshot.hold': async (params) => {
       const names = namesParam(params);
       const held = params.held;
@@ -59,6 +66,14 @@ export function stringParam(params: Record<string, unknown>, key: string): strin
   const value = params[key];
   if (typeof value !== 'string') throw new InvalidArgumentError(`params.${key} must be a string`);
   return value;
+}
+
+/** params of a restore: `safetySnapshot` (boolean, default true), `safetyName` (string, optional). @throws INVALID_ARGUMENT */
+function restoreParams(params: Record<string, unknown>): RestoreOptions {
+  const { safetySnapshot, safetyName } = params;
+  if (safetySnapshot !== undefined && typeof safetySnapshot !== 'boolean') throw new InvalidArgumentError('params.safetySnapshot must be a boolean');
+  if (safetyName !== undefined && typeof safetyName !== 'string') throw new InvalidArgumentError('params.safetyName must be a string');
+  return { ...(safetySnapshot !== undefined ? { safetySnapshot } : {}), ...(safetyName !== undefined ? { safetyName } : {}) };
 }
 
 /** @throws INVALID_ARGUMENT when params[key] is present and not an array of strings (absent: []) */
