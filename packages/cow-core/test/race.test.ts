@@ -122,8 +122,10 @@ describe('freeze: snapshot create and delete during traffic', () => {
     const held = gates.hold(at('vol.img', 'write', 4 * 1024 * 1024)); // the second chunk of the write stops
     const w = v.write(0, Buffer.alloc(size, 0x5a));
     await held.reached;
-    // createSnapshot's first I/O is the volume sync: it must not start while the write is in flight.
-    const createStarted = gates.hold(at('vol.img', 'sync'));
+    // createSnapshot syncs the volume once before it freezes (ARCHITECTURE.md §4.4), then, frozen, syncs again and
+    // commits the catalog entry: that commit (its journal write; nothing else here writes the journal) must not start
+    // while the write is in flight.
+    const createStarted = gates.hold(at('journal', 'write'));
     const c = v.createSnapshot('mid');
     expect(await settlesSoon(createStarted.reached), 'snapshot create must wait for the in-flight write to drain').toBe(false);
     held.release();
@@ -157,7 +159,7 @@ describe('freeze: snapshot create and delete during traffic', () => {
 
   it('writes issued while a snapshot is being created wait and land after it (the snapshot never holds them)', async () => {
     const { v, gates } = await setup();
-    const held = gates.hold(at('vol.img', 'sync')); // createSnapshot syncs the volume first
+    const held = gates.hold(at('journal', 'write')); // createSnapshot's catalog commit, made frozen (ARCHITECTURE.md §4.4)
     const c = v.createSnapshot('t');
     await held.reached;
     const w = v.write(0, Buffer.alloc(BS, 0x99));
