@@ -36,7 +36,7 @@ import { contentByte } from './kill-content.mjs';
  * The volume accumulates: each run continues from what the previous kill
  * left, with the model resynchronised to the verified live content.
  *
- * Knobs: COWVOL_KILLS (number of kills, default 200), COWVOL_KILL_SEED (seed;
+ * Knobs: COWVOL_KILLS (number of kills, default 120), COWVOL_KILL_SEED (seed;
  * random by default, printed at the start and in every failure). The seed
  * fixes the base content, every child's workload and every kill delay; where
  * exactly the kill lands still depends on timing, so a replay reproduces the
@@ -45,7 +45,7 @@ import { contentByte } from './kill-content.mjs';
 const BS = 4096;
 const BLOCKS = 64;
 const SIZE = BLOCKS * BS;
-const KILLS = Number(process.env.COWVOL_KILLS ?? 200);
+const KILLS = Number(process.env.COWVOL_KILLS ?? 120);
 const SEED = process.env.COWVOL_KILL_SEED !== undefined ? Number(process.env.COWVOL_KILL_SEED) >>> 0 : randomInt(2 ** 32);
 /** `cowvol check` as a child process costs ~0.5 s; run it about 25 times a run, in-process check() every time. */
 const CLI_CHECK_EVERY = Math.max(1, Math.floor(KILLS / 25));
