@@ -285,6 +285,6 @@ for (const kind of kinds) {
         await restoreFromRepository(await Repository.open(store, await loadKeyFile(key)), rerun.volumeUuid, name, target, { jobs: JOBS });
         expect((await restoredSha(target, name)).snapshot).toBe(sha);
       }
-    }, 240_000);
+    }, Math.max(240_000, KILL_ROUNDS * 30_000));
   });
 }
