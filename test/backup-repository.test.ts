@@ -258,33 +258,37 @@ for (const kind of kinds) {
       expect(left).toEqual([]);
     }, 120_000);
 
-    it(`a push SIGKILLed mid-way (${String(KILL_ROUNDS)} rounds): the re-run uploads only the missing chunks, the restore is right`, async () => {
-      const random = prng(seed + 1);
-      const { url, store, flags } = kind.fresh();
-      const key = await keyFile();
-      const common = ['--key-file', key, '--jobs', String(JOBS), ...flags];
-      await ok(['backup', 'init', url, '--chunk-size', '64K', ...common]);
-      const path = join(work.dir, `kill-${String(repoCount)}.img`);
-      await (await Volume.create(path, { sizeBytes: SIZE, blockSizeBytes: 4096 })).close();
-      for (let round = 0; round < KILL_ROUNDS; round++) {
-        const name = `k${String(round)}`;
-        const { sha } = await change(path, name, (v) => v.write(CHUNK * Math.floor(random() * 128), randomBytes(40 * CHUNK)));
-        const n = 1 + Math.floor(random() * 38);
-        const signal = await new Promise<NodeJS.Signals | null>((resolve) => {
-          const child = spawn(process.execPath, [CLI, 'backup', 'push', path, name, '--to', url, ...common], { env: { ...process.env, COWVOL_KILL_AT: `push:chunk#${String(n)}` }, stdio: 'ignore' });
-          child.on('exit', (_code, sig) => resolve(sig));
-        });
-        expect(signal, `round ${String(round)}: killed after ${String(n)} chunks`).toBe('SIGKILL');
-        const rerun = await ok<PushJson>(['backup', 'push', path, name, '--to', url, ...common]);
-        expect(rerun.alreadyPushed).toBe(false);
-        // Chunks uploaded before the kill (n, and up to JOBS - 1 more in flight) are found, not uploaded again.
-        expect(rerun.chunksUploaded + rerun.chunksDeduplicated).toBe(rerun.chunksRead);
-        expect(rerun.chunksUploaded).toBeLessThanOrEqual(rerun.chunksRead - n);
-        expect(rerun.chunksUploaded).toBeGreaterThanOrEqual(rerun.chunksRead - n - (JOBS - 1));
-        const target = join(work.dir, `kill-restored-${String(repoCount)}-${String(round)}.img`);
-        await restoreFromRepository(await Repository.open(store, await loadKeyFile(key)), rerun.volumeUuid, name, target, { jobs: JOBS });
-        expect((await restoredSha(target, name)).snapshot).toBe(sha);
-      }
-    }, Math.max(240_000, KILL_ROUNDS * 30_000));
+    it(
+      `a push SIGKILLed mid-way (${String(KILL_ROUNDS)} rounds): the re-run uploads only the missing chunks, the restore is right`,
+      async () => {
+        const random = prng(seed + 1);
+        const { url, store, flags } = kind.fresh();
+        const key = await keyFile();
+        const common = ['--key-file', key, '--jobs', String(JOBS), ...flags];
+        await ok(['backup', 'init', url, '--chunk-size', '64K', ...common]);
+        const path = join(work.dir, `kill-${String(repoCount)}.img`);
+        await (await Volume.create(path, { sizeBytes: SIZE, blockSizeBytes: 4096 })).close();
+        for (let round = 0; round < KILL_ROUNDS; round++) {
+          const name = `k${String(round)}`;
+          const { sha } = await change(path, name, (v) => v.write(CHUNK * Math.floor(random() * 128), randomBytes(40 * CHUNK)));
+          const n = 1 + Math.floor(random() * 38);
+          const signal = await new Promise<NodeJS.Signals | null>((resolve) => {
+            const child = spawn(process.execPath, [CLI, 'backup', 'push', path, name, '--to', url, ...common], { env: { ...process.env, COWVOL_KILL_AT: `push:chunk#${String(n)}` }, stdio: 'ignore' });
+            child.on('exit', (_code, sig) => resolve(sig));
+          });
+          expect(signal, `round ${String(round)}: killed after ${String(n)} chunks`).toBe('SIGKILL');
+          const rerun = await ok<PushJson>(['backup', 'push', path, name, '--to', url, ...common]);
+          expect(rerun.alreadyPushed).toBe(false);
+          // Chunks uploaded before the kill (n, and up to JOBS - 1 more in flight) are found, not uploaded again.
+          expect(rerun.chunksUploaded + rerun.chunksDeduplicated).toBe(rerun.chunksRead);
+          expect(rerun.chunksUploaded).toBeLessThanOrEqual(rerun.chunksRead - n);
+          expect(rerun.chunksUploaded).toBeGreaterThanOrEqual(rerun.chunksRead - n - (JOBS - 1));
+          const target = join(work.dir, `kill-restored-${String(repoCount)}-${String(round)}.img`);
+          await restoreFromRepository(await Repository.open(store, await loadKeyFile(key)), rerun.volumeUuid, name, target, { jobs: JOBS });
+          expect((await restoredSha(target, name)).snapshot).toBe(sha);
+        }
+      },
+      Math.max(240_000, KILL_ROUNDS * 30_000),
+    );
   });
 }
