@@ -46,6 +46,9 @@ export function describeSnapshot(ctx: VolumeContext, rec: SnapshotRecord): Snaps
  * @throws what {@link createSnapshotFrozen} throws
  */
 export async function createSnapshot(ctx: VolumeContext, name: string, options: CreateSnapshotOptions): Promise<SnapshotInfo> {
+  // Refused before the settle and sync below, which would be work for nothing; checked again frozen.
+  if (ctx.findLive(name)) throw new SnapshotExistsError(name);
+  if (ctx.catalog.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
   if (!ctx.readOnly)
     await ctx.shared(async () => {
       await ctx.writeBack.settleHeld();
