@@ -91,10 +91,6 @@ export class S3ObjectStore implements ObjectStore {
     const jobs = options.jobs ?? 8;
     if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) throw new CowvolError('INVALID_ARGUMENT', `jobs must be 1..256, not ${String(jobs)}`);
     this.limit = new Semaphore(jobs);
-    // The pinned SDK release runs on Node 20 (ARCHITECTURE.md §17); its
-    // nine-line notice that later releases will not would otherwise open the
-    // stderr of every backup command. A value the user set wins.
-    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     this.client = new S3Client({
       ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }),
       ...(options.region === undefined ? {} : { region: options.region }),

@@ -19,22 +19,11 @@ import {
   type RepositoryKeys,
 } from '@cowvol/backup';
 import { crc32c, hasCode } from '@cowvol/base';
+import { mulberry32 } from '@cowvol/test-support';
 
 const seed = process.env.COWVOL_SEED === undefined ? Date.now() % 2 ** 31 : Number(process.env.COWVOL_SEED);
 console.log(`chunk-seal.test.ts seed ${String(seed)} (COWVOL_SEED=${String(seed)} replays)`);
 const flips4MiB = Number(process.env.COWVOL_SEAL_FLIPS ?? '32');
-
-/** mulberry32: a small seeded generator for positions. */
-function rng(s: number): () => number {
-  let a = s >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 function codeOf(fn: () => unknown): string {
   try {
@@ -82,7 +71,7 @@ describe('sealed chunks', () => {
   });
 
   it(`refuses seeded random flipped bits of a 4 MiB chunk (${String(flips4MiB)})`, () => {
-    const next = rng(seed);
+    const next = mulberry32(seed);
     const sealed = sealChunk(keys, randomBytes(4 * 1024 * 1024));
     for (let i = 0; i < flips4MiB; i++) {
       const bit = Math.floor(next() * sealed.body.length * 8);

@@ -10,20 +10,10 @@ import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { decodeManifest, deriveRepositoryKeys, encodeManifest, manifestObjectKey, manifestProblem, parseManifestObjectKey, MANIFEST_VERSION, type Manifest } from '@cowvol/backup';
 import { hasCode } from '@cowvol/base';
+import { mulberry32 } from '@cowvol/test-support';
 
 const seed = process.env.COWVOL_SEED === undefined ? Date.now() % 2 ** 31 : Number(process.env.COWVOL_SEED);
 console.log(`manifest.test.ts seed ${String(seed)} (COWVOL_SEED=${String(seed)} replays)`);
-
-function rng(s: number): () => number {
-  let a = s >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 function codeOf(fn: () => unknown): string {
   try {
@@ -74,7 +64,7 @@ describe('manifest', () => {
     const m = sample();
     const key = manifestObjectKey(m.volumeUuid, m.snapshotName);
     const body = encodeManifest(keys, key, m);
-    const random = rng(seed);
+    const random = mulberry32(seed);
     const positions = new Set<number>([0, 4, 5, 16, 17, body.length - 1]);
     while (positions.size < 64) positions.add(Math.floor(random() * body.length));
     for (const pos of positions) {

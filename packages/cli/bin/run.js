@@ -4,6 +4,10 @@
 // `serve` at queue depth 32 otherwise waits for one of Node's default 4
 // threads on every pread/pwrite (docs/PERFORMANCE.md "Serving over NBD").
 process.env.UV_THREADPOOL_SIZE ??= '16';
+// The pinned AWS SDK release runs on Node 20 (docs/ARCHITECTURE.md §17); its
+// nine-line notice that later releases will not would otherwise open the
+// stderr of every backup command. A value in the environment wins.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 // oclif.manifest.json (`pnpm build`, scripts/manifest.mjs) lets oclif import
 // only the command run, not all of them (docs/PERFORMANCE.md, "CLI start").

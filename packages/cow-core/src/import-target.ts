@@ -139,14 +139,18 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
   }
   // Applied already (this exact source snapshot is here, imported or taken on
   // this very volume): say so rather than "base mismatch".
+  // Each identity is looked up once: it answers both this and the base search below.
+  const identities = new Map<string, SnapshotIdentity>();
   for (const s of snapshots) {
-    if ((s.origin && sameIdentity(s.origin, h.source)) || sameIdentity(await volume.snapshotIdentity(s.name), h.source)) throw new SnapshotExistsError(s.name);
+    const identity = await volume.snapshotIdentity(s.name);
+    if ((s.origin && sameIdentity(s.origin, h.source)) || sameIdentity(identity, h.source)) throw new SnapshotExistsError(s.name);
+    identities.set(s.name, identity);
   }
   const base = h.base;
   assert(base !== null, 'an incremental stream names its base (stream-header.ts checks it when the header is read)');
   // The base by identity (the newest holder if several), then: is the live content still that snapshot?
   let holder: string | undefined;
-  for (const s of snapshots) if (sameIdentity(await volume.snapshotIdentity(s.name), base)) holder = s.name;
+  for (const s of snapshots) if (sameIdentity(identities.get(s.name), base)) holder = s.name;
   if (holder === undefined) {
     const newest = snapshots.at(-1);
     throw new BaseMismatchError(

@@ -2,10 +2,10 @@ import { copyFile, cp, mkdtemp, rm, stat, truncate } from 'node:fs/promises';
 import { randomInt } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Level } from 'level';
 import { Packr } from 'msgpackr';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Volume, volumeLayout, type CheckFinding, type CheckReport } from '../src/index.js';
+import { withDb, type Db } from './meta-db.js';
 import { cowvol, forgetChangeStamp } from '../../../test/helpers.js';
 import { mulberry32 } from './prng.js';
 
@@ -62,17 +62,6 @@ interface Meta {
   snaps: Map<number, SnapRec>;
   free: Array<{ start: number; length: number }>;
   highWater: number;
-}
-type Db = Level<string, Buffer>;
-
-async function withDb<T>(vol: string, fn: (db: Db) => Promise<T>): Promise<T> {
-  const db = new Level<string, Buffer>(volumeLayout(vol).metaPath, { keyEncoding: 'utf8', valueEncoding: 'buffer', createIfMissing: false });
-  await db.open();
-  try {
-    return await fn(db);
-  } finally {
-    await db.close();
-  }
 }
 
 async function readMeta(db: Db): Promise<Meta> {

@@ -2,10 +2,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { randomInt } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Level } from 'level';
 import { Packr } from 'msgpackr';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FORMAT_VERSION, Volume, volumeLayout, type SpaceReport } from '../src/index.js';
+import { FORMAT_VERSION, Volume, type SpaceReport } from '../src/index.js';
+import { withDb } from './meta-db.js';
 import { DATA_MODES } from './modes.js';
 import { mulberry32 } from './prng.js';
 import { cowvol } from '../../../test/helpers.js';
@@ -26,17 +26,6 @@ const STEPS = Number(process.env.COWVOL_SPACE_STEPS ?? 60);
 const REPLAY = `seed ${SEED} (replay: COWVOL_SPACE_SEED=${SEED})`;
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
-type Db = Level<string, Buffer>;
-
-async function withDb<T>(vol: string, fn: (db: Db) => Promise<T>): Promise<T> {
-  const db = new Level<string, Buffer>(volumeLayout(vol).metaPath, { keyEncoding: 'utf8', valueEncoding: 'buffer', createIfMissing: false });
-  await db.open();
-  try {
-    return await fn(db);
-  } finally {
-    await db.close();
-  }
-}
 
 interface Expected {
   snapshots: Array<{ id: number; name: string; ownedBlocks: number; freeableBlocks: number }>;
