@@ -1,5 +1,6 @@
 import { assert } from '@cowvol/base';
 import { FORMAT_VERSION, UPGRADABLE_FORMAT_VERSION } from './layout.js';
+import { killPoint } from './kill-point.js';
 import { keys, parseHexSuffix, type SnapshotRecord } from './metadata.js';
 import type { MetadataDb } from './metadata-db.js';
 import type { MetaRecord } from './meta-record.js';
@@ -213,7 +214,10 @@ export async function recountShared(ctx: VolumeContext, formatVersion?: number):
   const changed = records.length;
   if (!ctx.readOnly) {
     if (formatVersion !== undefined) records.push({ o: 'sb', v: { ...meta.sb, formatVersion } });
-    for (let i = 0; i < records.length; i += RECOUNT_RECORDS_PER_COMMIT) await ctx.commitRecords(records.slice(i, i + RECOUNT_RECORDS_PER_COMMIT));
+    for (let i = 0; i < records.length; i += RECOUNT_RECORDS_PER_COMMIT) {
+      killPoint('recount:commit'); // before each transaction: the upgrade's crash test kills between them (§15.3)
+      await ctx.commitRecords(records.slice(i, i + RECOUNT_RECORDS_PER_COMMIT));
+    }
   }
   for (const rec of ctx.catalog) {
     const n = recount.get(rec.id) ?? 0;
