@@ -30,6 +30,17 @@ export interface DiffResult {
   blocks: number;
 }
 
+/** Blocks `first` to `last`, both included: the part of the volume a ranged diff looks at. */
+export interface BlockRange {
+  first: number;
+  last: number;
+}
+
+/** The blocks a byte range touches (none for a zero length: `last` < `first`). */
+export function blocksTouched(range: { offsetBytes: number; lengthBytes: number }, blockSizeBytes: number): BlockRange {
+  return { first: Math.floor(range.offsetBytes / blockSizeBytes), last: Math.ceil((range.offsetBytes + range.lengthBytes) / blockSizeBytes) - 1 };
+}
+
 /** A snapshot map with the name and id of its snapshot. */
 export interface NamedMap {
   id: number;
@@ -46,12 +57,19 @@ export interface NamedMap {
  * A block written with the same bytes it held still counts as written, so
  * the result is a superset of the bytes that differ; it never misses one.
  * Cost: O(Σ map sizes in the range + k log k) for k changed blocks — the
- * blocks changed, never the volume size. No data is read.
+ * blocks changed, never the volume size. No data is read. With `blocks`,
+ * only the mappings inside those blocks are visited (SnapshotMap
+ * `forEachInRange`): O(regions and mappings inside them), what a ranged
+ * query such as an NBD BLOCK_STATUS of a dirty bitmap needs (§14.9).
  */
-export function unionOfMaps(chain: NamedMap[], blockSizeBytes: number): DiffExtent[] {
+export function unionOfMaps(chain: NamedMap[], blockSizeBytes: number, blocks?: BlockRange): DiffExtent[] {
   const source = new Map<number, number>(); // block -> index in chain of the oldest map holding it
   chain.forEach((m, i) => {
-    for (const [block] of m.map.entries()) if (!source.has(block)) source.set(block, i);
+    if (blocks) {
+      m.map.forEachInRange(blocks.first, blocks.last, (block) => {
+        if (!source.has(block)) source.set(block, i);
+      });
+    } else for (const [block] of m.map.entries()) if (!source.has(block)) source.set(block, i);
   });
   const sources = [...source].sort(([a], [b]) => a - b);
   const extents: DiffExtent[] = [];

@@ -2,7 +2,7 @@ import { SnapshotNotFoundError } from './errors.js';
 import type { SnapshotRecord } from './metadata.js';
 import { checkVolume, type CheckReport } from './check.js';
 import { checkStoreInto } from './check-data.js';
-import { unionOfMaps, type DiffResult, type NamedMap } from './diff.js';
+import { unionOfMaps, type BlockRange, type DiffResult, type NamedMap } from './diff.js';
 import { freeableBlocks, type SpaceReport } from './space.js';
 import { recountShared, spaceFromCounters } from './space-accounting.js';
 import { describeSnapshot } from './snapshot-lifecycle.js';
@@ -134,8 +134,8 @@ async function checkSharedCounts(ctx: VolumeContext, problems: string[]): Promis
   }
 }
 
-/** `Volume.diff`, settled by the caller (docs/ARCHITECTURE.md §15.2). @throws SNAPSHOT_NOT_FOUND */
-export async function diffOf(ctx: VolumeContext, from: string, to: string | undefined): Promise<DiffResult> {
+/** `Volume.diff`, settled by the caller (docs/ARCHITECTURE.md §15.2); `blocks`: only those. @throws SNAPSHOT_NOT_FOUND */
+export async function diffOf(ctx: VolumeContext, from: string, to: string | undefined, blocks?: BlockRange): Promise<DiffResult> {
   const a = ctx.findLive(from);
   if (!a) throw new SnapshotNotFoundError(from);
   const b = to === undefined ? undefined : ctx.findLive(to);
@@ -143,7 +143,7 @@ export async function diffOf(ctx: VolumeContext, from: string, to: string | unde
   const [older, newer] = b !== undefined && b.id < a.id ? [b, a] : [a, b];
   const range = ctx.catalog.filter((r) => r.id >= older.id && (newer === undefined || r.id < newer.id));
   const bs = ctx.blockSizeBytes;
-  const extents = unionOfMaps(await namedMaps(ctx, range), bs);
+  const extents = unionOfMaps(await namedMaps(ctx, range), bs, blocks);
   const bytes = extents.reduce((n, e) => n + e.lengthBytes, 0);
   return { from, to: to ?? null, blockSizeBytes: bs, extents, bytes, blocks: bytes / bs };
 }

@@ -3,7 +3,7 @@ import { MAX_READ_BYTES, SNAPSHOT_NAME_PATTERN } from './layout.js';
 import { decodeValue as decodeMeta, keys, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import type { SnapshotRecord } from './metadata.js';
 import type { CheckReport } from './check.js';
-import type { DiffResult } from './diff.js';
+import { blocksTouched, type DiffResult } from './diff.js';
 import { planDelete, type DeletePlan, type SpaceReport } from './space.js';
 import { validateLabels } from './labels.js';
 import { readThrough, snapshotReaderOf, type SnapshotReader } from './read-through.js';
@@ -311,10 +311,13 @@ export class Volume {
   /**
    * The blocks written between snapshot `from` and snapshot `to` (or live)
    * as sorted extents (docs/ARCHITECTURE.md §15.2); no data is read.
-   * @throws SNAPSHOT_NOT_FOUND
+   * `range` (bytes) limits it to the blocks that range touches, at a cost
+   * in the mappings inside them, not in the whole maps (§14.9).
+   * @throws SNAPSHOT_NOT_FOUND; OUT_OF_RANGE (a range not inside the volume)
    */
-  async diff(from: string, to?: string): Promise<DiffResult> {
-    return this.ctx.settled(() => diffOf(this.ctx, from, to));
+  async diff(from: string, to?: string, range?: { offsetBytes: number; lengthBytes: number }): Promise<DiffResult> {
+    if (range) this.checkRange(range.offsetBytes, range.lengthBytes);
+    return this.ctx.settled(() => diffOf(this.ctx, from, to, range && blocksTouched(range, this.blockSizeBytes)));
   }
 
   /** Journal mode: checkpoints, so the volume file holds every live block written (docs/ARCHITECTURE.md §15.5). @throws IO_ERROR, NO_SPACE, JOURNAL_ABORTED */

@@ -22,7 +22,9 @@ import { CountingOpener, envInt, prng, randomBuffer } from './backup-helpers.js'
  *     write touched partially and (b) blocks rewritten with identical bytes;
  *  3. shape: extents are sorted, non-overlapping, block-aligned, inside the
  *     volume; consecutive blocks from the same map are merged; each names a
- *     snapshot in [A, B); diff(B, A) = diff(A, B).
+ *     snapshot in [A, B); diff(B, A) = diff(A, B);
+ *  4. a diff over a random byte range is the full diff cut to the blocks
+ *     that range touches.
  *
  * Knobs: COWVOL_BACKUP_SEEDS (default 8), COWVOL_BACKUP_OPS (default 50).
  * Replay one seed: COWVOL_BACKUP_SEEDS=K ... -t "seed K:".
@@ -64,6 +66,7 @@ describe('snapshot diff: cover and exactness against full reads, on seeded rando
       const replay = `COWVOL_BACKUP_SEEDS=${seed} COWVOL_BACKUP_OPS=${OPS} npx vitest run packages/cow-core/test/diff.test.ts -t "seed ${seed}:"`;
       console.log(`[diff] seed=${seed} ops=${OPS}; replay: ${replay}`);
       const rnd = prng(seed);
+      const rangeRnd = prng(seed + 0x5eed); // the ranges of check 4, apart so the workload of a seed stays as it was
       const int = (lo: number, hi: number): number => lo + Math.floor(rnd() * (hi - lo + 1));
       const v = await Volume.create(join(dir, 'v.img'), { sizeBytes: SIZE, blockSizeBytes: BS });
       const live = Buffer.alloc(SIZE);
@@ -125,6 +128,14 @@ describe('snapshot diff: cover and exactness against full reads, on seeded rando
             }
             if (got.size > differing) strictSupersets += 1;
             if (b) expect((await v.diff(b.name, a.name)).extents, `diff is symmetric, ${label}`).toEqual(d.extents);
+            // 4. a ranged diff (what an NBD BLOCK_STATUS of a dirty bitmap asks) is the full one cut to the blocks the range touches.
+            const offsetBytes = Math.floor(rangeRnd() * SIZE);
+            const lengthBytes = Math.floor(rangeRnd() * (SIZE - offsetBytes + 1));
+            const [lo, hi] = [Math.floor(offsetBytes / BS) * BS, Math.ceil((offsetBytes + lengthBytes) / BS) * BS];
+            const cut = d.extents
+              .map((e) => ({ ...e, offsetBytes: Math.max(e.offsetBytes, lo), lengthBytes: Math.min(e.offsetBytes + e.lengthBytes, hi) - Math.max(e.offsetBytes, lo) }))
+              .filter((e) => e.lengthBytes > 0);
+            expect((await v.diff(a.name, b?.name, { offsetBytes, lengthBytes })).extents, `diff over [${offsetBytes}, +${lengthBytes}), ${label}`).toEqual(cut);
           }
         }
       };
@@ -200,6 +211,10 @@ describe('snapshot diff: cost is the blocks changed, not the volume size', () =>
     expect(aLive.extents.find((e) => e.offsetBytes === 5 * 4096)?.snapshot).toBe('b');
     expect(bLive.extents).toEqual([{ offsetBytes: 5 * 4096, lengthBytes: 4096, snapshot: 'b', snapshotId: 2 }]);
     await expect(v.diff('nope')).rejects.toMatchObject({ code: 'SNAPSHOT_NOT_FOUND' });
+    // A range: the one extent inside it, cut to the blocks the range touches; a range past the end is refused.
+    expect((await v.diff('a', 'b', { offsetBytes: 10 * 1024 ** 3 + 4096, lengthBytes: 1 })).extents).toEqual([{ offsetBytes: 10 * 1024 ** 3 + 4096, lengthBytes: 4096, snapshot: 'a', snapshotId: 1 }]);
+    expect((await v.diff('a', undefined, { offsetBytes: 4096, lengthBytes: 4096 })).extents).toEqual([]);
+    await expect(v.diff('a', undefined, { offsetBytes: 64 * 1024 ** 3, lengthBytes: 1 })).rejects.toMatchObject({ code: 'OUT_OF_RANGE' });
     await v.close();
   });
 });

@@ -29,11 +29,13 @@ export interface BlockExport {
   /** The snapshots with a `qemu:dirty-bitmap:<name>` context on this export (docs/ARCHITECTURE.md §14.9); absent: none. */
   dirtyBitmaps?(): Promise<string[]>;
   /**
-   * The byte ranges written since snapshot `snapshot` was taken, sorted and
-   * non-overlapping (a superset of the bytes that differ, never missing one).
+   * The byte ranges written since snapshot `snapshot` was taken that touch
+   * [offsetBytes, offsetBytes + lengthBytes), sorted and non-overlapping (a
+   * superset of the bytes that differ, never missing one; they may begin
+   * before the range or end after it, at block boundaries).
    * @throws SNAPSHOT_NOT_FOUND when it was deleted meanwhile
    */
-  changedSince?(snapshot: string): Promise<Array<{ offsetBytes: number; lengthBytes: number }>>;
+  changedSince?(snapshot: string, offsetBytes: number, lengthBytes: number): Promise<Array<{ offsetBytes: number; lengthBytes: number }>>;
   /**
    * Whether zeroing the range would be fast (NBD_CMD_FLAG_FAST_ZERO: faster
    * than writing zeros); absent or false: a FAST_ZERO request is ENOTSUP.

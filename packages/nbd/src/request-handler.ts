@@ -149,5 +149,5 @@ async function extentsOf(target: BlockExport, context: MetaContext, request: Req
   const { offsetBytes, lengthBytes } = request;
   if (context.kind === 'allocation') return target.blockStatus ? target.blockStatus(offsetBytes, lengthBytes) : [{ lengthBytes, flags: 0 }];
   if (!target.changedSince) throw new RequestError(NBD_EINVAL, `${target.name} has no dirty bitmaps`);
-  return dirtyExtents(await target.changedSince(context.snapshot), offsetBytes, lengthBytes);
+  return dirtyExtents(await target.changedSince(context.snapshot, offsetBytes, lengthBytes), offsetBytes, lengthBytes);
 }
