@@ -156,9 +156,9 @@ export abstract class CowvolCommand extends Command {
     }
   }
 
-  /** Writes a line for people to stdout, unless `--json` is on. */
-  protected say(line: string): void {
-    if (!this.jsonEnabled()) process.stdout.write(`${line}\n`);
+  /** Writes a line for people to stdout, unless `--json` is on; a function is called only then (a table of 65,536 snapshots is not built for nothing). */
+  protected say(line: string | (() => string)): void {
+    if (!this.jsonEnabled()) process.stdout.write(`${typeof line === 'string' ? line : line()}\n`);
   }
 
   protected override async catch(raw: Error & { code?: string; oclif?: { exit?: number } }): Promise<void> {
@@ -204,6 +204,17 @@ export abstract class CowvolCommand extends Command {
   /** The exit code for an error code (the README table); a command with its own exit-code contract overrides it. */
   protected exitCodeOf(code: ErrorCode): number {
     return exitCodeFor(code);
+  }
+
+  /**
+   * `--json` output. oclif's own tokenizes the text to colour it, at a cost
+   * that grows faster than the output (a second for 4,096 snapshots); a
+   * script reading a pipe gets the same text from one `JSON.stringify`
+   * (docs/PERFORMANCE.md "Many snapshots"). A terminal still gets colours.
+   */
+  protected override logJson(json: unknown): void {
+    if (process.stdout.isTTY) super.logJson(json);
+    else process.stdout.write(`${JSON.stringify(json, null, 2)}\n`);
   }
 
   protected override toSuccessJson(result: unknown): unknown {

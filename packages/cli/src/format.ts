@@ -8,7 +8,7 @@ export function human(bytes: number): string {
 
 /** A plain left-aligned text table. */
 export function table(headers: string[], rows: string[][]): string {
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const widths = headers.map((h, i) => rows.reduce((w, r) => Math.max(w, (r[i] ?? '').length), h.length)); // no spread: rows may be 65,536
   const line = (cells: string[]) =>
     cells
       .map((c, i) => c.padEnd(widths[i]!))
@@ -22,8 +22,9 @@ export type SnapshotWithSpace = SnapshotInfo & { freeableBlocks: number; freeabl
 
 /** Adds each snapshot's `freeableBlocks` / `freeableBytes` from a space report. */
 export function withSpace(snapshots: SnapshotInfo[], space: SpaceReport): SnapshotWithSpace[] {
+  const byId = new Map(space.snapshots.map((x) => [x.id, x])); // one lookup per snapshot, not a scan: O(snapshots)
   return snapshots.map((s) => {
-    const sp = space.snapshots.find((x) => x.id === s.id);
+    const sp = byId.get(s.id);
     return { ...s, freeableBlocks: sp?.freeableBlocks ?? 0, freeableBytes: sp?.freeableBytes ?? 0 };
   });
 }

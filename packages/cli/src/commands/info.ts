@@ -15,7 +15,7 @@ export default class Info extends CowvolCommand {
       readOnly: true,
     });
     const info = { ...base, snapshots: withSpace(base.snapshots, space), store: { ...base.store, ...space.store } };
-    this.say(
+    this.say(() =>
       [
         `volume:         ${info.path}`,
         `size:           ${human(info.sizeBytes)} (${info.sizeBytes} bytes)`,

@@ -18,7 +18,7 @@ export default class SnapshotList extends CowvolCommand {
       readOnly: true,
     });
     const rows = withSpace(snapshots, space);
-    this.say(`${snapshotTable(rows)}\n${storeLine(space)}`);
+    this.say(() => `${snapshotTable(rows)}\n${storeLine(space)}`);
     return { snapshots: rows, store: space.store };
   }
 }
