@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `pnpm bench` = `node bench/run.mjs [--quick] [--only <ids>] [--reps N] [--dir DIR] [--keep] [--no-qemu]`
+// `node bench/run.mjs [--quick] [--only <ids>] [--reps N] [--dir DIR] [--keep] [--no-qemu]` (the engine part of `pnpm bench`, bench/all.mjs)
 //
 // Runs every scenario of bench/lib/catalog.mjs against cowvol (TypeScript API,
 // in process), raw Node file I/O (the physical limit for a Node program) and

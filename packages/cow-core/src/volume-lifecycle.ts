@@ -1,4 +1,4 @@
-import { CowvolError, IoError, fileDeviceOpener, type BlockDevice } from '@cowvol/base';
+import { CowvolError, IoError, assert, fileDeviceOpener, type BlockDevice } from '@cowvol/base';
 import { errnoCode, errorMessage, pathExists } from './files.js';
 import { stat } from 'node:fs/promises';
 import { Journal, JournalCorruptError, JournalNeedsRecoveryError, type RecoveryReport } from '@cowvol/journal';
@@ -113,6 +113,8 @@ async function openJournal(
   const apply = (tx: { sequence: number; records: unknown[] }): Promise<void> => meta.apply(tx);
   const opened = await Journal.open(journalDev, {
     expectedUuid: parts.uuid,
+    // Before the replay, not after: images of another block size would be written home at wrong offsets.
+    expectedBlockSizeBytes: meta.sb.blockSizeBytes,
     targets: new Map([
       [TARGET_VOLUME, parts.volume],
       [TARGET_STORE, parts.store.device],
@@ -132,9 +134,7 @@ async function openJournal(
       // LevelDB holds transactions the journal no longer has: new commits would reuse their sequences.
       throw new JournalCorruptError(`${layout.journalPath} ends at transaction ${journal.lastCommittedSequence} but the metadata has applied ${meta.appliedSequence}`);
     }
-    if (journal.blockSizeBytes !== meta.sb.blockSizeBytes) {
-      throw new JournalCorruptError(`${layout.journalPath} has ${journal.blockSizeBytes}-byte blocks; the volume has ${meta.sb.blockSizeBytes}`);
-    }
+    assert(journal.blockSizeBytes === meta.sb.blockSizeBytes, 'Journal.open checked the block size');
   } catch (err) {
     await journal.close().catch(() => undefined);
     throw err;

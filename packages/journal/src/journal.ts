@@ -48,6 +48,12 @@ export interface RecoveryReport {
 export interface JournalOpenOptions {
   /** A journal with another uuid is refused (`JOURNAL_CORRUPT`). */
   expectedUuid?: Buffer;
+  /**
+   * A journal whose superblock gives another block size is refused
+   * (`JOURNAL_CORRUPT`) before anything is replayed: its images would land
+   * home at offsets of the wrong size.
+   */
+  expectedBlockSizeBytes?: number;
   /** Home devices of block images, by target id. */
   targets?: ReadonlyMap<number, BlockDevice>;
   replay: ReplayFn;
@@ -168,12 +174,15 @@ export class Journal implements HandleOwner {
    * by the size of the log. The tail stays where it was until the
    * owner checkpoints, so a crash during recovery just recovers again.
    * With `readOnly`, nothing is written (see {@link JournalOpenOptions.readOnly}).
-   * @throws JOURNAL_CORRUPT (bad superblock, foreign uuid, image for an unknown target, a transaction that changed between the passes), JOURNAL_NEEDS_RECOVERY (read-only, an image to write home), UNSUPPORTED_VERSION, IO_ERROR, whatever `replay` throws
+   * @throws JOURNAL_CORRUPT (bad superblock, foreign uuid, another block size than expected, image for an unknown target, a transaction that changed between the passes), JOURNAL_NEEDS_RECOVERY (read-only, an image to write home), UNSUPPORTED_VERSION, IO_ERROR, whatever `replay` throws
    */
   static async open(device: BlockDevice, options: JournalOpenOptions): Promise<{ journal: Journal; recovery: RecoveryReport }> {
     const sb = decodeSuperblock(await device.read(0, SUPERBLOCK_AREA_BYTES), device.name);
     if (options.expectedUuid && !options.expectedUuid.equals(sb.uuid)) {
       throw new JournalCorruptError(`${device.name}: journal belongs to another volume (uuid mismatch)`);
+    }
+    if (options.expectedBlockSizeBytes !== undefined && options.expectedBlockSizeBytes !== sb.blockSizeBytes) {
+      throw new JournalCorruptError(`${device.name} has ${sb.blockSizeBytes}-byte blocks; its owner has ${options.expectedBlockSizeBytes}`);
     }
     if (!options.readOnly && (await device.sizeBytes()) < sb.lengthBlocks * sb.blockSizeBytes) {
       // A short file reads as zeros past its end: those blocks end the scan. Extend it so writes land in place.

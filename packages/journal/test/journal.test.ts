@@ -95,6 +95,19 @@ describe('journal: commit and recovery', () => {
     await expect(Journal.open(new MemoryDevice('x', Buffer.alloc(4096, 0x41)), { replay: async () => undefined })).rejects.toMatchObject({ code: 'JOURNAL_CORRUPT' });
   });
 
+  it('refuses a journal of another block size than its owner expects (JOURNAL_CORRUPT) before writing any image home', async () => {
+    const { journal } = await open();
+    const h = await journal.start(1);
+    h.logImage(0, 2, image(5));
+    await h.commit();
+    const disk = log.crash(() => 'drop');
+    const homeBefore = home.snapshot();
+    await expect(open(disk.clone(), { expectedBlockSizeBytes: 2 * BS })).rejects.toMatchObject({ code: 'JOURNAL_CORRUPT' });
+    expect(home.snapshot().equals(homeBefore), 'nothing replayed').toBe(true);
+    await open(disk.clone(), { expectedBlockSizeBytes: BS });
+    expect((await home.read(2 * BS, BS)).equals(image(5)), 'the right block size replays').toBe(true);
+  });
+
   it('an image for a target the owner does not know is corruption, not silently dropped', async () => {
     const { journal } = await open();
     const h = await journal.start(1);
