@@ -30,22 +30,18 @@ export interface CopyTarget {
  * flushes.
  * @throws the input's IO_ERROR; the first error of a write (after every write in flight settled)
  */
-export async function copyIn(
-  input: SizedInput,
-  target: CopyTarget,
-  offsetBytes: number,
-  lengthBytes: number,
-  onProgress?: (doneBytes: number, totalBytes: number) => void,
-): Promise<number> {
+export async function copyIn(input: SizedInput, target: CopyTarget, offsetBytes: number, lengthBytes: number, onProgress?: (doneBytes: number, totalBytes: number) => void): Promise<number> {
   const free: Buffer[] = [];
   const inFlight = new Set<Promise<void>>();
   let failure: { error: unknown } | undefined;
+  // Set by a write's rejection between two awaits (a plain read of `failure` would be narrowed away).
+  const failed = (): boolean => failure !== undefined;
   let readBytes = 0;
   let writtenBytes = 0;
   try {
-    while (readBytes < lengthBytes && failure === undefined) {
+    while (readBytes < lengthBytes && !failed()) {
       if (inFlight.size >= WRITES_IN_FLIGHT) await Promise.race(inFlight);
-      if (failure !== undefined) break;
+      if (failed()) break;
       const buffer = free.pop() ?? Buffer.allocUnsafe(STREAM_CHUNK_BYTES);
       const wantBytes = Math.min(STREAM_CHUNK_BYTES, lengthBytes - readBytes);
       const gotBytes = await input.readInto(readBytes, buffer.subarray(0, wantBytes));

@@ -309,11 +309,13 @@ function uintLength(n: number): number {
 
 /** Writes `n` as msgpackr does (positive fixint, uint8, uint16 or uint32) at `at`; returns the next offset. */
 function writeUint(b: Buffer, at: number, n: number): number {
-  if (n < 0x80) b[at] = n;
-  else if (n < 0x100) (b[at] = 0xcc), (b[at + 1] = n);
-  else if (n < 0x1_0000) (b[at] = 0xcd), b.writeUInt16BE(n, at + 1);
-  else (b[at] = 0xce), b.writeUInt32BE(n, at + 1);
-  return at + uintLength(n);
+  const length = uintLength(n);
+  if (length === 1) b[at] = n;
+  else if (length === 2) b.writeUInt8(n, at + 1);
+  else if (length === 3) b.writeUInt16BE(n, at + 1);
+  else b.writeUInt32BE(n, at + 1);
+  if (length > 1) b[at] = length === 2 ? 0xcc : length === 3 ? 0xcd : 0xce;
+  return at + length;
 }
 
 /**
