@@ -344,7 +344,7 @@ for (const sc of scenarios) {
     const ms = (xs) => fmtNum(median(xs.map((x) => x.wallMs)));
     if (e.length)
       details.push(
-        `${sc.id}: cowvol ${ms(e)} ms wall, of which ${ms(e.map((x) => ({ wallMs: x.fixedMs })))} ms the command's fixed cost (the same with a 4 KiB input) (\`${e[0].command}\`${e[0].snapshotMs !== undefined ? `; snapshot create ${ms(e.map((x) => ({ wallMs: x.snapshotMs })))} ms, not in the ratio` : ''}, CLI peak RSS ${fmtBytes(Math.max(...e.map((x) => x.cliMaxRssKiB ?? 0)) * 1024)})` +
+        `${sc.id}: cowvol ${ms(e)} ms wall; its fixed cost, the same command with a 4 KiB input, ${ms(e.map((x) => ({ wallMs: x.fixedMs })))} ms (\`${e[0].command}\`${e[0].snapshotMs !== undefined ? `; snapshot create ${ms(e.map((x) => ({ wallMs: x.snapshotMs })))} ms, not in the ratio` : ''}, CLI peak RSS ${fmtBytes(Math.max(...e.map((x) => x.cliMaxRssKiB ?? 0)) * 1024)})` +
           (q.length
             ? `; ${refImpl === 'raw' ? 'dd' : 'qemu-io'} ${ms(q)} ms (\`${q[0].command}\`${q[0].snapshotMs !== undefined ? `; snapshot ${ms(q.map((x) => ({ wallMs: x.snapshotMs })))} ms` : ''})`
             : ''),
