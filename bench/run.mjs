@@ -337,6 +337,18 @@ for (const sc of scenarios) {
           ` peak RSS: writer ${fmtBytes(Math.max(...e.map((x) => x.writerRssKiB ?? 0)) * 1024)}, crash open ${fmtBytes(Math.max(...e.map((x) => x.crashOpenRssKiB ?? 0)) * 1024)}, power-loss open ${fmtBytes(Math.max(...e.map((x) => x.powerLossOpenRssKiB ?? 0)) * 1024)}`,
       );
     }
+  } else if (sc.id.startsWith('8-cli-write')) {
+    const e = ex(sc.id);
+    const refImpl = sc.impls.includes('raw') ? 'raw' : 'qcow2';
+    const q = ex(sc.id, refImpl);
+    const ms = (xs) => fmtNum(median(xs.map((x) => x.wallMs)));
+    if (e.length)
+      details.push(
+        `${sc.id}: cowvol ${ms(e)} ms wall; its fixed cost, the same command with a 4 KiB input, ${ms(e.map((x) => ({ wallMs: x.fixedMs })))} ms (\`${e[0].command}\`${e[0].snapshotMs !== undefined ? `; snapshot create ${ms(e.map((x) => ({ wallMs: x.snapshotMs })))} ms, not in the ratio` : ''}, CLI peak RSS ${fmtBytes(Math.max(...e.map((x) => x.cliMaxRssKiB ?? 0)) * 1024)})` +
+          (q.length
+            ? `; ${refImpl === 'raw' ? 'dd' : 'qemu-io'} ${ms(q)} ms (\`${q[0].command}\`${q[0].snapshotMs !== undefined ? `; snapshot ${ms(q.map((x) => ({ wallMs: x.snapshotMs })))} ms` : ''})`
+            : ''),
+      );
   } else if (sc.id.startsWith('8-')) {
     const e = ex(sc.id);
     const q = ex(sc.id, 'qcow2');
@@ -375,7 +387,9 @@ out('  5-read = qcow2 column: qemu-img convert -l snapshot.name=target into a nu
 out('  7      = open timed in a fresh process around Volume.open. Recovery: a writer fills the journal with no checkpoint in between');
 out('           (circular journal sized 2.5x the target; an append-only journal gets its instance checkpoint switched off) and exits');
 out('           without close; "crash" opens as is, "power loss" first rewinds LevelDB to its copy as of the last checkpoint.');
-out('  8      = wall time of the whole command, process start included, for both.');
+out('  8      = wall time of the whole command, process start included, for both. 8-cli-write: the raw column is dd bs=1M');
+out('           conv=fdatasync,notrunc of the same input onto a filled raw file; 8-cli-write-cow: the qcow2 column is qemu-io -c');
+out("           'write -s data 0 N' -c flush after qemu-img snapshot -c (the snapshot commands are setup, their wall in DETAILS).");
 out(`  Targets are information: a MISS never fails the run. Elapsed ${fmtNum((Date.now() - startedAt.getTime()) / 1000)} s; ${okRuns.length} runs ok, ${failures} failed.`);
 
 // ------------------------------------------------------------------- JSON

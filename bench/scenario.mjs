@@ -14,6 +14,7 @@ import { parseArgs } from 'node:util';
 import { spawn, spawnSync } from 'node:child_process';
 import { cp, mkdir, mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -691,6 +692,102 @@ function cliRoundTrip(which) {
   };
 }
 
+/** Wall time of one command (process start included); rejects on a non-zero exit. */
+function timeCommand(cmd, args, env = childEnv()) {
+  return new Promise((resolvePromise, reject) => {
+    const t0 = now();
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolvePromise(now() - t0) : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${out}`))));
+  });
+}
+
+/** The input file of scenario 8-cli-write*: `cliWriteBytes` of incompressible bytes, written and synced untimed. */
+async function cliWriteInput(ctx) {
+  const path = join(ctx.work, 'data');
+  const fh = await open(path, 'w');
+  try {
+    // In 4 MiB pieces: the bench process's own RSS stays small (it is counted as cowvol's peak).
+    for (let at = 0; at < ctx.scale.cliWriteBytes; at += 4 * MiB) await fh.write(randomBytes(Math.min(4 * MiB, ctx.scale.cliWriteBytes - at)));
+  } finally {
+    await fh.close();
+  }
+  return path;
+}
+
+/**
+ * Scenario 8-cli-write (no snapshot) and 8-cli-write-cow (first write after
+ * a snapshot): `cowvol write vol.img --input data` of a whole filled volume,
+ * wall time with process start, against `dd bs=1M conv=fdatasync,notrunc`
+ * on a filled raw file (no snapshot) or `qemu-io -c 'write -s data 0 N'
+ * -c flush` on a filled qcow2 image after `qemu-img snapshot -c` (after a
+ * snapshot). Setup (fill, snapshot) per repetition and untimed; the snapshot
+ * command's own wall time is kept in `extra`.
+ */
+function cliWrite(afterSnapshot) {
+  const bytes = (ctx) => ctx.scale.cliWriteBytes;
+  const sized = (ctx) => ({ ...ctx.scale, volBytes: bytes(ctx) });
+  const cowvol = async (ctx) => {
+    const data = await cliWriteInput(ctx);
+    const path = join(ctx.work, 'vol.img');
+    await timedSetup(ctx, async () => (await cowFilled(ctx, 'vol.img', bytes(ctx))).close());
+    const extra = {};
+    if (afterSnapshot) {
+      settle();
+      extra.snapshotMs = await timeCommand(process.execPath, [CLI, 'snapshot', 'create', path, 's']);
+    }
+    const rssFile = join(ctx.work, 'rss');
+    const args = ['--import', join(BENCH_DIR, 'lib', 'rss-preload.mjs'), CLI, 'write', path, '--input', data];
+    settle();
+    const ms = await timeCommand(process.execPath, args, { ...childEnv(), BENCH_RSS_OUT: rssFile });
+    const cliRss = Number((await import('node:fs')).readFileSync(rssFile, 'utf8').trim()) || undefined;
+    if (cliRss) ctx.childRss.push(cliRss);
+    // The command's fixed cost, for DETAILS: the same command with a 4 KiB input (process start, open, flush, close).
+    const small = join(ctx.work, 'data-4k');
+    await writeFile(small, randomBytes(4096));
+    settle();
+    extra.fixedMs = await timeCommand(process.execPath, [CLI, 'write', path, '--input', small]);
+    const command = `${afterSnapshot ? 'cowvol snapshot create vol.img s; ' : ''}cowvol write vol.img --input data`;
+    return { metrics: { write: mibps(bytes(ctx), ms / 1000) }, seconds: ms / 1000, extra: { ...extra, wallMs: ms, cliMaxRssKiB: cliRss, command } };
+  };
+  if (!afterSnapshot) {
+    return {
+      cowvol,
+      async raw(ctx) {
+        const data = await cliWriteInput(ctx);
+        const path = join(ctx.work, 'raw.img');
+        await timedSetup(ctx, async () => {
+          const t = await rawTarget(path, { create: true, sizeBytes: bytes(ctx) });
+          await fillTarget(t, sized(ctx));
+          await t.sync();
+          await t.close();
+        });
+        settle();
+        const ms = await timeCommand('dd', [`if=${data}`, `of=${path}`, 'bs=1M', 'conv=fdatasync,notrunc', 'status=none']);
+        return { metrics: { write: mibps(bytes(ctx), ms / 1000) }, seconds: ms / 1000, extra: { wallMs: ms, command: 'dd if=data of=raw.img bs=1M conv=fdatasync,notrunc' } };
+      },
+    };
+  }
+  return {
+    cowvol,
+    async qcow2(ctx) {
+      const data = await cliWriteInput(ctx);
+      const img = join(ctx.work, 'q.qcow2');
+      await timedSetup(ctx, () => qemuFill(img, sized(ctx)));
+      settle();
+      const snapshotMs = await timeCommand(qemuInfo().qemuImg, ['snapshot', '-c', 's', img]);
+      settle();
+      const qemuIo = join(dirname(qemuInfo().qemuImg), 'qemu-io');
+      const ms = await timeCommand(qemuIo, ['-f', 'qcow2', '-c', `write -s ${data} 0 ${bytes(ctx)}`, '-c', 'flush', img]);
+      const command = `qemu-img snapshot -c s q.qcow2; qemu-io -f qcow2 -c 'write -s data 0 ${bytes(ctx) / MiB}M' -c flush q.qcow2`;
+      return { metrics: { write: mibps(bytes(ctx), ms / 1000) }, seconds: ms / 1000, extra: { snapshotMs, wallMs: ms, command } };
+    },
+  };
+}
+
 const SCENARIOS = {
   '1-seq': overwrite('seq'),
   '1-rand': overwrite('rand'),
@@ -712,6 +809,8 @@ const SCENARIOS = {
   '7-recover': recovery,
   '8-cli-list': cliRoundTrip('list'),
   '8-cli-create': cliRoundTrip('create'),
+  '8-cli-write': cliWrite(false),
+  '8-cli-write-cow': cliWrite(true),
 };
 
 // ----------------------------------------------------------- internal modes

@@ -171,6 +171,20 @@ export const CATALOG = [
     metrics: { create: 'ops/s' },
     targets: [],
   },
+  {
+    id: '8-cli-write',
+    title: 'CLI end to end: cowvol write of a whole volume, no snapshot, vs dd conv=fdatasync (raw column)',
+    impls: ['cowvol', 'raw'],
+    metrics: { write: 'MiB/s' },
+    targets: [{ kind: 'ref', metric: 'write', ref: 'raw', min: 1 / 1.5, label: 'wall <=1.5x dd' }],
+  },
+  {
+    id: '8-cli-write-cow',
+    title: 'CLI end to end: first cowvol write after a snapshot vs qemu-io write -s + flush after qemu-img snapshot -c',
+    impls: COW_QCOW,
+    metrics: { write: 'MiB/s' },
+    targets: [{ kind: 'ref', metric: 'write', ref: 'qcow2', min: 1, label: 'wall <=1.0x qemu-io' }],
+  },
 ];
 
 export function targetLabel(t) {

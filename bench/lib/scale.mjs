@@ -19,6 +19,7 @@ export function scaleFor(quick) {
         journalBytes: 1 * MiB,
         cliSnapshots: 5,
         cliSamples: 2,
+        cliWriteBytes: 16 * MiB,
       }
     : {
         name: 'full',
@@ -34,6 +35,7 @@ export function scaleFor(quick) {
         journalBytes: 64 * MiB,
         cliSnapshots: 10,
         cliSamples: 5,
+        cliWriteBytes: 256 * MiB,
       };
   return {
     ...s,
@@ -53,6 +55,6 @@ export function describeScale(s) {
     `scale ${s.name}: volume ${fmtBytes(s.volBytes)} (block ${fmtBytes(s.blockBytes)}), sparse volume ${fmtBytes(s.bigVolBytes)}, reps ${s.reps}`,
     `  random 4K: every block once (${(s.volBytes / s.blockBytes).toLocaleString('en-US')} writes), ${s.depth} in flight; seq: ${fmtBytes(s.seqIoBytes)} writes, 1 in flight; stride ${fmtBytes(s.stripeBytes)}`,
     `  snapshots: ${s.manySnapshots} existing (scenario 6), delete of ${s.deleteBlocks.toLocaleString('en-US')} blocks, snapshot read with 1 and ${s.readNewerMany} newer (each COWed ${s.readNewerFraction * 100}%)`,
-    `  open: ${s.openSnapshots} snapshots with ${s.openMapped.toLocaleString('en-US')} mapped blocks; recovery from ${fmtBytes(s.journalBytes)} of un-checkpointed journal; CLI: ${s.cliSnapshots} snapshots, ${s.cliSamples} calls per run`,
+    `  open: ${s.openSnapshots} snapshots with ${s.openMapped.toLocaleString('en-US')} mapped blocks; recovery from ${fmtBytes(s.journalBytes)} of un-checkpointed journal; CLI: ${s.cliSnapshots} snapshots, ${s.cliSamples} calls per run, write of ${fmtBytes(s.cliWriteBytes)}`,
   ].join('\n');
 }

@@ -16,6 +16,8 @@ export interface OpenMode {
   releaseReserve?: boolean;
   /** A volume file changed outside cowvol: `refuse` (default) or `hold` (accept-changes; see Volume.open). */
   outsideChanges?: 'refuse' | 'hold';
+  /** Bound of the write-back stage (`Volume.open`'s `writeBackBytes`; 0: write-through); default the engine's. */
+  writeBackBytes?: number;
   /** A volume served by `cowvol serve` fails at once with VolumeServedError (withServedVolume routes the command), not after `--wait`. */
   routeServed?: boolean;
 }
@@ -58,7 +60,11 @@ export abstract class CowvolCommand extends Command {
       try {
         return await (mode.readOnly
           ? Volume.openForReading(path, mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {})
-          : Volume.open(path, { ...(mode.releaseReserve ? { releaseReserve: true } : {}), ...(mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {}) }));
+          : Volume.open(path, {
+              ...(mode.releaseReserve ? { releaseReserve: true } : {}),
+              ...(mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {}),
+              ...(mode.writeBackBytes !== undefined ? { writeBackBytes: mode.writeBackBytes } : {}),
+            }));
       } catch (err) {
         if (!hasCode(err, 'VOLUME_BUSY')) throw err;
         const served = mode.routeServed || Date.now() >= deadline ? await servedPid(path) : undefined;

@@ -25,6 +25,12 @@ export interface SizedInput {
   spooled: boolean;
   /** Reads up to `lengthBytes` at `offsetBytes` of the input; shorter only at its end. @throws IO_ERROR */
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  /**
+   * Reads up to `into.length` bytes at `offsetBytes` into `into` (no new
+   * buffer); resolves with the bytes read, fewer only at the input's end.
+   * @throws IO_ERROR
+   */
+  readInto(offsetBytes: number, into: Buffer): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -67,22 +73,26 @@ export async function openInput(path: string | undefined, options: OpenInputOpti
 }
 
 function positionalInput(handle: FileHandle, path: string, lengthBytes: number, after: () => Promise<void>, spooled = false): SizedInput {
+  const readInto = async (offsetBytes: number, into: Buffer): Promise<number> => {
+    let done = 0;
+    while (done < into.length) {
+      const { bytesRead } = await handle.read(into, done, into.length - done, offsetBytes + done).catch((err: unknown) => {
+        throw userPathError(err, path, 'input');
+      });
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done;
+  };
   return {
     path,
     lengthBytes,
     spooled,
     async read(offsetBytes, length) {
-      const buf = Buffer.alloc(length);
-      let done = 0;
-      while (done < length) {
-        const { bytesRead } = await handle.read(buf, done, length - done, offsetBytes + done).catch((err: unknown) => {
-          throw userPathError(err, path, 'input');
-        });
-        if (bytesRead === 0) break;
-        done += bytesRead;
-      }
-      return buf.subarray(0, done);
+      const buf = Buffer.allocUnsafe(length); // only the bytes read are returned
+      return buf.subarray(0, await readInto(offsetBytes, buf));
     },
+    readInto,
     async close() {
       await handle.close();
       await after();

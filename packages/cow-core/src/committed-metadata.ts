@@ -4,7 +4,7 @@ import { ExtentAllocator, type Extent } from './allocator.js';
 import { UnsupportedVersionError } from '@cowvol/base';
 import { CorruptMetadataError, NotAVolumeError } from './errors.js';
 import { FORMAT_VERSION, MAX_SNAPSHOTS, UPGRADABLE_FORMAT_VERSION } from './layout.js';
-import { SCHEMA_VERSION, decodeValue, delOp, keys, parseHexSuffix, putOp, type MetaOp, type SnapshotRecord, type VolumeRecord } from './metadata.js';
+import { SCHEMA_VERSION, decodeValue, delOp, keys, parseHexSuffix, putMapOp, putOp, type MetaOp, type SnapshotRecord, type VolumeRecord } from './metadata.js';
 import { type MetaBatch, type MetadataDb } from './metadata-db.js';
 
 /**
@@ -181,7 +181,7 @@ export class CommittedMetadata {
     switch (r.o) {
       case 'map':
         this.allocator.allocateExact(r.p);
-        ops.push(putOp(keys.map(r.id, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
+        ops.push(putMapOp(r.id, r.b, r.p, r.crc));
         this.owned(tx, r.id, 1);
         return true;
       case 'mapx': {
@@ -189,7 +189,7 @@ export class CommittedMetadata {
         const crcs = Buffer.from(r.crcs.buffer, r.crcs.byteOffset, r.crcs.length);
         for (let i = 0; i < n; i++) {
           this.allocator.allocateExact(r.p + i);
-          ops.push(putOp(keys.map(r.id, r.b + i), { v: SCHEMA_VERSION, storeBlock: r.p + i, crc: crcs.readUInt32LE(4 * i) }));
+          ops.push(putMapOp(r.id, r.b + i, r.p + i, crcs.readUInt32LE(4 * i)));
         }
         this.owned(tx, r.id, n);
         return true;
@@ -201,7 +201,7 @@ export class CommittedMetadata {
         return true;
       case 'move':
         ops.push(delOp(keys.map(r.from, r.b)));
-        ops.push(putOp(keys.map(r.to, r.b), { v: SCHEMA_VERSION, storeBlock: r.p, crc: r.crc }));
+        ops.push(putMapOp(r.to, r.b, r.p, r.crc));
         this.owned(tx, r.from, -1);
         this.owned(tx, r.to, 1);
         return true;

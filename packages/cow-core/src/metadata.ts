@@ -1,5 +1,5 @@
 import { Packr } from 'msgpackr';
-import { UnsupportedVersionError } from '@cowvol/base';
+import { UnsupportedVersionError, assert } from '@cowvol/base';
 import { CorruptMetadataError } from './errors.js';
 
 /**
@@ -302,5 +302,41 @@ function readUint(b: Uint8Array, at: number): number | undefined {
   return value;
 }
 
+/** Bytes of the msgpack unsigned integer msgpackr writes for `n` (an integer in [0, 2^32)). */
+function uintLength(n: number): number {
+  return n < 0x80 ? 1 : n < 0x100 ? 2 : n < 0x1_0000 ? 3 : 5;
+}
+
+/** Writes `n` as msgpackr does (positive fixint, uint8, uint16 or uint32) at `at`; returns the next offset. */
+function writeUint(b: Buffer, at: number, n: number): number {
+  const length = uintLength(n);
+  if (length === 1) b[at] = n;
+  else if (length === 2) b.writeUInt8(n, at + 1);
+  else if (length === 3) b.writeUInt16BE(n, at + 1);
+  else b.writeUInt32BE(n, at + 1);
+  if (length > 1) b[at] = length === 2 ? 0xcc : length === 3 ? 0xcd : 0xce;
+  return at + length;
+}
+
+/**
+ * The value of a `map:` key: exactly the bytes `encodeValue({v: 1,
+ * storeBlock, crc})` gives (the inverse of decodeMapFast), written without
+ * msgpackr when both values are below 2^32 — a COW commits one per block
+ * (docs/PERFORMANCE.md "The CLI write path").
+ */
+export function encodeMapValue(storeBlock: number, crc: number): Buffer {
+  if (!(isInt(storeBlock) && storeBlock < 0x1_0000_0000 && isInt(crc) && crc < 0x1_0000_0000)) return encodeValue({ v: SCHEMA_VERSION, storeBlock, crc });
+  const head = MAP_RECORD_HEAD.length;
+  const b = Buffer.allocUnsafe(head + uintLength(storeBlock) + MAP_RECORD_CRC_KEY.length + uintLength(crc));
+  MAP_RECORD_HEAD.copy(b, 0);
+  let at = writeUint(b, head, storeBlock);
+  for (const byte of MAP_RECORD_CRC_KEY) b[at++] = byte;
+  at = writeUint(b, at, crc);
+  assert(at === b.length, 'map value length');
+  return b;
+}
+
 export const putOp = (k: string, value: object): MetaOp => ({ o: 'p', k, v: encodeValue(value) });
+/** The put of block `block`'s mapping in snapshot `id`'s map. */
+export const putMapOp = (id: number, block: number, storeBlock: number, crc: number): MetaOp => ({ o: 'p', k: keys.map(id, block), v: encodeMapValue(storeBlock, crc) });
 export const delOp = (k: string): MetaOp => ({ o: 'd', k });

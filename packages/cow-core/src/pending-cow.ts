@@ -47,21 +47,22 @@ export class PendingCows {
    * called twice, it is an assertion failure.
    */
   claim(blocks: number[]): () => void {
-    const markers: PendingCow[] = [];
+    // One marker for the whole claim: its blocks end together, so waiters on
+    // any of them wake at the same moment (one promise per batch, not per block).
+    const marker = pendingCow();
     for (const b of blocks) {
       assert(!this.byBlock.has(b), `block ${b} claimed twice`);
-      const marker = pendingCow();
       this.byBlock.set(b, marker);
-      markers.push(marker);
     }
     let ended = false;
     return () => {
       assert(!ended, 'COW ticket ended twice');
       ended = true;
-      for (let k = 0; k < blocks.length; k++) {
-        this.byBlock.delete(blocks[k]!);
-        markers[k]?.end();
+      for (const b of blocks) {
+        assert(this.byBlock.get(b) === marker, `block ${b}: its marker changed while claimed`);
+        this.byBlock.delete(b);
       }
+      marker.end();
     };
   }
 }

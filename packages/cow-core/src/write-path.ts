@@ -59,6 +59,18 @@ export async function allChunks<C extends { offsetBytes: number; data?: Buffer; 
   throw failedRangesError(first, failedRanges, (ranges) => `${what} failed for byte ranges ${ranges} (the other ranges completed)`);
 }
 
+/**
+ * The write-back stage's own copy of a caller's bytes: one memcpy into an
+ * unzeroed buffer. `Buffer.from(buffer)` zero-fills a large one first and
+ * copies through the typed-array constructor, about twice the cost on the
+ * first write after a snapshot (docs/PERFORMANCE.md "The CLI write path").
+ */
+function privateCopy(data: Buffer): Buffer {
+  const copy = Buffer.allocUnsafe(data.length); // every byte is overwritten next
+  data.copy(copy);
+  return copy;
+}
+
 /** One piece: COW first, then the overwrite as the data mode and the write-back bound say. */
 async function writeChunk(ctx: VolumeContext, offsetBytes: number, data: Buffer): Promise<void> {
   const bs = ctx.blockSizeBytes;
@@ -94,7 +106,7 @@ async function writeChunk(ctx: VolumeContext, offsetBytes: number, data: Buffer)
   // share a block never both hold an entry for it (§3.3, admission).
   try {
     // The stage keeps the bytes past this call; it ends the tickets' markers once the overwrite landed.
-    await ctx.writeBack.admit(first, last, data.length, () => ctx.writeBack.add(offsetBytes, Buffer.from(data), tickets));
+    await ctx.writeBack.admit(first, last, data.length, () => ctx.writeBack.add(offsetBytes, privateCopy(data), tickets));
   } catch (err) {
     // Not admitted (a violated invariant): the markers still end, once
     // their commits settle, so no waiter and no freeze hangs on them.

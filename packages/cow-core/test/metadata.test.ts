@@ -2,7 +2,8 @@ import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { delOp, keys, putOp } from '../src/metadata.js';
+import fc from 'fast-check';
+import { decodeValue, delOp, encodeMapValue, encodeValue, keys, putMapOp, putOp } from '../src/metadata.js';
 import { MetadataDb } from '../src/metadata-db.js';
 
 /**
@@ -45,5 +46,23 @@ describe('MetadataDb', () => {
     expect(count).toBe(4999);
     expect(await db.get(keys.checkpoint)).toBeDefined();
     await db.close();
+  });
+});
+
+describe('map value encoding (a COW commit encodes one per block)', () => {
+  it('encodeMapValue writes exactly the bytes msgpackr writes for {v: 1, storeBlock, crc}, at every integer width', () => {
+    const edges = [0, 1, 127, 128, 255, 256, 65535, 65536, 2 ** 31, 2 ** 32 - 1];
+    for (const storeBlock of [...edges, 2 ** 32, 2 ** 40, 2 ** 48 - 1]) {
+      for (const crc of edges) expect(encodeMapValue(storeBlock, crc).equals(encodeValue({ v: 1, storeBlock, crc })), `storeBlock ${storeBlock} crc ${crc}`).toBe(true);
+    }
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 2 ** 32 - 1 }), fc.integer({ min: 0, max: 2 ** 32 - 1 }), (storeBlock, crc) => {
+        const bytes = encodeMapValue(storeBlock, crc);
+        expect(bytes.equals(encodeValue({ v: 1, storeBlock, crc }))).toBe(true);
+        expect(decodeValue.map('map:x', bytes)).toEqual({ v: 1, storeBlock, crc });
+      }),
+      { numRuns: 2000 },
+    );
+    expect(putMapOp(3, 9, 70_000, 5)).toEqual({ o: 'p', k: keys.map(3, 9), v: encodeValue({ v: 1, storeBlock: 70_000, crc: 5 }) });
   });
 });

@@ -4,7 +4,8 @@ import { IoError } from '@cowvol/base';
 import { OutOfRangeError, VolumeNotFoundError } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
 import { parseSize } from '../size.js';
-import { STREAM_CHUNK_BYTES, openInput } from '../io.js';
+import { openInput } from '../io.js';
+import { copyIn } from '../copy-in.js';
 import { isErrnoError, osError } from '../os-errors.js';
 import { createProgress, progressFlag } from '../progress.js';
 import { LIVE_EXPORT_NAME, withVolumeData, type VolumeData } from '../served-nbd.js';
@@ -54,14 +55,8 @@ export default class Write extends CowvolCommand {
       const copy = async (volume: VolumeData): Promise<void> => {
         // Refuse before touching anything: the whole input must fit.
         if (offsetBytes + lengthBytes > volume.sizeBytes) throw new OutOfRangeError(offsetBytes, lengthBytes, volume.sizeBytes);
-        let pos = 0;
-        while (pos < lengthBytes) {
-          const chunk = await input.read(pos, Math.min(STREAM_CHUNK_BYTES, lengthBytes - pos));
-          if (chunk.length === 0) break;
-          await volume.write(offsetBytes + pos, chunk);
-          pos += chunk.length;
-          progress.update(pos, lengthBytes);
-        }
+        // Several writes in flight while the next chunk is read (copy-in.ts); every write has settled when it returns.
+        const pos = await copyIn(input, volume, offsetBytes, lengthBytes, (done, total) => progress.update(done, total));
         // Durable when the command returns, served or not (NBD_CMD_FLUSH on a served volume).
         await volume.flush();
         if (pos < lengthBytes) {
@@ -76,7 +71,10 @@ export default class Write extends CowvolCommand {
       await withVolumeData({
         volumePath: args.volume,
         exportName: LIVE_EXPORT_NAME,
-        offline: (mode) => this.withVolume(args.volume, copy, mode),
+        // Write-through: copyIn keeps WRITES_IN_FLIGHT writes in flight, which overlaps the COW
+        // commits as the write-back stage would, without its copy of every byte (docs/PERFORMANCE.md
+        // "The CLI write path"). Durability is the same: everything is flushed before it returns.
+        offline: (mode) => this.withVolume(args.volume, copy, { ...mode, writeBackBytes: 0 }),
         served: copy,
       });
       this.say(`wrote ${lengthBytes} bytes at offset ${offsetBytes}`);
