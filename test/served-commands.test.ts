@@ -345,8 +345,7 @@ describe.skipIf(missing)(`import, check --repair and accept-changes on a served 
     const uuidOf = async (vol: string): Promise<string> => jsonOf<{ uuid: string }>(await cowvolOk(['info', vol, '--json'])).uuid;
     const [offlineUuid, servedUuid] = [await uuidOf(offline), await uuidOf(servedVol)];
     const server = await serve(servedVol);
-    const argv = (args: string[], vol: string): string[] =>
-      args.map((a) => (a === '<vol>' ? vol : a.replace(/^<(\w+)>$/, (_, name: keyof typeof streams) => streams[name])));
+    const argv = (args: string[], vol: string): string[] => args.map((a) => (a === '<vol>' ? vol : a.replace(/^<(\w+)>$/, (_, name: keyof typeof streams) => streams[name])));
     for (const step of IMPORT_STEPS) {
       const input = step.stdin === undefined ? {} : { input: await readFile(streams[step.stdin]) };
       const [ra, rb] = await Promise.all([cowvol(argv(step.args, offline), input), cowvol(argv(step.args, servedVol), input)]);
@@ -375,7 +374,11 @@ describe.skipIf(missing)(`import, check --repair and accept-changes on a served 
     await Promise.all([run('touch', [offline]), run('touch', [servedVol])]);
     // Offline every command now refuses; served, the server has had the file open since before the change.
     expect((await cowvol(['info', offline])).code).toBe(6);
-    for (const args of [['accept-changes', '<vol>', '--json'], ['accept-changes', '<vol>'], ['snapshot', 'list', '<vol>', '--json']]) {
+    for (const args of [
+      ['accept-changes', '<vol>', '--json'],
+      ['accept-changes', '<vol>'],
+      ['snapshot', 'list', '<vol>', '--json'],
+    ]) {
       const [ra, rb] = await Promise.all([cowvol(argvOf(args, offline)), cowvol(argvOf(args, servedVol))]);
       const [a, b] = [outcome(ra, offline, offlineUuid), outcome(rb, servedVol, servedUuid)];
       // The recorded and found times differ from volume to volume: compared once they are replaced.
@@ -384,7 +387,13 @@ describe.skipIf(missing)(`import, check --repair and accept-changes on a served 
       expect(a.code, a.stderr).toBe(0);
     }
     const accepted = jsonOf(await cowvolOk(['snapshot', 'list', servedVol, '--json']));
-    expect(accepted).toMatchObject({ snapshots: [{ name: 's1', suspect: true }, { name: 's2', suspect: true }, { name: 's3', suspect: true }] });
+    expect(accepted).toMatchObject({
+      snapshots: [
+        { name: 's1', suspect: true },
+        { name: 's2', suspect: true },
+        { name: 's3', suspect: true },
+      ],
+    });
     await cowvolOk(['stop', servedVol]);
     expect(await server.exited).toBe(0);
     expect((await cowvol(['info', servedVol])).code, 'accepted: the stamp was taken anew').toBe(0);

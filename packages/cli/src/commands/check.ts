@@ -38,8 +38,7 @@ export default class Check extends CowvolCommand {
     const offline = (v: Volume): Promise<CheckReport> => v.check({ repair: flags.repair, readData: flags['read-data'], onProgress: (d, t, phase) => progress.update(d, t, phase) });
     // Served: the server checks its open volume, frozen (docs/FORMAT.md §11.2, `check`); --repair frees leaks there
     // through its journal. Its journal was recovered when it opened the volume: a journal repair is offline only.
-    const check = (): Promise<CheckReport> =>
-      this.withServedVolume(args.volume, 'check', { readData: flags['read-data'], repair: flags.repair }, offline, flags.repair ? {} : { readOnly: true });
+    const check = (): Promise<CheckReport> => this.withServedVolume(args.volume, 'check', { readData: flags['read-data'], repair: flags.repair }, offline, flags.repair ? {} : { readOnly: true });
     let journalRepair: VolumeJournalRepair | undefined;
     const report: CheckOutput = await check()
       .catch(async (err: unknown) => {

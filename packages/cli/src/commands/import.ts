@@ -98,7 +98,7 @@ async function importOnServer(
     return { ...served, volume: volumePath };
   } catch (err) {
     if (!hasCode(err, 'VOLUME_BUSY', 'NOT_SERVED')) throw err;
-    return offline({});
+    return await offline({});
   } finally {
     await spooled?.close();
   }
