@@ -1,8 +1,8 @@
 /**
  * The control channel of `cowvol serve` (docs/ARCHITECTURE.md §14.8,
  * docs/FORMAT.md §11) through the CLI: status, stop, snapshot create and
- * list on a served volume give what they give offline; other commands get
- * VOLUME_BUSY naming the server; bad control clients leave the server up;
+ * list on a served volume give what they give offline; a command not routed
+ * to it (a second serve) gets VOLUME_BUSY naming the server; bad control clients leave the server up;
  * and snapshots taken while an nbdsh (libnbd) program writes at queue
  * depth 32 hold every write acknowledged before their create started and
  * none issued after it returned, each read over its own `snapshot/<name>`
@@ -105,8 +105,8 @@ describe.skipIf(missing)(`cowvol status, stop, snapshot create and list on a ser
     const listServedJson = await cowvolOk(['snapshot', 'list', vol, '--json']);
     expect(listServed.stdout.toString()).toContain('k=v');
 
-    // A command not routed to the server (accept-changes: the server owns the file) names it and the commands that work.
-    const refused = await cowvol(['accept-changes', vol]);
+    // A command not routed to the server (a second serve of the volume) names it and the commands that work.
+    const refused = await cowvol(['serve', vol]);
     expect(refused.code).toBe(5);
     expect(refused.stderr).toContain(`[VOLUME_BUSY]: volume ${vol} is busy: served by cowvol serve (process ${status.pid})`);
     expect(refused.stderr).toContain('cowvol snapshot create');

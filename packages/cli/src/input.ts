@@ -124,6 +124,15 @@ export async function probeLengthBytes(handle: FileHandle): Promise<number> {
   return lo + 1;
 }
 
+/**
+ * Reads the file at `path` (a block device, a FIFO) to its end into a fresh
+ * private spool file, as openInput does with a stream.
+ * @throws INVALID_ARGUMENT, IO_ERROR, NO_SPACE (spool)
+ */
+export function spoolInput(path: string, options: OpenInputOptions = {}): Promise<SizedInput> {
+  return spoolStream(createReadStream(path), path, options);
+}
+
 /** Reads `stream` to its end into a fresh private spool file; at most `maxBytes`. */
 async function spoolStream(stream: Readable, source: string, options: OpenInputOptions): Promise<SizedInput> {
   // Synchronous, so no signal handler runs between the folder's creation

@@ -11,7 +11,7 @@ import { onInterrupt } from './signals.js';
 import { STREAM_CHUNK_BYTES } from './input.js';
 
 export { InputNotFoundError } from './os-errors.js';
-export { openInput, STREAM_CHUNK_BYTES, type SizedInput } from './input.js';
+export { openInput, spoolInput, STREAM_CHUNK_BYTES, type SizedInput } from './input.js';
 
 /** A destination for data: a file or stdout; honours back-pressure. */
 export interface Sink {

@@ -1,4 +1,5 @@
 import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { CowvolError, hasCode } from '@cowvol/base';
 
 /**
@@ -26,6 +27,8 @@ export const SERVED_COMMANDS = [
   'snapshot diff',
   'snapshot export',
   'check',
+  'import',
+  'accept-changes',
 ] as const;
 
 /**
@@ -71,6 +74,18 @@ export async function servedPid(volumePath: string): Promise<number | undefined>
     if (err instanceof CowvolError) return undefined;
     throw err;
   }
+}
+
+/**
+ * Whether a `cowvol serve` answers for `volumePath` now: false at once when
+ * its sidecar has no control socket `control.sock` (controlSocketPath of
+ * @cowvol/nbd, spelled here so a volume never served does not load the NBD
+ * package), else as {@link servedPid}.
+ */
+export async function isServed(volumePath: string): Promise<boolean> {
+  const { volumeLayout } = await import('@cowvol/cow-core');
+  const socket = await stat(join(volumeLayout(volumePath).sidecarPath, 'control.sock')).catch(() => undefined);
+  return socket?.isSocket() === true && (await servedPid(volumePath)) !== undefined;
 }
 
 /**

@@ -53,7 +53,7 @@ export interface ImportTarget {
 export async function openTarget(path: string, v: VerifiedStream, options: ImportOptions, result: ImportResult): Promise<ImportTarget | undefined> {
   const h = v.header;
   // A target whose create was killed half-way is started over (Volume.create reclaims it).
-  if (!(await pathExists(path)) || (await isIncompleteCreate(volumeLayout(path)))) {
+  if (options.volume === undefined && (!(await pathExists(path)) || (await isIncompleteCreate(volumeLayout(path))))) {
     if (h.kind === 'incremental') throw new VolumeNotFoundError(path);
     if (options.resume) {
       throw new ResumeMismatchError(
@@ -71,7 +71,7 @@ export async function openTarget(path: string, v: VerifiedStream, options: Impor
     return { volume, marker, startExtent: 0 };
   }
   const openVolume = options.openVolume ?? ((p: string) => Volume.open(p, options.opener ? { opener: options.opener } : {}));
-  const volume = await openVolume(path);
+  const volume = options.volume ?? (await openVolume(path));
   try {
     const prepared = await prepareExisting(volume, path, v, options);
     if (prepared === 'already-imported') {
@@ -80,16 +80,21 @@ export async function openTarget(path: string, v: VerifiedStream, options: Impor
       result.skippedExtents = v.extentCount;
     }
     if (prepared === 'already-imported' || prepared === 'dry-run') {
-      await volume.close();
+      await releaseTarget(volume, options);
       return undefined;
     }
     result.resumed = options.resume === true;
     if (!options.resume) await volume.setImportState(prepared);
     return { volume, marker: prepared, startExtent: prepared.nextExtent };
   } catch (err) {
-    await volume.close().catch(() => undefined);
+    await releaseTarget(volume, options).catch(() => undefined);
     throw err;
   }
+}
+
+/** Closes a target the import opened; one it was given (`options.volume`, a served volume) stays open. */
+export async function releaseTarget(volume: Volume, options: ImportOptions): Promise<void> {
+  if (options.volume !== volume) await volume.close();
 }
 
 function newMarker(v: VerifiedStream): ImportRecord {

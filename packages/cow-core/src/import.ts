@@ -5,7 +5,7 @@ import { snapshotDataPieces } from './export.js';
 import { readExtent, verifyStream, type StreamHeader, type StreamSource, type VerifiedStream } from './stream.js';
 import type { Volume } from './volume.js';
 import { killPoint } from './kill-point.js';
-import { openTarget, type ImportTarget } from './import-target.js';
+import { openTarget, releaseTarget, type ImportTarget } from './import-target.js';
 
 /** Applied bytes between two durable progress markers of an import. */
 export const IMPORT_MARKER_INTERVAL_BYTES = 16 * 1024 * 1024;
@@ -28,6 +28,13 @@ export interface ImportOptions {
   onProgress?: (progress: ImportProgress) => void;
   /** Opens an existing target (default `Volume.open(path)`; the CLI adds `--wait`). */
   openVolume?: (path: string) => Promise<Volume>;
+  /**
+   * The target, already open and kept open: `cowvol serve` imports into the
+   * volume it serves (docs/ARCHITECTURE.md §14.8). Used instead of opening
+   * `path` (which only names it in results and messages) and never closed;
+   * a full stream gets VOLUME_EXISTS, as for any existing path.
+   */
+  volume?: Volume;
   /** File opener for a new target and the default `openVolume` (fault injection in tests). */
   opener?: DeviceOpener;
   /** Applied bytes between durable markers (default {@link IMPORT_MARKER_INTERVAL_BYTES}). */
@@ -120,7 +127,7 @@ export async function importStream(path: string, source: StreamSource, options: 
       result.verified = true;
     }
   } finally {
-    await volume.close();
+    await releaseTarget(volume, options);
   }
   return result;
 }

@@ -1,7 +1,7 @@
 import { stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CowvolError, IoError, NoSpaceError } from '@cowvol/base';
-import { VolumeModifiedOutsideError } from './errors.js';
+import { VolumeModifiedOutsideError, VolumeSizeMismatchError } from './errors.js';
 import { SCHEMA_VERSION, decode, keys, putOp, type SnapshotRecord } from './metadata.js';
 import { type MetadataDb } from './metadata-db.js';
 import { SnapshotMap } from './snapshot-map.js';
@@ -262,6 +262,28 @@ export class ChangeStamps {
       throw new VolumeModifiedOutsideError(describeOutsideChange(path, change, suspects), { path, ...change, suspectSnapshots: suspects });
     }
     return new ChangeStamps(db, path, recorded, found, change);
+  }
+
+  /**
+   * Compares the file with its stamp again, as an open would, for a volume
+   * that stays open (a served volume's `accept-changes`, docs/ARCHITECTURE.md
+   * §13): a change found is held for {@link accept}. Once this session
+   * marked the stamp `open` (cowvol wrote the file), only size and identity
+   * can tell, as after a crash. Call frozen.
+   * @throws VOLUME_SIZE_MISMATCH (the size changed: `sizeBytes` is the volume's), VOLUME_BUSY (`replaced()`: the path now names another file than the one open), IO_ERROR
+   */
+  async recheck(sizeBytes: number, replaced: () => CowvolError): Promise<OutsideChange | undefined> {
+    if (this.held) return this.held;
+    const recorded = this.recorded;
+    if (!recorded) return undefined;
+    const found = await statStamp(this.path, 'open');
+    if (found.dev !== this.atOpen.dev || found.ino !== this.atOpen.ino) throw replaced();
+    if (found.sizeBytes !== sizeBytes) throw new VolumeSizeMismatchError(this.path, sizeBytes, found.sizeBytes);
+    const compared = compareStamps(this.marking === undefined ? recorded : { ...recorded, state: 'open' }, found);
+    // As at open: content is what counts (size, modification time).
+    if (!compared.some((c) => c.field === 'size' || c.field === 'mtime')) return undefined;
+    this.held = { changes: compared, cleanClose: recorded.state === 'closed' && this.marking === undefined };
+    return this.held;
   }
 
   /** The change found at open and not accepted yet (open with `hold`), else undefined. */

@@ -3,6 +3,7 @@ import { MAX_READ_BYTES, SNAPSHOT_NAME_PATTERN } from './layout.js';
 import { decodeValue as decodeMeta, keys, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import type { SnapshotRecord } from './metadata.js';
 import type { CheckReport } from './check.js';
+import type { CowvolError } from '@cowvol/base';
 import { blocksTouched, type DiffResult } from './diff.js';
 import { planDelete, type DeletePlan, type SpaceReport } from './space.js';
 import { validateLabels } from './labels.js';
@@ -411,11 +412,17 @@ export class Volume {
    * Takes the volume file as it is now, after writes made outside cowvol
    * (docs/ARCHITECTURE.md §13): marks suspect, in one transaction, every
    * live snapshot that reads through to the live volume, then stamps the
-   * file anew. `accepted` false when no change is pending.
-   * @throws IO_ERROR, NO_SPACE, JOURNAL_ABORTED
+   * file anew. `accepted` false when no change is pending. With `recheck`
+   * (a volume kept open, as `cowvol serve` keeps it), the file is first
+   * compared with its stamp again, frozen (ChangeStamps.recheck).
+   * @throws IO_ERROR, NO_SPACE, JOURNAL_ABORTED; with `recheck` also VOLUME_SIZE_MISMATCH and `replaced()` (the path names another file now)
    */
-  async acceptOutsideChanges(): Promise<AcceptChangesReport> {
-    return this.ctx.frozen(() => acceptOutsideChangesFrozen(this.ctx));
+  async acceptOutsideChanges(options: { recheck?: { replaced: () => CowvolError } } = {}): Promise<AcceptChangesReport> {
+    const { recheck } = options;
+    return this.ctx.frozen(async () => {
+      if (recheck) await this.ctx.parts.outside.recheck(this.sizeBytes, recheck.replaced);
+      return acceptOutsideChangesFrozen(this.ctx);
+    });
   }
 
   /** Counters of the snapshot reads' store cache (a copy). */

@@ -134,6 +134,45 @@ describe.each(DATA_MODES)('data mode %s', (dataMode) => {
   });
 });
 
+describe('a volume kept open (served): acceptOutsideChanges({ recheck }) compares the file with its stamp again', () => {
+  const replaced = (): CowvolError => new CowvolError('VOLUME_BUSY', 'replaced under the open volume');
+
+  it('a write from outside before the session wrote: found and accepted as at open; after cowvol wrote, only size and identity can tell', async () => {
+    const live = await threeSnapshots('ordered');
+    const v = await Volume.open(path);
+    try {
+      expect(await v.acceptOutsideChanges({ recheck: { replaced } })).toEqual({ accepted: false, changes: [], suspectSnapshots: [] });
+      const outside = randomBytes(2 * BS);
+      await writeOutside(5 * BS, outside);
+      outside.copy(live, 5 * BS);
+      // Without recheck nothing is pending: the change happened after the open.
+      expect(await v.acceptOutsideChanges()).toMatchObject({ accepted: false });
+      const report = await v.acceptOutsideChanges({ recheck: { replaced } });
+      expect(report).toMatchObject({ accepted: true, suspectSnapshots: ['mid', 'new'] });
+      expect(report.changes.map((c) => c.field)).toEqual(expect.arrayContaining(['mtime']));
+      expect((await v.listSnapshots()).map((s) => [s.name, s.suspect])).toEqual([
+        ['old', false],
+        ['mid', true],
+        ['new', true],
+      ]);
+      expect((await v.read(0, BLOCKS * BS)).equals(live)).toBe(true);
+      // Accepted: the stamp is the file as it is now.
+      expect(await v.acceptOutsideChanges({ recheck: { replaced } })).toMatchObject({ accepted: false });
+      await v.write(0, Buffer.alloc(BS, 7)); // the stamp is `open` from here
+      await writeOutside(6 * BS, randomBytes(BS));
+      expect(await v.acceptOutsideChanges({ recheck: { replaced } }), 'a same-size write after cowvol wrote is not seen, as after a crash').toMatchObject({ accepted: false });
+      await truncate(path, BLOCKS * BS + BS);
+      await expect(v.acceptOutsideChanges({ recheck: { replaced } })).rejects.toMatchObject({ code: 'VOLUME_SIZE_MISMATCH' });
+      await truncate(path, BLOCKS * BS);
+      await copyFile(path, `${path}.copy`);
+      await rename(`${path}.copy`, path);
+      await expect(v.acceptOutsideChanges({ recheck: { replaced } })).rejects.toThrow('replaced under the open volume');
+    } finally {
+      await v.close();
+    }
+  });
+});
+
 describe('what counts as a change', () => {
   it('a touch (times only) is refused, and the message says the modification time changed', async () => {
     await (await Volume.create(path, { sizeBytes: BLOCKS * BS })).close();

@@ -39,16 +39,17 @@ export class NotServedError extends CowvolError {
 }
 
 /**
- * `EXPORT_IN_USE`: `snapshot restore` on a served volume while NBD clients
- * are attached (or attaching) to `live`: the restore would rewrite the disk
- * under them (docs/ARCHITECTURE.md §14.8). Nothing was changed; retry once
- * they disconnected.
+ * `EXPORT_IN_USE`: `snapshot restore` or `import` on a served volume while
+ * NBD clients are attached (or attaching) to `live`: it would rewrite the
+ * disk under them (docs/ARCHITECTURE.md §14.8). Nothing was changed; retry
+ * once they disconnected.
+ * @param action the command refused, named in the message (`snapshot restore`, `import`)
  */
 export class ExportInUseError extends CowvolError {
-  constructor(exportName: string, connections: number) {
+  constructor(exportName: string, connections: number, action = 'snapshot restore') {
     super(
       'EXPORT_IN_USE',
-      `export ${exportName} is in use: ${connections} NBD connection(s) attached; snapshot restore would rewrite the disk under them — disconnect them first (cowvol status shows them)`,
+      `export ${exportName} is in use: ${connections} NBD connection(s) attached; ${action} would rewrite the disk under them — disconnect them first (cowvol status shows them)`,
       { details: { export: exportName, connections } },
     );
   }

@@ -144,7 +144,7 @@ export class VolumeExports implements ExportCatalog {
   private readonly live: LiveExport;
   /** Snapshots being deleted or renamed: their exports do not resolve meanwhile (docs/ARCHITECTURE.md §14.8). */
   private readonly changing = new Set<string>();
-  /** A restore of `live` runs: `live` does not resolve meanwhile (docs/ARCHITECTURE.md §14.8). */
+  /** A restore or import into `live` runs: `live` does not resolve meanwhile (docs/ARCHITECTURE.md §14.8). */
   private liveRestoring = false;
   /**
    * @param volume an opened volume; the caller closes it after the server stopped
@@ -193,19 +193,21 @@ export class VolumeExports implements ExportCatalog {
     }
   }
   /**
-   * Runs `change` (a restore: it rewrites `live`) while `live` refuses to
-   * resolve, after `inUse` found no connection attached or attaching to it;
-   * the refusal starts before that check, so no client attaches between the
-   * check and the restore (docs/ARCHITECTURE.md §14.8). One at a time.
-   * @throws EXPORT_IN_USE (a client on `live`, or another restore running), and what `change` throws
+   * Runs `change` (a restore or an import: it rewrites `live`) while `live`
+   * refuses to resolve, after `inUse` found no connection attached or
+   * attaching to it; the refusal starts before that check, so no client
+   * attaches between the check and the change (docs/ARCHITECTURE.md §14.8).
+   * One at a time.
+   * @param action the command, named in EXPORT_IN_USE
+   * @throws EXPORT_IN_USE (a client on `live`, or another restore or import running), and what `change` throws
    */
-  async whileLiveUnexported<T>(inUse: (exportName: string) => number, change: () => Promise<T>): Promise<T> {
-    if (this.liveRestoring) throw new ExportInUseError(LIVE_EXPORT, 0);
+  async whileLiveUnexported<T>(inUse: (exportName: string) => number, change: () => Promise<T>, action = 'snapshot restore'): Promise<T> {
+    if (this.liveRestoring) throw new ExportInUseError(LIVE_EXPORT, 0, action);
     this.liveRestoring = true;
     try {
       // A client may claim `live` by its default name "" while it negotiates.
       const connections = inUse(LIVE_EXPORT) + inUse('');
-      if (connections > 0) throw new ExportInUseError(LIVE_EXPORT, connections);
+      if (connections > 0) throw new ExportInUseError(LIVE_EXPORT, connections, action);
       return await change();
     } finally {
       this.liveRestoring = false;

@@ -1,7 +1,6 @@
 import { Args } from '@oclif/core';
 import { isoNs, type AcceptChangesReport, type StampChange } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
-import { VolumeServedError } from '../served.js';
 
 export default class AcceptChanges extends CowvolCommand {
   static override summary = 'Take a volume file changed outside cowvol as it is now; mark the snapshots that read live blocks suspect';
@@ -11,17 +10,18 @@ export default class AcceptChanges extends CowvolCommand {
     'identity and change stamps, and marks every snapshot that reads blocks through to the live volume `suspect` (shown by',
     '`snapshot list`, `snapshot info` and `info`): it may read bytes written outside cowvol. A file whose size changed must be',
     'restored to the volume size first (VOLUME_SIZE_MISMATCH). Without a change it does nothing.',
+    'On a served volume the server compares the file with its stamp again and accepts what it finds: a change made while served',
+    "shows only until the server's first write (then only size and identity are compared); a file replaced under the server",
+    'is VOLUME_BUSY (stop the server first).',
   ].join('\n');
   static override examples = ['<%= config.bin %> accept-changes vol.img', '<%= config.bin %> accept-changes vol.img --json'];
   static override args = { volume: Args.string({ description: 'path of the volume file', required: true }) };
 
   async run(): Promise<AcceptChangesReport & { volume: string }> {
     const { args } = await this.parse(AcceptChanges);
-    const report = await this.withVolume(args.volume, (v) => v.acceptOutsideChanges(), { outsideChanges: 'hold' }).catch((err: unknown) => {
-      // The server holds the volume file open: a change made outside cowvol while it runs is not a state to accept under it (README "Serving a volume").
-      if (!(err instanceof VolumeServedError)) throw err;
-      throw new VolumeServedError(err.path, err.pid, { cause: err, note: 'accept-changes takes the volume file as it is: the server owns the file while it runs, so stop the server first' });
-    });
+    // Served (README "Serving a volume"): the server compares the file with its stamp again, frozen, and accepts what it finds
+    // (docs/FORMAT.md §11.2, `volume.acceptChanges`).
+    const report = await this.withServedVolume(args.volume, 'volume.acceptChanges', {}, (v) => v.acceptOutsideChanges(), { outsideChanges: 'hold' });
     if (!report.accepted) this.say(`${args.volume}: nothing to accept: the file is as cowvol left it`);
     else {
       this.say(

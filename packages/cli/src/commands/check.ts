@@ -4,7 +4,6 @@ import { repairVolumeJournal, type CheckReport, type Volume, type VolumeJournalR
 import { CowvolCommand } from '../base-command.js';
 import { table } from '../format.js';
 import { createProgress, progressFlag } from '../progress.js';
-import { VolumeServedError } from '../served.js';
 
 /**
  * Exit codes of `cowvol check`, in the style of `qemu-img check`;
@@ -37,14 +36,9 @@ export default class Check extends CowvolCommand {
     const { args, flags } = await this.parse(Check);
     const progress = createProgress(flags.progress, 'check', 'blocks');
     const offline = (v: Volume): Promise<CheckReport> => v.check({ repair: flags.repair, readData: flags['read-data'], onProgress: (d, t, phase) => progress.update(d, t, phase) });
-    // Served: the server checks its open volume, frozen (docs/FORMAT.md §11.2, `check`); a repair changes the volume: offline only.
-    const check = (): Promise<CheckReport> =>
-      flags.repair
-        ? this.withVolume(args.volume, offline).catch((err: unknown) => {
-            if (!(err instanceof VolumeServedError)) throw err;
-            throw new VolumeServedError(err.path, err.pid, { cause: err, note: 'check --repair changes the volume the server holds open: stop the server first, then repair' });
-          })
-        : this.withServedVolume(args.volume, 'check', { readData: flags['read-data'] }, offline, { readOnly: true });
+    // Served: the server checks its open volume, frozen (docs/FORMAT.md §11.2, `check`); --repair frees leaks there
+    // through its journal. Its journal was recovered when it opened the volume: a journal repair is offline only.
+    const check = (): Promise<CheckReport> => this.withServedVolume(args.volume, 'check', { readData: flags['read-data'], repair: flags.repair }, offline, flags.repair ? {} : { readOnly: true });
     let journalRepair: VolumeJournalRepair | undefined;
     const report: CheckOutput = await check()
       .catch(async (err: unknown) => {

@@ -1,10 +1,12 @@
+import { realpath, stat } from 'node:fs/promises';
 import { Args, Flags } from '@oclif/core';
+import { hasCode } from '@cowvol/base';
 import { importStream, type ImportResult } from '@cowvol/cow-core';
-import { CowvolCommand } from '../base-command.js';
+import { CowvolCommand, type OpenMode } from '../base-command.js';
 import { human } from '../format.js';
-import { openInput } from '../io.js';
+import { openInput, spoolInput, type SizedInput } from '../io.js';
 import { createProgress, progressFlag } from '../progress.js';
-import { VolumeServedError } from '../served.js';
+import { askServer, isServed, VolumeServedError } from '../served.js';
 
 export default class Import extends CowvolCommand {
   static override summary = 'Apply a cowvol stream (from snapshot export): a full stream creates a new volume, an incremental one applies onto its base';
@@ -14,7 +16,8 @@ export default class Import extends CowvolCommand {
     '<volume> with the size and block size of its header. An incremental stream applies only onto a volume whose newest snapshot',
     "is the stream's base (by identity) with nothing written since (else BASE_MISMATCH). The import ends by creating the source",
     "snapshot's name on the target. An interrupted import is continued with --resume (the same stream); stdin is spooled to a",
-    'temporary file first.',
+    'temporary file first. On a served volume the server imports from that file (no progress is shown), refusing',
+    '(EXPORT_IN_USE) while an NBD client is attached to live; interrupting the command does not stop it there.',
   ].join('\n');
   static override examples = [
     '<%= config.bin %> import restored.img --input monday.cvs',
@@ -34,23 +37,12 @@ export default class Import extends CowvolCommand {
     const { args, flags } = await this.parse(Import);
     const input = await openInput(flags.input === undefined || flags.input === '-' ? undefined : flags.input);
     const progress = createProgress(flags.progress, 'import');
+    const options = { resume: flags.resume, verify: flags.verify, dryRun: flags['dry-run'] };
     let result: ImportResult;
     try {
-      result = await importStream(args.volume, input, {
-        resume: flags.resume,
-        verify: flags.verify,
-        dryRun: flags['dry-run'],
-        // README "Serving a volume": an import onto a served volume is refused, the stream cannot go over the control channel.
-        openVolume: (p) =>
-          this.openVolume(p).catch((err: unknown) => {
-            if (!(err instanceof VolumeServedError)) throw err;
-            throw new VolumeServedError(err.path, err.pid, {
-              cause: err,
-              note: 'import applies a stream onto the volume the server holds open (it checks that nothing was written since the base, then writes it): stop the server first, then import',
-            });
-          }),
-        onProgress: (p) => progress.update(p.doneBytes, p.totalBytes, p.phase),
-      });
+      const offline = (mode: OpenMode): Promise<ImportResult> =>
+        importStream(args.volume, input, { ...options, openVolume: (p) => this.openVolume(p, mode), onProgress: (p) => progress.update(p.doneBytes, p.totalBytes, p.phase) });
+      result = await importOnServer(args.volume, input, options, offline);
     } finally {
       progress.stop();
       await input.close();
@@ -65,5 +57,49 @@ export default class Import extends CowvolCommand {
           (result.verified ? '; read back and verified' : ''),
       );
     return result;
+  }
+}
+
+/**
+ * Runs an import offline, or, when `cowvol serve` serves the volume, on its
+ * server (`volume.import`, docs/FORMAT.md §11.2): the server reads the
+ * stream from the file the input is (its real path) or was spooled to
+ * (stdin, a pipe, a block device) and applies it to the volume it holds
+ * open, with `live` unexported meanwhile (EXPORT_IN_USE while a client is
+ * attached to it); no progress comes back. Whether it is served is asked
+ * first, so the stream is verified once, by whoever applies it. A server
+ * that is stopping (VOLUME_BUSY) or gone (NOT_SERVED) ran nothing: the
+ * import then runs offline (`--wait` honoured).
+ * @throws what importStream throws; the server's error (the same code as offline)
+ */
+async function importOnServer(
+  volumePath: string,
+  input: SizedInput,
+  options: { resume: boolean; verify: boolean; dryRun: boolean },
+  offline: (mode: OpenMode) => Promise<ImportResult>,
+): Promise<ImportResult> {
+  if (!(await isServed(volumePath))) {
+    try {
+      return await offline({ routeServed: true });
+    } catch (err) {
+      // Served meanwhile: the stream was verified here; the server verifies it again.
+      if (!(err instanceof VolumeServedError)) throw err;
+    }
+  }
+  let spooled: SizedInput | undefined;
+  try {
+    let streamPath = await realpath(input.path);
+    if (!input.spooled && !(await stat(streamPath)).isFile()) {
+      // A block device: the server reads regular files only (docs/FORMAT.md §11.2).
+      spooled = await spoolInput(streamPath);
+      streamPath = await realpath(spooled.path);
+    }
+    const served = (await askServer(volumePath, 'volume.import', { streamPath, ...options })) as ImportResult;
+    return { ...served, volume: volumePath };
+  } catch (err) {
+    if (!hasCode(err, 'VOLUME_BUSY', 'NOT_SERVED')) throw err;
+    return await offline({});
+  } finally {
+    await spooled?.close();
   }
 }

@@ -11,7 +11,7 @@ export default class Serve extends CowvolCommand {
 
   static override summary = 'Serve the live volume and its snapshots over NBD until SIGINT or SIGTERM';
   static override description =
-    'Exports `live` (also the default, empty name) read-write and `snapshot/<name>` read-only. Prints the NBD URI on stdout once ready; logs JSON lines on stderr. The volume stays locked while served: `status`, `stop`, `snapshot create` and `snapshot list` go through its control socket (<volume>.cowvol/control.sock); other commands get VOLUME_BUSY. With --tls-psk every client must start TLS (NBD_OPT_STARTTLS) with a key of the file, on every endpoint.';
+    'Exports `live` (also the default, empty name) read-write and `snapshot/<name>` read-only. Prints the NBD URI on stdout once ready; logs JSON lines on stderr. The volume stays locked while served: `status`, `stop`, `info`, `check` (`--repair` too), every `snapshot` command, `import` and `accept-changes` go through its control socket (<volume>.cowvol/control.sock), `read`, `write`, `snapshot read` and `snapshot export` through its NBD socket; `snapshot restore` and `import` refuse (EXPORT_IN_USE) while a client is attached to `live`. `backup push` and `backup restore --into` get VOLUME_BUSY. With --tls-psk every client must start TLS (NBD_OPT_STARTTLS) with a key of the file, on every endpoint.';
   static override examples = [
     '<%= config.bin %> serve vol.img',
     'qemu-img convert -O raw "nbd+unix:///snapshot/nightly?socket=$PWD/vol.img.cowvol/nbd.sock" copy.img',

@@ -42,7 +42,8 @@ export function diffPage(extents: readonly DiffExtent[], afterOffsetBytes: numbe
  * The control methods that report on a served volume or read it whole
  * (docs/FORMAT.md §11.2): `snapshot.diff` (paged, MAX_DIFF_PAGE_EXTENTS per
  * response), `check` (Volume.check frozen on the server, docs/ARCHITECTURE.md
- * §4.4: NBD requests wait while it runs; never `repair`) and
+ * §4.4: NBD requests wait while it runs; `repair` frees leaks in one journal
+ * transaction, as offline) and
  * `volume.checkpointLive` (a served `snapshot export` asks it before it
  * looks for the volume file's holes, §15.5).
  */
@@ -58,8 +59,10 @@ export function reportMethods(volume: Volume): Record<string, ControlMethod> {
     },
     check: (params) => {
       const readData = params.readData ?? false;
+      const repair = params.repair ?? false;
       if (typeof readData !== 'boolean') throw new InvalidArgumentError('params.readData must be a boolean');
-      return volume.check({ readData });
+      if (typeof repair !== 'boolean') throw new InvalidArgumentError('params.repair must be a boolean');
+      return volume.check({ readData, repair });
     },
     'volume.checkpointLive': async () => {
       await volume.checkpointLive();

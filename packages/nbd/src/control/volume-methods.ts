@@ -2,6 +2,7 @@ import type { Volume } from '@cowvol/cow-core';
 import type { NbdServer } from '../server.js';
 import { LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX, type VolumeExports } from '../volume-exports.js';
 import type { ControlMethod } from './control-server.js';
+import { changeMethods } from './change-methods.js';
 import { reportMethods } from './report-methods.js';
 import { labelsParam, snapshotMethods, stringParam } from './snapshot-methods.js';
 
@@ -20,8 +21,9 @@ export interface ServeControl {
  * The control methods of a served volume (docs/FORMAT.md §11.2):
  * `status`, `stop`, `snapshot.create` and `snapshot.list`, and those of
  * ./snapshot-methods.ts (`info`, `snapshot.info`, delete, delete by
- * filter, rename, label, hold) and ./report-methods.ts (`snapshot.diff`,
- * `check`, `volume.checkpointLive`). Each runs on
+ * filter, rename, label, hold, restore), ./report-methods.ts (`snapshot.diff`,
+ * `check`, `volume.checkpointLive`) and ./change-methods.ts (`volume.import`,
+ * `volume.acceptChanges`). Each runs on
  * the opened volume as the offline command would, so results (and error
  * codes) are the same; `snapshot.create` freezes the volume under its
  * NBD clients (docs/ARCHITECTURE.md §4.4) and its `snapshot/<name>`
@@ -47,5 +49,6 @@ export function volumeMethods(volume: Volume, server: NbdServer, serve: ServeCon
     'snapshot.list': async () => ({ snapshots: await volume.listSnapshots(), space: await volume.spaceUsage() }),
     ...snapshotMethods(volume, server, serve.exports),
     ...reportMethods(volume),
+    ...changeMethods(volume, server, serve.exports, serve.volumePath),
   };
 }
