@@ -79,6 +79,18 @@ interface ReadOp {
   scratch: boolean;
 }
 
+/**
+ * A request's reads, taken from both ends: the thread pool's workers take
+ * from the front (`next`), the synchronous reader from the back (`end`),
+ * never below `syncFrom` (the short store runs sit at the back).
+ */
+interface OpQueue {
+  readonly ops: readonly ReadOp[];
+  next: number;
+  end: number;
+  readonly syncFrom: number;
+}
+
 /** The failure of the lowest block among a request's reads. */
 class LowestFailure {
   index = Infinity;
@@ -109,21 +121,22 @@ class LowestFailure {
  * (`rereadStoreInto`: the failure may be a bad cached copy) before it is
  * reported.
  *
- * Issue: the live spans go to the thread pool first, `READS_IN_FLIGHT` at a
- * time. The store runs (a snapshot behind many newer ones has one per block,
- * scattered over the store) are read synchronously when the store device
- * offers it, while those reads come from the page cache: a 4 KiB `pread`
- * served from memory costs a few µs on the calling thread, against a
- * thread-pool round trip (submission, a worker's wake-up, the completion
- * callback) that costs several times that in main-thread CPU and, on a
- * loaded machine, a scheduler wake-up per read. Bounded: a slice of
- * synchronous reads ends after `SYNC_SLICE_MS` and yields to the event loop
- * before the next; when more than `SYNC_SLOW_SHARE` of the last
- * `SYNC_DECISION_READS` reads took longer than `SYNC_SLOW_READ_MS` (the data
- * came from the disk), the rest of the request and the next `SYNC_BACKOFF_RUNS`
- * store runs go through the thread pool, `READS_IN_FLIGHT` at a time, where
- * a disk gets its reads concurrently. Runs longer than `SYNC_MAX_RUN_BYTES`
- * always go to the thread pool.
+ * Issue: one queue per request, live spans and long store runs at the
+ * front, short store runs (at most `SYNC_MAX_RUN_BYTES`) at the back. The
+ * thread pool takes from the front, `READS_IN_FLIGHT` at a time. When the
+ * store device offers it, the main thread takes short store runs from the
+ * back and reads them synchronously, while those reads come from the page
+ * cache: a 4 KiB `pread` served from memory costs a few µs on the calling
+ * thread, against a thread-pool round trip (submission, a worker's
+ * wake-up, the completion callback) that costs several times that in
+ * main-thread CPU. Both ends work at once, so the pool's threads still
+ * help where the main thread alone would get too little CPU (a loaded
+ * machine). Bounded: a slice of synchronous reads ends after
+ * `SYNC_SLICE_MS` and yields to the event loop before the next; when more
+ * than `SYNC_SLOW_SHARE` of the last `SYNC_DECISION_READS` reads took
+ * longer than `SYNC_SLOW_READ_MS` (the data came from the disk), the rest
+ * of the request and the next `SYNC_BACKOFF_RUNS` store runs are left to
+ * the pool, where a disk gets its reads concurrently.
  */
 export class SnapshotReader {
   readonly stats: SnapshotReaderStats = { syncRuns: 0, asyncRuns: 0, syncBackoffs: 0, syncYields: 0 };
@@ -148,24 +161,26 @@ export class SnapshotReader {
     const ops = this.plan(sources, out);
     const failure = new LowestFailure();
     const syncRead = this.io.readStoreIntoSync?.bind(this.io);
-    const syncOps = syncRead === undefined || this.backoffRuns > 0 ? [] : ops.filter((op) => op.storeBlock >= 0 && op.blocks * bs <= SYNC_MAX_RUN_BYTES);
-    const asyncOps = syncOps.length === 0 ? ops : ops.filter((op) => op.storeBlock < 0 || op.blocks * bs > SYNC_MAX_RUN_BYTES);
-    const pooled = this.readPooled(snapshotName, sources, asyncOps, failure);
-    let left: ReadOp[] = [];
-    if (syncRead !== undefined && syncOps.length > 0) left = await this.readSync(sources, syncOps, syncRead, failure);
-    await Promise.all([pooled, this.readPooled(snapshotName, sources, left, failure)]);
+    const short = (op: ReadOp): boolean => op.storeBlock >= 0 && op.blocks * bs <= SYNC_MAX_RUN_BYTES;
+    const useSync = syncRead !== undefined && this.backoffRuns === 0;
+    // Live spans and long runs first, the short store runs behind them: the pool starts at the front, the synchronous reader at the back.
+    const ordered = useSync ? [...ops.filter((op) => !short(op)), ...ops.filter(short)] : ops;
+    const queue: OpQueue = { ops: ordered, next: 0, end: ordered.length, syncFrom: useSync ? ordered.length - ops.filter(short).length : ordered.length };
+    const pooled = this.readPooled(snapshotName, sources, queue, failure);
+    const left = syncRead !== undefined && useSync ? await this.readSync(sources, queue, syncRead, failure) : [];
+    await pooled;
+    await this.readPooled(snapshotName, sources, { ops: left, next: 0, end: left.length, syncFrom: left.length }, failure);
     if (failure.failed) throw failure.error;
     // Store copies inside live spans go over the live bytes read there.
     for (const op of ops) if (op.scratch) op.into.copy(out, op.index * bs);
   }
 
-  /** Reads `ops` through the thread pool, `READS_IN_FLIGHT` at a time; stops taking new ones after a failure. */
-  private async readPooled(snapshotName: string, sources: BlockSources, ops: readonly ReadOp[], failure: LowestFailure): Promise<void> {
+  /** Reads from the front of `queue` through the thread pool, `READS_IN_FLIGHT` at a time; stops taking new ones after a failure. */
+  private async readPooled(snapshotName: string, sources: BlockSources, queue: OpQueue, failure: LowestFailure): Promise<void> {
     const bs = sources.blockSizeBytes;
-    let next = 0;
     const worker = async (): Promise<void> => {
-      while (next < ops.length && !failure.failed) {
-        const op = ops[next++]!;
+      while (queue.next < queue.end && !failure.failed) {
+        const op = queue.ops[queue.next++]!;
         try {
           if (op.storeBlock < 0) {
             await this.io.readLiveInto((sources.first + op.index) * bs, op.into);
@@ -185,29 +200,30 @@ export class SnapshotReader {
       }
     };
     const workers: Array<Promise<void>> = [];
-    for (let w = 0; w < Math.min(READS_IN_FLIGHT, ops.length); w++) workers.push(worker());
+    for (let w = 0; w < Math.min(READS_IN_FLIGHT, queue.end - queue.next); w++) workers.push(worker());
     await Promise.all(workers);
   }
 
   /**
-   * Reads store runs `ops` synchronously, in slices of at most
-   * `SYNC_SLICE_MS` with a yield to the event loop between them. Returns the
-   * runs left for the thread pool: those after a slow slice or read, and
-   * any whose copy failed its checksum (read again there, then re-read from
-   * the file before `STORE_CORRUPT`).
+   * Reads store runs from the back of `queue` synchronously, in slices of
+   * at most `SYNC_SLICE_MS` with a yield to the event loop between them,
+   * until it meets the pool's workers or reads turn out slow (the rest is
+   * left in the queue for the pool). Returns the runs whose copy failed its
+   * checksum, to be read again through the pool (then from the file before
+   * `STORE_CORRUPT`).
    */
-  private async readSync(sources: BlockSources, ops: readonly ReadOp[], syncRead: (storeBlock: number, into: Buffer) => void, failure: LowestFailure): Promise<ReadOp[]> {
+  private async readSync(sources: BlockSources, queue: OpQueue, syncRead: (storeBlock: number, into: Buffer) => void, failure: LowestFailure): Promise<ReadOp[]> {
     const left: ReadOp[] = [];
-    let k = 0;
-    while (k < ops.length && !failure.failed) {
-      if (k > 0) {
+    const more = (): boolean => queue.end > Math.max(queue.next, queue.syncFrom) && !failure.failed;
+    for (let first = true; more(); first = false) {
+      if (!first) {
         this.stats.syncYields += 1;
         await new Promise<void>((resolve) => setImmediate(resolve));
       }
       const start = performance.now();
       let backoff = false;
-      for (let t = start; k < ops.length && t - start < SYNC_SLICE_MS && !backoff && !failure.failed;) {
-        const op = ops[k++]!;
+      for (let t = start; more() && t - start < SYNC_SLICE_MS && !backoff;) {
+        const op = queue.ops[--queue.end]!;
         try {
           syncRead(op.storeBlock, op.into);
           this.stats.syncRuns += 1;
@@ -221,8 +237,6 @@ export class SnapshotReader {
       }
       if (backoff) break;
     }
-    assert(k <= ops.length, 'synchronous reads past the plan');
-    if (!failure.failed) left.push(...ops.slice(k));
     return left;
   }
 

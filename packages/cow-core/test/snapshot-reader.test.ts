@@ -33,7 +33,7 @@ function spin(ms: number): void {
 }
 
 /** A fake ReadThroughIo with a synchronous store read: live block b holds byte (b % 251); records every read. */
-function fakeIo(hooks: { sync?: (p: number, n: number) => void; syncBad?: (p: number) => boolean; asyncDelayMs?: number } = {}) {
+function fakeIo(hooks: { sync?: (p: number, n: number) => void; syncBad?: (p: number) => boolean; asyncDelayMs?: number; asyncGate?: Promise<void> } = {}) {
   const log: Array<{ kind: Kind; at: number; blocks: number }> = [];
   let inFlight = 0;
   let syncReads = 0;
@@ -49,6 +49,7 @@ function fakeIo(hooks: { sync?: (p: number, n: number) => void; syncBad?: (p: nu
       log.push({ kind: 'store', at: storeBlock, blocks: into.length / BS });
       inFlight += 1;
       await new Promise((r) => setTimeout(r, hooks.asyncDelayMs ?? 0));
+      await hooks.asyncGate;
       inFlight -= 1;
       fillStore(storeBlock, into);
     },
@@ -88,7 +89,7 @@ function expectContent(sources: BlockSources, out: Buffer, what: string): void {
 }
 
 describe('SnapshotReader: synchronous store reads', () => {
-  it('fill every block as the thread pool would; a fast store has every short run read synchronously', async () => {
+  it('fill every block as the thread pool would: short runs from both ends, long runs only through the pool', async () => {
     console.log(`sync reader plan: seed ${SEED} (COWVOL_SEED=${SEED} replays it)`);
     const rnd = mulberry32(SEED);
     const { io, log, count: kinds } = fakeIo();
@@ -97,13 +98,15 @@ describe('SnapshotReader: synchronous store reads', () => {
       const count = 1 + Math.floor(rnd() * 400);
       const density = rnd();
       let p = Math.floor(rnd() * 50);
-      const sources = sourcesOf(count, () => (rnd() < density ? (rnd() < 0.3 ? (p += 2 + Math.floor(rnd() * 200)) : p++) : undefined));
+      const sources = sourcesOf(count, () => (rnd() < density ? (rnd() < 0.3 ? ((p += 2 + Math.floor(rnd() * 200)), p++) : p++) : undefined));
       log.length = 0;
       const out = Buffer.alloc(count * BS, 0xee);
       await reader.read('s', sources, out);
       expectContent(sources, out, `round ${round}`);
-      const longRuns = log.filter((e) => e.kind === 'store');
-      for (const run of longRuns) expect(run.blocks * BS, `round ${round}: only runs longer than SYNC_MAX_RUN_BYTES use the pool`).toBeGreaterThan(SYNC_MAX_RUN_BYTES);
+      for (const run of log.filter((e) => e.kind === 'sync'))
+        expect(run.blocks * BS, `round ${round}: only runs up to SYNC_MAX_RUN_BYTES are read synchronously`).toBeLessThanOrEqual(SYNC_MAX_RUN_BYTES);
+      const storeRuns = log.filter((e) => e.kind === 'store' || e.kind === 'sync').map((e) => e.at);
+      expect(new Set(storeRuns).size, `round ${round}: each store run read once`).toBe(storeRuns.length);
       expect(kinds('reread')).toBe(0);
     }
     expect(reader.stats.syncRuns).toBeGreaterThan(0);
@@ -111,7 +114,13 @@ describe('SnapshotReader: synchronous store reads', () => {
   });
 
   it('slow synchronous reads send the reader back to the thread pool: the rest of the request and the next SYNC_BACKOFF_RUNS runs', async () => {
-    const { io, count } = fakeIo({ sync: () => spin(SYNC_SLOW_READ_MS * 4), asyncDelayMs: 1 });
+    let release = (): void => undefined;
+    const asyncGate = new Promise<void>((r) => (release = r)); // the pool's reads end only once the back end has decided
+    const sync = (_p: number, n: number): void => {
+      spin(SYNC_SLOW_READ_MS * 4);
+      if (n + 1 === SYNC_DECISION_READS) release();
+    };
+    const { io, count } = fakeIo({ sync, asyncGate });
     const reader = new SnapshotReader(io);
     const runs = 2 * SYNC_DECISION_READS;
     const sources = sourcesOf(2 * runs, (i) => (i % 2 === 0 ? 1000 + 7 * i : undefined)); // one-block store runs between live blocks
@@ -119,7 +128,7 @@ describe('SnapshotReader: synchronous store reads', () => {
     await reader.read('s', sources, out);
     expectContent(sources, out, 'request 1');
     expect(count('sync'), 'one decision window of synchronous reads').toBe(SYNC_DECISION_READS);
-    expect(count('store'), 'the rest through the pool').toBe(runs - SYNC_DECISION_READS);
+    expect(count('store'), 'the rest through the pool (from the front, at once and after the back-off)').toBe(runs - SYNC_DECISION_READS);
     expect(reader.stats.syncBackoffs).toBe(1);
     const again = Buffer.alloc(2 * runs * BS);
     await reader.read('s', sources, again);
@@ -140,37 +149,37 @@ describe('SnapshotReader: synchronous store reads', () => {
     await reader.read('s', sources, out);
     expectContent(sources, out, 'sliced request');
     expect(firedAt, 'the event loop ran during the request').toBeGreaterThanOrEqual(0);
-    expect(firedAt, 'the event loop ran before the request had read everything').toBeLessThan(runs);
+    expect(firedAt, 'the event loop ran before the synchronous reads ended').toBeLessThan(reader.stats.syncRuns);
     expect(reader.stats.syncYields).toBeGreaterThan(0);
   });
 
   it('a synchronous copy failing its checksum is read again through the pool, then from the file; still failing, it is STORE_CORRUPT', async () => {
-    const { io, log } = fakeIo({ syncBad: (p) => p === 31 }); // only the synchronous read of 31 is bad
-    const sources = sourcesOf(8, (i) => (i % 2 === 1 ? 10 * i + 1 : undefined)); // store blocks 11, 31, 51, 71
-    const out = Buffer.alloc(8 * BS);
+    // 40 one-block store runs: the pool takes the first READS_IN_FLIGHT from the front, the main thread the last ones from the back.
+    const storeOf = (i: number): number => 1000 + 10 * i;
+    const { io, log } = fakeIo({ syncBad: (p) => p === storeOf(39) }); // only the synchronous read of the last run is bad
+    const sources = sourcesOf(40, storeOf);
+    const out = Buffer.alloc(40 * BS);
     await new SnapshotReader(io).read('snap', sources, out);
     expectContent(sources, out, 'bad synchronous copy, good pool copy');
-    expect(log.filter((e) => e.kind === 'store' || e.kind === 'reread').map((e) => `${e.kind}@${e.at}`)).toEqual(['store@31']);
+    expect(log.filter((e) => e.at === storeOf(39)).map((e) => e.kind)).toEqual(['sync', 'store']);
     const map = new SnapshotMap(1);
-    map.set(2, 41, crcOf(2, 41) ^ 1); // matches no read
-    map.set(5, 51, crcOf(5, 51));
-    const corrupt = BlockSources.resolve([map], 0, 8, BS);
+    for (let i = 0; i < 40; i++) map.set(i, storeOf(i), crcOf(i, storeOf(i)) ^ (i === 39 ? 1 : 0)); // 39's recorded CRC matches no read
     const second = fakeIo();
-    const err = await new SnapshotReader(second.io).read('snap', corrupt, Buffer.alloc(8 * BS)).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: 'STORE_CORRUPT', details: { snapshot: 'snap', storeBlock: 41, offsetBytes: 2 * BS, lengthBytes: BS } });
-    expect(second.log.filter((e) => e.kind !== 'live').map((e) => `${e.kind}@${e.at}`)).toEqual(['sync@41', 'sync@51', 'store@41', 'reread@41']);
+    const err = await new SnapshotReader(second.io).read('snap', BlockSources.resolve([map], 0, 40, BS), Buffer.alloc(40 * BS)).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'STORE_CORRUPT', details: { snapshot: 'snap', storeBlock: storeOf(39), offsetBytes: 39 * BS, lengthBytes: BS } });
+    expect(second.log.filter((e) => e.at === storeOf(39)).map((e) => e.kind)).toEqual(['sync', 'store', 'reread']);
   });
 
-  it('a failing synchronous read fails the request with the lowest failed block, after every read it started has ended', async () => {
+  it('a failing synchronous read fails the request after every read it started has ended', async () => {
     const { io, inFlight } = fakeIo({
       sync: (p) => {
-        if (p === 30 || p === 50) throw new IoError(`injected failure of store block ${p}`);
+        if (p === 460 || p === 470) throw new IoError(`injected failure of store block ${p}`);
       },
       asyncDelayMs: 5,
     });
-    const sources = sourcesOf(12, (i) => (i >= 3 ? 10 * i : undefined)); // live 0..2, store blocks 30..110
-    const err = await new SnapshotReader(io).read('s', sources, Buffer.alloc(12 * BS)).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: 'IO_ERROR', message: 'injected failure of store block 30' });
+    const sources = sourcesOf(48, (i) => (i >= 3 ? 10 * i : undefined)); // live 0..2, store blocks 30..470: the last ones read synchronously
+    const err = await new SnapshotReader(io).read('s', sources, Buffer.alloc(48 * BS)).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'IO_ERROR', message: 'injected failure of store block 470' }); // the back end reads 470 first and stops there
     expect(inFlight(), 'no read left running after the request failed').toBe(0);
   });
 });
