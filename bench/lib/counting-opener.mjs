@@ -33,6 +33,11 @@ export function countingOpener(counters) {
           c.readBytes += into.length;
           return dev.readInto(offsetBytes, into);
         },
+        readIntoSync(offsetBytes, into) {
+          c.reads += 1;
+          c.readBytes += into.length;
+          dev.readIntoSync(offsetBytes, into);
+        },
         async write(offsetBytes, data) {
           c.writes += 1;
           c.writeBytes += data.length;

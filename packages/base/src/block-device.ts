@@ -1,5 +1,5 @@
 import { open, type FileHandle } from 'node:fs/promises';
-import { constants, read as readCallback, write as writeCallback } from 'node:fs';
+import { constants, read as readCallback, readSync, write as writeCallback } from 'node:fs';
 import { IoError, NoSpaceError } from './errors.js';
 
 /**
@@ -29,6 +29,16 @@ export interface BlockDevice {
    * caller must not touch `into` until the promise settles.
    */
   readInto(offsetBytes: number, into: Uint8Array): Promise<void>;
+  /**
+   * Optional: the same bytes as `readInto`, read synchronously on the
+   * calling thread (a `pread` that blocks it until the kernel answers). For
+   * callers that expect page-cache hits and time each call, falling back to
+   * `readInto` when one is slow (the snapshot reader's scattered store reads,
+   * docs/ARCHITECTURE.md §4.3): it saves the thread-pool hand-off of a small
+   * read. A device that cannot read synchronously leaves it out.
+   * @throws IO_ERROR (also after `close()`)
+   */
+  readIntoSync?(offsetBytes: number, into: Uint8Array): void;
   /** Writes all of `data` at `offsetBytes`. Not durable until `sync()` resolves. */
   write(offsetBytes: number, data: Uint8Array): Promise<void>;
   /** Makes every completed write durable (`fdatasync`). */
@@ -121,6 +131,28 @@ export class FileBlockDevice implements BlockDevice {
       throw wrapError(err, this.name, 'read', offsetBytes, lengthBytes);
     } finally {
       this.opEnded();
+    }
+  }
+
+  /**
+   * `readSync` on the descriptor, looping over short reads, zeros past EOF.
+   * Nothing is in flight afterwards, so `close()` needs no wait for it.
+   */
+  readIntoSync(offsetBytes: number, into: Uint8Array): void {
+    const lengthBytes = into.length;
+    if (this.closed !== undefined) throw closedError(this.name, 'read', offsetBytes, lengthBytes);
+    let done = 0;
+    try {
+      while (done < lengthBytes) {
+        const bytesRead = readSync(this.handle.fd, into, done, lengthBytes - done, offsetBytes + done);
+        if (bytesRead === 0) {
+          into.fill(0, done); // EOF: the rest reads as zeros, like a sparse tail.
+          break;
+        }
+        done += bytesRead;
+      }
+    } catch (err) {
+      throw wrapError(err, this.name, 'read', offsetBytes, lengthBytes);
     }
   }
 

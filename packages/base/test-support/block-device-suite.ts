@@ -70,6 +70,34 @@ function readWriteTests(makeDevice: MakeDevice): void {
     await dev.close();
   });
 
+  it('readIntoSync, where offered, reads what readInto reads (zeros past the end), and after close throws IO_ERROR', async () => {
+    const content = pattern(10_000);
+    const dev = await makeDevice(content);
+    if (dev.readIntoSync === undefined) {
+      await dev.close();
+      return; // optional: a device without it is read with readInto only
+    }
+    await dev.write(2000, pattern(300, 3)); // a write reads back synchronously too
+    const now = Buffer.from(content);
+    pattern(300, 3).copy(now, 2000);
+    for (const [offsetBytes, lengthBytes] of [
+      [0, 4096],
+      [1990, 320],
+      [8192, 4096],
+      [12_000, 100],
+      [0, 0],
+    ] as const) {
+      const want = Buffer.alloc(lengthBytes);
+      now.copy(want, 0, Math.min(offsetBytes, now.length), Math.min(offsetBytes + lengthBytes, now.length));
+      const into = Buffer.alloc(lengthBytes + 20, 0xff);
+      dev.readIntoSync(offsetBytes, into.subarray(10, 10 + lengthBytes));
+      expect(into.subarray(10, 10 + lengthBytes).equals(want), `readIntoSync ${offsetBytes}+${lengthBytes}`).toBe(true);
+      expect(into.subarray(0, 10).equals(Buffer.alloc(10, 0xff)) && into.subarray(10 + lengthBytes).equals(Buffer.alloc(10, 0xff)), 'nothing outside the target is touched').toBe(true);
+    }
+    await dev.close();
+    expect(() => dev.readIntoSync?.(0, Buffer.alloc(10))).toThrow(expect.objectContaining({ code: 'IO_ERROR' }) as Error);
+  });
+
   it('a write reads back at once, leaves its neighbours alone, and a write past the end extends the size (the gap reads as zeros)', async () => {
     const dev = await makeDevice(pattern(8192));
     const data = pattern(1000, 1);

@@ -30,7 +30,8 @@ export {
 export { ExtentAllocator, type Extent } from './allocator.js';
 export { STORE_MAGIC, STORE_VERSION } from './store.js';
 export { StoreReadCache, STORE_CACHE_BYTES, STORE_WINDOW_BYTES, type StoreCacheStats } from './store-read-cache.js';
-export { BlockSources, SnapshotReader, READS_IN_FLIGHT, LIVE_GAP_BLOCKS, type ReadThroughIo } from './read-through.js';
+export { BlockSources } from './read-through.js';
+export { SnapshotReader, READS_IN_FLIGHT, LIVE_GAP_BLOCKS, SYNC_SLICE_MS, SYNC_BACKOFF_RUNS, type ReadThroughIo, type SnapshotReaderStats } from './snapshot-reader.js';
 export { JournalCorruptError, JournalAbortedError, JournalApplyError, JournalNeedsRecoveryError, OutcomeUnknownError, type RecoveryReport } from '@cowvol/journal';
 export { checkVolume, MAX_FINDINGS, type CheckReport, type CheckFinding } from './check.js';
 export { checkStoreData, DATA_CHECK_BATCH_BLOCKS, type DamagedStoreBlock, type DataCheckResult } from './check-data.js';

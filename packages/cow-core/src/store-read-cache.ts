@@ -150,6 +150,47 @@ export class StoreReadCache {
     }
   }
 
+  /** Whether {@link readIntoSync} is available: the store file's device reads synchronously (`BlockDevice.readIntoSync`). */
+  get syncReads(): boolean {
+    return this.inner.readIntoSync !== undefined;
+  }
+
+  /**
+   * `readInto`, synchronously on the calling thread, with the same policy:
+   * a cached window serves the piece; a miss inside one window fills it
+   * (one synchronous read of the window) while readahead is on, else counts
+   * toward turning it on (the ghost list) and reads just the piece. Only
+   * when {@link syncReads}. @throws IO_ERROR
+   */
+  readIntoSync(offsetBytes: number, into: Uint8Array): void {
+    const lengthBytes = into.length;
+    assert(this.inner.readIntoSync !== undefined, `store device ${this.inner.name} has no synchronous read`);
+    assert(offsetBytes % this.blockSizeBytes === 0 && lengthBytes % this.blockSizeBytes === 0, `unaligned store read ${offsetBytes}+${lengthBytes}`);
+    const W = this.windowBytes;
+    const window = Math.floor(offsetBytes / W);
+    const at = offsetBytes - window * W;
+    if (lengthBytes > 0 && at + lengthBytes <= W) {
+      const cached = this.windows.get(window);
+      if (cached) {
+        this.windows.delete(window); // most recently used
+        this.windows.set(window, cached);
+        cached.data.copy(into, 0, at, at + lengthBytes);
+        this.hit(cached, lengthBytes / this.blockSizeBytes);
+        return;
+      }
+      if (!this.fills.has(window) && this.wantsFill(window, lengthBytes / this.blockSizeBytes)) {
+        this.stats.fills += 1;
+        const data = Buffer.allocUnsafe(W); // the device fills every byte (zeros past the end of the file)
+        this.inner.readIntoSync(window * W, data);
+        this.insert(window, { data, hits: 0 }); // nothing ran meanwhile: no write can have touched the window
+        data.copy(into, 0, at, at + lengthBytes);
+        return;
+      }
+    }
+    this.stats.directReads += 1;
+    this.inner.readIntoSync(offsetBytes, into);
+  }
+
   /** Reads from the file, dropping the cached windows of the range first (a block served failed its checksum). @throws IO_ERROR */
   async readFresh(offsetBytes: number, into: Uint8Array): Promise<void> {
     this.stats.rereads += 1;

@@ -306,8 +306,24 @@ export class VolumeContext {
    * home already, so neither order of events reads stale data.
    */
   readHomeInto(target: number, device: Pick<BlockDevice, 'readInto'>, offsetBytes: number, into: Buffer): Promise<void> {
-    const lengthBytes = into.length;
-    if (!this.journaled || lengthBytes === 0) return device.readInto(offsetBytes, into);
+    if (!this.journaled || into.length === 0) return device.readInto(offsetBytes, into);
+    const images = this.imagesOver(target, offsetBytes, into.length);
+    return device.readInto(offsetBytes, into).then(() => this.layOver(images, offsetBytes, into));
+  }
+
+  /** {@link readHomeInto}, synchronously (`device.readIntoSync`; the snapshot reader's store reads, docs/ARCHITECTURE.md §4.3). @throws IO_ERROR */
+  readHomeIntoSync(target: number, device: { readIntoSync(offsetBytes: number, into: Uint8Array): void }, offsetBytes: number, into: Buffer): void {
+    if (!this.journaled || into.length === 0) {
+      device.readIntoSync(offsetBytes, into);
+      return;
+    }
+    const images = this.imagesOver(target, offsetBytes, into.length);
+    device.readIntoSync(offsetBytes, into);
+    this.layOver(images, offsetBytes, into);
+  }
+
+  /** The journal's cached images of the blocks of [offsetBytes, offsetBytes + lengthBytes) of `target`, looked up before home is read. */
+  private imagesOver(target: number, offsetBytes: number, lengthBytes: number): Array<[number, Buffer]> {
     const bs = this.blockSizeBytes;
     const first = Math.floor(offsetBytes / bs);
     const last = Math.floor((offsetBytes + lengthBytes - 1) / bs);
@@ -316,12 +332,16 @@ export class VolumeContext {
       const img = this.parts.journal.readImage(target, b);
       if (img) images.push([b, img]);
     }
-    return device.readInto(offsetBytes, into).then(() => {
-      for (const [b, img] of images) {
-        const from = Math.max(offsetBytes, b * bs);
-        const to = Math.min(offsetBytes + lengthBytes, (b + 1) * bs);
-        img.copy(into, from - offsetBytes, from - b * bs, to - b * bs);
-      }
-    });
+    return images;
+  }
+
+  /** Copies `images` over the home bytes read into `into` (which starts at `offsetBytes`). */
+  private layOver(images: ReadonlyArray<[number, Buffer]>, offsetBytes: number, into: Buffer): void {
+    const bs = this.blockSizeBytes;
+    for (const [b, img] of images) {
+      const from = Math.max(offsetBytes, b * bs);
+      const to = Math.min(offsetBytes + into.length, (b + 1) * bs);
+      img.copy(into, from - offsetBytes, from - b * bs, to - b * bs);
+    }
   }
 }

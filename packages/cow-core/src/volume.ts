@@ -7,7 +7,8 @@ import type { CowvolError } from '@cowvol/base';
 import { blocksTouched, type DiffResult } from './diff.js';
 import { planDelete, type DeletePlan, type SpaceReport } from './space.js';
 import { validateLabels } from './labels.js';
-import { readThrough, snapshotReaderOf, type SnapshotReader } from './read-through.js';
+import { readThrough } from './read-through.js';
+import { snapshotReaderOf, type SnapshotReader, type SnapshotReaderStats } from './snapshot-reader.js';
 import type { StoreCacheStats } from './store-read-cache.js';
 import { writeBackError } from './write-back.js';
 import type { AcceptChangesReport, OutsideChange } from './outside-writes.js';
@@ -423,6 +424,11 @@ export class Volume {
       if (recheck) await this.ctx.parts.outside.recheck(this.sizeBytes, recheck.replaced);
       return acceptOutsideChangesFrozen(this.ctx);
     });
+  }
+
+  /** Counters of the snapshot reads' store reads: synchronous, pooled, back-offs, yields (a copy; docs/ARCHITECTURE.md §4.3). */
+  get snapshotReadStats(): SnapshotReaderStats {
+    return { ...this.reader.stats };
   }
 
   /** Counters of the snapshot reads' store cache (a copy). */

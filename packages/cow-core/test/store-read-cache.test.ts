@@ -64,6 +64,39 @@ describe('StoreReadCache', () => {
     }
   });
 
+  it('synchronous reads keep the policy and are never stale: the file bytes, windows filled once readahead is on, dropped by writes', async () => {
+    const rnd = seeded('cache sync reads');
+    const dir = await mkdtemp(join(tmpdir(), 'cowvol-cache-sync-'));
+    try {
+      const content = patterned(64, rnd);
+      await writeFile(join(dir, 'store'), content);
+      const file = await FileBlockDevice.open(join(dir, 'store'));
+      const cache = new StoreReadCache(file, BS, CAPACITY, WINDOW);
+      expect(cache.syncReads).toBe(true);
+      const syncRead = (block: number, blocks = 1): Buffer => {
+        const out = Buffer.alloc(blocks * BS);
+        cache.readIntoSync(block * BS, out);
+        return out;
+      };
+      for (let i = 0; i < 1000 && !cache.stats.readahead; i++) expect(syncRead(9).equals(content.subarray(9 * BS, 10 * BS))).toBe(true);
+      expect(cache.stats.readahead, 'synchronous misses feed the ghost list like the others').toBe(true);
+      syncRead(9); // fills the window of blocks 8..11
+      const fills = cache.stats.fills;
+      expect(fills).toBeGreaterThan(0);
+      expect(syncRead(10).equals(content.subarray(10 * BS, 11 * BS)), 'a block of the filled window').toBe(true);
+      expect(cache.stats.fills, 'served from the window').toBe(fills);
+      const fresh = patterned(1, rnd);
+      await cache.device.write(10 * BS, fresh);
+      expect(syncRead(10).equals(fresh), 'the write dropped the window: the new bytes').toBe(true);
+      expect(syncRead(58, 4).equals(content.subarray(58 * BS, 62 * BS)), 'a read across windows').toBe(true);
+      expect(syncRead(62, 4).equals(Buffer.concat([content.subarray(62 * BS), Buffer.alloc(2 * BS)])), 'zeros past the end of the file').toBe(true);
+      await file.close();
+      expect(() => syncRead(1)).toThrow(expect.objectContaining({ code: 'IO_ERROR' }) as Error);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('serves a window read again and again from memory', async () => {
     const rnd = seeded('cache hits');
     const dev = new MemDevice(patterned(16, rnd));
