@@ -24,7 +24,7 @@ export { S3ObjectStore, parseS3Url, storeErrorCode, type S3ObjectStoreOptions } 
 export { encodeManifest, decodeManifest, manifestProblem, chunkCount, MANIFEST_MAGIC, MANIFEST_VERSION, MAX_MANIFEST_CHUNKS, MAX_MANIFEST_BYTES, type Manifest } from './manifest.js';
 export { chunkObjectKey, manifestObjectKey, parseManifestObjectKey, isChunkId, isVolumeUuid, CONFIG_KEY, CHUNKS_PREFIX, MANIFESTS_PREFIX, LOCKS_PREFIX } from './object-keys.js';
 export { Repository, type PutChunkResult, type ManifestRef } from './repository.js';
-export { pushSnapshot, isZero, type PushOptions, type PushProgress, type PushResult } from './push.js';
+export { pushSnapshot, isZero, type PushOptions, type PushProgress, type PushResult, type PushSource } from './push.js';
 export { restoreFromRepository, MAX_PARENT_HOPS, type RestoreOptions, type RestoreResult } from './restore.js';
 export { listBackups, type CatalogEntry } from './catalog.js';
 export { forEachBounded, mapOrdered, checkJobs, DEFAULT_JOBS, MAX_JOBS } from './pool.js';

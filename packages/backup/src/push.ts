@@ -1,5 +1,5 @@
 import { assert, hasCode } from '@cowvol/base';
-import { killPoint, snapshotDataPieces, SnapshotNotFoundError, type SnapshotIdentity, type SnapshotInfo, type Volume } from '@cowvol/cow-core';
+import { killPoint, snapshotDataPieces, SnapshotNotFoundError, type ExportSource, type SnapshotIdentity, type SnapshotInfo, type VolumeInfo } from '@cowvol/cow-core';
 import { BackupArgumentError, ObjectExistsError } from './errors.js';
 import { chunkCount, MAX_MANIFEST_CHUNKS, type Manifest } from './manifest.js';
 import { manifestObjectKey } from './object-keys.js';
@@ -52,6 +52,16 @@ export interface PushResult {
 }
 
 /**
+ * What a push reads of a volume: a `Volume` opened read-only, or a served
+ * volume through its control channel and NBD export (the CLI's
+ * served-reports.ts, docs/ARCHITECTURE.md §14.10) — the same shape as an
+ * export's source, with the volume's identity and catalog from `info()`.
+ */
+export type PushSource = Omit<ExportSource, 'info'> & {
+  info(): Promise<Pick<VolumeInfo, 'path' | 'uuid' | 'sizeBytes' | 'blockSizeBytes' | 'snapshots'>>;
+};
+
+/**
  * Pushes snapshot `name` of `volume` to `repo` (docs/ARCHITECTURE.md §17):
  *
  * 1. A manifest of this snapshot present with the same identity: nothing to
@@ -77,7 +87,7 @@ export interface PushResult {
  *
  * @throws SNAPSHOT_NOT_FOUND · INVALID_ARGUMENT (too many chunks, bad jobs) · OBJECT_EXISTS · BACKUP_CORRUPT (a damaged parent manifest) · REPOSITORY_LOCKED · LOCK_LOST · STORE_UNAVAILABLE · STORE_ACCESS_DENIED · IO_ERROR
  */
-export async function pushSnapshot(repo: Repository, volume: Volume, name: string, options: PushOptions = {}): Promise<PushResult> {
+export async function pushSnapshot(repo: Repository, volume: PushSource, name: string, options: PushOptions = {}): Promise<PushResult> {
   const lock = await acquireLock(repo, 'shared', { command: 'push' });
   try {
     return await pushLocked(repo, volume, name, options, lock);
@@ -86,7 +96,7 @@ export async function pushSnapshot(repo: Repository, volume: Volume, name: strin
   }
 }
 
-async function pushLocked(repo: Repository, volume: Volume, name: string, options: PushOptions, lock: RepositoryLock): Promise<PushResult> {
+async function pushLocked(repo: Repository, volume: PushSource, name: string, options: PushOptions, lock: RepositoryLock): Promise<PushResult> {
   const started = Date.now();
   const jobs = checkJobs(options.jobs ?? DEFAULT_JOBS);
   const info = await volume.info();
@@ -159,7 +169,7 @@ async function pushLocked(repo: Repository, volume: Volume, name: string, option
  */
 async function readAndStore(
   repo: Repository,
-  volume: Volume,
+  volume: PushSource,
   name: string,
   work: { plan: number[]; jobs: number; sizeBytes: number; chunks: Map<number, string>; result: PushResult },
   onProgress: PushOptions['onProgress'],
@@ -215,7 +225,7 @@ async function finishExisting(repo: Repository, key: string, identity: SnapshotI
  */
 async function findParent(
   repo: Repository,
-  volume: Volume,
+  volume: PushSource,
   volumeUuid: string,
   older: SnapshotInfo[],
   geometry: { sizeBytes: number; chunkSizeBytes: number },
@@ -231,7 +241,7 @@ async function findParent(
 }
 
 /** Indexes of the chunks touched by the blocks written between `from` and `to` (§15.2), ascending. */
-async function changedChunks(volume: Volume, from: string, to: string, chunkSizeBytes: number): Promise<number[]> {
+async function changedChunks(volume: PushSource, from: string, to: string, chunkSizeBytes: number): Promise<number[]> {
   const indexes = new Set<number>();
   for (const e of (await volume.diff(from, to)).extents) {
     const last = Math.floor((e.offsetBytes + e.lengthBytes - 1) / chunkSizeBytes);
@@ -241,7 +251,7 @@ async function changedChunks(volume: Volume, from: string, to: string, chunkSize
 }
 
 /** Indexes of the chunks that can hold non-zero data of snapshot `name` (cow-core's snapshotDataPieces), ascending. */
-async function dataChunks(volume: Volume, name: string, chunkSizeBytes: number): Promise<number[]> {
+async function dataChunks(volume: PushSource, name: string, chunkSizeBytes: number): Promise<number[]> {
   const indexes: number[] = [];
   for await (const piece of await snapshotDataPieces(volume, name)) {
     const last = Math.floor((piece.offsetBytes + piece.lengthBytes - 1) / chunkSizeBytes);

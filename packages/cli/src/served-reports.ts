@@ -1,5 +1,6 @@
 import { assert } from '@cowvol/base';
-import type { DiffExtent, DiffResult, ExportSource, SnapshotIdentity, SnapshotInfo } from '@cowvol/cow-core';
+import type { PushSource } from '@cowvol/backup';
+import type { DiffExtent, DiffResult, ExportSource, SnapshotIdentity, SnapshotInfo, VolumeInfo } from '@cowvol/cow-core';
 import { askServer } from './served.js';
 import type { VolumeData } from './served-nbd.js';
 
@@ -66,5 +67,21 @@ export async function servedExportSource(volumePath: string, name: string, data:
       await askServer(volumePath, 'volume.checkpointLive');
     },
     info: () => Promise.resolve({ path: volumePath }),
+  };
+}
+
+/**
+ * The PushSource of snapshot `name` of a served volume (`backup push` while
+ * served, docs/ARCHITECTURE.md §14.10): the export's source, plus the
+ * volume's identity and catalog from the server's `info` — the same
+ * figures an offline push reads from `Volume.info()`. The path stays the
+ * one the user gave (its holes are read there, as for an export).
+ * @throws what the control requests throw (SNAPSHOT_NOT_FOUND, …)
+ */
+export async function servedPushSource(volumePath: string, name: string, data: Pick<VolumeData, 'sizeBytes' | 'read'>): Promise<PushSource> {
+  const source = await servedExportSource(volumePath, name, data);
+  return {
+    ...source,
+    info: async () => ({ ...((await askServer(volumePath, 'info')) as { info: VolumeInfo }).info, path: volumePath }),
   };
 }

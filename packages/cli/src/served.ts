@@ -29,6 +29,7 @@ export const SERVED_COMMANDS = [
   'check',
   'import',
   'accept-changes',
+  'backup push',
 ] as const;
 
 /**

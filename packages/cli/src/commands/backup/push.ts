@@ -1,11 +1,12 @@
 import { Args, Flags } from '@oclif/core';
-import { hasCode } from '@cowvol/base';
-import { pushSnapshot, type PushResult } from '@cowvol/backup';
+import { pushSnapshot, type PushResult, type PushSource } from '@cowvol/backup';
+import { SnapshotNotFoundError } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 import { repositoryFlags, withRepository } from '../../backup-repo.js';
 import { human } from '../../format.js';
 import { createProgress, progressFlag } from '../../progress.js';
-import { servedPid, VolumeServedError } from '../../served.js';
+import { snapshotExportName, withVolumeData } from '../../served-nbd.js';
+import { servedPushSource } from '../../served-reports.js';
 
 export default class BackupPush extends CowvolCommand {
   static override summary = 'Store a snapshot in a backup repository: only the chunks changed since the last snapshot pushed, only those the repository lacks';
@@ -13,7 +14,7 @@ export default class BackupPush extends CowvolCommand {
     'The first push of a volume reads every chunk that can hold data; later pushes read only the chunks changed since the newest',
     'snapshot of the volume already in the repository that the volume still has (changed-block tracking, as snapshot diff).',
     'Chunks are deduplicated by content across volumes; the manifest is written last. Re-running an interrupted push uploads only',
-    'what is missing; pushing a snapshot already there does nothing. A served volume is refused (VOLUME_BUSY): stop it first.',
+    'what is missing; pushing a snapshot already there does nothing. On a served volume the push reads through the server (its NBD export and control channel).',
   ].join('\n');
   static override examples = ['<%= config.bin %> backup push vol.img nightly --to s3://backups/cowvol --key-file backup.key --endpoint http://127.0.0.1:7480 --path-style'];
   static override args = {
@@ -29,24 +30,22 @@ export default class BackupPush extends CowvolCommand {
   async run(): Promise<PushResult> {
     const { args, flags } = await this.parse(BackupPush);
     const progress = createProgress(flags.progress, 'backup push');
-    const result = await withRepository(flags.to, flags, (repo) =>
-      this.withVolume(
-        args.volume,
-        (volume) =>
-          pushSnapshot(repo, volume, args.name, {
-            jobs: flags.jobs,
-            onProgress: (p) => progress.update(p.readBytes, p.plannedBytes, 'read', { uploadedBytes: p.uploadedBytes, deduplicatedBytes: p.deduplicatedBytes }),
-          }),
-        {
-          readOnly: true,
-          routeServed: true,
-        },
-      ).catch(async (err: unknown) => {
-        const pid = hasCode(err, 'VOLUME_BUSY') && !(err instanceof VolumeServedError) ? await servedPid(args.volume) : undefined;
-        if (pid === undefined) throw err;
-        throw new VolumeServedError(args.volume, pid, { cause: err, note: 'backup push reads the changed blocks from the metadata the server holds' });
-      }),
-    ).finally(() => progress.stop());
+    const result = await withRepository(flags.to, flags, (repo) => {
+      const push = (volume: PushSource): Promise<PushResult> =>
+        pushSnapshot(repo, volume, args.name, {
+          jobs: flags.jobs,
+          onProgress: (p) => progress.update(p.readBytes, p.plannedBytes, 'read', { uploadedBytes: p.uploadedBytes, deduplicatedBytes: p.deduplicatedBytes }),
+        });
+      // Served: the snapshot's data through the NBD export snapshot/<name> (which also keeps it from being deleted meanwhile), its
+      // changed blocks and identities from the control channel (docs/ARCHITECTURE.md §14.10) — the same push, the same manifest.
+      return withVolumeData({
+        volumePath: args.volume,
+        exportName: snapshotExportName(args.name),
+        offline: (mode) => this.withVolume(args.volume, push, { ...mode, readOnly: true }),
+        unknownExport: () => new SnapshotNotFoundError(args.name),
+        served: async (data) => push(await servedPushSource(args.volume, args.name, data)),
+      });
+    }).finally(() => progress.stop());
     if (result.alreadyPushed) this.say(`${result.snapshot} is in ${flags.to} already (${result.manifest}); nothing to do`);
     else
       this.say(
