@@ -26,7 +26,7 @@
  *
  * Environment knobs:
  *   COWVOL_DIFF_SEEDS=N  run seeds 1..N instead of the default seeds 1, 2, 3
- *   COWVOL_DIFF_OPS=M    operations per seed (default 30)
+ *   COWVOL_DIFF_OPS=M    operations per seed (default 20)
  * e.g. COWVOL_DIFF_SEEDS=20 COWVOL_DIFF_OPS=60 npx vitest run test/qemu-differential.test.ts
  * The sequence of a seed does not depend on the other seeds, and the first M
  * ops of a seed are the same for any COWVOL_DIFF_OPS >= M. To replay one seed K:
@@ -56,7 +56,7 @@ function positiveIntFromEnv(name: string, fallback: number): number {
 
 const SEED_COUNT = process.env.COWVOL_DIFF_SEEDS ? positiveIntFromEnv('COWVOL_DIFF_SEEDS', 3) : undefined;
 const SEEDS = SEED_COUNT === undefined ? [1, 2, 3] : Array.from({ length: SEED_COUNT }, (_, i) => i + 1);
-const OPS = positiveIntFromEnv('COWVOL_DIFF_OPS', 30);
+const OPS = positiveIntFromEnv('COWVOL_DIFF_OPS', 20);
 // Only stops a hung run; grows with the knobs (seeds run concurrently, at most 5 at a time).
 const TIMEOUT_MS = Math.max(300_000, OPS * Math.min(SEEDS.length, 5) * 4_000);
 
