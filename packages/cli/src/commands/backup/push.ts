@@ -1,8 +1,8 @@
 import { Args, Flags } from '@oclif/core';
 import { hasCode } from '@cowvol/base';
-import { pushSnapshot, type PushResult } from '@cowvol/backup';
+import type { PushResult } from '@cowvol/backup';
 import { CowvolCommand } from '../../base-command.js';
-import { repositoryFlags, withRepository } from '../../backup-repo.js';
+import { loadBackup, repositoryFlags, withRepository } from '../../backup-repo.js';
 import { human } from '../../format.js';
 import { createProgress, progressFlag } from '../../progress.js';
 import { servedPid, VolumeServedError } from '../../served.js';
@@ -28,6 +28,7 @@ export default class BackupPush extends CowvolCommand {
 
   async run(): Promise<PushResult> {
     const { args, flags } = await this.parse(BackupPush);
+    const { pushSnapshot } = await loadBackup();
     const progress = createProgress(flags.progress, 'backup push');
     const result = await withRepository(flags.to, flags, (repo) =>
       this.withVolume(
