@@ -5,8 +5,8 @@
 // class (exported as COMMANDS for oclif's "explicit" command discovery,
 // package.json `oclif.commands`), plus chunks that load only when a command
 // reaches them through `await import()` (the NBD server and pino for
-// `serve`, the AWS SDK for the backup commands). One module to resolve and
-// link instead of about 250 is most of the CLI's start time
+// `serve`, the AWS SDK for the backup commands). Resolving, reading and
+// linking about 250 modules one by one was about half of the CLI's start
 // (docs/PERFORMANCE.md, "CLI start"; docs/ARCHITECTURE.md §1).
 //
 // Left outside the bundle, resolved at run time from @cowvol/cli's own
@@ -18,7 +18,9 @@
 // bundled code would have used, or when the AWS SDK or pino reach the start
 // module. It also writes dist/bundle/inputs.json, the
 // workspace files bundled, which bin/run.js compares with the bundle's time
-// so that a stale bundle never runs. Run by `pnpm build` after `tsc -b`.
+// so that a stale bundle never runs. Run by `pnpm build` after `tsc -b`;
+// COWVOL_BUNDLE_META=<file> also writes esbuild's metafile (what each output
+// holds, for sizing a chunk).
 import { build } from 'esbuild';
 import { existsSync, mkdirSync, readdirSync, realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
