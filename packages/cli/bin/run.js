@@ -11,12 +11,14 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 // `pnpm build` bundles the CLI into dist/bundle/cowvol.js (scripts/bundle.mjs):
 // one module to load instead of about 250 (docs/PERFORMANCE.md, "CLI start").
-// A bundle older than a workspace file it holds (dist/bundle/inputs.json: a
-// `tsc -b` since) is stale and never runs: the commands are then loaded from
-// dist/commands, as oclif does without a bundle. oclif.manifest.json
-// (scripts/manifest.mjs) describes the bundle's commands: one older than the
-// bundle, or beside a stale bundle, is removed, and oclif reads the commands
-// themselves.
+// In a checkout (src/ is there), a bundle older than a workspace file it
+// holds (dist/bundle/inputs.json: a `tsc -b` since) is stale and never runs:
+// the commands are then loaded from dist/commands, as oclif does without a
+// bundle. oclif.manifest.json (scripts/manifest.mjs) describes the bundle's
+// commands: one older than the bundle, or beside a stale bundle, is removed,
+// and oclif reads the commands themselves. An installed copy has no src/ and
+// nothing rebuilds it (npm gives its files the time they were unpacked, in
+// no useful order): it starts from its bundle.
 const { readFileSync, statSync, unlinkSync } = await import('node:fs');
 const { fileURLToPath } = await import('node:url');
 const root = new URL('../', import.meta.url);
@@ -38,17 +40,18 @@ function bundleIsFresh() {
   } catch {
     return false;
   }
-  // An input that is not there (an installed copy keeps only the bundle's own package) cannot be newer.
+  // An input that is not there (gone from the workspace) cannot be newer.
   return Array.isArray(inputs) && inputs.every((input) => !((mtimeMs(new URL(input, root)) ?? 0) > builtMs));
 }
 
-const fresh = bundleIsFresh();
+const checkout = mtimeMs(new URL('src/', root)) !== undefined;
+const fresh = checkout ? bundleIsFresh() : mtimeMs(bundleUrl) !== undefined;
 const manifestMs = mtimeMs(manifestUrl);
-if (manifestMs !== undefined && (!fresh || manifestMs < (mtimeMs(bundleUrl) ?? Infinity))) {
+if (checkout && manifestMs !== undefined && (!fresh || manifestMs < (mtimeMs(bundleUrl) ?? Infinity))) {
   try {
     unlinkSync(manifestUrl);
   } catch {
-    // Gone already, or a read-only install: oclif reads it, and it describes the same commands.
+    // Gone already (another run removed it): oclif reads the commands.
   }
 }
 let execute;
