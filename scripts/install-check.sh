@@ -4,7 +4,8 @@
 # temporary prefix offline with an empty npm cache (so everything must be in
 # the tarball), then runs --version, create, write, snapshot create and
 # snapshot read in a temporary folder; the snapshot must read back exactly
-# what was written before it. Exits non-zero on any failure.
+# what was written before it, and the command must start from its bundle
+# (packages/cli/dist/bundle). Exits non-zero on any failure.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tmp="$(mktemp -d)"
@@ -18,6 +19,9 @@ mkdir "$tmp/work" && cd "$tmp/work"
 export PATH="$tmp/prefix/bin:$PATH" XDG_CACHE_HOME="$tmp/cache"
 unset NODE_PATH
 [ "$(command -v cowvol)" = "$tmp/prefix/bin/cowvol" ] || { echo "install-check: cowvol is not the installed one" >&2; exit 1; }
+# The installed command starts from its bundle (packages/cli/bin/run.js): it is there, and the copy has no src/ (only a checkout's bundle can be stale).
+installed="$tmp/prefix/lib/node_modules/cowvol"
+[ -f "$installed/dist/bundle/cowvol.js" ] && [ ! -e "$installed/src" ] || { echo "install-check: the installed copy does not start from its bundle" >&2; exit 1; }
 cowvol --version
 cowvol create vol.img --size 4M
 head -c 20000 /dev/urandom >before.bin

@@ -9,20 +9,56 @@ process.env.UV_THREADPOOL_SIZE ??= '16';
 // stderr of every backup command. A value in the environment wins.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
-// oclif.manifest.json (`pnpm build`, scripts/manifest.mjs) lets oclif import
-// only the command run, not all of them (docs/PERFORMANCE.md, "CLI start").
-// One older than a built command would list stale commands: it is removed,
-// and oclif scans the commands as it does without one.
-const { readdirSync, statSync, unlinkSync } = await import('node:fs');
-const manifestUrl = new URL('../oclif.manifest.json', import.meta.url);
-try {
-  const writtenMs = statSync(manifestUrl).mtimeMs;
-  const commands = new URL('../dist/commands/', import.meta.url);
-  if (readdirSync(commands, { recursive: true }).some((f) => String(f).endsWith('.js') && statSync(new URL(String(f), commands)).mtimeMs > writtenMs)) unlinkSync(manifestUrl);
-} catch {
-  // No manifest (or it just went): oclif scans the commands.
+// `pnpm build` bundles the CLI into dist/bundle/cowvol.js (scripts/bundle.mjs):
+// one module to load instead of about 250 (docs/PERFORMANCE.md, "CLI start").
+// In a checkout (src/ is there), a bundle older than a workspace file it
+// holds (dist/bundle/inputs.json: a `tsc -b` since) is stale and never runs:
+// the commands are then loaded from dist/commands, as oclif does without a
+// bundle. oclif.manifest.json (scripts/manifest.mjs) describes the bundle's
+// commands: one older than the bundle, or beside a stale bundle, is removed,
+// and oclif reads the commands themselves. An installed copy has no src/ and
+// nothing rebuilds it (npm gives its files the time they were unpacked, in
+// no useful order): it starts from its bundle.
+const { readFileSync, statSync, unlinkSync } = await import('node:fs');
+const { fileURLToPath } = await import('node:url');
+const root = new URL('../', import.meta.url);
+const bundleUrl = new URL('dist/bundle/cowvol.js', root);
+const manifestUrl = new URL('oclif.manifest.json', root);
+const pjson = JSON.parse(readFileSync(new URL('package.json', root), 'utf8'));
+
+/** Modification time in ms, or undefined when `url` does not exist. */
+function mtimeMs(url) {
+  return statSync(url, { throwIfNoEntry: false })?.mtimeMs;
 }
 
-const { execute } = await import('@oclif/core');
+function bundleIsFresh() {
+  const builtMs = mtimeMs(bundleUrl);
+  if (builtMs === undefined) return false;
+  let inputs;
+  try {
+    inputs = JSON.parse(readFileSync(new URL('dist/bundle/inputs.json', root), 'utf8'));
+  } catch {
+    return false;
+  }
+  // An input that is not there (gone from the workspace) cannot be newer.
+  return Array.isArray(inputs) && inputs.every((input) => !((mtimeMs(new URL(input, root)) ?? 0) > builtMs));
+}
 
-await execute({ dir: import.meta.url });
+const checkout = mtimeMs(new URL('src/', root)) !== undefined;
+const fresh = checkout ? bundleIsFresh() : mtimeMs(bundleUrl) !== undefined;
+const manifestMs = mtimeMs(manifestUrl);
+if (checkout && manifestMs !== undefined && (!fresh || manifestMs < (mtimeMs(bundleUrl) ?? Infinity))) {
+  try {
+    unlinkSync(manifestUrl);
+  } catch {
+    // Gone already (another run removed it): oclif reads the commands.
+  }
+}
+let execute;
+if (fresh) ({ execute } = await import(bundleUrl.href));
+else {
+  pjson.oclif.commands = './dist/commands';
+  ({ execute } = await import('@oclif/core'));
+}
+
+await execute({ loadOptions: { root: fileURLToPath(root), pjson } });

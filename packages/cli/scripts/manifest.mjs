@@ -1,9 +1,10 @@
 #!/usr/bin/env node
-// Writes packages/cli/oclif.manifest.json from the built commands (dist/),
-// as `oclif manifest` does: with it, oclif finds a command's module without
-// importing every command first, so `cowvol <command>` loads only the
-// modules that command uses (docs/PERFORMANCE.md, "CLI start"). Run by
-// `pnpm build`; bin/run.js ignores a manifest older than the commands.
+// Writes packages/cli/oclif.manifest.json from the bundle's commands
+// (dist/bundle/cowvol.js, scripts/bundle.mjs), as `oclif manifest` does:
+// with it, oclif lists the commands, topics and flags (help, autocomplete)
+// from one JSON file instead of building the list from every command class
+// at each start (docs/PERFORMANCE.md, "CLI start"). Run by `pnpm build`
+// after the bundle; bin/run.js removes a manifest older than the bundle.
 import { rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -1,5 +1,14 @@
 import { Flags } from '@oclif/core';
-import { BackupArgumentError, DEFAULT_JOBS, FileObjectStore, loadKeyFile, MAX_JOBS, Repository, S3ObjectStore, type ObjectStore } from '@cowvol/backup';
+import type { ObjectStore, Repository } from '@cowvol/backup';
+import { BackupArgumentError, DEFAULT_JOBS, MAX_JOBS } from '@cowvol/backup/limits';
+
+/**
+ * @cowvol/backup as a whole (with the AWS SDK), loaded by a backup command
+ * when it runs: a static import of anything but its constants and errors
+ * would put the SDK into the start of every command (docs/PERFORMANCE.md,
+ * "CLI start"; the bundle build refuses it, scripts/bundle.mjs).
+ */
+export const loadBackup = (): Promise<typeof import('./backup-module.js')> => import('./backup-module.js');
 
 /**
  * Flags every `cowvol backup` command that reaches a repository takes
@@ -20,21 +29,20 @@ export interface RepositoryFlags {
 }
 
 /** A store for `s3://bucket/prefix` or `file:///abs/path`. @throws INVALID_ARGUMENT for any other URL */
-export function openStore(url: string, flags: Omit<RepositoryFlags, 'key-file'>): ObjectStore & { close?: () => void } {
+export async function openStore(url: string, flags: Omit<RepositoryFlags, 'key-file'>): Promise<ObjectStore & { close?: () => void }> {
+  if (!url.startsWith('file:') && !url.startsWith('s3:')) throw new BackupArgumentError(`a repository URL is s3://bucket/prefix or file:///absolute/path, not ${url}`);
+  const { FileObjectStore, S3ObjectStore } = await loadBackup();
   if (url.startsWith('file:')) return new FileObjectStore(url);
-  if (url.startsWith('s3:')) {
-    const endpoint = flags.endpoint ?? process.env.AWS_ENDPOINT_URL;
-    // RGW and MinIO ignore the region, but the SDK's signer needs one.
-    const region = process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? (endpoint === undefined ? undefined : 'us-east-1');
-    return new S3ObjectStore({
-      url,
-      ...(endpoint === undefined ? {} : { endpoint }),
-      ...(region === undefined ? {} : { region }),
-      forcePathStyle: flags['path-style'],
-      jobs: flags.jobs,
-    });
-  }
-  throw new BackupArgumentError(`a repository URL is s3://bucket/prefix or file:///absolute/path, not ${url}`);
+  const endpoint = flags.endpoint ?? process.env.AWS_ENDPOINT_URL;
+  // RGW and MinIO ignore the region, but the SDK's signer needs one.
+  const region = process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? (endpoint === undefined ? undefined : 'us-east-1');
+  return new S3ObjectStore({
+    url,
+    ...(endpoint === undefined ? {} : { endpoint }),
+    ...(region === undefined ? {} : { region }),
+    forcePathStyle: flags['path-style'],
+    jobs: flags.jobs,
+  });
 }
 
 /**
@@ -42,8 +50,9 @@ export function openStore(url: string, flags: Omit<RepositoryFlags, 'key-file'>)
  * key), opens the store and the repository, runs `fn`, closes the store.
  */
 export async function withRepository<T>(url: string, flags: RepositoryFlags, fn: (repo: Repository) => Promise<T>): Promise<T> {
+  const { loadKeyFile, Repository } = await loadBackup();
   const key = await loadKeyFile(flags['key-file']);
-  const store = openStore(url, flags);
+  const store = await openStore(url, flags);
   try {
     return await fn(await Repository.open(store, key));
   } finally {

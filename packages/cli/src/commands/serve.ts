@@ -39,9 +39,11 @@ export default class Serve extends CowvolCommand {
   async run(): Promise<void> {
     const { args, flags } = await this.parse(Serve);
     const tcp = flags.listen === undefined ? undefined : parseListen(flags.listen, flags['tls-psk'] !== undefined);
-    // Loaded here, not at the top: oclif may load every command module to
-    // find one, and no other command should pay for the server or the logger.
-    const [{ NbdServer, VolumeExports, ControlServer, controlSocketPath, volumeMethods, loadPskKeys }, { pino }] = await Promise.all([import('@cowvol/nbd'), import('pino')]);
+    // Loaded here, not at the top: every command module is loaded at start
+    // (the bundle's COMMANDS), and no other command should pay for the server
+    // or the logger. pino is CommonJS: its default export is the one both
+    // Node and the bundle's chunk give (the bundle has no named exports for it).
+    const [{ NbdServer, VolumeExports, ControlServer, controlSocketPath, volumeMethods, loadPskKeys }, { default: pino }] = await Promise.all([import('@cowvol/nbd'), import('pino')]);
     const tlsPsk = flags['tls-psk'] === undefined ? undefined : await loadPskKeys(flags['tls-psk']);
     const log = pino({ base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
     // The first signal (or `cowvol stop`) stops cleanly; later signals are

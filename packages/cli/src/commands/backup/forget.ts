@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core';
-import { forgetSnapshots, type ForgetReport } from '@cowvol/backup';
-import { repositoryFlags, withRepository } from '../../backup-repo.js';
+import type { ForgetReport } from '@cowvol/backup';
+import { loadBackup, repositoryFlags, withRepository } from '../../backup-repo.js';
 import { CowvolCommand } from '../../base-command.js';
 import { table } from '../../format.js';
 
@@ -33,6 +33,7 @@ export default class BackupForget extends CowvolCommand {
       ...(flags['keep-daily'] === undefined ? {} : { keepDaily: flags['keep-daily'] }),
       ...(flags['keep-weekly'] === undefined ? {} : { keepWeekly: flags['keep-weekly'] }),
     };
+    const { forgetSnapshots } = await loadBackup();
     const report = await withRepository(args.url, flags, (repo) =>
       forgetSnapshots(repo, { policy, dryRun: flags['dry-run'], jobs: flags.jobs, ...(flags.volume === undefined ? {} : { volumeUuid: flags.volume }) }),
     );

@@ -1,7 +1,6 @@
 import { Args, Flags } from '@oclif/core';
-import { DEFAULT_CHUNK_SIZE_BYTES, loadKeyFile, Repository } from '@cowvol/backup';
 import { CowvolCommand } from '../../base-command.js';
-import { openStore, repositoryFlags } from '../../backup-repo.js';
+import { loadBackup, openStore, repositoryFlags } from '../../backup-repo.js';
 import { human } from '../../format.js';
 import { parseSize } from '../../size.js';
 
@@ -20,9 +19,10 @@ export default class BackupInit extends CowvolCommand {
 
   async run(): Promise<{ repository: string; chunkSizeBytes: number; repositoryId: string }> {
     const { args, flags } = await this.parse(BackupInit);
+    const { DEFAULT_CHUNK_SIZE_BYTES, loadKeyFile, Repository } = await loadBackup();
     const chunkSizeBytes = flags['chunk-size'] === undefined ? DEFAULT_CHUNK_SIZE_BYTES : parseSize(flags['chunk-size'], '--chunk-size');
     const key = await loadKeyFile(flags['key-file']);
-    const store = openStore(args.url, flags);
+    const store = await openStore(args.url, flags);
     try {
       const repo = await Repository.init(store, key, chunkSizeBytes);
       this.say(`created backup repository ${store.url} (chunks of ${human(repo.chunkSizeBytes)})`);

@@ -1,5 +1,5 @@
 import { Args } from '@oclif/core';
-import { generateKeyFile } from '@cowvol/backup';
+import { loadBackup } from '../../backup-repo.js';
 import { CowvolCommand } from '../../base-command.js';
 
 export default class BackupKeyGen extends CowvolCommand {
@@ -10,6 +10,7 @@ export default class BackupKeyGen extends CowvolCommand {
 
   async run(): Promise<{ keyFile: string }> {
     const { args } = await this.parse(BackupKeyGen);
+    const { generateKeyFile } = await loadBackup();
     await generateKeyFile(args.file);
     this.say(`created key file ${args.file} (mode 0600): keep a copy somewhere safe, off this machine`);
     return { keyFile: args.file };

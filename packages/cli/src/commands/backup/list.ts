@@ -1,8 +1,8 @@
 import { Args, Flags } from '@oclif/core';
 import { escapeTerminalText } from '@cowvol/cow-core';
-import { listBackups, type CatalogEntry } from '@cowvol/backup';
+import type { CatalogEntry } from '@cowvol/backup';
 import { CowvolCommand } from '../../base-command.js';
-import { repositoryFlags, withRepository } from '../../backup-repo.js';
+import { loadBackup, repositoryFlags, withRepository } from '../../backup-repo.js';
 import { human, table } from '../../format.js';
 
 export default class BackupList extends CowvolCommand {
@@ -16,6 +16,7 @@ export default class BackupList extends CowvolCommand {
 
   async run(): Promise<{ snapshots: CatalogEntry[] }> {
     const { args, flags } = await this.parse(BackupList);
+    const { listBackups } = await loadBackup();
     const snapshots = await withRepository(args.url, flags, async (repo) => {
       const out: CatalogEntry[] = [];
       for await (const entry of listBackups(repo, flags.volume)) out.push(entry);

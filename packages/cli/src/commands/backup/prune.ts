@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core';
-import { pruneRepository, type PruneReport } from '@cowvol/backup';
-import { repositoryFlags, withRepository } from '../../backup-repo.js';
+import type { PruneReport } from '@cowvol/backup';
+import { loadBackup, repositoryFlags, withRepository } from '../../backup-repo.js';
 import { CowvolCommand } from '../../base-command.js';
 import { parseDuration } from '../../duration.js';
 import { human } from '../../format.js';
@@ -23,6 +23,7 @@ export default class BackupPrune extends CowvolCommand {
   async run(): Promise<PruneReport> {
     const { args, flags } = await this.parse(BackupPrune);
     const graceMs = parseDuration(flags.grace, '--grace');
+    const { pruneRepository } = await loadBackup();
     const report = await withRepository(args.url, flags, (repo) => pruneRepository(repo, { dryRun: flags['dry-run'], graceMs, jobs: flags.jobs }));
     this.say(
       [

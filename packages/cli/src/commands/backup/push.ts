@@ -1,8 +1,8 @@
 import { Args, Flags } from '@oclif/core';
-import { pushSnapshot, type PushResult, type PushSource } from '@cowvol/backup';
+import type { PushResult, PushSource } from '@cowvol/backup';
 import { SnapshotNotFoundError } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
-import { repositoryFlags, withRepository } from '../../backup-repo.js';
+import { loadBackup, repositoryFlags, withRepository } from '../../backup-repo.js';
 import { human } from '../../format.js';
 import { createProgress, progressFlag } from '../../progress.js';
 import { snapshotExportName, withVolumeData } from '../../served-nbd.js';
@@ -29,6 +29,7 @@ export default class BackupPush extends CowvolCommand {
 
   async run(): Promise<PushResult> {
     const { args, flags } = await this.parse(BackupPush);
+    const { pushSnapshot } = await loadBackup();
     const progress = createProgress(flags.progress, 'backup push');
     const result = await withRepository(flags.to, flags, (repo) => {
       const push = (volume: PushSource): Promise<PushResult> =>

@@ -1,7 +1,7 @@
 import { Args, Flags } from '@oclif/core';
-import { restoreFromRepository, type RestoreResult } from '@cowvol/backup';
+import type { RestoreResult } from '@cowvol/backup';
 import { CowvolCommand } from '../../base-command.js';
-import { repositoryFlags, splitSnapshotUrl, withRepository } from '../../backup-repo.js';
+import { loadBackup, repositoryFlags, splitSnapshotUrl, withRepository } from '../../backup-repo.js';
 import { human } from '../../format.js';
 import { createProgress, progressFlag } from '../../progress.js';
 
@@ -30,6 +30,7 @@ export default class BackupRestore extends CowvolCommand {
   async run(): Promise<Omit<RestoreResult, 'import'> & { extents: number }> {
     const { args, flags } = await this.parse(BackupRestore);
     const { repositoryUrl, volumeUuid, snapshotName } = splitSnapshotUrl(args.snapshot);
+    const { restoreFromRepository } = await loadBackup();
     const progress = createProgress(flags.progress, 'backup restore');
     const result = await withRepository(repositoryUrl, flags, (repo) =>
       restoreFromRepository(repo, volumeUuid, snapshotName, args.volume, {

@@ -1,7 +1,7 @@
 import { Args, Flags } from '@oclif/core';
-import { verifyRepository, type VerifyReport } from '@cowvol/backup';
+import type { VerifyReport } from '@cowvol/backup';
 import type { ErrorCode } from '@cowvol/base';
-import { repositoryFlags, withRepository } from '../../backup-repo.js';
+import { loadBackup, repositoryFlags, withRepository } from '../../backup-repo.js';
 import { CowvolCommand } from '../../base-command.js';
 import { createProgress, progressFlag } from '../../progress.js';
 
@@ -29,6 +29,7 @@ export default class BackupVerify extends CowvolCommand {
 
   async run(): Promise<VerifyReport> {
     const { args, flags } = await this.parse(BackupVerify);
+    const { verifyRepository } = await loadBackup();
     const progress = createProgress(flags.progress, 'backup verify', 'blocks');
     const report = await withRepository(args.url, flags, (repo) =>
       verifyRepository(repo, { readData: flags['read-data'], jobs: flags.jobs, onProgress: (done, total, phase) => progress.update(done, total ?? done, phase) }),
