@@ -12,7 +12,9 @@ import { startServe, type ServeProcess } from './nbd-peers.js';
  * and `live` is written between pushes. The full and the incremental push
  * restore (after the server stopped) to exactly what `snapshot read` gives
  * offline, and the incremental one reads only the chunks changed since the
- * first. A snapshot the volume does not have fails as offline.
+ * first. A snapshot the volume does not have fails as offline. Then
+ * `backup restore --into` a served copy holding the base: the server applies
+ * the stream and `--verify` reads it back through the export.
  */
 const MiB = 1024 * 1024;
 const CHUNK = 64 * 1024;
@@ -69,5 +71,17 @@ describe('backup push on a served volume', () => {
       const [restored, offline] = await Promise.all([cowvolOk(['read', target]), cowvolOk(['snapshot', 'read', vol, name])]);
       expect(sha256(restored.stdout), `${name} restored from a push made while served`).toBe(sha256(offline.stdout));
     }
+
+    // restore --into a served volume holding the base: the server applies the stream, and --verify reads it back through the export.
+    const copy = join(dir, 'restored-s1.img');
+    server = await startServe(copy);
+    const into = await cowvol(['backup', 'restore', `${repo}/${full.volumeUuid}/s2`, copy, '--into', '--verify', ...common, '--json']);
+    expect(into.code, into.stderr).toBe(0);
+    expect(jsonOf<{ base: string | null; verified: boolean }>(into)).toMatchObject({ base: expect.stringMatching(/\/s1$/) as unknown, verified: true });
+    const [servedRead, offlineRead] = await Promise.all([cowvolOk(['snapshot', 'read', copy, 's2']), cowvolOk(['snapshot', 'read', vol, 's2'])]);
+    expect(sha256(servedRead.stdout), 's2 restored --into the served copy').toBe(sha256(offlineRead.stdout));
+    await cowvolOk(['stop', copy]);
+    expect(await server.exited).toBe(0);
+    server = undefined;
   }, 600_000);
 });

@@ -35,6 +35,24 @@ export interface RestoreOptions {
   onProgress?: (phase: 'download' | ImportProgress['phase'] | 'verify-ids', doneBytes: number, totalBytes: number) => void;
   /** Opens the target for `--into` and the import (the CLI's `--wait`); default Volume.open. */
   openVolume?: (path: string) => Promise<Volume>;
+  /** A target this process does not open (a served volume, `--into`): replaces `openVolume` and every open of the target. */
+  target?: RestoreTarget;
+}
+
+/**
+ * A restore target reached without opening it here — a volume `cowvol
+ * serve` holds, through its control channel and NBD export (the CLI's
+ * served-reports.ts, docs/ARCHITECTURE.md §14.10).
+ */
+export interface RestoreTarget {
+  /** The identities of the target's snapshots (the `into` base search). */
+  heldIdentities(): Promise<SnapshotIdentity[]>;
+  /** Imports the complete stream file at `streamPath` (absolute, regular, this process's spool) into the target. */
+  importFile(streamPath: string): Promise<ImportResult>;
+  /** Reads the restored snapshot back (`verify`). */
+  readSnapshot(name: string, offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  /** Gives back what `readSnapshot` holds (called once the read-back ends). */
+  close(): Promise<void>;
 }
 
 /** What a restore did. */
@@ -75,17 +93,21 @@ export async function restoreFromRepository(repo: Repository, volumeUuid: string
   const started = Date.now();
   const jobs = checkJobs(options.jobs ?? DEFAULT_JOBS);
   const manifest = await repo.getManifest(volumeUuid, snapshotName);
-  const base = options.into === true ? await findBase(repo, manifest, targetPath, options.openVolume) : undefined;
+  const { target } = options;
+  const identities = target ? () => target.heldIdentities() : () => identitiesOf(targetPath, options.openVolume);
+  const base = options.into === true ? await findBase(repo, manifest, targetPath, identities) : undefined;
   const spoolPath = join(dirname(targetPath), `.${basename(targetPath)}.cowvol-restore-${randomBytes(6).toString('hex')}`);
   const handle = await fsp.open(spoolPath, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
     const spooled = await spool(repo, manifest, base?.manifest, handle, jobs, options.onProgress);
     const source: StreamSource = { lengthBytes: spooled.streamBytes, read: (offsetBytes, lengthBytes) => readAt(handle, offsetBytes, lengthBytes) };
-    const imported = await importStream(targetPath, source, {
-      verify: false,
-      ...(options.openVolume ? { openVolume: options.openVolume } : {}),
-      onProgress: (p) => options.onProgress?.(p.phase, p.doneBytes, p.totalBytes),
-    });
+    const imported = target
+      ? await target.importFile(spoolPath)
+      : await importStream(targetPath, source, {
+          verify: false,
+          ...(options.openVolume ? { openVolume: options.openVolume } : {}),
+          onProgress: (p) => options.onProgress?.(p.phase, p.doneBytes, p.totalBytes),
+        });
     const result: RestoreResult = {
       volume: targetPath,
       snapshot: snapshotName,
@@ -99,7 +121,7 @@ export async function restoreFromRepository(repo: Repository, volumeUuid: string
       seconds: 0,
     };
     if (options.verify === true) {
-      await verifyIds(repo, manifest, targetPath, options.onProgress);
+      await verifyIds(repo, manifest, targetPath, target, options.onProgress);
       result.verified = true;
     }
     result.seconds = (Date.now() - started) / 1000;
@@ -110,8 +132,8 @@ export async function restoreFromRepository(repo: Repository, volumeUuid: string
   }
 }
 
-/** The newest ancestor of `manifest` whose identity a snapshot of the target has. @throws BASE_MISMATCH · VOLUME_NOT_FOUND */
-async function findBase(repo: Repository, manifest: Manifest, targetPath: string, open?: (path: string) => Promise<Volume>): Promise<{ key: string; manifest: Manifest }> {
+/** The identities of the snapshots of the volume at `targetPath`, opened here. @throws VOLUME_NOT_FOUND, what the open throws */
+async function identitiesOf(targetPath: string, open?: (path: string) => Promise<Volume>): Promise<SnapshotIdentity[]> {
   const volume = open ? await open(targetPath) : await Volume.openForReading(targetPath);
   const held: SnapshotIdentity[] = [];
   try {
@@ -119,6 +141,12 @@ async function findBase(repo: Repository, manifest: Manifest, targetPath: string
   } finally {
     await volume.close();
   }
+  return held;
+}
+
+/** The newest ancestor of `manifest` whose identity a snapshot of the target has. @throws BASE_MISMATCH · VOLUME_NOT_FOUND */
+async function findBase(repo: Repository, manifest: Manifest, targetPath: string, identities: () => Promise<SnapshotIdentity[]>): Promise<{ key: string; manifest: Manifest }> {
+  const held = await identities();
   let key = manifest.parent;
   for (let hops = 0; key !== null && hops < MAX_PARENT_HOPS; hops++) {
     const ancestor = await repo.getManifest(key);
@@ -198,8 +226,8 @@ async function spool(
 }
 
 /** Reads the restored snapshot back chunk by chunk and compares each chunk's id with the manifest's (absent: all zeros). @throws VERIFY_FAILED */
-async function verifyIds(repo: Repository, manifest: Manifest, targetPath: string, progress: RestoreOptions['onProgress']): Promise<void> {
-  const volume = await Volume.openForReading(targetPath);
+async function verifyIds(repo: Repository, manifest: Manifest, targetPath: string, target: RestoreTarget | undefined, progress: RestoreOptions['onProgress']): Promise<void> {
+  const volume = target ?? (await Volume.openForReading(targetPath));
   try {
     const { sizeBytes, chunkSizeBytes } = manifest;
     for (let offsetBytes = 0; offsetBytes < sizeBytes; offsetBytes += chunkSizeBytes) {

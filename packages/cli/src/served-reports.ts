@@ -1,8 +1,10 @@
-import { assert } from '@cowvol/base';
-import type { PushSource } from '@cowvol/backup';
-import type { DiffExtent, DiffResult, ExportSource, SnapshotIdentity, SnapshotInfo, VolumeInfo } from '@cowvol/cow-core';
+import { assert, type CowvolError } from '@cowvol/base';
+import type { NbdClient } from '@cowvol/nbd';
+import { realpath } from 'node:fs/promises';
+import type { PushSource, RestoreTarget } from '@cowvol/backup';
+import type { DiffExtent, DiffResult, ExportSource, ImportResult, SnapshotIdentity, SnapshotInfo, VolumeInfo } from '@cowvol/cow-core';
 import { askServer } from './served.js';
-import type { VolumeData } from './served-nbd.js';
+import { servedNbd, snapshotExportName, type VolumeData } from './served-nbd.js';
 
 /** Most `snapshot.diff` pages one diff asks for (with MAX_DIFF_PAGE_EXTENTS of @cowvol/nbd: 2^31 extents, more than a volume of 2^32 blocks holds apart). */
 const MAX_DIFF_PAGES = 65536;
@@ -83,5 +85,41 @@ export async function servedPushSource(volumePath: string, name: string, data: P
   return {
     ...source,
     info: async () => ({ ...((await askServer(volumePath, 'info')) as { info: VolumeInfo }).info, path: volumePath }),
+  };
+}
+
+/**
+ * The RestoreTarget of a served volume (`backup restore --into`, docs/ARCHITECTURE.md
+ * §14.10): the identities of its snapshots from `snapshot.list` and `snapshot.info`,
+ * the spooled stream applied by the server (`volume.import`, as `cowvol import`
+ * does: EXPORT_IN_USE while a client holds `live`), and the read-back of
+ * `--verify` through the NBD export `snapshot/<name>`, one connection for all of it.
+ * @param busy the VOLUME_BUSY to throw when the server has no plain unix endpoint for the read-back
+ * @throws what the control requests throw (BASE_MISMATCH, EXPORT_IN_USE, …)
+ */
+export function servedRestoreTarget(volumePath: string, busy: CowvolError): RestoreTarget {
+  let client: NbdClient | undefined;
+  let attached: string | undefined;
+  return {
+    heldIdentities: async () => {
+      const { snapshots } = (await askServer(volumePath, 'snapshot.list')) as { snapshots: SnapshotInfo[] };
+      const held: SnapshotIdentity[] = [];
+      for (const s of snapshots) held.push(((await askServer(volumePath, 'snapshot.info', { name: s.name })) as { identity: SnapshotIdentity }).identity);
+      return held;
+    },
+    importFile: async (streamPath) => {
+      const params = { streamPath: await realpath(streamPath), resume: false, verify: false, dryRun: false };
+      return { ...((await askServer(volumePath, 'volume.import', params)) as ImportResult), volume: volumePath };
+    },
+    readSnapshot: async (name, offsetBytes, lengthBytes) => {
+      assert(attached === undefined || attached === name, `a served restore reads back only ${String(attached)}, not ${name}`);
+      attached = name;
+      client ??= await servedNbd(volumePath, snapshotExportName(name), busy);
+      return client.read(offsetBytes, lengthBytes);
+    },
+    close: async () => {
+      await client?.close();
+      client = undefined;
+    },
   };
 }

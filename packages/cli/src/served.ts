@@ -30,6 +30,7 @@ export const SERVED_COMMANDS = [
   'import',
   'accept-changes',
   'backup push',
+  'backup restore --into',
 ] as const;
 
 /**

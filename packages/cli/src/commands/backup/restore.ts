@@ -4,6 +4,8 @@ import { CowvolCommand } from '../../base-command.js';
 import { loadBackup, repositoryFlags, splitSnapshotUrl, withRepository } from '../../backup-repo.js';
 import { human } from '../../format.js';
 import { createProgress, progressFlag } from '../../progress.js';
+import { isServed, servedPid, VolumeServedError } from '../../served.js';
+import { servedRestoreTarget } from '../../served-reports.js';
 
 export default class BackupRestore extends CowvolCommand {
   static override summary = 'Restore a snapshot from a backup repository into a new volume, or --into an existing one as a new snapshot';
@@ -32,12 +34,19 @@ export default class BackupRestore extends CowvolCommand {
     const { repositoryUrl, volumeUuid, snapshotName } = splitSnapshotUrl(args.snapshot);
     const { restoreFromRepository } = await loadBackup();
     const progress = createProgress(flags.progress, 'backup restore');
+    // --into a served volume: the server applies the spooled stream, as `cowvol import` on it (docs/ARCHITECTURE.md §14.10).
+    const pid = flags.into && (await isServed(args.volume)) ? await servedPid(args.volume) : undefined;
+    const target =
+      pid === undefined
+        ? undefined
+        : servedRestoreTarget(args.volume, new VolumeServedError(args.volume, pid, { note: 'its server serves no plain unix socket to read the restored snapshot back through' }));
     const result = await withRepository(repositoryUrl, flags, (repo) =>
       restoreFromRepository(repo, volumeUuid, snapshotName, args.volume, {
         into: flags.into,
         verify: flags.verify,
         jobs: flags.jobs,
         openVolume: (p) => this.openVolume(p),
+        ...(target ? { target } : {}),
         onProgress: (phase, done, total) => progress.update(done, total, phase),
       }),
     ).finally(() => progress.stop());
