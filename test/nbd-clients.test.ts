@@ -78,11 +78,11 @@ describe.skipIf(missing)(`cowvol serve with real NBD clients${skipReason}`, () =
     await cleanup?.();
   });
 
-  it('prints the NBD URI of a 0600 socket in the sidecar; other commands get VOLUME_BUSY', async () => {
+  it('prints the NBD URI of a 0600 socket in the sidecar; a command not routed to the server (a second serve) gets VOLUME_BUSY', async () => {
     expect(uri).toBe(`nbd+unix:///?socket=${vol}.cowvol/nbd.sock`);
     const mode = spawnSync('stat', ['-c', '%a', socket]).stdout.toString().trim();
     expect(mode).toBe('600');
-    const busy = await cowvol(['accept-changes', vol]);
+    const busy = await cowvol(['serve', vol]);
     expect(busy.code).toBe(5);
     expect(busy.stderr).toContain('VOLUME_BUSY');
   });
