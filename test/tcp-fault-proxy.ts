@@ -106,7 +106,9 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     const chunkRandom = mulberry32(Math.floor(random() * 2 ** 32));
     const forwarded = { up: 0, down: 0 };
     const pipe = (from: Socket, to: Socket, direction: Direction): void => {
-      from.on('data', (chunk: Buffer) => {
+      // Every chunk, delayed or not, and the end go through one chain per direction, so a delay never reorders the bytes.
+      let tail: Promise<void> = Promise.resolve();
+      const forward = (chunk: Buffer): void => {
         if (cut) return;
         const cutHere = faulting && doomed && direction === cutDirection && forwarded[direction] + chunk.length > cutAtBytes;
         if (cutHere) {
@@ -120,26 +122,32 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
           setImmediate(kill);
           return;
         }
-        const send = (): void => {
-          forwarded[direction] += chunk.length;
-          if (direction === 'up') stats.bytesUp += chunk.length;
-          else stats.bytesDown += chunk.length;
-          to.write(chunk);
-        };
-        if (faulting && direction === 'down' && chunkRandom() < delayProbability) {
+        if (to.destroyed) return;
+        forwarded[direction] += chunk.length;
+        if (direction === 'up') stats.bytesUp += chunk.length;
+        else stats.bytesDown += chunk.length;
+        to.write(chunk);
+      };
+      from.on('data', (chunk: Buffer) => {
+        if (cut) return;
+        const delayMs = faulting && direction === 'down' && chunkRandom() < delayProbability ? Math.floor(chunkRandom() * maxDelayMs) : -1;
+        if (delayMs >= 0) {
           stats.delays++;
-          from.pause();
-          setTimeout(
-            () => {
-              if (cut || to.destroyed) return;
-              send();
-              from.resume();
-            },
-            Math.floor(chunkRandom() * maxDelayMs),
-          );
-        } else send();
+          from.pause(); // bounds what waits in the chain; chunks already on their way still queue behind this one
+        }
+        tail = tail.then(async () => {
+          if (delayMs >= 0) {
+            await new Promise((resolve) => setTimeout(resolve, delayMs));
+            from.resume();
+          }
+          forward(chunk);
+        });
       });
-      from.on('end', () => to.end());
+      from.on('end', () => {
+        tail = tail.then(() => {
+          to.end();
+        });
+      });
     };
     pipe(client, server, 'up');
     pipe(server, client, 'down');
