@@ -47,6 +47,21 @@ export function blockDeviceSuite(name: string, makeDevice: MakeDevice, options: 
 }
 
 /** Reads, writes, sizes and truncation. */
+/** The bytes `[offsetBytes, offsetBytes + lengthBytes)` of `content`, zeros past its end. */
+function expectedRange(content: Buffer, offsetBytes: number, lengthBytes: number): Buffer {
+  const want = Buffer.alloc(lengthBytes);
+  content.copy(want, 0, Math.min(offsetBytes, content.length), Math.min(offsetBytes + lengthBytes, content.length));
+  return want;
+}
+
+/** Runs `read` into a target with 10 guard bytes on each side: it must fill the target with `want` and touch no guard byte. */
+async function expectGuardedRead(want: Buffer, label: string, read: (into: Buffer) => void | Promise<void>): Promise<void> {
+  const into = Buffer.alloc(want.length + 20, 0xff);
+  await read(into.subarray(10, 10 + want.length));
+  expect(into.subarray(10, 10 + want.length).equals(want), label).toBe(true);
+  expect(into.subarray(0, 10).equals(Buffer.alloc(10, 0xff)) && into.subarray(10 + want.length).equals(Buffer.alloc(10, 0xff)), `${label}: nothing outside the target is touched`).toBe(true);
+}
+
 function readWriteTests(makeDevice: MakeDevice): void {
   it('read and readInto agree: the bytes, zeros past the end, nothing outside the target touched', async () => {
     const content = pattern(10_000);
@@ -59,12 +74,8 @@ function readWriteTests(makeDevice: MakeDevice): void {
       [9_999, 1],
       [0, 0],
     ] as const) {
-      const want = Buffer.alloc(lengthBytes);
-      content.copy(want, 0, Math.min(offsetBytes, content.length), Math.min(offsetBytes + lengthBytes, content.length));
-      const into = Buffer.alloc(lengthBytes + 20, 0xff);
-      await dev.readInto(offsetBytes, into.subarray(10, 10 + lengthBytes));
-      expect(into.subarray(10, 10 + lengthBytes).equals(want), `readInto ${offsetBytes}+${lengthBytes}`).toBe(true);
-      expect(into.subarray(0, 10).equals(Buffer.alloc(10, 0xff)) && into.subarray(10 + lengthBytes).equals(Buffer.alloc(10, 0xff)), 'nothing outside the target is touched').toBe(true);
+      const want = expectedRange(content, offsetBytes, lengthBytes);
+      await expectGuardedRead(want, `readInto ${offsetBytes}+${lengthBytes}`, (into) => dev.readInto(offsetBytes, into));
       expect((await dev.read(offsetBytes, lengthBytes)).equals(want), `read ${offsetBytes}+${lengthBytes}`).toBe(true);
     }
     await dev.close();
@@ -87,12 +98,10 @@ function readWriteTests(makeDevice: MakeDevice): void {
       [12_000, 100],
       [0, 0],
     ] as const) {
-      const want = Buffer.alloc(lengthBytes);
-      now.copy(want, 0, Math.min(offsetBytes, now.length), Math.min(offsetBytes + lengthBytes, now.length));
-      const into = Buffer.alloc(lengthBytes + 20, 0xff);
-      dev.readIntoSync(offsetBytes, into.subarray(10, 10 + lengthBytes));
-      expect(into.subarray(10, 10 + lengthBytes).equals(want), `readIntoSync ${offsetBytes}+${lengthBytes}`).toBe(true);
-      expect(into.subarray(0, 10).equals(Buffer.alloc(10, 0xff)) && into.subarray(10 + lengthBytes).equals(Buffer.alloc(10, 0xff)), 'nothing outside the target is touched').toBe(true);
+      const readSync = dev.readIntoSync.bind(dev);
+      await expectGuardedRead(expectedRange(now, offsetBytes, lengthBytes), `readIntoSync ${offsetBytes}+${lengthBytes}`, (into) => {
+        readSync(offsetBytes, into);
+      });
     }
     await dev.close();
     expect(() => dev.readIntoSync?.(0, Buffer.alloc(10))).toThrow(expect.objectContaining({ code: 'IO_ERROR' }) as Error);
