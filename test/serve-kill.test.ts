@@ -8,9 +8,12 @@
  * a restart every write acknowledged with FUA or before a FLUSH reply is
  * present, every snapshot reads back what it held, and `cowvol check`
  * exits 0 or 3. Rounds: COWVOL_SERVE_KILL_ROUNDS (default 8); seed:
- * COWVOL_SERVE_KILL_SEED (printed).
+ * COWVOL_SERVE_KILL_SEED (printed). COWVOL_SERVE_KILL_KEEP=<dir> keeps a
+ * copy of the volume as the kill left it (before the restart replays its
+ * journal) and the failing block's history, for the round that fails.
  */
 import { spawn } from 'node:child_process';
+import { cp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -31,6 +34,7 @@ const BLOCK_BYTES = 4096;
 const REGION_BLOCKS = 512;
 const QUEUE_DEPTH = 16;
 const FLUSH_EVERY_WRITES = 32;
+const KEEP_DIR = process.env.COWVOL_SERVE_KILL_KEEP;
 
 /** mulberry32: a small seeded generator. */
 function generator(seed: number): () => number {
@@ -180,19 +184,31 @@ afterAll(() => cleanup());
 
 interface SnapshotExpectation {
   name: string;
+  /** ackClock when the create started; the next sequence number when it returned (Infinity: it failed). */
+  startClock: number;
+  endSeq: number;
   allowed: Array<Set<number>>;
   /** The create returned: the snapshot must exist. */
   confirmed: boolean;
+  /**
+   * The create returned after the kill: the CLI may have found the server
+   * gone and taken the snapshot offline, after crash recovery — then it
+   * holds what the live volume holds after the crash (docs/ARCHITECTURE.md
+   * §14.8, "Served or offline is decided per command").
+   */
+  overlapsKill: boolean;
 }
 
-/** Snapshots over the control channel, one after another, until `stop.done`. */
-async function snapshotter(vol: string, round: number, model: Model, stop: { done: boolean }, out: SnapshotExpectation[]): Promise<void> {
-  for (let k = 0; k < 2 && !stop.done; k++) {
+/** Snapshots over the control channel, one after another; none is started once the kill is issued. */
+async function snapshotter(vol: string, round: number, model: Model, stop: { killed: boolean }, out: SnapshotExpectation[]): Promise<void> {
+  for (let k = 0; k < 2; k++) {
     await sleep(150);
+    if (stop.killed) return;
     const name = `r${round}-${k}`;
     const startClock = model.ackClock;
     const r = await cowvol(['snapshot', 'create', vol, name]);
-    const expectation = { name, allowed: model.allowedSnapshot(startClock, r.code === 0 ? model.nextSeq : Infinity), confirmed: r.code === 0 };
+    const endSeq = r.code === 0 ? model.nextSeq : Infinity;
+    const expectation = { name, startClock, endSeq, allowed: model.allowedSnapshot(startClock, endSeq), confirmed: r.code === 0, overlapsKill: stop.killed };
     out.push(expectation);
     if (r.code !== 0) return;
   }
@@ -205,26 +221,31 @@ async function killRound(vol: string, round: number, random: () => number, model
     ['--name=load', '--ioengine=nbd', `--uri=nbd+unix:///?socket=${server.socket}`, '--rw=randrw', '--bs=4k', '--iodepth=32', '--offset=4m', '--size=12m', '--time_based', '--runtime=60'],
     { stdio: 'ignore' },
   );
-  const stop = { done: false };
+  const stop = { killed: false };
   const pending: SnapshotExpectation[] = [];
   const writing = acknowledgingClient(server.socket, model, random);
   const snapshotting = snapshotter(vol, round, model, stop, pending);
   await sleep(300 + Math.floor(random() * 1700));
+  stop.killed = true;
   server.child.kill('SIGKILL');
   await server.exited;
-  stop.done = true;
   const written = await writing;
   await snapshotting;
   fio.kill('SIGKILL');
   console.log(`round ${round}: ${written} writes issued, ${model.ackClock} replies, ${pending.length} snapshot creates`);
+  const kept = await keepKilled(vol, round);
 
   const again = await startServe(vol);
   const observed = await readRegion(again.socket, '');
-  observed.forEach((seq, block) => {
-    const allowed = model.allowedLive(block);
-    expect(allowed, `seed ${SEED} round ${round} block ${block}: read seq ${seq}, allowed ${allowed.join(',')}`).toContain(seq);
-  });
+  const history = { round, observedLive: observed, writes: model.writes, durable: [...model.durable], base: [...model.base], snapshots: [...snapshots, ...pending] };
+  await onFailure(kept, history, () =>
+    observed.forEach((seq, block) => {
+      const allowed = model.allowedLive(block);
+      expect(allowed, `seed ${SEED} round ${round} block ${block}: read seq ${seq}, allowed ${allowed.join(',')}`).toContain(seq);
+    }),
+  );
   model.rebase(observed);
+  for (const s of pending) if (s.overlapsKill) s.allowed.forEach((set, block) => set.add(observed[block]!));
   for (const s of pending) {
     const present = await readRegion(again.socket, `snapshot/${s.name}`).then(
       () => true,
@@ -235,11 +256,44 @@ async function killRound(vol: string, round: number, random: () => number, model
   }
   for (const s of snapshots) {
     const seqs = await readRegion(again.socket, `snapshot/${s.name}`);
-    seqs.forEach((seq, block) => expect([...s.allowed[block]!], `seed ${SEED} round ${round} snapshot ${s.name} block ${block}`).toContain(seq));
+    await onFailure(kept, history, () =>
+      seqs.forEach((seq, block) =>
+        expect(
+          [...s.allowed[block]!],
+          `seed ${SEED} round ${round} snapshot ${s.name} (started at ack ${s.startClock}, returned before seq ${s.endSeq}) block ${block}, live read ${observed[block]}`,
+        ).toContain(seq),
+      ),
+    );
   }
+  if (kept) await rm(kept, { recursive: true, force: true });
   again.child.kill('SIGTERM');
   expect(await again.exited).toBe(0);
   expect([0, 3]).toContain((await cowvol(['check', vol])).code);
+}
+
+/** With COWVOL_SERVE_KILL_KEEP: a copy of the volume and its sidecar as the kill left them. */
+async function keepKilled(vol: string, round: number): Promise<string | undefined> {
+  if (!KEEP_DIR) return undefined;
+  const to = join(KEEP_DIR, `seed-${SEED}-round-${round}`);
+  await mkdir(to, { recursive: true });
+  await cp(vol, join(to, 'vol.img'));
+  // The sockets a killed server leaves behind cannot be copied (and need not be).
+  await cp(`${vol}.cowvol`, join(to, 'vol.img.cowvol'), { recursive: true, filter: (from) => !from.endsWith('.sock') });
+  return to;
+}
+
+/** Runs the checks in `check`; when one fails and a copy was kept, writes the round's history next to it first. */
+async function onFailure(kept: string | undefined, history: object, check: () => void): Promise<void> {
+  try {
+    check();
+  } catch (err) {
+    if (kept) {
+      const replacer = (_key: string, v: unknown): unknown => (v instanceof Set ? [...(v as Set<number>)] : v === Infinity ? 'Infinity' : v);
+      await writeFile(join(kept, 'history.json'), JSON.stringify(history, replacer));
+      console.log(`serve-kill: the killed volume and its history are kept in ${kept}`);
+    }
+    throw err;
+  }
 }
 
 describe.skipIf(missing)(`cowvol serve: SIGKILL during writes, ${ROUNDS} rounds${skipReason}`, () => {
