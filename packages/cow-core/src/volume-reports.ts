@@ -1,4 +1,5 @@
-import { SnapshotNotFoundError } from './errors.js';
+import { assert } from '@cowvol/base';
+import { SnapshotNotFoundError, VolumeClosedError } from './errors.js';
 import type { SnapshotRecord } from './metadata.js';
 import { checkVolume, type CheckReport } from './check.js';
 import { checkStoreInto } from './check-data.js';
@@ -78,6 +79,33 @@ export async function checkFrozen(ctx: VolumeContext, options: CheckOptions): Pr
     for (const e of report.leaks) ctx.allocator.free(e);
     report.repairedBlocks = report.leakedBlocks;
     report.status = 'clean';
+  }
+  return report;
+}
+
+/**
+ * `Volume.check({ readData })` without `repair`, data=ordered
+ * (docs/ARCHITECTURE.md §8.3, "Beside I/O"): the metadata check runs
+ * frozen, as {@link checkFrozen}; the read of every mapped store block —
+ * minutes on a large store — runs after the thaw, beside reads, writes
+ * and snapshot creates. The caller holds the delete lock, so no store
+ * block is freed or handed over meanwhile: a mapping the scan finds keeps
+ * its store block and its bytes (a copy is written once, before its
+ * mapping commits, straight to the store file in this data mode). New
+ * COWs may add mappings; the scan reads LevelDB as of its start.
+ * @throws IO_ERROR, JOURNAL_ABORTED; VOLUME_CLOSED when the volume closes before or during the data read
+ */
+export async function checkDataBesideIo(ctx: VolumeContext, options: CheckOptions): Promise<CheckReport> {
+  assert(!ctx.journaled && options.repair !== true, 'the data read runs beside I/O only in data=ordered mode, without repair');
+  const report = await ctx.frozen(() => checkFrozen(ctx, { ...options, readData: false }));
+  ctx.status.checkUsable();
+  const { db, meta, store } = ctx.parts;
+  try {
+    await checkStoreInto(report, db, meta, store, options.onProgress);
+  } catch (err) {
+    // A close meanwhile ends the scan (its LevelDB iterator, its store reads): say so, not how it broke.
+    if (ctx.status.state === 'closing' || ctx.status.state === 'closed') throw new VolumeClosedError();
+    throw err;
   }
   return report;
 }

@@ -40,7 +40,7 @@ import {
   type SelectedDeleteResult,
 } from './snapshot-policy.js';
 import { upgradeSpaceCounters } from './space-accounting.js';
-import { checkConsistencyFrozen, checkFrozen, diffOf, namedMaps, spaceUsageOf, volumeInfo, type CheckOptions } from './volume-reports.js';
+import { checkConsistencyFrozen, checkDataBesideIo, checkFrozen, diffOf, namedMaps, spaceUsageOf, volumeInfo, type CheckOptions } from './volume-reports.js';
 import type { ConsistencyReport, CreateSnapshotOptions, CreateVolumeOptions, DeleteResult, MultiDeleteResult, OpenVolumeOptions, SnapshotInfo, VolumeInfo, VolumeStats } from './volume-types.js';
 
 export type {
@@ -298,10 +298,13 @@ export class Volume {
    * Checks the persisted metadata like `qemu-img check`, frozen
    * (docs/ARCHITECTURE.md §8.1): leaks told apart from corruption; `repair`
    * frees leaks in one transaction; `readData` also reads every mapped
-   * store block against its CRC32C (check-data.ts).
+   * store block against its CRC32C (check-data.ts) — in data=ordered mode
+   * without `repair`, after the thaw and beside I/O, deletes waiting for it
+   * (§8.3, "Beside I/O").
    * @throws IO_ERROR (a store read of `readData` fails)
    */
   async check(options: CheckOptions = {}): Promise<CheckReport> {
+    if (options.readData === true && options.repair !== true && !this.ctx.journaled) return this.ctx.deleteLock.runExclusive(() => checkDataBesideIo(this.ctx, options));
     return this.ctx.frozen(() => checkFrozen(this.ctx, options));
   }
 

@@ -1,0 +1,110 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Volume } from '../src/index.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { GateOpener } from './gate-device.js';
+
+/**
+ * `check --read-data` beside I/O (docs/ARCHITECTURE.md §8.3, "Beside I/O"):
+ * in data=ordered mode without `repair`, only the metadata check is frozen;
+ * while the store is read, writes (with their COWs) and snapshot creates go
+ * on and deletes wait. A store read of the check is held at the device seam
+ * so the test sees the data phase in progress.
+ */
+const BS = 4096;
+const BLOCKS = 16;
+let dir: string;
+let path: string;
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'cowvol-check-io-'));
+  path = join(dir, 'vol.img');
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** A volume whose snapshot `s` owns blocks 0..7 and whose newest snapshot `t` owns none; opened through gates. */
+async function setup(dataMode: 'ordered' | 'journal'): Promise<{ v: Volume; gates: GateOpener }> {
+  const v0 = await Volume.create(path, { sizeBytes: BLOCKS * BS, dataMode });
+  await v0.write(0, Buffer.alloc(BLOCKS * BS, 0x11));
+  await v0.createSnapshot('s');
+  await v0.write(0, Buffer.alloc(8 * BS, 0x22));
+  await v0.createSnapshot('t');
+  await v0.close();
+  const gates = new GateOpener();
+  return { v: await Volume.open(path, { opener: gates }), gates };
+}
+
+/**
+ * Whether `p` settles within `ms` of real time: the operations here do real
+ * file I/O (a COW copies, a create syncs and commits), so a few event-loop
+ * turns are not enough to tell "blocked" from "busy". A liveness bound, not
+ * a speed assertion: the bound is two orders of magnitude above the work.
+ */
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  const state = { settled: false };
+  p.then(
+    () => (state.settled = true),
+    () => (state.settled = true),
+  );
+  for (let waited = 0; !state.settled && waited < ms; waited += 10) await sleep(10);
+  return state.settled;
+}
+
+const storeRead = (e: { file: string; op: string }): boolean => e.file === 'store' && e.op === 'read';
+
+describe('check --read-data beside I/O', () => {
+  it('data=ordered: writes that COW and snapshot creates complete while the store is read; a delete waits for the check; the report is clean', async () => {
+    const { v, gates } = await setup('ordered');
+    try {
+      const held = gates.hold(storeRead);
+      const checking = v.check({ readData: true });
+      await held.reached;
+      const write = v.write(8 * BS, Buffer.alloc(BS, 0x33)); // block 8's first write after t: a COW into t
+      expect(await settlesWithin(write, 10_000), 'a write must not wait for the data read').toBe(true);
+      await write;
+      const create = v.createSnapshot('u');
+      expect(await settlesWithin(create, 10_000), 'a snapshot create must not wait for the data read').toBe(true);
+      await create;
+      const deleting = v.deleteSnapshot('s');
+      expect(await settlesWithin(deleting, 300), 'a delete must wait: it frees or hands over store blocks the check reads').toBe(false);
+      held.release();
+      const report = await checking;
+      expect(report.status).toBe('clean');
+      expect(report.dataChecked).toBe(true);
+      expect(report.damagedBlocks).toBe(0);
+      await deleting;
+      expect((await v.readSnapshot('t', 8 * BS, BS)).equals(Buffer.alloc(BS, 0x11)), 't kept block 8 as it was').toBe(true);
+      expect((await v.check({ readData: true })).status).toBe('clean');
+    } finally {
+      await v.close();
+    }
+  });
+
+  it('with repair, and in data=journal mode, the whole check stays frozen: a write waits for it', async () => {
+    for (const [mode, options] of [
+      ['ordered', { readData: true, repair: true }],
+      ['journal', { readData: true }],
+    ] as const) {
+      await rm(dir, { recursive: true, force: true });
+      dir = await mkdtemp(join(tmpdir(), 'cowvol-check-io-'));
+      path = join(dir, 'vol.img');
+      const { v, gates } = await setup(mode);
+      try {
+        const held = gates.hold(storeRead);
+        const checking = v.check(options);
+        await held.reached;
+        const write = v.write(8 * BS, Buffer.alloc(BS, 0x33));
+        expect(await settlesWithin(write, 300), `${mode} ${JSON.stringify(options)}: the write waits for the frozen check`).toBe(false);
+        held.release();
+        expect((await checking).status).toBe('clean');
+        await write;
+      } finally {
+        await v.close();
+      }
+    }
+  });
+});
