@@ -38,9 +38,7 @@ const out = (line = '') => process.stdout.write(`${line}\n`);
 async function makeVolume(name, count) {
   const path = join(work, name);
   const v = await Volume.create(path, { sizeBytes: 256 * BS, blockSizeBytes: BS });
-  let createMs = 0;
-  let rssBytes = 0;
-  let firstReadMs = 0;
+  const cost = { perCreateMs: 0, rssBytes: 0, firstReadMs: 0 };
   try {
     await v.write(0, Buffer.alloc(BS, 1));
     const t0 = now();
@@ -49,16 +47,16 @@ async function makeVolume(name, count) {
       if (i === 0) await v.write(0, Buffer.alloc(BS, 2));
       if (i % 8192 === 8191) log(`${name}: ${i + 1} snapshots, ${((now() - t0) / (i + 1)).toFixed(2)} ms per create`);
     }
-    createMs = now() - t0;
+    cost.perCreateMs = (now() - t0) / count;
     globalThis.gc?.();
-    rssBytes = process.memoryUsage().rss;
+    cost.rssBytes = process.memoryUsage().rss;
     const t1 = now();
     await v.readSnapshot('s0', 0, BS);
-    firstReadMs = now() - t1;
+    cost.firstReadMs = now() - t1;
   } finally {
     await v.close();
   }
-  return { path, perCreateMs: createMs / count, rssBytes, firstReadMs };
+  return { path, ...cost };
 }
 
 /** Wall ms of one `cowvol <args>` run; fails loudly if it does. */
@@ -114,7 +112,9 @@ for (const [where, r] of [
   ['offline', offline],
   ['served', servedOne],
 ]) {
-  out(`| \`snapshot create\` | ${where} | ${r.createOne.toFixed(0)} | ${r.createFull.toFixed(0)} | ${(r.createFull / r.createOne).toFixed(2)}× (target ≤ 1.2×: ${r.createFull / r.createOne <= 1.2 ? 'PASS' : 'MISS'}) |`);
+  out(
+    `| \`snapshot create\` | ${where} | ${r.createOne.toFixed(0)} | ${r.createFull.toFixed(0)} | ${(r.createFull / r.createOne).toFixed(2)}× (target ≤ 1.2×: ${r.createFull / r.createOne <= 1.2 ? 'PASS' : 'MISS'}) |`,
+  );
   out(`| \`snapshot list --json\` | ${where} | ${r.listOne.toFixed(0)} | ${r.listFull.toFixed(0)} | ${(r.listFull / r.listOne).toFixed(2)}× |`);
 }
 await rm(work, { recursive: true, force: true });

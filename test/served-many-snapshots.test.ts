@@ -19,6 +19,7 @@ import { cowvol, cowvolOk, jsonOf, tempDir } from './helpers.js';
 import { startServe } from './nbd-peers.js';
 
 const COUNT = Number(process.env.COWVOL_MANY_SNAPSHOTS ?? 420);
+const BS = 65536;
 let dir: string;
 let cleanup: () => Promise<void>;
 
@@ -45,11 +46,12 @@ interface Page {
 describe('served snapshot list of many pages', () => {
   it(`lists ${COUNT} labelled snapshots in pages, as offline`, async () => {
     const vol = join(dir, 'v.img');
-    const v = await Volume.create(vol, { sizeBytes: 64 * 4096 });
+    // 64 KiB blocks: a journal record must fit one journal block, and the longest labels take about 14 KiB.
+    const v = await Volume.create(vol, { sizeBytes: 64 * BS, blockSizeBytes: BS });
     try {
       for (let i = 0; i < COUNT; i++) {
         await v.createSnapshot(`snap-${i}`, i % 5 === 4 ? {} : { labels: longestLabels(i) });
-        if (i % 50 === 0) await v.write((i % 64) * 4096, Buffer.alloc(4096, i % 251));
+        if (i % 50 === 0) await v.write((i % 64) * BS, Buffer.alloc(BS, i % 251));
       }
       await v.deleteSnapshots(['snap-0', 'snap-17', `snap-${COUNT - 1}`]);
     } finally {
@@ -89,7 +91,7 @@ describe('served snapshot list of many pages', () => {
       expect(ids).toEqual(all);
 
       const small: number[] = [];
-      for (let after: number | null = 0; after !== null; ) {
+      for (let after: number | null = 0; after !== null;) {
         const page = (await controlRequest(vol, 'snapshot.list', { afterId: after, maxSnapshots: 7 })) as Page;
         expect(page.snapshots.length).toBeLessThanOrEqual(7);
         for (const snap of page.snapshots) small.push(snap.id);
