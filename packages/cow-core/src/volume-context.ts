@@ -191,6 +191,14 @@ export class VolumeContext {
   async mapOf(id: number): Promise<SnapshotMap> {
     const map = this.maps.get(id);
     if (map) return map;
+    // A snapshot that owns no block has an empty map (checkConsistency: map size = ownedBlocks): no LevelDB
+    // scan. Reading the oldest of 65,536 snapshots loads every newer map; most are empty (docs/PERFORMANCE.md "Many snapshots").
+    const rec = this.catalog[this.catalogIndexOf(id)];
+    if (rec?.id === id && rec.ownedBlocks === 0 && !this.mapLoads.has(id)) {
+      const empty = new SnapshotMap(id);
+      this.maps.set(id, empty);
+      return empty;
+    }
     let load = this.mapLoads.get(id);
     if (!load) {
       load = SnapshotMap.load(this.parts.db, id).then(
