@@ -75,7 +75,10 @@ export async function servedSnapshotList(volumePath: string, first?: ListPageJso
     if (after === null) break;
     assert(n < MAX_LIST_PAGES && page.snapshots.length > 0, 'a snapshot list ends within MAX_SNAPSHOTS pages');
     page = (await askServer(volumePath, 'snapshot.list', { afterId: after })) as ListPageJson;
-    assert(page.snapshots.every((s) => s.id > after), 'a list page moves forward');
+    assert(
+      page.snapshots.every((s) => s.id > after),
+      'a list page moves forward',
+    );
   }
   return { snapshots, space: { ...space, snapshots: rows } };
 }
