@@ -2,7 +2,9 @@
 // `pnpm bench [--quick] [...]`: the engine benchmark (bench/run.mjs), the
 // journal benchmark (bench/journal.mjs), the copy-on-write floor
 // (bench/cow-floor.mjs), the NBD benchmark (bench/nbd.mjs), the metadata
-// commands against mapped blocks (bench/metadata-commands.mjs), the backup
+// commands against mapped blocks (bench/metadata-commands.mjs), the CLI's
+// snapshot create and list at 1 snapshot and at the limit
+// (bench/many-snapshots.mjs), the backup
 // benchmark against restic (bench/backup.mjs) and the snapshot-create pause
 // under load (bench/serve-pause.mjs), one after the
 // other (run.mjs gets every argument, the others only --quick). Exits
@@ -19,6 +21,7 @@ const argsOf = {
   'cow-floor.mjs': quick ? ['--mib', '64', '--reps', '1'] : [],
   'nbd.mjs': quick ? ['--quick'] : [],
   'metadata-commands.mjs': quick ? ['--blocks', '4096', '--reps', '3'] : [],
+  'many-snapshots.mjs': quick ? ['--snapshots', '2048', '--reps', '2'] : [],
   'backup.mjs': quick ? ['--quick'] : [],
   'serve-pause.mjs': quick ? ['--quick'] : [],
 };

@@ -40,7 +40,7 @@ export function exportData(client: NbdClient): VolumeData {
  * @throws NOT_SERVED when no server answers; the server's error
  */
 export async function servedSocketPath(volumePath: string): Promise<string | undefined> {
-  const status = await askServer(volumePath, 'status');
+  const status = await askServer(volumePath, 'status', { exports: false });
   const endpoints = typeof status === 'object' && status !== null && 'endpoints' in status && Array.isArray(status.endpoints) ? (status.endpoints as unknown[]) : [];
   for (const uri of endpoints) {
     if (typeof uri !== 'string' || !uri.startsWith('nbd+unix:')) continue;

@@ -2,7 +2,7 @@ import { assert, type CowvolError } from '@cowvol/base';
 import type { NbdClient } from '@cowvol/nbd';
 import { realpath } from 'node:fs/promises';
 import type { PushSource, RestoreTarget } from '@cowvol/backup';
-import type { DiffExtent, DiffResult, ExportSource, ImportResult, SnapshotIdentity, SnapshotInfo, VolumeInfo } from '@cowvol/cow-core';
+import type { DiffExtent, DiffResult, ExportSource, ImportResult, SnapshotIdentity, SnapshotInfo, SpaceReport, VolumeInfo } from '@cowvol/cow-core';
 import { askServer } from './served.js';
 import { servedNbd, snapshotExportName, type VolumeData } from './served-nbd.js';
 
@@ -42,6 +42,60 @@ export async function servedDiff(volumePath: string, from: string, to?: string):
   return { from: first.from, to: first.to, blockSizeBytes: first.blockSizeBytes, extents, bytes, blocks: bytes / first.blockSizeBytes };
 }
 
+/** Most `snapshot.list` pages one list asks for: every page but the last holds at least one snapshot, and a volume holds at most 65,536 (MAX_SNAPSHOTS). */
+const MAX_LIST_PAGES = 65537;
+
+/** One page of `snapshot.list` or of `info` (docs/FORMAT.md §11.2). */
+export interface ListPageJson {
+  snapshots: SnapshotInfo[];
+  space: SpaceReport;
+  /** The `afterId` of the next page; null (or absent, from a server that does not page) when this is the last. */
+  nextAfterId?: number | null;
+}
+
+/**
+ * Every snapshot of the served volume at `volumePath` with the space
+ * report, asked page after page (`snapshot.list` with `afterId`,
+ * docs/FORMAT.md §11.2): what Volume.listSnapshots and spaceUsage give
+ * offline. `first`: a page already asked (the first page `info` carries).
+ * Each page is computed afresh: a snapshot created or deleted meanwhile
+ * shows or not, as in a list taken at each page's moment; the store
+ * totals are the first page's.
+ * @throws NOT_SERVED, VOLUME_BUSY (the server is gone or stopping)
+ */
+export async function servedSnapshotList(volumePath: string, first?: ListPageJson): Promise<{ snapshots: SnapshotInfo[]; space: SpaceReport }> {
+  let page = first ?? ((await askServer(volumePath, 'snapshot.list')) as ListPageJson);
+  const snapshots: SnapshotInfo[] = [];
+  const rows: SpaceReport['snapshots'] = [];
+  const space = page.space;
+  for (let n = 1; ; n++) {
+    for (const s of page.snapshots) snapshots.push(s);
+    for (const r of page.space.snapshots) rows.push(r);
+    const after = page.nextAfterId ?? null;
+    if (after === null) break;
+    assert(n < MAX_LIST_PAGES && page.snapshots.length > 0, 'a snapshot list ends within MAX_SNAPSHOTS pages');
+    page = (await askServer(volumePath, 'snapshot.list', { afterId: after })) as ListPageJson;
+    assert(
+      page.snapshots.every((s) => s.id > after),
+      'a list page moves forward',
+    );
+  }
+  return { snapshots, space: { ...space, snapshots: rows } };
+}
+
+/**
+ * `info` of the served volume at `volumePath` with every snapshot: the
+ * server's `info` (its first page of snapshots), then the other pages as
+ * {@link servedSnapshotList} asks them — what Volume.info and spaceUsage
+ * give offline.
+ * @throws NOT_SERVED, VOLUME_BUSY (the server is gone or stopping)
+ */
+export async function servedInfo(volumePath: string): Promise<{ info: VolumeInfo; space: SpaceReport }> {
+  const first = (await askServer(volumePath, 'info')) as { info: VolumeInfo; space: SpaceReport; nextAfterId?: number | null };
+  const { snapshots, space } = await servedSnapshotList(volumePath, { snapshots: first.info.snapshots, space: first.space, nextAfterId: first.nextAfterId ?? null });
+  return { info: { ...first.info, snapshots }, space };
+}
+
 /**
  * The ExportSource of snapshot `name` of a served volume
  * (docs/ARCHITECTURE.md §14.10): its data read through the NBD export
@@ -53,11 +107,11 @@ export async function servedDiff(volumePath: string, from: string, to?: string):
  * @throws what the control requests throw (SNAPSHOT_NOT_FOUND, …)
  */
 export async function servedExportSource(volumePath: string, name: string, data: Pick<VolumeData, 'sizeBytes' | 'read'>): Promise<ExportSource> {
-  const { info } = (await askServer(volumePath, 'info')) as { info: { blockSizeBytes: number } };
+  const { info } = (await askServer(volumePath, 'info', { maxSnapshots: 1 })) as { info: { blockSizeBytes: number } };
   return {
     sizeBytes: data.sizeBytes,
     blockSizeBytes: info.blockSizeBytes,
-    listSnapshots: async () => ((await askServer(volumePath, 'snapshot.list')) as { snapshots: SnapshotInfo[] }).snapshots,
+    listSnapshots: async () => (await servedSnapshotList(volumePath)).snapshots,
     snapshotIdentity: async (snapshot) => ((await askServer(volumePath, 'snapshot.info', { name: snapshot })) as { identity: SnapshotIdentity }).identity,
     diff: (from, to) => servedDiff(volumePath, from, to),
     readSnapshot: (snapshot, offsetBytes, lengthBytes) => {
@@ -84,13 +138,13 @@ export async function servedPushSource(volumePath: string, name: string, data: P
   const source = await servedExportSource(volumePath, name, data);
   return {
     ...source,
-    info: async () => ({ ...((await askServer(volumePath, 'info')) as { info: VolumeInfo }).info, path: volumePath }),
+    info: async () => ({ ...(await servedInfo(volumePath)).info, path: volumePath }),
   };
 }
 
 /**
  * The RestoreTarget of a served volume (`backup restore --into`, docs/ARCHITECTURE.md
- * §14.10): the identities of its snapshots from `snapshot.list` and `snapshot.info`,
+ * §14.10): the identities of its snapshots from `info` and `snapshot.list` pages,
  * the spooled stream applied by the server (`volume.import`, as `cowvol import`
  * does: EXPORT_IN_USE while a client holds `live`), and the read-back of
  * `--verify` through the NBD export `snapshot/<name>`, one connection for all of it.
@@ -102,10 +156,10 @@ export function servedRestoreTarget(volumePath: string, busy: CowvolError): Rest
   let attached: string | undefined;
   return {
     heldIdentities: async () => {
-      const { snapshots } = (await askServer(volumePath, 'snapshot.list')) as { snapshots: SnapshotInfo[] };
-      const held: SnapshotIdentity[] = [];
-      for (const s of snapshots) held.push(((await askServer(volumePath, 'snapshot.info', { name: s.name })) as { identity: SnapshotIdentity }).identity);
-      return held;
+      // Volume.snapshotIdentity from the list: its origin when imported, else this volume's uuid, its id and creation time.
+      const { info } = await servedInfo(volumePath);
+      const uuid = info.uuid;
+      return info.snapshots.map((s): SnapshotIdentity => (s.origin ? { ...s.origin } : { volumeUuid: uuid, snapshotId: s.id, createdAt: s.createdAt, name: s.name }));
     },
     importFile: async (streamPath) => {
       const params = { streamPath: await realpath(streamPath), resume: false, verify: false, dryRun: false };

@@ -69,7 +69,7 @@ export async function askServer(volumePath: string, method: string, params: Reco
 /** The pid of the `cowvol serve` serving `volumePath`, or undefined when none answers (or its answer has no pid). */
 export async function servedPid(volumePath: string): Promise<number | undefined> {
   try {
-    const status = await askServer(volumePath, 'status');
+    const status = await askServer(volumePath, 'status', { exports: false });
     const pid = typeof status === 'object' && status !== null && 'pid' in status ? status.pid : undefined;
     return typeof pid === 'number' ? pid : undefined;
   } catch (err) {

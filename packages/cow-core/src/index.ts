@@ -44,6 +44,7 @@ export { type CreateSnapshotOptions, type MultiDeleteResult } from './volume.js'
 export { type DeviceRole, type RoleOpeners, type VolumeState, type FailureListener } from './volume.js';
 export { unionOfMaps, mergeExtents, type DiffExtent, type DiffResult } from './diff.js';
 export { freeableBlocks, planDelete, type SnapshotSpace, type StoreSpace, type SpaceReport, type DeletePlan } from './space.js';
+export { type SnapshotPage } from './volume-reports.js';
 export { validateLabels, parseLabel, escapeLabelText, LABEL_KEY_PATTERN, LABEL_VALUE_FORBIDDEN, MAX_LABELS, MAX_LABEL_VALUE_CHARS } from './labels.js';
 export { escapeTerminalText, TERMINAL_UNSAFE } from './terminal-text.js';
 export { type SnapshotIdentity, type ImportRecord } from './metadata.js';

@@ -38,7 +38,7 @@ export const FORMAT_VERSION = 3;
 /** The older format version an open upgrades in place (its shared-block counts recounted once, space-accounting.ts). */
 export const UPGRADABLE_FORMAT_VERSION = 2;
 /** Most snapshots one volume holds (bounds catalog scans and read-through chains). */
-export const MAX_SNAPSHOTS = 4096;
+export const MAX_SNAPSHOTS = 65536;
 /** Snapshot names: 1–128 characters of this class. */
 export const SNAPSHOT_NAME_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 /** Block sizes accepted: powers of two in this range. */

@@ -173,7 +173,9 @@ async function waitForPendingCopies(ctx: VolumeContext, sources: BlockSources): 
 function chainOf(ctx: VolumeContext, rec: SnapshotRecord): SnapshotMap[] | Promise<SnapshotMap[]> {
   const chain: SnapshotMap[] = [];
   const missing: number[] = [];
-  for (const r of ctx.catalog) {
+  const { catalog } = ctx;
+  for (let i = Math.max(0, ctx.catalogIndexOf(rec.id)); i < catalog.length; i++) {
+    const r = catalog[i]!;
     if (r.id < rec.id) continue;
     const map = ctx.maps.get(r.id);
     if (map) chain.push(map);

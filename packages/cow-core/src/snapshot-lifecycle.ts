@@ -73,6 +73,7 @@ export async function createSnapshotFrozen(ctx: VolumeContext, name: string, opt
   const rec: SnapshotRecord = { v: SCHEMA_VERSION, id, name, createdAt: new Date().toISOString(), state: 'live', ownedBlocks: 0, ...snapshotExtras(options) };
   await ctx.commitRecords([{ o: 'snap', id, name, createdAt: rec.createdAt, state: 'live' }, { o: 'sb', v: { ...meta.sb, nextSnapshotId: id + 1 } }, ...snapshotExtraRecords(id, options)]);
   ctx.catalog.push(rec);
+  ctx.names.added(rec);
   ctx.maps.set(id, new SnapshotMap(id));
   return describeSnapshot(ctx, rec);
 }
@@ -103,7 +104,10 @@ export async function deleteSnapshotsLocked(ctx: VolumeContext, pick: () => Snap
     const found = pick();
     if (found.length === 0) return [];
     await ctx.commitRecords(found.map((r) => ({ o: 'snap' as const, id: r.id, name: r.name, createdAt: r.createdAt, state: 'deleting' as const })));
-    for (const r of found) r.state = 'deleting';
+    for (const r of found) {
+      r.state = 'deleting';
+      ctx.names.markedDeleting(r);
+    }
     return found;
   });
   const totalBlocks = victims.reduce((n, r) => n + r.ownedBlocks, 0);
@@ -162,8 +166,8 @@ async function finishDelete(
 
 /** One frozen step of a delete: one batch handed over or freed, or — the map empty — the snapshot dropped (returns true). */
 async function deleteStep(ctx: VolumeContext, rec: SnapshotRecord, result: DeleteResult, onBatch?: (blocks: number) => void): Promise<boolean> {
-  const index = ctx.catalog.indexOf(rec);
-  assert(index >= 0, 'snapshot being deleted is not in the catalog');
+  const index = ctx.catalogIndexOf(rec.id);
+  assert(index >= 0 && ctx.catalog[index] === rec, 'snapshot being deleted is not in the catalog');
   const older = index > 0 ? ctx.catalog[index - 1] : undefined;
   assert(older === undefined || older.state === 'live', 'two deletes at once');
   const map = await ctx.mapOf(rec.id);
@@ -173,6 +177,7 @@ async function deleteStep(ctx: VolumeContext, rec: SnapshotRecord, result: Delet
     await ctx.commitRecords([{ o: 'drop', id: rec.id }, ...shared.records]);
     shared.apply();
     ctx.catalog.splice(index, 1);
+    ctx.names.dropped(rec);
     ctx.maps.delete(rec.id);
     return true;
   }

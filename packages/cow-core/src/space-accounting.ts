@@ -24,8 +24,8 @@ export const RANGE_COUNT_MAX_RUNS = 64;
 
 /** The snapshot before `rec` in the catalog (the one it shares blocks with), or undefined for the oldest. */
 export function olderNeighbour(ctx: VolumeContext, rec: SnapshotRecord): SnapshotRecord | undefined {
-  const i = ctx.catalog.lastIndexOf(rec); // the active snapshot sits near the end
-  assert(i >= 0, `snapshot ${rec.id} is not in the catalog`);
+  const i = ctx.catalogIndexOf(rec.id);
+  assert(i >= 0 && ctx.catalog[i] === rec, `snapshot ${rec.id} is not in the catalog`);
   return i > 0 ? ctx.catalog[i - 1] : undefined;
 }
 
@@ -242,18 +242,22 @@ export async function upgradeSpaceCounters(ctx: VolumeContext): Promise<void> {
 /**
  * `Volume.spaceUsage` from the counters, O(snapshots): a snapshot's owned
  * blocks are its map's, its freeable blocks all of them when it is the
- * oldest, else those it shares with its older neighbour.
+ * oldest, else those it shares with its older neighbour. With `only`
+ * (records of the catalog, oldest first), the rows of those alone
+ * (a page of a list, O(page · log snapshots)); the store totals stay whole.
  */
-export function spaceFromCounters(ctx: VolumeContext, fileBytes: number): SpaceReport {
+export function spaceFromCounters(ctx: VolumeContext, fileBytes: number, only?: readonly SnapshotRecord[]): SpaceReport {
   const bs = ctx.blockSizeBytes;
   const snapshots: SpaceReport['snapshots'] = [];
   let ownedBlocks = 0;
-  ctx.catalog.forEach((rec, i) => {
-    ownedBlocks += rec.ownedBlocks;
-    if (rec.state !== 'live') return;
-    const freeable = i === 0 ? rec.ownedBlocks : (rec.sharedBlocks ?? 0);
+  for (const rec of ctx.catalog) ownedBlocks += rec.ownedBlocks;
+  const rows = only ?? ctx.catalog;
+  for (const rec of rows) {
+    if (rec.state !== 'live') continue;
+    const oldest = only ? ctx.catalogIndexOf(rec.id) === 0 : rec === ctx.catalog[0];
+    const freeable = oldest ? rec.ownedBlocks : (rec.sharedBlocks ?? 0);
     snapshots.push({ id: rec.id, name: rec.name, ownedBlocks: rec.ownedBlocks, ownedBytes: rec.ownedBlocks * bs, freeableBlocks: freeable, freeableBytes: freeable * bs });
-  });
+  }
   const alloc = ctx.parts.meta.allocator;
   const usedBlocks = alloc.highWaterBlocks - alloc.freeBlocks;
   return {

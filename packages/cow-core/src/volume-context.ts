@@ -18,6 +18,7 @@ import type { PrivateMetadata } from './read-only.js';
 import type { ChangeStamps } from './outside-writes.js';
 import { PendingCows } from './pending-cow.js';
 import { VolumeStatus } from './volume-state.js';
+import { SnapshotNames, catalogIndexAfter, catalogIndexOf } from './snapshot-names.js';
 import type { VolumeStats } from './volume-types.js';
 
 /** What an open hands to a volume (volume-lifecycle.ts `openVolumeParts`). */
@@ -64,6 +65,8 @@ export class VolumeContext {
   /** Hands out store blocks to COWs in flight (in memory only). */
   readonly allocator: ExtentAllocator;
   readonly status = new VolumeStatus();
+  /** The live catalog's name index (snapshot-names.ts), kept by create, rename and delete. */
+  readonly names: SnapshotNames;
   /** What succeeded but could not finish, in words (Volume.warnings). */
   readonly notices: string[] = [];
   readonly stats: VolumeStats = { cows: 0, cowBatches: 0, pendingWaits: 0, maxPendingWaitMs: 0, readRechecks: 0, cancelledCows: 0 };
@@ -76,6 +79,7 @@ export class VolumeContext {
 
   constructor(readonly parts: VolumeParts) {
     this.allocator = parts.meta.allocator.clone();
+    this.names = SnapshotNames.of(parts.catalog);
     this.writeBack = new WriteBackStage(parts.meta.sb.blockSizeBytes, parts.writeBackBytes, parts.volume);
   }
 
@@ -139,8 +143,34 @@ export class VolumeContext {
     return this.catalog.filter((r) => r.state === 'live');
   }
 
+  /** The live snapshot named `name`: O(1), from the name index. */
   findLive(name: string): SnapshotRecord | undefined {
-    return this.catalog.find((r) => r.state === 'live' && r.name === name);
+    const rec = this.names.findLive(name);
+    assert(rec === undefined || (rec.state === 'live' && rec.name === name), `the name index maps ${name} to snapshot ${rec?.name ?? ''} (${rec?.state ?? ''})`);
+    return rec;
+  }
+
+  /** The position of snapshot `id` in the catalog, or -1: O(log snapshots) (ids ascending). */
+  catalogIndexOf(id: number): number {
+    return catalogIndexOf(this.catalog, id);
+  }
+
+  /**
+   * Live snapshots with ids above `afterId`, oldest first, while `take`
+   * accepts them (it sees each in turn and the count taken before it; the
+   * first is taken whatever it says, so a page always advances), and the
+   * id to continue after when more follow (else null): one page of a list,
+   * O(log snapshots + page).
+   */
+  livePage(afterId: number, take: (rec: SnapshotRecord, taken: number) => boolean): { records: SnapshotRecord[]; nextAfterId: number | null } {
+    const records: SnapshotRecord[] = [];
+    for (let i = catalogIndexAfter(this.catalog, afterId); i < this.catalog.length; i++) {
+      const rec = this.catalog[i]!;
+      if (rec.state !== 'live') continue;
+      if (!take(rec, records.length) && records.length > 0) return { records, nextAfterId: records.at(-1)?.id ?? afterId };
+      records.push(rec);
+    }
+    return { records, nextAfterId: null };
   }
 
   /**
@@ -161,6 +191,14 @@ export class VolumeContext {
   async mapOf(id: number): Promise<SnapshotMap> {
     const map = this.maps.get(id);
     if (map) return map;
+    // A snapshot that owns no block has an empty map (checkConsistency: map size = ownedBlocks): no LevelDB
+    // scan. Reading the oldest of 65,536 snapshots loads every newer map; most are empty (docs/PERFORMANCE.md "Many snapshots").
+    const rec = this.catalog[this.catalogIndexOf(id)];
+    if (rec?.id === id && rec.ownedBlocks === 0 && !this.mapLoads.has(id)) {
+      const empty = new SnapshotMap(id);
+      this.maps.set(id, empty);
+      return empty;
+    }
     let load = this.mapLoads.get(id);
     if (!load) {
       load = SnapshotMap.load(this.parts.db, id).then(

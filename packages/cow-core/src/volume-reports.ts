@@ -8,7 +8,7 @@ import { freeableBlocks, type SpaceReport } from './space.js';
 import { recountShared, spaceFromCounters } from './space-accounting.js';
 import { describeSnapshot } from './snapshot-lifecycle.js';
 import type { VolumeContext } from './volume-context.js';
-import type { ConsistencyReport, VolumeInfo } from './volume-types.js';
+import type { ConsistencyReport, SnapshotInfo, VolumeInfo } from './volume-types.js';
 
 /**
  * What a volume reports about itself (docs/ARCHITECTURE.md §8, §9): info,
@@ -145,6 +145,7 @@ export async function checkConsistencyFrozen(ctx: VolumeContext): Promise<Consis
     }
   }
   await checkSharedCounts(ctx, problems);
+  problems.push(...ctx.names.problems(ctx.catalog));
   const leakedBlocks = committed.highWaterBlocks - committed.freeBlocks - owner.size;
   return { snapshots: ctx.catalog.length, mappedBlocks, leakedBlocks: Math.max(0, leakedBlocks), problems };
 }
@@ -169,11 +170,35 @@ export async function diffOf(ctx: VolumeContext, from: string, to: string | unde
   const b = to === undefined ? undefined : ctx.findLive(to);
   if (to !== undefined && !b) throw new SnapshotNotFoundError(to);
   const [older, newer] = b !== undefined && b.id < a.id ? [b, a] : [a, b];
-  const range = ctx.catalog.filter((r) => r.id >= older.id && (newer === undefined || r.id < newer.id));
+  const range = ctx.catalog.slice(ctx.catalogIndexOf(older.id), newer === undefined ? ctx.catalog.length : ctx.catalogIndexOf(newer.id));
   const bs = ctx.blockSizeBytes;
   const extents = unionOfMaps(await namedMaps(ctx, range), bs, blocks);
   const bytes = extents.reduce((n, e) => n + e.lengthBytes, 0);
   return { from, to: to ?? null, blockSizeBytes: bs, extents, bytes, blocks: bytes / bs };
+}
+
+/** One page of the snapshot list (`Volume.listSnapshotsPage`). */
+export interface SnapshotPage {
+  /** Live snapshots with ids above the page's `afterId`, oldest first; at least one unless none is left. */
+  snapshots: SnapshotInfo[];
+  /** The space report with the rows of these snapshots alone (the store totals whole). */
+  space: SpaceReport;
+  /** The `afterId` of the next page (the id of this page's last snapshot), or null when this page is the last. */
+  nextAfterId: number | null;
+}
+
+/** `Volume.listSnapshotsPage`, settled by the caller: O(log snapshots + page) and the store totals' O(snapshots) sum. */
+export async function snapshotPageOf(ctx: VolumeContext, afterId: number, take: (info: SnapshotInfo, taken: number) => boolean): Promise<SnapshotPage> {
+  const page = ctx.livePage(afterId, (rec, taken) => take(describeSnapshot(ctx, rec), taken));
+  const space = spaceFromCounters(ctx, await ctx.parts.store.device.sizeBytes(), page.records);
+  return { snapshots: page.records.map((r) => describeSnapshot(ctx, r)), space, nextAfterId: page.nextAfterId };
+}
+
+/** `Volume.snapshotInfo`, settled by the caller: one snapshot and its space row (the store totals whole). @throws SNAPSHOT_NOT_FOUND */
+export async function snapshotInfoOf(ctx: VolumeContext, name: string): Promise<{ snapshot: SnapshotInfo; space: SpaceReport }> {
+  const rec = ctx.findLive(name);
+  if (!rec) throw new SnapshotNotFoundError(name);
+  return { snapshot: describeSnapshot(ctx, rec), space: spaceFromCounters(ctx, await ctx.parts.store.device.sizeBytes(), [rec]) };
 }
 
 /** `Volume.spaceUsage`, settled by the caller (docs/ARCHITECTURE.md §15.3): from the kept counters, O(snapshots). */

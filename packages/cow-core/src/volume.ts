@@ -40,7 +40,7 @@ import {
   type SelectedDeleteResult,
 } from './snapshot-policy.js';
 import { upgradeSpaceCounters } from './space-accounting.js';
-import { checkConsistencyFrozen, checkDataBesideIo, checkFrozen, diffOf, namedMaps, spaceUsageOf, volumeInfo, type CheckOptions } from './volume-reports.js';
+import { checkConsistencyFrozen, checkDataBesideIo, checkFrozen, diffOf, namedMaps, snapshotInfoOf, snapshotPageOf, spaceUsageOf, volumeInfo, type CheckOptions, type SnapshotPage } from './volume-reports.js';
 import type { ConsistencyReport, CreateSnapshotOptions, CreateVolumeOptions, DeleteResult, MultiDeleteResult, OpenVolumeOptions, SnapshotInfo, VolumeInfo, VolumeStats } from './volume-types.js';
 
 export type {
@@ -231,6 +231,24 @@ export class Volume {
   }
 
   /**
+   * One page of {@link listSnapshots}, with the space rows of its
+   * snapshots (docs/ARCHITECTURE.md §14.8, a served `snapshot list`): the
+   * live snapshots with ids above `afterId` (0: from the oldest), oldest
+   * first — the first always, each next one while `take` accepts it (it
+   * sees the snapshot and how many were taken before) — and `nextAfterId`.
+   * O(log snapshots + page). @throws INVALID_ARGUMENT (`afterId` not a non-negative integer)
+   */
+  async listSnapshotsPage(afterId: number, take: (info: SnapshotInfo, taken: number) => boolean = () => true): Promise<SnapshotPage> {
+    if (!Number.isSafeInteger(afterId) || afterId < 0) throw new InvalidArgumentError(`afterId must be a non-negative integer, got ${afterId}`);
+    return this.ctx.settled(() => snapshotPageOf(this.ctx, afterId, take));
+  }
+
+  /** Snapshot `name` as {@link listSnapshots} shows it, with its space row alone (`snapshot info`): O(1) but the store totals. @throws SNAPSHOT_NOT_FOUND */
+  async snapshotInfo(name: string): Promise<{ snapshot: SnapshotInfo; space: SpaceReport }> {
+    return this.ctx.settled(() => snapshotInfoOf(this.ctx, name));
+  }
+
+  /**
    * Reads snapshot `name` through its read-through chain, every store block CRC-checked (docs/ARCHITECTURE.md §4.3).
    * @throws SNAPSHOT_NOT_FOUND, OUT_OF_RANGE, INVALID_ARGUMENT, STORE_CORRUPT, IO_ERROR
    */
@@ -342,8 +360,14 @@ export class Volume {
     return this.changeSnapshot(name, (rec) => {
       if (newName === name) return undefined;
       // Any record, even one being deleted, keeps its name until dropped.
-      if (this.ctx.catalog.some((r) => r.name === newName)) throw new SnapshotExistsError(newName);
-      return { records: [{ o: 'rename', id: rec.id, name: newName }], apply: () => void (rec.name = newName) };
+      if (this.ctx.names.taken(newName)) throw new SnapshotExistsError(newName);
+      return {
+        records: [{ o: 'rename', id: rec.id, name: newName }],
+        apply: () => {
+          rec.name = newName;
+          this.ctx.names.renamed(rec, name);
+        },
+      };
     });
   }
 

@@ -45,4 +45,5 @@ export { ControlServer, type ControlMethod } from './control/control-server.js';
 export { controlRequest, controlSocketPath, ServedVolumeError } from './control/control-client.js';
 export { volumeMethods, type ServeControl } from './control/volume-methods.js';
 export { diffPage, MAX_DIFF_PAGE_EXTENTS, type DiffPage } from './control/report-methods.js';
+export { MAX_LIST_PAGE_BYTES, MAX_LIST_PAGE_SNAPSHOTS, snapshotJsonBytesBound } from './control/list-pages.js';
 export { NbdClient, NbdReplyError, CLIENT_MAX_IN_FLIGHT, type NbdExportInfo } from './client.js';

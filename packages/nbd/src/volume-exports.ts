@@ -1,4 +1,5 @@
 import { InvalidArgumentError, type Volume } from '@cowvol/cow-core';
+import { hasCode } from '@cowvol/base';
 import type { BlockExport, ExportCatalog, ExportListing } from './block-export.js';
 import { ExportInUseError, SnapshotInUseError } from './errors.js';
 import { NBD_STATE_ZERO } from './constants.js';
@@ -166,7 +167,14 @@ export class VolumeExports implements ExportCatalog {
     if (name === '' || name === LIVE_EXPORT) return this.liveRestoring ? undefined : this.live;
     if (!name.startsWith(SNAPSHOT_EXPORT_PREFIX)) return undefined;
     const snapshotName = name.slice(SNAPSHOT_EXPORT_PREFIX.length);
-    const found = (await this.volume.listSnapshots()).find((s) => s.name === snapshotName);
+    // One lookup by name (the catalog's name index), not a list of every snapshot.
+    const found = await this.volume.snapshotInfo(snapshotName).then(
+      (r) => r.snapshot,
+      (err: unknown) => {
+        if (hasCode(err, 'SNAPSHOT_NOT_FOUND')) return undefined;
+        throw err;
+      },
+    );
     // Checked after the await, right before answering: a delete that began meanwhile wins.
     return found && !this.changing.has(found.name) ? new SnapshotExport(this.volume, found.name, snapshotDescription(found.name, found.createdAt)) : undefined;
   }

@@ -1,6 +1,7 @@
 import { Args } from '@oclif/core';
 import type { SpaceReport, StoreSpace, VolumeInfo } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
+import { servedInfo } from '../served-reports.js';
 import { human, snapshotTable, withSpace, type SnapshotWithSpace } from '../format.js';
 
 export default class Info extends CowvolCommand {
@@ -10,10 +11,13 @@ export default class Info extends CowvolCommand {
 
   async run(): Promise<Omit<VolumeInfo, 'snapshots' | 'store'> & { snapshots: SnapshotWithSpace[]; store: VolumeInfo['store'] & StoreSpace }> {
     const { args } = await this.parse(Info);
-    // Served: the server's `info` method gives the same two values (docs/FORMAT.md §11.2).
-    const { info: base, space } = await this.withServedVolume<{ info: VolumeInfo; space: SpaceReport }>(args.volume, 'info', {}, async (v) => ({ info: await v.info(), space: await v.spaceUsage() }), {
-      readOnly: true,
-    });
+    // Served: the server's `info` and the further pages of its snapshots give the same two values (docs/FORMAT.md §11.2).
+    const { info: base, space } = await this.withServedVolumeVia<{ info: VolumeInfo; space: SpaceReport }>(
+      args.volume,
+      () => servedInfo(args.volume),
+      async (v) => ({ info: await v.info(), space: await v.spaceUsage() }),
+      { readOnly: true },
+    );
     const info = { ...base, snapshots: withSpace(base.snapshots, space), store: { ...base.store, ...space.store } };
     this.say(() =>
       [

@@ -1,12 +1,12 @@
-import { InvalidArgumentError, SnapshotNotFoundError, restoreSnapshot, type DeleteSelection, type RestoreOptions, type Volume } from '@cowvol/cow-core';
+import { InvalidArgumentError, restoreSnapshot, type DeleteSelection, type RestoreOptions, type Volume } from '@cowvol/cow-core';
 import type { NbdServer } from '../server.js';
 import type { VolumeExports } from '../volume-exports.js';
 import type { ControlMethod } from './control-server.js';
 
 /**
- * The control methods of `info` and of the snapshot commands that read or
- * change one snapshot's metadata (docs/FORMAT.md §11.2): `info`,
- * `snapshot.info`, `snapshot.delete`, `snapshot.planDelete`,
+ * The control methods of the snapshot commands that read or
+ * change one snapshot's metadata (docs/FORMAT.md §11.2):
+ * `snapshot.info` (its space row alone), `snapshot.delete`, `snapshot.planDelete`,
  * `snapshot.deleteSelected`, `snapshot.planDeleteSelected` (a delete by
  * filter, chosen in the core: Volume.deleteSelected), `snapshot.rename`,
  * `snapshot.label` (Volume.changeSnapshotLabels: one atomic step) and `snapshot.hold`. Each calls the
@@ -22,12 +22,10 @@ import type { ControlMethod } from './control-server.js';
 export function snapshotMethods(volume: Volume, server: NbdServer, exports: VolumeExports): Record<string, ControlMethod> {
   const inUse = (exportName: string): number => server.connectionsTo(exportName);
   return {
-    info: async () => ({ info: await volume.info(), space: await volume.spaceUsage() }),
     'snapshot.info': async (params) => {
       const name = stringParam(params, 'name');
-      const snapshot = (await volume.listSnapshots()).find((s) => s.name === name);
-      if (!snapshot) throw new SnapshotNotFoundError(name);
-      return { snapshot, space: await volume.spaceUsage(), identity: await volume.snapshotIdentity(name) };
+      const { snapshot, space } = await volume.snapshotInfo(name);
+      return { snapshot, space, identity: await volume.snapshotIdentity(name) };
     },
     'snapshot.delete': (params) => {
       const names = namesParam(params);

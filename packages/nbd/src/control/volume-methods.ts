@@ -4,6 +4,7 @@ import { LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX, type VolumeExports } from '../volu
 import type { ControlMethod } from './control-server.js';
 import { changeMethods } from './change-methods.js';
 import { reportMethods } from './report-methods.js';
+import { listMethods } from './list-pages.js';
 import { labelsParam, snapshotMethods, stringParam } from './snapshot-methods.js';
 
 /** What `serve` gives the control methods besides the volume and the NBD server. */
@@ -19,8 +20,8 @@ export interface ServeControl {
 
 /**
  * The control methods of a served volume (docs/FORMAT.md §11.2):
- * `status`, `stop`, `snapshot.create` and `snapshot.list`, and those of
- * ./snapshot-methods.ts (`info`, `snapshot.info`, delete, delete by
+ * `status`, `stop` and `snapshot.create`, and those of ./list-pages.ts
+ * (`snapshot.list` and `info`, paged), ./snapshot-methods.ts (`snapshot.info`, delete, delete by
  * filter, rename, label, hold, restore), ./report-methods.ts (`snapshot.diff`,
  * `check`, `volume.checkpointLive`) and ./change-methods.ts (`volume.import`,
  * `volume.acceptChanges`). Each runs on
@@ -32,21 +33,26 @@ export interface ServeControl {
  */
 export function volumeMethods(volume: Volume, server: NbdServer, serve: ServeControl): Record<string, ControlMethod> {
   return {
-    status: async () => {
+    status: async (params) => {
       const served = server.status();
+      const base = { served: true, pid: process.pid, volume: serve.volumePath, readOnly: serve.readOnly, endpoints: served.endpoints, connections: served.connections };
+      // `exports: false`: the server's identity alone (the CLI's routing asks it before every served command), not a list that grows with snapshots.
+      if (params.exports === false) return base;
       const names = [LIVE_EXPORT, ...(await volume.listSnapshots()).map((s) => SNAPSHOT_EXPORT_PREFIX + s.name)];
       const unused = { connections: 0, requests: 0, readBytes: 0, writtenBytes: 0, errors: 0 };
-      const exports = names.map((name) => served.exports.find((e) => e.name === name) ?? { name, ...unused });
+      const counted = new Map(served.exports.map((e) => [e.name, e]));
+      const exports = names.map((name) => counted.get(name) ?? { name, ...unused });
       // Exports no longer listed (a deleted snapshot) keep their counters.
-      exports.push(...served.exports.filter((e) => !names.includes(e.name)));
-      return { served: true, pid: process.pid, volume: serve.volumePath, readOnly: serve.readOnly, endpoints: served.endpoints, connections: served.connections, exports };
+      const listed = new Set(names);
+      for (const e of served.exports) if (!listed.has(e.name)) exports.push(e);
+      return { ...base, exports };
     },
     stop: async () => {
       await serve.stop();
       return { stopped: true, pid: process.pid };
     },
     'snapshot.create': (params) => volume.createSnapshot(stringParam(params, 'name'), { labels: labelsParam(params) }),
-    'snapshot.list': async () => ({ snapshots: await volume.listSnapshots(), space: await volume.spaceUsage() }),
+    ...listMethods(volume),
     ...snapshotMethods(volume, server, serve.exports),
     ...reportMethods(volume),
     ...changeMethods(volume, server, serve.exports, serve.volumePath),

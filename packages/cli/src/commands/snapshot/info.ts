@@ -1,6 +1,6 @@
 import { Args } from '@oclif/core';
 import { assert } from '@cowvol/base';
-import { SnapshotNotFoundError, type SnapshotIdentity, type SnapshotInfo, type SpaceReport } from '@cowvol/cow-core';
+import { type SnapshotIdentity, type SnapshotInfo, type SpaceReport } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 import { SUSPECT_NOTE, formatLabels, human, withSpace, type SnapshotWithSpace } from '../../format.js';
 
@@ -18,11 +18,7 @@ export default class SnapshotInfoCommand extends CowvolCommand {
       args.volume,
       'snapshot.info',
       { name: args.name },
-      async (v) => {
-        const snap = (await v.listSnapshots()).find((s) => s.name === args.name);
-        if (!snap) throw new SnapshotNotFoundError(args.name);
-        return { snapshot: snap, space: await v.spaceUsage(), identity: await v.snapshotIdentity(args.name) };
-      },
+      async (v) => ({ ...(await v.snapshotInfo(args.name)), identity: await v.snapshotIdentity(args.name) }),
       { readOnly: true },
     );
     const [row] = withSpace([snapshot], space);

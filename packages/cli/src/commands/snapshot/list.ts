@@ -1,6 +1,7 @@
 import { Args } from '@oclif/core';
 import type { StoreSpace } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
+import { servedSnapshotList } from '../../served-reports.js';
 import { snapshotTable, storeLine, withSpace, type SnapshotWithSpace } from '../../format.js';
 
 export default class SnapshotList extends CowvolCommand {
@@ -14,9 +15,13 @@ export default class SnapshotList extends CowvolCommand {
 
   async run(): Promise<{ snapshots: SnapshotWithSpace[]; store: StoreSpace }> {
     const { args } = await this.parse(SnapshotList);
-    const { snapshots, space } = await this.withServedVolume(args.volume, 'snapshot.list', {}, async (v) => ({ snapshots: await v.listSnapshots(), space: await v.spaceUsage() }), {
-      readOnly: true,
-    });
+    // Served: asked of the server page by page (docs/FORMAT.md §11.2, `snapshot.list`).
+    const { snapshots, space } = await this.withServedVolumeVia(
+      args.volume,
+      () => servedSnapshotList(args.volume),
+      async (v) => ({ snapshots: await v.listSnapshots(), space: await v.spaceUsage() }),
+      { readOnly: true },
+    );
     const rows = withSpace(snapshots, space);
     this.say(() => `${snapshotTable(rows)}\n${storeLine(space)}`);
     return { snapshots: rows, store: space.store };

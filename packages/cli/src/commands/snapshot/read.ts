@@ -32,15 +32,14 @@ export default class SnapshotRead extends CowvolCommand {
           args.volume,
           async (volume) => {
             // Check the name before creating the output file.
-            if (!(await volume.listSnapshots()).some((s) => s.name === args.name)) throw new SnapshotNotFoundError(args.name);
+            await volume.snapshotInfo(args.name); // SNAPSHOT_NOT_FOUND
             await copy({ sizeBytes: volume.sizeBytes, read: (o, l) => volume.readSnapshot(args.name, o, l) });
           },
           { ...mode, readOnly: true },
         ),
       // Served: the same check, asked of the server, before the output file is created.
       before: async () => {
-        const listed = (await askServer(args.volume, 'snapshot.list')) as { snapshots?: Array<{ name?: unknown }> };
-        if (!(listed.snapshots ?? []).some((s) => s.name === args.name)) throw new SnapshotNotFoundError(args.name);
+        await askServer(args.volume, 'snapshot.info', { name: args.name }); // SNAPSHOT_NOT_FOUND from the server
       },
       unknownExport: () => new SnapshotNotFoundError(args.name),
       served: copy,
