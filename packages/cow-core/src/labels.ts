@@ -1,3 +1,4 @@
+import { pack } from 'msgpackr';
 import { InvalidLabelError } from './errors.js';
 import { TERMINAL_UNSAFE, escapeTerminalText } from './terminal-text.js';
 
@@ -60,3 +61,26 @@ export function parseLabel(text: string): [string, string] {
 
 /** Label text made safe to print (control and bidirectional code points escaped as `\\u{XXXX}`). */
 export const escapeLabelText = escapeTerminalText;
+
+/**
+ * Checks that a snapshot's labels fit the one journal record that stores
+ * them (the `labels` record, docs/FORMAT.md §5 and §6.7): a record must fit one
+ * journal block, which is the volume's block size, less 128 bytes for the
+ * block header and the record's other fields (as `maxMapRunBlocks`). So the
+ * block size bounds the labels too: 32 labels of 256-character values fit
+ * a 64 KiB-block volume, about 3.9 KiB of them a 4 KiB one, about 380 bytes
+ * a 512-byte one. Checked before anything changes (create, label change,
+ * import of a stream from a volume with larger blocks).
+ * @param blockSizeBytes the volume's block size
+ * @throws INVALID_LABEL (details.label: the keys)
+ */
+export function validateLabelsFit(labels: Record<string, string>, blockSizeBytes: number): void {
+  const encodedBytes = pack({ o: 'labels', id: 0xffffffff, labels }).length;
+  const limitBytes = blockSizeBytes - 128;
+  if (encodedBytes > limitBytes) {
+    throw new InvalidLabelError(
+      `the labels take ${encodedBytes} bytes encoded, and at most ${limitBytes} fit one journal record of a volume with ${blockSizeBytes}-byte blocks: use fewer or shorter labels`,
+      Object.keys(labels).join(','),
+    );
+  }
+}

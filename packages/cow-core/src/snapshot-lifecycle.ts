@@ -1,5 +1,6 @@
 import { AssertionFailedError, assert } from '@cowvol/base';
 import { blockExtents } from './extent-runs.js';
+import { validateLabelsFit } from './labels.js';
 import { SnapshotExistsError, SnapshotHeldError, SnapshotLimitError, SnapshotNotFoundError } from './errors.js';
 import { MAX_SNAPSHOTS, TARGET_STORE } from './layout.js';
 import { SCHEMA_VERSION, type SnapshotRecord } from './metadata.js';
@@ -47,6 +48,7 @@ export function describeSnapshot(ctx: VolumeContext, rec: SnapshotRecord): Snaps
  */
 export async function createSnapshot(ctx: VolumeContext, name: string, options: CreateSnapshotOptions): Promise<SnapshotInfo> {
   // Refused before the settle and sync below, which would be work for nothing; checked again frozen.
+  if (options.labels) validateLabelsFit(options.labels, ctx.blockSizeBytes);
   if (ctx.findLive(name)) throw new SnapshotExistsError(name);
   if (ctx.catalog.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
   if (!ctx.readOnly)
@@ -61,9 +63,10 @@ export async function createSnapshot(ctx: VolumeContext, name: string, options: 
  * Takes a snapshot, the gate frozen by the caller: syncs the live volume
  * (the snapshot's read-through content must be durable), commits a catalog
  * entry, and makes the new snapshot active with an empty map.
- * @throws SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, IO_ERROR, JOURNAL_ABORTED
+ * @throws SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, INVALID_LABEL (labels too large for one journal record), IO_ERROR, JOURNAL_ABORTED
  */
 export async function createSnapshotFrozen(ctx: VolumeContext, name: string, options: CreateSnapshotOptions): Promise<SnapshotInfo> {
+  if (options.labels) validateLabelsFit(options.labels, ctx.blockSizeBytes);
   if (ctx.findLive(name)) throw new SnapshotExistsError(name);
   if (ctx.catalog.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
   assert(ctx.pending.size === 0, 'pending COWs while frozen');
@@ -232,6 +235,7 @@ export type SnapshotChange = (rec: SnapshotRecord) => { records: MetaRecord[]; a
 export async function changeSnapshotFrozen(ctx: VolumeContext, rec: SnapshotRecord, change: SnapshotChange): Promise<SnapshotInfo> {
   const todo = change(rec);
   if (todo) {
+    for (const r of todo.records) if (r.o === 'labels') validateLabelsFit(r.labels, ctx.blockSizeBytes);
     await ctx.commitRecords(todo.records);
     todo.apply();
   }

@@ -1,5 +1,5 @@
 import { StreamCorruptError } from './errors.js';
-import { validateLabels } from './labels.js';
+import { validateLabels, validateLabelsFit } from './labels.js';
 import { TERMINAL_UNSAFE, escapeTerminalText } from './terminal-text.js';
 import { MAX_BLOCK_SIZE_BYTES, MAX_VOLUME_BYTES, MIN_BLOCK_SIZE_BYTES, SNAPSHOT_NAME_PATTERN, isBlockSize } from './layout.js';
 import { isIdentity, isLabels } from './metadata.js';
@@ -69,6 +69,8 @@ export function validateStreamHeader(json: unknown): StreamHeader {
   if (!isLabels(h.labels)) throw refuse('labels', 'is not a map of strings');
   try {
     validateLabels(h.labels);
+    // checkGeometry made blockSizeBytes a valid block size; the target has the same.
+    validateLabelsFit(h.labels, h.blockSizeBytes as number);
   } catch (err) {
     throw refuse('labels', `break the label rules (${(err as Error).message})`);
   }

@@ -1,6 +1,9 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CowvolError } from '@cowvol/base';
-import { escapeTerminalText, parseLabel, validateLabels } from '../src/index.js';
+import { MAX_LABELS, MAX_LABEL_VALUE_CHARS, Volume, escapeTerminalText, parseLabel, validateLabels } from '../src/index.js';
 
 /**
  * Label rules (README "Labels"): values refuse every code point a terminal
@@ -61,5 +64,35 @@ describe('escapeTerminalText', () => {
   it('escapes exactly the refused code points, as \\u{XXXX}', () => {
     expect(escapeTerminalText('ok \u009b[2J \u202e \u0007 \ud800 ✓')).toBe('ok \\u{009B}[2J \\u{202E} \\u{0007} \\u{D800} ✓');
     expect(escapeTerminalText('plain, 日本語 and 🚀')).toBe('plain, 日本語 and 🚀');
+  });
+});
+
+describe('labels against the volume block size (one journal record, FORMAT §6.7)', () => {
+  /** The most labels the rules allow: MAX_LABELS values of MAX_LABEL_VALUE_CHARS characters. */
+  const largest = Object.fromEntries(Array.from({ length: MAX_LABELS }, (_, i) => [`key-${String(i).padStart(2, '0')}`, 'v'.repeat(MAX_LABEL_VALUE_CHARS)]));
+
+  it('a 4 KiB-block volume refuses them with INVALID_LABEL at create and at a label change, changing nothing; a 64 KiB-block volume takes them', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cowvol-labels-'));
+    try {
+      const small = await Volume.create(join(dir, 'small.img'), { sizeBytes: 1 << 20, blockSizeBytes: 4096 });
+      try {
+        await expect(small.createSnapshot('big', { labels: largest })).rejects.toMatchObject({ code: 'INVALID_LABEL' });
+        expect(await small.listSnapshots()).toEqual([]);
+        await small.createSnapshot('s', { labels: { keep: 'yes' } });
+        await expect(small.setSnapshotLabels('s', largest)).rejects.toMatchObject({ code: 'INVALID_LABEL' });
+        expect((await small.listSnapshots())[0]?.labels).toEqual({ keep: 'yes' });
+      } finally {
+        await small.close();
+      }
+      const large = await Volume.create(join(dir, 'large.img'), { sizeBytes: 1 << 20, blockSizeBytes: 65536 });
+      try {
+        await large.createSnapshot('big', { labels: largest });
+        expect((await large.listSnapshots())[0]?.labels).toEqual(largest);
+      } finally {
+        await large.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
