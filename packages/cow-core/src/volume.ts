@@ -40,7 +40,19 @@ import {
   type SelectedDeleteResult,
 } from './snapshot-policy.js';
 import { upgradeSpaceCounters } from './space-accounting.js';
-import { checkConsistencyFrozen, checkDataBesideIo, checkFrozen, diffOf, namedMaps, snapshotInfoOf, snapshotPageOf, spaceUsageOf, volumeInfo, type CheckOptions, type SnapshotPage } from './volume-reports.js';
+import {
+  checkConsistencyFrozen,
+  checkDataBesideIo,
+  checkFrozen,
+  diffOf,
+  namedMaps,
+  snapshotInfoOf,
+  snapshotPageOf,
+  spaceUsageOf,
+  volumeInfo,
+  type CheckOptions,
+  type SnapshotPage,
+} from './volume-reports.js';
 import type { ConsistencyReport, CreateSnapshotOptions, CreateVolumeOptions, DeleteResult, MultiDeleteResult, OpenVolumeOptions, SnapshotInfo, VolumeInfo, VolumeStats } from './volume-types.js';
 
 export type {
