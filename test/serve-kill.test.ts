@@ -260,7 +260,7 @@ async function killRound(vol: string, round: number, random: () => number, model
       seqs.forEach((seq, block) =>
         expect(
           [...s.allowed[block]!],
-          `seed ${SEED} round ${round} snapshot ${s.name} (started at ack ${s.startClock}, returned before seq ${s.endSeq}) block ${block}, live read ${observed[block]}`,
+          `seed ${SEED} round ${round} snapshot ${s.name} (started at ack ${s.startClock}, returned before seq ${s.endSeq}) block ${block}, live read ${String(observed[block])}`,
         ).toContain(seq),
       ),
     );
