@@ -123,9 +123,9 @@ class LowestFailure {
  * main-thread CPU. Both ends work at once, so the pool's threads still
  * help where the main thread alone would get too little CPU (a loaded
  * machine). Bounded by the reader's {@link SyncIoPolicy}
- * (sync-io-policy.ts, docs/ARCHITECTURE.md §4.14): a slice of synchronous
- * reads ends `SYNC_SLICE_MS` after the event-loop turn's first one and the
- * request waits for the next turn before the next slice; when more than
+ * (sync-io-policy.ts, docs/ARCHITECTURE.md §4.14): once the synchronous
+ * reads of an event-loop turn took `SYNC_SLICE_MS`, the request waits for
+ * the next turn before it reads on; when more than
  * `SYNC_SLOW_SHARE` of the last `SYNC_DECISION_READS` reads took longer
  * than `SYNC_SLOW_READ_MS` (the data came from the disk), the rest of the
  * request and the next `SYNC_BACKOFF_RUNS` store runs are left to the

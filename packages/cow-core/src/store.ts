@@ -1,7 +1,7 @@
 import { assert, crc32c, UnsupportedVersionError, type BlockDevice } from '@cowvol/base';
 import { CorruptMetadataError, StoreCorruptError } from './errors.js';
 import { StoreReadCache } from './store-read-cache.js';
-import { SYNC_MAX_BYTES, SyncIoPolicy, TEMP_SYNC_WRITES } from './sync-io-policy.js';
+import { SYNC_MAX_BYTES, SyncIoPolicy } from './sync-io-policy.js';
 
 /**
  * The snapshot store file (docs/FORMAT.md, "Store file"): a header in its
@@ -106,7 +106,7 @@ export class SnapshotStore {
   async write(storeBlock: number, data: Buffer): Promise<void> {
     assert(data.length > 0 && data.length % this.blockSizeBytes === 0, 'store writes are whole blocks');
     const { device } = this;
-    if (TEMP_SYNC_WRITES && data.length <= SYNC_MAX_BYTES && device.writeSync !== undefined) {
+    if (data.length <= SYNC_MAX_BYTES && device.writeSync !== undefined) {
       if (this.writes.trySync()) {
         this.writes.run(() => device.writeSync?.(this.offsetOf(storeBlock), data)); // a throw rejects this call's promise
         return;

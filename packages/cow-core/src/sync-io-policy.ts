@@ -11,12 +11,12 @@ import { performance } from 'node:perf_hooks';
  * throttling of writes) blocks the event loop for as long as the disk
  * takes, so a {@link SyncIoPolicy} times every synchronous call and sends
  * its caller back to the thread pool when too many are slow, and bounds
- * how long synchronous calls may hold one turn of the event loop.
+ * how much of one turn of the event loop synchronous calls may take.
  */
 
 /** Largest read or write done synchronously; longer ones go through the thread pool (their per-call cost is small against their bytes). */
 export const SYNC_MAX_BYTES = 64 * 1024;
-/** Synchronous calls hold one turn of the event loop at most this long (plus one call) before the rest waits for the next turn. */
+/** Synchronous calls take at most this long of one event-loop turn (plus one call) before the rest waits for the next turn. */
 export const SYNC_SLICE_MS = 1;
 /** A synchronous call slower than this probably did not come from the page cache (a 4 KiB hit takes a few µs; a disk read, 50 µs and more). */
 export const SYNC_SLOW_CALL_MS = 0.05;
@@ -34,7 +34,7 @@ export const SYNC_BACKOFF_CALLS = 4096;
 
 /** The bounds of one {@link SyncIoPolicy} (defaults: the `SYNC_*` constants above). */
 export interface SyncIoLimits {
-  /** Longest time synchronous calls hold one event-loop turn, in ms (plus one call). */
+  /** Longest time synchronous calls take of one event-loop turn, in ms (plus one call). */
   readonly sliceMs: number;
   /** A synchronous call longer than this, in ms, counts as slow. */
   readonly slowCallMs: number;
@@ -92,9 +92,12 @@ const REAL_CLOCK: SyncIoClock = {
  *   through the thread pool (each counted with {@link noteAsync}), where a
  *   disk gets its requests concurrently; then synchronous calls are tried
  *   again.
- * - **Slice**: synchronous calls hold one event-loop turn at most `sliceMs`
- *   from the turn's first synchronous call (plus the call that crosses
- *   it); past that {@link trySync} says no until the next turn. A caller
+ * - **Slice**: the synchronous calls of one event-loop turn take at most
+ *   `sliceMs` together (plus the call that crosses it: only their own
+ *   time counts, not the other work of the turn); past that
+ *   {@link trySync} says no until the next turn. A slice is the calls
+ *   since the last one was spent: it may span turns (no timer per turn),
+ *   and ends with the turn in which it is spent. A caller
  *   with more to do either awaits {@link nextTurn} (the snapshot reader's
  *   slices) or takes the thread pool for that call (single requests).
  * - A synchronous call that throws is timed and counted in the window like
@@ -107,8 +110,10 @@ export class SyncIoPolicy {
   /** Synchronous calls since the last decision, and how many of them were slow. */
   private decisionCalls = 0;
   private decisionSlowCalls = 0;
-  /** Start of this turn's slice (its first synchronous call), or undefined when no synchronous call ran in this turn yet. */
-  private sliceStartMs: number | undefined;
+  /** Time the synchronous calls of the current slice took so far, in ms. */
+  private sliceSyncMs = 0;
+  /** The slice is spent and ends with this event-loop turn (its reset is scheduled). */
+  private sliceEnding = false;
 
   constructor(
     readonly limits: SyncIoLimits = SYNC_IO_LIMITS,
@@ -125,7 +130,7 @@ export class SyncIoPolicy {
   /** Whether the next call may be synchronous: not backing off, and this turn's slice not spent. */
   trySync(): boolean {
     if (this.backoffLeft > 0) return false;
-    return this.sliceStartMs === undefined || this.clock.now() - this.sliceStartMs < this.limits.sliceMs;
+    return this.sliceSyncMs < this.limits.sliceMs;
   }
 
   /**
@@ -135,16 +140,24 @@ export class SyncIoPolicy {
    */
   run<T>(fn: () => T): T {
     const startMs = this.clock.now();
-    if (this.sliceStartMs === undefined) {
-      this.sliceStartMs = startMs;
-      this.clock.onNextTurn(() => (this.sliceStartMs = undefined));
-    }
     try {
       const result = fn();
       this.stats.syncCalls += 1;
       return result;
     } finally {
-      this.record(this.clock.now() - startMs);
+      const elapsedMs = this.clock.now() - startMs;
+      this.sliceSyncMs += elapsedMs;
+      if (this.sliceSyncMs >= this.limits.sliceMs && !this.sliceEnding) {
+        // Spent: the slice ends with this turn. (Not scheduled per turn: a
+        // slice may span turns until it is spent — its calls within any one
+        // turn take no longer than the whole slice.)
+        this.sliceEnding = true;
+        this.clock.onNextTurn(() => {
+          this.sliceSyncMs = 0;
+          this.sliceEnding = false;
+        });
+      }
+      this.record(elapsedMs);
     }
   }
 
@@ -175,6 +188,3 @@ export class SyncIoPolicy {
     this.backoffLeft = this.limits.backoffCalls;
   }
 }
-
-/** TEMP (measurement only, removed before commit): COWVOL_SYNC_WRITES=0 turns synchronous writes off. */
-export const TEMP_SYNC_WRITES = process.env.COWVOL_SYNC_WRITES !== '0';

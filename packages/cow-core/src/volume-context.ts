@@ -19,7 +19,7 @@ import type { ChangeStamps } from './outside-writes.js';
 import { PendingCows } from './pending-cow.js';
 import { VolumeStatus } from './volume-state.js';
 import type { VolumeStats } from './volume-types.js';
-import { SYNC_MAX_BYTES, SyncIoPolicy, TEMP_SYNC_WRITES } from './sync-io-policy.js';
+import { SYNC_MAX_BYTES, SyncIoPolicy } from './sync-io-policy.js';
 
 /** What an open hands to a volume (volume-lifecycle.ts `openVolumeParts`). */
 export interface VolumeParts {
@@ -341,7 +341,7 @@ export class VolumeContext {
    */
   async writeLive(offsetBytes: number, data: Uint8Array): Promise<void> {
     const { volume } = this.parts;
-    if (TEMP_SYNC_WRITES && data.length > 0 && data.length <= SYNC_MAX_BYTES && volume.writeSync !== undefined) {
+    if (data.length > 0 && data.length <= SYNC_MAX_BYTES && volume.writeSync !== undefined) {
       if (this.liveWrites.trySync()) {
         this.liveWrites.run(() => volume.writeSync?.(offsetBytes, data)); // a throw rejects this call's promise
         return;

@@ -89,7 +89,7 @@ describe('SyncIoPolicy', () => {
     expect(policy.trySync()).toBe(true);
   });
 
-  it('a slice ends sliceMs after the turn’s first synchronous call; the next turn starts a new one; nextTurn waits for it', async () => {
+  it('the synchronous calls of one turn take at most sliceMs together (other work of the turn does not count); the next turn starts a new slice; nextTurn waits for it', async () => {
     const clock = new HandClock();
     const policy = new SyncIoPolicy(SYNC_IO_LIMITS, clock);
     let calls = 0;
@@ -97,6 +97,7 @@ describe('SyncIoPolicy', () => {
       policy.run(() => {
         clock.nowMs += sliceMs / 8;
       });
+      clock.nowMs += 10 * sliceMs; // the turn's other work between the calls
       calls += 1;
       expect(calls, 'the slice ends').toBeLessThanOrEqual(8);
     }
@@ -112,6 +113,20 @@ describe('SyncIoPolicy', () => {
     expect(resumed).toBe(true);
     expect(policy.trySync(), 'a new turn, a new slice').toBe(true);
     expect(policy.stats.yields).toBe(1);
+  });
+
+  it('a slice spans turns until it is spent, then ends with that turn', () => {
+    const clock = new HandClock();
+    const policy = new SyncIoPolicy(SYNC_IO_LIMITS, clock);
+    for (let turn = 0; turn < 3; turn++) {
+      policy.run(() => (clock.nowMs += sliceMs / 4));
+      clock.endTurn();
+      expect(policy.trySync(), `turn ${turn}: three quarters of the slice or less spent`).toBe(true);
+    }
+    policy.run(() => (clock.nowMs += sliceMs / 4));
+    expect(policy.trySync(), 'spent in this turn').toBe(false);
+    clock.endTurn();
+    expect(policy.trySync(), 'a new slice in the next turn').toBe(true);
   });
 
   it('a throwing call surfaces its own error, is timed like any other and is not counted as done', () => {
