@@ -43,6 +43,11 @@ export function countingOpener(counters) {
           c.writeBytes += data.length;
           return dev.write(offsetBytes, data);
         },
+        writeSync(offsetBytes, data) {
+          c.writes += 1;
+          c.writeBytes += data.length;
+          dev.writeSync(offsetBytes, data);
+        },
         async sync() {
           c.syncs += 1;
           return dev.sync();

@@ -1,5 +1,5 @@
 import { open, type FileHandle } from 'node:fs/promises';
-import { constants, read as readCallback, readSync, write as writeCallback } from 'node:fs';
+import { constants, read as readCallback, readSync, write as writeCallback, writeSync } from 'node:fs';
 import { IoError, NoSpaceError } from './errors.js';
 
 /**
@@ -41,6 +41,17 @@ export interface BlockDevice {
   readIntoSync?(offsetBytes: number, into: Uint8Array): void;
   /** Writes all of `data` at `offsetBytes`. Not durable until `sync()` resolves. */
   write(offsetBytes: number, data: Uint8Array): Promise<void>;
+  /**
+   * Optional: the same as `write`, synchronously on the calling thread (a
+   * `pwrite` that blocks it until the kernel took the bytes, usually into
+   * the page cache). For callers that time each call and fall back to
+   * `write` when calls are slow (dirty-page throttling, a stalled disk;
+   * docs/ARCHITECTURE.md §4.14): it saves the thread-pool hand-off of a
+   * small write. Not durable until `sync()` resolves. A device that cannot
+   * write synchronously leaves it out.
+   * @throws IO_ERROR, NO_SPACE (as `write`; IO_ERROR also after `close()`)
+   */
+  writeSync?(offsetBytes: number, data: Uint8Array): void;
   /** Makes every completed write durable (`fdatasync`). */
   sync(): Promise<void>;
   /** Current size in bytes. */
@@ -169,6 +180,21 @@ export class FileBlockDevice implements BlockDevice {
       throw wrapError(err, this.name, 'write', offsetBytes, data.length);
     } finally {
       this.opEnded();
+    }
+  }
+
+  /**
+   * `writeSync` on the descriptor, looping over short writes; errors as
+   * {@link write}. Nothing is in flight afterwards, so `close()` needs no
+   * wait for it.
+   */
+  writeSync(offsetBytes: number, data: Uint8Array): void {
+    if (this.closed !== undefined) throw closedError(this.name, 'write', offsetBytes, data.length);
+    let done = 0;
+    try {
+      while (done < data.length) done += writeSync(this.handle.fd, data, done, data.length - done, offsetBytes + done);
+    } catch (err) {
+      throw wrapError(err, this.name, 'write', offsetBytes, data.length);
     }
   }
 

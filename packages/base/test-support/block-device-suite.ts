@@ -107,6 +107,28 @@ function readWriteTests(makeDevice: MakeDevice): void {
     expect(() => dev.readIntoSync?.(0, Buffer.alloc(10))).toThrow(expect.objectContaining({ code: 'IO_ERROR' }) as Error);
   });
 
+  it('writeSync, where offered, writes what write writes: read back at once, neighbours alone, the size extended; after close it throws IO_ERROR', async () => {
+    const content = pattern(8192);
+    const dev = await makeDevice(content);
+    if (dev.writeSync === undefined) {
+      await dev.close();
+      return; // optional: a device without it is written with write only
+    }
+    const writeSync = dev.writeSync.bind(dev);
+    const data = pattern(1000, 4);
+    writeSync(3000, data);
+    expect((await dev.read(3000, 1000)).equals(data), 'read back at once').toBe(true);
+    expect((await dev.read(2990, 10)).equals(content.subarray(2990, 3000)), 'bytes before the write').toBe(true);
+    expect((await dev.read(4000, 10)).equals(content.subarray(4000, 4010)), 'bytes after the write').toBe(true);
+    writeSync(20_000, data.subarray(0, 100));
+    expect(await dev.sizeBytes()).toBe(20_100);
+    expect((await dev.read(8192, 20_000 - 8192)).equals(Buffer.alloc(20_000 - 8192)), 'the gap reads as zeros').toBe(true);
+    data.fill(0);
+    expect((await dev.read(3000, 1000)).equals(pattern(1000, 4)), 'the device keeps no reference to the caller’s buffer').toBe(true);
+    await dev.close();
+    expect(() => dev.writeSync?.(0, Buffer.alloc(10))).toThrow(expect.objectContaining({ code: 'IO_ERROR' }) as Error);
+  });
+
   it('a write reads back at once, leaves its neighbours alone, and a write past the end extends the size (the gap reads as zeros)', async () => {
     const dev = await makeDevice(pattern(8192));
     const data = pattern(1000, 1);
@@ -195,6 +217,13 @@ function errnoTests(makeFullDevice: () => Promise<BlockDevice>): void {
   it('a full file system (ENOSPC) is NO_SPACE, naming the range', async () => {
     const dev = await makeFullDevice();
     await expect(dev.write(4096, Buffer.alloc(512))).rejects.toMatchObject({ code: 'NO_SPACE', details: { offsetBytes: 4096, lengthBytes: 512, errno: 'ENOSPC' } });
+    // A synchronous write, where offered, fails the same way.
+    if (dev.writeSync !== undefined) {
+      const writeSync = dev.writeSync.bind(dev);
+      expect(() => writeSync(4096, Buffer.alloc(512))).toThrow(
+        expect.objectContaining({ code: 'NO_SPACE', details: expect.objectContaining({ offsetBytes: 4096, lengthBytes: 512, errno: 'ENOSPC' }) as unknown }) as Error,
+      );
+    }
     await dev.close();
   });
 }

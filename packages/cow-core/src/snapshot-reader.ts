@@ -4,6 +4,7 @@ import { TARGET_STORE, TARGET_VOLUME } from './layout.js';
 import type { BlockSources } from './read-through.js';
 import { storeBlockCrc } from './store-crc.js';
 import type { VolumeContext } from './volume-context.js';
+import { SYNC_BACKOFF_CALLS, SYNC_DECISION_CALLS, SYNC_MAX_BYTES, SYNC_SLOW_CALL_MS, SyncIoPolicy } from './sync-io-policy.js';
 
 /**
  * The reads of one snapshot read request (docs/ARCHITECTURE.md §4.3): a
@@ -24,23 +25,13 @@ export const READS_IN_FLIGHT = 32;
  */
 export const LIVE_GAP_BLOCKS = 8;
 
-/** Longest store run read synchronously; longer runs go through the thread pool (their per-call cost is small against their bytes). */
-export const SYNC_MAX_RUN_BYTES = 64 * 1024;
-/** Synchronous store reads hold the event loop at most this long (plus one read) before yielding to it. */
-export const SYNC_SLICE_MS = 1;
-/** A synchronous read slower than this probably did not come from the page cache (a 4 KiB hit takes a few µs; a disk read, 50 µs and more). */
-export const SYNC_SLOW_READ_MS = 0.05;
-/**
- * When more than this share of the last `SYNC_DECISION_READS` synchronous
- * reads were slow, the reader goes back to the thread pool: on a cold store
- * most reads are slow; on a loaded machine a preemption makes one read in
- * many look slow, not a quarter of them.
- */
-export const SYNC_SLOW_SHARE = 0.25;
-/** Synchronous reads per decision (across requests: a request behind one newer snapshot has only a few store runs). */
-export const SYNC_DECISION_READS = 32;
-/** After synchronous reads turned out slow, this many store runs go through the thread pool before they are tried again. */
-export const SYNC_BACKOFF_RUNS = 4096;
+/** Longest store run read synchronously (the policy's bound); longer runs go through the thread pool. */
+export const SYNC_MAX_RUN_BYTES = SYNC_MAX_BYTES;
+/** The reader's names for the policy's bounds (sync-io-policy.ts): a store read is one call, a store run one read. */
+export { SYNC_SLICE_MS, SYNC_SLOW_SHARE } from './sync-io-policy.js';
+export const SYNC_SLOW_READ_MS = SYNC_SLOW_CALL_MS;
+export const SYNC_DECISION_READS = SYNC_DECISION_CALLS;
+export const SYNC_BACKOFF_RUNS = SYNC_BACKOFF_CALLS;
 
 /** The reads a {@link SnapshotReader} issues: the journal-overlaid home reads of the volume (`VolumeContext.readHomeInto`, see `snapshotReaderOf`). */
 export interface ReadThroughIo {
@@ -131,22 +122,30 @@ class LowestFailure {
  * wake-up, the completion callback) that costs several times that in
  * main-thread CPU. Both ends work at once, so the pool's threads still
  * help where the main thread alone would get too little CPU (a loaded
- * machine). Bounded: a slice of synchronous reads ends after
- * `SYNC_SLICE_MS` and yields to the event loop before the next; when more
- * than `SYNC_SLOW_SHARE` of the last `SYNC_DECISION_READS` reads took
- * longer than `SYNC_SLOW_READ_MS` (the data came from the disk), the rest
- * of the request and the next `SYNC_BACKOFF_RUNS` store runs are left to
- * the pool, where a disk gets its reads concurrently.
+ * machine). Bounded by the reader's {@link SyncIoPolicy}
+ * (sync-io-policy.ts, docs/ARCHITECTURE.md §4.14): once the synchronous
+ * reads of an event-loop turn took `SYNC_SLICE_MS`, the request waits for
+ * the next turn before it reads on; when more than
+ * `SYNC_SLOW_SHARE` of the last `SYNC_DECISION_READS` reads took longer
+ * than `SYNC_SLOW_READ_MS` (the data came from the disk), the rest of the
+ * request and the next `SYNC_BACKOFF_RUNS` store runs are left to the
+ * pool, where a disk gets its reads concurrently.
  */
 export class SnapshotReader {
-  readonly stats: SnapshotReaderStats = { syncRuns: 0, asyncRuns: 0, syncBackoffs: 0, syncYields: 0 };
-  /** Store runs left to read through the thread pool before synchronous reads are tried again. */
-  private backoffRuns = 0;
-  /** Synchronous reads since the last decision, and how many of them were slow. */
-  private decisionReads = 0;
-  private decisionSlowReads = 0;
+  /**
+   * @param io the reads to issue
+   * @param policy when store runs are read synchronously (sync-io-policy.ts); one per reader, across its requests
+   */
+  constructor(
+    private readonly io: ReadThroughIo,
+    private readonly policy = new SyncIoPolicy(),
+  ) {}
 
-  constructor(private readonly io: ReadThroughIo) {}
+  /** The counters, from the policy's: a store run is one call. */
+  get stats(): SnapshotReaderStats {
+    const s = this.policy.stats;
+    return { syncRuns: s.syncCalls, asyncRuns: s.asyncCalls, syncBackoffs: s.backoffs, syncYields: s.yields };
+  }
 
   /**
    * Fills `out` (exactly `sources.count` blocks) from `sources`. Waits for
@@ -162,7 +161,7 @@ export class SnapshotReader {
     const failure = new LowestFailure();
     const syncRead = this.io.readStoreIntoSync?.bind(this.io);
     const short = (op: ReadOp): boolean => op.storeBlock >= 0 && op.blocks * bs <= SYNC_MAX_RUN_BYTES;
-    const useSync = syncRead !== undefined && this.backoffRuns === 0;
+    const useSync = syncRead !== undefined && !this.policy.backingOff;
     // Live spans and long runs first, the short store runs behind them: the pool starts at the front, the synchronous reader at the back.
     const ordered = useSync ? [...ops.filter((op) => !short(op)), ...ops.filter(short)] : ops;
     const queue: OpQueue = { ops: ordered, next: 0, end: ordered.length, syncFrom: useSync ? ordered.length - ops.filter(short).length : ordered.length };
@@ -186,8 +185,7 @@ export class SnapshotReader {
             await this.io.readLiveInto((sources.first + op.index) * bs, op.into);
             continue;
           }
-          this.stats.asyncRuns += 1;
-          if (this.backoffRuns > 0) this.backoffRuns -= 1;
+          this.policy.noteAsync();
           await this.io.readStoreInto(op.storeBlock, op.into);
           if (this.firstBadBlock(sources, op) >= 0) {
             // Maybe only the cached copy is bad: read the file before calling the store corrupt.
@@ -205,53 +203,33 @@ export class SnapshotReader {
   }
 
   /**
-   * Reads store runs from the back of `queue` synchronously, in slices of
-   * at most `SYNC_SLICE_MS` with a yield to the event loop between them,
-   * until it meets the pool's workers or reads turn out slow (the rest is
-   * left in the queue for the pool). Returns the runs whose copy failed its
-   * checksum, to be read again through the pool (then from the file before
-   * `STORE_CORRUPT`).
+   * Reads store runs from the back of `queue` synchronously while the
+   * policy allows it, waiting for the next event-loop turn when a slice is
+   * spent, until it meets the pool's workers or the policy backs off (the
+   * rest is left in the queue for the pool). Returns the runs whose copy
+   * failed its checksum, to be read again through the pool (then from the
+   * file before `STORE_CORRUPT`).
    */
   private async readSync(sources: BlockSources, queue: OpQueue, syncRead: (storeBlock: number, into: Buffer) => void, failure: LowestFailure): Promise<ReadOp[]> {
     const left: ReadOp[] = [];
-    const more = (): boolean => queue.end > Math.max(queue.next, queue.syncFrom) && !failure.failed;
-    for (let first = true; more(); first = false) {
-      if (!first) {
-        this.stats.syncYields += 1;
-        await new Promise<void>((resolve) => setImmediate(resolve));
+    const policy = this.policy;
+    while (queue.end > Math.max(queue.next, queue.syncFrom) && !failure.failed) {
+      if (!policy.trySync()) {
+        if (policy.backingOff) break;
+        await policy.nextTurn();
+        continue;
       }
-      const start = performance.now();
-      let backoff = false;
-      for (let t = start; more() && t - start < SYNC_SLICE_MS && !backoff;) {
-        const op = queue.ops[--queue.end]!;
-        try {
+      const op = queue.ops[--queue.end]!;
+      try {
+        policy.run(() => {
           syncRead(op.storeBlock, op.into);
-          this.stats.syncRuns += 1;
-          if (this.firstBadBlock(sources, op) >= 0) left.push(op);
-        } catch (error) {
-          failure.note(op.index, error);
-        }
-        const now = performance.now();
-        backoff = this.slowSoFar(now - t);
-        t = now;
+        });
+        if (this.firstBadBlock(sources, op) >= 0) left.push(op);
+      } catch (error) {
+        failure.note(op.index, error);
       }
-      if (backoff) break;
     }
     return left;
-  }
-
-  /** Counts one synchronous read of `elapsedMs`; true when the decision window just closed with too many slow reads (then backs off). */
-  private slowSoFar(elapsedMs: number): boolean {
-    this.decisionReads += 1;
-    if (elapsedMs > SYNC_SLOW_READ_MS) this.decisionSlowReads += 1;
-    if (this.decisionReads < SYNC_DECISION_READS) return false;
-    const slow = this.decisionSlowReads > SYNC_SLOW_SHARE * this.decisionReads;
-    this.decisionReads = 0;
-    this.decisionSlowReads = 0;
-    if (!slow) return false;
-    this.stats.syncBackoffs += 1;
-    this.backoffRuns = SYNC_BACKOFF_RUNS;
-    return true;
   }
 
   /** Index in `op` of the first store block that fails its bound CRC32C (docs/FORMAT.md §4.2), or -1. */

@@ -116,6 +116,14 @@ export class StoreReadCache {
       truncate: (sizeBytes) => invalidating(0, Number.MAX_SAFE_INTEGER, () => inner.truncate(sizeBytes)),
       close: () => inner.close(),
     };
+    const innerWriteSync = inner.writeSync?.bind(inner);
+    if (innerWriteSync !== undefined) {
+      // The synchronous write invalidates like the others; no fill can start while it runs.
+      this.device.writeSync = (offsetBytes, data) => {
+        this.invalidate(offsetBytes, data.length);
+        innerWriteSync(offsetBytes, data);
+      };
+    }
   }
 
   /**

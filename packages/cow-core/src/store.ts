@@ -1,6 +1,7 @@
 import { assert, crc32c, UnsupportedVersionError, type BlockDevice } from '@cowvol/base';
 import { CorruptMetadataError, StoreCorruptError } from './errors.js';
 import { StoreReadCache } from './store-read-cache.js';
+import { SYNC_MAX_BYTES, SyncIoPolicy } from './sync-io-policy.js';
 
 /**
  * The snapshot store file (docs/FORMAT.md, "Store file"): a header in its
@@ -46,6 +47,8 @@ export class SnapshotStore {
    * and ordered-data sync go through it too).
    */
   readonly device: BlockDevice;
+  /** When small store writes (a COW's copy) are done synchronously (docs/ARCHITECTURE.md §4.14). */
+  readonly writes = new SyncIoPolicy();
 
   /**
    * @param file the store file, as opened (the store wraps it; close `device`, not `file`)
@@ -95,11 +98,21 @@ export class SnapshotStore {
    * batch writes each run of queued writes consecutive in the store with one
    * write call (concurrent COWs get consecutive store blocks from the
    * allocator, so 16 writers of 4 KiB copies become one 64 KiB write). A
-   * failed write fails every request of its run, and only those.
+   * failed write fails every request of its run, and only those. A write
+   * of at most `SYNC_MAX_BYTES` is instead made synchronously, alone, when
+   * the device offers `writeSync` and {@link writes} allows it (§4.14).
    * @throws IO_ERROR, NO_SPACE (as the device reports them)
    */
-  write(storeBlock: number, data: Buffer): Promise<void> {
+  async write(storeBlock: number, data: Buffer): Promise<void> {
     assert(data.length > 0 && data.length % this.blockSizeBytes === 0, 'store writes are whole blocks');
+    const { device } = this;
+    if (data.length <= SYNC_MAX_BYTES && device.writeSync !== undefined) {
+      if (this.writes.trySync()) {
+        this.writes.run(() => device.writeSync?.(this.offsetOf(storeBlock), data)); // a throw rejects this call's promise
+        return;
+      }
+      this.writes.noteAsync();
+    }
     return new Promise<void>((resolve, reject) => {
       this.queued.push({ storeBlock, data, resolve, reject });
       if (!this.writing) void this.writeQueued();

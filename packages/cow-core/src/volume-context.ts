@@ -20,6 +20,7 @@ import { PendingCows } from './pending-cow.js';
 import { VolumeStatus } from './volume-state.js';
 import { SnapshotNames, catalogIndexAfter, catalogIndexOf } from './snapshot-names.js';
 import type { VolumeStats } from './volume-types.js';
+import { SYNC_MAX_BYTES, SyncIoPolicy } from './sync-io-policy.js';
 
 /** What an open hands to a volume (volume-lifecycle.ts `openVolumeParts`). */
 export interface VolumeParts {
@@ -77,10 +78,23 @@ export class VolumeContext {
    */
   private readonly heldBlockLocks = process.env.COWVOL_LOCK_CHECKS === '1' ? new AsyncLocalStorage<{ blocks: number }>() : undefined;
 
+  /**
+   * When small reads of the live volume file (`readLive`: live reads, the
+   * COW's read of the old block) are done synchronously (§4.14); one policy
+   * for the file, across requests.
+   */
+  readonly liveReads = new SyncIoPolicy();
+  /** The same for small writes of the live volume file (`writeLive`: overwrites, write-back entries landing). */
+  readonly liveWrites = new SyncIoPolicy();
+  /** The volume file's synchronous read, when its device offers one (`BlockDevice.readIntoSync`). */
+  private readonly volumeSync: { readIntoSync(offsetBytes: number, into: Uint8Array): void } | undefined;
+
   constructor(readonly parts: VolumeParts) {
+    const { volume } = parts;
+    this.volumeSync = volume.readIntoSync === undefined ? undefined : { readIntoSync: (offsetBytes, into) => volume.readIntoSync?.(offsetBytes, into) };
     this.allocator = parts.meta.allocator.clone();
     this.names = SnapshotNames.of(parts.catalog);
-    this.writeBack = new WriteBackStage(parts.meta.sb.blockSizeBytes, parts.writeBackBytes, parts.volume);
+    this.writeBack = new WriteBackStage(parts.meta.sb.blockSizeBytes, parts.writeBackBytes, { write: (offsetBytes, data) => this.writeLive(offsetBytes, data) });
   }
 
   get blockSizeBytes(): number {
@@ -329,12 +343,50 @@ export class VolumeContext {
 
   // ----------------------------------------------------------- home reads
 
-  /** Live data: the newest journaled image of a block if not yet checkpointed (journal mode), else the volume file. */
+  /**
+   * Live data: the newest journaled image of a block if not yet checkpointed
+   * (journal mode), else the volume file. A read of at most `SYNC_MAX_BYTES`
+   * is done synchronously while {@link liveReads} allows it and the device
+   * offers it (§4.14), else through the thread pool; either way a failure
+   * rejects with the device's error (`IO_ERROR`, its range in `details`).
+   */
   async readLive(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    if (!this.journaled || lengthBytes === 0) return this.parts.volume.read(offsetBytes, lengthBytes);
+    const { volume } = this.parts;
+    if (lengthBytes > 0 && lengthBytes <= SYNC_MAX_BYTES && this.volumeSync !== undefined) {
+      if (this.liveReads.trySync()) {
+        const data = Buffer.allocUnsafe(lengthBytes); // the device fills every byte (zeros past the end of the file)
+        const device = this.volumeSync;
+        this.liveReads.run(() => {
+          this.readHomeIntoSync(TARGET_VOLUME, device, offsetBytes, data);
+        });
+        return data;
+      }
+      this.liveReads.noteAsync();
+    }
+    if (!this.journaled || lengthBytes === 0) return volume.read(offsetBytes, lengthBytes);
     const data = Buffer.allocUnsafe(lengthBytes);
-    await this.readHomeInto(TARGET_VOLUME, this.parts.volume, offsetBytes, data);
+    await this.readHomeInto(TARGET_VOLUME, volume, offsetBytes, data);
     return data;
+  }
+
+  /**
+   * Writes `data` at `offsetBytes` of the live volume file: synchronously
+   * when it is at most `SYNC_MAX_BYTES`, the device offers `writeSync` and
+   * {@link liveWrites} allows it (§4.14) — then the write has happened when
+   * this returns —, else through the thread pool (`BlockDevice.write`).
+   * Either way a failure rejects with the device's error (`IO_ERROR`,
+   * `NO_SPACE`, its range in `details`). Not durable until the volume syncs.
+   */
+  async writeLive(offsetBytes: number, data: Uint8Array): Promise<void> {
+    const { volume } = this.parts;
+    if (data.length > 0 && data.length <= SYNC_MAX_BYTES && volume.writeSync !== undefined) {
+      if (this.liveWrites.trySync()) {
+        this.liveWrites.run(() => volume.writeSync?.(offsetBytes, data)); // a throw rejects this call's promise
+        return;
+      }
+      this.liveWrites.noteAsync();
+    }
+    return volume.write(offsetBytes, data);
   }
 
   /**
@@ -349,7 +401,7 @@ export class VolumeContext {
     return device.readInto(offsetBytes, into).then(() => this.layOver(images, offsetBytes, into));
   }
 
-  /** {@link readHomeInto}, synchronously (`device.readIntoSync`; the snapshot reader's store reads, docs/ARCHITECTURE.md §4.3). @throws IO_ERROR */
+  /** {@link readHomeInto}, synchronously (`device.readIntoSync`; the snapshot reader's store reads, docs/ARCHITECTURE.md §4.3; small live reads, §4.14). @throws IO_ERROR */
   readHomeIntoSync(target: number, device: { readIntoSync(offsetBytes: number, into: Uint8Array): void }, offsetBytes: number, into: Buffer): void {
     if (!this.journaled || into.length === 0) {
       device.readIntoSync(offsetBytes, into);

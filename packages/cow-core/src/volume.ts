@@ -9,6 +9,7 @@ import { planDelete, type DeletePlan, type SpaceReport } from './space.js';
 import { validateLabels } from './labels.js';
 import { readThrough } from './read-through.js';
 import { snapshotReaderOf, type SnapshotReader, type SnapshotReaderStats } from './snapshot-reader.js';
+import type { SyncIoStats } from './sync-io-policy.js';
 import type { StoreCacheStats } from './store-read-cache.js';
 import { writeBackError } from './write-back.js';
 import type { AcceptChangesReport, OutsideChange } from './outside-writes.js';
@@ -468,6 +469,11 @@ export class Volume {
   /** Counters of the snapshot reads' store reads: synchronous, pooled, back-offs, yields (a copy; docs/ARCHITECTURE.md §4.3). */
   get snapshotReadStats(): SnapshotReaderStats {
     return { ...this.reader.stats };
+  }
+
+  /** Counters of small synchronous I/O on the hot paths (copies; docs/ARCHITECTURE.md §4.14): live-file reads (live reads, COW source reads), live-file writes, store writes (COW copies). */
+  get syncIoStats(): { liveReads: SyncIoStats; liveWrites: SyncIoStats; storeWrites: SyncIoStats } {
+    return { liveReads: { ...this.ctx.liveReads.stats }, liveWrites: { ...this.ctx.liveWrites.stats }, storeWrites: { ...this.ctx.parts.store.writes.stats } };
   }
 
   /** Counters of the snapshot reads' store cache (a copy). */

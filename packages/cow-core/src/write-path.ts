@@ -82,12 +82,11 @@ async function writeChunk(ctx: VolumeContext, offsetBytes: number, data: Buffer)
     await writeJournaled(ctx, offsetBytes, data, first, last);
     return;
   }
-  const volume = ctx.parts.volume;
   if (tickets.length > 0 && ctx.writeBack.maxBytes === 0) {
     // Write-through: the overwrite waits for the commit, errors come back
     // here. The stage is never used, so there is nothing to be admitted past.
     await awaitCows(tickets);
-    await volume.write(offsetBytes, data);
+    await ctx.writeLive(offsetBytes, data);
     return;
   }
   if (tickets.length === 0) {
@@ -95,8 +94,9 @@ async function writeChunk(ctx: VolumeContext, offsetBytes: number, data: Buffer)
     // read-modify-write of partial blocks; a COW copies whole blocks) —
     // once an earlier acknowledged overwrite of these blocks still in the
     // stage has landed, so overwrites reach the volume in call order.
-    // Admission starts the write in the same step as its overlap check.
-    await ctx.writeBack.admit(first, last, 0, () => volume.write(offsetBytes, data));
+    // Admission starts the write in the same step as its overlap check (a
+    // synchronous one, §4.14, has even ended there).
+    await ctx.writeBack.admit(first, last, 0, () => ctx.writeLive(offsetBytes, data));
     return;
   }
   // data=ordered with a COW in flight: the overwrite may reach the volume
