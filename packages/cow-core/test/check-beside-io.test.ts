@@ -3,8 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Volume } from '../src/index.js';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { GateOpener } from './gate-device.js';
+import { GateOpener, settlesWithin } from './gate-device.js';
 
 /**
  * `check --read-data` beside I/O (docs/ARCHITECTURE.md §8.3, "Beside I/O"):
@@ -36,22 +35,6 @@ async function setup(dataMode: 'ordered' | 'journal'): Promise<{ v: Volume; gate
   await v0.close();
   const gates = new GateOpener();
   return { v: await Volume.open(path, { opener: gates }), gates };
-}
-
-/**
- * Whether `p` settles within `ms` of real time: the operations here do real
- * file I/O (a COW copies, a create syncs and commits), so a few event-loop
- * turns are not enough to tell "blocked" from "busy". A liveness bound, not
- * a speed assertion: the bound is two orders of magnitude above the work.
- */
-async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
-  const state = { settled: false };
-  p.then(
-    () => (state.settled = true),
-    () => (state.settled = true),
-  );
-  for (let waited = 0; !state.settled && waited < ms; waited += 10) await sleep(10);
-  return state.settled;
 }
 
 const storeRead = (e: { file: string; op: string }): boolean => e.file === 'store' && e.op === 'read';

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { basename } from 'node:path';
 import { FileBlockDevice, type BlockDevice, type DeviceOpener } from '@cowvol/base';
 import { OpsInFlight } from '@cowvol/base/conformance';
@@ -103,4 +104,20 @@ export async function settlesSoon(p: Promise<unknown>): Promise<boolean> {
   );
   for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
   return settled;
+}
+
+/**
+ * Like {@link settlesSoon}, bounded by `ms` of real time instead of turns:
+ * for operations that do real file I/O (a COW copies, a create syncs and
+ * commits), where a few event-loop turns are not enough to tell "blocked" from "busy". A liveness bound, not
+ * a speed assertion: the bound is two orders of magnitude above the work.
+ */
+export async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  const state = { settled: false };
+  p.then(
+    () => (state.settled = true),
+    () => (state.settled = true),
+  );
+  for (let waited = 0; !state.settled && waited < ms; waited += 10) await sleep(10);
+  return state.settled;
 }
