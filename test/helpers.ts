@@ -20,7 +20,7 @@ export interface RunResult {
  * feeding `input` on stdin. Never throws on a non-zero exit: tests assert on
  * `code`.
  */
-export function cowvol(args: string[], options: { input?: Buffer; cwd?: string } = {}): Promise<RunResult> {
+export function cowvol(args: string[], options: { input?: Buffer; cwd?: string; env?: Record<string, string> } = {}): Promise<RunResult> {
   return run(process.execPath, [CLI, ...args], options);
 }
 
@@ -38,9 +38,9 @@ export function jsonOf<T = Record<string, unknown>>(r: RunResult): T {
 }
 
 /** Runs any program, collecting stdout (bytes) and stderr (text). */
-export function run(cmd: string, args: string[], options: { input?: Buffer; cwd?: string } = {}): Promise<RunResult> {
+export function run(cmd: string, args: string[], options: { input?: Buffer; cwd?: string; env?: Record<string, string> } = {}): Promise<RunResult> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(cmd, args, { cwd: options.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, { cwd: options.cwd, stdio: ['pipe', 'pipe', 'pipe'], ...(options.env ? { env: { ...process.env, ...options.env } } : {}) });
     const out: Buffer[] = [];
     let err = '';
     child.stdout.on('data', (d: Buffer) => out.push(d));

@@ -21,12 +21,13 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 // no useful order): it starts from its bundle.
 const { readFileSync, statSync, unlinkSync } = await import('node:fs');
 const { fileURLToPath } = await import('node:url');
+const { join } = await import('node:path');
 const root = new URL('../', import.meta.url);
 const bundleUrl = new URL('dist/bundle/cowvol.js', root);
 const manifestUrl = new URL('oclif.manifest.json', root);
 const pjson = JSON.parse(readFileSync(new URL('package.json', root), 'utf8'));
 
-/** Modification time in ms, or undefined when `url` does not exist. */
+/** Modification time in ms, or undefined when `url` (a URL or a path) does not exist. */
 function mtimeMs(url) {
   return statSync(url, { throwIfNoEntry: false })?.mtimeMs;
 }
@@ -40,8 +41,9 @@ function bundleIsFresh() {
   } catch {
     return false;
   }
-  // An input that is not there (gone from the workspace) cannot be newer.
-  return Array.isArray(inputs) && inputs.every((input) => !((mtimeMs(new URL(input, root)) ?? 0) > builtMs));
+  // An input that is not there (gone from the workspace) cannot be newer. Paths, not URLs: about 180 of them at every start.
+  const rootPath = fileURLToPath(root);
+  return Array.isArray(inputs) && inputs.every((input) => !((mtimeMs(join(rootPath, input)) ?? 0) > builtMs));
 }
 
 const checkout = mtimeMs(new URL('src/', root)) !== undefined;
@@ -54,11 +56,22 @@ if (checkout && manifestMs !== undefined && (!fresh || manifestMs < (mtimeMs(bun
     // Gone already (another run removed it): oclif reads the commands.
   }
 }
-let execute;
-if (fresh) ({ execute } = await import(bundleUrl.href));
-else {
-  pjson.oclif.commands = './dist/commands';
-  ({ execute } = await import('@oclif/core'));
+// The lean start (dist/bundle/lean/start.js, docs/ARCHITECTURE.md §1 "The
+// lean start") runs a command line it is sure of without oclif, and says
+// false for any other: oclif then parses it (help, USAGE errors, colours).
+// COWVOL_LEAN_START=0 always starts oclif; =require fails (INTERNAL, exit 1) where the
+// lean start declines, so that a test can tell which one ran.
+const leanUrl = new URL('dist/bundle/lean/start.js', root);
+if (!fresh || mtimeMs(leanUrl) === undefined || !(await (await import(leanUrl.href)).start(process.argv.slice(2)))) {
+  if (process.env.COWVOL_LEAN_START === 'require') {
+    process.stderr.write('cowvol: error [INTERNAL]: COWVOL_LEAN_START=require, and the lean start declined this command line (or the bundle is stale)\n');
+    process.exit(1);
+  }
+  let execute;
+  if (fresh) ({ execute } = await import(bundleUrl.href));
+  else {
+    pjson.oclif.commands = './dist/commands';
+    ({ execute } = await import('@oclif/core'));
+  }
+  await execute({ loadOptions: { root: fileURLToPath(root), pjson } });
 }
-
-await execute({ loadOptions: { root: fileURLToPath(root), pjson } });

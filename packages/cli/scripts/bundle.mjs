@@ -10,17 +10,20 @@
 // (docs/PERFORMANCE.md, "CLI start"; docs/ARCHITECTURE.md §1).
 //
 // Left outside the bundle, resolved at run time from @cowvol/cli's own
-// dependencies: the native addons (@node-rs/crc32 whole; the addons of
-// classic-level, LevelDB, and msgpackr-extract, whose JavaScript is
-// bundled) and TypeScript (which oclif only asks for when it runs
-// uncompiled commands).
+// dependencies: the native addons (of @node-rs/crc32, classic-level —
+// LevelDB — and msgpackr-extract, whose JavaScript is bundled) and
+// TypeScript (which oclif only asks for when it runs uncompiled commands).
+//
+// A second build, dist/bundle/lean/ (docs/ARCHITECTURE.md §1, "The lean
+// start"), holds the same commands with `@oclif/core` resolved to
+// src/lean-core.ts, and a start module with one loader per command.
 // The build fails when the copy @cowvol/cli resolves is not the one the
 // bundled code would have used, or when the AWS SDK or pino reach the start
 // module. It also writes dist/bundle/inputs.json, the
 // workspace files bundled, which bin/run.js compares with the bundle's time
 // so that a stale bundle never runs. Run by `pnpm build` after `tsc -b`;
 // COWVOL_BUNDLE_META=<file> also writes esbuild's metafile (what each output
-// holds, for sizing a chunk).
+// holds, for sizing a chunk), and <file>.lean the lean bundle's.
 import { build } from 'esbuild';
 import { existsSync, mkdirSync, readdirSync, realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -30,8 +33,8 @@ import { fileURLToPath } from 'node:url';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const outDir = join(root, 'dist/bundle');
 const stagingDir = join(root, `dist/bundle.tmp-${String(process.pid)}`);
-/** Native addons (and TypeScript) loaded by Node from @cowvol/cli's dependencies, not bundled. */
-const EXTERNAL = ['@node-rs/crc32', 'typescript'];
+/** Loaded by Node from @cowvol/cli's dependencies, not bundled (oclif asks for it only to run uncompiled commands). */
+const EXTERNAL = ['typescript'];
 /** Packages that must never be evaluated by a command that does not use them: only `await import()` may reach them. */
 const LAZY_ONLY = /node_modules\/(@aws-sdk|@smithy|pino|thread-stream|sonic-boom)\//;
 
@@ -49,6 +52,22 @@ function commandFiles() {
     });
 }
 
+/**
+ * The lean bundle's start module (src/lean-start.ts, docs/ARCHITECTURE.md
+ * §1 "The lean start"): a loader per command, so that starting evaluates
+ * the start module and then the one command's chunks. `help` is oclif's.
+ */
+function leanEntrySource() {
+  const commands = commandFiles().filter((c) => c.id !== 'help');
+  return [
+    `import { startLean } from './dist/lean-start.js';`,
+    `const LOADERS = {`,
+    ...commands.map((c) => `  ${JSON.stringify(c.id)}: () => import(${JSON.stringify(c.file)}),`),
+    `};`,
+    `export const start = (argv) => startLean(argv, LOADERS);`,
+  ].join('\n');
+}
+
 function entrySource() {
   const commands = commandFiles();
   return [
@@ -61,26 +80,56 @@ function entrySource() {
 }
 
 /**
- * classic-level and msgpackr-extract find their addons next to their own
- * files (node-gyp-build); bundled, those are elsewhere. The module that
- * loads each addon is replaced by one that gives the loader the folder of
- * the copy @cowvol/cli depends on, found at run time. classic-level's
- * node-gyp-build stays unbundled (it loads its own files by a computed
- * name); msgpackr-extract's loader and detect-libc are bundled.
+ * classic-level, msgpackr-extract and @node-rs/crc32 find their addons
+ * next to their own files; bundled, those are elsewhere. The module that
+ * loads each addon is replaced by one that finds the copy @cowvol/cli
+ * depends on at run time (`pkg`, its package.json) and loads the addon of
+ * the common case, glibc Linux, by its path: their own loaders scan
+ * folders, read /usr/bin/ldd or start a child process to tell glibc from
+ * musl, about 35 ms of every start together (docs/PERFORMANCE.md, "CLI
+ * start"). Anywhere else, or when that file does not load (musl: the
+ * glibc build fails to link), the package's own loader runs, from its
+ * folder, as it would unbundled.
  */
 const ADDON_LOADERS = [
   {
     name: 'classic-level',
     filter: /[\\/]classic-level[\\/]binding\.js$/,
-    contents: `module.exports = require('node:module').createRequire(pkg)('node-gyp-build')(require('node:path').dirname(pkg));`,
+    direct: 'join(dir, "prebuilds", `linux-${process.arch}`, "classic-level.node")',
+    fallback: 'createRequire(pkg)("node-gyp-build")(dir)',
   },
-  { name: 'msgpackr-extract', filter: /[\\/]msgpackr-extract[\\/]index\.js$/, contents: `module.exports = require('node-gyp-build-optional-packages')(require('node:path').dirname(pkg));` },
+  {
+    name: 'msgpackr-extract',
+    filter: /[\\/]msgpackr-extract[\\/]index\.js$/,
+    direct: 'createRequire(pkg).resolve(`@msgpackr-extract/msgpackr-extract-linux-${process.arch}/package.json`).replace(/package\\.json$/, `node.abi${process.versions.modules}.glibc.node`)',
+    fallback: 'createRequire(pkg)("node-gyp-build-optional-packages")(dir)',
+  },
+  {
+    name: '@node-rs/crc32',
+    filter: /[\\/]@node-rs[\\/]crc32[\\/]index\.js$/,
+    direct: 'createRequire(pkg).resolve(`@node-rs/crc32-linux-${process.arch}-gnu`)',
+    fallback: 'require(join(dir, "index.js"))',
+  },
 ];
 const addonLoaders = {
   name: 'addon-loaders',
   setup(b) {
-    for (const { name, filter, contents } of ADDON_LOADERS) {
-      b.onLoad({ filter }, (args) => ({ loader: 'js', resolveDir: dirname(args.path), contents: `const pkg = require.resolve(${JSON.stringify(`${name}/package.json`)});\n${contents}` }));
+    for (const { name, filter, direct, fallback } of ADDON_LOADERS) {
+      b.onLoad({ filter }, (args) => ({
+        loader: 'js',
+        resolveDir: dirname(args.path),
+        contents: [
+          `const { createRequire } = require('node:module');`,
+          `const { dirname, join } = require('node:path');`,
+          `const pkg = require.resolve(${JSON.stringify(`${name}/package.json`)});`,
+          `const dir = dirname(pkg);`,
+          `let binding;`,
+          `if (process.platform === 'linux' && process.env.COWVOL_ADDON_LOADERS !== 'own') {`,
+          `  try { binding = require(${direct}); } catch { binding = undefined; }`,
+          `}`,
+          `module.exports = binding ?? ${fallback};`,
+        ].join('\n'),
+      }));
     }
   },
 };
@@ -131,34 +180,58 @@ function checkStartModule(metafile) {
   if (leaked.length > 0) throw new Error(`the start module loads modules only some commands use (import them with await import()): ${leaked.slice(0, 5).join(', ')}`);
 }
 
+/** Options both builds share: one platform, format and minification; addons and TypeScript outside. */
+const common = {
+  absWorkingDir: root,
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  splitting: true,
+  chunkNames: 'chunk-[hash]',
+  external: EXTERNAL,
+  plugins: [addonLoaders],
+  // Whitespace and syntax only: class and function names stay (error names, stack traces).
+  minifyWhitespace: true,
+  minifySyntax: true,
+  legalComments: 'linked',
+  metafile: true,
+  banner: { js: banner },
+  logLevel: 'warning',
+};
+
+/** The lean bundle may not hold oclif: that is what it is for. */
+function checkLean(metafile) {
+  const oclif = Object.keys(metafile.inputs).filter((i) => /node_modules\/@oclif\//.test(i));
+  if (oclif.length > 0) throw new Error(`the lean bundle holds oclif modules (a command imports from @oclif/core what src/lean-core.ts lacks?): ${oclif.slice(0, 5).join(', ')}`);
+}
+
 rmSync(stagingDir, { recursive: true, force: true });
 mkdirSync(stagingDir, { recursive: true });
 try {
   const result = await build({
+    ...common,
     stdin: { contents: entrySource(), resolveDir: root, sourcefile: 'cowvol-commands.js', loader: 'js' },
-    absWorkingDir: root,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    splitting: true,
     outdir: stagingDir,
     entryNames: 'cowvol',
-    chunkNames: 'chunk-[hash]',
-    external: EXTERNAL,
-    plugins: [addonLoaders],
-    // Whitespace and syntax only: class and function names stay (error names, stack traces).
-    minifyWhitespace: true,
-    minifySyntax: true,
-    legalComments: 'linked',
-    metafile: true,
-    banner: { js: banner },
-    logLevel: 'warning',
   });
-  if (process.env.COWVOL_BUNDLE_META) writeFileSync(process.env.COWVOL_BUNDLE_META, JSON.stringify(result.metafile));
-  checkExternals(result.metafile);
-  checkStartModule(result.metafile);
-  const workspaceInputs = Object.keys(result.metafile.inputs)
+  const lean = await build({
+    ...common,
+    stdin: { contents: leanEntrySource(), resolveDir: root, sourcefile: 'cowvol-lean.js', loader: 'js' },
+    outdir: join(stagingDir, 'lean'),
+    entryNames: 'start',
+    alias: { '@oclif/core': './dist/lean-core.js' },
+  });
+  if (process.env.COWVOL_BUNDLE_META) {
+    writeFileSync(process.env.COWVOL_BUNDLE_META, JSON.stringify(result.metafile));
+    writeFileSync(`${process.env.COWVOL_BUNDLE_META}.lean`, JSON.stringify(lean.metafile));
+  }
+  for (const { metafile } of [result, lean]) {
+    checkExternals(metafile);
+    checkStartModule(metafile);
+  }
+  checkLean(lean.metafile);
+  const workspaceInputs = [...new Set([...Object.keys(result.metafile.inputs), ...Object.keys(lean.metafile.inputs)])]
     .filter((i) => !i.includes('node_modules/') && !i.startsWith('<stdin>') && existsSync(resolve(root, i)))
     .sort();
   writeFileSync(join(stagingDir, 'inputs.json'), `${JSON.stringify(workspaceInputs, null, 1)}\n`);
@@ -166,9 +239,11 @@ try {
   renameSync(stagingDir, outDir);
   const bytes = Object.values(result.metafile.outputs).reduce((n, o) => n + o.bytes, 0);
   const start = Object.entries(result.metafile.outputs).find(([, o]) => o.entryPoint !== undefined)?.[1];
+  const leanStart = Object.entries(lean.metafile.outputs).find(([, o]) => o.entryPoint !== undefined)?.[1];
   process.stderr.write(
     `bundle: ${relative(process.cwd(), join(outDir, 'cowvol.js'))} ${(start.bytes / 1024).toFixed(0)} KiB of ${(bytes / 1024).toFixed(0)} KiB, ` +
-      `${String(Object.keys(result.metafile.inputs).length)} modules (${String(workspaceInputs.length)} from the workspace)\n`,
+      `${String(Object.keys(result.metafile.inputs).length)} modules (${String(workspaceInputs.length)} from the workspace); ` +
+      `lean start ${relative(process.cwd(), join(outDir, 'lean/start.js'))} ${(leanStart.bytes / 1024).toFixed(1)} KiB\n`,
   );
 } catch (err) {
   rmSync(stagingDir, { recursive: true, force: true });

@@ -1,0 +1,51 @@
+import { leanParse } from './lean-parse.js';
+import type { LeanCommandClass, LeanConfig } from './lean-core.js';
+
+/**
+ * The lean start (docs/ARCHITECTURE.md §1, "The lean start"): runs a
+ * command without oclif when the command line is one it is sure of, and
+ * otherwise says so, so that bin/run.js starts oclif instead. The lean
+ * bundle's start module (scripts/bundle.mjs) calls it with a loader per
+ * command id; each loader imports only that command's code, built against
+ * lean-core.ts in place of `@oclif/core`.
+ *
+ * Declined, so left to oclif: an id that is not in the table (`help`,
+ * `autocomplete`, a typo, `--help`/`--version` with no command); a
+ * `snapshot:list`-style id; `--json` on a terminal (oclif colours it);
+ * COWVOL_CONTENT_TYPE set; anything lean-parse.ts declines; and every
+ * command line when COWVOL_LEAN_START=0.
+ */
+
+/** Command id (`snapshot:list`) → import of its module. */
+export type CommandLoaders = Record<string, () => Promise<{ default: unknown }>>;
+
+/** The command id that `argv` names and the tokens after it, or undefined (topics are one word deep: `snapshot list`). */
+export function commandOf(argv: readonly string[], loaders: CommandLoaders): { id: string; rest: string[] } | undefined {
+  const [first, second] = argv;
+  if (first === undefined || first.startsWith('-') || first.includes(':')) return undefined;
+  if (second !== undefined && !second.startsWith('-') && Object.hasOwn(loaders, `${first}:${second}`)) return { id: `${first}:${second}`, rest: argv.slice(2) };
+  if (Object.hasOwn(loaders, first)) return { id: first, rest: argv.slice(1) };
+  return undefined;
+}
+
+const config: LeanConfig = {
+  bin: 'cowvol',
+  scopedEnvVar: (name) => process.env[`COWVOL_${name}`],
+};
+
+/**
+ * Runs the command `argv` names, as oclif would, and resolves true; or
+ * resolves false having run nothing (see the module comment).
+ * @throws what the command's `catch` rethrows (nothing a cowvol command reports: it sets the exit code)
+ */
+export async function startLean(argv: readonly string[], loaders: CommandLoaders): Promise<boolean> {
+  if (process.env.COWVOL_LEAN_START === '0' || process.env.COWVOL_CONTENT_TYPE !== undefined) return false;
+  const named = commandOf(argv, loaders);
+  if (named === undefined) return false;
+  if (process.stdout.isTTY && named.rest.includes('--json')) return false;
+  const CommandClass = (await loaders[named.id]!()).default as LeanCommandClass;
+  if (leanParse(named.rest, CommandClass) === undefined) return false;
+  CommandClass.id = named.id;
+  await new CommandClass(named.rest, config)._run();
+  return true;
+}
