@@ -1,5 +1,5 @@
 /**
- * A served `snapshot list` and `info` of more snapshots than one control
+ * A served `snapshot list`, `info` and `status` of more snapshots than one control
  * response carries (docs/FORMAT.md §11.2, `snapshot.list` paged by
  * `afterId`): the CLI asks every page and prints what it prints offline,
  * byte for byte (`--json` and the table); each page stays under its bound
@@ -98,6 +98,21 @@ describe('served snapshot list of many pages', () => {
         after = page.nextAfterId;
       }
       expect(small).toEqual(all);
+      // `status` lists an export per snapshot: paged the same way, joined by the CLI.
+      const names = jsonOf<{ snapshots: Array<{ name: string }> }>(offline.list).snapshots.map((x) => `snapshot/${x.name}`);
+      const status = jsonOf<{ exports: Array<{ name: string }>; nextAfterId?: unknown }>(await cowvolOk(['status', vol, '--json']));
+      expect(status.exports.map((e) => e.name)).toEqual(['live', ...names]);
+      expect(status).not.toHaveProperty('nextAfterId');
+      const statusPages: string[] = [];
+      let statusPageCount = 0;
+      for (let after: number | null = 0; after !== null; statusPageCount++) {
+        const page = (await controlRequest(vol, 'status', { afterId: after, maxSnapshots: 7 })) as { exports: Array<{ name: string }>; nextAfterId: number | null };
+        expect(page.exports.length).toBeLessThanOrEqual(after === 0 ? 8 : 7);
+        statusPages.push(...page.exports.map((e) => e.name));
+        after = page.nextAfterId;
+      }
+      expect(statusPageCount).toBeGreaterThan(1);
+      expect(statusPages).toEqual(['live', ...names]);
       await expect(controlRequest(vol, 'snapshot.list', { afterId: -1 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
       await expect(controlRequest(vol, 'snapshot.list', { maxSnapshots: 0 })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
       await cowvolOk(['stop', vol]);

@@ -1,5 +1,5 @@
 import { Args } from '@oclif/core';
-import { hasCode } from '@cowvol/base';
+import { assert, hasCode } from '@cowvol/base';
 import { CowvolCommand } from '../base-command.js';
 import { human } from '../format.js';
 import { askServer, assertVolumeExists } from '../served.js';
@@ -29,7 +29,7 @@ export default class Status extends CowvolCommand {
     await assertVolumeExists(args.volume);
     let status: ServeStatus;
     try {
-      status = (await askServer(args.volume, 'status')) as ServeStatus;
+      status = await servedStatus(args.volume);
     } catch (err) {
       if (!hasCode(err, 'NOT_SERVED')) throw err;
       status = { served: false };
@@ -37,6 +37,27 @@ export default class Status extends CowvolCommand {
     this.say(status.served ? servedLines(status).join('\n') : `served: no (no cowvol serve answers for ${args.volume})`);
     return status;
   }
+}
+
+/**
+ * The server's `status`, its pages joined (docs/FORMAT.md §11.2 "Paged
+ * lists": one export per snapshot; the pages follow `nextAfterId` as
+ * `snapshot.list`'s do). A server that does not page sends no
+ * `nextAfterId`: its one answer is the whole status.
+ * @throws NOT_SERVED, and the server's errors
+ */
+async function servedStatus(volume: string): Promise<ServeStatus> {
+  type Page = Extract<ServeStatus, { served: true }> & { nextAfterId?: number | null };
+  const { nextAfterId: first, ...status } = (await askServer(volume, 'status')) as Page;
+  let next = first;
+  // Bounded: every page but the last holds at least one snapshot, and the ids only grow.
+  while (typeof next === 'number') {
+    const page = (await askServer(volume, 'status', { afterId: next })) as Page;
+    assert(page.nextAfterId === null || page.nextAfterId === undefined || page.nextAfterId > next, 'status pages move forward');
+    status.exports.push(...page.exports);
+    next = page.nextAfterId;
+  }
+  return status;
 }
 
 function servedLines(status: Extract<ServeStatus, { served: true }>): string[] {

@@ -34,7 +34,7 @@ export function snapshotJsonBytesBound(info: SnapshotInfo): number {
   return bytes;
 }
 
-/** Paging params of `snapshot.list` and `info`: `afterId` (non-negative integer, default 0) and `maxSnapshots` (1 to MAX_LIST_PAGE_SNAPSHOTS, default that). @throws INVALID_ARGUMENT */
+/** Paging params of `snapshot.list`, `info` and `status`: `afterId` (non-negative integer, default 0) and `maxSnapshots` (1 to MAX_LIST_PAGE_SNAPSHOTS, default that). @throws INVALID_ARGUMENT */
 export function pageParams(params: Record<string, unknown>): { afterId: number; maxSnapshots: number } {
   const afterId = params.afterId ?? 0;
   const maxSnapshots = params.maxSnapshots ?? MAX_LIST_PAGE_SNAPSHOTS;
@@ -45,14 +45,15 @@ export function pageParams(params: Record<string, unknown>): { afterId: number; 
   return { afterId, maxSnapshots };
 }
 
-/** One page of the volume's snapshots for `params`: at most `maxSnapshots` of them and MAX_LIST_PAGE_BYTES of JSON (the first always). @throws INVALID_ARGUMENT */
-export function listPage(volume: Volume, params: Record<string, unknown>): Promise<SnapshotPage> {
+/** One page of the volume's snapshots for `params` (and the `afterId` it starts after): at most `maxSnapshots` of them and MAX_LIST_PAGE_BYTES of JSON (the first always). @throws INVALID_ARGUMENT */
+export async function listPage(volume: Volume, params: Record<string, unknown>): Promise<SnapshotPage & { afterId: number }> {
   const { afterId, maxSnapshots } = pageParams(params);
   let bytes = 0;
-  return volume.listSnapshotsPage(afterId, (info, taken) => {
+  const page = await volume.listSnapshotsPage(afterId, (info, taken) => {
     bytes += snapshotJsonBytesBound(info);
     return taken < maxSnapshots && bytes <= MAX_LIST_PAGE_BYTES;
   });
+  return { ...page, afterId };
 }
 
 /**

@@ -4,7 +4,7 @@ import { LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX, type VolumeExports } from '../volu
 import type { ControlMethod } from './control-server.js';
 import { changeMethods } from './change-methods.js';
 import { reportMethods } from './report-methods.js';
-import { listMethods } from './list-pages.js';
+import { listMethods, listPage } from './list-pages.js';
 import { labelsParam, snapshotMethods, stringParam } from './snapshot-methods.js';
 
 /** What `serve` gives the control methods besides the volume and the NBD server. */
@@ -38,14 +38,18 @@ export function volumeMethods(volume: Volume, server: NbdServer, serve: ServeCon
       const base = { served: true, pid: process.pid, volume: serve.volumePath, readOnly: serve.readOnly, endpoints: served.endpoints, connections: served.connections };
       // `exports: false`: the server's identity alone (the CLI's routing asks it before every served command), not a list that grows with snapshots.
       if (params.exports === false) return base;
-      const names = [LIVE_EXPORT, ...(await volume.listSnapshots()).map((s) => SNAPSHOT_EXPORT_PREFIX + s.name)];
+      // Paged as `snapshot.list` is (FORMAT.md §11.2 "Paged lists"): 65,536 snapshots of long names are more than one response carries.
+      const page = await listPage(volume, params);
+      const names = [...(page.afterId === 0 ? [LIVE_EXPORT] : []), ...page.snapshots.map((s) => SNAPSHOT_EXPORT_PREFIX + s.name)];
       const unused = { connections: 0, requests: 0, readBytes: 0, writtenBytes: 0, errors: 0 };
       const counted = new Map(served.exports.map((e) => [e.name, e]));
       const exports = names.map((name) => counted.get(name) ?? { name, ...unused });
-      // Exports no longer listed (a deleted snapshot) keep their counters.
-      const listed = new Set(names);
-      for (const e of served.exports) if (!listed.has(e.name)) exports.push(e);
-      return { ...base, exports };
+      if (page.nextAfterId === null) {
+        // The last page adds the exports no longer listed (a deleted snapshot's, attached since the server started), with their counters.
+        const listed = new Set([LIVE_EXPORT, ...(await volume.listSnapshots()).map((s) => SNAPSHOT_EXPORT_PREFIX + s.name)]);
+        for (const e of served.exports) if (!listed.has(e.name)) exports.push(e);
+      }
+      return { ...base, exports, nextAfterId: page.nextAfterId };
     },
     stop: async () => {
       await serve.stop();
