@@ -67,6 +67,33 @@ describe('check --read-data beside I/O', () => {
     }
   });
 
+  it('data=ordered: a close while the store is read ends the check with VOLUME_CLOSED or its report, closes, and the volume reopens clean', async () => {
+    const { v, gates } = await setup('ordered');
+    const held = gates.hold(storeRead);
+    const checking = v.check({ readData: true });
+    const outcome = checking.then(
+      (report) => ({ report }),
+      (err: unknown) => ({ err }),
+    );
+    await held.reached;
+    await v.write(8 * BS, Buffer.alloc(BS, 0x44)); // I/O beside the data read, then the close
+    const closing = v.close();
+    // The close may wait for the held read; releasing it lets both finish, in either order.
+    held.release();
+    await closing;
+    const result = await outcome;
+    if ('err' in result) expect(result.err).toMatchObject({ code: 'VOLUME_CLOSED' });
+    else expect(result.report.status).toBe('clean');
+    const again = await Volume.open(path);
+    try {
+      expect((await again.check({ readData: true })).status).toBe('clean');
+      expect((await again.read(8 * BS, BS)).equals(Buffer.alloc(BS, 0x44)), 'the write before the close is there').toBe(true);
+      expect((await again.readSnapshot('t', 8 * BS, BS)).equals(Buffer.alloc(BS, 0x11)), 't kept block 8 as it was').toBe(true);
+    } finally {
+      await again.close();
+    }
+  });
+
   it('with repair, and in data=journal mode, the whole check stays frozen: a write waits for it', async () => {
     for (const [mode, options] of [
       ['ordered', { readData: true, repair: true }],
