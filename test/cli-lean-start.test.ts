@@ -9,7 +9,7 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cowvol, cowvolOk, tempDir, type RunResult } from './helpers.js';
+import { cowvol, cowvolOk, jsonOf, tempDir, type RunResult } from './helpers.js';
 
 const LEAN = { COWVOL_LEAN_START: 'require' };
 const OCLIF = { COWVOL_LEAN_START: '0' };
@@ -78,6 +78,28 @@ describe('the lean start gives what oclif gives', () => {
     const after = await cowvol(['snapshot', 'create', '--label', 'a=1', vol(), 'labelled'], { env: LEAN });
     expect(after.code).toBe(1);
     expect(after.stderr).toContain('COWVOL_LEAN_START=require');
+  });
+
+  it('never takes an argument from stdin, either way (oclif would fill a missing one from a stdin that is not a terminal)', async () => {
+    // Live differs from `second` after this write, so a diff to `second` (stdin's text) would show.
+    await cowvolOk(['write', vol(), '--offset', '65536'], Buffer.alloc(4096, 5));
+    const alone = shown(await cowvol(['snapshot', 'diff', vol(), 'first', '--json'], { env: OCLIF }));
+    expect(alone.stdout).toContain('65536');
+    for (const env of [LEAN, OCLIF]) {
+      // `to` is absent: the diff is to the live volume, whatever stdin holds.
+      const piped = await cowvol(['snapshot', 'diff', vol(), 'first', '--json'], { env, input: Buffer.from('second\n') });
+      expect(shown(piped), JSON.stringify(env)).toEqual(alone);
+    }
+    // A missing volume is USAGE (from oclif, the lean start declines the line), not a path read from stdin.
+    const missing = await cowvol(['info'], { input: Buffer.from(`${vol()}\n`) });
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain('USAGE');
+    // A delete by filter with names on stdin deletes by the filter alone (no snapshot is older than 1000 days).
+    for (const env of [LEAN, OCLIF]) {
+      const del = await cowvol(['snapshot', 'delete', vol(), '--older-than', '1000d', '--json'], { env, input: Buffer.from('first\n') });
+      expect(del.code, del.stderr).toBe(0);
+      expect(jsonOf<{ deleted: unknown[] }>(del).deleted).toEqual([]);
+    }
   });
 
   it('leaves help and USAGE errors to oclif', async () => {

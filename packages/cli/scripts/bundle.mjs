@@ -89,7 +89,10 @@ function entrySource() {
  * musl, about 35 ms of every start together (docs/PERFORMANCE.md, "CLI
  * start"). Anywhere else, or when that file does not load (musl: the
  * glibc build fails to link), the package's own loader runs, from its
- * folder, as it would unbundled.
+ * folder, as it would unbundled (also when NAPI_RS_NATIVE_LIBRARY_PATH
+ * names an addon for napi-rs's loader, or COWVOL_ADDON_LOADERS=own).
+ * Where a package names its file otherwise (classic-level's ARM builds),
+ * the direct load finds nothing and the own loader runs.
  */
 const ADDON_LOADERS = [
   {
@@ -124,7 +127,7 @@ const addonLoaders = {
           `const pkg = require.resolve(${JSON.stringify(`${name}/package.json`)});`,
           `const dir = dirname(pkg);`,
           `let binding;`,
-          `if (process.platform === 'linux' && process.env.COWVOL_ADDON_LOADERS !== 'own') {`,
+          `if (process.platform === 'linux' && process.env.COWVOL_ADDON_LOADERS !== 'own' && process.env.NAPI_RS_NATIVE_LIBRARY_PATH === undefined) {`,
           `  try { binding = require(${direct}); } catch { binding = undefined; }`,
           `}`,
           `module.exports = binding ?? ${fallback};`,

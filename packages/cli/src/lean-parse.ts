@@ -11,8 +11,9 @@
  * own parser by test/lean-parse.test.ts, a seeded property test):
  *
  * - `--name value` and `--name=value` for a flag that takes a value; the
- *   value may be empty or `-`, but never another token starting with `-`
- *   (oclif reads it as the value; declined here, to be sure);
+ *   value may be empty or `-`, but never start with `-` otherwise (oclif
+ *   refuses a value that names a flag, and reads others: declined here,
+ *   to be sure);
  * - `--name` for a boolean flag, `--no-name` when it has `allowNo`
  *   (`--name=…` for a boolean is declined: oclif parses it oddly);
  * - integers as `/^\d+$/` within `min`/`max`, values within `options`;
@@ -27,7 +28,8 @@
  * positional in a strict command, a value that is not valid, a flag
  * given twice, a positional anywhere after a `multiple` flag (oclif takes
  * it as one more value of the flag), an argument left to its default, a
- * second `--`.
+ * missing optional argument without `ignoreStdin` (oclif reads it from a
+ * stdin that is not a terminal), a second `--`.
  */
 
 /** A flag definition, as `Flags.*` of the lean core build it (and oclif's, for the fields read here). */
@@ -49,6 +51,8 @@ export interface LeanFlag {
 export interface LeanArg {
   required?: boolean;
   default?: unknown;
+  /** oclif reads a missing argument from stdin when stdin is not a terminal, unless this is set. */
+  ignoreStdin?: boolean;
 }
 
 /** What a command class declares (its static fields). */
@@ -132,12 +136,9 @@ export function leanParse(argv: readonly string[], shape: LeanCommandShape): Lea
       flags[name] = true;
       continue;
     }
-    let raw: string | undefined;
-    if (eq !== -1) raw = token.slice(eq + 1);
-    else {
-      raw = argv[++i];
-      if (raw === undefined || (raw.startsWith('-') && raw !== '-')) return undefined;
-    }
+    // A value starting with `-` (but `-` alone) is declined in both spellings: oclif refuses one that names a flag (`--output=--json`).
+    const raw = eq !== -1 ? token.slice(eq + 1) : argv[++i];
+    if (raw === undefined || (raw.startsWith('-') && raw !== '-')) return undefined;
     const value = optionValue(def, raw);
     if (value === undefined) return undefined;
     if (!def.multiple) flags[name] = value;
@@ -156,8 +157,9 @@ export function leanParse(argv: readonly string[], shape: LeanCommandShape): Lea
   const args: Record<string, unknown> = {};
   for (const [index, [name, def]] of argDefs.entries()) {
     if (index < positionals.length) args[name] = positionals[index];
-    // A missing required argument is oclif's USAGE error; a default is put into argv by oclif in an order of its own.
-    else if (def.required || def.default !== undefined) return undefined;
+    // A missing required argument is oclif's USAGE error; a default is put into argv by oclif in an order of its own;
+    // a missing argument without `ignoreStdin` oclif reads from a stdin that is not a terminal.
+    else if (def.required || def.default !== undefined || !def.ignoreStdin) return undefined;
   }
   // oclif orders argv by each token's first place on the command line (a repeated word moves up to its first place).
   const argvOut = [...positionals].sort((a, b) => argv.indexOf(a) - argv.indexOf(b));

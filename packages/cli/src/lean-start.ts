@@ -12,8 +12,9 @@ import type { LeanCommandClass, LeanConfig } from './lean-core.js';
  * Declined, so left to oclif: an id that is not in the table (`help`,
  * `autocomplete`, a typo, `--help`/`--version` with no command); a
  * `snapshot:list`-style id; `--json` on a terminal (oclif colours it);
- * COWVOL_CONTENT_TYPE set; anything lean-parse.ts declines; and every
- * command line when COWVOL_LEAN_START=0.
+ * COWVOL_CONTENT_TYPE or DEBUG set (oclif's debug output); a working
+ * directory that is gone (oclif warns); anything lean-parse.ts declines;
+ * and every command line when COWVOL_LEAN_START=0.
  */
 
 /** Command id (`snapshot:list`) → import of its module. */
@@ -28,6 +29,16 @@ export function commandOf(argv: readonly string[], loaders: CommandLoaders): { i
   return undefined;
 }
 
+/** oclif warns on stderr when the working directory is gone: such a start is oclif's. */
+function cwdExists(): boolean {
+  try {
+    process.cwd();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 const config: LeanConfig = {
   bin: 'cowvol',
   scopedEnvVar: (name) => process.env[`COWVOL_${name}`],
@@ -39,7 +50,7 @@ const config: LeanConfig = {
  * @throws what the command's `catch` rethrows (nothing a cowvol command reports: it sets the exit code)
  */
 export async function startLean(argv: readonly string[], loaders: CommandLoaders): Promise<boolean> {
-  if (process.env.COWVOL_LEAN_START === '0' || process.env.COWVOL_CONTENT_TYPE !== undefined) return false;
+  if (process.env.COWVOL_LEAN_START === '0' || process.env.COWVOL_CONTENT_TYPE !== undefined || process.env.DEBUG !== undefined || !cwdExists()) return false;
   const named = commandOf(argv, loaders);
   if (named === undefined) return false;
   if (process.stdout.isTTY && named.rest.includes('--json')) return false;

@@ -30,7 +30,7 @@ interface FlagSpec {
 }
 interface Spec {
   flags: Record<string, FlagSpec>;
-  args: Array<{ name: string; required: boolean; default: string | undefined }>;
+  args: Array<{ name: string; required: boolean; default: string | undefined; ignoreStdin: boolean }>;
   strict: boolean;
   json: boolean;
 }
@@ -70,9 +70,11 @@ const flagSpec: fc.Arbitrary<FlagSpec> = fc
 const spec: fc.Arbitrary<Spec> = fc.record({
   flags: fc.dictionary(fc.constantFrom(...FLAG_NAMES), flagSpec, { maxKeys: 4 }),
   args: fc
-    .array(fc.record({ required: fc.boolean(), default: fc.option(fc.constantFrom('d', '-'), { nil: undefined }) }), { maxLength: 3 })
+    .array(fc.record({ required: fc.boolean(), default: fc.option(fc.constantFrom('d', '-'), { nil: undefined }), ignoreStdin: fc.constantFrom(true, true, false) }), { maxLength: 3 })
     // oclif requires the required arguments first.
-    .map((args) => args.map((a, i) => ({ name: `arg${String(i)}`, required: a.required && args.slice(0, i).every((b) => b.required), default: a.required ? undefined : a.default }))),
+    .map((args) =>
+      args.map((a, i) => ({ name: `arg${String(i)}`, required: a.required && args.slice(0, i).every((b) => b.required), default: a.required ? undefined : a.default, ignoreStdin: a.ignoreStdin })),
+    ),
   strict: fc.boolean(),
   json: fc.boolean(),
 });
@@ -80,7 +82,7 @@ const spec: fc.Arbitrary<Spec> = fc.record({
 /** Tokens a command line is made of, for one spec: its flags in every spelling, values, positionals, and tokens the lean parser must decline. */
 function tokens(s: Spec): fc.Arbitrary<string[]> {
   const names = Object.keys(s.flags);
-  const flagTokens = names.flatMap((n) => [`--${n}`, `--no-${n}`, `--${n}=a`, `--${n}=7`, `--${n}=`]);
+  const flagTokens = names.flatMap((n) => [`--${n}`, `--no-${n}`, `--${n}=a`, `--${n}=7`, `--${n}=`, `--${n}=--json`, `--${n}=-x`, `--${n}=-`]);
   const common = fc.constantFrom(...(flagTokens.length > 0 ? flagTokens : ['--json']), 'vol.img', 'a', '7', '--json');
   const rare = fc.constantFrom(...WORDS, '--help', '-h', '--unknown', '-x', '--json=true');
   return fc.array(fc.oneof({ weight: 5, arbitrary: common }, { weight: 1, arbitrary: rare }), { maxLength: 6 });
@@ -95,7 +97,7 @@ function leanShape(s: Spec): LeanCommandShape {
       return [name, f.kind === 'integer' ? LeanFlags.integer({ ...opt, ...(f.min !== undefined ? { min: f.min } : {}), ...(f.max !== undefined ? { max: f.max } : {}) }) : LeanFlags.string(opt)];
     }),
   );
-  const args = Object.fromEntries(s.args.map((a) => [a.name, LeanArgs.string({ required: a.required, ...(a.default !== undefined ? { default: a.default } : {}) })]));
+  const args = Object.fromEntries(s.args.map((a) => [a.name, LeanArgs.string({ required: a.required, ignoreStdin: a.ignoreStdin, ...(a.default !== undefined ? { default: a.default } : {}) })]));
   return { flags, args, strict: s.strict, enableJsonFlag: s.json };
 }
 
@@ -111,7 +113,7 @@ function oclifOptions(s: Spec): any {
     }
   }
   if (s.json) flags.json = OclifFlags.boolean({});
-  const args = Object.fromEntries(s.args.map((a) => [a.name, OclifArgs.string({ required: a.required, ...(a.default !== undefined ? { default: a.default } : {}) })]));
+  const args = Object.fromEntries(s.args.map((a) => [a.name, OclifArgs.string({ required: a.required, ignoreStdin: a.ignoreStdin, ...(a.default !== undefined ? { default: a.default } : {}) })]));
   return { flags, args, strict: s.strict, context: { config: {} } };
 }
 /* eslint-enable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-assignment, @typescript-eslint/no-unsafe-argument */
@@ -146,6 +148,7 @@ describe(`leanParse against oclif's parser (seed ${String(SEED)})`, () => {
     };
     expect(leanParse(['vol.img', '--input', 'data', '--json'], shape)).toEqual({ args: { volume: 'vol.img' }, flags: { input: 'data', json: true, jobs: 8 }, argv: ['vol.img'] });
     expect(leanParse(['--jobs=4', '--no-progress', 'vol.img', '--input', '-'], shape)).toEqual({ args: { volume: 'vol.img' }, flags: { jobs: 4, progress: false, input: '-' }, argv: ['vol.img'] });
+    expect(leanParse(['vol.img', '--input=-'], shape)?.flags).toEqual({ input: '-', jobs: 8 });
     expect(leanParse(['vol.img', '--wait', '5'], shape)?.flags).toEqual({ wait: '5', jobs: 8 });
   });
 

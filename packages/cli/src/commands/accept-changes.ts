@@ -1,4 +1,4 @@
-import { Args } from '@oclif/core';
+import { Args } from '../args.js';
 import { isoNs, type AcceptChangesReport, type StampChange } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
 

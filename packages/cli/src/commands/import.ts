@@ -1,5 +1,6 @@
 import { realpath, stat } from 'node:fs/promises';
-import { Args, Flags } from '@oclif/core';
+import { Flags } from '@oclif/core';
+import { Args } from '../args.js';
 import { hasCode } from '@cowvol/base';
 import { importStream, type ImportResult } from '@cowvol/cow-core';
 import { CowvolCommand, type OpenMode } from '../base-command.js';

@@ -1,4 +1,4 @@
-import { Args } from '@oclif/core';
+import { Args } from '../args.js';
 import type { SpaceReport, StoreSpace, VolumeInfo } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
 import { servedInfo } from '../served-reports.js';

@@ -1,4 +1,5 @@
-import { Args, Flags } from '@oclif/core';
+import { Flags } from '@oclif/core';
+import { Args } from '../args.js';
 import { CowvolCommand } from '../base-command.js';
 import { copyRangeOut, rangeFlags } from '../range.js';
 import { progressFlag } from '../progress.js';

@@ -1,5 +1,6 @@
 import { join } from 'node:path';
-import { Args, Flags } from '@oclif/core';
+import { Flags } from '@oclif/core';
+import { Args } from '../args.js';
 import { volumeLayout } from '@cowvol/cow-core';
 import type { ControlServer } from '@cowvol/nbd';
 import { CowvolCommand } from '../base-command.js';

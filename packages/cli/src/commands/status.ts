@@ -1,4 +1,4 @@
-import { Args } from '@oclif/core';
+import { Args } from '../args.js';
 import { assert, hasCode } from '@cowvol/base';
 import { CowvolCommand } from '../base-command.js';
 import { human } from '../format.js';
@@ -42,7 +42,8 @@ export default class Status extends CowvolCommand {
 /**
  * The server's `status`, its pages joined (docs/FORMAT.md §11.2 "Paged
  * lists": one export per snapshot; the pages follow `nextAfterId` as
- * `snapshot.list`'s do). A server that does not page sends no
+ * `snapshot.list`'s do; an export listed twice, by a delete between two
+ * pages, is kept once). A server that does not page sends no
  * `nextAfterId`: its one answer is the whole status.
  * @throws NOT_SERVED, and the server's errors
  */
@@ -57,6 +58,9 @@ async function servedStatus(volume: string): Promise<ServeStatus> {
     status.exports.push(...page.exports);
     next = page.nextAfterId;
   }
+  // A snapshot deleted between two pages may be listed on its page and again among the last page's no-longer-listed exports: once.
+  const seen = new Set<string>();
+  status.exports = status.exports.filter((e) => !seen.has(e.name) && seen.add(e.name));
   return status;
 }
 

@@ -1,4 +1,4 @@
-import { Args } from '@oclif/core';
+import { Args } from '../args.js';
 import { CowvolCommand } from '../base-command.js';
 import { askServer, assertVolumeExists } from '../served.js';
 

@@ -1,5 +1,6 @@
 import { stat } from 'node:fs/promises';
-import { Args, Flags } from '@oclif/core';
+import { Flags } from '@oclif/core';
+import { Args } from '../args.js';
 import { IoError } from '@cowvol/base';
 import { OutOfRangeError, VolumeNotFoundError } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';

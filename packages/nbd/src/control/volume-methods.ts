@@ -4,7 +4,7 @@ import { LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX, type VolumeExports } from '../volu
 import type { ControlMethod } from './control-server.js';
 import { changeMethods } from './change-methods.js';
 import { reportMethods } from './report-methods.js';
-import { listMethods, listPage } from './list-pages.js';
+import { listMethods, listPage, MAX_LIST_PAGE_SNAPSHOTS } from './list-pages.js';
 import { labelsParam, snapshotMethods, stringParam } from './snapshot-methods.js';
 
 /** What `serve` gives the control methods besides the volume and the NBD server. */
@@ -47,7 +47,9 @@ export function volumeMethods(volume: Volume, server: NbdServer, serve: ServeCon
       if (page.nextAfterId === null) {
         // The last page adds the exports no longer listed (a deleted snapshot's, attached since the server started), with their counters.
         const listed = new Set([LIVE_EXPORT, ...(await volume.listSnapshots()).map((s) => SNAPSHOT_EXPORT_PREFIX + s.name)]);
-        for (const e of served.exports) if (!listed.has(e.name)) exports.push(e);
+        // Bounded like a page: the server keeps the totals of every export attached since it started, however many were deleted since.
+        const gone = served.exports.filter((e) => !listed.has(e.name));
+        exports.push(...gone.slice(-MAX_LIST_PAGE_SNAPSHOTS));
       }
       return { ...base, exports, nextAfterId: page.nextAfterId };
     },

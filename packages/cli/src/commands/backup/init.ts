@@ -1,4 +1,5 @@
-import { Args, Flags } from '@oclif/core';
+import { Flags } from '@oclif/core';
+import { Args } from '../../args.js';
 import { CowvolCommand } from '../../base-command.js';
 import { loadBackup, openStore, repositoryFlags } from '../../backup-repo.js';
 import { human } from '../../format.js';

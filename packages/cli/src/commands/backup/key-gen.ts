@@ -1,4 +1,4 @@
-import { Args } from '@oclif/core';
+import { Args } from '../../args.js';
 import { loadBackup } from '../../backup-repo.js';
 import { CowvolCommand } from '../../base-command.js';
 

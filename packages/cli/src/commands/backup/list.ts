@@ -1,4 +1,5 @@
-import { Args, Flags } from '@oclif/core';
+import { Flags } from '@oclif/core';
+import { Args } from '../../args.js';
 import { escapeTerminalText } from '@cowvol/cow-core';
 import type { CatalogEntry } from '@cowvol/backup';
 import { CowvolCommand } from '../../base-command.js';

@@ -1,4 +1,5 @@
-import { Args, Flags } from '@oclif/core';
+import { Flags } from '@oclif/core';
+import { Args } from '../../args.js';
 import type { PruneReport } from '@cowvol/backup';
 import { loadBackup, repositoryFlags, withRepository } from '../../backup-repo.js';
 import { CowvolCommand } from '../../base-command.js';

@@ -1,4 +1,5 @@
-import { Args, Flags } from '@oclif/core';
+import { Flags } from '@oclif/core';
+import { Args } from '../../args.js';
 import type { PushResult, PushSource } from '@cowvol/backup';
 import { SnapshotNotFoundError } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';

@@ -1,4 +1,5 @@
-import { Args, Flags } from '@oclif/core';
+import { Flags } from '@oclif/core';
+import { Args } from '../../args.js';
 import type { RestoreResult } from '@cowvol/backup';
 import { CowvolCommand } from '../../base-command.js';
 import { loadBackup, repositoryFlags, splitSnapshotUrl, withRepository } from '../../backup-repo.js';

@@ -1,4 +1,5 @@
-import { Args, Flags } from '@oclif/core';
+import { Flags } from '@oclif/core';
+import { Args } from '../../args.js';
 import type { VerifyReport } from '@cowvol/backup';
 import type { ErrorCode } from '@cowvol/base';
 import { loadBackup, repositoryFlags, withRepository } from '../../backup-repo.js';

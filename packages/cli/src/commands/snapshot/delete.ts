@@ -1,4 +1,5 @@
-import { Args, Flags } from '@oclif/core';
+import { Flags } from '@oclif/core';
+import { Args } from '../../args.js';
 import { assert } from '@cowvol/base';
 import { InvalidArgumentError, parseLabel, type DeletePlan, type DeleteResult, type DeleteSelection, type MultiDeleteResult } from '@cowvol/cow-core';
 import { CowvolCommand, type OpenMode } from '../../base-command.js';

@@ -1,4 +1,4 @@
-import { Args } from '@oclif/core';
+import { Args } from '../../args.js';
 import { assert } from '@cowvol/base';
 import { type SnapshotIdentity, type SnapshotInfo, type SpaceReport } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';

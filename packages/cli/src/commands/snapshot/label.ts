@@ -1,4 +1,5 @@
-import { Args, Flags } from '@oclif/core';
+import { Flags } from '@oclif/core';
+import { Args } from '../../args.js';
 import { parseLabel, type SnapshotInfo } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 import { formatLabels } from '../../format.js';

@@ -1,4 +1,4 @@
-import { Args } from '@oclif/core';
+import { Args } from '../../args.js';
 import type { SnapshotInfo } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 
