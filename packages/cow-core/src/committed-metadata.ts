@@ -67,18 +67,22 @@ export class CommittedMetadata {
     const cpBytes = await db.get(keys.checkpoint);
     const appliedSequence = cpBytes ? decodeValue.checkpoint(keys.checkpoint, cpBytes).sequence : 0;
     const snapshots = new Map<number, SnapshotRecord>();
-    for await (const [key, value] of db.scan(keys.snapshotPrefix, MAX_SNAPSHOTS + 1)) {
-      const rec = decodeValue.snapshot(key, value);
-      if (rec.id !== parseHexSuffix(key, keys.snapshotPrefix)) throw new CorruptMetadataError(`snapshot record ${key} has id ${rec.id}`);
-      snapshots.set(rec.id, rec);
+    // In batches: one LevelDB round trip per 1,024 records, not a promise per record (65,536 of them at the limit, docs/PERFORMANCE.md "Many snapshots").
+    for await (const batch of db.scanBatches(keys.snapshotPrefix)) {
+      for (const [key, value] of batch) {
+        const rec = decodeValue.snapshot(key, value);
+        if (rec.id !== parseHexSuffix(key, keys.snapshotPrefix)) throw new CorruptMetadataError(`snapshot record ${key} has id ${rec.id}`);
+        snapshots.set(rec.id, rec);
+      }
+      // Bounded: no more records are read than the limit allows, plus one batch.
+      if (snapshots.size > MAX_SNAPSHOTS) throw new CorruptMetadataError(`more than ${MAX_SNAPSHOTS} snapshot records`);
     }
-    if (snapshots.size > MAX_SNAPSHOTS) throw new CorruptMetadataError(`more than ${MAX_SNAPSHOTS} snapshot records`);
     const allocBytes = await db.get(keys.allocator);
     if (!allocBytes) throw new CorruptMetadataError('allocator record missing');
     const alloc = decodeValue.allocator(keys.allocator, allocBytes);
     const free: Extent[] = [];
-    for await (const [key, value] of db.scan(keys.freePrefix)) {
-      free.push({ startBlock: parseHexSuffix(key, keys.freePrefix), lengthBlocks: decodeValue.free(key, value).lengthBlocks });
+    for await (const batch of db.scanBatches(keys.freePrefix)) {
+      for (const [key, value] of batch) free.push({ startBlock: parseHexSuffix(key, keys.freePrefix), lengthBlocks: decodeValue.free(key, value).lengthBlocks });
     }
     let allocator: ExtentAllocator;
     try {
