@@ -5,7 +5,8 @@
 # the tarball), then runs --version, create, write, snapshot create and
 # snapshot read in a temporary folder; the snapshot must read back exactly
 # what was written before it, and the command must start from its bundle
-# (packages/cli/dist/bundle). Exits non-zero on any failure.
+# (packages/cli/dist/bundle), those commands through its lean start.
+# Exits non-zero on any failure.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tmp="$(mktemp -d)"
@@ -23,6 +24,9 @@ unset NODE_PATH
 installed="$tmp/prefix/lib/node_modules/cowvol"
 [ -f "$installed/dist/bundle/cowvol.js" ] && [ ! -e "$installed/src" ] || { echo "install-check: the installed copy does not start from its bundle" >&2; exit 1; }
 cowvol --version
+# The lean start (docs/ARCHITECTURE.md §1) must run these from the installed
+# copy, its addons found by path there: `require` fails a line it declines.
+export COWVOL_LEAN_START=require
 cowvol create vol.img --size 4M
 head -c 20000 /dev/urandom >before.bin
 cowvol write vol.img --input before.bin --offset 4K
@@ -30,5 +34,6 @@ cowvol snapshot create vol.img one
 head -c 20000 /dev/urandom | cowvol write vol.img --offset 4K
 cowvol snapshot read vol.img one --offset 4K --length 20000 --output one.bin
 cmp before.bin one.bin
+unset COWVOL_LEAN_START
 cowvol autocomplete script bash >/dev/null
 echo "install-check: $(basename "$tarball") installed with npm outside the checkout; commands work"
