@@ -22,9 +22,19 @@ export interface NbdServerOptions {
   tlsPsk?: PskKeys;
   /** Milliseconds a connection may spend before transmission (TLS handshake included); then it is closed. Default 30 000. */
   handshakeTimeoutMs?: number;
+  /** Exports whose closed connections' totals are kept (`status`); beyond, the least recently closed are dropped. Default MAX_EXPORT_TOTALS. */
+  maxExportTotals?: number;
 }
 
 export const DEFAULT_MAX_CONNECTIONS = 16;
+/**
+ * Bound on the exports whose totals a server keeps (docs/ARCHITECTURE.md
+ * §16): twice the snapshots a volume may hold (2 × MAX_SNAPSHOTS), plus
+ * `live`. A server that
+ * runs for months while snapshots are created, attached and deleted would
+ * otherwise keep an entry per name it ever served.
+ */
+export const MAX_EXPORT_TOTALS = 131_073;
 
 /**
  * An NBD server (fixed newstyle; docs/ARCHITECTURE.md §14) over the
@@ -40,14 +50,17 @@ export class NbdServer {
   private stopping: Promise<void> | undefined;
   /** The URIs listen() resolved with, in order. */
   private readonly uris: string[] = [];
-  /** Counters of the connections that closed, per export name. */
+  /** Counters of the connections that closed, per export name, least recently closed first; at most maxExportTotals of them. */
   private readonly closedTotals = new Map<string, ExportTotals>();
+  private readonly maxExportTotals: number;
 
-  /** @throws INVALID_ARGUMENT when maxConnections or handshakeTimeoutMs is not a positive integer */
+  /** @throws INVALID_ARGUMENT when maxConnections, maxExportTotals or handshakeTimeoutMs is not a positive integer */
   constructor(private readonly options: NbdServerOptions) {
     this.log = options.logger ?? SILENT_LOGGER;
     this.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     if (!Number.isSafeInteger(this.maxConnections) || this.maxConnections < 1) throw new InvalidArgumentError(`maxConnections must be a positive integer, got ${this.maxConnections}`);
+    this.maxExportTotals = options.maxExportTotals ?? MAX_EXPORT_TOTALS;
+    if (!Number.isSafeInteger(this.maxExportTotals) || this.maxExportTotals < 1) throw new InvalidArgumentError(`maxExportTotals must be a positive integer, got ${this.maxExportTotals}`);
     this.handshake = { tlsPsk: options.tlsPsk, handshakeTimeoutMs: options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE.handshakeTimeoutMs };
     const timeoutMs = this.handshake.handshakeTimeoutMs;
     if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > 2 ** 31 - 1)
@@ -146,7 +159,13 @@ export class NbdServer {
       if (exportName === undefined) return;
       const totals = this.closedTotals.get(exportName) ?? emptyTotals();
       addCounters(totals, counters);
+      // Most recently closed last (a Map keeps insertion order): the first entries are the ones to drop.
+      this.closedTotals.delete(exportName);
       this.closedTotals.set(exportName, totals);
+      for (const name of this.closedTotals.keys()) {
+        if (this.closedTotals.size <= this.maxExportTotals) break;
+        this.closedTotals.delete(name);
+      }
     });
   }
 }

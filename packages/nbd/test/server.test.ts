@@ -379,3 +379,33 @@ describe('transmission', () => {
     expect((await a.readSimpleReply()).error).toBe(0);
   });
 });
+
+describe('export totals', () => {
+  it('keeps the totals of at most maxExportTotals exports, dropping the least recently closed; a bad bound is INVALID_ARGUMENT', async () => {
+    const exports = ['live', 'snapshot/a', 'snapshot/b', 'snapshot/c'].map((name, i) => new MemoryExport(name, 1 << 16, i > 0));
+    catalog = new MemoryCatalog(exports);
+    server = new NbdServer({ catalog, maxExportTotals: 2 });
+    await server.listen({ socketPath });
+    /** Attaches to `name`, reads one byte, disconnects and waits until the server counted the connection as closed. */
+    const visit = async (name: string): Promise<void> => {
+      const c = await RawClient.connect(socketPath);
+      await c.open(name);
+      c.sendRequest({ type: NBD_CMD_READ, cookie: 1n, offsetBytes: 0, lengthBytes: 1 });
+      expect((await c.readSimpleReply()).error).toBe(0);
+      c.sendRequest({ type: NBD_CMD_DISC, cookie: 2n, offsetBytes: 0, lengthBytes: 0 });
+      await c.waitClosed();
+      await until(() => server?.status().connections === 0);
+    };
+    const kept = (): string[] => (server?.status().exports ?? []).map((e) => e.name);
+    await visit('live');
+    await visit('snapshot/a');
+    expect(kept()).toEqual(['live', 'snapshot/a']);
+    await visit('snapshot/b'); // over the bound: the least recently closed (live) goes
+    expect(kept()).toEqual(['snapshot/a', 'snapshot/b']);
+    await visit('snapshot/a'); // closed again: now the most recent
+    await visit('snapshot/c');
+    expect(kept()).toEqual(['snapshot/a', 'snapshot/c']);
+    expect(server.status().exports.find((e) => e.name === 'snapshot/a')).toMatchObject({ requests: 2, readBytes: 2 });
+    expect(() => new NbdServer({ catalog, maxExportTotals: 0 })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }) as Error);
+  });
+});
