@@ -94,15 +94,10 @@ function optionValue(def: LeanFlag, raw: string): unknown {
   return n;
 }
 
-/**
- * Parses `argv` (the tokens after the command's id) for `shape`, or
- * returns undefined when oclif should parse it (see the module comment).
- */
-export function leanParse(argv: readonly string[], shape: LeanCommandShape): LeanParsed | undefined {
-  if (argv.length > MAX_TOKENS) return undefined;
-  const defs = allFlags(shape);
-  for (const def of defs.values()) if (def.char !== undefined) return undefined;
+/** The flags and positionals of `argv`, as oclif reads them, or undefined (see the module comment). */
+function parseTokens(argv: readonly string[], defs: Map<string, LeanFlag>): { flags: Record<string, unknown>; positionals: string[] } | undefined {
   const flags: Record<string, unknown> = {};
+  const given = (name: string): boolean => Object.hasOwn(flags, name);
   const positionals: string[] = [];
   let onlyPositionals = false;
   let multipleSeen = false;
@@ -126,11 +121,11 @@ export function leanParse(argv: readonly string[], shape: LeanCommandShape): Lea
     const def = defs.get(name);
     if (def === undefined && eq === -1 && name.startsWith('no-')) {
       const positive = defs.get(name.slice(3));
-      if (positive?.type !== 'boolean' || !positive.allowNo || name.slice(3) in flags) return undefined;
+      if (positive?.type !== 'boolean' || !positive.allowNo || given(name.slice(3))) return undefined;
       flags[name.slice(3)] = false;
       continue;
     }
-    if (def === undefined || (name in flags && !def.multiple)) return undefined;
+    if (def === undefined || (given(name) && !def.multiple)) return undefined;
     if (def.type === 'boolean') {
       if (eq !== -1) return undefined;
       flags[name] = true;
@@ -148,10 +143,24 @@ export function leanParse(argv: readonly string[], shape: LeanCommandShape): Lea
     }
   }
   for (const [name, def] of defs) {
-    if (name in flags) continue;
+    if (given(name)) continue;
     if (def.required || typeof def.default === 'function') return undefined;
     if (def.default !== undefined) flags[name] = def.default;
   }
+  return { flags, positionals };
+}
+
+/**
+ * Parses `argv` (the tokens after the command's id) for `shape`, or
+ * returns undefined when oclif should parse it (see the module comment).
+ */
+export function leanParse(argv: readonly string[], shape: LeanCommandShape): LeanParsed | undefined {
+  if (argv.length > MAX_TOKENS) return undefined;
+  const defs = allFlags(shape);
+  for (const def of defs.values()) if (def.char !== undefined) return undefined;
+  const parsed = parseTokens(argv, defs);
+  if (parsed === undefined) return undefined;
+  const { flags, positionals } = parsed;
   const argDefs = Object.entries(shape.args ?? {});
   if ((shape.strict ?? true) && positionals.length > argDefs.length) return undefined;
   const args: Record<string, unknown> = {};
