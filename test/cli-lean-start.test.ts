@@ -37,6 +37,8 @@ describe('the lean start gives what oclif gives', () => {
   });
 
   const lines = (): string[][] => [
+    ['--version'],
+    ['--version', 'ignored'],
     ['info', vol()],
     ['info', vol(), '--json'],
     ['snapshot', 'list', vol()],

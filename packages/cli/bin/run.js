@@ -62,7 +62,7 @@ if (checkout && manifestMs !== undefined && (!fresh || manifestMs < (mtimeMs(bun
 // COWVOL_LEAN_START=0 always starts oclif; =require fails (INTERNAL, exit 1) where the
 // lean start declines, so that a test can tell which one ran.
 const leanUrl = new URL('dist/bundle/lean/start.js', root);
-if (!fresh || mtimeMs(leanUrl) === undefined || !(await (await import(leanUrl.href)).start(process.argv.slice(2)))) {
+if (!fresh || mtimeMs(leanUrl) === undefined || !(await (await import(leanUrl.href)).start(process.argv.slice(2), pjson))) {
   if (process.env.COWVOL_LEAN_START === 'require') {
     process.stderr.write('cowvol: error [INTERNAL]: COWVOL_LEAN_START=require, and the lean start declined this command line (or the bundle is stale)\n');
     process.exit(1);

@@ -64,7 +64,7 @@ function leanEntrySource() {
     `const LOADERS = {`,
     ...commands.map((c) => `  ${JSON.stringify(c.id)}: () => import(${JSON.stringify(c.file)}),`),
     `};`,
-    `export const start = (argv) => startLean(argv, LOADERS);`,
+    `export const start = (argv, pkg) => startLean(argv, LOADERS, pkg);`,
   ].join('\n');
 }
 
