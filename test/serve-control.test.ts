@@ -101,6 +101,13 @@ describe.skipIf(missing)(`cowvol status, stop, snapshot create and list on a ser
     expect([dup.code, jsonOf<{ error: { code: string } }>(dup).error.code]).toEqual([4, 'SNAPSHOT_EXISTS']);
     const badName = await cowvol(['snapshot', 'create', vol, 'a b']);
     expect([badName.code, badName.stderr]).toEqual([2, expect.stringContaining('[INVALID_SNAPSHOT_NAME]')]);
+    // An export read, then its snapshot deleted: `status` keeps its counters, listed once, after the catalog's exports.
+    await cowvolOk(['snapshot', 'create', vol, 'gone']);
+    await nbdsh(`h.connect_uri(${JSON.stringify(server.uri.replace('/live?', '/snapshot/gone?'))})\nh.pread(512, 0)\nh.shutdown()`);
+    await cowvolOk(['snapshot', 'delete', vol, 'gone']);
+    const afterDelete = jsonOf<{ exports: Array<{ name: string; requests: number }> }>(await cowvolOk(['status', vol, '--json']));
+    expect(afterDelete.exports.map((e) => e.name)).toEqual(['live', 'snapshot/one', 'snapshot/two', 'snapshot/gone']);
+    expect(afterDelete.exports[3]).toMatchObject({ name: 'snapshot/gone', requests: 1 });
     const listServed = await cowvolOk(['snapshot', 'list', vol]);
     const listServedJson = await cowvolOk(['snapshot', 'list', vol, '--json']);
     expect(listServed.stdout.toString()).toContain('k=v');

@@ -1,3 +1,4 @@
+import { hasCode } from '@cowvol/base';
 import type { Volume } from '@cowvol/cow-core';
 import type { NbdServer } from '../server.js';
 import { LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX, type VolumeExports } from '../volume-exports.js';
@@ -16,6 +17,19 @@ export interface ServeControl {
   exports: VolumeExports;
   /** Starts the clean stop (as SIGTERM) and resolves once the volume is closed and its owner lock released. */
   stop: () => Promise<void>;
+}
+
+/** Whether the catalog lists export `name`: `live`, or `snapshot/<name>` of a live snapshot. */
+async function exportListed(volume: Volume, name: string): Promise<boolean> {
+  if (name === LIVE_EXPORT) return true;
+  if (!name.startsWith(SNAPSHOT_EXPORT_PREFIX)) return false;
+  try {
+    await volume.snapshotIdentity(name.slice(SNAPSHOT_EXPORT_PREFIX.length));
+    return true;
+  } catch (err) {
+    if (hasCode(err, 'SNAPSHOT_NOT_FOUND')) return false;
+    throw err;
+  }
 }
 
 /**
@@ -46,9 +60,9 @@ export function volumeMethods(volume: Volume, server: NbdServer, serve: ServeCon
       const exports = names.map((name) => counted.get(name) ?? { name, ...unused });
       if (page.nextAfterId === null) {
         // The last page adds the exports no longer listed (a deleted snapshot's, attached since the server started), with their counters.
-        const listed = new Set([LIVE_EXPORT, ...(await volume.listSnapshots()).map((s) => SNAPSHOT_EXPORT_PREFIX + s.name)]);
-        // Bounded like a page: the server keeps the totals of every export attached since it started, however many were deleted since.
-        const gone = served.exports.filter((e) => !listed.has(e.name));
+        // Looked up by name (the catalog's name index), not by listing every snapshot again; bounded like a page.
+        const gone: typeof served.exports = [];
+        for (const e of served.exports) if (!(await exportListed(volume, e.name))) gone.push(e);
         exports.push(...gone.slice(-MAX_LIST_PAGE_SNAPSHOTS));
       }
       return { ...base, exports, nextAfterId: page.nextAfterId };
