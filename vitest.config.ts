@@ -10,5 +10,7 @@ export default defineConfig({
     hookTimeout: 60_000,
     pool: 'forks',
     maxWorkers: 2,
+    // Buffers given back to the write path's pool are filled with 0xdb, so a use after give reads wrong bytes (buffer-pool.ts).
+    env: { COWVOL_BUFFER_POOL_POISON: '1' },
   },
 });

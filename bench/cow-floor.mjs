@@ -61,6 +61,7 @@ async function run(cow, count, bytes, depth, offsetOf) {
   let group = [];
   let syncing = false;
   const landed = [];
+  const spare = [];
   const kick = () => {
     if (syncing || group.length === 0) return;
     syncing = true;
@@ -78,9 +79,12 @@ async function run(cow, count, bytes, depth, offsetOf) {
   await inFlight(count, depth, async (i) => {
     const o = offsetOf(i);
     if (!cow) return void (await fh.write(data, 0, bytes, o));
-    const old = Buffer.allocUnsafe(bytes);
+    // Copy buffers are reused (at most `depth` exist), as cowvol's buffer pool
+    // does: a fresh one per copy would measure the garbage collector, not I/O.
+    const old = spare.pop() ?? Buffer.allocUnsafe(bytes);
     await fh.read(old, 0, bytes, o);
     await store.write(old, 0, bytes, nextStore++ * bytes);
+    spare.push(old);
     group.push(o);
     kick();
   });

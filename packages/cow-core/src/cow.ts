@@ -174,15 +174,21 @@ async function copyRuns(ctx: VolumeContext, batch: CowBatch, handle: Handle): Pr
   for (let i = 0; i < blocks.length;) {
     let j = i + 1;
     while (j < blocks.length && j - i < maxRun && at(blocks, j) === at(blocks, j - 1) + 1 && at(storeBlocks, j) === at(storeBlocks, j - 1) + 1) j++;
-    const data = await ctx.readLive(at(blocks, i) * bs, (j - i) * bs);
-    assert(data.length === (j - i) * bs, 'COW copy length');
-    const copyOf = (k: number): Buffer => data.subarray((k - i) * bs, (k - i + 1) * bs);
-    for (let k = i; k < j; k++) crcs[k] = storeBlockCrc({ snapshotId: active.id, volumeBlock: at(blocks, k), storeBlock: at(storeBlocks, k) }, copyOf(k));
-    if (ctx.journaled) {
-      // Atomic with its mapping, no separate store sync.
-      for (let k = i; k < j; k++) handle.logImage(TARGET_STORE, at(storeBlocks, k) + 1, copyOf(k));
-    } else {
-      await ctx.parts.store.write(at(storeBlocks, i), data);
+    // The old content passes through a pooled buffer (§3.4): nothing keeps
+    // it once the store write has settled (logImage takes its own copy).
+    const data = ctx.buffers.take((j - i) * bs);
+    try {
+      await ctx.readLiveInto(at(blocks, i) * bs, data);
+      const copyOf = (k: number): Buffer => data.subarray((k - i) * bs, (k - i + 1) * bs);
+      for (let k = i; k < j; k++) crcs[k] = storeBlockCrc({ snapshotId: active.id, volumeBlock: at(blocks, k), storeBlock: at(storeBlocks, k) }, copyOf(k));
+      if (ctx.journaled) {
+        // Atomic with its mapping, no separate store sync.
+        for (let k = i; k < j; k++) handle.logImage(TARGET_STORE, at(storeBlocks, k) + 1, copyOf(k));
+      } else {
+        await ctx.parts.store.write(at(storeBlocks, i), data);
+      }
+    } finally {
+      ctx.buffers.give(data);
     }
     if (j - i === 1) handle.log({ o: 'map', id: active.id, b: at(blocks, i), p: at(storeBlocks, i), crc: at(crcs, i) } satisfies MetaRecord);
     else {

@@ -21,6 +21,7 @@ import { VolumeStatus } from './volume-state.js';
 import { SnapshotNames, catalogIndexAfter, catalogIndexOf } from './snapshot-names.js';
 import type { VolumeStats } from './volume-types.js';
 import { SYNC_MAX_BYTES, SyncIoPolicy } from './sync-io-policy.js';
+import { BufferPool } from './buffer-pool.js';
 
 /** What an open hands to a volume (volume-lifecycle.ts `openVolumeParts`). */
 export interface VolumeParts {
@@ -86,6 +87,8 @@ export class VolumeContext {
   readonly liveReads = new SyncIoPolicy();
   /** The same for small writes of the live volume file (`writeLive`: overwrites, write-back entries landing). */
   readonly liveWrites = new SyncIoPolicy();
+  /** Transient copy buffers of the write path, reused (§3.4): a COW's read of the old content, the write-back stage's copies. */
+  readonly buffers = new BufferPool();
   /** The volume file's synchronous read, when its device offers one (`BlockDevice.readIntoSync`). */
   private readonly volumeSync: { readIntoSync(offsetBytes: number, into: Uint8Array): void } | undefined;
 
@@ -94,7 +97,7 @@ export class VolumeContext {
     this.volumeSync = volume.readIntoSync === undefined ? undefined : { readIntoSync: (offsetBytes, into) => volume.readIntoSync?.(offsetBytes, into) };
     this.allocator = parts.meta.allocator.clone();
     this.names = SnapshotNames.of(parts.catalog);
-    this.writeBack = new WriteBackStage(parts.meta.sb.blockSizeBytes, parts.writeBackBytes, { write: (offsetBytes, data) => this.writeLive(offsetBytes, data) });
+    this.writeBack = new WriteBackStage(parts.meta.sb.blockSizeBytes, parts.writeBackBytes, { write: (offsetBytes, data) => this.writeLive(offsetBytes, data) }, this.buffers);
   }
 
   get blockSizeBytes(): number {
@@ -351,22 +354,25 @@ export class VolumeContext {
    * rejects with the device's error (`IO_ERROR`, its range in `details`).
    */
   async readLive(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const { volume } = this.parts;
+    const data = Buffer.allocUnsafe(lengthBytes); // the device fills every byte (zeros past the end of the file)
+    await this.readLiveInto(offsetBytes, data);
+    return data;
+  }
+
+  /** {@link readLive} into a buffer of the caller's (a COW's pooled copy buffer, §3.4); same policy, same errors. */
+  async readLiveInto(offsetBytes: number, into: Buffer): Promise<void> {
+    const lengthBytes = into.length;
     if (lengthBytes > 0 && lengthBytes <= SYNC_MAX_BYTES && this.volumeSync !== undefined) {
       if (this.liveReads.trySync()) {
-        const data = Buffer.allocUnsafe(lengthBytes); // the device fills every byte (zeros past the end of the file)
         const device = this.volumeSync;
         this.liveReads.run(() => {
-          this.readHomeIntoSync(TARGET_VOLUME, device, offsetBytes, data);
+          this.readHomeIntoSync(TARGET_VOLUME, device, offsetBytes, into);
         });
-        return data;
+        return;
       }
       this.liveReads.noteAsync();
     }
-    if (!this.journaled || lengthBytes === 0) return volume.read(offsetBytes, lengthBytes);
-    const data = Buffer.allocUnsafe(lengthBytes);
-    await this.readHomeInto(TARGET_VOLUME, volume, offsetBytes, data);
-    return data;
+    await this.readHomeInto(TARGET_VOLUME, this.parts.volume, offsetBytes, into);
   }
 
   /**

@@ -1,5 +1,6 @@
 import { failedRangesError } from './failed-ranges.js';
 import { CowvolError, assert, type BlockDevice } from '@cowvol/base';
+import type { BufferPool } from './buffer-pool.js';
 
 /** One overwrite of the live volume held back until the COW of its blocks is committed. */
 export interface WriteBackEntry {
@@ -11,6 +12,12 @@ export interface WriteBackEntry {
   readonly lastBlock: number;
   /** Settles (never rejects) once the entry has landed in the live volume or failed. */
   readonly landed: Promise<void>;
+}
+
+/** An entry as the stage keeps it: readers that pinned it, and whether it has landed (or failed). */
+interface HeldEntry extends WriteBackEntry {
+  pins: number;
+  over: boolean;
 }
 
 /**
@@ -49,9 +56,13 @@ export interface WriteBackFailure {
  * - Live reads overlay the entries (a read sees every acknowledged write).
  * - A failure to land is kept until `takeFailures()` (flush, close) reports
  *   it, like a disk reporting a write-cache error at the next flush.
+ * - An entry's bytes come from the buffer pool (§3.4) and go back to it
+ *   once the entry has landed and no reader still has it pinned
+ *   ({@link pin}): a reader that picked an entry before reading the file
+ *   lays it over afterwards, so its bytes must outlive the landing.
  */
 export class WriteBackStage {
-  private readonly byBlock = new Map<number, WriteBackEntry>();
+  private readonly byBlock = new Map<number, HeldEntry>();
   private readonly inFlight = new Set<Promise<void>>();
   private readonly failures: WriteBackFailure[] = [];
   private heldBytes = 0;
@@ -61,11 +72,13 @@ export class WriteBackStage {
    * @param blockSizeBytes the volume's block size
    * @param maxBytes bound on the bytes held (entries of up to one write piece each); 0 = the stage is not used (write-through)
    * @param live the live volume file, where entries land
+   * @param pool where an entry's bytes go back once it has landed and is unpinned (none: left to the garbage collector)
    */
   constructor(
     private readonly blockSizeBytes: number,
     readonly maxBytes: number,
     private readonly live: Pick<BlockDevice, 'write'>,
+    private readonly pool?: Pick<BufferPool, 'give'>,
   ) {
     assert(maxBytes === 0 || maxBytes >= blockSizeBytes, 'write-back bound below one block');
   }
@@ -108,9 +121,10 @@ export class WriteBackStage {
    * COWs' pending markers end (`end()`) once the entry is gone, so a writer
    * or snapshot reader waiting on them sees the copy published and the live
    * block final. Call it only from {@link admit}'s callback: entries never
-   * overlap. Validates before it changes anything: a violated invariant
-   * leaves the stage as it was (and no `end()` is called; the caller still
-   * owns its markers).
+   * overlap. `data` becomes the stage's: taken from the pool given to the
+   * constructor (if any), it goes back there. Validates before it changes
+   * anything: a violated invariant leaves the stage as it was (and no
+   * `end()` is called; the caller still owns its markers and `data`).
    * @throws ASSERTION_FAILED when an entry already touches one of the blocks
    */
   add(offsetBytes: number, data: Buffer, cows: readonly HeldCow[]): WriteBackEntry {
@@ -121,7 +135,7 @@ export class WriteBackStage {
     for (let b = firstBlock; b <= lastBlock; b++) assert(!this.byBlock.has(b), `block ${b} already has a write-back entry`);
     let settle: () => void = () => undefined;
     const landed = new Promise<void>((resolve) => (settle = resolve));
-    const entry: WriteBackEntry = { offsetBytes, data, firstBlock, lastBlock, landed };
+    const entry: HeldEntry = { offsetBytes, data, firstBlock, lastBlock, landed, pins: 0, over: false };
     for (let b = firstBlock; b <= lastBlock; b++) this.byBlock.set(b, entry);
     this.heldBytes += data.length;
     const task: Promise<void> = Promise.all(cows.map((c) => c.published))
@@ -134,6 +148,8 @@ export class WriteBackStage {
         this.heldBytes -= data.length;
         assert(this.heldBytes >= 0, 'negative write-back bytes');
         this.inFlight.delete(task);
+        entry.over = true;
+        if (entry.pins === 0) this.pool?.give(entry.data);
         settle();
         for (const c of cows) c.end();
         for (const wake of this.roomWaiters.splice(0)) wake();
@@ -151,6 +167,26 @@ export class WriteBackStage {
       if (e && out.at(-1) !== e) out.push(e);
     }
     return out;
+  }
+
+  /**
+   * Keeps the entries' bytes valid until {@link unpin}, even if they land
+   * meanwhile: a reader pins what {@link overlapping} gave it before it
+   * reads the file, and unpins once it has laid them over (write-path.ts
+   * `readCurrent`). Every pin must be matched by one unpin.
+   */
+  pin(entries: readonly WriteBackEntry[]): void {
+    for (const e of entries) (e as HeldEntry).pins += 1;
+  }
+
+  /** Ends a {@link pin}; an entry landed meanwhile gives its bytes back to the pool now. */
+  unpin(entries: readonly WriteBackEntry[]): void {
+    for (const e of entries) {
+      const held = e as HeldEntry;
+      held.pins -= 1;
+      assert(held.pins >= 0, 'write-back entry unpinned more often than pinned');
+      if (held.pins === 0 && held.over) this.pool?.give(held.data);
+    }
   }
 
   /** Copies the entries' bytes over `out`, which holds the volume bytes at `offsetBytes`. */

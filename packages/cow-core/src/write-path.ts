@@ -60,13 +60,16 @@ export async function allChunks<C extends { offsetBytes: number; data?: Buffer; 
 }
 
 /**
- * The write-back stage's own copy of a caller's bytes: one memcpy into an
- * unzeroed buffer. `Buffer.from(buffer)` zero-fills a large one first and
- * copies through the typed-array constructor, about twice the cost on the
- * first write after a snapshot (docs/PERFORMANCE.md "The CLI write path").
+ * The write-back stage's own copy of a caller's bytes: one memcpy into a
+ * pooled buffer (§3.4) that the stage gives back once the entry landed.
+ * `Buffer.from(buffer)` zero-fills a large one first and copies through
+ * the typed-array constructor, about twice the cost on the first write
+ * after a snapshot (docs/PERFORMANCE.md "The CLI write path"), and a fresh
+ * buffer per entry costs a full garbage collection every few tens of MiB
+ * (docs/PERFORMANCE.md "Buffer reuse").
  */
-function privateCopy(data: Buffer): Buffer {
-  const copy = Buffer.allocUnsafe(data.length); // every byte is overwritten next
+function privateCopy(ctx: VolumeContext, data: Buffer): Buffer {
+  const copy = ctx.buffers.take(data.length); // every byte is overwritten next
   data.copy(copy);
   return copy;
 }
@@ -106,7 +109,7 @@ async function writeChunk(ctx: VolumeContext, offsetBytes: number, data: Buffer)
   // share a block never both hold an entry for it (§3.3, admission).
   try {
     // The stage keeps the bytes past this call; it ends the tickets' markers once the overwrite landed.
-    await ctx.writeBack.admit(first, last, data.length, () => ctx.writeBack.add(offsetBytes, privateCopy(data), tickets));
+    await ctx.writeBack.admit(first, last, data.length, () => ctx.writeBack.add(offsetBytes, privateCopy(ctx, data), tickets));
   } catch (err) {
     // Not admitted (a violated invariant): the markers still end, once
     // their commits settle, so no waiter and no freeze hangs on them.
@@ -177,7 +180,13 @@ export async function readCurrent(ctx: VolumeContext, offsetBytes: number, lengt
   if (lengthBytes === 0) return Buffer.alloc(0);
   const bs = ctx.blockSizeBytes;
   const entries = ctx.writeBack.overlapping(Math.floor(offsetBytes / bs), Math.floor((offsetBytes + lengthBytes - 1) / bs));
-  const data = await ctx.readLive(offsetBytes, lengthBytes);
-  WriteBackStage.overlay(entries, offsetBytes, data);
-  return data;
+  // Pinned: an entry that lands during the read keeps its bytes until they are laid over (§3.4).
+  ctx.writeBack.pin(entries);
+  try {
+    const data = await ctx.readLive(offsetBytes, lengthBytes);
+    WriteBackStage.overlay(entries, offsetBytes, data);
+    return data;
+  } finally {
+    ctx.writeBack.unpin(entries);
+  }
 }
