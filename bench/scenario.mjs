@@ -109,13 +109,17 @@ async function rawTarget(path, { create = false, sizeBytes } = {}) {
     },
     async read(off, len) {
       const buf = Buffer.allocUnsafe(len); // a fresh buffer per read, like the API's
+      await this.readInto(off, buf);
+      return buf;
+    },
+    /** Into the caller's buffer, like `Volume.readSnapshotInto`. */
+    async readInto(off, buf) {
       let done = 0;
-      while (done < len) {
-        const { bytesRead } = await fh.read(buf, done, len - done, off + done);
+      while (done < buf.length) {
+        const { bytesRead } = await fh.read(buf, done, buf.length - done, off + done);
         if (bytesRead === 0) break;
         done += bytesRead;
       }
-      return buf;
     },
     sync: () => fh.datasync(),
     close: () => fh.close(),
@@ -359,7 +363,12 @@ function snapshotRead(newerOf) {
         ctx,
         async () => {
           let bytes = 0;
-          for (let off = 0; off < sc.volBytes; off += sc.readIoBytes) bytes += (await vol.readSnapshot('target', off, Math.min(sc.readIoBytes, sc.volBytes - off))).length;
+          const buf = Buffer.allocUnsafe(sc.readIoBytes); // one buffer for every read, for raw too
+          for (let off = 0; off < sc.volBytes; off += sc.readIoBytes) {
+            const into = buf.subarray(0, Math.min(sc.readIoBytes, sc.volBytes - off));
+            await vol.readSnapshotInto('target', off, into);
+            bytes += into.length;
+          }
           return bytes;
         },
         vol,
@@ -378,7 +387,12 @@ function snapshotRead(newerOf) {
       const t = await rawTarget(path);
       const m = await measure(ctx, async () => {
         let bytes = 0;
-        for (let off = 0; off < sc.volBytes; off += sc.readIoBytes) bytes += (await t.read(off, Math.min(sc.readIoBytes, sc.volBytes - off))).length;
+        const buf = Buffer.allocUnsafe(sc.readIoBytes);
+        for (let off = 0; off < sc.volBytes; off += sc.readIoBytes) {
+          const into = buf.subarray(0, Math.min(sc.readIoBytes, sc.volBytes - off));
+          await t.readInto(off, into);
+          bytes += into.length;
+        }
         return bytes;
       });
       await t.close();

@@ -112,11 +112,15 @@ export class BlockSources {
  * store block CRC-checked), then re-check the blocks that came from the
  * live volume — if a COW published one meanwhile, the live read may show a
  * newer write, so the copy is read instead. The re-check is skipped when
- * no map of the chain changed during the read.
+ * no map of the chain changed during the read. With `into` (exactly
+ * `lengthBytes` long) the bytes land there — straight, when the range is
+ * block-aligned; else through a block-aligned buffer — and `into` is
+ * returned.
  * @throws STORE_CORRUPT, IO_ERROR
  */
-export async function readThrough(ctx: VolumeContext, reader: SnapshotReader, rec: SnapshotRecord, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-  if (lengthBytes === 0) return Buffer.alloc(0);
+export async function readThrough(ctx: VolumeContext, reader: SnapshotReader, rec: SnapshotRecord, offsetBytes: number, lengthBytes: number, into?: Buffer): Promise<Buffer> {
+  assert(into === undefined || into.length === lengthBytes, 'a snapshot read into a buffer of another length');
+  if (lengthBytes === 0) return into ?? Buffer.alloc(0);
   const bs = ctx.blockSizeBytes;
   const first = Math.floor(offsetBytes / bs);
   const count = Math.floor((offsetBytes + lengthBytes - 1) / bs) - first + 1;
@@ -130,7 +134,8 @@ export async function readThrough(ctx: VolumeContext, reader: SnapshotReader, re
     version = chainVersion();
     sources = BlockSources.resolve(chain, first, count, bs);
   }
-  const out = Buffer.allocUnsafe(count * bs); // the read plan covers every byte (asserted there)
+  const aligned = into !== undefined && offsetBytes % bs === 0 && lengthBytes % bs === 0;
+  const out = aligned ? into : Buffer.allocUnsafe(count * bs); // the read plan covers every byte (asserted there)
   await reader.read(rec.name, sources, out);
   // Re-check: blocks read from live that a COW published in the meantime.
   if (sources.liveBlocks > 0 && chainVersion() !== version) {
@@ -146,7 +151,10 @@ export async function readThrough(ctx: VolumeContext, reader: SnapshotReader, re
     }
   }
   const start = offsetBytes - first * bs;
-  return out.subarray(start, start + lengthBytes);
+  if (aligned) return out;
+  if (into === undefined) return out.subarray(start, start + lengthBytes);
+  out.copy(into, 0, start, start + lengthBytes);
+  return into;
 }
 
 /** Waits for the pending COWs of the blocks `sources` reads from live; true when there were any. */

@@ -272,6 +272,19 @@ export class Volume {
   }
 
   /**
+   * {@link readSnapshot} into the caller's buffer: `into.length` bytes at `offsetBytes`, with no
+   * buffer allocated per call when the range is block-aligned (a reader reusing one buffer, like
+   * `fs.read`; docs/ARCHITECTURE.md §4.3). On failure `into`'s content is unspecified.
+   * @throws SNAPSHOT_NOT_FOUND, OUT_OF_RANGE, INVALID_ARGUMENT (not a Buffer, or longer than one read), STORE_CORRUPT, IO_ERROR
+   */
+  async readSnapshotInto(name: string, offsetBytes: number, into: Buffer): Promise<void> {
+    if (!Buffer.isBuffer(into)) throw new InvalidArgumentError('readSnapshotInto needs a Buffer to read into');
+    this.checkRange(offsetBytes, into.length);
+    this.checkReadLength(into.length);
+    await this.ctx.shared(async () => readThrough(this.ctx, this.reader, this.liveOrThrow(name), offsetBytes, into.length, into));
+  }
+
+  /**
    * Deletes snapshot `name`: its blocks are handed over to the next older snapshot or freed, in
    * bounded transactions; a crash in the middle is finished at the next open (docs/ARCHITECTURE.md §4.5).
    * @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD, IO_ERROR

@@ -287,3 +287,34 @@ describe.each(DATA_MODES)('data mode %s', (dataMode) => {
     });
   });
 });
+
+/** `readSnapshotInto` (docs/ARCHITECTURE.md §4.3): the bytes `readSnapshot` gives, into the caller's buffer, aligned or not. */
+describe('readSnapshotInto', () => {
+  it('reads what readSnapshot reads, block-aligned or not, through store copies and live blocks; refuses bad buffers and ranges', async () => {
+    const v = await Volume.create(path, { sizeBytes: 32 * BS });
+    try {
+      await v.write(0, randomBytes(32 * BS));
+      await v.createSnapshot('s');
+      await v.write(5 * BS, randomBytes(3 * BS)); // blocks 5–7 now read from the store
+      await v.write(20 * BS + 9, randomBytes(BS)); // blocks 20–21, partly
+      const into = Buffer.alloc(32 * BS, 0xee);
+      for (const [offsetBytes, lengthBytes] of [
+        [0, 32 * BS],
+        [4 * BS, 4 * BS],
+        [5 * BS + 100, 2 * BS - 50],
+        [20 * BS + 3, 1],
+        [31 * BS, BS],
+        [7, 0],
+      ] as const) {
+        const part = into.subarray(0, lengthBytes);
+        await v.readSnapshotInto('s', offsetBytes, part);
+        expect(part.equals(await v.readSnapshot('s', offsetBytes, lengthBytes)), `${lengthBytes} bytes at ${offsetBytes}`).toBe(true);
+      }
+      await expect(v.readSnapshotInto('s', 31 * BS, Buffer.alloc(BS + 1))).rejects.toMatchObject({ code: 'OUT_OF_RANGE' });
+      await expect(v.readSnapshotInto('nope', 0, Buffer.alloc(BS))).rejects.toMatchObject({ code: 'SNAPSHOT_NOT_FOUND' });
+      await expect(v.readSnapshotInto('s', 0, new Uint8Array(BS) as Buffer)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    } finally {
+      await v.close();
+    }
+  });
+});
