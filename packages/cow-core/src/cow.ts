@@ -177,17 +177,21 @@ async function copyRuns(ctx: VolumeContext, batch: CowBatch, handle: Handle): Pr
     // The old content passes through a pooled buffer (§3.4): nothing keeps
     // it once the store write has settled (logImage takes its own copy).
     const data = ctx.buffers.take((j - i) * bs);
+    let written: Promise<void> | undefined;
     try {
       await ctx.readLiveInto(at(blocks, i) * bs, data);
+      // Ordered mode: the store write runs (in the thread pool) while the
+      // checksums are computed here; both only read `data`, and the write is
+      // awaited before this COW goes on, so its failure is this write's.
+      written = ctx.journaled ? undefined : ctx.parts.store.write(at(storeBlocks, i), data);
+      written?.catch(() => undefined); // awaited below; never unhandled if a checksum throws first
       const copyOf = (k: number): Buffer => data.subarray((k - i) * bs, (k - i + 1) * bs);
       for (let k = i; k < j; k++) crcs[k] = storeBlockCrc({ snapshotId: active.id, volumeBlock: at(blocks, k), storeBlock: at(storeBlocks, k) }, copyOf(k));
-      if (ctx.journaled) {
-        // Atomic with its mapping, no separate store sync.
-        for (let k = i; k < j; k++) handle.logImage(TARGET_STORE, at(storeBlocks, k) + 1, copyOf(k));
-      } else {
-        await ctx.parts.store.write(at(storeBlocks, i), data);
-      }
+      if (written !== undefined) await written;
+      // Journal mode: atomic with its mapping, no separate store sync.
+      else for (let k = i; k < j; k++) handle.logImage(TARGET_STORE, at(storeBlocks, k) + 1, copyOf(k));
     } finally {
+      await written?.catch(() => undefined); // a buffer goes back only once no write reads it
       ctx.buffers.give(data);
     }
     if (j - i === 1) handle.log({ o: 'map', id: active.id, b: at(blocks, i), p: at(storeBlocks, i), crc: at(crcs, i) } satisfies MetaRecord);
