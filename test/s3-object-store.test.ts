@@ -10,9 +10,9 @@ const bucket = `cowvol-test-${randomBytes(4).toString('hex')}`;
 const env = typeof ceph === 'string' ? undefined : ceph;
 if (typeof ceph === 'string') console.warn(`skipping the S3 tests: ${ceph}`);
 
-function store(e: S3Env, prefix: string, extra: Partial<ConstructorParameters<typeof S3ObjectStore>[0]> = {}): S3ObjectStore {
+function store(e: S3Env, prefix: string, extra: Partial<ConstructorParameters<typeof S3ObjectStore>[0]> = {}, inBucket = bucket): S3ObjectStore {
   return new S3ObjectStore({
-    url: `s3://${bucket}/${prefix}`,
+    url: `s3://${inBucket}/${prefix}`,
     endpoint: e.endpoint,
     forcePathStyle: true,
     region: e.region,
@@ -39,6 +39,21 @@ describe.skipIf(env === undefined)('S3ObjectStore on Ceph RGW', () => {
   it('wrong credentials are STORE_ACCESS_DENIED', async () => {
     const s = store(e, 'denied', { credentials: { accessKeyId: 'nobody', secretAccessKey: 'wrong' }, maxAttempts: 1 });
     await expect(s.put('k', Buffer.from('x'))).rejects.toMatchObject({ code: 'STORE_ACCESS_DENIED' });
+  });
+
+  it('a bucket that does not exist is REPOSITORY_NOT_FOUND naming the bucket, not a missing object; head finds nothing', async () => {
+    const missing = `${bucket}-missing`;
+    const s = store(e, 'p/', { maxAttempts: 1 }, missing);
+    const named = { code: 'REPOSITORY_NOT_FOUND', message: expect.stringContaining(`bucket ${missing} does not exist`) as unknown };
+    await expect(s.get('k')).rejects.toMatchObject(named);
+    await expect(s.put('k', Buffer.from('x'))).rejects.toMatchObject(named);
+    await expect(
+      (async () => {
+        for await (const o of s.list('')) void o;
+      })(),
+    ).rejects.toMatchObject(named);
+    expect(await s.head('k')).toBeUndefined();
+    s.close();
   });
 
   it('an unreachable endpoint is STORE_UNAVAILABLE', async () => {

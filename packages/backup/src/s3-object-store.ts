@@ -64,6 +64,8 @@ export function storeErrorCode(err: unknown): ErrorCode {
   if (err instanceof S3ServiceException) {
     const status = err.$metadata.httpStatusCode ?? 0;
     if (status === 412 || err.name === 'PreconditionFailed') return 'OBJECT_EXISTS';
+    // Before the 404 rule: a missing bucket is not a missing object (a repository cannot be there at all).
+    if (err.name === 'NoSuchBucket') return 'REPOSITORY_NOT_FOUND';
     if (status === 404 || err.name === 'NoSuchKey' || err.name === 'NotFound') return 'OBJECT_NOT_FOUND';
     if (status === 403 || status === 401 || err.name === 'InvalidAccessKeyId' || err.name === 'SignatureDoesNotMatch') {
       return 'STORE_ACCESS_DENIED';
@@ -111,6 +113,9 @@ export class S3ObjectStore implements ObjectStore {
     } catch (err) {
       if (isCowvolError(err)) throw err;
       const code = storeErrorCode(err);
+      if (code === 'REPOSITORY_NOT_FOUND') {
+        throw new CowvolError(code, `${what} ${this.url} ${key}: bucket ${this.bucket} does not exist (check the URL, or create the bucket first)`, { cause: err, details: { key, bucket: this.bucket } });
+      }
       const message = err instanceof Error ? err.message : String(err);
       throw new CowvolError(code, `${what} ${this.url} ${key}: ${message}`, { cause: err, details: { key } });
     }
