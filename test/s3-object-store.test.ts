@@ -47,11 +47,13 @@ describe.skipIf(env === undefined)('S3ObjectStore on Ceph RGW', () => {
     const named = { code: 'REPOSITORY_NOT_FOUND', message: expect.stringContaining(`bucket ${missing} does not exist`) as unknown };
     await expect(s.get('k')).rejects.toMatchObject(named);
     await expect(s.put('k', Buffer.from('x'))).rejects.toMatchObject(named);
+    const listed: string[] = [];
     await expect(
       (async () => {
-        for await (const o of s.list('')) void o;
+        for await (const o of s.list('')) listed.push(o.key);
       })(),
     ).rejects.toMatchObject(named);
+    expect(listed).toEqual([]);
     expect(await s.head('k')).toBeUndefined();
     s.close();
   });

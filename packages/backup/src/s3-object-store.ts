@@ -114,7 +114,10 @@ export class S3ObjectStore implements ObjectStore {
       if (isCowvolError(err)) throw err;
       const code = storeErrorCode(err);
       if (code === 'REPOSITORY_NOT_FOUND') {
-        throw new CowvolError(code, `${what} ${this.url} ${key}: bucket ${this.bucket} does not exist (check the URL, or create the bucket first)`, { cause: err, details: { key, bucket: this.bucket } });
+        throw new CowvolError(code, `${what} ${this.url} ${key}: bucket ${this.bucket} does not exist (check the URL, or create the bucket first)`, {
+          cause: err,
+          details: { key, bucket: this.bucket },
+        });
       }
       const message = err instanceof Error ? err.message : String(err);
       throw new CowvolError(code, `${what} ${this.url} ${key}: ${message}`, { cause: err, details: { key } });
