@@ -23,8 +23,9 @@ const POISON_BYTE = 0xdb;
  * requests are plain allocations, never pooled); {@link take} hands out a
  * view of exactly the length asked for. Bounded: the free lists hold at
  * most `maxBytes`. Every buffer taken is tracked until given back, so a
- * double `give` or a foreign buffer is an assertion failure, not a shared
- * buffer. With `poison`, a buffer given back is filled with 0xdb, so a
+ * foreign buffer, or a second `give` while the buffer is still free, is an
+ * assertion failure (a second `give` after the pool handed it out again
+ * looks like the new owner's: ownership rules prevent it, not this check). With `poison`, a buffer given back is filled with 0xdb, so a
  * use after `give` shows up as wrong bytes in tests (the suite turns it on
  * with `COWVOL_BUFFER_POOL_POISON=1`).
  */

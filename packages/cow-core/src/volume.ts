@@ -489,6 +489,11 @@ export class Volume {
     return { liveReads: { ...this.ctx.liveReads.stats }, liveWrites: { ...this.ctx.liveWrites.stats }, storeWrites: { ...this.ctx.parts.store.writes.stats } };
   }
 
+  /** The write path's buffer pool (docs/ARCHITECTURE.md §3.4): buffers taken and not given back, bytes kept free for reuse. */
+  get bufferPoolStats(): { outstanding: number; pooledBytes: number } {
+    return { outstanding: this.ctx.buffers.outstanding, pooledBytes: this.ctx.buffers.pooledBytes };
+  }
+
   /** Counters of the snapshot reads' store cache (a copy). */
   get storeCacheStats(): StoreCacheStats {
     return { ...this.ctx.parts.store.cache.stats };

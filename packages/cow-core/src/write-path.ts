@@ -107,12 +107,21 @@ async function writeChunk(ctx: VolumeContext, offsetBytes: number, data: Buffer)
   // write-back stage and return; the commit overlaps the next writes.
   // Admission is atomic with the overlap check: two writes in flight that
   // share a block never both hold an entry for it (§3.3, admission).
+  // The copy is taken once admitted (within the bound); until `add` owns it, it is this call's.
+  const held: { copy: Buffer | undefined } = { copy: undefined };
   try {
     // The stage keeps the bytes past this call; it ends the tickets' markers once the overwrite landed.
-    await ctx.writeBack.admit(first, last, data.length, () => ctx.writeBack.add(offsetBytes, privateCopy(ctx, data), tickets));
+    await ctx.writeBack.admit(first, last, data.length, () => {
+      held.copy = privateCopy(ctx, data);
+      const entry = ctx.writeBack.add(offsetBytes, held.copy, tickets);
+      held.copy = undefined;
+      return entry;
+    });
   } catch (err) {
-    // Not admitted (a violated invariant): the markers still end, once
-    // their commits settle, so no waiter and no freeze hangs on them.
+    // Not admitted (a violated invariant): the copy goes back, and the
+    // markers still end once their commits settle, so no waiter and no
+    // freeze hangs on them.
+    if (held.copy !== undefined) ctx.buffers.give(held.copy);
     endWhenSettled(tickets);
     throw err;
   }

@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BufferPool } from '../src/buffer-pool.js';
 import { Volume } from '../src/index.js';
+import { IoError } from '@cowvol/base';
 import { GateOpener } from './gate-device.js';
+import { DATA_MODES } from './modes.js';
 
 /**
  * The write path's buffer pool (buffer-pool.ts, docs/ARCHITECTURE.md §3.4):
@@ -95,6 +97,45 @@ describe('write-back entries and the pool', () => {
       const got = await r;
       expect(got.equals(Buffer.alloc(2 * BS, 0xaa)), `read ${got.subarray(0, 4).toString('hex')}…, not the acknowledged 0xaa`).toBe(true);
       expect((await v.readSnapshot('s', 0, 16 * BS)).equals(Buffer.alloc(16 * BS, 0x11))).toBe(true);
+      expect(v.bufferPoolStats.outstanding, 'every buffer went back').toBe(0);
+    } finally {
+      await v.close();
+    }
+  });
+
+  it.each(DATA_MODES)('gives every buffer back after concurrent first writes, overlapping writes, live reads and a failed copy (%s)', async (dataMode) => {
+    const path = join(dir, 'vol.img');
+    const v0 = await Volume.create(path, { sizeBytes: 256 * BS, dataMode });
+    await v0.write(0, Buffer.alloc(256 * BS, 0x22));
+    await v0.createSnapshot('s');
+    await v0.close();
+    const gates = new GateOpener();
+    const v = await Volume.open(path, { opener: gates });
+    try {
+      // 64 writes in flight, sizes from 1 to 9 blocks, overlapping each other, with live reads among them.
+      const ops: Array<Promise<unknown>> = [];
+      for (let i = 0; i < 64; i++) {
+        const first = (i * 37) % 240;
+        ops.push(v.write(first * BS, Buffer.alloc(((i % 9) + 1) * BS, i)));
+        if (i % 4 === 0) ops.push(v.read(first * BS, 8 * BS));
+      }
+      await Promise.all(ops);
+      await v.flush();
+      expect(v.bufferPoolStats.outstanding).toBe(0);
+      // A COW whose store write fails: the write fails, its copy buffer still goes back.
+      const failing = gates.hold((e) => e.file === 'store' && e.op === 'write');
+      const w = v.write(250 * BS, Buffer.alloc(2 * BS, 0x99));
+      if (dataMode === 'ordered') {
+        await failing.reached;
+        failing.release(new IoError('injected store write failure'));
+        await expect(w).rejects.toMatchObject({ code: 'IO_ERROR' });
+      } else {
+        await w; // journal mode: the copy is a journal image, no store write to fail
+        failing.release();
+      }
+      await v.flush().catch(() => undefined);
+      expect(v.bufferPoolStats.outstanding).toBe(0);
+      expect((await v.readSnapshot('s', 0, 256 * BS)).equals(Buffer.alloc(256 * BS, 0x22))).toBe(true);
     } finally {
       await v.close();
     }
