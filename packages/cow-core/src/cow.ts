@@ -179,7 +179,7 @@ async function copyRuns(ctx: VolumeContext, batch: CowBatch, handle: Handle): Pr
     const data = ctx.buffers.take((j - i) * bs);
     let written: Promise<void> | undefined;
     try {
-      await ctx.readLiveInto(at(blocks, i) * bs, data);
+      await ctx.home.readLiveInto(at(blocks, i) * bs, data);
       // Ordered mode: the store write runs (in the thread pool) while the
       // checksums are computed here; both only read `data`, and the write is
       // awaited before this COW goes on, so its failure is this write's.

@@ -33,7 +33,7 @@ export const SYNC_SLOW_READ_MS = SYNC_SLOW_CALL_MS;
 export const SYNC_DECISION_READS = SYNC_DECISION_CALLS;
 export const SYNC_BACKOFF_RUNS = SYNC_BACKOFF_CALLS;
 
-/** The reads a {@link SnapshotReader} issues: the journal-overlaid home reads of the volume (`VolumeContext.readHomeInto`, see `snapshotReaderOf`). */
+/** The reads a {@link SnapshotReader} issues: the journal-overlaid home reads of the volume (`HomeIo.readHomeInto`, see `snapshotReaderOf`). */
 export interface ReadThroughIo {
   /** Live bytes at `offsetBytes` into all of `into` (journal mode: the journal's cached images laid over). */
   readLiveInto(offsetBytes: number, into: Buffer): Promise<void>;
@@ -311,19 +311,19 @@ export class SnapshotReader {
 
 /**
  * The snapshot reader of a volume: its reads go to the journal-overlaid home
- * reads of the live volume and the store (`VolumeContext.readHomeInto`);
+ * reads of the live volume and the store (`HomeIo.readHomeInto`);
  * store reads synchronously too when the store file's device offers it.
  */
 export function snapshotReaderOf(ctx: VolumeContext): SnapshotReader {
   const { volume, store } = ctx.parts;
   const io: ReadThroughIo = {
-    readLiveInto: (offsetBytes, into) => ctx.readHomeInto(TARGET_VOLUME, volume, offsetBytes, into),
-    readStoreInto: (storeBlock, into) => ctx.readHomeInto(TARGET_STORE, store.cache, store.offsetOf(storeBlock), into),
-    rereadStoreInto: (storeBlock, into) => ctx.readHomeInto(TARGET_STORE, { readInto: (offsetBytes, fresh) => store.cache.readFresh(offsetBytes, fresh) }, store.offsetOf(storeBlock), into),
+    readLiveInto: (offsetBytes, into) => ctx.home.readHomeInto(TARGET_VOLUME, volume, offsetBytes, into),
+    readStoreInto: (storeBlock, into) => ctx.home.readHomeInto(TARGET_STORE, store.cache, store.offsetOf(storeBlock), into),
+    rereadStoreInto: (storeBlock, into) => ctx.home.readHomeInto(TARGET_STORE, { readInto: (offsetBytes, fresh) => store.cache.readFresh(offsetBytes, fresh) }, store.offsetOf(storeBlock), into),
   };
   if (store.cache.syncReads) {
     io.readStoreIntoSync = (storeBlock, into) => {
-      ctx.readHomeIntoSync(TARGET_STORE, store.cache, store.offsetOf(storeBlock), into);
+      ctx.home.readHomeIntoSync(TARGET_STORE, store.cache, store.offsetOf(storeBlock), into);
     };
   }
   return new SnapshotReader(io);

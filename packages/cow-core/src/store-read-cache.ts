@@ -56,7 +56,7 @@ interface Fill {
  *   a checkpoint or a recovery writing a journaled copy home (`journal`
  *   mode), the reuse of a freed block — is such a write, so the cache never
  *   needs to know about allocation or free. The journal's cached images are
- *   laid over what this cache returns by the caller (`VolumeContext.readHomeInto`),
+ *   laid over what this cache returns by the caller (`HomeIo.readHomeInto`),
  *   exactly as over a file read.
  * - **Checked anyway**: callers verify each block against its CRC32C, and
  *   on a mismatch re-read it with {@link readFresh} (which drops the window)

@@ -486,7 +486,7 @@ export class Volume {
 
   /** Counters of small synchronous I/O on the hot paths (copies; docs/ARCHITECTURE.md §4.14): live-file reads (live reads, COW source reads), live-file writes, store writes (COW copies). */
   get syncIoStats(): { liveReads: SyncIoStats; liveWrites: SyncIoStats; storeWrites: SyncIoStats } {
-    return { liveReads: { ...this.ctx.liveReads.stats }, liveWrites: { ...this.ctx.liveWrites.stats }, storeWrites: { ...this.ctx.parts.store.writes.stats } };
+    return { liveReads: { ...this.ctx.home.liveReads.stats }, liveWrites: { ...this.ctx.home.liveWrites.stats }, storeWrites: { ...this.ctx.parts.store.writes.stats } };
   }
 
   /** The write path's buffer pool (docs/ARCHITECTURE.md §3.4): buffers taken and not given back, bytes kept free for reuse. */

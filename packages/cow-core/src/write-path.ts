@@ -89,7 +89,7 @@ async function writeChunk(ctx: VolumeContext, offsetBytes: number, data: Buffer)
     // Write-through: the overwrite waits for the commit, errors come back
     // here. The stage is never used, so there is nothing to be admitted past.
     await awaitCows(tickets);
-    await ctx.writeLive(offsetBytes, data);
+    await ctx.home.writeLive(offsetBytes, data);
     return;
   }
   if (tickets.length === 0) {
@@ -99,7 +99,7 @@ async function writeChunk(ctx: VolumeContext, offsetBytes: number, data: Buffer)
     // stage has landed, so overwrites reach the volume in call order.
     // Admission starts the write in the same step as its overlap check (a
     // synchronous one, §4.14, has even ended there).
-    await ctx.writeBack.admit(first, last, 0, () => ctx.writeLive(offsetBytes, data));
+    await ctx.writeBack.admit(first, last, 0, () => ctx.home.writeLive(offsetBytes, data));
     return;
   }
   // data=ordered with a COW in flight: the overwrite may reach the volume
@@ -154,8 +154,8 @@ async function logImages(ctx: VolumeContext, handle: Handle, offsetBytes: number
   const count = last - first + 1;
   const start = first * bs;
   const full = Buffer.alloc(count * bs);
-  if (offsetBytes % bs !== 0) (await ctx.readLive(start, bs)).copy(full, 0);
-  if ((offsetBytes + data.length) % bs !== 0 && (last !== first || offsetBytes % bs === 0)) (await ctx.readLive(last * bs, bs)).copy(full, (count - 1) * bs);
+  if (offsetBytes % bs !== 0) (await ctx.home.readLive(start, bs)).copy(full, 0);
+  if ((offsetBytes + data.length) % bs !== 0 && (last !== first || offsetBytes % bs === 0)) (await ctx.home.readLive(last * bs, bs)).copy(full, (count - 1) * bs);
   data.copy(full, offsetBytes - start);
   for (let i = 0; i < count; i++) handle.logImage(TARGET_VOLUME, first + i, full.subarray(i * bs, (i + 1) * bs));
   await ctx.commitHandle(handle);
@@ -192,7 +192,7 @@ export async function readCurrent(ctx: VolumeContext, offsetBytes: number, lengt
   // Pinned: an entry that lands during the read keeps its bytes until they are laid over (§3.4).
   ctx.writeBack.pin(entries);
   try {
-    const data = await ctx.readLive(offsetBytes, lengthBytes);
+    const data = await ctx.home.readLive(offsetBytes, lengthBytes);
     WriteBackStage.overlay(entries, offsetBytes, data);
     return data;
   } finally {
