@@ -107,11 +107,6 @@ async function rawTarget(path, { create = false, sizeBytes } = {}) {
       let done = 0;
       while (done < buf.length) done += (await fh.write(buf, done, buf.length - done, off + done)).bytesWritten;
     },
-    async read(off, len) {
-      const buf = Buffer.allocUnsafe(len); // a fresh buffer per read, like the API's
-      await this.readInto(off, buf);
-      return buf;
-    },
     /** Into the caller's buffer, like `Volume.readSnapshotInto`. */
     async readInto(off, buf) {
       let done = 0;

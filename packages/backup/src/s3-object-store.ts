@@ -113,13 +113,8 @@ export class S3ObjectStore implements ObjectStore {
     } catch (err) {
       if (isCowvolError(err)) throw err;
       const code = storeErrorCode(err);
-      if (code === 'REPOSITORY_NOT_FOUND') {
-        throw new CowvolError(code, `${what} ${this.url} ${key}: bucket ${this.bucket} does not exist (check the URL, or create the bucket first)`, {
-          cause: err,
-          details: { key, bucket: this.bucket },
-        });
-      }
-      const message = err instanceof Error ? err.message : String(err);
+      // NoSuchBucket's own text does not say which bucket; ours does.
+      const message = code === 'REPOSITORY_NOT_FOUND' ? `bucket ${this.bucket} does not exist (check the URL, or create the bucket first)` : err instanceof Error ? err.message : String(err);
       throw new CowvolError(code, `${what} ${this.url} ${key}: ${message}`, { cause: err, details: { key } });
     }
   }

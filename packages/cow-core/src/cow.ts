@@ -183,8 +183,8 @@ async function copyRuns(ctx: VolumeContext, batch: CowBatch, handle: Handle): Pr
       // Ordered mode: the store write runs (in the thread pool) while the
       // checksums are computed here; both only read `data`, and the write is
       // awaited before this COW goes on, so its failure is this write's.
+      // (Should a checksum throw, `finally` still awaits the write in this same turn: never unhandled.)
       written = ctx.journaled ? undefined : ctx.parts.store.write(at(storeBlocks, i), data);
-      written?.catch(() => undefined); // awaited below; never unhandled if a checksum throws first
       const copyOf = (k: number): Buffer => data.subarray((k - i) * bs, (k - i + 1) * bs);
       for (let k = i; k < j; k++) crcs[k] = storeBlockCrc({ snapshotId: active.id, volumeBlock: at(blocks, k), storeBlock: at(storeBlocks, k) }, copyOf(k));
       if (written !== undefined) await written;

@@ -14,6 +14,9 @@ export interface WriteBackEntry {
   readonly landed: Promise<void>;
 }
 
+/** A stage without a pool: plain allocations, left to the garbage collector. */
+const UNPOOLED: Pick<BufferPool, 'take' | 'give'> = { take: (lengthBytes) => Buffer.allocUnsafe(lengthBytes), give: () => undefined };
+
 /** An entry as the stage keeps it: readers that pinned it, and whether it has landed (or failed). */
 interface HeldEntry extends WriteBackEntry {
   pins: number;
@@ -72,13 +75,13 @@ export class WriteBackStage {
    * @param blockSizeBytes the volume's block size
    * @param maxBytes bound on the bytes held (entries of up to one write piece each); 0 = the stage is not used (write-through)
    * @param live the live volume file, where entries land
-   * @param pool where an entry's bytes go back once it has landed and is unpinned (none: left to the garbage collector)
+   * @param pool where an entry's copy is taken from, and given back to once it has landed and is unpinned (default: plain allocations)
    */
   constructor(
     private readonly blockSizeBytes: number,
     readonly maxBytes: number,
     private readonly live: Pick<BlockDevice, 'write'>,
-    private readonly pool?: Pick<BufferPool, 'give'>,
+    private readonly pool: Pick<BufferPool, 'take' | 'give'> = UNPOOLED,
   ) {
     assert(maxBytes === 0 || maxBytes >= blockSizeBytes, 'write-back bound below one block');
   }
@@ -121,10 +124,15 @@ export class WriteBackStage {
    * COWs' pending markers end (`end()`) once the entry is gone, so a writer
    * or snapshot reader waiting on them sees the copy published and the live
    * block final. Call it only from {@link admit}'s callback: entries never
-   * overlap. `data` becomes the stage's: taken from the pool given to the
-   * constructor (if any), it goes back there. Validates before it changes
-   * anything: a violated invariant leaves the stage as it was (and no
-   * `end()` is called; the caller still owns its markers and `data`).
+   * overlap. The stage keeps its own copy of `data` (one memcpy into a
+   * buffer from its pool, given back once the entry landed and is
+   * unpinned), so the caller may reuse `data` once this returns.
+   * `Buffer.from(buffer)` would zero-fill a large copy first and go through
+   * the typed-array constructor, about twice the cost (docs/PERFORMANCE.md
+   * "The CLI write path"); a fresh buffer per entry costs a full garbage
+   * collection every few tens of MiB ("Buffer reuse"). Validates before it
+   * changes or copies anything: a violated invariant leaves the stage as it
+   * was (and no `end()` is called; the caller still owns its markers).
    * @throws ASSERTION_FAILED when an entry already touches one of the blocks
    */
   add(offsetBytes: number, data: Buffer, cows: readonly HeldCow[]): WriteBackEntry {
@@ -135,7 +143,9 @@ export class WriteBackStage {
     for (let b = firstBlock; b <= lastBlock; b++) assert(!this.byBlock.has(b), `block ${b} already has a write-back entry`);
     let settle: () => void = () => undefined;
     const landed = new Promise<void>((resolve) => (settle = resolve));
-    const entry: HeldEntry = { offsetBytes, data, firstBlock, lastBlock, landed, pins: 0, over: false };
+    const copy = this.pool.take(data.length); // every byte is overwritten next
+    data.copy(copy);
+    const entry: HeldEntry = { offsetBytes, data: copy, firstBlock, lastBlock, landed, pins: 0, over: false };
     for (let b = firstBlock; b <= lastBlock; b++) this.byBlock.set(b, entry);
     this.heldBytes += data.length;
     const task: Promise<void> = Promise.all(cows.map((c) => c.published))
@@ -149,7 +159,7 @@ export class WriteBackStage {
         assert(this.heldBytes >= 0, 'negative write-back bytes');
         this.inFlight.delete(task);
         entry.over = true;
-        if (entry.pins === 0) this.pool?.give(entry.data);
+        if (entry.pins === 0) this.pool.give(entry.data);
         settle();
         for (const c of cows) c.end();
         for (const wake of this.roomWaiters.splice(0)) wake();
@@ -185,7 +195,7 @@ export class WriteBackStage {
       const held = e as HeldEntry;
       held.pins -= 1;
       assert(held.pins >= 0, 'write-back entry unpinned more often than pinned');
-      if (held.pins === 0 && held.over) this.pool?.give(held.data);
+      if (held.pins === 0 && held.over) this.pool.give(held.data);
     }
   }
 

@@ -59,21 +59,6 @@ export async function allChunks<C extends { offsetBytes: number; data?: Buffer; 
   throw failedRangesError(first, failedRanges, (ranges) => `${what} failed for byte ranges ${ranges} (the other ranges completed)`);
 }
 
-/**
- * The write-back stage's own copy of a caller's bytes: one memcpy into a
- * pooled buffer (§3.4) that the stage gives back once the entry landed.
- * `Buffer.from(buffer)` zero-fills a large one first and copies through
- * the typed-array constructor, about twice the cost on the first write
- * after a snapshot (docs/PERFORMANCE.md "The CLI write path"), and a fresh
- * buffer per entry costs a full garbage collection every few tens of MiB
- * (docs/PERFORMANCE.md "Buffer reuse").
- */
-function privateCopy(ctx: VolumeContext, data: Buffer): Buffer {
-  const copy = ctx.buffers.take(data.length); // every byte is overwritten next
-  data.copy(copy);
-  return copy;
-}
-
 /** One piece: COW first, then the overwrite as the data mode and the write-back bound say. */
 async function writeChunk(ctx: VolumeContext, offsetBytes: number, data: Buffer): Promise<void> {
   const bs = ctx.blockSizeBytes;
@@ -107,21 +92,12 @@ async function writeChunk(ctx: VolumeContext, offsetBytes: number, data: Buffer)
   // write-back stage and return; the commit overlaps the next writes.
   // Admission is atomic with the overlap check: two writes in flight that
   // share a block never both hold an entry for it (§3.3, admission).
-  // The copy is taken once admitted (within the bound); until `add` owns it, it is this call's.
-  const held: { copy: Buffer | undefined } = { copy: undefined };
   try {
-    // The stage keeps the bytes past this call; it ends the tickets' markers once the overwrite landed.
-    await ctx.writeBack.admit(first, last, data.length, () => {
-      held.copy = privateCopy(ctx, data);
-      const entry = ctx.writeBack.add(offsetBytes, held.copy, tickets);
-      held.copy = undefined;
-      return entry;
-    });
+    // The stage keeps its own copy of the bytes (§3.4); it ends the tickets' markers once the overwrite landed.
+    await ctx.writeBack.admit(first, last, data.length, () => ctx.writeBack.add(offsetBytes, data, tickets));
   } catch (err) {
-    // Not admitted (a violated invariant): the copy goes back, and the
-    // markers still end once their commits settle, so no waiter and no
-    // freeze hangs on them.
-    if (held.copy !== undefined) ctx.buffers.give(held.copy);
+    // Not admitted (a violated invariant): the markers still end, once
+    // their commits settle, so no waiter and no freeze hangs on them.
     endWhenSettled(tickets);
     throw err;
   }

@@ -73,14 +73,19 @@ describe('write-back entries and the pool', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it('a live read that picked a held overwrite before it landed lays its bytes over intact, though the entry landed and its buffer could be reused meanwhile', async () => {
+  /** A volume of `blocks` blocks filled with `fill`, snapshot `s` taken, reopened through a GateOpener. */
+  async function snapshotted(blocks: number, fill: number, dataMode: (typeof DATA_MODES)[number]): Promise<{ v: Volume; gates: GateOpener }> {
     const path = join(dir, 'vol.img');
-    const v0 = await Volume.create(path, { sizeBytes: 16 * BS });
-    await v0.write(0, Buffer.alloc(16 * BS, 0x11));
+    const v0 = await Volume.create(path, { sizeBytes: blocks * BS, dataMode });
+    await v0.write(0, Buffer.alloc(blocks * BS, fill));
     await v0.createSnapshot('s');
     await v0.close();
     const gates = new GateOpener();
-    const v = await Volume.open(path, { opener: gates });
+    return { v: await Volume.open(path, { opener: gates }), gates };
+  }
+
+  it('a live read that picked a held overwrite before it landed lays its bytes over intact, though the entry landed and its buffer could be reused meanwhile', async () => {
+    const { v, gates } = await snapshotted(16, 0x11, 'ordered');
     try {
       const commit = gates.hold((e) => e.file === 'journal' && e.op === 'sync');
       await v.write(4 * BS, Buffer.alloc(2 * BS, 0xaa)); // held in the stage: its COW's commit waits at the gate
@@ -104,13 +109,7 @@ describe('write-back entries and the pool', () => {
   });
 
   it.each(DATA_MODES)('gives every buffer back after concurrent first writes, overlapping writes, live reads and a failed copy (%s)', async (dataMode) => {
-    const path = join(dir, 'vol.img');
-    const v0 = await Volume.create(path, { sizeBytes: 256 * BS, dataMode });
-    await v0.write(0, Buffer.alloc(256 * BS, 0x22));
-    await v0.createSnapshot('s');
-    await v0.close();
-    const gates = new GateOpener();
-    const v = await Volume.open(path, { opener: gates });
+    const { v, gates } = await snapshotted(256, 0x22, dataMode);
     try {
       // 64 writes in flight, sizes from 1 to 9 blocks, overlapping each other, with live reads among them.
       const ops: Array<Promise<unknown>> = [];
