@@ -181,7 +181,7 @@ async function deleteStep(ctx: VolumeContext, rec: SnapshotRecord, result: Delet
     shared.apply();
     ctx.catalog.splice(index, 1);
     ctx.names.dropped(rec);
-    ctx.maps.delete(rec.id);
+    ctx.maps.forget(rec.id);
     return true;
   }
   const olderMap = older ? await ctx.mapOf(older.id) : undefined;

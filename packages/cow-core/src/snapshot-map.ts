@@ -12,6 +12,14 @@ export type MapEntry = [block: number, storeBlock: number, crc: number];
  */
 export const MAP_REGION_BLOCKS = 1024;
 
+/**
+ * Most regions a partial map loads one by one (docs/ARCHITECTURE.md §4.15);
+ * past it the whole map is loaded by one scan. Bounds the range scans a
+ * long write pays (one per region, each a LevelDB iterator) against the
+ * one scan of the whole map: 256 regions are 1 GiB of volume at 4 KiB blocks.
+ */
+export const MAP_PARTIAL_MAX_REGIONS = 256;
+
 /** 2^32: a packed entry key is offset × 2^32 + crc (42 bits, exact in a double). */
 const CRC_SPAN = 0x1_0000_0000;
 /** Entries a region's array starts with; it doubles up to MAP_REGION_BLOCKS. */
@@ -40,6 +48,20 @@ interface Region {
  * then kept in step with every committed change — and only after the
  * commit, so what it answers is always durable (guarantee 2).
  *
+ * **Partial maps** (docs/ARCHITECTURE.md §4.15): a map made with
+ * {@link SnapshotMap.partial} holds only the regions loaded so far
+ * ({@link loadRegions}: one range scan of their keys); the COW path loads
+ * the regions a write touches, so a small write's cost does not grow with
+ * the snapshot's mapped blocks. {@link complete} loads the rest. Rule that
+ * keeps it exact: a region's mappings change (`set`, `delete`) only once it
+ * is loaded (asserted), so while a region is not loaded nobody can commit a
+ * change to its keys, and a scan of them reads exactly the live view; a
+ * scan's result is laid in only for regions still not loaded when it
+ * arrives (a region loaded meanwhile is already exact and may have changed
+ * since). `has` and `forEachInRange` of a partial map may ask only for
+ * loaded regions, `size`, `entries` and `take` only of a complete map
+ * (asserted).
+ *
  * Layout: region number → {@link Region} (sorted, packed entries), so a
  * lookup is a binary search in at most MAP_REGION_BLOCKS entries and a range
  * (`forEachInRange`) visits only the mappings inside it (read-through.ts).
@@ -52,9 +74,22 @@ export class SnapshotMap {
   private mapped = 0;
   /** Incremented by every `set` and `delete`: equal versions mean an unchanged map. */
   private changes = 0;
+  /** Partial map: the regions loaded (or found empty) so far; undefined once complete. */
+  private loaded: Set<number> | undefined;
+  /** Partial map: region number → its scan in flight (concurrent loads of a region share it). */
+  private readonly regionLoads = new Map<number, Promise<void>>();
 
+  /** A complete map (every region known), empty until `set` fills it. */
   constructor(readonly snapshotId: number) {}
 
+  /** A partial map of snapshot `snapshotId` with no region loaded yet (class comment). */
+  static partial(snapshotId: number): SnapshotMap {
+    const map = new SnapshotMap(snapshotId);
+    map.loaded = new Set<number>();
+    return map;
+  }
+
+  /** The whole map of `snapshotId`, by one range scan. @throws CORRUPT_METADATA */
   static async load(db: MetadataDb, snapshotId: number): Promise<SnapshotMap> {
     const map = new SnapshotMap(snapshotId);
     const prefix = keys.mapPrefix(snapshotId);
@@ -67,7 +102,101 @@ export class SnapshotMap {
     return map;
   }
 
+  /** Whether every region is loaded (a map from `load` or the constructor, or a partial one after `complete`). */
+  get isComplete(): boolean {
+    return this.loaded === undefined;
+  }
+
+  /** Regions loaded of a partial map (0 for a complete one). */
+  get loadedRegions(): number {
+    return this.loaded?.size ?? 0;
+  }
+
+  /** Whether every region of blocks [first, last] is loaded (always, for a complete map). */
+  covers(first: number, last: number): boolean {
+    if (this.loaded === undefined) return true;
+    for (let n = Math.floor(first / MAP_REGION_BLOCKS); n <= Math.floor(last / MAP_REGION_BLOCKS); n++) if (!this.loaded.has(n)) return false;
+    return true;
+  }
+
+  /**
+   * Loads the regions of blocks [first, last] not loaded yet, by one range
+   * scan of their keys (regions another call is loading are waited for, not
+   * scanned twice). Bounded: a call covers at most `maxRegions` regions.
+   * @throws CORRUPT_METADATA, LevelDB errors (nothing is laid in then)
+   */
+  async loadRegions(db: MetadataDb, first: number, last: number, maxRegions: number): Promise<void> {
+    const loaded = this.loaded;
+    if (loaded === undefined) return;
+    const firstRegion = Math.floor(first / MAP_REGION_BLOCKS);
+    const lastRegion = Math.floor(last / MAP_REGION_BLOCKS);
+    assert(lastRegion - firstRegion < maxRegions, `a region load of ${lastRegion - firstRegion + 1} regions`);
+    const mine: number[] = [];
+    const waits: Array<Promise<void>> = [];
+    for (let n = firstRegion; n <= lastRegion; n++) {
+      if (loaded.has(n)) continue;
+      const other = this.regionLoads.get(n);
+      if (other) waits.push(other);
+      else mine.push(n);
+    }
+    if (mine.length > 0) {
+      const lo = mine[0]!;
+      const hi = mine[mine.length - 1]!;
+      const scan = this.scanInto(db, keys.map(this.snapshotId, lo * MAP_REGION_BLOCKS), keys.map(this.snapshotId, (hi + 1) * MAP_REGION_BLOCKS - 1), new Set(mine));
+      const settled = scan.finally(() => {
+        for (const n of mine) this.regionLoads.delete(n);
+      });
+      for (const n of mine)
+        this.regionLoads.set(
+          n,
+          settled.catch(() => undefined),
+        ); // a waiter retries with its own scan
+      waits.push(settled);
+    }
+    await Promise.all(waits);
+    // A waited-for load that failed left its regions unloaded: load them here (its error surfaces from this scan if it persists).
+    if (!this.covers(first, last)) await this.loadRegions(db, first, last, maxRegions);
+  }
+
+  /** Loads every region not loaded yet (one scan of the whole map); afterwards the map is complete. @throws CORRUPT_METADATA, LevelDB errors */
+  async complete(db: MetadataDb): Promise<void> {
+    if (this.loaded === undefined) return;
+    const prefix = keys.mapPrefix(this.snapshotId);
+    await this.scanInto(db, prefix, `${prefix}\xff`, undefined);
+    assert(this.isComplete, `snapshot ${this.snapshotId}: a completion left the map partial`);
+  }
+
+  /**
+   * Scans keys [gte, lte] of this map and lays in the regions of `only`
+   * (every region when undefined) that are still not loaded once the whole
+   * scan has arrived, marking them loaded (the map complete, for every
+   * region). Synchronous after the scan, so no change to the map and no
+   * other scan's lay-in comes between the check, the lay-in and the mark.
+   */
+  private async scanInto(db: MetadataDb, gte: string, lte: string, only: Set<number> | undefined): Promise<void> {
+    const prefix = keys.mapPrefix(this.snapshotId);
+    const found: number[] = []; // block, store block, crc triples in key (block) order
+    for await (const batch of db.scanBatches(gte, undefined, lte)) {
+      for (const [key, value] of batch) {
+        const rec = decodeValue.map(key, value);
+        found.push(parseHexSuffix(key, prefix), rec.storeBlock, rec.crc);
+      }
+    }
+    const loaded = this.loaded;
+    if (loaded === undefined) return; // completed meanwhile: every region is exact already
+    for (let i = 0; i < found.length; i += 3) {
+      const n = Math.floor(found[i]! / MAP_REGION_BLOCKS);
+      if (loaded.has(n) || (only !== undefined && !only.has(n))) continue;
+      this.insert(found[i]!, found[i + 1]!, found[i + 2]!);
+    }
+    // In the same synchronous step as the lay-in: a scan arriving later must find these regions loaded.
+    if (only !== undefined) for (const n of only) loaded.add(n);
+    else this.loaded = undefined;
+  }
+
+  /** Mapped blocks. @throws ASSERTION_FAILED on a partial map */
   get size(): number {
+    assert(this.loaded === undefined, `size of the partial map of snapshot ${this.snapshotId}`);
     return this.mapped;
   }
 
@@ -76,11 +205,19 @@ export class SnapshotMap {
   }
 
   has(block: number): boolean {
-    const region = this.regions.get(Math.floor(block / MAP_REGION_BLOCKS));
+    const number = Math.floor(block / MAP_REGION_BLOCKS);
+    if (this.loaded !== undefined && !this.loaded.has(number)) assert(false, `snapshot ${this.snapshotId}: block ${block} asked of a region not loaded`);
+    const region = this.regions.get(number);
     return region !== undefined && indexOf(region, block % MAP_REGION_BLOCKS) >= 0;
   }
 
   set(block: number, storeBlock: number, crc: number): void {
+    if (this.loaded !== undefined && !this.loaded.has(Math.floor(block / MAP_REGION_BLOCKS))) assert(false, `snapshot ${this.snapshotId}: block ${block} mapped in a region not loaded`);
+    this.insert(block, storeBlock, crc);
+  }
+
+  /** `set` without the loaded-region check (the lay-in of a scan). */
+  private insert(block: number, storeBlock: number, crc: number): void {
     const number = Math.floor(block / MAP_REGION_BLOCKS);
     const offset = block % MAP_REGION_BLOCKS;
     let region = this.regions.get(number);
@@ -106,6 +243,7 @@ export class SnapshotMap {
 
   delete(block: number): void {
     const number = Math.floor(block / MAP_REGION_BLOCKS);
+    if (this.loaded !== undefined && !this.loaded.has(number)) assert(false, `snapshot ${this.snapshotId}: block ${block} unmapped in a region not loaded`);
     const region = this.regions.get(number);
     const at = region ? indexOf(region, block % MAP_REGION_BLOCKS) : -1;
     assert(region !== undefined && at >= 0, `snapshot ${this.snapshotId} does not map block ${block}`);
@@ -124,7 +262,9 @@ export class SnapshotMap {
    * the range + log of a region's size); `visit` must not change this map.
    */
   forEachInRange(first: number, last: number, visit: (block: number, storeBlock: number, crc: number) => void): void {
-    if (this.mapped === 0 || last < first) return;
+    if (last < first) return;
+    assert(this.covers(first, last), `snapshot ${this.snapshotId}: blocks ${first}..${last} asked of regions not loaded`);
+    if (this.mapped === 0) return;
     const lastRegion = Math.floor(last / MAP_REGION_BLOCKS);
     for (let number = Math.floor(first / MAP_REGION_BLOCKS); number <= lastRegion; number++) {
       const region = this.regions.get(number);
@@ -151,6 +291,7 @@ export class SnapshotMap {
 
   /** Every mapping, ascending within a region; regions in the order they were first mapped. */
   *entries(): IterableIterator<MapEntry> {
+    assert(this.loaded === undefined, `entries of the partial map of snapshot ${this.snapshotId}`);
     for (const [number, region] of this.regions) {
       const base = number * MAP_REGION_BLOCKS;
       for (let i = 0; i < region.count; i++) {

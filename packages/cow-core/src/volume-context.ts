@@ -7,7 +7,8 @@ import { DELETE_BATCH_BLOCKS, IO_CHUNK_BYTES, type VolumeLayout } from './layout
 import type { SnapshotRecord } from './metadata.js';
 import type { MetadataDb } from './metadata-db.js';
 import type { ExtentAllocator } from './allocator.js';
-import { SnapshotMap } from './snapshot-map.js';
+import type { SnapshotMap } from './snapshot-map.js';
+import { LoadedMaps } from './loaded-maps.js';
 import type { SnapshotStore } from './store.js';
 import type { CommittedMetadata } from './committed-metadata.js';
 import type { MetaRecord } from './meta-record.js';
@@ -57,9 +58,8 @@ export class VolumeContext {
   readonly blockLocks = new Map<number, Promise<void>>();
   /** One snapshot delete at a time: hand-over needs a live older neighbour. */
   readonly deleteLock = new Mutex();
-  /** Loaded snapshot maps (the live view) by snapshot id. */
-  readonly maps = new Map<number, SnapshotMap>();
-  private readonly mapLoads = new Map<number, Promise<SnapshotMap>>();
+  /** Loaded snapshot maps (the live view): whole ones, and partial ones for the COW path (loaded-maps.ts, §4.15). */
+  readonly maps: LoadedMaps;
   /** Pending COWs into the active snapshot, by volume block (pending-cow.ts). */
   readonly pending = new PendingCows();
   /** data=ordered: overwrites held until the COW of their blocks commits (write-back.ts). */
@@ -71,7 +71,7 @@ export class VolumeContext {
   readonly names: SnapshotNames;
   /** What succeeded but could not finish, in words (Volume.warnings). */
   readonly notices: string[] = [];
-  readonly stats: VolumeStats = { cows: 0, cowBatches: 0, pendingWaits: 0, maxPendingWaitMs: 0, readRechecks: 0, cancelledCows: 0 };
+  readonly stats: VolumeStats = { cows: 0, cowBatches: 0, pendingWaits: 0, maxPendingWaitMs: 0, readRechecks: 0, cancelledCows: 0, mapScans: 0, mapRegionScans: 0 };
   /**
    * Which block locks the current async context holds, for the lock-order
    * assertion. AsyncLocalStorage costs every promise in the process (async
@@ -88,6 +88,14 @@ export class VolumeContext {
     this.home = new HomeIo(parts);
     this.allocator = parts.meta.allocator.clone();
     this.names = SnapshotNames.of(parts.catalog);
+    this.maps = new LoadedMaps(
+      parts.db,
+      (id) => {
+        const rec = this.catalog[this.catalogIndexOf(id)];
+        return rec?.id === id && rec.ownedBlocks === 0;
+      },
+      this.stats,
+    );
     this.writeBack = new WriteBackStage(parts.meta.sb.blockSizeBytes, parts.writeBackBytes, { write: (offsetBytes, data) => this.home.writeLive(offsetBytes, data) }, this.buffers);
   }
 
@@ -195,41 +203,14 @@ export class VolumeContext {
     return i < 0 ? undefined : this.catalog.slice(i);
   }
 
-  /** The live view of a snapshot's map, loaded once (concurrent callers share the load; a failed load is retried by the next caller). */
-  async mapOf(id: number): Promise<SnapshotMap> {
-    const map = this.maps.get(id);
-    if (map) return map;
-    // A snapshot that owns no block has an empty map (checkConsistency: map size = ownedBlocks): no LevelDB
-    // scan. Reading the oldest of 65,536 snapshots loads every newer map; most are empty (docs/PERFORMANCE.md "Many snapshots").
-    const rec = this.catalog[this.catalogIndexOf(id)];
-    if (rec?.id === id && rec.ownedBlocks === 0 && !this.mapLoads.has(id)) {
-      const empty = new SnapshotMap(id);
-      this.maps.set(id, empty);
-      return empty;
-    }
-    let load = this.mapLoads.get(id);
-    if (!load) {
-      load = SnapshotMap.load(this.parts.db, id).then(
-        (m) => {
-          this.maps.set(id, m);
-          this.mapLoads.delete(id);
-          return m;
-        },
-        (err: unknown) => {
-          this.mapLoads.delete(id);
-          throw err;
-        },
-      );
-      this.mapLoads.set(id, load);
-    }
-    return load;
+  /** The live view of a snapshot's whole map (loaded-maps.ts: `LoadedMaps.whole`). @throws CORRUPT_METADATA */
+  mapOf(id: number): Promise<SnapshotMap> {
+    return this.maps.whole(id);
   }
 
-  /** The maps of `chain`, in its order; no promise on the hot path once every map is loaded. */
-  async chainMaps(chain: SnapshotRecord[]): Promise<SnapshotMap[]> {
-    const out: SnapshotMap[] = [];
-    for (const r of chain) out.push(this.maps.get(r.id) ?? (await this.mapOf(r.id)));
-    return out;
+  /** The maps of `chain`, in its order, each covering blocks [first, last] (loaded-maps.ts: `LoadedMaps.chain`, §4.15). */
+  chainMaps(chain: SnapshotRecord[], first: number, last: number): Promise<SnapshotMap[]> | SnapshotMap[] {
+    return this.maps.chain(chain, first, last);
   }
 
   // ----------------------------------------------------------- the journal

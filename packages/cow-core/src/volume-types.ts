@@ -187,4 +187,8 @@ export interface VolumeStats {
   readRechecks: number;
   /** Blocks whose COW failed and was cancelled. */
   cancelledCows: number;
+  /** Scans of a whole snapshot map (a load, or the completion of a partial map; docs/ARCHITECTURE.md §4.15). */
+  mapScans: number;
+  /** Region loads of the COW path: calls of a partial map's `loadRegions` (a range scan of the regions not loaded, or a wait for one in flight). */
+  mapRegionScans: number;
 }
