@@ -123,20 +123,30 @@ export class MetadataDb {
    * All [key, value] with the prefix, in key order, in batches of at most
    * `batchEntries` (bounds memory): one LevelDB round trip per batch instead
    * of one per entry, for long scans such as a snapshot map load. With
-   * `lte`, the keys in [prefix, lte] instead.
+   * `lte`, the keys in [prefix, lte] instead. The next batch is read while
+   * the caller works on this one (one read ahead: LevelDB reads in its
+   * thread while the main thread decodes), so at most two batches are held.
    */
   async *scanBatches(prefix: string, batchEntries = SCAN_BATCH_ENTRIES, lte?: string): AsyncGenerator<Array<[string, Buffer]>> {
     assert(Number.isSafeInteger(batchEntries) && batchEntries > 0, `scan batch of ${batchEntries} entries`);
     const it = this.db.iterator(lte === undefined ? { gte: prefix, lt: `${prefix}\xff` } : { gte: prefix, lte });
+    const next = (): Promise<Array<[string, Buffer]>> =>
+      it.nextv(batchEntries).catch((err: unknown) => {
+        throw metadataError(err, this.path);
+      });
+    let ahead: Promise<Array<[string, Buffer]>> | undefined = next();
     try {
       for (;;) {
-        const batch = await it.nextv(batchEntries).catch((err: unknown) => {
-          throw metadataError(err, this.path);
-        });
+        const batch = await ahead;
+        ahead = undefined;
+        // Only an empty batch ends the scan: LevelDB may return fewer entries than asked before the end.
         if (batch.length === 0) return;
+        ahead = next();
         yield batch;
       }
     } finally {
+      // A caller that stops early (or a failed read) leaves at most one read in flight: let it end before the close.
+      await ahead?.catch(() => undefined);
       await it.close();
     }
   }
