@@ -292,3 +292,25 @@ for (const kind of kinds) {
     );
   });
 }
+
+describe.skipIf(cephEnv === undefined)('backup init and a bucket that does not exist (Ceph RGW)', () => {
+  it('init creates the bucket, says so, and makes a working repository; init again is REPOSITORY_EXISTS; other commands on a missing bucket stay REPOSITORY_NOT_FOUND', async () => {
+    if (cephEnv === undefined) return;
+    const key = await keyFile();
+    const flags = ['--key-file', key, '--endpoint', cephEnv.endpoint, '--path-style'];
+    const missing = `${bucket}-new`;
+    // Nothing is created by a command that only reads: a mistyped bucket is named, exit 3.
+    const listed = await cowvol(['backup', 'list', `s3://${missing}/r`, ...flags]);
+    expect(listed.code, listed.stderr).toBe(3);
+    expect(listed.stderr).toContain(`bucket ${missing} does not exist`);
+    const human = await cowvol(['backup', 'init', `s3://${missing}/r`, '--chunk-size', '64K', ...flags]);
+    expect(human.code, human.stderr).toBe(0);
+    expect(human.stdout.toString('utf8')).toContain(`created bucket for s3://${missing}/r`);
+    expect(await ok<{ snapshots: unknown[] }>(['backup', 'list', `s3://${missing}/r`, ...flags])).toMatchObject({ snapshots: [] });
+    // The bucket exists now: a second repository in it does not create it again.
+    expect(await ok(['backup', 'init', `s3://${missing}/other`, ...flags])).toMatchObject({ createdBucket: false });
+    const again = await cowvol(['backup', 'init', `s3://${missing}/r`, ...flags, '--json']);
+    expect(again.code, again.stderr).toBe(4);
+    expect(jsonOf<{ error: { code: string } }>(again).error.code).toBe('REPOSITORY_EXISTS');
+  }, 120_000);
+});

@@ -24,6 +24,13 @@ export interface ObjectStore {
   list(prefix: string): AsyncIterable<ObjectInfo>;
   /** Removes `key`; removing a missing key is not an error. */
   delete(key: string): Promise<void>;
+  /**
+   * Optional: creates what holds the objects when it is missing (an S3
+   * bucket); a store whose container comes with its first put (a
+   * directory) leaves it out. Used by `Repository.init` only.
+   * @returns true when it was created, false when it was there already
+   */
+  createContainer?(): Promise<boolean>;
 }
 
 /** One listed or headed object. */

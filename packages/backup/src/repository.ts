@@ -35,6 +35,8 @@ export class Repository {
     readonly store: ObjectStore,
     readonly config: RepositoryConfig,
     readonly keys: RepositoryKeys,
+    /** `init` created the store's container (an S3 bucket) for this repository. */
+    readonly createdContainer = false,
   ) {}
 
   /** Bytes of plaintext per chunk (the last chunk of a volume may be shorter). */
@@ -46,12 +48,28 @@ export class Repository {
    * Creates a repository: a new `config` (random id, `chunkSizeBytes`),
    * written with a conditional put.
    *
+   * When the store's container is missing (an S3 bucket: the put is
+   * REPOSITORY_NOT_FOUND) and `createContainer` is set, it is created
+   * (`ObjectStore.createContainer`) and the put tried once more.
+   *
    * @param keyBytes the key file's 32 bytes (loadKeyFile)
    * @throws REPOSITORY_EXISTS when the store holds a `config` already (nothing is written)
+   * @throws REPOSITORY_NOT_FOUND when the container is missing and is not to be created
    * @throws INVALID_ARGUMENT for a bad chunk size · STORE_UNAVAILABLE · STORE_ACCESS_DENIED · IO_ERROR
    */
-  static async init(store: ObjectStore, keyBytes: Buffer, chunkSizeBytes = DEFAULT_CHUNK_SIZE_BYTES): Promise<Repository> {
+  static async init(store: ObjectStore, keyBytes: Buffer, chunkSizeBytes = DEFAULT_CHUNK_SIZE_BYTES, options: { createContainer?: boolean } = {}): Promise<Repository> {
     const { config, keys } = newRepositoryConfig(keyBytes, chunkSizeBytes);
+    try {
+      return await Repository.writeConfig(store, config, keys, false);
+    } catch (err) {
+      if (!hasCode(err, 'REPOSITORY_NOT_FOUND') || options.createContainer !== true || store.createContainer === undefined) throw err;
+      const created = await store.createContainer();
+      return await Repository.writeConfig(store, config, keys, created);
+    }
+  }
+
+  /** The conditional put of a new `config`. @throws REPOSITORY_EXISTS, the store's errors */
+  private static async writeConfig(store: ObjectStore, config: RepositoryConfig, keys: RepositoryKeys, createdContainer: boolean): Promise<Repository> {
     const exists = (): RepositoryExistsError => new RepositoryExistsError(`${store.url} is a backup repository already (it has a config object)`, { details: { repository: store.url } });
     if ((await store.head(CONFIG_KEY)) !== undefined) throw exists();
     try {
@@ -60,7 +78,7 @@ export class Repository {
       if (hasCode(err, 'OBJECT_EXISTS')) throw exists();
       throw err;
     }
-    return new Repository(store, config, keys);
+    return new Repository(store, config, keys, createdContainer);
   }
 
   /**

@@ -171,11 +171,24 @@ export class S3ObjectStore implements ObjectStore {
 
   /** Creates the bucket (tests, first use); an existing bucket of the same owner is not an error. */
   async createBucket(): Promise<void> {
+    await this.createContainer();
+  }
+
+  /**
+   * Creates the URL's bucket (`backup init` of a bucket that does not
+   * exist, like `restic init`): true when created, false when this owner
+   * has it already. A bucket another owner holds is STORE_ACCESS_DENIED.
+   * @throws STORE_ACCESS_DENIED, STORE_UNAVAILABLE
+   */
+  async createContainer(): Promise<boolean> {
     try {
-      await this.client.send(new CreateBucketCommand({ Bucket: this.bucket }));
+      await this.limit.run(() => this.client.send(new CreateBucketCommand({ Bucket: this.bucket })));
+      return true;
     } catch (err) {
-      if (err instanceof S3ServiceException && err.name === 'BucketAlreadyOwnedByYou') return;
-      throw new CowvolError(storeErrorCode(err), `create bucket ${this.bucket}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+      if (err instanceof S3ServiceException && err.name === 'BucketAlreadyOwnedByYou') return false;
+      // Taken by someone else: the name cannot be this repository's (S3 bucket names are global).
+      const code = err instanceof S3ServiceException && err.name === 'BucketAlreadyExists' ? 'STORE_ACCESS_DENIED' : storeErrorCode(err);
+      throw new CowvolError(code, `create bucket ${this.bucket}: ${err instanceof Error ? err.message : String(err)}`, { cause: err, details: { bucket: this.bucket } });
     }
   }
 

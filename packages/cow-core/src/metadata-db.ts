@@ -130,10 +130,15 @@ export class MetadataDb {
   async *scanBatches(prefix: string, batchEntries = SCAN_BATCH_ENTRIES, lte?: string): AsyncGenerator<Array<[string, Buffer]>> {
     assert(Number.isSafeInteger(batchEntries) && batchEntries > 0, `scan batch of ${batchEntries} entries`);
     const it = this.db.iterator(lte === undefined ? { gte: prefix, lt: `${prefix}\xff` } : { gte: prefix, lte });
-    const next = (): Promise<Array<[string, Buffer]>> =>
-      it.nextv(batchEntries).catch((err: unknown) => {
+    const next = (): Promise<Array<[string, Buffer]>> => {
+      const read = it.nextv(batchEntries).catch((err: unknown) => {
         throw metadataError(err, this.path);
       });
+      // Observed at once: a read ahead may fail while the caller awaits something else between batches (check's store
+      // reads); its error is thrown by the next await of it, never reported as an unhandled rejection.
+      read.catch(() => undefined);
+      return read;
+    };
     let ahead: Promise<Array<[string, Buffer]>> | undefined = next();
     try {
       for (;;) {

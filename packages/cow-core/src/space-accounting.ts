@@ -34,7 +34,10 @@ export function olderNeighbour(ctx: VolumeContext, rec: SnapshotRecord): Snapsho
  * maps in the live view: its loaded map when there is one (or when the
  * blocks form many runs, loading it), else one LevelDB key range per run
  * of consecutive blocks — the committed state, which equals the live view
- * for a snapshot no COW writes into. @throws CORRUPT_METADATA
+ * for a snapshot no COW writes into (the COW path asks about the active
+ * snapshot's older neighbour), and for any snapshot during a frozen delete
+ * step (every COW published; a snapshot with only a partial map, §4.15, is
+ * counted this way then). @throws CORRUPT_METADATA
  */
 export async function countMapped(ctx: VolumeContext, id: number, blocks: readonly number[]): Promise<number> {
   if (blocks.length === 0) return 0;

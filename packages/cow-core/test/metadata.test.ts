@@ -76,6 +76,36 @@ describe('MetadataDb.scanBatches (one batch read ahead)', () => {
     const again = await MetadataDb.open(dir, false);
     await again.close();
   });
+
+  it('a read ahead that fails while the caller is busy between batches surfaces at the next batch, coded, not as an unhandled rejection', async () => {
+    const db = await MetadataDb.open(dir, true);
+    try {
+      await db.apply(Array.from({ length: 3000 }, (_, i) => putOp(keys.map(1, i), { v: 1, storeBlock: i, crc: i })));
+      // The seam: LevelDB's iterator, whose second read fails (a damaged table, a disk error).
+      const level = db.db as unknown as { iterator: (o: object) => { nextv: (n: number) => Promise<unknown[]>; close: () => Promise<void> } };
+      const real = level.iterator.bind(level);
+      let reads = 0;
+      level.iterator = (options: object) => {
+        const it = real(options);
+        const nextv = it.nextv.bind(it);
+        it.nextv = (n: number) => (++reads === 2 ? Promise.reject(Object.assign(new Error('Corruption: injected read failure'), { code: 'LEVEL_CORRUPTION' })) : nextv(n));
+        return it;
+      };
+      const batches: number[] = [];
+      const scan = (async () => {
+        for await (const batch of db.scanBatches(keys.mapPrefix(1))) {
+          batches.push(batch.length);
+          // Busy between batches (check awaits store reads here): the read ahead fails meanwhile.
+          await new Promise<void>((resolve) => setTimeout(resolve, 50));
+        }
+      })();
+      await expect(scan).rejects.toMatchObject({ code: 'CORRUPT_METADATA', message: expect.stringContaining('injected read failure') as unknown });
+      expect(batches).toHaveLength(1);
+      expect(reads).toBe(2);
+    } finally {
+      await db.close();
+    }
+  });
 });
 
 describe('map value encoding (a COW commit encodes one per block)', () => {

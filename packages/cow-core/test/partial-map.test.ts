@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mulberry32 } from '@cowvol/test-support';
 import { Volume } from '../src/index.js';
-import { MAP_REGION_BLOCKS } from '../src/snapshot-map.js';
+import { MAP_PARTIAL_MAX_REGIONS, MAP_REGION_BLOCKS } from '../src/snapshot-map.js';
 import { DATA_MODES } from './modes.js';
 
 /**
@@ -56,6 +56,29 @@ async function prepare(dataMode: (typeof DATA_MODES)[number]): Promise<void> {
   await v.close();
 }
 
+describe('partial snapshot maps: the region bound', () => {
+  it(`past MAP_PARTIAL_MAX_REGIONS regions the whole map is loaded instead, and answers the same`, async () => {
+    // 512-byte blocks keep a volume of MAP_PARTIAL_MAX_REGIONS + 2 regions small (about 130 MiB, sparse).
+    const bs = 512;
+    const regions = MAP_PARTIAL_MAX_REGIONS + 2;
+    const v0 = await Volume.create(path, { sizeBytes: regions * MAP_REGION_BLOCKS * bs, blockSizeBytes: bs });
+    await v0.createSnapshot('a');
+    for (let r = 0; r < regions; r++) await v0.write(r * MAP_REGION_BLOCKS * bs, Buffer.alloc(bs, 1)); // a maps block 0 of every region
+    await v0.close();
+    const v = await Volume.open(path);
+    try {
+      for (let r = 0; r < regions; r++) await v.write((r * MAP_REGION_BLOCKS + 1) * bs, Buffer.alloc(bs, 2));
+      await v.flush();
+      expect(v.stats.mapRegionScans).toBe(MAP_PARTIAL_MAX_REGIONS);
+      expect(v.stats.mapScans).toBe(1);
+      expect(v.stats.cows).toBe(regions); // block 1 of each region copied once; block 0 was copied before
+      expect(await v.checkConsistency()).toMatchObject({ problems: [], leakedBlocks: 0 });
+    } finally {
+      await v.close();
+    }
+  });
+});
+
 describe('partial snapshot maps under the COW path', () => {
   for (const dataMode of DATA_MODES) {
     it(`a small write after an open loads one region of the active map, not the whole map (${dataMode})`, async () => {
@@ -75,6 +98,34 @@ describe('partial snapshot maps under the COW path', () => {
         expect((await v.readSnapshot('a', even * BS, BS)).equals(blockOf(even, 0))).toBe(true);
         expect(v.stats.mapScans).toBeGreaterThanOrEqual(1);
         expect(await v.checkConsistency()).toMatchObject({ problems: [], leakedBlocks: 0 });
+      } finally {
+        await v.close();
+      }
+    });
+
+    it(`a partial map survives a create above it, shared counts against it, and deletes on both sides of it (${dataMode})`, async () => {
+      await prepare(dataMode);
+      const v = await Volume.open(path);
+      try {
+        const odd = 3 * MAP_REGION_BLOCKS + GROUP; // not copied into a yet
+        await v.write(odd * BS, blockOf(odd, 2));
+        await v.flush();
+        expect(v.stats).toMatchObject({ mapScans: 0, mapRegionScans: 1 });
+        // a is no longer active: b receives copies, and each COW counts what a (partial) maps of its blocks.
+        await v.createSnapshot('b');
+        await v.write(0, Buffer.concat(Array.from({ length: 4 * GROUP }, (_, k) => blockOf(k, 3)))); // groups 0..3: a maps 0 and 2
+        await v.write(odd * BS, blockOf(odd, 3));
+        await v.flush();
+        expect(await v.checkConsistency()).toMatchObject({ problems: [], leakedBlocks: 0 });
+        // Delete a: its copies are handed over to base (a's map completed first); then b, the active one.
+        await v.deleteSnapshot('a');
+        expect((await v.readSnapshot('base', 0, 4 * GROUP * BS)).equals(Buffer.concat(Array.from({ length: 4 * GROUP }, (_, k) => blockOf(k, 0))))).toBe(true);
+        expect((await v.readSnapshot('base', odd * BS, BS)).equals(blockOf(odd, 0))).toBe(true);
+        expect((await v.readSnapshot('b', 0, BS)).equals(blockOf(0, 1))).toBe(true);
+        expect((await v.readSnapshot('b', odd * BS, BS)).equals(blockOf(odd, 2))).toBe(true);
+        await v.deleteSnapshot('b');
+        expect(await v.checkConsistency()).toMatchObject({ problems: [], leakedBlocks: 0 });
+        expect((await v.read(odd * BS, BS)).equals(blockOf(odd, 3))).toBe(true);
       } finally {
         await v.close();
       }
