@@ -194,5 +194,10 @@ function chainOf(ctx: VolumeContext, rec: SnapshotRecord): SnapshotMap[] | Promi
   const loader = async (): Promise<void> => {
     for (let id = missing[next++]; id !== undefined; id = missing[next++]) await ctx.mapOf(id);
   };
-  return Promise.all(Array.from({ length: Math.min(MAP_LOADS_IN_FLIGHT, missing.length) }, loader)).then(() => chainOf(ctx, rec));
+  // Every loader settles before the read goes on or fails: none may outlive the read's shared gate (a delete could
+  // then drop a snapshot whose map a stray load puts back).
+  return Promise.allSettled(Array.from({ length: Math.min(MAP_LOADS_IN_FLIGHT, missing.length) }, loader)).then((results) => {
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+    return chainOf(ctx, rec);
+  });
 }
