@@ -107,9 +107,9 @@ export class SnapshotMap {
     return this.loaded === undefined;
   }
 
-  /** Regions loaded of a partial map (0 for a complete one). */
+  /** Regions of a partial map loaded or being loaded (0 for a complete one): what `MAP_PARTIAL_MAX_REGIONS` bounds. */
   get loadedRegions(): number {
-    return this.loaded?.size ?? 0;
+    return this.loaded === undefined ? 0 : this.loaded.size + this.regionLoads.size;
   }
 
   /** Whether every region of blocks [first, last] is loaded (always, for a complete map). */

@@ -182,5 +182,15 @@ describe('SnapshotMap, partial: regions loaded on demand', () => {
     expect(partial.covers(MAP_REGION_BLOCKS, MAP_REGION_BLOCKS)).toBe(false);
     await partial.loadRegions(db, MAP_REGION_BLOCKS, MAP_REGION_BLOCKS, MAP_PARTIAL_MAX_REGIONS);
     expect(rangeOf(partial, MAP_REGION_BLOCKS, 2 * MAP_REGION_BLOCKS - 1)).toHaveLength(5);
+    // A caller waiting on another's scan of its region that fails scans again itself, and gets the region.
+    const shared = Promise.allSettled([
+      partial.loadRegions(failing, 2 * MAP_REGION_BLOCKS, 2 * MAP_REGION_BLOCKS, MAP_PARTIAL_MAX_REGIONS),
+      partial.loadRegions(counting, 2 * MAP_REGION_BLOCKS, 2 * MAP_REGION_BLOCKS, MAP_PARTIAL_MAX_REGIONS),
+    ]);
+    expect(partial.loadedRegions, 'a region being loaded counts against the bound').toBe(3);
+    const [owner, waiter] = await shared;
+    expect(owner.status).toBe('rejected');
+    expect(waiter.status).toBe('fulfilled');
+    expect(rangeOf(partial, 2 * MAP_REGION_BLOCKS, 3 * MAP_REGION_BLOCKS - 1)).toHaveLength(5);
   });
 });
