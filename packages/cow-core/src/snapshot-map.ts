@@ -146,11 +146,9 @@ export class SnapshotMap {
       const settled = scan.finally(() => {
         for (const n of mine) this.regionLoads.delete(n);
       });
-      for (const n of mine)
-        this.regionLoads.set(
-          n,
-          settled.catch(() => undefined),
-        ); // a waiter retries with its own scan
+      // A waiter sees a failed scan as "not loaded" and scans again itself.
+      const waited = settled.catch(() => undefined);
+      for (const n of mine) this.regionLoads.set(n, waited);
       waits.push(settled);
     }
     await Promise.all(waits);
@@ -175,16 +173,26 @@ export class SnapshotMap {
    */
   private async scanInto(db: MetadataDb, gte: string, lte: string, only: Set<number> | undefined): Promise<void> {
     const prefix = keys.mapPrefix(this.snapshotId);
-    const found: number[] = []; // block, store block, crc triples in key (block) order
+    // Block, store block, CRC triples in key (block) order, held until the whole scan is in: 24 bytes per mapping
+    // in one growing typed array (a completion of a million mappings holds 24 MiB beside the map, not boxed numbers).
+    let found = new Float64Array(3 * 1024);
+    let length = 0;
     for await (const batch of db.scanBatches(gte, undefined, lte)) {
       for (const [key, value] of batch) {
         const rec = decodeValue.map(key, value);
-        found.push(parseHexSuffix(key, prefix), rec.storeBlock, rec.crc);
+        if (length + 3 > found.length) {
+          const grown = new Float64Array(2 * found.length);
+          grown.set(found);
+          found = grown;
+        }
+        found[length++] = parseHexSuffix(key, prefix);
+        found[length++] = rec.storeBlock;
+        found[length++] = rec.crc;
       }
     }
     const loaded = this.loaded;
     if (loaded === undefined) return; // completed meanwhile: every region is exact already
-    for (let i = 0; i < found.length; i += 3) {
+    for (let i = 0; i < length; i += 3) {
       const n = Math.floor(found[i]! / MAP_REGION_BLOCKS);
       if (loaded.has(n) || (only !== undefined && !only.has(n))) continue;
       this.insert(found[i]!, found[i + 1]!, found[i + 2]!);
