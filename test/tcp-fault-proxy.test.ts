@@ -115,6 +115,23 @@ describe(`tcp fault proxy (seed ${String(SEED)}, COWVOL_FAULT_PROXY_SEED)`, () =
     expect(runs[1], `seed ${String(SEED)}`).toBe(runs[0]);
   });
 
+  it('with cutFirstConnection, cuts the first connection of every faulting phase mid-request, whatever the seed', async () => {
+    const p = await proxy({ cutProbability: 0, delayProbability: 0, cutFirstConnection: true });
+    const payload = randomBytes(64 * 1024);
+    const results = [];
+    for (let i = 0; i < 3; i++) results.push(await roundTrip(p.port, payload));
+    expect(p.stats).toMatchObject({ cutsUp: 1, cutsDown: 0 });
+    expect(results.map((r) => r.broken)).toEqual([true, false, false]);
+    expect(results[0]?.received.length, 'nothing came back from the cut request').toBe(0);
+    p.setFaulting(false);
+    await roundTrip(p.port, payload);
+    p.setFaulting(true);
+    const again = await roundTrip(p.port, payload);
+    await p.close();
+    expect(again.broken, 'a new faulting phase cuts its first connection').toBe(true);
+    expect(p.stats).toMatchObject({ cutsUp: 2, cutsDown: 0 });
+  });
+
   it('stops faulting when told', async () => {
     const p = await proxy({ cutProbability: 1, cutWithinBytes: 1024, delayProbability: 1, maxDelayMs: 2 });
     p.setFaulting(false);

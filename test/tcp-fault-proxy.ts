@@ -34,6 +34,14 @@ export interface FaultProxyOptions {
   delayProbability?: number;
   /** Longest delay of a chunk; default 200 ms. */
   maxDelayMs?: number;
+  /**
+   * Cut the first connection accepted after faulting is turned on (and at
+   * start) mid-request, within its first {@link FIRST_CUT_WITHIN_BYTES}
+   * bytes — every request is longer — so a run injects at least one cut
+   * whatever the seed and however few connections the client opens (an
+   * S3 client keeps a handful alive). Default false.
+   */
+  cutFirstConnection?: boolean;
   /** Where the seed line goes; default console.log. */
   log?: (line: string) => void;
 }
@@ -64,6 +72,9 @@ export interface FaultProxy {
 
 type Direction = 'up' | 'down';
 
+/** A forced first cut lands within this many request bytes: less than any HTTP request line and headers. */
+export const FIRST_CUT_WITHIN_BYTES = 128;
+
 /** Starts a proxy on a free loopback port. */
 export async function startFaultProxy(options: FaultProxyOptions): Promise<FaultProxy> {
   const random = mulberry32(options.seed);
@@ -74,6 +85,8 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
   const stats: FaultProxyStats = { connections: 0, cutsUp: 0, cutsDown: 0, delays: 0, bytesUp: 0, bytesDown: 0 };
   const open = new Set<Socket>();
   let faulting = true;
+  /** The next connection accepted while faulting is cut for sure (`cutFirstConnection`). */
+  let forceCut = options.cutFirstConnection === true;
 
   const onConnection = (client: Socket): void => {
     stats.connections++;
@@ -100,10 +113,17 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     });
     // Drawn for every connection, faulting or not, so the fate of the n-th connection depends only on the seed;
     // per-chunk draws come from the connection's own generator, since chunk boundaries vary from run to run.
-    const doomed = random() < cutProbability;
-    const cutDirection: Direction = random() < 0.5 ? 'up' : 'down';
-    const cutAtBytes = Math.floor(random() * cutWithinBytes);
+    let doomed = random() < cutProbability;
+    let cutDirection: Direction = random() < 0.5 ? 'up' : 'down';
+    let cutAtBytes = Math.floor(random() * cutWithinBytes);
     const chunkRandom = mulberry32(Math.floor(random() * 2 ** 32));
+    if (faulting && forceCut) {
+      // The same draws were taken, so the seed still decides every later connection.
+      forceCut = false;
+      doomed = true;
+      cutDirection = 'up';
+      cutAtBytes %= FIRST_CUT_WITHIN_BYTES;
+    }
     const forwarded = { up: 0, down: 0 };
     const pipe = (from: Socket, to: Socket, direction: Direction): void => {
       // Every chunk, delayed or not, and the end go through one chain per direction, so a delay never reorders the bytes.
@@ -169,6 +189,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     seed: options.seed,
     stats,
     setFaulting(on: boolean): void {
+      if (on && !faulting && options.cutFirstConnection === true) forceCut = true;
       faulting = on;
     },
     close(): Promise<void> {
