@@ -210,7 +210,7 @@ async function main() {
     else tools.push(cv);
     for (const t of tools) {
       const store = bucketStore(s3, t.bucket);
-      await store.createBucket();
+      await store.createContainer();
       store.close();
       await t.init();
     }

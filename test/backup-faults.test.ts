@@ -64,7 +64,7 @@ describe.skipIf(env === undefined)(`backup repository through a faulty network (
   let proxy: FaultProxy;
   beforeAll(async () => {
     const s = store(e, e.endpoint, '');
-    await s.createBucket();
+    await s.createContainer();
     s.close();
     const target = new URL(e.endpoint);
     proxy = await startFaultProxy({

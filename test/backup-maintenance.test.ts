@@ -73,7 +73,7 @@ if (s3 !== undefined) {
     fresh: async () => {
       const url = `s3://${bucket}/repo-${String(n++)}`;
       const store = new S3ObjectStore({ url, endpoint: e.endpoint, forcePathStyle: true, region: e.region, credentials: { accessKeyId: e.accessKeyId, secretAccessKey: e.secretAccessKey } });
-      if (!created) await store.createBucket();
+      if (!created) await store.createContainer();
       created = true;
       return { store, url, flags: ['--endpoint', e.endpoint, '--path-style'] };
     },

@@ -54,7 +54,7 @@ beforeAll(async () => {
     process.env.AWS_SECRET_ACCESS_KEY = cephEnv.secretAccessKey;
     process.env.AWS_REGION = cephEnv.region;
     const s = s3Store(cephEnv, '');
-    await s.createBucket();
+    await s.createContainer();
     s.close();
   }
 }, 60_000);

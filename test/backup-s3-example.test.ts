@@ -35,7 +35,7 @@ describe.skipIf(env === undefined)('examples/backup-s3.sh', () => {
         region: e.region,
         credentials: { accessKeyId: e.accessKeyId, secretAccessKey: e.secretAccessKey },
       });
-      await s.createBucket();
+      await s.createContainer();
       s.close();
       const nights = process.env.COWVOL_BACKUP_S3_NIGHTS ?? '3';
       const r = await run('env', [

@@ -26,7 +26,7 @@ describe.skipIf(env === undefined)('S3ObjectStore on Ceph RGW', () => {
   const e = env;
   beforeAll(async () => {
     const s = store(e, '');
-    await s.createBucket();
+    await s.createContainer();
     s.close();
   }, 60_000);
   afterAll(() => {

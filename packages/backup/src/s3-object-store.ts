@@ -169,15 +169,10 @@ export class S3ObjectStore implements ObjectStore {
     await this.call('delete', key, () => this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.prefix + key })));
   }
 
-  /** Creates the bucket (tests, first use); an existing bucket of the same owner is not an error. */
-  async createBucket(): Promise<void> {
-    await this.createContainer();
-  }
-
   /**
    * Creates the URL's bucket (`backup init` of a bucket that does not
-   * exist, like `restic init`): true when created, false when this owner
-   * has it already. A bucket another owner holds is STORE_ACCESS_DENIED.
+   * exist, like `restic init`; tests and benches): true when created, false
+   * when this owner has it already. A bucket another owner holds is STORE_ACCESS_DENIED.
    * @throws STORE_ACCESS_DENIED, STORE_UNAVAILABLE
    */
   async createContainer(): Promise<boolean> {

@@ -51,7 +51,7 @@ export async function cowRange(ctx: VolumeContext, first: number, last: number):
     for (;;) {
       const chain = ctx.cowChain();
       if (!chain) return tickets;
-      const maps = await ctx.chainMaps(chain, first, last);
+      const maps = await ctx.maps.chain(chain, first, last);
       const isCopied = (b: number): boolean => maps.some((m) => m.has(b));
       const mine: number[] = [];
       const waits: Array<Promise<void>> = [];

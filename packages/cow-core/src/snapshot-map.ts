@@ -204,7 +204,7 @@ export class SnapshotMap {
 
   /** Mapped blocks. @throws ASSERTION_FAILED on a partial map */
   get size(): number {
-    assert(this.loaded === undefined, `size of the partial map of snapshot ${this.snapshotId}`);
+    if (this.loaded !== undefined) assert(false, `size of the partial map of snapshot ${this.snapshotId}`);
     return this.mapped;
   }
 
@@ -271,7 +271,8 @@ export class SnapshotMap {
    */
   forEachInRange(first: number, last: number, visit: (block: number, storeBlock: number, crc: number) => void): void {
     if (last < first) return;
-    assert(this.covers(first, last), `snapshot ${this.snapshotId}: blocks ${first}..${last} asked of regions not loaded`);
+    // Message built only on failure: every snapshot read request walks each map of its chain here.
+    if (!this.covers(first, last)) assert(false, `snapshot ${this.snapshotId}: blocks ${first}..${last} asked of regions not loaded`);
     if (this.mapped === 0) return;
     const lastRegion = Math.floor(last / MAP_REGION_BLOCKS);
     for (let number = Math.floor(first / MAP_REGION_BLOCKS); number <= lastRegion; number++) {
@@ -299,7 +300,7 @@ export class SnapshotMap {
 
   /** Every mapping, ascending within a region; regions in the order they were first mapped. */
   *entries(): IterableIterator<MapEntry> {
-    assert(this.loaded === undefined, `entries of the partial map of snapshot ${this.snapshotId}`);
+    if (this.loaded !== undefined) assert(false, `entries of the partial map of snapshot ${this.snapshotId}`);
     for (const [number, region] of this.regions) {
       const base = number * MAP_REGION_BLOCKS;
       for (let i = 0; i < region.count; i++) {

@@ -208,11 +208,6 @@ export class VolumeContext {
     return this.maps.whole(id);
   }
 
-  /** The maps of `chain`, in its order, each covering blocks [first, last] (loaded-maps.ts: `LoadedMaps.chain`, §4.15). */
-  chainMaps(chain: SnapshotRecord[], first: number, last: number): Promise<SnapshotMap[]> | SnapshotMap[] {
-    return this.maps.chain(chain, first, last);
-  }
-
   // ----------------------------------------------------------- the journal
 
   /**
