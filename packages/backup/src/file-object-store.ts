@@ -47,7 +47,7 @@ export class FileObjectStore implements ObjectStore {
     const dir = dirname(path);
     const temp = join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
     try {
-      await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+      await makeDirectory(dir);
       await writeSynced(temp, body);
       if (options?.ifNoneMatch === true) {
         try {
@@ -177,6 +177,30 @@ export function validateObjectKey(key: string): void {
   for (const segment of key.split('/')) {
     if (segment === '' || segment === '.' || segment === '..') throw bad('has an empty, . or .. segment');
     if (segment.startsWith(TEMP_PREFIX)) throw bad(`a segment starts with ${TEMP_PREFIX}`);
+  }
+}
+
+/**
+ * `mkdir -p` with mode 0700: `dir`, then its missing parents, each tried
+ * once. Not `fs.mkdir(…, { recursive: true })`: on a file system that
+ * answers ENOENT for a directory that cannot be made there (/proc, /sys)
+ * that call retries forever at full CPU; here the depth bounds the calls,
+ * and the ENOENT reaches the caller (IO_ERROR).
+ */
+async function makeDirectory(dir: string): Promise<void> {
+  try {
+    await fsp.mkdir(dir, { mode: 0o700 });
+  } catch (err) {
+    const errno = errnoCode(err);
+    if (errno === 'EEXIST') return; // a file there fails the write below it with ENOTDIR
+    const parent = dirname(dir);
+    if (errno !== 'ENOENT' || parent === dir) throw err;
+    await makeDirectory(parent);
+    try {
+      await fsp.mkdir(dir, { mode: 0o700 });
+    } catch (again) {
+      if (errnoCode(again) !== 'EEXIST') throw again; // another put made it meanwhile, or a real failure
+    }
   }
 }
 

@@ -94,6 +94,18 @@ describe('FileObjectStore', () => {
     expect(missing).toEqual([]); // a store whose directory is not there yet lists nothing
   });
 
+  it('makes missing directories 0700, many puts at once; where none can be made (/proc) it is IO_ERROR, not a hang', async () => {
+    const deep = new FileObjectStore(pathToFileURL(join(dir, 'a', 'b', 'c')).href);
+    await Promise.all(Array.from({ length: 16 }, (_, i) => deep.put(`x/y/k${String(i)}`, Buffer.from([i]))));
+    const listed: string[] = [];
+    for await (const info of deep.list('')) listed.push(info.key);
+    expect(listed).toHaveLength(16);
+    for (const sub of ['a', 'a/b', 'a/b/c', 'a/b/c/x', 'a/b/c/x/y']) expect((await fsp.stat(join(dir, sub))).mode & 0o777, sub).toBe(0o700);
+    // fs.mkdir(…, { recursive: true }) spins forever here: /proc answers ENOENT to any mkdir.
+    const proc = new FileObjectStore(`file:///proc/cowvol-test-${String(process.pid)}`);
+    expect(await codeOf(proc.put('config', Buffer.from('x')))).toBe('IO_ERROR');
+  });
+
   it('refuses bad keys with INVALID_ARGUMENT and writes nothing outside its directory', async () => {
     for (const key of ['', '/abs', '../escape', 'a/../../b', 'a//b', 'a/', './a', 'nul\0', 'x'.repeat(1025), 'é'.repeat(513), 'a/.cowvol-tmp-1']) {
       expect(await codeOf(store.put(key, Buffer.from('x'))), JSON.stringify(key.slice(0, 20))).toBe('INVALID_ARGUMENT');
