@@ -270,7 +270,8 @@ export class VolumeContext {
     } catch (err) {
       if (err instanceof JournalApplyError) {
         this.status.fail(err);
-        this.notices.push(err.message);
+        // Every handle of the failed group commit gets the same error: one notice for it.
+        if (!this.notices.includes(err.message)) this.notices.push(err.message);
         return;
       }
       // If the journal aborted, the commit may or may not be durable: the

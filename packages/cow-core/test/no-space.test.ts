@@ -132,7 +132,8 @@ describe('NO_SPACE: the store never silently invalidates a snapshot', () => {
     const v = await Volume.open(path, { opener: disk });
     // The COW's commit fails: reported by the flush that drains the write-back stage.
     await expect(v.write(45 * BS, Buffer.alloc(BS, 1)).then(() => v.flush())).rejects.toMatchObject({ code: 'NO_SPACE' });
-    await expect(v.readSnapshot('a', 0, BS)).rejects.toMatchObject({ code: 'JOURNAL_ABORTED' });
+    // The refusal says why, not only that the journal aborted.
+    await expect(v.readSnapshot('a', 0, BS)).rejects.toMatchObject({ code: 'JOURNAL_ABORTED', message: expect.stringMatching(/first failure: no space left/i) as unknown });
     await v.close();
     const r = await Volume.open(path);
     await expectAll(r, snaps, live, 'after reopen');

@@ -20,11 +20,28 @@ export class JournalCreditsExceededError extends CowvolError {
   }
 }
 
-/** `JOURNAL_ABORTED`: an earlier commit failed; the journal refuses further work until reopened (jbd2 abort). */
+/**
+ * `JOURNAL_ABORTED`: an earlier commit failed; the journal refuses further
+ * work until reopened (jbd2 abort). The message ends with the first
+ * failure's own words (the innermost cause: "No space left on device", an
+ * I/O error), so a user learns why without reading the warnings above it.
+ */
 export class JournalAbortedError extends CowvolError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super('JOURNAL_ABORTED', message, options);
+    const first = firstFailure(options?.cause);
+    super('JOURNAL_ABORTED', first === undefined ? message : `${message} (first failure: ${first})`, options);
   }
+}
+
+/** The innermost message of an error's `cause` chain (at most 8 deep, 300 characters), or undefined. */
+function firstFailure(cause: unknown): string | undefined {
+  let message: string | undefined;
+  for (let depth = 0; depth < 8 && cause instanceof Error; depth++) {
+    // A JOURNAL_ABORTED cause already carries its first failure in its message; its own causes say it again.
+    if (!(cause instanceof JournalAbortedError)) message = cause.message;
+    cause = cause.cause;
+  }
+  return message === undefined || message === '' ? undefined : message.slice(0, 300);
 }
 
 /**
