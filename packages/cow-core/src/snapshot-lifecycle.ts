@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import { AssertionFailedError, assert } from '@cowvol/base';
 import { blockExtents } from './extent-runs.js';
 import { validateLabelsFit } from './labels.js';
@@ -51,12 +52,43 @@ export async function createSnapshot(ctx: VolumeContext, name: string, options: 
   if (options.labels) validateLabelsFit(options.labels, ctx.blockSizeBytes);
   if (ctx.findLive(name)) throw new SnapshotExistsError(name);
   if (ctx.catalog.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
-  if (!ctx.readOnly)
-    await ctx.shared(async () => {
-      await ctx.writeBack.settleHeld();
-      await ctx.parts.volume.sync();
-    });
+  if (!ctx.readOnly) await ctx.shared(() => syncBeforeFreeze(ctx));
   return ctx.frozen(() => createSnapshotFrozen(ctx, name, options));
+}
+
+/**
+ * Most passes of {@link syncBeforeFreeze}. Bounded so that a create under a
+ * write stream faster than the disk still freezes: each pass costs writers
+ * nothing, but the create's round trip grows by one sync per pass.
+ */
+export const PRE_FREEZE_SYNC_PASSES = 4;
+
+/**
+ * A pre-freeze pass shorter than this ends the passes: what arrived during
+ * it is about this many milliseconds of writes, which the sync inside the
+ * freeze then writes while writers wait (docs/ARCHITECTURE.md §4.4 step 2).
+ */
+export const PRE_FREEZE_QUIET_MS = 20;
+
+/**
+ * Settles the write-back stage's entries held now and syncs the live volume,
+ * while writes go on, again while a pass took {@link PRE_FREEZE_QUIET_MS} or
+ * more (at most {@link PRE_FREEZE_SYNC_PASSES}). Each pass writes what came
+ * during the one before, so under a steady stream the work left for the
+ * freeze shrinks from pass to pass — as a live migration's pre-copy
+ * converges. The first snapshot of a busy volume needs it most: the volume
+ * had no snapshot to COW into, so the page cache may hold hundreds of
+ * megabytes of writes, and one pass of that left the freeze's sync tens of
+ * milliseconds of its own (docs/PERFORMANCE.md "The snapshot-create pause
+ * under load").
+ */
+async function syncBeforeFreeze(ctx: VolumeContext): Promise<void> {
+  for (let pass = 0; pass < PRE_FREEZE_SYNC_PASSES; pass++) {
+    const startedMs = performance.now();
+    await ctx.writeBack.settleHeld();
+    await ctx.parts.volume.sync();
+    if (performance.now() - startedMs < PRE_FREEZE_QUIET_MS) return;
+  }
 }
 
 /**

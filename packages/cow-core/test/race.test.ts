@@ -1,12 +1,14 @@
 process.env.COWVOL_LOCK_CHECKS = '1'; // lock-order assertion on for this file
 
 import { mkdtemp, rm } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { IoError } from '@cowvol/base';
 import { Volume } from '../src/index.js';
-import { GateOpener, settlesSoon } from './gate-device.js';
+import { PRE_FREEZE_QUIET_MS, PRE_FREEZE_SYNC_PASSES } from '../src/snapshot-lifecycle.js';
+import { GateOpener, settlesSoon, settlesWithin } from './gate-device.js';
 
 /**
  * Race tests: each forces one interleaving that matters (BRIEF §5, seed
@@ -154,6 +156,32 @@ describe('freeze: snapshot create and delete during traffic', () => {
     held.release();
     expect((await r).equals(Buffer.alloc(4 * BS, ORIGINAL))).toBe(true);
     expect(await d).toEqual({ name: 's', freedBlocks: 4, handedOverBlocks: 0 });
+    await v.close();
+  });
+
+  it('the syncs before the freeze repeat while each is slow, at most PRE_FREEZE_SYNC_PASSES, and writes go on meanwhile (naive: one pass leaves the freeze a long sync; passes without a bound never freeze)', async () => {
+    const { v, gates } = await setup();
+    const syncsBefore = gates.log.filter((e) => e.file === 'vol.img' && e.op === 'sync').length;
+    let pass = gates.hold(at('vol.img', 'sync'));
+    const c = v.createSnapshot('t');
+    for (let i = 0; i < PRE_FREEZE_SYNC_PASSES; i++) {
+      await pass.reached;
+      // Not frozen: a write issued during the pass completes while the pass's sync is held.
+      const w = v.write(i * BS, Buffer.alloc(BS, 0x40 + i));
+      expect(await settlesWithin(w, 5000), `a write during pre-freeze pass ${i + 1} must not wait for the create`).toBe(true);
+      await sleep(PRE_FREEZE_QUIET_MS + 5); // this pass is slow: another one follows, up to the bound
+      const released = pass;
+      if (i + 1 < PRE_FREEZE_SYNC_PASSES) pass = gates.hold(at('vol.img', 'sync'));
+      released.release();
+    }
+    // The sync inside the freeze is not held: the create ends (a bound of passes that never stops would not).
+    expect(await settlesWithin(c, 10_000), 'the create freezes once its passes reach their bound').toBe(true);
+    const syncs = gates.log.filter((e) => e.file === 'vol.img' && e.op === 'sync').length - syncsBefore;
+    expect(syncs, 'pre-freeze passes plus the sync inside the freeze').toBe(PRE_FREEZE_SYNC_PASSES + 1);
+    for (let i = 0; i < PRE_FREEZE_SYNC_PASSES; i++) {
+      expect((await v.readSnapshot('t', i * BS, BS)).equals(Buffer.alloc(BS, 0x40 + i)), `the snapshot holds the write of pass ${i + 1}`).toBe(true);
+      expect((await v.readSnapshot('s', i * BS, BS)).equals(Buffer.alloc(BS, ORIGINAL))).toBe(true);
+    }
     await v.close();
   });
 
