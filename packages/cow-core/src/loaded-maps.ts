@@ -5,8 +5,10 @@ import type { VolumeStats } from './volume-types.js';
 
 /**
  * The snapshot maps an open volume has loaded — the live view of the maps
- * (docs/ARCHITECTURE.md §2, §4.15): **whole** maps, which every reader,
- * diff, check, space report and delete uses, and **partial** maps, which
+ * (docs/ARCHITECTURE.md §2, §4.15): **whole** maps, which snapshot reads,
+ * export, diff, delete and its plans, `checkConsistency`, the outside-writes
+ * scan and the shared counts that need them use (`check` scans LevelDB
+ * itself; space reports use the kept counters), and **partial** maps, which
  * hold only the regions the COW path has needed so far. A snapshot has at
  * most one map object: completing its partial map turns that object into
  * its whole map, so the COW path and the readers never see two.

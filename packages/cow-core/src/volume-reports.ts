@@ -11,7 +11,7 @@ import type { VolumeContext } from './volume-context.js';
 import type { ConsistencyReport, SnapshotInfo, VolumeInfo } from './volume-types.js';
 
 /**
- * What a volume reports about itself (docs/ARCHITECTURE.md §8, §9): info,
+ * What a volume reports about itself (docs/ARCHITECTURE.md §8, §15.2, §15.3): info,
  * the checks, diffs and space accounting. Each runs inside the gate the
  * `Volume` method chose (settled or frozen); none changes the live view,
  * except `check --repair`, which frees leaks.

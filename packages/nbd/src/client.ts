@@ -42,7 +42,7 @@ export const CLIENT_MAX_IN_FLIGHT = 8;
 /**
  * How long connect() waits for the connection and the whole handshake (greeting
  * to NBD_OPT_GO's ACK) before giving up with IO_ERROR; the server's own bound
- * on the option phase is 30 s as well (docs/ARCHITECTURE.md §16).
+ * on the option phase is 30 s as well (docs/ARCHITECTURE.md §14.6).
  */
 export const CLIENT_HANDSHAKE_TIMEOUT_MS = 30_000;
 

@@ -42,7 +42,7 @@ export function diffPage(extents: readonly DiffExtent[], afterOffsetBytes: numbe
  * The control methods that report on a served volume or read it whole
  * (docs/FORMAT.md §11.2): `snapshot.diff` (paged, MAX_DIFF_PAGE_EXTENTS per
  * response), `check` (Volume.check frozen on the server, docs/ARCHITECTURE.md
- * §4.4: NBD requests wait while it runs; `repair` frees leaks in one journal
+ * §7.1: NBD requests wait while it runs; `repair` frees leaks in one journal
  * transaction, as offline) and
  * `volume.checkpointLive` (a served `snapshot export` asks it before it
  * looks for the volume file's holes, §15.5).
