@@ -255,7 +255,12 @@ async function deleteStep(ctx: VolumeContext, rec: SnapshotRecord, result: Delet
 /** Commits one delete batch; in journal mode a freed store block's journaled copy is revoked, so it is never replayed over a later reuse (jbd2 revoke). */
 async function commitDeleteBatch(ctx: VolumeContext, records: MetaRecord[], freed: number[]): Promise<void> {
   if (!ctx.journaled || freed.length === 0) return ctx.commitRecords(records);
-  const handle = await ctx.startHandle(records.length + freed.length);
+  // The records take the payload blocks their bytes fill (docs/ARCHITECTURE.md §5.1), a revoke one credit each. A batch is at most half
+  // of a handle (`deleteBatchBlocks`), so the revokes fit, and so do the records: a few dozen bytes each.
+  const { journal } = ctx.parts;
+  const credits = journal.creditsForRecords(records) + freed.length;
+  assert(credits <= journal.maxHandleCredits, `a delete batch of ${freed.length} freed blocks needs ${credits} credits; a handle may take ${journal.maxHandleCredits}`);
+  const handle = await ctx.startHandle(credits);
   for (const p of freed) handle.revoke(TARGET_STORE, p + 1);
   return ctx.commitRecords(records, handle);
 }

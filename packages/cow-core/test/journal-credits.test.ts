@@ -92,3 +92,32 @@ describe('one handle of many snapshot records on a small journal', () => {
     await r.close();
   });
 });
+
+describe('a delete batch that frees every block, in journal mode (revokes)', () => {
+  // A batch is half of what one handle may take (`deleteBatchBlocks`); in `journal` mode each freed block also
+  // logs a revoke. Counting one credit per record as well asked for 2 × batch + the `shared` record: one credit
+  // more than a handle may take, so the delete's first batch could never commit (JOURNAL_CREDITS_EXCEEDED at
+  // every writable open). Records take the payload blocks their bytes fill (§5.1), far fewer.
+  for (const blockSizeBytes of [512, BS]) {
+    it(`deletes the oldest snapshot of two, every block freed, on a 1 MiB journal (${blockSizeBytes}-byte blocks), and a reopen finds it clean`, async () => {
+      const blocks = 256;
+      const fill = (byte: number) => Buffer.alloc(blocks * blockSizeBytes, byte);
+      const v = await Volume.create(path, { sizeBytes: blocks * blockSizeBytes, blockSizeBytes, journalSizeBytes: 1024 * 1024, reserveBytes: 0, dataMode: 'journal' });
+      await v.write(0, fill(1));
+      await v.createSnapshot('s1');
+      await v.write(0, fill(2)); // every block COWed into s1
+      await v.createSnapshot('s2');
+      await v.write(0, fill(3)); // and into s2, which shares them all with s1
+      const result = await v.deleteSnapshot('s1');
+      expect(result).toEqual({ name: 's1', freedBlocks: blocks, handedOverBlocks: 0 });
+      expect((await v.readSnapshot('s2', 0, blocks * blockSizeBytes)).equals(fill(2))).toBe(true);
+      await v.write(0, Buffer.alloc(blockSizeBytes, 4)); // the volume still takes changes
+      await v.close();
+      const r = await Volume.open(path);
+      expect((await r.listSnapshots()).map((s) => s.name)).toEqual(['s2']);
+      expect((await r.readSnapshot('s2', 0, blocks * blockSizeBytes)).equals(fill(2))).toBe(true);
+      expect(await r.check()).toMatchObject({ status: 'clean', snapshots: 1, mappedBlocks: blocks });
+      await r.close();
+    });
+  }
+});
