@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { cp, open, readdir, rm, truncate, writeFile } from 'node:fs/promises';
+import { cp, open, readFile, readdir, rm, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -108,6 +108,61 @@ describe('a damaged sidecar is reported as damage (exit 6, check exit 2)', () =>
       expect(check.code, `check after ${name}: ${check.stderr}`).toBe(2);
     });
   }
+
+  it('check --repair reports a LevelDB table that fails its checksum and repairs nothing: the damage is still found afterwards (naive: the writable open compacts it into a table with fresh checksums, and every later check calls the volume clean)', async () => {
+    // A history after which LevelDB's next writable open compacts its newest table (it has enough level-0
+    // tables); the premise is asserted below on a copy.
+    const vol = join(dir, 'laundered.img');
+    await writeFile(join(dir, 'big.bin'), randomBytes(16 * 1024 * 1024));
+    await writeFile(join(dir, 'r1.bin'), randomBytes(1024 * 1024));
+    await cowvolOk(['create', vol, '--size', '16M']);
+    await cowvolOk(['write', vol, '--input', join(dir, 'r1.bin')]);
+    await cowvolOk(['snapshot', 'create', vol, 'x']);
+    await cowvolOk(['write', vol, '--input', join(dir, 'big.bin')]);
+    await cowvolOk(['snapshot', 'create', vol, 'z']);
+    await cowvolOk(['write', vol, '--input', join(dir, 'big.bin')]);
+    const later = new Date(Date.now() + 5000);
+    await utimes(vol, later, later); // a change outside cowvol, accepted: one more writable open that writes metadata
+    await cowvolOk(['accept-changes', vol]);
+    const newest = (await tables(join(`${vol}.cowvol`, 'meta'))).sort().at(-1)!;
+    // Damage only a checksum, so the table's contents still read as before: the CRC of its index block. The
+    // footer (the last 48 bytes) holds two block handles, varint offset and size each: metaindex, then index;
+    // a block is followed by its 1-byte compression type and its 4-byte CRC (LevelDB's table format).
+    const table = await readFile(newest);
+    const footer = table.subarray(table.length - 48);
+    let at = 0;
+    const varint = (): number => {
+      let value = 0;
+      for (let shift = 0; ; shift += 7) {
+        const b = footer[at++]!;
+        value += (b & 0x7f) * 2 ** shift;
+        if (b < 0x80) return value;
+      }
+    };
+    varint();
+    varint();
+    const indexOffset = varint();
+    const crcAt = indexOffset + varint() + 1;
+    table[crcAt] = table[crcAt]! ^ 0x55;
+    await writeFile(newest, table);
+    const copy = join(dir, 'laundered-copy.img');
+    execFileSync('cp', ['-a', vol, copy]);
+    await cp(`${vol}.cowvol`, `${copy}.cowvol`, { recursive: true });
+
+    const before = await cowvol(['check', vol, '--json']);
+    expect(before.code, before.stderr).toBe(2);
+    expect(JSON.parse(before.stdout.toString())).toMatchObject({ status: 'corrupt', corruptions: expect.arrayContaining([expect.objectContaining({ kind: 'metadata-checksum' })]) });
+    const repair = await cowvol(['check', vol, '--repair', '--json']);
+    expect(repair.code, repair.stderr).toBe(2);
+    expect(JSON.parse(repair.stdout.toString())).toMatchObject({ status: 'corrupt', repairedBlocks: 0, corruptions: expect.arrayContaining([expect.objectContaining({ kind: 'metadata-checksum' })]) });
+    const after = await cowvol(['check', vol]);
+    expect(after.code, `the damage must survive check --repair: ${after.stdout.toString()}`).toBe(2);
+
+    // The premise: any writable open of the copy (here a write) lets LevelDB rewrite the damaged table.
+    await cowvolOk(['write', copy, '--input', join(dir, 'a.bin')]);
+    const laundered = await cowvol(['check', copy]);
+    expect(laundered.code, 'this history no longer makes the next writable open compact the damaged table: the test above proves nothing').toBe(0);
+  });
 
   it('a sidecar with no metadata database is not a volume (NOT_A_VOLUME, exit 6)', async () => {
     const vol = await damagedCopy('no meta', (s) => rm(join(s, 'meta'), { recursive: true }));
