@@ -20,6 +20,18 @@ export const LABEL_VALUE_FORBIDDEN = TERMINAL_UNSAFE;
 const RESERVED_KEYS = new Set(['__proto__']);
 
 /**
+ * Checks one label key: {@link LABEL_KEY_PATTERN}, not `__proto__`. Keys to
+ * remove that the snapshot does not carry are checked too, so a mistyped
+ * one (`--remove k new=2` takes `new=2` as a second key) is refused instead
+ * of removing nothing.
+ * @throws INVALID_LABEL (details.label: the key)
+ */
+export function validateLabelKey(key: string): void {
+  if (!LABEL_KEY_PATTERN.test(key)) throw new InvalidLabelError(`invalid label key ${escapeTerminalText(JSON.stringify(key))}: use 1-64 characters of A-Z a-z 0-9 . _ : / -`, key);
+  if (RESERVED_KEYS.has(key)) throw new InvalidLabelError(`label key ${key} is reserved: choose another key`, key);
+}
+
+/**
  * Checks a labels map: at most {@link MAX_LABELS} entries, keys matching
  * {@link LABEL_KEY_PATTERN} and not `__proto__`, values strings of at most
  * {@link MAX_LABEL_VALUE_CHARS} characters with none of
@@ -31,8 +43,7 @@ export function validateLabels(labels: Record<string, string>): void {
   const keys = Object.keys(labels);
   if (keys.length > MAX_LABELS) throw new InvalidLabelError(`at most ${MAX_LABELS} labels per snapshot, got ${keys.length}`, keys.join(','));
   for (const key of keys) {
-    if (!LABEL_KEY_PATTERN.test(key)) throw new InvalidLabelError(`invalid label key ${escapeTerminalText(JSON.stringify(key))}: use 1-64 characters of A-Z a-z 0-9 . _ : / -`, key);
-    if (RESERVED_KEYS.has(key)) throw new InvalidLabelError(`label key ${key} is reserved: choose another key`, key);
+    validateLabelKey(key);
     const value: unknown = labels[key];
     if (typeof value !== 'string' || value.length > MAX_LABEL_VALUE_CHARS || LABEL_VALUE_FORBIDDEN.test(value)) {
       throw new InvalidLabelError(

@@ -1,5 +1,5 @@
 import { InvalidArgumentError, SnapshotNotFoundError } from './errors.js';
-import { validateLabels } from './labels.js';
+import { validateLabelKey, validateLabels } from './labels.js';
 import type { SnapshotRecord } from './metadata.js';
 import { planDelete, type DeletePlan } from './space.js';
 import { deleteSnapshotsLocked, describeSnapshot, type SnapshotChange } from './snapshot-lifecycle.js';
@@ -138,6 +138,8 @@ export interface LabelChange {
  * @throws INVALID_LABEL
  */
 export function changedLabels(current: Readonly<Record<string, string>> | undefined, change: LabelChange): Record<string, string> {
+  // A key the snapshot carries may be removed whatever it is (a label stored before today's rules, README "Labels").
+  for (const key of change.remove ?? []) if (current === undefined || !Object.hasOwn(current, key)) validateLabelKey(key);
   const removed = new Set(change.remove ?? []);
   const kept = Object.fromEntries(Object.entries(current ?? {}).filter(([key]) => !removed.has(key)));
   const labels = { ...kept, ...(change.set ?? {}) };

@@ -201,6 +201,10 @@ describe('Volume.changeSnapshotLabels', () => {
       const many = Object.fromEntries(Array.from({ length: 32 }, (_, i) => [`m${i}`, 'v']));
       await expect(v.changeSnapshotLabels('s', { set: many })).rejects.toMatchObject({ code: 'INVALID_LABEL' });
       await expect(v.changeSnapshotLabels('s', { set: { 'bad key': 'v' } })).rejects.toMatchObject({ code: 'INVALID_LABEL' });
+      // A key to remove is a key too: `--remove a new=2` takes `new=2` as a second key, which must not remove `a` quietly and set nothing.
+      for (const remove of [['a', 'new=2'], ['bad key!'], ['__proto__'], ['']]) {
+        await expect(v.changeSnapshotLabels('s', { set: { b: '2' }, remove }), JSON.stringify(remove)).rejects.toMatchObject({ code: 'INVALID_LABEL' });
+      }
       expect((await v.listSnapshots())[0]!.labels).toEqual({ a: '1' });
       // 31 new and one removed: 32, the limit, accepted.
       expect(Object.keys((await v.changeSnapshotLabels('s', { set: Object.fromEntries(Object.entries(many).slice(0, 32)), remove: ['a'] })).labels)).toHaveLength(32);
