@@ -174,7 +174,7 @@ export class Journal implements HandleOwner {
    * by the size of the log. The tail stays where it was until the
    * owner checkpoints, so a crash during recovery just recovers again.
    * With `readOnly`, nothing is written (see {@link JournalOpenOptions.readOnly}).
-   * @throws JOURNAL_CORRUPT (bad superblock, foreign uuid, another block size than expected, image for an unknown target, a transaction that changed between the passes), JOURNAL_NEEDS_RECOVERY (read-only, an image to write home), UNSUPPORTED_VERSION, IO_ERROR, whatever `replay` throws
+   * @throws JOURNAL_CORRUPT (bad superblock, foreign uuid, another block size than expected, a file shorter than its log, image for an unknown target, a transaction that changed between the passes), JOURNAL_NEEDS_RECOVERY (read-only, an image to write home), UNSUPPORTED_VERSION, IO_ERROR, whatever `replay` throws
    */
   static async open(device: BlockDevice, options: JournalOpenOptions): Promise<{ journal: Journal; recovery: RecoveryReport }> {
     const sb = decodeSuperblock(await device.read(0, SUPERBLOCK_AREA_BYTES), device.name);
@@ -184,9 +184,12 @@ export class Journal implements HandleOwner {
     if (options.expectedBlockSizeBytes !== undefined && options.expectedBlockSizeBytes !== sb.blockSizeBytes) {
       throw new JournalCorruptError(`${device.name} has ${sb.blockSizeBytes}-byte blocks; its owner has ${options.expectedBlockSizeBytes}`);
     }
-    if (!options.readOnly && (await device.sizeBytes()) < sb.lengthBlocks * sb.blockSizeBytes) {
-      // A short file reads as zeros past its end: those blocks end the scan. Extend it so writes land in place.
-      await device.truncate(sb.lengthBlocks * sb.blockSizeBytes);
+    // `format` sizes the file to the whole log before it writes a superblock, and nothing shrinks it: a shorter
+    // file was cut outside the journal, and the transactions past the cut are gone (committed, perhaps never
+    // applied). Reading zeros there would end the scan early and lose them without a word.
+    const fileBytes = await device.sizeBytes();
+    if (fileBytes < sb.lengthBlocks * sb.blockSizeBytes) {
+      throw new JournalCorruptError(`${device.name} is ${fileBytes} bytes; its superblock gives a log of ${sb.lengthBlocks * sb.blockSizeBytes}: the file was truncated`);
     }
     // Two passes, each through one bounded read-ahead window: the scan
     // keeps positions and the revoke table, the replay reads again.
