@@ -28,16 +28,25 @@ export class FileObjectStore implements ObjectStore {
   /** The directory holding the objects. */
   readonly rootPath: string;
 
-  /** @throws INVALID_ARGUMENT for a URL that is not file:// with an absolute path */
+  /**
+   * @throws INVALID_ARGUMENT for a URL that is not `file:///` followed by an
+   * absolute path (`file:relative` would name `/relative`), a path holding a
+   * NUL, or the root directory (`file:///$DIR` with an empty `DIR`: a
+   * repository's objects would land in `/`)
+   */
   constructor(url: string) {
+    const bad = (cause?: unknown): BackupArgumentError => new BackupArgumentError(`not a file:///absolute/path URL: ${url}`, cause === undefined ? {} : { cause });
+    if (!/^file:\/\/\//i.test(url)) throw bad();
     let rootPath: string;
     try {
       rootPath = fileURLToPath(url);
     } catch (err) {
-      throw new BackupArgumentError(`not a file:///absolute/path URL: ${url}`, { cause: err });
+      throw bad(err);
     }
-    if (!isAbsolute(rootPath)) throw new BackupArgumentError(`not a file:///absolute/path URL: ${url}`);
-    this.rootPath = rootPath.replace(/\/+$/, '') || '/';
+    if (!isAbsolute(rootPath) || rootPath.includes('\0')) throw bad();
+    rootPath = rootPath.replace(/\/+$/, '');
+    if (rootPath === '') throw new BackupArgumentError(`${url} names the root directory; a repository needs a directory of its own`);
+    this.rootPath = rootPath;
     this.url = pathToFileURL(this.rootPath).href;
   }
 

@@ -117,6 +117,11 @@ describe('FileObjectStore', () => {
     expect((await fsp.readdir(dir)).sort()).toEqual(['repo']);
     expect(() => new FileObjectStore('s3://bucket/prefix')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
     expect(() => new FileObjectStore('file://host/path')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    // file:relative would name /relative; file:/// and file:////// the root directory; %00 a NUL in the path.
+    for (const url of ['file:relative', 'file:/abs/but/one/slash', 'file:///', 'file://///', 'file:///tmp/x%00y']) {
+      expect(() => new FileObjectStore(url), url).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    }
+    expect(new FileObjectStore('file:///tmp/repo/').rootPath).toBe('/tmp/repo');
   });
 
   it('refuses a key that is both an object and a prefix followed by /', async () => {
