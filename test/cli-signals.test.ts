@@ -49,7 +49,9 @@ describe('a signal removes the spooled stdin', () => {
       const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, TMPDIR: tmp } });
       const done = exited(child);
       child.stdin.on('error', () => undefined);
-      child.stdin.write(randomBytes(256 * 1024)); // and never end: a producer that is still running
+      // And never end: a producer that is still running. It starts as a stream does (the magic, docs/FORMAT.md §9),
+      // or `import` would refuse it at its first bytes (below) before any signal.
+      child.stdin.write(Buffer.concat([Buffer.from('CVSX'), randomBytes(256 * 1024)]));
       await waitFor(tmp, async (names) => {
         const spool = names.find((n) => n.startsWith('cowvol-stdin-'));
         if (spool === undefined) return false;
@@ -67,6 +69,20 @@ describe('a signal removes the spooled stdin', () => {
       else await expect(stat(vol)).rejects.toThrow(); // a full import never created its target
     });
   }
+});
+
+describe('an endless input that is not a stream', () => {
+  it('import --input /dev/zero: NOT_A_STREAM (exit 8) at its first bytes, nothing spooled left, no target (naive: spools until $TMPDIR is full, then NO_SPACE)', async () => {
+    const tmp = join(dir, 'tmp-zero');
+    await mkdir(tmp);
+    const vol = join(dir, 'zero.img');
+    const child = spawn(process.execPath, [CLI, 'import', vol, '--input', '/dev/zero'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TMPDIR: tmp } });
+    const r = await exited(child);
+    expect(r.code, r.stderr).toBe(8);
+    expect(r.stderr).toContain('cowvol: error [NOT_A_STREAM]');
+    expect(await readdir(tmp)).toEqual([]);
+    await expect(stat(vol)).rejects.toThrow();
+  });
 });
 
 describe('a signal removes the export .partial file', () => {

@@ -38,6 +38,13 @@ export interface OpenInputOptions {
   /** A stream longer than this is refused with `tooLong()` as soon as spooling passes it (default: no bound). */
   maxBytes?: number;
   tooLong?: (seenBytes: number) => Error;
+  /**
+   * A stream is handed its first `startBytes` bytes (fewer only when it ends
+   * sooner) as soon as they are spooled; what `checkStart` throws ends the
+   * spool there (an input that is not what the command reads is refused
+   * before it fills `$TMPDIR`).
+   */
+  start?: { startBytes: number; checkStart: (head: Buffer) => void };
 }
 
 /**
@@ -153,15 +160,31 @@ async function spoolStream(stream: Readable, source: string, options: OpenInputO
   try {
     handle = await open(spool, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     let lengthBytes = 0;
+    const start = options.start;
+    let head: Buffer[] | undefined = start ? [] : undefined;
     try {
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         lengthBytes += chunk.length;
+        if (head && start) {
+          head.push(chunk);
+          if (lengthBytes >= start.startBytes) {
+            const first = Buffer.concat(head).subarray(0, start.startBytes);
+            head = undefined;
+            try {
+              start.checkStart(first);
+            } catch (err) {
+              stream.destroy();
+              throw err;
+            }
+          }
+        }
         if (options.maxBytes !== undefined && lengthBytes > options.maxBytes) {
           stream.destroy();
           throw options.tooLong?.(lengthBytes) ?? new InvalidArgumentError(`--input is longer than ${options.maxBytes} bytes`);
         }
         await writeSpool(handle, chunk);
       }
+      if (head && start) start.checkStart(Buffer.concat(head));
     } catch (err) {
       throw userPathError(err, source, 'input');
     }

@@ -64,6 +64,8 @@ export {
   encodeTrailer,
   readHeader,
   readExtent,
+  checkStreamStart,
+  STREAM_START_BYTES,
   verifyStream,
   type StreamHeader,
   type StreamExtent,

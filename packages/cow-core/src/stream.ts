@@ -225,11 +225,25 @@ async function readExactly(source: StreamSource, offsetBytes: number, lengthByte
  * ({@link validateStreamHeader}).
  * @throws NOT_A_STREAM, UNSUPPORTED_VERSION, STREAM_CORRUPT
  */
+/** Bytes {@link checkStreamStart} needs: the magic. */
+export const STREAM_START_BYTES = 4;
+
+/**
+ * Checks the first bytes of what should be a stream (docs/FORMAT.md §9):
+ * a reader that must take a whole input before it can verify it (a spool
+ * of stdin) refuses one that is not a stream at its first bytes instead of
+ * after its last — an endless `/dev/zero` would fill the disk first.
+ * @throws NOT_A_STREAM
+ */
+export function checkStreamStart(head: Buffer): void {
+  if (head.length < STREAM_START_BYTES || head.readUInt32BE(0) !== STREAM_MAGIC) throw new NotAStreamError('input is not a cowvol stream (no CVSX magic at offset 0)');
+}
+
 export async function readHeader(source: StreamSource): Promise<{ header: StreamHeader; crc: number; lengthBytes: number }> {
   const d = { record: 'header' };
   if (source.lengthBytes < 4) throw new NotAStreamError(`input is ${source.lengthBytes} bytes: not a cowvol stream`);
   const fixed = await readExactly(source, 0, Math.min(STREAM_HEADER_FIXED_BYTES, source.lengthBytes), 'the header', d);
-  if (fixed.readUInt32BE(0) !== STREAM_MAGIC) throw new NotAStreamError('input is not a cowvol stream (no CVSX magic at offset 0)');
+  checkStreamStart(fixed);
   if (fixed.length < STREAM_HEADER_FIXED_BYTES) throw corrupt('stream is truncated inside its header', { ...d, streamOffsetBytes: 0 });
   const version = fixed.readUInt32BE(4);
   const jsonLength = fixed.readUInt32BE(8);

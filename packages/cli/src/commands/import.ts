@@ -2,12 +2,15 @@ import { realpath, stat } from 'node:fs/promises';
 import { Flags } from '@oclif/core';
 import { Args } from '../args.js';
 import { hasCode } from '@cowvol/base';
-import { importStream, type ImportResult } from '@cowvol/cow-core';
+import { STREAM_START_BYTES, checkStreamStart, importStream, type ImportResult } from '@cowvol/cow-core';
 import { CowvolCommand, type OpenMode } from '../base-command.js';
 import { human } from '../format.js';
 import { openInput, spoolInput, type SizedInput } from '../io.js';
 import { createProgress, progressFlag } from '../progress.js';
 import { askServer, isServed, VolumeServedError } from '../served.js';
+
+/** A stream input is spooled whole before it is verified; one that does not start as a stream is refused at its first bytes (NOT_A_STREAM), not once it has filled $TMPDIR. */
+const STREAM_SPOOL = { start: { startBytes: STREAM_START_BYTES, checkStart: checkStreamStart } };
 
 export default class Import extends CowvolCommand {
   static override summary = 'Apply a cowvol stream (from snapshot export): a full stream creates a new volume, an incremental one applies onto its base';
@@ -36,7 +39,7 @@ export default class Import extends CowvolCommand {
 
   async run(): Promise<ImportResult> {
     const { args, flags } = await this.parse(Import);
-    const input = await openInput(flags.input === undefined || flags.input === '-' ? undefined : flags.input);
+    const input = await openInput(flags.input === undefined || flags.input === '-' ? undefined : flags.input, STREAM_SPOOL);
     const progress = createProgress(flags.progress, 'import');
     const options = { resume: flags.resume, verify: flags.verify, dryRun: flags['dry-run'] };
     let result: ImportResult;
@@ -92,7 +95,7 @@ async function importOnServer(
     let streamPath = await realpath(input.path);
     if (!input.spooled && !(await stat(streamPath)).isFile()) {
       // A block device: the server reads regular files only (docs/FORMAT.md §11.2).
-      spooled = await spoolInput(streamPath);
+      spooled = await spoolInput(streamPath, STREAM_SPOOL);
       streamPath = await realpath(spooled.path);
     }
     const served = (await askServer(volumePath, 'volume.import', { streamPath, ...options })) as ImportResult;
