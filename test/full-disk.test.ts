@@ -107,6 +107,29 @@ describe.skipIf(!IS_ROOT)(`read-only commands on a full disk and on a read-only 
     }
   });
 
+  it('a backup push into a file repository on the full disk: NO_SPACE, with the hint about the repository (not "delete snapshots"), and the volume unchanged', async () => {
+    const work = await mkdtemp(join(tmpdir(), 'cowvol-fulldisk-backup-'));
+    const dir = await mkdtemp(join(mnt, 'repo-full-'));
+    try {
+      const path = await makeTemplate(work);
+      const key = join(work, 'key');
+      expect((await cowvol(['backup', 'key-gen', key])).code).toBe(0);
+      const url = `file://${join(dir, 'repo')}`;
+      expect((await cowvol(['backup', 'init', url, '--key-file', key, '--chunk-size', '64K'])).code).toBe(0);
+      await fillTo(dir, 0);
+      const before = await filesOf(work);
+      const r = await cowvol(['backup', 'push', path, 's2', '--to', url, '--key-file', key]);
+      expect(r.code, r.stderr).toBe(7);
+      expect(r.stderr).toContain('cowvol: error [NO_SPACE]');
+      expect(r.stderr).toContain("the disk is full (the repository's, or the one a restore writes to)");
+      expect(r.stderr).not.toContain('delete snapshots');
+      expect(await filesOf(work)).toEqual(before);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+      await rm(work, { recursive: true, force: true });
+    }
+  });
+
   it('work on a read-only mount; a change is refused with IO_ERROR, never INTERNAL', async () => {
     const dir = await mkdtemp(join(mnt, 'ro-mount-'));
     const out = await mkdtemp(join(tmpdir(), 'cowvol-fulldisk-out-'));

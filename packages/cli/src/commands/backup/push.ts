@@ -30,7 +30,7 @@ export default class BackupPush extends CowvolCommand {
 
   async run(): Promise<PushResult> {
     const { args, flags } = await this.parse(BackupPush);
-    const { pushSnapshot } = await loadBackup();
+    const { pushSnapshot, parseManifestObjectKey } = await loadBackup();
     const progress = createProgress(flags.progress, 'backup push');
     const result = await withRepository(flags.to, flags, (repo) => {
       const push = (volume: PushSource): Promise<PushResult> =>
@@ -51,7 +51,7 @@ export default class BackupPush extends CowvolCommand {
     if (result.alreadyPushed) this.say(`${result.snapshot} is in ${flags.to} already (${result.manifest}); nothing to do`);
     else
       this.say(
-        `pushed ${result.snapshot} to ${flags.to}${result.parent ? ` (changes since ${result.parent.split('/').at(-1) ?? ''})` : ' (full)'}: ` +
+        `pushed ${result.snapshot} to ${flags.to}${result.parent ? ` (changes since ${parseManifestObjectKey(result.parent)?.snapshotName ?? result.parent})` : ' (full)'}: ` +
           `${String(result.chunksRead)} of ${String(result.chunksTotal)} chunks read (${human(result.bytesRead)}), ${String(result.chunksUploaded)} uploaded (${human(result.bytesUploaded)}), ` +
           `${String(result.chunksDeduplicated)} already stored, in ${result.seconds.toFixed(1)} s`,
       );
