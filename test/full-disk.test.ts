@@ -121,7 +121,7 @@ describe.skipIf(!IS_ROOT)(`read-only commands on a full disk and on a read-only 
       const r = await cowvol(['backup', 'push', path, 's2', '--to', url, '--key-file', key]);
       expect(r.code, r.stderr).toBe(7);
       expect(r.stderr).toContain('cowvol: error [NO_SPACE]');
-      expect(r.stderr).toContain("the disk is full (the repository's, or the one a restore writes to)");
+      expect(r.stderr).toContain("the disk is full (the repository's, or $TMPDIR's)");
       expect(r.stderr).not.toContain('delete snapshots');
       expect(await filesOf(work)).toEqual(before);
     } finally {

@@ -187,4 +187,23 @@ describe('check --repair: a damaged journal is repaired like e2fsck does', () =>
       await expectSnapshotsIntact(vol);
     }
   });
+
+  it('a journal cut short with its superblock intact is JOURNAL_CORRUPT (not extended with zeros); check --repair resets it and nothing else changes', async () => {
+    const base = join(dir, 'clean-short.img');
+    await cowvolOk(['create', base, '--size', String(SIZE)]);
+    await killedWriter(base);
+    await (await Volume.open(base)).close(); // replays and checkpoints: nothing is lost by the cut below
+    const vol = join(dir, 'short.img');
+    execFileSync('cp', ['-a', base, vol]);
+    await cp(`${base}.cowvol`, `${vol}.cowvol`, { recursive: true });
+    const journal = join(`${vol}.cowvol`, 'journal');
+    await truncate(journal, 1024 * 1024);
+    await expect(Volume.open(vol)).rejects.toMatchObject({ code: 'JOURNAL_CORRUPT' });
+    await expect(Volume.openForReading(vol)).rejects.toMatchObject({ code: 'JOURNAL_CORRUPT' });
+    const repaired = await cowvol(['check', vol, '--repair', '--json']);
+    expect(repaired.code, repaired.stderr).toBe(4);
+    expect(JSON.parse(repaired.stdout.toString())).toMatchObject({ status: 'clean', journalRepair: { discarded: [] } });
+    await expectSnapshotsIntact(vol);
+    expect((await cowvol(['check', vol])).code).toBe(0);
+  });
 });

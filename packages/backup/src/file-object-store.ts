@@ -29,14 +29,15 @@ export class FileObjectStore implements ObjectStore {
   readonly rootPath: string;
 
   /**
-   * @throws INVALID_ARGUMENT for a URL that is not `file:///` followed by an
-   * absolute path (`file:relative` would name `/relative`), a path holding a
+   * @throws INVALID_ARGUMENT for a URL that is not `file:///` (or
+   * `file://localhost/`) followed by an absolute path (`file:relative` would
+   * name `/relative`), a path holding a
    * NUL, or the root directory (`file:///$DIR` with an empty `DIR`: a
    * repository's objects would land in `/`)
    */
   constructor(url: string) {
     const bad = (cause?: unknown): BackupArgumentError => new BackupArgumentError(`not a file:///absolute/path URL: ${url}`, cause === undefined ? {} : { cause });
-    if (!/^file:\/\/\//i.test(url)) throw bad();
+    if (!/^file:\/\/(localhost)?\//i.test(url)) throw bad(); // file:///path, or its equivalent file://localhost/path
     let rootPath: string;
     try {
       rootPath = fileURLToPath(url);

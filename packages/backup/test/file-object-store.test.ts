@@ -122,6 +122,7 @@ describe('FileObjectStore', () => {
       expect(() => new FileObjectStore(url), url).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
     }
     expect(new FileObjectStore('file:///tmp/repo/').rootPath).toBe('/tmp/repo');
+    expect(new FileObjectStore('file://localhost/tmp/repo').rootPath).toBe('/tmp/repo');
   });
 
   it('refuses a key that is both an object and a prefix followed by /', async () => {

@@ -194,9 +194,11 @@ export abstract class CowvolCommand extends Command {
     if (code === 'NO_SPACE' && (details?.role === 'output' || details?.role === 'input')) {
       const where = details.role === 'output' ? 'the output' : 'the temporary folder ($TMPDIR)';
       process.stderr.write(`cowvol: the disk holding ${where} is full; the volume and every snapshot are unchanged. Free space there, or use another folder.\n`);
+    } else if (code === 'NO_SPACE' && this.id === 'backup:restore') {
+      process.stderr.write('cowvol: the disk the restore writes to is full (the target volume, or $TMPDIR for its spool); the repository is unchanged. Free space there, then retry.\n');
     } else if (code === 'NO_SPACE' && this.id?.startsWith('backup:')) {
-      // A backup command fills a repository directory or a restore's target: deleting snapshots frees nothing there.
-      process.stderr.write("cowvol: the disk is full (the repository's, or the one a restore writes to); the source volume and its snapshots are unchanged. Free space there, then retry.\n");
+      // The repository's disk, or $TMPDIR: deleting snapshots frees nothing there.
+      process.stderr.write("cowvol: the disk is full (the repository's, or $TMPDIR's); the volume and its snapshots are unchanged. Free space there, then retry.\n");
     } else if (code === 'NO_SPACE') {
       process.stderr.write('cowvol: the disk is full; every snapshot is intact. Free disk space, or delete snapshots (`cowvol snapshot list` shows what deleting each frees), then retry.\n');
     }

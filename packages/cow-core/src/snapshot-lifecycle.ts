@@ -52,7 +52,7 @@ export async function createSnapshot(ctx: VolumeContext, name: string, options: 
   if (options.labels) validateLabelsFit(options.labels, ctx.blockSizeBytes);
   if (ctx.findLive(name)) throw new SnapshotExistsError(name);
   if (ctx.catalog.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
-  if (!ctx.readOnly) await ctx.shared(() => syncBeforeFreeze(ctx));
+  if (!ctx.readOnly) await syncBeforeFreeze(ctx);
   return ctx.frozen(() => createSnapshotFrozen(ctx, name, options));
 }
 
@@ -73,21 +73,31 @@ export const PRE_FREEZE_QUIET_MS = 20;
 /**
  * Settles the write-back stage's entries held now and syncs the live volume,
  * while writes go on, again while a pass took {@link PRE_FREEZE_QUIET_MS} or
- * more (at most {@link PRE_FREEZE_SYNC_PASSES}). Each pass writes what came
- * during the one before, so under a steady stream the work left for the
- * freeze shrinks from pass to pass — as a live migration's pre-copy
- * converges. The first snapshot of a busy volume needs it most: the volume
- * had no snapshot to COW into, so the page cache may hold hundreds of
- * megabytes of writes, and one pass of that left the freeze's sync tens of
- * milliseconds of its own (docs/PERFORMANCE.md "The snapshot-create pause
- * under load").
+ * more and less than the pass before (at most {@link PRE_FREEZE_SYNC_PASSES}).
+ * Each pass writes what came during the one before, so under a steady
+ * stream the work left for the freeze shrinks from pass to pass — as a live
+ * migration's pre-copy converges; a pass no shorter than the one before
+ * says it does not (a disk whose every sync is slow), and more would only
+ * lengthen the create. The first snapshot of a busy volume needs it most:
+ * the volume had no snapshot to COW into, so the page cache may hold
+ * hundreds of megabytes of writes, and one pass of that left the freeze's
+ * sync tens of milliseconds of its own (docs/PERFORMANCE.md "The
+ * snapshot-create pause under load"). Each pass holds the shared gate on
+ * its own: a freeze that queues meanwhile (another create, a delete step)
+ * waits for one pass, not all of them, and so do the writes queued behind
+ * it.
  */
 async function syncBeforeFreeze(ctx: VolumeContext): Promise<void> {
+  let previousMs = Infinity;
   for (let pass = 0; pass < PRE_FREEZE_SYNC_PASSES; pass++) {
-    const startedMs = performance.now();
-    await ctx.writeBack.settleHeld();
-    await ctx.parts.volume.sync();
-    if (performance.now() - startedMs < PRE_FREEZE_QUIET_MS) return;
+    const tookMs = await ctx.shared(async () => {
+      const startedMs = performance.now();
+      await ctx.writeBack.settleHeld();
+      await ctx.parts.volume.sync();
+      return performance.now() - startedMs;
+    });
+    if (tookMs < PRE_FREEZE_QUIET_MS || tookMs >= previousMs) return;
+    previousMs = tookMs;
   }
 }
 

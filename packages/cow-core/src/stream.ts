@@ -220,11 +220,6 @@ async function readExactly(source: StreamSource, offsetBytes: number, lengthByte
   return buf;
 }
 
-/**
- * Reads and checks the header: magic, CRC, version, then every JSON field
- * ({@link validateStreamHeader}).
- * @throws NOT_A_STREAM, UNSUPPORTED_VERSION, STREAM_CORRUPT
- */
 /** Bytes {@link checkStreamStart} needs: the magic. */
 export const STREAM_START_BYTES = 4;
 
@@ -239,6 +234,11 @@ export function checkStreamStart(head: Buffer): void {
   if (head.length < STREAM_START_BYTES || head.readUInt32BE(0) !== STREAM_MAGIC) throw new NotAStreamError('input is not a cowvol stream (no CVSX magic at offset 0)');
 }
 
+/**
+ * Reads and checks the header: magic, CRC, version, then every JSON field
+ * ({@link validateStreamHeader}).
+ * @throws NOT_A_STREAM, UNSUPPORTED_VERSION, STREAM_CORRUPT
+ */
 export async function readHeader(source: StreamSource): Promise<{ header: StreamHeader; crc: number; lengthBytes: number }> {
   const d = { record: 'header' };
   if (source.lengthBytes < 4) throw new NotAStreamError(`input is ${source.lengthBytes} bytes: not a cowvol stream`);

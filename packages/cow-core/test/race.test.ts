@@ -169,7 +169,8 @@ describe('freeze: snapshot create and delete during traffic', () => {
       // Not frozen: a write issued during the pass completes while the pass's sync is held.
       const w = v.write(i * BS, Buffer.alloc(BS, 0x40 + i));
       expect(await settlesWithin(w, 5000), `a write during pre-freeze pass ${i + 1} must not wait for the create`).toBe(true);
-      await sleep(PRE_FREEZE_QUIET_MS + 5); // this pass is slow: another one follows, up to the bound
+      // This pass is slow, and shorter than the one before: another follows, up to the bound.
+      await sleep(PRE_FREEZE_QUIET_MS + 5 + 25 * (PRE_FREEZE_SYNC_PASSES - 1 - i));
       const released = pass;
       if (i + 1 < PRE_FREEZE_SYNC_PASSES) pass = gates.hold(at('vol.img', 'sync'));
       released.release();
@@ -182,6 +183,24 @@ describe('freeze: snapshot create and delete during traffic', () => {
       expect((await v.readSnapshot('t', i * BS, BS)).equals(Buffer.alloc(BS, 0x40 + i)), `the snapshot holds the write of pass ${i + 1}`).toBe(true);
       expect((await v.readSnapshot('s', i * BS, BS)).equals(Buffer.alloc(BS, ORIGINAL))).toBe(true);
     }
+    await v.close();
+  });
+
+  it('a pre-freeze pass no shorter than the one before ends the passes (naive: a disk whose every sync is slow gets every pass)', async () => {
+    const { v, gates } = await setup();
+    const syncsBefore = gates.log.filter((e) => e.file === 'vol.img' && e.op === 'sync').length;
+    const first = gates.hold(at('vol.img', 'sync'));
+    const c = v.createSnapshot('t');
+    await first.reached;
+    const second = gates.hold(at('vol.img', 'sync'));
+    await sleep(PRE_FREEZE_QUIET_MS + 5);
+    first.release();
+    await second.reached;
+    await sleep(PRE_FREEZE_QUIET_MS + 80); // longer than the first pass: not converging
+    second.release();
+    expect(await settlesWithin(c, 10_000), 'the create freezes after the second pass').toBe(true);
+    const syncs = gates.log.filter((e) => e.file === 'vol.img' && e.op === 'sync').length - syncsBefore;
+    expect(syncs, 'two pre-freeze passes plus the sync inside the freeze').toBe(3);
     await v.close();
   });
 

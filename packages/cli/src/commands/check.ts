@@ -3,6 +3,7 @@ import { Args } from '../args.js';
 import { hasCode, type ErrorCode } from '@cowvol/base';
 import { repairVolumeJournal, type CheckReport, type VolumeJournalRepair } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
+import { VolumeServedError } from '../served.js';
 import { table } from '../format.js';
 import { createProgress, progressFlag } from '../progress.js';
 
@@ -12,27 +13,6 @@ import { createProgress, progressFlag } from '../progress.js';
  * the volume is consistent now (README "check").
  */
 export const CHECK_EXIT = { clean: 0, corrupt: 2, leaks: 3, journalRepaired: 4 } as const;
-
-/**
- * `check --repair`: a read-only check first, and the repair only when it
- * found no metadata file failing its checksums (README "check"); other
- * corruption is the repairing check's to judge (it recounts shared counts
- * and refuses the rest). A writable open lets LevelDB
- * compact its tables, which rewrites a table that fails its checksums with
- * fresh ones: repairing first would make the damage invisible to this check
- * and every later one. The read-only check reads a private copy of the
- * metadata (docs/ARCHITECTURE.md §4.10) and reports the damage, and nothing
- * is repaired. A read-only check that cannot run (a journal
- * to recover or repair first) leaves the decision to the repairing one.
- */
-async function checkBeforeRepair(checkOnce: (repair: boolean, readData: boolean) => Promise<CheckReport>, readData: boolean): Promise<CheckReport> {
-  const looked = await checkOnce(false, false).catch((err: unknown) => {
-    if (hasCode(err, 'JOURNAL_NEEDS_RECOVERY')) return undefined;
-    throw err;
-  });
-  if (looked?.corruptions.some((c) => c.kind === 'metadata-checksum')) return looked;
-  return checkOnce(true, readData);
-}
 
 /** `check --json` output: the check report, plus what a journal repair did. */
 export type CheckOutput = CheckReport & { journalRepair?: VolumeJournalRepair };
@@ -54,20 +34,43 @@ export default class Check extends CowvolCommand {
     ...progressFlag,
   };
 
+  /**
+   * `check --repair` offline: a read-only check first, and the repair only
+   * when it found no metadata file failing its checksums (README "check").
+   * A writable open lets LevelDB compact its tables, which copies a table
+   * that fails its checksums into one with fresh ones: repairing first would
+   * make the damage invisible to this check and every later one. The
+   * read-only check reads a private copy of the metadata (docs/ARCHITECTURE.md
+   * §4.10), which nothing compacts — except after a crash that left block
+   * images to write home: a read-only open then recovers through a writable
+   * one, as every read-only command does. With `--read-data` the data is
+   * read once: by the repairing check, or, when the look found damage, by a
+   * second read-only check. Served, one request: the server's LevelDB was
+   * opened, and may have compacted, when it started.
+   */
+  private async checkBeforeRepair(volume: string, readData: boolean, onProgress: (d: number, t: number, phase?: string) => void): Promise<CheckReport> {
+    const repairing = (): Promise<CheckReport> => this.withServedVolume(volume, 'check', { readData, repair: true }, (v) => v.check({ repair: true, readData, onProgress }));
+    let looked: CheckReport;
+    try {
+      looked = await this.withVolume(volume, (v) => v.check({ readData: false, onProgress }), { readOnly: true, routeServed: true });
+    } catch (err) {
+      if (err instanceof VolumeServedError) return repairing();
+      throw err;
+    }
+    if (!looked.corruptions.some((c) => c.kind === 'metadata-checksum')) return repairing();
+    return readData ? this.withVolume(volume, (v) => v.check({ readData: true, onProgress }), { readOnly: true }) : looked;
+  }
+
   async run(): Promise<CheckOutput> {
     const { args, flags } = await this.parse(Check);
     const progress = createProgress(flags.progress, 'check', 'blocks');
+    const onProgress = (d: number, t: number, phase?: string): void => progress.update(d, t, phase);
     // Served: the server checks its open volume, frozen (docs/FORMAT.md §11.2, `check`); --repair frees leaks there
     // through its journal. Its journal was recovered when it opened the volume: a journal repair is offline only.
-    const checkOnce = (repair: boolean, readData: boolean): Promise<CheckReport> =>
-      this.withServedVolume(
-        args.volume,
-        'check',
-        { readData, repair },
-        (v) => v.check({ repair, readData, onProgress: (d, t, phase) => progress.update(d, t, phase) }),
-        repair ? {} : { readOnly: true },
-      );
-    const check = (): Promise<CheckReport> => (flags.repair ? checkBeforeRepair(checkOnce, flags['read-data']) : checkOnce(false, flags['read-data']));
+    const check = (): Promise<CheckReport> =>
+      flags.repair
+        ? this.checkBeforeRepair(args.volume, flags['read-data'], onProgress)
+        : this.withServedVolume(args.volume, 'check', { readData: flags['read-data'], repair: false }, (v) => v.check({ readData: flags['read-data'], onProgress }), { readOnly: true });
     let journalRepair: VolumeJournalRepair | undefined;
     const report: CheckOutput = await check()
       .catch(async (err: unknown) => {
