@@ -24,6 +24,7 @@ import {
   NBD_OPT_GO,
   NBD_OPTS_MAGIC,
   NBD_REP_ACK,
+  NBD_REP_ERR_POLICY,
   NBD_REP_ERR_SHUTDOWN,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_INFO,
@@ -127,7 +128,8 @@ export class NbdClient {
    * Connects to the unix socket `socketPath`, negotiates and attaches `exportName`,
    * within `options.handshakeTimeoutMs` (default {@link CLIENT_HANDSHAKE_TIMEOUT_MS}).
    * @throws NOT_SERVED when nothing listens, or when the server answers NBD_REP_ERR_SHUTDOWN (it is stopping);
-   *   `options.unknownExport()` for NBD_REP_ERR_UNKNOWN (else IO_ERROR); IO_ERROR for a server that breaks the
+   *   `options.unknownExport()` for NBD_REP_ERR_UNKNOWN (else IO_ERROR); VOLUME_BUSY for NBD_REP_ERR_POLICY (the server's
+   *   connections are all taken, its text says so); IO_ERROR for a server that breaks the
    *   protocol, refuses the export, or does not finish the handshake in time (details.handshakeTimeoutMs)
    */
   static async connect(socketPath: string, exportName: string, options: { unknownExport?: () => CowvolError; handshakeTimeoutMs?: number } = {}): Promise<NbdClient> {
@@ -226,6 +228,11 @@ export class NbdClient {
       if (type === NBD_REP_ERR_UNKNOWN && unknownExport) throw unknownExport();
       if (type === NBD_REP_ERR_SHUTDOWN) {
         throw new NbdReplyError('NOT_SERVED', `${this.where} is stopping: it refused export ${JSON.stringify(exportName)} (NBD_REP_ERR_SHUTDOWN)`, { exportName, replyType: type });
+      }
+      if (type === NBD_REP_ERR_POLICY) {
+        // This server's answer past --max-connections (docs/ARCHITECTURE.md §14.6): busy, worth a retry.
+        const text = payload.toString('utf8');
+        throw new NbdReplyError('VOLUME_BUSY', `${this.where} refused export ${JSON.stringify(exportName)}${text ? `: ${text}` : ' (NBD_REP_ERR_POLICY)'}`, { exportName, replyType: type });
       }
       if (type >= 2 ** 31) {
         const text = payload.toString('utf8');

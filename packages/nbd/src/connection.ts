@@ -96,6 +96,8 @@ export class Connection {
     readonly id: number,
     private readonly limits: ConnectionLimits = DEFAULT_LIMITS,
     private readonly handshake: HandshakeOptions = DEFAULT_HANDSHAKE,
+    /** Set on a connection over the server's limit: every option is refused with this text (Negotiation). */
+    private readonly refusal?: string,
   ) {
     this.socket = socket;
     const closed = new Promise<void>((resolve) => (this.markClosed = resolve));
@@ -148,7 +150,7 @@ export class Connection {
         if (this.phase === 'flags') {
           const flags = parseClientFlags(this.queue);
           if (flags === undefined) return;
-          this.negotiation = new Negotiation(this.catalog, (flags & NBD_FLAG_C_NO_ZEROES) !== 0, this.handshake.tlsPsk ? 'required' : 'off');
+          this.negotiation = new Negotiation(this.catalog, (flags & NBD_FLAG_C_NO_ZEROES) !== 0, this.handshake.tlsPsk ? 'required' : 'off', this.refusal);
           this.phase = 'options';
         } else if (this.phase === 'options') {
           if (this.optionBusy) return;

@@ -33,11 +33,21 @@ export {
 export { isAllZero, zeroRuns, type ZeroRun } from './zero-runs.js';
 export { ReplyWriter, MAX_BATCH_BUFFERS } from './reply-writer.js';
 export type { BlockExport, ExportCatalog, ExportListing } from './block-export.js';
-export { Negotiation, type Agreement, type OptionStep, type TlsMode } from './negotiation.js';
+export { Negotiation, MAX_REFUSED_OPTIONS, type Agreement, type OptionStep, type TlsMode } from './negotiation.js';
 export { errnoFor, RequestError } from './request-handler.js';
 export { Connection, DEFAULT_LIMITS, DEFAULT_HANDSHAKE, type ConnectionLimits, type HandshakeOptions } from './connection.js';
 export { loadPskKeys, parsePskKeys, startTlsPsk, type PskKeys } from './tls-psk.js';
-export { NbdServer, DEFAULT_MAX_CONNECTIONS, MAX_EXPORT_TOTALS, type Endpoint, type NbdServerOptions, type NbdServerStatus, type ExportTotals } from './server.js';
+export {
+  NbdServer,
+  DEFAULT_MAX_CONNECTIONS,
+  MAX_EXPORT_TOTALS,
+  MAX_REFUSED_CONNECTIONS,
+  REFUSAL_TIMEOUT_MS,
+  type Endpoint,
+  type NbdServerOptions,
+  type NbdServerStatus,
+  type ExportTotals,
+} from './server.js';
 export { SILENT_LOGGER, type NbdLogger } from './logger.js';
 export { VolumeExports, LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX, ZERO_PIECE_BYTES, STATUS_SCAN_BYTES } from './volume-exports.js';
 export * from './control/protocol.js';

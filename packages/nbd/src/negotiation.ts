@@ -34,6 +34,13 @@ import { matchContexts, type MetaContext } from './meta-context.js';
 import { decodeInfoRequest, decodeMetaContextRequest } from './option-payloads.js';
 import { exportNameReply, infoBlockSizeReply, infoExportReply, infoTextReply, metaContextReply, optionError, optionReply, serverReply } from './replies.js';
 
+/**
+ * Options a connection over the limit may send before it is closed; enough
+ * for a client that asks STRUCTURED_REPLY, SET_META_CONTEXT and GO in a row
+ * (qemu, libnbd) to read the refusal of its GO.
+ */
+export const MAX_REFUSED_OPTIONS = 8;
+
 /** What the transmission phase needs from the option phase. */
 export interface Agreement {
   export: BlockExport;
@@ -80,17 +87,26 @@ export class Negotiation {
    * while its reply is on the way (docs/ARCHITECTURE.md §14.8).
    */
   claimedExport: string | undefined;
+  /** Options answered NBD_REP_ERR_POLICY on a refused connection; at MAX_REFUSED_OPTIONS the connection is closed. */
+  private refusedOptions = 0;
 
+  /**
+   * @param refusal when set, the connection is over the server's limit: every
+   *   option is refused with NBD_REP_ERR_POLICY and this text, so that the
+   *   client can say why (docs/ARCHITECTURE.md §14.6, "Connections over the limit")
+   */
   constructor(
     private readonly catalog: ExportCatalog,
     private readonly noZeroes: boolean,
     private readonly tls: TlsMode = 'off',
+    private readonly refusal?: string,
   ) {}
 
   /** Handles one option; errors of the catalog propagate (the connection logs them and closes). */
   async handle(message: OptionMessage): Promise<OptionStep> {
     const { option, data } = message;
     this.claimedExport = undefined;
+    if (this.refusal !== undefined) return this.refuse(option, this.refusal);
     if (option === NBD_OPT_STARTTLS) return this.startTls(data);
     if (this.tls === 'required' && !this.tlsStarted && option !== NBD_OPT_ABORT) {
       // "FORCEDTLS": EXPORT_NAME cannot be refused but by closing.
@@ -118,6 +134,20 @@ export class Negotiation {
       default:
         return { replies: [optionError(option, NBD_REP_ERR_UNSUP, `option ${option} is not supported`)], next: 'options' };
     }
+  }
+
+  /**
+   * An option on a connection over the limit: ABORT is acknowledged, EXPORT_NAME
+   * (which has no error reply) closes, anything else (STARTTLS included: no
+   * key material is needed to say "busy") is ERR_POLICY with `text`. After
+   * MAX_REFUSED_OPTIONS refusals the connection closes: a refused client
+   * holds no slot, and cannot hold its refusal open by retrying.
+   */
+  private refuse(option: number, text: string): OptionStep {
+    if (option === NBD_OPT_ABORT) return { replies: [optionReply(option, NBD_REP_ACK)], next: 'close' };
+    if (option === NBD_OPT_EXPORT_NAME) return { replies: [], next: 'close' };
+    this.refusedOptions++;
+    return { replies: [optionError(option, NBD_REP_ERR_POLICY, text)], next: this.refusedOptions >= MAX_REFUSED_OPTIONS ? 'close' : 'options' };
   }
 
   private startTls(data: Buffer): OptionStep {

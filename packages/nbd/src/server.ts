@@ -15,7 +15,7 @@ export type Endpoint = { socketPath: string } | { host: string; port: number };
 export interface NbdServerOptions {
   catalog: ExportCatalog;
   logger?: NbdLogger;
-  /** Connections served at once; one more is closed at once, before the greeting. Default 16. */
+  /** Connections served at once; one more is greeted and its options refused with NBD_REP_ERR_POLICY naming the limit (MAX_REFUSED_CONNECTIONS). Default 16. */
   maxConnections?: number;
   limits?: ConnectionLimits;
   /** TLS-PSK keys (loadPskKeys): every connection must then start TLS before any other option (docs/ARCHITECTURE.md §14.6). */
@@ -43,6 +43,8 @@ export const MAX_EXPORT_TOTALS = 131_073;
 export class NbdServer {
   private readonly listeners: Server[] = [];
   private readonly connections = new Set<Connection>();
+  /** Connections over maxConnections, told so in the option phase (at most MAX_REFUSED_CONNECTIONS; Negotiation). */
+  private readonly refused = new Set<Connection>();
   private readonly log: NbdLogger;
   private readonly maxConnections: number;
   private readonly handshake: HandshakeOptions;
@@ -113,6 +115,11 @@ export class NbdServer {
     return { endpoints: [...this.uris], connections: this.connections.size, exports: [...exports].map(([name, totals]) => ({ name, ...totals })) };
   }
 
+  /** Connections over maxConnections being told so now (at most MAX_REFUSED_CONNECTIONS). */
+  get refusing(): number {
+    return this.refused.size;
+  }
+
   /** How many open connections are attached to `exportName` or are attaching to it (Connection.claims; docs/ARCHITECTURE.md §14.8). */
   connectionsTo(exportName: string): number {
     let count = 0;
@@ -133,7 +140,7 @@ export class NbdServer {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       const closed = this.listeners.map((l) => new Promise<void>((resolve) => l.close(() => resolve())));
-      await Promise.all([...this.connections].map((c) => c.stop()));
+      await Promise.all([...this.connections, ...this.refused].map((c) => c.stop()));
       await Promise.all(closed);
     })();
     return this.stopping;
@@ -143,10 +150,20 @@ export class NbdServer {
     return this.handshake.tlsPsk ? 'nbds' : 'nbd';
   }
 
+  /** Greets a connection over maxConnections and refuses its every option with a text naming the limit (docs/ARCHITECTURE.md §14.6). */
+  private refuse(socket: Socket): void {
+    const text = `too many connections: this server serves at most ${this.maxConnections} at once; try again once one closes`;
+    const handshake = { ...this.handshake, handshakeTimeoutMs: Math.min(this.handshake.handshakeTimeoutMs, REFUSAL_TIMEOUT_MS) };
+    const connection = new Connection(socket, this.options.catalog, this.log, this.nextId++, this.options.limits ?? DEFAULT_LIMITS, handshake, text);
+    this.refused.add(connection);
+    void connection.done.finally(() => this.refused.delete(connection));
+  }
+
   private accept(socket: Socket): void {
     if (this.stopping || this.connections.size >= this.maxConnections) {
       this.log.warn({ connections: this.connections.size, maxConnections: this.maxConnections }, this.stopping ? 'refused a connection: stopping' : 'refused a connection: too many');
-      socket.destroy();
+      if (this.stopping || this.refused.size >= MAX_REFUSED_CONNECTIONS) socket.destroy();
+      else this.refuse(socket);
       return;
     }
     socket.setNoDelay(true);
@@ -169,6 +186,16 @@ export class NbdServer {
     });
   }
 }
+
+/**
+ * Connections over the limit that are answered in the option phase (the
+ * greeting, then NBD_REP_ERR_POLICY naming the limit) instead of being
+ * closed unanswered; past this many at once, the next are closed at accept.
+ * Each lives at most REFUSAL_TIMEOUT_MS and MAX_REFUSED_OPTIONS options.
+ */
+export const MAX_REFUSED_CONNECTIONS = 16;
+/** How long a refused connection may take to read its refusal (or the handshake timeout, when shorter). */
+export const REFUSAL_TIMEOUT_MS = 5000;
 
 /** Per export: connections attached now, and what every connection to it did since the server started. */
 export interface ExportTotals {

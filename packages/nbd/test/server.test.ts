@@ -36,6 +36,9 @@ import {
   NBD_REPLY_TYPE_ERROR,
   NBD_REPLY_TYPE_OFFSET_DATA,
   NBD_REPLY_TYPE_OFFSET_HOLE,
+  MAX_REFUSED_CONNECTIONS,
+  MAX_REFUSED_OPTIONS,
+  NBD_OPT_GO,
   NbdServer,
   type ConnectionLimits,
 } from '../src/index.js';
@@ -368,15 +371,48 @@ describe('transmission', () => {
     expect(live.flushes).toBe(1);
   });
 
-  it('connections past --max-connections are closed before the greeting; the others keep working', async () => {
+  it('a connection past --max-connections is greeted and each option refused with ERR_POLICY naming the limit; the others keep working', async () => {
     await start(undefined, 1);
     const a = await RawClient.connect(socketPath);
     await a.open('live');
     const b = await RawClient.connect(socketPath);
+    await b.handshake();
+    b.sendOption(NBD_OPT_GO, infoRequest('live', []));
+    const refused = await b.readOptionReply();
+    expect(refused.type).toBe(NBD_REP_ERR_POLICY);
+    expect(refused.data.toString()).toMatch(/too many connections: this server serves at most 1 at once/);
+    b.sendOption(NBD_OPT_ABORT);
+    expect((await b.readOptionReply()).type).toBe(NBD_REP_ACK);
     await b.waitClosed();
-    expect(b.queue.length).toBe(0);
+    expect(server!.status().connections).toBe(1);
     a.sendRequest({ type: NBD_CMD_READ, cookie: 1n, offsetBytes: 0, lengthBytes: 1 });
     expect((await a.readSimpleReply()).error).toBe(0);
+  });
+
+  it('a refused connection is closed after MAX_REFUSED_OPTIONS refusals, and past MAX_REFUSED_CONNECTIONS refused ones a new one is closed unanswered', async () => {
+    await start(undefined, 1);
+    const a = await RawClient.connect(socketPath);
+    await a.open('live');
+    const persistent = await RawClient.connect(socketPath);
+    await persistent.handshake();
+    for (let i = 0; i < MAX_REFUSED_OPTIONS; i++) {
+      persistent.sendOption(NBD_OPT_LIST);
+      expect((await persistent.readOptionReply()).type).toBe(NBD_REP_ERR_POLICY);
+    }
+    await persistent.waitClosed();
+    await until(() => server?.refusing === 0);
+    const waiting: RawClient[] = [];
+    for (let i = 0; i < MAX_REFUSED_CONNECTIONS; i++) {
+      const c = await RawClient.connect(socketPath);
+      await c.handshake(); // greeted: each holds one of the refusal places
+      waiting.push(c);
+    }
+    const extra = await RawClient.connect(socketPath);
+    await extra.waitClosed();
+    expect(extra.queue.length).toBe(0);
+    for (const c of waiting) c.sendOption(NBD_OPT_ABORT);
+    for (const c of waiting) await c.waitClosed();
+    await until(() => server?.refusing === 0);
   });
 });
 
