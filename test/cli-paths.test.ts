@@ -296,4 +296,32 @@ describe('streams as --input are read to their end', () => {
     expect(Buffer.concat(chunks).equals(original.stdout)).toBe(true);
     expect(await fingerprint(vol)).toBe(before);
   });
+
+  it('- is stdin for --input and stdout for --output in every command, never a file named -; ./- is that file', async () => {
+    const cwd = join(dir, 'dash');
+    await mkdir(cwd);
+    const dvol = join(dir, 'dash.img');
+    expect((await cowvol(['create', dvol, '--size', '1M'])).code).toBe(0);
+    const data = randomBytes(70_000);
+    const written = await cowvol(['write', dvol, '--input', '-', '--offset', '4096'], { input: data, cwd });
+    expect(written.code, written.stderr).toBe(0);
+    expect(written.stdout.toString()).toContain(`wrote ${data.length} bytes at offset 4096`);
+    const read = await cowvol(['read', dvol, '--offset', '4096', '--length', String(data.length), '--output', '-'], { cwd });
+    expect(read.code, read.stderr).toBe(0);
+    expect(read.stdout.equals(data)).toBe(true);
+    expect((await cowvol(['snapshot', 'create', dvol, 'd'])).code).toBe(0);
+    const snap = await cowvol(['snapshot', 'read', dvol, 'd', '--offset', '4096', '--length', String(data.length), '--output', '-'], { cwd });
+    expect(snap.code, snap.stderr).toBe(0);
+    expect(snap.stdout.equals(data)).toBe(true);
+    const stream = await cowvol(['snapshot', 'export', dvol, 'd', '--output', '-'], { cwd });
+    expect(stream.code, stream.stderr).toBe(0);
+    const imported = await cowvol(['import', join(dir, 'dash-copy.img'), '--input', '-'], { input: stream.stdout, cwd });
+    expect(imported.code, imported.stderr).toBe(0);
+    expect(await readdir(cwd)).toEqual([]); // nothing went to a file named -
+    // A file named - is reached as ./-.
+    await writeFile(join(cwd, '-'), data.subarray(0, 4096));
+    const fromFile = await cowvol(['write', dvol, '--input', './-'], { cwd });
+    expect(fromFile.code, fromFile.stderr).toBe(0);
+    expect(fromFile.stdout.toString()).toContain('wrote 4096 bytes at offset 0');
+  });
 });

@@ -47,8 +47,11 @@ export interface OpenInputOptions {
   start?: { startBytes: number; checkStart: (head: Buffer) => void };
 }
 
+/** The path that means stdin for `--input` and stdout for `--output`, in every command (README "Paths given to `--input` and `--output`"). */
+export const STDIO_PATH = '-';
+
 /**
- * Opens `--input <path>` (stdin when `path` is undefined):
+ * Opens `--input <path>` (stdin when `path` is undefined or `-`; a file named `-` is `./-`):
  * - a regular file with a size: read in place;
  * - a block device: read in place, its length found by probing reads
  *   (stat() reports 0 for it);
@@ -58,7 +61,8 @@ export interface OpenInputOptions {
  *   (a fresh private folder; removed by close() and on SIGINT/SIGTERM).
  * @throws INPUT_NOT_FOUND, INVALID_ARGUMENT (a directory), IO_ERROR, NO_SPACE (spool), and `tooLong()`
  */
-export async function openInput(path: string | undefined, options: OpenInputOptions = {}): Promise<SizedInput> {
+export async function openInput(givenPath: string | undefined, options: OpenInputOptions = {}): Promise<SizedInput> {
+  const path = givenPath === STDIO_PATH ? undefined : givenPath;
   const source = path ?? '/dev/stdin';
   const st = await stat(source).catch((err: unknown) => {
     throw userPathError(err, source, 'input');

@@ -8,7 +8,7 @@ import { userPathError } from './os-errors.js';
 import { assertNotProtected, checkOutputPath, type ProtectedFiles } from './output-guard.js';
 import { onInterrupt } from './signals.js';
 
-import { STREAM_CHUNK_BYTES } from './input.js';
+import { STDIO_PATH, STREAM_CHUNK_BYTES } from './input.js';
 
 export { InputNotFoundError } from './os-errors.js';
 export { openInput, spoolInput, STREAM_CHUNK_BYTES, type SizedInput } from './input.js';
@@ -139,9 +139,9 @@ export async function openFileSink(output: string, guard: ProtectedFiles): Promi
   };
 }
 
-/** stdout when `output` is undefined, else openFileSink. */
+/** stdout when `output` is undefined or `-` (as `snapshot export --output -`; a file named `-` is `./-`), else openFileSink. */
 export async function openSink(output: string | undefined, guard: ProtectedFiles): Promise<Sink> {
-  return output === undefined ? openStdoutSink() : openFileSink(output, guard);
+  return output === undefined || output === STDIO_PATH ? openStdoutSink() : openFileSink(output, guard);
 }
 
 /**

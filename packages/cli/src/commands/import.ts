@@ -39,7 +39,7 @@ export default class Import extends CowvolCommand {
 
   async run(): Promise<ImportResult> {
     const { args, flags } = await this.parse(Import);
-    const input = await openInput(flags.input === undefined || flags.input === '-' ? undefined : flags.input, STREAM_SPOOL);
+    const input = await openInput(flags.input, STREAM_SPOOL);
     const progress = createProgress(flags.progress, 'import');
     const options = { resume: flags.resume, verify: flags.verify, dryRun: flags['dry-run'] };
     let result: ImportResult;

@@ -13,7 +13,7 @@ export default class Read extends CowvolCommand {
   static override args = { volume: Args.string({ description: 'path of the volume file', required: true }) };
   static override flags = {
     ...rangeFlags,
-    output: Flags.string({ description: 'file to write (default: stdout)', helpValue: '<file>' }),
+    output: Flags.string({ description: 'file to write, or - for stdout (default: stdout)', helpValue: '<file|->' }),
     ...progressFlag,
   };
 

@@ -31,7 +31,7 @@ export default class Write extends CowvolCommand {
   static override args = { volume: Args.string({ description: 'path of the volume file', required: true }) };
   static override flags = {
     offset: Flags.string({ description: 'byte offset to write at (bytes, or K/M/G/T suffix)', helpValue: '<size>' }),
-    input: Flags.string({ description: 'file, device or FIFO to read from (default: stdin)', helpValue: '<file>' }),
+    input: Flags.string({ description: 'file, device or FIFO to read from, or - for stdin (default: stdin)', helpValue: '<file|->' }),
     ...progressFlag,
   };
 

@@ -4,6 +4,7 @@ import { InvalidArgumentError, SnapshotNotFoundError, exportSnapshot, type Expor
 import { CowvolCommand } from '../../base-command.js';
 import { human } from '../../format.js';
 import { openAtomicFileSink, openStdoutSink } from '../../io.js';
+import { STDIO_PATH } from '../../input.js';
 import { protectedFilesOf } from '../../output-guard.js';
 import { createProgress, progressFlag } from '../../progress.js';
 import { snapshotExportName, withVolumeData } from '../../served-nbd.js';
@@ -33,14 +34,14 @@ export default class SnapshotExport extends CowvolCommand {
 
   async run(): Promise<ExportResult & { output: string }> {
     const { args, flags } = await this.parse(SnapshotExport);
-    if (flags.output === '-' && this.jsonEnabled()) throw new InvalidArgumentError('--json needs --output <file>: with --output - stdout carries the stream');
+    if (flags.output === STDIO_PATH && this.jsonEnabled()) throw new InvalidArgumentError('--json needs --output <file>: with --output - stdout carries the stream');
     const progress = createProgress(flags.progress, 'export');
     const write = async (volume: ExportSource): Promise<ExportResult> => {
       // Check the names before creating the output.
       const names = new Set((await volume.listSnapshots()).map((s) => s.name));
       for (const n of [args.name, flags.since]) if (n !== undefined && !names.has(n)) throw new SnapshotNotFoundError(n);
       const options = { ...(flags.since ? { since: flags.since } : {}), onProgress: (d: number, t: number) => progress.update(d, t) };
-      if (flags.output === '-') {
+      if (flags.output === STDIO_PATH) {
         const sink = openStdoutSink();
         try {
           return await exportSnapshot(volume, args.name, (b) => sink.write(b), options);
@@ -66,7 +67,7 @@ export default class SnapshotExport extends CowvolCommand {
       unknownExport: () => new SnapshotNotFoundError(args.name),
       served: async (data) => write(await servedExportSource(args.volume, args.name, data)),
     }).finally(() => progress.stop());
-    if (flags.output !== '-') {
+    if (flags.output !== STDIO_PATH) {
       this.say(
         `exported ${result.kind} stream of ${result.name}${result.since ? ` since ${result.since}` : ''} to ${flags.output}: ` +
           `${result.extentCount} extents, ${human(result.totalBytes)} of volume data (${human(result.dataBytes)} carried), stream ${human(result.streamBytes)}`,

@@ -18,7 +18,7 @@ export default class SnapshotRead extends CowvolCommand {
   };
   static override flags = {
     ...rangeFlags,
-    output: Flags.string({ description: 'file to write (default: stdout)', helpValue: '<file>' }),
+    output: Flags.string({ description: 'file to write, or - for stdout (default: stdout)', helpValue: '<file|->' }),
     ...progressFlag,
   };
 
