@@ -302,7 +302,12 @@ export class ChangeStamps {
       return Promise.reject(new VolumeModifiedOutsideError(message, { path: this.path, ...this.held, suspectSnapshots: [] }));
     }
     if (this.marking === undefined) {
-      const base = this.recorded ?? this.atOpen;
+      // The file found at open, not the recorded stamp's identity: after a
+      // copy that keeps the content (cp -a: a new inode, maybe another
+      // device) the stamp must name the file cowvol now writes, or the
+      // clean close below would take it for a replaced file and never
+      // stamp it `closed` again (docs/ARCHITECTURE.md §13).
+      const base = this.atOpen;
       this.marking =
         this.recorded?.state === 'open'
           ? Promise.resolve()
@@ -327,8 +332,8 @@ export class ChangeStamps {
     if (this.marking === undefined && this.recorded?.state === 'closed') return;
     if (this.marking) await this.marking;
     const now = await statStamp(this.path, 'closed');
-    const base = this.recorded ?? this.atOpen;
-    if (now.dev !== base.dev || now.ino !== base.ino) return;
+    // Replaced during this session: compared with the file this session opened.
+    if (now.dev !== this.atOpen.dev || now.ino !== this.atOpen.ino) return;
     // Not synced: a power loss that loses it leaves the `open` stamp (identity and size still compared).
     await this.takeClosed(now, false);
   }

@@ -1,4 +1,5 @@
-import { chmod, copyFile, mkdtemp, open, readFile, rename, rm, truncate, utimes } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { chmod, copyFile, mkdtemp, open, readFile, rename, rm, stat, truncate, utimes } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -227,6 +228,30 @@ describe('what counts as a change', () => {
     const err = await refusal();
     expect((err.details as { changes: Array<{ field: string }> }).changes.map((c) => c.field)).toContain('ino');
     expect(err.message).toContain('replaced by another one');
+  });
+
+  it('a copy that keeps the content (cp -a: new inode, same times) opens, and after a session that writes it an outside write is still refused', async () => {
+    const v0 = await Volume.create(path, { sizeBytes: BLOCKS * BS });
+    await v0.write(0, randomBytes(BLOCKS * BS));
+    await v0.createSnapshot('s');
+    await v0.close();
+    const copy = join(dir, 'copy.img');
+    execFileSync('cp', ['-a', path, copy]);
+    execFileSync('cp', ['-a', `${path}.cowvol`, `${copy}.cowvol`]);
+    const v = await Volume.open(copy);
+    expect(v.outsideChanges).toBeUndefined();
+    await v.write(2 * BS, Buffer.alloc(BS, 5));
+    await v.close();
+    const { ino } = await stat(copy);
+    path = copy; // storedStamp() and refusal() read the copy from here on
+    expect(await storedStamp()).toMatchObject({ state: 'closed', ino: String(ino) });
+    await writeOutside(5 * BS, Buffer.alloc(BS, 6));
+    const err = await refusal();
+    expect(err.code).toBe('VOLUME_MODIFIED_OUTSIDE');
+    expect((err.details as { suspectSnapshots: string[] }).suspectSnapshots).toEqual(['s']);
+    const h = await Volume.open(copy, { outsideChanges: 'hold' });
+    expect(h.outsideChanges).toBeDefined();
+    await h.close();
   });
 
   it('reading the file from outside changes nothing that counts; a read-only session leaves the stamp as it was', async () => {
