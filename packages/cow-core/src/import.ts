@@ -3,7 +3,7 @@ import { StreamChangedError } from './errors.js';
 import type { SnapshotIdentity } from './metadata.js';
 import { snapshotDataPieces } from './export.js';
 import { readExtent, verifyStream, type StreamHeader, type StreamSource, type VerifiedStream } from './stream.js';
-import type { Volume } from './volume.js';
+import { WRITE_PAST_IMPORT, type Volume } from './volume.js';
 import { killPoint } from './kill-point.js';
 import { openTarget, releaseTarget, type ImportTarget } from './import-target.js';
 
@@ -181,7 +181,7 @@ async function applyExtents(target: ImportTarget, source: StreamSource, v: Verif
       data = zeros.get(e.lengthBytes);
       if (!data) zeros.set(e.lengthBytes, (data = Buffer.alloc(e.lengthBytes)));
     }
-    await volume.write(e.offsetBytes, data);
+    await volume[WRITE_PAST_IMPORT](e.offsetBytes, data);
     killPoint('import:extent');
     applied += e.lengthBytes;
     sinceMarker += e.lengthBytes;

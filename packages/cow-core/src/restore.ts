@@ -1,7 +1,7 @@
 import { SnapshotNotFoundError } from './errors.js';
 import { mergeExtents } from './diff.js';
 import { IO_CHUNK_BYTES } from './layout.js';
-import type { Volume } from './volume.js';
+import { WRITE_PAST_IMPORT, type Volume } from './volume.js';
 
 /** Options for {@link restoreSnapshot}. */
 export interface RestoreOptions {
@@ -68,7 +68,7 @@ export async function restoreSnapshot(volume: Volume, name: string, options: Res
       }
       let j = i + bs;
       while (j < p.lengthBytes && !want.subarray(j, j + bs).equals(have.subarray(j, j + bs))) j += bs;
-      await volume.write(p.offsetBytes + i, want.subarray(i, j));
+      await volume[WRITE_PAST_IMPORT](p.offsetBytes + i, want.subarray(i, j));
       restoredBytes += j - i;
       i = j;
     }

@@ -71,6 +71,12 @@ export class VolumeContext {
   readonly names: SnapshotNames;
   /** What succeeded but could not finish, in words (Volume.warnings). */
   readonly notices: string[] = [];
+  /**
+   * The import marker is set (an import applies, or was interrupted): writes
+   * other than the import's and a restore's are refused (IMPORT_PENDING,
+   * docs/ARCHITECTURE.md §15.6). Read at open, kept by {@link commitRecords}.
+   */
+  importPending = false;
   readonly stats: VolumeStats = { cows: 0, cowBatches: 0, pendingWaits: 0, maxPendingWaitMs: 0, readRechecks: 0, cancelledCows: 0, mapScans: 0, mapRegionScans: 0 };
   /**
    * Which block locks the current async context holds, for the lock-order
@@ -243,6 +249,7 @@ export class VolumeContext {
     const h = handle ?? (await this.startHandle(this.recordCredits(records)));
     for (const r of records) h.log(r);
     await this.commitHandle(h);
+    for (const r of records) if (r.o === 'import') this.importPending = r.state !== null;
   }
 
   /** Credits `records` need in one handle. @throws INVALID_ARGUMENT when the journal cannot hold them in one (docs/ARCHITECTURE.md §5.1) */

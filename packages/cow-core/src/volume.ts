@@ -1,4 +1,4 @@
-import { InvalidArgumentError, InvalidSnapshotNameError, OutOfRangeError, SnapshotExistsError, SnapshotNotFoundError, VolumeReadOnlyError } from './errors.js';
+import { ImportPendingError, InvalidArgumentError, InvalidSnapshotNameError, OutOfRangeError, SnapshotExistsError, SnapshotNotFoundError, VolumeReadOnlyError } from './errors.js';
 import { MAX_READ_BYTES, SNAPSHOT_NAME_PATTERN } from './layout.js';
 import { decodeValue as decodeMeta, keys, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import type { SnapshotRecord } from './metadata.js';
@@ -70,6 +70,13 @@ export type {
   VolumeStats,
 } from './volume-types.js';
 export type { FailureListener, VolumeState } from './volume-state.js';
+
+/**
+ * The key of `Volume`'s write that passes a set import marker: import.ts and
+ * restore.ts write through it; it is not exported from the package, so no
+ * other writer can.
+ */
+export const WRITE_PAST_IMPORT = Symbol('writePastImport');
 
 /**
  * A volume file with Next3-style snapshots (docs/ARCHITECTURE.md §2, §7.2).
@@ -147,6 +154,7 @@ export class Volume {
     const ctx = new VolumeContext(parts);
     const vol = new Volume(ctx);
     try {
+      ctx.importPending = (await parts.db.get(keys.importState)) !== undefined;
       if (!ctx.readOnly && parts.recovery.replayedTransactions > 0) await ctx.checkpoint();
       await upgradeSpaceCounters(ctx); // a read-only open counts in memory only
       if (ctx.readOnly) return vol; // replayed into the private copy; an interrupted delete is finished by the next writable open
@@ -187,9 +195,16 @@ export class Volume {
    * its code and `details.failedRanges` lists the byte ranges not written;
    * a failure after a piece was handed to the write-back stage is reported
    * by the next `flush()` (or `close()`).
-   * @throws OUT_OF_RANGE, INVALID_ARGUMENT, IO_ERROR, NO_SPACE, JOURNAL_ABORTED, VOLUME_CLOSED, VOLUME_READ_ONLY, VOLUME_MODIFIED_OUTSIDE (held, not accepted)
+   * @throws OUT_OF_RANGE, INVALID_ARGUMENT, IO_ERROR, NO_SPACE, JOURNAL_ABORTED, VOLUME_CLOSED, VOLUME_READ_ONLY, VOLUME_MODIFIED_OUTSIDE (held, not accepted),
+   *   IMPORT_PENDING (an import is applying or was interrupted: resume it, or abandon it by a restore; docs/ARCHITECTURE.md §15.6)
    */
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    if (this.ctx.importPending) throw importPendingWrite(this.ctx.parts.layout.volumePath);
+    return this[WRITE_PAST_IMPORT](offsetBytes, data);
+  }
+
+  /** {@link write} for the import and the restore themselves, which write while the import marker is set (import.ts, restore.ts). */
+  async [WRITE_PAST_IMPORT](offsetBytes: number, data: Uint8Array): Promise<void> {
     if (this.readOnly) throw new VolumeReadOnlyError(this.ctx.parts.layout.volumePath, 'write');
     this.checkRange(offsetBytes, data.length);
     if (data.length === 0) return;
@@ -546,6 +561,13 @@ export class Volume {
 }
 
 /** Validates a snapshot name. @throws INVALID_SNAPSHOT_NAME */
+function importPendingWrite(volumePath: string): ImportPendingError {
+  return new ImportPendingError(
+    `an import into ${volumePath} is in progress or was interrupted; writes would mix with it: finish it (the same cowvol import with --resume) or abandon it (cowvol snapshot restore) first`,
+    { details: { path: volumePath } },
+  );
+}
+
 export function validateSnapshotName(name: unknown): void {
   if (typeof name !== 'string' || !SNAPSHOT_NAME_PATTERN.test(name)) throw new InvalidSnapshotNameError(String(name));
 }

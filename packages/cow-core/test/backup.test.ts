@@ -233,6 +233,46 @@ describe('a corrupted stream is refused with the extent that failed, and the tar
 });
 
 describe('an interrupted import, resumed, gives the same result', () => {
+  it('while an import is pending, writes to the volume are refused (IMPORT_PENDING): a resume cannot take in bytes that are not the stream; a restore abandons it and writes go on', async () => {
+    const rnd = prng(77);
+    const { v: src, live } = await stripedVolume(join(dir, 'src.img'), 7, 64, 4096);
+    await src.createSnapshot('a');
+    await nightOfWrites(src, rnd, live, 10);
+    await src.createSnapshot('b');
+    const full = await exportToBuffer(src, 'a');
+    const incr = await exportToBuffer(src, 'b', { since: 'a' });
+    const expectedB = await src.readSnapshot('b', 0, live.length);
+    await src.close();
+    const dstPath = join(dir, 'dst.img');
+    await importStream(dstPath, memorySource(full));
+    const opener = new CountingOpener();
+    opener.failWrite = { file: 'dst.img', n: 3 };
+    await expect(importStream(dstPath, memorySource(incr), { opener, markerIntervalBytes: 8192 })).rejects.toMatchObject({ code: 'IO_ERROR' });
+    const t = await Volume.open(dstPath);
+    expect(await t.importState()).toBeDefined();
+    await expect(t.write(0, Buffer.alloc(4096, 0xee))).rejects.toMatchObject({ code: 'IMPORT_PENDING' });
+    await t.close();
+    const r = await importStream(dstPath, memorySource(incr), { resume: true, verify: true, markerIntervalBytes: 8192 });
+    expect(r.resumed).toBe(true);
+    const done = await Volume.open(dstPath);
+    await expectContent(done, 'b', expectedB, 'after resume');
+    await done.write(0, Buffer.alloc(4096, 0xee)); // the marker is gone: writes go on
+    await done.close();
+
+    // Interrupted again, then abandoned by a restore of the base: the restore writes, and clears the marker.
+    const second = join(dir, 'second.img');
+    await importStream(second, memorySource(full));
+    const opener2 = new CountingOpener();
+    opener2.failWrite = { file: 'second.img', n: 3 };
+    await expect(importStream(second, memorySource(incr), { opener: opener2, markerIntervalBytes: 8192 })).rejects.toMatchObject({ code: 'IO_ERROR' });
+    const s = await Volume.open(second);
+    await expect(s.write(0, Buffer.alloc(4096, 1))).rejects.toMatchObject({ code: 'IMPORT_PENDING' });
+    await restoreSnapshot(s, 'a');
+    expect(await s.importState()).toBeUndefined();
+    await s.write(0, Buffer.alloc(4096, 1));
+    await s.close();
+  });
+
   for (let seed = 1; seed <= Math.min(SEED_COUNT, 3); seed++) {
     it(`seed ${seed}: an I/O error at a random extent of a full and of an incremental import, then --resume`, async () => {
       const rnd = prng(500 + seed);
