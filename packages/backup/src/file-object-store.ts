@@ -5,6 +5,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { IoError, NoSpaceError, errnoCode, isCowvolError, syncDirectory } from '@cowvol/base';
 import { BackupArgumentError, ObjectExistsError, ObjectNotFoundError } from './errors.js';
 import type { ObjectInfo, ObjectStore } from './object-store.js';
+import { trackedWrite, trackTempFile } from './interrupt-cleanup.js';
 
 /** The longest key, in bytes of UTF-8 (S3's limit; docs/ARCHITECTURE.md §17). */
 export const OBJECT_KEY_MAX_BYTES = 1024;
@@ -32,12 +33,15 @@ export class FileObjectStore implements ObjectStore {
    * @throws INVALID_ARGUMENT for a URL that is not `file:///` (or
    * `file://localhost/`) followed by an absolute path (`file:relative` would
    * name `/relative`), a path holding a
-   * NUL, or the root directory (`file:///$DIR` with an empty `DIR`: a
+   * NUL, a `?` or `#` (a query or fragment, which the path would silently
+   * drop), or the root directory (`file:///$DIR` with an empty `DIR`: a
    * repository's objects would land in `/`)
    */
   constructor(url: string) {
     const bad = (cause?: unknown): BackupArgumentError => new BackupArgumentError(`not a file:///absolute/path URL: ${url}`, cause === undefined ? {} : { cause });
     if (!/^file:\/\/(localhost)?\//i.test(url)) throw bad(); // file:///path, or its equivalent file://localhost/path
+    // A URL drops its query and fragment: `file:///r/a#b` would be the repository /r/a. Spelled %23 and %3F, they name a path.
+    if (url.includes('#') || url.includes('?')) throw new BackupArgumentError(`${url}: a file repository URL has no query or fragment; write # as %23 and ? as %3F in a path`);
     let rootPath: string;
     try {
       rootPath = fileURLToPath(url);
@@ -53,9 +57,14 @@ export class FileObjectStore implements ObjectStore {
 
   /** @throws OBJECT_EXISTS (with ifNoneMatch) · INVALID_ARGUMENT · IO_ERROR · NO_SPACE */
   async put(key: string, body: Buffer, options?: { ifNoneMatch?: boolean }): Promise<void> {
+    return trackedWrite(() => this.putFile(key, body, options));
+  }
+
+  private async putFile(key: string, body: Buffer, options?: { ifNoneMatch?: boolean }): Promise<void> {
     const path = this.pathOf(key);
     const dir = dirname(path);
     const temp = join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    const untrack = trackTempFile(temp); // removed if the command is interrupted (interrupt-cleanup.ts)
     try {
       await makeDirectory(dir);
       await writeSynced(temp, body);
@@ -76,6 +85,8 @@ export class FileObjectStore implements ObjectStore {
     } catch (err) {
       await fsp.unlink(temp).catch(() => undefined);
       throw this.coded(err, 'put', key);
+    } finally {
+      untrack();
     }
   }
 

@@ -25,7 +25,9 @@ export { encodeManifest, decodeManifest, manifestProblem, chunkCount, MANIFEST_M
 export { chunkObjectKey, manifestObjectKey, parseManifestObjectKey, isChunkId, isVolumeUuid, CONFIG_KEY, CHUNKS_PREFIX, MANIFESTS_PREFIX, LOCKS_PREFIX } from './object-keys.js';
 export { Repository, type PutChunkResult, type ManifestRef } from './repository.js';
 export { pushSnapshot, isZero, type PushOptions, type PushProgress, type PushResult, type PushSource } from './push.js';
-export { restoreFromRepository, MAX_PARENT_HOPS, type RestoreOptions, type RestoreResult, type RestoreTarget } from './restore.js';
+export { restoreFromRepository, type RestoreOptions, type RestoreResult, type RestoreTarget } from './restore.js';
+export { findRestoreBase, MAX_PARENT_HOPS, type RestoreBase } from './restore-base.js';
+export { quiesceAndReleaseLocks, removeTempFilesSync, trackTempFile } from './interrupt-cleanup.js';
 export { listBackups, type CatalogEntry } from './catalog.js';
 export { forEachBounded, mapOrdered, checkJobs, DEFAULT_JOBS, MAX_JOBS } from './pool.js';
 export {

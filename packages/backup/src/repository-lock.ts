@@ -1,6 +1,7 @@
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { assert, CowvolError, errorMessage, hasCode, isCowvolError, type CowvolErrorOptions } from '@cowvol/base';
+import { trackLock } from './interrupt-cleanup.js';
 import { LOCKS_PREFIX } from './object-keys.js';
 import type { ObjectStore } from './object-store.js';
 import type { RepositoryConfig } from './repository-config.js';
@@ -81,6 +82,7 @@ export class RepositoryLock {
   private renewing: Promise<void> = Promise.resolve();
   private failure: unknown;
   private released = false;
+  private readonly untrack: () => void;
 
   constructor(
     private readonly repo: LockableRepository,
@@ -93,6 +95,7 @@ export class RepositoryLock {
       this.renewing = this.renew();
     }, leaseMs / 4);
     this.renewal.unref();
+    this.untrack = trackLock(this); // released by the command line's signal handler too (interrupt-cleanup.ts)
   }
 
   get kind(): LockKind {
@@ -135,6 +138,7 @@ export class RepositoryLock {
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
+    this.untrack();
     clearInterval(this.renewal);
     this.renewal = undefined;
     await this.renewing;

@@ -2,7 +2,7 @@ import { hasCode, isCowvolError } from '@cowvol/base';
 import { forEachBounded } from './pool.js';
 import { CHUNK_OVERHEAD_BYTES } from './chunk-seal.js';
 import type { Manifest } from './manifest.js';
-import { CHUNKS_PREFIX, isChunkId } from './object-keys.js';
+import { CHUNKS_PREFIX, chunkObjectKey, isChunkId } from './object-keys.js';
 import type { ManifestRef, Repository } from './repository.js';
 import { acquireLock, type LockOptions } from './repository-lock.js';
 
@@ -170,7 +170,8 @@ async function checkPresence(
   for await (const info of repo.store.list(CHUNKS_PREFIX)) {
     const id = info.key.slice(info.key.lastIndexOf('/') + 1);
     progress(++listed, undefined, 'chunks');
-    if (!isChunkId(id) || !unseen.delete(id)) continue;
+    // Only under its own key: a chunk moved elsewhere under chunks/ is one a restore cannot get (OBJECT_NOT_FOUND there), so it stays unseen: missing.
+    if (!isChunkId(id) || info.key !== chunkObjectKey(id) || !unseen.delete(id)) continue;
     const bytes = expected.get(id) ?? 0;
     if (info.sizeBytes !== bytes + CHUNK_OVERHEAD_BYTES && !damaged.has(id)) {
       damaged.set(id, {

@@ -2,27 +2,27 @@ import { randomBytes } from 'node:crypto';
 import { constants, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { assert } from '@cowvol/base';
+import { assert, hasCode } from '@cowvol/base';
 import {
-  BaseMismatchError,
   importStream,
   MAX_EXTENT_BYTES,
   StreamWriter,
   Volume,
   type ImportProgress,
   type ImportResult,
-  type SnapshotIdentity,
   type StreamSource,
   VerifyFailedError,
+  VolumeExistsError,
+  VolumeNotFoundError,
+  type SnapshotIdentity,
 } from '@cowvol/cow-core';
+import { BackupArgumentError } from './errors.js';
+import { trackTempFile } from './interrupt-cleanup.js';
 import type { Manifest } from './manifest.js';
-import { manifestObjectKey } from './object-keys.js';
 import { checkJobs, DEFAULT_JOBS, mapOrdered } from './pool.js';
 import { isZero } from './push.js';
 import type { Repository } from './repository.js';
-
-/** Ancestors of a manifest `restore --into` looks through for a base the target holds, at most. */
-export const MAX_PARENT_HOPS = 4096;
+import { findRestoreBase, sameIdentity } from './restore-base.js';
 
 /** Options of {@link restoreFromRepository}. */
 export interface RestoreOptions {
@@ -63,6 +63,8 @@ export interface RestoreResult {
   /** The manifest whose snapshot the target held (`--into`), or null. */
   base: string | null;
   created: boolean;
+  /** The target was this restore, interrupted: its import was resumed (or had finished already). */
+  resumed: boolean;
   chunksDownloaded: number;
   bytesDownloaded: number;
   verified: boolean;
@@ -74,30 +76,41 @@ export interface RestoreResult {
  * Restores snapshot `snapshotName` of volume `volumeUuid` from `repo` into
  * `targetPath` (docs/ARCHITECTURE.md §17), through cow-core's import:
  *
- * 1. The manifest; with `into`, its ancestors (`parent` keys) until one
- *    whose identity a snapshot of the target has (else BASE_MISMATCH): the
- *    chunks that differ from it are the extents, as an incremental stream.
+ * 1. The manifest, then the target, before any download: a path that
+ *    exists is VOLUME_EXISTS without `into` — unless it is this restore,
+ *    interrupted (its import marker or a snapshot with this identity), which
+ *    is resumed; a missing folder is INVALID_ARGUMENT. With `into`, the base
+ *    (restore-base.ts: the newest ancestor the target holds, or any
+ *    manifest of the volume it holds when the chain is broken; else
+ *    BASE_MISMATCH): the chunks that differ from it are the extents, as an
+ *    incremental stream.
  * 2. Every chunk needed is downloaded and authenticated (BACKUP_CORRUPT for
  *    a damaged or missing one) and spooled, as a cowvol stream
  *    (docs/FORMAT.md §9), into a private temporary file next to the target
- *    — before any byte of the target is written, so a damaged repository
- *    leaves nothing behind. Memory: at most `jobs` chunks waiting in order.
+ *    (`.<name>.cowvol-restore-<pid>-<random>`; removed on a signal, and by
+ *    the next restore to that target once its process is gone) — before any
+ *    byte of the target is written, so a damaged repository leaves nothing
+ *    behind. Memory: at most `jobs` chunks waiting in order.
  * 3. `importStream` of that file: a new volume (or a new snapshot of the
  *    target, with import's base checks); then the file is removed.
  * 4. With `verify`, the new snapshot is read back chunk by chunk and each
  *    chunk's id is compared with the manifest's (VERIFY_FAILED).
  *
- * @throws OBJECT_NOT_FOUND (no such manifest) · BACKUP_CORRUPT · BASE_MISMATCH · VOLUME_EXISTS · what importStream throws · STORE_UNAVAILABLE · IO_ERROR · NO_SPACE
+ * @throws OBJECT_NOT_FOUND (no such manifest) · BACKUP_CORRUPT · BASE_MISMATCH · VOLUME_EXISTS · VOLUME_NOT_FOUND · INVALID_ARGUMENT · what importStream throws · STORE_UNAVAILABLE · IO_ERROR · NO_SPACE
  */
 export async function restoreFromRepository(repo: Repository, volumeUuid: string, snapshotName: string, targetPath: string, options: RestoreOptions = {}): Promise<RestoreResult> {
   const started = Date.now();
   const jobs = checkJobs(options.jobs ?? DEFAULT_JOBS);
   const manifest = await repo.getManifest(volumeUuid, snapshotName);
   const { target } = options;
+  // The target is checked before any chunk is downloaded: a typo must not cost the whole download.
+  const resume = target ? false : await checkTarget(targetPath, manifest, options);
   const identities = target ? () => target.heldIdentities() : () => identitiesOf(targetPath, options.openVolume);
-  const base = options.into === true ? await findBase(repo, manifest, targetPath, identities) : undefined;
-  const spoolPath = join(dirname(targetPath), `.${basename(targetPath)}.cowvol-restore-${randomBytes(6).toString('hex')}`);
+  const base = options.into === true ? await findRestoreBase(repo, manifest, targetPath, await identities()) : undefined;
+  await removeDeadSpools(targetPath);
+  const spoolPath = join(dirname(targetPath), `${spoolPrefix(targetPath)}${String(process.pid)}-${randomBytes(6).toString('hex')}`);
   const handle = await fsp.open(spoolPath, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  const untrack = trackTempFile(spoolPath);
   try {
     const spooled = await spool(repo, manifest, base?.manifest, handle, jobs, options.onProgress);
     const source: StreamSource = { lengthBytes: spooled.streamBytes, read: (offsetBytes, lengthBytes) => readAt(handle, offsetBytes, lengthBytes) };
@@ -105,6 +118,7 @@ export async function restoreFromRepository(repo: Repository, volumeUuid: string
       ? await target.importFile(spoolPath)
       : await importStream(targetPath, source, {
           verify: false,
+          resume,
           ...(options.openVolume ? { openVolume: options.openVolume } : {}),
           onProgress: (p) => options.onProgress?.(p.phase, p.doneBytes, p.totalBytes),
         });
@@ -114,6 +128,7 @@ export async function restoreFromRepository(repo: Repository, volumeUuid: string
       volumeUuid,
       base: base?.key ?? null,
       created: imported.created,
+      resumed: imported.resumed || imported.alreadyImported,
       chunksDownloaded: spooled.chunks,
       bytesDownloaded: spooled.bytes,
       verified: false,
@@ -129,6 +144,75 @@ export async function restoreFromRepository(repo: Repository, volumeUuid: string
   } finally {
     await handle.close();
     await fsp.unlink(spoolPath).catch(() => undefined);
+    untrack();
+  }
+}
+
+/**
+ * The target as the import will find it, checked before the download
+ * (docs/ARCHITECTURE.md §17, "Restore"). Returns true when the target is
+ * this very restore interrupted (its import marker names this snapshot, or
+ * it holds the snapshot already): the import is then resumed, not refused.
+ *
+ * @throws INVALID_ARGUMENT (the target's folder is missing) · VOLUME_EXISTS (a path that exists, without `into`) · VOLUME_NOT_FOUND (`into` a missing path) · what the open throws (`into`)
+ */
+async function checkTarget(targetPath: string, manifest: Manifest, options: RestoreOptions): Promise<boolean> {
+  const found = await fsp.lstat(targetPath).catch((err: unknown) => {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  });
+  if (found === undefined) {
+    if (options.into === true) throw new VolumeNotFoundError(targetPath);
+    const folder = await fsp.stat(dirname(targetPath)).catch(() => undefined);
+    if (!folder?.isDirectory()) throw new BackupArgumentError(`the folder of ${targetPath} does not exist (or is not a folder)`, { details: { path: targetPath } });
+    return false;
+  }
+  const exists = (): VolumeExistsError => new VolumeExistsError(`${targetPath} already exists; restore into a new path (a new volume), or add the snapshot to that volume with --into`, targetPath);
+  let volume: Volume;
+  try {
+    volume = options.openVolume ? await options.openVolume(targetPath) : await Volume.openForReading(targetPath);
+  } catch (err) {
+    if (options.into !== true && hasCode(err, 'NOT_A_VOLUME', 'VOLUME_NOT_FOUND')) throw exists();
+    throw err;
+  }
+  try {
+    const pending = await volume.importState();
+    if (pending && sameIdentity(pending.source, manifest.identity)) return true;
+    for (const s of await volume.listSnapshots()) if (sameIdentity(await volume.snapshotIdentity(s.name), manifest.identity)) return true;
+  } finally {
+    await volume.close();
+  }
+  if (options.into !== true) throw exists();
+  return false;
+}
+
+/** The name of a restore's spool next to `targetPath`, up to its process id and random part. */
+function spoolPrefix(targetPath: string): string {
+  return `.${basename(targetPath)}.cowvol-restore-`;
+}
+
+/**
+ * Removes the spools of earlier restores to the same target whose process
+ * is gone (killed: a signal's own cleanup removes it otherwise). A spool
+ * whose process id is alive — or was reused — is left alone.
+ */
+async function removeDeadSpools(targetPath: string): Promise<void> {
+  const prefix = spoolPrefix(targetPath);
+  const names = await fsp.readdir(dirname(targetPath)).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!name.startsWith(prefix)) continue;
+    const pid = Number(name.slice(prefix.length).split('-')[0]);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || processAlive(pid)) continue;
+    await fsp.unlink(join(dirname(targetPath), name)).catch(() => undefined);
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
@@ -142,20 +226,6 @@ async function identitiesOf(targetPath: string, open?: (path: string) => Promise
     await volume.close();
   }
   return held;
-}
-
-/** The newest ancestor of `manifest` whose identity a snapshot of the target has. @throws BASE_MISMATCH · VOLUME_NOT_FOUND */
-async function findBase(repo: Repository, manifest: Manifest, targetPath: string, identities: () => Promise<SnapshotIdentity[]>): Promise<{ key: string; manifest: Manifest }> {
-  const held = await identities();
-  let key = manifest.parent;
-  for (let hops = 0; key !== null && hops < MAX_PARENT_HOPS; hops++) {
-    const ancestor = await repo.getManifest(key);
-    if (held.some((h) => sameIdentity(h, ancestor.identity))) return { key, manifest: ancestor };
-    key = ancestor.parent;
-  }
-  throw new BaseMismatchError(`${targetPath} holds no snapshot that ${manifestObjectKey(manifest.volumeUuid, manifest.snapshotName)} was pushed on top of; restore it into a new volume instead`, {
-    details: { path: targetPath },
-  });
 }
 
 /**
@@ -185,7 +255,8 @@ async function spool(
       source: { ...manifest.identity, name: manifest.snapshotName },
       base: base ? { ...base.identity, name: base.snapshotName } : null,
       labels: manifest.labels,
-      createdAt: new Date().toISOString(),
+      // The backup's time, not now: the same restore spools the same stream, so an interrupted one resumes (its marker names the header's CRC).
+      createdAt: manifest.pushedAt,
       producer: 'cowvol backup restore',
     },
     async (bytes) => {
@@ -256,8 +327,4 @@ async function readAt(handle: FileHandle, offsetBytes: number, lengthBytes: numb
     got += bytesRead;
   }
   return buf.subarray(0, got);
-}
-
-function sameIdentity(a: SnapshotIdentity, b: SnapshotIdentity): boolean {
-  return a.volumeUuid === b.volumeUuid && a.snapshotId === b.snapshotId && a.createdAt === b.createdAt;
 }

@@ -118,11 +118,13 @@ describe('FileObjectStore', () => {
     expect(() => new FileObjectStore('s3://bucket/prefix')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
     expect(() => new FileObjectStore('file://host/path')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
     // file:relative would name /relative; file:/// and file:////// the root directory; %00 a NUL in the path.
-    for (const url of ['file:relative', 'file:/abs/but/one/slash', 'file:///', 'file://///', 'file:///tmp/x%00y']) {
+    // A query or a fragment would be dropped from the path: file:///r/a#b named /r/a, so two scripts with #1 and #2 shared a repository.
+    for (const url of ['file:relative', 'file:/abs/but/one/slash', 'file:///', 'file://///', 'file:///tmp/x%00y', 'file:///tmp/host#1', 'file:///tmp/q?x=1']) {
       expect(() => new FileObjectStore(url), url).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
     }
     expect(new FileObjectStore('file:///tmp/repo/').rootPath).toBe('/tmp/repo');
     expect(new FileObjectStore('file://localhost/tmp/repo').rootPath).toBe('/tmp/repo');
+    expect(new FileObjectStore('file:///tmp/host%231').rootPath).toBe('/tmp/host#1');
   });
 
   it('refuses a key that is both an object and a prefix followed by /', async () => {

@@ -1,6 +1,7 @@
 import { Flags } from '@oclif/core';
 import type { ObjectStore, Repository } from '@cowvol/backup';
 import { BackupArgumentError, DEFAULT_JOBS, MAX_JOBS } from '@cowvol/backup/limits';
+import { onInterrupt, onInterruptAsync } from './signals.js';
 
 /**
  * @cowvol/backup as a whole (with the AWS SDK), loaded by a backup command
@@ -8,7 +9,17 @@ import { BackupArgumentError, DEFAULT_JOBS, MAX_JOBS } from '@cowvol/backup/limi
  * would put the SDK into the start of every command (docs/PERFORMANCE.md,
  * "CLI start"; the bundle build refuses it, scripts/bundle.mjs).
  */
-export const loadBackup = (): Promise<typeof import('./backup-module.js')> => import('./backup-module.js');
+export async function loadBackup(): Promise<typeof import('./backup-module.js')> {
+  const backup = await import('./backup-module.js');
+  if (!interruptCleanups) {
+    // An interrupted backup command removes its temporary files (a restore's spool, objects not yet in place) and releases its locks (README "Interrupting a command").
+    interruptCleanups = true;
+    onInterrupt(backup.removeTempFilesSync);
+    onInterruptAsync(() => backup.quiesceAndReleaseLocks());
+  }
+  return backup;
+}
+let interruptCleanups = false;
 
 /**
  * Flags every `cowvol backup` command that reaches a repository takes

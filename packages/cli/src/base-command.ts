@@ -195,7 +195,9 @@ export abstract class CowvolCommand extends Command {
       const where = details.role === 'output' ? 'the output' : 'the temporary folder ($TMPDIR)';
       process.stderr.write(`cowvol: the disk holding ${where} is full; the volume and every snapshot are unchanged. Free space there, or use another folder.\n`);
     } else if (code === 'NO_SPACE' && this.id === 'backup:restore') {
-      process.stderr.write('cowvol: the disk the restore writes to is full (the target volume, or $TMPDIR for its spool); the repository is unchanged. Free space there, then retry.\n');
+      process.stderr.write(
+        'cowvol: the disk the restore writes to is full (the target volume and its spool, next to it); the repository is unchanged. Free space there, then run the same restore again: it finishes what was written.\n',
+      );
     } else if (code === 'NO_SPACE' && this.id?.startsWith('backup:')) {
       // The repository's disk, or $TMPDIR: deleting snapshots frees nothing there.
       process.stderr.write("cowvol: the disk is full (the repository's, or $TMPDIR's); the volume and its snapshots are unchanged. Free space there, then retry.\n");

@@ -14,17 +14,37 @@ const SIGNAL_EXIT: ReadonlyArray<[NodeJS.Signals, number]> = [
 ];
 
 const cleanups = new Set<() => void>();
+const asyncCleanups = new Set<() => Promise<void>>();
 let installed = false;
+/** How long the asynchronous cleanups (a repository lock's release over the network) may take before the process exits anyway. */
+export const ASYNC_CLEANUP_MS = 3000;
 
 /** Installs the handlers (once per process). Called by every command at start. */
 export function installSignalHandlers(): void {
   if (installed) return;
   installed = true;
   for (const [signal, exitCode] of SIGNAL_EXIT) {
+    let interrupted = false;
     process.on(signal, () => {
+      if (interrupted) process.exit(exitCode); // a second signal does not wait for the cleanups
+      interrupted = true;
       runCleanups();
-      process.stderr.write(`cowvol: interrupted by ${signal}; temporary files removed\n`);
-      process.exit(exitCode);
+      const done = (): void => {
+        // The command ran on while the asynchronous cleanups waited: what it wrote meanwhile goes too (each file is registered before it is created).
+        runCleanups();
+        process.stderr.write(`cowvol: interrupted by ${signal}; temporary files removed${asyncCleanups.size > 0 ? ', repository locks released' : ''}\n`);
+        process.exit(exitCode);
+      };
+      if (asyncCleanups.size === 0) {
+        done();
+        return;
+      }
+      // Each cleanup bounds itself; the timer bounds them all, and keeps the process alive meanwhile.
+      const timer = setTimeout(done, ASYNC_CLEANUP_MS);
+      void Promise.allSettled([...asyncCleanups].map((c) => c())).then(() => {
+        clearTimeout(timer);
+        done();
+      });
     });
   }
 }
@@ -41,6 +61,15 @@ export function onInterrupt(cleanup: () => void): () => void {
   };
 }
 
+/**
+ * Registers an asynchronous cleanup (a backup command's repository locks:
+ * deleting an object of the store) run on a signal after the synchronous
+ * ones, for at most ASYNC_CLEANUP_MS in all. Kept for the life of the process.
+ */
+export function onInterruptAsync(cleanup: () => Promise<void>): void {
+  asyncCleanups.add(cleanup);
+}
+
 function runCleanups(): void {
   for (const cleanup of cleanups) {
     try {
@@ -49,5 +78,4 @@ function runCleanups(): void {
       // best effort: the next cleanup still runs
     }
   }
-  cleanups.clear();
 }

@@ -1,5 +1,5 @@
 import { CowvolError, type DeviceOpener } from '@cowvol/base';
-import { StreamChangedError } from './errors.js';
+import { StreamChangedError, StreamCorruptError } from './errors.js';
 import type { SnapshotIdentity } from './metadata.js';
 import { snapshotDataPieces } from './export.js';
 import { readExtent, verifyStream, type StreamHeader, type StreamSource, type VerifiedStream } from './stream.js';
@@ -174,7 +174,14 @@ async function applyExtents(target: ImportTarget, source: StreamSource, v: Verif
   for (let i = startExtent; i < v.extentCount; i++) {
     // Re-checked: the input may have changed since pass 1.
     const streamOffsetBytes = v.extentOffsets[i] ?? 0;
-    const e = await readExtent(source, v.header, streamOffsetBytes, i, 0);
+    const e = await readExtent(source, v.header, streamOffsetBytes, i, 0).catch((err: unknown) => {
+      // Verified in pass 1, damaged now: the input changed while it was applied. The import is pending, not undone.
+      if (!(err instanceof StreamCorruptError)) throw err;
+      throw new StreamCorruptError(`${err.message}; the stream changed after it was verified, and the import is pending: run it again with --resume and the intact stream`, {
+        details: { ...err.details, applying: true, extentIndex: i },
+        cause: err,
+      });
+    });
     if (e === null) throw new StreamChangedError(i, streamOffsetBytes);
     let data = e.data;
     if (data === undefined) {

@@ -4,10 +4,14 @@
  * (docs/ARCHITECTURE.md §15.6). With `COWVOL_KILL_AT=<step>` or
  * `<step>#<n>` in the environment, the process SIGKILLs itself the first
  * (or n-th) time it reaches `<step>` — a kill at that boundary, with no
- * cleanup, no `finally`, no flush. Without the variable it costs one
- * comparison per step.
+ * cleanup, no `finally`, no flush. With `COWVOL_KILL_SIGNAL=SIGSTOP` it
+ * stops itself there instead, so that a test can send it another signal
+ * (SIGTERM, SIGINT) at that boundary and then SIGCONT: the command's own
+ * interrupt handling runs (README "Interrupting a command"). Without the
+ * variables it costs one comparison per step.
  */
 const target = parseTarget(process.env.COWVOL_KILL_AT);
+const signal: NodeJS.Signals = process.env.COWVOL_KILL_SIGNAL === 'SIGSTOP' ? 'SIGSTOP' : 'SIGKILL';
 const arrivals = new Map<string, number>();
 
 function parseTarget(spec: string | undefined): { step: string; nth: number } | undefined {
@@ -22,5 +26,5 @@ export function killPoint(step: string): void {
   if (target?.step !== step) return;
   const n = (arrivals.get(step) ?? 0) + 1;
   arrivals.set(step, n);
-  if (n === target.nth) process.kill(process.pid, 'SIGKILL');
+  if (n === target.nth) process.kill(process.pid, signal);
 }

@@ -71,4 +71,39 @@ describe('stream errors have stable codes', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it('an extent that verified but is damaged when applied is STREAM_CORRUPT with details.applying, saying the import is pending; --resume with the intact stream finishes it', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cowvol-stream-errors-'));
+    try {
+      const src = await Volume.create(join(dir, 'src.img'), { sizeBytes: 1 << 20, blockSizeBytes: 4096 });
+      await src.write(0, Buffer.alloc(4096, 1));
+      await src.write(512 * 1024, Buffer.alloc(4096, 2));
+      await src.createSnapshot('s1');
+      const stream = await exportToBuffer(src, 's1');
+      const expected = await src.readSnapshot('s1', 0, 1 << 20);
+      await src.close();
+      const v = await verifyStream(memorySource(stream));
+      const lastExtent = v.extentOffsets[v.extentCount - 1] ?? 0;
+      const damaged = Buffer.from(stream);
+      damaged[lastExtent + 40]! ^= 0x01; // a byte of the last extent's data
+      let applying = false;
+      const source: StreamSource = {
+        lengthBytes: stream.length,
+        read: async (o, l) => (applying ? damaged : stream).subarray(o, Math.min(stream.length, o + l)),
+      };
+      const target = join(dir, 'dst.img');
+      const err = await importStream(target, source, { onProgress: (p) => void (applying = p.phase === 'apply') }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(CowvolError);
+      expect((err as CowvolError).code).toBe('STREAM_CORRUPT');
+      expect((err as CowvolError).details).toMatchObject({ applying: true, extentIndex: v.extentCount - 1 });
+      expect((err as CowvolError).message).toContain('run it again with --resume');
+      const r = await importStream(target, memorySource(stream), { resume: true, verify: true });
+      expect(r.resumed).toBe(true);
+      const t = await Volume.open(target);
+      expect((await t.readSnapshot('s1', 0, 1 << 20)).equals(expected)).toBe(true);
+      await t.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });

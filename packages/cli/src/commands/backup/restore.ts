@@ -14,6 +14,8 @@ export default class BackupRestore extends CowvolCommand {
     'Every chunk is downloaded and authenticated before the target is touched (spooled into a temporary file next to it), so a',
     'damaged repository (BACKUP_CORRUPT) leaves nothing behind. A new volume gets the snapshot and live data equal to it;',
     '--into adds the snapshot to a volume holding one of its bases, by identity, as `import` of an incremental stream (BASE_MISMATCH otherwise).',
+    'The target is checked before the download (VOLUME_EXISTS, VOLUME_NOT_FOUND). A restore that was interrupted (killed, a full disk) is finished',
+    'by running the same command again.',
   ].join('\n');
   static override examples = [
     '<%= config.bin %> backup restore s3://backups/cowvol/0123456789abcdef0123456789abcdef/nightly restored.img --key-file backup.key --verify',
@@ -52,7 +54,7 @@ export default class BackupRestore extends CowvolCommand {
       }),
     ).finally(() => progress.stop());
     this.say(
-      `restored ${snapshotName} into ${args.volume}${result.created ? ' (new volume)' : ''}: ${String(result.chunksDownloaded)} chunks downloaded (${human(result.bytesDownloaded)})` +
+      `restored ${snapshotName} into ${args.volume}${result.created ? ' (new volume)' : ''}${result.resumed ? ' (an interrupted restore, finished)' : ''}: ${String(result.chunksDownloaded)} chunks downloaded (${human(result.bytesDownloaded)})` +
         (result.verified ? '; read back and verified' : ''),
     );
     const { import: imported, ...rest } = result;

@@ -1,0 +1,165 @@
+/**
+ * `cowvol backup restore` and the repository where users and scripts get
+ * them wrong (docs/ARCHITECTURE.md §17, README "Backups off the machine",
+ * "Interrupting a command"), on a file:// repository:
+ *
+ * - a nightly rotation forgot the middle of the chain: `--into` still finds
+ *   a base the target holds;
+ * - a target that exists, or a missing folder, is refused before any chunk
+ *   is downloaded;
+ * - a restore killed mid-import is finished by running it again, and its
+ *   spool does not stay behind;
+ * - a push stopped by SIGTERM in the middle releases its lock and removes
+ *   its temporary objects, so a prune runs right after;
+ * - `verify` counts a chunk stored under another key as missing.
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readdir, readFile, rename, mkdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLI, cowvol, cowvolOk, jsonOf, tempDir } from './helpers.js';
+
+const MiB = 1024 * 1024;
+let dir: string;
+let cleanup: () => Promise<void>;
+let vol: string;
+let key: string;
+let repoUrl: string;
+let uuid: string;
+
+/** Writes `bytes` of random data at `offsetBytes` of the source volume. */
+async function scribble(offsetBytes: number, bytes: number): Promise<void> {
+  const input = join(dir, 'in.bin');
+  await writeFile(input, randomBytes(bytes));
+  await cowvolOk(['write', vol, '--offset', String(offsetBytes), '--input', input]);
+}
+
+/** The bytes of snapshot `name` of volume `path`. */
+async function snapshotBytes(path: string, name: string): Promise<Buffer> {
+  const r = await cowvolOk(['snapshot', 'read', path, name]);
+  return r.stdout;
+}
+
+/** Every file under `root` whose name starts with `prefix`, recursively. */
+async function filesStartingWith(root: string, prefix: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(root, { withFileTypes: true, recursive: true })) if (e.name.startsWith(prefix)) out.push(e.name);
+  return out;
+}
+
+beforeAll(async () => {
+  ({ dir, cleanup } = await tempDir('cowvol-restore-edges-'));
+  vol = join(dir, 'src.img');
+  key = join(dir, 'key');
+  await cowvolOk(['backup', 'key-gen', key]);
+  await cowvolOk(['create', vol, '--size', '24M']);
+  await scribble(MiB, 20 * MiB);
+  await cowvolOk(['snapshot', 'create', vol, 'mon']);
+  await scribble(0, 2 * MiB);
+  await cowvolOk(['snapshot', 'create', vol, 'tue']);
+  await scribble(10 * MiB, 2 * MiB);
+  await cowvolOk(['snapshot', 'create', vol, 'wed']);
+  repoUrl = pathToFileURL(join(dir, 'repo')).href;
+  await cowvolOk(['backup', 'init', repoUrl, '--key-file', key, '--chunk-size', '64K']);
+  for (const s of ['mon', 'tue', 'wed']) await cowvolOk(['backup', 'push', vol, s, '--to', repoUrl, '--key-file', key]);
+  uuid = (await readdir(join(dir, 'repo', 'manifests')))[0] ?? '';
+  expect(uuid).toMatch(/^[0-9a-f]{32}$/);
+}, 120_000);
+
+afterAll(async () => {
+  await cleanup();
+});
+
+describe('backup restore', () => {
+  it('--into finds a base the target holds when a manifest in the middle of the chain was forgotten', async () => {
+    const target = join(dir, 'chain.img');
+    await cowvolOk(['backup', 'restore', `${repoUrl}/${uuid}/mon`, target, '--key-file', key]);
+    await rm(join(dir, 'repo', 'manifests', uuid, 'tue')); // what `backup forget` does to tue
+    const r = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/wed`, target, '--into', '--key-file', key, '--verify', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(jsonOf<{ base: string; verified: boolean }>(r)).toMatchObject({ base: `manifests/${uuid}/mon`, verified: true });
+    expect((await snapshotBytes(target, 'wed')).equals(await snapshotBytes(vol, 'wed'))).toBe(true);
+  });
+
+  it('a target that exists, or whose folder is missing, is refused before any chunk is downloaded', async () => {
+    const existing = join(dir, 'notes.txt');
+    await writeFile(existing, 'not a volume');
+    const cases: Array<[string, string[], string, number]> = [
+      ['an existing file', [existing], 'VOLUME_EXISTS', 4],
+      ['an existing folder', [join(dir, 'repo')], 'VOLUME_EXISTS', 4],
+      ['a missing folder', [join(dir, 'no-such-folder', 'x.img')], 'INVALID_ARGUMENT', 2],
+      ['--into a missing volume', [join(dir, 'missing.img'), '--into'], 'VOLUME_NOT_FOUND', 3],
+    ];
+    for (const [what, target, code, exit] of cases) {
+      const r = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/mon`, ...target, '--key-file', key, '--progress']);
+      expect(r.stderr, what).toContain(`[${code}]`);
+      expect(r.code, what).toBe(exit);
+      expect(r.stderr, `${what}: nothing downloaded`).not.toContain('"phase":"download"');
+    }
+    expect(await readFile(existing, 'utf8')).toBe('not a volume');
+  });
+
+  it('killed in the middle of its import, the same restore run again finishes it; no spool is left', async () => {
+    const target = join(dir, 'killed.img');
+    const killed = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/mon`, target, '--key-file', key], { env: { COWVOL_KILL_AT: 'import:extent#40' } });
+    expect(killed.code, killed.stderr).toBe(-1); // SIGKILL: no exit code
+    expect(await filesStartingWith(dir, '.killed.img.cowvol-restore-')).toHaveLength(1);
+    const again = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/mon`, target, '--key-file', key, '--verify', '--json']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(jsonOf<{ resumed: boolean; verified: boolean }>(again)).toMatchObject({ resumed: true, verified: true });
+    expect((await snapshotBytes(target, 'mon')).equals(await snapshotBytes(vol, 'mon'))).toBe(true);
+    expect(await filesStartingWith(dir, '.killed.img.cowvol-restore-')).toEqual([]);
+    expect((await cowvol(['check', target])).code).toBe(0);
+  });
+});
+
+describe('interrupted backup commands', () => {
+  it('a push stopped by SIGTERM mid-way releases its lock and removes its temporary objects: a prune runs right after', async () => {
+    const repo = join(dir, 'repo-term');
+    const url = pathToFileURL(repo).href;
+    await cowvolOk(['backup', 'init', url, '--key-file', key, '--chunk-size', '64K']);
+    // The push stops itself at its 20th chunk (COWVOL_KILL_SIGNAL=SIGSTOP); SIGTERM arrives there, then SIGCONT.
+    const child = spawn(process.execPath, [CLI, 'backup', 'push', vol, 'mon', '--to', url, '--key-file', key, '--jobs', '4'], {
+      env: { ...process.env, COWVOL_KILL_AT: 'push:chunk#20', COWVOL_KILL_SIGNAL: 'SIGSTOP' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const pid = child.pid ?? 0;
+    const deadline = Date.now() + 60_000;
+    while ((await readFile(`/proc/${String(pid)}/stat`, 'utf8')).split(') ')[1]?.[0] !== 'T') {
+      expect(Date.now(), `the push did not reach its 20th chunk: ${stderr}`).toBeLessThan(deadline);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(await readdir(join(repo, 'locks'))).toHaveLength(1); // stopped while holding its lock
+    process.kill(pid, 'SIGTERM');
+    process.kill(pid, 'SIGCONT');
+    expect(await exited).toBe(143);
+    expect(stderr).toContain('interrupted by SIGTERM; temporary files removed, repository locks released');
+    expect(await readdir(join(repo, 'locks'))).toEqual([]);
+    expect(await filesStartingWith(repo, '.cowvol-tmp-')).toEqual([]);
+    const prune = await cowvol(['backup', 'prune', url, '--key-file', key]);
+    expect(prune.code, prune.stderr).toBe(0);
+  });
+});
+
+describe('backup verify', () => {
+  it('a chunk stored under another key is missing, as a restore would find it', async () => {
+    const repo = join(dir, 'repo-moved');
+    const url = pathToFileURL(repo).href;
+    await cowvolOk(['backup', 'init', url, '--key-file', key, '--chunk-size', '64K']);
+    await cowvolOk(['backup', 'push', vol, 'tue', '--to', url, '--key-file', key]);
+    expect((await cowvol(['backup', 'verify', url, '--key-file', key])).code).toBe(0);
+    const prefix = (await readdir(join(repo, 'chunks')))[0] ?? '';
+    const id = (await readdir(join(repo, 'chunks', prefix)))[0] ?? '';
+    const elsewhere = prefix === 'ff' ? '00' : 'ff';
+    await mkdir(join(repo, 'chunks', elsewhere), { recursive: true });
+    await rename(join(repo, 'chunks', prefix, id), join(repo, 'chunks', elsewhere, id));
+    const r = await cowvol(['backup', 'verify', url, '--key-file', key, '--json']);
+    expect(r.code, r.stderr).toBe(2);
+    expect(jsonOf<{ damagedChunks: Array<{ chunkId: string; problem: string }> }>(r).damagedChunks).toEqual([expect.objectContaining({ chunkId: id, problem: 'missing' })]);
+  });
+});
