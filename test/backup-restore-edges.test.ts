@@ -11,6 +11,8 @@
  *   spool does not stay behind;
  * - a push stopped by SIGTERM in the middle releases its lock and removes
  *   its temporary objects, so a prune runs right after;
+ * - a lost chunk is inherited by incremental pushes, and `push --full`
+ *   stores a whole copy again;
  * - `verify` counts a chunk stored under another key as missing.
  */
 import { spawn } from 'node:child_process';
@@ -143,6 +145,34 @@ describe('interrupted backup commands', () => {
     expect(await filesStartingWith(repo, '.cowvol-tmp-')).toEqual([]);
     const prune = await cowvol(['backup', 'prune', url, '--key-file', key]);
     expect(prune.code, prune.stderr).toBe(0);
+  });
+});
+
+describe('a lost chunk', () => {
+  it('is inherited by the next incremental push (verify names it), and push --full stores a whole copy again', async () => {
+    const repo = join(dir, 'repo-lost');
+    const url = pathToFileURL(repo).href;
+    await cowvolOk(['backup', 'init', url, '--key-file', key, '--chunk-size', '64K']);
+    await cowvolOk(['backup', 'push', vol, 'mon', '--to', url, '--key-file', key]);
+    const prefix = (await readdir(join(repo, 'chunks')))[0] ?? '';
+    await rm(join(repo, 'chunks', prefix), { recursive: true }); // every chunk under one prefix: lost
+    await cowvolOk(['backup', 'push', vol, 'tue', '--to', url, '--key-file', key]); // exit 0: it trusts mon's ids
+    const affected = async (): Promise<string[]> => {
+      const r = await cowvol(['backup', 'verify', url, '--key-file', key, '--json']);
+      expect(r.code, r.stderr).toBe(2);
+      return jsonOf<{ affectedSnapshots: Array<{ snapshotName: string }> }>(r).affectedSnapshots.map((a) => a.snapshotName);
+    };
+    expect(await affected()).toEqual(['mon', 'tue']);
+    const full = await cowvol(['backup', 'push', vol, 'wed', '--to', url, '--key-file', key, '--full', '--json']);
+    expect(full.code, full.stderr).toBe(0);
+    expect(jsonOf<{ parent: string | null; chunksUploaded: number }>(full)).toMatchObject({ parent: null });
+    expect(jsonOf<{ chunksUploaded: number }>(full).chunksUploaded).toBeGreaterThan(0);
+    // wed is whole (lost chunks whose content wed still holds are stored again, which heals mon and tue there too).
+    const after = await cowvol(['backup', 'verify', url, '--key-file', key, '--json']);
+    expect(jsonOf<{ affectedSnapshots: Array<{ snapshotName: string }> }>(after).affectedSnapshots.map((a) => a.snapshotName)).not.toContain('wed');
+    const target = join(dir, 'from-full.img');
+    await cowvolOk(['backup', 'restore', `${url}/${uuid}/wed`, target, '--key-file', key, '--verify']);
+    expect((await snapshotBytes(target, 'wed')).equals(await snapshotBytes(vol, 'wed'))).toBe(true);
   });
 });
 

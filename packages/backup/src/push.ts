@@ -11,6 +11,13 @@ import { acquireLock, type RepositoryLock } from './repository-lock.js';
 export interface PushOptions {
   /** Chunks in flight (read, sealed, uploading) at most: 1..256, default 8. */
   jobs?: number;
+  /**
+   * No parent: read every chunk that can hold data and store each one
+   * missing, as a first push does. What repairs a repository whose chunk a
+   * parent names is lost or whose parent manifest is damaged (`verify`
+   * finds both): an incremental push takes the parent's ids as they are.
+   */
+  full?: boolean;
   onProgress?: (progress: PushProgress) => void;
 }
 
@@ -70,8 +77,10 @@ export type PushSource = Omit<ExportSource, 'info'> & {
  *    suspect, whose manifest (found by volume uuid and name) has the same
  *    identity, size and chunk size. With one, only the chunks touched by
  *    `Volume.diff(parent, name)` are read (§15.2); the others take the
- *    parent's ids. Without one, the chunks that can hold data
- *    (`snapshotDataPieces`) are read.
+ *    parent's ids (trusted: a lost chunk the parent names stays lost in
+ *    this manifest too; `verify` finds it, `full` repairs it). Without one,
+ *    or with `full`, the chunks that can hold data (`snapshotDataPieces`)
+ *    are read.
  * 3. Each chunk read: all zeros → absent from the map; else `putChunk`
  *    (head, then conditional put). At most `jobs` chunks in flight, so
  *    memory holds at most 2 × jobs × chunk size of data (plaintext and
@@ -128,7 +137,7 @@ async function pushLocked(repo: Repository, volume: PushSource, name: string, op
     seconds: 0,
   };
   if (await repo.hasManifest(info.uuid, name)) return finishExisting(repo, key, identity, result, started);
-  const parent = await findParent(repo, volume, info.uuid, info.snapshots.slice(0, index), { sizeBytes: info.sizeBytes, chunkSizeBytes });
+  const parent = options.full === true ? undefined : await findParent(repo, volume, info.uuid, info.snapshots.slice(0, index), { sizeBytes: info.sizeBytes, chunkSizeBytes });
   const chunks = new Map<number, string>(parent?.manifest.chunks ?? []);
   const plan = parent ? await changedChunks(volume, parent.name, name, chunkSizeBytes) : await dataChunks(volume, name, chunkSizeBytes);
   result.parent = parent?.key ?? null;

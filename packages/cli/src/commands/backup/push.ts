@@ -24,6 +24,10 @@ export default class BackupPush extends CowvolCommand {
   };
   static override flags = {
     to: Flags.string({ description: 'the repository: s3://bucket/prefix or file:///absolute/path', helpValue: '<url>', required: true }),
+    full: Flags.boolean({
+      description:
+        'read every chunk that can hold data and store those missing, without a parent: repairs what verify reports (a lost chunk, a damaged parent manifest), which later incremental pushes would inherit',
+    }),
     ...repositoryFlags,
     ...progressFlag,
   };
@@ -36,6 +40,7 @@ export default class BackupPush extends CowvolCommand {
       const push = (volume: PushSource): Promise<PushResult> =>
         pushSnapshot(repo, volume, args.name, {
           jobs: flags.jobs,
+          full: flags.full,
           onProgress: (p) => progress.update(p.readBytes, p.plannedBytes, 'read', { uploadedBytes: p.uploadedBytes, deduplicatedBytes: p.deduplicatedBytes }),
         });
       // Served: the snapshot's data through the NBD export snapshot/<name> (which also keeps it from being deleted meanwhile), its

@@ -45,7 +45,10 @@ export default class BackupVerify extends CowvolCommand {
         const needed = c.snapshots.map((s) => `${s.volumeUuid}/${s.snapshotName}`).join(', ');
         lines.push(`${c.problem} chunk ${c.chunkId}: ${c.message}; needed by ${needed || '(no snapshot)'}`);
       }
-      if (report.affectedSnapshots.length > 0) lines.push(`snapshots that cannot be restored: ${report.affectedSnapshots.map((s) => `${s.volumeUuid}/${s.snapshotName}`).join(', ')}`);
+      if (report.affectedSnapshots.length > 0) {
+        lines.push(`snapshots that cannot be restored: ${report.affectedSnapshots.map((s) => `${s.volumeUuid}/${s.snapshotName}`).join(', ')}`);
+        lines.push('the next incremental push would inherit the damage: push a snapshot with --full to store a complete copy again');
+      }
       this.say(lines.join('\n'));
     }
     process.exitCode = VERIFY_EXIT[report.status === 'clean' ? 'clean' : 'damaged'];
