@@ -13,13 +13,18 @@
  *   its temporary objects, so a prune runs right after;
  * - a lost chunk is inherited by incremental pushes, and `push --full`
  *   stores a whole copy again;
- * - `verify` counts a chunk stored under another key as missing.
+ * - `verify` counts a chunk stored under another key as missing;
+ * - `list` reports a damaged manifest and lists the others;
+ * - a restore waits for no prune: it is refused while one holds the
+ *   exclusive lock; a read-only repository is verified and restored from
+ *   without a lock, with a warning.
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readdir, readFile, rename, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { acquireLock, FileObjectStore, loadKeyFile, Repository } from '@cowvol/backup';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, cowvol, cowvolOk, jsonOf, tempDir } from './helpers.js';
 
@@ -148,6 +153,49 @@ describe('interrupted backup commands', () => {
   });
 });
 
+describe('the repository lock of reading commands', () => {
+  it('a restore is refused while a prune holds the exclusive lock (REPOSITORY_LOCKED, exit 5), before anything is written', async () => {
+    // A repository of its own: the restore SIGKILLed above left its shared lock on the first one, to lapse with its lease.
+    const url = pathToFileURL(join(dir, 'repo-locked')).href;
+    await cowvolOk(['backup', 'init', url, '--key-file', key, '--chunk-size', '64K']);
+    await cowvolOk(['backup', 'push', vol, 'mon', '--to', url, '--key-file', key]);
+    const repo = await Repository.open(new FileObjectStore(url), await loadKeyFile(key));
+    const prune = await acquireLock(repo, 'exclusive', { command: 'prune' });
+    try {
+      const target = join(dir, 'locked-out.img');
+      const r = await cowvol(['backup', 'restore', `${url}/${uuid}/mon`, target, '--key-file', key]);
+      expect(r.stderr).toContain('[REPOSITORY_LOCKED]');
+      expect(r.code).toBe(5);
+      expect(await filesStartingWith(dir, 'locked-out.img')).toEqual([]);
+      expect(await filesStartingWith(dir, '.locked-out.img')).toEqual([]);
+    } finally {
+      await prune.release();
+    }
+  });
+
+  const root = process.getuid?.() === 0;
+  if (process.env.CI && !root) throw new Error('CI=true but this run is not root: the read-only bind mount test needs it');
+  it.skipIf(!root)(`a read-only repository (bind mount) is verified and restored from, without a lock, with a warning${root ? '' : ' [SKIPPED: needs root for mount]'}`, async () => {
+    const ro = join(dir, 'repo-ro');
+    await mkdir(ro);
+    execFileSync('mount', ['--bind', join(dir, 'repo'), ro]);
+    try {
+      execFileSync('mount', ['-o', 'remount,bind,ro', ro]);
+      const url = pathToFileURL(ro).href;
+      const verify = await cowvol(['backup', 'verify', url, '--key-file', key]);
+      expect(verify.code, verify.stderr).toBe(0);
+      expect(verify.stderr).toContain('cowvol: warning: verify runs without a lock');
+      const target = join(dir, 'from-ro.img');
+      const restore = await cowvol(['backup', 'restore', `${url}/${uuid}/mon`, target, '--key-file', key, '--json']);
+      expect(restore.code, restore.stderr).toBe(0);
+      expect(jsonOf<{ warnings: string[] }>(restore).warnings).toEqual([expect.stringContaining('restore runs without a lock')]);
+      expect((await snapshotBytes(target, 'mon')).equals(await snapshotBytes(vol, 'mon'))).toBe(true);
+    } finally {
+      execFileSync('umount', [ro]);
+    }
+  });
+});
+
 describe('a lost chunk', () => {
   it('is inherited by the next incremental push (verify names it), and push --full stores a whole copy again', async () => {
     const repo = join(dir, 'repo-lost');
@@ -173,6 +221,25 @@ describe('a lost chunk', () => {
     const target = join(dir, 'from-full.img');
     await cowvolOk(['backup', 'restore', `${url}/${uuid}/wed`, target, '--key-file', key, '--verify']);
     expect((await snapshotBytes(target, 'wed')).equals(await snapshotBytes(vol, 'wed'))).toBe(true);
+  });
+});
+
+describe('backup list', () => {
+  it('a damaged manifest is reported and the others are still listed', async () => {
+    const repo = join(dir, 'repo-list');
+    const url = pathToFileURL(repo).href;
+    await cowvolOk(['backup', 'init', url, '--key-file', key, '--chunk-size', '64K']);
+    for (const s of ['mon', 'tue', 'wed']) await cowvolOk(['backup', 'push', vol, s, '--to', url, '--key-file', key]);
+    const path = join(repo, 'manifests', uuid, 'tue');
+    const bytes = await readFile(path);
+    bytes[bytes.length - 5]! ^= 0x20;
+    await writeFile(path, bytes);
+    const r = await cowvol(['backup', 'list', url, '--key-file', key, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const listed = jsonOf<{ snapshots: Array<{ snapshot: string }>; damaged: Array<{ key: string; code: string }> }>(r);
+    expect(listed.snapshots.map((x) => x.snapshot)).toEqual(['mon', 'wed']);
+    expect(listed.damaged).toEqual([expect.objectContaining({ key: `manifests/${uuid}/tue`, code: 'BACKUP_CORRUPT' })]);
+    expect(r.stderr).toContain(`cowvol: warning: manifest manifests/${uuid}/tue does not open`);
   });
 });
 

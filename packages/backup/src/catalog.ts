@@ -1,3 +1,5 @@
+import { errorMessage, hasCode, type CowvolError } from '@cowvol/base';
+import type { Manifest } from './manifest.js';
 import type { Repository } from './repository.js';
 
 /** One row of `backup list` (README "Backups off the machine"). */
@@ -20,16 +22,34 @@ export interface CatalogEntry {
   parent: string | null;
 }
 
+/** A manifest `backup list` could not read: its key and why. */
+export interface DamagedEntry {
+  key: string;
+  code: string;
+  message: string;
+}
+
 /**
  * The snapshots in `repo` (of one volume when `volumeUuid` is given), in
  * key order: each manifest read, authenticated and dropped in turn, so
- * memory holds one manifest at a time (docs/ARCHITECTURE.md §17).
+ * memory holds one manifest at a time (docs/ARCHITECTURE.md §17). A
+ * damaged manifest (BACKUP_CORRUPT, UNSUPPORTED_VERSION) does not hide the
+ * others: it goes to `onDamaged` and the listing goes on; one forgotten
+ * while this lists (OBJECT_NOT_FOUND) is passed over.
  *
- * @throws BACKUP_CORRUPT (a damaged manifest) · UNSUPPORTED_VERSION · INVALID_ARGUMENT · STORE_UNAVAILABLE · STORE_ACCESS_DENIED
+ * @throws INVALID_ARGUMENT · STORE_UNAVAILABLE · STORE_ACCESS_DENIED · BACKUP_CORRUPT and UNSUPPORTED_VERSION without `onDamaged`
  */
-export async function* listBackups(repo: Repository, volumeUuid?: string): AsyncGenerator<CatalogEntry> {
+export async function* listBackups(repo: Repository, volumeUuid?: string, onDamaged?: (entry: DamagedEntry) => void): AsyncGenerator<CatalogEntry> {
   for await (const ref of repo.listManifests(volumeUuid)) {
-    const m = await repo.getManifest(ref.key);
+    let m: Manifest;
+    try {
+      m = await repo.getManifest(ref.key);
+    } catch (err) {
+      if (hasCode(err, 'OBJECT_NOT_FOUND')) continue;
+      if (onDamaged === undefined || !hasCode(err, 'BACKUP_CORRUPT', 'UNSUPPORTED_VERSION')) throw err;
+      onDamaged({ key: ref.key, code: (err as CowvolError).code, message: errorMessage(err) });
+      continue;
+    }
     yield {
       volumeUuid: m.volumeUuid,
       snapshot: m.snapshotName,

@@ -28,10 +28,11 @@ export { pushSnapshot, isZero, type PushOptions, type PushProgress, type PushRes
 export { restoreFromRepository, type RestoreOptions, type RestoreResult, type RestoreTarget } from './restore.js';
 export { findRestoreBase, MAX_PARENT_HOPS, type RestoreBase } from './restore-base.js';
 export { quiesceAndReleaseLocks, removeTempFilesSync, trackTempFile } from './interrupt-cleanup.js';
-export { listBackups, type CatalogEntry } from './catalog.js';
+export { listBackups, type CatalogEntry, type DamagedEntry } from './catalog.js';
 export { forEachBounded, mapOrdered, checkJobs, DEFAULT_JOBS, MAX_JOBS } from './pool.js';
 export {
   acquireLock,
+  acquireReaderLock,
   listLocks,
   describeLock,
   encodeLock,

@@ -189,6 +189,28 @@ export async function acquireLock(repo: LockableRepository, kind: LockKind, opti
 }
 
 /**
+ * The shared lock of a command that only reads the repository (`verify`,
+ * `restore`; docs/ARCHITECTURE.md §17 "The repository lock"): taken where
+ * the repository can be written. Where it cannot — a read-only mount or
+ * copy, read-only credentials, a full disk (IO_ERROR, STORE_ACCESS_DENIED,
+ * NO_SPACE when the lock object is written) — the command runs without it,
+ * and `onUnlocked` says why: a prune by someone who can write may then
+ * overlap it (a restore then fails with BACKUP_CORRUPT, naming the chunk;
+ * nothing wrong is ever restored: chunks are authenticated).
+ *
+ * @throws REPOSITORY_LOCKED (an exclusive lock is live: a prune runs) · STORE_UNAVAILABLE
+ */
+export async function acquireReaderLock(repo: LockableRepository, command: string, onUnlocked: (why: string) => void, options: LockOptions = {}): Promise<RepositoryLock | undefined> {
+  try {
+    return await acquireLock(repo, 'shared', { command, ...options });
+  } catch (err) {
+    if (!hasCode(err, 'IO_ERROR', 'STORE_ACCESS_DENIED', 'NO_SPACE')) throw err;
+    onUnlocked(`${command} runs without a lock of ${repo.store.url}, which it cannot write (${errorMessage(err)}); a prune meanwhile would make it fail`);
+    return undefined;
+  }
+}
+
+/**
  * Every lock object of `repo`, decoded, with whether it is stale.
  *
  * @throws STORE_UNAVAILABLE · STORE_ACCESS_DENIED

@@ -4,7 +4,7 @@ import { CHUNK_OVERHEAD_BYTES } from './chunk-seal.js';
 import type { Manifest } from './manifest.js';
 import { CHUNKS_PREFIX, chunkObjectKey, isChunkId } from './object-keys.js';
 import type { ManifestRef, Repository } from './repository.js';
-import { acquireLock, type LockOptions } from './repository-lock.js';
+import { acquireReaderLock, type LockOptions } from './repository-lock.js';
 
 /** A snapshot of the repository, by volume and name. */
 export interface SnapshotRef {
@@ -53,6 +53,8 @@ export interface VerifyOptions {
   jobs?: number;
   /** Options of the shared lock verify holds (tests). */
   lock?: LockOptions;
+  /** Called when the repository cannot be written, so verify runs without its lock (acquireReaderLock). */
+  onUnlocked?: (why: string) => void;
   /** Called as work is done: phase `manifests`, `chunks` or `data`. */
   onProgress?: (done: number, total: number | undefined, phase: string) => void;
 }
@@ -68,7 +70,8 @@ export interface VerifyOptions {
  * manifest names it (a second pass over the manifests, only when something
  * is damaged).
  *
- * Holds a shared lock throughout, so no prune runs meanwhile (REPOSITORY_LOCKED while one does).
+ * Holds a shared lock throughout, so no prune runs meanwhile (REPOSITORY_LOCKED while one does) —
+ * unless the repository cannot be written (acquireReaderLock: `onUnlocked` says so).
  *
  * Memory: one entry per distinct referenced chunk (its id and length, about
  * 150 bytes), so about 40 MiB per TiB of distinct data at 4 MiB chunks.
@@ -76,11 +79,11 @@ export interface VerifyOptions {
  * @throws REPOSITORY_LOCKED · STORE_UNAVAILABLE, STORE_ACCESS_DENIED when the store fails (the check could not be made)
  */
 export async function verifyRepository(repo: Repository, options: VerifyOptions = {}): Promise<VerifyReport> {
-  const lock = await acquireLock(repo, 'shared', { command: 'verify', ...options.lock });
+  const lock = await acquireReaderLock(repo, 'verify', options.onUnlocked ?? (() => undefined), options.lock);
   try {
     return await verifyLocked(repo, options);
   } finally {
-    await lock.release();
+    await lock?.release();
   }
 }
 

@@ -23,6 +23,7 @@ import { checkJobs, DEFAULT_JOBS, mapOrdered } from './pool.js';
 import { isZero } from './push.js';
 import type { Repository } from './repository.js';
 import { findRestoreBase, sameIdentity } from './restore-base.js';
+import { acquireReaderLock, type RepositoryLock } from './repository-lock.js';
 
 /** Options of {@link restoreFromRepository}. */
 export interface RestoreOptions {
@@ -37,6 +38,8 @@ export interface RestoreOptions {
   openVolume?: (path: string) => Promise<Volume>;
   /** A target this process does not open (a served volume, `--into`): replaces `openVolume` and every open of the target. */
   target?: RestoreTarget;
+  /** Called when the repository cannot be written, so the restore runs without its shared lock (acquireReaderLock). */
+  onUnlocked?: (why: string) => void;
 }
 
 /**
@@ -96,7 +99,10 @@ export interface RestoreResult {
  * 4. With `verify`, the new snapshot is read back chunk by chunk and each
  *    chunk's id is compared with the manifest's (VERIFY_FAILED).
  *
- * @throws OBJECT_NOT_FOUND (no such manifest) · BACKUP_CORRUPT · BASE_MISMATCH · VOLUME_EXISTS · VOLUME_NOT_FOUND · INVALID_ARGUMENT · what importStream throws · STORE_UNAVAILABLE · IO_ERROR · NO_SPACE
+ * Holds a shared repository lock (acquireReaderLock: none where the
+ * repository cannot be written, `onUnlocked` says so).
+ *
+ * @throws OBJECT_NOT_FOUND (no such manifest) · REPOSITORY_LOCKED (a prune runs) · LOCK_LOST · BACKUP_CORRUPT · BASE_MISMATCH · VOLUME_EXISTS · VOLUME_NOT_FOUND · INVALID_ARGUMENT · what importStream throws · STORE_UNAVAILABLE · IO_ERROR · NO_SPACE
  */
 export async function restoreFromRepository(repo: Repository, volumeUuid: string, snapshotName: string, targetPath: string, options: RestoreOptions = {}): Promise<RestoreResult> {
   const started = Date.now();
@@ -106,6 +112,27 @@ export async function restoreFromRepository(repo: Repository, volumeUuid: string
   // The target is checked before any chunk is downloaded: a typo must not cost the whole download.
   const resume = target ? false : await checkTarget(targetPath, manifest, options);
   const identities = target ? () => target.heldIdentities() : () => identitiesOf(targetPath, options.openVolume);
+  // A shared lock, held until the restore ends: no prune deletes what it reads (REPOSITORY_LOCKED while one runs).
+  const lock = await acquireReaderLock(repo, 'restore', options.onUnlocked ?? (() => undefined));
+  try {
+    return await restoreLocked(repo, manifest, targetPath, resume, { ...options, jobs }, started, identities, lock);
+  } finally {
+    await lock?.release();
+  }
+}
+
+async function restoreLocked(
+  repo: Repository,
+  manifest: Manifest,
+  targetPath: string,
+  resume: boolean,
+  options: RestoreOptions & { jobs: number },
+  started: number,
+  identities: () => Promise<SnapshotIdentity[]>,
+  lock: RepositoryLock | undefined,
+): Promise<RestoreResult> {
+  const { target, jobs } = options;
+  const { volumeUuid, snapshotName } = manifest;
   const base = options.into === true ? await findRestoreBase(repo, manifest, targetPath, await identities()) : undefined;
   await removeDeadSpools(targetPath);
   const spoolPath = join(dirname(targetPath), `${spoolPrefix(targetPath)}${String(process.pid)}-${randomBytes(6).toString('hex')}`);
@@ -113,6 +140,7 @@ export async function restoreFromRepository(repo: Repository, volumeUuid: string
   const untrack = trackTempFile(spoolPath);
   try {
     const spooled = await spool(repo, manifest, base?.manifest, handle, jobs, options.onProgress);
+    lock?.assertHeld(); // the lease held through the download (renewals did not fail): no prune overlapped it
     const source: StreamSource = { lengthBytes: spooled.streamBytes, read: (offsetBytes, lengthBytes) => readAt(handle, offsetBytes, lengthBytes) };
     const imported = target
       ? await target.importFile(spoolPath)

@@ -110,6 +110,12 @@ export abstract class CowvolCommand extends Command {
   /** Warnings of the volumes this command used (printed after close; `warnings` in JSON). */
   private readonly warnings: string[] = [];
 
+  /** Reports `message` as a warning: `cowvol: warning: …` on stderr now, and in `warnings` of the JSON result. */
+  protected warnUser(message: string): void {
+    this.warnings.push(message);
+    process.stderr.write(`cowvol: warning: ${message}\n`);
+  }
+
   /** Opens `path` (honouring `--wait`, in `mode`), runs `fn`, closes the volume even when `fn` throws, then reports its warnings. */
   protected async withVolume<T>(path: string, fn: (volume: Volume) => Promise<T>, mode: OpenMode = {}): Promise<T> {
     const volume = await this.openVolume(path, mode);

@@ -1,7 +1,7 @@
 import { Flags } from '@oclif/core';
 import { Args } from '../../args.js';
 import { escapeTerminalText } from '@cowvol/cow-core';
-import type { CatalogEntry } from '@cowvol/backup';
+import type { CatalogEntry, DamagedEntry } from '@cowvol/backup';
 import { CowvolCommand } from '../../base-command.js';
 import { loadBackup, repositoryFlags, withRepository } from '../../backup-repo.js';
 import { human, table } from '../../format.js';
@@ -15,12 +15,17 @@ export default class BackupList extends CowvolCommand {
     volume: Flags.string({ description: 'only the snapshots of this volume uuid', helpValue: '<uuid>' }),
   };
 
-  async run(): Promise<{ snapshots: CatalogEntry[] }> {
+  async run(): Promise<{ snapshots: CatalogEntry[]; damaged: DamagedEntry[] }> {
     const { args, flags } = await this.parse(BackupList);
     const { listBackups } = await loadBackup();
+    const damaged: DamagedEntry[] = [];
     const snapshots = await withRepository(args.url, flags, async (repo) => {
       const out: CatalogEntry[] = [];
-      for await (const entry of listBackups(repo, flags.volume)) out.push(entry);
+      const onDamaged = (d: DamagedEntry): void => {
+        damaged.push(d);
+        this.warnUser(`manifest ${d.key} does not open (${d.code}): ${d.message}; it is not listed (cowvol backup verify reports it)`);
+      };
+      for await (const entry of listBackups(repo, flags.volume, onDamaged)) out.push(entry);
       return out;
     });
     const rows = snapshots.map((s) => [
@@ -34,6 +39,6 @@ export default class BackupList extends CowvolCommand {
         .join(','),
     ]);
     this.say(table(['VOLUME', 'SNAPSHOT', 'CREATED', 'LOGICAL', 'NEW', 'LABELS'], rows));
-    return { snapshots };
+    return { snapshots, damaged };
   }
 }

@@ -49,6 +49,7 @@ export default class BackupRestore extends CowvolCommand {
         verify: flags.verify,
         jobs: flags.jobs,
         openVolume: (p) => this.openVolume(p),
+        onUnlocked: (why) => this.warnUser(why),
         ...(target ? { target } : {}),
         onProgress: (phase, done, total) => progress.update(done, total, phase),
       }),

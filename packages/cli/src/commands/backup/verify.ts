@@ -33,7 +33,12 @@ export default class BackupVerify extends CowvolCommand {
     const { verifyRepository } = await loadBackup();
     const progress = createProgress(flags.progress, 'backup verify', 'blocks');
     const report = await withRepository(args.url, flags, (repo) =>
-      verifyRepository(repo, { readData: flags['read-data'], jobs: flags.jobs, onProgress: (done, total, phase) => progress.update(done, total ?? done, phase) }),
+      verifyRepository(repo, {
+        readData: flags['read-data'],
+        jobs: flags.jobs,
+        onUnlocked: (why) => this.warnUser(why),
+        onProgress: (done, total, phase) => progress.update(done, total ?? done, phase),
+      }),
     ).finally(() => progress.stop());
     if (!this.jsonEnabled()) {
       const lines = [
