@@ -1,4 +1,4 @@
-import { errorMessage, hasCode, type CowvolError } from '@cowvol/base';
+import { errorMessage, hasCode } from '@cowvol/base';
 import type { Manifest } from './manifest.js';
 import type { Repository } from './repository.js';
 
@@ -47,7 +47,7 @@ export async function* listBackups(repo: Repository, volumeUuid?: string, onDama
     } catch (err) {
       if (hasCode(err, 'OBJECT_NOT_FOUND')) continue;
       if (onDamaged === undefined || !hasCode(err, 'BACKUP_CORRUPT', 'UNSUPPORTED_VERSION')) throw err;
-      onDamaged({ key: ref.key, code: (err as CowvolError).code, message: errorMessage(err) });
+      onDamaged({ key: ref.key, code: err.code, message: errorMessage(err) });
       continue;
     }
     yield {
