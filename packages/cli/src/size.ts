@@ -12,7 +12,7 @@ export class InvalidSizeError extends CowvolError {
 const UNITS: Record<string, number> = { '': 1, B: 1, K: 1024, KIB: 1024, M: 1024 ** 2, MIB: 1024 ** 2, G: 1024 ** 3, GIB: 1024 ** 3, T: 1024 ** 4, TIB: 1024 ** 4 };
 
 /**
- * Parses `123`, `64K`, `1.5M`, `2GiB`, `1T` (powers of 1024) into a byte
+ * Parses `123`, `123B`, `64K`, `64k`, `1.5M`, `2GiB`, `1T` (powers of 1024, units in any case; README "Using it") into a byte
  * count. Anything else — `10X`, `-1`, `1e3`, empty, a fraction of a byte,
  * beyond 2^53 — throws `INVALID_SIZE`.
  */
