@@ -5,7 +5,7 @@
  * durable import marker it carries.
  */
 
-import { assert } from '@cowvol/base';
+import { assert, CowvolError } from '@cowvol/base';
 import { MAX_SNAPSHOTS, volumeLayout } from './layout.js';
 import { BaseMismatchError, ImportPendingError, ResumeMismatchError, SnapshotExistsError, SnapshotLimitError, VolumeExistsError, VolumeNotFoundError } from './errors.js';
 import { SCHEMA_VERSION, type ImportRecord, type SnapshotIdentity } from './metadata.js';
@@ -71,7 +71,15 @@ export async function openTarget(path: string, v: VerifiedStream, options: Impor
     return { volume, marker, startExtent: 0 };
   }
   const openVolume = options.openVolume ?? ((p: string) => Volume.open(p, options.opener ? { opener: options.opener } : {}));
-  const volume = options.volume ?? (await openVolume(path));
+  const volume =
+    options.volume ??
+    (await openVolume(path).catch((err: unknown) => {
+      // A full stream makes a new volume: a path taken by something that is not a volume is VOLUME_EXISTS, as for a volume.
+      if (h.kind === 'full' && !options.resume && err instanceof CowvolError && err.code === 'NOT_A_VOLUME') {
+        throw new VolumeExistsError(`${path} already exists and is not a volume; a full stream creates a new volume (import it under a new path)`, path);
+      }
+      throw err;
+    }));
   try {
     const prepared = await prepareExisting(volume, path, v, options);
     if (prepared === 'already-imported') {

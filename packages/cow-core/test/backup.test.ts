@@ -1,4 +1,4 @@
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -140,6 +140,11 @@ describe('incremental import refuses a target that is not the base, and says why
     };
     await refuse(bc, 'BASE_MISMATCH'); // b is not there yet
     await refuse(full, 'VOLUME_EXISTS'); // a full stream makes a new volume
+    // ... and a path taken by something that is not a volume is VOLUME_EXISTS too, the file untouched.
+    const notes = join(dir, 'notes.txt');
+    await writeFile(notes, 'not a volume');
+    await expect(importStream(notes, memorySource(full))).rejects.toMatchObject({ code: 'VOLUME_EXISTS' });
+    expect(await readFile(notes, 'utf8')).toBe('not a volume');
     await refuse(ab, 'RESUME_MISMATCH', { resume: true }); // nothing to resume
     // Written since the base: refused with the hint to restore.
     const d = await Volume.open(dstPath);
