@@ -23,8 +23,8 @@ export default class SnapshotDiff extends CowvolCommand {
   static override examples = ['<%= config.bin %> snapshot diff vol.img monday tuesday', '<%= config.bin %> snapshot diff vol.img monday --json'];
   static override args = {
     volume: Args.string({ description: 'path of the volume file', required: true }),
-    from: Args.string({ description: 'the older snapshot', required: true }),
-    to: Args.string({ description: 'the newer snapshot (default: the live volume)' }),
+    from: Args.string({ description: 'one snapshot (usually the older; the extents are the same in either order)', required: true }),
+    to: Args.string({ description: 'the other snapshot (default: the live volume)' }),
   };
 
   async run(): Promise<DiffJson> {
