@@ -113,6 +113,12 @@ describe('backup restore', () => {
     const killed = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/mon`, target, '--key-file', key], { env: { COWVOL_KILL_AT: 'import:extent#40' } });
     expect(killed.code, killed.stderr).toBe(-1); // SIGKILL: no exit code
     expect(await filesStartingWith(dir, '.killed.img.cowvol-restore-')).toHaveLength(1);
+    // info says the import is pending, and a write is refused until it is finished.
+    const info = jsonOf<{ pendingImport: { source: { name: string } } | null }>(await cowvolOk(['info', target, '--json']));
+    expect(info.pendingImport?.source.name).toBe('mon');
+    const write = await cowvol(['write', target, '--input', '-'], { input: Buffer.alloc(4096, 1) });
+    expect(write.stderr).toContain('[IMPORT_PENDING]');
+    expect(write.code).toBe(4);
     const again = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/mon`, target, '--key-file', key, '--verify', '--json']);
     expect(again.code, again.stderr).toBe(0);
     expect(jsonOf<{ resumed: boolean; verified: boolean }>(again)).toMatchObject({ resumed: true, verified: true });

@@ -1,6 +1,6 @@
 import { assert } from '@cowvol/base';
 import { SnapshotNotFoundError, VolumeClosedError } from './errors.js';
-import type { SnapshotRecord } from './metadata.js';
+import { decodeValue, keys, type ImportRecord, type SnapshotRecord } from './metadata.js';
 import { checkVolume, type CheckReport } from './check.js';
 import { checkStoreInto } from './check-data.js';
 import { unionOfMaps, type BlockRange, type DiffResult, type NamedMap } from './diff.js';
@@ -49,7 +49,14 @@ export async function volumeInfo(ctx: VolumeContext): Promise<VolumeInfo> {
       checkpoints: journal.stats.checkpoints,
     },
     recovery,
+    pendingImport: ctx.importPending ? ((await readImportMarker(ctx)) ?? null) : null,
   };
+}
+
+/** The import marker (an import applying or interrupted, FORMAT.md §6.10), or undefined. */
+export async function readImportMarker(ctx: VolumeContext): Promise<ImportRecord | undefined> {
+  const bytes = await ctx.parts.db.get(keys.importState);
+  return bytes ? decodeValue.importState(keys.importState, bytes) : undefined;
 }
 
 /** Options of `Volume.check`. */

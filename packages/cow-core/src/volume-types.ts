@@ -148,6 +148,8 @@ export interface VolumeInfo {
   journal: { sizeBytes: number; lastSequence: number; uncheckpointedBytes: number; commits: number; handles: number; syncs: number; checkpoints: number };
   /** What recovery did when this volume was opened. */
   recovery: RecoveryReport;
+  /** The import marker when an import is applying or was interrupted (writes are refused until it is resumed or abandoned, docs/ARCHITECTURE.md §15.6), else null. */
+  pendingImport: ImportRecord | null;
 }
 
 /** Result of {@link Volume.checkConsistency}. */

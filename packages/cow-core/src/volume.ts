@@ -1,6 +1,6 @@
 import { ImportPendingError, InvalidArgumentError, InvalidSnapshotNameError, OutOfRangeError, SnapshotExistsError, SnapshotNotFoundError, VolumeReadOnlyError } from './errors.js';
 import { MAX_READ_BYTES, SNAPSHOT_NAME_PATTERN } from './layout.js';
-import { decodeValue as decodeMeta, keys, type ImportRecord, type SnapshotIdentity } from './metadata.js';
+import { keys, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import type { SnapshotRecord } from './metadata.js';
 import type { CheckReport } from './check.js';
 import type { CowvolError } from '@cowvol/base';
@@ -47,6 +47,7 @@ import {
   checkFrozen,
   diffOf,
   namedMaps,
+  readImportMarker,
   snapshotInfoOf,
   snapshotPageOf,
   spaceUsageOf,
@@ -461,10 +462,7 @@ export class Volume {
 
   /** The marker of an interrupted import (import.ts), or undefined. */
   async importState(): Promise<ImportRecord | undefined> {
-    return this.ctx.shared(async () => {
-      const bytes = await this.ctx.parts.db.get(keys.importState);
-      return bytes ? decodeMeta.importState(keys.importState, bytes) : undefined;
-    });
+    return this.ctx.shared(() => readImportMarker(this.ctx));
   }
 
   /** Sets (journaled) or, with null, clears the import marker. */

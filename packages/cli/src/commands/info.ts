@@ -1,5 +1,5 @@
 import { Args } from '../args.js';
-import type { SpaceReport, StoreSpace, VolumeInfo } from '@cowvol/cow-core';
+import { escapeTerminalText, type SpaceReport, type StoreSpace, type VolumeInfo } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
 import { servedInfo } from '../served-reports.js';
 import { human, snapshotTable, withSpace, type SnapshotWithSpace } from '../format.js';
@@ -30,6 +30,11 @@ export default class Info extends CowvolCommand {
         `uuid:           ${info.uuid}`,
         `store:          ${human(info.store.usedBytes)} in use, ${info.store.freeBlocks} free blocks (${human(info.store.freeBytes)}), file ${human(info.store.fileBytes)}; snapshots own ${human(info.store.ownedBytes)}`,
         `snapshots:      ${info.snapshots.length}`,
+        ...(info.pendingImport
+          ? [
+              `import:         pending — of snapshot ${escapeTerminalText(info.pendingImport.source.name)}, ${info.pendingImport.nextExtent} of ${info.pendingImport.extentCount} extents durable; writes are refused until it is finished (the same import with --resume, or the same backup restore) or abandoned (snapshot restore)`,
+            ]
+          : []),
         '',
         snapshotTable(info.snapshots),
       ].join('\n'),
