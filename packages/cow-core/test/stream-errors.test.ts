@@ -14,6 +14,18 @@ function header(labels: Record<string, string> = {}): StreamHeader {
   return { kind: 'full', sizeBytes: 64 * BS, blockSizeBytes: BS, source: id, base: null, labels, createdAt: '2026-11-22T00:00:01.000Z', producer: 'test' };
 }
 
+/** A full stream of snapshot s1 of a 1 MiB volume with data in two places (two extents), and s1's content. */
+async function twoExtentStream(dir: string): Promise<{ stream: Buffer; expected: Buffer }> {
+  const src = await Volume.create(join(dir, 'src.img'), { sizeBytes: 1 << 20, blockSizeBytes: 4096 });
+  await src.write(0, Buffer.alloc(4096, 1));
+  await src.write(512 * 1024, Buffer.alloc(4096, 2));
+  await src.createSnapshot('s1');
+  const stream = await exportToBuffer(src, 's1');
+  const expected = await src.readSnapshot('s1', 0, 1 << 20);
+  await src.close();
+  return { stream, expected };
+}
+
 async function codeOf(p: Promise<unknown>): Promise<string> {
   try {
     await p;
@@ -47,12 +59,7 @@ describe('stream errors have stable codes', () => {
   it('an extent that verified but is gone when applied (the input was rewritten) is STREAM_CHANGED', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'cowvol-stream-errors-'));
     try {
-      const src = await Volume.create(join(dir, 'src.img'), { sizeBytes: 1 << 20, blockSizeBytes: 4096 });
-      await src.write(0, Buffer.alloc(4096, 1));
-      await src.write(512 * 1024, Buffer.alloc(4096, 2));
-      await src.createSnapshot('s1');
-      const stream = await exportToBuffer(src, 's1');
-      await src.close();
+      const { stream } = await twoExtentStream(dir);
       const v = await verifyStream(memorySource(stream));
       expect(v.extentCount).toBeGreaterThanOrEqual(2);
       const lastExtent = v.extentOffsets[v.extentCount - 1] ?? 0;
@@ -75,13 +82,7 @@ describe('stream errors have stable codes', () => {
   it('an extent that verified but is damaged when applied is STREAM_CORRUPT with details.applying, saying the import is pending; --resume with the intact stream finishes it', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'cowvol-stream-errors-'));
     try {
-      const src = await Volume.create(join(dir, 'src.img'), { sizeBytes: 1 << 20, blockSizeBytes: 4096 });
-      await src.write(0, Buffer.alloc(4096, 1));
-      await src.write(512 * 1024, Buffer.alloc(4096, 2));
-      await src.createSnapshot('s1');
-      const stream = await exportToBuffer(src, 's1');
-      const expected = await src.readSnapshot('s1', 0, 1 << 20);
-      await src.close();
+      const { stream, expected } = await twoExtentStream(dir);
       const v = await verifyStream(memorySource(stream));
       const lastExtent = v.extentOffsets[v.extentCount - 1] ?? 0;
       const damaged = Buffer.from(stream);
