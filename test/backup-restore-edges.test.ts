@@ -106,6 +106,35 @@ describe('backup restore', () => {
       expect(r.stderr, `${what}: nothing downloaded`).not.toContain('"phase":"download"');
     }
     expect(await readFile(existing, 'utf8')).toBe('not a volume');
+    // The volume the snapshot was taken on: VOLUME_EXISTS without --into, SNAPSHOT_EXISTS with it, both before any download.
+    for (const [flags, code, exit] of [
+      [[], 'VOLUME_EXISTS', 4],
+      [['--into'], 'SNAPSHOT_EXISTS', 4],
+    ] as const) {
+      const r = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/mon`, vol, ...flags, '--key-file', key, '--progress']);
+      expect(r.stderr, `the source volume ${flags.join(' ')}`).toContain(`[${code}]`);
+      expect(r.code).toBe(exit);
+      expect(r.stderr).not.toContain('"phase":"download"');
+    }
+  });
+
+  it('run again after it finished, a restore answers at once: nothing downloaded, exit 0', async () => {
+    const target = join(dir, 'twice.img');
+    await cowvolOk(['backup', 'restore', `${repoUrl}/${uuid}/wed`, target, '--key-file', key]);
+    const again = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/wed`, target, '--key-file', key, '--verify', '--json']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(jsonOf<{ resumed: boolean; chunksDownloaded: number; verified: boolean }>(again)).toMatchObject({ resumed: true, chunksDownloaded: 0, verified: true });
+  });
+
+  it('killed while it created the new volume, the same restore run again starts it over; the spool is removed', async () => {
+    const target = join(dir, 'half.img');
+    const killed = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/mon`, target, '--key-file', key], { env: { COWVOL_KILL_AT: 'create:file' } });
+    expect(killed.code, killed.stderr).toBe(-1);
+    expect(await filesStartingWith(dir, '.half.img.cowvol-restore-')).toHaveLength(1);
+    const again = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/mon`, target, '--key-file', key, '--verify']);
+    expect(again.code, again.stderr).toBe(0);
+    expect((await snapshotBytes(target, 'mon')).equals(await snapshotBytes(vol, 'mon'))).toBe(true);
+    expect(await filesStartingWith(dir, '.half.img.cowvol-restore-')).toEqual([]);
   });
 
   it('killed in the middle of its import, the same restore run again finishes it; no spool is left', async () => {
@@ -182,9 +211,14 @@ describe('the repository lock of reading commands', () => {
   const root = process.getuid?.() === 0;
   if (process.env.CI && !root) throw new Error('CI=true but this run is not root: the read-only bind mount test needs it');
   it.skipIf(!root)(`a read-only repository (bind mount) is verified and restored from, without a lock, with a warning${root ? '' : ' [SKIPPED: needs root for mount]'}`, async () => {
+    // A repository of its own: the restores SIGKILLed above left their shared locks on the first one.
+    const rw = join(dir, 'repo-rw');
+    const rwUrl = pathToFileURL(rw).href;
+    await cowvolOk(['backup', 'init', rwUrl, '--key-file', key, '--chunk-size', '64K']);
+    await cowvolOk(['backup', 'push', vol, 'mon', '--to', rwUrl, '--key-file', key]);
     const ro = join(dir, 'repo-ro');
     await mkdir(ro);
-    execFileSync('mount', ['--bind', join(dir, 'repo'), ro]);
+    execFileSync('mount', ['--bind', rw, ro]);
     try {
       execFileSync('mount', ['-o', 'remount,bind,ro', ro]);
       const url = pathToFileURL(ro).href;
@@ -196,6 +230,15 @@ describe('the repository lock of reading commands', () => {
       expect(restore.code, restore.stderr).toBe(0);
       expect(jsonOf<{ warnings: string[] }>(restore).warnings).toEqual([expect.stringContaining('restore runs without a lock')]);
       expect((await snapshotBytes(target, 'mon')).equals(await snapshotBytes(vol, 'mon'))).toBe(true);
+      // Unable to write a lock, still able to see one: a prune running (through the writable path) refuses the restore.
+      const prune = await acquireLock(await Repository.open(new FileObjectStore(rwUrl), await loadKeyFile(key)), 'exclusive', { command: 'prune' });
+      try {
+        const locked = await cowvol(['backup', 'restore', `${url}/${uuid}/mon`, join(dir, 'from-ro-2.img'), '--key-file', key]);
+        expect(locked.stderr).toContain('[REPOSITORY_LOCKED]');
+        expect(locked.code).toBe(5);
+      } finally {
+        await prune.release();
+      }
     } finally {
       execFileSync('umount', [ro]);
     }

@@ -131,6 +131,10 @@ export class FileObjectStore implements ObjectStore {
 
   /** @throws INVALID_ARGUMENT · IO_ERROR */
   async delete(key: string): Promise<void> {
+    return trackedWrite(() => this.deleteFile(key));
+  }
+
+  private async deleteFile(key: string): Promise<void> {
     const path = this.pathOf(key);
     try {
       await fsp.unlink(path);

@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { rmSync } from 'node:fs';
 
 /**
@@ -13,17 +14,25 @@ import { rmSync } from 'node:fs';
  */
 const tempFiles = new Set<string>();
 const heldLocks = new Set<{ release(): Promise<void> }>();
-/** Writes of temporary files in flight (FileObjectStore.put): awaited on interruption, so none creates its file after the last removal. */
+/** Store mutations in flight (puts and deletes of both stores): awaited on interruption, before any lock is released. */
 const writesInFlight = new Set<Promise<unknown>>();
 let interrupted = false;
+/** Marks the cleanup's own mutations (the locks' deletes), which pass the gate of {@link trackedWrite}. */
+const cleanupContext = new AsyncLocalStorage<true>();
+
+/** True once an interruption began: no new store mutation starts but the cleanup's. */
+export function isInterrupted(): boolean {
+  return interrupted;
+}
 
 /**
- * Runs `write` (a put that writes a temporary file) unless the command is
+ * Runs `write` (a put or delete of an object store) unless the command is
  * being interrupted: then it never starts — its promise stays pending while
- * the process exits — so no temporary file appears after the cleanup.
+ * the process exits — so no temporary file appears after the cleanup, and
+ * no delete of a prune lands after its lock is released.
  */
 export async function trackedWrite<T>(write: () => Promise<T>): Promise<T> {
-  if (interrupted) await new Promise<never>(() => undefined);
+  if (interrupted && cleanupContext.getStore() !== true) await new Promise<never>(() => undefined);
   const running = write();
   writesInFlight.add(running);
   try {
@@ -61,22 +70,26 @@ export function trackLock(lock: { release(): Promise<void> }): () => void {
 }
 
 /**
- * The asynchronous half of an interruption: no new temporary-file write
- * starts, those in flight settle, every lock still held is released — at
- * most `timeoutMs` in all (a store that does not answer must not keep an
+ * The asynchronous half of an interruption: no new store mutation starts,
+ * those in flight settle, then every lock still held is released (not when
+ * the mutations did not settle in time: then the locks lapse) — at most
+ * `timeoutMs` in all (a store that does not answer must not keep an
  * interrupted command alive). Never throws: a lock not released lapses after
  * its lease. Call {@link removeTempFilesSync} before and after it.
  */
 export async function quiesceAndReleaseLocks(timeoutMs = 3000): Promise<void> {
   interrupted = true;
   let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)));
-  const work = (async () => {
-    await Promise.allSettled([...writesInFlight]);
-    const releases = [...heldLocks].map((l) => l.release().catch(() => undefined));
+  const deadline = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
+  try {
+    // Every mutation already sent must have landed before a lock goes: a prune's delete landing after its
+    // lock is released could remove a chunk a push, seeing it there, has just named in a manifest.
+    const settled = await Promise.race([Promise.allSettled([...writesInFlight]).then(() => true), deadline]);
+    if (!settled) return; // the locks stay, to lapse with their leases
+    const releases = [...heldLocks].map((l) => cleanupContext.run(true, () => l.release()).catch(() => undefined));
     heldLocks.clear();
-    await Promise.all(releases);
-  })();
-  await Promise.race([work, deadline]);
-  clearTimeout(timer);
+    await Promise.race([Promise.all(releases), deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -1,7 +1,7 @@
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { assert, CowvolError, errorMessage, hasCode, isCowvolError, type CowvolErrorOptions } from '@cowvol/base';
-import { trackLock } from './interrupt-cleanup.js';
+import { isInterrupted, trackLock } from './interrupt-cleanup.js';
 import { LOCKS_PREFIX } from './object-keys.js';
 import type { ObjectStore } from './object-store.js';
 import type { RepositoryConfig } from './repository-config.js';
@@ -141,7 +141,8 @@ export class RepositoryLock {
     this.untrack();
     clearInterval(this.renewal);
     this.renewal = undefined;
-    await this.renewing;
+    // A renewal that began after an interruption never starts its put (interrupt-cleanup.ts): nothing to wait for.
+    if (!isInterrupted()) await this.renewing;
     await this.repo.store.delete(this.key);
   }
 }
@@ -172,7 +173,14 @@ export async function acquireLock(repo: LockableRepository, kind: LockKind, opti
     pid: process.pid,
     command: options.command ?? 'cowvol',
   };
-  await repo.store.put(key, encodeLock(repo, key, lease), { ifNoneMatch: true });
+  // Known to the interruption cleanup from before its put: a signal between the put and the RepositoryLock deletes it too.
+  const untrackPending = trackLock({ release: () => repo.store.delete(key) });
+  try {
+    await repo.store.put(key, encodeLock(repo, key, lease), { ifNoneMatch: true });
+  } catch (err) {
+    untrackPending();
+    throw err;
+  }
   try {
     const others = (await listLocks(repo, { now, leaseMs })).filter((l) => l.key !== key);
     const conflicts = others.filter((l) => !l.stale && (kind === 'exclusive' || l.lease?.kind !== 'shared'));
@@ -184,6 +192,8 @@ export async function acquireLock(repo: LockableRepository, kind: LockKind, opti
   } catch (err) {
     await repo.store.delete(key).catch(() => undefined);
     throw err;
+  } finally {
+    untrackPending();
   }
   return new RepositoryLock(repo, key, lease, leaseMs, now);
 }
@@ -194,8 +204,9 @@ export async function acquireLock(repo: LockableRepository, kind: LockKind, opti
  * the repository can be written. Where it cannot — a read-only mount or
  * copy, read-only credentials, a full disk (IO_ERROR, STORE_ACCESS_DENIED,
  * NO_SPACE when the lock object is written) — the command runs without it,
- * and `onUnlocked` says why: a prune by someone who can write may then
- * overlap it (a restore then fails with BACKUP_CORRUPT, naming the chunk;
+ * and `onUnlocked` says why — after a look at `locks/`: a live exclusive
+ * lock (a prune running) is REPOSITORY_LOCKED as ever. A prune by someone
+ * who can write may still start meanwhile and overlap it (a restore then fails with BACKUP_CORRUPT, naming the chunk;
  * nothing wrong is ever restored: chunks are authenticated).
  *
  * @throws REPOSITORY_LOCKED (an exclusive lock is live: a prune runs) · STORE_UNAVAILABLE
@@ -205,6 +216,13 @@ export async function acquireReaderLock(repo: LockableRepository, command: strin
     return await acquireLock(repo, 'shared', { command, ...options });
   } catch (err) {
     if (!hasCode(err, 'IO_ERROR', 'STORE_ACCESS_DENIED', 'NO_SPACE')) throw err;
+    // Unable to write, but able to look: a prune running now is still refused, as a lock would be.
+    const pruning = (await listLocks(repo, options)).filter((l) => !l.stale && l.lease?.kind !== 'shared');
+    if (pruning.length > 0) {
+      throw new RepositoryLockedError(`${repo.store.url} is locked: ${pruning.map(describeLock).join('; ')}`, {
+        details: { repository: repo.store.url, locks: pruning.map((l) => ({ key: l.key, ...l.lease })) },
+      });
+    }
     onUnlocked(`${command} runs without a lock of ${repo.store.url}, which it cannot write (${errorMessage(err)}); a prune meanwhile would make it fail`);
     return undefined;
   }

@@ -1,28 +1,14 @@
-import { randomBytes } from 'node:crypto';
 import { constants, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { assert, hasCode } from '@cowvol/base';
-import {
-  importStream,
-  MAX_EXTENT_BYTES,
-  StreamWriter,
-  Volume,
-  type ImportProgress,
-  type ImportResult,
-  type StreamSource,
-  VerifyFailedError,
-  VolumeExistsError,
-  VolumeNotFoundError,
-  type SnapshotIdentity,
-} from '@cowvol/cow-core';
-import { BackupArgumentError } from './errors.js';
+import { assert } from '@cowvol/base';
+import { importStream, MAX_EXTENT_BYTES, StreamWriter, Volume, type ImportProgress, type ImportResult, type StreamSource, VerifyFailedError, type SnapshotIdentity } from '@cowvol/cow-core';
 import { trackTempFile } from './interrupt-cleanup.js';
 import type { Manifest } from './manifest.js';
 import { checkJobs, DEFAULT_JOBS, mapOrdered } from './pool.js';
 import { isZero } from './push.js';
 import type { Repository } from './repository.js';
-import { findRestoreBase, sameIdentity } from './restore-base.js';
+import { findRestoreBase } from './restore-base.js';
+import { alreadyImported, planTarget, removeDeadSpools, spoolPathFor, type TargetState } from './restore-target.js';
 import { acquireReaderLock, type RepositoryLock } from './repository-lock.js';
 
 /** Options of {@link restoreFromRepository}. */
@@ -48,10 +34,10 @@ export interface RestoreOptions {
  * served-reports.ts, docs/ARCHITECTURE.md §14.10).
  */
 export interface RestoreTarget {
-  /** The identities of the target's snapshots (the `into` base search). */
-  heldIdentities(): Promise<SnapshotIdentity[]>;
-  /** Imports the complete stream file at `streamPath` (absolute, regular, this process's spool) into the target. */
-  importFile(streamPath: string): Promise<ImportResult>;
+  /** Its import marker, the origins of its imported snapshots and the identities of all (the plan, and the `into` base search). */
+  state(): Promise<TargetState>;
+  /** Imports the complete stream file at `streamPath` (absolute, regular, this process's spool) into the target; `resume` continues an interrupted import of it. */
+  importFile(streamPath: string, resume: boolean): Promise<ImportResult>;
   /** Reads the restored snapshot back (`verify`). */
   readSnapshot(name: string, offsetBytes: number, lengthBytes: number): Promise<Buffer>;
   /** Gives back what `readSnapshot` holds (called once the read-back ends). */
@@ -79,10 +65,12 @@ export interface RestoreResult {
  * Restores snapshot `snapshotName` of volume `volumeUuid` from `repo` into
  * `targetPath` (docs/ARCHITECTURE.md §17), through cow-core's import:
  *
- * 1. The manifest, then the target, before any download: a path that
- *    exists is VOLUME_EXISTS without `into` — unless it is this restore,
- *    interrupted (its import marker or a snapshot with this identity), which
- *    is resumed; a missing folder is INVALID_ARGUMENT. With `into`, the base
+ * 1. The repository's shared lock, the manifest, then the target, before
+ *    any download (restore-target.ts `planTarget`): a path that exists is
+ *    VOLUME_EXISTS without `into` — unless it is this restore, interrupted
+ *    (its import marker names this snapshot: the import is resumed), or
+ *    holds the snapshot already as an import (nothing is downloaded); a
+ *    missing folder is INVALID_ARGUMENT. With `into`, the base
  *    (restore-base.ts: the newest ancestor the target holds, or any
  *    manifest of the volume it holds when the chain is broken; else
  *    BASE_MISMATCH): the chunks that differ from it are the extents, as an
@@ -90,8 +78,8 @@ export interface RestoreResult {
  * 2. Every chunk needed is downloaded and authenticated (BACKUP_CORRUPT for
  *    a damaged or missing one) and spooled, as a cowvol stream
  *    (docs/FORMAT.md §9), into a private temporary file next to the target
- *    (`.<name>.cowvol-restore-<pid>-<random>`; removed on a signal, and by
- *    the next restore to that target once its process is gone) — before any
+ *    (`spoolPathFor`; removed on a signal, and by the next restore to that
+ *    target once its process is gone: `removeDeadSpools`) — before any
  *    byte of the target is written, so a damaged repository leaves nothing
  *    behind. Memory: at most `jobs` chunks waiting in order.
  * 3. `importStream` of that file: a new volume (or a new snapshot of the
@@ -107,18 +95,43 @@ export interface RestoreResult {
 export async function restoreFromRepository(repo: Repository, volumeUuid: string, snapshotName: string, targetPath: string, options: RestoreOptions = {}): Promise<RestoreResult> {
   const started = Date.now();
   const jobs = checkJobs(options.jobs ?? DEFAULT_JOBS);
-  const manifest = await repo.getManifest(volumeUuid, snapshotName);
-  const { target } = options;
-  // The target is checked before any chunk is downloaded: a typo must not cost the whole download.
-  const resume = target ? false : await checkTarget(targetPath, manifest, options);
-  const identities = target ? () => target.heldIdentities() : () => identitiesOf(targetPath, options.openVolume);
-  // A shared lock, held until the restore ends: no prune deletes what it reads (REPOSITORY_LOCKED while one runs).
+  await removeDeadSpools(targetPath);
+  // A shared lock first, held until the restore ends: no prune deletes what it reads, the manifest included (REPOSITORY_LOCKED while one runs).
   const lock = await acquireReaderLock(repo, 'restore', options.onUnlocked ?? (() => undefined));
   try {
-    return await restoreLocked(repo, manifest, targetPath, resume, { ...options, jobs }, started, identities, lock);
+    const manifest = await repo.getManifest(volumeUuid, snapshotName);
+    const { target } = options;
+    // The target is checked before any chunk is downloaded: a typo must not cost the whole download.
+    const plan = await planTarget(targetPath, manifest, { into: options.into, openVolume: options.openVolume, state: target ? () => target.state() : undefined });
+    if (plan === 'done') return await alreadyThere(repo, manifest, targetPath, options, started);
+    const identities = target ? async () => (await target.state()).identities : () => identitiesOf(targetPath, options.openVolume);
+    return await restoreLocked(repo, manifest, targetPath, plan === 'resume', { ...options, jobs }, started, identities, lock);
   } finally {
     await lock?.release();
   }
+}
+
+/** Plan `done`: the target holds the snapshot already; nothing is downloaded (with `verify`, it is read back). */
+async function alreadyThere(repo: Repository, manifest: Manifest, targetPath: string, options: RestoreOptions, started: number): Promise<RestoreResult> {
+  const result: RestoreResult = {
+    volume: targetPath,
+    snapshot: manifest.snapshotName,
+    volumeUuid: manifest.volumeUuid,
+    base: null,
+    created: false,
+    resumed: true,
+    chunksDownloaded: 0,
+    bytesDownloaded: 0,
+    verified: false,
+    import: alreadyImported(targetPath, manifest),
+    seconds: 0,
+  };
+  if (options.verify === true) {
+    await verifyIds(repo, manifest, targetPath, options.target, options.onProgress);
+    result.verified = true;
+  }
+  result.seconds = (Date.now() - started) / 1000;
+  return result;
 }
 
 async function restoreLocked(
@@ -134,8 +147,7 @@ async function restoreLocked(
   const { target, jobs } = options;
   const { volumeUuid, snapshotName } = manifest;
   const base = options.into === true ? await findRestoreBase(repo, manifest, targetPath, await identities()) : undefined;
-  await removeDeadSpools(targetPath);
-  const spoolPath = join(dirname(targetPath), `${spoolPrefix(targetPath)}${String(process.pid)}-${randomBytes(6).toString('hex')}`);
+  const spoolPath = spoolPathFor(targetPath);
   const handle = await fsp.open(spoolPath, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   const untrack = trackTempFile(spoolPath);
   try {
@@ -143,7 +155,7 @@ async function restoreLocked(
     lock?.assertHeld(); // the lease held through the download (renewals did not fail): no prune overlapped it
     const source: StreamSource = { lengthBytes: spooled.streamBytes, read: (offsetBytes, lengthBytes) => readAt(handle, offsetBytes, lengthBytes) };
     const imported = target
-      ? await target.importFile(spoolPath)
+      ? await target.importFile(spoolPath, resume)
       : await importStream(targetPath, source, {
           verify: false,
           resume,
@@ -173,74 +185,6 @@ async function restoreLocked(
     await handle.close();
     await fsp.unlink(spoolPath).catch(() => undefined);
     untrack();
-  }
-}
-
-/**
- * The target as the import will find it, checked before the download
- * (docs/ARCHITECTURE.md §17, "Restore"). Returns true when the target is
- * this very restore interrupted (its import marker names this snapshot, or
- * it holds the snapshot already): the import is then resumed, not refused.
- *
- * @throws INVALID_ARGUMENT (the target's folder is missing) · VOLUME_EXISTS (a path that exists, without `into`) · VOLUME_NOT_FOUND (`into` a missing path) · what the open throws (`into`)
- */
-async function checkTarget(targetPath: string, manifest: Manifest, options: RestoreOptions): Promise<boolean> {
-  const found = await fsp.lstat(targetPath).catch((err: unknown) => {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
-  });
-  if (found === undefined) {
-    if (options.into === true) throw new VolumeNotFoundError(targetPath);
-    const folder = await fsp.stat(dirname(targetPath)).catch(() => undefined);
-    if (!folder?.isDirectory()) throw new BackupArgumentError(`the folder of ${targetPath} does not exist (or is not a folder)`, { details: { path: targetPath } });
-    return false;
-  }
-  const exists = (): VolumeExistsError => new VolumeExistsError(`${targetPath} already exists; restore into a new path (a new volume), or add the snapshot to that volume with --into`, targetPath);
-  let volume: Volume;
-  try {
-    volume = options.openVolume ? await options.openVolume(targetPath) : await Volume.openForReading(targetPath);
-  } catch (err) {
-    if (options.into !== true && hasCode(err, 'NOT_A_VOLUME', 'VOLUME_NOT_FOUND')) throw exists();
-    throw err;
-  }
-  try {
-    const pending = await volume.importState();
-    if (pending && sameIdentity(pending.source, manifest.identity)) return true;
-    for (const s of await volume.listSnapshots()) if (sameIdentity(await volume.snapshotIdentity(s.name), manifest.identity)) return true;
-  } finally {
-    await volume.close();
-  }
-  if (options.into !== true) throw exists();
-  return false;
-}
-
-/** The name of a restore's spool next to `targetPath`, up to its process id and random part. */
-function spoolPrefix(targetPath: string): string {
-  return `.${basename(targetPath)}.cowvol-restore-`;
-}
-
-/**
- * Removes the spools of earlier restores to the same target whose process
- * is gone (killed: a signal's own cleanup removes it otherwise). A spool
- * whose process id is alive — or was reused — is left alone.
- */
-async function removeDeadSpools(targetPath: string): Promise<void> {
-  const prefix = spoolPrefix(targetPath);
-  const names = await fsp.readdir(dirname(targetPath)).catch(() => [] as string[]);
-  for (const name of names) {
-    if (!name.startsWith(prefix)) continue;
-    const pid = Number(name.slice(prefix.length).split('-')[0]);
-    if (!Number.isSafeInteger(pid) || pid <= 0 || processAlive(pid)) continue;
-    await fsp.unlink(join(dirname(targetPath), name)).catch(() => undefined);
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

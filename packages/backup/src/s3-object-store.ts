@@ -6,6 +6,7 @@
  */
 import { CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
 import { CowvolError, isCowvolError, type ErrorCode } from '@cowvol/base';
+import { trackedWrite } from './interrupt-cleanup.js';
 import type { ObjectInfo, ObjectStore } from './object-store.js';
 
 /** Options of an S3ObjectStore; unset ones come from the SDK's standard chain (AWS_* variables, profiles). */
@@ -127,7 +128,8 @@ export class S3ObjectStore implements ObjectStore {
       ContentLength: body.length,
       ...(options?.ifNoneMatch === true ? { IfNoneMatch: '*' } : {}),
     });
-    await this.call('put', key, () => this.client.send(cmd));
+    // Tracked, as every mutation: none starts once the command is interrupted (interrupt-cleanup.ts).
+    await trackedWrite(() => this.call('put', key, () => this.client.send(cmd)));
   }
 
   async get(key: string): Promise<Buffer> {
@@ -166,7 +168,8 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async delete(key: string): Promise<void> {
-    await this.call('delete', key, () => this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.prefix + key })));
+    // Tracked: an interrupted prune's deletes land before its lock goes (interrupt-cleanup.ts).
+    await trackedWrite(() => this.call('delete', key, () => this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }))));
   }
 
   /**

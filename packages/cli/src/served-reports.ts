@@ -155,14 +155,18 @@ export function servedRestoreTarget(volumePath: string, busy: CowvolError): Rest
   let client: NbdClient | undefined;
   let attached: string | undefined;
   return {
-    heldIdentities: async () => {
+    state: async () => {
       // Volume.snapshotIdentity from the list: its origin when imported, else this volume's uuid, its id and creation time.
       const { info } = await servedInfo(volumePath);
       const uuid = info.uuid;
-      return info.snapshots.map((s): SnapshotIdentity => (s.origin ? { ...s.origin } : { volumeUuid: uuid, snapshotId: s.id, createdAt: s.createdAt, name: s.name }));
+      return {
+        pendingImport: info.pendingImport,
+        origins: info.snapshots.flatMap((s) => (s.origin ? [{ ...s.origin }] : [])),
+        identities: info.snapshots.map((s): SnapshotIdentity => (s.origin ? { ...s.origin } : { volumeUuid: uuid, snapshotId: s.id, createdAt: s.createdAt, name: s.name })),
+      };
     },
-    importFile: async (streamPath) => {
-      const params = { streamPath: await realpath(streamPath), resume: false, verify: false, dryRun: false };
+    importFile: async (streamPath, resume) => {
+      const params = { streamPath: await realpath(streamPath), resume, verify: false, dryRun: false };
       return { ...((await askServer(volumePath, 'volume.import', params)) as ImportResult), volume: volumePath };
     },
     readSnapshot: async (name, offsetBytes, lengthBytes) => {

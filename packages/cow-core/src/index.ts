@@ -90,3 +90,4 @@ export {
   type SelectedDeleteResult,
 } from './snapshot-policy.js';
 export { restoreSnapshot, type RestoreOptions, type RestoreResult } from './restore.js';
+export { isIncompleteCreate } from './create-intent.js';

@@ -74,8 +74,9 @@ export type { FailureListener, VolumeState } from './volume-state.js';
 
 /**
  * The key of `Volume`'s write that passes a set import marker: import.ts and
- * restore.ts write through it; it is not exported from the package, so no
- * other writer can.
+ * restore.ts write through it. It is not exported from the package, so no
+ * other package calls it by mistake — a guard against mistakes, not a
+ * security boundary (code in the process can find any symbol).
  */
 export const WRITE_PAST_IMPORT = Symbol('writePastImport');
 

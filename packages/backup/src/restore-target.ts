@@ -1,0 +1,160 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { hostname } from 'node:os';
+import { basename, dirname, join } from 'node:path';
+import { hasCode } from '@cowvol/base';
+import { isIncompleteCreate, SnapshotExistsError, Volume, VolumeExistsError, VolumeNotFoundError, volumeLayout, type ImportRecord, type ImportResult, type SnapshotIdentity } from '@cowvol/cow-core';
+import { BackupArgumentError } from './errors.js';
+import type { Manifest } from './manifest.js';
+import { sameIdentity } from './restore-base.js';
+
+/**
+ * What a restore does to its target, decided before any download
+ * (docs/ARCHITECTURE.md §17, "Restore"): `new` — import into it (a new
+ * volume, or `--into` a volume holding a base); `resume` — it is this
+ * restore, interrupted (its import marker names this snapshot): resume the
+ * import; `done` — it holds this snapshot already (imported: its `origin`),
+ * nothing to download.
+ */
+export type TargetPlan = 'new' | 'resume' | 'done';
+
+/** What a target holds that decides its plan: its import marker, the origins of its imported snapshots, the identities of all (Volume.snapshotIdentity). */
+export interface TargetState {
+  pendingImport: ImportRecord | null;
+  origins: SnapshotIdentity[];
+  identities: SnapshotIdentity[];
+}
+
+/**
+ * The plan for the target at `targetPath`. `state` reads a served target
+ * (RestoreTarget); otherwise the volume is opened here — with `into` by
+ * `openVolume` (the command's, honouring `--wait`), else read-only: a path
+ * given by mistake is not recovered, upgraded or written.
+ *
+ * @throws INVALID_ARGUMENT (the target's folder is missing) · VOLUME_EXISTS (without `into`: a path that exists and is not this restore) · VOLUME_NOT_FOUND (`into` a missing path) · SNAPSHOT_EXISTS (`into` the volume the snapshot was taken on) · what the open throws (`into`)
+ */
+export async function planTarget(
+  targetPath: string,
+  manifest: Manifest,
+  options: { into?: boolean | undefined; openVolume?: ((path: string) => Promise<Volume>) | undefined; state?: (() => Promise<TargetState>) | undefined },
+): Promise<TargetPlan> {
+  const into = options.into === true;
+  const exists = (): VolumeExistsError => new VolumeExistsError(`${targetPath} already exists; restore into a new path (a new volume), or add the snapshot to that volume with --into`, targetPath);
+  let state: TargetState;
+  if (options.state) {
+    state = await options.state();
+  } else {
+    const found = await fsp.lstat(targetPath).catch((err: unknown) => {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    });
+    if (found === undefined) {
+      if (into) throw new VolumeNotFoundError(targetPath);
+      const folder = await fsp.stat(dirname(targetPath)).catch(() => undefined);
+      if (!folder?.isDirectory()) throw new BackupArgumentError(`the folder of ${targetPath} does not exist (or is not a folder)`, { details: { path: targetPath } });
+      return 'new';
+    }
+    // A create killed half-way (this restore's, or any): the import starts it over, as it would for a missing path.
+    if (!into && (await isIncompleteCreate(volumeLayout(targetPath)))) return 'new';
+    state = await openState(targetPath, into, options.openVolume, exists);
+  }
+  if (state.pendingImport && sameIdentity(state.pendingImport.source, manifest.identity)) return 'resume';
+  if (state.origins.some((o) => sameIdentity(o, manifest.identity))) return 'done';
+  if (!into) throw exists();
+  // Taken on this very volume (the source itself): there already, as import says, before any download.
+  if (state.identities.some((i) => sameIdentity(i, manifest.identity))) throw new SnapshotExistsError(manifest.snapshotName);
+  return 'new';
+}
+
+async function openState(targetPath: string, into: boolean, openVolume: ((path: string) => Promise<Volume>) | undefined, exists: () => VolumeExistsError): Promise<TargetState> {
+  let volume: Volume;
+  try {
+    volume = into && openVolume ? await openVolume(targetPath) : await Volume.openForReading(targetPath);
+  } catch (err) {
+    // Not a volume, or a volume another process holds (a server): either way not this restore's to write.
+    if (!into && hasCode(err, 'NOT_A_VOLUME', 'VOLUME_NOT_FOUND', 'VOLUME_BUSY')) throw exists();
+    throw err;
+  }
+  try {
+    const origins: SnapshotIdentity[] = [];
+    const identities: SnapshotIdentity[] = [];
+    for (const s of await volume.listSnapshots()) {
+      if (s.origin) origins.push(s.origin);
+      identities.push(await volume.snapshotIdentity(s.name));
+    }
+    return { pendingImport: (await volume.importState()) ?? null, origins, identities };
+  } finally {
+    await volume.close();
+  }
+}
+
+/** The result of an import that finds its snapshot there already (plan `done`). */
+export function alreadyImported(targetPath: string, manifest: Manifest): ImportResult {
+  return {
+    volume: targetPath,
+    snapshot: manifest.snapshotName,
+    kind: 'full',
+    source: { ...manifest.identity, name: manifest.snapshotName },
+    base: null,
+    created: false,
+    resumed: true,
+    alreadyImported: true,
+    dryRun: false,
+    verified: false,
+    extentCount: 0,
+    appliedExtents: 0,
+    skippedExtents: 0,
+    totalBytes: 0,
+    dataBytes: 0,
+    streamBytes: 0,
+  };
+}
+
+/**
+ * Spools of restores sit next to their target:
+ * `.<name>.cowvol-restore-<host>-<pid>-<random>`, `<host>` the first 8 hex
+ * digits of the SHA-256 of this machine's host name, `<pid>` the process's
+ * id, `<random>` 12 hex digits. The host and pid say whose it is, so that a
+ * later restore removes only the spools of dead processes of this machine.
+ */
+const SPOOL_MARK = '.cowvol-restore-';
+
+function hostTag(): string {
+  return createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
+}
+
+/** A fresh spool path for a restore to `targetPath` by this process. */
+export function spoolPathFor(targetPath: string): string {
+  return join(dirname(targetPath), `.${basename(targetPath)}${SPOOL_MARK}${hostTag()}-${String(process.pid)}-${randomBytes(6).toString('hex')}`);
+}
+
+/**
+ * Removes the spools of earlier restores to `targetPath` that a killed
+ * process left (a signal's own cleanup removes it otherwise): only names of
+ * exactly the spool's form, of this host, owned by this user, whose process
+ * is gone. A spool of a live process — or of a process id reused since, or
+ * of another machine or pid namespace with another host name — stays.
+ */
+export async function removeDeadSpools(targetPath: string): Promise<void> {
+  const folder = dirname(targetPath);
+  const prefix = `.${basename(targetPath)}${SPOOL_MARK}${hostTag()}-`;
+  const names = await fsp.readdir(folder).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!name.startsWith(prefix)) continue;
+    const m = /^([1-9][0-9]{0,9})-[0-9a-f]{12}$/.exec(name.slice(prefix.length));
+    if (m === null || processAlive(Number(m[1]))) continue;
+    const path = join(folder, name);
+    const st = await fsp.lstat(path).catch(() => undefined);
+    if (!st?.isFile() || st.uid !== process.geteuid?.()) continue;
+    await fsp.unlink(path).catch(() => undefined);
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
