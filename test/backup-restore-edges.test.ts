@@ -24,7 +24,7 @@ import { randomBytes } from 'node:crypto';
 import { readdir, readFile, rename, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { acquireLock, FileObjectStore, loadKeyFile, Repository } from '@cowvol/backup';
+import { acquireLock, chunkObjectKey, FileObjectStore, loadKeyFile, Repository } from '@cowvol/backup';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, cowvol, cowvolOk, jsonOf, tempDir } from './helpers.js';
 
@@ -118,12 +118,21 @@ describe('backup restore', () => {
     }
   });
 
-  it('run again after it finished, a restore answers at once: nothing downloaded, exit 0', async () => {
+  it('run again after it finished, a restore answers at once — nothing downloaded, exit 0 — naming the snapshot as it is called there now', async () => {
     const target = join(dir, 'twice.img');
     await cowvolOk(['backup', 'restore', `${repoUrl}/${uuid}/wed`, target, '--key-file', key]);
     const again = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/wed`, target, '--key-file', key, '--verify', '--json']);
     expect(again.code, again.stderr).toBe(0);
-    expect(jsonOf<{ resumed: boolean; chunksDownloaded: number; verified: boolean }>(again)).toMatchObject({ resumed: true, chunksDownloaded: 0, verified: true });
+    expect(jsonOf(again)).toMatchObject({ snapshot: 'wed', alreadyThere: true, resumed: false, chunksDownloaded: 0, verified: true });
+    // Renamed there, and another snapshot named wed taken: the restored copy is found by its identity, under its new name.
+    await cowvolOk(['snapshot', 'rename', target, 'wed', 'restored-wed']);
+    await cowvolOk(['write', target, '--input', join(dir, 'in.bin')]);
+    await cowvolOk(['snapshot', 'create', target, 'wed']);
+    const renamed = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/wed`, target, '--key-file', key, '--verify', '--json']);
+    expect(renamed.code, renamed.stderr).toBe(0);
+    expect(jsonOf(renamed)).toMatchObject({ snapshot: 'restored-wed', alreadyThere: true, verified: true });
+    const human = await cowvolOk(['backup', 'restore', `${repoUrl}/${uuid}/wed`, target, '--key-file', key]);
+    expect(human.stdout.toString()).toContain(`${target} holds wed already, as restored-wed: nothing downloaded`);
   });
 
   it('killed while it created the new volume, the same restore run again starts it over; the spool is removed', async () => {
@@ -150,7 +159,7 @@ describe('backup restore', () => {
     expect(write.code).toBe(4);
     const again = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/mon`, target, '--key-file', key, '--verify', '--json']);
     expect(again.code, again.stderr).toBe(0);
-    expect(jsonOf<{ resumed: boolean; verified: boolean }>(again)).toMatchObject({ resumed: true, verified: true });
+    expect(jsonOf(again)).toMatchObject({ resumed: true, alreadyThere: false, verified: true });
     expect((await snapshotBytes(target, 'mon')).equals(await snapshotBytes(vol, 'mon'))).toBe(true);
     expect(await filesStartingWith(dir, '.killed.img.cowvol-restore-')).toEqual([]);
     expect((await cowvol(['check', target])).code).toBe(0);
@@ -251,8 +260,11 @@ describe('a lost chunk', () => {
     const url = pathToFileURL(repo).href;
     await cowvolOk(['backup', 'init', url, '--key-file', key, '--chunk-size', '64K']);
     await cowvolOk(['backup', 'push', vol, 'mon', '--to', url, '--key-file', key]);
-    const prefix = (await readdir(join(repo, 'chunks')))[0] ?? '';
-    await rm(join(repo, 'chunks', prefix), { recursive: true }); // every chunk under one prefix: lost
+    // The chunk at 6.25 MiB: mon's data, which tue (0–2 MiB) and wed (10–12 MiB) leave as it is.
+    const repository = await Repository.open(new FileObjectStore(url), await loadKeyFile(key));
+    const lost = (await repository.getManifest(uuid, 'mon')).chunks.get(100) ?? '';
+    expect(lost).not.toBe('');
+    await rm(join(repo, chunkObjectKey(lost)));
     await cowvolOk(['backup', 'push', vol, 'tue', '--to', url, '--key-file', key]); // exit 0: it trusts mon's ids
     const affected = async (): Promise<string[]> => {
       const r = await cowvol(['backup', 'verify', url, '--key-file', key, '--json']);
@@ -264,9 +276,9 @@ describe('a lost chunk', () => {
     expect(full.code, full.stderr).toBe(0);
     expect(jsonOf<{ parent: string | null; chunksUploaded: number }>(full)).toMatchObject({ parent: null });
     expect(jsonOf<{ chunksUploaded: number }>(full).chunksUploaded).toBeGreaterThan(0);
-    // wed is whole (lost chunks whose content wed still holds are stored again, which heals mon and tue there too).
-    const after = await cowvol(['backup', 'verify', url, '--key-file', key, '--json']);
-    expect(jsonOf<{ affectedSnapshots: Array<{ snapshotName: string }> }>(after).affectedSnapshots.map((a) => a.snapshotName)).not.toContain('wed');
+    // wed holds the lost chunk's content as it was: stored again, which makes mon and tue whole too.
+    const after = await cowvol(['backup', 'verify', url, '--key-file', key]);
+    expect(after.code, after.stdout.toString()).toBe(0);
     const target = join(dir, 'from-full.img');
     await cowvolOk(['backup', 'restore', `${url}/${uuid}/wed`, target, '--key-file', key, '--verify']);
     expect((await snapshotBytes(target, 'wed')).equals(await snapshotBytes(vol, 'wed'))).toBe(true);

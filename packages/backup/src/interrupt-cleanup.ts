@@ -13,7 +13,8 @@ import { rmSync } from 'node:fs';
  * a lock lapses after its lease (§17, "The repository lock").
  */
 const tempFiles = new Set<string>();
-const heldLocks = new Set<{ release(): Promise<void> }>();
+/** The delete of each lock object this process put and has not deleted yet (registered before the put, dropped once the delete landed). */
+const heldLocks = new Set<() => Promise<void>>();
 /** Store mutations in flight (puts and deletes of both stores): awaited on interruption, before any lock is released. */
 const writesInFlight = new Set<Promise<unknown>>();
 let interrupted = false;
@@ -61,11 +62,15 @@ export function removeTempFilesSync(): void {
   for (const path of tempFiles) rmSync(path, { force: true });
 }
 
-/** Registers a lock taken (RepositoryLock); returns the function that unregisters it once released. */
-export function trackLock(lock: { release(): Promise<void> }): () => void {
-  heldLocks.add(lock);
+/**
+ * Registers the delete of a lock object (`deleteLock`: the store's delete of
+ * its key), from before the object is put; returns the function that
+ * unregisters it, to call once that delete has landed.
+ */
+export function trackLock(deleteLock: () => Promise<void>): () => void {
+  heldLocks.add(deleteLock);
   return () => {
-    heldLocks.delete(lock);
+    heldLocks.delete(deleteLock);
   };
 }
 
@@ -77,7 +82,7 @@ export function trackLock(lock: { release(): Promise<void> }): () => void {
  * interrupted command alive). Never throws: a lock not released lapses after
  * its lease. Call {@link removeTempFilesSync} before and after it.
  */
-export async function quiesceAndReleaseLocks(timeoutMs = 3000): Promise<void> {
+export async function quiesceAndReleaseLocks(timeoutMs = 3000): Promise<'none' | 'released' | 'left'> {
   interrupted = true;
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
@@ -85,10 +90,19 @@ export async function quiesceAndReleaseLocks(timeoutMs = 3000): Promise<void> {
     // Every mutation already sent must have landed before a lock goes: a prune's delete landing after its
     // lock is released could remove a chunk a push, seeing it there, has just named in a manifest.
     const settled = await Promise.race([Promise.allSettled([...writesInFlight]).then(() => true), deadline]);
-    if (!settled) return; // the locks stay, to lapse with their leases
-    const releases = [...heldLocks].map((l) => cleanupContext.run(true, () => l.release()).catch(() => undefined));
-    heldLocks.clear();
-    await Promise.race([Promise.all(releases), deadline]);
+    // Read after the wait: a lock the command itself released meanwhile stays here until its delete landed
+    // (which, begun after the interruption, never starts): deleting it again is harmless.
+    const locks = [...heldLocks];
+    if (locks.length === 0) return 'none';
+    if (!settled) return 'left'; // the locks stay, to lapse with their leases
+    const deletes = locks.map((deleteLock) =>
+      cleanupContext
+        .run(true, deleteLock)
+        .then(() => heldLocks.delete(deleteLock))
+        .catch(() => undefined),
+    );
+    const done = await Promise.race([Promise.all(deletes).then(() => true), deadline]);
+    return done && heldLocks.size === 0 ? 'released' : 'left';
   } finally {
     clearTimeout(timer);
   }

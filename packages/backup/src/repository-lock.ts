@@ -95,7 +95,7 @@ export class RepositoryLock {
       this.renewing = this.renew();
     }, leaseMs / 4);
     this.renewal.unref();
-    this.untrack = trackLock(this); // released by the command line's signal handler too (interrupt-cleanup.ts)
+    this.untrack = trackLock(() => this.repo.store.delete(this.key)); // deleted by the command line's signal handler too (interrupt-cleanup.ts)
   }
 
   get kind(): LockKind {
@@ -138,12 +138,12 @@ export class RepositoryLock {
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
-    this.untrack();
     clearInterval(this.renewal);
     this.renewal = undefined;
     // A renewal that began after an interruption never starts its put (interrupt-cleanup.ts): nothing to wait for.
     if (!isInterrupted()) await this.renewing;
     await this.repo.store.delete(this.key);
+    this.untrack(); // only now: until the delete landed, an interruption's cleanup deletes it (again)
   }
 }
 
@@ -174,7 +174,7 @@ export async function acquireLock(repo: LockableRepository, kind: LockKind, opti
     command: options.command ?? 'cowvol',
   };
   // Known to the interruption cleanup from before its put: a signal between the put and the RepositoryLock deletes it too.
-  const untrackPending = trackLock({ release: () => repo.store.delete(key) });
+  const untrackPending = trackLock(() => repo.store.delete(key));
   try {
     await repo.store.put(key, encodeLock(repo, key, lease), { ifNoneMatch: true });
   } catch (err) {

@@ -3,7 +3,18 @@ import { promises as fsp } from 'node:fs';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { hasCode } from '@cowvol/base';
-import { isIncompleteCreate, SnapshotExistsError, Volume, VolumeExistsError, VolumeNotFoundError, volumeLayout, type ImportRecord, type ImportResult, type SnapshotIdentity } from '@cowvol/cow-core';
+import {
+  ImportPendingError,
+  isIncompleteCreate,
+  SnapshotExistsError,
+  Volume,
+  VolumeExistsError,
+  VolumeNotFoundError,
+  volumeLayout,
+  type ImportRecord,
+  type ImportResult,
+  type SnapshotIdentity,
+} from '@cowvol/cow-core';
 import { BackupArgumentError } from './errors.js';
 import type { Manifest } from './manifest.js';
 import { sameIdentity } from './restore-base.js';
@@ -16,13 +27,36 @@ import { sameIdentity } from './restore-base.js';
  * import; `done` — it holds this snapshot already (imported: its `origin`),
  * nothing to download.
  */
-export type TargetPlan = 'new' | 'resume' | 'done';
+export type TargetPlan = { kind: 'new' } | { kind: 'resume'; pending: ImportRecord } | { kind: 'done'; heldAs: string };
 
-/** What a target holds that decides its plan: its import marker, the origins of its imported snapshots, the identities of all (Volume.snapshotIdentity). */
+/** An imported snapshot of a target: the identity it was imported as (`origin`), and its name there (it may have been renamed). */
+export interface HeldOrigin {
+  origin: SnapshotIdentity;
+  name: string;
+}
+
+/** What a target holds that decides its plan: its import marker, its imported snapshots, the identities of all (Volume.snapshotIdentity). */
 export interface TargetState {
   pendingImport: ImportRecord | null;
-  origins: SnapshotIdentity[];
+  origins: HeldOrigin[];
   identities: SnapshotIdentity[];
+}
+
+/**
+ * Refuses, before the download, to resume an import the spool would not
+ * match (import checks the marker's header CRC, but only after it has the
+ * stream): the marker must be of the same kind and base as this restore's
+ * stream — a full stream without `into`, an incremental one from `base` with.
+ * @throws IMPORT_PENDING
+ */
+export function checkResumable(targetPath: string, pending: ImportRecord, base: SnapshotIdentity | null): void {
+  const kind = base === null ? 'full' : 'incremental';
+  if (pending.kind === kind && ((pending.base === null && base === null) || (pending.base !== null && base !== null && sameIdentity(pending.base, base)))) return;
+  throw new ImportPendingError(
+    `the import pending in ${targetPath} is of another stream of this snapshot (${pending.kind}${pending.base ? ` from ${pending.base.name}` : ''}; this restore would apply a ${kind} one${base ? ` from ${base.name}` : ''}): ` +
+      'run the restore as it first ran, or abandon that import (cowvol snapshot restore)',
+    { details: { path: targetPath } },
+  );
 }
 
 /**
@@ -48,22 +82,25 @@ export async function planTarget(
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
     });
-    if (found === undefined) {
+    // A create killed half-way (this restore's, or any): the import starts it over, as it would for a missing path.
+    const halfMade = !into && (await isIncompleteCreate(volumeLayout(targetPath)));
+    if (found === undefined || halfMade) {
       if (into) throw new VolumeNotFoundError(targetPath);
       const folder = await fsp.stat(dirname(targetPath)).catch(() => undefined);
       if (!folder?.isDirectory()) throw new BackupArgumentError(`the folder of ${targetPath} does not exist (or is not a folder)`, { details: { path: targetPath } });
-      return 'new';
+      // A sidecar with no volume file, not a killed create's: the create would refuse it after the download.
+      if (!halfMade && (await fsp.lstat(volumeLayout(targetPath).sidecarPath).catch(() => undefined)) !== undefined) throw exists();
+      return { kind: 'new' };
     }
-    // A create killed half-way (this restore's, or any): the import starts it over, as it would for a missing path.
-    if (!into && (await isIncompleteCreate(volumeLayout(targetPath)))) return 'new';
     state = await openState(targetPath, into, options.openVolume, exists);
   }
-  if (state.pendingImport && sameIdentity(state.pendingImport.source, manifest.identity)) return 'resume';
-  if (state.origins.some((o) => sameIdentity(o, manifest.identity))) return 'done';
+  if (state.pendingImport && sameIdentity(state.pendingImport.source, manifest.identity)) return { kind: 'resume', pending: state.pendingImport };
+  const held = state.origins.find((o) => sameIdentity(o.origin, manifest.identity));
+  if (held) return { kind: 'done', heldAs: held.name };
   if (!into) throw exists();
   // Taken on this very volume (the source itself): there already, as import says, before any download.
   if (state.identities.some((i) => sameIdentity(i, manifest.identity))) throw new SnapshotExistsError(manifest.snapshotName);
-  return 'new';
+  return { kind: 'new' };
 }
 
 async function openState(targetPath: string, into: boolean, openVolume: ((path: string) => Promise<Volume>) | undefined, exists: () => VolumeExistsError): Promise<TargetState> {
@@ -76,10 +113,10 @@ async function openState(targetPath: string, into: boolean, openVolume: ((path: 
     throw err;
   }
   try {
-    const origins: SnapshotIdentity[] = [];
+    const origins: HeldOrigin[] = [];
     const identities: SnapshotIdentity[] = [];
     for (const s of await volume.listSnapshots()) {
-      if (s.origin) origins.push(s.origin);
+      if (s.origin) origins.push({ origin: s.origin, name: s.name });
       identities.push(await volume.snapshotIdentity(s.name));
     }
     return { pendingImport: (await volume.importState()) ?? null, origins, identities };
@@ -88,11 +125,11 @@ async function openState(targetPath: string, into: boolean, openVolume: ((path: 
   }
 }
 
-/** The result of an import that finds its snapshot there already (plan `done`). */
-export function alreadyImported(targetPath: string, manifest: Manifest): ImportResult {
+/** The result of an import that finds its snapshot there already, as `heldAs` (plan `done`). */
+export function alreadyImported(targetPath: string, manifest: Manifest, heldAs: string): ImportResult {
   return {
     volume: targetPath,
-    snapshot: manifest.snapshotName,
+    snapshot: heldAs,
     kind: 'full',
     source: { ...manifest.identity, name: manifest.snapshotName },
     base: null,

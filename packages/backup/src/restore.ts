@@ -1,14 +1,25 @@
 import { constants, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { assert } from '@cowvol/base';
-import { importStream, MAX_EXTENT_BYTES, StreamWriter, Volume, type ImportProgress, type ImportResult, type StreamSource, VerifyFailedError, type SnapshotIdentity } from '@cowvol/cow-core';
+import {
+  importStream,
+  MAX_EXTENT_BYTES,
+  StreamWriter,
+  Volume,
+  type ImportProgress,
+  type ImportRecord,
+  type ImportResult,
+  type StreamSource,
+  VerifyFailedError,
+  type SnapshotIdentity,
+} from '@cowvol/cow-core';
 import { trackTempFile } from './interrupt-cleanup.js';
 import type { Manifest } from './manifest.js';
 import { checkJobs, DEFAULT_JOBS, mapOrdered } from './pool.js';
 import { isZero } from './push.js';
 import type { Repository } from './repository.js';
 import { findRestoreBase } from './restore-base.js';
-import { alreadyImported, planTarget, removeDeadSpools, spoolPathFor, type TargetState } from './restore-target.js';
+import { alreadyImported, checkResumable, planTarget, removeDeadSpools, spoolPathFor, type TargetState } from './restore-target.js';
 import { acquireReaderLock, type RepositoryLock } from './repository-lock.js';
 
 /** Options of {@link restoreFromRepository}. */
@@ -52,8 +63,10 @@ export interface RestoreResult {
   /** The manifest whose snapshot the target held (`--into`), or null. */
   base: string | null;
   created: boolean;
-  /** The target was this restore, interrupted: its import was resumed (or had finished already). */
+  /** The target was this restore, interrupted: its import was resumed. */
   resumed: boolean;
+  /** The target held this snapshot already (as `snapshot`, its name there): nothing was downloaded or written. */
+  alreadyThere: boolean;
   chunksDownloaded: number;
   bytesDownloaded: number;
   verified: boolean;
@@ -103,31 +116,32 @@ export async function restoreFromRepository(repo: Repository, volumeUuid: string
     const { target } = options;
     // The target is checked before any chunk is downloaded: a typo must not cost the whole download.
     const plan = await planTarget(targetPath, manifest, { into: options.into, openVolume: options.openVolume, state: target ? () => target.state() : undefined });
-    if (plan === 'done') return await alreadyThere(repo, manifest, targetPath, options, started);
+    if (plan.kind === 'done') return await alreadyThere(repo, manifest, targetPath, plan.heldAs, options, started);
     const identities = target ? async () => (await target.state()).identities : () => identitiesOf(targetPath, options.openVolume);
-    return await restoreLocked(repo, manifest, targetPath, plan === 'resume', { ...options, jobs }, started, identities, lock);
+    return await restoreLocked(repo, manifest, targetPath, plan.kind === 'resume' ? plan.pending : undefined, { ...options, jobs }, started, identities, lock);
   } finally {
     await lock?.release();
   }
 }
 
-/** Plan `done`: the target holds the snapshot already; nothing is downloaded (with `verify`, it is read back). */
-async function alreadyThere(repo: Repository, manifest: Manifest, targetPath: string, options: RestoreOptions, started: number): Promise<RestoreResult> {
+/** Plan `done`: the target holds the snapshot already, as `heldAs`; nothing is downloaded (with `verify`, `heldAs` is read back). */
+async function alreadyThere(repo: Repository, manifest: Manifest, targetPath: string, heldAs: string, options: RestoreOptions, started: number): Promise<RestoreResult> {
   const result: RestoreResult = {
     volume: targetPath,
-    snapshot: manifest.snapshotName,
+    snapshot: heldAs,
     volumeUuid: manifest.volumeUuid,
     base: null,
     created: false,
-    resumed: true,
+    resumed: false,
+    alreadyThere: true,
     chunksDownloaded: 0,
     bytesDownloaded: 0,
     verified: false,
-    import: alreadyImported(targetPath, manifest),
+    import: alreadyImported(targetPath, manifest, heldAs),
     seconds: 0,
   };
   if (options.verify === true) {
-    await verifyIds(repo, manifest, targetPath, options.target, options.onProgress);
+    await verifyIds(repo, { ...manifest, snapshotName: heldAs }, targetPath, options.target, options.onProgress);
     result.verified = true;
   }
   result.seconds = (Date.now() - started) / 1000;
@@ -138,7 +152,7 @@ async function restoreLocked(
   repo: Repository,
   manifest: Manifest,
   targetPath: string,
-  resume: boolean,
+  pending: ImportRecord | undefined,
   options: RestoreOptions & { jobs: number },
   started: number,
   identities: () => Promise<SnapshotIdentity[]>,
@@ -147,6 +161,8 @@ async function restoreLocked(
   const { target, jobs } = options;
   const { volumeUuid, snapshotName } = manifest;
   const base = options.into === true ? await findRestoreBase(repo, manifest, targetPath, await identities()) : undefined;
+  if (pending) checkResumable(targetPath, pending, base ? { ...base.manifest.identity, name: base.manifest.snapshotName } : null);
+  const resume = pending !== undefined;
   const spoolPath = spoolPathFor(targetPath);
   const handle = await fsp.open(spoolPath, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   const untrack = trackTempFile(spoolPath);
@@ -168,7 +184,8 @@ async function restoreLocked(
       volumeUuid,
       base: base?.key ?? null,
       created: imported.created,
-      resumed: imported.resumed || imported.alreadyImported,
+      resumed: imported.resumed,
+      alreadyThere: imported.alreadyImported,
       chunksDownloaded: spooled.chunks,
       bytesDownloaded: spooled.bytes,
       verified: false,

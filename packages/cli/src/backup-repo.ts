@@ -1,7 +1,7 @@
 import { Flags } from '@oclif/core';
 import type { ObjectStore, Repository } from '@cowvol/backup';
 import { BackupArgumentError, DEFAULT_JOBS, MAX_JOBS } from '@cowvol/backup/limits';
-import { onInterrupt, onInterruptAsync } from './signals.js';
+import { ASYNC_CLEANUP_MS, interrupting, onInterrupt, onInterruptAsync } from './signals.js';
 
 /**
  * @cowvol/backup as a whole (with the AWS SDK), loaded by a backup command
@@ -15,7 +15,11 @@ export async function loadBackup(): Promise<typeof import('./backup-module.js')>
     // An interrupted backup command removes its temporary files (a restore's spool, objects not yet in place) and releases its locks (README "Interrupting a command").
     interruptCleanups = true;
     onInterrupt(backup.removeTempFilesSync);
-    onInterruptAsync(() => backup.quiesceAndReleaseLocks());
+    onInterruptAsync(async () => {
+      const locks = await backup.quiesceAndReleaseLocks(ASYNC_CLEANUP_MS - 200);
+      if (locks === 'none') return undefined;
+      return locks === 'released' ? 'repository locks released' : 'repository locks left to lapse with their leases (the store did not answer in time)';
+    });
   }
   return backup;
 }
@@ -67,7 +71,8 @@ export async function withRepository<T>(url: string, flags: RepositoryFlags, fn:
   try {
     return await fn(await Repository.open(store, key));
   } finally {
-    store.close?.();
+    // Not while a signal's cleanup may still be deleting a lock through it.
+    if (!interrupting()) store.close?.();
   }
 }
 

@@ -6,7 +6,7 @@ import { exitCodeFor } from './exit-codes.js';
 import { watchStdout } from './io.js';
 import { isErrnoError, osError } from './os-errors.js';
 import { askServer, servedPid, VolumeServedError } from './served.js';
-import { installSignalHandlers } from './signals.js';
+import { installSignalHandlers, interrupting } from './signals.js';
 
 /** How a command opens its volume (see {@link CowvolCommand.withVolume}). */
 export interface OpenMode {
@@ -174,6 +174,8 @@ export abstract class CowvolCommand extends Command {
   }
 
   protected override async catch(raw: Error & { code?: string; oclif?: { exit?: number } }): Promise<void> {
+    // Being stopped by a signal: what fails meanwhile is the stop, which the signal handler reports (and exits 128 + n).
+    if (interrupting()) return new Promise<void>(() => undefined);
     // An OS error no path handler claimed is still the operating system's failure: IO_ERROR or NO_SPACE, not a bug.
     const err: Error & { code?: string; oclif?: { exit?: number } } = isErrnoError(raw) ? osError(raw) : raw;
     let code: ErrorCode;

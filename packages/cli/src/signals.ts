@@ -14,8 +14,15 @@ const SIGNAL_EXIT: ReadonlyArray<[NodeJS.Signals, number]> = [
 ];
 
 const cleanups = new Set<() => void>();
-const asyncCleanups = new Set<() => Promise<void>>();
+const asyncCleanups = new Set<() => Promise<string | undefined>>();
 let installed = false;
+/** The signal being handled, once one came: the process is on its way out. */
+let interruptedBy: NodeJS.Signals | undefined;
+
+/** True once a signal began the exit: the command's own errors are not reported any more (it is being stopped). */
+export function interrupting(): boolean {
+  return interruptedBy !== undefined;
+}
 /** How long the asynchronous cleanups (a repository lock's release over the network) may take before the process exits anyway. */
 export const ASYNC_CLEANUP_MS = 3000;
 
@@ -24,15 +31,15 @@ export function installSignalHandlers(): void {
   if (installed) return;
   installed = true;
   for (const [signal, exitCode] of SIGNAL_EXIT) {
-    let interrupted = false;
     process.on(signal, () => {
-      if (interrupted) process.exit(exitCode); // a second signal does not wait for the cleanups
-      interrupted = true;
+      if (interruptedBy !== undefined) process.exit(exitCode); // a second signal, of any kind, does not wait for the cleanups
+      interruptedBy = signal;
       runCleanups();
+      const notes: string[] = [];
       const done = (): void => {
         // The command ran on while the asynchronous cleanups waited: what it wrote meanwhile goes too (each file is registered before it is created).
         runCleanups();
-        process.stderr.write(`cowvol: interrupted by ${signal}; temporary files removed${asyncCleanups.size > 0 ? ', repository locks released' : ''}\n`);
+        process.stderr.write(`cowvol: interrupted by ${signal}; temporary files removed${notes.map((n) => `, ${n}`).join('')}\n`);
         process.exit(exitCode);
       };
       if (asyncCleanups.size === 0) {
@@ -40,8 +47,12 @@ export function installSignalHandlers(): void {
         return;
       }
       // Each cleanup bounds itself; the timer bounds them all, and keeps the process alive meanwhile.
-      const timer = setTimeout(done, ASYNC_CLEANUP_MS);
-      void Promise.allSettled([...asyncCleanups].map((c) => c())).then(() => {
+      const timer = setTimeout(() => {
+        notes.push('some cleanup did not finish in time');
+        done();
+      }, ASYNC_CLEANUP_MS);
+      void Promise.allSettled([...asyncCleanups].map((c) => c())).then((outcomes) => {
+        for (const o of outcomes) if (o.status === 'fulfilled' && o.value !== undefined) notes.push(o.value);
         clearTimeout(timer);
         done();
       });
@@ -64,9 +75,10 @@ export function onInterrupt(cleanup: () => void): () => void {
 /**
  * Registers an asynchronous cleanup (a backup command's repository locks:
  * deleting an object of the store) run on a signal after the synchronous
- * ones, for at most ASYNC_CLEANUP_MS in all. Kept for the life of the process.
+ * ones, for at most ASYNC_CLEANUP_MS in all; what it resolves with, if
+ * anything, ends the "interrupted" line. Kept for the life of the process.
  */
-export function onInterruptAsync(cleanup: () => Promise<void>): void {
+export function onInterruptAsync(cleanup: () => Promise<string | undefined>): void {
   asyncCleanups.add(cleanup);
 }
 

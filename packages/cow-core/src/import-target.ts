@@ -130,7 +130,10 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
     for (const s of snapshots) if (s.origin && sameIdentity(s.origin, h.source)) return 'already-imported';
     throw new ResumeMismatchError(
       pending
-        ? `--resume: the interrupted import into ${path} is of another stream (${describeIdentity(pending.source)}), not ${describeIdentity(h.source)}`
+        ? sameIdentity(pending.source, h.source)
+          ? `--resume: the interrupted import into ${path} is of another stream of the same snapshot ${describeIdentity(h.source)} (another export or restore of it, or another base): ` +
+            'finish it with that stream, or abandon it (cowvol snapshot restore)'
+          : `--resume: the interrupted import into ${path} is of another stream (${describeIdentity(pending.source)}), not ${describeIdentity(h.source)}`
         : `--resume: ${path} has no interrupted import to resume`,
       { details: { path } },
     );

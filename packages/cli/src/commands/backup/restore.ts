@@ -55,7 +55,9 @@ export default class BackupRestore extends CowvolCommand {
       }),
     ).finally(() => progress.stop());
     this.say(
-      `restored ${snapshotName} into ${args.volume}${result.created ? ' (new volume)' : ''}${result.resumed ? ' (an interrupted restore, finished)' : ''}: ${String(result.chunksDownloaded)} chunks downloaded (${human(result.bytesDownloaded)})` +
+      (result.alreadyThere
+        ? `${args.volume} holds ${snapshotName} already${result.snapshot === snapshotName ? '' : `, as ${result.snapshot}`}: nothing downloaded`
+        : `restored ${snapshotName} into ${args.volume}${result.created ? ' (new volume)' : ''}${result.resumed ? ' (an interrupted restore, finished)' : ''}: ${String(result.chunksDownloaded)} chunks downloaded (${human(result.bytesDownloaded)})`) +
         (result.verified ? '; read back and verified' : ''),
     );
     const { import: imported, ...rest } = result;
