@@ -27,6 +27,7 @@ import { pathToFileURL } from 'node:url';
 import { acquireLock, chunkObjectKey, FileObjectStore, loadKeyFile, Repository } from '@cowvol/backup';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, cowvol, cowvolOk, jsonOf, tempDir } from './helpers.js';
+import { startServe } from './nbd-peers.js';
 
 const MiB = 1024 * 1024;
 let dir: string;
@@ -163,6 +164,28 @@ describe('backup restore', () => {
     expect((await snapshotBytes(target, 'mon')).equals(await snapshotBytes(vol, 'mon'))).toBe(true);
     expect(await filesStartingWith(dir, '.killed.img.cowvol-restore-')).toEqual([]);
     expect((await cowvol(['check', target])).code).toBe(0);
+  });
+});
+
+describe('a restore interrupted into a volume that is then served', () => {
+  it('the server refuses writes to it (the CLI says IMPORT_PENDING) and the same restore run again finishes it through the server', async () => {
+    const target = join(dir, 'served-target.img');
+    const killed = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/mon`, target, '--key-file', key], { env: { COWVOL_KILL_AT: 'import:extent#40' } });
+    expect(killed.code, killed.stderr).toBe(-1);
+    const server = await startServe(target);
+    try {
+      const write = await cowvol(['write', target, '--input', '-'], { input: Buffer.alloc(4096, 3) });
+      expect(write.stderr).toContain('[IMPORT_PENDING]');
+      expect(write.code).toBe(4);
+      const again = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/mon`, target, '--key-file', key, '--verify', '--json']);
+      expect(again.code, again.stderr).toBe(0);
+      expect(jsonOf(again)).toMatchObject({ resumed: true, verified: true });
+      await cowvolOk(['write', target, '--input', '-'], Buffer.alloc(4096, 3)); // the import is finished: writes go on
+    } finally {
+      await cowvolOk(['stop', target]);
+      await server.exited;
+    }
+    expect((await snapshotBytes(target, 'mon')).equals(await snapshotBytes(vol, 'mon'))).toBe(true);
   });
 });
 

@@ -1,4 +1,5 @@
 import { CowvolError, hasCode } from '@cowvol/base';
+import type { ImportRecord, VolumeInfo } from '@cowvol/cow-core';
 import type { NbdClient } from '@cowvol/nbd';
 import type { OpenMode } from './base-command.js';
 import { askServer, VolumeServedError } from './served.js';
@@ -21,6 +22,12 @@ export interface VolumeData {
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
   write(offsetBytes: number, data: Buffer): Promise<void>;
   flush(): Promise<void>;
+}
+
+/** The import marker of a served volume (`info`'s first page, `pendingImport`), or null. @throws NOT_SERVED, the server's error */
+export async function servedPendingImport(volumePath: string): Promise<ImportRecord | null> {
+  const first = (await askServer(volumePath, 'info')) as { info: Partial<VolumeInfo> };
+  return first.info.pendingImport ?? null;
 }
 
 /** The NBD export `client` attached, as VolumeData. */

@@ -1,15 +1,15 @@
 import { stat } from 'node:fs/promises';
 import { Flags } from '@oclif/core';
 import { Args } from '../args.js';
-import { IoError } from '@cowvol/base';
-import { OutOfRangeError, VolumeNotFoundError } from '@cowvol/cow-core';
+import { hasCode, IoError } from '@cowvol/base';
+import { ImportPendingError, OutOfRangeError, VolumeNotFoundError } from '@cowvol/cow-core';
 import { CowvolCommand } from '../base-command.js';
 import { parseSize } from '../size.js';
 import { openInput } from '../io.js';
 import { copyIn } from '../copy-in.js';
 import { isErrnoError, osError } from '../os-errors.js';
 import { createProgress, progressFlag } from '../progress.js';
-import { LIVE_EXPORT_NAME, withVolumeData, type VolumeData } from '../served-nbd.js';
+import { LIVE_EXPORT_NAME, servedPendingImport, withVolumeData, type VolumeData } from '../served-nbd.js';
 
 /** `OUT_OF_RANGE` for a stream input found longer than the room after --offset while it was spooled (its full length is unknown). */
 class StreamTooLongError extends OutOfRangeError {
@@ -76,7 +76,17 @@ export default class Write extends CowvolCommand {
         // commits as the write-back stage would, without its copy of every byte (docs/PERFORMANCE.md
         // "The CLI write path"). Durability is the same: everything is flushed before it returns.
         offline: (mode) => this.withVolume(args.volume, copy, { ...mode, writeBackBytes: 0 }),
-        served: copy,
+        served: (data) =>
+          copy(data).catch(async (err: unknown) => {
+            // NBD carries an errno, not a reason: an EIO from a volume whose import is pending is that import's refusal.
+            if (!hasCode(err, 'IO_ERROR')) throw err;
+            const pending = await servedPendingImport(args.volume).catch(() => null);
+            if (pending === null) throw err;
+            throw new ImportPendingError(
+              `an import into ${args.volume} (of snapshot ${pending.source.name}) is in progress or was interrupted; the server refuses writes until it is finished (the same import with --resume, or the same backup restore) or abandoned (cowvol snapshot restore)`,
+              { details: { path: args.volume }, cause: err },
+            );
+          }),
       });
       this.say(`wrote ${lengthBytes} bytes at offset ${offsetBytes}`);
       return { offsetBytes, lengthBytes };

@@ -37,8 +37,9 @@ export default class BackupRestore extends CowvolCommand {
     const { repositoryUrl, volumeUuid, snapshotName } = splitSnapshotUrl(args.snapshot);
     const { restoreFromRepository } = await loadBackup();
     const progress = createProgress(flags.progress, 'backup restore');
-    // --into a served volume: the server applies the spooled stream, as `cowvol import` on it (docs/ARCHITECTURE.md §14.10).
-    const pid = flags.into && (await isServed(args.volume)) ? await servedPid(args.volume) : undefined;
+    // A served volume: the server applies the spooled stream, as `cowvol import` on it (docs/ARCHITECTURE.md §14.10) — with
+    // --into, or to finish this restore interrupted there; anything else is VOLUME_EXISTS, as offline (restore-target.ts).
+    const pid = (await isServed(args.volume)) ? await servedPid(args.volume) : undefined;
     const target =
       pid === undefined
         ? undefined
