@@ -253,6 +253,26 @@ describe.skipIf(missing)(`info and snapshot info, delete, rename, label, hold, r
     expect(await server.exited).toBe(0);
   }, 300_000);
 
+  it('a client with qemu:dirty-bitmap:s2 selected pins s2: delete and rename are SNAPSHOT_IN_USE, so the bitmap never comes to mean another snapshot of that name', async () => {
+    const vol = await buildVolume('bitmap-pin.img');
+    const server = await serve(vol);
+    const client = await attachNbdsh(`nbd+unix:///live?socket=${server.socket}`, 'qemu:dirty-bitmap:s2');
+    for (const args of [
+      ['snapshot', 'delete', vol, 's2', '--json'],
+      ['snapshot', 'rename', vol, 's2', 's2-old', '--json'],
+    ]) {
+      const refused = await cowvol(args);
+      expect(refused.code, refused.stderr).toBe(4);
+      expect(jsonOf<{ error: { code: string; details: unknown } }>(refused).error).toMatchObject({ code: 'SNAPSHOT_IN_USE', details: { name: 's2', connections: 1 } });
+    }
+    await cowvolOk(['snapshot', 'rename', vol, 's1', 's1-old']); // a snapshot whose bitmap nobody selected changes as ever
+    await client.release();
+    await untilDetached(vol, 'live');
+    expect(jsonOf(await cowvolOk(['snapshot', 'rename', vol, 's2', 's2-old', '--json']))).toMatchObject({ name: 's2-old' });
+    await cowvolOk(['stop', vol]);
+    expect(await server.exited).toBe(0);
+  }, 300_000);
+
   it('restore while an NBD client holds live open: EXPORT_IN_USE (exit 4), nothing changed; after it disconnects the restore runs on the server', async () => {
     const vol = await buildVolume('restore-in-use.img');
     const server = await serve(vol);
@@ -433,8 +453,9 @@ describe.skipIf(missing)(`import, check --repair and accept-changes on a served 
  * then reads and prints again and disconnects. `release()` resolves with
  * everything it printed once it exited 0.
  */
-async function attachNbdsh(uri: string): Promise<{ out: () => string; release: () => Promise<string> }> {
-  const script = `h.connect_uri(${JSON.stringify(uri)})\nprint(h.pread(4096, 0)[0], flush=True)\nimport sys\nsys.stdin.read()\nprint(h.pread(4096, 0)[0], flush=True)\nh.shutdown()`;
+async function attachNbdsh(uri: string, metaContext?: string): Promise<{ out: () => string; release: () => Promise<string> }> {
+  const select = metaContext === undefined ? '' : `h.add_meta_context(${JSON.stringify(metaContext)})\n`;
+  const script = `${select}h.connect_uri(${JSON.stringify(uri)})\nprint(h.pread(4096, 0)[0], flush=True)\nimport sys\nsys.stdin.read()\nprint(h.pread(4096, 0)[0], flush=True)\nh.shutdown()`;
   const client = spawn('nbdsh', ['-c', script], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` }, stdio: ['pipe', 'pipe', 'pipe'] });
   running.add(client);
   let out = '';

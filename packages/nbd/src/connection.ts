@@ -6,7 +6,8 @@ import { MAX_PAYLOAD_BYTES, NBD_CMD_DISC, NBD_CMD_READ, NBD_EINVAL, NBD_EPERM, N
 import { NbdFramingError } from './errors.js';
 import { parseClientFlags, parseOption, parseRequest, type RequestMessage } from './framing.js';
 import type { NbdLogger } from './logger.js';
-import { Negotiation, type Agreement } from './negotiation.js';
+import { dirtySnapshotsOf, Negotiation, type Agreement } from './negotiation.js';
+import { SNAPSHOT_EXPORT_PREFIX } from './volume-exports.js';
 import { greeting } from './replies.js';
 import { ReplyWriter } from './reply-writer.js';
 import { errnoFor, errorReply, runRequest, validateRequest } from './request-handler.js';
@@ -122,10 +123,15 @@ export class Connection {
 
   /**
    * True when this connection is attached to `exportName`, or its option in
-   * progress names it (the reply may still be on its way; §14.8).
+   * progress names it (the reply may still be on its way; §14.8), or, for
+   * `snapshot/<name>`, it has that snapshot's dirty bitmap selected (§14.9).
    */
   claims(exportName: string): boolean {
-    return this.agreement ? this.agreement.export.name === exportName : this.negotiation?.claimedExport === exportName;
+    if (this.agreement ? this.agreement.export.name === exportName : this.negotiation?.claimedExport === exportName) return true;
+    // A selected qemu:dirty-bitmap:<name> pins snapshot <name> too (Negotiation.claimedBitmaps).
+    if (!exportName.startsWith(SNAPSHOT_EXPORT_PREFIX)) return false;
+    const bitmaps = this.agreement ? dirtySnapshotsOf(this.agreement.contexts) : (this.negotiation?.claimedBitmaps ?? []);
+    return bitmaps.includes(exportName.slice(SNAPSHOT_EXPORT_PREFIX.length));
   }
 
   /** Refuses new requests (ESHUTDOWN), finishes those in flight, flushes, closes. */

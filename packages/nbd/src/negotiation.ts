@@ -30,7 +30,7 @@ import {
   NBD_REP_ERR_UNSUP,
 } from './constants.js';
 import type { OptionMessage } from './framing.js';
-import { matchContexts, type MetaContext } from './meta-context.js';
+import { DIRTY_BITMAP_PREFIX, matchContexts, type MetaContext } from './meta-context.js';
 import { decodeInfoRequest, decodeMetaContextRequest } from './option-payloads.js';
 import { exportNameReply, infoBlockSizeReply, infoExportReply, infoTextReply, metaContextReply, optionError, optionReply, serverReply } from './replies.js';
 
@@ -87,6 +87,8 @@ export class Negotiation {
    * while its reply is on the way (docs/ARCHITECTURE.md §14.8).
    */
   claimedExport: string | undefined;
+  /** Snapshots whose dirty bitmaps a SET_META_CONTEXT in progress names, set before they are looked up (as claimedExport). */
+  private pendingBitmaps: string[] = [];
   /** Options answered NBD_REP_ERR_POLICY on a refused connection; at MAX_REFUSED_OPTIONS the connection is closed. */
   private refusedOptions = 0;
 
@@ -198,7 +200,13 @@ export class Negotiation {
     const found = await this.catalog.resolve(exportName);
     if (!found) return { replies: [optionError(option, NBD_REP_ERR_UNKNOWN, `no export named ${JSON.stringify(exportName)}`)], next: 'options' };
     const listing = option === NBD_OPT_LIST_META_CONTEXT;
-    const contexts = await matchContexts(found, queries, listing);
+    if (!listing) this.pendingBitmaps = queries.filter((q) => q.startsWith(DIRTY_BITMAP_PREFIX)).map((q) => q.slice(DIRTY_BITMAP_PREFIX.length));
+    let contexts: MetaContext[];
+    try {
+      contexts = await matchContexts(found, queries, listing);
+    } finally {
+      this.pendingBitmaps = [];
+    }
     if (!listing) {
       this.metaExport = contexts.length > 0 ? found.name : undefined;
       this.metaContexts = contexts;
@@ -206,6 +214,16 @@ export class Negotiation {
     const replies = contexts.map((c) => metaContextReply(option, c.id, c.name));
     replies.push(optionReply(option, NBD_REP_ACK));
     return { replies, next: 'options' };
+  }
+
+  /**
+   * The snapshots whose dirty bitmaps this connection has selected, or is
+   * selecting: it pins them, as an attach to `snapshot/<name>` does — a
+   * delete or rename is SNAPSHOT_IN_USE meanwhile — so a bitmap never comes
+   * to mean another snapshot under the same name (docs/ARCHITECTURE.md §14.9).
+   */
+  get claimedBitmaps(): readonly string[] {
+    return [...this.pendingBitmaps, ...dirtySnapshotsOf(this.metaContexts)];
   }
 
   /** Transmission flags ("Transmission flags") for `found` under what was negotiated so far. */
@@ -216,6 +234,11 @@ export class Negotiation {
     const contexts = this.structured && this.metaExport === found.name ? this.metaContexts : [];
     return { export: found, transmissionFlags: flags, structured: this.structured, baseAllocation: contexts.some((c) => c.kind === 'allocation'), contexts };
   }
+}
+
+/** The snapshots of the dirty-bitmap contexts among `contexts`. */
+export function dirtySnapshotsOf(contexts: readonly MetaContext[]): string[] {
+  return contexts.flatMap((c) => (c.kind === 'dirty' ? [c.snapshot] : []));
 }
 
 function invalid(option: number, message: string): OptionStep {

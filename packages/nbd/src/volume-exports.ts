@@ -42,6 +42,8 @@ class LiveExport implements BlockExport {
   constructor(
     private readonly volume: Volume,
     readonly readOnly: boolean,
+    /** True while a delete or rename of snapshot `name` runs (VolumeExports.whileUnexported). */
+    private readonly isChanging: (name: string) => boolean = () => false,
   ) {
     this.description = `live volume, ${readOnly ? 'read-only' : 'read-write'}`;
   }
@@ -87,9 +89,13 @@ class LiveExport implements BlockExport {
   blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
     return zeroStatus((o, l) => this.volume.read(o, l), offsetBytes, lengthBytes, this.volume.blockSizeBytes);
   }
-  /** A `qemu:dirty-bitmap:<name>` per snapshot (docs/ARCHITECTURE.md §14.9). */
+  /**
+   * A `qemu:dirty-bitmap:<name>` per snapshot (docs/ARCHITECTURE.md §14.9) — none of a snapshot being deleted or
+   * renamed: a connection that selects one pins that snapshot (Connection.claims), and a change that began first wins.
+   */
   async dirtyBitmaps(): Promise<string[]> {
-    return (await this.volume.listSnapshots()).map((s) => s.name);
+    const names = (await this.volume.listSnapshots()).map((s) => s.name);
+    return names.filter((n) => !this.isChanging(n));
   }
   /**
    * Volume.diff(snapshot) to live over the requested range: the blocks written since it, from the snapshot
@@ -155,7 +161,7 @@ export class VolumeExports implements ExportCatalog {
     private readonly volume: Volume,
     options: { readOnly?: boolean } = {},
   ) {
-    this.live = new LiveExport(volume, options.readOnly ?? false);
+    this.live = new LiveExport(volume, options.readOnly ?? false, (name) => this.changing.has(name));
   }
 
   async list(): Promise<ExportListing[]> {
