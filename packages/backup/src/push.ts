@@ -1,5 +1,5 @@
 import { assert, hasCode } from '@cowvol/base';
-import { killPoint, snapshotDataPieces, SnapshotNotFoundError, type ExportSource, type SnapshotIdentity, type SnapshotInfo, type VolumeInfo } from '@cowvol/cow-core';
+import { killPoint, sameIdentity, snapshotDataPieces, SnapshotNotFoundError, type ExportSource, type SnapshotIdentity, type SnapshotInfo, type VolumeInfo } from '@cowvol/cow-core';
 import { BackupArgumentError, ObjectExistsError } from './errors.js';
 import { chunkCount, MAX_MANIFEST_CHUNKS, type Manifest } from './manifest.js';
 import { manifestObjectKey } from './object-keys.js';
@@ -267,10 +267,6 @@ async function dataChunks(volume: PushSource, name: string, chunkSizeBytes: numb
     for (let i = Math.floor(piece.offsetBytes / chunkSizeBytes); i <= last; i++) if (indexes.at(-1) !== i) indexes.push(i);
   }
   return indexes;
-}
-
-function sameIdentity(a: SnapshotIdentity, b: SnapshotIdentity): boolean {
-  return a.volumeUuid === b.volumeUuid && a.snapshotId === b.snapshotId && a.createdAt === b.createdAt;
 }
 
 const ZEROS = Buffer.alloc(1024 * 1024);

@@ -1,5 +1,5 @@
 import { hasCode } from '@cowvol/base';
-import { BaseMismatchError, type SnapshotIdentity } from '@cowvol/cow-core';
+import { BaseMismatchError, sameIdentity, type SnapshotIdentity } from '@cowvol/cow-core';
 import type { Manifest } from './manifest.js';
 import { manifestObjectKey } from './object-keys.js';
 import type { Repository } from './repository.js';
@@ -66,9 +66,4 @@ async function manifestIfPresent(repo: Repository, key: string): Promise<Manifes
     if (hasCode(err, 'OBJECT_NOT_FOUND')) return undefined;
     throw err;
   }
-}
-
-/** Same snapshot content: the same volume, snapshot id and creation time (the name may differ after a rename). */
-export function sameIdentity(a: SnapshotIdentity, b: SnapshotIdentity): boolean {
-  return a.volumeUuid === b.volumeUuid && a.snapshotId === b.snapshotId && a.createdAt === b.createdAt;
 }

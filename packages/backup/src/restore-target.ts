@@ -4,6 +4,7 @@ import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { hasCode } from '@cowvol/base';
 import {
+  sameIdentity,
   ImportPendingError,
   isIncompleteCreate,
   SnapshotExistsError,
@@ -17,7 +18,6 @@ import {
 } from '@cowvol/cow-core';
 import { BackupArgumentError } from './errors.js';
 import type { Manifest } from './manifest.js';
-import { sameIdentity } from './restore-base.js';
 
 /**
  * What a restore does to its target, decided before any download
@@ -51,7 +51,7 @@ export interface TargetState {
  */
 export function checkResumable(targetPath: string, pending: ImportRecord, base: SnapshotIdentity | null): void {
   const kind = base === null ? 'full' : 'incremental';
-  if (pending.kind === kind && ((pending.base === null && base === null) || (pending.base !== null && base !== null && sameIdentity(pending.base, base)))) return;
+  if (pending.kind === kind && sameIdentity(pending.base, base)) return;
   throw new ImportPendingError(
     `the import pending in ${targetPath} is of another stream of this snapshot (${pending.kind}${pending.base ? ` from ${pending.base.name}` : ''}; this restore would apply a ${kind} one${base ? ` from ${base.name}` : ''}): ` +
       'run the restore as it first ran, or abandon that import (cowvol snapshot restore)',

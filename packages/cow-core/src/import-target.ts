@@ -8,7 +8,7 @@
 import { assert, CowvolError } from '@cowvol/base';
 import { MAX_SNAPSHOTS, volumeLayout } from './layout.js';
 import { BaseMismatchError, ImportPendingError, ResumeMismatchError, SnapshotExistsError, SnapshotLimitError, VolumeExistsError, VolumeNotFoundError } from './errors.js';
-import { SCHEMA_VERSION, type ImportRecord, type SnapshotIdentity } from './metadata.js';
+import { SCHEMA_VERSION, sameIdentity, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import { mergeExtents } from './diff.js';
 import type { VerifiedStream } from './stream.js';
 import { Volume } from './volume.js';
@@ -16,11 +16,6 @@ import { isIncompleteCreate } from './create-intent.js';
 import { killPoint } from './kill-point.js';
 import { pathExists } from './files.js';
 import type { ImportOptions, ImportResult } from './import.js';
-
-function sameIdentity(a: SnapshotIdentity | null | undefined, b: SnapshotIdentity | null | undefined): boolean {
-  if (!a || !b) return a === b;
-  return a.volumeUuid === b.volumeUuid && a.snapshotId === b.snapshotId && a.createdAt === b.createdAt;
-}
 
 function describeIdentity(i: SnapshotIdentity): string {
   return `${i.name} (volume ${i.volumeUuid}, snapshot id ${i.snapshotId}, taken ${i.createdAt})`;

@@ -48,7 +48,7 @@ export { freeableBlocks, planDelete, type SnapshotSpace, type StoreSpace, type S
 export { type SnapshotPage } from './volume-reports.js';
 export { validateLabels, parseLabel, escapeLabelText, LABEL_KEY_PATTERN, LABEL_VALUE_FORBIDDEN, MAX_LABELS, MAX_LABEL_VALUE_CHARS } from './labels.js';
 export { escapeTerminalText, TERMINAL_UNSAFE } from './terminal-text.js';
-export { type SnapshotIdentity, type ImportRecord } from './metadata.js';
+export { sameIdentity, type SnapshotIdentity, type ImportRecord } from './metadata.js';
 export {
   STREAM_MAGIC,
   STREAM_VERSION,

@@ -105,6 +105,12 @@ export interface SnapshotIdentity {
   name: string;
 }
 
+/** The same snapshot content: the same volume, snapshot id and creation time (names are not compared: a rename keeps the identity); two absent ones are the same too (FORMAT.md §6.10). */
+export function sameIdentity(a: SnapshotIdentity | null | undefined, b: SnapshotIdentity | null | undefined): boolean {
+  if (!a || !b) return a === b;
+  return a.volumeUuid === b.volumeUuid && a.snapshotId === b.snapshotId && a.createdAt === b.createdAt;
+}
+
 /**
  * An import in progress (`import`), so `--resume` knows where to continue:
  * which stream (its source and base identity and header CRC) and how many of
