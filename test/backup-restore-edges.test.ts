@@ -57,6 +57,15 @@ async function filesStartingWith(root: string, prefix: string): Promise<string[]
   return out;
 }
 
+/** A new file repository `dir/<name>` (64 KiB chunks) holding `snapshots` of the source volume, pushed in order. */
+async function freshRepository(name: string, snapshots: readonly string[]): Promise<{ repo: string; url: string }> {
+  const repo = join(dir, name);
+  const url = pathToFileURL(repo).href;
+  await cowvolOk(['backup', 'init', url, '--key-file', key, '--chunk-size', '64K']);
+  for (const s of snapshots) await cowvolOk(['backup', 'push', vol, s, '--to', url, '--key-file', key]);
+  return { repo, url };
+}
+
 beforeAll(async () => {
   ({ dir, cleanup } = await tempDir('cowvol-restore-edges-'));
   vol = join(dir, 'src.img');
@@ -191,9 +200,7 @@ describe('a restore interrupted into a volume that is then served', () => {
 
 describe('interrupted backup commands', () => {
   it('a push stopped by SIGTERM mid-way releases its lock and removes its temporary objects: a prune runs right after', async () => {
-    const repo = join(dir, 'repo-term');
-    const url = pathToFileURL(repo).href;
-    await cowvolOk(['backup', 'init', url, '--key-file', key, '--chunk-size', '64K']);
+    const { repo, url } = await freshRepository('repo-term', []);
     // The push stops itself at its 20th chunk (COWVOL_KILL_SIGNAL=SIGSTOP); SIGTERM arrives there, then SIGCONT.
     const child = spawn(process.execPath, [CLI, 'backup', 'push', vol, 'mon', '--to', url, '--key-file', key, '--jobs', '4'], {
       env: { ...process.env, COWVOL_KILL_AT: 'push:chunk#20', COWVOL_KILL_SIGNAL: 'SIGSTOP' },
@@ -223,9 +230,7 @@ describe('interrupted backup commands', () => {
 describe('the repository lock of reading commands', () => {
   it('a restore is refused while a prune holds the exclusive lock (REPOSITORY_LOCKED, exit 5), before anything is written', async () => {
     // A repository of its own: the restore SIGKILLed above left its shared lock on the first one, to lapse with its lease.
-    const url = pathToFileURL(join(dir, 'repo-locked')).href;
-    await cowvolOk(['backup', 'init', url, '--key-file', key, '--chunk-size', '64K']);
-    await cowvolOk(['backup', 'push', vol, 'mon', '--to', url, '--key-file', key]);
+    const { url } = await freshRepository('repo-locked', ['mon']);
     const repo = await Repository.open(new FileObjectStore(url), await loadKeyFile(key));
     const prune = await acquireLock(repo, 'exclusive', { command: 'prune' });
     try {
@@ -244,10 +249,7 @@ describe('the repository lock of reading commands', () => {
   if (process.env.CI && !root) throw new Error('CI=true but this run is not root: the read-only bind mount test needs it');
   it.skipIf(!root)(`a read-only repository (bind mount) is verified and restored from, without a lock, with a warning${root ? '' : ' [SKIPPED: needs root for mount]'}`, async () => {
     // A repository of its own: the restores SIGKILLed above left their shared locks on the first one.
-    const rw = join(dir, 'repo-rw');
-    const rwUrl = pathToFileURL(rw).href;
-    await cowvolOk(['backup', 'init', rwUrl, '--key-file', key, '--chunk-size', '64K']);
-    await cowvolOk(['backup', 'push', vol, 'mon', '--to', rwUrl, '--key-file', key]);
+    const { repo: rw, url: rwUrl } = await freshRepository('repo-rw', ['mon']);
     const ro = join(dir, 'repo-ro');
     await mkdir(ro);
     execFileSync('mount', ['--bind', rw, ro]);
@@ -279,10 +281,7 @@ describe('the repository lock of reading commands', () => {
 
 describe('a lost chunk', () => {
   it('is inherited by the next incremental push (verify names it), and push --full stores a whole copy again', async () => {
-    const repo = join(dir, 'repo-lost');
-    const url = pathToFileURL(repo).href;
-    await cowvolOk(['backup', 'init', url, '--key-file', key, '--chunk-size', '64K']);
-    await cowvolOk(['backup', 'push', vol, 'mon', '--to', url, '--key-file', key]);
+    const { repo, url } = await freshRepository('repo-lost', ['mon']);
     // The chunk at 6.25 MiB: mon's data, which tue (0–2 MiB) and wed (10–12 MiB) leave as it is.
     const repository = await Repository.open(new FileObjectStore(url), await loadKeyFile(key));
     const lost = (await repository.getManifest(uuid, 'mon')).chunks.get(100) ?? '';
@@ -310,10 +309,7 @@ describe('a lost chunk', () => {
 
 describe('backup list', () => {
   it('a damaged manifest is reported and the others are still listed', async () => {
-    const repo = join(dir, 'repo-list');
-    const url = pathToFileURL(repo).href;
-    await cowvolOk(['backup', 'init', url, '--key-file', key, '--chunk-size', '64K']);
-    for (const s of ['mon', 'tue', 'wed']) await cowvolOk(['backup', 'push', vol, s, '--to', url, '--key-file', key]);
+    const { repo, url } = await freshRepository('repo-list', ['mon', 'tue', 'wed']);
     const path = join(repo, 'manifests', uuid, 'tue');
     const bytes = await readFile(path);
     bytes[bytes.length - 5]! ^= 0x20;
@@ -329,10 +325,7 @@ describe('backup list', () => {
 
 describe('backup verify', () => {
   it('a chunk stored under another key is missing, as a restore would find it', async () => {
-    const repo = join(dir, 'repo-moved');
-    const url = pathToFileURL(repo).href;
-    await cowvolOk(['backup', 'init', url, '--key-file', key, '--chunk-size', '64K']);
-    await cowvolOk(['backup', 'push', vol, 'tue', '--to', url, '--key-file', key]);
+    const { repo, url } = await freshRepository('repo-moved', ['tue']);
     expect((await cowvol(['backup', 'verify', url, '--key-file', key])).code).toBe(0);
     const prefix = (await readdir(join(repo, 'chunks')))[0] ?? '';
     const id = (await readdir(join(repo, 'chunks', prefix)))[0] ?? '';

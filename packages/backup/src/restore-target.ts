@@ -25,9 +25,10 @@ import type { Manifest } from './manifest.js';
  * volume, or `--into` a volume holding a base); `resume` — it is this
  * restore, interrupted (its import marker names this snapshot): resume the
  * import; `done` — it holds this snapshot already (imported: its `origin`),
- * nothing to download.
+ * nothing to download. `identities` are those of the target's snapshots, read
+ * once here for the `into` base search (none for a target that does not exist).
  */
-export type TargetPlan = { kind: 'new' } | { kind: 'resume'; pending: ImportRecord } | { kind: 'done'; heldAs: string };
+export type TargetPlan = { kind: 'new'; identities: SnapshotIdentity[] } | { kind: 'resume'; pending: ImportRecord; identities: SnapshotIdentity[] } | { kind: 'done'; heldAs: string };
 
 /** An imported snapshot of a target: the identity it was imported as (`origin`), and its name there (it may have been renamed). */
 export interface HeldOrigin {
@@ -90,17 +91,17 @@ export async function planTarget(
       if (!folder?.isDirectory()) throw new BackupArgumentError(`the folder of ${targetPath} does not exist (or is not a folder)`, { details: { path: targetPath } });
       // A sidecar with no volume file, not a killed create's: the create would refuse it after the download.
       if (!halfMade && (await fsp.lstat(volumeLayout(targetPath).sidecarPath).catch(() => undefined)) !== undefined) throw exists();
-      return { kind: 'new' };
+      return { kind: 'new', identities: [] };
     }
     state = await openState(targetPath, into, options.openVolume, exists);
   }
-  if (state.pendingImport && sameIdentity(state.pendingImport.source, manifest.identity)) return { kind: 'resume', pending: state.pendingImport };
+  if (state.pendingImport && sameIdentity(state.pendingImport.source, manifest.identity)) return { kind: 'resume', pending: state.pendingImport, identities: state.identities };
   const held = state.origins.find((o) => sameIdentity(o.origin, manifest.identity));
   if (held) return { kind: 'done', heldAs: held.name };
   if (!into) throw exists();
   // Taken on this very volume (the source itself): there already, as import says, before any download.
   if (state.identities.some((i) => sameIdentity(i, manifest.identity))) throw new SnapshotExistsError(manifest.snapshotName);
-  return { kind: 'new' };
+  return { kind: 'new', identities: state.identities };
 }
 
 async function openState(targetPath: string, into: boolean, openVolume: ((path: string) => Promise<Volume>) | undefined, exists: () => VolumeExistsError): Promise<TargetState> {

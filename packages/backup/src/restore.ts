@@ -117,8 +117,7 @@ export async function restoreFromRepository(repo: Repository, volumeUuid: string
     // The target is checked before any chunk is downloaded: a typo must not cost the whole download.
     const plan = await planTarget(targetPath, manifest, { into: options.into, openVolume: options.openVolume, state: target ? () => target.state() : undefined });
     if (plan.kind === 'done') return await alreadyThere(repo, manifest, targetPath, plan.heldAs, options, started);
-    const identities = target ? async () => (await target.state()).identities : () => identitiesOf(targetPath, options.openVolume);
-    return await restoreLocked(repo, manifest, targetPath, plan.kind === 'resume' ? plan.pending : undefined, { ...options, jobs }, started, identities, lock);
+    return await restoreLocked(repo, manifest, targetPath, plan.kind === 'resume' ? plan.pending : undefined, { ...options, jobs }, started, plan.identities, lock);
   } finally {
     await lock?.release();
   }
@@ -155,12 +154,12 @@ async function restoreLocked(
   pending: ImportRecord | undefined,
   options: RestoreOptions & { jobs: number },
   started: number,
-  identities: () => Promise<SnapshotIdentity[]>,
+  identities: SnapshotIdentity[],
   lock: RepositoryLock | undefined,
 ): Promise<RestoreResult> {
   const { target, jobs } = options;
   const { volumeUuid, snapshotName } = manifest;
-  const base = options.into === true ? await findRestoreBase(repo, manifest, targetPath, await identities()) : undefined;
+  const base = options.into === true ? await findRestoreBase(repo, manifest, targetPath, identities) : undefined;
   if (pending) checkResumable(targetPath, pending, base ? { ...base.manifest.identity, name: base.manifest.snapshotName } : null);
   const resume = pending !== undefined;
   const spoolPath = spoolPathFor(targetPath);
@@ -203,18 +202,6 @@ async function restoreLocked(
     await fsp.unlink(spoolPath).catch(() => undefined);
     untrack();
   }
-}
-
-/** The identities of the snapshots of the volume at `targetPath`, opened here. @throws VOLUME_NOT_FOUND, what the open throws */
-async function identitiesOf(targetPath: string, open?: (path: string) => Promise<Volume>): Promise<SnapshotIdentity[]> {
-  const volume = open ? await open(targetPath) : await Volume.openForReading(targetPath);
-  const held: SnapshotIdentity[] = [];
-  try {
-    for (const s of await volume.listSnapshots()) held.push(await volume.snapshotIdentity(s.name));
-  } finally {
-    await volume.close();
-  }
-  return held;
 }
 
 /**

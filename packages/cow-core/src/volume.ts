@@ -200,8 +200,9 @@ export class Volume {
    * @throws OUT_OF_RANGE, INVALID_ARGUMENT, IO_ERROR, NO_SPACE, JOURNAL_ABORTED, VOLUME_CLOSED, VOLUME_READ_ONLY, VOLUME_MODIFIED_OUTSIDE (held, not accepted),
    *   IMPORT_PENDING (an import is applying or was interrupted: resume it, or abandon it by a restore; docs/ARCHITECTURE.md §15.6)
    */
-  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
-    if (this.ctx.importPending) throw importPendingWrite(this.ctx.parts.layout.volumePath);
+  write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    // Not async itself: every write passes here, and the write below is the one promise it needs.
+    if (this.ctx.importPending) return Promise.reject(importPendingWrite(this.ctx.parts.layout.volumePath));
     return this[WRITE_PAST_IMPORT](offsetBytes, data);
   }
 
