@@ -107,6 +107,7 @@ describe('backup restore', () => {
       ['an existing file', [existing], 'VOLUME_EXISTS', 4],
       ['an existing folder', [join(dir, 'repo')], 'VOLUME_EXISTS', 4],
       ['a missing folder', [join(dir, 'no-such-folder', 'x.img')], 'INVALID_ARGUMENT', 2],
+      ['a path through a file', [join(existing, 'x.img')], 'INVALID_ARGUMENT', 2],
       ['--into a missing volume', [join(dir, 'missing.img'), '--into'], 'VOLUME_NOT_FOUND', 3],
     ];
     for (const [what, target, code, exit] of cases) {

@@ -66,7 +66,7 @@ export function checkResumable(targetPath: string, pending: ImportRecord, base: 
  * `openVolume` (the command's, honouring `--wait`), else read-only: a path
  * given by mistake is not recovered, upgraded or written.
  *
- * @throws INVALID_ARGUMENT (the target's folder is missing) · VOLUME_EXISTS (without `into`: a path that exists and is not this restore) · VOLUME_NOT_FOUND (`into` a missing path) · SNAPSHOT_EXISTS (`into` the volume the snapshot was taken on) · what the open throws (`into`)
+ * @throws INVALID_ARGUMENT (an empty path, a path through a file or a symlink loop, too long; the target's folder is missing) · VOLUME_EXISTS (without `into`: a path that exists and is not this restore) · VOLUME_NOT_FOUND (`into` a missing path) · SNAPSHOT_EXISTS (`into` the volume the snapshot was taken on) · what the open throws (`into`)
  */
 export async function planTarget(
   targetPath: string,
@@ -79,8 +79,14 @@ export async function planTarget(
   if (options.state) {
     state = await options.state();
   } else {
+    if (targetPath === '') throw new BackupArgumentError('the target path is empty');
     const found = await fsp.lstat(targetPath).catch((err: unknown) => {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return undefined;
+      // The path itself is wrong (through a file, a symlink loop, too long): the user's mistake, as for --output.
+      if (code === 'ENOTDIR' || code === 'ELOOP' || code === 'ENAMETOOLONG') {
+        throw new BackupArgumentError(`${targetPath} cannot be a volume path (${String(code)})`, { details: { path: targetPath, errno: code }, cause: err });
+      }
       throw err;
     });
     // A create killed half-way (this restore's, or any): the import starts it over, as it would for a missing path.
