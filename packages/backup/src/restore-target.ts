@@ -85,7 +85,7 @@ export async function planTarget(
       if (code === 'ENOENT') return undefined;
       // The path itself is wrong (through a file, a symlink loop, too long): the user's mistake, as for --output.
       if (code === 'ENOTDIR' || code === 'ELOOP' || code === 'ENAMETOOLONG') {
-        throw new BackupArgumentError(`${targetPath} cannot be a volume path (${String(code)})`, { details: { path: targetPath, errno: code }, cause: err });
+        throw new BackupArgumentError(`${targetPath} cannot be a volume path (${code})`, { details: { path: targetPath, errno: code }, cause: err });
       }
       throw err;
     });
