@@ -308,6 +308,31 @@ describe('a lost chunk', () => {
   });
 });
 
+describe('a damaged chunk', () => {
+  it('is replaced by push --full (read back, fails authentication), and the repository verifies clean again', async () => {
+    const { repo, url } = await freshRepository('repo-damaged', ['mon']);
+    const repository = await Repository.open(new FileObjectStore(url), await loadKeyFile(key));
+    const damaged = (await repository.getManifest(uuid, 'mon')).chunks.get(100) ?? '';
+    expect(damaged).not.toBe('');
+    const path = join(repo, chunkObjectKey(damaged));
+    const bytes = await readFile(path);
+    bytes[bytes.length - 40]! ^= 0x01; // inside the ciphertext: the object is there, its tag fails
+    await writeFile(path, bytes);
+    const before = await cowvol(['backup', 'verify', url, '--key-file', key, '--read-data', '--json']);
+    expect(before.code, before.stderr).toBe(2);
+    expect(jsonOf<{ damagedChunks: Array<{ chunkId: string; problem: string }> }>(before).damagedChunks).toEqual([expect.objectContaining({ chunkId: damaged, problem: 'corrupt' })]);
+    // An incremental push inherits it; --full reads every stored chunk back and replaces only the damaged one.
+    const full = await cowvol(['backup', 'push', vol, 'tue', '--to', url, '--key-file', key, '--full', '--json']);
+    expect(full.code, full.stderr).toBe(0);
+    expect(jsonOf<{ chunksReplaced: number; parent: string | null }>(full)).toMatchObject({ chunksReplaced: 1, parent: null });
+    expect((await readFile(path)).equals(bytes)).toBe(false);
+    const after = await cowvol(['backup', 'verify', url, '--key-file', key, '--read-data']);
+    expect(after.code, after.stdout.toString()).toBe(0);
+    await cowvolOk(['backup', 'restore', `${url}/${uuid}/mon`, join(dir, 'from-repaired.img'), '--key-file', key, '--verify']);
+    expect((await snapshotBytes(join(dir, 'from-repaired.img'), 'mon')).equals(await snapshotBytes(vol, 'mon'))).toBe(true);
+  });
+});
+
 describe('backup list', () => {
   it('a damaged manifest is reported and the others are still listed', async () => {
     const { repo, url } = await freshRepository('repo-list', ['mon', 'tue', 'wed']);

@@ -13,9 +13,11 @@ export interface PushOptions {
   jobs?: number;
   /**
    * No parent: read every chunk that can hold data and store each one
-   * missing, as a first push does. What repairs a repository whose chunk a
-   * parent names is lost or whose parent manifest is damaged (`verify`
-   * finds both): an incremental push takes the parent's ids as they are.
+   * missing, as a first push does, and read back each one already stored,
+   * replacing it when it fails authentication. What repairs a repository
+   * whose chunk a parent names is lost or damaged, or whose parent manifest
+   * is damaged (`verify` finds all three): an incremental push takes the
+   * parent's ids as they are.
    */
   full?: boolean;
   onProgress?: (progress: PushProgress) => void;
@@ -50,6 +52,8 @@ export interface PushResult {
   chunksUploaded: number;
   /** Non-zero chunks read that the repository held already. */
   chunksDeduplicated: number;
+  /** Of the chunks uploaded, those that replaced a damaged copy (only with `full`: {@link Repository.putChunk} `checkPresent`). */
+  chunksReplaced: number;
   /** Chunks of the snapshot's map (non-zero). */
   chunksMapped: number;
   bytesRead: number;
@@ -80,7 +84,8 @@ export type PushSource = Omit<ExportSource, 'info'> & {
  *    parent's ids (trusted: a lost chunk the parent names stays lost in
  *    this manifest too; `verify` finds it, `full` repairs it). Without one,
  *    or with `full`, the chunks that can hold data (`snapshotDataPieces`)
- *    are read.
+ *    are read; with `full`, a chunk already stored is read back too and
+ *    replaced when damaged (`Repository.putChunk` `checkPresent`).
  * 3. Each chunk read: all zeros → absent from the map; else `putChunk`
  *    (head, then conditional put). At most `jobs` chunks in flight, so
  *    memory holds at most 2 × jobs × chunk size of data (plaintext and
@@ -131,6 +136,7 @@ async function pushLocked(repo: Repository, volume: PushSource, name: string, op
     chunksRead: 0,
     chunksUploaded: 0,
     chunksDeduplicated: 0,
+    chunksReplaced: 0,
     chunksMapped: 0,
     bytesRead: 0,
     bytesUploaded: 0,
@@ -141,7 +147,7 @@ async function pushLocked(repo: Repository, volume: PushSource, name: string, op
   const chunks = new Map<number, string>(parent?.manifest.chunks ?? []);
   const plan = parent ? await changedChunks(volume, parent.name, name, chunkSizeBytes) : await dataChunks(volume, name, chunkSizeBytes);
   result.parent = parent?.key ?? null;
-  await readAndStore(repo, volume, name, { plan, jobs, sizeBytes: info.sizeBytes, chunks, result }, options.onProgress);
+  await readAndStore(repo, volume, name, { plan, jobs, sizeBytes: info.sizeBytes, chunks, result, checkPresent: options.full === true }, options.onProgress);
   const manifest: Manifest = {
     volumeUuid: info.uuid,
     sizeBytes: info.sizeBytes,
@@ -180,7 +186,7 @@ async function readAndStore(
   repo: Repository,
   volume: PushSource,
   name: string,
-  work: { plan: number[]; jobs: number; sizeBytes: number; chunks: Map<number, string>; result: PushResult },
+  work: { plan: number[]; jobs: number; sizeBytes: number; chunks: Map<number, string>; result: PushResult; checkPresent: boolean },
   onProgress: PushOptions['onProgress'],
 ): Promise<void> {
   const { plan, chunks, result } = work;
@@ -200,10 +206,11 @@ async function readAndStore(
     if (isZero(data)) {
       chunks.delete(i);
     } else {
-      const put = await repo.putChunk(data);
+      const put = await repo.putChunk(data, { checkPresent: work.checkPresent });
       chunks.set(i, put.id);
       if (put.uploaded) {
         result.chunksUploaded++;
+        if (put.replaced === true) result.chunksReplaced++;
         result.bytesUploaded += put.sealedBytes;
         killPoint('push:chunk');
       } else {

@@ -13,6 +13,8 @@ export interface PutChunkResult {
   id: string;
   /** True when this call stored the body; false when the repository held the chunk already (deduplicated). */
   uploaded: boolean;
+  /** True when the body it stored replaced a damaged one (`checkPresent`). */
+  replaced?: boolean;
   /** Bytes of the sealed body (plaintext + 33), stored or not. */
   sealedBytes: number;
 }
@@ -118,16 +120,31 @@ export class Repository {
    * Stores one chunk unless the repository holds it (deduplication by
    * content): a head first, then a sealed body with a conditional put;
    * OBJECT_EXISTS from the put (another push stored it in between) is the
-   * same as found. A chunk is never replaced.
+   * same as found.
    *
-   * @throws INVALID_ARGUMENT for a plaintext longer than the chunk size · STORE_UNAVAILABLE · STORE_ACCESS_DENIED · IO_ERROR · NO_SPACE
+   * With `checkPresent` (`backup push --full`, the repair `verify` points
+   * at), a chunk that is there is read back and authenticated too, and one
+   * that fails (BACKUP_CORRUPT: damaged, truncated, or another chunk's
+   * body) is replaced by an unconditional put of a fresh sealing of the
+   * same plaintext (`replaced`). That is the only overwrite of an object:
+   * any body stored under this id holds this plaintext, so a push racing
+   * with it writes an equally valid body, and no prune runs meanwhile (the
+   * caller holds the shared lock, docs/ARCHITECTURE.md §17).
+   *
+   * @throws INVALID_ARGUMENT for a plaintext longer than the chunk size · UNSUPPORTED_VERSION (checkPresent: a chunk of a newer format) · STORE_UNAVAILABLE · STORE_ACCESS_DENIED · IO_ERROR · NO_SPACE
    */
-  async putChunk(plaintext: Buffer): Promise<PutChunkResult> {
+  async putChunk(plaintext: Buffer, options: { checkPresent?: boolean } = {}): Promise<PutChunkResult> {
     assert(plaintext.length > 0 && plaintext.length <= this.chunkSizeBytes, 'a chunk is 1..chunk size bytes');
     const id = this.chunkIdOf(plaintext);
     const key = chunkObjectKey(id);
     const sealedBytes = plaintext.length + 33;
-    if ((await this.store.head(key)) !== undefined) return { id, uploaded: false, sealedBytes };
+    if ((await this.store.head(key)) !== undefined) {
+      if (options.checkPresent !== true || (await this.holdsChunk(id, plaintext))) return { id, uploaded: false, sealedBytes };
+      const fresh = sealChunk(this.keys, plaintext);
+      assert(fresh.id === id && fresh.body.length === sealedBytes, 'a sealed chunk has the id it replaces');
+      await this.store.put(key, fresh.body);
+      return { id, uploaded: true, replaced: true, sealedBytes };
+    }
     const sealed = sealChunk(this.keys, plaintext);
     assert(sealed.id === id && sealed.body.length === sealedBytes, 'a sealed chunk has the id it was headed by');
     try {
@@ -137,6 +154,20 @@ export class Repository {
       throw err;
     }
     return { id, uploaded: true, sealedBytes };
+  }
+
+  /**
+   * Whether the stored chunk `id` opens (authenticated) to exactly
+   * `plaintext`; false when it is damaged or gone (BACKUP_CORRUPT).
+   * @throws UNSUPPORTED_VERSION · STORE_UNAVAILABLE · STORE_ACCESS_DENIED · IO_ERROR
+   */
+  private async holdsChunk(id: string, plaintext: Buffer): Promise<boolean> {
+    try {
+      return (await this.getChunk(id, plaintext.length)).equals(plaintext);
+    } catch (err) {
+      if (hasCode(err, 'BACKUP_CORRUPT')) return false;
+      throw err;
+    }
   }
 
   /**

@@ -26,7 +26,7 @@ export default class BackupPush extends CowvolCommand {
     to: Flags.string({ description: 'the repository: s3://bucket/prefix or file:///absolute/path', helpValue: '<url>', required: true }),
     full: Flags.boolean({
       description:
-        'read every chunk that can hold data and store those missing, without a parent: repairs what verify reports (a lost chunk, a damaged parent manifest), which later incremental pushes would inherit',
+        'read every chunk that can hold data, without a parent; store those missing, read back those already stored and replace the damaged ones: repairs what verify reports (a lost or damaged chunk, a damaged parent manifest), which later incremental pushes would inherit',
     }),
     ...repositoryFlags,
     ...progressFlag,
@@ -58,7 +58,7 @@ export default class BackupPush extends CowvolCommand {
       this.say(
         `pushed ${result.snapshot} to ${flags.to}${result.parent ? ` (changes since ${parseManifestObjectKey(result.parent)?.snapshotName ?? result.parent})` : ' (full)'}: ` +
           `${String(result.chunksRead)} of ${String(result.chunksTotal)} chunks read (${human(result.bytesRead)}), ${String(result.chunksUploaded)} uploaded (${human(result.bytesUploaded)}), ` +
-          `${String(result.chunksDeduplicated)} already stored, in ${result.seconds.toFixed(1)} s`,
+          `${String(result.chunksDeduplicated)} already stored${result.chunksReplaced > 0 ? `, ${String(result.chunksReplaced)} damaged ones replaced` : ''}, in ${result.seconds.toFixed(1)} s`,
       );
     return result;
   }

@@ -52,11 +52,7 @@ export default class BackupVerify extends CowvolCommand {
       }
       if (report.affectedSnapshots.length > 0) {
         lines.push(`snapshots that cannot be restored: ${report.affectedSnapshots.map((s) => `${s.volumeUuid}/${s.snapshotName}`).join(', ')}`);
-        const corrupt = report.damagedChunks.some((c) => c.problem !== 'missing');
-        lines.push(
-          'the next incremental push would inherit the damage: push a new snapshot with --full to store a complete copy again' +
-            (corrupt ? ' (first delete the damaged chunk objects named above: a push does not replace an object that is there)' : ''),
-        );
+        lines.push('the next incremental push would inherit the damage: push a new snapshot with --full to store a complete copy again (it replaces a damaged chunk it needs)');
       }
       this.say(lines.join('\n'));
     }
