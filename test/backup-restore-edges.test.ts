@@ -228,9 +228,24 @@ describe('interrupted backup commands', () => {
   });
 });
 
+describe('a SIGKILLed backup command', () => {
+  it('leaves its lock, which the next command of this machine finds gone at once: a prune right after runs, and the push run again finishes', async () => {
+    const { repo, url } = await freshRepository('repo-kill', []);
+    const killed = await cowvol(['backup', 'push', vol, 'mon', '--to', url, '--key-file', key], { env: { COWVOL_KILL_AT: 'push:chunk#5' } });
+    expect(killed.code, killed.stderr).toBe(-1);
+    expect(await readdir(join(repo, 'locks'))).toHaveLength(1); // nothing released it
+    const prune = await cowvol(['backup', 'prune', url, '--key-file', key, '--json']);
+    expect(prune.code, prune.stderr).toBe(0);
+    expect(await readdir(join(repo, 'locks'))).toEqual([]); // the exclusive taker deleted the stale one
+    await cowvolOk(['backup', 'push', vol, 'mon', '--to', url, '--key-file', key]);
+    await cowvolOk(['backup', 'restore', `${url}/${uuid}/mon`, join(dir, 'after-kill.img'), '--key-file', key, '--verify']);
+    expect((await snapshotBytes(join(dir, 'after-kill.img'), 'mon')).equals(await snapshotBytes(vol, 'mon'))).toBe(true);
+  });
+});
+
 describe('the repository lock of reading commands', () => {
   it('a restore is refused while a prune holds the exclusive lock (REPOSITORY_LOCKED, exit 5), before anything is written', async () => {
-    // A repository of its own: the restore SIGKILLed above left its shared lock on the first one, to lapse with its lease.
+    // A repository of its own, apart from the ones the commands killed above left their locks on.
     const { url } = await freshRepository('repo-locked', ['mon']);
     const repo = await Repository.open(new FileObjectStore(url), await loadKeyFile(key));
     const prune = await acquireLock(repo, 'exclusive', { command: 'prune' });
@@ -249,7 +264,7 @@ describe('the repository lock of reading commands', () => {
   const root = process.getuid?.() === 0;
   if (process.env.CI && !root) throw new Error('CI=true but this run is not root: the read-only bind mount test needs it');
   it.skipIf(!root)(`a read-only repository (bind mount) is verified and restored from, without a lock, with a warning${root ? '' : ' [SKIPPED: needs root for mount]'}`, async () => {
-    // A repository of its own: the restores SIGKILLed above left their shared locks on the first one.
+    // A repository of its own, apart from the ones the commands killed above left their locks on.
     const { repo: rw, url: rwUrl } = await freshRepository('repo-rw', ['mon']);
     const ro = join(dir, 'repo-ro');
     await mkdir(ro);

@@ -2,6 +2,7 @@ import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:cr
 import { hostname } from 'node:os';
 import { assert, CowvolError, errorMessage, hasCode, isCowvolError, type CowvolErrorOptions } from '@cowvol/base';
 import { isInterrupted, trackLock } from './interrupt-cleanup.js';
+import { holderGone, isProcessSpace, processSpace } from './process-space.js';
 import { LOCKS_PREFIX } from './object-keys.js';
 import type { ObjectStore } from './object-store.js';
 import type { RepositoryConfig } from './repository-config.js';
@@ -35,6 +36,8 @@ export interface LockLease {
   pid: number;
   /** What took it: `push`, `forget`, `prune`, `verify`. */
   command: string;
+  /** The holder's process space (process-space.ts): where `pid` names it. Absent in locks of older versions and where it is unknown. */
+  space?: string;
 }
 
 /** One lock found in a repository. `lease` is undefined for a lock object that does not open (damaged, or another key). */
@@ -43,7 +46,10 @@ export interface LockInfo {
   lease: LockLease | undefined;
   /** The store's time of its last write. */
   lastModified: Date;
+  /** Expired (beyond the clock-skew margin), or its holder is gone. */
   stale: boolean;
+  /** Its holder ran in this process's space and is no longer a process (killed: nothing released the lock). */
+  holderGone: boolean;
 }
 
 /** What a lock needs of a repository: its store, config and keys (a Repository has them). */
@@ -154,7 +160,8 @@ export class RepositoryLock {
  * one for `shared` — deletes its own and refuses. Both sides write before
  * they look, so of two conflicting takers at least one sees the other.
  * Stale locks (expired over LOCK_CLOCK_SKEW_MS ago, or not opening and not
- * written for a lease and that margin) are ignored, and an exclusive taker
+ * written for a lease and that margin, or whose holder ran in this process
+ * space and is gone: process-space.ts) are ignored, and an exclusive taker
  * deletes them.
  *
  * @throws REPOSITORY_LOCKED (details.locks) · STORE_UNAVAILABLE · STORE_ACCESS_DENIED
@@ -173,6 +180,8 @@ export async function acquireLock(repo: LockableRepository, kind: LockKind, opti
     pid: process.pid,
     command: options.command ?? 'cowvol',
   };
+  const space = processSpace();
+  if (space !== undefined) lease.space = space;
   // Known to the interruption cleanup from before its put: a signal between the put and the RepositoryLock deletes it too.
   const untrackPending = trackLock(() => repo.store.delete(key));
   try {
@@ -247,8 +256,10 @@ export async function listLocks(repo: LockableRepository, options: { now?: () =>
       throw err;
     }
     const lease = decodeLock(repo, info.key, body);
-    const stale = lease === undefined ? info.lastModified.getTime() + leaseMs + LOCK_CLOCK_SKEW_MS < now : Date.parse(lease.expiresAt) + LOCK_CLOCK_SKEW_MS < now;
-    out.push({ key: info.key, lease, lastModified: info.lastModified, stale });
+    const expired = lease === undefined ? info.lastModified.getTime() + leaseMs + LOCK_CLOCK_SKEW_MS < now : Date.parse(lease.expiresAt) + LOCK_CLOCK_SKEW_MS < now;
+    // A holder killed in this process space (SIGKILL, a crash) released nothing: its lock is stale now, not once its lease runs out.
+    const gone = lease !== undefined && holderGone(lease.space, lease.pid);
+    out.push({ key: info.key, lease, lastModified: info.lastModified, stale: expired || gone, holderGone: gone });
   }
   return out;
 }
@@ -257,7 +268,7 @@ export async function listLocks(repo: LockableRepository, options: { now?: () =>
 export function describeLock(l: LockInfo): string {
   if (l.lease === undefined) return `${l.key}: a lock object that does not open (written ${l.lastModified.toISOString()})`;
   const s = l.lease;
-  return `${s.kind} lock of ${s.command} (pid ${String(s.pid)} on ${s.host}, taken ${s.createdAt}, expires ${s.expiresAt}${l.stale ? ', stale' : ''})`;
+  return `${s.kind} lock of ${s.command} (pid ${String(s.pid)} on ${s.host}, taken ${s.createdAt}, expires ${s.expiresAt}${l.holderGone ? ', stale: its process is gone' : l.stale ? ', stale' : ''})`;
 }
 
 /**
@@ -295,9 +306,19 @@ export function decodeLock(repo: LockableRepository, key: string, body: Buffer):
       Number.isFinite(Date.parse(p.expiresAt)) &&
       typeof p.host === 'string' &&
       typeof p.pid === 'number' &&
-      typeof p.command === 'string';
+      typeof p.command === 'string' &&
+      (p.space === undefined || isProcessSpace(p.space));
     if (!ok) return undefined;
-    return { kind: p.kind as LockKind, createdAt: p.createdAt as string, expiresAt: p.expiresAt as string, host: p.host as string, pid: p.pid as number, command: p.command as string };
+    const lease: LockLease = {
+      kind: p.kind as LockKind,
+      createdAt: p.createdAt as string,
+      expiresAt: p.expiresAt as string,
+      host: p.host as string,
+      pid: p.pid as number,
+      command: p.command as string,
+    };
+    if (p.space !== undefined) lease.space = p.space as string;
+    return lease;
   } catch {
     return undefined;
   }

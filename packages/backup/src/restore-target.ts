@@ -1,6 +1,5 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { hasCode } from '@cowvol/base';
 import {
@@ -17,6 +16,7 @@ import {
   type SnapshotIdentity,
 } from '@cowvol/cow-core';
 import { BackupArgumentError } from './errors.js';
+import { holderGone, processSpace } from './process-space.js';
 import type { Manifest } from './manifest.js';
 
 /**
@@ -156,49 +156,42 @@ export function alreadyImported(targetPath: string, manifest: Manifest, heldAs: 
 
 /**
  * Spools of restores sit next to their target:
- * `.<name>.cowvol-restore-<host>-<pid>-<random>`, `<host>` the first 8 hex
- * digits of the SHA-256 of this machine's host name, `<pid>` the process's
- * id, `<random>` 12 hex digits. The host and pid say whose it is, so that a
- * later restore removes only the spools of dead processes of this machine.
+ * `.<name>.cowvol-restore-<space>-<pid>-<random>`, `<space>` this process's
+ * space (16 hex digits, process-space.ts: this boot of this machine, this
+ * pid namespace; `unknown` where it cannot be read), `<pid>` the process's
+ * id, `<random>` 12 hex digits. Space and pid say whose it is, so that a
+ * later restore removes only the spools of dead processes of its own space.
  */
 const SPOOL_MARK = '.cowvol-restore-';
-
-function hostTag(): string {
-  return createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
-}
+const UNKNOWN_SPACE = 'unknown';
 
 /** A fresh spool path for a restore to `targetPath` by this process. */
 export function spoolPathFor(targetPath: string): string {
-  return join(dirname(targetPath), `.${basename(targetPath)}${SPOOL_MARK}${hostTag()}-${String(process.pid)}-${randomBytes(6).toString('hex')}`);
+  return join(dirname(targetPath), `.${basename(targetPath)}${SPOOL_MARK}${processSpace() ?? UNKNOWN_SPACE}-${String(process.pid)}-${randomBytes(6).toString('hex')}`);
 }
 
 /**
  * Removes the spools of earlier restores to `targetPath` that a killed
  * process left (a signal's own cleanup removes it otherwise): only names of
- * exactly the spool's form, of this host, owned by this user, whose process
- * is gone. A spool of a live process — or of a process id reused since, or
- * of another machine or pid namespace with another host name — stays.
+ * exactly the spool's form, of this process space, owned by this user,
+ * whose process is gone. A spool of a live process — or of a process id
+ * reused since, or of another machine, boot or pid namespace (another
+ * container with the same host name too) — stays; where the space is
+ * unknown, every spool stays.
  */
 export async function removeDeadSpools(targetPath: string): Promise<void> {
+  const space = processSpace();
+  if (space === undefined) return;
   const folder = dirname(targetPath);
-  const prefix = `.${basename(targetPath)}${SPOOL_MARK}${hostTag()}-`;
+  const prefix = `.${basename(targetPath)}${SPOOL_MARK}${space}-`;
   const names = await fsp.readdir(folder).catch(() => [] as string[]);
   for (const name of names) {
     if (!name.startsWith(prefix)) continue;
     const m = /^([1-9][0-9]{0,9})-[0-9a-f]{12}$/.exec(name.slice(prefix.length));
-    if (m === null || processAlive(Number(m[1]))) continue;
+    if (m === null || !holderGone(space, Number(m[1]))) continue;
     const path = join(folder, name);
     const st = await fsp.lstat(path).catch(() => undefined);
     if (!st?.isFile() || st.uid !== process.geteuid?.()) continue;
     await fsp.unlink(path).catch(() => undefined);
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

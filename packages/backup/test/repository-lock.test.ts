@@ -11,7 +11,20 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { acquireLock, decodeLock, encodeLock, FileObjectStore, listLocks, LOCK_CLOCK_SKEW_MS, LOCK_LEASE_MS, newRepositoryConfig, type LockableRepository } from '@cowvol/backup';
+import {
+  acquireLock,
+  decodeLock,
+  encodeLock,
+  FileObjectStore,
+  listLocks,
+  LOCK_CLOCK_SKEW_MS,
+  LOCK_LEASE_MS,
+  newRepositoryConfig,
+  processSpace,
+  type LockableRepository,
+  type LockLease,
+} from '@cowvol/backup';
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 
 let dir: string;
@@ -121,5 +134,56 @@ describe('repository lock', () => {
     const x = await acquireLock(repo, 'exclusive', { now: () => later });
     expect(await lockKeys()).toEqual([x.key]);
     await x.release();
+  });
+
+  describe('a holder that is gone', () => {
+    /** A pid that was a process of this space and is not any more: a child that has exited and been reaped. */
+    const deadPid = (): number => {
+      const child = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+      return Number(child.stdout);
+    };
+    /** Writes an exclusive lease as another process would, with `space` and `pid`, fresh (far from expiry). */
+    const writeLease = async (space: string | undefined, pid: number): Promise<string> => {
+      const key = `locks/${randomBytes(16).toString('hex')}`;
+      const t = Date.now();
+      const lease: LockLease = { kind: 'exclusive', createdAt: new Date(t).toISOString(), expiresAt: new Date(t + LOCK_LEASE_MS).toISOString(), host: hostname(), pid, command: 'prune' };
+      if (space !== undefined) lease.space = space;
+      await repo.store.put(key, encodeLock(repo, key, lease), { ifNoneMatch: true });
+      return key;
+    };
+
+    it('this process space is known here (Linux /proc), and a lease carries it', async () => {
+      expect(processSpace()).toMatch(/^[0-9a-f]{16}$/);
+      const held = await acquireLock(repo, 'shared', { command: 'push' });
+      expect(held.current.space).toBe(processSpace());
+      const [found] = await listLocks(repo);
+      expect(found).toMatchObject({ key: held.key, stale: false, holderGone: false, lease: { space: processSpace() } });
+      await held.release();
+    });
+
+    it('a lock of a dead pid of this process space is stale at once: the next taker is not refused, and an exclusive one deletes it', async () => {
+      const gone = await writeLease(processSpace(), deadPid());
+      expect(await listLocks(repo)).toEqual([expect.objectContaining({ key: gone, stale: true, holderGone: true })]);
+      const x = await acquireLock(repo, 'exclusive', { command: 'prune' });
+      expect(await lockKeys()).toEqual([x.key]);
+      await x.release();
+    });
+
+    it('a lock of another process space, of no space, or of a live pid stays live until its lease runs out', async () => {
+      const dead = deadPid();
+      const other = (processSpace() ?? '').replace(/^./, (c) => (c === '0' ? '1' : '0'));
+      const keys = [await writeLease(other, dead), await writeLease(undefined, dead), await writeLease(processSpace(), process.ppid)];
+      const found = await listLocks(repo);
+      expect(found.map((l) => l.key).sort()).toEqual([...keys].sort());
+      for (const l of found) expect(l).toMatchObject({ stale: false, holderGone: false });
+      await expect(acquireLock(repo, 'shared', { command: 'push' })).rejects.toMatchObject({ code: 'REPOSITORY_LOCKED' });
+    });
+
+    it('a space that is not 16 hex digits makes the lease not valid', () => {
+      const key = `locks/${randomBytes(16).toString('hex')}`;
+      const t = Date.now();
+      const bad = { kind: 'shared', createdAt: new Date(t).toISOString(), expiresAt: new Date(t + 1000).toISOString(), host: 'h', pid: 1, command: 'push', space: 'not-a-space' } as LockLease;
+      expect(decodeLock(repo, key, encodeLock(repo, key, bad))).toBeUndefined();
+    });
   });
 });
