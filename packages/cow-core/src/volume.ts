@@ -1,61 +1,23 @@
-import { ImportPendingError, InvalidArgumentError, InvalidSnapshotNameError, OutOfRangeError, SnapshotExistsError, SnapshotNotFoundError, VolumeReadOnlyError } from './errors.js';
-import { MAX_READ_BYTES, SNAPSHOT_NAME_PATTERN } from './layout.js';
-import { keys, type ImportRecord, type SnapshotIdentity } from './metadata.js';
-import type { SnapshotRecord } from './metadata.js';
+import { ImportPendingError, VolumeReadOnlyError } from './errors.js';
+import { keys, type ImportRecord } from './metadata.js';
 import type { CheckReport } from './check.js';
 import type { CowvolError } from '@cowvol/base';
 import { blocksTouched, type DiffResult } from './diff.js';
-import { planDelete, type DeletePlan, type SpaceReport } from './space.js';
-import { validateLabels } from './labels.js';
-import { readThrough } from './read-through.js';
-import { snapshotReaderOf, type SnapshotReader, type SnapshotReaderStats } from './snapshot-reader.js';
+import type { SpaceReport } from './space.js';
 import type { SyncIoStats } from './sync-io-policy.js';
 import type { StoreCacheStats } from './store-read-cache.js';
 import { writeBackError } from './write-back.js';
 import type { AcceptChangesReport, OutsideChange } from './outside-writes.js';
 import { VolumeContext } from './volume-context.js';
+import { VolumeSnapshots } from './volume-snapshots.js';
 import type { FailureListener, VolumeState } from './volume-state.js';
 import { readCurrent, writePieces } from './write-path.js';
-import {
-  acceptOutsideChangesFrozen,
-  changeSnapshotFrozen,
-  createSnapshot,
-  deleteSnapshotsLocked,
-  describeSnapshot,
-  findVictims,
-  finishInterruptedDeletes,
-  type SnapshotChange,
-} from './snapshot-lifecycle.js';
+import { acceptOutsideChangesFrozen, finishInterruptedDeletes } from './snapshot-lifecycle.js';
 import { abandonParts, closeVolume, openForReading, openVolumeParts } from './volume-lifecycle.js';
 import { createVolumeFiles } from './volume-create.js';
-import {
-  deleteSelectedLocked,
-  holdSnapshotsFrozen,
-  labelChange,
-  planSelected,
-  validateDeleteSelection,
-  type DeleteSelection,
-  type LabelChange,
-  type SelectedDeleteOptions,
-  type SelectedDeletePlan,
-  type SelectedDeleteResult,
-} from './snapshot-policy.js';
 import { upgradeSpaceCounters } from './space-accounting.js';
-import {
-  checkConsistencyFrozen,
-  checkDataBesideIo,
-  checkFrozen,
-  diffOf,
-  namedMaps,
-  readImportMarker,
-  snapshotInfoOf,
-  snapshotPageOf,
-  spaceUsageOf,
-  volumeInfo,
-  type CheckOptions,
-  type SnapshotPage,
-} from './volume-reports.js';
-import type { ConsistencyReport, CreateSnapshotOptions, CreateVolumeOptions, DeleteResult, MultiDeleteResult, OpenVolumeOptions, SnapshotInfo, VolumeInfo, VolumeStats } from './volume-types.js';
+import { checkConsistencyFrozen, checkDataBesideIo, checkFrozen, diffOf, readImportMarker, spaceUsageOf, volumeInfo, type CheckOptions } from './volume-reports.js';
+import type { ConsistencyReport, CreateVolumeOptions, OpenVolumeOptions, VolumeInfo, VolumeStats } from './volume-types.js';
 
 export type {
   ConsistencyReport,
@@ -71,6 +33,7 @@ export type {
   VolumeStats,
 } from './volume-types.js';
 export type { FailureListener, VolumeState } from './volume-state.js';
+export { validateSnapshotName, VolumeSnapshots } from './volume-snapshots.js';
 
 /**
  * The key of `Volume`'s write that passes a set import marker: import.ts and
@@ -90,10 +53,11 @@ export const WRITE_PAST_IMPORT = Symbol('writePastImport');
  *
  * `Volume` is the facade: each public method checks its arguments and the
  * volume's state, then a named module does the work (docs/ARCHITECTURE.md
- * §4): write-path.ts and cow.ts (writes, the COW), read-through.ts
- * (snapshot reads), snapshot-lifecycle.ts (create, delete), volume-create.ts
- * and volume-lifecycle.ts (create, open, close), volume-reports.ts (info,
- * checks, diff, space). They share one {@link VolumeContext}.
+ * §4): write-path.ts and cow.ts (writes, the COW), volume-create.ts and
+ * volume-lifecycle.ts (create, open, close), volume-reports.ts (info,
+ * checks, diff, space). Its snapshot methods — take, list, read, delete,
+ * rename, label, hold — come from {@link VolumeSnapshots}
+ * (volume-snapshots.ts). They share one {@link VolumeContext}.
  *
  * State (volume-state.ts, docs/ARCHITECTURE.md §7.10): `open → failed →
  * closing → closed`. A failed volume refuses every call with the same
@@ -102,19 +66,9 @@ export const WRITE_PAST_IMPORT = Symbol('writePastImport');
  * Errors: each method names its codes (docs/ARCHITECTURE.md §10). A change
  * durable in the journal is never reported as an error (see {@link warnings}).
  */
-export class Volume {
-  private readonly reader: SnapshotReader;
-
-  private constructor(private readonly ctx: VolumeContext) {
-    this.reader = snapshotReaderOf(ctx);
-  }
-
-  get sizeBytes(): number {
-    return this.ctx.parts.meta.sb.sizeBytes;
-  }
-
-  get blockSizeBytes(): number {
-    return this.ctx.blockSizeBytes;
+export class Volume extends VolumeSnapshots {
+  private constructor(ctx: VolumeContext) {
+    super(ctx);
   }
 
   /** Counters for stress runs and `info` (docs/ARCHITECTURE.md §7.8). */
@@ -246,111 +200,6 @@ export class Volume {
     }
   }
 
-  /**
-   * Takes a snapshot in O(1), frozen (docs/ARCHITECTURE.md §4.4).
-   * @throws INVALID_SNAPSHOT_NAME, INVALID_LABEL, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, IO_ERROR
-   */
-  async createSnapshot(name: string, options: CreateSnapshotOptions = {}): Promise<SnapshotInfo> {
-    validateSnapshotName(name);
-    if (options.labels) validateLabels(options.labels);
-    return createSnapshot(this.ctx, name, options);
-  }
-
-  /** Snapshots, oldest first. */
-  async listSnapshots(): Promise<SnapshotInfo[]> {
-    return this.ctx.settled(async () => this.ctx.liveSnapshots().map((r) => describeSnapshot(this.ctx, r)));
-  }
-
-  /**
-   * One page of {@link listSnapshots}, with the space rows of its
-   * snapshots (docs/ARCHITECTURE.md §14.8, a served `snapshot list`): the
-   * live snapshots with ids above `afterId` (0: from the oldest), oldest
-   * first — the first always, each next one while `take` accepts it (it
-   * sees the snapshot and how many were taken before) — and `nextAfterId`.
-   * O(log snapshots + page). @throws INVALID_ARGUMENT (`afterId` not a non-negative integer)
-   */
-  async listSnapshotsPage(afterId: number, take: (info: SnapshotInfo, taken: number) => boolean = () => true): Promise<SnapshotPage> {
-    if (!Number.isSafeInteger(afterId) || afterId < 0) throw new InvalidArgumentError(`afterId must be a non-negative integer, got ${afterId}`);
-    return this.ctx.settled(() => snapshotPageOf(this.ctx, afterId, take));
-  }
-
-  /** Snapshot `name` as {@link listSnapshots} shows it, with its space row alone (`snapshot info`): O(1) but the store totals. @throws SNAPSHOT_NOT_FOUND */
-  async snapshotInfo(name: string): Promise<{ snapshot: SnapshotInfo; space: SpaceReport }> {
-    return this.ctx.settled(() => snapshotInfoOf(this.ctx, name));
-  }
-
-  /**
-   * Reads snapshot `name` through its read-through chain, every store block CRC-checked (docs/ARCHITECTURE.md §4.3).
-   * @throws SNAPSHOT_NOT_FOUND, OUT_OF_RANGE, INVALID_ARGUMENT, STORE_CORRUPT, IO_ERROR
-   */
-  async readSnapshot(name: string, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    this.checkRange(offsetBytes, lengthBytes);
-    this.checkReadLength(lengthBytes);
-    return this.ctx.shared(async () => readThrough(this.ctx, this.reader, this.liveOrThrow(name), offsetBytes, lengthBytes));
-  }
-
-  /**
-   * {@link readSnapshot} into the caller's buffer: `into.length` bytes at `offsetBytes`, with no
-   * buffer allocated per call when the range is block-aligned (a reader reusing one buffer, like
-   * `fs.read`; docs/ARCHITECTURE.md §4.3). On failure `into`'s content is unspecified.
-   * @throws SNAPSHOT_NOT_FOUND, OUT_OF_RANGE, INVALID_ARGUMENT (not a Buffer, or longer than one read), STORE_CORRUPT, IO_ERROR
-   */
-  async readSnapshotInto(name: string, offsetBytes: number, into: Buffer): Promise<void> {
-    if (!Buffer.isBuffer(into)) throw new InvalidArgumentError('readSnapshotInto needs a Buffer to read into');
-    this.checkRange(offsetBytes, into.length);
-    this.checkReadLength(into.length);
-    await this.ctx.shared(async () => readThrough(this.ctx, this.reader, this.liveOrThrow(name), offsetBytes, into.length, into));
-  }
-
-  /**
-   * Deletes snapshot `name`: its blocks are handed over to the next older snapshot or freed, in
-   * bounded transactions; a crash in the middle is finished at the next open (docs/ARCHITECTURE.md §4.5).
-   * @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD, IO_ERROR
-   */
-  async deleteSnapshot(name: string): Promise<DeleteResult> {
-    const [result] = await this.ctx.deleteLock.runExclusive(() => deleteSnapshotsLocked(this.ctx, () => findVictims(this.ctx, [name])));
-    if (!result) throw new SnapshotNotFoundError(name);
-    return result;
-  }
-
-  /**
-   * Deletes several snapshots in one atomic step: all are checked first
-   * (then nothing is deleted), marked `deleting` in one transaction, then
-   * handed over or freed oldest first. `onProgress` counts blocks processed.
-   * @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD, IO_ERROR
-   */
-  async deleteSnapshots(names: string[], options: { onProgress?: (doneBlocks: number, totalBlocks: number) => void } = {}): Promise<MultiDeleteResult> {
-    const deleted = await this.ctx.deleteLock.runExclusive(() => deleteSnapshotsLocked(this.ctx, () => findVictims(this.ctx, names), options.onProgress));
-    const freedBlocks = deleted.reduce((n, d) => n + d.freedBlocks, 0);
-    return { deleted, freedBlocks, freedBytes: freedBlocks * this.blockSizeBytes, handedOverBlocks: deleted.reduce((n, d) => n + d.handedOverBlocks, 0) };
-  }
-
-  /** What {@link deleteSnapshots} of `names` would free (docs/ARCHITECTURE.md §15.3); changes nothing. @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_HELD */
-  async planDelete(names: string[]): Promise<DeletePlan> {
-    return this.ctx.settled(async () => {
-      const victims = findVictims(this.ctx, names);
-      return planDelete(await namedMaps(this.ctx, this.ctx.catalog), new Set(victims.map((r) => r.id)), this.blockSizeBytes);
-    });
-  }
-
-  /**
-   * Deletes the snapshots `selection` chooses (snapshot-policy.ts), the
-   * choice made frozen with the delete's mark: a concurrent create, hold or
-   * label change cannot race it (docs/ARCHITECTURE.md §15.4). Held ones
-   * are left alone (`skippedHeld`).
-   * @throws INVALID_ARGUMENT, INVALID_LABEL (a bad selection), what `options.guard` throws, IO_ERROR
-   */
-  async deleteSelected(selection: DeleteSelection, options: SelectedDeleteOptions = {}): Promise<SelectedDeleteResult> {
-    validateDeleteSelection(selection);
-    return this.ctx.deleteLock.runExclusive(() => deleteSelectedLocked(this.ctx, selection, options));
-  }
-
-  /** What {@link deleteSelected} of `selection` would delete and free now; changes nothing. @throws INVALID_ARGUMENT, INVALID_LABEL */
-  async planDeleteSelected(selection: DeleteSelection): Promise<SelectedDeletePlan> {
-    validateDeleteSelection(selection);
-    return this.ctx.settled(() => planSelected(this.ctx, selection));
-  }
-
   /** Size, snapshots, store usage, format version, recovery report. */
   async info(): Promise<VolumeInfo> {
     return this.ctx.settled(() => volumeInfo(this.ctx));
@@ -398,70 +247,6 @@ export class Volume {
     return this.ctx.settled(() => spaceUsageOf(this.ctx));
   }
 
-  /** Renames a snapshot (id, creation time unchanged). @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_EXISTS, INVALID_SNAPSHOT_NAME */
-  async renameSnapshot(name: string, newName: string): Promise<SnapshotInfo> {
-    validateSnapshotName(newName);
-    return this.changeSnapshot(name, (rec) => {
-      if (newName === name) return undefined;
-      // Any record, even one being deleted, keeps its name until dropped.
-      if (this.ctx.names.taken(newName)) throw new SnapshotExistsError(newName);
-      return {
-        records: [{ o: 'rename', id: rec.id, name: newName }],
-        apply: () => {
-          rec.name = newName;
-          this.ctx.names.renamed(rec, name);
-        },
-      };
-    });
-  }
-
-  /** Replaces a snapshot's labels (an empty map removes them all). @throws SNAPSHOT_NOT_FOUND, INVALID_LABEL */
-  async setSnapshotLabels(name: string, labels: Record<string, string>): Promise<SnapshotInfo> {
-    validateLabels(labels);
-    return this.changeSnapshot(name, (rec) => ({
-      records: [{ o: 'labels', id: rec.id, labels }],
-      apply: () => {
-        if (Object.keys(labels).length > 0) rec.labels = { ...labels };
-        else delete rec.labels;
-      },
-    }));
-  }
-
-  /**
-   * Sets and removes labels of a snapshot in one step, frozen: the labels
-   * it carries are read and replaced with nothing between (no lost update
-   * when two changes race; docs/ARCHITECTURE.md §15.4). A key in both `set` and `remove` is set.
-   * @throws SNAPSHOT_NOT_FOUND, INVALID_LABEL
-   */
-  async changeSnapshotLabels(name: string, change: LabelChange): Promise<SnapshotInfo> {
-    return this.changeSnapshot(name, labelChange(change));
-  }
-
-  /** Holds (`held` true; then SNAPSHOT_HELD refuses its delete) or releases a snapshot. Idempotent. @throws SNAPSHOT_NOT_FOUND */
-  async holdSnapshot(name: string, held = true): Promise<SnapshotInfo> {
-    return this.changeSnapshot(name, (rec) => {
-      if ((rec.held === true) === held) return undefined;
-      return { records: [{ o: 'hold', id: rec.id, held }], apply: () => (held ? (rec.held = true) : delete rec.held) };
-    });
-  }
-
-  /**
-   * Holds or releases several snapshots in one step: all found first (else
-   * nothing changes), one transaction, frozen (snapshot-policy.ts, docs/ARCHITECTURE.md §15.4). Idempotent.
-   * @throws SNAPSHOT_NOT_FOUND
-   */
-  async holdSnapshots(names: readonly string[], held = true): Promise<SnapshotInfo[]> {
-    return this.ctx.frozen(() => holdSnapshotsFrozen(this.ctx, names, held));
-  }
-
-  /** The identity of a snapshot's content: its `origin` when imported, else this volume's uuid, its id and creation time. @throws SNAPSHOT_NOT_FOUND */
-  async snapshotIdentity(name: string): Promise<SnapshotIdentity> {
-    return this.ctx.shared(async () => {
-      const rec = this.liveOrThrow(name);
-      return rec.origin ? { ...rec.origin } : { volumeUuid: this.ctx.parts.meta.sb.uuid, snapshotId: rec.id, createdAt: rec.createdAt, name: rec.name };
-    });
-  }
-
   /** The marker of an interrupted import (import.ts), or undefined. */
   async importState(): Promise<ImportRecord | undefined> {
     return this.ctx.shared(() => readImportMarker(this.ctx));
@@ -492,11 +277,6 @@ export class Volume {
       if (recheck) await this.ctx.parts.outside.recheck(this.sizeBytes, recheck.replaced);
       return acceptOutsideChangesFrozen(this.ctx);
     });
-  }
-
-  /** Counters of the snapshot reads' store reads: synchronous, pooled, back-offs, yields (a copy; docs/ARCHITECTURE.md §4.3). */
-  get snapshotReadStats(): SnapshotReaderStats {
-    return { ...this.reader.stats };
   }
 
   /** Counters of small synchronous I/O on the hot paths (copies; docs/ARCHITECTURE.md §4.14): live-file reads (live reads, COW source reads), live-file writes, store writes (COW copies). */
@@ -538,36 +318,12 @@ export class Volume {
     // Closed either way; an acknowledged write that never reached the volume is not silently lost.
     if (failures.length > 0) throw writeBackError(failures);
   }
-
-  private async changeSnapshot(name: string, change: SnapshotChange): Promise<SnapshotInfo> {
-    return this.ctx.frozen(() => changeSnapshotFrozen(this.ctx, this.liveOrThrow(name), change));
-  }
-
-  private liveOrThrow(name: string): SnapshotRecord {
-    const rec = this.ctx.findLive(name);
-    if (!rec) throw new SnapshotNotFoundError(name);
-    return rec;
-  }
-
-  private checkRange(offsetBytes: number, lengthBytes: number): void {
-    if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0) throw new InvalidArgumentError(`offset must be a non-negative integer, got ${offsetBytes}`);
-    if (!Number.isSafeInteger(lengthBytes) || lengthBytes < 0) throw new InvalidArgumentError(`length must be a non-negative integer, got ${lengthBytes}`);
-    if (offsetBytes + lengthBytes > this.sizeBytes || (lengthBytes === 0 && offsetBytes > this.sizeBytes)) throw new OutOfRangeError(offsetBytes, lengthBytes, this.sizeBytes);
-  }
-
-  private checkReadLength(lengthBytes: number): void {
-    if (lengthBytes > MAX_READ_BYTES) throw new InvalidArgumentError(`one read returns at most ${MAX_READ_BYTES} bytes; read in pieces`);
-  }
 }
 
-/** Validates a snapshot name. @throws INVALID_SNAPSHOT_NAME */
+/** IMPORT_PENDING for a write while the import marker is set. */
 function importPendingWrite(volumePath: string): ImportPendingError {
   return new ImportPendingError(
     `an import into ${volumePath} is in progress or was interrupted; writes would mix with it: finish it (the same cowvol import with --resume) or abandon it (cowvol snapshot restore) first`,
     { details: { path: volumePath } },
   );
-}
-
-export function validateSnapshotName(name: unknown): void {
-  if (typeof name !== 'string' || !SNAPSHOT_NAME_PATTERN.test(name)) throw new InvalidSnapshotNameError(String(name));
 }
