@@ -200,6 +200,13 @@ try:
     h.trim(4096, 0, flags=nbd.CMD_FLAG_FAST_ZERO)
 except nbd.Error as e:
     print("trim-fast", e.errno)
+# The server's own check, with libnbd's client-side flag checks off: NO_HOLE is for WRITE_ZEROES only.
+h.set_strict_mode(0)
+try:
+    h.trim(4096, 0, flags=nbd.CMD_FLAG_NO_HOLE)
+    print("trim-no-hole succeeded")
+except nbd.Error as e:
+    print("trim-no-hole", e.errno)
 h.shutdown()
 `);
     expect(out).toContain('can True');
@@ -207,6 +214,7 @@ h.shutdown()
     expect(out).toContain('unchanged True');
     expect(out).toContain('zeroed True');
     expect(out).toContain('trim-fast EINVAL');
+    expect(out).toContain('trim-no-hole EINVAL');
   });
 
   it('offline, `cowvol snapshot diff` names the same blocks as the bitmap did', async () => {

@@ -35,6 +35,7 @@ export { ReplyWriter, MAX_BATCH_BUFFERS } from './reply-writer.js';
 export type { BlockExport, ExportCatalog, ExportListing } from './block-export.js';
 export { Negotiation, MAX_REFUSED_OPTIONS, type Agreement, type OptionStep, type TlsMode } from './negotiation.js';
 export { errnoFor, RequestError } from './request-handler.js';
+export { MAX_STATUS_EXTENTS, STATUS_REPLY_EXTENTS, statusExtentsPerContext, statusReplyBytes } from './meta-context.js';
 export { Connection, DEFAULT_LIMITS, DEFAULT_HANDSHAKE, type ConnectionLimits, type HandshakeOptions } from './connection.js';
 export { loadPskKeys, parsePskKeys, startTlsPsk, type PskKeys } from './tls-psk.js';
 export {

@@ -1,3 +1,4 @@
+import { assert } from '@cowvol/base';
 import type { BlockExport } from './block-export.js';
 import { BASE_ALLOCATION, BASE_ALLOCATION_ID, NBD_STATE_DIRTY } from './constants.js';
 import type { Extent } from './replies.js';
@@ -19,6 +20,36 @@ export const DIRTY_BITMAP_PREFIX = 'qemu:dirty-bitmap:';
  * the range).
  */
 export const MAX_STATUS_EXTENTS = 128 * 1024;
+
+/**
+ * Extent descriptors one BLOCK_STATUS *reply* carries at most, across all
+ * its contexts: each of n selected contexts gets `floor(this / n)` (at
+ * least 1; {@link statusExtentsPerContext}). A client that selected every
+ * dirty bitmap of a volume with many snapshots asks for no more work and
+ * memory per request than one with one bitmap — the reply is shorter, and
+ * it asks again from where it ended.
+ */
+export const STATUS_REPLY_EXTENTS = MAX_STATUS_EXTENTS;
+
+/** Descriptors each context of a reply with `contexts` contexts may carry: at least 1, at most {@link MAX_STATUS_EXTENTS}. */
+export function statusExtentsPerContext(contexts: number): number {
+  assert(Number.isSafeInteger(contexts) && contexts >= 1, 'a BLOCK_STATUS reply has a context');
+  return Math.max(1, Math.min(MAX_STATUS_EXTENTS, Math.floor(STATUS_REPLY_EXTENTS / contexts)));
+}
+
+/**
+ * Bytes a BLOCK_STATUS reply with `contexts` contexts can take at most:
+ * per context a chunk header (20 bytes), its context id (4) and its
+ * descriptors (8 each). What the connection charges against its in-flight
+ * bytes while the request runs (connection.ts), as it charges a READ its
+ * length.
+ */
+export function statusReplyBytes(contexts: number): number {
+  return contexts * (STATUS_CHUNK_OVERHEAD_BYTES + 8 * statusExtentsPerContext(contexts));
+}
+
+/** Chunk header and context id of one BLOCK_STATUS chunk (docs/FORMAT.md §10.4). */
+const STATUS_CHUNK_OVERHEAD_BYTES = 24;
 
 /** A selected context: the id it carries in BLOCK_STATUS chunks, and what it reports. */
 export type MetaContext = { id: number; name: string; kind: 'allocation' } | { id: number; name: string; kind: 'dirty'; snapshot: string };

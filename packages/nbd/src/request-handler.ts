@@ -23,7 +23,7 @@ import {
 } from './constants.js';
 import type { BlockExport } from './block-export.js';
 import type { RequestMessage } from './framing.js';
-import { dirtyExtents, type MetaContext } from './meta-context.js';
+import { dirtyExtents, statusExtentsPerContext, type MetaContext } from './meta-context.js';
 import type { Agreement } from './negotiation.js';
 import { blockStatusChunk, chunkHeader, errorChunk, readReply, simpleReply, type Extent } from './replies.js';
 
@@ -68,6 +68,7 @@ export function validateRequest(agreement: Agreement, request: RequestMessage, s
   if (flags & NBD_CMD_FLAG_DF && (type !== NBD_CMD_READ || !agreement.structured)) throw new RequestError(NBD_EINVAL, 'DF is only valid on READ with structured replies');
   if (flags & NBD_CMD_FLAG_REQ_ONE && type !== NBD_CMD_BLOCK_STATUS) throw new RequestError(NBD_EINVAL, 'REQ_ONE is only valid on BLOCK_STATUS');
   if (flags & NBD_CMD_FLAG_FAST_ZERO && type !== NBD_CMD_WRITE_ZEROES) throw new RequestError(NBD_EINVAL, 'FAST_ZERO is only valid on WRITE_ZEROES');
+  if (flags & NBD_CMD_FLAG_NO_HOLE && type !== NBD_CMD_WRITE_ZEROES) throw new RequestError(NBD_EINVAL, 'NO_HOLE is only valid on WRITE_ZEROES');
   if (!RANGED.has(type) && type !== NBD_CMD_FLUSH) throw new RequestError(NBD_EINVAL, `unknown command ${type}`);
   if (WRITING.has(type) && agreement.export.readOnly) throw new RequestError(NBD_EPERM, `${agreement.export.name} is read-only`);
   if (RANGED.has(type) && offsetBytes + lengthBytes > agreement.export.sizeBytes) {
@@ -131,23 +132,38 @@ export function errorReply(agreement: Agreement | undefined, request: RequestMes
 
 /**
  * One BLOCK_STATUS chunk per selected context, in selection order, the last
- * carrying DONE ("NBD_CMD_BLOCK_STATUS"; docs/FORMAT.md §10).
+ * carrying DONE ("NBD_CMD_BLOCK_STATUS"; docs/FORMAT.md §10). Bounded: each
+ * context carries at most `statusExtentsPerContext(contexts)` descriptors,
+ * so a reply is at most `statusReplyBytes(contexts)` whatever the range
+ * and however many bitmaps are selected (docs/ARCHITECTURE.md §14.9).
  */
 async function blockStatusReply(agreement: Agreement, request: RequestMessage): Promise<Buffer[]> {
   const chunks: Buffer[] = [];
+  const perContext = statusExtentsPerContext(agreement.contexts.length);
+  const maxExtents = request.flags & NBD_CMD_FLAG_REQ_ONE ? 1 : perContext;
   for (const [i, context] of agreement.contexts.entries()) {
-    let extents = (await extentsOf(agreement.export, context, request)).filter((e) => e.lengthBytes > 0);
+    const extents = (await extentsOf(agreement.export, context, request, perContext)).filter((e) => e.lengthBytes > 0).slice(0, maxExtents);
     if (extents.length === 0) throw new RequestError(NBD_EIO, `the export reported no extent for ${context.name}`);
-    if (request.flags & NBD_CMD_FLAG_REQ_ONE) extents = extents.slice(0, 1);
     chunks.push(blockStatusChunk(request.cookie, context.id, extents, i === agreement.contexts.length - 1));
   }
   return chunks;
 }
 
-/** The extents of one context: `base:allocation` from the export (else all data), a dirty bitmap from what changed since its snapshot. */
-async function extentsOf(target: BlockExport, context: MetaContext, request: RequestMessage): Promise<Extent[]> {
+/**
+ * The extents of one context, at most `maxExtents` of them: `base:allocation`
+ * from the export (else all data), a dirty bitmap from what changed since
+ * its snapshot. The change list is asked for the first `maxExtents` blocks
+ * of the range only: a clean or dirty run is at least one block, so those
+ * blocks hold at least `maxExtents` runs (the reply ends inside them, or
+ * with the range), and the work per request is bounded by them — the
+ * mappings of that many blocks — not by the range a client asks about.
+ */
+async function extentsOf(target: BlockExport, context: MetaContext, request: RequestMessage, maxExtents: number): Promise<Extent[]> {
   const { offsetBytes, lengthBytes } = request;
   if (context.kind === 'allocation') return target.blockStatus ? target.blockStatus(offsetBytes, lengthBytes) : [{ lengthBytes, flags: 0 }];
   if (!target.changedSince) throw new RequestError(NBD_EINVAL, `${target.name} has no dirty bitmaps`);
-  return dirtyExtents(await target.changedSince(context.snapshot, offsetBytes, lengthBytes), offsetBytes, lengthBytes);
+  const blockBytes = target.preferredBlockBytes;
+  const windowEndBytes = (Math.floor(offsetBytes / blockBytes) + maxExtents) * blockBytes;
+  const windowBytes = Math.min(lengthBytes, windowEndBytes - offsetBytes);
+  return dirtyExtents(await target.changedSince(context.snapshot, offsetBytes, windowBytes), offsetBytes, windowBytes, maxExtents);
 }
