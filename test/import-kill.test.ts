@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Volume, importStream, type StreamSource } from '@cowvol/cow-core';
@@ -140,6 +140,30 @@ describe('import killed at every step: --resume or a re-run finishes it with the
     await rm(join(`${adopted}.cowvol`, 'lock'), { recursive: true, force: true });
     await cowvolOk(['create', adopted, '--adopt']);
     expect((await readFile(adopted)).equals(expected), 'the adopted file is intact').toBe(true);
+  });
+
+  it('a file put at the path after a create was killed is never removed by the next create or import (the intent names the file it made)', async () => {
+    // [kill point, how the user's file gets there, the command run next, what it must say]
+    const cases = [
+      ['create:journal', 'replaced', ['create', '--adopt'], 0], // a new inode where the killed create's file was: adopted as it is
+      ['create:journal', 'rewritten', ['create', '--adopt'], 0], // the same inode written over (cp onto it): adopted as it is
+      ['create:intent', 'replaced', ['create', '--size', '1M'], 4], // before the file was made: VOLUME_EXISTS, not overwritten
+      ['create:journal', 'replaced', ['import', '--input', streamPath], 4], // an import into the path: VOLUME_EXISTS
+    ] as const;
+    for (const [step, how, command, code] of cases) {
+      const vol = join(dir, `u-${step.replace(/[^a-z0-9]+/gi, '-')}-${how}-${command[0]}.img`);
+      expect(await cowvolKilled(['create', vol, '--size', '1M'], step), `create killed at ${step}`).toBe('SIGKILL');
+      await rm(join(`${vol}.cowvol`, 'lock'), { recursive: true, force: true });
+      if (how === 'replaced') {
+        await rm(vol, { force: true });
+        await writeFile(`${vol}.tmp`, expected);
+        await rename(`${vol}.tmp`, vol);
+      } else await writeFile(vol, expected);
+      const r = await cowvol([command[0], vol, ...command.slice(1)]);
+      expect(r.code, `${command.join(' ')} after a kill at ${step} (${how}): ${r.stderr}`).toBe(code);
+      if (code === 4) expect(r.stderr).toContain('[VOLUME_EXISTS]');
+      expect((await readFile(vol)).equals(expected), `the user's file is intact after ${command.join(' ')} (${how}, ${step})`).toBe(true);
+    }
   });
 
   it('through the CLI: a re-run after a kill while creating the target, --resume after a kill after a marker', async () => {

@@ -1,4 +1,4 @@
-import { open, readFile, rm } from 'node:fs/promises';
+import { lstat, open, readFile, rename, rm } from 'node:fs/promises';
 import { syncDirectory } from '@cowvol/base';
 import { pathExists } from './files.js';
 import { dirname, resolve } from 'node:path';
@@ -11,19 +11,37 @@ import { OwnerLock, fileIdentity } from './owner-lock.js';
  * The create intent (docs/FORMAT.md §2, "Create order"): `<sidecar>/creating`,
  * written right after the sidecar folder is made and the owner lock taken,
  * before anything else of a new volume exists, and removed once the volume
- * record is durable. It says whether this create made the volume file. A
- * sidecar that holds it but no volume record is what a create killed
- * half-way left, and the next create of the same path removes it (and the
- * volume file, if that create made it) instead of refusing with
- * `VOLUME_EXISTS` — so a re-run finishes what the killed one started.
+ * record is durable. It says whether this create makes the volume file,
+ * and — rewritten once that file is made — which file it made. A sidecar
+ * that holds it but no volume record is what a create killed half-way
+ * left, and the next create of the same path removes it (and the volume
+ * file, if it is still exactly the file that create made) instead of
+ * refusing with `VOLUME_EXISTS` — so a re-run finishes what the killed one
+ * started, and a file the user put at the path since is never touched.
  */
+
+/**
+ * The file a create made, as `lstat` (bigint) saw it once made, extended
+ * and synced: device, inode and status-change time in nanoseconds (decimal
+ * strings: they exceed 2^53) and size. A file at the path that differs in
+ * any of them is not that file — another one put there since (its inode
+ * number may be the freed one's), or that one written to since.
+ */
+export interface CreatedFile {
+  dev: string;
+  ino: string;
+  ctimeNs: string;
+  sizeBytes: number;
+}
 
 /** What `<sidecar>/creating` records. */
 export interface CreateIntent {
   v: 1;
-  /** True when the create makes the volume file (not `--adopt`): a reclaim removes it. */
+  /** True when the create makes the volume file (not `--adopt`). */
   createdFile: boolean;
   pid: number;
+  /** The file it made, once made (`recordCreatedFile`): the only file a reclaim removes. */
+  file?: CreatedFile;
 }
 
 export function intentPath(layout: VolumeLayout): string {
@@ -32,15 +50,42 @@ export function intentPath(layout: VolumeLayout): string {
 
 /** Writes the intent with an exclusive create, syncs it and the sidecar folder. */
 export async function writeCreateIntent(layout: VolumeLayout, createdFile: boolean): Promise<void> {
-  const intent: CreateIntent = { v: 1, createdFile, pid: process.pid };
-  const fh = await open(intentPath(layout), 'wx', 0o600);
+  await writeIntentFile(intentPath(layout), { v: 1, createdFile, pid: process.pid });
+  await syncDirectory(layout.sidecarPath);
+}
+
+/**
+ * Records in the intent the volume file this create just made (at
+ * `volumePath`, extended and synced): a new intent written beside it, synced,
+ * renamed over it, the folder synced. A kill before the rename leaves the
+ * intent without `file`, and a reclaim then leaves the file where it is
+ * (it cannot prove the create made it): the re-run says VOLUME_EXISTS.
+ */
+export async function recordCreatedFile(layout: VolumeLayout, volumePath: string): Promise<void> {
+  const st = await lstat(volumePath, { bigint: true });
+  const file: CreatedFile = { dev: String(st.dev), ino: String(st.ino), ctimeNs: String(st.ctimeNs), sizeBytes: Number(st.size) };
+  const next = `${intentPath(layout)}.next`;
+  await rm(next, { force: true });
+  await writeIntentFile(next, { v: 1, createdFile: true, pid: process.pid, file });
+  await rename(next, intentPath(layout));
+  await syncDirectory(layout.sidecarPath);
+}
+
+/** One intent file, created with O_EXCL (mode 0600), one line of JSON, synced. */
+async function writeIntentFile(path: string, intent: CreateIntent): Promise<void> {
+  const fh = await open(path, 'wx', 0o600);
   try {
     await fh.writeFile(`${JSON.stringify(intent)}\n`);
     await fh.sync();
   } finally {
     await fh.close();
   }
-  await syncDirectory(layout.sidecarPath);
+}
+
+/** Whether the file at `path` (not followed if a link) is exactly `file`. */
+async function isCreatedFile(path: string, file: CreatedFile): Promise<boolean> {
+  const st = await lstat(path, { bigint: true }).catch(() => undefined);
+  return st !== undefined && st.isFile() && String(st.dev) === file.dev && String(st.ino) === file.ino && String(st.ctimeNs) === file.ctimeNs && Number(st.size) === file.sizeBytes;
 }
 
 /** Removes the intent once the volume record is durable (the create's commit point). */
@@ -68,7 +113,15 @@ async function readIntent(layout: VolumeLayout): Promise<CreateIntent | undefine
 
 /** Whether a parsed intent file is a {@link CreateIntent} of this version. */
 function isCreateIntent(v: unknown): v is CreateIntent {
-  return typeof v === 'object' && v !== null && 'v' in v && v.v === 1 && 'createdFile' in v && typeof v.createdFile === 'boolean';
+  if (typeof v !== 'object' || v === null || !('v' in v) || v.v !== 1 || !('createdFile' in v) || typeof v.createdFile !== 'boolean') return false;
+  return !('file' in v) || v.file === undefined || isCreatedFileRecord(v.file);
+}
+
+function isCreatedFileRecord(f: unknown): f is CreatedFile {
+  if (typeof f !== 'object' || f === null) return false;
+  const r = f as Record<string, unknown>;
+  const digits = (x: unknown): boolean => typeof x === 'string' && /^[0-9]{1,40}$/.test(x);
+  return digits(r.dev) && digits(r.ino) && digits(r.ctimeNs) && typeof r.sizeBytes === 'number' && Number.isSafeInteger(r.sizeBytes) && r.sizeBytes >= 0;
 }
 
 /** True when the metadata database holds a volume record (the create got past its commit point). */
@@ -110,8 +163,9 @@ export async function reclaimIncompleteCreate(layout: VolumeLayout): Promise<voi
   try {
     if (!(await isIncompleteCreate(layout))) return; // finished (or reclaimed) while we waited for the lock
     intent = await readIntent(layout);
-    // Only a file this create made goes; a torn intent was cut before the file could be made.
-    if (intent?.createdFile === true) await rm(layout.volumePath, { force: true });
+    // Only the very file this create made goes: not one put at the path since, not one written to since. A torn intent was
+    // cut before the file could be made; an intent without `file`, while it was being made (then it stays: VOLUME_EXISTS).
+    if (intent?.file !== undefined && (await isCreatedFile(layout.volumePath, intent.file))) await rm(layout.volumePath, { force: true });
   } finally {
     await lock.unlock().catch(() => undefined);
   }

@@ -22,7 +22,7 @@ import { SnapshotStore } from './store.js';
 import { OwnerLock, fileIdentity } from './owner-lock.js';
 import { nameExists, refuseOtherNames } from './volume-names.js';
 import { makeSidecarFolder, narrowMode, sidecarModes } from './sidecar-mode.js';
-import { clearCreateIntent, reclaimIncompleteCreate, writeCreateIntent } from './create-intent.js';
+import { clearCreateIntent, reclaimIncompleteCreate, recordCreatedFile, writeCreateIntent } from './create-intent.js';
 import { killPoint } from './kill-point.js';
 import { RESERVE_BYTES, writeReserve } from './reserve.js';
 import { openerFor, type CreateVolumeOptions } from './volume-types.js';
@@ -134,6 +134,7 @@ async function makeVolumeFile(plan: CreatePlan, made: { file: boolean }): Promis
   await dev.truncate(plan.sizeBytes);
   await dev.sync();
   await dev.close();
+  await recordCreatedFile(plan.layout, plan.path); // which file a reclaim may remove (create-intent.ts)
   killPoint('create:file');
 }
 
