@@ -261,5 +261,38 @@ describe('sidecar permissions', () => {
     expect((await cowvolUnderUmask('022', ['snapshot', 'read', vol, 's', '--output', outputs.snap])).code).toBe(0);
     expect((await cowvolUnderUmask('022', ['snapshot', 'export', vol, 's', '--output', outputs.export])).code).toBe(0);
     for (const [what, path] of Object.entries(outputs)) expect((await stat(path)).mode & 0o777, what).toBe(0o600);
+    // An existing output keeps its mode, whichever way it is rewritten (export replaces it by a rename).
+    for (const path of Object.values(outputs)) await chmod(path, 0o640);
+    expect((await cowvolUnderUmask('077', ['read', vol, '--output', outputs.read])).code).toBe(0);
+    expect((await cowvolUnderUmask('077', ['snapshot', 'read', vol, 's', '--output', outputs.snap])).code).toBe(0);
+    expect((await cowvolUnderUmask('077', ['snapshot', 'export', vol, 's', '--output', outputs.export])).code).toBe(0);
+    for (const [what, path] of Object.entries(outputs)) expect((await stat(path)).mode & 0o777, `${what} rewritten`).toBe(0o640);
+  });
+});
+
+describe('stdout is an output like any other', () => {
+  it('a shell redirect of stdout onto the volume or a sidecar file is refused (INVALID_ARGUMENT, exit 2) before anything is written', async () => {
+    const vol = join(dir, 'redirect.img');
+    await ok(['create', vol, '--size', '1M']);
+    await ok(['write', vol, '--offset', '0'], Buffer.alloc(4096, 0x33));
+    await ok(['snapshot', 'create', vol, 's']);
+    await ok(['write', vol, '--offset', '0'], Buffer.alloc(4096, 0x44));
+    const before = await readFile(vol);
+    const targets = [vol, join(`${vol}.cowvol`, 'store')];
+    for (const target of targets) {
+      for (const args of [
+        ['snapshot', 'read', vol, 's', '--offset', '512K', '--length', '4K'],
+        ['read', vol, '--length', '4K', '--output', '-'],
+        ['snapshot', 'export', vol, 's', '--output', '-'],
+      ]) {
+        // `1<>target`: stdout opened read-write on the file itself, as a careless script might.
+        const r = await run('sh', ['-c', `exec "$0" "$@" 1<>"${target}"`, process.execPath, CLI, ...args]);
+        expect(r.code, `${args.join(' ')} 1<>${target}: ${r.stderr}`).toBe(2);
+        expect(r.stderr).toContain('[INVALID_ARGUMENT]');
+      }
+    }
+    expect((await readFile(vol)).equals(before)).toBe(true);
+    expect(json<{ status: string }>(await ok(['check', vol, '--read-data', '--json'])).status).toBe('clean');
+    expect((await ok(['snapshot', 'read', vol, 's', '--length', '4K'])).stdout.equals(Buffer.alloc(4096, 0x33))).toBe(true);
   });
 });

@@ -1,4 +1,4 @@
-import { constants, rmSync } from 'node:fs';
+import { constants, fstatSync, rmSync } from 'node:fs';
 import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
@@ -62,8 +62,17 @@ export function watchStdout(): void {
   });
 }
 
-/** stdout as a sink (see watchStdout); `write` and `close` throw NO_SPACE or IO_ERROR once stdout has failed. */
-export function openStdoutSink(): Sink {
+/** stdout as a sink (see watchStdout); `write` and `close` throw NO_SPACE or IO_ERROR once stdout has failed. @throws INVALID_ARGUMENT when stdout is the volume or a file of its sidecar (`guard`) */
+export function openStdoutSink(guard: ProtectedFiles): Sink {
+  // Checked like a named output: a shell redirect onto the volume or a sidecar file (`1<>vol.img`) is refused before anything is written.
+  const st = (() => {
+    try {
+      return fstatSync(1, { bigint: true });
+    } catch {
+      return undefined; // stdout closed: nothing can be written to it, nor to the volume through it
+    }
+  })();
+  if (st !== undefined) assertNotProtected('- (stdout)', st, guard);
   watchStdout();
   const check = (): void => {
     if (stdoutFailure) {
@@ -139,9 +148,13 @@ export async function openFileSink(output: string, guard: ProtectedFiles): Promi
   };
 }
 
-/** stdout when `output` is undefined or `-` (as `snapshot export --output -`; a file named `-` is `./-`), else openFileSink. */
+/**
+ * stdout when `output` is undefined or `-` (as `snapshot export --output -`;
+ * a file named `-` is `./-`), else openFileSink.
+ * @throws INVALID_ARGUMENT (stdout or the output is the volume or a file of its sidecar), IO_ERROR
+ */
 export async function openSink(output: string | undefined, guard: ProtectedFiles): Promise<Sink> {
-  return output === undefined || output === STDIO_PATH ? openStdoutSink() : openFileSink(output, guard);
+  return output === undefined || output === STDIO_PATH ? openStdoutSink(guard) : openFileSink(output, guard);
 }
 
 /**
@@ -188,7 +201,8 @@ export async function openAtomicFileSink(output: string, guard: ProtectedFiles):
     const sink = await openFileSink(output, guard);
     return { ...sink, commit: () => sink.close(), abort: () => sink.close().catch(() => undefined) };
   }
-  const { handle, tmp, forget } = await createPartial(target, output, await outputMode(guard));
+  const { handle, tmp, forget } = await createPartial(target, output, existing ? existing.mode & 0o7777 : await outputMode(guard));
+  if (existing) await keepOwnerAndMode(handle, existing, output);
   let closed = false;
   const close = async (): Promise<void> => {
     if (!closed) {
@@ -223,6 +237,26 @@ export async function openAtomicFileSink(output: string, guard: ProtectedFiles):
  * file it copies data from (a private 0600 volume gives 0600 exports and
  * reads; README "Paths given to --input and --output"), less the umask.
  */
+/**
+ * Gives the new file the mode (umask aside) and, where this process may,
+ * the owner and group of the `existing` output it replaces: an existing
+ * output keeps its mode (README "Paths given to --input and --output").
+ * A chown this user may not make (EPERM) leaves the file this user's.
+ * @throws IO_ERROR
+ */
+async function keepOwnerAndMode(handle: FileHandle, existing: { mode: number; uid: number; gid: number }, output: string): Promise<void> {
+  try {
+    await handle.chmod(existing.mode & 0o7777);
+    if (existing.uid !== process.geteuid?.() || existing.gid !== process.getegid?.()) {
+      await handle.chown(existing.uid, existing.gid).catch((err: unknown) => {
+        if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
+      });
+    }
+  } catch (err) {
+    throw userPathError(err, output, 'output');
+  }
+}
+
 async function outputMode(guard: ProtectedFiles): Promise<number> {
   const volume = await stat(guard.volumePath).catch(() => undefined);
   return volume ? (volume.mode & 0o066) | 0o600 : 0o600;

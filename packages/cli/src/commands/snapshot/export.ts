@@ -42,7 +42,7 @@ export default class SnapshotExport extends CowvolCommand {
       for (const n of [args.name, flags.since]) if (n !== undefined && !names.has(n)) throw new SnapshotNotFoundError(n);
       const options = { ...(flags.since ? { since: flags.since } : {}), onProgress: (d: number, t: number) => progress.update(d, t) };
       if (flags.output === STDIO_PATH) {
-        const sink = openStdoutSink();
+        const sink = openStdoutSink(await protectedFilesOf(args.volume));
         try {
           return await exportSnapshot(volume, args.name, (b) => sink.write(b), options);
         } finally {
