@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { watch } from 'node:fs';
-import { mkdir, readdir, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -118,5 +118,65 @@ describe('a signal removes the export .partial file', () => {
     } finally {
       watcher.close();
     }
+  });
+});
+
+/**
+ * README "Exit codes": for a change to the volume, any non-zero exit but 9
+ * means it was not made. Once it is made, a signal or a report that cannot
+ * be written exits 9 (OUTCOME_UNKNOWN: look before retrying).
+ */
+describe('after the change was made', () => {
+  /** Runs `cowvol args` stopped (SIGSTOP) at kill point `at`, then sends `signal` and SIGCONT; resolves with how it ended. */
+  async function signalledAt(args: string[], at: string, signal: NodeJS.Signals): Promise<{ code: number | null; stderr: string }> {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, COWVOL_KILL_AT: at, COWVOL_KILL_SIGNAL: 'SIGSTOP' } });
+    const done = exited(child);
+    const pid = child.pid ?? 0;
+    const deadline = Date.now() + 60_000;
+    while ((await readFile(`/proc/${String(pid)}/stat`, 'utf8').catch(() => ') Z')).split(') ')[1]?.[0] !== 'T') {
+      expect(Date.now(), `cowvol ${args.join(' ')} did not reach ${at}`).toBeLessThan(deadline);
+      await sleep(10);
+    }
+    process.kill(pid, signal);
+    process.kill(pid, 'SIGCONT');
+    return done;
+  }
+
+  it('an import interrupted once its snapshot is committed exits 9, not 130; one interrupted before exits 130 and changed nothing', async () => {
+    const src = join(dir, 'made-src.img');
+    expect((await cowvol(['create', src, '--size', '1M'])).code).toBe(0);
+    expect((await cowvol(['write', src, '--offset', '0'], { input: randomBytes(64 * 1024) })).code).toBe(0);
+    expect((await cowvol(['snapshot', 'create', src, 's1'])).code).toBe(0);
+    const stream = join(dir, 'made.cvs');
+    expect((await cowvol(['snapshot', 'export', src, 's1', '--output', stream])).code).toBe(0);
+    const after = await signalledAt(['import', join(dir, 'made-after.img'), '--input', stream], 'import:finished', 'SIGINT');
+    expect(after.code, after.stderr).toBe(9);
+    expect(after.stderr).toContain('[OUTCOME_UNKNOWN]: interrupted by SIGINT after its change was made');
+    expect((await cowvol(['snapshot', 'info', join(dir, 'made-after.img'), 's1'])).code).toBe(0);
+    const before = await signalledAt(['import', join(dir, 'made-before.img'), '--input', stream], 'import:verified', 'SIGINT');
+    expect(before.code, before.stderr).toBe(130);
+    expect((await readdir(dir)).filter((n) => n.startsWith('made-before.img'))).toEqual([]);
+  });
+
+  it('snapshot create, rename and delete whose report cannot be written (stdout is /dev/full) exit 9 with the change made; a refused one keeps its own code', async () => {
+    const vol = join(dir, 'full-stdout.img');
+    expect((await cowvol(['create', vol, '--size', '1M'])).code).toBe(0);
+    const toFull = (args: string[]) => new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const child = spawn('sh', ['-c', 'exec "$0" "$@" >/dev/full', process.execPath, CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+      void exited(child).then(resolve);
+    });
+    const created = await toFull(['snapshot', 'create', vol, 's9']);
+    expect(created.code, created.stderr).toBe(9);
+    expect(created.stderr).toContain('[OUTCOME_UNKNOWN]: the change was made, but its report could not be written (NO_SPACE');
+    expect((await cowvol(['snapshot', 'info', vol, 's9'])).code).toBe(0);
+    const renamed = await toFull(['snapshot', 'rename', vol, 's9', 's10', '--json']);
+    expect(renamed.code, renamed.stderr).toBe(9);
+    expect((await cowvol(['snapshot', 'info', vol, 's10'])).code).toBe(0);
+    const refused = await toFull(['snapshot', 'create', vol, 's10']);
+    expect(refused.stderr).toContain('[SNAPSHOT_EXISTS]');
+    expect(refused.code).not.toBe(9);
+    const deleted = await toFull(['snapshot', 'delete', vol, 's10']);
+    expect(deleted.code, deleted.stderr).toBe(9);
+    expect((await cowvol(['snapshot', 'info', vol, 's10'])).code).not.toBe(0);
   });
 });

@@ -6,7 +6,7 @@ import { exitCodeFor } from './exit-codes.js';
 import { watchStdout } from './io.js';
 import { isErrnoError, osError } from './os-errors.js';
 import { askServer, servedPid, VolumeServedError } from './served.js';
-import { installSignalHandlers, interrupting } from './signals.js';
+import { installSignalHandlers, interrupting, noteChangeMade } from './signals.js';
 
 /** How a command opens its volume (see {@link CowvolCommand.withVolume}). */
 export interface OpenMode {
@@ -20,6 +20,8 @@ export interface OpenMode {
   writeBackBytes?: number;
   /** A volume served by `cowvol serve` fails at once with VolumeServedError (withServedVolume routes the command), not after `--wait`. */
   routeServed?: boolean;
+  /** The command changes the volume's metadata: once `fn` (or the server) returned, the change is made (signals.ts `noteChangeMade`). */
+  changes?: boolean;
 }
 
 /**
@@ -120,7 +122,9 @@ export abstract class CowvolCommand extends Command {
   protected async withVolume<T>(path: string, fn: (volume: Volume) => Promise<T>, mode: OpenMode = {}): Promise<T> {
     const volume = await this.openVolume(path, mode);
     try {
-      return await fn(volume);
+      const result = await fn(volume);
+      if (mode.changes === true) noteChangeMade(); // before the close: a signal during it no longer says "not made"
+      return result;
     } finally {
       try {
         await volume.close();
@@ -160,7 +164,9 @@ export abstract class CowvolCommand extends Command {
       if (!(err instanceof VolumeServedError)) throw err;
     }
     try {
-      return await served();
+      const result = await served();
+      if (mode.changes === true) noteChangeMade();
+      return result;
     } catch (err) {
       // The server is stopping (it refused the request) or gone: nothing was done; open the volume as offline (honouring --wait).
       if (!hasCode(err, 'VOLUME_BUSY', 'NOT_SERVED')) throw err;

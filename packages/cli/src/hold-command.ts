@@ -21,7 +21,9 @@ export abstract class HoldCommand extends CowvolCommand {
   async run(): Promise<{ snapshots: SnapshotInfo[] }> {
     const { args, argv } = await this.parse(HoldCommand);
     const names = (argv as string[]).slice(1);
-    const { snapshots } = await this.withServedVolume(args.volume, 'snapshot.hold', { names, held: this.held }, async (v) => ({ snapshots: await v.holdSnapshots(names, this.held) }));
+    const { snapshots } = await this.withServedVolume(args.volume, 'snapshot.hold', { names, held: this.held }, async (v) => ({ snapshots: await v.holdSnapshots(names, this.held) }), {
+      changes: true,
+    });
     this.say(`${this.held ? 'held' : 'released'} ${names.join(', ')}`);
     return { snapshots };
   }

@@ -6,7 +6,7 @@ import { IoError, NoSpaceError, type CowvolError } from '@cowvol/base';
 import { exitCodeFor } from './exit-codes.js';
 import { userPathError } from './os-errors.js';
 import { assertNotProtected, checkOutputPath, type ProtectedFiles } from './output-guard.js';
-import { onInterrupt } from './signals.js';
+import { changeWasMade, onInterrupt } from './signals.js';
 
 import { STDIO_PATH, STREAM_CHUNK_BYTES } from './input.js';
 
@@ -57,6 +57,12 @@ export function watchStdout(): void {
     // A failure no command reported (its say() line, its --json document).
     if (stdoutFailure === undefined || stdoutFailureReported || (process.exitCode !== undefined && process.exitCode !== 0)) return;
     const err = stdoutError(stdoutFailure);
+    if (changeWasMade()) {
+      // The change is durable; only its report is lost: 9 says "look before retrying", where 7 would say it was not made.
+      process.stderr.write(`cowvol: error [OUTCOME_UNKNOWN]: the change was made, but its report could not be written (${err.code}: ${err.message}); look before retrying\n`);
+      process.exitCode = exitCodeFor('OUTCOME_UNKNOWN');
+      return;
+    }
     process.stderr.write(`cowvol: error [${err.code}]: ${err.message}\n`);
     process.exitCode = exitCodeFor(err.code);
   });

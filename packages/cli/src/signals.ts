@@ -3,7 +3,8 @@
  * (README "Interrupting a command"). SIGINT, SIGTERM and SIGHUP run every
  * registered cleanup (synchronous: a signal may arrive at any await), print
  * one line on stderr and exit with the shell's convention, 128 + the signal
- * number: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP). The volume itself needs
+ * number: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP) — or 9 (OUTCOME_UNKNOWN)
+ * once the command's change was made (noteChangeMade). The volume itself needs
  * no cleanup: an interrupted command is recovered like a crash (the journal
  * replays on the next open).
  */
@@ -18,6 +19,27 @@ const asyncCleanups = new Set<() => Promise<string | undefined>>();
 let installed = false;
 /** The signal being handled, once one came: the process is on its way out. */
 let interruptedBy: NodeJS.Signals | undefined;
+/** The running command's change to the volume is durable (noteChangeMade). */
+let changeMade = false;
+/** Exit code of OUTCOME_UNKNOWN (exit-codes.ts; not imported: this module loads first, with no dependency). */
+const OUTCOME_UNKNOWN_EXIT = 9;
+
+/**
+ * Marks the running command's change to the volume as made (durable): a
+ * metadata change once the library call returned, or a delete once its
+ * snapshots are marked. From then on an interruption — or a failure to
+ * write the command's report (io.ts) — exits 9, OUTCOME_UNKNOWN ("look
+ * before retrying"), never a code that says the change did not happen
+ * (README "Exit codes": any non-zero exit but 9 means it did not).
+ */
+export function noteChangeMade(): void {
+  changeMade = true;
+}
+
+/** True once {@link noteChangeMade} was called. */
+export function changeWasMade(): boolean {
+  return changeMade;
+}
 
 /** True once a signal began the exit: the command's own errors are not reported any more (it is being stopped). */
 export function interrupting(): boolean {
@@ -32,15 +54,18 @@ export function installSignalHandlers(): void {
   installed = true;
   for (const [signal, exitCode] of SIGNAL_EXIT) {
     process.on(signal, () => {
-      if (interruptedBy !== undefined) process.exit(exitCode); // a second signal, of any kind, does not wait for the cleanups
+      // A change already made is reported as such: exit 9, not 128 + n, which would say it was not made.
+      const code = (): number => (changeMade ? OUTCOME_UNKNOWN_EXIT : exitCode);
+      if (interruptedBy !== undefined) process.exit(code()); // a second signal, of any kind, does not wait for the cleanups
       interruptedBy = signal;
       runCleanups();
       const notes: string[] = [];
       const done = (): void => {
         // The command ran on while the asynchronous cleanups waited: what it wrote meanwhile goes too (each file is registered before it is created).
         runCleanups();
-        process.stderr.write(`cowvol: interrupted by ${signal}; temporary files removed${notes.map((n) => `, ${n}`).join('')}\n`);
-        process.exit(exitCode);
+        const what = changeMade ? `error [OUTCOME_UNKNOWN]: interrupted by ${signal} after its change was made (look before retrying)` : `interrupted by ${signal}`;
+        process.stderr.write(`cowvol: ${what}; temporary files removed${notes.map((n) => `, ${n}`).join('')}\n`);
+        process.exit(code());
       };
       if (asyncCleanups.size === 0) {
         done();

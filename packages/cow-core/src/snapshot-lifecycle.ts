@@ -141,7 +141,8 @@ export function findVictims(ctx: VolumeContext, names: string[]): SnapshotRecord
  * them all `deleting` in one transaction under one freeze — from that
  * commit on their deletes complete, across a crash too — then hands over or
  * frees their blocks, oldest first. `pick` runs frozen and names them;
- * `onProgress` counts blocks processed.
+ * `onProgress` counts blocks processed: first (0, total) once the
+ * snapshots are marked, then after each batch.
  * @throws what `pick` throws; IO_ERROR, JOURNAL_ABORTED (before the mark only; see {@link finishMarked})
  */
 export async function deleteSnapshotsLocked(ctx: VolumeContext, pick: () => SnapshotRecord[], onProgress?: (doneBlocks: number, totalBlocks: number) => void): Promise<DeleteResult[]> {
@@ -157,6 +158,7 @@ export async function deleteSnapshotsLocked(ctx: VolumeContext, pick: () => Snap
   });
   const totalBlocks = victims.reduce((n, r) => n + r.ownedBlocks, 0);
   let doneBlocks = 0;
+  if (victims.length > 0) onProgress?.(0, totalBlocks); // marked: from here the delete is made (finished by the next open if stopped)
   return finishMarked(ctx, victims, (n) => {
     doneBlocks += n;
     onProgress?.(doneBlocks, totalBlocks);

@@ -21,7 +21,7 @@ export default class AcceptChanges extends CowvolCommand {
     const { args } = await this.parse(AcceptChanges);
     // Served (README "Serving a volume"): the server compares the file with its stamp again, frozen, and accepts what it finds
     // (docs/FORMAT.md §11.2, `volume.acceptChanges`).
-    const report = await this.withServedVolume(args.volume, 'volume.acceptChanges', {}, (v) => v.acceptOutsideChanges(), { outsideChanges: 'hold' });
+    const report = await this.withServedVolume(args.volume, 'volume.acceptChanges', {}, (v) => v.acceptOutsideChanges(), { outsideChanges: 'hold', changes: true });
     if (!report.accepted) this.say(`${args.volume}: nothing to accept: the file is as cowvol left it`);
     else {
       this.say(

@@ -8,6 +8,7 @@ import { human } from '../format.js';
 import { openInput, spoolInput, type SizedInput } from '../io.js';
 import { createProgress, progressFlag } from '../progress.js';
 import { askServer, isServed, VolumeServedError } from '../served.js';
+import { noteChangeMade } from '../signals.js';
 
 /** A stream input is spooled whole before it is verified; one that does not start as a stream is refused at its first bytes (NOT_A_STREAM), not once it has filled $TMPDIR. */
 const STREAM_SPOOL = { start: { startBytes: STREAM_START_BYTES, checkStart: checkStreamStart } };
@@ -45,8 +46,14 @@ export default class Import extends CowvolCommand {
     let result: ImportResult;
     try {
       const offline = (mode: OpenMode): Promise<ImportResult> =>
-        importStream(args.volume, input, { ...options, openVolume: (p) => this.openVolume(p, mode), onProgress: (p) => progress.update(p.doneBytes, p.totalBytes, p.phase) });
+        importStream(args.volume, input, {
+          ...options,
+          openVolume: (p) => this.openVolume(p, mode),
+          onProgress: (p) => progress.update(p.doneBytes, p.totalBytes, p.phase),
+          onCommitted: noteChangeMade,
+        });
       result = await importOnServer(args.volume, input, options, offline);
+      if (!result.dryRun && !result.alreadyImported) noteChangeMade(); // served: the server's import returned
     } finally {
       progress.stop();
       await input.close();

@@ -23,7 +23,9 @@ export default class SnapshotLabel extends CowvolCommand {
     const labels = Object.fromEntries(set);
     const remove = flags.remove ?? [];
     // One core call, atomic on the volume (Volume.changeSnapshotLabels); the server runs the same (docs/FORMAT.md §11.2, `snapshot.label`).
-    const snapshot = await this.withServedVolume(args.volume, 'snapshot.label', { name: args.name, set: labels, remove }, (v) => v.changeSnapshotLabels(args.name, { set: labels, remove }));
+    const snapshot = await this.withServedVolume(args.volume, 'snapshot.label', { name: args.name, set: labels, remove }, (v) => v.changeSnapshotLabels(args.name, { set: labels, remove }), {
+      changes: true,
+    });
     this.say(`labels of ${snapshot.name}: ${formatLabels(snapshot.labels) || '(none)'}`);
     return snapshot;
   }

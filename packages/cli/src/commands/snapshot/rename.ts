@@ -13,7 +13,7 @@ export default class SnapshotRename extends CowvolCommand {
 
   async run(): Promise<SnapshotInfo> {
     const { args } = await this.parse(SnapshotRename);
-    const snapshot = await this.withServedVolume(args.volume, 'snapshot.rename', { name: args.name, newName: args.newName }, (v) => v.renameSnapshot(args.name, args.newName));
+    const snapshot = await this.withServedVolume(args.volume, 'snapshot.rename', { name: args.name, newName: args.newName }, (v) => v.renameSnapshot(args.name, args.newName), { changes: true });
     this.say(`renamed snapshot ${args.name} to ${snapshot.name}`);
     return snapshot;
   }

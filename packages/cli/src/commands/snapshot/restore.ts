@@ -33,8 +33,12 @@ export default class SnapshotRestore extends CowvolCommand {
       ...(flags['safety-name'] === undefined ? {} : { safetyName: flags['safety-name'] }),
     };
     // Served (README "Serving a volume"): the server restores, refusing while a client is attached to `live` (EXPORT_IN_USE); no progress comes back.
-    const result = await this.withServedVolume(args.volume, 'snapshot.restore', { name: args.name, ...options }, (v) =>
-      restoreSnapshot(v, args.name, { ...options, onProgress: (done, total) => progress.update(done, total) }),
+    const result = await this.withServedVolume(
+      args.volume,
+      'snapshot.restore',
+      { name: args.name, ...options },
+      (v) => restoreSnapshot(v, args.name, { ...options, onProgress: (done, total) => progress.update(done, total) }),
+      { changes: true },
     ).finally(() => progress.stop());
     this.say(
       `restored ${result.name}: ${result.restoredBytes} bytes (${human(result.restoredBytes)}) rewritten` +
