@@ -121,6 +121,26 @@ describe('a signal removes the export .partial file', () => {
   });
 });
 
+describe("a signal removes a read-only open's private metadata copy", () => {
+  it('snapshot read stopped by SIGINT while its reader does not read: exit 130, no cowvol-meta-* folder left in $TMPDIR', async () => {
+    const tmp = join(dir, 'tmp-meta');
+    await mkdir(tmp);
+    const vol = join(dir, 'meta-copy.img');
+    expect((await cowvol(['create', vol, '--size', '64M'])).code).toBe(0);
+    expect((await cowvol(['write', vol, '--offset', '0'], { input: randomBytes(8 * MiB) })).code).toBe(0);
+    expect((await cowvol(['snapshot', 'create', vol, 's'])).code).toBe(0);
+    // stdout is a pipe this test never reads: the read stalls once the pipe is full, its volume open (and its copy) in place.
+    const child = spawn(process.execPath, [CLI, 'snapshot', 'read', vol, 's'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TMPDIR: tmp } });
+    const done = exited(child);
+    await waitFor(tmp, async (names) => names.some((n) => n.startsWith('cowvol-meta-')));
+    await sleep(200); // past the copy's making: the command is reading
+    child.kill('SIGINT');
+    const r = await done;
+    expect(r.code, r.stderr).toBe(130);
+    expect(await readdir(tmp)).toEqual([]);
+  });
+});
+
 /**
  * README "Exit codes": for a change to the volume, any non-zero exit but 9
  * means it was not made. Once it is made, a signal or a report that cannot
@@ -161,10 +181,11 @@ describe('after the change was made', () => {
   it('snapshot create, rename and delete whose report cannot be written (stdout is /dev/full) exit 9 with the change made; a refused one keeps its own code', async () => {
     const vol = join(dir, 'full-stdout.img');
     expect((await cowvol(['create', vol, '--size', '1M'])).code).toBe(0);
-    const toFull = (args: string[]) => new Promise<{ code: number | null; stderr: string }>((resolve) => {
-      const child = spawn('sh', ['-c', 'exec "$0" "$@" >/dev/full', process.execPath, CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-      void exited(child).then(resolve);
-    });
+    const toFull = (args: string[]) =>
+      new Promise<{ code: number | null; stderr: string }>((resolve) => {
+        const child = spawn('sh', ['-c', 'exec "$0" "$@" >/dev/full', process.execPath, CLI, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+        void exited(child).then(resolve);
+      });
     const created = await toFull(['snapshot', 'create', vol, 's9']);
     expect(created.code, created.stderr).toBe(9);
     expect(created.stderr).toContain('[OUTCOME_UNKNOWN]: the change was made, but its report could not be written (NO_SPACE');

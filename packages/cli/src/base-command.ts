@@ -1,12 +1,13 @@
+import { rmSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
 import { CowvolError, hasCode, type ErrorCode } from '@cowvol/base';
-import { InvalidArgumentError, Volume, escapeTerminalText } from '@cowvol/cow-core';
+import { InvalidArgumentError, Volume, escapeTerminalText, setTemporaryPathTracker } from '@cowvol/cow-core';
 import { exitCodeFor } from './exit-codes.js';
 import { watchStdout } from './io.js';
 import { isErrnoError, osError } from './os-errors.js';
 import { askServer, servedPid, VolumeServedError } from './served.js';
-import { installSignalHandlers, interrupting, noteChangeMade } from './signals.js';
+import { installSignalHandlers, interrupting, noteChangeMade, onInterrupt } from './signals.js';
 
 /** How a command opens its volume (see {@link CowvolCommand.withVolume}). */
 export interface OpenMode {
@@ -88,7 +89,11 @@ export abstract class CowvolCommand extends Command {
   /** Installs the process-wide handling of stdout errors and of SIGINT/SIGTERM/SIGHUP (README "Interrupting a command"). */
   override async init(): Promise<void> {
     watchStdout();
-    if (!this.handlesOwnSignals) installSignalHandlers();
+    if (!this.handlesOwnSignals) {
+      installSignalHandlers();
+      // The library's temporary paths (a read-only open's metadata copy) go with the command's own on a signal.
+      setTemporaryPathTracker((path) => onInterrupt(() => rmSync(path, { recursive: true, force: true })));
+    }
     await super.init();
   }
 

@@ -1,10 +1,12 @@
-import { copyFile, mkdtemp, readFile, readdir, rm, stat, symlink } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { copyFile, mkdir, readFile, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { CowvolError, IoError, NoSpaceError } from '@cowvol/base';
 import { MetadataDb } from './metadata-db.js';
 import { metadataOpenError } from './sidecar-damage.js';
 import { errnoCode, errorMessage } from './files.js';
+import { trackTemporaryPath } from './temp-paths.js';
 
 /**
  * The metadata database of a read-only open (docs/ARCHITECTURE.md,
@@ -24,7 +26,9 @@ import { errnoCode, errorMessage } from './files.js';
  *
  * The open then writes into the copy: a table of the copied log, a new
  * MANIFEST, and whatever compaction LevelDB schedules (at worst new tables
- * of the size of the levels it merges). `close()` removes the folder.
+ * of the size of the levels it merges). `close()` removes the folder, and
+ * so does the host's signal handler if the process is stopped first: the
+ * folder is registered (temp-paths.ts) before it is made.
  */
 export class PrivateMetadata {
   private constructor(
@@ -33,6 +37,7 @@ export class PrivateMetadata {
     readonly path: string,
     /** Bytes copied (the symlinked tables not counted). */
     readonly copiedBytes: number,
+    private readonly untrack: () => void,
   ) {}
 
   /**
@@ -49,9 +54,7 @@ export class PrivateMetadata {
       // No CURRENT in a folder that held a database is damage; no folder at all is not a volume (sidecar-damage.ts).
       throw await metadataOpenError(metaPath, Object.assign(new Error(`${metaPath}/CURRENT does not exist (create_if_missing is false)`), { cause: err }));
     }
-    const dir = await mkdtemp(join(tmpdir(), 'cowvol-meta-')).catch((err: unknown) => {
-      throw copyError(err, tmpdir());
-    });
+    const { dir, untrack } = await makePrivateFolder();
     try {
       let copiedBytes = 0;
       for (const name of names) {
@@ -70,9 +73,10 @@ export class PrivateMetadata {
       const db = await MetadataDb.open(dir, false).catch(async (err: unknown) => {
         throw await metadataOpenError(metaPath, err); // NO_SPACE, IO_ERROR (level-errors.ts), CORRUPT_METADATA or NOT_A_VOLUME
       });
-      return new PrivateMetadata(db, dir, copiedBytes);
+      return new PrivateMetadata(db, dir, copiedBytes, untrack);
     } catch (err) {
       await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+      untrack();
       throw err;
     }
   }
@@ -83,6 +87,28 @@ export class PrivateMetadata {
       await this.db.close();
     } finally {
       await rm(this.path, { recursive: true, force: true });
+      this.untrack();
+    }
+  }
+}
+
+/**
+ * A fresh private folder `cowvol-meta-<pid>-<random>` (mode 0700) under
+ * TMPDIR, registered for removal on a signal before it is made (as mkdtemp
+ * would make it, but with the name known first). A name that exists is
+ * not ours: its registration is withdrawn and another is tried.
+ * @throws NO_SPACE, IO_ERROR
+ */
+async function makePrivateFolder(): Promise<{ dir: string; untrack: () => void }> {
+  for (let attempt = 0; ; attempt++) {
+    const dir = join(tmpdir(), `cowvol-meta-${process.pid}-${randomBytes(6).toString('hex')}`);
+    const untrack = trackTemporaryPath(dir);
+    try {
+      await mkdir(dir, { mode: 0o700 });
+      return { dir, untrack };
+    } catch (err) {
+      untrack();
+      if (errnoCode(err) !== 'EEXIST' || attempt >= 8) throw copyError(err, tmpdir());
     }
   }
 }
