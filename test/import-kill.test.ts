@@ -188,4 +188,16 @@ describe('import killed at every step: --resume or a re-run finishes it with the
       }
     }
   });
+
+  it('--resume --verify after a kill between the commit and the read-back still reads the snapshot back (verified: true), not "nothing to do" unverified', async () => {
+    const target = join(dir, 'verify-after-commit.img');
+    const killed = await cowvol(['import', target, '--input', streamPath, '--verify'], { env: { COWVOL_KILL_AT: 'import:finished' } });
+    expect(killed.code, killed.stderr).toBe(-1);
+    await rm(join(`${target}.cowvol`, 'lock'), { recursive: true, force: true });
+    const r = await cowvol(['import', target, '--input', streamPath, '--resume', '--verify', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout.toString())).toMatchObject({ alreadyImported: true, verified: true });
+    const plain = await cowvol(['import', target, '--input', streamPath, '--resume', '--json']);
+    expect(JSON.parse(plain.stdout.toString())).toMatchObject({ alreadyImported: true, verified: false });
+  });
 });

@@ -65,10 +65,9 @@ export async function openTarget(path: string, v: VerifiedStream, options: Impor
     killPoint('import:created');
     return { volume, marker, startExtent: 0 };
   }
-  const openVolume = options.openVolume ?? ((p: string) => Volume.open(p, options.opener ? { opener: options.opener } : {}));
   const volume =
     options.volume ??
-    (await openVolume(path).catch((err: unknown) => {
+    (await openerOf(options)(path).catch((err: unknown) => {
       // A full stream makes a new volume: a path taken by something that is not a volume is VOLUME_EXISTS, as for a volume.
       if (h.kind === 'full' && !options.resume && err instanceof CowvolError && err.code === 'NOT_A_VOLUME') {
         throw new VolumeExistsError(`${path} already exists and is not a volume; a full stream creates a new volume (import it under a new path)`, path);
@@ -92,6 +91,26 @@ export async function openTarget(path: string, v: VerifiedStream, options: Impor
   } catch (err) {
     await releaseTarget(volume, options).catch(() => undefined);
     throw err;
+  }
+}
+
+/** How an import opens an existing target: `options.openVolume`, else `Volume.open` (with `options.opener`). */
+function openerOf(options: ImportOptions): (path: string) => Promise<Volume> {
+  return options.openVolume ?? ((p: string) => Volume.open(p, options.opener ? { opener: options.opener } : {}));
+}
+
+/**
+ * Runs `fn` on the existing target `path` (the one given, or opened as an
+ * import opens it), then releases it: the read-back of an import found
+ * already done (`--resume --verify` after a kill between its commit and its
+ * read-back).
+ */
+export async function withExistingTarget<T>(path: string, options: ImportOptions, fn: (volume: Volume) => Promise<T>): Promise<T> {
+  const volume = options.volume ?? (await openerOf(options)(path));
+  try {
+    return await fn(volume);
+  } finally {
+    await releaseTarget(volume, options);
   }
 }
 

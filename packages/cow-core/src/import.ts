@@ -5,7 +5,7 @@ import { snapshotDataPieces } from './export.js';
 import { readExtent, verifyStream, type StreamHeader, type StreamSource, type VerifiedStream } from './stream.js';
 import { WRITE_PAST_IMPORT, type Volume } from './volume.js';
 import { killPoint } from './kill-point.js';
-import { openTarget, releaseTarget, type ImportTarget } from './import-target.js';
+import { openTarget, releaseTarget, withExistingTarget, type ImportTarget } from './import-target.js';
 
 /** Applied bytes between two durable progress markers of an import. */
 export const IMPORT_MARKER_INTERVAL_BYTES = 16 * 1024 * 1024;
@@ -114,7 +114,14 @@ export async function importStream(path: string, source: StreamSource, options: 
   killPoint('import:verified');
   const result = newResult(path, v, options);
   const target = await openTarget(path, v, options, result);
-  if (target === undefined) return result;
+  if (target === undefined) {
+    // Done already (a kill after the commit, before the read-back): `verify` still reads it back, as asked.
+    if (result.alreadyImported && options.verify === true) {
+      await withExistingTarget(path, options, (volume) => readBack(volume, source, v, options.onProgress));
+      result.verified = true;
+    }
+    return result;
+  }
   const { volume } = target;
   try {
     await applyExtents(target, source, v, options, result);

@@ -60,7 +60,8 @@ export default class Import extends CowvolCommand {
     }
     const what = `${result.kind} stream of ${result.snapshot}`;
     if (result.dryRun) this.say(`${what}: verified (${result.extentCount} extents, ${human(result.totalBytes)}); it applies to ${result.volume}; nothing changed (--dry-run)`);
-    else if (result.alreadyImported) this.say(`${result.volume} already holds snapshot ${result.snapshot} from this stream; nothing to do`);
+    else if (result.alreadyImported)
+      this.say(`${result.volume} already holds snapshot ${result.snapshot} from this stream; ${result.verified ? 'read back and verified against it' : 'nothing to do'}`);
     else
       this.say(
         `imported ${what} into ${result.volume}${result.created ? ' (new volume)' : ''}: ${result.appliedExtents} extents, ${human(result.totalBytes)}` +
