@@ -20,7 +20,7 @@ export abstract class HoldCommand extends CowvolCommand {
 
   async run(): Promise<{ snapshots: SnapshotInfo[] }> {
     const { args, argv } = await this.parse(HoldCommand);
-    const names = (argv as string[]).slice(1);
+    const names = [...new Set((argv as string[]).slice(1))]; // a name given twice is one snapshot, held once (as delete does)
     const { snapshots } = await this.withServedVolume(args.volume, 'snapshot.hold', { names, held: this.held }, async (v) => ({ snapshots: await v.holdSnapshots(names, this.held) }), {
       changes: true,
     });

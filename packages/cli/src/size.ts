@@ -21,7 +21,12 @@ export function parseSize(value: string, flag: string): number {
   if (!m) throw new InvalidSizeError(flag, value);
   const unit = UNITS[m[2]!.toUpperCase()];
   if (unit === undefined) throw new InvalidSizeError(flag, value);
-  const bytes = Number(m[1]) * unit;
-  if (!Number.isSafeInteger(bytes)) throw new InvalidSizeError(flag, value);
-  return bytes;
+  // Exact, on the decimal digits: `1.00000000000000001K` is 1024.00000000000001 bytes (a fraction), not 1024 as a double rounds it.
+  const [whole = '', fraction = ''] = m[1]!.split('.');
+  const scaled = BigInt(whole + fraction) * BigInt(unit);
+  const divisor = 10n ** BigInt(fraction.length);
+  if (scaled % divisor !== 0n) throw new InvalidSizeError(flag, value);
+  const bytes = scaled / divisor;
+  if (bytes > BigInt(Number.MAX_SAFE_INTEGER)) throw new InvalidSizeError(flag, value);
+  return Number(bytes);
 }

@@ -46,7 +46,7 @@ export { type DeviceRole, type RoleOpeners, type VolumeState, type FailureListen
 export { unionOfMaps, mergeExtents, type DiffExtent, type DiffResult } from './diff.js';
 export { freeableBlocks, planDelete, type SnapshotSpace, type StoreSpace, type SpaceReport, type DeletePlan } from './space.js';
 export { type SnapshotPage } from './volume-reports.js';
-export { validateLabels, parseLabel, escapeLabelText, LABEL_KEY_PATTERN, LABEL_VALUE_FORBIDDEN, MAX_LABELS, MAX_LABEL_VALUE_CHARS } from './labels.js';
+export { validateLabels, parseLabel, parseLabels, escapeLabelText, LABEL_KEY_PATTERN, LABEL_VALUE_FORBIDDEN, MAX_LABELS, MAX_LABEL_VALUE_CHARS } from './labels.js';
 export { escapeTerminalText, TERMINAL_UNSAFE } from './terminal-text.js';
 export { sameIdentity, type SnapshotIdentity, type ImportRecord } from './metadata.js';
 export {

@@ -70,6 +70,22 @@ export function parseLabel(text: string): [string, string] {
   return [key, value];
 }
 
+/**
+ * Parses several `key=value` arguments (parseLabel each) into one labels
+ * map. A key given twice is refused, whatever its values: which one a
+ * careless `k=1 k=2` meant is not ours to guess.
+ * @throws INVALID_LABEL
+ */
+export function parseLabels(texts: readonly string[]): Record<string, string> {
+  const out = Object.create(null) as Record<string, string>;
+  for (const text of texts) {
+    const [key, value] = parseLabel(text);
+    if (Object.hasOwn(out, key)) throw new InvalidLabelError(`label key ${escapeTerminalText(JSON.stringify(key))} is given twice: give each key once`, text);
+    out[key] = value;
+  }
+  return { ...out };
+}
+
 /** Label text made safe to print (control and bidirectional code points escaped as `\\u{XXXX}`). */
 export const escapeLabelText = escapeTerminalText;
 

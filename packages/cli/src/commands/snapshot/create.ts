@@ -1,6 +1,6 @@
 import { Flags } from '@oclif/core';
 import { Args } from '../../args.js';
-import { parseLabel, type SnapshotInfo } from '@cowvol/cow-core';
+import { parseLabels, type SnapshotInfo } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 
 export default class SnapshotCreate extends CowvolCommand {
@@ -18,7 +18,7 @@ export default class SnapshotCreate extends CowvolCommand {
 
   async run(): Promise<SnapshotInfo> {
     const { args, flags } = await this.parse(SnapshotCreate);
-    const labels = Object.fromEntries((flags.label ?? []).map(parseLabel));
+    const labels = parseLabels(flags.label ?? []);
     const snapshot = await this.withServedVolume(args.volume, 'snapshot.create', { name: args.name, labels }, (v) => v.createSnapshot(args.name, { labels }), { changes: true });
     this.say(`created snapshot ${snapshot.name} at ${snapshot.createdAt}`);
     return snapshot;

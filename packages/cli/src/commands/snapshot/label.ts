@@ -1,6 +1,6 @@
 import { Flags } from '@oclif/core';
 import { Args } from '../../args.js';
-import { parseLabel, type SnapshotInfo } from '@cowvol/cow-core';
+import { parseLabels, type SnapshotInfo } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 import { formatLabels } from '../../format.js';
 
@@ -19,9 +19,8 @@ export default class SnapshotLabel extends CowvolCommand {
 
   async run(): Promise<SnapshotInfo> {
     const { args, argv, flags } = await this.parse(SnapshotLabel);
-    const set = (argv as string[]).slice(2).map(parseLabel);
-    const labels = Object.fromEntries(set);
-    const remove = flags.remove ?? [];
+    const labels = parseLabels((argv as string[]).slice(2));
+    const remove = [...new Set(flags.remove ?? [])];
     // One core call, atomic on the volume (Volume.changeSnapshotLabels); the server runs the same (docs/FORMAT.md §11.2, `snapshot.label`).
     const snapshot = await this.withServedVolume(args.volume, 'snapshot.label', { name: args.name, set: labels, remove }, (v) => v.changeSnapshotLabels(args.name, { set: labels, remove }), {
       changes: true,
