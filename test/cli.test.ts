@@ -167,6 +167,13 @@ describe('guarantee 7: bad input is refused, nothing is lost (CLI)', () => {
     });
   }
 
+  it('a data command given --json by mistake (read has none) prints its USAGE error on stderr only: stdout carries data, never an error document', async () => {
+    const r = await cowvol(['read', vol, '--json']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('[USAGE]');
+    expect(r.stdout.length).toBe(0);
+  });
+
   it('a second process on a busy volume gets VOLUME_BUSY naming the holder, and the volume is untouched', async () => {
     const holder = await Volume.open(vol);
     try {

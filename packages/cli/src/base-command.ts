@@ -210,7 +210,7 @@ export abstract class CowvolCommand extends Command {
         'cowvol: the change may or may not have been made (its commit was written, its flush failed). Run `cowvol snapshot list <volume>` or `cowvol info <volume>` to see which.\n',
       );
     }
-    if (code === 'NO_SPACE' && (details?.role === 'output' || details?.role === 'input')) {
+    if (code === 'NO_SPACE' && (details?.role === 'output' || details?.role === 'input' || details?.role === 'tmpdir')) {
       const where = details.role === 'output' ? 'the output' : 'the temporary folder ($TMPDIR)';
       process.stderr.write(`cowvol: the disk holding ${where} is full; the volume and every snapshot are unchanged. Free space there, or use another folder.\n`);
     } else if (code === 'NO_SPACE' && this.id === 'backup:restore') {
@@ -227,7 +227,8 @@ export abstract class CowvolCommand extends Command {
       process.stderr.write('cowvol: the journal is damaged; `cowvol check --repair <volume>` replays the transactions that verify, discards the rest and says what it discarded.\n');
     }
     if (code === 'INTERNAL' && process.env.COWVOL_DEBUG) process.stderr.write(`${err.stack ?? err.message}\n`);
-    if (this.argv.includes('--json')) {
+    // Only a command that has --json answers in JSON: a data command's stdout (read, snapshot read) carries data, never an error document.
+    if ((this.constructor as typeof CowvolCommand).enableJsonFlag && this.argv.includes('--json')) {
       process.stdout.write(`${JSON.stringify({ error: { code, message: err.message, exitCode: exit, ...(details ? { details } : {}) } }, null, 2)}\n`);
     }
     process.exitCode = exit;

@@ -116,8 +116,9 @@ async function makePrivateFolder(): Promise<{ dir: string; untrack: () => void }
 function copyError(err: unknown, where: string): CowvolError {
   const message = `a read-only open copies the metadata journal (a few MiB) into ${where}: ${errorMessage(err)}; set TMPDIR to a writable folder with room`;
   const code = errnoCode(err);
-  if (code === 'ENOSPC' || code === 'EDQUOT') return new NoSpaceError(message, { cause: err, details: { path: where } });
-  return new IoError(message, { cause: err, details: { path: where, errno: code } });
+  // role `tmpdir`: the full disk is TMPDIR's, not the volume's (deleting snapshots frees nothing there).
+  if (code === 'ENOSPC' || code === 'EDQUOT') return new NoSpaceError(message, { cause: err, details: { path: where, role: 'tmpdir' } });
+  return new IoError(message, { cause: err, details: { path: where, errno: code, role: 'tmpdir' } });
 }
 
 /**
