@@ -220,7 +220,7 @@ export abstract class CowvolCommand extends Command {
     } else if (code === 'NO_SPACE' && this.id?.startsWith('backup:')) {
       // The repository's disk, or $TMPDIR: deleting snapshots frees nothing there.
       process.stderr.write("cowvol: the disk is full (the repository's, or $TMPDIR's); the volume and its snapshots are unchanged. Free space there, then retry.\n");
-    } else if (code === 'NO_SPACE') {
+    } else if (code === 'NO_SPACE' || (code === 'JOURNAL_ABORTED' && causedByNoSpace(err))) {
       process.stderr.write('cowvol: the disk is full; every snapshot is intact. Free disk space, or delete snapshots (`cowvol snapshot list` shows what deleting each frees), then retry.\n');
     }
     if (code === 'JOURNAL_CORRUPT' && !this.argv.includes('--repair')) {
@@ -254,4 +254,15 @@ export abstract class CowvolCommand extends Command {
     if (this.warnings.length > 0 && typeof result === 'object' && result !== null && !Array.isArray(result)) return { ...result, warnings: [...this.warnings] };
     return result;
   }
+}
+
+/** Whether a full disk is in `err`'s cause chain (at most 8 deep): a JOURNAL_ABORTED whose first failure was NO_SPACE or ENOSPC. */
+function causedByNoSpace(err: unknown): boolean {
+  let cause: unknown = err instanceof Error ? err.cause : undefined;
+  for (let depth = 0; depth < 8 && cause instanceof Error; depth++) {
+    const code = (cause as { code?: unknown }).code;
+    if (code === 'NO_SPACE' || code === 'ENOSPC' || code === 'EDQUOT') return true;
+    cause = cause.cause;
+  }
+  return false;
 }
