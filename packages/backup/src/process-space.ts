@@ -45,13 +45,18 @@ export function isProcessSpace(x: unknown): x is string {
   return typeof x === 'string' && PROCESS_SPACE.test(x);
 }
 
-/** Whether `pid` is a process this one can see (`EPERM`: it is, another user's). */
+/**
+ * Whether `pid` may be a live process: false only when `kill(pid, 0)`
+ * fails with ESRCH (no such process). EPERM (another user's), EACCES (a
+ * security module such as SELinux or AppArmor denying the probe) or any
+ * other answer counts as alive: a live holder must never be judged gone.
+ */
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
   }
 }
 

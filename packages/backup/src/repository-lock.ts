@@ -48,7 +48,7 @@ export interface LockInfo {
   lastModified: Date;
   /** Expired (beyond the clock-skew margin), or its holder is gone. */
   stale: boolean;
-  /** Its holder ran in this process's space and is no longer a process (killed: nothing released the lock). */
+  /** A shared lock whose holder ran in this process's space and is no longer a process (killed: nothing released the lock). */
   holderGone: boolean;
 }
 
@@ -257,8 +257,10 @@ export async function listLocks(repo: LockableRepository, options: { now?: () =>
     }
     const lease = decodeLock(repo, info.key, body);
     const expired = lease === undefined ? info.lastModified.getTime() + leaseMs + LOCK_CLOCK_SKEW_MS < now : Date.parse(lease.expiresAt) + LOCK_CLOCK_SKEW_MS < now;
-    // A holder killed in this process space (SIGKILL, a crash) released nothing: its lock is stale now, not once its lease runs out.
-    const gone = lease !== undefined && holderGone(lease.space, lease.pid);
+    // A holder killed in this process space (SIGKILL, a crash) released nothing: its shared lock is stale now, not once its lease
+    // runs out. Not an exclusive one: a killed prune's DELETE requests already sent may still land at the store after its death,
+    // and its lease is what keeps a push from naming a chunk one of them removes.
+    const gone = lease !== undefined && lease.kind === 'shared' && holderGone(lease.space, lease.pid);
     out.push({ key: info.key, lease, lastModified: info.lastModified, stale: expired || gone, holderGone: gone });
   }
   return out;

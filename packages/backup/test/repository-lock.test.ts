@@ -144,11 +144,18 @@ describe('repository lock', () => {
       const child = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
       return Number(child.stdout);
     };
-    /** Writes an exclusive lease as another process would, with `space` and `pid`, fresh (far from expiry). */
-    const writeLease = async (space: string | undefined, pid: number): Promise<string> => {
+    /** Writes a lease as another process would, with `space` and `pid`, fresh (far from expiry). */
+    const writeLease = async (space: string | undefined, pid: number, kind: 'shared' | 'exclusive' = 'exclusive'): Promise<string> => {
       const key = `locks/${randomBytes(16).toString('hex')}`;
       const t = Date.now();
-      const lease: LockLease = { kind: 'exclusive', createdAt: new Date(t).toISOString(), expiresAt: new Date(t + LOCK_LEASE_MS).toISOString(), host: hostname(), pid, command: 'prune' };
+      const lease: LockLease = {
+        kind,
+        createdAt: new Date(t).toISOString(),
+        expiresAt: new Date(t + LOCK_LEASE_MS).toISOString(),
+        host: hostname(),
+        pid,
+        command: kind === 'shared' ? 'push' : 'prune',
+      };
       if (space !== undefined) lease.space = space;
       await repo.store.put(key, encodeLock(repo, key, lease), { ifNoneMatch: true });
       return key;
@@ -163,18 +170,23 @@ describe('repository lock', () => {
       await held.release();
     });
 
-    it('a lock of a dead pid of this process space is stale at once: the next taker is not refused, and an exclusive one deletes it', async () => {
-      const gone = await writeLease(processSpace(), deadPid());
+    it('a shared lock of a dead pid of this process space is stale at once: the next taker is not refused, and an exclusive one deletes it', async () => {
+      const gone = await writeLease(processSpace(), deadPid(), 'shared');
       expect(await listLocks(repo)).toEqual([expect.objectContaining({ key: gone, stale: true, holderGone: true })]);
       const x = await acquireLock(repo, 'exclusive', { command: 'prune' });
       expect(await lockKeys()).toEqual([x.key]);
       await x.release();
     });
 
-    it('a lock of another process space, of no space, or of a live pid stays live until its lease runs out', async () => {
+    it('a lock of another process space, of no space, of a live pid, or an exclusive (prune) one of a dead pid stays live until its lease runs out', async () => {
       const dead = deadPid();
       const other = (processSpace() ?? '').replace(/^./, (c) => (c === '0' ? '1' : '0'));
-      const keys = [await writeLease(other, dead), await writeLease(undefined, dead), await writeLease(processSpace(), process.ppid)];
+      const keys = [
+        await writeLease(other, dead, 'shared'),
+        await writeLease(undefined, dead, 'shared'),
+        await writeLease(processSpace(), process.ppid, 'shared'),
+        await writeLease(processSpace(), dead, 'exclusive'), // a killed prune: its deletes sent may still land
+      ];
       const found = await listLocks(repo);
       expect(found.map((l) => l.key).sort()).toEqual([...keys].sort());
       for (const l of found) expect(l).toMatchObject({ stale: false, holderGone: false });
