@@ -260,7 +260,7 @@ export async function listLocks(repo: LockableRepository, options: { now?: () =>
     // A holder killed in this process space (SIGKILL, a crash) released nothing: its shared lock is stale now, not once its lease
     // runs out. Not an exclusive one: a killed prune's DELETE requests already sent may still land at the store after its death,
     // and its lease is what keeps a push from naming a chunk one of them removes.
-    const gone = lease !== undefined && lease.kind === 'shared' && holderGone(lease.space, lease.pid);
+    const gone = lease?.kind === 'shared' && holderGone(lease.space, lease.pid);
     out.push({ key: info.key, lease, lastModified: info.lastModified, stale: expired || gone, holderGone: gone });
   }
   return out;
