@@ -171,11 +171,22 @@ describe('after the change was made', () => {
     expect((await cowvol(['snapshot', 'export', src, 's1', '--output', stream])).code).toBe(0);
     const after = await signalledAt(['import', join(dir, 'made-after.img'), '--input', stream], 'import:finished', 'SIGINT');
     expect(after.code, after.stderr).toBe(9);
-    expect(after.stderr).toContain('[OUTCOME_UNKNOWN]: interrupted by SIGINT after its change was made');
+    expect(after.stderr).toContain('[OUTCOME_UNKNOWN]: interrupted by SIGINT once its change was under way');
     expect((await cowvol(['snapshot', 'info', join(dir, 'made-after.img'), 's1'])).code).toBe(0);
     const before = await signalledAt(['import', join(dir, 'made-before.img'), '--input', stream], 'import:verified', 'SIGINT');
     expect(before.code, before.stderr).toBe(130);
     expect((await readdir(dir)).filter((n) => n.startsWith('made-before.img'))).toEqual([]);
+  });
+
+  it('a snapshot restore interrupted part way exits 9 (the live volume is already partly rewritten), not 130', async () => {
+    const vol = join(dir, 'restore-part.img');
+    expect((await cowvol(['create', vol, '--size', '4M'])).code).toBe(0);
+    expect((await cowvol(['write', vol, '--offset', '0'], { input: randomBytes(4 * MiB) })).code).toBe(0);
+    expect((await cowvol(['snapshot', 'create', vol, 'a'])).code).toBe(0);
+    expect((await cowvol(['write', vol, '--offset', '0'], { input: randomBytes(4 * MiB) })).code).toBe(0);
+    const r = await signalledAt(['snapshot', 'restore', vol, 'a'], 'restore:piece#1', 'SIGINT');
+    expect(r.code, r.stderr).toBe(9);
+    expect(r.stderr).toContain('[OUTCOME_UNKNOWN]');
   });
 
   it('snapshot create, rename and delete whose report cannot be written (stdout is /dev/full) exit 9 with the change made; a refused one keeps its own code', async () => {
@@ -188,7 +199,7 @@ describe('after the change was made', () => {
       });
     const created = await toFull(['snapshot', 'create', vol, 's9']);
     expect(created.code, created.stderr).toBe(9);
-    expect(created.stderr).toContain('[OUTCOME_UNKNOWN]: the change was made, but its report could not be written (NO_SPACE');
+    expect(created.stderr).toContain('[OUTCOME_UNKNOWN]: the command ran to the end, but its report could not be written (NO_SPACE');
     expect((await cowvol(['snapshot', 'info', vol, 's9'])).code).toBe(0);
     const renamed = await toFull(['snapshot', 'rename', vol, 's9', 's10', '--json']);
     expect(renamed.code, renamed.stderr).toBe(9);

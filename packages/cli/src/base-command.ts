@@ -7,7 +7,7 @@ import { exitCodeFor } from './exit-codes.js';
 import { watchStdout } from './io.js';
 import { isErrnoError, osError } from './os-errors.js';
 import { askServer, servedPid, VolumeServedError } from './served.js';
-import { installSignalHandlers, interrupting, noteChangeMade, onInterrupt } from './signals.js';
+import { installSignalHandlers, interrupting, noteCommitting, onInterrupt } from './signals.js';
 
 /** How a command opens its volume (see {@link CowvolCommand.withVolume}). */
 export interface OpenMode {
@@ -21,7 +21,7 @@ export interface OpenMode {
   writeBackBytes?: number;
   /** A volume served by `cowvol serve` fails at once with VolumeServedError (withServedVolume routes the command), not after `--wait`. */
   routeServed?: boolean;
-  /** The command changes the volume's metadata: once `fn` (or the server) returned, the change is made (signals.ts `noteChangeMade`). */
+  /** The command changes the volume: from the call of `fn` (or the request to the server) on, its change may be made (signals.ts `noteCommitting`). */
   changes?: boolean;
 }
 
@@ -127,9 +127,8 @@ export abstract class CowvolCommand extends Command {
   protected async withVolume<T>(path: string, fn: (volume: Volume) => Promise<T>, mode: OpenMode = {}): Promise<T> {
     const volume = await this.openVolume(path, mode);
     try {
-      const result = await fn(volume);
-      if (mode.changes === true) noteChangeMade(); // before the close: a signal during it no longer says "not made"
-      return result;
+      if (mode.changes === true) noteCommitting(); // the commit inside fn is durable before fn returns
+      return await fn(volume);
     } finally {
       try {
         await volume.close();
@@ -169,9 +168,8 @@ export abstract class CowvolCommand extends Command {
       if (!(err instanceof VolumeServedError)) throw err;
     }
     try {
-      const result = await served();
-      if (mode.changes === true) noteChangeMade();
-      return result;
+      if (mode.changes === true) noteCommitting(); // the server commits, whatever becomes of this process
+      return await served();
     } catch (err) {
       // The server is stopping (it refused the request) or gone: nothing was done; open the volume as offline (honouring --wait).
       if (!hasCode(err, 'VOLUME_BUSY', 'NOT_SERVED')) throw err;

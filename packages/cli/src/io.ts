@@ -6,7 +6,7 @@ import { IoError, NoSpaceError, type CowvolError } from '@cowvol/base';
 import { exitCodeFor } from './exit-codes.js';
 import { userPathError } from './os-errors.js';
 import { assertNotProtected, checkOutputPath, type ProtectedFiles } from './output-guard.js';
-import { changeWasMade, onInterrupt } from './signals.js';
+import { mayHaveCommitted, onInterrupt } from './signals.js';
 
 import { STDIO_PATH, STREAM_CHUNK_BYTES } from './input.js';
 
@@ -57,9 +57,10 @@ export function watchStdout(): void {
     // A failure no command reported (its say() line, its --json document).
     if (stdoutFailure === undefined || stdoutFailureReported || (process.exitCode !== undefined && process.exitCode !== 0)) return;
     const err = stdoutError(stdoutFailure);
-    if (changeWasMade()) {
-      // The change is durable; only its report is lost: 9 says "look before retrying", where 7 would say it was not made.
-      process.stderr.write(`cowvol: error [OUTCOME_UNKNOWN]: the change was made, but its report could not be written (${err.code}: ${err.message}); look before retrying\n`);
+    if (mayHaveCommitted()) {
+      // The command ran to the end, its change made (or found already made); only its report is lost: 9 says "look before
+      // retrying", where 7 would say the change was not made.
+      process.stderr.write(`cowvol: error [OUTCOME_UNKNOWN]: the command ran to the end, but its report could not be written (${err.code}: ${err.message}); look before retrying\n`);
       process.exitCode = exitCodeFor('OUTCOME_UNKNOWN');
       return;
     }
@@ -239,11 +240,6 @@ export async function openAtomicFileSink(output: string, guard: ProtectedFiles):
 }
 
 /**
- * The mode a new output file is created with: no more open than the volume
- * file it copies data from (a private 0600 volume gives 0600 exports and
- * reads; README "Paths given to --input and --output"), less the umask.
- */
-/**
  * Gives the new file the mode (umask aside) and, where this process may,
  * the owner and group of the `existing` output it replaces: an existing
  * output keeps its mode (README "Paths given to --input and --output").
@@ -263,6 +259,11 @@ async function keepOwnerAndMode(handle: FileHandle, existing: { mode: number; ui
   }
 }
 
+/**
+ * The mode a new output file is created with: no more open than the volume
+ * file it copies data from (a private 0600 volume gives 0600 exports and
+ * reads; README "Paths given to --input and --output"), less the umask.
+ */
 async function outputMode(guard: ProtectedFiles): Promise<number> {
   const volume = await stat(guard.volumePath).catch(() => undefined);
   return volume ? (volume.mode & 0o066) | 0o600 : 0o600;

@@ -4,7 +4,7 @@
  * registered cleanup (synchronous: a signal may arrive at any await), print
  * one line on stderr and exit with the shell's convention, 128 + the signal
  * number: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP) — or 9 (OUTCOME_UNKNOWN)
- * once the command's change was made (noteChangeMade). The volume itself needs
+ * once the command's change is under way (noteCommitting). The volume itself needs
  * no cleanup: an interrupted command is recovered like a crash (the journal
  * replays on the next open).
  */
@@ -19,26 +19,28 @@ const asyncCleanups = new Set<() => Promise<string | undefined>>();
 let installed = false;
 /** The signal being handled, once one came: the process is on its way out. */
 let interruptedBy: NodeJS.Signals | undefined;
-/** The running command's change to the volume is durable (noteChangeMade). */
-let changeMade = false;
+/** The running command's change to the volume is under way: it may be made (noteCommitting). */
+let committing = false;
 /** Exit code of OUTCOME_UNKNOWN (exit-codes.ts; not imported: this module loads first, with no dependency). */
 const OUTCOME_UNKNOWN_EXIT = 9;
 
 /**
- * Marks the running command's change to the volume as made (durable): a
- * metadata change once the library call returned, or a delete once its
- * snapshots are marked. From then on an interruption — or a failure to
- * write the command's report (io.ts) — exits 9, OUTCOME_UNKNOWN ("look
- * before retrying"), never a code that says the change did not happen
- * (README "Exit codes": any non-zero exit but 9 means it did not).
+ * Marks the running command's change to the volume as under way: called
+ * right before the call that commits it (a metadata change, a delete, a
+ * restore, an import's final snapshot, a request to the server that does
+ * one), since the commit is durable before that call returns. From then on
+ * an interruption — or a failure to write the command's report (io.ts) —
+ * exits 9, OUTCOME_UNKNOWN ("look before retrying"), never a code that
+ * says the change was not made (README "Exit codes": any non-zero exit but
+ * 9 means it was not).
  */
-export function noteChangeMade(): void {
-  changeMade = true;
+export function noteCommitting(): void {
+  committing = true;
 }
 
-/** True once {@link noteChangeMade} was called. */
-export function changeWasMade(): boolean {
-  return changeMade;
+/** True once {@link noteCommitting} was called: the change may have been made. */
+export function mayHaveCommitted(): boolean {
+  return committing;
 }
 
 /** True once a signal began the exit: the command's own errors are not reported any more (it is being stopped). */
@@ -54,8 +56,8 @@ export function installSignalHandlers(): void {
   installed = true;
   for (const [signal, exitCode] of SIGNAL_EXIT) {
     process.on(signal, () => {
-      // A change already made is reported as such: exit 9, not 128 + n, which would say it was not made.
-      const code = (): number => (changeMade ? OUTCOME_UNKNOWN_EXIT : exitCode);
+      // A change under way is reported as such: exit 9, not 128 + n, which would say it was not made.
+      const code = (): number => (committing ? OUTCOME_UNKNOWN_EXIT : exitCode);
       if (interruptedBy !== undefined) process.exit(code()); // a second signal, of any kind, does not wait for the cleanups
       interruptedBy = signal;
       runCleanups();
@@ -63,7 +65,7 @@ export function installSignalHandlers(): void {
       const done = (): void => {
         // The command ran on while the asynchronous cleanups waited: what it wrote meanwhile goes too (each file is registered before it is created).
         runCleanups();
-        const what = changeMade ? `error [OUTCOME_UNKNOWN]: interrupted by ${signal} after its change was made (look before retrying)` : `interrupted by ${signal}`;
+        const what = committing ? `error [OUTCOME_UNKNOWN]: interrupted by ${signal} once its change was under way (it may have been made: look before retrying)` : `interrupted by ${signal}`;
         process.stderr.write(`cowvol: ${what}; temporary files removed${notes.map((n) => `, ${n}`).join('')}\n`);
         process.exit(code());
       };

@@ -26,8 +26,8 @@ export interface ImportOptions {
   /** After applying, read the imported snapshot back and compare it with the stream (VERIFY_FAILED on a difference). */
   verify?: boolean;
   onProgress?: (progress: ImportProgress) => void;
-  /** Called once the imported snapshot is committed (the import is made; a `verify` read-back may follow): the CLI's exit code then says so if stopped. */
-  onCommitted?: () => void;
+  /** Called right before the imported snapshot is committed (from then on the import may be made; a `verify` read-back may follow): the CLI's exit code then says so if stopped. */
+  onCommitting?: () => void;
   /** Opens an existing target (default `Volume.open(path)`; the CLI adds `--wait`). */
   openVolume?: (path: string) => Promise<Volume>;
   /**
@@ -129,8 +129,8 @@ export async function importStream(path: string, source: StreamSource, options: 
     killPoint('import:applied');
     // One transaction: the snapshot (with origin and labels) appears and the marker goes.
     const h = v.header;
+    options.onCommitting?.();
     await volume.createSnapshot(h.source.name, { labels: h.labels, origin: h.source, clearImport: true });
-    options.onCommitted?.();
     killPoint('import:finished');
     if (options.verify) {
       await readBack(volume, source, v, options.onProgress);

@@ -1,6 +1,7 @@
 import { SnapshotNotFoundError } from './errors.js';
 import { mergeExtents } from './diff.js';
 import { IO_CHUNK_BYTES } from './layout.js';
+import { killPoint } from './kill-point.js';
 import { WRITE_PAST_IMPORT, type Volume } from './volume.js';
 
 /** Options for {@link restoreSnapshot}. */
@@ -74,6 +75,7 @@ export async function restoreSnapshot(volume: Volume, name: string, options: Res
     }
     done += p.lengthBytes;
     options.onProgress?.(done, diff.bytes);
+    killPoint('restore:piece'); // tests stop a restore part way here (COWVOL_KILL_AT=restore:piece#n)
   }
   await volume.flush();
   if (await volume.importState()) await volume.setImportState(null);

@@ -8,7 +8,7 @@ import { human } from '../format.js';
 import { openInput, spoolInput, type SizedInput } from '../io.js';
 import { createProgress, progressFlag } from '../progress.js';
 import { askServer, isServed, VolumeServedError } from '../served.js';
-import { noteChangeMade } from '../signals.js';
+import { noteCommitting } from '../signals.js';
 
 /** A stream input is spooled whole before it is verified; one that does not start as a stream is refused at its first bytes (NOT_A_STREAM), not once it has filled $TMPDIR. */
 const STREAM_SPOOL = { start: { startBytes: STREAM_START_BYTES, checkStart: checkStreamStart } };
@@ -50,10 +50,9 @@ export default class Import extends CowvolCommand {
           ...options,
           openVolume: (p) => this.openVolume(p, mode),
           onProgress: (p) => progress.update(p.doneBytes, p.totalBytes, p.phase),
-          onCommitted: noteChangeMade,
+          onCommitting: noteCommitting,
         });
       result = await importOnServer(args.volume, input, options, offline);
-      if (!result.dryRun && !result.alreadyImported) noteChangeMade(); // served: the server's import returned
     } finally {
       progress.stop();
       await input.close();
@@ -106,6 +105,7 @@ async function importOnServer(
       spooled = await spoolInput(streamPath, STREAM_SPOOL);
       streamPath = await realpath(spooled.path);
     }
+    if (!options.dryRun) noteCommitting(); // the server imports, whatever becomes of this process
     const served = (await askServer(volumePath, 'volume.import', { streamPath, ...options })) as ImportResult;
     return { ...served, volume: volumePath };
   } catch (err) {

@@ -6,7 +6,6 @@ import { CowvolCommand, type OpenMode } from '../../base-command.js';
 import { parseDuration } from '../../duration.js';
 import { human } from '../../format.js';
 import { createProgress, progressFlag, type Progress } from '../../progress.js';
-import { noteChangeMade } from '../../signals.js';
 
 /** JSON of a delete of several snapshots, a filter or a dry run (README "JSON shapes"). */
 export interface MultiDeleteJson {
@@ -100,7 +99,7 @@ export default class SnapshotDelete extends CowvolCommand {
       path,
       'snapshot.delete',
       { names },
-      async (v) => ({ ...(await v.deleteSnapshots(names, { onProgress: (d, t) => changing(progress)(d, t) })), blockSizeBytes: v.blockSizeBytes }),
+      async (v) => ({ ...(await v.deleteSnapshots(names, { onProgress: (d, t) => progress.update(d, t) })), blockSizeBytes: v.blockSizeBytes }),
       modeOf(false),
     );
     return deleteJson(r, []);
@@ -116,7 +115,7 @@ export default class SnapshotDelete extends CowvolCommand {
       path,
       'snapshot.deleteSelected',
       { ...selection },
-      async (v) => ({ ...(await v.deleteSelected(selection, { onProgress: (d, t) => changing(progress)(d, t) })), blockSizeBytes: v.blockSizeBytes }),
+      async (v) => ({ ...(await v.deleteSelected(selection, { onProgress: (d, t) => progress.update(d, t) })), blockSizeBytes: v.blockSizeBytes }),
       modeOf(false),
     );
     return deleteJson(r, r.skippedHeld);
@@ -125,18 +124,6 @@ export default class SnapshotDelete extends CowvolCommand {
 
 function modeOf(dryRun: boolean | undefined): OpenMode {
   return dryRun ? { readOnly: true } : { releaseReserve: true, changes: true };
-}
-
-/**
- * The delete's progress callback, which also notes the change as made: the
- * library reports progress only once the snapshots are marked `deleting`,
- * from when the delete is durable (finished by the next open if stopped).
- */
-function changing(progress: Progress): (doneBlocks: number, totalBlocks: number) => void {
-  return (doneBlocks, totalBlocks) => {
-    noteChangeMade();
-    progress.update(doneBlocks, totalBlocks);
-  };
 }
 
 function planJson(plan: DeletePlan, skippedHeld: string[]): MultiDeleteJson {
