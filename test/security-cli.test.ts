@@ -284,6 +284,8 @@ describe('stdout is an output like any other', () => {
         ['snapshot', 'read', vol, 's', '--offset', '512K', '--length', '4K'],
         ['read', vol, '--length', '4K', '--output', '-'],
         ['snapshot', 'export', vol, 's', '--output', '-'],
+        ['info', vol], // a report, not data: it would overwrite the store's header just the same
+        ['snapshot', 'diff', vol, 's'],
       ]) {
         // `1<>target`: stdout opened read-write on the file itself, as a careless script might.
         const r = await run('sh', ['-c', `exec "$0" "$@" 1<>"${target}"`, process.execPath, CLI, ...args]);

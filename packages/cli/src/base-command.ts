@@ -4,7 +4,7 @@ import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
 import { CowvolError, hasCode, type ErrorCode } from '@cowvol/base';
 import { InvalidArgumentError, Volume, escapeTerminalText, setTemporaryPathTracker } from '@cowvol/cow-core';
 import { exitCodeFor } from './exit-codes.js';
-import { watchStdout } from './io.js';
+import { assertStdoutNotVolume, watchStdout } from './io.js';
 import { isErrnoError, osError } from './os-errors.js';
 import { askServer, servedPid, VolumeServedError } from './served.js';
 import { installSignalHandlers, interrupting, noteCommitting, onInterrupt } from './signals.js';
@@ -50,6 +50,7 @@ export abstract class CowvolCommand extends Command {
    * @throws INVALID_ARGUMENT (bad --wait), VOLUME_BUSY, and what Volume.open throws
    */
   protected async openVolume(path: string, mode: OpenMode = {}): Promise<Volume> {
+    await assertStdoutNotVolume(path); // every command's report goes to stdout: never into the volume or its sidecar
     const raw = (this.argvFlags().wait as string | undefined) ?? undefined;
     let waitMs = 0;
     if (raw !== undefined) {

@@ -5,7 +5,7 @@ import { basename, dirname, join } from 'node:path';
 import { IoError, NoSpaceError, type CowvolError } from '@cowvol/base';
 import { exitCodeFor } from './exit-codes.js';
 import { userPathError } from './os-errors.js';
-import { assertNotProtected, checkOutputPath, type ProtectedFiles } from './output-guard.js';
+import { assertNotProtected, checkOutputPath, protectedFilesOf, type ProtectedFiles } from './output-guard.js';
 import { mayHaveCommitted, onInterrupt } from './signals.js';
 
 import { STDIO_PATH, STREAM_CHUNK_BYTES } from './input.js';
@@ -67,6 +67,25 @@ export function watchStdout(): void {
     process.stderr.write(`cowvol: error [${err.code}]: ${err.message}\n`);
     process.exitCode = exitCodeFor(err.code);
   });
+}
+
+/**
+ * Refuses, before a volume is opened, a stdout that is a regular file of
+ * `volumePath` or its sidecar (`cowvol info vol.img 1<>vol.img.cowvol/store`
+ * would write the report over the store's header): every command's stdout
+ * is an output (README "Outputs never touch the volume"). A pipe or a
+ * terminal costs one fstat; only a regular file is compared, by device and
+ * inode, with the volume's files.
+ * @throws INVALID_ARGUMENT
+ */
+export async function assertStdoutNotVolume(volumePath: string): Promise<void> {
+  let st;
+  try {
+    st = fstatSync(1, { bigint: true });
+  } catch {
+    return; // stdout closed: nothing reaches the volume through it
+  }
+  if (st.isFile()) assertNotProtected('- (stdout)', st, await protectedFilesOf(volumePath));
 }
 
 /** stdout as a sink (see watchStdout); `write` and `close` throw NO_SPACE or IO_ERROR once stdout has failed. @throws INVALID_ARGUMENT when stdout is the volume or a file of its sidecar (`guard`) */
