@@ -189,6 +189,24 @@ describe('import killed at every step: --resume or a re-run finishes it with the
     }
   });
 
+  it('a create killed while it made the file (its intent names no file yet): the file stays, and create or import says what to do', async () => {
+    const vol = join(dir, 'unnamed.img');
+    expect(await cowvolKilled(['create', vol, '--size', '1M'], 'create:file')).toBe('SIGKILL');
+    await rm(join(`${vol}.cowvol`, 'lock'), { recursive: true, force: true });
+    // As if killed before the intent was rewritten to name the file (FORMAT §2 step 4).
+    await writeFile(join(`${vol}.cowvol`, 'creating'), `${JSON.stringify({ v: 1, createdFile: true, pid: 1 })}\n`);
+    for (const command of [
+      ['import', vol, '--input', streamPath],
+      ['create', vol, '--size', '1M'],
+    ]) {
+      const r = await cowvol(command);
+      expect(r.code, `${command[0]}: ${r.stderr}`).toBe(4);
+      expect(r.stderr).toContain('a create of it was interrupted while it made that file');
+      expect((await stat(vol)).size).toBe(1024 * 1024); // kept
+    }
+    await cowvolOk(['create', vol, '--adopt']); // the user's call: take it
+  });
+
   it('--resume --verify after a kill between the commit and the read-back still reads the snapshot back (verified: true), not "nothing to do" unverified', async () => {
     const target = join(dir, 'verify-after-commit.img');
     const killed = await cowvol(['import', target, '--input', streamPath, '--verify'], { env: { COWVOL_KILL_AT: 'import:finished' } });

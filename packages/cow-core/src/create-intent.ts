@@ -1,6 +1,7 @@
 import { lstat, open, readFile, rename, rm } from 'node:fs/promises';
 import { syncDirectory } from '@cowvol/base';
 import { pathExists } from './files.js';
+import { VolumeExistsError } from './errors.js';
 import { dirname, resolve } from 'node:path';
 import type { VolumeLayout } from './layout.js';
 import { keys } from './metadata.js';
@@ -153,19 +154,29 @@ export async function isIncompleteCreate(layout: VolumeLayout): Promise<boolean>
  * Removes what a killed create of this path left (see the module comment),
  * under the owner lock, so a create still running elsewhere is never
  * touched (`VOLUME_BUSY`). Does nothing when the sidecar is absent or is
- * not an incomplete create.
- * @throws VOLUME_BUSY, IO_ERROR
+ * not an incomplete create. When the killed create was making the volume
+ * file but had not named it yet, and a file is at the path, that file may
+ * be the one it made or one put there since: it stays, and so does the
+ * sidecar with its intent, so every re-run says the same until the user
+ * removes the file — or takes it (`adopt`: the sidecar goes, the file is
+ * adopted).
+ * @throws VOLUME_EXISTS (that unknown file, without `adopt`), VOLUME_BUSY, IO_ERROR
  */
-export async function reclaimIncompleteCreate(layout: VolumeLayout): Promise<void> {
+export async function reclaimIncompleteCreate(layout: VolumeLayout, options: { adopt?: boolean } = {}): Promise<void> {
   if (!(await isIncompleteCreate(layout))) return;
   const lock = await OwnerLock.acquire(layout.sidecarPath, await fileIdentity(layout.sidecarPath));
-  let intent: CreateIntent | undefined;
   try {
     if (!(await isIncompleteCreate(layout))) return; // finished (or reclaimed) while we waited for the lock
-    intent = await readIntent(layout);
+    const intent = await readIntent(layout);
     // Only the very file this create made goes: not one put at the path since, not one written to since. A torn intent was
     // cut before the file could be made; an intent without `file`, while it was being made (then it stays: VOLUME_EXISTS).
     if (intent?.file !== undefined && (await isCreatedFile(layout.volumePath, intent.file))) await rm(layout.volumePath, { force: true });
+    else if (intent?.createdFile === true && intent.file === undefined && options.adopt !== true && (await pathExists(layout.volumePath))) {
+      throw new VolumeExistsError(
+        `${layout.volumePath} exists, and a create of it was interrupted while it made that file: it may be the empty file that create made, or a file put there since; remove it if it is not yours (or take it with create --adopt), then run the command again`,
+        layout.volumePath,
+      );
+    }
   } finally {
     await lock.unlock().catch(() => undefined);
   }

@@ -61,7 +61,8 @@ interface CreatePlan {
 export async function createVolumeFiles(path: string, options: CreateVolumeOptions): Promise<void> {
   const params = checkCreateOptions(options);
   const layout = volumeLayout(path);
-  await reclaimIncompleteCreate(layout); // what a killed create of this path left (create-intent.ts)
+  // What a killed create of this path left (create-intent.ts); a file it may or may not have made is the user's to judge.
+  await reclaimIncompleteCreate(layout, { adopt: options.adopt === true });
   if (await pathExists(layout.sidecarPath)) throw new VolumeExistsError(`${path} already has a cowvol sidecar (${layout.sidecarPath})`, path);
   const { sizeBytes, adoptedMode } = options.adopt ? await adoptedFile(path, params.blockSizeBytes) : await newFile(path, options.sizeBytes ?? 0, params.blockSizeBytes);
   if (sizeBytes > MAX_VOLUME_BYTES) throw new InvalidArgumentError(`volume size ${sizeBytes} exceeds the maximum ${MAX_VOLUME_BYTES}`);
