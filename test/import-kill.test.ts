@@ -200,7 +200,7 @@ describe('import killed at every step: --resume or a re-run finishes it with the
       ['create', vol, '--size', '1M'],
     ]) {
       const r = await cowvol(command);
-      expect(r.code, `${command[0]}: ${r.stderr}`).toBe(4);
+      expect(r.code, `${String(command[0])}: ${r.stderr}`).toBe(4);
       expect(r.stderr).toContain('a create of it was interrupted while it made that file');
       expect((await stat(vol)).size).toBe(1024 * 1024); // kept
     }
