@@ -13,7 +13,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cowvol, cowvolOk, run, runOk, tempDir } from './helpers.js';
-import { requireTools, startServe } from './nbd-peers.js';
+import { requireTools, startServe, killServer } from './nbd-peers.js';
 
 const TOOLS: Array<[string, string]> = [
   ['nbdinfo', 'libnbd-bin'],
@@ -70,11 +70,7 @@ describe.skipIf(missing)(`cowvol serve with real NBD clients${skipReason}`, () =
   });
 
   afterAll(async () => {
-    const child = server;
-    if (child?.exitCode === null) {
-      child.kill('SIGKILL');
-      await new Promise((r) => child.once('exit', r));
-    }
+    await killServer(server);
     await cleanup?.();
   });
 

@@ -10,7 +10,7 @@ import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cowvolOk, jsonOf, prng, runOk, tempDir } from './helpers.js';
-import { nbdsh, requireTools, startServe } from './nbd-peers.js';
+import { nbdsh, requireTools, startServe, killServer } from './nbd-peers.js';
 
 const { missing, skipReason } = requireTools([
   ['nbdinfo', 'libnbd-bin'],
@@ -101,11 +101,7 @@ describe.skipIf(missing)(`qemu:dirty-bitmap and FAST_ZERO with real NBD clients$
   });
 
   afterAll(async () => {
-    const child = server;
-    if (child?.exitCode === null) {
-      child.kill('SIGKILL');
-      await new Promise((r) => child.once('exit', r));
-    }
+    await killServer(server);
     await cleanup?.();
   });
 

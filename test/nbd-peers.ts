@@ -84,6 +84,13 @@ export async function startServe(volume: string, args: string[] = []): Promise<S
   return { child, uriLine, socket, log: () => log, exited };
 }
 
+/** Ends a server child a test started, if it still runs: SIGKILL, then waits for its exit. */
+export async function killServer(child: ChildProcess | undefined): Promise<void> {
+  if (child?.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+}
+
 /** `cowvol serve <volume> [args]` as a peer; the URI names the `live` export. */
 export async function serveCowvol(volume: string, args: string[] = []): Promise<PeerServer & { socket: string }> {
   const { child, socket, log, exited } = await startServe(volume, args);

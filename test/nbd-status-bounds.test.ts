@@ -13,7 +13,7 @@ import { Volume } from '@cowvol/cow-core';
 import { statusExtentsPerContext } from '@cowvol/nbd';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
-import { nbdsh, requireTools, startServe } from './nbd-peers.js';
+import { nbdsh, requireTools, startServe, killServer } from './nbd-peers.js';
 
 const { missing, skipReason } = requireTools([['nbdsh', 'python3-libnbd']]);
 
@@ -42,11 +42,7 @@ describe.skipIf(missing)(`BLOCK_STATUS bounds with every dirty bitmap selected${
   });
 
   afterAll(async () => {
-    const child = server;
-    if (child?.exitCode === null) {
-      child.kill('SIGKILL');
-      await new Promise((r) => child.once('exit', r));
-    }
+    await killServer(server);
     await cleanup?.();
   });
 

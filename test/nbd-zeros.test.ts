@@ -13,7 +13,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cowvolOk, prng, runOk, tempDir } from './helpers.js';
-import { nbdsh, requireTools, startServe } from './nbd-peers.js';
+import { nbdsh, requireTools, startServe, killServer } from './nbd-peers.js';
 
 const { missing, skipReason } = requireTools([
   ['nbdinfo', 'libnbd-bin'],
@@ -104,11 +104,7 @@ describe.skipIf(missing)(`zeros answered as holes over NBD${skipReason}`, () => 
   });
 
   afterAll(async () => {
-    const child = server;
-    if (child?.exitCode === null) {
-      child.kill('SIGKILL');
-      await new Promise((r) => child.once('exit', r));
-    }
+    await killServer(server);
     await cleanup?.();
   });
 
