@@ -26,6 +26,8 @@ const TEMP_PREFIX = '.cowvol-tmp-';
  */
 export class FileObjectStore implements ObjectStore {
   readonly url: string;
+  /** A dead process's writes here have all ended (its system calls end before it does): see ObjectStore. */
+  readonly writesEndWithProcess = true;
   /** The directory holding the objects. */
   readonly rootPath: string;
 

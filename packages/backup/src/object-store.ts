@@ -11,6 +11,15 @@ export interface ObjectStore {
   /** Where the repository is, for messages (`s3://bucket/prefix`). */
   readonly url: string;
   /**
+   * True when no write of a process can reach the store after that process
+   * is gone: a local file system, whose writes are system calls that end
+   * before their process can (`FileObjectStore`). Not over a network: a
+   * request sent before a process died may still be held by a proxy or a
+   * slow gateway and land later (S3). Only then is the lock of a holder
+   * found gone treated as released (repository-lock.ts).
+   */
+  readonly writesEndWithProcess?: boolean;
+  /**
    * Stores `body` under `key`. With `ifNoneMatch`, the put is conditional:
    * it fails with OBJECT_EXISTS when `key` already exists, and never
    * replaces it.

@@ -258,9 +258,9 @@ export async function listLocks(repo: LockableRepository, options: { now?: () =>
     const lease = decodeLock(repo, info.key, body);
     const expired = lease === undefined ? info.lastModified.getTime() + leaseMs + LOCK_CLOCK_SKEW_MS < now : Date.parse(lease.expiresAt) + LOCK_CLOCK_SKEW_MS < now;
     // A holder killed in this process space (SIGKILL, a crash) released nothing: its shared lock is stale now, not once its lease
-    // runs out. Not an exclusive one: a killed prune's DELETE requests already sent may still land at the store after its death,
-    // and its lease is what keeps a push from naming a chunk one of them removes.
-    const gone = lease?.kind === 'shared' && holderGone(lease.space, lease.pid);
+    // runs out — where its requests cannot land after its death (a local store). Not an exclusive one (a killed prune's deletes),
+    // and not over a network: a push's manifest PUT held by a proxy may land after prune deleted the old chunks it names.
+    const gone = repo.store.writesEndWithProcess === true && lease?.kind === 'shared' && holderGone(lease.space, lease.pid);
     out.push({ key: info.key, lease, lastModified: info.lastModified, stale: expired || gone, holderGone: gone });
   }
   return out;

@@ -23,6 +23,7 @@ import {
   processSpace,
   type LockableRepository,
   type LockLease,
+  type ObjectStore,
 } from '@cowvol/backup';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -191,6 +192,17 @@ describe('repository lock', () => {
       expect(found.map((l) => l.key).sort()).toEqual([...keys].sort());
       for (const l of found) expect(l).toMatchObject({ stale: false, holderGone: false });
       await expect(acquireLock(repo, 'shared', { command: 'push' })).rejects.toMatchObject({ code: 'REPOSITORY_LOCKED' });
+    });
+
+    it('over a store whose requests can outlive their process (S3, through a proxy), a dead holder keeps its shared lock until the lease runs out', async () => {
+      const gone = await writeLease(processSpace(), deadPid(), 'shared');
+      const file = repo.store;
+      // The same objects seen as a network store sees them: no promise that a dead process's requests have all landed.
+      const network: ObjectStore = { url: file.url, put: (k, b, o) => file.put(k, b, o), get: (k) => file.get(k), head: (k) => file.head(k), list: (p) => file.list(p), delete: (k) => file.delete(k) };
+      const remote: LockableRepository = { ...repo, store: network };
+      expect(await listLocks(remote)).toEqual([expect.objectContaining({ key: gone, stale: false, holderGone: false })]);
+      await expect(acquireLock(remote, 'exclusive', { command: 'prune' })).rejects.toMatchObject({ code: 'REPOSITORY_LOCKED' });
+      expect(await listLocks(repo)).toEqual([expect.objectContaining({ key: gone, stale: true, holderGone: true })]); // the local store: gone
     });
 
     it('a space that is not 16 hex digits makes the lease not valid', () => {
