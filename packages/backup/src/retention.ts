@@ -32,14 +32,21 @@ export interface RetentionDecision<T extends RetentionItem> {
 /** The most any count may be (a bound, not a limit anyone meets). */
 const MAX_KEEP = 1_000_000;
 
-/** @throws INVALID_ARGUMENT for a count that is not an integer in 0..1,000,000, or for a policy with no rule */
+/**
+ * @throws INVALID_ARGUMENT for a count that is not an integer in 0..1,000,000,
+ *   or for a policy with no rule that keeps anything: none given, or every
+ *   count 0 — as restic takes it, no policy, not "forget everything" (a
+ *   careless `--keep-last 0` would otherwise empty the repository)
+ */
 export function validatePolicy(policy: RetentionPolicy): void {
   const counts = [policy.keepLast, policy.keepDaily, policy.keepWeekly];
   for (const n of counts) {
     if (n !== undefined && (!Number.isInteger(n) || n < 0 || n > MAX_KEEP)) throw new BackupArgumentError(`a keep count is an integer from 0 to ${String(MAX_KEEP)}, not ${String(n)}`);
   }
-  if (counts.every((n) => n === undefined)) {
-    throw new BackupArgumentError('no retention rule given: name at least one of --keep-last, --keep-daily, --keep-weekly (forget removes nothing without a rule)');
+  if (counts.every((n) => n === undefined || n === 0)) {
+    throw new BackupArgumentError(
+      'no retention rule that keeps anything: name at least one of --keep-last, --keep-daily, --keep-weekly with a count of 1 or more (forget removes nothing without one; all counts 0 would forget every snapshot)',
+    );
   }
 }
 

@@ -73,8 +73,9 @@ describe('retention', () => {
     expect(() => applyRetention(series(1), { keepDaily: 1.5 })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }) as Error);
   });
 
-  it('keep counts of 0 keep nothing by that rule', () => {
+  it('keep counts of 0 keep nothing by that rule; with no other rule they are no policy, refused (not "forget everything")', () => {
     expect(kept(series(1), { keepLast: 0, keepDaily: 1 })).toEqual(['s003']);
-    expect(kept(series(1), { keepLast: 0 })).toEqual([]);
+    expect(() => applyRetention(series(1), { keepLast: 0 })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }) as Error);
+    expect(() => applyRetention(series(1), { keepLast: 0, keepDaily: 0, keepWeekly: 0 })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }) as Error);
   });
 });
