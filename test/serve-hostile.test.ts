@@ -12,13 +12,14 @@
  * COWVOL_NBD_HOSTILE_RUNS (default 15); seed: COWVOL_NBD_HOSTILE_SEED.
  */
 import { readFile } from 'node:fs/promises';
+import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE } from '@cowvol/nbd';
+import { MAX_CONTROL_CONNECTIONS, NBD_CMD_DISC, NBD_CMD_READ, NBD_CMD_WRITE } from '@cowvol/nbd';
 import { RawClient } from '../packages/nbd/test/raw-client.js';
-import { cowvolOk, tempDir } from './helpers.js';
+import { cowvol, cowvolOk, tempDir } from './helpers.js';
 import { requireTools, startServe, type ServeProcess } from './nbd-peers.js';
 
 const { missing, skipReason } = requireTools([['nbdinfo', 'libnbd-bin']]);
@@ -214,4 +215,47 @@ describe.skipIf(missing)(`cowvol serve: hostile clients${skipReason}`, () => {
     c.socket.destroy();
     expect(server.child.exitCode).toBeNull();
   });
+
+  it('a client that never reads its replies and eight idle control connections hold nothing for good: status answers once they idle out, and stop ends the server', { timeout: 120_000 }, async () => {
+    const vol = join(dir, 'stuck.img');
+    await cowvolOk(['create', vol, '--size', '64M']);
+    const stuck = await startServe(vol);
+    try {
+      const c = await RawClient.connect(stuck.socket);
+      await c.open('');
+      c.socket.pause(); // a stopped process: it never takes a reply
+      const header = Buffer.alloc(28);
+      header.writeUInt32BE(0x25609513, 0);
+      header.writeUInt16BE(NBD_CMD_READ, 6);
+      header.writeUInt32BE(32 * MiB, 24);
+      c.socket.write(Buffer.concat(Array.from({ length: 200 }, (_, i) => (header.writeBigUInt64BE(BigInt(i + 1), 8), Buffer.from(header)))));
+      // Every control slot taken by a connection that sends nothing (CONTROL_IDLE_MS closes each).
+      const idle = await Promise.all(Array.from({ length: MAX_CONTROL_CONNECTIONS }, () => connectUnix(`${vol}.cowvol/control.sock`)));
+      let status = await cowvol(['status', vol]);
+      for (let tries = 0; status.code !== 0 && tries < 60; tries++) {
+        await sleep(500);
+        status = await cowvol(['status', vol]);
+      }
+      expect(status.code, status.stderr).toBe(0);
+      for (const s of idle) expect(s.destroyed || s.readableEnded, 'the server closed the idle control connection').toBe(true);
+      // stop: the requests in flight cannot hand their replies over; the stuck client is dropped after STOP_DRAIN_MS.
+      const stop = await cowvol(['stop', vol]);
+      expect(stop.code, stop.stderr).toBe(0);
+      expect(await stuck.exited).toBe(0);
+      expect(stuck.log()).toContain('the client did not take its replies in time');
+      c.socket.destroy();
+      for (const s of idle) s.destroy();
+    } finally {
+      if (stuck.child.exitCode === null && stuck.child.signalCode === null) stuck.child.kill('SIGKILL');
+    }
+  });
 });
+
+/** A connected Unix socket that sends nothing; it records the server's end of it. */
+function connectUnix(path: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = createConnection(path, () => resolve(s));
+    s.on('error', reject);
+    s.on('data', () => undefined);
+  });
+}

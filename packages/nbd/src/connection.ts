@@ -24,6 +24,13 @@ export interface ConnectionLimits {
 
 /** How long a finished connection waits for the client to close its side before the socket is destroyed. */
 const CLOSE_GRACE_MS = 2000;
+/**
+ * How long a stopping server waits for a connection's requests in flight
+ * to hand their replies to the kernel: a client that stops reading its
+ * replies (a stopped process, a stuck peer) is then disconnected, so it
+ * cannot keep a stopping server — and the volume's lock — forever.
+ */
+export const STOP_DRAIN_MS = 10_000;
 
 export const DEFAULT_LIMITS: ConnectionLimits = { maxInFlightBytes: 64 * 1024 * 1024, maxInFlightRequests: 128 };
 
@@ -145,7 +152,14 @@ export class Connection {
       this.closeSocket();
     } else {
       // Requests that arrive meanwhile are still read, and answered ESHUTDOWN.
-      void this.idle().then(() => this.finish('server stopping'));
+      const force = setTimeout(() => {
+        this.log.warn({ conn: this.id, stopDrainMs: STOP_DRAIN_MS }, 'the client did not take its replies in time: closing the connection');
+        this.socket.destroy(); // the replies' writes fail, their requests count as done, and finish() flushes and closes
+      }, STOP_DRAIN_MS);
+      void this.idle().then(() => {
+        clearTimeout(force);
+        return this.finish('server stopping');
+      });
     }
     return this.done;
   }

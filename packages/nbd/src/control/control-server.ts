@@ -4,6 +4,8 @@ import { VolumeBusyError } from '@cowvol/cow-core';
 import { SILENT_LOGGER, type NbdLogger } from '../logger.js';
 import { listenUnix } from '../server.js';
 import {
+  CONTROL_CLOSE_GRACE_MS,
+  CONTROL_IDLE_MS,
   MAX_CONTROL_CONNECTIONS,
   MAX_CONTROL_IN_FLIGHT,
   MAX_CONTROL_LINE_BYTES,
@@ -69,10 +71,18 @@ export class ControlServer {
     for (let left = waited(); left.length > 0; left = waited()) await Promise.allSettled(left);
   }
 
-  /** Closes the listener and every connection (after their responses were written). Idempotent. */
+  /**
+   * Closes the listener and every connection: their responses are written,
+   * then each is ended, and destroyed after CONTROL_CLOSE_GRACE_MS if its
+   * client has not closed its side (an idle client must not keep a stopped
+   * server's process alive). Idempotent.
+   */
   async close(): Promise<void> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    for (const socket of this.sockets) socket.end();
+    for (const socket of this.sockets) {
+      socket.end();
+      setTimeout(() => socket.destroy(), CONTROL_CLOSE_GRACE_MS).unref();
+    }
     await closed;
   }
 
@@ -88,6 +98,19 @@ export class ControlServer {
     let pending: Buffer = Buffer.alloc(0);
     const queued: Buffer[] = [];
     let inFlight = 0;
+    // Idle: no request running or queued. A connection idle for CONTROL_IDLE_MS is closed (a request running is never cut short).
+    let idleTimer: NodeJS.Timeout | undefined;
+    const watchIdle = (): void => {
+      clearTimeout(idleTimer);
+      if (inFlight > 0 || queued.length > 0) return;
+      idleTimer = setTimeout(() => {
+        this.log.debug({ idleMs: CONTROL_IDLE_MS }, 'control connection idle: closing it');
+        socket.destroy();
+      }, CONTROL_IDLE_MS);
+      idleTimer.unref();
+    };
+    socket.once('close', () => clearTimeout(idleTimer));
+    watchIdle();
     const next = (): void => {
       while (inFlight < MAX_CONTROL_IN_FLIGHT && queued.length > 0) {
         inFlight++;
@@ -96,6 +119,7 @@ export class ControlServer {
           inFlight--;
           this.running.delete(done);
           next();
+          watchIdle();
         });
         this.running.set(done, parsed.ok ? parsed.request.method : '');
       }
@@ -114,6 +138,7 @@ export class ControlServer {
       }
       if (queued.length > 0) socket.pause();
       next();
+      if (taken.lines.length > 0) watchIdle(); // bytes of no complete line do not keep a connection: only requests do
     });
   }
 

@@ -20,6 +20,14 @@ export const MAX_CONTROL_RESPONSE_BYTES = 16 * 1024 * 1024;
 export const MAX_CONTROL_IN_FLIGHT = 4;
 /** Control connections served at once; one more is closed at accept. */
 export const MAX_CONTROL_CONNECTIONS = 8;
+/**
+ * A control connection with no request running that sends no complete
+ * request line for this long is closed (the CLI sends its request at once):
+ * idle connections cannot hold every slot of MAX_CONTROL_CONNECTIONS.
+ */
+export const CONTROL_IDLE_MS = 10_000;
+/** How long `close()` lets a connection finish writing its responses before it is destroyed. */
+export const CONTROL_CLOSE_GRACE_MS = 2000;
 
 /** A request id: a safe integer or a string of at most 64 characters, echoed in the response. */
 export type ControlId = number | string;
