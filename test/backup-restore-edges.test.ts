@@ -21,7 +21,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdir, readFile, rename, mkdir, rm, writeFile } from 'node:fs/promises';
+import { open, readdir, readFile, rename, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { acquireLock, chunkObjectKey, FileObjectStore, loadKeyFile, Repository } from '@cowvol/backup';
@@ -144,6 +144,18 @@ describe('backup restore', () => {
     expect(jsonOf(renamed)).toMatchObject({ snapshot: 'restored-wed', alreadyThere: true, verified: true });
     const human = await cowvolOk(['backup', 'restore', `${repoUrl}/${uuid}/wed`, target, '--key-file', key]);
     expect(human.stdout.toString()).toContain(`${target} holds wed already, as restored-wed: nothing downloaded`);
+  });
+
+  it('a copy there that is suspect (writes made outside cowvol, accepted) is not "already there": BASE_MISMATCH, nothing vouched for', async () => {
+    const target = join(dir, 'suspect.img');
+    await cowvolOk(['backup', 'restore', `${repoUrl}/${uuid}/mon`, target, '--key-file', key]);
+    const fh = await open(target, 'r+');
+    await fh.write(Buffer.from('EVIL'), 0, 4, 100); // the restored snapshot reads these bytes through to live
+    await fh.close();
+    await cowvolOk(['accept-changes', target]);
+    const r = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/mon`, target, '--key-file', key, '--json']);
+    expect(r.code, r.stderr).toBe(4);
+    expect(jsonOf<{ error: { code: string; details: { suspect: boolean } } }>(r).error).toMatchObject({ code: 'BASE_MISMATCH', details: { suspect: true } });
   });
 
   it('killed while it created the new volume, the same restore run again starts it over; the spool is removed', async () => {

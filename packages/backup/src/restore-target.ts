@@ -4,6 +4,7 @@ import { basename, dirname, join } from 'node:path';
 import { hasCode } from '@cowvol/base';
 import {
   sameIdentity,
+  BaseMismatchError,
   ImportPendingError,
   isIncompleteCreate,
   SnapshotExistsError,
@@ -34,6 +35,8 @@ export type TargetPlan = { kind: 'new'; identities: SnapshotIdentity[] } | { kin
 export interface HeldOrigin {
   origin: SnapshotIdentity;
   name: string;
+  /** Marked suspect (docs/ARCHITECTURE.md §13): writes made outside cowvol were accepted while it read live blocks. */
+  suspect: boolean;
 }
 
 /** What a target holds that decides its plan: its import marker, its imported snapshots, the identities of all (Volume.snapshotIdentity). */
@@ -103,6 +106,13 @@ export async function planTarget(
   }
   if (state.pendingImport && sameIdentity(state.pendingImport.source, manifest.identity)) return { kind: 'resume', pending: state.pendingImport, identities: state.identities };
   const held = state.origins.find((o) => sameIdentity(o.origin, manifest.identity));
+  if (held?.suspect === true) {
+    // There, but its content took writes made outside cowvol: "already there" would vouch for bytes that may not be the backup's.
+    throw new BaseMismatchError(
+      `${targetPath} holds snapshot ${manifest.snapshotName} as ${held.name}, but it is suspect (writes made outside cowvol were accepted while it read live blocks), so it may not hold the backup's content; restore into a new path`,
+      { details: { path: targetPath, snapshot: held.name, suspect: true } },
+    );
+  }
   if (held) return { kind: 'done', heldAs: held.name };
   if (!into) throw exists();
   // Taken on this very volume (the source itself): there already, as import says, before any download.
@@ -123,7 +133,7 @@ async function openState(targetPath: string, into: boolean, openVolume: ((path: 
     const origins: HeldOrigin[] = [];
     const identities: SnapshotIdentity[] = [];
     for (const s of await volume.listSnapshots()) {
-      if (s.origin) origins.push({ origin: s.origin, name: s.name });
+      if (s.origin) origins.push({ origin: s.origin, name: s.name, suspect: s.suspect === true });
       identities.push(await volume.snapshotIdentity(s.name));
     }
     return { pendingImport: (await volume.importState()) ?? null, origins, identities };
