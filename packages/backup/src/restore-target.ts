@@ -133,7 +133,7 @@ async function openState(targetPath: string, into: boolean, openVolume: ((path: 
     const origins: HeldOrigin[] = [];
     const identities: SnapshotIdentity[] = [];
     for (const s of await volume.listSnapshots()) {
-      if (s.origin) origins.push({ origin: s.origin, name: s.name, suspect: s.suspect === true });
+      if (s.origin) origins.push({ origin: s.origin, name: s.name, suspect: s.suspect });
       identities.push(await volume.snapshotIdentity(s.name));
     }
     return { pendingImport: (await volume.importState()) ?? null, origins, identities };

@@ -161,7 +161,7 @@ export function servedRestoreTarget(volumePath: string, busy: CowvolError): Rest
       const uuid = info.uuid;
       return {
         pendingImport: info.pendingImport,
-        origins: info.snapshots.flatMap((s) => (s.origin ? [{ origin: { ...s.origin }, name: s.name, suspect: s.suspect === true }] : [])),
+        origins: info.snapshots.flatMap((s) => (s.origin ? [{ origin: { ...s.origin }, name: s.name, suspect: s.suspect }] : [])),
         identities: info.snapshots.map((s): SnapshotIdentity => (s.origin ? { ...s.origin } : { volumeUuid: uuid, snapshotId: s.id, createdAt: s.createdAt, name: s.name })),
       };
     },
