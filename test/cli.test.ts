@@ -143,6 +143,7 @@ describe('guarantee 7: bad input is refused, nothing is lost (CLI)', () => {
     { what: 'size 10X', args: (v) => ['create', `${v}.new`, '--size', '10X'], code: 'INVALID_SIZE', exit: 2 },
     { what: 'negative offset', args: (v) => ['read', v, '--offset', '-5'], code: 'INVALID_SIZE', exit: 2 },
     { what: 'a fraction of a byte a double would round away', args: (v) => ['read', v, '--offset', '1.00000000000000001K', '--length', '1'], code: 'INVALID_SIZE', exit: 2 },
+    { what: 'a duration past 1,000 years', args: (v) => ['snapshot', 'delete', v, '--older-than', '99999999999999d'], code: 'INVALID_DURATION', exit: 2 },
     { what: 'a length just under one byte', args: (v) => ['read', v, '--length', '0.99999999999999999999'], code: 'INVALID_SIZE', exit: 2 },
     { what: 'offset past the end (read)', args: (v) => ['read', v, '--offset', '257K'], code: 'OUT_OF_RANGE', exit: 2 },
     { what: 'length past the end', args: (v) => ['snapshot', 'read', v, 'keep', '--offset', '200K', '--length', '100K'], code: 'OUT_OF_RANGE', exit: 2 },
