@@ -100,6 +100,18 @@ describe('backup restore', () => {
     expect((await snapshotBytes(target, 'wed')).equals(await snapshotBytes(vol, 'wed'))).toBe(true);
   });
 
+  it("--into takes the target's newest snapshot as the base when it was pushed, also off the parent chain (a sibling restored last)", async () => {
+    // Pushed mon, then wed (parent mon: tue had no manifest yet), then tue (parent mon): tue is wed's sibling, not its ancestor.
+    const { url } = await freshRepository('repo-sibling', ['mon', 'wed', 'tue']);
+    const target = join(dir, 'sibling.img');
+    await cowvolOk(['backup', 'restore', `${url}/${uuid}/mon`, target, '--key-file', key]);
+    await cowvolOk(['backup', 'restore', `${url}/${uuid}/tue`, target, '--into', '--key-file', key]);
+    const r = await cowvol(['backup', 'restore', `${url}/${uuid}/wed`, target, '--into', '--key-file', key, '--verify', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(jsonOf<{ base: string }>(r)).toMatchObject({ base: `manifests/${uuid}/tue` });
+    expect((await snapshotBytes(target, 'wed')).equals(await snapshotBytes(vol, 'wed'))).toBe(true);
+  });
+
   it('a target that exists, or whose folder is missing, is refused before any chunk is downloaded', async () => {
     const existing = join(dir, 'notes.txt');
     await writeFile(existing, 'not a volume');

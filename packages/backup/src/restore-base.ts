@@ -15,7 +15,11 @@ export interface RestoreBase {
 
 /**
  * The manifest `restore --into` builds its incremental stream from
- * (docs/ARCHITECTURE.md §17, "Restore"): the newest ancestor of `manifest`
+ * (docs/ARCHITECTURE.md §17, "Restore"): first the target's newest
+ * snapshot, when it is one of this volume's manifests — what the target's
+ * live volume holds unless written since, and so the base its import
+ * accepts, whether or not it is an ancestor (a target restored to a
+ * sibling of the chain); else the newest ancestor of `manifest`
  * (its `parent` keys) whose identity a snapshot of the target has. When the
  * chain is broken — an ancestor forgotten (`backup forget` deletes
  * manifests, and a nightly rotation forgets the middle of every chain) — or
@@ -29,6 +33,12 @@ export interface RestoreBase {
  */
 export async function findRestoreBase(repo: Repository, manifest: Manifest, targetPath: string, held: readonly SnapshotIdentity[]): Promise<RestoreBase> {
   const isHeld = (m: Manifest): boolean => held.some((h) => sameIdentity(h, m.identity));
+  const newest = held.at(-1);
+  if (newest !== undefined && newest.volumeUuid === manifest.volumeUuid && newest.name !== manifest.snapshotName) {
+    const newestKey = manifestObjectKey(manifest.volumeUuid, newest.name);
+    const pushed = await manifestIfPresent(repo, newestKey);
+    if (pushed !== undefined && sameIdentity(pushed.identity, newest)) return { key: newestKey, manifest: pushed };
+  }
   let key = manifest.parent;
   for (let hops = 0; key !== null && hops < MAX_PARENT_HOPS; hops++) {
     const ancestor = await manifestIfPresent(repo, key);
