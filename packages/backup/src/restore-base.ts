@@ -34,7 +34,7 @@ export interface RestoreBase {
 export async function findRestoreBase(repo: Repository, manifest: Manifest, targetPath: string, held: readonly SnapshotIdentity[]): Promise<RestoreBase> {
   const isHeld = (m: Manifest): boolean => held.some((h) => sameIdentity(h, m.identity));
   const newest = held.at(-1);
-  if (newest !== undefined && newest.volumeUuid === manifest.volumeUuid && newest.name !== manifest.snapshotName) {
+  if (newest?.volumeUuid === manifest.volumeUuid && newest.name !== manifest.snapshotName) {
     const newestKey = manifestObjectKey(manifest.volumeUuid, newest.name);
     const pushed = await manifestIfPresent(repo, newestKey);
     if (pushed !== undefined && sameIdentity(pushed.identity, newest)) return { key: newestKey, manifest: pushed };
