@@ -1,4 +1,4 @@
-import { constants, fstatSync, rmSync } from 'node:fs';
+import { constants, fstatSync, rmSync, type BigIntStats } from 'node:fs';
 import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
@@ -79,26 +79,29 @@ export function watchStdout(): void {
  * @throws INVALID_ARGUMENT
  */
 export async function assertStdoutNotVolume(volumePath: string): Promise<void> {
-  let st;
+  const st = stdoutStat();
+  if (st?.isFile()) assertStdoutNotProtected(st, await protectedFilesOf(volumePath));
+}
+
+/** stdout's status (device, inode, type), or undefined when stdout is closed: nothing reaches the volume through it then. */
+function stdoutStat(): BigIntStats | undefined {
   try {
-    st = fstatSync(1, { bigint: true });
+    return fstatSync(1, { bigint: true });
   } catch {
-    return; // stdout closed: nothing reaches the volume through it
+    return undefined;
   }
-  if (st.isFile()) assertNotProtected('- (stdout)', st, await protectedFilesOf(volumePath));
+}
+
+/** Refuses stdout when it is a file of `guard` (the volume or its sidecar), as a named output is refused. @throws INVALID_ARGUMENT */
+function assertStdoutNotProtected(st: BigIntStats, guard: ProtectedFiles): void {
+  assertNotProtected('- (stdout)', st, guard);
 }
 
 /** stdout as a sink (see watchStdout); `write` and `close` throw NO_SPACE or IO_ERROR once stdout has failed. @throws INVALID_ARGUMENT when stdout is the volume or a file of its sidecar (`guard`) */
 export function openStdoutSink(guard: ProtectedFiles): Sink {
   // Checked like a named output: a shell redirect onto the volume or a sidecar file (`1<>vol.img`) is refused before anything is written.
-  const st = (() => {
-    try {
-      return fstatSync(1, { bigint: true });
-    } catch {
-      return undefined; // stdout closed: nothing can be written to it, nor to the volume through it
-    }
-  })();
-  if (st !== undefined) assertNotProtected('- (stdout)', st, guard);
+  const st = stdoutStat();
+  if (st !== undefined) assertStdoutNotProtected(st, guard);
   watchStdout();
   const check = (): void => {
     if (stdoutFailure) {
