@@ -202,6 +202,16 @@ for (const backend of backends) {
       expect(jsonOf<Report>(r).damagedChunks).toEqual([expect.objectContaining({ chunkId: gone, problem: 'missing', snapshots: [{ volumeUuid: VOL_A, snapshotName: 's2' }] })]);
     });
 
+    it('verify: a flipped byte in the config version field is damage (exit 2, BACKUP_CORRUPT), not a newer format (exit 1)', async () => {
+      const { store, url, flags } = await repository();
+      await flipBit(store, 'config', 4);
+      const r = await verify(url, flags);
+      expect(r.code, r.stderr).toBe(2);
+      const error = jsonOf<{ error: { code: string; message: string } }>(r).error;
+      expect(error.code).toBe('BACKUP_CORRUPT');
+      expect(error.message).toContain('CRC32C');
+    });
+
     it('verify with the wrong key exits 1 with BAD_KEY; nothing is written', async () => {
       const { store, url, flags } = await repository();
       const before = await chunkKeys(store);
@@ -283,6 +293,60 @@ for (const backend of backends) {
       const locks: string[] = [];
       for await (const o of store.list('locks/')) locks.push(o.key);
       expect(locks, 'prune releases its lock').toEqual([]);
+    });
+
+    it('forget --damaged removes a manifest that fails its checks (which stopped prune), keeps one of a newer version, and prune then runs', async () => {
+      const { repo, store, url, flags, ids } = await repository();
+      const repoFlags = ['--key-file', keyFile, ...flags, '--json'];
+      await flipBit(store, manifestObjectKey(VOL_B, 's1'), 40); // damage: BACKUP_CORRUPT
+      const blocked = await cowvol(['backup', 'prune', url, ...repoFlags]);
+      expect(blocked.code, blocked.stderr).toBe(6);
+      expect(jsonOf<{ error: { code: string } }>(blocked).error.code).toBe('BACKUP_CORRUPT');
+      const noRule = await cowvol(['backup', 'forget', url, ...repoFlags]);
+      expect(noRule.code, 'no rule and no --damaged is still a usage error').toBe(2);
+
+      const dry = await cowvol(['backup', 'forget', url, ...repoFlags, '--damaged', '--dry-run']);
+      expect(dry.code, dry.stderr).toBe(0);
+      expect(jsonOf(dry)).toMatchObject({ dryRun: true, forgotten: [], damaged: [], damagedForgotten: [expect.objectContaining({ key: manifestObjectKey(VOL_B, 's1'), code: 'BACKUP_CORRUPT' })] });
+      expect((await store.head(manifestObjectKey(VOL_B, 's1'))) !== undefined, 'a dry run deletes nothing').toBe(true);
+
+      const real = await cowvol(['backup', 'forget', url, '--key-file', keyFile, ...flags, '--damaged']);
+      expect(real.code, real.stderr).toBe(0);
+      expect(real.stdout.toString()).toContain(`forgotten, damaged: ${manifestObjectKey(VOL_B, 's1')}`);
+      expect((await store.head(manifestObjectKey(VOL_B, 's1'))) !== undefined).toBe(false);
+      for (const name of ['s1', 's2']) expect(await repo.hasManifest(VOL_A, name), `intact ${name} stays`).toBe(true);
+
+      const pruned = await cowvol(['backup', 'prune', url, ...repoFlags]);
+      expect(pruned.code, pruned.stderr).toBe(0);
+      expect(jsonOf(pruned)).toMatchObject({ manifests: 2, chunksDeleted: 1 });
+      expect(await repo.hasChunk(ids.b1[0] ?? '')).toBe(false);
+
+      // A manifest whose version byte says a newer format is not damage --damaged may remove.
+      await flipBit(store, manifestObjectKey(VOL_A, 's2'), 4);
+      const newer = await cowvol(['backup', 'forget', url, ...repoFlags, '--damaged']);
+      expect(newer.code, newer.stderr).toBe(0);
+      expect(jsonOf(newer)).toMatchObject({ damagedForgotten: [], damaged: [expect.objectContaining({ key: manifestObjectKey(VOL_A, 's2'), code: 'UNSUPPORTED_VERSION' })] });
+      expect((await store.head(manifestObjectKey(VOL_A, 's2'))) !== undefined).toBe(true);
+    });
+
+    it('prune deletes an object under chunks/ at a key no chunk has (no restore reads it), by the same cutoff; the chunk at its own key stays', async () => {
+      const { repo, store, url, flags, ids } = await repository();
+      const id = ids.s1[1] ?? '';
+      const stray = `chunks/zz/${id}`;
+      await store.put(stray, await store.get(chunkObjectKey(id)));
+      const graced = await cowvol(['backup', 'prune', url, '--key-file', keyFile, ...flags, '--json', '--grace', '1h']);
+      expect(graced.code, graced.stderr).toBe(0);
+      expect(jsonOf(graced)).toMatchObject({ chunksDeleted: 0, strayObjects: 1, strayObjectsDeleted: 0 });
+      const dry = await cowvol(['backup', 'prune', url, '--key-file', keyFile, ...flags, '--json', '--dry-run']);
+      expect(jsonOf(dry)).toMatchObject({ strayObjects: 1, strayObjectsDeleted: 1 });
+      expect((await store.head(stray)) !== undefined).toBe(true);
+      const r = await cowvol(['backup', 'prune', url, '--key-file', keyFile, ...flags]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.toString()).toContain('objects under chunks/ at a key no chunk has');
+      expect((await store.head(stray)) !== undefined).toBe(false);
+      expect(await repo.hasChunk(id)).toBe(true);
+      const after = await verify(url, flags, '--read-data');
+      expect(after.code, after.stderr).toBe(0);
     });
 
     it('a push and a prune at the same time: each finishes or is refused with REPOSITORY_LOCKED, and no chunk a manifest names is deleted', async () => {

@@ -22,6 +22,8 @@ const ID_OFFSET = 12;
 const KEY_CHECK_OFFSET = 28;
 const MAC_OFFSET = 60;
 const CRC_OFFSET = 92;
+/** Magic, version and the trailer CRC: the shortest object whose trailer is checked. */
+const TRAILER_MIN_BYTES = 12;
 
 /** The decoded `config` object of a repository. */
 export interface RepositoryConfig {
@@ -69,7 +71,8 @@ export function encodeRepositoryConfig(config: RepositoryConfig, keys: Repositor
 
 /**
  * Decodes and checks a `config` object, in this order
- * (docs/FORMAT.md §12.2, "When a config is valid"): magic, version, length, CRC32C, chunk
+ * (docs/FORMAT.md §12.2, "When a config is valid"): magic, the trailer CRC32C (the
+ * last 4 bytes, over all before them, in every version), version, length, chunk
  * size; then derives the keys from `keyBytes` and the stored repository id,
  * compares the key check value, and checks the MAC. A wrong key is thus
  * BAD_KEY, a damaged object BACKUP_CORRUPT, and nothing has been written.
@@ -82,6 +85,8 @@ export function encodeRepositoryConfig(config: RepositoryConfig, keys: Repositor
 export function decodeRepositoryConfig(bytes: Buffer, keyBytes: Buffer, where: string): { config: RepositoryConfig; keys: RepositoryKeys } {
   const corrupt = (why: string): BackupCorruptError => new BackupCorruptError(`the config of backup repository ${where} is damaged: ${why}`, { details: { object: 'config', repository: where } });
   if (bytes.length < VERSION_OFFSET + 4 || bytes.readUInt32BE(0) !== CONFIG_MAGIC) throw corrupt('not a cowvol backup config (bad magic)');
+  // The trailer CRC comes before the version (docs/FORMAT.md §12.2): every version ends with it, so a flipped byte in the version is damage, not a newer format.
+  if (bytes.length < TRAILER_MIN_BYTES || crc32c(bytes.subarray(0, bytes.length - 4)) !== bytes.readUInt32LE(bytes.length - 4)) throw corrupt('its CRC32C does not match');
   const formatVersion = bytes.readUInt32LE(VERSION_OFFSET);
   if (formatVersion > CONFIG_FORMAT_VERSION) {
     throw new UnsupportedVersionError(`backup repository ${where} has format version ${String(formatVersion)}; this cowvol reads version ${String(CONFIG_FORMAT_VERSION)}`, {
@@ -90,7 +95,7 @@ export function decodeRepositoryConfig(bytes: Buffer, keyBytes: Buffer, where: s
   }
   if (formatVersion !== CONFIG_FORMAT_VERSION) throw corrupt(`format version ${String(formatVersion)}`);
   if (bytes.length !== CONFIG_BYTES) throw corrupt(`${String(bytes.length)} bytes, not ${String(CONFIG_BYTES)}`);
-  if (crc32c(bytes.subarray(0, CRC_OFFSET)) !== bytes.readUInt32LE(CRC_OFFSET)) throw corrupt('its CRC32C does not match');
+  assert(CRC_OFFSET === CONFIG_BYTES - 4, 'the CRC is the trailer of a version-1 config, checked above');
   const chunkSizeBytes = bytes.readUInt32LE(CHUNK_SIZE_OFFSET);
   if (!isValidChunkSize(chunkSizeBytes)) throw corrupt(`chunk size ${String(chunkSizeBytes)}`);
   const repositoryId = Buffer.from(bytes.subarray(ID_OFFSET, ID_OFFSET + REPOSITORY_ID_BYTES));

@@ -1,4 +1,4 @@
-import { assert, CowvolError } from '@cowvol/base';
+import { assert, CowvolError, hasCode } from '@cowvol/base';
 import { forEachBounded } from './pool.js';
 import { BackupArgumentError, BackupCorruptError } from './errors.js';
 import { chunkObjectKey, CHUNKS_PREFIX, isChunkId, isVolumeUuid } from './object-keys.js';
@@ -22,8 +22,10 @@ export interface ForgetReport {
   policy: RetentionPolicy;
   kept: ForgetEntry[];
   forgotten: ForgetEntry[];
-  /** Manifests that do not open: never forgotten by a rule (their time is unknown); `verify` names them. */
+  /** Manifests that do not open and stay: never forgotten by a rule (their time is unknown); `verify` names them. */
   damaged: DamagedManifest[];
+  /** With `damaged`: the manifests deleted (or, with dryRun, to delete) because they fail their checks (BACKUP_CORRUPT). */
+  damagedForgotten: DamagedManifest[];
 }
 
 export interface ForgetOptions {
@@ -31,6 +33,13 @@ export interface ForgetOptions {
   /** Only this volume's snapshots (32 lowercase hex digits). */
   volumeUuid?: string;
   dryRun?: boolean;
+  /**
+   * Also delete the manifests that fail their checks (BACKUP_CORRUPT, read
+   * twice: at the listing and again under the lock). A manifest of a newer
+   * format (UNSUPPORTED_VERSION) is kept. With no rule in `policy`, only
+   * these are forgotten.
+   */
+  damaged?: boolean;
   jobs?: number;
   lock?: LockOptions;
 }
@@ -39,13 +48,16 @@ export interface ForgetOptions {
  * Applies a retention policy to each volume's snapshots separately and
  * deletes the manifests of the snapshots no rule keeps (docs/ARCHITECTURE.md
  * §17 "forget"; the rules: retention.ts, restic's). Only manifests are
- * deleted; their chunks stay until `prune`. Takes a shared lock (none with
+ * deleted; their chunks stay until `prune`. With `damaged`, so are the
+ * manifests that fail their checks (BACKUP_CORRUPT, read twice), which
+ * otherwise stop every prune. Takes a shared lock (none with
  * dryRun), so it never runs during a prune.
  *
- * @throws INVALID_ARGUMENT for a policy with no rule or a bad count or uuid · REPOSITORY_LOCKED · STORE_UNAVAILABLE · STORE_ACCESS_DENIED
+ * @throws INVALID_ARGUMENT for a policy with no rule (unless `damaged`) or a bad count or uuid · REPOSITORY_LOCKED · STORE_UNAVAILABLE · STORE_ACCESS_DENIED
  */
 export async function forgetSnapshots(repo: Repository, options: ForgetOptions): Promise<ForgetReport> {
-  validatePolicy(options.policy);
+  const byRules = !(options.damaged === true && Object.values(options.policy).every((n) => n === undefined));
+  if (byRules) validatePolicy(options.policy);
   if (options.volumeUuid !== undefined && !isVolumeUuid(options.volumeUuid)) throw new BackupArgumentError(`not a volume uuid: ${JSON.stringify(options.volumeUuid.slice(0, 80))}`);
   const dryRun = options.dryRun === true;
   const lock = dryRun ? undefined : await acquireLock(repo, 'shared', { command: 'forget', ...options.lock });
@@ -56,12 +68,15 @@ export async function forgetSnapshots(repo: Repository, options: ForgetOptions):
     const kept: ForgetEntry[] = [];
     const forgotten: ForgetEntry[] = [];
     for (const volumeUuid of [...byVolume.keys()].sort()) {
-      for (const d of applyRetention(byVolume.get(volumeUuid) ?? [], options.policy)) {
+      const items = byVolume.get(volumeUuid) ?? [];
+      const decisions = byRules ? applyRetention(items, options.policy) : items.map((item) => ({ item, keep: true, reasons: ['no rule given'] }));
+      for (const d of decisions) {
         const entry = { volumeUuid, snapshotName: d.item.snapshotName, createdAt: d.item.createdAt, reasons: d.reasons };
         if (d.keep) kept.push(entry);
         else forgotten.push(entry);
       }
     }
+    const damagedForgotten = options.damaged === true ? await forgetDamaged(repo, damaged, options.jobs ?? 8, lock) : [];
     if (lock !== undefined) {
       const keys = forgotten.map((f) => byVolume.get(f.volumeUuid)?.find((m) => m.snapshotName === f.snapshotName)?.key ?? '');
       await forEachBounded(keys, options.jobs ?? 8, async (key) => {
@@ -70,10 +85,39 @@ export async function forgetSnapshots(repo: Repository, options: ForgetOptions):
         await repo.store.delete(key);
       });
     }
-    return { dryRun, policy: options.policy, kept, forgotten, damaged };
+    return { dryRun, policy: options.policy, kept, forgotten, damaged: damaged.filter((d) => !damagedForgotten.includes(d)), damagedForgotten };
   } finally {
     await lock?.release();
   }
+}
+
+/**
+ * The damaged manifests `forget --damaged` deletes: those that failed their
+ * checks (BACKUP_CORRUPT, not a newer version) and fail them again when read
+ * once more (a damage that a second read does not show was no damage of the
+ * object). Deleted under `lock`; none without it (dry run).
+ */
+async function forgetDamaged(repo: Repository, damaged: readonly DamagedManifest[], jobs: number, lock: { assertHeld(): void } | undefined): Promise<DamagedManifest[]> {
+  const out: DamagedManifest[] = [];
+  await forEachBounded(
+    damaged.filter((d) => d.code === 'BACKUP_CORRUPT'),
+    jobs,
+    async (d) => {
+      try {
+        await repo.getManifest(d.key);
+        return; // it opens now
+      } catch (err) {
+        if (hasCode(err, 'OBJECT_NOT_FOUND')) return;
+        if (!hasCode(err, 'BACKUP_CORRUPT')) throw err;
+      }
+      if (lock !== undefined) {
+        lock.assertHeld();
+        await repo.store.delete(d.key);
+      }
+      out.push(d);
+    },
+  );
+  return out;
 }
 
 async function forEachBoundedManifests(
@@ -106,6 +150,13 @@ export interface PruneReport {
   cutoff: string;
   /** Stale locks found, which the exclusive lock removed. */
   staleLocks: number;
+  /**
+   * Objects under `chunks/` at a key no chunk has (moved or copied there by
+   * hand, a tool's folder marker): no restore can reach them. Deleted (or,
+   * with dryRun, to delete) by the same cutoff rule as unreferenced chunks.
+   */
+  strayObjects: number;
+  strayObjectsDeleted: number;
 }
 
 export interface PruneOptions {
@@ -125,7 +176,8 @@ export interface PruneOptions {
  * later than the cutoff: the store time of prune's own lock object less
  * `graceMs`, and earlier than the start of every stale lock found (less the
  * clock-skew margin) — a push whose lease lapsed may still be running, and
- * the chunks it uploaded are kept for the next prune. A manifest that does
+ * the chunks it uploaded are kept for the next prune. An object under
+ * `chunks/` at a key no chunk has (a stray) is deleted by the same cutoff. A manifest that does
  * not open stops prune before anything is deleted (BACKUP_CORRUPT): what it
  * names is unknown. Chunks are deleted at most `jobs` at a time, each after
  * checking that the lock is still held.
@@ -153,20 +205,43 @@ export async function pruneRepository(repo: Repository, options: PruneOptions = 
         details: { objects: damaged.map((d) => d.key) },
       });
     }
-    const report = { dryRun, manifests, chunks: 0, chunksReferenced: 0, chunksDeleted: 0, bytesDeleted: 0, chunksKeptRecent: 0, cutoff: new Date(cutoffMs).toISOString(), staleLocks: stale.length };
+    const report: PruneReport = {
+      dryRun,
+      manifests,
+      chunks: 0,
+      chunksReferenced: 0,
+      chunksDeleted: 0,
+      bytesDeleted: 0,
+      chunksKeptRecent: 0,
+      cutoff: new Date(cutoffMs).toISOString(),
+      staleLocks: stale.length,
+      strayObjects: 0,
+      strayObjectsDeleted: 0,
+    };
+    const remove = async (key: string, sizeBytes: number): Promise<void> => {
+      if (lock !== undefined) {
+        lock.assertHeld();
+        await repo.store.delete(key);
+      }
+      report.bytesDeleted += sizeBytes;
+    };
     await forEachBounded(repo.store.list(CHUNKS_PREFIX), jobs, async (info) => {
       const id = info.key.slice(info.key.lastIndexOf('/') + 1);
-      if (!isChunkId(id) || chunkObjectKey(id) !== info.key) return;
+      const recent = info.lastModified.getTime() > cutoffMs;
+      if (!isChunkId(id) || chunkObjectKey(id) !== info.key) {
+        // Unreachable by any restore (it reads a chunk only at its own key); a chunk layout of another version comes with another config version, which this cowvol refuses to open.
+        report.strayObjects++;
+        if (recent) return;
+        await remove(info.key, info.sizeBytes);
+        report.strayObjectsDeleted++;
+        return;
+      }
       report.chunks++;
       if (referenced.has(id)) report.chunksReferenced++;
-      else if (info.lastModified.getTime() > cutoffMs) report.chunksKeptRecent++;
+      else if (recent) report.chunksKeptRecent++;
       else {
-        if (lock !== undefined) {
-          lock.assertHeld();
-          await repo.store.delete(info.key);
-        }
+        await remove(info.key, info.sizeBytes);
         report.chunksDeleted++;
-        report.bytesDeleted += info.sizeBytes;
       }
     });
     return report;

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { decodeRepositoryConfig, encodeRepositoryConfig, generateKeyFile, loadKeyFile, newRepositoryConfig } from '@cowvol/backup';
-import { hasCode } from '@cowvol/base';
+import { crc32c, hasCode } from '@cowvol/base';
 
 let dir: string;
 beforeEach(async () => {
@@ -94,5 +94,37 @@ describe('key files', () => {
     const bytes = encodeRepositoryConfig(config, keys);
     expect(decodeRepositoryConfig(bytes, key, 'file:///r').config.repositoryId.equals(config.repositoryId)).toBe(true);
     expect(() => decodeRepositoryConfig(bytes, other, 'file:///r')).toThrow(expect.objectContaining({ code: 'BAD_KEY' }));
+  });
+
+  it('the trailer CRC is checked before the version: a flipped version byte is BACKUP_CORRUPT, a newer version with its own trailer UNSUPPORTED_VERSION', async () => {
+    const key = await generateKeyFile(join(dir, 'key'));
+    const { config, keys } = newRepositoryConfig(key);
+    const bytes = encodeRepositoryConfig(config, keys);
+    for (const bit of [0x01, 0x02, 0x10, 0x80]) {
+      for (const at of [4, 5, 7]) {
+        const flipped = Buffer.from(bytes);
+        flipped[at] = (flipped[at] ?? 0) ^ bit;
+        expect(() => decodeRepositoryConfig(flipped, key, 'file:///r')).toThrow(expect.objectContaining({ code: 'BACKUP_CORRUPT' }));
+      }
+    }
+    // A later version, of this length or longer, that keeps the trailer rule (docs/FORMAT.md §12.2).
+    const withTrailer = (body: Buffer): Buffer => {
+      const out = Buffer.concat([body, Buffer.alloc(4)]);
+      out.writeUInt32LE(crc32c(body), body.length);
+      return out;
+    };
+    const v2 = Buffer.from(bytes.subarray(0, bytes.length - 4));
+    v2.writeUInt32LE(2, 4);
+    let newer: unknown;
+    try {
+      decodeRepositoryConfig(withTrailer(v2), key, 'file:///r');
+    } catch (err) {
+      newer = err;
+    }
+    expect(newer).toMatchObject({ code: 'UNSUPPORTED_VERSION', details: { version: 2 } });
+    const longer = Buffer.concat([v2, Buffer.alloc(40, 7)]);
+    expect(() => decodeRepositoryConfig(withTrailer(longer), key, 'file:///r')).toThrow(expect.objectContaining({ code: 'UNSUPPORTED_VERSION' }));
+    // A truncated config fails its trailer, whatever its version says.
+    expect(() => decodeRepositoryConfig(bytes.subarray(0, 60), key, 'file:///r')).toThrow(expect.objectContaining({ code: 'BACKUP_CORRUPT' }));
   });
 });
