@@ -175,6 +175,16 @@ h.opt_abort()
     expect(plain.code).not.toBe(0);
   });
 
+  it('a data command on the TLS-only served volume is VOLUME_BUSY saying why, and lists only the commands that work there', async () => {
+    const r = await cowvol(['read', vol, '--length', '4096']);
+    expect(r.code, r.stderr).toBe(5);
+    expect(r.stderr).toContain('takes only TLS clients');
+    expect(r.stderr).toContain('cowvol snapshot list');
+    expect(r.stderr).not.toMatch(/cowvol (read|write|snapshot read|snapshot export|backup push)\b/);
+    const info = await cowvol(['snapshot', 'list', vol, '--json']);
+    expect(info.code, info.stderr).toBe(0);
+  });
+
   it('SIGTERM exits 0; the volume holds what qemu-img wrote', async () => {
     expect(await server.stop()).toBe(0);
     expect((await cowvol(['check', vol])).code).toBe(0);

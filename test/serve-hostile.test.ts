@@ -216,39 +216,45 @@ describe.skipIf(missing)(`cowvol serve: hostile clients${skipReason}`, () => {
     expect(server.child.exitCode).toBeNull();
   });
 
-  it('a client that never reads its replies and eight idle control connections hold nothing for good: status answers once they idle out, and stop ends the server', { timeout: 120_000 }, async () => {
-    const vol = join(dir, 'stuck.img');
-    await cowvolOk(['create', vol, '--size', '64M']);
-    const stuck = await startServe(vol);
-    try {
-      const c = await RawClient.connect(stuck.socket);
-      await c.open('');
-      c.socket.pause(); // a stopped process: it never takes a reply
-      const header = Buffer.alloc(28);
-      header.writeUInt32BE(0x25609513, 0);
-      header.writeUInt16BE(NBD_CMD_READ, 6);
-      header.writeUInt32BE(32 * MiB, 24);
-      c.socket.write(Buffer.concat(Array.from({ length: 200 }, (_, i) => (header.writeBigUInt64BE(BigInt(i + 1), 8), Buffer.from(header)))));
-      // Every control slot taken by a connection that sends nothing (CONTROL_IDLE_MS closes each).
-      const idle = await Promise.all(Array.from({ length: MAX_CONTROL_CONNECTIONS }, () => connectUnix(`${vol}.cowvol/control.sock`)));
-      let status = await cowvol(['status', vol]);
-      for (let tries = 0; status.code !== 0 && tries < 60; tries++) {
-        await sleep(500);
-        status = await cowvol(['status', vol]);
+  it(
+    'a client that never reads its replies and eight idle control connections hold nothing for good: status is refused with VOLUME_BUSY, answers once they idle out, and stop ends the server',
+    { timeout: 120_000 },
+    async () => {
+      const vol = join(dir, 'stuck.img');
+      await cowvolOk(['create', vol, '--size', '64M']);
+      const stuck = await startServe(vol);
+      try {
+        const c = await RawClient.connect(stuck.socket);
+        await c.open('');
+        c.socket.pause(); // a stopped process: it never takes a reply
+        const header = Buffer.alloc(28);
+        header.writeUInt32BE(0x25609513, 0);
+        header.writeUInt16BE(NBD_CMD_READ, 6);
+        header.writeUInt32BE(32 * MiB, 24);
+        c.socket.write(Buffer.concat(Array.from({ length: 200 }, (_, i) => (header.writeBigUInt64BE(BigInt(i + 1), 8), Buffer.from(header)))));
+        // Every control slot taken by a connection that sends nothing (CONTROL_IDLE_MS closes each).
+        const idle = await Promise.all(Array.from({ length: MAX_CONTROL_CONNECTIONS }, () => connectUnix(`${vol}.cowvol/control.sock`)));
+        let status = await cowvol(['status', vol]);
+        // Refused while they hold every slot, saying why (VOLUME_BUSY, exit 5), not as a broken connection.
+        expect([status.code, status.stderr]).toEqual([5, expect.stringMatching(/\[VOLUME_BUSY\].*8 control connections open/)]);
+        for (let tries = 0; status.code !== 0 && tries < 60; tries++) {
+          await sleep(500);
+          status = await cowvol(['status', vol]);
+        }
+        expect(status.code, status.stderr).toBe(0);
+        for (const s of idle) expect(s.destroyed || s.readableEnded, 'the server closed the idle control connection').toBe(true);
+        // stop: the requests in flight cannot hand their replies over; the stuck client is dropped after STOP_DRAIN_MS.
+        const stop = await cowvol(['stop', vol]);
+        expect(stop.code, stop.stderr).toBe(0);
+        expect(await stuck.exited).toBe(0);
+        expect(stuck.log()).toContain('the client did not take its replies in time');
+        c.socket.destroy();
+        for (const s of idle) s.destroy();
+      } finally {
+        if (stuck.child.exitCode === null && stuck.child.signalCode === null) stuck.child.kill('SIGKILL');
       }
-      expect(status.code, status.stderr).toBe(0);
-      for (const s of idle) expect(s.destroyed || s.readableEnded, 'the server closed the idle control connection').toBe(true);
-      // stop: the requests in flight cannot hand their replies over; the stuck client is dropped after STOP_DRAIN_MS.
-      const stop = await cowvol(['stop', vol]);
-      expect(stop.code, stop.stderr).toBe(0);
-      expect(await stuck.exited).toBe(0);
-      expect(stuck.log()).toContain('the client did not take its replies in time');
-      c.socket.destroy();
-      for (const s of idle) s.destroy();
-    } finally {
-      if (stuck.child.exitCode === null && stuck.child.signalCode === null) stuck.child.kill('SIGKILL');
-    }
-  });
+    },
+  );
 });
 
 /** A connected Unix socket that sends nothing; it records the server's end of it. */

@@ -59,13 +59,19 @@ export async function servedSocketPath(volumePath: string): Promise<string | und
 
 /**
  * Connects to export `exportName` of the server of `volumePath` over its own unix socket (NbdClient).
- * @throws `busy` (the VOLUME_BUSY naming the server) when the server has no plain unix endpoint; NOT_SERVED when it is gone; `unknownExport()` for an export it does not have; what NbdClient.connect throws
+ * @throws `busy` (the VOLUME_BUSY naming the server; a VolumeServedError is restated for a TLS-only server, listing the commands that work there) when the server has no plain unix endpoint; NOT_SERVED when it is gone; `unknownExport()` for an export it does not have; what NbdClient.connect throws
  */
 export async function servedNbd(volumePath: string, exportName: string, busy: CowvolError, unknownExport?: () => CowvolError): Promise<NbdClient> {
   const socketPath = await servedSocketPath(volumePath);
-  if (socketPath === undefined) throw busy;
+  if (socketPath === undefined) throw busy instanceof VolumeServedError ? tlsOnly(busy) : busy;
   const { NbdClient } = await import('@cowvol/nbd');
   return NbdClient.connect(socketPath, exportName, unknownExport ? { unknownExport } : {});
+}
+
+/** `busy` for a server with no plain unix NBD socket (`--tls-psk`): it says so, and lists only the commands that work there. */
+function tlsOnly(busy: VolumeServedError): VolumeServedError {
+  const note = 'its server takes only TLS clients (serve --tls-psk), so the commands that reach the volume over NBD do not work while it is served';
+  return new VolumeServedError(busy.path, busy.pid, { note, plainNbd: false, ...(busy.cause === undefined ? {} : { cause: busy.cause }) });
 }
 
 /** How {@link withVolumeData} reaches the volume. */

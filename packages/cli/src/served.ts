@@ -34,22 +34,33 @@ export const SERVED_COMMANDS = [
 ] as const;
 
 /**
+ * The served commands that reach the volume through the server's own NBD
+ * socket (docs/ARCHITECTURE.md §14.10): none of them works on a server
+ * that takes only TLS clients (`serve --tls-psk`, no plain unix socket).
+ */
+export const SERVED_NBD_COMMANDS: ReadonlyArray<(typeof SERVED_COMMANDS)[number]> = ['read', 'write', 'snapshot read', 'snapshot export', 'backup push', 'backup restore --into'];
+
+/**
  * `VOLUME_BUSY` for a command that does not work on a served volume: the
- * message names the server's pid and the commands that do work.
+ * message names the server's pid and the commands that do work there.
  */
 export class VolumeServedError extends CowvolError {
-  /** @param options.note what of a served command does not work served (it is put first in the message) */
+  /**
+   * @param options.note what of a served command does not work served (it is put first in the message)
+   * @param options.plainNbd false when the server serves no plain unix NBD socket (TLS only): the commands of SERVED_NBD_COMMANDS are then left out of the list
+   */
   constructor(
     readonly path: string,
     readonly pid: number,
-    options?: { cause?: unknown; note?: string },
+    options?: { cause?: unknown; note?: string; plainNbd?: boolean },
   ) {
+    const working = options?.plainNbd === false ? SERVED_COMMANDS.filter((c) => !SERVED_NBD_COMMANDS.includes(c)) : [...SERVED_COMMANDS];
     super(
       'VOLUME_BUSY',
-      `volume ${path} is busy: served by cowvol serve (process ${pid}); ${options?.note ? `${options.note}; ` : ''}while it is served only ${SERVED_COMMANDS.map((c) => `cowvol ${c}`).join(', ')} work on it (stop it first: cowvol stop ${path})`,
+      `volume ${path} is busy: served by cowvol serve (process ${pid}); ${options?.note ? `${options.note}; ` : ''}while it is served only ${working.map((c) => `cowvol ${c}`).join(', ')} work on it (stop it first: cowvol stop ${path})`,
       {
         ...(options?.cause !== undefined ? { cause: options.cause } : {}),
-        details: { path, pid, served: true, servedCommands: [...SERVED_COMMANDS] },
+        details: { path, pid, served: true, servedCommands: working },
       },
     );
   }

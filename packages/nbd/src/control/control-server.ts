@@ -89,7 +89,12 @@ export class ControlServer {
   private accept(socket: Socket): void {
     if (this.sockets.size >= MAX_CONTROL_CONNECTIONS) {
       this.log.warn({ maxConnections: MAX_CONTROL_CONNECTIONS }, 'refused a control connection: too many');
-      socket.destroy();
+      // Answered before the request is read (id null), so the command says why: VOLUME_BUSY, not a broken connection (docs/FORMAT.md §11.1).
+      const busy = new VolumeBusyError(this.volumePath, process.pid);
+      const message = `${busy.message}: its server has ${String(MAX_CONTROL_CONNECTIONS)} control connections open, its limit (an idle one is closed after ${String(CONTROL_IDLE_MS / 1000)} s); try again in a moment`;
+      socket.on('error', () => undefined);
+      socket.end(encodeControlResponse({ id: null, error: { code: 'VOLUME_BUSY', message, details: { ...busy.details, controlConnections: MAX_CONTROL_CONNECTIONS } } }));
+      setTimeout(() => socket.destroy(), CONTROL_CLOSE_GRACE_MS).unref();
       return;
     }
     this.sockets.add(socket);

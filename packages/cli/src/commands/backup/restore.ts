@@ -40,10 +40,7 @@ export default class BackupRestore extends CowvolCommand {
     // A served volume: the server applies the spooled stream, as `cowvol import` on it (docs/ARCHITECTURE.md §14.10) — with
     // --into, or to finish this restore interrupted there; anything else is VOLUME_EXISTS, as offline (restore-target.ts).
     const pid = (await isServed(args.volume)) ? await servedPid(args.volume) : undefined;
-    const target =
-      pid === undefined
-        ? undefined
-        : servedRestoreTarget(args.volume, new VolumeServedError(args.volume, pid, { note: 'its server serves no plain unix socket to read the restored snapshot back through' }));
+    const target = pid === undefined ? undefined : servedRestoreTarget(args.volume, new VolumeServedError(args.volume, pid));
     const result = await withRepository(repositoryUrl, flags, (repo) =>
       restoreFromRepository(repo, volumeUuid, snapshotName, args.volume, {
         into: flags.into,
