@@ -24,7 +24,7 @@ import { randomBytes } from 'node:crypto';
 import { open, readdir, readFile, rename, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { acquireLock, chunkObjectKey, FileObjectStore, loadKeyFile, Repository } from '@cowvol/backup';
+import { acquireLock, chunkObjectKey, FileObjectStore, loadKeyFile, Repository, restoreFromRepository, type RestoreTarget } from '@cowvol/backup';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, cowvol, cowvolOk, jsonOf, tempDir } from './helpers.js';
 import { startServe } from './nbd-peers.js';
@@ -400,5 +400,52 @@ describe('backup verify', () => {
     const r = await cowvol(['backup', 'verify', url, '--key-file', key, '--json']);
     expect(r.code, r.stderr).toBe(2);
     expect(jsonOf<{ damagedChunks: Array<{ chunkId: string; problem: string }> }>(r).damagedChunks).toEqual([expect.objectContaining({ chunkId: id, problem: 'missing' })]);
+  });
+
+  it('restore --verify reads back only the chunks that hold data: a 1 GiB sparse volume costs its data, not its size', async () => {
+    const sparse = join(dir, 'sparse.img');
+    await cowvolOk(['create', sparse, '--size', '1G']);
+    const input = join(dir, 'sparse.bin');
+    await writeFile(input, randomBytes(200_000));
+    await cowvolOk(['write', sparse, '--offset', String(300 * MiB), '--input', input]);
+    const tail = join(dir, 'sparse-tail.bin');
+    await writeFile(tail, randomBytes(4096));
+    await cowvolOk(['write', sparse, '--offset', String(1024 * MiB - 4096), '--input', tail]);
+    await cowvolOk(['snapshot', 'create', sparse, 'only']);
+    const url = pathToFileURL(join(dir, 'repo-sparse')).href;
+    await cowvolOk(['backup', 'init', url, '--key-file', key, '--chunk-size', '64K']);
+    const pushed = jsonOf<{ volumeUuid: string }>(await cowvolOk(['backup', 'push', sparse, 'only', '--to', url, '--key-file', key, '--json']));
+    const target = join(dir, 'sparse-restored.img');
+    const r = await cowvol(['backup', 'restore', `${url}/${pushed.volumeUuid}/only`, target, '--key-file', key, '--verify', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    // The chunks that hold data, each read whole: ceil(200,000 / 64 KiB) at 300 MiB, and the last one.
+    expect(jsonOf(r)).toMatchObject({ verified: true, verifyReadBytes: (Math.ceil(200_000 / 65_536) + 1) * 65_536 });
+    expect((await snapshotBytes(target, 'only')).equals(await snapshotBytes(sparse, 'only'))).toBe(true);
+  });
+
+  it('restore --verify fails with VERIFY_FAILED when the snapshot read back differs from the backup in one byte (a target whose read-back flips it)', async () => {
+    const { url } = await freshRepository('repo-verify-failed', ['mon']);
+    const target = join(dir, 'verify-failed.img');
+    await cowvolOk(['backup', 'restore', `${url}/${uuid}/mon`, target, '--key-file', key]);
+    const repo = await Repository.open(new FileObjectStore(url), await loadKeyFile(key));
+    const { Volume } = await import('@cowvol/cow-core');
+    const volume = await Volume.openForReading(target);
+    const flipAt = 3 * MiB + 12_345;
+    const flipping: RestoreTarget = {
+      state: async () => ({
+        pendingImport: null,
+        origins: (await volume.listSnapshots()).flatMap((s) => (s.origin ? [{ origin: s.origin, name: s.name, suspect: s.suspect }] : [])),
+        identities: [],
+      }),
+      importFile: () => Promise.reject(new Error('the snapshot is there already: nothing is imported')),
+      readSnapshot: async (name, offsetBytes, lengthBytes) => {
+        const data = await volume.readSnapshot(name, offsetBytes, lengthBytes);
+        if (flipAt >= offsetBytes && flipAt < offsetBytes + data.length) data[flipAt - offsetBytes] = (data[flipAt - offsetBytes] ?? 0) ^ 1;
+        return data;
+      },
+      close: () => volume.close(),
+    };
+    const err = await restoreFromRepository(repo, uuid, 'mon', target, { into: true, verify: true, target: flipping }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'VERIFY_FAILED', details: { offsetBytes: flipAt - (flipAt % 65_536) } });
   });
 });
