@@ -448,4 +448,25 @@ describe('backup verify', () => {
     const err = await restoreFromRepository(repo, uuid, 'mon', target, { into: true, verify: true, target: flipping }).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'VERIFY_FAILED', details: { offsetBytes: flipAt - (flipAt % 65_536) } });
   });
+
+  it('a suspect snapshot is not pushed (SNAPSHOT_SUSPECT, exit 4, no manifest): under its old identity it could pass for a copy a target holds', async () => {
+    const src = join(dir, 'suspect-src.img');
+    await cowvolOk(['create', src, '--size', '4M']);
+    const input = join(dir, 'suspect.bin');
+    await writeFile(input, randomBytes(MiB));
+    await cowvolOk(['write', src, '--input', input]);
+    await cowvolOk(['snapshot', 'create', src, 'p']);
+    const { url } = await freshRepository('repo-suspect', []);
+    // A write made outside cowvol, then accepted: p read those live blocks, so it is suspect.
+    const outside = await open(src, 'r+');
+    await outside.write(randomBytes(4096), 0, 4096, 8192);
+    await outside.close();
+    await cowvolOk(['accept-changes', src]);
+    const r = await cowvol(['backup', 'push', src, 'p', '--to', url, '--key-file', key, '--json']);
+    expect([r.code, jsonOf<{ error: { code: string } }>(r).error.code]).toEqual([4, 'SNAPSHOT_SUSPECT']);
+    expect(jsonOf<{ snapshots: unknown[] }>(await cowvolOk(['backup', 'list', url, '--key-file', key, '--json'])).snapshots).toEqual([]);
+    await cowvolOk(['snapshot', 'create', src, 'n']);
+    const n = jsonOf<{ parent: string | null }>(await cowvolOk(['backup', 'push', src, 'n', '--to', url, '--key-file', key, '--json']));
+    expect(n.parent, 'n is pushed whole: p is no parent').toBeNull();
+  });
 });

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import { S3ObjectStore } from '@cowvol/backup';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { objectStoreSuite } from './object-store-suite.js';
@@ -38,7 +38,8 @@ describe.skipIf(env === undefined)('S3ObjectStore on Ceph RGW', () => {
 
   it('wrong credentials are STORE_ACCESS_DENIED', async () => {
     const s = store(e, 'denied', { credentials: { accessKeyId: 'nobody', secretAccessKey: 'wrong' }, maxAttempts: 1 });
-    await expect(s.put('k', Buffer.from('x'))).rejects.toMatchObject({ code: 'STORE_ACCESS_DENIED' });
+    await expect(s.put('k', Buffer.from('x'))).rejects.toMatchObject({ code: 'STORE_ACCESS_DENIED', message: expect.stringContaining('refused the request (wrong or missing credentials') as unknown });
+    await expect(s.get('k')).rejects.toMatchObject({ code: 'STORE_ACCESS_DENIED', message: expect.stringContaining('credentials') as unknown });
   });
 
   it('a bucket that does not exist is REPOSITORY_NOT_FOUND naming the bucket, not a missing object; head finds nothing', async () => {
@@ -56,6 +57,30 @@ describe.skipIf(env === undefined)('S3ObjectStore on Ceph RGW', () => {
     expect(listed).toEqual([]);
     expect(await s.head('k')).toBeUndefined();
     s.close();
+  });
+
+  it('a gateway that accepts connections and then stalls (reads, never answers) is STORE_UNAVAILABLE once the socket idles out, retried, never a hang', async () => {
+    let accepted = 0;
+    const sockets: Socket[] = [];
+    const stalled = createServer((socket) => {
+      accepted++;
+      sockets.push(socket);
+      socket.on('data', () => undefined); // takes the request, sends nothing back
+      socket.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => stalled.listen(0, '127.0.0.1', resolve));
+    const address = stalled.address();
+    const port = typeof address === 'object' && address !== null ? address.port : 0;
+    const s = store(e, 'stalled', { endpoint: `http://127.0.0.1:${String(port)}`, maxAttempts: 2, requestTimeoutMs: 300 });
+    try {
+      await expect(s.get('k')).rejects.toMatchObject({ code: 'STORE_UNAVAILABLE' });
+      await expect(s.put('k', randomBytes(256 * 1024))).rejects.toMatchObject({ code: 'STORE_UNAVAILABLE' });
+      expect(accepted, 'each request was tried twice').toBeGreaterThanOrEqual(2);
+    } finally {
+      s.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => stalled.close(() => resolve()));
+    }
   });
 
   it('an unreachable endpoint is STORE_UNAVAILABLE', async () => {

@@ -1,5 +1,15 @@
 import { assert, hasCode } from '@cowvol/base';
-import { killPoint, sameIdentity, snapshotDataPieces, SnapshotNotFoundError, type ExportSource, type SnapshotIdentity, type SnapshotInfo, type VolumeInfo } from '@cowvol/cow-core';
+import {
+  killPoint,
+  sameIdentity,
+  snapshotDataPieces,
+  SnapshotNotFoundError,
+  SnapshotSuspectError,
+  type ExportSource,
+  type SnapshotIdentity,
+  type SnapshotInfo,
+  type VolumeInfo,
+} from '@cowvol/cow-core';
 import { BackupArgumentError, ObjectExistsError } from './errors.js';
 import { chunkCount, MAX_MANIFEST_CHUNKS, type Manifest } from './manifest.js';
 import { manifestObjectKey } from './object-keys.js';
@@ -99,7 +109,7 @@ export type PushSource = Omit<ExportSource, 'info'> & {
  * repository lock"), so no prune runs meanwhile, and checks it is still held
  * right before the manifest is written.
  *
- * @throws SNAPSHOT_NOT_FOUND · INVALID_ARGUMENT (too many chunks, bad jobs) · OBJECT_EXISTS · BACKUP_CORRUPT (a damaged parent manifest) · REPOSITORY_LOCKED · LOCK_LOST · STORE_UNAVAILABLE · STORE_ACCESS_DENIED · IO_ERROR
+ * @throws SNAPSHOT_NOT_FOUND · SNAPSHOT_SUSPECT (the snapshot is suspect and not pushed yet) · INVALID_ARGUMENT (too many chunks, bad jobs) · OBJECT_EXISTS · BACKUP_CORRUPT (a damaged parent manifest) · REPOSITORY_LOCKED · LOCK_LOST · STORE_UNAVAILABLE · STORE_ACCESS_DENIED · IO_ERROR
  */
 export async function pushSnapshot(repo: Repository, volume: PushSource, name: string, options: PushOptions = {}): Promise<PushResult> {
   const lock = await acquireLock(repo, 'shared', { command: 'push' });
@@ -143,6 +153,14 @@ async function pushLocked(repo: Repository, volume: PushSource, name: string, op
     seconds: 0,
   };
   if (await repo.hasManifest(info.uuid, name)) return finishExisting(repo, key, identity, result, started);
+  if (snapshot.suspect) {
+    // Its content may no longer be what its identity stood for when taken (and maybe pushed, then forgotten): a restore that finds
+    // that identity on a target (`--into` base, "already there") would take the target's copy for this one (docs/ARCHITECTURE.md §17).
+    throw new SnapshotSuspectError(
+      name,
+      `snapshot ${name} is suspect (writes made outside cowvol were accepted while it read live blocks), so its content may differ from what it held when taken, and a backup under its identity could be mistaken for a copy of it held elsewhere; take a new snapshot and push that`,
+    );
+  }
   const parent = options.full === true ? undefined : await findParent(repo, volume, info.uuid, info.snapshots.slice(0, index), { sizeBytes: info.sizeBytes, chunkSizeBytes });
   const chunks = new Map<number, string>(parent?.manifest.chunks ?? []);
   const plan = parent ? await changedChunks(volume, parent.name, name, chunkSizeBytes) : await dataChunks(volume, name, chunkSizeBytes);

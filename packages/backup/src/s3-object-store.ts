@@ -23,7 +23,7 @@ export interface S3ObjectStoreOptions {
   maxAttempts?: number;
   /** Requests in flight at most; default 8. */
   jobs?: number;
-  /** A request with no reply byte for this long fails (then is retried); default 30,000 ms. */
+  /** A request whose connection moves no byte either way for this long (a stalled gateway) fails, then is retried; default 30,000 ms. */
   requestTimeoutMs?: number;
   /** Connecting for longer than this fails; default 5,000 ms. */
   connectionTimeoutMs?: number;
@@ -101,7 +101,8 @@ export class S3ObjectStore implements ObjectStore {
       forcePathStyle: options.forcePathStyle ?? false,
       maxAttempts: options.maxAttempts ?? 4,
       requestHandler: {
-        requestTimeout: options.requestTimeoutMs ?? 30_000,
+        // A socket with no byte either way for this long fails the request, which is retried (the SDK's requestTimeout would only log, and bounds a whole upload).
+        socketTimeout: options.requestTimeoutMs ?? 30_000,
         connectionTimeout: options.connectionTimeoutMs ?? 5_000,
         httpAgent: { maxSockets: jobs },
       },
@@ -114,8 +115,14 @@ export class S3ObjectStore implements ObjectStore {
     } catch (err) {
       if (isCowvolError(err)) throw err;
       const code = storeErrorCode(err);
-      // NoSuchBucket's own text does not say which bucket; ours does.
-      const message = code === 'REPOSITORY_NOT_FOUND' ? `bucket ${this.bucket} does not exist (check the URL, or create the bucket first)` : err instanceof Error ? err.message : String(err);
+      // NoSuchBucket's own text does not say which bucket; ours does. A refusal's is often the SDK's "UnknownError" (no body to a HEAD, or a 403 it cannot parse).
+      const sdkText = err instanceof Error ? err.message : String(err);
+      const message =
+        code === 'REPOSITORY_NOT_FOUND'
+          ? `bucket ${this.bucket} does not exist (check the URL, or create the bucket first)`
+          : code === 'STORE_ACCESS_DENIED'
+            ? `the store refused the request (wrong or missing credentials — AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or a profile — or no permission on bucket ${this.bucket}): ${sdkText}`
+            : sdkText;
       throw new CowvolError(code, `${what} ${this.url} ${key}: ${message}`, { cause: err, details: { key } });
     }
   }
