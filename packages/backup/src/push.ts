@@ -153,14 +153,7 @@ async function pushLocked(repo: Repository, volume: PushSource, name: string, op
     seconds: 0,
   };
   if (await repo.hasManifest(info.uuid, name)) return finishExisting(repo, key, identity, result, started);
-  if (snapshot.suspect) {
-    // Its content may no longer be what its identity stood for when taken (and maybe pushed, then forgotten): a restore that finds
-    // that identity on a target (`--into` base, "already there") would take the target's copy for this one (docs/ARCHITECTURE.md §17).
-    throw new SnapshotSuspectError(
-      name,
-      `snapshot ${name} is suspect (writes made outside cowvol were accepted while it read live blocks), so its content may differ from what it held when taken, and a backup under its identity could be mistaken for a copy of it held elsewhere; take a new snapshot and push that`,
-    );
-  }
+  if (snapshot.suspect) throw suspectError(name);
   const parent = options.full === true ? undefined : await findParent(repo, volume, info.uuid, info.snapshots.slice(0, index), { sizeBytes: info.sizeBytes, chunkSizeBytes });
   const chunks = new Map<number, string>(parent?.manifest.chunks ?? []);
   const plan = parent ? await changedChunks(volume, parent.name, name, chunkSizeBytes) : await dataChunks(volume, name, chunkSizeBytes);
@@ -193,6 +186,19 @@ async function pushLocked(repo: Repository, volume: PushSource, name: string, op
   }
   result.seconds = (Date.now() - started) / 1000;
   return result;
+}
+
+/**
+ * Why a suspect snapshot is not pushed: its content may no longer be what
+ * its identity stood for when taken (and maybe pushed, then forgotten), and
+ * a restore that finds that identity on a target (an `--into` base, "already
+ * there") would take the target's copy for this one (README "Backups off the machine").
+ */
+function suspectError(name: string): SnapshotSuspectError {
+  return new SnapshotSuspectError(
+    name,
+    `snapshot ${name} is suspect (writes made outside cowvol were accepted while it read live blocks), so its content may differ from what it held when taken, and a backup under its identity could be mistaken for a copy of it held elsewhere; take a new snapshot and push that`,
+  );
 }
 
 /**
