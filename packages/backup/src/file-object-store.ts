@@ -109,7 +109,8 @@ export class FileObjectStore implements ObjectStore {
     const path = this.pathOf(key);
     let stat: Stats;
     try {
-      stat = await fsp.lstat(path);
+      // Through symlinks, as `get` reads and `list` walks: the three agree on what exists.
+      stat = await fsp.stat(path);
     } catch (err) {
       const errno = errnoCode(err);
       if (errno === 'ENOENT' || errno === 'ENOTDIR') return undefined;
@@ -148,21 +149,38 @@ export class FileObjectStore implements ObjectStore {
     }
   }
 
-  private async *walk(dirKey: string, prefix: string): AsyncGenerator<ObjectInfo> {
+  /**
+   * Symlinks are followed (a folder of the repository moved to another disk
+   * and linked back): `get` and `head` read through them, so the listing
+   * must show what they find, or prune would delete the chunks of manifests
+   * it never saw. `ancestors` holds the directories (device:inode) of the
+   * path walked, so a link back to one of them is not walked again.
+   */
+  private async *walk(dirKey: string, prefix: string, ancestors: ReadonlySet<string> = new Set()): AsyncGenerator<ObjectInfo> {
+    const dirPath = join(this.rootPath, dirKey);
     let entries;
+    let here: Stats;
     try {
-      entries = await fsp.readdir(join(this.rootPath, dirKey), { withFileTypes: true });
+      here = await fsp.stat(dirPath);
+      entries = await fsp.readdir(dirPath, { withFileTypes: true });
     } catch (err) {
       if (errnoCode(err) === 'ENOENT' && dirKey === '') return;
       throw this.coded(err, 'list', dirKey);
     }
+    const inside = new Set(ancestors).add(`${String(here.dev)}:${String(here.ino)}`);
+    const kinds = await Promise.all(entries.map(async (e) => (e.isSymbolicLink() ? await linkKind(join(dirPath, e.name)) : e.isDirectory() ? 'dir' : e.isFile() ? 'file' : 'other')));
     const names = entries
-      .filter((e) => !e.name.startsWith(TEMP_PREFIX) && (e.isFile() || e.isDirectory()))
-      .map((e) => ({ name: `${dirKey}${e.name}${e.isDirectory() ? '/' : ''}`, isDirectory: e.isDirectory() }))
+      .map((e, i) => ({ e, kind: kinds[i] }))
+      .filter(({ e, kind }) => !e.name.startsWith(TEMP_PREFIX) && (kind === 'file' || kind === 'dir'))
+      .map(({ e, kind }) => ({ name: `${dirKey}${e.name}${kind === 'dir' ? '/' : ''}`, isDirectory: kind === 'dir' }))
+      .filter((entry) => Buffer.byteLength(entry.name, 'utf8') <= OBJECT_KEY_MAX_BYTES + 1)
       .sort((a, b) => Buffer.compare(Buffer.from(a.name, 'utf8'), Buffer.from(b.name, 'utf8')));
     for (const entry of names) {
       if (entry.isDirectory) {
-        if (entry.name.startsWith(prefix) || prefix.startsWith(entry.name)) yield* this.walk(entry.name, prefix);
+        if (!(entry.name.startsWith(prefix) || prefix.startsWith(entry.name))) continue;
+        const target = await fsp.stat(join(this.rootPath, entry.name)).catch(() => undefined);
+        if (target === undefined || inside.has(`${String(target.dev)}:${String(target.ino)}`)) continue; // gone meanwhile, or a loop
+        yield* this.walk(entry.name, prefix, inside);
       } else if (entry.name.startsWith(prefix)) {
         const info = await this.head(entry.name);
         if (info !== undefined) yield info;
@@ -186,6 +204,12 @@ export class FileObjectStore implements ObjectStore {
     }
     return new IoError(message, { cause: err, details: { key } });
   }
+}
+
+/** What a symlink leads to: a directory, a file, or anything else (dangling, a loop, a device). */
+async function linkKind(path: string): Promise<'dir' | 'file' | 'other'> {
+  const target = await fsp.stat(path).catch(() => undefined);
+  return target?.isDirectory() === true ? 'dir' : target?.isFile() === true ? 'file' : 'other';
 }
 
 /**
