@@ -57,6 +57,8 @@ export interface LockableRepository {
   readonly store: ObjectStore;
   readonly config: RepositoryConfig;
   readonly keys: RepositoryKeys;
+  /** Told when a lock could not be deleted at release (Repository.onWarning). */
+  readonly onWarning?: ((message: string) => void) | undefined;
 }
 
 /** Options of acquireLock; `now` and `leaseMs` are for tests. */
@@ -140,7 +142,12 @@ export class RepositoryLock {
     }
   }
 
-  /** Stops renewing and deletes the lock object. Idempotent. */
+  /**
+   * Stops renewing and deletes the lock object. Idempotent. Never throws:
+   * it runs after the command's work, whose outcome (done, or its own
+   * error) a failed delete must not replace — the object then lapses with
+   * its lease, and `repo.onWarning` says so.
+   */
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
@@ -148,7 +155,15 @@ export class RepositoryLock {
     this.renewal = undefined;
     // A renewal that began after an interruption never starts its put (interrupt-cleanup.ts): nothing to wait for.
     if (!isInterrupted()) await this.renewing;
-    await this.repo.store.delete(this.key);
+    try {
+      await this.repo.store.delete(this.key);
+    } catch (err) {
+      // Still tracked: an interruption's cleanup tries the delete again.
+      this.repo.onWarning?.(
+        `the ${this.lease.kind} lock ${this.key} of ${this.repo.store.url} could not be deleted (${errorText(err)}); it lapses with its lease (${this.lease.expiresAt}, plus ${String(LOCK_CLOCK_SKEW_MS / 1000)} s), meanwhile ${this.lease.kind === 'exclusive' ? 'every other backup command' : 'prune'} is refused (REPOSITORY_LOCKED)`,
+      );
+      return;
+    }
     this.untrack(); // only now: until the delete landed, an interruption's cleanup deletes it (again)
   }
 }

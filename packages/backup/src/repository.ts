@@ -33,6 +33,13 @@ export interface ManifestRef {
  * conditional put; nothing here deletes (`prune` does, under the lock).
  */
 export class Repository {
+  /**
+   * Where what went wrong after a command's work is reported without
+   * changing its outcome (a lock that could not be deleted: it lapses with
+   * its lease); unset, such a note is dropped.
+   */
+  onWarning: ((message: string) => void) | undefined;
+
   private constructor(
     readonly store: ObjectStore,
     readonly config: RepositoryConfig,

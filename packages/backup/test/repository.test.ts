@@ -11,8 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { chunkObjectKey, FileObjectStore, manifestObjectKey, Repository, type Manifest } from '@cowvol/backup';
-import { hasCode } from '@cowvol/base';
+import { chunkObjectKey, FileObjectStore, manifestObjectKey, pruneRepository, Repository, type Manifest, type ObjectStore } from '@cowvol/backup';
+import { hasCode, IoError } from '@cowvol/base';
 
 let dir: string;
 let store: FileObjectStore;
@@ -124,5 +124,29 @@ describe('Repository', () => {
     const body = await store.get(manifestObjectKey(a, 's2'));
     await store.put(manifestObjectKey(b, 's2'), body);
     expect(await codeOf(repo.getManifest(b, 's2'))).toBe('BACKUP_CORRUPT');
+  });
+
+  it('a lock that cannot be deleted at release does not replace the outcome: a prune that worked says so with a warning, one stopped by a damaged manifest still says BACKUP_CORRUPT', async () => {
+    const key = randomBytes(32);
+    // The store refuses to delete lock objects (a read-only folder, an object-lock policy), as a store can: a seam production has.
+    const refusing: ObjectStore = {
+      url: store.url,
+      put: (k, body, options) => store.put(k, body, options),
+      get: (k) => store.get(k),
+      head: (k) => store.head(k),
+      list: (prefix) => store.list(prefix),
+      delete: (k) => (k.startsWith('locks/') ? Promise.reject(new IoError(`delete ${k}: EPERM`)) : store.delete(k)),
+    };
+    const repo = await Repository.init(refusing, key, 64 * 1024);
+    const warnings: string[] = [];
+    repo.onWarning = (message) => warnings.push(message);
+    const report = await pruneRepository(repo);
+    expect(report).toMatchObject({ dryRun: false, chunksDeleted: 0 });
+    expect(warnings).toEqual([expect.stringMatching(/exclusive lock locks\/[0-9a-f]{32} .* could not be deleted \(IO_ERROR: delete locks\/.*EPERM\); it lapses with its lease/)]);
+    // The lock left behind is prune's own: clear it, then damage a manifest.
+    for await (const o of store.list('locks/')) await store.delete(o.key);
+    await store.put(manifestObjectKey('0123456789abcdef0123456789abcdef', 'x'), randomBytes(200));
+    expect(await codeOf(pruneRepository(repo))).toBe('BACKUP_CORRUPT');
+    expect(warnings).toHaveLength(2);
   });
 });

@@ -63,13 +63,17 @@ export async function openStore(url: string, flags: Omit<RepositoryFlags, 'key-f
 /**
  * Loads the key file (BAD_KEY first: nothing is contacted with a refused
  * key), opens the store and the repository, runs `fn`, closes the store.
+ * `onWarning` hears what went wrong after the work without changing its
+ * outcome (Repository.onWarning: a lock that could not be deleted).
  */
-export async function withRepository<T>(url: string, flags: RepositoryFlags, fn: (repo: Repository) => Promise<T>): Promise<T> {
+export async function withRepository<T>(url: string, flags: RepositoryFlags, fn: (repo: Repository) => Promise<T>, onWarning?: (message: string) => void): Promise<T> {
   const { loadKeyFile, Repository } = await loadBackup();
   const key = await loadKeyFile(flags['key-file']);
   const store = await openStore(url, flags);
   try {
-    return await fn(await Repository.open(store, key));
+    const repo = await Repository.open(store, key);
+    repo.onWarning = onWarning;
+    return await fn(repo);
   } finally {
     // Not while a signal's cleanup may still be deleting a lock through it.
     if (!interrupting()) store.close?.();

@@ -39,8 +39,11 @@ export default class BackupForget extends CowvolCommand {
       ...(flags['keep-weekly'] === undefined ? {} : { keepWeekly: flags['keep-weekly'] }),
     };
     const { forgetSnapshots } = await loadBackup();
-    const report = await withRepository(args.url, flags, (repo) =>
-      forgetSnapshots(repo, { policy, dryRun: flags['dry-run'], damaged: flags.damaged, jobs: flags.jobs, ...(flags.volume === undefined ? {} : { volumeUuid: flags.volume }) }),
+    const report = await withRepository(
+      args.url,
+      flags,
+      (repo) => forgetSnapshots(repo, { policy, dryRun: flags['dry-run'], damaged: flags.damaged, jobs: flags.jobs, ...(flags.volume === undefined ? {} : { volumeUuid: flags.volume }) }),
+      (message) => this.warnUser(message),
     );
     const rows = [
       ...report.kept.map((e) => [e.volumeUuid, e.snapshotName, e.createdAt, 'keep', e.reasons.join(', ')]),

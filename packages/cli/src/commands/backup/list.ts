@@ -19,15 +19,20 @@ export default class BackupList extends CowvolCommand {
     const { args, flags } = await this.parse(BackupList);
     const { listBackups } = await loadBackup();
     const damaged: DamagedEntry[] = [];
-    const snapshots = await withRepository(args.url, flags, async (repo) => {
-      const out: CatalogEntry[] = [];
-      const onDamaged = (d: DamagedEntry): void => {
-        damaged.push(d);
-        this.warnUser(`manifest ${d.key} does not open (${d.code}): ${d.message}; it is not listed (cowvol backup verify reports it)`);
-      };
-      for await (const entry of listBackups(repo, flags.volume, onDamaged)) out.push(entry);
-      return out;
-    });
+    const snapshots = await withRepository(
+      args.url,
+      flags,
+      async (repo) => {
+        const out: CatalogEntry[] = [];
+        const onDamaged = (d: DamagedEntry): void => {
+          damaged.push(d);
+          this.warnUser(`manifest ${d.key} does not open (${d.code}): ${d.message}; it is not listed (cowvol backup verify reports it)`);
+        };
+        for await (const entry of listBackups(repo, flags.volume, onDamaged)) out.push(entry);
+        return out;
+      },
+      (message) => this.warnUser(message),
+    );
     const rows = snapshots.map((s) => [
       s.volumeUuid,
       escapeTerminalText(s.snapshot),

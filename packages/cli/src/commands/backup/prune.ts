@@ -26,7 +26,12 @@ export default class BackupPrune extends CowvolCommand {
     const { args, flags } = await this.parse(BackupPrune);
     const graceMs = parseDuration(flags.grace, '--grace');
     const { pruneRepository } = await loadBackup();
-    const report = await withRepository(args.url, flags, (repo) => pruneRepository(repo, { dryRun: flags['dry-run'], graceMs, jobs: flags.jobs }));
+    const report = await withRepository(
+      args.url,
+      flags,
+      (repo) => pruneRepository(repo, { dryRun: flags['dry-run'], graceMs, jobs: flags.jobs }),
+      (message) => this.warnUser(message),
+    );
     this.say(
       [
         `${report.dryRun ? 'would delete' : 'deleted'} ${String(report.chunksDeleted)} chunk(s), ${human(report.bytesDeleted)}`,

@@ -36,23 +36,28 @@ export default class BackupPush extends CowvolCommand {
     const { args, flags } = await this.parse(BackupPush);
     const { pushSnapshot, parseManifestObjectKey } = await loadBackup();
     const progress = createProgress(flags.progress, 'backup push');
-    const result = await withRepository(flags.to, flags, (repo) => {
-      const push = (volume: PushSource): Promise<PushResult> =>
-        pushSnapshot(repo, volume, args.name, {
-          jobs: flags.jobs,
-          full: flags.full,
-          onProgress: (p) => progress.update(p.readBytes, p.plannedBytes, 'read', { uploadedBytes: p.uploadedBytes, deduplicatedBytes: p.deduplicatedBytes }),
+    const result = await withRepository(
+      flags.to,
+      flags,
+      (repo) => {
+        const push = (volume: PushSource): Promise<PushResult> =>
+          pushSnapshot(repo, volume, args.name, {
+            jobs: flags.jobs,
+            full: flags.full,
+            onProgress: (p) => progress.update(p.readBytes, p.plannedBytes, 'read', { uploadedBytes: p.uploadedBytes, deduplicatedBytes: p.deduplicatedBytes }),
+          });
+        // Served: the snapshot's data through the NBD export snapshot/<name> (which also keeps it from being deleted meanwhile), its
+        // changed blocks and identities from the control channel (docs/ARCHITECTURE.md §14.10) — the same push, the same manifest.
+        return withVolumeData({
+          volumePath: args.volume,
+          exportName: snapshotExportName(args.name),
+          offline: (mode) => this.withVolume(args.volume, push, { ...mode, readOnly: true }),
+          unknownExport: () => new SnapshotNotFoundError(args.name),
+          served: async (data) => push(await servedPushSource(args.volume, args.name, data)),
         });
-      // Served: the snapshot's data through the NBD export snapshot/<name> (which also keeps it from being deleted meanwhile), its
-      // changed blocks and identities from the control channel (docs/ARCHITECTURE.md §14.10) — the same push, the same manifest.
-      return withVolumeData({
-        volumePath: args.volume,
-        exportName: snapshotExportName(args.name),
-        offline: (mode) => this.withVolume(args.volume, push, { ...mode, readOnly: true }),
-        unknownExport: () => new SnapshotNotFoundError(args.name),
-        served: async (data) => push(await servedPushSource(args.volume, args.name, data)),
-      });
-    }).finally(() => progress.stop());
+      },
+      (message) => this.warnUser(message),
+    ).finally(() => progress.stop());
     if (result.alreadyPushed) this.say(`${result.snapshot} is in ${flags.to} already (${result.manifest}); nothing to do`);
     else
       this.say(

@@ -41,16 +41,20 @@ export default class BackupRestore extends CowvolCommand {
     // --into, or to finish this restore interrupted there; anything else is VOLUME_EXISTS, as offline (restore-target.ts).
     const pid = (await isServed(args.volume)) ? await servedPid(args.volume) : undefined;
     const target = pid === undefined ? undefined : servedRestoreTarget(args.volume, new VolumeServedError(args.volume, pid));
-    const result = await withRepository(repositoryUrl, flags, (repo) =>
-      restoreFromRepository(repo, volumeUuid, snapshotName, args.volume, {
-        into: flags.into,
-        verify: flags.verify,
-        jobs: flags.jobs,
-        openVolume: (p) => this.openVolume(p),
-        onUnlocked: (why) => this.warnUser(why),
-        ...(target ? { target } : {}),
-        onProgress: (phase, done, total) => progress.update(done, total, phase),
-      }),
+    const result = await withRepository(
+      repositoryUrl,
+      flags,
+      (repo) =>
+        restoreFromRepository(repo, volumeUuid, snapshotName, args.volume, {
+          into: flags.into,
+          verify: flags.verify,
+          jobs: flags.jobs,
+          openVolume: (p) => this.openVolume(p),
+          onUnlocked: (why) => this.warnUser(why),
+          ...(target ? { target } : {}),
+          onProgress: (phase, done, total) => progress.update(done, total, phase),
+        }),
+      (message) => this.warnUser(message),
     ).finally(() => progress.stop());
     this.say(
       (result.alreadyThere

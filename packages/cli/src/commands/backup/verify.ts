@@ -32,13 +32,17 @@ export default class BackupVerify extends CowvolCommand {
     const { args, flags } = await this.parse(BackupVerify);
     const { verifyRepository } = await loadBackup();
     const progress = createProgress(flags.progress, 'backup verify', 'blocks');
-    const report = await withRepository(args.url, flags, (repo) =>
-      verifyRepository(repo, {
-        readData: flags['read-data'],
-        jobs: flags.jobs,
-        onUnlocked: (why) => this.warnUser(why),
-        onProgress: (done, total, phase) => progress.update(done, total ?? done, phase),
-      }),
+    const report = await withRepository(
+      args.url,
+      flags,
+      (repo) =>
+        verifyRepository(repo, {
+          readData: flags['read-data'],
+          jobs: flags.jobs,
+          onUnlocked: (why) => this.warnUser(why),
+          onProgress: (done, total, phase) => progress.update(done, total ?? done, phase),
+        }),
+      (message) => this.warnUser(message),
     ).finally(() => progress.stop());
     if (!this.jsonEnabled()) {
       const lines = [
