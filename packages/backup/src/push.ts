@@ -176,7 +176,7 @@ async function pushLocked(repo: Repository, volume: PushSource, name: string, op
   };
   result.chunksMapped = chunks.size;
   killPoint('push:chunks');
-  lock.assertHeld();
+  await lock.confirmHeld();
   try {
     await repo.putManifest(manifest);
   } catch (err) {

@@ -4,7 +4,7 @@ import { assert, CowvolError, errorMessage, hasCode, isCowvolError, type CowvolE
 import { isInterrupted, trackLock } from './interrupt-cleanup.js';
 import { holderGone, isProcessSpace, processSpace } from './process-space.js';
 import { LOCKS_PREFIX } from './object-keys.js';
-import type { ObjectStore } from './object-store.js';
+import type { ObjectInfo, ObjectStore } from './object-store.js';
 import type { RepositoryConfig } from './repository-config.js';
 import type { RepositoryKeys } from './repository-keys.js';
 
@@ -18,8 +18,14 @@ const TAG_BYTES = 16;
 const LOCK_MAX_BYTES = 4096;
 /** How long a lock lives without a renewal: 5 minutes; renewed every quarter of it. */
 export const LOCK_LEASE_MS = 5 * 60_000;
-/** How far apart two machines' clocks may be: a lock is stale only this long after it expired. */
+/**
+ * The margin beyond a lease before a lock is stale: a lock is stale once
+ * the store's time of its last write is a lease and this much older than
+ * the store's time of the taker's own lock (docs/ARCHITECTURE.md §17 "The
+ * repository lock"): store latency and a holder's last slow renewal fit in it.
+ */
 export const LOCK_CLOCK_SKEW_MS = 60_000;
+
 const INFO_LOCK = 'cowvol backup v1 lock key';
 const LOCK_ID = /^[0-9a-f]{32}$/;
 
@@ -98,6 +104,8 @@ export class RepositoryLock {
     private lease: LockLease,
     private readonly leaseMs: number,
     private readonly now: () => number,
+    /** The stale locks an exclusive taker found and deleted (prune keeps what their holders may have uploaded). */
+    readonly removedStale: readonly LockInfo[] = [],
   ) {
     this.renewal = setInterval(() => {
       this.renewing = this.renew();
@@ -140,6 +148,25 @@ export class RepositoryLock {
         details: { lock: this.key, repository: this.repo.store.url },
       });
     }
+  }
+
+  /**
+   * {@link assertHeld}, and the lock object is still in the store: a lock
+   * deleted by someone else (by hand, or a prune that judged it stale) is
+   * lost whatever its lease says. One `head`; for the write a pruner must
+   * never miss (push's manifest).
+   * @throws LOCK_LOST · STORE_UNAVAILABLE · STORE_ACCESS_DENIED
+   */
+  async confirmHeld(): Promise<void> {
+    this.assertHeld();
+    if ((await this.repo.store.head(this.key)) !== undefined) return;
+    throw new CowvolError(
+      'LOCK_LOST',
+      `the ${this.lease.kind} lock ${this.key} of ${this.repo.store.url} is no longer held: its object is gone (deleted by hand, or by a prune that took it for stale)`,
+      {
+        details: { lock: this.key, repository: this.repo.store.url },
+      },
+    );
   }
 
   /**
@@ -205,21 +232,25 @@ export async function acquireLock(repo: LockableRepository, kind: LockKind, opti
     untrackPending();
     throw err;
   }
+  let removedStale: LockInfo[] = [];
   try {
-    const others = (await listLocks(repo, { now, leaseMs })).filter((l) => l.key !== key);
+    const others = (await listLocks(repo, { now, leaseMs, ownKey: key })).filter((l) => l.key !== key);
     const conflicts = others.filter((l) => !l.stale && (kind === 'exclusive' || l.lease?.kind !== 'shared'));
     if (conflicts.length > 0) {
       const who = conflicts.map(describeLock).join('; ');
       throw new RepositoryLockedError(`${repo.store.url} is locked: ${who}`, { details: { repository: repo.store.url, locks: conflicts.map((l) => ({ key: l.key, ...l.lease })) } });
     }
-    if (kind === 'exclusive') for (const l of others.filter((o) => o.stale)) await repo.store.delete(l.key);
+    if (kind === 'exclusive') {
+      removedStale = others.filter((o) => o.stale);
+      for (const l of removedStale) await repo.store.delete(l.key);
+    }
   } catch (err) {
     await repo.store.delete(key).catch(() => undefined);
     throw err;
   } finally {
     untrackPending();
   }
-  return new RepositoryLock(repo, key, lease, leaseMs, now);
+  return new RepositoryLock(repo, key, lease, leaseMs, now, removedStale);
 }
 
 /**
@@ -257,12 +288,18 @@ export async function acquireReaderLock(repo: LockableRepository, command: strin
  *
  * @throws STORE_UNAVAILABLE · STORE_ACCESS_DENIED
  */
-export async function listLocks(repo: LockableRepository, options: { now?: () => number; leaseMs?: number } = {}): Promise<LockInfo[]> {
+export async function listLocks(repo: LockableRepository, options: { now?: () => number; leaseMs?: number; ownKey?: string } = {}): Promise<LockInfo[]> {
   const now = (options.now ?? Date.now)();
   const leaseMs = options.leaseMs ?? LOCK_LEASE_MS;
-  const out: LockInfo[] = [];
+  const listed: ObjectInfo[] = [];
   for await (const info of repo.store.list(LOCKS_PREFIX)) {
-    if (!LOCK_ID.test(info.key.slice(LOCKS_PREFIX.length))) continue;
+    if (LOCK_ID.test(info.key.slice(LOCKS_PREFIX.length))) listed.push(info);
+  }
+  // The store's clock, read off the caller's own lock object just written: every holder renews by a put, so a lock whose store time
+  // is a lease (and the skew margin) older than that has not been renewed — whatever the holder's or this machine's clock says.
+  const storeNowMs = listed.find((info) => info.key === options.ownKey)?.lastModified.getTime();
+  const out: LockInfo[] = [];
+  for (const info of listed) {
     let body: Buffer;
     try {
       body = await repo.store.get(info.key);
@@ -271,7 +308,10 @@ export async function listLocks(repo: LockableRepository, options: { now?: () =>
       throw err;
     }
     const lease = decodeLock(repo, info.key, body);
-    const expired = lease === undefined ? info.lastModified.getTime() + leaseMs + LOCK_CLOCK_SKEW_MS < now : Date.parse(lease.expiresAt) + LOCK_CLOCK_SKEW_MS < now;
+    const unrenewed = (nowMs: number): boolean => info.lastModified.getTime() + leaseMs + LOCK_CLOCK_SKEW_MS < nowMs;
+    // Without the store's time (no lock of the caller's own: a dry run, a reader that cannot write), stale only when this machine's
+    // clock finds both the lease run out and no write for a lease: the caller then deletes nothing on the strength of it.
+    const expired = storeNowMs !== undefined ? unrenewed(storeNowMs) : unrenewed(now) && (lease === undefined || Date.parse(lease.expiresAt) + LOCK_CLOCK_SKEW_MS < now);
     // A holder killed in this process space (SIGKILL, a crash) released nothing: its shared lock is stale now, not once its lease
     // runs out — where its requests cannot land after its death (a local store). Not an exclusive one (a killed prune's deletes),
     // and not over a network: a push's manifest PUT held by a proxy may land after prune deleted the old chunks it names.

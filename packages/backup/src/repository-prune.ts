@@ -189,8 +189,9 @@ export async function pruneRepository(repo: Repository, options: PruneOptions = 
   const jobs = options.jobs ?? 8;
   const graceMs = options.graceMs ?? 0;
   assert(Number.isFinite(graceMs) && graceMs >= 0, 'a grace period is 0 or more milliseconds');
-  const stale = (await listLocks(repo, options.lock)).filter((l) => l.stale);
   const lock = dryRun ? undefined : await acquireLock(repo, 'exclusive', { command: 'prune', ...options.lock });
+  // The stale locks the exclusive taker judged (by the store's clock) and deleted; a dry run only looks.
+  const stale = lock !== undefined ? [...lock.removedStale] : (await listLocks(repo, options.lock)).filter((l) => l.stale);
   try {
     const cutoffMs = Math.min((await lockTime(repo, lock?.key)) - graceMs, ...stale.map(staleStartMs));
     const referenced = new Set<string>();

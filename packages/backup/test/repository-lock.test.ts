@@ -75,22 +75,50 @@ describe('repository lock', () => {
     }
   });
 
-  it('a lease that expired over the skew margin ago is stale: ignored, and removed by an exclusive taker', async () => {
+  /** Sets the store's time of lock object `key` (a file store's: the file's mtime) to `ageMs` ago. */
+  const age = async (key: string, ageMs: number): Promise<void> => {
+    const t = new Date(Date.now() - ageMs);
+    await fsp.utimes(join(dir, 'repo', key), t, t);
+  };
+
+  it("a lock not written for a lease and the skew margin by the store's clock is stale: ignored, and removed by an exclusive taker", async () => {
     let clock = Date.now();
     const now = (): number => clock;
     const old = await acquireLock(repo, 'shared', { now, command: 'push' });
-    clock += LOCK_LEASE_MS + LOCK_CLOCK_SKEW_MS - 1000;
-    expect((await listLocks(repo, { now })).map((l) => l.stale)).toEqual([false]);
-    await expect(acquireLock(repo, 'exclusive', { now })).rejects.toMatchObject({ code: 'REPOSITORY_LOCKED' });
-    clock += 2000;
-    expect((await listLocks(repo, { now })).map((l) => l.stale)).toEqual([true]);
-    const x = await acquireLock(repo, 'exclusive', { now });
+    await age(old.key, LOCK_LEASE_MS + LOCK_CLOCK_SKEW_MS - 5000);
+    await expect(acquireLock(repo, 'exclusive')).rejects.toMatchObject({ code: 'REPOSITORY_LOCKED' });
+    await age(old.key, LOCK_LEASE_MS + LOCK_CLOCK_SKEW_MS + 5000);
+    // Without a lock of its own (no store time to read), a reader finds it stale only when its lease has run out too: here it has not.
+    expect((await listLocks(repo)).map((l) => l.stale)).toEqual([false]);
+    const x = await acquireLock(repo, 'exclusive');
+    expect(x.removedStale.map((l) => l.key)).toEqual([old.key]);
     expect(await lockKeys()).toEqual([x.key]);
+    clock += LOCK_LEASE_MS;
     expect(() => {
       old.assertHeld();
     }).toThrow(expect.objectContaining({ code: 'LOCK_LOST' }) as Error);
     await x.release();
     await old.release(); // its object is gone already: not an error
+  });
+
+  it("staleness follows the store's clock, not the holder's: a holder whose clock runs 10 minutes behind is live while it writes, one whose clock runs 30 days ahead is stale once it stops", async () => {
+    const writeAt = async (skewMs: number): Promise<string> => {
+      const key = `locks/${randomBytes(16).toString('hex')}`;
+      const t = Date.now() + skewMs;
+      const lease: LockLease = { kind: 'shared', createdAt: new Date(t).toISOString(), expiresAt: new Date(t + LOCK_LEASE_MS).toISOString(), host: 'elsewhere', pid: 1, command: 'push' };
+      await repo.store.put(key, encodeLock(repo, key, lease), { ifNoneMatch: true });
+      return key;
+    };
+    const behind = await writeAt(-10 * 60_000); // its lease "expired" 5 minutes ago by every other clock, yet it was just written
+    await expect(acquireLock(repo, 'exclusive')).rejects.toMatchObject({ code: 'REPOSITORY_LOCKED' });
+    await repo.store.delete(behind);
+    const ahead = await writeAt(30 * 86_400_000);
+    await expect(acquireLock(repo, 'exclusive')).rejects.toMatchObject({ code: 'REPOSITORY_LOCKED' });
+    await age(ahead, LOCK_LEASE_MS + LOCK_CLOCK_SKEW_MS + 5000); // its holder stopped renewing (killed)
+    const x = await acquireLock(repo, 'exclusive');
+    expect(x.removedStale.map((l) => l.key)).toEqual([ahead]);
+    await x.release();
+    expect(await lockKeys()).toEqual([]);
   });
 
   it('a renewal moves the expiry; assertHeld fails once less than a quarter of the lease is left', async () => {
@@ -129,12 +157,13 @@ describe('repository lock', () => {
   });
 
   it('a lock object that does not open counts as live until it is a lease and the skew margin old', async () => {
-    await repo.store.put('locks/0123456789abcdef0123456789abcdef', Buffer.from('not a lock'));
+    const key = 'locks/0123456789abcdef0123456789abcdef';
+    await repo.store.put(key, Buffer.from('not a lock'));
     const found = await listLocks(repo);
     expect(found).toMatchObject([{ lease: undefined, stale: false }]);
     await expect(acquireLock(repo, 'exclusive')).rejects.toMatchObject({ code: 'REPOSITORY_LOCKED' });
-    const later = Date.now() + LOCK_LEASE_MS + LOCK_CLOCK_SKEW_MS + 1000;
-    const x = await acquireLock(repo, 'exclusive', { now: () => later });
+    await age(key, LOCK_LEASE_MS + LOCK_CLOCK_SKEW_MS + 5000);
+    const x = await acquireLock(repo, 'exclusive');
     expect(await lockKeys()).toEqual([x.key]);
     await x.release();
   });
