@@ -11,7 +11,7 @@ import type { AcceptChangesReport, OutsideChange } from './outside-writes.js';
 import { VolumeContext } from './volume-context.js';
 import { VolumeSnapshots } from './volume-snapshots.js';
 import type { FailureListener, VolumeState } from './volume-state.js';
-import { readCurrent, writePieces } from './write-path.js';
+import { readCurrent, writePieces, zeroPieces } from './write-path.js';
 import { acceptOutsideChangesFrozen, finishInterruptedDeletes } from './snapshot-lifecycle.js';
 import { abandonParts, closeVolume, openForReading, openVolumeParts } from './volume-lifecycle.js';
 import { createVolumeFiles } from './volume-create.js';
@@ -170,6 +170,24 @@ export class Volume extends VolumeSnapshots {
     await this.ctx.shared(async () => {
       await this.ctx.parts.outside.beforeLiveWrite(); // the stamp says `open` before the file changes
       await writePieces(this.ctx, offsetBytes, stable);
+    });
+  }
+
+  /**
+   * Writes zeros over `lengthBytes` at `offsetBytes` of the live volume as
+   * one operation: a snapshot taken meanwhile holds all of it or none (NBD
+   * WRITE_ZEROES and TRIM, docs/ARCHITECTURE.md §14.9) — a piece that reads
+   * as zeros already is not written (write-path.ts `zeroPieces`).
+   * @throws what {@link write} throws
+   */
+  async writeZeroes(offsetBytes: number, lengthBytes: number): Promise<void> {
+    if (this.ctx.importPending) throw importPendingWrite(this.ctx.parts.layout.volumePath);
+    if (this.readOnly) throw new VolumeReadOnlyError(this.ctx.parts.layout.volumePath, 'write');
+    this.checkRange(offsetBytes, lengthBytes);
+    if (lengthBytes === 0) return;
+    await this.ctx.shared(async () => {
+      await this.ctx.parts.outside.beforeLiveWrite();
+      await zeroPieces(this.ctx, offsetBytes, lengthBytes);
     });
   }
 

@@ -175,3 +175,23 @@ export async function readCurrent(ctx: VolumeContext, offsetBytes: number, lengt
     ctx.writeBack.unpin(entries);
   }
 }
+
+/** Bytes of one piece of {@link zeroPieces}: read, compared, and written as zeros when not. */
+export const ZERO_PIECE_BYTES = 1024 * 1024;
+const ZERO_PIECE = Buffer.alloc(ZERO_PIECE_BYTES);
+
+/**
+ * Writes zeros over `lengthBytes` at `offsetBytes`, a piece of
+ * {@link ZERO_PIECE_BYTES} at a time; a piece that reads as zeros already
+ * is not written (no COW of a block that holds zeros). The caller holds one
+ * entry of the freeze gate for the whole range, so a snapshot holds all of
+ * it or none (docs/ARCHITECTURE.md §14.9).
+ */
+export async function zeroPieces(ctx: VolumeContext, offsetBytes: number, lengthBytes: number): Promise<void> {
+  for (let at = offsetBytes; at < offsetBytes + lengthBytes; at += ZERO_PIECE_BYTES) {
+    const pieceBytes = Math.min(ZERO_PIECE_BYTES, offsetBytes + lengthBytes - at);
+    const zeros = ZERO_PIECE.subarray(0, pieceBytes);
+    const current = await readCurrent(ctx, at, pieceBytes);
+    if (!current.equals(zeros)) await writePieces(ctx, at, zeros);
+  }
+}

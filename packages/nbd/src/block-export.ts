@@ -54,4 +54,6 @@ export interface ExportCatalog {
   list(): Promise<ExportListing[]>;
   /** The export called `name`, or undefined when there is none. */
   resolve(name: string): Promise<BlockExport | undefined>;
+  /** Why export `name` exists but cannot be attached now (answered NBD_REP_ERR_POLICY with this text), or undefined. */
+  unavailable?(name: string): string | undefined;
 }

@@ -50,7 +50,7 @@ export {
   type ExportTotals,
 } from './server.js';
 export { SILENT_LOGGER, type NbdLogger } from './logger.js';
-export { VolumeExports, LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX, ZERO_PIECE_BYTES, STATUS_SCAN_BYTES } from './volume-exports.js';
+export { VolumeExports, LIVE_EXPORT, SNAPSHOT_EXPORT_PREFIX, STATUS_SCAN_BYTES } from './volume-exports.js';
 export * from './control/protocol.js';
 export { ControlServer, type ControlMethod } from './control/control-server.js';
 export { controlRequest, controlSocketPath, ServedVolumeError } from './control/control-client.js';

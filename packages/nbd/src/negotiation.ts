@@ -169,6 +169,12 @@ export class Negotiation {
     return { replies: [exportNameReply(found.sizeBytes, agreement.transmissionFlags, this.noZeroes)], next: 'transmission', agreement };
   }
 
+  /** The reply to an option naming an export that does not resolve: ERR_POLICY with the reason when it exists but is unavailable now (a restore rewrites live), else ERR_UNKNOWN. */
+  private notFound(option: number, exportName: string): Buffer {
+    const why = this.catalog.unavailable?.(exportName);
+    return why === undefined ? optionError(option, NBD_REP_ERR_UNKNOWN, `no export named ${JSON.stringify(exportName)}`) : optionError(option, NBD_REP_ERR_POLICY, why);
+  }
+
   private async list(data: Buffer): Promise<OptionStep> {
     if (data.length !== 0) return invalid(NBD_OPT_LIST, 'NBD_OPT_LIST carries no data');
     const exports = await this.catalog.list();
@@ -181,7 +187,7 @@ export class Negotiation {
     const { exportName, infoTypes } = decoded.value;
     this.claimedExport = exportName;
     const found = await this.catalog.resolve(exportName);
-    if (!found) return { replies: [optionError(option, NBD_REP_ERR_UNKNOWN, `no export named ${JSON.stringify(exportName)}`)], next: 'options' };
+    if (!found) return { replies: [this.notFound(option, exportName)], next: 'options' };
     const agreement = this.agree(found);
     const replies = [infoExportReply(option, found.sizeBytes, agreement.transmissionFlags)];
     if (infoTypes.includes(NBD_INFO_NAME)) replies.push(infoTextReply(option, NBD_INFO_NAME, found.name));
@@ -198,7 +204,7 @@ export class Negotiation {
     if ('error' in decoded) return invalid(option, decoded.error);
     const { exportName, queries } = decoded.value;
     const found = await this.catalog.resolve(exportName);
-    if (!found) return { replies: [optionError(option, NBD_REP_ERR_UNKNOWN, `no export named ${JSON.stringify(exportName)}`)], next: 'options' };
+    if (!found) return { replies: [this.notFound(option, exportName)], next: 'options' };
     const listing = option === NBD_OPT_LIST_META_CONTEXT;
     if (!listing) this.pendingBitmaps = queries.filter((q) => q.startsWith(DIRTY_BITMAP_PREFIX)).map((q) => q.slice(DIRTY_BITMAP_PREFIX.length));
     let contexts: MetaContext[];

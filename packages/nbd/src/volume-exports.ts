@@ -1,5 +1,5 @@
 import { InvalidArgumentError, type Volume } from '@cowvol/cow-core';
-import { hasCode } from '@cowvol/base';
+import { CowvolError, hasCode } from '@cowvol/base';
 import type { BlockExport, ExportCatalog, ExportListing } from './block-export.js';
 import { ExportInUseError, SnapshotInUseError } from './errors.js';
 import { NBD_STATE_ZERO } from './constants.js';
@@ -10,10 +10,6 @@ import { zeroRuns } from './zero-runs.js';
 export const LIVE_EXPORT = 'live';
 /** Prefix of a snapshot's export name: `snapshot/<snapshot name>`. */
 export const SNAPSHOT_EXPORT_PREFIX = 'snapshot/';
-/** WRITE_ZEROES and TRIM go through Volume.write in pieces of this many bytes (docs/ARCHITECTURE.md §14.1). */
-export const ZERO_PIECE_BYTES = 1024 * 1024;
-
-const ZEROES = Buffer.alloc(ZERO_PIECE_BYTES);
 
 /**
  * Most bytes one `base:allocation` BLOCK_STATUS reads to find the zero
@@ -69,11 +65,8 @@ class LiveExport implements BlockExport {
    * piece that already reads as zeros is left alone (no copy, no write).
    */
   async writeZeroes(offsetBytes: number, lengthBytes: number, options: { fua: boolean }): Promise<void> {
-    for (let at = offsetBytes; at < offsetBytes + lengthBytes; at += ZERO_PIECE_BYTES) {
-      const pieceBytes = Math.min(ZERO_PIECE_BYTES, offsetBytes + lengthBytes - at);
-      const current = await this.volume.read(at, pieceBytes);
-      if (!isZero(current)) await this.volume.write(at, ZEROES.subarray(0, pieceBytes));
-    }
+    // One operation of the volume: a snapshot create waits for all of it (a piece at a time, it could land between two pieces).
+    await this.volume.writeZeroes(offsetBytes, lengthBytes);
     if (options.fua) await this.volume.flush();
   }
   /**
@@ -151,8 +144,10 @@ export class VolumeExports implements ExportCatalog {
   private readonly live: LiveExport;
   /** Snapshots being deleted or renamed: their exports do not resolve meanwhile (docs/ARCHITECTURE.md §14.8). */
   private readonly changing = new Set<string>();
-  /** A restore or import into `live` runs: `live` does not resolve meanwhile (docs/ARCHITECTURE.md §14.8). */
-  private liveRestoring = false;
+  /** The restore or import into `live` that runs, if any: `live` does not resolve meanwhile, and the catalog does not change (docs/ARCHITECTURE.md §14.8). */
+  private liveAction: string | undefined;
+  /** Catalog changes running (snapshot create, delete, rename; accept-changes): a restore or import does not start meanwhile. */
+  private catalogChanges = 0;
   /**
    * @param volume an opened volume; the caller closes it after the server stopped
    * @param options.readOnly serve `live` read-only too
@@ -169,8 +164,32 @@ export class VolumeExports implements ExportCatalog {
     return [{ name: LIVE_EXPORT, description: this.live.description }, ...snapshots.map((s) => ({ name: SNAPSHOT_EXPORT_PREFIX + s.name, description: snapshotDescription(s.name, s.createdAt) }))];
   }
 
+  /** Why export `name` exists but cannot be attached now (a restore or import rewrites `live`), or undefined. */
+  unavailable(name: string): string | undefined {
+    if (this.liveAction === undefined || (name !== '' && name !== LIVE_EXPORT)) return undefined;
+    return `export live is being rewritten by a ${this.liveAction} on this server: try again when it has finished`;
+  }
+
+  /**
+   * Runs `change` (`what`: a snapshot create, delete or rename, an
+   * accept-changes) unless a restore or import rewrites `live`, which it
+   * would see half done — a snapshot of a half-restored disk, the restore's
+   * own source deleted under it (docs/ARCHITECTURE.md §14.8); such a restore
+   * or import does not start while it runs.
+   * @throws VOLUME_BUSY while a restore or import runs, and what `change` throws
+   */
+  async whileCatalogChanges<T>(what: string, change: () => Promise<T>): Promise<T> {
+    if (this.liveAction !== undefined) throw busy(`a ${this.liveAction} is rewriting the live volume on the server, so ${what} waits for none: try again when it has finished`);
+    this.catalogChanges++;
+    try {
+      return await change();
+    } finally {
+      this.catalogChanges--;
+    }
+  }
+
   async resolve(name: string): Promise<BlockExport | undefined> {
-    if (name === '' || name === LIVE_EXPORT) return this.liveRestoring ? undefined : this.live;
+    if (name === '' || name === LIVE_EXPORT) return this.liveAction === undefined ? this.live : undefined;
     if (!name.startsWith(SNAPSHOT_EXPORT_PREFIX)) return undefined;
     const snapshotName = name.slice(SNAPSHOT_EXPORT_PREFIX.length);
     // One lookup by name (the catalog's name index), not a list of every snapshot.
@@ -216,15 +235,16 @@ export class VolumeExports implements ExportCatalog {
    * @throws EXPORT_IN_USE (a client on `live`, or another restore or import running), and what `change` throws
    */
   async whileLiveUnexported<T>(inUse: (exportName: string) => number, change: () => Promise<T>, action = 'snapshot restore'): Promise<T> {
-    if (this.liveRestoring) throw new ExportInUseError(LIVE_EXPORT, 0, action);
-    this.liveRestoring = true;
+    if (this.liveAction !== undefined) throw new ExportInUseError(LIVE_EXPORT, 0, action);
+    if (this.catalogChanges > 0) throw busy(`a change of the snapshot catalog is running on the server, so ${action} waits for none: try again in a moment`);
+    this.liveAction = action;
     try {
       // A client may claim `live` by its default name "" while it negotiates.
       const connections = inUse(LIVE_EXPORT) + inUse('');
       if (connections > 0) throw new ExportInUseError(LIVE_EXPORT, connections, action);
       return await change();
     } finally {
-      this.liveRestoring = false;
+      this.liveAction = undefined;
     }
   }
 
@@ -261,10 +281,7 @@ function snapshotDescription(name: string, createdAt: string): string {
   return `snapshot ${name} taken ${createdAt}, read-only`;
 }
 
-function isZero(data: Buffer): boolean {
-  for (let at = 0; at < data.length; at += ZERO_PIECE_BYTES) {
-    const piece = data.subarray(at, at + ZERO_PIECE_BYTES);
-    if (!piece.equals(ZEROES.subarray(0, piece.length))) return false;
-  }
-  return true;
+/** VOLUME_BUSY of a served volume whose server runs a change another must not overlap (exit 5, as another process holding the volume offline). */
+function busy(message: string): CowvolError {
+  return new CowvolError('VOLUME_BUSY', message, { details: { served: true, pid: process.pid } });
 }

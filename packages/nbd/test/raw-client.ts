@@ -252,6 +252,8 @@ export class MemoryCatalog implements ExportCatalog {
     this.listCalls++;
     return this.exports.map((e) => ({ name: e.name, description: e.description }));
   }
+  /** Why an export that exists cannot be attached now; set by a test. */
+  unavailable?: (name: string) => string | undefined;
   async resolve(name: string) {
     return name === '' ? this.exports[0] : this.exports.find((e) => e.name === name);
   }

@@ -371,6 +371,23 @@ describe('transmission', () => {
     expect(live.flushes).toBe(1);
   });
 
+  it('an export that exists but cannot be attached now (a restore rewrites live) is refused with ERR_POLICY and the reason, not ERR_UNKNOWN', async () => {
+    await start();
+    const resolve = catalog.resolve.bind(catalog);
+    const rewriting = 'export live is being rewritten by a snapshot restore on this server: try again when it has finished';
+    catalog.resolve = (name: string) => (name === 'live' ? Promise.resolve(undefined) : resolve(name));
+    catalog.unavailable = (name: string) => (name === 'live' ? rewriting : undefined);
+    const c = await RawClient.connect(socketPath);
+    await c.handshake();
+    c.sendOption(NBD_OPT_GO, infoRequest('live', []));
+    const refused = await c.readOptionReply();
+    expect([refused.type, refused.data.toString()]).toEqual([NBD_REP_ERR_POLICY, rewriting]);
+    c.sendOption(NBD_OPT_GO, infoRequest('nope', []));
+    expect((await c.readOptionReply()).type).toBe(NBD_REP_ERR_UNKNOWN);
+    c.sendOption(NBD_OPT_GO, infoRequest('snapshot/a', []));
+    expect((await c.readOptionReply()).type).not.toBe(NBD_REP_ERR_UNKNOWN);
+  });
+
   it('a connection past --max-connections is greeted and each option refused with ERR_POLICY naming the limit; the others keep working', async () => {
     await start(undefined, 1);
     const a = await RawClient.connect(socketPath);

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Volume } from '@cowvol/cow-core';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { NBD_CMD_FLAG_FUA, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES, NBD_EPERM, NbdServer, VolumeExports, ZERO_PIECE_BYTES } from '../src/index.js';
+import { NBD_CMD_FLAG_FUA, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES, NBD_EPERM, NbdServer, VolumeExports } from '../src/index.js';
+import { ZERO_PIECE_BYTES } from '@cowvol/cow-core';
 import { RawClient } from './raw-client.js';
 
 const SIZE = 8 * 1024 * 1024;
@@ -39,6 +40,73 @@ describe('VolumeExports', () => {
     expect(listed.map((e) => e.name)).toEqual(['live', 'snapshot/s']);
     expect(listed[1]!.description).toMatch(/^snapshot s taken \d{4}-.*, read-only$/);
     expect((await new VolumeExports(volume, { readOnly: true }).resolve('live'))?.readOnly).toBe(true);
+  });
+
+  it('a restore or import rewriting live and a catalog change (snapshot create, delete, rename, accept-changes) never overlap: the later one is VOLUME_BUSY; live is unavailable meanwhile, saying why', async () => {
+    const exports = new VolumeExports(volume);
+    let finish: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (finish = resolve));
+    const restore = exports.whileLiveUnexported(
+      () => 0,
+      async () => {
+        await gate;
+        return 'restored';
+      },
+    );
+    await expect(exports.whileCatalogChanges('snapshot create', () => volume.createSnapshot('during'))).rejects.toMatchObject({
+      code: 'VOLUME_BUSY',
+      message: expect.stringContaining('a snapshot restore is rewriting the live volume on the server, so snapshot create waits for none') as unknown,
+    });
+    expect((await volume.listSnapshots()).map((x) => x.name)).toEqual(['s']);
+    expect(await exports.resolve('live')).toBeUndefined();
+    expect(exports.unavailable('live')).toMatch(/being rewritten by a snapshot restore/);
+    expect(exports.unavailable('')).toMatch(/being rewritten/);
+    expect(exports.unavailable('snapshot/s')).toBeUndefined();
+    finish();
+    expect(await restore).toBe('restored');
+    expect(exports.unavailable('live')).toBeUndefined();
+    // The other way round: a catalog change running keeps a restore or import from starting.
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const rename = exports.whileCatalogChanges('snapshot rename', async () => {
+      await held;
+      return 'renamed';
+    });
+    await expect(
+      exports.whileLiveUnexported(
+        () => 0,
+        () => Promise.resolve('x'),
+        'import',
+      ),
+    ).rejects.toMatchObject({ code: 'VOLUME_BUSY' });
+    release();
+    expect(await rename).toBe('renamed');
+    expect(
+      await exports.whileLiveUnexported(
+        () => 0,
+        () => Promise.resolve('x'),
+        'import',
+      ),
+    ).toBe('x');
+  });
+
+  it('WRITE_ZEROES is one operation of the volume: a snapshot created while it runs holds all of it or none of it', async () => {
+    const exports = new VolumeExports(volume);
+    const live = await exports.resolve('live');
+    expect(live).toBeDefined();
+    // 6 MiB of data to zero (6 pieces) and a snapshot asked for right after the zeroing started.
+    const zeroing = live!.writeZeroes(0, 6 * 1024 * 1024, { fua: false });
+    // The snapshot is asked for once the first piece reads as zeros: mid-request, when a piece-by-piece zeroing would let it in.
+    const first = Buffer.alloc(4096);
+    const state = { done: false };
+    void zeroing.then(() => (state.done = true));
+    while (!state.done && !(await volume.read(0, 4096)).equals(first)) await new Promise((resolve) => setImmediate(resolve));
+    const created = volume.createSnapshot('mid');
+    await Promise.all([zeroing, created]);
+    const mid = await volume.readSnapshot('mid', 0, SIZE);
+    const zeros = Buffer.alloc(SIZE);
+    expect(mid.equals(original) || mid.equals(zeros), 'the snapshot holds the whole zeroing or none of it').toBe(true);
+    expect((await volume.read(0, SIZE)).equals(zeros)).toBe(true);
   });
 
   it('whileUnexported: snapshot/<name> does not resolve while the change runs, a claimed export refuses it (SNAPSHOT_IN_USE) and changes nothing', async () => {

@@ -51,7 +51,7 @@ export function changeMethods(volume: Volume, server: NbdServer, exports: Volume
         await stream.handle.close();
       }
     },
-    'volume.acceptChanges': () => volume.acceptOutsideChanges({ recheck: { replaced: () => new VolumeReplacedError(volumePath) } }),
+    'volume.acceptChanges': () => exports.whileCatalogChanges('accept-changes', () => volume.acceptOutsideChanges({ recheck: { replaced: () => new VolumeReplacedError(volumePath) } })),
   };
 }
 

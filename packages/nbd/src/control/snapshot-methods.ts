@@ -29,18 +29,22 @@ export function snapshotMethods(volume: Volume, server: NbdServer, exports: Volu
     },
     'snapshot.delete': (params) => {
       const names = namesParam(params);
-      return exports.whileUnexported(names, inUse, async () => ({ ...(await volume.deleteSnapshots(names)), blockSizeBytes: volume.blockSizeBytes }));
+      return exports.whileCatalogChanges('snapshot delete', () =>
+        exports.whileUnexported(names, inUse, async () => ({ ...(await volume.deleteSnapshots(names)), blockSizeBytes: volume.blockSizeBytes })),
+      );
     },
     'snapshot.planDelete': (params) => volume.planDelete(namesParam(params)),
     'snapshot.deleteSelected': (params) => {
       const selection = selectionParam(params);
-      return exports.whileChosenUnexported(inUse, async (guard) => ({ ...(await volume.deleteSelected(selection, { guard })), blockSizeBytes: volume.blockSizeBytes }));
+      return exports.whileCatalogChanges('snapshot delete', () =>
+        exports.whileChosenUnexported(inUse, async (guard) => ({ ...(await volume.deleteSelected(selection, { guard })), blockSizeBytes: volume.blockSizeBytes })),
+      );
     },
     'snapshot.planDeleteSelected': (params) => volume.planDeleteSelected(selectionParam(params)),
     'snapshot.rename': (params) => {
       const name = stringParam(params, 'name');
       const newName = stringParam(params, 'newName');
-      return exports.whileUnexported([name], inUse, () => volume.renameSnapshot(name, newName));
+      return exports.whileCatalogChanges('snapshot rename', () => exports.whileUnexported([name], inUse, () => volume.renameSnapshot(name, newName)));
     },
     'snapshot.label': (params) => {
       const name = stringParam(params, 'name');

@@ -71,7 +71,7 @@ export function volumeMethods(volume: Volume, server: NbdServer, serve: ServeCon
       await serve.stop();
       return { stopped: true, pid: process.pid };
     },
-    'snapshot.create': (params) => volume.createSnapshot(stringParam(params, 'name'), { labels: labelsParam(params) }),
+    'snapshot.create': (params) => serve.exports.whileCatalogChanges('snapshot create', () => volume.createSnapshot(stringParam(params, 'name'), { labels: labelsParam(params) })),
     ...listMethods(volume),
     ...snapshotMethods(volume, server, serve.exports),
     ...reportMethods(volume),
