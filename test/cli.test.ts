@@ -168,6 +168,14 @@ describe('guarantee 7: bad input is refused, nothing is lost (CLI)', () => {
     });
   }
 
+  it('a flag value the parser refuses is a plain USAGE message: its tab shown as a space, not escaped as \\u{0009}', async () => {
+    const r = await cowvol(['snapshot', 'delete', vol, '--keep-newest', '-1', '--label', 'a=b']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('Expected an integer greater than or equal to 0');
+    expect(r.stderr).not.toContain('\\u{0009}');
+    expect(await fingerprint(vol)).toBe(before);
+  });
+
   it('a data command given --json by mistake (read has none) prints its USAGE error on stderr only: stdout carries data, never an error document', async () => {
     const r = await cowvol(['read', vol, '--json']);
     expect(r.code).toBe(2);

@@ -75,3 +75,11 @@ if (!fresh || mtimeMs(leanUrl) === undefined || !(await (await import(leanUrl.hr
   }
   await execute({ loadOptions: { root: fileURLToPath(root), pjson } });
 }
+// Exit here rather than let the event loop drain: on a natural exit Node
+// closes its signal handles during teardown, restoring the default action,
+// so a SIGHUP or SIGTERM in that window killed a command that had made its
+// change and printed its report (exit 129 or 143, which says "not made";
+// README "Exit codes"). The command has ended: every write it waited for is
+// done, and stdout and stderr are synchronous (a pipe, a file or a terminal
+// on Linux), so nothing is cut short.
+process.exit(process.exitCode ?? 0);

@@ -203,7 +203,13 @@ export abstract class CowvolCommand extends Command {
     }
     const exit = this.exitCodeOf(code);
     // Messages quote user text (names, labels, paths): control and bidirectional code points are escaped (README, "Labels").
-    process.stderr.write(`cowvol: error [${code}]: ${err.message.split('\n').map(escapeTerminalText).join('\n')}\n`);
+    // A tab (oclif indents its parse errors with one) is harmless: a space, not the escape every other control character gets.
+    process.stderr.write(
+      `cowvol: error [${code}]: ${err.message
+        .split('\n')
+        .map((line) => escapeTerminalText(line.replaceAll('\t', ' ')))
+        .join('\n')}\n`,
+    );
     if (code === 'OUTCOME_UNKNOWN') {
       process.stderr.write(
         'cowvol: the change may or may not have been made (its commit was written, its flush failed). Run `cowvol snapshot list <volume>` or `cowvol info <volume>` to see which.\n',

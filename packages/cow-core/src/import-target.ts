@@ -139,7 +139,12 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
   const pending = await volume.importState();
   const snapshots = await volume.listSnapshots();
   if (options.resume) {
-    if (pending && markerMatches(pending, v)) return options.dryRun ? 'dry-run' : pending;
+    if (pending && markerMatches(pending, v)) {
+      // The last step creates the snapshot: a name taken since the interruption (or a full catalog) refuses now, before the rest of the extents reach live.
+      if (snapshots.some((s) => s.name === h.source.name)) throw new SnapshotExistsError(h.source.name);
+      if (snapshots.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
+      return options.dryRun ? 'dry-run' : pending;
+    }
     // The last step (snapshot + marker clear) is one transaction: if it is done, so is the import.
     for (const s of snapshots) if (s.origin && sameIdentity(s.origin, h.source)) return 'already-imported';
     throw new ResumeMismatchError(
