@@ -141,8 +141,7 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
   if (options.resume) {
     if (pending && markerMatches(pending, v)) {
       // The last step creates the snapshot: a name taken since the interruption (or a full catalog) refuses now, before the rest of the extents reach live.
-      if (snapshots.some((s) => s.name === h.source.name)) throw new SnapshotExistsError(h.source.name);
-      if (snapshots.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
+      checkRoomFor(h.source.name, snapshots);
       return options.dryRun ? 'dry-run' : pending;
     }
     // The last step (snapshot + marker clear) is one transaction: if it is done, so is the import.
@@ -208,10 +207,18 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
       { details: { path, base, snapshot: holder, offsetBytes: differing } },
     );
   }
-  if (snapshots.some((s) => s.name === h.source.name)) throw new SnapshotExistsError(h.source.name);
-  // The last step creates a snapshot: a full catalog must refuse now, not after the extents are applied.
-  if (snapshots.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
+  checkRoomFor(h.source.name, snapshots);
   return options.dryRun ? 'dry-run' : newMarker(v);
+}
+
+/**
+ * The last step of an import creates snapshot `name`: a name taken or a
+ * full catalog must refuse before any extent is applied, not after.
+ * @throws SNAPSHOT_EXISTS · SNAPSHOT_LIMIT
+ */
+function checkRoomFor(name: string, snapshots: ReadonlyArray<{ name: string }>): void {
+  if (snapshots.some((s) => s.name === name)) throw new SnapshotExistsError(name);
+  if (snapshots.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
 }
 
 /**
