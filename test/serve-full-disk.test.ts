@@ -11,12 +11,13 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdir, open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { assert } from '@cowvol/base';
-import { cowvol, cowvolOk, run, tempDir } from './helpers.js';
+import { CLI, cowvol, cowvolOk, run, tempDir } from './helpers.js';
 import { requireTools, startServe } from './nbd-peers.js';
 import { IS_ROOT, mountTmpfs, requireRootUnderCi, unmount } from './tmpfs.js';
 
@@ -89,3 +90,32 @@ it.skipIf(!IS_ROOT || missing)(
     expect(snapshotA.stdout.equals(await import('node:fs/promises').then((f) => f.readFile(a)))).toBe(true);
   },
 );
+
+it('a log that cannot be written (stderr on a full disk: /dev/full) loses its lines and does not stop the server', { timeout: 60_000 }, async () => {
+  const vol = join(dir, 'log-full.img');
+  await cowvolOk(['create', vol, '--size', '4M']);
+  const full = await open('/dev/full', 'w');
+  const child = spawn(process.execPath, [CLI, 'serve', vol], { stdio: ['ignore', 'pipe', full.fd] });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  try {
+    const uri = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      child.stdout?.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('\n')) resolve(out.trim());
+      });
+      void exited.then((code) => reject(new Error(`serve exited ${String(code)} before serving`)));
+    });
+    const data = randomBytes(4096);
+    await writeFile(join(dir, 'log-full.bin'), data);
+    for (let i = 0; i < 5; i++) await cowvolOk(['write', vol, '--input', join(dir, 'log-full.bin'), '--offset', String(i * 4096)]);
+    expect(uri).toContain('nbd+unix');
+    expect(child.exitCode, 'still serving after its log lines were lost').toBeNull();
+    const stop = await cowvol(['stop', vol]);
+    expect(stop.code, stop.stderr).toBe(0);
+    expect(await exited).toBe(0);
+  } finally {
+    await full.close();
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  }
+});

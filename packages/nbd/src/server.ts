@@ -1,6 +1,6 @@
-import { chmod, lstat, unlink } from 'node:fs/promises';
+import { chmod, lstat, stat, unlink } from 'node:fs/promises';
 import { createConnection, createServer, isIP, type Server, type Socket } from 'node:net';
-import { resolve as resolvePath } from 'node:path';
+import { dirname, resolve as resolvePath } from 'node:path';
 import { CowvolError, IoError } from '@cowvol/base';
 import { InvalidArgumentError } from '@cowvol/cow-core';
 import type { ExportCatalog } from './block-export.js';
@@ -225,8 +225,20 @@ function addCounters(totals: ExportTotals, counters: ConnectionCounters): void {
   totals.errors += counters.errors;
 }
 
+/** Longest unix socket path Linux binds (sockaddr_un's sun_path, 108 bytes, less its NUL). */
+export const MAX_UNIX_SOCKET_PATH_BYTES = 107;
+
 /** Listens on a unix socket created with mode 0600, replacing a stale socket file (also the control channel's, ./control/control-server.ts). */
 export async function listenUnix(server: Server, path: string): Promise<void> {
+  // sun_path holds 108 bytes with its NUL: Node binds a longer path cut short (another file, left behind), so refuse it first.
+  if (Buffer.byteLength(path, 'utf8') > MAX_UNIX_SOCKET_PATH_BYTES) {
+    throw new InvalidArgumentError(
+      `cannot listen on ${path}: a unix socket path is at most ${String(MAX_UNIX_SOCKET_PATH_BYTES)} bytes (this one is ${String(Buffer.byteLength(path, 'utf8'))}); give --socket a shorter path, or move the volume to a shorter one`,
+      { details: { path, maxBytes: MAX_UNIX_SOCKET_PATH_BYTES } },
+    );
+  }
+  const folder = await stat(dirname(path)).catch(() => undefined);
+  if (folder?.isDirectory() !== true) throw new InvalidArgumentError(`cannot listen on ${path}: its folder ${dirname(path)} does not exist (or is not a folder)`, { details: { path } });
   await clearStaleSocket(path);
   const umask = process.umask(0o177); // the socket is created 0600 (bind happens inside listen)
   try {

@@ -167,7 +167,7 @@ export class VolumeExports implements ExportCatalog {
   /** Why export `name` exists but cannot be attached now (a restore or import rewrites `live`), or undefined. */
   unavailable(name: string): string | undefined {
     if (this.liveAction === undefined || (name !== '' && name !== LIVE_EXPORT)) return undefined;
-    return `export live is being rewritten by a ${this.liveAction} on this server: try again when it has finished`;
+    return `export live is being rewritten by ${article(this.liveAction)} on this server: try again when it has finished`;
   }
 
   /**
@@ -179,7 +179,7 @@ export class VolumeExports implements ExportCatalog {
    * @throws VOLUME_BUSY while a restore or import runs, and what `change` throws
    */
   async whileCatalogChanges<T>(what: string, change: () => Promise<T>): Promise<T> {
-    if (this.liveAction !== undefined) throw busy(`a ${this.liveAction} is rewriting the live volume on the server, so ${what} waits for none: try again when it has finished`);
+    if (this.liveAction !== undefined) throw busy(`${article(this.liveAction)} is rewriting the live volume on the server, so ${what} waits for none: try again when it has finished`);
     this.catalogChanges++;
     try {
       return await change();
@@ -235,6 +235,15 @@ export class VolumeExports implements ExportCatalog {
    * @throws EXPORT_IN_USE (a client on `live`, or another restore or import running), and what `change` throws
    */
   async whileLiveUnexported<T>(inUse: (exportName: string) => number, change: () => Promise<T>, action = 'snapshot restore'): Promise<T> {
+    if (this.live.readOnly) {
+      throw new CowvolError(
+        'VOLUME_READ_ONLY',
+        `this server serves live read-only (serve --read-only): ${article(action)} would rewrite it; serve the volume without --read-only, or stop the server`,
+        {
+          details: { served: true, operation: action },
+        },
+      );
+    }
     if (this.liveAction !== undefined) throw new ExportInUseError(LIVE_EXPORT, 0, action);
     if (this.catalogChanges > 0) throw busy(`a change of the snapshot catalog is running on the server, so ${action} waits for none: try again in a moment`);
     this.liveAction = action;
@@ -284,4 +293,9 @@ function snapshotDescription(name: string, createdAt: string): string {
 /** VOLUME_BUSY of a served volume whose server runs a change another must not overlap (exit 5, as another process holding the volume offline). */
 function busy(message: string): CowvolError {
   return new CowvolError('VOLUME_BUSY', message, { details: { served: true, pid: process.pid } });
+}
+
+/** "a snapshot restore", "an import". */
+function article(action: string): string {
+  return `${/^[aeiou]/.test(action) ? 'an' : 'a'} ${action}`;
 }

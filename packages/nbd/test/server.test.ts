@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -369,6 +369,15 @@ describe('transmission', () => {
     await c.waitClosed();
     expect(live.data[0]).toBe(1);
     expect(live.flushes).toBe(1);
+  });
+
+  it('a socket path longer than sun_path holds, or in a folder that does not exist, is INVALID_ARGUMENT saying so, and no file is made', async () => {
+    const long = join(dir, 'd'.repeat(120 - dir.length), 'nbd.sock');
+    const s = new NbdServer({ catalog: new MemoryCatalog([]) });
+    await expect(s.listen({ socketPath: long })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('a unix socket path is at most 107 bytes') as unknown });
+    await expect(s.listen({ socketPath: join(dir, 'missing', 'nbd.sock') })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringContaining('does not exist') as unknown });
+    expect(await readdir(dir)).toEqual([]);
+    await s.stop();
   });
 
   it('an export that exists but cannot be attached now (a restore rewrites live) is refused with ERR_POLICY and the reason, not ERR_UNKNOWN', async () => {

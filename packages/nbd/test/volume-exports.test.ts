@@ -90,6 +90,18 @@ describe('VolumeExports', () => {
     ).toBe('x');
   });
 
+  it('a server of live read-only (serve --read-only) refuses a restore or import, which would rewrite live: VOLUME_READ_ONLY, nothing run', async () => {
+    const exports = new VolumeExports(volume, { readOnly: true });
+    let ran = false;
+    const change = (): Promise<void> => {
+      ran = true;
+      return Promise.resolve();
+    };
+    await expect(exports.whileLiveUnexported(() => 0, change)).rejects.toMatchObject({ code: 'VOLUME_READ_ONLY' });
+    await expect(exports.whileLiveUnexported(() => 0, change, 'import')).rejects.toMatchObject({ code: 'VOLUME_READ_ONLY', message: expect.stringContaining('an import would rewrite it') as unknown });
+    expect(ran).toBe(false);
+  });
+
   it('WRITE_ZEROES is one operation of the volume: a snapshot created while it runs holds all of it or none of it', async () => {
     const exports = new VolumeExports(volume);
     const live = await exports.resolve('live');

@@ -48,7 +48,10 @@ export default class Serve extends CowvolCommand {
     // Node and the bundle's chunk give (the bundle has no named exports for it).
     const [{ NbdServer, VolumeExports, ControlServer, controlSocketPath, volumeMethods, loadPskKeys }, { default: pino }] = await Promise.all([import('@cowvol/nbd'), import('pino')]);
     const tlsPsk = flags['tls-psk'] === undefined ? undefined : await loadPskKeys(flags['tls-psk']);
-    const log = pino({ base: { pid: process.pid } }, pino.destination({ dest: 2, sync: true }));
+    const logDestination = pino.destination({ dest: 2, sync: true });
+    // A log that cannot be written (stderr a file on a full disk) loses its lines; it must not stop the server and drop every client.
+    logDestination.on('error', () => undefined);
+    const log = pino({ base: { pid: process.pid } }, logDestination);
     // The first signal (or `cowvol stop`) stops cleanly; later signals are
     // logged and ignored until the volume is closed, so a stop in progress
     // is never cut short.
