@@ -3,7 +3,7 @@ import { chunkId, openChunk, sealChunk } from './chunk-seal.js';
 import { BackupArgumentError, BackupCorruptError, RepositoryExistsError, RepositoryNotFoundError } from './errors.js';
 import { decodeManifest, encodeManifest, type Manifest } from './manifest.js';
 import type { ObjectStore } from './object-store.js';
-import { chunkObjectKey, CONFIG_KEY, manifestObjectKey, MANIFESTS_PREFIX, isVolumeUuid, parseManifestObjectKey } from './object-keys.js';
+import { CHUNKS_PREFIX, chunkObjectKey, CONFIG_KEY, manifestObjectKey, MANIFESTS_PREFIX, isVolumeUuid, parseManifestObjectKey } from './object-keys.js';
 import { decodeRepositoryConfig, DEFAULT_CHUNK_SIZE_BYTES, encodeRepositoryConfig, newRepositoryConfig, type RepositoryConfig } from './repository-config.js';
 import type { RepositoryKeys } from './repository-keys.js';
 
@@ -62,7 +62,7 @@ export class Repository {
    * (`ObjectStore.createContainer`) and the put tried once more.
    *
    * @param keyBytes the key file's 32 bytes (loadKeyFile)
-   * @throws REPOSITORY_EXISTS when the store holds a `config` already (nothing is written)
+   * @throws REPOSITORY_EXISTS when the store holds a `config` already, or backups without one (a lost config: nothing is written)
    * @throws REPOSITORY_NOT_FOUND when the container is missing and is not to be created
    * @throws INVALID_ARGUMENT for a bad chunk size · STORE_UNAVAILABLE · STORE_ACCESS_DENIED · IO_ERROR
    */
@@ -81,6 +81,12 @@ export class Repository {
   private static async writeConfig(store: ObjectStore, config: RepositoryConfig, keys: RepositoryKeys, createdContainer: boolean): Promise<Repository> {
     const exists = (): RepositoryExistsError => new RepositoryExistsError(`${store.url} is a backup repository already (it has a config object)`, { details: { repository: store.url } });
     if ((await store.head(CONFIG_KEY)) !== undefined) throw exists();
+    if (await holdsBackups(store)) {
+      throw new RepositoryExistsError(
+        `${store.url} holds backups (objects under manifests/ or chunks/) but no config object: its config was lost, and a new one would not open them (the repository id in the config salts every key); put the config back from a copy of the repository, or create a new repository elsewhere`,
+        { details: { repository: store.url, configMissing: true } },
+      );
+    }
     try {
       await store.put(CONFIG_KEY, encodeRepositoryConfig(config, keys), { ifNoneMatch: true });
     } catch (err) {
@@ -95,7 +101,8 @@ export class Repository {
    * (docs/FORMAT.md §12.2). Nothing is written, so a wrong key is refused
    * before any write.
    *
-   * @throws REPOSITORY_NOT_FOUND when there is no `config`
+   * @throws REPOSITORY_NOT_FOUND when there is no `config` and nothing else;
+   *   BACKUP_CORRUPT when there is no `config` but backups are (its config was lost)
    * @throws BAD_KEY for a key that is not the repository's
    * @throws BACKUP_CORRUPT, UNSUPPORTED_VERSION for a damaged or newer config · STORE_UNAVAILABLE · STORE_ACCESS_DENIED
    */
@@ -105,6 +112,13 @@ export class Repository {
       bytes = await store.get(CONFIG_KEY);
     } catch (err) {
       if (hasCode(err, 'OBJECT_NOT_FOUND')) {
+        if (await holdsBackups(store)) {
+          // Damage, not "no repository": `backup init` here would write a config with a new id, under which none of these opens.
+          throw new BackupCorruptError(
+            `${store.url} holds backups (objects under manifests/ or chunks/) but its config object is missing: put it back from a copy of the repository (a new config, from backup init, would not open them)`,
+            { details: { object: CONFIG_KEY, repository: store.url, missing: true } },
+          );
+        }
         throw new RepositoryNotFoundError(`${store.url} is not a backup repository (no config object): create one with cowvol backup init`, { details: { repository: store.url } });
       }
       throw err;
@@ -242,4 +256,14 @@ export class Repository {
       if (parsed !== undefined) yield { key: info.key, ...parsed };
     }
   }
+}
+
+/** Whether the store holds any object under `manifests/` or `chunks/` (one listing each, stopped at the first object). */
+async function holdsBackups(store: ObjectStore): Promise<boolean> {
+  for (const prefix of [MANIFESTS_PREFIX, CHUNKS_PREFIX]) {
+    for await (const found of store.list(prefix)) {
+      if (found.key.startsWith(prefix)) return true;
+    }
+  }
+  return false;
 }

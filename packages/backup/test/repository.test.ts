@@ -149,4 +149,20 @@ describe('Repository', () => {
     expect(await codeOf(pruneRepository(repo))).toBe('BACKUP_CORRUPT');
     expect(warnings).toHaveLength(2);
   });
+
+  it('a repository whose config was lost: open says so (BACKUP_CORRUPT, not "run init"), and init refuses (REPOSITORY_EXISTS) rather than write a config none of its backups opens under', async () => {
+    const key = randomBytes(32);
+    const repo = await Repository.init(store, key, 64 * 1024);
+    await repo.putChunk(randomBytes(1000));
+    await store.delete('config');
+    const opened = await Repository.open(store, key).catch((e: unknown) => e);
+    expect(opened).toMatchObject({ code: 'BACKUP_CORRUPT', message: expect.stringContaining('its config object is missing') as unknown });
+    const again = await Repository.init(store, key, 64 * 1024).catch((e: unknown) => e);
+    expect(again).toMatchObject({ code: 'REPOSITORY_EXISTS', details: { configMissing: true } });
+    expect(await store.head('config')).toBeUndefined();
+    // An empty place is still "no repository", and init makes one there.
+    const empty = new FileObjectStore(pathToFileURL(join(dir, 'empty')).href);
+    expect(await codeOf(Repository.open(empty, key))).toBe('REPOSITORY_NOT_FOUND');
+    await Repository.init(empty, key, 64 * 1024);
+  });
 });
