@@ -10,9 +10,9 @@
  * then a manifest, as push writes them) so their times can be chosen.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acquireLock, chunkObjectKey, FileObjectStore, generateKeyFile, manifestObjectKey, Repository, S3ObjectStore, type Manifest, type ObjectStore } from '@cowvol/backup';
 import { cowvol, cowvolOk, jsonOf, tempDir } from './helpers.js';
@@ -347,6 +347,25 @@ for (const backend of backends) {
       expect(await repo.hasChunk(id)).toBe(true);
       const after = await verify(url, flags, '--read-data');
       expect(after.code, after.stderr).toBe(0);
+    });
+
+    it.skipIf(backend.name !== 'file://')('prune removes the temporary files a killed push left in a file: repository (older than its cutoff), which no listing shows', async () => {
+      const { url, flags } = await repository();
+      const root = fileURLToPath(url);
+      const old = join(root, 'chunks', 'ab', '.cowvol-tmp-0123456789abcdef');
+      const fresh = join(root, 'manifests', '.cowvol-tmp-fedcba9876543210');
+      await mkdir(join(root, 'chunks', 'ab'), { recursive: true });
+      await writeFile(old, randomBytes(5000));
+      await writeFile(fresh, randomBytes(100));
+      const hourAgo = new Date(Date.now() - 3_600_000);
+      await utimes(old, hourAgo, hourAgo);
+      const dry = await cowvol(['backup', 'prune', url, '--key-file', keyFile, ...flags, '--json', '--dry-run']);
+      expect(jsonOf(dry)).toMatchObject({ temporaryObjectsDeleted: 0 });
+      const r = await cowvol(['backup', 'prune', url, '--key-file', keyFile, ...flags, '--json', '--grace', '10m']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(jsonOf(r)).toMatchObject({ temporaryObjectsDeleted: 1, chunksDeleted: 0 });
+      await expect(stat(old)).rejects.toMatchObject({ code: 'ENOENT' });
+      expect((await stat(fresh)).size, 'one written after the cutoff stays').toBe(100);
     });
 
     it('a push and a prune at the same time: each finishes or is refused with REPOSITORY_LOCKED, and no chunk a manifest names is deleted', async () => {

@@ -9,6 +9,8 @@ import { trackedWrite, trackTempFile } from './interrupt-cleanup.js';
 
 /** The longest key, in bytes of UTF-8 (S3's limit; docs/ARCHITECTURE.md §17). */
 export const OBJECT_KEY_MAX_BYTES = 1024;
+/** Folder levels `removeStaleTemporary` descends (a key has at most 1,024 bytes, so at most 512 segments). */
+const MAX_TEMP_SWEEP_DEPTH = 512;
 /** Names of in-flight temporary files start with this; no key segment may. */
 const TEMP_PREFIX = '.cowvol-tmp-';
 
@@ -135,6 +137,40 @@ export class FileObjectStore implements ObjectStore {
   /** @throws INVALID_ARGUMENT · IO_ERROR */
   async delete(key: string): Promise<void> {
     return trackedWrite(() => this.deleteFile(key));
+  }
+
+  /**
+   * Removes the `.cowvol-tmp-*` files anywhere under the root last modified
+   * at or before `cutoffMs`: a put killed (SIGKILL, a crash) between writing
+   * its temporary file and renaming it into place leaves one, which no
+   * listing shows. Real folders only (a symlink is not followed here: what
+   * it leads to is not this store's to clean).
+   * @throws IO_ERROR
+   */
+  async removeStaleTemporary(cutoffMs: number): Promise<{ removed: number; bytes: number }> {
+    const out = { removed: 0, bytes: 0 };
+    const visit = async (dirPath: string, depth: number): Promise<void> => {
+      let entries;
+      try {
+        entries = await fsp.readdir(dirPath, { withFileTypes: true });
+      } catch (err) {
+        if (errnoCode(err) === 'ENOENT') return;
+        throw this.coded(err, 'list', dirPath);
+      }
+      for (const e of entries) {
+        const path = join(dirPath, e.name);
+        if (e.isDirectory() && depth < MAX_TEMP_SWEEP_DEPTH) await visit(path, depth + 1);
+        else if (e.isFile() && e.name.startsWith(TEMP_PREFIX)) {
+          const st = await fsp.lstat(path).catch(() => undefined);
+          if (st === undefined || st.mtimeMs > cutoffMs) continue;
+          await fsp.unlink(path).catch(() => undefined);
+          out.removed++;
+          out.bytes += st.size;
+        }
+      }
+    };
+    await visit(this.rootPath, 0);
+    return out;
   }
 
   private async deleteFile(key: string): Promise<void> {

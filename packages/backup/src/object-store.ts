@@ -34,6 +34,14 @@ export interface ObjectStore {
   /** Removes `key`; removing a missing key is not an error. */
   delete(key: string): Promise<void>;
   /**
+   * Optional: removes the store's own temporary objects (a put in flight
+   * writes one first: FileObjectStore's `.cowvol-tmp-*` files) last written
+   * at or before `cutoffMs` (the store's clock) — those a killed writer left,
+   * which no listing shows. Called by prune under the exclusive lock.
+   * @returns how many were removed, and their bytes
+   */
+  removeStaleTemporary?(cutoffMs: number): Promise<{ removed: number; bytes: number }>;
+  /**
    * Optional: creates what holds the objects when it is missing (an S3
    * bucket); a store whose container comes with its first put (a
    * directory) leaves it out. Used by `Repository.init` only.

@@ -157,6 +157,8 @@ export interface PruneReport {
    */
   strayObjects: number;
   strayObjectsDeleted: number;
+  /** The store's own temporary objects a killed writer left (ObjectStore.removeStaleTemporary), removed by the same cutoff (not with dryRun). */
+  temporaryObjectsDeleted: number;
 }
 
 export interface PruneOptions {
@@ -194,18 +196,7 @@ export async function pruneRepository(repo: Repository, options: PruneOptions = 
   const stale = lock !== undefined ? [...lock.removedStale] : (await listLocks(repo, options.lock)).filter((l) => l.stale);
   try {
     const cutoffMs = Math.min((await lockTime(repo, lock?.key)) - graceMs, ...stale.map(staleStartMs));
-    const referenced = new Set<string>();
-    const damaged: DamagedManifest[] = [];
-    let manifests = 0;
-    await forEachManifest(repo, jobs, damaged, (_ref, m) => {
-      manifests++;
-      for (const id of m.chunks.values()) referenced.add(id);
-    });
-    if (damaged.length > 0) {
-      throw new BackupCorruptError(`prune stopped before deleting anything: ${String(damaged.length)} manifest(s) do not open (${damaged.map((d) => d.key).join(', ')}); run cowvol backup verify`, {
-        details: { objects: damaged.map((d) => d.key) },
-      });
-    }
+    const { referenced, manifests } = await referencedChunks(repo, jobs);
     const report: PruneReport = {
       dryRun,
       manifests,
@@ -218,6 +209,7 @@ export async function pruneRepository(repo: Repository, options: PruneOptions = 
       staleLocks: stale.length,
       strayObjects: 0,
       strayObjectsDeleted: 0,
+      temporaryObjectsDeleted: 0,
     };
     const remove = async (key: string, sizeBytes: number): Promise<void> => {
       if (lock !== undefined) {
@@ -245,10 +237,37 @@ export async function pruneRepository(repo: Repository, options: PruneOptions = 
         report.chunksDeleted++;
       }
     });
+    if (lock !== undefined && repo.store.removeStaleTemporary !== undefined) {
+      lock.assertHeld();
+      const swept = await repo.store.removeStaleTemporary(cutoffMs);
+      report.temporaryObjectsDeleted = swept.removed;
+      report.bytesDeleted += swept.bytes;
+    }
     return report;
   } finally {
     await lock?.release();
   }
+}
+
+/**
+ * The chunk ids every manifest names, read after prune's lock was taken.
+ * @throws BACKUP_CORRUPT when a manifest does not open: what it names is unknown, so nothing may be deleted
+ */
+async function referencedChunks(repo: Repository, jobs: number): Promise<{ referenced: Set<string>; manifests: number }> {
+  const referenced = new Set<string>();
+  const damaged: DamagedManifest[] = [];
+  let manifests = 0;
+  await forEachManifest(repo, jobs, damaged, (_ref, m) => {
+    manifests++;
+    for (const id of m.chunks.values()) referenced.add(id);
+  });
+  if (damaged.length > 0) {
+    throw new BackupCorruptError(
+      `prune stopped before deleting anything: ${String(damaged.length)} manifest(s) do not open (${damaged.map((d) => d.key).join(', ')}); run cowvol backup verify, then cowvol backup forget --damaged`,
+      { details: { objects: damaged.map((d) => d.key) } },
+    );
+  }
+  return { referenced, manifests };
 }
 
 /**
