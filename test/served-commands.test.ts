@@ -239,8 +239,16 @@ describe.skipIf(missing)(`info and snapshot info, delete, rename, label, hold, r
       expect(refused.code, refused.stderr).toBe(4);
       expect(jsonOf<{ error: { code: string; details: unknown } }>(refused).error).toMatchObject({ code: 'SNAPSHOT_IN_USE', details: { name: 's2', connections: 1 } });
     }
-    // The dry run changes nothing: it works; other snapshots can go.
-    expect(jsonOf<{ dryRun: boolean }>(await cowvolOk(['snapshot', 'delete', vol, 's2', '--dry-run', '--json'])).dryRun).toBe(true);
+    // A dry run says what the delete would say (by name or filter); other snapshots can go.
+    for (const args of [
+      ['snapshot', 'delete', vol, 's2', '--dry-run', '--json'],
+      ['snapshot', 'delete', vol, '--keep-newest', '0', '--dry-run', '--json'],
+    ]) {
+      const dry = await cowvol(args);
+      expect(dry.code, dry.stderr).toBe(4);
+      expect(jsonOf<{ error: { code: string } }>(dry).error.code).toBe('SNAPSHOT_IN_USE');
+    }
+    expect(jsonOf<{ dryRun: boolean }>(await cowvolOk(['snapshot', 'delete', vol, 's3', '--dry-run', '--json'])).dryRun).toBe(true);
     await cowvolOk(['snapshot', 'delete', vol, 's3']);
     const listed = jsonOf<{ snapshots: Array<{ name: string }> }>(await cowvolOk(['snapshot', 'list', vol, '--json']));
     expect(listed.snapshots.map((s) => s.name)).toEqual(['s1', 's2']);

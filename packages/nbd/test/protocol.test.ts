@@ -129,7 +129,9 @@ describe('parsers', () => {
   it('INFO/GO and META_CONTEXT payloads decode, and malformed ones give an error instead of throwing', () => {
     expect(decodeInfoRequest(infoRequest('live', [1, 3]))).toEqual({ value: { exportName: 'live', infoTypes: [1, 3] } });
     expect(decodeInfoRequest(infoRequest('live', [1]).subarray(0, 9))).toHaveProperty('error');
-    expect(decodeInfoRequest(Buffer.from([0, 0, 0, 200]))).toHaveProperty('error');
+    expect(decodeInfoRequest(Buffer.from([0, 0, 0, 200]))).toEqual({ error: 'export name runs past the option' });
+    // A name longer than the spec's 4096 bytes, wholly inside the option, is too long, not cut short.
+    expect(decodeInfoRequest(infoRequest('n'.repeat(4097), []))).toEqual({ error: 'export name is 4097 bytes, longer than the 4096 the protocol allows' });
     expect(decodeMetaContextRequest(metaRequest('', ['base:allocation', 'qemu:x']))).toEqual({ value: { exportName: '', queries: ['base:allocation', 'qemu:x'] } });
     const huge = metaRequest('', []);
     huge.writeUInt32BE(0xffffffff, 4); // four billion queries in 8 bytes

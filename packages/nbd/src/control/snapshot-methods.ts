@@ -1,6 +1,7 @@
 import { InvalidArgumentError, restoreSnapshot, type DeleteSelection, type RestoreOptions, type Volume } from '@cowvol/cow-core';
 import type { NbdServer } from '../server.js';
-import type { VolumeExports } from '../volume-exports.js';
+import { SNAPSHOT_EXPORT_PREFIX, type VolumeExports } from '../volume-exports.js';
+import { SnapshotInUseError } from '../errors.js';
 import type { ControlMethod } from './control-server.js';
 
 /**
@@ -33,14 +34,14 @@ export function snapshotMethods(volume: Volume, server: NbdServer, exports: Volu
         exports.whileUnexported(names, inUse, async () => ({ ...(await volume.deleteSnapshots(names)), blockSizeBytes: volume.blockSizeBytes })),
       );
     },
-    'snapshot.planDelete': (params) => volume.planDelete(namesParam(params)),
+    'snapshot.planDelete': async (params) => refuseInUse(await volume.planDelete(namesParam(params)), inUse),
     'snapshot.deleteSelected': (params) => {
       const selection = selectionParam(params);
       return exports.whileCatalogChanges('snapshot delete', () =>
         exports.whileChosenUnexported(inUse, async (guard) => ({ ...(await volume.deleteSelected(selection, { guard })), blockSizeBytes: volume.blockSizeBytes })),
       );
     },
-    'snapshot.planDeleteSelected': (params) => volume.planDeleteSelected(selectionParam(params)),
+    'snapshot.planDeleteSelected': async (params) => refuseInUse(await volume.planDeleteSelected(selectionParam(params)), inUse),
     'snapshot.rename': (params) => {
       const name = stringParam(params, 'name');
       const newName = stringParam(params, 'newName');
@@ -61,6 +62,20 @@ export function snapshotMethods(volume: Volume, server: NbdServer, exports: Volu
       return { snapshots: await volume.holdSnapshots(names, held) };
     },
   };
+}
+
+/**
+ * A delete's dry run says what the delete would say: SNAPSHOT_IN_USE when a
+ * snapshot it would delete has a client attached (the real delete refuses
+ * the whole batch then), else the plan.
+ * @throws SNAPSHOT_IN_USE
+ */
+function refuseInUse<P extends { snapshots: ReadonlyArray<{ name: string }> }>(plan: P, inUse: (exportName: string) => number): P {
+  for (const { name } of plan.snapshots) {
+    const connections = inUse(SNAPSHOT_EXPORT_PREFIX + name);
+    if (connections > 0) throw new SnapshotInUseError(name, connections);
+  }
+  return plan;
 }
 
 /** @throws INVALID_ARGUMENT when params[key] is not a string */
