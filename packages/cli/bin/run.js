@@ -80,6 +80,15 @@ if (!fresh || mtimeMs(leanUrl) === undefined || !(await (await import(leanUrl.hr
 // so a SIGHUP or SIGTERM in that window killed a command that had made its
 // change and printed its report (exit 129 or 143, which says "not made";
 // README "Exit codes"). The command has ended: every write it waited for is
-// done, and stdout and stderr are synchronous (a pipe, a file or a terminal
-// on Linux), so nothing is cut short.
+// done. What it handed stdout and stderr may still be queued (a pipe whose
+// reader is slow, a device such as /dev/full: those writes are
+// asynchronous), so each is flushed first — an empty write's callback runs
+// once everything before it was written or failed — and a failure's
+// handler (io.ts: NO_SPACE, OUTCOME_UNKNOWN) has run before the exit code
+// is read. The signal handlers stay installed meanwhile.
+for (const stream of [process.stdout, process.stderr]) {
+  if (!stream.writable || stream.destroyed) continue;
+  await new Promise((resolve) => stream.write('', () => resolve(undefined)));
+}
+await new Promise((resolve) => setImmediate(resolve));
 process.exit(process.exitCode ?? 0);
