@@ -28,7 +28,7 @@ export { pushSnapshot, isZero, type PushOptions, type PushProgress, type PushRes
 export { restoreFromRepository, type RestoreOptions, type RestoreResult, type RestoreTarget } from './restore.js';
 export { findRestoreBase, MAX_PARENT_HOPS, type RestoreBase } from './restore-base.js';
 export { quiesceAndReleaseLocks, removeTempFilesSync, trackTempFile } from './interrupt-cleanup.js';
-export { holderGone, processAlive, processSpace, PROCESS_SPACE_HEX } from './process-space.js';
+export { holderGone, processAlive, processSpace, PROCESS_SPACE_HEX } from '@cowvol/base';
 export { listBackups, type CatalogEntry, type DamagedEntry } from './catalog.js';
 export { forEachBounded, mapOrdered, checkJobs, DEFAULT_JOBS, MAX_JOBS } from './pool.js';
 export {

@@ -2,7 +2,7 @@ import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:cr
 import { hostname } from 'node:os';
 import { assert, CowvolError, errorMessage, hasCode, isCowvolError, type CowvolErrorOptions } from '@cowvol/base';
 import { isInterrupted, trackLock } from './interrupt-cleanup.js';
-import { holderGone, isProcessSpace, processSpace } from './process-space.js';
+import { holderGone, isProcessSpace, processSpace } from '@cowvol/base';
 import { LOCKS_PREFIX } from './object-keys.js';
 import type { ObjectInfo, ObjectStore } from './object-store.js';
 import type { RepositoryConfig } from './repository-config.js';

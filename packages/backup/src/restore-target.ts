@@ -17,7 +17,7 @@ import {
   type SnapshotIdentity,
 } from '@cowvol/cow-core';
 import { BackupArgumentError } from './errors.js';
-import { holderGone, processSpace } from './process-space.js';
+import { holderGone, processSpace } from '@cowvol/base';
 import type { Manifest } from './manifest.js';
 
 /**

@@ -10,3 +10,4 @@ export { CowvolError, isCowvolError, hasCode, IoError, NoSpaceError, Unsupported
 export { FileBlockDevice, fileDeviceOpener, type BlockDevice, type DeviceOpener } from './block-device.js';
 export { crc32c } from './checksum.js';
 export { syncDirectory, errnoCode, errorMessage } from './file-system.js';
+export { holderGone, isProcessSpace, processAlive, processSpace, PROCESS_SPACE_HEX } from './process-space.js';

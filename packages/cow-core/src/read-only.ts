@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, readFile, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { CowvolError, IoError, NoSpaceError } from '@cowvol/base';
+import { CowvolError, holderGone, IoError, NoSpaceError, processSpace } from '@cowvol/base';
 import { MetadataDb } from './metadata-db.js';
 import { metadataOpenError } from './sidecar-damage.js';
 import { errnoCode, errorMessage } from './files.js';
@@ -93,15 +93,18 @@ export class PrivateMetadata {
 }
 
 /**
- * A fresh private folder `cowvol-meta-<pid>-<random>` (mode 0700) under
+ * A fresh private folder `cowvol-meta-<process space>-<pid>-<random>`
+ * (`cowvol-meta-<pid>-<random>` where the space is unknown; mode 0700) under
  * TMPDIR, registered for removal on a signal before it is made (as mkdtemp
  * would make it, but with the name known first). A name that exists is
  * not ours: its registration is withdrawn and another is tried.
  * @throws NO_SPACE, IO_ERROR
  */
 async function makePrivateFolder(): Promise<{ dir: string; untrack: () => void }> {
+  const space = processSpace();
+  if (space !== undefined) await removeDeadFolders(space);
   for (let attempt = 0; ; attempt++) {
-    const dir = join(tmpdir(), `cowvol-meta-${process.pid}-${randomBytes(6).toString('hex')}`);
+    const dir = join(tmpdir(), `${PRIVATE_FOLDER_PREFIX}${space === undefined ? '' : `${space}-`}${process.pid}-${randomBytes(6).toString('hex')}`);
     const untrack = trackTemporaryPath(dir);
     try {
       await mkdir(dir, { mode: 0o700 });
@@ -110,6 +113,34 @@ async function makePrivateFolder(): Promise<{ dir: string; untrack: () => void }
       untrack();
       if (errnoCode(err) !== 'EEXIST' || attempt >= 8) throw copyError(err, tmpdir());
     }
+  }
+}
+
+/** Name prefix of a read-only open's private folder under TMPDIR. */
+const PRIVATE_FOLDER_PREFIX = 'cowvol-meta-';
+/** Dead folders one open removes at most: a bound on what an open spends on others' leftovers. */
+const MAX_DEAD_FOLDERS_REMOVED = 64;
+
+/**
+ * Removes the private folders (`cowvol-meta-<space>-<pid>-…`) of read-only
+ * opens of this process space whose process is gone: a SIGKILL or crash
+ * leaves its folder (no cleanup runs), and nothing else would remove it.
+ * Only this space's (process-space.ts: elsewhere a pid means another
+ * process), only where the pid is no process (ESRCH), at most
+ * {@link MAX_DEAD_FOLDERS_REMOVED}; failures are ignored (another open may
+ * be removing the same one).
+ */
+async function removeDeadFolders(space: string): Promise<void> {
+  const prefix = `${PRIVATE_FOLDER_PREFIX}${space}-`;
+  const names = await readdir(tmpdir()).catch(() => [] as string[]);
+  let removed = 0;
+  for (const name of names) {
+    if (removed >= MAX_DEAD_FOLDERS_REMOVED) return;
+    if (!name.startsWith(prefix)) continue;
+    const pid = Number(name.slice(prefix.length).split('-')[0]);
+    if (!Number.isSafeInteger(pid) || !holderGone(space, pid)) continue;
+    await rm(join(tmpdir(), name), { recursive: true, force: true }).catch(() => undefined);
+    removed++;
   }
 }
 

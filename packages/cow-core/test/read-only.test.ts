@@ -1,8 +1,9 @@
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FileBlockDevice, type BlockDevice, type DeviceOpener } from '@cowvol/base';
+import { FileBlockDevice, processSpace, type BlockDevice, type DeviceOpener } from '@cowvol/base';
 import { Volume } from '../src/index.js';
 
 /**
@@ -93,5 +94,30 @@ describe('a commit whose flush fails', () => {
     expect((await w.readSnapshot('s1', 0, 16 * BS)).equals(Buffer.alloc(16 * BS, 1))).toBe(true);
     if (names.includes('s2')) expect((await w.readSnapshot('s2', 0, 16 * BS)).equals(Buffer.alloc(16 * BS, 2))).toBe(true);
     await w.close();
+  });
+});
+
+describe('private folders left by killed read-only opens', () => {
+  it('the next read-only open of this process space removes those whose process is gone, and only those', async () => {
+    const space = processSpace();
+    expect(space, 'Linux /proc gives this process a space').toMatch(/^[0-9a-f]{16}$/);
+    // A pid that was a process and is not any more: a child that has exited and been reaped.
+    const dead = Number(spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout);
+    const other = (space ?? '').replace(/^./, (c) => (c === '0' ? '1' : '0'));
+    const names = {
+      dead: `cowvol-meta-${String(space)}-${String(dead)}-aaaaaaaaaaaa`,
+      live: `cowvol-meta-${String(space)}-${String(process.ppid)}-bbbbbbbbbbbb`,
+      otherSpace: `cowvol-meta-${other}-${String(dead)}-cccccccccccc`,
+      noSpace: `cowvol-meta-${String(dead)}-dddddddddddd`,
+    };
+    for (const name of Object.values(names)) await mkdir(join(tmpdir(), name), { mode: 0o700 });
+    try {
+      const r = await Volume.openForReading(path);
+      await r.close();
+      const left = new Set(await readdir(tmpdir()));
+      expect([names.dead, names.live, names.otherSpace, names.noSpace].map((n) => left.has(n))).toEqual([false, true, true, true]);
+    } finally {
+      for (const name of Object.values(names)) await rm(join(tmpdir(), name), { recursive: true, force: true });
+    }
   });
 });
