@@ -2,7 +2,8 @@
  * @cowvol/base — what every cowvol package shares and none owns: the error
  * taxonomy (`CowvolError`, the `ErrorCode` union, the I/O errors every layer
  * throws, `assert`), the block-device seam (`BlockDevice`, `DeviceOpener`,
- * `FileBlockDevice`) and CRC32C. Depends on no other cowvol package
+ * `FileBlockDevice`), CRC32C, and the process space (whether a pid in a
+ * lock or a folder name is a process that is gone). Depends on no other cowvol package
  * (docs/ARCHITECTURE.md §1 "packages/base").
  */
 export { ERROR_CODES, type ErrorCode } from './error-codes.js';
