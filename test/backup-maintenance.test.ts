@@ -349,24 +349,26 @@ for (const backend of backends) {
       expect(after.code, after.stderr).toBe(0);
     });
 
-    it.skipIf(backend.name !== 'file://')('prune removes the temporary files a killed push left in a file: repository (older than its cutoff), which no listing shows', async () => {
-      const { url, flags } = await repository();
-      const root = fileURLToPath(url);
-      const old = join(root, 'chunks', 'ab', '.cowvol-tmp-0123456789abcdef');
-      const fresh = join(root, 'manifests', '.cowvol-tmp-fedcba9876543210');
-      await mkdir(join(root, 'chunks', 'ab'), { recursive: true });
-      await writeFile(old, randomBytes(5000));
-      await writeFile(fresh, randomBytes(100));
-      const hourAgo = new Date(Date.now() - 3_600_000);
-      await utimes(old, hourAgo, hourAgo);
-      const dry = await cowvol(['backup', 'prune', url, '--key-file', keyFile, ...flags, '--json', '--dry-run']);
-      expect(jsonOf(dry)).toMatchObject({ temporaryObjectsDeleted: 0 });
-      const r = await cowvol(['backup', 'prune', url, '--key-file', keyFile, ...flags, '--json', '--grace', '10m']);
-      expect(r.code, r.stderr).toBe(0);
-      expect(jsonOf(r)).toMatchObject({ temporaryObjectsDeleted: 1, chunksDeleted: 0 });
-      await expect(stat(old)).rejects.toMatchObject({ code: 'ENOENT' });
-      expect((await stat(fresh)).size, 'one written after the cutoff stays').toBe(100);
-    });
+    // Only a file: store has temporary objects of its own (an S3 put is atomic): registered for it alone, not skipped elsewhere.
+    if (backend.name === 'file://')
+      it('prune removes the temporary files a killed push left in a file: repository (older than its cutoff), which no listing shows', async () => {
+        const { url, flags } = await repository();
+        const root = fileURLToPath(url);
+        const old = join(root, 'chunks', 'ab', '.cowvol-tmp-0123456789abcdef');
+        const fresh = join(root, 'manifests', '.cowvol-tmp-fedcba9876543210');
+        await mkdir(join(root, 'chunks', 'ab'), { recursive: true });
+        await writeFile(old, randomBytes(5000));
+        await writeFile(fresh, randomBytes(100));
+        const hourAgo = new Date(Date.now() - 3_600_000);
+        await utimes(old, hourAgo, hourAgo);
+        const dry = await cowvol(['backup', 'prune', url, '--key-file', keyFile, ...flags, '--json', '--dry-run']);
+        expect(jsonOf(dry)).toMatchObject({ temporaryObjectsDeleted: 0 });
+        const r = await cowvol(['backup', 'prune', url, '--key-file', keyFile, ...flags, '--json', '--grace', '10m']);
+        expect(r.code, r.stderr).toBe(0);
+        expect(jsonOf(r)).toMatchObject({ temporaryObjectsDeleted: 1, chunksDeleted: 0 });
+        await expect(stat(old)).rejects.toMatchObject({ code: 'ENOENT' });
+        expect((await stat(fresh)).size, 'one written after the cutoff stays').toBe(100);
+      });
 
     it('a push and a prune at the same time: each finishes or is refused with REPOSITORY_LOCKED, and no chunk a manifest names is deleted', async () => {
       const { url, flags } = await backend.fresh();
