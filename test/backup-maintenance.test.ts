@@ -10,7 +10,7 @@
  * then a manifest, as push writes them) so their times can be chosen.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, stat, symlink, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -348,6 +348,25 @@ for (const backend of backends) {
       const after = await verify(url, flags, '--read-data');
       expect(after.code, after.stderr).toBe(0);
     });
+
+    // Only a file: store can hold a symbolic link: registered for it alone.
+    if (backend.name === 'file://')
+      it('a symbolic link in a file: repository (an alias of a chunk folder) stops prune and verify before they act on it; nothing is deleted', async () => {
+        const { store, url, flags, ids } = await repository();
+        const root = fileURLToPath(url);
+        const id = ids.s1[0] ?? '';
+        const alias = join(root, 'chunks', 'zz');
+        const before = await chunkKeys(store);
+        await symlink(join(root, 'chunks', id.slice(0, 2)), alias);
+        const pruned = await cowvol(['backup', 'prune', url, '--key-file', keyFile, ...flags, '--json']);
+        expect([pruned.code, jsonOf<{ error: { code: string; message: string } }>(pruned).error.code]).toEqual([2, 'INVALID_ARGUMENT']);
+        expect(pruned.stderr).toContain('holds a symbolic link, chunks/zz');
+        const verified = await verify(url, flags);
+        expect(verified.code, 'verify could not check').toBe(1);
+        await unlink(alias);
+        expect(await chunkKeys(store), 'nothing deleted').toEqual(before);
+        expect((await verify(url, flags, '--read-data')).code).toBe(0);
+      });
 
     // Only a file: store has temporary objects of its own (an S3 put is atomic): registered for it alone, not skipped elsewhere.
     if (backend.name === 'file://')

@@ -111,8 +111,7 @@ export class FileObjectStore implements ObjectStore {
     const path = this.pathOf(key);
     let stat: Stats;
     try {
-      // Through symlinks, as `get` reads and `list` walks: the three agree on what exists.
-      stat = await fsp.stat(path);
+      stat = await fsp.lstat(path);
     } catch (err) {
       const errno = errnoCode(err);
       if (errno === 'ENOENT' || errno === 'ENOTDIR') return undefined;
@@ -163,7 +162,11 @@ export class FileObjectStore implements ObjectStore {
         else if (e.isFile() && e.name.startsWith(TEMP_PREFIX)) {
           const st = await fsp.lstat(path).catch(() => undefined);
           if (st === undefined || st.mtimeMs > cutoffMs) continue;
-          await fsp.unlink(path).catch(() => undefined);
+          const unlinked = await fsp.unlink(path).then(
+            () => true,
+            () => false, // gone meanwhile, or not ours to remove: not counted
+          );
+          if (!unlinked) continue;
           out.removed++;
           out.bytes += st.size;
         }
@@ -186,37 +189,36 @@ export class FileObjectStore implements ObjectStore {
   }
 
   /**
-   * Symlinks are followed (a folder of the repository moved to another disk
-   * and linked back): `get` and `head` read through them, so the listing
-   * must show what they find, or prune would delete the chunks of manifests
-   * it never saw. `ancestors` holds the directories (device:inode) of the
-   * path walked, so a link back to one of them is not walked again.
+   * A symbolic link anywhere under the root is refused (INVALID_ARGUMENT
+   * naming it), not followed and not passed over: `get` and `head` would
+   * read through it while a listing that skipped it hid what it holds (a
+   * prune would then delete the chunks of manifests it never saw), and one
+   * that followed it would list an alias of another folder under other
+   * keys (which a prune or `forget --damaged` would then delete through
+   * the link). A folder moved elsewhere is mounted back, not linked.
    */
-  private async *walk(dirKey: string, prefix: string, ancestors: ReadonlySet<string> = new Set()): AsyncGenerator<ObjectInfo> {
-    const dirPath = join(this.rootPath, dirKey);
+  private async *walk(dirKey: string, prefix: string): AsyncGenerator<ObjectInfo> {
     let entries;
-    let here: Stats;
     try {
-      here = await fsp.stat(dirPath);
-      entries = await fsp.readdir(dirPath, { withFileTypes: true });
+      entries = await fsp.readdir(join(this.rootPath, dirKey), { withFileTypes: true });
     } catch (err) {
       if (errnoCode(err) === 'ENOENT' && dirKey === '') return;
       throw this.coded(err, 'list', dirKey);
     }
-    const inside = new Set(ancestors).add(`${String(here.dev)}:${String(here.ino)}`);
-    const kinds = await Promise.all(entries.map(async (e) => (e.isSymbolicLink() ? await linkKind(join(dirPath, e.name)) : e.isDirectory() ? 'dir' : e.isFile() ? 'file' : 'other')));
+    const link = entries.find((e) => e.isSymbolicLink());
+    if (link !== undefined) {
+      throw new BackupArgumentError(
+        `${this.url} holds a symbolic link, ${dirKey}${link.name}: a repository is read only through its own folders (a link would hide objects from a listing, or show them twice); put the folder it leads to back in its place, or mount it there`,
+        { details: { key: `${dirKey}${link.name}` } },
+      );
+    }
     const names = entries
-      .map((e, i) => ({ e, kind: kinds[i] }))
-      .filter(({ e, kind }) => !e.name.startsWith(TEMP_PREFIX) && (kind === 'file' || kind === 'dir'))
-      .map(({ e, kind }) => ({ name: `${dirKey}${e.name}${kind === 'dir' ? '/' : ''}`, isDirectory: kind === 'dir' }))
-      .filter((entry) => Buffer.byteLength(entry.name, 'utf8') <= OBJECT_KEY_MAX_BYTES + 1)
+      .filter((e) => !e.name.startsWith(TEMP_PREFIX) && (e.isFile() || e.isDirectory()))
+      .map((e) => ({ name: `${dirKey}${e.name}${e.isDirectory() ? '/' : ''}`, isDirectory: e.isDirectory() }))
       .sort((a, b) => Buffer.compare(Buffer.from(a.name, 'utf8'), Buffer.from(b.name, 'utf8')));
     for (const entry of names) {
       if (entry.isDirectory) {
-        if (!(entry.name.startsWith(prefix) || prefix.startsWith(entry.name))) continue;
-        const target = await fsp.stat(join(this.rootPath, entry.name)).catch(() => undefined);
-        if (target === undefined || inside.has(`${String(target.dev)}:${String(target.ino)}`)) continue; // gone meanwhile, or a loop
-        yield* this.walk(entry.name, prefix, inside);
+        if (entry.name.startsWith(prefix) || prefix.startsWith(entry.name)) yield* this.walk(entry.name, prefix);
       } else if (entry.name.startsWith(prefix)) {
         const info = await this.head(entry.name);
         if (info !== undefined) yield info;
@@ -240,12 +242,6 @@ export class FileObjectStore implements ObjectStore {
     }
     return new IoError(message, { cause: err, details: { key } });
   }
-}
-
-/** What a symlink leads to: a directory, a file, or anything else (dangling, a loop, a device). */
-async function linkKind(path: string): Promise<'dir' | 'file' | 'other'> {
-  const target = await fsp.stat(path).catch(() => undefined);
-  return target?.isDirectory() === true ? 'dir' : target?.isFile() === true ? 'file' : 'other';
 }
 
 /**
