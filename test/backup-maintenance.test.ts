@@ -329,6 +329,17 @@ for (const backend of backends) {
       expect((await store.head(manifestObjectKey(VOL_A, 's2'))) !== undefined).toBe(true);
     });
 
+    it("forget --damaged --volume X removes only X's damaged manifests; --keep-last 0 with --damaged counts as no rule", async () => {
+      const { store, url, flags } = await repository();
+      await flipBit(store, manifestObjectKey(VOL_B, 's1'), 40);
+      await flipBit(store, manifestObjectKey(VOL_A, 's1'), 40);
+      const r = await cowvol(['backup', 'forget', url, '--key-file', keyFile, ...flags, '--json', '--damaged', '--keep-last', '0', '--volume', VOL_B]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(jsonOf(r)).toMatchObject({ forgotten: [], damagedForgotten: [expect.objectContaining({ volumeUuid: VOL_B, snapshotName: 's1' })], damaged: [] });
+      expect((await store.head(manifestObjectKey(VOL_B, 's1'))) === undefined).toBe(true);
+      expect((await store.head(manifestObjectKey(VOL_A, 's1'))) !== undefined, "another volume's damaged manifest stays").toBe(true);
+    });
+
     it('prune deletes an object under chunks/ at a key no chunk has (no restore reads it), by the same cutoff; the chunk at its own key stays', async () => {
       const { repo, store, url, flags, ids } = await repository();
       const id = ids.s1[1] ?? '';

@@ -237,6 +237,14 @@ describe.skipIf(missing)(`cowvol serve: hostile clients${skipReason}`, () => {
         let status = await cowvol(['status', vol]);
         // Refused while they hold every slot, saying why (VOLUME_BUSY, exit 5), not as a broken connection.
         expect([status.code, status.stderr]).toEqual([5, expect.stringMatching(/\[VOLUME_BUSY\].*8 control connections open/)]);
+        // A routed command says the same, not "in use by process N" or "stop it first".
+        for (const args of [
+          ['snapshot', 'list', vol],
+          ['snapshot', 'create', vol, 'refused'],
+        ]) {
+          const r = await cowvol(args);
+          expect([r.code, r.stderr], args.join(' ')).toEqual([5, expect.stringMatching(/\[VOLUME_BUSY\].*8 control connections open/)]);
+        }
         for (let tries = 0; status.code !== 0 && tries < 60; tries++) {
           await sleep(500);
           status = await cowvol(['status', vol]);

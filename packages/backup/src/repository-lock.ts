@@ -94,6 +94,7 @@ export class RepositoryLockedError extends CowvolError {
 export class RepositoryLock {
   private renewal: NodeJS.Timeout | undefined;
   private renewing: Promise<void> = Promise.resolve();
+  private renewInFlight = false;
   private failure: unknown;
   private released = false;
   private readonly untrack: () => void;
@@ -108,7 +109,8 @@ export class RepositoryLock {
     readonly removedStale: readonly LockInfo[] = [],
   ) {
     this.renewal = setInterval(() => {
-      this.renewing = this.renew();
+      // One renewal at a time: a put still in flight (a slow store, its retries) must not be overtaken, nor land after a release's delete.
+      if (!this.renewInFlight) this.renewing = this.renew();
     }, leaseMs / 4);
     this.renewal.unref();
     this.untrack = trackLock(() => this.repo.store.delete(this.key)); // deleted by the command line's signal handler too (interrupt-cleanup.ts)
@@ -126,6 +128,7 @@ export class RepositoryLock {
   /** Writes a new expiry (a plain put of the holder's own object: the one object of a repository that is replaced). */
   async renew(): Promise<void> {
     if (this.released) return;
+    this.renewInFlight = true;
     try {
       this.assertHeld();
       const next = { ...this.lease, expiresAt: new Date(this.now() + this.leaseMs).toISOString() };
@@ -133,6 +136,8 @@ export class RepositoryLock {
       this.lease = next;
     } catch (err) {
       this.failure ??= err;
+    } finally {
+      this.renewInFlight = false;
     }
   }
 
@@ -187,7 +192,7 @@ export class RepositoryLock {
     } catch (err) {
       // Still tracked: an interruption's cleanup tries the delete again.
       this.repo.onWarning?.(
-        `the ${this.lease.kind} lock ${this.key} of ${this.repo.store.url} could not be deleted (${errorText(err)}); it lapses with its lease (${this.lease.expiresAt}, plus ${String(LOCK_CLOCK_SKEW_MS / 1000)} s), meanwhile ${this.lease.kind === 'exclusive' ? 'every other backup command' : 'prune'} is refused (REPOSITORY_LOCKED)`,
+        `the ${this.lease.kind} lock ${this.key} of ${this.repo.store.url} could not be deleted (${errorText(err)}); it is stale once the store has not seen it written for its lease and ${String(LOCK_CLOCK_SKEW_MS / 1000)} s more (about ${String(Math.round((this.leaseMs + LOCK_CLOCK_SKEW_MS) / 60_000))} minutes), meanwhile ${this.lease.kind === 'exclusive' ? 'every other backup command' : 'prune'} is refused (REPOSITORY_LOCKED)`,
       );
       return;
     }

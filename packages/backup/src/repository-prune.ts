@@ -3,7 +3,7 @@ import { forEachBounded } from './pool.js';
 import { BackupArgumentError, BackupCorruptError } from './errors.js';
 import { chunkObjectKey, CHUNKS_PREFIX, isChunkId, isVolumeUuid } from './object-keys.js';
 import type { Repository } from './repository.js';
-import { acquireLock, LOCK_CLOCK_SKEW_MS, listLocks, type LockInfo, type LockOptions } from './repository-lock.js';
+import { acquireLock, LOCK_CLOCK_SKEW_MS, LOCK_LEASE_MS, listLocks, type LockInfo, type LockOptions } from './repository-lock.js';
 import { forEachManifest, type DamagedManifest } from './repository-verify.js';
 import { applyRetention, validatePolicy, type RetentionPolicy } from './retention.js';
 
@@ -56,7 +56,8 @@ export interface ForgetOptions {
  * @throws INVALID_ARGUMENT for a policy with no rule (unless `damaged`) or a bad count or uuid · REPOSITORY_LOCKED · STORE_UNAVAILABLE · STORE_ACCESS_DENIED
  */
 export async function forgetSnapshots(repo: Repository, options: ForgetOptions): Promise<ForgetReport> {
-  const byRules = !(options.damaged === true && Object.values(options.policy).every((n) => n === undefined));
+  // A rule keeps something only with a count of 1 or more (validatePolicy: all zero is no rule); --damaged alone applies none.
+  const byRules = !(options.damaged === true && Object.values(options.policy).every((n) => n === undefined || n === 0));
   if (byRules) validatePolicy(options.policy);
   if (options.volumeUuid !== undefined && !isVolumeUuid(options.volumeUuid)) throw new BackupArgumentError(`not a volume uuid: ${JSON.stringify(options.volumeUuid.slice(0, 80))}`);
   const dryRun = options.dryRun === true;
@@ -76,7 +77,9 @@ export async function forgetSnapshots(repo: Repository, options: ForgetOptions):
         else forgotten.push(entry);
       }
     }
-    const damagedForgotten = options.damaged === true ? await forgetDamaged(repo, damaged, options.jobs ?? 8, lock) : [];
+    // With --volume, only that volume's damaged manifests (forEachManifest reports every volume's).
+    const inScope = damaged.filter((d) => options.volumeUuid === undefined || d.volumeUuid === options.volumeUuid);
+    const damagedForgotten = options.damaged === true ? await forgetDamaged(repo, inScope, options.jobs ?? 8, lock) : [];
     if (lock !== undefined) {
       const keys = forgotten.map((f) => byVolume.get(f.volumeUuid)?.find((m) => m.snapshotName === f.snapshotName)?.key ?? '');
       await forEachBounded(keys, options.jobs ?? 8, async (key) => {
@@ -85,7 +88,7 @@ export async function forgetSnapshots(repo: Repository, options: ForgetOptions):
         await repo.store.delete(key);
       });
     }
-    return { dryRun, policy: options.policy, kept, forgotten, damaged: damaged.filter((d) => !damagedForgotten.includes(d)), damagedForgotten };
+    return { dryRun, policy: options.policy, kept, forgotten, damaged: inScope.filter((d) => !damagedForgotten.includes(d)), damagedForgotten };
   } finally {
     await lock?.release();
   }
@@ -263,7 +266,11 @@ async function referencedChunks(repo: Repository, jobs: number): Promise<{ refer
   });
   if (damaged.length > 0) {
     throw new BackupCorruptError(
-      `prune stopped before deleting anything: ${String(damaged.length)} manifest(s) do not open (${damaged.map((d) => d.key).join(', ')}); run cowvol backup verify, then cowvol backup forget --damaged`,
+      `prune stopped before deleting anything: ${String(damaged.length)} manifest(s) do not open (${damaged.map((d) => `${d.key}: ${d.code}`).join(', ')}); run cowvol backup verify, then ` +
+        (damaged.some((d) => d.code === 'BACKUP_CORRUPT') ? 'cowvol backup forget --damaged for the damaged ones' : '') +
+        (damaged.some((d) => d.code !== 'BACKUP_CORRUPT')
+          ? `${damaged.some((d) => d.code === 'BACKUP_CORRUPT') ? '; ' : ''}a newer cowvol for those of a newer format (or remove them by hand if they are damage)`
+          : ''),
       { details: { objects: damaged.map((d) => d.key) } },
     );
   }
@@ -281,8 +288,16 @@ async function lockTime(repo: Repository, key: string | undefined): Promise<numb
   throw new CowvolError('LOCK_LOST', `prune's own lock ${key} vanished from ${repo.store.url}`, { details: { lock: key } });
 }
 
-/** When a stale lock's holder may have started uploading: its lease's start, else its last write, less the skew margin. */
+/**
+ * When a stale lock's holder may have started uploading, by the store's
+ * clock, less the skew margin: its lease's start (the holder's clock)
+ * moved by the holder's offset from the store — at its last write the
+ * holder's time was `expiresAt − lease`, the store's `lastModified` — so a
+ * holder whose clock ran ahead or behind neither hides what it uploaded nor
+ * holds every chunk back; a lock that does not open: its last write.
+ */
 function staleStartMs(l: LockInfo): number {
-  const start = l.lease === undefined ? l.lastModified.getTime() : Date.parse(l.lease.createdAt);
-  return start - LOCK_CLOCK_SKEW_MS;
+  if (l.lease === undefined) return l.lastModified.getTime() - LOCK_CLOCK_SKEW_MS;
+  const holderOffsetMs = l.lastModified.getTime() - (Date.parse(l.lease.expiresAt) - LOCK_LEASE_MS);
+  return Date.parse(l.lease.createdAt) + holderOffsetMs - LOCK_CLOCK_SKEW_MS;
 }

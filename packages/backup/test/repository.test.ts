@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { chunkObjectKey, FileObjectStore, manifestObjectKey, pruneRepository, Repository, type Manifest, type ObjectStore } from '@cowvol/backup';
+import { chunkObjectKey, encodeLock, FileObjectStore, LOCK_CLOCK_SKEW_MS, LOCK_LEASE_MS, manifestObjectKey, pruneRepository, Repository, type Manifest, type ObjectStore } from '@cowvol/backup';
 import { hasCode, IoError } from '@cowvol/base';
 
 let dir: string;
@@ -142,7 +142,9 @@ describe('Repository', () => {
     repo.onWarning = (message) => warnings.push(message);
     const report = await pruneRepository(repo);
     expect(report).toMatchObject({ dryRun: false, chunksDeleted: 0 });
-    expect(warnings).toEqual([expect.stringMatching(/exclusive lock locks\/[0-9a-f]{32} .* could not be deleted \(IO_ERROR: delete locks\/.*EPERM\); it lapses with its lease/)]);
+    expect(warnings).toEqual([
+      expect.stringMatching(/exclusive lock locks\/[0-9a-f]{32} .* could not be deleted \(IO_ERROR: delete locks\/.*EPERM\); it is stale once the store has not seen it written for its lease/),
+    ]);
     // The lock left behind is prune's own: clear it, then damage a manifest.
     for await (const o of store.list('locks/')) await store.delete(o.key);
     await store.put(manifestObjectKey('0123456789abcdef0123456789abcdef', 'x'), randomBytes(200));
@@ -164,5 +166,35 @@ describe('Repository', () => {
     const empty = new FileObjectStore(pathToFileURL(join(dir, 'empty')).href);
     expect(await codeOf(Repository.open(empty, key))).toBe('REPOSITORY_NOT_FOUND');
     await Repository.init(empty, key, 64 * 1024);
+  });
+
+  it("prune keeps what a stale lock's holder may have uploaded, its start taken by the store's clock even when the holder's clock ran 30 days ahead", async () => {
+    const key = randomBytes(32);
+    const repo = await Repository.init(store, key, 64 * 1024);
+    const root = join(dir, 'repo');
+    const dayMs = 86_400_000;
+    const lastWriteMs = Date.now() - (LOCK_LEASE_MS + LOCK_CLOCK_SKEW_MS + 5000); // stale by the store's clock
+    const startMs = lastWriteMs - 10_000;
+    // The holder's lease, in its own clock 30 days ahead: taken at startMs, last renewed at lastWriteMs.
+    const lockKey = `locks/${randomBytes(16).toString('hex')}`;
+    const lease = {
+      kind: 'shared' as const,
+      createdAt: new Date(startMs + 30 * dayMs).toISOString(),
+      expiresAt: new Date(lastWriteMs + 30 * dayMs + LOCK_LEASE_MS).toISOString(),
+      host: 'ahead',
+      pid: 1,
+      command: 'push',
+    };
+    await store.put(lockKey, encodeLock(repo, lockKey, lease), { ifNoneMatch: true });
+    await fsp.utimes(join(root, lockKey), new Date(lastWriteMs), new Date(lastWriteMs));
+    // Two unreferenced chunks: one stored before that push began, one it uploaded (after its start).
+    const before = await repo.putChunk(randomBytes(1000));
+    const during = await repo.putChunk(randomBytes(1000));
+    await fsp.utimes(join(root, chunkObjectKey(before.id)), new Date(startMs - 10 * 60_000), new Date(startMs - 10 * 60_000));
+    await fsp.utimes(join(root, chunkObjectKey(during.id)), new Date(startMs + 5000), new Date(startMs + 5000));
+    const report = await pruneRepository(repo);
+    expect(report).toMatchObject({ staleLocks: 1, chunksDeleted: 1, chunksKeptRecent: 1 });
+    expect(await repo.hasChunk(before.id)).toBe(false);
+    expect(await repo.hasChunk(during.id), 'what the stale push uploaded stays for the next prune').toBe(true);
   });
 });

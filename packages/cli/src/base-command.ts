@@ -1,7 +1,7 @@
 import { rmSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
-import { CowvolError, hasCode, type ErrorCode } from '@cowvol/base';
+import { CowvolError, hasCode, isCowvolError, type ErrorCode } from '@cowvol/base';
 import { InvalidArgumentError, Volume, escapeTerminalText, setTemporaryPathTracker } from '@cowvol/cow-core';
 import { exitCodeFor } from './exit-codes.js';
 import { assertStdoutNotVolume, watchStdout } from './io.js';
@@ -173,7 +173,8 @@ export abstract class CowvolCommand extends Command {
       return await served();
     } catch (err) {
       // The server is stopping (it refused the request) or gone: nothing was done; open the volume as offline (honouring --wait).
-      if (!hasCode(err, 'VOLUME_BUSY', 'NOT_SERVED')) throw err;
+      // A refusal of the server's own that says why (a restore running, every control connection taken: details.served) is the answer.
+      if (!hasCode(err, 'VOLUME_BUSY', 'NOT_SERVED') || isServerRefusal(err)) throw err;
       return this.withVolume(path, offline, mode);
     }
   }
@@ -270,4 +271,9 @@ function causedByNoSpace(err: unknown): boolean {
     cause = cause.cause;
   }
   return false;
+}
+
+/** A VOLUME_BUSY a running server gave with its reason (`details.served`: a restore or import running, every control connection taken), not "stopping". */
+export function isServerRefusal(err: unknown): boolean {
+  return isCowvolError(err) && err.code === 'VOLUME_BUSY' && err.details?.served === true;
 }

@@ -84,7 +84,8 @@ export async function servedPid(volumePath: string): Promise<number | undefined>
     const pid = typeof status === 'object' && status !== null && 'pid' in status ? status.pid : undefined;
     return typeof pid === 'number' ? pid : undefined;
   } catch (err) {
-    if (err instanceof CowvolError) return undefined;
+    // The server's own refusal with its reason (every control connection taken) says more than "in use by process N".
+    if (err instanceof CowvolError && !(err.code === 'VOLUME_BUSY' && err.details?.served === true)) return undefined;
     throw err;
   }
 }

@@ -92,4 +92,4 @@ export {
 } from './snapshot-policy.js';
 export { restoreSnapshot, type RestoreOptions, type RestoreResult } from './restore.js';
 export { isIncompleteCreate } from './create-intent.js';
-export { ZERO_PIECE_BYTES } from './write-path.js';
+export { ZERO_PIECE_BYTES, ZERO_SPAN_BYTES } from './write-path.js';

@@ -11,7 +11,7 @@ import type { AcceptChangesReport, OutsideChange } from './outside-writes.js';
 import { VolumeContext } from './volume-context.js';
 import { VolumeSnapshots } from './volume-snapshots.js';
 import type { FailureListener, VolumeState } from './volume-state.js';
-import { readCurrent, writePieces, zeroPieces } from './write-path.js';
+import { readCurrent, writePieces, zeroPieces, ZERO_SPAN_BYTES } from './write-path.js';
 import { acceptOutsideChangesFrozen, finishInterruptedDeletes } from './snapshot-lifecycle.js';
 import { abandonParts, closeVolume, openForReading, openVolumeParts } from './volume-lifecycle.js';
 import { createVolumeFiles } from './volume-create.js';
@@ -174,21 +174,26 @@ export class Volume extends VolumeSnapshots {
   }
 
   /**
-   * Writes zeros over `lengthBytes` at `offsetBytes` of the live volume as
-   * one operation: a snapshot taken meanwhile holds all of it or none (NBD
-   * WRITE_ZEROES and TRIM, docs/ARCHITECTURE.md §14.9) — a piece that reads
-   * as zeros already is not written (write-path.ts `zeroPieces`).
+   * Writes zeros over `lengthBytes` at `offsetBytes` of the live volume, in
+   * spans of at most {@link ZERO_SPAN_BYTES}, each one operation of the
+   * freeze gate: a snapshot taken meanwhile holds all of a span or none of
+   * it, and waits for at most one span (NBD WRITE_ZEROES and TRIM, up to
+   * 4 GiB each, docs/ARCHITECTURE.md §14.9: a whole discard held at once
+   * would stall every request behind the snapshot for seconds). A piece
+   * that reads as zeros already is not written (write-path.ts `zeroPieces`).
    * @throws what {@link write} throws
    */
   async writeZeroes(offsetBytes: number, lengthBytes: number): Promise<void> {
     if (this.ctx.importPending) throw importPendingWrite(this.ctx.parts.layout.volumePath);
     if (this.readOnly) throw new VolumeReadOnlyError(this.ctx.parts.layout.volumePath, 'write');
     this.checkRange(offsetBytes, lengthBytes);
-    if (lengthBytes === 0) return;
-    await this.ctx.shared(async () => {
-      await this.ctx.parts.outside.beforeLiveWrite();
-      await zeroPieces(this.ctx, offsetBytes, lengthBytes);
-    });
+    for (let at = offsetBytes; at < offsetBytes + lengthBytes; at += ZERO_SPAN_BYTES) {
+      const spanBytes = Math.min(ZERO_SPAN_BYTES, offsetBytes + lengthBytes - at);
+      await this.ctx.shared(async () => {
+        await this.ctx.parts.outside.beforeLiveWrite();
+        await zeroPieces(this.ctx, at, spanBytes);
+      });
+    }
   }
 
   /** Reads live data, at most `MAX_READ_BYTES` per call (docs/ARCHITECTURE.md §4.2). @throws OUT_OF_RANGE, INVALID_ARGUMENT, IO_ERROR */

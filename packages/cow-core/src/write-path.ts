@@ -176,6 +176,11 @@ export async function readCurrent(ctx: VolumeContext, offsetBytes: number, lengt
   }
 }
 
+/**
+ * Bytes of one span of `Volume.writeZeroes` (32 MiB, NBD's largest WRITE
+ * payload): one operation of the freeze gate, all in a snapshot or none.
+ */
+export const ZERO_SPAN_BYTES = 32 * 1024 * 1024;
 /** Bytes of one piece of {@link zeroPieces}: read, compared, and written as zeros when not. */
 export const ZERO_PIECE_BYTES = 1024 * 1024;
 const ZERO_PIECE = Buffer.alloc(ZERO_PIECE_BYTES);
@@ -184,8 +189,9 @@ const ZERO_PIECE = Buffer.alloc(ZERO_PIECE_BYTES);
  * Writes zeros over `lengthBytes` at `offsetBytes`, a piece of
  * {@link ZERO_PIECE_BYTES} at a time; a piece that reads as zeros already
  * is not written (no COW of a block that holds zeros). The caller holds one
- * entry of the freeze gate for the whole range, so a snapshot holds all of
- * it or none (docs/ARCHITECTURE.md §14.9).
+ * entry of the freeze gate for the whole range (at most
+ * {@link ZERO_SPAN_BYTES}), so a snapshot holds all of it or none
+ * (docs/ARCHITECTURE.md §14.9).
  */
 export async function zeroPieces(ctx: VolumeContext, offsetBytes: number, lengthBytes: number): Promise<void> {
   for (let at = offsetBytes; at < offsetBytes + lengthBytes; at += ZERO_PIECE_BYTES) {

@@ -60,12 +60,12 @@ class LiveExport implements BlockExport {
     return this.volume.flush();
   }
   /**
-   * Writes zeros piece by piece through Volume.write, so every block a
-   * snapshot still needs is copied first (a snapshot never changes); a
-   * piece that already reads as zeros is left alone (no copy, no write).
+   * Writes zeros through Volume.writeZeroes: every block a snapshot still
+   * needs is copied first (a snapshot never changes), a piece that already
+   * reads as zeros is left alone (no copy, no write), and a snapshot taken
+   * meanwhile holds each 32 MiB span of the request whole or not at all.
    */
   async writeZeroes(offsetBytes: number, lengthBytes: number, options: { fua: boolean }): Promise<void> {
-    // One operation of the volume: a snapshot create waits for all of it (a piece at a time, it could land between two pieces).
     await this.volume.writeZeroes(offsetBytes, lengthBytes);
     if (options.fua) await this.volume.flush();
   }

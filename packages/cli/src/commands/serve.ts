@@ -8,6 +8,9 @@ import { parseListen } from '../endpoint.js';
 import { exitCodeFor } from '../exit-codes.js';
 import { isCowvolError } from '@cowvol/base';
 
+/** Log lines held while stderr cannot be written (a full disk), at most: beyond, lines are dropped. */
+const LOG_BACKLOG_BYTES = 1024 * 1024;
+
 export default class Serve extends CowvolCommand {
   /** SIGINT/SIGTERM stop the server cleanly (exit 0), not the generic interrupt (exit 130/143). */
   protected override readonly handlesOwnSignals = true;
@@ -48,8 +51,9 @@ export default class Serve extends CowvolCommand {
     // Node and the bundle's chunk give (the bundle has no named exports for it).
     const [{ NbdServer, VolumeExports, ControlServer, controlSocketPath, volumeMethods, loadPskKeys }, { default: pino }] = await Promise.all([import('@cowvol/nbd'), import('pino')]);
     const tlsPsk = flags['tls-psk'] === undefined ? undefined : await loadPskKeys(flags['tls-psk']);
-    const logDestination = pino.destination({ dest: 2, sync: true });
-    // A log that cannot be written (stderr a file on a full disk) loses its lines; it must not stop the server and drop every client.
+    // A log that cannot be written (stderr a file on a full disk) must not stop the server and drop every client: its lines wait, at
+    // most LOG_BACKLOG_BYTES of them (written once it can write again), and those beyond are dropped.
+    const logDestination = pino.destination({ dest: 2, sync: true, maxLength: LOG_BACKLOG_BYTES });
     logDestination.on('error', () => undefined);
     const log = pino({ base: { pid: process.pid } }, logDestination);
     // The first signal (or `cowvol stop`) stops cleanly; later signals are
@@ -117,8 +121,8 @@ export default class Serve extends CowvolCommand {
     // closes its signal handles during teardown, restoring the default
     // action, and a SIGTERM in that window kills the process by signal
     // (measured: 200 of 200 times under a SIGTERM loop; 0 of 200 with
-    // process.exit). stdout and stderr are synchronous here (a pipe or a
-    // file on Linux; pino's destination is sync), so nothing is cut short.
+    // process.exit). The URI line was written long before; the log's
+    // destination is synchronous (what it could not write is dropped).
     process.exit(failure === undefined ? 0 : exitCodeFor(isCowvolError(failure) ? failure.code : 'JOURNAL_ABORTED'));
   }
 }

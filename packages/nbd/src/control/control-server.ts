@@ -93,7 +93,7 @@ export class ControlServer {
       const busy = new VolumeBusyError(this.volumePath, process.pid);
       const message = `${busy.message}: its server has ${String(MAX_CONTROL_CONNECTIONS)} control connections open, its limit (an idle one is closed after ${String(CONTROL_IDLE_MS / 1000)} s); try again in a moment`;
       socket.on('error', () => undefined);
-      socket.end(encodeControlResponse({ id: null, error: { code: 'VOLUME_BUSY', message, details: { ...busy.details, controlConnections: MAX_CONTROL_CONNECTIONS } } }));
+      socket.end(encodeControlResponse({ id: null, error: { code: 'VOLUME_BUSY', message, details: { ...busy.details, served: true, controlConnections: MAX_CONTROL_CONNECTIONS } } }));
       setTimeout(() => socket.destroy(), CONTROL_CLOSE_GRACE_MS).unref();
       return;
     }
