@@ -252,6 +252,33 @@ describe('interrupted backup commands', () => {
   });
 });
 
+describe('a push whose lock object is deleted under it', () => {
+  it('stops before its manifest with LOCK_LOST (exit 5), whatever its lease says: a prune that took it for stale may have deleted what it found stored', async () => {
+    const { repo, url } = await freshRepository('repo-lock-gone', []);
+    // The push stops itself once its chunks are stored (push:chunks, COWVOL_KILL_SIGNAL=SIGSTOP); its lock is deleted there, then SIGCONT.
+    const child = spawn(process.execPath, [CLI, 'backup', 'push', vol, 'mon', '--to', url, '--key-file', key, '--json'], {
+      env: { ...process.env, COWVOL_KILL_AT: 'push:chunks', COWVOL_KILL_SIGNAL: 'SIGSTOP' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const pid = child.pid ?? 0;
+    const deadline = Date.now() + 60_000;
+    while ((await readFile(`/proc/${String(pid)}/stat`, 'utf8')).split(') ')[1]?.[0] !== 'T') {
+      expect(Date.now(), 'the push did not reach push:chunks').toBeLessThan(deadline);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const locks = await readdir(join(repo, 'locks'));
+    expect(locks).toHaveLength(1);
+    await rm(join(repo, 'locks', locks[0] ?? ''));
+    process.kill(pid, 'SIGCONT');
+    expect(await exited).toBe(5);
+    expect(JSON.parse(stdout)).toMatchObject({ error: { code: 'LOCK_LOST', message: expect.stringContaining('its object is gone') as unknown } });
+    expect(await readdir(join(repo, 'manifests')).catch(() => [])).toEqual([]);
+  });
+});
+
 describe('a SIGKILLed backup command', () => {
   it('leaves its lock, which the next command of this machine finds gone at once: a prune right after runs, and the push run again finishes', async () => {
     const { repo, url } = await freshRepository('repo-kill', []);

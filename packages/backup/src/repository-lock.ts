@@ -302,7 +302,20 @@ export async function listLocks(repo: LockableRepository, options: { now?: () =>
   }
   // The store's clock, read off the caller's own lock object just written: every holder renews by a put, so a lock whose store time
   // is a lease (and the skew margin) older than that has not been renewed — whatever the holder's or this machine's clock says.
-  const storeNowMs = listed.find((info) => info.key === options.ownKey)?.lastModified.getTime();
+  const own = listed.find((info) => info.key === options.ownKey);
+  // A caller whose own lock is not in the listing yet (a store slow to list what it just wrote) judges nothing stale by time.
+  if (options.ownKey !== undefined && own === undefined) return decodeAll(repo, listed, () => false);
+  const storeNowMs = own?.lastModified.getTime();
+  return decodeAll(repo, listed, (info, lease) => {
+    const unrenewed = (nowMs: number): boolean => info.lastModified.getTime() + leaseMs + LOCK_CLOCK_SKEW_MS < nowMs;
+    // Without the store's time (no lock of the caller's own: a dry run, a reader that cannot write), stale only when this machine's
+    // clock finds both the lease run out and no write for a lease: such a caller deletes nothing on the strength of it.
+    return storeNowMs !== undefined ? unrenewed(storeNowMs) : unrenewed(now) && (lease === undefined || Date.parse(lease.expiresAt) + LOCK_CLOCK_SKEW_MS < now);
+  });
+}
+
+/** Reads and decodes each listed lock object; `expired` judges it by time; a killed holder of this process space makes it stale too. */
+async function decodeAll(repo: LockableRepository, listed: readonly ObjectInfo[], expired: (info: ObjectInfo, lease: LockLease | undefined) => boolean): Promise<LockInfo[]> {
   const out: LockInfo[] = [];
   for (const info of listed) {
     let body: Buffer;
@@ -313,15 +326,11 @@ export async function listLocks(repo: LockableRepository, options: { now?: () =>
       throw err;
     }
     const lease = decodeLock(repo, info.key, body);
-    const unrenewed = (nowMs: number): boolean => info.lastModified.getTime() + leaseMs + LOCK_CLOCK_SKEW_MS < nowMs;
-    // Without the store's time (no lock of the caller's own: a dry run, a reader that cannot write), stale only when this machine's
-    // clock finds both the lease run out and no write for a lease: the caller then deletes nothing on the strength of it.
-    const expired = storeNowMs !== undefined ? unrenewed(storeNowMs) : unrenewed(now) && (lease === undefined || Date.parse(lease.expiresAt) + LOCK_CLOCK_SKEW_MS < now);
     // A holder killed in this process space (SIGKILL, a crash) released nothing: its shared lock is stale now, not once its lease
     // runs out — where its requests cannot land after its death (a local store). Not an exclusive one (a killed prune's deletes),
     // and not over a network: a push's manifest PUT held by a proxy may land after prune deleted the old chunks it names.
     const gone = repo.store.writesEndWithProcess === true && lease?.kind === 'shared' && holderGone(lease.space, lease.pid);
-    out.push({ key: info.key, lease, lastModified: info.lastModified, stale: expired || gone, holderGone: gone });
+    out.push({ key: info.key, lease, lastModified: info.lastModified, stale: expired(info, lease) || gone, holderGone: gone });
   }
   return out;
 }

@@ -37,8 +37,10 @@ export const SERVED_COMMANDS = [
  * The served commands that reach the volume through the server's own NBD
  * socket (docs/ARCHITECTURE.md §14.10): none of them works on a server
  * that takes only TLS clients (`serve --tls-psk`, no plain unix socket).
+ * `backup restore --into` reads over NBD only with `--verify`, and says so
+ * itself then.
  */
-export const SERVED_NBD_COMMANDS: ReadonlyArray<(typeof SERVED_COMMANDS)[number]> = ['read', 'write', 'snapshot read', 'snapshot export', 'backup push', 'backup restore --into'];
+export const SERVED_NBD_COMMANDS: ReadonlyArray<(typeof SERVED_COMMANDS)[number]> = ['read', 'write', 'snapshot read', 'snapshot export', 'backup push'];
 
 /**
  * `VOLUME_BUSY` for a command that does not work on a served volume: the

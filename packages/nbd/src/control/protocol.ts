@@ -18,7 +18,7 @@ export const MAX_CONTROL_LINE_BYTES = 64 * 1024;
 export const MAX_CONTROL_RESPONSE_BYTES = 16 * 1024 * 1024;
 /** Requests of one connection running at once; further lines wait unread. */
 export const MAX_CONTROL_IN_FLIGHT = 4;
-/** Control connections served at once; one more is closed at accept. */
+/** Control connections served at once; one more is answered VOLUME_BUSY (id null) at accept and closed. */
 export const MAX_CONTROL_CONNECTIONS = 8;
 /**
  * A control connection with no request running that sends no complete
