@@ -245,6 +245,9 @@ describe.skipIf(missing)(`cowvol serve: hostile clients${skipReason}`, () => {
           const r = await cowvol(args);
           expect([r.code, r.stderr], args.join(' ')).toEqual([5, expect.stringMatching(/\[VOLUME_BUSY\].*8 control connections open/)]);
         }
+        // With --wait the command asks the server again until it answers (the idle connections close after CONTROL_IDLE_MS).
+        const waited = await cowvol(['snapshot', 'list', vol, '--wait', '60', '--json']);
+        expect(waited.code, waited.stderr).toBe(0);
         for (let tries = 0; status.code !== 0 && tries < 60; tries++) {
           await sleep(500);
           status = await cowvol(['status', vol]);

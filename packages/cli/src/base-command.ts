@@ -42,6 +42,15 @@ export abstract class CowvolCommand extends Command {
     }),
   };
 
+  /** `--wait` in milliseconds (0 without it). @throws INVALID_ARGUMENT for a value that is not a number of seconds */
+  private waitMs(): number {
+    const raw = (this.argvFlags().wait as string | undefined) ?? undefined;
+    if (raw === undefined) return 0;
+    const seconds = Number(raw);
+    if (!/^\s*\d+(\.\d+)?\s*$/.test(raw) || !Number.isFinite(seconds)) throw new InvalidArgumentError(`--wait takes a number of seconds, got ${JSON.stringify(raw)}`);
+    return seconds * 1000;
+  }
+
   /**
    * Opens `path`; with `--wait <seconds>`, retries while the volume is busy
    * (VOLUME_BUSY) until the deadline, then fails with the last VOLUME_BUSY
@@ -51,14 +60,7 @@ export abstract class CowvolCommand extends Command {
    */
   protected async openVolume(path: string, mode: OpenMode = {}): Promise<Volume> {
     await assertStdoutNotVolume(path); // every command's report goes to stdout: never into the volume or its sidecar
-    const raw = (this.argvFlags().wait as string | undefined) ?? undefined;
-    let waitMs = 0;
-    if (raw !== undefined) {
-      const seconds = Number(raw);
-      if (!/^\s*\d+(\.\d+)?\s*$/.test(raw) || !Number.isFinite(seconds)) throw new InvalidArgumentError(`--wait takes a number of seconds, got ${JSON.stringify(raw)}`);
-      waitMs = seconds * 1000;
-    }
-    const deadline = Date.now() + waitMs;
+    const deadline = Date.now() + this.waitMs();
     let delay = 50;
     for (;;) {
       try {
@@ -71,12 +73,23 @@ export abstract class CowvolCommand extends Command {
             }));
       } catch (err) {
         if (!hasCode(err, 'VOLUME_BUSY')) throw err;
-        const served = mode.routeServed || Date.now() >= deadline ? await servedPid(path) : undefined;
-        if (served !== undefined) throw new VolumeServedError(path, served, { cause: err });
+        // A server that refuses even to say who it is (every control connection taken) is asked again while --wait lasts.
+        const served = mode.routeServed || Date.now() >= deadline ? await this.servedPidOrRefused(path, deadline) : undefined;
+        if (typeof served === 'number') throw new VolumeServedError(path, served, { cause: err });
         if (Date.now() >= deadline) throw err;
         await sleep(Math.min(delay, Math.max(1, deadline - Date.now())));
         delay = Math.min(delay * 2, 1000);
       }
+    }
+  }
+
+  /** The pid of the server of `path` (servedPid), or 'refused' when it refused to answer with a reason and `deadline` is still ahead. */
+  private async servedPidOrRefused(path: string, deadline: number): Promise<number | 'refused' | undefined> {
+    try {
+      return await servedPid(path);
+    } catch (err) {
+      if (isServerRefusal(err) && Date.now() < deadline) return 'refused';
+      throw err;
     }
   }
 
@@ -168,14 +181,25 @@ export abstract class CowvolCommand extends Command {
     } catch (err) {
       if (!(err instanceof VolumeServedError)) throw err;
     }
-    try {
-      if (mode.changes === true) noteCommitting(); // the server commits, whatever becomes of this process
-      return await served();
-    } catch (err) {
-      // The server is stopping (it refused the request) or gone: nothing was done; open the volume as offline (honouring --wait).
-      // A refusal of the server's own that says why (a restore running, every control connection taken: details.served) is the answer.
-      if (!hasCode(err, 'VOLUME_BUSY', 'NOT_SERVED') || isServerRefusal(err)) throw err;
-      return this.withVolume(path, offline, mode);
+    const deadline = Date.now() + this.waitMs();
+    let delay = 50;
+    for (;;) {
+      try {
+        if (mode.changes === true) noteCommitting(); // the server commits, whatever becomes of this process
+        return await served();
+      } catch (err) {
+        // A refusal of the server's own that says why (a restore running, every control connection taken: details.served) ran
+        // nothing: asked again while --wait lasts, else it is the answer.
+        if (isServerRefusal(err)) {
+          if (Date.now() >= deadline) throw err;
+          await sleep(Math.min(delay, Math.max(1, deadline - Date.now())));
+          delay = Math.min(delay * 2, 1000);
+          continue;
+        }
+        // The server is stopping (it refused the request) or gone: nothing was done; open the volume as offline (honouring --wait).
+        if (!hasCode(err, 'VOLUME_BUSY', 'NOT_SERVED')) throw err;
+        return this.withVolume(path, offline, mode);
+      }
     }
   }
 

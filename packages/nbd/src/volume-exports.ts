@@ -244,7 +244,7 @@ export class VolumeExports implements ExportCatalog {
         },
       );
     }
-    if (this.liveAction !== undefined) throw new ExportInUseError(LIVE_EXPORT, 0, action);
+    if (this.liveAction !== undefined) throw busy(`${article(this.liveAction)} is rewriting the live volume on the server, so ${action} waits for none: try again when it has finished`);
     if (this.catalogChanges > 0) throw busy(`a change of the snapshot catalog is running on the server, so ${action} waits for none: try again in a moment`);
     this.liveAction = action;
     try {

@@ -62,6 +62,17 @@ describe('VolumeExports', () => {
     expect(exports.unavailable('live')).toMatch(/being rewritten by a snapshot restore/);
     expect(exports.unavailable('')).toMatch(/being rewritten/);
     expect(exports.unavailable('snapshot/s')).toBeUndefined();
+    // A second restore or import says which one runs (not EXPORT_IN_USE with no connection).
+    await expect(
+      exports.whileLiveUnexported(
+        () => 0,
+        () => Promise.resolve('x'),
+        'import',
+      ),
+    ).rejects.toMatchObject({
+      code: 'VOLUME_BUSY',
+      message: expect.stringContaining('a snapshot restore is rewriting the live volume on the server, so import waits for none') as unknown,
+    });
     finish();
     expect(await restore).toBe('restored');
     expect(exports.unavailable('live')).toBeUndefined();
