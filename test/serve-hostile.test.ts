@@ -253,6 +253,8 @@ describe.skipIf(missing)(`cowvol serve: hostile clients${skipReason}`, () => {
           status = await cowvol(['status', vol]);
         }
         expect(status.code, status.stderr).toBe(0);
+        // Each closes after its own CONTROL_IDLE_MS: the first lets status in, the others follow within moments.
+        for (let tries = 0; tries < 50 && !idle.every((s) => s.destroyed || s.readableEnded); tries++) await sleep(100);
         for (const s of idle) expect(s.destroyed || s.readableEnded, 'the server closed the idle control connection').toBe(true);
         // stop: the requests in flight cannot hand their replies over; the stuck client is dropped after STOP_DRAIN_MS.
         const stop = await cowvol(['stop', vol]);
