@@ -223,28 +223,36 @@ describe('a restore interrupted into a volume that is then served', () => {
   });
 });
 
+/**
+ * Runs the CLI with `args` until it stops itself at kill point `step`
+ * (COWVOL_KILL_SIGNAL=SIGSTOP): resolves once the process is stopped (state
+ * T in /proc), with its pid, its exit and what it printed so far.
+ */
+async function stoppedAt(args: string[], step: string): Promise<{ pid: number; exited: Promise<number | null>; output: () => { stdout: string; stderr: string } }> {
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, COWVOL_KILL_AT: step, COWVOL_KILL_SIGNAL: 'SIGSTOP' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const out = { stdout: '', stderr: '' };
+  child.stdout.on('data', (d: Buffer) => (out.stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out.stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const pid = child.pid ?? 0;
+  const deadline = Date.now() + 60_000;
+  while ((await readFile(`/proc/${String(pid)}/stat`, 'utf8')).split(') ')[1]?.[0] !== 'T') {
+    expect(Date.now(), `${args.join(' ')} did not reach ${step}: ${out.stderr}`).toBeLessThan(deadline);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return { pid, exited, output: () => out };
+}
+
 describe('interrupted backup commands', () => {
   it('a push stopped by SIGTERM mid-way releases its lock and removes its temporary objects: a prune runs right after', async () => {
     const { repo, url } = await freshRepository('repo-term', []);
     // The push stops itself at its 20th chunk (COWVOL_KILL_SIGNAL=SIGSTOP); SIGTERM arrives there, then SIGCONT.
-    const child = spawn(process.execPath, [CLI, 'backup', 'push', vol, 'mon', '--to', url, '--key-file', key, '--jobs', '4'], {
-      env: { ...process.env, COWVOL_KILL_AT: 'push:chunk#20', COWVOL_KILL_SIGNAL: 'SIGSTOP' },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-    const pid = child.pid ?? 0;
-    const deadline = Date.now() + 60_000;
-    while ((await readFile(`/proc/${String(pid)}/stat`, 'utf8')).split(') ')[1]?.[0] !== 'T') {
-      expect(Date.now(), `the push did not reach its 20th chunk: ${stderr}`).toBeLessThan(deadline);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    const { pid, exited, output } = await stoppedAt(['backup', 'push', vol, 'mon', '--to', url, '--key-file', key, '--jobs', '4'], 'push:chunk#20');
     expect(await readdir(join(repo, 'locks'))).toHaveLength(1); // stopped while holding its lock
     process.kill(pid, 'SIGTERM');
     process.kill(pid, 'SIGCONT');
     expect(await exited).toBe(143);
-    expect(stderr).toContain('interrupted by SIGTERM; temporary files removed, repository locks released');
+    expect(output().stderr).toContain('interrupted by SIGTERM; temporary files removed, repository locks released');
     expect(await readdir(join(repo, 'locks'))).toEqual([]);
     expect(await filesStartingWith(repo, '.cowvol-tmp-')).toEqual([]);
     const prune = await cowvol(['backup', 'prune', url, '--key-file', key]);
@@ -256,25 +264,13 @@ describe('a push whose lock object is deleted under it', () => {
   it('stops before its manifest with LOCK_LOST (exit 5), whatever its lease says: a prune that took it for stale may have deleted what it found stored', async () => {
     const { repo, url } = await freshRepository('repo-lock-gone', []);
     // The push stops itself once its chunks are stored (push:chunks, COWVOL_KILL_SIGNAL=SIGSTOP); its lock is deleted there, then SIGCONT.
-    const child = spawn(process.execPath, [CLI, 'backup', 'push', vol, 'mon', '--to', url, '--key-file', key, '--json'], {
-      env: { ...process.env, COWVOL_KILL_AT: 'push:chunks', COWVOL_KILL_SIGNAL: 'SIGSTOP' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-    const pid = child.pid ?? 0;
-    const deadline = Date.now() + 60_000;
-    while ((await readFile(`/proc/${String(pid)}/stat`, 'utf8')).split(') ')[1]?.[0] !== 'T') {
-      expect(Date.now(), 'the push did not reach push:chunks').toBeLessThan(deadline);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    const { pid, exited, output } = await stoppedAt(['backup', 'push', vol, 'mon', '--to', url, '--key-file', key, '--json'], 'push:chunks');
     const locks = await readdir(join(repo, 'locks'));
     expect(locks).toHaveLength(1);
     await rm(join(repo, 'locks', locks[0] ?? ''));
     process.kill(pid, 'SIGCONT');
     expect(await exited).toBe(5);
-    expect(JSON.parse(stdout)).toMatchObject({ error: { code: 'LOCK_LOST', message: expect.stringContaining('its object is gone') as unknown } });
+    expect(JSON.parse(output().stdout)).toMatchObject({ error: { code: 'LOCK_LOST', message: expect.stringContaining('its object is gone') as unknown } });
     expect(await readdir(join(repo, 'manifests')).catch(() => [])).toEqual([]);
   });
 });
