@@ -36,18 +36,15 @@ export {
   acquireReaderLock,
   listLocks,
   describeLock,
-  encodeLock,
-  decodeLock,
   RepositoryLock,
   RepositoryLockedError,
   LOCK_LEASE_MS,
   LOCK_CLOCK_SKEW_MS,
-  type LockKind,
-  type LockLease,
   type LockInfo,
   type LockOptions,
   type LockableRepository,
 } from './repository-lock.js';
+export { encodeLock, decodeLock, type LockKind, type LockLease, type LockSealing } from './lock-object.js';
 export { applyRetention, validatePolicy, isoWeek, type RetentionPolicy, type RetentionItem, type RetentionDecision } from './retention.js';
 export { verifyRepository, forEachManifest, type VerifyReport, type VerifyOptions, type DamagedChunk, type DamagedManifest, type SnapshotRef } from './repository-verify.js';
 export { forgetSnapshots, pruneRepository, type ForgetReport, type ForgetOptions, type ForgetEntry, type PruneReport, type PruneOptions } from './repository-prune.js';
