@@ -1,12 +1,12 @@
 import { rmSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
-import { CowvolError, hasCode, isCowvolError, type ErrorCode } from '@cowvol/base';
+import { CowvolError, hasCode, type ErrorCode } from '@cowvol/base';
 import { InvalidArgumentError, Volume, escapeTerminalText, setTemporaryPathTracker } from '@cowvol/cow-core';
 import { exitCodeFor } from './exit-codes.js';
 import { assertStdoutNotVolume, watchStdout } from './io.js';
 import { isErrnoError, osError } from './os-errors.js';
-import { askServer, servedPid, VolumeServedError } from './served.js';
+import { askServer, isServerRefusal, servedPid, VolumeServedError } from './served.js';
 import { installSignalHandlers, interrupting, noteCommitting, onInterrupt } from './signals.js';
 
 /** How a command opens its volume (see {@link CowvolCommand.withVolume}). */
@@ -295,9 +295,4 @@ function causedByNoSpace(err: unknown): boolean {
     cause = cause.cause;
   }
   return false;
-}
-
-/** A VOLUME_BUSY a running server gave with its reason (`details.served`: a restore or import running, every control connection taken), not "stopping". */
-export function isServerRefusal(err: unknown): boolean {
-  return isCowvolError(err) && err.code === 'VOLUME_BUSY' && err.details?.served === true;
 }

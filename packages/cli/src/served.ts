@@ -87,7 +87,7 @@ export async function servedPid(volumePath: string): Promise<number | undefined>
     return typeof pid === 'number' ? pid : undefined;
   } catch (err) {
     // The server's own refusal with its reason (every control connection taken) says more than "in use by process N".
-    if (err instanceof CowvolError && !(err.code === 'VOLUME_BUSY' && err.details?.served === true)) return undefined;
+    if (err instanceof CowvolError && !isServerRefusal(err)) return undefined;
     throw err;
   }
 }
@@ -124,4 +124,10 @@ export async function assertVolumeExists(volumePath: string): Promise<void> {
 /** True for the VOLUME_BUSY a served volume gives: route the command to its server. */
 export function isBusy(err: unknown): err is CowvolError {
   return hasCode(err, 'VOLUME_BUSY');
+}
+
+/** A VOLUME_BUSY a running server gave with its reason (`details.served`: a restore or import running, every control connection taken), not "stopping". */
+export function isServerRefusal(err: unknown): boolean {
+  // Not this CLI's own VolumeServedError ("works only served…"), which carries `served` too.
+  return err instanceof CowvolError && !(err instanceof VolumeServedError) && err.code === 'VOLUME_BUSY' && err.details?.served === true;
 }
