@@ -202,7 +202,8 @@ export class FileObjectStore implements ObjectStore {
     try {
       entries = await fsp.readdir(join(this.rootPath, dirKey), { withFileTypes: true });
     } catch (err) {
-      if (errnoCode(err) === 'ENOENT' && dirKey === '') return;
+      // No folder at the root (or a file there): an empty store, as get finds no object in it.
+      if ((errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') && dirKey === '') return;
       throw this.coded(err, 'list', dirKey);
     }
     const link = entries.find((e) => e.isSymbolicLink());

@@ -122,6 +122,14 @@ describe('FileObjectStore', () => {
     expect(await keysOf('')).toEqual(['chunks/0b/c', 'manifests/u1/a']);
   });
 
+  it('a root that is a file, not a folder, lists as an empty store (so a repository there is REPOSITORY_NOT_FOUND, not an odd INVALID_ARGUMENT)', async () => {
+    await fsp.writeFile(join(dir, 'afile'), 'x');
+    const onFile = new FileObjectStore(pathToFileURL(join(dir, 'afile')).href);
+    const keys: string[] = [];
+    for await (const info of onFile.list('')) keys.push(info.key);
+    expect(keys).toEqual([]);
+  });
+
   it('makes missing directories 0700, many puts at once; where none can be made (/proc) it is IO_ERROR, not a hang', async () => {
     const deep = new FileObjectStore(pathToFileURL(join(dir, 'a', 'b', 'c')).href);
     await Promise.all(Array.from({ length: 16 }, (_, i) => deep.put(`x/y/k${String(i)}`, Buffer.from([i]))));
