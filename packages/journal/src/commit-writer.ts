@@ -22,13 +22,18 @@ export const MAX_HANDLES_PER_COMMIT = 4096;
  * (a flush request, an eighth of the log queued, or the commit interval) the
  * queue goes out as transactions, one at a time: ordered-data devices
  * synced, every block written in one go, one journal sync, then the image
- * cache, `apply`, and only then the handles' commits resolve. A failure
- * after the log was touched aborts the journal.
+ * cache, `apply`, and only then the handles' commits resolve. The apply of
+ * one transaction overlaps the write and sync of the next (`runCommits`).
+ * A failure after the log was touched aborts the journal.
  */
 export class CommitWriter {
   private queue: Handle[] = [];
   private readonly waiters = new Map<Handle, { resolve: (sequence: number) => void; reject: (e: unknown) => void }>();
   private committing = false;
+  /** Set while `runCommits` waits for an apply with nothing queued: a kick calls it. */
+  private kickWaiter: (() => void) | undefined;
+  /** The first failed apply: no later transaction is applied (applies stay in sequence order). */
+  private applyFailure: { cause: unknown } | undefined;
   private idleWaiters: Array<() => void> = [];
   private commitTimer: NodeJS.Timeout | undefined;
   private queuedBlocks = 0;
@@ -68,7 +73,9 @@ export class CommitWriter {
   /** Starts committing the queue now (a commit trigger). */
   kick(): void {
     this.stopTimer();
-    if (!this.committing && this.queue.length > 0) void this.runCommits();
+    // A pass waiting on an apply takes the queue now (`appliedOrKicked`).
+    if (this.committing) this.kickWaiter?.();
+    else if (this.queue.length > 0) void this.runCommits();
   }
 
   /** Resolves once no transaction is being written. */
@@ -83,29 +90,73 @@ export class CommitWriter {
     }
   }
 
+  /**
+   * Commits the queue, one transaction at a time, with one stage of
+   * pipelining (docs/ARCHITECTURE.md §5.2): once a transaction is durable
+   * and published, the next one is written and synced while the first one's
+   * `apply` runs. Applies run in sequence order, each after the one before;
+   * a transaction's handles resolve only once it is applied, as before. At
+   * most one apply is in flight (the next transaction's apply waits for it).
+   */
   private async runCommits(): Promise<void> {
     this.committing = true;
+    // The apply of the last transaction written, and of the one before it (settled before the next is written).
+    let applying: Promise<void> = Promise.resolve();
+    let applyingBefore: Promise<void> = applying;
     try {
-      while (this.queue.length > 0) {
-        const tx = this.lockNextTransaction();
-        try {
-          await this.writeTransaction(tx);
-          for (const h of tx.handles) this.waiters.get(h)?.resolve(tx.sequence);
-        } catch (err) {
-          for (const h of tx.handles) this.waiters.get(h)?.reject(err);
-          // Nothing queued after an aborting commit may commit: fail them too.
-          if (this.state.abortedBy !== undefined) this.failQueued(err);
-        } finally {
-          for (const h of tx.handles) this.waiters.delete(h);
-          // Committed: keep only sequence, start and length for the checkpoint,
-          // not the handles' records and images (memory bounded by the log's metadata).
-          tx.handles.length = 0;
+      for (;;) {
+        while (this.queue.length > 0) {
+          // Bounded: one apply at most runs behind the transaction being written.
+          await applyingBefore;
+          const tx = this.lockNextTransaction();
+          try {
+            const { applied } = await this.writeTransaction(tx, applying);
+            applyingBefore = applying;
+            applying = this.settleHandles(tx, applied);
+          } catch (err) {
+            this.rejectHandles(tx, err);
+          }
         }
+        // Idle once the last apply is done and nothing was queued meanwhile; a kick while it runs starts the next transaction at once.
+        if ((await this.appliedOrKicked(applying)) && this.queue.length === 0) break;
       }
     } finally {
       this.committing = false;
       for (const wake of this.idleWaiters.splice(0)) wake();
     }
+  }
+
+  /** Waits for `applying` (which never rejects) or a kick, whichever comes first; true when `applying` settled. */
+  private async appliedOrKicked(applying: Promise<void>): Promise<boolean> {
+    let applied = false;
+    const settled = applying.then(() => void (applied = true));
+    const kicked = new Promise<void>((resolve) => (this.kickWaiter = resolve));
+    await Promise.race([settled, kicked]);
+    this.kickWaiter = undefined;
+    return applied;
+  }
+
+  /** Resolves (or rejects) `tx`'s handles once `applied` settles; never rejects. */
+  private async settleHandles(tx: Transaction, applied: Promise<void>): Promise<void> {
+    try {
+      await applied;
+      for (const h of tx.handles) this.waiters.get(h)?.resolve(tx.sequence);
+      for (const h of tx.handles) this.waiters.delete(h);
+      // Committed: keep only sequence, start and length for the checkpoint,
+      // not the handles' records and images (memory bounded by the log's metadata).
+      tx.handles.length = 0;
+    } catch (err) {
+      this.rejectHandles(tx, err);
+    }
+  }
+
+  /** Rejects `tx`'s handles with `err`; after an aborting failure, every queued handle too. */
+  private rejectHandles(tx: Transaction, err: unknown): void {
+    for (const h of tx.handles) this.waiters.get(h)?.reject(err);
+    for (const h of tx.handles) this.waiters.delete(h);
+    tx.handles.length = 0;
+    // Nothing queued after an aborting commit may commit: fail them too.
+    if (this.state.abortedBy !== undefined) this.failQueued(err);
   }
 
   /** Takes queued handles into a new transaction, up to half the log or MAX_HANDLES_PER_COMMIT handles (at least one), and locks it. */
@@ -135,8 +186,13 @@ export class CommitWriter {
     }
   }
 
-  /** Builds, writes, syncs and applies one transaction. */
-  private async writeTransaction(tx: Transaction): Promise<void> {
+  /**
+   * Builds, writes and syncs one transaction, and publishes it; returns once
+   * it is durable, with a promise that settles once it is applied — after
+   * `previousApply`, the apply of the transaction before it.
+   * @throws JOURNAL_ABORTED, OUTCOME_UNKNOWN, IO_ERROR, NO_SPACE (the transaction did not happen, or may not have)
+   */
+  private async writeTransaction(tx: Transaction, previousApply: Promise<void>): Promise<{ applied: Promise<void> }> {
     const s = this.state;
     s.checkUsable();
     tx.sequence = s.nextSequence;
@@ -171,6 +227,38 @@ export class CommitWriter {
       if (phase === 'apply') throw new JournalApplyError(tx.sequence, err);
       throw err;
     }
+    s.wakeSpaceWaiters();
+    const applied = this.applyAfter(tx, encoded, previousApply);
+    // Observed here: a failure is reported to the handles by `settleHandles`, never as an unhandled rejection.
+    applied.catch(() => undefined);
+    // Wrapped: an async function returning the promise itself would wait for it.
+    return { applied };
+  }
+
+  /**
+   * `apply`s a durable transaction's records once `previousApply` settled.
+   * The transaction happened whatever fails here: the next open replays it.
+   * @throws JOURNAL_APPLY_FAILED (this apply failed, or an earlier one did: the journal aborted and nothing after it is applied)
+   */
+  private async applyAfter(tx: Transaction, encoded: EncodedTransaction, previousApply: Promise<void>): Promise<void> {
+    const s = this.state;
+    await previousApply.catch(() => undefined);
+    // An earlier apply failed: this one must not run out of order (the home would skip a transaction). Any other abort
+    // since does not stop it: the transaction is durable, and applying it is what the next open's replay would do.
+    if (this.applyFailure !== undefined) throw new JournalApplyError(tx.sequence, this.applyFailure.cause);
+    assert(s.lastAppliedSequence === tx.sequence - 1, `transaction ${tx.sequence} applied after ${s.lastAppliedSequence}`);
+    try {
+      // The home sees exactly what recovery would replay: decode the committed bytes.
+      const { payload } = encoded;
+      await this.apply({ sequence: tx.sequence, records: payload.length === 0 ? [] : (unpackMultiple(payload) as unknown[]) });
+    } catch (err) {
+      this.applyFailure ??= { cause: err };
+      s.abort(err);
+      throw new JournalApplyError(tx.sequence, err);
+    }
+    s.lastAppliedSequence = tx.sequence;
+    tx.advance('committed');
+    // Applied transactions can be checkpointed: a handle waiting for log space may go on.
     s.wakeSpaceWaiters();
     this.checkpoint.startIfFull();
   }
@@ -210,7 +298,7 @@ export class CommitWriter {
     return at;
   }
 
-  /** The transaction is durable: move the head, account its space, publish its images and revokes, then `apply` its records. */
+  /** The transaction is durable: move the head, account its space, publish its images and revokes (its `apply` follows: `applyAfter`). */
   private async publish(tx: Transaction, encoded: EncodedTransaction, endBlock: number): Promise<void> {
     const s = this.state;
     s.headBlock = endBlock;
@@ -227,10 +315,5 @@ export class CommitWriter {
     assert(!this.checkpoint.isWritingHome(encoded.revokes), `transaction ${tx.sequence}: a checkpoint still writes a block it revoked`);
     s.stats.commits += 1;
     s.stats.handles += tx.handles.length;
-    // The home sees exactly what recovery would replay: decode the committed bytes.
-    const { payload } = encoded;
-    await this.apply({ sequence: tx.sequence, records: payload.length === 0 ? [] : (unpackMultiple(payload) as unknown[]) });
-    s.lastAppliedSequence = tx.sequence;
-    tx.advance('committed');
   }
 }

@@ -22,13 +22,13 @@ import { MemoryDevice } from './memory-device.js';
  * device a background checkpoint interleaves with later commits, revokes
  * and writes outside the journal (the checkpoint/revoke order of
  * docs/ARCHITECTURE.md §5.3; seed 10 resurrected a revoked image before it).
- * Knobs: COWVOL_JOURNAL_CRASH_SEEDS (default 32, each timing),
+ * Knobs: COWVOL_JOURNAL_CRASH_SEEDS (default 42, each timing),
  * COWVOL_JOURNAL_CRASH_VARIANTS (default 4; the yielding timing runs the
  * first two, drop and apply, to keep the file's run time within 1.5× of one timing).
  */
 const BS = 512;
 const HOME_BLOCKS = 12;
-const SEEDS = Number(process.env.COWVOL_JOURNAL_CRASH_SEEDS ?? 32);
+const SEEDS = Number(process.env.COWVOL_JOURNAL_CRASH_SEEDS ?? 42);
 const VARIANTS = Number(process.env.COWVOL_JOURNAL_CRASH_VARIANTS ?? 4);
 
 interface TxSpec {
