@@ -144,6 +144,11 @@ describe('cowvol snapshot restore', () => {
     expect(undo.safetySnapshot).toBeNull();
     expect((await ok(['read', vol])).stdout.equals(liveBefore)).toBe(true);
     expect((await cowvol(['snapshot', 'restore', vol, 'nope'])).code).toBe(3);
+    // A safety name with no safety snapshot would be ignored: refused, nothing restored.
+    const both = await cowvol(['snapshot', 'restore', vol, 'mon', '--no-safety-snapshot', '--safety-name', 'q']);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toContain('--safety-name names the safety snapshot: it cannot be given with --no-safety-snapshot');
+    expect((await ok(['read', vol])).stdout.equals(liveBefore)).toBe(true);
   });
 });
 

@@ -164,13 +164,23 @@ describe('OS errors on user paths are documented codes', () => {
     for (const args of [
       ['read', vol],
       ['snapshot', 'read', vol, 's1'],
-      ['snapshot', 'export', vol, 's1', '--output', '-'],
     ]) {
       const r = await run('bash', ['-c', `set -o pipefail; "${process.execPath}" "${CLI}" ${args.map((a) => `"${a}"`).join(' ')} | head -c1 | wc -c`]);
       expect(r.stderr, args.join(' ')).toBe('');
       expect(r.code, args.join(' ')).toBe(0);
       expect(r.stdout.toString().trim()).toBe('1');
     }
+  });
+
+  it('an export whose reader closes stdout early fails (IO_ERROR, exit 7): a stream cut short is no backup; read to the end, it exits 0', async () => {
+    // The stream (1 MiB of data) is larger than a pipe's buffer: the reader's close reaches the writer.
+    const cut = await run('bash', ['-c', `"${process.execPath}" "${CLI}" snapshot export "${vol}" s1 --output - | head -c1 > /dev/null; exit \${PIPESTATUS[0]}`]);
+    expect(cut.code).toBe(EXIT.IO_ERROR);
+    expect(cut.stderr).toMatch(/\[IO_ERROR\]: the reader of stdout closed it after \d+ bytes of the stream: the stream is incomplete/);
+    const whole = await run('bash', ['-c', `"${process.execPath}" "${CLI}" snapshot export "${vol}" s1 --output - | wc -c; exit \${PIPESTATUS[0]}`]);
+    expect(whole.stderr).toBe('');
+    expect(whole.code).toBe(0);
+    expect(Number(whole.stdout.toString().trim())).toBeGreaterThan(MiB);
   });
 
   it('permission denied on --input and --output is IO_ERROR, exit 7', async () => {

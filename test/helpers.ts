@@ -1,10 +1,11 @@
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { Level } from 'level';
+import { pack, unpack } from 'msgpackr';
 
 /** Absolute path of the built CLI entry point. */
 export const CLI = resolve(import.meta.dirname, '../packages/cli/bin/run.js');
@@ -76,18 +77,36 @@ export async function sha256File(path: string): Promise<string> {
 /**
  * After copying a volume file and its sidecar (a test fixture): the copy has
  * a new inode and new times, which cowvol refuses as a write made outside it
- * (VOLUME_MODIFIED_OUTSIDE; docs/ARCHITECTURE.md §13). Removes the copy's
- * change stamp, as in a volume made before stamps were kept, so it opens;
- * its first clean close stamps it. The volume must be closed.
+ * (VOLUME_MODIFIED_OUTSIDE; docs/ARCHITECTURE.md §13). A `closed` stamp (or
+ * none) is taken anew of the copy as it now is (FORMAT.md §6.11), as
+ * accepting its changes would; an `open` one (a copy of a crashed session)
+ * is kept: it compares the size only, which a copy keeps. The volume must be
+ * closed.
  */
 export async function forgetChangeStamp(volumePath: string): Promise<void> {
+  const st = await stat(volumePath, { bigint: true });
   const db = new Level<string, Buffer>(join(`${volumePath}.cowvol`, 'meta'), { valueEncoding: 'buffer', createIfMissing: false });
   await db.open();
   try {
-    await db.del('stamp');
+    const old = await db.get('stamp');
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- level's typings say get() resolves a value, but it resolves undefined for a missing key
+    if (old !== undefined && (unpack(old) as { state: string }).state === 'open') return;
+    const stamp = {
+      v: 1,
+      state: 'closed',
+      dev: String(st.dev),
+      ino: String(st.ino),
+      sizeBytes: Number(st.size),
+      mtimeNs: String(st.mtimeNs),
+      ctimeNs: String(st.ctimeNs),
+      at: new Date().toISOString(),
+    };
+    await db.put('stamp', pack(stamp));
   } finally {
     await db.close();
   }
+  // A write right after gets a newer modification time than the stamp (as after a clean close).
+  await new Promise((resolve) => setTimeout(resolve, 20));
 }
 
 /** Small deterministic PRNG (mulberry32, from @cowvol/test-support) so a seed replays a run exactly. */

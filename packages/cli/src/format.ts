@@ -70,5 +70,9 @@ export const SUSPECT_NOTE = 'suspect: read live blocks when changes made outside
 /** Store totals in one line. */
 export function storeLine(space: SpaceReport): string {
   const st = space.store;
-  return `store: ${human(st.usedBytes)} used (${st.usedBlocks} blocks), ${human(st.freeBytes)} free for reuse, file ${human(st.fileBytes)}; snapshots own ${human(st.ownedBytes)}`;
+  const pending =
+    st.pendingDeleteBlocks > 0
+      ? `\nan interrupted delete still holds ${human(st.pendingDeleteBlocks * space.blockSizeBytes)} (${st.pendingDeleteBlocks} blocks): the next command that writes the volume hands them over to older snapshots (their OWNED and FREES grow) or frees them`
+      : '';
+  return `store: ${human(st.usedBytes)} used (${st.usedBlocks} blocks), ${human(st.freeBytes)} free for reuse, file ${human(st.fileBytes)}; snapshots own ${human(st.ownedBytes)}${pending}`;
 }

@@ -22,6 +22,12 @@ export interface Sink {
   close(): Promise<void>;
 }
 
+/** stdout as a {@link Sink}. */
+export interface StdoutSink extends Sink {
+  /** Resolves once everything written so far left the process (or failed: then `closedByReader`, or `write` and `close` throw). */
+  drained(): Promise<void>;
+}
+
 // stdout is watched for the whole process: a reader that stops early
 // (`cowvol read vol | head`) closes the pipe (EPIPE): like cat, cowvol stops
 // writing quietly and keeps its exit code. Any other failure (ENOSPC on
@@ -98,7 +104,7 @@ function assertStdoutNotProtected(st: BigIntStats, guard: ProtectedFiles): void 
 }
 
 /** stdout as a sink (see watchStdout); `write` and `close` throw NO_SPACE or IO_ERROR once stdout has failed. @throws INVALID_ARGUMENT when stdout is the volume or a file of its sidecar (`guard`) */
-export function openStdoutSink(guard: ProtectedFiles): Sink {
+export function openStdoutSink(guard: ProtectedFiles): StdoutSink {
   // Checked like a named output: a shell redirect onto the volume or a sidecar file (`1<>vol.img`) is refused before anything is written.
   const st = stdoutStat();
   if (st !== undefined) assertStdoutNotProtected(st, guard);
@@ -128,6 +134,11 @@ export function openStdoutSink(guard: ProtectedFiles): Sink {
         });
       }
       check();
+    },
+    async drained() {
+      if (stdoutClosedByReader || stdoutFailure) return;
+      // Writes leave in order: the callback of an empty one runs once those before it are written (or failed).
+      await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));
     },
     async close() {
       check();

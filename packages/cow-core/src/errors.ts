@@ -40,8 +40,9 @@ export class SnapshotNotFoundError extends CowvolError {
 
 /** `SNAPSHOT_EXISTS`: names are unique per volume. */
 export class SnapshotExistsError extends CowvolError {
-  constructor(name: string) {
-    super('SNAPSHOT_EXISTS', `a snapshot named ${JSON.stringify(name)} already exists`, { details: { name } });
+  /** `advice`: what to do instead, appended to the message. */
+  constructor(name: string, advice?: string) {
+    super('SNAPSHOT_EXISTS', `a snapshot named ${JSON.stringify(name)} already exists${advice === undefined ? '' : `; ${advice}`}`, { details: { name } });
   }
 }
 

@@ -37,6 +37,8 @@ export interface VolumeRecord {
   journalBytes?: number;
   /** Size of the space reserve file (reserve.ts); absent in volumes created before it: no reserve. */
   reserveBytes?: number;
+  /** The `stamp` key was written with this record at create: from then on its absence is damage (outside-writes.ts). Absent in volumes created before: false. */
+  stampFromCreate?: boolean;
 }
 
 /** How live data reaches the volume file (ext4 data=ordered / data=journal). */
@@ -224,7 +226,8 @@ export const decodeValue = {
         isInt(r.blockSizeBytes, 512) &&
         isInt(r.nextSnapshotId, 1) &&
         typeof r.createdAt === 'string' &&
-        (r.dataMode === 'ordered' || r.dataMode === 'journal'),
+        (r.dataMode === 'ordered' || r.dataMode === 'journal') &&
+        (r.stampFromCreate === undefined || typeof r.stampFromCreate === 'boolean'),
     ),
   checkpoint: (k: string, b: Uint8Array) => decode<CheckpointRecord>(k, b, (r) => isInt(r.sequence)),
   allocator: (k: string, b: Uint8Array) => decode<AllocatorRecord>(k, b, (r) => isInt(r.highWaterBlocks)),

@@ -22,8 +22,12 @@ import { errorMessage } from './files.js';
  * - `open` stamp (written, synced, before the first write of a session, so
  *   a crash leaves it behind): cowvol's own writes changed the times, so
  *   only the size must match (device and inode are reported beside a change);
- * - no stamp (a volume never closed since it was created, or made by an
- *   older cowvol): nothing to compare; the next clean close stamps it.
+ * - no stamp: in a volume whose record says `stampFromCreate` (every
+ *   volume created since the stamp is written at create), the record was
+ *   lost — damage — and the open refuses as for a change (field `stamp`):
+ *   nothing tells what happened to the file since. In an older volume
+ *   (never closed since it was created by an older cowvol): nothing to
+ *   compare; the next clean close stamps it.
  *
  * Reading the file (cmp, `e2fsck -n`, `qemu-img info`) changes only its
  * atime, which is not kept. The stamp is written straight to LevelDB, not
@@ -49,7 +53,8 @@ export interface StampRecord {
 
 /** One stamp field that differs; `recorded` and `found` are decimal (bytes, or nanoseconds for the times). */
 export interface StampChange {
-  field: 'dev' | 'ino' | 'size' | 'mtime' | 'ctime';
+  /** `stamp`: the record itself is missing from a volume that has one from its create on (`recorded` "present", `found` "missing"). */
+  field: 'dev' | 'ino' | 'size' | 'mtime' | 'ctime' | 'stamp';
   recorded: string;
   found: string;
 }
@@ -77,8 +82,8 @@ export interface AcceptChangesReport {
  */
 export const STAMP_SETTLE_MS = 20;
 
-const FIELDS_ALWAYS: ReadonlyArray<StampChange['field']> = ['dev', 'ino', 'size'];
-const FIELDS_CLEAN: ReadonlyArray<StampChange['field']> = [...FIELDS_ALWAYS, 'mtime', 'ctime'];
+const FIELDS_ALWAYS: ReadonlyArray<Exclude<StampChange['field'], 'stamp'>> = ['dev', 'ino', 'size'];
+const FIELDS_CLEAN: ReadonlyArray<Exclude<StampChange['field'], 'stamp'>> = [...FIELDS_ALWAYS, 'mtime', 'ctime'];
 
 const isDecimal = (x: unknown): boolean => typeof x === 'string' && /^(0|[1-9][0-9]{0,24})$/.test(x);
 
@@ -125,7 +130,7 @@ export async function statStamp(path: string, state: StampRecord['state']): Prom
 
 /** The fields of `found` that differ from `recorded`: all of them after a clean close, identity and size otherwise. */
 export function compareStamps(recorded: StampRecord, found: StampRecord): StampChange[] {
-  const value = (s: StampRecord, f: StampChange['field']): string => (f === 'size' ? String(s.sizeBytes) : f === 'mtime' ? s.mtimeNs : f === 'ctime' ? s.ctimeNs : s[f]);
+  const value = (s: StampRecord, f: Exclude<StampChange['field'], 'stamp'>): string => (f === 'size' ? String(s.sizeBytes) : f === 'mtime' ? s.mtimeNs : f === 'ctime' ? s.ctimeNs : s[f]);
   const fields = recorded.state === 'closed' ? FIELDS_CLEAN : FIELDS_ALWAYS;
   return fields.filter((f) => value(recorded, f) !== value(found, f)).map((field) => ({ field, recorded: value(recorded, field), found: value(found, field) }));
 }
@@ -139,6 +144,8 @@ export function isoNs(ns: string): string {
 
 function describeChange(c: StampChange): string {
   switch (c.field) {
+    case 'stamp':
+      return 'its change stamp is missing from the metadata (the sidecar was damaged: cowvol cannot tell whether the file was written outside it)';
     case 'dev':
       return `device ${c.recorded} → ${c.found} (the file was replaced by another one)`;
     case 'ino':
@@ -216,7 +223,7 @@ async function writeStamp(db: MetadataDb, path: string, stamp: StampRecord, sync
 }
 
 /** Waits until a write made from now on gets a newer mtime than `stamp`'s (at most STAMP_SETTLE_MS). */
-async function settleTimes(stamp: StampRecord): Promise<void> {
+export async function settleTimes(stamp: StampRecord): Promise<void> {
   const newestMs = Number((BigInt(stamp.mtimeNs) > BigInt(stamp.ctimeNs) ? BigInt(stamp.mtimeNs) : BigInt(stamp.ctimeNs)) / 1_000_000n);
   const waitMs = Math.min(STAMP_SETTLE_MS, newestMs + STAMP_SETTLE_MS - Date.now());
   if (waitMs > 0) await sleep(waitMs);
@@ -245,9 +252,10 @@ export class ChangeStamps {
    * the refusal (maps loaded from `db`).
    * @throws VOLUME_MODIFIED_OUTSIDE (unless `hold`), CORRUPT_METADATA, IO_ERROR
    */
-  static async open(db: MetadataDb, path: string, options: { hold: boolean; catalog: readonly SnapshotRecord[]; volumeBlocks: number }): Promise<ChangeStamps> {
+  static async open(db: MetadataDb, path: string, options: { hold: boolean; catalog: readonly SnapshotRecord[]; volumeBlocks: number; stampFromCreate: boolean }): Promise<ChangeStamps> {
     const recorded = await readStamp(db);
     const found = await statStamp(path, 'open');
+    if (recorded === undefined && options.stampFromCreate) return ChangeStamps.lost(db, path, found, options);
     // Content is what counts: its size and (after a clean close) its
     // modification time. A status change alone (chmod, chown, a hard link:
     // ctime moves) or a copy that keeps the modification time (cp -a,
@@ -262,6 +270,16 @@ export class ChangeStamps {
       throw new VolumeModifiedOutsideError(describeOutsideChange(path, change, suspects), { path, ...change, suspectSnapshots: suspects });
     }
     return new ChangeStamps(db, path, recorded, found, change);
+  }
+
+  /** The open of a volume whose stamp was lost (class comment): refused as a change, or held for `accept`. @throws VOLUME_MODIFIED_OUTSIDE (unless `hold`) */
+  private static async lost(db: MetadataDb, path: string, found: StampRecord, options: { hold: boolean; catalog: readonly SnapshotRecord[]; volumeBlocks: number }): Promise<ChangeStamps> {
+    const change: OutsideChange = { changes: [{ field: 'stamp', recorded: 'present', found: 'missing' }], cleanClose: false };
+    if (!options.hold) {
+      const suspects = await suspectSnapshots(options.catalog, options.volumeBlocks, (id) => SnapshotMap.load(db, id));
+      throw new VolumeModifiedOutsideError(describeOutsideChange(path, change, suspects), { path, ...change, suspectSnapshots: suspects });
+    }
+    return new ChangeStamps(db, path, undefined, found, change);
   }
 
   /**

@@ -1,4 +1,4 @@
-import { SnapshotNotFoundError } from './errors.js';
+import { SnapshotExistsError, SnapshotNotFoundError } from './errors.js';
 import { mergeExtents } from './diff.js';
 import { IO_CHUNK_BYTES } from './layout.js';
 import { killPoint } from './kill-point.js';
@@ -39,7 +39,8 @@ export interface RestoreResult {
  *
  * Idempotent: a restore interrupted by a crash or an error (NO_SPACE: every
  * snapshot stays readable) is finished by running it again (with
- * `safetySnapshot: false`, or a second safety snapshot is taken). An
+ * `safetySnapshot: false`, or a second safety snapshot is taken; run again
+ * with the same `safetyName`, it is SNAPSHOT_EXISTS saying so). An
  * interrupted import's marker is cleared: the restore abandons it.
  * @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_EXISTS (safety name taken), INVALID_SNAPSHOT_NAME, NO_SPACE, IO_ERROR, STORE_CORRUPT
  */
@@ -48,6 +49,15 @@ export async function restoreSnapshot(volume: Volume, name: string, options: Res
   if (!snapshots.some((s) => s.name === name)) throw new SnapshotNotFoundError(name);
   let safety: string | null = null;
   if (options.safetySnapshot !== false) {
+    const taken = options.safetyName === undefined ? undefined : snapshots.find((s) => s.name === options.safetyName);
+    // The same command run again after an interruption: its safety snapshot exists. Which live content came since is
+    // unknown (the restore's own writes, or new ones), so it is not reused; the message says how to finish.
+    if (taken?.labels['cowvol.safety'] === 'pre-restore' && taken.labels['cowvol.restore-of'] === name) {
+      throw new SnapshotExistsError(
+        taken.name,
+        `it is the safety snapshot of an earlier restore of ${JSON.stringify(name)}: if that restore was interrupted, finish it with --no-safety-snapshot (the safety snapshot holds the state before it); otherwise choose another --safety-name`,
+      );
+    }
     safety = options.safetyName ?? uniqueName(`pre-restore-${new Date().toISOString()}`, new Set(snapshots.map((s) => s.name)));
     await volume.createSnapshot(safety, { labels: { 'cowvol.safety': 'pre-restore', 'cowvol.restore-of': name } });
   }

@@ -1,7 +1,7 @@
 import { InvalidArgumentError, SnapshotNotFoundError } from './errors.js';
 import { validateLabelKey, validateLabels } from './labels.js';
 import type { SnapshotRecord } from './metadata.js';
-import { planDelete, type DeletePlan } from './space.js';
+import { pendingDeletes, planDelete, type DeletePlan } from './space.js';
 import { deleteSnapshotsLocked, describeSnapshot, type SnapshotChange } from './snapshot-lifecycle.js';
 import type { SnapshotInfo } from './volume-types.js';
 import { namedMaps } from './volume-reports.js';
@@ -123,7 +123,7 @@ export async function planSelected(ctx: VolumeContext, selection: DeleteSelectio
   const { chosen, skippedHeld } = selectSnapshots(live, selection, Date.now());
   const names = new Set(chosen);
   const ids = new Set(live.filter((r) => names.has(r.name)).map((r) => r.id));
-  return { ...planDelete(await namedMaps(ctx, ctx.catalog), ids, ctx.blockSizeBytes), skippedHeld };
+  return { ...planDelete(await namedMaps(ctx, ctx.catalog), ids, ctx.blockSizeBytes, pendingDeletes(ctx.catalog)), skippedHeld };
 }
 
 /** A label change: keys to set (with their values) and keys to remove; a key in both is set. */

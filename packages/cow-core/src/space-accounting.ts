@@ -253,7 +253,11 @@ export function spaceFromCounters(ctx: VolumeContext, fileBytes: number, only?: 
   const bs = ctx.blockSizeBytes;
   const snapshots: SpaceReport['snapshots'] = [];
   let ownedBlocks = 0;
-  for (const rec of ctx.catalog) ownedBlocks += rec.ownedBlocks;
+  let pendingDeleteBlocks = 0;
+  for (const rec of ctx.catalog) {
+    ownedBlocks += rec.ownedBlocks;
+    if (rec.state === 'deleting') pendingDeleteBlocks += rec.ownedBlocks;
+  }
   const rows = only ?? ctx.catalog;
   for (const rec of rows) {
     if (rec.state !== 'live') continue;
@@ -275,6 +279,7 @@ export function spaceFromCounters(ctx: VolumeContext, fileBytes: number, only?: 
       fileBytes,
       ownedBlocks,
       ownedBytes: ownedBlocks * bs,
+      pendingDeleteBlocks,
     },
   };
 }

@@ -1,4 +1,5 @@
 import type { NamedMap } from './diff.js';
+import type { SnapshotRecord } from './metadata.js';
 
 /** Space accounting of one snapshot (see {@link Volume.spaceUsage}). */
 export interface SnapshotSpace {
@@ -32,6 +33,13 @@ export interface StoreSpace {
   /** Sum of every snapshot's owned blocks (equals usedBlocks when nothing leaked). */
   ownedBlocks: number;
   ownedBytes: number;
+  /**
+   * Of `ownedBlocks`, those still held by snapshots whose delete was
+   * interrupted (state `deleting`, in no row): the next writable open hands
+   * them over to older snapshots (their rows' owned and freeable counts
+   * grow) or frees them. 0 when no delete is unfinished.
+   */
+  pendingDeleteBlocks: number;
 }
 
 /** Result of {@link Volume.spaceUsage}. */
@@ -63,16 +71,44 @@ export function freeableBlocks(map: NamedMap, older: NamedMap | undefined): numb
   return n;
 }
 
+/** The ids of `catalog`'s snapshots whose delete was interrupted (state `deleting`): what {@link planDelete} finishes first. */
+export function pendingDeletes(catalog: readonly SnapshotRecord[]): Set<number> {
+  return new Set(catalog.filter((r) => r.state === 'deleting').map((r) => r.id));
+}
+
 /**
  * Simulates deleting `victims` (ids) out of `catalog` (every snapshot, oldest
  * first, with its map) exactly as the delete does it: oldest victim first,
  * each block handed over to the nearest older surviving snapshot when that
  * one neither maps it nor received it from an earlier victim, else freed.
- * O(Σ victims' map sizes); touches no state.
+ * `pending`: snapshots in state `deleting` (an interrupted delete, in the
+ * catalog with their maps): the next writable open finishes them before
+ * anything else, so they are simulated first — their blocks reach the
+ * survivors they are handed to, and what they free is not this plan's
+ * (docs/ARCHITECTURE.md §15.3). O(Σ victims' and pending map sizes);
+ * touches no state.
  */
-export function planDelete(catalog: NamedMap[], victims: Set<number>, blockSizeBytes: number): DeletePlan {
+export function planDelete(catalog: NamedMap[], victims: Set<number>, blockSizeBytes: number, pending: ReadonlySet<number> = new Set()): DeletePlan {
   const received = new Map<number, Set<number>>(); // survivor id -> blocks handed over to it
   const plan: DeletePlan = { snapshots: [], freedBlocks: 0, freedBytes: 0, handedOverBlocks: 0 };
+  if (pending.size > 0) simulateDeletes(catalog, pending, received);
+  const rest = pending.size > 0 ? catalog.filter((m) => !pending.has(m.id)) : catalog;
+  for (const { victim, freed, moved } of simulateDeletes(rest, victims, received)) {
+    plan.snapshots.push({ id: victim.id, name: victim.name, freedBlocks: freed, freedBytes: freed * blockSizeBytes, handedOverBlocks: moved });
+    plan.freedBlocks += freed;
+    plan.handedOverBlocks += moved;
+  }
+  plan.freedBytes = plan.freedBlocks * blockSizeBytes;
+  return plan;
+}
+
+/**
+ * The steps of {@link planDelete} for `victims` out of `catalog`: each
+ * victim's blocks — its map and those `received` from earlier deletes —
+ * handed over to the nearest older survivor (added to `received`) or freed.
+ */
+function simulateDeletes(catalog: NamedMap[], victims: ReadonlySet<number>, received: Map<number, Set<number>>): Array<{ victim: NamedMap; freed: number; moved: number }> {
+  const steps: Array<{ victim: NamedMap; freed: number; moved: number }> = [];
   for (let i = 0; i < catalog.length; i++) {
     const victim = catalog[i]!;
     if (!victims.has(victim.id)) continue;
@@ -86,7 +122,7 @@ export function planDelete(catalog: NamedMap[], victims: Set<number>, blockSizeB
     let freed = 0;
     let moved = 0;
     let got = older ? received.get(older.id) : undefined;
-    for (const [block] of victim.map.entries()) {
+    const handOver = (block: number): void => {
       if (older && !older.map.has(block) && !got?.has(block)) {
         if (!got) {
           got = new Set();
@@ -95,11 +131,11 @@ export function planDelete(catalog: NamedMap[], victims: Set<number>, blockSizeB
         got.add(block);
         moved += 1;
       } else freed += 1;
-    }
-    plan.snapshots.push({ id: victim.id, name: victim.name, freedBlocks: freed, freedBytes: freed * blockSizeBytes, handedOverBlocks: moved });
-    plan.freedBlocks += freed;
-    plan.handedOverBlocks += moved;
+    };
+    for (const [block] of victim.map.entries()) handOver(block);
+    for (const block of received.get(victim.id) ?? []) handOver(block);
+    received.delete(victim.id);
+    steps.push({ victim, freed, moved });
   }
-  plan.freedBytes = plan.freedBlocks * blockSizeBytes;
-  return plan;
+  return steps;
 }

@@ -27,6 +27,7 @@ import { killPoint } from './kill-point.js';
 import { RESERVE_BYTES, writeReserve } from './reserve.js';
 import { openerFor, type CreateVolumeOptions } from './volume-types.js';
 import { errnoCode, pathExists } from './files.js';
+import { settleTimes, statStamp } from './outside-writes.js';
 
 /**
  * Volume creation (docs/ARCHITECTURE.md §4.8, docs/FORMAT.md §2 "Create
@@ -170,14 +171,19 @@ async function writeSidecar(plan: CreatePlan): Promise<void> {
     dataMode: plan.dataMode,
     journalBytes: plan.journalBytes,
     reserveBytes: plan.reserveBytes,
+    stampFromCreate: true,
   };
   await db.apply([putOp(keys.allocator, { v: SCHEMA_VERSION, highWaterBlocks: 0 }), putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: 0 })]);
   killPoint('create:meta');
+  // The file's change stamp comes with the volume record too: from now on, a volume without one lost it (outside-writes.ts).
+  const stamp = await statStamp(plan.path, 'closed');
   // An import's marker comes with the volume record: the volume never exists without it.
-  await db.apply([putOp(keys.volume, sb), ...(options.importState ? [putOp(keys.importState, options.importState)] : [])], true);
+  await db.apply([putOp(keys.volume, sb), putOp(keys.stamp, stamp), ...(options.importState ? [putOp(keys.importState, options.importState)] : [])], true);
   await db.makeDurable();
   await db.close();
   killPoint('create:recorded');
+  // A write right after the create gets a newer modification time than the stamp (as after a clean close).
+  await settleTimes(stamp);
   await clearCreateIntent(layout);
   await syncDirectory(layout.sidecarPath);
   await syncDirectory(dirname(resolve(layout.sidecarPath)));

@@ -68,7 +68,7 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
     const sb = meta.sb;
     // Before recovery may write the file: one changed outside cowvol is refused (outside-writes.ts).
     const volumeBlocks = Math.ceil(sb.sizeBytes / sb.blockSizeBytes);
-    const outside = await ChangeStamps.open(db, path, { hold: options.outsideChanges === 'hold', catalog: [...meta.snapshots.values()], volumeBlocks });
+    const outside = await ChangeStamps.open(db, path, { hold: options.outsideChanges === 'hold', catalog: [...meta.snapshots.values()], volumeBlocks, stampFromCreate: sb.stampFromCreate === true });
     const uuid = Buffer.from(sb.uuid, 'hex');
     const volume = await openerFor(options, 'volume', fileDeviceOpener).open(path, { create: false, readOnly });
     opened.push(volume);

@@ -1,7 +1,7 @@
 import { InvalidArgumentError, InvalidSnapshotNameError, OutOfRangeError, SnapshotExistsError, SnapshotNotFoundError } from './errors.js';
 import { MAX_READ_BYTES, SNAPSHOT_NAME_PATTERN } from './layout.js';
 import type { SnapshotIdentity, SnapshotRecord } from './metadata.js';
-import { planDelete, type DeletePlan, type SpaceReport } from './space.js';
+import { pendingDeletes, planDelete, type DeletePlan, type SpaceReport } from './space.js';
 import { validateLabels } from './labels.js';
 import { readThrough } from './read-through.js';
 import { snapshotReaderOf, type SnapshotReader, type SnapshotReaderStats } from './snapshot-reader.js';
@@ -133,7 +133,7 @@ export abstract class VolumeSnapshots {
   async planDelete(names: string[]): Promise<DeletePlan> {
     return this.ctx.settled(async () => {
       const victims = findVictims(this.ctx, names);
-      return planDelete(await namedMaps(this.ctx, this.ctx.catalog), new Set(victims.map((r) => r.id)), this.blockSizeBytes);
+      return planDelete(await namedMaps(this.ctx, this.ctx.catalog), new Set(victims.map((r) => r.id)), this.blockSizeBytes, pendingDeletes(this.ctx.catalog));
     });
   }
 

@@ -107,8 +107,8 @@ afterAll(async () => {
 /**
  * Puts back the volume and its sidecar from a copy. Copying the file back is
  * a write made outside cowvol (new times), which an open would refuse
- * (outside-writes.test.ts covers that): the copy's change stamp is dropped,
- * as in a volume made before stamps were kept, so the open runs recovery.
+ * (outside-writes.test.ts covers that): the copy is stamped as it is
+ * (`forgetChangeStamp`), so the open runs recovery.
  */
 async function restoreFrom(backup: string, path: string): Promise<void> {
   await rm(`${path}.cowvol`, { recursive: true, force: true });

@@ -151,6 +151,16 @@ describe('NO_SPACE: the store never silently invalidates a snapshot', () => {
     all.set('safety', Buffer.from(live));
     for (const [name, content] of all) expect((await v.readSnapshot(name, 0, content.length)).equals(content), `${name} after a failed restore`).toBe(true);
     disk.budgetBytes = 1024 * 1024;
+    // Run again as it was (the same safety name): refused before any write, saying how to finish.
+    const half = await v.read(0, live.length);
+    const again = await restoreSnapshot(v, 'a', { safetyName: 'safety' }).then(
+      () => undefined,
+      (err: unknown) => err as Error & { code?: string },
+    );
+    expect(again?.code).toBe('SNAPSHOT_EXISTS');
+    expect(again?.message).toContain('it is the safety snapshot of an earlier restore of "a": if that restore was interrupted, finish it with --no-safety-snapshot');
+    expect((await v.read(0, live.length)).equals(half)).toBe(true);
+    expect((await v.listSnapshots()).map((s) => s.name)).toEqual([...snaps.keys(), 'safety']);
     await restoreSnapshot(v, 'a', { safetySnapshot: false }); // run again: finishes the job
     expect((await v.read(0, live.length)).equals(snaps.get('a')!)).toBe(true);
     for (const [name, content] of all) expect((await v.readSnapshot(name, 0, content.length)).equals(content), `${name} after the restore`).toBe(true);

@@ -59,6 +59,17 @@ async function refusal(): Promise<CowvolError> {
   throw new Error('the open was refused with an error that is not a CowvolError', { cause: err });
 }
 
+/** Runs `edit` on the volume's LevelDB (the volume closed): damage, or what an older cowvol left. */
+async function editMetadata(edit: (db: Level<string, Buffer>) => Promise<void>): Promise<void> {
+  const db = new Level<string, Buffer>(volumeLayout(path).metaPath, { valueEncoding: 'buffer', createIfMissing: false });
+  await db.open();
+  try {
+    await edit(db);
+  } finally {
+    await db.close();
+  }
+}
+
 /** The `stamp` metadata value, decoded, read straight from LevelDB (the volume closed). */
 async function storedStamp(): Promise<Record<string, unknown> | undefined> {
   const db = new Level<string, Buffer>(volumeLayout(path).metaPath, { valueEncoding: 'buffer', createIfMissing: false });
@@ -268,16 +279,40 @@ describe('what counts as a change', () => {
 
   it('a volume without a stamp (made before stamps were kept) opens, and is stamped at its first clean close', async () => {
     await (await Volume.create(path, { sizeBytes: BLOCKS * BS })).close();
-    const db = new Level<string, Buffer>(volumeLayout(path).metaPath, { valueEncoding: 'buffer', createIfMissing: false });
-    await db.open();
-    await db.del('stamp');
-    await db.close();
+    // What an older cowvol left: no stamp, and a volume record without `stampFromCreate`.
+    await editMetadata(async (db) => {
+      await db.del('stamp');
+      const { pack, unpack } = await import('msgpackr');
+      const { stampFromCreate, ...older } = unpack(await db.get('sb')) as Record<string, unknown>;
+      expect(stampFromCreate).toBe(true);
+      await db.put('sb', pack(older));
+    });
     await writeOutside(0, Buffer.alloc(BS, 7));
     const v = await Volume.open(path);
     expect((await v.read(0, BS)).equals(Buffer.alloc(BS, 7))).toBe(true);
     await v.close();
     await writeOutside(0, Buffer.alloc(BS, 8));
     expect((await refusal()).code).toBe('VOLUME_MODIFIED_OUTSIDE');
+  });
+
+  it('a volume created with a stamp that lost it (a damaged sidecar) is refused as changed outside, naming the lost stamp; accepting it stamps it again', async () => {
+    const live = await threeSnapshots('ordered');
+    await editMetadata((db) => db.del('stamp'));
+    const outside = Buffer.alloc(BS, 9);
+    await writeOutside(5 * BS, outside);
+    outside.copy(live, 5 * BS);
+    const err = await refusal();
+    expect(err.code).toBe('VOLUME_MODIFIED_OUTSIDE');
+    expect(err.details).toMatchObject({ changes: [{ field: 'stamp', recorded: 'present', found: 'missing' }], suspectSnapshots: ['mid', 'new'] });
+    expect(err.message).toContain('change stamp is missing');
+    // A read-only open refuses too: no snapshot is read as if nothing happened.
+    await expect(Volume.openForReading(path)).rejects.toMatchObject({ code: 'VOLUME_MODIFIED_OUTSIDE' });
+    const v = await Volume.open(path, { outsideChanges: 'hold' });
+    expect(await v.acceptOutsideChanges()).toMatchObject({ accepted: true, suspectSnapshots: ['mid', 'new'] });
+    expect((await v.readSnapshot('new', 0, BLOCKS * BS)).equals(live)).toBe(true);
+    await v.close();
+    expect(await storedStamp()).toMatchObject({ state: 'closed' });
+    await (await Volume.open(path)).close();
   });
 });
 

@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import { Args } from '../../args.js';
+import { IoError } from '@cowvol/base';
 import { InvalidArgumentError, SnapshotNotFoundError, exportSnapshot, type ExportResult, type ExportSource } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 import { human } from '../../format.js';
@@ -43,8 +44,25 @@ export default class SnapshotExport extends CowvolCommand {
       const options = { ...(flags.since ? { since: flags.since } : {}), onProgress: (d: number, t: number) => progress.update(d, t) };
       if (flags.output === STDIO_PATH) {
         const sink = openStdoutSink(await protectedFilesOf(args.volume));
+        // A stream cut short is no backup: a reader that closes stdout early (EPIPE) fails the export (IO_ERROR, exit 7),
+        // where a data command like `read` stops quietly (README "For scripts").
+        let writtenBytes = 0;
+        const cutShort = (): IoError =>
+          new IoError(`the reader of stdout closed it after ${writtenBytes} bytes of the stream: the stream is incomplete`, { details: { path: '-', role: 'output', writtenBytes } });
         try {
-          return await exportSnapshot(volume, args.name, (b) => sink.write(b), options);
+          const r = await exportSnapshot(
+            volume,
+            args.name,
+            async (b) => {
+              if (sink.closedByReader) throw cutShort();
+              await sink.write(b);
+              writtenBytes += b.length;
+            },
+            options,
+          );
+          await sink.drained();
+          if (sink.closedByReader) throw cutShort();
+          return r;
         } finally {
           await sink.close();
         }

@@ -1,6 +1,6 @@
 import { Flags } from '@oclif/core';
 import { Args } from '../../args.js';
-import { restoreSnapshot, type RestoreResult } from '@cowvol/cow-core';
+import { InvalidArgumentError, restoreSnapshot, type RestoreResult } from '@cowvol/cow-core';
 import { CowvolCommand } from '../../base-command.js';
 import { human } from '../../format.js';
 import { createProgress, progressFlag } from '../../progress.js';
@@ -11,7 +11,7 @@ export default class SnapshotRestore extends CowvolCommand {
     'Rewrites only the blocks changed since the snapshot (cost proportional to them, not the volume size), through the normal',
     'copy-on-write path: every snapshot, older and newer, stays intact. Unless --no-safety-snapshot, a snapshot of the',
     'pre-restore state (pre-restore-<time>, or --safety-name) is taken first: restoring it undoes the restore.',
-    'An interrupted restore is finished by running it again.',
+    'An interrupted restore is finished by running it again (with --no-safety-snapshot if it had a --safety-name: its safety snapshot holds that name).',
     'On a served volume the server restores, and refuses (EXPORT_IN_USE) while an NBD client is attached to live.',
   ].join('\n');
   static override examples = ['<%= config.bin %> snapshot restore vol.img nightly-2026-11-21', '<%= config.bin %> snapshot restore vol.img nightly --no-safety-snapshot'];
@@ -27,6 +27,8 @@ export default class SnapshotRestore extends CowvolCommand {
 
   async run(): Promise<RestoreResult> {
     const { args, flags } = await this.parse(SnapshotRestore);
+    // A safety name that would be silently ignored.
+    if (!flags['safety-snapshot'] && flags['safety-name'] !== undefined) throw new InvalidArgumentError('--safety-name names the safety snapshot: it cannot be given with --no-safety-snapshot');
     const progress = createProgress(flags.progress, 'restore');
     const options = {
       safetySnapshot: flags['safety-snapshot'],
