@@ -3,7 +3,7 @@ import { cp, open, rm, truncate } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileBlockDevice } from '@cowvol/base';
-import { SUPERBLOCK_AREA_BYTES, decodeSuperblock, scanJournal } from '@cowvol/journal';
+import { Journal, SUPERBLOCK_AREA_BYTES, decodeSuperblock, scanJournal } from '@cowvol/journal';
 import { Volume } from '@cowvol/cow-core';
 import { cowvol, cowvolOk, tempDir } from './helpers.js';
 import { STEPS } from './journal-repair-child.mjs';
@@ -205,5 +205,39 @@ describe('check --repair: a damaged journal is repaired like e2fsck does', () =>
     expect(JSON.parse(repaired.stdout.toString())).toMatchObject({ status: 'clean', journalRepair: { discarded: [] } });
     await expectSnapshotsIntact(vol);
     expect((await cowvol(['check', vol])).code).toBe(0);
+  });
+
+  it('a discarded transaction the metadata never applied: after the repair check is clean (the metadata skips its sequence too), not journal-not-recovered forever', async () => {
+    const vol = join(dir, 'unapplied.img');
+    await cowvolOk(['create', vol, '--size', String(SIZE)]);
+    await killedWriter(vol);
+    await (await Volume.open(vol)).close(); // replays and checkpoints: the log is empty, the metadata up to date
+    // Two more transactions reach the log but never the metadata (a writer killed between its commits and their apply);
+    // the first is damaged, so recovery cannot pass it and the second is beyond it: JOURNAL_CORRUPT.
+    const dev = await FileBlockDevice.open(join(`${vol}.cowvol`, 'journal'));
+    const { journal } = await Journal.open(dev, { replay: async () => undefined });
+    const sequences: number[] = [];
+    for (const n of [1, 2]) {
+      const handle = await journal.start(1);
+      handle.log({ never: 'applied', n });
+      sequences.push(await handle.commit());
+    }
+    await journal.close();
+    const [first] = await journalTransactions(vol);
+    expect(first?.sequence).toBe(sequences[0]);
+    const journalPath = join(`${vol}.cowvol`, 'journal');
+    await flipByte(journalPath, first!.startBlock * 4096 + 100);
+    // A damaged head alone reads as a torn end of the log; cut the file's last block too, so the open refuses it.
+    const { size } = await (await import('node:fs/promises')).stat(journalPath);
+    await truncate(journalPath, size - 4096);
+    expect((await cowvol(['info', vol])).code).toBe(6);
+    const repaired = await cowvol(['check', vol, '--repair', '--json']);
+    expect(repaired.code, repaired.stderr).toBe(4);
+    const jr = (JSON.parse(repaired.stdout.toString()) as { journalRepair: { discarded: Array<{ sequence: number; inMetadata: boolean }>; newTailSequence: number } }).journalRepair;
+    expect(jr.discarded).toMatchObject(sequences.map((sequence) => ({ sequence, inMetadata: false })));
+    expect(jr.newTailSequence).toBe(sequences[1]! + 1);
+    const after = await cowvol(['check', vol]);
+    expect(after.code, after.stdout.toString()).toBe(0);
+    await expectSnapshotsIntact(vol);
   });
 });
