@@ -1,6 +1,6 @@
 import { spawn, type StdioOptions } from 'node:child_process';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { chmod, chown, link, mkdir, open, readdir, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, link, lutimes, mkdir, open, readdir, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -181,6 +181,27 @@ describe('OS errors on user paths are documented codes', () => {
     expect(whole.stderr).toBe('');
     expect(whole.code).toBe(0);
     expect(Number(whole.stdout.toString().trim())).toBeGreaterThan(MiB);
+  });
+
+  it('an export removes the partial files killed exports to the same name left (process gone, untouched for an hour), and nothing else', async () => {
+    const area = join(dir, 'partials');
+    await mkdir(area);
+    const out = join(area, 'out.cvs');
+    const dead = spawnSync('true').pid; // exited: no such process now
+    const hoursAgo = new Date(Date.now() - 2 * 3600 * 1000);
+    const names = {
+      stale: `.out.cvs.partial-${dead}-deadbeef`,
+      fresh: `.out.cvs.partial-${dead}-cafebabe`,
+      alive: `.out.cvs.partial-${process.pid}-01234567`,
+      other: `.other.cvs.partial-${dead}-deadbeef`,
+      link: `.out.cvs.partial-${dead}-0badf00d`,
+    };
+    for (const key of ['stale', 'fresh', 'alive', 'other'] as const) await writeFile(join(area, names[key]), 'partial stream');
+    await symlink(join(dir, 'a.bin'), join(area, names.link));
+    for (const key of ['stale', 'alive', 'other'] as const) await utimes(join(area, names[key]), hoursAgo, hoursAgo);
+    await lutimes(join(area, names.link), hoursAgo, hoursAgo);
+    expect((await cowvol(['snapshot', 'export', vol, 's1', '--output', out])).code).toBe(0);
+    expect((await readdir(area)).sort()).toEqual([names.alive, names.fresh, names.link, names.other, 'out.cvs'].sort());
   });
 
   it('permission denied on --input and --output is IO_ERROR, exit 7', async () => {

@@ -1,5 +1,5 @@
 import { constants, fstatSync, rmSync, type BigIntStats } from 'node:fs';
-import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { lstat, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
 import { IoError, NoSpaceError, type CowvolError } from '@cowvol/base';
@@ -241,6 +241,7 @@ export async function openAtomicFileSink(output: string, guard: ProtectedFiles):
     const sink = await openFileSink(output, guard);
     return { ...sink, commit: () => sink.close(), abort: () => sink.close().catch(() => undefined) };
   }
+  await removeDeadPartials(target);
   const { handle, tmp, forget } = await createPartial(target, output, existing ? existing.mode & 0o7777 : await outputMode(guard));
   if (existing) await keepOwnerAndMode(handle, existing, output);
   let closed = false;
@@ -300,6 +301,43 @@ async function keepOwnerAndMode(handle: FileHandle, existing: { mode: number; ui
 async function outputMode(guard: ProtectedFiles): Promise<number> {
   const volume = await stat(guard.volumePath).catch(() => undefined);
   return volume ? (volume.mode & 0o066) | 0o600 : 0o600;
+}
+
+/** A partial file untouched this long, of a process gone, was left by a killed export: removed by the next export to the same name. */
+export const DEAD_PARTIAL_AGE_MS = 60 * 60 * 1000;
+
+/**
+ * Removes the `.NAME.partial-<pid>-<random>` files beside `target` that a
+ * killed export left (SIGKILL runs no cleanup): those whose process is gone
+ * and that nothing wrote for DEAD_PARTIAL_AGE_MS — the age also spares a
+ * live export of another PID namespace sharing the folder, which writes as
+ * it goes. Regular files only (lstat: never through a link). Best effort:
+ * a file that cannot be removed stays.
+ */
+async function removeDeadPartials(target: string): Promise<void> {
+  const prefix = `.${basename(target)}.partial-`;
+  const names = await readdir(dirname(target)).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!name.startsWith(prefix)) continue;
+    const match = /^(\d+)-[0-9a-f]{8}$/.exec(name.slice(prefix.length));
+    if (!match) continue;
+    const pid = Number(match[1]);
+    if (pid === process.pid || processAlive(pid)) continue;
+    const path = join(dirname(target), name);
+    const st = await lstat(path).catch(() => undefined);
+    if (!st?.isFile() || Date.now() - st.mtimeMs < DEAD_PARTIAL_AGE_MS) continue;
+    await unlink(path).catch(() => undefined);
+  }
+}
+
+/** Whether process `pid` exists in this PID namespace (EPERM: it does, owned by another user). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /**
