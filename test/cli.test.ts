@@ -174,6 +174,17 @@ describe('guarantee 7: bad input is refused, nothing is lost (CLI)', () => {
     expect(r.stderr).toContain('Expected an integer greater than or equal to 0');
     expect(r.stderr).not.toContain('\\u{0009}');
     expect(await fingerprint(vol)).toBe(before);
+    // Too large for an exact number: the same USAGE, quoting what was typed (not a rounded 1e20 from deeper down).
+    for (const args of [
+      ['snapshot', 'delete', vol, '--keep-newest', '99999999999999999999', '--label', 'a=b'],
+      ['serve', vol, '--max-connections', '99999999999999999999'],
+    ]) {
+      const big = await cowvol(args);
+      expect(big.code, args.join(' ')).toBe(2);
+      expect(big.stderr).toContain('[USAGE]');
+      expect(big.stderr).toContain('but received: 99999999999999999999');
+    }
+    expect(await fingerprint(vol)).toBe(before);
   });
 
   it('a data command given --json by mistake (read has none) prints its USAGE error on stderr only: stdout carries data, never an error document', async () => {

@@ -39,7 +39,7 @@ export default class Serve extends CowvolCommand {
       helpValue: '<seconds>',
     }),
     'read-only': Flags.boolean({ description: 'serve `live` read-only too', default: false }),
-    'max-connections': Flags.integer({ description: 'connections served at once', min: 1, default: 16, helpValue: '<n>' }),
+    'max-connections': Flags.integer({ description: 'connections served at once', min: 1, max: Number.MAX_SAFE_INTEGER, default: 16, helpValue: '<n>' }),
   };
 
   async run(): Promise<void> {

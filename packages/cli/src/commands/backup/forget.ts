@@ -21,9 +21,9 @@ export default class BackupForget extends CowvolCommand {
   static override args = { url: Args.string({ description: 'the repository: s3://bucket/prefix or file:///absolute/path', required: true }) };
   static override flags = {
     ...repositoryFlags,
-    'keep-last': Flags.integer({ description: 'keep the N newest snapshots of each volume', min: 0 }),
-    'keep-daily': Flags.integer({ description: 'keep the newest snapshot of each of the N newest days (UTC) that have one', min: 0 }),
-    'keep-weekly': Flags.integer({ description: 'keep the newest snapshot of each of the N newest ISO weeks (UTC) that have one', min: 0 }),
+    'keep-last': Flags.integer({ description: 'keep the N newest snapshots of each volume', min: 0, max: Number.MAX_SAFE_INTEGER }),
+    'keep-daily': Flags.integer({ description: 'keep the newest snapshot of each of the N newest days (UTC) that have one', min: 0, max: Number.MAX_SAFE_INTEGER }),
+    'keep-weekly': Flags.integer({ description: 'keep the newest snapshot of each of the N newest ISO weeks (UTC) that have one', min: 0, max: Number.MAX_SAFE_INTEGER }),
     volume: Flags.string({ description: 'only this volume’s snapshots (its uuid: 32 hex digits)' }),
     damaged: Flags.boolean({
       description: 'also forget the snapshots whose manifest fails its checks (a damaged manifest stops every prune; `backup verify` names them); with no --keep rule, only those',

@@ -44,7 +44,7 @@ export default class SnapshotDelete extends CowvolCommand {
   static override flags = {
     'older-than': Flags.string({ description: 'delete the snapshots created longer ago than this (90s, 12h, 7d, 2w)', helpValue: '<duration>' }),
     label: Flags.string({ description: 'with a filter: only snapshots carrying this label key=value (repeatable: all must match)', helpValue: '<key=value>', multiple: true }),
-    'keep-newest': Flags.integer({ description: 'with a filter: never delete the newest <n> snapshots the label filter matches', helpValue: '<n>', min: 0 }),
+    'keep-newest': Flags.integer({ description: 'with a filter: never delete the newest <n> snapshots the label filter matches', helpValue: '<n>', min: 0, max: Number.MAX_SAFE_INTEGER }),
     'dry-run': Flags.boolean({ description: 'show what would be deleted and the bytes it would free; change nothing' }),
     ...progressFlag,
   };
