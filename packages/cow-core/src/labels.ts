@@ -4,7 +4,7 @@ import { TERMINAL_UNSAFE, escapeTerminalText } from './terminal-text.js';
 
 /** Label keys: 1-64 characters of `A-Z a-z 0-9 . _ : / -`, except `__proto__`. */
 export const LABEL_KEY_PATTERN = /^[A-Za-z0-9._:/-]{1,64}$/;
-/** Longest label value, in characters. */
+/** Longest label value, in UTF-16 code units (JavaScript string length: a character beyond U+FFFF counts 2). */
 export const MAX_LABEL_VALUE_CHARS = 256;
 /** Most labels one snapshot carries. */
 export const MAX_LABELS = 32;
