@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { Level } from 'level';
 import { pack, unpack } from 'msgpackr';
+import { statStamp } from '@cowvol/cow-core';
 
 /** Absolute path of the built CLI entry point. */
 export const CLI = resolve(import.meta.dirname, '../packages/cli/bin/run.js');
@@ -84,24 +85,13 @@ export async function sha256File(path: string): Promise<string> {
  * closed.
  */
 export async function forgetChangeStamp(volumePath: string): Promise<void> {
-  const st = await stat(volumePath, { bigint: true });
   const db = new Level<string, Buffer>(join(`${volumePath}.cowvol`, 'meta'), { valueEncoding: 'buffer', createIfMissing: false });
   await db.open();
   try {
     const old = await db.get('stamp');
     // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- level's typings say get() resolves a value, but it resolves undefined for a missing key
     if (old !== undefined && (unpack(old) as { state: string }).state === 'open') return;
-    const stamp = {
-      v: 1,
-      state: 'closed',
-      dev: String(st.dev),
-      ino: String(st.ino),
-      sizeBytes: Number(st.size),
-      mtimeNs: String(st.mtimeNs),
-      ctimeNs: String(st.ctimeNs),
-      at: new Date().toISOString(),
-    };
-    await db.put('stamp', pack(stamp));
+    await db.put('stamp', pack(await statStamp(volumePath, 'closed')));
   } finally {
     await db.close();
   }

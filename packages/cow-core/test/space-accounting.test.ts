@@ -149,6 +149,14 @@ async function snapshotRecords(vol: string): Promise<Array<Record<string, unknow
 }
 
 /** Three snapshots over overlapping COWs: s2 and s3 share blocks with their older neighbours. */
+/** Marks the snapshot record `key` of the closed volume `vol` as being deleted, nothing handed over yet: what a crash right after the delete's mark leaves. */
+async function markDeleting(vol: string, key: string): Promise<void> {
+  await withDb(vol, async (db) => {
+    const rec = packr.unpack(await db.get(key)) as Record<string, unknown>;
+    await db.put(key, packr.pack({ ...rec, state: 'deleting' }));
+  });
+}
+
 async function overlapping(vol: string): Promise<void> {
   const v = await Volume.create(vol, { sizeBytes: BLOCKS * BS, blockSizeBytes: BS });
   try {
@@ -196,11 +204,7 @@ describe('format version 2 volumes', () => {
     await overlapping(vol);
     await makeVersion2(vol);
     // s2 marked deleting, nothing handed over yet: what a crash right after the mark leaves.
-    await withDb(vol, async (db) => {
-      const key = 'snap:00000002';
-      const rec = packr.unpack(await db.get(key)) as Record<string, unknown>;
-      await db.put(key, packr.pack({ ...rec, state: 'deleting' }));
-    });
+    await markDeleting(vol, 'snap:00000002');
     const v = await Volume.open(vol);
     try {
       expect((await v.listSnapshots()).map((s) => s.name)).toEqual(['s1', 's3']);
@@ -287,11 +291,7 @@ describe('a delete plan with a delete left unfinished', () => {
     const vol = join(dir, 'pending-delete.img');
     await overlapping(vol);
     // s2 marked deleting, nothing handed over yet: what a crash right after the mark leaves.
-    await withDb(vol, async (db) => {
-      const key = 'snap:00000002';
-      const rec = packr.unpack(await db.get(key)) as Record<string, unknown>;
-      await db.put(key, packr.pack({ ...rec, state: 'deleting' }));
-    });
+    await markDeleting(vol, 'snap:00000002');
     // A read-only open leaves the delete unfinished, as `--dry-run` does.
     const ro = await Volume.openForReading(vol);
     let planned: { s1: number; s3: number; both: number };
@@ -314,11 +314,7 @@ describe('a delete plan with a delete left unfinished', () => {
     ] as const) {
       const copy = join(dir, `pending-delete-${names.join('-')}.img`);
       await overlapping(copy);
-      await withDb(copy, async (db) => {
-        const key = 'snap:00000002';
-        const rec = packr.unpack(await db.get(key)) as Record<string, unknown>;
-        await db.put(key, packr.pack({ ...rec, state: 'deleting' }));
-      });
+      await markDeleting(copy, 'snap:00000002');
       const v = await Volume.open(copy); // finishes s2's delete first
       try {
         expect((await v.deleteSnapshots([...names])).freedBlocks, names.join(',')).toBe(want);

@@ -46,18 +46,23 @@ function track(events: string[], label: string, commit: Promise<number>): Promis
   );
 }
 
+/** A fresh journal whose apply of transaction 1 waits for `first` to open; `applied` lists the sequences applied, in order. */
+async function gatedJournal(): Promise<{ journal: Journal; first: ReturnType<typeof gate>; applied: number[] }> {
+  const first = gate();
+  const applied: number[] = [];
+  const { journal } = await Journal.open(await fresh(), {
+    replay: async () => undefined,
+    apply: async (tx) => {
+      if (tx.sequence === 1) await first.opened;
+      applied.push(tx.sequence);
+    },
+  });
+  return { journal, first, applied };
+}
+
 describe('the commit pipeline', () => {
   it('writes and syncs the next transaction while the apply of the one before runs; applies in order; each commit resolves after its own apply', async () => {
-    const log = await fresh();
-    const first = gate();
-    const applied: number[] = [];
-    const { journal } = await Journal.open(log, {
-      replay: async () => undefined,
-      apply: async (tx) => {
-        if (tx.sequence === 1) await first.opened;
-        applied.push(tx.sequence);
-      },
-    });
+    const { journal, first, applied } = await gatedJournal();
     const events: string[] = [];
     const a = track(events, 'a', commitRecords(journal, [{ a: 1 }]));
     await until(() => journal.stats.commits === 1, 'transaction 1 to be durable');
@@ -75,16 +80,7 @@ describe('the commit pipeline', () => {
   });
 
   it('bounded: while one apply runs, one more transaction is written, not a third', async () => {
-    const log = await fresh();
-    const first = gate();
-    const applied: number[] = [];
-    const { journal } = await Journal.open(log, {
-      replay: async () => undefined,
-      apply: async (tx) => {
-        if (tx.sequence === 1) await first.opened;
-        applied.push(tx.sequence);
-      },
-    });
+    const { journal, first, applied } = await gatedJournal();
     const a = commitRecords(journal, [{ a: 1 }]);
     await until(() => journal.stats.commits === 1, 'transaction 1 to be durable');
     const b = commitRecords(journal, [{ b: 2 }]);
