@@ -112,7 +112,7 @@ describe('a damaged sidecar is reported as damage (exit 6, check exit 2)', () =>
     });
   }
 
-  it('check --repair reports a LevelDB table that fails its checksum and repairs nothing: the damage is still found afterwards (naive: the writable open compacts it into a table with fresh checksums, and every later check calls the volume clean)', async () => {
+  it('check --repair reports a LevelDB table that fails its checksum and repairs nothing: the damage is still found afterwards and leaves the table as it is (naive: a writable open whose compaction rewrites it with fresh checksums, after which every check calls the volume clean)', async () => {
     // A history with several LevelDB tables, the newest one damaged; the premise (a compaction launders it) is
     // asserted below on a copy.
     const vol = join(dir, 'laundered.img');
@@ -164,6 +164,7 @@ describe('a damaged sidecar is reported as damage (exit 6, check exit 2)', () =>
     expect(found(repair.stdout)).toEqual({ status: 'corrupt', repairedBlocks: 0, checksumFindings: 1 });
     const after = await cowvol(['check', vol]);
     expect(after.code, `the damage must survive check --repair: ${after.stdout.toString()}`).toBe(2);
+    expect((await readFile(newest)).equals(table), 'check --repair left the damaged table byte for byte').toBe(true);
 
     // The premise: a compaction of the damaged table — which LevelDB runs whenever a writable open's level-0 tables
     // call for one — rewrites it with fresh checksums, and check then calls the copy clean.

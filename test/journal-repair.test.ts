@@ -2,6 +2,8 @@ import { spawn, execFileSync } from 'node:child_process';
 import { cp, open, rm, truncate } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Level } from 'level';
+import { pack, unpack } from 'msgpackr';
 import { FileBlockDevice } from '@cowvol/base';
 import { Journal, SUPERBLOCK_AREA_BYTES, decodeSuperblock, scanJournal } from '@cowvol/journal';
 import { Volume } from '@cowvol/cow-core';
@@ -212,6 +214,7 @@ describe('check --repair: a damaged journal is repaired like e2fsck does', () =>
     await cowvolOk(['create', vol, '--size', String(SIZE)]);
     await killedWriter(vol);
     await (await Volume.open(vol)).close(); // replays and checkpoints: the log is empty, the metadata up to date
+    const applied = await putCheckpointSequence(vol);
     // Two more transactions reach the log but never the metadata (a writer killed between its commits and their apply);
     // the first is damaged, so recovery cannot pass it and the second is beyond it: JOURNAL_CORRUPT.
     const dev = await FileBlockDevice.open(join(`${vol}.cowvol`, 'journal'));
@@ -238,6 +241,25 @@ describe('check --repair: a damaged journal is repaired like e2fsck does', () =>
     expect(jr.newTailSequence).toBe(sequences[1]! + 1);
     const after = await cowvol(['check', vol]);
     expect(after.code, after.stdout.toString()).toBe(0);
+    // A crash between the reset and the checkpoint record's move leaves the old record: the next writable open
+    // (here check --repair, which finds the journal sound) moves it.
+    await putCheckpointSequence(vol, applied);
+    expect((await cowvol(['check', vol])).code).toBe(2);
+    const again = await cowvol(['check', vol, '--repair']);
+    expect(again.code, again.stdout.toString()).toBe(0);
+    expect((await cowvol(['check', vol])).code).toBe(0);
     await expectSnapshotsIntact(vol);
   });
 });
+
+/** The metadata's `cp` record (the last transaction applied, FORMAT.md §6): read, or set to `sequence`. The volume must be closed. */
+async function putCheckpointSequence(vol: string, sequence?: number): Promise<number> {
+  const db = new Level<string, Buffer>(join(`${vol}.cowvol`, 'meta'), { valueEncoding: 'buffer', createIfMissing: false });
+  await db.open();
+  try {
+    if (sequence !== undefined) await db.put('cp', pack({ v: 1, sequence }));
+    return (unpack(await db.get('cp')) as { sequence: number }).sequence;
+  } finally {
+    await db.close();
+  }
+}

@@ -72,7 +72,7 @@ export function storeLine(space: SpaceReport): string {
   const st = space.store;
   const pending =
     st.pendingDeleteBlocks > 0
-      ? `\nan interrupted delete still holds ${human(st.pendingDeleteBlocks * space.blockSizeBytes)} (${st.pendingDeleteBlocks} blocks): the next command that writes the volume hands them over to older snapshots (their OWNED and FREES grow) or frees them`
+      ? `\nan interrupted delete still holds ${human(st.pendingDeleteBlocks * space.blockSizeBytes)} (${st.pendingDeleteBlocks} blocks): the next command that opens the volume for writing, or the next delete, hands them over to older snapshots (their OWNED and FREES grow) or frees them`
       : '';
   return `store: ${human(st.usedBytes)} used (${st.usedBlocks} blocks), ${human(st.freeBytes)} free for reuse, file ${human(st.fileBytes)}; snapshots own ${human(st.ownedBytes)}${pending}`;
 }

@@ -94,6 +94,17 @@ export class CommittedMetadata {
   }
 
   /**
+   * Records that every sequence up to `sequence` is applied, for sequences a
+   * journal reset skipped (no transaction has them): the `cp` record moves
+   * there, synced. @throws LevelDB errors
+   */
+  async skipTo(sequence: number): Promise<void> {
+    assert(sequence > this.appliedSequence && this.replayBatch === undefined, `skip to ${sequence} from ${this.appliedSequence}`);
+    await this.db.apply([putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence })], true);
+    this.appliedSequence = sequence;
+  }
+
+  /**
    * Applies one committed transaction (skipped when LevelDB already has it).
    * With `last` (a transaction the journal replays at open), its key
    * operations join the replay batch instead, written when the batch is

@@ -4,7 +4,7 @@ import { repairJournal, type DiscardedTransaction, type JournalRepairReport } fr
 import { CommittedMetadata } from './committed-metadata.js';
 import { NotAVolumeError, VolumeNotFoundError, VolumeSizeMismatchError } from './errors.js';
 import { DEFAULT_JOURNAL_BYTES, TARGET_STORE, TARGET_VOLUME, volumeLayout } from './layout.js';
-import { SCHEMA_VERSION, keys, putOp, type DataMode } from './metadata.js';
+import { type DataMode } from './metadata.js';
 import { MetadataDb } from './metadata-db.js';
 import { OwnerLock, fileIdentity } from './owner-lock.js';
 import { metadataOpenError, openSidecarFile } from './sidecar-damage.js';
@@ -98,10 +98,11 @@ export async function repairVolumeJournal(path: string, options: { opener?: Devi
       minNextSequence: appliedSequence + 1,
     });
     // The reset journal starts above every discarded sequence: they will never exist, so the metadata's checkpoint
-    // moves past them too (else `check` reports the new journal's last sequence as committed but not applied,
-    // forever). After the reset: a crash before this leaves the same state, and the next repair does it again.
+    // moves past them too (else `check` reports the new journal's last sequence as committed but not applied until
+    // the next commit). After the reset: a crash before this leaves that state, and the next writable open (which
+    // `check --repair` is) moves it (volume-lifecycle.ts `openJournal`).
     const skippedTo = report.newTailSequence - 1;
-    if (skippedTo > meta.appliedSequence) await db.apply([putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: skippedTo })], true);
+    if (skippedTo > meta.appliedSequence) await meta.skipTo(skippedTo);
     const discarded = withMetadataView(report, appliedSequence);
     const imagesMayBeLost = sb.dataMode === 'journal' && discarded.some((d) => d.inMetadata);
     return { ...report, appliedSequence, discarded, dataMode: sb.dataMode, imagesMayBeLost };

@@ -146,6 +146,9 @@ export function findVictims(ctx: VolumeContext, names: string[]): SnapshotRecord
  * @throws what `pick` throws; IO_ERROR, JOURNAL_ABORTED (before the mark only; see {@link finishMarked})
  */
 export async function deleteSnapshotsLocked(ctx: VolumeContext, pick: () => SnapshotRecord[], onProgress?: (doneBlocks: number, totalBlocks: number) => void): Promise<DeleteResult[]> {
+  // A delete left unfinished (a full disk; on a served volume nothing else finishes it before the next open) goes
+  // first, as `planDelete` counts it: the figures a dry run gave are then what this delete frees.
+  await finishInterruptedDeletes(ctx);
   const victims = await ctx.frozen(async () => {
     const found = pick();
     if (found.length === 0) return [];
@@ -192,7 +195,7 @@ async function finishMarked(ctx: VolumeContext, victims: SnapshotRecord[], onBat
   return results;
 }
 
-/** At a writable open: finishes every delete a crash interrupted (each step was its own transaction). */
+/** At a writable open, and before each delete: finishes every delete a crash or a failure interrupted (each step was its own transaction). */
 export async function finishInterruptedDeletes(ctx: VolumeContext): Promise<void> {
   for (const rec of [...ctx.catalog]) if (rec.state === 'deleting') await finishDelete(ctx, rec);
 }

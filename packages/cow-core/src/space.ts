@@ -35,9 +35,9 @@ export interface StoreSpace {
   ownedBytes: number;
   /**
    * Of `ownedBlocks`, those still held by snapshots whose delete was
-   * interrupted (state `deleting`, in no row): the next writable open hands
-   * them over to older snapshots (their rows' owned and freeable counts
-   * grow) or frees them. 0 when no delete is unfinished.
+   * interrupted (state `deleting`, in no row): the next writable open or
+   * delete hands them over to older snapshots (their rows' owned and
+   * freeable counts grow) or frees them. 0 when no delete is unfinished.
    */
   pendingDeleteBlocks: number;
 }

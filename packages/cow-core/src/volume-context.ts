@@ -77,6 +77,8 @@ export class VolumeContext {
    * docs/ARCHITECTURE.md §15.6). Read at open, kept by {@link commitRecords}.
    */
   importPending = false;
+  /** A JOURNAL_APPLY_FAILED commit has been reported in `notices` (once: every later one says the same). */
+  private applyFailureNoticed = false;
   readonly stats: VolumeStats = { cows: 0, cowBatches: 0, pendingWaits: 0, maxPendingWaitMs: 0, readRechecks: 0, cancelledCows: 0, mapScans: 0, mapRegionScans: 0 };
   /**
    * Which block locks the current async context holds, for the lock-order
@@ -277,8 +279,10 @@ export class VolumeContext {
     } catch (err) {
       if (err instanceof JournalApplyError) {
         this.status.fail(err);
-        // Every handle of the failed group commit gets the same error: one notice for it.
-        if (!this.notices.includes(err.message)) this.notices.push(err.message);
+        // Every handle of the failed group commit gets the same error, and a transaction durable behind it one
+        // naming its own sequence (the journal's pipeline, §5.2): one notice for them all.
+        if (!this.applyFailureNoticed) this.notices.push(err.message);
+        this.applyFailureNoticed = true;
         return;
       }
       // If the journal aborted, the commit may or may not be durable: the

@@ -135,6 +135,9 @@ async function openJournal(
       throw new JournalCorruptError(`${layout.journalPath} ends at transaction ${journal.lastCommittedSequence} but the metadata has applied ${meta.appliedSequence}`);
     }
     assert(journal.blockSizeBytes === meta.sb.blockSizeBytes, 'Journal.open checked the block size');
+    // Every transaction the log held is applied now. Sequences above them that the journal counts as used were skipped
+    // by a reset (check --repair, docs/ARCHITECTURE.md §8.5): none will ever exist, so the checkpoint record moves past.
+    if (!readOnly && journal.lastCommittedSequence > meta.appliedSequence) await meta.skipTo(journal.lastCommittedSequence);
   } catch (err) {
     await journal.close().catch(() => undefined);
     throw err;

@@ -218,6 +218,8 @@ export class CommitWriter {
       await this.publish(tx, encoded, endBlock);
     } catch (err) {
       s.abort(err);
+      // A `start` waiting for log space wakes to JOURNAL_ABORTED.
+      s.wakeSpaceWaiters();
       if (phase === 'flush') {
         throw new OutcomeUnknownError(`transaction ${tx.sequence} was written to ${s.device.name} but its flush failed: it may or may not be durable`, {
           cause: err,
@@ -245,7 +247,11 @@ export class CommitWriter {
     await previousApply.catch(() => undefined);
     // An earlier apply failed: this one must not run out of order (the home would skip a transaction). Any other abort
     // since does not stop it: the transaction is durable, and applying it is what the next open's replay would do.
-    if (this.applyFailure !== undefined) throw new JournalApplyError(tx.sequence, this.applyFailure.cause);
+    if (this.applyFailure !== undefined) {
+      // Aborted: a `start` waiting for log space must wake to see it (JOURNAL_ABORTED), or it waits until close.
+      s.wakeSpaceWaiters();
+      throw new JournalApplyError(tx.sequence, this.applyFailure.cause);
+    }
     assert(s.lastAppliedSequence === tx.sequence - 1, `transaction ${tx.sequence} applied after ${s.lastAppliedSequence}`);
     try {
       // The home sees exactly what recovery would replay: decode the committed bytes.
@@ -254,6 +260,7 @@ export class CommitWriter {
     } catch (err) {
       this.applyFailure ??= { cause: err };
       s.abort(err);
+      s.wakeSpaceWaiters();
       throw new JournalApplyError(tx.sequence, err);
     }
     s.lastAppliedSequence = tx.sequence;

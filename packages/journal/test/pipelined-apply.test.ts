@@ -125,7 +125,44 @@ describe('the commit pipeline', () => {
     expect(replayed).toEqual([[{ a: 1 }], [{ b: 2 }]]);
   });
 
-  it('a commit requested while the last apply runs goes out when it ends, not at the commit interval', async () => {
+  it('a start waiting for log space behind a failed apply wakes with JOURNAL_ABORTED, not at close', async () => {
+    const first = gate();
+    const { journal } = await Journal.open(await fresh(), {
+      replay: async () => undefined,
+      checkpointFill: 1,
+      apply: async (tx) => {
+        if (tx.sequence !== 1) return;
+        await first.opened;
+        throw new Error('home is full');
+      },
+    });
+    // Handles of 25 records of nearly a block each: each reserves 28 of the log's 126 data blocks, about what it writes.
+    const group = async (ns: number[]): Promise<Array<Promise<unknown>>> => {
+      const handles = await Promise.all(ns.map(() => journal.start(25)));
+      handles.forEach((h, k) => {
+        for (let i = 0; i < 25; i++) h.log({ n: ns[k], i, pad: 'x'.repeat(480) });
+      });
+      // Stopped, then one commit request: one transaction of all of them.
+      return handles.map((h, k) => (k < handles.length - 1 ? h.stop() : h.commit()).catch((err: unknown) => err));
+    };
+    // Transactions 1 and 2 durable, neither applied (the first one's apply waits), nothing queued.
+    const settled = await group([1, 2]);
+    await until(() => journal.stats.commits === 1, 'transaction 1 to be durable');
+    settled.push(...(await group([3, 4])));
+    await until(() => journal.stats.commits === 2, 'transaction 2 to be durable');
+    const waitsBefore = journal.stats.spaceWaits;
+    const waiting = journal.start(25).then(
+      () => 'started',
+      (err: unknown) => (err as { code?: string }).code,
+    );
+    await until(() => journal.stats.spaceWaits > waitsBefore, 'a start to wait for log space');
+    first.open();
+    expect(await waiting).toBe('JOURNAL_ABORTED');
+    for (const err of await Promise.all(settled)) expect(err).toMatchObject({ code: 'JOURNAL_APPLY_FAILED' });
+    await journal.close();
+  }, 5000);
+
+  it('a commit requested while the last apply runs is not left to the commit interval', async () => {
     const log = await fresh();
     const first = gate();
     const { journal } = await Journal.open(log, {

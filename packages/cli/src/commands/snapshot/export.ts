@@ -46,9 +46,12 @@ export default class SnapshotExport extends CowvolCommand {
         const sink = openStdoutSink(await protectedFilesOf(args.volume));
         // A stream cut short is no backup: a reader that closes stdout early (EPIPE) fails the export (IO_ERROR, exit 7),
         // where a data command like `read` stops quietly (README "For scripts").
+        // Bytes handed to stdout: an upper bound of what the reader got (Node and the pipe buffer some).
         let writtenBytes = 0;
         const cutShort = (): IoError =>
-          new IoError(`the reader of stdout closed it after ${writtenBytes} bytes of the stream: the stream is incomplete`, { details: { path: '-', role: 'output', writtenBytes } });
+          new IoError(`the reader of stdout closed it before the end of the stream (at most ${writtenBytes} bytes of it reached the pipe): the stream is incomplete`, {
+            details: { path: '-', role: 'output', writtenBytes },
+          });
         try {
           const r = await exportSnapshot(
             volume,
