@@ -190,6 +190,16 @@ describe('check --repair: a damaged journal is repaired like e2fsck does', () =>
     }
   });
 
+  it('journal data mode, the journal lost with images not yet home: the repair says images may be lost (exit 2), it cannot know which', async () => {
+    const vol = join(dir, 'lost-images.img');
+    await cowvolOk(['create', vol, '--size', String(SIZE), '--data-mode', 'journal']);
+    await killedWriter(vol); // its transactions' images are only in the journal
+    await rm(join(`${vol}.cowvol`, 'journal'));
+    const repaired = await cowvol(['check', vol, '--repair', '--json']);
+    expect(repaired.code, repaired.stderr).toBe(2);
+    expect(JSON.parse(repaired.stdout.toString())).toMatchObject({ journalRepair: { superblockDamaged: true, dataMode: 'journal', imagesMayBeLost: true } });
+  });
+
   it('a journal cut short with its superblock intact is JOURNAL_CORRUPT (not extended with zeros); check --repair resets it and nothing else changes', async () => {
     const base = join(dir, 'clean-short.img');
     await cowvolOk(['create', base, '--size', String(SIZE)]);

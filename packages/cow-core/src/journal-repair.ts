@@ -104,7 +104,9 @@ export async function repairVolumeJournal(path: string, options: { opener?: Devi
     const skippedTo = report.newTailSequence - 1;
     if (skippedTo > meta.appliedSequence) await meta.skipTo(skippedTo);
     const discarded = withMetadataView(report, appliedSequence);
-    const imagesMayBeLost = sb.dataMode === 'journal' && discarded.some((d) => d.inMetadata);
+    // A lost superblock hides where the log's tail was, so which applied transactions still had images to write
+    // home is unknown: in journal mode any may have (an old checkpointed state cannot be told from a lost one).
+    const imagesMayBeLost = sb.dataMode === 'journal' && (report.superblockDamaged || discarded.some((d) => d.inMetadata));
     return { ...report, appliedSequence, discarded, dataMode: sb.dataMode, imagesMayBeLost };
   } finally {
     for (const part of opened.reverse()) await part.close().catch(() => undefined);

@@ -55,7 +55,7 @@ export async function restoreSnapshot(volume: Volume, name: string, options: Res
     if (taken?.labels['cowvol.safety'] === 'pre-restore' && taken.labels['cowvol.restore-of'] === name) {
       throw new SnapshotExistsError(
         taken.name,
-        `it is the safety snapshot of an earlier restore of ${JSON.stringify(name)}: if that restore was interrupted, finish it with --no-safety-snapshot (the safety snapshot holds the state before it); otherwise choose another --safety-name`,
+        `it is the safety snapshot of an earlier restore of ${JSON.stringify(name)}: if that restore was interrupted and nothing wrote the volume since, finish it with --no-safety-snapshot (the safety snapshot holds the state before it); if it completed, or anything wrote the volume since, choose another --safety-name, so that a safety snapshot keeps the state as it is now`,
       );
     }
     safety = options.safetyName ?? uniqueName(`pre-restore-${new Date().toISOString()}`, new Set(snapshots.map((s) => s.name)));

@@ -158,7 +158,7 @@ describe('NO_SPACE: the store never silently invalidates a snapshot', () => {
       (err: unknown) => err as Error & { code?: string },
     );
     expect(again?.code).toBe('SNAPSHOT_EXISTS');
-    expect(again?.message).toContain('it is the safety snapshot of an earlier restore of "a": if that restore was interrupted, finish it with --no-safety-snapshot');
+    expect(again?.message).toContain('it is the safety snapshot of an earlier restore of "a": if that restore was interrupted and nothing wrote the volume since, finish it with --no-safety-snapshot');
     expect((await v.read(0, live.length)).equals(half)).toBe(true);
     expect((await v.listSnapshots()).map((s) => s.name)).toEqual([...snaps.keys(), 'safety']);
     await restoreSnapshot(v, 'a', { safetySnapshot: false }); // run again: finishes the job

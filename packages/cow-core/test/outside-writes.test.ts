@@ -304,7 +304,7 @@ describe('what counts as a change', () => {
     const err = await refusal();
     expect(err.code).toBe('VOLUME_MODIFIED_OUTSIDE');
     expect(err.details).toMatchObject({ changes: [{ field: 'stamp', recorded: 'present', found: 'missing' }], suspectSnapshots: ['mid', 'new'] });
-    expect(err.message).toContain('change stamp is missing');
+    expect(err.message).toContain('was changed outside cowvol (or may have been): its change stamp is missing');
     // A read-only open refuses too: no snapshot is read as if nothing happened.
     await expect(Volume.openForReading(path)).rejects.toMatchObject({ code: 'VOLUME_MODIFIED_OUTSIDE' });
     const v = await Volume.open(path, { outsideChanges: 'hold' });
