@@ -165,7 +165,7 @@ const NAMES_IN_MESSAGE = 20;
 /** The VOLUME_MODIFIED_OUTSIDE message: what changed, which snapshots may read changed data, what to do. */
 export function describeOutsideChange(path: string, change: OutsideChange, suspects: string[]): string {
   const lost = change.changes.some((c) => c.field === 'stamp');
-  const since = lost ? 'at some time: nothing tells' : change.cleanClose ? 'since cowvol last closed it' : 'since cowvol last opened it (it was not closed cleanly, so only its size is compared)';
+  const since = lost ? '(or may have been)' : change.cleanClose ? 'since cowvol last closed it' : 'since cowvol last opened it (it was not closed cleanly, so only its size is compared)';
   const names = suspects.slice(0, NAMES_IN_MESSAGE).join(', ') + (suspects.length > NAMES_IN_MESSAGE ? ` and ${suspects.length - NAMES_IN_MESSAGE} more` : '');
   const who = suspects.length === 0 ? 'No snapshot reads the live volume, so no snapshot is affected' : `Snapshots that may read changed data (they read blocks through to the live volume): ${names}`;
   return (
