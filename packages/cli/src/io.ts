@@ -2,7 +2,7 @@ import { constants, fstatSync, rmSync, type BigIntStats } from 'node:fs';
 import { lstat, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
-import { IoError, NoSpaceError, type CowvolError } from '@cowvol/base';
+import { IoError, NoSpaceError, processAlive, type CowvolError } from '@cowvol/base';
 import { exitCodeFor } from './exit-codes.js';
 import { userPathError } from './os-errors.js';
 import { assertNotProtected, checkOutputPath, protectedFilesOf, type ProtectedFiles } from './output-guard.js';
@@ -327,16 +327,6 @@ async function removeDeadPartials(target: string): Promise<void> {
     const st = await lstat(path).catch(() => undefined);
     if (!st?.isFile() || Date.now() - st.mtimeMs < DEAD_PARTIAL_AGE_MS) continue;
     await unlink(path).catch(() => undefined);
-  }
-}
-
-/** Whether process `pid` exists in this PID namespace (EPERM: it does, owned by another user). */
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -197,7 +197,8 @@ async function finishMarked(ctx: VolumeContext, victims: SnapshotRecord[], onBat
 
 /** At a writable open, and before each delete: finishes every delete a crash or a failure interrupted (each step was its own transaction). */
 export async function finishInterruptedDeletes(ctx: VolumeContext): Promise<void> {
-  for (const rec of [...ctx.catalog]) if (rec.state === 'deleting') await finishDelete(ctx, rec);
+  // A copy of the few being deleted (each drop splices the catalog), not of the whole catalog: this runs before every delete.
+  for (const rec of ctx.catalog.filter((r) => r.state === 'deleting')) await finishDelete(ctx, rec);
 }
 
 /** Hands over or frees every block of a snapshot in `deleting` state, batch by batch, each under a freeze; then drops it. Counts into `result` as it goes. */
