@@ -204,6 +204,19 @@ describe('OS errors on user paths are documented codes', () => {
     expect((await readdir(area)).sort()).toEqual([names.alive, names.fresh, names.link, names.other, 'out.cvs'].sort());
   });
 
+  it('an --output that is a symbolic link to nothing is INVALID_ARGUMENT naming where it points, not a missing folder', async () => {
+    const dangling = join(dir, 'dangling-output');
+    await symlink(join(dir, 'no-such-folder', 'x'), dangling);
+    for (const args of [
+      ['snapshot', 'export', vol, 's1', '--output', dangling],
+      ['snapshot', 'read', vol, 's1', '--output', dangling],
+    ]) {
+      const r = await cowvol(args);
+      expect(r.code, args.join(' ')).toBe(EXIT.INVALID_ARGUMENT);
+      expect(r.stderr).toContain(`--output ${dangling}: it is a symbolic link to ${join(dir, 'no-such-folder', 'x')}, which does not exist`);
+    }
+  });
+
   it('permission denied on --input and --output is IO_ERROR, exit 7', async () => {
     // Root passes every permission check: run the CLI as nobody then.
     const asRoot = process.getuid?.() === 0;

@@ -1,3 +1,4 @@
+import { lstatSync, readlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { CowvolError, IoError, NoSpaceError } from '@cowvol/base';
 import { InvalidArgumentError } from '@cowvol/cow-core';
@@ -36,7 +37,7 @@ export function userPathError(err: unknown, path: string, role: PathRole): unkno
   switch (err.code) {
     case 'ENOENT':
       if (role === 'input') return new InputNotFoundError(path, { cause: err });
-      return new InvalidArgumentError(`${flag} ${path}: the folder ${dirname(path)} does not exist`, { cause: err, details });
+      return new InvalidArgumentError(`${flag} ${path}: ${danglingTarget(path) ?? `the folder ${dirname(path)} does not exist`}`, { cause: err, details });
     case 'EISDIR':
       return new InvalidArgumentError(`${flag} ${path} is a directory, not a file`, { cause: err, details });
     case 'ENOTDIR':
@@ -67,4 +68,14 @@ export function osError(err: NodeJS.ErrnoException & { code: string }): CowvolEr
   const details = { errno: err.code, ...(err.path === undefined ? {} : { path: err.path }), ...(err.syscall === undefined ? {} : { syscall: err.syscall }) };
   if (err.code === 'ENOSPC' || err.code === 'EDQUOT') return new NoSpaceError(err.message, { cause: err, details });
   return new IoError(err.message, { cause: err, details });
+}
+
+/** For a `path` that is a symbolic link to nothing, what it points at, in words; else undefined (an error path only: synchronous). */
+function danglingTarget(path: string): string | undefined {
+  try {
+    if (!lstatSync(path).isSymbolicLink()) return undefined;
+    return `it is a symbolic link to ${readlinkSync(path)}, which does not exist`;
+  } catch {
+    return undefined;
+  }
 }
