@@ -119,13 +119,20 @@ describe('import killed at every step: --resume or a re-run finishes it with the
     console.log(`[import-kill] ${extents} extents; outcomes ${outcomes.join(', ')}`);
   });
 
-  it('cowvol create killed at each step: a re-run creates the volume; an adopted file is never removed', async () => {
+  it('cowvol create killed at each step: other commands name the interrupted create, a re-run creates the volume; an adopted file is never removed', async () => {
     // Every step is killed at by the import test above; here the first, the file, the database and the commit point.
     for (const step of ['create:intent', 'create:file', 'create:meta', 'create:recorded']) {
       const vol = join(dir, `c-${step.replace(/[^a-z0-9]+/gi, '-')}.img`);
       const killed = await cowvolKilled(['create', vol, '--size', '1M'], step);
       expect(killed, `create killed at ${step}`).toBe('SIGKILL');
       await rm(join(`${vol}.cowvol`, 'lock'), { recursive: true, force: true });
+      if (step !== 'create:recorded') {
+        // Any other command names the interrupted create and what finishes it, not a damaged or unreadable database.
+        const info = await cowvol(['info', vol]);
+        expect(info.code, `info after ${step}: ${info.stderr}`).toBe(step === 'create:intent' ? 3 : 6);
+        expect(info.stderr, `info after ${step}`).toContain('a create of it was interrupted');
+        expect(info.stderr).toContain('run the same `cowvol create` again');
+      }
       const again = await cowvol(['create', vol, '--size', '1M']);
       if (step === 'create:recorded') {
         expect(again.stderr, 'the create had finished').toContain('[VOLUME_EXISTS]');

@@ -55,8 +55,9 @@ export class SnapshotLimitError extends CowvolError {
 
 /** `VOLUME_NOT_FOUND`: the volume file does not exist. */
 export class VolumeNotFoundError extends CowvolError {
-  constructor(path: string, options?: Options) {
-    super('VOLUME_NOT_FOUND', `volume ${path} does not exist`, { ...options, details: { path } });
+  /** `why`, when given, follows the fixed text (e.g. that a create of it was interrupted). */
+  constructor(path: string, options?: Options & { why?: string }) {
+    super('VOLUME_NOT_FOUND', `volume ${path} does not exist${options?.why ? `: ${options.why}` : ''}`, { ...options, details: { path } });
   }
 }
 

@@ -12,7 +12,7 @@ import { volumeBehindLink } from './volume-names.js';
 import { CommittedMetadata } from './committed-metadata.js';
 import { tightenSidecarFolder } from './sidecar-mode.js';
 import { openSidecarFile } from './sidecar-damage.js';
-import { dropLeftoverCreateIntent } from './create-intent.js';
+import { dropLeftoverCreateIntent, intentPath } from './create-intent.js';
 import { openMetadata } from './read-only.js';
 import { releaseReserve, writeReserve } from './reserve.js';
 import { ChangeStamps } from './outside-writes.js';
@@ -44,9 +44,12 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
   const writeBackBytes = options.writeBackBytes ?? WRITE_BACK_MAX_BYTES;
   if (!Number.isSafeInteger(writeBackBytes) || writeBackBytes < 0) throw new InvalidArgumentError(`writeBackBytes must be a non-negative integer, got ${writeBackBytes}`);
   const layout = volumeLayout(path);
-  const st = await stat(path).catch((err: unknown) => {
+  const st = await stat(path).catch(async (err: unknown) => {
     const code = errnoCode(err);
-    if (code === 'ENOENT' || code === 'ENOTDIR') throw new VolumeNotFoundError(path, { cause: err });
+    if (code === 'ENOENT' || code === 'ENOTDIR') {
+      const interrupted = await pathExists(intentPath(layout));
+      throw new VolumeNotFoundError(path, { cause: err, ...(interrupted ? { why: `a create of it was interrupted before it made the file; ${FINISH_CREATE}` } : {}) });
+    }
     throw new IoError(`cannot stat ${path}: ${errorMessage(err)}`, { cause: err });
   });
   if (!st.isFile()) throw new NotAVolumeError(`${path} is not a regular file`);
@@ -60,9 +63,13 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
     // Best effort, and only ever narrowing: also in a read-only open (a chmod of the folder, never of data).
     await tightenSidecarFolder(layout.sidecarPath, st.mode);
     if (options.releaseReserve && !readOnly) await releaseReserve(layout.reservePath);
-    const { db, privateMeta } = await openMetadata(layout.metaPath, readOnly);
+    const { db, privateMeta } = await openMetadata(layout.metaPath, readOnly).catch(async (err: unknown) => {
+      throw await interruptedCreate(layout, err);
+    });
     opened.push(privateMeta ?? db);
-    const meta = await CommittedMetadata.load(db, path);
+    const meta = await CommittedMetadata.load(db, path).catch(async (err: unknown) => {
+      throw await interruptedCreate(layout, err);
+    });
     // The volume record is there: the create finished. Best effort in a read-only open (nothing else is written).
     await (readOnly ? dropLeftoverCreateIntent(layout).catch(() => undefined) : dropLeftoverCreateIntent(layout));
     const sb = meta.sb;
@@ -87,6 +94,23 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
     await lock.unlock().catch(() => undefined);
     throw err;
   }
+}
+
+/** What a user does about a sidecar a killed create left (create-intent.ts: the re-run finishes it). */
+const FINISH_CREATE = 'run the same `cowvol create` again to finish it';
+
+/**
+ * `err` (from opening or loading the metadata) as the interrupted create it
+ * is when the sidecar still holds the create intent: NOT_A_VOLUME saying so
+ * and what to do, not "not a readable metadata database" (docs/FORMAT.md §2,
+ * "Create order"). Other errors, and sidecars without the intent, pass.
+ */
+async function interruptedCreate(layout: VolumeLayout, err: unknown): Promise<unknown> {
+  if (!(err instanceof NotAVolumeError) || !(await pathExists(intentPath(layout)))) return err;
+  return new NotAVolumeError(`${layout.volumePath} is not a volume yet: a create of it was interrupted (${intentPath(layout)} is there); ${FINISH_CREATE}`, {
+    cause: err,
+    details: { path: layout.volumePath, interruptedCreate: true },
+  });
 }
 
 /** @throws NOT_A_VOLUME (no sidecar; a symbolic link to a volume is named) */
