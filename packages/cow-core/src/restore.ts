@@ -3,6 +3,7 @@ import { mergeExtents } from './diff.js';
 import { IO_CHUNK_BYTES } from './layout.js';
 import { killPoint } from './kill-point.js';
 import { WRITE_PAST_IMPORT, type Volume } from './volume.js';
+import { CREATE_PAST_IMPORT } from './volume-snapshots.js';
 
 /** Options for {@link restoreSnapshot}. */
 export interface RestoreOptions {
@@ -59,7 +60,8 @@ export async function restoreSnapshot(volume: Volume, name: string, options: Res
       );
     }
     safety = options.safetyName ?? uniqueName(`pre-restore-${new Date().toISOString()}`, new Set(snapshots.map((s) => s.name)));
-    await volume.createSnapshot(safety, { labels: { 'cowvol.safety': 'pre-restore', 'cowvol.restore-of': name } });
+    // Also while an import is pending: the safety snapshot keeps the half-applied state the restore abandons.
+    await volume[CREATE_PAST_IMPORT](safety, { labels: { 'cowvol.safety': 'pre-restore', 'cowvol.restore-of': name } }, true);
   }
   const diff = await volume.diff(name);
   const pieces = mergeExtents(diff.extents, IO_CHUNK_BYTES);

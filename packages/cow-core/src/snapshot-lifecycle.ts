@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { AssertionFailedError, assert } from '@cowvol/base';
 import { blockExtents } from './extent-runs.js';
 import { validateLabelsFit } from './labels.js';
-import { SnapshotExistsError, SnapshotHeldError, SnapshotLimitError, SnapshotNotFoundError } from './errors.js';
+import { ImportPendingError, SnapshotExistsError, SnapshotHeldError, SnapshotLimitError, SnapshotNotFoundError } from './errors.js';
 import { MAX_SNAPSHOTS, TARGET_STORE } from './layout.js';
 import { SCHEMA_VERSION, type SnapshotRecord } from './metadata.js';
 import { SnapshotMap, type MapEntry } from './snapshot-map.js';
@@ -47,13 +47,32 @@ export function describeSnapshot(ctx: VolumeContext, rec: SnapshotRecord): Snaps
  * before it.
  * @throws what {@link createSnapshotFrozen} throws
  */
-export async function createSnapshot(ctx: VolumeContext, name: string, options: CreateSnapshotOptions): Promise<SnapshotInfo> {
+export async function createSnapshot(ctx: VolumeContext, name: string, options: CreateSnapshotOptions, pastImport = false): Promise<SnapshotInfo> {
   // Refused before the settle and sync below, which would be work for nothing; checked again frozen.
+  if (!pastImport) refusePendingImport(ctx);
   if (options.labels) validateLabelsFit(options.labels, ctx.blockSizeBytes);
   if (ctx.findLive(name)) throw new SnapshotExistsError(name);
   if (ctx.catalog.length >= MAX_SNAPSHOTS) throw new SnapshotLimitError(MAX_SNAPSHOTS);
   if (!ctx.readOnly) await syncBeforeFreeze(ctx);
-  return ctx.frozen(() => createSnapshotFrozen(ctx, name, options));
+  return ctx.frozen(() => {
+    if (!pastImport) refusePendingImport(ctx); // an import may have set its marker while this create waited
+    return createSnapshotFrozen(ctx, name, options);
+  });
+}
+
+/**
+ * IMPORT_PENDING while an import's marker is set: a snapshot would hold the
+ * import half-applied, a state neither its base nor its source ever had,
+ * and `--resume` would then copy the rest into it (docs/ARCHITECTURE.md
+ * §15.6). A restore's safety snapshot is how that state is kept.
+ */
+function refusePendingImport(ctx: VolumeContext): void {
+  if (!ctx.importPending) return;
+  const path = ctx.parts.layout.volumePath;
+  throw new ImportPendingError(
+    `an import into ${path} is in progress or was interrupted; a snapshot now would hold it half-applied: finish it (the same cowvol import with --resume) or abandon it (cowvol snapshot restore, whose safety snapshot keeps the volume as it is now) first`,
+    { details: { path } },
+  );
 }
 
 /**

@@ -22,6 +22,9 @@ import {
 import { namedMaps, snapshotInfoOf, snapshotPageOf, type SnapshotPage } from './volume-reports.js';
 import type { CreateSnapshotOptions, DeleteResult, MultiDeleteResult, SnapshotInfo } from './volume-types.js';
 
+/** Key of the create method that passes a pending import (restore.ts, import.ts); not exported by the package. */
+export const CREATE_PAST_IMPORT = Symbol('createPastImport');
+
 /**
  * The snapshot half of the {@link Volume} facade (docs/ARCHITECTURE.md §4):
  * take, list, read, delete, rename, label and hold snapshots, and the
@@ -52,12 +55,23 @@ export abstract class VolumeSnapshots {
 
   /**
    * Takes a snapshot in O(1), frozen (docs/ARCHITECTURE.md §4.4).
-   * @throws INVALID_SNAPSHOT_NAME, INVALID_LABEL, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, IO_ERROR
+   * @throws INVALID_SNAPSHOT_NAME, INVALID_LABEL, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT, IO_ERROR,
+   *   IMPORT_PENDING (an import is applying or was interrupted: a snapshot now would hold it half-applied; docs/ARCHITECTURE.md §15.6)
    */
   async createSnapshot(name: string, options: CreateSnapshotOptions = {}): Promise<SnapshotInfo> {
+    return this[CREATE_PAST_IMPORT](name, options, options.clearImport === true);
+  }
+
+  /**
+   * {@link createSnapshot}; `pastImport`: also while an import is pending —
+   * the import's own last step (`clearImport`) and a restore's safety
+   * snapshot, which keeps the half-applied state it abandons (restore.ts).
+   * @throws what {@link createSnapshot} throws; IMPORT_PENDING (without `pastImport`, an import pending: a snapshot would hold it half-applied)
+   */
+  async [CREATE_PAST_IMPORT](name: string, options: CreateSnapshotOptions, pastImport: boolean): Promise<SnapshotInfo> {
     validateSnapshotName(name);
     if (options.labels) validateLabels(options.labels);
-    return createSnapshot(this.ctx, name, options);
+    return createSnapshot(this.ctx, name, options, pastImport);
   }
 
   /** Snapshots, oldest first. */

@@ -238,7 +238,7 @@ describe('a corrupted stream is refused with the extent that failed, and the tar
 });
 
 describe('an interrupted import, resumed, gives the same result', () => {
-  it('while an import is pending, writes to the volume are refused (IMPORT_PENDING): a resume cannot take in bytes that are not the stream; a restore abandons it and writes go on', async () => {
+  it('while an import is pending, writes and snapshot creates are refused (IMPORT_PENDING): a resume cannot take in bytes that are not the stream; a restore abandons it, its safety snapshot keeping the abandoned state, and writes go on', async () => {
     const rnd = prng(77);
     const { v: src, live } = await stripedVolume(join(dir, 'src.img'), 7, 64, 4096);
     await src.createSnapshot('a');
@@ -256,6 +256,9 @@ describe('an interrupted import, resumed, gives the same result', () => {
     const t = await Volume.open(dstPath);
     expect(await t.importState()).toBeDefined();
     await expect(t.write(0, Buffer.alloc(4096, 0xee))).rejects.toMatchObject({ code: 'IMPORT_PENDING' });
+    // A snapshot would hold the import half-applied (and --resume would copy the rest into it): refused too, nothing taken.
+    await expect(t.createSnapshot('half')).rejects.toMatchObject({ code: 'IMPORT_PENDING' });
+    expect((await t.listSnapshots()).map((x) => x.name)).toEqual(['a']);
     await t.close();
     const r = await importStream(dstPath, memorySource(incr), { resume: true, verify: true, markerIntervalBytes: 8192 });
     expect(r.resumed).toBe(true);
@@ -272,8 +275,12 @@ describe('an interrupted import, resumed, gives the same result', () => {
     await expect(importStream(second, memorySource(incr), { opener: opener2, markerIntervalBytes: 8192 })).rejects.toMatchObject({ code: 'IO_ERROR' });
     const s = await Volume.open(second);
     await expect(s.write(0, Buffer.alloc(4096, 1))).rejects.toMatchObject({ code: 'IMPORT_PENDING' });
-    await restoreSnapshot(s, 'a');
+    const halfApplied = await s.read(0, live.length);
+    const restored = await restoreSnapshot(s, 'a');
     expect(await s.importState()).toBeUndefined();
+    // The restore's safety snapshot passes the marker: it keeps the half-applied state the restore abandoned.
+    expect(restored.safetySnapshot).not.toBeNull();
+    expect((await s.readSnapshot(restored.safetySnapshot!, 0, live.length)).equals(halfApplied), 'the safety snapshot holds the abandoned state').toBe(true);
     await s.write(0, Buffer.alloc(4096, 1));
     await s.close();
   });
