@@ -226,16 +226,16 @@ describe('import killed at every step: --resume or a re-run finishes it with the
     expect(JSON.parse(plain.stdout.toString())).toMatchObject({ alreadyImported: true, verified: false });
   });
 
-  it('--resume refuses at once when the name its last step needs was taken meanwhile (SNAPSHOT_EXISTS), leaving live as it was; resumed after a rename', async () => {
+  it('a snapshot create while the import is pending is refused (IMPORT_PENDING, exit 4), takes nothing and leaves live as it was; --resume then finishes', async () => {
     const target = join(dir, 'resume-name-taken.img');
     expect((await killedImport(target, 'import:marker#1')).signal).toBe('SIGKILL');
     await rm(join(`${target}.cowvol`, 'lock'), { recursive: true, force: true });
-    await cowvolOk(['snapshot', 'create', target, 'src']); // the incoming snapshot's name, taken while the import is pending
     const before = (await cowvolOk(['read', target])).stdout;
-    const r = await cowvol(['import', target, '--input', streamPath, '--resume']);
-    expect([r.code, r.stderr]).toEqual([4, expect.stringContaining('[SNAPSHOT_EXISTS]')]);
-    expect((await cowvolOk(['read', target])).stdout.equals(before), 'a refused resume leaves live as it was').toBe(true);
-    await cowvolOk(['snapshot', 'rename', target, 'src', 'taken-meanwhile']);
+    const r = await cowvol(['snapshot', 'create', target, 'src']); // the incoming snapshot's name
+    expect([r.code, r.stderr]).toEqual([4, expect.stringContaining('[IMPORT_PENDING]')]);
+    expect(r.stderr).toContain('half-applied');
+    expect((await cowvolOk(['read', target])).stdout.equals(before), 'a refused create leaves live as it was').toBe(true);
+    expect(JSON.parse((await cowvolOk(['snapshot', 'list', target, '--json'])).stdout.toString())).toMatchObject({ snapshots: [] });
     await cowvolOk(['import', target, '--input', streamPath, '--resume']);
     expect((await cowvolOk(['snapshot', 'read', target, 'src'])).stdout.equals(expected)).toBe(true);
   });

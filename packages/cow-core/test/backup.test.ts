@@ -259,7 +259,15 @@ describe('an interrupted import, resumed, gives the same result', () => {
     // A snapshot would hold the import half-applied (and --resume would copy the rest into it): refused too, nothing taken.
     await expect(t.createSnapshot('half')).rejects.toMatchObject({ code: 'IMPORT_PENDING' });
     expect((await t.listSnapshots()).map((x) => x.name)).toEqual(['a']);
+    // The name the import's last step needs, taken by a rename meanwhile: --resume refuses at once, live untouched.
+    await t.renameSnapshot('a', 'b');
+    const pendingLive = await t.read(0, live.length);
     await t.close();
+    await expect(importStream(dstPath, memorySource(incr), { resume: true, markerIntervalBytes: 8192 })).rejects.toMatchObject({ code: 'SNAPSHOT_EXISTS' });
+    const back = await Volume.open(dstPath);
+    expect((await back.read(0, live.length)).equals(pendingLive), 'a refused resume leaves live as it was').toBe(true);
+    await back.renameSnapshot('b', 'a');
+    await back.close();
     const r = await importStream(dstPath, memorySource(incr), { resume: true, verify: true, markerIntervalBytes: 8192 });
     expect(r.resumed).toBe(true);
     const done = await Volume.open(dstPath);
