@@ -6,9 +6,14 @@ import { Volume } from '@cowvol/cow-core';
 import { CLI, cowvol, cowvolOk, jsonOf, sha256, tempDir } from './helpers.js';
 
 /**
- * A volume written by the previous format (version 2, no kept shared
- * counts) opens and upgrades to version 3 (docs/ARCHITECTURE.md §15.3,
- * "The upgrade from version 2"; docs/FORMAT.md §1). The fixture is a real
+ * Volumes written by the previous formats open and upgrade to version 4
+ * (docs/FORMAT.md §1, "Format versions"). Version 2 (no kept shared
+ * counts) is recounted to version 3 (docs/ARCHITECTURE.md §15.3, "The
+ * upgrade from version 2"), then gets its catalog index like version 3
+ * (docs/FORMAT.md §6.13): two committed fixtures, each a real volume of
+ * its version with the SHA-256 of what the release that wrote it read back
+ * (test/fixtures/format-v3.json: 38 snapshots after renames, deletes and a
+ * name taken again, made by test/fixtures/make-format-v3.mjs). The fixture is a real
  * version-2 volume — 300 snapshots over a 256 KiB volume, built by the
  * release before version 3 with test/fixtures/make-format-v2.mjs — with
  * the SHA-256 of every snapshot and of the live volume as that release
@@ -20,26 +25,29 @@ import { CLI, cowvol, cowvolOk, jsonOf, sha256, tempDir } from './helpers.js';
  * child really died by SIGKILL, so a recount of one transaction fails it.
  */
 const FIXTURE = resolve(import.meta.dirname, 'fixtures/format-v2.tar.gz');
+const FIXTURE_V3 = resolve(import.meta.dirname, 'fixtures/format-v3.tar.gz');
 const BYTES = 256 * 1024;
 
 let dir: string;
 let cleanup: () => Promise<void>;
 let expected: Record<string, string>;
+let expectedV3: Record<string, string>;
 
 beforeAll(async () => {
   ({ dir, cleanup } = await tempDir('cowvol-format-upgrade-'));
   expected = JSON.parse(await readFile(resolve(import.meta.dirname, 'fixtures/format-v2.json'), 'utf8')) as Record<string, string>;
+  expectedV3 = JSON.parse(await readFile(resolve(import.meta.dirname, 'fixtures/format-v3.json'), 'utf8')) as Record<string, string>;
 });
 afterAll(async () => {
   await cleanup();
 });
 
 /** The fixture, unpacked into a fresh folder (tar keeps the modification times in nanoseconds: posix format). */
-function unpack(name: string): string {
+function unpack(name: string, fixture = FIXTURE, volume = 'v2.img'): string {
   const into = join(dir, name);
-  const r = spawnSync('sh', ['-c', `mkdir -p "${into}" && tar -xzf "${FIXTURE}" -C "${into}"`], { encoding: 'utf8' });
+  const r = spawnSync('sh', ['-c', `mkdir -p "${into}" && tar -xzf "${fixture}" -C "${into}"`], { encoding: 'utf8' });
   expect(r.status, r.stderr).toBe(0);
-  return join(into, 'v2.img');
+  return join(into, volume);
 }
 
 async function formatVersion(vol: string): Promise<number> {
@@ -47,11 +55,11 @@ async function formatVersion(vol: string): Promise<number> {
 }
 
 /** Every snapshot of the fixture and the live volume read back (read-only open, in this process) against the recorded SHA-256. */
-async function expectFixtureContent(vol: string): Promise<void> {
+async function expectFixtureContent(vol: string, hashes = expected): Promise<void> {
   const v = await Volume.openForReading(vol);
   try {
     const names = (await v.listSnapshots()).map((s) => s.name);
-    for (const [name, hash] of Object.entries(expected)) {
+    for (const [name, hash] of Object.entries(hashes)) {
       if (name === 'live') expect(sha256(await v.read(0, BYTES)), 'live').toBe(hash);
       else {
         expect(names, name).toContain(name);
@@ -78,7 +86,7 @@ function killedAt(step: string, args: string[]): Promise<NodeJS.Signals | null> 
 }
 
 describe('format version 2 volume (committed fixture)', () => {
-  it('reads as the previous release wrote it, upgrades to version 3 at its first read-write open, and still reads the same; check is clean', async () => {
+  it('reads as the release before version 3 wrote it, upgrades to version 4 at its first read-write open, and still reads the same; check is clean', async () => {
     const vol = unpack('clean');
     expect(await formatVersion(vol)).toBe(2);
     await expectFixtureContent(vol);
@@ -87,7 +95,7 @@ describe('format version 2 volume (committed fixture)', () => {
     expect(await formatVersion(vol), 'check (read-only) does not upgrade').toBe(2);
 
     await cowvolOk(['snapshot', 'create', vol, 'after']);
-    expect(await formatVersion(vol)).toBe(3);
+    expect(await formatVersion(vol)).toBe(4);
     await expectFixtureContent(vol);
     const v = await Volume.openForReading(vol);
     try {
@@ -103,7 +111,7 @@ describe('format version 2 volume (committed fixture)', () => {
     expect(Object.values(counts).filter((n) => n >= 1)).toHaveLength(300); // all but `after`, which maps nothing
   }, 300_000);
 
-  it('an upgrade killed between its recount transactions stays version 2 and is finished by the next open, with the same counts as an upgrade that ran through', async () => {
+  it('an upgrade killed between its recount transactions stays version 2 and is finished by the next open (to version 4), with the same counts as an upgrade that ran through', async () => {
     const reference = unpack('reference');
     await cowvolOk(['snapshot', 'create', reference, 'after']);
     const vol = unpack('killed');
@@ -112,11 +120,48 @@ describe('format version 2 volume (committed fixture)', () => {
     await expectFixtureContent(vol);
 
     await cowvolOk(['snapshot', 'create', vol, 'after']);
-    expect(await formatVersion(vol)).toBe(3);
+    expect(await formatVersion(vol)).toBe(4);
     await expectFixtureContent(vol);
     const check = await cowvol(['check', vol, '--json']);
     expect(check.code, check.stderr).toBe(0);
     expect(jsonOf<{ status: string; corruptions: unknown[] }>(check)).toMatchObject({ status: 'clean', corruptions: [] });
     expect(await freeable(vol)).toEqual(await freeable(reference));
+  }, 300_000);
+});
+
+describe('format version 3 volume (committed fixture)', () => {
+  it('reads as the release before version 4 wrote it; the first snapshot create (a lazy open) builds its catalog index and upgrades it to version 4; it still reads the same, and check is clean', async () => {
+    const vol = unpack('v3-clean', FIXTURE_V3, 'v3.img');
+    expect(await formatVersion(vol)).toBe(3);
+    await expectFixtureContent(vol, expectedV3);
+    const taken = await cowvol(['snapshot', 'create', vol, 's1']); // a name renamed into (s2 -> s1): the index has it
+    expect([taken.code, taken.stderr]).toEqual([4, expect.stringContaining('[SNAPSHOT_EXISTS]')]);
+    expect(await formatVersion(vol), 'the writable open upgraded before the create was refused').toBe(4);
+    await cowvolOk(['snapshot', 'create', vol, 's2']); // a name renamed away from: free
+    await cowvolOk(['snapshot', 'create', vol, 's10']); // the name of a deleted snapshot: free
+    await expectFixtureContent(vol, expectedV3);
+    const v = await Volume.openForReading(vol);
+    try {
+      expect(sha256(await v.readSnapshot('s10', 0, BYTES))).toBe(expectedV3.live);
+      expect((await v.listSnapshots()).map((s) => s.name).slice(-3)).toEqual(['s5', 's2', 's10']);
+    } finally {
+      await v.close();
+    }
+    const check = await cowvol(['check', vol, '--json']);
+    expect(check.code, check.stderr).toBe(0);
+    expect(jsonOf<{ status: string; corruptions: unknown[] }>(check)).toMatchObject({ status: 'clean', corruptions: [] });
+  }, 300_000);
+
+  it('an upgrade killed after the index is built, before the version record, stays version 3 and is finished by the next open', async () => {
+    const vol = unpack('v3-killed', FIXTURE_V3, 'v3.img');
+    expect(await killedAt('index:built', ['snapshot', 'create', vol, 'after'])).toBe('SIGKILL');
+    expect(await formatVersion(vol)).toBe(3);
+    await expectFixtureContent(vol, expectedV3);
+    await cowvolOk(['snapshot', 'create', vol, 'after']);
+    expect(await formatVersion(vol)).toBe(4);
+    await expectFixtureContent(vol, expectedV3);
+    const check = await cowvol(['check', vol, '--json']);
+    expect(check.code, check.stderr).toBe(0);
+    expect(jsonOf<{ status: string }>(check).status).toBe('clean');
   }, 300_000);
 });

@@ -23,6 +23,8 @@ export interface OpenMode {
   routeServed?: boolean;
   /** The command changes the volume: from the call of `fn` (or the request to the server) on, its change may be made (signals.ts `noteCommitting`). */
   changes?: boolean;
+  /** `lazy`: the catalog is not read at open when the volume's catalog index allows it (`Volume.open`'s `catalog`; `snapshot create`). */
+  catalog?: 'eager' | 'lazy';
 }
 
 /**
@@ -70,6 +72,7 @@ export abstract class CowvolCommand extends Command {
               ...(mode.releaseReserve ? { releaseReserve: true } : {}),
               ...(mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {}),
               ...(mode.writeBackBytes !== undefined ? { writeBackBytes: mode.writeBackBytes } : {}),
+              ...(mode.catalog ? { catalog: mode.catalog } : {}),
             }));
       } catch (err) {
         if (!hasCode(err, 'VOLUME_BUSY')) throw err;

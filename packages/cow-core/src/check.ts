@@ -5,6 +5,8 @@ import { verifyLevelDb } from './leveldb-verify.js';
 import { decodeValue, keys, parseHexSuffix } from './metadata.js';
 import { type MetadataDb } from './metadata-db.js';
 import { SharedRecount } from './space-accounting.js';
+import { compareIndex, countsOf } from './catalog-index.js';
+import { FORMAT_VERSION } from './layout.js';
 
 /** One problem found by {@link checkVolume}. */
 export interface CheckFinding {
@@ -18,6 +20,7 @@ export interface CheckFinding {
     | 'owned-count-mismatch'
     | 'shared-count-mismatch'
     | 'catalog'
+    | 'catalog-index'
     | 'journal-not-recovered'
     | 'undecodable-record'
     | 'metadata-checksum'
@@ -42,6 +45,8 @@ export interface CheckReport {
   repairedBlocks: number;
   /** Snapshots whose shared-block count `--repair` set to the recount (0 without it; space-accounting.ts). */
   repairedCounts: number;
+  /** Catalog index keys (`name:`, `snapcount`) `--repair` wrote or deleted to match the catalog (0 without it; catalog-index.ts). */
+  repairedIndexKeys: number;
   /** Whether every mapped store block was read and checked against its CRC32C (`--read-data`). */
   dataChecked: boolean;
   /** Store blocks that failed their CRC32C (0 unless `dataChecked`). */
@@ -89,6 +94,7 @@ export async function checkVolume(db: MetadataDb, meta: CommittedMetadata, facts
     for (const problem of await verifyLevelDb(facts.metadataPath)) found('metadata-checksum', `metadata file ${problem}`);
   }
   checkCatalog(meta, found);
+  if (meta.sb.formatVersion === FORMAT_VERSION) await checkIndex(db, meta, found);
   const maps = await scanMaps(db, meta, facts, found);
   const hw = meta.allocator.highWaterBlocks;
   const leaks = findLeaks(meta, maps.used);
@@ -103,6 +109,7 @@ export async function checkVolume(db: MetadataDb, meta: CommittedMetadata, facts
     corruptions,
     repairedBlocks: 0,
     repairedCounts: 0,
+    repairedIndexKeys: 0,
     dataChecked: false,
     damagedBlocks: 0,
     affectedSnapshots: [],
@@ -118,6 +125,20 @@ function checkCatalog(meta: CommittedMetadata, found: Found): void {
       names.add(rec.name);
     }
     if (rec.id >= meta.sb.nextSnapshotId) found('catalog', `snapshot id ${rec.id} is not below nextSnapshotId ${meta.sb.nextSnapshotId}`);
+  }
+}
+
+/** The catalog index (catalog-index.ts) against the catalog: a key per live name holding its id, no other, and the counts. */
+async function checkIndex(db: MetadataDb, meta: CommittedMetadata, found: Found): Promise<void> {
+  const catalog = [...meta.snapshots.values()];
+  const diff = await compareIndex(db, catalog);
+  const idOf = new Map(catalog.filter((r) => r.state === 'live').map((r) => [r.name, r.id]));
+  for (const name of diff.missing) found('catalog-index', `the catalog index has no key giving live snapshot ${name} its id ${idOf.get(name) ?? '?'}`);
+  for (const name of diff.extra) found('catalog-index', `the catalog index names ${name}, which no live snapshot is`);
+  if (diff.counts !== undefined) {
+    const want = countsOf(meta.snapshots.values());
+    const stored = diff.counts === null ? 'nothing readable' : `${diff.counts.snapshots} (${diff.counts.deleting} deleting)`;
+    found('catalog-index', `the catalog index counts ${stored}; the catalog holds ${want.snapshots} snapshot records (${want.deleting} deleting)`);
   }
 }
 

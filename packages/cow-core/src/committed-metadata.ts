@@ -1,11 +1,13 @@
 import { assert } from '@cowvol/base';
-import { asMetaRecord, type MetaRecord } from './meta-record.js';
+import { asMetaRecord } from './meta-record.js';
 import { ExtentAllocator, type Extent } from './allocator.js';
 import { UnsupportedVersionError } from '@cowvol/base';
 import { CorruptMetadataError, NotAVolumeError } from './errors.js';
-import { FORMAT_VERSION, MAX_SNAPSHOTS, UPGRADABLE_FORMAT_VERSION } from './layout.js';
-import { SCHEMA_VERSION, decodeValue, delOp, keys, parseHexSuffix, putMapOp, putOp, type MetaOp, type SnapshotRecord, type VolumeRecord } from './metadata.js';
+import { FORMAT_VERSION, MAX_SNAPSHOTS, UPGRADABLE_FORMAT_VERSIONS } from './layout.js';
+import { SCHEMA_VERSION, decodeValue, keys, parseHexSuffix, putOp, type SnapshotRecord, type VolumeRecord } from './metadata.js';
 import { type MetaBatch, type MetadataDb } from './metadata-db.js';
+import { countsOf, readCounts, type SnapshotCounts } from './catalog-index.js';
+import { keyOperations, type CommittedState } from './key-operations.js';
 
 /**
  * Bound of a replay batch (`CommittedMetadata.apply` at open): replayed
@@ -37,7 +39,7 @@ export const REPLAY_BATCH_OPS = 4096;
  * LevelDB writes one batch, the next one is computed (one write in flight:
  * LevelDB must apply them in order).
  */
-export class CommittedMetadata {
+export class CommittedMetadata implements CommittedState {
   /**
    * Replay batch being filled: the key operations of replayed transactions
    * not yet handed to LevelDB, in order, already copied into LevelDB's
@@ -49,34 +51,48 @@ export class CommittedMetadata {
   /** The replay batch LevelDB is writing, if any (at most one in flight). */
   private replayWrite: Promise<void> | undefined;
 
+  /**
+   * How many snapshot records the catalog holds and how many are `deleting`
+   * (`snapcount`, catalog-index.ts), kept by every apply: from the records
+   * once they are all read, from the stored record before (a lazy load).
+   */
+  counts: SnapshotCounts;
+  /** An apply or a catalog read is running (they never overlap: {@link completeSnapshots}). */
+  private busy = false;
+
   private constructor(
     private readonly db: MetadataDb,
     public sb: VolumeRecord,
+    /** Every snapshot record once {@link complete}; before, only those created since the open (a lazy load). */
     readonly snapshots: Map<number, SnapshotRecord>,
     readonly allocator: ExtentAllocator,
     public appliedSequence: number,
-  ) {}
+    /** False after a lazy load until {@link completeSnapshots}. */
+    public complete: boolean,
+    counts: SnapshotCounts,
+  ) {
+    this.counts = counts;
+  }
 
-  /** Loads and validates the committed state. Throws `NOT_A_VOLUME`, `CORRUPT_METADATA`, `UNSUPPORTED_VERSION`. */
-  static async load(db: MetadataDb, volumePath: string): Promise<CommittedMetadata> {
+  /**
+   * Loads and validates the committed state. With `lazy`, a volume of the
+   * current format version whose `snapcount` says no delete waits to be
+   * finished is loaded without its snapshot records (docs/ARCHITECTURE.md
+   * §4.4, "A create that does not read the catalog"): {@link complete} is
+   * false until {@link completeSnapshots}.
+   * @throws NOT_A_VOLUME, CORRUPT_METADATA, UNSUPPORTED_VERSION
+   */
+  static async load(db: MetadataDb, volumePath: string, options: { lazy?: boolean } = {}): Promise<CommittedMetadata> {
     const sbBytes = await db.get(keys.volume);
     if (!sbBytes) throw new NotAVolumeError(`${volumePath}: sidecar is incomplete (no volume record); it was never fully created`);
     const sb = decodeValue.volume(keys.volume, sbBytes);
-    // Version 2 opens and is upgraded once recovered (space-accounting.ts `upgradeSpaceCounters`).
-    if (sb.formatVersion !== FORMAT_VERSION && sb.formatVersion !== UPGRADABLE_FORMAT_VERSION) throw unsupportedFormat(volumePath, sb.formatVersion);
+    // Versions 2 and 3 open and are upgraded once recovered (space-accounting.ts `upgradeSpaceCounters`, volume.ts).
+    if (sb.formatVersion !== FORMAT_VERSION && !UPGRADABLE_FORMAT_VERSIONS.includes(sb.formatVersion)) throw unsupportedFormat(volumePath, sb.formatVersion);
     const cpBytes = await db.get(keys.checkpoint);
     const appliedSequence = cpBytes ? decodeValue.checkpoint(keys.checkpoint, cpBytes).sequence : 0;
-    const snapshots = new Map<number, SnapshotRecord>();
-    // In batches: one LevelDB round trip per 1,024 records, not a promise per record (65,536 of them at the limit, docs/PERFORMANCE.md "Many snapshots").
-    for await (const batch of db.scanBatches(keys.snapshotPrefix)) {
-      for (const [key, value] of batch) {
-        const rec = decodeValue.snapshot(key, value);
-        if (rec.id !== parseHexSuffix(key, keys.snapshotPrefix)) throw new CorruptMetadataError(`snapshot record ${key} has id ${rec.id}`);
-        snapshots.set(rec.id, rec);
-      }
-      // Bounded: no more records are read than the limit allows, plus one batch.
-      if (snapshots.size > MAX_SNAPSHOTS) throw new CorruptMetadataError(`more than ${MAX_SNAPSHOTS} snapshot records`);
-    }
+    const stored = options.lazy === true && sb.formatVersion === FORMAT_VERSION ? await readCounts(db) : undefined;
+    const lazy = stored?.deleting === 0;
+    const snapshots = lazy ? new Map<number, SnapshotRecord>() : await readSnapshots(db);
     const allocBytes = await db.get(keys.allocator);
     if (!allocBytes) throw new CorruptMetadataError('allocator record missing');
     const alloc = decodeValue.allocator(keys.allocator, allocBytes);
@@ -90,7 +106,43 @@ export class CommittedMetadata {
     } catch (err) {
       throw new CorruptMetadataError(`allocator state is inconsistent: ${(err as Error).message}`, { cause: err });
     }
-    return new CommittedMetadata(db, sb, snapshots, allocator, appliedSequence);
+    return new CommittedMetadata(db, sb, snapshots, allocator, appliedSequence, !lazy, lazy ? stored : countsOf(snapshots.values()));
+  }
+
+  /**
+   * Reads every snapshot record after a lazy load (a no-op once
+   * complete). Never while an apply runs: the volume calls it frozen or
+   * inside its gate, and an apply calls it itself before the records it
+   * needs (see {@link apply}). The counts become the records' own.
+   * @throws CORRUPT_METADATA, UNSUPPORTED_VERSION, LevelDB errors
+   */
+  async completeSnapshots(): Promise<void> {
+    if (this.complete) return;
+    assert(!this.busy, 'the catalog read overlaps an apply');
+    this.busy = true;
+    try {
+      const all = await readSnapshots(this.db);
+      for (const id of this.snapshots.keys()) assert(all.has(id), `snapshot ${id}, created since the open, is not in LevelDB`);
+      this.snapshots.clear();
+      for (const [id, rec] of all) this.snapshots.set(id, rec);
+      this.counts = countsOf(all.values());
+      this.complete = true;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /**
+   * Whether a transaction's records only create snapshots (a snapshot
+   * record of a new id, its labels and origin, the volume record, the
+   * import marker): all a lazy load can apply without the catalog.
+   */
+  private createsOnly(records: unknown[]): boolean {
+    const firstNew = this.sb.nextSnapshotId;
+    return records.every((raw) => {
+      const r = asMetaRecord(raw);
+      return r.o === 'sb' || r.o === 'import' || ((r.o === 'snap' || r.o === 'labels' || r.o === 'origin') && r.id >= firstNew);
+    });
   }
 
   /**
@@ -113,10 +165,22 @@ export class CommittedMetadata {
    * @throws CORRUPT_METADATA (a record that is not a metadata record), ASSERTION_FAILED (a record the committed state contradicts), LevelDB errors
    */
   async apply(tx: { sequence: number; records: unknown[]; last?: boolean }): Promise<void> {
+    // A lazy load applies a create as is; anything else (also at replay) needs every record first.
+    if (!this.complete && tx.sequence > this.appliedSequence && !this.createsOnly(tx.records)) await this.completeSnapshots();
+    assert(!this.busy, 'an apply overlaps a catalog read');
+    this.busy = true;
+    try {
+      await this.applyTransaction(tx);
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async applyTransaction(tx: { sequence: number; records: unknown[]; last?: boolean }): Promise<void> {
     if (tx.last === undefined) {
       assert(this.replayBatch === undefined && this.replayWrite === undefined, 'a commit applied while replayed transactions are still unwritten');
       if (tx.sequence <= this.appliedSequence) return;
-      const ops = this.keyOperations(tx.records);
+      const ops = keyOperations(this, tx.records);
       ops.push(putOp(keys.checkpoint, { v: SCHEMA_VERSION, sequence: tx.sequence }));
       await this.db.apply(ops);
       this.appliedSequence = tx.sequence;
@@ -124,7 +188,7 @@ export class CommittedMetadata {
     }
     try {
       if (tx.sequence > this.appliedSequence) {
-        const ops = this.keyOperations(tx.records);
+        const ops = keyOperations(this, tx.records);
         this.replayBatch ??= this.db.batch();
         this.replayBatch.add(ops);
         this.replaySequence = tx.sequence;
@@ -166,152 +230,21 @@ export class CommittedMetadata {
     write.catch(() => undefined); // observed by the next await of replayWrite, never unhandled
     this.replayWrite = write;
   }
-
-  /**
-   * The key operations of one transaction's records against the committed
-   * state, which they advance (snapshots, owned-block counts, allocator,
-   * volume record); `cp` not included.
-   */
-  private keyOperations(records: unknown[]): MetaOp[] {
-    const ops: MetaOp[] = [];
-    const tx: TxSnapshots = { touched: new Set<number>(), dropped: new Set<number>() };
-    for (const raw of records) {
-      const r = asMetaRecord(raw);
-      if (!this.mappingOperations(r, ops, tx)) this.catalogOperations(r, ops, tx);
-    }
-    for (const op of this.allocator.takeOps()) ops.push(op);
-    for (const id of tx.touched) {
-      const rec = this.snapshots.get(id);
-      if (tx.dropped.has(id) || !rec) continue;
-      // A transaction moves both counts together: checked at its end (space-accounting.ts).
-      const shared = rec.sharedBlocks ?? 0;
-      assert(shared >= 0 && shared <= rec.ownedBlocks, `snapshot ${id} shares ${shared} of its ${rec.ownedBlocks} owned blocks`);
-      ops.push(putOp(keys.snapshot(id), rec));
-    }
-    return ops;
-  }
-
-  /** The records that map, unmap, move or free store blocks; false for any other record. */
-  private mappingOperations(r: MetaRecord, ops: MetaOp[], tx: TxSnapshots): boolean {
-    switch (r.o) {
-      case 'map':
-        this.allocator.allocateExact(r.p);
-        ops.push(putMapOp(r.id, r.b, r.p, r.crc));
-        this.owned(tx, r.id, 1);
-        return true;
-      case 'mapx': {
-        const n = r.crcs.length / 4;
-        const crcs = Buffer.from(r.crcs.buffer, r.crcs.byteOffset, r.crcs.length);
-        for (let i = 0; i < n; i++) {
-          this.allocator.allocateExact(r.p + i);
-          ops.push(putMapOp(r.id, r.b + i, r.p + i, crcs.readUInt32LE(4 * i)));
-        }
-        this.owned(tx, r.id, n);
-        return true;
-      }
-      case 'unmap':
-        ops.push(delOp(keys.map(r.id, r.b)));
-        this.allocator.free({ startBlock: r.p, lengthBlocks: 1 });
-        this.owned(tx, r.id, -1);
-        return true;
-      case 'move':
-        ops.push(delOp(keys.map(r.from, r.b)));
-        ops.push(putMapOp(r.to, r.b, r.p, r.crc));
-        this.owned(tx, r.from, -1);
-        this.owned(tx, r.to, 1);
-        return true;
-      case 'shared': {
-        const rec = this.snapshots.get(r.id);
-        assert(rec !== undefined, `journal record names snapshot ${r.id}, which does not exist`);
-        const next = (rec.sharedBlocks ?? 0) + r.n;
-        if (next === 0) delete rec.sharedBlocks;
-        else rec.sharedBlocks = next;
-        tx.touched.add(r.id);
-        return true;
-      }
-      case 'free':
-        this.allocator.free({ startBlock: r.p, lengthBlocks: r.n });
-        return true;
-      default:
-        return false;
-    }
-  }
-
-  /** Counts `delta` owned blocks into snapshot `id`. */
-  private owned(tx: TxSnapshots, id: number, delta: number): void {
-    const rec = this.snapshots.get(id);
-    assert(rec !== undefined, `journal record names snapshot ${id}, which does not exist`);
-    rec.ownedBlocks += delta;
-    assert(rec.ownedBlocks >= 0, `snapshot ${id} owns a negative number of blocks`);
-    tx.touched.add(id);
-  }
-
-  /** The records of the volume record, the catalog and the import marker. */
-  private catalogOperations(r: MetaRecord, ops: MetaOp[], tx: TxSnapshots): void {
-    switch (r.o) {
-      case 'sb': {
-        const op = putOp(keys.volume, r.v) as { o: 'p'; k: string; v: Buffer };
-        this.sb = decodeValue.volume(keys.volume, op.v); // validate before it reaches LevelDB
-        ops.push(op);
-        break;
-      }
-      case 'snap': {
-        const prev = this.snapshots.get(r.id);
-        // A state change keeps the optional fields (labels, held, origin).
-        this.snapshots.set(r.id, { ...prev, v: SCHEMA_VERSION, id: r.id, name: r.name, createdAt: r.createdAt, state: r.state, ownedBlocks: prev?.ownedBlocks ?? 0 });
-        tx.touched.add(r.id);
-        break;
-      }
-      case 'drop': {
-        const rec = this.snapshots.get(r.id);
-        assert(rec?.ownedBlocks === 0, `drop of snapshot ${r.id} that still owns blocks or does not exist`);
-        this.snapshots.delete(r.id);
-        tx.touched.delete(r.id);
-        tx.dropped.add(r.id);
-        ops.push(delOp(keys.snapshot(r.id)));
-        break;
-      }
-      case 'rename':
-      case 'labels':
-      case 'hold':
-      case 'origin':
-      case 'suspect':
-        this.changeFields(r);
-        tx.touched.add(r.id);
-        break;
-      case 'import':
-        if (r.state === null) ops.push(delOp(keys.importState));
-        else {
-          const op = putOp(keys.importState, r.state) as { o: 'p'; k: string; v: Buffer };
-          decodeValue.importState(keys.importState, op.v); // validate before it reaches LevelDB
-          ops.push(op);
-        }
-        break;
-      default:
-        assert(false, `journal record ${r.o} is no catalog record`);
-    }
-  }
-
-  /** A change of a snapshot's optional fields (name, labels, held, origin, suspect). */
-  private changeFields(r: Extract<MetaRecord, { o: 'rename' | 'labels' | 'hold' | 'origin' | 'suspect' }>): void {
-    const rec = this.snapshots.get(r.id);
-    assert(rec !== undefined, `journal record ${r.o} names snapshot ${r.id}, which does not exist`);
-    if (r.o === 'rename') rec.name = r.name;
-    else if (r.o === 'labels') {
-      if (Object.keys(r.labels).length > 0) rec.labels = { ...r.labels };
-      else delete rec.labels;
-    } else if (r.o === 'hold') {
-      if (r.held) rec.held = true;
-      else delete rec.held;
-    } else if (r.o === 'suspect') rec.suspect = true;
-    else rec.origin = { ...r.origin };
-  }
 }
 
-/** The snapshots one transaction touched (their records are rewritten) and dropped (deleted). */
-interface TxSnapshots {
-  readonly touched: Set<number>;
-  readonly dropped: Set<number>;
+/** Every snapshot record, validated. Bounded: no more records are read than the limit allows, plus one batch. @throws CORRUPT_METADATA, UNSUPPORTED_VERSION */
+async function readSnapshots(db: MetadataDb): Promise<Map<number, SnapshotRecord>> {
+  const snapshots = new Map<number, SnapshotRecord>();
+  // In batches: one LevelDB round trip per 1,024 records, not a promise per record (65,536 of them at the limit, docs/PERFORMANCE.md "Many snapshots").
+  for await (const batch of db.scanBatches(keys.snapshotPrefix)) {
+    for (const [key, value] of batch) {
+      const rec = decodeValue.snapshot(key, value);
+      if (rec.id !== parseHexSuffix(key, keys.snapshotPrefix)) throw new CorruptMetadataError(`snapshot record ${key} has id ${rec.id}`);
+      snapshots.set(rec.id, rec);
+    }
+    if (snapshots.size > MAX_SNAPSHOTS) throw new CorruptMetadataError(`more than ${MAX_SNAPSHOTS} snapshot records`);
+  }
+  return snapshots;
 }
 
 /**
@@ -322,7 +255,7 @@ interface TxSnapshots {
 function unsupportedFormat(volumePath: string, found: number): UnsupportedVersionError {
   const older = found < FORMAT_VERSION;
   return new UnsupportedVersionError(
-    `${volumePath} has format version ${found}; this cowvol reads versions ${UPGRADABLE_FORMAT_VERSION} (upgraded at the first open) and ${FORMAT_VERSION}` +
+    `${volumePath} has format version ${found}; this cowvol reads versions ${UPGRADABLE_FORMAT_VERSIONS.join(' and ')} (upgraded at the first writable open) and ${FORMAT_VERSION}` +
       (older ? ' (version 1 volumes keep store checksums that are not bound to their mapping: export their snapshots with the cowvol that made them, then import them into a new volume)' : ''),
     { details: { version: found, supported: FORMAT_VERSION } },
   );

@@ -32,11 +32,14 @@ export function volumeLayout(volumePath: string): VolumeLayout {
 
 /**
  * Format version of the volume as a whole (sidecar layout, metadata keys, what store checksums cover); 2 binds each store block checksum to its mapping (docs/FORMAT.md §4.2);
- * 3 keeps each snapshot's shared-block count and the `shared` journal record (docs/FORMAT.md §1, space-accounting.ts).
+ * 3 keeps each snapshot's shared-block count and the `shared` journal record (docs/FORMAT.md §1, space-accounting.ts);
+ * 4 keeps the catalog index, `name:` and `snapcount` keys (docs/FORMAT.md §6.13, catalog-index.ts).
  */
-export const FORMAT_VERSION = 3;
-/** The older format version an open upgrades in place (its shared-block counts recounted once, space-accounting.ts). */
-export const UPGRADABLE_FORMAT_VERSION = 2;
+export const FORMAT_VERSION = 4;
+/** The first format version that keeps shared-block counts: a version-2 volume is recounted once (space-accounting.ts). */
+export const SHARED_COUNTS_FORMAT_VERSION = 3;
+/** The older format versions an open upgrades in place, oldest first (docs/FORMAT.md §1, "Format versions"). */
+export const UPGRADABLE_FORMAT_VERSIONS: readonly number[] = [2, 3];
 /** Most snapshots one volume holds (bounds catalog scans and read-through chains). */
 export const MAX_SNAPSHOTS = 65536;
 /** Snapshot names: 1–128 characters of this class. */

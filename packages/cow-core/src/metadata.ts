@@ -20,6 +20,8 @@ import { CorruptMetadataError } from './errors.js';
  * | `map:<id 8hex>:<block 12hex>`| MapRecord        |
  * | `import`                     | ImportRecord     |
  * | `stamp`                      | StampRecord (outside-writes.ts) |
+ * | `name:<name>`                | NameRecord (catalog-index.ts) |
+ * | `snapcount`                  | SnapshotCountRecord (catalog-index.ts) |
  */
 export const SCHEMA_VERSION = 1;
 
@@ -134,6 +136,19 @@ export interface ImportRecord {
   startedAt: string;
 }
 
+/** `name:<name>`: the live snapshot of that name (catalog-index.ts; format version 4). */
+export interface NameRecord {
+  v: number;
+  id: number;
+}
+
+/** `snapcount`: how many snapshot records the catalog holds, and how many of them are `deleting` (catalog-index.ts; format version 4). */
+export interface SnapshotCountRecord {
+  v: number;
+  snapshots: number;
+  deleting: number;
+}
+
 export interface MapRecord {
   v: number;
   /** Store block holding this logical block's content as of the snapshot. */
@@ -159,6 +174,9 @@ export const keys = {
   map: (id: number, block: number) => `map:${hex(id, 8)}:${hex(block, 12)}`,
   importState: 'import',
   stamp: 'stamp',
+  namePrefix: 'name:',
+  name: (name: string) => `name:${name}`,
+  snapshotCount: 'snapcount',
 };
 
 const ZEROS = '0'.repeat(16);
@@ -263,6 +281,8 @@ export const decodeValue = {
         isInt(r.appliedBytes) &&
         typeof r.startedAt === 'string',
     ),
+  name: (k: string, b: Uint8Array) => decode<NameRecord>(k, b, (r) => isInt(r.id, 1)),
+  snapshotCount: (k: string, b: Uint8Array) => decode<SnapshotCountRecord>(k, b, (r) => isInt(r.snapshots) && isInt(r.deleting) && r.deleting <= r.snapshots),
   map: (k: string, b: Uint8Array) => decodeMapFast(b) ?? decode<MapRecord>(k, b, (r) => isInt(r.storeBlock) && isInt(r.crc) && r.crc <= 0xffffffff),
 };
 

@@ -249,11 +249,16 @@ export class ChangeStamps {
 
   /**
    * Compares the file with its stamp (call before journal recovery writes
-   * anything). `catalog` and `volumeBlocks` name the suspect snapshots in
-   * the refusal (maps loaded from `db`).
+   * anything). `catalog` (every record, read when needed: a lazy open has
+   * not) and `volumeBlocks` name the suspect snapshots in the refusal (maps
+   * loaded from `db`).
    * @throws VOLUME_MODIFIED_OUTSIDE (unless `hold`), CORRUPT_METADATA, IO_ERROR
    */
-  static async open(db: MetadataDb, path: string, options: { hold: boolean; catalog: readonly SnapshotRecord[]; volumeBlocks: number; stampFromCreate: boolean }): Promise<ChangeStamps> {
+  static async open(
+    db: MetadataDb,
+    path: string,
+    options: { hold: boolean; catalog: () => Promise<readonly SnapshotRecord[]>; volumeBlocks: number; stampFromCreate: boolean },
+  ): Promise<ChangeStamps> {
     const recorded = await readStamp(db);
     const found = await statStamp(path, 'open');
     if (recorded === undefined && options.stampFromCreate) return ChangeStamps.lost(db, path, found, options);
@@ -267,17 +272,22 @@ export class ChangeStamps {
     const changes = compared.some((c) => c.field === 'size' || c.field === 'mtime') ? compared : [];
     const change = recorded && changes.length > 0 ? { changes, cleanClose: recorded.state === 'closed' } : undefined;
     if (change && !options.hold) {
-      const suspects = await suspectSnapshots(options.catalog, options.volumeBlocks, (id) => SnapshotMap.load(db, id));
+      const suspects = await suspectSnapshots(await options.catalog(), options.volumeBlocks, (id) => SnapshotMap.load(db, id));
       throw new VolumeModifiedOutsideError(describeOutsideChange(path, change, suspects), { path, ...change, suspectSnapshots: suspects });
     }
     return new ChangeStamps(db, path, recorded, found, change);
   }
 
   /** The open of a volume whose stamp was lost (class comment): refused as a change, or held for `accept`. @throws VOLUME_MODIFIED_OUTSIDE (unless `hold`) */
-  private static async lost(db: MetadataDb, path: string, found: StampRecord, options: { hold: boolean; catalog: readonly SnapshotRecord[]; volumeBlocks: number }): Promise<ChangeStamps> {
+  private static async lost(
+    db: MetadataDb,
+    path: string,
+    found: StampRecord,
+    options: { hold: boolean; catalog: () => Promise<readonly SnapshotRecord[]>; volumeBlocks: number },
+  ): Promise<ChangeStamps> {
     const change: OutsideChange = { changes: [{ field: 'stamp', recorded: 'present', found: 'missing' }], cleanClose: false };
     if (!options.hold) {
-      const suspects = await suspectSnapshots(options.catalog, options.volumeBlocks, (id) => SnapshotMap.load(db, id));
+      const suspects = await suspectSnapshots(await options.catalog(), options.volumeBlocks, (id) => SnapshotMap.load(db, id));
       throw new VolumeModifiedOutsideError(describeOutsideChange(path, change, suspects), { path, ...change, suspectSnapshots: suspects });
     }
     return new ChangeStamps(db, path, undefined, found, change);

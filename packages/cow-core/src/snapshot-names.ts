@@ -1,6 +1,7 @@
 import { assert } from '@cowvol/base';
 import { CorruptMetadataError } from './errors.js';
 import type { SnapshotRecord } from './metadata.js';
+import type { CommittedMetadata } from './committed-metadata.js';
 
 /**
  * The name index of the live catalog (docs/ARCHITECTURE.md §4.4): live
@@ -119,4 +120,17 @@ export function catalogIndexAfter(catalog: readonly SnapshotRecord[], afterId: n
     else hi = mid;
   }
   return lo;
+}
+
+/** The live catalog: a copy of the committed one, oldest first, checked. @throws CORRUPT_METADATA */
+export function checkedCatalog(meta: CommittedMetadata): SnapshotRecord[] {
+  const catalog = [...meta.snapshots.values()].sort((a, b) => a.id - b.id).map((r) => ({ ...r }));
+  const names = new Set<string>();
+  for (const rec of catalog) {
+    if (rec.state !== 'live') continue; // a snapshot being deleted may share its name with a newer one
+    if (names.has(rec.name)) throw new CorruptMetadataError(`two snapshots named ${rec.name}`);
+    names.add(rec.name);
+    if (rec.id >= meta.sb.nextSnapshotId) throw new CorruptMetadataError(`snapshot id ${rec.id} not below nextSnapshotId ${meta.sb.nextSnapshotId}`);
+  }
+  return catalog;
 }

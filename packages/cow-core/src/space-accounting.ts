@@ -1,5 +1,5 @@
 import { assert } from '@cowvol/base';
-import { FORMAT_VERSION, UPGRADABLE_FORMAT_VERSION } from './layout.js';
+import { SHARED_COUNTS_FORMAT_VERSION } from './layout.js';
 import { killPoint } from './kill-point.js';
 import { keys, parseHexSuffix, type SnapshotRecord } from './metadata.js';
 import type { MetadataDb } from './metadata-db.js';
@@ -194,7 +194,7 @@ export class SharedRecount {
 
 /**
  * Sets every snapshot's shared count to a full recount (an upgrade from
- * format version {@link UPGRADABLE_FORMAT_VERSION}, `check --repair`):
+ * format version 2, `check --repair`):
  * commits `shared` records with the difference to the committed counts,
  * in transactions of at most {@link RECOUNT_RECORDS_PER_COMMIT} records;
  * with `formatVersion`, the volume record with it joins the last one (a
@@ -235,11 +235,11 @@ export async function recountShared(ctx: VolumeContext, formatVersion?: number):
 /** Records per transaction of a recount (small enough for the smallest journal's handle). */
 export const RECOUNT_RECORDS_PER_COMMIT = 256;
 
-/** At open: a volume of format version {@link UPGRADABLE_FORMAT_VERSION} gets its shared counts (docs/FORMAT.md §1, "Format versions"). */
+/** At open: a volume of format version 2 gets its shared counts and becomes version 3 (docs/FORMAT.md §1, "Format versions"). */
 export async function upgradeSpaceCounters(ctx: VolumeContext): Promise<void> {
-  if (ctx.parts.meta.sb.formatVersion === FORMAT_VERSION) return;
-  assert(ctx.parts.meta.sb.formatVersion === UPGRADABLE_FORMAT_VERSION, `format version ${ctx.parts.meta.sb.formatVersion} reached the upgrade`);
-  await recountShared(ctx, FORMAT_VERSION);
+  if (ctx.parts.meta.sb.formatVersion >= SHARED_COUNTS_FORMAT_VERSION) return;
+  assert(ctx.parts.meta.sb.formatVersion === 2, `format version ${ctx.parts.meta.sb.formatVersion} reached the upgrade`);
+  await recountShared(ctx, SHARED_COUNTS_FORMAT_VERSION);
 }
 
 /**

@@ -19,7 +19,7 @@ import type { PrivateMetadata } from './read-only.js';
 import type { ChangeStamps } from './outside-writes.js';
 import { PendingCows } from './pending-cow.js';
 import { VolumeStatus } from './volume-state.js';
-import { SnapshotNames, catalogIndexAfter, catalogIndexOf } from './snapshot-names.js';
+import { SnapshotNames, catalogIndexAfter, catalogIndexOf, checkedCatalog } from './snapshot-names.js';
 import type { VolumeStats } from './volume-types.js';
 import { HomeIo } from './home-io.js';
 import { BufferPool } from './buffer-pool.js';
@@ -33,8 +33,8 @@ export interface VolumeParts {
   readonly volume: BlockDevice;
   readonly store: SnapshotStore;
   readonly journal: Journal;
-  /** Every snapshot, oldest first (ids ascending), including one being deleted: the live view. */
-  readonly catalog: SnapshotRecord[];
+  /** Every snapshot, oldest first (ids ascending), including one being deleted: the live view; undefined until read after a lazy open (`VolumeContext.loadCatalog`). */
+  readonly catalog: SnapshotRecord[] | undefined;
   readonly lock: OwnerLock;
   readonly recovery: RecoveryReport;
   /** A read-only open's private metadata copy (read-only.ts); undefined when writable. */
@@ -67,8 +67,10 @@ export class VolumeContext {
   /** Hands out store blocks to COWs in flight (in memory only). */
   readonly allocator: ExtentAllocator;
   readonly status = new VolumeStatus();
-  /** The live catalog's name index (snapshot-names.ts), kept by create, rename and delete. */
-  readonly names: SnapshotNames;
+  /** The live catalog (oldest first) and its name index (snapshot-names.ts), kept by create, rename and delete; undefined until read after a lazy open. */
+  private live: { catalog: SnapshotRecord[]; names: SnapshotNames } | undefined;
+  /** The catalog read of a lazy open in progress (one for every caller). */
+  private catalogLoad: Promise<void> | undefined;
   /** What succeeded but could not finish, in words (Volume.warnings). */
   readonly notices: string[] = [];
   /**
@@ -79,7 +81,7 @@ export class VolumeContext {
   importPending = false;
   /** A JOURNAL_APPLY_FAILED commit has been reported in `notices` (once: every later one says the same). */
   private applyFailureNoticed = false;
-  readonly stats: VolumeStats = { cows: 0, cowBatches: 0, pendingWaits: 0, maxPendingWaitMs: 0, readRechecks: 0, cancelledCows: 0, mapScans: 0, mapRegionScans: 0 };
+  readonly stats: VolumeStats = { cows: 0, cowBatches: 0, pendingWaits: 0, maxPendingWaitMs: 0, readRechecks: 0, cancelledCows: 0, mapScans: 0, mapRegionScans: 0, catalogReads: 0 };
   /**
    * Which block locks the current async context holds, for the lock-order
    * assertion. AsyncLocalStorage costs every promise in the process (async
@@ -95,7 +97,10 @@ export class VolumeContext {
   constructor(readonly parts: VolumeParts) {
     this.home = new HomeIo(parts);
     this.allocator = parts.meta.allocator.clone();
-    this.names = SnapshotNames.of(parts.catalog);
+    if (parts.catalog) {
+      this.live = { catalog: parts.catalog, names: SnapshotNames.of(parts.catalog) };
+      this.stats.catalogReads = 1;
+    }
     this.maps = new LoadedMaps(
       parts.db,
       (id) => {
@@ -119,17 +124,55 @@ export class VolumeContext {
     return this.parts.privateMeta !== undefined;
   }
 
+  /** The live catalog, oldest first. Read at open, or after a lazy open when an operation first enters the gate (`shared`, `frozen`), a lazy create's excepted. */
   get catalog(): SnapshotRecord[] {
-    return this.parts.catalog;
+    assert(this.live !== undefined, 'the catalog is used before it was read (a lazy open)');
+    return this.live.catalog;
+  }
+
+  /** The live catalog's name index (snapshot-names.ts). */
+  get names(): SnapshotNames {
+    assert(this.live !== undefined, 'the name index is used before the catalog was read (a lazy open)');
+    return this.live.names;
+  }
+
+  /** False after a lazy open until the catalog is read (docs/ARCHITECTURE.md §4.4, "A create that does not read the catalog"). */
+  get catalogLoaded(): boolean {
+    return this.live !== undefined;
+  }
+
+  /**
+   * Reads the catalog a lazy open left unread: every committed record
+   * (`CommittedMetadata.completeSnapshots`), then the live copy, checked,
+   * and its name index. Called inside the gate, where no apply runs (a lazy
+   * create, the only change before, is frozen and applied when it returns).
+   * @throws CORRUPT_METADATA, UNSUPPORTED_VERSION, IO_ERROR
+   */
+  private async loadCatalog(): Promise<void> {
+    if (this.live) return;
+    this.catalogLoad ??= (async () => {
+      await this.parts.meta.completeSnapshots();
+      const catalog = checkedCatalog(this.parts.meta);
+      this.live = { catalog, names: SnapshotNames.of(catalog) };
+      this.stats.catalogReads += 1;
+    })().finally(() => {
+      this.catalogLoad = undefined;
+    });
+    await this.catalogLoad;
   }
 
   // ------------------------------------------------------------ the gate
 
-  /** Runs `fn` inside the freeze gate (shared with other I/O), once the state allows calls. */
-  async shared<T>(fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` inside the freeze gate (shared with other I/O), once the state
+   * allows calls and the catalog is read (`catalog: false`: a lazy create,
+   * which does without).
+   */
+  async shared<T>(fn: () => Promise<T>, options: { catalog?: boolean } = {}): Promise<T> {
     const leave = await this.gate.enter();
     try {
       this.status.checkUsable();
+      if (options.catalog !== false) await this.loadCatalog();
       return await fn();
     } finally {
       leave();
@@ -150,11 +193,12 @@ export class VolumeContext {
    * writes that already returned: a snapshot holds every write acknowledged
    * before it).
    */
-  async frozen<T>(fn: () => Promise<T>): Promise<T> {
+  async frozen<T>(fn: () => Promise<T>, options: { catalog?: boolean } = {}): Promise<T> {
     const thaw = await this.gate.freeze();
     try {
       await this.writeBack.drain();
       this.status.checkUsable();
+      if (options.catalog !== false) await this.loadCatalog();
       return await fn();
     } finally {
       thaw();

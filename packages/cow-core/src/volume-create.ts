@@ -1,3 +1,4 @@
+import { countOp } from './catalog-index.js';
 import { fileDeviceOpener, syncDirectory } from '@cowvol/base';
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm, stat } from 'node:fs/promises';
@@ -178,7 +179,9 @@ async function writeSidecar(plan: CreatePlan): Promise<void> {
   // The file's change stamp comes with the volume record too: from now on, a volume without one lost it (outside-writes.ts).
   const stamp = await statStamp(plan.path, 'closed');
   // An import's marker comes with the volume record: the volume never exists without it.
-  await db.apply([putOp(keys.volume, sb), putOp(keys.stamp, stamp), ...(options.importState ? [putOp(keys.importState, options.importState)] : [])], true);
+  // The catalog index of an empty catalog comes with it too (catalog-index.ts): no name keys, counts zero.
+  const ops = [putOp(keys.volume, sb), putOp(keys.stamp, stamp), countOp({ snapshots: 0, deleting: 0 })];
+  await db.apply([...ops, ...(options.importState ? [putOp(keys.importState, options.importState)] : [])], true);
   await db.makeDurable();
   await db.close();
   killPoint('create:recorded');

@@ -2,14 +2,14 @@ import { CowvolError, IoError, assert, fileDeviceOpener, type BlockDevice } from
 import { errnoCode, errorMessage, pathExists } from './files.js';
 import { stat } from 'node:fs/promises';
 import { Journal, JournalCorruptError, JournalNeedsRecoveryError, type RecoveryReport } from '@cowvol/journal';
-import { CorruptMetadataError, InvalidArgumentError, NotAVolumeError, VolumeNotFoundError, VolumeSizeMismatchError } from './errors.js';
+import { InvalidArgumentError, NotAVolumeError, VolumeNotFoundError, VolumeSizeMismatchError } from './errors.js';
 import { TARGET_STORE, TARGET_VOLUME, WRITE_BACK_MAX_BYTES, volumeLayout, type VolumeLayout } from './layout.js';
-import type { SnapshotRecord } from './metadata.js';
 import type { MetadataDb } from './metadata-db.js';
 import { SnapshotStore } from './store.js';
 import { OwnerLock, fileIdentity } from './owner-lock.js';
 import { volumeBehindLink } from './volume-names.js';
 import { CommittedMetadata } from './committed-metadata.js';
+import { checkedCatalog } from './snapshot-names.js';
 import { tightenSidecarFolder } from './sidecar-mode.js';
 import { openSidecarFile } from './sidecar-damage.js';
 import { dropLeftoverCreateIntent, intentPath } from './create-intent.js';
@@ -67,7 +67,7 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
       throw await interruptedCreate(layout, err);
     });
     opened.push(privateMeta ?? db);
-    const meta = await CommittedMetadata.load(db, path).catch(async (err: unknown) => {
+    const meta = await CommittedMetadata.load(db, path, { lazy: options.catalog === 'lazy' && !readOnly }).catch(async (err: unknown) => {
       throw await interruptedCreate(layout, err);
     });
     // The volume record is there: the create finished. Best effort in a read-only open (nothing else is written).
@@ -75,7 +75,15 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
     const sb = meta.sb;
     // Before recovery may write the file: one changed outside cowvol is refused (outside-writes.ts).
     const volumeBlocks = Math.ceil(sb.sizeBytes / sb.blockSizeBytes);
-    const outside = await ChangeStamps.open(db, path, { hold: options.outsideChanges === 'hold', catalog: [...meta.snapshots.values()], volumeBlocks, stampFromCreate: sb.stampFromCreate === true });
+    const outside = await ChangeStamps.open(db, path, {
+      hold: options.outsideChanges === 'hold',
+      catalog: async () => {
+        await meta.completeSnapshots();
+        return [...meta.snapshots.values()];
+      },
+      volumeBlocks,
+      stampFromCreate: sb.stampFromCreate === true,
+    });
     const uuid = Buffer.from(sb.uuid, 'hex');
     const volume = await openerFor(options, 'volume', fileDeviceOpener).open(path, { create: false, readOnly });
     opened.push(volume);
@@ -87,7 +95,7 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
     await store.verifyHeader(uuid);
     const { journal, recovery } = await openJournal(layout, options, { meta, db, volume, store, uuid, readOnly });
     opened.push(journal);
-    const catalog = checkedCatalog(meta);
+    const catalog = meta.complete ? checkedCatalog(meta) : undefined;
     return { layout, meta, db, volume, store, journal, catalog, lock, recovery, privateMeta, outside, writeBackBytes };
   } catch (err) {
     for (const part of opened.reverse()) await part.close().catch(() => undefined);
@@ -167,19 +175,6 @@ async function openJournal(
     throw err;
   }
   return opened;
-}
-
-/** The live catalog: a copy of the committed one, oldest first, checked. @throws CORRUPT_METADATA */
-function checkedCatalog(meta: CommittedMetadata): SnapshotRecord[] {
-  const catalog = [...meta.snapshots.values()].sort((a, b) => a.id - b.id).map((r) => ({ ...r }));
-  const names = new Set<string>();
-  for (const rec of catalog) {
-    if (rec.state !== 'live') continue; // a snapshot being deleted may share its name with a newer one
-    if (names.has(rec.name)) throw new CorruptMetadataError(`two snapshots named ${rec.name}`);
-    names.add(rec.name);
-    if (rec.id >= meta.sb.nextSnapshotId) throw new CorruptMetadataError(`snapshot id ${rec.id} not below nextSnapshotId ${meta.sb.nextSnapshotId}`);
-  }
-  return catalog;
 }
 
 /**

@@ -6,6 +6,7 @@ import { checkStoreInto } from './check-data.js';
 import { unionOfMaps, type BlockRange, type DiffResult, type NamedMap } from './diff.js';
 import { freeableBlocks, type SpaceReport } from './space.js';
 import { recountShared, spaceFromCounters } from './space-accounting.js';
+import { rebuildCatalogIndex } from './catalog-index.js';
 import { describeSnapshot } from './snapshot-lifecycle.js';
 import type { VolumeContext } from './volume-context.js';
 import type { ConsistencyReport, SnapshotInfo, VolumeInfo } from './volume-types.js';
@@ -118,13 +119,16 @@ export async function checkDataBesideIo(ctx: VolumeContext, options: CheckOption
 }
 
 /**
- * `check --repair` of shared counts: when they are the only corruption
- * found, every count is set to the recount (space-accounting.ts) and the
- * report says how many changed.
+ * `check --repair` of derived counts and keys: when shared counts and the
+ * catalog index are the only corruption found, every shared count is set
+ * to the recount (space-accounting.ts) and the index rebuilt from the
+ * catalog (catalog-index.ts); the report says how many changed.
  */
 async function repairCounts(ctx: VolumeContext, report: CheckReport): Promise<void> {
-  if (report.corruptions.length === 0 || !report.corruptions.every((f) => f.kind === 'shared-count-mismatch')) return;
-  report.repairedCounts = await recountShared(ctx);
+  const derived = (kind: string): boolean => kind === 'shared-count-mismatch' || kind === 'catalog-index';
+  if (report.corruptions.length === 0 || !report.corruptions.every((f) => derived(f.kind))) return;
+  if (report.corruptions.some((f) => f.kind === 'shared-count-mismatch')) report.repairedCounts = await recountShared(ctx);
+  if (report.corruptions.some((f) => f.kind === 'catalog-index')) report.repairedIndexKeys = await rebuildCatalogIndex(ctx.parts.db, [...ctx.parts.meta.snapshots.values()]);
   report.corruptions = [];
   report.status = report.leaks.length > 0 ? 'leaks' : 'clean';
 }

@@ -6,7 +6,8 @@ import { validateLabels } from './labels.js';
 import { readThrough } from './read-through.js';
 import { snapshotReaderOf, type SnapshotReader, type SnapshotReaderStats } from './snapshot-reader.js';
 import type { VolumeContext } from './volume-context.js';
-import { changeSnapshotFrozen, createSnapshot, deleteSnapshotsLocked, describeSnapshot, findVictims, type SnapshotChange } from './snapshot-lifecycle.js';
+import { createSnapshot } from './snapshot-create.js';
+import { changeSnapshotFrozen, deleteSnapshotsLocked, describeSnapshot, findVictims, type SnapshotChange } from './snapshot-lifecycle.js';
 import {
   deleteSelectedLocked,
   holdSnapshotsFrozen,

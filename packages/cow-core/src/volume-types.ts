@@ -84,6 +84,16 @@ export interface OpenVolumeOptions {
    * unless accepted.
    */
   outsideChanges?: 'refuse' | 'hold';
+  /**
+   * `lazy`: do not read the snapshot catalog at open when the catalog index
+   * allows it (format version 4, no delete waiting to be finished): a
+   * `createSnapshot` then checks its name and the limit against the index
+   * (docs/ARCHITECTURE.md §4.4, "A create that does not read the
+   * catalog"), and the first other operation reads the catalog before it
+   * starts. For a process that opens a volume to take one snapshot (the
+   * CLI's `snapshot create`); the result is the same as `eager` (default).
+   */
+  catalog?: 'eager' | 'lazy';
 }
 
 /** A snapshot as shown to users. */
@@ -193,4 +203,6 @@ export interface VolumeStats {
   mapScans: number;
   /** Region loads of the COW path: calls of a partial map's `loadRegions` (a range scan of the regions not loaded, or a wait for one in flight). */
   mapRegionScans: number;
+  /** Reads of the whole snapshot catalog by this open: 1 after an eager open; 0 after a lazy one until an operation needs it (docs/ARCHITECTURE.md §4.4). */
+  catalogReads: number;
 }

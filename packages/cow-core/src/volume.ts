@@ -16,6 +16,7 @@ import { acceptOutsideChangesFrozen, finishInterruptedDeletes } from './snapshot
 import { abandonParts, closeVolume, openForReading, openVolumeParts } from './volume-lifecycle.js';
 import { createVolumeFiles } from './volume-create.js';
 import { upgradeSpaceCounters } from './space-accounting.js';
+import { upgradeCatalogIndex } from './catalog-index.js';
 import { checkConsistencyFrozen, checkDataBesideIo, checkFrozen, diffOf, readImportMarker, spaceUsageOf, volumeInfo, type CheckOptions } from './volume-reports.js';
 import type { ConsistencyReport, CreateVolumeOptions, OpenVolumeOptions, VolumeInfo, VolumeStats } from './volume-types.js';
 
@@ -113,6 +114,7 @@ export class Volume extends VolumeSnapshots {
       ctx.importPending = (await parts.db.get(keys.importState)) !== undefined;
       if (!ctx.readOnly && parts.recovery.replayedTransactions > 0) await ctx.checkpoint();
       await upgradeSpaceCounters(ctx); // a read-only open counts in memory only
+      await upgradeCatalogIndex(ctx);
       if (ctx.readOnly) return vol; // replayed into the private copy; an interrupted delete is finished by the next writable open
       await finishInterruptedDeletes(ctx);
     } catch (err) {

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { IoError } from '@cowvol/base';
 import { Volume } from '../src/index.js';
-import { PRE_FREEZE_QUIET_MS, PRE_FREEZE_SYNC_PASSES } from '../src/snapshot-lifecycle.js';
+import { PRE_FREEZE_QUIET_MS, PRE_FREEZE_SYNC_PASSES } from '../src/snapshot-create.js';
 import { GateOpener, settlesSoon, settlesWithin } from './gate-device.js';
 
 /**

@@ -47,5 +47,17 @@ describe('snapshot limit', () => {
     } finally {
       await v.close();
     }
+    // A lazy open checks the limit against the catalog index's count, reading no catalog (docs/ARCHITECTURE.md §4.4).
+    const lazy = await Volume.open(join(dir, 'v.img'), { catalog: 'lazy' });
+    try {
+      await expect(lazy.createSnapshot('one-too-many')).rejects.toMatchObject({ code: 'SNAPSHOT_LIMIT' });
+      await expect(lazy.createSnapshot('s7')).rejects.toMatchObject({ code: 'SNAPSHOT_EXISTS' });
+      expect(lazy.stats.catalogReads).toBe(0);
+      await lazy.deleteSnapshots(['s6']);
+      await lazy.createSnapshot('one-too-many');
+      expect(await lazy.listSnapshots()).toHaveLength(MAX_SNAPSHOTS);
+    } finally {
+      await lazy.close();
+    }
   }, 600_000);
 });

@@ -102,6 +102,7 @@ export default class Check extends CowvolCommand {
         );
       if (report.leaks.length > 0) lines.push('', `leaked extents: ${report.leaks.map((e) => `${e.startBlock}+${e.lengthBlocks}`).join(', ')}`);
       if (report.repairedCounts > 0) lines.push(`repaired: recounted the shared blocks of ${report.repairedCounts} snapshots`);
+      if (report.repairedIndexKeys > 0) lines.push(`repaired: rewrote ${report.repairedIndexKeys} keys of the catalog index`);
       if (report.repairedBlocks > 0) lines.push(`repaired: freed ${report.repairedBlocks} leaked store blocks`);
       else if (report.status === 'leaks') lines.push('run with --repair to free them');
       this.say(lines.join('\n'));

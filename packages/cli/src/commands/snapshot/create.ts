@@ -19,7 +19,7 @@ export default class SnapshotCreate extends CowvolCommand {
   async run(): Promise<SnapshotInfo> {
     const { args, flags } = await this.parse(SnapshotCreate);
     const labels = parseLabels(flags.label ?? []);
-    const snapshot = await this.withServedVolume(args.volume, 'snapshot.create', { name: args.name, labels }, (v) => v.createSnapshot(args.name, { labels }), { changes: true });
+    const snapshot = await this.withServedVolume(args.volume, 'snapshot.create', { name: args.name, labels }, (v) => v.createSnapshot(args.name, { labels }), { changes: true, catalog: 'lazy' });
     this.say(`created snapshot ${snapshot.name} at ${snapshot.createdAt}`);
     return snapshot;
   }
