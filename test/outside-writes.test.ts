@@ -112,7 +112,7 @@ describe.skipIf(!haveCore)(`writes made outside cowvol${haveCore ? '' : ` [SKIPP
     // A snapshot taken after the acceptance is not suspect; accepting again does nothing.
     await cowvolOk(['snapshot', 'create', vol, 's2']);
     expect(jsonOf<{ snapshots: SnapshotDoc[] }>(await cowvolOk(['snapshot', 'list', vol, '--json'])).snapshots.map((s) => s.suspect)).toEqual([true, false]);
-    expect(jsonOf(await cowvolOk(['accept-changes', vol, '--json']))).toEqual({ volume: vol, accepted: false, changes: [], suspectSnapshots: [] });
+    expect(jsonOf(await cowvolOk(['accept-changes', vol, '--json']))).toEqual({ volume: vol, accepted: false, changes: [], suspectSnapshots: [], abandonedImport: false });
   });
 
   it('truncate: refused naming the size; accept-changes refuses until the size is back', async () => {

@@ -159,8 +159,9 @@ export class StreamCorruptError extends CowvolError {
  * up to the last durable marker stays; the same import `--resume`d continues.
  */
 export class StreamChangedError extends CowvolError {
-  constructor(extentIndex: number, streamOffsetBytes: number) {
-    super('STREAM_CHANGED', `the stream changed after it was verified: extent ${extentIndex} (stream byte ${streamOffsetBytes}) is gone`, { details: { extentIndex, streamOffsetBytes } });
+  /** `what`: how extent `extentIndex` changed (default: it is gone). */
+  constructor(extentIndex: number, streamOffsetBytes: number, what = 'is gone') {
+    super('STREAM_CHANGED', `the stream changed after it was verified: extent ${extentIndex} (stream byte ${streamOffsetBytes}) ${what}`, { details: { extentIndex, streamOffsetBytes } });
   }
 }
 

@@ -193,6 +193,9 @@ async function applyExtents(target: ImportTarget, source: StreamSource, v: Verif
       });
     });
     if (e === null) throw new StreamChangedError(i, streamOffsetBytes);
+    // Whole and valid, but not the extent verified (another stream of the same layout copied over it): not applied.
+    if (e.crc !== v.extentCrcs[i])
+      throw new StreamChangedError(i, streamOffsetBytes, 'is not the extent verified (another checksum); the import is pending: run it again with --resume and the intact stream');
     let data = e.data;
     if (data === undefined) {
       data = zeros.get(e.lengthBytes);
@@ -257,6 +260,7 @@ async function readBack(volume: Volume, source: StreamSource, v: VerifiedStream,
     const streamOffsetBytes = v.extentOffsets[i] ?? 0;
     const e = await readExtent(source, h, streamOffsetBytes, i, 0);
     if (e === null) throw new StreamChangedError(i, streamOffsetBytes);
+    if (e.crc !== v.extentCrcs[i]) throw new StreamChangedError(i, streamOffsetBytes, 'is not the extent verified (another checksum)');
     if (h.kind === 'full' && e.offsetBytes > cursor) await checkZero(cursor, e.offsetBytes - cursor);
     const got = await volume.readSnapshot(name, e.offsetBytes, e.lengthBytes);
     const same = e.data ? got.equals(e.data) : isZero(got);

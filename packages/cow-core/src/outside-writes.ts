@@ -73,6 +73,8 @@ export interface AcceptChangesReport {
   changes: StampChange[];
   /** Live snapshots that read through to the live volume, now marked suspect (oldest first). */
   suspectSnapshots: string[];
+  /** An import was pending and is abandoned: its marker is cleared (`import --resume` then says RESUME_MISMATCH). */
+  abandonedImport: boolean;
 }
 
 /**

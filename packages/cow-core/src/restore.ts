@@ -42,7 +42,8 @@ export interface RestoreResult {
  * snapshot stays readable) is finished by running it again (with
  * `safetySnapshot: false`, or a second safety snapshot is taken; run again
  * with the same `safetyName`, it is SNAPSHOT_EXISTS saying so). An
- * interrupted import's marker is cleared: the restore abandons it.
+ * interrupted import's marker is cleared before the first write: a restore
+ * that started abandons the import for good, finished or not.
  * @throws SNAPSHOT_NOT_FOUND, SNAPSHOT_EXISTS (safety name taken), INVALID_SNAPSHOT_NAME, NO_SPACE, IO_ERROR, STORE_CORRUPT
  */
 export async function restoreSnapshot(volume: Volume, name: string, options: RestoreOptions = {}): Promise<RestoreResult> {
@@ -63,6 +64,9 @@ export async function restoreSnapshot(volume: Volume, name: string, options: Res
     // Also while an import is pending: the safety snapshot keeps the half-applied state the restore abandons.
     await volume[CREATE_PAST_IMPORT](safety, { labels: { 'cowvol.safety': 'pre-restore', 'cowvol.restore-of': name } }, true);
   }
+  // An import pending is abandoned before the first write, durably: a restore stopped part way must not leave a marker that
+  // `--resume` would finish on top of half-restored content (the safety snapshot keeps the state it had).
+  if (await volume.importState()) await volume.setImportState(null);
   const diff = await volume.diff(name);
   const pieces = mergeExtents(diff.extents, IO_CHUNK_BYTES);
   const bs = volume.blockSizeBytes;
@@ -90,7 +94,6 @@ export async function restoreSnapshot(volume: Volume, name: string, options: Res
     killPoint('restore:piece'); // tests stop a restore part way here (COWVOL_KILL_AT=restore:piece#n)
   }
   await volume.flush();
-  if (await volume.importState()) await volume.setImportState(null);
   return { name, safetySnapshot: safety, examinedBytes: diff.bytes, restoredBlocks: restoredBytes / bs, restoredBytes };
 }
 

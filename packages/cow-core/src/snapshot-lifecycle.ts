@@ -223,11 +223,16 @@ export async function changeSnapshotFrozen(ctx: VolumeContext, rec: SnapshotReco
 export async function acceptOutsideChangesFrozen(ctx: VolumeContext): Promise<AcceptChangesReport> {
   const { outside, meta } = ctx.parts;
   const held = outside.pending;
-  if (!held) return { accepted: false, changes: [], suspectSnapshots: [] };
+  if (!held) return { accepted: false, changes: [], suspectSnapshots: [], abandonedImport: false };
   const names = await suspectSnapshots(ctx.catalog, Math.ceil(meta.sb.sizeBytes / ctx.blockSizeBytes), (id) => ctx.mapOf(id));
   const marked = ctx.liveSnapshots().filter((r) => names.includes(r.name) && r.suspect !== true);
-  await ctx.commitRecords(marked.map((r) => ({ o: 'suspect' as const, id: r.id })));
+  // An import pending is abandoned with the acceptance: live now holds bytes that are not the stream's, and `--resume`
+  // would skip the extents before its marker and name the result after the source (docs/ARCHITECTURE.md §13).
+  const abandonedImport = ctx.importPending;
+  const records: MetaRecord[] = marked.map((r) => ({ o: 'suspect' as const, id: r.id }));
+  if (abandonedImport) records.push({ o: 'import', state: null });
+  await ctx.commitRecords(records);
   for (const r of marked) r.suspect = true;
   await outside.accept();
-  return { accepted: true, changes: held.changes, suspectSnapshots: names };
+  return { accepted: true, changes: held.changes, suspectSnapshots: names, abandonedImport };
 }

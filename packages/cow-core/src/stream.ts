@@ -86,6 +86,8 @@ export interface VerifiedStream {
   firstExtentOffsetBytes: number;
   /** Stream offset of each extent, by index. */
   extentOffsets: number[];
+  /** CRC32C of each extent record as verified, by index: a later read of it must find the same (import.ts, STREAM_CHANGED). */
+  extentCrcs: number[];
   extentCount: number;
   /** Sum of the extents' lengths (zero extents included). */
   totalBytes: number;
@@ -324,6 +326,7 @@ export async function verifyStream(source: StreamSource, onProgress?: (doneBytes
   let chain = headerCrc;
   let offset = headerBytes;
   const extentOffsets: number[] = [];
+  const extentCrcs: number[] = [];
   let totalBytes = 0;
   let dataBytes = 0;
   let minVolumeOffset = 0;
@@ -331,6 +334,7 @@ export async function verifyStream(source: StreamSource, onProgress?: (doneBytes
     const extent = await readExtent(source, header, offset, extentOffsets.length, minVolumeOffset);
     if (extent === null) break;
     extentOffsets.push(offset);
+    extentCrcs.push(extent.crc);
     chain = crc32c(crcBytes(extent.crc), chain);
     totalBytes += extent.lengthBytes;
     if (!extent.zero) dataBytes += extent.lengthBytes;
@@ -350,5 +354,5 @@ export async function verifyStream(source: StreamSource, onProgress?: (doneBytes
   const end = offset + TRAILER_BYTES;
   if (end !== source.lengthBytes) throw corrupt(`${source.lengthBytes - end} unexpected bytes follow the trailer`, { ...d, streamOffsetBytes: end });
   onProgress?.(end, source.lengthBytes);
-  return { header, headerCrc, firstExtentOffsetBytes: headerBytes, extentOffsets, extentCount, totalBytes, dataBytes, streamBytes: end };
+  return { header, headerCrc, firstExtentOffsetBytes: headerBytes, extentOffsets, extentCrcs, extentCount, totalBytes, dataBytes, streamBytes: end };
 }

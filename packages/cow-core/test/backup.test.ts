@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -291,6 +291,83 @@ describe('an interrupted import, resumed, gives the same result', () => {
     expect((await s.readSnapshot(restored.safetySnapshot!, 0, live.length)).equals(halfApplied), 'the safety snapshot holds the abandoned state').toBe(true);
     await s.write(0, Buffer.alloc(4096, 1));
     await s.close();
+  });
+
+  /** A volume holding `a` (imported) and an interrupted incremental import of `b` into it; returns what the streams hold. */
+  async function pendingIncremental(name: string, seed: number): Promise<{ path: string; incr: Buffer; live: Buffer }> {
+    const rnd = prng(seed);
+    const { v: src, live } = await stripedVolume(join(dir, `${name}-src.img`), seed, 64, 4096);
+    await src.createSnapshot('a');
+    await nightOfWrites(src, rnd, live, 10);
+    await src.createSnapshot('b');
+    const full = await exportToBuffer(src, 'a');
+    const incr = await exportToBuffer(src, 'b', { since: 'a' });
+    await src.close();
+    const path = join(dir, `${name}.img`);
+    await importStream(path, memorySource(full));
+    const opener = new CountingOpener();
+    opener.failWrite = { file: `${name}.img`, n: 3 };
+    await expect(importStream(path, memorySource(incr), { opener, markerIntervalBytes: 8192 })).rejects.toMatchObject({ code: 'IO_ERROR' });
+    return { path, incr, live };
+  }
+
+  it('a restore stopped part way has abandoned the pending import already: --resume cannot finish it on half-restored content (RESUME_MISMATCH)', async () => {
+    const { path, incr } = await pendingIncremental('stopped-restore', 81);
+    // The restore's first write fails (the disk, or a kill): it stops after its safety snapshot, before any byte is restored.
+    const opener = new CountingOpener();
+    const v = await Volume.open(path, { opener, writeBackBytes: 0 });
+    opener.failWrite = { file: 'stopped-restore.img', n: 1 };
+    await expect(restoreSnapshot(v, 'a')).rejects.toMatchObject({ code: 'IO_ERROR' });
+    await v.close().catch(() => undefined);
+    const t = await Volume.open(path);
+    expect(await t.importState(), 'abandoned before the first write').toBeUndefined();
+    await t.close();
+    await expect(importStream(path, memorySource(incr), { resume: true, markerIntervalBytes: 8192 })).rejects.toMatchObject({ code: 'RESUME_MISMATCH' });
+    // Run again, the restore finishes; the stream then applies from the start onto its base.
+    const again = await Volume.open(path);
+    await restoreSnapshot(again, 'a', { safetySnapshot: false });
+    await again.close();
+    expect((await importStream(path, memorySource(incr))).snapshot).toBe('b');
+  });
+
+  it("accept-changes while an import is pending abandons it (abandonedImport): --resume cannot keep bytes written outside cowvol under the source's name", async () => {
+    const { path, incr } = await pendingIncremental('accepted', 82);
+    const fh = await open(path, 'r+');
+    await fh.write(Buffer.from('EVILEVIL'), 0, 8, 4096 * 20);
+    await fh.close();
+    const v = await Volume.open(path, { outsideChanges: 'hold' });
+    const report = await v.acceptOutsideChanges();
+    expect(report).toMatchObject({ accepted: true, abandonedImport: true });
+    expect(await v.importState()).toBeUndefined();
+    await v.close();
+    await expect(importStream(path, memorySource(incr), { resume: true, markerIntervalBytes: 8192 })).rejects.toMatchObject({ code: 'RESUME_MISMATCH' });
+  });
+
+  it("a stream rewritten in place with another of the same layout between the verification and the apply is STREAM_CHANGED, not applied under the first one's name", async () => {
+    const rnd = prng(83);
+    const src = await Volume.create(join(dir, 'layout-src.img'), { sizeBytes: 64 * 4096, blockSizeBytes: 4096 });
+    await src.write(8 * 4096, randomBuffer(rnd, 16 * 4096));
+    await src.createSnapshot('n1');
+    await src.write(8 * 4096, randomBuffer(rnd, 16 * 4096));
+    await src.createSnapshot('n2');
+    const n1 = await exportToBuffer(src, 'n1');
+    const n2 = await exportToBuffer(src, 'n2');
+    await src.close();
+    expect(n2.length, 'the same layout').toBe(n1.length);
+    expect((await verifyStream(memorySource(n2))).extentOffsets).toEqual((await verifyStream(memorySource(n1))).extentOffsets);
+    let current = n1;
+    const switching = { lengthBytes: n1.length, read: async (o: number, l: number) => current.subarray(o, Math.min(current.length, o + l)) };
+    const path = join(dir, 'layout.img');
+    const onProgress = (p: { phase: string }): void => {
+      if (p.phase === 'apply') current = n2; // `cp n2 over n1` once pass 1 is done
+    };
+    await expect(importStream(path, switching, { onProgress })).rejects.toMatchObject({ code: 'STREAM_CHANGED' });
+    const t = await Volume.open(path);
+    expect(await t.listSnapshots(), 'no snapshot named after n1').toEqual([]);
+    expect(await t.importState(), 'pending: --resume with the intact stream finishes it').toBeDefined();
+    await t.close();
+    current = n1;
+    expect((await importStream(path, switching, { resume: true, verify: true })).verified).toBe(true);
   });
 
   for (let seed = 1; seed <= Math.min(SEED_COUNT, 3); seed++) {

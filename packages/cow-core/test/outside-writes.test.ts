@@ -138,7 +138,7 @@ describe.each(DATA_MODES)('data mode %s', (dataMode) => {
     ]);
     expect((await v.readSnapshot('new', 0, BLOCKS * BS)).equals(live)).toBe(true); // the file as it is now
     await v.write(0, Buffer.alloc(BS, 1)); // writes work again
-    expect(await v.acceptOutsideChanges()).toEqual({ accepted: false, changes: [], suspectSnapshots: [] });
+    expect(await v.acceptOutsideChanges()).toEqual({ accepted: false, changes: [], suspectSnapshots: [], abandonedImport: false });
     await v.close();
     const r = await Volume.open(path);
     expect((await r.info()).snapshots.filter((s) => s.suspect).map((s) => s.name)).toEqual(['mid', 'new']);
@@ -153,7 +153,7 @@ describe('a volume kept open (served): acceptOutsideChanges({ recheck }) compare
     const live = await threeSnapshots('ordered');
     const v = await Volume.open(path);
     try {
-      expect(await v.acceptOutsideChanges({ recheck: { replaced } })).toEqual({ accepted: false, changes: [], suspectSnapshots: [] });
+      expect(await v.acceptOutsideChanges({ recheck: { replaced } })).toEqual({ accepted: false, changes: [], suspectSnapshots: [], abandonedImport: false });
       const outside = randomBytes(2 * BS);
       await writeOutside(5 * BS, outside);
       outside.copy(live, 5 * BS);

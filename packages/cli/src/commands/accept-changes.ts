@@ -28,6 +28,7 @@ export default class AcceptChanges extends CowvolCommand {
         [
           `${args.volume}: accepted changes made outside cowvol: ${report.changes.map(describe).join('; ')}`,
           report.suspectSnapshots.length === 0 ? 'no snapshot reads the live volume: none marked suspect' : `marked suspect: ${report.suspectSnapshots.join(', ')}`,
+          ...(report.abandonedImport ? ['the interrupted import is abandoned (the live volume is no longer its stream alone): import the stream again — a full stream into a new volume'] : []),
         ].join('\n'),
       );
     }
