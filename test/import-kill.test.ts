@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Volume, importStream, type StreamSource } from '@cowvol/cow-core';
@@ -149,6 +149,16 @@ describe('import killed at every step: --resume or a re-run finishes it with the
     expect((await readFile(adopted)).equals(expected), 'the adopted file is intact').toBe(true);
   });
 
+  it('a full import onto a symbolic link to nothing says so, and creates nothing through it', async () => {
+    const link = join(dir, 'dangling.img');
+    await symlink(join(dir, 'nowhere.img'), link);
+    const r = await cowvol(['import', link, '--input', streamPath]);
+    expect([r.code, r.stderr]).toEqual([4, expect.stringContaining('is a symbolic link to')]);
+    expect(r.stderr).toContain('which does not exist');
+    expect(r.stderr).not.toContain('--adopt');
+    expect(await stat(join(dir, 'nowhere.img')).catch(() => undefined)).toBeUndefined();
+  });
+
   it('a file put at the path after a create was killed is never removed by the next create or import (the intent names the file it made)', async () => {
     // [kill point, how the user's file gets there, the command run next, what it must say]
     const cases = [
@@ -236,6 +246,15 @@ describe('import killed at every step: --resume or a re-run finishes it with the
     expect(r.stderr).toContain('half-applied');
     expect((await cowvolOk(['read', target])).stdout.equals(before), 'a refused create leaves live as it was').toBe(true);
     expect(JSON.parse((await cowvolOk(['snapshot', 'list', target, '--json'])).stdout.toString())).toMatchObject({ snapshots: [] });
+    // No snapshot to restore: the advice is to remove the partly created volume, not a restore.
+    const again = await cowvol(['import', target, '--input', streamPath]);
+    expect([again.code, again.stderr]).toEqual([4, expect.stringContaining('[IMPORT_PENDING]')]);
+    expect(again.stderr).toContain('removing the partly created volume');
+    expect(again.stderr).not.toContain('snapshot restore');
+    // A dry run of the resume says what the resume does: it continues after the durable marker.
+    const dry = JSON.parse((await cowvolOk(['import', target, '--input', streamPath, '--resume', '--dry-run', '--json'])).stdout.toString()) as { resumed: boolean; skippedExtents: number };
+    expect(dry.resumed).toBe(true);
+    expect(dry.skippedExtents).toBeGreaterThan(0);
     await cowvolOk(['import', target, '--input', streamPath, '--resume']);
     expect((await cowvolOk(['snapshot', 'read', target, 'src'])).stdout.equals(expected)).toBe(true);
   });

@@ -81,6 +81,11 @@ export async function openTarget(path: string, v: VerifiedStream, options: Impor
       result.resumed = true;
       result.skippedExtents = v.extentCount;
     }
+    if (prepared === 'dry-run' && options.resume === true) {
+      // What the resume would do: continue after the extents its marker says are durable.
+      result.resumed = true;
+      result.skippedExtents = (await volume.importState())?.nextExtent ?? 0;
+    }
     if (prepared === 'already-imported' || prepared === 'dry-run') {
       await releaseTarget(volume, options);
       return undefined;
@@ -138,6 +143,11 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
   const h = v.header;
   const pending = await volume.importState();
   const snapshots = await volume.listSnapshots();
+  // How to abandon a pending import: a restore needs a snapshot; a volume a full import was creating has none.
+  const abandon =
+    snapshots.length > 0
+      ? 'abandon it by restoring a snapshot (cowvol snapshot restore)'
+      : `abandon it by removing the partly created volume (${path} and its sidecar ${path}.cowvol) and importing again`;
   if (options.resume) {
     if (pending && markerMatches(pending, v)) {
       // The last step creates the snapshot: a name taken since the interruption (or a full catalog) refuses now, before the rest of the extents reach live.
@@ -150,7 +160,7 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
       pending
         ? sameIdentity(pending.source, h.source)
           ? `--resume: the interrupted import into ${path} is of another stream of the same snapshot ${describeIdentity(h.source)} (another export or restore of it, or another base): ` +
-            'finish it with that stream, or abandon it (cowvol snapshot restore)'
+            `finish it with that stream, or ${abandon}`
           : `--resume: the interrupted import into ${path} is of another stream (${describeIdentity(pending.source)}), not ${describeIdentity(h.source)}`
         : `--resume: ${path} has no interrupted import to resume`,
       { details: { path } },
@@ -159,7 +169,7 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
   if (pending) {
     throw new ImportPendingError(
       `an import of ${describeIdentity(pending.source)} into ${path} was interrupted after ${pending.nextExtent} of ${pending.extentCount} extents; ` +
-        'run the same import again with --resume, or abandon it by restoring a snapshot (cowvol snapshot restore)',
+        `run the same import again with --resume, or ${abandon}`,
       { details: { path, source: pending.source, nextExtent: pending.nextExtent, extentCount: pending.extentCount } },
     );
   }

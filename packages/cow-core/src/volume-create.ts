@@ -1,7 +1,7 @@
 import { countOp } from './catalog-index.js';
 import { fileDeviceOpener, syncDirectory } from '@cowvol/base';
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readlink, rm, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { Journal } from '@cowvol/journal';
 import { InvalidArgumentError, VolumeExistsError, VolumeNotFoundError } from './errors.js';
@@ -66,7 +66,9 @@ export async function createVolumeFiles(path: string, options: CreateVolumeOptio
   // What a killed create of this path left (create-intent.ts); a file it may or may not have made is the user's to judge.
   await reclaimIncompleteCreate(layout, { adopt: options.adopt === true });
   if (await pathExists(layout.sidecarPath)) throw new VolumeExistsError(`${path} already has a cowvol sidecar (${layout.sidecarPath})`, path);
-  const { sizeBytes, adoptedMode } = options.adopt ? await adoptedFile(path, params.blockSizeBytes) : await newFile(path, options.sizeBytes ?? 0, params.blockSizeBytes);
+  const { sizeBytes, adoptedMode } = options.adopt
+    ? await adoptedFile(path, params.blockSizeBytes)
+    : await newFile(path, options.sizeBytes ?? 0, params.blockSizeBytes, options.importState !== undefined);
   if (sizeBytes > MAX_VOLUME_BYTES) throw new InvalidArgumentError(`volume size ${sizeBytes} exceeds the maximum ${MAX_VOLUME_BYTES}`);
   const plan: CreatePlan = { path, layout, options, ...params, sizeBytes, adoptedMode };
   const createLock = await makeLockedSidecar(layout, path, adoptedMode);
@@ -123,10 +125,18 @@ async function adoptedFile(path: string, blockSizeBytes: number): Promise<{ size
 }
 
 /** @throws INVALID_ARGUMENT, VOLUME_EXISTS */
-async function newFile(path: string, sizeBytes: number, blockSizeBytes: number): Promise<{ sizeBytes: number; adoptedMode: undefined }> {
+async function newFile(path: string, sizeBytes: number, blockSizeBytes: number, forImport: boolean): Promise<{ sizeBytes: number; adoptedMode: undefined }> {
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) throw new InvalidArgumentError(`volume size must be a positive number of bytes, got ${sizeBytes}`);
   if (sizeBytes % blockSizeBytes !== 0) throw new InvalidArgumentError(`volume size ${sizeBytes} is not a multiple of the block size ${blockSizeBytes}`);
-  if (await nameExists(path)) throw new VolumeExistsError(`${path} already exists; refusing to overwrite it (use --adopt to take it as the volume)`, path);
+  if (await nameExists(path)) {
+    // A symbolic link to nothing exists too: say so, and never create the volume through it.
+    const target = await readlink(path).catch(() => undefined);
+    const what =
+      target !== undefined && !(await pathExists(path))
+        ? `${path} is a symbolic link to ${target}, which does not exist; refusing to create the volume through it`
+        : `${path} already exists; refusing to overwrite it`;
+    throw new VolumeExistsError(`${what} (${forImport ? 'a full stream creates a new volume: import it under a new path' : 'use --adopt to take an existing file as the volume'})`, path);
+  }
   return { sizeBytes, adoptedMode: undefined };
 }
 

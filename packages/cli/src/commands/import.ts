@@ -18,8 +18,9 @@ export default class Import extends CowvolCommand {
   static override description = [
     'The whole stream is verified first (every checksum, order, trailer): a corrupt stream is refused (STREAM_CORRUPT, naming the',
     'record that failed) and the target is left exactly as it was (a full stream does not even create it). A full stream creates',
-    '<volume> with the size and block size of its header. An incremental stream applies only onto a volume whose newest snapshot',
-    "is the stream's base (by identity) with nothing written since (else BASE_MISMATCH). The import ends by creating the source",
+    '<volume> with the size and block size of its header. An incremental stream applies only onto a volume holding a snapshot of',
+    "the stream's base (by identity) whose content the live volume still holds: nothing written since, or written and restored",
+    '(else BASE_MISMATCH; a suspect base too). The import ends by creating the source',
     "snapshot's name on the target. An interrupted import is continued with --resume (the same stream); stdin is spooled to a",
     'temporary file first. On a served volume the server imports from that file (no progress is shown), refusing',
     '(EXPORT_IN_USE) while an NBD client is attached to live; interrupting the command does not stop it there.',
