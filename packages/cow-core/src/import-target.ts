@@ -5,6 +5,7 @@
  * durable import marker it carries.
  */
 
+import type { SnapshotInfo } from './volume-types.js';
 import { assert, CowvolError } from '@cowvol/base';
 import { MAX_SNAPSHOTS, volumeLayout } from './layout.js';
 import { BaseMismatchError, ImportPendingError, ResumeMismatchError, SnapshotExistsError, SnapshotLimitError, VolumeExistsError, VolumeNotFoundError } from './errors.js';
@@ -138,6 +139,37 @@ function newMarker(v: VerifiedStream): ImportRecord {
   };
 }
 
+/**
+ * `--resume` of an existing target: the pending marker of this very stream
+ * (room checked for its last step), or 'already-imported' when that step is
+ * done. @throws RESUME_MISMATCH, SNAPSHOT_EXISTS, SNAPSHOT_LIMIT
+ */
+function prepareResume(
+  path: string,
+  v: VerifiedStream,
+  options: ImportOptions,
+  found: { pending: ImportRecord | undefined; snapshots: SnapshotInfo[]; abandon: string },
+): ImportRecord | 'already-imported' | 'dry-run' {
+  const { pending, snapshots, abandon } = found;
+  const h = v.header;
+  if (pending && markerMatches(pending, v)) {
+    // The last step creates the snapshot: a name taken since the interruption (or a full catalog) refuses now, before the rest of the extents reach live.
+    checkRoomFor(h.source.name, snapshots);
+    return options.dryRun ? 'dry-run' : pending;
+  }
+  // The last step (snapshot + marker clear) is one transaction: if it is done, so is the import.
+  for (const s of snapshots) if (s.origin && sameIdentity(s.origin, h.source)) return 'already-imported';
+  throw new ResumeMismatchError(
+    pending
+      ? sameIdentity(pending.source, h.source)
+        ? `--resume: the interrupted import into ${path} is of another stream of the same snapshot ${describeIdentity(h.source)} (another export or restore of it, or another base): ` +
+          `finish it with that stream, or ${abandon}`
+        : `--resume: the interrupted import into ${path} is of another stream (${describeIdentity(pending.source)}), not ${describeIdentity(h.source)}`
+      : `--resume: ${path} has no interrupted import to resume`,
+    { details: { path } },
+  );
+}
+
 /** Checks an existing target; returns the marker to continue from (a new one when not resuming). */
 async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, options: ImportOptions): Promise<ImportRecord | 'already-imported' | 'dry-run'> {
   const h = v.header;
@@ -148,24 +180,7 @@ async function prepareExisting(volume: Volume, path: string, v: VerifiedStream, 
     snapshots.length > 0
       ? 'abandon it by restoring a snapshot (cowvol snapshot restore)'
       : `abandon it by removing the partly created volume (${path} and its sidecar ${path}.cowvol) and importing again`;
-  if (options.resume) {
-    if (pending && markerMatches(pending, v)) {
-      // The last step creates the snapshot: a name taken since the interruption (or a full catalog) refuses now, before the rest of the extents reach live.
-      checkRoomFor(h.source.name, snapshots);
-      return options.dryRun ? 'dry-run' : pending;
-    }
-    // The last step (snapshot + marker clear) is one transaction: if it is done, so is the import.
-    for (const s of snapshots) if (s.origin && sameIdentity(s.origin, h.source)) return 'already-imported';
-    throw new ResumeMismatchError(
-      pending
-        ? sameIdentity(pending.source, h.source)
-          ? `--resume: the interrupted import into ${path} is of another stream of the same snapshot ${describeIdentity(h.source)} (another export or restore of it, or another base): ` +
-            `finish it with that stream, or ${abandon}`
-          : `--resume: the interrupted import into ${path} is of another stream (${describeIdentity(pending.source)}), not ${describeIdentity(h.source)}`
-        : `--resume: ${path} has no interrupted import to resume`,
-      { details: { path } },
-    );
-  }
+  if (options.resume) return prepareResume(path, v, options, { pending, snapshots, abandon });
   if (pending) {
     throw new ImportPendingError(
       `an import of ${describeIdentity(pending.source)} into ${path} was interrupted after ${pending.nextExtent} of ${pending.extentCount} extents; ` +
