@@ -47,7 +47,7 @@ describe('cowvol CLI: the whole path', () => {
     const vol = join(dir, 'main.img');
     const created = await cowvol(['create', vol, '--size', '2M', '--json']);
     expect(created.code, created.stderr).toBe(0);
-    expect(json(created.stdout)).toMatchObject({ sizeBytes: 2 * 1024 * 1024, blockSizeBytes: 4096, formatVersion: 3, snapshots: [] });
+    expect(json(created.stdout)).toMatchObject({ sizeBytes: 2 * 1024 * 1024, blockSizeBytes: 4096, formatVersion: 4, snapshots: [] });
     expect((await stat(vol)).size).toBe(2 * 1024 * 1024);
 
     const first = randomBytes(300_000);
