@@ -152,9 +152,9 @@ describe('format version 3 volume (committed fixture)', () => {
     expect(jsonOf<{ status: string; corruptions: unknown[] }>(check)).toMatchObject({ status: 'clean', corruptions: [] });
   }, 300_000);
 
-  it('an upgrade killed after the index is built, before the version record, stays version 3 and is finished by the next open', async () => {
+  it('an upgrade killed right before its one batch (index and version record) stays version 3 and is finished by the next open', async () => {
     const vol = unpack('v3-killed', FIXTURE_V3, 'v3.img');
-    expect(await killedAt('index:built', ['snapshot', 'create', vol, 'after'])).toBe('SIGKILL');
+    expect(await killedAt('index:upgrade', ['snapshot', 'create', vol, 'after'])).toBe('SIGKILL');
     expect(await formatVersion(vol)).toBe(3);
     await expectFixtureContent(vol, expectedV3);
     await cowvolOk(['snapshot', 'create', vol, 'after']);

@@ -135,14 +135,14 @@ export function indexMatches(diff: IndexDifference): boolean {
 }
 
 /**
- * Makes the stored index exactly `catalog`'s, in one synced LevelDB batch:
- * the upgrade to format version 4 (before the version record moves) and
- * `check --repair`. Idempotent. Reads every `name:` key (more than
+ * Makes the stored index exactly `catalog`'s, in one synced LevelDB batch
+ * with `extra` (the upgrade to format version 4 puts its volume record
+ * there) — the upgrade and `check --repair`. Idempotent. Reads every `name:` key (more than
  * MAX_SNAPSHOTS only in a damaged database, and each of those goes).
  * Returns how many keys it wrote or deleted.
  * @throws LevelDB errors
  */
-export async function rebuildCatalogIndex(db: MetadataDb, catalog: readonly SnapshotRecord[]): Promise<number> {
+export async function rebuildCatalogIndex(db: MetadataDb, catalog: readonly SnapshotRecord[], extra: readonly MetaOp[] = []): Promise<number> {
   const byName = liveNames(catalog);
   const dels: MetaOp[] = [];
   const correct = new Set<string>();
@@ -158,8 +158,9 @@ export async function rebuildCatalogIndex(db: MetadataDb, catalog: readonly Snap
   const want = countsOf(catalog);
   const stored = await readCounts(db).catch(() => undefined);
   if (stored?.snapshots !== want.snapshots || stored.deleting !== want.deleting) ops.push(countOp(want));
-  if (ops.length > 0) await db.apply(ops, true);
-  return ops.length;
+  const changed = ops.length;
+  if (changed + extra.length > 0) await db.apply([...ops, ...extra], true);
+  return changed;
 }
 
 /** Live snapshot names to ids. */
@@ -181,17 +182,24 @@ function storedId(key: string, value: Buffer): number | undefined {
 /**
  * At a writable open, once recovered: a volume of format version 3 gets its
  * catalog index and becomes version 4 (docs/FORMAT.md §1, "Format
- * versions"). The index is written first (one synced batch), then the
- * version record commits: a crash between leaves version 3, whose index
- * no version-4 open trusts, and the next open writes it again. A read-only
- * open upgrades nothing (it reads the catalog whole).
- * @throws LevelDB errors, what `commitRecords` throws
+ * versions"), in one synced LevelDB batch — the index and the volume record
+ * with its new version together, not the version through the journal: a
+ * power loss could then leave LevelDB at version 3 and the journal with the
+ * version-4 record and catalog changes after it, which an older cowvol
+ * would replay without their index before it refused the volume. Every
+ * committed transaction is applied here (recovery ran), and the synced
+ * batch makes LevelDB durable up to it, so nothing replays an older volume
+ * record over it. A crash before it leaves version 3, upgraded by the next
+ * open. A read-only open upgrades nothing (it reads the catalog whole).
+ * @throws LevelDB errors
  */
 export async function upgradeCatalogIndex(ctx: VolumeContext): Promise<void> {
-  const { meta, db } = ctx.parts;
+  const { meta, db, journal } = ctx.parts;
   if (ctx.readOnly || meta.sb.formatVersion !== SHARED_COUNTS_FORMAT_VERSION) return;
   assert(meta.complete, 'a version-3 volume opens with its catalog read');
-  await rebuildCatalogIndex(db, [...meta.snapshots.values()]);
-  killPoint('index:built');
-  await ctx.commitRecords([{ o: 'sb', v: { ...meta.sb, formatVersion: FORMAT_VERSION } }]);
+  assert(meta.appliedSequence === journal.lastCommittedSequence, `the upgrade runs with every transaction applied (${meta.appliedSequence} of ${journal.lastCommittedSequence})`);
+  killPoint('index:upgrade');
+  const sb = { ...meta.sb, formatVersion: FORMAT_VERSION };
+  await rebuildCatalogIndex(db, [...meta.snapshots.values()], [putOp(keys.volume, sb)]);
+  meta.sb = sb;
 }

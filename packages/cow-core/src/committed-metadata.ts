@@ -90,7 +90,8 @@ export class CommittedMetadata implements CommittedState {
     if (sb.formatVersion !== FORMAT_VERSION && !UPGRADABLE_FORMAT_VERSIONS.includes(sb.formatVersion)) throw unsupportedFormat(volumePath, sb.formatVersion);
     const cpBytes = await db.get(keys.checkpoint);
     const appliedSequence = cpBytes ? decodeValue.checkpoint(keys.checkpoint, cpBytes).sequence : 0;
-    const stored = options.lazy === true && sb.formatVersion === FORMAT_VERSION ? await readCounts(db) : undefined;
+    // An unreadable `snapcount` loads eagerly, as without one (`check` reports it).
+    const stored = options.lazy === true && sb.formatVersion === FORMAT_VERSION ? await readCounts(db).catch(() => undefined) : undefined;
     const lazy = stored?.deleting === 0;
     const snapshots = lazy ? new Map<number, SnapshotRecord>() : await readSnapshots(db);
     const allocBytes = await db.get(keys.allocator);
@@ -165,8 +166,12 @@ export class CommittedMetadata implements CommittedState {
    * @throws CORRUPT_METADATA (a record that is not a metadata record), ASSERTION_FAILED (a record the committed state contradicts), LevelDB errors
    */
   async apply(tx: { sequence: number; records: unknown[]; last?: boolean }): Promise<void> {
-    // A lazy load applies a create as is; anything else (also at replay) needs every record first.
-    if (!this.complete && tx.sequence > this.appliedSequence && !this.createsOnly(tx.records)) await this.completeSnapshots();
+    // A lazy load applies a create as is; anything else (also at replay) needs every record first — and a replayed create
+    // still in the replay batch (or its write) would be missed by that read: the batch is written whole first.
+    if (!this.complete && tx.sequence > this.appliedSequence && !this.createsOnly(tx.records)) {
+      await this.writeReplayBatch();
+      await this.completeSnapshots();
+    }
     assert(!this.busy, 'an apply overlaps a catalog read');
     this.busy = true;
     try {
@@ -203,6 +208,20 @@ export class CommittedMetadata implements CommittedState {
     } catch (err) {
       // Leave no write running behind a failed open (LevelDB is closed next).
       await this.replayWrite?.catch(() => undefined);
+      this.replayWrite = undefined;
+      await this.replayBatch?.close().catch(() => undefined);
+      this.replayBatch = undefined;
+      throw err;
+    }
+  }
+
+  /** Writes the replay batch, if any, and waits for every replay write (whole transactions with their `cp`, as always). */
+  private async writeReplayBatch(): Promise<void> {
+    try {
+      await this.startReplayWrite();
+      await this.replayWrite;
+      this.replayWrite = undefined;
+    } catch (err) {
       this.replayWrite = undefined;
       await this.replayBatch?.close().catch(() => undefined);
       this.replayBatch = undefined;

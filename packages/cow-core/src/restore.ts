@@ -61,11 +61,13 @@ export async function restoreSnapshot(volume: Volume, name: string, options: Res
       );
     }
     safety = options.safetyName ?? uniqueName(`pre-restore-${new Date().toISOString()}`, new Set(snapshots.map((s) => s.name)));
-    // Also while an import is pending: the safety snapshot keeps the half-applied state the restore abandons.
-    await volume[CREATE_PAST_IMPORT](safety, { labels: { 'cowvol.safety': 'pre-restore', 'cowvol.restore-of': name } }, true);
+    // Also while an import is pending: the safety snapshot keeps the half-applied state the restore abandons, and the
+    // marker goes in the same transaction (a kill between the two would leave a snapshot that --resume then COWs into).
+    const abandon = (await volume.importState()) !== undefined;
+    await volume[CREATE_PAST_IMPORT](safety, { labels: { 'cowvol.safety': 'pre-restore', 'cowvol.restore-of': name }, ...(abandon ? { clearImport: true } : {}) }, true);
   }
   // An import pending is abandoned before the first write, durably: a restore stopped part way must not leave a marker that
-  // `--resume` would finish on top of half-restored content (the safety snapshot keeps the state it had).
+  // `--resume` would finish on top of half-restored content.
   if (await volume.importState()) await volume.setImportState(null);
   const diff = await volume.diff(name);
   const pieces = mergeExtents(diff.extents, IO_CHUNK_BYTES);
