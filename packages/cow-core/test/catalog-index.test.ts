@@ -223,6 +223,22 @@ describe('a lazy open (catalog: lazy)', () => {
 });
 
 describe('check and a damaged catalog index', () => {
+  it('an unreadable snapcount makes a lazy open read the catalog (as without an index); check reports it, and the next create writes it right', async () => {
+    const vol = await volumeWith('bad-count.img', 2);
+    await withDb(vol, (db) => db.put(keys.snapshotCount, Buffer.from([0xc1, 0xff])));
+    const v = await Volume.open(vol, { catalog: 'lazy' });
+    try {
+      expect(v.stats.catalogReads).toBe(1);
+      expect((await v.check()).corruptions.map((f) => f.kind)).toEqual(['catalog-index']);
+      // The counts in memory come from the records: the next change that moves them writes them right.
+      await v.createSnapshot('s2');
+      expect((await v.check()).status).toBe('clean');
+    } finally {
+      await v.close();
+    }
+    expect(indexMatches(await indexOf(vol))).toBe(true);
+  });
+
   it('finds a missing name, a stray name and a wrong count (catalog-index), and --repair rebuilds the index', async () => {
     const vol = await volumeWith('damaged.img', 4);
     await withDb(vol, async (db) => {
