@@ -178,6 +178,14 @@ describe('after the change was made', () => {
     expect((await readdir(dir)).filter((n) => n.startsWith('made-before.img'))).toEqual([]);
   });
 
+  it('a check --repair interrupted once its repair started exits 9, not 143', async () => {
+    const vol = join(dir, 'repair-stop.img');
+    expect((await cowvol(['create', vol, '--size', '1M'])).code).toBe(0);
+    const r = await signalledAt(['check', vol, '--repair'], 'check:repair', 'SIGTERM');
+    expect(r.code, r.stderr).toBe(9);
+    expect(r.stderr).toContain('[OUTCOME_UNKNOWN]');
+  });
+
   it('a snapshot restore interrupted part way exits 9 (the live volume is already partly rewritten), not 130', async () => {
     const vol = join(dir, 'restore-part.img');
     expect((await cowvol(['create', vol, '--size', '4M'])).code).toBe(0);

@@ -7,6 +7,7 @@ import { unionOfMaps, type BlockRange, type DiffResult, type NamedMap } from './
 import { freeableBlocks, type SpaceReport } from './space.js';
 import { recountShared, spaceFromCounters } from './space-accounting.js';
 import { rebuildCatalogIndex } from './catalog-index.js';
+import { killPoint } from './kill-point.js';
 import { describeSnapshot } from './snapshot-lifecycle.js';
 import type { VolumeContext } from './volume-context.js';
 import type { ConsistencyReport, SnapshotInfo, VolumeInfo } from './volume-types.js';
@@ -80,6 +81,7 @@ export async function checkFrozen(ctx: VolumeContext, options: CheckOptions): Pr
     ...(options.onProgress ? { onProgress: options.onProgress } : {}),
   });
   if (options.readData) await checkStoreInto(report, db, meta, store, options.onProgress);
+  if (options.repair) killPoint('check:repair'); // the repair's changes start here (tests stop it here: COWVOL_KILL_AT)
   if (options.repair) await repairCounts(ctx, report);
   if (options.repair && report.leaks.length > 0 && report.corruptions.length === 0) {
     await ctx.commitRecords(report.leaks.map((e) => ({ o: 'free' as const, p: e.startBlock, n: e.lengthBlocks })));

@@ -2,6 +2,7 @@ import { Flags } from '@oclif/core';
 import { Args } from '../args.js';
 import { hasCode, type ErrorCode } from '@cowvol/base';
 import { repairVolumeJournal, type CheckReport, type VolumeJournalRepair } from '@cowvol/cow-core';
+import { noteCommitting } from '../signals.js';
 import { CowvolCommand } from '../base-command.js';
 import { VolumeServedError } from '../served.js';
 import { table } from '../format.js';
@@ -49,7 +50,9 @@ export default class Check extends CowvolCommand {
    * opened, and may have compacted, when it started.
    */
   private async checkBeforeRepair(volume: string, readData: boolean, onProgress: (d: number, t: number, phase?: string) => void): Promise<CheckReport> {
-    const repairing = (): Promise<CheckReport> => this.withServedVolume(volume, 'check', { readData, repair: true }, (v) => v.check({ repair: true, readData, onProgress }));
+    // A repair changes the volume: a signal after it started is OUTCOME_UNKNOWN (exit 9), not "nothing was done".
+    const repairing = (): Promise<CheckReport> =>
+      this.withServedVolume(volume, 'check', { readData, repair: true }, (v) => v.check({ repair: true, readData, onProgress }), { changes: true });
     let looked: CheckReport;
     try {
       looked = await this.withVolume(volume, (v) => v.check({ readData: false, onProgress }), { readOnly: true, routeServed: true });
@@ -76,6 +79,7 @@ export default class Check extends CowvolCommand {
       .catch(async (err: unknown) => {
         // A journal that no longer verifies: with --repair, replay what verifies, discard the rest, check again.
         if (!flags.repair || !hasCode(err, 'JOURNAL_CORRUPT')) throw err;
+        noteCommitting(); // the journal repair writes from here on (README "Interrupting a command")
         journalRepair = await repairVolumeJournal(args.volume);
         return check();
       })
