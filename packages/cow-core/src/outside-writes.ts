@@ -355,8 +355,9 @@ export class ChangeStamps {
    * `closed` stamp of the file as it is now, unless nothing needs it (no
    * write this session and the stamp is `closed` already), a change is held
    * unaccepted, or the path now names another file (then the `open` stamp
-   * stays and the next open refuses). Waits until later writes get new times.
-   * @throws NO_SPACE, IO_ERROR
+   * stays and the next open refuses). The stamp is flushed into a LevelDB
+   * table (`makeDurable`). Waits until later writes get new times.
+   * @throws NO_SPACE, IO_ERROR, CORRUPT_METADATA
    */
   async atCleanClose(): Promise<void> {
     if (this.held) return;
@@ -365,8 +366,10 @@ export class ChangeStamps {
     const now = await statStamp(this.path, 'closed');
     // Replaced during this session: compared with the file this session opened.
     if (now.dev !== this.atOpen.dev || now.ino !== this.atOpen.ino) return;
-    // Not synced: a power loss that loses it leaves the `open` stamp (identity and size still compared).
     await this.takeClosed(now, false);
+    // Into a table, not only LevelDB's log: a log lost (a power loss, or deleted) would leave this session's `open`
+    // stamp, compared by size and identity only, and a write made outside cowvol after the close would go unseen.
+    await this.db.makeDurable();
   }
 
   /**

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { chmod, copyFile, mkdtemp, open, readFile, rename, rm, stat, truncate, utimes } from 'node:fs/promises';
+import { chmod, copyFile, mkdtemp, open, readdir, readFile, rename, rm, stat, truncate, utimes } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -118,6 +118,16 @@ describe.each(DATA_MODES)('data mode %s', (dataMode) => {
     expect(err.message).toContain(`cowvol accept-changes ${path}`);
     // Refused every time, not just once: nothing was stamped anew.
     expect((await refusal()).code).toBe('VOLUME_MODIFIED_OUTSIDE');
+  });
+
+  it('a write after a clean close is refused even when LevelDB lost its log (the closed stamp is in a table, not only in the log)', async () => {
+    await threeSnapshots(dataMode);
+    const meta = volumeLayout(path).metaPath;
+    for (const name of await readdir(meta)) if (name.endsWith('.log')) await rm(join(meta, name));
+    await writeOutside(5 * BS, randomBytes(2 * BS)); // the same size: only the times tell
+    const err = await refusal();
+    expect(err.code).toBe('VOLUME_MODIFIED_OUTSIDE');
+    expect((err.details as { changes: Array<{ field: string }> }).changes.map((c) => c.field)).toContain('mtime');
   });
 
   it('acceptOutsideChanges marks exactly the snapshots that read live blocks suspect, persistently; writes wait for it', async () => {
