@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Level } from 'level';
-import { cowvol, cowvolOk, tempDir } from './helpers.js';
+import { cowvol, cowvolOk, prng, tempDir } from './helpers.js';
 
 /**
  * A volume whose sidecar is damaged is reported as damaged: every normal
@@ -14,6 +14,8 @@ import { cowvol, cowvolOk, tempDir } from './helpers.js';
  * docs/ARCHITECTURE.md §4.8). A sidecar without a metadata database is
  * still not a volume.
  */
+/** Knob: COWVOL_META_FLIPS (default 24) — bits flipped, one per copy, in the table test. */
+const FLIPS = Number(process.env.COWVOL_META_FLIPS ?? 24);
 let dir: string;
 let cleanup: () => Promise<void>;
 let pristine: string;
@@ -177,6 +179,39 @@ describe('a damaged sidecar is reported as damage (exit 6, check exit 2)', () =>
     }
     const laundered = await cowvol(['check', copy]);
     expect(laundered.code, 'a compaction no longer rewrites the damaged table: the test above proves nothing').toBe(0);
+  });
+
+  it(`one flipped bit anywhere in a LevelDB table: check exits 2 with metadata-checksum, never another code, never an abort of LevelDB (seeded, ${FLIPS} flips)`, async () => {
+    const seed = Number(process.env.COWVOL_SEED ?? 5101);
+    const rnd = prng(seed);
+    const spots: Array<{ table: string; offset: number }> = [];
+    const sizes = new Map<string, number>();
+    for (const t of await tables(join(`${pristine}.cowvol`, 'meta'))) sizes.set(t.slice(t.lastIndexOf('/') + 1), (await readFile(t)).length);
+    const names = [...sizes.keys()];
+    for (let i = 0; i < FLIPS; i++) {
+      const table = names[Math.floor(rnd() * names.length)]!;
+      spots.push({ table, offset: Math.floor(rnd() * sizes.get(table)!) });
+    }
+    for (const [i, { table, offset }] of spots.entries()) {
+      const vol = await damagedCopy(`flip-${i}`, async (s) => {
+        const fh = await open(join(s, 'meta', table), 'r+');
+        const b = Buffer.alloc(1);
+        await fh.read(b, 0, 1, offset);
+        b[0] = b[0]! ^ (1 << Math.floor(rnd() * 8));
+        await fh.write(b, 0, 1, offset);
+        await fh.close();
+      });
+      const r = await cowvol(['check', vol, '--json']);
+      const where = `seed ${seed}, ${table} byte ${offset} (replay: COWVOL_SEED=${seed} COWVOL_META_FLIPS=${FLIPS})`;
+      expect(r.code, `${where}: ${r.stderr}`).toBe(2);
+      const report = JSON.parse(r.stdout.toString()) as { corruptions: Array<{ kind: string }> };
+      expect(
+        report.corruptions.map((c) => c.kind),
+        where,
+      ).toContain('metadata-checksum');
+      await rm(`${vol}.cowvol`, { recursive: true, force: true });
+      await rm(vol, { force: true });
+    }
   });
 
   it('a sidecar with no metadata database is not a volume (NOT_A_VOLUME, exit 6)', async () => {

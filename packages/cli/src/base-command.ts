@@ -25,6 +25,8 @@ export interface OpenMode {
   changes?: boolean;
   /** `lazy`: the catalog is not read at open when the volume's catalog index allows it (`Volume.open`'s `catalog`; `snapshot create`). */
   catalog?: 'eager' | 'lazy';
+  /** Verify the metadata files' checksums before LevelDB reads them (`Volume.open`'s `verifyMetadata`; `check`). */
+  verifyMetadata?: boolean;
 }
 
 /**
@@ -67,8 +69,9 @@ export abstract class CowvolCommand extends Command {
     for (;;) {
       try {
         return await (mode.readOnly
-          ? Volume.openForReading(path, mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {})
+          ? Volume.openForReading(path, { ...(mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {}), ...(mode.verifyMetadata ? { verifyMetadata: true } : {}) })
           : Volume.open(path, {
+              ...(mode.verifyMetadata ? { verifyMetadata: true } : {}),
               ...(mode.releaseReserve ? { releaseReserve: true } : {}),
               ...(mode.outsideChanges ? { outsideChanges: mode.outsideChanges } : {}),
               ...(mode.writeBackBytes !== undefined ? { writeBackBytes: mode.writeBackBytes } : {}),

@@ -55,6 +55,32 @@ export interface CheckReport {
   affectedSnapshots: string[];
 }
 
+/**
+ * The report of a check that found the metadata's LevelDB files failing
+ * their checksums before LevelDB opened them (`Volume.open` with
+ * `verifyMetadata`: CORRUPT_METADATA with `details.problems`): status
+ * `corrupt`, one `metadata-checksum` finding per damaged file, and nothing
+ * else read — the counts are 0 (docs/ARCHITECTURE.md §8.4).
+ */
+export function metadataDamageReport(problems: readonly string[]): CheckReport {
+  return {
+    status: 'corrupt',
+    snapshots: 0,
+    mappedBlocks: 0,
+    storeHighWaterBlocks: 0,
+    freeBlocks: 0,
+    leakedBlocks: 0,
+    leaks: [],
+    corruptions: problems.slice(0, MAX_FINDINGS).map((p) => ({ kind: 'metadata-checksum' as const, message: `metadata file ${p}` })),
+    repairedBlocks: 0,
+    repairedCounts: 0,
+    repairedIndexKeys: 0,
+    dataChecked: false,
+    damagedBlocks: 0,
+    affectedSnapshots: [],
+  };
+}
+
 /** At most this many findings are listed (the counts stay exact). */
 export const MAX_FINDINGS = 1000;
 

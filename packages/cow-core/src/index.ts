@@ -34,7 +34,7 @@ export { BlockSources } from './read-through.js';
 export { SnapshotReader, READS_IN_FLIGHT, LIVE_GAP_BLOCKS, SYNC_BACKOFF_RUNS, type ReadThroughIo, type SnapshotReaderStats } from './snapshot-reader.js';
 export { SyncIoPolicy, SYNC_IO_LIMITS, SYNC_MAX_BYTES, SYNC_SLICE_MS, type SyncIoClock, type SyncIoLimits, type SyncIoStats } from './sync-io-policy.js';
 export { JournalCorruptError, JournalAbortedError, JournalApplyError, JournalNeedsRecoveryError, OutcomeUnknownError, type RecoveryReport } from '@cowvol/journal';
-export { checkVolume, MAX_FINDINGS, type CheckReport, type CheckFinding } from './check.js';
+export { checkVolume, metadataDamageReport, MAX_FINDINGS, type CheckReport, type CheckFinding } from './check.js';
 export { checkStoreData, DATA_CHECK_BATCH_BLOCKS, type DamagedStoreBlock, type DataCheckResult } from './check-data.js';
 export { rebindStoreCrc, storeBlockCrc, storeCrcPrefix, STORE_CRC_PREFIX_BYTES, type StoreBlockIdentity } from './store-crc.js';
 export { repairVolumeJournal, type VolumeJournalRepair, type DiscardedJournalTransaction } from './journal-repair.js';

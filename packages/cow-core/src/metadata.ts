@@ -242,6 +242,9 @@ export const decodeValue = {
         typeof r.uuid === 'string' &&
         isInt(r.sizeBytes, 1) &&
         isInt(r.blockSizeBytes, 512) &&
+        r.blockSizeBytes <= 65536 &&
+        (r.blockSizeBytes & (r.blockSizeBytes - 1)) === 0 && // a power of two, 512 … 65,536 (layout.ts)
+        r.sizeBytes % r.blockSizeBytes === 0 &&
         isInt(r.nextSnapshotId, 1) &&
         typeof r.createdAt === 'string' &&
         (r.dataMode === 'ordered' || r.dataMode === 'journal') &&

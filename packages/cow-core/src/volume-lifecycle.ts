@@ -2,7 +2,7 @@ import { CowvolError, IoError, assert, fileDeviceOpener, type BlockDevice } from
 import { errnoCode, errorMessage, pathExists } from './files.js';
 import { stat } from 'node:fs/promises';
 import { Journal, JournalCorruptError, JournalNeedsRecoveryError, type RecoveryReport } from '@cowvol/journal';
-import { InvalidArgumentError, NotAVolumeError, VolumeNotFoundError, VolumeSizeMismatchError } from './errors.js';
+import { CorruptMetadataError, InvalidArgumentError, NotAVolumeError, VolumeNotFoundError, VolumeSizeMismatchError } from './errors.js';
 import { TARGET_STORE, TARGET_VOLUME, WRITE_BACK_MAX_BYTES, volumeLayout, type VolumeLayout } from './layout.js';
 import type { MetadataDb } from './metadata-db.js';
 import { SnapshotStore } from './store.js';
@@ -10,6 +10,7 @@ import { OwnerLock, fileIdentity } from './owner-lock.js';
 import { volumeBehindLink } from './volume-names.js';
 import { CommittedMetadata } from './committed-metadata.js';
 import { checkedCatalog } from './snapshot-names.js';
+import { verifyLevelDb } from './leveldb-verify.js';
 import { tightenSidecarFolder } from './sidecar-mode.js';
 import { openSidecarFile } from './sidecar-damage.js';
 import { dropLeftoverCreateIntent, intentPath } from './create-intent.js';
@@ -63,6 +64,7 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
     // Best effort, and only ever narrowing: also in a read-only open (a chmod of the folder, never of data).
     await tightenSidecarFolder(layout.sidecarPath, st.mode);
     if (options.releaseReserve && !readOnly) await releaseReserve(layout.reservePath);
+    if (options.verifyMetadata === true) await refuseDamagedMetadata(layout.metaPath);
     const { db, privateMeta } = await openMetadata(layout.metaPath, readOnly).catch(async (err: unknown) => {
       throw await interruptedCreate(layout, err);
     });
@@ -118,6 +120,15 @@ async function interruptedCreate(layout: VolumeLayout, err: unknown): Promise<un
   return new NotAVolumeError(`${layout.volumePath} is not a volume yet: a create of it was interrupted (${intentPath(layout)} is there); ${FINISH_CREATE}`, {
     cause: err,
     details: { path: layout.volumePath, interruptedCreate: true },
+  });
+}
+
+/** CORRUPT_METADATA when a LevelDB file of `metaPath` fails its checksums (read before LevelDB opens them; under the owner lock). */
+async function refuseDamagedMetadata(metaPath: string): Promise<void> {
+  const problems = await verifyLevelDb(metaPath);
+  if (problems.length === 0) return;
+  throw new CorruptMetadataError(`metadata database ${metaPath} is damaged: ${problems.slice(0, 3).join('; ')}${problems.length > 3 ? `; and ${problems.length - 3} more` : ''}`, {
+    details: { path: metaPath, problems },
   });
 }
 

@@ -94,6 +94,15 @@ export interface OpenVolumeOptions {
    * CLI's `snapshot create`); the result is the same as `eager` (default).
    */
   catalog?: 'eager' | 'lazy';
+  /**
+   * Verify every checksum of the metadata's LevelDB files (leveldb-verify.ts)
+   * before LevelDB opens them: a damaged table is then CORRUPT_METADATA
+   * naming the files, never read — LevelDB reads without checking its
+   * checksums, and some damage aborts the process inside LevelDB. What
+   * `check` opens with (docs/ARCHITECTURE.md §8.4). Costs one read of the
+   * metadata files.
+   */
+  verifyMetadata?: boolean;
 }
 
 /** A snapshot as shown to users. */

@@ -1,7 +1,7 @@
 import { Flags } from '@oclif/core';
 import { Args } from '../args.js';
-import { hasCode, type ErrorCode } from '@cowvol/base';
-import { repairVolumeJournal, type CheckReport, type VolumeJournalRepair } from '@cowvol/cow-core';
+import { CowvolError, hasCode, type ErrorCode } from '@cowvol/base';
+import { escapeTerminalText, metadataDamageReport, repairVolumeJournal, type CheckReport, type VolumeJournalRepair } from '@cowvol/cow-core';
 import { noteCommitting } from '../signals.js';
 import { CowvolCommand } from '../base-command.js';
 import { VolumeServedError } from '../served.js';
@@ -52,16 +52,16 @@ export default class Check extends CowvolCommand {
   private async checkBeforeRepair(volume: string, readData: boolean, onProgress: (d: number, t: number, phase?: string) => void): Promise<CheckReport> {
     // A repair changes the volume: a signal after it started is OUTCOME_UNKNOWN (exit 9), not "nothing was done".
     const repairing = (): Promise<CheckReport> =>
-      this.withServedVolume(volume, 'check', { readData, repair: true }, (v) => v.check({ repair: true, readData, onProgress }), { changes: true });
+      this.withServedVolume(volume, 'check', { readData, repair: true }, (v) => v.check({ repair: true, readData, onProgress }), { changes: true, verifyMetadata: true });
     let looked: CheckReport;
     try {
-      looked = await this.withVolume(volume, (v) => v.check({ readData: false, onProgress }), { readOnly: true, routeServed: true });
+      looked = await this.withVolume(volume, (v) => v.check({ readData: false, onProgress }), { readOnly: true, routeServed: true, verifyMetadata: true });
     } catch (err) {
       if (err instanceof VolumeServedError) return repairing();
-      throw err;
+      return damagedMetadata(err); // nothing is repaired over damaged tables
     }
     if (!looked.corruptions.some((c) => c.kind === 'metadata-checksum')) return repairing();
-    return readData ? this.withVolume(volume, (v) => v.check({ readData: true, onProgress }), { readOnly: true }) : looked;
+    return readData ? this.withVolume(volume, (v) => v.check({ readData: true, onProgress }), { readOnly: true, verifyMetadata: true }) : looked;
   }
 
   async run(): Promise<CheckOutput> {
@@ -73,9 +73,13 @@ export default class Check extends CowvolCommand {
     const check = (): Promise<CheckReport> =>
       flags.repair
         ? this.checkBeforeRepair(args.volume, flags['read-data'], onProgress)
-        : this.withServedVolume(args.volume, 'check', { readData: flags['read-data'], repair: false }, (v) => v.check({ readData: flags['read-data'], onProgress }), { readOnly: true });
+        : this.withServedVolume(args.volume, 'check', { readData: flags['read-data'], repair: false }, (v) => v.check({ readData: flags['read-data'], onProgress }), {
+            readOnly: true,
+            verifyMetadata: true,
+          });
     let journalRepair: VolumeJournalRepair | undefined;
     const report: CheckOutput = await check()
+      .catch(damagedMetadata)
       .catch(async (err: unknown) => {
         // A journal that no longer verifies: with --repair, replay what verifies, discard the rest, check again.
         if (!flags.repair || !hasCode(err, 'JOURNAL_CORRUPT')) throw err;
@@ -153,4 +157,18 @@ function journalRepairLines(r: VolumeJournalRepair): string[] {
   }
   lines.push(`the journal was reset (next transaction ${r.newTailSequence})`, '');
   return lines;
+}
+
+/**
+ * The report of a check whose metadata files failed their checksums before
+ * LevelDB opened them (`verifyMetadata`: CORRUPT_METADATA with
+ * `details.problems`): `metadata-checksum` findings, exit 2, and the error
+ * on stderr as for a sidecar too damaged to open (it is: nothing else was
+ * read). Any other error is thrown again.
+ */
+function damagedMetadata(err: unknown): CheckReport {
+  const problems = err instanceof CowvolError && err.code === 'CORRUPT_METADATA' ? (err.details as { problems?: unknown } | undefined)?.problems : undefined;
+  if (!Array.isArray(problems) || !problems.every((p) => typeof p === 'string')) throw err;
+  process.stderr.write(`cowvol: error [CORRUPT_METADATA]: ${escapeTerminalText((err as Error).message)}\n`);
+  return metadataDamageReport(problems);
 }
