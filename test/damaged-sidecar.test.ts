@@ -214,6 +214,19 @@ describe('a damaged sidecar is reported as damage (exit 6, check exit 2)', () =>
     }
   });
 
+  it('a file changed outside cowvol with a damaged journal behind it: check --repair repairs the journal and says what changed (exit 2), then accept-changes takes the file (naive: each command sends the user to the other)', async () => {
+    const vol = await damagedCopy('outside and journal', (s) => rm(join(s, 'journal')));
+    const later = new Date(Date.now() + 5000);
+    await utimes(vol, later, later);
+    const repair = await cowvol(['check', vol, '--repair']);
+    expect([repair.code, repair.stderr]).toEqual([2, expect.stringContaining('[VOLUME_MODIFIED_OUTSIDE]')]);
+    expect(repair.stderr).toContain('journal repaired');
+    const accept = await cowvol(['accept-changes', vol]);
+    expect(accept.code, accept.stderr).toBe(0);
+    const check = await cowvol(['check', vol]);
+    expect(check.code, check.stderr).toBe(0);
+  });
+
   it('a sidecar with no metadata database is not a volume (NOT_A_VOLUME, exit 6)', async () => {
     const vol = await damagedCopy('no meta', (s) => rm(join(s, 'meta'), { recursive: true }));
     const r = await cowvol(['info', vol, '--json']);

@@ -64,6 +64,16 @@ export default class Check extends CowvolCommand {
     return readData ? this.withVolume(volume, (v) => v.check({ readData: true, onProgress }), { readOnly: true, verifyMetadata: true }) : looked;
   }
 
+  /** Whether the volume's journal fails to open (JOURNAL_CORRUPT) once a change made outside cowvol is held, not refused. */
+  private async journalDamaged(volume: string): Promise<boolean> {
+    try {
+      await this.withVolume(volume, async () => undefined, { readOnly: true, outsideChanges: 'hold', verifyMetadata: true });
+      return false;
+    } catch (err) {
+      return hasCode(err, 'JOURNAL_CORRUPT');
+    }
+  }
+
   async run(): Promise<CheckOutput> {
     const { args, flags } = await this.parse(Check);
     const progress = createProgress(flags.progress, 'check', 'blocks');
@@ -80,6 +90,16 @@ export default class Check extends CowvolCommand {
     let journalRepair: VolumeJournalRepair | undefined;
     const report: CheckOutput = await check()
       .catch(damagedMetadata)
+      .catch(async (err: unknown) => {
+        // Changed outside cowvol, and perhaps a damaged journal behind it, which accept-changes cannot open past: the
+        // journal is repaired first (its report on stderr), then the refusal stands and accept-changes takes the file.
+        if (flags.repair && hasCode(err, 'VOLUME_MODIFIED_OUTSIDE') && (await this.journalDamaged(args.volume))) {
+          noteCommitting();
+          const repaired = await repairVolumeJournal(args.volume);
+          process.stderr.write(`${journalRepairLines(repaired).join('\n')}\n`);
+        }
+        throw err;
+      })
       .catch(async (err: unknown) => {
         // A journal that no longer verifies: with --repair, replay what verifies, discard the rest, check again.
         if (!flags.repair || !hasCode(err, 'JOURNAL_CORRUPT')) throw err;
