@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { cp, open, readFile, readdir, rm, truncate, utimes, writeFile } from 'node:fs/promises';
+import { cp, mkdir, open, readFile, readdir, rm, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -52,6 +52,15 @@ const DAMAGES: Array<{ name: string; code: string; damage: (sidecar: string) => 
     },
   },
   { name: 'meta/CURRENT deleted', code: 'CORRUPT_METADATA', damage: (s) => rm(join(s, 'meta', 'CURRENT')) },
+  {
+    name: 'a LevelDB table replaced by a directory',
+    code: 'CORRUPT_METADATA',
+    damage: async (s) => {
+      const table = (await tables(join(s, 'meta'))).sort().at(-1)!;
+      await rm(table);
+      await mkdir(table);
+    },
+  },
   {
     name: 'the LevelDB MANIFEST deleted',
     code: 'CORRUPT_METADATA',

@@ -239,7 +239,13 @@ export async function verifyLevelDb(metaPath: string): Promise<string[]> {
     try {
       file = await readFile(join(metaPath, name));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return false;
+      // Something else than a file where LevelDB keeps one (a directory, a loop of links): damage, not an I/O failure.
+      if (code === 'EISDIR' || code === 'ELOOP' || code === 'ENOTDIR') {
+        problems.push(`${name}: not a regular file (${code})`);
+        return true;
+      }
       throw err;
     }
     try {

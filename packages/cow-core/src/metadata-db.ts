@@ -76,12 +76,13 @@ export class MetadataDb {
     private readonly path = '',
   ) {}
 
-  static async open(path: string, createIfMissing: boolean): Promise<MetadataDb> {
+  /** `reportedPath`: the folder errors name (a read-only open's private copy names the sidecar's, read-only.ts). */
+  static async open(path: string, createIfMissing: boolean, reportedPath = path): Promise<MetadataDb> {
     const db = new Level<string, Buffer>(path, { keyEncoding: 'utf8', valueEncoding: 'buffer', createIfMissing, errorIfExists: createIfMissing });
     await db.open().catch((err: unknown) => {
-      throw levelError(err, `cannot open the metadata database ${path}`);
+      throw levelError(err, `cannot open the metadata database ${reportedPath}`);
     });
-    return new MetadataDb(db, path);
+    return new MetadataDb(db, reportedPath);
   }
 
   async get(key: string): Promise<Buffer | undefined> {

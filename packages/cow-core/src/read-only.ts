@@ -70,7 +70,7 @@ export class PrivateMetadata {
           copiedBytes += (await stat(from)).size;
         }
       }
-      const db = await MetadataDb.open(dir, false).catch(async (err: unknown) => {
+      const db = await MetadataDb.open(dir, false, metaPath).catch(async (err: unknown) => {
         throw await metadataOpenError(metaPath, err); // NO_SPACE, IO_ERROR (level-errors.ts), CORRUPT_METADATA or NOT_A_VOLUME
       });
       return new PrivateMetadata(db, dir, copiedBytes, untrack);

@@ -36,7 +36,7 @@ export function isLevelDbDamage(err: unknown): boolean {
     ({ code, message }) =>
       code === 'LEVEL_CORRUPTION' ||
       message.startsWith('Corruption:') ||
-      (message.startsWith('IO error:') && /No such file or directory|Invalid argument/.test(message)) ||
+      (message.startsWith('IO error:') && /No such file or directory|Invalid argument|No such device|Is a directory/.test(message)) ||
       message.includes('does not exist (create_if_missing is false)'),
   );
 }
