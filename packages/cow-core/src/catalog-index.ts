@@ -170,12 +170,12 @@ function liveNames(catalog: readonly SnapshotRecord[]): Map<string, number> {
   return live;
 }
 
-/** The id a stored `name:` value holds, or undefined when it does not decode. */
-function storedId(key: string, value: Buffer): number | undefined {
+/** The id a stored `name:` value holds, or -1 when it does not decode (no snapshot has that id, so it never matches). */
+function storedId(key: string, value: Buffer): number {
   try {
     return decodeValue.name(key, value).id;
   } catch {
-    return undefined;
+    return -1;
   }
 }
 

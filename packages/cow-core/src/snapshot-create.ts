@@ -1,9 +1,9 @@
 import { performance } from 'node:perf_hooks';
 import { assert } from '@cowvol/base';
 import { validateLabelsFit } from './labels.js';
-import { ImportPendingError, SnapshotExistsError, SnapshotLimitError } from './errors.js';
+import { CorruptMetadataError, ImportPendingError, SnapshotExistsError, SnapshotLimitError } from './errors.js';
 import { MAX_SNAPSHOTS } from './layout.js';
-import { SCHEMA_VERSION, type SnapshotRecord } from './metadata.js';
+import { SCHEMA_VERSION, keys, type SnapshotRecord } from './metadata.js';
 import { SnapshotMap } from './snapshot-map.js';
 import type { MetaRecord } from './meta-record.js';
 import type { VolumeContext } from './volume-context.js';
@@ -156,6 +156,10 @@ async function createSnapshotIndexed(ctx: VolumeContext, name: string, options: 
       if (ctx.catalogLoaded) return createSnapshotFrozen(ctx, name, options); // another call read the catalog meanwhile
       if (!pastImport) refusePendingImport(ctx);
       await refuseTakenIndexed(ctx, name);
+      // The id a damaged volume record would hand out again: an eager open refuses such a catalog, and so does this.
+      const id = ctx.parts.meta.sb.nextSnapshotId;
+      if ((await ctx.parts.db.get(keys.snapshot(id))) !== undefined)
+        throw new CorruptMetadataError(`snapshot id ${id} is taken but the volume record gives it to the next snapshot (nextSnapshotId ${id})`);
       const rec = await commitCreate(ctx, name, options);
       return describeSnapshot(ctx, rec, true);
     },

@@ -1,7 +1,7 @@
 import { assert } from '@cowvol/base';
 import { SnapshotNotFoundError, VolumeClosedError } from './errors.js';
 import { decodeValue, keys, type ImportRecord, type SnapshotRecord } from './metadata.js';
-import { checkVolume, type CheckReport } from './check.js';
+import { MAX_FINDINGS, checkVolume, type CheckReport } from './check.js';
 import { checkStoreInto } from './check-data.js';
 import { unionOfMaps, type BlockRange, type DiffResult, type NamedMap } from './diff.js';
 import { freeableBlocks, type SpaceReport } from './space.js';
@@ -128,7 +128,8 @@ export async function checkDataBesideIo(ctx: VolumeContext, options: CheckOption
  */
 async function repairCounts(ctx: VolumeContext, report: CheckReport): Promise<void> {
   const derived = (kind: string): boolean => kind === 'shared-count-mismatch' || kind === 'catalog-index';
-  if (report.corruptions.length === 0 || !report.corruptions.every((f) => derived(f.kind))) return;
+  // Only when every finding is listed: past MAX_FINDINGS an unlisted one may be anything.
+  if (report.corruptions.length === 0 || report.corruptions.length >= MAX_FINDINGS || !report.corruptions.every((f) => derived(f.kind))) return;
   if (report.corruptions.some((f) => f.kind === 'shared-count-mismatch')) report.repairedCounts = await recountShared(ctx);
   if (report.corruptions.some((f) => f.kind === 'catalog-index')) report.repairedIndexKeys = await rebuildCatalogIndex(ctx.parts.db, [...ctx.parts.meta.snapshots.values()]);
   report.corruptions = [];

@@ -2,7 +2,7 @@ import { cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Volume, volumeLayout } from '../src/index.js';
+import { MAX_FINDINGS, Volume, volumeLayout } from '../src/index.js';
 import { compareIndex, indexMatches } from '../src/catalog-index.js';
 import { SCHEMA_VERSION, decodeValue, encodeValue, keys, type SnapshotRecord } from '../src/metadata.js';
 import { MetadataDb } from '../src/metadata-db.js';
@@ -261,5 +261,57 @@ describe('check and a damaged catalog index', () => {
       await v.close();
     }
     expect(indexMatches(await indexOf(vol))).toBe(true);
+  });
+
+  it('a name key that does not decode, for a name no snapshot has, is a finding; --repair deletes it and the name can be taken', async () => {
+    const vol = await volumeWith('undecodable.img', 1);
+    await withDb(vol, (db) => db.put(keys.name('c'), Buffer.from([0xc1])));
+    const v = await Volume.open(vol);
+    try {
+      expect((await v.check()).corruptions.map((f) => f.kind)).toEqual(['catalog-index']);
+      expect(await v.check({ repair: true })).toMatchObject({ status: 'clean', repairedIndexKeys: 1 });
+    } finally {
+      await v.close();
+    }
+    const lazy = await Volume.open(vol, { catalog: 'lazy' });
+    try {
+      await lazy.createSnapshot('c');
+    } finally {
+      await lazy.close();
+    }
+  });
+
+  it('--repair repairs nothing when more findings exist than are listed (MAX_FINDINGS): an unlisted one may be anything', async () => {
+    const vol = await volumeWith('many-findings.img', 2);
+    await withDb(vol, async (db) => {
+      const ops = Array.from({ length: MAX_FINDINGS + 1 }, (_, i) => ({ type: 'put' as const, key: keys.name(`ghost${i}`), value: encodeValue({ v: SCHEMA_VERSION, id: 1 }) }));
+      await db.batch(ops);
+      // And a real corruption, sorted after every index finding: a second mapping of a mapped store block.
+      await db.put(keys.map(2, 40), encodeValue({ v: SCHEMA_VERSION, storeBlock: 0, crc: 0 }));
+    });
+    const v = await Volume.open(vol);
+    try {
+      const report = await v.check({ repair: true });
+      expect(report.status).toBe('corrupt');
+      expect(report.repairedIndexKeys).toBe(0);
+      expect(report.corruptions).toHaveLength(MAX_FINDINGS);
+    } finally {
+      await v.close();
+    }
+  });
+
+  it('a lazy create refuses (CORRUPT_METADATA) when the volume record would give it the id of an existing snapshot, and overwrites nothing', async () => {
+    const vol = await volumeWith('low-next-id.img', 2);
+    await withDb(vol, async (db) => {
+      const sb = decodeValue.volume(keys.volume, await db.get(keys.volume));
+      await db.put(keys.volume, encodeValue({ ...sb, nextSnapshotId: 2 }));
+    });
+    const lazy = await Volume.open(vol, { catalog: 'lazy' });
+    try {
+      await expect(lazy.createSnapshot('x')).rejects.toMatchObject({ code: 'CORRUPT_METADATA' });
+    } finally {
+      await lazy.close().catch(() => undefined);
+    }
+    expect((await records(vol)).map((r) => r.name)).toEqual(['s0', 's1']);
   });
 });
