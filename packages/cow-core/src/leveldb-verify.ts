@@ -1,4 +1,4 @@
-import { readdir, readFile } from 'node:fs/promises';
+import { lstat, readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32c } from '@cowvol/base';
 
@@ -199,15 +199,22 @@ export function logRecords(file: Buffer): Buffer[] {
 
 /** Live table files (number → size) after applying every VersionEdit of a MANIFEST. @throws LevelDbDamage */
 export function liveTables(manifest: Buffer): Map<number, number> {
+  return manifestState(manifest).tables;
+}
+
+/** The MANIFEST's version edits replayed: the live tables (number → size) and the current log's number (tag 2, the last one). */
+function manifestState(manifest: Buffer): { tables: Map<number, number>; logNumber: number | undefined } {
   const live = new Map<number, number>();
+  let logNumber: number | undefined;
   for (const edit of logRecords(manifest)) {
     const r = new Reader(edit);
     while (!r.done) {
       const tag = r.varint();
       if (tag === 1)
         r.slice(); // comparator
-      else if (tag === 2 || tag === 3 || tag === 4 || tag === 9)
-        r.varint(); // log number, next file, last sequence, prev log
+      else if (tag === 2) logNumber = r.varint();
+      else if (tag === 3 || tag === 4 || tag === 9)
+        r.varint(); // next file, last sequence, prev log
       else if (tag === 5) {
         r.varint(); // compact pointer: level
         r.slice(); // key
@@ -223,7 +230,34 @@ export function liveTables(manifest: Buffer): Map<number, number> {
       } else throw new LevelDbDamage(`MANIFEST edit has unknown tag ${tag}`);
     }
   }
-  return live;
+  return { tables: live, logNumber };
+}
+
+/**
+ * The LevelDB log the MANIFEST names as the current one when that file is
+ * gone, else undefined (also when `CURRENT` or the MANIFEST does not read:
+ * other damage, found elsewhere). LevelDB creates the next log before a
+ * MANIFEST names it and removes a log only once a newer one is named, so a
+ * named log that is missing was deleted — and LevelDB opens without it,
+ * silently losing the writes it held (a clean close's `closed` stamp among
+ * them: outside-writes.ts). Reads `CURRENT` and the MANIFEST only.
+ */
+export async function lostLogFile(metaPath: string): Promise<string | undefined> {
+  try {
+    const current = (await readFile(join(metaPath, 'CURRENT'), 'utf8')).trim();
+    if (!/^MANIFEST-\d+$/.test(current)) return undefined;
+    const { logNumber } = manifestState(await readFile(join(metaPath, current)));
+    if (logNumber === undefined) return undefined;
+    const name = `${String(logNumber).padStart(6, '0')}.log`;
+    return (await lstat(join(metaPath, name)).then(
+      () => true,
+      () => false,
+    ))
+      ? undefined
+      : name;
+  } catch {
+    return undefined;
+  }
 }
 
 /**

@@ -2,7 +2,7 @@ import { stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CowvolError, IoError, NoSpaceError } from '@cowvol/base';
 import { VolumeModifiedOutsideError, VolumeSizeMismatchError } from './errors.js';
-import { SCHEMA_VERSION, decode, keys, putOp, type SnapshotRecord } from './metadata.js';
+import { SCHEMA_VERSION, decode, delOp, keys, putOp, type SnapshotRecord } from './metadata.js';
 import { type MetadataDb } from './metadata-db.js';
 import { SnapshotMap } from './snapshot-map.js';
 import { errorMessage } from './files.js';
@@ -259,11 +259,20 @@ export class ChangeStamps {
   static async open(
     db: MetadataDb,
     path: string,
-    options: { hold: boolean; catalog: () => Promise<readonly SnapshotRecord[]>; volumeBlocks: number; stampFromCreate: boolean },
+    options: { hold: boolean; catalog: () => Promise<readonly SnapshotRecord[]>; volumeBlocks: number; stampFromCreate: boolean; lostLog?: string | undefined },
   ): Promise<ChangeStamps> {
     const recorded = await readStamp(db);
     const found = await statStamp(path, 'open');
     if (recorded === undefined && options.stampFromCreate) return ChangeStamps.lost(db, path, found, options);
+    // LevelDB's current log was deleted: the stamp read is the last one flushed into a table. `closed` is the safe
+    // direction (a later session's own writes changed the times: refused); an `open` mark may be one that a clean
+    // close's stamp in that log replaced, and it compares size and identity only: as good as lost (ARCHITECTURE §13).
+    // LevelDB has made a new log by now, so the next open could not tell: the stamp goes, durably, and a volume
+    // stamped since create is refused as for a lost stamp until accepted.
+    if (options.lostLog !== undefined && recorded?.state === 'open') {
+      if (options.stampFromCreate) await db.apply([delOp(keys.stamp)], true);
+      return ChangeStamps.lost(db, path, found, options);
+    }
     // Content is what counts: its size and (after a clean close) its
     // modification time. A status change alone (chmod, chown, a hard link:
     // ctime moves) or a copy that keeps the modification time (cp -a,
@@ -355,9 +364,8 @@ export class ChangeStamps {
    * `closed` stamp of the file as it is now, unless nothing needs it (no
    * write this session and the stamp is `closed` already), a change is held
    * unaccepted, or the path now names another file (then the `open` stamp
-   * stays and the next open refuses). The stamp is flushed into a LevelDB
-   * table (`makeDurable`). Waits until later writes get new times.
-   * @throws NO_SPACE, IO_ERROR, CORRUPT_METADATA
+   * stays and the next open refuses). Waits until later writes get new times.
+   * @throws NO_SPACE, IO_ERROR
    */
   async atCleanClose(): Promise<void> {
     if (this.held) return;
@@ -366,10 +374,8 @@ export class ChangeStamps {
     const now = await statStamp(this.path, 'closed');
     // Replaced during this session: compared with the file this session opened.
     if (now.dev !== this.atOpen.dev || now.ino !== this.atOpen.ino) return;
+    // Not synced: a power loss that loses it leaves the `open` stamp (identity and size still compared).
     await this.takeClosed(now, false);
-    // Into a table, not only LevelDB's log: a log lost (a power loss, or deleted) would leave this session's `open`
-    // stamp, compared by size and identity only, and a write made outside cowvol after the close would go unseen.
-    await this.db.makeDurable();
   }
 
   /**

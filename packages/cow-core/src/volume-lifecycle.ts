@@ -10,7 +10,7 @@ import { OwnerLock, fileIdentity } from './owner-lock.js';
 import { volumeBehindLink } from './volume-names.js';
 import { CommittedMetadata } from './committed-metadata.js';
 import { checkedCatalog } from './snapshot-names.js';
-import { verifyLevelDb } from './leveldb-verify.js';
+import { lostLogFile, verifyLevelDb } from './leveldb-verify.js';
 import { tightenSidecarFolder } from './sidecar-mode.js';
 import { openSidecarFile } from './sidecar-damage.js';
 import { dropLeftoverCreateIntent, intentPath } from './create-intent.js';
@@ -65,6 +65,8 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
     await tightenSidecarFolder(layout.sidecarPath, st.mode);
     if (options.releaseReserve && !readOnly) await releaseReserve(layout.reservePath);
     if (options.verifyMetadata === true) await refuseDamagedMetadata(layout.metaPath);
+    // Before LevelDB opens (and makes a new log): a deleted current log may have held the last close's stamp.
+    const lostLog = await lostLogFile(layout.metaPath);
     const { db, privateMeta } = await openMetadata(layout.metaPath, readOnly).catch(async (err: unknown) => {
       throw await interruptedCreate(layout, err);
     });
@@ -85,6 +87,7 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
       },
       volumeBlocks,
       stampFromCreate: sb.stampFromCreate === true,
+      lostLog,
     });
     const uuid = Buffer.from(sb.uuid, 'hex');
     const volume = await openerFor(options, 'volume', fileDeviceOpener).open(path, { create: false, readOnly });
