@@ -72,13 +72,13 @@ export function metadataDamageReport(problems: readonly string[]): CheckReport {
     leakedBlocks: 0,
     leaks: [],
     corruptions: problems.slice(0, MAX_FINDINGS).map((p) => ({ kind: 'metadata-checksum' as const, message: `metadata file ${p}` })),
-    repairedBlocks: 0,
-    repairedCounts: 0,
-    repairedIndexKeys: 0,
-    dataChecked: false,
-    damagedBlocks: 0,
-    affectedSnapshots: [],
+    ...nothingRepairedOrRead(),
   };
+}
+
+/** The fields of a report before any repair or data read: nothing repaired, no data checked. */
+function nothingRepairedOrRead(): Pick<CheckReport, 'repairedBlocks' | 'repairedCounts' | 'repairedIndexKeys' | 'dataChecked' | 'damagedBlocks' | 'affectedSnapshots'> {
+  return { repairedBlocks: 0, repairedCounts: 0, repairedIndexKeys: 0, dataChecked: false, damagedBlocks: 0, affectedSnapshots: [] };
 }
 
 /** At most this many findings are listed (the counts stay exact). */
@@ -133,12 +133,7 @@ export async function checkVolume(db: MetadataDb, meta: CommittedMetadata, facts
     leakedBlocks: leaks.leakedBlocks,
     leaks: leaks.extents,
     corruptions,
-    repairedBlocks: 0,
-    repairedCounts: 0,
-    repairedIndexKeys: 0,
-    dataChecked: false,
-    damagedBlocks: 0,
-    affectedSnapshots: [],
+    ...nothingRepairedOrRead(),
   };
 }
 

@@ -51,6 +51,14 @@ async function indexOf(vol: string): Promise<ReturnType<typeof compareIndex>> {
   }
 }
 
+/** A power-loss copy of the open volume `vol` at `copy`: its files as they are, LevelDB as `checkpointed` kept it. */
+async function powerLossCopy(vol: string, copy: string, checkpointed: string): Promise<void> {
+  await cp(vol, copy);
+  await cp(`${vol}.cowvol`, `${copy}.cowvol`, { recursive: true, filter: (p) => !p.endsWith('/lock') && !p.endsWith('/owner') && !p.includes('/meta') });
+  await cp(checkpointed, volumeLayout(copy).metaPath, { recursive: true });
+  await forgetChangeStamp(copy); // a copy is a new file: not a write made outside cowvol
+}
+
 async function volumeWith(name: string, snapshots: number): Promise<string> {
   const vol = join(dir, name);
   const v = await Volume.create(vol, { sizeBytes: 64 * BS, blockSizeBytes: BS });
@@ -108,10 +116,7 @@ describe('the catalog index', () => {
     await v.flush();
     // The power-loss copy: the journal holds every transaction, LevelDB is as of the last checkpoint.
     const copy = join(dir, 'replay-copy.img');
-    await cp(vol, copy);
-    await cp(`${vol}.cowvol`, `${copy}.cowvol`, { recursive: true, filter: (p) => !p.endsWith('/lock') && !p.endsWith('/owner') && !p.includes('/meta') });
-    await cp(checkpointed, volumeLayout(copy).metaPath, { recursive: true });
-    await forgetChangeStamp(copy);
+    await powerLossCopy(vol, copy, checkpointed);
     const expected = (await v.listSnapshots()).map((s) => s.name);
     await v.close();
     const lazy = await Volume.open(copy, { catalog: 'lazy' });
@@ -134,10 +139,7 @@ describe('the catalog index', () => {
     await v.write(0, Buffer.alloc(BS, 0x77)); // a COW into x: needs the catalog, which must hold x
     await v.flush();
     const copy = join(dir, 'replay-create-copy.img');
-    await cp(vol, copy);
-    await cp(`${vol}.cowvol`, `${copy}.cowvol`, { recursive: true, filter: (p) => !p.endsWith('/lock') && !p.endsWith('/owner') && !p.includes('/meta') });
-    await cp(checkpointed, volumeLayout(copy).metaPath, { recursive: true });
-    await forgetChangeStamp(copy);
+    await powerLossCopy(vol, copy, checkpointed);
     const before = await v.readSnapshot('x', 0, BS);
     await v.close();
     const lazy = await Volume.open(copy, { catalog: 'lazy' });
