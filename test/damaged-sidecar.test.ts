@@ -52,6 +52,8 @@ const DAMAGES: Array<{ name: string; code: string; damage: (sidecar: string) => 
     },
   },
   { name: 'meta/CURRENT deleted', code: 'CORRUPT_METADATA', damage: (s) => rm(join(s, 'meta', 'CURRENT')) },
+  { name: 'the store replaced by a directory', code: 'STORE_CORRUPT', damage: async (s) => rm(join(s, 'store')).then(() => mkdir(join(s, 'store'))) },
+  { name: 'the journal replaced by a directory', code: 'JOURNAL_CORRUPT', damage: async (s) => rm(join(s, 'journal')).then(() => mkdir(join(s, 'journal'))) },
   {
     name: 'a LevelDB table replaced by a directory',
     code: 'CORRUPT_METADATA',

@@ -1,6 +1,6 @@
 import { stat } from 'node:fs/promises';
 import { fileDeviceOpener, type BlockDevice, type DeviceOpener } from '@cowvol/base';
-import { repairJournal, type DiscardedTransaction, type JournalRepairReport } from '@cowvol/journal';
+import { JournalCorruptError, repairJournal, type DiscardedTransaction, type JournalRepairReport } from '@cowvol/journal';
 import { CommittedMetadata } from './committed-metadata.js';
 import { NotAVolumeError, VolumeNotFoundError, VolumeSizeMismatchError } from './errors.js';
 import { DEFAULT_JOURNAL_BYTES, TARGET_STORE, TARGET_VOLUME, volumeLayout } from './layout.js';
@@ -81,6 +81,12 @@ export async function repairVolumeJournal(path: string, options: { opener?: Devi
     const store = snapshotStore.device;
     opened.push(store);
     await snapshotStore.verifyHeader(uuid);
+    // A missing journal is created (exclusively) and formatted by the repair; a directory in its place is the user's to move.
+    if ((await stat(layout.journalPath).catch(() => undefined))?.isDirectory() === true) {
+      throw new JournalCorruptError(`the journal ${layout.journalPath} is a directory; move it out of the sidecar, then run check --repair again (it makes a new journal)`, {
+        details: { path: layout.journalPath },
+      });
+    }
     // A missing journal is created (exclusively) and formatted by the repair.
     const journal: BlockDevice = await opener.open(layout.journalPath, { create: false }).catch(() => opener.open(layout.journalPath, { create: true }));
     opened.push(journal);

@@ -1,4 +1,4 @@
-import { readdir } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { CowvolError, type BlockDevice, type DeviceOpener } from '@cowvol/base';
 import { JournalCorruptError } from '@cowvol/journal';
@@ -81,11 +81,20 @@ export async function metadataOpenError(metaPath: string, err: unknown): Promise
  * @throws STORE_CORRUPT, JOURNAL_CORRUPT (missing file), IO_ERROR (anything else the opener throws)
  */
 export async function openSidecarFile(opener: DeviceOpener, path: string, part: 'store' | 'journal', readOnly = false): Promise<BlockDevice> {
+  // A directory or a loop of links in its place (a read-only open of a directory succeeds, and only reads fail): damage.
+  // A path that does not exist is the opener's to judge (a role opener may keep the file elsewhere).
+  const notFile = await stat(path).then(
+    (st) => (st.isDirectory() ? 'EISDIR' : undefined),
+    (err: unknown) => ((err as NodeJS.ErrnoException).code === 'ELOOP' ? 'ELOOP' : undefined),
+  );
   try {
+    if (notFile !== undefined) throw Object.assign(new Error(`${path}: ${notFile}`), { code: notFile });
     return await opener.open(path, { create: false, readOnly });
   } catch (err) {
-    if (!chain(err).some(({ code, message }) => code === 'ENOENT' || message.includes('ENOENT'))) throw err;
-    const message = `the ${part} file ${path} of this volume is missing`;
+    const errno = ['ENOENT', 'EISDIR', 'ELOOP'].find((e) => chain(err).some(({ code, message }) => code === e || message.includes(e)));
+    if (errno === undefined) throw err;
+    // Missing, or something else than a file in its place (a directory, a loop of links): that part is damaged.
+    const message = errno === 'ENOENT' ? `the ${part} file ${path} of this volume is missing` : `the ${part} file ${path} of this volume is not a file (${errno})`;
     throw part === 'store' ? new StoreCorruptError(message, { cause: err, details: { path } }) : new JournalCorruptError(message, { cause: err, details: { path } });
   }
 }
