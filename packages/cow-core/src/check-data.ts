@@ -14,6 +14,8 @@ export interface DamagedStoreBlock {
   volumeBlock: number;
   /** Names of the snapshots whose view reads this copy: its owner and every older one reading through to it, newest first. */
   affectedSnapshots: string[];
+  /** True when the block lies past the end of the store file: it cannot be read at all (else it fails its CRC32C). */
+  pastEnd?: boolean;
 }
 
 /** Mappings whose store blocks are read per round (sorted by store block, read in runs). */
@@ -66,16 +68,17 @@ export async function checkStoreData(
   const affected = new Set<string>();
   let done = 0;
   let batch: Mapping[] = [];
+  const damaged = async (m: Mapping, pastEnd: boolean): Promise<void> => {
+    result.damagedBlocks += 1;
+    const listed = result.damaged.length < facts.maxListed;
+    // Past the listed ones, a walk can only add names when some snapshot at or below the owner is not named yet.
+    if (!listed && catalog.every((r) => r.id > m.snapshotId || r.state !== 'live' || affected.has(r.name))) return;
+    const names = await affectedBy(db, catalog, m);
+    for (const name of names) affected.add(name);
+    if (listed) result.damaged.push({ snapshotId: m.snapshotId, volumeBlock: m.volumeBlock, storeBlock: m.storeBlock, affectedSnapshots: names, ...(pastEnd ? { pastEnd } : {}) });
+  };
   const flush = async (): Promise<void> => {
-    for (const m of await damagedOf(batch, facts)) {
-      result.damagedBlocks += 1;
-      const listed = result.damaged.length < facts.maxListed;
-      // Past the listed ones, a walk can only add names when some snapshot at or below the owner is not named yet.
-      if (!listed && catalog.every((r) => r.id > m.snapshotId || r.state !== 'live' || affected.has(r.name))) continue;
-      const names = await affectedBy(db, catalog, m);
-      for (const name of names) affected.add(name);
-      if (listed) result.damaged.push({ snapshotId: m.snapshotId, volumeBlock: m.volumeBlock, storeBlock: m.storeBlock, affectedSnapshots: names });
-    }
+    for (const m of await damagedOf(batch, facts)) await damaged(m, false);
     done += batch.length;
     facts.onProgress?.(done, Math.max(done, total));
     batch = [];
@@ -90,8 +93,10 @@ export async function checkStoreData(
       } catch {
         continue; // reported by the metadata check as undecodable-record
       }
-      if (rec.storeBlock >= facts.storeFileBlocks) continue; // reported as map-beyond-store(-file)
-      batch.push({ snapshotId, volumeBlock: parseHexSuffix(key, keys.mapPrefix(snapshotId)), storeBlock: rec.storeBlock, crc: rec.crc });
+      const m = { snapshotId, volumeBlock: parseHexSuffix(key, keys.mapPrefix(snapshotId)), storeBlock: rec.storeBlock, crc: rec.crc };
+      // Past the end of the store file (also a map-beyond-store(-file) finding): no read can verify it; its readers are named.
+      if (rec.storeBlock >= facts.storeFileBlocks) await damaged(m, true);
+      else batch.push(m);
       if (batch.length >= DATA_CHECK_BATCH_BLOCKS) await flush();
     }
   }
@@ -151,7 +156,7 @@ function addDataFindings(report: CheckReport, data: DataCheckResult, maxFindings
       const who = d.affectedSnapshots.length > 0 ? `; snapshots reading it: ${d.affectedSnapshots.join(', ')}` : '';
       report.corruptions.push({
         kind: 'store-block-checksum',
-        message: `store block ${d.storeBlock} (block ${d.volumeBlock} of snapshot ${d.snapshotId}) fails its checksum${who}`,
+        message: `store block ${d.storeBlock} (block ${d.volumeBlock} of snapshot ${d.snapshotId}) ${d.pastEnd === true ? 'lies past the end of the store file: it cannot be read' : 'fails its checksum'}${who}`,
       });
     }
   }

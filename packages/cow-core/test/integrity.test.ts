@@ -240,6 +240,25 @@ describe('check --read-data', () => {
     });
   });
 
+  it('a store cut short: --read-data counts the blocks past its end as damaged and names the snapshots reading them (not "every mapped block verified")', async () => {
+    const vol = await volumeWith([
+      ['s1', []],
+      ['s2', [4, 5]],
+    ]);
+    const store = volumeLayout(vol).storePath;
+    const fh = await open(store, 'r+');
+    await fh.truncate(BS); // the header alone
+    await fh.close();
+    const full = await cowvol(['check', vol, '--read-data', '--json']);
+    expect(full.code, full.stderr).toBe(2);
+    const report = JSON.parse(full.stdout.toString('utf8')) as CheckReport;
+    expect(report).toMatchObject({ status: 'corrupt', dataChecked: true, damagedBlocks: 2, affectedSnapshots: ['s2', 's1'] });
+    expect(report.corruptions.filter((c) => c.kind === 'store-block-checksum').map((c) => c.message)).toEqual([
+      expect.stringContaining('past the end of the store file') as string,
+      expect.stringContaining('past the end of the store file') as string,
+    ]);
+  });
+
   it('a wiped store: every damaged block counted, the first MAX_FINDINGS listed, every affected snapshot named', async () => {
     const bs = 512;
     const blocks = MAX_FINDINGS + 200;
