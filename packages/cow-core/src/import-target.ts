@@ -11,8 +11,8 @@ import { MAX_SNAPSHOTS, volumeLayout } from './layout.js';
 import { BaseMismatchError, ImportPendingError, ResumeMismatchError, SnapshotExistsError, SnapshotLimitError, VolumeExistsError, VolumeNotFoundError } from './errors.js';
 import { SCHEMA_VERSION, sameIdentity, type ImportRecord, type SnapshotIdentity } from './metadata.js';
 import { mergeExtents } from './diff.js';
-import type { VerifiedStream } from './stream.js';
 import { Volume } from './volume.js';
+import { extentChainOf, type VerifiedStream } from './stream.js';
 import { isIncompleteCreate } from './create-intent.js';
 import { killPoint } from './kill-point.js';
 import { pathExists } from './files.js';
@@ -28,6 +28,9 @@ function markerMatches(marker: ImportRecord, v: VerifiedStream): boolean {
     marker.headerCrc === v.headerCrc &&
     marker.kind === v.header.kind &&
     marker.extentCount === v.extentCount &&
+    // The extents applied are this stream's (another stream with the same header, e.g. of a suspect snapshot exported
+    // again, would otherwise mix with them).
+    (marker.appliedChain === undefined || marker.appliedChain === extentChainOf(v, marker.nextExtent)) &&
     sameIdentity(marker.source, v.header.source) &&
     sameIdentity(marker.base, v.header.base)
   );

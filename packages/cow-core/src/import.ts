@@ -2,7 +2,7 @@ import { CowvolError, type DeviceOpener } from '@cowvol/base';
 import { StreamChangedError, StreamCorruptError } from './errors.js';
 import type { SnapshotIdentity } from './metadata.js';
 import { snapshotDataPieces } from './export.js';
-import { readExtent, verifyStream, type StreamHeader, type StreamSource, type VerifiedStream } from './stream.js';
+import { extentChainOf, readExtent, verifyStream, type StreamHeader, type StreamSource, type VerifiedStream } from './stream.js';
 import { WRITE_PAST_IMPORT, type Volume } from './volume.js';
 import { killPoint } from './kill-point.js';
 import { openTarget, releaseTarget, withExistingTarget, type ImportTarget } from './import-target.js';
@@ -208,7 +208,7 @@ async function applyExtents(target: ImportTarget, source: StreamSource, v: Verif
     result.appliedExtents += 1;
     if (sinceMarker >= (options.markerIntervalBytes ?? IMPORT_MARKER_INTERVAL_BYTES) && i + 1 < v.extentCount) {
       await volume.flush();
-      marker = { ...marker, nextExtent: i + 1, appliedBytes: applied };
+      marker = { ...marker, nextExtent: i + 1, appliedBytes: applied, appliedChain: extentChainOf(v, i + 1) };
       await volume.setImportState(marker);
       killPoint('import:marker');
       sinceMarker = 0;

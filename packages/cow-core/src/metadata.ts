@@ -132,6 +132,13 @@ export interface ImportRecord {
   nextExtent: number;
   /** Data bytes of those extents. */
   appliedBytes: number;
+  /**
+   * The stream's checksum chain (the trailer's, stream.ts) over its header
+   * and extents [0, nextExtent): binds the applied extents to the stream a
+   * resume is given. Absent before the first marker advance, and in markers
+   * of older releases (then not compared).
+   */
+  appliedChain?: number;
   /** ISO 8601 UTC: when the import started. */
   startedAt: string;
 }
@@ -282,6 +289,7 @@ export const decodeValue = {
         isInt(r.nextExtent) &&
         r.nextExtent <= r.extentCount &&
         isInt(r.appliedBytes) &&
+        (r.appliedChain === undefined || (isInt(r.appliedChain) && r.appliedChain <= 0xffffffff)) &&
         typeof r.startedAt === 'string',
     ),
   name: (k: string, b: Uint8Array) => decode<NameRecord>(k, b, (r) => isInt(r.id, 1)),

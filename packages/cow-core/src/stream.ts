@@ -113,6 +113,17 @@ function crcBytes(crc: number): Buffer {
   return b;
 }
 
+/**
+ * The checksum chain of a verified stream over its header and its first
+ * `count` extents: what the trailer holds for all of them (§9.3), here for
+ * a prefix (the import marker's `appliedChain`).
+ */
+export function extentChainOf(v: VerifiedStream, count: number): number {
+  let chain = v.headerCrc;
+  for (let i = 0; i < count; i++) chain = crc32c(crcBytes(v.extentCrcs[i] ?? 0), chain);
+  return chain >>> 0;
+}
+
 /** Encodes the header; returns its bytes and its CRC. */
 export function encodeHeader(header: StreamHeader): { bytes: Buffer; crc: number } {
   const json = Buffer.from(JSON.stringify(header), 'utf8');

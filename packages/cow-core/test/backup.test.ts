@@ -2,7 +2,7 @@ import { mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { Volume, importStream, restoreSnapshot, verifyStream, type ImportResult } from '../src/index.js';
+import { StreamWriter, Volume, importStream, readExtent, restoreSnapshot, verifyStream, type ImportResult } from '../src/index.js';
 import { CrashController } from './crash-device.js';
 import { forgetChangeStamp } from '../../../test/helpers.js';
 import { CountingOpener, envInt, exportToBuffer, fingerprint, memorySource, prng, randomBuffer } from './backup-helpers.js';
@@ -341,6 +341,31 @@ describe('an interrupted import, resumed, gives the same result', () => {
     expect(await v.importState()).toBeUndefined();
     await v.close();
     await expect(importStream(path, memorySource(incr), { resume: true, markerIntervalBytes: 8192 })).rejects.toMatchObject({ code: 'RESUME_MISMATCH' });
+  });
+
+  it("--resume with another stream of the same header (same identity, another content) is RESUME_MISMATCH: the extents applied are bound to their stream by the marker's chain", async () => {
+    const { path, incr } = await pendingIncremental('same-header', 84);
+    // The same header and layout, another first extent: what a snapshot exported again after accept-changes can give.
+    const v = await verifyStream(memorySource(incr));
+    const parts: Buffer[] = [];
+    const w = new StreamWriter(v.header, async (b) => void parts.push(Buffer.from(b)));
+    await w.start();
+    for (let i = 0; i < v.extentCount; i++) {
+      const e = (await readExtent(memorySource(incr), v.header, v.extentOffsets[i]!, i, 0))!;
+      const data = e.data ? Buffer.from(e.data) : undefined;
+      if (i === 0 && data) data[0] = data[0]! ^ 0xff;
+      if (data) await w.data(e.offsetBytes, data);
+      else await w.zero(e.offsetBytes, e.lengthBytes);
+    }
+    await w.finish();
+    const other = Buffer.concat(parts);
+    expect((await verifyStream(memorySource(other))).headerCrc, 'the same header').toBe(v.headerCrc);
+    const t = await Volume.open(path);
+    const marker = await t.importState();
+    await t.close();
+    expect(marker?.nextExtent, 'a marker past the first extent').toBeGreaterThan(0);
+    await expect(importStream(path, memorySource(other), { resume: true, markerIntervalBytes: 8192 })).rejects.toMatchObject({ code: 'RESUME_MISMATCH' });
+    expect((await importStream(path, memorySource(incr), { resume: true, markerIntervalBytes: 8192 })).resumed).toBe(true);
   });
 
   it("a stream rewritten in place with another of the same layout between the verification and the apply is STREAM_CHANGED, not applied under the first one's name", async () => {
