@@ -16,6 +16,13 @@ export interface VolumeLayout {
   journalPath: string;
   metaPath: string;
   reservePath: string;
+  /** `meta-log-lost`: written when LevelDB's current log was found deleted (leveldb-verify.ts `markLostLog`). */
+  lostLogPath: string;
+}
+
+/** The lost-log marker beside the metadata folder `metaPath` (`<sidecar>/meta-log-lost`). */
+export function lostLogMarkerOf(metaPath: string): string {
+  return `${metaPath}-log-lost`;
 }
 
 export function volumeLayout(volumePath: string): VolumeLayout {
@@ -27,6 +34,7 @@ export function volumeLayout(volumePath: string): VolumeLayout {
     journalPath: join(sidecarPath, 'journal'),
     metaPath: join(sidecarPath, 'meta'),
     reservePath: join(sidecarPath, 'reserve'),
+    lostLogPath: lostLogMarkerOf(join(sidecarPath, 'meta')),
   };
 }
 

@@ -1,6 +1,7 @@
-import { lstat, readFile, readdir } from 'node:fs/promises';
-import { join } from 'node:path';
-import { crc32c } from '@cowvol/base';
+import { lstat, open, readFile, readdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { crc32c, syncDirectory } from '@cowvol/base';
+import { lostLogMarkerOf } from './layout.js';
 
 /**
  * Verifies the checksums LevelDB keeps in its own files (docs/ARCHITECTURE.md
@@ -247,14 +248,14 @@ export async function lostLogFile(metaPath: string): Promise<string | undefined>
     const current = (await readFile(join(metaPath, 'CURRENT'), 'utf8')).trim();
     if (!/^MANIFEST-\d+$/.test(current)) return undefined;
     const { logNumber } = manifestState(await readFile(join(metaPath, current)));
-    if (logNumber === undefined) return undefined;
+    // 0: a database LevelDB has not finished creating names no log yet.
+    if (logNumber === undefined || logNumber === 0) return undefined;
     const name = `${String(logNumber).padStart(6, '0')}.log`;
-    return (await lstat(join(metaPath, name)).then(
-      () => true,
+    const gone = await lstat(join(metaPath, name)).then(
       () => false,
-    ))
-      ? undefined
-      : name;
+      (err: unknown) => (err as NodeJS.ErrnoException).code === 'ENOENT',
+    );
+    return gone ? name : undefined;
   } catch {
     return undefined;
   }
@@ -313,4 +314,28 @@ export async function verifyLevelDb(metaPath: string): Promise<string[]> {
     for (const number of absent) if (now.has(number)) problems.push(`${String(number).padStart(6, '0')}.ldb: missing`);
   }
   return problems;
+}
+
+/**
+ * Before a writable LevelDB open of the sidecar's metadata `metaPath`: when
+ * its current log is gone ({@link lostLogFile}), writes the lost-log marker
+ * (`lostLogMarkerOf`, docs/FORMAT.md §2) and syncs it and its folder — the
+ * open about to run makes a new log and a MANIFEST naming it, after which
+ * the loss could not be seen, and a kill right after it must not hide it.
+ * The change stamp's check reads the marker (outside-writes.ts); accepting
+ * the file removes it.
+ * @throws IO_ERROR, NO_SPACE (writing the marker)
+ */
+export async function markLostLog(metaPath: string): Promise<void> {
+  const lost = await lostLogFile(metaPath);
+  if (lost === undefined) return;
+  const marker = lostLogMarkerOf(metaPath);
+  const fh = await open(marker, 'w', 0o600);
+  try {
+    await fh.writeFile(`${lost}\n`);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await syncDirectory(dirname(marker));
 }

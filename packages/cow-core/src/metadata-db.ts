@@ -2,6 +2,7 @@ import { Level } from 'level';
 import { assert } from '@cowvol/base';
 import type { MetaOp } from './metadata.js';
 import { metadataError } from './sidecar-damage.js';
+import { markLostLog } from './leveldb-verify.js';
 import { levelError } from './level-errors.js';
 /**
  * The metadata database (docs/FORMAT.md §6): LevelDB opened, scanned in
@@ -76,8 +77,14 @@ export class MetadataDb {
     private readonly path = '',
   ) {}
 
-  /** `reportedPath`: the folder errors name (a read-only open's private copy names the sidecar's, read-only.ts). */
+  /**
+   * `reportedPath`: the folder errors name (a read-only open's private copy
+   * names the sidecar's, read-only.ts). Opening a sidecar's own database
+   * (not a new one, not a private copy) first records a deleted current
+   * log (`markLostLog`): this open would make a new one.
+   */
   static async open(path: string, createIfMissing: boolean, reportedPath = path): Promise<MetadataDb> {
+    if (!createIfMissing && reportedPath === path) await markLostLog(path);
     const db = new Level<string, Buffer>(path, { keyEncoding: 'utf8', valueEncoding: 'buffer', createIfMissing, errorIfExists: createIfMissing });
     await db.open().catch((err: unknown) => {
       throw levelError(err, `cannot open the metadata database ${reportedPath}`);

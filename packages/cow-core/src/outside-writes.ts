@@ -1,8 +1,9 @@
-import { stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CowvolError, IoError, NoSpaceError } from '@cowvol/base';
+import { CowvolError, IoError, NoSpaceError, syncDirectory } from '@cowvol/base';
 import { VolumeModifiedOutsideError, VolumeSizeMismatchError } from './errors.js';
-import { SCHEMA_VERSION, decode, delOp, keys, putOp, type SnapshotRecord } from './metadata.js';
+import { SCHEMA_VERSION, decode, keys, putOp, type SnapshotRecord } from './metadata.js';
 import { type MetadataDb } from './metadata-db.js';
 import { SnapshotMap } from './snapshot-map.js';
 import { errorMessage } from './files.js';
@@ -247,6 +248,8 @@ export class ChangeStamps {
     private recorded: StampRecord | undefined,
     private readonly atOpen: StampRecord,
     private held: OutsideChange | undefined,
+    /** The lost-log marker (leveldb-verify.ts `markLostLog`) a held lost stamp stands on: `accept` removes it. */
+    private readonly lostLogMarker?: string,
   ) {}
 
   /**
@@ -259,20 +262,27 @@ export class ChangeStamps {
   static async open(
     db: MetadataDb,
     path: string,
-    options: { hold: boolean; catalog: () => Promise<readonly SnapshotRecord[]>; volumeBlocks: number; stampFromCreate: boolean; lostLog?: string | undefined },
+    options: {
+      hold: boolean;
+      catalog: () => Promise<readonly SnapshotRecord[]>;
+      volumeBlocks: number;
+      stampFromCreate: boolean;
+      /** LevelDB's current log was found deleted (now, or by an earlier open: its marker is at `lostLogMarker`). */
+      logLost?: boolean;
+      lostLogMarker?: string;
+      /** A read-only open: a stale marker stays. */
+      readOnly?: boolean;
+    },
   ): Promise<ChangeStamps> {
     const recorded = await readStamp(db);
     const found = await statStamp(path, 'open');
     if (recorded === undefined && options.stampFromCreate) return ChangeStamps.lost(db, path, found, options);
-    // LevelDB's current log was deleted: the stamp read is the last one flushed into a table. `closed` is the safe
-    // direction (a later session's own writes changed the times: refused); an `open` mark may be one that a clean
-    // close's stamp in that log replaced, and it compares size and identity only: as good as lost (ARCHITECTURE §13).
-    // LevelDB has made a new log by now, so the next open could not tell: the stamp goes, durably, and a volume
-    // stamped since create is refused as for a lost stamp until accepted.
-    if (options.lostLog !== undefined && recorded?.state === 'open') {
-      if (options.stampFromCreate) await db.apply([delOp(keys.stamp)], true);
-      return ChangeStamps.lost(db, path, found, options);
-    }
+    // LevelDB's current log was deleted: the stamp read is the last one flushed into a table. A `closed` one compares
+    // exactly (a later session's own writes moved the times: refused), and the marker has done its work; an `open`
+    // mark may be one that a clean close's stamp in that log replaced, and it compares size and identity only: as good
+    // as lost until accepted (docs/ARCHITECTURE.md §13). The marker, written before LevelDB made a new log, keeps it so.
+    if (options.logLost === true && recorded?.state === 'open') return ChangeStamps.lost(db, path, found, options);
+    if (options.logLost === true && options.readOnly !== true && options.lostLogMarker !== undefined) await removeMarker(options.lostLogMarker);
     // Content is what counts: its size and (after a clean close) its
     // modification time. A status change alone (chmod, chown, a hard link:
     // ctime moves) or a copy that keeps the modification time (cp -a,
@@ -294,14 +304,14 @@ export class ChangeStamps {
     db: MetadataDb,
     path: string,
     found: StampRecord,
-    options: { hold: boolean; catalog: () => Promise<readonly SnapshotRecord[]>; volumeBlocks: number },
+    options: { hold: boolean; catalog: () => Promise<readonly SnapshotRecord[]>; volumeBlocks: number; lostLogMarker?: string },
   ): Promise<ChangeStamps> {
     const change: OutsideChange = { changes: [{ field: 'stamp', recorded: 'present', found: 'missing' }], cleanClose: false };
     if (!options.hold) {
       const suspects = await suspectSnapshots(await options.catalog(), options.volumeBlocks, (id) => SnapshotMap.load(db, id));
       throw new VolumeModifiedOutsideError(describeOutsideChange(path, change, suspects), { path, ...change, suspectSnapshots: suspects });
     }
-    return new ChangeStamps(db, path, undefined, found, change);
+    return new ChangeStamps(db, path, undefined, found, change, options.lostLogMarker);
   }
 
   /**
@@ -375,7 +385,9 @@ export class ChangeStamps {
     // Replaced during this session: compared with the file this session opened.
     if (now.dev !== this.atOpen.dev || now.ino !== this.atOpen.ino) return;
     // Not synced: a power loss that loses it leaves the `open` stamp (identity and size still compared).
-    await this.takeClosed(now, false);
+    // Synced (one fdatasync of LevelDB's small log): a power loss that lost it would leave this session's `open` mark,
+    // which compares size and identity only.
+    await this.takeClosed(now, true);
   }
 
   /**
@@ -385,6 +397,8 @@ export class ChangeStamps {
    */
   async accept(): Promise<void> {
     await this.takeClosed(await statStamp(this.path, 'closed'), true);
+    // After the synced stamp: a crash before this leaves the marker, and an open then finds the stamp `closed`.
+    if (this.lostLogMarker !== undefined) await removeMarker(this.lostLogMarker);
     this.held = undefined;
   }
 
@@ -394,4 +408,16 @@ export class ChangeStamps {
     this.marking = undefined;
     await settleTimes(stamp);
   }
+}
+
+/** Removes the lost-log marker, durably (its folder synced); absent is fine. @throws IO_ERROR */
+async function removeMarker(marker: string): Promise<void> {
+  const removed = await rm(marker).then(
+    () => true,
+    (err: unknown) => {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw new IoError(`cannot remove ${marker}: ${errorMessage(err)}`, { cause: err });
+    },
+  );
+  if (removed) await syncDirectory(dirname(marker));
 }

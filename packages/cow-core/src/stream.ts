@@ -115,7 +115,7 @@ function crcBytes(crc: number): Buffer {
 
 /**
  * The checksum chain of a verified stream over its header and its first
- * `count` extents: what the trailer holds for all of them (§9.3), here for
+ * `count` extents: what the trailer holds for all of them (docs/FORMAT.md §9.3), here for
  * a prefix (the import marker's `appliedChain`).
  */
 export function extentChainOf(v: VerifiedStream, count: number): number {

@@ -42,6 +42,8 @@ export interface VolumeParts {
   /** The volume file's identity and change stamps (outside-writes.ts). */
   readonly outside: ChangeStamps;
   readonly writeBackBytes: number;
+  /** The LevelDB files' checksums were verified before LevelDB opened them (`verifyMetadata`): `check` need not again. */
+  readonly metadataVerified: boolean;
 }
 
 /**

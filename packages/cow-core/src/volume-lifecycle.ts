@@ -65,8 +65,9 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
     await tightenSidecarFolder(layout.sidecarPath, st.mode);
     if (options.releaseReserve && !readOnly) await releaseReserve(layout.reservePath);
     if (options.verifyMetadata === true) await refuseDamagedMetadata(layout.metaPath);
-    // Before LevelDB opens (and makes a new log): a deleted current log may have held the last close's stamp.
-    const lostLog = await lostLogFile(layout.metaPath);
+    // Before LevelDB opens (and makes a new log): a deleted current log may have held the last close's stamp. A writable
+    // open records it (MetadataDb.open writes the marker); an earlier one may have.
+    const logLost = (await lostLogFile(layout.metaPath)) !== undefined || (await pathExists(layout.lostLogPath));
     const { db, privateMeta } = await openMetadata(layout.metaPath, readOnly).catch(async (err: unknown) => {
       throw await interruptedCreate(layout, err);
     });
@@ -87,7 +88,9 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
       },
       volumeBlocks,
       stampFromCreate: sb.stampFromCreate === true,
-      lostLog,
+      logLost,
+      lostLogMarker: layout.lostLogPath,
+      readOnly,
     });
     const uuid = Buffer.from(sb.uuid, 'hex');
     const volume = await openerFor(options, 'volume', fileDeviceOpener).open(path, { create: false, readOnly });
@@ -101,7 +104,7 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
     const { journal, recovery } = await openJournal(layout, options, { meta, db, volume, store, uuid, readOnly });
     opened.push(journal);
     const catalog = meta.complete ? checkedCatalog(meta) : undefined;
-    return { layout, meta, db, volume, store, journal, catalog, lock, recovery, privateMeta, outside, writeBackBytes };
+    return { layout, meta, db, volume, store, journal, catalog, lock, recovery, privateMeta, outside, writeBackBytes, metadataVerified: options.verifyMetadata === true };
   } catch (err) {
     for (const part of opened.reverse()) await part.close().catch(() => undefined);
     await lock.unlock().catch(() => undefined);

@@ -77,7 +77,8 @@ export async function checkFrozen(ctx: VolumeContext, options: CheckOptions): Pr
     blockSizeBytes: ctx.blockSizeBytes,
     sizeBytes: meta.sb.sizeBytes,
     journal: { lastSequence: journal.lastCommittedSequence, appliedSequence: meta.appliedSequence },
-    metadataPath: layout.metaPath,
+    // Verified before LevelDB opened them, under the same owner lock (`verifyMetadata`): not read twice.
+    ...(ctx.parts.metadataVerified ? {} : { metadataPath: layout.metaPath }),
     ...(options.onProgress ? { onProgress: options.onProgress } : {}),
   });
   if (options.readData) await checkStoreInto(report, db, meta, store, options.onProgress);

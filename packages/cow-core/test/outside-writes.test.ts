@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { chmod, copyFile, mkdtemp, open, readdir, readFile, rename, rm, stat, truncate, utimes } from 'node:fs/promises';
+import { chmod, copyFile, mkdtemp, open, readdir, readFile, rename, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +11,7 @@ import { mulberry32 } from './prng.js';
 import { exportToBuffer, memorySource } from './backup-helpers.js';
 import { CowvolError } from '@cowvol/base';
 import { Volume, importStream, volumeLayout } from '../src/index.js';
+import { MetadataDb } from '../src/metadata-db.js';
 
 /**
  * Writes made outside cowvol (docs/ARCHITECTURE.md, "Writes made outside
@@ -129,6 +130,12 @@ describe.each(DATA_MODES)('data mode %s', (dataMode) => {
     await writeOutside(5 * BS, randomBytes(2 * BS)); // the same size: only the times, or the lost stamp, tell
     const err = await refusal();
     expect(err.code).toBe('VOLUME_MODIFIED_OUTSIDE');
+    // Something that opens LevelDB for writing before the stamp is compared (a journal repair, a kill right after the
+    // open) makes a new log: the marker written before it keeps the refusal.
+    const db = await MetadataDb.open(meta, false);
+    await db.close();
+    expect((await refusal()).code).toBe('VOLUME_MODIFIED_OUTSIDE');
+    expect((await refusal()).code, 'every time until accepted').toBe('VOLUME_MODIFIED_OUTSIDE');
     const v = await Volume.open(path, { outsideChanges: 'hold' });
     try {
       expect((await v.acceptOutsideChanges()).accepted).toBe(true);
@@ -136,6 +143,17 @@ describe.each(DATA_MODES)('data mode %s', (dataMode) => {
       await v.close();
     }
     await (await Volume.open(path)).close();
+    expect(await readdir(volumeLayout(path).sidecarPath), 'accepting removed the marker').not.toContain('meta-log-lost');
+  });
+
+  it('a lost-log marker left beside a closed stamp changes nothing: the open compares exactly and removes it (a read-only open leaves it)', async () => {
+    await threeSnapshots(dataMode);
+    const marker = volumeLayout(path).lostLogPath;
+    await writeFile(marker, '000099.log\n');
+    await (await Volume.open(path, { readOnly: true })).close();
+    expect(await readdir(volumeLayout(path).sidecarPath)).toContain('meta-log-lost');
+    await (await Volume.open(path)).close();
+    expect(await readdir(volumeLayout(path).sidecarPath)).not.toContain('meta-log-lost');
   });
 
   it('acceptOutsideChanges marks exactly the snapshots that read live blocks suspect, persistently; writes wait for it', async () => {
