@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { cp, mkdir, open, readFile, readdir, rm, truncate, utimes, writeFile } from 'node:fs/promises';
+import { cp, mkdir, open, readFile, readdir, rm, symlink, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -236,6 +236,22 @@ describe('a damaged sidecar is reported as damage (exit 6, check exit 2)', () =>
     expect(accept.code, accept.stderr).toBe(0);
     const check = await cowvol(['check', vol]);
     expect(check.code, check.stderr).toBe(0);
+  });
+
+  it('a directory where the space reserve was: a delete goes on (nothing to release); a journal that is a loop of links: check --repair says to move it (exit 2)', async () => {
+    const reserved = await damagedCopy('reserve dir', async (s) => {
+      await rm(join(s, 'reserve'), { force: true });
+      await mkdir(join(s, 'reserve'));
+    });
+    const del = await cowvol(['snapshot', 'delete', reserved, 's1']);
+    expect(del.code, del.stderr).toBe(0);
+    const looped = await damagedCopy('journal loop', async (s) => {
+      await rm(join(s, 'journal'));
+      await symlink('journal', join(s, 'journal'));
+    });
+    const repair = await cowvol(['check', looped, '--repair']);
+    expect([repair.code, repair.stderr]).toEqual([2, expect.stringContaining('[JOURNAL_CORRUPT]')]);
+    expect(repair.stderr).toContain('a loop of symbolic links');
   });
 
   it('a sidecar with no metadata database is not a volume (NOT_A_VOLUME, exit 6)', async () => {

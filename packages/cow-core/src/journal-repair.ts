@@ -82,8 +82,12 @@ export async function repairVolumeJournal(path: string, options: { opener?: Devi
     opened.push(store);
     await snapshotStore.verifyHeader(uuid);
     // A missing journal is created (exclusively) and formatted by the repair; a directory in its place is the user's to move.
-    if ((await stat(layout.journalPath).catch(() => undefined))?.isDirectory() === true) {
-      throw new JournalCorruptError(`the journal ${layout.journalPath} is a directory; move it out of the sidecar, then run check --repair again (it makes a new journal)`, {
+    const notFile = await stat(layout.journalPath).then(
+      (st) => (st.isDirectory() ? 'a directory' : undefined),
+      (err: unknown) => ((err as NodeJS.ErrnoException).code === 'ELOOP' ? 'a loop of symbolic links' : undefined),
+    );
+    if (notFile !== undefined) {
+      throw new JournalCorruptError(`the journal ${layout.journalPath} is ${notFile}; move it out of the sidecar, then run check --repair again (it makes a new journal)`, {
         details: { path: layout.journalPath },
       });
     }

@@ -55,6 +55,8 @@ export async function writeReserve(path: string, sizeBytes: number, bestEffort =
 /** Removes the reserve file (its space is free again); nothing when absent. @throws IO_ERROR */
 export async function releaseReserve(path: string): Promise<void> {
   await rm(path, { force: true }).catch((err: unknown) => {
+    // Not a file (a directory put in its place): nothing of cowvol's to release, and nothing to remove.
+    if (errnoCode(err) === 'EISDIR' || errnoCode(err) === 'ERR_FS_EISDIR') return;
     throw new IoError(`cannot release the space reserve ${path}: ${errorMessage(err)}`, { cause: err, details: { path, errno: errnoCode(err) } });
   });
 }
