@@ -112,21 +112,39 @@ export interface IndexDifference {
  */
 export async function compareIndex(db: MetadataDb, catalog: readonly SnapshotRecord[]): Promise<IndexDifference> {
   const live = liveNames(catalog);
-  const correct = new Set<string>();
   const diff: IndexDifference = { missing: [], extra: [] };
-  scan: for await (const batch of db.scanBatches(keys.namePrefix)) {
+  const correct = await scanIndex(db, live, (_key, name) => {
+    if (!live.has(name)) diff.extra.push(name);
+    return diff.extra.length <= MAX_SNAPSHOTS;
+  });
+  for (const name of live.keys()) if (!correct.has(name)) diff.missing.push(name);
+  const counts = await wrongCounts(db, catalog);
+  if (counts !== undefined) diff.counts = counts;
+  return diff;
+}
+
+/**
+ * One pass over the stored `name:` keys against the live names: returns
+ * the names whose key holds their id; every other key goes to `wrong`
+ * (key, name), and the pass stops when `wrong` returns false.
+ */
+async function scanIndex(db: MetadataDb, live: ReadonlyMap<string, number>, wrong: (key: string, name: string) => boolean): Promise<Set<string>> {
+  const correct = new Set<string>();
+  for await (const batch of db.scanBatches(keys.namePrefix)) {
     for (const [key, value] of batch) {
       const name = key.slice(keys.namePrefix.length);
       if (live.get(name) === storedId(key, value)) correct.add(name);
-      else if (!live.has(name)) diff.extra.push(name);
-      if (diff.extra.length > MAX_SNAPSHOTS) break scan;
+      else if (!wrong(key, name)) return correct;
     }
   }
-  for (const name of live.keys()) if (!correct.has(name)) diff.missing.push(name);
+  return correct;
+}
+
+/** The stored counts when they are not `catalog`'s (null: absent or undecodable); undefined when they are. */
+async function wrongCounts(db: MetadataDb, catalog: readonly SnapshotRecord[]): Promise<SnapshotCounts | null | undefined> {
   const want = countsOf(catalog);
   const stored = (await readCounts(db).catch(() => undefined)) ?? null;
-  if (stored?.snapshots !== want.snapshots || stored.deleting !== want.deleting) diff.counts = stored;
-  return diff;
+  return stored?.snapshots === want.snapshots && stored.deleting === want.deleting ? undefined : stored;
 }
 
 /** Whether {@link compareIndex} found nothing. */
@@ -144,20 +162,13 @@ export function indexMatches(diff: IndexDifference): boolean {
  */
 export async function rebuildCatalogIndex(db: MetadataDb, catalog: readonly SnapshotRecord[], extra: readonly MetaOp[] = []): Promise<number> {
   const byName = liveNames(catalog);
-  const dels: MetaOp[] = [];
-  const correct = new Set<string>();
-  for await (const batch of db.scanBatches(keys.namePrefix)) {
-    for (const [key, value] of batch) {
-      const name = key.slice(keys.namePrefix.length);
-      if (byName.get(name) === storedId(key, value)) correct.add(name);
-      else dels.push(delOp(key));
-    }
-  }
-  const ops = dels; // deletes first: a key replaced is deleted, then put
+  const ops: MetaOp[] = []; // deletes first: a key replaced is deleted, then put
+  const correct = await scanIndex(db, byName, (key) => {
+    ops.push(delOp(key));
+    return true;
+  });
   for (const [name, id] of byName) if (!correct.has(name)) ops.push(putOp(keys.name(name), { v: SCHEMA_VERSION, id }));
-  const want = countsOf(catalog);
-  const stored = await readCounts(db).catch(() => undefined);
-  if (stored?.snapshots !== want.snapshots || stored.deleting !== want.deleting) ops.push(countOp(want));
+  if ((await wrongCounts(db, catalog)) !== undefined) ops.push(countOp(countsOf(catalog)));
   const changed = ops.length;
   if (changed + extra.length > 0) await db.apply([...ops, ...extra], true);
   return changed;

@@ -200,33 +200,34 @@ export class CommittedMetadata implements CommittedState {
         this.appliedSequence = tx.sequence;
         if (this.replayBatch.length >= REPLAY_BATCH_OPS) await this.startReplayWrite();
       }
-      if (tx.last) {
-        await this.startReplayWrite();
-        await this.replayWrite;
-        this.replayWrite = undefined;
-      }
+      if (tx.last) await this.writeReplayBatch();
     } catch (err) {
-      // Leave no write running behind a failed open (LevelDB is closed next).
-      await this.replayWrite?.catch(() => undefined);
-      this.replayWrite = undefined;
-      await this.replayBatch?.close().catch(() => undefined);
-      this.replayBatch = undefined;
+      await this.dropReplay();
       throw err;
     }
   }
 
-  /** Writes the replay batch, if any, and waits for every replay write (whole transactions with their `cp`, as always). */
+  /**
+   * Writes the replay batch, if any, and waits for every replay write (whole
+   * transactions with their `cp`, as always); on failure leaves none running.
+   */
   private async writeReplayBatch(): Promise<void> {
     try {
       await this.startReplayWrite();
       await this.replayWrite;
       this.replayWrite = undefined;
     } catch (err) {
-      this.replayWrite = undefined;
-      await this.replayBatch?.close().catch(() => undefined);
-      this.replayBatch = undefined;
+      await this.dropReplay();
       throw err;
     }
+  }
+
+  /** Leaves no replay write running and drops the batch being filled (a failed open: LevelDB is closed next). */
+  private async dropReplay(): Promise<void> {
+    await this.replayWrite?.catch(() => undefined);
+    this.replayWrite = undefined;
+    await this.replayBatch?.close().catch(() => undefined);
+    this.replayBatch = undefined;
   }
 
   /**

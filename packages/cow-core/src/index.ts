@@ -77,7 +77,8 @@ export { killPoint } from './kill-point.js';
 export { setTemporaryPathTracker, type TemporaryPathTracker } from './temp-paths.js';
 export { fileDataRanges, type ByteRange, type HoleDetection } from './live-data.js';
 export { importStream, VerifyFailedError, IMPORT_MARKER_INTERVAL_BYTES, type ImportOptions, type ImportResult, type ImportProgress } from './import.js';
-export { STAMP_SETTLE_MS, isoNs, statStamp, type AcceptChangesReport, type OutsideChange, type StampChange, type StampRecord } from './outside-writes.js';
+export { isoNs, type AcceptChangesReport, type OutsideChange } from './outside-writes.js';
+export { STAMP_SETTLE_MS, statStamp, type StampChange, type StampRecord } from './change-stamp.js';
 export {
   selectSnapshots,
   changedLabels,

@@ -170,11 +170,12 @@ export class VolumeContext {
    * allows calls and the catalog is read (`catalog: false`: a lazy create,
    * which does without).
    */
-  async shared<T>(fn: () => Promise<T>, options: { catalog?: boolean } = {}): Promise<T> {
+  async shared<T>(fn: () => Promise<T>, options?: { catalog?: boolean }): Promise<T> {
     const leave = await this.gate.enter();
     try {
       this.status.checkUsable();
-      if (options.catalog !== false) await this.loadCatalog();
+      // No await on every I/O once the catalog is read (hot path): only a lazy open's first call waits for it.
+      if (this.live === undefined && options?.catalog !== false) await this.loadCatalog();
       return await fn();
     } finally {
       leave();
@@ -195,12 +196,12 @@ export class VolumeContext {
    * writes that already returned: a snapshot holds every write acknowledged
    * before it).
    */
-  async frozen<T>(fn: () => Promise<T>, options: { catalog?: boolean } = {}): Promise<T> {
+  async frozen<T>(fn: () => Promise<T>, options?: { catalog?: boolean }): Promise<T> {
     const thaw = await this.gate.freeze();
     try {
       await this.writeBack.drain();
       this.status.checkUsable();
-      if (options.catalog !== false) await this.loadCatalog();
+      if (this.live === undefined && options?.catalog !== false) await this.loadCatalog();
       return await fn();
     } finally {
       thaw();

@@ -28,7 +28,7 @@ import { killPoint } from './kill-point.js';
 import { RESERVE_BYTES, writeReserve } from './reserve.js';
 import { openerFor, type CreateVolumeOptions } from './volume-types.js';
 import { errnoCode, pathExists } from './files.js';
-import { settleTimes, statStamp } from './outside-writes.js';
+import { settleTimes, statStamp } from './change-stamp.js';
 
 /**
  * Volume creation (docs/ARCHITECTURE.md §4.8, docs/FORMAT.md §2 "Create
