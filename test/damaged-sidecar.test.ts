@@ -83,7 +83,31 @@ const DAMAGES: Array<{ name: string; code: string; damage: (sidecar: string) => 
   // After a clean close the log holds nothing to replay, yet a cut file is damage all the same (README "check").
   { name: 'the journal truncated to 1 MiB after a clean close', code: 'JOURNAL_CORRUPT', damage: (s) => truncate(join(s, 'journal'), 1024 * 1024) },
   { name: 'the journal deleted', code: 'JOURNAL_CORRUPT', damage: (s) => rm(join(s, 'journal')) },
+  // A FIFO in a file's place: its open would block until a writer came, in a thread no signal stops (naive: every command hangs).
+  { name: 'the store replaced by a FIFO', code: 'STORE_CORRUPT', damage: (s) => fifoFor(join(s, 'store')) },
+  { name: 'the journal replaced by a FIFO', code: 'JOURNAL_CORRUPT', damage: (s) => fifoFor(join(s, 'journal')) },
+  { name: 'meta/CURRENT replaced by a FIFO', code: 'CORRUPT_METADATA', damage: (s) => fifoFor(join(s, 'meta', 'CURRENT')) },
+  {
+    name: 'the LevelDB MANIFEST replaced by a FIFO',
+    code: 'CORRUPT_METADATA',
+    damage: async (s) => {
+      for (const f of await readdir(join(s, 'meta'))) if (f.startsWith('MANIFEST-')) await fifoFor(join(s, 'meta', f));
+    },
+  },
+  {
+    name: 'a LevelDB table and its log replaced by FIFOs',
+    code: 'CORRUPT_METADATA',
+    damage: async (s) => {
+      for (const f of await readdir(join(s, 'meta'))) if (/\.(ldb|log)$/.test(f)) await fifoFor(join(s, 'meta', f));
+    },
+  },
 ];
+
+/** Replaces the file at `path` with a FIFO of the same name. */
+async function fifoFor(path: string): Promise<void> {
+  await rm(path);
+  execFileSync('mkfifo', [path]);
+}
 
 async function damagedCopy(name: string, damage: (sidecar: string) => Promise<void>): Promise<string> {
   const vol = join(dir, `${name.replace(/[^a-z0-9]+/gi, '-')}.img`);

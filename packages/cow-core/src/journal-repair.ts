@@ -81,9 +81,9 @@ export async function repairVolumeJournal(path: string, options: { opener?: Devi
     const store = snapshotStore.device;
     opened.push(store);
     await snapshotStore.verifyHeader(uuid);
-    // A missing journal is created (exclusively) and formatted by the repair; a directory in its place is the user's to move.
+    // A missing journal is created (exclusively) and formatted by the repair; anything else than a file in its place is the user's to move.
     const notFile = await stat(layout.journalPath).then(
-      (st) => (st.isDirectory() ? 'a directory' : undefined),
+      (st) => (st.isDirectory() ? 'a directory' : st.isFile() ? undefined : 'not a regular file'),
       (err: unknown) => ((err as NodeJS.ErrnoException).code === 'ELOOP' ? 'a loop of symbolic links' : undefined),
     );
     if (notFile !== undefined) {

@@ -1,4 +1,4 @@
-import { lstat, open, readFile, readdir } from 'node:fs/promises';
+import { lstat, open, readFile, readdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { crc32c, syncDirectory } from '@cowvol/base';
 import { lostLogMarkerOf } from './layout.js';
@@ -245,9 +245,11 @@ function manifestState(manifest: Buffer): { tables: Map<number, number>; logNumb
  */
 export async function lostLogFile(metaPath: string): Promise<string | undefined> {
   try {
-    const current = (await readFile(join(metaPath, 'CURRENT'), 'utf8')).trim();
+    const current = await readCurrent(metaPath);
     if (!/^MANIFEST-\d+$/.test(current)) return undefined;
-    const { logNumber } = manifestState(await readFile(join(metaPath, current)));
+    const manifestPath = join(metaPath, current);
+    if (!(await stat(manifestPath)).isFile()) return undefined; // a FIFO would block the read: damage that check reports
+    const { logNumber } = manifestState(await readFile(manifestPath));
     // 0: a database LevelDB has not finished creating names no log yet.
     if (logNumber === undefined || logNumber === 0) return undefined;
     const name = `${String(logNumber).padStart(6, '0')}.log`;
@@ -261,6 +263,16 @@ export async function lostLogFile(metaPath: string): Promise<string | undefined>
   }
 }
 
+/** `CURRENT`'s text, trimmed; '' when it is missing, unreadable or not a regular file (the read of a FIFO would block). */
+async function readCurrent(metaPath: string): Promise<string> {
+  const path = join(metaPath, 'CURRENT');
+  const isFile = await stat(path).then(
+    (st) => st.isFile(),
+    () => false,
+  );
+  return isFile ? (await readFile(path, 'utf8').catch(() => '')).trim() : '';
+}
+
 /**
  * Checks every LevelDB checksum in the database folder `metaPath`; returns
  * one message per damaged file (empty: all verified). Cost: one read of the
@@ -272,12 +284,14 @@ export async function verifyLevelDb(metaPath: string): Promise<string[]> {
   const attempt = async (name: string, verify: (file: Buffer) => void): Promise<boolean> => {
     let file: Buffer;
     try {
+      // A FIFO, socket or device is not read: the read of a FIFO would block until a writer came.
+      if (!(await stat(join(metaPath, name))).isFile()) throw Object.assign(new Error(`${name}: not a regular file`), { code: 'ENOTREG' });
       file = await readFile(join(metaPath, name));
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return false;
-      // Something else than a file where LevelDB keeps one (a directory, a loop of links): damage, not an I/O failure.
-      if (code === 'EISDIR' || code === 'ELOOP' || code === 'ENOTDIR') {
+      // Something else than a file where LevelDB keeps one (a directory, a loop of links, a FIFO): damage, not an I/O failure.
+      if (code === 'EISDIR' || code === 'ELOOP' || code === 'ENOTDIR' || code === 'ENOTREG') {
         problems.push(`${name}: not a regular file (${code})`);
         return true;
       }
@@ -293,7 +307,7 @@ export async function verifyLevelDb(metaPath: string): Promise<string[]> {
   };
   const readTables = async (): Promise<Map<number, number>> => {
     let tables = new Map<number, number>();
-    const current = (await readFile(join(metaPath, 'CURRENT'), 'utf8').catch(() => '')).trim();
+    const current = await readCurrent(metaPath);
     if (!/^MANIFEST-\d+$/.test(current)) problems.push('CURRENT: does not name a MANIFEST');
     else if (!(await attempt(current, (file) => (tables = liveTables(file))))) problems.push(`${current}: missing`);
     return tables;

@@ -1,7 +1,7 @@
 import { Level } from 'level';
 import { assert } from '@cowvol/base';
 import type { MetaOp } from './metadata.js';
-import { metadataError } from './sidecar-damage.js';
+import { metadataError, refuseSpecialFiles } from './sidecar-damage.js';
 import { markLostLog } from './leveldb-verify.js';
 import { levelError } from './level-errors.js';
 /**
@@ -84,7 +84,10 @@ export class MetadataDb {
    * log (`markLostLog`): this open would make a new one.
    */
   static async open(path: string, createIfMissing: boolean, reportedPath = path): Promise<MetadataDb> {
-    if (!createIfMissing && reportedPath === path) await markLostLog(path);
+    if (!createIfMissing && reportedPath === path) {
+      await refuseSpecialFiles(path);
+      await markLostLog(path);
+    }
     const db = new Level<string, Buffer>(path, { keyEncoding: 'utf8', valueEncoding: 'buffer', createIfMissing, errorIfExists: createIfMissing });
     await db.open().catch((err: unknown) => {
       throw levelError(err, `cannot open the metadata database ${reportedPath}`);

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { CowvolError, holderGone, IoError, NoSpaceError, processSpace } from '@cowvol/base';
 import { MetadataDb } from './metadata-db.js';
-import { metadataOpenError } from './sidecar-damage.js';
+import { metadataOpenError, refuseSpecialFiles } from './sidecar-damage.js';
 import { errnoCode, errorMessage } from './files.js';
 import { trackTemporaryPath } from './temp-paths.js';
 
@@ -47,6 +47,7 @@ export class PrivateMetadata {
   static async open(metaPath: string): Promise<PrivateMetadata> {
     let names: string[];
     let manifest: string;
+    await refuseSpecialFiles(metaPath); // before anything in it is read or copied
     try {
       names = await readdir(metaPath);
       manifest = (await readFile(join(metaPath, 'CURRENT'), 'utf8')).trim();

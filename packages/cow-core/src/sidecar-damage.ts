@@ -1,5 +1,5 @@
 import { readdir, stat } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { CowvolError, type BlockDevice, type DeviceOpener } from '@cowvol/base';
 import { JournalCorruptError } from '@cowvol/journal';
 import { CorruptMetadataError, NotAVolumeError, StoreCorruptError } from './errors.js';
@@ -75,26 +75,62 @@ export async function metadataOpenError(metaPath: string, err: unknown): Promise
 }
 
 /**
+ * Refuses a metadata folder where one of LevelDB's files (`CURRENT`,
+ * `LOCK`, a manifest, a log, a table) is not a file or folder — a FIFO, a
+ * socket or a device, directly or through a symbolic link. The open of
+ * a FIFO blocks until a writer comes, in a pool thread that no signal can
+ * stop and that the process's exit waits for. Cost: one listing of the
+ * folder (tens of entries) and a stat per symbolic link in it.
+ * @throws CORRUPT_METADATA
+ */
+export async function refuseSpecialFiles(metaPath: string): Promise<void> {
+  const entries = await readdir(metaPath, { withFileTypes: true }).catch(() => []);
+  for (const entry of entries) {
+    // LevelDB's own files only: it renames LOG away and makes a new one, and ignores names it does not know.
+    if (entry.name !== 'LOCK' && !LEVELDB_FILE.test(entry.name)) continue;
+    let special = entry.isFIFO() || entry.isSocket() || entry.isBlockDevice() || entry.isCharacterDevice();
+    if (!special && entry.isSymbolicLink()) {
+      special = await stat(join(metaPath, entry.name)).then(
+        (st) => !st.isFile() && !st.isDirectory(),
+        () => false,
+      );
+    }
+    if (special) {
+      throw new CorruptMetadataError(`metadata database ${metaPath} is damaged: ${entry.name} is not a regular file; restore the sidecar from a backup`, {
+        details: { path: metaPath, file: entry.name },
+      });
+    }
+  }
+}
+
+/**
  * Opens the store or journal file of a volume whose metadata loaded: a
- * missing file is damage of that part (`STORE_CORRUPT`, `JOURNAL_CORRUPT`),
- * not an I/O failure.
- * @throws STORE_CORRUPT, JOURNAL_CORRUPT (missing file), IO_ERROR (anything else the opener throws)
+ * missing file, or something else than a regular file in its place (a
+ * directory, a loop of links, a FIFO, a socket, a device), is damage of
+ * that part (`STORE_CORRUPT`, `JOURNAL_CORRUPT`), not an I/O failure.
+ * @throws STORE_CORRUPT, JOURNAL_CORRUPT (missing, or not a regular file), IO_ERROR (anything else the opener throws)
  */
 export async function openSidecarFile(opener: DeviceOpener, path: string, part: 'store' | 'journal', readOnly = false): Promise<BlockDevice> {
-  // A directory or a loop of links in its place (a read-only open of a directory succeeds, and only reads fail): damage.
+  // A directory, a loop of links, or any other thing that is not a regular file in its place: damage. A read-only open of
+  // a directory succeeds and only reads fail; the open of a FIFO blocks until a writer comes, where no signal can end it.
   // A path that does not exist is the opener's to judge (a role opener may keep the file elsewhere).
   const notFile = await stat(path).then(
-    (st) => (st.isDirectory() ? 'EISDIR' : undefined),
+    (st) => (st.isDirectory() ? 'EISDIR' : st.isFile() ? undefined : 'not a regular file'),
     (err: unknown) => ((err as NodeJS.ErrnoException).code === 'ELOOP' ? 'ELOOP' : undefined),
   );
   try {
     if (notFile !== undefined) throw Object.assign(new Error(`${path}: ${notFile}`), { code: notFile });
     return await opener.open(path, { create: false, readOnly });
   } catch (err) {
-    const errno = ['ENOENT', 'EISDIR', 'ELOOP'].find((e) => chain(err).some(({ code, message }) => code === e || message.includes(e)));
+    const errno = ['ENOENT', 'EISDIR', 'ELOOP', 'not a regular file'].find((e) => chain(err).some(({ code, message }) => code === e || message.includes(e)));
     if (errno === undefined) throw err;
     // Missing, or something else than a file in its place (a directory, a loop of links): that part is damaged.
-    const message = errno === 'ENOENT' ? `the ${part} file ${path} of this volume is missing` : `the ${part} file ${path} of this volume is not a file (${errno})`;
+    const message =
+      errno === 'ENOENT'
+        ? `the ${part} file ${path} of this volume is missing`
+        : errno === 'not a regular file'
+          ? `the ${part} file ${path} of this volume is not a regular file (a FIFO, a socket or a device)`
+          : `the ${part} file ${path} of this volume is not a file (${errno})`;
     throw part === 'store' ? new StoreCorruptError(message, { cause: err, details: { path } }) : new JournalCorruptError(message, { cause: err, details: { path } });
   }
 }
