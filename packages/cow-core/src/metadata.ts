@@ -285,6 +285,7 @@ export const decodeValue = {
         isIdentity(r.source) &&
         (r.base === null || isIdentity(r.base)) &&
         isInt(r.headerCrc) &&
+        r.headerCrc <= 0xffffffff &&
         isInt(r.extentCount) &&
         isInt(r.nextExtent) &&
         r.nextExtent <= r.extentCount &&

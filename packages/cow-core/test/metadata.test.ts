@@ -125,3 +125,14 @@ describe('map value encoding (a COW commit encodes one per block)', () => {
     expect(putMapOp(3, 9, 70_000, 5)).toEqual({ o: 'p', k: keys.map(3, 9), v: encodeValue({ v: 1, storeBlock: 70_000, crc: 5 }) });
   });
 });
+
+describe('import marker values are checked on read (docs/FORMAT.md §6.10)', () => {
+  const identity = { volumeUuid: 'ab'.repeat(16), snapshotId: 1, createdAt: '2026-01-01T00:00:00.000Z', name: 's' };
+  const marker = (headerCrc: number): Uint8Array =>
+    encodeValue({ v: 1, kind: 'full', source: identity, base: null, headerCrc, extentCount: 2, nextExtent: 1, appliedBytes: 4096, startedAt: '2026-01-01T00:00:00.000Z' });
+  it('a headerCrc is a 32-bit value: 0 and 2^32 − 1 decode, 2^32 is CORRUPT_METADATA', () => {
+    expect(decodeValue.importState('import', marker(0)).headerCrc).toBe(0);
+    expect(decodeValue.importState('import', marker(0xffffffff)).headerCrc).toBe(0xffffffff);
+    expect(() => decodeValue.importState('import', marker(2 ** 32))).toThrow(expect.objectContaining({ code: 'CORRUPT_METADATA' }));
+  });
+});
