@@ -297,13 +297,17 @@ async function onFailure(kept: string | undefined, history: object, check: () =>
 }
 
 describe.skipIf(missing)(`cowvol serve: SIGKILL during writes, ${ROUNDS} rounds${skipReason}`, () => {
-  it('after each restart every acknowledged-durable write is present, every snapshot reads back, check exits 0 or 3', { timeout: 60_000 + ROUNDS * 30_000 }, async () => {
-    console.log(`serve-kill seed ${SEED} (COWVOL_SERVE_KILL_SEED), ${ROUNDS} rounds (COWVOL_SERVE_KILL_ROUNDS)`);
-    const vol = join(dir, 'vol.img');
-    await cowvolOk(['create', vol, '--size', '16M']);
-    const random = generator(SEED);
-    const model = new Model();
-    const snapshots: SnapshotExpectation[] = [];
-    for (let round = 0; round < ROUNDS; round++) await killRound(vol, round, random, model, snapshots);
-  });
+  it(
+    `after each restart every acknowledged-durable write is present, every snapshot reads back, check exits 0 or 3 (seed ${SEED}: COWVOL_SERVE_KILL_SEED replays it)`,
+    { timeout: 60_000 + ROUNDS * 30_000 },
+    async () => {
+      console.log(`serve-kill seed ${SEED} (COWVOL_SERVE_KILL_SEED), ${ROUNDS} rounds (COWVOL_SERVE_KILL_ROUNDS)`);
+      const vol = join(dir, 'vol.img');
+      await cowvolOk(['create', vol, '--size', '16M']);
+      const random = generator(SEED);
+      const model = new Model();
+      const snapshots: SnapshotExpectation[] = [];
+      for (let round = 0; round < ROUNDS; round++) await killRound(vol, round, random, model, snapshots);
+    },
+  );
 });

@@ -64,8 +64,7 @@ async function withVolume(name: string, fn: (volume: Volume, old: Buffer) => Pro
 }
 
 describe('copyIn', () => {
-  it('copies an input of several chunks at an offset, with up to WRITES_IN_FLIGHT writes in flight', async () => {
-    console.log(`copyIn: seed ${SEED} (COWVOL_SEED=${SEED} replays it)`);
+  it(`copies an input of several chunks at an offset, with up to WRITES_IN_FLIGHT writes in flight (seed ${SEED}: COWVOL_SEED replays it)`, async () => {
     const rnd = mulberry32(SEED);
     const lengthBytes = 4 * STREAM_CHUNK_BYTES + 1 + Math.floor(rnd() * STREAM_CHUNK_BYTES);
     const offsetBytes = 1 + Math.floor(rnd() * (VOLUME_BYTES - lengthBytes - 1));
@@ -92,7 +91,7 @@ describe('copyIn', () => {
     });
   });
 
-  it('an input that shrinks while being read: the returned count is a prefix of it, and only that prefix was written', async () => {
+  it(`an input that shrinks while being read: the returned count is a prefix of it, and only that prefix was written (seed ${SEED})`, async () => {
     const rnd = mulberry32(SEED + 1);
     const lengthBytes = 5 * STREAM_CHUNK_BYTES;
     const data = bytes(lengthBytes, rnd);
@@ -126,7 +125,7 @@ describe('copyIn', () => {
     });
   });
 
-  it('a failing write: copyIn rejects with its error once every other write in flight has settled, and reads no further', async () => {
+  it(`a failing write: copyIn rejects with its error once every other write in flight has settled, and reads no further (seed ${SEED})`, async () => {
     const rnd = mulberry32(SEED + 2);
     const lengthBytes = 6 * STREAM_CHUNK_BYTES;
     await writeFile(join(dir, 'in-3'), bytes(lengthBytes, rnd));
