@@ -301,6 +301,55 @@ describe('what counts as a change', () => {
     await h.close();
   });
 
+  it('a copy whose tool cut the modification time (GNU tar: whole seconds; utimes: microseconds) opens; a copy or an in-place file with any other time is refused', async () => {
+    const v0 = await Volume.create(path, { sizeBytes: BLOCKS * BS });
+    const content = randomBytes(BLOCKS * BS);
+    await v0.write(0, content);
+    await v0.createSnapshot('s');
+    await v0.close();
+    const recordedNs = BigInt((await storedStamp())!.mtimeNs);
+    /** Sets the file's modification time to exactly `ns` (touch takes nanoseconds; utimes with a number would round through a double). */
+    const setMtimeNs = (file: string, ns: bigint): void => {
+      execFileSync('touch', ['-m', '-d', `@${ns / 1_000_000_000n}.${String(ns % 1_000_000_000n).padStart(9, '0')}`, file]);
+    };
+    // A tar round trip in its default format: the volume comes back with whole seconds.
+    const tarball = join(dir, 'vol.tar');
+    execFileSync('tar', ['-cf', tarball, '-C', dir, 'vol.img', 'vol.img.cowvol']);
+    const restored = join(dir, 'restored');
+    execFileSync('mkdir', [restored]);
+    execFileSync('tar', ['-xf', tarball, '-C', restored]);
+    const copy = join(restored, 'vol.img');
+    expect(BigInt((await stat(copy, { bigint: true })).mtimeNs) % 1_000_000_000n, 'tar kept whole seconds').toBe(0n);
+    const v = await Volume.open(copy);
+    expect(v.outsideChanges).toBeUndefined();
+    expect((await v.read(0, BLOCKS * BS)).equals(content)).toBe(true);
+    await v.close();
+    // A copy cut to milliseconds opens; one whose time is a second later, or whose cut is not of the recorded time, is refused.
+    const cases: Array<[string, bigint, boolean]> = [
+      ['cut to ms', recordedNs - (recordedNs % 1_000_000n), true],
+      ['a second later, cut', recordedNs - (recordedNs % 1_000_000_000n) + 1_000_000_000n, false],
+      ['a millisecond later, cut', recordedNs - (recordedNs % 1_000_000n) + 1_000_000n, false],
+    ];
+    for (const [name, mtimeNs, opens] of cases) {
+      const other = join(dir, `copy-${name.replace(/\W+/g, '-')}.img`);
+      execFileSync('cp', ['-a', path, other]);
+      execFileSync('cp', ['-a', `${path}.cowvol`, `${other}.cowvol`]);
+      setMtimeNs(other, mtimeNs);
+      expect(BigInt((await stat(other, { bigint: true })).mtimeNs), `${name}: the time set`).toBe(mtimeNs);
+      const result = await Volume.open(other).then(
+        async (o) => {
+          await o.close();
+          return 'opened';
+        },
+        (e: unknown) => (e as CowvolError).code,
+      );
+      expect(result, name).toBe(opens ? 'opened' : 'VOLUME_MODIFIED_OUTSIDE');
+    }
+    // In place (same inode), a time cut to whole seconds is a touch, not a copy: refused.
+    setMtimeNs(path, recordedNs - (recordedNs % 1_000_000_000n));
+    expect((await refusal()).code).toBe('VOLUME_MODIFIED_OUTSIDE');
+  });
+
   it('reading the file from outside changes nothing that counts; a read-only session leaves the stamp as it was', async () => {
     await threeSnapshots('ordered');
     const before = await storedStamp();
