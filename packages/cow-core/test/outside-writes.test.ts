@@ -307,7 +307,7 @@ describe('what counts as a change', () => {
     await v0.write(0, content);
     await v0.createSnapshot('s');
     await v0.close();
-    const recordedNs = BigInt((await storedStamp())!.mtimeNs);
+    const recordedNs = BigInt((await storedStamp())!.mtimeNs as string);
     /** Sets the file's modification time to exactly `ns` (touch takes nanoseconds; utimes with a number would round through a double). */
     const setMtimeNs = (file: string, ns: bigint): void => {
       execFileSync('touch', ['-m', '-d', `@${ns / 1_000_000_000n}.${String(ns % 1_000_000_000n).padStart(9, '0')}`, file]);
