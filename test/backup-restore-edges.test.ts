@@ -221,6 +221,23 @@ describe('a restore interrupted into a volume that is then served', () => {
     }
     expect((await snapshotBytes(target, 'mon')).equals(await snapshotBytes(vol, 'mon'))).toBe(true);
   });
+
+  it('--into a volume served read-only is refused before any chunk is downloaded (VOLUME_READ_ONLY, exit 4); the volume is untouched', async () => {
+    const target = join(dir, 'served-ro.img');
+    await cowvolOk(['backup', 'restore', `${repoUrl}/${uuid}/mon`, target, '--key-file', key]);
+    const server = await startServe(target, ['--read-only']);
+    try {
+      const r = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/tue`, target, '--into', '--key-file', key, '--progress']);
+      expect(r.stderr).toContain('[VOLUME_READ_ONLY]');
+      expect(r.code).toBe(4);
+      expect(r.stderr, 'nothing downloaded').not.toContain('"phase":"download"');
+    } finally {
+      await cowvolOk(['stop', target]);
+      await server.exited;
+    }
+    expect(jsonOf<{ snapshots: Array<{ name: string }> }>(await cowvolOk(['snapshot', 'list', target, '--json'])).snapshots.map((s) => s.name)).toEqual(['mon']);
+    expect(await filesStartingWith(dir, '.served-ro.img.cowvol-restore-'), 'no spool').toEqual([]);
+  });
 });
 
 /**

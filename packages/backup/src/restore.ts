@@ -54,6 +54,8 @@ export interface RestoreTarget {
   readSnapshot(name: string, offsetBytes: number, lengthBytes: number): Promise<Buffer>;
   /** Gives back what `readSnapshot` holds (called once the read-back ends). */
   close(): Promise<void>;
+  /** Refuses, before any chunk is downloaded, a target that will refuse the import (a server serving `live` read-only: VOLUME_READ_ONLY). */
+  beforeDownload?(): Promise<void>;
 }
 
 /** What a restore did. */
@@ -120,6 +122,7 @@ export async function restoreFromRepository(repo: Repository, volumeUuid: string
     // The target is checked before any chunk is downloaded: a typo must not cost the whole download.
     const plan = await planTarget(targetPath, manifest, { into: options.into, openVolume: options.openVolume, state: target ? () => target.state() : undefined });
     if (plan.kind === 'done') return await alreadyThere(repo, manifest, targetPath, plan.heldAs, options, started);
+    await target?.beforeDownload?.();
     return await restoreLocked(repo, manifest, targetPath, plan.kind === 'resume' ? plan.pending : undefined, { ...options, jobs }, started, plan.identities, lock);
   } finally {
     await lock?.release();

@@ -1,4 +1,4 @@
-import { assert, type CowvolError } from '@cowvol/base';
+import { assert, CowvolError } from '@cowvol/base';
 import type { NbdClient } from '@cowvol/nbd';
 import { realpath } from 'node:fs/promises';
 import type { PushSource, RestoreTarget } from '@cowvol/backup';
@@ -178,6 +178,17 @@ export function servedRestoreTarget(volumePath: string, busy: CowvolError): Rest
     close: async () => {
       await client?.close();
       client = undefined;
+    },
+    beforeDownload: async () => {
+      // The server refuses the import when it serves `live` read-only: said before the download, not after it.
+      const status = (await askServer(volumePath, 'status', { exports: false })) as { readOnly?: unknown };
+      if (status.readOnly === true) {
+        throw new CowvolError(
+          'VOLUME_READ_ONLY',
+          'this server serves live read-only (serve --read-only): a backup restore would rewrite it; serve the volume without --read-only, or stop the server',
+          { details: { served: true, operation: 'backup restore' } },
+        );
+      }
     },
   };
 }
