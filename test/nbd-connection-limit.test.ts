@@ -9,6 +9,7 @@
  * with the packages to install in its name.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cowvol, cowvolOk, jsonOf, run, tempDir } from './helpers.js';
@@ -75,5 +76,25 @@ describe.skipIf(missing)(`a served volume with every connection taken${skipReaso
       await new Promise((r) => setTimeout(r, 50));
     }
     await cowvolOk(['read', vol, '--offset', '0', '--length', '4096', '--output', join(dir, 'out')]);
+  });
+
+  it('with --wait, a command refused for the limit tries again and is served once the other client closes; without it, refused at once', async () => {
+    const uri = `nbd+unix:///live?socket=${server!.socket}`;
+    holder = spawn('qemu-io', ['-f', 'raw', uri], { stdio: ['pipe', 'ignore', 'pipe'] });
+    const deadline = Date.now() + 20_000;
+    while ((await connections()) < 1) {
+      expect(Date.now(), 'qemu-io did not attach').toBeLessThan(deadline);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const out = join(dir, 'waited');
+    const waiting = cowvol(['read', vol, '--offset', '0', '--length', '4096', '--output', out, '--wait', '60']);
+    // The waiting command holds no slot while it waits: a command without --wait is still refused for the limit.
+    await new Promise((r) => setTimeout(r, 500));
+    const refused = await cowvol(['read', vol, '--offset', '0', '--length', '4096', '--output', join(dir, 'refused')]);
+    expect([refused.code, refused.stderr]).toEqual([5, expect.stringContaining('at most 1 at once')]);
+    holder.stdin!.end();
+    const waited = await waiting;
+    expect(waited.code, waited.stderr).toBe(0);
+    expect((await readFile(out)).length).toBe(4096);
   });
 });

@@ -47,7 +47,7 @@ export abstract class CowvolCommand extends Command {
   };
 
   /** `--wait` in milliseconds (0 without it). @throws INVALID_ARGUMENT for a value that is not a number of seconds */
-  private waitMs(): number {
+  protected waitMs(): number {
     const raw = (this.argvFlags().wait as string | undefined) ?? undefined;
     if (raw === undefined) return 0;
     const seconds = Number(raw);

@@ -58,14 +58,29 @@ export async function servedSocketPath(volumePath: string): Promise<string | und
 }
 
 /**
- * Connects to export `exportName` of the server of `volumePath` over its own unix socket (NbdClient).
- * @throws `busy` (the VOLUME_BUSY naming the server; a VolumeServedError is restated for a TLS-only server, listing the commands that work there) when the server has no plain unix endpoint; NOT_SERVED when it is gone; `unknownExport()` for an export it does not have; what NbdClient.connect throws
+ * Connects to export `exportName` of the server of `volumePath` over its own
+ * unix socket (NbdClient). A refusal the server means as "not now" — every
+ * NBD connection taken (`serve --max-connections`), `live` being rewritten
+ * by a restore — is VOLUME_BUSY, and is tried again until `waitMs` (the
+ * command's `--wait`) has passed, as an offline open waits for the owner
+ * lock (docs/ARCHITECTURE.md §14.6).
+ * @throws `busy` (the VOLUME_BUSY naming the server; a VolumeServedError is restated for a TLS-only server, listing the commands that work there) when the server has no plain unix endpoint; NOT_SERVED when it is gone; `unknownExport()` for an export it does not have; VOLUME_BUSY (the server's refusal, once `waitMs` has passed); what NbdClient.connect throws
  */
-export async function servedNbd(volumePath: string, exportName: string, busy: CowvolError, unknownExport?: () => CowvolError): Promise<NbdClient> {
+export async function servedNbd(volumePath: string, exportName: string, busy: CowvolError, unknownExport?: () => CowvolError, waitMs = 0): Promise<NbdClient> {
   const socketPath = await servedSocketPath(volumePath);
   if (socketPath === undefined) throw busy instanceof VolumeServedError ? tlsOnly(busy) : busy;
   const { NbdClient } = await import('@cowvol/nbd');
-  return NbdClient.connect(socketPath, exportName, unknownExport ? { unknownExport } : {});
+  const deadline = Date.now() + waitMs;
+  let delayMs = 50;
+  for (;;) {
+    try {
+      return await NbdClient.connect(socketPath, exportName, unknownExport ? { unknownExport } : {});
+    } catch (err) {
+      if (!hasCode(err, 'VOLUME_BUSY') || Date.now() >= deadline) throw err;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(delayMs, Math.max(1, deadline - Date.now()))));
+      delayMs = Math.min(delayMs * 2, 1000);
+    }
+  }
 }
 
 /** `busy` for a server with no plain unix NBD socket (`--tls-psk`): it says so, and lists only the commands that work there. */
@@ -86,6 +101,8 @@ export interface DataRoute<T> {
   /** Checks made on a served volume before connecting (e.g. that a snapshot exists: SNAPSHOT_NOT_FOUND as offline). */
   before?: () => Promise<void>;
   unknownExport?: () => CowvolError;
+  /** How long a refusal of the server's NBD socket is tried again (`--wait`, ms; 0: not). */
+  waitMs?: number;
 }
 
 /**
@@ -107,7 +124,7 @@ export async function withVolumeData<T>(route: DataRoute<T>): Promise<T> {
   let client: NbdClient;
   try {
     await route.before?.();
-    client = await servedNbd(route.volumePath, route.exportName, busy, route.unknownExport);
+    client = await servedNbd(route.volumePath, route.exportName, busy, route.unknownExport, route.waitMs);
   } catch (err) {
     if (!hasCode(err, 'NOT_SERVED')) throw err;
     return route.offline({});

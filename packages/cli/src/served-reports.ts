@@ -151,7 +151,7 @@ export async function servedPushSource(volumePath: string, name: string, data: P
  * @param busy the VOLUME_BUSY to throw when the server has no plain unix endpoint for the read-back
  * @throws what the control requests throw (BASE_MISMATCH, EXPORT_IN_USE, …)
  */
-export function servedRestoreTarget(volumePath: string, busy: CowvolError): RestoreTarget {
+export function servedRestoreTarget(volumePath: string, busy: CowvolError, waitMs = 0): RestoreTarget {
   let client: NbdClient | undefined;
   let attached: string | undefined;
   return {
@@ -172,7 +172,7 @@ export function servedRestoreTarget(volumePath: string, busy: CowvolError): Rest
     readSnapshot: async (name, offsetBytes, lengthBytes) => {
       assert(attached === undefined || attached === name, `a served restore reads back only ${String(attached)}, not ${name}`);
       attached = name;
-      client ??= await servedNbd(volumePath, snapshotExportName(name), busy);
+      client ??= await servedNbd(volumePath, snapshotExportName(name), busy, undefined, waitMs);
       return client.read(offsetBytes, lengthBytes);
     },
     close: async () => {

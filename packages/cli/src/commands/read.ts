@@ -21,6 +21,7 @@ export default class Read extends CowvolCommand {
     const { args, flags } = await this.parse(Read);
     const copy = (data: Pick<VolumeData, 'sizeBytes' | 'read'>): Promise<void> => copyRangeOut(data, flags, args.volume, 'read');
     await withVolumeData({
+      waitMs: this.waitMs(),
       volumePath: args.volume,
       exportName: LIVE_EXPORT_NAME,
       offline: (mode) => this.withVolume(args.volume, copy, { ...mode, readOnly: true }),

@@ -70,6 +70,7 @@ export default class Write extends CowvolCommand {
         }
       };
       await withVolumeData({
+        waitMs: this.waitMs(),
         volumePath: args.volume,
         exportName: LIVE_EXPORT_NAME,
         // Write-through: copyIn keeps WRITES_IN_FLIGHT writes in flight, which overlaps the COW

@@ -49,6 +49,7 @@ export default class BackupPush extends CowvolCommand {
         // Served: the snapshot's data through the NBD export snapshot/<name> (which also keeps it from being deleted meanwhile), its
         // changed blocks and identities from the control channel (docs/ARCHITECTURE.md §14.10) — the same push, the same manifest.
         return withVolumeData({
+          waitMs: this.waitMs(),
           volumePath: args.volume,
           exportName: snapshotExportName(args.name),
           offline: (mode) => this.withVolume(args.volume, push, { ...mode, readOnly: true }),

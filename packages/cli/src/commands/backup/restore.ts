@@ -40,7 +40,7 @@ export default class BackupRestore extends CowvolCommand {
     // A served volume: the server applies the spooled stream, as `cowvol import` on it (docs/ARCHITECTURE.md §14.10) — with
     // --into, or to finish this restore interrupted there; anything else is VOLUME_EXISTS, as offline (restore-target.ts).
     const pid = (await isServed(args.volume)) ? await servedPid(args.volume) : undefined;
-    const target = pid === undefined ? undefined : servedRestoreTarget(args.volume, new VolumeServedError(args.volume, pid));
+    const target = pid === undefined ? undefined : servedRestoreTarget(args.volume, new VolumeServedError(args.volume, pid), this.waitMs());
     const result = await withRepository(
       repositoryUrl,
       flags,

@@ -82,6 +82,7 @@ export default class SnapshotExport extends CowvolCommand {
     };
     // Served: the same encoder, fed by the server (snapshot data through the NBD export snapshot/<name>, docs/ARCHITECTURE.md §14.10).
     const result = await withVolumeData({
+      waitMs: this.waitMs(),
       volumePath: args.volume,
       exportName: snapshotExportName(args.name),
       offline: (mode) => this.withVolume(args.volume, write, { ...mode, readOnly: true }),

@@ -26,6 +26,7 @@ export default class SnapshotRead extends CowvolCommand {
     const { args, flags } = await this.parse(SnapshotRead);
     const copy = (data: Pick<VolumeData, 'sizeBytes' | 'read'>): Promise<void> => copyRangeOut(data, flags, args.volume, 'snapshot read');
     await withVolumeData({
+      waitMs: this.waitMs(),
       volumePath: args.volume,
       exportName: snapshotExportName(args.name),
       offline: (mode) =>
