@@ -93,24 +93,7 @@ export async function statStamp(path: string, state: StampRecord['state']): Prom
 export function compareStamps(recorded: StampRecord, found: StampRecord): StampChange[] {
   const value = (s: StampRecord, f: Exclude<StampChange['field'], 'stamp'>): string => (f === 'size' ? String(s.sizeBytes) : f === 'mtime' ? s.mtimeNs : f === 'ctime' ? s.ctimeNs : s[f]);
   const fields = recorded.state === 'closed' ? FIELDS_CLEAN : FIELDS_ALWAYS;
-  const copied = recorded.dev !== found.dev || recorded.ino !== found.ino;
-  const differs = (f: Exclude<StampChange['field'], 'stamp'>): boolean =>
-    value(recorded, f) !== value(found, f) && !(f === 'mtime' && copied && keptAtCopyPrecision(BigInt(recorded.mtimeNs), BigInt(found.mtimeNs)));
-  return fields.filter(differs).map((field) => ({ field, recorded: value(recorded, field), found: value(found, field) }));
-}
-
-/** Precisions (ns) at which copy tools keep a modification time: GNU tar's default format (seconds), `utimes` (µs), milliseconds. */
-const COPY_TIME_PRECISIONS_NS = [1_000_000_000n, 1_000_000n, 1_000n];
-
-/**
- * Whether a copy's modification time `foundNs` is `recordedNs` as a copy
- * tool kept it: cut to whole seconds, milliseconds or microseconds, every
- * digit below the cut zero (docs/ARCHITECTURE.md §13, "What readers
- * change"). A file written anew gets a time from the clock, whose digits
- * below the cut are almost never all zero.
- */
-function keptAtCopyPrecision(recordedNs: bigint, foundNs: bigint): boolean {
-  return COPY_TIME_PRECISIONS_NS.some((unit) => foundNs === recordedNs - (recordedNs % unit));
+  return fields.filter((f) => value(recorded, f) !== value(found, f)).map((field) => ({ field, recorded: value(recorded, field), found: value(found, field) }));
 }
 
 /** Writes `stamp` in one LevelDB batch (`sync`: fsync LevelDB's log first). @throws NO_SPACE, IO_ERROR */
