@@ -94,6 +94,8 @@ const DAMAGES: Array<{ name: string; code: string; damage: (sidecar: string) => 
       for (const f of await readdir(join(s, 'meta'))) if (f.startsWith('MANIFEST-')) await fifoFor(join(s, 'meta', f));
     },
   },
+  // LevelDB writes its next CURRENT to <n>.dbtmp, then renames it: a FIFO there blocked every writable open.
+  { name: 'a FIFO where LevelDB writes its next CURRENT', code: 'CORRUPT_METADATA', damage: async (s) => execFileSync('mkfifo', [join(s, 'meta', '000099.dbtmp')]) },
   {
     name: 'a LevelDB table and its log replaced by FIFOs',
     code: 'CORRUPT_METADATA',
@@ -276,6 +278,20 @@ describe('a damaged sidecar is reported as damage (exit 6, check exit 2)', () =>
     const repair = await cowvol(['check', looped, '--repair']);
     expect([repair.code, repair.stderr]).toEqual([2, expect.stringContaining('[JOURNAL_CORRUPT]')]);
     expect(repair.stderr).toContain('a loop of symbolic links');
+  });
+
+  it('a FIFO where LevelDB writes its next CURRENT: a writable command is refused too (exit 6), not blocked for good', async () => {
+    const vol = await damagedCopy('dbtmp fifo write', async (s) => execFileSync('mkfifo', [join(s, 'meta', '000099.dbtmp')]));
+    const r = await cowvol(['write', vol, '--input', '-'], { input: Buffer.alloc(4096, 1) });
+    expect([r.code, r.stderr]).toEqual([6, expect.stringContaining('[CORRUPT_METADATA]')]);
+  });
+
+  it('a FIFO where a create keeps its intent (<sidecar>/creating) is an incomplete create: create takes the path over, not blocked for good', async () => {
+    const vol = join(dir, 'creating-fifo.img');
+    await mkdir(`${vol}.cowvol`);
+    execFileSync('mkfifo', [join(`${vol}.cowvol`, 'creating')]);
+    await cowvolOk(['create', vol, '--size', '1M']);
+    expect((await cowvol(['check', vol])).code).toBe(0);
   });
 
   it('a sidecar with no metadata database is not a volume (NOT_A_VOLUME, exit 6)', async () => {

@@ -1,6 +1,6 @@
 import { lstat, open, readFile, rename, rm } from 'node:fs/promises';
 import { syncDirectory } from '@cowvol/base';
-import { pathExists } from './files.js';
+import { isRegularFile, pathExists } from './files.js';
 import { VolumeExistsError } from './errors.js';
 import { dirname, resolve } from 'node:path';
 import type { VolumeLayout } from './layout.js';
@@ -102,6 +102,8 @@ export async function dropLeftoverCreateIntent(layout: VolumeLayout): Promise<vo
 }
 
 async function readIntent(layout: VolumeLayout): Promise<CreateIntent | undefined> {
+  // Anything but a regular file (a FIFO: its read would block until a writer came) is no intent, as a torn one.
+  if (!(await isRegularFile(intentPath(layout)))) return undefined;
   const text = await readFile(intentPath(layout), 'utf8').catch(() => undefined);
   if (text === undefined) return undefined;
   try {

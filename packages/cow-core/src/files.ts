@@ -13,3 +13,11 @@ export async function pathExists(path: string): Promise<boolean> {
     () => false,
   );
 }
+
+/** Whether `stat(path)` names a regular file (following symbolic links); false for anything else, or when `stat` fails. */
+export async function isRegularFile(path: string): Promise<boolean> {
+  return stat(path).then(
+    (st) => st.isFile(),
+    () => false,
+  );
+}

@@ -1,6 +1,7 @@
 import { lstat, open, readFile, readdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { crc32c, syncDirectory } from '@cowvol/base';
+import { isRegularFile } from './files.js';
 import { lostLogMarkerOf } from './layout.js';
 
 /**
@@ -266,11 +267,7 @@ export async function lostLogFile(metaPath: string): Promise<string | undefined>
 /** `CURRENT`'s text, trimmed; '' when it is missing, unreadable or not a regular file (the read of a FIFO would block). */
 async function readCurrent(metaPath: string): Promise<string> {
   const path = join(metaPath, 'CURRENT');
-  const isFile = await stat(path).then(
-    (st) => st.isFile(),
-    () => false,
-  );
-  return isFile ? (await readFile(path, 'utf8').catch(() => '')).trim() : '';
+  return (await isRegularFile(path)) ? (await readFile(path, 'utf8').catch(() => '')).trim() : '';
 }
 
 /**
