@@ -95,7 +95,7 @@ const DAMAGES: Array<{ name: string; code: string; damage: (sidecar: string) => 
     },
   },
   // LevelDB writes its next CURRENT to <n>.dbtmp, then renames it: a FIFO there blocked every writable open.
-  { name: 'a FIFO where LevelDB writes its next CURRENT', code: 'CORRUPT_METADATA', damage: async (s) => execFileSync('mkfifo', [join(s, 'meta', '000099.dbtmp')]) },
+  { name: 'a FIFO where LevelDB writes its next CURRENT', code: 'CORRUPT_METADATA', damage: (s) => fifoAt(join(s, 'meta', '000099.dbtmp')) },
   {
     name: 'a LevelDB table and its log replaced by FIFOs',
     code: 'CORRUPT_METADATA',
@@ -108,7 +108,13 @@ const DAMAGES: Array<{ name: string; code: string; damage: (sidecar: string) => 
 /** Replaces the file at `path` with a FIFO of the same name. */
 async function fifoFor(path: string): Promise<void> {
   await rm(path);
+  await fifoAt(path);
+}
+
+/** Makes a FIFO at `path` (nothing there before). */
+function fifoAt(path: string): Promise<void> {
   execFileSync('mkfifo', [path]);
+  return Promise.resolve();
 }
 
 async function damagedCopy(name: string, damage: (sidecar: string) => Promise<void>): Promise<string> {
@@ -281,7 +287,7 @@ describe('a damaged sidecar is reported as damage (exit 6, check exit 2)', () =>
   });
 
   it('a FIFO where LevelDB writes its next CURRENT: a writable command is refused too (exit 6), not blocked for good', async () => {
-    const vol = await damagedCopy('dbtmp fifo write', async (s) => execFileSync('mkfifo', [join(s, 'meta', '000099.dbtmp')]));
+    const vol = await damagedCopy('dbtmp fifo write', (s) => fifoAt(join(s, 'meta', '000099.dbtmp')));
     const r = await cowvol(['write', vol, '--input', '-'], { input: Buffer.alloc(4096, 1) });
     expect([r.code, r.stderr]).toEqual([6, expect.stringContaining('[CORRUPT_METADATA]')]);
   });
