@@ -223,11 +223,13 @@ describe('a restore interrupted into a volume that is then served', () => {
   });
 
   it('--into a volume served read-only is refused before any chunk is downloaded (VOLUME_READ_ONLY, exit 4); the volume is untouched', async () => {
+    // A repository of its own: other tests here forget manifests of the shared one.
+    const { url } = await freshRepository('repo-served-ro', ['mon', 'tue']);
     const target = join(dir, 'served-ro.img');
-    await cowvolOk(['backup', 'restore', `${repoUrl}/${uuid}/mon`, target, '--key-file', key]);
+    await cowvolOk(['backup', 'restore', `${url}/${uuid}/mon`, target, '--key-file', key]);
     const server = await startServe(target, ['--read-only']);
     try {
-      const r = await cowvol(['backup', 'restore', `${repoUrl}/${uuid}/tue`, target, '--into', '--key-file', key, '--progress']);
+      const r = await cowvol(['backup', 'restore', `${url}/${uuid}/tue`, target, '--into', '--key-file', key, '--progress']);
       expect(r.stderr).toContain('[VOLUME_READ_ONLY]');
       expect(r.code).toBe(4);
       expect(r.stderr, 'nothing downloaded').not.toContain('"phase":"download"');

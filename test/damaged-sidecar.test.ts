@@ -292,12 +292,39 @@ describe('a damaged sidecar is reported as damage (exit 6, check exit 2)', () =>
     expect([r.code, r.stderr]).toEqual([6, expect.stringContaining('[CORRUPT_METADATA]')]);
   });
 
-  it('a FIFO where a create keeps its intent (<sidecar>/creating) is an incomplete create: create takes the path over, not blocked for good', async () => {
+  it('a FIFO where a create keeps its intent (<sidecar>/creating) is nothing cowvol made: create says VOLUME_EXISTS and leaves the folder as it is (naive: blocked for good, or the folder taken over)', async () => {
     const vol = join(dir, 'creating-fifo.img');
     await mkdir(`${vol}.cowvol`);
-    execFileSync('mkfifo', [join(`${vol}.cowvol`, 'creating')]);
-    await cowvolOk(['create', vol, '--size', '1M']);
-    expect((await cowvol(['check', vol])).code).toBe(0);
+    await writeFile(join(`${vol}.cowvol`, 'notes.txt'), 'mine');
+    await fifoAt(join(`${vol}.cowvol`, 'creating'));
+    const r = await cowvol(['create', vol, '--size', '1M']);
+    expect([r.code, r.stderr]).toEqual([4, expect.stringContaining('[VOLUME_EXISTS]')]);
+    expect((await readdir(`${vol}.cowvol`)).sort()).toEqual(['creating', 'notes.txt']);
+  });
+
+  it('a volume whose create left its intent behind and whose metadata is damaged: create of the path refuses, it never removes the sidecar (naive: read as a create that never got far, and reclaimed)', async () => {
+    const vol = await damagedCopy('creating damaged', async (s) => {
+      await writeFile(join(s, 'creating'), 'torn');
+      await fifoAt(join(s, 'meta', '000099.dbtmp'));
+    });
+    const before = (await readdir(`${vol}.cowvol`)).sort();
+    const r = await cowvol(['create', vol, '--size', '1M']);
+    expect([r.code, r.stderr]).toEqual([6, expect.stringContaining('[CORRUPT_METADATA]')]);
+    expect((await readdir(`${vol}.cowvol`)).sort()).toEqual(before);
+    // The damage gone, the volume is whole: every snapshot still reads.
+    await rm(join(`${vol}.cowvol`, 'meta', '000099.dbtmp'));
+    await cowvolOk(['snapshot', 'read', vol, 's1', '--output', join(dir, 'creating-damaged.out')]);
+  });
+
+  it("a FIFO at LevelDB's LOG with a folder at LOG.old (so LOG cannot be renamed away): refused (exit 6), not blocked for good", async () => {
+    const vol = await damagedCopy('log fifo', async (s) => {
+      await rm(join(s, 'meta', 'LOG'), { force: true });
+      await rm(join(s, 'meta', 'LOG.old'), { force: true });
+      await fifoAt(join(s, 'meta', 'LOG'));
+      await mkdir(join(s, 'meta', 'LOG.old'));
+    });
+    const r = await cowvol(['write', vol, '--input', '-'], { input: Buffer.alloc(4096, 1) });
+    expect([r.code, r.stderr]).toEqual([6, expect.stringContaining('[CORRUPT_METADATA]')]);
   });
 
   it('a sidecar with no metadata database is not a volume (NOT_A_VOLUME, exit 6)', async () => {

@@ -1,11 +1,12 @@
-import { lstat, open, readFile, rename, rm } from 'node:fs/promises';
+import { lstat, open, readFile, readdir, rename, rm } from 'node:fs/promises';
 import { syncDirectory } from '@cowvol/base';
 import { isRegularFile, pathExists } from './files.js';
 import { VolumeExistsError } from './errors.js';
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import type { VolumeLayout } from './layout.js';
 import { keys } from './metadata.js';
 import { MetadataDb } from './metadata-db.js';
+import { metadataError } from './sidecar-damage.js';
 import { OwnerLock, fileIdentity } from './owner-lock.js';
 
 /**
@@ -127,14 +128,24 @@ function isCreatedFileRecord(f: unknown): f is CreatedFile {
   return digits(r.dev) && digits(r.ino) && digits(r.ctimeNs) && typeof r.sizeBytes === 'number' && Number.isSafeInteger(r.sizeBytes) && r.sizeBytes >= 0;
 }
 
-/** True when the metadata database holds a volume record (the create got past its commit point). */
+/**
+ * True when the metadata database holds a volume record (the create got
+ * past its commit point). A database that does not open holds none only
+ * when nothing was ever written to it — no table, every log empty: a
+ * create killed while LevelDB made it. Anything written (a create writes
+ * its first batch, then `sb`, docs/FORMAT.md §2 "Create order") may be a
+ * volume's, so the open's error is the answer — damage, no space — and
+ * nothing is reclaimed: a sidecar is never removed on a guess.
+ * @throws CORRUPT_METADATA, NO_SPACE, IO_ERROR (a database with writes in it that does not open)
+ */
 async function hasVolumeRecord(layout: VolumeLayout): Promise<boolean> {
   if (!(await pathExists(layout.metaPath))) return false;
   let db: MetadataDb;
   try {
     db = await MetadataDb.open(layout.metaPath, false);
-  } catch {
-    return false; // never got as far as a readable database
+  } catch (err) {
+    if (await holdsWrites(layout.metaPath)) throw metadataError(err, layout.metaPath);
+    return false; // never got as far as a database with anything in it
   }
   try {
     return (await db.get(keys.volume)) !== undefined;
@@ -143,13 +154,32 @@ async function hasVolumeRecord(layout: VolumeLayout): Promise<boolean> {
   }
 }
 
+/** Whether the LevelDB folder `metaPath` holds a table, or a log with bytes in it (lstat: a link or FIFO counts as what it is). */
+async function holdsWrites(metaPath: string): Promise<boolean> {
+  for (const name of await readdir(metaPath).catch(() => [] as string[])) {
+    if (/^\d+\.(ldb|sst)$/.test(name)) return true;
+    if (/^\d+\.log$/.test(name) && ((await lstat(join(metaPath, name)).catch(() => undefined))?.size ?? 0) > 0) return true;
+  }
+  return false;
+}
+
 /**
  * Whether the sidecar of `layout` is what a killed create left: it holds
  * the create intent (or a torn one) and no volume record.
+ * @throws VOLUME_EXISTS (a `creating` that is not a regular file), CORRUPT_METADATA, NO_SPACE, IO_ERROR (a database with writes in it that does not open: hasVolumeRecord)
  */
 export async function isIncompleteCreate(layout: VolumeLayout): Promise<boolean> {
   const present = await pathExists(intentPath(layout));
-  return present && !(await hasVolumeRecord(layout));
+  if (!present) return false;
+  // A `creating` that is not a regular file (a FIFO, a folder, a device) is nothing a create made: the folder is not
+  // cowvol's to take over.
+  if (!(await isRegularFile(intentPath(layout)))) {
+    throw new VolumeExistsError(
+      `${layout.sidecarPath} holds a \`creating\` that is not a file, which no create of cowvol's makes: the folder is not taken over; remove it if it is not yours, then run the command again`,
+      layout.volumePath,
+    );
+  }
+  return !(await hasVolumeRecord(layout));
 }
 
 /**

@@ -76,7 +76,7 @@ export async function metadataOpenError(metaPath: string, err: unknown): Promise
 
 /**
  * Refuses a metadata folder where one of LevelDB's files (`CURRENT`,
- * `LOCK`, a manifest, a log, a table, a `.dbtmp`) is not a file or folder — a FIFO, a
+ * `LOCK`, `LOG`, a manifest, a log, a table, a `.dbtmp`) is not a file or folder — a FIFO, a
  * socket or a device, directly or through a symbolic link. The open of
  * a FIFO blocks until a writer comes, in a pool thread that no signal can
  * stop and that the process's exit waits for. Cost: one listing of the
@@ -86,9 +86,9 @@ export async function metadataOpenError(metaPath: string, err: unknown): Promise
 export async function refuseSpecialFiles(metaPath: string): Promise<void> {
   const entries = await readdir(metaPath, { withFileTypes: true }).catch(() => []);
   for (const entry of entries) {
-    // LevelDB's own files only (`<n>.dbtmp`: the next CURRENT, written then renamed): it renames LOG away and makes a new
-    // one, and ignores names it does not know.
-    if (entry.name !== 'LOCK' && !LEVELDB_FILE.test(entry.name) && !/^\d+\.dbtmp$/.test(entry.name)) continue;
+    // LevelDB's own files only (`<n>.dbtmp`: the next CURRENT, written then renamed; `LOG`: renamed to LOG.old, then
+    // made anew — a rename that fails leaves it to be opened for writing); it ignores names it does not know.
+    if (!['LOCK', 'LOG'].includes(entry.name) && !LEVELDB_FILE.test(entry.name) && !/^\d+\.dbtmp$/.test(entry.name)) continue;
     let special = entry.isFIFO() || entry.isSocket() || entry.isBlockDevice() || entry.isCharacterDevice();
     if (!special && entry.isSymbolicLink()) {
       special = await stat(join(metaPath, entry.name)).then(
