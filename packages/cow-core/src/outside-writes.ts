@@ -181,10 +181,11 @@ export class ChangeStamps {
     if (options.logLost === true && options.readOnly !== true && options.lostLogMarker !== undefined) await removeMarker(options.lostLogMarker);
     // Content is what counts: its size and (after a clean close) its
     // modification time. A status change alone (chmod, chown, a hard link:
-    // ctime moves) or a copy that keeps the modification time (cp -a,
-    // rsync -a, tar: a new inode, maybe another device) changes no byte and
-    // is not refused; with a content change those fields are reported too
-    // (docs/ARCHITECTURE.md §13, "What readers change").
+    // ctime moves) or a copy that keeps the modification time to the
+    // nanosecond (cp -a, rsync -a, tar --format=posix: a new inode, maybe
+    // another device) changes no byte and is not refused; with a content
+    // change those fields are reported too (docs/ARCHITECTURE.md §13, "What
+    // readers change").
     const compared = recorded ? compareStamps(recorded, found) : [];
     const changes = compared.some((c) => c.field === 'size' || c.field === 'mtime') ? compared : [];
     const change = recorded && changes.length > 0 ? { changes, cleanClose: recorded.state === 'closed' } : undefined;
