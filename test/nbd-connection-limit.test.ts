@@ -49,15 +49,21 @@ describe.skipIf(missing)(`a served volume with every connection taken${skipReaso
     return jsonOf<{ connections: number }>(await cowvolOk(['status', vol, '--json'])).connections;
   }
 
-  it('a second client is refused with a reason naming the limit, and served once the first one closes', async () => {
-    const uri = `nbd+unix:///live?socket=${server!.socket}`;
-    // qemu-io attaches at start and stays attached while its stdin is open.
-    holder = spawn('qemu-io', ['-f', 'raw', uri], { stdio: ['pipe', 'ignore', 'pipe'] });
+  /** Attaches qemu-io to `live`, taking the one connection (it stays attached while its stdin is open); resolves once the server counts it, with the client and the deadline it waited against. */
+  async function attachHolder(): Promise<{ child: ChildProcess; deadline: number }> {
+    const child = spawn('qemu-io', ['-f', 'raw', `nbd+unix:///live?socket=${server!.socket}`], { stdio: ['pipe', 'ignore', 'pipe'] });
+    holder = child; // killed by afterAll if a test fails
     const deadline = Date.now() + 20_000;
     while ((await connections()) < 1) {
       expect(Date.now(), 'qemu-io did not attach').toBeLessThan(deadline);
       await new Promise((r) => setTimeout(r, 50));
     }
+    return { child, deadline };
+  }
+
+  it('a second client is refused with a reason naming the limit, and served once the first one closes', async () => {
+    const uri = `nbd+unix:///live?socket=${server!.socket}`;
+    const { child, deadline } = await attachHolder();
 
     const info = await run('qemu-img', ['info', uri]);
     expect(info.code).not.toBe(0);
@@ -69,8 +75,8 @@ describe.skipIf(missing)(`a served volume with every connection taken${skipReaso
     expect(read.stderr).toContain('at most 1 at once');
     expect(await connections()).toBe(1); // the refused ones held no slot
 
-    holder.stdin!.end(); // qemu-io quits at end of input and disconnects
-    await new Promise((r) => holder!.once('exit', r));
+    child.stdin!.end(); // qemu-io quits at end of input and disconnects
+    await new Promise((r) => child.once('exit', r));
     while ((await connections()) > 0) {
       expect(Date.now(), 'qemu-io did not disconnect').toBeLessThan(deadline + 20_000);
       await new Promise((r) => setTimeout(r, 50));
@@ -79,20 +85,14 @@ describe.skipIf(missing)(`a served volume with every connection taken${skipReaso
   });
 
   it('with --wait, a command refused for the limit tries again and is served once the other client closes; without it, refused at once', async () => {
-    const uri = `nbd+unix:///live?socket=${server!.socket}`;
-    holder = spawn('qemu-io', ['-f', 'raw', uri], { stdio: ['pipe', 'ignore', 'pipe'] });
-    const deadline = Date.now() + 20_000;
-    while ((await connections()) < 1) {
-      expect(Date.now(), 'qemu-io did not attach').toBeLessThan(deadline);
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    const { child } = await attachHolder();
     const out = join(dir, 'waited');
     const waiting = cowvol(['read', vol, '--offset', '0', '--length', '4096', '--output', out, '--wait', '60']);
     // The waiting command holds no slot while it waits: a command without --wait is still refused for the limit.
     await new Promise((r) => setTimeout(r, 500));
     const refused = await cowvol(['read', vol, '--offset', '0', '--length', '4096', '--output', join(dir, 'refused')]);
     expect([refused.code, refused.stderr]).toEqual([5, expect.stringContaining('at most 1 at once')]);
-    holder.stdin!.end();
+    child.stdin!.end();
     const waited = await waiting;
     expect(waited.code, waited.stderr).toBe(0);
     expect((await readFile(out)).length).toBe(4096);

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CowvolError, hasCode } from '@cowvol/base';
 import type { ImportRecord, VolumeInfo } from '@cowvol/cow-core';
 import type { NbdClient } from '@cowvol/nbd';
@@ -77,7 +78,7 @@ export async function servedNbd(volumePath: string, exportName: string, busy: Co
       return await NbdClient.connect(socketPath, exportName, unknownExport ? { unknownExport } : {});
     } catch (err) {
       if (!hasCode(err, 'VOLUME_BUSY') || Date.now() >= deadline) throw err;
-      await new Promise((resolve) => setTimeout(resolve, Math.min(delayMs, Math.max(1, deadline - Date.now()))));
+      await sleep(Math.min(delayMs, Math.max(1, deadline - Date.now())));
       delayMs = Math.min(delayMs * 2, 1000);
     }
   }

@@ -9,7 +9,7 @@ import { MetadataDb } from './metadata-db.js';
 import { OwnerLock, fileIdentity } from './owner-lock.js';
 import { metadataOpenError, openSidecarFile } from './sidecar-damage.js';
 import { SnapshotStore } from './store.js';
-import { errnoCode } from './files.js';
+import { errnoCode, nonFileAt } from './files.js';
 
 /**
  * `check --repair` of a volume whose journal is damaged
@@ -82,10 +82,7 @@ export async function repairVolumeJournal(path: string, options: { opener?: Devi
     opened.push(store);
     await snapshotStore.verifyHeader(uuid);
     // A missing journal is created (exclusively) and formatted by the repair; anything else than a file in its place is the user's to move.
-    const notFile = await stat(layout.journalPath).then(
-      (st) => (st.isDirectory() ? 'a directory' : st.isFile() ? undefined : 'not a regular file'),
-      (err: unknown) => ((err as NodeJS.ErrnoException).code === 'ELOOP' ? 'a loop of symbolic links' : undefined),
-    );
+    const notFile = await nonFileAt(layout.journalPath);
     if (notFile !== undefined) {
       throw new JournalCorruptError(`the journal ${layout.journalPath} is ${notFile}; move it out of the sidecar, then run check --repair again (it makes a new journal)`, {
         details: { path: layout.journalPath },

@@ -249,7 +249,7 @@ export async function lostLogFile(metaPath: string): Promise<string | undefined>
     const current = await readCurrent(metaPath);
     if (!/^MANIFEST-\d+$/.test(current)) return undefined;
     const manifestPath = join(metaPath, current);
-    if (!(await stat(manifestPath)).isFile()) return undefined; // a FIFO would block the read: damage that check reports
+    if (!(await isRegularFile(manifestPath))) return undefined; // a FIFO would block the read: damage that check reports
     const { logNumber } = manifestState(await readFile(manifestPath));
     // 0: a database LevelDB has not finished creating names no log yet.
     if (logNumber === undefined || logNumber === 0) return undefined;

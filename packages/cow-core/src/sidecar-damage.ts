@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path';
 import { CowvolError, type BlockDevice, type DeviceOpener } from '@cowvol/base';
 import { JournalCorruptError } from '@cowvol/journal';
 import { CorruptMetadataError, NotAVolumeError, StoreCorruptError } from './errors.js';
+import { nonFileAt } from './files.js';
 
 /**
  * Damage of a sidecar's parts, told apart from "not a volume" and from
@@ -115,23 +116,19 @@ export async function openSidecarFile(opener: DeviceOpener, path: string, part: 
   // A directory, a loop of links, or any other thing that is not a regular file in its place: damage. A read-only open of
   // a directory succeeds and only reads fail; the open of a FIFO blocks until a writer comes, where no signal can end it.
   // A path that does not exist is the opener's to judge (a role opener may keep the file elsewhere).
-  const notFile = await stat(path).then(
-    (st) => (st.isDirectory() ? 'EISDIR' : st.isFile() ? undefined : 'not a regular file'),
-    (err: unknown) => ((err as NodeJS.ErrnoException).code === 'ELOOP' ? 'ELOOP' : undefined),
-  );
+  const damaged = (what: string, cause?: unknown): CowvolError => {
+    const message = `the ${part} file ${path} of this volume is ${what}`;
+    const options = { ...(cause === undefined ? {} : { cause }), details: { path } };
+    return part === 'store' ? new StoreCorruptError(message, options) : new JournalCorruptError(message, options);
+  };
+  const notFile = await nonFileAt(path);
+  if (notFile !== undefined) throw damaged(notFile);
   try {
-    if (notFile !== undefined) throw Object.assign(new Error(`${path}: ${notFile}`), { code: notFile });
     return await opener.open(path, { create: false, readOnly });
   } catch (err) {
-    const errno = ['ENOENT', 'EISDIR', 'ELOOP', 'not a regular file'].find((e) => chain(err).some(({ code, message }) => code === e || message.includes(e)));
+    // Missing, or replaced by something else than a file since the check above: that part is damaged.
+    const errno = ['ENOENT', 'EISDIR', 'ELOOP'].find((e) => chain(err).some(({ code, message }) => code === e || message.includes(e)));
     if (errno === undefined) throw err;
-    // Missing, or something else than a file in its place (a directory, a loop of links): that part is damaged.
-    const message =
-      errno === 'ENOENT'
-        ? `the ${part} file ${path} of this volume is missing`
-        : errno === 'not a regular file'
-          ? `the ${part} file ${path} of this volume is not a regular file (a FIFO, a socket or a device)`
-          : `the ${part} file ${path} of this volume is not a file (${errno})`;
-    throw part === 'store' ? new StoreCorruptError(message, { cause: err, details: { path } }) : new JournalCorruptError(message, { cause: err, details: { path } });
+    throw damaged(errno === 'ENOENT' ? 'missing' : `not a file (${errno})`, err);
   }
 }

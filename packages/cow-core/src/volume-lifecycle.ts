@@ -65,12 +65,13 @@ export async function openVolumeParts(path: string, options: OpenVolumeOptions):
     await tightenSidecarFolder(layout.sidecarPath, st.mode);
     if (options.releaseReserve && !readOnly) await releaseReserve(layout.reservePath);
     if (options.verifyMetadata === true) await refuseDamagedMetadata(layout.metaPath);
-    // Before LevelDB opens (and makes a new log): a deleted current log may have held the last close's stamp. A writable
-    // open records it (MetadataDb.open writes the marker); an earlier one may have.
-    const logLost = (await lostLogFile(layout.metaPath)) !== undefined || (await pathExists(layout.lostLogPath));
     const { db, privateMeta } = await openMetadata(layout.metaPath, readOnly).catch(async (err: unknown) => {
       throw await interruptedCreate(layout, err);
     });
+    // A deleted current log may have held the last close's stamp. A writable open recorded it before LevelDB made a new
+    // log (MetadataDb.open writes the marker; an earlier open may have); a read-only one opened a private copy and left
+    // the sidecar's folder as it was, so the loss is looked for there — one read of CURRENT and the MANIFEST either way.
+    const logLost = (await pathExists(layout.lostLogPath)) || (readOnly && (await lostLogFile(layout.metaPath)) !== undefined);
     opened.push(privateMeta ?? db);
     const meta = await CommittedMetadata.load(db, path, { lazy: options.catalog === 'lazy' && !readOnly }).catch(async (err: unknown) => {
       throw await interruptedCreate(layout, err);

@@ -128,6 +128,9 @@ describe.each(DATA_MODES)('data mode %s', (dataMode) => {
     expect(logs.length).toBeGreaterThan(0);
     for (const name of logs) await rm(join(meta, name));
     await writeOutside(5 * BS, randomBytes(2 * BS)); // the same size: only the times, or the lost stamp, tell
+    // A read-only open (snapshot read, info) writes no marker: it finds the lost log itself.
+    await expect(Volume.open(path, { readOnly: true })).rejects.toMatchObject({ code: 'VOLUME_MODIFIED_OUTSIDE' });
+    expect(await readdir(volumeLayout(path).sidecarPath)).not.toContain('meta-log-lost');
     const err = await refusal();
     expect(err.code).toBe('VOLUME_MODIFIED_OUTSIDE');
     // Something that opens LevelDB for writing before the stamp is compared (a journal repair, a kill right after the
