@@ -2,7 +2,7 @@ import { CowvolError, type DeviceOpener } from '@cowvol/base';
 import { StreamChangedError, StreamCorruptError } from './errors.js';
 import type { SnapshotIdentity } from './metadata.js';
 import { snapshotDataPieces } from './export.js';
-import { extentChainOf, readExtent, verifyStream, type StreamHeader, type StreamSource, type VerifiedStream } from './stream.js';
+import { chainedWith, extentChainOf, readExtent, verifyStream, type StreamHeader, type StreamSource, type VerifiedStream } from './stream.js';
 import { WRITE_PAST_IMPORT, type Volume } from './volume.js';
 import { killPoint } from './kill-point.js';
 import { openTarget, releaseTarget, withExistingTarget, type ImportTarget } from './import-target.js';
@@ -179,6 +179,9 @@ async function applyExtents(target: ImportTarget, source: StreamSource, v: Verif
   result.skippedExtents = startExtent;
   let applied = marker.appliedBytes;
   let sinceMarker = 0;
+  // The chain over the extents applied so far, kept as they are applied: one step per extent, not a walk from the first
+  // extent at every marker (a stream of a large volume has hundreds of thousands of extents).
+  let chain = extentChainOf(v, startExtent);
   const zeros = new Map<number, Buffer>();
   progress?.({ phase: 'apply', doneBytes: applied, totalBytes: v.totalBytes });
   for (let i = startExtent; i < v.extentCount; i++) {
@@ -205,10 +208,11 @@ async function applyExtents(target: ImportTarget, source: StreamSource, v: Verif
     killPoint('import:extent');
     applied += e.lengthBytes;
     sinceMarker += e.lengthBytes;
+    chain = chainedWith(chain, e.crc);
     result.appliedExtents += 1;
     if (sinceMarker >= (options.markerIntervalBytes ?? IMPORT_MARKER_INTERVAL_BYTES) && i + 1 < v.extentCount) {
       await volume.flush();
-      marker = { ...marker, nextExtent: i + 1, appliedBytes: applied, appliedChain: extentChainOf(v, i + 1) };
+      marker = { ...marker, nextExtent: i + 1, appliedBytes: applied, appliedChain: chain };
       await volume.setImportState(marker);
       killPoint('import:marker');
       sinceMarker = 0;

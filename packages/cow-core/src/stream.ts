@@ -120,8 +120,13 @@ function crcBytes(crc: number): Buffer {
  */
 export function extentChainOf(v: VerifiedStream, count: number): number {
   let chain = v.headerCrc;
-  for (let i = 0; i < count; i++) chain = crc32c(crcBytes(v.extentCrcs[i] ?? 0), chain);
-  return chain >>> 0;
+  for (let i = 0; i < count; i++) chain = chainedWith(chain, v.extentCrcs[i] ?? 0);
+  return chain;
+}
+
+/** The chain CRC after one more extent whose CRC32C is `extentCrc`: CRC32C of its 4 big-endian bytes, seeded with the chain so far (docs/FORMAT.md §9.3). */
+export function chainedWith(chain: number, extentCrc: number): number {
+  return crc32c(crcBytes(extentCrc), chain);
 }
 
 /** Encodes the header; returns its bytes and its CRC. */
@@ -207,7 +212,7 @@ export class StreamWriter {
     if (offsetBytes < this.nextOffset)
       throw new StreamExtentInvalidError(`extent at ${offsetBytes} is not after the previous one (${this.nextOffset})`, { offsetBytes, lengthBytes, nextOffsetBytes: this.nextOffset });
     const { parts, crc } = encodeExtent(this.index, offsetBytes, lengthBytes, data);
-    this.chain = crc32c(crcBytes(crc), this.chain);
+    this.chain = chainedWith(this.chain, crc);
     this.index += 1;
     this.totalBytes += lengthBytes;
     if (data) this.dataBytes += lengthBytes;
@@ -346,7 +351,7 @@ export async function verifyStream(source: StreamSource, onProgress?: (doneBytes
     if (extent === null) break;
     extentOffsets.push(offset);
     extentCrcs.push(extent.crc);
-    chain = crc32c(crcBytes(extent.crc), chain);
+    chain = chainedWith(chain, extent.crc);
     totalBytes += extent.lengthBytes;
     if (!extent.zero) dataBytes += extent.lengthBytes;
     minVolumeOffset = extent.offsetBytes + extent.lengthBytes;

@@ -238,6 +238,35 @@ describe('a corrupted stream is refused with the extent that failed, and the tar
 });
 
 describe('an interrupted import, resumed, gives the same result', () => {
+  it('interrupted twice — the second time after the resume wrote markers of its own — and resumed again: each marker binds the extents applied since the first (appliedChain), so the last resume continues, not RESUME_MISMATCH', async () => {
+    const { v: src, live } = await stripedVolume(join(dir, 'src.img'), 11, 64, 4096);
+    await src.createSnapshot('a');
+    const expected = await src.readSnapshot('a', 0, live.length);
+    const full = await exportToBuffer(src, 'a');
+    await src.close();
+    const count = (await verifyStream(memorySource(full))).extentCount;
+    const dstPath = join(dir, 'twice.img');
+    const interrupted = async (resume: boolean, failAt: number): Promise<void> => {
+      const opener = new CountingOpener();
+      opener.failWrite = { file: 'twice.img', n: failAt };
+      await expect(importStream(dstPath, memorySource(full), { opener, resume, markerIntervalBytes: 8192 })).rejects.toMatchObject({ code: 'IO_ERROR' });
+    };
+    await interrupted(false, 3);
+    const first = await Volume.open(dstPath);
+    const firstMarker = (await first.importState())!.nextExtent;
+    await first.close();
+    await interrupted(true, 4);
+    const second = await Volume.open(dstPath);
+    expect((await second.importState())!.nextExtent, 'the resume wrote markers of its own before it failed').toBeGreaterThan(firstMarker);
+    await second.close();
+    const r = await importStream(dstPath, memorySource(full), { resume: true, verify: true, markerIntervalBytes: 8192 });
+    expect(r.resumed).toBe(true);
+    expect(r.skippedExtents + r.appliedExtents).toBe(count);
+    const done = await Volume.open(dstPath);
+    await expectContent(done, 'a', expected, 'after two interruptions');
+    await done.close();
+  });
+
   it('while an import is pending, writes and snapshot creates are refused (IMPORT_PENDING): a resume cannot take in bytes that are not the stream; a restore abandons it, its safety snapshot keeping the abandoned state, and writes go on', async () => {
     const rnd = prng(77);
     const { v: src, live } = await stripedVolume(join(dir, 'src.img'), 7, 64, 4096);
